@@ -1,0 +1,91 @@
+"""apportion: token budgets per agent for multi-agent LLM pipelines.
+
+One ceiling per request; a policy decides what each agent may read and write; a store keeps
+the ledger atomically; unused tokens are reclaimed for the agents still to run.
+"""
+
+from apportion.controller import AsyncController, AsyncRequest, Controller, Request
+from apportion.errors import (
+    ApportionError,
+    BudgetExceeded,
+    DuplicateRequest,
+    ForeignGrant,
+    GrantExpired,
+    GrantSettled,
+    InvalidCeiling,
+    InvalidTokenCount,
+    MissingExtra,
+    PolicyConfigError,
+    RequestClosed,
+    SpecError,
+    StoreUnavailable,
+    UnknownAgent,
+    UnknownPolicy,
+    UnknownRequest,
+    UnknownStore,
+)
+from apportion.ledger import Event, Grant, Ledger
+from apportion.policies import (
+    POLICIES,
+    Budget,
+    ElasticPolicy,
+    EstimatePolicy,
+    IterativePolicy,
+    Observation,
+    Plan,
+    Policy,
+    StaticPolicy,
+    UniformPolicy,
+)
+from apportion.spec import Agent, LinearEstimator, OutputKind, Pipeline, Priority
+from apportion.stores import MemoryStore, Store
+from apportion.summary import AgentUsage, Summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "POLICIES",
+    "Agent",
+    "AgentUsage",
+    "ApportionError",
+    "AsyncController",
+    "AsyncRequest",
+    "Budget",
+    "BudgetExceeded",
+    "Controller",
+    "DuplicateRequest",
+    "ElasticPolicy",
+    "EstimatePolicy",
+    "Event",
+    "ForeignGrant",
+    "Grant",
+    "GrantExpired",
+    "GrantSettled",
+    "InvalidCeiling",
+    "InvalidTokenCount",
+    "IterativePolicy",
+    "Ledger",
+    "LinearEstimator",
+    "MemoryStore",
+    "MissingExtra",
+    "Observation",
+    "OutputKind",
+    "Pipeline",
+    "Plan",
+    "Policy",
+    "PolicyConfigError",
+    "Priority",
+    "Request",
+    "RequestClosed",
+    "SpecError",
+    "StaticPolicy",
+    "Store",
+    "StoreUnavailable",
+    "Summary",
+    "UniformPolicy",
+    "UnknownAgent",
+    "UnknownPolicy",
+    "UnknownRequest",
+    "UnknownStore",
+    "__version__",
+]

@@ -1,0 +1,528 @@
+"""Controller and AsyncController: a policy and a store around the ledger.
+
+All decisions of a request live once, in :class:`_Steps`: each operation is a generator
+that asks the policy, then yields the store operation to carry out and receives its
+result (or its error). The sync :class:`Request` and the async :class:`AsyncRequest` are
+thin shells that only carry those store operations out, with blocking or awaited calls,
+so there is no second copy of the logic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import secrets
+import time
+import warnings
+from collections.abc import Callable, Generator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+from apportion.errors import ApportionError, BudgetExceeded, ForeignGrant, RequestClosed
+from apportion.ledger import CLOSED, FAILED, Grant, check_ceiling, check_tokens
+from apportion.policies import Policy, resolve_policy
+from apportion.policies.base import Observation
+from apportion.spec import Pipeline
+from apportion.stores import Store, open_store
+from apportion.summary import Summary
+
+StoreCall = tuple[str, tuple[Any, ...], dict[str, Any]]
+T = TypeVar("T")
+Steps = Generator[StoreCall, Any, T]
+
+_NO_KWARGS: dict[str, Any] = {}
+
+
+class _Config:
+    """What every request of a controller shares."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        policy: str | Policy,
+        store: str | Store,
+        clock: Callable[[], float],
+        lease_seconds: float,
+        request_ttl: float,
+    ) -> None:
+        if not isinstance(pipeline, Pipeline):
+            raise TypeError(
+                f"pipeline must be an apportion.Pipeline, not {type(pipeline).__name__}"
+            )
+        for name, value in (("lease_seconds", lease_seconds), ("request_ttl", request_ttl)):
+            if not (isinstance(value, int | float) and value > 0 and not math.isnan(value)):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        self.pipeline = pipeline
+        self.policy = resolve_policy(policy)
+        self.store = open_store(store)
+        self.clock = clock
+        self.lease_seconds = float(lease_seconds)
+        self.request_ttl = float(request_ttl)
+        self.ranks = {a.name: a.priority.rank for a in pipeline.agents}
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+
+    def new_id(self) -> str:
+        return f"{self._prefix}-{next(self._counter)}"
+
+
+class _Steps:
+    """The logic of one request, written once; its shells carry out the store calls."""
+
+    __slots__ = ("closed", "config", "obs", "outcome")
+
+    def __init__(
+        self,
+        config: _Config,
+        ceiling: int,
+        features: Mapping[str, Any] | None,
+        request_id: str | None,
+    ) -> None:
+        ceiling = check_ceiling(ceiling)
+        clean = _check_features(features)
+        self.config = config
+        self.obs = Observation(request_id or config.new_id(), config.pipeline, ceiling, clean)
+        self.closed = False
+        self.outcome: float | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self.obs.state is not None
+
+    def _usable(self) -> None:
+        if self.closed:
+            raise RequestClosed(self.obs.request_id, self.obs.state.status)
+        if self.obs.state is None:
+            raise RuntimeError("the request is not open: use it in a `with` block or call open()")
+
+    def _own(self, grant: Grant) -> None:
+        if not isinstance(grant, Grant) or grant.request_id != self.obs.request_id:
+            raise ForeignGrant(getattr(grant, "request_id", None), self.obs.request_id)
+
+    def open(self) -> Steps[None]:
+        if self.obs.state is not None:
+            raise RuntimeError(f"request {self.obs.request_id!r} is already open")
+        obs, config = self.obs, self.config
+        plan = config.policy.plan(obs)
+        obs.state = yield (
+            "open",
+            (obs.request_id, config.ranks, obs.ceiling, config.clock()),
+            {"allocation": plan.allocation, "reserve": plan.reserve, "ttl": config.request_ttl},
+        )
+
+    def begin(self, agent: str, input_tokens: int, output_tokens: int | None) -> Steps[Grant]:
+        self._usable()
+        obs, config = self.obs, self.config
+        spec = config.pipeline[agent]
+        input_tokens = check_tokens("input_tokens", input_tokens)
+        if output_tokens is not None:
+            output_tokens = check_tokens("output_tokens", output_tokens)
+        for attempt in range(2):
+            ctx, out = config.policy.grant(obs, spec, input_tokens, output_tokens)
+            if out < spec.min_output or ctx < 0 or (ctx == 0 and input_tokens > 0):
+                raise BudgetExceeded(
+                    agent,
+                    min(input_tokens, 1) + spec.min_output,
+                    obs.state.available_for(agent),
+                    reason="not enough left for this agent to run",
+                )
+            try:
+                grant, obs.state = yield (
+                    "begin",
+                    (obs.request_id, agent, ctx, out, config.clock(), config.lease_seconds),
+                    _NO_KWARGS,
+                )
+            except BudgetExceeded:
+                if attempt:
+                    raise
+                obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)  # raced: look again
+            else:
+                return grant  # type: ignore[no-any-return]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def extend(self, grant: Grant, output_tokens: int, context_tokens: int) -> Steps[Grant | None]:
+        self._usable()
+        self._own(grant)
+        output_tokens = check_tokens("output_tokens", output_tokens)
+        context_tokens = check_tokens("context_tokens", context_tokens)
+        obs, config = self.obs, self.config
+        if grant.grant_id not in obs.state.grants:
+            obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)
+        extra = 0  # a settled grant goes to the store, which says how it was settled
+        if grant.grant_id in obs.state.grants:
+            extra = min(
+                output_tokens, config.policy.extend(obs, grant, output_tokens, context_tokens)
+            )
+            if extra <= 0:
+                return None
+        try:
+            grown, obs.state = yield (
+                "extend",
+                (
+                    obs.request_id,
+                    grant,
+                    extra,
+                    context_tokens,
+                    config.clock(),
+                    config.lease_seconds,
+                ),
+                _NO_KWARGS,
+            )
+        except BudgetExceeded:
+            return None  # raced: nothing left to spare
+        return grown  # type: ignore[no-any-return]
+
+    def finish(
+        self, grant: Grant, input_tokens: int, output_tokens: int, truncated: bool
+    ) -> Steps[None]:
+        self._usable()
+        self._own(grant)
+        input_tokens = check_tokens("input_tokens", input_tokens)
+        output_tokens = check_tokens("output_tokens", output_tokens)
+        obs, config = self.obs, self.config
+        allocation = None
+        if grant.grant_id in obs.state.grants:
+            allocation = config.policy.on_finish(obs, grant, input_tokens, output_tokens, truncated)
+        obs.state = yield (
+            "finish",
+            (obs.request_id, grant, input_tokens, output_tokens, config.clock()),
+            {"truncated": bool(truncated), "allocation": allocation},
+        )
+        obs.settled.append((grant.agent, input_tokens, output_tokens, bool(truncated)))
+
+    def release(self, grant: Grant) -> Steps[None]:
+        self._usable()
+        self._own(grant)
+        obs = self.obs
+        obs.state = yield ("release", (obs.request_id, grant, self.config.clock()), _NO_KWARGS)
+
+    def close(self, status: str) -> Steps[None]:
+        self._usable()
+        obs = self.obs
+        try:
+            obs.state = yield (
+                "close",
+                (obs.request_id, self.config.clock()),
+                {"status": status, "outcome": self.outcome},
+            )
+        except RequestClosed:
+            self.closed = True  # the store closed it already (``reap``: expired)
+            obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)
+            raise
+        self.closed = True
+        try:
+            self.config.policy.learn(obs, self.outcome)
+        except Exception as exc:  # learning must never break the request
+            warnings.warn(
+                f"policy {self.config.policy.name!r} failed to learn: {exc!r}", stacklevel=4
+            )
+
+    def score(self, value: float) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"an outcome score is a finite number, not {value!r}")
+        if self.closed:
+            raise RequestClosed(self.obs.request_id, self.obs.state.status)
+        self.outcome = float(value)
+
+
+def _check_features(features: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if features is None:
+        return {}
+    if not isinstance(features, Mapping):
+        raise TypeError(f"features must be a mapping, not {type(features).__name__}")
+    for key, value in features.items():
+        if not isinstance(key, str):
+            raise TypeError(f"feature names are strings, not {key!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"feature {key!r} is {value!r}; features must be finite")
+    return dict(features)
+
+
+def _run(store: Store, steps: Steps[T]) -> T:
+    """Carry out a request's store calls with blocking calls."""
+    try:
+        name, args, kwargs = next(steps)
+        while True:
+            try:
+                result = getattr(store, name)(*args, **kwargs)
+            except ApportionError as exc:
+                name, args, kwargs = steps.throw(exc)
+            else:
+                name, args, kwargs = steps.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def _arun(store: Store, steps: Steps[T]) -> T:
+    """Carry out a request's store calls with awaited calls."""
+    try:
+        name, args, kwargs = next(steps)
+        while True:
+            try:
+                result = await getattr(store, "a" + name)(*args, **kwargs)
+            except ApportionError as exc:
+                name, args, kwargs = steps.throw(exc)
+            else:
+                name, args, kwargs = steps.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+class _RequestBase:
+    """What the sync and async requests share: identity, scoring and the summary."""
+
+    def __init__(self, steps: _Steps) -> None:
+        self._steps = steps
+
+    @property
+    def request_id(self) -> str:
+        """The request's id in the store."""
+        return self._steps.obs.request_id
+
+    @property
+    def ceiling(self) -> int:
+        """The request's token ceiling."""
+        return self._steps.obs.ceiling
+
+    @property
+    def closed(self) -> bool:
+        """Whether the request has closed."""
+        return self._steps.closed
+
+    def score(self, value: float) -> None:
+        """Record the request's outcome score (0..1 by convention), told to the policy at close."""
+        self._steps.score(value)
+
+    def summary(self) -> Summary:
+        """Allocated, reserved, consumed and free tokens, per agent and in total."""
+        state = self._steps.obs.state
+        if state is None:
+            raise RuntimeError("the request was never opened")
+        return Summary.of(state, self._steps.config.pipeline.names)
+
+
+class Request(_RequestBase):
+    """One request's budget, used as a context manager (see :meth:`Controller.request`)."""
+
+    def open(self) -> Request:
+        """Open the request in the store (``with`` does this for you)."""
+        _run(self._steps.config.store, self._steps.open())
+        return self
+
+    def __enter__(self) -> Request:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._steps.opened and not self._steps.closed:
+            with contextlib.suppress(RequestClosed):  # already closed by the store (expired)
+                self.close(FAILED if exc_type is not None else CLOSED)
+
+    def begin(self, agent: str, input_tokens: int, output_tokens: int | None = None) -> Grant:
+        """Reserve a grant for one model call of ``agent``.
+
+        Args:
+            agent: the agent about to call its model.
+            input_tokens: the input it has in hand, counted.
+            output_tokens: the most output it wants (the policy may grant less).
+
+        Returns:
+            The grant: read at most ``context_tokens``, write at most ``output_tokens``.
+
+        Raises:
+            UnknownAgent, InvalidTokenCount, RequestClosed: bad input; nothing changes.
+            BudgetExceeded: not enough is left for this agent to run.
+        """
+        return _run(self._steps.config.store, self._steps.begin(agent, input_tokens, output_tokens))
+
+    def extend(self, grant: Grant, output_tokens: int, *, context_tokens: int = 0) -> Grant | None:
+        """Ask for ``output_tokens`` more for a cut call.
+
+        Args:
+            grant: the open grant.
+            output_tokens: extra output wanted.
+            context_tokens: extra input the continuation will read (prompt resent).
+
+        Returns:
+            The enlarged grant, or ``None``: nothing can be spared, wrap up now.
+        """
+        return _run(
+            self._steps.config.store, self._steps.extend(grant, output_tokens, context_tokens)
+        )
+
+    def finish(
+        self, grant: Grant, *, input_tokens: int, output_tokens: int, truncated: bool = False
+    ) -> None:
+        """Settle a grant with the real usage; the unused part returns to the pool."""
+        _run(
+            self._steps.config.store,
+            self._steps.finish(grant, input_tokens, output_tokens, truncated),
+        )
+
+    def release(self, grant: Grant) -> None:
+        """Settle a grant as unused (the call failed before using tokens)."""
+        _run(self._steps.config.store, self._steps.release(grant))
+
+    def close(self, status: str = CLOSED) -> None:
+        """Close the request (``with`` does this for you); open grants are released."""
+        _run(self._steps.config.store, self._steps.close(status))
+
+
+class AsyncRequest(_RequestBase):
+    """The async twin of :class:`Request` (see :meth:`Controller.arequest`)."""
+
+    async def open(self) -> AsyncRequest:
+        """Open the request in the store (``async with`` does this for you)."""
+        await _arun(self._steps.config.store, self._steps.open())
+        return self
+
+    async def __aenter__(self) -> AsyncRequest:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._steps.opened and not self._steps.closed:
+            with contextlib.suppress(RequestClosed):  # already closed by the store (expired)
+                await self.close(FAILED if exc_type is not None else CLOSED)
+
+    async def begin(self, agent: str, input_tokens: int, output_tokens: int | None = None) -> Grant:
+        """Async :meth:`Request.begin`."""
+        return await _arun(
+            self._steps.config.store, self._steps.begin(agent, input_tokens, output_tokens)
+        )
+
+    async def extend(
+        self, grant: Grant, output_tokens: int, *, context_tokens: int = 0
+    ) -> Grant | None:
+        """Async :meth:`Request.extend`."""
+        return await _arun(
+            self._steps.config.store, self._steps.extend(grant, output_tokens, context_tokens)
+        )
+
+    async def finish(
+        self, grant: Grant, *, input_tokens: int, output_tokens: int, truncated: bool = False
+    ) -> None:
+        """Async :meth:`Request.finish`."""
+        await _arun(
+            self._steps.config.store,
+            self._steps.finish(grant, input_tokens, output_tokens, truncated),
+        )
+
+    async def release(self, grant: Grant) -> None:
+        """Async :meth:`Request.release`."""
+        await _arun(self._steps.config.store, self._steps.release(grant))
+
+    async def close(self, status: str = CLOSED) -> None:
+        """Async :meth:`Request.close`."""
+        await _arun(self._steps.config.store, self._steps.close(status))
+
+
+class Controller:
+    """Budgets for the requests of one pipeline.
+
+    Args:
+        pipeline: the agents.
+        policy: a policy object, or a registered name (``uniform``, ``static:FILE``,
+            ``estimate``, ``elastic``, ``iterative``).
+        store: a store object or URL (``memory://``).
+        clock: seconds as a float; injected so tests control time (default ``time.time``).
+        lease_seconds: how long a grant may stay unsettled before its tokens are reclaimed.
+        request_ttl: how long a request may stay open before ``reap`` closes it.
+
+    Raises:
+        UnknownPolicy, UnknownStore: the name or URL is not registered.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        policy: str | Policy = "elastic",
+        store: str | Store = "memory://",
+        *,
+        clock: Callable[[], float] = time.time,
+        lease_seconds: float = 600.0,
+        request_ttl: float = 3600.0,
+    ) -> None:
+        self._config = _Config(pipeline, policy, store, clock, lease_seconds, request_ttl)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline."""
+        return self._config.pipeline
+
+    @property
+    def policy(self) -> Policy:
+        """The policy object."""
+        return self._config.policy
+
+    @property
+    def store(self) -> Store:
+        """The store object."""
+        return self._config.store
+
+    def request(
+        self,
+        ceiling: int,
+        features: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> Request:
+        """A new request with a token ceiling; open it with ``with``.
+
+        Args:
+            ceiling: tokens (input plus output) the whole request may consume.
+            features: what is known of the request up front (message count, ...).
+            request_id: an id of your own (default: generated, unique per controller).
+
+        Raises:
+            InvalidCeiling: the ceiling is not a positive integer.
+        """
+        return Request(_Steps(self._config, ceiling, features, request_id))
+
+    def arequest(
+        self,
+        ceiling: int,
+        features: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> AsyncRequest:
+        """The async twin of :meth:`request`; open it with ``async with``."""
+        return AsyncRequest(_Steps(self._config, ceiling, features, request_id))
+
+    def reap(self) -> int:
+        """Reclaim grants whose lease ended and close overdue requests, store-wide."""
+        return self._config.store.reap(self._config.clock())
+
+
+class AsyncController(Controller):
+    """A controller for async code: :meth:`request` returns an :class:`AsyncRequest`.
+
+    Same arguments and behaviour as :class:`Controller`, whose ``arequest`` it also has.
+    """
+
+    def request(  # type: ignore[override]
+        self,
+        ceiling: int,
+        features: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> AsyncRequest:
+        """A new async request; open it with ``async with``."""
+        return self.arequest(ceiling, features, request_id=request_id)
+
+    async def areap(self) -> int:
+        """Async :meth:`Controller.reap`."""
+        return self.reap()

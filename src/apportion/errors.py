@@ -1,0 +1,294 @@
+"""Every error apportion raises: one root, subclasses that carry fields.
+
+Each error keeps the facts that explain it as attributes (``agent``, ``requested``,
+``available``, ``file``, ``line``, ``key`` ...), so callers can act on them without parsing
+messages. A refused operation raises before it changes anything: the ledger is exactly as
+it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+class ApportionError(Exception):
+    """Root of every error apportion raises.
+
+    Keyword arguments become attributes, and are listed in ``fields``.
+    """
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields: dict[str, Any] = fields
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.fields))
+
+
+def _rebuild(cls: type[ApportionError], message: str, fields: dict[str, Any]) -> ApportionError:
+    error = cls.__new__(cls)
+    ApportionError.__init__(error, message, **fields)
+    return error
+
+
+class SpecError(ApportionError, ValueError):
+    """A pipeline, workload or budget file (or object) is invalid.
+
+    Attributes:
+        file: the file's path, or ``None`` for objects built in code.
+        line: 1-based line of the offending key, or ``None``.
+        key: dotted path of the offending key (``agents[2].after``), or ``None``.
+    """
+
+    file: str | None
+    line: int | None
+    key: str | None
+    problem: str
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        where = []
+        if file is not None:
+            where.append(f"{file}" + (f", line {line}" if line is not None else ""))
+        elif line is not None:
+            where.append(f"line {line}")
+        if key is not None:
+            where.append(f"key '{key}'")
+        prefix = ": ".join(where)
+        message = f"{prefix}: {problem}" if prefix else problem
+        super().__init__(message, file=file, line=line, key=key, problem=problem)
+
+
+class InvalidTokenCount(ApportionError, ValueError):
+    """A token count is not a non-negative integer within range.
+
+    Attributes:
+        field: which count (``input_tokens``, ``ceiling`` ...).
+        value: the value given.
+    """
+
+    field: str
+    value: object
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(f"{field}={value!r}: {reason}", field=field, value=value)
+
+
+class InvalidCeiling(InvalidTokenCount):
+    """A request ceiling is zero, negative or not an integer."""
+
+
+class UnknownAgent(ApportionError, LookupError):
+    """An agent name is not in the pipeline.
+
+    Attributes:
+        agent: the name given.
+        known: the pipeline's agent names.
+    """
+
+    agent: object
+    known: list[str]
+
+    def __init__(self, agent: object, known: Iterable[str]) -> None:
+        known_list = list(known)
+        super().__init__(
+            f"unknown agent {agent!r}; the pipeline has: {', '.join(known_list)}",
+            agent=agent,
+            known=known_list,
+        )
+
+
+class UnknownRequest(ApportionError, LookupError):
+    """No open request with this id is in the store.
+
+    Attributes:
+        request_id: the id given.
+    """
+
+    request_id: str
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"unknown request {request_id!r}", request_id=request_id)
+
+
+class DuplicateRequest(ApportionError, ValueError):
+    """A request with this id is already open in the store."""
+
+    request_id: str
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"request {request_id!r} is already open", request_id=request_id)
+
+
+class RequestClosed(ApportionError, RuntimeError):
+    """The request was closed: no grant can begin, grow or settle in it.
+
+    Attributes:
+        request_id: the request.
+        status: how it closed (``closed`` or ``failed``).
+    """
+
+    request_id: str
+    status: str
+
+    def __init__(self, request_id: str, status: str) -> None:
+        super().__init__(
+            f"request {request_id!r} is {status}: no more operations",
+            request_id=request_id,
+            status=status,
+        )
+
+
+class BudgetExceeded(ApportionError):
+    """A grant (or extension) larger than what this agent may draw was asked for.
+
+    Attributes:
+        agent: the agent asking.
+        requested: tokens asked for.
+        available: tokens this agent could have drawn at that moment.
+    """
+
+    agent: str
+    requested: int
+    available: int
+
+    def __init__(self, agent: str, requested: int, available: int, *, reason: str = "") -> None:
+        extra = f" ({reason})" if reason else ""
+        super().__init__(
+            f"agent {agent!r} asked for {requested} tokens, {available} available{extra}",
+            agent=agent,
+            requested=requested,
+            available=available,
+        )
+
+
+class GrantSettled(ApportionError, RuntimeError):
+    """The grant was already settled (finished, released or expired).
+
+    Attributes:
+        grant_id: the grant.
+        agent: its agent.
+        settled_by: ``finish``, ``release``, ``expire`` or ``close``.
+    """
+
+    grant_id: int
+    agent: str
+    settled_by: str
+
+    def __init__(self, grant_id: int, agent: str, settled_by: str) -> None:
+        super().__init__(
+            f"grant {grant_id} of agent {agent!r} was already settled by {settled_by}",
+            grant_id=grant_id,
+            agent=agent,
+            settled_by=settled_by,
+        )
+
+
+class GrantExpired(GrantSettled):
+    """The grant's lease ran out before it was settled; its tokens were reclaimed."""
+
+
+class ForeignGrant(ApportionError, ValueError):
+    """A grant from another request (or not a grant at all) was handed to this request.
+
+    Attributes:
+        grant_request_id: the request the grant belongs to.
+        request_id: the request it was handed to.
+    """
+
+    grant_request_id: object
+    request_id: str
+
+    def __init__(self, grant_request_id: object, request_id: str) -> None:
+        super().__init__(
+            f"grant of request {grant_request_id!r} handed to request {request_id!r}",
+            grant_request_id=grant_request_id,
+            request_id=request_id,
+        )
+
+
+class UnknownPolicy(ApportionError, LookupError):
+    """A policy name is not registered.
+
+    Attributes:
+        name: the name given.
+        known: the registered names.
+    """
+
+    name: object
+    known: list[str]
+
+    def __init__(self, name: object, known: Iterable[str]) -> None:
+        known_list = sorted(known)
+        super().__init__(
+            f"unknown policy {name!r}; choose one of: {', '.join(known_list)}",
+            name=name,
+            known=known_list,
+        )
+
+
+class UnknownStore(ApportionError, LookupError):
+    """A store URL has a scheme no store is registered for.
+
+    Attributes:
+        url: the URL given.
+        known: the registered schemes.
+    """
+
+    url: object
+    known: list[str]
+
+    def __init__(self, url: object, known: Iterable[str]) -> None:
+        known_list = sorted(known)
+        super().__init__(
+            f"no store for {url!r}; known schemes: {', '.join(s + '://' for s in known_list)}",
+            url=url,
+            known=known_list,
+        )
+
+
+class MissingExtra(ApportionError, ImportError):
+    """An optional dependency is not installed.
+
+    Attributes:
+        package: the module that failed to import.
+        extra: the extra that installs it (``pip install "apportion[EXTRA]"``).
+    """
+
+    package: str
+    extra: str
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f'{package} is not installed; install it with: pip install "apportion[{extra}]"',
+            package=package,
+            extra=extra,
+        )
+
+
+class PolicyConfigError(ApportionError, ValueError):
+    """A policy was configured wrongly (missing budgets, bad margin ...)."""
+
+
+class StoreUnavailable(ApportionError, ConnectionError):
+    """The store cannot be reached.
+
+    Attributes:
+        url: the store's URL.
+    """
+
+    url: str
+    reason: str
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"store {url} unavailable: {reason}", url=url, reason=reason)

@@ -1,0 +1,500 @@
+"""The pure ledger of one request: state plus operation gives new state plus events.
+
+A :class:`Ledger` holds one request's ceiling, the planned allocation per agent, the
+reservations protecting agents that have not started, the open grants, what was consumed,
+and an append-only list of :class:`Event`. It performs no I/O and reads no clock: every
+operation is handed ``now`` by its caller. Every operation validates all of its input
+before it changes anything, so a refused operation leaves the ledger exactly as it was.
+
+Invariants kept after every operation (the store conformance suite checks them):
+
+1. Conservation: ``free + reserved + consumed == ceiling`` (``free`` is derived).
+2. Hard cap: ``consumed <= ceiling``; a grant larger than the agent may draw is refused.
+3. A grant is settled exactly once: by ``finish``, ``release``, lease expiry or ``close``.
+4. Reclaim: what a finished grant did not use returns to the free pool at once.
+5. Priority: an agent that has not started keeps its reservation; an agent may only draw
+   on another's reservation when its own priority is strictly higher (so peripheral and
+   standard agents can never drain a critical agent's reservation).
+6. Over-use (usage above the grant) is recorded per agent; it is charged to the free pool,
+   so the next grant sees it, and any part the pool cannot cover is recorded as
+   ``overflow`` instead of letting ``consumed`` pass the ceiling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from apportion.errors import (
+    BudgetExceeded,
+    ForeignGrant,
+    GrantExpired,
+    GrantSettled,
+    InvalidCeiling,
+    InvalidTokenCount,
+    RequestClosed,
+    UnknownAgent,
+)
+
+MAX_TOKENS = 10**12
+"""Largest token count accepted anywhere (a trillion tokens); anything above is an error."""
+
+OPEN = "open"
+CLOSED = "closed"
+FAILED = "failed"
+EXPIRED = "expired"
+STATUSES = (OPEN, CLOSED, FAILED, EXPIRED)
+
+
+class Grant(NamedTuple):
+    """What an agent may use for one model call; a reservation until settled.
+
+    Attributes:
+        request_id: the request the grant belongs to.
+        agent: the agent it was granted to.
+        grant_id: its number inside the request (1, 2, ...).
+        context_tokens: input tokens the call may read.
+        output_tokens: output tokens the call may write (``max_tokens``).
+        lease_expires_at: clock time after which an unsettled grant is reclaimed.
+    """
+
+    request_id: str
+    agent: str
+    grant_id: int
+    context_tokens: int
+    output_tokens: int
+    lease_expires_at: float
+
+    @property
+    def total(self) -> int:
+        """Tokens reserved by the grant: context plus output."""
+        return self.context_tokens + self.output_tokens
+
+
+class Event(NamedTuple):
+    """One entry of a ledger's append-only event list.
+
+    Attributes:
+        kind: ``open``, ``begin``, ``extend``, ``finish``, ``release``, ``expire``, ``close``.
+        at: clock time of the operation.
+        agent: the agent concerned (``None`` for ``open`` and ``close``).
+        grant_id: the grant concerned (0 when none).
+        context_tokens: granted (begin, extend: the increment), used (finish) or returned
+            (release, expire) context tokens; the ceiling for ``open``.
+        output_tokens: the same for output tokens.
+        truncated: for ``finish``, whether the caller reported the output cut.
+        overuse: for ``finish``, tokens used beyond the grant.
+        note: free text: the release reason, the close status.
+    """
+
+    kind: str
+    at: float
+    agent: str | None
+    grant_id: int
+    context_tokens: int
+    output_tokens: int
+    truncated: bool = False
+    overuse: int = 0
+    note: str = ""
+
+
+def check_tokens(field: str, value: object) -> int:
+    """Return ``value`` as a token count, or raise :class:`InvalidTokenCount`.
+
+    A token count is an ``int`` (not ``bool``, not ``float``, not NaN) in
+    ``[0, MAX_TOKENS]``. Integral types such as ``numpy.int64`` are accepted.
+    """
+    if type(value) is int:
+        if 0 <= value <= MAX_TOKENS:
+            return value
+    elif isinstance(value, bool) or not hasattr(value, "__index__"):
+        if isinstance(value, float) and math.isnan(value):
+            raise InvalidTokenCount(field, value, "NaN is not a token count")
+        raise InvalidTokenCount(field, value, "token counts are integers")
+    else:
+        return check_tokens(field, value.__index__())
+    if value < 0:
+        raise InvalidTokenCount(field, value, "token counts cannot be negative")
+    raise InvalidTokenCount(field, value, f"above the limit of {MAX_TOKENS} tokens")
+
+
+def check_ceiling(value: object) -> int:
+    """Return ``value`` as a request ceiling (a positive token count)."""
+    try:
+        ceiling = check_tokens("ceiling", value)
+    except InvalidTokenCount as exc:
+        raise InvalidCeiling("ceiling", value, str(exc.message).split(": ", 1)[-1]) from None
+    if ceiling == 0:
+        raise InvalidCeiling("ceiling", value, "a ceiling must be at least 1 token")
+    return ceiling
+
+
+class Ledger:
+    """The budget state machine of one request (pure: no I/O, no clock reads).
+
+    Args:
+        request_id: the request's id.
+        ranks: each agent's priority rank (higher draws first), in execution order.
+        ceiling: tokens the whole request may consume (input plus output).
+        now: clock time of opening.
+        allocation: the policy's planned tokens per agent (advisory; shown in summaries).
+        reserve: tokens held for agents that have not started (see invariant 5).
+        expires_at: clock time after which an unclosed request may be reaped.
+
+    Raises:
+        InvalidCeiling: ``ceiling`` is not a positive token count.
+        InvalidTokenCount: an allocation or reservation is not a token count.
+        UnknownAgent: an allocation or reservation names an agent not in ``ranks``.
+        BudgetExceeded: the reservations add up to more than the ceiling.
+    """
+
+    __slots__ = (
+        "_settled",
+        "allocation",
+        "calls",
+        "ceiling",
+        "consumed",
+        "consumed_by",
+        "events",
+        "expires_at",
+        "grants",
+        "next_grant_id",
+        "outcome",
+        "overflow",
+        "overuse_by",
+        "ranks",
+        "request_id",
+        "reserve",
+        "reserved",
+        "reserved_by",
+        "status",
+        "truncated_calls",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        ranks: Mapping[str, int],
+        ceiling: int,
+        now: float,
+        *,
+        allocation: Mapping[str, int] | None = None,
+        reserve: Mapping[str, int] | None = None,
+        expires_at: float = math.inf,
+    ) -> None:
+        ceiling = check_ceiling(ceiling)
+        clean_alloc = _check_plan("allocation", allocation, ranks)
+        clean_reserve = {a: t for a, t in _check_plan("reserve", reserve, ranks).items() if t}
+        total_reserve = sum(clean_reserve.values())
+        if total_reserve > ceiling:
+            raise BudgetExceeded(
+                "(reservations)", total_reserve, ceiling, reason="reservations exceed the ceiling"
+            )
+        self.request_id = request_id
+        self.ranks: Mapping[str, int] = ranks
+        self.ceiling = ceiling
+        self.status = OPEN
+        self.outcome: float | None = None
+        self.expires_at = expires_at
+        self.allocation: dict[str, int] = dict.fromkeys(ranks, 0) | clean_alloc
+        self.reserve: dict[str, int] = clean_reserve
+        self.consumed = 0
+        self.reserved = 0
+        self.overflow = 0
+        self.consumed_by: dict[str, int] = dict.fromkeys(ranks, 0)
+        self.reserved_by: dict[str, int] = dict.fromkeys(ranks, 0)
+        self.overuse_by: dict[str, int] = dict.fromkeys(ranks, 0)
+        self.calls: dict[str, int] = dict.fromkeys(ranks, 0)
+        self.truncated_calls: dict[str, int] = dict.fromkeys(ranks, 0)
+        self.grants: dict[int, Grant] = {}
+        self._settled: dict[int, tuple[str, str]] = {}
+        self.next_grant_id = 1
+        self.events: list[Event] = [Event("open", now, None, 0, ceiling, 0)]
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def free(self) -> int:
+        """Tokens neither reserved by open grants nor consumed."""
+        return self.ceiling - self.reserved - self.consumed
+
+    @property
+    def started(self) -> frozenset[str]:
+        """Agents that have begun at least one grant."""
+        return frozenset(a for a, n in self.calls.items() if n)
+
+    def protected_from(self, agent: str) -> int:
+        """Reserved tokens of other unstarted agents that ``agent`` may not draw on."""
+        rank = self.ranks[agent]
+        ranks = self.ranks
+        return sum(t for b, t in self.reserve.items() if b != agent and ranks[b] >= rank)
+
+    def available_for(self, agent: str) -> int:
+        """Tokens ``agent`` could be granted right now."""
+        if agent not in self.ranks:
+            raise UnknownAgent(agent, self.ranks)
+        if not self.reserve:
+            return self.ceiling - self.reserved - self.consumed
+        return max(0, self.ceiling - self.reserved - self.consumed - self.protected_from(agent))
+
+    def settled_by(self, grant_id: int) -> str | None:
+        """How a grant was settled (``finish``, ``release``, ``expire``, ``close``), or None."""
+        entry = self._settled.get(grant_id)
+        return entry[1] if entry else None
+
+    # --------------------------------------------------------------- operations
+
+    def begin(
+        self, agent: str, context_tokens: int, output_tokens: int, now: float, lease_seconds: float
+    ) -> Grant:
+        """Reserve a grant for one model call of ``agent``.
+
+        Raises:
+            RequestClosed: the request is closed.
+            UnknownAgent: ``agent`` is not in the pipeline.
+            InvalidTokenCount: a count is not a non-negative integer.
+            BudgetExceeded: the grant is larger than ``available_for(agent)``.
+        """
+        if agent not in self.ranks:
+            raise UnknownAgent(agent, self.ranks)
+        context_tokens = check_tokens("context_tokens", context_tokens)
+        output_tokens = check_tokens("output_tokens", output_tokens)
+        self._check_open(now)
+        total = context_tokens + output_tokens
+        available = self.available_for(agent)
+        if total > available:
+            raise BudgetExceeded(agent, total, available)
+        grant_id = self.next_grant_id
+        grant = Grant(
+            self.request_id, agent, grant_id, context_tokens, output_tokens, now + lease_seconds
+        )
+        self.next_grant_id = grant_id + 1
+        self.grants[grant_id] = grant
+        self.reserve.pop(agent, None)
+        self.reserved += total
+        self.reserved_by[agent] += total
+        self.calls[agent] += 1
+        self.events.append(Event("begin", now, agent, grant_id, context_tokens, output_tokens))
+        return grant
+
+    def extend(
+        self,
+        grant: Grant,
+        output_tokens: int,
+        now: float,
+        lease_seconds: float,
+        context_tokens: int = 0,
+    ) -> Grant:
+        """Grow an open grant by ``output_tokens`` (and ``context_tokens``), renewing its lease.
+
+        Raises:
+            RequestClosed, ForeignGrant, GrantSettled, GrantExpired, InvalidTokenCount,
+            BudgetExceeded: as for :meth:`begin` and :meth:`finish`.
+        """
+        output_tokens = check_tokens("output_tokens", output_tokens)
+        context_tokens = check_tokens("context_tokens", context_tokens)
+        self._check_open(now)
+        current = self._open_grant(grant)
+        extra = output_tokens + context_tokens
+        available = self.available_for(current.agent)
+        if extra > available:
+            raise BudgetExceeded(current.agent, extra, available, reason="extension")
+        grown = current._replace(
+            context_tokens=current.context_tokens + context_tokens,
+            output_tokens=current.output_tokens + output_tokens,
+            lease_expires_at=now + lease_seconds,
+        )
+        self.grants[current.grant_id] = grown
+        self.reserved += extra
+        self.reserved_by[current.agent] += extra
+        self.events.append(
+            Event("extend", now, current.agent, current.grant_id, context_tokens, output_tokens)
+        )
+        return grown
+
+    def finish(
+        self,
+        grant: Grant,
+        input_tokens: int,
+        output_tokens: int,
+        now: float,
+        *,
+        truncated: bool = False,
+        allocation: Mapping[str, int] | None = None,
+    ) -> None:
+        """Settle a grant with the real usage; the unused part returns to the free pool.
+
+        Args:
+            grant: the grant (any version of it: extensions keep its id).
+            input_tokens: input tokens the provider billed.
+            output_tokens: output tokens the provider billed.
+            now: clock time.
+            truncated: the output was cut at the cap.
+            allocation: the policy's new plan for agents (advisory), applied after settling.
+
+        Raises:
+            RequestClosed, ForeignGrant, GrantSettled, GrantExpired, InvalidTokenCount,
+            UnknownAgent: nothing is changed.
+        """
+        input_tokens = check_tokens("input_tokens", input_tokens)
+        output_tokens = check_tokens("output_tokens", output_tokens)
+        new_plan = _check_plan("allocation", allocation, self.ranks) if allocation else None
+        self._check_open(now)
+        current = self._open_grant(grant)
+        agent = current.agent
+        granted = current.context_tokens + current.output_tokens
+        used = input_tokens + output_tokens
+        del self.grants[current.grant_id]
+        self._settled[current.grant_id] = (agent, "finish")
+        self.reserved -= granted
+        self.reserved_by[agent] -= granted
+        overuse = used - granted if used > granted else 0
+        charge = used
+        if overuse:
+            self.overuse_by[agent] += overuse
+            room = self.ceiling - self.reserved - self.consumed
+            if used > room:
+                charge = room
+                self.overflow += used - room
+        self.consumed += charge
+        self.consumed_by[agent] += charge
+        if truncated:
+            self.truncated_calls[agent] += 1
+        if new_plan:
+            self.allocation.update(new_plan)
+        self.events.append(
+            Event(
+                "finish",
+                now,
+                agent,
+                current.grant_id,
+                input_tokens,
+                output_tokens,
+                bool(truncated),
+                overuse,
+            )
+        )
+
+    def release(self, grant: Grant, now: float, *, reason: str = "release") -> None:
+        """Settle a grant as unused (an error before the call): all its tokens return.
+
+        Raises:
+            RequestClosed, ForeignGrant, GrantSettled, GrantExpired: nothing is changed.
+        """
+        self._check_open(now)
+        self._release(self._open_grant(grant), now, "release", reason)
+
+    def close(self, now: float, *, status: str = CLOSED, outcome: float | None = None) -> None:
+        """Close the request; open grants are released.
+
+        Args:
+            now: clock time.
+            status: ``closed`` (normal end), ``failed`` (an error ended it) or ``expired``.
+            outcome: the request's outcome score, when known.
+
+        Raises:
+            RequestClosed: it was already closed.
+            ValueError: unknown status or a non-finite outcome.
+        """
+        if self.status != OPEN:
+            raise RequestClosed(self.request_id, self.status)
+        if status not in STATUSES or status == OPEN:
+            raise ValueError(f"status must be one of closed, failed, expired, not {status!r}")
+        if outcome is not None and not math.isfinite(outcome):
+            raise ValueError(f"outcome must be a finite number, not {outcome!r}")
+        self.reap(now)
+        for grant in list(self.grants.values()):
+            self._release(grant, now, "close", status)
+        self.status = status
+        if outcome is not None:
+            self.outcome = float(outcome)
+        self.events.append(Event("close", now, None, 0, 0, 0, note=status))
+
+    def reap(self, now: float) -> int:
+        """Release every grant whose lease ended at or before ``now``; return how many."""
+        if not self.grants:
+            return 0
+        expired = [g for g in self.grants.values() if g.lease_expires_at <= now]
+        for grant in expired:
+            self._release(grant, now, "expire", "lease expired")
+        return len(expired)
+
+    # ---------------------------------------------------------------- internals
+
+    def _check_open(self, now: float) -> None:
+        if self.status != OPEN:
+            raise RequestClosed(self.request_id, self.status)
+        if self.grants:
+            self.reap(now)
+
+    def _open_grant(self, grant: Grant) -> Grant:
+        if not isinstance(grant, Grant):
+            raise ForeignGrant(getattr(grant, "request_id", None), self.request_id)
+        if grant.request_id != self.request_id:
+            raise ForeignGrant(grant.request_id, self.request_id)
+        current = self.grants.get(grant.grant_id)
+        if current is not None and current.agent == grant.agent:
+            return current
+        settled = self._settled.get(grant.grant_id)
+        if settled is None or settled[0] != grant.agent:
+            raise ForeignGrant(grant.request_id, self.request_id)
+        error = GrantExpired if settled[1] == "expire" else GrantSettled
+        raise error(grant.grant_id, grant.agent, settled[1])
+
+    def _release(self, grant: Grant, now: float, how: str, note: str) -> None:
+        total = grant.context_tokens + grant.output_tokens
+        del self.grants[grant.grant_id]
+        self._settled[grant.grant_id] = (grant.agent, how)
+        self.reserved -= total
+        self.reserved_by[grant.agent] -= total
+        kind = "expire" if how == "expire" else "release"
+        self.events.append(
+            Event(
+                kind,
+                now,
+                grant.agent,
+                grant.grant_id,
+                grant.context_tokens,
+                grant.output_tokens,
+                note=note,
+            )
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot of the state (no events)."""
+        return {
+            "request_id": self.request_id,
+            "status": self.status,
+            "ceiling": self.ceiling,
+            "consumed": self.consumed,
+            "reserved": self.reserved,
+            "free": self.free,
+            "overflow": self.overflow,
+            "outcome": self.outcome,
+            "agents": {
+                a: {
+                    "allocated": self.allocation[a],
+                    "reserved": self.reserved_by[a],
+                    "consumed": self.consumed_by[a],
+                    "reserve": self.reserve.get(a, 0),
+                    "calls": self.calls[a],
+                    "truncated_calls": self.truncated_calls[a],
+                    "overuse": self.overuse_by[a],
+                }
+                for a in self.ranks
+            },
+        }
+
+
+def _check_plan(
+    field: str, plan: Mapping[str, int] | None, ranks: Mapping[str, int]
+) -> dict[str, int]:
+    if not plan:
+        return {}
+    clean = {}
+    for agent, tokens in plan.items():
+        if agent not in ranks:
+            raise UnknownAgent(agent, ranks)
+        clean[agent] = check_tokens(f"{field}[{agent}]", tokens)
+    return clean

@@ -1,0 +1,62 @@
+"""Allocation policies, and the explicit registry that names them.
+
+``uniform``, ``static``, ``estimate``, ``elastic`` and ``iterative``; each module's
+docstring states its rule in plain words. :func:`resolve_policy` turns a name (or
+``static:budgets.yaml``) into a policy object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from apportion.errors import UnknownPolicy
+from apportion.policies.base import Observation, Plan, Policy
+from apportion.policies.elastic import ElasticPolicy
+from apportion.policies.estimate import EstimatePolicy
+from apportion.policies.iterative import IterativePolicy
+from apportion.policies.static import Budget, StaticPolicy
+from apportion.policies.uniform import UniformPolicy
+
+POLICIES: dict[str, Callable[[], Policy]] = {
+    "elastic": ElasticPolicy,
+    "estimate": EstimatePolicy,
+    "iterative": IterativePolicy,
+    "static": StaticPolicy,
+    "uniform": UniformPolicy,
+}
+"""Policy name -> factory taking no arguments."""
+
+
+def resolve_policy(policy: str | Policy) -> Policy:
+    """Return ``policy`` itself, or a new policy for a registered name.
+
+    ``static:PATH`` loads the static policy's budgets from the YAML file at ``PATH``.
+
+    Raises:
+        UnknownPolicy: the name is not registered (the error lists those that are).
+    """
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, str):
+        name, _, argument = policy.partition(":")
+        if name == "static" and argument:
+            return StaticPolicy.from_yaml(argument)
+        factory = POLICIES.get(name) if not argument else None
+        if factory is not None:
+            return factory()
+    raise UnknownPolicy(policy, POLICIES)
+
+
+__all__ = [
+    "POLICIES",
+    "Budget",
+    "ElasticPolicy",
+    "EstimatePolicy",
+    "IterativePolicy",
+    "Observation",
+    "Plan",
+    "Policy",
+    "StaticPolicy",
+    "UniformPolicy",
+    "resolve_policy",
+]

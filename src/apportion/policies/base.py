@@ -1,0 +1,168 @@
+"""The policy contract: what a policy decides, when, and from what it may decide.
+
+A policy is consulted by the controller at five moments of a request:
+
+* ``plan`` when the request opens: the planned allocation per agent (advisory, shown in
+  summaries) and the reservations held for agents that have not started (enforced by the
+  ledger: only agents of strictly higher priority may draw on them);
+* ``grant`` when an agent begins a call: how many context and output tokens it gets;
+* ``on_finish`` when a call settles: a new planned allocation for the agents still to run
+  (redistribution), or ``None`` to keep the plan;
+* ``extend`` when a cut agent asks for more: how many output tokens to add (0: wrap up);
+* ``learn`` when the request closes: the outcome score, if the user gave one.
+
+Every hook receives an :class:`Observation`: the pipeline, the ceiling, the request's
+features and the ledger's current state. That is all a real system can see at that moment,
+and all a policy is ever given: never a simulator's hidden needs or quality model.
+
+The ledger, not the policy, enforces the ceiling: a grant larger than what the agent may
+draw is refused whatever the policy says. A policy should nonetheless grant within
+``obs.state.available_for(agent)``; the controller refuses a grant whose output is below
+the agent's ``min_output``, raising :class:`~apportion.errors.BudgetExceeded`.
+Policy objects are shared by all requests of a controller, across threads: hooks must not
+keep per-request state on ``self`` (use ``obs.memo``) and must lock what they share.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
+
+from apportion.ledger import Grant
+from apportion.spec import Agent, OutputKind, Pipeline
+from apportion.stores.base import LedgerView
+
+
+class Plan(NamedTuple):
+    """A policy's plan for a request when it opens.
+
+    Attributes:
+        allocation: planned tokens per agent (advisory; summaries show it as allocated).
+        reserve: tokens held for each agent until it starts (enforced by the ledger).
+    """
+
+    allocation: Mapping[str, int] = {}
+    reserve: Mapping[str, int] = {}
+
+
+class Observation:
+    """Everything a policy may see about one request.
+
+    Attributes:
+        request_id: the request's id.
+        pipeline: the pipeline (agents, priorities, order).
+        ceiling: the request's token ceiling.
+        features: the request's features (message count, document length, ...).
+        state: the ledger's state after the latest operation.
+        settled: the calls settled so far: ``(agent, input_tokens, output_tokens, truncated)``.
+        memo: scratch space for the policy's notes about this request.
+    """
+
+    __slots__ = ("ceiling", "features", "memo", "pipeline", "request_id", "settled", "state")
+
+    def __init__(
+        self,
+        request_id: str,
+        pipeline: Pipeline,
+        ceiling: int,
+        features: Mapping[str, float],
+        state: LedgerView | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.pipeline = pipeline
+        self.ceiling = ceiling
+        self.features = features
+        self.state: LedgerView = state  # type: ignore[assignment]
+        self.settled: list[tuple[str, int, int, bool]] = []
+        self.memo: dict[str, Any] = {}
+
+    def unstarted(self, *, besides: str | None = None) -> list[Agent]:
+        """Agents that have not begun a call yet, in execution order."""
+        calls = self.state.calls
+        return [a for a in self.pipeline.agents if not calls[a.name] and a.name != besides]
+
+
+class Policy(abc.ABC):
+    """Base class of every allocation policy; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+
+    def plan(self, obs: Observation) -> Plan:
+        """Plan the request when it opens (default: no plan, no reservations)."""
+        return Plan()
+
+    @abc.abstractmethod
+    def grant(
+        self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
+    ) -> tuple[int, int]:
+        """Decide ``(context_tokens, output_tokens)`` for one call of ``agent``.
+
+        Args:
+            obs: the request as it stands.
+            agent: the agent about to call its model.
+            input_tokens: the input it has in hand, counted exactly.
+            output_tokens: the output the caller asks for, if it asked (an upper bound).
+        """
+
+    def on_finish(
+        self,
+        obs: Observation,
+        grant: Grant,
+        input_tokens: int,
+        output_tokens: int,
+        truncated: bool,
+    ) -> Mapping[str, int] | None:
+        """Return a new planned allocation once this call settles, or ``None`` to keep it.
+
+        Called before the store settles the call; it must not change anything (the
+        settlement may still be refused). Settled calls are listed in ``obs.settled``.
+        """
+        return None
+
+    def extend(
+        self, obs: Observation, grant: Grant, output_tokens: int, context_tokens: int
+    ) -> int:
+        """Decide how many output tokens to add to a cut call (0: the agent must wrap up)."""
+        return 0
+
+    def learn(self, obs: Observation, outcome: float | None) -> None:  # noqa: B027
+        """Learn from a closed request (its final state and outcome score); default: nothing."""
+
+
+# ------------------------------------------------------------------- helpers
+
+_OUTPUT_FIRST_SHARE = {
+    OutputKind.STRUCTURED: 0.75,
+    OutputKind.REASONING: 0.75,
+    OutputKind.PROSE: 0.5,
+}
+
+
+def split(budget: int, input_tokens: int, want_output: int, agent: Agent) -> tuple[int, int]:
+    """Divide one call's budget between reading input and writing output.
+
+    When the budget covers ``input_tokens + want_output``, both are granted in full.
+    Otherwise the output keeps what it wants up to a share of the budget (three quarters
+    for structured and reasoning answers, which are worthless when cut; half for prose),
+    and the input gets the rest. ``want_output`` is first clipped to the agent's
+    ``min_output``/``max_output``.
+
+    Returns:
+        ``(context_tokens, output_tokens)`` with a sum of at most ``max(budget, 0)``.
+    """
+    budget = max(budget, 0)
+    want = max(want_output, agent.min_output)
+    if agent.max_output is not None:
+        want = min(want, agent.max_output)
+    if input_tokens + want <= budget:
+        return input_tokens, want
+    out = min(
+        want, max(budget - input_tokens, int(budget * _OUTPUT_FIRST_SHARE[agent.output_kind]))
+    )
+    return min(input_tokens, budget - out), out
+
+
+def clip_output(out: int, requested: int | None) -> int:
+    """The policy's output cap, lowered to what the caller asked for (if it asked)."""
+    return out if requested is None or requested >= out else requested

@@ -1,0 +1,59 @@
+"""``elastic``: one shared pool with priority classes.
+
+Rule: the request's ceiling is one pool. When the request opens, every ``critical`` agent
+gets a reservation of its predicted need (all critical reservations together at most 70% of
+the ceiling), which ``standard`` and ``peripheral`` agents cannot drain, so a critical
+agent keeps its headroom until it runs. When an agent calls, it draws what it is predicted
+to need (its counted input plus predicted output and margin) from the pool: critical agents
+draw first and may take all of it; a standard agent leaves room for the predicted needs of
+the standard agents still to run; a peripheral agent gets best effort, leaving room for
+every agent still to run, and when the pool is short each gets a share weighted by
+priority (critical 4, standard 2, peripheral 1). What a finished agent did not use returns
+to the pool at once and is re-planned for the agents still to run. Extensions are granted
+from the same pool, on the same priority terms.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from apportion.policies.base import Observation, Plan
+from apportion.policies.predicting import PredictingPolicy, _fit
+from apportion.spec import Agent, Priority
+
+_CRITICAL_RESERVE_SHARE = 0.7
+
+
+class ElasticPolicy(PredictingPolicy):
+    """A shared pool with priority classes; see the module docstring."""
+
+    name = "elastic"
+    weights: ClassVar[dict[int, float]] = {2: 4.0, 1: 2.0, 0: 1.0}
+
+    def plan(self, obs: Observation) -> Plan:
+        """Reserve the critical agents' predicted needs; allocate the rest by weight."""
+        needs = self.predicted_needs(obs)
+        critical = {
+            a.name: needs[a.name] for a in obs.pipeline.agents if a.priority is Priority.CRITICAL
+        }
+        reserve = _fit(critical, int(obs.ceiling * _CRITICAL_RESERVE_SHARE))
+        weighted = {
+            a.name: round(needs[a.name] * self.weights[a.priority.rank])
+            for a in obs.pipeline.agents
+        }
+        planned = _fit(weighted, obs.ceiling)
+        allocation = {a: max(reserve.get(a, 0), min(needs[a], planned[a])) for a in needs}
+        return Plan(allocation=allocation, reserve=reserve)
+
+    def held_back(self, obs: Observation, agent: Agent) -> list[tuple[int, float]]:
+        """Room for unstarted agents of the same or higher priority without a reservation."""
+        if agent.priority is Priority.CRITICAL:
+            return []
+        rank = agent.priority.rank
+        reserve = obs.state.reserve
+        needs = self.predicted_needs(obs)
+        return [
+            (needs[b.name], self.weights[b.priority.rank])
+            for b in obs.unstarted(besides=agent.name)
+            if b.name not in reserve and b.priority.rank >= rank
+        ]

@@ -1,0 +1,23 @@
+"""``estimate``: request-time estimation of each agent's need, with a safety margin.
+
+Rule: when the request opens, predict every agent's need from the request's features
+(message count, document length, ...): its input, and its output given that input. When an
+agent calls, its input is counted exactly, so grant that input plus the predicted output
+with a safety margin (20% by default, widened by how far past predictions fell short),
+while holding back the predicted needs of the agents still to run. When the predictions
+add up to more than is left, each gets a share in proportion to its prediction.
+Predictions come from the agent's declared estimator, else from a per-agent linear model
+fitted online to past requests of the same controller, else from an equal share of the
+ceiling. Priorities are not used. An extension is granted from what the agents still to
+run are not predicted to need.
+"""
+
+from __future__ import annotations
+
+from apportion.policies.predicting import PredictingPolicy
+
+
+class EstimatePolicy(PredictingPolicy):
+    """Predicted needs plus a margin; see the module docstring."""
+
+    name = "estimate"

@@ -1,0 +1,166 @@
+"""Predicting what an agent will need, from request features and the input in hand.
+
+:class:`NeedModel` keeps, per agent, a ridge regression of output tokens on the request's
+features and the call's input tokens, and of input tokens on the features (for agents not
+yet started, whose input is not in hand). Until an agent has been observed, the agent's own
+``estimator`` (if the pipeline declares one) or ``None`` is returned, and policies fall
+back to shares of the ceiling.
+
+Observations are buffered and folded in by batches (every call while an agent has fewer
+than 16 observations, then every quarter of what it has seen, between 32 and 1024 calls),
+so settling a call costs an append, and refits cost a vanishing share of the calls.
+A call whose output was cut only tells a lower bound of the need; it is fitted as
+``max(1.25 * observed, prediction)`` so that cut agents are predicted to need more.
+The spread of past errors gives a multiplicative margin (the 90th percentile of
+``observed / predicted`` over the last 256 calls, at least 1), which policies add to their
+safety margin. Thread-safe: one lock around every update and refit.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+
+import numpy as np
+
+from apportion.spec import Agent, Pipeline
+
+_EARLY = 16
+_BATCH = (32, 1024)
+_RIDGE = 1e-3
+_RATIOS_KEPT = 256
+
+
+class _Regression:
+    """Ridge regression ``y ~ w . x`` over accumulated sufficient statistics."""
+
+    __slots__ = ("count", "pending", "ratios", "spread", "weights", "xtx", "xty")
+
+    def __init__(self) -> None:
+        self.xtx: np.ndarray | None = None
+        self.xty: np.ndarray | None = None
+        self.count = 0
+        self.pending: list[tuple[tuple[float, ...], float, bool]] = []
+        self.weights: tuple[float, ...] | None = None
+        self.ratios = np.empty(0)
+        self.spread = 1.0
+
+    def predict(self, x: tuple[float, ...]) -> float | None:
+        weights = self.weights
+        if weights is None:
+            return None
+        return max(1.0, sum([w * v for w, v in zip(weights, x, strict=True)]))
+
+    def due(self) -> bool:
+        if self.count < _EARLY:
+            return True
+        low, high = _BATCH
+        return len(self.pending) >= min(high, max(low, self.count // 4))
+
+    def fold(self) -> None:
+        """Fold the pending observations in and refit."""
+        rows = np.array([p[0] for p in self.pending], dtype=float)
+        y = np.array([p[1] for p in self.pending], dtype=float)
+        cut = np.array([p[2] for p in self.pending], dtype=bool)
+        self.pending.clear()
+        if self.weights is not None:
+            guess = np.maximum(rows @ np.asarray(self.weights), 1.0)
+            self.ratios = np.concatenate([self.ratios, (y / guess)[~cut]])[-_RATIOS_KEPT:]
+            y = np.where(cut, np.maximum(1.25 * y, guess), y)
+        else:
+            y = np.where(cut, 1.25 * y, y)
+        if self.xtx is None or self.xty is None:
+            self.xtx = rows.T @ rows
+            self.xty = rows.T @ y
+        else:
+            self.xtx += rows.T @ rows
+            self.xty += rows.T @ y
+        self.count += len(rows)
+        scale = np.maximum(np.sqrt(np.diag(self.xtx)), 1e-9)
+        normed = self.xtx / np.outer(scale, scale) + _RIDGE * np.eye(len(scale))
+        self.weights = tuple(float(w) for w in np.linalg.solve(normed, self.xty / scale) / scale)
+        if len(self.ratios) >= 8:
+            self.spread = max(1.0, float(np.quantile(self.ratios, 0.9)))
+
+
+class NeedModel:
+    """Per-agent predictions of input and output tokens, learned online.
+
+    Args:
+        pipeline: the pipeline whose agents are predicted.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self._lock = threading.Lock()
+        self._features: tuple[str, ...] | None = None
+        self._out: dict[str, _Regression] = {a.name: _Regression() for a in pipeline.agents}
+        self._in: dict[str, _Regression] = {a.name: _Regression() for a in pipeline.agents}
+
+    def row(self, features: Mapping[str, float]) -> tuple[float, ...]:
+        """The regression row of a request's features (compute once per request)."""
+        names = self._features or ()
+        return (1.0, *[float(features.get(n, 0.0)) for n in names])
+
+    def _ready(self, model: _Regression) -> _Regression:
+        if model.pending and model.due():
+            with self._lock:
+                if model.pending and model.due():
+                    model.fold()
+        return model
+
+    def output(
+        self,
+        agent: Agent,
+        features: Mapping[str, float],
+        row: tuple[float, ...],
+        input_tokens: float | None,
+    ) -> float | None:
+        """Expected output tokens of one call, or ``None`` when nothing is known yet.
+
+        Args:
+            agent: the agent.
+            features: the request's features.
+            row: ``row(features)``.
+            input_tokens: the call's input (counted, or predicted).
+        """
+        model = self._ready(self._out[agent.name])
+        if model.weights is not None and len(row) + 1 == len(model.weights):
+            return model.predict((*row, float(input_tokens or 0)))
+        if agent.estimator is not None:
+            return max(1.0, float(agent.estimator(features, round(input_tokens or 0))))
+        return None
+
+    def input(self, agent: Agent, row: tuple[float, ...]) -> float | None:
+        """Expected input tokens of an agent not yet started, or ``None`` when unknown."""
+        model = self._ready(self._in[agent.name])
+        if model.weights is None or len(row) != len(model.weights):
+            return None
+        return model.predict(row)
+
+    def spread(self, agent: Agent) -> float:
+        """The 90th percentile of observed/predicted output so far (at least 1)."""
+        return self._out[agent.name].spread
+
+    def observe(
+        self,
+        agent: Agent,
+        features: Mapping[str, float],
+        input_tokens: int,
+        output_tokens: int,
+        truncated: bool,
+    ) -> None:
+        """Buffer one settled call; it is folded into the predictions in a batch."""
+        with self._lock:
+            if self._features is None:
+                self._features = tuple(sorted(k for k, v in features.items() if _is_number(v)))
+            row = self.row(features)
+            self._out[agent.name].pending.append(
+                ((*row, float(input_tokens)), float(output_tokens), truncated)
+            )
+            self._in[agent.name].pending.append((row, float(input_tokens), False))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,173 @@
+"""Machinery shared by the policies that predict needs: estimate, elastic and iterative.
+
+Each of them predicts what every agent will need (:class:`~apportion.policies.needs.NeedModel`,
+with an equal share of the ceiling as the fallback), grants the agent about to run what it
+is predicted to need, and holds back what the agents still to run are predicted to need.
+When the pool cannot cover everyone, the agent gets its weighted proportional share of what
+it may draw. The subclasses differ in what they predict for a call, whom they hold back
+for, with which weights, and how they answer an extension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+from apportion.errors import PolicyConfigError
+from apportion.ledger import Grant
+from apportion.policies.base import Observation, Plan, Policy, clip_output, split
+from apportion.policies.needs import NeedModel
+from apportion.spec import Agent, Pipeline
+
+_FALLBACK_OUTPUT_SHARE = 0.25
+
+
+class PredictingPolicy(Policy):
+    """Base of the policies that predict each agent's need.
+
+    Args:
+        margin: safety margin added to predicted output (0.2 = 20% more).
+    """
+
+    weights: ClassVar[Mapping[int, float]] = {2: 1.0, 1: 1.0, 0: 1.0}
+    """Weight of each priority rank when the pool is split in proportion."""
+
+    def __init__(self, margin: float = 0.2) -> None:
+        if not 0.0 <= margin <= 10.0:
+            raise PolicyConfigError(
+                f"margin must be between 0 and 10, not {margin!r}", margin=margin
+            )
+        self.margin = margin
+        self._needs: dict[int, NeedModel] = {}
+
+    def needs(self, pipeline: Pipeline) -> NeedModel:
+        """The need model learned for ``pipeline`` (created on first use)."""
+        model = self._needs.get(id(pipeline))
+        if model is None:
+            model = self._needs.setdefault(id(pipeline), NeedModel(pipeline))
+        return model
+
+    def _model(self, obs: Observation) -> NeedModel:
+        model: NeedModel | None = obs.memo.get("model")
+        if model is None:
+            model = obs.memo["model"] = self.needs(obs.pipeline)
+        return model
+
+    # ------------------------------------------------------------ predictions
+
+    def predicted_needs(self, obs: Observation) -> dict[str, int]:
+        """Tokens (input plus output with margin) each agent is expected to use in this request.
+
+        Computed once per request, when it opens, and kept in ``obs.memo``.
+        """
+        needs: dict[str, int] | None = obs.memo.get("needs")
+        if needs is None:
+            model = self._model(obs)
+            row = obs.memo["row"] = model.row(obs.features)
+            fallback_in = obs.ceiling / len(obs.pipeline) * (1 - _FALLBACK_OUTPUT_SHARE)
+            needs = {}
+            for agent in obs.pipeline.agents:
+                inp = model.input(agent, row)
+                if inp is None:
+                    inp = fallback_in
+                needs[agent.name] = round(inp + self.call_output(obs, agent, inp))
+            obs.memo["needs"] = needs
+        return needs
+
+    def predicted_output(self, obs: Observation, agent: Agent, input_tokens: float | None) -> float:
+        """Expected output of one call, with the fallback when nothing is known."""
+        model = self._model(obs)
+        row = obs.memo.get("row") or model.row(obs.features)
+        guess = model.output(agent, obs.features, row, input_tokens)
+        if guess is None:
+            guess = obs.ceiling / len(obs.pipeline) * _FALLBACK_OUTPUT_SHARE
+            if agent.max_output is not None:
+                guess = min(guess, agent.max_output)
+        return max(guess, float(agent.min_output))
+
+    def call_output(self, obs: Observation, agent: Agent, input_tokens: float | None) -> float:
+        """Output tokens to grant one call: the prediction plus the margin."""
+        spread = self._model(obs).spread(agent)
+        return self.predicted_output(obs, agent, input_tokens) * (1 + self.margin) * spread
+
+    def held_back(self, obs: Observation, agent: Agent) -> list[tuple[int, float]]:
+        """``(need, weight)`` of the agents ``agent`` leaves room for (here: all unstarted)."""
+        reserve = obs.state.reserve
+        needs = self.predicted_needs(obs)
+        weights = self.weights
+        return [
+            (needs[b.name], weights[b.priority.rank])
+            for b in obs.unstarted(besides=agent.name)
+            if b.name not in reserve
+        ]
+
+    # --------------------------------------------------------------- the hooks
+
+    def plan(self, obs: Observation) -> Plan:
+        """Allocate the predicted needs, scaled down in proportion when they exceed the ceiling."""
+        return Plan(allocation=_fit(self.predicted_needs(obs), obs.ceiling))
+
+    def grant(
+        self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
+    ) -> tuple[int, int]:
+        """Grant the predicted need, or a weighted share when the pool cannot cover all."""
+        want_out = round(self.call_output(obs, agent, input_tokens))
+        if output_tokens is not None:
+            want_out = min(want_out, max(output_tokens, agent.min_output))
+        want = input_tokens + want_out
+        budget = self.budget(obs, agent, want)
+        ctx, out = split(budget, input_tokens, want_out, agent)
+        return ctx, clip_output(out, output_tokens)
+
+    def budget(self, obs: Observation, agent: Agent, want: int) -> int:
+        """What the agent gets for a call wanting ``want`` tokens."""
+        available = obs.state.available_for(agent.name)
+        others = self.held_back(obs, agent)
+        keep = sum(need for need, _ in others)
+        if available - keep >= want:
+            return want
+        mine = want * self.weights[agent.priority.rank]
+        weighted = mine + sum(need * weight for need, weight in others)
+        share = int(available * mine / weighted) if weighted else available
+        return min(want, available, max(available - keep, share))
+
+    def on_finish(
+        self,
+        obs: Observation,
+        grant: Grant,
+        input_tokens: int,
+        output_tokens: int,
+        truncated: bool,
+    ) -> Mapping[str, int] | None:
+        """Re-plan the agents still to run over the pool this call leaves."""
+        granted = grant.context_tokens + grant.output_tokens
+        pool = obs.state.free + granted - (input_tokens + output_tokens)
+        needs = self.predicted_needs(obs)
+        rest = {a.name: needs[a.name] for a in obs.unstarted()}
+        plan = _fit(rest, max(pool, 0))
+        plan[grant.agent] = obs.state.consumed_by[grant.agent] + input_tokens + output_tokens
+        return plan
+
+    def extend(
+        self, obs: Observation, grant: Grant, output_tokens: int, context_tokens: int
+    ) -> int:
+        """Add output from what the agents still to run are not predicted to need."""
+        agent = obs.pipeline[grant.agent]
+        spare = obs.state.available_for(agent.name) - context_tokens
+        spare -= sum(need for need, _ in self.held_back(obs, agent))
+        return max(0, min(output_tokens, spare))
+
+    def learn(self, obs: Observation, outcome: float | None) -> None:
+        """Fold the request's settled calls into the need model."""
+        model = self._model(obs)
+        pipeline = obs.pipeline
+        for agent, input_tokens, output_tokens, truncated in obs.settled:
+            model.observe(pipeline[agent], obs.features, input_tokens, output_tokens, truncated)
+
+
+def _fit(needs: dict[str, int], total: int) -> dict[str, int]:
+    """``needs`` as they are when they fit in ``total``, else scaled down in proportion."""
+    asked = sum(needs.values())
+    if asked <= total or asked == 0:
+        return dict(needs)
+    return {a: need * total // asked for a, need in needs.items()}

@@ -1,0 +1,772 @@
+"""Pipelines and their agents: the static description a controller budgets for.
+
+An :class:`Agent` is one named step of an orchestration: how much it matters
+(:class:`Priority`), which agents must run before it (``after``), what it writes
+(:class:`OutputKind`), output bounds, and an optional estimator of its output size. A
+:class:`Pipeline` is the agents of one orchestration, checked to form a DAG and kept in a
+valid execution order.
+
+Both validate on construction and raise :class:`~apportion.errors.SpecError`. A pipeline
+can be read from YAML (:meth:`Pipeline.from_yaml`); errors then name the file, the line and
+the dotted key of the mistake (``agents[2].after``). Objects built in code and objects read
+from YAML go through the same checks, so the same mistake gives the same problem text::
+
+    name: support            # optional
+    agents:
+      - name: triage
+        priority: peripheral
+        output_kind: structured
+      - name: reasoner
+        priority: critical
+        after: [triage]
+        output_kind: reasoning
+        estimator: {base: 300, per_feature: {messages: 20}, per_input: 0.05}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import heapq
+import math
+import operator
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NoReturn, TypeAlias
+
+import yaml
+
+from apportion.errors import SpecError, UnknownAgent
+from apportion.yamlfile import YamlList, YamlMap, load_yaml
+
+__all__ = [
+    "Agent",
+    "Estimator",
+    "LinearEstimator",
+    "OutputKind",
+    "Pipeline",
+    "Priority",
+]
+
+
+class Priority(enum.StrEnum):
+    """How much an agent's budget matters to the request's outcome.
+
+    ``critical`` agents keep a reservation that ``peripheral`` agents cannot drain.
+    """
+
+    CRITICAL = "critical"
+    STANDARD = "standard"
+    PERIPHERAL = "peripheral"
+
+    @property
+    def rank(self) -> int:
+        """Order of importance: critical 2, standard 1, peripheral 0."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK: dict[Priority, int] = {
+    Priority.CRITICAL: 2,
+    Priority.STANDARD: 1,
+    Priority.PERIPHERAL: 0,
+}
+
+
+class OutputKind(enum.StrEnum):
+    """What an agent writes, which shapes how its output size varies."""
+
+    STRUCTURED = "structured"
+    PROSE = "prose"
+    REASONING = "reasoning"
+
+
+# A callable estimating an agent's output tokens from the request's features and, when
+# known, its input tokens: ``estimator(features, input_tokens) -> float``.
+Estimator: TypeAlias = Callable[[Mapping[str, float], int | None], float]
+
+
+def _number(value: object, key: str) -> float:
+    """Return ``value`` as a finite float, or raise SpecError about ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"must be a number, not {_describe(value)}", key=key)
+    result = float(value)
+    if not math.isfinite(result):
+        raise SpecError(f"must be a finite number, not {value!r}", key=key)
+    return result
+
+
+def _plain_number(value: float) -> int | float:
+    """Return an integral float as an int, for tidier YAML."""
+    return int(value) if value.is_integer() else value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LinearEstimator:
+    """Expected output tokens = base + sum(coef * features[name]) + per_input * input_tokens.
+
+    Missing features (and an unknown ``input_tokens``) count as 0; the estimate is never
+    negative.
+
+    Attributes:
+        base: tokens expected whatever the request.
+        per_feature: coefficient per request feature (a read-only mapping).
+        per_input: tokens expected per input token.
+    """
+
+    base: float = 0.0
+    per_feature: Mapping[str, float] = field(default_factory=dict)
+    per_input: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base", _number(self.base, "base"))
+        object.__setattr__(self, "per_input", _number(self.per_input, "per_input"))
+        if not isinstance(self.per_feature, Mapping):
+            raise SpecError(
+                f"must be a mapping of feature name to coefficient, not "
+                f"{_describe(self.per_feature)}",
+                key="per_feature",
+            )
+        coefficients: dict[str, float] = {}
+        for name, coef in self.per_feature.items():
+            if not isinstance(name, str) or not name:
+                raise SpecError(
+                    f"feature names must be non-empty strings, not {name!r}", key="per_feature"
+                )
+            coefficients[name] = _number(coef, f"per_feature.{name}")
+        object.__setattr__(self, "per_feature", MappingProxyType(coefficients))
+
+    def __call__(self, features: Mapping[str, float], input_tokens: int | None = None) -> float:
+        """Estimate output tokens.
+
+        Args:
+            features: the request's features; missing ones count as 0.
+            input_tokens: the agent's input tokens, if known.
+
+        Returns:
+            The estimate, at least 0.
+        """
+        total = self.base
+        for name, coef in self.per_feature.items():
+            value = features.get(name)
+            if value is not None:
+                total += coef * float(value)
+        if input_tokens is not None:
+            total += self.per_input * input_tokens
+        return max(0.0, total)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LinearEstimator):
+            return NotImplemented
+        return (self.base, dict(self.per_feature), self.per_input) == (
+            other.base,
+            dict(other.per_feature),
+            other.per_input,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.base, frozenset(self.per_feature.items()), self.per_input))
+
+    def __repr__(self) -> str:
+        return (
+            f"LinearEstimator(base={self.base!r}, per_feature={dict(self.per_feature)!r}, "
+            f"per_input={self.per_input!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LinearEstimator, (self.base, dict(self.per_feature), self.per_input))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a YAML-ready mapping, omitting zero terms."""
+        result: dict[str, Any] = {}
+        if self.base:
+            result["base"] = _plain_number(self.base)
+        if self.per_feature:
+            result["per_feature"] = {k: _plain_number(v) for k, v in self.per_feature.items()}
+        if self.per_input:
+            result["per_input"] = _plain_number(self.per_input)
+        return result
+
+
+def _describe(value: object) -> str:
+    """Name a wrong value in an error message."""
+    if value is None:
+        return "null"
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _choice(enum_type: type[Priority] | type[OutputKind], value: object, key: str) -> Any:
+    """Return ``value`` as a member of ``enum_type``, or raise SpecError about ``key``."""
+    if isinstance(value, enum_type):
+        return value
+    allowed = ", ".join(member.value for member in enum_type)
+    if isinstance(value, str):
+        try:
+            return enum_type(value.strip().lower())
+        except ValueError:
+            pass
+    raise SpecError(f"must be one of: {allowed}; got {value!r}", key=key)
+
+
+def _count(value: object, key: str) -> int:
+    """Return ``value`` as a non-negative int (not a bool or float), or raise SpecError."""
+    if isinstance(value, bool):
+        raise SpecError(f"must be a non-negative integer, not {_describe(value)}", key=key)
+    try:
+        result = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise SpecError(
+            f"must be a non-negative integer, not {_describe(value)}", key=key
+        ) from None
+    if result < 0:
+        raise SpecError(f"must be a non-negative integer, not {result}", key=key)
+    return result
+
+
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
+class Agent:
+    """One named step of a pipeline.
+
+    Strings are accepted for ``priority`` and ``output_kind``, and any sequence of names
+    for ``after``; they are normalised to :class:`Priority`, :class:`OutputKind` and a
+    tuple. Positional use works: ``Agent("triage", "peripheral")``.
+
+    Attributes:
+        name: unique name in its pipeline.
+        priority: how much its budget matters.
+        after: names of the agents that must finish before it starts.
+        output_kind: what it writes.
+        model: the model it calls, if known.
+        min_output: fewest output tokens worth granting.
+        max_output: most output tokens it may ever be granted, or ``None``.
+        estimator: estimates its output tokens from request features, or ``None``.
+
+    Raises:
+        SpecError: a field is invalid; ``key`` names the field.
+    """
+
+    name: str
+    priority: Priority = Priority.STANDARD
+    after: tuple[str, ...] = ()
+    output_kind: OutputKind = OutputKind.PROSE
+    model: str | None = None
+    min_output: int = 1
+    max_output: int | None = None
+    estimator: Estimator | None = None
+
+    def __init__(
+        self,
+        name: str,
+        priority: Priority | str = Priority.STANDARD,
+        after: Sequence[str] | None = (),
+        output_kind: OutputKind | str = OutputKind.PROSE,
+        model: str | None = None,
+        min_output: int = 1,
+        max_output: int | None = None,
+        estimator: Estimator | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise SpecError(f"must be a non-empty string, not {_describe(name)}", key="name")
+        setattr_ = object.__setattr__
+        setattr_(self, "name", name)
+        setattr_(self, "priority", _choice(Priority, priority, "priority"))
+        setattr_(self, "after", self._check_after(name, after))
+        setattr_(self, "output_kind", _choice(OutputKind, output_kind, "output_kind"))
+        if model is not None and (not isinstance(model, str) or not model):
+            raise SpecError(
+                f"must be a non-empty string or null, not {_describe(model)}", key="model"
+            )
+        setattr_(self, "model", model)
+        checked_min = _count(min_output, "min_output")
+        setattr_(self, "min_output", checked_min)
+        if max_output is not None:
+            checked_max = _count(max_output, "max_output")
+            if checked_max < max(checked_min, 1):
+                raise SpecError(
+                    f"must be at least max(min_output, 1) = {max(checked_min, 1)}, "
+                    f"not {checked_max}",
+                    key="max_output",
+                )
+            max_output = checked_max
+        setattr_(self, "max_output", max_output)
+        if estimator is not None and not callable(estimator):
+            raise SpecError(
+                f"must be callable (e.g. a LinearEstimator) or null, not {_describe(estimator)}",
+                key="estimator",
+            )
+        setattr_(self, "estimator", estimator)
+
+    @staticmethod
+    def _check_after(name: str, after: object) -> tuple[str, ...]:
+        if after is None:
+            return ()
+        if isinstance(after, str | bytes) or not isinstance(after, Sequence):
+            raise SpecError(f"must be a list of agent names, not {_describe(after)}", key="after")
+        seen: list[str] = []
+        for upstream in after:
+            if not isinstance(upstream, str) or not upstream:
+                raise SpecError(
+                    f"agent names must be non-empty strings, not {_describe(upstream)}",
+                    key="after",
+                )
+            if upstream in seen:
+                raise SpecError(f"'{upstream}' is listed twice", key="after")
+            if upstream == name:
+                raise SpecError(
+                    f"agent '{name}' lists itself: a cycle ({name} -> {name})", key="after"
+                )
+            seen.append(upstream)
+        return tuple(seen)
+
+    def __repr__(self) -> str:
+        parts = [repr(self.name)]
+        if self.priority is not Priority.STANDARD:
+            parts.append(f"priority={self.priority.value!r}")
+        if self.after:
+            parts.append(f"after={list(self.after)!r}")
+        if self.output_kind is not OutputKind.PROSE:
+            parts.append(f"output_kind={self.output_kind.value!r}")
+        if self.model is not None:
+            parts.append(f"model={self.model!r}")
+        if self.min_output != 1:
+            parts.append(f"min_output={self.min_output!r}")
+        if self.max_output is not None:
+            parts.append(f"max_output={self.max_output!r}")
+        if self.estimator is not None:
+            parts.append(f"estimator={self.estimator!r}")
+        return f"Agent({', '.join(parts)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a YAML-ready mapping, omitting fields left at their defaults.
+
+        A :class:`LinearEstimator` is written out; any other estimator is omitted.
+        """
+        result: dict[str, Any] = {"name": self.name}
+        if self.priority is not Priority.STANDARD:
+            result["priority"] = self.priority.value
+        if self.after:
+            result["after"] = list(self.after)
+        if self.output_kind is not OutputKind.PROSE:
+            result["output_kind"] = self.output_kind.value
+        if self.model is not None:
+            result["model"] = self.model
+        if self.min_output != 1:
+            result["min_output"] = self.min_output
+        if self.max_output is not None:
+            result["max_output"] = self.max_output
+        if isinstance(self.estimator, LinearEstimator):
+            result["estimator"] = self.estimator.to_dict()
+        return result
+
+
+# ---------------------------------------------------------------------------------------
+# Locating errors in a document (a YamlMap from load_yaml, or plain dicts and lists).
+
+_PIPELINE_KEYS = frozenset({"name", "agents"})
+_AGENT_KEYS = frozenset(
+    {"name", "priority", "after", "output_kind", "model", "min_output", "max_output", "estimator"}
+)
+_ESTIMATOR_KEYS = frozenset({"base", "per_feature", "per_input"})
+_KEY_TOKEN = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Where:
+    """A position in a document: file, line and dotted key (any may be unknown)."""
+
+    file: str | None
+    line: int | None
+    key: str | None
+
+    def fail(self, problem: str) -> NoReturn:
+        raise SpecError(problem, file=self.file, line=self.line, key=self.key)
+
+
+def _join(base: str | None, key: str | None) -> str | None:
+    if not key:
+        return base
+    if not base:
+        return key
+    return f"{base}{key}" if key.startswith("[") else f"{base}.{key}"
+
+
+def _where_of(node: object, fallback: _Where) -> _Where:
+    """Where ``node`` itself is: its own position if it came from YAML, else ``fallback``."""
+    if isinstance(node, YamlMap | YamlList):
+        return _Where(node.file, node.line, node.path or None)
+    return fallback
+
+
+def _child(node: object, where: _Where, key: str | int) -> _Where:
+    """Where item ``key`` of ``node`` (located at ``where``) is."""
+    if isinstance(node, YamlMap) and isinstance(key, str):
+        return _Where(node.file, node.key_lines.get(key, node.line), node.key_path(key))
+    if isinstance(node, YamlList) and isinstance(key, int):
+        return _Where(node.file, node.item_lines[key], node.item_path(key))
+    part = f"[{key}]" if isinstance(key, int) else key
+    return _Where(where.file, where.line, _join(where.key, part))
+
+
+def _line_of(node: object, relative_key: str | None, default: int | None) -> int | None:
+    """Best-known line of ``relative_key`` inside ``node`` (deepest part found)."""
+    line = default
+    for index, name in _KEY_TOKEN.findall(relative_key or ""):
+        if index and isinstance(node, YamlList) and int(index) < len(node):
+            line, node = node.item_lines[int(index)], node[int(index)]
+        elif name and isinstance(node, YamlMap) and name in node:
+            line, node = node.key_lines.get(name, line), node[name]
+        else:
+            break
+    return line
+
+
+def _relocate(error: SpecError, node: object, where: _Where) -> SpecError:
+    """Re-raise ``error`` (keyed relative to ``node``) at its position in the document."""
+    relative: str | None = error.key
+    return SpecError(
+        error.problem,
+        file=where.file,
+        line=_line_of(node, relative, where.line),
+        key=_join(where.key, relative),
+    )
+
+
+def _check_keys(
+    node: Mapping[str, Any], where: _Where, allowed: frozenset[str], required: tuple[str, ...]
+) -> None:
+    """Fail on the first unknown key, then on the first missing required key."""
+    if isinstance(node, YamlMap):
+        node.check_keys(allowed, required)
+        return
+    for key in node:
+        if key not in allowed:
+            _child(node, where, str(key)).fail(
+                f"unknown key '{key}'; allowed: {', '.join(sorted(allowed))}"
+            )
+    for key in required:
+        if key not in node:
+            where.fail(f"missing required key '{key}'")
+
+
+def _estimator_from(node: object, where: _Where) -> LinearEstimator | None:
+    if node is None:
+        return None
+    if isinstance(node, LinearEstimator):
+        return node
+    if not isinstance(node, Mapping):
+        where.fail(
+            f"must be a mapping with keys {', '.join(sorted(_ESTIMATOR_KEYS))}, "
+            f"not {_describe(node)}"
+        )
+    _check_keys(node, where, _ESTIMATOR_KEYS, ())
+    try:
+        return LinearEstimator(**node)
+    except SpecError as error:
+        raise _relocate(error, node, where) from error
+
+
+def _agent_from(node: object, where: _Where) -> Agent:
+    if isinstance(node, Agent):
+        return node
+    if not isinstance(node, Mapping):
+        where.fail(f"an agent must be a mapping with at least 'name', not {_describe(node)}")
+    _check_keys(node, where, _AGENT_KEYS, ("name",))
+    fields = dict(node)
+    if "estimator" in fields:
+        fields["estimator"] = _estimator_from(fields["estimator"], _child(node, where, "estimator"))
+    try:
+        return Agent(**fields)
+    except SpecError as error:
+        raise _relocate(error, node, where) from error
+
+
+# ---------------------------------------------------------------------------------------
+
+
+class Pipeline:
+    """The agents of one orchestration, in a valid execution order.
+
+    If the agents as given already respect every ``after``, that order is kept; otherwise
+    they are put in a stable topological order (each agent as early as its ``after``
+    allows, ties broken by the order given).
+
+    Args:
+        agents: the agents, at least one, with unique names.
+        name: the pipeline's name.
+
+    Raises:
+        SpecError: no agents, an item is not an :class:`Agent`, two agents share a name,
+            ``after`` names an unknown agent, or ``after`` forms a cycle. ``key`` is like
+            ``agents[2].after`` (indices into ``agents`` as given).
+    """
+
+    __slots__ = ("_agents", "_downstream", "_index", "_name")
+
+    _name: str
+    _agents: tuple[Agent, ...]
+    _index: dict[str, int]
+    _downstream: dict[str, tuple[str, ...]]
+
+    def __init__(self, agents: Iterable[Agent], name: str = "pipeline") -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise SpecError(f"must be a non-empty string, not {_describe(name)}", key="name")
+        if isinstance(agents, str | bytes | Mapping | Agent) or not isinstance(agents, Iterable):
+            raise SpecError(f"must be a list of agents, not {_describe(agents)}", key="agents")
+        given = tuple(agents)
+        if not given:
+            raise SpecError("a pipeline needs at least one agent", key="agents")
+        positions: dict[str, int] = {}
+        for i, agent in enumerate(given):
+            if not isinstance(agent, Agent):
+                raise SpecError(f"must be an Agent, not {_describe(agent)}", key=f"agents[{i}]")
+            if agent.name in positions:
+                raise SpecError(
+                    f"agent name '{agent.name}' is already used by agents[{positions[agent.name]}]",
+                    key=f"agents[{i}].name",
+                )
+            positions[agent.name] = i
+        for i, agent in enumerate(given):
+            for upstream in agent.after:
+                if upstream not in positions:
+                    raise SpecError(
+                        f"agent '{agent.name}' runs after '{upstream}', which is not in the "
+                        f"pipeline; known agents: {', '.join(positions)}",
+                        key=f"agents[{i}].after",
+                    )
+        order = _topological_order(given, positions)
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_agents", tuple(given[i] for i in order))
+        object.__setattr__(self, "_index", {a.name: k for k, a in enumerate(self._agents)})
+        object.__setattr__(self, "_downstream", _downstream_map(self._agents))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Pipeline is immutable; cannot set {name!r}")
+
+    @property
+    def name(self) -> str:
+        """The pipeline's name."""
+        return self._name
+
+    @property
+    def agents(self) -> tuple[Agent, ...]:
+        """The agents, in execution order."""
+        return self._agents
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The agents' names, in execution order."""
+        return tuple(self._index)
+
+    def __getitem__(self, name: str) -> Agent:
+        """Return the agent called ``name``.
+
+        Raises:
+            UnknownAgent: no agent has that name.
+        """
+        return self._agents[self.index(name)]
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            return name in self._index
+        except TypeError:
+            return False
+
+    def __iter__(self) -> Iterator[Agent]:
+        return iter(self._agents)
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    def index(self, name: str) -> int:
+        """Return the position of agent ``name`` in execution order.
+
+        Raises:
+            UnknownAgent: no agent has that name.
+        """
+        if name not in self:
+            raise UnknownAgent(name, self._index)
+        return self._index[name]
+
+    def downstream(self, name: str) -> tuple[str, ...]:
+        """Return the agents that run after ``name``, directly or transitively.
+
+        Args:
+            name: an agent of this pipeline.
+
+        Returns:
+            Their names, in execution order.
+
+        Raises:
+            UnknownAgent: no agent has that name.
+        """
+        return self._downstream[self[name].name]
+
+    def with_priorities(self, priorities: Mapping[str, Priority | str]) -> Pipeline:
+        """Return a copy with some agents' priorities replaced.
+
+        Args:
+            priorities: new priority per agent name; agents not listed keep theirs.
+
+        Raises:
+            UnknownAgent: a name is not in the pipeline.
+            SpecError: a priority is not valid (``key`` is ``priorities.NAME``).
+        """
+        for agent_name in priorities:
+            self.index(agent_name)
+        new = {
+            name: _choice(Priority, value, f"priorities.{name}")
+            for name, value in priorities.items()
+        }
+        agents = [
+            dataclasses.replace(agent, priority=new[agent.name]) if agent.name in new else agent
+            for agent in self._agents
+        ]
+        return Pipeline(agents, self._name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a YAML-ready mapping (see :meth:`Agent.to_dict`)."""
+        return {"name": self._name, "agents": [agent.to_dict() for agent in self._agents]}
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """Return the pipeline as YAML that :meth:`from_yaml` reads back.
+
+        Estimators other than :class:`LinearEstimator` are not written.
+
+        Args:
+            path: if given, also write the text to this file.
+
+        Returns:
+            The YAML text.
+        """
+        text: str = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: Any, *, file: str | None = None) -> Pipeline:
+        """Build a pipeline from a mapping shaped like the YAML format.
+
+        Args:
+            data: ``{"name": ..., "agents": [{...}, ...]}``; a :class:`YamlMap` from
+                :func:`~apportion.yamlfile.load_yaml` gives errors with lines.
+            file: the file name to put in errors when ``data`` does not carry its own.
+
+        Raises:
+            SpecError: the data is invalid; ``file``, ``line`` and ``key`` locate it.
+        """
+        root = _where_of(data, _Where(file, None, None))
+        if not isinstance(data, Mapping):
+            root.fail(
+                "a pipeline must be a mapping with keys 'agents' and optionally 'name', "
+                f"not {_describe(data)}"
+            )
+        _check_keys(data, root, _PIPELINE_KEYS, ("agents",))
+        items = data["agents"]
+        items_where = _child(data, root, "agents")
+        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+            items_where.fail(f"must be a list of agents, not {_describe(items)}")
+        agents = [_agent_from(item, _child(items, items_where, i)) for i, item in enumerate(items)]
+        try:
+            return cls(agents, data.get("name", "pipeline"))
+        except SpecError as error:
+            raise _relocate(error, data, root) from error
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Pipeline:
+        """Read a pipeline from a YAML file.
+
+        Raises:
+            SpecError: the file cannot be read, is not valid YAML, or describes an invalid
+                pipeline; ``file``, ``line`` and ``key`` locate the mistake.
+        """
+        return cls.from_dict(load_yaml(path), file=str(path))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pipeline):
+            return NotImplemented
+        return self._name == other._name and self._agents == other._agents
+
+    def __hash__(self) -> int:
+        return hash((self._name, self._agents))
+
+    def __repr__(self) -> str:
+        return f"Pipeline({list(self._agents)!r}, name={self._name!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Pipeline, (self._agents, self._name))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for mappings, flow style for lists of plain values (``after: [a, b]``)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> Any:
+    flow = all(isinstance(item, str | int | float | bool) for item in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def _topological_order(agents: tuple[Agent, ...], positions: dict[str, int]) -> list[int]:
+    """Stable topological order of ``agents`` (indices), or SpecError naming a cycle."""
+    waiting = [len(agent.after) for agent in agents]
+    children: list[list[int]] = [[] for _ in agents]
+    for i, agent in enumerate(agents):
+        for upstream in agent.after:
+            children[positions[upstream]].append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for child in children[i]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, child)
+    if len(order) < len(agents):
+        _raise_cycle(agents, positions, {i for i, count in enumerate(waiting) if count > 0})
+    return order
+
+
+def _raise_cycle(agents: tuple[Agent, ...], positions: dict[str, int], stuck: set[int]) -> NoReturn:
+    """Find a cycle among the ``stuck`` agents and raise SpecError showing it."""
+    # Every stuck agent has a stuck upstream, so walking upstream must revisit an agent.
+    path = [min(stuck)]
+    seen = {path[0]: 0}
+    while True:
+        upstream = next(positions[u] for u in agents[path[-1]].after if positions[u] in stuck)
+        if upstream in seen:
+            cycle = path[seen[upstream] :]
+            break
+        seen[upstream] = len(path)
+        path.append(upstream)
+    # ``cycle`` follows ``after`` (downstream to upstream); show it in data-flow order,
+    # starting and ending with the agent given first.
+    cycle.reverse()
+    start = cycle.index(min(cycle))
+    cycle = cycle[start:] + cycle[:start]
+    shown = " -> ".join(agents[i].name for i in [*cycle, cycle[0]])
+    raise SpecError(
+        f"the agents' 'after' form a cycle: {shown} (each runs after the one before it)",
+        key=f"agents[{cycle[0]}].after",
+    )
+
+
+def _downstream_map(agents: tuple[Agent, ...]) -> dict[str, tuple[str, ...]]:
+    """For each agent, the agents depending on it directly or transitively, in order."""
+    below: dict[str, set[str]] = {agent.name: set() for agent in agents}
+    for agent in reversed(agents):
+        for upstream in agent.after:
+            below[upstream].add(agent.name)
+            below[upstream].update(below[agent.name])
+    return {
+        agent.name: tuple(a.name for a in agents if a.name in below[agent.name]) for agent in agents
+    }

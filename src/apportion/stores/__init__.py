@@ -1,0 +1,43 @@
+"""Stores: where ledgers live. Chosen by URL (``memory://``) or passed as an object.
+
+The registry maps a URL scheme to the module and class that implement it; a store's module
+is imported only when its scheme is used, so optional clients (redis-py) are not needed
+until then.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from apportion.errors import UnknownStore
+from apportion.stores.base import LedgerView, Store
+from apportion.stores.memory import MemoryStore
+
+STORES: dict[str, str] = {
+    "memory": "apportion.stores.memory:MemoryStore",
+}
+"""URL scheme -> ``module:Class`` of the store that serves it."""
+
+
+def open_store(store: str | Store) -> Store:
+    """Return ``store`` itself, or a new store for a URL such as ``memory://``.
+
+    Raises:
+        UnknownStore: the URL's scheme is not registered.
+    """
+    if isinstance(store, Store):
+        return store
+    if not isinstance(store, str) or "://" not in store:
+        raise UnknownStore(store, STORES)
+    scheme = store.split("://", 1)[0]
+    target = STORES.get(scheme)
+    if target is None:
+        raise UnknownStore(store, STORES)
+    module_name, class_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if scheme == "memory":
+        return cls()  # type: ignore[no-any-return]
+    return cls.from_url(store)  # type: ignore[no-any-return]
+
+
+__all__ = ["STORES", "LedgerView", "MemoryStore", "Store", "open_store"]

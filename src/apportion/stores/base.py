@@ -1,0 +1,245 @@
+"""The store contract: where ledgers live, and the only place they change.
+
+A store keeps the ledger of every open request (and, later, shared pools) and carries out
+each ledger operation atomically: the controller never reads, modifies and writes back.
+Every store passes the same conformance suite, :mod:`apportion.testing.store_conformance`.
+
+Contract (every implementation must keep it):
+
+* ``open`` creates the ledger of a new request; a second ``open`` of the same id while the
+  first is open raises :class:`~apportion.errors.DuplicateRequest`.
+* ``begin``, ``extend``, ``finish``, ``release`` and ``close`` apply the operation of the
+  same name of :class:`~apportion.ledger.Ledger` atomically, with exactly its validation,
+  errors and events, and return the state after it. Before applying an operation, the
+  store releases every grant of that request whose lease ended at or before ``now``.
+* A refused operation raises an :class:`~apportion.errors.ApportionError` and changes
+  nothing. An operation on an id the store does not hold raises
+  :class:`~apportion.errors.UnknownRequest`; on a closed request still held,
+  :class:`~apportion.errors.RequestClosed`.
+* ``get`` returns the current state, also for a recently closed request (how long closed
+  requests stay readable is the store's retention, at least until ``reap`` drops them).
+* ``reap(now)`` expires ended leases in every request, closes with status ``expired`` the
+  requests whose time to live has passed, and returns how many grants and requests it
+  settled. It is never run from a background thread the store started by itself.
+* Operations are safe to call from many threads and asyncio tasks at once; the async
+  variants (``abegin`` ...) have the same meaning as the sync ones.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from apportion.ledger import Event, Grant
+
+
+class LedgerView(Protocol):
+    """Read-only view of one request's ledger, as policies and summaries see it."""
+
+    @property
+    def request_id(self) -> str: ...  # noqa: D102
+    @property
+    def ceiling(self) -> int: ...  # noqa: D102
+    @property
+    def status(self) -> str: ...  # noqa: D102
+    @property
+    def outcome(self) -> float | None: ...  # noqa: D102
+    @property
+    def consumed(self) -> int: ...  # noqa: D102
+    @property
+    def reserved(self) -> int: ...  # noqa: D102
+    @property
+    def free(self) -> int: ...  # noqa: D102
+    @property
+    def overflow(self) -> int: ...  # noqa: D102
+    @property
+    def ranks(self) -> Mapping[str, int]: ...  # noqa: D102
+    @property
+    def allocation(self) -> Mapping[str, int]: ...  # noqa: D102
+    @property
+    def reserve(self) -> Mapping[str, int]: ...  # noqa: D102
+    @property
+    def consumed_by(self) -> Mapping[str, int]: ...  # noqa: D102
+    @property
+    def reserved_by(self) -> Mapping[str, int]: ...  # noqa: D102
+    @property
+    def overuse_by(self) -> Mapping[str, int]: ...  # noqa: D102
+    @property
+    def calls(self) -> Mapping[str, int]: ...  # noqa: D102
+    @property
+    def truncated_calls(self) -> Mapping[str, int]: ...  # noqa: D102
+    @property
+    def grants(self) -> Mapping[int, Grant]: ...  # noqa: D102
+
+    def available_for(self, agent: str) -> int:
+        """Tokens ``agent`` could be granted right now."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot of the state (no events)."""
+        ...
+
+
+class Store(abc.ABC):
+    """Base class of every store; see the module docstring for the contract."""
+
+    url: str = ""
+
+    @abc.abstractmethod
+    def open(
+        self,
+        request_id: str,
+        ranks: Mapping[str, int],
+        ceiling: int,
+        now: float,
+        *,
+        allocation: Mapping[str, int] | None = None,
+        reserve: Mapping[str, int] | None = None,
+        ttl: float = math.inf,
+    ) -> LedgerView:
+        """Open the ledger of a new request and return its state."""
+
+    @abc.abstractmethod
+    def begin(
+        self,
+        request_id: str,
+        agent: str,
+        context_tokens: int,
+        output_tokens: int,
+        now: float,
+        lease_seconds: float,
+    ) -> tuple[Grant, LedgerView]:
+        """Reserve a grant; return it and the state after."""
+
+    @abc.abstractmethod
+    def extend(
+        self,
+        request_id: str,
+        grant: Grant,
+        output_tokens: int,
+        context_tokens: int,
+        now: float,
+        lease_seconds: float,
+    ) -> tuple[Grant, LedgerView]:
+        """Grow an open grant; return the grown grant and the state after."""
+
+    @abc.abstractmethod
+    def finish(
+        self,
+        request_id: str,
+        grant: Grant,
+        input_tokens: int,
+        output_tokens: int,
+        now: float,
+        *,
+        truncated: bool = False,
+        allocation: Mapping[str, int] | None = None,
+    ) -> LedgerView:
+        """Settle a grant with its real usage; return the state after."""
+
+    @abc.abstractmethod
+    def release(
+        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+    ) -> LedgerView:
+        """Settle a grant as unused; return the state after."""
+
+    @abc.abstractmethod
+    def close(
+        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+    ) -> LedgerView:
+        """Close a request (releasing its open grants); return its final state."""
+
+    @abc.abstractmethod
+    def get(self, request_id: str) -> LedgerView:
+        """The current state of a request."""
+
+    @abc.abstractmethod
+    def events(self, request_id: str) -> list[Event]:
+        """A copy of the request's event list, oldest first."""
+
+    @abc.abstractmethod
+    def reap(self, now: float) -> int:
+        """Expire ended leases and overdue requests everywhere; return how many were settled."""
+
+    # Async variants. A store whose operations never wait (memory) keeps these defaults;
+    # a networked store overrides them with real async I/O over the same operations.
+
+    async def aopen(
+        self,
+        request_id: str,
+        ranks: Mapping[str, int],
+        ceiling: int,
+        now: float,
+        *,
+        allocation: Mapping[str, int] | None = None,
+        reserve: Mapping[str, int] | None = None,
+        ttl: float = math.inf,
+    ) -> LedgerView:
+        """Async :meth:`open`."""
+        return self.open(
+            request_id, ranks, ceiling, now, allocation=allocation, reserve=reserve, ttl=ttl
+        )
+
+    async def abegin(
+        self,
+        request_id: str,
+        agent: str,
+        context_tokens: int,
+        output_tokens: int,
+        now: float,
+        lease_seconds: float,
+    ) -> tuple[Grant, LedgerView]:
+        """Async :meth:`begin`."""
+        return self.begin(request_id, agent, context_tokens, output_tokens, now, lease_seconds)
+
+    async def aextend(
+        self,
+        request_id: str,
+        grant: Grant,
+        output_tokens: int,
+        context_tokens: int,
+        now: float,
+        lease_seconds: float,
+    ) -> tuple[Grant, LedgerView]:
+        """Async :meth:`extend`."""
+        return self.extend(request_id, grant, output_tokens, context_tokens, now, lease_seconds)
+
+    async def afinish(
+        self,
+        request_id: str,
+        grant: Grant,
+        input_tokens: int,
+        output_tokens: int,
+        now: float,
+        *,
+        truncated: bool = False,
+        allocation: Mapping[str, int] | None = None,
+    ) -> LedgerView:
+        """Async :meth:`finish`."""
+        return self.finish(
+            request_id,
+            grant,
+            input_tokens,
+            output_tokens,
+            now,
+            truncated=truncated,
+            allocation=allocation,
+        )
+
+    async def arelease(
+        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+    ) -> LedgerView:
+        """Async :meth:`release`."""
+        return self.release(request_id, grant, now, reason=reason)
+
+    async def aclose(
+        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+    ) -> LedgerView:
+        """Async :meth:`close`."""
+        return self.close(request_id, now, status=status, outcome=outcome)
+
+    async def aget(self, request_id: str) -> LedgerView:
+        """Async :meth:`get`."""
+        return self.get(request_id)

@@ -1,0 +1,163 @@
+"""The in-process store: ledgers in a dict, one lock around every operation.
+
+Safe across threads and asyncio tasks (no operation awaits while holding the lock). The
+ledgers it returns are live objects: read them, never change them. Closed requests stay
+readable until ``keep_closed`` newer ones have closed.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from apportion.errors import DuplicateRequest, UnknownRequest
+from apportion.ledger import EXPIRED, Event, Grant, Ledger
+from apportion.stores.base import Store
+
+
+class MemoryStore(Store):
+    """Ledgers of one process, kept in memory.
+
+    Args:
+        keep_closed: how many closed requests stay readable with :meth:`get`.
+    """
+
+    url = "memory://"
+
+    def __init__(self, keep_closed: int = 1024) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[str, Ledger] = {}
+        self._closed: OrderedDict[str, Ledger] = OrderedDict()
+        self._keep_closed = keep_closed
+
+    def _ledger(self, request_id: str) -> Ledger:
+        ledger = self._open.get(request_id)
+        if ledger is None:
+            ledger = self._closed.get(request_id)
+            if ledger is None:
+                raise UnknownRequest(request_id)
+        return ledger
+
+    def open(
+        self,
+        request_id: str,
+        ranks: Mapping[str, int],
+        ceiling: int,
+        now: float,
+        *,
+        allocation: Mapping[str, int] | None = None,
+        reserve: Mapping[str, int] | None = None,
+        ttl: float = math.inf,
+    ) -> Ledger:
+        """Open the ledger of a new request and return it."""
+        ledger = Ledger(
+            request_id,
+            ranks,
+            ceiling,
+            now,
+            allocation=allocation,
+            reserve=reserve,
+            expires_at=now + ttl,
+        )
+        with self._lock:
+            if request_id in self._open:
+                raise DuplicateRequest(request_id)
+            self._closed.pop(request_id, None)
+            self._open[request_id] = ledger
+        return ledger
+
+    def begin(
+        self,
+        request_id: str,
+        agent: str,
+        context_tokens: int,
+        output_tokens: int,
+        now: float,
+        lease_seconds: float,
+    ) -> tuple[Grant, Ledger]:
+        """Reserve a grant; return it and the ledger."""
+        with self._lock:
+            ledger = self._ledger(request_id)
+            return ledger.begin(agent, context_tokens, output_tokens, now, lease_seconds), ledger
+
+    def extend(
+        self,
+        request_id: str,
+        grant: Grant,
+        output_tokens: int,
+        context_tokens: int,
+        now: float,
+        lease_seconds: float,
+    ) -> tuple[Grant, Ledger]:
+        """Grow an open grant; return it and the ledger."""
+        with self._lock:
+            ledger = self._ledger(request_id)
+            return ledger.extend(grant, output_tokens, now, lease_seconds, context_tokens), ledger
+
+    def finish(
+        self,
+        request_id: str,
+        grant: Grant,
+        input_tokens: int,
+        output_tokens: int,
+        now: float,
+        *,
+        truncated: bool = False,
+        allocation: Mapping[str, int] | None = None,
+    ) -> Ledger:
+        """Settle a grant with its real usage."""
+        with self._lock:
+            ledger = self._ledger(request_id)
+            ledger.finish(
+                grant, input_tokens, output_tokens, now, truncated=truncated, allocation=allocation
+            )
+            return ledger
+
+    def release(
+        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+    ) -> Ledger:
+        """Settle a grant as unused."""
+        with self._lock:
+            ledger = self._ledger(request_id)
+            ledger.release(grant, now, reason=reason)
+            return ledger
+
+    def close(
+        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+    ) -> Ledger:
+        """Close a request and keep it readable for a while."""
+        with self._lock:
+            ledger = self._ledger(request_id)
+            ledger.close(now, status=status, outcome=outcome)
+            self._retire(ledger)
+            return ledger
+
+    def _retire(self, ledger: Ledger) -> None:
+        del self._open[ledger.request_id]
+        self._closed[ledger.request_id] = ledger
+        while len(self._closed) > self._keep_closed:
+            self._closed.popitem(last=False)
+
+    def get(self, request_id: str) -> Ledger:
+        """The live ledger of a request (open or recently closed)."""
+        with self._lock:
+            return self._ledger(request_id)
+
+    def events(self, request_id: str) -> list[Event]:
+        """A copy of the request's events."""
+        with self._lock:
+            return list(self._ledger(request_id).events)
+
+    def reap(self, now: float) -> int:
+        """Expire ended leases and close overdue requests; return how many were settled."""
+        settled = 0
+        with self._lock:
+            for ledger in list(self._open.values()):
+                settled += ledger.reap(now)
+                if ledger.expires_at <= now:
+                    ledger.close(now, status=EXPIRED)
+                    self._retire(ledger)
+                    settled += 1
+        return settled

@@ -1,0 +1,1 @@
+"""Test helpers shipped with apportion: the store conformance suite (needs the dev extra)."""

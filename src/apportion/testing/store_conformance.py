@@ -1,0 +1,516 @@
+"""The store conformance suite: every store passes these very tests.
+
+Subclass :class:`StoreConformance` in a pytest module and implement ``make_store``::
+
+    class TestMyStore(StoreConformance):
+        def make_store(self) -> Store:
+            return MyStore(...)
+
+It checks the contract of :mod:`apportion.stores.base` and the ledger invariants, with
+unit tests and a Hypothesis state machine that drives random interleavings of open, begin,
+extend, finish, release, expiry and close (and refused operations) over several requests,
+checking every invariant after every step against an independent model of the accounting.
+Needs ``pytest`` and ``hypothesis`` (the ``dev`` extra).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from apportion.errors import (
+    ApportionError,
+    BudgetExceeded,
+    DuplicateRequest,
+    ForeignGrant,
+    GrantExpired,
+    GrantSettled,
+    InvalidCeiling,
+    InvalidTokenCount,
+    RequestClosed,
+    UnknownAgent,
+    UnknownRequest,
+)
+from apportion.ledger import Grant
+from apportion.stores.base import Store
+
+RANKS = {"lead": 2, "helper": 1, "notes": 0, "format": 0}
+"""A four-agent pipeline: one critical, one standard, two peripheral."""
+
+LEASE = 30.0
+
+BAD_COUNTS = (-1, float("nan"), 1.5, 10.0, True, 10**13, "12", None)
+
+
+def snapshot(store: Store, request_id: str) -> tuple[dict[str, Any], int]:
+    """State and event count of a request, to check that a refused operation changed nothing."""
+    return store.get(request_id).to_dict(), len(store.events(request_id))
+
+
+def check_invariants(store: Store, request_id: str) -> None:
+    """The ledger invariants that hold after every operation."""
+    state = store.get(request_id)
+    assert state.free + state.reserved + state.consumed == state.ceiling
+    assert 0 <= state.consumed <= state.ceiling
+    assert state.reserved >= 0 and state.free >= 0
+    assert state.reserved == sum(g.context_tokens + g.output_tokens for g in state.grants.values())
+    assert state.consumed == sum(state.consumed_by.values())
+    assert state.reserved == sum(state.reserved_by.values())
+    if state.status != "open":
+        assert state.reserved == 0 and not state.grants
+
+
+class StoreConformance:
+    """Tests every store must pass; subclasses implement :meth:`make_store`."""
+
+    def make_store(self) -> Store:
+        """A new, empty store."""
+        raise NotImplementedError
+
+    @pytest.fixture
+    def store(self) -> Store:
+        """A new store for one test."""
+        return self.make_store()
+
+    # ------------------------------------------------------------ basic life
+
+    def test_open_get_close(self, store: Store) -> None:
+        state = store.open("r1", RANKS, 1000, 0.0, allocation={"lead": 600}, reserve={"lead": 500})
+        assert (state.ceiling, state.free, state.reserved, state.consumed) == (1000, 1000, 0, 0)
+        assert store.get("r1").allocation["lead"] == 600
+        assert store.get("r1").reserve == {"lead": 500}
+        final = store.close("r1", 1.0, outcome=0.75)
+        assert final.status == "closed" and final.outcome == 0.75
+        assert store.get("r1").status == "closed"
+        kinds = [e.kind for e in store.events("r1")]
+        assert kinds == ["open", "close"]
+
+    def test_duplicate_and_unknown(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        with pytest.raises(DuplicateRequest):
+            store.open("r1", RANKS, 1000, 0.0)
+        with pytest.raises(UnknownRequest):
+            store.get("nope")
+        with pytest.raises(UnknownRequest):
+            store.begin("nope", "lead", 1, 1, 0.0, LEASE)
+
+    @pytest.mark.parametrize("ceiling", [0, -5, 1.5, float("nan"), True, 10**13])
+    def test_bad_ceiling(self, store: Store, ceiling: Any) -> None:
+        with pytest.raises(InvalidCeiling):
+            store.open("r1", RANKS, ceiling, 0.0)
+        with pytest.raises(UnknownRequest):
+            store.get("r1")
+
+    def test_reservations_above_ceiling_refused(self, store: Store) -> None:
+        with pytest.raises(BudgetExceeded):
+            store.open("r1", RANKS, 100, 0.0, reserve={"lead": 80, "helper": 30})
+        with pytest.raises(UnknownAgent):
+            store.open("r1", RANKS, 100, 0.0, allocation={"ghost": 5})
+
+    def test_begin_finish_reclaims(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, state = store.begin("r1", "lead", 300, 200, 0.0, LEASE)
+        assert isinstance(grant, Grant)
+        assert (grant.context_tokens, grant.output_tokens, grant.agent) == (300, 200, "lead")
+        assert (state.reserved, state.free) == (500, 500)
+        state = store.finish("r1", grant, 300, 50, 1.0, truncated=False, allocation={"notes": 7})
+        assert (state.reserved, state.consumed, state.free) == (0, 350, 650)
+        assert state.allocation["notes"] == 7
+        assert [e.kind for e in store.events("r1")] == ["open", "begin", "finish"]
+        check_invariants(store, "r1")
+
+    def test_extend_grows_grant(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, _ = store.begin("r1", "lead", 100, 100, 0.0, LEASE)
+        grown, state = store.extend("r1", grant, 50, 20, 5.0, LEASE)
+        assert grown.grant_id == grant.grant_id
+        assert (grown.context_tokens, grown.output_tokens) == (120, 150)
+        assert grown.lease_expires_at == 5.0 + LEASE
+        assert state.reserved == 270
+        with pytest.raises(BudgetExceeded) as info:
+            store.extend("r1", grown, 10_000, 0, 5.0, LEASE)
+        assert info.value.requested == 10_000 and info.value.available == 730
+
+    def test_hard_cap_and_error_fields(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        store.begin("r1", "helper", 500, 0, 0.0, LEASE)
+        before = snapshot(store, "r1")
+        with pytest.raises(BudgetExceeded) as info:
+            store.begin("r1", "notes", 400, 200, 0.0, LEASE)
+        assert (info.value.agent, info.value.requested, info.value.available) == ("notes", 600, 500)
+        assert snapshot(store, "r1") == before
+
+    def test_critical_reservation_cannot_be_drained(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0, reserve={"lead": 600})
+        for agent in ("notes", "helper"):
+            before = snapshot(store, "r1")
+            with pytest.raises(BudgetExceeded) as info:
+                store.begin("r1", agent, 401, 0, 0.0, LEASE)
+            assert info.value.available == 400
+            assert snapshot(store, "r1") == before
+        grant, _ = store.begin("r1", "notes", 300, 100, 0.0, LEASE)
+        assert store.get("r1").available_for("lead") == 600
+        store.release("r1", grant, 0.0)
+        _, state = store.begin("r1", "lead", 900, 100, 0.0, LEASE)  # critical draws first
+        assert state.free == 0 and not state.reserve
+
+    def test_higher_priority_draws_on_lower_reservation(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0, reserve={"notes": 400})
+        assert store.get("r1").available_for("helper") == 1000
+        assert store.get("r1").available_for("format") == 600
+
+    def test_settle_exactly_once(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, _ = store.begin("r1", "lead", 100, 100, 0.0, LEASE)
+        store.finish("r1", grant, 50, 50, 0.0)
+        before = snapshot(store, "r1")
+        for settle in (
+            lambda: store.finish("r1", grant, 50, 50, 0.0),
+            lambda: store.release("r1", grant, 0.0),
+            lambda: store.extend("r1", grant, 10, 0, 0.0, LEASE),
+        ):
+            with pytest.raises(GrantSettled) as info:
+                settle()
+            assert info.value.settled_by == "finish" and info.value.grant_id == grant.grant_id
+            assert snapshot(store, "r1") == before
+
+    def test_foreign_grant(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        store.open("r2", RANKS, 1000, 0.0)
+        grant, _ = store.begin("r1", "lead", 10, 10, 0.0, LEASE)
+        before = snapshot(store, "r2")
+        with pytest.raises(ForeignGrant) as info:
+            store.finish("r2", grant, 1, 1, 0.0)
+        assert info.value.grant_request_id == "r1" and info.value.request_id == "r2"
+        forged = grant._replace(request_id="r2", grant_id=99)
+        with pytest.raises(ForeignGrant):
+            store.finish("r2", forged, 1, 1, 0.0)
+        assert snapshot(store, "r2") == before
+
+    @pytest.mark.parametrize("bad", BAD_COUNTS)
+    def test_bad_counts_change_nothing(self, store: Store, bad: Any) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, _ = store.begin("r1", "lead", 10, 10, 0.0, LEASE)
+        before = snapshot(store, "r1")
+        for op in (
+            lambda: store.begin("r1", "helper", bad, 10, 0.0, LEASE),
+            lambda: store.begin("r1", "helper", 10, bad, 0.0, LEASE),
+            lambda: store.extend("r1", grant, bad, 0, 0.0, LEASE),
+            lambda: store.finish("r1", grant, bad, 1, 0.0),
+            lambda: store.finish("r1", grant, 1, bad, 0.0),
+        ):
+            with pytest.raises(InvalidTokenCount) as info:
+                op()
+            assert info.value.value is bad or (
+                isinstance(bad, float) and math.isnan(bad) and info.value.value != info.value.value
+            )
+            assert snapshot(store, "r1") == before
+
+    def test_unknown_agent(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        before = snapshot(store, "r1")
+        with pytest.raises(UnknownAgent) as info:
+            store.begin("r1", "ghost", 1, 1, 0.0, LEASE)
+        assert info.value.agent == "ghost" and set(info.value.known) == set(RANKS)
+        assert snapshot(store, "r1") == before
+
+    def test_overuse_recorded_and_capped(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, _ = store.begin("r1", "lead", 100, 100, 0.0, LEASE)
+        state = store.finish("r1", grant, 150, 150, 0.0)
+        assert state.overuse_by["lead"] == 100 and state.consumed == 300 and state.overflow == 0
+        big, _ = store.begin("r1", "notes", 600, 100, 0.0, LEASE)
+        state = store.finish("r1", big, 900, 200, 0.0)
+        assert state.consumed == 1000 and state.overflow == 400 and state.free == 0
+        assert state.overuse_by["notes"] == 400
+        with pytest.raises(BudgetExceeded):
+            store.begin("r1", "helper", 1, 0, 0.0, LEASE)
+        finish = store.events("r1")[-1]
+        assert (finish.kind, finish.overuse, finish.context_tokens) == ("finish", 400, 900)
+
+    def test_lease_expiry_reclaims(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, _ = store.begin("r1", "lead", 300, 300, 0.0, LEASE)
+        other, _ = store.begin("r1", "helper", 100, 100, 20.0, LEASE)
+        assert store.reap(LEASE) == 1  # the first lease ends at 30.0
+        state = store.get("r1")
+        assert state.reserved == 200 and grant.grant_id not in state.grants
+        before = snapshot(store, "r1")
+        with pytest.raises(GrantExpired):
+            store.finish("r1", grant, 10, 10, LEASE + 1)
+        assert snapshot(store, "r1") == before
+        # any later operation expires ended leases first
+        store.begin("r1", "notes", 10, 10, 100.0, LEASE)
+        assert other.grant_id not in store.get("r1").grants
+        assert [e.kind for e in store.events("r1")].count("expire") == 2
+
+    def test_request_ttl(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0, ttl=60.0)
+        store.begin("r1", "lead", 10, 10, 0.0, 1000.0)
+        assert store.reap(59.0) == 0
+        assert store.reap(60.0) == 1
+        state = store.get("r1")
+        assert state.status == "expired" and state.reserved == 0
+
+    def test_close_releases_and_refuses_more(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, _ = store.begin("r1", "lead", 10, 10, 0.0, LEASE)
+        state = store.close("r1", 1.0, status="failed")
+        assert state.status == "failed" and state.reserved == 0 and state.free == 1000
+        before = snapshot(store, "r1")
+        for op in (
+            lambda: store.begin("r1", "lead", 1, 1, 2.0, LEASE),
+            lambda: store.finish("r1", grant, 1, 1, 2.0),
+            lambda: store.close("r1", 2.0),
+        ):
+            with pytest.raises(RequestClosed):
+                op()
+        assert snapshot(store, "r1") == before
+
+    def test_async_variants(self, store: Store) -> None:
+        import asyncio
+
+        async def scenario() -> None:
+            await store.aopen("r1", RANKS, 1000, 0.0)
+            grant, _ = await store.abegin("r1", "lead", 100, 100, 0.0, LEASE)
+            grant, _ = await store.aextend("r1", grant, 10, 0, 0.0, LEASE)
+            await store.afinish("r1", grant, 100, 110, 0.0)
+            other, _ = await store.abegin("r1", "notes", 1, 1, 0.0, LEASE)
+            await store.arelease("r1", other, 0.0)
+            state = await store.aclose("r1", 1.0)
+            assert state.consumed == 210 and (await store.aget("r1")).status == "closed"
+
+        asyncio.run(scenario())
+
+    # ---------------------------------------------------------- state machine
+
+    def test_random_interleavings(self) -> None:
+        factory = self.make_store
+
+        class Machine(_LedgerMachine):
+            def make_store(self) -> Store:
+                return factory()
+
+        run_state_machine_as_test(
+            Machine,
+            settings=settings(
+                max_examples=200,
+                stateful_step_count=40,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
+
+
+class _LedgerMachine(RuleBasedStateMachine):
+    """Random interleavings of every operation over a few requests, checked step by step."""
+
+    grants = Bundle("grants")
+    settled = Bundle("settled")
+
+    def make_store(self) -> Store:
+        raise NotImplementedError
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = self.make_store()
+        self.now = 0.0
+        self.requests: dict[str, int] = {}  # open request -> ceiling
+        self.closed: set[str] = set()
+        self.used: dict[str, int] = {}  # request -> tokens providers reported
+        self.open_grants: dict[tuple[str, int], Grant] = {}
+        self.counter = 0
+
+    def _refused(self, request_id: str, op: Any, error: type[ApportionError]) -> None:
+        before = snapshot(self.store, request_id)
+        with pytest.raises(error):
+            op()
+        assert snapshot(self.store, request_id) == before
+
+    def _sync_expiry(self) -> None:
+        """Reap ended leases in the store and the model alike, before the next operation.
+
+        (Lazy reaping inside operations is tested on its own; here the machine checks that
+        refused operations change nothing, so expiry happens explicitly first.)
+        """
+        ended = [k for k, g in self.open_grants.items() if g.lease_expires_at <= self.now]
+        if ended:
+            self.store.reap(self.now)
+            for key in ended:
+                del self.open_grants[key]
+
+    @rule(ceiling=st.integers(1, 5000), share=st.floats(0, 0.9))
+    def open_request(self, ceiling: int, share: float) -> None:
+        self.counter += 1
+        request_id = f"r{self.counter}"
+        reserve = {"lead": int(ceiling * share)}
+        self.store.open(request_id, RANKS, ceiling, self.now, reserve=reserve, ttl=10_000.0)
+        self.requests[request_id] = ceiling
+        self.used[request_id] = 0
+
+    @precondition(lambda self: bool(self.requests))
+    @rule(
+        target=grants,
+        data=st.data(),
+        agent=st.sampled_from(sorted(RANKS)),
+        ctx=st.integers(0, 3000),
+        out=st.integers(0, 3000),
+    )
+    def begin(self, data: Any, agent: str, ctx: int, out: int) -> Any:
+        request_id = data.draw(st.sampled_from(sorted(self.requests)))
+        self._sync_expiry()
+        state = self.store.get(request_id)
+        available = state.available_for(agent)
+        critical_held = sum(t for a, t in state.reserve.items() if RANKS[a] == 2 and a != agent)
+        if ctx + out > available:
+            self._refused(
+                request_id,
+                lambda: self.store.begin(request_id, agent, ctx, out, self.now, LEASE),
+                BudgetExceeded,
+            )
+            return multiple()
+        grant, state = self.store.begin(request_id, agent, ctx, out, self.now, LEASE)
+        assert (grant.context_tokens, grant.output_tokens) == (ctx, out)
+        if RANKS[agent] < 2:  # invariant 5: a lower agent never eats a critical reservation
+            assert state.free >= critical_held
+        self.open_grants[(request_id, grant.grant_id)] = grant
+        return grant
+
+    @rule(grant=grants, extra=st.integers(0, 2000), ctx=st.integers(0, 500))
+    def extend(self, grant: Grant, extra: int, ctx: int) -> None:
+        key = (grant.request_id, grant.grant_id)
+        if grant.request_id not in self.requests or key not in self.open_grants:
+            return
+        self._sync_expiry()
+        if key not in self.open_grants:
+            self._refused(
+                grant.request_id,
+                lambda: self.store.extend(grant.request_id, grant, extra, ctx, self.now, LEASE),
+                GrantExpired,
+            )
+            return
+        available = self.store.get(grant.request_id).available_for(grant.agent)
+        if extra + ctx > available:
+            self._refused(
+                grant.request_id,
+                lambda: self.store.extend(grant.request_id, grant, extra, ctx, self.now, LEASE),
+                BudgetExceeded,
+            )
+            return
+        grown, _ = self.store.extend(grant.request_id, grant, extra, ctx, self.now, LEASE)
+        assert grown.output_tokens == self.open_grants[key].output_tokens + extra
+        self.open_grants[key] = grown
+
+    @rule(target=settled, grant=consumes(grants), data=st.data())
+    def finish(self, grant: Grant, data: Any) -> Any:
+        key = (grant.request_id, grant.grant_id)
+        request_id = grant.request_id
+        if request_id not in self.requests or key not in self.open_grants:
+            return grant
+        self._sync_expiry()
+        current = self.open_grants.get(key)
+        if current is None:
+            self._refused(
+                request_id,
+                lambda: self.store.finish(request_id, grant, 1, 1, self.now),
+                GrantExpired,
+            )
+            return grant
+        limit = int(current.total * 1.5) + 2
+        inp = data.draw(st.integers(0, limit))
+        out = data.draw(st.integers(0, limit))
+        before = self.store.get(request_id)
+        room = before.free + current.total
+        overflow_before = before.overflow
+        state = self.store.finish(
+            request_id, grant, inp, out, self.now, truncated=out >= current.output_tokens
+        )
+        del self.open_grants[key]
+        self.used[request_id] += inp + out
+        assert state.overflow - overflow_before == max(0, inp + out - room)
+        assert state.consumed + state.overflow == self.used[request_id]
+        return grant
+
+    @rule(target=settled, grant=consumes(grants))
+    def release(self, grant: Grant) -> Any:
+        key = (grant.request_id, grant.grant_id)
+        if grant.request_id not in self.requests or key not in self.open_grants:
+            return grant
+        self._sync_expiry()
+        if key not in self.open_grants:
+            return grant
+        self.store.release(grant.request_id, grant, self.now)
+        del self.open_grants[key]
+        return grant
+
+    @rule(grant=settled)
+    def settle_twice(self, grant: Grant) -> None:
+        if grant.request_id not in self.requests:
+            return
+        self._sync_expiry()
+        self._refused(
+            grant.request_id,
+            lambda: self.store.finish(grant.request_id, grant, 1, 1, self.now),
+            GrantSettled,
+        )
+
+    @precondition(lambda self: bool(self.requests))
+    @rule(data=st.data(), bad=st.sampled_from(BAD_COUNTS))
+    def bad_count(self, data: Any, bad: Any) -> None:
+        request_id = data.draw(st.sampled_from(sorted(self.requests)))
+        self._sync_expiry()
+        self._refused(
+            request_id,
+            lambda: self.store.begin(request_id, "notes", bad, 1, self.now, LEASE),
+            InvalidTokenCount,
+        )
+
+    @rule(seconds=st.sampled_from([1.0, 10.0, LEASE, 45.0]))
+    def advance_clock(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule()
+    def reap(self) -> None:
+        self.store.reap(self.now)
+        for key in [k for k, g in self.open_grants.items() if g.lease_expires_at <= self.now]:
+            del self.open_grants[key]
+
+    @precondition(lambda self: bool(self.requests))
+    @rule(data=st.data(), failed=st.booleans())
+    def close(self, data: Any, failed: bool) -> None:
+        request_id = data.draw(st.sampled_from(sorted(self.requests)))
+        self._sync_expiry()
+        state = self.store.close(request_id, self.now, status="failed" if failed else "closed")
+        assert state.reserved == 0
+        for key in [k for k in self.open_grants if k[0] == request_id]:
+            del self.open_grants[key]
+        del self.requests[request_id]
+        self.closed.add(request_id)
+        self._refused(
+            request_id,
+            lambda: self.store.begin(request_id, "lead", 0, 1, self.now, LEASE),
+            RequestClosed,
+        )
+
+    @invariant()
+    def ledgers_hold(self) -> None:
+        for request_id in self.requests:
+            check_invariants(self.store, request_id)
+            state = self.store.get(request_id)
+            assert state.consumed + state.overflow == self.used[request_id]
+            ours = {k[1] for k in self.open_grants if k[0] == request_id}
+            assert set(state.grants) == ours

@@ -1,0 +1,56 @@
+"""The README's quickstart and the DESIGN.md API example run as written."""
+
+import ast
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DESIGN = ROOT.parent / "shared" / "DESIGN.md"
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def run_with_top_level_await(source: str) -> dict[str, object]:
+    """Run a snippet that may use `async with` at top level, as a notebook would."""
+    code = compile(source, "<snippet>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    namespace: dict[str, object] = {}
+    result = eval(code, namespace)
+    if asyncio.iscoroutine(result):
+        asyncio.run(result)
+    return namespace
+
+
+def test_readme_quickstart_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    blocks = python_blocks((ROOT / "README.md").read_text())
+    assert blocks, "the README has no python block"
+    for block in blocks:
+        namespace = run_with_top_level_await(block)
+    summary = namespace["req"].summary()  # type: ignore[attr-defined]
+    assert summary.agents["reasoner"].consumed >= 7_900 + 1_300
+    assert summary.agents["reasoner"].truncated_calls == 0
+    assert summary.consumed <= summary.ceiling
+    assert "formatter" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not DESIGN.exists(), reason="shared/DESIGN.md is not beside the checkout")
+def test_design_example_runs() -> None:
+    blocks = [b for b in python_blocks(DESIGN.read_text()) if "Controller(" in b]
+    assert len(blocks) == 1
+    literal = run_with_top_level_await(blocks[0])  # exactly as written
+    assert literal["req"].summary().status == "closed"  # type: ignore[attr-defined]
+    # `async with ...: ...` ends the example: give its body something to do
+    source = blocks[0].replace(
+        "async with controller.arequest(ceiling=20_000) as req: ...",
+        "async with controller.arequest(ceiling=20_000) as areq:\n"
+        "    g = await areq.begin('formatter', input_tokens=100)\n"
+        "    await areq.finish(g, input_tokens=100, output_tokens=10)",
+    )
+    namespace = run_with_top_level_await(source)
+    summary = namespace["req"].summary()  # type: ignore[attr-defined]
+    assert summary.agents["reasoner"].consumed == 7_900 + 1_312
+    assert namespace["areq"].summary().agents["formatter"].consumed == 110  # type: ignore[attr-defined]
