@@ -21,7 +21,11 @@ def test_all_is_sorted_and_importable() -> None:
 
 def test_every_error_is_exported_and_rooted() -> None:
     for name, obj in vars(errors).items():
-        if inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == errors.__name__:
+        if (
+            inspect.isclass(obj)
+            and issubclass(obj, Exception)
+            and obj.__module__ == errors.__name__
+        ):
             assert issubclass(obj, apportion.ApportionError)
             assert name in apportion.__all__, name
 
