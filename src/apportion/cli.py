@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)
 DEMO_WORKLOAD = "support-triage.yaml"
 
 
@@ -89,12 +90,7 @@ def _run_bench(workload_path: Path | None, **options: Any) -> dict[str, Any]:
     from apportion.sim.bench import run_bench
     from apportion.sim.workload import load_workload
 
-    if workload_path is None:
-        source = resources.files("apportion.sim").joinpath("workloads", DEMO_WORKLOAD)
-        with resources.as_file(source) as path:
-            workload = load_workload(path)
-    else:
-        workload = load_workload(workload_path)
+    workload = _demo_workload() if workload_path is None else load_workload(workload_path)
     policies = options.get("policies") or list(POLICIES)
     count = options.get("requests") or workload.requests or 1000
     with _progress() as bar:
@@ -107,6 +103,53 @@ def _run_bench(workload_path: Path | None, **options: Any) -> dict[str, Any]:
             seed=options.get("seed"),
             progress=lambda n: bar.advance(task, n),
         )
+
+
+def _demo_workload() -> Any:
+    from apportion.sim.workload import load_workload
+
+    source = resources.files("apportion.sim").joinpath("workloads", DEMO_WORKLOAD)
+    with resources.as_file(source) as path:
+        return load_workload(path)
+
+
+def _walkthrough(ceiling: int, seed: int) -> Table:
+    """A long request that fits the ceiling, under the equal split and under elastic."""
+    from apportion.sim.bench import trace_request
+    from apportion.sim.needs import draw_needs
+
+    workload = _demo_workload()
+    pool = [draw_needs(workload, seed + 1, r) for r in range(200)]
+    fits = [n for n in pool if n.total <= ceiling * 0.9] or pool
+    needs = max(fits, key=lambda n: max(n.need_in))
+    warmup = [n for n in pool if n is not needs][:150]
+    traces = {
+        name: trace_request(workload, name, needs, ceiling, warmup=warmup, seed=seed)
+        for name in ("uniform", "elastic")
+    }
+    table = Table(
+        title=(
+            f"one request ({needs.features.get('messages')} messages, needs {needs.total:,} of "
+            f"the {ceiling:,} ceiling): needs vs grants, read / write tokens"
+        )
+    )
+    for header in ("agent", "needs", "uniform grant", "elastic grant"):
+        table.add_column(header, no_wrap=True)
+    for index, agent in enumerate(workload.agents):
+        cells = []
+        for name in ("uniform", "elastic"):
+            t = traces[name][1][index]
+            cut = t.read < t.need_in or t.wrote < t.need_out
+            mark = "[red]cut[/]" if cut else "[green]ok[/]"
+            cells.append(f"{t.granted_in:,} / {t.granted_out:,} {mark}")
+        t = traces["uniform"][1][index]
+        table.add_row(f"{agent.name} ({agent.priority})", f"{t.need_in:,} / {t.need_out:,}", *cells)
+    table.add_row(
+        "request quality (simulated)",
+        "",
+        *(f"{traces[name][0].quality:.3f}" for name in ("uniform", "elastic")),
+    )
+    return table
 
 
 @app.command()
@@ -124,6 +167,7 @@ def demo(
         result = _run_bench(None, requests=requests, ceiling=ceiling, seed=seed)
     except ApportionError as exc:
         raise _fail(exc) from exc
+    console.print(_walkthrough(ceiling, seed))
     console.print(_bench_table(result))
     uniform = result["policies"]["uniform"]
     best_name, best = max(result["policies"].items(), key=lambda kv: kv[1]["quality_mean"])

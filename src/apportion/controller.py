@@ -91,6 +91,8 @@ class _Steps:
         return self.obs.state is not None
 
     def _usable(self) -> None:
+        if self.closed is False and self.obs.state is not None:
+            return
         if self.closed:
             raise RequestClosed(self.obs.request_id, self.obs.state.status)
         if self.obs.state is None:

@@ -99,6 +99,9 @@ class Event(NamedTuple):
     note: str = ""
 
 
+_new = tuple.__new__  # builds a NamedTuple from a full tuple, skipping its slow __new__
+
+
 def check_tokens(field: str, value: object) -> int:
     """Return ``value`` as a token count, or raise :class:`InvalidTokenCount`.
 
@@ -150,6 +153,7 @@ class Ledger:
     """
 
     __slots__ = (
+        "_next_lease",
         "_settled",
         "allocation",
         "calls",
@@ -208,9 +212,10 @@ class Ledger:
         self.calls: dict[str, int] = dict.fromkeys(ranks, 0)
         self.truncated_calls: dict[str, int] = dict.fromkeys(ranks, 0)
         self.grants: dict[int, Grant] = {}
+        self._next_lease = math.inf  # no open grant's lease ends before this
         self._settled: dict[int, tuple[str, str]] = {}
         self.next_grant_id = 1
-        self.events: list[Event] = [Event("open", now, None, 0, ceiling, 0)]
+        self.events: list[Event] = [_new(Event, ("open", now, None, 0, ceiling, 0, False, 0, ""))]
 
     # ------------------------------------------------------------------ reading
 
@@ -266,16 +271,23 @@ class Ledger:
         if total > available:
             raise BudgetExceeded(agent, total, available)
         grant_id = self.next_grant_id
-        grant = Grant(
-            self.request_id, agent, grant_id, context_tokens, output_tokens, now + lease_seconds
+        grant: Grant = _new(
+            Grant,
+            (self.request_id, agent, grant_id, context_tokens, output_tokens, now + lease_seconds),
         )
         self.next_grant_id = grant_id + 1
         self.grants[grant_id] = grant
+        if grant.lease_expires_at < self._next_lease:
+            self._next_lease = grant.lease_expires_at
         self.reserve.pop(agent, None)
         self.reserved += total
         self.reserved_by[agent] += total
         self.calls[agent] += 1
-        self.events.append(Event("begin", now, agent, grant_id, context_tokens, output_tokens))
+        self.events.append(
+            _new(
+                Event, ("begin", now, agent, grant_id, context_tokens, output_tokens, False, 0, "")
+            )
+        )
         return grant
 
     def extend(
@@ -364,15 +376,19 @@ class Ledger:
         if new_plan:
             self.allocation.update(new_plan)
         self.events.append(
-            Event(
-                "finish",
-                now,
-                agent,
-                current.grant_id,
-                input_tokens,
-                output_tokens,
-                bool(truncated),
-                overuse,
+            _new(
+                Event,
+                (
+                    "finish",
+                    now,
+                    agent,
+                    current.grant_id,
+                    input_tokens,
+                    output_tokens,
+                    bool(truncated),
+                    overuse,
+                    "",
+                ),
             )
         )
 
@@ -413,11 +429,12 @@ class Ledger:
 
     def reap(self, now: float) -> int:
         """Release every grant whose lease ended at or before ``now``; return how many."""
-        if not self.grants:
+        if not self.grants or now < self._next_lease:
             return 0
         expired = [g for g in self.grants.values() if g.lease_expires_at <= now]
         for grant in expired:
             self._release(grant, now, "expire", "lease expired")
+        self._next_lease = min((g.lease_expires_at for g in self.grants.values()), default=math.inf)
         return len(expired)
 
     # ---------------------------------------------------------------- internals
@@ -425,7 +442,7 @@ class Ledger:
     def _check_open(self, now: float) -> None:
         if self.status != OPEN:
             raise RequestClosed(self.request_id, self.status)
-        if self.grants:
+        if now >= self._next_lease:
             self.reap(now)
 
     def _open_grant(self, grant: Grant) -> Grant:
@@ -496,5 +513,7 @@ def _check_plan(
     for agent, tokens in plan.items():
         if agent not in ranks:
             raise UnknownAgent(agent, ranks)
-        clean[agent] = check_tokens(f"{field}[{agent}]", tokens)
+        if type(tokens) is not int or not 0 <= tokens <= MAX_TOKENS:
+            tokens = check_tokens(f"{field}[{agent}]", tokens)
+        clean[agent] = tokens
     return clean

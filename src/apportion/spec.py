@@ -505,11 +505,13 @@ class Pipeline:
             ``agents[2].after`` (indices into ``agents`` as given).
     """
 
-    __slots__ = ("_agents", "_downstream", "_index", "_name")
+    __slots__ = ("_agents", "_by_name", "_downstream", "_index", "_name", "_names")
 
     _name: str
     _agents: tuple[Agent, ...]
     _index: dict[str, int]
+    _names: tuple[str, ...]
+    _by_name: dict[str, Agent]
     _downstream: dict[str, tuple[str, ...]]
 
     def __init__(self, agents: Iterable[Agent], name: str = "pipeline") -> None:
@@ -542,6 +544,8 @@ class Pipeline:
         object.__setattr__(self, "_name", name)
         object.__setattr__(self, "_agents", tuple(given[i] for i in order))
         object.__setattr__(self, "_index", {a.name: k for k, a in enumerate(self._agents)})
+        object.__setattr__(self, "_names", tuple(self._index))
+        object.__setattr__(self, "_by_name", {a.name: a for a in self._agents})
         object.__setattr__(self, "_downstream", _downstream_map(self._agents))
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -560,7 +564,7 @@ class Pipeline:
     @property
     def names(self) -> tuple[str, ...]:
         """The agents' names, in execution order."""
-        return tuple(self._index)
+        return self._names
 
     def __getitem__(self, name: str) -> Agent:
         """Return the agent called ``name``.
@@ -568,7 +572,10 @@ class Pipeline:
         Raises:
             UnknownAgent: no agent has that name.
         """
-        return self._agents[self.index(name)]
+        try:
+            return self._by_name[name]
+        except (KeyError, TypeError):
+            raise UnknownAgent(name, self._index) from None
 
     def __contains__(self, name: object) -> bool:
         try:

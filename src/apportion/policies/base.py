@@ -139,14 +139,23 @@ _OUTPUT_FIRST_SHARE = {
 }
 
 
-def split(budget: int, input_tokens: int, want_output: int, agent: Agent) -> tuple[int, int]:
+def split(
+    budget: int,
+    input_tokens: int,
+    want_output: int,
+    agent: Agent,
+    *,
+    least_output: int | None = None,
+) -> tuple[int, int]:
     """Divide one call's budget between reading input and writing output.
 
     When the budget covers ``input_tokens + want_output``, both are granted in full.
-    Otherwise the output keeps what it wants up to a share of the budget (three quarters
-    for structured and reasoning answers, which are worthless when cut; half for prose),
-    and the input gets the rest. ``want_output`` is first clipped to the agent's
-    ``min_output``/``max_output``.
+    Otherwise structured and reasoning answers, which are worthless when cut, keep
+    ``want_output`` (margin included) up to three quarters of the budget; prose, which
+    degrades gracefully, is first given only ``least_output`` (the expected output without
+    a margin), up to half the budget. The input gets what remains, and budget the input
+    does not need goes back to the output, up to ``want_output``. ``want_output`` is first
+    clipped to the agent's ``min_output``/``max_output``.
 
     Returns:
         ``(context_tokens, output_tokens)`` with a sum of at most ``max(budget, 0)``.
@@ -157,10 +166,12 @@ def split(budget: int, input_tokens: int, want_output: int, agent: Agent) -> tup
         want = min(want, agent.max_output)
     if input_tokens + want <= budget:
         return input_tokens, want
-    out = min(
-        want, max(budget - input_tokens, int(budget * _OUTPUT_FIRST_SHARE[agent.output_kind]))
-    )
-    return min(input_tokens, budget - out), out
+    least = want
+    if least_output is not None and agent.output_kind is OutputKind.PROSE:
+        least = min(max(least_output, agent.min_output), want)
+    out = min(least, int(budget * _OUTPUT_FIRST_SHARE[agent.output_kind]))
+    ctx = min(input_tokens, budget - out)
+    return ctx, min(want, budget - ctx)
 
 
 def clip_output(out: int, requested: int | None) -> int:

@@ -15,8 +15,10 @@ from the same pool, on the same priority terms.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
+from apportion.ledger import Grant
 from apportion.policies.base import Observation, Plan
 from apportion.policies.predicting import PredictingPolicy, _fit
 from apportion.spec import Agent, Priority
@@ -57,3 +59,23 @@ class ElasticPolicy(PredictingPolicy):
             for b in obs.unstarted(besides=agent.name)
             if b.name not in reserve and b.priority.rank >= rank
         ]
+
+    def on_finish(
+        self,
+        obs: Observation,
+        grant: Grant,
+        input_tokens: int,
+        output_tokens: int,
+        truncated: bool,
+    ) -> Mapping[str, int] | None:
+        """Hand the whole pool left to the agents still to run, by predicted need and weight."""
+        state = obs.state
+        used = input_tokens + output_tokens
+        plan = {grant.agent: state.consumed_by[grant.agent] + used}
+        pool = max(0, state.free + grant.context_tokens + grant.output_tokens - used)
+        needs = self.predicted_needs(obs)
+        weighted = {a.name: needs[a.name] * self.weights[a.priority.rank] for a in obs.unstarted()}
+        total = sum(weighted.values())
+        if total > 0:
+            plan.update({name: int(pool * w / total) for name, w in weighted.items()})
+        return plan

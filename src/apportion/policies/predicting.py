@@ -116,7 +116,8 @@ class PredictingPolicy(Policy):
             want_out = min(want_out, max(output_tokens, agent.min_output))
         want = input_tokens + want_out
         budget = self.budget(obs, agent, want)
-        ctx, out = split(budget, input_tokens, want_out, agent)
+        least = round(self.predicted_output(obs, agent, input_tokens))
+        ctx, out = split(budget, input_tokens, want_out, agent, least_output=least)
         return ctx, clip_output(out, output_tokens)
 
     def budget(self, obs: Observation, agent: Agent, want: int) -> int:
@@ -139,13 +140,19 @@ class PredictingPolicy(Policy):
         output_tokens: int,
         truncated: bool,
     ) -> Mapping[str, int] | None:
-        """Re-plan the agents still to run over the pool this call leaves."""
-        granted = grant.context_tokens + grant.output_tokens
-        pool = obs.state.free + granted - (input_tokens + output_tokens)
+        """Re-plan the agents still to run over the pool this call leaves.
+
+        Returns only what changed: the finished agent's allocation becomes what it used, and
+        the agents still to run are scaled down when their predicted needs exceed the pool.
+        """
+        state = obs.state
+        used = input_tokens + output_tokens
+        plan = {grant.agent: state.consumed_by[grant.agent] + used}
+        pool = state.free + grant.context_tokens + grant.output_tokens - used
         needs = self.predicted_needs(obs)
         rest = {a.name: needs[a.name] for a in obs.unstarted()}
-        plan = _fit(rest, max(pool, 0))
-        plan[grant.agent] = obs.state.consumed_by[grant.agent] + input_tokens + output_tokens
+        if sum(rest.values()) > pool:
+            plan.update(_fit(rest, max(pool, 0)))
         return plan
 
     def extend(
@@ -153,6 +160,9 @@ class PredictingPolicy(Policy):
     ) -> int:
         """Add output from what the agents still to run are not predicted to need."""
         agent = obs.pipeline[grant.agent]
+        if agent.max_output is not None:  # never past max_output, whatever was granted before
+            granted = obs.state.grants.get(grant.grant_id, grant).output_tokens
+            output_tokens = min(output_tokens, agent.max_output - granted)
         spare = obs.state.available_for(agent.name) - context_tokens
         spare -= sum(need for need, _ in self.held_back(obs, agent))
         return max(0, min(output_tokens, spare))

@@ -152,3 +152,61 @@ def _with_progress(
         yield item
         if progress:
             progress(1)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTrace:
+    """What one agent needed and got in a traced request (tokens)."""
+
+    agent: str
+    priority: str
+    need_in: int
+    need_out: int
+    granted_in: int
+    granted_out: int
+    read: int
+    wrote: int
+
+
+def trace_request(
+    workload: Workload,
+    policy: str,
+    needs: RequestNeeds,
+    ceiling: int,
+    *,
+    warmup: Sequence[RequestNeeds] = (),
+    seed: int = 0,
+) -> tuple[RequestOutcome, list[AgentTrace]]:
+    """Play one request through ``policy`` (after ``warmup`` requests) and trace its grants."""
+    controller = controller_for(workload, make_policy(policy, workload, seed, len(warmup) + 1))
+    for earlier in warmup:
+        run_request(controller, workload, earlier, ceiling)
+    outcome = run_request(controller, workload, needs, ceiling)
+    granted: dict[str, list[int]] = {}
+    used: dict[str, list[int]] = {}
+    for event in controller.store.events(outcome.request_id):
+        if event.agent is None:
+            continue
+        if event.kind in ("begin", "extend"):
+            row = granted.setdefault(event.agent, [0, 0])
+            row[0] += event.context_tokens
+            row[1] += event.output_tokens
+        elif event.kind == "finish":
+            used[event.agent] = [event.context_tokens, event.output_tokens]
+    traces = []
+    for index, agent in enumerate(workload.agents):
+        g = granted.get(agent.name, [0, 0])
+        u = used.get(agent.name, [0, 0])
+        traces.append(
+            AgentTrace(
+                agent.name,
+                agent.priority,
+                needs.need_in[index],
+                needs.need_out[index],
+                g[0],
+                g[1],
+                u[0],
+                u[1],
+            )
+        )
+    return outcome, traces
