@@ -508,6 +508,10 @@ class Controller:
         """Reclaim grants whose lease ended and close overdue requests, store-wide."""
         return self._config.store.reap(self._config.clock())
 
+    async def areap(self) -> int:
+        """Async :meth:`reap`."""
+        return await self._config.store.areap(self._config.clock())
+
 
 class AsyncController(Controller):
     """A controller for async code: :meth:`request` returns an :class:`AsyncRequest`.
@@ -525,6 +529,3 @@ class AsyncController(Controller):
         """A new async request; open it with ``async with``."""
         return self.arequest(ceiling, features, request_id=request_id)
 
-    async def areap(self) -> int:
-        """Async :meth:`Controller.reap`."""
-        return self.reap()

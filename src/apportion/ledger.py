@@ -233,7 +233,8 @@ class Ledger:
         """Reserved tokens of other unstarted agents that ``agent`` may not draw on."""
         rank = self.ranks[agent]
         ranks = self.ranks
-        return sum(t for b, t in self.reserve.items() if b != agent and ranks[b] >= rank)
+        # a snapshot: policies read live ledgers outside the store's lock
+        return sum(t for b, t in tuple(self.reserve.items()) if b != agent and ranks[b] >= rank)
 
     def available_for(self, agent: str) -> int:
         """Tokens ``agent`` could be granted right now."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from apportion.ledger import Grant
+from apportion.ledger import MAX_TOKENS, Grant
 from apportion.policies.base import Observation, Plan
 from apportion.policies.predicting import PredictingPolicy, _fit
 from apportion.spec import Agent, Priority
@@ -71,7 +71,7 @@ class ElasticPolicy(PredictingPolicy):
         """Hand the whole pool left to the agents still to run, by predicted need and weight."""
         state = obs.state
         used = input_tokens + output_tokens
-        plan = {grant.agent: state.consumed_by[grant.agent] + used}
+        plan = {grant.agent: min(MAX_TOKENS, state.consumed_by[grant.agent] + used)}
         pool = max(0, state.free + grant.context_tokens + grant.output_tokens - used)
         needs = self.predicted_needs(obs)
         weighted = {a.name: needs[a.name] * self.weights[a.priority.rank] for a in obs.unstarted()}

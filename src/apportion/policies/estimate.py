@@ -6,10 +6,10 @@ agent calls, its input is counted exactly, so grant that input plus the predicte
 with a safety margin (20% by default, widened by how far past predictions fell short),
 while holding back the predicted needs of the agents still to run. When the predictions
 add up to more than is left, each gets a share in proportion to its prediction.
-Predictions come from the agent's declared estimator, else from a per-agent linear model
-fitted online to past requests of the same controller, else from an equal share of the
-ceiling. Priorities are not used. An extension is granted from what the agents still to
-run are not predicted to need.
+Predictions come from a per-agent linear model fitted online to past requests of the same
+controller; until an agent has been observed, from its declared estimator, else from an
+equal share of the ceiling. Priorities are not used. An extension is granted from what
+the agents still to run are not predicted to need.
 """
 
 from __future__ import annotations

@@ -35,7 +35,13 @@ class IterativePolicy(PredictingPolicy):
             raise PolicyConfigError(f"first_share must be in (0, 1], not {first_share!r}")
         self.first_share = first_share
 
-    def call_output(self, obs: Observation, agent: Agent, input_tokens: float | None) -> float:
+    def call_output(
+        self,
+        obs: Observation,
+        agent: Agent,
+        input_tokens: float | None,
+        predicted: float | None = None,
+    ) -> float:
         """The first grant's output: ``first_share`` of the predicted output."""
-        full = super().call_output(obs, agent, input_tokens)
+        full = super().call_output(obs, agent, input_tokens, predicted)
         return max(float(agent.min_output), full * self.first_share)

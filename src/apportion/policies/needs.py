@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from operator import mul
 
 import numpy as np
 
@@ -50,7 +51,7 @@ class _Regression:
         weights = self.weights
         if weights is None:
             return None
-        return max(1.0, sum([w * v for w, v in zip(weights, x, strict=True)]))
+        return max(1.0, float(sum(map(mul, weights, x))))
 
     def due(self) -> bool:
         if self.count < _EARLY:
@@ -145,21 +146,24 @@ class NeedModel:
 
     def observe(
         self,
-        agent: Agent,
         features: Mapping[str, float],
-        input_tokens: int,
-        output_tokens: int,
-        truncated: bool,
+        calls: Iterable[tuple[str, int, int, bool]],
     ) -> None:
-        """Buffer one settled call; it is folded into the predictions in a batch."""
+        """Buffer the settled calls of one request; they are folded in by batches.
+
+        Args:
+            features: the request's features.
+            calls: ``(agent, input_tokens, output_tokens, truncated)`` per settled call.
+        """
         with self._lock:
             if self._features is None:
                 self._features = tuple(sorted(k for k, v in features.items() if _is_number(v)))
             row = self.row(features)
-            self._out[agent.name].pending.append(
-                ((*row, float(input_tokens)), float(output_tokens), truncated)
-            )
-            self._in[agent.name].pending.append((row, float(input_tokens), False))
+            for agent, input_tokens, output_tokens, truncated in calls:
+                self._out[agent].pending.append(
+                    ((*row, float(input_tokens)), float(output_tokens), truncated)
+                )
+                self._in[agent].pending.append((row, float(input_tokens), False))
 
 
 def _is_number(value: object) -> bool:

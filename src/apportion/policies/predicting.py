@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from apportion.errors import PolicyConfigError
-from apportion.ledger import Grant
+from apportion.ledger import MAX_TOKENS, Grant
 from apportion.policies.base import Observation, Plan, Policy, clip_output, split
 from apportion.policies.needs import NeedModel
 from apportion.spec import Agent, Pipeline
@@ -85,10 +85,24 @@ class PredictingPolicy(Policy):
                 guess = min(guess, agent.max_output)
         return max(guess, float(agent.min_output))
 
-    def call_output(self, obs: Observation, agent: Agent, input_tokens: float | None) -> float:
-        """Output tokens to grant one call: the prediction plus the margin."""
-        spread = self._model(obs).spread(agent)
-        return self.predicted_output(obs, agent, input_tokens) * (1 + self.margin) * spread
+    def call_output(
+        self,
+        obs: Observation,
+        agent: Agent,
+        input_tokens: float | None,
+        predicted: float | None = None,
+    ) -> float:
+        """Output tokens to grant one call: the prediction plus the margin.
+
+        Args:
+            obs: the request.
+            agent: the agent.
+            input_tokens: the call's input (counted or predicted).
+            predicted: ``predicted_output(...)`` when the caller already has it.
+        """
+        if predicted is None:
+            predicted = self.predicted_output(obs, agent, input_tokens)
+        return predicted * (1 + self.margin) * self._model(obs).spread(agent)
 
     def held_back(self, obs: Observation, agent: Agent) -> list[tuple[int, float]]:
         """``(need, weight)`` of the agents ``agent`` leaves room for (here: all unstarted)."""
@@ -111,13 +125,13 @@ class PredictingPolicy(Policy):
         self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
     ) -> tuple[int, int]:
         """Grant the predicted need, or a weighted share when the pool cannot cover all."""
-        want_out = round(self.call_output(obs, agent, input_tokens))
+        predicted = self.predicted_output(obs, agent, input_tokens)
+        want_out = round(self.call_output(obs, agent, input_tokens, predicted))
         if output_tokens is not None:
             want_out = min(want_out, max(output_tokens, agent.min_output))
         want = input_tokens + want_out
         budget = self.budget(obs, agent, want)
-        least = round(self.predicted_output(obs, agent, input_tokens))
-        ctx, out = split(budget, input_tokens, want_out, agent, least_output=least)
+        ctx, out = split(budget, input_tokens, want_out, agent, least_output=round(predicted))
         return ctx, clip_output(out, output_tokens)
 
     def budget(self, obs: Observation, agent: Agent, want: int) -> int:
@@ -147,7 +161,7 @@ class PredictingPolicy(Policy):
         """
         state = obs.state
         used = input_tokens + output_tokens
-        plan = {grant.agent: state.consumed_by[grant.agent] + used}
+        plan = {grant.agent: min(MAX_TOKENS, state.consumed_by[grant.agent] + used)}
         pool = state.free + grant.context_tokens + grant.output_tokens - used
         needs = self.predicted_needs(obs)
         rest = {a.name: needs[a.name] for a in obs.unstarted()}
@@ -169,10 +183,8 @@ class PredictingPolicy(Policy):
 
     def learn(self, obs: Observation, outcome: float | None) -> None:
         """Fold the request's settled calls into the need model."""
-        model = self._model(obs)
-        pipeline = obs.pipeline
-        for agent, input_tokens, output_tokens, truncated in obs.settled:
-            model.observe(pipeline[agent], obs.features, input_tokens, output_tokens, truncated)
+        if obs.settled:
+            self._model(obs).observe(obs.features, obs.settled)
 
 
 def _fit(needs: dict[str, int], total: int) -> dict[str, int]:

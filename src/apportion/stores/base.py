@@ -243,3 +243,7 @@ class Store(abc.ABC):
     async def aget(self, request_id: str) -> LedgerView:
         """Async :meth:`get`."""
         return self.get(request_id)
+
+    async def areap(self, now: float) -> int:
+        """Async :meth:`reap`."""
+        return self.reap(now)
