@@ -123,6 +123,9 @@ class _Steps:
         for attempt in range(2):
             ctx, out = config.policy.grant(obs, spec, input_tokens, output_tokens)
             if out < spec.min_output or ctx < 0 or (ctx == 0 and input_tokens > 0):
+                if attempt == 0:  # the state may have moved under the policy: look again
+                    obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)
+                    continue
                 raise BudgetExceeded(
                     agent,
                     min(input_tokens, 1) + spec.min_output,
@@ -528,4 +531,3 @@ class AsyncController(Controller):
     ) -> AsyncRequest:
         """A new async request; open it with ``async with``."""
         return self.arequest(ceiling, features, request_id=request_id)
-

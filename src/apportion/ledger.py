@@ -8,7 +8,7 @@ before it changes anything, so a refused operation leaves the ledger exactly as 
 
 Invariants kept after every operation (the store conformance suite checks them):
 
-1. Conservation: ``free + reserved + consumed == ceiling`` (``free`` is derived).
+1. Conservation: ``free + reserved + consumed == ceiling``.
 2. Hard cap: ``consumed <= ceiling``; a grant larger than the agent may draw is refused.
 3. A grant is settled exactly once: by ``finish``, ``release``, lease expiry or ``close``.
 4. Reclaim: what a finished grant did not use returns to the free pool at once.
@@ -162,6 +162,7 @@ class Ledger:
         "consumed_by",
         "events",
         "expires_at",
+        "free",
         "grants",
         "next_grant_id",
         "outcome",
@@ -205,6 +206,7 @@ class Ledger:
         self.reserve: dict[str, int] = clean_reserve
         self.consumed = 0
         self.reserved = 0
+        self.free = ceiling  # kept, not derived: one read gives a consistent pool
         self.overflow = 0
         self.consumed_by: dict[str, int] = dict.fromkeys(ranks, 0)
         self.reserved_by: dict[str, int] = dict.fromkeys(ranks, 0)
@@ -218,11 +220,6 @@ class Ledger:
         self.events: list[Event] = [_new(Event, ("open", now, None, 0, ceiling, 0, False, 0, ""))]
 
     # ------------------------------------------------------------------ reading
-
-    @property
-    def free(self) -> int:
-        """Tokens neither reserved by open grants nor consumed."""
-        return self.ceiling - self.reserved - self.consumed
 
     @property
     def started(self) -> frozenset[str]:
@@ -240,9 +237,10 @@ class Ledger:
         """Tokens ``agent`` could be granted right now."""
         if agent not in self.ranks:
             raise UnknownAgent(agent, self.ranks)
+        free = self.free
         if not self.reserve:
-            return self.ceiling - self.reserved - self.consumed
-        return max(0, self.ceiling - self.reserved - self.consumed - self.protected_from(agent))
+            return free
+        return max(0, free - self.protected_from(agent))
 
     def settled_by(self, grant_id: int) -> str | None:
         """How a grant was settled (``finish``, ``release``, ``expire``, ``close``), or None."""
@@ -280,7 +278,11 @@ class Ledger:
         self.grants[grant_id] = grant
         if grant.lease_expires_at < self._next_lease:
             self._next_lease = grant.lease_expires_at
+        # Readers outside the store's lock may see this half done: drop the reservation
+        # before the pool shrinks, so a torn read can only overstate what is available
+        # (the store then refuses), never understate it.
         self.reserve.pop(agent, None)
+        self.free -= total
         self.reserved += total
         self.reserved_by[agent] += total
         self.calls[agent] += 1
@@ -319,6 +321,7 @@ class Ledger:
             lease_expires_at=now + lease_seconds,
         )
         self.grants[current.grant_id] = grown
+        self.free -= extra
         self.reserved += extra
         self.reserved_by[current.agent] += extra
         self.events.append(
@@ -363,13 +366,14 @@ class Ledger:
         self.reserved -= granted
         self.reserved_by[agent] -= granted
         overuse = used - granted if used > granted else 0
+        room = self.free + granted
         charge = used
         if overuse:
             self.overuse_by[agent] += overuse
-            room = self.ceiling - self.reserved - self.consumed
             if used > room:
                 charge = room
                 self.overflow += used - room
+        self.free = room - charge
         self.consumed += charge
         self.consumed_by[agent] += charge
         if truncated:
@@ -426,7 +430,7 @@ class Ledger:
         self.status = status
         if outcome is not None:
             self.outcome = float(outcome)
-        self.events.append(Event("close", now, None, 0, 0, 0, note=status))
+        self.events.append(_new(Event, ("close", now, None, 0, 0, 0, False, 0, status)))
 
     def reap(self, now: float) -> int:
         """Release every grant whose lease ended at or before ``now``; return how many."""
@@ -465,17 +469,23 @@ class Ledger:
         del self.grants[grant.grant_id]
         self._settled[grant.grant_id] = (grant.agent, how)
         self.reserved -= total
+        self.free += total
         self.reserved_by[grant.agent] -= total
         kind = "expire" if how == "expire" else "release"
         self.events.append(
-            Event(
-                kind,
-                now,
-                grant.agent,
-                grant.grant_id,
-                grant.context_tokens,
-                grant.output_tokens,
-                note=note,
+            _new(
+                Event,
+                (
+                    kind,
+                    now,
+                    grant.agent,
+                    grant.grant_id,
+                    grant.context_tokens,
+                    grant.output_tokens,
+                    False,
+                    0,
+                    note,
+                ),
             )
         )
 
