@@ -230,8 +230,7 @@ class Ledger:
         """Reserved tokens of other unstarted agents that ``agent`` may not draw on."""
         rank = self.ranks[agent]
         ranks = self.ranks
-        # a snapshot: policies read live ledgers outside the store's lock
-        return sum(t for b, t in tuple(self.reserve.items()) if b != agent and ranks[b] >= rank)
+        return sum(t for b, t in self.reserve.items() if b != agent and ranks[b] >= rank)
 
     def available_for(self, agent: str) -> int:
         """Tokens ``agent`` could be granted right now."""
@@ -280,8 +279,10 @@ class Ledger:
             self._next_lease = grant.lease_expires_at
         # Readers outside the store's lock may see this half done: drop the reservation
         # before the pool shrinks, so a torn read can only overstate what is available
-        # (the store then refuses), never understate it.
-        self.reserve.pop(agent, None)
+        # (the store then refuses), never understate it. The reservations are replaced,
+        # never changed in place, so a reader never iterates a dict being changed.
+        if agent in self.reserve:
+            self.reserve = {b: t for b, t in self.reserve.items() if b != agent}
         self.free -= total
         self.reserved += total
         self.reserved_by[agent] += total

@@ -47,18 +47,25 @@ class ElasticPolicy(PredictingPolicy):
         allocation = {a: max(reserve.get(a, 0), min(needs[a], planned[a])) for a in needs}
         return Plan(allocation=allocation, reserve=reserve)
 
-    def held_back(self, obs: Observation, agent: Agent) -> list[tuple[int, float]]:
+    def held_back(self, obs: Observation, agent: Agent) -> tuple[int, float]:
         """Room for unstarted agents of the same or higher priority without a reservation."""
         if agent.priority is Priority.CRITICAL:
-            return []
+            return 0, 0.0
         rank = agent.priority.rank
         reserve = obs.state.reserve
+        calls = obs.state.calls
         needs = self.predicted_needs(obs)
-        return [
-            (needs[b.name], self.weights[b.priority.rank])
-            for b in obs.unstarted(besides=agent.name)
-            if b.name not in reserve and b.priority.rank >= rank
-        ]
+        weights = self.weights
+        keep = 0
+        weighted = 0.0
+        for b in obs.pipeline.agents:
+            name = b.name
+            b_rank = b.priority.rank
+            if calls[name] or name == agent.name or name in reserve or b_rank < rank:
+                continue
+            keep += needs[name]
+            weighted += needs[name] * weights[b_rank]
+        return keep, weighted
 
     def on_finish(
         self,

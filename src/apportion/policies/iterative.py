@@ -13,9 +13,7 @@ agent must wrap up with what it has. Priorities are not used.
 from __future__ import annotations
 
 from apportion.errors import PolicyConfigError
-from apportion.policies.base import Observation
 from apportion.policies.predicting import PredictingPolicy
-from apportion.spec import Agent
 
 
 class IterativePolicy(PredictingPolicy):
@@ -34,14 +32,4 @@ class IterativePolicy(PredictingPolicy):
         if not 0.0 < first_share <= 1.0:
             raise PolicyConfigError(f"first_share must be in (0, 1], not {first_share!r}")
         self.first_share = first_share
-
-    def call_output(
-        self,
-        obs: Observation,
-        agent: Agent,
-        input_tokens: float | None,
-        predicted: float | None = None,
-    ) -> float:
-        """The first grant's output: ``first_share`` of the predicted output."""
-        full = super().call_output(obs, agent, input_tokens, predicted)
-        return max(float(agent.min_output), full * self.first_share)
+        self.output_factor = first_share * (1 + margin)

@@ -38,6 +38,7 @@ class PredictingPolicy(Policy):
                 f"margin must be between 0 and 10, not {margin!r}", margin=margin
             )
         self.margin = margin
+        self.output_factor = 1 + margin
         self._needs: dict[int, NeedModel] = {}
 
     def needs(self, pipeline: Pipeline) -> NeedModel:
@@ -63,16 +64,28 @@ class PredictingPolicy(Policy):
         needs: dict[str, int] | None = obs.memo.get("needs")
         if needs is None:
             model = self._model(obs)
-            row = obs.memo["row"] = model.row(obs.features)
-            fallback_in = obs.ceiling / len(obs.pipeline) * (1 - _FALLBACK_OUTPUT_SHARE)
+            features = obs.features
+            row = obs.memo["row"] = model.row(features)
+            share = obs.ceiling / len(obs.pipeline)
+            fallback_in = share * (1 - _FALLBACK_OUTPUT_SHARE)
             needs = {}
             for agent in obs.pipeline.agents:
-                inp = model.input(agent, row)
-                if inp is None:
-                    inp = fallback_in
-                needs[agent.name] = round(inp + self.call_output(obs, agent, inp))
+                inp = model.input(agent, row) or fallback_in
+                out = model.output(agent, features, row, inp)
+                if out is None:
+                    out = self._fallback_output(obs, agent)
+                out = max(out, agent.min_output) * self.output_factor * model.spread(agent)
+                needs[agent.name] = round(inp + max(out, agent.min_output))
             obs.memo["needs"] = needs
         return needs
+
+    output_factor: float = 1.2
+    """What a call's output grant is, as a multiple of its predicted output (``1 + margin``)."""
+
+    @staticmethod
+    def _fallback_output(obs: Observation, agent: Agent) -> float:
+        guess = obs.ceiling / len(obs.pipeline) * _FALLBACK_OUTPUT_SHARE
+        return guess if agent.max_output is None else min(guess, agent.max_output)
 
     def predicted_output(self, obs: Observation, agent: Agent, input_tokens: float | None) -> float:
         """Expected output of one call, with the fallback when nothing is known."""
@@ -80,40 +93,32 @@ class PredictingPolicy(Policy):
         row = obs.memo.get("row") or model.row(obs.features)
         guess = model.output(agent, obs.features, row, input_tokens)
         if guess is None:
-            guess = obs.ceiling / len(obs.pipeline) * _FALLBACK_OUTPUT_SHARE
-            if agent.max_output is not None:
-                guess = min(guess, agent.max_output)
+            guess = self._fallback_output(obs, agent)
         return max(guess, float(agent.min_output))
 
-    def call_output(
-        self,
-        obs: Observation,
-        agent: Agent,
-        input_tokens: float | None,
-        predicted: float | None = None,
-    ) -> float:
-        """Output tokens to grant one call: the prediction plus the margin.
+    def call_output(self, obs: Observation, agent: Agent, predicted: float) -> float:
+        """Output tokens to grant one call predicted to write ``predicted`` tokens."""
+        out = predicted * self.output_factor * self._model(obs).spread(agent)
+        return max(out, float(agent.min_output))
 
-        Args:
-            obs: the request.
-            agent: the agent.
-            input_tokens: the call's input (counted or predicted).
-            predicted: ``predicted_output(...)`` when the caller already has it.
+    def held_back(self, obs: Observation, agent: Agent) -> tuple[int, float]:
+        """What ``agent`` leaves room for: ``(sum of needs, sum of needs times weights)``.
+
+        Here: every agent not yet started and without a reservation.
         """
-        if predicted is None:
-            predicted = self.predicted_output(obs, agent, input_tokens)
-        return predicted * (1 + self.margin) * self._model(obs).spread(agent)
-
-    def held_back(self, obs: Observation, agent: Agent) -> list[tuple[int, float]]:
-        """``(need, weight)`` of the agents ``agent`` leaves room for (here: all unstarted)."""
         reserve = obs.state.reserve
+        calls = obs.state.calls
         needs = self.predicted_needs(obs)
         weights = self.weights
-        return [
-            (needs[b.name], weights[b.priority.rank])
-            for b in obs.unstarted(besides=agent.name)
-            if b.name not in reserve
-        ]
+        keep = 0
+        weighted = 0.0
+        for b in obs.pipeline.agents:
+            name = b.name
+            if calls[name] or name == agent.name or name in reserve:
+                continue
+            keep += needs[name]
+            weighted += needs[name] * weights[b.priority.rank]
+        return keep, weighted
 
     # --------------------------------------------------------------- the hooks
 
@@ -126,7 +131,7 @@ class PredictingPolicy(Policy):
     ) -> tuple[int, int]:
         """Grant the predicted need, or a weighted share when the pool cannot cover all."""
         predicted = self.predicted_output(obs, agent, input_tokens)
-        want_out = round(self.call_output(obs, agent, input_tokens, predicted))
+        want_out = round(self.call_output(obs, agent, predicted))
         if output_tokens is not None:
             want_out = min(want_out, max(output_tokens, agent.min_output))
         want = input_tokens + want_out
@@ -137,12 +142,11 @@ class PredictingPolicy(Policy):
     def budget(self, obs: Observation, agent: Agent, want: int) -> int:
         """What the agent gets for a call wanting ``want`` tokens."""
         available = obs.state.available_for(agent.name)
-        others = self.held_back(obs, agent)
-        keep = sum(need for need, _ in others)
+        keep, others = self.held_back(obs, agent)
         if available - keep >= want:
             return want
         mine = want * self.weights[agent.priority.rank]
-        weighted = mine + sum(need * weight for need, weight in others)
+        weighted = mine + others
         share = int(available * mine / weighted) if weighted else available
         return min(want, available, max(available - keep, share))
 
@@ -177,8 +181,7 @@ class PredictingPolicy(Policy):
         if agent.max_output is not None:  # never past max_output, whatever was granted before
             granted = obs.state.grants.get(grant.grant_id, grant).output_tokens
             output_tokens = min(output_tokens, agent.max_output - granted)
-        spare = obs.state.available_for(agent.name) - context_tokens
-        spare -= sum(need for need, _ in self.held_back(obs, agent))
+        spare = obs.state.available_for(agent.name) - context_tokens - self.held_back(obs, agent)[0]
         return max(0, min(output_tokens, spare))
 
     def learn(self, obs: Observation, outcome: float | None) -> None:

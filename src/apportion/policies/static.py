@@ -60,8 +60,16 @@ class StaticPolicy(Policy):
             )
         self.budgets: dict[str, Budget] = {}
         for agent, budget in budgets.items():
-            ctx = budget[0] if isinstance(budget, Budget) else budget["context_tokens"]
-            out = budget[1] if isinstance(budget, Budget) else budget["output_tokens"]
+            if isinstance(budget, tuple) and len(budget) == 2:
+                ctx, out = budget
+            elif isinstance(budget, Mapping) and {"context_tokens", "output_tokens"} <= set(budget):
+                ctx, out = budget["context_tokens"], budget["output_tokens"]
+            else:
+                raise PolicyConfigError(
+                    f"budget of {agent!r} must be Budget(context_tokens, output_tokens) or a "
+                    f"mapping with both keys, not {budget!r}",
+                    agent=agent,
+                )
             self.budgets[agent] = Budget(
                 check_tokens(f"budgets[{agent}].context_tokens", ctx),
                 check_tokens(f"budgets[{agent}].output_tokens", out),
@@ -141,8 +149,11 @@ class StaticPolicy(Policy):
         budget = self.budgets.get(agent.name)
         if budget is not None:
             return budget
-        listed = sum(b.context_tokens + b.output_tokens for b in self.budgets.values())
-        unlisted = sum(1 for a in obs.pipeline.names if a not in self.budgets)
+        names = obs.pipeline.names
+        listed = sum(
+            b.context_tokens + b.output_tokens for a, b in self.budgets.items() if a in names
+        )
+        unlisted = sum(1 for a in names if a not in self.budgets)
         share = max(0, obs.ceiling - listed) // max(unlisted, 1)
         return Budget(share - share // 4, share // 4)
 
