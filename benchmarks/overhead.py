@@ -1,11 +1,15 @@
 """Overhead of one request lifecycle on the memory store, against a plain-dict baseline.
 
 One lifecycle: open, five begin/finish pairs (a five-agent pipeline), close. The baseline
-does the same bookkeeping on a plain dict (no validation, no policy, no events) in the
-same run. Prints JSON: medians in microseconds and their ratio, per policy and headline
-figures for the default policy.
+does the same bookkeeping on a plain dict (no validation, no policy, no events) in the same
+run. Each is timed lifecycle by lifecycle, in blocks of ``--block`` consecutive lifecycles
+(as a process serving one pipeline runs them), the blocks of the baseline and of every
+policy taking turns so that machine noise hits all of them alike. Prints JSON: medians in
+microseconds and their ratio to the baseline, per policy, and headline figures for the
+first policy named (``uniform`` by default: the controller's own overhead, with the
+simplest policy).
 
-    python benchmarks/overhead.py [--rounds N] [--policy NAME]
+    python benchmarks/overhead.py [--rounds N] [--block N] [--policy NAME]...
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import platform
 import statistics
 import time
 
-from apportion import Agent, Controller, Pipeline
+from apportion import Agent, Budget, Controller, Pipeline, StaticPolicy
 
 AGENTS = [
     Agent("intake", priority="peripheral", output_kind="structured"),
@@ -64,23 +68,26 @@ def timed(fn, *args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20_000)
+    parser.add_argument("--block", type=int, default=50)
     parser.add_argument("--policy", action="append", default=None)
     args = parser.parse_args()
-    policies = args.policy or ["elastic", "uniform", "estimate", "iterative"]
+    policies = args.policy or ["uniform", "elastic", "estimate", "iterative", "static"]
     pipeline = Pipeline(AGENTS)
-    controllers = {p: Controller(pipeline, policy=p) for p in policies}
+    static = StaticPolicy(
+        {a.name: Budget(i, o * 2) for a, (i, o) in zip(AGENTS, USAGE, strict=True)}
+    )
+    controllers = {p: Controller(pipeline, policy=static if p == "static" else p) for p in policies}
     for controller in controllers.values():  # warm up (and let predicting policies learn)
         for _ in range(500):
             lifecycle(controller)
     samples: dict[str, list[float]] = {p: [] for p in policies}
     base: list[float] = []
     gc.disable()
-    for i in range(args.rounds):
-        base.append(timed(baseline))
+    for _ in range(max(1, args.rounds // args.block)):
+        base.extend(timed(baseline) for _ in range(args.block))
         for policy, controller in controllers.items():
-            samples[policy].append(timed(lifecycle, controller))
-        if i % 1000 == 0:
-            gc.collect()
+            samples[policy].extend(timed(lifecycle, controller) for _ in range(args.block))
+        gc.collect()
     gc.enable()
     base_median = statistics.median(base)
     per_policy = {
@@ -98,6 +105,7 @@ def main() -> None:
                 "store": "memory://",
                 "policy": head,
                 "rounds": args.rounds,
+                "block": args.block,
                 "lifecycle_us_median": per_policy[head]["lifecycle_us_median"],
                 "baseline_us_median": round(base_median, 2),
                 "ratio": per_policy[head]["ratio_to_baseline"],
