@@ -589,15 +589,16 @@ def test_extend_returns_none_when_nothing_can_be_spared() -> None:
         assert snapshot(controller, req.request_id) == before
 
     controller = Controller(solo(), policy="estimate")
-    with controller.request(1_000) as req:
+    with controller.request(1_100) as req:
         g = req.begin("solo", 600)
-        assert g.total == 900
-        grown = req.extend(g, 500)
-        assert grown is not None and grown.output_tokens == g.output_tokens + 100  # all left
+        left = 1_100 - g.total
+        assert left > 0
+        grown = req.extend(g, 10_000)
+        assert grown is not None and grown.output_tokens == g.output_tokens + left  # all left
         before = snapshot(controller, req.request_id)
         assert req.extend(grown, 50) is None
         assert snapshot(controller, req.request_id) == before
-        req.finish(grown, input_tokens=600, output_tokens=400)
+        req.finish(grown, input_tokens=600, output_tokens=grown.output_tokens)
         assert controller.store.get(req.request_id).free == 0
 
 

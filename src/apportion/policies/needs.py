@@ -7,13 +7,16 @@ yet started, whose input is not in hand). Until an agent has been observed, the 
 back to shares of the ceiling.
 
 Observations are buffered and folded in by batches (every call while an agent has fewer
-than 16 observations, then every quarter of what it has seen, between 32 and 1024 calls),
+than 64 observations, then every quarter of what it has seen, between 32 and 1024 calls),
 so settling a call costs an append, and refits cost a vanishing share of the calls.
-A call whose output was cut only tells a lower bound of the need; it is fitted as
-``max(1.25 * observed, prediction)`` so that cut agents are predicted to need more.
-The spread of past errors gives a multiplicative margin (the 90th percentile of
-``observed / predicted`` over the last 256 calls, at least 1), which policies add to their
-safety margin. Thread-safe: one lock around every update and refit.
+Until an agent has three observations per regression weight, its prediction is the mean
+of what it was seen to use (a regression on a handful of points swings wildly). A call
+whose output was cut only tells a lower bound of the need; it is fitted as
+``max(1.5 * observed, prediction)`` so that cut agents are predicted to need more. The
+spread of past errors gives a multiplicative margin (the 90th percentile of
+``observed / predicted`` over the last 256 uncut calls, at least 1; until eight are known,
+1.5, or 1 for an agent that declares an estimator), which policies add to their margin.
+Thread-safe: one lock around every update and refit.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ _EARLY = 16
 _BATCH = (32, 1024)
 _RIDGE = 1e-3
 _RATIOS_KEPT = 256
+_CUT_FACTOR = 1.5
+_PRIOR_SPREAD = 1.5
+_POINTS_PER_WEIGHT = 3
 
 
 class _Regression:
@@ -45,7 +51,7 @@ class _Regression:
         self.pending: list[tuple[tuple[float, ...], float, bool]] = []
         self.weights: tuple[float, ...] | None = None
         self.ratios = np.empty(0)
-        self.spread = 1.0
+        self.spread = _PRIOR_SPREAD
 
     def predict(self, x: tuple[float, ...]) -> float | None:
         weights = self.weights
@@ -54,7 +60,7 @@ class _Regression:
         return max(1.0, float(sum(map(mul, weights, x))))
 
     def due(self) -> bool:
-        if self.count < _EARLY:
+        if self.count < _EARLY * 4:
             return True
         low, high = _BATCH
         return len(self.pending) >= min(high, max(low, self.count // 4))
@@ -68,9 +74,9 @@ class _Regression:
         if self.weights is not None:
             guess = np.maximum(rows @ np.asarray(self.weights), 1.0)
             self.ratios = np.concatenate([self.ratios, (y / guess)[~cut]])[-_RATIOS_KEPT:]
-            y = np.where(cut, np.maximum(1.25 * y, guess), y)
+            y = np.where(cut, np.maximum(_CUT_FACTOR * y, guess), y)
         else:
-            y = np.where(cut, 1.25 * y, y)
+            y = np.where(cut, _CUT_FACTOR * y, y)
         if self.xtx is None or self.xty is None:
             self.xtx = rows.T @ rows
             self.xty = rows.T @ y
@@ -78,9 +84,15 @@ class _Regression:
             self.xtx += rows.T @ rows
             self.xty += rows.T @ y
         self.count += len(rows)
-        scale = np.maximum(np.sqrt(np.diag(self.xtx)), 1e-9)
-        normed = self.xtx / np.outer(scale, scale) + _RIDGE * np.eye(len(scale))
-        self.weights = tuple(float(w) for w in np.linalg.solve(normed, self.xty / scale) / scale)
+        width = len(self.xty)
+        if self.count < _POINTS_PER_WEIGHT * width:  # too few points: the mean (x[0] is 1)
+            mean = float(self.xty[0] / self.xtx[0, 0])
+            self.weights = (mean, *([0.0] * (width - 1)))
+        else:
+            scale = np.maximum(np.sqrt(np.diag(self.xtx)), 1e-9)
+            normed = self.xtx / np.outer(scale, scale) + _RIDGE * np.eye(width)
+            solved = np.linalg.solve(normed, self.xty / scale) / scale
+            self.weights = tuple(float(w) for w in solved)
         if len(self.ratios) >= 8:
             self.spread = max(1.0, float(np.quantile(self.ratios, 0.9)))
 
@@ -141,8 +153,15 @@ class NeedModel:
         return model.predict(row)
 
     def spread(self, agent: Agent) -> float:
-        """The 90th percentile of observed/predicted output so far (at least 1)."""
-        return self._out[agent.name].spread
+        """The 90th percentile of observed/predicted output so far (at least 1).
+
+        Before eight errors are known: 1.5, or 1 when the agent declares an estimator
+        (the user's own estimate, to which policies add their margin).
+        """
+        model = self._out[agent.name]
+        if len(model.ratios) < 8 and agent.estimator is not None:
+            return 1.0
+        return model.spread
 
     def observe(
         self,

@@ -20,6 +20,8 @@ from apportion.policies.needs import NeedModel
 from apportion.spec import Agent, Pipeline
 
 _FALLBACK_OUTPUT_SHARE = 0.25
+_ROOM_ENOUGH = 0.5
+"""Up to this part of what it wants, a squeezed agent may eat into the others' needs."""
 
 
 class PredictingPolicy(Policy):
@@ -140,15 +142,23 @@ class PredictingPolicy(Policy):
         return ctx, clip_output(out, output_tokens)
 
     def budget(self, obs: Observation, agent: Agent, want: int) -> int:
-        """What the agent gets for a call wanting ``want`` tokens."""
+        """What the agent gets for a call wanting ``want`` tokens.
+
+        It gets what it wants when that leaves the agents it holds back for their predicted
+        needs. Otherwise it gets the room they leave; when that room is under half of what
+        it wants, it may take more, up to half of what it wants, as its share of the pool in
+        proportion to needs times priority weights (eating into theirs). The budget never
+        grows when the others need more.
+        """
         available = obs.state.available_for(agent.name)
         keep, others = self.held_back(obs, agent)
-        if available - keep >= want:
+        room = available - keep
+        if room >= want:
             return want
         mine = want * self.weights[agent.priority.rank]
         weighted = mine + others
         share = int(available * mine / weighted) if weighted else available
-        return min(want, available, max(available - keep, share))
+        return min(want, available, max(room, min(share, int(want * _ROOM_ENOUGH))))
 
     def on_finish(
         self,
@@ -181,7 +191,8 @@ class PredictingPolicy(Policy):
         if agent.max_output is not None:  # never past max_output, whatever was granted before
             granted = obs.state.grants.get(grant.grant_id, grant).output_tokens
             output_tokens = min(output_tokens, agent.max_output - granted)
-        spare = obs.state.available_for(agent.name) - context_tokens - self.held_back(obs, agent)[0]
+        spare = obs.state.available_for(agent.name) - context_tokens
+        spare -= self.held_back(obs, agent)[0]
         return max(0, min(output_tokens, spare))
 
     def learn(self, obs: Observation, outcome: float | None) -> None:
