@@ -78,31 +78,85 @@ def _bench_table(result: dict[str, Any]) -> Table:
         "",
         "",
     )
+    relaxed = oracle.get("relaxed_coupling_rate")
     table.caption = (
         "quality: simulated by the workload's response model; cut: calls whose input or output "
         "was cut; crit.cut: the same for critical agents; ext.: extensions per request; "
         f"oracle: knows every need, budgets in steps of {oracle['step']} tokens"
+        + (
+            ", upstream coupling relaxed (a downstream agent may read its full input even "
+            f"when an upstream output was cut; it mattered in {relaxed:.1%} of requests)"
+            if relaxed is not None
+            else ""
+        )
     )
     return table
 
 
+def _frontier_table(frontier: dict[str, Any], workload: str) -> Table:
+    """Simulated quality per policy (rows) at each ceiling (columns), the oracle last."""
+    ceilings = frontier["ceilings"]
+    table = Table(
+        title=f"{workload}: quality against the ceiling [dim](simulated quality)[/]",
+        caption=(
+            "same requests at every ceiling; oracle budgets in steps of "
+            + ", ".join(str(s) for s in frontier["oracle_step"])
+            + " tokens"
+        ),
+    )
+    table.add_column("policy", no_wrap=True)
+    for level in ceilings:
+        table.add_column(f"{level:,}", justify="right", no_wrap=True)
+    rows = sorted(frontier["policies"].items(), key=lambda kv: -sum(kv[1]))
+    for name, values in rows:
+        table.add_row(name, *(f"{q:.3f}" for q in values))
+    table.add_row("[italic]oracle[/]", *(f"{q:.3f}" for q in frontier["oracle"]))
+    return table
+
+
 def _run_bench(workload_path: Path | None, **options: Any) -> dict[str, Any]:
-    from apportion.sim.bench import run_bench
+    """Run the bench (the demo's workload when ``workload_path`` is None) under a progress bar.
+
+    Options: ``policies``, ``ceiling``, ``requests``, ``seed``, and ``ceilings`` (a list):
+    with ``ceilings``, the result is :func:`~apportion.sim.bench.frontier_document` with
+    ``ceiling`` (default: the first of ``ceilings``) as the headline ceiling.
+    """
+    from apportion.sim.bench import (
+        DEFAULT_REQUESTS,
+        frontier_document,
+        progress_total,
+        run_bench,
+        run_frontier,
+    )
     from apportion.sim.workload import load_workload
 
     workload = _demo_workload() if workload_path is None else load_workload(workload_path)
     policies = options.get("policies") or list(POLICIES)
-    count = options.get("requests") or workload.requests or 1000
+    count = options.get("requests") or workload.requests or DEFAULT_REQUESTS
+    ceilings: list[int] | None = options.get("ceilings")
     with _progress() as bar:
-        task = bar.add_task("oracle + policies", total=count * (len(policies) + 1))
-        return run_bench(
+        if not ceilings:
+            task = bar.add_task("oracle + policies", total=progress_total(count, len(policies)))
+            return run_bench(
+                workload,
+                policies=policies,
+                ceiling=options.get("ceiling"),
+                requests=count,
+                seed=options.get("seed"),
+                progress=lambda n: bar.advance(task, n),
+            )
+        total = progress_total(count, len(policies), len(ceilings))
+        task = bar.add_task("oracle + policies", total=total)
+        runs = run_frontier(
             workload,
+            ceilings,
             policies=policies,
-            ceiling=options.get("ceiling"),
             requests=count,
             seed=options.get("seed"),
             progress=lambda n: bar.advance(task, n),
+            on_ceiling=lambda c: bar.update(task, description=f"ceiling {c:,}: oracle + policies"),
         )
+    return frontier_document(runs, options.get("ceiling") or ceilings[0])
 
 
 def _demo_workload() -> Any:
@@ -192,21 +246,80 @@ def bench(
     requests: Annotated[int | None, typer.Option(help="Requests to simulate.", min=1)] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.", min=0)] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the JSON here.")] = None,
+    ceilings: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated ceilings (e.g. 8000,12000,16000): the quality-ceiling "
+            "frontier. The JSON's top level is for --ceiling (one of them) or the first."
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a figure here (.png or .svg): the frontier with --ceilings, "
+            "else quality per policy."
+        ),
+    ] = None,
 ) -> None:
-    """Compare policies on a workload file against the hindsight oracle (simulated quality)."""
+    """Compare policies on a workload file against the hindsight oracle (simulated quality).
+
+    Default: every built-in policy. Output files are written whole or not at all.
+    """
+    from apportion.files import write_atomic
+    from apportion.sim.bench import parse_ceilings
+    from apportion.sim.figures import figure_format, render_figure
+
     for name in policy or ():
         if name not in POLICIES:
             raise _fail(ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}"))
+    levels: list[int] | None = None
+    try:
+        if ceilings is not None:
+            levels = parse_ceilings(ceilings)
+            if ceiling is not None and ceiling not in levels:
+                raise ValueError(
+                    f"--ceiling {ceiling} must be one of --ceilings ({', '.join(map(str, levels))})"
+                    ": it picks which ceiling the JSON's top level reports"
+                )
+        fmt = figure_format(plot) if plot is not None else None
+        for path in (json_path, plot):
+            if path is not None and not path.parent.is_dir():
+                raise ValueError(f"{path}: directory {path.parent} does not exist")
+            if path is not None and path.is_dir():
+                raise ValueError(f"{path} is a directory")
+    except ValueError as exc:
+        raise _fail(exc) from exc
     try:
         result = _run_bench(
-            workload, policies=policy, ceiling=ceiling, requests=requests, seed=seed
+            workload,
+            policies=policy,
+            ceiling=ceiling,
+            requests=requests,
+            seed=seed,
+            ceilings=levels,
         )
-    except ApportionError as exc:
+    except (ApportionError, NotImplementedError) as exc:
         raise _fail(exc) from exc
     console.print(_bench_table(result))
-    if json_path is not None:
-        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        console.print(f"JSON written to {json_path}")
+    if "frontier" in result:
+        console.print(_frontier_table(result["frontier"], str(result["workload"])))
+    # Everything is produced in memory first: a failure leaves no file at all.
+    document = json.dumps(result, indent=2) + "\n"
+    image: bytes | None = None
+    if plot is not None and fmt is not None:
+        try:
+            image = render_figure(result, fmt)
+        except Exception as exc:
+            raise _fail(RuntimeError(f"cannot draw the figure for {plot}: {exc}")) from exc
+    try:
+        if json_path is not None:
+            write_atomic(json_path, document)
+            console.print(f"JSON written to {json_path}")
+        if plot is not None and image is not None:
+            write_atomic(plot, image)
+            console.print(f"figure written to {plot}")
+    except OSError as exc:
+        raise _fail(exc) from exc
 
 
 @app.command()
@@ -238,3 +351,73 @@ def validate(
         raise _fail(exc) from exc
     order = " -> ".join(f"{a.name} ({a.priority})" for a in pipeline.agents)
     console.print(f"[green]ok[/]: {len(pipeline)} agents: {order}", highlight=False)
+
+
+@app.command()
+def replay(
+    calls: Annotated[
+        Path,
+        typer.Argument(help="Call log CSV: run, call, agent, prompt_tokens, completion_tokens."),
+    ],
+    pipeline: Annotated[
+        Path, typer.Option("--pipeline", help="Pipeline YAML naming the log's agents.")
+    ],
+    policy: Annotated[
+        list[str] | None, typer.Option("--policy", help="Policy to run (repeatable).")
+    ] = None,
+    ceiling: Annotated[int | None, typer.Option(help="Fixed token ceiling per run.", min=1)] = None,
+    ceiling_ratio: Annotated[
+        float | None,
+        typer.Option(help="Ceiling per run, share of the tokens it really used (default 0.8)."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Runs to report on: train or test (default test).")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the JSON here.")] = None,
+) -> None:
+    """Replay logged calls through the controller, one run per request (simulated quality).
+
+    The logged prompt is each call's available input and the logged completion its output
+    need. Policies that learn are fitted on the train runs and reported on --split.
+    """
+    from apportion.files import write_atomic
+    from apportion.sim.replay import (
+        load_calls,
+        replay_steps,
+        replay_table,
+        run_replay,
+    )
+    from apportion.spec import Pipeline
+
+    names = policy or list(POLICIES)
+    for name in names:
+        if name not in POLICIES:
+            raise _fail(ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}"))
+    if ceiling is not None and ceiling_ratio is not None:
+        raise _fail(ValueError("give --ceiling or --ceiling-ratio, not both"))
+    try:
+        spec = Pipeline.from_yaml(pipeline)
+        log = load_calls(calls, spec)
+        if split is not None and not log.has_split:
+            console.print(
+                f"note: {calls} has no split column: --split filters nothing",
+                highlight=False,
+                soft_wrap=True,
+            )
+        with _progress() as bar:
+            task = bar.add_task("replaying runs", total=replay_steps(log, names, split))
+            result = run_replay(
+                log,
+                spec,
+                policies=names,
+                ceiling=ceiling,
+                ceiling_ratio=ceiling_ratio,
+                split=split,
+                progress=lambda n: bar.advance(task, n),
+            )
+        console.print(replay_table(result))
+        if json_path is not None:
+            write_atomic(json_path, json.dumps(result, indent=2) + "\n")
+            console.print(f"JSON written to {json_path}")
+    except (ApportionError, OSError) as exc:
+        raise _fail(exc) from exc

@@ -1,9 +1,19 @@
 """Comparing policies on a workload, against the hindsight oracle (simulated quality).
 
 :func:`run_bench` plays the same requests (common random numbers) through every policy and
-through the oracle, and aggregates the figures named in the workload spec's bench output:
-``quality_mean``, ``quality_vs_oracle``, ``tokens_mean``, ``truncation_rate``,
+through the oracle, and aggregates the figures named in the workload spec's bench output
+(``/work/shared/spec/workload.md``, "apportion bench output"): ``quality_mean``,
+``quality_vs_oracle``, ``tokens_mean``, ``truncation_rate``,
 ``critical_truncation_rate``, ``unspent_mean``, ``extensions_mean``.
+
+:func:`run_frontier` does the same at several ceilings (the same requests at each) and
+:func:`frontier_document` turns its runs into the bench JSON of one ceiling plus a
+``"frontier"`` block: simulated quality against the ceiling, per policy and for the oracle.
+
+The oracle's figures state how it was computed: ``step`` (its discretisation, in tokens),
+``discretisation`` (the same in words), ``relaxation`` (how it relaxes the upstream
+coupling) and ``relaxed_coupling_rate`` (the fraction of requests whose oracle allocation
+relied on that relaxation, see :attr:`~apportion.sim.oracle.OracleResult.relaxed_coupling`).
 
 The ``static`` policy is given budgets profiled the way a team would profile them from
 telemetry of an uncapped period: the 90th percentile of each agent's input and output
@@ -13,16 +23,33 @@ needs, plus 10%, over requests disjoint from the ones measured.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from apportion.errors import PolicyConfigError
 from apportion.policies import POLICIES, Policy, StaticPolicy, resolve_policy
 from apportion.sim.needs import RequestNeeds, draw_needs
-from apportion.sim.oracle import Oracle, default_step
+from apportion.sim.oracle import DISCRETISATION_NOTE, RELAXATION_NOTE, Oracle, default_step
 from apportion.sim.runner import RequestOutcome, controller_for, run_request
 from apportion.sim.workload import Workload
+
+__all__ = [
+    "DEFAULT_REQUESTS",
+    "PROFILE_REQUESTS",
+    "AgentTrace",
+    "PolicyFigures",
+    "Progress",
+    "frontier_document",
+    "frontier_summary",
+    "make_policy",
+    "parse_ceilings",
+    "profiled_static",
+    "progress_total",
+    "run_bench",
+    "run_frontier",
+    "trace_request",
+]
 
 DEFAULT_REQUESTS = 1000
 """Requests simulated when neither the workload nor the caller says how many."""
@@ -31,6 +58,7 @@ PROFILE_REQUESTS = 200
 """Requests (disjoint from the measured ones) used to profile the static policy."""
 
 Progress = Callable[[int], None]
+"""Called with the number of simulated requests just completed (oracle or policy)."""
 
 
 @dataclass
@@ -80,6 +108,90 @@ def make_policy(name: str, workload: Workload, seed: int, requests: int) -> Poli
     return resolve_policy(name)
 
 
+def parse_ceilings(text: str) -> list[int]:
+    """Read a comma-separated list of token ceilings (``"8000,12000,16000"``).
+
+    Spaces around the values are ignored, and so is a trailing comma.
+
+    Args:
+        text: the list, as typed after ``--ceilings``.
+
+    Returns:
+        The ceilings, in the order given.
+
+    Raises:
+        ValueError: the list is empty, a value is not a whole number of tokens, is below
+            1, or is given twice. The message quotes the offending value.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if parts and not parts[-1]:
+        parts.pop()
+    if not parts:
+        raise ValueError("--ceilings: give at least one ceiling, e.g. --ceilings 8000,12000")
+    ceilings: list[int] = []
+    for part in parts:
+        if not part:
+            raise ValueError(f"--ceilings: empty value in {text!r}")
+        try:
+            value = int(part)
+        except ValueError:
+            raise ValueError(
+                f"--ceilings: {part!r} is not a whole number of tokens "
+                "(expected a comma-separated list such as 8000,12000,16000)"
+            ) from None
+        if value < 1:
+            raise ValueError(f"--ceilings: {part!r}: a ceiling must be at least 1 token")
+        if value in ceilings:
+            raise ValueError(f"--ceilings: {value} is given twice")
+        ceilings.append(value)
+    return ceilings
+
+
+def progress_total(requests: int, policies: int, ceilings: int = 1) -> int:
+    """How many progress steps a bench reports: every request, per policy and oracle, per ceiling.
+
+    Args:
+        requests: measured requests.
+        policies: number of policies.
+        ceilings: number of ceilings (1 for :func:`run_bench`).
+
+    Returns:
+        The total the ``progress`` callbacks of :func:`run_bench` and :func:`run_frontier`
+        add up to.
+    """
+    return requests * (policies + 1) * ceilings
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What every ceiling of a bench shares: the requests, the policies, the oracle."""
+
+    workload: Workload
+    names: list[str]
+    count: int
+    seed: int
+    needs: list[RequestNeeds]
+    oracle: Oracle
+
+
+def _setup(
+    workload: Workload,
+    policies: Sequence[str] | None,
+    requests: int | None,
+    seed: int | None,
+) -> _Setup:
+    names = list(policies or POLICIES)
+    count = requests if requests is not None else (workload.requests or DEFAULT_REQUESTS)
+    if count < 1:
+        raise ValueError(f"requests must be at least 1, got {count}")
+    seed = seed if seed is not None else (workload.seed or 0)
+    for name in names:
+        if name != "static":  # (profiled per bench by make_policy)
+            resolve_policy(name)  # fail on an unknown name before any simulation
+    needs = [draw_needs(workload, seed, r) for r in range(count)]
+    return _Setup(workload, names, count, seed, needs, Oracle(workload))
+
+
 def run_bench(
     workload: Workload,
     *,
@@ -97,45 +209,174 @@ def run_bench(
         ceiling: per-request token ceiling (default: the workload's).
         requests: how many requests (default: the workload's).
         seed: the seed (default: the workload's).
-        progress: called with the number of requests just completed (for progress bars).
+        progress: called with the number of requests just completed (for progress bars);
+            the calls add up to :func:`progress_total`.
 
     Returns:
-        The bench result, shaped as the workload spec's JSON output.
+        The bench result, shaped as the workload spec's JSON output, with ``"simulated":
+        true`` and the oracle's ``step``, ``discretisation``, ``relaxation``,
+        ``relaxed_coupling_rate``, ``coupled_quality_mean`` and ``upper_bound_mean``.
+
+    Raises:
+        PolicyConfigError: neither ``ceiling`` nor the workload gives a ceiling.
+        UnknownPolicy: a policy name is not registered.
     """
-    names = list(policies or POLICIES)
     ceiling = ceiling or workload.ceiling
     if ceiling is None:
         raise PolicyConfigError(f"workload {workload.name!r} sets no ceiling: give one")
-    count = requests if requests is not None else (workload.requests or DEFAULT_REQUESTS)
-    seed = seed if seed is not None else (workload.seed or 0)
-    all_needs = [draw_needs(workload, seed, r) for r in range(count)]
-    oracle = Oracle(workload)
+    return _bench_at(_setup(workload, policies, requests, seed), ceiling, progress)
+
+
+def run_frontier(
+    workload: Workload,
+    ceilings: Iterable[int],
+    *,
+    policies: Sequence[str] | None = None,
+    requests: int | None = None,
+    seed: int | None = None,
+    progress: Progress | None = None,
+    on_ceiling: Callable[[int], None] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Run the bench at each ceiling, on the same requests (the quality-ceiling frontier).
+
+    Args:
+        workload: the workload.
+        ceilings: the token ceilings (each at least 1, no repeats); run in ascending order.
+        policies: policy names (default: every built-in policy).
+        requests: how many requests per ceiling (default: the workload's).
+        seed: the seed (default: the workload's).
+        progress: called with the number of requests just completed, over all ceilings
+            (the calls add up to :func:`progress_total` with ``ceilings=len(ceilings)``).
+        on_ceiling: called with each ceiling before its runs start (e.g. to relabel a
+            progress bar).
+
+    Returns:
+        ``{ceiling: run_bench result}``, in ascending order of ceiling.
+
+    Raises:
+        ValueError: no ceiling, a ceiling below 1, or a repeated ceiling.
+        UnknownPolicy: a policy name is not registered.
+    """
+    levels = list(ceilings)
+    if not levels:
+        raise ValueError("give at least one ceiling")
+    for level in levels:
+        if isinstance(level, bool) or not isinstance(level, int) or level < 1:
+            raise ValueError(f"a ceiling must be an integer of at least 1, got {level!r}")
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"a ceiling is repeated in {levels}")
+    setup = _setup(workload, policies, requests, seed)
+    runs: dict[int, dict[str, Any]] = {}
+    for level in sorted(levels):
+        if on_ceiling is not None:
+            on_ceiling(level)
+        runs[level] = _bench_at(setup, level, progress)
+    return runs
+
+
+def frontier_summary(runs: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``"frontier"`` block of the bench JSON, from :func:`run_frontier`'s runs.
+
+    Args:
+        runs: ``{ceiling: run_bench result}``.
+
+    Returns:
+        ``{"simulated": true, "ceilings": [...], "policies": {name: [quality_mean per
+        ceiling]}, "quality_vs_oracle": {name: [...]}, "oracle": [quality_mean per
+        ceiling], "oracle_step": [...], "oracle_relaxed_coupling_rate": [...]}``, every list
+        in ascending order of ceiling.
+    """
+    levels = sorted(runs)
+    first = runs[levels[0]] if levels else {"policies": {}}
+    names = list(first["policies"])
+    return {
+        "simulated": True,
+        "ceilings": levels,
+        "policies": {
+            name: [runs[c]["policies"][name]["quality_mean"] for c in levels] for name in names
+        },
+        "quality_vs_oracle": {
+            name: [runs[c]["policies"][name]["quality_vs_oracle"] for c in levels] for name in names
+        },
+        "oracle": [runs[c]["oracle"]["quality_mean"] for c in levels],
+        "oracle_step": [runs[c]["oracle"]["step"] for c in levels],
+        "oracle_relaxed_coupling_rate": [
+            runs[c]["oracle"]["relaxed_coupling_rate"] for c in levels
+        ],
+    }
+
+
+def frontier_document(
+    runs: Mapping[int, Mapping[str, Any]], headline: int | None = None
+) -> dict[str, Any]:
+    """The bench JSON of a frontier: one ceiling's spec document plus ``"frontier"``.
+
+    The top-level keys are exactly those of :func:`run_bench` at the ``headline`` ceiling
+    (so they keep the meaning the workload spec gives them); ``"frontier"`` holds
+    :func:`frontier_summary`.
+
+    Args:
+        runs: ``{ceiling: run_bench result}`` from :func:`run_frontier`.
+        headline: the ceiling whose results are the top-level document (default: the
+            lowest).
+
+    Returns:
+        The document.
+
+    Raises:
+        ValueError: no runs, or ``headline`` is not one of the ceilings run.
+    """
+    if not runs:
+        raise ValueError("no runs: give at least one ceiling")
+    level = min(runs) if headline is None else headline
+    if level not in runs:
+        raise ValueError(f"ceiling {level} is not among those run ({', '.join(map(str, runs))})")
+    document = dict(runs[level])
+    document["frontier"] = frontier_summary(runs)
+    return document
+
+
+def _bench_at(setup: _Setup, ceiling: int, progress: Progress | None) -> dict[str, Any]:
+    """One ceiling of a bench: the oracle, then each policy, over the same requests."""
+    workload, count = setup.workload, setup.count
     best = PolicyFigures()
     oracle_tokens: list[int] = []
-    for needs in all_needs:
-        result = oracle.solve(needs, ceiling)
+    coupled: list[float] = []
+    bounds: list[float] = []
+    relaxed = 0
+    for needs in setup.needs:
+        result = setup.oracle.solve(needs, ceiling)
         best.outcomes.append(_oracle_outcome(result.quality, result.tokens))
         oracle_tokens.append(result.tokens)
+        coupled.append(result.coupled_quality)
+        bounds.append(result.upper_bound)
+        relaxed += result.relaxed_coupling
         if progress:
             progress(1)
-    oracle_quality = statistics.fmean(o.quality for o in best.outcomes) if count else 0.0
+    oracle_quality = statistics.fmean(o.quality for o in best.outcomes)
     figures: dict[str, dict[str, float]] = {}
-    for name in names:
-        controller = controller_for(workload, make_policy(name, workload, seed, count))
+    for name in setup.names:
+        controller = controller_for(workload, make_policy(name, workload, setup.seed, count))
         measured = PolicyFigures()
-        for needs in _with_progress(all_needs, progress):
+        for needs in _with_progress(setup.needs, progress):
             measured.outcomes.append(run_request(controller, workload, needs, ceiling))
         figures[name] = measured.summary(ceiling, oracle_quality)
+    step = default_step(ceiling)
     return {
         "workload": workload.name,
         "requests": count,
         "ceiling": ceiling,
-        "seed": seed,
+        "seed": setup.seed,
         "simulated": True,
         "oracle": {
             "quality_mean": round(oracle_quality, 4),
-            "tokens_mean": round(statistics.fmean(oracle_tokens), 1) if count else 0.0,
-            "step": default_step(ceiling),
+            "tokens_mean": round(statistics.fmean(oracle_tokens), 1),
+            "step": step,
+            "discretisation": DISCRETISATION_NOTE.format(step=step),
+            "relaxation": RELAXATION_NOTE,
+            "relaxed_coupling_rate": round(relaxed / count, 4),
+            "coupled_quality_mean": round(statistics.fmean(coupled), 4),
+            "upper_bound_mean": round(statistics.fmean(bounds), 4),
         },
         "policies": figures,
     }

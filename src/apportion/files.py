@@ -1,0 +1,73 @@
+"""Output files that appear whole or not at all.
+
+:func:`write_atomic` writes to a temporary file in the target's own directory, flushes it
+to disk, then renames it over the target with :func:`os.replace` (atomic on POSIX and on
+Windows within one file system). A reader sees either the previous file or the new one,
+never a partial write; on any error the temporary file is removed and the target is left
+as it was.
+
+Produce the data completely *before* calling it (render a figure to bytes in memory, dump
+JSON to a string): a failure while producing it then leaves no file behind at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from pathlib import Path
+
+__all__ = ["write_atomic"]
+
+
+def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` atomically.
+
+    The file gets the permissions of the file it replaces, or, for a new file, the
+    ordinary ones (``0o666`` less the umask), as :func:`open` would give it.
+
+    Args:
+        path: the file to (re)place; its directory must exist.
+        data: the content; ``str`` is encoded as UTF-8 (newlines are written as given).
+
+    Returns:
+        The path written, as a :class:`~pathlib.Path`.
+
+    Raises:
+        TypeError: ``data`` is neither ``str`` nor ``bytes``.
+        IsADirectoryError: ``path`` is a directory.
+        OSError: the directory does not exist or cannot be written to (nothing is left
+            behind).
+    """
+    if isinstance(data, str):
+        payload = data.encode("utf-8")
+    elif isinstance(data, bytes | bytearray | memoryview):
+        payload = bytes(data)
+    else:
+        raise TypeError(f"data must be str or bytes, not {type(data).__name__}")
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{target} is a directory")
+    directory = target.parent
+    try:
+        mode: int | None = stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        mode = None
+    temp = directory / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    # O_EXCL: never reuse someone else's file; 0o666 lets the umask apply as for open().
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(temp, flags, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(temp, mode)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return target
