@@ -1,6 +1,7 @@
 """The command line, run as a user would (Typer's runner, real files)."""
 
 import json
+import re
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -11,12 +12,26 @@ runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_demo_runs_offline_and_says_simulated() -> None:
-    result = runner.invoke(app, ["demo", "--requests", "40"])
+def test_demo_runs_offline_and_says_simulated(tmp_path: Path) -> None:
+    page = tmp_path / "demo.html"
+    result = runner.invoke(app, ["demo", "--requests", "40", "--html", str(page)])
     assert result.exit_code == 0, result.output
     for name in ("uniform", "static", "estimate", "elastic", "iterative", "oracle"):
         assert name in result.output
     assert "simulated" in result.output
+    assert "uniform (equal split)" in result.output and "(best policy)" in result.output
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "<svg" in text
+    assert "simulated" in text and "The equal split against the best policy" in text
+    assert not re.search(r'(src|href)="(https?:)?//', text)  # nothing is fetched
+
+
+def test_demo_unwritable_html_fails_cleanly(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["demo", "--requests", "5", "--html", str(tmp_path / "missing" / "demo.html")]
+    )
+    assert result.exit_code == 2
+    assert not (tmp_path / "missing").exists()
 
 
 def test_bench_writes_the_spec_json(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +21,6 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(width=None if sys.stdout.isatty() else 120)
-DEMO_WORKLOAD = "support-triage.yaml"
 
 
 def main() -> None:
@@ -160,80 +158,52 @@ def _run_bench(workload_path: Path | None, **options: Any) -> dict[str, Any]:
 
 
 def _demo_workload() -> Any:
-    from apportion.sim.workload import load_workload
+    from apportion.demo import demo_workload
 
-    source = resources.files("apportion.sim").joinpath("workloads", DEMO_WORKLOAD)
-    with resources.as_file(source) as path:
-        return load_workload(path)
-
-
-def _walkthrough(ceiling: int, seed: int) -> Table:
-    """A long request that fits the ceiling, under the equal split and under elastic."""
-    from apportion.sim.bench import trace_request
-    from apportion.sim.needs import draw_needs
-
-    workload = _demo_workload()
-    pool = [draw_needs(workload, seed + 1, r) for r in range(200)]
-    fits = [n for n in pool if n.total <= ceiling * 0.9] or pool
-    needs = max(fits, key=lambda n: max(n.need_in))
-    warmup = [n for n in pool if n is not needs][:150]
-    traces = {
-        name: trace_request(workload, name, needs, ceiling, warmup=warmup, seed=seed)
-        for name in ("uniform", "elastic")
-    }
-    table = Table(
-        title=(
-            f"one request ({needs.features.get('messages')} messages, needs {needs.total:,} of "
-            f"the {ceiling:,} ceiling): needs vs grants, read / write tokens"
-        )
-    )
-    for header in ("agent", "needs", "uniform grant", "elastic grant"):
-        table.add_column(header, no_wrap=True)
-    for index, agent in enumerate(workload.agents):
-        cells = []
-        for name in ("uniform", "elastic"):
-            t = traces[name][1][index]
-            cut = t.read < t.need_in or t.wrote < t.need_out
-            mark = "[red]cut[/]" if cut else "[green]ok[/]"
-            cells.append(f"{t.granted_in:,} / {t.granted_out:,} {mark}")
-        t = traces["uniform"][1][index]
-        table.add_row(f"{agent.name} ({agent.priority})", f"{t.need_in:,} / {t.need_out:,}", *cells)
-    table.add_row(
-        "request quality (simulated)",
-        "",
-        *(f"{traces[name][0].quality:.3f}" for name in ("uniform", "elastic")),
-    )
-    return table
+    return demo_workload()
 
 
 @app.command()
 def demo(
-    requests: Annotated[int, typer.Option(help="Requests to simulate.", min=1)] = 300,
-    ceiling: Annotated[int, typer.Option(help="Token ceiling per request.", min=1)] = 12_000,
-    seed: Annotated[int, typer.Option(help="Random seed.", min=0)] = 7,
+    requests: Annotated[int, typer.Option(help="Requests to simulate per ceiling.", min=1)] = 300,
+    seed: Annotated[int | None, typer.Option(help="Random seed.", min=0)] = None,
+    html: Annotated[
+        Path, typer.Option("--html", help="Where to write the HTML page with the figure.")
+    ] = Path("apportion-demo.html"),
 ) -> None:
-    """Show the equal-budget problem and the five policies on a simulated support pipeline.
+    """The seed scenario: the equal split against the best policy, and a frontier page.
 
     No network, no API key: the model is simulated (token needs and quality come from the
     workload's declared response model), while budgets run through the real controller.
     """
-    try:
-        result = _run_bench(None, requests=requests, ceiling=ceiling, seed=seed)
-    except ApportionError as exc:
-        raise _fail(exc) from exc
-    console.print(_walkthrough(ceiling, seed))
-    console.print(_bench_table(result))
-    uniform = result["policies"]["uniform"]
-    best_name, best = max(result["policies"].items(), key=lambda kv: kv[1]["quality_mean"])
-    console.print(
-        f"\nEqual split ([bold]uniform[/]): simulated quality {uniform['quality_mean']:.3f}, "
-        f"critical agent cut in {uniform['critical_truncation_rate']:.0%} of calls, "
-        f"{uniform['unspent_mean']:,.0f} tokens left unspent per request.\n"
-        f"Best policy ([bold]{best_name}[/]): {best['quality_mean']:.3f} "
-        f"({best['quality_vs_oracle']:.0%} of the oracle), critical agent cut in "
-        f"{best['critical_truncation_rate']:.0%} of calls.",
-        highlight=False,
+    from apportion.demo import (
+        DEMO_CEILINGS,
+        best_policy,
+        demo_page,
+        demo_total,
+        run_demo,
+        side_by_side_table,
+        walkthrough,
     )
+    from apportion.files import write_atomic
+
+    workload = _demo_workload()
+    seed = workload.seed if seed is None else seed
+    try:
+        with _progress() as bar:
+            task = bar.add_task(
+                f"{len(DEMO_CEILINGS)} ceilings x 5 policies + oracle", total=demo_total(requests)
+            )
+            document = run_demo(workload, requests, seed, lambda n: bar.advance(task, n))
+        page = demo_page(document)
+        write_atomic(html, page)
+    except (ApportionError, OSError) as exc:
+        raise _fail(exc) from exc
+    best = best_policy(document)
+    console.print(walkthrough(workload, workload.ceiling, seed, best))
+    console.print(side_by_side_table(document))
+    console.print(_bench_table(document))
+    console.print(f"HTML page with the frontier figure: [bold]{html}[/]", highlight=False)
 
 
 @app.command()

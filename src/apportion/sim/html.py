@@ -35,7 +35,6 @@ from typing import Any, Final
 __all__ = [
     "SIMULATED_NOTICE",
     "Section",
-    "bench_html",
     "bench_page",
     "figure",
     "paragraph",
@@ -232,6 +231,7 @@ def bench_page(
     figures: Mapping[str, bytes] | None = None,
     *,
     title: str | None = None,
+    leading: Sequence[Section] = (),
 ) -> str:
     """The HTML page of a bench: results, frontier, figures and the oracle's method.
 
@@ -245,6 +245,7 @@ def bench_page(
             :func:`~apportion.sim.figures.bench_figure` /
             :func:`~apportion.sim.figures.frontier_figure`) by caption, shown in order.
         title: the page's title (default: the workload's name and "simulated").
+        leading: sections to show first (e.g. the demo's side-by-side table).
 
     Returns:
         The HTML document, as text. It says the quality is simulated at the top, in every
@@ -255,7 +256,8 @@ def bench_page(
     oracle: Mapping[str, Any] = result["oracle"]
     heading = title or f"{result['workload']}: token budget policies (simulated quality)"
     sections = [
-        Section(f"Results at a ceiling of {int(result['ceiling']):,} tokens", _results(result))
+        *leading,
+        Section(f"Results at a ceiling of {int(result['ceiling']):,} tokens", _results(result)),
     ]
     if frontier:
         sections.append(Section("Quality against the ceiling", _frontier(frontier)))
@@ -284,10 +286,6 @@ def bench_page(
         f"requests, seed {result['seed']}. Quality is simulated."
     )
     return render_html(heading, sections, footer=footer)
-
-
-bench_html = bench_page
-"""Another name of :func:`bench_page` (``bench_html(result_or_frontier, ...)``)."""
 
 
 def _results(result: Mapping[str, Any]) -> str:
