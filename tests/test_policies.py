@@ -373,7 +373,7 @@ def wide(later_base: float) -> Pipeline:
 
 def test_estimate_leaves_room_for_agents_still_to_run() -> None:
     totals = {}
-    for later in (100, 3_000, 5_000, 20_000):
+    for later in (100, 3_500, 5_000, 20_000):
         controller = make(wide(later), "estimate")
         with controller.request(ceiling=30_000) as req:
             needs = needs_of(controller, req)
@@ -391,7 +391,7 @@ def test_estimate_leaves_room_for_agents_still_to_run() -> None:
                 assert grant.total == max(room, min(share, want // 2))
             totals[later] = grant.total
     assert totals[100] == 3_200
-    assert totals[100] > totals[3_000] > totals[5_000] > totals[20_000] > 0
+    assert totals[100] > totals[3_500] > totals[5_000] > totals[20_000] > 0
 
 
 def test_estimate_ignores_priorities() -> None:
@@ -511,7 +511,7 @@ def test_elastic_priority_decides_who_draws_first() -> None:
     for priority in ("critical", "standard", "peripheral"):
         pipeline = Pipeline(
             [Agent("x", priority=priority, estimator=est(1_000))]
-            + [Agent(n, after=["x"], estimator=est(5_000)) for n in ("y", "z")]
+            + [Agent(n, after=["x"], estimator=est(7_000)) for n in ("y", "z")]
         )
         controller = make(pipeline, "elastic")
         with controller.request(ceiling=25_000) as req:

@@ -59,7 +59,7 @@ class PredictingPolicy(Policy):
     # ------------------------------------------------------------ predictions
 
     def predicted_needs(self, obs: Observation) -> dict[str, int]:
-        """Tokens (input plus output with margin) each agent is expected to use in this request.
+        """Tokens (input plus output, no margin) each agent is expected to use in this request.
 
         Computed once per request, when it opens, and kept in ``obs.memo``.
         """
@@ -76,7 +76,9 @@ class PredictingPolicy(Policy):
                 out = model.output(agent, features, row, inp)
                 if out is None:
                     out = self._fallback_output(obs, agent)
-                out = max(out, agent.min_output) * self.output_factor * model.spread(agent)
+                # expected, not padded: margins are for the agent's own grant; padding every
+                # later agent's need would starve the earlier ones for insurance
+                out = max(out, agent.min_output) * min(1.0, self.output_factor)
                 needs[agent.name] = round(inp + max(out, agent.min_output))
             obs.memo["needs"] = needs
         return needs
