@@ -47,25 +47,9 @@ class ElasticPolicy(PredictingPolicy):
         allocation = {a: max(reserve.get(a, 0), min(needs[a], planned[a])) for a in needs}
         return Plan(allocation=allocation, reserve=reserve)
 
-    def held_back(self, obs: Observation, agent: Agent) -> tuple[int, float]:
-        """Room for unstarted agents of the same or higher priority without a reservation."""
-        if agent.priority is Priority.CRITICAL:
-            return 0, 0.0
-        rank = agent.priority.rank
-        reserve = obs.state.reserve
-        calls = obs.state.calls
-        needs = self.predicted_needs(obs)
-        weights = self.weights
-        keep = 0
-        weighted = 0.0
-        for b in obs.pipeline.agents:
-            name = b.name
-            b_rank = b.priority.rank
-            if calls[name] or name == agent.name or name in reserve or b_rank < rank:
-                continue
-            keep += needs[name]
-            weighted += needs[name] * weights[b_rank]
-        return keep, weighted
+    def held_for(self, agent: Agent) -> int | None:
+        """Room for agents of the same or higher priority; a critical agent draws first."""
+        return None if agent.priority is Priority.CRITICAL else agent.priority.rank
 
     def on_finish(
         self,

@@ -108,8 +108,12 @@ class PredictingPolicy(Policy):
     def held_back(self, obs: Observation, agent: Agent) -> tuple[int, float]:
         """What ``agent`` leaves room for: ``(sum of needs, sum of needs times weights)``.
 
-        Here: every agent not yet started and without a reservation.
+        The agents held back for: those not yet started, without a reservation, and of a
+        priority rank at least :meth:`held_for` gives.
         """
+        floor = self.held_for(agent)
+        if floor is None:
+            return 0, 0.0
         reserve = obs.state.reserve
         calls = obs.state.calls
         needs = self.predicted_needs(obs)
@@ -118,11 +122,19 @@ class PredictingPolicy(Policy):
         weighted = 0.0
         for b in obs.pipeline.agents:
             name = b.name
-            if calls[name] or name == agent.name or name in reserve:
+            rank = b.priority.rank
+            if calls[name] or name == agent.name or name in reserve or rank < floor:
                 continue
             keep += needs[name]
-            weighted += needs[name] * weights[b.priority.rank]
+            weighted += needs[name] * weights[rank]
         return keep, weighted
+
+    def held_for(self, agent: Agent) -> int | None:
+        """The lowest priority rank ``agent`` leaves room for (``None``: nobody).
+
+        Here: every agent, whatever its priority.
+        """
+        return 0
 
     # --------------------------------------------------------------- the hooks
 

@@ -84,10 +84,10 @@ from typing import Any
 from rich.table import Table
 
 from apportion.controller import Controller
-from apportion.errors import BudgetExceeded, PolicyConfigError, SpecError
+from apportion.errors import PolicyConfigError, SpecError
 from apportion.policies import POLICIES, Policy, StaticPolicy, resolve_policy
 from apportion.sim.quality import agent_quality
-from apportion.sim.runner import MAX_EXTENSIONS
+from apportion.sim.runner import MAX_EXTENSIONS, play_call
 from apportion.spec import Pipeline, Priority
 
 __all__ = [
@@ -407,33 +407,24 @@ def replay_run(
             need_in, need_out = call.prompt_tokens, call.completion_tokens
             is_critical = agent.priority is Priority.CRITICAL
             critical += is_critical
-            try:
-                grant = req.begin(agent.name, input_tokens=need_in)
-            except BudgetExceeded:
-                refused += 1
-                cut += 1
-                critical_cut += is_critical
-                qualities.append(0.0)
-                continue
-            ctx = grant.context_tokens
-            out = min(grant.output_tokens, need_out)
-            for _ in range(max_extensions):
-                if out >= need_out:
-                    break
-                grown = req.extend(grant, grant.output_tokens, context_tokens=ctx + out)
-                if grown is None:
-                    break
-                extensions += 1
-                out = min(out + grown.output_tokens - grant.output_tokens, need_out)
-                grant = grown
-            read = grant.context_tokens  # the first read plus every resent context
-            was_cut = ctx < need_in or out < need_out
+            played = play_call(
+                req, agent.name, need_in, need_out, resend=True, max_extensions=max_extensions
+            )
+            was_cut = played.refused or played.read < need_in or played.wrote < need_out
+            refused += played.refused
             cut += was_cut
             critical_cut += is_critical and was_cut
-            granted += grant.total
-            consumed += read + out
-            req.finish(grant, input_tokens=read, output_tokens=out, truncated=out < need_out)
-            qualities.append(_call_quality(agent.output_kind.value, ctx, need_in, out, need_out))
+            extensions += played.extensions
+            granted += played.granted
+            consumed += played.consumed_in + played.wrote
+            quality = (
+                0.0
+                if played.refused
+                else _call_quality(
+                    agent.output_kind.value, played.read, need_in, played.wrote, need_out
+                )
+            )
+            qualities.append(quality)
         quality = statistics.fmean(qualities) if qualities else 1.0
         req.score(quality)
     return RunOutcome(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apportion.controller import Controller
+from apportion.controller import Controller, Request
 from apportion.errors import BudgetExceeded
 from apportion.policies import Policy
 from apportion.sim.needs import RequestNeeds
@@ -67,6 +67,73 @@ def pipeline_of(workload: Workload) -> Pipeline:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """What one played call came to.
+
+    Attributes:
+        read: context tokens granted at first: what the agent read of its input.
+        wrote: output tokens written, extensions included.
+        consumed_in: input tokens consumed (the first read plus every resent context).
+        granted: tokens granted, extensions included.
+        extensions: extensions granted.
+        refused: the call could not run at all (nothing left for the agent).
+    """
+
+    read: int
+    wrote: int
+    consumed_in: int
+    granted: int
+    extensions: int
+    refused: bool
+
+
+REFUSED = CallResult(0, 0, 0, 0, 0, True)
+
+
+def play_call(
+    req: Request,
+    agent: str,
+    input_tokens: int,
+    need_out: int,
+    *,
+    resend: bool,
+    max_extensions: int = MAX_EXTENSIONS,
+) -> CallResult:
+    """Play one model call: begin, write what the cap allows, extend while cut, finish.
+
+    Args:
+        req: the open request.
+        agent: the agent calling.
+        input_tokens: the input it has in hand.
+        need_out: the output it would write unconstrained.
+        resend: an extension re-reads the prompt and the partial answer.
+        max_extensions: most extensions the call asks for (each asks for as much again as
+            the call was granted).
+    """
+    try:
+        grant = req.begin(agent, input_tokens=input_tokens)
+    except BudgetExceeded:
+        return REFUSED
+    read = grant.context_tokens
+    wrote = min(grant.output_tokens, need_out)
+    consumed_in = read
+    extensions = 0
+    for _ in range(max_extensions):
+        if wrote >= need_out:
+            break
+        resent = read + wrote if resend else 0
+        grown = req.extend(grant, grant.output_tokens, context_tokens=resent)
+        if grown is None:
+            break
+        extensions += 1
+        consumed_in += resent
+        wrote = min(wrote + grown.output_tokens - grant.output_tokens, need_out)
+        grant = grown
+    req.finish(grant, input_tokens=consumed_in, output_tokens=wrote, truncated=wrote < need_out)
+    return CallResult(read, wrote, consumed_in, grant.total, extensions, False)
+
+
 def run_request(
     controller: Controller,
     workload: Workload,
@@ -87,37 +154,30 @@ def run_request(
             if spec.input.upstream:
                 avail -= sum(needs.need_out[u] - outs[u] for u in workload.upstream_indices(index))
             is_critical = spec.priority == "critical"
+            call = play_call(
+                req,
+                spec.name,
+                max(avail, 0),
+                need_out,
+                resend=resend,
+                max_extensions=max_extensions,
+            )
+            was_cut = call.refused or call.read < need_in or call.wrote < need_out
             critical += is_critical
-            try:
-                grant = req.begin(spec.name, input_tokens=max(avail, 0))
-            except BudgetExceeded:
-                refused += 1
-                cut += 1
-                critical_cut += is_critical
-                outs.append(0)
-                qualities.append(0.0)
-                continue
-            ctx = grant.context_tokens
-            out = min(grant.output_tokens, need_out)
-            used_in = ctx
-            for _ in range(max_extensions):
-                if out >= need_out:
-                    break
-                resent = ctx + out if resend else 0
-                grown = req.extend(grant, grant.output_tokens, context_tokens=resent)
-                if grown is None:
-                    break
-                extensions += 1
-                used_in += resent
-                out = min(out + (grown.output_tokens - grant.output_tokens), need_out)
-                grant = grown
-            was_cut = ctx < need_in or out < need_out
             cut += was_cut
             critical_cut += is_critical and was_cut
-            req.finish(grant, input_tokens=used_in, output_tokens=out, truncated=out < need_out)
-            outs.append(out)
+            refused += call.refused
+            extensions += call.extensions
+            outs.append(call.wrote)
             qualities.append(
-                agent_quality(spec.output_kind, ctx, need_in, out, need_out, spec.input_sensitivity)
+                agent_quality(
+                    spec.output_kind,
+                    call.read,
+                    need_in,
+                    call.wrote,
+                    need_out,
+                    spec.input_sensitivity,
+                )
             )
         quality = request_quality(qualities, [a.influence for a in workload.agents])
         req.score(quality)
