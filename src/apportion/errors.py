@@ -292,3 +292,61 @@ class StoreUnavailable(ApportionError, ConnectionError):
 
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"store {url} unavailable: {reason}", url=url, reason=reason)
+
+
+class NoTokenizer(ApportionError, LookupError):
+    """No tokenizer can be had for a model (ask for an approximate counter by name to go on).
+
+    Attributes:
+        model: the model.
+        reason: why none could be had.
+    """
+
+    model: str
+    reason: str
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(
+            f"no tokenizer for model {model!r}: {reason}; pass counter='approximate' to count "
+            "about 4 characters per token instead",
+            model=model,
+            reason=reason,
+        )
+
+
+class UnknownModel(ApportionError, LookupError):
+    """A model name is known to neither LiteLLM's model map nor the user's catalog.
+
+    Attributes:
+        model: the model name given.
+    """
+
+    model: str
+
+    def __init__(self, model: str, reason: str = "not in LiteLLM's model map") -> None:
+        super().__init__(f"unknown model {model!r}: {reason}", model=model)
+
+
+class InputTooLarge(ApportionError):
+    """Messages cannot fit a context grant even after fitting.
+
+    Attributes:
+        agent: the agent (or ``None``).
+        required: tokens the irreducible part (system prompt, last user turn, tool pairs
+            that must stay together) needs.
+        available: tokens the context grant allows.
+    """
+
+    agent: str | None
+    required: int
+    available: int
+
+    def __init__(self, required: int, available: int, *, agent: str | None = None) -> None:
+        who = f"agent {agent!r}: " if agent else ""
+        super().__init__(
+            f"{who}the messages cannot fit {available} tokens: the system prompt, the last user "
+            f"turn and the tool calls kept with their results need {required}",
+            agent=agent,
+            required=required,
+            available=available,
+        )
