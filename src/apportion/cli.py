@@ -391,3 +391,7 @@ def replay(
             console.print(f"JSON written to {json_path}")
     except (ApportionError, OSError) as exc:
         raise _fail(exc) from exc
+
+
+# Commands kept in modules of their own register themselves on ``app`` when imported.
+from apportion import cli_sweep  # noqa: E402, F401  (sweep, optimize)

@@ -109,7 +109,7 @@ def frontier_figure(
             raise ValueError(
                 f"frontier series {name!r} has {len(values)} points for {len(ceilings)} ceilings"
             )
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     colours = _colours(list(series))
     order = sorted(range(len(ceilings)), key=ceilings.__getitem__)
@@ -154,7 +154,7 @@ def frontier_figure(
             note += f"; its relaxed upstream coupling mattered in {share} of requests"
         note += "."
     _footnote(fig, note)
-    return _encode(fig, fmt)
+    return encode_figure(fig, fmt)
 
 
 def bench_figure(result: Mapping[str, Any], fmt: FigureFormat = "png") -> bytes:
@@ -175,7 +175,7 @@ def bench_figure(result: Mapping[str, Any], fmt: FigureFormat = "png") -> bytes:
     values = [float(figures["quality_mean"]) for _, figures in rows]
     oracle: Mapping[str, Any] = result["oracle"]
     best = float(oracle["quality_mean"])
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     bars = ax.bar(names, values, color=[colours[n] for n in names], width=0.6)
     ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=2, fontsize="small")
@@ -206,10 +206,11 @@ def bench_figure(result: Mapping[str, Any], fmt: FigureFormat = "png") -> bytes:
             note += f"; its relaxed upstream coupling mattered in {rate:.0%} of requests"
         note += "."
     _footnote(fig, note)
-    return _encode(fig, fmt)
+    return encode_figure(fig, fmt)
 
 
-def _new_figure() -> Figure:
+def new_figure() -> Figure:
+    """A figure in the house style, on the Agg canvas (no pyplot, no display)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -235,7 +236,7 @@ def _span(values: list[Any]) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
-def _encode(fig: Figure, fmt: FigureFormat) -> bytes:
+def encode_figure(fig: Figure, fmt: FigureFormat) -> bytes:
     """Encode ``fig``; SVG output is reproducible (fixed ids, no date)."""
     import matplotlib
 

@@ -1,0 +1,1 @@
+"""Analysis of budgets: the critical-path sweep, the allocation search, reports and profiles."""

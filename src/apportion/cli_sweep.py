@@ -1,0 +1,238 @@
+"""``apportion sweep`` and ``apportion optimize``: which budgets matter, and the best split.
+
+Registered on the ``apportion`` command (:mod:`apportion.cli`) when that module loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from apportion.cli import _fail, _progress, app, console
+from apportion.errors import ApportionError
+
+
+def _target(
+    target: Path | None,
+    pipeline: str | None,
+    eval_path: Path | None,
+    metric: str | None,
+    policy: str,
+    ceiling: int | None,
+    requests: int,
+    seed: int | None,
+) -> Any:
+    from apportion.analysis.targets import PipelineTarget, WorkloadTarget
+
+    if pipeline or eval_path or metric:
+        if target is not None or not (pipeline and eval_path and metric):
+            raise typer.BadParameter(
+                "give a workload file, or all three of --pipeline, --eval and --metric"
+            )
+        return PipelineTarget(pipeline, eval_path, metric, policy=policy)
+    if target is None:
+        raise typer.BadParameter("give a workload file, or --pipeline, --eval and --metric")
+    return WorkloadTarget(target, policy=policy, ceiling=ceiling, requests=requests, seed=seed)
+
+
+def _sweep_table(result: dict[str, Any]) -> Table:
+    fractions = [f for f in result["fractions"] if f < 1.0]
+    kind = "simulated quality" if result["simulated"] else "metric"
+    table = Table(
+        title=f"{result['target']}: {kind} lost when one agent's budget is cut "
+        f"(baseline {result['baseline_quality']:.3f})"
+    )
+    for header in ("rank", "agent", "share", *(f"at {f:g}" for f in fractions), "sensitivity"):
+        table.add_column(header, justify="left" if header == "agent" else "right", no_wrap=True)
+    for row in result["agents"]:
+        name = f"[bold]{row['name']}[/] (critical)" if row["critical"] else row["name"]
+        table.add_row(
+            str(row["rank"]),
+            name,
+            f"{row['share']:.0%}",
+            *(f"{row['loss'][f'{f:g}']:+.3f}" for f in fractions),
+            f"{row['sensitivity']:.3f}",
+        )
+    table.caption = (
+        "share: the agent's part of a request's tokens; sensitivity: mean loss per unit of "
+        "budget removed; critical: the share of quality lost exceeds the share of tokens "
+        "removed"
+    )
+    return table
+
+
+@app.command()
+def sweep(
+    target: Annotated[Path | None, typer.Argument(help="Workload YAML file.")] = None,
+    fractions: Annotated[
+        str, typer.Option(help="Fractions of the budget kept.")
+    ] = "1,0.75,0.5,0.25",
+    requests: Annotated[int, typer.Option(help="Requests per cell (workloads).", min=1)] = 300,
+    policy: Annotated[str, typer.Option(help="Base policy.")] = "estimate",
+    ceiling: Annotated[int | None, typer.Option(help="Token ceiling (workloads).", min=1)] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (workloads).", min=0)] = None,
+    pipeline: Annotated[
+        str | None, typer.Option(help="module:function running one example (your pipeline).")
+    ] = None,
+    eval_path: Annotated[
+        Path | None, typer.Option("--eval", help="JSON Lines file of examples.")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="module:function scoring (example, output) in [0, 1].")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 2,
+    cache_dir: Annotated[Path, typer.Option(help="Where finished cells are kept (resume).")] = Path(
+        ".apportion-cache"
+    ),
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the figure (.png or .svg).")] = None,
+    write_priorities: Annotated[
+        Path | None,
+        typer.Option(help="Write a copy of the workload/pipeline with priorities set here."),
+    ] = None,
+) -> None:
+    """Starve each agent in turn and rank them by what their budget is worth."""
+    from apportion.analysis.rewrite import write_priorities as rewrite
+    from apportion.analysis.sweep import parse_fractions, priorities_from
+    from apportion.analysis.sweep import sweep as run_sweep
+    from apportion.files import write_atomic
+    from apportion.sim.figures import figure_format
+
+    try:
+        levels = parse_fractions(fractions)
+        fmt = figure_format(plot) if plot is not None else None
+        goal = _target(target, pipeline, eval_path, metric, policy, ceiling, requests, seed)
+        cells = 1 + len(goal.agents) * (len(levels) - 1)
+        with _progress() as bar:
+            task = bar.add_task(f"sweep: {cells} cells", total=cells)
+            result = run_sweep(
+                goal,
+                levels,
+                workers=workers,
+                cache_dir=cache_dir,
+                progress=lambda n: bar.advance(task, n),
+            )
+        image = None
+        if fmt is not None:
+            from apportion.analysis.sweep_plot import sweep_figure
+
+            image = sweep_figure(result, fmt)
+        priorities = priorities_from(result)
+        result["priorities"] = priorities
+        if json_path is not None:
+            write_atomic(json_path, json.dumps(result, indent=2) + "\n")
+        if plot is not None and image is not None:
+            write_atomic(plot, image)
+        if write_priorities is not None:
+            source = target if target is not None else None
+            if source is None:
+                raise typer.BadParameter("--write-priorities needs a workload or pipeline file")
+            rewrite(source, priorities, write_priorities)
+    except (ApportionError, OSError, ValueError) as exc:
+        raise _fail(exc) from exc
+    console.print(_sweep_table(result))
+    path = ", ".join(result["critical_path"]) or "none"
+    console.print(f"critical path: [bold]{path}[/]", highlight=False)
+    console.print(
+        "priorities from the sweep: "
+        + ", ".join(f"{name} {level}" for name, level in priorities.items()),
+        highlight=False,
+    )
+    for label, path_written in (
+        ("JSON", json_path),
+        ("figure", plot),
+        ("pipeline", write_priorities),
+    ):
+        if path_written is not None:
+            console.print(f"{label} written to {path_written}", highlight=False)
+
+
+@app.command()
+def optimize(
+    target: Annotated[Path | None, typer.Argument(help="Workload YAML file.")] = None,
+    ceiling: Annotated[int, typer.Option(help="The fixed total to split.", min=1)] = ...,  # type: ignore[assignment]
+    trials: Annotated[int, typer.Option(help="Optuna trials.", min=1)] = 60,
+    requests: Annotated[int, typer.Option(help="Requests per trial (workloads).", min=1)] = 200,
+    policy: Annotated[str, typer.Option(help="Policy whose usage seeds the search.")] = "estimate",
+    seed: Annotated[int | None, typer.Option(help="Random seed.", min=0)] = None,
+    pipeline: Annotated[str | None, typer.Option(help="module:function (your pipeline).")] = None,
+    eval_path: Annotated[Path | None, typer.Option("--eval", help="JSON Lines examples.")] = None,
+    metric: Annotated[str | None, typer.Option(help="module:function metric.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the budgets file here.")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the JSON here.")] = None,
+) -> None:
+    """Search the best per-agent split of a fixed total; write a budgets file for ``static``."""
+    from apportion.analysis.optimize import optimize as run_optimize
+    from apportion.files import write_atomic
+
+    try:
+        goal = _target(target, pipeline, eval_path, metric, policy, ceiling, requests, seed)
+        with _progress() as bar:
+            task = bar.add_task(f"optimize: {trials} trials", total=trials)
+            result = run_optimize(
+                goal,
+                ceiling,
+                trials=trials,
+                seed=seed or 0,
+                progress=lambda n: bar.advance(task, n),
+            )
+        best_policy = result.pop("policy")
+        comparison = _compare(goal, target, ceiling, requests, seed)
+        result["compare"] = comparison
+        if output is not None:
+            write_atomic(output, best_policy.to_yaml())
+        if json_path is not None:
+            write_atomic(json_path, json.dumps(result, indent=2) + "\n")
+    except (ApportionError, OSError, ValueError) as exc:
+        raise _fail(exc) from exc
+    kind = "simulated quality" if result["simulated"] else "metric"
+    table = Table(title=f"{result['target']}: a fixed total of {ceiling:,} tokens ({kind})")
+    table.add_column("split")
+    table.add_column("quality", justify="right")
+    table.add_row("[bold]best split found[/] (static)", f"{result['best']['quality']:.3f}")
+    for name, value in comparison.items():
+        table.add_row(name, f"{value:.3f}")
+    console.print(table)
+    budgets = Table(title="best split, per call")
+    for header in ("agent", "context", "output"):
+        budgets.add_column(header, justify="left" if header == "agent" else "right")
+    for name, budget in result["best"]["budgets"].items():
+        budgets.add_row(name, f"{budget['context_tokens']:,}", f"{budget['output_tokens']:,}")
+    console.print(budgets)
+    if output is not None:
+        console.print(f"budgets written to {output} (load with policy='static:{output}')")
+
+
+def _compare(
+    goal: Any, target: Path | None, ceiling: int, requests: int, seed: int | None
+) -> dict[str, float]:
+    """Quality of uniform, the best built-in policy and (workloads) the oracle."""
+    from apportion.policies import POLICIES
+
+    scores: dict[str, float] = {}
+    if target is not None and goal.simulated:
+        from apportion.sim.bench import run_bench
+        from apportion.sim.workload import load_workload
+
+        bench = run_bench(load_workload(target), ceiling=ceiling, requests=requests, seed=seed)
+        policies = bench["policies"]
+        scores["uniform (equal split)"] = policies["uniform"]["quality_mean"]
+        best = max(
+            (p for p in policies if p != "uniform"), key=lambda p: policies[p]["quality_mean"]
+        )
+        scores[f"best built-in policy ({best})"] = policies[best]["quality_mean"]
+        scores["oracle (upper bound)"] = bench["oracle"]["quality_mean"]
+        return scores
+    from apportion.policies import resolve_policy
+
+    for name in POLICIES:
+        if name == "static":
+            continue
+        scores[name] = goal.measure(resolve_policy(name)).quality
+    return scores
