@@ -817,12 +817,12 @@ def test_unknown_policy(name: str) -> None:
     assert {"uniform", "estimate", "elastic", "iterative", "static"} <= set(info.value.known)
 
 
-@pytest.mark.parametrize("url", ["redis://localhost:6379", "nope", "postgres://x", ""])
+@pytest.mark.parametrize("url", ["mongodb://localhost:27017", "nope", "postgres://x", ""])
 def test_unknown_store(url: str) -> None:
     with pytest.raises(UnknownStore) as info:
         Controller(support(), store=url)
     assert info.value.url == url
-    assert info.value.known == ["memory"]
+    assert info.value.known == ["memory", "redis", "rediss"]
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -math.inf, True, "0.5", None])

@@ -394,4 +394,7 @@ def replay(
 
 
 # Commands kept in modules of their own register themselves on ``app`` when imported.
-from apportion import cli_sweep  # noqa: E402, F401  (sweep, optimize)
+from apportion import (  # noqa: E402
+    cli_sweep,  # noqa: F401  (sweep, optimize)
+    cli_telemetry,  # noqa: F401  (report, profile, ingest)
+)

@@ -23,6 +23,7 @@ from apportion.errors import ApportionError, BudgetExceeded, ForeignGrant, Reque
 from apportion.ledger import CLOSED, FAILED, Grant, check_ceiling, check_tokens
 from apportion.policies import Policy, resolve_policy
 from apportion.policies.base import Observation
+from apportion.pools import check_pool_name, check_priority
 from apportion.spec import Pipeline
 from apportion.stores import Store, open_store
 from apportion.summary import Summary
@@ -45,6 +46,7 @@ class _Config:
         clock: Callable[[], float],
         lease_seconds: float,
         request_ttl: float,
+        telemetry: Any = None,
     ) -> None:
         if not isinstance(pipeline, Pipeline):
             raise TypeError(
@@ -60,6 +62,11 @@ class _Config:
         self.lease_seconds = float(lease_seconds)
         self.request_ttl = float(request_ttl)
         self.ranks = {a.name: a.priority.rank for a in pipeline.agents}
+        self.sinks: list[Any] = []
+        if telemetry is not None:
+            from apportion.telemetry import open_sinks
+
+            self.sinks = open_sinks(telemetry)
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
 
@@ -70,7 +77,7 @@ class _Config:
 class _Steps:
     """The logic of one request, written once; its shells carry out the store calls."""
 
-    __slots__ = ("closed", "config", "obs", "outcome")
+    __slots__ = ("closed", "config", "obs", "outcome", "pool")
 
     def __init__(
         self,
@@ -78,9 +85,17 @@ class _Steps:
         ceiling: int,
         features: Mapping[str, Any] | None,
         request_id: str | None,
+        pool: str | None = None,
+        pool_priority: str = "standard",
     ) -> None:
         ceiling = check_ceiling(ceiling)
         clean = _check_features(features)
+        self.pool: dict[str, str] = {}
+        if pool is not None:
+            self.pool = {
+                "pool": check_pool_name(pool),
+                "pool_priority": check_priority(pool_priority),
+            }
         self.config = config
         self.obs = Observation(request_id or config.new_id(), config.pipeline, ceiling, clean)
         self.closed = False
@@ -110,7 +125,12 @@ class _Steps:
         obs.state = yield (
             "open",
             (obs.request_id, config.ranks, obs.ceiling, config.clock()),
-            {"allocation": plan.allocation, "reserve": plan.reserve, "ttl": config.request_ttl},
+            {
+                "allocation": plan.allocation,
+                "reserve": plan.reserve,
+                "ttl": config.request_ttl,
+                **self.pool,
+            },
         )
 
     def begin(self, agent: str, input_tokens: int, output_tokens: int | None) -> Steps[Grant]:
@@ -222,6 +242,19 @@ class _Steps:
             warnings.warn(
                 f"policy {self.config.policy.name!r} failed to learn: {exc!r}", stacklevel=4
             )
+        if self.config.sinks:
+            events = yield ("events", (obs.request_id,), _NO_KWARGS)
+            try:
+                from apportion.telemetry import emit
+
+                emit(self.config.sinks, obs, events)
+            except Exception as exc:  # telemetry must never break the request
+                warnings.warn(f"telemetry failed: {exc!r}", stacklevel=4)
+
+    def annotate(self, grant: Grant, fields: Mapping[str, Any]) -> None:
+        self._own(grant)
+        notes: dict[int, dict[str, Any]] = self.obs.memo.setdefault("annotations", {})
+        notes.setdefault(grant.grant_id, {}).update(fields)
 
     def score(self, value: float) -> None:
         if (
@@ -303,12 +336,40 @@ class _RequestBase:
         """Record the request's outcome score (0..1 by convention), told to the policy at close."""
         self._steps.score(value)
 
+    def annotate(self, grant: Grant, **fields: Any) -> None:
+        """Attach details of a call to its grant for telemetry (``model=``, ``cost_usd=`` ...).
+
+        Integrations call this; the fields travel with the grant's events to the sinks.
+        """
+        self._steps.annotate(grant, fields)
+
     def summary(self) -> Summary:
         """Allocated, reserved, consumed and free tokens, per agent and in total."""
         state = self._steps.obs.state
         if state is None:
             raise RuntimeError("the request was never opened")
         return Summary.of(state, self._steps.config.pipeline.names)
+
+    async def acompletion(self, agent: str, **kwargs: Any) -> Any:
+        """A budgeted ``litellm.acompletion`` for ``agent`` (needs the ``litellm`` extra).
+
+        Same arguments as :meth:`Request.completion`; see
+        :mod:`apportion.integrations.litellm`.
+        """
+        from apportion.integrations.litellm import acompletion
+
+        return await acompletion(self, agent, **kwargs)
+
+    def openai(self, client: Any) -> Any:
+        """Wrap an OpenAI client so its chat completions are budgeted in this request.
+
+        ``client`` is an ``openai.OpenAI`` or ``AsyncOpenAI``; the wrapper's
+        ``.chat.completions.create(agent=..., model=..., messages=...)`` is budgeted. See
+        :mod:`apportion.integrations.openai`.
+        """
+        from apportion.integrations.openai import budgeted
+
+        return budgeted(client, self)
 
 
 class Request(_RequestBase):
@@ -376,6 +437,26 @@ class Request(_RequestBase):
     def release(self, grant: Grant) -> None:
         """Settle a grant as unused (the call failed before using tokens)."""
         _run(self._steps.config.store, self._steps.release(grant))
+
+    def completion(self, agent: str, **kwargs: Any) -> Any:
+        """A budgeted ``litellm.completion`` for ``agent`` (needs the ``litellm`` extra).
+
+        Counts the messages, begins a grant, fits the messages into it, caps the output at
+        it, extends a cut answer when the policy allows, and finishes with the real usage.
+
+        Args:
+            agent: the agent calling.
+            **kwargs: ``model=``, ``messages=``, apportion's ``counter=``, ``fit=`` and
+                ``max_extensions=``, and any ``litellm.completion`` parameter.
+
+        Returns:
+            LiteLLM's response, with a ``CallReport`` as ``response.apportion`` (a
+            ``BudgetedStream`` when ``stream=True``). See
+            :mod:`apportion.integrations.litellm`.
+        """
+        from apportion.integrations.litellm import completion
+
+        return completion(self, agent, **kwargs)
 
     def close(self, status: str = CLOSED) -> None:
         """Close the request (``with`` does this for you); open grants are released."""
@@ -446,6 +527,9 @@ class Controller:
         clock: seconds as a float; injected so tests control time (default ``time.time``).
         lease_seconds: how long a grant may stay unsettled before its tokens are reclaimed.
         request_ttl: how long a request may stay open before ``reap`` closes it.
+        telemetry: where usage events go: a URL (``sqlite:///apportion.db``,
+            ``postgresql://...``), a sink object, or a list of them; ``None`` for none.
+            Writing telemetry never blocks or breaks a request.
 
     Raises:
         UnknownPolicy, UnknownStore: the name or URL is not registered.
@@ -460,8 +544,11 @@ class Controller:
         clock: Callable[[], float] = time.time,
         lease_seconds: float = 600.0,
         request_ttl: float = 3600.0,
+        telemetry: Any = None,
     ) -> None:
-        self._config = _Config(pipeline, policy, store, clock, lease_seconds, request_ttl)
+        self._config = _Config(
+            pipeline, policy, store, clock, lease_seconds, request_ttl, telemetry
+        )
 
     @property
     def pipeline(self) -> Pipeline:
@@ -484,6 +571,8 @@ class Controller:
         features: Mapping[str, Any] | None = None,
         *,
         request_id: str | None = None,
+        pool: str | None = None,
+        pool_priority: str = "standard",
     ) -> Request:
         """A new request with a token ceiling; open it with ``with``.
 
@@ -491,11 +580,16 @@ class Controller:
             ceiling: tokens (input plus output) the whole request may consume.
             features: what is known of the request up front (message count, ...).
             request_id: an id of your own (default: generated, unique per controller).
+            pool: a shared pool of the store to draw the ceiling from at open (what the
+                request leaves unused returns to it at close); see :mod:`apportion.pools`.
+            pool_priority: the request's class in the pool: ``critical``, ``standard`` or
+                ``peripheral``.
 
         Raises:
             InvalidCeiling: the ceiling is not a positive integer.
+            ValueError: a bad pool name or class.
         """
-        return Request(_Steps(self._config, ceiling, features, request_id))
+        return Request(_Steps(self._config, ceiling, features, request_id, pool, pool_priority))
 
     def arequest(
         self,
@@ -503,9 +597,13 @@ class Controller:
         features: Mapping[str, Any] | None = None,
         *,
         request_id: str | None = None,
+        pool: str | None = None,
+        pool_priority: str = "standard",
     ) -> AsyncRequest:
         """The async twin of :meth:`request`; open it with ``async with``."""
-        return AsyncRequest(_Steps(self._config, ceiling, features, request_id))
+        return AsyncRequest(
+            _Steps(self._config, ceiling, features, request_id, pool, pool_priority)
+        )
 
     def reap(self) -> int:
         """Reclaim grants whose lease ended and close overdue requests, store-wide."""
@@ -528,6 +626,10 @@ class AsyncController(Controller):
         features: Mapping[str, Any] | None = None,
         *,
         request_id: str | None = None,
+        pool: str | None = None,
+        pool_priority: str = "standard",
     ) -> AsyncRequest:
         """A new async request; open it with ``async with``."""
-        return self.arequest(ceiling, features, request_id=request_id)
+        return self.arequest(
+            ceiling, features, request_id=request_id, pool=pool, pool_priority=pool_priority
+        )

@@ -15,12 +15,18 @@ from apportion.stores.memory import MemoryStore
 
 STORES: dict[str, str] = {
     "memory": "apportion.stores.memory:MemoryStore",
+    "redis": "apportion.stores.redis:RedisStore",
+    "rediss": "apportion.stores.redis:RedisStore",
 }
 """URL scheme -> ``module:Class`` of the store that serves it."""
 
 
 def open_store(store: str | Store) -> Store:
     """Return ``store`` itself, or a new store for a URL such as ``memory://``.
+
+    Any scheme but ``memory`` is built by its class's ``from_url(url)``
+    (``redis://host:6379/0``: :class:`~apportion.stores.redis.RedisStore`, which needs the
+    ``redis`` extra).
 
     Raises:
         UnknownStore: the URL's scheme is not registered.

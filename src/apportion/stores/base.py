@@ -23,6 +23,11 @@ Contract (every implementation must keep it):
   settled. It is never run from a background thread the store started by itself.
 * Operations are safe to call from many threads and asyncio tasks at once; the async
   variants (``abegin`` ...) have the same meaning as the sync ones.
+* Shared pools (optional): ``define_pool`` creates a named pool of tokens per window,
+  ``open(..., pool=NAME)`` draws the request's ceiling from it atomically (refusing with
+  :class:`~apportion.pools.PoolExhausted` and changing nothing when the window cannot
+  cover it), and ``close`` (or ``reap``, for an expired request) returns what the request
+  left unused, exactly once. :mod:`apportion.testing.pool_conformance` checks it.
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from apportion.ledger import Event, Grant
+
+if TYPE_CHECKING:
+    from apportion.pools import Pool, PoolStatus
 
 
 class LedgerView(Protocol):
@@ -98,8 +106,15 @@ class Store(abc.ABC):
         allocation: Mapping[str, int] | None = None,
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
+        pool: str | None = None,
+        pool_priority: str = "standard",
     ) -> LedgerView:
-        """Open the ledger of a new request and return its state."""
+        """Open the ledger of a new request and return its state.
+
+        With ``pool``, the request's ceiling is first drawn from that shared pool's current
+        window by a request of class ``pool_priority`` (see :mod:`apportion.pools`); at
+        close, what the request left unused returns to the pool.
+        """
 
     @abc.abstractmethod
     def begin(
@@ -163,6 +178,16 @@ class Store(abc.ABC):
     def reap(self, now: float) -> int:
         """Expire ended leases and overdue requests everywhere; return how many were settled."""
 
+    # Shared pools (optional: a store without them raises NotImplementedError).
+
+    def define_pool(self, pool: Pool) -> None:
+        """Create a shared pool, or change its configuration (keeping what is drawn)."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared pools")
+
+    def get_pool(self, name: str, now: float) -> PoolStatus:
+        """A shared pool's status at ``now``; raises :class:`~apportion.pools.UnknownPool`."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared pools")
+
     # Async variants. A store whose operations never wait (memory) keeps these defaults;
     # a networked store overrides them with real async I/O over the same operations.
 
@@ -176,10 +201,24 @@ class Store(abc.ABC):
         allocation: Mapping[str, int] | None = None,
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
+        pool: str | None = None,
+        pool_priority: str = "standard",
     ) -> LedgerView:
         """Async :meth:`open`."""
+        if pool is None:
+            return self.open(
+                request_id, ranks, ceiling, now, allocation=allocation, reserve=reserve, ttl=ttl
+            )
         return self.open(
-            request_id, ranks, ceiling, now, allocation=allocation, reserve=reserve, ttl=ttl
+            request_id,
+            ranks,
+            ceiling,
+            now,
+            allocation=allocation,
+            reserve=reserve,
+            ttl=ttl,
+            pool=pool,
+            pool_priority=pool_priority,
         )
 
     async def abegin(
@@ -244,6 +283,18 @@ class Store(abc.ABC):
         """Async :meth:`get`."""
         return self.get(request_id)
 
+    async def aevents(self, request_id: str) -> list[Event]:
+        """Async :meth:`events`."""
+        return self.events(request_id)
+
     async def areap(self, now: float) -> int:
         """Async :meth:`reap`."""
         return self.reap(now)
+
+    async def adefine_pool(self, pool: Pool) -> None:
+        """Async :meth:`define_pool`."""
+        self.define_pool(pool)
+
+    async def aget_pool(self, name: str, now: float) -> PoolStatus:
+        """Async :meth:`get_pool`."""
+        return self.get_pool(name, now)

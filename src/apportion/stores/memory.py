@@ -2,7 +2,8 @@
 
 Safe across threads and asyncio tasks (no operation awaits while holding the lock). The
 ledgers it returns are live objects: read them, never change them. Closed requests stay
-readable until ``keep_closed`` newer ones have closed.
+readable until ``keep_closed`` newer ones have closed. Shared pools live in the same
+process (:class:`~apportion.pools.PoolAccount`, under the same lock).
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from collections.abc import Mapping
 
 from apportion.errors import DuplicateRequest, UnknownRequest
 from apportion.ledger import EXPIRED, Event, Grant, Ledger
+from apportion.pools import (
+    Pool,
+    PoolAccount,
+    PoolStatus,
+    UnknownPool,
+    check_pool_name,
+    check_priority,
+)
 from apportion.stores.base import Store
 
 
@@ -31,6 +40,8 @@ class MemoryStore(Store):
         self._open: dict[str, Ledger] = {}
         self._closed: OrderedDict[str, Ledger] = OrderedDict()
         self._keep_closed = keep_closed
+        self._pools: dict[str, PoolAccount] = {}
+        self._drawn: dict[str, PoolAccount] = {}  # open pooled request -> its pool
 
     def _ledger(self, request_id: str) -> Ledger:
         ledger = self._open.get(request_id)
@@ -50,8 +61,10 @@ class MemoryStore(Store):
         allocation: Mapping[str, int] | None = None,
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
+        pool: str | None = None,
+        pool_priority: str = "standard",
     ) -> Ledger:
-        """Open the ledger of a new request and return it."""
+        """Open the ledger of a new request (drawing its ceiling from ``pool``) and return it."""
         ledger = Ledger(
             request_id,
             ranks,
@@ -61,9 +74,18 @@ class MemoryStore(Store):
             reserve=reserve,
             expires_at=now + ttl,
         )
+        if pool is not None:
+            check_pool_name(pool)
+            pool_priority = check_priority(pool_priority)
         with self._lock:
             if request_id in self._open:
                 raise DuplicateRequest(request_id)
+            if pool is not None:
+                account = self._pools.get(pool)
+                if account is None:
+                    raise UnknownPool(pool)
+                account.draw(request_id, ledger.ceiling, pool_priority, now)
+                self._drawn[request_id] = account
             self._closed.pop(request_id, None)
             self._open[request_id] = ledger
         return ledger
@@ -131,10 +153,13 @@ class MemoryStore(Store):
         with self._lock:
             ledger = self._ledger(request_id)
             ledger.close(now, status=status, outcome=outcome)
-            self._retire(ledger)
+            self._retire(ledger, now)
             return ledger
 
-    def _retire(self, ledger: Ledger) -> None:
+    def _retire(self, ledger: Ledger, now: float) -> None:
+        account = self._drawn.pop(ledger.request_id, None)
+        if account is not None:
+            account.give_back(ledger.request_id, ledger.free, ledger.overflow, now)
         del self._open[ledger.request_id]
         self._closed[ledger.request_id] = ledger
         while len(self._closed) > self._keep_closed:
@@ -158,6 +183,25 @@ class MemoryStore(Store):
                 settled += ledger.reap(now)
                 if ledger.expires_at <= now:
                     ledger.close(now, status=EXPIRED)
-                    self._retire(ledger)
+                    self._retire(ledger, now)
                     settled += 1
         return settled
+
+    def define_pool(self, pool: Pool) -> None:
+        """Create a shared pool, or change its configuration (keeping what is drawn)."""
+        if not isinstance(pool, Pool):
+            raise TypeError(f"define_pool takes an apportion.pools.Pool, not {pool!r}")
+        with self._lock:
+            account = self._pools.get(pool.name)
+            if account is None:
+                self._pools[pool.name] = PoolAccount(pool)
+            else:
+                account.pool = pool
+
+    def get_pool(self, name: str, now: float) -> PoolStatus:
+        """A shared pool's status at ``now``."""
+        with self._lock:
+            account = self._pools.get(name)
+            if account is None:
+                raise UnknownPool(name)
+            return account.status(now)

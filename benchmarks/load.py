@@ -1,0 +1,236 @@
+"""Load on a shared store: many processes granting and finishing at once.
+
+Each of ``--processes`` workers runs ``--requests`` requests of its own, one after the
+other: open, ``--calls`` begin/finish pairs (one per agent of a four-agent pipeline,
+usage drawn at random inside the grant, now and then above it), close. Every
+``--pooled``-th request draws its ceiling from one shared pool, sized so that it runs out
+before the end (those opens are refused and the request runs without the pool). The store
+is driven directly (no policy), every operation timed on its own.
+
+At the end it checks what must hold:
+
+* ``overspend``: tokens consumed beyond a request's ceiling, plus tokens consumed by the
+  pool's requests beyond the pool's capacity (must be 0);
+* ``tokens_lost``: after every request has closed, each ledger's ``free`` must equal its
+  ceiling less what it consumed, and the pool's ``remaining`` its capacity less what its
+  requests consumed (must be 0);
+* ``accounting_errors``: requests whose ``consumed + overflow`` differ from the usage the
+  worker reported (must be 0).
+
+Prints JSON: ``pairs_per_s`` (begin+finish pairs per second, wall clock, open and close
+included), ``p50_us`` and ``p99_us`` per operation, ``round_trips_per_op`` (all operations)
+and per operation, ``overspend``, ``tokens_lost``. Without ``--store`` it starts its own
+``redis-server`` (from PATH) on a free loopback port and stops it at the end.
+
+    python benchmarks/load.py [--store redis://host:port/db] [--processes 8] [--requests N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from apportion.pools import Pool, PoolExhausted
+from apportion.stores import open_store
+from apportion.stores.redis import RedisStore
+
+RANKS = {"intake": 0, "retriever": 1, "reasoner": 2, "formatter": 0}
+CEILING = 20_000
+POOL = "load"
+LEASE = 60.0
+
+
+def worker(
+    url: str, index: int, requests: int, calls: int, pooled: int, start: Any, out: Any
+) -> None:
+    store = open_store(url)
+    assert isinstance(store, RedisStore)
+    rng = random.Random(index)
+    agents = list(RANKS)
+    times: dict[str, list[int]] = {"open": [], "begin": [], "finish": [], "close": []}
+    trips: dict[str, int] = dict.fromkeys(times, 0)
+    totals = {"overspend": 0, "lost": 0, "accounting": 0, "pool_consumed": 0, "refused": 0}
+    clock = time.time
+    tick = time.perf_counter_ns
+    # warm up (loads the scripts), then wait for the others
+    store.open(f"warm-{index}", RANKS, 10, clock(), pool=POOL if pooled else None)
+    grant, _ = store.begin(f"warm-{index}", "intake", 1, 1, clock(), LEASE)
+    store.finish(f"warm-{index}", grant, 1, 1, clock())
+    warm = store.close(f"warm-{index}", clock())
+    if pooled:
+        totals["pool_consumed"] += warm.consumed
+    start.wait()
+    for r in range(requests):
+        request_id = f"p{index}-{r}"
+        pool = POOL if pooled and r % pooled == 0 else None
+        t0, n0 = tick(), store.round_trips
+        try:
+            store.open(request_id, RANKS, CEILING, clock(), ttl=600.0, pool=pool)
+        except PoolExhausted:
+            totals["refused"] += 1
+            pool = None
+            store.open(request_id, RANKS, CEILING, clock(), ttl=600.0)
+        times["open"].append(tick() - t0)
+        trips["open"] += store.round_trips - n0
+        used = 0
+        for c in range(calls):
+            agent = agents[c % len(agents)]
+            t0, n0 = tick(), store.round_trips
+            grant, state = store.begin(request_id, agent, 2_000, 1_500, clock(), LEASE)
+            times["begin"].append(tick() - t0)
+            trips["begin"] += store.round_trips - n0
+            inp = rng.randint(500, 2_000)
+            outp = rng.randint(0, 1_500) if rng.random() > 0.02 else 2_500  # some over-use
+            used += inp + outp
+            t0, n0 = tick(), store.round_trips
+            state = store.finish(request_id, grant, inp, outp, clock(), truncated=outp >= 1_500)
+            times["finish"].append(tick() - t0)
+            trips["finish"] += store.round_trips - n0
+        t0, n0 = tick(), store.round_trips
+        state = store.close(request_id, clock())
+        times["close"].append(tick() - t0)
+        trips["close"] += store.round_trips - n0
+        totals["overspend"] += max(0, state.consumed - state.ceiling)
+        totals["lost"] += abs(state.ceiling - state.consumed - state.free) + state.reserved
+        totals["accounting"] += int(state.consumed + state.overflow != used)
+        if pool is not None:
+            totals["pool_consumed"] += state.consumed
+    out.put({"times": times, "trips": trips, "totals": totals})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def own_server(aof: bool) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("no --store given and redis-server is not installed")
+    folder = tempfile.mkdtemp(prefix="apportion-load-")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", ""]
+    argv += ["--appendonly", "yes" if aof else "no", "--logfile", os.path.join(folder, "log")]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        client = RedisStore(url)._client
+        for _ in range(500):
+            try:
+                client.ping()
+                break
+            except Exception:
+                time.sleep(0.01)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def percentile(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] / 1000.0
+
+
+def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    store = open_store(url)
+    assert isinstance(store, RedisStore)
+    store._client.flushdb()
+    pooled_requests = (args.requests + args.pooled - 1) // args.pooled if args.pooled else 0
+    capacity = max(1, pooled_requests * args.processes * CEILING * 3 // 10)
+    store.define_pool(Pool(POOL, capacity, 86_400.0))
+    context = multiprocessing.get_context("fork")
+    start, out = context.Event(), context.Queue()
+    workers = [
+        context.Process(
+            target=worker,
+            args=(url, i, args.requests, args.calls, args.pooled, start, out),
+        )
+        for i in range(args.processes)
+    ]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)  # let every worker warm up and wait
+    began = time.perf_counter()
+    start.set()
+    results = [out.get(timeout=3600) for _ in workers]
+    wall = time.perf_counter() - began
+    for w in workers:
+        w.join(60)
+    times: dict[str, list[int]] = {}
+    trips: dict[str, int] = {}
+    totals: dict[str, int] = {}
+    for result in results:
+        for op, values in result["times"].items():
+            times.setdefault(op, []).extend(values)
+        for op, n in result["trips"].items():
+            trips[op] = trips.get(op, 0) + n
+        for key, n in result["totals"].items():
+            totals[key] = totals.get(key, 0) + n
+    status = store.get_pool(POOL, time.time())
+    pool_lost = abs(status.drawn - totals["pool_consumed"])
+    pool_overspend = max(0, totals["pool_consumed"] - capacity)
+    pairs = args.processes * args.requests * args.calls
+    ops = sum(len(v) for v in times.values())
+    return {
+        "benchmark": "load",
+        "store": store.url,
+        "processes": args.processes,
+        "requests_per_process": args.requests,
+        "pairs_per_request": args.calls,
+        "pairs": pairs,
+        "seconds": round(wall, 3),
+        "pairs_per_s": round(pairs / wall),
+        "ops_per_s": round(ops / wall),
+        "p50_us": {op: round(percentile(v, 0.50), 1) for op, v in times.items()},
+        "p99_us": {op: round(percentile(v, 0.99), 1) for op, v in times.items()},
+        "round_trips_per_op": round(sum(trips.values()) / ops, 3),
+        "round_trips_by_op": {op: round(trips[op] / len(times[op]), 3) for op in times},
+        "overspend": totals["overspend"] + pool_overspend,
+        "tokens_lost": totals["lost"] + pool_lost,
+        "accounting_errors": totals["accounting"],
+        "pool": {
+            "capacity": capacity,
+            "drawn": status.drawn,
+            "consumed_by_its_requests": totals["pool_consumed"],
+            "refused_opens": totals["refused"],
+            "open_draws": status.open_draws,
+        },
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", help="redis://host:port/db (default: start a server)")
+    parser.add_argument("--processes", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=500, help="requests per process")
+    parser.add_argument("--calls", type=int, default=4, help="begin/finish pairs per request")
+    parser.add_argument("--pooled", type=int, default=4, help="every Nth request uses the pool")
+    parser.add_argument("--aof", action="store_true", help="own server: appendonly yes")
+    args = parser.parse_args()
+    if args.store:
+        result = run(args.store, args)
+    else:
+        with own_server(args.aof) as url:
+            result = run(url, args)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

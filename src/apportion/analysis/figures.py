@@ -1,0 +1,219 @@
+"""Figures of a usage report, rendered to PNG or SVG bytes in memory (measured data).
+
+- :func:`tokens_figure`: input and output tokens per call, per agent (box plots on a
+  log scale: boxes P25-P75, whiskers P1-P99, a dot at P90);
+- :func:`utilization_figure`: utilization per agent, the over-budgeted threshold marked;
+- :func:`ceiling_hits_figure`: ceiling-hit rate per agent, the under-budgeted threshold
+  marked;
+- :func:`quality_figure`: mean outcome with and without cuts per agent, with 95%
+  intervals (``None`` when no request has an outcome score).
+
+They draw with the style of :mod:`apportion.sim.figures` (matplotlib's object API on the
+Agg canvas, imported only when drawing; reproducible SVG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from apportion.sim.figures import FigureFormat, encode_figure, new_figure
+from apportion.telemetry.records import CallUsage
+
+__all__ = ["ceiling_hits_figure", "quality_figure", "tokens_figure", "utilization_figure"]
+
+_OK: Final = "#4c78a8"
+_FLAGGED: Final = "#e45756"
+_UNKNOWN: Final = "#bbbbbb"
+_CUT: Final = "#e45756"
+_UNCUT: Final = "#4c78a8"
+
+
+def _footnote(fig: Any, text: str) -> None:
+    fig.supxlabel(text, fontsize="x-small", color="#555555", wrap=True)
+
+
+def _height(agents: int) -> float:
+    return max(3.0, 1.2 + 0.45 * agents)
+
+
+def tokens_figure(usage: Mapping[str, Sequence[CallUsage]], fmt: FigureFormat = "svg") -> bytes:
+    """Input and output tokens per call of each agent (two panels, log scale).
+
+    Args:
+        usage: finished calls per agent (agents in display order, top to bottom).
+        fmt: ``"png"`` or ``"svg"``.
+    """
+    import numpy as np
+
+    agents = list(usage)[::-1]
+    fig = new_figure()
+    fig.set_size_inches(9.0, _height(len(agents)) + 0.8)
+    panels = fig.subplots(1, 2, sharey=True)
+    for ax, side, title in (
+        (panels[0], "used_input", "input tokens per call"),
+        (panels[1], "used_output", "output tokens per call"),
+    ):
+        data = [
+            np.maximum(np.asarray([getattr(c, side) or 0 for c in usage[a]], dtype=float), 1.0)
+            for a in agents
+        ]
+        ax.boxplot(
+            data,
+            **_horizontal(),
+            whis=(1, 99),
+            showfliers=False,
+            widths=0.6,
+            patch_artist=True,
+            boxprops={"facecolor": "#dbe5f1", "edgecolor": _OK},
+            medianprops={"color": _OK, "linewidth": 1.8},
+        )
+        p90 = [float(np.percentile(d, 90)) for d in data]
+        ax.scatter(p90, range(1, len(agents) + 1), marker="o", s=18, color=_FLAGGED, zorder=3)
+        ax.set_xscale("log")
+        _token_ticks(ax)
+        ax.set_title(title, fontsize="medium")
+        ax.grid(True, axis="x", alpha=0.3, which="both")
+    panels[0].set_yticks(range(1, len(agents) + 1), agents)
+    fig.suptitle("Tokens used per call, per agent (measured)")
+    _footnote(fig, "Boxes: P25-P75, line: median, whiskers: P1-P99, red dot: P90. Log scale.")
+    return encode_figure(fig, fmt)
+
+
+def _token_ticks(ax: Any) -> None:
+    """Label only the powers of ten, as plain token counts (10, 100, 1k, 10k ...)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    def label(value: float, _: int) -> str:
+        if value >= 1000:
+            return f"{value / 1000:g}k"
+        return f"{value:g}"
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(label))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _horizontal() -> dict[str, Any]:
+    """Horizontal boxes, in the words of the installed matplotlib (3.10 renamed ``vert``)."""
+    import matplotlib
+
+    major, minor = (int(p) for p in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
+
+
+def _bars(
+    report: Mapping[str, Any],
+    key: str,
+    flag: str,
+    threshold: float,
+    title: str,
+    label: str,
+    fmt: FigureFormat,
+) -> bytes:
+    agents = [a for a in report["agents"]][::-1]
+    values = [report["agents"][a][key] for a in agents]
+    colours = [
+        _UNKNOWN if v is None else _FLAGGED if report["agents"][a][flag] else _OK
+        for a, v in zip(agents, values, strict=True)
+    ]
+    fig = new_figure()
+    fig.set_size_inches(8.0, _height(len(agents)))
+    ax = fig.add_subplot()
+    shown = [0.0 if v is None else float(v) for v in values]
+    bars = ax.barh(agents, shown, color=colours, height=0.6)
+    ax.bar_label(
+        bars,
+        labels=["unknown" if v is None else f"{v:.0%}" for v in values],
+        padding=3,
+        fontsize="small",
+    )
+    ax.axvline(threshold, linestyle="--", color="#222222", linewidth=1.4)
+    ax.annotate(
+        label,
+        xy=(threshold, 1.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(4, -12),
+        textcoords="offset points",
+        fontsize="small",
+    )
+    ax.set_xlim(0.0, max(1.05, max(shown, default=0.0) * 1.15))
+    ax.xaxis.set_major_formatter(_percent())
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    return encode_figure(fig, fmt)
+
+
+def _percent() -> Any:
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(xmax=1.0)
+
+
+def utilization_figure(report: Mapping[str, Any], fmt: FigureFormat = "svg") -> bytes:
+    """Utilization (tokens used / granted) per agent; red bars are over-budgeted."""
+    t = report["thresholds"]["over_utilization"]
+    return _bars(
+        report,
+        "utilization",
+        "over_budgeted",
+        t,
+        "Utilization per agent: tokens used / tokens granted (measured)",
+        f"over-budgeted below {t:.0%}",
+        fmt,
+    )
+
+
+def ceiling_hits_figure(report: Mapping[str, Any], fmt: FigureFormat = "svg") -> bytes:
+    """Ceiling-hit rate per agent; red bars are under-budgeted."""
+    t = report["thresholds"]["under_hit_rate"]
+    return _bars(
+        report,
+        "ceiling_hit_rate",
+        "under_budgeted",
+        t,
+        "Calls that hit their budget (output truncated or input cut), per agent",
+        f"under-budgeted above {t:.0%}",
+        fmt,
+    )
+
+
+def quality_figure(report: Mapping[str, Any], fmt: FigureFormat = "svg") -> bytes | None:
+    """Mean outcome of requests where each agent was cut or not, with 95% intervals.
+
+    Returns:
+        The figure, or ``None`` when no agent has a request with an outcome score.
+    """
+    rows = [
+        (agent, f["quality"])
+        for agent, f in report["agents"].items()
+        if f["quality"]["cut"]["requests"] or f["quality"]["uncut"]["requests"]
+    ][::-1]
+    if not rows:
+        return None
+    fig = new_figure()
+    fig.set_size_inches(8.0, _height(len(rows)))
+    ax = fig.add_subplot()
+    for offset, name, colour in ((0.15, "uncut", _UNCUT), (-0.15, "cut", _CUT)):
+        ys, xs, low, high = [], [], [], []
+        for i, (_, quality) in enumerate(rows):
+            group = quality[name]
+            if not group["requests"]:
+                continue
+            ys.append(i + offset)
+            xs.append(group["mean"])
+            lo = group["ci_low"] if group["ci_low"] is not None else group["mean"]
+            hi = group["ci_high"] if group["ci_high"] is not None else group["mean"]
+            low.append(group["mean"] - lo)
+            high.append(hi - group["mean"])
+        label = "calls cut" if name == "cut" else "no call cut"
+        ax.errorbar(
+            xs, ys, xerr=[low, high], fmt="o", color=colour, capsize=3, label=label, markersize=5
+        )
+    ax.set_yticks(range(len(rows)), [agent for agent, _ in rows])
+    ax.set_xlabel("mean outcome score of the requests (req.score)")
+    ax.set_title("Outcome with and without cuts, per agent (95% intervals)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    _footnote(fig, "Requests with an outcome score only; no interval below two requests.")
+    return encode_figure(fig, fmt)

@@ -1,0 +1,134 @@
+"""The self-contained HTML page of a usage report (``apportion report --html``).
+
+One file, opened offline in any browser: the table of :mod:`apportion.analysis.report`,
+its figures (inline SVG, from :mod:`apportion.analysis.figures`), the budgets file the
+``static`` policy would load, and how each figure is computed. Built with the helpers of
+:mod:`apportion.sim.html`; nothing on it is simulated, and its notice says so.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from apportion.analysis.figures import (
+    ceiling_hits_figure,
+    quality_figure,
+    tokens_figure,
+    utilization_figure,
+)
+from apportion.analysis.report import (
+    QUALITY_CAPTION,
+    QUALITY_COLUMNS,
+    REPORT_COLUMNS,
+    fmt_time,
+    quality_rows,
+    report_caption,
+    report_rows,
+)
+from apportion.sim.html import Section, figure, paragraph, render_html, table
+from apportion.telemetry.records import CallUsage
+
+__all__ = ["report_page"]
+
+
+def report_page(
+    report: Mapping[str, Any],
+    usage: Mapping[str, Sequence[CallUsage]],
+    *,
+    budgets_yaml: str | None = None,
+) -> str:
+    """The HTML page of a report.
+
+    Args:
+        report: a :func:`~apportion.analysis.report.build_report` document.
+        usage: the finished calls per agent, for the token distributions.
+        budgets_yaml: the recommended budgets as a ``static`` budgets file, shown as is.
+
+    Returns:
+        The HTML document, as text.
+    """
+    period = f" since {fmt_time(report['since'])}" if report["since"] is not None else ""
+    scope = f", pipeline {report['pipeline']}" if report["pipeline"] else ""
+    notice = (
+        f"Measured from the telemetry in {report['source']}{period}{scope}: "
+        f"{report['requests']:,} requests, {report['calls']:,} calls. Outcome scores are "
+        "those recorded with req.score; nothing on this page is simulated."
+    )
+    title = "apportion report: token budgets per agent"
+    if report["empty"]:
+        body = paragraph(str(report["message"] or "nothing to report"))
+        return render_html(title, [Section("Nothing to report", body)], notice=notice)
+    sections = [
+        Section(
+            "Per agent",
+            table(
+                REPORT_COLUMNS,
+                report_rows(report),
+                caption=report_caption(report),
+                numeric=(1, 2, 3, 4, 5, 7),
+            ),
+        )
+    ]
+    scored = quality_rows(report)
+    if scored:
+        sections.append(
+            Section(
+                "Truncation against quality",
+                table(QUALITY_COLUMNS, scored, caption=QUALITY_CAPTION, numeric=(1, 2, 3, 4)),
+            )
+        )
+    agents = [a for a in report["agents"] if usage.get(a)]
+    figures = [
+        figure(
+            tokens_figure({a: usage[a] for a in agents}),
+            alt="Box plots of input and output tokens per call for each agent",
+            caption="Tokens used per call: where budgets should sit.",
+        ),
+        figure(
+            utilization_figure(report),
+            alt="Bar chart of utilization per agent",
+            caption="Utilization: tokens used over tokens granted; red: over-budgeted.",
+        ),
+        figure(
+            ceiling_hits_figure(report),
+            alt="Bar chart of the share of calls that hit their budget per agent",
+            caption="Ceiling hits: calls truncated or with their input cut; red: under-budgeted.",
+        ),
+    ]
+    quality = quality_figure(report)
+    if quality is not None:
+        figures.append(
+            figure(
+                quality,
+                alt="Mean outcome score with and without cuts per agent, with intervals",
+                caption="Truncation against quality: mean outcome when the agent was cut or not.",
+            )
+        )
+    else:
+        figures.append(
+            paragraph(
+                "No request has an outcome score (req.score), so truncation cannot be set "
+                "against quality.",
+                css_class="muted",
+            )
+        )
+    sections.append(Section("Figures", "".join(figures)))
+    if budgets_yaml:
+        sections.append(
+            Section(
+                "Recommended budgets (static policy file)",
+                paragraph(
+                    "Save as budgets.yaml and load with policy='static:budgets.yaml', "
+                    "or write it with: apportion profile DB_URL -o budgets.yaml"
+                )
+                + f"<pre>{html.escape(budgets_yaml)}</pre>",
+            )
+        )
+    return render_html(
+        title,
+        sections,
+        notice=notice,
+        footer=f"apportion report of {report['source']}{period}.",
+    )

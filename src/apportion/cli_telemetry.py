@@ -1,0 +1,242 @@
+"""``apportion report``, ``apportion profile`` and ``apportion ingest``: usage telemetry.
+
+Registered on the ``apportion`` command (:mod:`apportion.cli`) when that module loads.
+A database is named by URL (``sqlite:///apportion.db``, ``postgresql://user@host/db``) or
+by the path of a SQLite file; every message shows it without its password.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from apportion.cli import _fail, app, console
+from apportion.errors import ApportionError
+
+_DB_HELP = "Telemetry database: sqlite:///apportion.db, postgresql://user@host/db, or a .db file."
+_SINCE_HELP = "Only calls since: a duration (30m, 12h, 7d), an ISO date or time, or epoch seconds."
+
+
+def _check_outputs(*paths: Path | None) -> None:
+    for path in paths:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory")
+        if not path.parent.is_dir():
+            raise ValueError(f"{path}: directory {path.parent} does not exist")
+
+
+def _load(db_url: str, since: str | None, pipeline: str | None) -> tuple[Any, float | None]:
+    """The dataset of a database for a period, and the period's start."""
+    from apportion.analysis.report import parse_since
+    from apportion.telemetry.sql import open_database
+
+    start = parse_since(since) if since is not None else None
+    with open_database(db_url) as db:
+        return db.load(since=start, pipeline=pipeline), start
+
+
+def _finished_by_agent(calls: Sequence[Any]) -> dict[str, list[Any]]:
+    from apportion.analysis.report import agent_calls
+
+    groups = agent_calls(c for c in calls if c.settled == "finish" and c.used is not None)
+    return {agent: list(group) for agent, group in groups.items()}
+
+
+def _source(db: str, start: float | None, pipeline: str | None, **extra: Any) -> dict[str, Any]:
+    from apportion.analysis.report import fmt_time
+
+    source: dict[str, Any] = {"database": db}
+    if start is not None:
+        source["since"] = fmt_time(start)
+    if pipeline is not None:
+        source["pipeline"] = pipeline
+    source.update(extra)
+    return source
+
+
+@app.command()
+def report(
+    db_url: Annotated[str, typer.Argument(metavar="DB_URL", help=_DB_HELP)],
+    since: Annotated[str | None, typer.Option(help=_SINCE_HELP)] = None,
+    pipeline: Annotated[str | None, typer.Option(help="Only this pipeline's calls.")] = None,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Write the HTML page with figures here.")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the JSON here.")] = None,
+    percentile: Annotated[
+        float, typer.Option(min=0, max=100, help="Percentile the recommended budgets cover.")
+    ] = 90.0,
+    margin: Annotated[
+        float, typer.Option(min=0, help="Margin on top of the recommended budgets (0.1 = 10%).")
+    ] = 0.1,
+) -> None:
+    """How well budgets fit, per agent: percentiles, utilization, ceiling hits, flags.
+
+    Over-budgeted: utilization (tokens used / granted) under 50%. Under-budgeted: more
+    than 10% of calls hit their budget (output truncated or input cut). Also the mean
+    outcome (req.score) with and without cuts, and a recommended static budget.
+    """
+    from apportion.analysis.page import report_page
+    from apportion.analysis.profile import budgets_yaml, profile_budgets
+    from apportion.analysis.report import Thresholds, build_report, quality_table, report_table
+    from apportion.files import write_atomic
+
+    thresholds = Thresholds(percentile=percentile, margin=margin)
+    try:
+        _check_outputs(html, json_path)
+        dataset, start = _load(db_url, since, pipeline)
+        document = build_report(dataset, thresholds=thresholds, since=start, pipeline=pipeline)
+    except (ApportionError, ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    if document["empty"]:
+        console.print(f"nothing to report: {document['message']}", highlight=False)
+    else:
+        console.print(report_table(document))
+        scored = quality_table(document)
+        if scored is not None:
+            console.print(scored)
+    # Everything is produced in memory first: a failure leaves no file at all.
+    text = json.dumps(document, indent=2) + "\n"
+    page = None
+    if html is not None:
+        budgets = profile_budgets(
+            dataset, input_percentile=percentile, output_percentile=percentile, margin=margin
+        )
+        source = _source(dataset.url, start, pipeline, percentile=percentile, margin=margin)
+        page = report_page(
+            document,
+            _finished_by_agent(dataset.calls),
+            budgets_yaml=budgets_yaml(budgets, source) if budgets else None,
+        )
+    try:
+        if json_path is not None:
+            write_atomic(json_path, text)
+            console.print(f"JSON written to {json_path}")
+        if html is not None and page is not None:
+            write_atomic(html, page)
+            console.print(f"HTML page written to {html}")
+    except OSError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command()
+def profile(
+    db_url: Annotated[str, typer.Argument(metavar="DB_URL", help=_DB_HELP)],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="The budgets file to write (YAML).")
+    ],
+    since: Annotated[str | None, typer.Option(help=_SINCE_HELP)] = None,
+    pipeline: Annotated[str | None, typer.Option(help="Only this pipeline's calls.")] = None,
+    percentile: Annotated[
+        float, typer.Option(min=0, max=100, help="Percentile of input and output to cover.")
+    ] = 90.0,
+    input_percentile: Annotated[
+        float | None, typer.Option(min=0, max=100, help="Percentile for input (context).")
+    ] = None,
+    output_percentile: Annotated[
+        float | None, typer.Option(min=0, max=100, help="Percentile for output.")
+    ] = None,
+    margin: Annotated[float, typer.Option(min=0, help="Margin on top (0.1 = 10%).")] = 0.1,
+    min_calls: Annotated[
+        int, typer.Option(min=1, help="Leave out agents with fewer finished calls.")
+    ] = 1,
+) -> None:
+    """Write a budgets file for the static policy from observed usage.
+
+    Each agent gets the percentile of its input and output tokens plus the margin (and at
+    least the largest usage of a cut call plus the margin, when more than 10% of its calls
+    hit their budget). Load it with policy="static:budgets.yaml".
+    """
+    from rich.table import Table
+
+    from apportion.analysis.profile import budgets_yaml, profile_budgets
+    from apportion.files import write_atomic
+
+    p_in = percentile if input_percentile is None else input_percentile
+    p_out = percentile if output_percentile is None else output_percentile
+    try:
+        _check_outputs(output)
+        dataset, start = _load(db_url, since, pipeline)
+        budgets = profile_budgets(
+            dataset,
+            input_percentile=p_in,
+            output_percentile=p_out,
+            margin=margin,
+            min_calls=min_calls,
+        )
+        if not budgets:
+            if dataset.empty:
+                raise ValueError(f"no budgets to write: {dataset.url} holds no telemetry")
+            raise ValueError(
+                f"no budgets to write: no agent has {min_calls} finished call(s) in "
+                f"{dataset.url}" + (" in the period" if start is not None else "")
+            )
+        source = _source(
+            dataset.url,
+            start,
+            pipeline,
+            input_percentile=p_in,
+            output_percentile=p_out,
+            margin=margin,
+            calls={agent: b["calls"] for agent, b in budgets.items()},
+        )
+        write_atomic(output, budgets_yaml(budgets, source))
+    except (ApportionError, ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    table = Table(
+        title=f"budgets from {dataset.url}: P{p_in:g} input, P{p_out:g} output, +{margin:.0%}"
+    )
+    for column in ("agent", "calls", "context_tokens", "output_tokens", "note"):
+        table.add_column(column, justify="left" if column in ("agent", "note") else "right")
+    for agent, b in budgets.items():
+        note = "raised: many calls were cut" if b["censored"] else ""
+        table.add_row(
+            agent, str(b["calls"]), f"{b['context_tokens']:,}", f"{b['output_tokens']:,}", note
+        )
+    console.print(table)
+    console.print(f"budgets written to {output} (load with policy='static:{output}')")
+
+
+@app.command()
+def ingest(
+    files: Annotated[
+        list[Path], typer.Argument(help="ChatDev call logs (CSV) or OTLP JSON span exports.")
+    ],
+    into: Annotated[
+        str, typer.Option("--into", help="The telemetry database to write to.")
+    ] = "sqlite:///apportion.db",
+    fmt: Annotated[
+        str, typer.Option("--format", help="auto (by suffix or content), chatdev or otlp.")
+    ] = "auto",
+    pipeline: Annotated[
+        str | None, typer.Option(help="Pipeline name to record (default: from the file).")
+    ] = None,
+) -> None:
+    """Load calls logged before apportion, so report and profile can use them.
+
+    Every file is read and checked first; a malformed one (file, line and field are named)
+    leaves the database untouched. A request ingested again replaces its earlier rows.
+    """
+    from apportion.analysis.ingest import read_records
+    from apportion.telemetry.sql import Database
+
+    try:
+        found = read_records(files, fmt=fmt, pipeline=pipeline)
+        with Database(into, create=True) as db:
+            db.write(found.records)
+            where = db.shown
+    except (ApportionError, ValueError) as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"ingested {len(found.records):,} requests, {found.calls:,} calls from "
+        f"{len(found.files)} file(s) into {where}",
+        highlight=False,
+    )
+    for reason, count in found.skipped.items():
+        console.print(f"skipped {count:,} span(s): {reason}", highlight=False)

@@ -1,0 +1,272 @@
+"""Shared pools: a token budget per time window that many requests draw their ceilings from.
+
+A :class:`Pool` belongs to a tenant or a pipeline: ``capacity`` tokens per window of
+``window_seconds`` (60 for tokens per minute, 86 400 for tokens per day). Windows are fixed
+and aligned on the clock (window ``k`` runs from ``k * window_seconds``), so every process
+agrees on the current window from ``now`` alone.
+
+A request opened with ``pool="tenant-a"`` draws its whole ceiling from the pool's current
+window when it opens, atomically: if the window has less left than the ceiling, the open is
+refused with :class:`PoolExhausted` (its ``available`` says what could be drawn) and
+nothing changes. When the request closes, what it left unused (``ceiling - consumed``)
+returns to the pool, if the window it drew from is still the current one (a new window
+starts full anyway). Tokens providers reported beyond the request's ceiling are recorded as
+the pool's ``overflow``, never hidden.
+
+Priority classes: ``reserve`` holds tokens of each window back for requests of a class
+(``critical``, ``standard``, ``peripheral``). A request may draw only on what is left above
+the reserves of the classes strictly higher than its own, so peripheral work can never
+drain what is kept for critical requests, while a critical request may draw everything.
+
+:class:`PoolAccount` is the pure accounting of one pool (no I/O, no clock reads: ``now``
+is handed in), used by the memory store under its lock; the Redis store runs the same
+rules in Lua scripts, and both pass the same tests
+(:mod:`apportion.testing.pool_conformance`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from apportion.errors import ApportionError, BudgetExceeded
+from apportion.ledger import check_ceiling, check_tokens
+from apportion.spec import Priority
+
+PRIORITY_RANKS: Mapping[str, int] = MappingProxyType({p.value: p.rank for p in Priority})
+"""Priority class -> rank (critical 2, standard 1, peripheral 0)."""
+
+
+class PoolExhausted(BudgetExceeded):
+    """A request's ceiling is more than its priority class may draw from the pool's window.
+
+    Attributes:
+        pool: the pool's name.
+        priority: the request's priority class.
+        requested: the ceiling asked for.
+        available: what that class could draw at that moment.
+        agent: ``"(pool NAME)"``, so handlers of :class:`BudgetExceeded` read it too.
+    """
+
+    pool: str
+    priority: str
+
+    def __init__(self, pool: str, requested: int, available: int, priority: str) -> None:
+        ApportionError.__init__(
+            self,
+            f"pool {pool!r}: a {priority} request asked for {requested} tokens, "
+            f"{available} available in this window",
+            agent=f"(pool {pool})",
+            requested=requested,
+            available=available,
+            pool=pool,
+            priority=priority,
+        )
+
+
+class UnknownPool(ApportionError, LookupError):
+    """No pool of this name was defined in the store.
+
+    Attributes:
+        pool: the name given.
+    """
+
+    pool: str
+
+    def __init__(self, pool: str) -> None:
+        super().__init__(f"unknown pool {pool!r}: define it first", pool=pool)
+
+
+def check_priority(priority: object) -> str:
+    """Return ``priority`` as a priority class name, or raise ``ValueError``."""
+    name = priority.value if isinstance(priority, Priority) else priority
+    if not isinstance(name, str) or name not in PRIORITY_RANKS:
+        raise ValueError(
+            f"priority class must be one of {', '.join(PRIORITY_RANKS)}, not {priority!r}"
+        )
+    return name
+
+
+def check_pool_name(name: object) -> str:
+    """Return ``name`` as a pool name (non-empty, no braces), or raise ``ValueError``."""
+    if not isinstance(name, str) or not name or "{" in name or "}" in name:
+        raise ValueError(f"a pool name is a non-empty string without braces, not {name!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A shared token budget: ``capacity`` tokens per window of ``window_seconds``.
+
+    Args:
+        name: the pool's name (a tenant, a pipeline); no braces.
+        capacity: tokens each window holds (a positive token count).
+        window_seconds: the window's length in seconds (``math.inf``: one window forever).
+        reserve: tokens of each window held back for a priority class and the classes
+            above it; lower classes cannot draw on them.
+
+    Raises:
+        ValueError: a bad name, window, class name, or reserves above the capacity.
+        InvalidTokenCount: the capacity or a reserve is not a token count.
+    """
+
+    name: str
+    capacity: int
+    window_seconds: float = 60.0
+    reserve: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_pool_name(self.name)
+        object.__setattr__(self, "capacity", check_ceiling(self.capacity))
+        window = self.window_seconds
+        if (
+            isinstance(window, bool)
+            or not isinstance(window, int | float)
+            or not window > 0
+            or math.isnan(window)
+        ):
+            raise ValueError(f"window_seconds must be a positive number, not {window!r}")
+        object.__setattr__(self, "window_seconds", float(window))
+        reserve = {
+            check_priority(c): check_tokens(f"reserve[{c}]", t) for c, t in self.reserve.items()
+        }
+        if sum(reserve.values()) > self.capacity:
+            raise ValueError(
+                f"pool {self.name!r}: reserves of {sum(reserve.values())} tokens exceed "
+                f"the capacity of {self.capacity}"
+            )
+        object.__setattr__(self, "reserve", MappingProxyType({c: t for c, t in reserve.items()}))
+
+    def window_of(self, now: float) -> int:
+        """The index of the window that ``now`` falls in."""
+        if math.isinf(self.window_seconds):
+            return 0
+        return math.floor(now / self.window_seconds)
+
+    def held_from(self, priority: str) -> int:
+        """Tokens of each window that a request of class ``priority`` may not draw on."""
+        rank = PRIORITY_RANKS[priority]
+        return sum(t for c, t in self.reserve.items() if PRIORITY_RANKS[c] > rank)
+
+    def available_to(self, priority: str, drawn: int) -> int:
+        """What a request of class ``priority`` may draw when ``drawn`` tokens are out."""
+        return max(0, self.capacity - drawn - self.held_from(priority))
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """A pool's state in one window, as a store reports it.
+
+    Attributes:
+        pool: the pool's configuration.
+        window: the index of the current window.
+        window_start: when the current window began (0.0 for an endless window).
+        drawn: tokens out in this window: ceilings of open requests, plus what closed
+            requests consumed.
+        remaining: ``capacity - drawn``.
+        open_draws: requests of this window that have not given their unused tokens back.
+        overflow: tokens providers reported beyond the ceilings of this pool's requests
+            (all windows).
+    """
+
+    pool: Pool
+    window: int
+    window_start: float
+    drawn: int
+    remaining: int
+    open_draws: int
+    overflow: int
+
+    def available_to(self, priority: str = "standard") -> int:
+        """What a request of class ``priority`` could draw now."""
+        return self.pool.available_to(check_priority(priority), self.drawn)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot."""
+        return {
+            "name": self.pool.name,
+            "capacity": self.pool.capacity,
+            "window_seconds": self.pool.window_seconds,
+            "reserve": dict(self.pool.reserve),
+            "window": self.window,
+            "window_start": self.window_start,
+            "drawn": self.drawn,
+            "remaining": self.remaining,
+            "open_draws": self.open_draws,
+            "overflow": self.overflow,
+        }
+
+
+def pool_status(
+    pool: Pool, window: int, drawn: int, open_draws: int, overflow: int, now: float
+) -> PoolStatus:
+    """The status of ``pool`` at ``now``, from its stored window, draws and overflow."""
+    current = pool.window_of(now)
+    if window != current:
+        drawn, open_draws = 0, 0
+    start = 0.0 if math.isinf(pool.window_seconds) else current * pool.window_seconds
+    return PoolStatus(pool, current, start, drawn, pool.capacity - drawn, open_draws, overflow)
+
+
+class PoolAccount:
+    """The pure accounting of one pool (no I/O, no clock reads); not thread-safe by itself.
+
+    Args:
+        pool: the pool's configuration.
+    """
+
+    __slots__ = ("drawn", "draws", "overflow", "pool", "window")
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.window = 0
+        self.drawn = 0
+        self.overflow = 0
+        self.draws: dict[str, tuple[int, int]] = {}  # draw key -> (window, tokens)
+
+    def _roll(self, now: float) -> int:
+        current = self.pool.window_of(now)
+        if current != self.window:
+            self.window, self.drawn = current, 0
+        return current
+
+    def draw(self, key: str, tokens: int, priority: str, now: float) -> int:
+        """Draw ``tokens`` for the request behind ``key``; return the window drawn from.
+
+        Raises:
+            PoolExhausted: ``priority`` may not draw that many now; nothing changes.
+        """
+        window = self._roll(now)
+        available = self.pool.available_to(priority, self.drawn)
+        if tokens > available:
+            raise PoolExhausted(self.pool.name, tokens, available, priority)
+        self.drawn += tokens
+        self.draws[key] = (window, tokens)
+        return window
+
+    def give_back(self, key: str, unspent: int, overflow: int, now: float) -> int:
+        """Settle the draw ``key``: return ``unspent`` tokens, record ``overflow``.
+
+        Returns:
+            The tokens returned to the current window: 0 when the draw belongs to an ended
+            window, or was settled already (settling twice changes nothing).
+        """
+        window = self._roll(now)
+        entry = self.draws.pop(key, None)
+        if entry is None:
+            return 0
+        self.overflow += overflow
+        if entry[0] != window:
+            return 0
+        back = min(unspent, entry[1])
+        self.drawn -= back
+        return back
+
+    def status(self, now: float) -> PoolStatus:
+        """The pool's status at ``now``."""
+        window = self.pool.window_of(now)
+        open_draws = sum(1 for w, _ in self.draws.values() if w == window)
+        return pool_status(self.pool, self.window, self.drawn, open_draws, self.overflow, now)

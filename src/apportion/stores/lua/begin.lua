@@ -1,0 +1,26 @@
+-- Ledger.begin. KEYS: ledger, events, index.
+-- ARGV: agent, agent is a string (1/0), context tokens, output tokens, now, lease end.
+local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[5])
+if not c then return {'unknown'} end
+local st = c.st
+local ai = nil
+if ARGV[2] == '1' then ai = agent_index(c, ARGV[1]) end
+if not ai then return unknown_agent(c, 0) end
+local ctx, out = tok(ARGV[3]), tok(ARGV[4])
+if not ctx or not out then return {'bad'} end
+if st[2] ~= 'open' then return {'closed', st[2]} end
+reap(c)
+local total = ctx + out
+local avail = available(c, ai)
+if total > avail then return refuse(c, {'budget', total, avail}) end
+local gid = st[10]
+st[10] = gid + 1
+local p = #st
+st[p + 1], st[p + 2], st[p + 3], st[p + 4], st[p + 5] = gid, ai, ctx, out, ARGV[6]
+st[at(c, RSV, ai)] = 0
+st[8] = st[8] - total
+st[7] = st[7] + total
+st[at(c, RBY, ai)] = st[at(c, RBY, ai)] + total
+st[at(c, CALLS, ai)] = st[at(c, CALLS, ai)] + 1
+event(c, 'begin', ARGV[1], gid, ctx, out, false, 0, '')
+return {'ok', save(c), gid}

@@ -1,0 +1,207 @@
+-- Shared by every request script of apportion's Redis store (prepended to each).
+--
+-- KEYS[1] holds one request's ledger, KEYS[2] its event list, KEYS[3] the index of open
+-- requests of its bucket, scored at or before the request's next deadline (its earliest
+-- lease end or its expiry). All three share one hash tag.
+--
+-- The ledger is one flat JSON array (decoding makes one Lua table, not twenty):
+--   1 id, 2 status, 3 outcome ('' or text), 4 expires (text), 5 ceiling, 6 consumed,
+--   7 reserved, 8 free, 9 overflow (text), 10 next grant id, 11 pool, 12 draw key,
+--   13 n (agents), then nine blocks of n values in agent order: names, ranks,
+--   allocation, reserve, consumed, reserved, over-use (text), calls, truncated calls;
+--   then the open grants, five values each, by grant id: id, agent (1..n), context,
+--   output, lease end (text).
+-- Token counts stay below 2^53, so Lua's doubles hold them exactly; the counters that can
+-- grow without bound (overflow, over-use) are decimal text. Clock times travel as the
+-- caller's exact decimal text and are only compared, never printed.
+
+local NAME, RANK, ALLOC, RSV, CBY, RBY, OBY, CALLS, TRUNC = 0, 1, 2, 3, 4, 5, 6, 7, 8
+
+local function int(n)
+  return string.format('%.0f', n)
+end
+
+local function score(x)
+  if x == math.huge then return '+inf' end
+  return string.format('%.17g', x)
+end
+
+local function tok(s)
+  local n = tonumber(s)
+  if not n or n < 0 or n > 1e12 or n ~= math.floor(n) then return nil end
+  return n
+end
+
+-- Position of agent ai's value in block b.
+local function at(c, b, ai)
+  return 13 + b * c.n + ai
+end
+
+local function deadline(c)
+  local st = c.st
+  local d = tonumber(st[4])
+  for p = c.g, #st, 5 do
+    local lease = tonumber(st[p + 4])
+    if lease < d then d = lease end
+  end
+  return d
+end
+
+-- Load the ledger of one request into a context, or nil when the store does not hold it.
+local function load(key, ekey, ikey, now_s)
+  local raw = redis.call('GET', key)
+  if not raw then return nil end
+  local st = cjson.decode(raw)
+  local n = st[13]
+  local c = {
+    st = st, n = n, g = 14 + 9 * n, ev = {}, gone = {}, dirty = false,
+    key = key, ekey = ekey, ikey = ikey, now_s = now_s, now = tonumber(now_s),
+  }
+  c.due = deadline(c)
+  return c
+end
+
+local function agent_index(c, name)
+  local st = c.st
+  for i = 1, c.n do
+    if st[13 + i] == name then return i end
+  end
+  return nil
+end
+
+-- The reply refusing an unknown agent (the k-th of the new plan; 0: the one named).
+local function unknown_agent(c, k)
+  local reply = {'agent', k}
+  for i = 1, c.n do reply[#reply + 1] = c.st[13 + i] end
+  return reply
+end
+
+local function event(c, kind, agent, gid, ctx, out, truncated, overuse, note)
+  c.ev[#c.ev + 1] = cjson.encode({kind, c.now_s, agent, gid, ctx, out, truncated, overuse, note})
+end
+
+-- Position of open grant gid, or nil.
+local function grant_at(c, gid)
+  local st = c.st
+  for p = c.g, #st, 5 do
+    if st[p] == gid then return p end
+  end
+  return nil
+end
+
+local function drop_grant(c, p)
+  for _ = 1, 5 do table.remove(c.st, p) end
+end
+
+-- Settle the open grant at position p without usage: its tokens return to the free pool.
+local function settle(c, p, how, note)
+  local st = c.st
+  local gid, ai, ctx, out = st[p], st[p + 1], st[p + 2], st[p + 3]
+  local total = ctx + out
+  st[7] = st[7] - total
+  st[8] = st[8] + total
+  st[at(c, RBY, ai)] = st[at(c, RBY, ai)] - total
+  drop_grant(c, p)
+  c.gone[gid] = how .. '|' .. st[13 + ai]
+  local kind = 'release'
+  if how == 'expire' then kind = 'expire' end
+  event(c, kind, st[13 + ai], gid, ctx, out, false, 0, note)
+  c.dirty = true
+end
+
+-- Release every grant whose lease ended at or before now, oldest grant first.
+local function reap(c)
+  if c.due > c.now then return 0 end
+  local st, n, p = c.st, 0, c.g
+  while p <= #st do
+    if tonumber(st[p + 4]) <= c.now then
+      settle(c, p, 'expire', 'lease expired')
+      n = n + 1
+    else
+      p = p + 5
+    end
+  end
+  return n
+end
+
+-- Tokens agent ai could be granted: the free pool less the reservations of other
+-- unstarted agents of equal or higher priority.
+local function available(c, ai)
+  local st = c.st
+  local rank, held = st[at(c, RANK, ai)], 0
+  for b = 1, c.n do
+    local t = st[at(c, RSV, b)]
+    if t > 0 and b ~= ai and st[at(c, RANK, b)] >= rank then held = held + t end
+  end
+  local a = st[8] - held
+  if a < 0 then a = 0 end
+  return a
+end
+
+-- How grant gid of agent was settled: by this call, else from the event list (a refused
+-- operation only: this scans the events). Nil when it never was.
+local function settled_by(c, gid, agent)
+  local mine = c.gone[gid]
+  if mine then
+    local bar = string.find(mine, '|', 1, true)
+    if string.sub(mine, bar + 1) == agent then return string.sub(mine, 1, bar - 1) end
+    return nil
+  end
+  local events = redis.call('LRANGE', c.ekey, 0, -1)
+  for i = #events, 1, -1 do
+    local e = cjson.decode(events[i])
+    if e[4] == gid and (e[1] == 'finish' or e[1] == 'release' or e[1] == 'expire') then
+      if e[3] == agent then return e[1] end
+      return nil
+    end
+  end
+  return nil
+end
+
+-- The position of the open grant a caller names, or nil and the error reply.
+local function open_grant(c, ok, gid_s, agent)
+  if ok ~= '1' then return nil, {'foreign'} end
+  local gid = tonumber(gid_s)
+  local p = grant_at(c, gid)
+  if p and c.st[13 + c.st[p + 1]] == agent then return p end
+  local how = settled_by(c, gid, agent)
+  if how then return nil, {'settled', how} end
+  return nil, {'foreign'}
+end
+
+local function save(c)
+  local st = c.st
+  local blob = cjson.encode(st)
+  redis.call('SET', c.key, blob, 'KEEPTTL')
+  if #c.ev > 0 then redis.call('RPUSH', c.ekey, unpack(c.ev)) end
+  if st[2] == 'open' then
+    -- the index may score a request early (reap corrects it), never late
+    local due = deadline(c)
+    if due < c.due then redis.call('ZADD', c.ikey, score(due), st[1]) end
+  else
+    redis.call('ZREM', c.ikey, st[1])
+  end
+  return blob
+end
+
+-- A refused operation: keep what reaping changed, change nothing else.
+local function refuse(c, reply)
+  if c.dirty then save(c) end
+  return reply
+end
+
+-- Close the request: release its open grants, then record the status.
+local function close(c, status)
+  local st = c.st
+  while #st >= c.g do settle(c, c.g, 'close', status) end
+  st[2] = status
+  event(c, 'close', false, 0, 0, 0, false, 0, status)
+  c.dirty = true
+end
+
+-- Closed requests stay readable for the retention period (milliseconds; 0: forever).
+local function retain(c, ms)
+  for _, key in ipairs({c.key, c.ekey}) do
+    if ms == '0' then redis.call('PERSIST', key) else redis.call('PEXPIRE', key, ms) end
+  end
+end

@@ -1,0 +1,22 @@
+-- Draw a request's ceiling from a pool's current window. KEYS: pool, draws.
+-- ARGV: draw key, tokens, the request's priority rank, now.
+local ranks = {critical = 2, standard = 1, peripheral = 0}
+local cfg = redis.call('HMGET', KEYS[1], 'capacity', 'window_seconds', 'reserve', 'window', 'drawn')
+if not cfg[1] then return {'unknown'} end
+local ws, now = tonumber(cfg[2]), tonumber(ARGV[4])
+local w = 0
+if ws ~= math.huge then w = math.floor(now / ws) end
+local drawn = 0
+if cfg[4] and tonumber(cfg[4]) == w then drawn = tonumber(cfg[5]) end
+local rank, held = tonumber(ARGV[3]), 0
+for class, t in pairs(cjson.decode(cfg[3])) do
+  if ranks[class] > rank then held = held + t end
+end
+local avail = tonumber(cfg[1]) - drawn - held
+if avail < 0 then avail = 0 end
+local tokens = tonumber(ARGV[2])
+if tokens > avail then return {'exhausted', avail} end
+local wk = string.format('%.0f', w)
+redis.call('HSET', KEYS[1], 'window', wk, 'drawn', string.format('%.0f', drawn + tokens))
+redis.call('HSET', KEYS[2], ARGV[1], wk .. '|' .. ARGV[2])
+return {'ok', wk}

@@ -1,0 +1,10 @@
+-- Ledger.release. KEYS: ledger, events, index.
+-- ARGV: now, reason, grant ok (1/0), grant id, agent.
+local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
+if not c then return {'unknown'} end
+if c.st[2] ~= 'open' then return {'closed', c.st[2]} end
+reap(c)
+local p, err = open_grant(c, ARGV[3], ARGV[4], ARGV[5])
+if not p then return refuse(c, err) end
+settle(c, p, 'release', ARGV[2])
+return {'ok', save(c)}

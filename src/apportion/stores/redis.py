@@ -1,0 +1,1284 @@
+"""The Redis store: ledgers and shared pools in Redis, for many processes and many hosts.
+
+Selected by URL, ``store="redis://[:password@]host:port/db"`` (needs the ``redis`` extra).
+Every ledger operation is one Lua script (``stores/lua/*.lua``, package data) run with
+``EVALSHA``: atomic, one round trip, and the script returns the full state after the
+operation, so the controller and its policy read the new state without a second call.
+Refusals come back as codes and are raised as the very errors, with the very fields, of
+:class:`~apportion.ledger.Ledger`, in its order of validation; a refused operation changes
+nothing (except expiring ended leases, as the ledger does).
+
+Keys. A request's keys share one hash tag, its *bucket* ``{bN}`` (``N`` is a CRC-32 of the
+request id modulo ``buckets``), so that each request script touches one hash slot:
+
+* ``PREFIX:{bN}:r:ID``: the ledger, one flat JSON array (layout in ``lua/common.lua``);
+* ``PREFIX:{bN}:e:ID``: the event list (each script appends to it in the same step);
+* ``PREFIX:{bN}:open``: the bucket's open requests, scored at or before their next
+  deadline (the earliest lease end, or the request's expiry): what ``reap`` scans.
+
+A pool's keys share the tag ``{p:NAME}``: ``PREFIX:{p:NAME}:pool`` (its configuration and
+the current window's count) and ``PREFIX:{p:NAME}:draws`` (one entry per request that drew
+from it and has not given back yet); ``PREFIX:pools`` lists the pools' names.
+
+Time. Scripts use the ``now`` the caller passes (the controller's injected clock), never
+Redis's clock, so leases, expiry and windows follow the same clock as in the memory store.
+Keys also carry Redis TTLs in real seconds: an open request's keys live ``ttl + retention``
+(no TTL when ``ttl`` is infinite), a closed request's ``retention_seconds``; after that it is
+gone and ``get`` raises ``UnknownRequest``.
+
+Leases are reaped lazily, as in the ledger: every operation first releases its request's
+grants whose lease ended at or before ``now``. ``reap(now)`` does it for every request and
+closes the overdue ones, in one script over every bucket, and returns the unused tokens of
+the requests it closed to their pools.
+
+Pools cost one more round trip at open and at close: a pool lives in its own hash slot, so
+drawing (at open) and giving back (at close) are scripts of their own. Each draw is
+recorded and settled exactly once, so a crash between the two steps never returns tokens
+twice: ``reap`` gives back what closed requests still owe their pool, and a draw whose
+request never opened is dropped once its window has ended (its tokens are lost to that
+window only: the safe side).
+
+Failures. A connection failure raises :class:`~apportion.errors.StoreUnavailable` (with the
+URL, never its password, and the reason). The operation's outcome is then unknown (it may
+have been applied): nothing is retried behind the caller's back. That is fail-closed, the
+default. With ``fail_open=True``, a request that cannot be opened in Redis is opened in a
+local :class:`~apportion.stores.memory.MemoryStore` instead, with a ``RuntimeWarning``,
+drawing its ceiling from a per-process emergency budget of ``emergency_cap`` tokens (what it
+leaves unused returns to that budget at close); requests already in Redis still raise.
+
+Speed. Each thread keeps one connection of its own (no pool checkout per call); with
+``hiredis`` (in the extra) replies parse in C. ``round_trips`` counts the round trips made.
+
+Redis Cluster. Every request script touches the keys of one slot and pool scripts the keys
+of another, so the layout suits a cluster; but ``reap`` runs one script over every bucket's
+index (cross-slot: fine on a standalone server, one call per bucket would be needed on a
+cluster), and this class connects with a standalone client. Cluster is not supported yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import os
+import secrets
+import threading
+import warnings
+import zlib
+from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from apportion.errors import (
+    ApportionError,
+    BudgetExceeded,
+    DuplicateRequest,
+    ForeignGrant,
+    GrantExpired,
+    GrantSettled,
+    MissingExtra,
+    RequestClosed,
+    StoreUnavailable,
+    UnknownAgent,
+    UnknownRequest,
+)
+from apportion.ledger import OPEN, STATUSES, Event, Grant, Ledger, check_tokens
+from apportion.pools import (
+    PRIORITY_RANKS,
+    Pool,
+    PoolExhausted,
+    PoolStatus,
+    UnknownPool,
+    check_pool_name,
+    check_priority,
+    pool_status,
+)
+from apportion.stores.base import Store
+from apportion.stores.memory import MemoryStore
+
+if TYPE_CHECKING:
+    import redis as redis_sync
+    import redis.asyncio as redis_async
+
+T = TypeVar("T")
+
+SCRIPTS = (
+    "open",
+    "begin",
+    "extend",
+    "finish",
+    "release",
+    "close",
+    "reap",
+    "pool_draw",
+    "pool_return",
+)
+"""The Lua scripts, one per operation (request scripts start with ``common.lua``)."""
+
+_REQUEST_SCRIPTS = frozenset({"open", "begin", "extend", "finish", "release", "close", "reap"})
+_REAP_BATCH = 256
+_OK = (b"ok", "ok")
+_EMERGENCY_POOL = "emergency"
+
+
+def _script_source(name: str) -> str:
+    folder = resources.files("apportion.stores") / "lua"
+    body = (folder / f"{name}.lua").read_text(encoding="utf-8")
+    if name in _REQUEST_SCRIPTS:
+        return (folder / "common.lua").read_text(encoding="utf-8") + "\n" + body
+    return body
+
+
+_SOURCES: dict[str, str] = {}
+_SHAS: dict[str, str] = {}
+
+
+def _load_sources() -> None:
+    if not _SOURCES:
+        for name in SCRIPTS:
+            source = _script_source(name)
+            _SHAS[name] = hashlib.sha1(source.encode("utf-8")).hexdigest()
+            _SOURCES[name] = source
+
+
+# ------------------------------------------------------------------ calls to carry out
+
+
+class _Eval(NamedTuple):
+    """Run one script: ``EVALSHA`` (loading it first if the server lost it)."""
+
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[str | int, ...]
+
+
+class _Cmd(NamedTuple):
+    """Run one plain command."""
+
+    args: tuple[str | int, ...]
+
+
+_Call = _Eval | _Cmd | list[_Eval | _Cmd]  # a list is one pipeline: one round trip
+_Steps = Generator[_Call, Any, T]
+
+
+# ------------------------------------------------------------------ encoding and decoding
+
+_new_ledger = object.__new__
+_decode = json.JSONDecoder().decode
+_new = tuple.__new__  # builds a NamedTuple from a full tuple, skipping its slow __new__
+
+
+def _text(value: float) -> str:
+    """A float as the exact decimal text that reads back as the same float."""
+    return repr(float(value))
+
+
+def _tokens(field: str, value: object, pending: list[Exception]) -> str:
+    """A token count as text, or ``!`` when invalid (its error kept in ``pending``)."""
+    try:
+        return str(check_tokens(field, value))
+    except ApportionError as exc:
+        if not pending:
+            pending.append(exc)
+        return "!"
+
+
+def _grant_args(request_id: str, grant: object) -> tuple[str, str, str]:
+    """``(ok, grant id, agent)`` of a grant handed to ``request_id``; ok is 0 if foreign."""
+    if (
+        isinstance(grant, Grant)
+        and grant.request_id == request_id
+        and isinstance(grant.agent, str)
+        and isinstance(grant.grant_id, int)
+    ):
+        return "1", str(int(grant.grant_id)), grant.agent
+    return "0", "", ""
+
+
+def ledger_from_json(raw: bytes | str) -> Ledger:
+    """Build a :class:`~apportion.ledger.Ledger` snapshot from a script's ledger document.
+
+    The snapshot is a plain ledger object with the stored state (no validation: the store
+    validated every change); it carries no events (read them with ``events``) and changing
+    it changes nothing in the store. The document is the flat JSON array described in
+    ``lua/common.lua``.
+    """
+    v = _decode(raw.decode() if isinstance(raw, bytes) else raw)
+    n = v[12]
+    agents = v[13 : 13 + n]
+    request_id = v[0]
+    ledger: Ledger = _new_ledger(Ledger)
+    ledger.request_id = request_id
+    ledger.status = v[1]
+    ledger.outcome = float(v[2]) if v[2] else None
+    ledger.expires_at = float(v[3])
+    ledger.ceiling = v[4]
+    ledger.consumed = v[5]
+    ledger.reserved = v[6]
+    ledger.free = v[7]
+    ledger.overflow = int(v[8])
+    ledger.next_grant_id = v[9]
+    b = 13 + n
+    ledger.ranks = dict(zip(agents, v[b : b + n], strict=False))
+    b += n
+    ledger.allocation = dict(zip(agents, v[b : b + n], strict=False))
+    b += n
+    ledger.reserve = {a: t for a, t in zip(agents, v[b : b + n], strict=False) if t}
+    b += n
+    ledger.consumed_by = dict(zip(agents, v[b : b + n], strict=False))
+    b += n
+    ledger.reserved_by = dict(zip(agents, v[b : b + n], strict=False))
+    b += n
+    ledger.overuse_by = {a: int(t) for a, t in zip(agents, v[b : b + n], strict=False)}
+    b += n
+    ledger.calls = dict(zip(agents, v[b : b + n], strict=False))
+    b += n
+    ledger.truncated_calls = dict(zip(agents, v[b : b + n], strict=False))
+    b += n
+    grants: dict[int, Grant] = {}
+    next_lease = math.inf
+    for i in range(b, len(v), 5):
+        grant_id, index, context, output, lease = v[i : i + 5]
+        expires = float(lease)
+        grants[grant_id] = _new(
+            Grant, (request_id, agents[index - 1], grant_id, context, output, expires)
+        )
+        if expires < next_lease:
+            next_lease = expires
+    ledger.grants = grants
+    ledger._next_lease = next_lease
+    ledger._settled = {}
+    ledger.events = []
+    return ledger
+
+
+def _ledger_json(ledger: Ledger, pool: str, draw: str) -> str:
+    agents = list(ledger.ranks)
+    n = len(agents)
+    head: list[Any] = [
+        ledger.request_id,
+        OPEN,
+        "",
+        _text(ledger.expires_at),
+        ledger.ceiling,
+        0,
+        0,
+        ledger.ceiling,
+        "0",
+        1,
+        pool,
+        draw,
+        n,
+    ]
+    blocks: list[Any] = [
+        *agents,
+        *(ledger.ranks[a] for a in agents),
+        *(ledger.allocation[a] for a in agents),
+        *(ledger.reserve.get(a, 0) for a in agents),
+        *[0] * (2 * n),
+        *["0"] * n,
+        *[0] * (2 * n),
+    ]
+    return json.dumps(head + blocks, separators=(",", ":"))
+
+
+def _pool_debt(raw: bytes | str) -> tuple[str, str, int, str]:
+    """``(pool, draw, free, overflow)`` of a closed ledger document."""
+    v = json.loads(raw)
+    return v[10], v[11], v[7], v[8]
+
+
+def _event(raw: bytes | str) -> Event:
+    kind, at, agent, grant_id, context, output, truncated, overuse, note = json.loads(raw)
+    return Event(
+        kind, float(at), agent or None, grant_id, context, output, truncated, overuse, note
+    )
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _refusal(
+    request_id: str,
+    reply: Sequence[Any],
+    pending: list[Exception],
+    *,
+    agent: object = None,
+    grant: object = None,
+    plan: Sequence[object] = (),
+    reason: str = "",
+) -> Exception:
+    """The error a script's refusal stands for, with the ledger's fields."""
+    code = _str(reply[0])
+    if code == "unknown":
+        return UnknownRequest(request_id)
+    if code == "bad":
+        return pending[0] if pending else ValueError("invalid input")
+    if code == "agent":
+        index = int(reply[1])
+        known = [_str(name) for name in reply[2:]]
+        return UnknownAgent(agent if index == 0 else plan[index - 1], known)
+    if code == "closed":
+        return RequestClosed(request_id, _str(reply[1]))
+    if code == "budget":
+        who: Any = grant.agent if isinstance(grant, Grant) else agent
+        return BudgetExceeded(who, int(reply[1]), int(reply[2]), reason=reason)
+    if code == "foreign":
+        return ForeignGrant(getattr(grant, "request_id", None), request_id)
+    if code == "settled":
+        how = _str(reply[1])
+        error = GrantExpired if how == "expire" else GrantSettled
+        assert isinstance(grant, Grant)
+        return error(grant.grant_id, grant.agent, how)
+    if code == "dup":
+        return DuplicateRequest(request_id)
+    return RuntimeError(f"unexpected reply from the Redis store: {reply!r}")
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its password (and without its query, which may hold one)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = (f"{parts.username}@" if parts.username else "") + host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+        import redis.asyncio
+    except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+        raise MissingExtra("redis", "redis") from exc
+    return redis
+
+
+# ------------------------------------------------------------------ the store
+
+
+class RedisStore(Store):
+    """Ledgers and shared pools in Redis; see the module docstring.
+
+    Args:
+        url: ``redis://[[user]:password@]host:port/db`` (``rediss://`` for TLS).
+        prefix: the first part of every key (no braces).
+        buckets: how many hash-tag buckets requests are spread over (fixed for a deployment:
+            changing it hides the requests already stored).
+        retention_seconds: how long a closed request stays readable (real seconds;
+            ``math.inf``: until deleted).
+        socket_timeout: seconds to wait for a reply before ``StoreUnavailable``.
+        connect_timeout: seconds to wait for a connection before ``StoreUnavailable``.
+        fail_open: when Redis cannot be reached, open new requests in a local memory store
+            (with a warning) instead of raising ``StoreUnavailable``.
+        emergency_cap: tokens the local fallback may hand out in this process at once
+            (ceilings of open fallback requests plus what closed ones consumed).
+
+    Raises:
+        MissingExtra: redis-py is not installed (``pip install "apportion[redis]"``).
+        ValueError: a bad option.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        prefix: str = "apportion",
+        buckets: int = 256,
+        retention_seconds: float = 86_400.0,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 1.0,
+        fail_open: bool = False,
+        emergency_cap: int = 0,
+    ) -> None:
+        redis = _import_redis()
+        _load_sources()
+        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"prefix must be a non-empty string without braces: {prefix!r}")
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+            raise ValueError(f"buckets must be a positive integer, not {buckets!r}")
+        if not retention_seconds > 0:
+            raise ValueError(f"retention_seconds must be positive, not {retention_seconds!r}")
+        self.url = _safe_url(url)
+        self._raw_url = url
+        self.prefix = prefix
+        self.buckets = buckets
+        self.retention_seconds = float(retention_seconds)
+        self._retention_ms = (
+            "0" if math.isinf(retention_seconds) else str(max(1, round(retention_seconds * 1000)))
+        )
+        self._options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+        }
+        self._client: redis_sync.Redis = redis.Redis.from_url(url, **self._options)
+        self._aclient: redis_async.Redis | None = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._acloser: AsyncGenerator[None, None] | None = None
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+        )
+        self._noscript: type[BaseException] = redis.exceptions.NoScriptError
+        self._response_error: type[BaseException] = redis.exceptions.ResponseError
+        self._held = threading.local()  # each thread's own connection: (pid, connection)
+        self.fail_open = bool(fail_open)
+        self.emergency_cap = check_tokens("emergency_cap", emergency_cap)
+        self._local: MemoryStore | None = None
+        self._local_ids: set[str] = set()
+        self._local_lock = threading.Lock()
+        self.round_trips = 0
+        """Round trips to Redis so far (one per script call or pipeline)."""
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """A store for ``url`` (how ``store="redis://..."`` is built).
+
+        The query may set ``prefix``, ``buckets``, ``retention_seconds``, ``fail_open`` and
+        ``emergency_cap``; the rest goes to redis-py. For example
+        ``redis://cache:6379/0?fail_open=true&emergency_cap=20000``.
+        """
+        parts = urlsplit(url)
+        ours: dict[str, Any] = {}
+        rest = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in ("prefix",):
+                ours[key] = value
+            elif key in ("buckets", "emergency_cap"):
+                ours[key] = int(value)
+            elif key == "retention_seconds":
+                ours[key] = float(value)
+            elif key == "fail_open":
+                ours[key] = value.lower() in ("1", "true", "yes", "on")
+            else:
+                rest.append((key, value))
+        plain = urlunsplit(parts._replace(query=urlencode(rest)))
+        return cls(plain, **ours)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
+
+    def close_connections(self) -> None:
+        """Close this thread's and the pool's connections (the store reconnects on use)."""
+        held = getattr(self._held, "connection", None)
+        if held is not None:
+            held[1].disconnect()
+            self._held.connection = None
+        self._client.close()
+
+    # ------------------------------------------------------------------ keys
+
+    def _keys(self, request_id: str) -> tuple[str, str, str]:
+        """The request's ledger, events and bucket index keys."""
+        bucket = zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % self.buckets
+        base = f"{self.prefix}:{{b{bucket}}}:"
+        return f"{base}r:{request_id}", f"{base}e:{request_id}", f"{base}open"
+
+    def _pool_keys(self, name: str) -> tuple[str, str]:
+        base = f"{self.prefix}:{{p:{name}}}:"
+        return f"{base}pool", f"{base}draws"
+
+    @property
+    def _registry(self) -> str:
+        return f"{self.prefix}:pools"
+
+    # ------------------------------------------------------------------ carrying out
+
+    def _connection(self) -> Any:
+        """This thread's own connection (no pool checkout per call: the hot path)."""
+        held = getattr(self._held, "connection", None)
+        if held is not None and held[0] == os.getpid():
+            return held[1]
+        pool: Any = self._client.connection_pool
+        connection = pool.connection_class(**{**pool.connection_kwargs, "decode_responses": False})
+        self._held.connection = (os.getpid(), connection)
+        return connection
+
+    def _command(self, *args: Any) -> Any:
+        """Send one command on this thread's connection and read its reply."""
+        connection = self._connection()
+        if connection._sock is not None:
+            try:
+                stale = connection.can_read()  # data before we asked: closed or out of step
+            except Exception:  # a broken socket: start afresh
+                stale = True
+            if stale:
+                connection.disconnect()
+        try:
+            connection.send_command(*args)
+            return connection.read_response()
+        except self._response_error:
+            raise  # a reply: the connection is in step
+        except BaseException:
+            connection.disconnect()
+            raise
+
+    def _call(self, call: _Call) -> Any:
+        self.round_trips += 1
+        try:
+            if isinstance(call, list):
+                return self._pipeline(call)
+            if isinstance(call, _Cmd):
+                return self._command(*call.args)
+            sha = _SHAS[call.script]
+            try:
+                return self._command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
+            except self._noscript:
+                self.round_trips += 2
+                self._command("SCRIPT", "LOAD", _SOURCES[call.script])
+                return self._command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
+        except self._errors as exc:
+            raise StoreUnavailable(self.url, _reason(exc)) from None
+
+    def _pipeline(self, calls: list[_Eval | _Cmd]) -> list[Any]:
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self._client.pipeline(transaction=False)
+            for i in todo:
+                _queue(pipe, calls[i])
+            replies = pipe.execute(raise_on_error=False)
+            retry = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, self._noscript) and attempt == 0:
+                    retry.append(i)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    results[i] = reply
+            if not retry:
+                break
+            self.round_trips += 2
+            self._load_all()
+            todo = retry
+        return results
+
+    def _load_all(self) -> None:
+        pipe: Any = self._client.pipeline(transaction=False)
+        for name in SCRIPTS:
+            pipe.execute_command("SCRIPT", "LOAD", _SOURCES[name])
+        pipe.execute()
+
+    def _run(self, steps: _Steps[T]) -> T:
+        """Carry out an operation's calls with blocking I/O."""
+        try:
+            call = next(steps)
+            while True:
+                call = steps.send(self._call(call))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    async def _async_client(self) -> redis_async.Redis:
+        """The async client of the running event loop (a client is bound to its loop)."""
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aloop is not loop:
+            redis = _import_redis()
+            client = redis.asyncio.Redis.from_url(self._raw_url, **self._options)
+            # closed when the loop shuts its async generators down (asyncio.run does)
+            self._acloser = _close_at_shutdown(client)
+            await self._acloser.__anext__()
+            self._aclient, self._aloop = client, loop
+        assert self._aclient is not None
+        return self._aclient
+
+    async def _acall(self, call: _Call) -> Any:
+        client: Any = await self._async_client()
+        self.round_trips += 1
+        try:
+            if isinstance(call, list):
+                return await self._apipeline(client, call)
+            if isinstance(call, _Cmd):
+                return await client.execute_command(*call.args)
+            sha = _SHAS[call.script]
+            try:
+                return await client.execute_command(
+                    "EVALSHA", sha, len(call.keys), *call.keys, *call.args
+                )
+            except self._noscript:
+                self.round_trips += 2
+                await client.execute_command("SCRIPT", "LOAD", _SOURCES[call.script])
+                return await client.execute_command(
+                    "EVALSHA", sha, len(call.keys), *call.keys, *call.args
+                )
+        except self._errors as exc:
+            raise StoreUnavailable(self.url, _reason(exc)) from None
+
+    async def _apipeline(self, client: redis_async.Redis, calls: list[_Eval | _Cmd]) -> list[Any]:
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            for i in todo:
+                _queue(pipe, calls[i])
+            replies = await pipe.execute(raise_on_error=False)
+            retry = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, self._noscript) and attempt == 0:
+                    retry.append(i)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    results[i] = reply
+            if not retry:
+                break
+            self.round_trips += 2
+            loader = client.pipeline(transaction=False)
+            for name in SCRIPTS:
+                loader.execute_command("SCRIPT", "LOAD", _SOURCES[name])
+            await loader.execute()
+            todo = retry
+        return results
+
+    async def _arun(self, steps: _Steps[T]) -> T:
+        """Carry out an operation's calls with awaited I/O."""
+        try:
+            call = next(steps)
+            while True:
+                call = steps.send(await self._acall(call))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ the operations,
+    # each written once as the calls it makes (both shells carry them out)
+
+    def _open_steps(
+        self,
+        request_id: str,
+        ranks: Mapping[str, int],
+        ceiling: int,
+        now: float,
+        allocation: Mapping[str, int] | None,
+        reserve: Mapping[str, int] | None,
+        ttl: float,
+        pool: str | None,
+        pool_priority: str,
+    ) -> _Steps[Ledger]:
+        ledger = Ledger(
+            request_id,
+            ranks,
+            ceiling,
+            now,
+            allocation=allocation,
+            reserve=reserve,
+            expires_at=now + ttl,
+        )
+        draw = ""
+        if pool is not None:
+            check_pool_name(pool)
+            rank = PRIORITY_RANKS[check_priority(pool_priority)]
+            draw = f"{request_id}#{secrets.token_hex(6)}"
+            pool_keys = self._pool_keys(pool)
+            reply = yield _Eval("pool_draw", pool_keys, (draw, ledger.ceiling, rank, _text(now)))
+            code = _str(reply[0])
+            if code == "unknown":
+                raise UnknownPool(pool)
+            if code == "exhausted":
+                raise PoolExhausted(pool, ledger.ceiling, int(reply[1]), pool_priority)
+        blob = _ledger_json(ledger, pool or "", draw)
+        opened = json.dumps(["open", _text(now), False, 0, ledger.ceiling, 0, False, 0, ""])
+        key_ttl = "0"
+        if math.isfinite(ttl) and not math.isinf(self.retention_seconds):
+            key_ttl = str(max(1, math.ceil((ttl + self.retention_seconds) * 1000)))
+        reply = yield _Eval(
+            "open",
+            self._keys(request_id),
+            (blob, request_id, opened, _score(ledger.expires_at), key_ttl),
+        )
+        if _str(reply[0]) != "ok":
+            if pool is not None:  # give the draw back: this open never happened
+                yield _Eval(
+                    "pool_return", self._pool_keys(pool), (draw, ledger.ceiling, 0, _text(now))
+                )
+            raise _refusal(request_id, reply, [])
+        return ledger_from_json(blob)
+
+    def _begin_steps(
+        self,
+        request_id: str,
+        agent: str,
+        context_tokens: int,
+        output_tokens: int,
+        now: float,
+        lease_seconds: float,
+    ) -> _Steps[tuple[Grant, Ledger]]:
+        pending: list[Exception] = []
+        is_name = isinstance(agent, str)
+        ctx = _tokens("context_tokens", context_tokens, pending)
+        out = _tokens("output_tokens", output_tokens, pending)
+        lease = now + lease_seconds
+        reply = yield _Eval(
+            "begin",
+            self._keys(request_id),
+            (agent if is_name else "", "1" if is_name else "0", ctx, out, _text(now), _text(lease)),
+        )
+        if reply[0] not in _OK:
+            raise _refusal(request_id, reply, pending, agent=agent)
+        grant = Grant(request_id, agent, int(reply[2]), int(ctx), int(out), lease)
+        return grant, ledger_from_json(reply[1])
+
+    def _extend_steps(
+        self,
+        request_id: str,
+        grant: Grant,
+        output_tokens: int,
+        context_tokens: int,
+        now: float,
+        lease_seconds: float,
+    ) -> _Steps[tuple[Grant, Ledger]]:
+        pending: list[Exception] = []
+        out = _tokens("output_tokens", output_tokens, pending)
+        ctx = _tokens("context_tokens", context_tokens, pending)
+        ok, grant_id, agent = _grant_args(request_id, grant)
+        reply = yield _Eval(
+            "extend",
+            self._keys(request_id),
+            (out, ctx, _text(now), _text(now + lease_seconds), ok, grant_id, agent),
+        )
+        if reply[0] not in _OK:
+            raise _refusal(request_id, reply, pending, grant=grant, reason="extension")
+        state = ledger_from_json(reply[1])
+        return state.grants[int(grant_id)], state
+
+    def _finish_steps(
+        self,
+        request_id: str,
+        grant: Grant,
+        input_tokens: int,
+        output_tokens: int,
+        now: float,
+        truncated: bool,
+        allocation: Mapping[str, int] | None,
+    ) -> _Steps[Ledger]:
+        pending: list[Exception] = []
+        inp = _tokens("input_tokens", input_tokens, pending)
+        out = _tokens("output_tokens", output_tokens, pending)
+        ok, grant_id, agent = _grant_args(request_id, grant)
+        args: list[str | int] = [
+            inp,
+            out,
+            _text(now),
+            "1" if truncated else "0",
+            ok,
+            grant_id,
+            agent,
+        ]
+        plan: list[object] = []
+        if allocation and not pending:
+            for name, tokens in allocation.items():
+                plan.append(name)
+                is_name = isinstance(name, str)
+                args += ["1" if is_name else "0", name if is_name else "", "0"]
+                args[-1] = _tokens(f"allocation[{name}]", tokens, pending)
+                if pending:
+                    break
+        reply = yield _Eval("finish", self._keys(request_id), tuple(args))
+        if reply[0] not in _OK:
+            raise _refusal(request_id, reply, pending, grant=grant, plan=plan)
+        return ledger_from_json(reply[1])
+
+    def _release_steps(
+        self, request_id: str, grant: Grant, now: float, reason: str
+    ) -> _Steps[Ledger]:
+        ok, grant_id, agent = _grant_args(request_id, grant)
+        reply = yield _Eval(
+            "release", self._keys(request_id), (_text(now), str(reason), ok, grant_id, agent)
+        )
+        if reply[0] not in _OK:
+            raise _refusal(request_id, reply, [], grant=grant)
+        return ledger_from_json(reply[1])
+
+    def _close_steps(
+        self, request_id: str, now: float, status: str, outcome: float | None
+    ) -> _Steps[Ledger]:
+        pending: list[Exception] = []
+        if status not in STATUSES or status == OPEN:
+            pending.append(
+                ValueError(f"status must be one of closed, failed, expired, not {status!r}")
+            )
+        elif outcome is not None:
+            try:
+                if not math.isfinite(outcome):
+                    pending.append(ValueError(f"outcome must be a finite number, not {outcome!r}"))
+            except TypeError as exc:
+                pending.append(exc)
+        score = "" if outcome is None or pending else _text(outcome)
+        reply = yield _Eval(
+            "close",
+            self._keys(request_id),
+            (_text(now), str(status), score, "1" if pending else "0", self._retention_ms),
+        )
+        if reply[0] not in _OK:
+            raise _refusal(request_id, reply, pending)
+        state = ledger_from_json(reply[1])
+        pool, draw, free, overflow = _pool_debt(reply[1])
+        if pool:
+            yield self._give_back(pool, draw, free, overflow, now)
+        return state
+
+    def _give_back(self, pool: str, draw: str, free: int, overflow: str, now: float) -> _Eval:
+        return _Eval("pool_return", self._pool_keys(pool), (draw, free, overflow, _text(now)))
+
+    def _get_steps(self, request_id: str) -> _Steps[Ledger]:
+        raw = yield _Cmd(("GET", self._keys(request_id)[0]))
+        if raw is None:
+            raise UnknownRequest(request_id)
+        return ledger_from_json(raw)
+
+    def _events_steps(self, request_id: str) -> _Steps[list[Event]]:
+        raws = yield _Cmd(("LRANGE", self._keys(request_id)[1], 0, -1))
+        if not raws:
+            raise UnknownRequest(request_id)
+        return [_event(raw) for raw in raws]
+
+    def _reap_steps(self, now: float) -> _Steps[int]:
+        now_s = _text(now)
+        settled = 0
+        owed: list[_Eval | _Cmd] = []
+        todo = [f"{self.prefix}:{{b{b}}}:open" for b in range(self.buckets)]
+        while todo:
+            # One script over every bucket (a standalone server allows it); a cluster client
+            # would send one call per bucket instead (the script loops over its KEYS).
+            reply = yield _Eval("reap", tuple(todo), (now_s, self._retention_ms, _REAP_BATCH))
+            settled += int(reply[0])
+            full = int(reply[1])
+            again = [todo[int(k) - 1] for k in reply[2 : 2 + full]]
+            for blob in reply[2 + full :]:
+                owed.append(self._give_back(*_pool_debt(blob), now))
+            todo = again
+        if owed:
+            yield owed
+        yield from self._reconcile_steps(now)
+        return settled
+
+    def _reconcile_steps(self, now: float) -> _Steps[None]:
+        """Give back what closed requests still owe their pools (a crash between steps)."""
+        names = sorted(_str(n) for n in (yield _Cmd(("SMEMBERS", self._registry))))
+        if not names:
+            return
+        calls: list[_Eval | _Cmd] = []
+        for name in names:
+            pool_key, draws_key = self._pool_keys(name)
+            calls += [_Cmd(("HGET", pool_key, "window_seconds")), _Cmd(("HGETALL", draws_key))]
+        replies = yield calls
+        entries: list[tuple[str, str, bool]] = []  # pool, draw, drawn in an ended window
+        for i, name in enumerate(names):
+            seconds, table = replies[2 * i], replies[2 * i + 1]
+            if seconds is None:
+                continue
+            current = _window(now, float(seconds))
+            for draw, value in table.items():
+                ended = int(_str(value).split("|", 1)[0]) != current
+                entries.append((name, _str(draw), ended))
+        if not entries:
+            return
+        states = yield [
+            _Cmd(("GET", self._keys(draw.rsplit("#", 1)[0])[0])) for _, draw, _ in entries
+        ]
+        calls = []
+        for (name, draw, ended), raw in zip(entries, states, strict=True):
+            debt = _pool_debt(raw) if raw is not None else None
+            if debt is not None and debt[1] == draw:
+                if ledger_from_json(raw).status != OPEN:
+                    calls.append(self._give_back(*debt, now))
+            elif ended:  # its request never opened (or is gone): nothing comes back
+                calls.append(_Cmd(("HDEL", self._pool_keys(name)[1], draw)))
+        if calls:
+            yield calls
+
+    # ------------------------------------------------------------------ pools
+
+    def _define_steps(self, pool: Pool) -> _Steps[None]:
+        if not isinstance(pool, Pool):
+            raise TypeError(f"define_pool takes an apportion.pools.Pool, not {pool!r}")
+        key = self._pool_keys(pool.name)[0]
+        yield [
+            _Cmd(
+                (
+                    "HSET",
+                    key,
+                    "name",
+                    pool.name,
+                    "capacity",
+                    pool.capacity,
+                    "window_seconds",
+                    _text(pool.window_seconds),
+                    "reserve",
+                    json.dumps(dict(pool.reserve)),
+                )
+            ),
+            _Cmd(("SADD", self._registry, pool.name)),
+        ]
+
+    def _pool_steps(self, name: str, now: float) -> _Steps[PoolStatus]:
+        pool_key, draws_key = self._pool_keys(check_pool_name(name))
+        fields, draws = yield [_Cmd(("HGETALL", pool_key)), _Cmd(("HVALS", draws_key))]
+        if not fields:
+            raise UnknownPool(name)
+        f = {_str(k): _str(v) for k, v in fields.items()}
+        pool = Pool(name, int(f["capacity"]), float(f["window_seconds"]), json.loads(f["reserve"]))
+        current = pool.window_of(now)
+        window = int(f.get("window", current))
+        open_draws = sum(1 for d in draws if int(_str(d).split("|", 1)[0]) == current)
+        return pool_status(
+            pool, window, int(f.get("drawn", 0)), open_draws, int(f.get("overflow", 0)), now
+        )
+
+    def define_pool(self, pool: Pool) -> None:
+        """Create a shared pool, or change its configuration (keeping what is drawn)."""
+        self._run(self._define_steps(pool))
+
+    def get_pool(self, name: str, now: float) -> PoolStatus:
+        """A shared pool's status at ``now``."""
+        return self._run(self._pool_steps(name, now))
+
+    async def adefine_pool(self, pool: Pool) -> None:
+        """Async :meth:`define_pool`."""
+        await self._arun(self._define_steps(pool))
+
+    async def aget_pool(self, name: str, now: float) -> PoolStatus:
+        """Async :meth:`get_pool`."""
+        return await self._arun(self._pool_steps(name, now))
+
+    # ------------------------------------------------------------------ fail-open
+
+    def _fallback(
+        self,
+        error: StoreUnavailable,
+        request_id: str,
+        ranks: Mapping[str, int],
+        ceiling: int,
+        now: float,
+        allocation: Mapping[str, int] | None,
+        reserve: Mapping[str, int] | None,
+        ttl: float,
+    ) -> Ledger:
+        """Open the request locally on the emergency budget, or re-raise ``error``."""
+        if not self.fail_open:
+            raise error
+        if self.emergency_cap == 0:
+            raise StoreUnavailable(
+                self.url, f"{error.reason}; no local emergency budget (emergency_cap=0)"
+            ) from error
+        with self._local_lock:
+            if self._local is None:
+                local = MemoryStore()
+                local.define_pool(Pool(_EMERGENCY_POOL, self.emergency_cap, math.inf))
+                self._local = local
+        try:
+            ledger = self._local.open(
+                request_id,
+                ranks,
+                ceiling,
+                now,
+                allocation=allocation,
+                reserve=reserve,
+                ttl=ttl,
+                pool=_EMERGENCY_POOL,
+                pool_priority="critical",
+            )
+        except PoolExhausted as exc:
+            raise StoreUnavailable(
+                self.url,
+                f"{error.reason}; the local emergency budget has {exc.available} tokens left, "
+                f"{exc.requested} asked",
+            ) from error
+        self._local_ids.add(request_id)
+        warnings.warn(
+            f"store {self.url} unavailable ({error.reason}): request {request_id!r} runs on "
+            f"the local emergency budget of {self.emergency_cap} tokens",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return ledger
+
+    def _local_store(self, request_id: str) -> MemoryStore | None:
+        if self._local is not None and request_id in self._local_ids:
+            return self._local
+        return None
+
+    # ------------------------------------------------------------------ Store API (sync)
+
+    def open(
+        self,
+        request_id: str,
+        ranks: Mapping[str, int],
+        ceiling: int,
+        now: float,
+        *,
+        allocation: Mapping[str, int] | None = None,
+        reserve: Mapping[str, int] | None = None,
+        ttl: float = math.inf,
+        pool: str | None = None,
+        pool_priority: str = "standard",
+    ) -> Ledger:
+        """Open the ledger of a new request (drawing its ceiling from ``pool``)."""
+        steps = self._open_steps(
+            request_id, ranks, ceiling, now, allocation, reserve, ttl, pool, pool_priority
+        )
+        try:
+            return self._run(steps)
+        except StoreUnavailable as error:
+            return self._fallback(error, request_id, ranks, ceiling, now, allocation, reserve, ttl)
+
+    def begin(
+        self,
+        request_id: str,
+        agent: str,
+        context_tokens: int,
+        output_tokens: int,
+        now: float,
+        lease_seconds: float,
+    ) -> tuple[Grant, Ledger]:
+        """Reserve a grant; return it and the state after."""
+        local = self._local_store(request_id)
+        if local is not None:
+            return local.begin(request_id, agent, context_tokens, output_tokens, now, lease_seconds)
+        return self._run(
+            self._begin_steps(request_id, agent, context_tokens, output_tokens, now, lease_seconds)
+        )
+
+    def extend(
+        self,
+        request_id: str,
+        grant: Grant,
+        output_tokens: int,
+        context_tokens: int,
+        now: float,
+        lease_seconds: float,
+    ) -> tuple[Grant, Ledger]:
+        """Grow an open grant; return it and the state after."""
+        local = self._local_store(request_id)
+        if local is not None:
+            return local.extend(
+                request_id, grant, output_tokens, context_tokens, now, lease_seconds
+            )
+        return self._run(
+            self._extend_steps(request_id, grant, output_tokens, context_tokens, now, lease_seconds)
+        )
+
+    def finish(
+        self,
+        request_id: str,
+        grant: Grant,
+        input_tokens: int,
+        output_tokens: int,
+        now: float,
+        *,
+        truncated: bool = False,
+        allocation: Mapping[str, int] | None = None,
+    ) -> Ledger:
+        """Settle a grant with its real usage; return the state after."""
+        local = self._local_store(request_id)
+        if local is not None:
+            return local.finish(
+                request_id,
+                grant,
+                input_tokens,
+                output_tokens,
+                now,
+                truncated=truncated,
+                allocation=allocation,
+            )
+        return self._run(
+            self._finish_steps(
+                request_id, grant, input_tokens, output_tokens, now, truncated, allocation
+            )
+        )
+
+    def release(
+        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+    ) -> Ledger:
+        """Settle a grant as unused; return the state after."""
+        local = self._local_store(request_id)
+        if local is not None:
+            return local.release(request_id, grant, now, reason=reason)
+        return self._run(self._release_steps(request_id, grant, now, reason))
+
+    def close(
+        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+    ) -> Ledger:
+        """Close a request (its unused tokens return to its pool); return its final state."""
+        local = self._local_store(request_id)
+        if local is not None:
+            return local.close(request_id, now, status=status, outcome=outcome)
+        return self._run(self._close_steps(request_id, now, status, outcome))
+
+    def get(self, request_id: str) -> Ledger:
+        """The current state of a request (open, or closed within the retention)."""
+        local = self._local_store(request_id)
+        if local is not None:
+            return local.get(request_id)
+        return self._run(self._get_steps(request_id))
+
+    def events(self, request_id: str) -> list[Event]:
+        """The request's events, oldest first."""
+        local = self._local_store(request_id)
+        if local is not None:
+            return local.events(request_id)
+        return self._run(self._events_steps(request_id))
+
+    def reap(self, now: float) -> int:
+        """Expire ended leases and overdue requests in every bucket; return how many."""
+        settled = self._local.reap(now) if self._local is not None else 0
+        try:
+            return settled + self._run(self._reap_steps(now))
+        except StoreUnavailable:
+            if self._local is None:
+                raise
+            return settled
+
+    # ------------------------------------------------------------------ Store API (async)
+
+    async def aopen(
+        self,
+        request_id: str,
+        ranks: Mapping[str, int],
+        ceiling: int,
+        now: float,
+        *,
+        allocation: Mapping[str, int] | None = None,
+        reserve: Mapping[str, int] | None = None,
+        ttl: float = math.inf,
+        pool: str | None = None,
+        pool_priority: str = "standard",
+    ) -> Ledger:
+        """Async :meth:`open`."""
+        steps = self._open_steps(
+            request_id, ranks, ceiling, now, allocation, reserve, ttl, pool, pool_priority
+        )
+        try:
+            return await self._arun(steps)
+        except StoreUnavailable as error:
+            return self._fallback(error, request_id, ranks, ceiling, now, allocation, reserve, ttl)
+
+    async def abegin(
+        self,
+        request_id: str,
+        agent: str,
+        context_tokens: int,
+        output_tokens: int,
+        now: float,
+        lease_seconds: float,
+    ) -> tuple[Grant, Ledger]:
+        """Async :meth:`begin`."""
+        if self._local_store(request_id) is not None:
+            return self.begin(request_id, agent, context_tokens, output_tokens, now, lease_seconds)
+        return await self._arun(
+            self._begin_steps(request_id, agent, context_tokens, output_tokens, now, lease_seconds)
+        )
+
+    async def aextend(
+        self,
+        request_id: str,
+        grant: Grant,
+        output_tokens: int,
+        context_tokens: int,
+        now: float,
+        lease_seconds: float,
+    ) -> tuple[Grant, Ledger]:
+        """Async :meth:`extend`."""
+        if self._local_store(request_id) is not None:
+            return self.extend(request_id, grant, output_tokens, context_tokens, now, lease_seconds)
+        return await self._arun(
+            self._extend_steps(request_id, grant, output_tokens, context_tokens, now, lease_seconds)
+        )
+
+    async def afinish(
+        self,
+        request_id: str,
+        grant: Grant,
+        input_tokens: int,
+        output_tokens: int,
+        now: float,
+        *,
+        truncated: bool = False,
+        allocation: Mapping[str, int] | None = None,
+    ) -> Ledger:
+        """Async :meth:`finish`."""
+        if self._local_store(request_id) is not None:
+            return self.finish(
+                request_id,
+                grant,
+                input_tokens,
+                output_tokens,
+                now,
+                truncated=truncated,
+                allocation=allocation,
+            )
+        return await self._arun(
+            self._finish_steps(
+                request_id, grant, input_tokens, output_tokens, now, truncated, allocation
+            )
+        )
+
+    async def arelease(
+        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+    ) -> Ledger:
+        """Async :meth:`release`."""
+        if self._local_store(request_id) is not None:
+            return self.release(request_id, grant, now, reason=reason)
+        return await self._arun(self._release_steps(request_id, grant, now, reason))
+
+    async def aclose(
+        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+    ) -> Ledger:
+        """Async :meth:`close`."""
+        if self._local_store(request_id) is not None:
+            return self.close(request_id, now, status=status, outcome=outcome)
+        return await self._arun(self._close_steps(request_id, now, status, outcome))
+
+    async def aget(self, request_id: str) -> Ledger:
+        """Async :meth:`get`."""
+        if self._local_store(request_id) is not None:
+            return self.get(request_id)
+        return await self._arun(self._get_steps(request_id))
+
+    async def aevents(self, request_id: str) -> list[Event]:
+        """Async :meth:`events`."""
+        if self._local_store(request_id) is not None:
+            return self.events(request_id)
+        return await self._arun(self._events_steps(request_id))
+
+    async def areap(self, now: float) -> int:
+        """Async :meth:`reap`."""
+        settled = self._local.reap(now) if self._local is not None else 0
+        try:
+            return settled + await self._arun(self._reap_steps(now))
+        except StoreUnavailable:
+            if self._local is None:
+                raise
+            return settled
+
+
+async def _close_at_shutdown(client: Any) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+def _queue(pipe: Any, call: _Eval | _Cmd) -> None:
+    if isinstance(call, _Cmd):
+        pipe.execute_command(*call.args)
+    else:
+        pipe.execute_command("EVALSHA", _SHAS[call.script], len(call.keys), *call.keys, *call.args)
+
+
+def _window(now: float, seconds: float) -> int:
+    return 0 if math.isinf(seconds) else math.floor(now / seconds)
+
+
+def _score(value: float) -> str:
+    return "+inf" if value == math.inf else repr(float(value))

@@ -1,0 +1,232 @@
+"""Usage telemetry: every grant, extension, settlement, release, expiry and request close.
+
+Choose where it goes with ``Controller(..., telemetry=...)``: a URL, a sink object, or a
+list of them (:func:`open_sinks`):
+
+- ``sqlite:///apportion.db`` (``sqlite://`` alone means ``apportion.db``; a plain
+  ``*.db`` path works too): :class:`SQLSink`, extra ``sql``;
+- ``postgresql://user:password@host:5432/db``: :class:`SQLSink`, extra ``postgres``;
+- ``otel://``: :class:`OTelSink` on the global tracer provider, extra ``otel``;
+- ``prometheus://`` (the default registry) or ``prometheus://HOST:PORT`` (and serve it
+  there): :class:`PrometheusSink`, extra ``prometheus``.
+
+A sink object is anything with ``write(batch)`` taking a sequence of
+:class:`RequestUsage` (and optionally ``close()``); subclass :class:`Sink` to say so.
+
+When a request closes, the controller calls :func:`emit`, which turns the request into a
+:class:`RequestUsage` (one :class:`CallUsage` per grant, plus the ledger's events) and
+queues it for every sink. Writing happens in a worker thread per sink, started on first
+use: ``emit`` never blocks on a sink and never raises; a sink that fails is reported with
+a :class:`TelemetryWarning` and skipped. :func:`flush` waits until everything queued is
+written; it also runs at interpreter exit.
+
+Nothing here imports SQLAlchemy, OpenTelemetry or prometheus-client until a sink that
+needs it is made; a missing one raises :class:`~apportion.errors.MissingExtra` naming the
+extra to install.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from apportion.telemetry.base import Sink
+from apportion.telemetry.channel import Channel, TelemetryWarning, flush_all
+from apportion.telemetry.errors import DatabaseUnavailable, SchemaVersionError, UnknownSink
+from apportion.telemetry.records import SCHEMA_VERSION, CallUsage, RequestUsage, usage_from
+from apportion.telemetry.urls import redact, scheme_of
+
+if TYPE_CHECKING:
+    from apportion.telemetry.otel import OTelSink
+    from apportion.telemetry.prometheus import PrometheusSink
+    from apportion.telemetry.sql import SQLSink
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SINKS",
+    "CallUsage",
+    "DatabaseUnavailable",
+    "OTelSink",
+    "PrometheusSink",
+    "RequestUsage",
+    "SQLSink",
+    "SchemaVersionError",
+    "Sink",
+    "TelemetryWarning",
+    "UnknownSink",
+    "emit",
+    "flush",
+    "open_sinks",
+    "usage_from",
+]
+
+
+def _sql(url: str) -> Any:
+    from apportion.telemetry.sql import SQLSink
+
+    return SQLSink(url)
+
+
+def _otel(url: str) -> Any:
+    from apportion.telemetry.otel import OTelSink
+
+    rest = url.split("://", 1)[1]
+    if rest.strip("/"):
+        raise UnknownSink(url, SINKS, "otel:// takes no host or path: it uses the global provider")
+    return OTelSink()
+
+
+def _prometheus(url: str) -> Any:
+    from apportion.telemetry.prometheus import PrometheusSink
+
+    parts = urlsplit(url)
+    if parts.path.strip("/"):
+        raise UnknownSink(url, SINKS, "prometheus:// takes no path")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise UnknownSink(url, SINKS, str(exc)) from None
+    if port is None:
+        if parts.hostname:
+            raise UnknownSink(url, SINKS, "give a port to serve on: prometheus://HOST:PORT")
+        return PrometheusSink()
+    return PrometheusSink(port=port, addr=parts.hostname or "0.0.0.0")
+
+
+SINKS: Final[dict[str, Callable[[str], Any]]] = {
+    "sqlite": _sql,
+    "postgresql": _sql,
+    "postgres": _sql,
+    "otel": _otel,
+    "prometheus": _prometheus,
+}
+"""Sink factories by URL scheme (the part before ``+driver``)."""
+
+_LAZY: Final = {
+    "SQLSink": "apportion.telemetry.sql",
+    "OTelSink": "apportion.telemetry.otel",
+    "PrometheusSink": "apportion.telemetry.prometheus",
+}
+
+_channels: dict[int, tuple[Any, Channel]] = {}
+_channels_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def _channel(sink: Any) -> Channel:
+    """The one channel of ``sink`` (shared by every controller that uses the object)."""
+    if isinstance(sink, Channel):
+        return sink
+    with _channels_lock:
+        found = _channels.get(id(sink))
+        if found is not None and found[0] is sink:
+            return found[1]
+        channel = Channel(sink)
+        _channels[id(sink)] = (sink, channel)
+        return channel
+
+
+def open_sink(target: Any) -> Channel:
+    """The channel of one sink given as a URL or an object (see :func:`open_sinks`)."""
+    if isinstance(target, str):
+        scheme = scheme_of(target)
+        factory = SINKS.get(scheme or "")
+        if factory is None:
+            reason = "" if scheme else "not a URL"
+            raise UnknownSink(redact(target), SINKS, reason)
+        return _channel(factory(target))
+    if isinstance(target, Channel) or callable(getattr(target, "write", None)):
+        return _channel(target)
+    raise TypeError(
+        "telemetry is a URL, a sink object (with a write(batch) method) or a list of them, "
+        f"not {type(target).__name__}"
+    )
+
+
+def open_sinks(telemetry: Any) -> list[Any]:
+    """Open the sinks a controller's ``telemetry=`` names.
+
+    Nothing is connected and no thread is started here: a sink connects on its first
+    write, in its worker thread.
+
+    Args:
+        telemetry: ``None``; a URL (see the module docstring); a sink object; or a list
+            (or tuple) of them.
+
+    Returns:
+        One channel per sink, to pass to :func:`emit`.
+
+    Raises:
+        UnknownSink: a URL's scheme has no sink.
+        MissingExtra: a sink's library is not installed (names the extra).
+        TypeError: ``telemetry`` is none of the above.
+    """
+    if telemetry is None:
+        return []
+    if isinstance(telemetry, list | tuple):
+        return [open_sink(item) for item in telemetry]
+    return [open_sink(telemetry)]
+
+
+def emit(sinks: Sequence[Any], obs: Any, events: Sequence[Any]) -> None:
+    """Queue a closed request's usage for every sink; never raises, never waits on a sink.
+
+    Args:
+        sinks: what :func:`open_sinks` returned (sink objects are accepted too).
+        obs: the request's :class:`~apportion.policies.base.Observation`, final state.
+        events: the ledger's events of the request.
+    """
+    if not sinks:
+        return
+    try:
+        record = usage_from(obs, events, trace_context=_trace_context())
+    except Exception as exc:
+        warnings.warn(
+            f"telemetry: request {getattr(obs, 'request_id', '?')!r} not recorded: {exc!r}",
+            TelemetryWarning,
+            stacklevel=2,
+        )
+        return
+    for sink in sinks:
+        try:
+            _channel(sink).submit(record)
+        except Exception as exc:
+            warnings.warn(
+                f"telemetry sink {sink!r} skipped: {exc!r}", TelemetryWarning, stacklevel=2
+            )
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Wait until every sink has written what it was given.
+
+    Args:
+        timeout: seconds to wait at most (``None``: no limit).
+
+    Returns:
+        Whether everything was written (or given up on after a failure) in time.
+    """
+    return flush_all(timeout)
+
+
+def _trace_context() -> Any:
+    """The current OpenTelemetry span context, if OpenTelemetry is in use and one is set."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
+    try:
+        context = trace.get_current_span().get_span_context()
+    except Exception:
+        return None
+    return context if getattr(context, "is_valid", False) else None

@@ -1,0 +1,264 @@
+"""Usage records: what a closed request tells the telemetry sinks.
+
+:func:`usage_from` turns a closed request's :class:`~apportion.policies.base.Observation`
+and its ledger's event list into one :class:`RequestUsage` holding a :class:`CallUsage`
+per grant. It is pure (no I/O, no clock) and runs in the caller's thread, so the worker
+threads that write the records never touch the request's live objects.
+
+What a call record says:
+
+- ``granted_context`` / ``granted_output``: the grant at settlement, extensions included
+  (``None`` when unknown, as for calls ingested from logs without their caps);
+- ``used_input`` / ``used_output``: the usage reported by ``finish`` (``None`` for a call
+  released or expired without usage);
+- ``truncated``: the output was cut at its cap (reported by ``finish``);
+  ``input_cut``: the input was cut to fit the context grant (annotated by integrations);
+  a call *hit the ceiling* (:attr:`CallUsage.ceiling_hit`) when either is true;
+- ``settled``: ``finish``, ``release`` (released by the caller), ``expire`` (lease ran
+  out) or ``close`` (still open when the request closed).
+
+Annotations an integration attached with ``req.annotate(grant, ...)`` are read from
+``obs.memo["annotations"][grant_id]``; every field is optional and a value of the wrong
+type is ignored rather than trusted: ``model``, ``cost_usd``, ``usage_estimated``,
+``input_cut``, ``dropped_tokens``, ``finish_reason``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from apportion.ledger import STATUSES, Event
+
+__all__ = ["SCHEMA_VERSION", "CallUsage", "RequestUsage", "usage_from"]
+
+SCHEMA_VERSION: Final = 1
+"""Version of the telemetry records and tables this apportion writes and reads."""
+
+SETTLEMENTS: Final = ("finish", "release", "expire", "close")
+"""How a call can be settled."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallUsage:
+    """One grant of a request: what was granted, what was used, how it ended.
+
+    Attributes:
+        request_id: the request.
+        grant_id: the grant's number in the request (the call's number when ingested).
+        agent: the agent.
+        priority: the agent's priority class, when known.
+        granted_context: context tokens granted (extensions included), or ``None``.
+        granted_output: output tokens granted (extensions included), or ``None``.
+        used_input: input tokens used, or ``None`` (settled without usage).
+        used_output: output tokens used, or ``None``.
+        truncated: the output was cut at its cap (``None``: unknown).
+        input_cut: the input was cut to fit (``None``: unknown).
+        dropped_tokens: input tokens cut away, when known.
+        overuse: tokens used beyond the grant.
+        extensions: how many times the grant was extended.
+        settled: ``finish``, ``release``, ``expire`` or ``close``.
+        model: the model called, when known.
+        cost_usd: the call's cost, when known.
+        estimated: the usage was estimated rather than reported by the provider.
+        finish_reason: the provider's finish reason, when known.
+        began_at: clock time the grant began, when known.
+        at: clock time it was settled, when known.
+    """
+
+    request_id: str
+    grant_id: int
+    agent: str
+    priority: str | None = None
+    granted_context: int | None = None
+    granted_output: int | None = None
+    used_input: int | None = None
+    used_output: int | None = None
+    truncated: bool | None = None
+    input_cut: bool | None = None
+    dropped_tokens: int | None = None
+    overuse: int = 0
+    extensions: int = 0
+    settled: str = "finish"
+    model: str | None = None
+    cost_usd: float | None = None
+    estimated: bool | None = None
+    finish_reason: str | None = None
+    began_at: float | None = None
+    at: float | None = None
+
+    @property
+    def ceiling_hit(self) -> bool:
+        """Whether the call hit its budget: output truncated or input cut."""
+        return bool(self.truncated) or bool(self.input_cut)
+
+    @property
+    def granted(self) -> int | None:
+        """Tokens granted (context plus output), or ``None`` when unknown."""
+        if self.granted_context is None or self.granted_output is None:
+            return None
+        return self.granted_context + self.granted_output
+
+    @property
+    def used(self) -> int | None:
+        """Tokens used (input plus output), or ``None`` when the call reported no usage."""
+        if self.used_input is None or self.used_output is None:
+            return None
+        return self.used_input + self.used_output
+
+
+@dataclass(frozen=True, slots=True)
+class RequestUsage:
+    """One closed request, its calls and its ledger's events.
+
+    Attributes:
+        request_id: the request's id.
+        pipeline: the pipeline's name.
+        ceiling: the request's token ceiling (``None`` when ingested without one).
+        consumed: tokens consumed in total.
+        overflow: over-use the pool could not cover.
+        status: ``closed``, ``failed`` or ``expired``.
+        outcome: the outcome score given with ``req.score``, or ``None``.
+        features: the request's features.
+        opened_at: clock time it opened, when known.
+        closed_at: clock time it closed, when known.
+        calls: one record per grant, in grant order.
+        events: the ledger's events, in order.
+        source: where the record comes from: ``apportion``, or the ingested file.
+        schema_version: the version of the record's format.
+        trace_context: the OpenTelemetry span context current when the request closed,
+            if OpenTelemetry was in use (sinks parent their spans on it); not compared.
+    """
+
+    request_id: str
+    pipeline: str
+    ceiling: int | None
+    consumed: int
+    overflow: int = 0
+    status: str = "closed"
+    outcome: float | None = None
+    features: Mapping[str, Any] = field(default_factory=dict)
+    opened_at: float | None = None
+    closed_at: float | None = None
+    calls: tuple[CallUsage, ...] = ()
+    events: tuple[Event, ...] = ()
+    source: str = "apportion"
+    schema_version: int = SCHEMA_VERSION
+    trace_context: Any = field(default=None, compare=False, repr=False)
+
+
+def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) -> RequestUsage:
+    """The usage record of a closed request.
+
+    Args:
+        obs: the request's :class:`~apportion.policies.base.Observation` (final state).
+        events: the ledger's events of the request.
+        trace_context: an OpenTelemetry span context to attach, if any.
+
+    Returns:
+        The record, with one :class:`CallUsage` per grant.
+    """
+    state = obs.state
+    pipeline = obs.pipeline
+    notes: Mapping[Any, Any] = {}
+    memo = getattr(obs, "memo", None)
+    if isinstance(memo, Mapping) and isinstance(memo.get("annotations"), Mapping):
+        notes = memo["annotations"]
+    priorities = {a.name: str(a.priority) for a in pipeline.agents}
+    calls: dict[int, dict[str, Any]] = {}
+    opened_at: float | None = None
+    closed_at: float | None = None
+    status = str(state.status)
+    for event in events:
+        kind = event.kind
+        if kind == "open":
+            opened_at = float(event.at)
+        elif kind == "close":
+            closed_at = float(event.at)
+            status = event.note or status
+        elif kind == "begin":
+            calls[event.grant_id] = {
+                "agent": event.agent,
+                "granted_context": event.context_tokens,
+                "granted_output": event.output_tokens,
+                "extensions": 0,
+                "began_at": float(event.at),
+                "settled": "close",
+            }
+        elif event.grant_id in calls:
+            call = calls[event.grant_id]
+            if kind == "extend":
+                call["granted_context"] += event.context_tokens
+                call["granted_output"] += event.output_tokens
+                call["extensions"] += 1
+            elif kind == "finish":
+                call.update(
+                    used_input=event.context_tokens,
+                    used_output=event.output_tokens,
+                    truncated=bool(event.truncated),
+                    overuse=event.overuse,
+                    settled="finish",
+                    at=float(event.at),
+                )
+            elif kind == "expire":
+                call.update(settled="expire", at=float(event.at))
+            elif kind == "release":
+                how = "close" if event.note in STATUSES else "release"
+                call.update(settled=how, at=float(event.at))
+    records = []
+    for grant_id, call in calls.items():
+        agent = str(call.pop("agent"))
+        note = notes.get(grant_id)
+        extra = _annotations(note) if isinstance(note, Mapping) else {}
+        records.append(
+            CallUsage(
+                request_id=str(obs.request_id),
+                grant_id=int(grant_id),
+                agent=agent,
+                priority=priorities.get(agent),
+                **call,
+                **extra,
+            )
+        )
+    outcome = state.outcome
+    return RequestUsage(
+        request_id=str(obs.request_id),
+        pipeline=str(pipeline.name),
+        ceiling=int(obs.ceiling),
+        consumed=int(state.consumed),
+        overflow=int(getattr(state, "overflow", 0)),
+        status=status,
+        outcome=None if outcome is None else float(outcome),
+        features=dict(obs.features),
+        opened_at=opened_at,
+        closed_at=closed_at,
+        calls=tuple(records),
+        events=tuple(events),
+        trace_context=trace_context,
+    )
+
+
+def _annotations(note: Mapping[str, Any]) -> dict[str, Any]:
+    """The annotations of one call that have a usable value, under their record names."""
+    out: dict[str, Any] = {}
+    model = note.get("model")
+    if isinstance(model, str) and model:
+        out["model"] = model
+    reason = note.get("finish_reason")
+    if isinstance(reason, str) and reason:
+        out["finish_reason"] = reason
+    cost = note.get("cost_usd")
+    if isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost):
+        out["cost_usd"] = float(cost)
+    for name, key in (("usage_estimated", "estimated"), ("input_cut", "input_cut")):
+        flag = note.get(name)
+        if isinstance(flag, bool):
+            out[key] = flag
+    dropped = note.get("dropped_tokens")
+    if isinstance(dropped, int) and not isinstance(dropped, bool) and dropped >= 0:
+        out["dropped_tokens"] = dropped
+        if dropped and "input_cut" not in out:
+            out["input_cut"] = True
+    return out

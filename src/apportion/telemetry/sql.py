@@ -1,0 +1,518 @@
+"""Telemetry in a SQL database through SQLAlchemy: SQLite by default, PostgreSQL by URL.
+
+Tables (all prefixed ``apportion_`` so they can share a database):
+
+- ``apportion_meta``: ``key``/``value`` pairs; ``schema_version`` is the version of the
+  tables (:data:`~apportion.telemetry.records.SCHEMA_VERSION`). A database of a newer
+  version is refused, for reading and for writing, with :class:`SchemaVersionError`.
+- ``apportion_requests``: one row per request (id, pipeline, ceiling, consumed, overflow,
+  status, outcome, features as JSON, opened/closed at, source, schema version).
+- ``apportion_calls``: one row per grant (request id, grant id, pipeline, agent, priority,
+  granted context/output, used input/output, truncated, input cut, dropped tokens,
+  over-use, extensions, how it was settled, model, cost, estimated, finish reason,
+  began/settled at).
+- ``apportion_events``: the ledger's events, in order (``open``, ``begin``, ``extend``,
+  ``finish``, ``release``, ``expire``, ``close``).
+
+A request written again (same id: an ingest run twice) replaces its earlier rows. Times
+are the controller's clock (seconds since the epoch by default).
+
+:class:`SQLSink` writes records (from the telemetry worker thread, or directly when
+ingesting); :func:`open_database` opens a database for reading, and
+:meth:`Database.load` reads the calls and requests of a period back.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from apportion.errors import MissingExtra
+from apportion.ledger import Event
+from apportion.telemetry.base import Sink
+from apportion.telemetry.errors import DatabaseUnavailable, SchemaVersionError
+from apportion.telemetry.records import SCHEMA_VERSION, CallUsage, RequestUsage
+from apportion.telemetry.urls import database_url, redact
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine, Table
+
+__all__ = ["Database", "Dataset", "SQLSink", "open_database"]
+
+CONNECT_TIMEOUT: Final = 5
+"""Seconds to wait for a database server to answer before giving up."""
+
+_CHUNK: Final = 500
+
+
+class _Tables(NamedTuple):
+    meta: Table
+    requests: Table
+    calls: Table
+    events: Table
+
+
+@functools.cache
+def _tables() -> _Tables:
+    from sqlalchemy import (
+        BigInteger,
+        Boolean,
+        Column,
+        Float,
+        Index,
+        Integer,
+        MetaData,
+        String,
+        Table,
+        Text,
+    )
+
+    md = MetaData()
+    meta = Table(
+        "apportion_meta",
+        md,
+        Column("key", String(64), primary_key=True),
+        Column("value", Text, nullable=False),
+    )
+    requests = Table(
+        "apportion_requests",
+        md,
+        Column("request_id", String, primary_key=True),
+        Column("pipeline", String, nullable=False),
+        Column("source", String, nullable=False),
+        Column("schema_version", Integer, nullable=False),
+        Column("ceiling", BigInteger),
+        Column("consumed", BigInteger),
+        Column("overflow", BigInteger, nullable=False, default=0),
+        Column("status", String, nullable=False),
+        Column("outcome", Float),
+        Column("features", Text, nullable=False),
+        Column("opened_at", Float),
+        Column("closed_at", Float),
+        Index("ix_apportion_requests_closed_at", "closed_at"),
+    )
+    calls = Table(
+        "apportion_calls",
+        md,
+        Column("request_id", String, primary_key=True),
+        Column("grant_id", Integer, primary_key=True),
+        Column("pipeline", String, nullable=False),
+        Column("agent", String, nullable=False),
+        Column("priority", String),
+        Column("granted_context", BigInteger),
+        Column("granted_output", BigInteger),
+        Column("used_input", BigInteger),
+        Column("used_output", BigInteger),
+        Column("truncated", Boolean),
+        Column("input_cut", Boolean),
+        Column("dropped_tokens", BigInteger),
+        Column("overuse", BigInteger, nullable=False, default=0),
+        Column("extensions", Integer, nullable=False, default=0),
+        Column("settled", String, nullable=False),
+        Column("model", String),
+        Column("cost_usd", Float),
+        Column("estimated", Boolean),
+        Column("finish_reason", String),
+        Column("began_at", Float),
+        Column("at", Float),
+        Index("ix_apportion_calls_agent", "agent"),
+        Index("ix_apportion_calls_at", "at"),
+    )
+    events = Table(
+        "apportion_events",
+        md,
+        Column("request_id", String, primary_key=True),
+        Column("seq", Integer, primary_key=True),
+        Column("kind", String, nullable=False),
+        Column("at", Float, nullable=False),
+        Column("agent", String),
+        Column("grant_id", Integer, nullable=False),
+        Column("context_tokens", BigInteger, nullable=False),
+        Column("output_tokens", BigInteger, nullable=False),
+        Column("truncated", Boolean, nullable=False),
+        Column("overuse", BigInteger, nullable=False),
+        Column("note", String, nullable=False),
+    )
+    return _Tables(meta, requests, calls, events)
+
+
+def _require_sqlalchemy() -> None:
+    try:
+        import sqlalchemy  # noqa: F401
+    except ImportError:
+        raise MissingExtra("sqlalchemy", "sql") from None
+
+
+def _create_engine(url: str) -> Engine:
+    """An engine for a normalised URL; the driver's absence names the extra."""
+    _require_sqlalchemy()
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    connect_args: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        connect_args = {"timeout": 30, "check_same_thread": False}
+    elif url.startswith("postgresql+psycopg"):
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT}
+    try:
+        return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise MissingExtra(exc.name or "the database driver", "postgres") from None
+    except (ArgumentError, NoSuchModuleError) as exc:
+        reason = f"not a database URL SQLAlchemy knows: {exc}"
+        raise DatabaseUnavailable(redact(url), reason) from None
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(orig).__name__
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Calls and requests read back from a telemetry database.
+
+    Attributes:
+        url: where they were read from (password hidden).
+        calls: the calls, ordered by request and grant.
+        requests: the requests by id (their ``calls`` and ``events`` left empty).
+        empty: the database holds no telemetry at all (not only none in the period).
+    """
+
+    url: str
+    calls: tuple[CallUsage, ...]
+    requests: Mapping[str, RequestUsage]
+    empty: bool = False
+
+
+class Database:
+    """An open telemetry database.
+
+    Use :func:`open_database` to open one for reading; :class:`SQLSink` opens its own.
+
+    Args:
+        url: the database, in any form :func:`~apportion.telemetry.urls.database_url`
+            accepts.
+        create: create the tables when they are missing (writers); readers leave an
+            empty database as it is, and a missing SQLite file is an error.
+
+    Raises:
+        MissingExtra: SQLAlchemy or the database driver is not installed.
+        DatabaseUnavailable: the database cannot be reached; the message names the URL
+            without its password.
+        SchemaVersionError: the database was written by a newer apportion.
+    """
+
+    def __init__(self, url: str, *, create: bool = False) -> None:
+        self.url = database_url(url)
+        # Shown as the user wrote it (without the driver we add), unless it was a bare path.
+        self.shown = redact(url.strip() if "://" in url else self.url)
+        if self.url.startswith("sqlite:///") and not create:
+            path = self.url[len("sqlite:///") :].split("?", 1)[0]
+            if path and path != ":memory:" and not Path(path).is_file():
+                raise DatabaseUnavailable(self.shown, f"no such file: {path}")
+        self.engine = _create_engine(self.url)
+        self.tables = _tables()
+        self.version: int | None = None
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with self.engine.begin() as conn:
+                self.version = self._check(conn, create)
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            raise DatabaseUnavailable(self.shown, _reason(exc)) from None
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    def _check(self, conn: Connection, create: bool) -> int | None:
+        from sqlalchemy import inspect, select
+
+        meta = self.tables.meta
+        if not inspect(conn).has_table(meta.name):
+            if not create:
+                return None
+            meta.metadata.create_all(conn)
+            conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return SCHEMA_VERSION
+        value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+        try:
+            version = int(value) if value is not None else None
+        except ValueError:
+            raise DatabaseUnavailable(
+                self.shown, f"its schema_version is not a number: {value!r}"
+            ) from None
+        if version is not None and version > SCHEMA_VERSION:
+            raise SchemaVersionError(version, SCHEMA_VERSION, self.shown)
+        if create:
+            meta.metadata.create_all(conn)  # checkfirst: adds what an older writer lacked
+            if version is None:
+                conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+                version = SCHEMA_VERSION
+        return version
+
+    def close(self) -> None:
+        """Release the database's connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- writing
+
+    def write(self, batch: Iterable[RequestUsage]) -> int:
+        """Write requests with their calls and events, replacing rows of the same ids.
+
+        Returns:
+            The number of requests written.
+
+        Raises:
+            SchemaVersionError: a record is of a newer schema version.
+        """
+        latest: dict[str, RequestUsage] = {}
+        for record in batch:
+            if record.schema_version > SCHEMA_VERSION:
+                raise SchemaVersionError(record.schema_version, SCHEMA_VERSION, record.source)
+            latest[record.request_id] = record
+        if not latest:
+            return 0
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            self._replace(latest)
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(self.shown, _reason(exc)) from exc
+        return len(latest)
+
+    def _replace(self, latest: Mapping[str, RequestUsage]) -> None:
+        t = self.tables
+        ids = list(latest)
+        with self.engine.begin() as conn:
+            for table in (t.events, t.calls, t.requests):
+                for start in range(0, len(ids), _CHUNK):
+                    chunk = ids[start : start + _CHUNK]
+                    conn.execute(table.delete().where(table.c.request_id.in_(chunk)))
+            records = list(latest.values())
+            conn.execute(t.requests.insert(), [_request_row(r) for r in records])
+            calls = [_call_row(r, c) for r in records for c in r.calls]
+            if calls:
+                conn.execute(t.calls.insert(), calls)
+            events = [_event_row(r, i, e) for r in records for i, e in enumerate(r.events)]
+            if events:
+                conn.execute(t.events.insert(), events)
+
+    # ----------------------------------------------------------------- reading
+
+    def load(self, *, since: float | None = None, pipeline: str | None = None) -> Dataset:
+        """Read the calls and requests back.
+
+        Args:
+            since: only calls settled (or begun) at or after this clock time, and
+                requests closed (or opened) at or after it; rows without a time (ingested
+                from logs that had none) are left out when ``since`` is given.
+            pipeline: only this pipeline's.
+
+        Returns:
+            The dataset (``empty`` when the database holds no telemetry at all).
+
+        Raises:
+            DatabaseUnavailable: the database stopped answering.
+            SchemaVersionError: some rows were written by a newer apportion.
+        """
+        from sqlalchemy import func, select
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if self.version is None:
+            return Dataset(self.shown, (), {}, empty=True)
+        t = self.tables
+        calls_q = select(t.calls).order_by(t.calls.c.request_id, t.calls.c.grant_id)
+        requests_q = select(t.requests)
+        if since is not None:
+            calls_q = calls_q.where(func.coalesce(t.calls.c.at, t.calls.c.began_at) >= since)
+            requests_q = requests_q.where(
+                func.coalesce(t.requests.c.closed_at, t.requests.c.opened_at) >= since
+            )
+        if pipeline is not None:
+            calls_q = calls_q.where(t.calls.c.pipeline == pipeline)
+            requests_q = requests_q.where(t.requests.c.pipeline == pipeline)
+        try:
+            with self.engine.connect() as conn:
+                newest = conn.execute(select(func.max(t.requests.c.schema_version))).scalar()
+                if newest is not None and int(newest) > SCHEMA_VERSION:
+                    raise SchemaVersionError(int(newest), SCHEMA_VERSION, self.shown)
+                total = conn.execute(select(func.count()).select_from(t.requests)).scalar()
+                call_rows = conn.execute(calls_q).mappings().all()
+                request_rows = conn.execute(requests_q).mappings().all()
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(self.shown, _reason(exc)) from None
+        return Dataset(
+            self.shown,
+            tuple(_call_from(row) for row in call_rows),
+            {row["request_id"]: _request_from(row) for row in request_rows},
+            empty=not total,
+        )
+
+
+def open_database(url: str) -> Database:
+    """Open a telemetry database for reading (see :class:`Database`)."""
+    return Database(url, create=False)
+
+
+class SQLSink(Sink):
+    """Writes usage records to a SQL database (the tables in the module docstring).
+
+    Nothing is connected when the sink is made: the first write (in the telemetry worker
+    thread) opens the database and creates its tables; a write that fails is retried from
+    the connection on with the next batch.
+
+    Args:
+        url: the database (default ``sqlite:///apportion.db``); PostgreSQL by
+            ``postgresql://user:password@host/dbname``.
+
+    Raises:
+        MissingExtra: SQLAlchemy (extra ``sql``) or psycopg (extra ``postgres``) is
+            missing.
+        ValueError: ``url`` is not a string.
+    """
+
+    def __init__(self, url: str = "sqlite:///apportion.db") -> None:
+        self.url = database_url(url)
+        self.name = f"sql({redact(self.url)})"
+        _require_sqlalchemy()
+        if self.url.startswith("postgresql+psycopg:"):
+            try:
+                import psycopg  # noqa: F401
+            except ImportError:
+                raise MissingExtra("psycopg", "postgres") from None
+        self._db: Database | None = None
+
+    def write(self, batch: Sequence[RequestUsage]) -> None:
+        """Write a batch of records in one transaction."""
+        if self._db is None:
+            self._db = Database(self.url, create=True)
+        try:
+            self._db.write(batch)
+        except Exception:
+            self._db.close()
+            self._db = None  # reconnect (and re-check the schema) next time
+            raise
+
+    def close(self) -> None:
+        """Release the database's connections."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+# --------------------------------------------------------------------- rows
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str, allow_nan=False)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+def _request_row(r: RequestUsage) -> dict[str, Any]:
+    try:
+        features = _json(dict(r.features))
+    except ValueError:  # NaN or infinity in a feature: keep what JSON can hold
+        features = _json({k: v for k, v in r.features.items() if _finite_or_other(v)})
+    return {
+        "request_id": r.request_id,
+        "pipeline": r.pipeline,
+        "source": r.source,
+        "schema_version": r.schema_version,
+        "ceiling": r.ceiling,
+        "consumed": r.consumed,
+        "overflow": r.overflow,
+        "status": r.status,
+        "outcome": _finite(r.outcome),
+        "features": features,
+        "opened_at": _finite(r.opened_at),
+        "closed_at": _finite(r.closed_at),
+    }
+
+
+def _finite_or_other(value: Any) -> bool:
+    return not (isinstance(value, float) and not math.isfinite(value))
+
+
+def _call_row(r: RequestUsage, c: CallUsage) -> dict[str, Any]:
+    return {
+        "request_id": r.request_id,
+        "grant_id": c.grant_id,
+        "pipeline": r.pipeline,
+        "agent": c.agent,
+        "priority": c.priority,
+        "granted_context": c.granted_context,
+        "granted_output": c.granted_output,
+        "used_input": c.used_input,
+        "used_output": c.used_output,
+        "truncated": c.truncated,
+        "input_cut": c.input_cut,
+        "dropped_tokens": c.dropped_tokens,
+        "overuse": c.overuse,
+        "extensions": c.extensions,
+        "settled": c.settled,
+        "model": c.model,
+        "cost_usd": _finite(c.cost_usd),
+        "estimated": c.estimated,
+        "finish_reason": c.finish_reason,
+        "began_at": _finite(c.began_at),
+        "at": _finite(c.at),
+    }
+
+
+def _event_row(r: RequestUsage, seq: int, e: Event) -> dict[str, Any]:
+    return {
+        "request_id": r.request_id,
+        "seq": seq,
+        "kind": e.kind,
+        "at": float(e.at),
+        "agent": e.agent,
+        "grant_id": e.grant_id,
+        "context_tokens": e.context_tokens,
+        "output_tokens": e.output_tokens,
+        "truncated": bool(e.truncated),
+        "overuse": e.overuse,
+        "note": e.note,
+    }
+
+
+def _call_from(row: Mapping[Any, Any]) -> CallUsage:
+    fields = {name: row[name] for name in CallUsage.__dataclass_fields__ if name in row}
+    return CallUsage(**fields)
+
+
+def _request_from(row: Mapping[Any, Any]) -> RequestUsage:
+    try:
+        features = json.loads(row["features"] or "{}")
+    except ValueError:
+        features = {}
+    return RequestUsage(
+        request_id=row["request_id"],
+        pipeline=row["pipeline"],
+        ceiling=row["ceiling"],
+        consumed=row["consumed"] or 0,
+        overflow=row["overflow"] or 0,
+        status=row["status"],
+        outcome=row["outcome"],
+        features=features if isinstance(features, dict) else {},
+        opened_at=row["opened_at"],
+        closed_at=row["closed_at"],
+        source=row["source"],
+        schema_version=row["schema_version"],
+    )

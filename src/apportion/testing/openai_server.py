@@ -1,0 +1,385 @@
+"""A local server that speaks the OpenAI chat-completions protocol, for tests and examples.
+
+:class:`OpenAIServer` listens on a loopback port (``127.0.0.1``, port 0: the system picks
+one) in a background thread and answers ``POST /v1/chat/completions`` from a script of
+:class:`Reply` objects, so real clients (``openai``, ``litellm``) make real HTTP calls to it
+and nothing touches an outside network::
+
+    with OpenAIServer([Reply("one two three four five six")]) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="test", max_retries=0)
+        client.chat.completions.create(model="gpt-4o-mini", messages=[...], max_tokens=4)
+        server.requests[-1]["max_tokens"]   # 4: what the client sent
+
+What it does, like a real provider:
+
+* **Tokens.** The server's tokenizer is a word splitter: each run of non-space characters
+  with the spaces before it is one token, so ``"one two three"`` is 3 tokens. A prompt
+  costs the tokens of its messages' text, plus 3 per message, plus 3.
+* **Caps.** ``max_tokens`` or ``max_completion_tokens`` cut the reply after that many
+  tokens, with ``finish_reason: "length"`` (otherwise the reply's own, ``"stop"`` by
+  default). With ``n`` choices each choice is one copy of the reply.
+* **Continuation.** When a reply was cut, its rest is served to the next request whose
+  second-to-last message is an assistant message ending with the part already delivered
+  (a "continue" follow-up); any other request drops the rest and takes the next reply.
+* **Usage.** ``usage`` is reported (``Reply.usage`` overrides it, ``Reply(usage=False)``
+  leaves it out). When streaming, usage comes as a last chunk with no choices only if the
+  request asked for it with ``stream_options: {"include_usage": true}``.
+* **Streaming.** ``stream: true`` answers with server-sent events, ``data: {chunk}``, one
+  chunk per token, then a chunk with the ``finish_reason``, then ``data: [DONE]``.
+* **Errors.** ``Reply(status=500)`` (or 429, 400 ...) answers with an OpenAI-style error
+  body; ``Reply(fail_after=N)`` streams N tokens then sends an error event;
+  :meth:`OpenAIServer.fail_at` fails the N-th request whatever it is.
+
+Every request's JSON body is kept in :attr:`OpenAIServer.requests`. When the script runs
+out, the server answers with ``default`` (a :class:`Reply` or a text).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+_TOKEN = re.compile(r"\s*\S+")
+
+
+def split_tokens(text: str) -> list[str]:
+    """The server's tokens of ``text``: each run of non-spaces with the spaces before it."""
+    return _TOKEN.findall(text)
+
+
+def count_tokens(text: str) -> int:
+    """How many tokens the server counts in ``text``."""
+    return len(split_tokens(text))
+
+
+def prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
+    """How many prompt tokens the server bills for ``messages``."""
+    total = 3
+    for message in messages:
+        total += 3 + count_tokens(_text(message.get("content")))
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            total += count_tokens(f"{function.get('name', '')} {function.get('arguments', '')}")
+    return total
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+    return ""
+
+
+@dataclass
+class Reply:
+    """One scripted answer of :class:`OpenAIServer`.
+
+    Attributes:
+        text: the whole answer; caps and continuation cut it into pieces.
+        finish_reason: the finish reason when the answer is not cut (``"stop"``).
+        usage: ``True``: report the server's count; ``False``: report no usage; a mapping:
+            report these numbers instead (e.g. more than the cap, to test over-use).
+        status: an HTTP error status (429, 500 ...) to answer with instead of the text.
+        fail_after: when streaming, send this many tokens, then an error event.
+        delay: seconds to wait before answering.
+    """
+
+    text: str = "This is a reply from the local test server."
+    finish_reason: str = "stop"
+    usage: bool | Mapping[str, int] = True
+    status: int = 200
+    fail_after: int | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class _Pending:
+    """The rest of a cut reply, waiting for a continuation request."""
+
+    reply: Reply
+    delivered: str
+    rest: list[str] = field(default_factory=list)
+
+
+class OpenAIServer:
+    """An OpenAI chat-completions server on a loopback port (see the module docstring).
+
+    Args:
+        replies: the script: replies (or texts) served one per request, in order.
+        default: the reply when the script is used up.
+        host: the address to listen on (loopback).
+    """
+
+    def __init__(
+        self,
+        replies: Iterable[Reply | str] = (),
+        *,
+        default: Reply | str = "This is a reply from the local test server.",
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.default = _reply(default)
+        self.requests: list[dict[str, Any]] = []
+        self._script: deque[Reply] = deque(_reply(r) for r in replies)
+        self._pending: _Pending | None = None
+        self._failures: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._host = host
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ control
+
+    @property
+    def url(self) -> str:
+        """The base URL clients use (``http://127.0.0.1:PORT/v1``)."""
+        if self._httpd is None:
+            raise RuntimeError("the server is not started")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def queue(self, *replies: Reply | str) -> None:
+        """Add replies to the end of the script."""
+        with self._lock:
+            self._script.extend(_reply(r) for r in replies)
+
+    def fail_at(self, request: int, status: int = 500) -> None:
+        """Answer the ``request``-th request (1-based, counting all) with an HTTP error.
+
+        The error takes the place of whatever would have been served (the script is not
+        advanced, a pending continuation is kept), e.g. to fail the follow-up of a cut call.
+        """
+        with self._lock:
+            self._failures[request] = status
+
+    def start(self) -> OpenAIServer:
+        """Start listening in a daemon thread; returns the server."""
+        if self._httpd is not None:
+            return self
+        server = self
+
+        class Handler(_Handler):
+            owner = server
+
+        self._httpd = ThreadingHTTPServer((self._host, 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.02},  # shutdown() waits up to one interval
+            name="openai-test-server",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and wait for the thread."""
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> OpenAIServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- answering
+
+    def _next(self, body: Mapping[str, Any]) -> tuple[Reply, list[str], bool]:
+        """The reply, the tokens it may send (before the cap), whether they start it."""
+        with self._lock:
+            self.requests.append(json.loads(json.dumps(body)))
+            status = self._failures.pop(len(self.requests), None)
+            if status is not None:
+                return Reply(status=status), [], True
+            pending, self._pending = self._pending, None
+            messages = body.get("messages") or []
+            if pending is not None and _continues(messages, pending.delivered):
+                return pending.reply, pending.rest, False
+            reply = self._script.popleft() if self._script else self.default
+            return reply, split_tokens(reply.text), True
+
+    def _cut(self, reply: Reply, tokens: list[str], cap: int | None) -> tuple[list[str], str]:
+        """Keep at most ``cap`` tokens; remember the rest for a continuation."""
+        if cap is None or len(tokens) <= cap:
+            return tokens, reply.finish_reason
+        sent, rest = tokens[:cap], tokens[cap:]
+        with self._lock:
+            self._pending = _Pending(reply, "".join(sent).strip(), rest)
+        return sent, "length"
+
+
+def _continues(messages: list[Any], delivered: str) -> bool:
+    if len(messages) < 2 or not isinstance(messages[-2], Mapping):
+        return False
+    previous = messages[-2]
+    text = _text(previous.get("content")).strip()
+    return previous.get("role") == "assistant" and bool(delivered) and text.endswith(delivered)
+
+
+def _reply(reply: Reply | str) -> Reply:
+    return reply if isinstance(reply, Reply) else Reply(text=reply)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """HTTP handler; ``owner`` is set on a per-server subclass."""
+
+    owner: OpenAIServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            self._json(200, {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
+        else:
+            self._error(404, f"no route {self.path}", "not_found")
+
+    def do_POST(self) -> None:
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._error(404, f"no route {self.path}", "not_found")
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError:
+            self._error(400, "the body is not JSON", "invalid_request_error")
+            return
+        reply, tokens, first = self.owner._next(body)
+        if reply.delay:
+            time.sleep(reply.delay)
+        if reply.status != 200:
+            kind = "rate_limit_error" if reply.status == 429 else "server_error"
+            self._error(reply.status, f"scripted error {reply.status}", kind)
+            return
+        cap = body.get("max_completion_tokens", body.get("max_tokens"))
+        sent, finish = self.owner._cut(reply, tokens, cap if isinstance(cap, int) else None)
+        n = body.get("n") or 1
+        usage = _usage(reply, prompt_tokens(body.get("messages") or []), len(sent) * n)
+        model = str(body.get("model", "gpt-4o-mini"))
+        if body.get("stream"):
+            include = bool((body.get("stream_options") or {}).get("include_usage"))
+            if first and sent:
+                sent = [sent[0].lstrip(), *sent[1:]]
+            self._stream(model, sent, finish, n, usage if include else None, reply.fail_after)
+            return
+        text = "".join(sent)
+        if first:
+            text = text.lstrip()
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+            for i in range(n)
+        ]
+        payload: dict[str, Any] = {
+            "id": "chatcmpl-local",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+        }
+        if usage is not None:
+            payload["usage"] = usage
+        self._json(200, payload)
+
+    # ------------------------------------------------------------------ writing
+
+    def _json(self, status: int, payload: Mapping[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, kind: str) -> None:
+        self._json(status, {"error": {"message": message, "type": kind, "code": str(status)}})
+
+    def _stream(
+        self,
+        model: str,
+        tokens: list[str],
+        finish: str,
+        n: int,
+        usage: Mapping[str, int] | None,
+        fail_after: int | None,
+    ) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        for event in _events(model, tokens, finish, n, usage, fail_after):
+            self.wfile.write(f"data: {event}\n\n".encode())
+            self.wfile.flush()
+
+
+def _events(
+    model: str,
+    tokens: list[str],
+    finish: str,
+    n: int,
+    usage: Mapping[str, int] | None,
+    fail_after: int | None,
+) -> Iterator[str]:
+    base = {"id": "chatcmpl-local", "object": "chat.completion.chunk", "created": 0, "model": model}
+
+    def chunk(delta: Mapping[str, Any], reason: str | None = None, i: int = 0) -> str:
+        choice = {"index": i, "delta": delta, "finish_reason": reason, "logprobs": None}
+        return json.dumps({**base, "choices": [choice]})
+
+    for i in range(n):
+        yield chunk({"role": "assistant", "content": ""}, i=i)
+    for k, token in enumerate(tokens):
+        if fail_after is not None and k >= fail_after:
+            error = {"message": "scripted stream error", "type": "server_error"}
+            yield json.dumps({"error": error})
+            return
+        for i in range(n):
+            yield chunk({"content": token}, i=i)
+    for i in range(n):
+        yield chunk({}, finish, i=i)
+    if usage is not None:
+        yield json.dumps({**base, "choices": [], "usage": usage})
+    yield "[DONE]"
+
+
+def _usage(reply: Reply, prompt: int, completion: int) -> dict[str, int] | None:
+    if reply.usage is False:
+        return None
+    if reply.usage is True:
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+    usage = {k: int(v) for k, v in reply.usage.items()}
+    usage.setdefault("prompt_tokens", prompt)
+    usage.setdefault("completion_tokens", completion)
+    usage.setdefault("total_tokens", usage["prompt_tokens"] + usage["completion_tokens"])
+    return usage

@@ -1,0 +1,208 @@
+"""The shared-pool conformance suite: every store with pools passes these very tests.
+
+Subclass :class:`PoolConformance` in a pytest module and implement ``make_store``, as for
+:mod:`apportion.testing.store_conformance`. It checks the pool contract of
+:mod:`apportion.stores.base`: the ceiling is drawn atomically at open, a refused open changes
+nothing, unused tokens return exactly once at close (or when ``reap`` closes an overdue
+request), priority classes hold their reserves, windows start full, and over random
+sequences of opens and closes the pool's count equals an independent model's.
+Needs ``pytest`` and ``hypothesis`` (the ``dev`` extra).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from apportion.errors import DuplicateRequest, RequestClosed, UnknownRequest
+from apportion.pools import Pool, PoolExhausted, UnknownPool
+from apportion.stores.base import Store
+
+RANKS = {"lead": 2, "helper": 1, "notes": 0}
+LEASE = 30.0
+MINUTE = 60.0
+
+
+class PoolConformance:
+    """Pool tests every store with shared pools must pass; implement :meth:`make_store`."""
+
+    def make_store(self) -> Store:
+        """A new, empty store."""
+        raise NotImplementedError
+
+    @pytest.fixture
+    def store(self) -> Store:
+        """A new store with a pool ``t`` of 1000 tokens a minute."""
+        store = self.make_store()
+        store.define_pool(Pool("t", 1000, MINUTE))
+        return store
+
+    def _spend(self, store: Store, request_id: str, tokens: int, now: float = 0.0) -> None:
+        grant, _ = store.begin(request_id, "lead", tokens, 0, now, LEASE)
+        store.finish(request_id, grant, tokens, 0, now)
+
+    def test_define_and_read(self, store: Store) -> None:
+        status = store.get_pool("t", 0.0)
+        assert (status.pool.capacity, status.pool.window_seconds) == (1000, MINUTE)
+        assert (status.drawn, status.remaining, status.open_draws) == (0, 1000, 0)
+        assert status.available_to("peripheral") == 1000
+        with pytest.raises(UnknownPool) as info:
+            store.get_pool("nope", 0.0)
+        assert info.value.pool == "nope"
+
+    def test_open_draws_the_ceiling_and_close_returns_the_rest(self, store: Store) -> None:
+        store.open("r1", RANKS, 300, 0.0, pool="t")
+        assert store.get_pool("t", 1.0).remaining == 700
+        assert store.get_pool("t", 1.0).open_draws == 1
+        self._spend(store, "r1", 120, 1.0)
+        state = store.close("r1", 2.0)
+        assert (state.consumed, state.free) == (120, 180)
+        status = store.get_pool("t", 2.0)
+        assert (status.drawn, status.remaining, status.open_draws) == (120, 880, 0)
+
+    def test_refused_open_changes_nothing(self, store: Store) -> None:
+        store.open("r1", RANKS, 800, 0.0, pool="t")
+        with pytest.raises(PoolExhausted) as info:
+            store.open("r2", RANKS, 201, 0.0, pool="t")
+        error = info.value
+        assert (error.pool, error.requested, error.available, error.priority) == (
+            "t",
+            201,
+            200,
+            "standard",
+        )
+        with pytest.raises(UnknownRequest):
+            store.get("r2")
+        assert store.get_pool("t", 0.0).remaining == 200
+        with pytest.raises(UnknownPool):
+            store.open("r3", RANKS, 10, 0.0, pool="nope")
+        with pytest.raises(UnknownRequest):
+            store.get("r3")
+        store.open("r2", RANKS, 200, 0.0, pool="t")  # exactly what is left
+        assert store.get_pool("t", 0.0).remaining == 0
+
+    def test_duplicate_open_gives_its_draw_back(self, store: Store) -> None:
+        store.open("r1", RANKS, 300, 0.0, pool="t")
+        with pytest.raises(DuplicateRequest):
+            store.open("r1", RANKS, 300, 0.0, pool="t")
+        assert store.get_pool("t", 0.0).remaining == 700
+        store.close("r1", 1.0)
+        assert store.get_pool("t", 1.0).remaining == 1000
+
+    def test_returned_exactly_once(self, store: Store) -> None:
+        store.open("r1", RANKS, 300, 0.0, pool="t")
+        self._spend(store, "r1", 100)
+        store.close("r1", 1.0)
+        with pytest.raises(RequestClosed):
+            store.close("r1", 1.0)
+        store.reap(2.0)
+        assert store.get_pool("t", 2.0).remaining == 900
+
+    def test_priority_classes_hold_their_reserves(self) -> None:
+        store = self.make_store()
+        store.define_pool(Pool("p", 1000, MINUTE, reserve={"critical": 300, "standard": 200}))
+        status = store.get_pool("p", 0.0)
+        assert [status.available_to(c) for c in ("critical", "standard", "peripheral")] == [
+            1000,
+            700,
+            500,
+        ]
+        with pytest.raises(PoolExhausted) as info:
+            store.open("low", RANKS, 501, 0.0, pool="p", pool_priority="peripheral")
+        assert info.value.available == 500 and info.value.priority == "peripheral"
+        store.open("low", RANKS, 500, 0.0, pool="p", pool_priority="peripheral")
+        with pytest.raises(PoolExhausted):
+            store.open("mid", RANKS, 201, 0.0, pool="p")
+        store.open("mid", RANKS, 200, 0.0, pool="p")
+        store.open("top", RANKS, 300, 0.0, pool="p", pool_priority="critical")
+        assert store.get_pool("p", 0.0).remaining == 0
+
+    def test_windows_start_full(self, store: Store) -> None:
+        store.open("r1", RANKS, 600, 0.0, pool="t")
+        self._spend(store, "r1", 100)
+        assert store.get_pool("t", 59.0).remaining == 400
+        status = store.get_pool("t", 60.0)  # the next minute
+        assert (status.window, status.window_start, status.remaining) == (1, 60.0, 1000)
+        store.open("r2", RANKS, 1000, 61.0, pool="t")
+        store.close("r1", 62.0)  # drew from the last window: nothing comes back now
+        assert store.get_pool("t", 62.0).remaining == 0
+
+    def test_reap_returns_what_expired_requests_left(self, store: Store) -> None:
+        store.open("r1", RANKS, 500, 0.0, pool="t", ttl=10.0)
+        self._spend(store, "r1", 50)
+        store.begin("r1", "helper", 100, 100, 1.0, LEASE)  # never settled
+        assert store.reap(10.0) >= 1
+        assert store.get("r1").status == "expired"
+        assert store.get_pool("t", 10.0).remaining == 950
+
+    def test_overflow_is_recorded(self, store: Store) -> None:
+        store.open("r1", RANKS, 100, 0.0, pool="t")
+        grant, _ = store.begin("r1", "lead", 50, 50, 0.0, LEASE)
+        store.finish("r1", grant, 90, 60, 0.0)  # 150 used, 100 allowed
+        store.close("r1", 1.0)
+        status = store.get_pool("t", 1.0)
+        assert (status.overflow, status.remaining) == (50, 900)
+
+    def test_redefine_keeps_what_is_drawn(self, store: Store) -> None:
+        store.open("r1", RANKS, 400, 0.0, pool="t")
+        store.define_pool(Pool("t", 2000, MINUTE))
+        assert store.get_pool("t", 0.0).remaining == 1600
+
+    def test_async_variants(self, store: Store) -> None:
+        async def scenario() -> None:
+            await store.adefine_pool(Pool("a", 500, MINUTE))
+            await store.aopen("r1", RANKS, 200, 0.0, pool="a")
+            assert (await store.aget_pool("a", 0.0)).remaining == 300
+            await store.aclose("r1", 1.0)
+            assert (await store.aget_pool("a", 1.0)).remaining == 500
+
+        asyncio.run(scenario())
+
+    def test_random_sequences_keep_the_count(self) -> None:
+        factory = self.make_store
+        ops = st.lists(
+            st.tuples(st.sampled_from(["open", "close", "tick"]), st.integers(1, 400)),
+            max_size=25,
+        )
+
+        @settings(
+            max_examples=60,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )
+        @given(ops)
+        def run(steps: list[tuple[str, int]]) -> None:
+            store = factory()
+            store.define_pool(Pool("m", 1000, 100.0))
+            now, window, drawn = 0.0, 0, 0
+            open_: dict[str, tuple[int, int, int]] = {}  # id -> ceiling, used, window
+            for i, (op, n) in enumerate(steps):
+                if op == "tick":
+                    now += n / 4
+                    if int(now // 100) != window:
+                        window, drawn = int(now // 100), 0
+                elif op == "open":
+                    try:
+                        store.open(f"r{i}", RANKS, n, now, pool="m")
+                    except PoolExhausted as exc:
+                        assert exc.available == 1000 - drawn < n
+                        continue
+                    drawn += n
+                    used = n // 3
+                    if used:
+                        self._spend(store, f"r{i}", used, now)
+                    open_[f"r{i}"] = (n, used, window)
+                elif open_:
+                    request_id = sorted(open_)[n % len(open_)]
+                    ceiling, used, drawn_in = open_.pop(request_id)
+                    store.close(request_id, now)
+                    if drawn_in == window:
+                        drawn -= ceiling - used
+                status = store.get_pool("m", now)
+                assert status.drawn == drawn and status.remaining == 1000 - drawn
+                assert status.open_draws == sum(1 for *_, w in open_.values() if w == window)
+
+        run()

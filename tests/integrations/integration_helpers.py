@@ -1,0 +1,108 @@
+"""Helpers of the integration tests: pipeline, policies, a checking store, client setup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apportion import Agent, Controller, MemoryStore, Pipeline, Policy
+from apportion.ledger import Grant
+from apportion.policies.base import Observation
+from apportion.testing.openai_server import OpenAIServer
+
+MODEL = "openai/gpt-4o-mini"
+"""LiteLLM's OpenAI-compatible route: with ``api_base`` it calls the local server."""
+
+
+def words(count: int, prefix: str = "w") -> str:
+    """``count`` distinct words: the server counts one token per word."""
+    return " ".join(f"{prefix}{i}" for i in range(count))
+
+
+class CheckedStore(MemoryStore):
+    """A memory store that checks conservation and the hard cap after every operation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checks = 0
+
+    def _check(self, request_id: str) -> None:
+        state = self.get(request_id)
+        assert state.free + state.reserved + state.consumed == state.ceiling
+        assert state.consumed <= state.ceiling
+        assert state.free >= 0 and state.reserved >= 0
+        self.checks += 1
+
+    def begin(self, request_id: str, *args: Any, **kwargs: Any) -> Any:
+        result = super().begin(request_id, *args, **kwargs)
+        self._check(request_id)
+        return result
+
+    def extend(self, request_id: str, *args: Any, **kwargs: Any) -> Any:
+        result = super().extend(request_id, *args, **kwargs)
+        self._check(request_id)
+        return result
+
+    def finish(self, request_id: str, *args: Any, **kwargs: Any) -> Any:
+        result = super().finish(request_id, *args, **kwargs)
+        self._check(request_id)
+        return result
+
+    def release(self, request_id: str, *args: Any, **kwargs: Any) -> Any:
+        result = super().release(request_id, *args, **kwargs)
+        self._check(request_id)
+        return result
+
+
+class FixedPolicy(Policy):
+    """Grants at most ``context`` input and ``output`` output tokens; extends by ``extra``."""
+
+    name = "fixed"
+
+    def __init__(self, context: int = 10_000, output: int = 1_000, extra: int = 0) -> None:
+        self.context = context
+        self.output = output
+        self.extra = extra
+
+    def grant(
+        self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
+    ) -> tuple[int, int]:
+        out = self.output if output_tokens is None else min(self.output, output_tokens)
+        available = obs.state.available_for(agent.name)
+        ctx = min(input_tokens, self.context, max(available - out, 0))
+        return ctx, min(out, available - ctx)
+
+    def extend(
+        self, obs: Observation, grant: Grant, output_tokens: int, context_tokens: int
+    ) -> int:
+        spare = obs.state.available_for(grant.agent) - context_tokens
+        return max(0, min(self.extra, output_tokens, spare))
+
+
+PIPELINE = Pipeline(
+    [
+        Agent("triage", priority="peripheral", output_kind="structured"),
+        Agent("reasoner", priority="critical", after=["triage"], output_kind="reasoning"),
+        Agent("formatter", priority="peripheral", after=["reasoner"], output_kind="prose"),
+    ]
+)
+
+
+def controller(store: MemoryStore, policy: str | Policy = "elastic") -> Controller:
+    return Controller(PIPELINE, policy=policy, store=store)
+
+
+def litellm_args(server: OpenAIServer) -> dict[str, Any]:
+    """What points LiteLLM at the local server."""
+    return {"model": MODEL, "api_base": server.url, "api_key": "test", "max_retries": 0}
+
+
+def openai_client(server: OpenAIServer) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=server.url, api_key="test", max_retries=0)
+
+
+def async_openai_client(server: OpenAIServer) -> Any:
+    import openai
+
+    return openai.AsyncOpenAI(base_url=server.url, api_key="test", max_retries=0)

@@ -1,0 +1,115 @@
+"""The shared call semantics, without a client: caps, reasoning budgets, argument checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from apportion.integrations._calls import (
+    THINKING_MIN_BUDGET,
+    ChatCall,
+    StreamTally,
+    is_reasoning_model,
+)
+from apportion.tokens.counting import counter_for
+
+QUESTION = [{"role": "user", "content": "hi"}]
+
+
+def make(model: str = "gpt-4o-mini", **params: object) -> ChatCall:
+    return ChatCall("triage", model, QUESTION, params, counter="approximate")
+
+
+@pytest.mark.parametrize(
+    ("model", "reasoning"),
+    [
+        ("o1", True),
+        ("o3-mini", True),
+        ("o4-mini-2025-04-16", True),
+        ("openai/o3", True),
+        ("azure/o1-preview", True),
+        ("gpt-5", True),
+        ("gpt-5-mini", True),
+        ("gpt-4o-mini", False),
+        ("gpt-4.1", False),
+        ("anthropic/claude-sonnet-4-20250514", False),
+        ("ollama/llama3", False),
+        ("omni-model", False),
+    ],
+)
+def test_reasoning_models_are_recognised(model, reasoning):
+    assert is_reasoning_model(model) is reasoning
+
+
+def test_the_grant_sets_max_tokens_and_the_callers_cap_is_read():
+    call = make(max_tokens=300, temperature=0)
+    assert call.cap == 300
+    params = call.call_params(QUESTION, 120)
+    assert params["max_tokens"] == 120 and params["temperature"] == 0
+    assert "max_completion_tokens" not in params
+    assert make(max_tokens=300, max_completion_tokens=200).cap == 200
+    assert make().cap is None
+
+
+def test_reasoning_models_are_capped_with_max_completion_tokens():
+    params = make("o3-mini", max_tokens=50).call_params(QUESTION, 40)
+    assert params["max_completion_tokens"] == 40 and "max_tokens" not in params
+
+
+def test_n_choices_share_the_cap():
+    assert make(n=3).call_params(QUESTION, 100)["max_tokens"] == 33
+
+
+def test_anthropic_thinking_budget_stays_within_the_grant():
+    thinking = {"type": "enabled", "budget_tokens": 10_000}
+    call = make("anthropic/claude-sonnet-4-20250514", thinking=thinking)
+    params = call.call_params(QUESTION, 8_000)
+    assert params["max_tokens"] == 8_000
+    assert params["thinking"] == {"type": "enabled", "budget_tokens": 6_000}
+    assert call.report.thinking_budget == 6_000
+    # the caller's smaller budget is kept
+    small = make(
+        "anthropic/claude-sonnet-4-20250514", thinking={**thinking, "budget_tokens": 2_000}
+    )
+    assert small.call_params(QUESTION, 8_000)["thinking"]["budget_tokens"] == 2_000
+    # a grant too small for Anthropic's minimum thinking budget: thinking is left off
+    tight = make("anthropic/claude-sonnet-4-20250514", thinking=thinking)
+    params = tight.call_params(QUESTION, THINKING_MIN_BUDGET)
+    assert "thinking" not in params and tight.report.thinking_budget == 0
+    assert thinking == {"type": "enabled", "budget_tokens": 10_000}  # the caller's is untouched
+
+
+def test_bad_arguments_are_refused_before_anything_is_reserved():
+    with pytest.raises(TypeError):
+        ChatCall("triage", "gpt-4o-mini", "hello", {}, counter="approximate")
+    with pytest.raises(TypeError):
+        ChatCall("triage", "", QUESTION, {}, counter="approximate")
+    with pytest.raises(ValueError):
+        ChatCall("triage", "gpt-4o-mini", QUESTION, {}, counter="approximate", max_extensions=-1)
+    with pytest.raises(ValueError):
+        ChatCall("triage", "gpt-4o-mini", QUESTION, {"n": 0}, counter="approximate")
+
+
+def test_stream_tally_counts_text_and_keeps_back_only_its_own_usage_chunk():
+    from types import SimpleNamespace as NS
+
+    tally = StreamTally(counter_for("gpt-4o-mini"), hide_usage=True)
+    text = NS(choices=[NS(index=0, delta=NS(content="hello world", role=None))], usage=None)
+    final = NS(choices=[NS(index=0, delta=NS(content=None, role=None), finish_reason="length")])
+    usage = NS(choices=[], usage=NS(prompt_tokens=5, completion_tokens=2))
+    assert tally.add(text) and tally.add(final)
+    assert not tally.add(usage)
+    assert tally.output_tokens == 2 and tally.finish_reason == "length"
+    assert tally.usage.completion_tokens == 2 and tally.texts == {0: "hello world"}
+
+
+def test_importing_the_integrations_pulls_no_client():
+    code = (
+        "import sys, apportion.integrations, apportion.integrations.litellm, "
+        "apportion.integrations.openai; "
+        "print(sorted({'litellm', 'openai', 'tiktoken'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,369 @@
+"""The Redis store against a real redis-server: conformance, pools, faults, the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import multiprocessing
+import os
+import random
+import signal
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from redis_server import RedisServer, free_port
+
+from apportion import Agent, AsyncController, Controller, Pipeline
+from apportion.errors import StoreUnavailable, UnknownRequest
+from apportion.ledger import Grant
+from apportion.pools import Pool, PoolExhausted
+from apportion.stores import MemoryStore, Store, open_store
+from apportion.stores.redis import RedisStore
+from apportion.testing.pool_conformance import PoolConformance
+from apportion.testing.store_conformance import RANKS, StoreConformance, check_invariants
+
+FORK = multiprocessing.get_context("fork")
+
+
+def fresh(server: RedisServer, **options: Any) -> RedisStore:
+    """A store on an emptied database of ``server``."""
+    store = RedisStore(server.url, **options)
+    store._client.flushdb()
+    return store
+
+
+class TestRedisStore(StoreConformance):
+    @pytest.fixture(autouse=True)
+    def _server(self, redis_server: RedisServer) -> None:
+        self.server = redis_server
+
+    def make_store(self) -> Store:
+        return fresh(self.server)
+
+
+class TestRedisPools(PoolConformance):
+    @pytest.fixture(autouse=True)
+    def _server(self, redis_server: RedisServer) -> None:
+        self.server = redis_server
+
+    def make_store(self) -> Store:
+        return fresh(self.server)
+
+
+# ---------------------------------------------------------------- the same as memory
+
+
+def _script(store: Store) -> list[Any]:
+    """One fixed sequence of operations, refused ones included; what each returned."""
+    seen: list[Any] = []
+    store.open("a", RANKS, 5_000, 0.0, reserve={"lead": 2_000}, allocation={"lead": 3_000})
+    store.open("b", RANKS, 10, 0.5, ttl=100.0)
+    grants: list[Grant] = []
+    rng = random.Random(7)
+    for step in range(120):
+        now = step * 0.5
+        op = rng.choice(["begin", "begin", "extend", "finish", "release", "reap"])
+        try:
+            if op == "begin":
+                agent = rng.choice(sorted(RANKS))
+                grant, state = store.begin("a", agent, rng.randint(0, 400), 300, now, 10.0)
+                grants.append(grant)
+                seen.append(("begin", grant, state.to_dict()))
+            elif op == "extend" and grants:
+                grant, state = store.extend("a", rng.choice(grants), 50, 5, now, 10.0)
+                seen.append(("extend", grant, state.to_dict()))
+            elif op == "finish" and grants:
+                grant = grants.pop(rng.randrange(len(grants)))
+                used = rng.randint(0, 1_200)
+                plan = {"notes": used} if used % 2 else None
+                state = store.finish("a", grant, used, used // 2, now, allocation=plan)
+                seen.append(("finish", state.to_dict()))
+            elif op == "release" and grants:
+                state = store.release("a", grants.pop(0), now, reason="timeout")
+                seen.append(("release", state.to_dict()))
+            elif op == "reap":
+                seen.append(("reap", store.reap(now)))
+        except Exception as exc:  # refusals must match too: type and fields
+            seen.append((type(exc).__name__, getattr(exc, "fields", str(exc))))
+    big, _ = store.begin("b", "notes", 5, 5, 1.0, 10.0)
+    for _ in range(60):  # over-use beyond 2**53 / 100: exact, never rounded
+        store.finish("b", big, 10**12, 10**12, 1.0)
+        big, _ = store.begin("b", "notes", 0, 0, 1.0, 10.0)
+    seen.append(("b", store.get("b").to_dict()))
+    seen.append(("close", store.close("a", 99.0, outcome=0.125).to_dict()))
+    seen.append(("events", store.events("a"), store.events("b")))
+    return seen
+
+
+def test_same_results_as_the_memory_store(redis_server: RedisServer) -> None:
+    expected = _script(MemoryStore())
+    assert _script(fresh(redis_server)) == expected
+    overflow = expected[-3][1]["overflow"]
+    assert overflow > 2**53 // 100 and overflow % 10 == 0
+
+
+def test_one_round_trip_per_operation(redis_server: RedisServer) -> None:
+    store = fresh(redis_server)
+    store.open("r", RANKS, 1_000, 0.0)
+    store.begin("r", "lead", 1, 1, 0.0, 10.0)  # loads the scripts on a fresh server
+    before = store.round_trips
+    grant, state = store.begin("r", "lead", 10, 10, 0.0, 10.0)
+    state = store.finish("r", grant, 5, 5, 0.0)
+    assert store.round_trips - before == 2
+    assert state.consumed == 10 and state.calls["lead"] == 2
+
+
+def test_url_scheme_and_options(redis_server: RedisServer) -> None:
+    store = open_store(redis_server.url + "?prefix=other&fail_open=true&emergency_cap=50")
+    assert isinstance(store, RedisStore)
+    assert (store.prefix, store.fail_open, store.emergency_cap) == ("other", True, 50)
+    pipeline = Pipeline([Agent("only")])
+    controller = Controller(pipeline, policy="uniform", store=redis_server.url)
+    with controller.request(1_000) as req:
+        grant = req.begin("only", input_tokens=100, output_tokens=50)
+        req.finish(grant, input_tokens=100, output_tokens=20)
+    assert controller.store.get(req.request_id).consumed == 120
+
+
+def test_keys_carry_ttls(redis_server: RedisServer) -> None:
+    store = fresh(redis_server, retention_seconds=100.0)
+    store.open("r", RANKS, 1_000, 0.0, ttl=50.0)
+    grant, _ = store.begin("r", "lead", 1, 1, 0.0, 10.0)
+    store.release("r", grant, 0.0)
+    state_key, events_key, _ = store._keys("r")
+    for key in (state_key, events_key):
+        assert 149_000 < store._client.pttl(key) <= 150_000
+    store.close("r", 1.0)
+    for key in (state_key, events_key):
+        assert 99_000 < store._client.pttl(key) <= 100_000
+    short = fresh(redis_server, retention_seconds=0.05)
+    short.open("s", RANKS, 10, 0.0)
+    short.close("s", 0.0)
+    time.sleep(0.1)
+    with pytest.raises(UnknownRequest):
+        short.get("s")
+
+
+def test_async_controller_with_a_pool(redis_server: RedisServer) -> None:
+    store = fresh(redis_server)
+    store.define_pool(Pool("tenant", 10_000, 3600.0))
+    pipeline = Pipeline([Agent("a"), Agent("b", after=["a"])])
+    controller = AsyncController(pipeline, policy="elastic", store=store)
+
+    async def run() -> str:
+        async with controller.request(4_000, pool="tenant") as req:
+            grant = await req.begin("a", input_tokens=500, output_tokens=200)
+            await req.finish(grant, input_tokens=500, output_tokens=150)
+            grant = await req.begin("b", input_tokens=100, output_tokens=100)
+            await req.finish(grant, input_tokens=100, output_tokens=50)
+            return req.request_id
+
+    request_id = asyncio.run(run())
+    assert store.get(request_id).consumed == 800
+    assert store.get_pool("tenant", time.time()).remaining == 10_000 - 800
+
+
+def test_threads_share_one_store(redis_server: RedisServer) -> None:
+    store = fresh(redis_server)
+    store.open("shared", RANKS, 10**9, 0.0)
+
+    def work(agent: str) -> int:
+        used = 0
+        for i in range(50):
+            grant, _ = store.begin("shared", agent, 10, 10, 0.0, 30.0)
+            store.finish("shared", grant, 7, i % 13, 0.0)
+            used += 7 + i % 13
+        return used
+
+    with ThreadPoolExecutor(8) as pool:
+        used = sum(pool.map(work, [a for a in RANKS for _ in range(2)]))
+    state = store.get("shared")
+    check_invariants(store, "shared")
+    assert state.consumed == used and sum(state.calls.values()) == 400
+
+
+# ---------------------------------------------------------------- faults
+
+
+def _hold_a_grant(url: str, request_id: str, ready: Any) -> None:
+    store = RedisStore(url)
+    store.begin(request_id, "lead", 300, 200, time.time(), 0.4)
+    ready.set()
+    time.sleep(60)  # killed long before
+
+
+def _hammer(url: str, request_id: str, ready: Any) -> None:
+    store = RedisStore(url)
+    ready.set()
+    while True:
+        grant, _ = store.begin(request_id, "helper", 20, 10, time.time(), 0.3)
+        store.finish(request_id, grant, 15, 10, time.time())
+
+
+def test_sigkill_mid_grant_lease_returns_the_tokens(redis_server: RedisServer) -> None:
+    store = fresh(redis_server)
+    store.define_pool(Pool("p", 5_000, 3600.0))
+    now = time.time()
+    store.open("held", RANKS, 1_000, now)
+    store.open("busy", RANKS, 10**9, now)
+    store.open("pooled", RANKS, 2_000, now, ttl=0.4, pool="p")
+    workers = []
+    for target, request_id in (
+        (_hold_a_grant, "held"),
+        (_hammer, "busy"),
+        (_hold_a_grant, "pooled"),
+    ):
+        ready = FORK.Event()
+        worker = FORK.Process(target=target, args=(redis_server.url, request_id, ready))
+        worker.start()
+        assert ready.wait(10)
+        workers.append(worker)
+    time.sleep(0.05)
+    for worker in workers:
+        os.kill(worker.pid or 0, signal.SIGKILL)
+        worker.join(10)
+        assert worker.exitcode == -signal.SIGKILL
+    assert store.get("held").reserved == 500
+    time.sleep(0.45)
+    assert store.reap(time.time()) >= 3
+    held = store.get("held")
+    assert (held.reserved, held.free, held.grants) == (0, 1_000, {})
+    assert [e.kind for e in store.events("held")][-1] == "expire"
+    busy = store.get("busy")
+    check_invariants(store, "busy")
+    assert busy.reserved == 0 and busy.calls["helper"] > 0
+    finishes = [e for e in store.events("busy") if e.kind == "finish"]
+    assert busy.consumed == sum(e.context_tokens + e.output_tokens for e in finishes)
+    assert store.get("pooled").status == "expired"
+    assert store.get_pool("p", time.time()).remaining == 5_000
+
+
+def _snapshot_all(store: RedisStore, ids: list[str]) -> Any:
+    return (
+        [store.get(i).to_dict() for i in ids],
+        [store.events(i) for i in ids],
+        store.get_pool("p", 10.0).to_dict(),
+    )
+
+
+def test_restart_with_aof_keeps_every_ledger(own_redis_server: RedisServer) -> None:
+    store = RedisStore(own_redis_server.url)
+    store.define_pool(Pool("p", 1_000_000, 3600.0))
+    ids = [f"r{i}" for i in range(30)]
+    rng = random.Random(3)
+    for i, request_id in enumerate(ids):
+        store.open(request_id, RANKS, 5_000, 0.0, reserve={"lead": 1_000}, pool="p")
+        for _ in range(rng.randint(0, 4)):
+            grant, _ = store.begin(request_id, rng.choice(["lead", "notes"]), 100, 100, 1.0, 30)
+            if rng.random() < 0.7:
+                store.finish(request_id, grant, rng.randint(0, 300), 50, 2.0)
+        if i % 3 == 0:
+            store.close(request_id, 3.0)
+    before = _snapshot_all(store, ids)
+    own_redis_server.restart()  # SIGTERM: flushes the AOF
+    assert _snapshot_all(store, ids) == before
+    for request_id in ids:
+        check_invariants(store, request_id)
+    # keep working (the scripts reload by themselves), then crash: appendfsync always
+    for request_id in ids[1::3]:
+        store.close(request_id, 4.0)
+    before = _snapshot_all(store, ids)
+    own_redis_server.restart(crash=True)
+    assert _snapshot_all(store, ids) == before
+    for request_id in ids:
+        check_invariants(store, request_id)
+        state = store.get(request_id)
+        if state.status == "open":
+            store.close(request_id, 5.0)
+    consumed = sum(store.get(i).consumed for i in ids)
+    assert store.get_pool("p", 10.0).remaining == 1_000_000 - consumed
+
+
+def test_unreachable_is_a_clear_error(own_redis_server: RedisServer) -> None:
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    store = RedisStore(url, connect_timeout=0.5)
+    with pytest.raises(StoreUnavailable) as info:
+        store.open("r", RANKS, 100, 0.0)
+    error = info.value
+    assert error.url == error.fields["url"] == f"redis://127.0.0.1:{url.rsplit(':', 1)[1]}"
+    assert "s3cret" not in str(error) and error.reason
+    with pytest.raises(StoreUnavailable):
+        store.get("r")
+    live = RedisStore(own_redis_server.url)
+    live.open("r", RANKS, 100, 0.0)
+    own_redis_server.stop()
+    with pytest.raises(StoreUnavailable):
+        live.begin("r", "lead", 1, 1, 0.0, 10.0)
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(live.aget("r"))
+
+
+def test_fail_open_uses_a_local_emergency_cap(own_redis_server: RedisServer) -> None:
+    store = RedisStore(own_redis_server.url, fail_open=True, emergency_cap=1_000)
+    store.open("remote", RANKS, 500, 0.0)
+    own_redis_server.stop()
+    with pytest.raises(StoreUnavailable):  # its ledger is in Redis: fail closed
+        store.begin("remote", "lead", 1, 1, 0.0, 10.0)
+    with pytest.warns(RuntimeWarning, match="emergency budget"):
+        store.open("local", RANKS, 600, 0.0)
+    grant, _ = store.begin("local", "lead", 100, 50, 0.0, 10.0)
+    store.finish("local", grant, 100, 0, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(StoreUnavailable, match="400 tokens left"):
+            store.open("too-big", RANKS, 600, 0.0)
+        assert store.close("local", 1.0).consumed == 100
+        store.open("again", RANKS, 900, 1.0)  # the 500 unused came back
+        with pytest.raises(StoreUnavailable):
+            store.open("over", RANKS, 1, 1.0)
+    assert store.reap(2.0) == 0
+    closed = RedisStore(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=0.5)
+    with pytest.raises(StoreUnavailable):
+        closed.open("r", RANKS, 10, 0.0)
+
+
+def _race(url: str, seed: int, start: Any, results: Any) -> None:
+    store = RedisStore(url)
+    rng = random.Random(seed)
+    granted = 0
+    start.wait()
+    i, ceiling = 0, rng.randint(1, 300)
+    while True:
+        i += 1
+        request_id = f"w{seed}-{i}"
+        try:
+            store.open(request_id, RANKS, ceiling, 100.0, pool="race")
+        except PoolExhausted as exc:
+            if exc.available == 0:
+                break
+            ceiling = exc.available  # race the others for exactly what is left
+            continue
+        grant, _ = store.begin(request_id, "lead", ceiling, 0, 100.0, 30.0)
+        store.finish(request_id, grant, ceiling, 0, 100.0)
+        store.close(request_id, 100.0)
+        granted += ceiling
+        ceiling = rng.randint(1, 300)
+    results.put(granted)
+
+
+def test_sixteen_processes_race_for_the_last_tokens(redis_server: RedisServer) -> None:
+    store = fresh(redis_server)
+    capacity = 40_009
+    store.define_pool(Pool("race", capacity, 3600.0))
+    start, results = FORK.Event(), FORK.Queue()
+    workers = [
+        FORK.Process(target=_race, args=(redis_server.url, s, start, results)) for s in range(16)
+    ]
+    for worker in workers:
+        worker.start()
+    start.set()
+    granted = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+    assert sum(granted) == capacity
+    status = store.get_pool("race", 100.0)
+    assert (status.drawn, status.remaining, status.open_draws) == (capacity, 0, 0)
+    assert math.fsum(granted) == capacity

@@ -1,0 +1,126 @@
+"""OpenTelemetry spans with the GenAI conventions, and Prometheus metrics per agent."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from typing import Any
+
+import pytest
+from telemetry_helpers import make_controller, run_request
+
+from apportion.telemetry import flush
+
+pytest.importorskip("opentelemetry.sdk")
+pytest.importorskip("prometheus_client")
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+from prometheus_client import CollectorRegistry
+
+from apportion.telemetry.otel import OTelSink
+from apportion.telemetry.prometheus import PrometheusSink
+
+
+def _provider() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def test_spans_carry_the_genai_conventions_and_the_grant() -> None:
+    provider, exporter = _provider()
+    controller = make_controller(OTelSink(provider))
+    request_id = run_request(controller, score=0.5)
+    assert flush(10)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    request = spans["apportion.request support"]
+    attrs: Any = request.attributes
+    assert attrs["apportion.request.id"] == request_id
+    assert attrs["apportion.request.ceiling"] == 20_000
+    assert attrs["apportion.request.outcome"] == 0.5
+    calls = [s for s in exporter.get_finished_spans() if s.name.startswith("chat")]
+    assert len(calls) == 3
+    assert all(s.parent is not None and s.parent.span_id == request.context.span_id for s in calls)
+    by_agent = {s.attributes["gen_ai.agent.name"]: s for s in calls}  # type: ignore[index]
+    reasoner = by_agent["reasoner"]
+    assert reasoner.name == "chat gpt-4o"
+    r: Any = reasoner.attributes
+    assert r["gen_ai.operation.name"] == "chat"
+    assert r["gen_ai.request.model"] == "gpt-4o"
+    assert (r["gen_ai.usage.input_tokens"], r["gen_ai.usage.output_tokens"]) == (4_000, 1_100)
+    assert r["gen_ai.request.max_tokens"] == 1_200
+    assert r["apportion.grant.output_tokens"] == 1_200
+    assert r["apportion.grant.extensions"] == 1
+    assert r["apportion.input_cut"] is True and r["apportion.ceiling_hit"] is True
+    assert tuple(r["gen_ai.response.finish_reasons"]) == ("stop",)
+    assert [e.name for e in reasoner.events] == ["apportion.extend"]
+    assert reasoner.start_time < reasoner.end_time
+    assert request.start_time <= reasoner.start_time and reasoner.end_time <= request.end_time
+    t: Any = by_agent["triage"].attributes
+    assert t["apportion.truncated"] is True
+    f: Any = by_agent["formatter"].attributes
+    assert f["apportion.grant.settled"] == "release"
+    assert "gen_ai.usage.input_tokens" not in f
+
+
+def test_the_request_span_joins_the_trace_that_was_current() -> None:
+    provider, exporter = _provider()
+    controller = make_controller(OTelSink(provider))
+    tracer = provider.get_tracer("app")
+    with tracer.start_as_current_span("handle ticket") as outer:
+        run_request(controller)
+    assert flush(10)
+    request = next(s for s in exporter.get_finished_spans() if s.name.startswith("apportion."))
+    assert request.parent is not None
+    assert request.parent.span_id == outer.get_span_context().span_id
+    assert request.context.trace_id == outer.get_span_context().trace_id
+
+
+def test_prometheus_counts_per_agent() -> None:
+    registry = CollectorRegistry()
+    controller = make_controller(PrometheusSink(registry))
+    run_request(controller)
+    run_request(controller)
+    assert flush(10)
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"pipeline": "support", **labels})
+
+    assert value("apportion_grants_total", agent="reasoner") == 2
+    assert value("apportion_granted_tokens_total", agent="reasoner", kind="output") == 2_400
+    assert value("apportion_consumed_tokens_total", agent="reasoner", kind="output") == 2_200
+    assert value("apportion_consumed_tokens_total", agent="triage", kind="input") == 600
+    assert value("apportion_ceiling_hits_total", agent="triage") == 2
+    assert value("apportion_ceiling_hits_total", agent="reasoner") == 2  # input cut
+    assert value("apportion_extensions_total", agent="reasoner") == 2
+    assert value("apportion_released_total", agent="formatter", how="release") == 2
+    assert value("apportion_utilization_count", agent="triage") == 2
+    assert value("apportion_utilization_sum", agent="triage") == pytest.approx(2.0)
+    assert value("apportion_requests_total", status="closed") == 2
+
+
+def test_two_sinks_on_one_registry_share_its_metrics() -> None:
+    registry = CollectorRegistry()
+    PrometheusSink(registry)
+    PrometheusSink(registry)  # no "duplicated timeseries" error
+
+
+def test_prometheus_serves_its_registry_when_given_a_port() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    registry = CollectorRegistry()
+    sink = PrometheusSink(registry, port=port, addr="127.0.0.1")
+    try:
+        run_request(make_controller(sink))
+        assert flush(10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        assert 'apportion_grants_total{agent="reasoner",pipeline="support"} 1.0' in text
+    finally:
+        sink.close()
