@@ -8,6 +8,7 @@ from apportion.controller import AsyncController, AsyncRequest, Controller, Requ
 from apportion.errors import (
     ApportionError,
     BudgetExceeded,
+    DatabaseUnavailable,
     DuplicateRequest,
     ForeignGrant,
     GrantExpired,
@@ -18,13 +19,17 @@ from apportion.errors import (
     MissingExtra,
     NoTokenizer,
     PolicyConfigError,
+    PoolExhausted,
     RequestClosed,
+    SchemaVersionError,
     SpecError,
     StoreUnavailable,
     UnknownAgent,
     UnknownModel,
     UnknownPolicy,
+    UnknownPool,
     UnknownRequest,
+    UnknownSink,
     UnknownStore,
 )
 from apportion.ledger import Event, Grant, Ledger
@@ -40,6 +45,7 @@ from apportion.policies import (
     StaticPolicy,
     UniformPolicy,
 )
+from apportion.pools import Pool
 from apportion.spec import Agent, LinearEstimator, OutputKind, Pipeline, Priority
 from apportion.stores import MemoryStore, Store
 from apportion.summary import AgentUsage, Summary
@@ -56,6 +62,7 @@ __all__ = [
     "Budget",
     "BudgetExceeded",
     "Controller",
+    "DatabaseUnavailable",
     "DuplicateRequest",
     "ElasticPolicy",
     "EstimatePolicy",
@@ -79,9 +86,12 @@ __all__ = [
     "Plan",
     "Policy",
     "PolicyConfigError",
+    "Pool",
+    "PoolExhausted",
     "Priority",
     "Request",
     "RequestClosed",
+    "SchemaVersionError",
     "SpecError",
     "StaticPolicy",
     "Store",
@@ -91,7 +101,9 @@ __all__ = [
     "UnknownAgent",
     "UnknownModel",
     "UnknownPolicy",
+    "UnknownPool",
     "UnknownRequest",
+    "UnknownSink",
     "UnknownStore",
     "__version__",
 ]

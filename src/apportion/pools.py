@@ -32,52 +32,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from apportion.errors import ApportionError, BudgetExceeded
+from apportion.errors import PoolExhausted
 from apportion.ledger import check_ceiling, check_tokens
 from apportion.spec import Priority
 
 PRIORITY_RANKS: Mapping[str, int] = MappingProxyType({p.value: p.rank for p in Priority})
 """Priority class -> rank (critical 2, standard 1, peripheral 0)."""
-
-
-class PoolExhausted(BudgetExceeded):
-    """A request's ceiling is more than its priority class may draw from the pool's window.
-
-    Attributes:
-        pool: the pool's name.
-        priority: the request's priority class.
-        requested: the ceiling asked for.
-        available: what that class could draw at that moment.
-        agent: ``"(pool NAME)"``, so handlers of :class:`BudgetExceeded` read it too.
-    """
-
-    pool: str
-    priority: str
-
-    def __init__(self, pool: str, requested: int, available: int, priority: str) -> None:
-        ApportionError.__init__(
-            self,
-            f"pool {pool!r}: a {priority} request asked for {requested} tokens, "
-            f"{available} available in this window",
-            agent=f"(pool {pool})",
-            requested=requested,
-            available=available,
-            pool=pool,
-            priority=priority,
-        )
-
-
-class UnknownPool(ApportionError, LookupError):
-    """No pool of this name was defined in the store.
-
-    Attributes:
-        pool: the name given.
-    """
-
-    pool: str
-
-    def __init__(self, pool: str) -> None:
-        super().__init__(f"unknown pool {pool!r}: define it first", pool=pool)
 
 
 def check_priority(priority: object) -> str:

@@ -12,9 +12,8 @@ from typer.testing import CliRunner
 from apportion.analysis.ingest import read_otlp, read_records
 from apportion.analysis.report import build_report
 from apportion.cli import app
-from apportion.errors import SpecError
+from apportion.errors import SchemaVersionError, SpecError
 from apportion.telemetry import SCHEMA_VERSION
-from apportion.telemetry.errors import SchemaVersionError
 from apportion.telemetry.sql import open_database
 
 runner = CliRunner()

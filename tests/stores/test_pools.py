@@ -7,8 +7,8 @@ import math
 import pytest
 
 from apportion import Agent, Controller, Pipeline
-from apportion.errors import BudgetExceeded, InvalidTokenCount
-from apportion.pools import Pool, PoolAccount, PoolExhausted, check_priority
+from apportion.errors import BudgetExceeded, InvalidTokenCount, PoolExhausted
+from apportion.pools import Pool, PoolAccount, check_priority
 from apportion.stores import MemoryStore, Store
 from apportion.testing.pool_conformance import PoolConformance
 

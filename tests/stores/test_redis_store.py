@@ -17,9 +17,9 @@ import pytest
 from redis_server import RedisServer, free_port
 
 from apportion import Agent, AsyncController, Controller, Pipeline
-from apportion.errors import StoreUnavailable, UnknownRequest
+from apportion.errors import PoolExhausted, StoreUnavailable, UnknownRequest
 from apportion.ledger import Grant
-from apportion.pools import Pool, PoolExhausted
+from apportion.pools import Pool
 from apportion.stores import MemoryStore, Store, open_store
 from apportion.stores.redis import RedisStore
 from apportion.testing.pool_conformance import PoolConformance

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from telemetry_helpers import make_controller, run_request
 
+from apportion.errors import DatabaseUnavailable, SchemaVersionError
 from apportion.telemetry import SCHEMA_VERSION, TelemetryWarning, flush
-from apportion.telemetry.errors import DatabaseUnavailable, SchemaVersionError
 from apportion.telemetry.records import CallUsage, RequestUsage
 from apportion.telemetry.sql import Database, open_database
 

@@ -38,8 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from apportion.errors import SpecError
-from apportion.telemetry.errors import SchemaVersionError
+from apportion.errors import SchemaVersionError, SpecError
 from apportion.telemetry.records import SCHEMA_VERSION, CallUsage, RequestUsage
 
 __all__ = ["FORMATS", "Ingested", "detect_format", "read_chatdev", "read_otlp", "read_records"]

@@ -13,16 +13,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from apportion.errors import DuplicateRequest, UnknownRequest
+from apportion.errors import DuplicateRequest, UnknownPool, UnknownRequest
 from apportion.ledger import EXPIRED, Event, Grant, Ledger
-from apportion.pools import (
-    Pool,
-    PoolAccount,
-    PoolStatus,
-    UnknownPool,
-    check_pool_name,
-    check_priority,
-)
+from apportion.pools import Pool, PoolAccount, PoolStatus, check_pool_name, check_priority
 from apportion.stores.base import Store
 
 

@@ -79,18 +79,18 @@ from apportion.errors import (
     GrantExpired,
     GrantSettled,
     MissingExtra,
+    PoolExhausted,
     RequestClosed,
     StoreUnavailable,
     UnknownAgent,
+    UnknownPool,
     UnknownRequest,
 )
 from apportion.ledger import OPEN, STATUSES, Event, Grant, Ledger, check_tokens
 from apportion.pools import (
     PRIORITY_RANKS,
     Pool,
-    PoolExhausted,
     PoolStatus,
-    UnknownPool,
     check_pool_name,
     check_priority,
     pool_status,

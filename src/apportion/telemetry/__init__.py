@@ -34,9 +34,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from apportion.errors import DatabaseUnavailable, SchemaVersionError, UnknownSink
 from apportion.telemetry.base import Sink
 from apportion.telemetry.channel import Channel, TelemetryWarning, flush_all
-from apportion.telemetry.errors import DatabaseUnavailable, SchemaVersionError, UnknownSink
 from apportion.telemetry.records import SCHEMA_VERSION, CallUsage, RequestUsage, usage_from
 from apportion.telemetry.urls import redact, scheme_of
 

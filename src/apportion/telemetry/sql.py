@@ -32,10 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from apportion.errors import MissingExtra
+from apportion.errors import DatabaseUnavailable, MissingExtra, SchemaVersionError
 from apportion.ledger import Event
 from apportion.telemetry.base import Sink
-from apportion.telemetry.errors import DatabaseUnavailable, SchemaVersionError
 from apportion.telemetry.records import SCHEMA_VERSION, CallUsage, RequestUsage
 from apportion.telemetry.urls import database_url, redact
 

@@ -17,8 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apportion.errors import DuplicateRequest, RequestClosed, UnknownRequest
-from apportion.pools import Pool, PoolExhausted, UnknownPool
+from apportion.errors import (
+    DuplicateRequest,
+    PoolExhausted,
+    RequestClosed,
+    UnknownPool,
+    UnknownRequest,
+)
+from apportion.pools import Pool
 from apportion.stores.base import Store
 
 RANKS = {"lead": 2, "helper": 1, "notes": 0}
