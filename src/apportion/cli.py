@@ -236,12 +236,14 @@ def bench(
     Default: every built-in policy. Output files are written whole or not at all.
     """
     from apportion.files import write_atomic
+    from apportion.policies import ROUTING
     from apportion.sim.bench import parse_ceilings
     from apportion.sim.figures import figure_format, render_figure
 
-    for name in policy or ():
-        if name not in POLICIES:
-            raise _fail(ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}"))
+    for name in policy or ():  # NAME@MODEL runs every call on a workload model
+        if name.split("@", 1)[0] not in {**POLICIES, **ROUTING}:
+            known = ", ".join([*POLICIES, *ROUTING])
+            raise _fail(ValueError(f"unknown policy {name!r}; choose from {known}"))
     levels: list[int] | None = None
     try:
         if ceilings is not None:
@@ -395,6 +397,7 @@ def replay(
 
 # Commands kept in modules of their own register themselves on ``app`` when imported.
 from apportion import (  # noqa: E402
+    cli_learn,  # noqa: F401  (learn)
     cli_sweep,  # noqa: F401  (sweep, optimize)
     cli_telemetry,  # noqa: F401  (report, profile, ingest)
 )

@@ -19,8 +19,15 @@ from collections.abc import Callable, Generator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from apportion.errors import ApportionError, BudgetExceeded, ForeignGrant, RequestClosed
-from apportion.ledger import CLOSED, FAILED, Grant, check_ceiling, check_tokens
+from apportion.errors import (
+    ApportionError,
+    BudgetExceeded,
+    ForeignGrant,
+    InvalidPrice,
+    RequestClosed,
+    UnknownModel,
+)
+from apportion.ledger import CLOSED, FAILED, NANO, Grant, check_ceiling, check_tokens
 from apportion.policies import Policy, resolve_policy
 from apportion.policies.base import Observation
 from apportion.pools import check_pool_name, check_priority
@@ -47,6 +54,7 @@ class _Config:
         lease_seconds: float,
         request_ttl: float,
         telemetry: Any = None,
+        catalog: Any = None,
     ) -> None:
         if not isinstance(pipeline, Pipeline):
             raise TypeError(
@@ -69,6 +77,69 @@ class _Config:
             self.sinks = open_sinks(telemetry)
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
+        self._catalog = catalog
+        self._cheapest: tuple[int, str] | None = None
+
+    @property
+    def catalog(self) -> Any:
+        """The model catalog (LiteLLM's bundled map unless one was given), built on first use."""
+        if self._catalog is None or isinstance(self._catalog, str):
+            from apportion.catalog import Catalog
+
+            path = self._catalog
+            self._catalog = Catalog() if path is None else Catalog.from_yaml(path)
+        return self._catalog
+
+    @property
+    def routes(self) -> bool:
+        return bool(getattr(self.policy, "routes", False))
+
+    def cheapest_call(self) -> tuple[int, str] | None:
+        """nano-USD of the cheapest call any agent could make, and its model (known models)."""
+        if self._cheapest is None:
+            catalog = self.catalog
+            names = {a.model for a in self.pipeline.agents if a.model}
+            if self.routes:
+                names |= {m.name for m in catalog.routable()}
+            best: tuple[int, str] | None = None
+            least_out = min(max(1, a.min_output) for a in self.pipeline.agents)
+            for name in sorted(names):
+                model = catalog.find(name)
+                if model is None or not model.priced:
+                    continue
+                pin, pout = model.nano_prices()
+                cost = pin + pout * least_out
+                if best is None or cost < best[0]:
+                    best = (cost, name)
+            self._cheapest = best or (0, "")
+        return self._cheapest if self._cheapest[1] else None
+
+    def prices_for(
+        self, agent: str, model: str | None, ceiling_usd: float | None
+    ) -> dict[str, Any]:
+        """The ``model=``/``prices=`` keywords of a store's ``begin`` for one call.
+
+        Raises:
+            UnknownModel: a cost ceiling is set and the model is in no catalog.
+            InvalidPrice: a cost ceiling is set and the call has no model or no prices.
+        """
+        if model is None:
+            if ceiling_usd is not None:
+                raise InvalidPrice(
+                    "model", None, f"agent {agent!r}: a cost ceiling needs the call's model"
+                )
+            return _NO_KWARGS
+        try:
+            info = self.catalog.get(model)
+        except UnknownModel:
+            if ceiling_usd is not None:
+                raise
+            return {"model": model}
+        if not info.priced:
+            if ceiling_usd is not None:
+                info.nano_prices()  # raises InvalidPrice naming the model
+            return {"model": model}
+        return {"model": model, "prices": info.nano_prices()}
 
     def new_id(self) -> str:
         return f"{self._prefix}-{next(self._counter)}"
@@ -77,7 +148,7 @@ class _Config:
 class _Steps:
     """The logic of one request, written once; its shells carry out the store calls."""
 
-    __slots__ = ("closed", "config", "obs", "outcome", "pool")
+    __slots__ = ("ceiling_usd", "closed", "config", "obs", "outcome", "pool")
 
     def __init__(
         self,
@@ -87,9 +158,13 @@ class _Steps:
         request_id: str | None,
         pool: str | None = None,
         pool_priority: str = "standard",
+        ceiling_usd: float | None = None,
     ) -> None:
         ceiling = check_ceiling(ceiling)
         clean = _check_features(features)
+        self.ceiling_usd: int | None = None
+        if ceiling_usd is not None:
+            self.ceiling_usd = _check_ceiling_usd(config, ceiling_usd)
         self.pool: dict[str, str] = {}
         if pool is not None:
             self.pool = {
@@ -98,6 +173,9 @@ class _Steps:
             }
         self.config = config
         self.obs = Observation(request_id or config.new_id(), config.pipeline, ceiling, clean)
+        self.obs.ceiling_usd = None if ceiling_usd is None else float(ceiling_usd)
+        if self.ceiling_usd is not None or config.routes:
+            self.obs.catalog = config.catalog
         self.closed = False
         self.outcome: float | None = None
 
@@ -130,10 +208,13 @@ class _Steps:
                 "reserve": plan.reserve,
                 "ttl": config.request_ttl,
                 **self.pool,
+                **({"ceiling_usd": self.ceiling_usd} if self.ceiling_usd is not None else {}),
             },
         )
 
-    def begin(self, agent: str, input_tokens: int, output_tokens: int | None) -> Steps[Grant]:
+    def begin(
+        self, agent: str, input_tokens: int, output_tokens: int | None, model: str | None = None
+    ) -> Steps[Grant]:
         self._usable()
         obs, config = self.obs, self.config
         spec = config.pipeline[agent]
@@ -141,7 +222,7 @@ class _Steps:
         if output_tokens is not None:
             output_tokens = check_tokens("output_tokens", output_tokens)
         for attempt in range(2):
-            ctx, out = config.policy.grant(obs, spec, input_tokens, output_tokens)
+            ctx, out, chosen = config.policy.route(obs, spec, input_tokens, output_tokens)
             if out < spec.min_output or ctx < 0 or (ctx == 0 and input_tokens > 0):
                 if attempt == 0:  # the state may have moved under the policy: look again
                     obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)
@@ -152,11 +233,17 @@ class _Steps:
                     obs.state.available_for(agent),
                     reason="not enough left for this agent to run",
                 )
+            priced = _NO_KWARGS
+            if chosen is not None or model is not None or spec.model is not None:
+                use = (chosen if config.routes else None) or model or spec.model
+                priced = config.prices_for(agent, use, obs.ceiling_usd)
+            elif self.ceiling_usd is not None:
+                priced = config.prices_for(agent, None, obs.ceiling_usd)
             try:
                 grant, obs.state = yield (
                     "begin",
                     (obs.request_id, agent, ctx, out, config.clock(), config.lease_seconds),
-                    _NO_KWARGS,
+                    priced,
                 )
             except BudgetExceeded:
                 if attempt:
@@ -266,6 +353,27 @@ class _Steps:
         if self.closed:
             raise RequestClosed(self.obs.request_id, self.obs.state.status)
         self.outcome = float(value)
+
+
+def _check_ceiling_usd(config: _Config, value: object) -> int:
+    """A cost ceiling in USD as nano-USD, refused below the cheapest possible call."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise InvalidPrice("ceiling_usd", value, "a cost ceiling is a positive number of USD")
+    nano = math.floor(value * NANO)
+    cheapest = config.cheapest_call()
+    if cheapest is not None and nano < cheapest[0]:
+        raise InvalidPrice(
+            "ceiling_usd",
+            value,
+            f"below the cheapest possible call, {cheapest[0] / NANO:.9f} USD "
+            f"(one input token and the least output on {cheapest[1]!r})",
+        )
+    return nano
 
 
 def _check_features(features: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -393,13 +501,22 @@ class Request(_RequestBase):
             with contextlib.suppress(RequestClosed):  # already closed by the store (expired)
                 self.close(FAILED if exc_type is not None else CLOSED)
 
-    def begin(self, agent: str, input_tokens: int, output_tokens: int | None = None) -> Grant:
+    def begin(
+        self,
+        agent: str,
+        input_tokens: int,
+        output_tokens: int | None = None,
+        *,
+        model: str | None = None,
+    ) -> Grant:
         """Reserve a grant for one model call of ``agent``.
 
         Args:
             agent: the agent about to call its model.
             input_tokens: the input it has in hand, counted.
             output_tokens: the most output it wants (the policy may grant less).
+            model: the model the caller means to call (priced from the catalog; a routing
+                policy may choose another, named by ``grant.model``). Default: the agent's.
 
         Returns:
             The grant: read at most ``context_tokens``, write at most ``output_tokens``.
@@ -408,7 +525,9 @@ class Request(_RequestBase):
             UnknownAgent, InvalidTokenCount, RequestClosed: bad input; nothing changes.
             BudgetExceeded: not enough is left for this agent to run.
         """
-        return _run(self._steps.config.store, self._steps.begin(agent, input_tokens, output_tokens))
+        return _run(
+            self._steps.config.store, self._steps.begin(agent, input_tokens, output_tokens, model)
+        )
 
     def extend(self, grant: Grant, output_tokens: int, *, context_tokens: int = 0) -> Grant | None:
         """Ask for ``output_tokens`` more for a cut call.
@@ -484,10 +603,17 @@ class AsyncRequest(_RequestBase):
             with contextlib.suppress(RequestClosed):  # already closed by the store (expired)
                 await self.close(FAILED if exc_type is not None else CLOSED)
 
-    async def begin(self, agent: str, input_tokens: int, output_tokens: int | None = None) -> Grant:
+    async def begin(
+        self,
+        agent: str,
+        input_tokens: int,
+        output_tokens: int | None = None,
+        *,
+        model: str | None = None,
+    ) -> Grant:
         """Async :meth:`Request.begin`."""
         return await _arun(
-            self._steps.config.store, self._steps.begin(agent, input_tokens, output_tokens)
+            self._steps.config.store, self._steps.begin(agent, input_tokens, output_tokens, model)
         )
 
     async def extend(
@@ -530,6 +656,8 @@ class Controller:
         telemetry: where usage events go: a URL (``sqlite:///apportion.db``,
             ``postgresql://...``), a sink object, or a list of them; ``None`` for none.
             Writing telemetry never blocks or breaks a request.
+        catalog: the model catalog (:class:`~apportion.catalog.Catalog`, or the path of a
+            YAML catalog file); default LiteLLM's bundled model cost map, read on first use.
 
     Raises:
         UnknownPolicy, UnknownStore: the name or URL is not registered.
@@ -545,9 +673,10 @@ class Controller:
         lease_seconds: float = 600.0,
         request_ttl: float = 3600.0,
         telemetry: Any = None,
+        catalog: Any = None,
     ) -> None:
         self._config = _Config(
-            pipeline, policy, store, clock, lease_seconds, request_ttl, telemetry
+            pipeline, policy, store, clock, lease_seconds, request_ttl, telemetry, catalog
         )
 
     @property
@@ -573,6 +702,7 @@ class Controller:
         request_id: str | None = None,
         pool: str | None = None,
         pool_priority: str = "standard",
+        ceiling_usd: float | None = None,
     ) -> Request:
         """A new request with a token ceiling; open it with ``with``.
 
@@ -584,12 +714,19 @@ class Controller:
                 request leaves unused returns to it at close); see :mod:`apportion.pools`.
             pool_priority: the request's class in the pool: ``critical``, ``standard`` or
                 ``peripheral``.
+            ceiling_usd: a cost ceiling in USD as well (grants are priced from the catalog
+                on the model of the call, and refused with ``CostExceeded`` when their full
+                size could break it).
 
         Raises:
             InvalidCeiling: the ceiling is not a positive integer.
+            InvalidPrice: the cost ceiling is not a positive number, or is below the
+                cheapest possible call of the pipeline's known models.
             ValueError: a bad pool name or class.
         """
-        return Request(_Steps(self._config, ceiling, features, request_id, pool, pool_priority))
+        return Request(
+            _Steps(self._config, ceiling, features, request_id, pool, pool_priority, ceiling_usd)
+        )
 
     def arequest(
         self,
@@ -599,10 +736,11 @@ class Controller:
         request_id: str | None = None,
         pool: str | None = None,
         pool_priority: str = "standard",
+        ceiling_usd: float | None = None,
     ) -> AsyncRequest:
         """The async twin of :meth:`request`; open it with ``async with``."""
         return AsyncRequest(
-            _Steps(self._config, ceiling, features, request_id, pool, pool_priority)
+            _Steps(self._config, ceiling, features, request_id, pool, pool_priority, ceiling_usd)
         )
 
     def reap(self) -> int:
@@ -628,8 +766,14 @@ class AsyncController(Controller):
         request_id: str | None = None,
         pool: str | None = None,
         pool_priority: str = "standard",
+        ceiling_usd: float | None = None,
     ) -> AsyncRequest:
         """A new async request; open it with ``async with``."""
         return self.arequest(
-            ceiling, features, request_id=request_id, pool=pool, pool_priority=pool_priority
+            ceiling,
+            features,
+            request_id=request_id,
+            pool=pool,
+            pool_priority=pool_priority,
+            ceiling_usd=ceiling_usd,
         )

@@ -172,6 +172,64 @@ class BudgetExceeded(ApportionError):
         )
 
 
+class CostExceeded(BudgetExceeded):
+    """A grant (or extension) whose full-size cost could break the request's cost ceiling.
+
+    A subclass of :class:`BudgetExceeded`, so code that handles a refused grant handles
+    this one too; ``requested`` and ``available`` are in USD here.
+
+    Attributes:
+        agent: the agent asking.
+        requested_usd: the grant's cost at its full size, in USD.
+        available_usd: what the cost ceiling still allowed, in USD.
+        model: the model the grant was priced on.
+    """
+
+    requested_usd: float
+    available_usd: float
+    model: str | None
+
+    def __init__(
+        self,
+        agent: str,
+        requested_usd: float,
+        available_usd: float,
+        *,
+        model: str | None = None,
+        reason: str = "",
+    ) -> None:
+        extra = f" ({reason})" if reason else ""
+        on = f" on model {model!r}" if model else ""
+        ApportionError.__init__(
+            self,
+            f"agent {agent!r} asked for a grant costing up to {requested_usd:.9f} USD{on}, "
+            f"{available_usd:.9f} USD left under the cost ceiling{extra}",
+            agent=agent,
+            requested=requested_usd,
+            available=available_usd,
+            requested_usd=requested_usd,
+            available_usd=available_usd,
+            model=model,
+        )
+
+
+class InvalidPrice(ApportionError, ValueError):
+    """Prices that are missing, negative or not numbers, or a cost ceiling that cannot work.
+
+    Attributes:
+        field: what was given (``input_price``, ``prices``, ``ceiling_usd`` ...).
+        value: the value given.
+        reason: what is wrong with it.
+    """
+
+    field: str
+    value: object
+    reason: str
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(f"{field}={value!r}: {reason}", field=field, value=value, reason=reason)
+
+
 class GrantSettled(ApportionError, RuntimeError):
     """The grant was already settled (finished, released or expired).
 

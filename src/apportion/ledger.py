@@ -18,6 +18,18 @@ Invariants kept after every operation (the store conformance suite checks them):
 6. Over-use (usage above the grant) is recorded per agent; it is charged to the free pool,
    so the next grant sees it, and any part the pool cannot cover is recorded as
    ``overflow`` instead of letting ``consumed`` pass the ceiling.
+
+Cost. A grant may carry the model it runs on and that model's prices, as integers of
+nano-USD (1e-9 USD) per input and per output token (:func:`nano_prices` converts USD per
+million tokens, rounding up). The ledger then accounts cost in integer nano-USD:
+``cost_reserved`` (open grants at full size), ``cost_consumed`` and ``cost_by`` agent (real
+usage, input and output priced separately). With a cost ceiling (``ceiling_usd``, in
+nano-USD), a grant or extension whose full-size cost exceeds
+``ceiling_usd - cost_consumed - cost_reserved`` is refused with
+:class:`~apportion.errors.CostExceeded`, and a grant without prices is refused with
+:class:`~apportion.errors.InvalidPrice`. Without a cost ceiling nothing is checked; cost is
+still accounted for the grants that carry prices. Over-use is charged at its real cost and
+never hidden (``cost_consumed`` may then pass the ceiling; every later grant is refused).
 """
 
 from __future__ import annotations
@@ -28,10 +40,12 @@ from typing import Any, NamedTuple
 
 from apportion.errors import (
     BudgetExceeded,
+    CostExceeded,
     ForeignGrant,
     GrantExpired,
     GrantSettled,
     InvalidCeiling,
+    InvalidPrice,
     InvalidTokenCount,
     RequestClosed,
     UnknownAgent,
@@ -39,6 +53,15 @@ from apportion.errors import (
 
 MAX_TOKENS = 10**12
 """Largest token count accepted anywhere (a trillion tokens); anything above is an error."""
+
+NANO = 10**9
+"""nano-USD per USD: the ledger accounts cost in integers of 1e-9 USD."""
+
+MAX_PRICE = 10**9
+"""Largest price accepted, in nano-USD per token (1 USD per token)."""
+
+MAX_COST = 10**15
+"""Largest cost ceiling accepted, in nano-USD (a million USD); costs stay exact below 2**53."""
 
 OPEN = "open"
 CLOSED = "closed"
@@ -57,6 +80,8 @@ class Grant(NamedTuple):
         context_tokens: input tokens the call may read.
         output_tokens: output tokens the call may write (``max_tokens``).
         lease_expires_at: clock time after which an unsettled grant is reclaimed.
+        model: the model the call runs on, when the policy chose one (``None``: the
+            caller's own model).
     """
 
     request_id: str
@@ -65,6 +90,7 @@ class Grant(NamedTuple):
     context_tokens: int
     output_tokens: int
     lease_expires_at: float
+    model: str | None = None
 
     @property
     def total(self) -> int:
@@ -122,6 +148,67 @@ def check_tokens(field: str, value: object) -> int:
     raise InvalidTokenCount(field, value, f"above the limit of {MAX_TOKENS} tokens")
 
 
+def nano_prices(input_price: float, output_price: float) -> tuple[int, int]:
+    """Prices in USD per million tokens as integer nano-USD per token, rounded up.
+
+    Raises:
+        InvalidPrice: a price is not a finite non-negative number, or is absurdly large.
+    """
+    clean = []
+    for field, value in (("input_price", input_price), ("output_price", output_price)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise InvalidPrice(field, value, "a price is a finite non-negative number")
+        nano = math.ceil(round(value * 1000, 6))
+        if nano > MAX_PRICE:
+            raise InvalidPrice(field, value, "above 1 USD per token")
+        clean.append(nano)
+    return clean[0], clean[1]
+
+
+def check_prices(value: object) -> tuple[int, int] | None:
+    """``value`` as ``(input, output)`` integer nano-USD per token, or ``None``.
+
+    Raises:
+        InvalidPrice: not a pair of integers in ``[0, MAX_PRICE]``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, tuple | list) and len(value) == 2:
+        pair = []
+        for price in value:
+            if isinstance(price, bool) or not hasattr(price, "__index__"):
+                break
+            price = price.__index__()
+            if not 0 <= price <= MAX_PRICE:
+                break
+            pair.append(price)
+        else:
+            return pair[0], pair[1]
+    raise InvalidPrice(
+        "prices", value, f"prices are two integers of nano-USD per token in [0, {MAX_PRICE}]"
+    )
+
+
+def check_ceiling_usd(value: object) -> int | None:
+    """A cost ceiling in nano-USD (a positive integer up to ``MAX_COST``), or ``None``."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not hasattr(value, "__index__")
+        or not 0 < value.__index__() <= MAX_COST
+    ):
+        raise InvalidPrice(
+            "ceiling_usd", value, f"a cost ceiling is an integer of nano-USD in [1, {MAX_COST}]"
+        )
+    return int(value.__index__())
+
+
 def check_ceiling(value: object) -> int:
     """Return ``value`` as a request ceiling (a positive token count)."""
     try:
@@ -144,6 +231,7 @@ class Ledger:
         allocation: the policy's planned tokens per agent (advisory; shown in summaries).
         reserve: tokens held for agents that have not started (see invariant 5).
         expires_at: clock time after which an unclosed request may be reaped.
+        ceiling_usd: the request's cost ceiling in nano-USD, or ``None`` for none.
 
     Raises:
         InvalidCeiling: ``ceiling`` is not a positive token count.
@@ -160,9 +248,14 @@ class Ledger:
         "ceiling",
         "consumed",
         "consumed_by",
+        "cost_by",
+        "cost_ceiling",
+        "cost_consumed",
+        "cost_reserved",
         "events",
         "expires_at",
         "free",
+        "grant_prices",
         "grants",
         "next_grant_id",
         "outcome",
@@ -187,8 +280,10 @@ class Ledger:
         allocation: Mapping[str, int] | None = None,
         reserve: Mapping[str, int] | None = None,
         expires_at: float = math.inf,
+        ceiling_usd: int | None = None,
     ) -> None:
         ceiling = check_ceiling(ceiling)
+        cost_ceiling = check_ceiling_usd(ceiling_usd)
         clean_alloc = _check_plan("allocation", allocation, ranks)
         clean_reserve = {a: t for a, t in _check_plan("reserve", reserve, ranks).items() if t}
         total_reserve = sum(clean_reserve.values())
@@ -214,6 +309,11 @@ class Ledger:
         self.calls: dict[str, int] = dict.fromkeys(ranks, 0)
         self.truncated_calls: dict[str, int] = dict.fromkeys(ranks, 0)
         self.grants: dict[int, Grant] = {}
+        self.cost_ceiling = cost_ceiling
+        self.cost_reserved = 0
+        self.cost_consumed = 0
+        self.cost_by: dict[str, int] = dict.fromkeys(ranks, 0)
+        self.grant_prices: dict[int, tuple[int, int]] = {}  # open grants that carry prices
         self._next_lease = math.inf  # no open grant's lease ends before this
         self._settled: dict[int, tuple[str, str]] = {}
         self.next_grant_id = 1
@@ -241,6 +341,20 @@ class Ledger:
             return free
         return max(0, free - self.protected_from(agent))
 
+    def cost_available(self) -> int | None:
+        """nano-USD a new grant may still cost at full size (``None``: no cost ceiling)."""
+        if self.cost_ceiling is None:
+            return None
+        return max(0, self.cost_ceiling - self.cost_consumed - self.cost_reserved)
+
+    def grant_cost(self, grant_id: int) -> int:
+        """Full-size cost of an open grant in nano-USD (0 when it carries no prices)."""
+        prices = self.grant_prices.get(grant_id)
+        if prices is None:
+            return 0
+        grant = self.grants[grant_id]
+        return grant.context_tokens * prices[0] + grant.output_tokens * prices[1]
+
     def settled_by(self, grant_id: int) -> str | None:
         """How a grant was settled (``finish``, ``release``, ``expire``, ``close``), or None."""
         entry = self._settled.get(grant_id)
@@ -249,30 +363,73 @@ class Ledger:
     # --------------------------------------------------------------- operations
 
     def begin(
-        self, agent: str, context_tokens: int, output_tokens: int, now: float, lease_seconds: float
+        self,
+        agent: str,
+        context_tokens: int,
+        output_tokens: int,
+        now: float,
+        lease_seconds: float,
+        *,
+        model: str | None = None,
+        prices: tuple[int, int] | None = None,
     ) -> Grant:
         """Reserve a grant for one model call of ``agent``.
+
+        Args:
+            agent: the agent calling.
+            context_tokens: input tokens granted.
+            output_tokens: output tokens granted.
+            now: clock time.
+            lease_seconds: how long the grant may stay unsettled.
+            model: the model the call runs on (recorded on the grant).
+            prices: the model's ``(input, output)`` prices in nano-USD per token.
 
         Raises:
             RequestClosed: the request is closed.
             UnknownAgent: ``agent`` is not in the pipeline.
             InvalidTokenCount: a count is not a non-negative integer.
+            InvalidPrice: bad prices, or none while the request has a cost ceiling.
             BudgetExceeded: the grant is larger than ``available_for(agent)``.
+            CostExceeded: the grant's full-size cost is above what the cost ceiling leaves.
         """
         if agent not in self.ranks:
             raise UnknownAgent(agent, self.ranks)
         context_tokens = check_tokens("context_tokens", context_tokens)
         output_tokens = check_tokens("output_tokens", output_tokens)
+        prices = check_prices(prices)
+        if model is not None and (not isinstance(model, str) or not model):
+            raise InvalidPrice("model", model, "a model is a non-empty name")
         self._check_open(now)
+        if prices is None and self.cost_ceiling is not None:
+            raise InvalidPrice(
+                "prices", None, f"agent {agent!r}: the request has a cost ceiling, no prices"
+            )
         total = context_tokens + output_tokens
         available = self.available_for(agent)
         if total > available:
             raise BudgetExceeded(agent, total, available)
+        cost = 0
+        if prices is not None:
+            cost = context_tokens * prices[0] + output_tokens * prices[1]
+            left = self.cost_available()
+            if left is not None and cost > left:
+                raise CostExceeded(agent, cost / NANO, left / NANO, model=model)
         grant_id = self.next_grant_id
         grant: Grant = _new(
             Grant,
-            (self.request_id, agent, grant_id, context_tokens, output_tokens, now + lease_seconds),
+            (
+                self.request_id,
+                agent,
+                grant_id,
+                context_tokens,
+                output_tokens,
+                now + lease_seconds,
+                model,
+            ),
         )
+        if prices is not None:
+            self.grant_prices[grant_id] = prices
+            self.cost_reserved += cost
         self.next_grant_id = grant_id + 1
         self.grants[grant_id] = grant
         if grant.lease_expires_at < self._next_lease:
@@ -316,6 +473,15 @@ class Ledger:
         available = self.available_for(current.agent)
         if extra > available:
             raise BudgetExceeded(current.agent, extra, available, reason="extension")
+        prices = self.grant_prices.get(current.grant_id)
+        if prices is not None:
+            cost = context_tokens * prices[0] + output_tokens * prices[1]
+            left = self.cost_available()
+            if left is not None and cost > left:
+                raise CostExceeded(
+                    current.agent, cost / NANO, left / NANO, model=current.model, reason="extension"
+                )
+            self.cost_reserved += cost
         grown = current._replace(
             context_tokens=current.context_tokens + context_tokens,
             output_tokens=current.output_tokens + output_tokens,
@@ -362,6 +528,14 @@ class Ledger:
         agent = current.agent
         granted = current.context_tokens + current.output_tokens
         used = input_tokens + output_tokens
+        prices = self.grant_prices.pop(current.grant_id, None)
+        if prices is not None:
+            self.cost_reserved -= (
+                current.context_tokens * prices[0] + current.output_tokens * prices[1]
+            )
+            cost = input_tokens * prices[0] + output_tokens * prices[1]
+            self.cost_consumed += cost
+            self.cost_by[agent] += cost
         del self.grants[current.grant_id]
         self._settled[current.grant_id] = (agent, "finish")
         self.reserved -= granted
@@ -467,6 +641,9 @@ class Ledger:
 
     def _release(self, grant: Grant, now: float, how: str, note: str) -> None:
         total = grant.context_tokens + grant.output_tokens
+        prices = self.grant_prices.pop(grant.grant_id, None)
+        if prices is not None:
+            self.cost_reserved -= grant.context_tokens * prices[0] + grant.output_tokens * prices[1]
         del self.grants[grant.grant_id]
         self._settled[grant.grant_id] = (grant.agent, how)
         self.reserved -= total
@@ -501,6 +678,9 @@ class Ledger:
             "free": self.free,
             "overflow": self.overflow,
             "outcome": self.outcome,
+            "ceiling_usd": None if self.cost_ceiling is None else self.cost_ceiling / NANO,
+            "cost_reserved_usd": self.cost_reserved / NANO,
+            "cost_consumed_usd": self.cost_consumed / NANO,
             "agents": {
                 a: {
                     "allocated": self.allocation[a],
@@ -510,6 +690,7 @@ class Ledger:
                     "calls": self.calls[a],
                     "truncated_calls": self.truncated_calls[a],
                     "overuse": self.overuse_by[a],
+                    "cost_usd": self.cost_by[a] / NANO,
                 }
                 for a in self.ranks
             },

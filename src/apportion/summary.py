@@ -21,6 +21,7 @@ class AgentUsage:
         calls: grants it began.
         truncated_calls: calls settled as cut.
         overuse: tokens its calls used beyond their grants.
+        cost_usd: USD its settled calls cost (0 when its grants carried no prices).
     """
 
     allocated: int
@@ -30,6 +31,7 @@ class AgentUsage:
     calls: int
     truncated_calls: int
     overuse: int
+    cost_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,8 @@ class Summary:
         overflow: tokens providers reported beyond the ceiling (not charged to it).
         outcome: the outcome score, if one was given.
         agents: one :class:`AgentUsage` per agent, in execution order.
+        cost_usd: USD the settled calls cost.
+        ceiling_usd: the cost ceiling in USD, or ``None``.
     """
 
     request_id: str
@@ -57,6 +61,8 @@ class Summary:
     overflow: int
     outcome: float | None
     agents: dict[str, AgentUsage]
+    cost_usd: float = 0.0
+    ceiling_usd: float | None = None
 
     @classmethod
     def of(cls, state: LedgerView, names: Iterable[str]) -> Summary:
@@ -74,6 +80,7 @@ class Summary:
                 state.calls[name],
                 state.truncated_calls[name],
                 state.overuse_by[name],
+                state.cost_by[name] / 1e9,
             )
         return cls(
             state.request_id,
@@ -85,6 +92,8 @@ class Summary:
             state.overflow,
             state.outcome,
             agents,
+            state.cost_consumed / 1e9,
+            None if state.cost_ceiling is None else state.cost_ceiling / 1e9,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,4 +142,8 @@ class Summary:
             lines.append("  ".join(cells).rstrip())
             if i == 0 or i == len(rows) - 2:
                 lines.append("  ".join("-" * w for w in widths))
+        if self.cost_usd or self.ceiling_usd is not None:
+            per_agent = ", ".join(f"{n} {u.cost_usd:.6f}" for n, u in self.agents.items())
+            cap = f" of {self.ceiling_usd:.6f}" if self.ceiling_usd is not None else ""
+            lines.append(f"cost {self.cost_usd:.6f}{cap} USD: {per_agent}")
         return "\n".join(lines)

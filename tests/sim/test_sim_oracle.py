@@ -374,7 +374,9 @@ def test_model_choice() -> None:
             ],
         }
     )
-    with pytest.raises(NotImplementedError):
-        solve_oracle(with_cost_ceiling, RequestNeeds({}, (1,), (1,)))
+    relaxed = solve_oracle(with_cost_ceiling, RequestNeeds({}, (1,), (1,)))
+    assert not relaxed.relaxed_cost  # its plan fits the cost ceiling: exact
+    tight = Oracle(with_cost_ceiling).solve(RequestNeeds({}, (1,), (1,)), ceiling_usd=1e-9)
+    assert tight.relaxed_cost and tight.quality >= relaxed.quality - 1e-12  # an upper bound
     result = Oracle(with_cost_ceiling).solve(RequestNeeds({}, (1,), (1,)), ceiling_usd=math.inf)
     assert result.models == ("large",)

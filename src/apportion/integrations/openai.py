@@ -28,13 +28,9 @@ Without LiteLLM, or for a model the map does not price, the cost is ``None``.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import inspect
-import json
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from apportion.integrations._calls import (
@@ -45,8 +41,6 @@ from apportion.integrations._calls import (
     arun,
     run,
 )
-
-_COST_MAP_FILE = "model_prices_and_context_window_backup.json"
 
 
 def budgeted(client: Any, req: Any) -> BudgetedOpenAI | AsyncBudgetedOpenAI:
@@ -237,18 +231,8 @@ def _prices(model: str) -> tuple[float, float] | None:
     return None
 
 
-@functools.cache
 def _cost_map() -> dict[str, Any]:
     """LiteLLM's bundled model cost map, read without importing LiteLLM ({} without it)."""
-    try:
-        spec = importlib.util.find_spec("litellm")
-    except (ImportError, ValueError):
-        return {}
-    if spec is None or spec.origin is None:
-        return {}
-    path = Path(spec.origin).parent / _COST_MAP_FILE
-    try:
-        table = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return table if isinstance(table, dict) else {}
+    from apportion.catalog import bundled_cost_map
+
+    return bundled_cost_map()

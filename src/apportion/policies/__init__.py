@@ -1,6 +1,6 @@
 """Allocation policies, and the explicit registry that names them.
 
-``uniform``, ``static``, ``estimate``, ``elastic`` and ``iterative``; each module's
+``uniform``, ``static``, ``estimate``, ``elastic``, ``iterative`` and ``learned``; each module's
 docstring states its rule in plain words. :func:`resolve_policy` turns a name (or
 ``static:budgets.yaml``) into a policy object.
 """
@@ -14,6 +14,8 @@ from apportion.policies.base import Observation, Plan, Policy
 from apportion.policies.elastic import ElasticPolicy
 from apportion.policies.estimate import EstimatePolicy
 from apportion.policies.iterative import IterativePolicy
+from apportion.policies.learned import LearnedPolicy
+from apportion.policies.routed import RoutedPolicy
 from apportion.policies.static import Budget, StaticPolicy
 from apportion.policies.uniform import UniformPolicy
 
@@ -25,6 +27,12 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "uniform": UniformPolicy,
 }
 """Policy name -> factory taking no arguments."""
+
+LEARNING: dict[str, Callable[[], Policy]] = {"learned": LearnedPolicy}
+"""Policies that learn from outcomes: resolvable by name, not in the rule-based benches."""
+
+ROUTING: dict[str, Callable[[], Policy]] = {"routed": RoutedPolicy}
+"""Policies that choose the model too: resolvable by name, benched on workloads with models."""
 
 
 def resolve_policy(policy: str | Policy) -> Policy:
@@ -41,21 +49,29 @@ def resolve_policy(policy: str | Policy) -> Policy:
         name, _, argument = policy.partition(":")
         if name == "static" and argument:
             return StaticPolicy.from_yaml(argument)
-        factory = POLICIES.get(name) if not argument else None
+        factory = (
+            (POLICIES.get(name) or LEARNING.get(name) or ROUTING.get(name))
+            if not argument
+            else None
+        )
         if factory is not None:
             return factory()
     raise UnknownPolicy(policy, POLICIES)
 
 
 __all__ = [
+    "LEARNING",
     "POLICIES",
+    "ROUTING",
     "Budget",
     "ElasticPolicy",
     "EstimatePolicy",
     "IterativePolicy",
+    "LearnedPolicy",
     "Observation",
     "Plan",
     "Policy",
+    "RoutedPolicy",
     "StaticPolicy",
     "UniformPolicy",
     "resolve_policy",

@@ -57,9 +57,21 @@ class Observation:
         state: the ledger's state after the latest operation.
         settled: the calls settled so far: ``(agent, input_tokens, output_tokens, truncated)``.
         memo: scratch space for the policy's notes about this request.
+        ceiling_usd: the request's cost ceiling in USD, or ``None``.
+        catalog: the controller's model catalog (prices, limits, capability), or ``None``.
     """
 
-    __slots__ = ("ceiling", "features", "memo", "pipeline", "request_id", "settled", "state")
+    __slots__ = (
+        "catalog",
+        "ceiling",
+        "ceiling_usd",
+        "features",
+        "memo",
+        "pipeline",
+        "request_id",
+        "settled",
+        "state",
+    )
 
     def __init__(
         self,
@@ -76,6 +88,8 @@ class Observation:
         self.state: LedgerView = state  # type: ignore[assignment]
         self.settled: list[tuple[str, int, int, bool]] = []
         self.memo: dict[str, Any] = {}
+        self.ceiling_usd: float | None = None
+        self.catalog: Any = None
 
     def unstarted(self, *, besides: str | None = None) -> list[Agent]:
         """Agents that have not begun a call yet, in execution order."""
@@ -87,6 +101,9 @@ class Policy(abc.ABC):
     """Base class of every allocation policy; see the module docstring for the contract."""
 
     name: ClassVar[str] = ""
+    routes: ClassVar[bool] = False
+    """A routing policy chooses the model too (:meth:`route`), and integrations call the
+    model it chose instead of the caller's ``model=``."""
 
     def plan(self, obs: Observation) -> Plan:
         """Plan the request when it opens (default: no plan, no reservations)."""
@@ -104,6 +121,18 @@ class Policy(abc.ABC):
             input_tokens: the input it has in hand, counted exactly.
             output_tokens: the output the caller asks for, if it asked (an upper bound).
         """
+
+    def route(
+        self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
+    ) -> tuple[int, int, str | None]:
+        """Decide ``(context_tokens, output_tokens, model)`` for one call of ``agent``.
+
+        What the controller asks. ``model`` is a catalog name, or ``None`` for the caller's
+        own model; it is obeyed only when the policy ``routes``. Default: :meth:`grant`
+        and no model.
+        """
+        ctx, out = self.grant(obs, agent, input_tokens, output_tokens)
+        return ctx, out, None
 
     def on_finish(
         self,

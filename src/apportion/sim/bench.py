@@ -74,7 +74,9 @@ class PolicyFigures:
         critical = sum(o.critical_calls for o in self.outcomes)
         quality = statistics.fmean(o.quality for o in self.outcomes) if n else 0.0
         tokens = statistics.fmean(o.tokens for o in self.outcomes) if n else 0.0
+        cost = statistics.fmean(o.cost for o in self.outcomes) if n else 0.0
         return {
+            "cost_mean": round(cost, 8),
             "quality_mean": round(quality, 4),
             "quality_vs_oracle": round(quality / oracle_quality, 4) if oracle_quality else 0.0,
             "tokens_mean": round(tokens, 1),
@@ -102,10 +104,29 @@ def profiled_static(workload: Workload, seed: int, start: int) -> StaticPolicy:
 
 
 def make_policy(name: str, workload: Workload, seed: int, requests: int) -> Policy:
-    """A fresh policy by name; ``static`` is profiled on requests after the measured ones."""
+    """A fresh policy by name; ``static`` is profiled on requests after the measured ones.
+
+    ``NAME@MODEL`` is policy ``NAME`` with every call on workload model ``MODEL``.
+    """
+    name = name.split("@", 1)[0]
     if name == "static":
         return profiled_static(workload, seed, requests)
     return resolve_policy(name)
+
+
+def pinned_model(name: str, workload: Workload) -> str | None:
+    """The model of ``NAME@MODEL`` (checked against the workload), or ``None``."""
+    if "@" not in name:
+        return None
+    model = name.split("@", 1)[1]
+    try:
+        workload.model(model)
+    except KeyError:
+        known = ", ".join(m.name for m in workload.models) or "none"
+        raise PolicyConfigError(
+            f"{name!r}: workload {workload.name!r} has no model {model!r} (models: {known})"
+        ) from None
+    return model
 
 
 def parse_ceilings(text: str) -> list[int]:
@@ -186,8 +207,9 @@ def _setup(
         raise ValueError(f"requests must be at least 1, got {count}")
     seed = seed if seed is not None else (workload.seed or 0)
     for name in names:
-        if name != "static":  # (profiled per bench by make_policy)
-            resolve_policy(name)  # fail on an unknown name before any simulation
+        pinned_model(name, workload)
+        if name.split("@", 1)[0] != "static":  # (profiled per bench by make_policy)
+            resolve_policy(name.split("@", 1)[0])  # fail on an unknown name before simulating
     needs = [draw_needs(workload, seed, r) for r in range(count)]
     return _Setup(workload, names, count, seed, needs, Oracle(workload))
 
@@ -343,10 +365,13 @@ def _bench_at(setup: _Setup, ceiling: int, progress: Progress | None) -> dict[st
     oracle_tokens: list[int] = []
     coupled: list[float] = []
     bounds: list[float] = []
-    relaxed = 0
+    relaxed = relaxed_cost = 0
+    oracle_cost: list[float] = []
     for needs in setup.needs:
         result = setup.oracle.solve(needs, ceiling)
         best.outcomes.append(_oracle_outcome(result.quality, result.tokens))
+        oracle_cost.append(result.cost)
+        relaxed_cost += result.relaxed_cost
         oracle_tokens.append(result.tokens)
         coupled.append(result.coupled_quality)
         bounds.append(result.upper_bound)
@@ -358,8 +383,9 @@ def _bench_at(setup: _Setup, ceiling: int, progress: Progress | None) -> dict[st
     for name in setup.names:
         controller = controller_for(workload, make_policy(name, workload, setup.seed, count))
         measured = PolicyFigures()
+        model = pinned_model(name, workload)
         for needs in _with_progress(setup.needs, progress):
-            measured.outcomes.append(run_request(controller, workload, needs, ceiling))
+            measured.outcomes.append(run_request(controller, workload, needs, ceiling, model=model))
         figures[name] = measured.summary(ceiling, oracle_quality)
     step = default_step(ceiling)
     return {
@@ -377,6 +403,8 @@ def _bench_at(setup: _Setup, ceiling: int, progress: Progress | None) -> dict[st
             "relaxed_coupling_rate": round(relaxed / count, 4),
             "coupled_quality_mean": round(statistics.fmean(coupled), 4),
             "upper_bound_mean": round(statistics.fmean(bounds), 4),
+            "cost_mean": round(statistics.fmean(oracle_cost), 8),
+            "relaxed_cost_rate": round(relaxed_cost / count, 4),
         },
         "policies": figures,
     }

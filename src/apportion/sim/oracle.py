@@ -53,14 +53,16 @@ Models
     With a ``models`` section the oracle also chooses the model per agent (the best
     ``capability * q`` at each consumption level, honouring ``max_output`` and
     ``context_window``, ties to the cheaper call). The cost ceiling (``ceiling_usd``) is
-    not implemented yet: :meth:`Oracle.solve` raises :class:`NotImplementedError` when
-    it would apply.
+    relaxed: the oracle solves without it, which can only raise its quality, so it stays
+    an upper bound; when the plan it finds also fits the cost ceiling it is the exact
+    optimum, otherwise the result says ``relaxed_cost``.
 
 Cost: ``O(n * (ceiling / step) ** 2)`` for ``n`` agents, vectorised with numpy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -132,6 +134,7 @@ class OracleResult:
     coupled_quality: float
     models: tuple[str | None, ...]
     cost: float
+    relaxed_cost: bool = False
 
 
 def default_step(ceiling: int) -> int:
@@ -224,7 +227,6 @@ class Oracle:
         Raises:
             ValueError: no ceiling, a ceiling below 1, a step outside
                 ``[1, max(25, ceiling / 100)]``, or needs of the wrong length.
-            NotImplementedError: a cost ceiling applies (not supported yet).
         """
         limit = self.workload.ceiling if ceiling is None else ceiling
         if limit is None:
@@ -238,8 +240,9 @@ class Oracle:
                 f"{max(25, limit / 100):g}, got {grid}"
             )
         usd = self.workload.ceiling_usd if ceiling_usd is None else ceiling_usd
+        usd_limit = math.inf
         if self.workload.models and usd is not None and math.isfinite(usd):
-            raise NotImplementedError("the oracle does not support a cost ceiling yet")
+            usd_limit = usd  # relaxed: see the module docstring
         count = len(self.workload.agents)
         if len(needs.need_in) != count or len(needs.need_out) != count:
             raise ValueError(f"needs are for {len(needs.need_in)} agents, the workload has {count}")
@@ -275,7 +278,10 @@ class Oracle:
             # The ceiling is within a few steps of the least a positive Q needs, too tight
             # for the grid: start from that least allocation and search off the grid.
             self._refine(needs, active, saturation, limit, grid, ctx, out, chosen)
-        return self._result(needs, ctx, out, chosen, grid, bound_log)
+        result = self._result(needs, ctx, out, chosen, grid, bound_log)
+        if result.cost > usd_limit:
+            result = dataclasses.replace(result, relaxed_cost=True)
+        return result
 
     def _smallest(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from apportion.catalog import Catalog, ModelInfo
 from apportion.controller import Controller, Request
 from apportion.errors import BudgetExceeded
 from apportion.policies import Policy
@@ -43,6 +44,7 @@ class RequestOutcome:
         extensions: extensions granted.
         refused: agents that could not run at all (nothing left for them).
         request_id: the request's id in the controller's store.
+        cost: USD the request's calls cost (0 without a ``models`` section).
     """
 
     quality: float
@@ -54,13 +56,20 @@ class RequestOutcome:
     extensions: int
     refused: int
     request_id: str = ""
+    cost: float = 0.0
 
 
 def pipeline_of(workload: Workload) -> Pipeline:
     """The pipeline a policy sees for a workload: names, priorities, order, output kinds."""
     return Pipeline(
         [
-            Agent(a.name, priority=a.priority, after=a.after, output_kind=a.output_kind)
+            Agent(
+                a.name,
+                priority=a.priority,
+                after=a.after,
+                output_kind=a.output_kind,
+                model=a.model,
+            )
             for a in workload.agents
         ],
         name=workload.name,
@@ -86,6 +95,7 @@ class CallResult:
     granted: int
     extensions: int
     refused: bool
+    model: str | None = None
 
 
 REFUSED = CallResult(0, 0, 0, 0, 0, True)
@@ -99,6 +109,7 @@ def play_call(
     *,
     resend: bool,
     max_extensions: int = MAX_EXTENSIONS,
+    model: str | None = None,
 ) -> CallResult:
     """Play one model call: begin, write what the cap allows, extend while cut, finish.
 
@@ -110,9 +121,10 @@ def play_call(
         resend: an extension re-reads the prompt and the partial answer.
         max_extensions: most extensions the call asks for (each asks for as much again as
             the call was granted).
+        model: the model the caller means to call (a routing policy may choose another).
     """
     try:
-        grant = req.begin(agent, input_tokens=input_tokens)
+        grant = req.begin(agent, input_tokens=input_tokens, model=model)
     except BudgetExceeded:
         return REFUSED
     read = grant.context_tokens
@@ -131,7 +143,9 @@ def play_call(
         wrote = min(wrote + grown.output_tokens - grant.output_tokens, need_out)
         grant = grown
     req.finish(grant, input_tokens=consumed_in, output_tokens=wrote, truncated=wrote < need_out)
-    return CallResult(read, wrote, consumed_in, grant.total, extensions, False)
+    return CallResult(
+        read, wrote, consumed_in, grant.total, extensions, False, grant.model or model
+    )
 
 
 def run_request(
@@ -141,19 +155,31 @@ def run_request(
     ceiling: int,
     *,
     max_extensions: int = MAX_EXTENSIONS,
+    ceiling_usd: float | None = None,
+    model: str | None = None,
 ) -> RequestOutcome:
-    """Play one request through ``controller`` and return its outcome."""
+    """Play one request through ``controller`` and return its outcome.
+
+    With a ``models`` section, each call runs on the model the policy chose (a routing
+    policy), else on ``model``, else on the agent's ``model``, else on the workload's first
+    model; its quality is multiplied by that model's capability and its cost is priced
+    on it. ``ceiling_usd`` (the workload's when ``None``) applies only then.
+    """
     resend = workload.extension_overhead == "resend"
+    models = {m.name: m for m in workload.models}
+    usd = (ceiling_usd if ceiling_usd is not None else workload.ceiling_usd) if models else None
+    cost = 0.0
     outs: list[int] = []
     qualities: list[float] = []
     cut = critical = critical_cut = extensions = refused = 0
-    with controller.request(ceiling, dict(needs.features)) as req:
+    with controller.request(ceiling, dict(needs.features), ceiling_usd=usd) as req:
         for index, spec in enumerate(workload.agents):
             need_in, need_out = needs.need_in[index], needs.need_out[index]
             avail = need_in
             if spec.input.upstream:
                 avail -= sum(needs.need_out[u] - outs[u] for u in workload.upstream_indices(index))
             is_critical = spec.priority == "critical"
+            default = (model or spec.model or workload.models[0].name) if models else None
             call = play_call(
                 req,
                 spec.name,
@@ -161,7 +187,13 @@ def run_request(
                 need_out,
                 resend=resend,
                 max_extensions=max_extensions,
+                model=default,
             )
+            capability = 1.0
+            if models and not call.refused:
+                used = models[call.model or str(default)]
+                capability = used.capability[spec.output_kind]
+                cost += used.cost(call.consumed_in, call.wrote)
             was_cut = call.refused or call.read < need_in or call.wrote < need_out
             critical += is_critical
             cut += was_cut
@@ -178,6 +210,7 @@ def run_request(
                     need_out,
                     spec.input_sensitivity,
                 )
+                * capability
             )
         quality = request_quality(qualities, [a.influence for a in workload.agents])
         req.score(quality)
@@ -191,9 +224,32 @@ def run_request(
         extensions=extensions,
         refused=refused,
         request_id=req.request_id,
+        cost=cost,
+    )
+
+
+def catalog_of(workload: Workload) -> Catalog:
+    """The workload's models as a catalog (no LiteLLM: the workload is the whole world)."""
+    return Catalog(
+        [
+            ModelInfo(
+                m.name,
+                input_price=m.input_price,
+                output_price=m.output_price,
+                context_window=m.context_window,
+                max_output=m.max_output,
+                capability=dict(m.capability),
+                source=f"workload {workload.name}",
+            )
+            for m in workload.models
+        ],
+        litellm=False,
+        name=f"workload {workload.name}",
     )
 
 
 def controller_for(workload: Workload, policy: str | Policy) -> Controller:
     """A controller over the workload's pipeline with the memory store, as production uses."""
-    return Controller(pipeline_of(workload), policy=policy, store="memory://")
+    return Controller(
+        pipeline_of(workload), policy=policy, store="memory://", catalog=catalog_of(workload)
+    )

@@ -28,6 +28,11 @@ Contract (every implementation must keep it):
   :class:`~apportion.pools.PoolExhausted` and changing nothing when the window cannot
   cover it), and ``close`` (or ``reap``, for an expired request) returns what the request
   left unused, exactly once. :mod:`apportion.testing.pool_conformance` checks it.
+* Cost: ``open(..., ceiling_usd=N)`` sets a cost ceiling in nano-USD and
+  ``begin(..., model=M, prices=(IN, OUT))`` prices a grant (nano-USD per token); the store
+  accounts and refuses exactly as :class:`~apportion.ledger.Ledger` does (see its module
+  docstring). The keywords are passed only when used, so a store without cost support
+  keeps working for requests without it.
 """
 
 from __future__ import annotations
@@ -80,6 +85,22 @@ class LedgerView(Protocol):
     def truncated_calls(self) -> Mapping[str, int]: ...  # noqa: D102
     @property
     def grants(self) -> Mapping[int, Grant]: ...  # noqa: D102
+    @property
+    def cost_ceiling(self) -> int | None: ...  # noqa: D102
+    @property
+    def cost_reserved(self) -> int: ...  # noqa: D102
+    @property
+    def cost_consumed(self) -> int: ...  # noqa: D102
+    @property
+    def cost_by(self) -> Mapping[str, int]: ...  # noqa: D102
+
+    def cost_available(self) -> int | None:
+        """nano-USD a new grant may still cost at full size (``None``: no cost ceiling)."""
+        ...
+
+    def grant_cost(self, grant_id: int) -> int:
+        """Full-size cost of an open grant in nano-USD."""
+        ...
 
     def available_for(self, agent: str) -> int:
         """Tokens ``agent`` could be granted right now."""
@@ -108,6 +129,7 @@ class Store(abc.ABC):
         ttl: float = math.inf,
         pool: str | None = None,
         pool_priority: str = "standard",
+        ceiling_usd: int | None = None,
     ) -> LedgerView:
         """Open the ledger of a new request and return its state.
 
@@ -125,8 +147,11 @@ class Store(abc.ABC):
         output_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        model: str | None = None,
+        prices: tuple[int, int] | None = None,
     ) -> tuple[Grant, LedgerView]:
-        """Reserve a grant; return it and the state after."""
+        """Reserve a grant (priced on ``model`` at ``prices``); return it and the state after."""
 
     @abc.abstractmethod
     def extend(
@@ -178,6 +203,20 @@ class Store(abc.ABC):
     def reap(self, now: float) -> int:
         """Expire ended leases and overdue requests everywhere; return how many were settled."""
 
+    # Policy state (optional): versioned blobs, written by compare-and-set.
+
+    def get_state(self, key: str) -> tuple[int, bytes] | None:
+        """A policy's shared state: ``(version, data)``, or ``None`` when never written."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no policy state")
+
+    def put_state(self, key: str, data: bytes, expected_version: int) -> int | None:
+        """Write ``data`` if the state's version is still ``expected_version`` (0: absent).
+
+        Returns the new version (``expected_version + 1``), or ``None`` when another writer
+        got there first (nothing is written; read again, merge, retry).
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no policy state")
+
     # Shared pools (optional: a store without them raises NotImplementedError).
 
     def define_pool(self, pool: Pool) -> None:
@@ -203,8 +242,22 @@ class Store(abc.ABC):
         ttl: float = math.inf,
         pool: str | None = None,
         pool_priority: str = "standard",
+        ceiling_usd: int | None = None,
     ) -> LedgerView:
         """Async :meth:`open`."""
+        if ceiling_usd is not None:
+            return self.open(
+                request_id,
+                ranks,
+                ceiling,
+                now,
+                allocation=allocation,
+                reserve=reserve,
+                ttl=ttl,
+                pool=pool,
+                pool_priority=pool_priority,
+                ceiling_usd=ceiling_usd,
+            )
         if pool is None:
             return self.open(
                 request_id, ranks, ceiling, now, allocation=allocation, reserve=reserve, ttl=ttl
@@ -229,9 +282,23 @@ class Store(abc.ABC):
         output_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        model: str | None = None,
+        prices: tuple[int, int] | None = None,
     ) -> tuple[Grant, LedgerView]:
         """Async :meth:`begin`."""
-        return self.begin(request_id, agent, context_tokens, output_tokens, now, lease_seconds)
+        if model is None and prices is None:
+            return self.begin(request_id, agent, context_tokens, output_tokens, now, lease_seconds)
+        return self.begin(
+            request_id,
+            agent,
+            context_tokens,
+            output_tokens,
+            now,
+            lease_seconds,
+            model=model,
+            prices=prices,
+        )
 
     async def aextend(
         self,

@@ -35,6 +35,7 @@ class MemoryStore(Store):
         self._keep_closed = keep_closed
         self._pools: dict[str, PoolAccount] = {}
         self._drawn: dict[str, PoolAccount] = {}  # open pooled request -> its pool
+        self._states: dict[str, tuple[int, bytes]] = {}
 
     def _ledger(self, request_id: str) -> Ledger:
         ledger = self._open.get(request_id)
@@ -56,6 +57,7 @@ class MemoryStore(Store):
         ttl: float = math.inf,
         pool: str | None = None,
         pool_priority: str = "standard",
+        ceiling_usd: int | None = None,
     ) -> Ledger:
         """Open the ledger of a new request (drawing its ceiling from ``pool``) and return it."""
         ledger = Ledger(
@@ -66,6 +68,7 @@ class MemoryStore(Store):
             allocation=allocation,
             reserve=reserve,
             expires_at=now + ttl,
+            ceiling_usd=ceiling_usd,
         )
         if pool is not None:
             check_pool_name(pool)
@@ -91,11 +94,17 @@ class MemoryStore(Store):
         output_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        model: str | None = None,
+        prices: tuple[int, int] | None = None,
     ) -> tuple[Grant, Ledger]:
         """Reserve a grant; return it and the ledger."""
         with self._lock:
             ledger = self._ledger(request_id)
-            return ledger.begin(agent, context_tokens, output_tokens, now, lease_seconds), ledger
+            grant = ledger.begin(
+                agent, context_tokens, output_tokens, now, lease_seconds, model=model, prices=prices
+            )
+            return grant, ledger
 
     def extend(
         self,
@@ -198,3 +207,17 @@ class MemoryStore(Store):
             if account is None:
                 raise UnknownPool(name)
             return account.status(now)
+
+    def get_state(self, key: str) -> tuple[int, bytes] | None:
+        """A policy's shared state: ``(version, data)``, or ``None`` when never written."""
+        with self._lock:
+            return self._states.get(key)
+
+    def put_state(self, key: str, data: bytes, expected_version: int) -> int | None:
+        """Write ``data`` if the version is still ``expected_version``; the new version or None."""
+        with self._lock:
+            current = self._states.get(key, (0, b""))[0]
+            if current != expected_version:
+                return None
+            self._states[key] = (current + 1, bytes(data))
+            return current + 1

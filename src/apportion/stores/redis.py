@@ -74,10 +74,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from apportion.errors import (
     ApportionError,
     BudgetExceeded,
+    CostExceeded,
     DuplicateRequest,
     ForeignGrant,
     GrantExpired,
     GrantSettled,
+    InvalidPrice,
     MissingExtra,
     PoolExhausted,
     RequestClosed,
@@ -86,7 +88,17 @@ from apportion.errors import (
     UnknownPool,
     UnknownRequest,
 )
-from apportion.ledger import OPEN, STATUSES, Event, Grant, Ledger, check_tokens
+from apportion.ledger import (
+    NANO,
+    OPEN,
+    STATUSES,
+    Event,
+    Grant,
+    Ledger,
+    check_ceiling_usd,
+    check_prices,
+    check_tokens,
+)
 from apportion.pools import (
     PRIORITY_RANKS,
     Pool,
@@ -116,6 +128,14 @@ SCRIPTS = (
     "pool_return",
 )
 """The Lua scripts, one per operation (request scripts start with ``common.lua``)."""
+
+_PUT_STATE = """
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if v ~= tonumber(ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[1], 'v', v + 1, 'd', ARGV[2])
+return v + 1
+"""
+"""Compare-and-set of a policy's state (small enough to stay inline)."""
 
 _REQUEST_SCRIPTS = frozenset({"open", "begin", "extend", "finish", "release", "close", "reap"})
 _REAP_BATCH = 256
@@ -238,17 +258,28 @@ def ledger_from_json(raw: bytes | str) -> Ledger:
     b += n
     ledger.truncated_calls = dict(zip(agents, v[b : b + n], strict=False))
     b += n
+    ledger.cost_ceiling = int(v[b]) if v[b] != "" else None
+    ledger.cost_reserved = int(v[b + 1])
+    ledger.cost_consumed = int(v[b + 2])
+    b += 3
+    ledger.cost_by = {a: int(t) for a, t in zip(agents, v[b : b + n], strict=False)}
+    b += n
     grants: dict[int, Grant] = {}
+    prices: dict[int, tuple[int, int]] = {}
     next_lease = math.inf
-    for i in range(b, len(v), 5):
-        grant_id, index, context, output, lease = v[i : i + 5]
+    for i in range(b, len(v), 8):
+        grant_id, index, context, output, lease, model, pin, pout = v[i : i + 8]
         expires = float(lease)
         grants[grant_id] = _new(
-            Grant, (request_id, agents[index - 1], grant_id, context, output, expires)
+            Grant,
+            (request_id, agents[index - 1], grant_id, context, output, expires, model or None),
         )
+        if pin >= 0:
+            prices[grant_id] = (pin, pout)
         if expires < next_lease:
             next_lease = expires
     ledger.grants = grants
+    ledger.grant_prices = prices
     ledger._next_lease = next_lease
     ledger._settled = {}
     ledger.events = []
@@ -281,6 +312,10 @@ def _ledger_json(ledger: Ledger, pool: str, draw: str) -> str:
         *[0] * (2 * n),
         *["0"] * n,
         *[0] * (2 * n),
+        "" if ledger.cost_ceiling is None else str(ledger.cost_ceiling),
+        "0",
+        "0",
+        *["0"] * n,
     ]
     return json.dumps(head + blocks, separators=(",", ":"))
 
@@ -327,6 +362,16 @@ def _refusal(
     if code == "budget":
         who: Any = grant.agent if isinstance(grant, Grant) else agent
         return BudgetExceeded(who, int(reply[1]), int(reply[2]), reason=reason)
+    if code == "cost":
+        who_c: Any = grant.agent if isinstance(grant, Grant) else agent
+        model = grant.model if isinstance(grant, Grant) else None
+        return CostExceeded(
+            who_c, int(reply[1]) / NANO, int(reply[2]) / NANO, model=model or None, reason=reason
+        )
+    if code == "noprice":
+        return InvalidPrice(
+            "prices", None, f"agent {agent!r}: the request has a cost ceiling, no prices"
+        )
     if code == "foreign":
         return ForeignGrant(getattr(grant, "request_id", None), request_id)
     if code == "settled":
@@ -664,6 +709,7 @@ class RedisStore(Store):
         ttl: float,
         pool: str | None,
         pool_priority: str,
+        ceiling_usd: int | None = None,
     ) -> _Steps[Ledger]:
         ledger = Ledger(
             request_id,
@@ -673,6 +719,7 @@ class RedisStore(Store):
             allocation=allocation,
             reserve=reserve,
             expires_at=now + ttl,
+            ceiling_usd=ceiling_usd,
         )
         draw = ""
         if pool is not None:
@@ -712,20 +759,48 @@ class RedisStore(Store):
         output_tokens: int,
         now: float,
         lease_seconds: float,
+        model: str | None = None,
+        prices: tuple[int, int] | None = None,
     ) -> _Steps[tuple[Grant, Ledger]]:
         pending: list[Exception] = []
         is_name = isinstance(agent, str)
         ctx = _tokens("context_tokens", context_tokens, pending)
         out = _tokens("output_tokens", output_tokens, pending)
+        pin = pout = ""
+        try:
+            clean = check_prices(prices)
+            if model is not None and (not isinstance(model, str) or not model):
+                raise InvalidPrice("model", model, "a model is a non-empty name")
+        except InvalidPrice as exc:
+            if not pending:
+                pending.append(exc)
+            pin = pout = "!"
+        else:
+            if clean is not None:
+                pin, pout = str(clean[0]), str(clean[1])
         lease = now + lease_seconds
         reply = yield _Eval(
             "begin",
             self._keys(request_id),
-            (agent if is_name else "", "1" if is_name else "0", ctx, out, _text(now), _text(lease)),
+            (
+                agent if is_name else "",
+                "1" if is_name else "0",
+                ctx,
+                out,
+                _text(now),
+                _text(lease),
+                model if isinstance(model, str) else "",
+                pin,
+                pout,
+            ),
         )
         if reply[0] not in _OK:
+            if _str(reply[0]) == "cost":
+                raise CostExceeded(
+                    agent, int(reply[1]) / NANO, int(reply[2]) / NANO, model=model or None
+                )
             raise _refusal(request_id, reply, pending, agent=agent)
-        grant = Grant(request_id, agent, int(reply[2]), int(ctx), int(out), lease)
+        grant = Grant(request_id, agent, int(reply[2]), int(ctx), int(out), lease, model or None)
         return grant, ledger_from_json(reply[1])
 
     def _extend_steps(
@@ -951,6 +1026,25 @@ class RedisStore(Store):
         """Async :meth:`get_pool`."""
         return await self._arun(self._pool_steps(name, now))
 
+    # ------------------------------------------------------------------ policy state
+
+    def _state_key(self, key: str) -> str:
+        return f"{self.prefix}:state:{key}"
+
+    def get_state(self, key: str) -> tuple[int, bytes] | None:
+        """A policy's shared state: ``(version, data)``, or ``None`` when never written."""
+        version, data = self._call(_Cmd(("HMGET", self._state_key(key), "v", "d")))
+        if version is None:
+            return None
+        return int(version), bytes(data or b"")
+
+    def put_state(self, key: str, data: bytes, expected_version: int) -> int | None:
+        """Write ``data`` if the version is still ``expected_version``; the new version or None."""
+        reply = self._call(
+            _Cmd(("EVAL", _PUT_STATE, 1, self._state_key(key), int(expected_version), data))  # type: ignore[arg-type]
+        )
+        return None if int(reply) < 0 else int(reply)
+
     # ------------------------------------------------------------------ fail-open
 
     def _fallback(
@@ -963,6 +1057,7 @@ class RedisStore(Store):
         allocation: Mapping[str, int] | None,
         reserve: Mapping[str, int] | None,
         ttl: float,
+        ceiling_usd: int | None = None,
     ) -> Ledger:
         """Open the request locally on the emergency budget, or re-raise ``error``."""
         if not self.fail_open:
@@ -987,6 +1082,7 @@ class RedisStore(Store):
                 ttl=ttl,
                 pool=_EMERGENCY_POOL,
                 pool_priority="critical",
+                ceiling_usd=ceiling_usd,
             )
         except PoolExhausted as exc:
             raise StoreUnavailable(
@@ -1022,15 +1118,27 @@ class RedisStore(Store):
         ttl: float = math.inf,
         pool: str | None = None,
         pool_priority: str = "standard",
+        ceiling_usd: int | None = None,
     ) -> Ledger:
         """Open the ledger of a new request (drawing its ceiling from ``pool``)."""
         steps = self._open_steps(
-            request_id, ranks, ceiling, now, allocation, reserve, ttl, pool, pool_priority
+            request_id,
+            ranks,
+            ceiling,
+            now,
+            allocation,
+            reserve,
+            ttl,
+            pool,
+            pool_priority,
+            check_ceiling_usd(ceiling_usd),
         )
         try:
             return self._run(steps)
         except StoreUnavailable as error:
-            return self._fallback(error, request_id, ranks, ceiling, now, allocation, reserve, ttl)
+            return self._fallback(
+                error, request_id, ranks, ceiling, now, allocation, reserve, ttl, ceiling_usd
+            )
 
     def begin(
         self,
@@ -1040,13 +1148,27 @@ class RedisStore(Store):
         output_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        model: str | None = None,
+        prices: tuple[int, int] | None = None,
     ) -> tuple[Grant, Ledger]:
         """Reserve a grant; return it and the state after."""
         local = self._local_store(request_id)
         if local is not None:
-            return local.begin(request_id, agent, context_tokens, output_tokens, now, lease_seconds)
+            return local.begin(
+                request_id,
+                agent,
+                context_tokens,
+                output_tokens,
+                now,
+                lease_seconds,
+                model=model,
+                prices=prices,
+            )
         return self._run(
-            self._begin_steps(request_id, agent, context_tokens, output_tokens, now, lease_seconds)
+            self._begin_steps(
+                request_id, agent, context_tokens, output_tokens, now, lease_seconds, model, prices
+            )
         )
 
     def extend(
@@ -1153,15 +1275,27 @@ class RedisStore(Store):
         ttl: float = math.inf,
         pool: str | None = None,
         pool_priority: str = "standard",
+        ceiling_usd: int | None = None,
     ) -> Ledger:
         """Async :meth:`open`."""
         steps = self._open_steps(
-            request_id, ranks, ceiling, now, allocation, reserve, ttl, pool, pool_priority
+            request_id,
+            ranks,
+            ceiling,
+            now,
+            allocation,
+            reserve,
+            ttl,
+            pool,
+            pool_priority,
+            check_ceiling_usd(ceiling_usd),
         )
         try:
             return await self._arun(steps)
         except StoreUnavailable as error:
-            return self._fallback(error, request_id, ranks, ceiling, now, allocation, reserve, ttl)
+            return self._fallback(
+                error, request_id, ranks, ceiling, now, allocation, reserve, ttl, ceiling_usd
+            )
 
     async def abegin(
         self,
@@ -1171,12 +1305,26 @@ class RedisStore(Store):
         output_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        model: str | None = None,
+        prices: tuple[int, int] | None = None,
     ) -> tuple[Grant, Ledger]:
         """Async :meth:`begin`."""
         if self._local_store(request_id) is not None:
-            return self.begin(request_id, agent, context_tokens, output_tokens, now, lease_seconds)
+            return self.begin(
+                request_id,
+                agent,
+                context_tokens,
+                output_tokens,
+                now,
+                lease_seconds,
+                model=model,
+                prices=prices,
+            )
         return await self._arun(
-            self._begin_steps(request_id, agent, context_tokens, output_tokens, now, lease_seconds)
+            self._begin_steps(
+                request_id, agent, context_tokens, output_tokens, now, lease_seconds, model, prices
+            )
         )
 
     async def aextend(

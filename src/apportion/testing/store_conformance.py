@@ -35,11 +35,13 @@ from hypothesis.stateful import (
 from apportion.errors import (
     ApportionError,
     BudgetExceeded,
+    CostExceeded,
     DuplicateRequest,
     ForeignGrant,
     GrantExpired,
     GrantSettled,
     InvalidCeiling,
+    InvalidPrice,
     InvalidTokenCount,
     RequestClosed,
     UnknownAgent,
@@ -72,6 +74,8 @@ def check_invariants(store: Store, request_id: str) -> None:
     assert state.reserved == sum(state.reserved_by.values())
     if state.status != "open":
         assert state.reserved == 0 and not state.grants
+    assert state.cost_reserved == sum(state.grant_cost(g) for g in state.grants)
+    assert state.cost_consumed == sum(state.cost_by.values())
 
 
 class StoreConformance:
@@ -85,6 +89,64 @@ class StoreConformance:
     def store(self) -> Store:
         """A new store for one test."""
         return self.make_store()
+
+    # ------------------------------------------------------------ cost
+
+    def test_cost_accounted_per_agent(self, store: Store) -> None:
+        store.open("r1", RANKS, 10_000, 0.0)  # no cost ceiling: accounted, never refused
+        grant, state = store.begin(
+            "r1", "lead", 1000, 500, 0.0, LEASE, model="large", prices=(3000, 15000)
+        )
+        assert grant.model == "large"
+        assert state.cost_reserved == 1000 * 3000 + 500 * 15000
+        state = store.finish("r1", grant, 900, 200, 1.0)
+        assert state.cost_reserved == 0
+        assert state.cost_consumed == 900 * 3000 + 200 * 15000
+        assert state.cost_by["lead"] == 900 * 3000 + 200 * 15000
+        plain, _ = store.begin("r1", "notes", 10, 10, 1.0, LEASE)  # unpriced: costs nothing
+        assert plain.model is None
+        state = store.finish("r1", plain, 10, 10, 1.0)
+        assert state.cost_by["notes"] == 0
+        assert state.to_dict()["agents"]["lead"]["cost_usd"] == 0.0057
+        check_invariants(store, "r1")
+
+    def test_cost_ceiling_refuses_full_size(self, store: Store) -> None:
+        store.open("r1", RANKS, 100_000, 0.0, ceiling_usd=10_000_000)  # 0.01 USD
+        grant, _ = store.begin("r1", "lead", 1000, 200, 0.0, LEASE, prices=(3000, 15000))
+        # reserved 6,000,000 nano-USD: 4,000,000 left
+        before = snapshot(store, "r1")
+        with pytest.raises(CostExceeded) as info:
+            store.begin("r1", "helper", 1000, 100, 0.0, LEASE, model="large", prices=(3000, 15000))
+        assert isinstance(info.value, BudgetExceeded)
+        assert info.value.agent == "helper"
+        assert info.value.requested_usd == pytest.approx(0.0045)
+        assert info.value.available_usd == pytest.approx(0.004)
+        assert info.value.model == "large"
+        assert snapshot(store, "r1") == before
+        with pytest.raises(InvalidPrice):  # a cost ceiling needs prices
+            store.begin("r1", "helper", 10, 10, 0.0, LEASE)
+        with pytest.raises(InvalidPrice):
+            store.begin("r1", "helper", 10, 10, 0.0, LEASE, prices=(-1, 5))
+        assert snapshot(store, "r1") == before
+        with pytest.raises(CostExceeded) as info:  # an extension is judged the same way
+            store.extend("r1", grant, 300, 0, 0.0, LEASE)
+        assert info.value.requested_usd == pytest.approx(0.0045)
+        assert snapshot(store, "r1") == before
+        cheap, _ = store.begin("r1", "helper", 1000, 100, 0.0, LEASE, prices=(150, 600))
+        state = store.finish("r1", grant, 1000, 100, 1.0)  # real cost: 4,500,000
+        assert state.cost_consumed == 4_500_000
+        state = store.release("r1", cheap, 1.0)
+        assert state.cost_reserved == 0
+        assert state.to_dict()["ceiling_usd"] == 0.01
+        check_invariants(store, "r1")
+
+    def test_bad_cost_ceiling(self, store: Store) -> None:
+        bad: Any
+        for bad in (0, -5, 1.5, True, 10**16):
+            with pytest.raises(InvalidPrice):
+                store.open("r1", RANKS, 1000, 0.0, ceiling_usd=bad)
+        with pytest.raises(UnknownRequest):
+            store.get("r1")
 
     # ------------------------------------------------------------ basic life
 
@@ -265,6 +327,16 @@ class StoreConformance:
         assert store.reap(60.0) == 1
         state = store.get("r1")
         assert state.status == "expired" and state.reserved == 0
+
+    def test_policy_state_compare_and_set(self, store: Store) -> None:
+        assert store.get_state("learned") is None
+        assert store.put_state("learned", b"one", 1) is None  # absent is version 0
+        assert store.put_state("learned", b"one", 0) == 1
+        assert store.put_state("learned", b"stale", 0) is None  # another writer won
+        assert store.get_state("learned") == (1, b"one")
+        assert store.put_state("learned", b"\x00two\xff", 1) == 2
+        assert store.get_state("learned") == (2, b"\x00two\xff")
+        assert store.get_state("other") is None
 
     def test_close_releases_and_refuses_more(self, store: Store) -> None:
         store.open("r1", RANKS, 1000, 0.0)

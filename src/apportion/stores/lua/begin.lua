@@ -1,5 +1,6 @@
 -- Ledger.begin. KEYS: ledger, events, index.
--- ARGV: agent, agent is a string (1/0), context tokens, output tokens, now, lease end.
+-- ARGV: agent, agent is a string (1/0), context tokens, output tokens, now, lease end,
+-- model ('' for none), input price, output price (nano-USD per token; '' for none).
 local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[5])
 if not c then return {'unknown'} end
 local st = c.st
@@ -8,15 +9,29 @@ if ARGV[2] == '1' then ai = agent_index(c, ARGV[1]) end
 if not ai then return unknown_agent(c, 0) end
 local ctx, out = tok(ARGV[3]), tok(ARGV[4])
 if not ctx or not out then return {'bad'} end
+local pin, pout = -1, -1
+if ARGV[8] ~= '' then
+  pin, pout = tok(ARGV[8]), tok(ARGV[9])
+  if not pin or not pout or pin > 1e9 or pout > 1e9 then return {'bad'} end
+end
 if st[2] ~= 'open' then return {'closed', st[2]} end
 reap(c)
+if pin < 0 and st[c.cb] ~= '' then return refuse(c, {'noprice'}) end
 local total = ctx + out
 local avail = available(c, ai)
 if total > avail then return refuse(c, {'budget', total, avail}) end
+local cost = 0
+if pin >= 0 then
+  cost = ctx * pin + out * pout
+  local left = cost_left(c)
+  if left and cost > left then return refuse(c, {'cost', int(cost), int(left)}) end
+end
 local gid = st[10]
 st[10] = gid + 1
 local p = #st
 st[p + 1], st[p + 2], st[p + 3], st[p + 4], st[p + 5] = gid, ai, ctx, out, ARGV[6]
+st[p + 6], st[p + 7], st[p + 8] = ARGV[7], pin, pout
+if cost > 0 then add_cost(st, c.cb + 1, cost) end
 st[at(c, RSV, ai)] = 0
 st[8] = st[8] - total
 st[7] = st[7] + total

@@ -9,13 +9,17 @@
 --   7 reserved, 8 free, 9 overflow (text), 10 next grant id, 11 pool, 12 draw key,
 --   13 n (agents), then nine blocks of n values in agent order: names, ranks,
 --   allocation, reserve, consumed, reserved, over-use (text), calls, truncated calls;
---   then the open grants, five values each, by grant id: id, agent (1..n), context,
---   output, lease end (text).
+--   then the cost section (nano-USD, decimal text): cost ceiling ('' for none), cost
+--   reserved, cost consumed, then cost per agent (n values);
+--   then the open grants, eight values each, by grant id: id, agent (1..n), context,
+--   output, lease end (text), model ('' for none), input price, output price (nano-USD
+--   per token; -1 when the grant carries no prices).
 -- Token counts stay below 2^53, so Lua's doubles hold them exactly; the counters that can
 -- grow without bound (overflow, over-use) are decimal text. Clock times travel as the
 -- caller's exact decimal text and are only compared, never printed.
 
 local NAME, RANK, ALLOC, RSV, CBY, RBY, OBY, CALLS, TRUNC = 0, 1, 2, 3, 4, 5, 6, 7, 8
+local GS = 8 -- values per open grant
 
 local function int(n)
   return string.format('%.0f', n)
@@ -40,7 +44,7 @@ end
 local function deadline(c)
   local st = c.st
   local d = tonumber(st[4])
-  for p = c.g, #st, 5 do
+  for p = c.g, #st, GS do
     local lease = tonumber(st[p + 4])
     if lease < d then d = lease end
   end
@@ -54,7 +58,7 @@ local function load(key, ekey, ikey, now_s)
   local st = cjson.decode(raw)
   local n = st[13]
   local c = {
-    st = st, n = n, g = 14 + 9 * n, ev = {}, gone = {}, dirty = false,
+    st = st, n = n, cb = 14 + 9 * n, g = 17 + 10 * n, ev = {}, gone = {}, dirty = false,
     key = key, ekey = ekey, ikey = ikey, now_s = now_s, now = tonumber(now_s),
   }
   c.due = deadline(c)
@@ -83,14 +87,34 @@ end
 -- Position of open grant gid, or nil.
 local function grant_at(c, gid)
   local st = c.st
-  for p = c.g, #st, 5 do
+  for p = c.g, #st, GS do
     if st[p] == gid then return p end
   end
   return nil
 end
 
 local function drop_grant(c, p)
-  for _ = 1, 5 do table.remove(c.st, p) end
+  for _ = 1, GS do table.remove(c.st, p) end
+end
+
+-- Cost (nano-USD) of ctx input and out output tokens at the prices of the grant at p.
+local function priced(st, p, ctx, out)
+  if st[p + 6] < 0 then return 0 end
+  return ctx * st[p + 6] + out * st[p + 7]
+end
+
+-- Add d nano-USD to the text counter at position q.
+local function add_cost(st, q, d)
+  st[q] = int(tonumber(st[q]) + d)
+end
+
+-- nano-USD a new grant may still cost at full size, or nil without a cost ceiling.
+local function cost_left(c)
+  local st = c.st
+  if st[c.cb] == '' then return nil end
+  local left = tonumber(st[c.cb]) - tonumber(st[c.cb + 2]) - tonumber(st[c.cb + 1])
+  if left < 0 then left = 0 end
+  return left
 end
 
 -- Settle the open grant at position p without usage: its tokens return to the free pool.
@@ -98,6 +122,8 @@ local function settle(c, p, how, note)
   local st = c.st
   local gid, ai, ctx, out = st[p], st[p + 1], st[p + 2], st[p + 3]
   local total = ctx + out
+  local cost = priced(st, p, ctx, out)
+  if cost > 0 then add_cost(st, c.cb + 1, -cost) end
   st[7] = st[7] - total
   st[8] = st[8] + total
   st[at(c, RBY, ai)] = st[at(c, RBY, ai)] - total
@@ -118,7 +144,7 @@ local function reap(c)
       settle(c, p, 'expire', 'lease expired')
       n = n + 1
     else
-      p = p + 5
+      p = p + GS
     end
   end
   return n

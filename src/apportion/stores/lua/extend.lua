@@ -13,6 +13,12 @@ local ai = st[p + 1]
 local extra = out + ctx
 local avail = available(c, ai)
 if extra > avail then return refuse(c, {'budget', extra, avail}) end
+local cost = priced(st, p, ctx, out)
+if st[p + 6] >= 0 then
+  local left = cost_left(c)
+  if left and cost > left then return refuse(c, {'cost', int(cost), int(left)}) end
+end
+if cost > 0 then add_cost(st, c.cb + 1, cost) end
 st[p + 2] = st[p + 2] + ctx
 st[p + 3] = st[p + 3] + out
 st[p + 4] = ARGV[4]

@@ -21,6 +21,12 @@ local p, err = open_grant(c, ARGV[5], ARGV[6], ARGV[7])
 if not p then return refuse(c, err) end
 local gid, ai = st[p], st[p + 1]
 local granted, used = st[p + 2] + st[p + 3], inp + out
+if st[p + 6] >= 0 then
+  add_cost(st, c.cb + 1, -priced(st, p, st[p + 2], st[p + 3]))
+  local cost = priced(st, p, inp, out)
+  add_cost(st, c.cb + 2, cost)
+  add_cost(st, c.cb + 2 + ai, cost)
+end
 drop_grant(c, p)
 st[7] = st[7] - granted
 st[at(c, RBY, ai)] = st[at(c, RBY, ai)] - granted

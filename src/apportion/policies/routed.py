@@ -1,0 +1,181 @@
+"""``routed``: choose a model and a budget for each agent at once, under both ceilings.
+
+Rule: at each call, the agent about to run and every agent still to run get one option
+each, ``(model, output cap)``, chosen together as a multiple-choice knapsack: the value of
+an option is the log of its expected quality (the model's declared capability for the
+agent's output kind, times the expected coverage of the input it can read, times the
+chance that the output cap covers the predicted output, from the need model's spread),
+weighted by priority (critical 3, standard 2, peripheral 1); its weight is its tokens
+(input plus output at full size) and its cost in USD at full size. A dynamic programme
+over the tokens the agent may draw solves the token ceiling; the cost ceiling is a
+Lagrange multiplier on cost, raised by bisection until the whole plan fits in what the
+cost ceiling leaves. Only the agent about to run is granted its option; the others are
+re-planned at their own call, with the pool and the budget their predecessors left
+(reclaim comes for free). So a critical agent buys the capable model when its quality
+matters more than its cost, and peripheral agents take the cheap model with room to
+finish.
+
+The models offered are the catalog's routable ones (prices and a declared capability
+table: :meth:`~apportion.catalog.Catalog.routable`). Without any, it behaves as
+``elastic``. Extensions, redistribution and learning are those of ``elastic``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from apportion.policies.base import Observation, clip_output
+from apportion.policies.elastic import ElasticPolicy
+from apportion.spec import Agent
+
+_LEVELS = (0.6, 0.85, 1.0, 1.25, 1.6, 2.0, 2.6, 3.4)
+"""Output caps offered, as multiples of the predicted output."""
+_STEPS = 80
+"""Token resolution of the knapsack: the pool is cut in this many steps."""
+_PRIORITY_WEIGHT = {2: 3.0, 1: 2.0, 0: 1.0}
+_FLOOR = 1e-3
+
+
+def _coverage(kind: str, cap: float, mu: float, sigma: float) -> float:
+    """Expected output quality of a cap when the need is log-normal around ``mu``."""
+    if cap <= 0:
+        return 0.0
+    z = math.log(cap / mu) / sigma
+    p = 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+    if kind == "structured":
+        return p
+    partial = min(1.0, cap / (mu * math.exp(sigma)))
+    if kind == "reasoning":
+        return p + (1.0 - p) * 0.5 * partial
+    return p + (1.0 - p) * partial
+
+
+class RoutedPolicy(ElasticPolicy):
+    """Model and budget chosen together per call; see the module docstring."""
+
+    name = "routed"
+    routes: ClassVar[bool] = True
+
+    def _models(self, obs: Observation) -> list[Any]:
+        models: list[Any] | None = obs.memo.get("routable")
+        if models is None:
+            models = obs.memo["routable"] = list(obs.catalog.routable()) if obs.catalog else []
+        return models
+
+    def _options(
+        self, obs: Observation, agent: Agent, inp: float, models: list[Any]
+    ) -> list[tuple[int, int, int, float, str]]:
+        """``(ctx, out, cost in nano-USD, value, model)`` per option of ``agent``."""
+        mu = max(1.0, self.predicted_output(obs, agent, inp))
+        spread = max(1.05, self._model(obs).spread(agent))
+        sigma = math.log(spread) / 1.2816
+        weight = _PRIORITY_WEIGHT[agent.priority.rank]
+        kind = str(agent.output_kind)
+        options = []
+        for model in models:
+            pin, pout = model.nano_prices()
+            for level in _LEVELS:
+                out = max(agent.min_output, round(mu * level))
+                if agent.max_output is not None:
+                    out = min(out, agent.max_output)
+                if model.max_output is not None:
+                    out = min(out, model.max_output)
+                ctx = round(inp)
+                if model.context_window is not None:
+                    ctx = max(0, min(ctx, model.context_window - out))
+                q_in = ctx / inp if inp > 0 else 1.0
+                quality = model.capable(kind) * q_in * _coverage(kind, out, mu, sigma)
+                value = weight * math.log(max(quality, _FLOOR))
+                options.append((ctx, out, ctx * pin + out * pout, value, model.name))
+        return options
+
+    def route(
+        self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
+    ) -> tuple[int, int, str | None]:
+        """Choose ``(context_tokens, output_tokens, model)`` for this call (see the module)."""
+        models = self._models(obs)
+        if not models:
+            ctx, out = self.grant(obs, agent, input_tokens, output_tokens)
+            return ctx, out, None
+        state = obs.state
+        available = state.available_for(agent.name)
+        left = state.cost_available()
+        usd = math.inf if left is None else float(left)
+        needs = self.predicted_needs(obs)
+        mine = self._options(obs, agent, float(input_tokens), models)
+        others = []
+        for b in obs.unstarted(besides=agent.name):
+            inp = max(1.0, needs[b.name] - self.predicted_output(obs, b, None))
+            others.append(self._options(obs, b, inp, models))
+        step = max(1, available // _STEPS)
+        size = available // step
+        best = None
+        for lam in _multipliers(mine, others, size, step, usd):
+            pick = _solve(mine, others, size, step, usd, lam)
+            if pick is not None:
+                best = pick
+                break
+        if best is None:  # nothing fits: the cheapest option that fits alone, if any
+            fitting = [o for o in mine if o[0] + o[1] <= available and o[2] <= usd]
+            if not fitting:
+                return 0, 0, None
+            best = max(fitting, key=lambda o: (o[3], -o[2]))
+        ctx, out, _, _, name = best
+        return ctx, clip_output(out, output_tokens), name
+
+
+def _multipliers(
+    mine: list[tuple[int, int, int, float, str]],
+    others: list[list[tuple[int, int, int, float, str]]],
+    size: int,
+    step: int,
+    usd: float,
+) -> list[float]:
+    """Lagrange multipliers on cost to try, smallest first (0: cost ignored)."""
+    if math.isinf(usd):
+        return [0.0]
+    values = [abs(o[3]) for o in mine] + [abs(o[3]) for opts in others for o in opts]
+    costs = [o[2] for o in mine] + [o[2] for opts in others for o in opts]
+    scale = (max(values) + 1.0) / max(1.0, min(c for c in costs if c > 0) if any(costs) else 1.0)
+    return [0.0] + [scale * 2.0 ** (k - 24) for k in range(0, 30, 2)]
+
+
+def _solve(
+    mine: list[tuple[int, int, int, float, str]],
+    others: list[list[tuple[int, int, int, float, str]]],
+    size: int,
+    step: int,
+    usd: float,
+    lam: float,
+) -> tuple[int, int, int, float, str] | None:
+    """The option of the agent about to run in the best plan costing at most ``usd``."""
+    dp = np.zeros(size + 1)
+    cost = np.zeros(size + 1)
+    for options in reversed(others):
+        new = np.full(size + 1, -np.inf)
+        new_cost = np.zeros(size + 1)
+        for ctx, out, c, value, _ in options:
+            w = -(-(ctx + out) // step)
+            if w > size:
+                continue
+            cand = dp[: size + 1 - w] + value - lam * c
+            better = cand > new[w:]
+            new[w:] = np.where(better, cand, new[w:])
+            new_cost[w:] = np.where(better, cost[: size + 1 - w] + c, new_cost[w:])
+        dp, cost = new, new_cost
+    best = None
+    best_score = -math.inf
+    for option in mine:
+        ctx, out, c, value, _ = option
+        w = -(-(ctx + out) // step)
+        if w > size or not math.isfinite(dp[size - w]):
+            continue
+        if c + cost[size - w] > usd:
+            continue
+        score = value - lam * c + dp[size - w]
+        if score > best_score:
+            best, best_score = option, score
+    return best

@@ -1,0 +1,176 @@
+"""The learned policy, its shared state, ``apportion learn`` and the rollout."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from apportion import Agent, Controller, Pipeline, PolicyConfigError
+from apportion.cli import app
+from apportion.policies import LearnedPolicy, resolve_policy
+from apportion.policies.learned import StateVersionError, check_outcome
+from apportion.policies.rollout import Rollout, confidence_bounds
+from apportion.sim.learn import run_learning
+from apportion.sim.needs import draw_needs
+from apportion.sim.runner import controller_for, run_request
+from apportion.sim.workload import load_workload
+from apportion.stores.memory import MemoryStore
+
+WORKLOADS = Path(__file__).parent.parent / "examples" / "workloads"
+
+
+def pipeline() -> Pipeline:
+    return Pipeline(
+        [
+            Agent("triage", priority="peripheral", output_kind="structured"),
+            Agent("reasoner", priority="critical", after=["triage"], output_kind="reasoning"),
+        ]
+    )
+
+
+def close(controller: Controller, score: float | None) -> None:
+    with controller.request(ceiling=4000, features={"messages": 4}) as req:
+        grant = req.begin("triage", input_tokens=100)
+        req.finish(grant, input_tokens=100, output_tokens=20)
+        grant = req.begin("reasoner", input_tokens=300)
+        req.finish(grant, input_tokens=300, output_tokens=200)
+        if score is not None:
+            req.score(score)
+
+
+def test_resolves_by_name() -> None:
+    assert isinstance(resolve_policy("learned"), LearnedPolicy)
+
+
+def test_bad_scores_refused_and_counted() -> None:
+    policy = LearnedPolicy(seed=1)
+    controller = Controller(pipeline(), policy=policy)
+    close(controller, 0.8)
+    close(controller, None)
+    close(controller, 1.5)
+    close(controller, -0.1)
+    assert (policy.scored, policy.unscored, policy.refused) == (1, 1, 2)
+    with pytest.raises(ValueError):  # NaN is refused when it is told
+        close(controller, math.nan)
+    with pytest.raises(ValueError):
+        check_outcome(math.nan)
+    assert check_outcome(1) == 1.0
+
+
+def test_state_round_trip_and_version_refused() -> None:
+    policy = LearnedPolicy(seed=1)
+    policy.record(2, 3, 0.7)
+    fresh = LearnedPolicy(seed=2)
+    fresh.load_state(policy.state())
+    assert fresh.summary()["classes"]["2"]["requests"] == 1
+    document = json.loads(policy.state())
+    document["version"] = 99
+    with pytest.raises(StateVersionError) as info:
+        fresh.load_state(json.dumps(document))
+    assert info.value.version == 99 and "99" in str(info.value)
+
+
+def test_workers_learn_together_through_the_store() -> None:
+    store = MemoryStore()
+    one = LearnedPolicy(store=store, sync_every=1, seed=1)
+    two = LearnedPolicy(store=store, sync_every=1, seed=2)
+    one.record(0, 0, 0.9)
+    two.record(0, 1, 0.4)
+    one.sync()
+    total = one.summary()["classes"]["0"]["requests"]
+    assert total == 2
+    got = store.get_state("learned")
+    assert got is not None and got[0] == 3
+
+
+def test_learns_above_the_rules_on_seed_scenario() -> None:
+    workload = load_workload(WORKLOADS / "seed-scenario.yaml")
+    result = run_learning(workload, 1000, rules=("estimate", "elastic"))
+    assert result["final_quality_vs_oracle"] >= 0.97
+    assert result["final_quality_vs_oracle"] >= result["best_rule_quality_vs_oracle"] - 0.005
+    assert result["requests"] == 1000 and len(result["curve"]) == 20
+
+
+def test_learn_command_json(tmp_path: Path) -> None:
+    out = tmp_path / "learn.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "learn",
+            str(WORKLOADS / "support-triage.yaml"),
+            "--requests",
+            "60",
+            "--json",
+            str(out),
+            "--plot",
+            str(tmp_path / "curve.png"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    for key in (
+        "final_quality_vs_oracle",
+        "best_rule_policy",
+        "best_rule_quality_vs_oracle",
+        "requests",
+        "curve",
+    ):
+        assert key in document
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_rollout_refuses_candidate_equal_to_baseline() -> None:
+    with pytest.raises(PolicyConfigError):
+        Rollout("elastic", "elastic")
+    policy = resolve_policy("estimate")
+    with pytest.raises(PolicyConfigError):
+        Rollout(policy, policy)
+
+
+def test_rollout_assignment_is_deterministic() -> None:
+    rollout = Rollout("estimate", "elastic")
+    assert rollout.bucket("r-1") == Rollout("uniform", "elastic").bucket("r-1")
+    inside = sum(rollout.bucket(f"r{i}") < 0.01 for i in range(20_000))
+    assert 120 < inside < 280
+
+
+def test_confidence_bounds_shrink() -> None:
+    wide = confidence_bounds(1.0, 1.0, 10, 0.0, 1.0, 10, 0.05, 0.5)
+    narrow = confidence_bounds(1.0, 1.0, 1000, 0.0, 1.0, 1000, 0.05, 0.5)
+    assert wide[0] < narrow[0] < 1.0 < narrow[1] < wide[1]
+
+
+def _roll(candidate: str) -> Rollout:
+    workload = load_workload(WORKLOADS / "seed-scenario.yaml")
+    policies = {}
+    for name in (candidate, "iterative"):
+        policies[name] = resolve_policy(name)
+        warm = controller_for(workload, policies[name])
+        for r in range(300):
+            run_request(warm, workload, draw_needs(workload, 2, r), 20_000)
+    events: list[str] = []
+    rollout = Rollout(
+        policies[candidate],
+        policies["iterative"],
+        min_requests=30,
+        on_event=lambda e: events.append(e.kind),
+    )
+    controller = controller_for(workload, rollout)
+    for r in range(6000):
+        run_request(controller, workload, draw_needs(workload, 1, r), 20_000)
+        if rollout.status != "running":
+            break
+    assert events == [e.kind for e in rollout.events]
+    return rollout
+
+
+def test_worse_candidate_rolled_back_better_promoted() -> None:
+    worse = _roll("uniform")
+    assert worse.status == "rolled_back" and worse.share == 0.0
+    better = _roll("estimate")
+    assert better.status == "complete" and better.share == 1.0
+    assert [e.kind for e in better.events].count("promote") == 4
