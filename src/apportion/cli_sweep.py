@@ -167,7 +167,7 @@ def optimize(
     ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the JSON here.")] = None,
 ) -> None:
-    """Search the best per-agent split of a fixed total; write a budgets file for ``static``."""
+    """Search the best per-agent split of a fixed total; write a budgets file for static."""
     from apportion.analysis.optimize import optimize as run_optimize
     from apportion.files import write_atomic
 
