@@ -174,3 +174,80 @@ def test_worse_candidate_rolled_back_better_promoted() -> None:
     better = _roll("estimate")
     assert better.status == "complete" and better.share == 1.0
     assert [e.kind for e in better.events].count("promote") == 4
+
+
+def test_warm_start_from_a_learning_run() -> None:
+    workload = load_workload(WORKLOADS / "seed-scenario.yaml")
+    result = run_learning(workload, 60, rules=("uniform",))
+    json.dumps(result, allow_nan=False)
+    counted = sum(c["requests"] for c in result["learned"]["classes"].values())
+    policy = LearnedPolicy(seed=3)
+    got = policy.warm_start(result, weight=0.5)
+    assert got == {"requests": round(counted * 0.5), "calls": 0}
+    assert policy.summary()["classes"].keys() == result["learned"]["classes"].keys()
+    assert LearnedPolicy().warm_start(json.dumps(result["state"]).encode())["requests"] == counted
+    with pytest.raises(ValueError, match="no learned state"):
+        policy.warm_start({"requests": 60})
+    with pytest.raises(PolicyConfigError):
+        policy.warm_start(result, weight=0.0)
+
+
+def test_warm_start_from_telemetry(tmp_path: Path) -> None:
+    from apportion.telemetry import flush
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    recorded = pipeline()
+    controller = Controller(recorded, policy="estimate", telemetry=url)
+    for _ in range(40):
+        close(controller, 0.9)
+    assert flush(30)
+    live = pipeline()
+    policy = LearnedPolicy(seed=1)
+    with pytest.raises(PolicyConfigError, match="pipeline"):
+        policy.warm_start(url)
+    assert policy.warm_start(url, pipeline=live) == {"requests": 0, "calls": 80}
+    reasoner = live.agents[1]
+    model = policy.needs(live)
+    row = model.row({"messages": 4})
+    assert model.input(reasoner, row) == pytest.approx(300, rel=0.01)
+    assert model.output(reasoner, {"messages": 4}, row, 300) == pytest.approx(200, rel=0.01)
+    assert policy.summary()["scored"] == 0  # no arm statistics from telemetry
+
+
+def test_rollout_holds_at_doubling_counts_without_a_confident_difference() -> None:
+    seen: list[float] = []
+    rollout = Rollout("estimate", "elastic", min_requests=10, guard_requests=5)
+    rollout.on_event = lambda e: seen.append(e.at)
+    for i in range(40):
+        rollout._sides["candidate"].add(1.0 + (i % 2) * 0.01, 0.9, 1000, False)
+        rollout._sides["baseline"].add(1.0 + ((i + 1) % 2) * 0.01, 0.9, 1000, False)
+        rollout._decide()
+    assert [e.kind for e in rollout.events] == ["start", "hold", "hold", "hold"]
+    assert [e.seen for e in rollout.events] == [0, 0, 0, 0]  # _decide alone counts nothing
+    hold = rollout.events[1]
+    assert hold.lower < 0 < hold.upper and rollout.status == "running"
+    assert len(seen) == 3 and all(math.isfinite(t) for t in seen)
+
+
+def test_learn_command_warm_starts_from_an_earlier_run(tmp_path: Path) -> None:
+    first, state = tmp_path / "first.json", tmp_path / "state.json"
+    args = ["learn", str(WORKLOADS / "support-triage.yaml"), "--requests", "40"]
+    result = CliRunner().invoke(app, [*args, "--json", str(first), "--save-state", str(state)])
+    assert result.exit_code == 0, result.output
+    for source, expected in ((first, "20 weighted"), (state, "40 weighted")):
+        weight = "0.5" if source == first else "1"
+        result = CliRunner().invoke(
+            app, [*args, "--warm-start", str(source), "--warm-weight", weight]
+        )
+        assert result.exit_code == 0, result.output
+        assert expected in result.output
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "apportion.learned", "version": 99}')
+    result = CliRunner().invoke(app, [*args, "--warm-start", str(bad)])
+    assert result.exit_code != 0 and "version 99" in result.output
+
+
+@pytest.mark.parametrize("explore", [0.0, -1.0, math.nan, math.inf])
+def test_explore_must_be_positive(explore: float) -> None:
+    with pytest.raises(PolicyConfigError, match="explore"):
+        LearnedPolicy(explore=explore)

@@ -112,18 +112,41 @@ def _frontier_table(frontier: dict[str, Any], workload: str) -> Table:
     return table
 
 
+def _cost_frontier_table(frontier: dict[str, Any], workload: str) -> Table:
+    """Quality and cost per request per policy (rows) at each cost ceiling (columns)."""
+    table = Table(
+        title=f"{workload}: quality against cost [dim](simulated quality and prices)[/]",
+        caption=f"same requests at every cost ceiling; {frontier['ceiling']:,} tokens; "
+        "each cell: quality / USD per request",
+    )
+    table.add_column("policy", no_wrap=True)
+    for level in frontier["ceilings_usd"]:
+        table.add_column(f"{level:g} USD", justify="right", no_wrap=True)
+    rows = sorted(frontier["policies"].items(), key=lambda kv: -sum(kv[1]["quality"]))
+    for name, values in [*rows, ("[italic]oracle[/]", frontier["oracle"])]:
+        cells = (
+            f"{q:.3f} / {c:.4f}" for q, c in zip(values["quality"], values["cost"], strict=True)
+        )
+        table.add_row(name, *cells)
+    return table
+
+
 def _run_bench(workload_path: Path | None, **options: Any) -> dict[str, Any]:
     """Run the bench (the demo's workload when ``workload_path`` is None) under a progress bar.
 
     Options: ``policies``, ``ceiling``, ``requests``, ``seed``, and ``ceilings`` (a list):
     with ``ceilings``, the result is :func:`~apportion.sim.bench.frontier_document` with
-    ``ceiling`` (default: the first of ``ceilings``) as the headline ceiling.
+    ``ceiling`` (default: the first of ``ceilings``) as the headline ceiling. With
+    ``ceilings_usd`` (a list), it is :func:`~apportion.sim.bench.cost_frontier_document`
+    at the token ceiling ``ceiling`` (default: the workload's).
     """
     from apportion.sim.bench import (
         DEFAULT_REQUESTS,
+        cost_frontier_document,
         frontier_document,
         progress_total,
         run_bench,
+        run_cost_frontier,
         run_frontier,
     )
     from apportion.sim.workload import load_workload
@@ -132,7 +155,24 @@ def _run_bench(workload_path: Path | None, **options: Any) -> dict[str, Any]:
     policies = options.get("policies") or list(POLICIES)
     count = options.get("requests") or workload.requests or DEFAULT_REQUESTS
     ceilings: list[int] | None = options.get("ceilings")
+    ceilings_usd: list[float] | None = options.get("ceilings_usd")
     with _progress() as bar:
+        if ceilings_usd:
+            total = progress_total(count, len(policies), len(ceilings_usd))
+            task = bar.add_task("oracle + policies", total=total)
+            usd_runs = run_cost_frontier(
+                workload,
+                ceilings_usd,
+                policies=policies,
+                ceiling=options.get("ceiling"),
+                requests=count,
+                seed=options.get("seed"),
+                progress=lambda n: bar.advance(task, n),
+                on_ceiling=lambda c: bar.update(
+                    task, description=f"cost ceiling {c:g} USD: oracle + policies"
+                ),
+            )
+            return cost_frontier_document(usd_runs)
         if not ceilings:
             task = bar.add_task("oracle + policies", total=progress_total(count, len(policies)))
             return run_bench(
@@ -227,7 +267,16 @@ def bench(
         Path | None,
         typer.Option(
             help="Write a figure here (.png or .svg): the frontier with --ceilings, "
-            "else quality per policy."
+            "quality against cost with --ceilings-usd, else quality per policy."
+        ),
+    ] = None,
+    ceilings_usd: Annotated[
+        str | None,
+        typer.Option(
+            "--ceilings-usd",
+            help="Comma-separated cost ceilings in USD (e.g. 0.02,0.05,0.1), for a workload "
+            "with models: the cost-quality frontier (JSON 'frontier_usd'). The JSON's top "
+            "level is for the lowest.",
         ),
     ] = None,
 ) -> None:
@@ -237,7 +286,7 @@ def bench(
     """
     from apportion.files import write_atomic
     from apportion.policies import ROUTING
-    from apportion.sim.bench import parse_ceilings
+    from apportion.sim.bench import parse_ceilings, parse_ceilings_usd
     from apportion.sim.figures import figure_format, render_figure
 
     for name in policy or ():  # NAME@MODEL runs every call on a workload model
@@ -245,7 +294,12 @@ def bench(
             known = ", ".join([*POLICIES, *ROUTING])
             raise _fail(ValueError(f"unknown policy {name!r}; choose from {known}"))
     levels: list[int] | None = None
+    usd_levels: list[float] | None = None
     try:
+        if ceilings_usd is not None:
+            if ceilings is not None:
+                raise ValueError("give --ceilings or --ceilings-usd, not both")
+            usd_levels = parse_ceilings_usd(ceilings_usd)
         if ceilings is not None:
             levels = parse_ceilings(ceilings)
             if ceiling is not None and ceiling not in levels:
@@ -269,12 +323,15 @@ def bench(
             requests=requests,
             seed=seed,
             ceilings=levels,
+            ceilings_usd=usd_levels,
         )
-    except (ApportionError, NotImplementedError) as exc:
+    except (ApportionError, NotImplementedError, ValueError) as exc:
         raise _fail(exc) from exc
     console.print(_bench_table(result))
     if "frontier" in result:
         console.print(_frontier_table(result["frontier"], str(result["workload"])))
+    if "frontier_usd" in result:
+        console.print(_cost_frontier_table(result["frontier_usd"], str(result["workload"])))
     # Everything is produced in memory first: a failure leaves no file at all.
     document = json.dumps(result, indent=2) + "\n"
     image: bytes | None = None

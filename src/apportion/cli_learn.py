@@ -65,6 +65,13 @@ def learn(
     save_state: Annotated[
         Path | None, typer.Option(help="Write the learned state here (to warm-start).")
     ] = None,
+    warm_start: Annotated[
+        Path | None,
+        typer.Option(help="Start from a saved state, or the JSON of an earlier learn run."),
+    ] = None,
+    warm_weight: Annotated[
+        float, typer.Option(help="How much each warm-start request counts.", min=0.0)
+    ] = 1.0,
 ) -> None:
     """Run the learned policy online on a workload; show its curve against the oracle."""
     from apportion.files import write_atomic
@@ -77,6 +84,16 @@ def learn(
         fmt = figure_format(plot) if plot is not None else None
         workload = load_workload(target)
         policy = LearnedPolicy(price=price, seed=seed if seed is not None else workload.seed)
+        if warm_start is not None:
+            earlier = json.loads(warm_start.read_text(encoding="utf-8"))
+            if isinstance(earlier, dict) and "state" in earlier:
+                got = policy.warm_start(earlier, weight=warm_weight)
+            else:
+                got = policy.warm_start(warm_start, weight=warm_weight)
+            console.print(
+                f"warm start: {got['requests']:,} weighted requests from {warm_start}",
+                highlight=False,
+            )
         with _progress() as bar:
             task = bar.add_task("oracle + learned + rules", total=progress_steps(requests))
             result = run_learning(

@@ -84,7 +84,13 @@ def report(
     """
     from apportion.analysis.page import report_page
     from apportion.analysis.profile import budgets_yaml, profile_budgets
-    from apportion.analysis.report import Thresholds, build_report, quality_table, report_table
+    from apportion.analysis.report import (
+        Thresholds,
+        build_report,
+        quality_table,
+        report_table,
+        rollout_table,
+    )
     from apportion.files import write_atomic
 
     thresholds = Thresholds(percentile=percentile, margin=margin)
@@ -101,6 +107,9 @@ def report(
         scored = quality_table(document)
         if scored is not None:
             console.print(scored)
+    rollouts = rollout_table(document)
+    if rollouts is not None:
+        console.print(rollouts)
     # Everything is produced in memory first: a failure leaves no file at all.
     text = json.dumps(document, indent=2) + "\n"
     page = None

@@ -75,6 +75,9 @@ class _Config:
             from apportion.telemetry import open_sinks
 
             self.sinks = open_sinks(telemetry)
+        attach = getattr(self.policy, "attach_telemetry", None)
+        if self.sinks and callable(attach):  # a rollout writes its decisions there too
+            attach(self.sinks)
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
         self._catalog = catalog
@@ -250,6 +253,11 @@ class _Steps:
                     raise
                 obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)  # raced: look again
             else:
+                if priced:  # the grant's model and prices, for the telemetry records
+                    obs.memo.setdefault("grant_prices", {})[grant.grant_id] = (
+                        priced.get("model"),
+                        priced.get("prices"),
+                    )
                 return grant  # type: ignore[no-any-return]
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -439,6 +447,16 @@ class _RequestBase:
     def closed(self) -> bool:
         """Whether the request has closed."""
         return self._steps.closed
+
+    @property
+    def routes(self) -> bool:
+        """Whether the policy chooses the model of each call (``grant.model`` then rules)."""
+        return self._steps.config.routes
+
+    @property
+    def catalog(self) -> Any:
+        """The controller's model catalog (:class:`~apportion.catalog.Catalog`)."""
+        return self._steps.config.catalog
 
     def score(self, value: float) -> None:
         """Record the request's outcome score (0..1 by convention), told to the policy at close."""

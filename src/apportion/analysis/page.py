@@ -22,10 +22,13 @@ from apportion.analysis.report import (
     QUALITY_CAPTION,
     QUALITY_COLUMNS,
     REPORT_COLUMNS,
+    ROLLOUT_CAPTION,
+    ROLLOUT_COLUMNS,
     fmt_time,
     quality_rows,
     report_caption,
     report_rows,
+    rollout_rows,
 )
 from apportion.sim.html import Section, figure, paragraph, render_html, table
 from apportion.telemetry.records import CallUsage
@@ -57,9 +60,17 @@ def report_page(
         "those recorded with req.score; nothing on this page is simulated."
     )
     title = "apportion report: token budgets per agent"
+    rollouts = rollout_rows(report)
+    rollout_section = Section(
+        "Rollouts",
+        table(ROLLOUT_COLUMNS, rollouts, caption=ROLLOUT_CAPTION, numeric=(2, 3, 4, 5)),
+    )
     if report["empty"]:
         body = paragraph(str(report["message"] or "nothing to report"))
-        return render_html(title, [Section("Nothing to report", body)], notice=notice)
+        empty = [Section("Nothing to report", body)]
+        if rollouts:
+            empty.append(rollout_section)
+        return render_html(title, empty, notice=notice)
     sections = [
         Section(
             "Per agent",
@@ -115,6 +126,8 @@ def report_page(
             )
         )
     sections.append(Section("Figures", "".join(figures)))
+    if rollouts:
+        sections.append(rollout_section)
     if budgets_yaml:
         sections.append(
             Section(

@@ -28,6 +28,12 @@ Definitions (per agent, over the calls in the period):
   usage understates the need of the cut calls, so the budget is also at least the
   largest usage observed on a cut call, plus the margin (``censored: true``).
 
+Rollouts (``rollouts``): the decisions of progressive rollouts
+(:class:`~apportion.policies.rollout.Rollout`) recorded in the period, per rollout: its
+candidate and baseline, its last decision's kind and share, and every decision (kind,
+share, scored requests seen, mean outcome per 1,000 tokens of each side, the confidence
+bounds of their difference, the reason, the time).
+
 :func:`build_report` gives the JSON document; :func:`report_table` the terminal table;
 :func:`report_page` the self-contained HTML page with its figures.
 """
@@ -61,6 +67,8 @@ __all__ = [
     "recommend",
     "report_rows",
     "report_table",
+    "rollout_rows",
+    "rollout_table",
 ]
 
 PERCENTILES: Final = (50, 90, 99)
@@ -314,7 +322,34 @@ def build_report(
         },
         "ceiling_hit": "output truncated at its cap, or input cut to fit its context grant",
         "agents": agents,
+        "rollouts": rollouts_of(dataset),
     }
+
+
+def rollouts_of(dataset: Dataset) -> list[dict[str, Any]]:
+    """The rollouts of a dataset, each with its decisions in order (see the docstring)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in getattr(dataset, "rollouts", ()):
+        entry = out.setdefault(
+            r.rollout,
+            {"rollout": r.rollout, "candidate": r.candidate, "baseline": r.baseline},
+        )
+        entry["status"] = r.kind
+        entry["share"] = r.share
+        entry.setdefault("decisions", []).append(
+            {
+                "kind": r.kind,
+                "share": r.share,
+                "seen": r.seen,
+                "candidate_mean": r.candidate_mean,
+                "baseline_mean": r.baseline_mean,
+                "lower": r.lower,
+                "upper": r.upper,
+                "reason": r.reason,
+                "at": r.at,
+            }
+        )
+    return list(out.values())
 
 
 def fmt_time(seconds: float) -> str:
@@ -438,6 +473,75 @@ QUALITY_CAPTION: Final = (
     "budget, and of those in which none did, with 95% Student-t intervals (none below two "
     "requests). A difference suggests cuts cost quality; it is not proof of cause."
 )
+
+
+ROLLOUT_COLUMNS: Final = (
+    "rollout",
+    "decision",
+    "share",
+    "seen",
+    "candidate/1k tok",
+    "baseline/1k tok",
+    "difference bounds",
+    "at",
+    "reason",
+)
+"""The columns of the rollouts table."""
+
+ROLLOUT_CAPTION: Final = (
+    "Decisions of progressive rollouts: share is the candidate's share of traffic after the "
+    "decision; candidate and baseline give mean outcome per 1,000 tokens at the step; the "
+    "bounds are the always-valid confidence sequence of their difference."
+)
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def rollout_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    """One row per rollout decision, in the order of :data:`ROLLOUT_COLUMNS`."""
+    rows = []
+    for rollout in report.get("rollouts", []):
+        for d in rollout["decisions"]:
+            bounds = "-"
+            if d["lower"] is not None or d["upper"] is not None:
+                bounds = f"[{_num(d['lower'], 4)}, {_num(d['upper'], 4)}]"
+            rows.append(
+                [
+                    f"{rollout['rollout']}",
+                    d["kind"],
+                    fmt_share(d["share"]),
+                    str(d["seen"]),
+                    _num(d["candidate_mean"]),
+                    _num(d["baseline_mean"]),
+                    bounds,
+                    "-" if d["at"] is None else fmt_time(d["at"]),
+                    d["reason"],
+                ]
+            )
+    return rows
+
+
+def rollout_table(report: Mapping[str, Any]) -> Table | None:
+    """The rollouts' decisions, for the terminal; ``None`` without any."""
+    rows = rollout_rows(report)
+    if not rows:
+        return None
+    table = Table(title="Rollouts", caption=ROLLOUT_CAPTION + " Times: in the JSON and HTML.")
+    at = ROLLOUT_COLUMNS.index("at")  # left out here: the terminal is narrow
+    for column in ROLLOUT_COLUMNS:
+        if column == "at":
+            continue
+        if column in ("rollout", "reason"):
+            table.add_column(column, overflow="fold", min_width=14 if column == "rollout" else 30)
+        else:
+            short = {"candidate/1k tok": "cand./1k tok", "baseline/1k tok": "base./1k tok"}
+            table.add_column(short.get(column, column), justify="right")
+    for row in rows:
+        style = "red" if row[1] == "rollback" else "green" if row[1] == "complete" else None
+        table.add_row(*row[:at], *row[at + 1 :], style=style)
+    return table
 
 
 def report_table(report: Mapping[str, Any]) -> Table:

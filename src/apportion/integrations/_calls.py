@@ -14,7 +14,12 @@ One call, step by step:
    (:func:`~apportion.tokens.counting.counter_for`; an unknown model raises ``NoTokenizer``
    or ``UnknownModel`` before anything is reserved, unless ``counter="approximate"``).
 2. **Begin** a grant with that count as ``input_tokens``; the caller's own ``max_tokens``
-   (or ``max_completion_tokens``) is passed as the most output wanted.
+   (or ``max_completion_tokens``) is passed as the most output wanted, and the caller's
+   ``model`` as the call's model (priced from the controller's catalog). When the
+   controller's policy routes (``routes = True``) and the grant names another model
+   (``grant.model``), that model is called instead and priced: the caller's model is the
+   default a routing policy may override. (Counting and fitting keep the caller's model's
+   tokenizer.) A non-routing policy never changes the model.
 3. **Fit** the messages into the grant's ``context_tokens``
    (:func:`~apportion.tokens.fitting.fit_messages`); if even the irreducible part does not
    fit, the grant is released and ``InputTooLarge`` says how many tokens that part needs.
@@ -40,8 +45,9 @@ One call, step by step:
    and every completion written) and ``truncated`` = the last call stopped on ``length``.
    The returned response is the first call's response with the answer's text joined, the
    last ``finish_reason``, and ``usage`` summed over the calls; its ``apportion`` attribute
-   (see :func:`report_of`) is a :class:`CallReport` with the cost from LiteLLM's model cost
-   map (``None`` for a model the map does not price).
+   (see :func:`report_of`) is a :class:`CallReport` with the cost of the model called: the
+   controller's catalog when the model is one of the user's own (a YAML catalog), else
+   LiteLLM's model cost map, else the catalog (``None`` for a model nothing prices).
 
 Bad input and failures:
 
@@ -98,6 +104,8 @@ CONTINUE_PROMPT = "Continue exactly where you stopped."
 MAX_EXTENSIONS = 3
 """Follow-up calls made at most for one cut answer, by default."""
 
+_LITELLM_SOURCE = "LiteLLM"
+
 THINKING_MIN_BUDGET = 1024
 """Anthropic's smallest thinking budget; below it, thinking is left off."""
 
@@ -146,7 +154,8 @@ class CallReport:
         finish_reason: the last call's finish reason.
         truncated: the answer ended cut at its cap.
         overuse: tokens used beyond the grant (the ledger records them too).
-        cost_usd: the calls' cost from LiteLLM's model cost map, or ``None`` if unpriced.
+        cost_usd: the calls' cost (the model called: the user's catalog, else LiteLLM's
+            model cost map), or ``None`` if unpriced.
         thinking_budget: the Anthropic thinking budget sent on the first call (0: left
             off), or ``None`` when thinking was not asked for.
         settled: ``"finish"``, ``"release"``, or ``None`` while still open.
@@ -240,6 +249,9 @@ class ChatCall:
         self.n = n
         self.agent = agent
         self.model = model
+        self.requested = model
+        self.routes = False
+        self.catalog: Callable[[], Any] | None = None
         self.messages = list(messages)
         self.params = params
         self.tools = params.get("tools")
@@ -249,6 +261,28 @@ class ChatCall:
         self.cost = cost
         self.stream = bool(params.get("stream"))
         self.report = CallReport(agent, model)
+
+    def _reroute(self, model: str) -> None:
+        """Call ``model`` (the routing policy's choice) instead of the caller's model."""
+        self.model = model
+        self.report.model = model
+
+    def _price(self, input_tokens: int, output_tokens: int) -> float | None:
+        """USD cost of the calls: the user's catalog first, then ``cost``, then LiteLLM's."""
+        info = None
+        with suppress(Exception):  # pricing is informative: it never breaks settling
+            catalog = self.catalog() if self.catalog is not None else None
+            info = catalog.find(self.model) if catalog is not None else None
+        info = info if info is not None and info.priced else None
+        if info is not None and not info.source.startswith(_LITELLM_SOURCE):
+            return float(info.cost(input_tokens, output_tokens))
+        price = None
+        if self.cost is not None:
+            with suppress(Exception):
+                price = self.cost(self.model, input_tokens, output_tokens)
+        if price is None and info is not None:
+            price = float(info.cost(input_tokens, output_tokens))
+        return price
 
     # -------------------------------------------------------------- parameters
 
@@ -283,8 +317,12 @@ class ChatCall:
         report = self.report
         counted = self.counter.count_messages(self.messages, tools=self.tools)
         report.counted_input = counted
-        grant: Grant = yield Op("req", "begin", (self.agent, counted, self.cap), {})
+        grant: Grant = yield Op(
+            "req", "begin", (self.agent, counted, self.cap), {"model": self.requested}
+        )
         report.grant = grant
+        if self.routes and grant.model and grant.model != self.model:
+            self._reroute(grant.model)
         try:
             if grant.output_tokens < self.n:
                 raise BudgetExceeded(
@@ -340,11 +378,7 @@ class ChatCall:
         report.grant = grant
         report.truncated = truncated
         report.overuse = max(0, report.input_tokens + report.output_tokens - grant.total)
-        if self.cost is not None:
-            try:
-                report.cost_usd = self.cost(self.model, report.input_tokens, report.output_tokens)
-            except Exception:  # pricing is informative: it never breaks settling
-                report.cost_usd = None
+        report.cost_usd = self._price(report.input_tokens, report.output_tokens)
         yield self._note(grant)
         op = Op(
             "req",
@@ -572,6 +606,16 @@ def _check_sync(req: Any) -> None:
         raise TypeError("an AsyncRequest needs the async call: use `await req.acompletion(...)`")
 
 
+def _routes(req: Any, call: ChatCall) -> bool:
+    """Whether ``req``'s policy routes (then the grant's model is the one called).
+
+    Also gives ``call`` the request's catalog (read when the call is priced).
+    """
+    if call.catalog is None and hasattr(type(req), "catalog"):
+        call.catalog = lambda: req.catalog
+    return getattr(req, "routes", False) is True
+
+
 def _annotate(req: Any, op: Op) -> None:
     annotate = getattr(req, op.method, None)
     if callable(annotate):
@@ -588,6 +632,7 @@ def run(call: ChatCall, req: Any, send: Callable[..., Any]) -> Any:
         send: the client function, called with the call's parameters as keywords.
     """
     _check_sync(req)
+    call.routes = _routes(req, call)
     return _drive(call.steps(), req, send, None)[1]
 
 
@@ -626,6 +671,7 @@ async def arun(call: ChatCall, req: Any, send: Callable[..., Awaitable[Any]]) ->
         req: an :class:`~apportion.controller.AsyncRequest` (or a sync ``Request``).
         send: the async client function, called with the call's parameters as keywords.
     """
+    call.routes = _routes(req, call)
     return (await _adrive(call.steps(), req, send, None))[1]
 
 
@@ -668,6 +714,7 @@ class BudgetedStream:
 
     def __init__(self, call: ChatCall, req: Any, send: Callable[..., Any]) -> None:
         _check_sync(req)
+        call.routes = _routes(req, call)
         self._tally = StreamTally(call.counter)
         self._steps = call.stream_steps(self._tally)
         self._req = req
@@ -720,6 +767,7 @@ class AsyncBudgetedStream:
     """The async twin of :class:`BudgetedStream`; build it with :meth:`open`."""
 
     def __init__(self, call: ChatCall, req: Any, send: Callable[..., Awaitable[Any]]) -> None:
+        call.routes = _routes(req, call)
         self._tally = StreamTally(call.counter)
         self._steps = call.stream_steps(self._tally)
         self._req = req

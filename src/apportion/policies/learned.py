@@ -12,7 +12,10 @@ request closes with an outcome score ``Q`` in [0, 1], the arm's reward in that c
 ``Q - price * consumed / ceiling``; the arm for the next request of the class is drawn by
 Thompson sampling from Normal posteriors of the mean reward (each class's posterior is
 shrunk toward the arm's mean over all classes, so a new class starts from what the others
-learned).
+learned), their spread scaled by ``explore`` (0.5 by default: tempered sampling, which
+explores less; on 24 random workloads the policy had never seen, 0.5 raised the mean
+final quality over the oracle's by about 0.006 against 1.0, consistently over three sets
+of eight).
 
 Safety: exploration never leaves the ceiling (the ledger enforces it for every grant), and
 every arm holds back, for each critical agent that has not started, its predicted need
@@ -28,9 +31,17 @@ class and arm), which add up, so many workers learn together: with ``store=``, e
 folds its new statistics into the store's copy every ``sync_every`` scored requests by
 compare-and-set (:meth:`~apportion.stores.base.Store.get_state` / ``put_state``, memory or
 Redis) and continues from the sum. :meth:`LearnedPolicy.state` exports them as JSON bytes;
-:meth:`LearnedPolicy.load_state` warm-starts from them (saved from another run, or from
-:func:`pretrain`, which runs the policy on a simulated workload); a state of another format
-version is refused with :class:`StateVersionError`.
+:meth:`LearnedPolicy.load_state` warm-starts from them; a state of another format version
+is refused with :class:`StateVersionError`.
+
+Warm start (:meth:`LearnedPolicy.warm_start`): from the result of a learning run
+(``apportion learn --json`` holds the state under ``"state"``, as does
+:func:`~apportion.sim.learn.run_learning`), or a saved state, the arms' statistics are
+added, scaled by ``weight`` (a simulated run may be worth less than live traffic: with
+``weight=0.1``, ten simulated requests count as one). From a telemetry database, only the
+need model is warmed (every finished call of the pipeline's requests, with their
+features): the arm each request ran under is not in the telemetry, so no arm statistics
+can honestly be drawn from it.
 
 Libraries weighed: MABWiser (contextual bandits incl. Thompson sampling; its learners are
 pickled objects that cannot be merged across workers, and it adds pandas/scikit-learn),
@@ -48,6 +59,7 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,7 +67,7 @@ import numpy as np
 from apportion.errors import ApportionError, PolicyConfigError
 from apportion.policies.base import Observation, Plan
 from apportion.policies.predicting import PredictingPolicy, _fit
-from apportion.spec import Agent, Priority
+from apportion.spec import Agent, Pipeline, Priority
 
 if TYPE_CHECKING:
     from apportion.stores.base import Store
@@ -153,6 +165,7 @@ class LearnedPolicy(PredictingPolicy):
         key: the state's key in the store.
         sync_every: scored requests between two merges with the store.
         seed: seed of the sampler (``None``: fresh entropy).
+        explore: scale of the posteriors' spread when drawing (1: plain Thompson sampling).
 
     Attributes:
         unscored: requests closed without a score (not learned from).
@@ -171,6 +184,7 @@ class LearnedPolicy(PredictingPolicy):
         key: str = "learned",
         sync_every: int = 32,
         seed: int | None = None,
+        explore: float = 0.5,
     ) -> None:
         super().__init__(margin=0.0)
         if not arms or len({a.name for a in arms}) != len(arms):
@@ -179,6 +193,9 @@ class LearnedPolicy(PredictingPolicy):
             raise PolicyConfigError(f"price must be a number >= 0, not {price!r}", price=price)
         if sync_every < 1:
             raise PolicyConfigError(f"sync_every must be at least 1, not {sync_every!r}")
+        if not (math.isfinite(explore) and explore > 0):
+            raise PolicyConfigError(f"explore must be a number > 0, not {explore!r}")
+        self.explore = float(explore)
         self.arms = tuple(arms)
         self.price = float(price)
         self.store = store
@@ -220,7 +237,7 @@ class LearnedPolicy(PredictingPolicy):
                     sd = math.sqrt(var / count)
                 else:
                     sd = _PRIOR_SD
-                draws[a] = self._rng.normal(mean, sd)
+                draws[a] = self._rng.normal(mean, sd * self.explore)
             return int(np.argmax(draws))
 
     def arm_of(self, obs: Observation) -> Arm:
@@ -347,6 +364,80 @@ class LearnedPolicy(PredictingPolicy):
         with self._lock:
             self._stats.table += table
             self._delta.table += table  # shared with the store at the next merge
+
+    def warm_start(
+        self,
+        source: Mapping[str, Any] | bytes | Path | str | Any,
+        *,
+        pipeline: Pipeline | None = None,
+        weight: float = 1.0,
+    ) -> dict[str, int]:
+        """Warm-start from a learning run, a saved state or telemetry (see the module docstring).
+
+        Args:
+            source: a learning run's result (a mapping with ``"state"``); a state as bytes
+                or the path of a state file; or telemetry: a database URL (or ``.db``
+                path given as a string) or a loaded :class:`~apportion.telemetry.sql.Dataset`.
+            pipeline: the pipeline whose need model telemetry warms (telemetry only).
+            weight: how much each learned request counts (states and results only).
+
+        Returns:
+            ``{"requests": ..., "calls": ...}``: requests added to the arms' statistics
+            (weighted), and calls folded into the need model.
+
+        Raises:
+            StateVersionError: the state is of another format or version.
+            PolicyConfigError: the state's arms are not this policy's, ``weight`` is not
+                positive, or telemetry was given without a pipeline.
+            ValueError: a result without a state.
+        """
+        if not (math.isfinite(weight) and weight > 0):
+            raise PolicyConfigError(f"weight must be a number > 0, not {weight!r}")
+        if isinstance(source, Mapping):
+            if "state" not in source:
+                raise ValueError("this result holds no learned state (rerun apportion learn)")
+            data: bytes | str = json.dumps(source["state"])
+        elif isinstance(source, bytes):
+            data = source
+        elif isinstance(source, Path):
+            data = source.read_bytes()
+        else:
+            return self._warm_from_telemetry(source, pipeline)
+        table = self._decode(data) * weight
+        with self._lock:
+            self._stats.table += table
+            self._delta.table += table
+        return {"requests": round(float(table[:, :, 0].sum())), "calls": 0}
+
+    def _warm_from_telemetry(self, source: Any, pipeline: Pipeline | None) -> dict[str, int]:
+        if pipeline is None:
+            raise PolicyConfigError("warming from telemetry needs the pipeline (pipeline=)")
+        if isinstance(source, str):
+            from apportion.telemetry.sql import open_database
+
+            with open_database(source) as db:
+                source = db.load(pipeline=pipeline.name)
+        names = {a.name for a in pipeline.agents}
+        by_request: dict[str, list[tuple[str, int, int, bool]]] = {}
+        for call in source.calls:
+            if (
+                call.settled == "finish"
+                and call.agent in names
+                and call.used_input is not None
+                and call.used_output is not None
+            ):
+                by_request.setdefault(call.request_id, []).append(
+                    (call.agent, call.used_input, call.used_output, bool(call.truncated))
+                )
+        model = self.needs(pipeline)
+        calls = 0
+        for request_id, settled in by_request.items():
+            record = source.requests.get(request_id)
+            if record is None or record.pipeline != pipeline.name:
+                continue
+            model.observe(record.features, settled)
+            calls += len(settled)
+        return {"requests": 0, "calls": calls}
 
     def _encode(self, table: np.ndarray) -> bytes:
         stats = {

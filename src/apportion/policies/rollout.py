@@ -21,9 +21,14 @@ exceeds the baseline's by more than ``max_critical_cut_increase``; its mean toke
 the baseline's by more than ``max_cost_ratio``; or the confidence sequence shows its
 outcome per token worse than the baseline's. A rolled-back candidate gets no traffic.
 
-Every decision (start, promote, complete, rollback) is a :class:`RolloutEvent`, kept in
-:attr:`Rollout.events` and handed to ``on_event``. A candidate equal to its baseline (the
-same object or the same name) is refused.
+Every decision (start, promote, hold, complete, rollback) is a :class:`RolloutEvent`, kept
+in :attr:`Rollout.events`, handed to ``on_event`` and written to the telemetry sinks that
+record rollouts (the SQL sink's ``apportion_rollout_events`` table, shown by ``apportion
+report``): those given as ``telemetry=``, or else those of the controller the rollout is
+the policy of. A ``hold`` is recorded when, at a step, each side first has
+``min_requests`` scored requests (and again at 2, 4, 8 ... times as many) without a
+confident difference either way. A candidate equal to its baseline (the same object or
+the same name) is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -50,7 +56,7 @@ class RolloutEvent:
     """One rollout decision.
 
     Attributes:
-        kind: ``start``, ``promote``, ``complete`` or ``rollback``.
+        kind: ``start``, ``promote``, ``hold``, ``complete`` or ``rollback``.
         share: the candidate's share of traffic after the decision.
         reason: why, in words.
         seen: scored requests so far (both sides, all steps).
@@ -58,6 +64,7 @@ class RolloutEvent:
         baseline: the baseline's, likewise.
         lower: lower confidence bound of the difference (candidate minus baseline).
         upper: upper confidence bound of it.
+        at: clock time of the decision.
     """
 
     kind: str
@@ -68,6 +75,7 @@ class RolloutEvent:
     baseline: float = math.nan
     lower: float = -math.inf
     upper: float = math.inf
+    at: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (infinities and NaN as ``None``)."""
@@ -144,7 +152,11 @@ class Rollout(Policy):
         max_critical_cut_increase: rollback when its critical-cut rate is higher by more.
         max_cost_ratio: rollback when its mean tokens exceed the baseline's times this.
         salt: mixed into the hash (a new salt draws a new sample of requests).
-        on_event: called with every :class:`RolloutEvent` (e.g. to write telemetry).
+        on_event: called with every :class:`RolloutEvent`.
+        telemetry: where decisions are written: a URL, a sink or a list, as a controller's
+            ``telemetry=`` (``None``: the sinks of the controller using the rollout).
+        name: the rollout's name in telemetry (default ``CANDIDATE-vs-BASELINE``).
+        clock: the clock of the decisions' times.
 
     Raises:
         PolicyConfigError: the candidate equals the baseline, or a setting is out of range.
@@ -167,6 +179,9 @@ class Rollout(Policy):
         max_cost_ratio: float = 1.5,
         salt: str = "",
         on_event: Callable[[RolloutEvent], None] | None = None,
+        telemetry: Any = None,
+        name: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         from apportion.policies import resolve_policy
 
@@ -192,6 +207,16 @@ class Rollout(Policy):
         self.max_cost_ratio = max_cost_ratio
         self.salt = salt
         self.on_event = on_event
+        self.label = name or f"{self.candidate.name}-vs-{self.baseline.name}"
+        self.clock = clock
+        self._sinks: list[Any] = []
+        self._own_sinks = telemetry is not None
+        if telemetry is not None:
+            from apportion.telemetry import open_sinks
+
+            self._sinks = open_sinks(telemetry)
+        self._sent = 0  # events handed to the sinks so far
+        self._next_hold = min_requests
         self.step = 0
         self.status = "running"
         self.events: list[RolloutEvent] = []
@@ -200,6 +225,17 @@ class Rollout(Policy):
         self._lock = threading.Lock()
         self._sides = {"candidate": _Side(), "baseline": _Side()}
         self._emit("start", f"candidate {self.candidate.name!r} at {shares[0]:.0%}")
+
+    def attach_telemetry(self, sinks: Sequence[Any]) -> None:
+        """Write decisions to ``sinks`` (a controller's), unless ``telemetry=`` was given.
+
+        Decisions made before (the start) are written too.
+        """
+        if self._own_sinks or not sinks:
+            return
+        with self._lock:
+            self._sinks = list(sinks)
+            self._send()
 
     # ------------------------------------------------------------ routing
 
@@ -306,19 +342,63 @@ class Rollout(Policy):
                     f"outcome per token better (confident): {self.share:.0%} of traffic",
                     figures,
                 )
+            self._next_hold = self.min_requests
             if self.step + 1 == len(self.steps) and self.share >= 1.0:
                 self.status = "complete"
                 self._emit("complete", "the candidate takes all traffic", figures)
+        elif min(c.n, b.n) >= self._next_hold:
+            self._next_hold *= 2
+            self._emit(
+                "hold",
+                f"not confident yet at {self.share:.0%}: difference in "
+                f"[{lower:.4f}, {upper:.4f}] after {c.n} + {b.n} requests",
+                figures,
+            )
 
     def _rollback(self, reason: str, figures: Mapping[str, float]) -> None:
         self.status = "rolled_back"
         self._emit("rollback", reason, figures)
 
     def _emit(self, kind: str, reason: str, figures: Mapping[str, float] | None = None) -> None:
-        event = RolloutEvent(kind, self.share, reason, self.seen, **(figures or {}))
+        event = RolloutEvent(
+            kind, self.share, reason, self.seen, **(figures or {}), at=float(self.clock())
+        )
         self.events.append(event)
         if self.on_event is not None:
             self.on_event(event)
+        self._send()
+
+    def _send(self) -> None:
+        """Hand the decisions not yet sent to the sinks (never raises)."""
+        if not self._sinks:
+            return
+        from apportion.telemetry import emit_rollout
+
+        for event in self.events[self._sent :]:
+            emit_rollout(self._sinks, self.record(event))
+        self._sent = len(self.events)
+
+    def record(self, event: RolloutEvent) -> Any:
+        """The telemetry record of one decision (a :class:`~apportion.telemetry.RolloutRecord`)."""
+        from apportion.telemetry.records import RolloutRecord
+
+        def finite(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        return RolloutRecord(
+            rollout=self.label,
+            candidate=self.candidate.name,
+            baseline=self.baseline.name,
+            kind=event.kind,
+            share=event.share,
+            reason=event.reason,
+            seen=event.seen,
+            candidate_mean=finite(event.candidate),
+            baseline_mean=finite(event.baseline),
+            lower=finite(event.lower),
+            upper=finite(event.upper),
+            at=finite(event.at),
+        )
 
     def summary(self) -> dict[str, Any]:
         """Status, share, requests seen and the decisions so far."""

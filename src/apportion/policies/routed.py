@@ -8,12 +8,17 @@ chance that the output cap covers the predicted output, from the need model's sp
 weighted by priority (critical 3, standard 2, peripheral 1); its weight is its tokens
 (input plus output at full size) and its cost in USD at full size. A dynamic programme
 over the tokens the agent may draw solves the token ceiling; the cost ceiling is a
-Lagrange multiplier on cost, raised by bisection until the whole plan fits in what the
-cost ceiling leaves. Only the agent about to run is granted its option; the others are
+Lagrange multiplier on cost, raised geometrically until the whole plan fits in what the
+cost ceiling leaves (when no plan fits, the agent about to run gets the best option that
+fits alone, its output cap shrunk to what the tokens and the cost left allow). Only the
+agent about to run is granted its option; the others are
 re-planned at their own call, with the pool and the budget their predecessors left
-(reclaim comes for free). So a critical agent buys the capable model when its quality
-matters more than its cost, and peripheral agents take the cheap model with room to
-finish.
+(reclaim comes for free). Cost always has a least price, ``cost_weight`` (default
+:data:`COST_WEIGHT`) units of value for the whole cost ceiling, so a plan does not buy the
+capable model where the cheap one is almost as good merely because the ceiling allows it;
+0 maximises quality under the ceilings alone. So a critical agent buys the capable model
+when its quality matters more than its cost, and peripheral agents take the cheap model
+with room to finish.
 
 The models offered are the catalog's routable ones (prices and a declared capability
 table: :meth:`~apportion.catalog.Catalog.routable`). Without any, it behaves as
@@ -27,6 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from apportion.errors import PolicyConfigError
 from apportion.policies.base import Observation, clip_output
 from apportion.policies.elastic import ElasticPolicy
 from apportion.spec import Agent
@@ -37,6 +43,10 @@ _STEPS = 80
 """Token resolution of the knapsack: the pool is cut in this many steps."""
 _PRIORITY_WEIGHT = {2: 3.0, 1: 2.0, 0: 1.0}
 _FLOOR = 1e-3
+COST_WEIGHT = 2.0
+"""Spending the request's whole cost ceiling is worth this much priority-weighted log
+quality: the least price put on cost, so a plan does not buy a capable model where a cheap
+one is almost as good just because the ceiling allows it."""
 
 
 def _coverage(kind: str, cap: float, mu: float, sigma: float) -> float:
@@ -58,6 +68,20 @@ class RoutedPolicy(ElasticPolicy):
 
     name = "routed"
     routes: ClassVar[bool] = True
+
+    def __init__(self, margin: float = 0.2, cost_weight: float = COST_WEIGHT) -> None:
+        super().__init__(margin)
+        if (
+            isinstance(cost_weight, bool)
+            or not isinstance(cost_weight, int | float)
+            or not 0.0 <= cost_weight <= 1e6
+        ):
+            raise PolicyConfigError(
+                f"cost_weight must be a number between 0 and 1e6, not {cost_weight!r}",
+                cost_weight=cost_weight,
+            )
+        self.cost_weight = float(cost_weight)
+        """Value (priority-weighted log quality) of spending the whole cost ceiling."""
 
     def _models(self, obs: Observation) -> list[Any]:
         models: list[Any] | None = obs.memo.get("routable")
@@ -92,6 +116,57 @@ class RoutedPolicy(ElasticPolicy):
                 options.append((ctx, out, ctx * pin + out * pout, value, model.name))
         return options
 
+    def _least_multiplier(self, obs: Observation) -> float:
+        """The least price of a nano-USD: :attr:`cost_weight` over the cost ceiling."""
+        ceiling = obs.state.cost_ceiling if obs.state is not None else None
+        if not ceiling or self.cost_weight <= 0:
+            return 0.0
+        return self.cost_weight / float(ceiling)
+
+    def _shrunk(
+        self,
+        obs: Observation,
+        agent: Agent,
+        inp: float,
+        models: list[Any],
+        available: int,
+        usd: float,
+    ) -> list[tuple[int, int, int, float, str]]:
+        """Options of ``agent`` that fit alone in the tokens and the cost left.
+
+        Per model: the largest output cap left on the whole input, and each output level
+        with the input cut to fit.
+        """
+        mu = max(1.0, self.predicted_output(obs, agent, inp))
+        sigma = math.log(max(1.05, self._model(obs).spread(agent))) / 1.2816
+        kind = str(agent.output_kind)
+        least = max(1, agent.min_output)
+        whole = round(inp)
+        options = []
+        for model in models:
+            pin, pout = model.nano_prices()
+            caps = [c for c in (agent.max_output, model.max_output) if c is not None]
+            room = available - whole
+            if not math.isinf(usd):
+                room = min(room, int((usd - whole * pin) // max(1, pout)))
+            outs = {min([max(least, round(mu * level)), *caps]) for level in _LEVELS}
+            outs.add(min([room, *caps]))
+            for out in sorted(outs):
+                if out < least:
+                    continue
+                ctx = min(whole, available - out)
+                if model.context_window is not None:
+                    ctx = min(ctx, model.context_window - out)
+                if not math.isinf(usd):
+                    ctx = min(ctx, int((usd - out * pout) // max(1, pin)))
+                if ctx < 0 or (ctx == 0 and whole > 0):
+                    continue
+                q_in = ctx / inp if inp > 0 else 1.0
+                quality = model.capable(kind) * q_in * _coverage(kind, out, mu, sigma)
+                value = math.log(max(quality, _FLOOR))
+                options.append((ctx, out, ctx * pin + out * pout, value, model.name))
+        return options
+
     def route(
         self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
     ) -> tuple[int, int, str | None]:
@@ -113,16 +188,18 @@ class RoutedPolicy(ElasticPolicy):
         step = max(1, available // _STEPS)
         size = available // step
         best = None
-        for lam in _multipliers(mine, others, size, step, usd):
+        floor = self._least_multiplier(obs)
+        for lam in _multipliers(mine, others, size, step, usd, floor):
             pick = _solve(mine, others, size, step, usd, lam)
             if pick is not None:
                 best = pick
                 break
-        if best is None:  # nothing fits: the cheapest option that fits alone, if any
+        if best is None:  # no plan fits: the best option that fits alone, shrunk if need be
             fitting = [o for o in mine if o[0] + o[1] <= available and o[2] <= usd]
+            fitting += self._shrunk(obs, agent, float(input_tokens), models, available, usd)
             if not fitting:
                 return 0, 0, None
-            best = max(fitting, key=lambda o: (o[3], -o[2]))
+            best = max(fitting, key=lambda o: (o[3] - floor * o[2], -o[2]))
         ctx, out, _, _, name = best
         return ctx, clip_output(out, output_tokens), name
 
@@ -133,14 +210,15 @@ def _multipliers(
     size: int,
     step: int,
     usd: float,
+    floor: float = 0.0,
 ) -> list[float]:
-    """Lagrange multipliers on cost to try, smallest first (0: cost ignored)."""
+    """Lagrange multipliers on cost to try, smallest first (``floor``: the least price)."""
     if math.isinf(usd):
-        return [0.0]
+        return [floor]
     values = [abs(o[3]) for o in mine] + [abs(o[3]) for opts in others for o in opts]
     costs = [o[2] for o in mine] + [o[2] for opts in others for o in opts]
     scale = (max(values) + 1.0) / max(1.0, min(c for c in costs if c > 0) if any(costs) else 1.0)
-    return [0.0] + [scale * 2.0 ** (k - 24) for k in range(0, 30, 2)]
+    return [floor] + [floor + scale * 2.0 ** (k - 24) for k in range(0, 30, 2)]
 
 
 def _solve(

@@ -6,6 +6,10 @@ through the oracle, and aggregates the figures named in the workload spec's benc
 ``quality_vs_oracle``, ``tokens_mean``, ``truncation_rate``,
 ``critical_truncation_rate``, ``unspent_mean``, ``extensions_mean``.
 
+:func:`run_cost_frontier` does the same at several cost ceilings (``ceiling_usd``, for a
+workload with a ``models`` section) and :func:`cost_frontier_document` adds a
+``"frontier_usd"`` block: simulated quality against the mean cost per request.
+
 :func:`run_frontier` does the same at several ceilings (the same requests at each) and
 :func:`frontier_document` turns its runs into the bench JSON of one ceiling plus a
 ``"frontier"`` block: simulated quality against the ceiling, per policy and for the oracle.
@@ -22,6 +26,7 @@ needs, plus 10%, over requests disjoint from the ones measured.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,13 +45,17 @@ __all__ = [
     "AgentTrace",
     "PolicyFigures",
     "Progress",
+    "cost_frontier_document",
+    "cost_frontier_summary",
     "frontier_document",
     "frontier_summary",
     "make_policy",
     "parse_ceilings",
+    "parse_ceilings_usd",
     "profiled_static",
     "progress_total",
     "run_bench",
+    "run_cost_frontier",
     "run_frontier",
     "trace_request",
 ]
@@ -358,8 +367,15 @@ def frontier_document(
     return document
 
 
-def _bench_at(setup: _Setup, ceiling: int, progress: Progress | None) -> dict[str, Any]:
-    """One ceiling of a bench: the oracle, then each policy, over the same requests."""
+def _bench_at(
+    setup: _Setup, ceiling: int, progress: Progress | None, ceiling_usd: float | None = None
+) -> dict[str, Any]:
+    """One ceiling of a bench: the oracle, then each policy, over the same requests.
+
+    ``ceiling_usd`` replaces the workload's cost ceiling (it applies with a ``models``
+    section only); the document then says it under ``"ceiling_usd"``, and the oracle
+    honours it (``Oracle.solve(..., honour_cost=True)``) instead of relaxing it.
+    """
     workload, count = setup.workload, setup.count
     best = PolicyFigures()
     oracle_tokens: list[int] = []
@@ -368,7 +384,9 @@ def _bench_at(setup: _Setup, ceiling: int, progress: Progress | None) -> dict[st
     relaxed = relaxed_cost = 0
     oracle_cost: list[float] = []
     for needs in setup.needs:
-        result = setup.oracle.solve(needs, ceiling)
+        result = setup.oracle.solve(
+            needs, ceiling, ceiling_usd=ceiling_usd, honour_cost=ceiling_usd is not None
+        )
         best.outcomes.append(_oracle_outcome(result.quality, result.tokens))
         oracle_cost.append(result.cost)
         relaxed_cost += result.relaxed_cost
@@ -385,9 +403,14 @@ def _bench_at(setup: _Setup, ceiling: int, progress: Progress | None) -> dict[st
         measured = PolicyFigures()
         model = pinned_model(name, workload)
         for needs in _with_progress(setup.needs, progress):
-            measured.outcomes.append(run_request(controller, workload, needs, ceiling, model=model))
+            measured.outcomes.append(
+                run_request(
+                    controller, workload, needs, ceiling, model=model, ceiling_usd=ceiling_usd
+                )
+            )
         figures[name] = measured.summary(ceiling, oracle_quality)
     step = default_step(ceiling)
+    extra = {} if ceiling_usd is None else {"ceiling_usd": ceiling_usd}
     return {
         "workload": workload.name,
         "requests": count,
@@ -407,7 +430,136 @@ def _bench_at(setup: _Setup, ceiling: int, progress: Progress | None) -> dict[st
             "relaxed_cost_rate": round(relaxed_cost / count, 4),
         },
         "policies": figures,
+        **extra,
     }
+
+
+def parse_ceilings_usd(text: str) -> list[float]:
+    """Read a comma-separated list of cost ceilings in USD (``"0.02,0.05,0.1"``).
+
+    Raises:
+        ValueError: the list is empty, a value is not a positive finite number, or is
+            given twice. The message quotes the offending value.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if parts and not parts[-1]:
+        parts.pop()
+    if not parts:
+        raise ValueError("--ceilings-usd: give at least one cost ceiling, e.g. 0.02,0.05")
+    levels: list[float] = []
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(
+                f"--ceilings-usd: {part!r} is not a number of USD "
+                "(expected a comma-separated list such as 0.02,0.05,0.1)"
+            ) from None
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"--ceilings-usd: {part!r}: a cost ceiling is a positive number")
+        if value in levels:
+            raise ValueError(f"--ceilings-usd: {part} is given twice")
+        levels.append(value)
+    return levels
+
+
+def run_cost_frontier(
+    workload: Workload,
+    ceilings_usd: Iterable[float],
+    *,
+    policies: Sequence[str] | None = None,
+    ceiling: int | None = None,
+    requests: int | None = None,
+    seed: int | None = None,
+    progress: Progress | None = None,
+    on_ceiling: Callable[[float], None] | None = None,
+) -> dict[float, dict[str, Any]]:
+    """Run the bench at each cost ceiling, on the same requests and token ceiling.
+
+    The cost-against-quality frontier: what each policy (and the oracle) buys per request
+    at each cost ceiling. Needs a workload with a ``models`` section.
+
+    Returns:
+        ``{ceiling_usd: run_bench result}``, in ascending order of cost ceiling.
+
+    Raises:
+        ValueError: no models in the workload, no cost ceiling, a non-positive or repeated
+            one.
+        PolicyConfigError: neither ``ceiling`` nor the workload gives a token ceiling.
+    """
+    if not workload.models:
+        raise ValueError(
+            f"workload {workload.name!r} has no models section: cost ceilings need priced models"
+        )
+    levels = [float(level) for level in ceilings_usd]
+    if not levels:
+        raise ValueError("give at least one cost ceiling")
+    for level in levels:
+        if not math.isfinite(level) or level <= 0:
+            raise ValueError(f"a cost ceiling must be a positive number of USD, got {level!r}")
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"a cost ceiling is repeated in {levels}")
+    tokens = ceiling or workload.ceiling
+    if tokens is None:
+        raise PolicyConfigError(f"workload {workload.name!r} sets no ceiling: give one")
+    setup = _setup(workload, policies, requests, seed)
+    runs: dict[float, dict[str, Any]] = {}
+    for level in sorted(levels):
+        if on_ceiling is not None:
+            on_ceiling(level)
+        runs[level] = _bench_at(setup, tokens, progress, ceiling_usd=level)
+    return runs
+
+
+def cost_frontier_summary(runs: Mapping[float, Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``"frontier_usd"`` block of the bench JSON, from :func:`run_cost_frontier`.
+
+    Returns:
+        ``{"simulated": true, "ceiling": tokens, "ceilings_usd": [...], "policies": {name:
+        {"quality": [...], "cost": [...]}}, "oracle": {"quality": [...], "cost": [...],
+        "relaxed_cost_rate": [...]}}``: mean quality and mean cost per request (USD) at each
+        cost ceiling, ascending. The oracle honours each cost ceiling (its best plan found
+        under both ceilings, by a Lagrange multiplier on cost); ``relaxed_cost_rate`` is the
+        share of requests where no multiplier made the plan fit (the relaxed plan is kept).
+    """
+    levels = sorted(runs)
+    first = runs[levels[0]] if levels else {"policies": {}, "ceiling": None}
+    names = list(first["policies"])
+    return {
+        "simulated": True,
+        "ceiling": first["ceiling"],
+        "ceilings_usd": levels,
+        "policies": {
+            name: {
+                "quality": [runs[c]["policies"][name]["quality_mean"] for c in levels],
+                "cost": [runs[c]["policies"][name].get("cost_mean", 0.0) for c in levels],
+            }
+            for name in names
+        },
+        "oracle": {
+            "quality": [runs[c]["oracle"]["quality_mean"] for c in levels],
+            "cost": [runs[c]["oracle"]["cost_mean"] for c in levels],
+            "relaxed_cost_rate": [runs[c]["oracle"].get("relaxed_cost_rate", 0.0) for c in levels],
+        },
+    }
+
+
+def cost_frontier_document(
+    runs: Mapping[float, Mapping[str, Any]], headline: float | None = None
+) -> dict[str, Any]:
+    """One cost ceiling's bench JSON (``headline``, default the lowest) plus ``"frontier_usd"``.
+
+    Raises:
+        ValueError: no runs, or ``headline`` is not one of the cost ceilings run.
+    """
+    if not runs:
+        raise ValueError("no runs: give at least one cost ceiling")
+    level = min(runs) if headline is None else headline
+    if level not in runs:
+        raise ValueError(f"cost ceiling {level} is not among those run")
+    document = dict(runs[level])
+    document["frontier_usd"] = cost_frontier_summary(runs)
+    return document
 
 
 def _oracle_outcome(quality: float, tokens: int) -> RequestOutcome:

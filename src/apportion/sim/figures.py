@@ -4,7 +4,9 @@
   <apportion.sim.bench.run_frontier>` (one line per policy, the oracle dashed);
 - :func:`bench_figure`: the simulated quality of each policy at one ceiling (bars), with
   the oracle as a dashed line;
-- :func:`render_figure`: whichever of the two a bench document calls for.
+- :func:`cost_frontier_figure`: simulated quality against the cost per request of
+  :func:`run_cost_frontier <apportion.sim.bench.run_cost_frontier>` (``--ceilings-usd``);
+- :func:`render_figure`: whichever of these a bench document calls for.
 
 Every figure's title says the quality is simulated. Figures are drawn with matplotlib's
 object-oriented API on the Agg canvas: matplotlib is imported only when a figure is drawn,
@@ -27,6 +29,7 @@ __all__ = [
     "FORMATS",
     "FigureFormat",
     "bench_figure",
+    "cost_frontier_figure",
     "figure_format",
     "frontier_figure",
     "render_figure",
@@ -73,6 +76,10 @@ def render_figure(document: Mapping[str, Any], fmt: FigureFormat = "png") -> byt
     Returns:
         The encoded figure.
     """
+    if document.get("frontier_usd"):
+        return cost_frontier_figure(
+            document["frontier_usd"], fmt, workload=str(document["workload"])
+        )
     if document.get("frontier"):
         return frontier_figure(document["frontier"], fmt, workload=str(document["workload"]))
     return bench_figure(document, fmt)
@@ -153,6 +160,78 @@ def frontier_figure(
             share = f"{low:.0%}" if low == high else f"{low:.0%}-{high:.0%}"
             note += f"; its relaxed upstream coupling mattered in {share} of requests"
         note += "."
+    _footnote(fig, note)
+    return encode_figure(fig, fmt)
+
+
+def cost_frontier_figure(
+    frontier: Mapping[str, Any], fmt: FigureFormat = "png", *, workload: str | None = None
+) -> bytes:
+    """Simulated quality against the mean cost per request, per policy and for the oracle.
+
+    One point per cost ceiling, joined in order of the ceiling (a log cost axis).
+
+    Args:
+        frontier: the ``"frontier_usd"`` block of
+            :func:`~apportion.sim.bench.cost_frontier_summary`.
+        fmt: ``"png"`` or ``"svg"``.
+        workload: the workload's name, for the title.
+
+    Raises:
+        ValueError: no cost ceilings, or a series' length differs from theirs.
+    """
+    levels = [float(c) for c in frontier["ceilings_usd"]]
+    if not levels:
+        raise ValueError("the cost frontier has no cost ceilings")
+    series = {
+        str(name): ([float(c) for c in v["cost"]], [float(q) for q in v["quality"]])
+        for name, v in frontier["policies"].items()
+    }
+    oracle = frontier["oracle"]
+    points = ([float(c) for c in oracle["cost"]], [float(q) for q in oracle["quality"]])
+    for name, (costs, qualities) in (*series.items(), ("oracle", points)):
+        if len(costs) != len(levels) or len(qualities) != len(levels):
+            raise ValueError(
+                f"cost frontier series {name!r} has {len(costs)} points for {len(levels)}"
+                " cost ceilings"
+            )
+    fig = new_figure()
+    ax = fig.add_subplot()
+    colours = _colours(list(series))
+    for name, (costs, qualities) in series.items():
+        ax.plot(
+            costs,
+            qualities,
+            marker="o",
+            markersize=4,
+            linewidth=1.6,
+            color=colours[name],
+            label=name,
+        )
+    ax.plot(
+        *points,
+        linestyle="--",
+        marker="s",
+        markersize=4,
+        linewidth=1.8,
+        color=_ORACLE_COLOUR,
+        label="oracle (best plan found under both ceilings)",
+    )
+    if all(c > 0 for costs, _ in (*series.values(), points) for c in costs):
+        ax.set_xscale("log")
+    subject = f"{workload}: " if workload else ""
+    ax.set_title(f"{subject}simulated quality against cost per request")
+    ax.set_xlabel("mean cost per request (USD, simulated prices)")
+    ax.set_ylabel("mean request quality (simulated)")
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    ceiling = frontier.get("ceiling")
+    note = (
+        "Quality from the workload's simulated response model, not a real model. One point"
+        f" per cost ceiling ({', '.join(f'{c:g}' for c in levels)} USD)"
+        + (f" at {int(ceiling):,} tokens." if ceiling else ".")
+    )
     _footnote(fig, note)
     return encode_figure(fig, fmt)
 

@@ -8,11 +8,13 @@ learned policy's mean quality over the last 20% of the requests, over the oracle
 same requests), ``best_rule_policy`` and ``best_rule_quality_vs_oracle`` (the rule-based
 policy with the highest quality over that same window), ``requests``, and ``curve``:
 points ``{"requests": n, "quality_vs_oracle": q}``, ``q`` being the learned policy's
-quality over the oracle's on the window of requests ending at ``n``.
+quality over the oracle's on the window of requests ending at ``n``; ``state``, the
+learned policy's state at the end (for :meth:`LearnedPolicy.warm_start`).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -117,6 +119,7 @@ def run_learning(
         "rules": rule_figures,
         "curve": curve,
         "learned": learned.summary(),
+        "state": json.loads(learned.state()),
     }
 
 

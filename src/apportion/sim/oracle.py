@@ -199,6 +199,7 @@ class Oracle:
                 )
             )
         self._options = tuple(options)
+        self._lam = 0.0  # the price of one USD in log quality (0: cost ignored)
 
     def step_for(self, ceiling: int) -> int:
         """The discretisation step :meth:`solve` uses by default at ``ceiling``."""
@@ -211,6 +212,7 @@ class Oracle:
         *,
         step: int | None = None,
         ceiling_usd: float | None = None,
+        honour_cost: bool = False,
     ) -> OracleResult:
         """Find the best allocation of one request.
 
@@ -220,6 +222,12 @@ class Oracle:
             step: the discretisation step; ``max(25, ceiling // 100)`` when ``None``.
             ceiling_usd: the cost ceiling; the workload's when ``None`` (``math.inf`` for
                 none). It applies only when the workload has models.
+            honour_cost: when the relaxed plan breaks the cost ceiling, search for the best
+                plan within it: a Lagrange multiplier on cost (the price of one USD in log
+                quality), raised until the plan fits, then narrowed by bisection. The result
+                is then the best plan found under both ceilings, not a proven optimum (a
+                Lagrangian solution can miss plans inside the convex hull);
+                ``relaxed_cost`` stays true only if no multiplier made the plan fit.
 
         Returns:
             The allocation, its quality and the bound (see :class:`OracleResult`).
@@ -247,6 +255,51 @@ class Oracle:
         if len(needs.need_in) != count or len(needs.need_out) != count:
             raise ValueError(f"needs are for {len(needs.need_in)} agents, the workload has {count}")
 
+        self._lam = 0.0
+        result = self._solve_at(needs, limit, grid)
+        if result.cost > usd_limit and honour_cost:
+            return self._within_cost(needs, limit, grid, usd_limit, result)
+        if result.cost > usd_limit:
+            result = dataclasses.replace(result, relaxed_cost=True)
+        return result
+
+    def _within_cost(
+        self, needs: RequestNeeds, limit: int, grid: int, usd: float, relaxed: OracleResult
+    ) -> OracleResult:
+        """The best plan found within the cost ceiling ``usd`` (see :meth:`solve`)."""
+        lam = 1.0 / usd
+        fitting: OracleResult | None = None
+        low = 0.0
+        try:
+            for _ in range(40):  # raise the price of cost until the plan fits
+                self._lam = lam
+                found = self._solve_at(needs, limit, grid)
+                if found.cost <= usd:
+                    fitting = found
+                    break
+                low, lam = lam, lam * 4.0
+            if fitting is None:
+                return dataclasses.replace(relaxed, relaxed_cost=True)
+            high = lam
+            for _ in range(10):  # narrow it: the least price that still fits
+                middle = math.sqrt(low * high) if low > 0 else high / 4.0
+                self._lam = middle
+                found = self._solve_at(needs, limit, grid)
+                if found.cost <= usd:
+                    high = middle
+                    if found.quality >= fitting.quality:
+                        fitting = found
+                else:
+                    low = middle
+        finally:
+            self._lam = 0.0
+        return dataclasses.replace(
+            fitting, upper_bound=max(fitting.quality, relaxed.upper_bound), relaxed_cost=False
+        )
+
+    def _solve_at(self, needs: RequestNeeds, limit: int, grid: int) -> OracleResult:
+        """One solve at the current price of cost (``self._lam``)."""
+        count = len(self.workload.agents)
         active = [i for i in range(count) if self._weights[i] > 0]
         saturation = {
             i: (needs.need_in[i] if self._betas[i] > 0 else 0) + needs.need_out[i] for i in active
@@ -279,8 +332,6 @@ class Oracle:
             # for the grid: start from that least allocation and search off the grid.
             self._refine(needs, active, saturation, limit, grid, ctx, out, chosen)
         result = self._result(needs, ctx, out, chosen, grid, bound_log)
-        if result.cost > usd_limit:
-            result = dataclasses.replace(result, relaxed_cost=True)
         return result
 
     def _smallest(
@@ -498,21 +549,36 @@ class Oracle:
         best_q: FloatArray | None = None
         best_ctx = best_out = best_option = np.zeros(0, dtype=np.int64)
         best_cost = np.zeros(0)
+        best_score = np.zeros(0)
+        lam = self._lam / 1e6  # prices are USD per million tokens
         for position, option in enumerate(self._options[index]):
             q, ctx, out = _best_split(kind, budget, n, m, beta, option)
+            cost = ctx * option.input_price + out * option.output_price
+            score = np.zeros(0)
+            if lam > 0:
+                with np.errstate(divide="ignore"):
+                    score = weight * np.log(q) - lam * cost
             if best_q is None:
                 best_q, best_ctx, best_out = q, ctx, out
                 best_option = np.zeros(len(budget), dtype=np.int64)
-                best_cost = ctx * option.input_price + out * option.output_price
+                best_cost = cost
+                best_score = score
                 continue
-            cost = ctx * option.input_price + out * option.output_price
-            better = (q > best_q * (1 + _TIE)) | ((q >= best_q * (1 - _TIE)) & (cost < best_cost))
+            if lam > 0:
+                better = score > best_score
+                best_score = np.where(better, score, best_score)
+            else:
+                better = (q > best_q * (1 + _TIE)) | (
+                    (q >= best_q * (1 - _TIE)) & (cost < best_cost)
+                )
             best_q = np.where(better, q, best_q)
             best_ctx = np.where(better, ctx, best_ctx)
             best_out = np.where(better, out, best_out)
             best_option = np.where(better, position, best_option)
             best_cost = np.where(better, cost, best_cost)
         assert best_q is not None
+        if lam > 0:
+            return _Curve(value=best_score, ctx=best_ctx, out=best_out, option=best_option)
         with np.errstate(divide="ignore"):
             value = weight * np.log(best_q)
         return _Curve(value=value, ctx=best_ctx, out=best_out, option=best_option)

@@ -11,7 +11,10 @@ list of them (:func:`open_sinks`):
   there): :class:`PrometheusSink`, extra ``prometheus``.
 
 A sink object is anything with ``write(batch)`` taking a sequence of
-:class:`RequestUsage` (and optionally ``close()``); subclass :class:`Sink` to say so.
+:class:`RequestUsage` (and optionally ``close()``); subclass :class:`Sink` to say so. A sink
+that also has ``write_rollouts(batch)`` (the SQL sink) receives the decisions of
+progressive rollouts as :class:`RolloutRecord` (:func:`emit_rollout`); the others never see
+them.
 
 When a request closes, the controller calls :func:`emit`, which turns the request into a
 :class:`RequestUsage` (one :class:`CallUsage` per grant, plus the ledger's events) and
@@ -37,7 +40,13 @@ from urllib.parse import urlsplit
 from apportion.errors import DatabaseUnavailable, SchemaVersionError, UnknownSink
 from apportion.telemetry.base import Sink
 from apportion.telemetry.channel import Channel, TelemetryWarning, flush_all
-from apportion.telemetry.records import SCHEMA_VERSION, CallUsage, RequestUsage, usage_from
+from apportion.telemetry.records import (
+    SCHEMA_VERSION,
+    CallUsage,
+    RequestUsage,
+    RolloutRecord,
+    usage_from,
+)
 from apportion.telemetry.urls import redact, scheme_of
 
 if TYPE_CHECKING:
@@ -53,12 +62,14 @@ __all__ = [
     "OTelSink",
     "PrometheusSink",
     "RequestUsage",
+    "RolloutRecord",
     "SQLSink",
     "SchemaVersionError",
     "Sink",
     "TelemetryWarning",
     "UnknownSink",
     "emit",
+    "emit_rollout",
     "flush",
     "open_sinks",
     "usage_from",
@@ -202,6 +213,23 @@ def emit(sinks: Sequence[Any], obs: Any, events: Sequence[Any]) -> None:
     for sink in sinks:
         try:
             _channel(sink).submit(record)
+        except Exception as exc:
+            warnings.warn(
+                f"telemetry sink {sink!r} skipped: {exc!r}", TelemetryWarning, stacklevel=2
+            )
+
+
+def emit_rollout(sinks: Sequence[Any], record: RolloutRecord) -> None:
+    """Queue a rollout decision for every sink that writes them (``write_rollouts``).
+
+    Sinks without ``write_rollouts`` (OpenTelemetry, Prometheus, most custom sinks) are
+    passed over. Never raises, never waits on a sink.
+    """
+    for sink in sinks:
+        try:
+            channel = _channel(sink)
+            if callable(getattr(channel.sink, "write_rollouts", None)):
+                channel.submit(record)
         except Exception as exc:
             warnings.warn(
                 f"telemetry sink {sink!r} skipped: {exc!r}", TelemetryWarning, stacklevel=2

@@ -150,8 +150,16 @@ class Channel:
                 self._cond.notify_all()
 
     def _deliver(self, batch: Sequence[Any]) -> None:
+        from apportion.telemetry.records import RolloutRecord
+
+        rollouts = [r for r in batch if isinstance(r, RolloutRecord)]
+        if rollouts:
+            batch = [r for r in batch if not isinstance(r, RolloutRecord)]
         try:
-            self.sink.write(batch)
+            if rollouts:  # only submitted to sinks that have write_rollouts
+                self.sink.write_rollouts(rollouts)
+            if batch:
+                self.sink.write(batch)
         except Exception as exc:  # a failing sink is reported and skipped
             self.failures += 1
             warnings.warn(

@@ -20,7 +20,9 @@ What a call record says:
 Annotations an integration attached with ``req.annotate(grant, ...)`` are read from
 ``obs.memo["annotations"][grant_id]``; every field is optional and a value of the wrong
 type is ignored rather than trusted: ``model``, ``cost_usd``, ``usage_estimated``,
-``input_cut``, ``dropped_tokens``, ``finish_reason``.
+``input_cut``, ``dropped_tokens``, ``finish_reason``. Where none is annotated, ``model``
+is the grant's (the caller's ``model=`` or a routing policy's choice) and ``cost_usd`` is
+the settled usage at the grant's catalog prices (``obs.memo["grant_prices"]``).
 """
 
 from __future__ import annotations
@@ -32,10 +34,14 @@ from typing import Any, Final
 
 from apportion.ledger import STATUSES, Event
 
-__all__ = ["SCHEMA_VERSION", "CallUsage", "RequestUsage", "usage_from"]
+__all__ = ["SCHEMA_VERSION", "CallUsage", "RequestUsage", "RolloutRecord", "usage_from"]
 
-SCHEMA_VERSION: Final = 1
-"""Version of the telemetry records and tables this apportion writes and reads."""
+SCHEMA_VERSION: Final = 2
+"""Version of the telemetry records and tables this apportion writes and reads.
+
+Version 2 added rollout decisions (:class:`RolloutRecord`, table
+``apportion_rollout_events``); a version-1 database is read as it is (no rollouts) and
+upgraded in place by the first writer (the table is added)."""
 
 SETTLEMENTS: Final = ("finish", "release", "expire", "close")
 """How a call can be settled."""
@@ -149,6 +155,41 @@ class RequestUsage:
     trace_context: Any = field(default=None, compare=False, repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class RolloutRecord:
+    """One decision of a progressive rollout (see :class:`~apportion.policies.rollout.Rollout`).
+
+    Attributes:
+        rollout: the rollout's name.
+        candidate: the candidate policy's name.
+        baseline: the baseline policy's name.
+        kind: ``start``, ``promote``, ``hold``, ``complete`` or ``rollback``.
+        share: the candidate's share of traffic after the decision.
+        reason: why, in words.
+        seen: scored requests so far (both sides, all steps).
+        candidate_mean: the candidate's mean outcome per 1,000 tokens at the step.
+        baseline_mean: the baseline's, likewise.
+        lower: lower confidence bound of the difference (``None``: unbounded).
+        upper: upper confidence bound of it.
+        at: clock time of the decision.
+        schema_version: the version of the record's format.
+    """
+
+    rollout: str
+    candidate: str
+    baseline: str
+    kind: str
+    share: float
+    reason: str
+    seen: int
+    candidate_mean: float | None = None
+    baseline_mean: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    at: float | None = None
+    schema_version: int = SCHEMA_VERSION
+
+
 def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) -> RequestUsage:
     """The usage record of a closed request.
 
@@ -207,11 +248,15 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
             elif kind == "release":
                 how = "close" if event.note in STATUSES else "release"
                 call.update(settled=how, at=float(event.at))
+    priced: Mapping[Any, Any] = {}
+    if isinstance(memo, Mapping) and isinstance(memo.get("grant_prices"), Mapping):
+        priced = memo["grant_prices"]
     records = []
     for grant_id, call in calls.items():
         agent = str(call.pop("agent"))
         note = notes.get(grant_id)
         extra = _annotations(note) if isinstance(note, Mapping) else {}
+        _grant_cost(priced.get(grant_id), call, extra)
         records.append(
             CallUsage(
                 request_id=str(obs.request_id),
@@ -238,6 +283,27 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
         events=tuple(events),
         trace_context=trace_context,
     )
+
+
+def _grant_cost(priced: Any, call: Mapping[str, Any], extra: dict[str, Any]) -> None:
+    """Fill ``model`` and ``cost_usd`` from the grant where no integration annotated them.
+
+    The cost is the settled usage at the grant's nano-USD prices.
+    """
+    if not isinstance(priced, tuple) or len(priced) != 2:
+        return
+    model, prices = priced
+    if "model" not in extra and isinstance(model, str) and model:
+        extra["model"] = model
+    used_in, used_out = call.get("used_input"), call.get("used_output")
+    if (
+        "cost_usd" not in extra
+        and isinstance(prices, tuple)
+        and len(prices) == 2
+        and isinstance(used_in, int)
+        and isinstance(used_out, int)
+    ):
+        extra["cost_usd"] = (used_in * prices[0] + used_out * prices[1]) / 1e9
 
 
 def _annotations(note: Mapping[str, Any]) -> dict[str, Any]:

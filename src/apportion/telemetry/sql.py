@@ -13,6 +13,10 @@ Tables (all prefixed ``apportion_`` so they can share a database):
   began/settled at).
 - ``apportion_events``: the ledger's events, in order (``open``, ``begin``, ``extend``,
   ``finish``, ``release``, ``expire``, ``close``).
+- ``apportion_rollout_events`` (since schema version 2): the decisions of progressive
+  rollouts (:class:`~apportion.telemetry.records.RolloutRecord`), in the order written.
+  A version-1 database is read as it is (no rollouts); the first writer adds the table
+  and records version 2.
 
 A request written again (same id: an ingest run twice) replaces its earlier rows. Times
 are the controller's clock (seconds since the epoch by default).
@@ -35,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from apportion.errors import DatabaseUnavailable, MissingExtra, SchemaVersionError
 from apportion.ledger import Event
 from apportion.telemetry.base import Sink
-from apportion.telemetry.records import SCHEMA_VERSION, CallUsage, RequestUsage
+from apportion.telemetry.records import SCHEMA_VERSION, CallUsage, RequestUsage, RolloutRecord
 from apportion.telemetry.urls import database_url, redact
 
 if TYPE_CHECKING:
@@ -54,6 +58,7 @@ class _Tables(NamedTuple):
     requests: Table
     calls: Table
     events: Table
+    rollouts: Table
 
 
 @functools.cache
@@ -137,7 +142,26 @@ def _tables() -> _Tables:
         Column("overuse", BigInteger, nullable=False),
         Column("note", String, nullable=False),
     )
-    return _Tables(meta, requests, calls, events)
+    rollouts = Table(
+        "apportion_rollout_events",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("rollout", String, nullable=False),
+        Column("candidate", String, nullable=False),
+        Column("baseline", String, nullable=False),
+        Column("kind", String, nullable=False),
+        Column("share", Float, nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("seen", BigInteger, nullable=False),
+        Column("candidate_mean", Float),
+        Column("baseline_mean", Float),
+        Column("lower_bound", Float),
+        Column("upper_bound", Float),
+        Column("at", Float),
+        Column("schema_version", Integer, nullable=False),
+        Index("ix_apportion_rollout_events_at", "at"),
+    )
+    return _Tables(meta, requests, calls, events, rollouts)
 
 
 def _require_sqlalchemy() -> None:
@@ -182,12 +206,15 @@ class Dataset:
         calls: the calls, ordered by request and grant.
         requests: the requests by id (their ``calls`` and ``events`` left empty).
         empty: the database holds no telemetry at all (not only none in the period).
+        rollouts: the rollout decisions in the period, in the order written (rollouts
+            are not filtered by pipeline).
     """
 
     url: str
     calls: tuple[CallUsage, ...]
     requests: Mapping[str, RequestUsage]
     empty: bool = False
+    rollouts: tuple[RolloutRecord, ...] = ()
 
 
 class Database:
@@ -255,6 +282,13 @@ class Database:
             if version is None:
                 conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
                 version = SCHEMA_VERSION
+            elif version < SCHEMA_VERSION:  # the tables it lacked were just added
+                conn.execute(
+                    meta.update()
+                    .where(meta.c.key == "schema_version")
+                    .values(value=str(SCHEMA_VERSION))
+                )
+                version = SCHEMA_VERSION
         return version
 
     def close(self) -> None:
@@ -310,6 +344,31 @@ class Database:
             if events:
                 conn.execute(t.events.insert(), events)
 
+    def write_rollouts(self, records: Iterable[RolloutRecord]) -> int:
+        """Append rollout decisions.
+
+        Returns:
+            The number of decisions written.
+
+        Raises:
+            SchemaVersionError: a record is of a newer schema version.
+        """
+        rows = []
+        for record in records:
+            if record.schema_version > SCHEMA_VERSION:
+                raise SchemaVersionError(record.schema_version, SCHEMA_VERSION, record.rollout)
+            rows.append(_rollout_row(record))
+        if not rows:
+            return 0
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.tables.rollouts.insert(), rows)
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(self.shown, _reason(exc)) from exc
+        return len(rows)
+
     # ----------------------------------------------------------------- reading
 
     def load(self, *, since: float | None = None, pipeline: str | None = None) -> Dataset:
@@ -352,14 +411,28 @@ class Database:
                 total = conn.execute(select(func.count()).select_from(t.requests)).scalar()
                 call_rows = conn.execute(calls_q).mappings().all()
                 request_rows = conn.execute(requests_q).mappings().all()
+                rollout_rows = self._rollout_rows(conn, since)
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(self.shown, _reason(exc)) from None
         return Dataset(
             self.shown,
             tuple(_call_from(row) for row in call_rows),
             {row["request_id"]: _request_from(row) for row in request_rows},
-            empty=not total,
+            empty=not total and not rollout_rows,
+            rollouts=tuple(_rollout_from(row) for row in rollout_rows),
         )
+
+    def _rollout_rows(self, conn: Connection, since: float | None) -> Sequence[Any]:
+        """The rollout decisions since ``since``, in the order written (none before v2)."""
+        from sqlalchemy import inspect, select
+
+        t = self.tables.rollouts
+        if not inspect(conn).has_table(t.name):
+            return []
+        query = select(t).order_by(t.c.id)
+        if since is not None:
+            query = query.where(t.c.at >= since)
+        return conn.execute(query).mappings().all()
 
 
 def open_database(url: str) -> Database:
@@ -404,6 +477,17 @@ class SQLSink(Sink):
         except Exception:
             self._db.close()
             self._db = None  # reconnect (and re-check the schema) next time
+            raise
+
+    def write_rollouts(self, records: Sequence[RolloutRecord]) -> None:
+        """Write a batch of rollout decisions in one transaction."""
+        if self._db is None:
+            self._db = Database(self.url, create=True)
+        try:
+            self._db.write_rollouts(records)
+        except Exception:
+            self._db.close()
+            self._db = None
             raise
 
     def close(self) -> None:
@@ -489,6 +573,42 @@ def _event_row(r: RequestUsage, seq: int, e: Event) -> dict[str, Any]:
         "overuse": e.overuse,
         "note": e.note,
     }
+
+
+def _rollout_row(r: RolloutRecord) -> dict[str, Any]:
+    return {
+        "rollout": r.rollout,
+        "candidate": r.candidate,
+        "baseline": r.baseline,
+        "kind": r.kind,
+        "share": float(r.share),
+        "reason": r.reason,
+        "seen": int(r.seen),
+        "candidate_mean": _finite(r.candidate_mean),
+        "baseline_mean": _finite(r.baseline_mean),
+        "lower_bound": _finite(r.lower),
+        "upper_bound": _finite(r.upper),
+        "at": _finite(r.at),
+        "schema_version": r.schema_version,
+    }
+
+
+def _rollout_from(row: Mapping[Any, Any]) -> RolloutRecord:
+    return RolloutRecord(
+        rollout=row["rollout"],
+        candidate=row["candidate"],
+        baseline=row["baseline"],
+        kind=row["kind"],
+        share=row["share"],
+        reason=row["reason"],
+        seen=row["seen"],
+        candidate_mean=row["candidate_mean"],
+        baseline_mean=row["baseline_mean"],
+        lower=row["lower_bound"],
+        upper=row["upper_bound"],
+        at=row["at"],
+        schema_version=row["schema_version"],
+    )
 
 
 def _call_from(row: Mapping[Any, Any]) -> CallUsage:
