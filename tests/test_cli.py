@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from apportion.cli import app
@@ -97,3 +98,31 @@ def test_validate_good_and_bad(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "bad.yaml" in result.output and "line 3" in result.output
     assert "priority" in result.output
+
+
+def test_errors_keep_their_brackets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_optuna(name: str, *args: object, **kwargs: object) -> object:
+        if name == "optuna":
+            raise ImportError("no optuna here")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_optuna)
+    result = runner.invoke(
+        app,
+        [
+            "optimize",
+            str(EXAMPLES / "workloads" / "seed-scenario.yaml"),
+            "--ceiling",
+            "20000",
+            "--trials",
+            "1",
+            "--requests",
+            "5",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "apportion[optimize]" in result.output
