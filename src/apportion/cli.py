@@ -47,6 +47,8 @@ def _progress() -> Progress:
 
 
 def _bench_table(result: dict[str, Any]) -> Table:
+    from apportion.sim.bench import policy_cells
+
     table = Table(
         title=(
             f"{result['workload']}: {result['requests']} requests, ceiling {result['ceiling']}"
@@ -58,16 +60,7 @@ def _bench_table(result: dict[str, Any]) -> Table:
     oracle = result["oracle"]
     rows = sorted(result["policies"].items(), key=lambda kv: -kv[1]["quality_mean"])
     for name, f in rows:
-        table.add_row(
-            name,
-            f"{f['quality_mean']:.3f}",
-            f"{f['quality_vs_oracle']:.1%}",
-            f"{f['tokens_mean']:,.0f}",
-            f"{f['truncation_rate']:.1%}",
-            f"{f['critical_truncation_rate']:.1%}",
-            f"{f['unspent_mean']:,.0f}",
-            f"{f['extensions_mean']:.2f}",
-        )
+        table.add_row(name, *policy_cells(f))
     table.add_row(
         "[italic]oracle[/]",
         f"{oracle['quality_mean']:.3f}",

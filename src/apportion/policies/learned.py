@@ -263,25 +263,11 @@ class LearnedPolicy(PredictingPolicy):
     def held_back(self, obs: Observation, agent: Agent) -> tuple[int, float]:
         """What ``agent`` leaves room for, on the arm's terms (see :class:`Arm`)."""
         arm = self.arm_of(obs)
+        floor: int | None = 0
         if arm.by_rank:
-            if agent.priority is Priority.CRITICAL:
-                return 0, 0.0
-            floor = agent.priority.rank
-        else:
-            floor = 0
-        reserve = obs.state.reserve
-        calls = obs.state.calls
-        needs = self.predicted_needs(obs)
-        keep = 0
-        weighted = 0.0
-        for b in obs.pipeline.agents:
-            name = b.name
-            rank = b.priority.rank
-            if calls[name] or name == agent.name or name in reserve or rank < floor:
-                continue
-            keep += needs[name]
-            weighted += needs[name] * arm.weights[rank]
-        return keep, weighted
+            critical = agent.priority is Priority.CRITICAL
+            floor = None if critical else agent.priority.rank
+        return self._held_back(obs, agent, floor, arm.weights)
 
     def budget(self, obs: Observation, agent: Agent, want: int) -> int:
         """The predicting budget rule, with the arm's weights and squeeze room."""

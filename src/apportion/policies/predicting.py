@@ -10,7 +10,7 @@ for, with which weights, and how they answer an extension.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from apportion.errors import PolicyConfigError
@@ -111,13 +111,21 @@ class PredictingPolicy(Policy):
         The agents held back for: those not yet started, without a reservation, and of a
         priority rank at least :meth:`held_for` gives.
         """
-        floor = self.held_for(agent)
+        return self._held_back(obs, agent, self.held_for(agent), self.weights)
+
+    def _held_back(
+        self,
+        obs: Observation,
+        agent: Agent,
+        floor: int | None,
+        weights: Mapping[int, float] | Sequence[float],
+    ) -> tuple[int, float]:
+        """The loop of :meth:`held_back`, for a priority ``floor`` and rank ``weights``."""
         if floor is None:
             return 0, 0.0
         reserve = obs.state.reserve
         calls = obs.state.calls
         needs = self.predicted_needs(obs)
-        weights = self.weights
         keep = 0
         weighted = 0.0
         for b in obs.pipeline.agents:

@@ -631,3 +631,19 @@ def trace_request(
             )
         )
     return outcome, traces
+
+
+def policy_cells(figures: Mapping[str, Any]) -> list[str]:
+    """A policy's bench figures as the cells the terminal table and the HTML page show.
+
+    Quality, share of the oracle, tokens, cut, critical cut, unspent, extensions.
+    """
+    return [
+        f"{figures['quality_mean']:.3f}",
+        f"{figures['quality_vs_oracle']:.1%}",
+        f"{figures['tokens_mean']:,.0f}",
+        f"{figures['truncation_rate']:.1%}",
+        f"{figures['critical_truncation_rate']:.1%}",
+        f"{figures['unspent_mean']:,.0f}",
+        f"{figures['extensions_mean']:.2f}",
+    ]

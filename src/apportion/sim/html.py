@@ -32,6 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from apportion.sim.bench import policy_cells
+
 __all__ = [
     "SIMULATED_NOTICE",
     "Section",
@@ -294,18 +296,7 @@ def _results(result: Mapping[str, Any]) -> str:
     rows: list[list[str]] = []
     policies: Mapping[str, Mapping[str, Any]] = result["policies"]
     for name, f in sorted(policies.items(), key=lambda kv: -float(kv[1]["quality_mean"])):
-        rows.append(
-            [
-                name,
-                f"{f['quality_mean']:.3f}",
-                f"{f['quality_vs_oracle']:.1%}",
-                f"{f['tokens_mean']:,.0f}",
-                f"{f['truncation_rate']:.1%}",
-                f"{f['critical_truncation_rate']:.1%}",
-                f"{f['unspent_mean']:,.0f}",
-                f"{f['extensions_mean']:.2f}",
-            ]
-        )
+        rows.append([name, *policy_cells(f)])
     rows.append(
         ["oracle", f"{oracle['quality_mean']:.3f}", "100.0%", f"{oracle['tokens_mean']:,.0f}"]
         + [""] * 4
