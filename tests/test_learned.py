@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -13,7 +14,9 @@ from apportion import Agent, Controller, Pipeline, PolicyConfigError
 from apportion.cli import app
 from apportion.policies import LearnedPolicy, resolve_policy
 from apportion.policies.learned import StateVersionError, check_outcome
+from apportion.policies.outcome_model import CRITICAL_LEAST, OutcomeModel
 from apportion.policies.rollout import Rollout, confidence_bounds
+from apportion.policies.tradeoff import divide, input_curve
 from apportion.sim.learn import run_learning
 from apportion.sim.needs import draw_needs
 from apportion.sim.runner import controller_for, run_request
@@ -61,12 +64,18 @@ def test_bad_scores_refused_and_counted() -> None:
     assert check_outcome(1) == 1.0
 
 
+def _row(p: Pipeline) -> np.ndarray:
+    return np.ones(2 * len(p.agents) + 1)
+
+
 def test_state_round_trip_and_version_refused() -> None:
     policy = LearnedPolicy(seed=1)
-    policy.record(2, 3, 0.7)
+    p = pipeline()
+    policy.record(p, _row(p), 0.7)
     fresh = LearnedPolicy(seed=2)
     fresh.load_state(policy.state())
-    assert fresh.summary()["classes"]["2"]["requests"] == 1
+    assert fresh.outcome_model(p).stats.tolist() == policy.outcome_model(p).stats.tolist()
+    assert fresh.summary()["pipelines"][p.name]["requests"] == 1
     document = json.loads(policy.state())
     document["version"] = 99
     with pytest.raises(StateVersionError) as info:
@@ -78,11 +87,13 @@ def test_workers_learn_together_through_the_store() -> None:
     store = MemoryStore()
     one = LearnedPolicy(store=store, sync_every=1, seed=1)
     two = LearnedPolicy(store=store, sync_every=1, seed=2)
-    one.record(0, 0, 0.9)
-    two.record(0, 1, 0.4)
+    p = pipeline()
+    one.record(p, _row(p), 0.1)
     one.sync()
-    total = one.summary()["classes"]["0"]["requests"]
-    assert total == 2
+    two.record(p, _row(p), 0.9)
+    two.sync()
+    one.sync()
+    assert one.summary()["pipelines"][p.name]["requests"] == 2
     got = store.get_state("learned")
     assert got is not None and got[0] == 3
 
@@ -180,11 +191,12 @@ def test_warm_start_from_a_learning_run() -> None:
     workload = load_workload(WORKLOADS / "seed-scenario.yaml")
     result = run_learning(workload, 60, rules=("uniform",))
     json.dumps(result, allow_nan=False)
-    counted = sum(c["requests"] for c in result["learned"]["classes"].values())
+    counted = sum(c["requests"] for c in result["learned"]["pipelines"].values())
+    assert counted > 0
     policy = LearnedPolicy(seed=3)
     got = policy.warm_start(result, weight=0.5)
     assert got == {"requests": round(counted * 0.5), "calls": 0}
-    assert policy.summary()["classes"].keys() == result["learned"]["classes"].keys()
+    assert json.loads(policy.state())["pipelines"].keys() == result["state"]["pipelines"].keys()
     assert LearnedPolicy().warm_start(json.dumps(result["state"]).encode())["requests"] == counted
     with pytest.raises(ValueError, match="no learned state"):
         policy.warm_start({"requests": 60})
@@ -211,7 +223,7 @@ def test_warm_start_from_telemetry(tmp_path: Path) -> None:
     row = model.row({"messages": 4})
     assert model.input(reasoner, row) == pytest.approx(300, rel=0.01)
     assert model.output(reasoner, {"messages": 4}, row, 300) == pytest.approx(200, rel=0.01)
-    assert policy.summary()["scored"] == 0  # no arm statistics from telemetry
+    assert policy.summary()["scored"] == 0  # no weights from telemetry (no outcomes in it)
 
 
 def test_rollout_holds_at_doubling_counts_without_a_confident_difference() -> None:
@@ -247,7 +259,65 @@ def test_learn_command_warm_starts_from_an_earlier_run(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "version 99" in result.output
 
 
-@pytest.mark.parametrize("explore", [0.0, -1.0, math.nan, math.inf])
+@pytest.mark.parametrize("explore", [-1.0, math.nan, math.inf])
 def test_explore_must_be_positive(explore: float) -> None:
     with pytest.raises(PolicyConfigError, match="explore"):
         LearnedPolicy(explore=explore)
+
+
+def test_a_cut_structured_answer_teaches_no_weights() -> None:
+    policy = LearnedPolicy(seed=1)
+    controller = Controller(pipeline(), policy=policy)
+    with controller.request(ceiling=4000, features={"messages": 4}) as req:
+        grant = req.begin("triage", input_tokens=100)
+        req.finish(grant, input_tokens=100, output_tokens=grant.output_tokens, truncated=True)
+        grant = req.begin("reasoner", input_tokens=300)
+        req.finish(grant, input_tokens=300, output_tokens=20)
+        req.score(0.0)
+    close(controller, 0.7)
+    assert policy.scored == 2
+    assert policy.summary()["pipelines"]["pipeline"]["requests"] == 1
+
+
+def test_exploring_never_draws_a_critical_weight_below_its_floor() -> None:
+    model = OutcomeModel(pipeline())
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        w_in, w_out = model.draw(rng, 5.0)
+        assert w_in[1] >= CRITICAL_LEAST and w_out[1] >= CRITICAL_LEAST
+        assert min(w_in[0], w_out[0]) > 0
+
+
+def test_divide_is_optimal_on_concave_curves() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        curves = [
+            input_curve(float(rng.integers(100, 2000)), float(rng.uniform(0.1, 2)))
+            for _ in range(3)
+        ]
+        pool = float(rng.integers(50, 5000))
+        got, value = divide(curves, pool)
+        assert sum(got) <= pool
+        best = (
+            max(
+                a + b + c
+                for i, a in enumerate(curves[0].values)
+                for j, b in enumerate(curves[1].values)
+                for k, c in enumerate(curves[2].values)
+                if curves[0].levels[i] + curves[1].levels[j] + curves[2].levels[k] <= pool
+            )
+            if pool >= 0
+            else None
+        )
+        assert best is not None and value >= best - 1e-9
+
+
+def test_learns_that_a_peripheral_agent_matters_most() -> None:
+    workload = load_workload(WORKLOADS / "mispriority.yaml")
+    policy = LearnedPolicy(seed=1)
+    controller = controller_for(workload, policy)
+    for r in range(600):
+        run_request(controller, workload, draw_needs(workload, 11, r), workload.ceiling or 0)
+    weights = policy.summary()["pipelines"]["mispriority"]["weights"]
+    # hidden truth: fact_checker influence 1.6 x sensitivity 0.9; citer 0.1 x 0.2
+    assert weights["fact_checker"]["input"] > 0.8 > 0.3 > weights["citer"]["input"]

@@ -24,7 +24,11 @@ def learning_figure(result: dict[str, Any], fmt: Any = "png") -> bytes:
     ax = fig.add_subplot()
     xs = [p["requests"] for p in result["curve"]]
     ax.plot(xs, [p["quality_vs_oracle"] for p in result["curve"]], marker="o", label="learned")
-    ax.axhline(1.0, color="#222222", label="oracle")
+    ax.axhline(
+        1.0,
+        color="#222222",
+        label="upper bound" if result.get("source") == "log" else "oracle",
+    )
     if result["best_rule_policy"]:
         ax.axhline(
             result["best_rule_quality_vs_oracle"],
@@ -33,31 +37,81 @@ def learning_figure(result: dict[str, Any], fmt: Any = "png") -> bytes:
             label=f"best rule ({result['best_rule_policy']}, final window)",
         )
     ax.set_xlabel("requests seen")
-    ax.set_ylabel("quality / oracle quality (simulated)")
-    ax.set_title(f"{result['workload']}: learned policy at ceiling {result['ceiling']}")
+    if result.get("source") == "log":
+        ax.set_ylabel("quality / upper bound (simulated)")
+        ax.set_title(f"{result['pipeline']} (replayed log): learned policy, {_limit(result)}")
+    else:
+        ax.set_ylabel("quality / oracle quality (simulated)")
+        ax.set_title(f"{result['workload']}: learned policy at ceiling {result['ceiling']}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return encode_figure(fig, fmt)
 
 
+def _limit(result: dict[str, Any]) -> str:
+    """The ceiling of a learning run, in words (a log's may be a share of each run)."""
+    if result["ceiling"] is None:
+        return f"ceiling {result['ceiling_ratio']:.0%} of each run's real tokens"
+    return f"ceiling {result['ceiling']:,}"
+
+
 def _learn_table(result: dict[str, Any]) -> Table:
+    if result.get("source") != "log":
+        table = Table(
+            title=f"{result['workload']}: learning over {result['requests']} requests, "
+            f"ceiling {result['ceiling']} (simulated; last {result['final_window']} requests)"
+        )
+        table.add_column("policy")
+        table.add_column("quality / oracle", justify="right")
+        table.add_row("[bold]learned[/]", f"{result['final_quality_vs_oracle']:.4f}")
+        for name, value in sorted(result["rules"].items(), key=lambda kv: -kv[1]):
+            table.add_row(name, f"{value:.4f}")
+        return table
+    test = result["test"]
+    held_out = f"{test['split']} runs" if test["split"] else "runs"
     table = Table(
-        title=f"{result['workload']}: learning over {result['requests']} requests, "
-        f"ceiling {result['ceiling']} (simulated; last {result['final_window']} requests)"
+        title=f"{result['pipeline']} (replayed log): learning over {result['requests']} "
+        f"requests on {result['train']['runs']} train runs, {_limit(result)} [dim](simulated)[/]",
+        caption="quality / upper bound: simulated quality over a bound no allocation can "
+        "beat (fractional knapsack over each run's calls), so the ratios are conservative; "
+        f"final window: the last {result['final_window']} requests; held out: each of the "
+        f"{test['runs']} {held_out} once after learning"
+        + (" (in-sample)" if test["in_sample"] else ""),
     )
     table.add_column("policy")
-    table.add_column("quality / oracle", justify="right")
-    table.add_row("[bold]learned[/]", f"{result['final_quality_vs_oracle']:.4f}")
+    table.add_column("quality / upper bound, final window", justify="right")
+    table.add_column(f"held out ({held_out})", justify="right")
+    table.add_row(
+        "[bold]learned[/]",
+        f"{result['final_quality_vs_oracle']:.4f}",
+        f"{test['learned_quality_vs_oracle']:.4f}",
+    )
     for name, value in sorted(result["rules"].items(), key=lambda kv: -kv[1]):
-        table.add_row(name, f"{value:.4f}")
+        table.add_row(name, f"{value:.4f}", f"{test['rules'][name]:.4f}")
     return table
 
 
 @app.command()
 def learn(
-    target: Annotated[Path, typer.Argument(help="Workload YAML file.")],
+    target: Annotated[
+        Path, typer.Argument(help="Workload YAML file, or a call log CSV (with --pipeline).")
+    ],
     requests: Annotated[int, typer.Option(help="Requests to learn over.", min=5)] = 2000,
+    pipeline: Annotated[
+        Path | None,
+        typer.Option("--pipeline", help="Pipeline YAML naming the log's agents (call logs)."),
+    ] = None,
     ceiling: Annotated[int | None, typer.Option(help="Token ceiling.", min=1)] = None,
+    ceiling_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="Call logs: ceiling per run, share of the tokens it really used (default 0.8)."
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Call logs: held-out runs to report on, train or test (default test)."),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.", min=0)] = None,
     price: Annotated[float, typer.Option(help="Price of the whole ceiling.", min=0.0)] = 0.02,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the JSON here.")] = None,
@@ -73,17 +127,53 @@ def learn(
         float, typer.Option(help="How much each warm-start request counts.", min=0.0)
     ] = 1.0,
 ) -> None:
-    """Run the learned policy online on a workload; show its curve against the oracle."""
+    """Run the learned policy online on a workload or a replayed call log; show its curve.
+
+    On a workload, quality is over the hindsight oracle's. On a call log (a .csv file, with
+    --pipeline), each request replays a train run at its own ceiling, and quality is over
+    an upper bound no allocation can beat, so the ratios are conservative; the held-out
+    runs of --split are then played once each.
+    """
     from apportion.files import write_atomic
     from apportion.policies.learned import LearnedPolicy
     from apportion.sim.figures import figure_format
-    from apportion.sim.learn import progress_steps, run_learning
+    from apportion.sim.learn import (
+        progress_steps,
+        progress_steps_replay,
+        run_learning,
+        run_learning_replay,
+    )
+    from apportion.sim.replay import load_calls
     from apportion.sim.workload import load_workload
+    from apportion.spec import Pipeline
 
+    is_log = pipeline is not None or target.suffix.lower() == ".csv"
+    if is_log and pipeline is None:
+        raise _fail(
+            ValueError(
+                f"{target} is a call log: give --pipeline PIPELINE.yaml, the pipeline "
+                "naming its agents"
+            )
+        )
+    if not is_log and (ceiling_ratio is not None or split is not None):
+        raise _fail(ValueError("--ceiling-ratio and --split apply to call logs (.csv) only"))
+    if ceiling is not None and ceiling_ratio is not None:
+        raise _fail(ValueError("give --ceiling or --ceiling-ratio, not both"))
     try:
         fmt = figure_format(plot) if plot is not None else None
-        workload = load_workload(target)
-        policy = LearnedPolicy(price=price, seed=seed if seed is not None else workload.seed)
+        if pipeline is not None:
+            spec = Pipeline.from_yaml(pipeline)
+            log = load_calls(target, spec)
+            if split is not None and not log.has_split:
+                console.print(
+                    f"note: {target} has no split column: --split filters nothing",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            policy = LearnedPolicy(price=price, seed=seed if seed is not None else 0)
+        else:
+            workload = load_workload(target)
+            policy = LearnedPolicy(price=price, seed=seed if seed is not None else workload.seed)
         if warm_start is not None:
             earlier = json.loads(warm_start.read_text(encoding="utf-8"))
             if isinstance(earlier, dict) and "state" in earlier:
@@ -94,16 +184,36 @@ def learn(
                 f"warm start: {got['requests']:,} weighted requests from {warm_start}",
                 highlight=False,
             )
+        # sized before the bar opens, so that a bad --split fails without one
+        steps = (
+            progress_steps_replay(log, requests, split)
+            if pipeline is not None
+            else progress_steps(requests)
+        )
         with _progress() as bar:
-            task = bar.add_task("oracle + learned + rules", total=progress_steps(requests))
-            result = run_learning(
-                workload,
-                requests,
-                ceiling=ceiling,
-                seed=seed,
-                policy=policy,
-                progress=lambda n: bar.advance(task, n),
-            )
+            if pipeline is not None:
+                task = bar.add_task("learned + rules on replayed runs", total=steps)
+                result = run_learning_replay(
+                    log,
+                    spec,
+                    requests,
+                    ceiling=ceiling,
+                    ceiling_ratio=ceiling_ratio,
+                    split=split,
+                    seed=seed,
+                    policy=policy,
+                    progress=lambda n: bar.advance(task, n),
+                )
+            else:
+                task = bar.add_task("oracle + learned + rules", total=steps)
+                result = run_learning(
+                    workload,
+                    requests,
+                    ceiling=ceiling,
+                    seed=seed,
+                    policy=policy,
+                    progress=lambda n: bar.advance(task, n),
+                )
         console.print(_learn_table(result))
         if json_path is not None:
             write_atomic(json_path, json.dumps(result, indent=2) + "\n")

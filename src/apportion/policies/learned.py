@@ -1,55 +1,62 @@
-"""``learned``: allocation parameters chosen per class of request, learned from outcomes.
+"""``learned``: allocation that weighs each agent by what its cuts were seen to cost.
 
-Rule: every request is put in a class by its predicted pressure, the sum of the predicted
-needs of its agents (from its features, by the need model of ``estimate``) over its
-ceiling, binned at :data:`PRESSURE_BINS`. For each class, a contextual bandit chooses one
-of a few *arms*, parameter settings of the predicting machinery (:data:`ARMS`): the safety
-margin, the priority weights used when the pool is short, whether an agent holds back room
-for every agent still to run or only for those of its own priority or above (the
-``estimate`` or the ``elastic`` behaviour), and how far a squeezed agent may eat into the
-others' needs. The chosen arm decides the request's grants and extensions. When the
-request closes with an outcome score ``Q`` in [0, 1], the arm's reward in that class is
-``Q - price * consumed / ceiling``; the arm for the next request of the class is drawn by
-Thompson sampling from Normal posteriors of the mean reward (each class's posterior is
-shrunk toward the arm's mean over all classes, so a new class starts from what the others
-learned), their spread scaled by ``explore`` (0.5 by default: tempered sampling, which
-explores less; on 24 random workloads the policy had never seen, 0.5 raised the mean
-final quality over the oracle's by about 0.006 against 1.0, consistently over three sets
-of eight).
+Rule: when an agent is about to run, the pool it may draw from is shared between its own
+input and output and the input and output of every agent still to run, by the expected
+quality each token buys (:mod:`apportion.policies.tradeoff`): predicted needs from the
+request's features (the need model of ``estimate``), the spread of the need model's past
+errors for outputs, the answer's kind (a structured answer is worth nothing until it is
+complete), and per agent two weights, what cutting its input and its output costs the
+outcome. An answer that was cut is extended only when finishing it is worth more than the
+resent prompt and the tokens it takes from the agents after it.
+
+Learning: the weights are hidden (an agent's influence and input sensitivity), so they
+are learned from the outcome scores told at close, by Bayesian linear regression of
+``-ln Q`` on what each agent's cuts cost (:class:`~apportion.policies.outcome_model.
+OutcomeModel`). Each request draws its weights from the posterior (Thompson sampling,
+spread scaled by ``explore``), so the policy explores while it is unsure and settles as
+evidence comes in. The prior is the user's priorities. The class of a request is its
+features: the allocation is computed per request from its predicted needs, with weights
+that belong to the agents, so what is learned on one kind of request carries over to
+all. The reward traded off is ``Q - price * tokens / ceiling``: a token is spent only
+where it buys more than ``price / ceiling`` of log-quality.
 
 Safety: exploration never leaves the ceiling (the ledger enforces it for every grant), and
-every arm holds back, for each critical agent that has not started, its predicted need
-(no arm lets a standard or peripheral agent draw it, beyond the bounded squeeze of the
-predicting machinery): critical agents are never starved to explore.
+no weight of a critical agent is drawn below
+:data:`~apportion.policies.outcome_model.CRITICAL_LEAST`: critical agents are never
+starved to explore.
 
 Bad outcomes are not learned from: a request closed without a score is counted in
 :attr:`LearnedPolicy.unscored`; a score outside [0, 1] or NaN is refused and counted in
 :attr:`LearnedPolicy.refused`. The need model still learns from the request's usage.
 
-State: the posteriors are sufficient statistics (count, sum, sum of squares of rewards per
-class and arm), which add up, so many workers learn together: with ``store=``, each worker
-folds its new statistics into the store's copy every ``sync_every`` scored requests by
-compare-and-set (:meth:`~apportion.stores.base.Store.get_state` / ``put_state``, memory or
-Redis) and continues from the sum. :meth:`LearnedPolicy.state` exports them as JSON bytes;
+State: the regression's sufficient statistics per pipeline, which add up, so many workers
+learn together: with ``store=``, each worker folds its new statistics into the store's
+copy every ``sync_every`` scored requests by compare-and-set
+(:meth:`~apportion.stores.base.Store.get_state` / ``put_state``, memory or Redis) and
+continues from the sum. :meth:`LearnedPolicy.state` exports them as JSON bytes;
 :meth:`LearnedPolicy.load_state` warm-starts from them; a state of another format version
 is refused with :class:`StateVersionError`.
 
 Warm start (:meth:`LearnedPolicy.warm_start`): from the result of a learning run
 (``apportion learn --json`` holds the state under ``"state"``, as does
-:func:`~apportion.sim.learn.run_learning`), or a saved state, the arms' statistics are
-added, scaled by ``weight`` (a simulated run may be worth less than live traffic: with
+:func:`~apportion.sim.learn.run_learning`), or a saved state, the statistics are added,
+scaled by ``weight`` (a simulated run may be worth less than live traffic: with
 ``weight=0.1``, ten simulated requests count as one). From a telemetry database, only the
 need model is warmed (every finished call of the pipeline's requests, with their
-features): the arm each request ran under is not in the telemetry, so no arm statistics
-can honestly be drawn from it.
+features): telemetry holds no outcome scores, so no weight can honestly be drawn from it.
 
-Libraries weighed: MABWiser (contextual bandits incl. Thompson sampling; its learners are
-pickled objects that cannot be merged across workers, and it adds pandas/scikit-learn),
-Vowpal Wabbit (contextual bandits with ``--cb_explore_adf``; a heavy native dependency whose
-model files cannot be merged by compare-and-set either), scikit-learn (no bandits). The
-bandit here is a dozen lines of NumPy over additive sufficient statistics, which is exactly
-what makes shared state across processes a compare-and-set of a small JSON document, so it
-is written by hand with NumPy only (already a dependency).
+Libraries weighed: MABWiser (contextual bandits incl. Thompson sampling over discrete
+arms; its learners are pickled objects that cannot be merged across workers, and it adds
+pandas/scikit-learn), Vowpal Wabbit (contextual bandits with ``--cb_explore_adf``; a heavy
+native dependency whose model files cannot be merged by compare-and-set either),
+scikit-learn's ``BayesianRidge`` (the same posterior, but refitted from the raw rows,
+which would then have to be stored and shipped between workers). The first version of
+this policy was a Thompson-sampling bandit over eight settings of the rule-based
+policies; it could not learn that a "peripheral" agent matters most, and stayed under
+the oracle where the best setting did. The model here is a few lines of NumPy over
+additive sufficient statistics, which is what makes shared state across processes a
+compare-and-set of a small JSON document, so it is written by hand with NumPy only
+(already a dependency).
 """
 
 from __future__ import annotations
@@ -57,31 +64,41 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from apportion.errors import ApportionError, PolicyConfigError
-from apportion.policies.base import Observation, Plan
-from apportion.policies.predicting import PredictingPolicy, _fit
-from apportion.spec import Agent, Pipeline, Priority
+from apportion.ledger import Grant
+from apportion.policies.base import Observation, clip_output
+from apportion.policies.outcome_model import OutcomeModel, output_cost
+from apportion.policies.predicting import PredictingPolicy
+from apportion.policies.tradeoff import (
+    FLOOR,
+    Curve,
+    divide,
+    extension_curve,
+    input_curve,
+    output_curve,
+)
+from apportion.spec import Agent, OutputKind, Pipeline
 
 if TYPE_CHECKING:
     from apportion.stores.base import Store
 
 STATE_FORMAT = "apportion.learned"
-STATE_VERSION = 1
+STATE_VERSION = 2
 """Version of the exported state; a state of another version is refused."""
 
-PRESSURE_BINS = (0.6, 0.8, 0.95, 1.1, 1.3, 1.6)
-"""Class boundaries on predicted needs / ceiling."""
-
-_PRIOR_COUNT = 2.0
-_PRIOR_SD = 0.3
-_MIN_SD = 0.02
+PRIOR_SPREAD = 0.35
+"""Sigma of the log-normal error assumed for an agent's output until eight are known."""
+_PRIOR_RATIOS = np.exp(
+    PRIOR_SPREAD * np.array([NormalDist().inv_cdf((i + 0.5) / 32) for i in range(32)])
+)
+_LEAST_Q = 1e-5
 
 
 class StateVersionError(ApportionError, ValueError):
@@ -94,39 +111,6 @@ class StateVersionError(ApportionError, ValueError):
 
     version: Any
     expected: int
-
-
-@dataclass(frozen=True, slots=True)
-class Arm:
-    """One setting of the allocation parameters.
-
-    Attributes:
-        name: a short name (the key in the stored state).
-        margin: safety margin on predicted output (0.5 = 50% more).
-        weights: priority weights ``(peripheral, standard, critical)`` when the pool is short.
-        by_rank: an agent holds back room only for agents of its priority or above, and a
-            critical agent draws first (``elastic``); otherwise for every agent (``estimate``).
-        room: up to this part of what it wants, a squeezed agent may eat into others' needs.
-    """
-
-    name: str
-    margin: float
-    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    by_rank: bool = False
-    room: float = 0.5
-
-
-ARMS: tuple[Arm, ...] = (
-    Arm("flat-m0.2", 0.2),
-    Arm("flat-m0.5", 0.5),
-    Arm("flat-m0.5-r0.8", 0.5, room=0.8),
-    Arm("flat-m1.0", 1.0),
-    Arm("rank-m0.5", 0.5, (1.0, 2.0, 4.0), True),
-    Arm("rank-m1.0-r0.3", 1.0, (1.0, 2.0, 4.0), True, 0.3),
-    Arm("steep-m0.5", 0.5, (1.0, 3.0, 9.0), True),
-    Arm("steep-m1.0-r0.3", 1.0, (1.0, 3.0, 9.0), True, 0.3),
-)
-"""The default arms: the ``estimate`` and ``elastic`` behaviours at several margins."""
 
 
 def check_outcome(outcome: float | None) -> float | None:
@@ -145,27 +129,19 @@ def check_outcome(outcome: float | None) -> float | None:
     return value
 
 
-class _Stats:
-    """Count, sum and sum of squares of rewards per (class, arm)."""
-
-    def __init__(self, classes: int, arms: int) -> None:
-        self.table = np.zeros((classes, arms, 3))
-
-    def add(self, cls: int, arm: int, reward: float) -> None:
-        self.table[cls, arm] += (1.0, reward, reward * reward)
-
-
 class LearnedPolicy(PredictingPolicy):
-    """Thompson sampling over allocation arms per pressure class; see the module docstring.
+    """Allocation by expected quality per token, with agent weights learned from outcomes.
+
+    See the module docstring.
 
     Args:
-        arms: the arms to choose among (at least one, distinct names).
         price: the price of spending the whole ceiling, in outcome units.
         store: a store to share the learned state with other workers (``None``: local).
         key: the state's key in the store.
         sync_every: scored requests between two merges with the store.
         seed: seed of the sampler (``None``: fresh entropy).
-        explore: scale of the posteriors' spread when drawing (1: plain Thompson sampling).
+        explore: scale of the posterior's spread when drawing (1: plain Thompson sampling;
+            0: always the posterior mean).
 
     Attributes:
         unscored: requests closed without a score (not learned from).
@@ -177,26 +153,22 @@ class LearnedPolicy(PredictingPolicy):
 
     def __init__(
         self,
-        arms: Sequence[Arm] = ARMS,
         *,
         price: float = 0.02,
         store: Store | None = None,
         key: str = "learned",
         sync_every: int = 32,
         seed: int | None = None,
-        explore: float = 0.5,
+        explore: float = 1.0,
     ) -> None:
         super().__init__(margin=0.0)
-        if not arms or len({a.name for a in arms}) != len(arms):
-            raise PolicyConfigError("a learned policy needs arms with distinct names")
         if not (math.isfinite(price) and price >= 0):
             raise PolicyConfigError(f"price must be a number >= 0, not {price!r}", price=price)
         if sync_every < 1:
             raise PolicyConfigError(f"sync_every must be at least 1, not {sync_every!r}")
-        if not (math.isfinite(explore) and explore > 0):
-            raise PolicyConfigError(f"explore must be a number > 0, not {explore!r}")
+        if not (math.isfinite(explore) and explore >= 0):
+            raise PolicyConfigError(f"explore must be a number >= 0, not {explore!r}")
         self.explore = float(explore)
-        self.arms = tuple(arms)
         self.price = float(price)
         self.store = store
         self.key = key
@@ -206,86 +178,149 @@ class LearnedPolicy(PredictingPolicy):
         self.scored = 0
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(seed)
-        classes = len(PRESSURE_BINS) + 1
-        self._stats = _Stats(classes, len(self.arms))  # everything known (store included)
-        self._delta = _Stats(classes, len(self.arms))  # learned here since the last merge
-        self._version = 0
+        self._models: dict[str, OutcomeModel] = {}
+        self._delta: dict[str, np.ndarray] = {}  # learned here since the last merge
+        self._pending: dict[str, np.ndarray] = {}  # loaded before the pipeline was seen
 
-    # ------------------------------------------------------------ choosing an arm
+    # ------------------------------------------------------------ the weights
 
-    def classify(self, obs: Observation) -> int:
-        """The request's class: its predicted pressure, binned."""
-        pressure = sum(self.predicted_needs(obs).values()) / max(obs.ceiling, 1)
-        return int(np.searchsorted(PRESSURE_BINS, pressure, side="right"))
+    def outcome_model(self, pipeline: Pipeline) -> OutcomeModel:
+        """The outcome model of ``pipeline`` (created on first use).
 
-    def choose(self, cls: int) -> int:
-        """Draw an arm for a request of class ``cls`` (Thompson sampling)."""
-        with self._lock:
-            table = self._stats.table
-            pooled = table.sum(axis=0)
-            total = pooled.sum(axis=0)
-            overall = total[1] / total[0] if total[0] else 0.5
-            draws = np.empty(len(self.arms))
-            for a in range(len(self.arms)):
-                n_all, s_all, ss_all = pooled[a]
-                prior = s_all / n_all if n_all else overall
-                n, s, _ = table[cls, a]
-                count = n + _PRIOR_COUNT
-                mean = (s + _PRIOR_COUNT * prior) / count
-                if n_all >= 2:
-                    var = max(ss_all / n_all - (s_all / n_all) ** 2, _MIN_SD**2)
-                    sd = math.sqrt(var / count)
-                else:
-                    sd = _PRIOR_SD
-                draws[a] = self._rng.normal(mean, sd * self.explore)
-            return int(np.argmax(draws))
+        Raises:
+            PolicyConfigError: a pipeline of the same name with other agents was seen.
+        """
+        model = self._models.get(pipeline.name)
+        if model is None:
+            with self._lock:
+                model = self._models.get(pipeline.name)
+                if model is None:
+                    model = OutcomeModel(pipeline)
+                    pending = self._pending.pop(pipeline.name, None)
+                    if pending is not None:
+                        model.stats += self._fit_width(pipeline.name, pending, model.width)
+                    self._delta[pipeline.name] = np.zeros_like(model.stats)
+                    self._models[pipeline.name] = model
+        if model.agents != tuple(a.name for a in pipeline.agents):
+            raise PolicyConfigError(
+                f"pipeline {pipeline.name!r} has other agents than the one learned for "
+                f"({', '.join(model.agents)})"
+            )
+        return model
 
-    def arm_of(self, obs: Observation) -> Arm:
-        """The arm chosen for this request (chosen when it opens)."""
-        index: int | None = obs.memo.get("arm")
-        if index is None:
-            cls = obs.memo["class"] = self.classify(obs)
-            index = obs.memo["arm"] = self.choose(cls)
-        return self.arms[index]
+    def agent_weights(self, obs: Observation) -> dict[str, tuple[float, float]]:
+        """``(input weight, output weight)`` per agent, drawn once per request."""
+        drawn: dict[str, tuple[float, float]] | None = obs.memo.get("weights")
+        if drawn is None:
+            model = self.outcome_model(obs.pipeline)
+            with self._lock:
+                w_in, w_out = model.draw(self._rng, self.explore)
+            drawn = obs.memo["weights"] = {
+                a: (float(i), float(o)) for a, i, o in zip(model.agents, w_in, w_out, strict=True)
+            }
+        return drawn
 
-    # ------------------------------------------------------------ the arm's rule
+    # ------------------------------------------------------------ the curves
 
-    def plan(self, obs: Observation) -> Plan:
-        """Choose the request's arm, and plan the predicted needs (scaled to the ceiling)."""
-        self.arm_of(obs)
-        return Plan(allocation=_fit(self.predicted_needs(obs), obs.ceiling))
+    def _errors(self, obs: Observation, agent: Agent) -> np.ndarray:
+        """Observed / predicted output of the agent's past calls (a prior until 8)."""
+        ratios = self._model(obs).errors(agent)
+        return ratios if len(ratios) >= 8 else _PRIOR_RATIOS
 
-    def call_output(self, obs: Observation, agent: Agent, predicted: float) -> float:
-        """Predicted output times the arm's margin and the model's spread."""
-        out = predicted * (1 + self.arm_of(obs).margin) * self._model(obs).spread(agent)
-        return max(out, float(agent.min_output))
+    def _output_curve(
+        self, obs: Observation, agent: Agent, predicted: float, most: int | None
+    ) -> Curve:
+        limit = agent.max_output if most is None else most
+        return output_curve(
+            agent.output_kind.value,
+            predicted,
+            self._errors(obs, agent),
+            self.agent_weights(obs)[agent.name][1],
+            least=agent.min_output,
+            most=limit,
+        )
 
-    def held_back(self, obs: Observation, agent: Agent) -> tuple[int, float]:
-        """What ``agent`` leaves room for, on the arm's terms (see :class:`Arm`)."""
-        arm = self.arm_of(obs)
-        floor: int | None = 0
-        if arm.by_rank:
-            critical = agent.priority is Priority.CRITICAL
-            floor = None if critical else agent.priority.rank
-        return self._held_back(obs, agent, floor, arm.weights)
+    def _curves_after(self, obs: Observation, agent: Agent) -> list[Curve]:
+        """Input and output curves of the agents still to run, ``agent`` excepted."""
+        curves: list[Curve] = []
+        model = self._model(obs)
+        row = obs.memo.get("row") or model.row(obs.features)
+        weights = self.agent_weights(obs)
+        fallback = obs.ceiling / len(obs.pipeline) / 2
+        for b in obs.unstarted():
+            if b.name == agent.name:
+                continue
+            need_in = model.input(b, row) or fallback
+            curves.append(input_curve(need_in, weights[b.name][0]))
+            curves.append(self._output_curve(obs, b, self.predicted_output(obs, b, need_in), None))
+        return curves
 
-    def budget(self, obs: Observation, agent: Agent, want: int) -> int:
-        """The predicting budget rule, with the arm's weights and squeeze room."""
-        arm = self.arm_of(obs)
-        available = obs.state.available_for(agent.name)
-        keep, others = self.held_back(obs, agent)
-        room = available - keep
-        if room >= want:
-            return want
-        mine = want * arm.weights[agent.priority.rank]
-        weighted = mine + others
-        share = int(available * mine / weighted) if weighted else available
-        return min(want, available, max(room, min(share, int(want * arm.room))))
+    def _least_gain(self, obs: Observation) -> float:
+        return self.price / max(obs.ceiling, 1)
+
+    # ------------------------------------------------------------ the hooks
+
+    def grant(
+        self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
+    ) -> tuple[int, int]:
+        """Share the pool between this call and the agents after it (module docstring)."""
+        predicted = self.predicted_output(obs, agent, input_tokens)
+        most = None if output_tokens is None else max(output_tokens, agent.min_output)
+        if most is not None and agent.max_output is not None:
+            most = min(most, agent.max_output)
+        mine = [
+            input_curve(input_tokens, self.agent_weights(obs)[agent.name][0]),
+            self._output_curve(obs, agent, predicted, most),
+        ]
+        pool = obs.state.available_for(agent.name)
+        got, _ = divide(
+            mine + self._curves_after(obs, agent), pool, least_gain=self._least_gain(obs)
+        )
+        ctx = min(got[0], input_tokens)
+        out = min(got[1], pool - ctx)
+        obs.memo.setdefault("calls", []).append((agent.name, ctx, input_tokens, predicted))
+        return ctx, clip_output(max(out, 0), output_tokens)
+
+    def extend(
+        self, obs: Observation, grant: Grant, output_tokens: int, context_tokens: int
+    ) -> int:
+        """Extend when finishing the answer is worth its cost to the agents after it."""
+        agent = obs.pipeline[grant.agent]
+        written = obs.state.grants.get(grant.grant_id, grant).output_tokens
+        most = output_tokens
+        if agent.max_output is not None:
+            most = min(most, agent.max_output - written)
+        pool = obs.state.available_for(agent.name)
+        if most <= 0 or pool <= context_tokens:
+            return 0
+        predicted = self._predicted_of(obs, agent.name)
+        after = self._curves_after(obs, agent)
+        gain = self._least_gain(obs)
+        _, stay = divide(after, pool, least_gain=gain)
+        more = extension_curve(
+            agent.output_kind.value,
+            written,
+            predicted if predicted is not None else written,
+            self._errors(obs, agent),
+            self.agent_weights(obs)[agent.name][1],
+            most=most,
+        )
+        got, go = divide([more, *after], pool - context_tokens, least_gain=gain)
+        if got[0] <= 0 or go <= stay + float(more.values[0]) + 1e-9:
+            return 0
+        return min(output_tokens, got[0])
+
+    @staticmethod
+    def _predicted_of(obs: Observation, agent: str) -> float | None:
+        for name, _, _, predicted in reversed(obs.memo.get("calls", ())):
+            if name == agent:
+                return float(predicted)
+        return None
 
     # ------------------------------------------------------------ learning
 
     def learn(self, obs: Observation, outcome: float | None) -> None:
-        """Learn needs from the usage, and the arm's reward from the outcome (if valid)."""
+        """Learn needs from the usage, and the agents' weights from the outcome (if valid)."""
         super().learn(obs, outcome)
         try:
             value = check_outcome(outcome)
@@ -297,21 +332,49 @@ class LearnedPolicy(PredictingPolicy):
             with self._lock:
                 self.unscored += 1
             return
-        index: int | None = obs.memo.get("arm")
-        if index is None:  # closed before it planned (never happens with the controller)
-            return
-        reward = value - self.price * obs.state.consumed / max(obs.ceiling, 1)
-        self.record(obs.memo["class"], index, reward)
-
-    def record(self, cls: int, arm: int, reward: float) -> None:
-        """Fold one reward in (and merge with the store when due)."""
+        row = self.row(obs)
         with self._lock:
-            self._stats.add(cls, arm, reward)
-            self._delta.add(cls, arm, reward)
             self.scored += 1
             due = self.store is not None and self.scored % self.sync_every == 0
+        if row is not None and value > _LEAST_Q:
+            self.record(obs.pipeline, row, -math.log(value))
         if due:
             self.sync()
+
+    def row(self, obs: Observation) -> np.ndarray | None:
+        """What each agent's cuts cost in this request, as a regression row.
+
+        ``None`` when the request teaches nothing about the weights: a structured answer
+        was cut (its outcome is 0 whatever they are), or a call was never granted.
+        """
+        calls: dict[str, list[tuple[int, int, float]]] = {}
+        for name, ctx, avail, predicted in obs.memo.get("calls", ()):
+            calls.setdefault(name, []).append((ctx, avail, predicted))
+        if not obs.settled:
+            return None
+        input_cost: dict[str, float] = {}
+        out_cost: dict[str, float] = {}
+        for name, _, wrote, truncated in obs.settled:
+            granted = calls.get(name)
+            if not granted:
+                return None
+            ctx, avail, predicted = granted.pop(0)
+            if ctx < avail:
+                input_cost[name] = input_cost.get(name, 0.0) - math.log(max(ctx, 1) / avail)
+            if truncated:
+                agent = obs.pipeline[name]
+                if agent.output_kind is OutputKind.STRUCTURED:
+                    return None
+                needs = self._errors(obs, agent) * max(predicted, 1.0)
+                cost = output_cost(agent.output_kind.value, wrote, needs)
+                out_cost[name] = out_cost.get(name, 0.0) + cost
+        return OutcomeModel.row_of(self.outcome_model(obs.pipeline).agents, input_cost, out_cost)
+
+    def record(self, pipeline: Pipeline, row: np.ndarray, target: float) -> None:
+        """Fold one request's row and ``-ln Q`` in."""
+        model = self.outcome_model(pipeline)
+        with self._lock:
+            self._delta[pipeline.name] += model.add(row, min(target, -FLOOR))
 
     def sync(self) -> None:
         """Merge what this worker learned into the store's state, and adopt the sum."""
@@ -320,36 +383,66 @@ class LearnedPolicy(PredictingPolicy):
             return
         for _ in range(64):
             got = store.get_state(self.key)
-            version, remote = (0, None) if got is None else (got[0], self._decode(got[1]))
+            version, remote = (0, {}) if got is None else (got[0], self._decode(got[1]))
             with self._lock:
-                delta = self._delta.table.copy()
-            merged = delta if remote is None else remote + delta
+                delta = {name: d.copy() for name, d in self._delta.items()}
+            merged = dict(remote)
+            for name, d in delta.items():
+                merged[name] = merged[name] + d if name in merged else d
             if store.put_state(self.key, self._encode(merged), version) is not None:
                 with self._lock:
-                    self._delta.table -= delta
-                    self._stats.table = merged + self._delta.table
-                    self._version = version + 1
+                    for name, d in delta.items():
+                        self._delta[name] -= d
+                    for name, stats in merged.items():
+                        model = self._models.get(name)
+                        if model is None:
+                            self._pending[name] = stats
+                        else:
+                            model.stats = stats + self._delta[name]
                 return
         raise ApportionError(f"could not merge learned state {self.key!r}: too much contention")
 
     # ------------------------------------------------------------ state
 
+    def _tables(self) -> dict[str, np.ndarray]:
+        tables = {name: stats.copy() for name, stats in self._pending.items()}
+        for name, model in self._models.items():
+            tables[name] = model.stats.copy()
+        return tables
+
     def state(self) -> bytes:
-        """Everything learned (the statistics), as JSON bytes."""
+        """Everything learned (the statistics per pipeline), as JSON bytes."""
         with self._lock:
-            return self._encode(self._stats.table)
+            return self._encode(self._tables())
 
     def load_state(self, data: bytes | str) -> None:
         """Warm-start: add a saved state's statistics to what is known.
 
         Raises:
             StateVersionError: the state is of another format or version.
-            PolicyConfigError: the state's arms are not this policy's.
+            PolicyConfigError: the state's agents are not the pipeline's.
         """
-        table = self._decode(data)
+        self._add(self._decode(data), 1.0)
+
+    def _add(self, tables: Mapping[str, np.ndarray], weight: float) -> None:
         with self._lock:
-            self._stats.table += table
-            self._delta.table += table  # shared with the store at the next merge
+            for name, stats in tables.items():
+                model = self._models.get(name)
+                if model is None:
+                    pending = self._pending.get(name)
+                    self._pending[name] = stats * weight + (0 if pending is None else pending)
+                    continue
+                added = self._fit_width(name, stats, model.width) * weight
+                model.stats += added
+                self._delta[name] += added  # shared with the store at the next merge
+
+    @staticmethod
+    def _fit_width(name: str, stats: np.ndarray, width: int) -> np.ndarray:
+        if len(stats) != width * width + width + 2:
+            raise PolicyConfigError(
+                f"the learned state of pipeline {name!r} is for another number of agents"
+            )
+        return stats
 
     def warm_start(
         self,
@@ -368,13 +461,13 @@ class LearnedPolicy(PredictingPolicy):
             weight: how much each learned request counts (states and results only).
 
         Returns:
-            ``{"requests": ..., "calls": ...}``: requests added to the arms' statistics
+            ``{"requests": ..., "calls": ...}``: requests added to the statistics
             (weighted), and calls folded into the need model.
 
         Raises:
             StateVersionError: the state is of another format or version.
-            PolicyConfigError: the state's arms are not this policy's, ``weight`` is not
-                positive, or telemetry was given without a pipeline.
+            PolicyConfigError: the state's agents are not the pipeline's, ``weight`` is
+                not positive, or telemetry was given without a pipeline.
             ValueError: a result without a state.
         """
         if not (math.isfinite(weight) and weight > 0):
@@ -389,11 +482,10 @@ class LearnedPolicy(PredictingPolicy):
             data = source.read_bytes()
         else:
             return self._warm_from_telemetry(source, pipeline)
-        table = self._decode(data) * weight
-        with self._lock:
-            self._stats.table += table
-            self._delta.table += table
-        return {"requests": round(float(table[:, :, 0].sum())), "calls": 0}
+        tables = self._decode(data)
+        self._add(tables, weight)
+        requests = sum(float(stats[-1]) * weight for stats in tables.values())
+        return {"requests": round(requests), "calls": 0}
 
     def _warm_from_telemetry(self, source: Any, pipeline: Pipeline | None) -> dict[str, int]:
         if pipeline is None:
@@ -425,22 +517,19 @@ class LearnedPolicy(PredictingPolicy):
             calls += len(settled)
         return {"requests": 0, "calls": calls}
 
-    def _encode(self, table: np.ndarray) -> bytes:
-        stats = {
-            str(cls): {arm.name: table[cls, a].tolist() for a, arm in enumerate(self.arms)}
-            for cls in range(table.shape[0])
-            if table[cls, :, 0].any()
-        }
+    def _encode(self, tables: Mapping[str, np.ndarray]) -> bytes:
+        agents = {name: list(model.agents) for name, model in self._models.items()}
         document = {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
-            "bins": list(PRESSURE_BINS),
-            "arms": [arm.name for arm in self.arms],
-            "stats": stats,
+            "pipelines": {
+                name: {"agents": agents.get(name), "stats": stats.tolist()}
+                for name, stats in sorted(tables.items())
+            },
         }
         return json.dumps(document, sort_keys=True).encode("utf-8")
 
-    def _decode(self, data: bytes | str) -> np.ndarray:
+    def _decode(self, data: bytes | str) -> dict[str, np.ndarray]:
         try:
             document = json.loads(data)
         except ValueError as exc:
@@ -452,41 +541,46 @@ class LearnedPolicy(PredictingPolicy):
                 "not a learned policy state", version=None, expected=STATE_VERSION
             )
         version = document.get("version")
-        if version != STATE_VERSION or document.get("bins") != list(PRESSURE_BINS):
+        if version != STATE_VERSION or not isinstance(document.get("pipelines"), Mapping):
             raise StateVersionError(
                 f"learned state version {version!r} is incompatible with version "
                 f"{STATE_VERSION} (this code)",
                 version=version,
                 expected=STATE_VERSION,
             )
-        names = [arm.name for arm in self.arms]
-        if sorted(document.get("arms", [])) != sorted(names):
-            raise PolicyConfigError(
-                f"the state's arms {document.get('arms')} are not this policy's {names}"
-            )
-        table = np.zeros_like(self._stats.table)
-        for cls, row in document["stats"].items():
-            for name, values in row.items():
-                table[int(cls), names.index(name)] = values
-        return table
+        tables: dict[str, np.ndarray] = {}
+        for name, entry in document["pipelines"].items():
+            model = self._models.get(name)
+            agents = entry.get("agents") if isinstance(entry, Mapping) else None
+            if model is not None and agents is not None and tuple(agents) != model.agents:
+                raise PolicyConfigError(
+                    f"the learned state's agents {agents} are not pipeline {name!r}'s "
+                    f"{list(model.agents)}"
+                )
+            try:
+                stats = np.asarray(entry["stats"], dtype=float)
+            except (KeyError, TypeError, ValueError):
+                raise StateVersionError(
+                    f"learned state of pipeline {name!r} has no statistics",
+                    version=version,
+                    expected=STATE_VERSION,
+                ) from None
+            if model is not None:
+                self._fit_width(name, stats, model.width)
+            tables[name] = stats
+        return tables
 
     def summary(self) -> dict[str, Any]:
-        """Per class, the requests learned from and the arm with the best mean reward."""
+        """Requests learned from, and per pipeline the learned weights per agent."""
         with self._lock:
-            table = self._stats.table.copy()
-        classes = {}
-        for cls in range(table.shape[0]):
-            counts = table[cls, :, 0]
-            if not counts.any():
-                continue
-            means = np.where(counts > 0, table[cls, :, 1] / np.maximum(counts, 1), -np.inf)
-            classes[str(cls)] = {
-                "requests": int(counts.sum()),
-                "best_arm": self.arms[int(np.argmax(means))].name,
-            }
+            models = dict(self._models)
+            counts = {name: round(float(m.stats[-1])) for name, m in models.items()}
         return {
             "scored": self.scored,
             "unscored": self.unscored,
             "refused": self.refused,
-            "classes": classes,
+            "pipelines": {
+                name: {"requests": counts[name], "weights": model.means()}
+                for name, model in models.items()
+            },
         }

@@ -163,6 +163,10 @@ class NeedModel:
             return 1.0
         return model.spread
 
+    def errors(self, agent: Agent) -> np.ndarray:
+        """Observed / predicted output of the agent's last uncut calls (up to 256)."""
+        return self._out[agent.name].ratios
+
     def observe(
         self,
         features: Mapping[str, float],

@@ -102,6 +102,7 @@ __all__ = [
     "replay_run",
     "replay_steps",
     "replay_table",
+    "replay_upper_bound",
     "run_ceiling",
     "run_replay",
     "select_runs",
@@ -439,6 +440,54 @@ def replay_run(
         granted=granted,
         consumed=consumed,
     )
+
+
+def replay_upper_bound(run: LoggedRun, ceiling: int) -> float:
+    """An upper bound on the simulated quality any policy can get for ``run`` at ``ceiling``.
+
+    The hindsight "oracle" of a replayed log (``apportion learn CALLS.csv``): no allocation,
+    whatever it knows, makes :func:`replay_run` report a higher quality, so a policy's
+    quality over this bound is a conservative (low) estimate of its quality over the best
+    achievable.
+
+    Proof. Take a call with logged prompt ``I`` and completion ``O`` that reads ``ctx`` and
+    writes ``out`` and, with its extensions, consumes ``b >= ctx + out`` tokens. With input
+    coverage ``x = min(1, ctx / I)`` and output coverage ``y = min(1, out / O)``, its
+    quality is ``q = x * q_out(y)`` with ``q_out(y) <= y`` for every output kind, so
+    ``q <= min(x, y) <= 1``; and ``min(x, y) * (I + O) <= min(ctx, I) + min(out, O) <= b``.
+    Hence ``q <= min(1, b / (I + O))`` (a need of 0 is met by nothing, as in
+    :func:`replay_run`; a call with ``I + O == 0`` is bounded by 1 alone, a refused call
+    has ``q = 0``). The ledger's hard cap gives ``sum(b) <= ceiling``, and the run's
+    quality is the mean of its calls' ``q``, so it is at most the maximum of
+    ``mean(min(1, b_i / w_i))`` over ``b_i >= 0`` with ``sum(b_i) <= ceiling``, where
+    ``w_i = I_i + O_i``: a fractional knapsack in which each token given to call ``i``
+    is worth ``1 / w_i`` until the call is full. Filling the calls in ascending order of
+    ``w_i``, the last one partly, attains that maximum.
+
+    The bound ignores the extensions' resent context and the policies' ignorance of the
+    needs, so it is rarely attained; with a ceiling that covers every logged token it is 1.
+
+    Args:
+        run: the run.
+        ceiling: its token ceiling.
+
+    Returns:
+        The bound, in [0, 1]; 1 for a run without calls (as :func:`replay_run` scores it).
+    """
+    if not run.calls:
+        return 1.0
+    left = float(max(0, ceiling))
+    total = 0.0
+    for weight in sorted(c.prompt_tokens + c.completion_tokens for c in run.calls):
+        if weight == 0:
+            total += 1.0
+        elif left >= weight:
+            total += 1.0
+            left -= weight
+        else:
+            total += left / weight
+            break
+    return total / len(run.calls)
 
 
 def _call_quality(kind: Any, ctx: int, need_in: int, out: int, need_out: int) -> float:

@@ -1,0 +1,190 @@
+"""Dividing a pool of tokens among its uses by the quality each token buys.
+
+A use of tokens (one agent's input, or its output) is a :class:`Curve`: token levels and
+the expected log-quality the use reaches at each. :func:`divide` shares a pool among
+curves greedily over the segments of each curve's upper concave hull, the best gain per
+token first. For concave curves that is the optimum (the water-filling of a separable
+concave program); for the others (an output that is worthless until complete has an
+S-shaped curve) it is the optimum of their hulls, and the hull's segments are taken
+whole or not at all where they jump, so a share is never spent on the flat start of an
+S that it cannot get past (a segment between neighbouring points may be taken in part).
+
+The curves :func:`input_curve` and :func:`output_curve` are the response model of the
+workload spec seen from a policy: coverage raised to a weight, and the expectation over
+what the output might need (samples of the need, relative to its prediction).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+FLOOR = -12.0
+"""The log-quality of an agent that reads or writes nothing at all (a quality of ~6e-6)."""
+
+INPUT_FRACTIONS = np.array([0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+OUTPUT_RATIOS = np.array(
+    [0.0, 0.25, 0.5, 0.7, 0.85, 1.0, 1.1, 1.2, 1.3, 1.45, 1.6, 1.8, 2.0, 2.4, 3.0, 4.0]
+)
+_EXTENSION_STEPS = np.array([0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0])
+
+
+@dataclass(frozen=True, slots=True)
+class Curve:
+    """Expected log-quality of one use of tokens, by the tokens it gets.
+
+    Attributes:
+        levels: increasing token levels; the first is what the use gets at the least.
+        values: the expected log-quality (at most 0) at each level.
+    """
+
+    levels: np.ndarray
+    values: np.ndarray
+
+
+def _hull(levels: np.ndarray, values: np.ndarray) -> list[tuple[float, float, int]]:
+    """The upper concave hull from the first point to the highest value.
+
+    Returns:
+        ``(level, value, index)`` per hull point, ``index`` into the curve's points.
+    """
+    top = int(np.argmax(values))
+    points: list[tuple[float, float, int]] = []
+    for i, (x, y) in enumerate(
+        zip(levels[: top + 1].tolist(), values[: top + 1].tolist(), strict=True)
+    ):
+        if points and x <= points[-1][0]:
+            if y > points[-1][1]:
+                points[-1] = (points[-1][0], y, i)
+            continue
+        while len(points) >= 2:
+            (x0, y0, _), (x1, y1, _) = points[-2], points[-1]
+            if (y1 - y0) * (x - x0) <= (y - y0) * (x1 - x0):  # the middle point is under
+                points.pop()
+            else:
+                break
+        points.append((x, y, i))
+    return points
+
+
+def divide(
+    curves: Sequence[Curve], pool: float, *, least_gain: float = 0.0
+) -> tuple[list[int], float]:
+    """Share ``pool`` tokens among ``curves``, the best gain per token first.
+
+    Args:
+        curves: the uses.
+        pool: tokens to share.
+        least_gain: a segment buying less log-quality per token than this is not taken (a
+            price on tokens).
+
+    Returns:
+        ``(tokens per curve, total expected log-quality)``. When the pool cannot cover
+        every curve's first level, the first levels are scaled down in proportion.
+    """
+    hulls = [_hull(c.levels, c.values) for c in curves]
+    got = [h[0][0] for h in hulls]
+    value = sum(h[0][1] for h in hulls)
+    left = pool - sum(got)
+    if left < 0:
+        scale = max(pool, 0.0) / sum(got)
+        return [int(g * scale) for g in got], value
+    segments = []
+    for c, points in enumerate(hulls):
+        for (x0, y0, i0), (x1, y1, i1) in itertools.pairwise(points):
+            slope = (y1 - y0) / (x1 - x0)
+            if slope > least_gain:
+                segments.append((slope, c, x1 - x0, y1 - y0, i1 - i0 == 1))
+    segments.sort(key=lambda s: -s[0])
+    done: set[int] = set()
+    for slope, c, width, gain, tight in segments:
+        if c in done:
+            continue
+        if width <= left:
+            got[c] += width
+            value += gain
+            left -= width
+            continue
+        done.add(c)  # this curve goes no further; the others may still fit
+        if tight:  # between two neighbouring points: pro rata
+            got[c] += left
+            value += slope * left
+            left = 0.0
+            break
+    return [int(g) for g in got], value
+
+
+def input_curve(need: float, weight: float) -> Curve:
+    """Reading ``ctx`` of ``need`` input tokens: ``weight * ln(ctx / need)``."""
+    need = max(need, 1.0)
+    levels = INPUT_FRACTIONS * need
+    with np.errstate(divide="ignore"):
+        values = np.maximum(weight * np.log(INPUT_FRACTIONS), FLOOR)
+    values[0] = FLOOR
+    return Curve(levels, values)
+
+
+def output_curve(
+    kind: str,
+    predicted: float,
+    ratios: np.ndarray,
+    weight: float,
+    *,
+    least: int = 1,
+    most: int | None = None,
+) -> Curve:
+    """Writing up to a cap, when the need is ``predicted`` times one of ``ratios``.
+
+    ``structured``: the chance the need fits (a cut answer does not parse: quality 0,
+    whatever the weight). ``prose``: the expected ``min(1, cap / need) ** weight``.
+    ``reasoning``: 1 when it fits, else ``(cap / need / 2) ** weight``. Caps are kept
+    within ``[least, most]``.
+    """
+    predicted = max(predicted, 1.0)
+    caps = np.clip(OUTPUT_RATIOS * predicted, least, most if most is not None else math.inf)
+    caps[0] = least
+    needs = np.maximum(ratios * predicted, 1.0)
+    return Curve(caps, _expected(kind, caps, needs, weight))
+
+
+def extension_curve(
+    kind: str,
+    written: int,
+    predicted: float,
+    ratios: np.ndarray,
+    weight: float,
+    *,
+    most: int | None = None,
+) -> Curve:
+    """Writing ``extra`` more tokens after ``written`` were cut off.
+
+    The need is drawn from the samples above ``written``; when none are (the need model
+    has never seen so long an answer), from ``written`` times 1.1 to 2.
+    """
+    needs = np.maximum(ratios * max(predicted, 1.0), 1.0)
+    needs = needs[needs > written]
+    if len(needs) < 4:
+        needs = written * np.array([1.1, 1.25, 1.5, 2.0])
+    extra = np.unique(np.round(_EXTENSION_STEPS * float(np.max(needs) - written)))
+    if most is not None:
+        extra = np.unique(np.minimum(extra, max(most, 0)))
+    return Curve(extra, _expected(kind, written + extra, needs, weight))
+
+
+def _expected(kind: str, caps: np.ndarray, needs: np.ndarray, weight: float) -> np.ndarray:
+    """``ln E[q_out]`` at each cap, over the sampled needs (at least :data:`FLOOR`)."""
+    fits = needs[None, :] <= caps[:, None]
+    if kind == "structured":
+        expected = fits.mean(axis=1)
+    else:
+        share = np.minimum(caps[:, None] / needs[None, :], 1.0)
+        if kind == "reasoning":
+            share = np.where(fits, 1.0, share / 2)
+        expected = (share**weight).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        result: np.ndarray = np.maximum(np.log(expected), FLOOR)
+        return result
