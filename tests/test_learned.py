@@ -321,3 +321,14 @@ def test_learns_that_a_peripheral_agent_matters_most() -> None:
     weights = policy.summary()["pipelines"]["mispriority"]["weights"]
     # hidden truth: fact_checker influence 1.6 x sensitivity 0.9; citer 0.1 x 0.2
     assert weights["fact_checker"]["input"] > 0.8 > 0.3 > weights["citer"]["input"]
+
+
+def test_an_answer_is_worth_more_when_others_read_it() -> None:
+    from apportion.policies.tradeoff import output_curve
+
+    ratios = np.exp(np.random.default_rng(0).normal(0, 0.3, 100))
+    alone = output_curve("prose", 500, ratios, 0.5)
+    read = output_curve("prose", 500, ratios, 0.5, readers=[(800.0, 1.5)])
+    assert (read.values <= alone.values + 1e-12).all()
+    assert read.values[2] < alone.values[2]  # cut at half: the reader lacks what it lacks
+    assert read.values[-1] == pytest.approx(0.0)  # nothing cut: nothing lacking

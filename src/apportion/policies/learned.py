@@ -14,7 +14,13 @@ are learned from the outcome scores told at close, by Bayesian linear regression
 ``-ln Q`` on what each agent's cuts cost (:class:`~apportion.policies.outcome_model.
 OutcomeModel`). Each request draws its weights from the posterior (Thompson sampling,
 spread scaled by ``explore``), so the policy explores while it is unsure and settles as
-evidence comes in. The prior is the user's priorities. The class of a request is its
+evidence comes in. ``explore`` is 0.5 by default (tempered sampling): on six tight random
+workloads it ended 0.008 closer to the oracle on average than 1.0, while 0 (the posterior
+mean, no exploration) once locked onto a bad early estimate and ended at 0.30 of the
+oracle. What a cut answer lacks, the agents that read it lack too: an agent listed in
+another's ``after`` is taken to feed it, so its output is worth its readers' input as
+well, and when learning, a reader's input cost counts what its cut sources lacked.
+The prior is the user's priorities. The class of a request is its
 features: the allocation is computed per request from its predicted needs, with weights
 that belong to the agents, so what is learned on one kind of request carries over to
 all. The reward traded off is ``Q - price * tokens / ceiling``: a token is spent only
@@ -159,7 +165,7 @@ class LearnedPolicy(PredictingPolicy):
         key: str = "learned",
         sync_every: int = 32,
         seed: int | None = None,
-        explore: float = 1.0,
+        explore: float = 0.5,
     ) -> None:
         super().__init__(margin=0.0)
         if not (math.isfinite(price) and price >= 0):
@@ -238,19 +244,42 @@ class LearnedPolicy(PredictingPolicy):
             self.agent_weights(obs)[agent.name][1],
             least=agent.min_output,
             most=limit,
+            readers=self._readers(obs, agent),
         )
+
+    def _inputs_ahead(self, obs: Observation) -> dict[str, float]:
+        """Predicted input of every agent not yet started, for this request (memo)."""
+        ahead: dict[str, float] | None = obs.memo.get("inputs")
+        if ahead is None:
+            model = self._model(obs)
+            row = obs.memo.get("row") or model.row(obs.features)
+            fallback = obs.ceiling / len(obs.pipeline) / 2
+            ahead = obs.memo["inputs"] = {
+                b.name: model.input(b, row) or fallback for b in obs.pipeline.agents
+            }
+        return ahead
+
+    def _readers(self, obs: Observation, agent: Agent) -> list[tuple[float, float]]:
+        """``(input need, input weight)`` of the agents still to run that read ``agent``.
+
+        An agent listed in another's ``after`` is taken to feed it: what its answer lacks,
+        their input lacks.
+        """
+        ahead = self._inputs_ahead(obs)
+        weights = self.agent_weights(obs)
+        return [
+            (ahead[b.name], weights[b.name][0])
+            for b in obs.unstarted()
+            if agent.name in b.after and b.name != agent.name
+        ]
 
     def _curves_after(self, obs: Observation, agent: Agent) -> list[Curve]:
         """Input and output curves of the agents still to run, ``agent`` excepted."""
         curves: list[Curve] = []
-        model = self._model(obs)
-        row = obs.memo.get("row") or model.row(obs.features)
+        ahead = self._inputs_ahead(obs)
         weights = self.agent_weights(obs)
-        fallback = obs.ceiling / len(obs.pipeline) / 2
-        for b in obs.unstarted():
-            if b.name == agent.name:
-                continue
-            need_in = model.input(b, row) or fallback
+        for b in obs.unstarted(besides=agent.name):
+            need_in = ahead[b.name]
             curves.append(input_curve(need_in, weights[b.name][0]))
             curves.append(self._output_curve(obs, b, self.predicted_output(obs, b, need_in), None))
         return curves
@@ -304,6 +333,7 @@ class LearnedPolicy(PredictingPolicy):
             self._errors(obs, agent),
             self.agent_weights(obs)[agent.name][1],
             most=most,
+            readers=self._readers(obs, agent),
         )
         got, go = divide([more, *after], pool - context_tokens, least_gain=gain)
         if got[0] <= 0 or go <= stay + float(more.values[0]) + 1e-9:
@@ -354,20 +384,24 @@ class LearnedPolicy(PredictingPolicy):
             return None
         input_cost: dict[str, float] = {}
         out_cost: dict[str, float] = {}
+        missing: dict[str, float] = {}  # what a cut answer is expected to lack
         for name, _, wrote, truncated in obs.settled:
             granted = calls.get(name)
             if not granted:
                 return None
             ctx, avail, predicted = granted.pop(0)
-            if ctx < avail:
-                input_cost[name] = input_cost.get(name, 0.0) - math.log(max(ctx, 1) / avail)
+            agent = obs.pipeline[name]
+            # the input lacked what the cut answers it reads lacked
+            need = avail + sum(missing.get(u, 0.0) for u in agent.after)
+            if ctx < need:
+                input_cost[name] = input_cost.get(name, 0.0) - math.log(max(ctx, 1) / need)
             if truncated:
-                agent = obs.pipeline[name]
                 if agent.output_kind is OutputKind.STRUCTURED:
                     return None
                 needs = self._errors(obs, agent) * max(predicted, 1.0)
-                cost = output_cost(agent.output_kind.value, wrote, needs)
+                cost, lack = output_cost(agent.output_kind.value, wrote, needs)
                 out_cost[name] = out_cost.get(name, 0.0) + cost
+                missing[name] = missing.get(name, 0.0) + lack
         return OutcomeModel.row_of(self.outcome_model(obs.pipeline).agents, input_cost, out_cost)
 
     def record(self, pipeline: Pipeline, row: np.ndarray, target: float) -> None:

@@ -135,8 +135,15 @@ class OutcomeModel:
         }
 
 
-def output_cost(kind: str, written: int, needs: np.ndarray) -> float:
-    """Expected ``-ln`` of a cut answer's output factor, its need sampled above ``written``."""
+def output_cost(kind: str, written: int, needs: np.ndarray) -> tuple[float, float]:
+    """What a cut answer cost, its need sampled above ``written``.
+
+    Returns:
+        ``(expected -ln of its output factor, expected tokens it lacks)``.
+    """
     above = needs[needs > written]
-    cost = float(np.mean(np.log(above / max(written, 1)))) if len(above) else math.log(1.5)
-    return cost + (math.log(2) if kind == "reasoning" else 0.0)
+    if not len(above):
+        above = np.array([1.5 * max(written, 1)])
+    cost = float(np.mean(np.log(above / max(written, 1))))
+    lack = float(np.mean(above)) - written
+    return cost + (math.log(2) if kind == "reasoning" else 0.0), lack

@@ -136,19 +136,22 @@ def output_curve(
     *,
     least: int = 1,
     most: int | None = None,
+    readers: Sequence[tuple[float, float]] = (),
 ) -> Curve:
     """Writing up to a cap, when the need is ``predicted`` times one of ``ratios``.
 
     ``structured``: the chance the need fits (a cut answer does not parse: quality 0,
     whatever the weight). ``prose``: the expected ``min(1, cap / need) ** weight``.
     ``reasoning``: 1 when it fits, else ``(cap / need / 2) ** weight``. Caps are kept
-    within ``[least, most]``.
+    within ``[least, most]``. ``readers`` are the agents that read this answer, as
+    ``(input need, input weight)``: what a cut leaves out is missing from their input
+    too, and costs them ``(1 - missing / input need) ** input weight``.
     """
     predicted = max(predicted, 1.0)
     caps = np.clip(OUTPUT_RATIOS * predicted, least, most if most is not None else math.inf)
     caps[0] = least
     needs = np.maximum(ratios * predicted, 1.0)
-    return Curve(caps, _expected(kind, caps, needs, weight))
+    return Curve(caps, _expected(kind, caps, needs, weight, readers))
 
 
 def extension_curve(
@@ -159,8 +162,11 @@ def extension_curve(
     weight: float,
     *,
     most: int | None = None,
+    readers: Sequence[tuple[float, float]] = (),
 ) -> Curve:
     """Writing ``extra`` more tokens after ``written`` were cut off.
+
+    ``readers``: as for :func:`output_curve`.
 
     The need is drawn from the samples above ``written``; when none are (the need model
     has never seen so long an answer), from ``written`` times 1.1 to 2.
@@ -172,19 +178,30 @@ def extension_curve(
     extra = np.unique(np.round(_EXTENSION_STEPS * float(np.max(needs) - written)))
     if most is not None:
         extra = np.unique(np.minimum(extra, max(most, 0)))
-    return Curve(extra, _expected(kind, written + extra, needs, weight))
+    return Curve(extra, _expected(kind, written + extra, needs, weight, readers))
 
 
-def _expected(kind: str, caps: np.ndarray, needs: np.ndarray, weight: float) -> np.ndarray:
-    """``ln E[q_out]`` at each cap, over the sampled needs (at least :data:`FLOOR`)."""
+def _expected(
+    kind: str,
+    caps: np.ndarray,
+    needs: np.ndarray,
+    weight: float,
+    readers: Sequence[tuple[float, float]] = (),
+) -> np.ndarray:
+    """``ln E[q]`` at each cap, over the sampled needs (at least :data:`FLOOR`)."""
     fits = needs[None, :] <= caps[:, None]
     if kind == "structured":
-        expected = fits.mean(axis=1)
+        factor = fits.astype(float)
     else:
         share = np.minimum(caps[:, None] / needs[None, :], 1.0)
         if kind == "reasoning":
             share = np.where(fits, 1.0, share / 2)
-        expected = (share**weight).mean(axis=1)
+        factor = share**weight
+    if readers:
+        missing = np.maximum(needs[None, :] - caps[:, None], 0.0)
+        for need_in, reader_weight in readers:
+            factor = factor * np.maximum(1 - missing / max(need_in, 1.0), 1e-6) ** reader_weight
+    expected = factor.mean(axis=1)
     with np.errstate(divide="ignore"):
         result: np.ndarray = np.maximum(np.log(expected), FLOOR)
         return result
