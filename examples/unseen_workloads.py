@@ -3,11 +3,11 @@
 Each workload is drawn from a seed: 3 to 6 agents in a random DAG (each reads one or two
 earlier agents), random priorities (at least one critical), output kinds, token needs,
 input sensitivities and influences, and a ceiling at 70% to 110% of the median total
-need (so some requests fit and some must be cut). None of them was used to design the
-learned policy's arms. For each, ``run_learning`` plays the same requests through the
-learned policy (online, from nothing), every rule-based policy and the oracle.
+need (so some requests fit and some must be cut; ``--slack 1.1 1.5`` for roomier ones).
+For each, ``run_learning`` plays the same requests through the learned policy (online,
+from nothing), every rule-based policy and the oracle.
 
-    python examples/unseen_workloads.py --workloads 8 --requests 3000 [--json out.json]
+    python examples/unseen_workloads.py --workloads 8 --requests 2000 [--json out.json]
 
 Everything is simulated (the workload spec's response model).
 """
@@ -27,7 +27,7 @@ from apportion.sim.workload import Workload
 KINDS = ("structured", "prose", "reasoning")
 
 
-def random_workload(seed: int) -> Workload:
+def random_workload(seed: int, slack: tuple[float, float] = (0.7, 1.1)) -> Workload:
     """A random pipeline with its features and needs (see the module docstring)."""
     rng = random.Random(seed)
     count = rng.randint(3, 6)
@@ -65,7 +65,7 @@ def random_workload(seed: int) -> Workload:
     }
     probe = Workload.from_dict(spec)
     totals = [draw_needs(probe, seed, r).total for r in range(400)]
-    spec["ceiling"] = int(statistics.median(totals) * rng.uniform(0.7, 1.1))
+    spec["ceiling"] = int(statistics.median(totals) * rng.uniform(*slack))
     return Workload.from_dict(spec)
 
 
@@ -73,12 +73,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", type=int, default=8)
     parser.add_argument("--first-seed", type=int, default=1000)
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument(
+        "--slack",
+        type=float,
+        nargs=2,
+        default=(0.7, 1.1),
+        metavar=("LOW", "HIGH"),
+        help="ceiling as a share of the median total need, drawn between LOW and HIGH",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.workloads):
-        workload = random_workload(seed)
+        workload = random_workload(seed, (args.slack[0], args.slack[1]))
         result = run_learning(workload, args.requests)
         rows.append(
             {
