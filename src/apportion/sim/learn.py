@@ -27,7 +27,6 @@ by default) once, still learning online; the figures are under ``"test"``.
 from __future__ import annotations
 
 import json
-import math
 import random
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -40,12 +39,12 @@ from apportion.sim.bench import make_policy
 from apportion.sim.needs import draw_needs
 from apportion.sim.oracle import Oracle
 from apportion.sim.replay import (
-    DEFAULT_CEILING_RATIO,
     CallLog,
     LoggedRun,
     _learns,
     _learns_name,
     _make_policy,
+    check_replay,
     replay_run,
     replay_upper_bound,
     run_ceiling,
@@ -218,23 +217,7 @@ def run_learning_replay(
     """
     if requests < 5:
         raise ValueError(f"requests must be at least 5, got {requests}")
-    if ceiling is not None and ceiling_ratio is not None:
-        raise PolicyConfigError("give --ceiling or --ceiling-ratio, not both")
-    if ceiling is not None and (isinstance(ceiling, bool) or ceiling < 1):
-        raise PolicyConfigError(f"the ceiling must be a positive integer, not {ceiling!r}")
-    if ceiling is None:
-        ceiling_ratio = DEFAULT_CEILING_RATIO if ceiling_ratio is None else ceiling_ratio
-        if not (math.isfinite(ceiling_ratio) and ceiling_ratio > 0):
-            raise PolicyConfigError(f"the ceiling ratio must be positive, not {ceiling_ratio!r}")
-    for run in log.runs:
-        for call in run.calls:
-            if call.agent not in pipeline:
-                raise SpecError(
-                    f"unknown agent '{call.agent}'; the pipeline has: {', '.join(pipeline.names)}",
-                    file=log.file,
-                    line=call.line,
-                    key="agent",
-                )
+    ceiling_ratio = check_replay(log, pipeline, ceiling, ceiling_ratio)
     held_out, train, in_sample = select_runs(log, split)
     if not train:
         raise SpecError("no run is in split 'train' to learn on", file=log.file, key="split")

@@ -97,6 +97,7 @@ __all__ = [
     "LoggedCall",
     "LoggedRun",
     "RunOutcome",
+    "check_replay",
     "load_calls",
     "log_figures",
     "replay_run",
@@ -602,6 +603,36 @@ def _summary(outcomes: Sequence[RunOutcome]) -> dict[str, Any]:
     }
 
 
+def check_replay(
+    log: CallLog, pipeline: Pipeline, ceiling: int | None, ceiling_ratio: float | None
+) -> float | None:
+    """Check a replay's inputs; return the ceiling ratio in force (``None``: a fixed ceiling).
+
+    Raises:
+        PolicyConfigError: both ceilings given, a ceiling that is not a positive integer,
+            or a ratio that is not positive.
+        SpecError: an agent of the log is not in the pipeline (file, line, key).
+    """
+    if ceiling is not None and ceiling_ratio is not None:
+        raise PolicyConfigError("give --ceiling or --ceiling-ratio, not both")
+    if ceiling is not None and (isinstance(ceiling, bool) or ceiling < 1):
+        raise PolicyConfigError(f"the ceiling must be a positive integer, not {ceiling!r}")
+    if ceiling is None:
+        ceiling_ratio = DEFAULT_CEILING_RATIO if ceiling_ratio is None else ceiling_ratio
+        if not (math.isfinite(ceiling_ratio) and ceiling_ratio > 0):
+            raise PolicyConfigError(f"the ceiling ratio must be positive, not {ceiling_ratio!r}")
+    for run in log.runs:
+        for call in run.calls:
+            if call.agent not in pipeline:
+                raise SpecError(
+                    f"unknown agent '{call.agent}'; the pipeline has: {', '.join(pipeline.names)}",
+                    file=log.file,
+                    line=call.line,
+                    key="agent",
+                )
+    return ceiling_ratio
+
+
 def run_replay(
     log: CallLog,
     pipeline: Pipeline,
@@ -632,23 +663,7 @@ def run_replay(
             to profile ``static`` on.
         UnknownPolicy: a policy name is not registered.
     """
-    if ceiling is not None and ceiling_ratio is not None:
-        raise PolicyConfigError("give --ceiling or --ceiling-ratio, not both")
-    if ceiling is not None and (isinstance(ceiling, bool) or ceiling < 1):
-        raise PolicyConfigError(f"the ceiling must be a positive integer, not {ceiling!r}")
-    if ceiling is None:
-        ceiling_ratio = DEFAULT_CEILING_RATIO if ceiling_ratio is None else ceiling_ratio
-        if not (math.isfinite(ceiling_ratio) and ceiling_ratio > 0):
-            raise PolicyConfigError(f"the ceiling ratio must be positive, not {ceiling_ratio!r}")
-    for run in log.runs:
-        for call in run.calls:
-            if call.agent not in pipeline:
-                raise SpecError(
-                    f"unknown agent '{call.agent}'; the pipeline has: {', '.join(pipeline.names)}",
-                    file=log.file,
-                    line=call.line,
-                    key="agent",
-                )
+    ceiling_ratio = check_replay(log, pipeline, ceiling, ceiling_ratio)
     reported, fit, in_sample = select_runs(log, split)
     names = list(policies or POLICIES)
     figures: dict[str, dict[str, Any]] = {}
