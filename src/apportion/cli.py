@@ -35,6 +35,22 @@ def _fail(error: Exception) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _load_log(calls: Path, pipeline: Path, split: str | None) -> tuple[Any, Any]:
+    """The pipeline and the call log it names (noting a ``--split`` that filters nothing)."""
+    from apportion.sim.replay import load_calls
+    from apportion.spec import Pipeline
+
+    spec = Pipeline.from_yaml(pipeline)
+    log = load_calls(calls, spec)
+    if split is not None and not log.has_split:
+        console.print(
+            f"note: {calls} has no split column: --split filters nothing",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return spec, log
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -406,12 +422,10 @@ def replay(
     """
     from apportion.files import write_atomic
     from apportion.sim.replay import (
-        load_calls,
         replay_steps,
         replay_table,
         run_replay,
     )
-    from apportion.spec import Pipeline
 
     names = policy or list(POLICIES)
     for name in names:
@@ -420,14 +434,7 @@ def replay(
     if ceiling is not None and ceiling_ratio is not None:
         raise _fail(ValueError("give --ceiling or --ceiling-ratio, not both"))
     try:
-        spec = Pipeline.from_yaml(pipeline)
-        log = load_calls(calls, spec)
-        if split is not None and not log.has_split:
-            console.print(
-                f"note: {calls} has no split column: --split filters nothing",
-                highlight=False,
-                soft_wrap=True,
-            )
+        spec, log = _load_log(calls, pipeline, split)
         with _progress() as bar:
             task = bar.add_task("replaying runs", total=replay_steps(log, names, split))
             result = run_replay(

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from apportion.cli import _fail, _progress, app, console
+from apportion.cli import _fail, _load_log, _progress, app, console
 from apportion.errors import ApportionError
 
 
@@ -143,9 +143,7 @@ def learn(
         run_learning,
         run_learning_replay,
     )
-    from apportion.sim.replay import load_calls
     from apportion.sim.workload import load_workload
-    from apportion.spec import Pipeline
 
     is_log = pipeline is not None or target.suffix.lower() == ".csv"
     if is_log and pipeline is None:
@@ -162,14 +160,7 @@ def learn(
     try:
         fmt = figure_format(plot) if plot is not None else None
         if pipeline is not None:
-            spec = Pipeline.from_yaml(pipeline)
-            log = load_calls(target, spec)
-            if split is not None and not log.has_split:
-                console.print(
-                    f"note: {target} has no split column: --split filters nothing",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+            spec, log = _load_log(target, pipeline, split)
             policy = LearnedPolicy(price=price, seed=seed if seed is not None else 0)
         else:
             workload = load_workload(target)

@@ -62,9 +62,9 @@ class OutcomeModel:
 
     # ------------------------------------------------------------ statistics
 
-    def parts(self, stats: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """``(X'X, X'y, y'y, count)`` of ``stats`` (default: the model's)."""
-        s = self.stats if stats is None else stats
+    def parts(self) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """``(X'X, X'y, y'y, count)`` of the statistics."""
+        s = self.stats
         w = self.width
         return s[: w * w].reshape(w, w), s[w * w : w * w + w], float(s[-2]), float(s[-1])
 
