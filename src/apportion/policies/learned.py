@@ -84,7 +84,9 @@ from apportion.policies.outcome_model import OutcomeModel, output_cost
 from apportion.policies.predicting import PredictingPolicy
 from apportion.policies.tradeoff import (
     FLOOR,
+    Call,
     Curve,
+    choose_call,
     divide,
     extension_curve,
     input_curve,
@@ -276,11 +278,12 @@ class LearnedPolicy(PredictingPolicy):
     def _curves_after(self, obs: Observation, agent: Agent) -> list[Curve]:
         """Input and output curves of the agents still to run, ``agent`` excepted."""
         curves: list[Curve] = []
+        model = self._model(obs)
         ahead = self._inputs_ahead(obs)
         weights = self.agent_weights(obs)
         for b in obs.unstarted(besides=agent.name):
             need_in = ahead[b.name]
-            curves.append(input_curve(need_in, weights[b.name][0]))
+            curves.append(input_curve(need_in, weights[b.name][0], model.input_errors(b)))
             curves.append(self._output_curve(obs, b, self.predicted_output(obs, b, need_in), None))
         return curves
 
@@ -297,16 +300,25 @@ class LearnedPolicy(PredictingPolicy):
         most = None if output_tokens is None else max(output_tokens, agent.min_output)
         if most is not None and agent.max_output is not None:
             most = min(most, agent.max_output)
-        mine = [
-            input_curve(input_tokens, self.agent_weights(obs)[agent.name][0]),
-            self._output_curve(obs, agent, predicted, most),
-        ]
+        weights = self.agent_weights(obs)[agent.name]
         pool = obs.state.available_for(agent.name)
-        got, _ = divide(
-            mine + self._curves_after(obs, agent), pool, least_gain=self._least_gain(obs)
+        call = Call(
+            input_need=input_tokens,
+            input_weight=weights[0],
+            kind=agent.output_kind.value,
+            predicted=predicted,
+            ratios=self._errors(obs, agent),
+            output_weight=weights[1],
+            least=agent.min_output,
+            most=agent.max_output if most is None else most,
+            readers=self._readers(obs, agent),
         )
-        ctx = min(got[0], input_tokens)
-        out = min(got[1], pool - ctx)
+        chosen = choose_call(
+            call, pool, self._curves_after(obs, agent), least_gain=self._least_gain(obs)
+        )
+        ctx, out = chosen if chosen is not None else (min(input_tokens, pool), 0)
+        ctx = min(ctx, input_tokens)
+        out = min(out, pool - ctx)
         obs.memo.setdefault("calls", []).append((agent.name, ctx, input_tokens, predicted))
         return ctx, clip_output(max(out, 0), output_tokens)
 
@@ -351,7 +363,8 @@ class LearnedPolicy(PredictingPolicy):
 
     def learn(self, obs: Observation, outcome: float | None) -> None:
         """Learn needs from the usage, and the agents' weights from the outcome (if valid)."""
-        super().learn(obs, outcome)
+        if obs.settled:
+            self._model(obs).observe(obs.features, self._usage(obs))
         try:
             value = check_outcome(outcome)
         except ValueError:
@@ -370,6 +383,22 @@ class LearnedPolicy(PredictingPolicy):
             self.record(obs.pipeline, row, -math.log(value))
         if due:
             self.sync()
+
+    @staticmethod
+    def _usage(obs: Observation) -> list[tuple[str, int, int, bool]]:
+        """The settled calls, each with the input it had in hand rather than what it read.
+
+        A cut input read less than it needed; learning from what it read would predict
+        less and less for an agent the policy keeps cutting.
+        """
+        had: dict[str, list[int]] = {}
+        for name, _, avail, _ in obs.memo.get("calls", ()):
+            had.setdefault(name, []).append(avail)
+        usage = []
+        for name, read, wrote, truncated in obs.settled:
+            inputs = had.get(name)
+            usage.append((name, max(read, inputs.pop(0)) if inputs else read, wrote, truncated))
+        return usage
 
     def row(self, obs: Observation) -> np.ndarray | None:
         """What each agent's cuts cost in this request, as a regression row.

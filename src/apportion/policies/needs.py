@@ -16,6 +16,8 @@ whose output was cut only tells a lower bound of the need; it is fitted as
 spread of past errors gives a multiplicative margin (the 90th percentile of
 ``observed / predicted`` over the last 256 uncut calls, at least 1; until eight are known,
 1.5, or 1 for an agent that declares an estimator), which policies add to their margin.
+:meth:`NeedModel.errors` gives the whole distribution of the errors, cut calls counted
+as censored (their need is above what they wrote).
 Thread-safe: one lock around every update and refit.
 """
 
@@ -42,7 +44,18 @@ _POINTS_PER_WEIGHT = 3
 class _Regression:
     """Ridge regression ``y ~ w . x`` over accumulated sufficient statistics."""
 
-    __slots__ = ("count", "pending", "ratios", "spread", "weights", "xtx", "xty")
+    __slots__ = (
+        "count",
+        "errors",
+        "pending",
+        "ratios",
+        "recent",
+        "recent_cut",
+        "spread",
+        "weights",
+        "xtx",
+        "xty",
+    )
 
     def __init__(self) -> None:
         self.xtx: np.ndarray | None = None
@@ -51,6 +64,9 @@ class _Regression:
         self.pending: list[tuple[tuple[float, ...], float, bool]] = []
         self.weights: tuple[float, ...] | None = None
         self.ratios = np.empty(0)
+        self.recent = np.empty(0)  # the last calls' ratios, cut or not
+        self.recent_cut = np.empty(0, dtype=bool)
+        self.errors = np.empty(0)
         self.spread = _PRIOR_SPREAD
 
     def predict(self, x: tuple[float, ...]) -> float | None:
@@ -74,6 +90,11 @@ class _Regression:
         if self.weights is not None:
             guess = np.maximum(rows @ np.asarray(self.weights), 1.0)
             self.ratios = np.concatenate([self.ratios, (y / guess)[~cut]])[-_RATIOS_KEPT:]
+            self.recent = np.concatenate([self.recent, y / guess])[-_RATIOS_KEPT:]
+            self.recent_cut = np.concatenate([self.recent_cut, cut])[-_RATIOS_KEPT:]
+            self.errors = _with_censored(
+                self.recent[~self.recent_cut], self.recent[self.recent_cut]
+            )
             y = np.where(cut, np.maximum(_CUT_FACTOR * y, guess), y)
         else:
             y = np.where(cut, _CUT_FACTOR * y, y)
@@ -152,6 +173,10 @@ class NeedModel:
             return None
         return model.predict(row)
 
+    def input_errors(self, agent: Agent) -> np.ndarray:
+        """Samples of input / predicted input, as :meth:`errors` gives them for outputs."""
+        return self._in[agent.name].errors
+
     def spread(self, agent: Agent) -> float:
         """The 90th percentile of observed/predicted output so far (at least 1).
 
@@ -164,8 +189,11 @@ class NeedModel:
         return model.spread
 
     def errors(self, agent: Agent) -> np.ndarray:
-        """Observed / predicted output of the agent's last uncut calls (up to 256)."""
-        return self._out[agent.name].ratios
+        """Samples of need / predicted output, cut calls included (see :func:`_with_censored`).
+
+        Empty until the agent has eight uncut calls after its first prediction.
+        """
+        return self._out[agent.name].errors
 
     def observe(
         self,
@@ -187,6 +215,34 @@ class NeedModel:
                     ((*row, float(input_tokens)), float(output_tokens), truncated)
                 )
                 self._in[agent].pending.append((row, float(input_tokens), False))
+
+
+_ERROR_SAMPLES = 64
+_BEYOND = np.array([1.1, 1.3, 1.6, 2.0])
+
+
+def _with_censored(uncut: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """Quantiles of need / prediction from uncut ratios and the lower bounds of cut ones.
+
+    A cut call only says its need was above what it wrote, and cuts happen to the long
+    answers: leaving them out would shorten the tail. As in the Kaplan-Meier estimate, each
+    cut call's share goes to the uncut ratios above its bound (four quantiles of them), or,
+    when fewer than two are above it, to 1.1 to 2 times its bound. Returns 64 quantiles,
+    or nothing while fewer than eight calls were uncut.
+    """
+    if len(uncut) < 8:
+        return np.empty(0)
+    ordered = np.sort(uncut)
+    parts = [np.repeat(ordered, len(_BEYOND))]
+    for bound in cut:
+        above = ordered[ordered > bound]
+        if len(above) >= 2:
+            parts.append(np.quantile(above, (np.arange(len(_BEYOND)) + 0.5) / len(_BEYOND)))
+        else:
+            parts.append(bound * _BEYOND)
+    spots = (np.arange(_ERROR_SAMPLES) + 0.5) / _ERROR_SAMPLES
+    samples: np.ndarray = np.quantile(np.concatenate(parts), spots)
+    return samples
 
 
 def _is_number(value: object) -> bool:

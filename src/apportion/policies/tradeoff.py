@@ -30,6 +30,7 @@ INPUT_FRACTIONS = np.array([0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0
 OUTPUT_RATIOS = np.array(
     [0.0, 0.25, 0.5, 0.7, 0.85, 1.0, 1.1, 1.2, 1.3, 1.45, 1.6, 1.8, 2.0, 2.4, 3.0, 4.0]
 )
+_INPUT_BEYOND = np.array([1.1, 1.2, 1.35, 1.5, 1.75, 2.0, 2.5])
 _EXTENSION_STEPS = np.array([0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0])
 
 
@@ -71,28 +72,11 @@ def _hull(levels: np.ndarray, values: np.ndarray) -> list[tuple[float, float, in
     return points
 
 
-def divide(
-    curves: Sequence[Curve], pool: float, *, least_gain: float = 0.0
-) -> tuple[list[int], float]:
-    """Share ``pool`` tokens among ``curves``, the best gain per token first.
-
-    Args:
-        curves: the uses.
-        pool: tokens to share.
-        least_gain: a segment buying less log-quality per token than this is not taken (a
-            price on tokens).
-
-    Returns:
-        ``(tokens per curve, total expected log-quality)``. When the pool cannot cover
-        every curve's first level, the first levels are scaled down in proportion.
-    """
+def _segments(
+    curves: Sequence[Curve], least_gain: float
+) -> tuple[list[float], float, list[tuple[float, int, float, float, bool]]]:
+    """Each curve's first level, their summed value, and the hull segments, best first."""
     hulls = [_hull(c.levels, c.values) for c in curves]
-    got = [h[0][0] for h in hulls]
-    value = sum(h[0][1] for h in hulls)
-    left = pool - sum(got)
-    if left < 0:
-        scale = max(pool, 0.0) / sum(got)
-        return [int(g * scale) for g in got], value
     segments = []
     for c, points in enumerate(hulls):
         for (x0, y0, i0), (x1, y1, i1) in itertools.pairwise(points):
@@ -100,6 +84,21 @@ def divide(
             if slope > least_gain:
                 segments.append((slope, c, x1 - x0, y1 - y0, i1 - i0 == 1))
     segments.sort(key=lambda s: -s[0])
+    return [h[0][0] for h in hulls], sum(h[0][1] for h in hulls), segments
+
+
+def _fill(
+    first: list[float],
+    value: float,
+    segments: list[tuple[float, int, float, float, bool]],
+    pool: float,
+) -> tuple[list[int], float]:
+    """The greedy share of ``pool`` over ``segments`` (see :func:`divide`)."""
+    got = list(first)
+    left = pool - sum(got)
+    if left < 0:
+        scale = max(pool, 0.0) / sum(got)
+        return [int(g * scale) for g in got], value
     done: set[int] = set()
     for slope, c, width, gain, tight in segments:
         if c in done:
@@ -118,12 +117,52 @@ def divide(
     return [int(g) for g in got], value
 
 
-def input_curve(need: float, weight: float) -> Curve:
-    """Reading ``ctx`` of ``need`` input tokens: ``weight * ln(ctx / need)``."""
+def divide(
+    curves: Sequence[Curve], pool: float, *, least_gain: float = 0.0
+) -> tuple[list[int], float]:
+    """Share ``pool`` tokens among ``curves``, the best gain per token first.
+
+    Args:
+        curves: the uses.
+        pool: tokens to share.
+        least_gain: a segment buying less log-quality per token than this is not taken (a
+            price on tokens).
+
+    Returns:
+        ``(tokens per curve, total expected log-quality)``. When the pool cannot cover
+        every curve's first level, the first levels are scaled down in proportion.
+    """
+    return _fill(*_segments(curves, least_gain), pool)
+
+
+def pool_values(
+    curves: Sequence[Curve], pools: np.ndarray, *, least_gain: float = 0.0
+) -> np.ndarray:
+    """The total expected log-quality :func:`divide` reaches with each of ``pools``."""
+    first, value, segments = _segments(curves, least_gain)
+    return np.array([_fill(first, value, segments, float(p))[1] for p in pools])
+
+
+def input_curve(need: float, weight: float, ratios: np.ndarray | None = None) -> Curve:
+    """Reading ``ctx`` of ``need`` input tokens: ``weight * ln(ctx / need)``.
+
+    With ``ratios`` (samples of the need over ``need``, for an agent whose input is not in
+    hand yet), the log of the expected ``min(1, ctx / sampled need) ** weight``.
+    """
     need = max(need, 1.0)
-    levels = INPUT_FRACTIONS * need
-    with np.errstate(divide="ignore"):
-        values = np.maximum(weight * np.log(INPUT_FRACTIONS), FLOOR)
+    if ratios is None or len(ratios) == 0:
+        levels = INPUT_FRACTIONS * need
+        with np.errstate(divide="ignore"):
+            values = np.maximum(weight * np.log(INPUT_FRACTIONS), FLOOR)
+    else:
+        top = max(float(np.max(ratios)), 1.0)
+        fractions = np.unique(
+            np.concatenate([INPUT_FRACTIONS, _INPUT_BEYOND[top > _INPUT_BEYOND], [top]])
+        )
+        levels = fractions * need
+        share = np.minimum(fractions[:, None] / np.maximum(ratios[None, :], 1e-9), 1.0)
+        with np.errstate(divide="ignore"):
+            values = np.maximum(np.log((share**weight).mean(axis=1)), FLOOR)
     values[0] = FLOOR
     return Curve(levels, values)
 
@@ -181,14 +220,14 @@ def extension_curve(
     return Curve(extra, _expected(kind, written + extra, needs, weight, readers))
 
 
-def _expected(
+def _factors(
     kind: str,
     caps: np.ndarray,
     needs: np.ndarray,
     weight: float,
     readers: Sequence[tuple[float, float]] = (),
 ) -> np.ndarray:
-    """``ln E[q]`` at each cap, over the sampled needs (at least :data:`FLOOR`)."""
+    """The quality factor of each cap (rows) for each need (columns)."""
     fits = needs[None, :] <= caps[:, None]
     if kind == "structured":
         factor = fits.astype(float)
@@ -201,7 +240,103 @@ def _expected(
         missing = np.maximum(needs[None, :] - caps[:, None], 0.0)
         for need_in, reader_weight in readers:
             factor = factor * np.maximum(1 - missing / max(need_in, 1.0), 1e-6) ** reader_weight
-    expected = factor.mean(axis=1)
+    return factor
+
+
+def _expected(
+    kind: str,
+    caps: np.ndarray,
+    needs: np.ndarray,
+    weight: float,
+    readers: Sequence[tuple[float, float]] = (),
+) -> np.ndarray:
+    """``ln E[q]`` at each cap, over the sampled needs (at least :data:`FLOOR`)."""
+    expected = _factors(kind, caps, needs, weight, readers).mean(axis=1)
     with np.errstate(divide="ignore"):
         result: np.ndarray = np.maximum(np.log(expected), FLOOR)
         return result
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """The call about to run, as :func:`choose_call` weighs it.
+
+    Attributes:
+        input_need: the input in hand (tokens).
+        input_weight: what cutting the input costs (``weight * ln coverage``).
+        kind: the output's kind.
+        predicted: the predicted output.
+        ratios: samples of the need over its prediction.
+        output_weight: what cutting the output costs.
+        least: the least cap.
+        most: the greatest cap (``None``: the pool).
+        readers: ``(input need, input weight)`` of the agents that read the answer.
+    """
+
+    input_need: float
+    input_weight: float
+    kind: str
+    predicted: float
+    ratios: np.ndarray
+    output_weight: float
+    least: int = 1
+    most: int | None = None
+    readers: Sequence[tuple[float, float]] = ()
+
+
+_SAMPLES = 48
+_CONTEXT_FRACTIONS = np.linspace(0.05, 1.0, 20)
+_POOL_POINTS = 49
+_TAIL = np.array([1.3, 1.8])
+_TAIL_CHANCE = np.array([0.5, 0.5])
+
+
+def choose_call(
+    call: Call, pool: float, after: Sequence[Curve], *, least_gain: float = 0.0
+) -> tuple[int, int] | None:
+    """The ``(ctx, cap)`` of the call about to run with the best expected outcome.
+
+    A cap is spent only as far as the answer needs: what it leaves, the agents after it
+    get. So the cap is not priced as if spent (as :func:`divide` prices every use): for
+    each ``(ctx, cap)`` on a grid, the expected outcome is the mean, over the sampled
+    needs ``n``, of ``exp(own input + own output at min(n, cap) + V(pool - ctx -
+    min(n, cap)) - least_gain * (ctx + min(n, cap)))``, ``V`` being what :func:`divide`
+    makes of a pool over ``after``. Two needs longer than any seen (1.3 and 1.8 times
+    the longest sample, half a sample's chance each) stand for the tail the samples
+    miss: without them every cap past the longest sample would tie.
+
+    Returns:
+        ``(ctx, cap)``, or ``None`` when no cap of at least ``call.least`` fits the pool.
+    """
+    most = pool if call.most is None else min(call.most, pool)
+    if most < call.least or pool < 1:
+        return None
+    predicted = max(call.predicted, 1.0)
+    spots = (np.arange(_SAMPLES) + 0.5) / _SAMPLES
+    needs = np.maximum(np.quantile(call.ratios, spots) * predicted, 1.0)
+    needs = np.concatenate([needs, _TAIL * float(needs.max())])
+    chance = np.concatenate([np.ones(_SAMPLES), _TAIL_CHANCE])
+    chance /= chance.sum()
+    caps = np.unique(
+        np.round(np.clip(np.concatenate([needs, OUTPUT_RATIOS * predicted]), call.least, most))
+    )
+    need_in = max(call.input_need, 1.0)
+    ctxs = np.unique(np.clip(np.round(np.append(_CONTEXT_FRACTIONS * need_in, 1)), 1, need_in))
+    own_in = call.input_weight * np.log(ctxs / need_in)
+    with np.errstate(divide="ignore"):
+        own_out = np.log(_factors(call.kind, caps, needs, call.output_weight, call.readers))
+    used = np.minimum(needs[None, :], caps[:, None])
+    grid = np.linspace(0.0, pool, _POOL_POINTS)
+    later = np.interp(
+        pool - ctxs[:, None, None] - used[None],
+        grid,
+        pool_values(after, grid, least_gain=least_gain),
+    )
+    total = own_in[:, None, None] + own_out[None] + later
+    total -= least_gain * (ctxs[:, None, None] + used[None])
+    score = np.exp(total) @ chance
+    score[ctxs[:, None] + caps[None, :] > pool] = -1.0
+    if float(score.max()) < 0:
+        return None
+    c, k = np.unravel_index(int(np.argmax(score)), score.shape)
+    return int(ctxs[c]), int(caps[k])

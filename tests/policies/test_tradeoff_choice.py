@@ -1,0 +1,124 @@
+"""Choosing the call about to run (``choose_call``), and the error samples behind it."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from apportion import Agent, Pipeline
+from apportion.policies.base import Observation
+from apportion.policies.learned import LearnedPolicy
+from apportion.policies.needs import _with_censored
+from apportion.policies.tradeoff import (
+    Call,
+    _factors,
+    choose_call,
+    divide,
+    input_curve,
+    output_curve,
+)
+
+RATIOS = np.exp(np.random.default_rng(5).normal(0.0, 0.4, 200))
+
+
+def call(**changes: object) -> Call:
+    base: dict[str, object] = {
+        "input_need": 1000.0,
+        "input_weight": 0.3,
+        "kind": "prose",
+        "predicted": 800.0,
+        "ratios": RATIOS,
+        "output_weight": 1.0,
+    }
+    base.update(changes)
+    return Call(**base)  # type: ignore[arg-type]
+
+
+def after() -> list:
+    later = np.exp(np.random.default_rng(6).normal(0.0, 0.1, 50))
+    return [input_curve(1500.0, 0.5), output_curve("prose", 500.0, later, 0.5)]
+
+
+def expected_outcome(c: Call, ctx: int, cap: int, pool: float) -> float:
+    """Monte Carlo: the need drawn from the call's ratios, the rest shared by ``divide``."""
+    needs = np.maximum(RATIOS * c.predicted, 1.0)
+    own_in = c.input_weight * np.log(ctx / c.input_need)
+    own_out = np.log(_factors(c.kind, np.array([float(cap)]), needs, c.output_weight)[0])
+    rest = [divide(after(), pool - ctx - min(n, cap))[1] for n in needs]
+    return float(np.mean(np.exp(own_in + own_out + np.array(rest))))
+
+
+def test_a_cap_is_priced_only_as_far_as_it_is_used() -> None:
+    pool = 3600.0
+    chosen = choose_call(call(), pool, after())
+    assert chosen is not None
+    ctx, cap = chosen
+    mine = [input_curve(1000.0, 0.3), output_curve("prose", 800.0, RATIOS, 1.0)]
+    got, _ = divide(mine + after(), pool)
+    # divide prices the cap as if spent; the cap actually chosen is larger ...
+    assert cap > got[1]
+    # ... and worth more in expectation, with the need drawn as the policy believes it
+    assert expected_outcome(call(), ctx, cap, pool) > expected_outcome(call(), got[0], got[1], pool)
+
+
+def test_with_nothing_after_the_cap_covers_every_sampled_need() -> None:
+    chosen = choose_call(call(kind="reasoning"), 100_000.0, [])
+    assert chosen is not None
+    ctx, cap = chosen
+    assert ctx == 1000
+    assert cap >= RATIOS.max() * 800
+
+
+def test_a_structured_answer_after_keeps_its_room() -> None:
+    fixed = np.ones(20)
+    later = [output_curve("structured", 600.0, fixed, 0.1)]
+    chosen = choose_call(call(), 2500.0, later)
+    assert chosen is not None
+    ctx, cap = chosen
+    assert ctx + cap <= 2500 - 600
+
+
+def test_no_cap_fits_a_pool_below_the_least() -> None:
+    assert choose_call(call(least=200), 150.0, []) is None
+
+
+@given(
+    pool=st.integers(1, 20_000),
+    need=st.integers(1, 8_000),
+    predicted=st.integers(1, 5_000),
+    kind=st.sampled_from(["structured", "prose", "reasoning"]),
+    most=st.none() | st.integers(1, 6_000),
+)
+def test_a_choice_always_fits(
+    pool: int, need: int, predicted: int, kind: str, most: int | None
+) -> None:
+    c = call(input_need=float(need), predicted=float(predicted), kind=kind, most=most)
+    chosen = choose_call(c, float(pool), after())
+    if pool < 2:  # one token of input and one of output do not fit
+        assert chosen is None
+        return
+    assert chosen is not None
+    ctx, cap = chosen
+    assert 1 <= ctx <= need and cap >= 1 and ctx + cap <= pool
+    assert most is None or cap <= most
+
+
+def test_cut_calls_lengthen_the_tail() -> None:
+    uncut = np.linspace(0.5, 1.5, 100)
+    assert len(_with_censored(uncut[:7], np.empty(0))) == 0
+    plain = _with_censored(uncut, np.empty(0))
+    np.testing.assert_allclose(plain, np.quantile(uncut, (np.arange(64) + 0.5) / 64), atol=0.01)
+    censored = _with_censored(uncut, np.full(30, 1.2))  # 30 calls cut at 1.2x
+    assert (censored >= plain - 0.03).all()  # (four quantiles stand for each share)
+    assert np.median(censored) > np.median(plain)
+    beyond = _with_censored(uncut, np.array([3.0]))  # cut beyond all seen: 1.1 to 2x
+    assert beyond.max() > 3.0
+
+
+def test_the_need_model_learns_the_input_in_hand_not_what_was_read() -> None:
+    pipe = Pipeline([Agent("a", priority="critical")])
+    obs = Observation("r1", pipe, 4000, {"messages": 3})
+    obs.memo["calls"] = [("a", 300, 1200, 100.0)]
+    obs.settled.append(("a", 300, 90, False))
+    assert LearnedPolicy._usage(obs) == [("a", 1200, 90, False)]
