@@ -172,7 +172,10 @@ def _roll(candidate: str) -> Rollout:
     )
     controller = controller_for(workload, rollout)
     for r in range(6000):
-        run_request(controller, workload, draw_needs(workload, 1, r), 20_000)
+        # fixed ids: the traffic split (a hash of the id) is the same every run
+        run_request(
+            controller, workload, draw_needs(workload, 1, r), 20_000, request_id=f"request-{r}"
+        )
         if rollout.status != "running":
             break
     assert events == [e.kind for e in rollout.events]

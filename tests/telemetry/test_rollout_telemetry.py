@@ -48,7 +48,10 @@ def _rollout(db_url: str) -> Rollout:
         telemetry=db_url,
     )
     for r in range(3000):
-        run_request(controller, workload, draw_needs(workload, 1, r), 20_000)
+        # fixed ids: the rollout's traffic split (a hash of the id) is the same every run
+        run_request(
+            controller, workload, draw_needs(workload, 1, r), 20_000, request_id=f"request-{r}"
+        )
         if rollout.status != "running":
             break
     assert flush(30)

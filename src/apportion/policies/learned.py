@@ -6,8 +6,13 @@ quality each token buys (:mod:`apportion.policies.tradeoff`): predicted needs fr
 request's features (the need model of ``estimate``), the spread of the need model's past
 errors for outputs, the answer's kind (a structured answer is worth nothing until it is
 complete), and per agent two weights, what cutting its input and its output costs the
-outcome. An answer that was cut is extended only when finishing it is worth more than the
-resent prompt and the tokens it takes from the agents after it.
+outcome. A cap is spent only as far as the answer needs, so the call's own ``(context,
+cap)`` is chosen on the whole expected outcome (:func:`~apportion.policies.tradeoff.
+choose_call`): over what its answer may need, what it writes and what that leaves the
+agents after it. An answer that was cut is extended only when finishing it is worth more
+than the resent prompt and the tokens it takes from the agents after it. The need model
+learns each input as it was in hand (not as it was read, which a cut shortens), and counts
+cut answers as censored (their need was above what they wrote).
 
 Learning: the weights are hidden (an agent's influence and input sensitivity), so they
 are learned from the outcome scores told at close, by Bayesian linear regression of

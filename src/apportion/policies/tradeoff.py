@@ -12,6 +12,11 @@ S that it cannot get past (a segment between neighbouring points may be taken in
 The curves :func:`input_curve` and :func:`output_curve` are the response model of the
 workload spec seen from a policy: coverage raised to a weight, and the expectation over
 what the output might need (samples of the need, relative to its prediction).
+
+:func:`choose_call` decides the call about to run. A cap is spent only as far as the
+answer needs it, so pricing it as :func:`divide` prices a use would hold back tokens the
+agents after it get anyway when the answer is short; it weighs each ``(context, cap)``
+on the whole expected outcome instead, the agents after it valued by :func:`pool_values`.
 """
 
 from __future__ import annotations

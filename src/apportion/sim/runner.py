@@ -157,8 +157,12 @@ def run_request(
     max_extensions: int = MAX_EXTENSIONS,
     ceiling_usd: float | None = None,
     model: str | None = None,
+    request_id: str | None = None,
 ) -> RequestOutcome:
     """Play one request through ``controller`` and return its outcome.
+
+    ``request_id`` names the request in the store (default: a fresh id); a rollout splits
+    traffic by it, so fixed ids replay the same split.
 
     With a ``models`` section, each call runs on the model the policy chose (a routing
     policy), else on ``model``, else on the agent's ``model``, else on the workload's first
@@ -172,7 +176,9 @@ def run_request(
     outs: list[int] = []
     qualities: list[float] = []
     cut = critical = critical_cut = extensions = refused = 0
-    with controller.request(ceiling, dict(needs.features), ceiling_usd=usd) as req:
+    with controller.request(
+        ceiling, dict(needs.features), ceiling_usd=usd, request_id=request_id
+    ) as req:
         for index, spec in enumerate(workload.agents):
             need_in, need_out = needs.need_in[index], needs.need_out[index]
             avail = need_in
