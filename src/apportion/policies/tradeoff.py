@@ -195,7 +195,7 @@ def output_curve(
     caps = np.clip(OUTPUT_RATIOS * predicted, least, most if most is not None else math.inf)
     caps[0] = least
     needs = np.maximum(ratios * predicted, 1.0)
-    return Curve(caps, _expected(kind, caps, needs, weight, readers))
+    return Curve(caps, _log_mean(_factors(kind, caps, needs, weight, readers)))
 
 
 def extension_curve(
@@ -222,7 +222,7 @@ def extension_curve(
     extra = np.unique(np.round(_EXTENSION_STEPS * float(np.max(needs) - written)))
     if most is not None:
         extra = np.unique(np.minimum(extra, max(most, 0)))
-    return Curve(extra, _expected(kind, written + extra, needs, weight, readers))
+    return Curve(extra, _log_mean(_factors(kind, written + extra, needs, weight, readers)))
 
 
 def _factors(
@@ -248,17 +248,10 @@ def _factors(
     return factor
 
 
-def _expected(
-    kind: str,
-    caps: np.ndarray,
-    needs: np.ndarray,
-    weight: float,
-    readers: Sequence[tuple[float, float]] = (),
-) -> np.ndarray:
-    """``ln E[q]`` at each cap, over the sampled needs (at least :data:`FLOOR`)."""
-    expected = _factors(kind, caps, needs, weight, readers).mean(axis=1)
+def _log_mean(factors: np.ndarray) -> np.ndarray:
+    """``ln E[q]`` of each row of quality factors (at least :data:`FLOOR`)."""
     with np.errstate(divide="ignore"):
-        result: np.ndarray = np.maximum(np.log(expected), FLOOR)
+        result: np.ndarray = np.maximum(np.log(factors.mean(axis=1)), FLOOR)
         return result
 
 
