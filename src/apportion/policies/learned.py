@@ -396,13 +396,11 @@ class LearnedPolicy(PredictingPolicy):
         A cut input read less than it needed; learning from what it read would predict
         less and less for an agent the policy keeps cutting.
         """
-        had: dict[str, list[int]] = {}
-        for name, _, avail, _ in obs.memo.get("calls", ()):
-            had.setdefault(name, []).append(avail)
+        granted = _grants(obs)
         usage = []
         for name, read, wrote, truncated in obs.settled:
-            inputs = had.get(name)
-            usage.append((name, max(read, inputs.pop(0)) if inputs else read, wrote, truncated))
+            calls = granted.get(name)
+            usage.append((name, max(read, calls.pop(0)[1]) if calls else read, wrote, truncated))
         return usage
 
     def row(self, obs: Observation) -> np.ndarray | None:
@@ -411,9 +409,7 @@ class LearnedPolicy(PredictingPolicy):
         ``None`` when the request teaches nothing about the weights: a structured answer
         was cut (its outcome is 0 whatever they are), or a call was never granted.
         """
-        calls: dict[str, list[tuple[int, int, float]]] = {}
-        for name, ctx, avail, predicted in obs.memo.get("calls", ()):
-            calls.setdefault(name, []).append((ctx, avail, predicted))
+        calls = _grants(obs)
         if not obs.settled:
             return None
         input_cost: dict[str, float] = {}
@@ -652,3 +648,11 @@ class LearnedPolicy(PredictingPolicy):
                 for name, model in models.items()
             },
         }
+
+
+def _grants(obs: Observation) -> dict[str, list[tuple[int, int, float]]]:
+    """``(context, input in hand, predicted output)`` of each grant, per agent, in order."""
+    calls: dict[str, list[tuple[int, int, float]]] = {}
+    for name, ctx, avail, predicted in obs.memo.get("calls", ()):
+        calls.setdefault(name, []).append((ctx, avail, predicted))
+    return calls
