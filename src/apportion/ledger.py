@@ -111,7 +111,10 @@ class Event(NamedTuple):
         output_tokens: the same for output tokens.
         truncated: for ``finish``, whether the caller reported the output cut.
         overuse: for ``finish``, tokens used beyond the grant.
-        note: free text: the release reason, the close status.
+        note: free text: the release reason, the close status; ``late`` for a ``finish``
+            that came after the grant's lease expired.
+        asked: for ``begin``, the input tokens the agent had in hand (when the grant's
+            context is smaller, the call's input was cut).
     """
 
     kind: str
@@ -123,6 +126,7 @@ class Event(NamedTuple):
     truncated: bool = False
     overuse: int = 0
     note: str = ""
+    asked: int = 0
 
 
 _new = tuple.__new__  # builds a NamedTuple from a full tuple, skipping its slow __new__
@@ -257,6 +261,7 @@ class Ledger:
         "free",
         "grant_prices",
         "grants",
+        "input_cut_calls",
         "next_grant_id",
         "outcome",
         "overflow",
@@ -308,6 +313,7 @@ class Ledger:
         self.overuse_by: dict[str, int] = dict.fromkeys(ranks, 0)
         self.calls: dict[str, int] = dict.fromkeys(ranks, 0)
         self.truncated_calls: dict[str, int] = dict.fromkeys(ranks, 0)
+        self.input_cut_calls: dict[str, int] = dict.fromkeys(ranks, 0)
         self.grants: dict[int, Grant] = {}
         self.cost_ceiling = cost_ceiling
         self.cost_reserved = 0
@@ -317,7 +323,9 @@ class Ledger:
         self._next_lease = math.inf  # no open grant's lease ends before this
         self._settled: dict[int, tuple[str, str]] = {}
         self.next_grant_id = 1
-        self.events: list[Event] = [_new(Event, ("open", now, None, 0, ceiling, 0, False, 0, ""))]
+        self.events: list[Event] = [
+            _new(Event, ("open", now, None, 0, ceiling, 0, False, 0, "", 0))
+        ]
 
     # ------------------------------------------------------------------ reading
 
@@ -372,6 +380,7 @@ class Ledger:
         *,
         model: str | None = None,
         prices: tuple[int, int] | None = None,
+        asked: int | None = None,
     ) -> Grant:
         """Reserve a grant for one model call of ``agent``.
 
@@ -383,6 +392,9 @@ class Ledger:
             lease_seconds: how long the grant may stay unsettled.
             model: the model the call runs on (recorded on the grant).
             prices: the model's ``(input, output)`` prices in nano-USD per token.
+            asked: the input tokens the agent has in hand (default ``context_tokens``); a
+                grant with less context cuts the call's input, counted in
+                ``input_cut_calls``.
 
         Raises:
             RequestClosed: the request is closed.
@@ -396,6 +408,7 @@ class Ledger:
             raise UnknownAgent(agent, self.ranks)
         context_tokens = check_tokens("context_tokens", context_tokens)
         output_tokens = check_tokens("output_tokens", output_tokens)
+        asked = context_tokens if asked is None else check_tokens("input_tokens", asked)
         prices = check_prices(prices)
         if model is not None and (not isinstance(model, str) or not model):
             raise InvalidPrice("model", model, "a model is a non-empty name")
@@ -444,9 +457,12 @@ class Ledger:
         self.reserved += total
         self.reserved_by[agent] += total
         self.calls[agent] += 1
+        if context_tokens < asked:
+            self.input_cut_calls[agent] += 1
         self.events.append(
             _new(
-                Event, ("begin", now, agent, grant_id, context_tokens, output_tokens, False, 0, "")
+                Event,
+                ("begin", now, agent, grant_id, context_tokens, output_tokens, False, 0, "", asked),
             )
         )
         return grant
@@ -508,6 +524,11 @@ class Ledger:
     ) -> None:
         """Settle a grant with the real usage; the unused part returns to the free pool.
 
+        A grant whose lease expired before this call (its tokens were reclaimed) is settled
+        late: the whole usage is recorded as over-use, charged to what the free pool still
+        holds, and any part beyond it as overflow; the event's note is ``late``. Usage is
+        never dropped. (A late call's cost is not priced: its prices left with the grant.)
+
         Args:
             grant: the grant (any version of it: extensions keep its id).
             input_tokens: input tokens the provider billed.
@@ -517,26 +538,28 @@ class Ledger:
             allocation: the policy's new plan for agents (advisory), applied after settling.
 
         Raises:
-            RequestClosed, ForeignGrant, GrantSettled, GrantExpired, InvalidTokenCount,
-            UnknownAgent: nothing is changed.
+            RequestClosed, ForeignGrant, GrantSettled, InvalidTokenCount, UnknownAgent:
+            nothing is changed.
         """
         input_tokens = check_tokens("input_tokens", input_tokens)
         output_tokens = check_tokens("output_tokens", output_tokens)
         new_plan = _check_plan("allocation", allocation, self.ranks) if allocation else None
         self._check_open(now)
-        current = self._open_grant(grant)
+        late = self._expired(grant)
+        current = grant if late else self._open_grant(grant)
         agent = current.agent
-        granted = current.context_tokens + current.output_tokens
+        granted = 0 if late else current.context_tokens + current.output_tokens
         used = input_tokens + output_tokens
-        prices = self.grant_prices.pop(current.grant_id, None)
-        if prices is not None:
-            self.cost_reserved -= (
-                current.context_tokens * prices[0] + current.output_tokens * prices[1]
-            )
-            cost = input_tokens * prices[0] + output_tokens * prices[1]
-            self.cost_consumed += cost
-            self.cost_by[agent] += cost
-        del self.grants[current.grant_id]
+        if not late:
+            prices = self.grant_prices.pop(current.grant_id, None)
+            if prices is not None:
+                self.cost_reserved -= (
+                    current.context_tokens * prices[0] + current.output_tokens * prices[1]
+                )
+                cost = input_tokens * prices[0] + output_tokens * prices[1]
+                self.cost_consumed += cost
+                self.cost_by[agent] += cost
+            del self.grants[current.grant_id]
         self._settled[current.grant_id] = (agent, "finish")
         self.reserved -= granted
         self.reserved_by[agent] -= granted
@@ -567,10 +590,19 @@ class Ledger:
                     output_tokens,
                     bool(truncated),
                     overuse,
-                    "",
+                    "late" if late else "",
+                    0,
                 ),
             )
         )
+
+    def renew(self, grant: Grant, now: float, lease_seconds: float) -> Grant:
+        """Renew an open grant's lease from ``now`` (a long call is still running).
+
+        Raises:
+            RequestClosed, ForeignGrant, GrantSettled, GrantExpired: nothing is changed.
+        """
+        return self.extend(grant, 0, now, lease_seconds)
 
     def release(self, grant: Grant, now: float, *, reason: str = "release") -> None:
         """Settle a grant as unused (an error before the call): all its tokens return.
@@ -605,7 +637,7 @@ class Ledger:
         self.status = status
         if outcome is not None:
             self.outcome = float(outcome)
-        self.events.append(_new(Event, ("close", now, None, 0, 0, 0, False, 0, status)))
+        self.events.append(_new(Event, ("close", now, None, 0, 0, 0, False, 0, status, 0)))
 
     def reap(self, now: float) -> int:
         """Release every grant whose lease ended at or before ``now``; return how many."""
@@ -624,6 +656,12 @@ class Ledger:
             raise RequestClosed(self.request_id, self.status)
         if now >= self._next_lease:
             self.reap(now)
+
+    def _expired(self, grant: Grant) -> bool:
+        """Whether ``grant`` is this request's and its lease expired before it was settled."""
+        if not isinstance(grant, Grant) or grant.request_id != self.request_id:
+            return False
+        return self._settled.get(grant.grant_id) == (grant.agent, "expire")
 
     def _open_grant(self, grant: Grant) -> Grant:
         if not isinstance(grant, Grant):
@@ -663,6 +701,7 @@ class Ledger:
                     False,
                     0,
                     note,
+                    0,
                 ),
             )
         )
@@ -689,6 +728,7 @@ class Ledger:
                     "reserve": self.reserve.get(a, 0),
                     "calls": self.calls[a],
                     "truncated_calls": self.truncated_calls[a],
+                    "input_cut_calls": self.input_cut_calls[a],
                     "overuse": self.overuse_by[a],
                     "cost_usd": self.cost_by[a] / NANO,
                 }

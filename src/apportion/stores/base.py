@@ -18,9 +18,16 @@ Contract (every implementation must keep it):
   :class:`~apportion.errors.RequestClosed`.
 * ``get`` returns the current state, also for a recently closed request (how long closed
   requests stay readable is the store's retention, at least until ``reap`` drops them).
-* ``reap(now)`` expires ended leases in every request, closes with status ``expired`` the
-  requests whose time to live has passed, and returns how many grants and requests it
-  settled. It is never run from a background thread the store started by itself.
+* ``reap_expired(now)`` expires ended leases in every request, closes with status
+  ``expired`` the requests whose time to live has passed, and returns a :class:`Reaped`:
+  how many grants and requests it settled, and the ids of the requests it closed (so their
+  usage can still reach telemetry). ``reap(now)`` returns only the count. A store never
+  runs them from a background thread of its own: the controller runs them (lazily, on its
+  own operations, and from :meth:`~apportion.controller.Controller.start_reaper`).
+* ``finish`` of a grant whose lease expired (its tokens already returned) still records
+  the usage, late: all of it as over-use, charged to the free pool and beyond it as
+  ``overflow`` (event note ``late``), so usage is never dropped. Renewing a lease is
+  ``extend`` by zero tokens.
 * Operations are safe to call from many threads and asyncio tasks at once; the async
   variants (``abegin`` ...) have the same meaning as the sync ones.
 * Shared pools (optional): ``define_pool`` creates a named pool of tokens per window,
@@ -40,12 +47,29 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from apportion.ledger import Event, Grant
 
 if TYPE_CHECKING:
     from apportion.pools import Pool, PoolStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """What :meth:`Store.reap_expired` settled.
+
+    Attributes:
+        settled: grants and requests it settled.
+        expired: ids of the requests it closed as ``expired``.
+    """
+
+    settled: int
+    expired: tuple[str, ...] = ()
+
+    def __add__(self, other: Reaped) -> Reaped:
+        return Reaped(self.settled + other.settled, self.expired + other.expired)
 
 
 class LedgerView(Protocol):
@@ -83,6 +107,8 @@ class LedgerView(Protocol):
     def calls(self) -> Mapping[str, int]: ...  # noqa: D102
     @property
     def truncated_calls(self) -> Mapping[str, int]: ...  # noqa: D102
+    @property
+    def input_cut_calls(self) -> Mapping[str, int]: ...  # noqa: D102
     @property
     def grants(self) -> Mapping[int, Grant]: ...  # noqa: D102
     @property
@@ -150,8 +176,13 @@ class Store(abc.ABC):
         *,
         model: str | None = None,
         prices: tuple[int, int] | None = None,
+        asked: int | None = None,
     ) -> tuple[Grant, LedgerView]:
-        """Reserve a grant (priced on ``model`` at ``prices``); return it and the state after."""
+        """Reserve a grant (priced on ``model`` at ``prices``); return it and the state after.
+
+        ``asked`` is the input the agent has in hand; a grant with less context is counted
+        in the state's ``input_cut_calls`` (default: ``context_tokens``, no cut).
+        """
 
     @abc.abstractmethod
     def extend(
@@ -200,8 +231,12 @@ class Store(abc.ABC):
         """A copy of the request's event list, oldest first."""
 
     @abc.abstractmethod
+    def reap_expired(self, now: float) -> Reaped:
+        """Expire ended leases and overdue requests everywhere; say what was settled."""
+
     def reap(self, now: float) -> int:
         """Expire ended leases and overdue requests everywhere; return how many were settled."""
+        return self.reap_expired(now).settled
 
     # Policy state (optional): versioned blobs, written by compare-and-set.
 
@@ -285,10 +320,9 @@ class Store(abc.ABC):
         *,
         model: str | None = None,
         prices: tuple[int, int] | None = None,
+        asked: int | None = None,
     ) -> tuple[Grant, LedgerView]:
         """Async :meth:`begin`."""
-        if model is None and prices is None:
-            return self.begin(request_id, agent, context_tokens, output_tokens, now, lease_seconds)
         return self.begin(
             request_id,
             agent,
@@ -298,6 +332,7 @@ class Store(abc.ABC):
             lease_seconds,
             model=model,
             prices=prices,
+            asked=asked,
         )
 
     async def aextend(
@@ -354,9 +389,13 @@ class Store(abc.ABC):
         """Async :meth:`events`."""
         return self.events(request_id)
 
+    async def areap_expired(self, now: float) -> Reaped:
+        """Async :meth:`reap_expired`."""
+        return self.reap_expired(now)
+
     async def areap(self, now: float) -> int:
         """Async :meth:`reap`."""
-        return self.reap(now)
+        return (await self.areap_expired(now)).settled
 
     async def adefine_pool(self, pool: Pool) -> None:
         """Async :meth:`define_pool`."""

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from apportion.errors import DuplicateRequest, UnknownPool, UnknownRequest
 from apportion.ledger import EXPIRED, Event, Grant, Ledger
 from apportion.pools import Pool, PoolAccount, PoolStatus, check_pool_name, check_priority
-from apportion.stores.base import Store
+from apportion.stores.base import Reaped, Store
 
 
 class MemoryStore(Store):
@@ -97,12 +97,20 @@ class MemoryStore(Store):
         *,
         model: str | None = None,
         prices: tuple[int, int] | None = None,
+        asked: int | None = None,
     ) -> tuple[Grant, Ledger]:
         """Reserve a grant; return it and the ledger."""
         with self._lock:
             ledger = self._ledger(request_id)
             grant = ledger.begin(
-                agent, context_tokens, output_tokens, now, lease_seconds, model=model, prices=prices
+                agent,
+                context_tokens,
+                output_tokens,
+                now,
+                lease_seconds,
+                model=model,
+                prices=prices,
+                asked=asked,
             )
             return grant, ledger
 
@@ -177,17 +185,18 @@ class MemoryStore(Store):
         with self._lock:
             return list(self._ledger(request_id).events)
 
-    def reap(self, now: float) -> int:
-        """Expire ended leases and close overdue requests; return how many were settled."""
+    def reap_expired(self, now: float) -> Reaped:
+        """Expire ended leases and close overdue requests (see :class:`Store`)."""
         settled = 0
+        expired: list[str] = []
         with self._lock:
             for ledger in list(self._open.values()):
                 settled += ledger.reap(now)
                 if ledger.expires_at <= now:
                     ledger.close(now, status=EXPIRED)
                     self._retire(ledger, now)
-                    settled += 1
-        return settled
+                    expired.append(ledger.request_id)
+        return Reaped(settled + len(expired), tuple(expired))
 
     def define_pool(self, pool: Pool) -> None:
         """Create a shared pool, or change its configuration (keeping what is drawn)."""

@@ -107,7 +107,7 @@ from apportion.pools import (
     check_priority,
     pool_status,
 )
-from apportion.stores.base import Store
+from apportion.stores.base import Reaped, Store
 from apportion.stores.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -258,6 +258,8 @@ def ledger_from_json(raw: bytes | str) -> Ledger:
     b += n
     ledger.truncated_calls = dict(zip(agents, v[b : b + n], strict=False))
     b += n
+    ledger.input_cut_calls = dict(zip(agents, v[b : b + n], strict=False))
+    b += n
     ledger.cost_ceiling = int(v[b]) if v[b] != "" else None
     ledger.cost_reserved = int(v[b + 1])
     ledger.cost_consumed = int(v[b + 2])
@@ -311,7 +313,7 @@ def _ledger_json(ledger: Ledger, pool: str, draw: str) -> str:
         *(ledger.reserve.get(a, 0) for a in agents),
         *[0] * (2 * n),
         *["0"] * n,
-        *[0] * (2 * n),
+        *[0] * (3 * n),
         "" if ledger.cost_ceiling is None else str(ledger.cost_ceiling),
         "0",
         "0",
@@ -327,9 +329,18 @@ def _pool_debt(raw: bytes | str) -> tuple[str, str, int, str]:
 
 
 def _event(raw: bytes | str) -> Event:
-    kind, at, agent, grant_id, context, output, truncated, overuse, note = json.loads(raw)
+    kind, at, agent, grant_id, context, output, truncated, overuse, note, *asked = json.loads(raw)
     return Event(
-        kind, float(at), agent or None, grant_id, context, output, truncated, overuse, note
+        kind,
+        float(at),
+        agent or None,
+        grant_id,
+        context,
+        output,
+        truncated,
+        overuse,
+        note,
+        asked[0] if asked else 0,
     )
 
 
@@ -761,11 +772,13 @@ class RedisStore(Store):
         lease_seconds: float,
         model: str | None = None,
         prices: tuple[int, int] | None = None,
+        asked: int | None = None,
     ) -> _Steps[tuple[Grant, Ledger]]:
         pending: list[Exception] = []
         is_name = isinstance(agent, str)
         ctx = _tokens("context_tokens", context_tokens, pending)
         out = _tokens("output_tokens", output_tokens, pending)
+        held = "" if asked is None else _tokens("input_tokens", asked, pending)
         pin = pout = ""
         try:
             clean = check_prices(prices)
@@ -792,6 +805,7 @@ class RedisStore(Store):
                 model if isinstance(model, str) else "",
                 pin,
                 pout,
+                held,
             ),
         )
         if reply[0] not in _OK:
@@ -917,9 +931,10 @@ class RedisStore(Store):
             raise UnknownRequest(request_id)
         return [_event(raw) for raw in raws]
 
-    def _reap_steps(self, now: float) -> _Steps[int]:
+    def _reap_steps(self, now: float) -> _Steps[Reaped]:
         now_s = _text(now)
         settled = 0
+        expired: list[str] = []
         owed: list[_Eval | _Cmd] = []
         todo = [f"{self.prefix}:{{b{b}}}:open" for b in range(self.buckets)]
         while todo:
@@ -929,13 +944,16 @@ class RedisStore(Store):
             settled += int(reply[0])
             full = int(reply[1])
             again = [todo[int(k) - 1] for k in reply[2 : 2 + full]]
-            for blob in reply[2 + full :]:
+            at = 2 + full
+            closed = int(reply[at])
+            expired += (_str(rid) for rid in reply[at + 1 : at + 1 + closed])
+            for blob in reply[at + 1 + closed :]:
                 owed.append(self._give_back(*_pool_debt(blob), now))
             todo = again
         if owed:
             yield owed
         yield from self._reconcile_steps(now)
-        return settled
+        return Reaped(settled, tuple(expired))
 
     def _reconcile_steps(self, now: float) -> _Steps[None]:
         """Give back what closed requests still owe their pools (a crash between steps)."""
@@ -1151,6 +1169,7 @@ class RedisStore(Store):
         *,
         model: str | None = None,
         prices: tuple[int, int] | None = None,
+        asked: int | None = None,
     ) -> tuple[Grant, Ledger]:
         """Reserve a grant; return it and the state after."""
         local = self._local_store(request_id)
@@ -1164,10 +1183,19 @@ class RedisStore(Store):
                 lease_seconds,
                 model=model,
                 prices=prices,
+                asked=asked,
             )
         return self._run(
             self._begin_steps(
-                request_id, agent, context_tokens, output_tokens, now, lease_seconds, model, prices
+                request_id,
+                agent,
+                context_tokens,
+                output_tokens,
+                now,
+                lease_seconds,
+                model,
+                prices,
+                asked,
             )
         )
 
@@ -1251,15 +1279,15 @@ class RedisStore(Store):
             return local.events(request_id)
         return self._run(self._events_steps(request_id))
 
-    def reap(self, now: float) -> int:
-        """Expire ended leases and overdue requests in every bucket; return how many."""
-        settled = self._local.reap(now) if self._local is not None else 0
+    def reap_expired(self, now: float) -> Reaped:
+        """Expire ended leases and overdue requests in every bucket (see :class:`Store`)."""
+        local = self._local.reap_expired(now) if self._local is not None else Reaped(0)
         try:
-            return settled + self._run(self._reap_steps(now))
+            return local + self._run(self._reap_steps(now))
         except StoreUnavailable:
             if self._local is None:
                 raise
-            return settled
+            return local
 
     # ------------------------------------------------------------------ Store API (async)
 
@@ -1308,6 +1336,7 @@ class RedisStore(Store):
         *,
         model: str | None = None,
         prices: tuple[int, int] | None = None,
+        asked: int | None = None,
     ) -> tuple[Grant, Ledger]:
         """Async :meth:`begin`."""
         if self._local_store(request_id) is not None:
@@ -1320,10 +1349,19 @@ class RedisStore(Store):
                 lease_seconds,
                 model=model,
                 prices=prices,
+                asked=asked,
             )
         return await self._arun(
             self._begin_steps(
-                request_id, agent, context_tokens, output_tokens, now, lease_seconds, model, prices
+                request_id,
+                agent,
+                context_tokens,
+                output_tokens,
+                now,
+                lease_seconds,
+                model,
+                prices,
+                asked,
             )
         )
 
@@ -1399,15 +1437,15 @@ class RedisStore(Store):
             return self.events(request_id)
         return await self._arun(self._events_steps(request_id))
 
-    async def areap(self, now: float) -> int:
-        """Async :meth:`reap`."""
-        settled = self._local.reap(now) if self._local is not None else 0
+    async def areap_expired(self, now: float) -> Reaped:
+        """Async :meth:`reap_expired`."""
+        local = self._local.reap_expired(now) if self._local is not None else Reaped(0)
         try:
-            return settled + await self._arun(self._reap_steps(now))
+            return local + await self._arun(self._reap_steps(now))
         except StoreUnavailable:
             if self._local is None:
                 raise
-            return settled
+            return local
 
 
 async def _close_at_shutdown(client: Any) -> AsyncGenerator[None, None]:

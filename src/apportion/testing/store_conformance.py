@@ -313,12 +313,72 @@ class StoreConformance:
         assert state.reserved == 200 and grant.grant_id not in state.grants
         before = snapshot(store, "r1")
         with pytest.raises(GrantExpired):
-            store.finish("r1", grant, 10, 10, LEASE + 1)
+            store.extend("r1", grant, 10, 0, LEASE + 1, LEASE)
         assert snapshot(store, "r1") == before
         # any later operation expires ended leases first
         store.begin("r1", "notes", 10, 10, 100.0, LEASE)
         assert other.grant_id not in store.get("r1").grants
         assert [e.kind for e in store.events("r1")].count("expire") == 2
+
+    def test_late_finish_is_recorded(self, store: Store) -> None:
+        """A call that outlived its lease still settles: its usage is over-use, never lost."""
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, _ = store.begin("r1", "lead", 300, 300, 0.0, LEASE)
+        store.begin("r1", "helper", 100, 100, 0.0, 10 * LEASE)
+        store.reap(LEASE)
+        state = store.finish("r1", grant, 500, 200, LEASE + 1, truncated=True)
+        assert state.consumed == 700 and state.overflow == 0 and state.free == 100
+        assert state.overuse_by["lead"] == 700 and state.consumed_by["lead"] == 700
+        assert state.truncated_calls["lead"] == 1
+        late = store.events("r1")[-1]
+        assert (late.kind, late.note, late.overuse, late.grant_id) == (
+            "finish",
+            "late",
+            700,
+            grant.grant_id,
+        )
+        check_invariants(store, "r1")
+        before = snapshot(store, "r1")
+        with pytest.raises(GrantSettled):
+            store.finish("r1", grant, 1, 1, LEASE + 2)
+        assert snapshot(store, "r1") == before
+        # beyond what the pool holds, the rest is overflow: the ceiling still holds
+        second, _ = store.begin("r1", "notes", 50, 50, LEASE + 2, LEASE)
+        store.reap(3 * LEASE)
+        state = store.finish("r1", second, 400, 0, 3 * LEASE)  # 100 free, 200 still granted
+        assert state.consumed == 800 and state.overflow == 300 and state.free == 0
+        check_invariants(store, "r1")
+
+    def test_renew_keeps_a_long_call(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, _ = store.begin("r1", "lead", 100, 100, 0.0, LEASE)
+        renewed, _ = store.extend("r1", grant, 0, 0, LEASE - 1, LEASE)
+        assert renewed.lease_expires_at == 2 * LEASE - 1 and renewed.total == 200
+        assert store.reap(LEASE + 1) == 0
+        state = store.finish("r1", grant, 100, 100, 2 * LEASE - 2)
+        assert state.consumed == 200 and state.overuse_by["lead"] == 0
+
+    def test_input_cuts_counted(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        store.begin("r1", "lead", 300, 100, 0.0, LEASE, asked=300)
+        store.begin("r1", "lead", 200, 100, 0.0, LEASE, asked=450)
+        store.begin("r1", "notes", 10, 10, 0.0, LEASE)
+        state = store.get("r1")
+        assert dict(state.input_cut_calls) == {"lead": 1, "helper": 0, "notes": 0, "format": 0}
+        begins = [e.asked for e in store.events("r1") if e.kind == "begin"]
+        assert begins == [300, 450, 10]
+        before = snapshot(store, "r1")
+        with pytest.raises(InvalidTokenCount):
+            store.begin("r1", "lead", 1, 1, 0.0, LEASE, asked=-1)
+        assert snapshot(store, "r1") == before
+
+    def test_reap_names_expired_requests(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0, ttl=60.0)
+        store.open("r2", RANKS, 1000, 0.0, ttl=600.0)
+        store.begin("r2", "lead", 10, 10, 0.0, LEASE)
+        reaped = store.reap_expired(60.0)
+        assert reaped.expired == ("r1",) and reaped.settled == 2
+        assert store.reap_expired(61.0).expired == ()
 
     def test_request_ttl(self, store: Store) -> None:
         store.open("r1", RANKS, 1000, 0.0, ttl=60.0)
@@ -405,7 +465,14 @@ class _LedgerMachine(RuleBasedStateMachine):
         self.closed: set[str] = set()
         self.used: dict[str, int] = {}  # request -> tokens providers reported
         self.open_grants: dict[tuple[str, int], Grant] = {}
+        self.lapsed: set[tuple[str, int]] = set()  # leases ended, never settled by the caller
         self.counter = 0
+
+    def _lapse(self) -> None:
+        ended = [k for k, g in self.open_grants.items() if g.lease_expires_at <= self.now]
+        for key in ended:
+            del self.open_grants[key]
+            self.lapsed.add(key)
 
     def _refused(self, request_id: str, op: Any, error: type[ApportionError]) -> None:
         before = snapshot(self.store, request_id)
@@ -419,11 +486,9 @@ class _LedgerMachine(RuleBasedStateMachine):
         (Lazy reaping inside operations is tested on its own; here the machine checks that
         refused operations change nothing, so expiry happens explicitly first.)
         """
-        ended = [k for k, g in self.open_grants.items() if g.lease_expires_at <= self.now]
-        if ended:
+        if any(g.lease_expires_at <= self.now for g in self.open_grants.values()):
             self.store.reap(self.now)
-            for key in ended:
-                del self.open_grants[key]
+            self._lapse()
 
     @rule(ceiling=st.integers(1, 5000), share=st.floats(0, 0.9))
     def open_request(self, ceiling: int, share: float) -> None:
@@ -493,16 +558,17 @@ class _LedgerMachine(RuleBasedStateMachine):
     def finish(self, grant: Grant, data: Any) -> Any:
         key = (grant.request_id, grant.grant_id)
         request_id = grant.request_id
-        if request_id not in self.requests or key not in self.open_grants:
+        if request_id not in self.requests:
             return grant
         self._sync_expiry()
+        if key in self.lapsed:  # its lease ran out: a late finish is recorded all the same
+            state = self.store.finish(request_id, grant, 1, 1, self.now)
+            self.lapsed.discard(key)
+            self.used[request_id] += 2
+            assert state.consumed + state.overflow == self.used[request_id]
+            return grant
         current = self.open_grants.get(key)
         if current is None:
-            self._refused(
-                request_id,
-                lambda: self.store.finish(request_id, grant, 1, 1, self.now),
-                GrantExpired,
-            )
             return grant
         limit = int(current.total * 1.5) + 2
         inp = data.draw(st.integers(0, limit))
@@ -522,9 +588,16 @@ class _LedgerMachine(RuleBasedStateMachine):
     @rule(target=settled, grant=consumes(grants))
     def release(self, grant: Grant) -> Any:
         key = (grant.request_id, grant.grant_id)
-        if grant.request_id not in self.requests or key not in self.open_grants:
+        if grant.request_id not in self.requests:
             return grant
         self._sync_expiry()
+        if key in self.lapsed:
+            self._refused(
+                grant.request_id,
+                lambda: self.store.release(grant.request_id, grant, self.now),
+                GrantExpired,
+            )
+            return multiple()  # still open to a late finish
         if key not in self.open_grants:
             return grant
         self.store.release(grant.request_id, grant, self.now)
@@ -533,7 +606,9 @@ class _LedgerMachine(RuleBasedStateMachine):
 
     @rule(grant=settled)
     def settle_twice(self, grant: Grant) -> None:
-        if grant.request_id not in self.requests:
+        if grant.request_id not in self.requests or (grant.request_id, grant.grant_id) in (
+            self.lapsed
+        ):
             return
         self._sync_expiry()
         self._refused(
@@ -560,8 +635,7 @@ class _LedgerMachine(RuleBasedStateMachine):
     @rule()
     def reap(self) -> None:
         self.store.reap(self.now)
-        for key in [k for k, g in self.open_grants.items() if g.lease_expires_at <= self.now]:
-            del self.open_grants[key]
+        self._lapse()
 
     @precondition(lambda self: bool(self.requests))
     @rule(data=st.data(), failed=st.booleans())
@@ -572,6 +646,7 @@ class _LedgerMachine(RuleBasedStateMachine):
         assert state.reserved == 0
         for key in [k for k in self.open_grants if k[0] == request_id]:
             del self.open_grants[key]
+        self.lapsed = {k for k in self.lapsed if k[0] != request_id}
         del self.requests[request_id]
         self.closed.add(request_id)
         self._refused(

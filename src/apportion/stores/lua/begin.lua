@@ -1,6 +1,7 @@
 -- Ledger.begin. KEYS: ledger, events, index.
 -- ARGV: agent, agent is a string (1/0), context tokens, output tokens, now, lease end,
--- model ('' for none), input price, output price (nano-USD per token; '' for none).
+-- model ('' for none), input price, output price (nano-USD per token; '' for none),
+-- input tokens in hand ('' for the context granted: no input cut).
 local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[5])
 if not c then return {'unknown'} end
 local st = c.st
@@ -9,6 +10,11 @@ if ARGV[2] == '1' then ai = agent_index(c, ARGV[1]) end
 if not ai then return unknown_agent(c, 0) end
 local ctx, out = tok(ARGV[3]), tok(ARGV[4])
 if not ctx or not out then return {'bad'} end
+local asked = ctx
+if ARGV[10] and ARGV[10] ~= '' then
+  asked = tok(ARGV[10])
+  if not asked then return {'bad'} end
+end
 local pin, pout = -1, -1
 if ARGV[8] ~= '' then
   pin, pout = tok(ARGV[8]), tok(ARGV[9])
@@ -37,5 +43,6 @@ st[8] = st[8] - total
 st[7] = st[7] + total
 st[at(c, RBY, ai)] = st[at(c, RBY, ai)] + total
 st[at(c, CALLS, ai)] = st[at(c, CALLS, ai)] + 1
-event(c, 'begin', ARGV[1], gid, ctx, out, false, 0, '')
+if ctx < asked then st[at(c, INCUT, ai)] = st[at(c, INCUT, ai)] + 1 end
+event(c, 'begin', ARGV[1], gid, ctx, out, false, 0, '', asked)
 return {'ok', save(c), gid}

@@ -7,8 +7,9 @@
 -- The ledger is one flat JSON array (decoding makes one Lua table, not twenty):
 --   1 id, 2 status, 3 outcome ('' or text), 4 expires (text), 5 ceiling, 6 consumed,
 --   7 reserved, 8 free, 9 overflow (text), 10 next grant id, 11 pool, 12 draw key,
---   13 n (agents), then nine blocks of n values in agent order: names, ranks,
---   allocation, reserve, consumed, reserved, over-use (text), calls, truncated calls;
+--   13 n (agents), then ten blocks of n values in agent order: names, ranks,
+--   allocation, reserve, consumed, reserved, over-use (text), calls, truncated calls,
+--   input-cut calls;
 --   then the cost section (nano-USD, decimal text): cost ceiling ('' for none), cost
 --   reserved, cost consumed, then cost per agent (n values);
 --   then the open grants, eight values each, by grant id: id, agent (1..n), context,
@@ -18,7 +19,7 @@
 -- grow without bound (overflow, over-use) are decimal text. Clock times travel as the
 -- caller's exact decimal text and are only compared, never printed.
 
-local NAME, RANK, ALLOC, RSV, CBY, RBY, OBY, CALLS, TRUNC = 0, 1, 2, 3, 4, 5, 6, 7, 8
+local NAME, RANK, ALLOC, RSV, CBY, RBY, OBY, CALLS, TRUNC, INCUT = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 local GS = 8 -- values per open grant
 
 local function int(n)
@@ -58,7 +59,7 @@ local function load(key, ekey, ikey, now_s)
   local st = cjson.decode(raw)
   local n = st[13]
   local c = {
-    st = st, n = n, cb = 14 + 9 * n, g = 17 + 10 * n, ev = {}, gone = {}, dirty = false,
+    st = st, n = n, cb = 14 + 10 * n, g = 17 + 11 * n, ev = {}, gone = {}, dirty = false,
     key = key, ekey = ekey, ikey = ikey, now_s = now_s, now = tonumber(now_s),
   }
   c.due = deadline(c)
@@ -80,8 +81,9 @@ local function unknown_agent(c, k)
   return reply
 end
 
-local function event(c, kind, agent, gid, ctx, out, truncated, overuse, note)
-  c.ev[#c.ev + 1] = cjson.encode({kind, c.now_s, agent, gid, ctx, out, truncated, overuse, note})
+local function event(c, kind, agent, gid, ctx, out, truncated, overuse, note, asked)
+  c.ev[#c.ev + 1] = cjson.encode(
+    {kind, c.now_s, agent, gid, ctx, out, truncated, overuse, note, asked or 0})
 end
 
 -- Position of open grant gid, or nil.

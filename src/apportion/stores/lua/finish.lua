@@ -18,16 +18,23 @@ end
 if st[2] ~= 'open' then return {'closed', st[2]} end
 reap(c)
 local p, err = open_grant(c, ARGV[5], ARGV[6], ARGV[7])
-if not p then return refuse(c, err) end
-local gid, ai = st[p], st[p + 1]
-local granted, used = st[p + 2] + st[p + 3], inp + out
-if st[p + 6] >= 0 then
-  add_cost(st, c.cb + 1, -priced(st, p, st[p + 2], st[p + 3]))
-  local cost = priced(st, p, inp, out)
-  add_cost(st, c.cb + 2, cost)
-  add_cost(st, c.cb + 2 + ai, cost)
+local late = not p and err[1] == 'settled' and err[2] == 'expire'
+if not p and not late then return refuse(c, err) end
+local gid, ai, granted
+if late then -- its lease ran out: the whole usage is over-use (Ledger.finish)
+  gid, ai, granted = tonumber(ARGV[6]), agent_index(c, ARGV[7]), 0
+else
+  gid, ai = st[p], st[p + 1]
+  granted = st[p + 2] + st[p + 3]
+  if st[p + 6] >= 0 then
+    add_cost(st, c.cb + 1, -priced(st, p, st[p + 2], st[p + 3]))
+    local cost = priced(st, p, inp, out)
+    add_cost(st, c.cb + 2, cost)
+    add_cost(st, c.cb + 2 + ai, cost)
+  end
+  drop_grant(c, p)
 end
-drop_grant(c, p)
+local used = inp + out
 st[7] = st[7] - granted
 st[at(c, RBY, ai)] = st[at(c, RBY, ai)] - granted
 local overuse = 0
@@ -47,5 +54,8 @@ st[at(c, CBY, ai)] = st[at(c, CBY, ai)] + charge
 local truncated = ARGV[4] == '1'
 if truncated then st[at(c, TRUNC, ai)] = st[at(c, TRUNC, ai)] + 1 end
 for _, q in ipairs(plan) do st[at(c, ALLOC, q[1])] = q[2] end
-event(c, 'finish', ARGV[7], gid, inp, out, truncated, overuse, '')
+local note = ''
+if late then note = 'late' end
+event(c, 'finish', ARGV[7], gid, inp, out, truncated, overuse, note)
+c.dirty = true
 return {'ok', save(c)}

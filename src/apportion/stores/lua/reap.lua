@@ -3,8 +3,9 @@
 -- ARGV: now, retention (ms), most requests to look at per bucket.
 -- A request's own keys are built here from its index key: they share its hash tag.
 -- Returns: grants and requests settled; how many buckets had more due than the limit,
--- and their positions in KEYS; then the final ledger of each pooled request it closed.
-local settled, full, owed = 0, {}, {}
+-- and their positions in KEYS; how many requests it closed, and their ids; then the final
+-- ledger of each pooled request it closed.
+local settled, full, closed, owed = 0, {}, {}, {}
 local limit = tonumber(ARGV[3])
 for k, ikey in ipairs(KEYS) do
   local base = string.sub(ikey, 1, -5)
@@ -19,6 +20,7 @@ for k, ikey in ipairs(KEYS) do
       if tonumber(c.st[4]) <= c.now then
         close(c, 'expired')
         settled = settled + 1
+        closed[#closed + 1] = rid
         local blob = save(c)
         retain(c, ARGV[2])
         if c.st[11] ~= '' then owed[#owed + 1] = blob end
@@ -31,5 +33,7 @@ for k, ikey in ipairs(KEYS) do
 end
 local reply = {settled, #full}
 for _, k in ipairs(full) do reply[#reply + 1] = k end
+reply[#reply + 1] = #closed
+for _, rid in ipairs(closed) do reply[#reply + 1] = rid end
 for _, blob in ipairs(owed) do reply[#reply + 1] = blob end
 return reply
