@@ -283,7 +283,7 @@ def test_summary_per_agent_and_totals() -> None:
         assert s0.status == "open" and s0.ceiling == 30_000
         assert (s0.reserved, s0.consumed, s0.free, s0.overflow) == (0, 0, 30_000, 0)
         for usage in s0.agents.values():
-            assert (usage.allocated, usage.reserved, usage.consumed, usage.free) == (
+            assert (usage.allocated, usage.reserved, usage.consumed, usage.remaining) == (
                 10_000,
                 0,
                 0,
@@ -294,7 +294,7 @@ def test_summary_per_agent_and_totals() -> None:
         assert (grant.context_tokens, grant.output_tokens) == (1_000, 500)
         s1 = req.summary()
         triage = s1.agents["triage"]
-        assert (triage.allocated, triage.reserved, triage.consumed, triage.free) == (
+        assert (triage.allocated, triage.reserved, triage.consumed, triage.remaining) == (
             10_000,
             1_500,
             0,
@@ -307,7 +307,7 @@ def test_summary_per_agent_and_totals() -> None:
         req.finish(grant, input_tokens=1_000, output_tokens=300, truncated=True)
         s2 = req.summary()
         triage = s2.agents["triage"]
-        assert (triage.reserved, triage.consumed, triage.free) == (0, 1_300, 8_700)
+        assert (triage.reserved, triage.consumed, triage.remaining) == (0, 1_300, 8_700)
         assert triage.truncated_calls == 1 and triage.overuse == 0
         assert (s2.reserved, s2.consumed, s2.free) == (0, 1_300, 28_700)
 
@@ -325,8 +325,28 @@ def test_summary_per_agent_and_totals() -> None:
     assert req.request_id in lines[0] and "closed" in lines[0]
     for name in ("triage", "reasoner", "formatter"):
         assert any(line.split()[0] == name for line in lines), name
+    assert "ceiling 30000 = consumed 1300 + open 0 + free 28700" in lines[0]
     total = next(line for line in lines if line.startswith("total")).split()
-    assert total[:5] == ["total", "30000", "0", "1300", "28700"]
+    # held, open and consumed add up to the request's totals; the plan is not summed
+    assert total == ["total", "0", "0", "1300", "2", "0", "1", "0"]
+
+
+def test_summary_columns_add_up_and_show_input_cuts() -> None:
+    controller = Controller(support(), policy="elastic")
+    with controller.request(12_000) as req:
+        g = req.begin("triage", 600)
+        req.finish(g, input_tokens=600, output_tokens=60)
+        g = req.begin("reasoner", 30_000)  # far more input than the ceiling: cut
+        assert g.context_tokens < 30_000
+        req.finish(g, input_tokens=g.context_tokens, output_tokens=10)
+        summary = req.summary()
+        assert summary.agents["reasoner"].input_cut_calls == 1
+        assert req.calls[g.grant_id].input_cut and req.calls[g.grant_id].input_asked == 30_000
+        assert summary.held == sum(u.held for u in summary.agents.values())
+        assert summary.held <= summary.free
+        assert summary.consumed == sum(u.consumed for u in summary.agents.values())
+        total = next(r for r in str(summary).splitlines() if r.startswith("total")).split()
+        assert total[-3] == "1"  # one input cut in all
 
 
 def test_summary_reflects_policy_plan() -> None:
@@ -364,16 +384,38 @@ def test_expired_grant_is_reclaimed_on_next_operation() -> None:
 
         before = snapshot(controller, req.request_id)
         with pytest.raises(GrantExpired) as info:
-            req.finish(stale, input_tokens=1_000, output_tokens=400)
+            req.renew(stale)
         assert isinstance(info.value, GrantSettled)
         assert info.value.settled_by == "expire"
         assert info.value.grant_id == stale.grant_id and info.value.agent == "triage"
         assert snapshot(controller, req.request_id) == before
+        # the call outlived its lease: its usage is still recorded, late, as over-use
+        req.finish(stale, input_tokens=1_000, output_tokens=400)
+        state = controller.store.get(req.request_id)
+        assert state.consumed == 1_400 and state.overuse_by["triage"] == 1_400
+        late = req.calls[stale.grant_id]
+        assert (late.status, late.overuse, late.input_used) == ("late", 1_400, 1_000)
+        assert req.summary().agents["triage"].overuse == 1_400
         req.finish(fresh, input_tokens=2_000, output_tokens=10)
     assert_conserved(controller, req.request_id)
 
 
-def test_reap_reclaims_expired_grants_and_settling_them_fails() -> None:
+def test_renew_keeps_a_long_call_alive() -> None:
+    clock = Clock()
+    controller = Controller(support(), policy="uniform", clock=clock, lease_seconds=10)
+    with controller.request(30_000) as req:
+        grant = req.begin("triage", 1_000, 500)
+        clock.now += 8
+        renewed = req.renew(grant)
+        assert renewed.lease_expires_at == clock.now + 10 and renewed.total == grant.total
+        clock.now += 8  # past the first lease, within the renewed one
+        assert controller.reap() == 0
+        req.finish(grant, input_tokens=1_000, output_tokens=450)
+        call = req.calls[grant.grant_id]
+        assert (call.status, call.extensions, call.overuse) == ("completed", 0, 0)
+
+
+def test_reap_reclaims_expired_grants_which_only_a_late_finish_settles() -> None:
     clock = Clock()
     controller = Controller(support(), policy="estimate", clock=clock, lease_seconds=10)
     with controller.request(30_000) as req:
@@ -384,14 +426,16 @@ def test_reap_reclaims_expired_grants_and_settling_them_fails() -> None:
         assert state.reserved == 0 and state.free == 30_000 and state.grants == {}
         before = snapshot(controller, req.request_id)
         with pytest.raises(GrantExpired) as info:
-            req.finish(g, input_tokens=1_000, output_tokens=500)
-        assert info.value.settled_by == "expire"
-        with pytest.raises(GrantExpired):
             req.extend(g, 100)
+        assert info.value.settled_by == "expire"
         with pytest.raises(GrantExpired):
             req.release(g)
         assert snapshot(controller, req.request_id) == before
         assert controller.reap() == 0
+        req.finish(g, input_tokens=1_000, output_tokens=500)
+        assert controller.store.get(req.request_id).consumed == 1_500
+        with pytest.raises(GrantSettled):
+            req.finish(g, input_tokens=1_000, output_tokens=500)
 
 
 def test_async_reap_and_expired_grant() -> None:
@@ -405,8 +449,10 @@ def test_async_reap_and_expired_grant() -> None:
             assert await controller.areap() == 1
             before = snapshot(controller, req.request_id)
             with pytest.raises(GrantExpired):
-                await req.finish(g, input_tokens=1, output_tokens=1)
+                await req.renew(g)
             assert snapshot(controller, req.request_id) == before
+            await req.finish(g, input_tokens=1, output_tokens=1)
+            assert req.calls[g.grant_id].status == "late"
 
     asyncio.run(main())
 
@@ -935,7 +981,7 @@ class Recording(Policy):
         return input_tokens, 100 if output_tokens is None else output_tokens
 
     def learn(self, obs: Observation, outcome: float | None) -> None:
-        self.learned.append((obs.request_id, outcome, obs.state.status, list(obs.settled)))
+        self.learned.append((obs.request_id, outcome, obs.state.status, obs.usage()))
         if self.fail:
             raise ZeroDivisionError("bad update")
 

@@ -54,12 +54,12 @@ def test_events_record_every_operation() -> None:
     ledger.close(9.0, status="closed", outcome=0.5)
     assert ledger.events == [
         Event("open", 1.0, None, 0, 100, 0),
-        Event("begin", 2.0, "a", 1, 20, 10),
+        Event("begin", 2.0, "a", 1, 20, 10, asked=20),
         Event("extend", 3.0, "a", 1, 2, 5),
         Event("finish", 4.0, "a", 1, 22, 15, True, 0),
-        Event("begin", 5.0, "b", 2, 1, 1),
+        Event("begin", 5.0, "b", 2, 1, 1, asked=1),
         Event("release", 6.0, "b", 2, 1, 1, note="api error"),
-        Event("begin", 7.0, "b", 3, 1, 1),
+        Event("begin", 7.0, "b", 3, 1, 1, asked=1),
         Event("expire", 9.0, "b", late.grant_id, 1, 1, note="lease expired"),
         Event("close", 9.0, None, 0, 0, 0, note="closed"),
     ]

@@ -16,9 +16,11 @@ import secrets
 import time
 import warnings
 from collections.abc import Callable, Generator, Mapping
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
+from apportion.calls import CLOSED as CLOSED_CALL
+from apportion.calls import EXPIRED, OPEN, RELEASED, CallRecord
 from apportion.errors import (
     ApportionError,
     BudgetExceeded,
@@ -29,10 +31,12 @@ from apportion.errors import (
 )
 from apportion.ledger import CLOSED, FAILED, NANO, Grant, check_ceiling, check_tokens
 from apportion.policies import Policy, resolve_policy
-from apportion.policies.base import Observation
+from apportion.policies.base import Decision, Observation
 from apportion.pools import check_pool_name, check_priority
+from apportion.reaper import Reaper
 from apportion.spec import Pipeline
 from apportion.stores import Store, open_store
+from apportion.stores.base import Reaped
 from apportion.summary import Summary
 
 StoreCall = tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -55,12 +59,17 @@ class _Config:
         request_ttl: float,
         telemetry: Any = None,
         catalog: Any = None,
+        reap_every: float = 30.0,
     ) -> None:
         if not isinstance(pipeline, Pipeline):
             raise TypeError(
                 f"pipeline must be an apportion.Pipeline, not {type(pipeline).__name__}"
             )
-        for name, value in (("lease_seconds", lease_seconds), ("request_ttl", request_ttl)):
+        for name, value in (
+            ("lease_seconds", lease_seconds),
+            ("request_ttl", request_ttl),
+            ("reap_every", reap_every),
+        ):
             if not (isinstance(value, int | float) and value > 0 and not math.isnan(value)):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         self.pipeline = pipeline
@@ -69,6 +78,8 @@ class _Config:
         self.clock = clock
         self.lease_seconds = float(lease_seconds)
         self.request_ttl = float(request_ttl)
+        self.reap_every = float(reap_every)
+        self.next_reap = -math.inf
         self.ranks = {a.name: a.priority.rank for a in pipeline.agents}
         self.sinks: list[Any] = []
         if telemetry is not None:
@@ -144,6 +155,14 @@ class _Config:
             return {"model": model}
         return {"model": model, "prices": info.nano_prices()}
 
+    def reap_due(self) -> bool:
+        """Whether a lazy reap is due; if so, the next one is scheduled (one caller wins)."""
+        now = self.clock()
+        if now < self.next_reap:
+            return False
+        self.next_reap = now + self.reap_every
+        return True
+
     def new_id(self) -> str:
         return f"{self._prefix}-{next(self._counter)}"
 
@@ -202,6 +221,9 @@ class _Steps:
         if self.obs.state is not None:
             raise RuntimeError(f"request {self.obs.request_id!r} is already open")
         obs, config = self.obs, self.config
+        if config.reap_due():
+            with contextlib.suppress(ApportionError):  # the open itself will say what is wrong
+                yield from _reap(config)
         plan = config.policy.plan(obs)
         obs.state = yield (
             "open",
@@ -225,7 +247,8 @@ class _Steps:
         if output_tokens is not None:
             output_tokens = check_tokens("output_tokens", output_tokens)
         for attempt in range(2):
-            ctx, out, chosen = config.policy.route(obs, spec, input_tokens, output_tokens)
+            decision = Decision(*config.policy.route(obs, spec, input_tokens, output_tokens))
+            ctx, out, chosen = decision.context, decision.output, decision.model
             if out < spec.min_output or ctx < 0 or (ctx == 0 and input_tokens > 0):
                 if attempt == 0:  # the state may have moved under the policy: look again
                     obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)
@@ -237,27 +260,36 @@ class _Steps:
                     reason="not enough left for this agent to run",
                 )
             priced = _NO_KWARGS
-            if chosen is not None or model is not None or spec.model is not None:
-                use = (chosen if config.routes else None) or model or spec.model
+            use = model or spec.model
+            if chosen is not None or use is not None:
+                use = (chosen if config.routes else None) or use
                 priced = config.prices_for(agent, use, obs.ceiling_usd)
             elif self.ceiling_usd is not None:
                 priced = config.prices_for(agent, None, obs.ceiling_usd)
+            now = config.clock()
             try:
                 grant, obs.state = yield (
                     "begin",
-                    (obs.request_id, agent, ctx, out, config.clock(), config.lease_seconds),
-                    priced,
+                    (obs.request_id, agent, ctx, out, now, config.lease_seconds),
+                    {**priced, "asked": input_tokens},
                 )
             except BudgetExceeded:
                 if attempt:
                     raise
                 obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)  # raced: look again
             else:
-                if priced:  # the grant's model and prices, for the telemetry records
-                    obs.memo.setdefault("grant_prices", {})[grant.grant_id] = (
-                        priced.get("model"),
-                        priced.get("prices"),
-                    )
+                obs.calls[grant.grant_id] = CallRecord(
+                    agent,
+                    grant.grant_id,
+                    input_tokens,
+                    grant.context_tokens,
+                    grant.output_tokens,
+                    now,
+                    grant.lease_expires_at,
+                    model=priced.get("model", use),
+                    prices=priced.get("prices"),
+                    predicted_output=decision.predicted_output,
+                )
                 return grant  # type: ignore[no-any-return]
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -267,6 +299,7 @@ class _Steps:
         output_tokens = check_tokens("output_tokens", output_tokens)
         context_tokens = check_tokens("context_tokens", context_tokens)
         obs, config = self.obs, self.config
+        record = obs.calls.get(grant.grant_id)
         if grant.grant_id not in obs.state.grants:
             obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)
         extra = 0  # a settled grant goes to the store, which says how it was settled
@@ -275,22 +308,44 @@ class _Steps:
                 output_tokens, config.policy.extend(obs, grant, output_tokens, context_tokens)
             )
             if extra <= 0:
+                if record is not None:
+                    record.wrap_up = True
                 return None
         try:
-            grown, obs.state = yield (
-                "extend",
-                (
-                    obs.request_id,
-                    grant,
-                    extra,
-                    context_tokens,
-                    config.clock(),
-                    config.lease_seconds,
-                ),
-                _NO_KWARGS,
-            )
+            grown = yield from self._grow(grant, extra, context_tokens)
         except BudgetExceeded:
+            if record is not None:
+                record.wrap_up = True
             return None  # raced: nothing left to spare
+        if record is not None:
+            record.extensions += 1
+            record.extension_context += context_tokens
+            record.output_cap = grown.output_tokens
+        return grown
+
+    def renew(self, grant: Grant) -> Steps[Grant]:
+        self._usable()
+        self._own(grant)
+        return (yield from self._grow(grant, 0, 0))
+
+    def _grow(self, grant: Grant, output_tokens: int, context_tokens: int) -> Steps[Grant]:
+        """Extend ``grant`` in the store (a renewal when both are 0), renewing its lease."""
+        obs, config = self.obs, self.config
+        grown, obs.state = yield (
+            "extend",
+            (
+                obs.request_id,
+                grant,
+                output_tokens,
+                context_tokens,
+                config.clock(),
+                config.lease_seconds,
+            ),
+            _NO_KWARGS,
+        )
+        record = obs.calls.get(grant.grant_id)
+        if record is not None:
+            record.lease_expires_at = grown.lease_expires_at
         return grown  # type: ignore[no-any-return]
 
     def finish(
@@ -304,33 +359,43 @@ class _Steps:
         allocation = None
         if grant.grant_id in obs.state.grants:
             allocation = config.policy.on_finish(obs, grant, input_tokens, output_tokens, truncated)
+        now = config.clock()
         obs.state = yield (
             "finish",
-            (obs.request_id, grant, input_tokens, output_tokens, config.clock()),
+            (obs.request_id, grant, input_tokens, output_tokens, now),
             {"truncated": bool(truncated), "allocation": allocation},
         )
-        obs.settled.append((grant.agent, input_tokens, output_tokens, bool(truncated)))
+        record = obs.calls.get(grant.grant_id)
+        if record is not None:
+            record.finish(input_tokens, output_tokens, bool(truncated), now)
 
     def release(self, grant: Grant) -> Steps[None]:
         self._usable()
         self._own(grant)
         obs = self.obs
-        obs.state = yield ("release", (obs.request_id, grant, self.config.clock()), _NO_KWARGS)
+        now = self.config.clock()
+        obs.state = yield ("release", (obs.request_id, grant, now), _NO_KWARGS)
+        record = obs.calls.get(grant.grant_id)
+        if record is not None:
+            record.settle(RELEASED, now)
 
     def close(self, status: str) -> Steps[None]:
         self._usable()
         obs = self.obs
+        now = self.config.clock()
         try:
             obs.state = yield (
                 "close",
-                (obs.request_id, self.config.clock()),
+                (obs.request_id, now),
                 {"status": status, "outcome": self.outcome},
             )
         except RequestClosed:
             self.closed = True  # the store closed it already (``reap``: expired)
             obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)
+            _settle_open_calls(obs, now)
             raise
         self.closed = True
+        _settle_open_calls(obs, now)
         try:
             self.config.policy.learn(obs, self.outcome)
         except Exception as exc:  # learning must never break the request
@@ -348,8 +413,9 @@ class _Steps:
 
     def annotate(self, grant: Grant, fields: Mapping[str, Any]) -> None:
         self._own(grant)
-        notes: dict[int, dict[str, Any]] = self.obs.memo.setdefault("annotations", {})
-        notes.setdefault(grant.grant_id, {}).update(fields)
+        record = self.obs.calls.get(grant.grant_id)
+        if record is not None:
+            record.note(fields)
 
     def score(self, value: float) -> None:
         if (
@@ -361,6 +427,38 @@ class _Steps:
         if self.closed:
             raise RequestClosed(self.obs.request_id, self.obs.state.status)
         self.outcome = float(value)
+
+
+def _reap(config: _Config) -> Steps[int]:
+    """Expire ended leases and overdue requests store-wide; send the expired to telemetry.
+
+    An expired request's record is built from its stored state and events (its features
+    and integration notes stayed with the process that ran it, which may be gone). Requests
+    of another pipeline sharing the store are left to their own controllers' telemetry.
+    """
+    reaped: Reaped = yield ("reap_expired", (config.clock(),), _NO_KWARGS)
+    if config.sinks:
+        names = set(config.pipeline.names)
+        for request_id in reaped.expired:
+            try:
+                state = yield ("get", (request_id,), _NO_KWARGS)
+                events = yield ("events", (request_id,), _NO_KWARGS)
+            except ApportionError:
+                continue  # gone already (retention): nothing left to record
+            if set(state.ranks) != names:
+                continue
+            obs = Observation(request_id, config.pipeline, state.ceiling, {}, state)
+            from apportion.telemetry import emit
+
+            emit(config.sinks, obs, events)
+    return reaped.settled
+
+
+def _settle_open_calls(obs: Observation, now: float) -> None:
+    """At close: calls whose lease ran out expired; the others were released by the close."""
+    for record in obs.calls.values():
+        if record.status == OPEN:
+            record.settle(EXPIRED if record.lease_expires_at <= now else CLOSED_CALL, now)
 
 
 def _check_ceiling_usd(config: _Config, value: object) -> int:
@@ -447,6 +545,11 @@ class _RequestBase:
     def closed(self) -> bool:
         """Whether the request has closed."""
         return self._steps.closed
+
+    @property
+    def calls(self) -> Mapping[int, CallRecord]:
+        """One record per grant of this request, by grant id (see :mod:`apportion.calls`)."""
+        return MappingProxyType(self._steps.obs.calls)
 
     @property
     def routes(self) -> bool:
@@ -575,6 +678,18 @@ class Request(_RequestBase):
         """Settle a grant as unused (the call failed before using tokens)."""
         _run(self._steps.config.store, self._steps.release(grant))
 
+    def renew(self, grant: Grant) -> Grant:
+        """Renew the lease of a call still running (a long stream), from now.
+
+        Returns:
+            The grant with its new ``lease_expires_at``.
+
+        Raises:
+            GrantExpired: the lease already ran out (``finish`` still records the usage).
+            GrantSettled, ForeignGrant, RequestClosed: nothing changes.
+        """
+        return _run(self._steps.config.store, self._steps.renew(grant))
+
     def completion(self, agent: str, **kwargs: Any) -> Any:
         """A budgeted ``litellm.completion`` for ``agent`` (needs the ``litellm`` extra).
 
@@ -655,6 +770,10 @@ class AsyncRequest(_RequestBase):
         """Async :meth:`Request.release`."""
         await _arun(self._steps.config.store, self._steps.release(grant))
 
+    async def renew(self, grant: Grant) -> Grant:
+        """Async :meth:`Request.renew`."""
+        return await _arun(self._steps.config.store, self._steps.renew(grant))
+
     async def close(self, status: str = CLOSED) -> None:
         """Async :meth:`Request.close`."""
         await _arun(self._steps.config.store, self._steps.close(status))
@@ -676,6 +795,10 @@ class Controller:
             Writing telemetry never blocks or breaks a request.
         catalog: the model catalog (:class:`~apportion.catalog.Catalog`, or the path of a
             YAML catalog file); default LiteLLM's bundled model cost map, read on first use.
+        reap_every: at most how often (seconds) opening a request first reaps the store:
+            grants whose lease ended and requests past their time to live are settled, their
+            tokens (and pool draws) returned, and expired requests sent to telemetry,
+            without anyone calling :meth:`reap`.
 
     Raises:
         UnknownPolicy, UnknownStore: the name or URL is not registered.
@@ -692,9 +815,18 @@ class Controller:
         request_ttl: float = 3600.0,
         telemetry: Any = None,
         catalog: Any = None,
+        reap_every: float = 30.0,
     ) -> None:
         self._config = _Config(
-            pipeline, policy, store, clock, lease_seconds, request_ttl, telemetry, catalog
+            pipeline,
+            policy,
+            store,
+            clock,
+            lease_seconds,
+            request_ttl,
+            telemetry,
+            catalog,
+            reap_every,
         )
 
     @property
@@ -762,12 +894,32 @@ class Controller:
         )
 
     def reap(self) -> int:
-        """Reclaim grants whose lease ended and close overdue requests, store-wide."""
-        return self._config.store.reap(self._config.clock())
+        """Reclaim grants whose lease ended and close overdue requests, store-wide.
+
+        Requests closed as expired reach the telemetry sinks. The controller also does this
+        by itself when a request opens, at most every ``reap_every`` seconds, and
+        :meth:`start_reaper` does it on a timer while no request opens.
+
+        Returns:
+            How many grants and requests were settled.
+        """
+        return _run(self._config.store, _reap(self._config))
 
     async def areap(self) -> int:
         """Async :meth:`reap`."""
-        return await self._config.store.areap(self._config.clock())
+        return await _arun(self._config.store, _reap(self._config))
+
+    def start_reaper(self, every: float | None = None) -> Reaper:
+        """Reap on a timer in a daemon thread, until the returned reaper is stopped.
+
+        Args:
+            every: seconds between reaps (default: the controller's ``reap_every``).
+
+        Returns:
+            The running :class:`~apportion.reaper.Reaper` (``stop()``, or use it in
+            ``with``).
+        """
+        return Reaper(self.reap, self._config.reap_every if every is None else every).start()
 
 
 class AsyncController(Controller):

@@ -13,38 +13,51 @@ from apportion.stores.base import LedgerView
 class AgentUsage:
     """One agent's line of a summary.
 
+    ``reserved`` and ``consumed`` add up, over the agents, to the request's totals, and
+    ``held`` to what the free pool keeps for agents not started; ``allocated`` is the
+    policy's plan, advisory: it is not a share of the ceiling and need not add up to it.
+
     Attributes:
-        allocated: tokens the policy planned for it.
+        allocated: tokens the policy plans for the agent (its latest plan; advisory).
         reserved: tokens held by its open grants.
-        consumed: tokens its settled calls used (charged to the ceiling).
-        free: what is left of its allocation (allocated - reserved - consumed, at least 0).
+        consumed: tokens its settled calls used, charged to the ceiling.
+        held: tokens of the free pool reserved for it until it starts (0 once started).
         calls: grants it began.
-        truncated_calls: calls settled as cut.
-        overuse: tokens its calls used beyond their grants.
+        input_cut_calls: calls granted less context than the input it had in hand.
+        truncated_calls: calls whose answer was cut at the output cap.
+        overuse: tokens its calls used beyond their grants (a late call: all its usage).
         cost_usd: USD its settled calls cost (0 when its grants carried no prices).
     """
 
     allocated: int
     reserved: int
     consumed: int
-    free: int
+    held: int
     calls: int
+    input_cut_calls: int
     truncated_calls: int
     overuse: int
     cost_usd: float = 0.0
 
+    @property
+    def remaining(self) -> int:
+        """What is left of its plan: ``allocated - reserved - consumed``, at least 0."""
+        return max(0, self.allocated - self.reserved - self.consumed)
+
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """A request's budget at one moment.
+    """A request's budget at one moment: ``consumed + reserved + free == ceiling``.
 
     Attributes:
         request_id: the request.
         status: ``open``, ``closed``, ``failed`` or ``expired``.
         ceiling: the token ceiling.
-        reserved: tokens held by open grants.
-        consumed: tokens charged to the ceiling.
-        free: ``ceiling - reserved - consumed``.
+        reserved: tokens held by open grants (the sum of the agents' ``reserved``).
+        consumed: tokens charged to the ceiling (the sum of the agents' ``consumed``).
+        free: ``ceiling - reserved - consumed``; ``held`` of it is kept for agents not
+            started.
+        held: tokens of ``free`` reserved for agents not started (the sum of their ``held``).
         overflow: tokens providers reported beyond the ceiling (not charged to it).
         outcome: the outcome score, if one was given.
         agents: one :class:`AgentUsage` per agent, in execution order.
@@ -58,6 +71,7 @@ class Summary:
     reserved: int
     consumed: int
     free: int
+    held: int
     overflow: int
     outcome: float | None
     agents: dict[str, AgentUsage]
@@ -67,21 +81,20 @@ class Summary:
     @classmethod
     def of(cls, state: LedgerView, names: Iterable[str]) -> Summary:
         """Summarise a ledger's state."""
-        agents = {}
-        for name in names:
-            allocated = state.allocation[name]
-            reserved = state.reserved_by[name]
-            consumed = state.consumed_by[name]
-            agents[name] = AgentUsage(
-                allocated,
-                reserved,
-                consumed,
-                max(0, allocated - reserved - consumed),
+        agents = {
+            name: AgentUsage(
+                state.allocation[name],
+                state.reserved_by[name],
+                state.consumed_by[name],
+                state.reserve.get(name, 0),
                 state.calls[name],
+                state.input_cut_calls[name],
                 state.truncated_calls[name],
                 state.overuse_by[name],
                 state.cost_by[name] / 1e9,
             )
+            for name in names
+        }
         return cls(
             state.request_id,
             state.status,
@@ -89,6 +102,7 @@ class Summary:
             state.reserved,
             state.consumed,
             state.free,
+            sum(state.reserve.values()),
             state.overflow,
             state.outcome,
             agents,
@@ -101,49 +115,58 @@ class Summary:
         return asdict(self)
 
     def __str__(self) -> str:
-        header = ("agent", "allocated", "reserved", "consumed", "free", "calls", "cut", "overuse")
-        rows: list[tuple[str, ...]] = [header]
-        for name, u in self.agents.items():
-            rows.append(
-                (
-                    name,
-                    *map(
-                        str,
-                        (
-                            u.allocated,
-                            u.reserved,
-                            u.consumed,
-                            u.free,
-                            u.calls,
-                            u.truncated_calls,
-                            u.overuse,
-                        ),
-                    ),
-                )
-            )
-        rows.append(
-            (
-                "total",
-                str(self.ceiling),
-                str(self.reserved),
-                str(self.consumed),
-                str(self.free),
-                "",
-                "",
-                str(self.overflow) if self.overflow else "",
-            )
+        header = (
+            "agent",
+            "planned",
+            "held",
+            "open",
+            "consumed",
+            "calls",
+            "input cut",
+            "output cut",
+            "overuse",
         )
+        rows: list[tuple[str, ...]] = [header]  # the summary's columns, as text
+        counts = [_counts(u) for u in self.agents.values()]
+        for name, numbers in zip(self.agents, counts, strict=True):
+            rows.append((name, *map(str, numbers)))
+        summed = [sum(column) for column in zip(*counts, strict=True)] if counts else [0] * 8
+        rows.append(("total", "", *map(str, summed[1:])))
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = [f"request {self.request_id} ({self.status}), ceiling {self.ceiling}"]
+        lines = [
+            f"request {self.request_id} ({self.status}): ceiling {self.ceiling} = consumed "
+            f"{self.consumed} + open {self.reserved} + free {self.free}"
+            + (f" (held for agents not started: {self.held})" if self.held else "")
+        ]
         for i, row in enumerate(rows):
-            cells = [row[0].ljust(widths[0])] + [
-                c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-            ]
-            lines.append("  ".join(cells).rstrip())
+            line = [row[0].ljust(widths[0])]
+            line += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+            lines.append("  ".join(line).rstrip())
             if i == 0 or i == len(rows) - 2:
                 lines.append("  ".join("-" * w for w in widths))
+        lines.append(
+            "planned: the policy's plan (advisory, not summed); held: kept in the free pool for "
+            "an agent until it starts; open: held by open grants; input cut: calls granted "
+            "less context than they had in hand; output cut: answers cut at the cap"
+        )
+        if self.overflow:
+            lines.append(f"overflow {self.overflow}: used beyond the ceiling, not charged to it")
         if self.cost_usd or self.ceiling_usd is not None:
             per_agent = ", ".join(f"{n} {u.cost_usd:.6f}" for n, u in self.agents.items())
             cap = f" of {self.ceiling_usd:.6f}" if self.ceiling_usd is not None else ""
             lines.append(f"cost {self.cost_usd:.6f}{cap} USD: {per_agent}")
         return "\n".join(lines)
+
+
+def _counts(u: AgentUsage) -> tuple[int, ...]:
+    """An agent's numbers, in the order of the printed columns."""
+    return (
+        u.allocated,
+        u.held,
+        u.reserved,
+        u.consumed,
+        u.calls,
+        u.input_cut_calls,
+        u.truncated_calls,
+        u.overuse,
+    )

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from apportion import Agent, Pipeline
+from apportion.calls import CallRecord
 from apportion.policies.base import Observation
 from apportion.policies.learned import LearnedPolicy
 from apportion.policies.needs import _with_censored
@@ -119,6 +120,7 @@ def test_cut_calls_lengthen_the_tail() -> None:
 def test_the_need_model_learns_the_input_in_hand_not_what_was_read() -> None:
     pipe = Pipeline([Agent("a", priority="critical")])
     obs = Observation("r1", pipe, 4000, {"messages": 3})
-    obs.memo["calls"] = [("a", 300, 1200, 100.0)]
-    obs.settled.append(("a", 300, 90, False))
+    call = CallRecord("a", 1, 1200, 300, 500, 0.0, predicted_output=100.0)
+    call.finish(300, 90, False, 1.0)
+    obs.calls[1] = call
     assert LearnedPolicy._usage(obs) == [("a", 1200, 90, False)]

@@ -20,7 +20,10 @@ draw is refused whatever the policy says. A policy should nonetheless grant with
 ``obs.state.available_for(agent)``; the controller refuses a grant whose output is below
 the agent's ``min_output``, raising :class:`~apportion.errors.BudgetExceeded`.
 Policy objects are shared by all requests of a controller, across threads: hooks must not
-keep per-request state on ``self`` (use ``obs.memo``) and must lock what they share.
+keep per-request state on ``self`` (use ``obs.memo`` for scratch work) and must lock what
+they share. What happened to each call is in ``obs.calls``, one
+:class:`~apportion.calls.CallRecord` per grant keyed by grant id; a policy that predicts a
+call's output need returns it in its :class:`Decision`, and finds it again on the record.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import abc
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
+from apportion.calls import CallRecord
 from apportion.ledger import Grant
 from apportion.spec import Agent, OutputKind, Pipeline
 from apportion.stores.base import LedgerView
@@ -46,6 +50,23 @@ class Plan(NamedTuple):
     reserve: Mapping[str, int] = {}
 
 
+class Decision(NamedTuple):
+    """What a policy decides for one call (:meth:`Policy.route`).
+
+    Attributes:
+        context: context tokens to grant.
+        output: output tokens to grant.
+        model: the model to call (a routing policy's choice), or ``None``.
+        predicted_output: the output the policy expects the call to need, if it predicted
+            one (kept on the call's record).
+    """
+
+    context: int
+    output: int
+    model: str | None = None
+    predicted_output: float | None = None
+
+
 class Observation:
     """Everything a policy may see about one request.
 
@@ -55,13 +76,14 @@ class Observation:
         ceiling: the request's token ceiling.
         features: the request's features (message count, document length, ...).
         state: the ledger's state after the latest operation.
-        settled: the calls settled so far: ``(agent, input_tokens, output_tokens, truncated)``.
-        memo: scratch space for the policy's notes about this request.
+        calls: one record per grant begun so far, by grant id (in grant order).
+        memo: scratch space for the policy's own work on this request.
         ceiling_usd: the request's cost ceiling in USD, or ``None``.
         catalog: the controller's model catalog (prices, limits, capability), or ``None``.
     """
 
     __slots__ = (
+        "calls",
         "catalog",
         "ceiling",
         "ceiling_usd",
@@ -69,7 +91,6 @@ class Observation:
         "memo",
         "pipeline",
         "request_id",
-        "settled",
         "state",
     )
 
@@ -86,10 +107,20 @@ class Observation:
         self.ceiling = ceiling
         self.features = features
         self.state: LedgerView = state  # type: ignore[assignment]
-        self.settled: list[tuple[str, int, int, bool]] = []
+        self.calls: dict[int, CallRecord] = {}
         self.memo: dict[str, Any] = {}
         self.ceiling_usd: float | None = None
         self.catalog: Any = None
+
+    def finished(self) -> list[CallRecord]:
+        """The calls that reported their usage, in grant order."""
+        return [c for c in self.calls.values() if c.finished]
+
+    def usage(self) -> list[tuple[str, int, int, bool]]:
+        """``(agent, input_tokens, output_tokens, truncated)`` of each finished call."""
+        return [
+            (c.agent, c.input_used or 0, c.output_used or 0, c.truncated) for c in self.finished()
+        ]
 
     def unstarted(self, *, besides: str | None = None) -> list[Agent]:
         """Agents that have not begun a call yet, in execution order."""
@@ -124,15 +155,15 @@ class Policy(abc.ABC):
 
     def route(
         self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
-    ) -> tuple[int, int, str | None]:
-        """Decide ``(context_tokens, output_tokens, model)`` for one call of ``agent``.
+    ) -> Decision:
+        """Decide the context, the output and the model of one call of ``agent``.
 
-        What the controller asks. ``model`` is a catalog name, or ``None`` for the caller's
+        What the controller asks. The model is a catalog name, or ``None`` for the caller's
         own model; it is obeyed only when the policy ``routes``. Default: :meth:`grant`
         and no model.
         """
         ctx, out = self.grant(obs, agent, input_tokens, output_tokens)
-        return ctx, out, None
+        return Decision(ctx, out)
 
     def on_finish(
         self,
@@ -145,7 +176,7 @@ class Policy(abc.ABC):
         """Return a new planned allocation once this call settles, or ``None`` to keep it.
 
         Called before the store settles the call; it must not change anything (the
-        settlement may still be refused). Settled calls are listed in ``obs.settled``.
+        settlement may still be refused). The call's record is ``obs.calls[grant.grant_id]``.
         """
         return None
 

@@ -84,7 +84,7 @@ class Constrained(Policy):
         self.requests += 1
         for agent, tokens in obs.state.consumed_by.items():
             self.consumed[agent] = self.consumed.get(agent, 0.0) + tokens
-        for agent, input_tokens, output_tokens, _ in obs.settled:
+        for agent, input_tokens, output_tokens, _ in obs.usage():
             row = self.usage.setdefault(agent, [0, 0, 0])
             row[0] += 1
             row[1] += input_tokens

@@ -84,7 +84,7 @@ import numpy as np
 
 from apportion.errors import ApportionError, PolicyConfigError
 from apportion.ledger import Grant
-from apportion.policies.base import Observation, clip_output
+from apportion.policies.base import Decision, Observation, clip_output
 from apportion.policies.outcome_model import OutcomeModel, output_cost
 from apportion.policies.predicting import PredictingPolicy
 from apportion.policies.tradeoff import (
@@ -301,6 +301,12 @@ class LearnedPolicy(PredictingPolicy):
         self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
     ) -> tuple[int, int]:
         """Share the pool between this call and the agents after it (module docstring)."""
+        return self.route(obs, agent, input_tokens, output_tokens)[:2]
+
+    def route(
+        self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
+    ) -> Decision:
+        """:meth:`grant`, with the predicted output need kept on the call's record."""
         predicted = self.predicted_output(obs, agent, input_tokens)
         most = None if output_tokens is None else max(output_tokens, agent.min_output)
         if most is not None and agent.max_output is not None:
@@ -324,8 +330,7 @@ class LearnedPolicy(PredictingPolicy):
         ctx, out = chosen if chosen is not None else (min(input_tokens, pool), 0)
         ctx = min(ctx, input_tokens)
         out = min(out, pool - ctx)
-        obs.memo.setdefault("calls", []).append((agent.name, ctx, input_tokens, predicted))
-        return ctx, clip_output(max(out, 0), output_tokens)
+        return Decision(ctx, clip_output(max(out, 0), output_tokens), None, predicted)
 
     def extend(
         self, obs: Observation, grant: Grant, output_tokens: int, context_tokens: int
@@ -339,7 +344,8 @@ class LearnedPolicy(PredictingPolicy):
         pool = obs.state.available_for(agent.name)
         if most <= 0 or pool <= context_tokens:
             return 0
-        predicted = self._predicted_of(obs, agent.name)
+        record = obs.calls.get(grant.grant_id)
+        predicted = None if record is None else record.predicted_output
         after = self._curves_after(obs, agent)
         gain = self._least_gain(obs)
         _, stay = divide(after, pool, least_gain=gain)
@@ -357,18 +363,11 @@ class LearnedPolicy(PredictingPolicy):
             return 0
         return min(output_tokens, got[0])
 
-    @staticmethod
-    def _predicted_of(obs: Observation, agent: str) -> float | None:
-        for name, _, _, predicted in reversed(obs.memo.get("calls", ())):
-            if name == agent:
-                return float(predicted)
-        return None
-
     # ------------------------------------------------------------ learning
 
     def learn(self, obs: Observation, outcome: float | None) -> None:
         """Learn needs from the usage, and the agents' weights from the outcome (if valid)."""
-        if obs.settled:
+        if obs.finished():
             self._model(obs).observe(obs.features, self._usage(obs))
         try:
             value = check_outcome(outcome)
@@ -391,17 +390,15 @@ class LearnedPolicy(PredictingPolicy):
 
     @staticmethod
     def _usage(obs: Observation) -> list[tuple[str, int, int, bool]]:
-        """The settled calls, each with the input it had in hand rather than what it read.
+        """The finished calls, each with the input it had in hand rather than what it read.
 
         A cut input read less than it needed; learning from what it read would predict
         less and less for an agent the policy keeps cutting.
         """
-        granted = _grants(obs)
-        usage = []
-        for name, read, wrote, truncated in obs.settled:
-            calls = granted.get(name)
-            usage.append((name, max(read, calls.pop(0)[1]) if calls else read, wrote, truncated))
-        return usage
+        return [
+            (c.agent, max(c.input_used or 0, c.input_asked), c.output_used or 0, c.truncated)
+            for c in obs.finished()
+        ]
 
     def row(self, obs: Observation) -> np.ndarray | None:
         """What each agent's cuts cost in this request, as a regression row.
@@ -409,25 +406,25 @@ class LearnedPolicy(PredictingPolicy):
         ``None`` when the request teaches nothing about the weights: a structured answer
         was cut (its outcome is 0 whatever they are), or a call was never granted.
         """
-        calls = _grants(obs)
-        if not obs.settled:
+        finished = obs.finished()
+        if not finished:
             return None
         input_cost: dict[str, float] = {}
         out_cost: dict[str, float] = {}
         missing: dict[str, float] = {}  # what a cut answer is expected to lack
-        for name, _, wrote, truncated in obs.settled:
-            granted = calls.get(name)
-            if not granted:
-                return None
-            ctx, avail, predicted = granted.pop(0)
+        for call in finished:
+            name, ctx, wrote = call.agent, call.context_granted, call.output_used or 0
             agent = obs.pipeline[name]
             # the input lacked what the cut answers it reads lacked
-            need = avail + sum(missing.get(u, 0.0) for u in agent.after)
+            need = call.input_asked + sum(missing.get(u, 0.0) for u in agent.after)
             if ctx < need:
                 input_cost[name] = input_cost.get(name, 0.0) - math.log(max(ctx, 1) / need)
-            if truncated:
+            if call.truncated:
                 if agent.output_kind is OutputKind.STRUCTURED:
                     return None
+                predicted = call.predicted_output
+                if predicted is None:
+                    predicted = float(call.output_cap)
                 needs = self._errors(obs, agent) * max(predicted, 1.0)
                 cost, lack = output_cost(agent.output_kind.value, wrote, needs)
                 out_cost[name] = out_cost.get(name, 0.0) + cost
@@ -648,11 +645,3 @@ class LearnedPolicy(PredictingPolicy):
                 for name, model in models.items()
             },
         }
-
-
-def _grants(obs: Observation) -> dict[str, list[tuple[int, int, float]]]:
-    """``(context, input in hand, predicted output)`` of each grant, per agent, in order."""
-    calls: dict[str, list[tuple[int, int, float]]] = {}
-    for name, ctx, avail, predicted in obs.memo.get("calls", ()):
-        calls.setdefault(name, []).append((ctx, avail, predicted))
-    return calls

@@ -218,9 +218,10 @@ class PredictingPolicy(Policy):
         return max(0, min(output_tokens, spare))
 
     def learn(self, obs: Observation, outcome: float | None) -> None:
-        """Fold the request's settled calls into the need model."""
-        if obs.settled:
-            self._model(obs).observe(obs.features, obs.settled)
+        """Fold the request's finished calls into the need model."""
+        usage = obs.usage()
+        if usage:
+            self._model(obs).observe(obs.features, usage)
 
 
 def _fit(needs: dict[str, int], total: int) -> dict[str, int]:

@@ -43,7 +43,7 @@ from typing import Any
 
 from apportion.errors import PolicyConfigError
 from apportion.ledger import Grant
-from apportion.policies.base import Observation, Plan, Policy
+from apportion.policies.base import Decision, Observation, Plan, Policy
 from apportion.policies.learned import check_outcome
 from apportion.spec import Agent, Priority
 
@@ -268,6 +268,12 @@ class Rollout(Policy):
     ) -> tuple[int, int]:
         """The chosen side's grant."""
         return self._policy(obs).grant(obs, agent, input_tokens, output_tokens)
+
+    def route(
+        self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
+    ) -> Decision:
+        """The chosen side's decision (its model and prediction included)."""
+        return self._policy(obs).route(obs, agent, input_tokens, output_tokens)
 
     def on_finish(
         self,

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from apportion.errors import PolicyConfigError
-from apportion.policies.base import Observation, clip_output
+from apportion.policies.base import Decision, Observation, clip_output
 from apportion.policies.elastic import ElasticPolicy
 from apportion.spec import Agent
 
@@ -169,12 +169,11 @@ class RoutedPolicy(ElasticPolicy):
 
     def route(
         self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
-    ) -> tuple[int, int, str | None]:
-        """Choose ``(context_tokens, output_tokens, model)`` for this call (see the module)."""
+    ) -> Decision:
+        """Choose the context, the output and the model of this call (see the module)."""
         models = self._models(obs)
         if not models:
-            ctx, out = self.grant(obs, agent, input_tokens, output_tokens)
-            return ctx, out, None
+            return Decision(*self.grant(obs, agent, input_tokens, output_tokens))
         state = obs.state
         available = state.available_for(agent.name)
         left = state.cost_available()
@@ -198,10 +197,10 @@ class RoutedPolicy(ElasticPolicy):
             fitting = [o for o in mine if o[0] + o[1] <= available and o[2] <= usd]
             fitting += self._shrunk(obs, agent, float(input_tokens), models, available, usd)
             if not fitting:
-                return 0, 0, None
+                return Decision(0, 0)
             best = max(fitting, key=lambda o: (o[3] - floor * o[2], -o[2]))
         ctx, out, _, _, name = best
-        return ctx, clip_output(out, output_tokens), name
+        return Decision(ctx, clip_output(out, output_tokens), name)
 
 
 def _multipliers(

@@ -12,26 +12,27 @@ What a call record says:
 - ``used_input`` / ``used_output``: the usage reported by ``finish`` (``None`` for a call
   released or expired without usage);
 - ``truncated``: the output was cut at its cap (reported by ``finish``);
-  ``input_cut``: the input was cut to fit the context grant (annotated by integrations);
-  a call *hit the ceiling* (:attr:`CallUsage.ceiling_hit`) when either is true;
+  ``input_cut``: the grant's context was smaller than the input the agent had in hand
+  (``begin``'s ``input_tokens``), ``dropped_tokens`` by how much (or as many as an
+  integration's fitting dropped); a call *hit the ceiling* (:attr:`CallUsage.ceiling_hit`)
+  when either is true;
 - ``settled``: ``finish``, ``release`` (released by the caller), ``expire`` (lease ran
-  out) or ``close`` (still open when the request closed).
+  out) or ``close`` (still open when the request closed). A ``finish`` after the lease
+  expired is late: all of its usage is ``overuse``.
 
-Annotations an integration attached with ``req.annotate(grant, ...)`` are read from
-``obs.memo["annotations"][grant_id]``; every field is optional and a value of the wrong
-type is ignored rather than trusted: ``model``, ``cost_usd``, ``usage_estimated``,
-``input_cut``, ``dropped_tokens``, ``finish_reason``. Where none is annotated, ``model``
-is the grant's (the caller's ``model=`` or a routing policy's choice) and ``cost_usd`` is
-the settled usage at the grant's catalog prices (``obs.memo["grant_prices"]``).
+The rest comes from the request's :class:`~apportion.calls.CallRecord` (``obs.calls``),
+when this process ran it: the model and cost of the call, and what its integration noted
+(``finish_reason``, ``usage_estimated``, ``dropped_tokens``). A request reaped by another
+process has only its events: those fields stay ``None``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from apportion.calls import CallRecord
 from apportion.ledger import STATUSES, Event
 
 __all__ = ["SCHEMA_VERSION", "CallUsage", "RequestUsage", "RolloutRecord", "usage_from"]
@@ -203,10 +204,6 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
     """
     state = obs.state
     pipeline = obs.pipeline
-    notes: Mapping[Any, Any] = {}
-    memo = getattr(obs, "memo", None)
-    if isinstance(memo, Mapping) and isinstance(memo.get("annotations"), Mapping):
-        notes = memo["annotations"]
     priorities = {a.name: str(a.priority) for a in pipeline.agents}
     calls: dict[int, dict[str, Any]] = {}
     opened_at: float | None = None
@@ -227,10 +224,11 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
                 "extensions": 0,
                 "began_at": float(event.at),
                 "settled": "close",
+                **_input_cut(event.asked, event.context_tokens),
             }
         elif event.grant_id in calls:
             call = calls[event.grant_id]
-            if kind == "extend":
+            if kind == "extend" and (event.context_tokens or event.output_tokens):
                 call["granted_context"] += event.context_tokens
                 call["granted_output"] += event.output_tokens
                 call["extensions"] += 1
@@ -248,15 +246,13 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
             elif kind == "release":
                 how = "close" if event.note in STATUSES else "release"
                 call.update(settled=how, at=float(event.at))
-    priced: Mapping[Any, Any] = {}
-    if isinstance(memo, Mapping) and isinstance(memo.get("grant_prices"), Mapping):
-        priced = memo["grant_prices"]
+    kept: Mapping[int, CallRecord] = getattr(obs, "calls", None) or {}
     records = []
     for grant_id, call in calls.items():
         agent = str(call.pop("agent"))
-        note = notes.get(grant_id)
-        extra = _annotations(note) if isinstance(note, Mapping) else {}
-        _grant_cost(priced.get(grant_id), call, extra)
+        record = kept.get(grant_id)
+        if record is not None:
+            call.update(_from_record(record))
         records.append(
             CallUsage(
                 request_id=str(obs.request_id),
@@ -264,7 +260,6 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
                 agent=agent,
                 priority=priorities.get(agent),
                 **call,
-                **extra,
             )
         )
     outcome = state.outcome
@@ -285,46 +280,29 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
     )
 
 
-def _grant_cost(priced: Any, call: Mapping[str, Any], extra: dict[str, Any]) -> None:
-    """Fill ``model`` and ``cost_usd`` from the grant where no integration annotated them.
-
-    The cost is the settled usage at the grant's nano-USD prices.
-    """
-    if not isinstance(priced, tuple) or len(priced) != 2:
-        return
-    model, prices = priced
-    if "model" not in extra and isinstance(model, str) and model:
-        extra["model"] = model
-    used_in, used_out = call.get("used_input"), call.get("used_output")
-    if (
-        "cost_usd" not in extra
-        and isinstance(prices, tuple)
-        and len(prices) == 2
-        and isinstance(used_in, int)
-        and isinstance(used_out, int)
-    ):
-        extra["cost_usd"] = (used_in * prices[0] + used_out * prices[1]) / 1e9
+def _input_cut(asked: int, granted: int) -> dict[str, Any]:
+    """``input_cut`` and ``dropped_tokens`` of a begin event (``asked`` 0: not known)."""
+    if asked > granted:
+        return {"input_cut": True, "dropped_tokens": asked - granted}
+    return {"input_cut": False} if asked else {}
 
 
-def _annotations(note: Mapping[str, Any]) -> dict[str, Any]:
-    """The annotations of one call that have a usable value, under their record names."""
+def _from_record(record: CallRecord) -> dict[str, Any]:
+    """What a call's record adds to its events: model, cost and its integration's notes."""
     out: dict[str, Any] = {}
-    model = note.get("model")
-    if isinstance(model, str) and model:
+    notes = record.notes
+    model = notes.get("model", record.model)
+    if model:
         out["model"] = model
-    reason = note.get("finish_reason")
-    if isinstance(reason, str) and reason:
-        out["finish_reason"] = reason
-    cost = note.get("cost_usd")
-    if isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost):
-        out["cost_usd"] = float(cost)
-    for name, key in (("usage_estimated", "estimated"), ("input_cut", "input_cut")):
-        flag = note.get(name)
-        if isinstance(flag, bool):
-            out[key] = flag
-    dropped = note.get("dropped_tokens")
-    if isinstance(dropped, int) and not isinstance(dropped, bool) and dropped >= 0:
+    cost = record.cost_usd
+    if cost is not None:
+        out["cost_usd"] = cost
+    if "finish_reason" in notes:
+        out["finish_reason"] = notes["finish_reason"]
+    if "usage_estimated" in notes:
+        out["estimated"] = notes["usage_estimated"]
+    dropped = notes.get("dropped_tokens")
+    if dropped:
+        out["input_cut"] = True
         out["dropped_tokens"] = dropped
-        if dropped and "input_cut" not in out:
-            out["input_cut"] = True
     return out

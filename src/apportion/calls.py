@@ -1,0 +1,159 @@
+"""The call record: one typed record per grant, keyed by its grant id.
+
+The controller keeps a :class:`CallRecord` for every grant a request begins, in
+``Observation.calls``; policies learn from it, summaries count from it, telemetry writes
+it. It says what the agent asked for (the input it had in hand), what it was granted (the
+context and the output cap, extensions included), what it used, whether its input or its
+output was cut, how it ended, on which model and at what cost, and when.
+
+Statuses:
+
+* ``open``: the grant is not settled yet;
+* ``completed``: finished, its answer not cut;
+* ``cut``: finished with its answer cut at the cap (no extension was asked, or the caller
+  stopped asking);
+* ``wrapped_up``: the policy refused an extension (``extend`` returned ``None``) and the
+  call finished as it could;
+* ``late``: finished after its lease expired (the usage is recorded as over-use);
+* ``released``: released by the caller (the call failed before using tokens);
+* ``expired``: its lease ran out and it was never finished;
+* ``closed``: still open when the request closed (released by the close).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+OPEN: Final = "open"
+COMPLETED: Final = "completed"
+CUT: Final = "cut"
+WRAPPED_UP: Final = "wrapped_up"
+LATE: Final = "late"
+RELEASED: Final = "released"
+EXPIRED: Final = "expired"
+CLOSED: Final = "closed"
+STATUSES: Final = (OPEN, COMPLETED, CUT, WRAPPED_UP, LATE, RELEASED, EXPIRED, CLOSED)
+FINISHED: Final = frozenset({COMPLETED, CUT, WRAPPED_UP, LATE})
+"""Statuses of a call that reported its usage."""
+
+NOTES: Final = {
+    "model": str,
+    "cost_usd": float,
+    "usage_estimated": bool,
+    "dropped_tokens": int,
+    "finish_reason": str,
+}
+"""What an integration may note on a call (``req.annotate``), and each note's type."""
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One grant of a request, from its begin to its settlement.
+
+    Attributes:
+        agent: the agent that called.
+        grant_id: the grant's id in the request.
+        input_asked: input tokens the agent had in hand at ``begin``.
+        context_granted: context tokens granted (extensions included).
+        output_cap: output tokens granted (extensions included).
+        began_at: clock time of ``begin``.
+        lease_expires_at: when the grant's lease ends (renewals and extensions move it).
+        model: the model of the grant (the caller's or a routing policy's), or ``None``.
+        prices: the grant's ``(input, output)`` prices in nano-USD per token, or ``None``.
+        predicted_output: the policy's predicted output need at ``begin``, if it made one.
+        extensions: extensions granted (lease renewals not counted).
+        extension_context: context tokens added by extensions (prompts resent to continue).
+        wrap_up: the policy refused an extension: the agent had to wrap up.
+        input_used: input tokens the provider billed, once finished.
+        output_used: output tokens the provider billed, once finished.
+        truncated: the caller reported the answer cut at its cap.
+        overuse: tokens used beyond the grant (all of a late call's usage).
+        status: see the module docstring.
+        settled_at: clock time of the settlement, once settled.
+        notes: what an integration noted (see :data:`NOTES`): ``finish_reason``,
+            ``usage_estimated``, ``dropped_tokens``, ``model``, ``cost_usd``.
+    """
+
+    agent: str
+    grant_id: int
+    input_asked: int
+    context_granted: int
+    output_cap: int
+    began_at: float
+    lease_expires_at: float = math.inf
+    model: str | None = None
+    prices: tuple[int, int] | None = None
+    predicted_output: float | None = None
+    extensions: int = 0
+    extension_context: int = 0
+    wrap_up: bool = False
+    input_used: int | None = None
+    output_used: int | None = None
+    truncated: bool = False
+    overuse: int = 0
+    status: str = OPEN
+    settled_at: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_cut(self) -> bool:
+        """Whether the grant gave less context than the input the agent had in hand."""
+        return self.context_granted < self.input_asked
+
+    @property
+    def granted(self) -> int:
+        """Tokens granted in all: context, extension context and output cap."""
+        return self.context_granted + self.extension_context + self.output_cap
+
+    @property
+    def finished(self) -> bool:
+        """Whether the call reported its usage (its status is in :data:`FINISHED`)."""
+        return self.status in FINISHED
+
+    @property
+    def cost_usd(self) -> float | None:
+        """The call's cost: as noted by its integration, else its usage at the grant's prices."""
+        noted = self.notes.get("cost_usd")
+        if noted is not None:
+            return float(noted)
+        if self.prices is None or self.input_used is None or self.output_used is None:
+            return None
+        return (self.input_used * self.prices[0] + self.output_used * self.prices[1]) / 1e9
+
+    def note(self, fields: Mapping[str, Any]) -> None:
+        """Keep the fields of :data:`NOTES` that have a usable value; ignore the rest."""
+        for name, value in fields.items():
+            kind = NOTES.get(name)
+            if kind is None or isinstance(value, bool) is not (kind is bool):
+                continue
+            if kind is float:
+                usable = isinstance(value, int | float) and math.isfinite(value)
+                value = float(value) if usable else value
+            elif kind is int:
+                usable = isinstance(value, int) and value >= 0
+            else:
+                usable = isinstance(value, kind) and value != ""
+            if usable:
+                self.notes[name] = value
+
+    def finish(self, input_used: int, output_used: int, truncated: bool, at: float) -> None:
+        """Record the reported usage; the status says how the call ended."""
+        late = self.status == EXPIRED or self.lease_expires_at <= at
+        granted = 0 if late else self.granted
+        self.input_used, self.output_used, self.truncated = input_used, output_used, truncated
+        self.overuse = max(0, input_used + output_used - granted)
+        if late:
+            self.status = LATE
+        elif self.wrap_up:
+            self.status = WRAPPED_UP
+        else:
+            self.status = CUT if truncated else COMPLETED
+        self.settled_at = at
+
+    def settle(self, status: str, at: float) -> None:
+        """Mark an open call settled without usage (``released``, ``expired``, ``closed``)."""
+        if self.status == OPEN:
+            self.status, self.settled_at = status, at
