@@ -70,8 +70,12 @@ def test_the_real_chatdev_log(tmp_path: Path) -> None:
     with open_database(url) as db:
         report = build_report(db.load())
     assert report["calls"] == 1370
-    # a 16k window for every call: every agent uses a small share of what it is granted
+    assert len(report["agents"]) == 8
+    # a logged cap is the rest of a 4k, 8k or 16k window: every agent uses a small share of
+    # what it is granted, and yet the Code Reviewer's long replies fill a 4k window
     assert all(a["over_budgeted"] for a in report["agents"].values())
+    assert report["agents"]["Code Reviewer"]["under_budgeted"]
+    assert not report["agents"]["Programmer"]["under_budgeted"]
 
 
 @pytest.mark.parametrize(

@@ -236,6 +236,7 @@ def test_chatdev_best_policy_cuts_fewer_critical_calls_than_uniform() -> None:
     policies = result["policies"]
     best = max(policies, key=lambda name: policies[name]["quality_mean"])
     assert best != "uniform"
+    assert policies[best]["quality_mean"] > 0.7  # 0.749 (static) as measured on this log
     assert policies[best]["critical_cut_rate"] < policies["uniform"]["critical_cut_rate"]
     assert result["runs"] == 13 and result["fit"]["runs"] == 43
 
