@@ -20,9 +20,12 @@ At the end it checks what must hold:
 Prints JSON: ``pairs_per_s`` (begin+finish pairs per second, wall clock, open and close
 included), ``p50_us`` and ``p99_us`` per operation, ``round_trips_per_op`` (all operations)
 and per operation, ``overspend``, ``tokens_lost``. Without ``--store`` it starts its own
-``redis-server`` (from PATH) on a free loopback port and stops it at the end.
+``redis-server`` (from PATH) on a free loopback port and stops it at the end; ``--aof``
+turns its append-only file on (``--aof always``: fsync every write). ``durability`` is the
+server's (:meth:`~apportion.stores.redis.RedisStore.durability`).
 
     python benchmarks/load.py [--store redis://host:port/db] [--processes 8] [--requests N]
+        [--aof [always|everysec|no]]
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def own_server(aof: bool) -> Iterator[str]:
+def own_server(aof: str | None) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("no --store given and redis-server is not installed")
@@ -125,6 +128,7 @@ def own_server(aof: bool) -> Iterator[str]:
     port = free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", ""]
     argv += ["--appendonly", "yes" if aof else "no", "--logfile", os.path.join(folder, "log")]
+    argv += ["--appendfsync", aof or "everysec"]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"redis://127.0.0.1:{port}/0"
@@ -190,6 +194,7 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "load",
         "store": store.url,
+        "durability": getattr(store, "durability", lambda: "n/a")(),
         "processes": args.processes,
         "requests_per_process": args.requests,
         "pairs_per_request": args.calls,
@@ -222,7 +227,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500, help="requests per process")
     parser.add_argument("--calls", type=int, default=4, help="begin/finish pairs per request")
     parser.add_argument("--pooled", type=int, default=4, help="every Nth request uses the pool")
-    parser.add_argument("--aof", action="store_true", help="own server: appendonly yes")
+    parser.add_argument(
+        "--aof",
+        nargs="?",
+        const="everysec",
+        choices=["always", "everysec", "no"],
+        help="own server: appendonly yes, with this appendfsync (default everysec)",
+    )
     args = parser.parse_args()
     if args.store:
         result = run(args.store, args)

@@ -844,6 +844,16 @@ class Controller:
         """The store object."""
         return self._config.store
 
+    @property
+    def sinks(self) -> list[Any]:
+        """The telemetry channels, one per sink (:class:`~apportion.telemetry.channel.Channel`).
+
+        Each counts, in records, what its sink was given: ``delivered``, and ``dropped``
+        (never reached the sink: ``dropped_full`` by a full buffer, ``dropped_failed`` in
+        failed writes).
+        """
+        return list(self._config.sinks)
+
     def request(
         self,
         ceiling: int,

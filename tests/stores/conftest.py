@@ -40,10 +40,14 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def own_redis_server() -> Iterator[RedisServer]:
-    """A server of the test's own, which it may stop, kill and restart."""
+def own_redis_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A server of the test's own, which it may stop, kill and restart.
+
+    Its AOF's ``appendfsync`` is ``always`` unless the test parametrizes the fixture
+    indirectly with another (``everysec``, ``no``).
+    """
     _require_redis()
-    server = RedisServer(fsync="always")
+    server = RedisServer(fsync=getattr(request, "param", "always"))
     server.start()
     yield server
     server.cleanup()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from apportion.telemetry import (
 )
 from apportion.telemetry import channel as channel_module
 from apportion.telemetry.channel import Channel
+from apportion.telemetry.records import RolloutRecord
 
 
 def _free_port() -> int:
@@ -236,3 +239,101 @@ def test_records_queued_at_exit_are_written(tmp_path: Path) -> None:
 
     with open_database(str(db)) as database:
         assert len(database.load().requests) == 20
+
+
+class FlakySink:
+    """Fails every write while ``failing`` is set; keeps what it is given otherwise."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.failing = True
+        self.records: list[Any] = []
+
+    def write(self, batch: Sequence[Any]) -> None:
+        if self.failing:
+            raise OSError("disk full")
+        self.records.extend(batch)
+
+
+def _telemetry_messages(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, TelemetryWarning)]
+
+
+def _failed_counts(messages: list[str]) -> list[int]:
+    """The records each "failed to write N record(s)" warning says were lost."""
+    found = (re.search(r"failed to write (\d+) record", m) for m in messages)
+    return [int(match[1]) for match in found if match]
+
+
+def test_records_lost_to_failed_writes_are_counted_in_records() -> None:
+    sink = FlakySink()
+    channel = Channel(sink)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(450):  # more than two batches' worth
+            channel.submit(i)
+        assert channel.flush(10)
+        sink.failing = False
+        for i in range(7):
+            channel.submit(i)
+        assert channel.flush(10)
+    assert (channel.dropped, channel.dropped_failed, channel.dropped_full) == (450, 450, 0)
+    assert channel.delivered == len(sink.records) == 7
+    messages = _telemetry_messages(caught)
+    counts = _failed_counts(messages)
+    assert sum(counts) == 450 and len(counts) == channel.failures
+    assert "450 record(s) lost so far" in messages[-1]
+
+
+def test_records_dropped_by_a_full_buffer_and_by_failed_writes_add_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+
+    class BlockedThenBroken:
+        name = "blocked"
+
+        def write(self, batch: Sequence[Any]) -> None:
+            release.wait(10)
+            raise OSError("disk full")
+
+    channel = Channel(BlockedThenBroken(), capacity=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(5):
+            channel.submit(i)
+        release.set()
+        assert channel.flush(10)
+    assert (channel.dropped, channel.dropped_full, channel.dropped_failed) == (5, 3, 2)
+    assert channel.delivered == 0
+    assert sum(_failed_counts(_telemetry_messages(caught))) == 2
+    # at exit, what each sink lost is said once more, in records
+    monkeypatch.setattr(channel_module, "_channels", weakref.WeakSet([channel]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        channel_module._flush_at_exit()
+    (summary,) = _telemetry_messages(caught)
+    assert "blocked lost 5 record(s)" in summary
+    assert "3 dropped because its buffer was full" in summary
+    assert "2 in writes that failed" in summary
+
+
+def test_a_failed_rollout_write_loses_only_the_rollouts() -> None:
+    class NoRollouts(ListSink):
+        name = "no-rollouts"
+
+        def write_rollouts(self, batch: Sequence[Any]) -> None:
+            raise OSError("no such table")
+
+    sink = NoRollouts()
+    channel = Channel(sink)
+    decision = RolloutRecord("r", "estimate", "elastic", "start", 0.05, "started", 0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for item in ("a", decision, "b", decision, "c"):
+            channel.submit(item)
+        assert channel.flush(10)
+    assert sink.records == ["a", "b", "c"]
+    assert (channel.delivered, channel.dropped, channel.dropped_failed) == (3, 2, 2)
+    assert sum(_failed_counts(_telemetry_messages(caught))) == 2

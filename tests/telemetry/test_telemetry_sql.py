@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import warnings
 from dataclasses import replace
@@ -131,3 +132,58 @@ def test_warnings_from_the_worker_name_the_sink(tmp_path: Path) -> None:
     with pytest.warns(TelemetryWarning, match=r"sql\(sqlite:///"):
         run_request(controller)
         assert flush(10)
+
+
+def _refuse_writes(url: str, refuse: bool) -> None:
+    """Make the database refuse new requests (or accept them again), as a full disk would.
+
+    A trigger, not file permissions: the tests may run as root, whom no mode stops.
+    """
+    from sqlalchemy import text
+
+    sqlite = url.startswith("sqlite")
+    if refuse and sqlite:
+        statements = [
+            "CREATE TRIGGER apportion_refuse BEFORE INSERT ON apportion_requests "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        ]
+    elif refuse:
+        statements = [
+            "CREATE FUNCTION apportion_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+            "CREATE TRIGGER apportion_refuse BEFORE INSERT ON apportion_requests "
+            "FOR EACH ROW EXECUTE FUNCTION apportion_refuse()",
+        ]
+    else:
+        statements = [
+            "DROP TRIGGER apportion_refuse" + ("" if sqlite else " ON apportion_requests")
+        ]
+    with Database(url) as db, db.engine.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement))
+
+
+def test_records_lost_to_a_database_that_refuses_writes_are_counted(db_url: str) -> None:
+    lost = 30
+    controller = make_controller(db_url)
+    (channel,) = controller.sinks
+    run_request(controller)
+    assert flush(30)  # the tables exist, one request is in
+    _refuse_writes(db_url, True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(lost):
+            run_request(controller)
+        assert flush(30)
+    _refuse_writes(db_url, False)
+    run_request(controller)
+    assert flush(30)
+    assert (channel.dropped, channel.dropped_failed, channel.dropped_full) == (lost, lost, 0)
+    assert channel.delivered == 2 == _count(db_url, "apportion_requests")
+    messages = [str(w.message) for w in caught if issubclass(w.category, TelemetryWarning)]
+    assert all("refused by the test" in m for m in messages)
+    counts = [
+        int(m[1]) for m in (re.search(r"failed to write (\d+) record", x) for x in messages) if m
+    ]
+    assert sum(counts) == lost
+    assert f"{lost} record(s) lost so far" in messages[-1]

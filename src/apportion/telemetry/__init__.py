@@ -20,8 +20,11 @@ When a request closes, the controller calls :func:`emit`, which turns the reques
 :class:`RequestUsage` (one :class:`CallUsage` per grant, plus the ledger's events) and
 queues it for every sink. Writing happens in a worker thread per sink, started on first
 use: ``emit`` never blocks on a sink and never raises; a sink that fails is reported with
-a :class:`TelemetryWarning` and skipped. :func:`flush` waits until everything queued is
-written; it also runs at interpreter exit.
+a :class:`TelemetryWarning` and skipped. A record that never reaches its sink (its write
+failed, or the sink fell so far behind that its buffer was full) is counted, in records,
+by the sink's channel (``controller.sinks``: ``dropped``, split into ``dropped_failed``
+and ``dropped_full``), named in the warning, and said again at exit. :func:`flush` waits
+until everything queued is written (or given up on); it also runs at interpreter exit.
 
 Nothing here imports SQLAlchemy, OpenTelemetry or prometheus-client until a sink that
 needs it is made; a missing one raises :class:`~apportion.errors.MissingExtra` naming the

@@ -15,8 +15,10 @@ class Sink(abc.ABC):
 
     ``write`` is called from a worker thread, one batch at a time, never concurrently for
     one sink; it may block (network, disk) and may raise: the batch is then reported and
-    dropped. ``close`` runs at interpreter exit, after the last write. A sink connects to
-    nothing and starts no thread when it is made: it does so on its first ``write``.
+    dropped, and each of its records counted as dropped (so a sink that can write part of
+    a batch should write all of it or none). ``close`` runs at interpreter exit, after the
+    last write. A sink connects to nothing and starts no thread when it is made: it does so
+    on its first ``write``.
 
     Attributes:
         name: how messages name the sink (never with a password).

@@ -2,14 +2,21 @@
 
 A :class:`Channel` sits in front of each sink. :meth:`Channel.submit` only appends to an
 in-memory buffer and returns at once; a worker thread, started on the first submit (never
-by a constructor), hands the records to the sink in batches. A batch the sink fails to
-write is reported with a :class:`TelemetryWarning` and dropped: a failing sink is skipped,
-it never blocks or breaks a request. When the buffer is full (the sink is slower than the
-traffic), new records are dropped and counted, with one warning.
+by a constructor), hands the records to the sink in batches. A failing sink is skipped, it
+never blocks or breaks a request; but every record that never reaches the sink is counted,
+in records, in :attr:`Channel.dropped`:
+
+- a batch the sink fails to write is not retried (the sink may reconnect for the next
+  one): its records are dropped, counted in :attr:`Channel.dropped_failed`, and the
+  failure is reported with a :class:`TelemetryWarning` naming how many records it lost and
+  how many the sink has lost so far;
+- when the buffer is full (the sink is slower than the traffic), new records are dropped
+  and counted in :attr:`Channel.dropped_full`, with one warning.
 
 A worker that finds nothing to do for :data:`IDLE_SECONDS` ends; the next submit starts
 another. :func:`flush_all` waits until every channel has delivered what it was given; it
-runs at interpreter exit (registered when the first worker starts).
+runs at interpreter exit (registered when the first worker starts), and then warns once
+more, per sink that lost records, how many it lost and why.
 """
 
 from __future__ import annotations
@@ -51,17 +58,29 @@ _atexit_registered = False
 class Channel:
     """The buffer and worker in front of one sink.
 
+    Every record submitted ends up counted once: ``delivered``, ``dropped``, or still
+    pending (in the buffer or being written).
+
     Args:
         sink: an object with ``write(batch)`` (and optionally ``close()``).
         capacity: records held at most before new ones are dropped.
+
+    Attributes:
+        delivered: records the sink wrote.
+        dropped: records that never reached the sink, for any reason
+            (``dropped_full + dropped_failed``).
+        dropped_full: records refused because the buffer was full.
+        dropped_failed: records lost in writes that failed.
+        failures: writes that failed (each lost a whole batch: see ``dropped_failed``).
     """
 
     def __init__(self, sink: Any, *, capacity: int = BUFFER_SIZE) -> None:
         self.sink = sink
         self.capacity = capacity
-        self.dropped = 0
-        self.failures = 0
         self.delivered = 0
+        self.dropped_full = 0
+        self.dropped_failed = 0
+        self.failures = 0
         self._buffer: deque[Any] = deque()
         self._pending = 0  # submitted, not yet written (or given up)
         self._cond = threading.Condition()
@@ -69,6 +88,30 @@ class Channel:
         self._warned_full = False
         with _registry_lock:
             _channels.add(self)
+
+    @property
+    def dropped(self) -> int:
+        """Records that never reached the sink: buffer full or a failed write."""
+        return self.dropped_full + self.dropped_failed
+
+    @property
+    def pending(self) -> int:
+        """Records submitted and not yet written nor given up on."""
+        return self._pending
+
+    def loss(self) -> str | None:
+        """What the sink lost so far, in words (``None``: nothing).
+
+        For example ``telemetry sink sql(sqlite:///a.db) lost 412 record(s): 12 dropped
+        because its buffer was full, 400 in writes that failed (2 failed writes)``.
+        """
+        if not self.dropped:
+            return None
+        return (
+            f"telemetry sink {self.name} lost {self.dropped} record(s): "
+            f"{self.dropped_full} dropped because its buffer was full, "
+            f"{self.dropped_failed} in writes that failed ({self.failures} failed write(s))"
+        )
 
     @property
     def name(self) -> str:
@@ -83,7 +126,7 @@ class Channel:
         """
         with self._cond:
             if self._pending >= self.capacity:
-                self.dropped += 1
+                self.dropped_full += 1
                 warn = not self._warned_full
                 self._warned_full = True
             else:
@@ -97,7 +140,8 @@ class Channel:
         if warn:
             warnings.warn(
                 f"telemetry sink {self.name} is falling behind: its buffer of "
-                f"{self.capacity} records is full, new records are dropped",
+                f"{self.capacity} records is full, new records are dropped "
+                "(counted in its channel's dropped_full and dropped)",
                 TelemetryWarning,
                 stacklevel=3,
             )
@@ -153,23 +197,30 @@ class Channel:
         from apportion.telemetry.records import RolloutRecord
 
         rollouts = [r for r in batch if isinstance(r, RolloutRecord)]
-        if rollouts:
-            batch = [r for r in batch if not isinstance(r, RolloutRecord)]
+        usage = [r for r in batch if not isinstance(r, RolloutRecord)] if rollouts else batch
+        if rollouts:  # only submitted to sinks that have write_rollouts
+            self._write(self.sink.write_rollouts, rollouts)
+        if usage:
+            self._write(self.sink.write, usage)
+
+    def _write(self, write: Any, records: Sequence[Any]) -> None:
+        """Hand ``records`` to the sink; count them as delivered or as dropped."""
         try:
-            if rollouts:  # only submitted to sinks that have write_rollouts
-                self.sink.write_rollouts(rollouts)
-            if batch:
-                self.sink.write(batch)
+            write(records)
         except Exception as exc:  # a failing sink is reported and skipped
-            self.failures += 1
+            with self._cond:
+                self.failures += 1
+                self.dropped_failed += len(records)
+                lost = self.dropped
             warnings.warn(
-                f"telemetry sink {self.name} failed to write {len(batch)} record(s), "
-                f"skipped: {_describe(exc)}",
+                f"telemetry sink {self.name} failed to write {len(records)} record(s), "
+                f"dropped them ({lost} record(s) lost so far): {_describe(exc)}",
                 TelemetryWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         else:
-            self.delivered += len(batch)
+            with self._cond:
+                self.delivered += len(records)
 
 
 def _describe(exc: BaseException) -> str:
@@ -198,12 +249,19 @@ def flush_all(timeout: float | None = None) -> bool:
 
 def _flush_at_exit() -> None:
     if not flush_all(EXIT_FLUSH_SECONDS):
+        with _registry_lock:
+            unwritten = sum(channel.pending for channel in _channels)
         warnings.warn(
-            "telemetry: some records were not written before exit", TelemetryWarning, stacklevel=1
+            f"telemetry: {unwritten} record(s) were not written before exit",
+            TelemetryWarning,
+            stacklevel=1,
         )
     with _registry_lock:
         channels = list(_channels)
     for channel in channels:
+        loss = channel.loss()
+        if loss is not None:
+            warnings.warn(loss, TelemetryWarning, stacklevel=1)
         close = getattr(channel.sink, "close", None)
         if callable(close):
             with contextlib.suppress(Exception):  # exiting: nothing left to report to

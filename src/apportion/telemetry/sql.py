@@ -444,8 +444,9 @@ class SQLSink(Sink):
     """Writes usage records to a SQL database (the tables in the module docstring).
 
     Nothing is connected when the sink is made: the first write (in the telemetry worker
-    thread) opens the database and creates its tables; a write that fails is retried from
-    the connection on with the next batch.
+    thread) opens the database and creates its tables. A batch is written in one
+    transaction, all or nothing; a batch that fails is not written again (its records are
+    counted as dropped by the channel), and the next batch starts from a new connection.
 
     Args:
         url: the database (default ``sqlite:///apportion.db``); PostgreSQL by
