@@ -105,6 +105,7 @@ from apportion.pools import (
     PoolStatus,
     check_pool_name,
     check_priority,
+    current_window,
     pool_status,
 )
 from apportion.stores.base import Store
@@ -1003,8 +1004,8 @@ class RedisStore(Store):
             raise UnknownPool(name)
         f = {_str(k): _str(v) for k, v in fields.items()}
         pool = Pool(name, int(f["capacity"]), float(f["window_seconds"]), json.loads(f["reserve"]))
-        current = pool.window_of(now)
-        window = int(f.get("window", current))
+        window = int(f["window"]) if "window" in f else None
+        current = current_window(pool, window, now)
         open_draws = sum(1 for d in draws if int(_str(d).split("|", 1)[0]) == current)
         return pool_status(
             pool, window, int(f.get("drawn", 0)), open_draws, int(f.get("overflow", 0)), now
