@@ -81,6 +81,7 @@ from apportion.errors import (
     GrantSettled,
     InvalidPrice,
     MissingExtra,
+    PoolDrawExpired,
     PoolExhausted,
     RequestClosed,
     StoreUnavailable,
@@ -127,6 +128,7 @@ SCRIPTS = (
     "reap",
     "pool_draw",
     "pool_return",
+    "pool_void",
 )
 """The Lua scripts, one per operation (request scripts start with ``common.lua``)."""
 
@@ -430,6 +432,11 @@ class RedisStore(Store):
             (with a warning) instead of raising ``StoreUnavailable``.
         emergency_cap: tokens the local fallback may hand out in this process at once
             (ceilings of open fallback requests plus what closed ones consumed).
+        open_grace_seconds: how long after its draw a pooled request may still open (the
+            draw's deadline, on the drawing caller's clock).
+        clock_skew_seconds: the bound on the skew between the callers' clocks: ``reap``
+            gives back a draw whose request never opened once its own ``now`` passes the
+            draw's deadline by this much.
 
     Raises:
         MissingExtra: redis-py is not installed (``pip install "apportion[redis]"``).
@@ -447,6 +454,8 @@ class RedisStore(Store):
         connect_timeout: float = 1.0,
         fail_open: bool = False,
         emergency_cap: int = 0,
+        open_grace_seconds: float = 10.0,
+        clock_skew_seconds: float = 1.0,
     ) -> None:
         redis = _import_redis()
         _load_sources()
@@ -456,6 +465,16 @@ class RedisStore(Store):
             raise ValueError(f"buckets must be a positive integer, not {buckets!r}")
         if not retention_seconds > 0:
             raise ValueError(f"retention_seconds must be positive, not {retention_seconds!r}")
+        for name, seconds in (
+            ("open_grace_seconds", open_grace_seconds),
+            ("clock_skew_seconds", clock_skew_seconds),
+        ):
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+                raise ValueError(f"{name} must be a number of seconds, not {seconds!r}")
+            if not 0 <= seconds < math.inf:
+                raise ValueError(f"{name} must be finite and not negative, not {seconds!r}")
+        self.open_grace_seconds = float(open_grace_seconds)
+        self.clock_skew_seconds = float(clock_skew_seconds)
         self.url = _safe_url(url)
         self._raw_url = url
         self.prefix = prefix
@@ -492,8 +511,9 @@ class RedisStore(Store):
     def from_url(cls, url: str) -> RedisStore:
         """A store for ``url`` (how ``store="redis://..."`` is built).
 
-        The query may set ``prefix``, ``buckets``, ``retention_seconds``, ``fail_open`` and
-        ``emergency_cap``; the rest goes to redis-py. For example
+        The query may set ``prefix``, ``buckets``, ``retention_seconds``, ``fail_open``,
+        ``emergency_cap``, ``open_grace_seconds`` and ``clock_skew_seconds``; the rest goes
+        to redis-py. For example
         ``redis://cache:6379/0?fail_open=true&emergency_cap=20000``.
         """
         parts = urlsplit(url)
@@ -504,7 +524,7 @@ class RedisStore(Store):
                 ours[key] = value
             elif key in ("buckets", "emergency_cap"):
                 ours[key] = int(value)
-            elif key == "retention_seconds":
+            elif key in ("retention_seconds", "open_grace_seconds", "clock_skew_seconds"):
                 ours[key] = float(value)
             elif key == "fail_open":
                 ours[key] = value.lower() in ("1", "true", "yes", "on")
@@ -531,6 +551,10 @@ class RedisStore(Store):
         bucket = zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % self.buckets
         base = f"{self.prefix}:{{b{bucket}}}:"
         return f"{base}r:{request_id}", f"{base}e:{request_id}", f"{base}open"
+
+    def _marker_key(self, draw: str) -> str:
+        """The key marking a pool draw void (in the bucket of the draw's request)."""
+        return self._keys(draw.rsplit("#", 1)[0])[2][:-4] + "d:" + draw
 
     def _pool_keys(self, name: str) -> tuple[str, str]:
         base = f"{self.prefix}:{{p:{name}}}:"
@@ -723,12 +747,16 @@ class RedisStore(Store):
             ceiling_usd=ceiling_usd,
         )
         draw = ""
+        keys: tuple[str, ...] = self._keys(request_id)
         if pool is not None:
             check_pool_name(pool)
             rank = PRIORITY_RANKS[check_priority(pool_priority)]
             draw = f"{request_id}#{secrets.token_hex(6)}"
             pool_keys = self._pool_keys(pool)
-            reply = yield _Eval("pool_draw", pool_keys, (draw, ledger.ceiling, rank, _text(now)))
+            deadline = _text(now + self.open_grace_seconds)
+            reply = yield _Eval(
+                "pool_draw", pool_keys, (draw, ledger.ceiling, rank, _text(now), deadline)
+            )
             code = _str(reply[0])
             if code == "unknown":
                 raise UnknownPool(pool)
@@ -736,15 +764,19 @@ class RedisStore(Store):
                 raise PoolExhausted(pool, ledger.ceiling, int(reply[1]), pool_priority)
         blob = _ledger_json(ledger, pool or "", draw)
         opened = json.dumps(["open", _text(now), False, 0, ledger.ceiling, 0, False, 0, ""])
-        key_ttl = "0"
-        if math.isfinite(ttl) and not math.isinf(self.retention_seconds):
+        key_ttl = "0"  # a pooled request keeps its keys while open: its draw is settled from them
+        if pool is None and math.isfinite(ttl) and not math.isinf(self.retention_seconds):
             key_ttl = str(max(1, math.ceil((ttl + self.retention_seconds) * 1000)))
+        if pool is not None:
+            keys = (*keys, self._marker_key(draw))
         reply = yield _Eval(
             "open",
-            self._keys(request_id),
-            (blob, request_id, opened, _score(ledger.expires_at), key_ttl),
+            keys,
+            (blob, request_id, opened, _score(ledger.expires_at), key_ttl, self._retention_ms),
         )
         if _str(reply[0]) != "ok":
+            if _str(reply[0]) == "void" and pool is not None:  # given back already
+                raise PoolDrawExpired(request_id, pool)
             if pool is not None:  # give the draw back: this open never happened
                 yield _Eval(
                     "pool_return", self._pool_keys(pool), (draw, ledger.ceiling, 0, _text(now))
@@ -939,37 +971,54 @@ class RedisStore(Store):
         return settled
 
     def _reconcile_steps(self, now: float) -> _Steps[None]:
-        """Give back what closed requests still owe their pools (a crash between steps)."""
+        """Settle the pool draws that their requests cannot settle themselves.
+
+        * A closed request whose give-back never ran (a crash or a cut between the close and
+          the give-back): what it left unused goes back, once (as at close).
+        * A draw whose request never opened (the connection cut after the draw, the process
+          killed between the two steps, the server restarted), once ``now`` passes its open
+          deadline by ``clock_skew_seconds``: ``pool_void.lua`` marks it void in the
+          request's own slot, atomically with respect to the open (which refuses a void
+          draw), then it is given back in full. Its tokens were never used, and never will be.
+        * A draw whose request is open stays out until the request closes.
+        """
         names = sorted(_str(n) for n in (yield _Cmd(("SMEMBERS", self._registry))))
         if not names:
             return
-        calls: list[_Eval | _Cmd] = []
-        for name in names:
-            pool_key, draws_key = self._pool_keys(name)
-            calls += [_Cmd(("HGET", pool_key, "window_seconds")), _Cmd(("HGETALL", draws_key))]
-        replies = yield calls
-        entries: list[tuple[str, str, bool]] = []  # pool, draw, drawn in an ended window
-        for i, name in enumerate(names):
-            seconds, table = replies[2 * i], replies[2 * i + 1]
-            if seconds is None:
-                continue
-            current = _window(now, float(seconds))
+        tables = yield [_Cmd(("HGETALL", self._pool_keys(name)[1])) for name in names]
+        entries: list[tuple[str, str, int, float]] = []  # pool, draw, tokens, open deadline
+        for name, table in zip(names, tables, strict=True):
             for draw, value in table.items():
-                ended = int(_str(value).split("|", 1)[0]) != current
-                entries.append((name, _str(draw), ended))
+                _, count, *due = _str(value).split("|")  # window charged|tokens|deadline
+                deadline = float(due[0]) if due else -math.inf  # older records have none
+                entries.append((name, _str(draw), int(count), deadline))
         if not entries:
             return
         states = yield [
-            _Cmd(("GET", self._keys(draw.rsplit("#", 1)[0])[0])) for _, draw, _ in entries
+            _Cmd(("GET", self._keys(draw.rsplit("#", 1)[0])[0])) for _, draw, _, _ in entries
         ]
-        calls = []
-        for (name, draw, ended), raw in zip(entries, states, strict=True):
-            debt = _pool_debt(raw) if raw is not None else None
-            if debt is not None and debt[1] == draw:
+        calls: list[_Eval | _Cmd] = []
+        lapsed: list[tuple[str, str, int]] = []
+        for (name, draw, tokens, deadline), raw in zip(entries, states, strict=True):
+            if raw is not None and _pool_debt(raw)[1] == draw:
                 if ledger_from_json(raw).status != OPEN:
-                    calls.append(self._give_back(*debt, now))
-            elif ended:  # its request never opened (or is gone): nothing comes back
-                calls.append(_Cmd(("HDEL", self._pool_keys(name)[1], draw)))
+                    calls.append(self._give_back(*_pool_debt(raw), now))
+            elif now >= deadline + self.clock_skew_seconds:
+                lapsed.append((name, draw, tokens))
+        if lapsed:
+            replies = yield [
+                _Eval(
+                    "pool_void",
+                    (self._keys(draw.rsplit("#", 1)[0])[0], self._marker_key(draw)),
+                    (draw, self._retention_ms),
+                )
+                for _, draw, _ in lapsed
+            ]
+            for (name, draw, tokens), reply in zip(lapsed, replies, strict=True):
+                if _str(reply[0]) == "void":
+                    calls.append(self._give_back(name, draw, tokens, "0", now))
+                elif ledger_from_json(reply[1]).status != OPEN:
+                    calls.append(self._give_back(*_pool_debt(reply[1]), now))
         if calls:
             yield calls
 
@@ -1423,10 +1472,6 @@ def _queue(pipe: Any, call: _Eval | _Cmd) -> None:
         pipe.execute_command(*call.args)
     else:
         pipe.execute_command("EVALSHA", _SHAS[call.script], len(call.keys), *call.keys, *call.args)
-
-
-def _window(now: float, seconds: float) -> int:
-    return 0 if math.isinf(seconds) else math.floor(now / seconds)
 
 
 def _score(value: float) -> str:

@@ -1,8 +1,9 @@
 -- Draw a request's ceiling from a pool's current window. KEYS: pool, draws.
--- ARGV: draw key, tokens, the request's priority rank, now.
+-- ARGV: draw key, tokens, the request's priority rank, now, open deadline (text).
 -- The pool's window never goes back: a draw whose now falls in an earlier window than the
 -- newest one drawn from is charged to that newest window (see apportion.pools).
--- The draw is recorded as 'window|tokens' (the window charged).
+-- The draw is recorded as 'window charged|tokens|open deadline': once the deadline (plus
+-- the clock skew bound) has passed, reconcile gives back a draw whose request never opened.
 local ranks = {critical = 2, standard = 1, peripheral = 0}
 local cfg = redis.call('HMGET', KEYS[1], 'capacity', 'window_seconds', 'reserve', 'window', 'drawn')
 if not cfg[1] then return {'unknown'} end
@@ -22,5 +23,5 @@ local tokens = tonumber(ARGV[2])
 if tokens > avail then return {'exhausted', avail} end
 local wk = string.format('%.0f', w)
 redis.call('HSET', KEYS[1], 'window', wk, 'drawn', string.format('%.0f', drawn + tokens))
-redis.call('HSET', KEYS[2], ARGV[1], wk .. '|' .. ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], wk .. '|' .. ARGV[2] .. '|' .. ARGV[5])
 return {'ok', wk}
