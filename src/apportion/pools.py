@@ -26,6 +26,16 @@ it up to ``S`` after its end unless a clock ahead has moved the pool on). A cloc
 pulls the pool's window ahead with it: the others then draw from that same window until
 their own clocks reach it (fewer tokens, never more).
 
+Orphaned draws. In the memory store a draw and its open are one step under one lock. The
+Redis store takes two (the pool and the request live in different hash slots), so a draw
+can outlive a request that never opened (a connection cut, a process killed between the
+steps). Each such draw carries an open deadline; once ``reap`` sees it passed (by more than
+the stated clock skew bound) it marks the draw void, atomically with the open, and gives it
+back in full, and an open that still comes is refused with
+:class:`~apportion.errors.PoolDrawExpired`: the tokens come back and are never used twice.
+A request that did open is settled from its ledger, which is kept while it is open. See
+:mod:`apportion.stores.redis`.
+
 Priority classes: ``reserve`` holds tokens of each window back for requests of a class
 (``critical``, ``standard``, ``peripheral``). A request may draw only on what is left above
 the reserves of the classes strictly higher than its own, so peripheral work can never

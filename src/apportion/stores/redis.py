@@ -14,17 +14,24 @@ request id modulo ``buckets``), so that each request script touches one hash slo
 * ``PREFIX:{bN}:r:ID``: the ledger, one flat JSON array (layout in ``lua/common.lua``);
 * ``PREFIX:{bN}:e:ID``: the event list (each script appends to it in the same step);
 * ``PREFIX:{bN}:open``: the bucket's open requests, scored at or before their next
-  deadline (the earliest lease end, or the request's expiry): what ``reap`` scans.
+  deadline (the earliest lease end, or the request's expiry): what ``reap`` scans;
+* ``PREFIX:{bN}:d:DRAW``: set only when a pool draw of the request is settled without it
+  (``void``: given back, never to be opened), or when a new open of the same id replaces a
+  closed ledger that had drawn (that ledger, set aside for its draw's settlement).
 
-A pool's keys share the tag ``{p:NAME}``: ``PREFIX:{p:NAME}:pool`` (its configuration and
-the current window's count) and ``PREFIX:{p:NAME}:draws`` (one entry per request that drew
-from it and has not given back yet); ``PREFIX:pools`` lists the pools' names.
+A pool's keys share the tag ``{p:NAME}``: ``PREFIX:{p:NAME}:pool`` (its configuration, the
+newest window drawn from and its count) and ``PREFIX:{p:NAME}:draws`` (one entry per draw
+not settled yet: the window it was charged to, its tokens and its open deadline);
+``PREFIX:pools`` lists the pools' names.
 
 Time. Scripts use the ``now`` the caller passes (the controller's injected clock), never
 Redis's clock, so leases, expiry and windows follow the same clock as in the memory store.
 Keys also carry Redis TTLs in real seconds: an open request's keys live ``ttl + retention``
-(no TTL when ``ttl`` is infinite), a closed request's ``retention_seconds``; after that it is
-gone and ``get`` raises ``UnknownRequest``.
+(no TTL when ``ttl`` is infinite, nor for a request that drew from a pool: its draw is
+settled from its ledger, so that ledger is never lost while open), a closed request's
+``retention_seconds``; after that it is gone and ``get`` raises ``UnknownRequest``. The
+callers' clocks may disagree: pool windows never go back (:mod:`apportion.pools`), so no
+skew lets a window grant more than its capacity.
 
 Leases are reaped lazily, as in the ledger: every operation first releases its request's
 grants whose lease ended at or before ``now``. ``reap(now)`` does it for every request and
@@ -33,10 +40,32 @@ the requests it closed to their pools.
 
 Pools cost one more round trip at open and at close: a pool lives in its own hash slot, so
 drawing (at open) and giving back (at close) are scripts of their own. Each draw is
-recorded and settled exactly once, so a crash between the two steps never returns tokens
-twice: ``reap`` gives back what closed requests still owe their pool, and a draw whose
-request never opened is dropped once its window has ended (its tokens are lost to that
-window only: the safe side).
+recorded and settled exactly once, so a failure between the two steps never returns tokens
+twice, and ``reap`` (its reconcile step) settles what the failed step left:
+
+* a closed request whose give-back never ran returns what it left unused;
+* a draw whose request never opened (the connection cut after the draw, the process killed
+  between the steps, the server restarting) carries an open deadline, ``now +
+  open_grace_seconds`` on the drawing caller's clock. Once a reaper's ``now`` passes it by
+  ``clock_skew_seconds`` (the stated bound on the skew between hosts), ``pool_void.lua``
+  marks the draw void in the request's own slot and the draw is given back in full. The
+  open script refuses a void draw, atomically (same slot), so an open that still comes
+  later raises :class:`~apportion.errors.PoolDrawExpired` and nothing is counted twice,
+  whatever the clocks say: skew beyond the bound can only refuse a slow open, never
+  overspend. (Refusing any open past its deadline, on the open's own clock, would not do:
+  a stalled caller's ``now`` is as old as its draw.)
+* a draw whose request is open stays out until the request closes: the request's keys
+  carry no TTL while it is open (``reap`` closes it once its ``ttl`` has passed). A closed
+  ledger that a new open of the same id replaces is set aside under its draw's key, so its
+  draw is still settled by what it used.
+
+What is left to the operator: run ``reap`` at least once per ``retention_seconds`` (a closed
+ledger whose give-back failed lives that long). A void mark lives that long too, so only a
+caller stalled for longer than ``retention_seconds`` between its draw and its open could
+still open on tokens already given back. Keep Redis from losing writes
+(``maxmemory-policy noeviction``, AOF with ``appendfsync always``): a ledger Redis itself
+loses (evicted, deleted, or among the last writes before a crash) cannot be told from a
+request that never opened, and its draw comes back in full.
 
 Failures. A connection failure raises :class:`~apportion.errors.StoreUnavailable` (with the
 URL, never its password, and the reason). The operation's outcome is then unknown (it may
