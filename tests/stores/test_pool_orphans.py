@@ -171,3 +171,20 @@ def test_a_reopened_id_keeps_the_old_draws_debt(redis_server: RedisServer) -> No
     assert store.get_pool("p", LATE).remaining == 50_000 - 4_000 - 5_000
     store.close("x", LATE)
     assert store.get_pool("p", LATE).remaining == 50_000 - 4_000
+
+
+def test_the_deadline_and_the_skew_bound(redis_server: RedisServer) -> None:
+    store = RedisStore.from_url(redis_server.url + "?open_grace_seconds=5&clock_skew_seconds=2.5")
+    store._client.flushdb()
+    assert (store.open_grace_seconds, store.clock_skew_seconds) == (5.0, 2.5)
+    store.define_pool(Pool("p", 50_000, math.inf))
+    _draw_only(store, "cut", 20_000, T0)
+    store.reap(T0 + 7.4)  # the deadline (T0 + 5) passed, but not by the skew bound
+    assert store.get_pool("p", T0 + 7.4).remaining == 30_000
+    store.reap(T0 + 7.5)
+    assert store.get_pool("p", T0 + 7.5).remaining == 50_000
+    for bad in (-1.0, math.inf, math.nan, "5"):
+        with pytest.raises(ValueError):
+            RedisStore(redis_server.url, open_grace_seconds=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            RedisStore(redis_server.url, clock_skew_seconds=bad)  # type: ignore[arg-type]
