@@ -24,8 +24,19 @@ and per operation, ``overspend``, ``tokens_lost``. Without ``--store`` it starts
 turns its append-only file on (``--aof always``: fsync every write). ``durability`` is the
 server's (:meth:`~apportion.stores.redis.RedisStore.durability`).
 
+Then the pool-window case (``pool_windows``; ``--window-seconds 0`` skips it): the same
+processes draw as fast as they can from one pool of ``--window-capacity`` tokens per
+``--window-seconds``, for ``--window-run`` seconds, across many window boundaries, once with
+every clock right and once with each process's clock off by up to ``--skew`` seconds
+(spread over ``[-skew, +skew]``). Each request uses most of its ceiling and closes; each
+process records, per successful draw, the window the store charged it to (the draw
+script's reply) and the tokens its request used. Printed per run: the windows seen, draws,
+the most tokens used in one window, and ``overspend_by_window`` (tokens used beyond the
+capacity, per window; all must be 0) with its sum ``overspend``.
+
     python benchmarks/load.py [--store redis://host:port/db] [--processes 8] [--requests N]
         [--aof [always|everysec|no]]
+        [--window-seconds 0.25] [--window-capacity 30000] [--window-run 3] [--skew 0.05]
 """
 
 from __future__ import annotations
@@ -47,7 +58,7 @@ from typing import Any
 
 from apportion.pools import Pool, PoolExhausted
 from apportion.stores import open_store
-from apportion.stores.redis import RedisStore
+from apportion.stores.redis import RedisStore, _Call, _Eval
 
 RANKS = {"intake": 0, "retriever": 1, "reasoner": 2, "formatter": 0}
 CEILING = 20_000
@@ -111,6 +122,92 @@ def worker(
         if pool is not None:
             totals["pool_consumed"] += state.consumed
     out.put({"times": times, "trips": trips, "totals": totals})
+
+
+class ChargedStore(RedisStore):
+    """A Redis store that remembers the window its last pool draw was charged to."""
+
+    charged = -1
+
+    def _call(self, call: _Call) -> Any:
+        reply = super()._call(call)
+        if isinstance(call, _Eval) and call.script == "pool_draw" and reply[0] in (b"ok", "ok"):
+            self.charged = int(reply[1])
+        return reply
+
+
+def window_worker(
+    url: str, pool: str, index: int, offset: float, seconds: float, start: Any, out: Any
+) -> None:
+    store = ChargedStore(url)
+    rng = random.Random(index)
+    records: list[tuple[int, int]] = []
+    start.wait()
+    stop = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < stop:
+        i += 1
+        request_id = f"w{index}-{i}"
+        ceiling = rng.randint(500, 3_000)
+        try:
+            store.open(request_id, RANKS, ceiling, time.time() + offset, pool=pool)
+        except PoolExhausted:
+            continue
+        used = ceiling if rng.random() < 0.7 else rng.randint(0, ceiling)
+        if used:
+            now = time.time() + offset
+            grant, _ = store.begin(request_id, "reasoner", used, 0, now, LEASE)
+            store.finish(request_id, grant, used, 0, now)
+        store.close(request_id, time.time() + offset)
+        records.append((store.charged, used))
+    out.put(records)
+
+
+def run_windows(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The pool-window case: tokens used per window charged, without and with skew."""
+    store = open_store(url)
+    context = multiprocessing.get_context("fork")
+    runs = []
+    for run_index, skew in enumerate(sorted({0.0, args.skew})):
+        pool = f"{POOL}-window-{run_index}"
+        store.define_pool(Pool(pool, args.window_capacity, args.window_seconds))
+        n = args.processes
+        offsets = [(-skew + 2 * skew * i / (n - 1)) if n > 1 else 0.0 for i in range(n)]
+        start, out = context.Event(), context.Queue()
+        workers = [
+            context.Process(
+                target=window_worker,
+                args=(url, pool, i, offsets[i], args.window_run, start, out),
+            )
+            for i in range(n)
+        ]
+        for w in workers:
+            w.start()
+        start.set()
+        records = [r for _ in workers for r in out.get(timeout=3600)]
+        for w in workers:
+            w.join(60)
+        used: dict[int, int] = {}
+        for window, tokens in records:
+            used[window] = used.get(window, 0) + tokens
+        over = [max(0, used[w] - args.window_capacity) for w in sorted(used)]
+        runs.append(
+            {
+                "skew_s": skew,
+                "windows": len(used),
+                "draws": len(records),
+                "max_used_in_a_window": max(used.values(), default=0),
+                "overspend_by_window": over,
+                "overspend": sum(over),
+            }
+        )
+    return {
+        "processes": args.processes,
+        "window_seconds": args.window_seconds,
+        "capacity": args.window_capacity,
+        "seconds_per_run": args.window_run,
+        "runs": runs,
+    }
 
 
 def free_port() -> int:
@@ -234,12 +331,25 @@ def main() -> None:
         choices=["always", "everysec", "no"],
         help="own server: appendonly yes, with this appendfsync (default everysec)",
     )
+    parser.add_argument(
+        "--window-seconds", type=float, default=0.25, help="pool-window case (0: skip it)"
+    )
+    parser.add_argument("--window-capacity", type=int, default=30_000)
+    parser.add_argument("--window-run", type=float, default=3.0, help="seconds per run")
+    parser.add_argument("--skew", type=float, default=0.05, help="clock offsets up to +-skew")
     args = parser.parse_args()
+
+    def both(url: str) -> dict[str, Any]:
+        result = run(url, args)
+        if args.window_seconds > 0:
+            result["pool_windows"] = run_windows(url, args)
+        return result
+
     if args.store:
-        result = run(args.store, args)
+        result = both(args.store)
     else:
         with own_server(args.aof) as url:
-            result = run(url, args)
+            result = both(url)
     print(json.dumps(result, indent=2))
 
 

@@ -437,6 +437,32 @@ class PoolExhausted(BudgetExceeded):
         )
 
 
+class PoolDrawExpired(ApportionError):
+    """A request's draw from its pool was given back before the request could open.
+
+    A store that draws and opens in two steps (Redis) records a deadline with each draw;
+    once it has passed, ``reap`` gives the draw back in full and refuses its open for good,
+    so tokens are never counted twice. This open came too late (the process stalled between
+    the two steps, or a reaper's clock ran ahead): the request was not opened and nothing
+    was charged. Opening again draws afresh.
+
+    Attributes:
+        request_id: the request that was not opened.
+        pool: the pool it had drawn from.
+    """
+
+    request_id: str
+    pool: str
+
+    def __init__(self, request_id: str, pool: str) -> None:
+        super().__init__(
+            f"request {request_id!r}: its draw from pool {pool!r} passed its open deadline "
+            "and was given back; the request was not opened (open it again)",
+            request_id=request_id,
+            pool=pool,
+        )
+
+
 class UnknownPool(ApportionError, LookupError):
     """No pool of this name was defined in the store.
 

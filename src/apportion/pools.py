@@ -1,17 +1,40 @@
 """Shared pools: a token budget per time window that many requests draw their ceilings from.
 
 A :class:`Pool` belongs to a tenant or a pipeline: ``capacity`` tokens per window of
-``window_seconds`` (60 for tokens per minute, 86 400 for tokens per day). Windows are fixed
-and aligned on the clock (window ``k`` runs from ``k * window_seconds``), so every process
-agrees on the current window from ``now`` alone.
+``window_seconds`` (60 for tokens per minute, 86 400 for tokens per day). Windows are
+aligned on the clock: window ``k`` covers the times ``now`` from ``k * window_seconds``.
 
 A request opened with ``pool="tenant-a"`` draws its whole ceiling from the pool's current
 window when it opens, atomically: if the window has less left than the ceiling, the open is
 refused with :class:`PoolExhausted` (its ``available`` says what could be drawn) and
 nothing changes. When the request closes, what it left unused (``ceiling - consumed``)
-returns to the pool, if the window it drew from is still the current one (a new window
-starts full anyway). Tokens providers reported beyond the request's ceiling are recorded as
-the pool's ``overflow``, never hidden.
+returns to the window it was charged to, if that is still the pool's current window (a new
+window starts full anyway). Tokens providers reported beyond the request's ceiling are
+recorded as the pool's ``overflow``, never hidden.
+
+Windows only move forward. Each caller stamps its draw with its own ``now``; the pool's
+current window is the newest one any successful draw has reached, and it never goes back:
+a draw stamped with an earlier window (a clock a little behind, or a clock read before
+another process's draw landed) is charged to the newest window, and a give-back returns
+tokens only to the window its draw was charged to, while that is still the current one.
+So each window's count starts from 0 exactly once and never exceeds the capacity, under
+any interleaving and any clock skew. Skew only moves *when* in real time a window's tokens
+are drawn: with every clock within ``S`` seconds of true time, window ``k`` is drawn from
+only between ``k * window_seconds - S`` and ``(k + 1) * window_seconds + S`` (it can begin
+up to ``S`` early, when a clock ahead reaches it first, and a clock behind keeps drawing from
+it up to ``S`` after its end unless a clock ahead has moved the pool on). A clock far ahead
+pulls the pool's window ahead with it: the others then draw from that same window until
+their own clocks reach it (fewer tokens, never more).
+
+Orphaned draws. In the memory store a draw and its open are one step under one lock. The
+Redis store takes two (the pool and the request live in different hash slots), so a draw
+can outlive a request that never opened (a connection cut, a process killed between the
+steps). Each such draw carries an open deadline; once ``reap`` sees it passed (by more than
+the stated clock skew bound) it marks the draw void, atomically with the open, and gives it
+back in full, and an open that still comes is refused with
+:class:`~apportion.errors.PoolDrawExpired`: the tokens come back and are never used twice.
+A request that did open is settled from its ledger, which is kept while it is open. See
+:mod:`apportion.stores.redis`.
 
 Priority classes: ``reserve`` holds tokens of each window back for requests of a class
 (``critical``, ``standard``, ``peripheral``). A request may draw only on what is left above
@@ -101,7 +124,7 @@ class Pool:
         object.__setattr__(self, "reserve", MappingProxyType({c: t for c, t in reserve.items()}))
 
     def window_of(self, now: float) -> int:
-        """The index of the window that ``now`` falls in."""
+        """The index of the window that ``now`` falls in (by the clock alone)."""
         if math.isinf(self.window_seconds):
             return 0
         return math.floor(now / self.window_seconds)
@@ -160,11 +183,26 @@ class PoolStatus:
         }
 
 
+def current_window(pool: Pool, window: int | None, now: float) -> int:
+    """The pool's current window at ``now``: the newest of its stored one and ``now``'s.
+
+    Args:
+        pool: the pool's configuration.
+        window: the newest window a draw has reached (``None``: no draw yet).
+        now: the caller's clock.
+    """
+    by_clock = pool.window_of(now)
+    return by_clock if window is None or by_clock > window else window
+
+
 def pool_status(
-    pool: Pool, window: int, drawn: int, open_draws: int, overflow: int, now: float
+    pool: Pool, window: int | None, drawn: int, open_draws: int, overflow: int, now: float
 ) -> PoolStatus:
-    """The status of ``pool`` at ``now``, from its stored window, draws and overflow."""
-    current = pool.window_of(now)
+    """The status of ``pool`` at ``now``, from its stored window, draws and overflow.
+
+    ``open_draws`` counts the draws charged to the current window.
+    """
+    current = current_window(pool, window, now)
     if window != current:
         drawn, open_draws = 0, 0
     start = 0.0 if math.isinf(pool.window_seconds) else current * pool.window_seconds
@@ -174,6 +212,9 @@ def pool_status(
 class PoolAccount:
     """The pure accounting of one pool (no I/O, no clock reads); not thread-safe by itself.
 
+    ``window`` is the newest window a draw has reached (``None`` before the first draw);
+    it never goes back (see the module docstring).
+
     Args:
         pool: the pool's configuration.
     """
@@ -182,28 +223,26 @@ class PoolAccount:
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
-        self.window = 0
+        self.window: int | None = None
         self.drawn = 0
         self.overflow = 0
-        self.draws: dict[str, tuple[int, int]] = {}  # draw key -> (window, tokens)
-
-    def _roll(self, now: float) -> int:
-        current = self.pool.window_of(now)
-        if current != self.window:
-            self.window, self.drawn = current, 0
-        return current
+        self.draws: dict[str, tuple[int, int]] = {}  # draw key -> (window charged, tokens)
 
     def draw(self, key: str, tokens: int, priority: str, now: float) -> int:
-        """Draw ``tokens`` for the request behind ``key``; return the window drawn from.
+        """Draw ``tokens`` for the request behind ``key``; return the window charged.
+
+        The window charged is the pool's current one: ``now``'s window, or the newest one a
+        draw has reached when ``now`` is behind it.
 
         Raises:
             PoolExhausted: ``priority`` may not draw that many now; nothing changes.
         """
-        window = self._roll(now)
-        available = self.pool.available_to(priority, self.drawn)
+        window = current_window(self.pool, self.window, now)
+        drawn = self.drawn if window == self.window else 0
+        available = self.pool.available_to(priority, drawn)
         if tokens > available:
             raise PoolExhausted(self.pool.name, tokens, available, priority)
-        self.drawn += tokens
+        self.window, self.drawn = window, drawn + tokens
         self.draws[key] = (window, tokens)
         return window
 
@@ -211,15 +250,15 @@ class PoolAccount:
         """Settle the draw ``key``: return ``unspent`` tokens, record ``overflow``.
 
         Returns:
-            The tokens returned to the current window: 0 when the draw belongs to an ended
-            window, or was settled already (settling twice changes nothing).
+            The tokens returned: 0 when the window the draw was charged to is no longer the
+            pool's current one (by the newest draw or by ``now``), or when the draw was
+            settled already (settling twice changes nothing).
         """
-        window = self._roll(now)
         entry = self.draws.pop(key, None)
         if entry is None:
             return 0
         self.overflow += overflow
-        if entry[0] != window:
+        if entry[0] != self.window or current_window(self.pool, self.window, now) != entry[0]:
             return 0
         back = min(unspent, entry[1])
         self.drawn -= back
@@ -227,6 +266,6 @@ class PoolAccount:
 
     def status(self, now: float) -> PoolStatus:
         """The pool's status at ``now``."""
-        window = self.pool.window_of(now)
+        window = current_window(self.pool, self.window, now)
         open_draws = sum(1 for w, _ in self.draws.values() if w == window)
         return pool_status(self.pool, self.window, self.drawn, open_draws, self.overflow, now)

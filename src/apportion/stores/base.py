@@ -34,7 +34,15 @@ Contract (every implementation must keep it):
   ``open(..., pool=NAME)`` draws the request's ceiling from it atomically (refusing with
   :class:`~apportion.pools.PoolExhausted` and changing nothing when the window cannot
   cover it), and ``close`` (or ``reap``, for an expired request) returns what the request
-  left unused, exactly once. :mod:`apportion.testing.pool_conformance` checks it.
+  left unused, exactly once. The pool's window never goes back: a draw whose ``now`` falls
+  in an earlier window than the newest one drawn from is charged to that newest window,
+  and unused tokens return only to the window their draw was charged to, while it is still
+  the pool's current one; so no window grants more than its capacity, under any
+  interleaving and any clock skew (see :mod:`apportion.pools` for what skew does). A store
+  that draws and opens in separate steps gives back in full, from ``reap``, a draw whose
+  request never opened once its open deadline has passed (plus its clock skew bound), and
+  then refuses that request's open with :class:`~apportion.errors.PoolDrawExpired`: the
+  same tokens are never used twice. :mod:`apportion.testing.pool_conformance` checks it.
 * Cost: ``open(..., ceiling_usd=N)`` sets a cost ceiling in nano-USD and
   ``begin(..., model=M, prices=(IN, OUT))`` prices a grant (nano-USD per token); the store
   accounts and refuses exactly as :class:`~apportion.ledger.Ledger` does (see its module

@@ -3,7 +3,8 @@
 Safe across threads and asyncio tasks (no operation awaits while holding the lock). The
 ledgers it returns are live objects: read them, never change them. Closed requests stay
 readable until ``keep_closed`` newer ones have closed. Shared pools live in the same
-process (:class:`~apportion.pools.PoolAccount`, under the same lock).
+process (:class:`~apportion.pools.PoolAccount`, under the same lock): a draw and its open
+are one step, and an open request is kept until it closes, so no draw is ever orphaned.
 """
 
 from __future__ import annotations

@@ -14,17 +14,24 @@ request id modulo ``buckets``), so that each request script touches one hash slo
 * ``PREFIX:{bN}:r:ID``: the ledger, one flat JSON array (layout in ``lua/common.lua``);
 * ``PREFIX:{bN}:e:ID``: the event list (each script appends to it in the same step);
 * ``PREFIX:{bN}:open``: the bucket's open requests, scored at or before their next
-  deadline (the earliest lease end, or the request's expiry): what ``reap`` scans.
+  deadline (the earliest lease end, or the request's expiry): what ``reap`` scans;
+* ``PREFIX:{bN}:d:DRAW``: set only when a pool draw of the request is settled without it
+  (``void``: given back, never to be opened), or when a new open of the same id replaces a
+  closed ledger that had drawn (that ledger, set aside for its draw's settlement).
 
-A pool's keys share the tag ``{p:NAME}``: ``PREFIX:{p:NAME}:pool`` (its configuration and
-the current window's count) and ``PREFIX:{p:NAME}:draws`` (one entry per request that drew
-from it and has not given back yet); ``PREFIX:pools`` lists the pools' names.
+A pool's keys share the tag ``{p:NAME}``: ``PREFIX:{p:NAME}:pool`` (its configuration, the
+newest window drawn from and its count) and ``PREFIX:{p:NAME}:draws`` (one entry per draw
+not settled yet: the window it was charged to, its tokens and its open deadline);
+``PREFIX:pools`` lists the pools' names.
 
 Time. Scripts use the ``now`` the caller passes (the controller's injected clock), never
 Redis's clock, so leases, expiry and windows follow the same clock as in the memory store.
 Keys also carry Redis TTLs in real seconds: an open request's keys live ``ttl + retention``
-(no TTL when ``ttl`` is infinite), a closed request's ``retention_seconds``; after that it is
-gone and ``get`` raises ``UnknownRequest``.
+(no TTL when ``ttl`` is infinite, nor for a request that drew from a pool: its draw is
+settled from its ledger, so that ledger is never lost while open), a closed request's
+``retention_seconds``; after that it is gone and ``get`` raises ``UnknownRequest``. The
+callers' clocks may disagree: pool windows never go back (:mod:`apportion.pools`), so no
+skew lets a window grant more than its capacity.
 
 Leases are reaped lazily, as in the ledger: every operation first releases its request's
 grants whose lease ended at or before ``now``. ``reap(now)`` does it for every request and
@@ -33,10 +40,32 @@ the requests it closed to their pools.
 
 Pools cost one more round trip at open and at close: a pool lives in its own hash slot, so
 drawing (at open) and giving back (at close) are scripts of their own. Each draw is
-recorded and settled exactly once, so a crash between the two steps never returns tokens
-twice: ``reap`` gives back what closed requests still owe their pool, and a draw whose
-request never opened is dropped once its window has ended (its tokens are lost to that
-window only: the safe side).
+recorded and settled exactly once, so a failure between the two steps never returns tokens
+twice, and ``reap`` (its reconcile step) settles what the failed step left:
+
+* a closed request whose give-back never ran returns what it left unused;
+* a draw whose request never opened (the connection cut after the draw, the process killed
+  between the steps, the server restarting) carries an open deadline, ``now +
+  open_grace_seconds`` on the drawing caller's clock. Once a reaper's ``now`` passes it by
+  ``clock_skew_seconds`` (the stated bound on the skew between hosts), ``pool_void.lua``
+  marks the draw void in the request's own slot and the draw is given back in full. The
+  open script refuses a void draw, atomically (same slot), so an open that still comes
+  later raises :class:`~apportion.errors.PoolDrawExpired` and nothing is counted twice,
+  whatever the clocks say: skew beyond the bound can only refuse a slow open, never
+  overspend. (Refusing any open past its deadline, on the open's own clock, would not do:
+  a stalled caller's ``now`` is as old as its draw.)
+* a draw whose request is open stays out until the request closes: the request's keys
+  carry no TTL while it is open (``reap`` closes it once its ``ttl`` has passed). A closed
+  ledger that a new open of the same id replaces is set aside under its draw's key, so its
+  draw is still settled by what it used.
+
+What is left to the operator: run ``reap`` at least once per ``retention_seconds`` (a closed
+ledger whose give-back failed lives that long). A void mark lives that long too, so only a
+caller stalled for longer than ``retention_seconds`` between its draw and its open could
+still open on tokens already given back. Keep Redis from losing writes
+(``maxmemory-policy noeviction``, AOF with ``appendfsync always``): a ledger Redis itself
+loses (evicted, deleted, or among the last writes before a crash) cannot be told from a
+request that never opened, and its draw comes back in full.
 
 Durability. What survives a crash of the Redis server is what its append-only file (AOF)
 holds, and that is set on the server, not here (``appendonly yes`` and ``appendfsync``);
@@ -105,6 +134,7 @@ from apportion.errors import (
     GrantSettled,
     InvalidPrice,
     MissingExtra,
+    PoolDrawExpired,
     PoolExhausted,
     RequestClosed,
     StoreUnavailable,
@@ -129,6 +159,7 @@ from apportion.pools import (
     PoolStatus,
     check_pool_name,
     check_priority,
+    current_window,
     pool_status,
 )
 from apportion.stores.base import Reaped, Store
@@ -150,6 +181,7 @@ SCRIPTS = (
     "reap",
     "pool_draw",
     "pool_return",
+    "pool_void",
 )
 """The Lua scripts, one per operation (request scripts start with ``common.lua``)."""
 
@@ -464,6 +496,11 @@ class RedisStore(Store):
             (with a warning) instead of raising ``StoreUnavailable``.
         emergency_cap: tokens the local fallback may hand out in this process at once
             (ceilings of open fallback requests plus what closed ones consumed).
+        open_grace_seconds: how long after its draw a pooled request may still open (the
+            draw's deadline, on the drawing caller's clock).
+        clock_skew_seconds: the bound on the skew between the callers' clocks: ``reap``
+            gives back a draw whose request never opened once its own ``now`` passes the
+            draw's deadline by this much.
 
     Raises:
         MissingExtra: redis-py is not installed (``pip install "apportion[redis]"``).
@@ -481,6 +518,8 @@ class RedisStore(Store):
         connect_timeout: float = 1.0,
         fail_open: bool = False,
         emergency_cap: int = 0,
+        open_grace_seconds: float = 10.0,
+        clock_skew_seconds: float = 1.0,
     ) -> None:
         redis = _import_redis()
         _load_sources()
@@ -490,6 +529,16 @@ class RedisStore(Store):
             raise ValueError(f"buckets must be a positive integer, not {buckets!r}")
         if not retention_seconds > 0:
             raise ValueError(f"retention_seconds must be positive, not {retention_seconds!r}")
+        for name, seconds in (
+            ("open_grace_seconds", open_grace_seconds),
+            ("clock_skew_seconds", clock_skew_seconds),
+        ):
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+                raise ValueError(f"{name} must be a number of seconds, not {seconds!r}")
+            if not 0 <= seconds < math.inf:
+                raise ValueError(f"{name} must be finite and not negative, not {seconds!r}")
+        self.open_grace_seconds = float(open_grace_seconds)
+        self.clock_skew_seconds = float(clock_skew_seconds)
         self.url = _safe_url(url)
         self._raw_url = url
         self.prefix = prefix
@@ -526,8 +575,9 @@ class RedisStore(Store):
     def from_url(cls, url: str) -> RedisStore:
         """A store for ``url`` (how ``store="redis://..."`` is built).
 
-        The query may set ``prefix``, ``buckets``, ``retention_seconds``, ``fail_open`` and
-        ``emergency_cap``; the rest goes to redis-py. For example
+        The query may set ``prefix``, ``buckets``, ``retention_seconds``, ``fail_open``,
+        ``emergency_cap``, ``open_grace_seconds`` and ``clock_skew_seconds``; the rest goes
+        to redis-py. For example
         ``redis://cache:6379/0?fail_open=true&emergency_cap=20000``.
         """
         parts = urlsplit(url)
@@ -538,7 +588,7 @@ class RedisStore(Store):
                 ours[key] = value
             elif key in ("buckets", "emergency_cap"):
                 ours[key] = int(value)
-            elif key == "retention_seconds":
+            elif key in ("retention_seconds", "open_grace_seconds", "clock_skew_seconds"):
                 ours[key] = float(value)
             elif key == "fail_open":
                 ours[key] = value.lower() in ("1", "true", "yes", "on")
@@ -594,6 +644,10 @@ class RedisStore(Store):
         bucket = zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % self.buckets
         base = f"{self.prefix}:{{b{bucket}}}:"
         return f"{base}r:{request_id}", f"{base}e:{request_id}", f"{base}open"
+
+    def _marker_key(self, draw: str) -> str:
+        """The key marking a pool draw void (in the bucket of the draw's request)."""
+        return self._keys(draw.rsplit("#", 1)[0])[2][:-4] + "d:" + draw
 
     def _pool_keys(self, name: str) -> tuple[str, str]:
         base = f"{self.prefix}:{{p:{name}}}:"
@@ -786,12 +840,16 @@ class RedisStore(Store):
             ceiling_usd=ceiling_usd,
         )
         draw = ""
+        keys: tuple[str, ...] = self._keys(request_id)
         if pool is not None:
             check_pool_name(pool)
             rank = PRIORITY_RANKS[check_priority(pool_priority)]
             draw = f"{request_id}#{secrets.token_hex(6)}"
             pool_keys = self._pool_keys(pool)
-            reply = yield _Eval("pool_draw", pool_keys, (draw, ledger.ceiling, rank, _text(now)))
+            deadline = _text(now + self.open_grace_seconds)
+            reply = yield _Eval(
+                "pool_draw", pool_keys, (draw, ledger.ceiling, rank, _text(now), deadline)
+            )
             code = _str(reply[0])
             if code == "unknown":
                 raise UnknownPool(pool)
@@ -799,15 +857,19 @@ class RedisStore(Store):
                 raise PoolExhausted(pool, ledger.ceiling, int(reply[1]), pool_priority)
         blob = _ledger_json(ledger, pool or "", draw)
         opened = json.dumps(["open", _text(now), False, 0, ledger.ceiling, 0, False, 0, ""])
-        key_ttl = "0"
-        if math.isfinite(ttl) and not math.isinf(self.retention_seconds):
+        key_ttl = "0"  # a pooled request keeps its keys while open: its draw is settled from them
+        if pool is None and math.isfinite(ttl) and not math.isinf(self.retention_seconds):
             key_ttl = str(max(1, math.ceil((ttl + self.retention_seconds) * 1000)))
+        if pool is not None:
+            keys = (*keys, self._marker_key(draw))
         reply = yield _Eval(
             "open",
-            self._keys(request_id),
-            (blob, request_id, opened, _score(ledger.expires_at), key_ttl),
+            keys,
+            (blob, request_id, opened, _score(ledger.expires_at), key_ttl, self._retention_ms),
         )
         if _str(reply[0]) != "ok":
+            if _str(reply[0]) == "void" and pool is not None:  # given back already
+                raise PoolDrawExpired(request_id, pool)
             if pool is not None:  # give the draw back: this open never happened
                 yield _Eval(
                     "pool_return", self._pool_keys(pool), (draw, ledger.ceiling, 0, _text(now))
@@ -1009,37 +1071,54 @@ class RedisStore(Store):
         return Reaped(settled, tuple(expired))
 
     def _reconcile_steps(self, now: float) -> _Steps[None]:
-        """Give back what closed requests still owe their pools (a crash between steps)."""
+        """Settle the pool draws that their requests cannot settle themselves.
+
+        * A closed request whose give-back never ran (a crash or a cut between the close and
+          the give-back): what it left unused goes back, once (as at close).
+        * A draw whose request never opened (the connection cut after the draw, the process
+          killed between the two steps, the server restarted), once ``now`` passes its open
+          deadline by ``clock_skew_seconds``: ``pool_void.lua`` marks it void in the
+          request's own slot, atomically with respect to the open (which refuses a void
+          draw), then it is given back in full. Its tokens were never used, and never will be.
+        * A draw whose request is open stays out until the request closes.
+        """
         names = sorted(_str(n) for n in (yield _Cmd(("SMEMBERS", self._registry))))
         if not names:
             return
-        calls: list[_Eval | _Cmd] = []
-        for name in names:
-            pool_key, draws_key = self._pool_keys(name)
-            calls += [_Cmd(("HGET", pool_key, "window_seconds")), _Cmd(("HGETALL", draws_key))]
-        replies = yield calls
-        entries: list[tuple[str, str, bool]] = []  # pool, draw, drawn in an ended window
-        for i, name in enumerate(names):
-            seconds, table = replies[2 * i], replies[2 * i + 1]
-            if seconds is None:
-                continue
-            current = _window(now, float(seconds))
+        tables = yield [_Cmd(("HGETALL", self._pool_keys(name)[1])) for name in names]
+        entries: list[tuple[str, str, int, float]] = []  # pool, draw, tokens, open deadline
+        for name, table in zip(names, tables, strict=True):
             for draw, value in table.items():
-                ended = int(_str(value).split("|", 1)[0]) != current
-                entries.append((name, _str(draw), ended))
+                _, count, *due = _str(value).split("|")  # window charged|tokens|deadline
+                deadline = float(due[0]) if due else -math.inf  # older records have none
+                entries.append((name, _str(draw), int(count), deadline))
         if not entries:
             return
         states = yield [
-            _Cmd(("GET", self._keys(draw.rsplit("#", 1)[0])[0])) for _, draw, _ in entries
+            _Cmd(("GET", self._keys(draw.rsplit("#", 1)[0])[0])) for _, draw, _, _ in entries
         ]
-        calls = []
-        for (name, draw, ended), raw in zip(entries, states, strict=True):
-            debt = _pool_debt(raw) if raw is not None else None
-            if debt is not None and debt[1] == draw:
+        calls: list[_Eval | _Cmd] = []
+        lapsed: list[tuple[str, str, int]] = []
+        for (name, draw, tokens, deadline), raw in zip(entries, states, strict=True):
+            if raw is not None and _pool_debt(raw)[1] == draw:
                 if ledger_from_json(raw).status != OPEN:
-                    calls.append(self._give_back(*debt, now))
-            elif ended:  # its request never opened (or is gone): nothing comes back
-                calls.append(_Cmd(("HDEL", self._pool_keys(name)[1], draw)))
+                    calls.append(self._give_back(*_pool_debt(raw), now))
+            elif now >= deadline + self.clock_skew_seconds:
+                lapsed.append((name, draw, tokens))
+        if lapsed:
+            replies = yield [
+                _Eval(
+                    "pool_void",
+                    (self._keys(draw.rsplit("#", 1)[0])[0], self._marker_key(draw)),
+                    (draw, self._retention_ms),
+                )
+                for _, draw, _ in lapsed
+            ]
+            for (name, draw, tokens), reply in zip(lapsed, replies, strict=True):
+                if _str(reply[0]) == "void":
+                    calls.append(self._give_back(name, draw, tokens, "0", now))
+                elif ledger_from_json(reply[1]).status != OPEN:
+                    calls.append(self._give_back(*_pool_debt(reply[1]), now))
         if calls:
             yield calls
 
@@ -1074,8 +1153,8 @@ class RedisStore(Store):
             raise UnknownPool(name)
         f = {_str(k): _str(v) for k, v in fields.items()}
         pool = Pool(name, int(f["capacity"]), float(f["window_seconds"]), json.loads(f["reserve"]))
-        current = pool.window_of(now)
-        window = int(f.get("window", current))
+        window = int(f["window"]) if "window" in f else None
+        current = current_window(pool, window, now)
         open_draws = sum(1 for d in draws if int(_str(d).split("|", 1)[0]) == current)
         return pool_status(
             pool, window, int(f.get("drawn", 0)), open_draws, int(f.get("overflow", 0)), now
@@ -1513,10 +1592,6 @@ def _queue(pipe: Any, call: _Eval | _Cmd) -> None:
         pipe.execute_command(*call.args)
     else:
         pipe.execute_command("EVALSHA", _SHAS[call.script], len(call.keys), *call.keys, *call.args)
-
-
-def _window(now: float, seconds: float) -> int:
-    return 0 if math.isinf(seconds) else math.floor(now / seconds)
 
 
 def _score(value: float) -> str:

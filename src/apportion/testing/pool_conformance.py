@@ -5,13 +5,16 @@ Subclass :class:`PoolConformance` in a pytest module and implement ``make_store`
 :mod:`apportion.stores.base`: the ceiling is drawn atomically at open, a refused open changes
 nothing, unused tokens return exactly once at close (or when ``reap`` closes an overdue
 request), priority classes hold their reserves, windows start full, and over random
-sequences of opens and closes the pool's count equals an independent model's.
+sequences of opens and closes the pool's count equals an independent model's, also when the
+callers' clocks disagree (a draw stamped with an earlier window is charged to the newest
+one, and no window ever grants more than its capacity).
 Needs ``pytest`` and ``hypothesis`` (the ``dev`` extra).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -136,6 +139,33 @@ class PoolConformance:
         store.close("r1", 62.0)  # drew from the last window: nothing comes back now
         assert store.get_pool("t", 62.0).remaining == 0
 
+    def test_a_late_draw_is_charged_to_the_newest_window(self, store: Store) -> None:
+        store.open("ahead", RANKS, 700, 60.5, pool="t")  # window 1 has begun
+        with pytest.raises(PoolExhausted) as info:  # a clock behind: still window 1
+            store.open("late", RANKS, 301, 59.9, pool="t")
+        assert info.value.available == 300
+        store.open("late", RANKS, 300, 59.9, pool="t")
+        status = store.get_pool("t", 59.9)
+        assert (status.window, status.window_start, status.drawn) == (1, 60.0, 1000)
+        assert (status.remaining, status.open_draws) == (0, 2)
+        with pytest.raises(PoolExhausted):
+            store.open("later", RANKS, 1, 0.0, pool="t")  # far behind: the same
+        store.open("next", RANKS, 1000, 120.0, pool="t")  # window 2 starts full once
+
+    def test_give_back_goes_only_to_the_window_charged(self, store: Store) -> None:
+        store.open("old", RANKS, 400, 59.0, pool="t")  # window 0
+        store.open("new", RANKS, 300, 60.0, pool="t")  # window 1
+        store.close("old", 59.5)  # a clock behind; window 0 has ended: nothing back
+        assert store.get_pool("t", 60.0).remaining == 700
+        store.open("late", RANKS, 200, 59.8, pool="t")  # charged to window 1
+        self._spend(store, "late", 50, 59.8)
+        store.close("late", 59.9)  # window 1 is still current: 150 back
+        assert store.get_pool("t", 60.0).remaining == 650
+        store.close("new", 120.0)  # window 1 has ended by this clock: nothing back
+        store.open("next", RANKS, 10, 119.0, pool="t")  # still window 1
+        assert store.get_pool("t", 119.0).remaining == 640
+        assert store.get_pool("t", 120.0).remaining == 1000
+
     def test_reap_returns_what_expired_requests_left(self, store: Store) -> None:
         store.open("r1", RANKS, 500, 0.0, pool="t", ttl=10.0)
         self._spend(store, "r1", 50)
@@ -210,5 +240,59 @@ class PoolConformance:
                 status = store.get_pool("m", now)
                 assert status.drawn == drawn and status.remaining == 1000 - drawn
                 assert status.open_draws == sum(1 for *_, w in open_.values() if w == window)
+
+        run()
+
+    def test_skewed_clocks_never_overspend_a_window(self) -> None:
+        factory = self.make_store
+        ops = st.lists(
+            st.tuples(
+                st.sampled_from(["open", "open", "close", "tick"]),
+                st.integers(1, 400),
+                st.integers(-30, 30),  # this caller's clock, off by up to 30 s
+            ),
+            max_size=30,
+        )
+
+        @settings(
+            max_examples=80,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )
+        @given(ops)
+        def run(steps: list[tuple[str, int, int]]) -> None:
+            store = factory()
+            store.define_pool(Pool("m", 1000, 100.0))
+            true_time, newest, drawn = 500.0, -1, 0
+            open_: dict[str, tuple[int, int, int]] = {}  # id -> ceiling, used, window
+            for i, (op, n, skew) in enumerate(steps):
+                now = true_time + skew
+                seen = max(newest, math.floor(now / 100))
+                if op == "tick":
+                    true_time += n / 4
+                elif op == "open":
+                    before = drawn if seen == newest else 0  # a new window starts at 0
+                    try:
+                        store.open(f"r{i}", RANKS, n, now, pool="m")
+                    except PoolExhausted as exc:  # refused: changes nothing
+                        assert exc.available == 1000 - before < n
+                        continue
+                    newest, drawn = seen, before + n
+                    used = n // 3
+                    if used:
+                        self._spend(store, f"r{i}", used, now)
+                    open_[f"r{i}"] = (n, used, newest)
+                elif open_:
+                    request_id = sorted(open_)[n % len(open_)]
+                    ceiling, used, charged = open_.pop(request_id)
+                    store.close(request_id, now)
+                    if charged == newest == seen:
+                        drawn -= ceiling - used
+                status = store.get_pool("m", now)
+                if seen == newest:
+                    assert (status.window, status.drawn) == (newest, drawn)
+                else:
+                    assert (status.window, status.drawn) == (seen, 0)
+                assert 0 <= status.drawn <= 1000 and status.remaining == 1000 - status.drawn
 
         run()

@@ -1,8 +1,22 @@
--- Open a request. KEYS: ledger, events, index.
--- ARGV: ledger JSON, request id, open event, index score, key ttl (ms, 0: none).
+-- Open a request. KEYS: ledger, events, index; with a pool draw, the draw's marker too.
+-- ARGV: ledger JSON, request id, open event, index score, key ttl (ms, 0: none),
+-- marker ttl (ms, 0: none).
+-- A draw marked void (given back by reconcile after its open deadline) is never opened.
+-- Replacing a closed request that drew from a pool sets its ledger aside under its own
+-- draw's marker (its draw may not be settled yet: pool_void.lua reads it there).
+if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then return {'void'} end
 local raw = redis.call('GET', KEYS[1])
 if raw then
-  if cjson.decode(raw)[2] == 'open' then return {'dup'} end
+  local old = cjson.decode(raw)
+  if old[2] == 'open' then return {'dup'} end
+  if old[12] ~= '' then
+    local mark = string.sub(KEYS[3], 1, -5) .. 'd:' .. old[12]
+    if ARGV[6] == '0' then
+      redis.call('SET', mark, raw, 'NX')
+    else
+      redis.call('SET', mark, raw, 'NX', 'PX', ARGV[6])
+    end
+  end
   redis.call('DEL', KEYS[2])
 end
 redis.call('SET', KEYS[1], ARGV[1])
