@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import io
 import math
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -1058,3 +1059,54 @@ def test_request_ids_of_your_own() -> None:
     assert controller.store.get("ticket-42").status == "closed"
     with controller.request(2_000, request_id="ticket-42") as again:  # reusable once closed
         assert controller.store.get(again.request_id).ceiling == 2_000
+
+
+def test_a_dead_workers_tokens_come_back_without_anyone_reaping() -> None:
+    """Expiry happens by itself: opening a request first reaps (at most every reap_every)."""
+    from apportion.pools import Pool
+    from apportion.stores import MemoryStore
+    from apportion.telemetry import flush
+
+    clock = Clock()
+    records: list[Any] = []
+
+    class Sink:
+        def write(self, batch: list[Any]) -> None:
+            records.extend(batch)
+
+    store = MemoryStore()
+    store.define_pool(Pool("tenant", 10_000, math.inf))
+    worker = Controller(support(), store=store, clock=clock, request_ttl=60, lease_seconds=30)
+    dead = worker.request(8_000, pool="tenant")
+    dead.open()
+    dead.begin("triage", 1_000, 500)  # ... and the worker is killed here
+    assert store.get_pool("tenant", clock.now).remaining == 2_000
+
+    other = Controller(
+        support(), store=store, clock=clock, reap_every=10, request_ttl=60, telemetry=Sink()
+    )
+    clock.now += 61
+    with other.request(9_000, pool="tenant") as req:  # the open reaps first, then draws
+        assert req.summary().free == 9_000
+    assert store.get(dead.request_id).status == "expired"
+    assert flush(10)
+    expired = [r for r in records if r.request_id == dead.request_id]
+    assert [r.status for r in expired] == ["expired"]
+    assert [c.settled for c in expired[0].calls] == ["expire"]
+
+
+def test_start_reaper_reaps_on_a_timer() -> None:
+    clock = Clock()
+    controller = Controller(support(), clock=clock, lease_seconds=5)
+    req = controller.request(1_000)
+    req.open()
+    req.begin("triage", 100, 100)
+    clock.now += 10
+    with controller.start_reaper(every=0.01) as reaper:
+        for _ in range(500):
+            if controller.store.get(req.request_id).reserved == 0:
+                break
+            threading.Event().wait(0.01)
+    assert controller.store.get(req.request_id).reserved == 0 and reaper.runs >= 1
+    with pytest.raises(ValueError):
+        controller.start_reaper(every=0)

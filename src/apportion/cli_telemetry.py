@@ -201,13 +201,14 @@ def profile(
     table = Table(
         title=f"budgets from {dataset.url}: P{p_in:g} input, P{p_out:g} output, +{margin:.0%}"
     )
-    for column in ("agent", "calls", "context_tokens", "output_tokens", "note"):
+    columns = ("agent", "calls", "input cut", "output cut", "context_tokens", "output_tokens")
+    for column in (*columns, "note"):
         table.add_column(column, justify="left" if column in ("agent", "note") else "right")
     for agent, b in budgets.items():
         note = "raised: many calls were cut" if b["censored"] else ""
-        table.add_row(
-            agent, str(b["calls"]), f"{b['context_tokens']:,}", f"{b['output_tokens']:,}", note
-        )
+        counts = (b["calls"], b["input_cut_calls"], b["truncated_calls"])
+        sizes = (b["context_tokens"], b["output_tokens"])
+        table.add_row(agent, *map(str, counts), *(f"{n:,}" for n in sizes), note)
     console.print(table)
     console.print(f"budgets written to {output} (load with policy='static:{output}')")
 

@@ -561,6 +561,16 @@ class _RequestBase:
         """The controller's model catalog (:class:`~apportion.catalog.Catalog`)."""
         return self._steps.config.catalog
 
+    def renewal_due(self, grant: Grant) -> bool:
+        """Whether half of ``grant``'s lease has run: a long call should :meth:`renew` now.
+
+        The integrations ask this as a stream's chunks arrive.
+        """
+        config = self._steps.config
+        record = self._steps.obs.calls.get(grant.grant_id)
+        ends = grant.lease_expires_at if record is None else record.lease_expires_at
+        return config.clock() >= ends - config.lease_seconds / 2
+
     def score(self, value: float) -> None:
         """Record the request's outcome score (0..1 by convention), told to the policy at close."""
         self._steps.score(value)

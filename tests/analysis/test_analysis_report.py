@@ -196,3 +196,37 @@ def test_parse_since_dates_and_mistakes() -> None:
     assert parse_since("2024-01-01T00:00:00+00:00") == 1_704_067_200
     with pytest.raises(ValueError, match="duration"):
         parse_since("last tuesday")
+
+
+def test_an_agent_whose_input_was_cut_is_raised_never_lowered(tmp_path: Any) -> None:
+    """The issue's Quickstart shape: grants that cut an agent's input with tokens unspent."""
+    from apportion import Agent, Controller, Pipeline
+    from apportion.analysis.profile import profile_budgets
+    from apportion.telemetry import flush
+
+    url = f"sqlite:///{tmp_path / 'cut.db'}"
+    pipeline = Pipeline(
+        [
+            Agent("triage", priority="peripheral", output_kind="structured"),
+            Agent("reasoner", priority="critical", after=["triage"], output_kind="reasoning"),
+            Agent("formatter", priority="peripheral", after=["reasoner"]),
+        ],
+        name="quick",
+    )
+    controller = Controller(pipeline, policy="uniform", telemetry=url)
+    for _ in range(3):
+        with controller.request(ceiling=12_000) as req:
+            for agent, held, wrote in (("triage", 600, 60), ("reasoner", 7_900, 1_300)):
+                grant = req.begin(agent, input_tokens=held)
+                req.finish(grant, input_tokens=grant.context_tokens, output_tokens=wrote)
+        assert req.summary().agents["reasoner"].input_cut_calls == 1  # 4,000 a share
+        assert req.summary().free > 3_000  # while tokens went unspent
+    assert flush(10)
+    with open_database(url) as db:
+        data = db.load()
+    reasoner = build_report(data)["agents"]["reasoner"]
+    assert reasoner["input_cut_rate"] == 1.0 and reasoner["under_budgeted"]
+    assert reasoner["over_budgeted"] is False
+    assert reasoner["recommended"]["context_tokens"] >= 7_900  # the input it had in hand
+    budget = profile_budgets(data)["reasoner"]
+    assert budget["input_cut_calls"] == 3 and budget["context_tokens"] >= 7_900

@@ -473,3 +473,26 @@ def test_call_details_are_annotated_on_the_grant_for_telemetry(store):
     ((agent, fields),) = notes
     assert agent == "triage" and fields["model"] == "gpt-4o-mini"
     assert fields["cost_usd"] > 0 and fields["calls"] == 1 and fields["extensions"] == 0
+
+
+def test_a_stream_longer_than_its_lease_renews_it_and_is_recorded_in_full(server, store):
+    server.queue(Reply(words(12)))
+    now = [1000.0]
+
+    def clock() -> float:  # every reading of the clock is 1 s later: the stream outlives 10 s
+        now[0] += 1.0
+        return now[0]
+
+    ctl = Controller(PIPELINE, policy="elastic", store=store, clock=clock, lease_seconds=10)
+    with ctl.request(ceiling=5_000) as req:
+        stream = req.completion("triage", messages=QUESTION, stream=True, **litellm_args(server))
+        first = stream.report.grant
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+        assert text == words(12)
+        (call,) = req.calls.values()
+        assert call.status == "completed" and call.output_used == 12
+        assert call.settled_at > first.lease_expires_at  # it outlived its first lease
+        assert call.lease_expires_at > call.settled_at  # renewed as the chunks came
+        state = ctl.store.get(req.request_id)
+        assert state.overuse_by["triage"] == 0 and state.consumed == call.input_used + 12
+        assert not [e for e in ctl.store.events(req.request_id) if e.kind == "expire"]

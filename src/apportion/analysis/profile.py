@@ -70,10 +70,15 @@ def profile_budgets(
             margin=margin,
             under_hit_rate=under_hit_rate,
         )
-        finished = sum(1 for c in calls if c.settled == "finish" and c.used is not None)
-        if budget is None or finished < min_calls:
+        done = [c for c in calls if c.settled == "finish" and c.used is not None]
+        if budget is None or len(done) < min_calls:
             continue
-        budgets[agent] = {**budget, "calls": finished}
+        budgets[agent] = {
+            **budget,
+            "calls": len(done),
+            "input_cut_calls": sum(1 for c in done if c.input_cut),
+            "truncated_calls": sum(1 for c in done if c.truncated),
+        }
     return budgets
 
 

@@ -15,10 +15,11 @@ Definitions (per agent, over the calls in the period):
   truncated at its cap *or* whose input was cut to fit its context grant (each is also
   given alone: ``truncation_rate``, ``input_cut_rate``); over the calls where this is
   known. Extended calls are counted by how they ended (``extension_rate`` says how often).
-- ``over_budgeted``: utilization under :attr:`Thresholds.over_utilization` (50%);
-  ``under_budgeted``: ceiling-hit rate over :attr:`Thresholds.under_hit_rate` (10%).
-  ``None`` when the figure behind the flag is unknown. Both can hold at once (large
-  grants that some calls still outgrow).
+- ``under_budgeted``: ceiling-hit rate over :attr:`Thresholds.under_hit_rate` (10%);
+  ``over_budgeted``: utilization under :attr:`Thresholds.over_utilization` (50%) and not
+  under-budgeted (a cut agent that left much of its grants unused was given the wrong
+  shape, not too much: its budget is raised, never lowered). ``None`` when the figure
+  behind the flag is unknown.
 - ``quality``: among requests with an outcome score (``req.score``), the mean outcome of
   those where a call of the agent hit its budget (``cut``) and of those where none did
   (``uncut``), each with a 95% t interval and its number of requests.
@@ -201,6 +202,16 @@ def _rate(flags: Sequence[bool | None]) -> tuple[float | None, int]:
     return (sum(known) / len(known) if known else None), len(known)
 
 
+def _over_budgeted(
+    utilization: float | None, hit_rate: float | None, thresholds: Thresholds
+) -> bool | None:
+    """Whether an agent is granted more than it uses; one that is cut never is."""
+    if utilization is None:
+        return None
+    cut = hit_rate is not None and hit_rate > thresholds.under_hit_rate
+    return utilization < thresholds.over_utilization and not cut
+
+
 def _agent(
     calls: Sequence[CallUsage], outcomes: Mapping[str, float], thresholds: Thresholds
 ) -> dict[str, Any] | None:
@@ -257,7 +268,7 @@ def _agent(
         "truncation_rate": truncation_rate,
         "input_cut_rate": input_cut_rate,
         "extension_rate": sum(1 for c in done if c.extensions) / len(done),
-        "over_budgeted": None if utilization is None else utilization < thresholds.over_utilization,
+        "over_budgeted": _over_budgeted(utilization, hit_rate, thresholds),
         "under_budgeted": None if hit_rate is None else hit_rate > thresholds.under_hit_rate,
         "quality": quality,
         "recommended": recommended,

@@ -731,6 +731,9 @@ class BudgetedStream:
     def _iterate(self) -> Iterator[Any]:
         try:
             for chunk in self._stream:
+                if _renewal_due(self._req, self.report.grant):
+                    with suppress(ApportionError):  # expired: the finish is recorded late
+                        self.report.grant = self._req.renew(self.report.grant)
                 if self._tally.add(chunk):
                     yield chunk
         except BaseException as exc:  # an error, or the caller closed the stream early
@@ -790,6 +793,12 @@ class AsyncBudgetedStream:
     async def _iterate(self) -> AsyncIterator[Any]:
         try:
             async for chunk in self._stream:
+                if _renewal_due(self._req, self.report.grant):
+                    with suppress(ApportionError):  # expired: the finish is recorded late
+                        renewed = self._req.renew(self.report.grant)
+                        if inspect.isawaitable(renewed):
+                            renewed = await renewed
+                        self.report.grant = renewed
                 if self._tally.add(chunk):
                     yield chunk
         except BaseException as exc:
@@ -822,6 +831,12 @@ class AsyncBudgetedStream:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _renewal_due(req: Any, grant: Grant | None) -> bool:
+    """Whether the stream's grant has used half its lease (a request that can renew)."""
+    due = getattr(req, "renewal_due", None)
+    return grant is not None and callable(due) and due(grant) is True
 
 
 async def _empty() -> AsyncIterator[Any]:
