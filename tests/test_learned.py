@@ -335,3 +335,29 @@ def test_an_answer_is_worth_more_when_others_read_it() -> None:
     assert (read.values <= alone.values + 1e-12).all()
     assert read.values[2] < alone.values[2]  # cut at half: the reader lacks what it lacks
     assert read.values[-1] == pytest.approx(0.0)  # nothing cut: nothing lacking
+
+
+def test_each_settlement_is_paired_with_its_own_grant() -> None:
+    """A released grant then a finished one: the need model learns the finished call's input.
+
+    (Paired by position, the released grant's 5,000 input tokens were learned for a call
+    that had 100.)
+    """
+    seen: list[list[tuple[str, int, int, bool]]] = []
+
+    class Watching(LearnedPolicy):
+        def learn(self, obs, outcome):  # type: ignore[no-untyped-def]
+            seen.append(self._usage(obs))
+            super().learn(obs, outcome)
+
+    pipeline = Pipeline([Agent("a", priority="critical"), Agent("b", after=["a"])])
+    controller = Controller(pipeline, policy=Watching())
+    with controller.request(20_000) as req:
+        failed = req.begin("a", 5_000)
+        req.release(failed)  # the API call failed before using tokens
+        grant = req.begin("a", 100)
+        req.finish(grant, input_tokens=100, output_tokens=40)
+        calls = req.calls
+        assert [c.status for c in calls.values()] == ["released", "completed"]
+        assert calls[grant.grant_id].predicted_output is not None  # kept on its own record
+    assert seen == [[("a", 100, 40, False)]]
