@@ -142,9 +142,11 @@ class CallRecord:
     def finish(self, input_used: int, output_used: int, truncated: bool, at: float) -> None:
         """Record the reported usage; the status says how the call ended."""
         late = self.status == EXPIRED or self.lease_expires_at <= at
-        granted = 0 if late else self.granted
+        over = input_used + output_used
+        if not late:
+            over -= self.context_granted + self.extension_context + self.output_cap
         self.input_used, self.output_used, self.truncated = input_used, output_used, truncated
-        self.overuse = max(0, input_used + output_used - granted)
+        self.overuse = over if over > 0 else 0
         if late:
             self.status = LATE
         elif self.wrap_up:

@@ -31,7 +31,7 @@ from apportion.errors import (
 )
 from apportion.ledger import CLOSED, FAILED, NANO, Grant, check_ceiling, check_tokens
 from apportion.policies import Policy, resolve_policy
-from apportion.policies.base import Decision, Observation
+from apportion.policies.base import Observation
 from apportion.pools import check_pool_name, check_priority
 from apportion.reaper import Reaper
 from apportion.spec import Pipeline
@@ -247,8 +247,8 @@ class _Steps:
         if output_tokens is not None:
             output_tokens = check_tokens("output_tokens", output_tokens)
         for attempt in range(2):
-            decision = Decision(*config.policy.route(obs, spec, input_tokens, output_tokens))
-            ctx, out, chosen = decision.context, decision.output, decision.model
+            decision = config.policy.route(obs, spec, input_tokens, output_tokens)
+            ctx, out, chosen = decision[0], decision[1], decision[2]
             if out < spec.min_output or ctx < 0 or (ctx == 0 and input_tokens > 0):
                 if attempt == 0:  # the state may have moved under the policy: look again
                     obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)
@@ -288,7 +288,7 @@ class _Steps:
                     grant.lease_expires_at,
                     model=priced.get("model", use),
                     prices=priced.get("prices"),
-                    predicted_output=decision.predicted_output,
+                    predicted_output=decision[3] if len(decision) > 3 else None,
                 )
                 return grant  # type: ignore[no-any-return]
         raise AssertionError("unreachable")  # pragma: no cover

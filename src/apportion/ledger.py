@@ -545,7 +545,7 @@ class Ledger:
         output_tokens = check_tokens("output_tokens", output_tokens)
         new_plan = _check_plan("allocation", allocation, self.ranks) if allocation else None
         self._check_open(now)
-        late = self._expired(grant)
+        late = getattr(grant, "grant_id", None) not in self.grants and self._expired(grant)
         current = grant if late else self._open_grant(grant)
         agent = current.agent
         granted = 0 if late else current.context_tokens + current.output_tokens

@@ -67,6 +67,9 @@ class Decision(NamedTuple):
     predicted_output: float | None = None
 
 
+_new = tuple.__new__  # builds a NamedTuple from a full tuple, skipping its slow __new__
+
+
 class Observation:
     """Everything a policy may see about one request.
 
@@ -163,7 +166,7 @@ class Policy(abc.ABC):
         and no model.
         """
         ctx, out = self.grant(obs, agent, input_tokens, output_tokens)
-        return Decision(ctx, out)
+        return _new(Decision, (ctx, out, None, None))
 
     def on_finish(
         self,
