@@ -9,10 +9,12 @@ import pytest
 from analysis_helpers import write_hand_set
 
 from apportion.analysis.report import (
+    REPORT_COLUMNS,
     Thresholds,
     build_report,
     parse_since,
     quality_table,
+    report_rows,
     report_table,
 )
 from apportion.analysis.stats import mean_ci, percentile, t_quantile_975
@@ -230,3 +232,28 @@ def test_an_agent_whose_input_was_cut_is_raised_never_lowered(tmp_path: Any) -> 
     assert reasoner["recommended"]["context_tokens"] >= 7_900  # the input it had in hand
     budget = profile_budgets(data)["reasoner"]
     assert budget["input_cut_calls"] == 3 and budget["context_tokens"] >= 7_900
+
+
+def test_a_call_that_outlived_its_lease_is_in_the_report(tmp_path: Any) -> None:
+    from apportion import Agent, Controller, Pipeline
+    from apportion.telemetry import flush
+
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    now = [1000.0]
+    pipeline = Pipeline([Agent("writer")], name="late")
+    controller = Controller(pipeline, telemetry=url, clock=lambda: now[0], lease_seconds=10)
+    with controller.request(ceiling=1_000) as req:
+        grant = req.begin("writer", input_tokens=300, output_tokens=200)
+        now[0] += 60  # a long stream: the lease ran out, its tokens were reclaimed
+        controller.reap()
+        req.finish(grant, input_tokens=300, output_tokens=900)  # beyond the ceiling too
+    assert flush(10)
+    with open_database(url) as db:
+        data = db.load()
+    (call,) = data.calls
+    assert (call.settled, call.overuse, call.used) == ("finish", 1_200, 1_200)
+    report = build_report(data)
+    assert report["agents"]["writer"]["overuse"] == 1_200
+    assert report["overflow"] == 200  # 1,200 used where 1,000 was the ceiling
+    row = dict(zip(REPORT_COLUMNS, report_rows(report)[0], strict=True))
+    assert row["over-use"] == "1,200"

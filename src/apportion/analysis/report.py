@@ -268,6 +268,7 @@ def _agent(
         "truncation_rate": truncation_rate,
         "input_cut_rate": input_cut_rate,
         "extension_rate": sum(1 for c in done if c.extensions) / len(done),
+        "overuse": sum(c.overuse for c in done),
         "over_budgeted": _over_budgeted(utilization, hit_rate, thresholds),
         "under_budgeted": None if hit_rate is None else hit_rate > thresholds.under_hit_rate,
         "quality": quality,
@@ -322,6 +323,7 @@ def build_report(
         "pipeline": pipeline,
         "requests": len(dataset.requests),
         "requests_scored": len(outcomes),
+        "overflow": sum(r.overflow for r in dataset.requests.values()),
         "calls": sum(a["calls"] for a in agents.values()),
         "empty": not agents,
         "message": message,
@@ -414,6 +416,7 @@ REPORT_COLUMNS: Final = (
     "output P50/P90/P99",
     "util.",
     "hits",
+    "over-use",
     "flag",
     "budget ctx/out",
 )
@@ -442,6 +445,7 @@ def report_rows(report: Mapping[str, Any]) -> list[list[str]]:
                 " / ".join(fmt_tokens(f["output"][f"p{q}"]) for q in PERCENTILES),
                 fmt_share(f["utilization"]),
                 fmt_share(f["ceiling_hit_rate"]),
+                fmt_tokens(f["overuse"]) if f["overuse"] else "-",
                 flags(f),
                 f"{fmt_tokens(rec.get('context_tokens'))} / {fmt_tokens(rec.get('output_tokens'))}",
             ]
@@ -475,7 +479,13 @@ def report_caption(report: Mapping[str, Any]) -> str:
         f"was cut. Over-budgeted: util. under {t['over_utilization']:.0%}; under-budgeted: "
         f"hits over {t['under_hit_rate']:.0%}. budget: P{t['percentile']:g} of tokens used "
         f"+{t['margin']:.0%} (at least the largest cut call +{t['margin']:.0%} when "
-        "under-budgeted)."
+        "under-budgeted). over-use: tokens used beyond the grants (all of a call finished "
+        "after its lease expired)"
+        + (
+            f"; {report['overflow']:,} tokens were used beyond the requests' ceilings."
+            if report.get("overflow")
+            else "."
+        )
     )
 
 
