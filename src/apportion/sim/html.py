@@ -62,7 +62,7 @@ _CSS: Final = """
   figure img, figure svg { background: #ffffff; }
 }
 * { box-sizing: border-box; }
-body { margin: 0 auto; max-width: 64rem; padding: 1.5rem 1.25rem 3rem;
+body { margin: 0 auto; max-width: 72rem; padding: 1.5rem 1.25rem 3rem;
   font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
   color: var(--fg); background: var(--bg); }
 h1 { font-size: 1.6rem; margin: 0 0 .75rem; }
