@@ -4,6 +4,7 @@ One ceiling per request; a policy decides what each agent may read and write; a 
 the ledger atomically; unused tokens are reclaimed for the agents still to run.
 """
 
+from apportion.calls import CallRecord
 from apportion.controller import AsyncController, AsyncRequest, Controller, Request
 from apportion.errors import (
     ApportionError,
@@ -39,6 +40,7 @@ from apportion.ledger import Event, Grant, Ledger
 from apportion.policies import (
     POLICIES,
     Budget,
+    Decision,
     ElasticPolicy,
     EstimatePolicy,
     IterativePolicy,
@@ -49,6 +51,7 @@ from apportion.policies import (
     UniformPolicy,
 )
 from apportion.pools import Pool
+from apportion.reaper import Reaper
 from apportion.spec import Agent, LinearEstimator, OutputKind, Pipeline, Priority
 from apportion.stores import MemoryStore, Store
 from apportion.summary import AgentUsage, Summary
@@ -64,9 +67,11 @@ __all__ = [
     "AsyncRequest",
     "Budget",
     "BudgetExceeded",
+    "CallRecord",
     "Controller",
     "CostExceeded",
     "DatabaseUnavailable",
+    "Decision",
     "DuplicateRequest",
     "ElasticPolicy",
     "EstimatePolicy",
@@ -95,6 +100,7 @@ __all__ = [
     "PoolDrawExpired",
     "PoolExhausted",
     "Priority",
+    "Reaper",
     "Request",
     "RequestClosed",
     "SchemaVersionError",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from apportion.errors import UnknownPolicy
-from apportion.policies.base import Observation, Plan, Policy
+from apportion.policies.base import Decision, Observation, Plan, Policy
 from apportion.policies.elastic import ElasticPolicy
 from apportion.policies.estimate import EstimatePolicy
 from apportion.policies.iterative import IterativePolicy
@@ -64,6 +64,7 @@ __all__ = [
     "POLICIES",
     "ROUTING",
     "Budget",
+    "Decision",
     "ElasticPolicy",
     "EstimatePolicy",
     "IterativePolicy",
