@@ -174,7 +174,7 @@ class LearnedPolicy(PredictingPolicy):
         seed: int | None = None,
         explore: float = 0.5,
     ) -> None:
-        super().__init__(margin=0.0)
+        super().__init__(margin=0.0, store=store, key=key, sync_every=sync_every)
         if not (math.isfinite(price) and price >= 0):
             raise PolicyConfigError(f"price must be a number >= 0, not {price!r}", price=price)
         if sync_every < 1:
@@ -260,9 +260,9 @@ class LearnedPolicy(PredictingPolicy):
         if ahead is None:
             model = self._model(obs)
             row = obs.memo.get("row") or model.row(obs.features)
-            fallback = obs.ceiling / len(obs.pipeline) / 2
+            prior = self.prior_input(obs)
             ahead = obs.memo["inputs"] = {
-                b.name: model.input(b, row) or fallback for b in obs.pipeline.agents
+                b.name: model.input(b, row, prior) or 0.0 for b in obs.pipeline.agents
             }
         return ahead
 
@@ -323,9 +323,35 @@ class LearnedPolicy(PredictingPolicy):
         )
         ctx, out = chosen if chosen is not None else (min(input_tokens, pool), 0)
         ctx = min(ctx, input_tokens)
+        if ctx < input_tokens:
+            ctx = max(ctx, self._cold_context(obs, agent, input_tokens, predicted, out, pool))
         out = min(out, pool - ctx)
         obs.memo.setdefault("calls", []).append((agent.name, ctx, input_tokens, predicted))
         return ctx, clip_output(max(out, 0), output_tokens)
+
+    def _cold_context(
+        self,
+        obs: Observation,
+        agent: Agent,
+        input_tokens: int,
+        predicted: float,
+        out: int,
+        pool: int,
+    ) -> int:
+        """Cold start: how much of its input an agent whose errors are not known yet reads.
+
+        Until eight of its answers were seen uncut, the spread of its output (and so the
+        choice of its cap) is a prior: then it reads its input in hand as far as the pool
+        pays for it beside its expected output (:meth:`~apportion.policies.predicting.
+        PredictingPolicy.least_output`) and what the agents still to run are expected to
+        need. Once its errors are known: 0 (the choice is the trade-off's alone).
+        """
+        if len(self._model(obs).errors(agent)) >= 8:
+            return 0
+        needs = self.predicted_needs(obs)
+        keep = sum(needs[b.name] for b in obs.unstarted(besides=agent.name))
+        least = self.least_output(obs, agent, predicted, max(out, round(predicted)))
+        return max(0, min(input_tokens, pool - keep - max(least, agent.min_output)))
 
     def extend(
         self, obs: Observation, grant: Grant, output_tokens: int, context_tokens: int
@@ -369,7 +395,7 @@ class LearnedPolicy(PredictingPolicy):
     def learn(self, obs: Observation, outcome: float | None) -> None:
         """Learn needs from the usage, and the agents' weights from the outcome (if valid)."""
         if obs.settled:
-            self._model(obs).observe(obs.features, self._usage(obs))
+            self._observe(obs, self._usage(obs))
         try:
             value = check_outcome(outcome)
         except ValueError:
