@@ -22,7 +22,8 @@ of requests disjoint from the measured ones (the workload seed, requests 10,000 
 as a team would read them off an uncapped period of telemetry. Policies never see the
 simulator's needs otherwise. ``quickstart`` is the README Quickstart's request (three
 agents, ceiling 12,000, inputs 600 / 7,900 / 1,400, outputs needed 60 / 1,300 / 150) on
-a fresh controller per policy. ``learned`` is seeded (the workload's seed), so runs repeat.
+a fresh controller per policy. ``learned`` is seeded (the workload's seed, 0 for the
+Quickstart), so runs repeat.
 Prints one JSON document::
 
     python benchmarks/warm_start.py [--requests N] [--typical] [--policy NAME]...
@@ -199,7 +200,9 @@ QUICKSTART_CALLS = [("triage", 600, 60), ("reasoner", 7_900, 1_300), ("formatter
 
 def quickstart(policy: str) -> dict[str, Any]:
     """The README Quickstart's request on a fresh controller, as the README plays it."""
-    controller = Controller(QUICKSTART, policy=policy)
+    controller = Controller(
+        QUICKSTART, policy=LearnedPolicy(seed=0) if policy == "learned" else policy
+    )
     granted: dict[str, list[int]] = {}
     cut_output: list[str] = []
     with controller.request(ceiling=12_000, features={"messages": 40}) as req:

@@ -82,7 +82,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from apportion.errors import ApportionError, PolicyConfigError
+from apportion.errors import ApportionError, PolicyConfigError, PolicyStateError
 from apportion.ledger import Grant
 from apportion.policies.base import Observation, clip_output
 from apportion.policies.outcome_model import OutcomeModel, output_cost
@@ -210,6 +210,8 @@ class LearnedPolicy(PredictingPolicy):
                 if model is None:
                     model = OutcomeModel(pipeline)
                     pending = self._pending.pop(pipeline.name, None)
+                    if pending is None and self.store is not None:
+                        pending = self._pull_stats(pipeline.name)
                     if pending is not None:
                         model.stats += self._fit_width(pipeline.name, pending, model.width)
                     self._delta[pipeline.name] = np.zeros_like(model.stats)
@@ -466,6 +468,12 @@ class LearnedPolicy(PredictingPolicy):
         with self._lock:
             self._delta[pipeline.name] += model.add(row, min(target, -FLOOR))
 
+    def _pull_stats(self, name: str) -> np.ndarray | None:
+        """The store's statistics of pipeline ``name`` (a new worker starts from them)."""
+        assert self.store is not None
+        got = self.store.get_state(self.key)
+        return None if got is None else self._decode(got[1]).get(name)
+
     def sync(self) -> None:
         """Merge what this worker learned into the store's state, and adopt the sum."""
         store = self.store
@@ -493,6 +501,24 @@ class LearnedPolicy(PredictingPolicy):
         raise ApportionError(f"could not merge learned state {self.key!r}: too much contention")
 
     # ------------------------------------------------------------ state
+
+    def _state_parts(self) -> dict[str, Any]:
+        """A saved policy file holds the outcome statistics too, under ``learned``."""
+        return {"learned": json.loads(self.state())}
+
+    def _restore_parts(self, document: Mapping[str, Any], where: str) -> Any:
+        part = document.get("learned")
+        if part is None:
+            return lambda: None
+        try:
+            tables = self._decode(json.dumps(part))
+        except StateVersionError as exc:
+            raise PolicyStateError(
+                f"learned: {exc}", path=where, version=exc.version, expected=exc.expected
+            ) from None
+        except (PolicyConfigError, TypeError, ValueError) as exc:
+            raise PolicyStateError(f"learned: {exc}", path=where) from None
+        return lambda: self._add(tables, 1.0)
 
     def _tables(self) -> dict[str, np.ndarray]:
         tables = {name: stats.copy() for name, stats in self._pending.items()}

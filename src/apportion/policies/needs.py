@@ -22,7 +22,8 @@ whose output was cut only tells a lower bound of the need; it is fitted as
 ``max(1.5 * observed, prediction)`` so that cut agents are predicted to need more. The
 spread of past errors gives a multiplicative margin (the 90th percentile of
 ``observed / predicted`` over the last 256 uncut calls, at least 1; until eight are known,
-1.5, or 1 for an agent that declares an estimator), which policies add to their margin.
+1.5, or 1 for an agent that declares an estimator, or :data:`TYPICAL_SPREAD` for one that
+declares a typical output), which policies add to their margin.
 :meth:`NeedModel.errors` gives the whole distribution of the errors, cut calls counted
 as censored (their need is above what they wrote).
 Thread-safe: one lock around every update and refit.

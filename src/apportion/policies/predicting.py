@@ -9,11 +9,12 @@ for a call, whom they hold back for, with which weights, and how they answer an 
 Warm start. Before any history, predictions come from a prior: the agent's ``estimator``
 or its declared ``typical_input`` / ``typical_output``, else a share of the request's
 ceiling per agent (:data:`PRIOR_INPUT_SHARE` for inputs, :data:`PRIOR_OUTPUT_SHARE` by
-output kind). The prior counts as a few observations and the history takes over as it
-accumulates (:mod:`apportion.policies.needs`). While an agent's own history is short, a
-call whose budget pays for its input in hand plus its expected output gets that input in
-full; the output margin takes its turn before the input only as the evidence behind the
-margin grows (:meth:`PredictingPolicy.least_output`). What the need model learned is saved
+output kind, and :data:`PRIOR_CAP_SHARE` for what a first cap covers). The prior counts
+as a few observations and the history takes over as it accumulates
+(:mod:`apportion.policies.needs`). While an agent's own history is short, a call whose
+budget pays for its input in hand plus its expected output gets that input in full; the
+output margin takes its turn before the input only as the evidence behind the margin
+grows (:meth:`PredictingPolicy.least_output`, :func:`divide`). What the need model learned is saved
 with :meth:`PredictingPolicy.save` and read back with :meth:`PredictingPolicy.load`, and
 with ``store=`` it is shared through the store (compare-and-set every ``sync_every``
 requests), so a restart or a second process does not start cold.
@@ -127,14 +128,14 @@ class PredictingPolicy(Policy):
             saved.check_agents(model, pipeline, self._loaded_from or "loaded state")
         if self.store is None:
             return model or NeedModel(pipeline)
-        shared = self._pull(pipeline)
+        shared = self._pull_needs(pipeline)
         if shared is not None:
             return shared
         model = model or NeedModel(pipeline)
         model.count_all_as_delta()  # not in the store yet: the next merge publishes it
         return model
 
-    def _pull(self, pipeline: Pipeline) -> NeedModel | None:
+    def _pull_needs(self, pipeline: Pipeline) -> NeedModel | None:
         assert self.store is not None
         where = f"store:{self.needs_key}"
         got = self.store.get_state(self.needs_key)
