@@ -14,10 +14,11 @@ as a few observations and the history takes over as it accumulates
 (:mod:`apportion.policies.needs`). While an agent's own history is short, a call whose
 budget pays for its input in hand plus its expected output gets that input in full; the
 output margin takes its turn before the input only as the evidence behind the margin
-grows (:meth:`PredictingPolicy.least_output`, :func:`divide`). What the need model learned is saved
-with :meth:`PredictingPolicy.save` and read back with :meth:`PredictingPolicy.load`, and
-with ``store=`` it is shared through the store (compare-and-set every ``sync_every``
-requests), so a restart or a second process does not start cold.
+grows (:meth:`PredictingPolicy.least_output`, :func:`divide`). What the need model
+learned is saved with :meth:`PredictingPolicy.save` and read back with
+:meth:`PredictingPolicy.load`, and with ``store=`` it is shared through the store
+(compare-and-set every ``sync_every`` requests), so a restart or a second process does
+not start cold.
 """
 
 from __future__ import annotations
