@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from apportion import Agent, Controller, MemoryStore, Pipeline
@@ -222,9 +224,20 @@ def test_routed_cost_weight_prices_cost_and_is_checked():
     with pytest.raises(PolicyConfigError, match="cost_weight"):
         RoutedPolicy(cost_weight=-1.0)
 
+    # typical sizes declared, so that the plan weighs known needs rather than the prior
+    typical = {"triage": (500, 50), "reasoner": (5_000, 1_000), "formatter": (1_500, 300)}
+    pipeline = Pipeline(
+        [
+            dataclasses.replace(
+                a, typical_input=typical[a.name][0], typical_output=typical[a.name][1]
+            )
+            for a in _pipeline().agents
+        ]
+    )
+
     def models(policy: RoutedPolicy) -> list[str | None]:
         ctl = Controller(
-            _pipeline(), policy=policy, store=MemoryStore(), catalog=Catalog([LARGE, SMALL])
+            pipeline, policy=policy, store=MemoryStore(), catalog=Catalog([LARGE, SMALL])
         )
         with ctl.request(ceiling=40_000, ceiling_usd=0.1) as req:
             grant = req.begin("formatter", 400, None)

@@ -367,13 +367,16 @@ def test_estimate_grants_input_in_full_plus_estimate_with_margin(
 def wide(later_base: float) -> Pipeline:
     return Pipeline(
         [Agent("a", estimator=est(1_000))]
-        + [Agent(f"b{i}", after=["a"], estimator=est(later_base)) for i in range(3)]
+        + [
+            Agent(f"b{i}", after=["a"], estimator=est(later_base), typical_input=2_000)
+            for i in range(3)
+        ]
     )
 
 
 def test_estimate_leaves_room_for_agents_still_to_run() -> None:
     totals = {}
-    for later in (100, 3_500, 5_000, 20_000):
+    for later in (100, 7_200, 7_600, 20_000):
         controller = make(wide(later), "estimate")
         with controller.request(ceiling=30_000) as req:
             needs = needs_of(controller, req)
@@ -391,7 +394,7 @@ def test_estimate_leaves_room_for_agents_still_to_run() -> None:
                 assert grant.total == max(room, min(share, want // 2))
             totals[later] = grant.total
     assert totals[100] == 3_200
-    assert totals[100] > totals[3_500] > totals[5_000] > totals[20_000] > 0
+    assert totals[100] > totals[7_200] > totals[7_600] > totals[20_000] > 0
 
 
 def test_estimate_ignores_priorities() -> None:
@@ -451,17 +454,21 @@ def test_predicting_policies_learn_output_online(policy: str, factor: float) -> 
         assert 0.9 * factor <= ratio <= 1.4 * factor, ratios[-10:]
 
 
-def test_estimate_declared_estimator_is_the_prior_until_observed() -> None:
+def test_estimate_declared_estimator_is_a_prior_the_history_takes_over() -> None:
     pipeline = Pipeline([Agent("a", estimator=est(800)), Agent("b", after=["a"])])
     controller = make(pipeline, "estimate")
     grants = []
-    for _ in range(6):
+    for _ in range(40):
         with controller.request(ceiling=100_000, features={"messages": 3}) as req:
             grant = req.begin("a", input_tokens=1_000)
             grants.append(grant.output_tokens)
             req.finish(grant, input_tokens=1_000, output_tokens=200)
     assert grants[0] == 960  # the declared estimate, 800 * 1.2
-    assert grants[-1] < 400  # learned: the agent writes 200, plus the margin
+    # counted as eight observations: after one, 800 ** (8 / 9) * 200 ** (1 / 9) = 684
+    assert grants[1] == round(800 ** (8 / 9) * 200 ** (1 / 9) * 1.2)
+    assert grants == sorted(grants, reverse=True)
+    # the history takes over: 800 ** (8 / 47) * 200 ** (39 / 47) = 253, plus the margin
+    assert grants[-1] == round(800 ** (8 / 47) * 200 ** (39 / 47) * 1.2)
 
 
 # --------------------------------------------------------------------------- elastic
@@ -511,7 +518,7 @@ def test_elastic_priority_decides_who_draws_first() -> None:
     for priority in ("critical", "standard", "peripheral"):
         pipeline = Pipeline(
             [Agent("x", priority=priority, estimator=est(1_000))]
-            + [Agent(n, after=["x"], estimator=est(7_000)) for n in ("y", "z")]
+            + [Agent(n, after=["x"], estimator=est(7_000), typical_input=6_000) for n in ("y", "z")]
         )
         controller = make(pipeline, "elastic")
         with controller.request(ceiling=25_000) as req:

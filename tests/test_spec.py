@@ -275,6 +275,11 @@ def test_agent_accepts_any_callable_estimator() -> None:
         ({"max_output": False}, "max_output", "non-negative integer"),
         ({"max_output": 10.0}, "max_output", "non-negative integer"),
         ({"estimator": 3}, "estimator", "callable"),
+        ({"typical_input": -1}, "typical_input", "non-negative integer"),
+        ({"typical_input": 1.5}, "typical_input", "non-negative integer"),
+        ({"typical_input": "big"}, "typical_input", "non-negative integer"),
+        ({"typical_output": True}, "typical_output", "non-negative integer"),
+        ({"typical_output": 2.0}, "typical_output", "non-negative integer"),
     ],
 )
 def test_agent_validation(kwargs: dict[str, object], key: str, fragment: str) -> None:
@@ -322,6 +327,26 @@ def test_agent_to_dict_omits_defaults() -> None:
     assert type(full.to_dict()["priority"]) is str
     # other callables are not serialisable and are left out
     assert Agent("x", estimator=lambda f, i: 1.0).to_dict() == {"name": "x"}
+
+
+def test_typical_sizes_round_trip_through_yaml(tmp_path: Path) -> None:
+    agent = Agent("r", typical_input=6000, typical_output=900)
+    assert agent.to_dict() == {"name": "r", "typical_input": 6000, "typical_output": 900}
+    assert repr(agent) == "Agent('r', typical_input=6000, typical_output=900)"
+    pipeline = Pipeline([agent, Agent("f", after=["r"], typical_output=0)])
+    path = tmp_path / "p.yaml"
+    pipeline.to_yaml(path)
+    assert Pipeline.from_yaml(path) == pipeline
+    assert Pipeline.from_yaml(path)["f"].typical_input is None
+
+
+def test_typical_size_mistake_in_yaml_names_line_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("agents:\n  - name: a\n    typical_output: -5\n")
+    with pytest.raises(SpecError) as info:
+        Pipeline.from_yaml(path)
+    assert (info.value.line, info.value.key) == (3, "agents[0].typical_output")
+    assert "non-negative integer, not -5" in str(info.value)
 
 
 # --- Pipeline: construction and lookup ---------------------------------------------------
@@ -657,7 +682,7 @@ def test_yaml_top_level_not_a_mapping(tmp_path: Path) -> None:
             "agents[0].prio",
             "prio:",
             "unknown key 'prio'; allowed: after, estimator, max_output, min_output, model, "
-            "name, output_kind, priority",
+            "name, output_kind, priority, typical_input, typical_output",
         ),
         (
             """

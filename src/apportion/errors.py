@@ -338,6 +338,35 @@ class PolicyConfigError(ApportionError, ValueError):
     """A policy was configured wrongly (missing budgets, bad margin ...)."""
 
 
+class PolicyStateError(ApportionError, ValueError):
+    """A policy's saved state cannot be read or written; nothing was loaded.
+
+    Attributes:
+        path: the file (or ``store:KEY`` for a store's shared state), or ``None``.
+        problem: what is wrong (the field and why, the version found and expected ...).
+        version: the state's format version, when it has one.
+        expected: the version this code reads.
+    """
+
+    path: str | None
+    problem: str
+    version: object
+    expected: int
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        path: str | None = None,
+        version: object = None,
+        expected: int = 0,
+    ) -> None:
+        where = f"{path}: " if path is not None else ""
+        super().__init__(
+            f"{where}{problem}", path=path, problem=problem, version=version, expected=expected
+        )
+
+
 class StoreUnavailable(ApportionError, ConnectionError):
     """The store cannot be reached.
 

@@ -21,6 +21,8 @@ from YAML go through the same checks, so the same mistake gives the same problem
         after: [triage]
         output_kind: reasoning
         estimator: {base: 300, per_feature: {messages: 20}, per_input: 0.05}
+        typical_input: 6000   # optional: what a call usually reads and writes, a prior
+        typical_output: 900   # for the policies until they have seen the agent run
 """
 
 from __future__ import annotations
@@ -245,6 +247,10 @@ class Agent:
         min_output: fewest output tokens worth granting.
         max_output: most output tokens it may ever be granted, or ``None``.
         estimator: estimates its output tokens from request features, or ``None``.
+        typical_input: the input tokens a call of this agent usually has, or ``None``:
+            a prior for the predicting policies until they have seen the agent run.
+        typical_output: the output tokens a call usually writes, or ``None`` (a prior,
+            as ``typical_input``).
 
     Raises:
         SpecError: a field is invalid; ``key`` names the field.
@@ -258,6 +264,8 @@ class Agent:
     min_output: int = 1
     max_output: int | None = None
     estimator: Estimator | None = None
+    typical_input: int | None = None
+    typical_output: int | None = None
 
     def __init__(
         self,
@@ -269,6 +277,8 @@ class Agent:
         min_output: int = 1,
         max_output: int | None = None,
         estimator: Estimator | None = None,
+        typical_input: int | None = None,
+        typical_output: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise SpecError(f"must be a non-empty string, not {_describe(name)}", key="name")
@@ -300,6 +310,8 @@ class Agent:
                 key="estimator",
             )
         setattr_(self, "estimator", estimator)
+        for key, typical in (("typical_input", typical_input), ("typical_output", typical_output)):
+            setattr_(self, key, None if typical is None else _count(typical, key))
 
     @staticmethod
     def _check_after(name: str, after: object) -> tuple[str, ...]:
@@ -339,6 +351,10 @@ class Agent:
             parts.append(f"max_output={self.max_output!r}")
         if self.estimator is not None:
             parts.append(f"estimator={self.estimator!r}")
+        if self.typical_input is not None:
+            parts.append(f"typical_input={self.typical_input!r}")
+        if self.typical_output is not None:
+            parts.append(f"typical_output={self.typical_output!r}")
         return f"Agent({', '.join(parts)})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -361,6 +377,10 @@ class Agent:
             result["max_output"] = self.max_output
         if isinstance(self.estimator, LinearEstimator):
             result["estimator"] = self.estimator.to_dict()
+        if self.typical_input is not None:
+            result["typical_input"] = self.typical_input
+        if self.typical_output is not None:
+            result["typical_output"] = self.typical_output
         return result
 
 
@@ -369,7 +389,18 @@ class Agent:
 
 _PIPELINE_KEYS = frozenset({"name", "agents"})
 _AGENT_KEYS = frozenset(
-    {"name", "priority", "after", "output_kind", "model", "min_output", "max_output", "estimator"}
+    {
+        "name",
+        "priority",
+        "after",
+        "output_kind",
+        "model",
+        "min_output",
+        "max_output",
+        "estimator",
+        "typical_input",
+        "typical_output",
+    }
 )
 _ESTIMATOR_KEYS = frozenset({"base", "per_feature", "per_input"})
 _KEY_TOKEN = re.compile(r"\[(\d+)\]|([^.\[\]]+)")

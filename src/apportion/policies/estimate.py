@@ -7,9 +7,13 @@ with a safety margin (20% by default, widened by how far past predictions fell s
 while holding back the predicted needs of the agents still to run. When the predictions
 add up to more than is left, each gets a share in proportion to its prediction.
 Predictions come from a per-agent linear model fitted online to past requests of the same
-controller; until an agent has been observed, from its declared estimator, else from an
-equal share of the ceiling. Priorities are not used. An extension is granted from what
-the agents still to run are not predicted to need.
+controller, blended with a prior that the history takes over from: the agent's declared
+estimator or typical sizes, else shares of the ceiling by kind (see
+:mod:`apportion.policies.predicting`, "Warm start"). While an agent has been seen only a
+few times, its input in hand comes before its output margin: it is read in full whenever
+that and its expected output fit beside what the others are predicted to need.
+Priorities are not used. An extension is granted from what the agents still to run are
+not predicted to need.
 """
 
 from __future__ import annotations

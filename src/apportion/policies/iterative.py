@@ -12,8 +12,13 @@ agent must wrap up with what it has. Priorities are not used.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from apportion.errors import PolicyConfigError
 from apportion.policies.predicting import PredictingPolicy
+
+if TYPE_CHECKING:
+    from apportion.stores.base import Store
 
 
 class IterativePolicy(PredictingPolicy):
@@ -23,12 +28,24 @@ class IterativePolicy(PredictingPolicy):
         first_share: part of the predicted output granted at first (default 1.0).
         margin: safety margin added to the predicted output before that share is taken
             (default 0: the margin is paid for only when an extension needs it).
+        store: a store to share the need model through (see
+            :class:`~apportion.policies.predicting.PredictingPolicy`).
+        key: the shared state's key prefix (default ``iterative``).
+        sync_every: learned requests between two merges with the store.
     """
 
     name = "iterative"
 
-    def __init__(self, first_share: float = 1.0, margin: float = 0.0) -> None:
-        super().__init__(margin=margin)
+    def __init__(
+        self,
+        first_share: float = 1.0,
+        margin: float = 0.0,
+        *,
+        store: Store | None = None,
+        key: str | None = None,
+        sync_every: int = 32,
+    ) -> None:
+        super().__init__(margin=margin, store=store, key=key, sync_every=sync_every)
         if not 0.0 < first_share <= 1.0:
             raise PolicyConfigError(f"first_share must be in (0, 1], not {first_share!r}")
         self.first_share = first_share

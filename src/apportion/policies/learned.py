@@ -82,7 +82,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from apportion.errors import ApportionError, PolicyConfigError
+from apportion.errors import ApportionError, PolicyConfigError, PolicyStateError
 from apportion.ledger import Grant
 from apportion.policies.base import Decision, Observation, clip_output
 from apportion.policies.outcome_model import OutcomeModel, output_cost
@@ -174,7 +174,7 @@ class LearnedPolicy(PredictingPolicy):
         seed: int | None = None,
         explore: float = 0.5,
     ) -> None:
-        super().__init__(margin=0.0)
+        super().__init__(margin=0.0, store=store, key=key, sync_every=sync_every)
         if not (math.isfinite(price) and price >= 0):
             raise PolicyConfigError(f"price must be a number >= 0, not {price!r}", price=price)
         if sync_every < 1:
@@ -210,6 +210,8 @@ class LearnedPolicy(PredictingPolicy):
                 if model is None:
                     model = OutcomeModel(pipeline)
                     pending = self._pending.pop(pipeline.name, None)
+                    if pending is None and self.store is not None:
+                        pending = self._pull_stats(pipeline.name)
                     if pending is not None:
                         model.stats += self._fit_width(pipeline.name, pending, model.width)
                     self._delta[pipeline.name] = np.zeros_like(model.stats)
@@ -260,9 +262,9 @@ class LearnedPolicy(PredictingPolicy):
         if ahead is None:
             model = self._model(obs)
             row = obs.memo.get("row") or model.row(obs.features)
-            fallback = obs.ceiling / len(obs.pipeline) / 2
+            prior = self.prior_input(obs)
             ahead = obs.memo["inputs"] = {
-                b.name: model.input(b, row) or fallback for b in obs.pipeline.agents
+                b.name: model.input(b, row, prior) or 0.0 for b in obs.pipeline.agents
             }
         return ahead
 
@@ -329,8 +331,34 @@ class LearnedPolicy(PredictingPolicy):
         )
         ctx, out = chosen if chosen is not None else (min(input_tokens, pool), 0)
         ctx = min(ctx, input_tokens)
+        if ctx < input_tokens:
+            ctx = max(ctx, self._cold_context(obs, agent, input_tokens, predicted, out, pool))
         out = min(out, pool - ctx)
         return Decision(ctx, clip_output(max(out, 0), output_tokens), None, predicted)
+
+    def _cold_context(
+        self,
+        obs: Observation,
+        agent: Agent,
+        input_tokens: int,
+        predicted: float,
+        out: int,
+        pool: int,
+    ) -> int:
+        """Cold start: how much of its input an agent whose errors are not known yet reads.
+
+        Until eight of its answers were seen uncut, the spread of its output (and so the
+        choice of its cap) is a prior: then it reads its input in hand as far as the pool
+        pays for it beside its expected output (:meth:`~apportion.policies.predicting.
+        PredictingPolicy.least_output`) and what the agents still to run are expected to
+        need. Once its errors are known: 0 (the choice is the trade-off's alone).
+        """
+        if len(self._model(obs).errors(agent)) >= 8:
+            return 0
+        needs = self.predicted_needs(obs)
+        keep = sum(needs[b.name] for b in obs.unstarted(besides=agent.name))
+        least = self.least_output(obs, agent, predicted, max(out, round(predicted)))
+        return max(0, min(input_tokens, pool - keep - max(least, agent.min_output)))
 
     def extend(
         self, obs: Observation, grant: Grant, output_tokens: int, context_tokens: int
@@ -368,7 +396,7 @@ class LearnedPolicy(PredictingPolicy):
     def learn(self, obs: Observation, outcome: float | None) -> None:
         """Learn needs from the usage, and the agents' weights from the outcome (if valid)."""
         if obs.finished():
-            self._model(obs).observe(obs.features, self._usage(obs))
+            self._observe(obs, self._usage(obs))
         try:
             value = check_outcome(outcome)
         except ValueError:
@@ -437,6 +465,12 @@ class LearnedPolicy(PredictingPolicy):
         with self._lock:
             self._delta[pipeline.name] += model.add(row, min(target, -FLOOR))
 
+    def _pull_stats(self, name: str) -> np.ndarray | None:
+        """The store's statistics of pipeline ``name`` (a new worker starts from them)."""
+        assert self.store is not None
+        got = self.store.get_state(self.key)
+        return None if got is None else self._decode(got[1]).get(name)
+
     def sync(self) -> None:
         """Merge what this worker learned into the store's state, and adopt the sum."""
         store = self.store
@@ -464,6 +498,24 @@ class LearnedPolicy(PredictingPolicy):
         raise ApportionError(f"could not merge learned state {self.key!r}: too much contention")
 
     # ------------------------------------------------------------ state
+
+    def _state_parts(self) -> dict[str, Any]:
+        """A saved policy file holds the outcome statistics too, under ``learned``."""
+        return {"learned": json.loads(self.state())}
+
+    def _restore_parts(self, document: Mapping[str, Any], where: str) -> Any:
+        part = document.get("learned")
+        if part is None:
+            return lambda: None
+        try:
+            tables = self._decode(json.dumps(part))
+        except StateVersionError as exc:
+            raise PolicyStateError(
+                f"learned: {exc}", path=where, version=exc.version, expected=exc.expected
+            ) from None
+        except (PolicyConfigError, TypeError, ValueError) as exc:
+            raise PolicyStateError(f"learned: {exc}", path=where) from None
+        return lambda: self._add(tables, 1.0)
 
     def _tables(self) -> dict[str, np.ndarray]:
         tables = {name: stats.copy() for name, stats in self._pending.items()}

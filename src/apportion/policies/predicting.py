@@ -1,27 +1,66 @@
 """Machinery shared by the policies that predict needs: estimate, elastic and iterative.
 
-Each of them predicts what every agent will need (:class:`~apportion.policies.needs.NeedModel`,
-with an equal share of the ceiling as the fallback), grants the agent about to run what it
-is predicted to need, and holds back what the agents still to run are predicted to need.
-When the pool cannot cover everyone, the agent gets its weighted proportional share of what
-it may draw. The subclasses differ in what they predict for a call, whom they hold back
-for, with which weights, and how they answer an extension.
+Each of them predicts what every agent will need (:class:`~apportion.policies.needs.NeedModel`),
+grants the agent about to run what it is predicted to need, and holds back what the agents
+still to run are predicted to need. When the pool cannot cover everyone, the agent gets its
+weighted proportional share of what it may draw. The subclasses differ in what they predict
+for a call, whom they hold back for, with which weights, and how they answer an extension.
+
+Warm start. Before any history, predictions come from a prior: the agent's ``estimator``
+or its declared ``typical_input`` / ``typical_output``, else a share of the request's
+ceiling per agent (:data:`PRIOR_INPUT_SHARE` for inputs, :data:`PRIOR_OUTPUT_SHARE` by
+output kind, and :data:`PRIOR_CAP_SHARE` for what a first cap covers). The prior counts
+as a few observations and the history takes over as it accumulates
+(:mod:`apportion.policies.needs`). While an agent's own history is short, a call whose
+budget pays for its input in hand plus its expected output gets that input in full; the
+output margin takes its turn before the input only as the evidence behind the margin
+grows (:meth:`PredictingPolicy.least_output`, :func:`divide`). What the need model
+learned is saved with :meth:`PredictingPolicy.save` and read back with
+:meth:`PredictingPolicy.load`, and with ``store=`` it is shared through the store
+(compare-and-set every ``sync_every`` requests), so a restart or a second process does
+not start cold.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from apportion.errors import PolicyConfigError
+from apportion.errors import ApportionError, PolicyConfigError, PolicyStateError
 from apportion.ledger import MAX_TOKENS, Grant
-from apportion.policies.base import Observation, Plan, Policy, clip_output, split
+from apportion.policies import state as saved
+from apportion.policies.base import _OUTPUT_FIRST_SHARE, Observation, Plan, Policy, clip_output
 from apportion.policies.needs import NeedModel
-from apportion.spec import Agent, Pipeline
+from apportion.spec import Agent, OutputKind, Pipeline
 
-_FALLBACK_OUTPUT_SHARE = 0.25
+if TYPE_CHECKING:
+    from apportion.stores.base import Store
+
+PRIOR_INPUT_SHARE = 0.35
+"""Before any history: an agent's input is expected to be this part of ``ceiling / agents``."""
+PRIOR_OUTPUT_SHARE = {
+    OutputKind.STRUCTURED: 0.15,
+    OutputKind.PROSE: 0.25,
+    OutputKind.REASONING: 0.25,
+}
+"""Before any history: an agent's output is expected to be this part of ``ceiling / agents``,
+by what it writes (a structured answer, a label or a record, is the shorter)."""
+PRIOR_CAP_SHARE = 0.25
+"""Before any history: a call's output cap covers this part of ``ceiling / agents`` (with the
+margin and spread on top), whatever its kind. A cap costs only what the answer uses and
+a cut answer may be worth nothing, so the cap's prior is generous where the expectation
+(what the agents after it leave room for) is not. It fades as the agent is observed, and
+is dropped once the spread of the agent's errors is known (eight uncut calls)."""
+MARGIN_TRUST = 8.0
+"""An agent seen ``n`` times keeps ``n / (n + MARGIN_TRUST)`` of its output margin before its
+input is cut (:meth:`PredictingPolicy.least_output`)."""
 _ROOM_ENOUGH = 0.5
 """Up to this part of what it wants, a squeezed agent may eat into the others' needs."""
+
+_P = TypeVar("_P", bound="PredictingPolicy")
 
 
 class PredictingPolicy(Policy):
@@ -29,25 +68,85 @@ class PredictingPolicy(Policy):
 
     Args:
         margin: safety margin added to predicted output (0.2 = 20% more).
+        store: a store to share the need model with other workers and restarts
+            (``None``: this process only).
+        key: the shared state's key in the store is ``KEY.needs`` (default: the policy's
+            name).
+        sync_every: learned requests between two merges with the store.
     """
 
     weights: ClassVar[Mapping[int, float]] = {2: 1.0, 1: 1.0, 0: 1.0}
     """Weight of each priority rank when the pool is split in proportion."""
 
-    def __init__(self, margin: float = 0.2) -> None:
+    def __init__(
+        self,
+        margin: float = 0.2,
+        *,
+        store: Store | None = None,
+        key: str | None = None,
+        sync_every: int = 32,
+    ) -> None:
         if not 0.0 <= margin <= 10.0:
             raise PolicyConfigError(
                 f"margin must be between 0 and 10, not {margin!r}", margin=margin
             )
+        if sync_every < 1:
+            raise PolicyConfigError(f"sync_every must be at least 1, not {sync_every!r}")
         self.margin = margin
         self.output_factor = 1 + margin
-        self._needs: dict[int, NeedModel] = {}
+        self.store = store
+        self.sync_every = sync_every
+        self.needs_key = f"{key or self.name}.needs"
+        self._needs: dict[int, tuple[Pipeline, NeedModel]] = {}
+        self._by_name: dict[tuple[str, tuple[str, ...]], NeedModel] = {}
+        self._loaded: dict[str, NeedModel] = {}  # restored, for pipelines not seen yet
+        self._loaded_from: str | None = None
+        self._state_lock = threading.RLock()
+        self._unsynced = 0
 
     def needs(self, pipeline: Pipeline) -> NeedModel:
-        """The need model learned for ``pipeline`` (created on first use)."""
-        model = self._needs.get(id(pipeline))
-        if model is None:
-            model = self._needs.setdefault(id(pipeline), NeedModel(pipeline))
+        """The need model learned for ``pipeline`` (created, restored or pulled on first use).
+
+        Raises:
+            PolicyStateError: the saved or shared model of a pipeline of this name is for
+                other agents, or the store's shared state cannot be read.
+        """
+        cached = self._needs.get(id(pipeline))
+        if cached is not None and cached[0] is pipeline:
+            return cached[1]
+        with self._state_lock:
+            key = (pipeline.name, pipeline.names)
+            model = self._by_name.get(key)
+            if model is None:
+                model = self._by_name[key] = self._first_model(pipeline)
+            self._needs[id(pipeline)] = (pipeline, model)
+        return model
+
+    def _first_model(self, pipeline: Pipeline) -> NeedModel:
+        """A pipeline's model at first use: the store's copy, else a loaded one, else new."""
+        model = self._loaded.pop(pipeline.name, None)
+        if model is not None:
+            saved.check_agents(model, pipeline, self._loaded_from or "loaded state")
+        if self.store is None:
+            return model or NeedModel(pipeline)
+        shared = self._pull_needs(pipeline)
+        if shared is not None:
+            return shared
+        model = model or NeedModel(pipeline)
+        model.count_all_as_delta()  # not in the store yet: the next merge publishes it
+        return model
+
+    def _pull_needs(self, pipeline: Pipeline) -> NeedModel | None:
+        assert self.store is not None
+        where = f"store:{self.needs_key}"
+        got = self.store.get_state(self.needs_key)
+        if got is None:
+            return None
+        entry = saved.decode_shared(got[1], where).get(pipeline.name)
+        if entry is None:
+            return None
+        model = saved.parse_model(pipeline.name, entry, f"pipelines.{pipeline.name}", where)
+        saved.check_agents(model, pipeline, where)
         return model
 
     def _model(self, obs: Observation) -> NeedModel:
@@ -68,14 +167,13 @@ class PredictingPolicy(Policy):
             model = self._model(obs)
             features = obs.features
             row = obs.memo["row"] = model.row(features)
-            share = obs.ceiling / len(obs.pipeline)
-            fallback_in = share * (1 - _FALLBACK_OUTPUT_SHARE)
+            prior_in = self.prior_input(obs)
             needs = {}
             for agent in obs.pipeline.agents:
-                inp = model.input(agent, row) or fallback_in
-                out = model.output(agent, features, row, inp)
+                inp = model.input(agent, row, prior_in) or 0.0
+                out = model.output(agent, features, row, inp, self.prior_output(obs, agent))
                 if out is None:
-                    out = self._fallback_output(obs, agent)
+                    out = self.prior_output(obs, agent)
                 # expected, not padded: margins are for the agent's own grant; padding every
                 # later agent's need would starve the earlier ones for insurance
                 out = max(out, agent.min_output) * min(1.0, self.output_factor)
@@ -87,18 +185,48 @@ class PredictingPolicy(Policy):
     """What a call's output grant is, as a multiple of its predicted output (``1 + margin``)."""
 
     @staticmethod
-    def _fallback_output(obs: Observation, agent: Agent) -> float:
-        guess = obs.ceiling / len(obs.pipeline) * _FALLBACK_OUTPUT_SHARE
+    def prior_input(obs: Observation) -> float:
+        """An agent's input before any history, when it declares no ``typical_input``."""
+        return obs.ceiling / len(obs.pipeline) * PRIOR_INPUT_SHARE
+
+    @staticmethod
+    def prior_output(obs: Observation, agent: Agent, *, cap: bool = False) -> float:
+        """An agent's output before any history, when it declares no ``typical_output``.
+
+        Args:
+            obs: the request.
+            agent: the agent.
+            cap: the prior of what its cap must cover (:data:`PRIOR_CAP_SHARE`) rather
+                than of what it is expected to write (:data:`PRIOR_OUTPUT_SHARE`).
+        """
+        share = PRIOR_CAP_SHARE if cap else PRIOR_OUTPUT_SHARE[agent.output_kind]
+        guess = obs.ceiling / len(obs.pipeline) * share
         return guess if agent.max_output is None else min(guess, agent.max_output)
 
-    def predicted_output(self, obs: Observation, agent: Agent, input_tokens: float | None) -> float:
-        """Expected output of one call, with the fallback when nothing is known."""
+    def predicted_output(
+        self, obs: Observation, agent: Agent, input_tokens: float | None, *, cap: bool = False
+    ) -> float:
+        """Expected output of one call: the history blended with the prior.
+
+        With ``cap``, blended with the prior of what a cap must cover instead (see
+        :meth:`prior_output`, :data:`PRIOR_CAP_SHARE`).
+        """
         model = self._model(obs)
         row = obs.memo.get("row") or model.row(obs.features)
-        guess = model.output(agent, obs.features, row, input_tokens)
-        if guess is None:
-            guess = self._fallback_output(obs, agent)
-        return max(guess, float(agent.min_output))
+        prior = self.prior_output(obs, agent, cap=cap)
+        guess = model.output(agent, obs.features, row, input_tokens, prior)
+        return max(prior if guess is None else guess, float(agent.min_output))
+
+    def least_output(self, obs: Observation, agent: Agent, predicted: float, want: int) -> int:
+        """The output a call keeps before its input is cut: from ``predicted`` to ``want``.
+
+        With no history of the agent, its expected output (the margin is a guess, the
+        input in hand a count); the margin joins in as the agent is observed, in
+        proportion ``seen / (seen + MARGIN_TRUST)``.
+        """
+        seen = self._model(obs).seen(agent)
+        trust = seen / (seen + MARGIN_TRUST)
+        return round(predicted + trust * max(0.0, want - predicted))
 
     def call_output(self, obs: Observation, agent: Agent, predicted: float) -> float:
         """Output tokens to grant one call predicted to write ``predicted`` tokens."""
@@ -155,12 +283,24 @@ class PredictingPolicy(Policy):
     ) -> tuple[int, int]:
         """Grant the predicted need, or a weighted share when the pool cannot cover all."""
         predicted = self.predicted_output(obs, agent, input_tokens)
-        want_out = round(self.call_output(obs, agent, predicted))
+        covered = predicted
+        if not self._model(obs).knows_errors(agent):  # the cap's prior, until errors are known
+            covered = max(predicted, self.predicted_output(obs, agent, input_tokens, cap=True))
+        want_out = round(self.call_output(obs, agent, covered))
         if output_tokens is not None:
             want_out = min(want_out, max(output_tokens, agent.min_output))
         want = input_tokens + want_out
         budget = self.budget(obs, agent, want)
-        ctx, out = split(budget, input_tokens, want_out, agent, least_output=round(predicted))
+        most = max(want_out, agent.min_output)
+        if agent.max_output is not None:
+            most = min(most, agent.max_output)
+        if agent.output_kind is OutputKind.PROSE:
+            least = round(predicted)
+        else:
+            least = self.least_output(obs, agent, predicted, most)
+        ctx, out = divide(
+            budget, input_tokens, most, min(max(least, agent.min_output), most), agent
+        )
         return ctx, clip_output(out, output_tokens)
 
     def budget(self, obs: Observation, agent: Agent, want: int) -> int:
@@ -221,7 +361,150 @@ class PredictingPolicy(Policy):
         """Fold the request's finished calls into the need model."""
         usage = obs.usage()
         if usage:
-            self._model(obs).observe(obs.features, usage)
+            self._observe(obs, usage)
+
+    def _observe(self, obs: Observation, calls: Sequence[tuple[str, int, int, bool]]) -> None:
+        """Buffer one request's calls in the need model; merge with the store when due."""
+        self._model(obs).observe(obs.features, calls)
+        if self.store is None:
+            return
+        with self._state_lock:
+            self._unsynced += 1
+            due = self._unsynced >= self.sync_every
+            if due:
+                self._unsynced = 0
+        if due:
+            self.sync_needs()
+
+    # ------------------------------------------------------------ saved and shared state
+
+    def sync_needs(self) -> None:
+        """Merge what this worker's need models learned into the store's copy, and adopt it.
+
+        Compare-and-set: read the store's document, add this worker's statistics and error
+        samples since its last merge, write it back if no other worker wrote in between
+        (else read again). The model then continues from the sum.
+
+        Raises:
+            PolicyStateError: the store holds shared state of another format or version.
+            ApportionError: too much contention (64 attempts failed).
+        """
+        store = self.store
+        if store is None:
+            return
+        with self._state_lock:
+            models = [(name, names, m) for (name, names), m in self._by_name.items()]
+        for name, names, model in models:
+            model.share(functools.partial(self._exchange, store, name, names))
+
+    def _exchange(
+        self, store: Store, name: str, agents: tuple[str, ...], delta: Mapping[str, Any]
+    ) -> NeedModel:
+        where = f"store:{self.needs_key}"
+        pipeline = Pipeline([Agent(a) for a in agents], name=name)
+        for _ in range(64):
+            got = store.get_state(self.needs_key)
+            version, entries = 0, {}
+            if got is not None:
+                version, entries = got[0], saved.decode_shared(got[1], where)
+            shared = None
+            if name in entries:
+                shared = saved.parse_model(name, entries[name], f"pipelines.{name}", where)
+                if shared.agents != agents:
+                    shared = None  # another pipeline of the same name: this one replaces it
+            merged = NeedModel.merged(pipeline, shared, delta)
+            entries[name] = merged.document()
+            if store.put_state(self.needs_key, saved.encode_shared(entries), version) is not None:
+                return merged
+        raise ApportionError(f"could not merge {where}: too much contention")
+
+    def _state_parts(self) -> dict[str, Any]:
+        """The policy's own parts of its saved document, beside the need models."""
+        return {}
+
+    def _restore_parts(self, document: Mapping[str, Any], where: str) -> Any:
+        """Check the policy's own parts of a saved document; return a function applying them.
+
+        Raises:
+            PolicyStateError: a part is malformed (nothing is applied).
+        """
+        return lambda: None
+
+    def save(self, path: str | Path) -> None:
+        """Write everything this policy learned to ``path`` (JSON, versioned, atomic).
+
+        Raises:
+            PolicyStateError: the file cannot be written.
+        """
+        with self._state_lock:
+            models = {name: m for (name, _), m in self._by_name.items()}
+            pending = dict(self._loaded)
+        needs = {name: m.document() for name, m in {**pending, **models}.items()}
+        saved.write_file(path, saved.file_document(self.name, needs, **self._state_parts()))
+
+    @classmethod
+    def load(cls: type[_P], path: str | Path, **options: Any) -> _P:
+        """A new policy that continues from the state saved at ``path``.
+
+        ``PredictingPolicy.load(path)`` builds the policy the file names;
+        ``ElasticPolicy.load(path, margin=0.3)`` builds an elastic policy with these
+        options (and refuses a file of another policy).
+
+        Raises:
+            PolicyStateError: the file cannot be read, is not a policy state of this
+                version, is another policy's, or a field is malformed (nothing is loaded).
+        """
+        where = str(path)
+        document = saved.read_file(path)
+        name = document.get("policy")
+        if cls is PredictingPolicy:
+            from apportion.policies import LEARNING, POLICIES, ROUTING
+
+            factory = {**POLICIES, **LEARNING, **ROUTING}.get(str(name))
+            if factory is None or not isinstance(factory, type):
+                raise PolicyStateError(f"policy {name!r} is no predicting policy", path=where)
+            policy: Any = factory(**options)
+            if not isinstance(policy, PredictingPolicy):
+                raise PolicyStateError(f"policy {name!r} is no predicting policy", path=where)
+        else:
+            if name != cls.name:
+                raise PolicyStateError(
+                    f"this is the state of policy {name!r}, not {cls.name!r}", path=where
+                )
+            policy = cls(**options)
+        policy._restore(document, where)
+        return policy  # type: ignore[no-any-return]
+
+    def _restore(self, document: Mapping[str, Any], where: str) -> None:
+        models = saved.parse_needs(document.get("needs"), "needs", where)
+        apply = self._restore_parts(document, where)
+        with self._state_lock:
+            self._loaded = models
+            self._loaded_from = where
+            self._by_name.clear()
+            self._needs.clear()
+            apply()
+
+
+def divide(budget: int, input_tokens: int, most: int, least: int, agent: Agent) -> tuple[int, int]:
+    """Divide one call's budget: the output's ``least``, then the input, then up to ``most``.
+
+    As :func:`~apportion.policies.base.split` (which keeps the whole margin of a structured
+    or reasoning answer before its input), with the output's first claim ``least`` for
+    every kind: when the budget pays for the input in hand and ``least``, the input is read
+    in full and the output gets the rest, up to ``most``; otherwise the output gets
+    ``least`` (at most three quarters of the budget, half for prose) and the input what
+    remains.
+
+    Returns:
+        ``(context_tokens, output_tokens)`` with a sum of at most ``max(budget, 0)``.
+    """
+    budget = max(budget, 0)
+    if input_tokens + least <= budget:
+        return input_tokens, min(most, budget - input_tokens)
+    out = min(least, int(budget * _OUTPUT_FIRST_SHARE[agent.output_kind]))
+    ctx = min(input_tokens, budget - out)
+    return ctx, min(most, budget - ctx)
 
 
 def _fit(needs: dict[str, int], total: int) -> dict[str, int]:
