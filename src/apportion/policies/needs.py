@@ -550,8 +550,8 @@ def _blend(prior: float | None, weight: float, learned: float | None, count: int
         return prior
     if prior is None or count <= 0:
         return learned
-    share = weight / (weight + count)
-    return float(max(prior, 1.0) ** share * max(learned, 1.0) ** (1.0 - share))
+    # ``learned`` is at least 1 (see ``_Regression.predict``)
+    return float(learned * (max(prior, 1.0) / learned) ** (weight / (weight + count)))
 
 
 def _add(base: np.ndarray | None, added: object) -> np.ndarray | None:

@@ -24,6 +24,7 @@ not start cold.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -168,12 +169,14 @@ class PredictingPolicy(Policy):
             features = obs.features
             row = obs.memo["row"] = model.row(features)
             prior_in = self.prior_input(obs)
+            priors = self._priors(obs)
             needs = {}
             for agent in obs.pipeline.agents:
                 inp = model.input(agent, row, prior_in) or 0.0
-                out = model.output(agent, features, row, inp, self.prior_output(obs, agent))
+                prior_out = priors[agent.name][0]
+                out = model.output(agent, features, row, inp, prior_out)
                 if out is None:
-                    out = self.prior_output(obs, agent)
+                    out = prior_out
                 # expected, not padded: margins are for the agent's own grant; padding every
                 # later agent's need would starve the earlier ones for insurance
                 out = max(out, agent.min_output) * min(1.0, self.output_factor)
@@ -203,6 +206,19 @@ class PredictingPolicy(Policy):
         guess = obs.ceiling / len(obs.pipeline) * share
         return guess if agent.max_output is None else min(guess, agent.max_output)
 
+    def _priors(self, obs: Observation) -> dict[str, tuple[float, float]]:
+        """``(expected, cap)`` output priors per agent for this request (memo)."""
+        priors: dict[str, tuple[float, float]] | None = obs.memo.get("priors")
+        if priors is None:
+            share = obs.ceiling / len(obs.pipeline)
+            cap = share * PRIOR_CAP_SHARE
+            priors = obs.memo["priors"] = {}
+            for a in obs.pipeline.agents:
+                most = math.inf if a.max_output is None else a.max_output
+                expected = share * PRIOR_OUTPUT_SHARE[a.output_kind]
+                priors[a.name] = (min(expected, most), min(cap, most))
+        return priors
+
     def predicted_output(
         self, obs: Observation, agent: Agent, input_tokens: float | None, *, cap: bool = False
     ) -> float:
@@ -213,7 +229,7 @@ class PredictingPolicy(Policy):
         """
         model = self._model(obs)
         row = obs.memo.get("row") or model.row(obs.features)
-        prior = self.prior_output(obs, agent, cap=cap)
+        prior = self._priors(obs)[agent.name][cap]
         guess = model.output(agent, obs.features, row, input_tokens, prior)
         return max(prior if guess is None else guess, float(agent.min_output))
 
