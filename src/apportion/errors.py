@@ -253,7 +253,11 @@ class GrantSettled(ApportionError, RuntimeError):
 
 
 class GrantExpired(GrantSettled):
-    """The grant's lease ran out before it was settled; its tokens were reclaimed."""
+    """The grant's lease ran out before it was settled; its tokens were reclaimed.
+
+    Raised by ``extend``, ``renew`` and ``release`` of such a grant; ``finish`` still
+    settles it, late, recording all of its usage as over-use.
+    """
 
 
 class ForeignGrant(ApportionError, ValueError):
