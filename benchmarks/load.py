@@ -58,7 +58,8 @@ from typing import Any
 
 from apportion.pools import Pool, PoolExhausted
 from apportion.stores import open_store
-from apportion.stores.redis import RedisStore, _Call, _Eval
+from apportion.stores.redis import RedisStore
+from apportion.testing.pool_windows import clock_offsets, draw_until, overspend
 
 RANKS = {"intake": 0, "retriever": 1, "reasoner": 2, "formatter": 0}
 CEILING = 20_000
@@ -124,45 +125,6 @@ def worker(
     out.put({"times": times, "trips": trips, "totals": totals})
 
 
-class ChargedStore(RedisStore):
-    """A Redis store that remembers the window its last pool draw was charged to."""
-
-    charged = -1
-
-    def _call(self, call: _Call) -> Any:
-        reply = super()._call(call)
-        if isinstance(call, _Eval) and call.script == "pool_draw" and reply[0] in (b"ok", "ok"):
-            self.charged = int(reply[1])
-        return reply
-
-
-def window_worker(
-    url: str, pool: str, index: int, offset: float, seconds: float, start: Any, out: Any
-) -> None:
-    store = ChargedStore(url)
-    rng = random.Random(index)
-    records: list[tuple[int, int]] = []
-    start.wait()
-    stop = time.monotonic() + seconds
-    i = 0
-    while time.monotonic() < stop:
-        i += 1
-        request_id = f"w{index}-{i}"
-        ceiling = rng.randint(500, 3_000)
-        try:
-            store.open(request_id, RANKS, ceiling, time.time() + offset, pool=pool)
-        except PoolExhausted:
-            continue
-        used = ceiling if rng.random() < 0.7 else rng.randint(0, ceiling)
-        if used:
-            now = time.time() + offset
-            grant, _ = store.begin(request_id, "reasoner", used, 0, now, LEASE)
-            store.finish(request_id, grant, used, 0, now)
-        store.close(request_id, time.time() + offset)
-        records.append((store.charged, used))
-    out.put(records)
-
-
 def run_windows(url: str, args: argparse.Namespace) -> dict[str, Any]:
     """The pool-window case: tokens used per window charged, without and with skew."""
     store = open_store(url)
@@ -172,14 +134,13 @@ def run_windows(url: str, args: argparse.Namespace) -> dict[str, Any]:
         pool = f"{POOL}-window-{run_index}"
         store.define_pool(Pool(pool, args.window_capacity, args.window_seconds))
         n = args.processes
-        offsets = [(-skew + 2 * skew * i / (n - 1)) if n > 1 else 0.0 for i in range(n)]
         start, out = context.Event(), context.Queue()
         workers = [
             context.Process(
-                target=window_worker,
-                args=(url, pool, i, offsets[i], args.window_run, start, out),
+                target=draw_until,
+                args=(url, pool, RANKS, i, offset, args.window_run, start, out),
             )
-            for i in range(n)
+            for i, offset in enumerate(clock_offsets(skew, n))
         ]
         for w in workers:
             w.start()
@@ -187,14 +148,14 @@ def run_windows(url: str, args: argparse.Namespace) -> dict[str, Any]:
         records = [r for _ in workers for r in out.get(timeout=3600)]
         for w in workers:
             w.join(60)
+        over = list(overspend(records, args.window_capacity).values())
         used: dict[int, int] = {}
         for window, tokens in records:
             used[window] = used.get(window, 0) + tokens
-        over = [max(0, used[w] - args.window_capacity) for w in sorted(used)]
         runs.append(
             {
                 "skew_s": skew,
-                "windows": len(used),
+                "windows": len(over),
                 "draws": len(records),
                 "max_used_in_a_window": max(used.values(), default=0),
                 "overspend_by_window": over,

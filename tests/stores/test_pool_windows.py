@@ -14,10 +14,6 @@ import multiprocessing
 import random
 import sys
 import threading
-import time
-from collections import defaultdict
-from collections.abc import Iterable
-from typing import Any
 
 import pytest
 from redis_server import RedisServer
@@ -25,27 +21,13 @@ from redis_server import RedisServer
 from apportion.errors import PoolExhausted
 from apportion.pools import Pool, PoolAccount
 from apportion.stores import MemoryStore
-from apportion.stores.redis import RedisStore, _Call, _Eval
+from apportion.stores.redis import RedisStore
+from apportion.testing.pool_windows import clock_offsets, draw_until, overspend
 from apportion.testing.store_conformance import RANKS
 
 FORK = multiprocessing.get_context("fork")
 CAPACITY = 30_000
 WORKERS = 16
-
-
-def _overspend(records: Iterable[tuple[int, int]]) -> tuple[dict[int, int], int]:
-    """Tokens used per window charged, and the total beyond the capacity."""
-    per_window: dict[int, int] = defaultdict(int)
-    for window, used in records:
-        per_window[window] += used
-    return dict(per_window), sum(max(0, t - CAPACITY) for t in per_window.values())
-
-
-def _offsets(skew: float, n: int) -> list[float]:
-    """Each worker's clock offset: spread over [-skew, +skew] (all 0 without skew)."""
-    if not skew:
-        return [0.0] * n
-    return [-skew + 2 * skew * i / (n - 1) for i in range(n)]
 
 
 # ---------------------------------------------------------------- memory: threads
@@ -102,7 +84,7 @@ def test_threads_never_overspend_a_window(skew: float) -> None:
         results: list[list[tuple[int, int]]] = [[] for _ in range(WORKERS)]
         threads = [
             threading.Thread(target=lambda i=i, o=o: results[i].extend(work(i, o)))
-            for i, o in enumerate(_offsets(skew, WORKERS))
+            for i, o in enumerate(clock_offsets(skew, WORKERS))
         ]
         for thread in threads:
             thread.start()
@@ -110,51 +92,12 @@ def test_threads_never_overspend_a_window(skew: float) -> None:
             thread.join()
     finally:
         sys.setswitchinterval(switch)
-    per_window, over = _overspend(r for records in results for r in records)
-    assert len(per_window) >= 8
-    assert over == 0, f"{over} tokens over capacity: {per_window}"
+    over = overspend((r for records in results for r in records), CAPACITY)
+    assert len(over) >= 8
+    assert sum(over.values()) == 0, f"tokens over capacity per window: {over}"
 
 
 # ---------------------------------------------------------------- Redis: processes
-
-
-class _RecordingStore(RedisStore):
-    """A Redis store that remembers the window its last draw was charged to."""
-
-    charged = -1
-
-    def _call(self, call: _Call) -> Any:
-        reply = super()._call(call)
-        if isinstance(call, _Eval) and call.script == "pool_draw" and reply[0] in (b"ok", "ok"):
-            self.charged = int(reply[1])
-        return reply
-
-
-def _draw_until(
-    url: str, index: int, offset: float, seconds: float, start: Any, results: Any
-) -> None:
-    store = _RecordingStore(url)
-    rng = random.Random(index)
-    records = []
-    start.wait()
-    stop = time.monotonic() + seconds  # bounds the run only; nothing is timed
-    i = 0
-    while time.monotonic() < stop:
-        i += 1
-        request_id = f"p{index}-{i}"
-        ceiling = rng.randint(500, 3_000)
-        try:
-            store.open(request_id, RANKS, ceiling, time.time() + offset, pool="w")
-        except PoolExhausted:
-            continue
-        used = ceiling if rng.random() < 0.7 else rng.randint(0, ceiling)
-        if used:
-            now = time.time() + offset
-            grant, _ = store.begin(request_id, "lead", used, 0, now, 30.0)
-            store.finish(request_id, grant, used, 0, now)
-        store.close(request_id, time.time() + offset)
-        records.append((store.charged, used))
-    results.put(records)
 
 
 @pytest.mark.parametrize("skew", [0.0, 0.05])
@@ -164,8 +107,11 @@ def test_sixteen_processes_never_overspend_a_window(redis_server: RedisServer, s
     store.define_pool(Pool("w", CAPACITY, 0.25))  # 12 windows or so in 3 s
     start, results = FORK.Event(), FORK.Queue()
     workers = [
-        FORK.Process(target=_draw_until, args=(redis_server.url, i, offset, 3.0, start, results))
-        for i, offset in enumerate(_offsets(skew, WORKERS))
+        FORK.Process(
+            target=draw_until,
+            args=(redis_server.url, "w", RANKS, i, offset, 3.0, start, results),
+        )
+        for i, offset in enumerate(clock_offsets(skew, WORKERS))
     ]
     for worker in workers:
         worker.start()
@@ -173,6 +119,6 @@ def test_sixteen_processes_never_overspend_a_window(redis_server: RedisServer, s
     records = [r for _ in workers for r in results.get(timeout=120)]
     for worker in workers:
         worker.join(10)
-    per_window, over = _overspend(records)
-    assert len(per_window) >= 4
-    assert over == 0, f"{over} tokens over capacity: {per_window}"
+    over = overspend(records, CAPACITY)
+    assert len(over) >= 4
+    assert sum(over.values()) == 0, f"tokens over capacity per window: {over}"
