@@ -1110,3 +1110,18 @@ def test_start_reaper_reaps_on_a_timer() -> None:
     assert controller.store.get(req.request_id).reserved == 0 and reaper.runs >= 1
     with pytest.raises(ValueError):
         controller.start_reaper(every=0)
+
+
+def test_a_refused_begin_is_on_record() -> None:
+    controller = Controller(support(), policy="uniform")
+    with controller.request(300) as req:
+        grant = req.begin("triage", 50, 50)
+        req.finish(grant, input_tokens=300, output_tokens=0)  # over-use: the pool is spent
+        before = controller.store.get(req.request_id).to_dict()
+        with pytest.raises(BudgetExceeded):
+            req.begin("reasoner", 5_000, 5_000)
+        assert controller.store.get(req.request_id).to_dict() == before
+        (refused,) = req.refused
+        assert (refused.agent, refused.grant_id, refused.status) == ("reasoner", 0, "refused")
+        assert refused.input_asked == 5_000 and not refused.finished
+        assert list(req.calls) == [grant.grant_id]

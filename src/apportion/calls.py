@@ -17,7 +17,9 @@ Statuses:
 * ``late``: finished after its lease expired (the usage is recorded as over-use);
 * ``released``: released by the caller (the call failed before using tokens);
 * ``expired``: its lease ran out and it was never finished;
-* ``closed``: still open when the request closed (released by the close).
+* ``closed``: still open when the request closed (released by the close);
+* ``refused``: ``begin`` was refused (not enough budget or cost left): no grant was made,
+  its grant id is 0, and it is kept apart (``Observation.refused``, ``req.refused``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ LATE: Final = "late"
 RELEASED: Final = "released"
 EXPIRED: Final = "expired"
 CLOSED: Final = "closed"
-STATUSES: Final = (OPEN, COMPLETED, CUT, WRAPPED_UP, LATE, RELEASED, EXPIRED, CLOSED)
+REFUSED: Final = "refused"
+STATUSES: Final = (OPEN, COMPLETED, CUT, WRAPPED_UP, LATE, RELEASED, EXPIRED, CLOSED, REFUSED)
 FINISHED: Final = frozenset({COMPLETED, CUT, WRAPPED_UP, LATE})
 """Statuses of a call that reported its usage."""
 

@@ -20,10 +20,11 @@ from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
 from apportion.calls import CLOSED as CLOSED_CALL
-from apportion.calls import EXPIRED, OPEN, RELEASED, CallRecord
+from apportion.calls import EXPIRED, OPEN, REFUSED, RELEASED, CallRecord
 from apportion.errors import (
     ApportionError,
     BudgetExceeded,
+    CostExceeded,
     ForeignGrant,
     InvalidPrice,
     RequestClosed,
@@ -34,7 +35,7 @@ from apportion.policies import Policy, resolve_policy
 from apportion.policies.base import Observation
 from apportion.pools import check_pool_name, check_priority
 from apportion.reaper import Reaper
-from apportion.spec import Pipeline
+from apportion.spec import Agent, Pipeline
 from apportion.stores import Store, open_store
 from apportion.stores.base import Reaped
 from apportion.summary import Summary
@@ -241,11 +242,25 @@ class _Steps:
         self, agent: str, input_tokens: int, output_tokens: int | None, model: str | None = None
     ) -> Steps[Grant]:
         self._usable()
-        obs, config = self.obs, self.config
-        spec = config.pipeline[agent]
+        spec = self.config.pipeline[agent]
         input_tokens = check_tokens("input_tokens", input_tokens)
         if output_tokens is not None:
             output_tokens = check_tokens("output_tokens", output_tokens)
+        try:
+            return (yield from self._grant(spec, input_tokens, output_tokens, model))
+        except (BudgetExceeded, CostExceeded):
+            now = self.config.clock()
+            self.obs.refused.append(
+                CallRecord(agent, 0, input_tokens, 0, 0, now, status=REFUSED, settled_at=now)
+            )
+            raise
+
+    def _grant(
+        self, spec: Agent, input_tokens: int, output_tokens: int | None, model: str | None
+    ) -> Steps[Grant]:
+        """Ask the policy, then the store, for a grant (looking again once after a race)."""
+        obs, config = self.obs, self.config
+        agent = spec.name
         for attempt in range(2):
             decision = config.policy.route(obs, spec, input_tokens, output_tokens)
             ctx, out, chosen = decision[0], decision[1], decision[2]
@@ -550,6 +565,14 @@ class _RequestBase:
     def calls(self) -> Mapping[int, CallRecord]:
         """One record per grant of this request, by grant id (see :mod:`apportion.calls`)."""
         return MappingProxyType(self._steps.obs.calls)
+
+    @property
+    def refused(self) -> tuple[CallRecord, ...]:
+        """The calls whose ``begin`` was refused (not enough budget or cost left), in order.
+
+        Each has status ``refused`` and grant id 0: no grant was made.
+        """
+        return tuple(self._steps.obs.refused)
 
     @property
     def routes(self) -> bool:

@@ -80,6 +80,7 @@ class Observation:
         features: the request's features (message count, document length, ...).
         state: the ledger's state after the latest operation.
         calls: one record per grant begun so far, by grant id (in grant order).
+        refused: a record per ``begin`` that was refused (status ``refused``, grant id 0).
         memo: scratch space for the policy's own work on this request.
         ceiling_usd: the request's cost ceiling in USD, or ``None``.
         catalog: the controller's model catalog (prices, limits, capability), or ``None``.
@@ -93,6 +94,7 @@ class Observation:
         "features",
         "memo",
         "pipeline",
+        "refused",
         "request_id",
         "state",
     )
@@ -111,6 +113,7 @@ class Observation:
         self.features = features
         self.state: LedgerView = state  # type: ignore[assignment]
         self.calls: dict[int, CallRecord] = {}
+        self.refused: list[CallRecord] = []
         self.memo: dict[str, Any] = {}
         self.ceiling_usd: float | None = None
         self.catalog: Any = None
