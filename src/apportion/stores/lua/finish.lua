@@ -57,5 +57,4 @@ for _, q in ipairs(plan) do st[at(c, ALLOC, q[1])] = q[2] end
 local note = ''
 if late then note = 'late' end
 event(c, 'finish', ARGV[7], gid, inp, out, truncated, overuse, note)
-c.dirty = true
 return {'ok', save(c)}
