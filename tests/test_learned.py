@@ -81,6 +81,19 @@ def test_state_round_trip_and_version_refused() -> None:
     with pytest.raises(StateVersionError) as info:
         fresh.load_state(json.dumps(document))
     assert info.value.version == 99 and "99" in str(info.value)
+    assert info.value.expected == 2 and info.value.fields["version"] == 99
+
+
+def test_state_version_error_is_one_of_the_errors() -> None:
+    """It lives with the others (and is still importable where it was)."""
+    import apportion
+    from apportion import errors
+
+    assert errors.StateVersionError is StateVersionError is apportion.StateVersionError
+    assert issubclass(StateVersionError, errors.PolicyStateError)
+    with pytest.raises(StateVersionError) as info:
+        LearnedPolicy().load_state(b"[1, 2]")
+    assert info.value.version is None and info.value.problem == "not a learned policy state"
 
 
 def test_workers_learn_together_through_the_store() -> None:
@@ -208,6 +221,7 @@ def test_warm_start_from_a_learning_run() -> None:
 
 
 def test_warm_start_from_telemetry(tmp_path: Path) -> None:
+    from apportion.analysis.warm_start import warm_from_telemetry
     from apportion.telemetry import flush
 
     url = f"sqlite:///{tmp_path / 't.db'}"
@@ -218,9 +232,9 @@ def test_warm_start_from_telemetry(tmp_path: Path) -> None:
     assert flush(30)
     live = pipeline()
     policy = LearnedPolicy(seed=1)
-    with pytest.raises(PolicyConfigError, match="pipeline"):
-        policy.warm_start(url)
-    assert policy.warm_start(url, pipeline=live) == {"requests": 0, "calls": 80}
+    with pytest.raises(PolicyConfigError, match="warm_from_telemetry"):
+        policy.warm_start(url)  # the policy reads no telemetry itself
+    assert warm_from_telemetry(policy, url, pipeline=live) == {"requests": 0, "calls": 80}
     reasoner = live.agents[1]
     model = policy.needs(live)
     row = model.row({"messages": 4})

@@ -371,6 +371,17 @@ class PolicyStateError(ApportionError, ValueError):
         )
 
 
+class StateVersionError(PolicyStateError):
+    """A learned policy's state is of another format or version (or not a state at all).
+
+    Attributes:
+        path: where the state came from (a file, ``store:KEY``), or ``None``.
+        problem: what is wrong.
+        version: the state's version (``None`` when it has none).
+        expected: the version this code reads.
+    """
+
+
 class StoreUnavailable(ApportionError, ConnectionError):
     """The store cannot be reached.
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from apportion.stores.base import LedgerView
+from apportion.ledger_view import LedgerView
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,5 +10,7 @@ is imported here):
   (``apportion profile``);
 - :mod:`apportion.analysis.ingest`: ChatDev call logs and OpenTelemetry GenAI span
   exports into a telemetry database (``apportion ingest``);
+- :mod:`apportion.analysis.warm_start`: a predicting policy's need model warmed from the
+  calls a database recorded;
 - :mod:`apportion.analysis.stats`: the percentile and interval definitions they use.
 """

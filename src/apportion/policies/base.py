@@ -34,8 +34,8 @@ from typing import Any, ClassVar, NamedTuple
 
 from apportion.calls import CallRecord
 from apportion.ledger import Grant
+from apportion.ledger_view import LedgerView
 from apportion.spec import Agent, OutputKind, Pipeline
-from apportion.stores.base import LedgerView
 
 
 class Plan(NamedTuple):

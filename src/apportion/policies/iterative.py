@@ -12,13 +12,9 @@ agent must wrap up with what it has. Priorities are not used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from apportion.errors import PolicyConfigError
 from apportion.policies.predicting import PredictingPolicy
-
-if TYPE_CHECKING:
-    from apportion.stores.base import Store
+from apportion.policies.sharing import SharedState
 
 
 class IterativePolicy(PredictingPolicy):
@@ -41,7 +37,7 @@ class IterativePolicy(PredictingPolicy):
         first_share: float = 1.0,
         margin: float = 0.0,
         *,
-        store: Store | None = None,
+        store: SharedState | None = None,
         key: str | None = None,
         sync_every: int = 32,
     ) -> None:

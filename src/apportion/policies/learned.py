@@ -42,19 +42,20 @@ Bad outcomes are not learned from: a request closed without a score is counted i
 
 State: the regression's sufficient statistics per pipeline, which add up, so many workers
 learn together: with ``store=``, each worker folds its new statistics into the store's
-copy every ``sync_every`` scored requests by compare-and-set
-(:meth:`~apportion.stores.base.Store.get_state` / ``put_state``, memory or Redis) and
-continues from the sum. :meth:`LearnedPolicy.state` exports them as JSON bytes;
+copy every ``sync_every`` scored requests by compare-and-set (any store keeping policy
+state, memory or Redis: :mod:`apportion.policies.learned_state`) and continues from the
+sum. :meth:`LearnedPolicy.state` exports them as JSON bytes;
 :meth:`LearnedPolicy.load_state` warm-starts from them; a state of another format version
-is refused with :class:`StateVersionError`.
+is refused with :class:`~apportion.errors.StateVersionError`.
 
 Warm start (:meth:`LearnedPolicy.warm_start`): from the result of a learning run
 (``apportion learn --json`` holds the state under ``"state"``, as does
 :func:`~apportion.sim.learn.run_learning`), or a saved state, the statistics are added,
 scaled by ``weight`` (a simulated run may be worth less than live traffic: with
 ``weight=0.1``, ten simulated requests count as one). From a telemetry database, only the
-need model is warmed (every finished call of the pipeline's requests, with their
-features): telemetry holds no outcome scores, so no weight can honestly be drawn from it.
+need model is warmed (:func:`apportion.analysis.warm_start.warm_from_telemetry`, every
+finished call of the pipeline's requests, with their features): telemetry holds no
+outcome scores, so no weight can honestly be drawn from it.
 
 Libraries weighed: MABWiser (contextual bandits incl. Thompson sampling over discrete
 arms; its learners are pickled objects that cannot be merged across workers, and it adds
@@ -78,15 +79,18 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from apportion.errors import ApportionError, PolicyConfigError, PolicyStateError
+from apportion.errors import PolicyConfigError, PolicyStateError, StateVersionError
 from apportion.ledger import Grant
+from apportion.policies import learned_state
 from apportion.policies.base import Decision, Observation, clip_output
+from apportion.policies.learned_state import STATE_FORMAT, STATE_VERSION
 from apportion.policies.outcome_model import OutcomeModel, output_cost
 from apportion.policies.predicting import PredictingPolicy
+from apportion.policies.sharing import SharedState
 from apportion.policies.tradeoff import (
     FLOOR,
     Call,
@@ -99,12 +103,14 @@ from apportion.policies.tradeoff import (
 )
 from apportion.spec import Agent, OutputKind, Pipeline
 
-if TYPE_CHECKING:
-    from apportion.stores.base import Store
-
-STATE_FORMAT = "apportion.learned"
-STATE_VERSION = 2
-"""Version of the exported state; a state of another version is refused."""
+__all__ = [
+    "PRIOR_SPREAD",
+    "STATE_FORMAT",
+    "STATE_VERSION",
+    "LearnedPolicy",
+    "StateVersionError",
+    "check_outcome",
+]
 
 PRIOR_SPREAD = 0.35
 """Sigma of the log-normal error assumed for an agent's output until eight are known."""
@@ -112,18 +118,6 @@ _PRIOR_RATIOS = np.exp(
     PRIOR_SPREAD * np.array([NormalDist().inv_cdf((i + 0.5) / 32) for i in range(32)])
 )
 _LEAST_Q = 1e-5
-
-
-class StateVersionError(ApportionError, ValueError):
-    """A learned policy's state is of another format or version.
-
-    Attributes:
-        version: the state's version (``None`` when it has none).
-        expected: the version this code reads.
-    """
-
-    version: Any
-    expected: int
 
 
 def check_outcome(outcome: float | None) -> float | None:
@@ -168,7 +162,7 @@ class LearnedPolicy(PredictingPolicy):
         self,
         *,
         price: float = 0.02,
-        store: Store | None = None,
+        store: SharedState | None = None,
         key: str = "learned",
         sync_every: int = 32,
         seed: int | None = None,
@@ -211,9 +205,11 @@ class LearnedPolicy(PredictingPolicy):
                     model = OutcomeModel(pipeline)
                     pending = self._pending.pop(pipeline.name, None)
                     if pending is None and self.store is not None:
-                        pending = self._pull_stats(pipeline.name)
+                        pending = learned_state.pull(
+                            self.store, self.key, pipeline.name, self._models
+                        )
                     if pending is not None:
-                        model.stats += self._fit_width(pipeline.name, pending, model.width)
+                        model.stats += learned_state.fit_width(pipeline.name, pending, model.width)
                     self._delta[pipeline.name] = np.zeros_like(model.stats)
                     self._models[pipeline.name] = model
         if model.agents != tuple(a.name for a in pipeline.agents):
@@ -465,37 +461,29 @@ class LearnedPolicy(PredictingPolicy):
         with self._lock:
             self._delta[pipeline.name] += model.add(row, min(target, -FLOOR))
 
-    def _pull_stats(self, name: str) -> np.ndarray | None:
-        """The store's statistics of pipeline ``name`` (a new worker starts from them)."""
-        assert self.store is not None
-        got = self.store.get_state(self.key)
-        return None if got is None else self._decode(got[1]).get(name)
-
     def sync(self) -> None:
-        """Merge what this worker learned into the store's state, and adopt the sum."""
+        """Merge what this worker learned into the store's state, and adopt the sum.
+
+        Raises:
+            StateVersionError: the store holds a state of another format or version.
+            ApportionError: other workers kept writing first (too much contention).
+        """
         store = self.store
         if store is None:
             return
-        for _ in range(64):
-            got = store.get_state(self.key)
-            version, remote = (0, {}) if got is None else (got[0], self._decode(got[1]))
-            with self._lock:
-                delta = {name: d.copy() for name, d in self._delta.items()}
-            merged = dict(remote)
+        with self._lock:
+            delta = {name: d.copy() for name, d in self._delta.items()}
+            models = dict(self._models)
+        merged = learned_state.merge(store, self.key, delta, models)
+        with self._lock:
             for name, d in delta.items():
-                merged[name] = merged[name] + d if name in merged else d
-            if store.put_state(self.key, self._encode(merged), version) is not None:
-                with self._lock:
-                    for name, d in delta.items():
-                        self._delta[name] -= d
-                    for name, stats in merged.items():
-                        model = self._models.get(name)
-                        if model is None:
-                            self._pending[name] = stats
-                        else:
-                            model.stats = stats + self._delta[name]
-                return
-        raise ApportionError(f"could not merge learned state {self.key!r}: too much contention")
+                self._delta[name] -= d
+            for name, stats in merged.items():
+                model = self._models.get(name)
+                if model is None:
+                    self._pending[name] = stats
+                else:
+                    model.stats = stats + self._delta[name]
 
     # ------------------------------------------------------------ state
 
@@ -508,7 +496,7 @@ class LearnedPolicy(PredictingPolicy):
         if part is None:
             return lambda: None
         try:
-            tables = self._decode(json.dumps(part))
+            tables = learned_state.decode(json.dumps(part), self._models)
         except StateVersionError as exc:
             raise PolicyStateError(
                 f"learned: {exc}", path=where, version=exc.version, expected=exc.expected
@@ -526,7 +514,7 @@ class LearnedPolicy(PredictingPolicy):
     def state(self) -> bytes:
         """Everything learned (the statistics per pipeline), as JSON bytes."""
         with self._lock:
-            return self._encode(self._tables())
+            return learned_state.encode(self._tables(), self._models)
 
     def load_state(self, data: bytes | str) -> None:
         """Warm-start: add a saved state's statistics to what is known.
@@ -535,7 +523,7 @@ class LearnedPolicy(PredictingPolicy):
             StateVersionError: the state is of another format or version.
             PolicyConfigError: the state's agents are not the pipeline's.
         """
-        self._add(self._decode(data), 1.0)
+        self._add(learned_state.decode(data, self._models), 1.0)
 
     def _add(self, tables: Mapping[str, np.ndarray], weight: float) -> None:
         with self._lock:
@@ -545,143 +533,62 @@ class LearnedPolicy(PredictingPolicy):
                     pending = self._pending.get(name)
                     self._pending[name] = stats * weight + (0 if pending is None else pending)
                     continue
-                added = self._fit_width(name, stats, model.width) * weight
+                added = learned_state.fit_width(name, stats, model.width) * weight
                 model.stats += added
                 self._delta[name] += added  # shared with the store at the next merge
 
-    @staticmethod
-    def _fit_width(name: str, stats: np.ndarray, width: int) -> np.ndarray:
-        if len(stats) != width * width + width + 2:
-            raise PolicyConfigError(
-                f"the learned state of pipeline {name!r} is for another number of agents"
-            )
-        return stats
-
     def warm_start(
-        self,
-        source: Mapping[str, Any] | bytes | Path | str | Any,
-        *,
-        pipeline: Pipeline | None = None,
-        weight: float = 1.0,
+        self, source: Mapping[str, Any] | bytes | Path, *, weight: float = 1.0
     ) -> dict[str, int]:
-        """Warm-start from a learning run, a saved state or telemetry (see the module docstring).
+        """Warm-start from a learning run or a saved state (see the module docstring).
+
+        Telemetry warms only the need model, and is read by
+        :func:`apportion.analysis.warm_start.warm_from_telemetry` (policies read no
+        telemetry themselves).
 
         Args:
             source: a learning run's result (a mapping with ``"state"``); a state as bytes
-                or the path of a state file; or telemetry: a database URL (or ``.db``
-                path given as a string) or a loaded :class:`~apportion.telemetry.sql.Dataset`.
-            pipeline: the pipeline whose need model telemetry warms (telemetry only).
-            weight: how much each learned request counts (states and results only).
+                or the path of a state file.
+            weight: how much each learned request counts.
 
         Returns:
-            ``{"requests": ..., "calls": ...}``: requests added to the statistics
-            (weighted), and calls folded into the need model.
+            ``{"requests": ..., "calls": 0}``: requests added to the statistics (weighted).
 
         Raises:
             StateVersionError: the state is of another format or version.
+            PolicyStateError: the state file cannot be read.
             PolicyConfigError: the state's agents are not the pipeline's, ``weight`` is
-                not positive, or telemetry was given without a pipeline.
-            ValueError: a result without a state.
+                not positive, a result holds no state, or ``source`` is none of the above
+                (a telemetry URL: the error names the function that reads it).
         """
-        if not (math.isfinite(weight) and weight > 0):
+        if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
             raise PolicyConfigError(f"weight must be a number > 0, not {weight!r}")
         if isinstance(source, Mapping):
             if "state" not in source:
-                raise ValueError("this result holds no learned state (rerun apportion learn)")
+                raise PolicyConfigError(
+                    "this result holds no learned state (rerun apportion learn)"
+                )
             data: bytes | str = json.dumps(source["state"])
         elif isinstance(source, bytes):
             data = source
         elif isinstance(source, Path):
-            data = source.read_bytes()
+            try:
+                data = source.read_bytes()
+            except OSError as exc:
+                raise PolicyStateError(
+                    f"cannot read: {exc.strerror or exc}", path=str(source)
+                ) from None
         else:
-            return self._warm_from_telemetry(source, pipeline)
-        tables = self._decode(data)
+            raise PolicyConfigError(
+                "warm_start takes a learning run's result, a state (bytes) or a state file "
+                f"(Path), not {type(source).__name__}; to warm the need model from "
+                "telemetry, use apportion.analysis.warm_start.warm_from_telemetry(policy, "
+                "URL, pipeline=...)"
+            )
+        tables = learned_state.decode(data, self._models)
         self._add(tables, weight)
         requests = sum(float(stats[-1]) * weight for stats in tables.values())
         return {"requests": round(requests), "calls": 0}
-
-    def _warm_from_telemetry(self, source: Any, pipeline: Pipeline | None) -> dict[str, int]:
-        if pipeline is None:
-            raise PolicyConfigError("warming from telemetry needs the pipeline (pipeline=)")
-        if isinstance(source, str):
-            from apportion.telemetry.sql import open_database
-
-            with open_database(source) as db:
-                source = db.load(pipeline=pipeline.name)
-        names = {a.name for a in pipeline.agents}
-        by_request: dict[str, list[tuple[str, int, int, bool]]] = {}
-        for call in source.calls:
-            if (
-                call.settled == "finish"
-                and call.agent in names
-                and call.used_input is not None
-                and call.used_output is not None
-            ):
-                by_request.setdefault(call.request_id, []).append(
-                    (call.agent, call.used_input, call.used_output, bool(call.truncated))
-                )
-        model = self.needs(pipeline)
-        calls = 0
-        for request_id, settled in by_request.items():
-            record = source.requests.get(request_id)
-            if record is None or record.pipeline != pipeline.name:
-                continue
-            model.observe(record.features, settled)
-            calls += len(settled)
-        return {"requests": 0, "calls": calls}
-
-    def _encode(self, tables: Mapping[str, np.ndarray]) -> bytes:
-        agents = {name: list(model.agents) for name, model in self._models.items()}
-        document = {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
-            "pipelines": {
-                name: {"agents": agents.get(name), "stats": stats.tolist()}
-                for name, stats in sorted(tables.items())
-            },
-        }
-        return json.dumps(document, sort_keys=True).encode("utf-8")
-
-    def _decode(self, data: bytes | str) -> dict[str, np.ndarray]:
-        try:
-            document = json.loads(data)
-        except ValueError as exc:
-            raise StateVersionError(
-                f"not a learned policy state: {exc}", version=None, expected=STATE_VERSION
-            ) from None
-        if not isinstance(document, Mapping) or document.get("format") != STATE_FORMAT:
-            raise StateVersionError(
-                "not a learned policy state", version=None, expected=STATE_VERSION
-            )
-        version = document.get("version")
-        if version != STATE_VERSION or not isinstance(document.get("pipelines"), Mapping):
-            raise StateVersionError(
-                f"learned state version {version!r} is incompatible with version "
-                f"{STATE_VERSION} (this code)",
-                version=version,
-                expected=STATE_VERSION,
-            )
-        tables: dict[str, np.ndarray] = {}
-        for name, entry in document["pipelines"].items():
-            model = self._models.get(name)
-            agents = entry.get("agents") if isinstance(entry, Mapping) else None
-            if model is not None and agents is not None and tuple(agents) != model.agents:
-                raise PolicyConfigError(
-                    f"the learned state's agents {agents} are not pipeline {name!r}'s "
-                    f"{list(model.agents)}"
-                )
-            try:
-                stats = np.asarray(entry["stats"], dtype=float)
-            except (KeyError, TypeError, ValueError):
-                raise StateVersionError(
-                    f"learned state of pipeline {name!r} has no statistics",
-                    version=version,
-                    expected=STATE_VERSION,
-                ) from None
-            if model is not None:
-                self._fit_width(name, stats, model.width)
-            tables[name] = stats
-        return tables
 
     def summary(self) -> dict[str, Any]:
         """Requests learned from, and per pipeline the learned weights per agent."""

@@ -28,17 +28,15 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from apportion.errors import ApportionError, PolicyConfigError, PolicyStateError
+from apportion.errors import PolicyConfigError, PolicyStateError
 from apportion.ledger import MAX_TOKENS, Grant
 from apportion.policies import state as saved
 from apportion.policies.base import _OUTPUT_FIRST_SHARE, Observation, Plan, Policy, clip_output
 from apportion.policies.needs import NeedModel
+from apportion.policies.sharing import SharedState, compare_and_set
 from apportion.spec import Agent, OutputKind, Pipeline
-
-if TYPE_CHECKING:
-    from apportion.stores.base import Store
 
 PRIOR_INPUT_SHARE = 0.35
 """Before any history: an agent's input is expected to be this part of ``ceiling / agents``."""
@@ -83,7 +81,7 @@ class PredictingPolicy(Policy):
         self,
         margin: float = 0.2,
         *,
-        store: Store | None = None,
+        store: SharedState | None = None,
         key: str | None = None,
         sync_every: int = 32,
     ) -> None:
@@ -414,15 +412,13 @@ class PredictingPolicy(Policy):
             model.share(functools.partial(self._exchange, store, name, names))
 
     def _exchange(
-        self, store: Store, name: str, agents: tuple[str, ...], delta: Mapping[str, Any]
+        self, store: SharedState, name: str, agents: tuple[str, ...], delta: Mapping[str, Any]
     ) -> NeedModel:
         where = f"store:{self.needs_key}"
         pipeline = Pipeline([Agent(a) for a in agents], name=name)
-        for _ in range(64):
-            got = store.get_state(self.needs_key)
-            version, entries = 0, {}
-            if got is not None:
-                version, entries = got[0], saved.decode_shared(got[1], where)
+
+        def update(data: bytes | None) -> tuple[bytes, NeedModel]:
+            entries = {} if data is None else saved.decode_shared(data, where)
             shared = None
             if name in entries:
                 shared = saved.parse_model(name, entries[name], f"pipelines.{name}", where)
@@ -430,9 +426,9 @@ class PredictingPolicy(Policy):
                     shared = None  # another pipeline of the same name: this one replaces it
             merged = NeedModel.merged(pipeline, shared, delta)
             entries[name] = merged.document()
-            if store.put_state(self.needs_key, saved.encode_shared(entries), version) is not None:
-                return merged
-        raise ApportionError(f"could not merge {where}: too much contention")
+            return saved.encode_shared(entries), merged
+
+        return compare_and_set(store, self.needs_key, update)
 
     def _state_parts(self) -> dict[str, Any]:
         """The policy's own parts of its saved document, beside the need models."""
@@ -474,14 +470,10 @@ class PredictingPolicy(Policy):
         document = saved.read_file(path)
         name = document.get("policy")
         if cls is PredictingPolicy:
-            from apportion.policies import LEARNING, POLICIES, ROUTING
-
-            factory = {**POLICIES, **LEARNING, **ROUTING}.get(str(name))
-            if factory is None or not isinstance(factory, type):
+            factory = _named(str(name))
+            if factory is None:
                 raise PolicyStateError(f"policy {name!r} is no predicting policy", path=where)
             policy: Any = factory(**options)
-            if not isinstance(policy, PredictingPolicy):
-                raise PolicyStateError(f"policy {name!r} is no predicting policy", path=where)
         else:
             if name != cls.name:
                 raise PolicyStateError(
@@ -500,6 +492,22 @@ class PredictingPolicy(Policy):
             self._by_name.clear()
             self._needs.clear()
             apply()
+
+
+def _named(name: str) -> type[PredictingPolicy] | None:
+    """The predicting policy class called ``name``, or ``None``.
+
+    The first found breadth first, so a policy comes before subclasses of it that kept its
+    name. Every shipped one is defined by the time this runs: importing this module runs
+    :mod:`apportion.policies` first, which imports them all.
+    """
+    level: list[type[PredictingPolicy]] = [PredictingPolicy]
+    while level:
+        for cls in level:
+            if cls.name == name and cls is not PredictingPolicy:
+                return cls
+        level = [sub for cls in level for sub in cls.__subclasses__()]
+    return None
 
 
 def divide(budget: int, input_tokens: int, most: int, least: int, agent: Agent) -> tuple[int, int]:

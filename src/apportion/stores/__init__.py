@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 
 from apportion.errors import UnknownStore
-from apportion.stores.base import LedgerView, Store
+from apportion.ledger_view import LedgerView
+from apportion.stores.base import Store
 from apportion.stores.memory import MemoryStore
 
 STORES: dict[str, str] = {

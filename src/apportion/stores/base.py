@@ -56,9 +56,10 @@ import abc
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from apportion.ledger import Event, Grant
+from apportion.ledger_view import LedgerView as LedgerView  # re-exported: its old home
 
 if TYPE_CHECKING:
     from apportion.pools import Pool, PoolStatus
@@ -78,71 +79,6 @@ class Reaped:
 
     def __add__(self, other: Reaped) -> Reaped:
         return Reaped(self.settled + other.settled, self.expired + other.expired)
-
-
-class LedgerView(Protocol):
-    """Read-only view of one request's ledger, as policies and summaries see it."""
-
-    @property
-    def request_id(self) -> str: ...  # noqa: D102
-    @property
-    def ceiling(self) -> int: ...  # noqa: D102
-    @property
-    def status(self) -> str: ...  # noqa: D102
-    @property
-    def outcome(self) -> float | None: ...  # noqa: D102
-    @property
-    def consumed(self) -> int: ...  # noqa: D102
-    @property
-    def reserved(self) -> int: ...  # noqa: D102
-    @property
-    def free(self) -> int: ...  # noqa: D102
-    @property
-    def overflow(self) -> int: ...  # noqa: D102
-    @property
-    def ranks(self) -> Mapping[str, int]: ...  # noqa: D102
-    @property
-    def allocation(self) -> Mapping[str, int]: ...  # noqa: D102
-    @property
-    def reserve(self) -> Mapping[str, int]: ...  # noqa: D102
-    @property
-    def consumed_by(self) -> Mapping[str, int]: ...  # noqa: D102
-    @property
-    def reserved_by(self) -> Mapping[str, int]: ...  # noqa: D102
-    @property
-    def overuse_by(self) -> Mapping[str, int]: ...  # noqa: D102
-    @property
-    def calls(self) -> Mapping[str, int]: ...  # noqa: D102
-    @property
-    def truncated_calls(self) -> Mapping[str, int]: ...  # noqa: D102
-    @property
-    def input_cut_calls(self) -> Mapping[str, int]: ...  # noqa: D102
-    @property
-    def grants(self) -> Mapping[int, Grant]: ...  # noqa: D102
-    @property
-    def cost_ceiling(self) -> int | None: ...  # noqa: D102
-    @property
-    def cost_reserved(self) -> int: ...  # noqa: D102
-    @property
-    def cost_consumed(self) -> int: ...  # noqa: D102
-    @property
-    def cost_by(self) -> Mapping[str, int]: ...  # noqa: D102
-
-    def cost_available(self) -> int | None:
-        """nano-USD a new grant may still cost at full size (``None``: no cost ceiling)."""
-        ...
-
-    def grant_cost(self, grant_id: int) -> int:
-        """Full-size cost of an open grant in nano-USD."""
-        ...
-
-    def available_for(self, agent: str) -> int:
-        """Tokens ``agent`` could be granted right now."""
-        ...
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready snapshot of the state (no events)."""
-        ...
 
 
 class Store(abc.ABC):
