@@ -300,3 +300,15 @@ def test_a_rollout_writes_its_decisions_to_the_log_it_is_given() -> None:
     attached = Rollout("estimate", "elastic", clock=lambda: 7.0)
     attached.attach_telemetry(later)  # decisions made before are written too
     assert [d for _, d in later.seen] == attached.events
+
+
+def test_a_rollout_refuses_telemetry_it_would_have_to_open_itself() -> None:
+    """A URL is opened by the telemetry layer (``decision_log``), not by a policy."""
+    from apportion import PolicyConfigError
+
+    try:
+        Rollout("estimate", "elastic", telemetry="sqlite:///x.db")  # type: ignore[arg-type]
+    except PolicyConfigError as exc:
+        assert "decision_log" in str(exc)
+    else:
+        raise AssertionError("a URL was accepted")

@@ -84,12 +84,11 @@ class _Config:
         self.ranks = {a.name: a.priority.rank for a in pipeline.agents}
         self.sinks: list[Any] = []
         if telemetry is not None:
-            from apportion.telemetry import open_sinks
+            from apportion.telemetry import DecisionRecorder, open_sinks
 
             self.sinks = open_sinks(telemetry)
-        attach = getattr(self.policy, "attach_telemetry", None)
-        if self.sinks and callable(attach):  # a rollout writes its decisions there too
-            attach(self.sinks)
+            if self.sinks:  # the policy's own decisions (a rollout's) go there too
+                self.policy.attach_telemetry(DecisionRecorder(self.sinks))
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
         self._catalog = catalog
@@ -107,7 +106,7 @@ class _Config:
 
     @property
     def routes(self) -> bool:
-        return bool(getattr(self.policy, "routes", False))
+        return self.policy.routes
 
     def cheapest_call(self) -> tuple[int, str] | None:
         """nano-USD of the cheapest call any agent could make, and its model (known models)."""

@@ -15,7 +15,7 @@ from apportion.policies.rollout import Rollout
 from apportion.sim.needs import draw_needs
 from apportion.sim.runner import catalog_of, controller_for, pipeline_of, run_request
 from apportion.sim.workload import load_workload
-from apportion.telemetry import SCHEMA_VERSION, flush
+from apportion.telemetry import SCHEMA_VERSION, decision_log, flush
 from apportion.telemetry.records import RequestUsage, RolloutRecord
 from apportion.telemetry.sql import Database, open_database
 
@@ -92,7 +92,7 @@ def test_rollout_decisions_reach_the_database_and_the_report(db_url: str, tmp_pa
 
 
 def test_explicit_telemetry_and_since(db_url: str) -> None:
-    rollout = Rollout("estimate", "elastic", telemetry=db_url, clock=lambda: 50.0)
+    rollout = Rollout("estimate", "elastic", telemetry=decision_log(db_url), clock=lambda: 50.0)
     assert flush(30)
     with open_database(db_url) as db:
         (record,) = db.load().rollouts

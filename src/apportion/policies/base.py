@@ -11,6 +11,10 @@ A policy is consulted by the controller at five moments of a request:
 * ``extend`` when a cut agent asks for more: how many output tokens to add (0: wrap up);
 * ``learn`` when the request closes: the outcome score, if the user gave one.
 
+And once, when a controller with telemetry is made with it, ``attach_telemetry``: the
+:class:`DecisionLog` where a policy writes decisions of its own (a rollout's promotions
+and rollbacks); a policy that makes none ignores it.
+
 Every hook receives an :class:`Observation`: the pipeline, the ceiling, the request's
 features and the ledger's current state. That is all a real system can see at that moment,
 and all a policy is ever given: never a simulator's hidden needs or quality model.
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from apportion.calls import CallRecord
 from apportion.ledger import Grant
@@ -134,6 +138,22 @@ class Observation:
         return [a for a in self.pipeline.agents if not calls[a.name] and a.name != besides]
 
 
+class DecisionLog(Protocol):
+    """Where a policy writes the decisions it makes about itself: telemetry.
+
+    What :meth:`Policy.attach_telemetry` is given (a controller's sinks), or made by
+    :func:`apportion.telemetry.decision_log` from a URL. ``record(policy, decision)``
+    queues one decision for the sinks that keep its kind (a
+    :class:`~apportion.policies.rollout.Rollout`'s
+    :class:`~apportion.policies.rollout.RolloutEvent`: the SQL sink) and passes over the
+    others; it never raises and never waits on a sink.
+    """
+
+    def record(self, policy: Policy, decision: object) -> None:
+        """Queue ``decision``, made by ``policy``, for the sinks that keep its kind."""
+        ...
+
+
 class Policy(abc.ABC):
     """Base class of every allocation policy; see the module docstring for the contract."""
 
@@ -194,6 +214,14 @@ class Policy(abc.ABC):
 
     def learn(self, obs: Observation, outcome: float | None) -> None:  # noqa: B027
         """Learn from a closed request (its final state and outcome score); default: nothing."""
+
+    def attach_telemetry(self, log: DecisionLog) -> None:  # noqa: B027
+        """Take the telemetry of a controller made with this policy; default: nothing.
+
+        Called once, by a controller that has telemetry, with a log over its sinks. A
+        policy whose own decisions are worth recording (a rollout's start, promotions and
+        rollback) keeps ``log`` and writes each with ``log.record(self, decision)``.
+        """
 
 
 # ------------------------------------------------------------------- helpers

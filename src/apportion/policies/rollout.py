@@ -24,11 +24,12 @@ outcome per token worse than the baseline's. A rolled-back candidate gets no tra
 Every decision (start, promote, hold, complete, rollback) is a :class:`RolloutEvent`, kept
 in :attr:`Rollout.events`, handed to ``on_event`` and written to the telemetry sinks that
 record rollouts (the SQL sink's ``apportion_rollout_events`` table, shown by ``apportion
-report``): those given as ``telemetry=``, or else those of the controller the rollout is
-the policy of. A ``hold`` is recorded when, at a step, each side first has
-``min_requests`` scored requests (and again at 2, 4, 8 ... times as many) without a
-confident difference either way. A candidate equal to its baseline (the same object or
-the same name) is refused.
+report``): the :class:`~apportion.policies.base.DecisionLog` given as ``telemetry=``
+(``apportion.telemetry.decision_log(URL)``), or else the controller's the rollout is the
+policy of (:meth:`Rollout.attach_telemetry`). A ``hold`` is recorded when, at a step,
+each side first has ``min_requests`` scored requests (and again at 2, 4, 8 ... times as
+many) without a confident difference either way. A candidate equal to its baseline (the
+same object or the same name) is refused.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from typing import Any
 
 from apportion.errors import PolicyConfigError
 from apportion.ledger import Grant
-from apportion.policies.base import Decision, Observation, Plan, Policy
+from apportion.policies import resolve_policy
+from apportion.policies.base import Decision, DecisionLog, Observation, Plan, Policy
 from apportion.policies.learned import check_outcome
 from apportion.spec import Agent, Priority
 
@@ -153,13 +155,15 @@ class Rollout(Policy):
         max_cost_ratio: rollback when its mean tokens exceed the baseline's times this.
         salt: mixed into the hash (a new salt draws a new sample of requests).
         on_event: called with every :class:`RolloutEvent`.
-        telemetry: where decisions are written: a URL, a sink or a list, as a controller's
-            ``telemetry=`` (``None``: the sinks of the controller using the rollout).
+        telemetry: where decisions are written: a decision log, such as
+            ``apportion.telemetry.decision_log("sqlite:///apportion.db")`` (``None``: the
+            telemetry of the controller using the rollout).
         name: the rollout's name in telemetry (default ``CANDIDATE-vs-BASELINE``).
         clock: the clock of the decisions' times.
 
     Raises:
-        PolicyConfigError: the candidate equals the baseline, or a setting is out of range.
+        PolicyConfigError: the candidate equals the baseline, a setting is out of range,
+            or ``telemetry`` is no decision log.
     """
 
     name = "rollout"
@@ -179,12 +183,16 @@ class Rollout(Policy):
         max_cost_ratio: float = 1.5,
         salt: str = "",
         on_event: Callable[[RolloutEvent], None] | None = None,
-        telemetry: Any = None,
+        telemetry: DecisionLog | None = None,
         name: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        from apportion.policies import resolve_policy
-
+        if telemetry is not None and not callable(getattr(telemetry, "record", None)):
+            raise PolicyConfigError(
+                "a rollout's telemetry= is a decision log, such as "
+                "apportion.telemetry.decision_log(URL), not "
+                f"{type(telemetry).__name__}"
+            )
         if candidate is baseline or (isinstance(candidate, str) and candidate == baseline):
             raise PolicyConfigError(
                 f"a rollout's candidate must differ from its baseline ({candidate!r})",
@@ -209,13 +217,9 @@ class Rollout(Policy):
         self.on_event = on_event
         self.label = name or f"{self.candidate.name}-vs-{self.baseline.name}"
         self.clock = clock
-        self._sinks: list[Any] = []
-        self._own_sinks = telemetry is not None
-        if telemetry is not None:
-            from apportion.telemetry import open_sinks
-
-            self._sinks = open_sinks(telemetry)
-        self._sent = 0  # events handed to the sinks so far
+        self._log = telemetry
+        self._own_log = telemetry is not None
+        self._sent = 0  # events handed to the log so far
         self._next_hold = min_requests
         self.step = 0
         self.status = "running"
@@ -226,15 +230,15 @@ class Rollout(Policy):
         self._sides = {"candidate": _Side(), "baseline": _Side()}
         self._emit("start", f"candidate {self.candidate.name!r} at {shares[0]:.0%}")
 
-    def attach_telemetry(self, sinks: Sequence[Any]) -> None:
-        """Write decisions to ``sinks`` (a controller's), unless ``telemetry=`` was given.
+    def attach_telemetry(self, log: DecisionLog) -> None:
+        """Write decisions to ``log`` (a controller's), unless ``telemetry=`` was given.
 
         Decisions made before (the start) are written too.
         """
-        if self._own_sinks or not sinks:
+        if self._own_log:
             return
         with self._lock:
-            self._sinks = list(sinks)
+            self._log = log
             self._send()
 
     # ------------------------------------------------------------ routing
@@ -375,36 +379,12 @@ class Rollout(Policy):
         self._send()
 
     def _send(self) -> None:
-        """Hand the decisions not yet sent to the sinks (never raises)."""
-        if not self._sinks:
+        """Hand the decisions not yet sent to the log (which never raises)."""
+        if self._log is None:
             return
-        from apportion.telemetry import emit_rollout
-
         for event in self.events[self._sent :]:
-            emit_rollout(self._sinks, self.record(event))
+            self._log.record(self, event)
         self._sent = len(self.events)
-
-    def record(self, event: RolloutEvent) -> Any:
-        """The telemetry record of one decision (a :class:`~apportion.telemetry.RolloutRecord`)."""
-        from apportion.telemetry.records import RolloutRecord
-
-        def finite(value: float) -> float | None:
-            return value if math.isfinite(value) else None
-
-        return RolloutRecord(
-            rollout=self.label,
-            candidate=self.candidate.name,
-            baseline=self.baseline.name,
-            kind=event.kind,
-            share=event.share,
-            reason=event.reason,
-            seen=event.seen,
-            candidate_mean=finite(event.candidate),
-            baseline_mean=finite(event.baseline),
-            lower=finite(event.lower),
-            upper=finite(event.upper),
-            at=finite(event.at),
-        )
 
     def summary(self) -> dict[str, Any]:
         """Status, share, requests seen and the decisions so far."""

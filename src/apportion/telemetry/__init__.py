@@ -14,7 +14,10 @@ A sink object is anything with ``write(batch)`` taking a sequence of
 :class:`RequestUsage` (and optionally ``close()``); subclass :class:`Sink` to say so. A sink
 that also has ``write_rollouts(batch)`` (the SQL sink) receives the decisions of
 progressive rollouts as :class:`RolloutRecord` (:func:`emit_rollout`); the others never see
-them.
+them. A policy gets them through the decision log of the policy contract
+(:class:`~apportion.policies.base.DecisionLog`): a controller with telemetry hands its
+policy a :class:`DecisionRecorder` over its sinks, and :func:`decision_log` makes one from
+a URL for a rollout of its own (``Rollout(..., telemetry=decision_log(URL))``).
 
 When a request closes, the controller calls :func:`emit`, which turns the request into a
 :class:`RequestUsage` (one :class:`CallUsage` per grant, plus the ledger's events) and
@@ -41,6 +44,8 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from apportion.errors import DatabaseUnavailable, SchemaVersionError, UnknownSink
+from apportion.policies.base import Policy
+from apportion.policies.rollout import Rollout, RolloutEvent
 from apportion.telemetry.base import Sink
 from apportion.telemetry.channel import Channel, TelemetryWarning, flush_all
 from apportion.telemetry.records import (
@@ -62,6 +67,7 @@ __all__ = [
     "SINKS",
     "CallUsage",
     "DatabaseUnavailable",
+    "DecisionRecorder",
     "OTelSink",
     "PrometheusSink",
     "RequestUsage",
@@ -71,6 +77,7 @@ __all__ = [
     "Sink",
     "TelemetryWarning",
     "UnknownSink",
+    "decision_log",
     "emit",
     "emit_rollout",
     "flush",
@@ -237,6 +244,35 @@ def emit_rollout(sinks: Sequence[Any], record: RolloutRecord) -> None:
             warnings.warn(
                 f"telemetry sink {sink!r} skipped: {exc!r}", TelemetryWarning, stacklevel=2
             )
+
+
+class DecisionRecorder:
+    """A policy's decision log over telemetry sinks (:class:`~apportion.policies.base.DecisionLog`).
+
+    A rollout's decisions go to the sinks that write rollouts (:func:`emit_rollout`); a
+    policy's other decisions have no table yet and are passed over. Never raises, never
+    waits on a sink.
+
+    Args:
+        sinks: what :func:`open_sinks` returned (sink objects are accepted too).
+    """
+
+    def __init__(self, sinks: Sequence[Any]) -> None:
+        self.sinks = list(sinks)
+
+    def record(self, policy: Policy, decision: object) -> None:
+        """Queue ``decision``, made by ``policy``, for the sinks that keep its kind."""
+        if isinstance(policy, Rollout) and isinstance(decision, RolloutEvent):
+            emit_rollout(self.sinks, RolloutRecord.of(policy, decision))
+
+
+def decision_log(telemetry: Any) -> DecisionRecorder:
+    """A decision log writing to ``telemetry``: a URL, a sink object or a list of them.
+
+    Raises:
+        UnknownSink, MissingExtra, TypeError: as :func:`open_sinks`.
+    """
+    return DecisionRecorder(open_sinks(telemetry))
 
 
 def flush(timeout: float | None = None) -> bool:

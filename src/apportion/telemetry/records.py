@@ -28,12 +28,14 @@ process has only its events: those fields stay ``None``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from apportion.calls import CallRecord
 from apportion.ledger import STATUSES, Event
+from apportion.policies.rollout import Rollout, RolloutEvent
 
 __all__ = ["SCHEMA_VERSION", "CallUsage", "RequestUsage", "RolloutRecord", "usage_from"]
 
@@ -189,6 +191,28 @@ class RolloutRecord:
     upper: float | None = None
     at: float | None = None
     schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def of(cls, rollout: Rollout, event: RolloutEvent) -> RolloutRecord:
+        """The record of one decision of ``rollout`` (infinities and NaN as ``None``)."""
+
+        def finite(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        return cls(
+            rollout=rollout.label,
+            candidate=rollout.candidate.name,
+            baseline=rollout.baseline.name,
+            kind=event.kind,
+            share=event.share,
+            reason=event.reason,
+            seen=event.seen,
+            candidate_mean=finite(event.candidate),
+            baseline_mean=finite(event.baseline),
+            lower=finite(event.lower),
+            upper=finite(event.upper),
+            at=finite(event.at),
+        )
 
 
 def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) -> RequestUsage:
