@@ -40,7 +40,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = SRC / "apportion"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"errors"}),
+    frozenset({"errors", "version"}),
     frozenset({"files", "yamlfile"}),
     frozenset({"ledger", "spec", "tokens"}),
     frozenset({"ledger_view", "calls", "catalog", "pools", "reaper"}),

@@ -57,8 +57,7 @@ from apportion.reaper import Reaper
 from apportion.spec import Agent, LinearEstimator, OutputKind, Pipeline, Priority
 from apportion.stores import MemoryStore, Store
 from apportion.summary import AgentUsage, Summary
-
-__version__ = "0.1.0"
+from apportion.version import __version__
 
 __all__ = [
     "POLICIES",

@@ -599,10 +599,17 @@ def _attach(response: Any, report: CallReport) -> None:
 # ----------------------------------------------------------------------- the shells
 
 
-def _check_sync(req: Any) -> None:
-    from apportion.controller import AsyncRequest
+def is_async_request(req: Any) -> bool:
+    """Whether ``req`` is an async request (its ``begin`` is awaited: an ``AsyncRequest``).
 
-    if isinstance(req, AsyncRequest):
+    Asked of the request's own methods, so the engine drives any request-like object and
+    needs nothing from :mod:`apportion.controller` (which sits above it).
+    """
+    return inspect.iscoroutinefunction(getattr(type(req), "begin", None))
+
+
+def _check_sync(req: Any) -> None:
+    if is_async_request(req):
         raise TypeError("an AsyncRequest needs the async call: use `await req.acompletion(...)`")
 
 

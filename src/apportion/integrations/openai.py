@@ -39,6 +39,7 @@ from apportion.integrations._calls import (
     BudgetedStream,
     ChatCall,
     arun,
+    is_async_request,
     run,
 )
 
@@ -55,8 +56,6 @@ def budgeted(client: Any, req: Any) -> BudgetedOpenAI | AsyncBudgetedOpenAI:
         TypeError: ``client`` has no ``chat.completions.create``, or a sync client was
             given an ``AsyncRequest``.
     """
-    from apportion.controller import AsyncRequest
-
     create = getattr(getattr(getattr(client, "chat", None), "completions", None), "create", None)
     if not callable(create):
         raise TypeError(
@@ -64,7 +63,7 @@ def budgeted(client: Any, req: Any) -> BudgetedOpenAI | AsyncBudgetedOpenAI:
         )
     if _is_async(client, create):
         return AsyncBudgetedOpenAI(client, req)
-    if isinstance(req, AsyncRequest):
+    if is_async_request(req):
         raise TypeError(
             "a sync OpenAI client cannot be budgeted by an AsyncRequest: use AsyncOpenAI"
         )

@@ -34,6 +34,7 @@ from apportion.errors import MissingExtra
 from apportion.ledger import Event
 from apportion.telemetry.base import Sink
 from apportion.telemetry.records import CallUsage, RequestUsage
+from apportion.version import __version__
 
 __all__ = ["OTelSink"]
 
@@ -68,8 +69,6 @@ class OTelSink(Sink):
     def _get_tracer(self) -> Any:
         if self._tracer is None:
             from opentelemetry import trace
-
-            from apportion import __version__
 
             self._tracer = trace.get_tracer(
                 "apportion", __version__, tracer_provider=self.tracer_provider
