@@ -312,3 +312,13 @@ def test_a_rollout_refuses_telemetry_it_would_have_to_open_itself() -> None:
         assert "decision_log" in str(exc)
     else:
         raise AssertionError("a URL was accepted")
+
+
+def test_ledger_view_lives_beside_the_ledger() -> None:
+    import apportion.ledger_view
+    import apportion.stores
+    import apportion.stores.base
+
+    view = apportion.ledger_view.LedgerView
+    assert apportion.stores.base.LedgerView is view and apportion.stores.LedgerView is view
+    assert view.__module__ == "apportion.ledger_view"

@@ -194,6 +194,28 @@ def test_load_builds_the_policy_the_file_names(tmp_path: Path) -> None:
     assert "'iterative', not 'elastic'" in str(info.value) and info.value.path == str(path)
 
 
+def test_load_finds_every_predicting_policy_by_its_name(tmp_path: Path) -> None:
+    """Without the registry (which imports the policies): by class name, breadth first."""
+    from apportion.policies import LEARNING, POLICIES, ROUTING
+
+    class Shadow(ElasticPolicy):  # keeps the name "elastic": the shipped one still wins
+        pass
+
+    path = tmp_path / "policy.json"
+    shipped = [f for f in {**POLICIES, **LEARNING, **ROUTING}.values() if isinstance(f, type)]
+    predicting = [f for f in shipped if issubclass(f, PredictingPolicy)]
+    assert len(predicting) >= 5
+    for factory in predicting:
+        factory().save(path)
+        assert type(PredictingPolicy.load(path)) is factory
+    document = json.loads(path.read_text())
+    for name in ("static", "uniform", "nonesuch"):
+        path.write_text(json.dumps({**document, "policy": name}))
+        with pytest.raises(PolicyStateError, match="no predicting policy"):
+            PredictingPolicy.load(path)
+    assert Shadow.name == "elastic"
+
+
 def saved(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
     path = tmp_path / "policy.json"
     train(EstimatePolicy(), 12).policy.save(path)  # type: ignore[attr-defined]
