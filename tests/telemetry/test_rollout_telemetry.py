@@ -121,3 +121,15 @@ def test_a_version_1_database_is_read_and_upgraded(tmp_path: Path) -> None:
         db.write_rollouts([record])
     with open_database(url) as db:
         assert db.load().rollouts == (record,)
+
+
+def test_a_decision_that_cannot_be_recorded_is_a_warning_not_an_error() -> None:
+    import pytest
+
+    from apportion.telemetry import DecisionRecorder, TelemetryWarning
+
+    rollout = Rollout("estimate", "elastic")
+    rollout.candidate = object()  # type: ignore[assignment]  # no name: no record
+    with pytest.warns(TelemetryWarning, match="not recorded"):
+        DecisionRecorder([]).record(rollout, rollout.events[0])
+    DecisionRecorder([]).record(rollout, "not a decision it keeps")  # passed over

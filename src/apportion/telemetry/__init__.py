@@ -262,8 +262,19 @@ class DecisionRecorder:
 
     def record(self, policy: Policy, decision: object) -> None:
         """Queue ``decision``, made by ``policy``, for the sinks that keep its kind."""
-        if isinstance(policy, Rollout) and isinstance(decision, RolloutEvent):
-            emit_rollout(self.sinks, RolloutRecord.of(policy, decision))
+        if not (isinstance(policy, Rollout) and isinstance(decision, RolloutEvent)):
+            return
+        try:
+            record = RolloutRecord.of(policy, decision)
+        except Exception as exc:
+            warnings.warn(
+                f"telemetry: a decision of rollout {getattr(policy, 'label', '?')!r} not "
+                f"recorded: {exc!r}",
+                TelemetryWarning,
+                stacklevel=2,
+            )
+            return
+        emit_rollout(self.sinks, record)
 
 
 def decision_log(telemetry: Any) -> DecisionRecorder:
