@@ -42,7 +42,8 @@ PACKAGE = SRC / "apportion"
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"version", "limits", "redaction"}),  # leaves: they import nothing of apportion
     frozenset({"errors"}),
-    frozenset({"files", "yamlfile"}),
+    frozenset({"files"}),
+    frozenset({"yamlfile"}),
     frozenset({"ledger", "spec", "tokens"}),
     frozenset({"ledger_view", "calls", "catalog", "pools", "reaper"}),
     frozenset({"summary", "policies", "stores"}),
@@ -51,8 +52,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"controller"}),
     frozenset({"sim", "testing"}),
     frozenset({"analysis", "demo"}),
-    frozenset({"cli", "serve"}),
     frozenset({""}),  # the package itself: apportion/__init__.py, the curated public API
+    frozenset({"cli", "serve"}),  # shells over the public API
 )
 """The units of the package, lowest first (DESIGN.md, "Layout").
 
@@ -61,7 +62,9 @@ unit's modules and those of units in lower layers, never a higher layer's nor an
 of its own layer: policies, stores and the summary know nothing of each other; telemetry
 records what policies saw (:class:`~apportion.policies.base.Observation`) and decided; the
 integrations' call engine drives any request-like object and sits below the controller,
-whose ``req.completion(...)`` and ``req.openai(...)`` hand a request to it.
+whose ``req.completion(...)`` and ``req.openai(...)`` hand a request to it. The curated
+public API (``apportion/__init__.py``) sits above everything it re-exports, and the
+command line and the gateway above it, as any other user of that API.
 """
 
 
