@@ -7,8 +7,9 @@ Two documents, both JSON, both versioned:
   (:meth:`~apportion.policies.needs.NeedModel.document`) and, for ``learned``, its
   outcome statistics;
 * the shared need models in a store (:data:`SHARED_FORMAT`, under one key, read and
-  written with :meth:`~apportion.stores.base.Store.get_state` / ``put_state``): the need
-  model of every pipeline, each worker merging what it learned by compare-and-set.
+  written with ``get_state`` / ``put_state``, :class:`~apportion.policies.sharing.SharedState`):
+  the need model of every pipeline, each worker merging what it learned by compare-and-set
+  (:func:`~apportion.policies.sharing.compare_and_set`).
 
 A document of another format or version, or with a malformed field, raises
 :class:`~apportion.errors.PolicyStateError` naming the file (or ``store:KEY``) and the
