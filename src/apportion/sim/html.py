@@ -2,7 +2,9 @@
 
 A page made here is one file that opens offline in any browser: the CSS is inline,
 figures are embedded (PNG as a base64 ``data:`` URI, SVG inline with its ids made unique
-on the page), tables are plain HTML. Nothing is fetched from the network.
+on the page), tables are plain HTML. Nothing is fetched from the network. Numbers never
+wrap; a text cell (an agent's name, however long) wraps instead of widening its table past
+the page.
 
 - :func:`render_html` builds a page from a title and :class:`Section` objects, and puts a
   notice at the top that the quality on it is simulated (pass ``notice=None`` only for a
@@ -76,6 +78,7 @@ p { margin: .5rem 0; }
 table { border-collapse: collapse; margin: .5rem 0 1rem; min-width: 50%; }
 caption { caption-side: bottom; text-align: left; padding-top: .4rem; max-width: 60rem; }
 th, td { padding: .3rem .7rem; border-bottom: 1px solid var(--line); white-space: nowrap; }
+td:not(.num) { white-space: normal; overflow-wrap: anywhere; min-width: 7rem; }
 th { background: var(--head); text-align: left; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.oracle td { font-style: italic; }
