@@ -13,7 +13,7 @@ process), and the JSON it writes is checked to count every event.
 Prints one JSON line: ``events``, ``seconds`` (the report command, end to end: reading the
 database, the report, its tables, the JSON and the HTML page), and ``write_seconds``
 (generating and writing the events, not part of ``seconds``), ``requests``, ``db_mb``,
-``python`` and ``machine``.
+``max_rss_mb`` (the process's peak memory), ``python`` and ``machine``.
 
     python benchmarks/report.py [--events N] [--seed N] [--db PATH] [--no-html]
 """
@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import resource
 import tempfile
 import time
 from collections.abc import Iterator
@@ -156,6 +157,7 @@ def main() -> None:
             "write_seconds": round(write_seconds, 3),
             "html": not args.no_html,
             "db_mb": round(os.path.getsize(path) / 1e6, 1),
+            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "python": platform.python_version(),
             "machine": platform.machine(),
         }
