@@ -231,14 +231,16 @@ def demo_page(document: Mapping[str, Any], workload: Workload | None = None) -> 
     caption, request_headers, request_rows = one_request(workload, ceiling, seed, best)
     opening = Section(
         f"One request: the equal split against apportion {best}",
-        table(request_headers, request_rows, caption=caption, row_classes=None),
+        table(request_headers, request_rows, caption=caption, numeric=(1,)),
     )
     frontier = document["frontier"]
     figure = frontier_figure(frontier, "svg", workload=str(document["workload"]))
     headers, rows = side_by_side(document)
     overall = Section(
         f"{int(document['requests']):,} requests: the equal split against the best policy",
-        table(headers, rows, caption="the same simulated requests at the same ceiling"),
+        table(
+            headers, rows, caption="the same simulated requests at the same ceiling", numeric=(1, 2)
+        ),
     )
     return bench_page(
         document,

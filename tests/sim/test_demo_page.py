@@ -10,6 +10,7 @@ import pytest
 
 from apportion.demo import best_policy, demo_page, demo_workload, one_request
 from apportion.sim.bench import frontier_document, run_frontier
+from apportion.testing.chromium import chromium_or_skip, laid_out
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -90,3 +91,29 @@ def test_the_demo_page_opens_with_the_readme_table(page: str) -> None:
     assert dom.order[:2] == ["h2", "table"], dom.order
     assert dom.headings[0].startswith("One request")
     assert dom.tables[0] == readme_table()
+
+
+# Appended to a copy of the page: the first table's header, and any table wider than its box.
+DEMO_PROBE = """<script>
+const first = document.querySelector("table");
+document.body.setAttribute("data-first", Array.from(
+  first.querySelectorAll("th"), (th) => th.textContent).join("|"));
+document.body.setAttribute("data-first-top", Math.round(first.getBoundingClientRect().top));
+document.body.setAttribute("data-clipped", Array.from(
+  document.querySelectorAll("div.scroll"), (el) => el.scrollWidth > el.clientWidth
+).filter(Boolean).length);
+</script>"""
+
+
+def test_the_demo_page_in_chromium_shows_the_request_table_first(page: str, tmp_path: Path) -> None:
+    browser = chromium_or_skip()
+    path = tmp_path / "demo.html"
+    path.write_text(page)
+    dom = laid_out(browser, path, DEMO_PROBE, tmp_path, window=(1280, 900))
+    first = re.search(r'data-first="([^"]*)"', dom)
+    top = re.search(r'data-first-top="(\d+)"', dom)
+    clipped = re.search(r'data-clipped="(\d+)"', dom)
+    assert first and top and clipped, dom[:2000]
+    assert first.group(1).split("|") == readme_table()[0]
+    assert int(top.group(1)) < 900  # in the first screen, without scrolling
+    assert clipped.group(1) == "0"
