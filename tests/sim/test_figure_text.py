@@ -190,3 +190,32 @@ def test_the_rollout_figure_labels_do_not_overlap() -> None:
     words = " ".join(text for text, _ in drawn)
     for kind in ("promote", "hold", "rollback", "complete"):
         assert kind in words  # every kind of decision is named on the figure
+
+
+def test_sweep_figure_draws_agent_and_target_names_as_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import apportion.analysis.sweep_plot as sweep_plot
+
+    figures: list[Figure] = []
+    encode = sweep_plot.encode_figure
+
+    def capture(fig: Figure, fmt: Any) -> bytes:
+        figures.append(fig)
+        return encode(fig, fmt)
+
+    monkeypatch.setattr(sweep_plot, "encode_figure", capture)
+    result = {
+        "target": "t$$",
+        "simulated": True,
+        "agents": [
+            {"rank": i + 1, "name": name, "critical": i == 0, "loss": {"0.5": 0.1, "0.25": 0.3}}
+            for i, name in enumerate(DOLLAR_NAMES)
+        ],
+    }
+    sweep_plot.sweep_figure(result, "svg")
+    (fig,) = figures
+    shown = _literal(fig)
+    assert shown.get("1. a$b$c (critical)") is False, shown
+    assert shown.get("3. a$$b") is False, shown
+    assert any(text.startswith("t$$:") for text in shown), shown
