@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -192,3 +193,28 @@ def test_dashed_threshold_line_is_a_line(drawn: list[Figure]) -> None:
     utilization_figure(_synthetic([0.3], [True]))
     (fig,) = drawn
     assert any(isinstance(ln, Line2D) for ln in fig.axes[0].get_lines())
+
+
+def test_report_html_command_takes_agent_names_with_dollars(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from apportion.cli import app
+    from apportion.telemetry.sql import Database
+
+    names = {"planner": "a$b$c", "critic": "$x", "writer": "a$$b"}
+    records = [
+        dataclasses.replace(
+            r,
+            calls=tuple(dataclasses.replace(c, agent=names.get(c.agent, c.agent)) for c in r.calls),
+        )
+        for r in hand_records()
+    ]
+    db = f"sqlite:///{tmp_path / 'telemetry.db'}"
+    with Database(db, create=True) as database:
+        database.write(records)
+    page = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", db, "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert all(name in text for name in names.values())
+    assert text.count("<svg") == 4
