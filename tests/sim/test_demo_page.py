@@ -102,7 +102,18 @@ document.body.setAttribute("data-first-top", Math.round(first.getBoundingClientR
 document.body.setAttribute("data-clipped", Array.from(
   document.querySelectorAll("div.scroll"), (el) => el.scrollWidth > el.clientWidth
 ).filter(Boolean).length);
+const small = getComputedStyle(document.querySelector("footer"));
+const back = getComputedStyle(document.body);
+document.body.setAttribute("data-footer", [small.color, back.backgroundColor,
+  small.fontSize].join("|"));
 </script>"""
+
+
+def _luminance(css: str) -> float:
+    """Relative luminance of a computed ``rgb(r, g, b)`` colour."""
+    channels = [int(v) / 255 for v in re.findall(r"\d+", css)[:3]]
+    r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
 def test_the_demo_page_in_chromium_shows_the_request_table_first(page: str, tmp_path: Path) -> None:
@@ -117,3 +128,9 @@ def test_the_demo_page_in_chromium_shows_the_request_table_first(page: str, tmp_
     assert first.group(1).split("|") == readme_table()[0]
     assert int(top.group(1)) < 900  # in the first screen, without scrolling
     assert clipped.group(1) == "0"
+    footer = re.search(r'data-footer="([^"]*)"', dom)
+    assert footer, dom[:2000]
+    colour, background, size = footer.group(1).split("|")
+    light, dark = sorted((_luminance(colour), _luminance(background)), reverse=True)
+    assert (light + 0.05) / (dark + 0.05) >= 7.0, footer.group(1)  # WCAG AAA
+    assert float(size.removesuffix("px")) >= 14.0, size
