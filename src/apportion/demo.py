@@ -237,7 +237,7 @@ def demo_page(document: Mapping[str, Any], workload: Workload | None = None) -> 
     figure = frontier_figure(frontier, "svg", workload=str(document["workload"]))
     headers, rows = side_by_side(document)
     overall = Section(
-        f"{int(document['requests']):,} requests: the equal split against the best policy",
+        f"The equal split against the best policy ({int(document['requests']):,} requests)",
         table(
             headers, rows, caption="the same simulated requests at the same ceiling", numeric=(1, 2)
         ),
