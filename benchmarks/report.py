@@ -13,7 +13,8 @@ process), and the JSON it writes is checked to count every event.
 Prints one JSON line: ``events``, ``seconds`` (the report command, end to end: reading the
 database, the report, its tables, the JSON and the HTML page), and ``write_seconds``
 (generating and writing the events, not part of ``seconds``), ``requests``, ``db_mb``,
-``max_rss_mb`` (the process's peak memory), ``python`` and ``machine``.
+``max_rss_mb`` (the process's peak memory), ``load_average`` (the machine's, over the last
+minute, at the end: other work slows the run), ``python`` and ``machine``.
 
     python benchmarks/report.py [--events N] [--seed N] [--db PATH] [--no-html]
 """
@@ -158,6 +159,7 @@ def main() -> None:
             "html": not args.no_html,
             "db_mb": round(os.path.getsize(path) / 1e6, 1),
             "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "load_average": round(os.getloadavg()[0], 2),
             "python": platform.python_version(),
             "machine": platform.machine(),
         }
