@@ -44,24 +44,59 @@ def simulate(candidate: str, requests: int = 12_000) -> tuple[Rollout, list[floa
     return rollout, shares
 
 
+MARKERS = {"promote": ("^", 48), "hold": ("o", 30), "complete": ("*", 260), "rollback": ("X", 60)}
+"""How each kind of decision is marked, and how large (``start`` is where a line begins).
+
+The completion's star is large and drawn behind: it shares its point with the last
+promotion."""
+
+
 def figure(runs: dict[str, tuple[Rollout, list[float]]]) -> Any:
-    """Candidate share of traffic against requests, one line per rollout."""
-    from apportion.sim.figures import new_figure
+    """Candidate share of traffic against requests, one line per rollout.
+
+    Decisions are marked on the lines by kind and named once in the legend, never by a
+    text at each point: decisions close together (a last promotion and the completion)
+    would write over each other.
+    """
+    from matplotlib.lines import Line2D
+
+    from apportion.sim.figures import literal, new_figure
 
     fig = new_figure()
     ax = fig.add_subplot()
+    handles = []
     for label, (rollout, shares) in runs.items():
-        line = ax.plot(range(1, len(shares) + 1), shares, label=f"{label}: {rollout.status}")
-        for event in rollout.events[1:]:
-            ax.annotate(
-                event.kind, (event.seen, event.share), fontsize=7, color=line[0].get_color()
+        (line,) = ax.plot(
+            range(1, len(shares) + 1), shares, label=literal(f"{label}: {rollout.status}")
+        )
+        handles.append(line)
+        for kind, (marker, size) in MARKERS.items():
+            points = [(e.seen, e.share) for e in rollout.events[1:] if e.kind == kind]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.scatter(
+                    xs,
+                    ys,
+                    marker=marker,
+                    s=size,
+                    color=line.get_color(),
+                    edgecolor="white",
+                    linewidth=0.6,
+                    zorder=2.5 if kind == "complete" else 3,
+                )
+    for kind, (marker, _) in MARKERS.items():
+        if any(e.kind == kind for rollout, _ in runs.values() for e in rollout.events[1:]):
+            handles.append(
+                Line2D(
+                    [], [], linestyle="", marker=marker, markersize=7, color="#444444", label=kind
+                )
             )
     ax.set_yscale("symlog", linthresh=0.01)
     ax.set_xlabel("requests")
     ax.set_ylabel("candidate's share of traffic")
     ax.set_title("seed scenario, baseline iterative: rollouts (simulated)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(handles=handles, fontsize=8, loc="upper left")
     return fig
 
 

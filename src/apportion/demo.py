@@ -13,12 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from importlib import resources
-from typing import Any
+from typing import Any, Final
 
 from rich.table import Table
 
-from apportion.sim.bench import frontier_document, progress_total, run_frontier, trace_request
-from apportion.sim.needs import draw_needs
+from apportion.sim.bench import (
+    AgentTrace,
+    frontier_document,
+    progress_total,
+    run_frontier,
+    trace_request,
+)
+from apportion.sim.needs import RequestNeeds, draw_needs
+from apportion.sim.runner import RequestOutcome
 from apportion.sim.workload import Workload, load_workload
 
 DEMO_WORKLOAD = "seed-scenario.yaml"
@@ -86,21 +93,101 @@ def side_by_side_table(result: Mapping[str, Any]) -> Table:
     return table
 
 
+def traced_request(
+    workload: Workload, ceiling: int, seed: int, policy: str
+) -> tuple[RequestNeeds, dict[str, tuple[RequestOutcome, list[AgentTrace]]]]:
+    """The demo's one request, played through ``uniform`` and ``policy``.
+
+    The request is the one of a stream disjoint from the measured one (``seed + 1``) that
+    reads the most while fitting the ceiling; each policy first sees 150 other requests of
+    that stream, as a running service would have.
+
+    Returns:
+        The request's needs, and the outcome and per-agent trace under each policy.
+    """
+    pool = [draw_needs(workload, seed + 1, r) for r in range(200)]
+    fits = [n for n in pool if n.total <= ceiling * 0.9] or pool
+    needs = max(fits, key=lambda n: max(n.need_in))
+    warmup = [n for n in pool if n is not needs][:150]
+    traces = {
+        name: trace_request(workload, name, needs, ceiling, warmup=warmup, seed=seed)
+        for name in ("uniform", policy)
+    }
+    return needs, traces
+
+
+_QUARTERS: Final = {0.25: "a quarter", 0.5: "half", 0.75: "three quarters", 1.0: "all"}
+
+
+def _share_words(share: float) -> str:
+    """A share in words when it is near a quarter ("three quarters"), else a percentage."""
+    nearest = round(share * 4) / 4
+    if nearest in _QUARTERS and abs(share - nearest) <= 0.05:
+        return _QUARTERS[nearest]
+    return f"{share:.0%}"
+
+
+def one_request(
+    workload: Workload, ceiling: int, seed: int, policy: str
+) -> tuple[str, list[str], list[list[str]]]:
+    """The one-request table the README opens with: needs, and grants under each policy.
+
+    Cells are read / write tokens. A grant is annotated when the agent's input was cut
+    (how much of it went unread), when its output was cut, when ``policy`` serves in full
+    an agent the equal split cut ("reads it all"), and when at least three quarters of an
+    equal share of output tokens were never used.
+
+    Returns:
+        The caption, the headers and the rows (the last one: the request's quality).
+    """
+    needs, traces = traced_request(workload, ceiling, seed, policy)
+    share = ceiling // len(workload.agents)
+    headers = ["agent (priority)", "needs", f"equal split ({share:,} each)", f"apportion {policy}"]
+    rows = []
+    for index, agent in enumerate(workload.agents):
+        equal = traces["uniform"][1][index]
+        chosen = traces[policy][1][index]
+        cells = [f"{agent.name} ({agent.priority})", f"{equal.need_in:,} / {equal.need_out:,}"]
+        for trace in (equal, chosen):
+            notes = []
+            if trace.read < trace.need_in:
+                unread = _share_words(1 - trace.read / trace.need_in)
+                notes.append(f"{unread} of its input unread")
+            elif trace.wrote < trace.need_out:
+                notes.append("output cut")
+            elif trace is chosen and equal.read < equal.need_in:
+                notes.append("reads it all")
+            elif trace is chosen and equal.wrote < equal.need_out:
+                notes.append("writes it all")
+            unused = trace.granted_out - trace.wrote
+            if unused >= share * 3 // 4:
+                notes.append(f"{unused // 100 * 100:,} never used")
+            grant = f"{trace.granted_in:,} / {trace.granted_out:,}"
+            cells.append(": ".join([grant, *notes]))
+        rows.append(cells)
+    rows.append(
+        [
+            "request quality (simulated)",
+            "",
+            f"{traces['uniform'][0].quality:.3f}",
+            f"{traces[policy][0].quality:.3f}",
+        ]
+    )
+    caption = (
+        f"One request of {workload.name} ({needs.total:,} tokens needed of the {ceiling:,} "
+        "ceiling), agent by agent: read / write tokens needed and granted (simulated)."
+    )
+    return caption, headers, rows
+
+
 def walkthrough(workload: Workload, ceiling: int, seed: int, policy: str) -> Table:
     """One long request that fits the ceiling, agent by agent, under uniform and ``policy``.
 
     The request is drawn from a stream disjoint from the measured one (``seed + 1``); each
     policy first sees 150 other requests of that stream, as a running service would have.
     """
-    pool = [draw_needs(workload, seed + 1, r) for r in range(200)]
-    fits = [n for n in pool if n.total <= ceiling * 0.9] or pool
-    needs = max(fits, key=lambda n: max(n.need_in))
-    warmup = [n for n in pool if n is not needs][:150]
+    needs, traces = traced_request(workload, ceiling, seed, policy)
     names = ("uniform", policy)
-    traces = {
-        name: trace_request(workload, name, needs, ceiling, warmup=warmup, seed=seed)
-        for name in names
-    }
     table = Table(
         title=(
             f"one request ({needs.total:,} tokens needed of the {ceiling:,} ceiling): "
@@ -126,18 +213,38 @@ def walkthrough(workload: Workload, ceiling: int, seed: int, policy: str) -> Tab
     return table
 
 
-def demo_page(document: Mapping[str, Any]) -> str:
-    """The demo's HTML page: the side-by-side table, every policy, the frontier figure."""
+def demo_page(document: Mapping[str, Any], workload: Workload | None = None) -> str:
+    """The demo's HTML page: one request, the side-by-side table, every policy, the frontier.
+
+    It opens with the table the README opens with (:func:`one_request`).
+
+    Args:
+        document: the :func:`run_demo` document.
+        workload: the workload it ran (default: the packaged seed scenario).
+    """
     from apportion.sim.figures import frontier_figure
     from apportion.sim.html import Section, bench_page, table
 
+    workload = workload or demo_workload()
+    best = best_policy(document)
+    ceiling, seed = int(document["ceiling"]), int(document["seed"])
+    caption, request_headers, request_rows = one_request(workload, ceiling, seed, best)
+    opening = Section(
+        f"One request: the equal split against apportion {best}",
+        table(request_headers, request_rows, caption=caption, numeric=(1,)),
+    )
     frontier = document["frontier"]
     figure = frontier_figure(frontier, "svg", workload=str(document["workload"]))
     headers, rows = side_by_side(document)
-    first = Section(
-        "The equal split against the best policy",
-        table(headers, rows, caption="the same simulated requests at the same ceiling"),
+    overall = Section(
+        f"The equal split against the best policy ({int(document['requests']):,} requests)",
+        table(
+            headers, rows, caption="the same simulated requests at the same ceiling", numeric=(1, 2)
+        ),
     )
     return bench_page(
-        document, frontier, {"Simulated quality against the ceiling": figure}, leading=[first]
+        document,
+        frontier,
+        {"Simulated quality against the ceiling": figure},
+        leading=[opening, overall],
     )

@@ -4,12 +4,15 @@
   log scale: boxes P25-P75, whiskers P1-P99, a dot at P90);
 - :func:`utilization_figure`: utilization per agent, the over-budgeted threshold marked;
 - :func:`ceiling_hits_figure`: ceiling-hit rate per agent, the under-budgeted threshold
-  marked;
+  marked (in both, each bar's value stands in a column right of the plot and the
+  threshold is named under the axis, so no label sits on a bar or on the line);
 - :func:`quality_figure`: mean outcome with and without cuts per agent, with 95%
   intervals (``None`` when no request has an outcome score).
 
 They draw with the style of :mod:`apportion.sim.figures` (matplotlib's object API on the
-Agg canvas, imported only when drawing; reproducible SVG).
+Agg canvas, imported only when drawing; reproducible SVG). Agent names are drawn as
+written (a ``$`` is not mathtext) and wrapped when long (:func:`~apportion.sim.figures.
+name_label`), so a 60-character name leaves the plot its width.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from apportion.sim.figures import FigureFormat, encode_figure, new_figure
+from apportion.sim.figures import FigureFormat, encode_figure, footnote, name_label, new_figure
 from apportion.telemetry.records import CallUsage
 
 __all__ = ["ceiling_hits_figure", "quality_figure", "tokens_figure", "utilization_figure"]
@@ -27,10 +30,6 @@ _FLAGGED: Final = "#e45756"
 _UNKNOWN: Final = "#bbbbbb"
 _CUT: Final = "#e45756"
 _UNCUT: Final = "#4c78a8"
-
-
-def _footnote(fig: Any, text: str) -> None:
-    fig.supxlabel(text, fontsize="x-small", color="#555555", wrap=True)
 
 
 def _height(agents: int) -> float:
@@ -74,9 +73,9 @@ def tokens_figure(usage: Mapping[str, Sequence[CallUsage]], fmt: FigureFormat = 
         _token_ticks(ax)
         ax.set_title(title, fontsize="medium")
         ax.grid(True, axis="x", alpha=0.3, which="both")
-    panels[0].set_yticks(range(1, len(agents) + 1), agents)
+    panels[0].set_yticks(range(1, len(agents) + 1), [name_label(a) for a in agents])
     fig.suptitle("Tokens used per call, per agent (measured)")
-    _footnote(fig, "Boxes: P25-P75, line: median, whiskers: P1-P99, red dot: P90. Log scale.")
+    footnote(fig, "Boxes: P25-P75, line: median, whiskers: P1-P99, red dot: P90. Log scale.")
     return encode_figure(fig, fmt)
 
 
@@ -118,28 +117,31 @@ def _bars(
         for a, v in zip(agents, values, strict=True)
     ]
     fig = new_figure()
-    fig.set_size_inches(8.0, _height(len(agents)))
+    fig.set_size_inches(8.0, _height(len(agents)) + 0.4)
     ax = fig.add_subplot()
     shown = [0.0 if v is None else float(v) for v in values]
-    bars = ax.barh(agents, shown, color=colours, height=0.6)
-    ax.bar_label(
-        bars,
-        labels=["unknown" if v is None else f"{v:.0%}" for v in values],
-        padding=3,
-        fontsize="small",
-    )
+    rows = range(len(agents))
+    ax.barh(rows, shown, color=colours, height=0.6)
+    ax.set_yticks(rows, [name_label(a) for a in agents])
+    # The values, in a column right of the plot: never over a bar or the threshold line.
+    for row, value in zip(rows, values, strict=True):
+        ax.annotate(
+            "unknown" if value is None else f"{value:.0%}",
+            xy=(1.0, row),
+            xycoords=("axes fraction", "data"),
+            xytext=(6, 0),
+            textcoords="offset points",
+            ha="left",
+            va="center",
+            fontsize="small",
+            annotation_clip=False,
+        )
     ax.axvline(threshold, linestyle="--", color="#222222", linewidth=1.4)
-    ax.annotate(
-        label,
-        xy=(threshold, 1.0),
-        xycoords=("data", "axes fraction"),
-        xytext=(4, -12),
-        textcoords="offset points",
-        fontsize="small",
-    )
-    ax.set_xlim(0.0, max(1.05, max(shown, default=0.0) * 1.15))
+    ax.set_xlim(0.0, max(1.05, max(shown, default=0.0) * 1.05))
+    ax.set_ylim(-0.6, len(agents) - 0.4)
     ax.xaxis.set_major_formatter(_percent())
-    ax.set_title(title)
+    ax.set_xlabel(f"dashed line: {label}")
+    fig.suptitle(title)
     ax.grid(True, axis="x", alpha=0.3)
     return encode_figure(fig, fmt)
 
@@ -210,10 +212,11 @@ def quality_figure(report: Mapping[str, Any], fmt: FigureFormat = "svg") -> byte
         ax.errorbar(
             xs, ys, xerr=[low, high], fmt="o", color=colour, capsize=3, label=label, markersize=5
         )
-    ax.set_yticks(range(len(rows)), [agent for agent, _ in rows])
+    ax.set_yticks(range(len(rows)), [name_label(agent) for agent, _ in rows])
     ax.set_xlabel("mean outcome score of the requests (req.score)")
-    ax.set_title("Outcome with and without cuts, per agent (95% intervals)")
+    fig.suptitle("Outcome with and without cuts, per agent (95% intervals)")
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
-    _footnote(fig, "Requests with an outcome score only; no interval below two requests.")
+    # Right of the plot: never over a point or an interval.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    footnote(fig, "Requests with an outcome score only; no interval below two requests.")
     return encode_figure(fig, fmt)

@@ -8,16 +8,20 @@
   :func:`run_cost_frontier <apportion.sim.bench.run_cost_frontier>` (``--ceilings-usd``);
 - :func:`render_figure`: whichever of these a bench document calls for.
 
-Every figure's title says the quality is simulated. Figures are drawn with matplotlib's
-object-oriented API on the Agg canvas: matplotlib is imported only when a figure is drawn,
-no window opens, and ``pyplot``'s global state is never touched. Nothing is written to
-disk here: write the returned bytes with :func:`apportion.files.write_atomic`, so a
-failure while drawing leaves no file behind.
+Every figure's title says the quality is simulated. Text that comes from the user (agent,
+policy, workload and pipeline names) goes through :func:`literal` (or :func:`name_label`
+for tick labels), so that matplotlib draws it as written: a ``$`` in a name is never read
+as mathtext (which misdraws ``a$b$c`` and fails on ``a$$b``), and TeX is never used.
+Figures are drawn with matplotlib's object-oriented API on the Agg canvas: matplotlib is
+imported only when a figure is drawn, no window opens, and ``pyplot``'s global state is
+never touched. Nothing is written to disk here: write the returned bytes with
+:func:`apportion.files.write_atomic`, so a failure while drawing leaves no file behind.
 """
 
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -31,7 +35,10 @@ __all__ = [
     "bench_figure",
     "cost_frontier_figure",
     "figure_format",
+    "footnote",
     "frontier_figure",
+    "literal",
+    "name_label",
     "render_figure",
 ]
 
@@ -42,6 +49,43 @@ FORMATS: Final[dict[str, FigureFormat]] = {".png": "png", ".svg": "svg"}
 _ORACLE_COLOUR: Final = "#222222"
 _SIZE: Final = (8.0, 5.0)
 _DPI: Final = 110
+_NOTE_SIZE: Final = 9.0
+"""Points: the footnote under a figure (read at the figure's size on a page, ~880 px wide)."""
+_NOTE_COLOUR: Final = "#333333"
+"""12.6:1 against white."""
+_LABEL_WIDTH: Final = 24
+_LABEL_LINES: Final = 3
+
+
+def literal(text: object) -> str:
+    """``text`` for matplotlib to draw as written: every ``$`` escaped, so no mathtext.
+
+    Args:
+        text: any text from outside (a name, a title part); shown with ``str``.
+
+    Returns:
+        The text with each ``$`` preceded by a backslash (drawn as a plain ``$``).
+    """
+    return str(text).replace("$", r"\$")
+
+
+def name_label(name: object, width: int = _LABEL_WIDTH, lines: int = _LABEL_LINES) -> str:
+    """A name as a tick label: drawn as written, wrapped so a long name keeps the axes wide.
+
+    Args:
+        name: the name (agent, policy); shown with ``str``.
+        width: characters per line (words, then hyphens, then anywhere).
+        lines: at most this many lines; a longer name keeps its start and its end, with
+            an ellipsis between.
+
+    Returns:
+        The label, ``$`` escaped (see :func:`literal`).
+    """
+    text = str(name)
+    wrapped = textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=True) or [""]
+    if len(wrapped) > lines:
+        wrapped = [*wrapped[: lines - 1], "\u2026" + text[-(width - 1) :]]
+    return literal("\n".join(wrapped))
 
 
 def figure_format(path: str | Path) -> FigureFormat:
@@ -129,7 +173,7 @@ def frontier_figure(
             markersize=4,
             linewidth=1.6,
             color=colours[name],
-            label=name,
+            label=literal(name),
         )
     ax.plot(
         xs,
@@ -141,7 +185,7 @@ def frontier_figure(
         color=_ORACLE_COLOUR,
         label="oracle (upper bound)",
     )
-    subject = f"{workload}: " if workload else ""
+    subject = f"{literal(workload)}: " if workload else ""
     ax.set_title(f"{subject}simulated quality against the token ceiling")
     ax.set_xlabel("token ceiling per request (input + output)")
     ax.set_ylabel("mean request quality (simulated)")
@@ -160,7 +204,7 @@ def frontier_figure(
             share = f"{low:.0%}" if low == high else f"{low:.0%}-{high:.0%}"
             note += f"; its relaxed upstream coupling mattered in {share} of requests"
         note += "."
-    _footnote(fig, note)
+    footnote(fig, note)
     return encode_figure(fig, fmt)
 
 
@@ -206,7 +250,7 @@ def cost_frontier_figure(
             markersize=4,
             linewidth=1.6,
             color=colours[name],
-            label=name,
+            label=literal(name),
         )
     ax.plot(
         *points,
@@ -219,7 +263,7 @@ def cost_frontier_figure(
     )
     if all(c > 0 for costs, _ in (*series.values(), points) for c in costs):
         ax.set_xscale("log")
-    subject = f"{workload}: " if workload else ""
+    subject = f"{literal(workload)}: " if workload else ""
     ax.set_title(f"{subject}simulated quality against cost per request")
     ax.set_xlabel("mean cost per request (USD, simulated prices)")
     ax.set_ylabel("mean request quality (simulated)")
@@ -232,7 +276,7 @@ def cost_frontier_figure(
         f" per cost ceiling ({', '.join(f'{c:g}' for c in levels)} USD)"
         + (f" at {int(ceiling):,} tokens." if ceiling else ".")
     )
-    _footnote(fig, note)
+    footnote(fig, note)
     return encode_figure(fig, fmt)
 
 
@@ -256,7 +300,8 @@ def bench_figure(result: Mapping[str, Any], fmt: FigureFormat = "png") -> bytes:
     best = float(oracle["quality_mean"])
     fig = new_figure()
     ax = fig.add_subplot()
-    bars = ax.bar(names, values, color=[colours[n] for n in names], width=0.6)
+    bars = ax.bar(range(len(names)), values, color=[colours[n] for n in names], width=0.6)
+    ax.set_xticks(range(len(names)), [name_label(n, width=14) for n in names])
     ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=2, fontsize="small")
     ax.axhline(best, linestyle="--", linewidth=1.6, color=_ORACLE_COLOUR)
     ax.annotate(
@@ -271,7 +316,7 @@ def bench_figure(result: Mapping[str, Any], fmt: FigureFormat = "png") -> bytes:
         color=_ORACLE_COLOUR,
     )
     ax.set_title(
-        f"{result['workload']}: simulated quality per policy "
+        f"{literal(result['workload'])}: simulated quality per policy "
         f"(ceiling {int(result['ceiling']):,}, {int(result['requests']):,} requests)"
     )
     ax.set_ylabel("mean request quality (simulated)")
@@ -284,7 +329,7 @@ def bench_figure(result: Mapping[str, Any], fmt: FigureFormat = "png") -> bytes:
             rate = float(oracle["relaxed_coupling_rate"])
             note += f"; its relaxed upstream coupling mattered in {rate:.0%} of requests"
         note += "."
-    _footnote(fig, note)
+    footnote(fig, note)
     return encode_figure(fig, fmt)
 
 
@@ -298,8 +343,9 @@ def new_figure() -> Figure:
     return fig
 
 
-def _footnote(fig: Figure, text: str) -> None:
-    fig.supxlabel(text, fontsize="x-small", color="#555555", wrap=True)
+def footnote(fig: Figure, text: str) -> None:
+    """A note under the figure, wrapped to its width, large and dark enough to read."""
+    fig.supxlabel(literal(text), fontsize=_NOTE_SIZE, color=_NOTE_COLOUR, wrap=True)
 
 
 def _colours(names: list[str]) -> dict[str, Any]:
@@ -316,13 +362,22 @@ def _span(values: list[Any]) -> str:
 
 
 def encode_figure(fig: Figure, fmt: FigureFormat) -> bytes:
-    """Encode ``fig``; SVG output is reproducible (fixed ids, no date)."""
+    """Encode ``fig``; SVG output is reproducible (fixed ids, no date).
+
+    TeX is never used, whatever the user's matplotlib settings: names are drawn as
+    written (see :func:`literal`), and drawing needs no LaTeX installation.
+    """
     import matplotlib
+    from matplotlib.text import Text
 
     if fmt not in ("png", "svg"):
         raise ValueError(f"figure format must be 'png' or 'svg', not {fmt!r}")
+    for text in fig.findobj(Text):
+        text.set_usetex(False)
     buffer = io.BytesIO()
     metadata: dict[str, Any] = {"Date": None} if fmt == "svg" else {"Software": None}
-    with matplotlib.rc_context({"svg.hashsalt": "apportion", "svg.fonttype": "path"}):
+    with matplotlib.rc_context(
+        {"svg.hashsalt": "apportion", "svg.fonttype": "path", "text.usetex": False}
+    ):
         fig.savefig(buffer, format=fmt, metadata=metadata)
     return buffer.getvalue()

@@ -2,7 +2,10 @@
 
 A page made here is one file that opens offline in any browser: the CSS is inline,
 figures are embedded (PNG as a base64 ``data:`` URI, SVG inline with its ids made unique
-on the page), tables are plain HTML. Nothing is fetched from the network.
+on the page), tables are plain HTML. Nothing is fetched from the network. Small print
+(captions, the footer) keeps a contrast of at least 7:1 (WCAG AAA) in both colour schemes.
+Numbers never wrap; a text cell (an agent's name, however long) wraps instead of widening
+its table past the page.
 
 - :func:`render_html` builds a page from a title and :class:`Section` objects, and puts a
   notice at the top that the quality on it is simulated (pass ``notice=None`` only for a
@@ -54,7 +57,7 @@ SIMULATED_NOTICE: Final = (
 _PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 
 _CSS: Final = """
-:root { color-scheme: light dark; --fg: #1d1f21; --bg: #ffffff; --muted: #5f6368;
+:root { color-scheme: light dark; --fg: #1d1f21; --bg: #ffffff; --muted: #4d5156;
   --line: #d9dce0; --head: #f3f4f6; --note-bg: #fff6db; --note-line: #e5c258; }
 @media (prefers-color-scheme: dark) {
   :root { --fg: #e6e6e6; --bg: #16181a; --muted: #a0a4a8; --line: #3a3d41;
@@ -71,11 +74,12 @@ h2 { font-size: 1.2rem; margin: 2rem 0 .5rem; border-bottom: 1px solid var(--lin
 p { margin: .5rem 0; }
 .notice { background: var(--note-bg); border-left: 4px solid var(--note-line);
   padding: .6rem .9rem; margin: 0 0 1rem; }
-.muted, caption, figcaption, footer { color: var(--muted); font-size: .85rem; }
+.muted, caption, figcaption, footer { color: var(--muted); font-size: .9rem; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: .5rem 0 1rem; min-width: 50%; }
 caption { caption-side: bottom; text-align: left; padding-top: .4rem; max-width: 60rem; }
 th, td { padding: .3rem .7rem; border-bottom: 1px solid var(--line); white-space: nowrap; }
+td:not(.num) { white-space: normal; overflow-wrap: anywhere; min-width: 7rem; }
 th { background: var(--head); text-align: left; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.oracle td { font-style: italic; }
