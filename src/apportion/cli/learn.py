@@ -1,6 +1,6 @@
 """``apportion learn``: the learned policy's learning curve against the oracle and the rules.
 
-Registered on the ``apportion`` command (:mod:`apportion.cli`) when that module loads.
+Registered on the ``apportion`` command by :func:`register` (see :mod:`apportion.cli`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from apportion.cli import _fail, _load_log, _progress, app, console
+from apportion.cli.console import console, fail, progress
+from apportion.cli.logs import load_log
 from apportion.errors import ApportionError
 
 
@@ -91,7 +92,6 @@ def _learn_table(result: dict[str, Any]) -> Table:
     return table
 
 
-@app.command()
 def learn(
     target: Annotated[
         Path, typer.Argument(help="Workload YAML file, or a call log CSV (with --pipeline).")
@@ -147,20 +147,20 @@ def learn(
 
     is_log = pipeline is not None or target.suffix.lower() == ".csv"
     if is_log and pipeline is None:
-        raise _fail(
+        raise fail(
             ValueError(
                 f"{target} is a call log: give --pipeline PIPELINE.yaml, the pipeline "
                 "naming its agents"
             )
         )
     if not is_log and (ceiling_ratio is not None or split is not None):
-        raise _fail(ValueError("--ceiling-ratio and --split apply to call logs (.csv) only"))
+        raise fail(ValueError("--ceiling-ratio and --split apply to call logs (.csv) only"))
     if ceiling is not None and ceiling_ratio is not None:
-        raise _fail(ValueError("give --ceiling or --ceiling-ratio, not both"))
+        raise fail(ValueError("give --ceiling or --ceiling-ratio, not both"))
     try:
         fmt = figure_format(plot) if plot is not None else None
         if pipeline is not None:
-            spec, log = _load_log(target, pipeline, split)
+            spec, log = load_log(target, pipeline, split)
             policy = LearnedPolicy(price=price, seed=seed if seed is not None else 0)
         else:
             workload = load_workload(target)
@@ -181,7 +181,7 @@ def learn(
             if pipeline is not None
             else progress_steps(requests)
         )
-        with _progress() as bar:
+        with progress() as bar:
             if pipeline is not None:
                 task = bar.add_task("learned + rules on replayed runs", total=steps)
                 result = run_learning_replay(
@@ -216,4 +216,10 @@ def learn(
             write_atomic(save_state, policy.state())
             console.print(f"state written to {save_state}", highlight=False)
     except (ApportionError, OSError, ValueError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``learn`` to ``app``."""
+    for command in (learn,):
+        app.command()(command)

@@ -1,65 +1,18 @@
-"""The ``apportion`` command line: ``demo``, ``bench``, ``policies``, ``validate``."""
+"""``apportion demo``, ``bench``, ``replay``, ``policies`` and ``validate``: simulated runs."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from apportion.cli.console import console, fail, progress
+from apportion.cli.logs import load_log
 from apportion.errors import ApportionError
 from apportion.policies import POLICIES
-
-app = typer.Typer(
-    help="Token budgets per agent for multi-agent LLM pipelines.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-console = Console(width=None if sys.stdout.isatty() else 120)
-
-
-def main() -> None:
-    """Entry point of the ``apportion`` command."""
-    app()
-
-
-def _fail(error: Exception) -> typer.Exit:
-    # escape: messages hold brackets (``apportion[redis]``, ``agents[2]``) Rich would eat
-    console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
-
-
-def _load_log(calls: Path, pipeline: Path, split: str | None) -> tuple[Any, Any]:
-    """The pipeline and the call log it names (noting a ``--split`` that filters nothing)."""
-    from apportion.sim.replay import load_calls
-    from apportion.spec import Pipeline
-
-    spec = Pipeline.from_yaml(pipeline)
-    log = load_calls(calls, spec)
-    if split is not None and not log.has_split:
-        console.print(
-            f"note: {calls} has no split column: --split filters nothing",
-            highlight=False,
-            soft_wrap=True,
-        )
-    return spec, log
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
 
 
 def _bench_table(result: dict[str, Any]) -> Table:
@@ -167,7 +120,7 @@ def _run_bench(workload_path: Path | None, **options: Any) -> dict[str, Any]:
     count = options.get("requests") or workload.requests or DEFAULT_REQUESTS
     ceilings: list[int] | None = options.get("ceilings")
     ceilings_usd: list[float] | None = options.get("ceilings_usd")
-    with _progress() as bar:
+    with progress() as bar:
         if ceilings_usd:
             total = progress_total(count, len(policies), len(ceilings_usd))
             task = bar.add_task("oracle + policies", total=total)
@@ -214,7 +167,6 @@ def _demo_workload() -> Any:
     return demo_workload()
 
 
-@app.command()
 def demo(
     requests: Annotated[int, typer.Option(help="Requests to simulate per ceiling.", min=1)] = 300,
     seed: Annotated[int | None, typer.Option(help="Random seed.", min=0)] = None,
@@ -241,7 +193,7 @@ def demo(
     workload = _demo_workload()
     seed = workload.seed if seed is None else seed
     try:
-        with _progress() as bar:
+        with progress() as bar:
             task = bar.add_task(
                 f"{len(DEMO_CEILINGS)} ceilings x 5 policies + oracle", total=demo_total(requests)
             )
@@ -249,7 +201,7 @@ def demo(
         page = demo_page(document)
         write_atomic(html, page)
     except (ApportionError, OSError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     best = best_policy(document)
     console.print(walkthrough(workload, workload.ceiling, seed, best))
     console.print(side_by_side_table(document))
@@ -257,7 +209,6 @@ def demo(
     console.print(f"HTML page with the frontier figure: [bold]{html}[/]", highlight=False)
 
 
-@app.command()
 def bench(
     workload: Annotated[Path, typer.Argument(help="Workload YAML file.")],
     policy: Annotated[
@@ -303,7 +254,7 @@ def bench(
     for name in policy or ():  # NAME@MODEL runs every call on a workload model
         if name.split("@", 1)[0] not in {**POLICIES, **ROUTING}:
             known = ", ".join([*POLICIES, *ROUTING])
-            raise _fail(ValueError(f"unknown policy {name!r}; choose from {known}"))
+            raise fail(ValueError(f"unknown policy {name!r}; choose from {known}"))
     levels: list[int] | None = None
     usd_levels: list[float] | None = None
     try:
@@ -325,7 +276,7 @@ def bench(
             if path is not None and path.is_dir():
                 raise ValueError(f"{path} is a directory")
     except ValueError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     try:
         result = _run_bench(
             workload,
@@ -337,7 +288,7 @@ def bench(
             ceilings_usd=usd_levels,
         )
     except (ApportionError, NotImplementedError, ValueError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     console.print(_bench_table(result))
     if "frontier" in result:
         console.print(_frontier_table(result["frontier"], str(result["workload"])))
@@ -350,7 +301,7 @@ def bench(
         try:
             image = render_figure(result, fmt)
         except Exception as exc:
-            raise _fail(RuntimeError(f"cannot draw the figure for {plot}: {exc}")) from exc
+            raise fail(RuntimeError(f"cannot draw the figure for {plot}: {exc}")) from exc
     try:
         if json_path is not None:
             write_atomic(json_path, document)
@@ -359,10 +310,9 @@ def bench(
             write_atomic(plot, image)
             console.print(f"figure written to {plot}")
     except OSError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
-@app.command()
 def policies() -> None:
     """List the built-in policies and their rules."""
     import inspect
@@ -378,7 +328,6 @@ def policies() -> None:
     console.print(table)
 
 
-@app.command()
 def validate(
     path: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
 ) -> None:
@@ -388,12 +337,11 @@ def validate(
     try:
         pipeline = Pipeline.from_yaml(path)
     except ApportionError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     order = " -> ".join(f"{a.name} ({a.priority})" for a in pipeline.agents)
     console.print(f"[green]ok[/]: {len(pipeline)} agents: {order}", highlight=False)
 
 
-@app.command()
 def replay(
     calls: Annotated[
         Path,
@@ -430,12 +378,12 @@ def replay(
     names = policy or list(POLICIES)
     for name in names:
         if name not in POLICIES:
-            raise _fail(ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}"))
+            raise fail(ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}"))
     if ceiling is not None and ceiling_ratio is not None:
-        raise _fail(ValueError("give --ceiling or --ceiling-ratio, not both"))
+        raise fail(ValueError("give --ceiling or --ceiling-ratio, not both"))
     try:
-        spec, log = _load_log(calls, pipeline, split)
-        with _progress() as bar:
+        spec, log = load_log(calls, pipeline, split)
+        with progress() as bar:
             task = bar.add_task("replaying runs", total=replay_steps(log, names, split))
             result = run_replay(
                 log,
@@ -451,12 +399,10 @@ def replay(
             write_atomic(json_path, json.dumps(result, indent=2) + "\n")
             console.print(f"JSON written to {json_path}")
     except (ApportionError, OSError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
-# Commands kept in modules of their own register themselves on ``app`` when imported.
-from apportion import (  # noqa: E402
-    cli_learn,  # noqa: F401  (learn)
-    cli_sweep,  # noqa: F401  (sweep, optimize)
-    cli_telemetry,  # noqa: F401  (report, profile, ingest)
-)
+def register(app: typer.Typer) -> None:
+    """Add ``demo``, ``bench``, ``policies``, ``validate`` and ``replay`` to ``app``."""
+    for command in (demo, bench, policies, validate, replay):
+        app.command()(command)

@@ -1,6 +1,6 @@
 """``apportion sweep`` and ``apportion optimize``: which budgets matter, and the best split.
 
-Registered on the ``apportion`` command (:mod:`apportion.cli`) when that module loads.
+Registered on the ``apportion`` command by :func:`register` (see :mod:`apportion.cli`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from apportion.cli import _fail, _progress, app, console
+from apportion.cli.console import console, fail, progress
 from apportion.errors import ApportionError
 
 
@@ -65,7 +65,6 @@ def _sweep_table(result: dict[str, Any]) -> Table:
     return table
 
 
-@app.command()
 def sweep(
     target: Annotated[Path | None, typer.Argument(help="Workload YAML file.")] = None,
     fractions: Annotated[
@@ -107,7 +106,7 @@ def sweep(
         fmt = figure_format(plot) if plot is not None else None
         goal = _target(target, pipeline, eval_path, metric, policy, ceiling, requests, seed)
         cells = 1 + len(goal.agents) * (len(levels) - 1)
-        with _progress() as bar:
+        with progress() as bar:
             task = bar.add_task(f"sweep: {cells} cells", total=cells)
             result = run_sweep(
                 goal,
@@ -133,7 +132,7 @@ def sweep(
                 raise typer.BadParameter("--write-priorities needs a workload or pipeline file")
             rewrite(source, priorities, write_priorities)
     except (ApportionError, OSError, ValueError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     console.print(_sweep_table(result))
     path = ", ".join(result["critical_path"]) or "none"
     console.print(f"critical path: [bold]{path}[/]", highlight=False)
@@ -151,7 +150,6 @@ def sweep(
             console.print(f"{label} written to {path_written}", highlight=False)
 
 
-@app.command()
 def optimize(
     target: Annotated[Path | None, typer.Argument(help="Workload YAML file.")] = None,
     ceiling: Annotated[int, typer.Option(help="The fixed total to split.", min=1)] = ...,  # type: ignore[assignment]
@@ -173,7 +171,7 @@ def optimize(
 
     try:
         goal = _target(target, pipeline, eval_path, metric, policy, ceiling, requests, seed)
-        with _progress() as bar:
+        with progress() as bar:
             task = bar.add_task(f"optimize: {trials} trials", total=trials)
             result = run_optimize(
                 goal,
@@ -190,7 +188,7 @@ def optimize(
         if json_path is not None:
             write_atomic(json_path, json.dumps(result, indent=2) + "\n")
     except (ApportionError, OSError, ValueError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     kind = "simulated quality" if result["simulated"] else "metric"
     table = Table(title=f"{result['target']}: a fixed total of {ceiling:,} tokens ({kind})")
     table.add_column("split")
@@ -236,3 +234,12 @@ def _compare(
             continue
         scores[name] = goal.measure(resolve_policy(name)).quality
     return scores
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``sweep``, ``optimize`` to ``app``."""
+    for command in (
+        sweep,
+        optimize,
+    ):
+        app.command()(command)

@@ -1,6 +1,6 @@
 """``apportion report``, ``apportion profile`` and ``apportion ingest``: usage telemetry.
 
-Registered on the ``apportion`` command (:mod:`apportion.cli`) when that module loads.
+Registered on the ``apportion`` command by :func:`register` (see :mod:`apportion.cli`).
 A database is named by URL (``sqlite:///apportion.db``, ``postgresql://user@host/db``) or
 by the path of a SQLite file; every message shows it without its password.
 """
@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from apportion.cli import _fail, app, console
+from apportion.cli.console import console, fail
 from apportion.errors import ApportionError
 
 _DB_HELP = "Telemetry database: sqlite:///apportion.db, postgresql://user@host/db, or a .db file."
@@ -60,7 +60,6 @@ def _source(db: str, start: float | None, pipeline: str | None, **extra: Any) ->
     return source
 
 
-@app.command()
 def report(
     db_url: Annotated[str, typer.Argument(metavar="DB_URL", help=_DB_HELP)],
     since: Annotated[str | None, typer.Option(help=_SINCE_HELP)] = None,
@@ -99,7 +98,7 @@ def report(
         dataset, start = _load(db_url, since, pipeline)
         document = build_report(dataset, thresholds=thresholds, since=start, pipeline=pipeline)
     except (ApportionError, ValueError, OSError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if document["empty"]:
         console.print(f"nothing to report: {document['message']}", highlight=False)
     else:
@@ -131,10 +130,9 @@ def report(
             write_atomic(html, page)
             console.print(f"HTML page written to {html}")
     except OSError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
-@app.command()
 def profile(
     db_url: Annotated[str, typer.Argument(metavar="DB_URL", help=_DB_HELP)],
     output: Annotated[
@@ -197,7 +195,7 @@ def profile(
         )
         write_atomic(output, budgets_yaml(budgets, source))
     except (ApportionError, ValueError, OSError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     table = Table(
         title=f"budgets from {dataset.url}: P{p_in:g} input, P{p_out:g} output, +{margin:.0%}"
     )
@@ -213,7 +211,6 @@ def profile(
     console.print(f"budgets written to {output} (load with policy='static:{output}')")
 
 
-@app.command()
 def ingest(
     files: Annotated[
         list[Path], typer.Argument(help="ChatDev call logs (CSV) or OTLP JSON span exports.")
@@ -242,7 +239,7 @@ def ingest(
             db.write(found.records)
             where = db.shown
     except (ApportionError, ValueError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     console.print(
         f"ingested {len(found.records):,} requests, {found.calls:,} calls from "
         f"{len(found.files)} file(s) into {where}",
@@ -250,3 +247,13 @@ def ingest(
     )
     for reason, count in found.skipped.items():
         console.print(f"skipped {count:,} span(s): {reason}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``report``, ``profile``, ``ingest`` to ``app``."""
+    for command in (
+        report,
+        profile,
+        ingest,
+    ):
+        app.command()(command)
