@@ -12,13 +12,19 @@ part (token needs, quality) is simulated by the workload's declared response mod
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from rich.table import Table
-
-from apportion.sim.bench import frontier_document, progress_total, run_frontier, trace_request
+from apportion.sim.bench import (
+    AgentTrace,
+    frontier_document,
+    progress_total,
+    run_frontier,
+    trace_request,
+)
 from apportion.sim.needs import draw_needs
+from apportion.sim.runner import RequestOutcome
 from apportion.sim.workload import Workload, load_workload
 
 DEMO_WORKLOAD = "seed-scenario.yaml"
@@ -70,23 +76,24 @@ def side_by_side(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
     return ["", "uniform (equal split)", f"{best} (best policy)"], rows
 
 
-def side_by_side_table(result: Mapping[str, Any]) -> Table:
-    """:func:`side_by_side` as a Rich table."""
-    headers, rows = side_by_side(result)
-    table = Table(
-        title=(
-            f"{result['workload']}: {result['requests']} requests at a ceiling of "
-            f"{result['ceiling']:,} tokens (simulated quality)"
-        )
-    )
-    for index, header in enumerate(headers):
-        table.add_column(header, justify="left" if index == 0 else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
-    return table
+@dataclass(frozen=True)
+class Walkthrough:
+    """One request traced agent by agent under several policies (:func:`walkthrough`).
+
+    Attributes:
+        needed: the tokens the request needs in all.
+        ceiling: its ceiling.
+        agents: ``(name, priority)`` of each agent, in order.
+        traces: per policy, the request's outcome and each agent's trace (in order).
+    """
+
+    needed: int
+    ceiling: int
+    agents: list[tuple[str, str]]
+    traces: dict[str, tuple[RequestOutcome, list[AgentTrace]]]
 
 
-def walkthrough(workload: Workload, ceiling: int, seed: int, policy: str) -> Table:
+def walkthrough(workload: Workload, ceiling: int, seed: int, policy: str) -> Walkthrough:
     """One long request that fits the ceiling, agent by agent, under uniform and ``policy``.
 
     The request is drawn from a stream disjoint from the measured one (``seed + 1``); each
@@ -96,34 +103,12 @@ def walkthrough(workload: Workload, ceiling: int, seed: int, policy: str) -> Tab
     fits = [n for n in pool if n.total <= ceiling * 0.9] or pool
     needs = max(fits, key=lambda n: max(n.need_in))
     warmup = [n for n in pool if n is not needs][:150]
-    names = ("uniform", policy)
     traces = {
         name: trace_request(workload, name, needs, ceiling, warmup=warmup, seed=seed)
-        for name in names
+        for name in ("uniform", policy)
     }
-    table = Table(
-        title=(
-            f"one request ({needs.total:,} tokens needed of the {ceiling:,} ceiling): "
-            "needs and grants per agent, read / write tokens"
-        )
-    )
-    for header in ("agent", "needs", f"{names[0]} grant", f"{names[1]} grant"):
-        table.add_column(header, no_wrap=True)
-    for index, agent in enumerate(workload.agents):
-        cells = []
-        for name in names:
-            t = traces[name][1][index]
-            cut = t.read < t.need_in or t.wrote < t.need_out
-            mark = "[red]cut[/]" if cut else "[green]ok[/]"
-            cells.append(f"{t.granted_in:,} / {t.granted_out:,} {mark}")
-        t = traces[names[0]][1][index]
-        table.add_row(f"{agent.name} ({agent.priority})", f"{t.need_in:,} / {t.need_out:,}", *cells)
-    table.add_row(
-        "request quality (simulated)",
-        "",
-        *(f"{traces[name][0].quality:.3f}" for name in names),
-    )
-    return table
+    agents = [(agent.name, str(agent.priority)) for agent in workload.agents]
+    return Walkthrough(needs.total, ceiling, agents, traces)
 
 
 def demo_page(document: Mapping[str, Any]) -> str:

@@ -7,92 +7,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from apportion.cli.console import console, fail, progress
 from apportion.cli.logs import load_log
+from apportion.cli.tables import (
+    bench_table,
+    cost_frontier_table,
+    frontier_table,
+    policies_table,
+    replay_table,
+    side_by_side_table,
+    walkthrough_table,
+)
 from apportion.errors import ApportionError
-from apportion.policies import POLICIES
-
-
-def _bench_table(result: dict[str, Any]) -> Table:
-    from apportion.sim.bench import policy_cells
-
-    table = Table(
-        title=(
-            f"{result['workload']}: {result['requests']} requests, ceiling {result['ceiling']}"
-            " [dim](simulated quality)[/]"
-        )
-    )
-    for header in ("policy", "quality", "/oracle", "tokens", "cut", "crit.cut", "unspent", "ext."):
-        table.add_column(header, justify="left" if header == "policy" else "right", no_wrap=True)
-    oracle = result["oracle"]
-    rows = sorted(result["policies"].items(), key=lambda kv: -kv[1]["quality_mean"])
-    for name, f in rows:
-        table.add_row(name, *policy_cells(f))
-    table.add_row(
-        "[italic]oracle[/]",
-        f"{oracle['quality_mean']:.3f}",
-        "100.0%",
-        f"{oracle['tokens_mean']:,.0f}",
-        "",
-        "",
-        "",
-        "",
-    )
-    relaxed = oracle.get("relaxed_coupling_rate")
-    table.caption = (
-        "quality: simulated by the workload's response model; cut: calls whose input or output "
-        "was cut; crit.cut: the same for critical agents; ext.: extensions per request; "
-        f"oracle: knows every need, budgets in steps of {oracle['step']} tokens"
-        + (
-            ", upstream coupling relaxed (a downstream agent may read its full input even "
-            f"when an upstream output was cut; it mattered in {relaxed:.1%} of requests)"
-            if relaxed is not None
-            else ""
-        )
-    )
-    return table
-
-
-def _frontier_table(frontier: dict[str, Any], workload: str) -> Table:
-    """Simulated quality per policy (rows) at each ceiling (columns), the oracle last."""
-    ceilings = frontier["ceilings"]
-    table = Table(
-        title=f"{workload}: quality against the ceiling [dim](simulated quality)[/]",
-        caption=(
-            "same requests at every ceiling; oracle budgets in steps of "
-            + ", ".join(str(s) for s in frontier["oracle_step"])
-            + " tokens"
-        ),
-    )
-    table.add_column("policy", no_wrap=True)
-    for level in ceilings:
-        table.add_column(f"{level:,}", justify="right", no_wrap=True)
-    rows = sorted(frontier["policies"].items(), key=lambda kv: -sum(kv[1]))
-    for name, values in rows:
-        table.add_row(name, *(f"{q:.3f}" for q in values))
-    table.add_row("[italic]oracle[/]", *(f"{q:.3f}" for q in frontier["oracle"]))
-    return table
-
-
-def _cost_frontier_table(frontier: dict[str, Any], workload: str) -> Table:
-    """Quality and cost per request per policy (rows) at each cost ceiling (columns)."""
-    table = Table(
-        title=f"{workload}: quality against cost [dim](simulated quality and prices)[/]",
-        caption=f"same requests at every cost ceiling; {frontier['ceiling']:,} tokens; "
-        "each cell: quality / USD per request",
-    )
-    table.add_column("policy", no_wrap=True)
-    for level in frontier["ceilings_usd"]:
-        table.add_column(f"{level:g} USD", justify="right", no_wrap=True)
-    rows = sorted(frontier["policies"].items(), key=lambda kv: -sum(kv[1]["quality"]))
-    for name, values in [*rows, ("[italic]oracle[/]", frontier["oracle"])]:
-        cells = (
-            f"{q:.3f} / {c:.4f}" for q, c in zip(values["quality"], values["cost"], strict=True)
-        )
-        table.add_row(name, *cells)
-    return table
+from apportion.policies import bench_policies, check_policy_names, rule_policies
 
 
 def _run_bench(workload_path: Path | None, **options: Any) -> dict[str, Any]:
@@ -116,7 +44,7 @@ def _run_bench(workload_path: Path | None, **options: Any) -> dict[str, Any]:
     from apportion.sim.workload import load_workload
 
     workload = _demo_workload() if workload_path is None else load_workload(workload_path)
-    policies = options.get("policies") or list(POLICIES)
+    policies = options.get("policies") or bench_policies(priced=bool(workload.models))
     count = options.get("requests") or workload.requests or DEFAULT_REQUESTS
     ceilings: list[int] | None = options.get("ceilings")
     ceilings_usd: list[float] | None = options.get("ceilings_usd")
@@ -185,7 +113,6 @@ def demo(
         demo_page,
         demo_total,
         run_demo,
-        side_by_side_table,
         walkthrough,
     )
     from apportion.files import write_atomic
@@ -203,16 +130,21 @@ def demo(
     except (ApportionError, OSError) as exc:
         raise fail(exc) from exc
     best = best_policy(document)
-    console.print(walkthrough(workload, workload.ceiling, seed, best))
+    console.print(walkthrough_table(walkthrough(workload, workload.ceiling, seed, best)))
     console.print(side_by_side_table(document))
-    console.print(_bench_table(document))
+    console.print(bench_table(document))
     console.print(f"HTML page with the frontier figure: [bold]{html}[/]", highlight=False)
 
 
 def bench(
     workload: Annotated[Path, typer.Argument(help="Workload YAML file.")],
     policy: Annotated[
-        list[str] | None, typer.Option("--policy", help="Policy to run (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--policy",
+            help="Policy to run (repeatable; see 'apportion policies'; NAME@MODEL pins a "
+            "workload model). Default: the rule-based ones, and routed with models.",
+        ),
     ] = None,
     ceiling: Annotated[int | None, typer.Option(help="Token ceiling per request.", min=1)] = None,
     requests: Annotated[int | None, typer.Option(help="Requests to simulate.", min=1)] = None,
@@ -244,17 +176,18 @@ def bench(
 ) -> None:
     """Compare policies on a workload file against the hindsight oracle (simulated quality).
 
-    Default: every built-in policy. Output files are written whole or not at all.
+    Default: the rule-based policies, and ``routed`` on a workload with a ``models``
+    section (the table then shows each policy's cost per request). Output files are
+    written whole or not at all.
     """
     from apportion.files import write_atomic
-    from apportion.policies import ROUTING
     from apportion.sim.bench import parse_ceilings, parse_ceilings_usd
     from apportion.sim.figures import figure_format, render_figure
 
-    for name in policy or ():  # NAME@MODEL runs every call on a workload model
-        if name.split("@", 1)[0] not in {**POLICIES, **ROUTING}:
-            known = ", ".join([*POLICIES, *ROUTING])
-            raise fail(ValueError(f"unknown policy {name!r}; choose from {known}"))
+    try:  # NAME@MODEL runs every call on a workload model
+        check_policy_names([name.split("@", 1)[0] for name in policy or ()])
+    except ApportionError as exc:
+        raise fail(exc) from exc
     levels: list[int] | None = None
     usd_levels: list[float] | None = None
     try:
@@ -289,11 +222,11 @@ def bench(
         )
     except (ApportionError, NotImplementedError, ValueError) as exc:
         raise fail(exc) from exc
-    console.print(_bench_table(result))
+    console.print(bench_table(result))
     if "frontier" in result:
-        console.print(_frontier_table(result["frontier"], str(result["workload"])))
+        console.print(frontier_table(result["frontier"], str(result["workload"])))
     if "frontier_usd" in result:
-        console.print(_cost_frontier_table(result["frontier_usd"], str(result["workload"])))
+        console.print(cost_frontier_table(result["frontier_usd"], str(result["workload"])))
     # Everything is produced in memory first: a failure leaves no file at all.
     document = json.dumps(result, indent=2) + "\n"
     image: bytes | None = None
@@ -314,18 +247,8 @@ def bench(
 
 
 def policies() -> None:
-    """List the built-in policies and their rules."""
-    import inspect
-
-    table = Table(title="built-in policies")
-    table.add_column("name")
-    table.add_column("rule")
-    for name, factory in POLICIES.items():
-        module = inspect.getmodule(factory)
-        doc = (module.__doc__ or "").strip().split("\n\n")
-        rule = " ".join(doc[1].split()) if len(doc) > 1 else doc[0]
-        table.add_row(name, rule)
-    console.print(table)
+    """List the registered policies: every name a Controller, bench, replay or learn takes."""
+    console.print(policies_table())
 
 
 def validate(
@@ -351,7 +274,12 @@ def replay(
         Path, typer.Option("--pipeline", help="Pipeline YAML naming the log's agents.")
     ],
     policy: Annotated[
-        list[str] | None, typer.Option("--policy", help="Policy to run (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--policy",
+            help="Policy to run (repeatable; see 'apportion policies'). Default: the "
+            "rule-based ones.",
+        ),
     ] = None,
     ceiling: Annotated[int | None, typer.Option(help="Fixed token ceiling per run.", min=1)] = None,
     ceiling_ratio: Annotated[
@@ -369,16 +297,13 @@ def replay(
     need. Policies that learn are fitted on the train runs and reported on --split.
     """
     from apportion.files import write_atomic
-    from apportion.sim.replay import (
-        replay_steps,
-        replay_table,
-        run_replay,
-    )
+    from apportion.sim.replay import replay_steps, run_replay
 
-    names = policy or list(POLICIES)
-    for name in names:
-        if name not in POLICIES:
-            raise fail(ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}"))
+    names = policy or rule_policies()
+    try:
+        check_policy_names(names)
+    except ApportionError as exc:
+        raise fail(exc) from exc
     if ceiling is not None and ceiling_ratio is not None:
         raise fail(ValueError("give --ceiling or --ceiling-ratio, not both"))
     try:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from apportion.cli.console import console, fail, progress
+from apportion.cli.tables import optimize_tables, sweep_table
 from apportion.errors import ApportionError
 
 
@@ -37,32 +37,6 @@ def _target(
     if target is None:
         raise typer.BadParameter("give a workload file, or --pipeline, --eval and --metric")
     return WorkloadTarget(target, policy=policy, ceiling=ceiling, requests=requests, seed=seed)
-
-
-def _sweep_table(result: dict[str, Any]) -> Table:
-    fractions = [f for f in result["fractions"] if f < 1.0]
-    kind = "simulated quality" if result["simulated"] else "metric"
-    table = Table(
-        title=f"{result['target']}: {kind} lost when one agent's budget is cut "
-        f"(baseline {result['baseline_quality']:.3f})"
-    )
-    for header in ("rank", "agent", "share", *(f"at {f:g}" for f in fractions), "sensitivity"):
-        table.add_column(header, justify="left" if header == "agent" else "right", no_wrap=True)
-    for row in result["agents"]:
-        name = f"[bold]{row['name']}[/] (critical)" if row["critical"] else row["name"]
-        table.add_row(
-            str(row["rank"]),
-            name,
-            f"{row['share']:.0%}",
-            *(f"{row['loss'][f'{f:g}']:+.3f}" for f in fractions),
-            f"{row['sensitivity']:.3f}",
-        )
-    table.caption = (
-        "share: the agent's part of a request's tokens; sensitivity: mean loss per unit of "
-        "budget removed; critical: the share of quality lost exceeds the share of tokens "
-        "removed"
-    )
-    return table
 
 
 def sweep(
@@ -133,7 +107,7 @@ def sweep(
             rewrite(source, priorities, write_priorities)
     except (ApportionError, OSError, ValueError) as exc:
         raise fail(exc) from exc
-    console.print(_sweep_table(result))
+    console.print(sweep_table(result))
     path = ", ".join(result["critical_path"]) or "none"
     console.print(f"critical path: [bold]{path}[/]", highlight=False)
     console.print(
@@ -189,19 +163,8 @@ def optimize(
             write_atomic(json_path, json.dumps(result, indent=2) + "\n")
     except (ApportionError, OSError, ValueError) as exc:
         raise fail(exc) from exc
-    kind = "simulated quality" if result["simulated"] else "metric"
-    table = Table(title=f"{result['target']}: a fixed total of {ceiling:,} tokens ({kind})")
-    table.add_column("split")
-    table.add_column("quality", justify="right")
-    table.add_row("[bold]best split found[/] (static)", f"{result['best']['quality']:.3f}")
-    for name, value in comparison.items():
-        table.add_row(name, f"{value:.3f}")
+    table, budgets = optimize_tables(result, ceiling)
     console.print(table)
-    budgets = Table(title="best split, per call")
-    for header in ("agent", "context", "output"):
-        budgets.add_column(header, justify="left" if header == "agent" else "right")
-    for name, budget in result["best"]["budgets"].items():
-        budgets.add_row(name, f"{budget['context_tokens']:,}", f"{budget['output_tokens']:,}")
     console.print(budgets)
     if output is not None:
         console.print(f"budgets written to {output} (load with policy='static:{output}')")

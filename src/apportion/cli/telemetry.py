@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from apportion.cli.console import console, fail
+from apportion.cli.tables import profile_table, quality_table, report_table, rollout_table
 from apportion.errors import ApportionError
 
 _DB_HELP = "Telemetry database: sqlite:///apportion.db, postgresql://user@host/db, or a .db file."
@@ -83,13 +84,7 @@ def report(
     """
     from apportion.analysis.page import report_page
     from apportion.analysis.profile import budgets_yaml, profile_budgets
-    from apportion.analysis.report import (
-        Thresholds,
-        build_report,
-        quality_table,
-        report_table,
-        rollout_table,
-    )
+    from apportion.analysis.report import Thresholds, build_report
     from apportion.files import write_atomic
 
     thresholds = Thresholds(percentile=percentile, margin=margin)
@@ -160,8 +155,6 @@ def profile(
     least the largest usage of a cut call plus the margin, when more than 10% of its calls
     hit their budget). Load it with policy="static:budgets.yaml".
     """
-    from rich.table import Table
-
     from apportion.analysis.profile import budgets_yaml, profile_budgets
     from apportion.files import write_atomic
 
@@ -196,17 +189,7 @@ def profile(
         write_atomic(output, budgets_yaml(budgets, source))
     except (ApportionError, ValueError, OSError) as exc:
         raise fail(exc) from exc
-    table = Table(
-        title=f"budgets from {dataset.url}: P{p_in:g} input, P{p_out:g} output, +{margin:.0%}"
-    )
-    columns = ("agent", "calls", "input cut", "output cut", "context_tokens", "output_tokens")
-    for column in (*columns, "note"):
-        table.add_column(column, justify="left" if column in ("agent", "note") else "right")
-    for agent, b in budgets.items():
-        note = "raised: many calls were cut" if b["censored"] else ""
-        counts = (b["calls"], b["input_cut_calls"], b["truncated_calls"])
-        sizes = (b["context_tokens"], b["output_tokens"])
-        table.add_row(agent, *map(str, counts), *(f"{n:,}" for n in sizes), note)
+    table = profile_table(budgets, dataset.url, p_in, p_out, margin)
     console.print(table)
     console.print(f"budgets written to {output} (load with policy='static:{output}')")
 

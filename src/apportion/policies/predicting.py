@@ -474,9 +474,9 @@ class PredictingPolicy(Policy):
         document = saved.read_file(path)
         name = document.get("policy")
         if cls is PredictingPolicy:
-            from apportion.policies import LEARNING, POLICIES, ROUTING
+            from apportion.policies.registry import POLICIES
 
-            factory = {**POLICIES, **LEARNING, **ROUTING}.get(str(name))
+            factory = POLICIES.get(str(name))
             if factory is None or not isinstance(factory, type):
                 raise PolicyStateError(f"policy {name!r} is no predicting policy", path=where)
             policy: Any = factory(**options)

@@ -36,6 +36,7 @@ from typing import Any
 from apportion.controller import Controller
 from apportion.errors import PolicyConfigError, SpecError
 from apportion.policies.learned import LearnedPolicy
+from apportion.policies.registry import check_policy_names, rule_policies
 from apportion.sim.bench import make_policy
 from apportion.sim.needs import draw_needs
 from apportion.sim.oracle import Oracle
@@ -55,13 +56,25 @@ from apportion.sim.runner import controller_for, run_request
 from apportion.sim.workload import Workload
 from apportion.spec import Pipeline
 
-RULE_POLICIES = ("uniform", "static", "estimate", "elastic", "iterative")
-"""The rule-based policies the learned one is compared with."""
+RULE_POLICIES = tuple(rule_policies())
+"""The rule-based policies the learned one is compared with by default."""
 
 FINAL_SHARE = 0.2
 """The final window: the last 20% of the requests."""
 
 CURVE_POINTS = 20
+
+
+def compared(names: Sequence[str]) -> list[str]:
+    """The policies a learning run compares with: ``names`` without repeats nor ``learned``.
+
+    ``learned`` is the policy that learns, always run: naming it changes nothing.
+
+    Raises:
+        UnknownPolicy: a name is not registered.
+    """
+    check_policy_names(names)
+    return [name for name in dict.fromkeys(names) if name != "learned"]
 
 
 def run_learning(
@@ -82,7 +95,7 @@ def run_learning(
         ceiling: per-request ceiling (default: the workload's).
         seed: the seed (default: the workload's).
         policy: the learned policy to train (default: a new one, seeded by ``seed``).
-        rules: rule-based policy names to compare with.
+        rules: registered policy names to compare with (default: the rule-based ones).
         progress: called with the number of requests just played (any policy or oracle).
 
     Returns:
@@ -95,6 +108,7 @@ def run_learning(
         raise PolicyConfigError(f"workload {workload.name!r} sets no ceiling: give one")
     if requests < 5:
         raise ValueError(f"requests must be at least 5, got {requests}")
+    rules = compared(rules)
     seed = seed if seed is not None else (workload.seed or 0)
     needs = [draw_needs(workload, seed, r) for r in range(requests)]
     oracle = Oracle(workload)
@@ -201,7 +215,7 @@ def run_learning_replay(
             :func:`~apportion.sim.replay.select_runs`; default ``test``).
         seed: the seed of the run order and of the learned policy (default 0).
         policy: the learned policy to train (default: a new one, seeded by ``seed``).
-        rules: rule-based policy names to compare with.
+        rules: registered policy names to compare with (default: the rule-based ones).
         progress: called with the number of runs just played (any policy).
 
     Returns:
@@ -218,6 +232,7 @@ def run_learning_replay(
     """
     if requests < 5:
         raise ValueError(f"requests must be at least 5, got {requests}")
+    rules = compared(rules)
     ceiling_ratio = check_replay(log, pipeline, ceiling, ceiling_ratio)
     held_out, train, in_sample = select_runs(log, split)
     if not train:
@@ -306,6 +321,7 @@ def progress_steps_replay(
     log: CallLog, requests: int, split: str | None = None, rules: Sequence[str] = RULE_POLICIES
 ) -> int:
     """How many progress steps :func:`run_learning_replay` reports."""
+    rules = compared(rules)
     held_out, train, _ = select_runs(log, split)
     warm = sum(1 for name in rules if _learns_name(name))
     return (requests + len(held_out)) * (len(rules) + 1) + len(train) * warm
