@@ -18,7 +18,7 @@ from apportion.errors import ApportionError
 
 def _target(
     target: Path | None,
-    pipeline: str | None,
+    runner: str | None,
     eval_path: Path | None,
     metric: str | None,
     policy: str,
@@ -28,14 +28,14 @@ def _target(
 ) -> Any:
     from apportion.analysis.targets import PipelineTarget, WorkloadTarget
 
-    if pipeline or eval_path or metric:
-        if target is not None or not (pipeline and eval_path and metric):
+    if runner or eval_path or metric:
+        if target is not None or not (runner and eval_path and metric):
             raise typer.BadParameter(
-                "give a workload file, or all three of --pipeline, --eval and --metric"
+                "give a workload file, or all three of --runner, --eval and --metric"
             )
-        return PipelineTarget(pipeline, eval_path, metric, policy=policy)
+        return PipelineTarget(runner, eval_path, metric, policy=policy)
     if target is None:
-        raise typer.BadParameter("give a workload file, or --pipeline, --eval and --metric")
+        raise typer.BadParameter("give a workload file, or --runner, --eval and --metric")
     return WorkloadTarget(target, policy=policy, ceiling=ceiling, requests=requests, seed=seed)
 
 
@@ -48,8 +48,13 @@ def sweep(
     policy: Annotated[str, typer.Option(help="Base policy.")] = "estimate",
     ceiling: Annotated[int | None, typer.Option(help="Token ceiling (workloads).", min=1)] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (workloads).", min=0)] = None,
-    pipeline: Annotated[
-        str | None, typer.Option(help="module:function running one example (your pipeline).")
+    runner: Annotated[
+        str | None,
+        typer.Option(
+            "--runner",
+            metavar="MODULE:FUNCTION",
+            help="Your pipeline: a function(controller, example) running one example.",
+        ),
     ] = None,
     eval_path: Annotated[
         Path | None, typer.Option("--eval", help="JSON Lines file of examples.")
@@ -78,7 +83,7 @@ def sweep(
     try:
         levels = parse_fractions(fractions)
         fmt = figure_format(plot) if plot is not None else None
-        goal = _target(target, pipeline, eval_path, metric, policy, ceiling, requests, seed)
+        goal = _target(target, runner, eval_path, metric, policy, ceiling, requests, seed)
         cells = 1 + len(goal.agents) * (len(levels) - 1)
         with progress() as bar:
             task = bar.add_task(f"sweep: {cells} cells", total=cells)
@@ -131,7 +136,14 @@ def optimize(
     requests: Annotated[int, typer.Option(help="Requests per trial (workloads).", min=1)] = 200,
     policy: Annotated[str, typer.Option(help="Policy whose usage seeds the search.")] = "estimate",
     seed: Annotated[int | None, typer.Option(help="Random seed.", min=0)] = None,
-    pipeline: Annotated[str | None, typer.Option(help="module:function (your pipeline).")] = None,
+    runner: Annotated[
+        str | None,
+        typer.Option(
+            "--runner",
+            metavar="MODULE:FUNCTION",
+            help="Your pipeline: a function(controller, example) running one example.",
+        ),
+    ] = None,
     eval_path: Annotated[Path | None, typer.Option("--eval", help="JSON Lines examples.")] = None,
     metric: Annotated[str | None, typer.Option(help="module:function metric.")] = None,
     output: Annotated[
@@ -144,7 +156,7 @@ def optimize(
     from apportion.files import write_atomic
 
     try:
-        goal = _target(target, pipeline, eval_path, metric, policy, ceiling, requests, seed)
+        goal = _target(target, runner, eval_path, metric, policy, ceiling, requests, seed)
         with progress() as bar:
             task = bar.add_task(f"optimize: {trials} trials", total=trials)
             result = run_optimize(

@@ -64,7 +64,10 @@ def _source(db: str, start: float | None, pipeline: str | None, **extra: Any) ->
 def report(
     db_url: Annotated[str, typer.Argument(metavar="DB_URL", help=_DB_HELP)],
     since: Annotated[str | None, typer.Option(help=_SINCE_HELP)] = None,
-    pipeline: Annotated[str | None, typer.Option(help="Only this pipeline's calls.")] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option("--pipeline-name", metavar="NAME", help="Only the calls of this pipeline."),
+    ] = None,
     html: Annotated[
         Path | None, typer.Option("--html", help="Write the HTML page with figures here.")
     ] = None,
@@ -134,7 +137,10 @@ def profile(
         Path, typer.Option("-o", "--output", help="The budgets file to write (YAML).")
     ],
     since: Annotated[str | None, typer.Option(help=_SINCE_HELP)] = None,
-    pipeline: Annotated[str | None, typer.Option(help="Only this pipeline's calls.")] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option("--pipeline-name", metavar="NAME", help="Only the calls of this pipeline."),
+    ] = None,
     percentile: Annotated[
         float, typer.Option(min=0, max=100, help="Percentile of input and output to cover.")
     ] = 90.0,
@@ -205,7 +211,12 @@ def ingest(
         str, typer.Option("--format", help="auto (by suffix or content), chatdev or otlp.")
     ] = "auto",
     pipeline: Annotated[
-        str | None, typer.Option(help="Pipeline name to record (default: from the file).")
+        str | None,
+        typer.Option(
+            "--pipeline-name",
+            metavar="NAME",
+            help="Pipeline name to record (default: from the file).",
+        ),
     ] = None,
 ) -> None:
     """Load calls logged before apportion, so report and profile can use them.
