@@ -1,8 +1,15 @@
-"""What every ``apportion`` command shares: the console, the error line, the progress bar."""
+"""What every ``apportion`` command shares: the console, the error line, the progress bar.
+
+Tables and messages go to :data:`console` (standard output); progress bars go to
+:data:`progress_console` (standard error, drawn only on a terminal and erased when done),
+so they never mix with what a command prints or writes.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import typer
 from rich.console import Console
@@ -17,6 +24,7 @@ from rich.progress import (
 )
 
 console = Console(width=None if sys.stdout.isatty() else 120)
+progress_console = Console(stderr=True)
 
 
 def fail(error: Exception) -> typer.Exit:
@@ -34,13 +42,35 @@ def fail(error: Exception) -> typer.Exit:
 
 
 def progress() -> Progress:
-    """A transient progress bar with the steps done, the time spent and the time left."""
+    """A transient progress bar on standard error: steps done, time spent, time left."""
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=progress_console,
         transient=True,
     )
+
+
+@contextmanager
+def stages(*names: str) -> Iterator[Callable[[], None]]:
+    """A progress bar over a command's stages, for work that reports no finer steps.
+
+    Args:
+        names: each stage's description, in order.
+
+    Yields:
+        ``done()``, to call as each stage ends (the bar moves on to the next name).
+    """
+    with progress() as bar:
+        task = bar.add_task(names[0], total=len(names))
+        finished = 0
+
+        def done() -> None:
+            nonlocal finished
+            finished += 1
+            bar.update(task, advance=1, description=names[min(finished, len(names) - 1)])
+
+        yield done

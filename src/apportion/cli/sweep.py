@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.progress import Progress
 
 from apportion.cli.console import console, fail, progress
 from apportion.cli.tables import optimize_tables, sweep_table
@@ -166,8 +167,8 @@ def optimize(
                 seed=seed or 0,
                 progress=lambda n: bar.advance(task, n),
             )
-        best_policy = result.pop("policy")
-        comparison = _compare(goal, target, ceiling, requests, seed)
+            best_policy = result.pop("policy")
+            comparison = _compare(goal, target, ceiling, requests, seed, bar)
         result["compare"] = comparison
         if output is not None:
             write_atomic(output, best_policy.to_yaml())
@@ -183,17 +184,32 @@ def optimize(
 
 
 def _compare(
-    goal: Any, target: Path | None, ceiling: int, requests: int, seed: int | None
+    goal: Any, target: Path | None, ceiling: int, requests: int, seed: int | None, bar: Progress
 ) -> dict[str, float]:
-    """Quality of uniform, the best built-in policy and (workloads) the oracle."""
-    from apportion.policies import POLICIES
+    """Quality of uniform, the best built-in policy and (workloads) the oracle.
 
+    The comparison is a task of its own on ``bar``: a bench of every default policy on a
+    workload, one measure per rule-based policy on a user's pipeline.
+    """
+    from apportion.policies import bench_policies, resolve_policy, rule_policies
+
+    label = "comparing with the built-in policies"
     scores: dict[str, float] = {}
     if target is not None and goal.simulated:
-        from apportion.sim.bench import run_bench
+        from apportion.sim.bench import progress_total, run_bench
         from apportion.sim.workload import load_workload
 
-        bench = run_bench(load_workload(target), ceiling=ceiling, requests=requests, seed=seed)
+        workload = load_workload(target)
+        names = bench_policies(priced=bool(workload.models))
+        task = bar.add_task(label, total=progress_total(requests, len(names)))
+        bench = run_bench(
+            workload,
+            policies=names,
+            ceiling=ceiling,
+            requests=requests,
+            seed=seed,
+            progress=lambda n: bar.advance(task, n),
+        )
         policies = bench["policies"]
         scores["uniform (equal split)"] = policies["uniform"]["quality_mean"]
         best = max(
@@ -202,12 +218,11 @@ def _compare(
         scores[f"best built-in policy ({best})"] = policies[best]["quality_mean"]
         scores["oracle (upper bound)"] = bench["oracle"]["quality_mean"]
         return scores
-    from apportion.policies import resolve_policy
-
-    for name in POLICIES:
-        if name == "static":
-            continue
+    names = [name for name in rule_policies() if name != "static"]  # static needs budgets
+    task = bar.add_task(label, total=len(names))
+    for name in names:
         scores[name] = goal.measure(resolve_policy(name)).quality
+        bar.advance(task, 1)
     return scores
 
 

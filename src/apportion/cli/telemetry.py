@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from apportion.cli.console import console, fail
+from apportion.cli.console import console, fail, progress, stages
 from apportion.cli.tables import profile_table, quality_table, report_table, rollout_table
 from apportion.errors import ApportionError
 
@@ -91,10 +91,31 @@ def report(
     from apportion.files import write_atomic
 
     thresholds = Thresholds(percentile=percentile, margin=margin)
+    steps = ["reading the telemetry", "building the report"]
+    if html is not None:
+        steps.append("drawing the page")
+    page = None
     try:
         _check_outputs(html, json_path)
-        dataset, start = _load(db_url, since, pipeline)
-        document = build_report(dataset, thresholds=thresholds, since=start, pipeline=pipeline)
+        with stages(*steps) as done:
+            dataset, start = _load(db_url, since, pipeline)
+            done()
+            document = build_report(dataset, thresholds=thresholds, since=start, pipeline=pipeline)
+            done()
+            if html is not None:
+                budgets = profile_budgets(
+                    dataset,
+                    input_percentile=percentile,
+                    output_percentile=percentile,
+                    margin=margin,
+                )
+                source = _source(dataset.url, start, pipeline, percentile=percentile, margin=margin)
+                page = report_page(
+                    document,
+                    _finished_by_agent(dataset.calls),
+                    budgets_yaml=budgets_yaml(budgets, source) if budgets else None,
+                )
+                done()
     except (ApportionError, ValueError, OSError) as exc:
         raise fail(exc) from exc
     if document["empty"]:
@@ -109,17 +130,6 @@ def report(
         console.print(rollouts)
     # Everything is produced in memory first: a failure leaves no file at all.
     text = json.dumps(document, indent=2) + "\n"
-    page = None
-    if html is not None:
-        budgets = profile_budgets(
-            dataset, input_percentile=percentile, output_percentile=percentile, margin=margin
-        )
-        source = _source(dataset.url, start, pipeline, percentile=percentile, margin=margin)
-        page = report_page(
-            document,
-            _finished_by_agent(dataset.calls),
-            budgets_yaml=budgets_yaml(budgets, source) if budgets else None,
-        )
     try:
         if json_path is not None:
             write_atomic(json_path, text)
@@ -168,14 +178,17 @@ def profile(
     p_out = percentile if output_percentile is None else output_percentile
     try:
         _check_outputs(output)
-        dataset, start = _load(db_url, since, pipeline)
-        budgets = profile_budgets(
-            dataset,
-            input_percentile=p_in,
-            output_percentile=p_out,
-            margin=margin,
-            min_calls=min_calls,
-        )
+        with stages("reading the telemetry", "profiling the budgets") as done:
+            dataset, start = _load(db_url, since, pipeline)
+            done()
+            budgets = profile_budgets(
+                dataset,
+                input_percentile=p_in,
+                output_percentile=p_out,
+                margin=margin,
+                min_calls=min_calls,
+            )
+            done()
         if not budgets:
             if dataset.empty:
                 raise ValueError(f"no budgets to write: {dataset.url} holds no telemetry")
@@ -228,10 +241,16 @@ def ingest(
     from apportion.telemetry.sql import Database
 
     try:
-        found = read_records(files, fmt=fmt, pipeline=pipeline)
-        with Database(into, create=True) as db:
-            db.write(found.records)
-            where = db.shown
+        with progress() as bar:
+            task = bar.add_task(f"reading {len(files)} file(s)", total=len(files) + 1)
+            found = read_records(
+                files, fmt=fmt, pipeline=pipeline, progress=lambda n: bar.advance(task, n)
+            )
+            bar.update(task, description=f"writing {len(found.records):,} requests")
+            with Database(into, create=True) as db:
+                db.write(found.records)
+                where = db.shown
+            bar.advance(task, 1)
     except (ApportionError, ValueError) as exc:
         raise fail(exc) from exc
     console.print(

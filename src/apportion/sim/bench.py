@@ -274,7 +274,8 @@ def run_frontier(
     Args:
         workload: the workload.
         ceilings: the token ceilings (each at least 1, no repeats); run in ascending order.
-        policies: policy names (default: every built-in policy).
+        policies: policy names (default: the rule-based ones, and ``routed`` when the
+            workload has a ``models`` section).
         requests: how many requests per ceiling (default: the workload's).
         seed: the seed (default: the workload's).
         progress: called with the number of requests just completed, over all ceilings

@@ -83,7 +83,14 @@ from typing import Any
 
 from apportion.controller import Controller
 from apportion.errors import PolicyConfigError, SpecError
-from apportion.policies import POLICIES, Policy, StaticPolicy, resolve_policy, rule_policies
+from apportion.policies import (
+    POLICIES,
+    Policy,
+    StaticPolicy,
+    check_policy_names,
+    resolve_policy,
+    rule_policies,
+)
 from apportion.sim.quality import agent_quality
 from apportion.sim.runner import MAX_EXTENSIONS, play_call
 from apportion.spec import Pipeline, Priority
@@ -663,6 +670,7 @@ def run_replay(
     ceiling_ratio = check_replay(log, pipeline, ceiling, ceiling_ratio)
     reported, fit, in_sample = select_runs(log, split)
     names = list(policies or rule_policies())
+    check_policy_names(names)  # before anything is played
     figures: dict[str, dict[str, Any]] = {}
     for name in names:
         policy = _make_policy(name, fit)
