@@ -111,3 +111,17 @@ def test_version_comes_from_the_package_metadata() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == f"apportion {version('apportion')}"
+
+
+def test_off_a_terminal_progress_is_a_line_now_and_then(
+    inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = io.StringIO()  # a file, not a terminal: a CI log, an output captured
+    monkeypatch.setattr(cli_console, "progress_console", Console(file=log, width=160))
+    monkeypatch.setattr(cli_console, "LOG_EVERY", 0.0)  # a line at every step
+    result = runner.invoke(app, command("learn-log", inputs))
+    assert result.exit_code == 0, result.output
+    lines = [line for line in log.getvalue().splitlines() if line.strip()]
+    assert lines and all("elapsed, time left" in line for line in lines)
+    assert lines[-1].startswith("learned + rules on replayed runs: 54/54,")
+    assert "\x1b" not in log.getvalue() and "learned + rules" not in result.stdout
