@@ -161,9 +161,7 @@ def _cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
 
 def _unit(module: str) -> str:
     parts = module.split(".")
-    unit = parts[1] if len(parts) > 1 else ""
-    # the CLI's modules, until they are one package (apportion/cli/)
-    return "cli" if unit.startswith("cli_") else unit
+    return parts[1] if len(parts) > 1 else ""
 
 
 def _layer(unit: str) -> int:

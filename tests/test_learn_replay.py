@@ -228,6 +228,46 @@ def test_cli_learns_on_a_small_log(tmp_path: Path, files: tuple[Path, Path]) -> 
     assert "warm start" in warm.output and "in-sample" in warm.output
 
 
+# Train and test runs that disagree: static, profiled on the train runs, wins there and
+# loses on the test runs, where the equal split wins.
+SHIFTED = """run,split,call,agent,prompt_tokens,completion_tokens
+r0,train,1,helper,202,220
+r0,train,2,writer,25,137
+r0,train,3,checker,266,253
+r1,train,1,helper,212,160
+r1,train,2,writer,249,188
+r1,train,3,checker,116,263
+r2,train,1,helper,76,149
+r2,train,2,writer,76,53
+r2,train,3,checker,133,277
+r3,train,1,helper,80,163
+r3,train,2,writer,55,42
+r3,train,3,checker,174,246
+r4,test,1,helper,291,56
+r4,test,2,writer,186,227
+r4,test,3,checker,166,109
+r5,test,1,helper,287,249
+r5,test,2,writer,231,271
+r5,test,3,checker,138,36
+"""
+
+
+def test_cli_names_the_best_rule_of_the_test_runs(tmp_path: Path) -> None:
+    calls, pipeline, out = tmp_path / "calls.csv", tmp_path / "p.yaml", tmp_path / "l.json"
+    calls.write_text(SHIFTED, encoding="utf-8")
+    tiny_pipeline().to_yaml(pipeline)
+    result = CliRunner().invoke(
+        app,
+        ["learn", str(calls), "--pipeline", str(pipeline), "--requests", "8", "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    train, test = document["rules"], document["test"]["rules"]
+    assert document["best_rule_policy"] == max(train, key=train.__getitem__) == "static"
+    assert document["test"]["best_rule_policy"] == max(test, key=test.__getitem__) == "uniform"
+    assert document["test"]["best_rule_quality_vs_oracle"] == test["uniform"]
+
+
 @needs_chatdev
 def test_cli_learns_on_the_chatdev_log(tmp_path: Path) -> None:
     out = tmp_path / "learn.json"

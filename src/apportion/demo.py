@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any, Final
 
-from rich.table import Table
-
 from apportion.sim.bench import (
     AgentTrace,
     frontier_document,
@@ -75,22 +73,6 @@ def side_by_side(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
         [label, fmt.format(uniform[key]), fmt.format(chosen[key])] for label, key, fmt in figures
     ]
     return ["", "uniform (equal split)", f"{best} (best policy)"], rows
-
-
-def side_by_side_table(result: Mapping[str, Any]) -> Table:
-    """:func:`side_by_side` as a Rich table."""
-    headers, rows = side_by_side(result)
-    table = Table(
-        title=(
-            f"{result['workload']}: {result['requests']} requests at a ceiling of "
-            f"{result['ceiling']:,} tokens (simulated quality)"
-        )
-    )
-    for index, header in enumerate(headers):
-        table.add_column(header, justify="left" if index == 0 else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
-    return table
 
 
 def traced_request(
@@ -178,39 +160,6 @@ def one_request(
         "ceiling), agent by agent: read / write tokens needed and granted (simulated)."
     )
     return caption, headers, rows
-
-
-def walkthrough(workload: Workload, ceiling: int, seed: int, policy: str) -> Table:
-    """One long request that fits the ceiling, agent by agent, under uniform and ``policy``.
-
-    The request is drawn from a stream disjoint from the measured one (``seed + 1``); each
-    policy first sees 150 other requests of that stream, as a running service would have.
-    """
-    needs, traces = traced_request(workload, ceiling, seed, policy)
-    names = ("uniform", policy)
-    table = Table(
-        title=(
-            f"one request ({needs.total:,} tokens needed of the {ceiling:,} ceiling): "
-            "needs and grants per agent, read / write tokens"
-        )
-    )
-    for header in ("agent", "needs", f"{names[0]} grant", f"{names[1]} grant"):
-        table.add_column(header, no_wrap=True)
-    for index, agent in enumerate(workload.agents):
-        cells = []
-        for name in names:
-            t = traces[name][1][index]
-            cut = t.read < t.need_in or t.wrote < t.need_out
-            mark = "[red]cut[/]" if cut else "[green]ok[/]"
-            cells.append(f"{t.granted_in:,} / {t.granted_out:,} {mark}")
-        t = traces[names[0]][1][index]
-        table.add_row(f"{agent.name} ({agent.priority})", f"{t.need_in:,} / {t.need_out:,}", *cells)
-    table.add_row(
-        "request quality (simulated)",
-        "",
-        *(f"{traces[name][0].quality:.3f}" for name in names),
-    )
-    return table
 
 
 def demo_page(document: Mapping[str, Any], workload: Workload | None = None) -> str:

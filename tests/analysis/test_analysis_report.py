@@ -13,9 +13,7 @@ from apportion.analysis.report import (
     Thresholds,
     build_report,
     parse_since,
-    quality_table,
     report_rows,
-    report_table,
 )
 from apportion.analysis.stats import mean_ci, percentile, t_quantile_975
 from apportion.telemetry.records import CallUsage
@@ -128,6 +126,8 @@ def test_an_empty_database_says_so(db_url: str) -> None:
 
 def test_the_terminal_table_has_one_row_per_agent(db_url: str) -> None:
     from rich.console import Console
+
+    from apportion.cli.tables import quality_table, report_table
 
     write_hand_set(db_url)
     console = Console(width=200, record=True)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -92,7 +92,11 @@ def detect_format(path: str | Path) -> Format:
 
 
 def read_records(
-    paths: Sequence[str | Path], *, fmt: str = "auto", pipeline: str | None = None
+    paths: Sequence[str | Path],
+    *,
+    fmt: str = "auto",
+    pipeline: str | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Ingested:
     """Read every file (all of them, before anything is written).
 
@@ -101,6 +105,7 @@ def read_records(
         fmt: ``auto`` (by suffix or content), ``chatdev`` or ``otlp``.
         pipeline: the pipeline name to record (default: ``chatdev`` for call logs; for
             spans, their ``apportion.pipeline``, else the service name, else ``otlp``).
+        progress: called with 1 as each file has been read (for progress bars).
 
     Raises:
         SpecError: a file is missing or malformed (file, line, field).
@@ -128,6 +133,8 @@ def read_records(
             seen[record.request_id] = str(path)
         result.records.extend(records)
         result.files.append(str(path))
+        if progress is not None:
+            progress(1)
     return result
 
 

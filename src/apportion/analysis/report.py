@@ -35,7 +35,8 @@ candidate and baseline, its last decision's kind and share, and every decision (
 share, scored requests seen, mean outcome per 1,000 tokens of each side, the confidence
 bounds of their difference, the reason, the time).
 
-:func:`build_report` gives the JSON document; :func:`report_table` the terminal table;
+:func:`build_report` gives the JSON document (its terminal tables are in
+:mod:`apportion.cli.tables`);
 :func:`report_page` the self-contained HTML page with its figures.
 """
 
@@ -48,8 +49,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
-
-from rich.table import Table
 
 from apportion.analysis.stats import mean_ci, percentile
 from apportion.telemetry.records import CallUsage
@@ -64,12 +63,9 @@ __all__ = [
     "build_report",
     "parse_since",
     "quality_rows",
-    "quality_table",
     "recommend",
     "report_rows",
-    "report_table",
     "rollout_rows",
-    "rollout_table",
 ]
 
 PERCENTILES: Final = (50, 90, 99)
@@ -542,61 +538,3 @@ def rollout_rows(report: Mapping[str, Any]) -> list[list[str]]:
                 ]
             )
     return rows
-
-
-def rollout_table(report: Mapping[str, Any]) -> Table | None:
-    """The rollouts' decisions, for the terminal; ``None`` without any."""
-    rows = rollout_rows(report)
-    if not rows:
-        return None
-    table = Table(title="Rollouts", caption=ROLLOUT_CAPTION + " Times: in the JSON and HTML.")
-    at = ROLLOUT_COLUMNS.index("at")  # left out here: the terminal is narrow
-    for column in ROLLOUT_COLUMNS:
-        if column == "at":
-            continue
-        if column in ("rollout", "reason"):
-            table.add_column(column, overflow="fold", min_width=14 if column == "rollout" else 30)
-        else:
-            short = {"candidate/1k tok": "cand./1k tok", "baseline/1k tok": "base./1k tok"}
-            table.add_column(short.get(column, column), justify="right")
-    for row in rows:
-        style = "red" if row[1] == "rollback" else "green" if row[1] == "complete" else None
-        table.add_row(*row[:at], *row[at + 1 :], style=style)
-    return table
-
-
-def report_table(report: Mapping[str, Any]) -> Table:
-    """The report's main table, for the terminal."""
-    period = f" since {fmt_time(report['since'])}" if report["since"] is not None else ""
-    table = Table(
-        title=f"{report['source']}{period}: {report['requests']:,} requests, "
-        f"{report['calls']:,} calls",
-        caption=report_caption(report),
-    )
-    for column in REPORT_COLUMNS:
-        if column == "agent":
-            table.add_column(column, min_width=12, overflow="fold")
-        elif column == "flag":
-            table.add_column(column, min_width=13)
-        else:
-            table.add_column(column, justify="right", no_wrap=True)
-    for row in report_rows(report):
-        style = "yellow" if "budgeted" in row[6] else None
-        table.add_row(*row, style=style)
-    return table
-
-
-def quality_table(report: Mapping[str, Any]) -> Table | None:
-    """Truncation against quality, for the terminal; ``None`` without scored requests."""
-    rows = quality_rows(report)
-    if not rows:
-        return None
-    table = Table(title="truncation against quality", caption=QUALITY_CAPTION)
-    for column in QUALITY_COLUMNS:
-        if column == "agent":
-            table.add_column(column, min_width=12, overflow="fold")
-        else:
-            table.add_column(column, justify="right", no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
-    return table

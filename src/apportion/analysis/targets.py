@@ -2,7 +2,7 @@
 
 - :class:`WorkloadTarget`: a workload file, played through the simulated world with a
   base policy; quality is the simulated request quality.
-- :class:`PipelineTarget`: a user's own pipeline: ``--pipeline module:function`` runs one
+- :class:`PipelineTarget`: a user's own pipeline: ``--runner module:function`` runs one
   example through a :class:`~apportion.Controller` it is given (``function(controller,
   example) -> output``), ``--metric module:function`` scores it (``metric(example,
   output) -> float in [0, 1]``), over the examples of a JSON Lines file. The pipeline's

@@ -1,68 +1,35 @@
 """Allocation policies, and the explicit registry that names them.
 
-``uniform``, ``static``, ``estimate``, ``elastic``, ``iterative`` and ``learned``; each module's
-docstring states its rule in plain words. :func:`resolve_policy` turns a name (or
-``static:budgets.yaml``) into a policy object.
+``uniform``, ``static``, ``estimate``, ``elastic``, ``iterative``, ``learned`` and ``routed``;
+each module's docstring states its rule in plain words. The registry
+(:mod:`apportion.policies.registry`, :data:`POLICIES`) names them all, and
+:func:`resolve_policy` turns a name (or ``static:budgets.yaml``) into a policy object.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from apportion.errors import UnknownPolicy
 from apportion.policies.base import Decision, Observation, Plan, Policy
 from apportion.policies.elastic import ElasticPolicy
 from apportion.policies.estimate import EstimatePolicy
 from apportion.policies.iterative import IterativePolicy
 from apportion.policies.learned import LearnedPolicy
+from apportion.policies.registry import (
+    POLICIES,
+    REGISTRY,
+    Registered,
+    bench_policies,
+    check_policy_names,
+    policies_of,
+    resolve_policy,
+    rule_policies,
+)
 from apportion.policies.routed import RoutedPolicy
 from apportion.policies.static import Budget, StaticPolicy
 from apportion.policies.uniform import UniformPolicy
 
-POLICIES: dict[str, Callable[[], Policy]] = {
-    "elastic": ElasticPolicy,
-    "estimate": EstimatePolicy,
-    "iterative": IterativePolicy,
-    "static": StaticPolicy,
-    "uniform": UniformPolicy,
-}
-"""Policy name -> factory taking no arguments."""
-
-LEARNING: dict[str, Callable[[], Policy]] = {"learned": LearnedPolicy}
-"""Policies that learn from outcomes: resolvable by name, not in the rule-based benches."""
-
-ROUTING: dict[str, Callable[[], Policy]] = {"routed": RoutedPolicy}
-"""Policies that choose the model too: resolvable by name, benched on workloads with models."""
-
-
-def resolve_policy(policy: str | Policy) -> Policy:
-    """Return ``policy`` itself, or a new policy for a registered name.
-
-    ``static:PATH`` loads the static policy's budgets from the YAML file at ``PATH``.
-
-    Raises:
-        UnknownPolicy: the name is not registered (the error lists those that are).
-    """
-    if isinstance(policy, Policy):
-        return policy
-    if isinstance(policy, str):
-        name, _, argument = policy.partition(":")
-        if name == "static" and argument:
-            return StaticPolicy.from_yaml(argument)
-        factory = (
-            (POLICIES.get(name) or LEARNING.get(name) or ROUTING.get(name))
-            if not argument
-            else None
-        )
-        if factory is not None:
-            return factory()
-    raise UnknownPolicy(policy, POLICIES)
-
-
 __all__ = [
-    "LEARNING",
     "POLICIES",
-    "ROUTING",
+    "REGISTRY",
     "Budget",
     "Decision",
     "ElasticPolicy",
@@ -72,8 +39,13 @@ __all__ = [
     "Observation",
     "Plan",
     "Policy",
+    "Registered",
     "RoutedPolicy",
     "StaticPolicy",
     "UniformPolicy",
+    "bench_policies",
+    "check_policy_names",
+    "policies_of",
     "resolve_policy",
+    "rule_policies",
 ]

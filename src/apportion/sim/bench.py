@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apportion.errors import PolicyConfigError
-from apportion.policies import POLICIES, Policy, StaticPolicy, resolve_policy
+from apportion.policies import Policy, StaticPolicy, bench_policies, resolve_policy
 from apportion.sim.needs import RequestNeeds, draw_needs
 from apportion.sim.oracle import DISCRETISATION_NOTE, RELAXATION_NOTE, Oracle, default_step
 from apportion.sim.runner import RequestOutcome, controller_for, run_request
@@ -210,7 +210,7 @@ def _setup(
     requests: int | None,
     seed: int | None,
 ) -> _Setup:
-    names = list(policies or POLICIES)
+    names = list(policies or bench_policies(priced=bool(workload.models)))
     count = requests if requests is not None else (workload.requests or DEFAULT_REQUESTS)
     if count < 1:
         raise ValueError(f"requests must be at least 1, got {count}")
@@ -236,7 +236,8 @@ def run_bench(
 
     Args:
         workload: the workload.
-        policies: policy names (default: every built-in policy).
+        policies: policy names (default: the rule-based ones, and ``routed`` when the
+            workload has a ``models`` section).
         ceiling: per-request token ceiling (default: the workload's).
         requests: how many requests (default: the workload's).
         seed: the seed (default: the workload's).
@@ -273,7 +274,8 @@ def run_frontier(
     Args:
         workload: the workload.
         ceilings: the token ceilings (each at least 1, no repeats); run in ascending order.
-        policies: policy names (default: every built-in policy).
+        policies: policy names (default: the rule-based ones, and ``routed`` when the
+            workload has a ``models`` section).
         requests: how many requests per ceiling (default: the workload's).
         seed: the seed (default: the workload's).
         progress: called with the number of requests just completed, over all ceilings

@@ -21,7 +21,8 @@ needs to solve an oracle on, so its "oracle" is
 rule policies are fitted as ``apportion replay`` fits them (``static`` profiled on the
 train runs, a policy that learns first replays every train run once) and then play the
 same sequence. After the sequence, every policy plays each run of ``--split`` (``test``
-by default) once, still learning online; the figures are under ``"test"``.
+by default) once, still learning online; the figures are under ``"test"``, whose
+``best_rule_policy`` is the rule with the highest quality on those held-out runs.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 from apportion.controller import Controller
 from apportion.errors import PolicyConfigError, SpecError
 from apportion.policies.learned import LearnedPolicy
+from apportion.policies.registry import check_policy_names, rule_policies
 from apportion.sim.bench import make_policy
 from apportion.sim.needs import draw_needs
 from apportion.sim.oracle import Oracle
@@ -54,13 +56,25 @@ from apportion.sim.runner import controller_for, run_request
 from apportion.sim.workload import Workload
 from apportion.spec import Pipeline
 
-RULE_POLICIES = ("uniform", "static", "estimate", "elastic", "iterative")
-"""The rule-based policies the learned one is compared with."""
+RULE_POLICIES = tuple(rule_policies())
+"""The rule-based policies the learned one is compared with by default."""
 
 FINAL_SHARE = 0.2
 """The final window: the last 20% of the requests."""
 
 CURVE_POINTS = 20
+
+
+def compared(names: Sequence[str]) -> list[str]:
+    """The policies a learning run compares with: ``names`` without repeats nor ``learned``.
+
+    ``learned`` is the policy that learns, always run: naming it changes nothing.
+
+    Raises:
+        UnknownPolicy: a name is not registered.
+    """
+    check_policy_names(names)
+    return [name for name in dict.fromkeys(names) if name != "learned"]
 
 
 def run_learning(
@@ -81,7 +95,7 @@ def run_learning(
         ceiling: per-request ceiling (default: the workload's).
         seed: the seed (default: the workload's).
         policy: the learned policy to train (default: a new one, seeded by ``seed``).
-        rules: rule-based policy names to compare with.
+        rules: registered policy names to compare with (default: the rule-based ones).
         progress: called with the number of requests just played (any policy or oracle).
 
     Returns:
@@ -94,6 +108,7 @@ def run_learning(
         raise PolicyConfigError(f"workload {workload.name!r} sets no ceiling: give one")
     if requests < 5:
         raise ValueError(f"requests must be at least 5, got {requests}")
+    rules = compared(rules)
     seed = seed if seed is not None else (workload.seed or 0)
     needs = [draw_needs(workload, seed, r) for r in range(requests)]
     oracle = Oracle(workload)
@@ -200,7 +215,7 @@ def run_learning_replay(
             :func:`~apportion.sim.replay.select_runs`; default ``test``).
         seed: the seed of the run order and of the learned policy (default 0).
         policy: the learned policy to train (default: a new one, seeded by ``seed``).
-        rules: rule-based policy names to compare with.
+        rules: registered policy names to compare with (default: the rule-based ones).
         progress: called with the number of runs just played (any policy).
 
     Returns:
@@ -217,6 +232,7 @@ def run_learning_replay(
     """
     if requests < 5:
         raise ValueError(f"requests must be at least 5, got {requests}")
+    rules = compared(rules)
     ceiling_ratio = check_replay(log, pipeline, ceiling, ceiling_ratio)
     held_out, train, in_sample = select_runs(log, split)
     if not train:
@@ -257,7 +273,9 @@ def run_learning_replay(
             if progress:
                 progress(1)
         test[name] = _ratio(got, test_bounds)
-    best_rule = figures["best_rule_policy"]
+    learned_test = test.pop("learned")
+    # the best rule on the held-out runs, which need not be the train runs' winner
+    best_rule = max(test, key=test.__getitem__) if test else None
     return {
         "source": "log",
         "calls_file": log.file,
@@ -278,7 +296,7 @@ def run_learning_replay(
             "runs": len(held_out),
             "in_sample": in_sample,
             "upper_bound_mean": round(statistics.fmean(test_bounds), 4),
-            "learned_quality_vs_oracle": test.pop("learned"),
+            "learned_quality_vs_oracle": learned_test,
             "best_rule_policy": best_rule,
             "best_rule_quality_vs_oracle": test.get(best_rule, 0.0) if best_rule else 0.0,
             "rules": test,
@@ -303,6 +321,7 @@ def progress_steps_replay(
     log: CallLog, requests: int, split: str | None = None, rules: Sequence[str] = RULE_POLICIES
 ) -> int:
     """How many progress steps :func:`run_learning_replay` reports."""
+    rules = compared(rules)
     held_out, train, _ = select_runs(log, split)
     warm = sum(1 for name in rules if _learns_name(name))
     return (requests + len(held_out)) * (len(rules) + 1) + len(train) * warm

@@ -81,11 +81,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from apportion.controller import Controller
 from apportion.errors import PolicyConfigError, SpecError
-from apportion.policies import POLICIES, Policy, StaticPolicy, resolve_policy
+from apportion.policies import (
+    POLICIES,
+    Policy,
+    StaticPolicy,
+    check_policy_names,
+    resolve_policy,
+    rule_policies,
+)
 from apportion.sim.quality import agent_quality
 from apportion.sim.runner import MAX_EXTENSIONS, play_call
 from apportion.spec import Pipeline, Priority
@@ -102,7 +107,6 @@ __all__ = [
     "log_figures",
     "replay_run",
     "replay_steps",
-    "replay_table",
     "replay_upper_bound",
     "run_ceiling",
     "run_replay",
@@ -648,7 +652,7 @@ def run_replay(
     Args:
         log: the call log (its agents must all be in ``pipeline``).
         pipeline: the pipeline: agents, priorities, output kinds.
-        policies: policy names (default: every built-in policy).
+        policies: registered policy names (default: the rule-based ones).
         ceiling: fixed per-run ceiling; exclusive with ``ceiling_ratio``.
         ceiling_ratio: per-run ceiling as a share of the run's real tokens (default 0.8).
         split: runs to report on (see :func:`select_runs`).
@@ -665,7 +669,8 @@ def run_replay(
     """
     ceiling_ratio = check_replay(log, pipeline, ceiling, ceiling_ratio)
     reported, fit, in_sample = select_runs(log, split)
-    names = list(policies or POLICIES)
+    names = list(policies or rule_policies())
+    check_policy_names(names)  # before anything is played
     figures: dict[str, dict[str, Any]] = {}
     for name in names:
         policy = _make_policy(name, fit)
@@ -698,61 +703,3 @@ def run_replay(
         "policies": figures,
         "log": log_figures(pipeline, reported),
     }
-
-
-def replay_table(result: Mapping[str, Any]) -> Table:
-    """A Rich table of a :func:`run_replay` result: one row per policy, then the log's caps."""
-    if result["ceiling"] is not None:
-        limit = f"ceiling {result['ceiling']:,} tokens"
-    else:
-        limit = f"ceiling {result['ceiling_ratio']:.0%} of each run's real tokens"
-    where = f"{result['split']} runs" if result["split"] else "runs"
-    table = Table(
-        title=(
-            f"{result['pipeline']}: replay of {result['runs']} {where} ({result['calls']} calls), "
-            f"{limit} [dim](simulated quality)[/]"
-        )
-    )
-    for header in ("policy", "quality", "cut", "crit.cut", "unused", "ext."):
-        table.add_column(header, justify="left" if header == "policy" else "right", no_wrap=True)
-    rows = sorted(result["policies"].items(), key=lambda kv: -kv[1]["quality_mean"])
-    for name, f in rows:
-        table.add_row(
-            name,
-            f"{f['quality_mean']:.3f}",
-            f"{f['cut_rate']:.1%}",
-            f"{f['critical_cut_rate']:.1%}",
-            f"{f['unused_mean']:,.0f}",
-            f"{f['extensions_mean']:.2f}",
-        )
-    log = result["log"]
-    if log is None:
-        table.add_row("[italic]log (max_tokens caps)[/]", "", "no caps logged", "", "", "")
-    else:
-        unused = "" if log["unused_mean"] is None else f"{log['unused_mean']:,.0f}"
-        table.add_row(
-            "[italic]log (max_tokens caps)[/]",
-            "",
-            f"{log['cut_rate']:.1%}",
-            f"{log['critical_cut_rate']:.1%}",
-            unused,
-            "",
-        )
-    fit = result["fit"]
-    fitted = f"learning policies fitted on {fit['runs']} runs" + (
-        " (in-sample)" if fit["in_sample"] else f" of split {fit['split']}"
-    )
-    caption = (
-        "quality: simulated (the workload spec's response model, output kinds from the "
-        "pipeline file; mean over a run's calls); cut: calls whose input or output "
-        "was cut; crit.cut: the same for critical agents; unused: tokens granted but not used "
-        f"per run; ext.: extensions per run; {fitted}"
-    )
-    if log is not None:
-        caption += (
-            f"; log: calls that hit their logged max_tokens, over the {log['calls']} of "
-            f"{log['calls_total']} calls that logged one (unused over the {log['runs']} runs "
-            "that logged every cap)"
-        )
-    table.caption = caption
-    return table

@@ -1,6 +1,6 @@
 """``apportion report``, ``apportion profile`` and ``apportion ingest``: usage telemetry.
 
-Registered on the ``apportion`` command (:mod:`apportion.cli`) when that module loads.
+Registered on the ``apportion`` command by :func:`register` (see :mod:`apportion.cli`).
 A database is named by URL (``sqlite:///apportion.db``, ``postgresql://user@host/db``) or
 by the path of a SQLite file; every message shows it without its password.
 """
@@ -14,7 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from apportion.cli import _fail, app, console
+from apportion.cli.console import console, fail, progress, stages
+from apportion.cli.tables import profile_table, quality_table, report_table, rollout_table
 from apportion.errors import ApportionError
 
 _DB_HELP = "Telemetry database: sqlite:///apportion.db, postgresql://user@host/db, or a .db file."
@@ -60,11 +61,13 @@ def _source(db: str, start: float | None, pipeline: str | None, **extra: Any) ->
     return source
 
 
-@app.command()
 def report(
     db_url: Annotated[str, typer.Argument(metavar="DB_URL", help=_DB_HELP)],
     since: Annotated[str | None, typer.Option(help=_SINCE_HELP)] = None,
-    pipeline: Annotated[str | None, typer.Option(help="Only this pipeline's calls.")] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option("--pipeline-name", metavar="NAME", help="Only the calls of this pipeline."),
+    ] = None,
     html: Annotated[
         Path | None, typer.Option("--html", help="Write the HTML page with figures here.")
     ] = None,
@@ -84,22 +87,37 @@ def report(
     """
     from apportion.analysis.page import report_page
     from apportion.analysis.profile import budgets_yaml, profile_budgets
-    from apportion.analysis.report import (
-        Thresholds,
-        build_report,
-        quality_table,
-        report_table,
-        rollout_table,
-    )
+    from apportion.analysis.report import Thresholds, build_report
     from apportion.files import write_atomic
 
     thresholds = Thresholds(percentile=percentile, margin=margin)
+    steps = ["reading the telemetry", "building the report"]
+    if html is not None:
+        steps.append("drawing the page")
+    page = None
     try:
         _check_outputs(html, json_path)
-        dataset, start = _load(db_url, since, pipeline)
-        document = build_report(dataset, thresholds=thresholds, since=start, pipeline=pipeline)
+        with stages(*steps) as done:
+            dataset, start = _load(db_url, since, pipeline)
+            done()
+            document = build_report(dataset, thresholds=thresholds, since=start, pipeline=pipeline)
+            done()
+            if html is not None:
+                budgets = profile_budgets(
+                    dataset,
+                    input_percentile=percentile,
+                    output_percentile=percentile,
+                    margin=margin,
+                )
+                source = _source(dataset.url, start, pipeline, percentile=percentile, margin=margin)
+                page = report_page(
+                    document,
+                    _finished_by_agent(dataset.calls),
+                    budgets_yaml=budgets_yaml(budgets, source) if budgets else None,
+                )
+                done()
     except (ApportionError, ValueError, OSError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if document["empty"]:
         console.print(f"nothing to report: {document['message']}", highlight=False)
     else:
@@ -112,17 +130,6 @@ def report(
         console.print(rollouts)
     # Everything is produced in memory first: a failure leaves no file at all.
     text = json.dumps(document, indent=2) + "\n"
-    page = None
-    if html is not None:
-        budgets = profile_budgets(
-            dataset, input_percentile=percentile, output_percentile=percentile, margin=margin
-        )
-        source = _source(dataset.url, start, pipeline, percentile=percentile, margin=margin)
-        page = report_page(
-            document,
-            _finished_by_agent(dataset.calls),
-            budgets_yaml=budgets_yaml(budgets, source) if budgets else None,
-        )
     try:
         if json_path is not None:
             write_atomic(json_path, text)
@@ -131,17 +138,19 @@ def report(
             write_atomic(html, page)
             console.print(f"HTML page written to {html}")
     except OSError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
-@app.command()
 def profile(
     db_url: Annotated[str, typer.Argument(metavar="DB_URL", help=_DB_HELP)],
     output: Annotated[
         Path, typer.Option("-o", "--output", help="The budgets file to write (YAML).")
     ],
     since: Annotated[str | None, typer.Option(help=_SINCE_HELP)] = None,
-    pipeline: Annotated[str | None, typer.Option(help="Only this pipeline's calls.")] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option("--pipeline-name", metavar="NAME", help="Only the calls of this pipeline."),
+    ] = None,
     percentile: Annotated[
         float, typer.Option(min=0, max=100, help="Percentile of input and output to cover.")
     ] = 90.0,
@@ -162,8 +171,6 @@ def profile(
     least the largest usage of a cut call plus the margin, when more than 10% of its calls
     hit their budget). Load it with policy="static:budgets.yaml".
     """
-    from rich.table import Table
-
     from apportion.analysis.profile import budgets_yaml, profile_budgets
     from apportion.files import write_atomic
 
@@ -171,14 +178,17 @@ def profile(
     p_out = percentile if output_percentile is None else output_percentile
     try:
         _check_outputs(output)
-        dataset, start = _load(db_url, since, pipeline)
-        budgets = profile_budgets(
-            dataset,
-            input_percentile=p_in,
-            output_percentile=p_out,
-            margin=margin,
-            min_calls=min_calls,
-        )
+        with stages("reading the telemetry", "profiling the budgets") as done:
+            dataset, start = _load(db_url, since, pipeline)
+            done()
+            budgets = profile_budgets(
+                dataset,
+                input_percentile=p_in,
+                output_percentile=p_out,
+                margin=margin,
+                min_calls=min_calls,
+            )
+            done()
         if not budgets:
             if dataset.empty:
                 raise ValueError(f"no budgets to write: {dataset.url} holds no telemetry")
@@ -197,23 +207,12 @@ def profile(
         )
         write_atomic(output, budgets_yaml(budgets, source))
     except (ApportionError, ValueError, OSError) as exc:
-        raise _fail(exc) from exc
-    table = Table(
-        title=f"budgets from {dataset.url}: P{p_in:g} input, P{p_out:g} output, +{margin:.0%}"
-    )
-    columns = ("agent", "calls", "input cut", "output cut", "context_tokens", "output_tokens")
-    for column in (*columns, "note"):
-        table.add_column(column, justify="left" if column in ("agent", "note") else "right")
-    for agent, b in budgets.items():
-        note = "raised: many calls were cut" if b["censored"] else ""
-        counts = (b["calls"], b["input_cut_calls"], b["truncated_calls"])
-        sizes = (b["context_tokens"], b["output_tokens"])
-        table.add_row(agent, *map(str, counts), *(f"{n:,}" for n in sizes), note)
+        raise fail(exc) from exc
+    table = profile_table(budgets, dataset.url, p_in, p_out, margin)
     console.print(table)
     console.print(f"budgets written to {output} (load with policy='static:{output}')")
 
 
-@app.command()
 def ingest(
     files: Annotated[
         list[Path], typer.Argument(help="ChatDev call logs (CSV) or OTLP JSON span exports.")
@@ -225,7 +224,12 @@ def ingest(
         str, typer.Option("--format", help="auto (by suffix or content), chatdev or otlp.")
     ] = "auto",
     pipeline: Annotated[
-        str | None, typer.Option(help="Pipeline name to record (default: from the file).")
+        str | None,
+        typer.Option(
+            "--pipeline-name",
+            metavar="NAME",
+            help="Pipeline name to record (default: from the file).",
+        ),
     ] = None,
 ) -> None:
     """Load calls logged before apportion, so report and profile can use them.
@@ -237,12 +241,18 @@ def ingest(
     from apportion.telemetry.sql import Database
 
     try:
-        found = read_records(files, fmt=fmt, pipeline=pipeline)
-        with Database(into, create=True) as db:
-            db.write(found.records)
-            where = db.shown
+        with progress() as bar:
+            task = bar.add_task(f"reading {len(files)} file(s)", total=len(files) + 1)
+            found = read_records(
+                files, fmt=fmt, pipeline=pipeline, progress=lambda n: bar.advance(task, n)
+            )
+            bar.update(task, description=f"writing {len(found.records):,} requests")
+            with Database(into, create=True) as db:
+                db.write(found.records)
+                where = db.shown
+            bar.advance(task, 1)
     except (ApportionError, ValueError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     console.print(
         f"ingested {len(found.records):,} requests, {found.calls:,} calls from "
         f"{len(found.files)} file(s) into {where}",
@@ -250,3 +260,13 @@ def ingest(
     )
     for reason, count in found.skipped.items():
         console.print(f"skipped {count:,} span(s): {reason}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``report``, ``profile``, ``ingest`` to ``app``."""
+    for command in (
+        report,
+        profile,
+        ingest,
+    ):
+        app.command()(command)

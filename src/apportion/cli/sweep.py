@@ -1,6 +1,6 @@
 """``apportion sweep`` and ``apportion optimize``: which budgets matter, and the best split.
 
-Registered on the ``apportion`` command (:mod:`apportion.cli`) when that module loads.
+Registered on the ``apportion`` command by :func:`register` (see :mod:`apportion.cli`).
 """
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.progress import Progress
 
-from apportion.cli import _fail, _progress, app, console
+from apportion.cli.console import console, fail, progress
+from apportion.cli.tables import optimize_tables, sweep_table
 from apportion.errors import ApportionError
 
 
 def _target(
     target: Path | None,
-    pipeline: str | None,
+    runner: str | None,
     eval_path: Path | None,
     metric: str | None,
     policy: str,
@@ -28,44 +29,17 @@ def _target(
 ) -> Any:
     from apportion.analysis.targets import PipelineTarget, WorkloadTarget
 
-    if pipeline or eval_path or metric:
-        if target is not None or not (pipeline and eval_path and metric):
+    if runner or eval_path or metric:
+        if target is not None or not (runner and eval_path and metric):
             raise typer.BadParameter(
-                "give a workload file, or all three of --pipeline, --eval and --metric"
+                "give a workload file, or all three of --runner, --eval and --metric"
             )
-        return PipelineTarget(pipeline, eval_path, metric, policy=policy)
+        return PipelineTarget(runner, eval_path, metric, policy=policy)
     if target is None:
-        raise typer.BadParameter("give a workload file, or --pipeline, --eval and --metric")
+        raise typer.BadParameter("give a workload file, or --runner, --eval and --metric")
     return WorkloadTarget(target, policy=policy, ceiling=ceiling, requests=requests, seed=seed)
 
 
-def _sweep_table(result: dict[str, Any]) -> Table:
-    fractions = [f for f in result["fractions"] if f < 1.0]
-    kind = "simulated quality" if result["simulated"] else "metric"
-    table = Table(
-        title=f"{result['target']}: {kind} lost when one agent's budget is cut "
-        f"(baseline {result['baseline_quality']:.3f})"
-    )
-    for header in ("rank", "agent", "share", *(f"at {f:g}" for f in fractions), "sensitivity"):
-        table.add_column(header, justify="left" if header == "agent" else "right", no_wrap=True)
-    for row in result["agents"]:
-        name = f"[bold]{row['name']}[/] (critical)" if row["critical"] else row["name"]
-        table.add_row(
-            str(row["rank"]),
-            name,
-            f"{row['share']:.0%}",
-            *(f"{row['loss'][f'{f:g}']:+.3f}" for f in fractions),
-            f"{row['sensitivity']:.3f}",
-        )
-    table.caption = (
-        "share: the agent's part of a request's tokens; sensitivity: mean loss per unit of "
-        "budget removed; critical: the share of quality lost exceeds the share of tokens "
-        "removed"
-    )
-    return table
-
-
-@app.command()
 def sweep(
     target: Annotated[Path | None, typer.Argument(help="Workload YAML file.")] = None,
     fractions: Annotated[
@@ -75,8 +49,13 @@ def sweep(
     policy: Annotated[str, typer.Option(help="Base policy.")] = "estimate",
     ceiling: Annotated[int | None, typer.Option(help="Token ceiling (workloads).", min=1)] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (workloads).", min=0)] = None,
-    pipeline: Annotated[
-        str | None, typer.Option(help="module:function running one example (your pipeline).")
+    runner: Annotated[
+        str | None,
+        typer.Option(
+            "--runner",
+            metavar="MODULE:FUNCTION",
+            help="Your pipeline: a function(controller, example) running one example.",
+        ),
     ] = None,
     eval_path: Annotated[
         Path | None, typer.Option("--eval", help="JSON Lines file of examples.")
@@ -105,9 +84,9 @@ def sweep(
     try:
         levels = parse_fractions(fractions)
         fmt = figure_format(plot) if plot is not None else None
-        goal = _target(target, pipeline, eval_path, metric, policy, ceiling, requests, seed)
+        goal = _target(target, runner, eval_path, metric, policy, ceiling, requests, seed)
         cells = 1 + len(goal.agents) * (len(levels) - 1)
-        with _progress() as bar:
+        with progress() as bar:
             task = bar.add_task(f"sweep: {cells} cells", total=cells)
             result = run_sweep(
                 goal,
@@ -133,8 +112,8 @@ def sweep(
                 raise typer.BadParameter("--write-priorities needs a workload or pipeline file")
             rewrite(source, priorities, write_priorities)
     except (ApportionError, OSError, ValueError) as exc:
-        raise _fail(exc) from exc
-    console.print(_sweep_table(result))
+        raise fail(exc) from exc
+    console.print(sweep_table(result))
     path = ", ".join(result["critical_path"]) or "none"
     console.print(f"critical path: [bold]{path}[/]", highlight=False)
     console.print(
@@ -151,7 +130,6 @@ def sweep(
             console.print(f"{label} written to {path_written}", highlight=False)
 
 
-@app.command()
 def optimize(
     target: Annotated[Path | None, typer.Argument(help="Workload YAML file.")] = None,
     ceiling: Annotated[int, typer.Option(help="The fixed total to split.", min=1)] = ...,  # type: ignore[assignment]
@@ -159,7 +137,14 @@ def optimize(
     requests: Annotated[int, typer.Option(help="Requests per trial (workloads).", min=1)] = 200,
     policy: Annotated[str, typer.Option(help="Policy whose usage seeds the search.")] = "estimate",
     seed: Annotated[int | None, typer.Option(help="Random seed.", min=0)] = None,
-    pipeline: Annotated[str | None, typer.Option(help="module:function (your pipeline).")] = None,
+    runner: Annotated[
+        str | None,
+        typer.Option(
+            "--runner",
+            metavar="MODULE:FUNCTION",
+            help="Your pipeline: a function(controller, example) running one example.",
+        ),
+    ] = None,
     eval_path: Annotated[Path | None, typer.Option("--eval", help="JSON Lines examples.")] = None,
     metric: Annotated[str | None, typer.Option(help="module:function metric.")] = None,
     output: Annotated[
@@ -172,8 +157,8 @@ def optimize(
     from apportion.files import write_atomic
 
     try:
-        goal = _target(target, pipeline, eval_path, metric, policy, ceiling, requests, seed)
-        with _progress() as bar:
+        goal = _target(target, runner, eval_path, metric, policy, ceiling, requests, seed)
+        with progress() as bar:
             task = bar.add_task(f"optimize: {trials} trials", total=trials)
             result = run_optimize(
                 goal,
@@ -182,45 +167,49 @@ def optimize(
                 seed=seed or 0,
                 progress=lambda n: bar.advance(task, n),
             )
-        best_policy = result.pop("policy")
-        comparison = _compare(goal, target, ceiling, requests, seed)
+            best_policy = result.pop("policy")
+            comparison = _compare(goal, target, ceiling, requests, seed, bar)
         result["compare"] = comparison
         if output is not None:
             write_atomic(output, best_policy.to_yaml())
         if json_path is not None:
             write_atomic(json_path, json.dumps(result, indent=2) + "\n")
     except (ApportionError, OSError, ValueError) as exc:
-        raise _fail(exc) from exc
-    kind = "simulated quality" if result["simulated"] else "metric"
-    table = Table(title=f"{result['target']}: a fixed total of {ceiling:,} tokens ({kind})")
-    table.add_column("split")
-    table.add_column("quality", justify="right")
-    table.add_row("[bold]best split found[/] (static)", f"{result['best']['quality']:.3f}")
-    for name, value in comparison.items():
-        table.add_row(name, f"{value:.3f}")
+        raise fail(exc) from exc
+    table, budgets = optimize_tables(result, ceiling)
     console.print(table)
-    budgets = Table(title="best split, per call")
-    for header in ("agent", "context", "output"):
-        budgets.add_column(header, justify="left" if header == "agent" else "right")
-    for name, budget in result["best"]["budgets"].items():
-        budgets.add_row(name, f"{budget['context_tokens']:,}", f"{budget['output_tokens']:,}")
     console.print(budgets)
     if output is not None:
         console.print(f"budgets written to {output} (load with policy='static:{output}')")
 
 
 def _compare(
-    goal: Any, target: Path | None, ceiling: int, requests: int, seed: int | None
+    goal: Any, target: Path | None, ceiling: int, requests: int, seed: int | None, bar: Progress
 ) -> dict[str, float]:
-    """Quality of uniform, the best built-in policy and (workloads) the oracle."""
-    from apportion.policies import POLICIES
+    """Quality of uniform, the best built-in policy and (workloads) the oracle.
 
+    The comparison is a task of its own on ``bar``: a bench of every default policy on a
+    workload, one measure per rule-based policy on a user's pipeline.
+    """
+    from apportion.policies import bench_policies, resolve_policy, rule_policies
+
+    label = "comparing with the built-in policies"
     scores: dict[str, float] = {}
     if target is not None and goal.simulated:
-        from apportion.sim.bench import run_bench
+        from apportion.sim.bench import progress_total, run_bench
         from apportion.sim.workload import load_workload
 
-        bench = run_bench(load_workload(target), ceiling=ceiling, requests=requests, seed=seed)
+        workload = load_workload(target)
+        names = bench_policies(priced=bool(workload.models))
+        task = bar.add_task(label, total=progress_total(requests, len(names)))
+        bench = run_bench(
+            workload,
+            policies=names,
+            ceiling=ceiling,
+            requests=requests,
+            seed=seed,
+            progress=lambda n: bar.advance(task, n),
+        )
         policies = bench["policies"]
         scores["uniform (equal split)"] = policies["uniform"]["quality_mean"]
         best = max(
@@ -229,10 +218,18 @@ def _compare(
         scores[f"best built-in policy ({best})"] = policies[best]["quality_mean"]
         scores["oracle (upper bound)"] = bench["oracle"]["quality_mean"]
         return scores
-    from apportion.policies import resolve_policy
-
-    for name in POLICIES:
-        if name == "static":
-            continue
+    names = [name for name in rule_policies() if name != "static"]  # static needs budgets
+    task = bar.add_task(label, total=len(names))
+    for name in names:
         scores[name] = goal.measure(resolve_policy(name)).quality
+        bar.advance(task, 1)
     return scores
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``sweep``, ``optimize`` to ``app``."""
+    for command in (
+        sweep,
+        optimize,
+    ):
+        app.command()(command)

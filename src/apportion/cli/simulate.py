@@ -1,145 +1,26 @@
-"""The ``apportion`` command line: ``demo``, ``bench``, ``policies``, ``validate``."""
+"""``apportion demo``, ``bench``, ``replay``, ``policies`` and ``validate``: simulated runs."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from apportion.errors import ApportionError
-from apportion.policies import POLICIES
-
-app = typer.Typer(
-    help="Token budgets per agent for multi-agent LLM pipelines.",
-    no_args_is_help=True,
-    add_completion=False,
+from apportion.cli.console import console, fail, progress
+from apportion.cli.logs import load_log
+from apportion.cli.tables import (
+    bench_table,
+    cost_frontier_table,
+    frontier_table,
+    one_request_table,
+    policies_table,
+    replay_table,
+    side_by_side_table,
 )
-console = Console(width=None if sys.stdout.isatty() else 120)
-
-
-def main() -> None:
-    """Entry point of the ``apportion`` command."""
-    app()
-
-
-def _fail(error: Exception) -> typer.Exit:
-    # escape: messages hold brackets (``apportion[redis]``, ``agents[2]``) Rich would eat
-    console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
-
-
-def _load_log(calls: Path, pipeline: Path, split: str | None) -> tuple[Any, Any]:
-    """The pipeline and the call log it names (noting a ``--split`` that filters nothing)."""
-    from apportion.sim.replay import load_calls
-    from apportion.spec import Pipeline
-
-    spec = Pipeline.from_yaml(pipeline)
-    log = load_calls(calls, spec)
-    if split is not None and not log.has_split:
-        console.print(
-            f"note: {calls} has no split column: --split filters nothing",
-            highlight=False,
-            soft_wrap=True,
-        )
-    return spec, log
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-
-
-def _bench_table(result: dict[str, Any]) -> Table:
-    from apportion.sim.bench import policy_cells
-
-    table = Table(
-        title=(
-            f"{result['workload']}: {result['requests']} requests, ceiling {result['ceiling']}"
-            " [dim](simulated quality)[/]"
-        )
-    )
-    for header in ("policy", "quality", "/oracle", "tokens", "cut", "crit.cut", "unspent", "ext."):
-        table.add_column(header, justify="left" if header == "policy" else "right", no_wrap=True)
-    oracle = result["oracle"]
-    rows = sorted(result["policies"].items(), key=lambda kv: -kv[1]["quality_mean"])
-    for name, f in rows:
-        table.add_row(name, *policy_cells(f))
-    table.add_row(
-        "[italic]oracle[/]",
-        f"{oracle['quality_mean']:.3f}",
-        "100.0%",
-        f"{oracle['tokens_mean']:,.0f}",
-        "",
-        "",
-        "",
-        "",
-    )
-    relaxed = oracle.get("relaxed_coupling_rate")
-    table.caption = (
-        "quality: simulated by the workload's response model; cut: calls whose input or output "
-        "was cut; crit.cut: the same for critical agents; ext.: extensions per request; "
-        f"oracle: knows every need, budgets in steps of {oracle['step']} tokens"
-        + (
-            ", upstream coupling relaxed (a downstream agent may read its full input even "
-            f"when an upstream output was cut; it mattered in {relaxed:.1%} of requests)"
-            if relaxed is not None
-            else ""
-        )
-    )
-    return table
-
-
-def _frontier_table(frontier: dict[str, Any], workload: str) -> Table:
-    """Simulated quality per policy (rows) at each ceiling (columns), the oracle last."""
-    ceilings = frontier["ceilings"]
-    table = Table(
-        title=f"{workload}: quality against the ceiling [dim](simulated quality)[/]",
-        caption=(
-            "same requests at every ceiling; oracle budgets in steps of "
-            + ", ".join(str(s) for s in frontier["oracle_step"])
-            + " tokens"
-        ),
-    )
-    table.add_column("policy", no_wrap=True)
-    for level in ceilings:
-        table.add_column(f"{level:,}", justify="right", no_wrap=True)
-    rows = sorted(frontier["policies"].items(), key=lambda kv: -sum(kv[1]))
-    for name, values in rows:
-        table.add_row(name, *(f"{q:.3f}" for q in values))
-    table.add_row("[italic]oracle[/]", *(f"{q:.3f}" for q in frontier["oracle"]))
-    return table
-
-
-def _cost_frontier_table(frontier: dict[str, Any], workload: str) -> Table:
-    """Quality and cost per request per policy (rows) at each cost ceiling (columns)."""
-    table = Table(
-        title=f"{workload}: quality against cost [dim](simulated quality and prices)[/]",
-        caption=f"same requests at every cost ceiling; {frontier['ceiling']:,} tokens; "
-        "each cell: quality / USD per request",
-    )
-    table.add_column("policy", no_wrap=True)
-    for level in frontier["ceilings_usd"]:
-        table.add_column(f"{level:g} USD", justify="right", no_wrap=True)
-    rows = sorted(frontier["policies"].items(), key=lambda kv: -sum(kv[1]["quality"]))
-    for name, values in [*rows, ("[italic]oracle[/]", frontier["oracle"])]:
-        cells = (
-            f"{q:.3f} / {c:.4f}" for q, c in zip(values["quality"], values["cost"], strict=True)
-        )
-        table.add_row(name, *cells)
-    return table
+from apportion.errors import ApportionError
+from apportion.policies import bench_policies, check_policy_names, rule_policies
 
 
 def _run_bench(workload_path: Path | None, **options: Any) -> dict[str, Any]:
@@ -163,11 +44,11 @@ def _run_bench(workload_path: Path | None, **options: Any) -> dict[str, Any]:
     from apportion.sim.workload import load_workload
 
     workload = _demo_workload() if workload_path is None else load_workload(workload_path)
-    policies = options.get("policies") or list(POLICIES)
+    policies = options.get("policies") or bench_policies(priced=bool(workload.models))
     count = options.get("requests") or workload.requests or DEFAULT_REQUESTS
     ceilings: list[int] | None = options.get("ceilings")
     ceilings_usd: list[float] | None = options.get("ceilings_usd")
-    with _progress() as bar:
+    with progress() as bar:
         if ceilings_usd:
             total = progress_total(count, len(policies), len(ceilings_usd))
             task = bar.add_task("oracle + policies", total=total)
@@ -214,7 +95,6 @@ def _demo_workload() -> Any:
     return demo_workload()
 
 
-@app.command()
 def demo(
     requests: Annotated[int, typer.Option(help="Requests to simulate per ceiling.", min=1)] = 300,
     seed: Annotated[int | None, typer.Option(help="Random seed.", min=0)] = None,
@@ -232,16 +112,15 @@ def demo(
         best_policy,
         demo_page,
         demo_total,
+        one_request,
         run_demo,
-        side_by_side_table,
-        walkthrough,
     )
     from apportion.files import write_atomic
 
     workload = _demo_workload()
     seed = workload.seed if seed is None else seed
     try:
-        with _progress() as bar:
+        with progress() as bar:
             task = bar.add_task(
                 f"{len(DEMO_CEILINGS)} ceilings x 5 policies + oracle", total=demo_total(requests)
             )
@@ -249,19 +128,23 @@ def demo(
         page = demo_page(document)
         write_atomic(html, page)
     except (ApportionError, OSError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     best = best_policy(document)
-    console.print(walkthrough(workload, workload.ceiling, seed, best))
+    console.print(one_request_table(*one_request(workload, workload.ceiling, seed, best)))
     console.print(side_by_side_table(document))
-    console.print(_bench_table(document))
+    console.print(bench_table(document))
     console.print(f"HTML page with the frontier figure: [bold]{html}[/]", highlight=False)
 
 
-@app.command()
 def bench(
     workload: Annotated[Path, typer.Argument(help="Workload YAML file.")],
     policy: Annotated[
-        list[str] | None, typer.Option("--policy", help="Policy to run (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--policy",
+            help="Policy to run (repeatable; see 'apportion policies'; NAME@MODEL pins a "
+            "workload model). Default: the rule-based ones, and routed with models.",
+        ),
     ] = None,
     ceiling: Annotated[int | None, typer.Option(help="Token ceiling per request.", min=1)] = None,
     requests: Annotated[int | None, typer.Option(help="Requests to simulate.", min=1)] = None,
@@ -293,17 +176,18 @@ def bench(
 ) -> None:
     """Compare policies on a workload file against the hindsight oracle (simulated quality).
 
-    Default: every built-in policy. Output files are written whole or not at all.
+    Default: the rule-based policies, and ``routed`` on a workload with a ``models``
+    section (the table then shows each policy's cost per request). Output files are
+    written whole or not at all.
     """
     from apportion.files import write_atomic
-    from apportion.policies import ROUTING
     from apportion.sim.bench import parse_ceilings, parse_ceilings_usd
     from apportion.sim.figures import figure_format, render_figure
 
-    for name in policy or ():  # NAME@MODEL runs every call on a workload model
-        if name.split("@", 1)[0] not in {**POLICIES, **ROUTING}:
-            known = ", ".join([*POLICIES, *ROUTING])
-            raise _fail(ValueError(f"unknown policy {name!r}; choose from {known}"))
+    try:  # NAME@MODEL runs every call on a workload model
+        check_policy_names([name.split("@", 1)[0] for name in policy or ()])
+    except ApportionError as exc:
+        raise fail(exc) from exc
     levels: list[int] | None = None
     usd_levels: list[float] | None = None
     try:
@@ -325,7 +209,7 @@ def bench(
             if path is not None and path.is_dir():
                 raise ValueError(f"{path} is a directory")
     except ValueError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     try:
         result = _run_bench(
             workload,
@@ -337,12 +221,12 @@ def bench(
             ceilings_usd=usd_levels,
         )
     except (ApportionError, NotImplementedError, ValueError) as exc:
-        raise _fail(exc) from exc
-    console.print(_bench_table(result))
+        raise fail(exc) from exc
+    console.print(bench_table(result))
     if "frontier" in result:
-        console.print(_frontier_table(result["frontier"], str(result["workload"])))
+        console.print(frontier_table(result["frontier"], str(result["workload"])))
     if "frontier_usd" in result:
-        console.print(_cost_frontier_table(result["frontier_usd"], str(result["workload"])))
+        console.print(cost_frontier_table(result["frontier_usd"], str(result["workload"])))
     # Everything is produced in memory first: a failure leaves no file at all.
     document = json.dumps(result, indent=2) + "\n"
     image: bytes | None = None
@@ -350,7 +234,7 @@ def bench(
         try:
             image = render_figure(result, fmt)
         except Exception as exc:
-            raise _fail(RuntimeError(f"cannot draw the figure for {plot}: {exc}")) from exc
+            raise fail(RuntimeError(f"cannot draw the figure for {plot}: {exc}")) from exc
     try:
         if json_path is not None:
             write_atomic(json_path, document)
@@ -359,26 +243,14 @@ def bench(
             write_atomic(plot, image)
             console.print(f"figure written to {plot}")
     except OSError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
-@app.command()
 def policies() -> None:
-    """List the built-in policies and their rules."""
-    import inspect
-
-    table = Table(title="built-in policies")
-    table.add_column("name")
-    table.add_column("rule")
-    for name, factory in POLICIES.items():
-        module = inspect.getmodule(factory)
-        doc = (module.__doc__ or "").strip().split("\n\n")
-        rule = " ".join(doc[1].split()) if len(doc) > 1 else doc[0]
-        table.add_row(name, rule)
-    console.print(table)
+    """List the registered policies: every name a Controller, bench, replay or learn takes."""
+    console.print(policies_table())
 
 
-@app.command()
 def validate(
     path: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
 ) -> None:
@@ -388,12 +260,11 @@ def validate(
     try:
         pipeline = Pipeline.from_yaml(path)
     except ApportionError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     order = " -> ".join(f"{a.name} ({a.priority})" for a in pipeline.agents)
     console.print(f"[green]ok[/]: {len(pipeline)} agents: {order}", highlight=False)
 
 
-@app.command()
 def replay(
     calls: Annotated[
         Path,
@@ -403,7 +274,12 @@ def replay(
         Path, typer.Option("--pipeline", help="Pipeline YAML naming the log's agents.")
     ],
     policy: Annotated[
-        list[str] | None, typer.Option("--policy", help="Policy to run (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--policy",
+            help="Policy to run (repeatable; see 'apportion policies'). Default: the "
+            "rule-based ones.",
+        ),
     ] = None,
     ceiling: Annotated[int | None, typer.Option(help="Fixed token ceiling per run.", min=1)] = None,
     ceiling_ratio: Annotated[
@@ -421,21 +297,18 @@ def replay(
     need. Policies that learn are fitted on the train runs and reported on --split.
     """
     from apportion.files import write_atomic
-    from apportion.sim.replay import (
-        replay_steps,
-        replay_table,
-        run_replay,
-    )
+    from apportion.sim.replay import replay_steps, run_replay
 
-    names = policy or list(POLICIES)
-    for name in names:
-        if name not in POLICIES:
-            raise _fail(ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}"))
-    if ceiling is not None and ceiling_ratio is not None:
-        raise _fail(ValueError("give --ceiling or --ceiling-ratio, not both"))
+    names = policy or rule_policies()
     try:
-        spec, log = _load_log(calls, pipeline, split)
-        with _progress() as bar:
+        check_policy_names(names)
+    except ApportionError as exc:
+        raise fail(exc) from exc
+    if ceiling is not None and ceiling_ratio is not None:
+        raise fail(ValueError("give --ceiling or --ceiling-ratio, not both"))
+    try:
+        spec, log = load_log(calls, pipeline, split)
+        with progress() as bar:
             task = bar.add_task("replaying runs", total=replay_steps(log, names, split))
             result = run_replay(
                 log,
@@ -451,12 +324,10 @@ def replay(
             write_atomic(json_path, json.dumps(result, indent=2) + "\n")
             console.print(f"JSON written to {json_path}")
     except (ApportionError, OSError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
-# Commands kept in modules of their own register themselves on ``app`` when imported.
-from apportion import (  # noqa: E402
-    cli_learn,  # noqa: F401  (learn)
-    cli_sweep,  # noqa: F401  (sweep, optimize)
-    cli_telemetry,  # noqa: F401  (report, profile, ingest)
-)
+def register(app: typer.Typer) -> None:
+    """Add ``demo``, ``bench``, ``policies``, ``validate`` and ``replay`` to ``app``."""
+    for command in (demo, bench, policies, validate, replay):
+        app.command()(command)

@@ -1,6 +1,6 @@
 """``apportion learn``: the learned policy's learning curve against the oracle and the rules.
 
-Registered on the ``apportion`` command (:mod:`apportion.cli`) when that module loads.
+Registered on the ``apportion`` command by :func:`register` (see :mod:`apportion.cli`).
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from apportion.cli import _fail, _load_log, _progress, app, console
+from apportion.cli.console import console, fail, progress
+from apportion.cli.logs import load_log
+from apportion.cli.tables import learn_table, limit_text
 from apportion.errors import ApportionError
 
 
@@ -39,7 +40,7 @@ def learning_figure(result: dict[str, Any], fmt: Any = "png") -> bytes:
     ax.set_xlabel("requests seen")
     if result.get("source") == "log":
         ax.set_ylabel("quality / upper bound (simulated)")
-        ax.set_title(f"{result['pipeline']} (replayed log): learned policy, {_limit(result)}")
+        ax.set_title(f"{result['pipeline']} (replayed log): learned policy, {limit_text(result)}")
     else:
         ax.set_ylabel("quality / oracle quality (simulated)")
         ax.set_title(f"{result['workload']}: learned policy at ceiling {result['ceiling']}")
@@ -48,50 +49,6 @@ def learning_figure(result: dict[str, Any], fmt: Any = "png") -> bytes:
     return encode_figure(fig, fmt)
 
 
-def _limit(result: dict[str, Any]) -> str:
-    """The ceiling of a learning run, in words (a log's may be a share of each run)."""
-    if result["ceiling"] is None:
-        return f"ceiling {result['ceiling_ratio']:.0%} of each run's real tokens"
-    return f"ceiling {result['ceiling']:,}"
-
-
-def _learn_table(result: dict[str, Any]) -> Table:
-    if result.get("source") != "log":
-        table = Table(
-            title=f"{result['workload']}: learning over {result['requests']} requests, "
-            f"ceiling {result['ceiling']} (simulated; last {result['final_window']} requests)"
-        )
-        table.add_column("policy")
-        table.add_column("quality / oracle", justify="right")
-        table.add_row("[bold]learned[/]", f"{result['final_quality_vs_oracle']:.4f}")
-        for name, value in sorted(result["rules"].items(), key=lambda kv: -kv[1]):
-            table.add_row(name, f"{value:.4f}")
-        return table
-    test = result["test"]
-    held_out = f"{test['split']} runs" if test["split"] else "runs"
-    table = Table(
-        title=f"{result['pipeline']} (replayed log): learning over {result['requests']} "
-        f"requests on {result['train']['runs']} train runs, {_limit(result)} [dim](simulated)[/]",
-        caption="quality / upper bound: simulated quality over a bound no allocation can "
-        "beat (fractional knapsack over each run's calls), so the ratios are conservative; "
-        f"final window: the last {result['final_window']} requests; held out: each of the "
-        f"{test['runs']} {held_out} once after learning"
-        + (" (in-sample)" if test["in_sample"] else ""),
-    )
-    table.add_column("policy")
-    table.add_column("quality / upper bound, final window", justify="right")
-    table.add_column(f"held out ({held_out})", justify="right")
-    table.add_row(
-        "[bold]learned[/]",
-        f"{result['final_quality_vs_oracle']:.4f}",
-        f"{test['learned_quality_vs_oracle']:.4f}",
-    )
-    for name, value in sorted(result["rules"].items(), key=lambda kv: -kv[1]):
-        table.add_row(name, f"{value:.4f}", f"{test['rules'][name]:.4f}")
-    return table
-
-
-@app.command()
 def learn(
     target: Annotated[
         Path, typer.Argument(help="Workload YAML file, or a call log CSV (with --pipeline).")
@@ -113,6 +70,14 @@ def learn(
         typer.Option(help="Call logs: held-out runs to report on, train or test (default test)."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.", min=0)] = None,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--policy",
+            help="Policy to compare with (repeatable; see 'apportion policies'). Default: "
+            "the rule-based ones.",
+        ),
+    ] = None,
     price: Annotated[float, typer.Option(help="Price of the whole ceiling.", min=0.0)] = 0.02,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the figure (.png or .svg).")] = None,
@@ -138,6 +103,8 @@ def learn(
     from apportion.policies.learned import LearnedPolicy
     from apportion.sim.figures import figure_format
     from apportion.sim.learn import (
+        RULE_POLICIES,
+        compared,
         progress_steps,
         progress_steps_replay,
         run_learning,
@@ -147,20 +114,21 @@ def learn(
 
     is_log = pipeline is not None or target.suffix.lower() == ".csv"
     if is_log and pipeline is None:
-        raise _fail(
+        raise fail(
             ValueError(
                 f"{target} is a call log: give --pipeline PIPELINE.yaml, the pipeline "
                 "naming its agents"
             )
         )
     if not is_log and (ceiling_ratio is not None or split is not None):
-        raise _fail(ValueError("--ceiling-ratio and --split apply to call logs (.csv) only"))
+        raise fail(ValueError("--ceiling-ratio and --split apply to call logs (.csv) only"))
     if ceiling is not None and ceiling_ratio is not None:
-        raise _fail(ValueError("give --ceiling or --ceiling-ratio, not both"))
+        raise fail(ValueError("give --ceiling or --ceiling-ratio, not both"))
     try:
+        rules = compared(compare or RULE_POLICIES)
         fmt = figure_format(plot) if plot is not None else None
         if pipeline is not None:
-            spec, log = _load_log(target, pipeline, split)
+            spec, log = load_log(target, pipeline, split)
             policy = LearnedPolicy(price=price, seed=seed if seed is not None else 0)
         else:
             workload = load_workload(target)
@@ -177,11 +145,11 @@ def learn(
             )
         # sized before the bar opens, so that a bad --split fails without one
         steps = (
-            progress_steps_replay(log, requests, split)
+            progress_steps_replay(log, requests, split, rules)
             if pipeline is not None
-            else progress_steps(requests)
+            else progress_steps(requests, len(rules))
         )
-        with _progress() as bar:
+        with progress() as bar:
             if pipeline is not None:
                 task = bar.add_task("learned + rules on replayed runs", total=steps)
                 result = run_learning_replay(
@@ -193,6 +161,7 @@ def learn(
                     split=split,
                     seed=seed,
                     policy=policy,
+                    rules=rules,
                     progress=lambda n: bar.advance(task, n),
                 )
             else:
@@ -203,9 +172,10 @@ def learn(
                     ceiling=ceiling,
                     seed=seed,
                     policy=policy,
+                    rules=rules,
                     progress=lambda n: bar.advance(task, n),
                 )
-        console.print(_learn_table(result))
+        console.print(learn_table(result))
         if json_path is not None:
             write_atomic(json_path, json.dumps(result, indent=2) + "\n")
             console.print(f"JSON written to {json_path}", highlight=False)
@@ -216,4 +186,10 @@ def learn(
             write_atomic(save_state, policy.state())
             console.print(f"state written to {save_state}", highlight=False)
     except (ApportionError, OSError, ValueError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``learn`` to ``app``."""
+    for command in (learn,):
+        app.command()(command)

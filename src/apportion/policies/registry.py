@@ -1,0 +1,109 @@
+"""The one registry of policies by name.
+
+Every name in :data:`POLICIES` is accepted by ``Controller(policy=NAME)``, listed by
+``apportion policies`` and by :class:`~apportion.errors.UnknownPolicy`, and accepted by
+``apportion bench``, ``replay`` and ``learn``. Each name has a kind: ``rule`` (a fixed
+allocation rule, fitted at most on usage), ``learning`` (learns what budgets are worth
+from outcomes: ``learned``) or ``routing`` (chooses each call's model too: ``routed``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+from apportion.errors import UnknownPolicy
+from apportion.policies.base import Policy
+from apportion.policies.elastic import ElasticPolicy
+from apportion.policies.estimate import EstimatePolicy
+from apportion.policies.iterative import IterativePolicy
+from apportion.policies.learned import LearnedPolicy
+from apportion.policies.routed import RoutedPolicy
+from apportion.policies.static import StaticPolicy
+from apportion.policies.uniform import UniformPolicy
+
+Kind = Literal["rule", "learning", "routing"]
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registered policy: how to make one, and its kind.
+
+    Attributes:
+        factory: makes the policy with its defaults (no arguments).
+        kind: ``rule``, ``learning`` or ``routing`` (see the module docstring).
+    """
+
+    factory: Callable[[], Policy]
+    kind: Kind
+
+
+REGISTRY: Mapping[str, Registered] = MappingProxyType(
+    {
+        "elastic": Registered(ElasticPolicy, "rule"),
+        "estimate": Registered(EstimatePolicy, "rule"),
+        "iterative": Registered(IterativePolicy, "rule"),
+        "learned": Registered(LearnedPolicy, "learning"),
+        "routed": Registered(RoutedPolicy, "routing"),
+        "static": Registered(StaticPolicy, "rule"),
+        "uniform": Registered(UniformPolicy, "rule"),
+    }
+)
+"""Policy name -> :class:`Registered`: the registry itself."""
+
+POLICIES: Mapping[str, Callable[[], Policy]] = MappingProxyType(
+    {name: entry.factory for name, entry in REGISTRY.items()}
+)
+"""Policy name -> factory taking no arguments: every name :func:`resolve_policy` accepts."""
+
+
+def policies_of(kind: Kind) -> list[str]:
+    """The registered names of one kind, in the registry's order."""
+    return [name for name, entry in REGISTRY.items() if entry.kind == kind]
+
+
+def rule_policies() -> list[str]:
+    """The rule-based policies: what a bench, a replay or a learning run compares by default."""
+    return policies_of("rule")
+
+
+def bench_policies(*, priced: bool) -> list[str]:
+    """The policies a bench runs by default: the rules, and ``routed`` when models are priced.
+
+    Args:
+        priced: the workload has a ``models`` section (prices and capabilities to route on).
+    """
+    return [*rule_policies(), *(policies_of("routing") if priced else ())]
+
+
+def resolve_policy(policy: str | Policy) -> Policy:
+    """Return ``policy`` itself, or a new policy for a registered name.
+
+    ``static:PATH`` loads the static policy's budgets from the YAML file at ``PATH``.
+
+    Raises:
+        UnknownPolicy: the name is not registered (the error lists those that are).
+    """
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, str):
+        name, _, argument = policy.partition(":")
+        if name == "static" and argument:
+            return StaticPolicy.from_yaml(argument)
+        entry = REGISTRY.get(name) if not argument else None
+        if entry is not None:
+            return entry.factory()
+    raise UnknownPolicy(policy, POLICIES)
+
+
+def check_policy_names(names: Iterable[str]) -> None:
+    """Refuse a name that is not registered, before anything runs.
+
+    Raises:
+        UnknownPolicy: the first unknown name (the error lists those that are).
+    """
+    for name in names:
+        if not isinstance(name, str) or name not in REGISTRY:
+            raise UnknownPolicy(name, POLICIES)
