@@ -219,3 +219,19 @@ def test_sweep_figure_draws_agent_and_target_names_as_written(
     assert shown.get("1. a$b$c (critical)") is False, shown
     assert shown.get("3. a$$b") is False, shown
     assert any(text.startswith("t$$:") for text in shown), shown
+
+
+def test_the_learning_figure_draws_names_as_written(drawn: list[Figure]) -> None:
+    from apportion.cli.learn import learning_figure
+
+    curve = [{"requests": 10, "quality_vs_oracle": 0.5}, {"requests": 20, "quality_vs_oracle": 0.7}]
+    common = {"curve": curve, "best_rule_policy": "a$$b", "best_rule_quality_vs_oracle": 0.6}
+    learning_figure({**common, "workload": "cost$_$", "ceiling": 9000}, "svg")
+    learning_figure(
+        {**common, "source": "log", "pipeline": "$x", "ceiling": 9000, "ceiling_ratio": None}, "svg"
+    )
+    assert len(drawn) == 2
+    for fig in drawn:
+        shown = _literal(fig)
+        assert not any(shown.values()), shown
+    assert any("a$$b" in text for text in _literal(drawn[0]))

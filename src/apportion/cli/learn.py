@@ -19,7 +19,7 @@ from apportion.errors import ApportionError
 
 def learning_figure(result: dict[str, Any], fmt: Any = "png") -> bytes:
     """Quality over the oracle's against requests seen, with the best rule as a line."""
-    from apportion.sim.figures import encode_figure, new_figure
+    from apportion.sim.figures import encode_figure, literal, new_figure
 
     fig = new_figure()
     ax = fig.add_subplot()
@@ -35,15 +35,19 @@ def learning_figure(result: dict[str, Any], fmt: Any = "png") -> bytes:
             result["best_rule_quality_vs_oracle"],
             linestyle="--",
             color="#888888",
-            label=f"best rule ({result['best_rule_policy']}, final window)",
+            label=literal(f"best rule ({result['best_rule_policy']}, final window)"),
         )
     ax.set_xlabel("requests seen")
     if result.get("source") == "log":
         ax.set_ylabel("quality / upper bound (simulated)")
-        ax.set_title(f"{result['pipeline']} (replayed log): learned policy, {limit_text(result)}")
+        ax.set_title(
+            literal(f"{result['pipeline']} (replayed log): learned policy, {limit_text(result)}")
+        )
     else:
         ax.set_ylabel("quality / oracle quality (simulated)")
-        ax.set_title(f"{result['workload']}: learned policy at ceiling {result['ceiling']}")
+        ax.set_title(
+            literal(f"{result['workload']}: learned policy at ceiling {result['ceiling']}")
+        )
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return encode_figure(fig, fmt)
