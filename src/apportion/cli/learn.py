@@ -40,14 +40,11 @@ def learning_figure(result: dict[str, Any], fmt: Any = "png") -> bytes:
     ax.set_xlabel("requests seen")
     if result.get("source") == "log":
         ax.set_ylabel("quality / upper bound (simulated)")
-        ax.set_title(
-            literal(f"{result['pipeline']} (replayed log): learned policy, {limit_text(result)}")
-        )
+        title = f"{result['pipeline']} (replayed log): learned policy, {limit_text(result)}"
     else:
         ax.set_ylabel("quality / oracle quality (simulated)")
-        ax.set_title(
-            literal(f"{result['workload']}: learned policy at ceiling {result['ceiling']}")
-        )
+        title = f"{result['workload']}: learned policy at ceiling {result['ceiling']}"
+    ax.set_title(literal(title))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return encode_figure(fig, fmt)
