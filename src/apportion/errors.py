@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from apportion.limits import excerpt, printable
+
 
 class ApportionError(Exception):
     """Root of every error apportion raises.
@@ -19,6 +21,7 @@ class ApportionError(Exception):
     """
 
     def __init__(self, message: str, **fields: Any) -> None:
+        message = printable(message)  # a lone surrogate from a bad file cannot be printed
         super().__init__(message)
         self.message = message
         self.fields: dict[str, Any] = fields
@@ -63,7 +66,7 @@ class SpecError(ApportionError, ValueError):
         elif line is not None:
             where.append(f"line {line}")
         if key is not None:
-            where.append(f"key '{key}'")
+            where.append(f"key '{key}'" if len(key) <= 80 else f"key {excerpt(key, 80)}")
         prefix = ": ".join(where)
         message = f"{prefix}: {problem}" if prefix else problem
         super().__init__(message, file=file, line=line, key=key, problem=problem)

@@ -1,4 +1,8 @@
-"""Output files that appear whole or not at all.
+"""Input files read as text in one clear error, and output files that appear whole or not at all.
+
+:func:`read_text` reads a file named by a user as UTF-8 text: a missing file, a directory,
+an unreadable one or bytes that are not UTF-8 (a PNG, a Latin-1 export) all raise one
+:class:`~apportion.errors.SpecError` naming the file (and, for bad bytes, the line).
 
 :func:`write_atomic` writes to a temporary file in the target's own directory, flushes it
 to disk, then renames it over the target with :func:`os.replace` (atomic on POSIX and on
@@ -18,7 +22,38 @@ import secrets
 import stat
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+from apportion.errors import SpecError
+
+__all__ = ["read_text", "write_atomic"]
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The text of the file at ``path``, decoded as UTF-8 (newlines as they are).
+
+    Raises:
+        SpecError: the file is missing, a directory or unreadable, or is not UTF-8 text;
+            ``file`` is the path and, for bytes that are not UTF-8, ``line`` their line.
+    """
+    name = os.fsdecode(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read file: {exc.strerror or exc}", file=name) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        byte = data[exc.start]
+        hint = " (a binary file?)" if b"\0" in data[:1024] or data[:8].startswith(_MAGIC) else ""
+        raise SpecError(
+            f"not UTF-8 text: byte 0x{byte:02x} at offset {exc.start:,}{hint}",
+            file=name,
+            line=line,
+        ) from None
+
+
+# the first bytes of common binary files: PNG, JPEG, GIF, PDF, ZIP, gzip
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"%PDF", b"PK\x03\x04", b"\x1f\x8b")
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
