@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from apportion.limits import excerpt, printable
+from apportion.limits import excerpt, listing, printable
 
 
 class ApportionError(Exception):
@@ -68,7 +68,8 @@ class SpecError(ApportionError, ValueError):
         if key is not None:
             where.append(f"key '{key}'" if len(key) <= 80 else f"key {excerpt(key, 80)}")
         prefix = ": ".join(where)
-        message = f"{prefix}: {problem}" if prefix else problem
+        shown = problem if len(problem) <= 240 else problem[:237] + "..."  # whatever it quotes
+        message = f"{prefix}: {shown}" if prefix else shown
         super().__init__(message, file=file, line=line, key=key, problem=problem)
 
 
@@ -105,7 +106,7 @@ class UnknownAgent(ApportionError, LookupError):
     def __init__(self, agent: object, known: Iterable[str]) -> None:
         known_list = list(known)
         super().__init__(
-            f"unknown agent {agent!r}; the pipeline has: {', '.join(known_list)}",
+            f"unknown agent {excerpt(agent)}; the pipeline has: {listing(known_list)}",
             agent=agent,
             known=known_list,
         )

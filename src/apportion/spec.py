@@ -42,6 +42,7 @@ from typing import Any, NoReturn, TypeAlias
 import yaml
 
 from apportion.errors import SpecError, UnknownAgent
+from apportion.limits import excerpt, listing
 from apportion.yamlfile import YamlList, YamlMap, load_yaml
 
 __all__ = [
@@ -135,7 +136,7 @@ class LinearEstimator:
         for name, coef in self.per_feature.items():
             if not isinstance(name, str) or not name:
                 raise SpecError(
-                    f"feature names must be non-empty strings, not {name!r}", key="per_feature"
+                    f"feature names must be non-empty strings, not {excerpt(name)}", key="per_feature"
                 )
             coefficients[name] = _number(coef, f"per_feature.{name}")
         object.__setattr__(self, "per_feature", MappingProxyType(coefficients))
@@ -212,7 +213,7 @@ def _choice(enum_type: type[Priority] | type[OutputKind], value: object, key: st
             return enum_type(value.strip().lower())
         except ValueError:
             pass
-    raise SpecError(f"must be one of: {allowed}; got {value!r}", key=key)
+    raise SpecError(f"must be one of: {allowed}; got {excerpt(value)}", key=key)
 
 
 def _count(value: object, key: str) -> int:
@@ -327,10 +328,10 @@ class Agent:
                     key="after",
                 )
             if upstream in seen:
-                raise SpecError(f"'{upstream}' is listed twice", key="after")
+                raise SpecError(f"{excerpt(upstream)} is listed twice", key="after")
             if upstream == name:
                 raise SpecError(
-                    f"agent '{name}' lists itself: a cycle ({name} -> {name})", key="after"
+                    f"agent {excerpt(name)} lists itself: a cycle", key="after"
                 )
             seen.append(upstream)
         return tuple(seen)
@@ -477,7 +478,7 @@ def _check_keys(
     for key in node:
         if key not in allowed:
             _child(node, where, str(key)).fail(
-                f"unknown key '{key}'; allowed: {', '.join(sorted(allowed))}"
+                f"unknown key {excerpt(key)}; allowed: {', '.join(sorted(allowed))}"
             )
     for key in required:
         if key not in node:
@@ -559,7 +560,7 @@ class Pipeline:
                 raise SpecError(f"must be an Agent, not {_describe(agent)}", key=f"agents[{i}]")
             if agent.name in positions:
                 raise SpecError(
-                    f"agent name '{agent.name}' is already used by agents[{positions[agent.name]}]",
+                    f"agent name {excerpt(agent.name)} is already used by agents[{positions[agent.name]}]",
                     key=f"agents[{i}].name",
                 )
             positions[agent.name] = i
@@ -567,8 +568,8 @@ class Pipeline:
             for upstream in agent.after:
                 if upstream not in positions:
                     raise SpecError(
-                        f"agent '{agent.name}' runs after '{upstream}', which is not in the "
-                        f"pipeline; known agents: {', '.join(positions)}",
+                        f"agent {excerpt(agent.name)} runs after {excerpt(upstream)}, which is "
+                        f"not in the pipeline; known agents: {listing(positions)}",
                         key=f"agents[{i}].after",
                     )
         order = _topological_order(given, positions)
@@ -791,7 +792,10 @@ def _raise_cycle(agents: tuple[Agent, ...], positions: dict[str, int], stuck: se
     cycle.reverse()
     start = cycle.index(min(cycle))
     cycle = cycle[start:] + cycle[:start]
-    shown = " -> ".join(agents[i].name for i in [*cycle, cycle[0]])
+    names = [agents[i].name for i in [*cycle, cycle[0]]]
+    if len(names) > 8:
+        names = [*names[:4], f"... ({len(cycle) - 6:,} more)", *names[-3:]]
+    shown = " -> ".join(n if len(n) <= 40 else excerpt(n, 40) for n in names)
     raise SpecError(
         f"the agents' 'after' form a cycle: {shown} (each runs after the one before it)",
         key=f"agents[{cycle[0]}].after",

@@ -59,7 +59,7 @@ class YamlMap(dict[str, Any]):
         """Fail on the first unknown key, then on the first missing required key."""
         for key in self:
             if key not in allowed:
-                self.fail(key, f"unknown key '{key}'; allowed: {', '.join(sorted(allowed))}")
+                self.fail(key, f"unknown key {excerpt(key)}; allowed: {', '.join(sorted(allowed))}")
         for key in required:
             if key not in self:
                 self.fail(None, f"missing required key '{key}'")
