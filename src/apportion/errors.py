@@ -68,7 +68,7 @@ class SpecError(ApportionError, ValueError):
         if key is not None:
             where.append(f"key '{key}'" if len(key) <= 80 else f"key {excerpt(key, 80)}")
         prefix = ": ".join(where)
-        shown = problem if len(problem) <= 240 else problem[:237] + "..."  # whatever it quotes
+        shown = problem if len(problem) <= 200 else problem[:197] + "..."  # whatever it quotes
         message = f"{prefix}: {shown}" if prefix else shown
         super().__init__(message, file=file, line=line, key=key, problem=problem)
 

@@ -29,7 +29,7 @@ MAX_INTEGER = 2**63 - 1
 MAX_DEPTH = 64
 """Deepest nesting of lists and mappings in an input file."""
 
-EXCERPT = 60
+EXCERPT = 40
 """Most characters of an input value an error message quotes."""
 
 
@@ -56,7 +56,7 @@ def excerpt(value: object, limit: int = EXCERPT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def listing(names: Iterable[object], limit: int = 8) -> str:
+def listing(names: Iterable[object], limit: int = 5) -> str:
     """``a, b, c``: at most ``limit`` names (each an excerpt), then how many more."""
     items = list(names)
     shown = [

@@ -42,6 +42,7 @@ from typing import Any, NoReturn, TypeAlias
 import yaml
 
 from apportion.errors import SpecError, UnknownAgent
+from apportion.files import write_atomic
 from apportion.limits import excerpt, listing
 from apportion.yamlfile import YamlList, YamlMap, load_yaml
 
@@ -320,7 +321,7 @@ class Agent:
             return ()
         if isinstance(after, str | bytes) or not isinstance(after, Sequence):
             raise SpecError(f"must be a list of agent names, not {_describe(after)}", key="after")
-        seen: list[str] = []
+        seen: dict[str, None] = {}  # a set that keeps the order given
         for upstream in after:
             if not isinstance(upstream, str) or not upstream:
                 raise SpecError(
@@ -333,7 +334,7 @@ class Agent:
                 raise SpecError(
                     f"agent {excerpt(name)} lists itself: a cycle", key="after"
                 )
-            seen.append(upstream)
+            seen[upstream] = None
         return tuple(seen)
 
     def __repr__(self) -> str:
@@ -544,7 +545,7 @@ class Pipeline:
     _index: dict[str, int]
     _names: tuple[str, ...]
     _by_name: dict[str, Agent]
-    _downstream: dict[str, tuple[str, ...]]
+    _downstream: dict[str, tuple[str, ...]]  # filled on demand by downstream()
 
     def __init__(self, agents: Iterable[Agent], name: str = "pipeline") -> None:
         if not isinstance(name, str) or not name.strip():
@@ -578,7 +579,7 @@ class Pipeline:
         object.__setattr__(self, "_index", {a.name: k for k, a in enumerate(self._agents)})
         object.__setattr__(self, "_names", tuple(self._index))
         object.__setattr__(self, "_by_name", {a.name: a for a in self._agents})
-        object.__setattr__(self, "_downstream", _downstream_map(self._agents))
+        object.__setattr__(self, "_downstream", {})
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Pipeline is immutable; cannot set {name!r}")
@@ -643,7 +644,11 @@ class Pipeline:
         Raises:
             UnknownAgent: no agent has that name.
         """
-        return self._downstream[self[name].name]
+        agent = self[name].name
+        found = self._downstream.get(agent)
+        if found is None:
+            found = self._downstream[agent] = _downstream_of(self._agents, self._index, agent)
+        return found
 
     def with_priorities(self, priorities: Mapping[str, Priority | str]) -> Pipeline:
         """Return a copy with some agents' priorities replaced.
@@ -677,14 +682,18 @@ class Pipeline:
         Estimators other than :class:`LinearEstimator` are not written.
 
         Args:
-            path: if given, also write the text to this file.
+            path: if given, also write the text to this file, atomically: whole, or not at
+                all (a failed write leaves the previous file as it was).
 
         Returns:
             The YAML text.
+
+        Raises:
+            OSError: the file cannot be written (nothing is changed).
         """
         text: str = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            write_atomic(path, text)
         return text
 
     @classmethod
@@ -802,13 +811,17 @@ def _raise_cycle(agents: tuple[Agent, ...], positions: dict[str, int], stuck: se
     )
 
 
-def _downstream_map(agents: tuple[Agent, ...]) -> dict[str, tuple[str, ...]]:
-    """For each agent, the agents depending on it directly or transitively, in order."""
-    below: dict[str, set[str]] = {agent.name: set() for agent in agents}
-    for agent in reversed(agents):
-        for upstream in agent.after:
-            below[upstream].add(agent.name)
-            below[upstream].update(below[agent.name])
-    return {
-        agent.name: tuple(a.name for a in agents if a.name in below[agent.name]) for agent in agents
-    }
+def _downstream_of(
+    agents: tuple[Agent, ...], index: Mapping[str, int], name: str
+) -> tuple[str, ...]:
+    """The agents depending on ``name`` directly or transitively, in execution order.
+
+    One pass over the agents after ``name`` (linear in agents and ``after`` links): an
+    agent is downstream when one of its upstreams is ``name`` or downstream.
+    """
+    below = {name}
+    for agent in agents[index[name] + 1 :]:
+        if any(upstream in below for upstream in agent.after):
+            below.add(agent.name)
+    below.discard(name)
+    return tuple(a.name for a in agents[index[name] + 1 :] if a.name in below)

@@ -456,13 +456,15 @@ def _parse_workload(root: Any) -> Workload:
         root.fail("agents", "must list at least one agent")
     agents: list[AgentSpec] = []
     agent_maps: list[YamlMap] = []
+    earlier: dict[str, None] = {}  # the names so far, in order, with set lookups
     for index in range(len(agent_items)):
         entry = _item_map(agent_items, index, "agent")
-        agents.append(_parse_agent(entry, feature_names, [a.name for a in agents]))
+        agents.append(_parse_agent(entry, feature_names, earlier))
+        earlier[agents[-1].name] = None
         agent_maps.append(entry)
 
     models = _parse_models(_list(root, "models"))
-    model_names = [model.name for model in models]
+    model_names = {model.name: None for model in models}
     for agent, entry in zip(agents, agent_maps, strict=True):
         if agent.model is None:
             continue
@@ -514,14 +516,16 @@ def _parse_features(section: YamlMap) -> tuple[FeatureSpec, ...]:
     return tuple(features)
 
 
-def _parse_agent(entry: YamlMap, feature_names: set[str], earlier: list[str]) -> AgentSpec:
+def _parse_agent(
+    entry: YamlMap, feature_names: set[str], earlier: Mapping[str, None]
+) -> AgentSpec:
     entry.check_keys(_AGENT_KEYS, ("name", "priority", "input", "output"))
     name = _name(entry, "name")
     if name in earlier:
         entry.fail("name", f"agent name {excerpt(name)} is used twice")
     priority = cast(Priority, _choice(entry, "priority", PRIORITIES, None))
     after_items = _list(entry, "after")
-    after: list[str] = []
+    after: dict[str, None] = {}
     for index, upstream in enumerate(after_items):
         if not isinstance(upstream, str):
             _list_fail(after_items, index, f"must name an agent, got {_kind(upstream)}")
@@ -536,7 +540,7 @@ def _parse_agent(entry: YamlMap, feature_names: set[str], earlier: list[str]) ->
             )
         elif upstream in after:
             _list_fail(after_items, index, f"{excerpt(upstream)} is listed twice")
-        after.append(upstream)
+        after[upstream] = None
     need_in = _parse_need(_map(entry, "input", optional=False), feature_names, _INPUT_KEYS)
     need_out = _parse_need(_map(entry, "output", optional=False), feature_names, _OUTPUT_KEYS)
     kind = cast(OutputKind, _choice(entry, "output_kind", OUTPUT_KINDS, "prose"))
@@ -584,12 +588,14 @@ def _parse_need(section: YamlMap, feature_names: set[str], allowed: frozenset[st
 
 def _parse_models(items: YamlList) -> tuple[ModelSpec, ...]:
     models: list[ModelSpec] = []
+    names: set[str] = set()
     for index in range(len(items)):
         entry = _item_map(items, index, "model")
         entry.check_keys(_MODEL_KEYS, tuple(sorted(_MODEL_KEYS)))
         name = _name(entry, "name")
-        if any(model.name == name for model in models):
+        if name in names:
             entry.fail("name", f"model name {excerpt(name)} is used twice")
+        names.add(name)
         window = _integer(entry, "context_window", 1)
         max_output = _integer(entry, "max_output", 1)
         assert window is not None and max_output is not None  # required keys
