@@ -204,6 +204,11 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__} {text}"
 
 
+def _short(name: str) -> str:
+    """A name as it is, or an excerpt of a long one."""
+    return name if len(name) <= 40 else excerpt(name, 40)
+
+
 def _choice(enum_type: type[Priority] | type[OutputKind], value: object, key: str) -> Any:
     """Return ``value`` as a member of ``enum_type``, or raise SpecError about ``key``."""
     if isinstance(value, enum_type):
@@ -332,7 +337,8 @@ class Agent:
                 raise SpecError(f"{excerpt(upstream)} is listed twice", key="after")
             if upstream == name:
                 raise SpecError(
-                    f"agent {excerpt(name)} lists itself: a cycle", key="after"
+                    f"agent {excerpt(name)} lists itself: a cycle ({_short(name)} -> {_short(name)})",
+                    key="after",
                 )
             seen[upstream] = None
         return tuple(seen)
@@ -804,7 +810,7 @@ def _raise_cycle(agents: tuple[Agent, ...], positions: dict[str, int], stuck: se
     names = [agents[i].name for i in [*cycle, cycle[0]]]
     if len(names) > 8:
         names = [*names[:4], f"... ({len(cycle) - 6:,} more)", *names[-3:]]
-    shown = " -> ".join(n if len(n) <= 40 else excerpt(n, 40) for n in names)
+    shown = " -> ".join(_short(n) for n in names)
     raise SpecError(
         f"the agents' 'after' form a cycle: {shown} (each runs after the one before it)",
         key=f"agents[{cycle[0]}].after",
