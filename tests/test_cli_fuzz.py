@@ -13,6 +13,7 @@ When a command or option is renamed, change :data:`SLOTS` only.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -21,12 +22,13 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import click.testing
 import pytest
+import typer.main
 import yaml
-from typer.testing import CliRunner
 
 from apportion.cli import app
 
@@ -95,9 +97,17 @@ SLOTS: dict[str, Slot] = {
         "2",
         accepts="workload",
     ),
-    "ingest": _slot("ingest", "{file}", "--into", "sqlite:///{tmp}/in.db", accepts="calls log otlp"),
+    "ingest": _slot(
+        "ingest", "{file}", "--into", "sqlite:///{tmp}/in.db", accepts="calls log otlp"
+    ),
     "ingest --format chatdev": _slot(
-        "ingest", "{file}", "--format", "chatdev", "--into", "sqlite:///{tmp}/in.db", accepts="calls log"
+        "ingest",
+        "{file}",
+        "--format",
+        "chatdev",
+        "--into",
+        "sqlite:///{tmp}/in.db",
+        accepts="calls log",
     ),
     "ingest --format otlp": _slot(
         "ingest", "{file}", "--format", "otlp", "--into", "sqlite:///{tmp}/in.db", accepts="otlp"
@@ -132,7 +142,7 @@ class Case:
     valid_as: frozenset[str] = frozenset()
 
 
-FUZZ_MODULE = '''
+FUZZ_MODULE = """
 from apportion import Agent, Pipeline
 
 PIPELINE = Pipeline([Agent("draft"), Agent("check", after=["draft"])])
@@ -148,7 +158,7 @@ def run(controller, example):
 
 def metric(example, output):
     return 1.0
-'''
+"""
 
 
 HEADER = "run,call,agent,prompt_tokens,completion_tokens\n"
@@ -195,7 +205,7 @@ def corpus() -> list[Case]:
     rng = random.Random(15)
     workload = WORKLOAD.read_bytes()
     pipeline = PIPELINE.read_bytes()
-    calls = _calls_csv(4000).encode()  # ~150 kB, like the ChatDev log
+    calls = _calls_csv(1500).encode()  # ~55 kB: a whole call log quoted would be a page
     cases: list[Case] = [
         Case("empty.yaml", b""),
         Case("empty.csv", b""),
@@ -221,7 +231,10 @@ def corpus() -> list[Case]:
         Case("utf16.csv", _calls_csv(2).encode("utf-16")),
         Case("utf16.json", _otlp({}).decode().encode("utf-16")),
         Case("surrogate-bytes.yaml", b"name: \xed\xa0\x80\nagents: []\n"),
-        Case("surrogate-bytes.csv", _calls_csv(1).replace("triage", "\udc80").encode("utf-8", "surrogatepass")),
+        Case(
+            "surrogate-bytes.csv",
+            _calls_csv(1).replace("triage", "\udc80").encode("utf-8", "surrogatepass"),
+        ),
         Case("surrogate-escape.yaml", b'name: "\\ud800"\nagents:\n  - name: "\\udfff"\n'),
         Case("surrogate-key.yaml", b'"\\ud800": 1\n'),
         Case("surrogate-agent.yaml", b'agents:\n  - name: a\n    after: ["\\ud800"]\n'),
@@ -241,15 +254,37 @@ def corpus() -> list[Case]:
         Case("long-line.yaml", b"a" * 200_000 + b": 1\n"),
         Case("long-key.yaml", b"name: x\n" + b"k" * 100_000 + b": 1\nagents: []\n"),
         Case("long-value.yaml", b"name: " + b"v" * 200_000 + b"\nagents: 5\n"),
-        Case("long-agent.yaml", b"agents:\n  - name: " + b"n" * 100_000 + b"\n    priority: nope\n"),
+        Case(
+            "long-agent.yaml", b"agents:\n  - name: " + b"n" * 100_000 + b"\n    priority: nope\n"
+        ),
         Case("long-after.yaml", b"agents:\n  - name: a\n    after: [" + b"b" * 100_000 + b"]\n"),
-        Case("long-cell.csv", b"run,call,agent,prompt_tokens,completion_tokens\nr,1,a," + b"9" * 100_000 + b",1\n"),
-        Case("long-field.csv", b"run,call,agent,prompt_tokens,completion_tokens\nr,1," + b"a" * 200_000 + b",1,1\n"),
+        Case(
+            "long-cell.csv",
+            b"run,call,agent,prompt_tokens,completion_tokens\nr,1,a," + b"9" * 100_000 + b",1\n",
+        ),
+        Case(
+            "long-field.csv",
+            b"run,call,agent,prompt_tokens,completion_tokens\nr,1," + b"a" * 200_000 + b",1,1\n",
+        ),
         Case("long-column.csv", b"x" * 100_000 + b",run\n1,2\n"),
         Case("alias-bomb.yaml", _bomb(9, 9)),
         Case("alias-bomb-wide.yaml", _bomb(5, 60)),
         Case("alias-bomb-in-agents.yaml", _bomb(9, 9) + b"agents: *a8\n"),
-        Case("alias-bomb-map.yaml", b"a: &a {x: 1, y: 1}\n" + b"".join(b"b%d: &b%d {%s}\n" % (i, i, b", ".join(b"k%d: *%s" % (k, b"a" if i == 0 else b"b%d" % (i - 1)) for k in range(9))) for i in range(8))),
+        Case(
+            "alias-bomb-map.yaml",
+            b"a: &a {x: 1, y: 1}\n"
+            + b"".join(
+                b"b%d: &b%d {%s}\n"
+                % (
+                    i,
+                    i,
+                    b", ".join(
+                        b"k%d: *%s" % (k, b"a" if i == 0 else b"b%d" % (i - 1)) for k in range(9)
+                    ),
+                )
+                for i in range(8)
+            ),
+        ),
         Case("alias-self.yaml", b"a: &a [*a]\n"),
         Case("alias-undefined.yaml", b"name: *nope\n"),
         Case("merge-bad.yaml", b"a: &a 5\nb:\n  <<: *a\n"),
@@ -283,44 +318,119 @@ def corpus() -> list[Case]:
         big = b"9" * digits
         cases += [
             Case(f"int{digits}.yaml", big + b"\n"),
-            Case(f"int{digits}-ceiling.yaml", workload.replace(b"ceiling: 20000", b"ceiling: " + big)),
+            Case(
+                f"int{digits}-ceiling.yaml", workload.replace(b"ceiling: 20000", b"ceiling: " + big)
+            ),
             Case(f"int{digits}-median.yaml", workload.replace(b"median: 12", b"median: " + big)),
             Case(f"int{digits}-max-output.yaml", pipeline.replace(b"4096", big)),
-            Case(f"int{digits}.csv", _calls_csv(1).replace(",1,triage,", ",1,triage," + "9" * digits + "0,", 1).encode()),
-            Case(f"int{digits}-call.csv", _calls_csv(1).replace("r0,1,", "r0," + "9" * digits + ",", 1).encode()),
-            Case(f"int{digits}.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}}).replace(b'"attributes"', b'"startTimeUnixNano": ' + big + b', "attributes"')),
-            Case(f"int{digits}-tokens.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, "gen_ai.usage.input_tokens": {"intValue": "9" * digits}})),
+            Case(
+                f"int{digits}.csv",
+                _calls_csv(1).replace(",1,triage,", ",1,triage," + "9" * digits + "0,", 1).encode(),
+            ),
+            Case(
+                f"int{digits}-call.csv",
+                _calls_csv(1).replace("r0,1,", "r0," + "9" * digits + ",", 1).encode(),
+            ),
+            Case(
+                f"int{digits}.json",
+                _otlp({"gen_ai.agent.name": {"stringValue": "a"}}).replace(
+                    b'"attributes"', b'"startTimeUnixNano": ' + big + b', "attributes"'
+                ),
+            ),
+            Case(
+                f"int{digits}-tokens.json",
+                _otlp(
+                    {
+                        "gen_ai.agent.name": {"stringValue": "a"},
+                        "gen_ai.usage.input_tokens": {"intValue": "9" * digits},
+                    }
+                ),
+            ),
             Case(f"int{digits}-raw.json", b'{"resourceSpans": ' + big + b"}"),
         ]
     for value in (2**63, 10**30, -1):
         text = str(value)
         cases += [
             Case(f"tokens{text}.csv", f"{HEADER}r,1,triage,{text},1\n".encode()),
-            Case(f"tokens{text}.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, "gen_ai.usage.output_tokens": {"intValue": text}})),
-            Case(f"tokens{text}-int.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, "gen_ai.usage.input_tokens": {"intValue": value}})),
-            Case(f"grant{text}.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, "gen_ai.usage.input_tokens": {"intValue": 5}, "apportion.grant.id": {"intValue": value}})),
+            Case(
+                f"tokens{text}.json",
+                _otlp(
+                    {
+                        "gen_ai.agent.name": {"stringValue": "a"},
+                        "gen_ai.usage.output_tokens": {"intValue": text},
+                    }
+                ),
+            ),
+            Case(
+                f"tokens{text}-int.json",
+                _otlp(
+                    {
+                        "gen_ai.agent.name": {"stringValue": "a"},
+                        "gen_ai.usage.input_tokens": {"intValue": value},
+                    }
+                ),
+            ),
+            Case(
+                f"grant{text}.json",
+                _otlp(
+                    {
+                        "gen_ai.agent.name": {"stringValue": "a"},
+                        "gen_ai.usage.input_tokens": {"intValue": 5},
+                        "apportion.grant.id": {"intValue": value},
+                    }
+                ),
+            ),
             Case(
                 f"time{text}.json",
-                _otlp({"gen_ai.agent.name": {"stringValue": "a"}, USAGE: {"intValue": 5}}, startTimeUnixNano=str(abs(value))),
+                _otlp(
+                    {"gen_ai.agent.name": {"stringValue": "a"}, USAGE: {"intValue": 5}},
+                    startTimeUnixNano=str(abs(value)),
+                ),
                 OTLP if abs(value) < 2**63 else frozenset(),
             ),
-            Case(f"ceiling{text}.yaml", workload.replace(b"ceiling: 20000", f"ceiling: {text}".encode())),
-            Case(f"requests{text}.yaml", workload.replace(b"requests: 1000", f"requests: {text}".encode())),
+            Case(
+                f"ceiling{text}.yaml",
+                workload.replace(b"ceiling: 20000", f"ceiling: {text}".encode()),
+            ),
+            Case(
+                f"requests{text}.yaml",
+                workload.replace(b"requests: 1000", f"requests: {text}".encode()),
+            ),
             Case(f"seed{text}.yaml", workload.replace(b"seed: 7", f"seed: {text}".encode())),
-            Case(f"typical{text}.yaml", pipeline.replace(b"min_output: 64", f"min_output: 64\n    typical_input: {text}".encode())),
+            Case(
+                f"typical{text}.yaml",
+                pipeline.replace(
+                    b"min_output: 64", f"min_output: 64\n    typical_input: {text}".encode()
+                ),
+            ),
         ]
     # floats that do not fit
     for text in ("1e400", "-1e400", ".nan", ".inf", "1e308"):
-        cases.append(Case(f"float{text}.yaml", workload.replace(b"noise: 0.3", f"noise: {text}".encode())))
-    cases.append(Case("float-estimator.yaml", pipeline.replace(b"per_input: 0.05", b"per_input: 1e400")))
+        cases.append(
+            Case(f"float{text}.yaml", workload.replace(b"noise: 0.3", f"noise: {text}".encode()))
+        )
+    cases.append(
+        Case("float-estimator.yaml", pipeline.replace(b"per_input: 0.05", b"per_input: 1e400"))
+    )
     cases += [
         Case("int100000.yaml", b"9" * 100_000 + b"\n"),
         Case("int100000.csv", f"{HEADER}r,1,triage,{'9' * 100_000},1\n".encode()),
         Case(f"tokens{2**63 - 1}.csv", f"{HEADER}r,1,triage,{2**63 - 1},1\n".encode()),
-        Case(f"tokens{2**63 - 1}.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, USAGE: {"intValue": 2**63 - 1}})),
-        Case("median-huge.yaml", workload.replace(b"median: 12, p90: 40", b"median: 1e300, p90: 1e301")),
+        Case(
+            f"tokens{2**63 - 1}.json",
+            _otlp({"gen_ai.agent.name": {"stringValue": "a"}, USAGE: {"intValue": 2**63 - 1}}),
+        ),
+        Case(
+            "median-huge.yaml",
+            workload.replace(b"median: 12, p90: 40", b"median: 1e300, p90: 1e301"),
+        ),
         Case("base-huge.yaml", workload.replace(b"base: 600", b"base: 1e300")),
-        Case("price-huge.yaml", (EXAMPLES / "workloads" / "routing.yaml").read_bytes().replace(b"input_price:", b"input_price: 1e400 #")),
+        Case(
+            "price-huge.yaml",
+            (EXAMPLES / "workloads" / "routing.yaml")
+            .read_bytes()
+            .replace(b"input_price:", b"input_price: 1e400 #"),
+        ),
     ]
     # one format given to the commands of another
     cases += [
@@ -332,11 +442,26 @@ def corpus() -> list[Case]:
         Case("workload.yaml", workload, frozenset({"workload"})),
         Case("pipeline.csv", pipeline, frozenset({"pipeline"})),
         Case("pipeline.yaml", pipeline, frozenset({"pipeline"})),
-        Case("otlp.yaml", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, "gen_ai.usage.input_tokens": {"intValue": 5}}), frozenset({"otlp"})),
+        Case(
+            "otlp.yaml",
+            _otlp(
+                {
+                    "gen_ai.agent.name": {"stringValue": "a"},
+                    "gen_ai.usage.input_tokens": {"intValue": 5},
+                }
+            ),
+            frozenset({"otlp"}),
+        ),
         Case("otlp.csv", _otlp({"gen_ai.agent.name": {"stringValue": "a"}}), OTLP),
         Case("script.py", FUZZ_MODULE.encode()),
-        Case("sqlite-header.yaml", b"SQLite format 3\x00" + bytes(rng.randrange(256) for _ in range(1000))),
-        Case("sqlite-header.db", b"SQLite format 3\x00" + bytes(rng.randrange(256) for _ in range(4096))),
+        Case(
+            "sqlite-header.yaml",
+            b"SQLite format 3\x00" + bytes(rng.randrange(256) for _ in range(1000)),
+        ),
+        Case(
+            "sqlite-header.db",
+            b"SQLite format 3\x00" + bytes(rng.randrange(256) for _ in range(4096)),
+        ),
         Case("garbage.db", bytes(rng.randrange(256) for _ in range(4096))),
         Case("text.db", b"hello\n"),
     ]
@@ -346,8 +471,8 @@ def corpus() -> list[Case]:
         Case("header-only.csv", header),
         Case("missing-column.csv", b"run,call,agent\nr,1,a\n"),
         Case("dup-column.csv", b"run,run,call,agent,prompt_tokens,completion_tokens\n"),
-        Case("many-columns.csv", ",".join(f"c{i}" for i in range(60_000)).encode() + b"\n1\n"),
-        Case("many-dup-columns.csv", b"run," * 60_000 + b"\n"),
+        Case("many-columns.csv", ",".join(f"c{i}" for i in range(30_000)).encode() + b"\n1\n"),
+        Case("many-dup-columns.csv", b"run," * 30_000 + b"\n"),
         Case("unterminated.csv", header + b'r,1,"a\n'),
         Case("extra-fields.csv", header + b"r,1,a,1,1,1,1\n"),
         Case("float-tokens.csv", header + b"r,1,a,1.5,1\n"),
@@ -369,23 +494,138 @@ def corpus() -> list[Case]:
         Case("json-scope-str.json", b'{"resourceSpans": [{"scopeSpans": "x"}]}'),
         Case("json-span-list.json", b'{"resourceSpans": [{"scopeSpans": [{"spans": [[1]]}]}]}'),
         Case("json-resource-str.json", b'{"resourceSpans": [{"resource": "x", "scopeSpans": []}]}'),
-        Case("json-attrs-str.json", b'{"resourceSpans": [{"resource": {"attributes": 5}, "scopeSpans": [{"spans": [{"traceId": "t", "spanId": "s", "attributes": "x"}]}]}]}', OTLP),
-        Case("json-array-value.json", _otlp({"gen_ai.agent.name": {"arrayValue": 5}, "gen_ai.usage.input_tokens": {"intValue": 1}}), OTLP),
-        Case("json-agent-int.json", _otlp({"gen_ai.agent.name": {"intValue": 5}, "gen_ai.usage.input_tokens": {"intValue": 1}}), OTLP),
-        Case("json-tokens-str.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, "gen_ai.usage.input_tokens": {"stringValue": "many"}})),
-        Case("json-tokens-float.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, "gen_ai.usage.input_tokens": {"doubleValue": 1e300}})),
-        Case("json-tokens-list.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, "gen_ai.usage.input_tokens": {"arrayValue": {"values": [1]}}})),
-        Case("json-cost-huge.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, "gen_ai.usage.input_tokens": {"intValue": 1}, "apportion.cost_usd": {"stringValue": "1e999"}})),
-        Case("json-cost-nan.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, "gen_ai.usage.input_tokens": {"intValue": 1}, "apportion.cost_usd": {"stringValue": "nan"}})),
-        Case("json-reasons-map.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, "gen_ai.usage.input_tokens": {"intValue": 1}, "gen_ai.response.finish_reasons": {"kvlistValue": {}}}), OTLP),
-        Case("json-time-neg.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}}, startTimeUnixNano=-5)),
-        Case("json-time-float.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}}, startTimeUnixNano=1e400)),
-        Case("json-ids-int.json", b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": 1, "spanId": 2}]}]}]}'),
-        Case("json-schema-new.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, "apportion.schema_version": {"intValue": 99}})),
-        Case("json-schema-huge.json", _otlp({"gen_ai.agent.name": {"stringValue": "a"}, "apportion.schema_version": {"intValue": "9" * 5000}})),
+        Case(
+            "json-attrs-str.json",
+            json.dumps(
+                {
+                    "resourceSpans": [
+                        {
+                            "resource": {"attributes": 5},
+                            "scopeSpans": [
+                                {"spans": [{"traceId": "t", "spanId": "s", "attributes": "x"}]}
+                            ],
+                        }
+                    ]
+                }
+            ).encode(),
+            OTLP,
+        ),
+        Case(
+            "json-array-value.json",
+            _otlp(
+                {
+                    "gen_ai.agent.name": {"arrayValue": 5},
+                    "gen_ai.usage.input_tokens": {"intValue": 1},
+                }
+            ),
+            OTLP,
+        ),
+        Case(
+            "json-agent-int.json",
+            _otlp(
+                {"gen_ai.agent.name": {"intValue": 5}, "gen_ai.usage.input_tokens": {"intValue": 1}}
+            ),
+            OTLP,
+        ),
+        Case(
+            "json-tokens-str.json",
+            _otlp(
+                {
+                    "gen_ai.agent.name": {"stringValue": "a"},
+                    "gen_ai.usage.input_tokens": {"stringValue": "many"},
+                }
+            ),
+        ),
+        Case(
+            "json-tokens-float.json",
+            _otlp(
+                {
+                    "gen_ai.agent.name": {"stringValue": "a"},
+                    "gen_ai.usage.input_tokens": {"doubleValue": 1e300},
+                }
+            ),
+        ),
+        Case(
+            "json-tokens-list.json",
+            _otlp(
+                {
+                    "gen_ai.agent.name": {"stringValue": "a"},
+                    "gen_ai.usage.input_tokens": {"arrayValue": {"values": [1]}},
+                }
+            ),
+        ),
+        Case(
+            "json-cost-huge.json",
+            _otlp(
+                {
+                    "gen_ai.agent.name": {"stringValue": "a"},
+                    "gen_ai.usage.input_tokens": {"intValue": 1},
+                    "apportion.cost_usd": {"stringValue": "1e999"},
+                }
+            ),
+        ),
+        Case(
+            "json-cost-nan.json",
+            _otlp(
+                {
+                    "gen_ai.agent.name": {"stringValue": "a"},
+                    "gen_ai.usage.input_tokens": {"intValue": 1},
+                    "apportion.cost_usd": {"stringValue": "nan"},
+                }
+            ),
+        ),
+        Case(
+            "json-reasons-map.json",
+            _otlp(
+                {
+                    "gen_ai.agent.name": {"stringValue": "a"},
+                    "gen_ai.usage.input_tokens": {"intValue": 1},
+                    "gen_ai.response.finish_reasons": {"kvlistValue": {}},
+                }
+            ),
+            OTLP,
+        ),
+        Case(
+            "json-time-neg.json",
+            _otlp({"gen_ai.agent.name": {"stringValue": "a"}}, startTimeUnixNano=-5),
+        ),
+        Case(
+            "json-time-float.json",
+            _otlp({"gen_ai.agent.name": {"stringValue": "a"}}, startTimeUnixNano=1e400),
+        ),
+        Case(
+            "json-ids-int.json",
+            b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": 1, "spanId": 2}]}]}]}',
+        ),
+        Case(
+            "json-schema-new.json",
+            _otlp(
+                {
+                    "gen_ai.agent.name": {"stringValue": "a"},
+                    "apportion.schema_version": {"intValue": 99},
+                }
+            ),
+        ),
+        Case(
+            "json-schema-huge.json",
+            _otlp(
+                {
+                    "gen_ai.agent.name": {"stringValue": "a"},
+                    "apportion.schema_version": {"intValue": "9" * 5000},
+                }
+            ),
+        ),
         Case("jsonl-bad-second.jsonl", _otlp({}) + b"\n{not json\n"),
         Case("json-in-yaml.yaml", b'{"name": "x", "agents": [{"name": 5}]}'),
-        Case("json-nul.json", b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "t\\u0000", "spanId": "s", "name": "apportion.request", "attributes": [{"key": "gen_ai.agent.name", "value": {"stringValue": "a\\u0000"}}, {"key": "gen_ai.usage.input_tokens", "value": {"intValue": 1}}]}]}]}]}', OTLP),
+        Case(
+            "json-nul.json",
+            _otlp(
+                {"gen_ai.agent.name": {"stringValue": "a\x00"}, USAGE: {"intValue": 1}},
+                traceId="t\x00",
+                name="apportion.request",
+            ),
+            OTLP,
+        ),
     ]
     # wrong shapes of otherwise valid YAML
     cases += [
@@ -394,8 +634,15 @@ def corpus() -> list[Case]:
         Case("agents-ints.yaml", b"name: x\nagents: [1, 2]\n"),
         Case("agents-empty.yaml", b"name: x\nagents: []\n"),
         Case("name-list.yaml", b"name: [a]\nagents: [{name: a}]\n"),
-        Case("after-cycle.yaml", b"agents:\n  - {name: a, after: [b]}\n  - {name: b, after: [a]}\n"),
-        Case("after-unknown.yaml", b"agents:\n" + b"".join(b"  - {name: agent%d}\n" % i for i in range(3000)) + b"  - {name: z, after: [nobody]}\n"),
+        Case(
+            "after-cycle.yaml", b"agents:\n  - {name: a, after: [b]}\n  - {name: b, after: [a]}\n"
+        ),
+        Case(
+            "after-unknown.yaml",
+            b"agents:\n"
+            + b"".join(b"  - {name: agent%d}\n" % i for i in range(1000))
+            + b"  - {name: z, after: [nobody]}\n",
+        ),
         Case("dup-agents.yaml", b"agents:\n" + b"  - {name: a}\n" * 3),
         Case("workload-no-agents.yaml", workload.split(b"agents:")[0]),
         Case("workload-unknown-key.yaml", workload + b"bogus: 1\n"),
@@ -417,7 +664,20 @@ def corpus() -> list[Case]:
             for _ in range(rng.randrange(1, 12)):
                 data[rng.randrange(len(data))] = rng.randrange(256)
             cases.append(Case(f"{base}-garbled{k}.{suffix}", bytes(data)))
-    return cases
+    return [
+        replace(c, valid_as=c.valid_as | {"examples"}) if _examples(c.data) else c for c in cases
+    ]
+
+
+def _examples(data: bytes) -> bool:
+    """Whether ``data`` is a valid examples file: JSON objects, one a line."""
+    try:
+        lines = [line for line in data.decode("utf-8").splitlines() if line.strip()]
+        return bool(lines) and all(isinstance(json.loads(line), dict) for line in lines)
+    except ValueError:  # not UTF-8, not JSON, or an integer past Python's digit limit
+        return False
+    except RecursionError:
+        return False
 
 
 CORPUS = corpus()
@@ -462,6 +722,12 @@ def _args(slot: Slot, file: Path, root: Path) -> list[str]:
     return [arg.format(**values) for arg in slot.args]
 
 
+@functools.cache
+def _command() -> click.Command:
+    """The click command of ``app``, built once (Typer's runner rebuilds it every call)."""
+    return typer.main.get_command(app)
+
+
 def _run(args: list[str]) -> tuple[int | None, str, BaseException | None]:
     """Run the CLI in process under an alarm; (exit code, output, unexpected exception)."""
 
@@ -471,7 +737,7 @@ def _run(args: list[str]) -> tuple[int | None, str, BaseException | None]:
     previous = signal.signal(signal.SIGALRM, alarm)
     signal.setitimer(signal.ITIMER_REAL, TIMEOUT)
     try:
-        result = CliRunner().invoke(app, args)
+        result = click.testing.CliRunner().invoke(_command(), args)
     except Hang:
         return None, "", Hang()
     finally:

@@ -86,7 +86,11 @@ def test_aliases_within_the_bound_still_work(tmp_path: Path) -> None:
         ("[" * 100_000, f"nested more than {MAX_DEPTH} deep"),
         ("{a: " * 5_000 + "1" + "}" * 5_000, f"nested more than {MAX_DEPTH} deep"),
         ("".join(" " * i + "- \n" for i in range(0, 400, 2)), f"nested more than {MAX_DEPTH}"),
-        ("a: &a [[[[[[[[[[1]]]]]]]]]]\n" + "".join(f"b{i}: &b{i} [*{'a' if i == 0 else f'b{i - 1}'}]\n" for i in range(60)), "nested more than"),
+        (
+            "a: &a [[[[[[[[[[1]]]]]]]]]]\n"
+            + "".join(f"b{i}: &b{i} [*{'a' if i == 0 else f'b{i - 1}'}]\n" for i in range(60)),
+            "nested more than",
+        ),
         ("ceiling: " + "9" * 5_000 + "\n", "out of range"),
         ("ceiling: " + "9" * 4_000 + "\n", "out of range"),
         ("ceiling: 9223372036854775808\n", "out of range"),
@@ -176,10 +180,38 @@ AGENT = {"stringValue": "a"}
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        (_span(**{"gen_ai.agent.name": AGENT, "gen_ai.usage.input_tokens": {"intValue": 2**63}}), "out of range"),
-        (_span(**{"gen_ai.agent.name": AGENT, "gen_ai.usage.input_tokens": {"intValue": str(2**63)}}), "above the limit"),
-        (_span(**{"gen_ai.agent.name": AGENT, "gen_ai.usage.input_tokens": {"intValue": "9" * 5000}}), "must be a non-negative integer"),
-        (_span(**{"gen_ai.agent.name": AGENT, "gen_ai.usage.input_tokens": {"intValue": 1}, "apportion.cost_usd": {"stringValue": "1e999"}}), "must be a finite number"),
+        (
+            _span(**{"gen_ai.agent.name": AGENT, "gen_ai.usage.input_tokens": {"intValue": 2**63}}),
+            "out of range",
+        ),
+        (
+            _span(
+                **{
+                    "gen_ai.agent.name": AGENT,
+                    "gen_ai.usage.input_tokens": {"intValue": str(2**63)},
+                }
+            ),
+            "above the limit",
+        ),
+        (
+            _span(
+                **{
+                    "gen_ai.agent.name": AGENT,
+                    "gen_ai.usage.input_tokens": {"intValue": "9" * 5000},
+                }
+            ),
+            "must be a non-negative integer",
+        ),
+        (
+            _span(
+                **{
+                    "gen_ai.agent.name": AGENT,
+                    "gen_ai.usage.input_tokens": {"intValue": 1},
+                    "apportion.cost_usd": {"stringValue": "1e999"},
+                }
+            ),
+            "must be a finite number",
+        ),
         (_span(**{"gen_ai.agent.name": {"stringValue": "\ud800"}}), "lone surrogate"),
         ('{"resourceSpans": ' + "9" * 5000 + "}", "out of range"),
         ("[" * 100_000 + "]" * 100_000, "nested more than"),
@@ -194,7 +226,9 @@ def test_otlp_out_of_bounds(tmp_path: Path, text: str, problem: str) -> None:
 
 
 def test_otlp_start_time_past_2_63(tmp_path: Path) -> None:
-    raw = json.loads(_span(**{"gen_ai.agent.name": AGENT, "gen_ai.usage.input_tokens": {"intValue": 1}}))
+    raw = json.loads(
+        _span(**{"gen_ai.agent.name": AGENT, "gen_ai.usage.input_tokens": {"intValue": 1}})
+    )
     raw["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["startTimeUnixNano"] = str(10**400)
     error = _refused(lambda p: read_records([p]), _write(tmp_path, "t.json", json.dumps(raw)))
     assert "nanoseconds since the epoch" in str(error)
@@ -295,7 +329,10 @@ def _calls_while(build: Callable[[], object]) -> int:
 
 
 def test_building_a_pipeline_is_linear_in_its_agents() -> None:
-    agents = {n: [Agent(f"agent{i}", after=[f"agent{i - 1}"] if i else []) for i in range(n)] for n in (400, 800, 1600)}
+    agents = {
+        n: [Agent(f"agent{i}", after=[f"agent{i - 1}"] if i else []) for i in range(n)]
+        for n in (400, 800, 1600)
+    }
     work = {n: _calls_while(lambda a=a: Pipeline(a)) for n, a in agents.items()}
     # linear: doubling the agents doubles the work (quadratic would quadruple it)
     assert work[1600] / work[800] < 2.3 and work[800] / work[400] < 2.3, work

@@ -34,7 +34,7 @@ EXCERPT = 40
 
 
 def printable(text: str) -> str:
-    """``text`` with lone surrogates (undecodable bytes, bad escapes) as ``\\udcxx``.
+    r"""``text`` with lone surrogates (undecodable bytes, bad escapes) as ``\udcxx``.
 
     Such text cannot be written to a UTF-8 terminal or database; the escape can.
     """

@@ -137,7 +137,8 @@ class LinearEstimator:
         for name, coef in self.per_feature.items():
             if not isinstance(name, str) or not name:
                 raise SpecError(
-                    f"feature names must be non-empty strings, not {excerpt(name)}", key="per_feature"
+                    f"feature names must be non-empty strings, not {excerpt(name)}",
+                    key="per_feature",
                 )
             coefficients[name] = _number(coef, f"per_feature.{name}")
         object.__setattr__(self, "per_feature", MappingProxyType(coefficients))
@@ -337,7 +338,8 @@ class Agent:
                 raise SpecError(f"{excerpt(upstream)} is listed twice", key="after")
             if upstream == name:
                 raise SpecError(
-                    f"agent {excerpt(name)} lists itself: a cycle ({_short(name)} -> {_short(name)})",
+                    f"agent {excerpt(name)} lists itself: a cycle "
+                    f"({_short(name)} -> {_short(name)})",
                     key="after",
                 )
             seen[upstream] = None
@@ -567,7 +569,8 @@ class Pipeline:
                 raise SpecError(f"must be an Agent, not {_describe(agent)}", key=f"agents[{i}]")
             if agent.name in positions:
                 raise SpecError(
-                    f"agent name {excerpt(agent.name)} is already used by agents[{positions[agent.name]}]",
+                    f"agent name {excerpt(agent.name)} is already used by "
+                    f"agents[{positions[agent.name]}]",
                     key=f"agents[{i}].name",
                 )
             positions[agent.name] = i

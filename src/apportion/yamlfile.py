@@ -95,8 +95,11 @@ _INT_TAG = "tag:yaml.org,2002:int"
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses, while composing, nesting past :data:`MAX_DEPTH` and aliases
-    expanding past :data:`MAX_ALIAS_NODES` nodes (or into themselves)."""
+    """SafeLoader that refuses deep nesting and alias bombs while composing.
+
+    Nesting past :data:`MAX_DEPTH`, and aliases expanding past :data:`MAX_ALIAS_NODES`
+    nodes (or into themselves), are refused before anything is built.
+    """
 
     def __init__(self, text: str) -> None:
         super().__init__(text)
@@ -104,17 +107,15 @@ class _Loader(yaml.SafeLoader):
         self._added = 0
         self._size: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, height) expanded
 
-    def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # noqa: N803 (PyYAML's)
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
         # the scanner runs ahead of the composer: stop ``[[[[...`` before it is scanned
         if self.flow_level >= MAX_DEPTH:
-            raise ComposerError(
-                None, None, f"nested more than {MAX_DEPTH} deep", self.get_mark()
-            )
+            raise ComposerError(None, None, f"nested more than {MAX_DEPTH} deep", self.get_mark())
         super().fetch_flow_collection_start(TokenClass)
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event: Any = self.peek_event()  # type: ignore[no-untyped-call]
             target = self.anchors.get(event.anchor)
             if target is not None:
                 size = self._size.get(id(target))
@@ -138,15 +139,14 @@ class _Loader(yaml.SafeLoader):
                     raise ComposerError(
                         None, None, f"nested more than {MAX_DEPTH} deep", event.start_mark
                     )
-            node: yaml.Node = super().compose_node(parent, index)
-            return node
+            return super().compose_node(parent, index)
         self._depth += 1
         if self._depth > MAX_DEPTH:
-            raise ComposerError(
-                None, None, f"nested more than {MAX_DEPTH} deep", self.peek_event().start_mark
-            )
+            raise ComposerError(None, None, f"nested more than {MAX_DEPTH} deep", self.get_mark())
         node = super().compose_node(parent, index)
         self._depth -= 1
+        if node is None:
+            return None
         children: list[yaml.Node] = []
         if isinstance(node, yaml.SequenceNode):
             children = node.value
@@ -249,7 +249,10 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, file: str, path: str) -> An
             key = _scalar(loader, key_node, file, path)
             if not isinstance(key, str):
                 raise SpecError(
-                    f"key {excerpt(key)} is not a string", file=file, line=key_line, key=path or None
+                    f"key {excerpt(key)} is not a string",
+                    file=file,
+                    line=key_line,
+                    key=path or None,
                 )
             child = f"{path}.{key}" if path else key
             if key in result:

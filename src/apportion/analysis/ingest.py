@@ -414,7 +414,9 @@ def _flag(span: _Span, key: str, loc: _Locator) -> bool | None:
         return value
     if value in ("true", "false"):
         return bool(value == "true")
-    raise loc.fail(span, f"{span.where}.attributes.{key}", f"must be true or false, not {excerpt(value)}")
+    raise loc.fail(
+        span, f"{span.where}.attributes.{key}", f"must be true or false, not {excerpt(value)}"
+    )
 
 
 def _number(span: _Span, key: str, loc: _Locator) -> float | None:

@@ -143,8 +143,9 @@ class Policy(abc.ABC):
     model it chose instead of the caller's ``model=``."""
 
     def check_pipeline(self, pipeline: Pipeline) -> None:  # noqa: B027 (optional hook)
-        """Refuse a pipeline this policy's configuration does not fit (called by the
-        controller it is given to; default: every pipeline fits).
+        """Refuse a pipeline this policy's configuration does not fit.
+
+        The controller the policy is given to calls it once; by default every pipeline fits.
 
         Raises:
             ApportionError: the configuration names what the pipeline lacks.

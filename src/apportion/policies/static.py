@@ -27,8 +27,8 @@ import yaml
 from apportion.errors import PolicyConfigError, SpecError, UnknownAgent
 from apportion.files import write_atomic
 from apportion.ledger import check_tokens
-from apportion.policies.base import Observation, Plan, Policy, clip_output, split
 from apportion.limits import excerpt, listing
+from apportion.policies.base import Observation, Plan, Policy, clip_output, split
 from apportion.spec import Agent, Pipeline
 from apportion.yamlfile import YamlMap, load_yaml
 
@@ -113,8 +113,10 @@ class StaticPolicy(Policy):
         return policy
 
     def check_pipeline(self, pipeline: Pipeline) -> None:
-        """Refuse budgets for an agent the pipeline does not have (a misspelt name would
-        otherwise be ignored, and that agent budgeted by the equal-share fallback).
+        """Refuse budgets for an agent the pipeline does not have.
+
+        A misspelt name would otherwise be ignored, and that agent budgeted by the
+        equal-share fallback.
 
         Raises:
             SpecError: a budgets file names an unknown agent (``file``, ``line``, ``key``).

@@ -292,9 +292,7 @@ def _wrap(value: Any, file: str | None, path: str) -> Any:
         result.file, result.line, result.path, result.key_lines = file, None, path, {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise SpecError(
-                    f"key {excerpt(key)} is not a string", file=file, key=path or None
-                )
+                raise SpecError(f"key {excerpt(key)} is not a string", file=file, key=path or None)
             child = f"{path}.{key}" if path else key
             result[key] = _wrap(item, file, child)
         return result
@@ -469,7 +467,9 @@ def _parse_workload(root: Any) -> Workload:
         if agent.model is None:
             continue
         if not models:
-            entry.fail("model", f"names model {excerpt(agent.model)}, but the workload has no 'models'")
+            entry.fail(
+                "model", f"names model {excerpt(agent.model)}, but the workload has no 'models'"
+            )
         if agent.model not in model_names:
             entry.fail(
                 "model",
@@ -516,9 +516,7 @@ def _parse_features(section: YamlMap) -> tuple[FeatureSpec, ...]:
     return tuple(features)
 
 
-def _parse_agent(
-    entry: YamlMap, feature_names: set[str], earlier: Mapping[str, None]
-) -> AgentSpec:
+def _parse_agent(entry: YamlMap, feature_names: set[str], earlier: Mapping[str, None]) -> AgentSpec:
     entry.check_keys(_AGENT_KEYS, ("name", "priority", "input", "output"))
     name = _name(entry, "name")
     if name in earlier:
@@ -603,7 +601,9 @@ def _parse_models(items: YamlList) -> tuple[ModelSpec, ...]:
         capability: dict[str, float] = {}
         for kind, value in table.items():
             if kind not in OUTPUT_KINDS:
-                table.fail(kind, f"unknown output kind {excerpt(kind)}; use {' | '.join(OUTPUT_KINDS)}")
+                table.fail(
+                    kind, f"unknown output kind {excerpt(kind)}; use {' | '.join(OUTPUT_KINDS)}"
+                )
             number = _check_number(table, kind, value)
             if number > 1:
                 table.fail(kind, f"a capability is at most 1, got {value!r}")
