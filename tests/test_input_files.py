@@ -353,3 +353,18 @@ def test_every_loader_error_is_an_apportion_error(tmp_path: Path) -> None:
     for load in (Pipeline.from_yaml, load_workload, load_calls, StaticPolicy.from_yaml):
         with pytest.raises(ApportionError):
             load(path)
+
+
+def test_numbers_past_a_float_from_code_are_spec_errors() -> None:
+    from apportion.sim.workload import Workload
+    from apportion.spec import LinearEstimator
+
+    with pytest.raises(SpecError, match="must be a finite number, not an integer of about"):
+        LinearEstimator(base=10**400)
+    document = {
+        "name": "w",
+        "features": {"m": {"median": 10**400, "p90": 10**401}},
+        "agents": [],
+    }
+    with pytest.raises(SpecError, match="must be finite"):
+        Workload.from_dict(document)

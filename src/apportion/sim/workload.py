@@ -396,11 +396,14 @@ def _number(owner: YamlMap, key: str, default: float | None = None) -> float:
 def _check_number(owner: YamlMap, key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         owner.fail(key, f"must be a number, got {_kind(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past a float's range (from a dict built in code)
+        number = math.inf
     if not math.isfinite(number):
-        owner.fail(key, f"must be finite, got {value!r}")
+        owner.fail(key, f"must be finite, got {excerpt(value)}")
     if number < 0:
-        owner.fail(key, f"must be non-negative, got {value!r}")
+        owner.fail(key, f"must be non-negative, got {excerpt(value)}")
     return number
 
 
