@@ -833,3 +833,23 @@ def test_real_process_prints_one_line(
     )
     problem = _problem(done.returncode, done.stdout + done.stderr, None)
     assert problem is None, problem
+
+
+def test_an_unexpected_exception_is_one_line_in_a_real_process(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("APPORTION_DEBUG", None)
+    script = (
+        "import apportion.spec, apportion.cli\n"
+        "def broken(path): raise KeyError('x' * 10_000)\n"
+        "apportion.spec.Pipeline.from_yaml = broken\n"
+        "apportion.cli.main()\n"
+    )
+    args = [sys.executable, "-c", script, "validate", str(PIPELINE)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: internal error (KeyError: ") and len(lines[0]) < MAX_LINE
+    shown = subprocess.run(
+        args, capture_output=True, text=True, timeout=60, env={**env, "APPORTION_DEBUG": "1"}
+    )
+    assert "Traceback" in shown.stderr

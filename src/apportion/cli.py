@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,8 +26,27 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def main() -> None:
-    """Entry point of the ``apportion`` command."""
-    app()
+    """Entry point of the ``apportion`` command.
+
+    Last resort: an exception that is not handled (a bug, never bad input: the loaders
+    raise ApportionError) prints one ``error:`` line and exits with 2;
+    ``APPORTION_DEBUG=1`` shows the traceback instead.
+    """
+    try:
+        app()
+    except Exception as exc:
+        if os.environ.get("APPORTION_DEBUG"):
+            raise
+        from apportion.limits import excerpt
+
+        shown = excerpt(str(exc), 120)[1:-1]
+        console.print(
+            f"error: internal error ({type(exc).__name__}: {escape(shown)}); please report "
+            "it (APPORTION_DEBUG=1 shows the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise SystemExit(2) from None
 
 
 def _fail(error: Exception) -> typer.Exit:
