@@ -7,11 +7,13 @@ the pipeline lacks is refused, and building a pipeline is linear in its agents.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
+import subprocess
 import sys
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -272,38 +274,38 @@ def test_budgets_file_naming_an_unknown_agent_is_refused(tmp_path: Path) -> None
 # --------------------------------------------------------------------------- atomic writes
 
 
-@pytest.fixture
-def small_file_limit() -> Iterator[int]:
-    """Files may grow to 64 bytes only (as on a full disk or over quota), for one test."""
-    limit = 64
-    previous_signal = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    previous = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, previous[1]))
-    try:
-        yield limit
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, previous)
-        signal.signal(signal.SIGXFSZ, previous_signal)
+def _small_file_limit() -> None:
+    """In the child: files may grow to 64 bytes only (as on a full disk or over quota)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.RLIM_INFINITY))
 
 
 def _pipeline(n: int) -> Pipeline:
     return Pipeline([Agent(f"agent{i}", after=[f"agent{i - 1}"] if i else []) for i in range(n)])
 
 
+WRITERS = {
+    "pipeline": "Pipeline([Agent(f'agent{i}') for i in range(20)]).to_yaml(sys.argv[1])",
+    "static": "StaticPolicy({f'a{i}': (9, 9) for i in range(20)}).to_yaml(sys.argv[1])",
+}
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
-@pytest.mark.parametrize("kind", ["pipeline", "static"])
-def test_to_yaml_that_fails_leaves_the_previous_file(
-    tmp_path: Path, kind: str, request: pytest.FixtureRequest
-) -> None:
+@pytest.mark.parametrize("kind", sorted(WRITERS))
+def test_to_yaml_that_fails_leaves_the_previous_file(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "out.yaml"
     previous = "previous: file\n"
     path.write_text(previous)
-    obj: Pipeline | StaticPolicy = (
-        _pipeline(20) if kind == "pipeline" else StaticPolicy({f"a{i}": (9, 9) for i in range(20)})
+    script = f"import sys\nfrom apportion import Agent, Pipeline, StaticPolicy\n{WRITERS[kind]}\n"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        preexec_fn=_small_file_limit,  # only the child: pytest's own output is a file too
     )
-    request.getfixturevalue("small_file_limit")
-    with pytest.raises(OSError):
-        obj.to_yaml(path)
+    assert done.returncode != 0 and "File too large" in done.stderr, done.stderr[-300:]
     assert path.read_text() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.yaml"]
 
