@@ -1,12 +1,13 @@
 """Malformed files fed to every file-taking command: one ``error:`` line, exit 2, no hang.
 
-The corpus (about 200 files) is built from a fixed seed: truncated and garbled YAML, a
+The corpus (about 230 files) is built from a fixed seed: truncated and garbled YAML, a
 call log given to the YAML commands and YAML to the CSV ones, PNG bytes, text that is not
 UTF-8, lone surrogates, nesting 100,000 deep, integers of thousands of digits, token
 counts at or above 2**63, empty files, directories, missing files and YAML alias bombs.
 Every command of :data:`SLOTS` gets every file that is not valid for it, in process
-(Typer's runner, with a per-case alarm as the hang detector); a few cases also run in a
-real ``apportion`` process to show that no traceback reaches the terminal.
+(click's runner on the command Typer builds from ``apportion.cli.app``, built once, with
+a per-case alarm as the hang detector); a few cases also run in a real process through
+``apportion.cli.main`` to show that no traceback reaches the terminal.
 
 When a command or option is renamed, change :data:`SLOTS` only.
 """
