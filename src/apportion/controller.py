@@ -75,6 +75,7 @@ class _Config:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         self.pipeline = pipeline
         self.policy = resolve_policy(policy)
+        self.policy.check_pipeline(pipeline)
         self.store = open_store(store)
         self.clock = clock
         self.lease_seconds = float(lease_seconds)

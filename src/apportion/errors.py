@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from apportion.limits import excerpt, listing, printable
+
 
 class ApportionError(Exception):
     """Root of every error apportion raises.
@@ -19,6 +21,7 @@ class ApportionError(Exception):
     """
 
     def __init__(self, message: str, **fields: Any) -> None:
+        message = printable(message)  # a lone surrogate from a bad file cannot be printed
         super().__init__(message)
         self.message = message
         self.fields: dict[str, Any] = fields
@@ -63,9 +66,10 @@ class SpecError(ApportionError, ValueError):
         elif line is not None:
             where.append(f"line {line}")
         if key is not None:
-            where.append(f"key '{key}'")
+            where.append(f"key '{key}'" if len(key) <= 80 else f"key {excerpt(key, 80)}")
         prefix = ": ".join(where)
-        message = f"{prefix}: {problem}" if prefix else problem
+        shown = problem if len(problem) <= 200 else problem[:197] + "..."  # whatever it quotes
+        message = f"{prefix}: {shown}" if prefix else shown
         super().__init__(message, file=file, line=line, key=key, problem=problem)
 
 
@@ -102,7 +106,7 @@ class UnknownAgent(ApportionError, LookupError):
     def __init__(self, agent: object, known: Iterable[str]) -> None:
         known_list = list(known)
         super().__init__(
-            f"unknown agent {agent!r}; the pipeline has: {', '.join(known_list)}",
+            f"unknown agent {excerpt(agent)}; the pipeline has: {listing(known_list)}",
             agent=agent,
             known=known_list,
         )

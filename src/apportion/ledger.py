@@ -50,9 +50,7 @@ from apportion.errors import (
     RequestClosed,
     UnknownAgent,
 )
-
-MAX_TOKENS = 10**12
-"""Largest token count accepted anywhere (a trillion tokens); anything above is an error."""
+from apportion.limits import MAX_TOKENS as MAX_TOKENS  # largest token count (re-exported)
 
 NANO = 10**9
 """nano-USD per USD: the ledger accounts cost in integers of 1e-9 USD."""

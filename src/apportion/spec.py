@@ -42,6 +42,8 @@ from typing import Any, NoReturn, TypeAlias
 import yaml
 
 from apportion.errors import SpecError, UnknownAgent
+from apportion.files import write_atomic
+from apportion.limits import excerpt, listing
 from apportion.yamlfile import YamlList, YamlMap, load_yaml
 
 __all__ = [
@@ -94,9 +96,12 @@ def _number(value: object, key: str) -> float:
     """Return ``value`` as a finite float, or raise SpecError about ``key``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SpecError(f"must be a number, not {_describe(value)}", key=key)
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an int past a float's range
+        result = math.inf
     if not math.isfinite(result):
-        raise SpecError(f"must be a finite number, not {value!r}", key=key)
+        raise SpecError(f"must be a finite number, not {excerpt(value)}", key=key)
     return result
 
 
@@ -135,7 +140,8 @@ class LinearEstimator:
         for name, coef in self.per_feature.items():
             if not isinstance(name, str) or not name:
                 raise SpecError(
-                    f"feature names must be non-empty strings, not {name!r}", key="per_feature"
+                    f"feature names must be non-empty strings, not {excerpt(name)}",
+                    key="per_feature",
                 )
             coefficients[name] = _number(coef, f"per_feature.{name}")
         object.__setattr__(self, "per_feature", MappingProxyType(coefficients))
@@ -202,6 +208,11 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__} {text}"
 
 
+def _short(name: str) -> str:
+    """A name as it is, or an excerpt of a long one."""
+    return name if len(name) <= 40 else excerpt(name, 40)
+
+
 def _choice(enum_type: type[Priority] | type[OutputKind], value: object, key: str) -> Any:
     """Return ``value`` as a member of ``enum_type``, or raise SpecError about ``key``."""
     if isinstance(value, enum_type):
@@ -212,7 +223,7 @@ def _choice(enum_type: type[Priority] | type[OutputKind], value: object, key: st
             return enum_type(value.strip().lower())
         except ValueError:
             pass
-    raise SpecError(f"must be one of: {allowed}; got {value!r}", key=key)
+    raise SpecError(f"must be one of: {allowed}; got {excerpt(value)}", key=key)
 
 
 def _count(value: object, key: str) -> int:
@@ -319,7 +330,7 @@ class Agent:
             return ()
         if isinstance(after, str | bytes) or not isinstance(after, Sequence):
             raise SpecError(f"must be a list of agent names, not {_describe(after)}", key="after")
-        seen: list[str] = []
+        seen: dict[str, None] = {}  # a set that keeps the order given
         for upstream in after:
             if not isinstance(upstream, str) or not upstream:
                 raise SpecError(
@@ -327,12 +338,14 @@ class Agent:
                     key="after",
                 )
             if upstream in seen:
-                raise SpecError(f"'{upstream}' is listed twice", key="after")
+                raise SpecError(f"{excerpt(upstream)} is listed twice", key="after")
             if upstream == name:
                 raise SpecError(
-                    f"agent '{name}' lists itself: a cycle ({name} -> {name})", key="after"
+                    f"agent {excerpt(name)} lists itself: a cycle "
+                    f"({_short(name)} -> {_short(name)})",
+                    key="after",
                 )
-            seen.append(upstream)
+            seen[upstream] = None
         return tuple(seen)
 
     def __repr__(self) -> str:
@@ -477,7 +490,7 @@ def _check_keys(
     for key in node:
         if key not in allowed:
             _child(node, where, str(key)).fail(
-                f"unknown key '{key}'; allowed: {', '.join(sorted(allowed))}"
+                f"unknown key {excerpt(key)}; allowed: {', '.join(sorted(allowed))}"
             )
     for key in required:
         if key not in node:
@@ -543,7 +556,7 @@ class Pipeline:
     _index: dict[str, int]
     _names: tuple[str, ...]
     _by_name: dict[str, Agent]
-    _downstream: dict[str, tuple[str, ...]]
+    _downstream: dict[str, tuple[str, ...]]  # filled on demand by downstream()
 
     def __init__(self, agents: Iterable[Agent], name: str = "pipeline") -> None:
         if not isinstance(name, str) or not name.strip():
@@ -559,7 +572,8 @@ class Pipeline:
                 raise SpecError(f"must be an Agent, not {_describe(agent)}", key=f"agents[{i}]")
             if agent.name in positions:
                 raise SpecError(
-                    f"agent name '{agent.name}' is already used by agents[{positions[agent.name]}]",
+                    f"agent name {excerpt(agent.name)} is already used by "
+                    f"agents[{positions[agent.name]}]",
                     key=f"agents[{i}].name",
                 )
             positions[agent.name] = i
@@ -567,8 +581,8 @@ class Pipeline:
             for upstream in agent.after:
                 if upstream not in positions:
                     raise SpecError(
-                        f"agent '{agent.name}' runs after '{upstream}', which is not in the "
-                        f"pipeline; known agents: {', '.join(positions)}",
+                        f"agent {excerpt(agent.name)} runs after {excerpt(upstream)}, which is "
+                        f"not in the pipeline; known agents: {listing(positions)}",
                         key=f"agents[{i}].after",
                     )
         order = _topological_order(given, positions)
@@ -577,7 +591,7 @@ class Pipeline:
         object.__setattr__(self, "_index", {a.name: k for k, a in enumerate(self._agents)})
         object.__setattr__(self, "_names", tuple(self._index))
         object.__setattr__(self, "_by_name", {a.name: a for a in self._agents})
-        object.__setattr__(self, "_downstream", _downstream_map(self._agents))
+        object.__setattr__(self, "_downstream", {})
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Pipeline is immutable; cannot set {name!r}")
@@ -642,7 +656,11 @@ class Pipeline:
         Raises:
             UnknownAgent: no agent has that name.
         """
-        return self._downstream[self[name].name]
+        agent = self[name].name
+        found = self._downstream.get(agent)
+        if found is None:
+            found = self._downstream[agent] = _downstream_of(self._agents, self._index, agent)
+        return found
 
     def with_priorities(self, priorities: Mapping[str, Priority | str]) -> Pipeline:
         """Return a copy with some agents' priorities replaced.
@@ -676,14 +694,18 @@ class Pipeline:
         Estimators other than :class:`LinearEstimator` are not written.
 
         Args:
-            path: if given, also write the text to this file.
+            path: if given, also write the text to this file, atomically: whole, or not at
+                all (a failed write leaves the previous file as it was).
 
         Returns:
             The YAML text.
+
+        Raises:
+            OSError: the file cannot be written (nothing is changed).
         """
         text: str = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            write_atomic(path, text)
         return text
 
     @classmethod
@@ -791,20 +813,27 @@ def _raise_cycle(agents: tuple[Agent, ...], positions: dict[str, int], stuck: se
     cycle.reverse()
     start = cycle.index(min(cycle))
     cycle = cycle[start:] + cycle[:start]
-    shown = " -> ".join(agents[i].name for i in [*cycle, cycle[0]])
+    names = [agents[i].name for i in [*cycle, cycle[0]]]
+    if len(names) > 8:
+        names = [*names[:4], f"... ({len(cycle) - 6:,} more)", *names[-3:]]
+    shown = " -> ".join(_short(n) for n in names)
     raise SpecError(
         f"the agents' 'after' form a cycle: {shown} (each runs after the one before it)",
         key=f"agents[{cycle[0]}].after",
     )
 
 
-def _downstream_map(agents: tuple[Agent, ...]) -> dict[str, tuple[str, ...]]:
-    """For each agent, the agents depending on it directly or transitively, in order."""
-    below: dict[str, set[str]] = {agent.name: set() for agent in agents}
-    for agent in reversed(agents):
-        for upstream in agent.after:
-            below[upstream].add(agent.name)
-            below[upstream].update(below[agent.name])
-    return {
-        agent.name: tuple(a.name for a in agents if a.name in below[agent.name]) for agent in agents
-    }
+def _downstream_of(
+    agents: tuple[Agent, ...], index: Mapping[str, int], name: str
+) -> tuple[str, ...]:
+    """The agents depending on ``name`` directly or transitively, in execution order.
+
+    One pass over the agents after ``name`` (linear in agents and ``after`` links): an
+    agent is downstream when one of its upstreams is ``name`` or downstream.
+    """
+    below = {name}
+    for agent in agents[index[name] + 1 :]:
+        if any(upstream in below for upstream in agent.after):
+            below.add(agent.name)
+    below.discard(name)
+    return tuple(a.name for a in agents[index[name] + 1 :] if a.name in below)

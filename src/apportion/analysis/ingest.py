@@ -31,7 +31,7 @@ the field (CSV column, or the span attribute's path) before anything is written.
 
 from __future__ import annotations
 
-import json
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from apportion.errors import SchemaVersionError, SpecError
+from apportion.files import load_json, read_text
+from apportion.limits import MAX_INTEGER, MAX_TOKENS, excerpt
 from apportion.telemetry.records import SCHEMA_VERSION, CallUsage, RequestUsage
 
 __all__ = ["FORMATS", "Ingested", "detect_format", "read_chatdev", "read_otlp", "read_records"]
@@ -127,7 +129,7 @@ def read_records(
         for record in records:
             if record.request_id in seen:
                 raise SpecError(
-                    f"request {record.request_id!r} is also in {seen[record.request_id]}",
+                    f"request {excerpt(record.request_id)} is also in {seen[record.request_id]}",
                     file=str(path),
                 )
             seen[record.request_id] = str(path)
@@ -246,20 +248,20 @@ def _documents(file: str, text: str) -> Iterator[tuple[Any, int]]:
     if not stripped:
         raise SpecError("the file is empty: expected OTLP JSON", file=file, line=1)
     try:
-        yield json.loads(stripped), 1
+        yield load_json(stripped, file), 1
         return
-    except json.JSONDecodeError as exc:
-        if exc.msg != "Extra data":
-            raise SpecError(f"not valid JSON: {exc.msg}", file=file, line=exc.lineno) from exc
+    except SpecError as exc:
+        if exc.problem != "not valid JSON: Extra data":
+            raise
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            yield json.loads(line), number
-        except json.JSONDecodeError as exc:
+            yield load_json(line, file, line=number), number
+        except SpecError as exc:
             raise SpecError(
-                f"not valid JSON (one document per line): {exc.msg}", file=file, line=number
-            ) from exc
+                f"{exc.problem} (one document per line)", file=file, line=exc.line
+            ) from None
 
 
 def _value(node: Any) -> Any:
@@ -311,7 +313,10 @@ def _spans(file: str, text: str, loc: _Locator) -> list[_Span]:
                 rwhere = f"{head}resourceSpans[{i}]"
                 if not isinstance(resource, Mapping):
                     raise loc.fail(None, rwhere, "must be an object", line)
-                rattrs = _attributes((resource.get("resource") or {}).get("attributes"))
+                described = resource.get("resource")
+                if described is not None and not isinstance(described, Mapping):
+                    raise loc.fail(None, f"{rwhere}.resource", "must be an object", line)
+                rattrs = _attributes((described or {}).get("attributes"))
                 service = rattrs.get("service.name")
                 scopes_key = (
                     "scopeSpans" if "scopeSpans" in resource else "instrumentationLibrarySpans"
@@ -369,12 +374,16 @@ def _time(raw: Mapping[str, Any], key: str, span: _Span, loc: _Locator) -> float
     value = raw.get(key)
     if value is None or value == "" or value == 0 or value == "0":
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_INTEGER:
         return value / 1e9
-    if isinstance(value, str) and value.isdigit():
-        return int(value) / 1e9
+    if isinstance(value, str) and _INTEGER.fullmatch(value) and len(value) < 20:
+        number = int(value)
+        if 0 < number <= MAX_INTEGER:
+            return number / 1e9
     raise loc.fail(
-        span, f"{span.where}.{key}", f"must be nanoseconds since the epoch, not {value!r}"
+        span,
+        f"{span.where}.{key}",
+        f"must be nanoseconds since the epoch (below 2**63), not {excerpt(value)}",
     )
 
 
@@ -387,13 +396,19 @@ def _count(span: _Span, key: str, loc: _Locator) -> int | None:
         number = value
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
-    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()) and len(value) < 30:
         number = int(value.strip())
     if number is None or number < 0:
         raise loc.fail(
             span,
             f"{span.where}.attributes.{key}",
-            f"must be a non-negative integer, not {value!r}",
+            f"must be a non-negative integer, not {excerpt(value)}",
+        )
+    if number > MAX_TOKENS:
+        raise loc.fail(
+            span,
+            f"{span.where}.attributes.{key}",
+            f"{excerpt(value)} is above the limit of {MAX_TOKENS:,}",
         )
     return number
 
@@ -406,7 +421,9 @@ def _flag(span: _Span, key: str, loc: _Locator) -> bool | None:
         return value
     if value in ("true", "false"):
         return bool(value == "true")
-    raise loc.fail(span, f"{span.where}.attributes.{key}", f"must be true or false, not {value!r}")
+    raise loc.fail(
+        span, f"{span.where}.attributes.{key}", f"must be true or false, not {excerpt(value)}"
+    )
 
 
 def _number(span: _Span, key: str, loc: _Locator) -> float | None:
@@ -414,11 +431,14 @@ def _number(span: _Span, key: str, loc: _Locator) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not math.isfinite(number):
         raise loc.fail(
-            span, f"{span.where}.attributes.{key}", f"must be a number, not {value!r}"
+            span, f"{span.where}.attributes.{key}", f"must be a finite number, not {excerpt(value)}"
         ) from None
+    return number
 
 
 def _text(span: _Span, *keys: str) -> str | None:
@@ -442,12 +462,7 @@ def read_otlp(
         SchemaVersionError: a span was written by a newer apportion.
     """
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"cannot read file: {exc.strerror or exc}", file=file) from exc
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"not UTF-8 text: {exc.reason}", file=file) from exc
+    text = read_text(path)
     loc = _Locator(file, text)
     spans = _spans(file, text, loc)
     by_id = {(s.trace_id, s.span_id): s for s in spans}

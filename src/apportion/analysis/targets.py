@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import math
 import statistics
 from collections.abc import Callable
@@ -27,6 +26,8 @@ from typing import Any
 from apportion.analysis.sweep import CellResult, SweepTarget, digest
 from apportion.controller import Controller
 from apportion.errors import PolicyConfigError, SpecError
+from apportion.files import load_json, read_text
+from apportion.limits import excerpt
 from apportion.policies import Policy, resolve_policy
 from apportion.policies.constrained import Constrained
 from apportion.spec import Pipeline
@@ -68,7 +69,7 @@ class WorkloadTarget(SweepTarget):
         self.seed = workload.seed or 0 if seed is None else seed
         self.name = workload.name
         self.agents = tuple(a.name for a in workload.agents)
-        self._text = Path(path).read_text(encoding="utf-8")
+        self._text = read_text(path)
 
     def fingerprint(self) -> str:
         """The workload's text and the sweep's parameters."""
@@ -127,7 +128,7 @@ class PipelineTarget(SweepTarget):
         resolve_policy(policy)
         self.name = getattr(spec, "name", pipeline)
         self.agents = spec.names
-        self._text = Path(eval_path).read_text(encoding="utf-8")
+        self._text = read_text(eval_path)
         del run
 
     def fingerprint(self) -> str:
@@ -212,19 +213,19 @@ def _load_pipeline(path: str) -> tuple[Callable[..., Any], Pipeline]:
 
 
 def _load_examples(path: str | Path) -> list[tuple[int, Any]]:
+    """The examples of a JSON Lines file: one JSON object a line (blank lines skipped)."""
     name = str(path)
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise SpecError(f"cannot read file: {exc.strerror or exc}", file=name) from exc
+    lines = read_text(path).splitlines()
     examples = []
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
-        try:
-            examples.append((number, json.loads(text)))
-        except json.JSONDecodeError as exc:
-            raise SpecError(f"not valid JSON: {exc.msg}", file=name, line=number) from None
+        example = load_json(text, name, line=number)
+        if not isinstance(example, dict):
+            raise SpecError(
+                f"an example must be a JSON object, not {excerpt(example)}", file=name, line=number
+            )
+        examples.append((number, example))
     if not examples:
         raise SpecError("the file has no examples", file=name)
     return examples

@@ -8,9 +8,11 @@ explicitly: :mod:`~apportion.cli.simulate` (demo, bench, replay, policies, valid
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from apportion.cli import learn, simulate, sweep, telemetry
 from apportion.cli.console import console as stdout  # (apportion.cli.console: the module)
@@ -62,8 +64,27 @@ app = build_app()
 
 
 def main() -> None:
-    """Entry point of the ``apportion`` command."""
-    app()
+    """Entry point of the ``apportion`` command.
+
+    Last resort: an exception that is not handled (a bug, never bad input: the loaders
+    raise ApportionError) prints one ``error:`` line and exits with 2;
+    ``APPORTION_DEBUG=1`` shows the traceback instead.
+    """
+    try:
+        app()
+    except Exception as exc:
+        if os.environ.get("APPORTION_DEBUG"):
+            raise
+        from apportion.limits import excerpt
+
+        shown = excerpt(str(exc), 120)[1:-1]
+        stdout.print(
+            f"error: internal error ({type(exc).__name__}: {escape(shown)}); please report "
+            "it (APPORTION_DEBUG=1 shows the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise SystemExit(2) from None
 
 
 __all__ = ["app", "build_app", "installed_version", "main"]

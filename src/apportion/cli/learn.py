@@ -100,7 +100,7 @@ def learn(
     an upper bound no allocation can beat, so the ratios are conservative; the held-out
     runs of --split are then played once each.
     """
-    from apportion.files import write_atomic
+    from apportion.files import load_json, read_text, write_atomic
     from apportion.policies.learned import LearnedPolicy
     from apportion.sim.figures import figure_format
     from apportion.sim.learn import (
@@ -135,7 +135,7 @@ def learn(
             workload = load_workload(target)
             policy = LearnedPolicy(price=price, seed=seed if seed is not None else workload.seed)
         if warm_start is not None:
-            earlier = json.loads(warm_start.read_text(encoding="utf-8"))
+            earlier = load_json(read_text(warm_start), str(warm_start))
             if isinstance(earlier, dict) and "state" in earlier:
                 got = policy.warm_start(earlier, weight=warm_weight)
             else:

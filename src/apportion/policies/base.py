@@ -162,6 +162,15 @@ class Policy(abc.ABC):
     """A routing policy chooses the model too (:meth:`route`), and integrations call the
     model it chose instead of the caller's ``model=``."""
 
+    def check_pipeline(self, pipeline: Pipeline) -> None:  # noqa: B027 (optional hook)
+        """Refuse a pipeline this policy's configuration does not fit.
+
+        The controller the policy is given to calls it once; by default every pipeline fits.
+
+        Raises:
+            ApportionError: the configuration names what the pipeline lacks.
+        """
+
     def plan(self, obs: Observation) -> Plan:
         """Plan the request when it opens (default: no plan, no reservations)."""
         return Plan()

@@ -21,13 +21,12 @@ leaves the previous file whole.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from apportion.errors import PolicyStateError
+from apportion.files import write_atomic
 from apportion.policies.needs import NeedModel, StateProblem
 from apportion.spec import Agent, Pipeline
 
@@ -61,19 +60,9 @@ def write_file(path: str | Path, document: Mapping[str, Any]) -> None:
     Raises:
         PolicyStateError: the file cannot be written.
     """
-    target = Path(path)
-    data = json.dumps(document, sort_keys=True).encode("utf-8")
+    data = json.dumps(document, sort_keys=True)
     try:
-        handle, temporary = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or Path(".")
-        )
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomic(path, data)
     except OSError as exc:
         raise PolicyStateError(f"cannot write: {exc.strerror or exc}", path=str(path)) from None
 

@@ -24,10 +24,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import yaml
 
-from apportion.errors import PolicyConfigError, SpecError
+from apportion.errors import PolicyConfigError, SpecError, UnknownAgent
+from apportion.files import write_atomic
 from apportion.ledger import check_tokens
+from apportion.limits import excerpt, listing
 from apportion.policies.base import Observation, Plan, Policy, clip_output, split
-from apportion.spec import Agent
+from apportion.spec import Agent, Pipeline
 from apportion.yamlfile import YamlMap, load_yaml
 
 
@@ -59,6 +61,7 @@ class StaticPolicy(Policy):
                 "StaticPolicy.from_yaml('budgets.yaml') or policy='static:budgets.yaml'"
             )
         self.budgets: dict[str, Budget] = {}
+        self._lines: dict[str, tuple[str, int | None]] = {}  # agent -> file, line (from_yaml)
         for agent, budget in budgets.items():
             if isinstance(budget, tuple) and len(budget) == 2:
                 ctx, out = budget
@@ -105,7 +108,33 @@ class StaticPolicy(Policy):
                     entry.fail(key, f"must be a non-negative integer, not {value!r}")
                 values.append(value)
             budgets[agent] = Budget(*values)
-        return cls(budgets)
+        policy = cls(budgets)
+        policy._lines = {agent: (str(path), table.key_lines.get(agent)) for agent in budgets}
+        return policy
+
+    def check_pipeline(self, pipeline: Pipeline) -> None:
+        """Refuse budgets for an agent the pipeline does not have.
+
+        A misspelt name would otherwise be ignored, and that agent budgeted by the
+        equal-share fallback.
+
+        Raises:
+            SpecError: a budgets file names an unknown agent (``file``, ``line``, ``key``).
+            UnknownAgent: budgets given in code name an unknown agent.
+        """
+        for agent in self.budgets:
+            if agent in pipeline:
+                continue
+            if agent in self._lines:
+                file, line = self._lines[agent]
+                raise SpecError(
+                    f"unknown agent {excerpt(agent)}; the pipeline {excerpt(pipeline.name)} "
+                    f"has: {listing(pipeline.names)}",
+                    file=file,
+                    line=line,
+                    key=f"budgets.{agent}",
+                )
+            raise UnknownAgent(agent, pipeline.names)
 
     @classmethod
     def from_usage(
@@ -132,7 +161,14 @@ class StaticPolicy(Policy):
         return cls(budgets)
 
     def to_yaml(self, path: str | Path | None = None) -> str:
-        """The budgets as a YAML file the policy loads; written to ``path`` if given."""
+        """The budgets as a YAML file the policy loads; written to ``path`` if given.
+
+        The file is written atomically: whole, or not at all (a failed write leaves the
+        previous file as it was).
+
+        Raises:
+            OSError: the file cannot be written (nothing is changed).
+        """
         table = {agent: budget._asdict() for agent, budget in self.budgets.items()}
         text: str = yaml.safe_dump(
             {"budgets": table},
@@ -142,7 +178,7 @@ class StaticPolicy(Policy):
             width=2**31 - 1,
         )
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            write_atomic(path, text)
         return text
 
     def _budget(self, obs: Observation, agent: Agent) -> Budget:

@@ -73,6 +73,7 @@ JSON says so (``fit.in_sample``).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 import statistics
@@ -83,6 +84,8 @@ from typing import Any
 
 from apportion.controller import Controller
 from apportion.errors import PolicyConfigError, SpecError
+from apportion.files import read_text
+from apportion.limits import MAX_TOKENS, excerpt, listing
 from apportion.policies import (
     POLICIES,
     Policy,
@@ -204,14 +207,8 @@ def load_calls(path: str | Path, pipeline: Pipeline | None = None) -> CallLog:
         SpecError: the file cannot be read or breaks the format; ``file``, ``line`` and
             ``key`` (the column) locate the mistake.
     """
-    name = str(path)
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            return _parse(csv.DictReader(handle), name, pipeline)
-    except OSError as exc:
-        raise SpecError(f"cannot read file: {exc.strerror or exc}", file=name) from exc
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"not UTF-8 text: {exc.reason}", file=name) from exc
+    text = read_text(path)
+    return _parse(csv.DictReader(io.StringIO(text, newline="")), str(path), pipeline)
 
 
 def _parse(reader: csv.DictReader[str], file: str, pipeline: Pipeline | None) -> CallLog:
@@ -222,9 +219,13 @@ def _parse(reader: csv.DictReader[str], file: str, pipeline: Pipeline | None) ->
     if not header:
         raise SpecError("the file is empty: expected a header line", file=file, line=1)
     columns = [column.strip() for column in header]
+    seen_columns: set[str] = set()
     for column in columns:
-        if columns.count(column) > 1:
-            raise SpecError(f"column '{column}' appears twice", file=file, line=1, key=column)
+        if column in seen_columns:
+            raise SpecError(
+                f"column {excerpt(column)} appears twice", file=file, line=1, key=excerpt(column)
+            )
+        seen_columns.add(column)
     for column in REQUIRED_COLUMNS:
         if column not in columns:
             raise SpecError(
@@ -252,7 +253,7 @@ def _parse(reader: csv.DictReader[str], file: str, pipeline: Pipeline | None) ->
             agent = _text(row, "agent", file, line)
             if pipeline is not None and agent not in pipeline:
                 raise SpecError(
-                    f"unknown agent '{agent}'; the pipeline has: {', '.join(pipeline.names)}",
+                    f"unknown agent {excerpt(agent)}; the pipeline has: {listing(pipeline.names)}",
                     file=file,
                     line=line,
                     key="agent",
@@ -260,7 +261,7 @@ def _parse(reader: csv.DictReader[str], file: str, pipeline: Pipeline | None) ->
             number = _count(row, "call", file, line)
             if (run, number) in seen:
                 raise SpecError(
-                    f"call {number} of run '{run}' appears twice (first on line "
+                    f"call {number} of run {excerpt(run)} appears twice (first on line "
                     f"{seen[run, number]})",
                     file=file,
                     line=line,
@@ -275,8 +276,8 @@ def _parse(reader: csv.DictReader[str], file: str, pipeline: Pipeline | None) ->
                 first = splits.setdefault(run, (split, line))
                 if first[0] != split:
                     raise SpecError(
-                        f"run '{run}' is in split '{first[0]}' on line {first[1]}, "
-                        f"here in '{split}'",
+                        f"run {excerpt(run)} is in split {excerpt(first[0])} on line {first[1]}, "
+                        f"here in {excerpt(split)}",
                         file=file,
                         line=line,
                         key="split",
@@ -320,16 +321,26 @@ def _text(row: Mapping[str, str | None], column: str, file: str, line: int) -> s
 def _count(row: Mapping[str, str | None], column: str, file: str, line: int) -> int:
     text = (row.get(column) or "").strip()
     if not _INTEGER.fullmatch(text):
-        shown = repr(text) if text else "an empty cell"
+        shown = excerpt(text) if text else "an empty cell"
         raise SpecError(
             f"must be a non-negative integer, not {shown}", file=file, line=line, key=column
         )
-    value = int(text)
-    if value < 0:
+    if text.startswith("-") and text.strip("-+0"):
         raise SpecError(
-            f"must be a non-negative integer, not {value}", file=file, line=line, key=column
+            f"must be a non-negative integer, not {text if len(text) < 20 else excerpt(text)}",
+            file=file,
+            line=line,
+            key=column,
         )
-    return value
+    digits = text.lstrip("+-0")
+    if len(digits) > len(str(MAX_TOKENS)) or int(digits or "0") > MAX_TOKENS:
+        raise SpecError(
+            f"{excerpt(text)} is above the limit of {MAX_TOKENS:,}",
+            file=file,
+            line=line,
+            key=column,
+        )
+    return int(digits or "0")
 
 
 # --------------------------------------------------------------------------- replay
@@ -629,7 +640,8 @@ def check_replay(
         for call in run.calls:
             if call.agent not in pipeline:
                 raise SpecError(
-                    f"unknown agent '{call.agent}'; the pipeline has: {', '.join(pipeline.names)}",
+                    f"unknown agent {excerpt(call.agent)}; the pipeline has: "
+                    f"{listing(pipeline.names)}",
                     file=log.file,
                     line=call.line,
                     key="agent",

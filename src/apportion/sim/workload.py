@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, NoReturn, cast
 
 from apportion.errors import SpecError
+from apportion.limits import excerpt, listing
 from apportion.yamlfile import YamlList, YamlMap, load_yaml
 
 __all__ = [
@@ -291,7 +292,7 @@ def _wrap(value: Any, file: str | None, path: str) -> Any:
         result.file, result.line, result.path, result.key_lines = file, None, path, {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise SpecError(f"key {key!r} is not a string", file=file, key=path or None)
+                raise SpecError(f"key {excerpt(key)} is not a string", file=file, key=path or None)
             child = f"{path}.{key}" if path else key
             result[key] = _wrap(item, file, child)
         return result
@@ -323,8 +324,8 @@ def _kind(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
-        return f"the string {value!r}"
-    return f"{value!r}"
+        return f"the string {excerpt(value)}"
+    return excerpt(value)
 
 
 def _map(owner: YamlMap, key: str, *, optional: bool = True) -> YamlMap:
@@ -395,11 +396,14 @@ def _number(owner: YamlMap, key: str, default: float | None = None) -> float:
 def _check_number(owner: YamlMap, key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         owner.fail(key, f"must be a number, got {_kind(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past a float's range (from a dict built in code)
+        number = math.inf
     if not math.isfinite(number):
-        owner.fail(key, f"must be finite, got {value!r}")
+        owner.fail(key, f"must be finite, got {excerpt(value)}")
     if number < 0:
-        owner.fail(key, f"must be non-negative, got {value!r}")
+        owner.fail(key, f"must be non-negative, got {excerpt(value)}")
     return number
 
 
@@ -453,22 +457,26 @@ def _parse_workload(root: Any) -> Workload:
         root.fail("agents", "must list at least one agent")
     agents: list[AgentSpec] = []
     agent_maps: list[YamlMap] = []
+    earlier: dict[str, None] = {}  # the names so far, in order, with set lookups
     for index in range(len(agent_items)):
         entry = _item_map(agent_items, index, "agent")
-        agents.append(_parse_agent(entry, feature_names, [a.name for a in agents]))
+        agents.append(_parse_agent(entry, feature_names, earlier))
+        earlier[agents[-1].name] = None
         agent_maps.append(entry)
 
     models = _parse_models(_list(root, "models"))
-    model_names = [model.name for model in models]
+    model_names = {model.name: None for model in models}
     for agent, entry in zip(agents, agent_maps, strict=True):
         if agent.model is None:
             continue
         if not models:
-            entry.fail("model", f"names model {agent.model!r}, but the workload has no 'models'")
+            entry.fail(
+                "model", f"names model {excerpt(agent.model)}, but the workload has no 'models'"
+            )
         if agent.model not in model_names:
             entry.fail(
                 "model",
-                f"unknown model {agent.model!r}; the workload has: {', '.join(model_names)}",
+                f"unknown model {excerpt(agent.model)}; the workload has: {listing(model_names)}",
             )
     if models:
         used = {agent.output_kind for agent in agents}
@@ -511,29 +519,29 @@ def _parse_features(section: YamlMap) -> tuple[FeatureSpec, ...]:
     return tuple(features)
 
 
-def _parse_agent(entry: YamlMap, feature_names: set[str], earlier: list[str]) -> AgentSpec:
+def _parse_agent(entry: YamlMap, feature_names: set[str], earlier: Mapping[str, None]) -> AgentSpec:
     entry.check_keys(_AGENT_KEYS, ("name", "priority", "input", "output"))
     name = _name(entry, "name")
     if name in earlier:
-        entry.fail("name", f"agent name {name!r} is used twice")
+        entry.fail("name", f"agent name {excerpt(name)} is used twice")
     priority = cast(Priority, _choice(entry, "priority", PRIORITIES, None))
     after_items = _list(entry, "after")
-    after: list[str] = []
+    after: dict[str, None] = {}
     for index, upstream in enumerate(after_items):
         if not isinstance(upstream, str):
             _list_fail(after_items, index, f"must name an agent, got {_kind(upstream)}")
         elif upstream == name:
-            _list_fail(after_items, index, f"agent {name!r} cannot run after itself")
+            _list_fail(after_items, index, f"agent {excerpt(name)} cannot run after itself")
         elif upstream not in earlier:
             _list_fail(
                 after_items,
                 index,
-                f"{upstream!r} is not an earlier agent; 'after' may name only agents "
-                f"listed before {name!r}" + (f" ({', '.join(earlier)})" if earlier else ""),
+                f"{excerpt(upstream)} is not an earlier agent; 'after' may name only agents "
+                f"listed before {excerpt(name)}" + (f" ({listing(earlier)})" if earlier else ""),
             )
         elif upstream in after:
-            _list_fail(after_items, index, f"{upstream!r} is listed twice")
-        after.append(upstream)
+            _list_fail(after_items, index, f"{excerpt(upstream)} is listed twice")
+        after[upstream] = None
     need_in = _parse_need(_map(entry, "input", optional=False), feature_names, _INPUT_KEYS)
     need_out = _parse_need(_map(entry, "output", optional=False), feature_names, _OUTPUT_KEYS)
     kind = cast(OutputKind, _choice(entry, "output_kind", OUTPUT_KINDS, "prose"))
@@ -562,8 +570,8 @@ def _parse_need(section: YamlMap, feature_names: set[str], allowed: frozenset[st
     per_feature: dict[str, float] = {}
     for feature, coef in coefficients.items():
         if feature not in feature_names:
-            declared = ", ".join(sorted(feature_names)) or "none"
-            coefficients.fail(feature, f"unknown feature {feature!r}; declared: {declared}")
+            declared = listing(sorted(feature_names)) or "none"
+            coefficients.fail(feature, f"unknown feature {excerpt(feature)}; declared: {declared}")
         per_feature[feature] = _check_number(coefficients, feature, coef)
     upstream = False
     if "upstream" in section:
@@ -581,12 +589,14 @@ def _parse_need(section: YamlMap, feature_names: set[str], allowed: frozenset[st
 
 def _parse_models(items: YamlList) -> tuple[ModelSpec, ...]:
     models: list[ModelSpec] = []
+    names: set[str] = set()
     for index in range(len(items)):
         entry = _item_map(items, index, "model")
         entry.check_keys(_MODEL_KEYS, tuple(sorted(_MODEL_KEYS)))
         name = _name(entry, "name")
-        if any(model.name == name for model in models):
-            entry.fail("name", f"model name {name!r} is used twice")
+        if name in names:
+            entry.fail("name", f"model name {excerpt(name)} is used twice")
+        names.add(name)
         window = _integer(entry, "context_window", 1)
         max_output = _integer(entry, "max_output", 1)
         assert window is not None and max_output is not None  # required keys
@@ -594,7 +604,9 @@ def _parse_models(items: YamlList) -> tuple[ModelSpec, ...]:
         capability: dict[str, float] = {}
         for kind, value in table.items():
             if kind not in OUTPUT_KINDS:
-                table.fail(kind, f"unknown output kind {kind!r}; use {' | '.join(OUTPUT_KINDS)}")
+                table.fail(
+                    kind, f"unknown output kind {excerpt(kind)}; use {' | '.join(OUTPUT_KINDS)}"
+                )
             number = _check_number(table, kind, value)
             if number > 1:
                 table.fail(kind, f"a capability is at most 1, got {value!r}")
