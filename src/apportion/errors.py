@@ -35,6 +35,22 @@ def _rebuild(cls: type[ApportionError], message: str, fields: dict[str, Any]) ->
     return error
 
 
+def excerpt(value: object, limit: int = 80) -> str:
+    """A short ``repr`` of ``value`` for a message: at most ``limit`` characters, never raising.
+
+    A huge integer is named by its size (its ``repr`` may be refused, and would fill the
+    screen), a long text is cut, and a ``__repr__`` that fails gives the type's name.
+    """
+    if type(value) is int and value.bit_length() > 256:
+        kind = "a negative integer" if value < 0 else "an integer"
+        return f"<{kind} of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class SpecError(ApportionError, ValueError):
     """A pipeline, workload or budget file (or object) is invalid.
 
@@ -81,11 +97,33 @@ class InvalidTokenCount(ApportionError, ValueError):
     value: object
 
     def __init__(self, field: str, value: object, reason: str) -> None:
-        super().__init__(f"{field}={value!r}: {reason}", field=field, value=value)
+        super().__init__(f"{field}={excerpt(value)}: {reason}", field=field, value=value)
 
 
 class InvalidCeiling(InvalidTokenCount):
     """A request ceiling is zero, negative or not an integer."""
+
+
+class InvalidArgument(ApportionError, TypeError, ValueError):
+    """An argument of a public call has the wrong type or an impossible value.
+
+    A subclass of both ``TypeError`` and ``ValueError``, so code written for either still
+    catches it.
+
+    Attributes:
+        argument: the argument's name (``lease_seconds``, ``features``, ``url`` ...).
+        value: the value given (a URL with its password hidden).
+        reason: what is wrong with it.
+    """
+
+    argument: str
+    value: object
+    reason: str
+
+    def __init__(self, argument: str, value: object, reason: str) -> None:
+        super().__init__(
+            f"{argument}={excerpt(value)}: {reason}", argument=argument, value=value, reason=reason
+        )
 
 
 class UnknownAgent(ApportionError, LookupError):
@@ -227,7 +265,9 @@ class InvalidPrice(ApportionError, ValueError):
     reason: str
 
     def __init__(self, field: str, value: object, reason: str) -> None:
-        super().__init__(f"{field}={value!r}: {reason}", field=field, value=value, reason=reason)
+        super().__init__(
+            f"{field}={excerpt(value)}: {reason}", field=field, value=value, reason=reason
+        )
 
 
 class GrantSettled(ApportionError, RuntimeError):

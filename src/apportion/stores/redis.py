@@ -132,6 +132,7 @@ from apportion.errors import (
     ForeignGrant,
     GrantExpired,
     GrantSettled,
+    InvalidArgument,
     InvalidPrice,
     MissingExtra,
     PoolDrawExpired,
@@ -162,6 +163,7 @@ from apportion.pools import (
     current_window,
     pool_status,
 )
+from apportion.redaction import redact, scrub
 from apportion.stores.base import Reaped, Store
 from apportion.stores.memory import MemoryStore
 
@@ -451,16 +453,13 @@ def _refusal(
     return RuntimeError(f"unexpected reply from the Redis store: {reply!r}")
 
 
-def _safe_url(url: str) -> str:
-    """``url`` without its password (and without its query, which may hold one)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = (f"{parts.username}@" if parts.username else "") + host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+def _name_ok(name: str) -> bool:
+    """Whether ``name`` can be sent to Redis (UTF-8: no lone surrogate)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _reason(exc: BaseException) -> str:
@@ -504,7 +503,7 @@ class RedisStore(Store):
 
     Raises:
         MissingExtra: redis-py is not installed (``pip install "apportion[redis]"``).
-        ValueError: a bad option.
+        InvalidArgument: a bad option, or a URL redis-py cannot read.
     """
 
     def __init__(
@@ -523,23 +522,31 @@ class RedisStore(Store):
     ) -> None:
         redis = _import_redis()
         _load_sources()
+        if not isinstance(url, str) or "://" not in url:
+            raise InvalidArgument("url", redact(url), "a Redis URL is redis://host:port/db")
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix must be a non-empty string without braces: {prefix!r}")
-        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-            raise ValueError(f"buckets must be a positive integer, not {buckets!r}")
-        if not retention_seconds > 0:
-            raise ValueError(f"retention_seconds must be positive, not {retention_seconds!r}")
-        for name, seconds in (
-            ("open_grace_seconds", open_grace_seconds),
-            ("clock_skew_seconds", clock_skew_seconds),
+            raise InvalidArgument("prefix", prefix, "a non-empty string without braces")
+        if not _name_ok(prefix):
+            raise InvalidArgument("prefix", prefix, "not valid text (a lone surrogate?)")
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 2**20:
+            raise InvalidArgument("buckets", buckets, "an integer from 1 to 1048576")
+        for name, seconds, least in (
+            ("retention_seconds", retention_seconds, 0.001),
+            ("socket_timeout", socket_timeout, 0.001),
+            ("connect_timeout", connect_timeout, 0.001),
+            ("open_grace_seconds", open_grace_seconds, 0.0),
+            ("clock_skew_seconds", clock_skew_seconds, 0.0),
         ):
             if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-                raise ValueError(f"{name} must be a number of seconds, not {seconds!r}")
-            if not 0 <= seconds < math.inf:
-                raise ValueError(f"{name} must be finite and not negative, not {seconds!r}")
+                raise InvalidArgument(name, seconds, "a number of seconds")
+            if not least <= seconds < math.inf and not (
+                name == "retention_seconds" and seconds == math.inf
+            ):
+                reason = f"a finite number of seconds, at least {least}"
+                raise InvalidArgument(name, seconds, reason)
         self.open_grace_seconds = float(open_grace_seconds)
         self.clock_skew_seconds = float(clock_skew_seconds)
-        self.url = _safe_url(url)
+        self.url = redact(url)
         self._raw_url = url
         self.prefix = prefix
         self.buckets = buckets
@@ -552,7 +559,13 @@ class RedisStore(Store):
             "socket_connect_timeout": connect_timeout,
             "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
         }
-        self._client: redis_sync.Redis = redis.Redis.from_url(url, **self._options)
+        try:
+            self._client: redis_sync.Redis = redis.Redis.from_url(url, **self._options)
+            pool: Any = self._client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)  # reads its options; no I/O
+        except (ValueError, TypeError) as exc:
+            reason = f"redis-py cannot read it: {scrub(_reason(exc), url)}"
+            raise InvalidArgument("url", self.url, reason) from None
         self._aclient: redis_async.Redis | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._acloser: AsyncGenerator[None, None] | None = None
@@ -580,22 +593,32 @@ class RedisStore(Store):
         to redis-py. For example
         ``redis://cache:6379/0?fail_open=true&emergency_cap=20000``.
         """
+        if not isinstance(url, str):
+            raise InvalidArgument("url", url, "a Redis URL is a string")
         parts = urlsplit(url)
         ours: dict[str, Any] = {}
         rest = []
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in ("prefix",):
-                ours[key] = value
-            elif key in ("buckets", "emergency_cap"):
-                ours[key] = int(value)
-            elif key in ("retention_seconds", "open_grace_seconds", "clock_skew_seconds"):
-                ours[key] = float(value)
-            elif key == "fail_open":
-                ours[key] = value.lower() in ("1", "true", "yes", "on")
-            else:
-                rest.append((key, value))
-        plain = urlunsplit(parts._replace(query=urlencode(rest)))
-        return cls(plain, **ours)
+            try:
+                if key in ("prefix",):
+                    ours[key] = value
+                elif key in ("buckets", "emergency_cap"):
+                    ours[key] = int(value)
+                elif key in ("retention_seconds", "open_grace_seconds", "clock_skew_seconds"):
+                    ours[key] = float(value)
+                elif key == "fail_open":
+                    ours[key] = value.lower() in ("1", "true", "yes", "on")
+                else:
+                    rest.append((key, value))
+            except ValueError:
+                raise InvalidArgument(key, value, f"not a number (in {redact(url)})") from None
+        plain = urlunsplit(parts._replace(query=urlencode(rest))) if ours else url
+        try:
+            return cls(plain, **ours)
+        except InvalidArgument as exc:
+            if exc.argument != "url":
+                raise
+            raise InvalidArgument("url", redact(url), scrub(exc.reason, url)) from None
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
@@ -703,7 +726,7 @@ class RedisStore(Store):
                 self._command("SCRIPT", "LOAD", _SOURCES[call.script])
                 return self._command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
         except self._errors as exc:
-            raise StoreUnavailable(self.url, _reason(exc)) from None
+            raise StoreUnavailable(self.url, scrub(_reason(exc), self._raw_url)) from None
 
     def _pipeline(self, calls: list[_Eval | _Cmd]) -> list[Any]:
         results: list[Any] = [None] * len(calls)
@@ -776,7 +799,7 @@ class RedisStore(Store):
                     "EVALSHA", sha, len(call.keys), *call.keys, *call.args
                 )
         except self._errors as exc:
-            raise StoreUnavailable(self.url, _reason(exc)) from None
+            raise StoreUnavailable(self.url, scrub(_reason(exc), self._raw_url)) from None
 
     async def _apipeline(self, client: redis_async.Redis, calls: list[_Eval | _Cmd]) -> list[Any]:
         results: list[Any] = [None] * len(calls)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from apportion.errors import DatabaseUnavailable, SchemaVersionError, UnknownSink
+from apportion.redaction import redact, scrub
 from apportion.telemetry.base import Sink
 from apportion.telemetry.channel import Channel, TelemetryWarning, flush_all
 from apportion.telemetry.records import (
@@ -50,7 +51,7 @@ from apportion.telemetry.records import (
     RolloutRecord,
     usage_from,
 )
-from apportion.telemetry.urls import redact, scheme_of
+from apportion.telemetry.urls import scheme_of
 
 if TYPE_CHECKING:
     from apportion.telemetry.otel import OTelSink
@@ -90,7 +91,9 @@ def _otel(url: str) -> Any:
 
     rest = url.split("://", 1)[1]
     if rest.strip("/"):
-        raise UnknownSink(url, SINKS, "otel:// takes no host or path: it uses the global provider")
+        raise UnknownSink(
+            redact(url), SINKS, "otel:// takes no host or path: it uses the global provider"
+        )
     return OTelSink()
 
 
@@ -99,14 +102,14 @@ def _prometheus(url: str) -> Any:
 
     parts = urlsplit(url)
     if parts.path.strip("/"):
-        raise UnknownSink(url, SINKS, "prometheus:// takes no path")
+        raise UnknownSink(redact(url), SINKS, "prometheus:// takes no path")
     try:
         port = parts.port
     except ValueError as exc:
-        raise UnknownSink(url, SINKS, str(exc)) from None
+        raise UnknownSink(redact(url), SINKS, scrub(str(exc), url)) from None
     if port is None:
         if parts.hostname:
-            raise UnknownSink(url, SINKS, "give a port to serve on: prometheus://HOST:PORT")
+            raise UnknownSink(redact(url), SINKS, "give a port to serve on: prometheus://HOST:PORT")
         return PrometheusSink()
     return PrometheusSink(port=port, addr=parts.hostname or "0.0.0.0")
 

@@ -38,9 +38,10 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from apportion.errors import DatabaseUnavailable, MissingExtra, SchemaVersionError
 from apportion.ledger import Event
+from apportion.redaction import redact, scrub
 from apportion.telemetry.base import Sink
 from apportion.telemetry.records import SCHEMA_VERSION, CallUsage, RequestUsage, RolloutRecord
-from apportion.telemetry.urls import database_url, redact
+from apportion.telemetry.urls import database_url
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine, Table
@@ -188,13 +189,14 @@ def _create_engine(url: str) -> Engine:
         raise MissingExtra(exc.name or "the database driver", "postgres") from None
     except (ArgumentError, NoSuchModuleError) as exc:
         reason = f"not a database URL SQLAlchemy knows: {exc}"
-        raise DatabaseUnavailable(redact(url), reason) from None
+        raise DatabaseUnavailable(redact(url), scrub(reason, url)) from None
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, url: str) -> str:
+    """The first line of a driver's error, any secret of ``url`` in it hidden."""
     orig = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(orig).__name__
+    return scrub(lines[0] if lines else type(orig).__name__, url)
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,7 @@ class Database:
                 self.version = self._check(conn, create)
         except SQLAlchemyError as exc:
             self.engine.dispose()
-            raise DatabaseUnavailable(self.shown, _reason(exc)) from None
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from None
         except BaseException:
             self.engine.dispose()
             raise
@@ -324,7 +326,7 @@ class Database:
         try:
             self._replace(latest)
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(self.shown, _reason(exc)) from exc
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
         return len(latest)
 
     def _replace(self, latest: Mapping[str, RequestUsage]) -> None:
@@ -366,7 +368,7 @@ class Database:
             with self.engine.begin() as conn:
                 conn.execute(self.tables.rollouts.insert(), rows)
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(self.shown, _reason(exc)) from exc
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
         return len(rows)
 
     # ----------------------------------------------------------------- reading
@@ -413,7 +415,7 @@ class Database:
                 request_rows = conn.execute(requests_q).mappings().all()
                 rollout_rows = self._rollout_rows(conn, since)
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(self.shown, _reason(exc)) from None
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from None
         return Dataset(
             self.shown,
             tuple(_call_from(row) for row in call_rows),
