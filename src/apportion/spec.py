@@ -94,7 +94,10 @@ def _number(value: object, key: str) -> float:
     """Return ``value`` as a finite float, or raise SpecError about ``key``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SpecError(f"must be a number, not {_describe(value)}", key=key)
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:
+        result = math.inf
     if not math.isfinite(result):
         raise SpecError(f"must be a finite number, not {value!r}", key=key)
     return result

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import yaml
 
-from apportion.errors import PolicyConfigError, SpecError
+from apportion.errors import PolicyConfigError, SpecError, excerpt
 from apportion.ledger import check_tokens
 from apportion.policies.base import Observation, Plan, Policy, clip_output, split
 from apportion.spec import Agent
@@ -53,6 +53,11 @@ class StaticPolicy(Policy):
     name = "static"
 
     def __init__(self, budgets: Mapping[str, Budget | Mapping[str, int]] | None = None) -> None:
+        if budgets is not None and not isinstance(budgets, Mapping):
+            raise PolicyConfigError(
+                f"budgets must be a mapping of agent names to budgets, not {excerpt(budgets)}",
+                budgets=budgets,
+            )
         if not budgets:
             raise PolicyConfigError(
                 "the static policy needs budgets: StaticPolicy({'agent': Budget(ctx, out)}), "
@@ -60,6 +65,10 @@ class StaticPolicy(Policy):
             )
         self.budgets: dict[str, Budget] = {}
         for agent, budget in budgets.items():
+            if type(agent) is not str:
+                raise PolicyConfigError(
+                    f"budgets are keyed by agent names, not {excerpt(agent)}", agent=agent
+                )
             if isinstance(budget, tuple) and len(budget) == 2:
                 ctx, out = budget
             elif isinstance(budget, Mapping) and {"context_tokens", "output_tokens"} <= set(budget):
@@ -67,7 +76,7 @@ class StaticPolicy(Policy):
             else:
                 raise PolicyConfigError(
                     f"budget of {agent!r} must be Budget(context_tokens, output_tokens) or a "
-                    f"mapping with both keys, not {budget!r}",
+                    f"mapping with both keys, not {excerpt(budget)}",
                     agent=agent,
                 )
             self.budgets[agent] = Budget(

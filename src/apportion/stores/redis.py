@@ -595,7 +595,11 @@ class RedisStore(Store):
         """
         if not isinstance(url, str):
             raise InvalidArgument("url", url, "a Redis URL is a string")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise InvalidArgument("url", redact(url), scrub(str(exc), url)) from None
         ours: dict[str, Any] = {}
         rest = []
         for key, value in parse_qsl(parts.query, keep_blank_values=True):

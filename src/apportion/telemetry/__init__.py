@@ -40,7 +40,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from apportion.errors import DatabaseUnavailable, SchemaVersionError, UnknownSink
+from apportion.errors import (
+    DatabaseUnavailable,
+    InvalidArgument,
+    SchemaVersionError,
+    UnknownSink,
+)
 from apportion.redaction import redact, scrub
 from apportion.telemetry.base import Sink
 from apportion.telemetry.channel import Channel, TelemetryWarning, flush_all
@@ -100,7 +105,10 @@ def _otel(url: str) -> Any:
 def _prometheus(url: str) -> Any:
     from apportion.telemetry.prometheus import PrometheusSink
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise UnknownSink(redact(url), SINKS, scrub(str(exc), url)) from None
     if parts.path.strip("/"):
         raise UnknownSink(redact(url), SINKS, "prometheus:// takes no path")
     try:
@@ -166,9 +174,10 @@ def open_sink(target: Any) -> Channel:
         return _channel(factory(target))
     if isinstance(target, Channel) or callable(getattr(target, "write", None)):
         return _channel(target)
-    raise TypeError(
-        "telemetry is a URL, a sink object (with a write(batch) method) or a list of them, "
-        f"not {type(target).__name__}"
+    raise InvalidArgument(
+        "telemetry",
+        target,
+        "telemetry is a URL, a sink object (with a write(batch) method) or a list of them",
     )
 
 

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Final
 
+from apportion.errors import InvalidArgument
 from apportion.redaction import redact
 
 __all__ = ["DEFAULT_SQLITE", "database_url", "is_database_url", "redact", "scheme_of"]
@@ -58,10 +59,10 @@ def database_url(url: str) -> str:
     """The SQLAlchemy URL for a telemetry database given in any accepted form.
 
     Raises:
-        ValueError: ``url`` is empty or not a string.
+        InvalidArgument: ``url`` is empty or not a string.
     """
     if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"a database URL is a non-empty string, not {url!r}")
+        raise InvalidArgument("url", redact(url), "a database URL is a non-empty string")
     url = url.strip()
     scheme = scheme_of(url)
     if not _SCHEME.match(url):
