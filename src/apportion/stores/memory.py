@@ -20,6 +20,21 @@ from apportion.pools import Pool, PoolAccount, PoolStatus, check_pool_name, chec
 from apportion.stores.base import Reaped, Store
 
 
+def check_state_write(key: object, data: object, expected_version: object) -> str:
+    """Check the arguments of a store's ``put_state``; return the key.
+
+    Raises:
+        InvalidArgument: a key that is not a name, data that is not bytes, or a version
+            that is not a non-negative integer.
+    """
+    key = check_name("key", key)
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidArgument("data", data, "a policy's state is bytes")
+    if type(expected_version) is not int or not 0 <= expected_version < 2**53:
+        raise InvalidArgument("expected_version", expected_version, "a version, at least 0")
+    return key
+
+
 class MemoryStore(Store):
     """Ledgers of one process, kept in memory.
 
@@ -195,7 +210,7 @@ class MemoryStore(Store):
         """Expire ended leases and close overdue requests (see :class:`Store`)."""
         settled = 0
         expired: list[str] = []
-        now = check_time("now", now, infinite=True)
+        now = check_time("now", now)
         with self._lock:
             for ledger in list(self._open.values()):
                 settled += ledger.reap(now)
@@ -233,11 +248,7 @@ class MemoryStore(Store):
 
     def put_state(self, key: str, data: bytes, expected_version: int) -> int | None:
         """Write ``data`` if the version is still ``expected_version``; the new version or None."""
-        key = check_name("key", key)
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise InvalidArgument("data", data, "a policy's state is bytes")
-        if type(expected_version) is not int or expected_version < 0:
-            raise InvalidArgument("expected_version", expected_version, "a version, at least 0")
+        key = check_state_write(key, data, expected_version)
         with self._lock:
             current = self._states.get(key, (0, b""))[0]
             if current != expected_version:

@@ -119,7 +119,7 @@ import secrets
 import threading
 import warnings
 import zlib
-from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -146,12 +146,16 @@ from apportion.errors import (
 from apportion.ledger import (
     NANO,
     OPEN,
-    STATUSES,
     Event,
     Grant,
     Ledger,
     check_ceiling_usd,
+    check_name,
+    check_outcome,
     check_prices,
+    check_seconds,
+    check_status,
+    check_time,
     check_tokens,
 )
 from apportion.pools import (
@@ -165,7 +169,7 @@ from apportion.pools import (
 )
 from apportion.redaction import redact, scrub
 from apportion.stores.base import Reaped, Store
-from apportion.stores.memory import MemoryStore
+from apportion.stores.memory import MemoryStore, check_state_write
 
 if TYPE_CHECKING:
     import redis as redis_sync
@@ -197,6 +201,7 @@ return v + 1
 
 _REQUEST_SCRIPTS = frozenset({"open", "begin", "extend", "finish", "release", "close", "reap"})
 _REAP_BATCH = 256
+_CENTURY = 100 * 365.25 * 86_400.0  # seconds: a TTL beyond this is kept forever
 _OK = (b"ok", "ok")
 _EMERGENCY_POOL = "emergency"
 
@@ -453,6 +458,30 @@ def _refusal(
     return RuntimeError(f"unexpected reply from the Redis store: {reply!r}")
 
 
+def _checked(
+    check: Callable[[str, Any], T], field: str, value: Any, pending: list[Exception], fallback: T
+) -> T:
+    """``check(field, value)``, or ``fallback`` with its error kept in ``pending``."""
+    try:
+        return check(field, value)
+    except ApportionError as exc:
+        if not pending:
+            pending.append(exc)
+        return fallback
+
+
+def _ttl_ms(seconds: float) -> str:
+    """A key's TTL in milliseconds for ``PEXPIRE``; ``0`` (none) past a century."""
+    if not seconds < _CENTURY:
+        return "0"
+    return str(max(1, math.ceil(seconds * 1000)))
+
+
+def _time(now: object, pending: list[Exception]) -> float:
+    """``now`` as a time, or 0 with its error kept in ``pending`` (see :func:`_tokens`)."""
+    return _checked(check_time, "now", now, pending, 0.0)
+
+
 def _name_ok(name: str) -> bool:
     """Whether ``name`` can be sent to Redis (UTF-8: no lone surrogate)."""
     try:
@@ -551,9 +580,7 @@ class RedisStore(Store):
         self.prefix = prefix
         self.buckets = buckets
         self.retention_seconds = float(retention_seconds)
-        self._retention_ms = (
-            "0" if math.isinf(retention_seconds) else str(max(1, round(retention_seconds * 1000)))
-        )
+        self._retention_ms = _ttl_ms(retention_seconds)
         self._options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
@@ -667,7 +694,13 @@ class RedisStore(Store):
     # ------------------------------------------------------------------ keys
 
     def _keys(self, request_id: str) -> tuple[str, str, str]:
-        """The request's ledger, events and bucket index keys."""
+        """The request's ledger, events and bucket index keys.
+
+        Raises:
+            UnknownRequest: ``request_id`` is no name a request can have.
+        """
+        if type(request_id) is not str or not (request_id.isascii() or _name_ok(request_id)):
+            raise UnknownRequest(request_id)
         bucket = zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % self.buckets
         base = f"{self.prefix}:{{b{bucket}}}:"
         return f"{base}r:{request_id}", f"{base}e:{request_id}", f"{base}open"
@@ -856,6 +889,8 @@ class RedisStore(Store):
         pool_priority: str,
         ceiling_usd: int | None = None,
     ) -> _Steps[Ledger]:
+        now = check_time("now", now)
+        ttl = check_seconds("ttl", ttl)
         ledger = Ledger(
             request_id,
             ranks,
@@ -886,7 +921,7 @@ class RedisStore(Store):
         opened = json.dumps(["open", _text(now), False, 0, ledger.ceiling, 0, False, 0, ""])
         key_ttl = "0"  # a pooled request keeps its keys while open: its draw is settled from them
         if pool is None and math.isfinite(ttl) and not math.isinf(self.retention_seconds):
-            key_ttl = str(max(1, math.ceil((ttl + self.retention_seconds) * 1000)))
+            key_ttl = _ttl_ms(ttl + self.retention_seconds)
         if pool is not None:
             keys = (*keys, self._marker_key(draw))
         reply = yield _Eval(
@@ -917,22 +952,29 @@ class RedisStore(Store):
         asked: int | None = None,
     ) -> _Steps[tuple[Grant, Ledger]]:
         pending: list[Exception] = []
-        is_name = isinstance(agent, str)
+        is_name = isinstance(agent, str) and (agent.isascii() or _name_ok(agent))
         ctx = _tokens("context_tokens", context_tokens, pending)
         out = _tokens("output_tokens", output_tokens, pending)
+        now = _time(now, pending)
+        lease_seconds = _checked(check_seconds, "lease_seconds", lease_seconds, pending, 1.0)
         held = "" if asked is None else _tokens("input_tokens", asked, pending)
         pin = pout = ""
         try:
             clean = check_prices(prices)
             if model is not None and (not isinstance(model, str) or not model):
                 raise InvalidPrice("model", model, "a model is a non-empty name")
-        except InvalidPrice as exc:
+            if model is not None:
+                check_name("model", model)
+        except (InvalidPrice, InvalidArgument) as exc:
             if not pending:
                 pending.append(exc)
             pin = pout = "!"
+            model = None
         else:
             if clean is not None:
                 pin, pout = str(clean[0]), str(clean[1])
+        if pending:
+            ctx = "!"
         lease = now + lease_seconds
         reply = yield _Eval(
             "begin",
@@ -971,6 +1013,10 @@ class RedisStore(Store):
         pending: list[Exception] = []
         out = _tokens("output_tokens", output_tokens, pending)
         ctx = _tokens("context_tokens", context_tokens, pending)
+        now = _time(now, pending)
+        lease_seconds = _checked(check_seconds, "lease_seconds", lease_seconds, pending, 1.0)
+        if pending:
+            out = "!"
         ok, grant_id, agent = _grant_args(request_id, grant)
         reply = yield _Eval(
             "extend",
@@ -995,6 +1041,13 @@ class RedisStore(Store):
         pending: list[Exception] = []
         inp = _tokens("input_tokens", input_tokens, pending)
         out = _tokens("output_tokens", output_tokens, pending)
+        if allocation is not None and not isinstance(allocation, Mapping) and not pending:
+            pending.append(
+                InvalidArgument("allocation", allocation, "a mapping of agent names to tokens")
+            )
+        now = _time(now, pending)
+        if pending:
+            inp = "!"
         ok, grant_id, agent = _grant_args(request_id, grant)
         args: list[str | int] = [
             inp,
@@ -1009,7 +1062,7 @@ class RedisStore(Store):
         if allocation and not pending:
             for name, tokens in allocation.items():
                 plan.append(name)
-                is_name = isinstance(name, str)
+                is_name = isinstance(name, str) and (name.isascii() or _name_ok(name))
                 args += ["1" if is_name else "0", name if is_name else "", "0"]
                 args[-1] = _tokens(f"allocation[{name}]", tokens, pending)
                 if pending:
@@ -1022,28 +1075,26 @@ class RedisStore(Store):
     def _release_steps(
         self, request_id: str, grant: Grant, now: float, reason: str
     ) -> _Steps[Ledger]:
+        pending: list[Exception] = []
+        now = _time(now, pending)
+        reason = _checked(check_name, "reason", reason, pending, "")
         ok, grant_id, agent = _grant_args(request_id, grant)
         reply = yield _Eval(
-            "release", self._keys(request_id), (_text(now), str(reason), ok, grant_id, agent)
+            "release",
+            self._keys(request_id),
+            (_text(now), reason, ok, grant_id, agent, "1" if pending else "0"),
         )
         if reply[0] not in _OK:
-            raise _refusal(request_id, reply, [], grant=grant)
+            raise _refusal(request_id, reply, pending, grant=grant)
         return ledger_from_json(reply[1])
 
     def _close_steps(
         self, request_id: str, now: float, status: str, outcome: float | None
     ) -> _Steps[Ledger]:
         pending: list[Exception] = []
-        if status not in STATUSES or status == OPEN:
-            pending.append(
-                ValueError(f"status must be one of closed, failed, expired, not {status!r}")
-            )
-        elif outcome is not None:
-            try:
-                if not math.isfinite(outcome):
-                    pending.append(ValueError(f"outcome must be a finite number, not {outcome!r}"))
-            except TypeError as exc:
-                pending.append(exc)
+        status = _checked(lambda _, value: check_status(value), "status", status, pending, "")
+        outcome = _checked(lambda _, value: check_outcome(value), "outcome", outcome, pending, None)
+        now = _time(now, pending)
         score = "" if outcome is None or pending else _text(outcome)
         reply = yield _Eval(
             "close",
@@ -1074,6 +1125,7 @@ class RedisStore(Store):
         return [_event(raw) for raw in raws]
 
     def _reap_steps(self, now: float) -> _Steps[Reaped]:
+        now = check_time("now", now)
         now_s = _text(now)
         settled = 0
         expired: list[str] = []
@@ -1174,6 +1226,7 @@ class RedisStore(Store):
         ]
 
     def _pool_steps(self, name: str, now: float) -> _Steps[PoolStatus]:
+        now = check_time("now", now)
         pool_key, draws_key = self._pool_keys(check_pool_name(name))
         fields, draws = yield [_Cmd(("HGETALL", pool_key)), _Cmd(("HVALS", draws_key))]
         if not fields:
@@ -1210,6 +1263,7 @@ class RedisStore(Store):
 
     def get_state(self, key: str) -> tuple[int, bytes] | None:
         """A policy's shared state: ``(version, data)``, or ``None`` when never written."""
+        key = check_name("key", key)
         version, data = self._call(_Cmd(("HMGET", self._state_key(key), "v", "d")))
         if version is None:
             return None
@@ -1217,6 +1271,7 @@ class RedisStore(Store):
 
     def put_state(self, key: str, data: bytes, expected_version: int) -> int | None:
         """Write ``data`` if the version is still ``expected_version``; the new version or None."""
+        key = check_state_write(key, data, expected_version)
         reply = self._call(
             _Cmd(("EVAL", _PUT_STATE, 1, self._state_key(key), int(expected_version), data))  # type: ignore[arg-type]
         )
