@@ -40,7 +40,7 @@ def seed_open_grants(
     if raw is None:
         raise ValueError(f"request {request_id!r} is not in the store")
     st = json.loads(raw)
-    n = st[12]
+    n: int = st[12]
     names = st[13 : 13 + n]
     ai = names.index(agent) + 1
     total = context_tokens + output_tokens
