@@ -42,7 +42,7 @@ def seed_open_grants(
     st = json.loads(raw)
     n: int = st[12]
     names = st[13 : 13 + n]
-    ai = names.index(agent) + 1
+    ai: int = names.index(agent) + 1
     total = context_tokens + output_tokens
     if st[7] < total * count:
         raise ValueError(f"request {request_id!r} has room for fewer than {count} grants")
