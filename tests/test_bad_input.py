@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -489,3 +490,59 @@ def test_store_urls(value: Any) -> None:
     calls_cleanly(lambda: open_store(f"redis://127.0.0.1:1/0?buckets={value}"))
     calls_cleanly(lambda: open_store(f"redis://127.0.0.1:{value}/0"))
     calls_cleanly(lambda: open_store(f"redis://127.0.0.1:1/{value}"))
+
+
+# ------------------------------------------------------------------ found by fuzzing
+
+
+def _request() -> Any:
+    controller = Controller(PIPELINE, policy="uniform", clock=lambda: 0.0)
+    return controller.request(1_000).open()
+
+
+def _prometheus(namespace: str) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    from apportion.telemetry.prometheus import PrometheusSink
+
+    return PrometheusSink(CollectorRegistry(), namespace=namespace)
+
+
+def _database_url(url: str) -> Any:
+    from apportion.telemetry.urls import database_url
+
+    return database_url(url)
+
+
+FOUND: dict[str, Callable[[], object]] = {
+    "AttributeError-ledger-allocation": lambda: Ledger("r", RANKS, 10, 0.0, allocation=0.5),  # type: ignore[arg-type]
+    "AttributeError-renewal_due": lambda: _request().renewal_due(None),
+    "AttributeError-pool-reserve": lambda: Pool("p", 10, reserve=None),  # type: ignore[arg-type]
+    "AttributeError-static-budgets": lambda: StaticPolicy(0.5),  # type: ignore[arg-type]
+    "OverflowError-ledger-now": lambda: Ledger("r", RANKS, 10, 0.0).begin("lead", 1, 1, 10**400, 1),
+    "OverflowError-score": lambda: _request().score(10**400),
+    "OverflowError-pool-window": lambda: Pool("p", 10, 10**400),
+    "OverflowError-estimator": lambda: LinearEstimator(base=10**400),
+    "OverflowError-lease": lambda: Controller(PIPELINE, lease_seconds=10**400),
+    "OverflowError-store-now": lambda: MemoryStore().open("r", RANKS, 10, 10**400),
+    "TypeError-ledger-ranks": lambda: Ledger("r", None, 10, 0.0),  # type: ignore[arg-type]
+    "TypeError-ledger-now": lambda: Ledger("r", RANKS, 10, 0.0).begin("lead", 1, 1, None, 1),  # type: ignore[arg-type]
+    "TypeError-feature-name": lambda: Controller(PIPELINE).request(10, {None: 1}).open(),  # type: ignore[dict-item]
+    "TypeError-pipeline": lambda: Controller(None),  # type: ignore[arg-type]
+    "TypeError-request-id": lambda: MemoryStore().begin([], "lead", 1, 1, 0.0, 1.0),  # type: ignore[arg-type]
+    "TypeError-margin": lambda: ElasticPolicy(margin=None),  # type: ignore[arg-type]
+    "ValueError-status": lambda: Ledger("r", RANKS, 10, 0.0).close(0.0, status=None),  # type: ignore[arg-type]
+    "ValueError-pool-name": lambda: Pool(None, 10),  # type: ignore[arg-type]
+    "ValueError-lease": lambda: Controller(PIPELINE, lease_seconds=None),  # type: ignore[arg-type]
+    "ValueError-score": lambda: _request().score(None),  # type: ignore[arg-type]
+    "ValueError-database-url": lambda: _database_url(""),
+    "UnicodeEncodeError-prometheus": lambda: _prometheus("\ud800"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOUND))
+def test_found_by_fuzzing(case: str) -> None:
+    """Each kind of foreign exception the fuzzing pass found, now an ApportionError."""
+    with pytest.raises(ApportionError) as caught:
+        FOUND[case]()
+    assert caught.value.fields  # says what was wrong, as fields
