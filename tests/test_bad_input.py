@@ -12,6 +12,8 @@ pass found, so each stays fixed.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +26,7 @@ from apportion import (
     POLICIES,
     Agent,
     ApportionError,
+    AsyncController,
     Budget,
     Controller,
     ElasticPolicy,
@@ -34,6 +37,7 @@ from apportion import (
     MemoryStore,
     Pipeline,
     Pool,
+    Reaper,
     StaticPolicy,
 )
 from apportion.ledger import Grant
@@ -419,6 +423,39 @@ def test_request_operations(slot: tuple[str, str], value: Any, policy: str) -> N
         assert unchanged(before, store.get(rid), store.events(rid), seen, name)
 
 
+@given(slot=st.sampled_from(REQUEST_SLOTS), value=BAD)
+def test_async_request_operations(slot: tuple[str, str], value: Any) -> None:
+    op, name = slot
+    controller = AsyncController(PIPELINE, policy="elastic", clock=lambda: 0.0)
+
+    async def run() -> None:
+        req = await controller.request(1_000).open()
+        grant = await req.begin("lead", input_tokens=10)
+        bad = with_bad(REQUEST_OPS[op], name, value)
+        args = {k: (grant if v == "G" else v) for k, v in bad.items()}
+        store, rid = controller.store, req.request_id
+        before, seen = _snapshot(store.get(rid)), len(store.events(rid))
+        try:
+            result = getattr(req, op)(**args)
+            if inspect.isawaitable(result):
+                await result
+        except ApportionError:
+            assert unchanged(before, store.get(rid), store.events(rid), seen, name)
+
+    calls_cleanly(lambda: asyncio.run(run()))
+
+
+@given(every=BAD)
+def test_reapers(every: Any) -> None:
+    calls_cleanly(lambda: Reaper(lambda: 0, every))
+    controller = Controller(PIPELINE, policy="uniform")
+
+    def start() -> None:
+        controller.start_reaper(every).stop()
+
+    calls_cleanly(start)
+
+
 @given(fields=st.dictionaries(st.sampled_from(["model", "cost_usd", "x", "finish_reason"]), BAD))
 def test_annotate(fields: dict[str, Any]) -> None:
     controller = Controller(PIPELINE, policy="uniform", clock=lambda: 0.0)
@@ -466,12 +503,15 @@ def test_completion_argument_checks(name: str, value: Any) -> None:
 @given(value=BAD)
 def test_telemetry_urls_and_sinks(value: Any) -> None:
     from apportion.telemetry import open_sinks
+    from apportion.telemetry.otel import OTelSink
     from apportion.telemetry.prometheus import PrometheusSink
-    from apportion.telemetry.sql import SQLSink
+    from apportion.telemetry.sql import SQLSink, open_database
 
     calls_cleanly(lambda: open_sinks(value))
     calls_cleanly(lambda: open_sinks([value]))
     calls_cleanly(lambda: SQLSink(value))
+    calls_cleanly(lambda: open_database(value))
+    calls_cleanly(lambda: OTelSink(value))
     from prometheus_client import CollectorRegistry
 
     calls_cleanly(lambda: PrometheusSink(CollectorRegistry(), namespace=value))
@@ -484,9 +524,11 @@ def test_telemetry_urls_and_sinks(value: Any) -> None:
 
 @given(value=BAD)
 def test_store_urls(value: Any) -> None:
+    from apportion.policies import resolve_policy
     from apportion.stores import open_store
 
     calls_cleanly(lambda: open_store(value))
+    calls_cleanly(lambda: resolve_policy(value))
     calls_cleanly(lambda: open_store(f"redis://127.0.0.1:1/0?buckets={value}"))
     calls_cleanly(lambda: open_store(f"redis://127.0.0.1:{value}/0"))
     calls_cleanly(lambda: open_store(f"redis://127.0.0.1:1/{value}"))

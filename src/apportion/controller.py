@@ -38,6 +38,7 @@ from apportion.ledger import (
     NANO,
     Grant,
     check_ceiling,
+    check_name,
     check_outcome,
     check_seconds,
     check_time,
@@ -98,6 +99,10 @@ class _Config:
             attach(self.sinks)
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
+        if isinstance(catalog, str) and ("\x00" in catalog or not catalog.strip()):
+            raise InvalidArgument("catalog", catalog, "a catalog file's path")
+        if isinstance(catalog, str):
+            check_name("catalog", catalog)
         self._catalog = catalog
         self._cheapest: tuple[int, str] | None = None
 
