@@ -572,6 +572,36 @@ class UnknownSink(ApportionError, LookupError):
         )
 
 
+class RecordsRejected(ApportionError, ValueError):
+    """Some records of a batch could not be stored (their data); the others were.
+
+    A telemetry database refused these records for what they hold (a number beyond its
+    column, ...), not for being unreachable: each was tried on its own, and every other
+    record of the batch was written.
+
+    Attributes:
+        where: the database (password hidden).
+        rejected: how many records were not stored.
+        written: how many records of the batch were.
+        reasons: ``request id: why`` of the first few rejected.
+    """
+
+    where: str
+    rejected: int
+    written: int
+    reasons: list[str]
+
+    def __init__(self, where: str, rejected: int, written: int, reasons: list[str]) -> None:
+        super().__init__(
+            f"{where}: {rejected} record(s) could not be stored ({written} were): "
+            + "; ".join(reasons[:3]),
+            where=where,
+            rejected=rejected,
+            written=written,
+            reasons=reasons,
+        )
+
+
 class DatabaseUnavailable(ApportionError, ConnectionError):
     """A telemetry database cannot be reached or opened.
 

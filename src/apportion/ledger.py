@@ -189,13 +189,20 @@ def check_name(field: str, value: object) -> str:
         if not isinstance(value, str):
             raise InvalidArgument(field, value, "a name is a string")
         value = str(value)
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            reason = "not valid text: it holds a lone surrogate"
-            raise InvalidArgument(field, value, reason) from None
+    if not is_text(value):
+        raise InvalidArgument(field, value, "not valid text: it holds a lone surrogate")
     return value
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` is valid Unicode text (no lone surrogate): storable anywhere."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_status(status: object) -> str:

@@ -42,6 +42,7 @@ from typing import Any, NoReturn, TypeAlias
 import yaml
 
 from apportion.errors import SpecError, UnknownAgent
+from apportion.ledger import is_text
 from apportion.yamlfile import YamlList, YamlMap, load_yaml
 
 __all__ = [
@@ -285,14 +286,17 @@ class Agent:
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise SpecError(f"must be a non-empty string, not {_describe(name)}", key="name")
+        if not is_text(name):
+            raise SpecError("must be valid text, not one holding a lone surrogate", key="name")
         setattr_ = object.__setattr__
         setattr_(self, "name", name)
         setattr_(self, "priority", _choice(Priority, priority, "priority"))
         setattr_(self, "after", self._check_after(name, after))
         setattr_(self, "output_kind", _choice(OutputKind, output_kind, "output_kind"))
-        if model is not None and (not isinstance(model, str) or not model):
+        if model is not None and (not isinstance(model, str) or not model or not is_text(model)):
             raise SpecError(
-                f"must be a non-empty string or null, not {_describe(model)}", key="model"
+                f"must be a non-empty string (valid text) or null, not {_describe(model)}",
+                key="model",
             )
         setattr_(self, "model", model)
         checked_min = _count(min_output, "min_output")

@@ -157,6 +157,7 @@ from apportion.ledger import (
     check_status,
     check_time,
     check_tokens,
+    is_text,
 )
 from apportion.pools import (
     PRIORITY_RANKS,
@@ -482,15 +483,6 @@ def _time(now: object, pending: list[Exception]) -> float:
     return _checked(check_time, "now", now, pending, 0.0)
 
 
-def _name_ok(name: str) -> bool:
-    """Whether ``name`` can be sent to Redis (UTF-8: no lone surrogate)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -555,7 +547,7 @@ class RedisStore(Store):
             raise InvalidArgument("url", redact(url), "a Redis URL is redis://host:port/db")
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise InvalidArgument("prefix", prefix, "a non-empty string without braces")
-        if not _name_ok(prefix):
+        if not is_text(prefix):
             raise InvalidArgument("prefix", prefix, "not valid text (a lone surrogate?)")
         if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 2**20:
             raise InvalidArgument("buckets", buckets, "an integer from 1 to 1048576")
@@ -699,7 +691,7 @@ class RedisStore(Store):
         Raises:
             UnknownRequest: ``request_id`` is no name a request can have.
         """
-        if type(request_id) is not str or not (request_id.isascii() or _name_ok(request_id)):
+        if type(request_id) is not str or not is_text(request_id):
             raise UnknownRequest(request_id)
         bucket = zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % self.buckets
         base = f"{self.prefix}:{{b{bucket}}}:"
@@ -952,7 +944,7 @@ class RedisStore(Store):
         asked: int | None = None,
     ) -> _Steps[tuple[Grant, Ledger]]:
         pending: list[Exception] = []
-        is_name = isinstance(agent, str) and (agent.isascii() or _name_ok(agent))
+        is_name = isinstance(agent, str) and is_text(agent)
         ctx = _tokens("context_tokens", context_tokens, pending)
         out = _tokens("output_tokens", output_tokens, pending)
         now = _time(now, pending)
@@ -1062,7 +1054,7 @@ class RedisStore(Store):
         if allocation and not pending:
             for name, tokens in allocation.items():
                 plan.append(name)
-                is_name = isinstance(name, str) and (name.isascii() or _name_ok(name))
+                is_name = isinstance(name, str) and is_text(name)
                 args += ["1" if is_name else "0", name if is_name else "", "0"]
                 args[-1] = _tokens(f"allocation[{name}]", tokens, pending)
                 if pending:

@@ -42,7 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from apportion.errors import DatabaseUnavailable, MissingExtra, SchemaVersionError
+from apportion.errors import (
+    DatabaseUnavailable,
+    MissingExtra,
+    RecordsRejected,
+    SchemaVersionError,
+    excerpt,
+)
 from apportion.ledger import Event
 from apportion.redaction import redact, scrub
 from apportion.telemetry.base import Sink
@@ -176,6 +182,15 @@ def _require_sqlalchemy() -> None:
         import sqlalchemy  # noqa: F401
     except ImportError:
         raise MissingExtra("sqlalchemy", "sql") from None
+
+
+def _data_errors() -> tuple[type[BaseException], ...]:
+    """Errors that a record's data causes (not the database): SQLAlchemy's and the driver's."""
+    try:
+        from sqlalchemy.exc import DataError
+    except ImportError:  # pragma: no cover - the sink needs SQLAlchemy anyway
+        return (OverflowError, UnicodeError)
+    return (DataError, OverflowError, UnicodeError)
 
 
 def _create_engine(url: str) -> Engine:
@@ -331,8 +346,31 @@ class Database:
 
         try:
             self._replace(latest)
+        except _data_errors():  # some record's data: store the others, one by one
+            return self._replace_each(latest)
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+        return len(latest)
+
+    def _replace_each(self, latest: Mapping[str, RequestUsage]) -> int:
+        """Write each record in a transaction of its own; report the ones refused.
+
+        Raises:
+            RecordsRejected: some records were refused for their data (the rest written).
+            DatabaseUnavailable: the database failed otherwise.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        reasons = []
+        for request_id, record in latest.items():
+            try:
+                self._replace({request_id: record})
+            except _data_errors() as exc:
+                reasons.append(f"{excerpt(request_id)}: {_reason(exc, self.url)}")
+            except SQLAlchemyError as exc:
+                raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+        if reasons:
+            raise RecordsRejected(self.shown, len(reasons), len(latest) - len(reasons), reasons)
         return len(latest)
 
     def _replace(self, latest: Mapping[str, RequestUsage]) -> None:
