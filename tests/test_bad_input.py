@@ -75,6 +75,7 @@ ODD: list[Any] = [
 ]
 BAD = st.one_of(
     st.sampled_from(ODD),
+    st.builds(lambda: 10**5000),  # beyond what repr() and str() allow (never repr'd here)
     st.integers(),
     st.floats(),
     st.text(max_size=12),
@@ -95,7 +96,8 @@ def calls_cleanly(call: Callable[[], object]) -> bool:
     """Run ``call``: True if it succeeded, False if it raised an ApportionError."""
     try:
         call()
-    except ApportionError:
+    except ApportionError as exc:
+        assert len(str(exc)) < 2_000, f"{type(exc).__name__} quotes too much: {str(exc)[:200]}"
         return False
     except Exception as exc:  # anything else is the bug this file is about
         raise AssertionError(f"{type(exc).__name__} (not an ApportionError): {exc!r}") from exc
@@ -500,6 +502,13 @@ def test_completion_argument_checks(name: str, value: Any) -> None:
 # ------------------------------------------------------------------ telemetry
 
 
+def _in_text(value: Any) -> str:
+    """``value`` as it would be written inside a URL (a huge integer's digits, in full)."""
+    if type(value) is int and value.bit_length() > 4000:
+        return "9" * 5000
+    return f"{value}"
+
+
 @given(value=BAD)
 def test_telemetry_urls_and_sinks(value: Any) -> None:
     from apportion.telemetry import open_sinks
@@ -518,8 +527,8 @@ def test_telemetry_urls_and_sinks(value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 65536:
         # never a real port: that would serve metrics
         calls_cleanly(lambda: PrometheusSink(CollectorRegistry(), port=value, addr="127.0.0.1"))
-        calls_cleanly(lambda: open_sinks(f"prometheus://127.0.0.1:{value}"))
-    calls_cleanly(lambda: open_sinks(f"postgresql://u:{value}@h/db"))
+        calls_cleanly(lambda: open_sinks(f"prometheus://127.0.0.1:{_in_text(value)}"))
+    calls_cleanly(lambda: open_sinks(f"postgresql://u:{_in_text(value)}@h/db"))
 
 
 @given(value=BAD)
@@ -529,9 +538,10 @@ def test_store_urls(value: Any) -> None:
 
     calls_cleanly(lambda: open_store(value))
     calls_cleanly(lambda: resolve_policy(value))
-    calls_cleanly(lambda: open_store(f"redis://127.0.0.1:1/0?buckets={value}"))
-    calls_cleanly(lambda: open_store(f"redis://127.0.0.1:{value}/0"))
-    calls_cleanly(lambda: open_store(f"redis://127.0.0.1:1/{value}"))
+    text = _in_text(value)
+    calls_cleanly(lambda: open_store(f"redis://127.0.0.1:1/0?buckets={text}"))
+    calls_cleanly(lambda: open_store(f"redis://127.0.0.1:{text}/0"))
+    calls_cleanly(lambda: open_store(f"redis://127.0.0.1:1/{text}"))
 
 
 # ------------------------------------------------------------------ found by fuzzing

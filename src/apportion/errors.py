@@ -140,7 +140,7 @@ class UnknownAgent(ApportionError, LookupError):
     def __init__(self, agent: object, known: Iterable[str]) -> None:
         known_list = list(known)
         super().__init__(
-            f"unknown agent {agent!r}; the pipeline has: {', '.join(known_list)}",
+            f"unknown agent {excerpt(agent)}; the pipeline has: {', '.join(known_list)}",
             agent=agent,
             known=known_list,
         )
@@ -156,7 +156,7 @@ class UnknownRequest(ApportionError, LookupError):
     request_id: str
 
     def __init__(self, request_id: str) -> None:
-        super().__init__(f"unknown request {request_id!r}", request_id=request_id)
+        super().__init__(f"unknown request {excerpt(request_id)}", request_id=request_id)
 
 
 class DuplicateRequest(ApportionError, ValueError):
@@ -333,7 +333,7 @@ class UnknownPolicy(ApportionError, LookupError):
     def __init__(self, name: object, known: Iterable[str]) -> None:
         known_list = sorted(known)
         super().__init__(
-            f"unknown policy {name!r}; choose one of: {', '.join(known_list)}",
+            f"unknown policy {excerpt(name)}; choose one of: {', '.join(known_list)}",
             name=name,
             known=known_list,
         )
@@ -353,7 +353,8 @@ class UnknownStore(ApportionError, LookupError):
     def __init__(self, url: object, known: Iterable[str]) -> None:
         known_list = sorted(known)
         super().__init__(
-            f"no store for {url!r}; known schemes: {', '.join(s + '://' for s in known_list)}",
+            f"no store for {excerpt(url)}; known schemes: "
+            + ", ".join(s + "://" for s in known_list),
             url=url,
             known=known_list,
         )
@@ -455,7 +456,7 @@ class UnknownModel(ApportionError, LookupError):
     model: str
 
     def __init__(self, model: str, reason: str = "not in LiteLLM's model map") -> None:
-        super().__init__(f"unknown model {model!r}: {reason}", model=model)
+        super().__init__(f"unknown model {excerpt(model)}: {reason}", model=model)
 
 
 class InputTooLarge(ApportionError):
@@ -546,7 +547,7 @@ class UnknownPool(ApportionError, LookupError):
     pool: str
 
     def __init__(self, pool: str) -> None:
-        super().__init__(f"unknown pool {pool!r}: define it first", pool=pool)
+        super().__init__(f"unknown pool {excerpt(pool)}: define it first", pool=pool)
 
 
 class UnknownSink(ApportionError, LookupError):
@@ -564,7 +565,7 @@ class UnknownSink(ApportionError, LookupError):
         known_list = sorted(known)
         why = f": {reason}" if reason else ""
         super().__init__(
-            f"no telemetry sink for {url!r}{why}; known schemes: "
+            f"no telemetry sink for {excerpt(url, 200)}{why}; known schemes: "
             + ", ".join(f"{s}://" for s in known_list)
             + ", or a sink object",
             url=url,

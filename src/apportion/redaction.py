@@ -15,6 +15,8 @@ import re
 from typing import Final
 from urllib.parse import unquote
 
+from apportion.errors import excerpt
+
 __all__ = ["HIDDEN", "redact", "scrub"]
 
 HIDDEN: Final = "***"
@@ -24,7 +26,7 @@ _SCHEME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SECRET_KEYS: Final = r"(?:password|passwd|pwd|pass|sslpassword|secret|token|api_?key|auth)"
 _QUERY_SECRET: Final = re.compile(rf"(?i)([?&;]{_SECRET_KEYS}=)[^&]*")
 _DSN_SECRET: Final = re.compile(rf"(?i)((?:^|\s){_SECRET_KEYS}\s*=\s*)\S*")
-_LONGEST: Final = 2000
+_LONGEST: Final = 500
 
 
 def _credentials(text: str) -> tuple[int, int] | None:
@@ -44,17 +46,16 @@ def _credentials(text: str) -> tuple[int, int] | None:
 def redact(url: object) -> str:
     """``url`` as text with its password (and password-like query values) as ``***``.
 
-    Anything that is not a string is shown by its ``str`` (a ``repr`` for bytes); very
-    long text is cut to its first 2,000 characters.
+    Anything that is not a string is shown by a short ``repr``; very long text is cut to
+    its first 500 characters.
     """
-    text = url if isinstance(url, str) else str(url)
-    if len(text) > _LONGEST:
-        text = text[:_LONGEST] + "..."
+    text = url if isinstance(url, str) else excerpt(url, _LONGEST)
     span = _credentials(text)
     if span is not None:
         text = text[: span[0]] + HIDDEN + text[span[1] :]
     text = _QUERY_SECRET.sub(rf"\1{HIDDEN}", text)
-    return _DSN_SECRET.sub(rf"\1{HIDDEN}", text)
+    text = _DSN_SECRET.sub(rf"\1{HIDDEN}", text)
+    return text if len(text) <= _LONGEST else text[:_LONGEST] + "..."  # cut once hidden
 
 
 def _secrets(url: str) -> list[str]:
@@ -75,11 +76,12 @@ def _secrets(url: str) -> list[str]:
 def scrub(text: str, url: object) -> str:
     """``text`` with ``url`` shown redacted and every secret of ``url`` hidden.
 
-    For messages that may quote a URL, or a part of it, such as a driver's error.
+    For messages that may quote a URL, or a part of it, such as a driver's error; the
+    text is cut to its first 500 characters (a message quotes an excerpt, never a file).
     """
-    raw = url if isinstance(url, str) else str(url)
+    raw = url if isinstance(url, str) else excerpt(url, _LONGEST)
     if raw:
         text = text.replace(raw, redact(raw))
     for secret in _secrets(raw):
         text = text.replace(secret, HIDDEN)
-    return text
+    return text if len(text) <= _LONGEST else text[:_LONGEST] + "..."

@@ -41,7 +41,7 @@ from typing import Any, NoReturn, TypeAlias
 
 import yaml
 
-from apportion.errors import SpecError, UnknownAgent
+from apportion.errors import SpecError, UnknownAgent, excerpt
 from apportion.ledger import is_text
 from apportion.yamlfile import YamlList, YamlMap, load_yaml
 
@@ -100,7 +100,7 @@ def _number(value: object, key: str) -> float:
     except OverflowError:
         result = math.inf
     if not math.isfinite(result):
-        raise SpecError(f"must be a finite number, not {value!r}", key=key)
+        raise SpecError(f"must be a finite number, not {excerpt(value)}", key=key)
     return result
 
 
@@ -200,10 +200,7 @@ def _describe(value: object) -> str:
     """Name a wrong value in an error message."""
     if value is None:
         return "null"
-    text = repr(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"{type(value).__name__} {text}"
+    return f"{type(value).__name__} {excerpt(value, 40)}"
 
 
 def _choice(enum_type: type[Priority] | type[OutputKind], value: object, key: str) -> Any:
@@ -216,7 +213,7 @@ def _choice(enum_type: type[Priority] | type[OutputKind], value: object, key: st
             return enum_type(value.strip().lower())
         except ValueError:
             pass
-    raise SpecError(f"must be one of: {allowed}; got {value!r}", key=key)
+    raise SpecError(f"must be one of: {allowed}; got {excerpt(value)}", key=key)
 
 
 def _count(value: object, key: str) -> int:

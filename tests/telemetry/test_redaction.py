@@ -130,3 +130,11 @@ def test_redis_store_urls(url: str) -> None:
     with pytest.raises(StoreUnavailable) as caught:
         store.open("r", {"a": 0}, 100, 0.0)
     assert _clean(caught.value, caught.value.fields), str(caught.value)
+
+
+def test_a_long_url_is_cut_after_its_password_is_hidden() -> None:
+    url = "postgresql://app:" + "Lk1" * 400 + "@h/" + "d" * 2000
+    shown = redact(url)
+    assert _clean(shown) and len(shown) < 600
+    text = f"cannot parse {url}"
+    assert _clean(scrub(text, url)) and len(scrub(text, url)) < 600

@@ -142,6 +142,7 @@ from apportion.errors import (
     UnknownAgent,
     UnknownPool,
     UnknownRequest,
+    excerpt,
 )
 from apportion.ledger import (
     NANO,
@@ -551,31 +552,28 @@ class RedisStore(Store):
             raise InvalidArgument("prefix", prefix, "not valid text (a lone surrogate?)")
         if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 2**20:
             raise InvalidArgument("buckets", buckets, "an integer from 1 to 1048576")
-        for name, seconds, least in (
+        seconds: dict[str, float] = {}
+        for name, value, least in (
             ("retention_seconds", retention_seconds, 0.001),
             ("socket_timeout", socket_timeout, 0.001),
             ("connect_timeout", connect_timeout, 0.001),
             ("open_grace_seconds", open_grace_seconds, 0.0),
             ("clock_skew_seconds", clock_skew_seconds, 0.0),
         ):
-            if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-                raise InvalidArgument(name, seconds, "a number of seconds")
-            if not least <= seconds < math.inf and not (
-                name == "retention_seconds" and seconds == math.inf
-            ):
-                reason = f"a finite number of seconds, at least {least}"
-                raise InvalidArgument(name, seconds, reason)
-        self.open_grace_seconds = float(open_grace_seconds)
-        self.clock_skew_seconds = float(clock_skew_seconds)
+            seconds[name] = check_time(name, value, infinite=name == "retention_seconds")
+            if seconds[name] < least:
+                raise InvalidArgument(name, value, f"a number of seconds, at least {least}")
+        self.open_grace_seconds = seconds["open_grace_seconds"]
+        self.clock_skew_seconds = seconds["clock_skew_seconds"]
         self.url = redact(url)
         self._raw_url = url
         self.prefix = prefix
         self.buckets = buckets
-        self.retention_seconds = float(retention_seconds)
-        self._retention_ms = _ttl_ms(retention_seconds)
+        self.retention_seconds = seconds["retention_seconds"]
+        self._retention_ms = _ttl_ms(self.retention_seconds)
         self._options: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": seconds["socket_timeout"],
+            "socket_connect_timeout": seconds["connect_timeout"],
             "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
         }
         try:
@@ -634,7 +632,9 @@ class RedisStore(Store):
                 else:
                     rest.append((key, value))
             except ValueError:
-                raise InvalidArgument(key, value, f"not a number (in {redact(url)})") from None
+                raise InvalidArgument(
+                    key, value, f"not a number (in {excerpt(redact(url), 200)})"
+                ) from None
         plain = urlunsplit(parts._replace(query=urlencode(rest))) if ours else url
         try:
             return cls(plain, **ours)

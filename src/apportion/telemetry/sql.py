@@ -209,7 +209,7 @@ def _create_engine(url: str) -> Engine:
     except ModuleNotFoundError as exc:
         raise MissingExtra(exc.name or "the database driver", "postgres") from None
     except (ArgumentError, NoSuchModuleError) as exc:
-        reason = f"not a database URL SQLAlchemy knows: {exc}"
+        reason = f"not a database URL SQLAlchemy knows: {str(exc)[:300]}"
         raise DatabaseUnavailable(redact(url), scrub(reason, url)) from None
 
 
@@ -217,7 +217,7 @@ def _reason(exc: BaseException, url: str) -> str:
     """The first line of a driver's error, any secret of ``url`` in it hidden."""
     orig = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
-    return scrub(lines[0] if lines else type(orig).__name__, url)
+    return scrub(lines[0][:500] if lines else type(orig).__name__, url)
 
 
 @dataclass(frozen=True)
