@@ -41,6 +41,9 @@ from apportion import (
     StaticPolicy,
 )
 from apportion.ledger import Grant
+from apportion.policies.learned import LearnedPolicy
+from apportion.policies.rollout import Rollout
+from apportion.policies.routed import RoutedPolicy
 
 ODD: list[Any] = [
     None,
@@ -320,6 +323,24 @@ POLICY_NEW: dict[Callable[..., Any], dict[str, Any]] = {
     StaticPolicy: {"budgets": {"lead": Budget(10, 10)}},
     LinearEstimator: {"base": 0.0, "per_feature": {}, "per_input": 0.0},
     Budget: {"context_tokens": 1, "output_tokens": 1},
+    LearnedPolicy: {"price": 0.02, "key": "learned", "sync_every": 32, "seed": 1, "explore": 0.5},
+    RoutedPolicy: {"margin": 0.2, "cost_weight": 1.0},
+    Rollout: {
+        "candidate": "uniform",
+        "baseline": "elastic",
+        "steps": (0.5, 1.0),
+        "min_requests": 50,
+        "guard_requests": 20,
+        "alpha": 0.05,
+        "rho": 0.02,
+        "max_quality_drop": 0.05,
+        "max_critical_cut_increase": 0.1,
+        "max_cost_ratio": 1.5,
+        "salt": "",
+        "on_event": None,
+        "name": None,
+        "clock": lambda: 0.0,
+    },
 }
 POLICY_SLOTS = [(cls, name) for cls, args in POLICY_NEW.items() for name in args]
 
