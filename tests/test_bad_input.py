@@ -619,3 +619,24 @@ def test_found_by_fuzzing(case: str) -> None:
     with pytest.raises(ApportionError) as caught:
         FOUND[case]()
     assert caught.value.fields  # says what was wrong, as fields
+
+
+# ------------------------------------------------------------------ token counting, fitting
+
+MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+FIT = {"messages": MESSAGES, "budget": 100, "strategy": "keep-recent", "tools": None}
+
+
+@given(name=st.sampled_from(sorted(FIT)), value=BAD, where=st.sampled_from(["top", "message"]))
+def test_counting_and_fitting(name: str, value: Any, where: str) -> None:
+    from apportion.tokens import ApproximateCounter, count_messages, counter_for, fit_messages
+
+    counter = ApproximateCounter("gpt-4o")
+    args = with_bad(FIT, name, value)
+    if where == "message":  # the bad value inside a message instead
+        args = {**FIT, "messages": [MESSAGES[0], {"role": "user", name: value}]}
+    calls_cleanly(lambda: fit_messages(args.pop("messages"), args.pop("budget"), counter, **args))
+    calls_cleanly(lambda: count_messages("gpt-4o", [{"role": "user", "content": value}]))
+    calls_cleanly(lambda: count_messages("gpt-4o", value, counter="approximate"))
+    calls_cleanly(lambda: counter_for(value, "approximate"))
+    calls_cleanly(lambda: counter_for("gpt-4o", value))
