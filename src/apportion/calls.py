@@ -133,7 +133,10 @@ class CallRecord:
             if kind is None or isinstance(value, bool) is not (kind is bool):
                 continue
             if kind is float:
-                usable = isinstance(value, int | float) and math.isfinite(value)
+                try:
+                    usable = isinstance(value, int | float) and math.isfinite(value)
+                except OverflowError:  # an integer beyond any float
+                    usable = False
                 value = float(value) if usable else value
             elif kind is int:
                 usable = isinstance(value, int) and value >= 0

@@ -35,6 +35,7 @@ from typing import Any
 
 from apportion.errors import InvalidPrice, UnknownModel
 from apportion.ledger import nano_prices
+from apportion.limits import excerpt
 from apportion.spec import OutputKind
 from apportion.yamlfile import YamlList, YamlMap, load_yaml
 
@@ -243,7 +244,9 @@ class Catalog:
         model = self.find(name) if isinstance(name, str) else None
         if model is None:
             searched = " and ".join(self.searched) or "no catalog"
-            raise UnknownModel(str(name), f"not in {searched}")
+            raise UnknownModel(
+                name if isinstance(name, str) else excerpt(name), f"not in {searched}"
+            )
         return model
 
     def routable(self) -> list[ModelInfo]:

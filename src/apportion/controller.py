@@ -26,11 +26,24 @@ from apportion.errors import (
     BudgetExceeded,
     CostExceeded,
     ForeignGrant,
+    InvalidArgument,
     InvalidPrice,
     RequestClosed,
     UnknownModel,
 )
-from apportion.ledger import CLOSED, FAILED, NANO, Grant, check_ceiling, check_tokens
+from apportion.ledger import (
+    CLOSED,
+    FAILED,
+    MAX_COST,
+    NANO,
+    Grant,
+    check_ceiling,
+    check_name,
+    check_outcome,
+    check_seconds,
+    check_time,
+    check_tokens,
+)
 from apportion.policies import Policy, resolve_policy
 from apportion.policies.base import Observation
 from apportion.pools import check_pool_name, check_priority
@@ -63,24 +76,18 @@ class _Config:
         reap_every: float = 30.0,
     ) -> None:
         if not isinstance(pipeline, Pipeline):
-            raise TypeError(
-                f"pipeline must be an apportion.Pipeline, not {type(pipeline).__name__}"
-            )
-        for name, value in (
-            ("lease_seconds", lease_seconds),
-            ("request_ttl", request_ttl),
-            ("reap_every", reap_every),
-        ):
-            if not (isinstance(value, int | float) and value > 0 and not math.isnan(value)):
-                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+            raise InvalidArgument("pipeline", pipeline, "an apportion.Pipeline")
+        lease_seconds = check_seconds("lease_seconds", lease_seconds)
+        request_ttl = check_seconds("request_ttl", request_ttl)
+        reap_every = check_seconds("reap_every", reap_every)
         self.pipeline = pipeline
         self.policy = resolve_policy(policy)
         self.policy.check_pipeline(pipeline)
         self.store = open_store(store)
-        self.clock = clock
-        self.lease_seconds = float(lease_seconds)
-        self.request_ttl = float(request_ttl)
-        self.reap_every = float(reap_every)
+        self.clock = _checked_clock(clock)
+        self.lease_seconds = lease_seconds
+        self.request_ttl = request_ttl
+        self.reap_every = reap_every
         self.next_reap = -math.inf
         self.ranks = {a.name: a.priority.rank for a in pipeline.agents}
         self.sinks: list[Any] = []
@@ -92,6 +99,10 @@ class _Config:
                 self.policy.attach_telemetry(DecisionRecorder(self.sinks))
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
+        if isinstance(catalog, str) and ("\x00" in catalog or not catalog.strip()):
+            raise InvalidArgument("catalog", catalog, "a catalog file's path")
+        if isinstance(catalog, str):
+            check_name("catalog", catalog)
         self._catalog = catalog
         self._cheapest: tuple[int, str] | None = None
 
@@ -433,15 +444,12 @@ class _Steps:
             record.note(fields)
 
     def score(self, value: float) -> None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise ValueError(f"an outcome score is a finite number, not {value!r}")
+        if value is None:
+            raise InvalidArgument("outcome", value, "an outcome score is a finite number")
+        outcome = check_outcome(value)
         if self.closed:
             raise RequestClosed(self.obs.request_id, self.obs.state.status)
-        self.outcome = float(value)
+        self.outcome = outcome
 
 
 def _reap(config: _Config) -> Steps[int]:
@@ -481,10 +489,14 @@ def _check_ceiling_usd(config: _Config, value: object) -> int:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
+        or not 0 < value <= MAX_COST / NANO
+        or math.isnan(value)
     ):
-        raise InvalidPrice("ceiling_usd", value, "a cost ceiling is a positive number of USD")
+        raise InvalidPrice(
+            "ceiling_usd",
+            value,
+            f"a cost ceiling is a positive number of USD up to {MAX_COST // NANO}",
+        )
     nano = math.floor(value * NANO)
     cheapest = config.cheapest_call()
     if cheapest is not None and nano < cheapest[0]:
@@ -501,13 +513,26 @@ def _check_features(features: Mapping[str, Any] | None) -> Mapping[str, Any]:
     if features is None:
         return {}
     if not isinstance(features, Mapping):
-        raise TypeError(f"features must be a mapping, not {type(features).__name__}")
+        raise InvalidArgument("features", features, "a mapping of feature names to values")
     for key, value in features.items():
-        if not isinstance(key, str):
-            raise TypeError(f"feature names are strings, not {key!r}")
+        if type(key) is not str:
+            raise InvalidArgument("features", key, "feature names are strings")
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"feature {key!r} is {value!r}; features must be finite")
+            raise InvalidArgument(f"features[{key!r}]", value, "features must be finite")
     return dict(features)
+
+
+def _checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
+    """``clock``, with every reading checked to be a finite time (the standard ones as is)."""
+    if clock in (time.time, time.monotonic, time.perf_counter):
+        return clock
+    if not callable(clock):
+        raise InvalidArgument("clock", clock, "a function returning the time in seconds")
+
+    def now() -> float:
+        return check_time("clock()", clock())
+
+    return now
 
 
 def _run(store: Store, steps: Steps[T]) -> T:
@@ -589,6 +614,7 @@ class _RequestBase:
 
         The integrations ask this as a stream's chunks arrive.
         """
+        self._steps._own(grant)
         config = self._steps.config
         record = self._steps.obs.calls.get(grant.grant_id)
         ends = grant.lease_expires_at if record is None else record.lease_expires_at

@@ -85,11 +85,33 @@ class InvalidTokenCount(ApportionError, ValueError):
     value: object
 
     def __init__(self, field: str, value: object, reason: str) -> None:
-        super().__init__(f"{field}={value!r}: {reason}", field=field, value=value)
+        super().__init__(f"{field}={excerpt(value)}: {reason}", field=field, value=value)
 
 
 class InvalidCeiling(InvalidTokenCount):
     """A request ceiling is zero, negative or not an integer."""
+
+
+class InvalidArgument(ApportionError, TypeError, ValueError):
+    """An argument of a public call has the wrong type or an impossible value.
+
+    A subclass of both ``TypeError`` and ``ValueError``, so code written for either still
+    catches it.
+
+    Attributes:
+        argument: the argument's name (``lease_seconds``, ``features``, ``url`` ...).
+        value: the value given (a URL with its password hidden).
+        reason: what is wrong with it.
+    """
+
+    argument: str
+    value: object
+    reason: str
+
+    def __init__(self, argument: str, value: object, reason: str) -> None:
+        super().__init__(
+            f"{argument}={excerpt(value)}: {reason}", argument=argument, value=value, reason=reason
+        )
 
 
 class UnknownAgent(ApportionError, LookupError):
@@ -122,7 +144,7 @@ class UnknownRequest(ApportionError, LookupError):
     request_id: str
 
     def __init__(self, request_id: str) -> None:
-        super().__init__(f"unknown request {request_id!r}", request_id=request_id)
+        super().__init__(f"unknown request {excerpt(request_id)}", request_id=request_id)
 
 
 class DuplicateRequest(ApportionError, ValueError):
@@ -231,7 +253,9 @@ class InvalidPrice(ApportionError, ValueError):
     reason: str
 
     def __init__(self, field: str, value: object, reason: str) -> None:
-        super().__init__(f"{field}={value!r}: {reason}", field=field, value=value, reason=reason)
+        super().__init__(
+            f"{field}={excerpt(value)}: {reason}", field=field, value=value, reason=reason
+        )
 
 
 class GrantSettled(ApportionError, RuntimeError):
@@ -297,7 +321,7 @@ class UnknownPolicy(ApportionError, LookupError):
     def __init__(self, name: object, known: Iterable[str]) -> None:
         known_list = sorted(known)
         super().__init__(
-            f"unknown policy {name!r}; choose one of: {', '.join(known_list)}",
+            f"unknown policy {excerpt(name)}; choose one of: {', '.join(known_list)}",
             name=name,
             known=known_list,
         )
@@ -317,7 +341,8 @@ class UnknownStore(ApportionError, LookupError):
     def __init__(self, url: object, known: Iterable[str]) -> None:
         known_list = sorted(known)
         super().__init__(
-            f"no store for {url!r}; known schemes: {', '.join(s + '://' for s in known_list)}",
+            f"no store for {excerpt(url)}; known schemes: "
+            + ", ".join(s + "://" for s in known_list),
             url=url,
             known=known_list,
         )
@@ -430,7 +455,7 @@ class UnknownModel(ApportionError, LookupError):
     model: str
 
     def __init__(self, model: str, reason: str = "not in LiteLLM's model map") -> None:
-        super().__init__(f"unknown model {model!r}: {reason}", model=model)
+        super().__init__(f"unknown model {excerpt(model)}: {reason}", model=model)
 
 
 class InputTooLarge(ApportionError):
@@ -521,7 +546,7 @@ class UnknownPool(ApportionError, LookupError):
     pool: str
 
     def __init__(self, pool: str) -> None:
-        super().__init__(f"unknown pool {pool!r}: define it first", pool=pool)
+        super().__init__(f"unknown pool {excerpt(pool)}: define it first", pool=pool)
 
 
 class UnknownSink(ApportionError, LookupError):
@@ -539,11 +564,41 @@ class UnknownSink(ApportionError, LookupError):
         known_list = sorted(known)
         why = f": {reason}" if reason else ""
         super().__init__(
-            f"no telemetry sink for {url!r}{why}; known schemes: "
+            f"no telemetry sink for {excerpt(url, 200)}{why}; known schemes: "
             + ", ".join(f"{s}://" for s in known_list)
             + ", or a sink object",
             url=url,
             known=known_list,
+        )
+
+
+class RecordsRejected(ApportionError, ValueError):
+    """Some records of a batch could not be stored (their data); the others were.
+
+    A telemetry database refused these records for what they hold (a number beyond its
+    column, ...), not for being unreachable: each was tried on its own, and every other
+    record of the batch was written.
+
+    Attributes:
+        where: the database (password hidden).
+        rejected: how many records were not stored.
+        written: how many records of the batch were.
+        reasons: ``request id: why`` of the first few rejected.
+    """
+
+    where: str
+    rejected: int
+    written: int
+    reasons: list[str]
+
+    def __init__(self, where: str, rejected: int, written: int, reasons: list[str]) -> None:
+        super().__init__(
+            f"{where}: {rejected} record(s) could not be stored ({written} were): "
+            + "; ".join(reasons[:3]),
+            where=where,
+            rejected=rejected,
+            written=written,
+            reasons=reasons,
         )
 
 

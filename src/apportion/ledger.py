@@ -35,6 +35,7 @@ never hidden (``cost_consumed`` may then pass the ceiling; every later grant is 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -44,6 +45,7 @@ from apportion.errors import (
     ForeignGrant,
     GrantExpired,
     GrantSettled,
+    InvalidArgument,
     InvalidCeiling,
     InvalidPrice,
     InvalidTokenCount,
@@ -51,6 +53,7 @@ from apportion.errors import (
     UnknownAgent,
 )
 from apportion.limits import MAX_TOKENS as MAX_TOKENS  # largest token count (re-exported)
+from apportion.limits import is_text
 
 NANO = 10**9
 """nano-USD per USD: the ledger accounts cost in integers of 1e-9 USD."""
@@ -148,6 +151,80 @@ def check_tokens(field: str, value: object) -> int:
     if value < 0:
         raise InvalidTokenCount(field, value, "token counts cannot be negative")
     raise InvalidTokenCount(field, value, f"above the limit of {MAX_TOKENS} tokens")
+
+
+def check_time(field: str, value: object, *, infinite: bool = False) -> float:
+    """Return ``value`` (a clock time or seconds) as a float, or raise :class:`InvalidArgument`.
+
+    A time is a real number (not ``bool``), finite unless ``infinite`` allows ``+inf``.
+    """
+    if type(value) is float and value - value == 0.0:  # the common case: finite float
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgument(field, value, "a time is a number of seconds")
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError):
+        raise InvalidArgument(field, value, "a number too large for a clock") from None
+    if math.isnan(number) or number == -math.inf or (number == math.inf and not infinite):
+        raise InvalidArgument(field, value, "a time is a finite number of seconds")
+    return number
+
+
+def check_seconds(field: str, value: object, *, infinite: bool = True) -> float:
+    """Return ``value`` as a positive number of seconds (``+inf`` allowed when ``infinite``)."""
+    seconds = check_time(field, value, infinite=infinite)
+    if seconds <= 0:
+        raise InvalidArgument(field, value, "a positive number of seconds")
+    return seconds
+
+
+def check_name(field: str, value: object) -> str:
+    """Return ``value`` as a name (an id, an agent ...), or raise :class:`InvalidArgument`.
+
+    A name is a string that can be stored anywhere: valid Unicode (no lone surrogate).
+    """
+    if type(value) is not str:
+        if not isinstance(value, str):
+            raise InvalidArgument(field, value, "a name is a string")
+        value = str(value)
+    if not is_text(value):
+        raise InvalidArgument(field, value, "not valid text: it holds a lone surrogate")
+    return value
+
+
+def check_status(status: object) -> str:
+    """Return a closing status (``closed``, ``failed`` or ``expired``)."""
+    if type(status) is not str or status not in STATUSES or status == OPEN:
+        raise InvalidArgument("status", status, "one of closed, failed, expired")
+    return status
+
+
+def check_ranks(ranks: object) -> Mapping[str, int]:
+    """Return ``ranks`` (agent name -> priority rank), or raise :class:`InvalidArgument`."""
+    if not isinstance(ranks, Mapping) or not ranks:
+        raise InvalidArgument("ranks", ranks, "a non-empty mapping of agent names to ranks")
+    for agent, rank in ranks.items():
+        check_name("ranks", agent)
+        if type(rank) is not int or not -1000 <= rank <= 1000:
+            reason = "a rank is an integer in [-1000, 1000]"
+            raise InvalidArgument(f"ranks[{agent!r}]", rank, reason)
+    return ranks
+
+
+def check_outcome(value: object) -> float | None:
+    """Return an outcome score as a float (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgument("outcome", value, "an outcome score is a finite number")
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise InvalidArgument("outcome", value, "an outcome score is a finite number")
+    return number
 
 
 def nano_prices(input_price: float, output_price: float) -> tuple[int, int]:
@@ -285,7 +362,11 @@ class Ledger:
         expires_at: float = math.inf,
         ceiling_usd: int | None = None,
     ) -> None:
+        request_id = check_name("request_id", request_id)
+        ranks = check_ranks(ranks)
         ceiling = check_ceiling(ceiling)
+        now = check_time("now", now)
+        expires_at = check_time("expires_at", expires_at, infinite=True)
         cost_ceiling = check_ceiling_usd(ceiling_usd)
         clean_alloc = _check_plan("allocation", allocation, ranks)
         clean_reserve = {a: t for a, t in _check_plan("reserve", reserve, ranks).items() if t}
@@ -402,14 +483,18 @@ class Ledger:
             BudgetExceeded: the grant is larger than ``available_for(agent)``.
             CostExceeded: the grant's full-size cost is above what the cost ceiling leaves.
         """
-        if agent not in self.ranks:
+        if type(agent) is not str or agent not in self.ranks:
             raise UnknownAgent(agent, self.ranks)
         context_tokens = check_tokens("context_tokens", context_tokens)
         output_tokens = check_tokens("output_tokens", output_tokens)
+        now = check_time("now", now)
+        lease_seconds = check_seconds("lease_seconds", lease_seconds)
         asked = context_tokens if asked is None else check_tokens("input_tokens", asked)
         prices = check_prices(prices)
         if model is not None and (not isinstance(model, str) or not model):
             raise InvalidPrice("model", model, "a model is a non-empty name")
+        if model is not None:
+            model = check_name("model", model)
         self._check_open(now)
         if prices is None and self.cost_ceiling is not None:
             raise InvalidPrice(
@@ -481,6 +566,8 @@ class Ledger:
         """
         output_tokens = check_tokens("output_tokens", output_tokens)
         context_tokens = check_tokens("context_tokens", context_tokens)
+        now = check_time("now", now)
+        lease_seconds = check_seconds("lease_seconds", lease_seconds)
         self._check_open(now)
         current = self._open_grant(grant)
         extra = output_tokens + context_tokens
@@ -542,6 +629,7 @@ class Ledger:
         input_tokens = check_tokens("input_tokens", input_tokens)
         output_tokens = check_tokens("output_tokens", output_tokens)
         new_plan = _check_plan("allocation", allocation, self.ranks) if allocation else None
+        now = check_time("now", now)
         self._check_open(now)
         late = getattr(grant, "grant_id", None) not in self.grants and self._expired(grant)
         current = grant if late else self._open_grant(grant)
@@ -608,6 +696,8 @@ class Ledger:
         Raises:
             RequestClosed, ForeignGrant, GrantSettled, GrantExpired: nothing is changed.
         """
+        now = check_time("now", now)
+        reason = check_name("reason", reason)
         self._check_open(now)
         self._release(self._open_grant(grant), now, "release", reason)
 
@@ -621,14 +711,13 @@ class Ledger:
 
         Raises:
             RequestClosed: it was already closed.
-            ValueError: unknown status or a non-finite outcome.
+            InvalidArgument: unknown status, a non-finite outcome, a bad time.
         """
         if self.status != OPEN:
             raise RequestClosed(self.request_id, self.status)
-        if status not in STATUSES or status == OPEN:
-            raise ValueError(f"status must be one of closed, failed, expired, not {status!r}")
-        if outcome is not None and not math.isfinite(outcome):
-            raise ValueError(f"outcome must be a finite number, not {outcome!r}")
+        status = check_status(status)
+        outcome = check_outcome(outcome)
+        now = check_time("now", now)
         self.reap(now)
         for grant in list(self.grants.values()):
             self._release(grant, now, "close", status)
@@ -639,6 +728,7 @@ class Ledger:
 
     def reap(self, now: float) -> int:
         """Release every grant whose lease ended at or before ``now``; return how many."""
+        now = check_time("now", now, infinite=True)
         if not self.grants or now < self._next_lease:
             return 0
         expired = [g for g in self.grants.values() if g.lease_expires_at <= now]
@@ -738,11 +828,13 @@ class Ledger:
 def _check_plan(
     field: str, plan: Mapping[str, int] | None, ranks: Mapping[str, int]
 ) -> dict[str, int]:
-    if not plan:
+    if plan is None:
         return {}
+    if not isinstance(plan, Mapping):
+        raise InvalidArgument(field, plan, "a mapping of agent names to token counts")
     clean = {}
     for agent, tokens in plan.items():
-        if agent not in ranks:
+        if type(agent) is not str or agent not in ranks:
             raise UnknownAgent(agent, ranks)
         if type(tokens) is not int or not 0 <= tokens <= MAX_TOKENS:
             tokens = check_tokens(f"{field}[{agent}]", tokens)

@@ -16,6 +16,7 @@ __all__ = [
     "MAX_INTEGER",
     "MAX_TOKENS",
     "excerpt",
+    "is_text",
     "listing",
     "printable",
 ]
@@ -42,7 +43,7 @@ def printable(text: str) -> str:
 
 
 def excerpt(value: object, limit: int = EXCERPT) -> str:
-    """``repr(value)``, cut to about ``limit`` characters with an ellipsis, printable.
+    """``repr(value)``, cut to about ``limit`` characters with an ellipsis, printable; never raises.
 
     Strings keep their quotes, so the reader sees where the value starts; a cut one shows
     how long it was.
@@ -52,7 +53,10 @@ def excerpt(value: object, limit: int = EXCERPT) -> str:
         return f"{'-' if value < 0 else ''}an integer of about {digits:,} digits"
     if isinstance(value, str) and len(value) > limit:
         return printable(repr(value[:limit]))[:-1] + f"...' ({len(value):,} characters)"
-    text = printable(repr(value))
+    try:
+        text = printable(repr(value))
+    except Exception:  # a broken __repr__ must not break the error that quotes it
+        text = f"<{type(value).__name__} object>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -65,3 +69,14 @@ def listing(names: Iterable[object], limit: int = 5) -> str:
     ]
     more = len(items) - limit
     return ", ".join(shown) + (f" and {more:,} more" if more > 0 else "")
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` is valid Unicode text (no lone surrogate): storable anywhere."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -55,8 +55,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from apportion.errors import PoolExhausted
-from apportion.ledger import check_ceiling, check_tokens
+from apportion.errors import InvalidArgument, PoolExhausted
+from apportion.ledger import check_ceiling, check_name, check_seconds, check_tokens
 from apportion.spec import Priority
 
 PRIORITY_RANKS: Mapping[str, int] = MappingProxyType({p.value: p.rank for p in Priority})
@@ -64,20 +64,20 @@ PRIORITY_RANKS: Mapping[str, int] = MappingProxyType({p.value: p.rank for p in P
 
 
 def check_priority(priority: object) -> str:
-    """Return ``priority`` as a priority class name, or raise ``ValueError``."""
+    """Return ``priority`` as a priority class name, or raise :class:`InvalidArgument`."""
     name = priority.value if isinstance(priority, Priority) else priority
-    if not isinstance(name, str) or name not in PRIORITY_RANKS:
-        raise ValueError(
-            f"priority class must be one of {', '.join(PRIORITY_RANKS)}, not {priority!r}"
+    if type(name) is not str or name not in PRIORITY_RANKS:
+        raise InvalidArgument(
+            "priority", priority, f"a priority class is one of {', '.join(PRIORITY_RANKS)}"
         )
     return name
 
 
 def check_pool_name(name: object) -> str:
-    """Return ``name`` as a pool name (non-empty, no braces), or raise ``ValueError``."""
-    if not isinstance(name, str) or not name or "{" in name or "}" in name:
-        raise ValueError(f"a pool name is a non-empty string without braces, not {name!r}")
-    return name
+    """Return ``name`` as a pool name (non-empty, no braces), or raise :class:`InvalidArgument`."""
+    if type(name) is not str or not name or "{" in name or "}" in name:
+        raise InvalidArgument("pool", name, "a pool name is a non-empty string without braces")
+    return check_name("pool", name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ class Pool:
             above it; lower classes cannot draw on them.
 
     Raises:
-        ValueError: a bad name, window, class name, or reserves above the capacity.
+        InvalidArgument: a bad name, window, class name, or reserves above the capacity.
         InvalidTokenCount: the capacity or a reserve is not a token count.
     """
 
@@ -104,22 +104,20 @@ class Pool:
     def __post_init__(self) -> None:
         check_pool_name(self.name)
         object.__setattr__(self, "capacity", check_ceiling(self.capacity))
-        window = self.window_seconds
-        if (
-            isinstance(window, bool)
-            or not isinstance(window, int | float)
-            or not window > 0
-            or math.isnan(window)
-        ):
-            raise ValueError(f"window_seconds must be a positive number, not {window!r}")
-        object.__setattr__(self, "window_seconds", float(window))
+        window = check_seconds("window_seconds", self.window_seconds)
+        object.__setattr__(self, "window_seconds", window)
+        if not isinstance(self.reserve, Mapping):
+            reason = "a mapping of priority classes to tokens"
+            raise InvalidArgument("reserve", self.reserve, reason)
         reserve = {
             check_priority(c): check_tokens(f"reserve[{c}]", t) for c, t in self.reserve.items()
         }
         if sum(reserve.values()) > self.capacity:
-            raise ValueError(
+            raise InvalidArgument(
+                "reserve",
+                dict(reserve),
                 f"pool {self.name!r}: reserves of {sum(reserve.values())} tokens exceed "
-                f"the capacity of {self.capacity}"
+                f"the capacity of {self.capacity}",
             )
         object.__setattr__(self, "reserve", MappingProxyType({c: t for c, t in reserve.items()}))
 

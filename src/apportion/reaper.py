@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 from collections.abc import Callable
 from types import TracebackType
+
+from apportion.errors import InvalidArgument
+from apportion.ledger import check_seconds
 
 
 class Reaper:
@@ -21,15 +23,13 @@ class Reaper:
     """
 
     def __init__(self, reap: Callable[[], int], every: float) -> None:
-        if (
-            isinstance(every, bool)
-            or not isinstance(every, int | float)
-            or not every > 0
-            or math.isinf(every)
-        ):
-            raise ValueError(f"every must be a positive number of seconds, not {every!r}")
+        every = check_seconds("every", every, infinite=False)
+        if every > threading.TIMEOUT_MAX:
+            raise InvalidArgument("every", every, f"at most {threading.TIMEOUT_MAX:.0f} seconds")
+        if not callable(reap):
+            raise InvalidArgument("reap", reap, "a function to call")
         self._reap = reap
-        self.every = float(every)
+        self.every = every
         self.runs = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="apportion-reaper", daemon=True)

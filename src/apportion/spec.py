@@ -43,7 +43,7 @@ import yaml
 
 from apportion.errors import SpecError, UnknownAgent
 from apportion.files import write_atomic
-from apportion.limits import excerpt, listing
+from apportion.limits import excerpt, is_text, listing
 from apportion.yamlfile import YamlList, YamlMap, load_yaml
 
 __all__ = [
@@ -202,10 +202,7 @@ def _describe(value: object) -> str:
     """Name a wrong value in an error message."""
     if value is None:
         return "null"
-    text = repr(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"{type(value).__name__} {text}"
+    return f"{type(value).__name__} {excerpt(value, 40)}"
 
 
 def _short(name: str) -> str:
@@ -293,14 +290,17 @@ class Agent:
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise SpecError(f"must be a non-empty string, not {_describe(name)}", key="name")
+        if not is_text(name):
+            raise SpecError("must be valid text, not one holding a lone surrogate", key="name")
         setattr_ = object.__setattr__
         setattr_(self, "name", name)
         setattr_(self, "priority", _choice(Priority, priority, "priority"))
         setattr_(self, "after", self._check_after(name, after))
         setattr_(self, "output_kind", _choice(OutputKind, output_kind, "output_kind"))
-        if model is not None and (not isinstance(model, str) or not model):
+        if model is not None and (not isinstance(model, str) or not model or not is_text(model)):
             raise SpecError(
-                f"must be a non-empty string or null, not {_describe(model)}", key="model"
+                f"must be a non-empty string (valid text) or null, not {_describe(model)}",
+                key="model",
             )
         setattr_(self, "model", model)
         checked_min = _count(min_output, "min_output")

@@ -415,7 +415,7 @@ def test_unreachable_is_a_clear_error(own_redis_server: RedisServer) -> None:
     with pytest.raises(StoreUnavailable) as info:
         store.open("r", RANKS, 100, 0.0)
     error = info.value
-    assert error.url == error.fields["url"] == f"redis://127.0.0.1:{url.rsplit(':', 1)[1]}"
+    assert error.url == error.fields["url"] == url.replace("s3cret", "***")
     assert "s3cret" not in str(error) and error.reason
     with pytest.raises(StoreUnavailable):
         store.get("r")

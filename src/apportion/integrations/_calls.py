@@ -95,8 +95,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from apportion.errors import ApportionError, BudgetExceeded
-from apportion.ledger import Grant
+from apportion.errors import ApportionError, BudgetExceeded, InvalidArgument
+from apportion.ledger import Grant, check_name, check_tokens
 
 CONTINUE_PROMPT = "Continue exactly where you stopped."
 """The user turn that asks a cut answer to go on (after the answer so far)."""
@@ -229,23 +229,25 @@ class ChatCall:
         from apportion.tokens.counting import counter_for
 
         if not isinstance(agent, str):
-            raise TypeError(f"agent must be an agent name, not {agent!r}")
+            raise InvalidArgument("agent", agent, "an agent name")
         if not isinstance(model, str) or not model:
-            raise TypeError(f"model must be a model name, not {model!r}")
+            raise InvalidArgument("model", model, "a model name")
+        model = check_name("model", model)
         if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
-            raise TypeError("messages must be a list of chat messages")
-        if isinstance(max_extensions, bool) or not isinstance(max_extensions, int):
-            raise TypeError(f"max_extensions must be an int, not {max_extensions!r}")
-        if max_extensions < 0:
-            raise ValueError(f"max_extensions cannot be negative, not {max_extensions}")
+            raise InvalidArgument("messages", messages, "a list of chat messages")
+        if type(max_extensions) is not int or not 0 <= max_extensions <= 1000:
+            raise InvalidArgument("max_extensions", max_extensions, "an integer from 0 to 1000")
         params = dict(params)
-        caps = [params.pop(k) for k in ("max_tokens", "max_completion_tokens") if k in params]
-        caps = [c for c in caps if c is not None]
+        caps = [
+            check_tokens(k, params.pop(k))
+            for k in ("max_tokens", "max_completion_tokens")
+            if params.get(k) is not None
+        ]
         self.cap: int | None = min(caps) if caps else None
         n = params.get("n")
         n = 1 if n is None else n
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, not {n!r}")
+        if type(n) is not int or not 1 <= n <= 128:
+            raise InvalidArgument("n", n, "a number of choices from 1 to 128")
         self.n = n
         self.agent = agent
         self.model = model
@@ -610,7 +612,9 @@ def is_async_request(req: Any) -> bool:
 
 def _check_sync(req: Any) -> None:
     if is_async_request(req):
-        raise TypeError("an AsyncRequest needs the async call: use `await req.acompletion(...)`")
+        raise InvalidArgument(
+            "req", req, "an AsyncRequest needs the async call: use `await req.acompletion(...)`"
+        )
 
 
 def _routes(req: Any, call: ChatCall) -> bool:

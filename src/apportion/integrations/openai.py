@@ -33,6 +33,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from apportion.errors import InvalidArgument
 from apportion.integrations._calls import (
     MAX_EXTENSIONS,
     AsyncBudgetedStream,
@@ -58,14 +59,14 @@ def budgeted(client: Any, req: Any) -> BudgetedOpenAI | AsyncBudgetedOpenAI:
     """
     create = getattr(getattr(getattr(client, "chat", None), "completions", None), "create", None)
     if not callable(create):
-        raise TypeError(
-            f"{type(client).__name__} is not an OpenAI client (no chat.completions.create)"
-        )
+        raise InvalidArgument("client", client, "not an OpenAI client (no chat.completions.create)")
     if _is_async(client, create):
         return AsyncBudgetedOpenAI(client, req)
     if is_async_request(req):
-        raise TypeError(
-            "a sync OpenAI client cannot be budgeted by an AsyncRequest: use AsyncOpenAI"
+        raise InvalidArgument(
+            "client",
+            client,
+            "a sync OpenAI client cannot be budgeted by an AsyncRequest: use AsyncOpenAI",
         )
     return BudgetedOpenAI(client, req)
 

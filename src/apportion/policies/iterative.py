@@ -13,6 +13,7 @@ agent must wrap up with what it has. Priorities are not used.
 from __future__ import annotations
 
 from apportion.errors import PolicyConfigError
+from apportion.limits import excerpt
 from apportion.policies.predicting import PredictingPolicy
 from apportion.policies.sharing import SharedState
 
@@ -42,7 +43,14 @@ class IterativePolicy(PredictingPolicy):
         sync_every: int = 32,
     ) -> None:
         super().__init__(margin=margin, store=store, key=key, sync_every=sync_every)
-        if not 0.0 < first_share <= 1.0:
-            raise PolicyConfigError(f"first_share must be in (0, 1], not {first_share!r}")
+        if (
+            isinstance(first_share, bool)
+            or not isinstance(first_share, int | float)
+            or not 0.0 < first_share <= 1.0
+        ):
+            raise PolicyConfigError(
+                f"first_share must be a number in (0, 1], not {excerpt(first_share)}",
+                first_share=first_share,
+            )
         self.first_share = first_share
         self.output_factor = first_share * (1 + margin)

@@ -85,6 +85,7 @@ import numpy as np
 
 from apportion.errors import PolicyConfigError, PolicyStateError, StateVersionError
 from apportion.ledger import Grant
+from apportion.limits import excerpt
 from apportion.policies import learned_state
 from apportion.policies.base import Decision, Observation, clip_output
 from apportion.policies.learned_state import STATE_FORMAT, STATE_VERSION
@@ -169,12 +170,15 @@ class LearnedPolicy(PredictingPolicy):
         explore: float = 0.5,
     ) -> None:
         super().__init__(margin=0.0, store=store, key=key, sync_every=sync_every)
-        if not (math.isfinite(price) and price >= 0):
-            raise PolicyConfigError(f"price must be a number >= 0, not {price!r}", price=price)
-        if sync_every < 1:
-            raise PolicyConfigError(f"sync_every must be at least 1, not {sync_every!r}")
-        if not (math.isfinite(explore) and explore >= 0):
-            raise PolicyConfigError(f"explore must be a number >= 0, not {explore!r}")
+        for name, value in (("price", price), ("explore", explore)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value < 1e9
+            ):
+                raise PolicyConfigError(f"{name} must be a number >= 0, not {excerpt(value)}")
+        if seed is not None and (type(seed) is not int or not 0 <= seed < 2**128):
+            raise PolicyConfigError(f"seed must be a non-negative integer, not {excerpt(seed)}")
         self.explore = float(explore)
         self.price = float(price)
         self.store = store

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, TypeVar
 
 from apportion.errors import PolicyConfigError, PolicyStateError
 from apportion.ledger import MAX_TOKENS, Grant
+from apportion.limits import excerpt
 from apportion.policies import state as saved
 from apportion.policies.base import _OUTPUT_FIRST_SHARE, Observation, Plan, Policy, clip_output
 from apportion.policies.needs import NeedModel
@@ -85,12 +86,21 @@ class PredictingPolicy(Policy):
         key: str | None = None,
         sync_every: int = 32,
     ) -> None:
-        if not 0.0 <= margin <= 10.0:
+        if (
+            isinstance(margin, bool)
+            or not isinstance(margin, int | float)
+            or not 0.0 <= margin <= 10.0
+        ):
             raise PolicyConfigError(
-                f"margin must be between 0 and 10, not {margin!r}", margin=margin
+                f"margin must be a number between 0 and 10, not {excerpt(margin)}", margin=margin
             )
-        if sync_every < 1:
-            raise PolicyConfigError(f"sync_every must be at least 1, not {sync_every!r}")
+        if type(sync_every) is not int or not 1 <= sync_every <= 2**31:
+            raise PolicyConfigError(
+                f"sync_every must be an integer of at least 1, not {excerpt(sync_every)}",
+                sync_every=sync_every,
+            )
+        if key is not None and (type(key) is not str or not key):
+            raise PolicyConfigError(f"key must be a non-empty string, not {excerpt(key)}", key=key)
         self.margin = margin
         self.output_factor = 1 + margin
         self.store = store

@@ -44,6 +44,7 @@ from typing import Any
 
 from apportion.errors import PolicyConfigError
 from apportion.ledger import Grant
+from apportion.limits import excerpt
 from apportion.policies import resolve_policy
 from apportion.policies.base import Decision, DecisionLog, Observation, Plan, Policy
 from apportion.policies.learned import check_outcome
@@ -198,11 +199,31 @@ class Rollout(Policy):
                 f"a rollout's candidate must differ from its baseline ({candidate!r})",
                 candidate=str(candidate),
             )
-        shares = [float(s) for s in steps]
-        if not shares or any(not 0 < s <= 1 for s in shares) or shares != sorted(set(shares)):
-            raise PolicyConfigError(f"steps must increase within (0, 1], not {list(steps)!r}")
-        if not 0 < alpha < 1 or rho <= 0 or min_requests < 2 or guard_requests < 2:
+        try:
+            items = list(steps)
+            shares = [float(s) for s in items if not isinstance(s, bool | str | bytes)]
+        except (TypeError, ValueError, OverflowError):
+            items, shares = [], []
+        if (
+            not shares
+            or len(shares) != len(items)
+            or any(not 0 < s <= 1 for s in shares)
+            or shares != sorted(set(shares))
+        ):
+            raise PolicyConfigError(f"steps must increase within (0, 1], not {excerpt(steps)}")
+        numbers = (alpha, rho, max_quality_drop, max_critical_cut_increase, max_cost_ratio)
+        counts = (min_requests, guard_requests)
+        if (
+            any(isinstance(x, bool) or not isinstance(x, int | float) for x in numbers)
+            or any(type(n) is not int for n in counts)
+            or not 0 < alpha < 1
+            or not 0 < rho < 1e9
+            or min_requests < 2
+            or guard_requests < 2
+        ):
             raise PolicyConfigError("alpha in (0, 1), rho > 0, min/guard requests >= 2")
+        if not callable(clock) or (on_event is not None and not callable(on_event)):
+            raise PolicyConfigError("clock and on_event are functions")
         self.candidate = resolve_policy(candidate)
         self.baseline = resolve_policy(baseline)
         self.steps = tuple(shares)

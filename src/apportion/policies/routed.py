@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from apportion.errors import PolicyConfigError
+from apportion.limits import excerpt
 from apportion.policies.base import Decision, Observation, clip_output
 from apportion.policies.elastic import ElasticPolicy
 from apportion.spec import Agent
@@ -77,7 +78,7 @@ class RoutedPolicy(ElasticPolicy):
             or not 0.0 <= cost_weight <= 1e6
         ):
             raise PolicyConfigError(
-                f"cost_weight must be a number between 0 and 1e6, not {cost_weight!r}",
+                f"cost_weight must be a number between 0 and 1e6, not {excerpt(cost_weight)}",
                 cost_weight=cost_weight,
             )
         self.cost_weight = float(cost_weight)

@@ -55,6 +55,11 @@ class StaticPolicy(Policy):
     name = "static"
 
     def __init__(self, budgets: Mapping[str, Budget | Mapping[str, int]] | None = None) -> None:
+        if budgets is not None and not isinstance(budgets, Mapping):
+            raise PolicyConfigError(
+                f"budgets must be a mapping of agent names to budgets, not {excerpt(budgets)}",
+                budgets=budgets,
+            )
         if not budgets:
             raise PolicyConfigError(
                 "the static policy needs budgets: StaticPolicy({'agent': Budget(ctx, out)}), "
@@ -63,6 +68,10 @@ class StaticPolicy(Policy):
         self.budgets: dict[str, Budget] = {}
         self._lines: dict[str, tuple[str, int | None]] = {}  # agent -> file, line (from_yaml)
         for agent, budget in budgets.items():
+            if type(agent) is not str:
+                raise PolicyConfigError(
+                    f"budgets are keyed by agent names, not {excerpt(agent)}", agent=agent
+                )
             if isinstance(budget, tuple) and len(budget) == 2:
                 ctx, out = budget
             elif isinstance(budget, Mapping) and {"context_tokens", "output_tokens"} <= set(budget):
@@ -70,7 +79,7 @@ class StaticPolicy(Policy):
             else:
                 raise PolicyConfigError(
                     f"budget of {agent!r} must be Budget(context_tokens, output_tokens) or a "
-                    f"mapping with both keys, not {budget!r}",
+                    f"mapping with both keys, not {excerpt(budget)}",
                     agent=agent,
                 )
             self.budgets[agent] = Budget(

@@ -11,6 +11,7 @@ import importlib
 
 from apportion.errors import UnknownStore
 from apportion.ledger_view import LedgerView
+from apportion.redaction import redact
 from apportion.stores.base import Store
 from apportion.stores.memory import MemoryStore
 
@@ -35,11 +36,11 @@ def open_store(store: str | Store) -> Store:
     if isinstance(store, Store):
         return store
     if not isinstance(store, str) or "://" not in store:
-        raise UnknownStore(store, STORES)
+        raise UnknownStore(redact(store) if isinstance(store, str) else store, STORES)
     scheme = store.split("://", 1)[0]
     target = STORES.get(scheme)
     if target is None:
-        raise UnknownStore(store, STORES)
+        raise UnknownStore(redact(store), STORES)
     module_name, class_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     if scheme == "memory":

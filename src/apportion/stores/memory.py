@@ -14,10 +14,25 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from apportion.errors import DuplicateRequest, UnknownPool, UnknownRequest
-from apportion.ledger import EXPIRED, Event, Grant, Ledger
+from apportion.errors import DuplicateRequest, InvalidArgument, UnknownPool, UnknownRequest
+from apportion.ledger import EXPIRED, Event, Grant, Ledger, check_name, check_seconds, check_time
 from apportion.pools import Pool, PoolAccount, PoolStatus, check_pool_name, check_priority
 from apportion.stores.base import Reaped, Store
+
+
+def check_state_write(key: object, data: object, expected_version: object) -> str:
+    """Check the arguments of a store's ``put_state``; return the key.
+
+    Raises:
+        InvalidArgument: a key that is not a name, data that is not bytes, or a version
+            that is not a non-negative integer.
+    """
+    key = check_name("key", key)
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidArgument("data", data, "a policy's state is bytes")
+    if type(expected_version) is not int or not 0 <= expected_version < 2**53:
+        raise InvalidArgument("expected_version", expected_version, "a version, at least 0")
+    return key
 
 
 class MemoryStore(Store):
@@ -30,6 +45,8 @@ class MemoryStore(Store):
     url = "memory://"
 
     def __init__(self, keep_closed: int = 1024) -> None:
+        if type(keep_closed) is not int or not 0 <= keep_closed <= 2**40:
+            raise InvalidArgument("keep_closed", keep_closed, "a number of requests, at least 0")
         self._lock = threading.Lock()
         self._open: dict[str, Ledger] = {}
         self._closed: OrderedDict[str, Ledger] = OrderedDict()
@@ -39,6 +56,8 @@ class MemoryStore(Store):
         self._states: dict[str, tuple[int, bytes]] = {}
 
     def _ledger(self, request_id: str) -> Ledger:
+        if type(request_id) is not str:
+            raise UnknownRequest(request_id)
         ledger = self._open.get(request_id)
         if ledger is None:
             ledger = self._closed.get(request_id)
@@ -61,6 +80,7 @@ class MemoryStore(Store):
         ceiling_usd: int | None = None,
     ) -> Ledger:
         """Open the ledger of a new request (drawing its ceiling from ``pool``) and return it."""
+        now = check_time("now", now)
         ledger = Ledger(
             request_id,
             ranks,
@@ -68,7 +88,7 @@ class MemoryStore(Store):
             now,
             allocation=allocation,
             reserve=reserve,
-            expires_at=now + ttl,
+            expires_at=now + check_seconds("ttl", ttl),
             ceiling_usd=ceiling_usd,
         )
         if pool is not None:
@@ -190,6 +210,7 @@ class MemoryStore(Store):
         """Expire ended leases and close overdue requests (see :class:`Store`)."""
         settled = 0
         expired: list[str] = []
+        now = check_time("now", now)
         with self._lock:
             for ledger in list(self._open.values()):
                 settled += ledger.reap(now)
@@ -202,7 +223,7 @@ class MemoryStore(Store):
     def define_pool(self, pool: Pool) -> None:
         """Create a shared pool, or change its configuration (keeping what is drawn)."""
         if not isinstance(pool, Pool):
-            raise TypeError(f"define_pool takes an apportion.pools.Pool, not {pool!r}")
+            raise InvalidArgument("pool", pool, "define_pool takes an apportion.pools.Pool")
         with self._lock:
             account = self._pools.get(pool.name)
             if account is None:
@@ -212,19 +233,22 @@ class MemoryStore(Store):
 
     def get_pool(self, name: str, now: float) -> PoolStatus:
         """A shared pool's status at ``now``."""
+        now = check_time("now", now)
         with self._lock:
-            account = self._pools.get(name)
+            account = self._pools.get(name) if type(name) is str else None
             if account is None:
                 raise UnknownPool(name)
             return account.status(now)
 
     def get_state(self, key: str) -> tuple[int, bytes] | None:
         """A policy's shared state: ``(version, data)``, or ``None`` when never written."""
+        key = check_name("key", key)
         with self._lock:
             return self._states.get(key)
 
     def put_state(self, key: str, data: bytes, expected_version: int) -> int | None:
         """Write ``data`` if the version is still ``expected_version``; the new version or None."""
+        key = check_state_write(key, data, expected_version)
         with self._lock:
             current = self._states.get(key, (0, b""))[0]
             if current != expected_version:

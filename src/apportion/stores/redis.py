@@ -119,7 +119,7 @@ import secrets
 import threading
 import warnings
 import zlib
-from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -132,6 +132,7 @@ from apportion.errors import (
     ForeignGrant,
     GrantExpired,
     GrantSettled,
+    InvalidArgument,
     InvalidPrice,
     MissingExtra,
     PoolDrawExpired,
@@ -145,14 +146,19 @@ from apportion.errors import (
 from apportion.ledger import (
     NANO,
     OPEN,
-    STATUSES,
     Event,
     Grant,
     Ledger,
     check_ceiling_usd,
+    check_name,
+    check_outcome,
     check_prices,
+    check_seconds,
+    check_status,
+    check_time,
     check_tokens,
 )
+from apportion.limits import excerpt, is_text
 from apportion.pools import (
     PRIORITY_RANKS,
     Pool,
@@ -162,8 +168,9 @@ from apportion.pools import (
     current_window,
     pool_status,
 )
+from apportion.redaction import redact, scrub
 from apportion.stores.base import Reaped, Store
-from apportion.stores.memory import MemoryStore
+from apportion.stores.memory import MemoryStore, check_state_write
 
 if TYPE_CHECKING:
     import redis as redis_sync
@@ -195,6 +202,7 @@ return v + 1
 
 _REQUEST_SCRIPTS = frozenset({"open", "begin", "extend", "finish", "release", "close", "reap"})
 _REAP_BATCH = 256
+_CENTURY = 100 * 365.25 * 86_400.0  # seconds: a TTL beyond this is kept forever
 _OK = (b"ok", "ok")
 _EMERGENCY_POOL = "emergency"
 
@@ -451,16 +459,28 @@ def _refusal(
     return RuntimeError(f"unexpected reply from the Redis store: {reply!r}")
 
 
-def _safe_url(url: str) -> str:
-    """``url`` without its password (and without its query, which may hold one)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = (f"{parts.username}@" if parts.username else "") + host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+def _checked(
+    check: Callable[[str, Any], T], field: str, value: Any, pending: list[Exception], fallback: T
+) -> T:
+    """``check(field, value)``, or ``fallback`` with its error kept in ``pending``."""
+    try:
+        return check(field, value)
+    except ApportionError as exc:
+        if not pending:
+            pending.append(exc)
+        return fallback
+
+
+def _ttl_ms(seconds: float) -> str:
+    """A key's TTL in milliseconds for ``PEXPIRE``; ``0`` (none) past a century."""
+    if not seconds < _CENTURY:
+        return "0"
+    return str(max(1, math.ceil(seconds * 1000)))
+
+
+def _time(now: object, pending: list[Exception]) -> float:
+    """``now`` as a time, or 0 with its error kept in ``pending`` (see :func:`_tokens`)."""
+    return _checked(check_time, "now", now, pending, 0.0)
 
 
 def _reason(exc: BaseException) -> str:
@@ -504,7 +524,7 @@ class RedisStore(Store):
 
     Raises:
         MissingExtra: redis-py is not installed (``pip install "apportion[redis]"``).
-        ValueError: a bad option.
+        InvalidArgument: a bad option, or a URL redis-py cannot read.
     """
 
     def __init__(
@@ -523,36 +543,45 @@ class RedisStore(Store):
     ) -> None:
         redis = _import_redis()
         _load_sources()
+        if not isinstance(url, str) or "://" not in url:
+            raise InvalidArgument("url", redact(url), "a Redis URL is redis://host:port/db")
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix must be a non-empty string without braces: {prefix!r}")
-        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-            raise ValueError(f"buckets must be a positive integer, not {buckets!r}")
-        if not retention_seconds > 0:
-            raise ValueError(f"retention_seconds must be positive, not {retention_seconds!r}")
-        for name, seconds in (
-            ("open_grace_seconds", open_grace_seconds),
-            ("clock_skew_seconds", clock_skew_seconds),
+            raise InvalidArgument("prefix", prefix, "a non-empty string without braces")
+        if not is_text(prefix):
+            raise InvalidArgument("prefix", prefix, "not valid text (a lone surrogate?)")
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 2**20:
+            raise InvalidArgument("buckets", buckets, "an integer from 1 to 1048576")
+        seconds: dict[str, float] = {}
+        for name, value, least in (
+            ("retention_seconds", retention_seconds, 0.001),
+            ("socket_timeout", socket_timeout, 0.001),
+            ("connect_timeout", connect_timeout, 0.001),
+            ("open_grace_seconds", open_grace_seconds, 0.0),
+            ("clock_skew_seconds", clock_skew_seconds, 0.0),
         ):
-            if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-                raise ValueError(f"{name} must be a number of seconds, not {seconds!r}")
-            if not 0 <= seconds < math.inf:
-                raise ValueError(f"{name} must be finite and not negative, not {seconds!r}")
-        self.open_grace_seconds = float(open_grace_seconds)
-        self.clock_skew_seconds = float(clock_skew_seconds)
-        self.url = _safe_url(url)
+            seconds[name] = check_time(name, value, infinite=name == "retention_seconds")
+            if seconds[name] < least:
+                raise InvalidArgument(name, value, f"a number of seconds, at least {least}")
+        self.open_grace_seconds = seconds["open_grace_seconds"]
+        self.clock_skew_seconds = seconds["clock_skew_seconds"]
+        self.url = redact(url)
         self._raw_url = url
         self.prefix = prefix
         self.buckets = buckets
-        self.retention_seconds = float(retention_seconds)
-        self._retention_ms = (
-            "0" if math.isinf(retention_seconds) else str(max(1, round(retention_seconds * 1000)))
-        )
+        self.retention_seconds = seconds["retention_seconds"]
+        self._retention_ms = _ttl_ms(self.retention_seconds)
         self._options: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": seconds["socket_timeout"],
+            "socket_connect_timeout": seconds["connect_timeout"],
             "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
         }
-        self._client: redis_sync.Redis = redis.Redis.from_url(url, **self._options)
+        try:
+            self._client: redis_sync.Redis = redis.Redis.from_url(url, **self._options)
+            pool: Any = self._client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)  # reads its options; no I/O
+        except (ValueError, TypeError) as exc:
+            reason = f"redis-py cannot read it: {scrub(_reason(exc), url)}"
+            raise InvalidArgument("url", self.url, reason) from None
         self._aclient: redis_async.Redis | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._acloser: AsyncGenerator[None, None] | None = None
@@ -580,22 +609,38 @@ class RedisStore(Store):
         to redis-py. For example
         ``redis://cache:6379/0?fail_open=true&emergency_cap=20000``.
         """
-        parts = urlsplit(url)
+        if not isinstance(url, str):
+            raise InvalidArgument("url", url, "a Redis URL is a string")
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise InvalidArgument("url", redact(url), scrub(str(exc), url)) from None
         ours: dict[str, Any] = {}
         rest = []
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in ("prefix",):
-                ours[key] = value
-            elif key in ("buckets", "emergency_cap"):
-                ours[key] = int(value)
-            elif key in ("retention_seconds", "open_grace_seconds", "clock_skew_seconds"):
-                ours[key] = float(value)
-            elif key == "fail_open":
-                ours[key] = value.lower() in ("1", "true", "yes", "on")
-            else:
-                rest.append((key, value))
-        plain = urlunsplit(parts._replace(query=urlencode(rest)))
-        return cls(plain, **ours)
+            try:
+                if key in ("prefix",):
+                    ours[key] = value
+                elif key in ("buckets", "emergency_cap"):
+                    ours[key] = int(value)
+                elif key in ("retention_seconds", "open_grace_seconds", "clock_skew_seconds"):
+                    ours[key] = float(value)
+                elif key == "fail_open":
+                    ours[key] = value.lower() in ("1", "true", "yes", "on")
+                else:
+                    rest.append((key, value))
+            except ValueError:
+                raise InvalidArgument(
+                    key, value, f"not a number (in {excerpt(redact(url), 200)})"
+                ) from None
+        plain = urlunsplit(parts._replace(query=urlencode(rest))) if ours else url
+        try:
+            return cls(plain, **ours)
+        except InvalidArgument as exc:
+            if exc.argument != "url":
+                raise
+            raise InvalidArgument("url", redact(url), scrub(exc.reason, url)) from None
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
@@ -640,7 +685,13 @@ class RedisStore(Store):
     # ------------------------------------------------------------------ keys
 
     def _keys(self, request_id: str) -> tuple[str, str, str]:
-        """The request's ledger, events and bucket index keys."""
+        """The request's ledger, events and bucket index keys.
+
+        Raises:
+            UnknownRequest: ``request_id`` is no name a request can have.
+        """
+        if type(request_id) is not str or not is_text(request_id):
+            raise UnknownRequest(request_id)
         bucket = zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % self.buckets
         base = f"{self.prefix}:{{b{bucket}}}:"
         return f"{base}r:{request_id}", f"{base}e:{request_id}", f"{base}open"
@@ -703,7 +754,7 @@ class RedisStore(Store):
                 self._command("SCRIPT", "LOAD", _SOURCES[call.script])
                 return self._command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
         except self._errors as exc:
-            raise StoreUnavailable(self.url, _reason(exc)) from None
+            raise StoreUnavailable(self.url, scrub(_reason(exc), self._raw_url)) from None
 
     def _pipeline(self, calls: list[_Eval | _Cmd]) -> list[Any]:
         results: list[Any] = [None] * len(calls)
@@ -776,7 +827,7 @@ class RedisStore(Store):
                     "EVALSHA", sha, len(call.keys), *call.keys, *call.args
                 )
         except self._errors as exc:
-            raise StoreUnavailable(self.url, _reason(exc)) from None
+            raise StoreUnavailable(self.url, scrub(_reason(exc), self._raw_url)) from None
 
     async def _apipeline(self, client: redis_async.Redis, calls: list[_Eval | _Cmd]) -> list[Any]:
         results: list[Any] = [None] * len(calls)
@@ -829,6 +880,8 @@ class RedisStore(Store):
         pool_priority: str,
         ceiling_usd: int | None = None,
     ) -> _Steps[Ledger]:
+        now = check_time("now", now)
+        ttl = check_seconds("ttl", ttl)
         ledger = Ledger(
             request_id,
             ranks,
@@ -859,7 +912,7 @@ class RedisStore(Store):
         opened = json.dumps(["open", _text(now), False, 0, ledger.ceiling, 0, False, 0, ""])
         key_ttl = "0"  # a pooled request keeps its keys while open: its draw is settled from them
         if pool is None and math.isfinite(ttl) and not math.isinf(self.retention_seconds):
-            key_ttl = str(max(1, math.ceil((ttl + self.retention_seconds) * 1000)))
+            key_ttl = _ttl_ms(ttl + self.retention_seconds)
         if pool is not None:
             keys = (*keys, self._marker_key(draw))
         reply = yield _Eval(
@@ -890,22 +943,29 @@ class RedisStore(Store):
         asked: int | None = None,
     ) -> _Steps[tuple[Grant, Ledger]]:
         pending: list[Exception] = []
-        is_name = isinstance(agent, str)
+        is_name = isinstance(agent, str) and is_text(agent)
         ctx = _tokens("context_tokens", context_tokens, pending)
         out = _tokens("output_tokens", output_tokens, pending)
+        now = _time(now, pending)
+        lease_seconds = _checked(check_seconds, "lease_seconds", lease_seconds, pending, 1.0)
         held = "" if asked is None else _tokens("input_tokens", asked, pending)
         pin = pout = ""
         try:
             clean = check_prices(prices)
             if model is not None and (not isinstance(model, str) or not model):
                 raise InvalidPrice("model", model, "a model is a non-empty name")
-        except InvalidPrice as exc:
+            if model is not None:
+                check_name("model", model)
+        except (InvalidPrice, InvalidArgument) as exc:
             if not pending:
                 pending.append(exc)
             pin = pout = "!"
+            model = None
         else:
             if clean is not None:
                 pin, pout = str(clean[0]), str(clean[1])
+        if pending:
+            ctx = "!"
         lease = now + lease_seconds
         reply = yield _Eval(
             "begin",
@@ -944,6 +1004,10 @@ class RedisStore(Store):
         pending: list[Exception] = []
         out = _tokens("output_tokens", output_tokens, pending)
         ctx = _tokens("context_tokens", context_tokens, pending)
+        now = _time(now, pending)
+        lease_seconds = _checked(check_seconds, "lease_seconds", lease_seconds, pending, 1.0)
+        if pending:
+            out = "!"
         ok, grant_id, agent = _grant_args(request_id, grant)
         reply = yield _Eval(
             "extend",
@@ -968,6 +1032,13 @@ class RedisStore(Store):
         pending: list[Exception] = []
         inp = _tokens("input_tokens", input_tokens, pending)
         out = _tokens("output_tokens", output_tokens, pending)
+        if allocation is not None and not isinstance(allocation, Mapping) and not pending:
+            pending.append(
+                InvalidArgument("allocation", allocation, "a mapping of agent names to tokens")
+            )
+        now = _time(now, pending)
+        if pending:
+            inp = "!"
         ok, grant_id, agent = _grant_args(request_id, grant)
         args: list[str | int] = [
             inp,
@@ -982,7 +1053,7 @@ class RedisStore(Store):
         if allocation and not pending:
             for name, tokens in allocation.items():
                 plan.append(name)
-                is_name = isinstance(name, str)
+                is_name = isinstance(name, str) and is_text(name)
                 args += ["1" if is_name else "0", name if is_name else "", "0"]
                 args[-1] = _tokens(f"allocation[{name}]", tokens, pending)
                 if pending:
@@ -995,28 +1066,26 @@ class RedisStore(Store):
     def _release_steps(
         self, request_id: str, grant: Grant, now: float, reason: str
     ) -> _Steps[Ledger]:
+        pending: list[Exception] = []
+        now = _time(now, pending)
+        reason = _checked(check_name, "reason", reason, pending, "")
         ok, grant_id, agent = _grant_args(request_id, grant)
         reply = yield _Eval(
-            "release", self._keys(request_id), (_text(now), str(reason), ok, grant_id, agent)
+            "release",
+            self._keys(request_id),
+            (_text(now), reason, ok, grant_id, agent, "1" if pending else "0"),
         )
         if reply[0] not in _OK:
-            raise _refusal(request_id, reply, [], grant=grant)
+            raise _refusal(request_id, reply, pending, grant=grant)
         return ledger_from_json(reply[1])
 
     def _close_steps(
         self, request_id: str, now: float, status: str, outcome: float | None
     ) -> _Steps[Ledger]:
         pending: list[Exception] = []
-        if status not in STATUSES or status == OPEN:
-            pending.append(
-                ValueError(f"status must be one of closed, failed, expired, not {status!r}")
-            )
-        elif outcome is not None:
-            try:
-                if not math.isfinite(outcome):
-                    pending.append(ValueError(f"outcome must be a finite number, not {outcome!r}"))
-            except TypeError as exc:
-                pending.append(exc)
+        status = _checked(lambda _, value: check_status(value), "status", status, pending, "")
+        outcome = _checked(lambda _, value: check_outcome(value), "outcome", outcome, pending, None)
+        now = _time(now, pending)
         score = "" if outcome is None or pending else _text(outcome)
         reply = yield _Eval(
             "close",
@@ -1047,6 +1116,7 @@ class RedisStore(Store):
         return [_event(raw) for raw in raws]
 
     def _reap_steps(self, now: float) -> _Steps[Reaped]:
+        now = check_time("now", now)
         now_s = _text(now)
         settled = 0
         expired: list[str] = []
@@ -1147,6 +1217,7 @@ class RedisStore(Store):
         ]
 
     def _pool_steps(self, name: str, now: float) -> _Steps[PoolStatus]:
+        now = check_time("now", now)
         pool_key, draws_key = self._pool_keys(check_pool_name(name))
         fields, draws = yield [_Cmd(("HGETALL", pool_key)), _Cmd(("HVALS", draws_key))]
         if not fields:
@@ -1183,6 +1254,7 @@ class RedisStore(Store):
 
     def get_state(self, key: str) -> tuple[int, bytes] | None:
         """A policy's shared state: ``(version, data)``, or ``None`` when never written."""
+        key = check_name("key", key)
         version, data = self._call(_Cmd(("HMGET", self._state_key(key), "v", "d")))
         if version is None:
             return None
@@ -1190,6 +1262,7 @@ class RedisStore(Store):
 
     def put_state(self, key: str, data: bytes, expected_version: int) -> int | None:
         """Write ``data`` if the version is still ``expected_version``; the new version or None."""
+        key = check_state_write(key, data, expected_version)
         reply = self._call(
             _Cmd(("EVAL", _PUT_STATE, 1, self._state_key(key), int(expected_version), data))  # type: ignore[arg-type]
         )

@@ -43,9 +43,15 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from apportion.errors import DatabaseUnavailable, SchemaVersionError, UnknownSink
+from apportion.errors import (
+    DatabaseUnavailable,
+    InvalidArgument,
+    SchemaVersionError,
+    UnknownSink,
+)
 from apportion.policies.base import Policy
 from apportion.policies.rollout import Rollout, RolloutEvent
+from apportion.redaction import redact, scrub
 from apportion.telemetry.base import Sink
 from apportion.telemetry.channel import Channel, TelemetryWarning, flush_all
 from apportion.telemetry.records import (
@@ -55,7 +61,7 @@ from apportion.telemetry.records import (
     RolloutRecord,
     usage_from,
 )
-from apportion.telemetry.urls import redact, scheme_of
+from apportion.telemetry.urls import scheme_of
 
 if TYPE_CHECKING:
     from apportion.telemetry.otel import OTelSink
@@ -97,23 +103,28 @@ def _otel(url: str) -> Any:
 
     rest = url.split("://", 1)[1]
     if rest.strip("/"):
-        raise UnknownSink(url, SINKS, "otel:// takes no host or path: it uses the global provider")
+        raise UnknownSink(
+            redact(url), SINKS, "otel:// takes no host or path: it uses the global provider"
+        )
     return OTelSink()
 
 
 def _prometheus(url: str) -> Any:
     from apportion.telemetry.prometheus import PrometheusSink
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise UnknownSink(redact(url), SINKS, scrub(str(exc), url)) from None
     if parts.path.strip("/"):
-        raise UnknownSink(url, SINKS, "prometheus:// takes no path")
+        raise UnknownSink(redact(url), SINKS, "prometheus:// takes no path")
     try:
         port = parts.port
     except ValueError as exc:
-        raise UnknownSink(url, SINKS, str(exc)) from None
+        raise UnknownSink(redact(url), SINKS, scrub(str(exc), url)) from None
     if port is None:
         if parts.hostname:
-            raise UnknownSink(url, SINKS, "give a port to serve on: prometheus://HOST:PORT")
+            raise UnknownSink(redact(url), SINKS, "give a port to serve on: prometheus://HOST:PORT")
         return PrometheusSink()
     return PrometheusSink(port=port, addr=parts.hostname or "0.0.0.0")
 
@@ -170,9 +181,10 @@ def open_sink(target: Any) -> Channel:
         return _channel(factory(target))
     if isinstance(target, Channel) or callable(getattr(target, "write", None)):
         return _channel(target)
-    raise TypeError(
-        "telemetry is a URL, a sink object (with a write(batch) method) or a list of them, "
-        f"not {type(target).__name__}"
+    raise InvalidArgument(
+        "telemetry",
+        target,
+        "telemetry is a URL, a sink object (with a write(batch) method) or a list of them",
     )
 
 

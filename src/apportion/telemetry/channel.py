@@ -31,6 +31,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Final
 
+from apportion.errors import RecordsRejected
+
 __all__ = ["BATCH_SIZE", "BUFFER_SIZE", "IDLE_SECONDS", "Channel", "TelemetryWarning", "flush_all"]
 
 BUFFER_SIZE: Final = 10_000
@@ -207,6 +209,19 @@ class Channel:
         """Hand ``records`` to the sink; count them as delivered or as dropped."""
         try:
             write(records)
+        except RecordsRejected as exc:  # only some records: the others were written
+            with self._cond:
+                self.failures += 1
+                self.dropped_failed += exc.rejected
+                self.delivered += len(records) - exc.rejected
+                lost = self.dropped
+            warnings.warn(
+                f"telemetry sink {self.name} could not store {exc.rejected} of "
+                f"{len(records)} record(s), stored the others ({lost} record(s) lost so far): "
+                f"{_describe(exc)}",
+                TelemetryWarning,
+                stacklevel=3,
+            )
         except Exception as exc:  # a failing sink is reported and skipped
             with self._cond:
                 self.failures += 1

@@ -24,13 +24,16 @@ write on.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
-from apportion.errors import MissingExtra
+from apportion.errors import InvalidArgument, MissingExtra
 from apportion.telemetry.base import Sink
 from apportion.telemetry.records import RequestUsage
+
+_METRIC_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 __all__ = ["UTILIZATION_BUCKETS", "PrometheusSink"]
 
@@ -123,6 +126,14 @@ class PrometheusSink(Sink):
         addr: str = "0.0.0.0",
     ) -> None:
         _require_prometheus()
+        if type(namespace) is not str or not _METRIC_NAME.fullmatch(namespace):
+            raise InvalidArgument(
+                "namespace", namespace, "a metric name prefix: [a-zA-Z_][a-zA-Z0-9_]*"
+            )
+        if port is not None and (type(port) is not int or not 0 <= port <= 65535):
+            raise InvalidArgument("port", port, "a TCP port number (0 to 65535) or None")
+        if type(addr) is not str or not addr or not addr.isascii():
+            raise InvalidArgument("addr", addr, "an address to serve on, such as 0.0.0.0")
         if registry is None:
             from prometheus_client import REGISTRY
 

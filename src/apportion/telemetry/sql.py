@@ -21,6 +21,11 @@ Tables (all prefixed ``apportion_`` so they can share a database):
 A request written again (same id: an ingest run twice) replaces its earlier rows. Times
 are the controller's clock (seconds since the epoch by default).
 
+Text a database cannot hold is stored with a visible stand-in, so no record is lost for
+it: a NUL character (PostgreSQL's text cannot hold one) as ``\u2400`` (␀), a lone
+surrogate (no UTF-8 database can hold one) as ``\ufffd`` (:func:`storable`); features,
+stored as JSON, keep them exactly.
+
 :class:`SQLSink` writes records (from the telemetry worker thread, or directly when
 ingesting); :func:`open_database` opens a database for reading, and
 :meth:`Database.load` reads the calls and requests of a period back.
@@ -31,16 +36,19 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from apportion.errors import DatabaseUnavailable, MissingExtra, SchemaVersionError
+from apportion.errors import DatabaseUnavailable, MissingExtra, RecordsRejected, SchemaVersionError
 from apportion.ledger import Event
+from apportion.limits import excerpt
+from apportion.redaction import redact, scrub
 from apportion.telemetry.base import Sink
 from apportion.telemetry.records import SCHEMA_VERSION, CallUsage, RequestUsage, RolloutRecord
-from apportion.telemetry.urls import database_url, redact
+from apportion.telemetry.urls import database_url
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine, Table
@@ -171,6 +179,15 @@ def _require_sqlalchemy() -> None:
         raise MissingExtra("sqlalchemy", "sql") from None
 
 
+def _data_errors() -> tuple[type[BaseException], ...]:
+    """Errors that a record's data causes (not the database): SQLAlchemy's and the driver's."""
+    try:
+        from sqlalchemy.exc import DataError
+    except ImportError:  # pragma: no cover - the sink needs SQLAlchemy anyway
+        return (OverflowError, UnicodeError)
+    return (DataError, OverflowError, UnicodeError)
+
+
 def _create_engine(url: str) -> Engine:
     """An engine for a normalised URL; the driver's absence names the extra."""
     _require_sqlalchemy()
@@ -187,14 +204,15 @@ def _create_engine(url: str) -> Engine:
     except ModuleNotFoundError as exc:
         raise MissingExtra(exc.name or "the database driver", "postgres") from None
     except (ArgumentError, NoSuchModuleError) as exc:
-        reason = f"not a database URL SQLAlchemy knows: {exc}"
-        raise DatabaseUnavailable(redact(url), reason) from None
+        reason = f"not a database URL SQLAlchemy knows: {str(exc)[:300]}"
+        raise DatabaseUnavailable(redact(url), scrub(reason, url)) from None
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, url: str) -> str:
+    """The first line of a driver's error, any secret of ``url`` in it hidden."""
     orig = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(orig).__name__
+    return scrub(lines[0][:500] if lines else type(orig).__name__, url)
 
 
 @dataclass(frozen=True)
@@ -253,7 +271,7 @@ class Database:
                 self.version = self._check(conn, create)
         except SQLAlchemyError as exc:
             self.engine.dispose()
-            raise DatabaseUnavailable(self.shown, _reason(exc)) from None
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from None
         except BaseException:
             self.engine.dispose()
             raise
@@ -316,15 +334,38 @@ class Database:
         for record in batch:
             if record.schema_version > SCHEMA_VERSION:
                 raise SchemaVersionError(record.schema_version, SCHEMA_VERSION, record.source)
-            latest[record.request_id] = record
+            latest[storable(record.request_id)] = record
         if not latest:
             return 0
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
             self._replace(latest)
+        except _data_errors():  # some record's data: store the others, one by one
+            return self._replace_each(latest)
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(self.shown, _reason(exc)) from exc
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+        return len(latest)
+
+    def _replace_each(self, latest: Mapping[str, RequestUsage]) -> int:
+        """Write each record in a transaction of its own; report the ones refused.
+
+        Raises:
+            RecordsRejected: some records were refused for their data (the rest written).
+            DatabaseUnavailable: the database failed otherwise.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        reasons = []
+        for request_id, record in latest.items():
+            try:
+                self._replace({request_id: record})
+            except _data_errors() as exc:
+                reasons.append(f"{excerpt(request_id)}: {_reason(exc, self.url)}")
+            except SQLAlchemyError as exc:
+                raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+        if reasons:
+            raise RecordsRejected(self.shown, len(reasons), len(latest) - len(reasons), reasons)
         return len(latest)
 
     def _replace(self, latest: Mapping[str, RequestUsage]) -> None:
@@ -366,7 +407,7 @@ class Database:
             with self.engine.begin() as conn:
                 conn.execute(self.tables.rollouts.insert(), rows)
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(self.shown, _reason(exc)) from exc
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
         return len(rows)
 
     # ----------------------------------------------------------------- reading
@@ -401,6 +442,7 @@ class Database:
                 func.coalesce(t.requests.c.closed_at, t.requests.c.opened_at) >= since
             )
         if pipeline is not None:
+            pipeline = storable(pipeline)
             calls_q = calls_q.where(t.calls.c.pipeline == pipeline)
             requests_q = requests_q.where(t.requests.c.pipeline == pipeline)
         try:
@@ -413,7 +455,7 @@ class Database:
                 request_rows = conn.execute(requests_q).mappings().all()
                 rollout_rows = self._rollout_rows(conn, since)
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(self.shown, _reason(exc)) from None
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from None
         return Dataset(
             self.shown,
             tuple(_call_from(row) for row in call_rows),
@@ -501,6 +543,24 @@ class SQLSink(Sink):
 # --------------------------------------------------------------------- rows
 
 
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` as the database stores it: NUL as ``\u2400``, lone surrogates as ``\ufffd``."""
+    if _UNSTORABLE.search(text) is None:
+        return text
+    return _SURROGATE.sub("\ufffd", text.replace("\x00", "\u2400"))
+
+
+def _storable_row(row: dict[str, Any]) -> dict[str, Any]:
+    for key, value in row.items():
+        if type(value) is str and _UNSTORABLE.search(value) is not None:
+            row[key] = storable(value)
+    return row
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str, allow_nan=False)
 
@@ -514,20 +574,22 @@ def _request_row(r: RequestUsage) -> dict[str, Any]:
         features = _json(dict(r.features))
     except ValueError:  # NaN or infinity in a feature: keep what JSON can hold
         features = _json({k: v for k, v in r.features.items() if _finite_or_other(v)})
-    return {
-        "request_id": r.request_id,
-        "pipeline": r.pipeline,
-        "source": r.source,
-        "schema_version": r.schema_version,
-        "ceiling": r.ceiling,
-        "consumed": r.consumed,
-        "overflow": r.overflow,
-        "status": r.status,
-        "outcome": _finite(r.outcome),
-        "features": features,
-        "opened_at": _finite(r.opened_at),
-        "closed_at": _finite(r.closed_at),
-    }
+    return _storable_row(
+        {
+            "request_id": r.request_id,
+            "pipeline": r.pipeline,
+            "source": r.source,
+            "schema_version": r.schema_version,
+            "ceiling": r.ceiling,
+            "consumed": r.consumed,
+            "overflow": r.overflow,
+            "status": r.status,
+            "outcome": _finite(r.outcome),
+            "features": features,
+            "opened_at": _finite(r.opened_at),
+            "closed_at": _finite(r.closed_at),
+        }
+    )
 
 
 def _finite_or_other(value: Any) -> bool:
@@ -535,63 +597,69 @@ def _finite_or_other(value: Any) -> bool:
 
 
 def _call_row(r: RequestUsage, c: CallUsage) -> dict[str, Any]:
-    return {
-        "request_id": r.request_id,
-        "grant_id": c.grant_id,
-        "pipeline": r.pipeline,
-        "agent": c.agent,
-        "priority": c.priority,
-        "granted_context": c.granted_context,
-        "granted_output": c.granted_output,
-        "used_input": c.used_input,
-        "used_output": c.used_output,
-        "truncated": c.truncated,
-        "input_cut": c.input_cut,
-        "dropped_tokens": c.dropped_tokens,
-        "overuse": c.overuse,
-        "extensions": c.extensions,
-        "settled": c.settled,
-        "model": c.model,
-        "cost_usd": _finite(c.cost_usd),
-        "estimated": c.estimated,
-        "finish_reason": c.finish_reason,
-        "began_at": _finite(c.began_at),
-        "at": _finite(c.at),
-    }
+    return _storable_row(
+        {
+            "request_id": r.request_id,
+            "grant_id": c.grant_id,
+            "pipeline": r.pipeline,
+            "agent": c.agent,
+            "priority": c.priority,
+            "granted_context": c.granted_context,
+            "granted_output": c.granted_output,
+            "used_input": c.used_input,
+            "used_output": c.used_output,
+            "truncated": c.truncated,
+            "input_cut": c.input_cut,
+            "dropped_tokens": c.dropped_tokens,
+            "overuse": c.overuse,
+            "extensions": c.extensions,
+            "settled": c.settled,
+            "model": c.model,
+            "cost_usd": _finite(c.cost_usd),
+            "estimated": c.estimated,
+            "finish_reason": c.finish_reason,
+            "began_at": _finite(c.began_at),
+            "at": _finite(c.at),
+        }
+    )
 
 
 def _event_row(r: RequestUsage, seq: int, e: Event) -> dict[str, Any]:
-    return {
-        "request_id": r.request_id,
-        "seq": seq,
-        "kind": e.kind,
-        "at": float(e.at),
-        "agent": e.agent,
-        "grant_id": e.grant_id,
-        "context_tokens": e.context_tokens,
-        "output_tokens": e.output_tokens,
-        "truncated": bool(e.truncated),
-        "overuse": e.overuse,
-        "note": e.note,
-    }
+    return _storable_row(
+        {
+            "request_id": r.request_id,
+            "seq": seq,
+            "kind": e.kind,
+            "at": float(e.at),
+            "agent": e.agent,
+            "grant_id": e.grant_id,
+            "context_tokens": e.context_tokens,
+            "output_tokens": e.output_tokens,
+            "truncated": bool(e.truncated),
+            "overuse": e.overuse,
+            "note": e.note,
+        }
+    )
 
 
 def _rollout_row(r: RolloutRecord) -> dict[str, Any]:
-    return {
-        "rollout": r.rollout,
-        "candidate": r.candidate,
-        "baseline": r.baseline,
-        "kind": r.kind,
-        "share": float(r.share),
-        "reason": r.reason,
-        "seen": int(r.seen),
-        "candidate_mean": _finite(r.candidate_mean),
-        "baseline_mean": _finite(r.baseline_mean),
-        "lower_bound": _finite(r.lower),
-        "upper_bound": _finite(r.upper),
-        "at": _finite(r.at),
-        "schema_version": r.schema_version,
-    }
+    return _storable_row(
+        {
+            "rollout": r.rollout,
+            "candidate": r.candidate,
+            "baseline": r.baseline,
+            "kind": r.kind,
+            "share": float(r.share),
+            "reason": r.reason,
+            "seen": int(r.seen),
+            "candidate_mean": _finite(r.candidate_mean),
+            "baseline_mean": _finite(r.baseline_mean),
+            "lower_bound": _finite(r.lower),
+            "upper_bound": _finite(r.upper),
+            "at": _finite(r.at),
+            "schema_version": r.schema_version,
+        }
+    )
 
 
 def _rollout_from(row: Mapping[Any, Any]) -> RolloutRecord:

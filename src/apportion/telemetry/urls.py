@@ -10,7 +10,8 @@ Accepted forms (:func:`database_url` turns each into a SQLAlchemy URL):
   through psycopg 3; an explicit driver (``postgresql+psycopg2://``) is kept;
 - any other SQLAlchemy URL, as is.
 
-:func:`redact` hides the password, for every message that names a URL.
+:func:`redact` (from :mod:`apportion.redaction`) hides the password, for every message that
+names a URL.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+
+from apportion.errors import InvalidArgument
+from apportion.redaction import redact
 
 __all__ = ["DEFAULT_SQLITE", "database_url", "is_database_url", "redact", "scheme_of"]
 
@@ -56,10 +59,10 @@ def database_url(url: str) -> str:
     """The SQLAlchemy URL for a telemetry database given in any accepted form.
 
     Raises:
-        ValueError: ``url`` is empty or not a string.
+        InvalidArgument: ``url`` is empty or not a string.
     """
     if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"a database URL is a non-empty string, not {url!r}")
+        raise InvalidArgument("url", redact(url), "a database URL is a non-empty string")
     url = url.strip()
     scheme = scheme_of(url)
     if not _SCHEME.match(url):
@@ -72,17 +75,3 @@ def database_url(url: str) -> str:
     if head.lower() in ("postgresql", "postgres"):
         return f"postgresql+psycopg://{rest}"
     return url
-
-
-def redact(url: object) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and error fields)."""
-    text = str(url)
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", text)
-    if not parts.password:
-        return text
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

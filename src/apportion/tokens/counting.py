@@ -49,7 +49,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from apportion.errors import MissingExtra, NoTokenizer
+from apportion.errors import InvalidArgument, MissingExtra, NoTokenizer
+from apportion.limits import excerpt
 
 if TYPE_CHECKING:
     import tiktoken
@@ -131,7 +132,7 @@ class TokenCounter(abc.ABC):
                 a list of parts.
         """
         if not isinstance(message, Mapping):
-            raise TypeError(f"a chat message must be a mapping, got {type(message).__name__}")
+            raise InvalidArgument("message", message, "a chat message must be a mapping")
         tokens = TOKENS_PER_MESSAGE
         for key, value in message.items():
             if value is None:
@@ -160,7 +161,7 @@ class TokenCounter(abc.ABC):
         tokens = TOOLS_OVERHEAD_TOKENS
         for index, tool in enumerate(tools):
             if not isinstance(tool, Mapping):
-                raise TypeError(f"tools[{index}] must be a mapping, got {type(tool).__name__}")
+                raise InvalidArgument(f"tools[{index}]", tool, "a tool must be a mapping")
             definition = tool.get("function", tool)
             tokens += self.count_text(_compact_json(definition))
         return tokens
@@ -184,15 +185,15 @@ class TokenCounter(abc.ABC):
             return self.count_text(content)
         if isinstance(content, Sequence) and not isinstance(content, bytes | bytearray):
             return sum(self._count_part(part) for part in content)
-        raise TypeError(
-            f"message content must be a string or a list of parts, got {type(content).__name__}"
+        raise InvalidArgument(
+            "content", content, "message content must be a string or a list of parts"
         )
 
     def _count_part(self, part: object) -> int:
         if isinstance(part, str):
             return self.count_text(part)
         if not isinstance(part, Mapping):
-            raise TypeError(f"a content part must be a mapping, got {type(part).__name__}")
+            raise InvalidArgument("content", part, "a content part must be a mapping")
         kind = part.get("type")
         if kind in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
             return self.count_text(part["text"])
@@ -206,7 +207,7 @@ class TokenCounter(abc.ABC):
 
     def _count_call(self, call: object) -> int:
         if not isinstance(call, Mapping):
-            raise TypeError(f"a tool call must be a mapping, got {type(call).__name__}")
+            raise InvalidArgument("tool_calls", call, "a tool call must be a mapping")
         function = call.get("function")
         if not isinstance(function, Mapping):
             function = {}
@@ -327,7 +328,7 @@ class LiteLLMCounter(TokenCounter):
     def count_message(self, message: Mapping[str, Any]) -> int:
         """Return LiteLLM's count of one message, its per-message overhead included."""
         if not isinstance(message, Mapping):
-            raise TypeError(f"a chat message must be a mapping, got {type(message).__name__}")
+            raise InvalidArgument("message", message, "a chat message must be a mapping")
         return int(self._count(messages=[dict(message)], count_response_tokens=True))
 
     def count_tools(self, tools: Sequence[Mapping[str, Any]] | None) -> int:
@@ -382,13 +383,15 @@ def counter_for(model: str, counter: str | TokenCounter | None = None) -> TokenC
     if isinstance(counter, TokenCounter):
         return counter
     if not isinstance(model, str) or not model:
-        raise ValueError(f"model must be a non-empty string, got {model!r}")
+        raise InvalidArgument("model", model, "a model is a non-empty string")
     if counter is not None and not isinstance(counter, str):
-        raise TypeError(f"counter must be a name or a TokenCounter, got {type(counter).__name__}")
+        raise InvalidArgument("counter", counter, "a counter is a name or a TokenCounter")
     if counter is not None and not _is_counter_name(counter):
-        raise ValueError(
-            f"unknown token counter {counter!r}; choose one of: {', '.join(COUNTER_NAMES)} "
-            "(or None to choose by model)"
+        raise InvalidArgument(
+            "counter",
+            counter,
+            f"unknown token counter; choose one of: {', '.join(COUNTER_NAMES)} "
+            "(or None to choose by model)",
         )
     return _cached_counter(model, counter)
 
@@ -519,7 +522,8 @@ def _load_encoding(model: str, name: str) -> tiktoken.Encoding:
     tiktoken_module = _import_tiktoken()
     known: list[str] = list(tiktoken_module.list_encoding_names())
     if name not in known:
-        raise ValueError(f"tiktoken has no encoding {name!r}; it has: {', '.join(sorted(known))}")
+        reason = f"tiktoken has no encoding {excerpt(name)}; it has: {', '.join(sorted(known))}"
+        raise InvalidArgument("encoding", name, reason)
     _use_litellm_encodings()
     try:
         encoding: tiktoken.Encoding = tiktoken_module.get_encoding(name)
@@ -608,12 +612,12 @@ def _cached_hf_tokenizer(litellm: Any, model: str, kind: str) -> Any:
 
 def _check_messages(messages: object) -> None:
     if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
-        raise TypeError(f"messages must be a list of chat messages, got {type(messages).__name__}")
+        raise InvalidArgument("messages", messages, "a list of chat messages")
 
 
 def _as_list(value: object, key: str) -> Sequence[object]:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise TypeError(f"{key} must be a list, got {type(value).__name__}")
+        raise InvalidArgument(key, value, "must be a list")
     return value
 
 
@@ -621,7 +625,7 @@ def _tool_list(tools: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     listed = []
     for index, tool in enumerate(tools):
         if not isinstance(tool, Mapping):
-            raise TypeError(f"tools[{index}] must be a mapping, got {type(tool).__name__}")
+            raise InvalidArgument(f"tools[{index}]", tool, "a tool must be a mapping")
         listed.append(dict(tool))
     return listed
 

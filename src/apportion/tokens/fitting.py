@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from apportion.errors import InputTooLarge, InvalidTokenCount
+from apportion.errors import InputTooLarge, InvalidArgument, InvalidTokenCount
 from apportion.tokens.counting import TokenCounter
 
 __all__ = ["STRATEGIES", "Fit", "fit_messages"]
@@ -96,15 +96,15 @@ def fit_messages(
         InvalidTokenCount: ``budget`` is not a non-negative integer.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(
-            f"unknown fitting strategy {strategy!r}; choose one of: " + ", ".join(STRATEGIES)
+        raise InvalidArgument(
+            "strategy",
+            strategy,
+            "unknown fitting strategy; choose one of: " + ", ".join(STRATEGIES),
         )
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
         raise InvalidTokenCount("budget", budget, "must be a non-negative integer")
     if not isinstance(counter, TokenCounter):
-        raise TypeError(
-            f"counter must be a TokenCounter (see counter_for), got {type(counter).__name__}"
-        )
+        raise InvalidArgument("counter", counter, "a TokenCounter (see counter_for)")
     originals = _validate(messages)
     tool_list = _validate_tools(tools)
 
@@ -154,19 +154,19 @@ def fit_messages(
 
 def _validate(messages: object) -> list[Mapping[str, Any]]:
     if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
-        raise TypeError(
-            "messages must be a list of chat messages (mappings with a 'role'), "
-            f"got {type(messages).__name__}"
+        raise InvalidArgument(
+            "messages", messages, "a list of chat messages (mappings with a 'role')"
         )
     checked: list[Mapping[str, Any]] = []
     for index, message in enumerate(messages):
         if not isinstance(message, Mapping):
-            raise TypeError(
-                f"messages[{index}] must be a mapping with a 'role', got {type(message).__name__}"
-            )
+            reason = f"messages[{index}] must be a mapping with a 'role'"
+            raise InvalidArgument(f"messages[{index}]", message, reason)
         role = message.get("role")
         if not isinstance(role, str) or not role:
-            raise ValueError(f"messages[{index}] has no 'role' (a non-empty string): {role!r}")
+            raise InvalidArgument(
+                "role", role, f"messages[{index}] has no 'role' (a non-empty string)"
+            )
         checked.append(message)
     return checked
 
@@ -175,10 +175,10 @@ def _validate_tools(tools: object) -> list[Mapping[str, Any]] | None:
     if tools is None:
         return None
     if isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Sequence):
-        raise TypeError(f"tools must be a list of tool definitions, got {type(tools).__name__}")
+        raise InvalidArgument("tools", tools, "a list of tool definitions")
     for index, tool in enumerate(tools):
         if not isinstance(tool, Mapping):
-            raise TypeError(f"tools[{index}] must be a mapping, got {type(tool).__name__}")
+            raise InvalidArgument(f"tools[{index}]", tool, "a tool must be a mapping")
     return list(tools)
 
 

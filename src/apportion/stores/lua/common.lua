@@ -21,6 +21,7 @@
 
 local NAME, RANK, ALLOC, RSV, CBY, RBY, OBY, CALLS, TRUNC, INCUT = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 local GS = 8 -- values per open grant
+local EV_SLICE = 1000 -- events appended per RPUSH
 
 local function int(n)
   return string.format('%.0f', n)
@@ -95,8 +96,17 @@ local function grant_at(c, gid)
   return nil
 end
 
+-- Remove the open grant at p: the grants after it move down once (one pass).
 local function drop_grant(c, p)
-  for _ = 1, GS do table.remove(c.st, p) end
+  local st = c.st
+  local last = #st
+  for i = p, last - GS do st[i] = st[i + GS] end
+  for i = last, last - GS + 1, -1 do st[i] = nil end
+end
+
+-- Remove every value from position p to the end (from the end, so # stays right).
+local function truncate(st, p)
+  for i = #st, p, -1 do st[i] = nil end
 end
 
 -- Cost (nano-USD) of ctx input and out output tokens at the prices of the grant at p.
@@ -119,8 +129,9 @@ local function cost_left(c)
   return left
 end
 
--- Settle the open grant at position p without usage: its tokens return to the free pool.
-local function settle(c, p, how, note)
+-- Account the open grant at position p as settled without usage (its tokens return to
+-- the free pool), leaving it in place: the caller removes it.
+local function unreserve(c, p, how, note)
   local st = c.st
   local gid, ai, ctx, out = st[p], st[p + 1], st[p + 2], st[p + 3]
   local total = ctx + out
@@ -129,7 +140,6 @@ local function settle(c, p, how, note)
   st[7] = st[7] - total
   st[8] = st[8] + total
   st[at(c, RBY, ai)] = st[at(c, RBY, ai)] - total
-  drop_grant(c, p)
   c.gone[gid] = how .. '|' .. st[13 + ai]
   local kind = 'release'
   if how == 'expire' then kind = 'expire' end
@@ -137,18 +147,30 @@ local function settle(c, p, how, note)
   c.dirty = true
 end
 
--- Release every grant whose lease ended at or before now, oldest grant first.
+-- Settle the open grant at position p without usage: its tokens return to the free pool.
+local function settle(c, p, how, note)
+  unreserve(c, p, how, note)
+  drop_grant(c, p)
+end
+
+-- Release every grant whose lease ended at or before now, oldest grant first: one pass
+-- that settles the ended grants and moves each remaining one down at most once.
 local function reap(c)
   if c.due > c.now then return 0 end
-  local st, n, p = c.st, 0, c.g
-  while p <= #st do
+  local st, n, w = c.st, 0, c.g
+  local last = #st
+  for p = c.g, last, GS do
     if tonumber(st[p + 4]) <= c.now then
-      settle(c, p, 'expire', 'lease expired')
+      unreserve(c, p, 'expire', 'lease expired')
       n = n + 1
     else
-      p = p + GS
+      if w ~= p then
+        for k = 0, GS - 1 do st[w + k] = st[p + k] end
+      end
+      w = w + GS
     end
   end
+  truncate(st, w)
   return n
 end
 
@@ -201,7 +223,11 @@ local function save(c)
   local st = c.st
   local blob = cjson.encode(st)
   redis.call('SET', c.key, blob, 'KEEPTTL')
-  if #c.ev > 0 then redis.call('RPUSH', c.ekey, unpack(c.ev)) end
+  -- in slices: unpack() of more than about 8,000 values fails (Lua's C stack)
+  local ev = c.ev
+  for i = 1, #ev, EV_SLICE do
+    redis.call('RPUSH', c.ekey, unpack(ev, i, math.min(i + EV_SLICE - 1, #ev)))
+  end
   if st[2] == 'open' then
     -- the index may score a request early (reap corrects it), never late
     local due = deadline(c)
@@ -218,10 +244,12 @@ local function refuse(c, reply)
   return reply
 end
 
--- Close the request: release its open grants, then record the status.
+-- Close the request: release its open grants (oldest first, in one pass), then record
+-- the status.
 local function close(c, status)
   local st = c.st
-  while #st >= c.g do settle(c, c.g, 'close', status) end
+  for p = c.g, #st, GS do unreserve(c, p, 'close', status) end
+  truncate(st, c.g)
   st[2] = status
   event(c, 'close', false, 0, 0, 0, false, 0, status)
   c.dirty = true

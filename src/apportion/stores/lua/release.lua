@@ -1,7 +1,8 @@
 -- Ledger.release. KEYS: ledger, events, index.
--- ARGV: now, reason, grant ok (1/0), grant id, agent.
+-- ARGV: now, reason, grant ok (1/0), grant id, agent, refused by the caller (1/0).
 local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 if not c then return {'unknown'} end
+if ARGV[6] == '1' then return {'bad'} end
 if c.st[2] ~= 'open' then return {'closed', c.st[2]} end
 reap(c)
 local p, err = open_grant(c, ARGV[3], ARGV[4], ARGV[5])
