@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -80,6 +81,25 @@ class _LoggedProgress(Progress):
             highlight=False,
             markup=False,
         )
+
+
+def write_outputs(*outputs: tuple[str, Path | None, str | bytes | None]) -> None:
+    """Write each ``(what, path, content)`` that has a path, atomically, and say so.
+
+    Produce every content first: then a failure to draw or compute leaves no file at all.
+
+    Raises:
+        typer.Exit: a file could not be written (after the one ``error:`` line).
+    """
+    from apportion.files import write_atomic
+
+    try:
+        for what, path, content in outputs:
+            if path is not None and content is not None:
+                write_atomic(path, content)
+                console.print(f"{what} written to {path}", highlight=False)
+    except OSError as exc:
+        raise fail(exc) from exc
 
 
 def progress() -> Progress:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from apportion.cli.console import console, fail, progress
+from apportion.cli.console import console, fail, progress, write_outputs
 from apportion.cli.logs import load_log
 from apportion.cli.tables import learn_table, limit_text
 from apportion.errors import ApportionError
@@ -100,7 +100,7 @@ def learn(
     an upper bound no allocation can beat, so the ratios are conservative; the held-out
     runs of --split are then played once each.
     """
-    from apportion.files import load_json, read_text, write_atomic
+    from apportion.files import load_json, read_text
     from apportion.policies.learned import LearnedPolicy
     from apportion.sim.figures import figure_format
     from apportion.sim.learn import (
@@ -177,15 +177,11 @@ def learn(
                     progress=lambda n: bar.advance(task, n),
                 )
         console.print(learn_table(result))
-        if json_path is not None:
-            write_atomic(json_path, json.dumps(result, indent=2) + "\n")
-            console.print(f"JSON written to {json_path}", highlight=False)
-        if plot is not None and fmt is not None:
-            write_atomic(plot, learning_figure(result, fmt))
-            console.print(f"figure written to {plot}", highlight=False)
-        if save_state is not None:
-            write_atomic(save_state, policy.state())
-            console.print(f"state written to {save_state}", highlight=False)
+        write_outputs(
+            ("JSON", json_path, json.dumps(result, indent=2) + "\n"),
+            ("figure", plot, None if fmt is None else learning_figure(result, fmt)),
+            ("state", save_state, None if save_state is None else policy.state()),
+        )
     except (ApportionError, OSError, ValueError) as exc:
         raise fail(exc) from exc
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from apportion.cli.console import console, fail, progress
+from apportion.cli.console import console, fail, progress, write_outputs
 from apportion.cli.logs import load_log
 from apportion.cli.tables import (
     bench_table,
@@ -180,7 +180,6 @@ def bench(
     section (the table then shows each policy's cost per request). Output files are
     written whole or not at all.
     """
-    from apportion.files import write_atomic
     from apportion.sim.bench import parse_ceilings, parse_ceilings_usd
     from apportion.sim.figures import figure_format, render_figure
 
@@ -235,15 +234,7 @@ def bench(
             image = render_figure(result, fmt)
         except Exception as exc:
             raise fail(RuntimeError(f"cannot draw the figure for {plot}: {exc}")) from exc
-    try:
-        if json_path is not None:
-            write_atomic(json_path, document)
-            console.print(f"JSON written to {json_path}")
-        if plot is not None and image is not None:
-            write_atomic(plot, image)
-            console.print(f"figure written to {plot}")
-    except OSError as exc:
-        raise fail(exc) from exc
+    write_outputs(("JSON", json_path, document), ("figure", plot, image))
 
 
 def policies() -> None:
@@ -296,7 +287,6 @@ def replay(
     The logged prompt is each call's available input and the logged completion its output
     need. Policies that learn are fitted on the train runs and reported on --split.
     """
-    from apportion.files import write_atomic
     from apportion.sim.replay import replay_steps, run_replay
 
     names = policy or rule_policies()
@@ -320,9 +310,7 @@ def replay(
                 progress=lambda n: bar.advance(task, n),
             )
         console.print(replay_table(result))
-        if json_path is not None:
-            write_atomic(json_path, json.dumps(result, indent=2) + "\n")
-            console.print(f"JSON written to {json_path}")
+        write_outputs(("JSON", json_path, json.dumps(result, indent=2) + "\n"))
     except (ApportionError, OSError) as exc:
         raise fail(exc) from exc
 

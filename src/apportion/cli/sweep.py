@@ -16,6 +16,16 @@ from apportion.cli.console import console, fail, progress
 from apportion.cli.tables import optimize_tables, sweep_table
 from apportion.errors import ApportionError
 
+RunnerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--runner",
+        metavar="MODULE:FUNCTION",
+        help="Your pipeline: a function(controller, example) running one example.",
+    ),
+]
+"""``--runner``: your pipeline's code, the same option in ``sweep`` and ``optimize``."""
+
 
 def _target(
     target: Path | None,
@@ -49,14 +59,7 @@ def sweep(
     policy: Annotated[str, typer.Option(help="Base policy.")] = "estimate",
     ceiling: Annotated[int | None, typer.Option(help="Token ceiling (workloads).", min=1)] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (workloads).", min=0)] = None,
-    runner: Annotated[
-        str | None,
-        typer.Option(
-            "--runner",
-            metavar="MODULE:FUNCTION",
-            help="Your pipeline: a function(controller, example) running one example.",
-        ),
-    ] = None,
+    runner: RunnerOption = None,
     eval_path: Annotated[
         Path | None, typer.Option("--eval", help="JSON Lines file of examples.")
     ] = None,
@@ -137,14 +140,7 @@ def optimize(
     requests: Annotated[int, typer.Option(help="Requests per trial (workloads).", min=1)] = 200,
     policy: Annotated[str, typer.Option(help="Policy whose usage seeds the search.")] = "estimate",
     seed: Annotated[int | None, typer.Option(help="Random seed.", min=0)] = None,
-    runner: Annotated[
-        str | None,
-        typer.Option(
-            "--runner",
-            metavar="MODULE:FUNCTION",
-            help="Your pipeline: a function(controller, example) running one example.",
-        ),
-    ] = None,
+    runner: RunnerOption = None,
     eval_path: Annotated[Path | None, typer.Option("--eval", help="JSON Lines examples.")] = None,
     metric: Annotated[str | None, typer.Option(help="module:function metric.")] = None,
     output: Annotated[

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from apportion.cli.console import console, fail, progress, stages
+from apportion.cli.console import console, fail, progress, stages, write_outputs
 from apportion.cli.tables import profile_table, quality_table, report_table, rollout_table
 from apportion.errors import ApportionError
 
@@ -88,7 +88,6 @@ def report(
     from apportion.analysis.page import report_page
     from apportion.analysis.profile import budgets_yaml, profile_budgets
     from apportion.analysis.report import Thresholds, build_report
-    from apportion.files import write_atomic
 
     thresholds = Thresholds(percentile=percentile, margin=margin)
     steps = ["reading the telemetry", "building the report"]
@@ -130,15 +129,7 @@ def report(
         console.print(rollouts)
     # Everything is produced in memory first: a failure leaves no file at all.
     text = json.dumps(document, indent=2) + "\n"
-    try:
-        if json_path is not None:
-            write_atomic(json_path, text)
-            console.print(f"JSON written to {json_path}")
-        if html is not None and page is not None:
-            write_atomic(html, page)
-            console.print(f"HTML page written to {html}")
-    except OSError as exc:
-        raise fail(exc) from exc
+    write_outputs(("JSON", json_path, text), ("HTML page", html, page))
 
 
 def profile(
