@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from apportion import Agent, Controller, Pipeline, PolicyConfigError
+from apportion import Agent, Controller, Pipeline, PolicyConfigError, PolicyStateError
 from apportion.cli import app
-from apportion.policies import LearnedPolicy, resolve_policy
+from apportion.policies import EstimatePolicy, LearnedPolicy, resolve_policy
 from apportion.policies.learned import StateVersionError, check_outcome
 from apportion.policies.outcome_model import CRITICAL_LEAST, OutcomeModel
 from apportion.policies.rollout import Rollout, confidence_bounds
@@ -94,6 +94,21 @@ def test_state_version_error_is_one_of_the_errors() -> None:
     with pytest.raises(StateVersionError) as info:
         LearnedPolicy().load_state(b"[1, 2]")
     assert info.value.version is None and info.value.problem == "not a learned policy state"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe{}", b'{"format": 1e999}', b"9" * 5000],
+    ids=["deep", "not-utf8", "inf", "huge-int"],
+)
+def test_a_malformed_state_is_a_state_error(data: bytes, tmp_path: Path) -> None:
+    """Learned and shared need-model states are read as any input file: nothing else raised."""
+    with pytest.raises(StateVersionError):
+        LearnedPolicy().load_state(data)
+    path = tmp_path / "state.json"
+    path.write_bytes(data)
+    with pytest.raises(PolicyStateError):
+        EstimatePolicy.load(path)
 
 
 def test_workers_learn_together_through_the_store() -> None:

@@ -58,11 +58,11 @@ def read_text(path: str | os.PathLike[str]) -> str:
         ) from None
 
 
-def load_json(text: str, file: str | None = None, *, line: int | None = None) -> Any:
+def load_json(text: str | bytes, file: str | None = None, *, line: int | None = None) -> Any:
     """One JSON document, checked as any input file is.
 
     Args:
-        text: the document.
+        text: the document (bytes: UTF-8).
         file: its file, for errors.
         line: the line ``text`` starts on in that file (one document per line), if known.
 
@@ -93,6 +93,9 @@ def load_json(text: str, file: str | None = None, *, line: int | None = None) ->
         raise SpecError(f"not valid JSON: {exc.msg}", file=file, line=where) from None
     except _Refused as exc:
         raise SpecError(f"not valid JSON: {exc}", file=file, line=line) from None
+    except UnicodeDecodeError as exc:
+        problem = f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+        raise SpecError(problem, file=file, line=line) from None
     except RecursionError:
         problem = f"not valid JSON: nested more than {MAX_DEPTH} deep"
         raise SpecError(problem, file=file, line=line) from None

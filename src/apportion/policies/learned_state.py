@@ -23,7 +23,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from apportion.errors import PolicyConfigError, StateVersionError
+from apportion.errors import PolicyConfigError, SpecError, StateVersionError
+from apportion.files import load_json
 from apportion.policies.outcome_model import OutcomeModel
 from apportion.policies.sharing import SharedState, compare_and_set
 
@@ -68,10 +69,10 @@ def decode(
         PolicyConfigError: a known pipeline's statistics are for other agents.
     """
     try:
-        document = json.loads(data)
-    except ValueError as exc:
+        document = load_json(data)
+    except SpecError as exc:
         raise StateVersionError(
-            f"not a learned policy state: {exc}", path=where, expected=STATE_VERSION
+            f"not a learned policy state: {exc.problem}", path=where, expected=STATE_VERSION
         ) from None
     if not isinstance(document, Mapping) or document.get("format") != STATE_FORMAT:
         raise StateVersionError("not a learned policy state", path=where, expected=STATE_VERSION)

@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from apportion.errors import PolicyStateError
-from apportion.files import write_atomic
+from apportion.errors import PolicyStateError, SpecError
+from apportion.files import load_json, write_atomic
 from apportion.policies.needs import NeedModel, StateProblem
 from apportion.spec import Agent, Pipeline
 
@@ -149,11 +149,9 @@ def encode_shared(pipelines: Mapping[str, Any]) -> bytes:
 
 def _checked(data: bytes, form: str, version: int, what: str, where: str) -> dict[str, Any]:
     try:
-        document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PolicyStateError(
-            f"not {what}: not JSON ({exc})", path=where, expected=version
-        ) from None
+        document = load_json(data)
+    except SpecError as exc:
+        raise PolicyStateError(f"not {what}: {exc.problem}", path=where, expected=version) from None
     if not isinstance(document, dict) or document.get("format") != form:
         found = document.get("format") if isinstance(document, dict) else None
         raise PolicyStateError(
