@@ -25,6 +25,8 @@ from apportion.errors import ApportionError, SpecError, UnknownAgent
 from apportion.files import load_json, read_text
 from apportion.limits import MAX_DEPTH, excerpt, listing
 from apportion.policies import StaticPolicy
+from apportion.policies.constrained import Constrained
+from apportion.policies.rollout import Rollout
 from apportion.sim.replay import load_calls
 from apportion.sim.workload import load_workload
 from apportion.yamlfile import MAX_ALIAS_NODES, load_yaml
@@ -269,6 +271,10 @@ def test_budgets_file_naming_an_unknown_agent_is_refused(tmp_path: Path) -> None
     with pytest.raises(UnknownAgent):
         Controller(pipeline, policy=StaticPolicy({"nobody": (10, 10)}))
     Controller(pipeline, policy=StaticPolicy({"triage": (10, 10)}))  # a subset is fine
+    wrapped = StaticPolicy({"nobody": (10, 10)})
+    for policy in (Constrained(wrapped, None), Rollout(wrapped, "uniform")):
+        with pytest.raises(UnknownAgent):  # a wrapper asks the policies it wraps
+            Controller(pipeline, policy=policy)
 
 
 # --------------------------------------------------------------------------- atomic writes

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from apportion.errors import PolicyConfigError
 from apportion.ledger import Grant
 from apportion.policies.base import Observation, Plan, Policy
-from apportion.spec import Agent
+from apportion.spec import Agent, Pipeline
 
 
 class Constrained(Policy):
@@ -45,6 +45,10 @@ class Constrained(Policy):
         self.consumed: dict[str, float] = {}
         self.usage: dict[str, list[int]] = {}
         self.requests = 0
+
+    def check_pipeline(self, pipeline: Pipeline) -> None:
+        """The wrapped policy's check."""
+        self.policy.check_pipeline(pipeline)
 
     def plan(self, obs: Observation) -> Plan:
         """The wrapped policy's plan."""

@@ -48,7 +48,7 @@ from apportion.limits import excerpt
 from apportion.policies import resolve_policy
 from apportion.policies.base import Decision, DecisionLog, Observation, Plan, Policy
 from apportion.policies.learned import check_outcome
-from apportion.spec import Agent, Priority
+from apportion.spec import Agent, Pipeline, Priority
 
 STEPS = (0.01, 0.05, 0.25, 0.5, 1.0)
 """The default shares of traffic the candidate is given, in order."""
@@ -273,6 +273,11 @@ class Rollout(Policy):
         """The request's place in [0, 1): it goes to the candidate when below the share."""
         digest = hashlib.sha256((self.salt + request_id).encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "big") / 2**64
+
+    def check_pipeline(self, pipeline: Pipeline) -> None:
+        """Both sides' checks: a pipeline either policy refuses is refused."""
+        self.candidate.check_pipeline(pipeline)
+        self.baseline.check_pipeline(pipeline)
 
     def _side(self, obs: Observation) -> str:
         side: str | None = obs.memo.get("rollout")
