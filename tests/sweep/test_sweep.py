@@ -88,6 +88,24 @@ def test_sweep_resumes_from_its_cache(
     assert again["agents"] == mispriority_sweep["agents"]
 
 
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"[1, 2]",
+        b"null",
+        b'{"*@1": 5}',
+        b'{"*@1": {"quality": "x", "tokens_by_agent": {}}}',
+        b"\xff[",
+    ],
+)
+def test_a_broken_sweep_cache_is_computed_again(garbage: bytes, tmp_path: Path) -> None:
+    """The cache is only a cache: whatever its file holds, the sweep runs (and rewrites it)."""
+    target = WorkloadTarget(MISPRIORITY, policy="estimate", requests=3)
+    (tmp_path / f"sweep-{target.fingerprint()}.json").write_bytes(garbage)
+    result = sweep(target, (1.0,), cache_dir=tmp_path)
+    assert {row["name"] for row in result["agents"]}
+
+
 def test_priorities_rewrite_raises_elastic(
     mispriority_sweep: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apportion.errors import PolicyConfigError
-from apportion.files import write_atomic
+from apportion.errors import PolicyConfigError, SpecError
+from apportion.files import load_json, write_atomic
 from apportion.policies import Policy
 from apportion.policies.constrained import Constrained
 
@@ -245,16 +245,20 @@ def priorities_from(result: dict[str, Any], *, floor: float = 0.01) -> dict[str,
 
 
 class _Cache:
-    """Finished cells of one sweep, one JSON file per target and parameters."""
+    """Finished cells of one sweep, one JSON file per target and parameters.
+
+    Only a cache: a file or a cell that cannot be read is computed again, never an error.
+    """
 
     def __init__(self, directory: str | Path, fingerprint: str) -> None:
         self.path = Path(directory) / f"sweep-{fingerprint}.json"
         self.cells: dict[str, Any] = {}
         if self.path.exists():
             try:
-                self.cells = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                self.cells = {}
+                cells = load_json(self.path.read_bytes())
+            except (OSError, SpecError):
+                cells = {}
+            self.cells = cells if isinstance(cells, dict) else {}
 
     @staticmethod
     def _name(job: tuple[str | None, float]) -> str:
@@ -262,9 +266,15 @@ class _Cache:
 
     def get(self, job: tuple[str | None, float]) -> CellResult | None:
         entry = self.cells.get(self._name(job))
-        if entry is None:
+        try:
+            quality, tokens = entry["quality"], entry["tokens_by_agent"]  # type: ignore[index]
+            if isinstance(quality, bool) or not isinstance(quality, int | float):
+                return None
+            if not all(isinstance(v, int | float) for v in tokens.values()):
+                return None
+            return CellResult(float(quality), dict(tokens))
+        except (TypeError, KeyError, AttributeError):
             return None
-        return CellResult(float(entry["quality"]), dict(entry["tokens_by_agent"]))
 
     def put(self, job: tuple[str | None, float], result: CellResult) -> None:
         self.cells[self._name(job)] = {
