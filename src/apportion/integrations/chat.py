@@ -78,18 +78,34 @@ itself, which cannot be told from the provider's own, so it is not marked estima
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Generator, Mapping, Sequence, Sized
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from apportion.errors import ApportionError, BudgetExceeded, InvalidArgument
+from apportion.errors import ApportionError, BudgetExceeded, InvalidArgument, UnsupportedCall
+from apportion.integrations.protocols import (
+    CHAT,
+    CONTINUE_PROMPT,
+    LENGTH,
+    Protocol,
+    is_absent,
+    is_reasoning_model,
+    protocol_named,
+)
 from apportion.ledger import Grant, check_name, check_tokens
 
-CONTINUE_PROMPT = "Continue exactly where you stopped."
-"""The user turn that asks a cut answer to go on (after the answer so far)."""
+__all__ = [
+    "CONTINUE_PROMPT",
+    "MAX_EXTENSIONS",
+    "THINKING_MIN_BUDGET",
+    "CallReport",
+    "ChatCall",
+    "Op",
+    "StreamTally",
+    "is_reasoning_model",
+    "report_of",
+]
 
 MAX_EXTENSIONS = 3
 """Follow-up calls made at most for one cut answer, by default."""
@@ -98,8 +114,6 @@ _LITELLM_SOURCE = "LiteLLM"
 
 THINKING_MIN_BUDGET = 1024
 """Anthropic's smallest thinking budget; below it, thinking is left off."""
-
-_REASONING = re.compile(r"^(o\d+|gpt-5)([-.:_].*)?$")
 
 Cost = Callable[[str, int, int], "float | None"]
 """Prices ``(model, prompt_tokens, completion_tokens)`` in USD, or ``None`` if unknown."""
@@ -178,11 +192,6 @@ def report_of(response: Any) -> CallReport | None:
     return report if isinstance(report, CallReport) else None
 
 
-def is_reasoning_model(model: str) -> bool:
-    """Whether ``model`` is an OpenAI reasoning model, capped by ``max_completion_tokens``."""
-    return bool(_REASONING.match(model.rsplit("/", 1)[-1].lower()))
-
-
 # ----------------------------------------------------------------------- the core
 
 
@@ -192,12 +201,17 @@ class ChatCall:
     Args:
         agent: the agent calling.
         model: the model name, as the client takes it.
-        messages: the chat messages.
-        params: the rest of the client's parameters (``max_tokens`` is read as a cap).
+        messages: the chat messages (for the Responses API: its ``input``, a text or a list
+            of items).
+        params: the rest of the client's parameters (the protocol's cap parameters,
+            ``max_tokens`` ..., are read as the most output wanted). The OpenAI SDK's
+            ``omit`` / ``NOT_GIVEN`` placeholders count as absent.
         counter: ``None`` (the model's tokenizer), ``"approximate"``, or a ``TokenCounter``.
         fit: the fitting strategy (see :data:`apportion.tokens.fitting.STRATEGIES`).
         max_extensions: follow-up calls allowed for a cut answer.
         cost: prices the usage (``None``: no cost).
+        protocol: the wire protocol, a :class:`~apportion.integrations.protocols.Protocol`
+            or its name: ``"chat"`` (chat completions, the default) or ``"responses"``.
 
     Raises:
         TypeError, ValueError: bad arguments; nothing is reserved.
@@ -215,43 +229,47 @@ class ChatCall:
         fit: str = "keep-recent",
         max_extensions: int = MAX_EXTENSIONS,
         cost: Cost | None = None,
+        protocol: Protocol | str = CHAT,
     ) -> None:
         from apportion.tokens.counting import counter_for
+
+        self.protocol = protocol = protocol_named(protocol)
 
         if not isinstance(agent, str):
             raise InvalidArgument("agent", agent, "an agent name")
         if not isinstance(model, str) or not model:
             raise InvalidArgument("model", model, "a model name")
         model = check_name("model", model)
-        if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
-            raise InvalidArgument("messages", messages, "a list of chat messages")
         if type(max_extensions) is not int or not 0 <= max_extensions <= 1000:
             raise InvalidArgument("max_extensions", max_extensions, "an integer from 0 to 1000")
-        params = dict(params)
-        caps = [
-            check_tokens(k, params.pop(k))
-            for k in ("max_tokens", "max_completion_tokens")
-            if params.get(k) is not None
-        ]
+        params = {k: v for k, v in dict(params).items() if not is_absent(v)}
+        self.messages, self.instructions = protocol.read(messages, params)
+        self.cap_given = tuple(k for k in protocol.caps if params.get(k) is not None)
+        caps = [check_tokens(k, params.pop(k)) for k in self.cap_given]
+        for key in protocol.caps:
+            params.pop(key, None)
         self.cap: int | None = min(caps) if caps else None
-        n = params.get("n")
+        n = params.get("n") if protocol.choices else None
         n = 1 if n is None else n
         if type(n) is not int or not 1 <= n <= 128:
             raise InvalidArgument("n", n, "a number of choices from 1 to 128")
+        self.stream = bool(params.get("stream"))
+        if self.stream and protocol is not CHAT:
+            raise UnsupportedCall(
+                f"{protocol.name} stream", "a streamed Responses call is not budgeted yet"
+            )
         self.n = n
         self.agent = agent
         self.model = model
         self.requested = model
         self.routes = False
         self.catalog: Callable[[], Any] | None = None
-        self.messages = list(messages)
         self.params = params
         self.tools = params.get("tools")
         self.counter = counter_for(model, counter)
         self.strategy = fit
         self.max_extensions = max_extensions
         self.cost = cost
-        self.stream = bool(params.get("stream"))
         self.report = CallReport(agent, model)
 
     def _reroute(self, model: str) -> None:
@@ -278,14 +296,25 @@ class ChatCall:
 
     # -------------------------------------------------------------- parameters
 
-    def call_params(self, messages: list[Any], cap: int) -> dict[str, Any]:
-        """The client's parameters for one call capped at ``cap`` output tokens."""
-        params = dict(self.params)
+    def call_params(
+        self, messages: list[Any], cap: int, base: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The client's parameters for one call capped at ``cap`` output tokens.
+
+        Args:
+            messages: the (fitted) messages, the ``instructions`` first if any.
+            cap: the output granted to the call (divided among ``n`` choices).
+            base: the parameters with the messages already in place (a follow-up call);
+                default: the caller's parameters with ``messages``.
+        """
+        if base is None:
+            params = self.protocol.request(dict(self.params), messages, self.instructions)
+        else:
+            params = dict(base)
         params["model"] = self.model
-        params["messages"] = messages
         per_choice = max(1, cap // self.n)
-        key = "max_completion_tokens" if is_reasoning_model(self.model) else "max_tokens"
-        params[key] = per_choice
+        for key in self.protocol.cap_keys(self.cap_given, self.model):
+            params[key] = per_choice
         thinking = params.get("thinking")
         if isinstance(thinking, Mapping) and thinking.get("type") == "enabled":
             wanted = thinking.get("budget_tokens")
@@ -392,16 +421,11 @@ class ChatCall:
     def _account(self, response: Any, prompt_counted: int) -> tuple[str, str | None]:
         """Add one response's usage to the report; return its text and finish reason."""
         report = self.report
-        choices = list(getattr(response, "choices", None) or ())
-        first = choices[0] if choices else None
-        message = getattr(first, "message", None)
-        text = getattr(message, "content", None)
-        text = text if isinstance(text, str) else ""
-        reason = getattr(first, "finish_reason", None)
-        usage = getattr(response, "usage", None)
-        prompt = _int(getattr(usage, "prompt_tokens", None))
-        completion = _int(getattr(usage, "completion_tokens", None))
-        written = sum(_written(self.counter, getattr(c, "message", None)) for c in choices)
+        protocol = self.protocol
+        text = protocol.text(response)
+        reason = protocol.finish_reason(response)
+        prompt, completion = protocol.usage(response)
+        written = protocol.written(self.counter, response)
         if not prompt and prompt_counted:  # none reported (or LiteLLM's zero placeholder)
             prompt = prompt_counted
             report.usage_estimated = True
@@ -414,17 +438,10 @@ class ChatCall:
         report.finish_reason = reason
         return text, reason
 
-    def _continuable(self, response: Any) -> bool:
-        choices = list(getattr(response, "choices", None) or ())
-        if len(choices) != 1:
-            return False
-        message = getattr(choices[0], "message", None)
-        content = getattr(message, "content", None)
-        return isinstance(content, str) and bool(content) and not getattr(message, "tool_calls", 0)
-
     def steps(self) -> Generator[Op, Any, Any]:
         """The whole non-streaming call; returns the (merged) response."""
         report = self.report
+        protocol = self.protocol
         grant, messages, sent = yield from self._open()
         first_cap = grant.output_tokens
         try:
@@ -436,15 +453,13 @@ class ChatCall:
         pieces = [text]
         last = response
         while (
-            reason == "length"
+            reason == LENGTH
             and report.extensions < self.max_extensions
-            and self._continuable(last)
+            and protocol.continuable(last)
         ):
-            follow = [
-                *messages,
-                {"role": "assistant", "content": "".join(pieces)},
-                {"role": "user", "content": CONTINUE_PROMPT},
-            ]
+            base, follow = protocol.follow_up(
+                self.params, messages, self.instructions, "".join(pieces), last
+            )
             resent = self.counter.count_messages(follow, tools=self.tools)
             try:
                 bigger = yield Op("req", "extend", (grant, first_cap), {"context_tokens": resent})
@@ -456,15 +471,15 @@ class ChatCall:
             grant = bigger
             report.extensions += 1
             try:
-                last = yield Op("model", "call", (), self.call_params(follow, extra))
+                last = yield Op("model", "call", (), self.call_params(follow, extra, base))
             except BaseException:
                 yield from self._finish(grant, True, quiet=True)
                 raise
             text, reason = self._account(last, resent)
             pieces.append(text)
-        yield from self._finish(grant, reason == "length")
+        yield from self._finish(grant, reason == LENGTH)
         if report.calls > 1:
-            _merge(response, "".join(pieces), reason, report)
+            response = protocol.merge(response, last, "".join(pieces), report)
         _attach(response, report)
         return response
 
@@ -551,35 +566,6 @@ class StreamTally:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _written(counter: Any, message: Any) -> int:
-    """Tokens of a message's text and tool-call arguments, counted here."""
-    total = 0
-    content = getattr(message, "content", None)
-    if isinstance(content, str) and content:
-        total += counter.count_text(content)
-    for call in getattr(message, "tool_calls", None) or ():
-        function = getattr(call, "function", None)
-        name = getattr(function, "name", None) or ""
-        args = getattr(function, "arguments", None) or ""
-        if not isinstance(args, str):
-            args = json.dumps(args)
-        total += counter.count_text(f"{name} {args}")
-    return total
-
-
-def _merge(response: Any, text: str, reason: str | None, report: CallReport) -> None:
-    """Put the joined answer, the last finish reason and the summed usage on ``response``."""
-    choice = response.choices[0]
-    choice.message.content = text
-    choice.finish_reason = reason
-    usage = getattr(response, "usage", None)
-    if usage is not None:
-        with suppress(AttributeError, TypeError, ValueError):
-            usage.prompt_tokens = report.input_tokens
-            usage.completion_tokens = report.output_tokens
-            usage.total_tokens = report.input_tokens + report.output_tokens
 
 
 def _attach(response: Any, report: CallReport) -> None:
