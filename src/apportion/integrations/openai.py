@@ -201,7 +201,10 @@ class _Resource:
 
 
 class _Refused:
-    """A method (or resource) that cannot be budgeted: calling it raises ``UnsupportedCall``."""
+    """A method (or resource) that cannot be budgeted: calling it raises ``UnsupportedCall``.
+
+    Its attributes are refused too, so the error names the whole method called.
+    """
 
     def __init__(self, method: str, reason: str) -> None:
         self.method = method
@@ -214,9 +217,11 @@ class _Refused:
         raise UnsupportedCall(self.method, self.reason)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
+        if name.startswith("__") or name in ("method", "reason"):
             raise AttributeError(name)
-        raise UnsupportedCall(f"{self.method}.{name}", self.reason)
+        if name in ("with_raw_response", "with_streaming_response"):
+            return self
+        return _Refused(f"{self.method}.{name}", self.reason)
 
 
 class _Root(_Resource):
@@ -250,7 +255,7 @@ class _Root(_Resource):
                 f"no agent for {method}: name it with req.openai(client, agent=...) or "
                 f"{method}(agent=..., ...)",
             )
-        return agent  # type: ignore[no-any-return]
+        return agent
 
     def _prepare(self, method: str, protocol: Protocol, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The engine's keywords: the agent, the messages and the model taken out."""
