@@ -384,3 +384,32 @@ def test_async_req_call_with_the_responses_protocol(server, store):
             assert req.summary().agents["triage"].consumed == billed(server)
 
     asyncio.run(main())
+
+
+def test_responses_input_with_tool_items_is_fitted_keeping_calls_with_outputs(server, store):
+    turn = [
+        {"role": "user", "content": words(40, "q")},
+        {"type": "function_call", "call_id": "c1", "name": "look", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": words(40, "r")},
+    ]
+    last = [
+        {"role": "user", "content": "And now?"},
+        {"type": "function_call", "call_id": "c9", "name": "look", "arguments": "{}"},
+        {"type": "function_call", "call_id": "c8", "name": "find", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c9", "output": "nine"},
+        {"type": "function_call_output", "call_id": "c8", "output": "eight"},
+    ]
+    ctl = controller(store, FixedPolicy(context=250, output=20))
+    with ctl.request(ceiling=5_000) as req:
+        chat = req.openai(openai_client(server), agent="reasoner")
+        response = chat.responses.create(
+            model=MODEL, instructions="Be brief.", input=turn * 6 + last
+        )
+        report = response.apportion
+        assert report.input_cut and report.dropped_messages > 0
+        sent = server.requests[0]
+        assert sent["instructions"] == "Be brief." and sent["input"][-5:] == last
+        calls = {i["call_id"] for i in sent["input"] if i.get("type") == "function_call"}
+        outputs = {i["call_id"] for i in sent["input"] if i.get("type") == "function_call_output"}
+        assert calls == outputs and "_apportion_items" not in str(sent)
+        assert settled(req, "reasoner") == billed(server)

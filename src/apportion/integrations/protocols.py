@@ -248,6 +248,7 @@ class _Responses(Protocol):
     choices = False
 
     def read(self, messages: Any, params: dict[str, Any]) -> tuple[list[Any], bool]:
+        """Chat-shaped views of the input items, to count and fit (see :func:`_views`)."""
         items: list[Any]
         if isinstance(messages, str):
             items = [{"role": "user", "content": messages}]
@@ -255,12 +256,13 @@ class _Responses(Protocol):
             raise InvalidArgument("input", messages, "a text or a list of input items")
         else:
             items = list(messages)
+        views = _views(items)
         instructions = params.get("instructions")
         if instructions is None:
-            return items, False
+            return views, False
         if not isinstance(instructions, str):
             raise InvalidArgument("instructions", instructions, "a text")
-        return [{"role": "system", "content": instructions}, *items], True
+        return [{"role": "system", "content": instructions, _ITEMS: ()}, *views], True
 
     def cap_keys(self, given: Sequence[str], model: str) -> tuple[str, ...]:
         return self.caps
@@ -268,7 +270,12 @@ class _Responses(Protocol):
     def request(
         self, params: dict[str, Any], messages: list[Any], instructions: bool
     ) -> dict[str, Any]:
-        params["input"] = messages[1:] if instructions else messages
+        """The input items back from their (fitted) views; ``instructions`` left out."""
+        params["input"] = [
+            item
+            for view in (messages[1:] if instructions else messages)
+            for item in _items_of(view)
+        ]
         return params
 
     def _items(self, response: Any, kind: str) -> list[Any]:
@@ -340,6 +347,76 @@ class _Responses(Protocol):
                     part.text = ""
         _set_usage(getattr(last, "usage", None), self.usage_keys, report)
         return last
+
+
+_ITEMS = "_apportion_items"
+"""The key of a view holding the input items it stands for (never sent)."""
+
+
+def _views(items: list[Any]) -> list[dict[str, Any]]:
+    """Chat-shaped views of Responses input items, so that counting and fitting apply.
+
+    A message item is its own view; consecutive ``function_call`` items become one
+    assistant message with ``tool_calls`` and each ``function_call_output`` a ``tool``
+    message, so fitting keeps a call with its output; any other item (``reasoning``,
+    ``item_reference`` ...) is an assistant message holding its JSON (counted, high). Each
+    view keeps the items it stands for under :data:`_ITEMS`, and :func:`_items_of` gives
+    them back after fitting.
+    """
+    views: list[dict[str, Any]] = []
+    for item in items:
+        if not isinstance(item, Mapping):
+            raise InvalidArgument("input", item, "an input item must be a mapping")
+        kind = item.get("type")
+        if kind == "function_call":
+            call = {
+                "id": str(item.get("call_id", "")),
+                "type": "function",
+                "function": {"name": item.get("name", ""), "arguments": item.get("arguments")},
+            }
+            last = views[-1] if views else None
+            if last is not None and last.get("tool_calls") and last.get("content") is None:
+                last["tool_calls"].append(call)
+                last[_ITEMS] = (*last[_ITEMS], item)
+                continue
+            views.append(
+                {"role": "assistant", "content": None, "tool_calls": [call], _ITEMS: (item,)}
+            )
+        elif kind == "function_call_output":
+            output = item.get("output")
+            text = output if isinstance(output, str) else json.dumps(output, default=str)
+            call_id = str(item.get("call_id", ""))
+            views.append(
+                {"role": "tool", "tool_call_id": call_id, "content": text, _ITEMS: (item,)}
+            )
+        elif isinstance(item.get("role"), str) and item.get("role"):
+            views.append({**item, _ITEMS: (item,)})
+        else:
+            text = json.dumps(dict(item), default=str, separators=(",", ":"))
+            views.append({"role": "assistant", "content": text, _ITEMS: (item,)})
+    return views
+
+
+def _items_of(view: Any) -> list[Any]:
+    """The input items a (fitted) view stands for.
+
+    A view fitting left whole gives its items back; one it shortened gives its message
+    item (or tool output) with the shortened content; a view fitting made (the note of
+    what was dropped) is sent as the message it is.
+    """
+    if not isinstance(view, Mapping) or _ITEMS not in view:
+        return [view]
+    items = list(view[_ITEMS])
+    if len(items) != 1:
+        return items
+    item = items[0]
+    if item.get("type") == "function_call_output":
+        if view.get("content") != item.get("output") and isinstance(view.get("content"), str):
+            return [{**item, "output": view["content"]}]
+        return [item]
+    if "role" in item and view.get("content") is not item.get("content"):
+        return [{**item, "content": view.get("content")}]
+    return [item]
 
 
 def _kind(item: Any) -> Any:
