@@ -58,6 +58,34 @@ def test_reasoning_models_are_capped_with_max_completion_tokens():
     assert params["max_completion_tokens"] == 40 and "max_tokens" not in params
 
 
+def test_the_callers_cap_parameter_names_are_kept():
+    params = make(max_completion_tokens=300).call_params(QUESTION, 120)
+    assert params["max_completion_tokens"] == 120 and "max_tokens" not in params
+    both = make(max_tokens=300, max_completion_tokens=200).call_params(QUESTION, 120)
+    assert (both["max_tokens"], both["max_completion_tokens"]) == (120, 120)
+    responses = ChatCall(
+        "triage",
+        "gpt-4o-mini",
+        "hi",
+        {"max_output_tokens": 300, "instructions": "Be brief."},
+        counter="approximate",
+        protocol="responses",
+    )
+    assert responses.cap == 300
+    params = responses.call_params(responses.messages, 90)
+    assert params["max_output_tokens"] == 90 and not {"max_tokens", "messages"} & set(params)
+    assert params["input"] == [{"role": "user", "content": "hi"}]
+    assert params["instructions"] == "Be brief."
+
+
+def test_the_openai_sdk_placeholders_are_absent():
+    import openai
+
+    call = make(max_tokens=openai.omit, tools=openai.NOT_GIVEN, temperature=openai.omit)
+    assert call.cap is None and call.tools is None
+    assert set(call.call_params(QUESTION, 10)) == {"model", "messages", "max_tokens"}
+
+
 def test_n_choices_share_the_cap():
     assert make(n=3).call_params(QUESTION, 100)["max_tokens"] == 33
 
