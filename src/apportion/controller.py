@@ -664,7 +664,13 @@ class _RequestBase:
 
 
 class Request(_RequestBase):
-    """One request's budget, used as a context manager (see :meth:`Controller.request`)."""
+    """One request's budget, used as a context manager (see :meth:`Controller.request`).
+
+    Attributes:
+        is_async: ``False``: its methods are called, not awaited (the integrations ask).
+    """
+
+    is_async = False
 
     def open(self) -> Request:
         """Open the request in the store (``with`` does this for you)."""
@@ -805,7 +811,13 @@ class Request(_RequestBase):
 
 
 class AsyncRequest(_RequestBase):
-    """The async twin of :class:`Request` (see :meth:`Controller.arequest`)."""
+    """The async twin of :class:`Request` (see :meth:`Controller.arequest`).
+
+    Attributes:
+        is_async: ``True``: its methods are awaited (the integrations ask).
+    """
+
+    is_async = True
 
     async def open(self) -> AsyncRequest:
         """Open the request in the store (``async with`` does this for you)."""

@@ -141,3 +141,18 @@ def test_importing_the_integrations_pulls_no_client():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_request_says_whether_it_is_async():
+    from apportion import AsyncRequest, Request
+    from apportion.integrations.drivers import is_async_request
+
+    assert Request.is_async is False and AsyncRequest.is_async is True
+
+    class Awaited:  # a request-like object that does not say: its begin is asked
+        async def begin(self) -> None: ...
+
+    class Said(Awaited):
+        is_async = False
+
+    assert is_async_request(Awaited()) and not is_async_request(Said())

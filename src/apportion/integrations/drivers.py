@@ -23,9 +23,13 @@ from apportion.ledger import Grant
 def is_async_request(req: Any) -> bool:
     """Whether ``req`` is an async request (its ``begin`` is awaited: an ``AsyncRequest``).
 
-    Asked of the request's own methods, so the engine drives any request-like object and
-    needs nothing from :mod:`apportion.controller` (which sits above it).
+    The request says so (``is_async``); any other request-like object is asked whether
+    its ``begin`` is a coroutine function. So the engine needs nothing from
+    :mod:`apportion.controller` (which sits above it).
     """
+    said = getattr(type(req), "is_async", None)
+    if isinstance(said, bool):
+        return said
     return inspect.iscoroutinefunction(getattr(type(req), "begin", None))
 
 
