@@ -413,3 +413,33 @@ def test_responses_input_with_tool_items_is_fitted_keeping_calls_with_outputs(se
         outputs = {i["call_id"] for i in sent["input"] if i.get("type") == "function_call_output"}
         assert calls == outputs and "_apportion_items" not in str(sent)
         assert settled(req, "reasoner") == billed(server)
+
+
+def test_a_raw_stream_is_a_budgeted_stream(server, store):
+    server.queue(Reply(words(6)))
+    ctl = controller(store, FixedPolicy(output=30))
+    with ctl.request(ceiling=5_000) as req:
+        chat = req.openai(openai_client(server), agent="triage")
+        raw = chat.chat.completions.with_raw_response.create(
+            model=MODEL, messages=QUESTION, stream=True
+        )
+        stream = raw.parse()
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == words(6) and stream.report.settled == "finish"
+        assert caps(server) == [{"max_tokens": 30}]
+        assert settled(req, "triage") == billed(server)
+
+
+def test_bad_agent_and_missing_arguments_are_refused_before_sending(server, store):
+    ctl = controller(store)
+    with ctl.request(ceiling=2_000) as req:
+        with pytest.raises(InvalidArgument, match="agent"):
+            req.openai(openai_client(server), agent=5)  # type: ignore[arg-type]
+        chat = req.openai(openai_client(server), agent="triage")
+        with pytest.raises(InvalidArgument, match="input"):
+            chat.responses.create(model=MODEL)
+        with pytest.raises(InvalidArgument, match="model"):
+            chat.chat.completions.create(messages=QUESTION)
+        with pytest.raises(InvalidArgument, match="input"):
+            chat.responses.create(model=MODEL, input=42)
+        assert server.requests == [] and req.summary().reserved == 0

@@ -190,7 +190,7 @@ class _Resource:
             return _Refused(".".join(path), reason)
         if name in ("with_raw_response", "with_streaming_response") and self._mode == "plain":
             mode = "raw" if name == "with_raw_response" else "streaming"
-            view = getattr(self._target, "with_raw_response")  # noqa: B009  (checked here)
+            view = getattr(self._target, name)  # what the client's own methods answer
             return _Resource(self._root, self._path, self._target, view, mode)
         value = getattr(self._view, name)
         if path in _PROXIED:
