@@ -19,7 +19,7 @@ from integration_helpers import (
     openai_client,
     words,
 )
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from apportion import AsyncController, InvalidArgument, UnsupportedCall
 from apportion.integrations import CONTINUE_PROMPT
@@ -443,3 +443,26 @@ def test_bad_agent_and_missing_arguments_are_refused_before_sending(server, stor
         with pytest.raises(InvalidArgument, match="input"):
             chat.responses.create(model=MODEL, input=42)
         assert server.requests == [] and req.summary().reserved == 0
+
+
+def test_a_structured_answer_cut_at_its_cap_is_settled_not_continued(server, store):
+    long_json = '{"label": "' + words(40) + '", "score": 3}'
+    server.queue(Reply(long_json), Reply(long_json), Reply(long_json))
+    ctl = controller(store, FixedPolicy(output=10, extra=10))
+    with ctl.request(ceiling=5_000) as req:
+        chat = req.openai(openai_client(server), agent="reasoner")
+        with pytest.raises(openai.LengthFinishReasonError):
+            chat.beta.chat.completions.parse(
+                model=MODEL, messages=QUESTION, response_format=Verdict
+            )
+        raw = chat.chat.completions.with_raw_response.parse(
+            model=MODEL, messages=QUESTION, response_format=Verdict
+        )
+        assert raw.apportion.truncated and raw.apportion.calls == 1
+        with pytest.raises(openai.LengthFinishReasonError):
+            raw.parse()
+        with pytest.raises(ValidationError):  # the SDK cannot read the cut JSON
+            chat.responses.parse(model=MODEL, input="Judge.", text_format=Verdict)
+        assert len(server.requests) == 3  # a JSON answer is never continued
+        assert [r.status for r in req.calls.values()] == ["cut"] * 3
+        assert settled(req, "reasoner") == billed(server) and req.summary().reserved == 0

@@ -34,9 +34,11 @@ One call, step by step:
    thinking is left off for the call (``CallReport.thinking_budget`` is then 0).
 5. **Call** the model; read ``usage`` and ``finish_reason``.
 6. **Extend** when ``finish_reason == "length"`` and the answer is plain text (one choice,
-   no tool calls): ask the policy for as many output tokens again as the first call was
-   granted, declaring as ``context_tokens`` the follow-up prompt, which is the fitted
-   messages, then an assistant message holding the answer so far, then a user message
+   no tool calls, no structured output: a JSON schema or JSON mode would make the
+   follow-up a second JSON document, so such an answer is settled as cut): ask the policy
+   for as many output tokens again as the first call was granted, declaring as
+   ``context_tokens`` the follow-up prompt, which is the fitted messages, then an
+   assistant message holding the answer so far, then a user message
    :data:`CONTINUE_PROMPT`. If granted, make that follow-up call capped at what was granted
    and append its text to the answer; repeat up to ``max_extensions`` times (3 by default).
    (A follow-up ends with a user turn, so it works with every provider; it is not
@@ -268,7 +270,7 @@ class ChatCall:
         self.tools = params.get("tools")
         self.counter = counter_for(model, counter)
         self.strategy = fit
-        self.max_extensions = max_extensions
+        self.max_extensions = 0 if protocol.structured(params) else max_extensions
         self.cost = cost
         self.report = CallReport(agent, model)
 

@@ -18,7 +18,10 @@ The budgeted client is what a framework can hold in place of the SDK's client:
   ``max_output_tokens``) is the most output wanted and is sent under its own name, capped
   at the grant. ``openai.omit`` / ``openai.NOT_GIVEN`` are treated as absent. Chat
   completions may stream (``stream=True``: a
-  :class:`~apportion.integrations.drivers.BudgetedStream`).
+  :class:`~apportion.integrations.drivers.BudgetedStream`). A structured answer (``parse``,
+  ``response_format``, a JSON ``text.format``) is never continued; when ``parse`` cannot
+  read an answer (``openai.LengthFinishReasonError`` for one cut at its cap), the grant is
+  settled with what the provider billed and the SDK's error is re-raised.
 * **The agent** is the one given to ``req.openai(client, agent=...)``, or the ``agent=``
   keyword given to a call (taken out before the call is sent; it wins over the client's).
   A call with neither raises :class:`~apportion.errors.InvalidArgument` naming the method,
@@ -52,6 +55,7 @@ Without LiteLLM, or for a model the map does not price, the cost is ``None``.
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -296,12 +300,13 @@ class BudgetedOpenAI(_Root):
         ) -> Any:
             args = self._prepare(label, protocol, kwargs)
             options = {"counter": counter, "fit": fit, "max_extensions": max_extensions}
-            if mode == "plain":
+            if mode == "plain" and name != "parse":
                 return call(self.req, send=plain, cost=cost, **options, **args)
             raw = getattr(target.with_raw_response, name)
             if mode == "streaming":
                 return _StreamingResponse(lambda: self._raw_call(raw, options, args))
-            return self._raw_call(raw, options, args)
+            result = self._raw_call(raw, options, args)
+            return result if mode == "raw" else result.parse()
 
         budgeted_call.__name__ = name
         budgeted_call.__doc__ = f"A budgeted ``{label}`` (see :mod:`{__name__}`)."
@@ -310,13 +315,15 @@ class BudgetedOpenAI(_Root):
     def _raw_call(self, raw: Any, options: dict[str, Any], args: dict[str, Any]) -> Any:
         first: list[Any] = []
 
+        failed: list[Exception] = []
+
         def send(**params: Any) -> Any:
             response = raw(**params)
             first.append(response)
-            return response.parse()
+            return _parsed(response, args["protocol"], failed)
 
         result = call(self.req, send=send, cost=cost, **options, **args)
-        return BudgetedRawResponse(first[0], result)
+        return BudgetedRawResponse(first[0], result, failed[0] if failed else None)
 
 
 class AsyncBudgetedOpenAI(_Root):
@@ -342,9 +349,11 @@ class AsyncBudgetedOpenAI(_Root):
         ) -> Any:
             args = self._prepare(label, protocol, kwargs)
             options = {"counter": counter, "fit": fit, "max_extensions": max_extensions}
-            if mode == "plain":
+            if mode == "plain" and name != "parse":
                 return await acall(self.req, send=plain, cost=cost, **options, **args)
-            return await self._raw_call(getattr(target.with_raw_response, name), options, args)
+            raw = getattr(target.with_raw_response, name)
+            result = await self._raw_call(raw, options, args)
+            return result if mode != "plain" else result.parse()
 
         if mode == "streaming":
 
@@ -360,13 +369,38 @@ class AsyncBudgetedOpenAI(_Root):
     async def _raw_call(self, raw: Any, options: dict[str, Any], args: dict[str, Any]) -> Any:
         first: list[Any] = []
 
+        failed: list[Exception] = []
+
         async def send(**params: Any) -> Any:
             response = await raw(**params)
             first.append(response)
-            return response.parse()
+            return _parsed(response, args["protocol"], failed)
 
         result = await acall(self.req, send=send, cost=cost, **options, **args)
-        return BudgetedRawResponse(first[0], result)
+        return BudgetedRawResponse(first[0], result, failed[0] if failed else None)
+
+
+def _parsed(raw: Any, protocol: Protocol, failed: list[Exception]) -> Any:
+    """The raw response parsed; when the SDK cannot parse it, its plain type, to settle.
+
+    ``parse`` methods raise on an answer they cannot read (``LengthFinishReasonError`` for
+    a structured answer cut at its cap, a validation error ...) though the provider billed
+    it: the error is kept in ``failed`` (re-raised once the grant is settled) and the
+    response is read as a plain ``ChatCompletion`` / ``Response`` for its usage.
+    """
+    try:
+        return raw.parse()
+    except Exception as error:
+        sdk = sys.modules.get("openai")
+        if sdk is None:
+            raise
+        plain = sdk.types.chat.ChatCompletion if protocol is CHAT else sdk.types.responses.Response
+        try:  # the body, without the SDK's post-parsing (which raised)
+            result = plain.construct(**json.loads(raw.text))
+        except Exception:
+            raise error from None
+        failed.append(error)
+        return result
 
 
 class BudgetedRawResponse:
@@ -379,17 +413,27 @@ class BudgetedRawResponse:
         apportion: the call's :class:`~apportion.integrations.chat.CallReport`.
     """
 
-    def __init__(self, raw: Any, result: Any) -> None:
+    def __init__(self, raw: Any, result: Any, error: Exception | None = None) -> None:
         self.raw = raw
         self.result = result
+        self.error = error
         self.apportion = report_of(result)
 
     def parse(self, *, to: Any = None) -> Any:
-        """The budgeted response (``to=``: the raw response parsed as that type)."""
-        return self.result if to is None else self.raw.parse(to=to)
+        """The budgeted response (``to=``: the raw response parsed as that type).
+
+        Raises:
+            Exception: the SDK's own error when it could not parse the answer (e.g.
+                ``openai.LengthFinishReasonError``), once the grant is settled.
+        """
+        if to is not None:
+            return self.raw.parse(to=to)
+        if self.error is not None:
+            raise self.error
+        return self.result
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("raw", "result", "apportion"):
+        if name in ("raw", "result", "error", "apportion"):
             raise AttributeError(name)
         return getattr(self.raw, name)
 
@@ -417,7 +461,7 @@ class _AsyncRawResponse(BudgetedRawResponse):
 
     async def parse(self, *, to: Any = None) -> Any:
         """The budgeted response (awaited, as the SDK's async streaming response)."""
-        return self.result if to is None else self.raw.parse(to=to)
+        return BudgetedRawResponse.parse(self, to=to)
 
 
 class _AsyncStreamingResponse:
@@ -428,7 +472,7 @@ class _AsyncStreamingResponse:
 
     async def __aenter__(self) -> _AsyncRawResponse:
         done = await self._make()
-        return _AsyncRawResponse(done.raw, done.result)
+        return _AsyncRawResponse(done.raw, done.result, done.error)
 
     async def __aexit__(
         self,

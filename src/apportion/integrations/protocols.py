@@ -110,6 +110,13 @@ class Protocol:
         """The parameters to send the cap in, given the caller's cap parameters."""
         raise NotImplementedError
 
+    def structured(self, params: Mapping[str, Any]) -> bool:
+        """Whether the call asks for structured output (JSON): such answers are not continued."""
+        format_ = params.get("response_format")
+        return format_ is not None and not (
+            isinstance(format_, Mapping) and format_.get("type") == "text"
+        )
+
     def request(
         self, params: dict[str, Any], messages: list[Any], instructions: bool
     ) -> dict[str, Any]:
@@ -266,6 +273,16 @@ class _Responses(Protocol):
 
     def cap_keys(self, given: Sequence[str], model: str) -> tuple[str, ...]:
         return self.caps
+
+    def structured(self, params: Mapping[str, Any]) -> bool:
+        if params.get("text_format") is not None:  # ``responses.parse``
+            return True
+        text = params.get("text")
+        format_ = text.get("format") if isinstance(text, Mapping) else None
+        return isinstance(format_, Mapping) and format_.get("type") in (
+            "json_schema",
+            "json_object",
+        )
 
     def request(
         self, params: dict[str, Any], messages: list[Any], instructions: bool
