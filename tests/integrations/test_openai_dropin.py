@@ -75,6 +75,22 @@ def test_the_callers_cap_parameter_name_is_kept(server, store):
     assert caps(server) == [{"max_completion_tokens": 25}, {"max_tokens": 25}]
 
 
+def test_a_cap_hidden_in_extra_body_is_read_and_never_sent_over_the_grant(server, store):
+    ctl = controller(store, FixedPolicy(output=25))
+    with ctl.request(ceiling=2_000) as req:
+        chat = req.openai(openai_client(server), agent="triage")
+        response = chat.chat.completions.create(
+            model=MODEL,
+            messages=QUESTION,
+            extra_body={"max_completion_tokens": 900, "max_tokens": 800, "top_k": 3},
+        )
+        assert response.apportion.grant.output_tokens == 25
+        sent = server.requests[-1]
+        assert (sent["max_completion_tokens"], sent["max_tokens"], sent["top_k"]) == (25, 25, 3)
+        chat.responses.create(model=MODEL, input="hi", extra_body={"max_output_tokens": 900})
+        assert server.requests[-1]["max_output_tokens"] == 25
+
+
 def test_no_agent_is_a_clear_error_and_a_call_may_name_its_own(server, store):
     ctl = controller(store)
     with ctl.request(ceiling=2_000) as req:

@@ -244,7 +244,9 @@ class ChatCall:
         model = check_name("model", model)
         if type(max_extensions) is not int or not 0 <= max_extensions <= 1000:
             raise InvalidArgument("max_extensions", max_extensions, "an integer from 0 to 1000")
-        params = {k: v for k, v in dict(params).items() if not is_absent(v)}
+        params = _caps_out_of_extra_body(
+            {k: v for k, v in dict(params).items() if not is_absent(v)}, protocol
+        )
         self.messages, self.instructions = protocol.read(messages, params)
         self.cap_given = tuple(k for k in protocol.caps if params.get(k) is not None)
         caps = [check_tokens(k, params.pop(k)) for k in self.cap_given]
@@ -568,6 +570,27 @@ class StreamTally:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+_ALL_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def _caps_out_of_extra_body(params: dict[str, Any], protocol: Protocol) -> dict[str, Any]:
+    """Cap parameters hidden in ``extra_body`` (which the SDK sends over ours) taken out.
+
+    The protocol's own become the caller's caps (when not also given as parameters); the
+    others are dropped: no cap of the caller's reaches the provider beside the grant's.
+    """
+    extra = params.get("extra_body")
+    if not isinstance(extra, Mapping) or not any(k in extra for k in _ALL_CAPS):
+        return params
+    extra = dict(extra)
+    for key in _ALL_CAPS:
+        value = extra.pop(key, None)
+        if key in protocol.caps and params.get(key) is None and not is_absent(value):
+            params[key] = value
+    params["extra_body"] = extra
+    return params
 
 
 def _attach(response: Any, report: CallReport) -> None:
