@@ -28,7 +28,9 @@ The caller's cap parameter name is kept: a call given ``max_completion_tokens`` 
 ``max_tokens``; a ``max_tokens`` given for them is sent as ``max_completion_tokens``).
 
 The OpenAI SDK's placeholders for an absent parameter (``openai.omit``, ``openai.NOT_GIVEN``)
-are treated as absent, whichever protocol (see :func:`is_absent`).
+are treated as absent, whichever protocol (see :func:`is_absent`). A cap parameter inside
+``extra_body`` (which the SDK would send over the grant's) is taken out of it and read as
+the caller's.
 
 Truncation is reported to the engine as the finish reason ``"length"`` whatever the
 protocol, so the engine's extension loop is written once.
