@@ -122,6 +122,9 @@ def test_with_options_and_copy_stay_budgeted(server, store):
         copied.chat.completions.create(model=MODEL, messages=QUESTION)
         assert all(cap for cap in caps(server))
         assert settled(req, "reasoner") == billed(server)
+        with chat as entered:  # the client's own context: it closes the client at the end
+            assert entered is chat
+        assert chat.client.is_closed()
 
 
 def test_with_raw_response_stays_budgeted_and_parses(server, store):
@@ -378,7 +381,9 @@ def test_req_call_budgets_a_framework_s_own_send_function(server, store):
             req.call("triage", QUESTION, send=None, model=MODEL)  # type: ignore[arg-type]
         with pytest.raises(InvalidArgument, match="protocol"):
             req.call("triage", QUESTION, send=send, model=MODEL, protocol="grpc")
-        assert len(seen) == 3
+        with pytest.raises(InvalidArgument, match="fit"):
+            req.call("triage", QUESTION, send=send, model=MODEL, fit="newest")
+        assert len(seen) == 3 and req.summary().agents["triage"].calls == 0
 
 
 def test_async_req_call_with_the_responses_protocol(server, store):

@@ -234,6 +234,7 @@ class ChatCall:
         protocol: Protocol | str = CHAT,
     ) -> None:
         from apportion.tokens.counting import counter_for
+        from apportion.tokens.fitting import STRATEGIES
 
         self.protocol = protocol = protocol_named(protocol)
 
@@ -242,6 +243,8 @@ class ChatCall:
         if not isinstance(model, str) or not model:
             raise InvalidArgument("model", model, "a model name")
         model = check_name("model", model)
+        if fit not in STRATEGIES:
+            raise InvalidArgument("fit", fit, f"one of {', '.join(STRATEGIES)}")
         if type(max_extensions) is not int or not 0 <= max_extensions <= 1000:
             raise InvalidArgument("max_extensions", max_extensions, "an integer from 0 to 1000")
         params = _caps_out_of_extra_body(

@@ -242,6 +242,20 @@ class _Root(_Resource):
             raise AttributeError(name)
         return super().__getattr__(name)
 
+    def __enter__(self) -> Any:
+        self.client.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.client.__exit__(*exc)
+
+    async def __aenter__(self) -> Any:
+        await self.client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.client.__aexit__(*exc)
+
     def copy(self, *args: Any, **kwargs: Any) -> Any:
         """The SDK's ``copy`` (``with_options``), budgeted like this client."""
         return type(self)(self.client.copy(*args, **kwargs), self.req, self.agent)
