@@ -39,6 +39,7 @@ from apportion.errors import (
     UnknownRequest,
     UnknownSink,
     UnknownStore,
+    UnsupportedCall,
 )
 from apportion.ledger import Event, Grant, Ledger
 from apportion.policies import (
@@ -128,5 +129,6 @@ __all__ = [
     "UnknownRequest",
     "UnknownSink",
     "UnknownStore",
+    "UnsupportedCall",
     "__version__",
 ]

@@ -15,7 +15,7 @@ import math
 import secrets
 import time
 import warnings
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
@@ -648,20 +648,29 @@ class _RequestBase:
 
         return await acompletion(self, agent, **kwargs)
 
-    def openai(self, client: Any) -> Any:
-        """Wrap an OpenAI client so its chat completions are budgeted in this request.
+    def openai(self, client: Any, agent: str | None = None) -> Any:
+        """A drop-in OpenAI client whose model calls are budgeted in this request.
 
-        ``client`` is an ``openai.OpenAI`` or ``AsyncOpenAI``; the wrapper's
-        ``.chat.completions.create(agent=..., model=..., messages=...)`` is budgeted. See
-        :mod:`apportion.integrations.openai`.
+        ``client`` is an ``openai.OpenAI`` or ``AsyncOpenAI``; the budgeted client's
+        ``chat.completions.create`` / ``parse``, ``beta.chat.completions.parse`` and
+        ``responses.create`` / ``parse`` are budgeted for ``agent`` (or the ``agent=``
+        given per call); ``with_options``, ``copy``, ``with_raw_response`` and
+        ``with_streaming_response`` stay budgeted; a model call it cannot budget raises
+        ``UnsupportedCall``. See :mod:`apportion.integrations.openai`.
         """
         from apportion.integrations.openai import budgeted
 
-        return budgeted(client, self)
+        return budgeted(client, self, agent)
 
 
 class Request(_RequestBase):
-    """One request's budget, used as a context manager (see :meth:`Controller.request`)."""
+    """One request's budget, used as a context manager (see :meth:`Controller.request`).
+
+    Attributes:
+        is_async: ``False``: its methods are called, not awaited (the integrations ask).
+    """
+
+    is_async = False
 
     def open(self) -> Request:
         """Open the request in the store (``with`` does this for you)."""
@@ -769,13 +778,46 @@ class Request(_RequestBase):
 
         return completion(self, agent, **kwargs)
 
+    def call(
+        self, agent: str, messages: Any, *, send: Callable[..., Any], model: str, **params: Any
+    ) -> Any:
+        """One budgeted model call of ``agent``, made by ``send`` (the public call engine).
+
+        Counts ``messages``, begins a grant, fits the messages into it, caps the output at
+        it, calls ``send(model=..., messages=<fitted>, max_tokens=<cap>, **params)`` (one
+        provider call, keywords only), extends a cut answer, and finishes with the usage.
+
+        Args:
+            agent: the agent calling.
+            messages: the chat messages (the Responses API's ``input``).
+            send: makes one provider call, e.g. ``client.chat.completions.create``.
+            model: the model to call.
+            **params: apportion's ``protocol=`` (``"chat"``, ``"responses"``),
+                ``counter=``, ``fit=``, ``max_extensions=``, ``cost=``; the rest is passed
+                to ``send`` (``max_tokens`` ... are the most output wanted).
+
+        Returns:
+            ``send``'s response with a ``CallReport`` as ``response.apportion`` (a
+            ``BudgetedStream`` when ``stream=True``). See
+            :mod:`apportion.integrations.engine`.
+        """
+        from apportion.integrations.engine import call
+
+        return call(self, agent, messages, send=send, model=model, **params)
+
     def close(self, status: str = CLOSED) -> None:
         """Close the request (``with`` does this for you); open grants are released."""
         _run(self._steps.config.store, self._steps.close(status))
 
 
 class AsyncRequest(_RequestBase):
-    """The async twin of :class:`Request` (see :meth:`Controller.arequest`)."""
+    """The async twin of :class:`Request` (see :meth:`Controller.arequest`).
+
+    Attributes:
+        is_async: ``True``: its methods are awaited (the integrations ask).
+    """
+
+    is_async = True
 
     async def open(self) -> AsyncRequest:
         """Open the request in the store (``async with`` does this for you)."""
@@ -832,6 +874,20 @@ class AsyncRequest(_RequestBase):
     async def renew(self, grant: Grant) -> Grant:
         """Async :meth:`Request.renew`."""
         return await _arun(self._steps.config.store, self._steps.renew(grant))
+
+    async def call(
+        self,
+        agent: str,
+        messages: Any,
+        *,
+        send: Callable[..., Awaitable[Any]],
+        model: str,
+        **params: Any,
+    ) -> Any:
+        """The async :meth:`Request.call`: ``send`` is awaited (e.g. ``AsyncOpenAI``'s)."""
+        from apportion.integrations.engine import acall
+
+        return await acall(self, agent, messages, send=send, model=model, **params)
 
     async def close(self, status: str = CLOSED) -> None:
         """Async :meth:`Request.close`."""

@@ -638,3 +638,25 @@ class SchemaVersionError(ApportionError, RuntimeError):
             supported=supported,
             where=where,
         )
+
+
+class UnsupportedCall(ApportionError, NotImplementedError):
+    """A client method that would make a model call apportion cannot budget.
+
+    Raised instead of letting the call leave uncapped (a budgeted OpenAI client's
+    ``completions.create``, ``images``, ``chat.completions.stream`` ...).
+
+    Attributes:
+        method: the method called (``completions.create`` ...).
+        reason: why it cannot be budgeted, and what to use instead.
+    """
+
+    method: str
+    reason: str
+
+    def __init__(self, method: str, reason: str) -> None:
+        super().__init__(
+            f"{method} cannot be budgeted: {reason}; no uncapped call was made",
+            method=method,
+            reason=reason,
+        )

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from apportion.integrations._calls import (
+from apportion.integrations.chat import (
     THINKING_MIN_BUDGET,
     ChatCall,
     StreamTally,
@@ -56,6 +56,34 @@ def test_the_grant_sets_max_tokens_and_the_callers_cap_is_read():
 def test_reasoning_models_are_capped_with_max_completion_tokens():
     params = make("o3-mini", max_tokens=50).call_params(QUESTION, 40)
     assert params["max_completion_tokens"] == 40 and "max_tokens" not in params
+
+
+def test_the_callers_cap_parameter_names_are_kept():
+    params = make(max_completion_tokens=300).call_params(QUESTION, 120)
+    assert params["max_completion_tokens"] == 120 and "max_tokens" not in params
+    both = make(max_tokens=300, max_completion_tokens=200).call_params(QUESTION, 120)
+    assert (both["max_tokens"], both["max_completion_tokens"]) == (120, 120)
+    responses = ChatCall(
+        "triage",
+        "gpt-4o-mini",
+        "hi",
+        {"max_output_tokens": 300, "instructions": "Be brief."},
+        counter="approximate",
+        protocol="responses",
+    )
+    assert responses.cap == 300
+    params = responses.call_params(responses.messages, 90)
+    assert params["max_output_tokens"] == 90 and not {"max_tokens", "messages"} & set(params)
+    assert params["input"] == [{"role": "user", "content": "hi"}]
+    assert params["instructions"] == "Be brief."
+
+
+def test_the_openai_sdk_placeholders_are_absent():
+    import openai
+
+    call = make(max_tokens=openai.omit, tools=openai.NOT_GIVEN, temperature=openai.omit)
+    assert call.cap is None and call.tools is None
+    assert set(call.call_params(QUESTION, 10)) == {"model", "messages", "max_tokens"}
 
 
 def test_n_choices_share_the_cap():
@@ -113,3 +141,18 @@ def test_importing_the_integrations_pulls_no_client():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_request_says_whether_it_is_async():
+    from apportion import AsyncRequest, Request
+    from apportion.integrations.drivers import is_async_request
+
+    assert Request.is_async is False and AsyncRequest.is_async is True
+
+    class Awaited:  # a request-like object that does not say: its begin is asked
+        async def begin(self) -> None: ...
+
+    class Said(Awaited):
+        is_async = False
+
+    assert is_async_request(Awaited()) and not is_async_request(Said())

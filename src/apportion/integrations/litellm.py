@@ -11,8 +11,8 @@ Every LiteLLM parameter passes through (``api_base``, ``api_key``, ``tools``,
 ``mock_response``, ``stream`` ...), except ``max_tokens`` / ``max_completion_tokens``, which
 become the most output asked of the policy; the call is capped at what the policy grants.
 The semantics (counting, fitting, caps, extension of a cut answer, settling, errors,
-streaming) are those of :mod:`apportion.integrations._calls`, shared with the OpenAI SDK
-integration.
+streaming) are those of :mod:`apportion.integrations.chat`, through the public engine
+(:mod:`apportion.integrations.engine`), shared with the OpenAI SDK integration.
 
 LiteLLM is imported on first use, with ``LITELLM_LOCAL_MODEL_COST_MAP=True`` set first
 (unless already set) so that it reads its bundled model cost map instead of fetching it.
@@ -30,14 +30,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from apportion.errors import MissingExtra
-from apportion.integrations._calls import (
-    MAX_EXTENSIONS,
-    AsyncBudgetedStream,
-    BudgetedStream,
-    ChatCall,
-    arun,
-    run,
-)
+from apportion.integrations.chat import MAX_EXTENSIONS
+from apportion.integrations.engine import acall, call
 
 
 def import_litellm() -> Any:
@@ -102,19 +96,18 @@ def completion(
         Exception: the client's own errors, re-raised once the grant is settled.
     """
     litellm = import_litellm()
-    call = ChatCall(
+    return call(
+        req,
         agent,
-        model,
         messages,
-        kwargs,
+        send=litellm.completion,
+        model=model,
         counter=counter,
         fit=fit,
         max_extensions=max_extensions,
         cost=cost,
+        **kwargs,
     )
-    if call.stream:
-        return BudgetedStream(call, req, litellm.completion)
-    return run(call, req, litellm.completion)
 
 
 async def acompletion(
@@ -134,16 +127,15 @@ async def acompletion(
     too). With ``stream=True`` it returns an :class:`AsyncBudgetedStream`.
     """
     litellm = import_litellm()
-    call = ChatCall(
+    return await acall(
+        req,
         agent,
-        model,
         messages,
-        kwargs,
+        send=litellm.acompletion,
+        model=model,
         counter=counter,
         fit=fit,
         max_extensions=max_extensions,
         cost=cost,
+        **kwargs,
     )
-    if call.stream:
-        return await AsyncBudgetedStream(call, req, litellm.acompletion).open()
-    return await arun(call, req, litellm.acompletion)

@@ -1,9 +1,10 @@
 """A local server that speaks the OpenAI chat-completions protocol, for tests and examples.
 
 :class:`OpenAIServer` listens on a loopback port (``127.0.0.1``, port 0: the system picks
-one) in a background thread and answers ``POST /v1/chat/completions`` from a script of
-:class:`Reply` objects, so real clients (``openai``, ``litellm``) make real HTTP calls to it
-and nothing touches an outside network::
+one) in a background thread and answers ``POST /v1/chat/completions`` (and the Responses
+API's ``POST /v1/responses``, below) from a script of :class:`Reply` objects, so real
+clients (``openai``, ``litellm``) make real HTTP calls to it and nothing touches an
+outside network::
 
     with OpenAIServer([Reply("one two three four five six")]) as server:
         client = openai.OpenAI(base_url=server.url, api_key="test", max_retries=0)
@@ -30,8 +31,21 @@ What it does, like a real provider:
   body; ``Reply(fail_after=N)`` streams N tokens then sends an error event;
   :meth:`OpenAIServer.fail_at` fails the N-th request whatever it is.
 
-Every request's JSON body is kept in :attr:`OpenAIServer.requests`. When the script runs
-out, the server answers with ``default`` (a :class:`Reply` or a text).
+**The Responses API** (``POST /v1/responses``, non-streamed): ``input`` (a text, or items:
+messages, ``function_call`` / ``function_call_output``) and ``instructions`` (billed as a
+leading message) are the prompt; ``max_output_tokens`` cuts the reply, answered with
+``status: "incomplete"`` and ``incomplete_details: {"reason": "max_output_tokens"}``;
+``usage`` has ``input_tokens`` / ``output_tokens``. Each response gets an id
+(``resp_1`` ...); a request with ``previous_response_id`` is billed that response's whole
+context (its prompt and its output) on top of its own input, and continues a cut reply
+when it names the cut response (a resend of the answer so far continues it too).
+``chat/completions`` with ``response_format`` (the SDK's ``parse``) is answered as any
+chat completion: script a JSON text for it.
+
+Every request's JSON body is kept in :attr:`OpenAIServer.requests` (with its path in
+:attr:`OpenAIServer.paths`), and what each answer bills, ``(prompt, completion)`` tokens by
+the server's count (whatever ``usage`` reports), in :attr:`OpenAIServer.billed`. When the
+script runs out, the server answers with ``default`` (a :class:`Reply` or a text).
 """
 
 from __future__ import annotations
@@ -108,6 +122,7 @@ class _Pending:
     reply: Reply
     delivered: str
     rest: list[str] = field(default_factory=list)
+    response_id: str | None = None
 
 
 class OpenAIServer:
@@ -128,6 +143,9 @@ class OpenAIServer:
     ) -> None:
         self.default = _reply(default)
         self.requests: list[dict[str, Any]] = []
+        self.paths: list[str] = []
+        self.billed: list[tuple[int, int]] = []  # (prompt, completion) of each answer sent
+        self._contexts: dict[str, int] = {}  # response id -> tokens of its whole context
         self._script: deque[Reply] = deque(_reply(r) for r in replies)
         self._pending: _Pending | None = None
         self._failures: dict[int, int] = {}
@@ -204,28 +222,74 @@ class OpenAIServer:
 
     # ----------------------------------------------------------------- answering
 
-    def _next(self, body: Mapping[str, Any]) -> tuple[Reply, list[str], bool]:
+    def _next(self, body: Mapping[str, Any], path: str = "") -> tuple[Reply, list[str], bool]:
         """The reply, the tokens it may send (before the cap), whether they start it."""
         with self._lock:
             self.requests.append(json.loads(json.dumps(body)))
+            self.paths.append(path)
             status = self._failures.pop(len(self.requests), None)
             if status is not None:
                 return Reply(status=status), [], True
             pending, self._pending = self._pending, None
-            messages = body.get("messages") or []
-            if pending is not None and _continues(messages, pending.delivered):
+            messages = body.get("messages") or _input_items(body)
+            chained = pending is not None and pending.response_id is not None
+            if pending is not None and (
+                _continues(messages, pending.delivered)
+                or (chained and body.get("previous_response_id") == pending.response_id)
+            ):
                 return pending.reply, pending.rest, False
             reply = self._script.popleft() if self._script else self.default
             return reply, split_tokens(reply.text), True
 
-    def _cut(self, reply: Reply, tokens: list[str], cap: int | None) -> tuple[list[str], str]:
+    def _cut(
+        self, reply: Reply, tokens: list[str], cap: int | None, response_id: str | None = None
+    ) -> tuple[list[str], str]:
         """Keep at most ``cap`` tokens; remember the rest for a continuation."""
         if cap is None or len(tokens) <= cap:
             return tokens, reply.finish_reason
         sent, rest = tokens[:cap], tokens[cap:]
         with self._lock:
-            self._pending = _Pending(reply, "".join(sent).strip(), rest)
+            self._pending = _Pending(reply, "".join(sent).strip(), rest, response_id)
         return sent, "length"
+
+    def _context(self, body: Mapping[str, Any]) -> tuple[str, int]:
+        """A new response id, and the prompt tokens of a Responses request."""
+        with self._lock:
+            response_id = f"resp_{len(self._contexts) + 1}"
+            self._contexts[response_id] = 0
+            previous = self._contexts.get(str(body.get("previous_response_id")), 0)
+        prompt = prompt_tokens(_input_items(body)) + previous
+        return response_id, prompt
+
+    def _bill(self, prompt: int, completion: int) -> None:
+        with self._lock:
+            self.billed.append((prompt, completion))
+
+    def _remember(self, response_id: str, tokens: int) -> None:
+        with self._lock:
+            self._contexts[response_id] = tokens
+
+
+def _input_items(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A Responses request's prompt as chat-like messages (``instructions`` first)."""
+    items: list[dict[str, Any]] = []
+    if isinstance(body.get("instructions"), str):
+        items.append({"role": "system", "content": body["instructions"]})
+    given = body.get("input")
+    if isinstance(given, str):
+        return [*items, {"role": "user", "content": given}]
+    for item in given if isinstance(given, list) else ():
+        if not isinstance(item, Mapping):
+            continue
+        kind = item.get("type")
+        if kind == "function_call":
+            text = f"{item.get('name', '')} {item.get('arguments', '')}"
+            items.append({"role": "assistant", "content": text})
+        elif kind == "function_call_output":
+            items.append({"role": "tool", "content": str(item.get("output", ""))})
+        else:
+            items.append({"role": item.get("role", "user"), "content": item.get("content")})
+    return items
 
 
 def _continues(messages: list[Any], delivered: str) -> bool:
@@ -256,7 +320,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, f"no route {self.path}", "not_found")
 
     def do_POST(self) -> None:
-        if not self.path.rstrip("/").endswith("/chat/completions"):
+        route = self.path.rstrip("/")
+        responses = route.endswith("/responses")
+        if not route.endswith("/chat/completions") and not responses:
             self._error(404, f"no route {self.path}", "not_found")
             return
         length = int(self.headers.get("Content-Length") or 0)
@@ -265,7 +331,10 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             self._error(400, "the body is not JSON", "invalid_request_error")
             return
-        reply, tokens, first = self.owner._next(body)
+        if responses:
+            self._respond(body)
+            return
+        reply, tokens, first = self.owner._next(body, "/chat/completions")
         if reply.delay:
             time.sleep(reply.delay)
         if reply.status != 200:
@@ -275,7 +344,9 @@ class _Handler(BaseHTTPRequestHandler):
         cap = body.get("max_completion_tokens", body.get("max_tokens"))
         sent, finish = self.owner._cut(reply, tokens, cap if isinstance(cap, int) else None)
         n = body.get("n") or 1
-        usage = _usage(reply, prompt_tokens(body.get("messages") or []), len(sent) * n)
+        prompt = prompt_tokens(body.get("messages") or [])
+        self.owner._bill(prompt, len(sent) * n)
+        usage = _usage(reply, prompt, len(sent) * n)
         model = str(body.get("model", "gpt-4o-mini"))
         if body.get("stream"):
             include = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -304,6 +375,67 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if usage is not None:
             payload["usage"] = usage
+        self._json(200, payload)
+
+    def _respond(self, body: Mapping[str, Any]) -> None:
+        """Answer ``POST /v1/responses`` (the Responses API, non-streamed)."""
+        if body.get("stream"):
+            self._error(400, "this server does not stream the Responses API", "invalid_request")
+            return
+        response_id, prompt = self.owner._context(body)
+        reply, tokens, first = self.owner._next(body, "/responses")
+        if reply.delay:
+            time.sleep(reply.delay)
+        if reply.status != 200:
+            kind = "rate_limit_error" if reply.status == 429 else "server_error"
+            self._error(reply.status, f"scripted error {reply.status}", kind)
+            return
+        cap = body.get("max_output_tokens")
+        sent, finish = self.owner._cut(
+            reply, tokens, cap if isinstance(cap, int) else None, response_id
+        )
+        text = "".join(sent)
+        if first:
+            text = text.lstrip()
+        self.owner._bill(prompt, len(sent))
+        chat_usage = _usage(reply, prompt, len(sent))
+        self.owner._remember(response_id, prompt + len(sent))
+        cut = finish == "length"
+        payload: dict[str, Any] = {
+            "id": response_id,
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": str(body.get("model", "gpt-4o-mini")),
+            "status": "incomplete" if cut else "completed",
+            "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+            "error": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": cap,
+            "previous_response_id": body.get("previous_response_id"),
+            "metadata": {},
+            "parallel_tool_calls": True,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "tool_choice": "auto",
+            "tools": [],
+            "output": [
+                {
+                    "type": "message",
+                    "id": f"msg_{response_id}",
+                    "status": "incomplete" if cut else "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ],
+        }
+        if chat_usage is not None:
+            payload["usage"] = {
+                "input_tokens": chat_usage["prompt_tokens"],
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": chat_usage["completion_tokens"],
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": chat_usage["total_tokens"],
+            }
         self._json(200, payload)
 
     # ------------------------------------------------------------------ writing

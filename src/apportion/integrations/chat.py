@@ -1,10 +1,11 @@
-"""Budgeted chat completions, written once for every client (LiteLLM, OpenAI; sync, async).
+"""The chat logic of a budgeted call, written once for every client (LiteLLM, OpenAI; sync, async).
 
 :class:`ChatCall` holds the semantics of one budgeted call as a generator that yields
 :class:`Op` values (a request operation, or a model call) and receives their results or
-errors, like :mod:`apportion.controller`'s ``_Steps``. The shells below only carry those
-operations out: :func:`run` and :func:`arun` with blocking or awaited calls, and
-:class:`BudgetedStream` / :class:`AsyncBudgetedStream` for streaming. The client modules
+errors, like :mod:`apportion.controller`'s ``_Steps``. The shells in
+:mod:`apportion.integrations.drivers` only carry those operations out: ``run`` and
+``arun`` with blocking or awaited calls, and ``BudgetedStream`` / ``AsyncBudgetedStream``
+for streaming. The client modules
 (:mod:`~apportion.integrations.litellm`, :mod:`~apportion.integrations.openai`) only say
 which function makes the call and how to price it.
 
@@ -33,9 +34,11 @@ One call, step by step:
    thinking is left off for the call (``CallReport.thinking_budget`` is then 0).
 5. **Call** the model; read ``usage`` and ``finish_reason``.
 6. **Extend** when ``finish_reason == "length"`` and the answer is plain text (one choice,
-   no tool calls): ask the policy for as many output tokens again as the first call was
-   granted, declaring as ``context_tokens`` the follow-up prompt, which is the fitted
-   messages, then an assistant message holding the answer so far, then a user message
+   no tool calls, no structured output: a JSON schema or JSON mode would make the
+   follow-up a second JSON document, so such an answer is settled as cut): ask the policy
+   for as many output tokens again as the first call was granted, declaring as
+   ``context_tokens`` the follow-up prompt, which is the fitted messages, then an
+   assistant message holding the answer so far, then a user message
    :data:`CONTINUE_PROMPT`. If granted, make that follow-up call capped at what was granted
    and append its text to the answer; repeat up to ``max_extensions`` times (3 by default).
    (A follow-up ends with a user turn, so it works with every provider; it is not
@@ -77,29 +80,34 @@ itself, which cannot be told from the provider's own, so it is not marked estima
 
 from __future__ import annotations
 
-import inspect
-import json
-import re
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Generator,
-    Iterator,
-    Mapping,
-    Sequence,
-    Sized,
-)
+from collections.abc import Callable, Generator, Mapping, Sequence, Sized
 from contextlib import suppress
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, NamedTuple
 
-from apportion.errors import ApportionError, BudgetExceeded, InvalidArgument
+from apportion.errors import ApportionError, BudgetExceeded, InvalidArgument, UnsupportedCall
+from apportion.integrations.protocols import (
+    CHAT,
+    CONTINUE_PROMPT,
+    LENGTH,
+    Protocol,
+    is_absent,
+    is_reasoning_model,
+    protocol_named,
+)
 from apportion.ledger import Grant, check_name, check_tokens
 
-CONTINUE_PROMPT = "Continue exactly where you stopped."
-"""The user turn that asks a cut answer to go on (after the answer so far)."""
+__all__ = [
+    "CONTINUE_PROMPT",
+    "MAX_EXTENSIONS",
+    "THINKING_MIN_BUDGET",
+    "CallReport",
+    "ChatCall",
+    "Op",
+    "StreamTally",
+    "is_reasoning_model",
+    "report_of",
+]
 
 MAX_EXTENSIONS = 3
 """Follow-up calls made at most for one cut answer, by default."""
@@ -108,8 +116,6 @@ _LITELLM_SOURCE = "LiteLLM"
 
 THINKING_MIN_BUDGET = 1024
 """Anthropic's smallest thinking budget; below it, thinking is left off."""
-
-_REASONING = re.compile(r"^(o\d+|gpt-5)([-.:_].*)?$")
 
 Cost = Callable[[str, int, int], "float | None"]
 """Prices ``(model, prompt_tokens, completion_tokens)`` in USD, or ``None`` if unknown."""
@@ -188,11 +194,6 @@ def report_of(response: Any) -> CallReport | None:
     return report if isinstance(report, CallReport) else None
 
 
-def is_reasoning_model(model: str) -> bool:
-    """Whether ``model`` is an OpenAI reasoning model, capped by ``max_completion_tokens``."""
-    return bool(_REASONING.match(model.rsplit("/", 1)[-1].lower()))
-
-
 # ----------------------------------------------------------------------- the core
 
 
@@ -202,12 +203,17 @@ class ChatCall:
     Args:
         agent: the agent calling.
         model: the model name, as the client takes it.
-        messages: the chat messages.
-        params: the rest of the client's parameters (``max_tokens`` is read as a cap).
+        messages: the chat messages (for the Responses API: its ``input``, a text or a list
+            of items).
+        params: the rest of the client's parameters (the protocol's cap parameters,
+            ``max_tokens`` ..., are read as the most output wanted). The OpenAI SDK's
+            ``omit`` / ``NOT_GIVEN`` placeholders count as absent.
         counter: ``None`` (the model's tokenizer), ``"approximate"``, or a ``TokenCounter``.
         fit: the fitting strategy (see :data:`apportion.tokens.fitting.STRATEGIES`).
         max_extensions: follow-up calls allowed for a cut answer.
         cost: prices the usage (``None``: no cost).
+        protocol: the wire protocol, a :class:`~apportion.integrations.protocols.Protocol`
+            or its name: ``"chat"`` (chat completions, the default) or ``"responses"``.
 
     Raises:
         TypeError, ValueError: bad arguments; nothing is reserved.
@@ -225,43 +231,52 @@ class ChatCall:
         fit: str = "keep-recent",
         max_extensions: int = MAX_EXTENSIONS,
         cost: Cost | None = None,
+        protocol: Protocol | str = CHAT,
     ) -> None:
         from apportion.tokens.counting import counter_for
+        from apportion.tokens.fitting import STRATEGIES
+
+        self.protocol = protocol = protocol_named(protocol)
 
         if not isinstance(agent, str):
             raise InvalidArgument("agent", agent, "an agent name")
         if not isinstance(model, str) or not model:
             raise InvalidArgument("model", model, "a model name")
         model = check_name("model", model)
-        if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
-            raise InvalidArgument("messages", messages, "a list of chat messages")
+        if fit not in STRATEGIES:
+            raise InvalidArgument("fit", fit, f"one of {', '.join(STRATEGIES)}")
         if type(max_extensions) is not int or not 0 <= max_extensions <= 1000:
             raise InvalidArgument("max_extensions", max_extensions, "an integer from 0 to 1000")
-        params = dict(params)
-        caps = [
-            check_tokens(k, params.pop(k))
-            for k in ("max_tokens", "max_completion_tokens")
-            if params.get(k) is not None
-        ]
+        params = _caps_out_of_extra_body(
+            {k: v for k, v in dict(params).items() if not is_absent(v)}, protocol
+        )
+        self.messages, self.instructions = protocol.read(messages, params)
+        self.cap_given = tuple(k for k in protocol.caps if params.get(k) is not None)
+        caps = [check_tokens(k, params.pop(k)) for k in self.cap_given]
+        for key in protocol.caps:
+            params.pop(key, None)
         self.cap: int | None = min(caps) if caps else None
-        n = params.get("n")
+        n = params.get("n") if protocol.choices else None
         n = 1 if n is None else n
         if type(n) is not int or not 1 <= n <= 128:
             raise InvalidArgument("n", n, "a number of choices from 1 to 128")
+        self.stream = bool(params.get("stream"))
+        if self.stream and protocol is not CHAT:
+            raise UnsupportedCall(
+                f"{protocol.name} stream", "a streamed Responses call is not budgeted yet"
+            )
         self.n = n
         self.agent = agent
         self.model = model
         self.requested = model
         self.routes = False
         self.catalog: Callable[[], Any] | None = None
-        self.messages = list(messages)
         self.params = params
         self.tools = params.get("tools")
         self.counter = counter_for(model, counter)
         self.strategy = fit
-        self.max_extensions = max_extensions
+        self.max_extensions = 0 if protocol.structured(params) else max_extensions
         self.cost = cost
-        self.stream = bool(params.get("stream"))
         self.report = CallReport(agent, model)
 
     def _reroute(self, model: str) -> None:
@@ -288,14 +303,25 @@ class ChatCall:
 
     # -------------------------------------------------------------- parameters
 
-    def call_params(self, messages: list[Any], cap: int) -> dict[str, Any]:
-        """The client's parameters for one call capped at ``cap`` output tokens."""
-        params = dict(self.params)
+    def call_params(
+        self, messages: list[Any], cap: int, base: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The client's parameters for one call capped at ``cap`` output tokens.
+
+        Args:
+            messages: the (fitted) messages, the ``instructions`` first if any.
+            cap: the output granted to the call (divided among ``n`` choices).
+            base: the parameters with the messages already in place (a follow-up call);
+                default: the caller's parameters with ``messages``.
+        """
+        if base is None:
+            params = self.protocol.request(dict(self.params), messages, self.instructions)
+        else:
+            params = dict(base)
         params["model"] = self.model
-        params["messages"] = messages
         per_choice = max(1, cap // self.n)
-        key = "max_completion_tokens" if is_reasoning_model(self.model) else "max_tokens"
-        params[key] = per_choice
+        for key in self.protocol.cap_keys(self.cap_given, self.model):
+            params[key] = per_choice
         thinking = params.get("thinking")
         if isinstance(thinking, Mapping) and thinking.get("type") == "enabled":
             wanted = thinking.get("budget_tokens")
@@ -402,16 +428,11 @@ class ChatCall:
     def _account(self, response: Any, prompt_counted: int) -> tuple[str, str | None]:
         """Add one response's usage to the report; return its text and finish reason."""
         report = self.report
-        choices = list(getattr(response, "choices", None) or ())
-        first = choices[0] if choices else None
-        message = getattr(first, "message", None)
-        text = getattr(message, "content", None)
-        text = text if isinstance(text, str) else ""
-        reason = getattr(first, "finish_reason", None)
-        usage = getattr(response, "usage", None)
-        prompt = _int(getattr(usage, "prompt_tokens", None))
-        completion = _int(getattr(usage, "completion_tokens", None))
-        written = sum(_written(self.counter, getattr(c, "message", None)) for c in choices)
+        protocol = self.protocol
+        text = protocol.text(response)
+        reason = protocol.finish_reason(response)
+        prompt, completion = protocol.usage(response)
+        written = protocol.written(self.counter, response)
         if not prompt and prompt_counted:  # none reported (or LiteLLM's zero placeholder)
             prompt = prompt_counted
             report.usage_estimated = True
@@ -424,17 +445,10 @@ class ChatCall:
         report.finish_reason = reason
         return text, reason
 
-    def _continuable(self, response: Any) -> bool:
-        choices = list(getattr(response, "choices", None) or ())
-        if len(choices) != 1:
-            return False
-        message = getattr(choices[0], "message", None)
-        content = getattr(message, "content", None)
-        return isinstance(content, str) and bool(content) and not getattr(message, "tool_calls", 0)
-
     def steps(self) -> Generator[Op, Any, Any]:
         """The whole non-streaming call; returns the (merged) response."""
         report = self.report
+        protocol = self.protocol
         grant, messages, sent = yield from self._open()
         first_cap = grant.output_tokens
         try:
@@ -446,15 +460,13 @@ class ChatCall:
         pieces = [text]
         last = response
         while (
-            reason == "length"
+            reason == LENGTH
             and report.extensions < self.max_extensions
-            and self._continuable(last)
+            and protocol.continuable(last)
         ):
-            follow = [
-                *messages,
-                {"role": "assistant", "content": "".join(pieces)},
-                {"role": "user", "content": CONTINUE_PROMPT},
-            ]
+            base, follow = protocol.follow_up(
+                self.params, messages, self.instructions, "".join(pieces), last
+            )
             resent = self.counter.count_messages(follow, tools=self.tools)
             try:
                 bigger = yield Op("req", "extend", (grant, first_cap), {"context_tokens": resent})
@@ -466,15 +478,15 @@ class ChatCall:
             grant = bigger
             report.extensions += 1
             try:
-                last = yield Op("model", "call", (), self.call_params(follow, extra))
+                last = yield Op("model", "call", (), self.call_params(follow, extra, base))
             except BaseException:
                 yield from self._finish(grant, True, quiet=True)
                 raise
             text, reason = self._account(last, resent)
             pieces.append(text)
-        yield from self._finish(grant, reason == "length")
+        yield from self._finish(grant, reason == LENGTH)
         if report.calls > 1:
-            _merge(response, "".join(pieces), reason, report)
+            response = protocol.merge(response, last, "".join(pieces), report)
         _attach(response, report)
         return response
 
@@ -563,311 +575,28 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _written(counter: Any, message: Any) -> int:
-    """Tokens of a message's text and tool-call arguments, counted here."""
-    total = 0
-    content = getattr(message, "content", None)
-    if isinstance(content, str) and content:
-        total += counter.count_text(content)
-    for call in getattr(message, "tool_calls", None) or ():
-        function = getattr(call, "function", None)
-        name = getattr(function, "name", None) or ""
-        args = getattr(function, "arguments", None) or ""
-        if not isinstance(args, str):
-            args = json.dumps(args)
-        total += counter.count_text(f"{name} {args}")
-    return total
+_ALL_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
-def _merge(response: Any, text: str, reason: str | None, report: CallReport) -> None:
-    """Put the joined answer, the last finish reason and the summed usage on ``response``."""
-    choice = response.choices[0]
-    choice.message.content = text
-    choice.finish_reason = reason
-    usage = getattr(response, "usage", None)
-    if usage is not None:
-        with suppress(AttributeError, TypeError, ValueError):
-            usage.prompt_tokens = report.input_tokens
-            usage.completion_tokens = report.output_tokens
-            usage.total_tokens = report.input_tokens + report.output_tokens
+def _caps_out_of_extra_body(params: dict[str, Any], protocol: Protocol) -> dict[str, Any]:
+    """Cap parameters hidden in ``extra_body`` (which the SDK sends over ours) taken out.
+
+    The protocol's own become the caller's caps (when not also given as parameters); the
+    others are dropped: no cap of the caller's reaches the provider beside the grant's.
+    """
+    extra = params.get("extra_body")
+    if not isinstance(extra, Mapping) or not any(k in extra for k in _ALL_CAPS):
+        return params
+    extra = dict(extra)
+    for key in _ALL_CAPS:
+        value = extra.pop(key, None)
+        if key in protocol.caps and params.get(key) is None and not is_absent(value):
+            params[key] = value
+    params["extra_body"] = extra
+    return params
 
 
 def _attach(response: Any, report: CallReport) -> None:
     """Set ``response.apportion`` without making it part of the response's serialization."""
     with suppress(AttributeError, TypeError):
         object.__setattr__(response, "apportion", report)
-
-
-# ----------------------------------------------------------------------- the shells
-
-
-def is_async_request(req: Any) -> bool:
-    """Whether ``req`` is an async request (its ``begin`` is awaited: an ``AsyncRequest``).
-
-    Asked of the request's own methods, so the engine drives any request-like object and
-    needs nothing from :mod:`apportion.controller` (which sits above it).
-    """
-    return inspect.iscoroutinefunction(getattr(type(req), "begin", None))
-
-
-def _check_sync(req: Any) -> None:
-    if is_async_request(req):
-        raise InvalidArgument(
-            "req", req, "an AsyncRequest needs the async call: use `await req.acompletion(...)`"
-        )
-
-
-def _routes(req: Any, call: ChatCall) -> bool:
-    """Whether ``req``'s policy routes (then the grant's model is the one called).
-
-    Also gives ``call`` the request's catalog (read when the call is priced).
-    """
-    if call.catalog is None and hasattr(type(req), "catalog"):
-        call.catalog = lambda: req.catalog
-    return getattr(req, "routes", False) is True
-
-
-def _annotate(req: Any, op: Op) -> None:
-    annotate = getattr(req, op.method, None)
-    if callable(annotate):
-        with suppress(Exception):  # telemetry details never break a call
-            annotate(*op.args, **op.kwargs)
-
-
-def run(call: ChatCall, req: Any, send: Callable[..., Any]) -> Any:
-    """Carry out a non-streaming :class:`ChatCall` with blocking calls.
-
-    Args:
-        call: the call.
-        req: a :class:`~apportion.controller.Request`.
-        send: the client function, called with the call's parameters as keywords.
-    """
-    _check_sync(req)
-    call.routes = _routes(req, call)
-    return _drive(call.steps(), req, send, None)[1]
-
-
-def _drive(
-    steps: Generator[Op, Any, Any],
-    req: Any,
-    send: Callable[..., Any],
-    error: BaseException | None,
-    result: Any = None,
-) -> tuple[str, Any]:
-    """Carry ops out until the steps return (``"done"``) or a stream opens (``"stream"``)."""
-    while True:
-        try:
-            op = steps.throw(error) if error is not None else steps.send(result)
-        except StopIteration as stop:
-            return "done", stop.value
-        error = result = None
-        try:
-            if op.target == "model":
-                result = send(**op.kwargs)
-                if op.method == "stream":
-                    return "stream", result
-            elif op.target == "note":
-                _annotate(req, op)
-            else:
-                result = getattr(req, op.method)(*op.args, **op.kwargs)
-        except BaseException as exc:
-            error = exc
-
-
-async def arun(call: ChatCall, req: Any, send: Callable[..., Awaitable[Any]]) -> Any:
-    """Carry out a non-streaming :class:`ChatCall` with awaited calls.
-
-    Args:
-        call: the call.
-        req: an :class:`~apportion.controller.AsyncRequest` (or a sync ``Request``).
-        send: the async client function, called with the call's parameters as keywords.
-    """
-    call.routes = _routes(req, call)
-    return (await _adrive(call.steps(), req, send, None))[1]
-
-
-async def _adrive(
-    steps: Generator[Op, Any, Any],
-    req: Any,
-    send: Callable[..., Awaitable[Any]],
-    error: BaseException | None,
-    result: Any = None,
-) -> tuple[str, Any]:
-    """Async :func:`_drive`."""
-    while True:
-        try:
-            op = steps.throw(error) if error is not None else steps.send(result)
-        except StopIteration as stop:
-            return "done", stop.value
-        error = result = None
-        try:
-            if op.target == "model":
-                result = await send(**op.kwargs)
-                if op.method == "stream":
-                    return "stream", result
-            elif op.target == "note":
-                _annotate(req, op)
-            else:
-                result = getattr(req, op.method)(*op.args, **op.kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-        except BaseException as exc:
-            error = exc
-
-
-class BudgetedStream:
-    """A streamed answer: iterate it for the client's chunks; it settles when it ends.
-
-    Attributes:
-        report: the :class:`CallReport` (complete once the stream is settled).
-        apportion: the same report.
-    """
-
-    def __init__(self, call: ChatCall, req: Any, send: Callable[..., Any]) -> None:
-        _check_sync(req)
-        call.routes = _routes(req, call)
-        self._tally = StreamTally(call.counter)
-        self._steps = call.stream_steps(self._tally)
-        self._req = req
-        self._send = send
-        self.report = self.apportion = call.report
-        kind, self._stream = _drive(self._steps, req, send, None)
-        self._chunks = self._iterate() if kind == "stream" else iter(())
-
-    @property
-    def output_tokens(self) -> int:
-        """Output tokens counted so far, as the chunks arrived."""
-        return self._tally.output_tokens
-
-    def _iterate(self) -> Iterator[Any]:
-        try:
-            for chunk in self._stream:
-                if _renewal_due(self._req, self.report.grant):
-                    with suppress(ApportionError):  # expired: the finish is recorded late
-                        self.report.grant = self._req.renew(self.report.grant)
-                if self._tally.add(chunk):
-                    yield chunk
-        except BaseException as exc:  # an error, or the caller closed the stream early
-            _close(self._stream)
-            _drive(self._steps, self._req, self._send, exc)
-            raise  # pragma: no cover  (the steps re-raise ``exc``)
-        _drive(self._steps, self._req, self._send, None)
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        return next(self._chunks)
-
-    def close(self) -> None:
-        """Stop early: the grant is settled with what arrived."""
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-
-    def __enter__(self) -> BudgetedStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncBudgetedStream:
-    """The async twin of :class:`BudgetedStream`; build it with :meth:`open`."""
-
-    def __init__(self, call: ChatCall, req: Any, send: Callable[..., Awaitable[Any]]) -> None:
-        call.routes = _routes(req, call)
-        self._tally = StreamTally(call.counter)
-        self._steps = call.stream_steps(self._tally)
-        self._req = req
-        self._send = send
-        self.report = self.apportion = call.report
-        self._stream: Any = None
-        self._chunks: AsyncIterator[Any] | None = None
-
-    async def open(self) -> AsyncBudgetedStream:
-        """Begin, fit and make the call; returns the stream, ready to iterate."""
-        kind, self._stream = await _adrive(self._steps, self._req, self._send, None)
-        self._chunks = self._iterate() if kind == "stream" else _empty()
-        return self
-
-    @property
-    def output_tokens(self) -> int:
-        """Output tokens counted so far, as the chunks arrived."""
-        return self._tally.output_tokens
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        try:
-            async for chunk in self._stream:
-                if _renewal_due(self._req, self.report.grant):
-                    with suppress(ApportionError):  # expired: the finish is recorded late
-                        renewed = self._req.renew(self.report.grant)
-                        if inspect.isawaitable(renewed):
-                            renewed = await renewed
-                        self.report.grant = renewed
-                if self._tally.add(chunk):
-                    yield chunk
-        except BaseException as exc:
-            await _aclose(self._stream)
-            await _adrive(self._steps, self._req, self._send, exc)
-            raise  # pragma: no cover  (the steps re-raise ``exc``)
-        await _adrive(self._steps, self._req, self._send, None)
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self
-
-    async def __anext__(self) -> Any:
-        if self._chunks is None:
-            raise RuntimeError("the stream is not open: await its open() first")
-        return await self._chunks.__anext__()
-
-    async def aclose(self) -> None:
-        """Stop early: the grant is settled with what arrived."""
-        aclose = getattr(self._chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-    async def __aenter__(self) -> AsyncBudgetedStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-def _renewal_due(req: Any, grant: Grant | None) -> bool:
-    """Whether the stream's grant has used half its lease (a request that can renew)."""
-    due = getattr(req, "renewal_due", None)
-    return grant is not None and callable(due) and due(grant) is True
-
-
-async def _empty() -> AsyncIterator[Any]:
-    return
-    yield  # pragma: no cover
-
-
-def _close(stream: Any) -> None:
-    close = getattr(stream, "close", None)
-    if callable(close):
-        with suppress(Exception):
-            close()
-
-
-async def _aclose(stream: Any) -> None:
-    for name in ("aclose", "close"):
-        close = getattr(stream, name, None)
-        if callable(close):
-            with suppress(Exception):
-                result = close()
-                if inspect.isawaitable(result):
-                    await result
-            return
