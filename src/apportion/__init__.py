@@ -39,6 +39,7 @@ from apportion.errors import (
     UnknownRequest,
     UnknownSink,
     UnknownStore,
+    UsageWarning,
 )
 from apportion.ledger import Event, Grant, Ledger
 from apportion.policies import (
@@ -128,5 +129,6 @@ __all__ = [
     "UnknownRequest",
     "UnknownSink",
     "UnknownStore",
+    "UsageWarning",
     "__version__",
 ]
