@@ -509,7 +509,7 @@ COMPLETION = {
 @given(name=st.sampled_from(sorted(COMPLETION)), value=BAD)
 def test_completion_argument_checks(name: str, value: Any) -> None:
     """The engine's own checks run before any model is called (no network is used)."""
-    from apportion.integrations._calls import ChatCall
+    from apportion.integrations.chat import ChatCall
 
     args = with_bad(COMPLETION, name, value)
     params = {k: args[k] for k in ("max_tokens", "n")}

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from apportion.integrations._calls import (
+from apportion.integrations.chat import (
     THINKING_MIN_BUDGET,
     ChatCall,
     StreamTally,

@@ -10,17 +10,13 @@ missing one raises :class:`~apportion.errors.MissingExtra` naming the extra to i
   ``.chat.completions.create(agent=..., model=..., messages=...)`` is budgeted.
 
 Both share one implementation of the call semantics (count, begin, fit, cap, call, extend,
-finish), described in :mod:`apportion.integrations._calls`. Each budgeted response carries
+finish), described in :mod:`apportion.integrations.chat`
+(carried out by :mod:`apportion.integrations.drivers`). Each budgeted response carries
 a :class:`CallReport` as ``response.apportion`` (:func:`report_of`).
 """
 
-from apportion.integrations._calls import (
-    CONTINUE_PROMPT,
-    AsyncBudgetedStream,
-    BudgetedStream,
-    CallReport,
-    report_of,
-)
+from apportion.integrations.chat import CONTINUE_PROMPT, CallReport, report_of
+from apportion.integrations.drivers import AsyncBudgetedStream, BudgetedStream
 
 __all__ = [
     "CONTINUE_PROMPT",

@@ -11,7 +11,7 @@ Every LiteLLM parameter passes through (``api_base``, ``api_key``, ``tools``,
 ``mock_response``, ``stream`` ...), except ``max_tokens`` / ``max_completion_tokens``, which
 become the most output asked of the policy; the call is capped at what the policy grants.
 The semantics (counting, fitting, caps, extension of a cut answer, settling, errors,
-streaming) are those of :mod:`apportion.integrations._calls`, shared with the OpenAI SDK
+streaming) are those of :mod:`apportion.integrations.chat`, shared with the OpenAI SDK
 integration.
 
 LiteLLM is imported on first use, with ``LITELLM_LOCAL_MODEL_COST_MAP=True`` set first
@@ -30,14 +30,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from apportion.errors import MissingExtra
-from apportion.integrations._calls import (
-    MAX_EXTENSIONS,
-    AsyncBudgetedStream,
-    BudgetedStream,
-    ChatCall,
-    arun,
-    run,
-)
+from apportion.integrations.chat import MAX_EXTENSIONS, ChatCall
+from apportion.integrations.drivers import AsyncBudgetedStream, BudgetedStream, arun, run
 
 
 def import_litellm() -> Any:

@@ -15,7 +15,7 @@ With an ``AsyncOpenAI`` client, ``create`` is awaitable (and the request may be 
 ``max_tokens`` / ``max_completion_tokens``, which become the most output asked of the
 policy; the call is capped at what the policy grants (``max_completion_tokens`` for
 reasoning models). The semantics (counting, fitting, caps, extension of a cut answer,
-settling, errors, streaming) are those of :mod:`apportion.integrations._calls`, shared with
+settling, errors, streaming) are those of :mod:`apportion.integrations.chat`, shared with
 the LiteLLM integration. Any other attribute of the wrapper (``.models``,
 ``.embeddings`` ...) is the client's own, unbudgeted.
 
@@ -34,11 +34,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from apportion.errors import InvalidArgument
-from apportion.integrations._calls import (
-    MAX_EXTENSIONS,
+from apportion.integrations.chat import MAX_EXTENSIONS, ChatCall
+from apportion.integrations.drivers import (
     AsyncBudgetedStream,
     BudgetedStream,
-    ChatCall,
     arun,
     is_async_request,
     run,
