@@ -82,7 +82,7 @@ import json
 import re
 from collections.abc import Callable, Generator, Mapping, Sequence, Sized
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from apportion.errors import ApportionError, BudgetExceeded, InvalidArgument
@@ -399,8 +399,8 @@ class ChatCall:
         text = text if isinstance(text, str) else ""
         reason = getattr(first, "finish_reason", None)
         usage = getattr(response, "usage", None)
-        prompt = _int(getattr(usage, "prompt_tokens", None))
-        completion = _int(getattr(usage, "completion_tokens", None))
+        prompt = read_int(getattr(usage, "prompt_tokens", None))
+        completion = read_int(getattr(usage, "completion_tokens", None))
         written = sum(_written(self.counter, getattr(c, "message", None)) for c in choices)
         if not prompt and prompt_counted:  # none reported (or LiteLLM's zero placeholder)
             prompt = prompt_counted
@@ -422,6 +422,26 @@ class ChatCall:
         content = getattr(message, "content", None)
         return isinstance(content, str) and bool(content) and not getattr(message, "tool_calls", 0)
 
+    def _extension(
+        self, grant: Grant, messages: list[Any], answer: str, cap: int
+    ) -> Generator[Op, Any, tuple[Grant | None, list[Any], int]]:
+        """Ask to extend ``grant`` by ``cap`` for a follow-up of the cut ``answer``.
+
+        Returns the enlarged grant (``None``: refused, wrap up), the follow-up messages and
+        their tokens (declared as the extension's context).
+        """
+        follow = [
+            *messages,
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": CONTINUE_PROMPT},
+        ]
+        resent = self.counter.count_messages(follow, tools=self.tools)
+        try:
+            bigger = yield Op("req", "extend", (grant, cap), {"context_tokens": resent})
+        except ApportionError:  # refused (the grant lapsed ...): settle what was used
+            bigger = None
+        return bigger, follow, resent
+
     def steps(self) -> Generator[Op, Any, Any]:
         """The whole non-streaming call; returns the (merged) response."""
         report = self.report
@@ -440,16 +460,8 @@ class ChatCall:
             and report.extensions < self.max_extensions
             and self._continuable(last)
         ):
-            follow = [
-                *messages,
-                {"role": "assistant", "content": "".join(pieces)},
-                {"role": "user", "content": CONTINUE_PROMPT},
-            ]
-            resent = self.counter.count_messages(follow, tools=self.tools)
-            try:
-                bigger = yield Op("req", "extend", (grant, first_cap), {"context_tokens": resent})
-            except ApportionError:  # refused (the grant lapsed ...): settle what was used
-                bigger = None
+            answer = "".join(pieces)
+            bigger, follow, resent = yield from self._extension(grant, messages, answer, first_cap)
             if bigger is None:
                 break
             extra = bigger.output_tokens - grant.output_tokens
@@ -468,88 +480,9 @@ class ChatCall:
         _attach(response, report)
         return response
 
-    def stream_steps(self, tally: StreamTally) -> Generator[Op, Any, CallReport]:
-        """The streaming call: the ``stream`` op returns when the caller's stream ends."""
-        report = self.report
-        grant, messages, sent = yield from self._open()
-        params = self.call_params(messages, grant.output_tokens)
-        options = dict(params.get("stream_options") or {})
-        if not options.get("include_usage"):
-            options["include_usage"] = True
-            params["stream_options"] = options
-            tally.hide_usage = True
-        try:
-            yield Op("model", "stream", (), params)
-        except BaseException:
-            if not tally.chunks:
-                yield from self._release(grant)
-                raise
-            self._settle_tally(tally, sent)
-            yield from self._finish(grant, True, quiet=True)
-            raise
-        self._settle_tally(tally, sent)
-        yield from self._finish(grant, report.finish_reason == "length")
-        return report
 
-    def _settle_tally(self, tally: StreamTally, sent: int) -> None:
-        report = self.report
-        report.calls = 1
-        report.finish_reason = tally.finish_reason
-        prompt = _int(getattr(tally.usage, "prompt_tokens", None))
-        completion = _int(getattr(tally.usage, "completion_tokens", None))
-        if not prompt:
-            prompt = sent
-            report.usage_estimated = True
-        if completion is None:
-            completion = sum(self.counter.count_text(t) for t in tally.texts.values())
-            report.usage_estimated = True
-        report.input_tokens = prompt or 0
-        report.output_tokens = completion
-
-
-@dataclass
-class StreamTally:
-    """What a stream delivered so far: text per choice, finish reason, usage."""
-
-    counter: Any
-    hide_usage: bool = False
-    chunks: int = 0
-    output_tokens: int = 0
-    texts: dict[int, str] = field(default_factory=dict)
-    finish_reason: str | None = None
-    usage: Any = None
-
-    def add(self, chunk: Any) -> bool:
-        """Count one chunk; return whether to pass it on to the caller."""
-        self.chunks += 1
-        usage = getattr(chunk, "usage", None)
-        if usage is not None and getattr(usage, "completion_tokens", None) is not None:
-            self.usage = usage
-        passes = False
-        for choice in getattr(chunk, "choices", None) or ():
-            delta = getattr(choice, "delta", None)
-            piece = getattr(delta, "content", None)
-            index = getattr(choice, "index", 0) or 0
-            if isinstance(piece, str) and piece:
-                self.texts[index] = self.texts.get(index, "") + piece
-                self.output_tokens += self.counter.count_text(piece)
-                passes = True
-            for call in getattr(delta, "tool_calls", None) or ():
-                args = getattr(getattr(call, "function", None), "arguments", None)
-                if isinstance(args, str) and args:
-                    self.texts[index] = self.texts.get(index, "") + args
-                    self.output_tokens += self.counter.count_text(args)
-                passes = True
-            reason = getattr(choice, "finish_reason", None)
-            if reason:
-                self.finish_reason = reason
-                passes = True
-            if getattr(delta, "role", None):
-                passes = True
-        return passes or usage is None or not self.hide_usage
-
-
-def _int(value: Any) -> int | None:
+def read_int(value: Any) -> int | None:
+    """``value`` if it is an integer (a token count read from a response), else ``None``."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
@@ -574,12 +507,16 @@ def _merge(response: Any, text: str, reason: str | None, report: CallReport) -> 
     choice = response.choices[0]
     choice.message.content = text
     choice.finish_reason = reason
-    usage = getattr(response, "usage", None)
+    set_usage(getattr(response, "usage", None), report.input_tokens, report.output_tokens)
+
+
+def set_usage(usage: Any, prompt: int, completion: int) -> None:
+    """Set a response's (or chunk's) ``usage`` to these totals, where it can be set."""
     if usage is not None:
         with suppress(AttributeError, TypeError, ValueError):
-            usage.prompt_tokens = report.input_tokens
-            usage.completion_tokens = report.output_tokens
-            usage.total_tokens = report.input_tokens + report.output_tokens
+            usage.prompt_tokens = prompt
+            usage.completion_tokens = completion
+            usage.total_tokens = prompt + completion
 
 
 def _attach(response: Any, report: CallReport) -> None:

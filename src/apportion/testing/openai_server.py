@@ -23,15 +23,21 @@ What it does, like a real provider:
   (a "continue" follow-up); any other request drops the rest and takes the next reply.
 * **Usage.** ``usage`` is reported (``Reply.usage`` overrides it, ``Reply(usage=False)``
   leaves it out). When streaming, usage comes as a last chunk with no choices only if the
-  request asked for it with ``stream_options: {"include_usage": true}``.
+  request asked for it with ``stream_options: {"include_usage": true}``. Whether reported
+  or not, what each answered request cost is kept in :attr:`OpenAIServer.billed`.
 * **Streaming.** ``stream: true`` answers with server-sent events, ``data: {chunk}``, one
-  chunk per token, then a chunk with the ``finish_reason``, then ``data: [DONE]``.
+  chunk per token, then a chunk with the ``finish_reason``, then ``data: [DONE]``. Caps
+  and continuation work as above: a streamed answer is cut at ``max_tokens`` with
+  ``finish_reason: "length"``, and a "continue" follow-up streams its rest. A client that
+  hangs up mid-stream is let go quietly.
 * **Errors.** ``Reply(status=500)`` (or 429, 400 ...) answers with an OpenAI-style error
   body; ``Reply(fail_after=N)`` streams N tokens then sends an error event;
   :meth:`OpenAIServer.fail_at` fails the N-th request whatever it is.
 
-Every request's JSON body is kept in :attr:`OpenAIServer.requests`. When the script runs
-out, the server answers with ``default`` (a :class:`Reply` or a text).
+Every request's JSON body is kept in :attr:`OpenAIServer.requests`, and what each
+answered request cost in :attr:`OpenAIServer.billed` (a ``(prompt, completion)`` pair:
+the reported usage, or the server's count when it reports none; not for errors). When the
+script runs out, the server answers with ``default`` (a :class:`Reply` or a text).
 """
 
 from __future__ import annotations
@@ -128,6 +134,7 @@ class OpenAIServer:
     ) -> None:
         self.default = _reply(default)
         self.requests: list[dict[str, Any]] = []
+        self.billed: list[tuple[int, int]] = []
         self._script: deque[Reply] = deque(_reply(r) for r in replies)
         self._pending: _Pending | None = None
         self._failures: dict[int, int] = {}
@@ -275,7 +282,13 @@ class _Handler(BaseHTTPRequestHandler):
         cap = body.get("max_completion_tokens", body.get("max_tokens"))
         sent, finish = self.owner._cut(reply, tokens, cap if isinstance(cap, int) else None)
         n = body.get("n") or 1
-        usage = _usage(reply, prompt_tokens(body.get("messages") or []), len(sent) * n)
+        counted = prompt_tokens(body.get("messages") or []), len(sent) * n
+        usage = _usage(reply, *counted)
+        with self.owner._lock:
+            billed = (
+                counted if usage is None else (usage["prompt_tokens"], usage["completion_tokens"])
+            )
+            self.owner.billed.append(billed)
         model = str(body.get("model", "gpt-4o-mini"))
         if body.get("stream"):
             include = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -334,9 +347,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        for event in _events(model, tokens, finish, n, usage, fail_after):
-            self.wfile.write(f"data: {event}\n\n".encode())
-            self.wfile.flush()
+        try:
+            for event in _events(model, tokens, finish, n, usage, fail_after):
+                self.wfile.write(f"data: {event}\n\n".encode())
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
+            return
 
 
 def _events(
