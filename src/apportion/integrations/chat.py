@@ -54,7 +54,10 @@ Bad input and failures:
 
 * **No usage** from the provider (or LiteLLM's zero placeholder): the prompt is counted
   (what was sent) and the completion is counted from the returned text (and tool-call
-  arguments); the report says ``usage_estimated=True``.
+  arguments); the report says ``usage_estimated=True``, the call record notes it
+  (``req.calls[...].notes["usage_estimated"]``) and telemetry writes it (``estimated``).
+  Glue that settles by hand says so to ``req.finish`` (``output_tokens=None`` with the
+  answer's ``text``; see :meth:`~apportion.controller.Request.finish`).
 * **Usage above the grant** is settled as reported: the ledger records the over-use and
   charges what the pool cannot cover as overflow, so the ceiling holds for later grants.
 * **An error from the client** (HTTP error, timeout, cancellation): if no call has
@@ -63,17 +66,31 @@ Bad input and failures:
   store while settling does not hide the client's error (the grant then lapses with its
   lease).
 
-Streaming (``stream=True``): the grant is begun, the messages fitted and the call made
-before the stream is returned (so refusals and HTTP errors raise at the call site). The
-returned stream yields the client's chunks unchanged while counting their text
-(``output_tokens`` so far), and settles when the stream ends, with the provider's usage if
-it sent one (``stream_options={"include_usage": True}`` is added when the caller did not
-ask for it, and the usage-only chunk is then kept from the caller) or the counted text.
-If the stream fails or is closed early, the grant is finished with what arrived
-(``truncated=True``: the provider bills a partial stream), or released if nothing did.
-Streams are not extended: a streamed answer cut by its cap is settled as truncated.
-Through LiteLLM, a provider that streams no usage gets a usage chunk counted by LiteLLM
-itself, which cannot be told from the provider's own, so it is not marked estimated.
+Streaming (``stream=True``, :mod:`apportion.integrations.streams`): the grant is begun,
+the messages fitted and the call made before the stream is returned (so refusals and HTTP
+errors raise at the call site). Every call asks the provider for its usage
+(``stream_options={"include_usage": True}`` is added when the caller did not ask for it,
+and the usage-only chunk is then kept from the caller). The returned stream yields the
+client's chunks while counting their text (``output_tokens`` so far), and settles when it
+ends, with the provider's usage if it sent one, else the counted text (and the prompt as
+counted), marked ``usage_estimated`` (so is a completion reported as 0 beside streamed
+text: a stream is never settled as 0 for an answer that arrived).
+
+A streamed answer cut by its cap is **extended** as in step 6, and the caller reads the
+continuation's chunks after the first call's as **one stream**: the chunk carrying the
+first call's ``finish_reason`` is held back and dropped (passed without its reason if it
+also carries text), the continuation's opening role chunk is dropped, its chunks take the
+first call's ``id``, and only the last call's ``finish_reason`` reaches the caller, at the
+end. When the caller asked for usage itself, one usage chunk comes last, summing every
+call. ``stream.report`` then counts the calls and extensions as for a plain call; the
+grant is finished once, with the usage of every call. ``max_extensions=0`` keeps a cut
+stream cut (``finish_reason == "length"``, settled as truncated).
+
+If the stream fails or is closed early (in the first call or a continuation), the grant
+is finished with what arrived (``truncated=True``: the provider bills a partial stream),
+or released if nothing did. Through LiteLLM, a provider that streams no usage gets a usage
+chunk counted by LiteLLM itself, which cannot be told from the provider's own, so it is
+not marked estimated.
 """
 
 from __future__ import annotations
