@@ -288,3 +288,41 @@ def test_async_error_in_the_continuation_settles_and_reraises(server, store):
         await client.close()
 
     asyncio.run(main())
+
+
+def test_an_estimated_stream_is_flagged_in_the_sql_telemetry(server, tmp_path):
+    from apportion import Controller
+    from apportion.telemetry import flush
+    from apportion.telemetry.sql import open_database
+
+    url = f"sqlite:///{tmp_path / 'telemetry.db'}"
+    server.queue(Reply(words(30), usage=False), Reply(words(3)))
+    ctl = Controller(PIPELINE, policy="elastic", telemetry=url)
+    with ctl.request(ceiling=2_000) as req:
+        chat = req.openai(openai_client(server))
+        counted = chat.chat.completions.create(
+            agent="reasoner", model=MODEL, messages=QUESTION, max_tokens=12, stream=True
+        )
+        list(counted)
+        reported = chat.chat.completions.create(
+            agent="formatter", model=MODEL, messages=QUESTION, stream=True
+        )
+        list(reported)
+    assert flush(30)
+    with open_database(url) as db:
+        calls = {c.agent: c for c in db.load().calls}
+    assert calls["reasoner"].estimated is True and calls["reasoner"].extensions == 2
+    assert calls["reasoner"].used_output == counted.report.output_tokens
+    assert calls["formatter"].estimated is False and calls["formatter"].used_output == 3
+
+
+def test_a_streamed_tool_call_cut_at_its_cap_is_not_continued():
+    from types import SimpleNamespace as NS
+
+    from apportion.integrations.streams import StreamTally
+
+    tally = StreamTally(counter_for(MODEL))
+    call = NS(function=NS(name="lookup", arguments='{"id": 4'))
+    delta = NS(content=None, role=None, tool_calls=[call])
+    tally.add(NS(choices=[NS(index=0, delta=delta, finish_reason="length")], usage=None))
+    assert tally.finish_reason == "length" and not tally.continuable(1)
