@@ -191,7 +191,7 @@ def stream_steps(call: ChatCall, tally: StreamTally) -> Generator[Op, Any, CallR
         if bigger is None:
             break
         extra = bigger.output_tokens - grant.output_tokens
-        grant = bigger
+        grant = report.grant = bigger  # renewed as the continuation streams
         report.extensions += 1
         tally.next_call()
         try:
