@@ -223,7 +223,12 @@ def test_litellm_cut_stream_is_extended_and_read_as_one_stream(server, store):
     with ctl.request(ceiling=2_000) as req, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         stream = req.completion(
-            "reasoner", messages=QUESTION, max_tokens=12, stream=True, **litellm_args(server)
+            "reasoner",
+            messages=QUESTION,
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+            **litellm_args(server),
         )
         chunks = list(stream)
         assert text_of(chunks) == answer
@@ -233,6 +238,8 @@ def test_litellm_cut_stream_is_extended_and_read_as_one_stream(server, store):
         assert (report.calls, report.extensions, report.truncated) == (3, 2, False)
         prompt = sum(prompt_tokens(r["messages"]) for r in server.requests)
         assert (report.input_tokens, report.output_tokens) == (prompt, 30)
+        usage = [c.usage for c in chunks if getattr(c, "usage", None) is not None]
+        assert [(u.prompt_tokens, u.completion_tokens) for u in usage] == [(prompt, 30)]
         assert req.summary().agents["reasoner"].consumed == sum(map(sum, server.billed))
 
 
