@@ -416,8 +416,8 @@ class ChatCall:
         text = text if isinstance(text, str) else ""
         reason = getattr(first, "finish_reason", None)
         usage = getattr(response, "usage", None)
-        prompt = read_int(getattr(usage, "prompt_tokens", None))
-        completion = read_int(getattr(usage, "completion_tokens", None))
+        prompt = _int(getattr(usage, "prompt_tokens", None))
+        completion = _int(getattr(usage, "completion_tokens", None))
         written = sum(_written(self.counter, getattr(c, "message", None)) for c in choices)
         if not prompt and prompt_counted:  # none reported (or LiteLLM's zero placeholder)
             prompt = prompt_counted
@@ -439,26 +439,6 @@ class ChatCall:
         content = getattr(message, "content", None)
         return isinstance(content, str) and bool(content) and not getattr(message, "tool_calls", 0)
 
-    def _extension(
-        self, grant: Grant, messages: list[Any], answer: str, cap: int
-    ) -> Generator[Op, Any, tuple[Grant | None, list[Any], int]]:
-        """Ask to extend ``grant`` by ``cap`` for a follow-up of the cut ``answer``.
-
-        Returns the enlarged grant (``None``: refused, wrap up), the follow-up messages and
-        their tokens (declared as the extension's context).
-        """
-        follow = [
-            *messages,
-            {"role": "assistant", "content": answer},
-            {"role": "user", "content": CONTINUE_PROMPT},
-        ]
-        resent = self.counter.count_messages(follow, tools=self.tools)
-        try:
-            bigger = yield Op("req", "extend", (grant, cap), {"context_tokens": resent})
-        except ApportionError:  # refused (the grant lapsed ...): settle what was used
-            bigger = None
-        return bigger, follow, resent
-
     def steps(self) -> Generator[Op, Any, Any]:
         """The whole non-streaming call; returns the (merged) response."""
         report = self.report
@@ -477,8 +457,16 @@ class ChatCall:
             and report.extensions < self.max_extensions
             and self._continuable(last)
         ):
-            answer = "".join(pieces)
-            bigger, follow, resent = yield from self._extension(grant, messages, answer, first_cap)
+            follow = [
+                *messages,
+                {"role": "assistant", "content": "".join(pieces)},
+                {"role": "user", "content": CONTINUE_PROMPT},
+            ]
+            resent = self.counter.count_messages(follow, tools=self.tools)
+            try:
+                bigger = yield Op("req", "extend", (grant, first_cap), {"context_tokens": resent})
+            except ApportionError:  # refused (the grant lapsed ...): settle what was used
+                bigger = None
             if bigger is None:
                 break
             extra = bigger.output_tokens - grant.output_tokens
@@ -498,8 +486,7 @@ class ChatCall:
         return response
 
 
-def read_int(value: Any) -> int | None:
-    """``value`` if it is an integer (a token count read from a response), else ``None``."""
+def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
@@ -524,16 +511,12 @@ def _merge(response: Any, text: str, reason: str | None, report: CallReport) -> 
     choice = response.choices[0]
     choice.message.content = text
     choice.finish_reason = reason
-    set_usage(getattr(response, "usage", None), report.input_tokens, report.output_tokens)
-
-
-def set_usage(usage: Any, prompt: int, completion: int) -> None:
-    """Set a response's (or chunk's) ``usage`` to these totals, where it can be set."""
+    usage = getattr(response, "usage", None)
     if usage is not None:
         with suppress(AttributeError, TypeError, ValueError):
-            usage.prompt_tokens = prompt
-            usage.completion_tokens = completion
-            usage.total_tokens = prompt + completion
+            usage.prompt_tokens = report.input_tokens
+            usage.completion_tokens = report.output_tokens
+            usage.total_tokens = report.input_tokens + report.output_tokens
 
 
 def _attach(response: Any, report: CallReport) -> None:

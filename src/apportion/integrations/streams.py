@@ -17,7 +17,10 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from apportion.integrations.chat import CallReport, ChatCall, Op, read_int, set_usage
+from apportion.errors import ApportionError
+from apportion.integrations.chat import CONTINUE_PROMPT, CallReport, ChatCall, Op
+from apportion.integrations.chat import _int as read_int
+from apportion.ledger import Grant
 
 
 @dataclass
@@ -148,7 +151,7 @@ class StreamTally:
         self.held = []
         if self.usage_chunk is not None:
             if report.calls > 1:
-                set_usage(self.usage_chunk.usage, report.input_tokens, report.output_tokens)
+                _set_usage(self.usage_chunk.usage, report.input_tokens, report.output_tokens)
             self.ready.append(self.usage_chunk)
             self.usage_chunk = None
 
@@ -156,6 +159,14 @@ class StreamTally:
         """The chunks ready for the caller (between calls, and at the end)."""
         ready, self.ready = self.ready, []
         return ready
+
+
+def _set_usage(usage: Any, prompt: int, completion: int) -> None:
+    """Set a chunk's ``usage`` to these totals, where it can be set."""
+    with suppress(AttributeError, TypeError, ValueError):
+        usage.prompt_tokens = prompt
+        usage.completion_tokens = completion
+        usage.total_tokens = prompt + completion
 
 
 def _carries_output(chunk: Any) -> bool:
@@ -170,8 +181,8 @@ def stream_steps(call: ChatCall, tally: StreamTally) -> Generator[Op, Any, CallR
     """The streaming call: each ``stream`` op returns when that call's stream has ended.
 
     A call cut at its cap (one plain-text choice) is continued as the non-streaming call
-    is, by a follow-up stream the caller reads after the first; the grant is finished once,
-    with the usage of every call.
+    is (the same follow-up messages, the same extension), by a follow-up stream the caller
+    reads after the first; the grant is finished once, with the usage of every call.
     """
     report = call.report
     grant, messages, sent = yield from call._open()
@@ -187,7 +198,13 @@ def stream_steps(call: ChatCall, tally: StreamTally) -> Generator[Op, Any, CallR
         raise
     _account(report, tally, sent)
     while tally.continuable(call.n) and report.extensions < call.max_extensions:
-        bigger, follow, resent = yield from call._extension(grant, messages, tally.text, first_cap)
+        follow = [
+            *messages,
+            {"role": "assistant", "content": tally.text},
+            {"role": "user", "content": CONTINUE_PROMPT},
+        ]
+        resent = call.counter.count_messages(follow, tools=call.tools)
+        bigger = yield from _extend(grant, first_cap, resent)
         if bigger is None:
             break
         extra = bigger.output_tokens - grant.output_tokens
@@ -205,6 +222,15 @@ def stream_steps(call: ChatCall, tally: StreamTally) -> Generator[Op, Any, CallR
     yield from call._finish(grant, report.finish_reason == "length")
     tally.end(report)
     return report
+
+
+def _extend(grant: Grant, cap: int, resent: int) -> Generator[Op, Any, Grant | None]:
+    """Ask for ``cap`` more output (and the follow-up's context); ``None``: wrap up."""
+    try:
+        bigger: Grant | None = yield Op("req", "extend", (grant, cap), {"context_tokens": resent})
+    except ApportionError:  # refused (the grant lapsed ...): settle what was used
+        bigger = None
+    return bigger
 
 
 def _asking_usage(params: dict[str, Any], tally: StreamTally) -> dict[str, Any]:
