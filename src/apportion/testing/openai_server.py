@@ -23,8 +23,9 @@ What it does, like a real provider:
   (a "continue" follow-up); any other request drops the rest and takes the next reply.
 * **Usage.** ``usage`` is reported (``Reply.usage`` overrides it, ``Reply(usage=False)``
   leaves it out). When streaming, usage comes as a last chunk with no choices only if the
-  request asked for it with ``stream_options: {"include_usage": true}``. Whether reported
-  or not, what each answered request cost is kept in :attr:`OpenAIServer.billed`.
+  request asked for it with ``stream_options: {"include_usage": true}``. What each answer
+  bills by the server's own count, whatever ``usage`` reports, is kept in
+  :attr:`OpenAIServer.billed`.
 * **Streaming.** ``stream: true`` answers with server-sent events, ``data: {chunk}``, one
   chunk per token, then a chunk with the ``finish_reason``, then ``data: [DONE]``. Caps
   and continuation work as above: a streamed answer is cut at ``max_tokens`` with
@@ -34,10 +35,8 @@ What it does, like a real provider:
   body; ``Reply(fail_after=N)`` streams N tokens then sends an error event;
   :meth:`OpenAIServer.fail_at` fails the N-th request whatever it is.
 
-Every request's JSON body is kept in :attr:`OpenAIServer.requests`, and what each
-answered request cost in :attr:`OpenAIServer.billed` (a ``(prompt, completion)`` pair:
-the reported usage, or the server's count when it reports none; not for errors). When the
-script runs out, the server answers with ``default`` (a :class:`Reply` or a text).
+Every request's JSON body is kept in :attr:`OpenAIServer.requests`. When the script runs
+out, the server answers with ``default`` (a :class:`Reply` or a text).
 """
 
 from __future__ import annotations
@@ -134,7 +133,7 @@ class OpenAIServer:
     ) -> None:
         self.default = _reply(default)
         self.requests: list[dict[str, Any]] = []
-        self.billed: list[tuple[int, int]] = []
+        self.billed: list[tuple[int, int]] = []  # (prompt, completion) of each answer sent
         self._script: deque[Reply] = deque(_reply(r) for r in replies)
         self._pending: _Pending | None = None
         self._failures: dict[int, int] = {}
@@ -234,6 +233,10 @@ class OpenAIServer:
             self._pending = _Pending(reply, "".join(sent).strip(), rest)
         return sent, "length"
 
+    def _bill(self, prompt: int, completion: int) -> None:
+        with self._lock:
+            self.billed.append((prompt, completion))
+
 
 def _continues(messages: list[Any], delivered: str) -> bool:
     if len(messages) < 2 or not isinstance(messages[-2], Mapping):
@@ -282,13 +285,9 @@ class _Handler(BaseHTTPRequestHandler):
         cap = body.get("max_completion_tokens", body.get("max_tokens"))
         sent, finish = self.owner._cut(reply, tokens, cap if isinstance(cap, int) else None)
         n = body.get("n") or 1
-        counted = prompt_tokens(body.get("messages") or []), len(sent) * n
-        usage = _usage(reply, *counted)
-        with self.owner._lock:
-            billed = (
-                counted if usage is None else (usage["prompt_tokens"], usage["completion_tokens"])
-            )
-            self.owner.billed.append(billed)
+        prompt = prompt_tokens(body.get("messages") or [])
+        self.owner._bill(prompt, len(sent) * n)
+        usage = _usage(reply, prompt, len(sent) * n)
         model = str(body.get("model", "gpt-4o-mini"))
         if body.get("stream"):
             include = bool((body.get("stream_options") or {}).get("include_usage"))
