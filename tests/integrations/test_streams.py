@@ -333,3 +333,27 @@ def test_a_streamed_tool_call_cut_at_its_cap_is_not_continued():
     delta = NS(content=None, role=None, tool_calls=[call])
     tally.add(NS(choices=[NS(index=0, delta=delta, finish_reason="length")], usage=None))
     assert tally.finish_reason == "length" and not tally.continuable(1)
+
+
+def test_async_closing_during_the_continuation_settles_what_arrived(server, store):
+    server.queue(Reply(words(30)))
+    ctl = AsyncController(PIPELINE, policy="elastic", store=store)
+
+    async def main() -> None:
+        client = async_openai_client(server)
+        async with ctl.request(ceiling=2_000) as req:
+            stream = await req.openai(client).chat.completions.create(
+                agent="reasoner", model=MODEL, messages=QUESTION, max_tokens=10, stream=True
+            )
+            async with stream:
+                seen = ""
+                async for chunk in stream:
+                    seen += chunk.choices[0].delta.content or ""
+                    if seen.endswith("w12"):
+                        break
+            report = stream.report
+            assert report.settled == "finish" and report.truncated and report.calls == 2
+            assert report.output_tokens >= 10 and req.summary().reserved == 0
+        await client.close()
+
+    asyncio.run(main())
