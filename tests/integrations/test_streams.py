@@ -357,3 +357,22 @@ def test_async_closing_during_the_continuation_settles_what_arrived(server, stor
         await client.close()
 
     asyncio.run(main())
+
+
+def test_glue_that_read_a_stream_without_usage_is_not_settled_as_zero(server, store):
+    from apportion import UsageWarning
+
+    server.queue(Reply(words(40)))
+    ctl = controller(store)
+    with ctl.request(ceiling=2_000) as req:
+        grant = req.begin("reasoner", 50, 100, model=MODEL)
+        raw = openai_client(server).chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=grant.output_tokens, stream=True
+        )
+        chunks = list(raw)  # a stream not asked for usage: it reports none
+        assert all(c.usage is None for c in chunks) and server.billed[0][1] == 40
+        with pytest.warns(UsageWarning, match="0 output tokens"):
+            req.finish(grant, input_tokens=50, output_tokens=0, text=text_of(chunks))
+        record = req.calls[grant.grant_id]
+        assert record.output_used == counter_for(MODEL).count_text(words(40)) > 0
+        assert record.notes["usage_estimated"] is True
