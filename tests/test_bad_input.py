@@ -419,7 +419,14 @@ def test_features(features: Any) -> None:
 REQUEST_OPS: dict[str, dict[str, Any]] = {
     "begin": {"agent": "helper", "input_tokens": 10, "output_tokens": None, "model": None},
     "extend": {"grant": "G", "output_tokens": 5, "context_tokens": 0},
-    "finish": {"grant": "G", "input_tokens": 5, "output_tokens": 5, "truncated": False},
+    "finish": {
+        "grant": "G",
+        "input_tokens": 5,
+        "output_tokens": 5,
+        "truncated": False,
+        "text": None,
+        "usage_estimated": False,
+    },
     "release": {"grant": "G"},
     "renew": {"grant": "G"},
     "score": {"value": 0.5},

@@ -686,7 +686,7 @@ def test_begin_bad_token_counts(opened: Any, field: str, value: object) -> None:
     assert snapshot(controller, req.request_id) == before
 
 
-@pytest.mark.parametrize("value", BAD_COUNTS, ids=repr)
+@pytest.mark.parametrize("value", [v for v in BAD_COUNTS if v is not None], ids=repr)
 @pytest.mark.parametrize("field", ["input_tokens", "output_tokens"])
 def test_finish_bad_token_counts(opened: Any, field: str, value: object) -> None:
     controller, req, g = opened

@@ -20,13 +20,14 @@ def test_all_is_sorted_and_importable() -> None:
 
 
 def test_every_error_is_exported_and_rooted() -> None:
+    """Errors are ApportionErrors; a warning (UsageWarning) is exported as well."""
     for name, obj in vars(errors).items():
         if (
             inspect.isclass(obj)
             and issubclass(obj, Exception)
             and obj.__module__ == errors.__name__
         ):
-            assert issubclass(obj, apportion.ApportionError)
+            assert issubclass(obj, Warning) or issubclass(obj, apportion.ApportionError)
             assert name in apportion.__all__, name
 
 

@@ -40,6 +40,7 @@ from apportion.errors import (
     UnknownSink,
     UnknownStore,
     UnsupportedCall,
+    UsageWarning,
 )
 from apportion.ledger import Event, Grant, Ledger
 from apportion.policies import (
@@ -130,5 +131,6 @@ __all__ = [
     "UnknownSink",
     "UnknownStore",
     "UnsupportedCall",
+    "UsageWarning",
     "__version__",
 ]

@@ -30,6 +30,7 @@ from apportion.errors import (
     InvalidPrice,
     RequestClosed,
     UnknownModel,
+    UsageWarning,
 )
 from apportion.ledger import (
     CLOSED,
@@ -375,25 +376,56 @@ class _Steps:
         return grown  # type: ignore[no-any-return]
 
     def finish(
-        self, grant: Grant, input_tokens: int, output_tokens: int, truncated: bool
-    ) -> Steps[None]:
+        self,
+        grant: Grant,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        truncated: bool,
+        text: str | None = None,
+        usage_estimated: bool = False,
+    ) -> Steps[UsageWarning | None]:
+        """Settle ``grant``; returns the warning to give when the usage had to be guessed."""
         self._usable()
         self._own(grant)
-        input_tokens = check_tokens("input_tokens", input_tokens)
-        output_tokens = check_tokens("output_tokens", output_tokens)
+        if input_tokens is not None:
+            input_tokens = check_tokens("input_tokens", input_tokens)
+        if output_tokens is not None:
+            output_tokens = check_tokens("output_tokens", output_tokens)
+        if text is not None and not isinstance(text, str):
+            raise InvalidArgument("text", text, "the answer's text is a string")
+        if not isinstance(usage_estimated, bool):
+            raise InvalidArgument("usage_estimated", usage_estimated, "True or False")
         obs, config = self.obs, self.config
+        record = obs.calls.get(grant.grant_id)
+        current = obs.state.grants.get(grant.grant_id, grant)
+        used_input, used_output, guessed = _settled_usage(
+            current, record, input_tokens, output_tokens, text
+        )
         allocation = None
         if grant.grant_id in obs.state.grants:
-            allocation = config.policy.on_finish(obs, grant, input_tokens, output_tokens, truncated)
+            allocation = config.policy.on_finish(obs, grant, used_input, used_output, truncated)
         now = config.clock()
         obs.state = yield (
             "finish",
-            (obs.request_id, grant, input_tokens, output_tokens, now),
+            (obs.request_id, grant, used_input, used_output, now),
             {"truncated": bool(truncated), "allocation": allocation},
         )
-        record = obs.calls.get(grant.grant_id)
         if record is not None:
-            record.finish(input_tokens, output_tokens, bool(truncated), now)
+            record.finish(used_input, used_output, bool(truncated), now)
+            if guessed or usage_estimated:
+                record.note({"usage_estimated": True})
+        if not guessed:
+            return None
+        said = "no usage" if output_tokens is None else f"{output_tokens} output tokens"
+        return UsageWarning(
+            f"grant {grant.grant_id} of {grant.agent!r} was finished with {said}: settled "
+            f"{used_input} input and {used_output} output tokens, estimated",
+            agent=grant.agent,
+            grant_id=grant.grant_id,
+            reported=output_tokens,
+            input_tokens=used_input,
+            output_tokens=used_output,
+        )
 
     def release(self, grant: Grant) -> Steps[None]:
         self._usable()
@@ -450,6 +482,36 @@ class _Steps:
         if self.closed:
             raise RequestClosed(self.obs.request_id, self.obs.state.status)
         self.outcome = outcome
+
+
+def _settled_usage(
+    grant: Grant,
+    record: CallRecord | None,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    text: str | None,
+) -> tuple[int, int, bool]:
+    """The usage to settle ``finish`` with, and whether it was guessed (see Request.finish).
+
+    ``grant`` is the grant as the ledger holds it (extensions included).
+    """
+    guessed = input_tokens is None or output_tokens is None
+    used_input = grant.context_tokens if input_tokens is None else input_tokens
+    if text is not None and (output_tokens is None or output_tokens == 0 < len(text.strip())):
+        return used_input, _count_text(record, grant, text), True  # none, or 0 beside text
+    used_output = grant.output_tokens if output_tokens is None else output_tokens
+    return used_input, used_output, guessed
+
+
+def _count_text(record: CallRecord | None, grant: Grant, text: str) -> int:
+    """Tokens of an answer's ``text`` by its model's tokenizer (else about 4 characters each)."""
+    from apportion.tokens.counting import counter_for
+
+    model = grant.model or (record.model if record is not None else None)
+    if model:
+        with contextlib.suppress(ApportionError):
+            return counter_for(model).count_text(text)
+    return counter_for(model or "unknown", "approximate").count_text(text)
 
 
 def _reap(config: _Config) -> Steps[int]:
@@ -734,13 +796,51 @@ class Request(_RequestBase):
         )
 
     def finish(
-        self, grant: Grant, *, input_tokens: int, output_tokens: int, truncated: bool = False
+        self,
+        grant: Grant,
+        *,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        truncated: bool = False,
+        text: str | None = None,
+        usage_estimated: bool = False,
     ) -> None:
-        """Settle a grant with the real usage; the unused part returns to the pool."""
-        _run(
+        """Settle a grant with the real usage; the unused part returns to the pool.
+
+        Usage is never settled silently as 0 for an answer that was written: say when the
+        provider reported none, and pass the answer's text if you have it.
+
+        Args:
+            grant: the open grant (as last extended).
+            input_tokens: prompt tokens billed over the grant's calls; ``None``: not
+                reported, the grant's ``context_tokens`` are settled (the most it could read).
+            output_tokens: completion tokens billed; ``None``: not reported, ``text`` is
+                counted with the model's tokenizer (about 4 characters a token for a model
+                without one), or without ``text`` the grant's whole ``output_tokens`` are
+                settled (the most a capped call could write).
+            truncated: the answer was cut at its cap.
+            text: the answer's text (and tool-call arguments), if at hand: counted when
+                ``output_tokens`` is ``None``, or 0 beside a non-blank text (a stream that
+                sent no usage, read as 0).
+            usage_estimated: the numbers are the caller's own estimate, not the
+                provider's report: settled as given and flagged, without a warning.
+
+        Every estimated settlement is flagged ``usage_estimated`` on its call record
+        (``req.calls``) and ``estimated`` in telemetry; the ones apportion had to guess
+        (``None``, or 0 beside text) also warn with :class:`~apportion.UsageWarning`.
+
+        Raises:
+            InvalidTokenCount, InvalidArgument, GrantSettled, ForeignGrant, RequestClosed:
+                nothing changes.
+        """
+        warning = _run(
             self._steps.config.store,
-            self._steps.finish(grant, input_tokens, output_tokens, truncated),
+            self._steps.finish(
+                grant, input_tokens, output_tokens, truncated, text, usage_estimated
+            ),
         )
+        if warning is not None:
+            warnings.warn(warning, stacklevel=2)
 
     def release(self, grant: Grant) -> None:
         """Settle a grant as unused (the call failed before using tokens)."""
@@ -859,13 +959,24 @@ class AsyncRequest(_RequestBase):
         )
 
     async def finish(
-        self, grant: Grant, *, input_tokens: int, output_tokens: int, truncated: bool = False
+        self,
+        grant: Grant,
+        *,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        truncated: bool = False,
+        text: str | None = None,
+        usage_estimated: bool = False,
     ) -> None:
         """Async :meth:`Request.finish`."""
-        await _arun(
+        warning = await _arun(
             self._steps.config.store,
-            self._steps.finish(grant, input_tokens, output_tokens, truncated),
+            self._steps.finish(
+                grant, input_tokens, output_tokens, truncated, text, usage_estimated
+            ),
         )
+        if warning is not None:
+            warnings.warn(warning, stacklevel=2)
 
     async def release(self, grant: Grant) -> None:
         """Async :meth:`Request.release`."""

@@ -3,7 +3,8 @@
 Each error keeps the facts that explain it as attributes (``agent``, ``requested``,
 ``available``, ``file``, ``line``, ``key`` ...), so callers can act on them without parsing
 messages. A refused operation raises before it changes anything: the ledger is exactly as
-it was.
+it was. :class:`UsageWarning` (a ``UserWarning``) is the one warning of this kind: a
+settlement made with usage apportion had to estimate.
 """
 
 from __future__ import annotations
@@ -660,3 +661,44 @@ class UnsupportedCall(ApportionError, NotImplementedError):
             method=method,
             reason=reason,
         )
+
+
+class UsageWarning(UserWarning):
+    """A grant was settled with usage apportion had to estimate, not the provider's report.
+
+    Warned by ``req.finish`` when the caller passes no usage (``None``), or 0 output tokens
+    beside an answer's ``text`` (glue that trusted a stream without usage would settle 0
+    for a billed answer). The settlement is flagged ``usage_estimated`` on the call record
+    and ``estimated`` in telemetry. Filter it like any warning
+    (``warnings.simplefilter("ignore", UsageWarning)``); the flag stays.
+
+    Attributes:
+        agent: the agent whose grant was settled.
+        grant_id: the grant's id in its request.
+        reported: the output tokens the caller reported (``None``: none).
+        input_tokens: the input tokens settled.
+        output_tokens: the output tokens settled.
+    """
+
+    agent: str
+    grant_id: int
+    reported: int | None
+    input_tokens: int
+    output_tokens: int
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        agent: str,
+        grant_id: int,
+        reported: int | None,
+        input_tokens: int,
+        output_tokens: int,
+    ) -> None:
+        super().__init__(printable(message))
+        self.agent = agent
+        self.grant_id = grant_id
+        self.reported = reported
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens

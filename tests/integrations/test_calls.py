@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace as NS
 
 import pytest
 
 from apportion.integrations.chat import (
     THINKING_MIN_BUDGET,
+    CallReport,
     ChatCall,
-    StreamTally,
     is_reasoning_model,
 )
+from apportion.integrations.streams import StreamTally
 from apportion.tokens.counting import counter_for
 
 QUESTION = [{"role": "user", "content": "hi"}]
@@ -121,16 +123,50 @@ def test_bad_arguments_are_refused_before_anything_is_reserved():
 
 
 def test_stream_tally_counts_text_and_keeps_back_only_its_own_usage_chunk():
-    from types import SimpleNamespace as NS
-
     tally = StreamTally(counter_for("gpt-4o-mini"), hide_usage=True)
     text = NS(choices=[NS(index=0, delta=NS(content="hello world", role=None))], usage=None)
-    final = NS(choices=[NS(index=0, delta=NS(content=None, role=None), finish_reason="length")])
+    final = NS(choices=[NS(index=0, delta=NS(content=None, role=None), finish_reason="stop")])
     usage = NS(choices=[], usage=NS(prompt_tokens=5, completion_tokens=2))
-    assert tally.add(text) and tally.add(final)
-    assert not tally.add(usage)
-    assert tally.output_tokens == 2 and tally.finish_reason == "length"
+    assert tally.add(text) == [text]
+    assert tally.add(final) == [] and tally.add(usage) == []  # held to the end; kept back
+    assert tally.output_tokens == 2 and tally.finish_reason == "stop"
     assert tally.usage.completion_tokens == 2 and tally.texts == {0: "hello world"}
+    assert tally.settle(9) == (5, 2, False)
+    tally.end(CallReport("a", "m", calls=1))
+    assert tally.drain() == [final] and tally.drain() == []
+
+
+def test_stream_tally_joins_a_continuation_into_one_stream():
+    tally = StreamTally(counter_for("gpt-4o-mini"))  # the caller asked for usage itself
+
+    def chunk(id_: str, content: str | None, reason: str | None = None, role: str | None = None):
+        delta = NS(content=content, role=role, tool_calls=None)
+        return NS(id=id_, choices=[NS(index=0, delta=delta, finish_reason=reason)], usage=None)
+
+    def usage(id_: str, completion: int) -> NS:
+        return NS(id=id_, choices=[], usage=NS(prompt_tokens=7, completion_tokens=completion))
+
+    first = [chunk("a", "", role="assistant"), chunk("a", "one two"), chunk("a", None, "length")]
+    assert [tally.add(c) for c in [*first, usage("a", 2)]] == [[first[0]], [first[1]], [], []]
+    assert tally.continuable(1) and not tally.continuable(2) and tally.text == "one two"
+    tally.next_call()
+    assert tally.drain() == []  # the first call's finish reason is dropped
+    rest = [chunk("b", "", role="assistant"), chunk("b", " three"), chunk("b", None, "stop")]
+    assert [tally.add(c) for c in [*rest, usage("b", 1)]] == [[], [rest[1]], [], []]
+    assert rest[1].id == "a" and tally.text == "one two three"
+    assert tally.settle(20) == (7, 1, False)
+    tally.end(CallReport("a", "m", calls=2, input_tokens=14, output_tokens=3))
+    end, summed = tally.drain()
+    assert end is rest[2] and end.choices[0].finish_reason == "stop"
+    assert (summed.usage.prompt_tokens, summed.usage.completion_tokens) == (14, 3)
+    assert summed.usage.total_tokens == 17
+
+
+def test_stream_tally_counts_a_reported_zero_beside_text():
+    tally = StreamTally(counter_for("gpt-4o-mini"))
+    delta = NS(content="hello world", role=None)
+    tally.add(NS(choices=[NS(index=0, delta=delta)], usage=NS(completion_tokens=0)))
+    assert tally.settle(4) == (4, 2, True)
 
 
 def test_importing_the_integrations_pulls_no_client():

@@ -93,6 +93,37 @@ def test_streaming_events():
         assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
 
 
+def events(body: bytes) -> list[dict[str, Any]]:
+    lines = [x for x in body.decode().split("\n\n") if x]
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(x[6:]) for x in lines[:-1]]
+
+
+def test_a_streamed_answer_is_cut_at_its_cap_and_its_rest_streamed_to_a_follow_up():
+    with OpenAIServer([Reply("a b c d e f", usage=False)]) as server:
+        cut = events(post(server, ask(max_tokens=4, stream=True))[1])
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in cut)
+        assert text == "a b c d" and cut[-1]["choices"][0]["finish_reason"] == "length"
+        follow = ask(stream=True, stream_options={"include_usage": True})
+        follow["messages"] += [
+            {"role": "assistant", "content": "a b c d"},
+            {"role": "user", "content": "Continue."},
+        ]
+        rest = events(post(server, follow)[1])
+        assert [c["choices"][0]["delta"].get("content") for c in rest[1:3]] == [" e", " f"]
+        assert all("usage" not in c for c in rest)  # the reply reports no usage
+        assert rest[-1]["choices"][0]["finish_reason"] == "stop"
+        # what each request cost, though neither reported it
+        assert server.billed == [(7, 4), (prompt_tokens(follow["messages"]), 2)]
+
+
+def test_billed_is_the_servers_own_count_whatever_usage_reports():
+    with OpenAIServer([Reply("a b", usage={"completion_tokens": 0}), Reply(status=500)]) as server:
+        assert json.loads(post(server, ask())[1])["usage"]["completion_tokens"] == 0
+        post(server, ask())
+        assert server.billed == [(7, 2)]  # the error bills nothing
+
+
 def test_unknown_routes_and_bad_bodies():
     with OpenAIServer() as server:
         request = urllib.request.Request(server.url + "/nothing", data=b"{}")

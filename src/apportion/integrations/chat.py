@@ -56,7 +56,10 @@ Bad input and failures:
 
 * **No usage** from the provider (or LiteLLM's zero placeholder): the prompt is counted
   (what was sent) and the completion is counted from the returned text (and tool-call
-  arguments); the report says ``usage_estimated=True``.
+  arguments); the report says ``usage_estimated=True``, the call record notes it
+  (``req.calls[...].notes["usage_estimated"]``) and telemetry writes it (``estimated``).
+  Glue that settles by hand says so to ``req.finish`` (``output_tokens=None`` with the
+  answer's ``text``; see :meth:`~apportion.controller.Request.finish`).
 * **Usage above the grant** is settled as reported: the ledger records the over-use and
   charges what the pool cannot cover as overflow, so the ceiling holds for later grants.
 * **An error from the client** (HTTP error, timeout, cancellation): if no call has
@@ -65,24 +68,38 @@ Bad input and failures:
   store while settling does not hide the client's error (the grant then lapses with its
   lease).
 
-Streaming (``stream=True``): the grant is begun, the messages fitted and the call made
-before the stream is returned (so refusals and HTTP errors raise at the call site). The
-returned stream yields the client's chunks unchanged while counting their text
-(``output_tokens`` so far), and settles when the stream ends, with the provider's usage if
-it sent one (``stream_options={"include_usage": True}`` is added when the caller did not
-ask for it, and the usage-only chunk is then kept from the caller) or the counted text.
-If the stream fails or is closed early, the grant is finished with what arrived
-(``truncated=True``: the provider bills a partial stream), or released if nothing did.
-Streams are not extended: a streamed answer cut by its cap is settled as truncated.
-Through LiteLLM, a provider that streams no usage gets a usage chunk counted by LiteLLM
-itself, which cannot be told from the provider's own, so it is not marked estimated.
+Streaming (``stream=True``, :mod:`apportion.integrations.streams`): the grant is begun,
+the messages fitted and the call made before the stream is returned (so refusals and HTTP
+errors raise at the call site). Every call asks the provider for its usage
+(``stream_options={"include_usage": True}`` is added when the caller did not ask for it,
+and the usage-only chunk is then kept from the caller). The returned stream yields the
+client's chunks while counting their text (``output_tokens`` so far), and settles when it
+ends, with the provider's usage if it sent one, else the counted text (and the prompt as
+counted), marked ``usage_estimated`` (so is a completion reported as 0 beside streamed
+text: a stream is never settled as 0 for an answer that arrived).
+
+A streamed answer cut by its cap is **extended** as in step 6, and the caller reads the
+continuation's chunks after the first call's as **one stream**: the chunk carrying the
+first call's ``finish_reason`` is held back and dropped (passed without its reason if it
+also carries text), the continuation's opening role chunk is dropped, its chunks take the
+first call's ``id``, and only the last call's ``finish_reason`` reaches the caller, at the
+end. When the caller asked for usage itself, one usage chunk comes last, summing every
+call. ``stream.report`` then counts the calls and extensions as for a plain call; the
+grant is finished once, with the usage of every call. ``max_extensions=0`` keeps a cut
+stream cut (``finish_reason == "length"``, settled as truncated).
+
+If the stream fails or is closed early (in the first call or a continuation), the grant
+is finished with what arrived (``truncated=True``: the provider bills a partial stream),
+or released if nothing did. Through LiteLLM, a provider that streams no usage gets a usage
+chunk counted by LiteLLM itself, which cannot be told from the provider's own, so it is
+not marked estimated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping, Sequence, Sized
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from apportion.errors import ApportionError, BudgetExceeded, InvalidArgument, UnsupportedCall
@@ -104,7 +121,6 @@ __all__ = [
     "CallReport",
     "ChatCall",
     "Op",
-    "StreamTally",
     "is_reasoning_model",
     "report_of",
 ]
@@ -489,86 +505,6 @@ class ChatCall:
             response = protocol.merge(response, last, "".join(pieces), report)
         _attach(response, report)
         return response
-
-    def stream_steps(self, tally: StreamTally) -> Generator[Op, Any, CallReport]:
-        """The streaming call: the ``stream`` op returns when the caller's stream ends."""
-        report = self.report
-        grant, messages, sent = yield from self._open()
-        params = self.call_params(messages, grant.output_tokens)
-        options = dict(params.get("stream_options") or {})
-        if not options.get("include_usage"):
-            options["include_usage"] = True
-            params["stream_options"] = options
-            tally.hide_usage = True
-        try:
-            yield Op("model", "stream", (), params)
-        except BaseException:
-            if not tally.chunks:
-                yield from self._release(grant)
-                raise
-            self._settle_tally(tally, sent)
-            yield from self._finish(grant, True, quiet=True)
-            raise
-        self._settle_tally(tally, sent)
-        yield from self._finish(grant, report.finish_reason == "length")
-        return report
-
-    def _settle_tally(self, tally: StreamTally, sent: int) -> None:
-        report = self.report
-        report.calls = 1
-        report.finish_reason = tally.finish_reason
-        prompt = _int(getattr(tally.usage, "prompt_tokens", None))
-        completion = _int(getattr(tally.usage, "completion_tokens", None))
-        if not prompt:
-            prompt = sent
-            report.usage_estimated = True
-        if completion is None:
-            completion = sum(self.counter.count_text(t) for t in tally.texts.values())
-            report.usage_estimated = True
-        report.input_tokens = prompt or 0
-        report.output_tokens = completion
-
-
-@dataclass
-class StreamTally:
-    """What a stream delivered so far: text per choice, finish reason, usage."""
-
-    counter: Any
-    hide_usage: bool = False
-    chunks: int = 0
-    output_tokens: int = 0
-    texts: dict[int, str] = field(default_factory=dict)
-    finish_reason: str | None = None
-    usage: Any = None
-
-    def add(self, chunk: Any) -> bool:
-        """Count one chunk; return whether to pass it on to the caller."""
-        self.chunks += 1
-        usage = getattr(chunk, "usage", None)
-        if usage is not None and getattr(usage, "completion_tokens", None) is not None:
-            self.usage = usage
-        passes = False
-        for choice in getattr(chunk, "choices", None) or ():
-            delta = getattr(choice, "delta", None)
-            piece = getattr(delta, "content", None)
-            index = getattr(choice, "index", 0) or 0
-            if isinstance(piece, str) and piece:
-                self.texts[index] = self.texts.get(index, "") + piece
-                self.output_tokens += self.counter.count_text(piece)
-                passes = True
-            for call in getattr(delta, "tool_calls", None) or ():
-                args = getattr(getattr(call, "function", None), "arguments", None)
-                if isinstance(args, str) and args:
-                    self.texts[index] = self.texts.get(index, "") + args
-                    self.output_tokens += self.counter.count_text(args)
-                passes = True
-            reason = getattr(choice, "finish_reason", None)
-            if reason:
-                self.finish_reason = reason
-                passes = True
-            if getattr(delta, "role", None):
-                passes = True
-        return passes or usage is None or not self.hide_usage
 
 
 def _int(value: Any) -> int | None:

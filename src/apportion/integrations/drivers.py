@@ -16,7 +16,8 @@ from types import TracebackType
 from typing import Any
 
 from apportion.errors import ApportionError, InvalidArgument
-from apportion.integrations.chat import ChatCall, Op, StreamTally
+from apportion.integrations.chat import ChatCall, Op
+from apportion.integrations.streams import StreamTally, stream_steps
 from apportion.ledger import Grant
 
 
@@ -150,7 +151,7 @@ class BudgetedStream:
         _check_sync(req)
         call.routes = _routes(req, call)
         self._tally = StreamTally(call.counter)
-        self._steps = call.stream_steps(self._tally)
+        self._steps = stream_steps(call, self._tally)
         self._req = req
         self._send = send
         self.report = self.apportion = call.report
@@ -163,18 +164,22 @@ class BudgetedStream:
         return self._tally.output_tokens
 
     def _iterate(self) -> Iterator[Any]:
-        try:
-            for chunk in self._stream:
-                if _renewal_due(self._req, self.report.grant):
-                    with suppress(ApportionError):  # expired: the finish is recorded late
-                        self.report.grant = self._req.renew(self.report.grant)
-                if self._tally.add(chunk):
-                    yield chunk
-        except BaseException as exc:  # an error, or the caller closed the stream early
-            _close(self._stream)
-            _drive(self._steps, self._req, self._send, exc)
-            raise  # pragma: no cover  (the steps re-raise ``exc``)
-        _drive(self._steps, self._req, self._send, None)
+        """The chunks of the first call, then of each continuation, as one stream."""
+        kind = "stream"
+        while kind == "stream":
+            try:
+                yield from self._tally.drain()
+                for chunk in self._stream:
+                    if _renewal_due(self._req, self.report.grant):
+                        with suppress(ApportionError):  # expired: the finish is recorded late
+                            self.report.grant = self._req.renew(self.report.grant)
+                    yield from self._tally.add(chunk)
+            except BaseException as exc:  # an error, or the caller closed the stream early
+                _close(self._stream)
+                _drive(self._steps, self._req, self._send, exc)
+                raise  # pragma: no cover  (the steps re-raise ``exc``)
+            kind, self._stream = _drive(self._steps, self._req, self._send, None)
+        yield from self._tally.drain()
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -206,7 +211,7 @@ class AsyncBudgetedStream:
     def __init__(self, call: ChatCall, req: Any, send: Callable[..., Awaitable[Any]]) -> None:
         call.routes = _routes(req, call)
         self._tally = StreamTally(call.counter)
-        self._steps = call.stream_steps(self._tally)
+        self._steps = stream_steps(call, self._tally)
         self._req = req
         self._send = send
         self.report = self.apportion = call.report
@@ -225,21 +230,28 @@ class AsyncBudgetedStream:
         return self._tally.output_tokens
 
     async def _iterate(self) -> AsyncIterator[Any]:
-        try:
-            async for chunk in self._stream:
-                if _renewal_due(self._req, self.report.grant):
-                    with suppress(ApportionError):  # expired: the finish is recorded late
-                        renewed = self._req.renew(self.report.grant)
-                        if inspect.isawaitable(renewed):
-                            renewed = await renewed
-                        self.report.grant = renewed
-                if self._tally.add(chunk):
-                    yield chunk
-        except BaseException as exc:
-            await _aclose(self._stream)
-            await _adrive(self._steps, self._req, self._send, exc)
-            raise  # pragma: no cover  (the steps re-raise ``exc``)
-        await _adrive(self._steps, self._req, self._send, None)
+        """The chunks of the first call, then of each continuation, as one stream."""
+        kind = "stream"
+        while kind == "stream":
+            try:
+                for ready in self._tally.drain():
+                    yield ready
+                async for chunk in self._stream:
+                    if _renewal_due(self._req, self.report.grant):
+                        with suppress(ApportionError):  # expired: the finish is recorded late
+                            renewed = self._req.renew(self.report.grant)
+                            if inspect.isawaitable(renewed):
+                                renewed = await renewed
+                            self.report.grant = renewed
+                    for passed in self._tally.add(chunk):
+                        yield passed
+            except BaseException as exc:
+                await _aclose(self._stream)
+                await _adrive(self._steps, self._req, self._send, exc)
+                raise  # pragma: no cover  (the steps re-raise ``exc``)
+            kind, self._stream = await _adrive(self._steps, self._req, self._send, None)
+        for ready in self._tally.drain():
+            yield ready
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self

@@ -24,9 +24,14 @@ What it does, like a real provider:
   (a "continue" follow-up); any other request drops the rest and takes the next reply.
 * **Usage.** ``usage`` is reported (``Reply.usage`` overrides it, ``Reply(usage=False)``
   leaves it out). When streaming, usage comes as a last chunk with no choices only if the
-  request asked for it with ``stream_options: {"include_usage": true}``.
+  request asked for it with ``stream_options: {"include_usage": true}``. What each answer
+  bills by the server's own count, whatever ``usage`` reports, is kept in
+  :attr:`OpenAIServer.billed`.
 * **Streaming.** ``stream: true`` answers with server-sent events, ``data: {chunk}``, one
-  chunk per token, then a chunk with the ``finish_reason``, then ``data: [DONE]``.
+  chunk per token, then a chunk with the ``finish_reason``, then ``data: [DONE]``. Caps
+  and continuation work as above: a streamed answer is cut at ``max_tokens`` with
+  ``finish_reason: "length"``, and a "continue" follow-up streams its rest. A client that
+  hangs up mid-stream is let go quietly.
 * **Errors.** ``Reply(status=500)`` (or 429, 400 ...) answers with an OpenAI-style error
   body; ``Reply(fail_after=N)`` streams N tokens then sends an error event;
   :meth:`OpenAIServer.fail_at` fails the N-th request whatever it is.
@@ -466,9 +471,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        for event in _events(model, tokens, finish, n, usage, fail_after):
-            self.wfile.write(f"data: {event}\n\n".encode())
-            self.wfile.flush()
+        try:
+            for event in _events(model, tokens, finish, n, usage, fail_after):
+                self.wfile.write(f"data: {event}\n\n".encode())
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
+            return
 
 
 def _events(

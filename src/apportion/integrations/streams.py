@@ -1,0 +1,252 @@
+"""Streamed answers: what a stream delivered, and a cut stream extended into one stream.
+
+:func:`stream_steps` is the streaming twin of :meth:`ChatCall.steps
+<apportion.integrations.chat.ChatCall.steps>` (the semantics are described under
+"Streaming" in :mod:`apportion.integrations.chat`); :class:`StreamTally` counts the chunks
+as they pass and decides which the caller reads, so that the calls of one answer (the
+first, then its continuations) read as a single stream. The drivers
+(:class:`~apportion.integrations.drivers.BudgetedStream`,
+:class:`~apportion.integrations.drivers.AsyncBudgetedStream`) hand it every chunk and
+yield what it gives back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from apportion.errors import ApportionError
+from apportion.integrations.chat import CallReport, ChatCall, Op
+from apportion.integrations.chat import _int as read_int
+from apportion.ledger import Grant
+
+
+@dataclass
+class StreamTally:
+    """What a streamed answer delivered so far, and which chunks its caller reads.
+
+    Per call (reset by :meth:`next_call`): ``chunks``, ``texts`` (per choice),
+    ``tool_calls``, ``finish_reason``, ``usage``. Over the whole answer: ``output_tokens``
+    (counted as the chunks arrived) and ``answer`` (the text of the calls before).
+
+    A chunk that ends a choice (a ``finish_reason``) is held back until the call is over:
+    if a continuation follows, its ``finish_reason`` is dropped (the chunk is passed only
+    if it also carries text); else it is passed at the end. The provider's usage-only chunk
+    is kept from the caller when apportion asked for it (``hide_usage``); when the caller
+    asked, the last one is passed at the end, its usage summed over the calls.
+    """
+
+    counter: Any
+    hide_usage: bool = False
+    chunks: int = 0
+    output_tokens: int = 0
+    texts: dict[int, str] = field(default_factory=dict)
+    tool_calls: bool = False
+    finish_reason: str | None = None
+    usage: Any = None
+    answer: str = ""
+    calls: int = 0
+    stream_id: Any = None
+    held: list[Any] = field(default_factory=list)
+    ready: list[Any] = field(default_factory=list)
+    usage_chunk: Any = None
+
+    def add(self, chunk: Any) -> list[Any]:
+        """Count one chunk; return the chunks to pass on to the caller now."""
+        self.chunks += 1
+        if self.calls and self.stream_id is not None:  # one stream: the first call's id
+            with suppress(AttributeError, TypeError, ValueError):
+                chunk.id = self.stream_id
+        elif self.stream_id is None:
+            self.stream_id = getattr(chunk, "id", None)
+        usage = getattr(chunk, "usage", None)
+        if usage is not None and getattr(usage, "completion_tokens", None) is not None:
+            self.usage = usage
+        written = ends = role = False
+        for choice in getattr(chunk, "choices", None) or ():
+            delta = getattr(choice, "delta", None)
+            index = getattr(choice, "index", 0) or 0
+            piece = getattr(delta, "content", None)
+            if isinstance(piece, str) and piece:
+                self._count(index, piece)
+                written = True
+            for call in getattr(delta, "tool_calls", None) or ():
+                args = getattr(getattr(call, "function", None), "arguments", None)
+                if isinstance(args, str) and args:
+                    self._count(index, args)
+                self.tool_calls = written = True
+            if getattr(choice, "finish_reason", None):
+                self.finish_reason = choice.finish_reason
+                ends = True
+            role = role or bool(getattr(delta, "role", None))
+        if ends:
+            self.held.append(chunk)
+            return []
+        if usage is not None and not written and not role:  # the usage-only chunk
+            if not self.hide_usage:
+                self.usage_chunk = chunk
+            return []
+        if role and not written and self.calls:  # a continuation's opening chunk
+            return []
+        return [chunk]
+
+    def _count(self, index: int, piece: str) -> None:
+        self.texts[index] = self.texts.get(index, "") + piece
+        self.output_tokens += self.counter.count_text(piece)
+
+    @property
+    def text(self) -> str:
+        """The answer so far: the calls before, then this call's first choice."""
+        return self.answer + self.texts.get(0, "")
+
+    def continuable(self, choices: int) -> bool:
+        """Whether this call's answer was cut and can be continued (one plain-text choice)."""
+        return (
+            self.finish_reason == "length"
+            and choices == 1
+            and set(self.texts) == {0}
+            and not self.tool_calls
+            and bool(self.texts[0])
+        )
+
+    def settle(self, prompt_counted: int) -> tuple[int, int, bool]:
+        """This call's ``(prompt, completion)`` tokens, and whether they were counted here.
+
+        The provider's usage if it sent one; else the prompt as counted and the completion
+        counted from the text. A completion reported as 0 beside text is counted too.
+        """
+        prompt = read_int(getattr(self.usage, "prompt_tokens", None))
+        completion = read_int(getattr(self.usage, "completion_tokens", None))
+        estimated = False
+        if not prompt:
+            prompt, estimated = prompt_counted, True
+        written = [t for t in self.texts.values() if t]
+        if completion is None or (completion == 0 and written):
+            completion = sum(self.counter.count_text(t) for t in written)
+            estimated = True
+        return prompt, completion, estimated
+
+    def next_call(self) -> None:
+        """A continuation follows: drop the held finish reasons, start counting a new call."""
+        for chunk in self.held:
+            if _carries_output(chunk):
+                for choice in getattr(chunk, "choices", None) or ():
+                    with suppress(AttributeError, TypeError, ValueError):
+                        choice.finish_reason = None
+                self.ready.append(chunk)
+        self.held = []
+        self.answer = self.text
+        self.calls += 1
+        self.chunks = 0
+        self.texts = {}
+        self.tool_calls = False
+        self.finish_reason = None
+        self.usage = None
+
+    def end(self, report: CallReport) -> None:
+        """The answer is over: pass the held chunks, then the caller's usage chunk."""
+        self.ready.extend(self.held)
+        self.held = []
+        if self.usage_chunk is not None:
+            if report.calls > 1:
+                _set_usage(self.usage_chunk.usage, report.input_tokens, report.output_tokens)
+            self.ready.append(self.usage_chunk)
+            self.usage_chunk = None
+
+    def drain(self) -> list[Any]:
+        """The chunks ready for the caller (between calls, and at the end)."""
+        ready, self.ready = self.ready, []
+        return ready
+
+
+def _set_usage(usage: Any, prompt: int, completion: int) -> None:
+    """Set a chunk's ``usage`` to these totals, where it can be set."""
+    with suppress(AttributeError, TypeError, ValueError):
+        usage.prompt_tokens = prompt
+        usage.completion_tokens = completion
+        usage.total_tokens = prompt + completion
+
+
+def _carries_output(chunk: Any) -> bool:
+    for choice in getattr(chunk, "choices", None) or ():
+        delta = getattr(choice, "delta", None)
+        if getattr(delta, "content", None) or getattr(delta, "tool_calls", None):
+            return True
+    return False
+
+
+def stream_steps(call: ChatCall, tally: StreamTally) -> Generator[Op, Any, CallReport]:
+    """The streaming call: each ``stream`` op returns when that call's stream has ended.
+
+    A call cut at its cap (one plain-text choice) is continued as the non-streaming call
+    is (the same follow-up messages, the same extension), by a follow-up stream the caller
+    reads after the first; the grant is finished once, with the usage of every call.
+    """
+    report = call.report
+    grant, messages, sent = yield from call._open()
+    first_cap = grant.output_tokens
+    try:
+        yield Op("model", "stream", (), _asking_usage(call.call_params(messages, first_cap), tally))
+    except BaseException:
+        if not tally.chunks:
+            yield from call._release(grant)
+            raise
+        _account(report, tally, sent)
+        yield from call._finish(grant, True, quiet=True)
+        raise
+    _account(report, tally, sent)
+    while tally.continuable(call.n) and report.extensions < call.max_extensions:
+        base, follow = call.protocol.follow_up(
+            call.params, messages, call.instructions, tally.text, None
+        )
+        resent = call.counter.count_messages(follow, tools=call.tools)
+        bigger = yield from _extend(grant, first_cap, resent)
+        if bigger is None:
+            break
+        extra = bigger.output_tokens - grant.output_tokens
+        grant = report.grant = bigger  # renewed as the continuation streams
+        report.extensions += 1
+        tally.next_call()
+        try:
+            yield Op(
+                "model", "stream", (), _asking_usage(call.call_params(follow, extra, base), tally)
+            )
+        except BaseException:
+            if tally.chunks:
+                _account(report, tally, resent)
+            yield from call._finish(grant, True, quiet=True)
+            raise
+        _account(report, tally, resent)
+    yield from call._finish(grant, report.finish_reason == "length")
+    tally.end(report)
+    return report
+
+
+def _extend(grant: Grant, cap: int, resent: int) -> Generator[Op, Any, Grant | None]:
+    """Ask for ``cap`` more output (and the follow-up's context); ``None``: wrap up."""
+    try:
+        bigger: Grant | None = yield Op("req", "extend", (grant, cap), {"context_tokens": resent})
+    except ApportionError:  # refused (the grant lapsed ...): settle what was used
+        bigger = None
+    return bigger
+
+
+def _asking_usage(params: dict[str, Any], tally: StreamTally) -> dict[str, Any]:
+    """``params`` asking for the usage chunk (``stream_options``), kept back if we asked."""
+    options = dict(params.get("stream_options") or {})
+    if not options.get("include_usage"):
+        params["stream_options"] = {**options, "include_usage": True}
+        tally.hide_usage = True
+    return params
+
+
+def _account(report: CallReport, tally: StreamTally, prompt_counted: int) -> None:
+    """Add the call that just streamed to the report."""
+    prompt, completion, estimated = tally.settle(prompt_counted)
+    report.input_tokens += prompt
+    report.output_tokens += completion
+    report.usage_estimated = report.usage_estimated or estimated
+    report.calls += 1
+    report.finish_reason = tally.finish_reason
