@@ -4,6 +4,7 @@ One ceiling per request; a policy decides what each agent may read and write; a 
 the ledger atomically; unused tokens are reclaimed for the agents still to run.
 """
 
+from apportion.ambient import UnbudgetedCall, carry, current_agent, current_request
 from apportion.calls import CallRecord
 from apportion.controller import AsyncController, AsyncRequest, Controller, Request
 from apportion.errors import (
@@ -21,6 +22,7 @@ from apportion.errors import (
     InvalidPrice,
     InvalidTokenCount,
     MissingExtra,
+    NoOpenRequest,
     NoTokenizer,
     PolicyConfigError,
     PolicyStateError,
@@ -96,6 +98,7 @@ __all__ = [
     "LinearEstimator",
     "MemoryStore",
     "MissingExtra",
+    "NoOpenRequest",
     "NoTokenizer",
     "Observation",
     "OutputKind",
@@ -120,6 +123,7 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "Summary",
+    "UnbudgetedCall",
     "UniformPolicy",
     "UnknownAgent",
     "UnknownModel",
@@ -129,4 +133,7 @@ __all__ = [
     "UnknownSink",
     "UnknownStore",
     "__version__",
+    "carry",
+    "current_agent",
+    "current_request",
 ]

@@ -19,6 +19,7 @@ from collections.abc import Callable, Generator, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
+from apportion import ambient
 from apportion.calls import CLOSED as CLOSED_CALL
 from apportion.calls import EXPIRED, OPEN, REFUSED, RELEASED, CallRecord
 from apportion.errors import (
@@ -570,6 +571,7 @@ class _RequestBase:
 
     def __init__(self, steps: _Steps) -> None:
         self._steps = steps
+        self._ambient: ambient.Tokens | None = None
 
     @property
     def request_id(self) -> str:
@@ -608,6 +610,29 @@ class _RequestBase:
     def catalog(self) -> Any:
         """The controller's model catalog (:class:`~apportion.catalog.Catalog`)."""
         return self._steps.config.catalog
+
+    def agent(self, name: str) -> ambient.AgentScope:
+        """A block in which this request is current and ``name`` is the current agent.
+
+        ``with req.agent("reasoner"): ...`` tells adapters that cannot pass an agent's name
+        (see :func:`apportion.current_agent`) which agent is calling; blocks nest, and the
+        outer agent is current again after the inner one. It also makes ``req`` current
+        (:func:`apportion.current_request`), in any thread: see :mod:`apportion.ambient`.
+
+        Raises:
+            UnknownAgent: ``name`` is not an agent of the pipeline.
+            RequestClosed: the request is closed.
+        """
+        self._steps.config.pipeline[name]  # raises UnknownAgent
+        if self._steps.closed:
+            raise RequestClosed(self._steps.obs.request_id, self._steps.obs.state.status)
+        return ambient.AgentScope(self, name)
+
+    def _leave(self) -> None:
+        """End the ``with`` block's time as the current request."""
+        if self._ambient is not None:
+            ambient.leave(self._ambient)
+            self._ambient = None
 
     def renewal_due(self, grant: Grant) -> bool:
         """Whether half of ``grant``'s lease has run: a long call should :meth:`renew` now.
@@ -669,7 +694,9 @@ class Request(_RequestBase):
         return self
 
     def __enter__(self) -> Request:
-        return self.open()
+        self.open()
+        self._ambient = ambient.enter(self)  # current inside the block (apportion.ambient)
+        return self
 
     def __exit__(
         self,
@@ -677,9 +704,12 @@ class Request(_RequestBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._steps.opened and not self._steps.closed:
-            with contextlib.suppress(RequestClosed):  # already closed by the store (expired)
-                self.close(FAILED if exc_type is not None else CLOSED)
+        try:
+            if self._steps.opened and not self._steps.closed:
+                with contextlib.suppress(RequestClosed):  # already closed by the store
+                    self.close(FAILED if exc_type is not None else CLOSED)
+        finally:
+            self._leave()
 
     def begin(
         self,
@@ -783,7 +813,9 @@ class AsyncRequest(_RequestBase):
         return self
 
     async def __aenter__(self) -> AsyncRequest:
-        return await self.open()
+        await self.open()
+        self._ambient = ambient.enter(self)  # current inside the block (apportion.ambient)
+        return self
 
     async def __aexit__(
         self,
@@ -791,9 +823,12 @@ class AsyncRequest(_RequestBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._steps.opened and not self._steps.closed:
-            with contextlib.suppress(RequestClosed):  # already closed by the store (expired)
-                await self.close(FAILED if exc_type is not None else CLOSED)
+        try:
+            if self._steps.opened and not self._steps.closed:
+                with contextlib.suppress(RequestClosed):  # already closed by the store
+                    await self.close(FAILED if exc_type is not None else CLOSED)
+        finally:
+            self._leave()
 
     async def begin(
         self,
