@@ -29,6 +29,7 @@ from apportion.errors import (
     ForeignGrant,
     InvalidArgument,
     InvalidPrice,
+    InvalidTokenCount,
     RequestClosed,
     UnknownModel,
 )
@@ -251,15 +252,27 @@ class _Steps:
         )
 
     def begin(
-        self, agent: str, input_tokens: int, output_tokens: int | None, model: str | None = None
+        self,
+        agent: str,
+        input_tokens: int,
+        output_tokens: int | None,
+        model: str | None = None,
+        min_context: int = 0,
     ) -> Steps[Grant]:
         self._usable()
         spec = self.config.pipeline[agent]
         input_tokens = check_tokens("input_tokens", input_tokens)
         if output_tokens is not None:
             output_tokens = check_tokens("output_tokens", output_tokens)
+        min_context = check_tokens("min_context_tokens", min_context)
+        if min_context > input_tokens:
+            raise InvalidTokenCount(
+                "min_context_tokens",
+                min_context,
+                f"more than the input in hand ({input_tokens} tokens)",
+            )
         try:
-            return (yield from self._grant(spec, input_tokens, output_tokens, model))
+            return (yield from self._grant(spec, input_tokens, output_tokens, model, min_context))
         except (BudgetExceeded, CostExceeded):
             now = self.config.clock()
             self.obs.refused.append(
@@ -268,9 +281,18 @@ class _Steps:
             raise
 
     def _grant(
-        self, spec: Agent, input_tokens: int, output_tokens: int | None, model: str | None
+        self,
+        spec: Agent,
+        input_tokens: int,
+        output_tokens: int | None,
+        model: str | None,
+        min_context: int = 0,
     ) -> Steps[Grant]:
-        """Ask the policy, then the store, for a grant (looking again once after a race)."""
+        """Ask the policy, then the store, for a grant (looking again once after a race).
+
+        A policy's context below ``min_context`` is raised to it when what the agent may
+        draw (and the cost ceiling) covers it with the policy's output; else it stands.
+        """
         obs, config = self.obs, self.config
         agent = spec.name
         for attempt in range(2):
@@ -293,6 +315,8 @@ class _Steps:
                 priced = config.prices_for(agent, use, obs.ceiling_usd)
             elif self.ceiling_usd is not None:
                 priced = config.prices_for(agent, None, obs.ceiling_usd)
+            if ctx < min_context and _affords(obs, agent, min_context, out, priced):
+                ctx = min_context
             now = config.clock()
             try:
                 grant, obs.state = yield (
@@ -476,6 +500,16 @@ def _reap(config: _Config) -> Steps[int]:
 
             emit(config.sinks, obs, events)
     return reaped.settled
+
+
+def _affords(obs: Observation, agent: str, ctx: int, out: int, priced: Mapping[str, Any]) -> bool:
+    """Whether a grant of ``ctx`` + ``out`` fits what ``agent`` may draw, in tokens and cost."""
+    state = obs.state
+    if ctx + out > state.available_for(agent):
+        return False
+    prices = priced.get("prices")
+    left = state.cost_available()
+    return prices is None or left is None or ctx * prices[0] + out * prices[1] <= left
 
 
 def _settle_open_calls(obs: Observation, now: float) -> None:
@@ -718,6 +752,7 @@ class Request(_RequestBase):
         output_tokens: int | None = None,
         *,
         model: str | None = None,
+        min_context_tokens: int = 0,
     ) -> Grant:
         """Reserve a grant for one model call of ``agent``.
 
@@ -727,6 +762,13 @@ class Request(_RequestBase):
             output_tokens: the most output it wants (the policy may grant less).
             model: the model the caller means to call (priced from the catalog; a routing
                 policy may choose another, named by ``grant.model``). Default: the agent's.
+            min_context_tokens: the least context worth granting: the part of the input
+                that cannot be dropped (the integrations pass
+                :func:`~apportion.tokens.fitting.irreducible_tokens`). When the policy
+                grants less context, the grant's context is raised to it if what the agent
+                may draw (reservations of others kept, and the cost ceiling) covers it with
+                the policy's output; otherwise the policy's grant stands, and fitting
+                shortens the input into it. At most ``input_tokens``.
 
         Returns:
             The grant: read at most ``context_tokens``, write at most ``output_tokens``.
@@ -736,7 +778,8 @@ class Request(_RequestBase):
             BudgetExceeded: not enough is left for this agent to run.
         """
         return _run(
-            self._steps.config.store, self._steps.begin(agent, input_tokens, output_tokens, model)
+            self._steps.config.store,
+            self._steps.begin(agent, input_tokens, output_tokens, model, min_context_tokens),
         )
 
     def extend(self, grant: Grant, output_tokens: int, *, context_tokens: int = 0) -> Grant | None:
@@ -837,10 +880,12 @@ class AsyncRequest(_RequestBase):
         output_tokens: int | None = None,
         *,
         model: str | None = None,
+        min_context_tokens: int = 0,
     ) -> Grant:
         """Async :meth:`Request.begin`."""
         return await _arun(
-            self._steps.config.store, self._steps.begin(agent, input_tokens, output_tokens, model)
+            self._steps.config.store,
+            self._steps.begin(agent, input_tokens, output_tokens, model, min_context_tokens),
         )
 
     async def extend(
