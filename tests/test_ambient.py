@@ -29,7 +29,7 @@ from apportion import (
     current_agent,
     current_request,
 )
-from apportion.ambient import resolve_request
+from apportion.ambient import resolve_agent, resolve_request
 
 
 def controller(cls: type[Controller] = Controller) -> Controller:
@@ -224,3 +224,12 @@ def test_resolve_request_for_adapters() -> None:
     assert "not budgeted" in str(caught[0].message)
     with pytest.raises(apportion.InvalidArgument):
         resolve_request(outside="maybe")
+
+
+def test_resolve_agent_for_adapters() -> None:
+    ctl = controller()
+    with pytest.raises(apportion.InvalidArgument, match=r"with req\.agent\(name\)"):
+        resolve_agent()
+    with ctl.request(1000) as req, req.agent("triage"):
+        assert resolve_agent() == "triage"
+        assert resolve_agent("reasoner") == "reasoner"  # one passed explicitly wins

@@ -45,6 +45,7 @@ __all__ = [
     "current_request",
     "enter",
     "leave",
+    "resolve_agent",
     "resolve_request",
 ]
 
@@ -121,6 +122,23 @@ def resolve_request(req: Any = None, *, outside: str = "raise", what: str = "thi
             raise
         warnings.warn(f"{what} is not budgeted: {missing.message}", UnbudgetedCall, stacklevel=3)
         return None
+
+
+def resolve_agent(agent: str | None = None) -> str:
+    """The agent a budgeted call is for: ``agent`` if given, else the current agent.
+
+    What adapters call when their framework may not carry the agent's name.
+
+    Raises:
+        InvalidArgument: no agent given and none current (the message says how to name one).
+    """
+    if agent is None:
+        agent = _AGENT.get()
+    if agent is None:
+        raise InvalidArgument(
+            "agent", None, "no agent named: pass agent=..., or call inside `with req.agent(name):`"
+        )
+    return agent
 
 
 def carry(fn: Callable[P, T]) -> Callable[P, T]:
