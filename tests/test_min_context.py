@@ -19,6 +19,7 @@ from apportion import (
     Pipeline,
     UnknownAgent,
 )
+from apportion.catalog import Catalog, ModelInfo
 
 PIPELINE = Pipeline(
     [
@@ -92,3 +93,14 @@ def test_async_begin_takes_the_floor_too() -> None:
             return grant.context_tokens, grant.output_tokens
 
     assert asyncio.run(main()) == (NEEDS, 488)
+
+
+@pytest.mark.parametrize(("ceiling_usd", "context"), [(0.015, NEEDS), (0.013, 1_464)])
+def test_the_floor_keeps_the_cost_ceiling(ceiling_usd: float, context: int) -> None:
+    # 3 and 15 USD per million tokens: the policy's grant costs 0.011712 USD, the floored
+    # one 0.014274 USD
+    catalog = Catalog([ModelInfo("large", 3.0, 15.0)], litellm=False)
+    ctl = Controller(PIPELINE, policy="uniform", catalog=catalog)
+    with ctl.request(CEILING, ceiling_usd=ceiling_usd) as req:
+        grant = req.begin("reasoner", NEEDS, model="large", min_context_tokens=NEEDS)
+        assert (grant.context_tokens, grant.output_tokens) == (context, 488)

@@ -137,13 +137,13 @@ def fit_messages(
         shortened = _shortened(irreducible, budget, counter, tool_list) if shorten else None
         if shortened is None:
             raise InputTooLarge(required, budget, agent=agent)
-        fitted, cut_tokens, count = shortened
+        fitted, input_tokens, cut_tokens, count = shortened
         middle = range(head_end, tail_start)
         return Fit(
             messages=fitted,
             dropped=[_copy(originals[i]) for i in middle],
             dropped_tokens=sum(counter.count_message(originals[i]) for i in middle) + cut_tokens,
-            input_tokens=counter.count_messages(fitted, tool_list),
+            input_tokens=input_tokens,
             cut=True,
             shortened=count,
         )
@@ -447,10 +447,10 @@ def _shortened(
     budget: int,
     counter: TokenCounter,
     tools: Sequence[Mapping[str, Any]] | None,
-) -> tuple[list[dict[str, Any]], int, int] | None:
+) -> tuple[list[dict[str, Any]], int, int, int] | None:
     """``messages`` with the biggest texts shortened inside to fit ``budget``, or ``None``.
 
-    Returns ``(messages, tokens cut, messages shortened)``.
+    Returns ``(messages, their tokens, tokens cut, messages shortened)``.
     """
     fitted = [_copy(m) for m in messages]
     slots = [(i, _text_slot(m)) for i, m in enumerate(messages)]
@@ -477,7 +477,7 @@ def _shortened(
         if cut:
             cut_tokens += cut
             shortened += 1
-    return (fitted, cut_tokens, shortened) if total <= budget else None
+    return (fitted, total, cut_tokens, shortened) if total <= budget else None
 
 
 def _copy(message: Mapping[str, Any]) -> dict[str, Any]:
