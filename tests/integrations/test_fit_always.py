@@ -10,10 +10,12 @@ the grant. Real HTTP calls through LiteLLM to the local OpenAI-protocol server.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
-from integration_helpers import controller, litellm_args
+from integration_helpers import PIPELINE, controller, litellm_args
 
+from apportion import AsyncController
 from apportion.integrations import report_of
 from apportion.testing.openai_server import prompt_tokens
 from apportion.tokens.counting import counter_for
@@ -69,3 +71,21 @@ def test_one_big_prompt_the_request_cannot_afford_is_shortened_inside(server, st
         assert report.sent_input <= 600 and report.input_cut
         assert report.dropped_messages == 1 and report.dropped_tokens == int(found[1])
         assert req.summary().consumed <= 2_400
+
+
+def test_async_and_streamed_calls_ask_for_it_too(server, store):
+    ctl = AsyncController(PIPELINE, policy="uniform", store=store)
+    messages = crew_prompt(NEEDS)
+
+    async def main() -> tuple[int, int]:
+        async with ctl.request(ceiling=5_856) as req:
+            response = await req.acompletion("reasoner", messages=messages, **litellm_args(server))
+            return response.apportion.grant.context_tokens, len(server.requests)
+
+    assert asyncio.run(main()) == (NEEDS, 1)
+    assert server.requests[0]["messages"] == messages
+    with controller(store, "uniform").request(ceiling=5_856) as req:
+        stream = req.completion("reasoner", messages=messages, stream=True, **litellm_args(server))
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert stream.report.grant.context_tokens == NEEDS
+    assert server.requests[1]["messages"] == messages
