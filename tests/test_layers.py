@@ -45,7 +45,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors"}),
     frozenset({"files"}),
     frozenset({"yamlfile"}),
-    frozenset({"ledger", "spec", "tokens"}),
+    frozenset({"ledger", "spec", "tokens", "ambient"}),
     frozenset({"ledger_view", "calls", "catalog", "pools", "reaper"}),
     frozenset({"summary", "policies", "stores"}),
     frozenset({"telemetry"}),

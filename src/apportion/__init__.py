@@ -4,6 +4,7 @@ One ceiling per request; a policy decides what each agent may read and write; a 
 the ledger atomically; unused tokens are reclaimed for the agents still to run.
 """
 
+from apportion.ambient import UnbudgetedCall, carry, current_agent, current_request
 from apportion.calls import CallRecord
 from apportion.controller import AsyncController, AsyncRequest, Controller, Request
 from apportion.errors import (
@@ -21,6 +22,7 @@ from apportion.errors import (
     InvalidPrice,
     InvalidTokenCount,
     MissingExtra,
+    NoOpenRequest,
     NoTokenizer,
     PolicyConfigError,
     PolicyStateError,
@@ -98,6 +100,7 @@ __all__ = [
     "LinearEstimator",
     "MemoryStore",
     "MissingExtra",
+    "NoOpenRequest",
     "NoTokenizer",
     "Observation",
     "OutputKind",
@@ -122,6 +125,7 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "Summary",
+    "UnbudgetedCall",
     "UniformPolicy",
     "UnknownAgent",
     "UnknownModel",
@@ -133,4 +137,7 @@ __all__ = [
     "UnsupportedCall",
     "UsageWarning",
     "__version__",
+    "carry",
+    "current_agent",
+    "current_request",
 ]

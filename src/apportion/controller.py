@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
+from apportion import ambient
 from apportion.calls import CLOSED as CLOSED_CALL
 from apportion.calls import EXPIRED, OPEN, REFUSED, RELEASED, CallRecord
 from apportion.errors import (
@@ -28,6 +29,7 @@ from apportion.errors import (
     ForeignGrant,
     InvalidArgument,
     InvalidPrice,
+    InvalidTokenCount,
     RequestClosed,
     UnknownModel,
     UsageWarning,
@@ -251,15 +253,27 @@ class _Steps:
         )
 
     def begin(
-        self, agent: str, input_tokens: int, output_tokens: int | None, model: str | None = None
+        self,
+        agent: str,
+        input_tokens: int,
+        output_tokens: int | None,
+        model: str | None = None,
+        min_context: int = 0,
     ) -> Steps[Grant]:
         self._usable()
         spec = self.config.pipeline[agent]
         input_tokens = check_tokens("input_tokens", input_tokens)
         if output_tokens is not None:
             output_tokens = check_tokens("output_tokens", output_tokens)
+        min_context = check_tokens("min_context_tokens", min_context)
+        if min_context > input_tokens:
+            raise InvalidTokenCount(
+                "min_context_tokens",
+                min_context,
+                f"more than the input in hand ({input_tokens} tokens)",
+            )
         try:
-            return (yield from self._grant(spec, input_tokens, output_tokens, model))
+            return (yield from self._grant(spec, input_tokens, output_tokens, model, min_context))
         except (BudgetExceeded, CostExceeded):
             now = self.config.clock()
             self.obs.refused.append(
@@ -268,9 +282,18 @@ class _Steps:
             raise
 
     def _grant(
-        self, spec: Agent, input_tokens: int, output_tokens: int | None, model: str | None
+        self,
+        spec: Agent,
+        input_tokens: int,
+        output_tokens: int | None,
+        model: str | None,
+        min_context: int = 0,
     ) -> Steps[Grant]:
-        """Ask the policy, then the store, for a grant (looking again once after a race)."""
+        """Ask the policy, then the store, for a grant (looking again once after a race).
+
+        A policy's context below ``min_context`` is raised to it when what the agent may
+        draw (and the cost ceiling) covers it with the policy's output; else it stands.
+        """
         obs, config = self.obs, self.config
         agent = spec.name
         for attempt in range(2):
@@ -293,6 +316,8 @@ class _Steps:
                 priced = config.prices_for(agent, use, obs.ceiling_usd)
             elif self.ceiling_usd is not None:
                 priced = config.prices_for(agent, None, obs.ceiling_usd)
+            if ctx < min_context and _affords(obs, agent, min_context, out, priced):
+                ctx = min_context
             now = config.clock()
             try:
                 grant, obs.state = yield (
@@ -539,6 +564,16 @@ def _reap(config: _Config) -> Steps[int]:
     return reaped.settled
 
 
+def _affords(obs: Observation, agent: str, ctx: int, out: int, priced: Mapping[str, Any]) -> bool:
+    """Whether a grant of ``ctx`` + ``out`` fits what ``agent`` may draw, in tokens and cost."""
+    state = obs.state
+    if ctx + out > state.available_for(agent):
+        return False
+    prices = priced.get("prices")
+    left = state.cost_available()
+    return prices is None or left is None or ctx * prices[0] + out * prices[1] <= left
+
+
 def _settle_open_calls(obs: Observation, now: float) -> None:
     """At close: calls whose lease ran out expired; the others were released by the close."""
     for record in obs.calls.values():
@@ -632,6 +667,7 @@ class _RequestBase:
 
     def __init__(self, steps: _Steps) -> None:
         self._steps = steps
+        self._ambient: ambient.Tokens | None = None
 
     @property
     def request_id(self) -> str:
@@ -670,6 +706,29 @@ class _RequestBase:
     def catalog(self) -> Any:
         """The controller's model catalog (:class:`~apportion.catalog.Catalog`)."""
         return self._steps.config.catalog
+
+    def agent(self, name: str) -> ambient.AgentScope:
+        """A block in which this request is current and ``name`` is the current agent.
+
+        ``with req.agent("reasoner"): ...`` tells adapters that cannot pass an agent's name
+        (see :func:`apportion.current_agent`) which agent is calling; blocks nest, and the
+        outer agent is current again after the inner one. It also makes ``req`` current
+        (:func:`apportion.current_request`), in any thread: see :mod:`apportion.ambient`.
+
+        Raises:
+            UnknownAgent: ``name`` is not an agent of the pipeline.
+            RequestClosed: the request is closed.
+        """
+        self._steps.config.pipeline[name]  # raises UnknownAgent
+        if self._steps.closed:
+            raise RequestClosed(self._steps.obs.request_id, self._steps.obs.state.status)
+        return ambient.AgentScope(self, name)
+
+    def _leave(self) -> None:
+        """End the ``with`` block's time as the current request."""
+        if self._ambient is not None:
+            ambient.leave(self._ambient)
+            self._ambient = None
 
     def renewal_due(self, grant: Grant) -> bool:
         """Whether half of ``grant``'s lease has run: a long call should :meth:`renew` now.
@@ -740,7 +799,9 @@ class Request(_RequestBase):
         return self
 
     def __enter__(self) -> Request:
-        return self.open()
+        self.open()
+        self._ambient = ambient.enter(self)  # current inside the block (apportion.ambient)
+        return self
 
     def __exit__(
         self,
@@ -748,9 +809,12 @@ class Request(_RequestBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._steps.opened and not self._steps.closed:
-            with contextlib.suppress(RequestClosed):  # already closed by the store (expired)
-                self.close(FAILED if exc_type is not None else CLOSED)
+        try:
+            if self._steps.opened and not self._steps.closed:
+                with contextlib.suppress(RequestClosed):  # already closed by the store
+                    self.close(FAILED if exc_type is not None else CLOSED)
+        finally:
+            self._leave()
 
     def begin(
         self,
@@ -759,6 +823,7 @@ class Request(_RequestBase):
         output_tokens: int | None = None,
         *,
         model: str | None = None,
+        min_context_tokens: int = 0,
     ) -> Grant:
         """Reserve a grant for one model call of ``agent``.
 
@@ -768,6 +833,13 @@ class Request(_RequestBase):
             output_tokens: the most output it wants (the policy may grant less).
             model: the model the caller means to call (priced from the catalog; a routing
                 policy may choose another, named by ``grant.model``). Default: the agent's.
+            min_context_tokens: the least context worth granting: the part of the input
+                that cannot be dropped (the integrations pass
+                :func:`~apportion.tokens.fitting.irreducible_tokens`). When the policy
+                grants less context, the grant's context is raised to it if what the agent
+                may draw (reservations of others kept, and the cost ceiling) covers it with
+                the policy's output; otherwise the policy's grant stands, and fitting
+                shortens the input into it. At most ``input_tokens``.
 
         Returns:
             The grant: read at most ``context_tokens``, write at most ``output_tokens``.
@@ -777,7 +849,8 @@ class Request(_RequestBase):
             BudgetExceeded: not enough is left for this agent to run.
         """
         return _run(
-            self._steps.config.store, self._steps.begin(agent, input_tokens, output_tokens, model)
+            self._steps.config.store,
+            self._steps.begin(agent, input_tokens, output_tokens, model, min_context_tokens),
         )
 
     def extend(self, grant: Grant, output_tokens: int, *, context_tokens: int = 0) -> Grant | None:
@@ -925,7 +998,9 @@ class AsyncRequest(_RequestBase):
         return self
 
     async def __aenter__(self) -> AsyncRequest:
-        return await self.open()
+        await self.open()
+        self._ambient = ambient.enter(self)  # current inside the block (apportion.ambient)
+        return self
 
     async def __aexit__(
         self,
@@ -933,9 +1008,12 @@ class AsyncRequest(_RequestBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._steps.opened and not self._steps.closed:
-            with contextlib.suppress(RequestClosed):  # already closed by the store (expired)
-                await self.close(FAILED if exc_type is not None else CLOSED)
+        try:
+            if self._steps.opened and not self._steps.closed:
+                with contextlib.suppress(RequestClosed):  # already closed by the store
+                    await self.close(FAILED if exc_type is not None else CLOSED)
+        finally:
+            self._leave()
 
     async def begin(
         self,
@@ -944,10 +1022,12 @@ class AsyncRequest(_RequestBase):
         output_tokens: int | None = None,
         *,
         model: str | None = None,
+        min_context_tokens: int = 0,
     ) -> Grant:
         """Async :meth:`Request.begin`."""
         return await _arun(
-            self._steps.config.store, self._steps.begin(agent, input_tokens, output_tokens, model)
+            self._steps.config.store,
+            self._steps.begin(agent, input_tokens, output_tokens, model, min_context_tokens),
         )
 
     async def extend(

@@ -176,6 +176,30 @@ class RequestClosed(ApportionError, RuntimeError):
         )
 
 
+class NoOpenRequest(ApportionError, LookupError):
+    """A budgeted call found no open request to draw on (none passed, none current).
+
+    Attributes:
+        request_id: the current request when it was closed already, else ``None``.
+    """
+
+    request_id: str | None
+
+    def __init__(self, request_id: str | None = None) -> None:
+        why = (
+            f"the current request {request_id!r} is closed"
+            if request_id is not None
+            else "no request is open here"
+        )
+        super().__init__(
+            f"{why}: open one around the call with `with controller.request(ceiling) as req:`"
+            " (or `async with controller.arequest(ceiling) as req:`), or pass `req` explicitly;"
+            " a thread does not see the request of the code that started it: wrap its"
+            " function in `apportion.carry(fn)`",
+            request_id=request_id,
+        )
+
+
 class BudgetExceeded(ApportionError):
     """A grant (or extension) larger than what this agent may draw was asked for.
 

@@ -123,16 +123,18 @@ def test_unknown_model_is_a_clear_error_and_reserves_nothing(store):
 
 
 def test_messages_that_cannot_fit_say_what_the_irreducible_part_needs(store):
-    ctl = controller(store, FixedPolicy(context=100))
+    # the request cannot afford the irreducible part, and 10 tokens cannot hold even the
+    # shortened messages (a token of head and tail each, and the marker)
+    ctl = controller(store, FixedPolicy(context=10, output=100))
     big = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": words(400)},
     ]
-    with ctl.request(ceiling=5_000) as req:
+    with ctl.request(ceiling=300) as req:
         with pytest.raises(InputTooLarge) as caught:
             req.completion("reasoner", model="gpt-4o-mini", messages=big, mock_response="x")
         error = caught.value
-        assert error.available == 100 and error.agent == "reasoner"
+        assert error.available == 10 and error.agent == "reasoner"
         assert error.required > 400  # the system prompt and the last user turn, counted
         summary = req.summary()
         assert (summary.consumed, summary.reserved) == (0, 0)  # the grant was released

@@ -105,6 +105,19 @@ def test_no_agent_is_a_clear_error_and_a_call_may_name_its_own(server, store):
         assert settled(req, "formatter") == billed(server) and settled(req, "triage") == 0
 
 
+def test_an_unbound_client_takes_the_current_agent(server, store):
+    """One client held by a framework serves every agent named by ``with req.agent(...)``."""
+    ctl = controller(store)
+    with ctl.request(ceiling=2_000) as req:
+        chat = req.openai(openai_client(server))
+        with req.agent("reasoner"):
+            chat.chat.completions.create(model=MODEL, messages=QUESTION)
+        with req.agent("formatter"):
+            chat.with_options(max_retries=0).chat.completions.create(model=MODEL, messages=QUESTION)
+        assert settled(req, "reasoner") + settled(req, "formatter") == billed(server)
+        assert settled(req, "reasoner") > 0 and settled(req, "formatter") > 0
+
+
 # --------------------------------------------------------------- views of the client
 
 

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from apportion.errors import InputTooLarge, InvalidTokenCount
 from apportion.tokens import STRATEGIES, Fit, TokenCounter, counter_for, fit_messages
+from apportion.tokens.fitting import irreducible_tokens
 
 Message = dict[str, Any]
+CUT = re.compile(r"\n\[\.\.\. (\d+) tokens cut \.\.\.\]\n")
 NOTE = re.compile(r"^\[(\d+) earlier messages? \((\d+) tokens\) omitted\]$")
 
 TOOLS: list[dict[str, Any]] = [
@@ -249,12 +251,23 @@ def test_irreducible_part_too_large(gpt4o: TokenCounter) -> None:
     required = gpt4o.count_messages(irreducible, TOOLS)
     for strategy in STRATEGIES:
         with pytest.raises(InputTooLarge) as caught:
-            fit_messages(messages, 500, gpt4o, strategy=strategy, tools=TOOLS, agent="reasoner")
+            fit_messages(
+                messages,
+                500,
+                gpt4o,
+                strategy=strategy,
+                tools=TOOLS,
+                agent="reasoner",
+                shorten=False,
+            )
         error = caught.value
         assert (error.required, error.available, error.agent) == (required, 500, "reasoner")
         assert error.fields == {"agent": "reasoner", "required": required, "available": 500}
     fit = fit_messages(messages, required, gpt4o, tools=TOOLS)
     assert [m["content"] for m in fit.messages] == [m["content"] for m in irreducible]
+    assert fit.shortened == 0
+    shortened = fit_messages(messages, 500, gpt4o, tools=TOOLS)  # by default: shortened inside
+    assert shortened.shortened == 1 and shortened.input_tokens <= 500
 
 
 def test_everything_after_the_last_user_message_is_kept(gpt4o: TokenCounter) -> None:
@@ -374,7 +387,12 @@ def test_fitting_invariants(
         assert required > budget
         assert (error.required, error.available, error.agent) == (required, budget, "a")
     else:
-        assert required <= budget
+        if required > budget:  # shortened inside: the irreducible part, its texts cut
+            check_shortened_fit(fit, messages[:head] + messages[tail:], budget, counter, tools)
+            assert fit.dropped == messages[head:tail]
+            assert messages == before
+            return
+        assert fit.shortened == 0
         check_fit(fit, messages, budget, counter, strategy, tools)
         if strategy == "keep-recent" and fit.dropped:
             # the next older unit would not have fitted
@@ -389,3 +407,122 @@ def test_fitting_invariants(
             unit = messages[unit_start : last + 1]
             assert fit.input_tokens + sum(map(counter.count_message, unit)) > budget
     assert messages == before
+
+
+# -- a message longer than the room left is shortened inside -----------------------------------
+
+
+def check_shortened_fit(
+    fit: Fit,
+    irreducible: list[Message],
+    budget: int,
+    counter: TokenCounter,
+    tools: list[dict[str, Any]] | None,
+) -> None:
+    """Each kept message is its original, or its original's head and tail around a marker."""
+    assert fit.input_tokens == counter.count_messages(fit.messages, tools) <= budget
+    assert fit.cut and len(fit.messages) == len(irreducible)
+    changed = 0
+    for sent, original in zip(fit.messages, irreducible, strict=True):
+        if sent == original:
+            continue
+        changed += 1
+        assert sent.keys() == original.keys() and sent["role"] == original["role"]
+        found = CUT.search(sent["content"])
+        assert found is not None
+        head, tail = sent["content"][: found.start()], sent["content"][found.end() :]
+        text = original["content"]
+        assert head and tail and text.startswith(head) and text.endswith(tail)
+        assert int(found[1]) == counter.count_text(text[len(head) : len(text) - len(tail)])
+    assert changed == fit.shortened >= 1
+
+
+def crew_prompt(lines: int = 88) -> list[Message]:
+    """A CrewAI-style call: a system prompt, and one task prompt holding a whole thread."""
+    thread = "\n".join(
+        f"message {i}: " + " ".join(["the customer asked about the refund again"] * 3)
+        for i in range(lines)
+    )
+    task = (
+        "Current Task: answer the customer's last question.\n\n"
+        f"This is the context you're working with:\n{thread}\n\nBegin! Answer precisely."
+    )
+    return [
+        {"role": "system", "content": "You are the reasoner of a support team."},
+        {"role": "user", "content": task},
+    ]
+
+
+def check_shortened(
+    fit: Fit, original: Message, budget: int, counter: TokenCounter
+) -> tuple[str, str, int]:
+    """The shortened message keeps the original's head and tail, and a true marker."""
+    (shortened,) = [m for m in fit.messages if CUT.search(str(m.get("content")))]
+    head, tail = CUT.split(shortened["content"])[0::2]
+    cut = int(CUT.search(shortened["content"])[1])
+    text = original["content"]
+    assert text.startswith(head) and text.endswith(tail) and head and tail
+    assert cut == counter.count_text(text[len(head) : len(text) - len(tail)])
+    assert fit.input_tokens == counter.count_messages(fit.messages) <= budget
+    assert fit.cut and fit.shortened == 1
+    return head, tail, cut
+
+
+def test_one_big_message_is_shortened_inside_not_refused(gpt4o: TokenCounter) -> None:
+    messages = crew_prompt()
+    before = copy.deepcopy(messages)
+    assert irreducible_tokens(messages, gpt4o) == gpt4o.count_messages(messages)
+    budget = gpt4o.count_messages(messages) * 5 // 8  # the issue: needs 2,318, granted 1,464
+    fit = fit_messages(messages, budget, gpt4o, agent="reasoner")
+    assert fit.messages[0] == messages[0]  # the system prompt is short: kept whole
+    head, tail, cut = check_shortened(fit, messages[1], budget, gpt4o)
+    assert head.startswith("Current Task") and tail.endswith("Answer precisely.")
+    assert fit.dropped == [] and fit.dropped_tokens == cut
+    assert budget - fit.input_tokens < 20  # it fills the room, it does not throw it away
+    assert messages == before
+
+
+def test_shortening_drops_the_middle_first(gpt4o: TokenCounter) -> None:
+    messages = conversation()
+    messages[-1] = crew_prompt()[1]
+    irreducible = [messages[0], messages[-1]]
+    assert irreducible_tokens(messages, gpt4o, tools=TOOLS) == gpt4o.count_messages(
+        irreducible, TOOLS
+    )
+    budget = gpt4o.count_messages(irreducible, TOOLS) // 2
+    for strategy in STRATEGIES:
+        fit = fit_messages(messages, budget, gpt4o, strategy=strategy, tools=TOOLS)
+        assert len(fit.messages) == 2 and fit.messages[0] == messages[0]
+        assert len(fit.dropped) == len(messages) - 2
+        assert fit.input_tokens == gpt4o.count_messages(fit.messages, TOOLS) <= budget
+        _, _, cut = check_shortened(
+            Fit(fit.messages, [], 0, gpt4o.count_messages(fit.messages), True, 1),
+            messages[-1],
+            budget,
+            gpt4o,
+        )
+        middle = sum(gpt4o.count_message(m) for m in messages[1:-1])
+        assert fit.dropped_tokens == middle + cut
+
+
+def test_no_shortening_when_asked_or_when_nothing_can_fit(gpt4o: TokenCounter) -> None:
+    messages = crew_prompt()
+    required = gpt4o.count_messages(messages)
+    with pytest.raises(InputTooLarge) as caught:
+        fit_messages(messages, required - 1, gpt4o, shorten=False, agent="reasoner")
+    assert (caught.value.required, caught.value.available) == (required, required - 1)
+    with pytest.raises(InputTooLarge) as caught:
+        fit_messages(messages, 20, gpt4o, agent="reasoner")  # not even the marker fits
+    assert (caught.value.required, caught.value.available) == (required, 20)
+
+
+def test_the_biggest_text_part_is_shortened(gpt4o: TokenCounter) -> None:
+    big = crew_prompt()[1]["content"]
+    parts = [{"type": "text", "text": "Read this:"}, {"type": "text", "text": big}]
+    messages = [{"role": "user", "content": parts}]
+    budget = gpt4o.count_messages(messages) // 2
+    fit = fit_messages(messages, budget, gpt4o)
+    assert fit.input_tokens == gpt4o.count_messages(fit.messages) <= budget
+    sent = fit.messages[0]["content"]
+    assert sent[0] == parts[0] and CUT.search(sent[1]["text"]) and fit.shortened == 1
+    assert parts[1]["text"] == big  # the caller's message is untouched

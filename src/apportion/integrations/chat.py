@@ -22,8 +22,11 @@ One call, step by step:
    default a routing policy may override. (Counting and fitting keep the caller's model's
    tokenizer.) A non-routing policy never changes the model.
 3. **Fit** the messages into the grant's ``context_tokens``
-   (:func:`~apportion.tokens.fitting.fit_messages`); if even the irreducible part does not
-   fit, the grant is released and ``InputTooLarge`` says how many tokens that part needs.
+   (:func:`~apportion.tokens.fitting.fit_messages`). The begin asked for a context of at
+   least the irreducible part (``min_context_tokens``, granted when the request can
+   afford it); when the grant is smaller, the biggest messages of that part are shortened
+   inside (head and tail kept, a marker of the tokens cut). If even that cannot fit, the
+   grant is released and ``InputTooLarge`` says how many tokens that part needs.
 4. **Cap** the output at the grant: ``max_tokens`` = ``grant.output_tokens`` (divided by
    ``n`` when several choices are asked for). OpenAI reasoning models (``o1``, ``o3``,
    ``o4-mini``, ``gpt-5`` ..., any provider prefix) get ``max_completion_tokens`` instead,
@@ -356,13 +359,17 @@ class ChatCall:
 
     def _open(self) -> Generator[Op, Any, tuple[Grant, list[Any], int]]:
         """Count, begin, fit; returns ``(grant, fitted messages, their tokens)``."""
-        from apportion.tokens.fitting import fit_messages
+        from apportion.tokens.fitting import fit_messages, irreducible_tokens
 
         report = self.report
         counted = self.counter.count_messages(self.messages, tools=self.tools)
         report.counted_input = counted
+        floor = min(counted, irreducible_tokens(self.messages, self.counter, tools=self.tools))
         grant: Grant = yield Op(
-            "req", "begin", (self.agent, counted, self.cap), {"model": self.requested}
+            "req",
+            "begin",
+            (self.agent, counted, self.cap),
+            {"model": self.requested, "min_context_tokens": floor},
         )
         report.grant = grant
         if self.routes and grant.model and grant.model != self.model:
@@ -388,6 +395,7 @@ class ChatCall:
             raise
         dropped = fit.dropped
         report.dropped_messages = len(dropped) if isinstance(dropped, Sized) else int(dropped)
+        report.dropped_messages += fit.shortened
         report.dropped_tokens = int(fit.dropped_tokens)
         report.input_cut = bool(fit.cut) or report.dropped_messages > 0
         report.sent_input = int(fit.input_tokens)

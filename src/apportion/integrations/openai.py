@@ -23,8 +23,9 @@ The budgeted client is what a framework can hold in place of the SDK's client:
   read an answer (``openai.LengthFinishReasonError`` for one cut at its cap), the grant is
   settled with what the provider billed and the SDK's error is re-raised.
 * **The agent** is the one given to ``req.openai(client, agent=...)``, or the ``agent=``
-  keyword given to a call (taken out before the call is sent; it wins over the client's).
-  A call with neither raises :class:`~apportion.errors.InvalidArgument` naming the method,
+  keyword given to a call (taken out before the call is sent; it wins over the client's),
+  else the current agent (``with req.agent(name):``, :func:`apportion.current_agent`).
+  A call with none of them raises :class:`~apportion.errors.InvalidArgument` naming the method,
   before anything is reserved or sent.
 * **Views stay budgeted**: ``with_options(...)`` and ``copy(...)`` return a budgeted
   client (same request, same agent) over the SDK's copy; ``with_raw_response`` (on the
@@ -61,6 +62,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
+from apportion.ambient import current_agent
 from apportion.errors import InvalidArgument, UnsupportedCall
 from apportion.integrations.chat import MAX_EXTENSIONS, report_of
 from apportion.integrations.drivers import is_async_request
@@ -267,11 +269,13 @@ class _Root(_Resource):
     def _agent(self, method: str, given: Any) -> str:
         agent = given if given is not None else self.agent
         if agent is None:
+            agent = current_agent()
+        if agent is None:
             raise InvalidArgument(
                 "agent",
                 None,
-                f"no agent for {method}: name it with req.openai(client, agent=...) or "
-                f"{method}(agent=..., ...)",
+                f"no agent for {method}: name it with req.openai(client, agent=...), "
+                f"{method}(agent=..., ...) or `with req.agent(name):`",
             )
         return agent
 

@@ -16,7 +16,7 @@ from apportion.tokens.counting import (
     count_messages,
     counter_for,
 )
-from apportion.tokens.fitting import STRATEGIES, Fit, fit_messages
+from apportion.tokens.fitting import STRATEGIES, Fit, fit_messages, irreducible_tokens
 
 __all__ = [
     "STRATEGIES",
@@ -28,4 +28,5 @@ __all__ = [
     "count_messages",
     "counter_for",
     "fit_messages",
+    "irreducible_tokens",
 ]

@@ -23,8 +23,19 @@ is its own unit, an assistant tool call still taking its results with it.
 
 Whatever the strategy, the irreducible part is always kept: the leading system/developer
 message(s), and the last user message with everything after it (without any user message,
-the last unit). When the irreducible part alone exceeds the budget,
-:class:`~apportion.errors.InputTooLarge` says how many tokens it needs.
+the last unit); :func:`irreducible_tokens` counts it, so a caller can ask for a context
+grant that holds it (``begin(..., min_context_tokens=...)``).
+
+When the irreducible part alone exceeds the budget (a history that arrives as one big
+prompt, as CrewAI sends a whole thread inside one task prompt), every droppable turn is
+dropped and the biggest messages of that part are shortened inside, biggest first: each
+keeps its head and its tail (half the kept tokens each, cut at whitespace) around the line
+``"[... N tokens cut ...]"``, N the tokens of the text taken out, so the message fills the
+room left and is never sent whole over the grant. Only text is shortened (a string
+``content``, or the longest text part of a list); tool calls never are. When even that
+cannot fit (each shortened message keeps at least a token of head and of tail), or with
+``shorten=False``, :class:`~apportion.errors.InputTooLarge` says how many tokens the
+irreducible part needs.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ from typing import Any
 from apportion.errors import InputTooLarge, InvalidArgument, InvalidTokenCount
 from apportion.tokens.counting import TokenCounter
 
-__all__ = ["STRATEGIES", "Fit", "fit_messages"]
+__all__ = ["STRATEGIES", "Fit", "fit_messages", "irreducible_tokens"]
 
 STRATEGIES: tuple[str, ...] = ("keep-recent", "head-tail", "middle-out")
 """The fitting strategies, by name."""
@@ -54,9 +65,11 @@ class Fit:
         messages: the messages to send (copies; the originals are untouched), in order;
             with ``head-tail``, the inserted note among them.
         dropped: the original messages left out (copies), in order; the note is not one.
-        dropped_tokens: the tokens of the dropped messages (each counted on its own).
+        dropped_tokens: the tokens of the dropped messages (each counted on its own), plus
+            the tokens cut out of the shortened ones.
         input_tokens: ``counter.count_messages(messages, tools)``: at most the budget.
-        cut: ``True`` when anything was dropped: the call is input-cut.
+        cut: ``True`` when anything was dropped or shortened: the call is input-cut.
+        shortened: how many of ``messages`` were shortened inside.
     """
 
     messages: list[dict[str, Any]]
@@ -64,6 +77,7 @@ class Fit:
     dropped_tokens: int
     input_tokens: int
     cut: bool
+    shortened: int = 0
 
 
 def fit_messages(
@@ -74,6 +88,7 @@ def fit_messages(
     strategy: str = "keep-recent",
     tools: Sequence[Mapping[str, Any]] | None = None,
     agent: str | None = None,
+    shorten: bool = True,
 ) -> Fit:
     """Fit ``messages`` (and ``tools``) into ``budget`` prompt tokens.
 
@@ -84,13 +99,16 @@ def fit_messages(
         strategy: one of :data:`STRATEGIES`.
         tools: the tool definitions sent with the call; they count against the budget.
         agent: the agent the call is for, carried into :class:`InputTooLarge`.
+        shorten: shorten messages inside when the irreducible part exceeds the budget
+            (``False``: raise :class:`InputTooLarge` instead).
 
     Returns:
         All messages, ``cut=False``, when they fit; else the kept ones and the dropped.
 
     Raises:
         InputTooLarge: the system prompt, the last user turn and what follows it need more
-            than ``budget`` (``required`` says how much).
+            than ``budget`` (``required`` says how much), and shortening them cannot fit
+            it either (or ``shorten`` is ``False``).
         ValueError: an unknown strategy (the error lists them), or a message without a role.
         TypeError: ``messages`` is not a list of mappings, or ``counter`` is no counter.
         InvalidTokenCount: ``budget`` is not a non-negative integer.
@@ -116,7 +134,19 @@ def fit_messages(
     irreducible = originals[:head_end] + originals[tail_start:]
     required = counter.count_messages(irreducible, tool_list)
     if required > budget:
-        raise InputTooLarge(required, budget, agent=agent)
+        shortened = _shortened(irreducible, budget, counter, tool_list) if shorten else None
+        if shortened is None:
+            raise InputTooLarge(required, budget, agent=agent)
+        fitted, input_tokens, cut_tokens, count = shortened
+        middle = range(head_end, tail_start)
+        return Fit(
+            messages=fitted,
+            dropped=[_copy(originals[i]) for i in middle],
+            dropped_tokens=sum(counter.count_message(originals[i]) for i in middle) + cut_tokens,
+            input_tokens=input_tokens,
+            cut=True,
+            shortened=count,
+        )
 
     costs = [counter.count_message(m) for m in originals]
     unit_costs = [sum(costs[start:end]) for start, end in units]
@@ -147,6 +177,29 @@ def fit_messages(
         input_tokens=input_tokens,
         cut=bool(dropped),
     )
+
+
+def irreducible_tokens(
+    messages: Sequence[Mapping[str, Any]],
+    counter: TokenCounter,
+    *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> int:
+    """The prompt tokens of the part of ``messages`` fitting keeps whole when it can.
+
+    That is the leading system/developer message(s) and the last user message with
+    everything after it (see the module docstring), with ``tools``: what a context grant
+    must hold for :func:`fit_messages` to drop only whole turns and shorten nothing.
+
+    Raises:
+        ValueError, TypeError: as :func:`fit_messages`, for bad messages or tools.
+    """
+    if not isinstance(counter, TokenCounter):
+        raise InvalidArgument("counter", counter, "a TokenCounter (see counter_for)")
+    originals = _validate(messages)
+    tool_list = _validate_tools(tools)
+    head_end, tail_start, _ = _layout(originals)
+    return counter.count_messages(originals[:head_end] + originals[tail_start:], tool_list)
 
 
 # -- structure -----------------------------------------------------------------------------
@@ -334,6 +387,97 @@ def _assemble(
             note_placed = True
     fitted.extend(_copy(m) for m in messages[tail_start:])
     return fitted, dropped
+
+
+# -- shortening inside a message -----------------------------------------------------------
+
+_MIN_SIDE = 1
+"""Tokens a shortened text keeps at least on each side of the marker."""
+
+
+def _marker(tokens: int) -> str:
+    return f"\n[... {tokens} tokens cut ...]\n"
+
+
+def _text_slot(message: Mapping[str, Any]) -> tuple[str, int | None] | None:
+    """The text of ``message`` that may be shortened: ``(text, part index or None)``."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return (content, None) if content else None
+    if isinstance(content, Sequence) and not isinstance(content, bytes | bytearray):
+        best: tuple[str, int | None] | None = None
+        for index, part in enumerate(content):
+            text = part.get("text") if isinstance(part, Mapping) else None
+            if (
+                isinstance(part, Mapping)
+                and part.get("type") in ("text", "input_text")
+                and isinstance(text, str)
+                and (best is None or len(text) > len(best[0]))
+            ):
+                best = (text, index)
+        return best if best is not None and best[0] else None
+    return None
+
+
+def _with_text(message: dict[str, Any], text: str, index: int | None) -> None:
+    if index is None:
+        message["content"] = text
+    else:
+        message["content"][index] = {**message["content"][index], "text": text}
+
+
+def _cut_text(text: str, keep: int, tokens: int, counter: TokenCounter) -> tuple[str, int]:
+    """``text`` keeping about ``keep`` of its ``tokens``: head, marker, tail; and the cut."""
+    per_token = len(text) / max(tokens, 1)
+    side = max(_MIN_SIDE, keep // 2)
+    head_end = max(1, round(side * per_token))
+    tail_start = min(len(text) - 1, len(text) - max(1, round((keep - side) * per_token)))
+    if tail_start <= head_end:
+        return text, 0
+    space = text.rfind(" ", head_end // 2, head_end)  # end the head at a word's end
+    head_end = space if space > 0 else head_end
+    space = text.find(" ", tail_start, tail_start + (len(text) - tail_start) // 2)
+    tail_start = space if space > 0 else tail_start
+    cut = counter.count_text(text[head_end:tail_start])
+    return text[:head_end] + _marker(cut) + text[tail_start:], cut
+
+
+def _shortened(
+    messages: Sequence[Mapping[str, Any]],
+    budget: int,
+    counter: TokenCounter,
+    tools: Sequence[Mapping[str, Any]] | None,
+) -> tuple[list[dict[str, Any]], int, int, int] | None:
+    """``messages`` with the biggest texts shortened inside to fit ``budget``, or ``None``.
+
+    Returns ``(messages, their tokens, tokens cut, messages shortened)``.
+    """
+    fitted = [_copy(m) for m in messages]
+    slots = [(i, _text_slot(m)) for i, m in enumerate(messages)]
+    order = sorted(
+        ((i, slot) for i, slot in slots if slot is not None),
+        key=lambda item: -counter.count_text(item[1][0]),
+    )
+    total = counter.count_messages(fitted, tools)
+    cut_tokens = shortened = 0
+    for index, (text, part) in order:
+        if total <= budget:
+            break
+        tokens = counter.count_text(text)
+        keep = tokens - (total - budget) - counter.count_text(_marker(tokens))
+        cut = 0
+        while True:
+            keep = max(keep, 2 * _MIN_SIDE)
+            new, cut = _cut_text(text, keep, tokens, counter)
+            _with_text(fitted[index], new, part)
+            total = counter.count_messages(fitted, tools)
+            if total <= budget or keep <= 2 * _MIN_SIDE or not cut:
+                break
+            keep -= total - budget  # the text is not evenly dense: ask for less
+        if cut:
+            cut_tokens += cut
+            shortened += 1
+    return (fitted, total, cut_tokens, shortened) if total <= budget else None
 
 
 def _copy(message: Mapping[str, Any]) -> dict[str, Any]:
