@@ -166,7 +166,9 @@ class _Call:
         self.agent = agent
         self.model = model or _model_name(request.model)
         if self.model is None:
-            raise InvalidArgument("model", None, "the model's name: pass model=... to the middleware")
+            raise InvalidArgument(
+                "model", None, "the model's name: pass model=... to the middleware"
+            )
         originals = list(request.messages)
         if request.system_message is not None:
             originals.insert(0, request.system_message)
@@ -203,9 +205,7 @@ class _Call:
         system = None
         if rebuilt and isinstance(rebuilt[0], self.lc.messages.SystemMessage):
             system = rebuilt.pop(0)
-        settings = {
-            k: v for k, v in (self.request.model_settings or {}).items() if k not in _CAPS
-        }
+        settings = {k: v for k, v in (self.request.model_settings or {}).items() if k not in _CAPS}
         settings["max_tokens"] = cap
         overrides: dict[str, Any] = {
             "messages": rebuilt,
@@ -304,7 +304,7 @@ def _middleware_class() -> type:
 _CLASS: list[type] = []
 
 
-def BudgetMiddleware(  # noqa: N802  (a class to the user)
+def BudgetMiddleware(
     *,
     agent: str | None = None,
     req: Any = None,
@@ -333,7 +333,11 @@ def BudgetMiddleware(  # noqa: N802  (a class to the user)
         raise InvalidArgument("agent", agent, "an agent's name")
     if model is not None and (not isinstance(model, str) or not model):
         raise InvalidArgument("model", model, "a model's name")
-    if isinstance(max_extensions, bool) or not isinstance(max_extensions, int) or max_extensions < 0:
+    if (
+        isinstance(max_extensions, bool)
+        or not isinstance(max_extensions, int)
+        or max_extensions < 0
+    ):
         raise InvalidArgument("max_extensions", max_extensions, "an integer >= 0")
     if not _CLASS:
         _CLASS.append(_middleware_class())

@@ -1,0 +1,232 @@
+"""LangChain 1.x ``create_agent`` with :class:`BudgetMiddleware`, against the local server.
+
+Real LangChain (``create_agent``, ``ChatOpenAI``) over HTTP to the local OpenAI-protocol
+server, invoked, streamed (``stream_mode="messages"``) and awaited: every call the server
+sees carries a cap, the server-billed total stays under the ceiling, an over-long history
+is fitted, a cut answer is extended, and the ledger settles what the server billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.metadata
+from typing import Any
+
+import pytest
+
+from conftest import require
+
+require("langchain")
+require("langchain_openai")
+
+from integration_helpers import FixedPolicy, controller, words  # noqa: E402
+from langchain.agents import create_agent  # noqa: E402
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: E402
+from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
+from langchain_core.tools import tool  # noqa: E402
+from langchain_openai import ChatOpenAI  # noqa: E402
+
+from apportion import InvalidArgument, MissingExtra, NoOpenRequest  # noqa: E402
+from apportion.errors import UnsupportedVersion  # noqa: E402
+from apportion.integrations import CONTINUE_PROMPT  # noqa: E402
+from apportion.integrations import langchain as adapter  # noqa: E402
+from apportion.integrations.langchain import BudgetMiddleware  # noqa: E402
+from apportion.testing.openai_server import Reply  # noqa: E402
+
+CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def chat_model(server: Any, **kwargs: Any) -> Any:
+    return ChatOpenAI(
+        model="gpt-4o-mini", base_url=server.url, api_key="test", max_retries=0, **kwargs
+    )
+
+
+def agent(server: Any, name: str | None = "triage", **kwargs: Any) -> Any:
+    return create_agent(
+        chat_model(server),
+        tools=kwargs.pop("tools", []),
+        system_prompt=f"You are the {name or 'agent'}.",
+        name=name,
+        middleware=[BudgetMiddleware(**kwargs)],
+    )
+
+
+def billed(server: Any) -> int:
+    return sum(p + c for p, c in server.billed)
+
+
+def settled(req: Any, name: str) -> int:
+    return int(req.summary().agents[name].consumed)
+
+
+def streamed(graph: Any, messages: list[Any]) -> str:
+    text = ""
+    for chunk, _ in graph.stream({"messages": messages}, stream_mode="messages"):
+        if isinstance(chunk, AIMessage) and isinstance(chunk.content, str):
+            text += chunk.content
+    return text
+
+
+@pytest.mark.parametrize("mode", ["invoke", "stream", "ainvoke"])
+def test_a_cut_answer_is_extended_capped_and_settled_as_billed(server, store, mode):
+    server.queue(words(30))
+    ctl = controller(store, FixedPolicy(output=8, extra=8))
+    graph = agent(server)
+    question = [HumanMessage("Count for me.")]
+    with ctl.request(ceiling=2_000) as req:
+        if mode == "invoke":
+            text = graph.invoke({"messages": question})["messages"][-1].content
+        elif mode == "stream":
+            text = streamed(graph, question)
+        else:
+            text = asyncio.run(graph.ainvoke({"messages": question}))["messages"][-1].content
+        assert text == words(30)
+        assert settled(req, "triage") == billed(server)
+        assert billed(server) <= 2_000
+    assert len(server.requests) == 4  # 8 + 8 + 8 + 6 words
+    assert all(r["max_completion_tokens"] == 8 for r in server.requests)
+    assert server.requests[1]["messages"][-1]["content"] == CONTINUE_PROMPT
+    assert server.requests[0]["messages"][0] == {"role": "system", "content": "You are the triage."}
+    if mode == "stream":
+        assert all(r["stream_options"] == {"include_usage": True} for r in server.requests)
+    record = next(iter(req.calls.values()))
+    assert record.agent == "triage" and record.extensions == 3
+
+
+def test_the_joined_answer_carries_the_summed_usage(server, store):
+    server.queue(words(12))
+    ctl = controller(store, FixedPolicy(output=8, extra=8))
+    with ctl.request(ceiling=2_000) as req:
+        message = agent(server).invoke({"messages": [HumanMessage("hi")]})["messages"][-1]
+        assert message.usage_metadata["total_tokens"] == billed(server) == settled(req, "triage")
+        assert message.response_metadata["finish_reason"] == "stop"
+
+
+def test_an_over_long_history_is_fitted_keeping_the_system_message(server, store):
+    history = [HumanMessage(words(40, f"m{i}_")) for i in range(40)]
+    ctl = controller(store, FixedPolicy(context=300, output=20))
+    with ctl.request(ceiling=5_000) as req:
+        agent(server, name="reasoner").invoke({"messages": history})
+        assert settled(req, "reasoner") == billed(server)
+    sent = server.requests[0]["messages"]
+    assert sent[0]["role"] == "system"
+    assert len(sent) < 41
+    assert server.billed[0][0] <= 300
+    assert sent[-1]["content"] == history[-1].content
+
+
+def test_the_ceiling_holds_over_a_pipeline_of_three_agents(server, store):
+    server.default = Reply(words(50))
+    ctl = controller(store, "elastic")
+    with ctl.request(ceiling=1_500) as req:
+        for name in ("triage", "reasoner", "formatter"):
+            agent(server, name=name).invoke({"messages": [HumanMessage(words(100))]})
+        assert settled(req, "triage") + settled(req, "reasoner") + settled(req, "formatter") == (
+            billed(server)
+        )
+    assert billed(server) <= 1_500
+    assert all(any(k in r for k in CAPS) for r in server.requests)
+
+
+def test_tools_are_counted(server, store):
+    @tool
+    def lookup_invoice(invoice_id: str, customer_email: str, include_line_items: bool) -> str:
+        """Look up an invoice of a customer by its id, with its line items if asked."""
+        return "none"
+
+    ctl = controller(store, FixedPolicy(output=20))
+    with ctl.request(ceiling=5_000) as req:
+        agent(server, name="triage").invoke({"messages": [HumanMessage("hi")]})
+        agent(server, name="reasoner", tools=[lookup_invoice]).invoke(
+            {"messages": [HumanMessage("hi")]}
+        )
+    without, with_tools = (r.input_asked for r in req.calls.values())
+    assert with_tools > without + 20
+
+
+class ToolFake(GenericFakeChatModel):
+    """A scripted chat model that takes tools (the local server cannot script tool calls)."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
+def test_an_answer_with_tool_calls_is_never_continued(store):
+    calls = [{"name": "lookup", "args": {"q": "x"}, "id": "call_1", "type": "tool_call"}]
+    cut = AIMessage(
+        content="partial", tool_calls=calls, response_metadata={"finish_reason": "length"}
+    )
+    model = ToolFake(messages=iter([cut, AIMessage("done")]))
+
+    @tool
+    def lookup(q: str) -> str:
+        """Look something up."""
+        return "found"
+
+    graph = create_agent(
+        model,
+        tools=[lookup],
+        name="triage",
+        middleware=[BudgetMiddleware(model="gpt-4o-mini", counter="approximate")],
+    )
+    ctl = controller(store, FixedPolicy(output=8, extra=8))
+    with ctl.request(ceiling=2_000) as req:
+        out = graph.invoke({"messages": [HumanMessage("find x")]})
+    assert out["messages"][-1].content == "done"
+    records = list(req.calls.values())
+    assert len(records) == 2 and all(r.extensions == 0 for r in records)
+    assert records[0].truncated
+
+
+def test_the_agent_comes_from_the_middleware_or_the_current_agent(server, store):
+    ctl = controller(store, FixedPolicy(output=10))
+    with ctl.request(ceiling=2_000) as req:
+        agent(server, name=None, agent="formatter").invoke({"messages": [HumanMessage("a")]})
+        with req.agent("reasoner"):
+            agent(server, name=None).invoke({"messages": [HumanMessage("b")]})
+        with pytest.raises(InvalidArgument):
+            agent(server, name=None).invoke({"messages": [HumanMessage("c")]})
+    assert [r.agent for r in req.calls.values()] == ["formatter", "reasoner"]
+
+
+def test_no_open_request_raises_before_any_call(server):
+    with pytest.raises(NoOpenRequest):
+        agent(server).invoke({"messages": [HumanMessage("hi")]})
+    assert server.requests == []
+
+
+def test_an_explicit_request_wins(server, store):
+    ctl = controller(store, FixedPolicy(output=10))
+    with ctl.request(ceiling=2_000) as outer, ctl.request(ceiling=2_000) as inner:
+        agent(server, req=outer).invoke({"messages": [HumanMessage("hi")]})
+        assert settled(outer, "triage") == billed(server) > 0
+        assert inner.summary().agents["triage"].consumed == 0
+    assert server.requests[0]["max_completion_tokens"] == 10
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(InvalidArgument):
+        BudgetMiddleware(agent="")
+    with pytest.raises(InvalidArgument):
+        BudgetMiddleware(max_extensions=-1)
+
+
+def test_a_version_outside_the_range_is_refused(monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.3.27")
+    with pytest.raises(UnsupportedVersion, match=r">=1\.5,<2"):
+        adapter.import_langchain()
+
+
+def test_a_missing_langchain_names_the_extra(monkeypatch):
+    real = importlib.import_module
+
+    def fake(name: str, *args: Any) -> Any:
+        if name.startswith("langchain"):
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    with pytest.raises(MissingExtra, match=r"apportion\[langchain\]"):
+        adapter.import_langchain()
