@@ -11,6 +11,11 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -230,3 +235,21 @@ def test_a_missing_langchain_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", fake)
     with pytest.raises(MissingExtra, match=r"apportion\[langchain\]"):
         adapter.import_langchain()
+
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "frameworks" / "langchain_pipeline.py"
+
+
+def test_the_example_pipeline_runs_on_the_local_server():
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    src = str(Path(__file__).resolve().parents[3] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLE)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "on the local server at http://127.0.0.1:" in out.stdout
+    reasoner = re.search(r"reasoner .* (\d+) extension\(s\), truncated=(\w+)", out.stdout)
+    assert reasoner is not None, out.stdout
+    assert int(reasoner.group(1)) >= 1 and reasoner.group(2) == "False"
+    assert "ceiling held: consumed" in out.stdout and out.stdout.rstrip().endswith("True")
