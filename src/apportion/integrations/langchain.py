@@ -53,13 +53,21 @@ SUPPORTED = ">=1.5,<2"
 _CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
-def _check_version(package: str, supported: str, low: tuple[int, int], high: int) -> None:
+def check_version(
+    package: str, extra: str, supported: str, low: tuple[int, int], high: tuple[int, int]
+) -> None:
+    """Refuse an installed ``package`` outside ``low <= (major, minor) < high``.
+
+    Raises:
+        MissingExtra: the package is not installed.
+        UnsupportedVersion: its version is outside the range (``supported`` names it).
+    """
     try:
         version = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError as error:
-        raise MissingExtra(package, "langchain") from error
+        raise MissingExtra(package, extra) from error
     parts = tuple(int(p) if p.isdigit() else 0 for p in version.split(".")[:2])
-    if not (low <= parts and parts[0] < high):
+    if not (low <= parts < high):
         raise UnsupportedVersion(package, version, supported)
 
 
@@ -77,7 +85,7 @@ def import_langchain() -> Any:
         config = importlib.import_module("langgraph.config")
     except ImportError as error:
         raise MissingExtra("langchain", "langchain") from error
-    _check_version("langchain", SUPPORTED, (1, 5), 2)
+    check_version("langchain", "langchain", SUPPORTED, (1, 5), (2, 0))
     return SimpleNamespace(
         AgentMiddleware=middleware.AgentMiddleware,
         messages=messages,
@@ -157,6 +165,21 @@ def _as_chat_response(response: Any) -> Any:
     )
 
 
+def restore_messages(
+    lc: Any, dicts: Sequence[Any], originals: Sequence[Any], fitted: Sequence[Any]
+) -> list[Any]:
+    """LangChain messages of the fitted chat messages: the originals where unchanged."""
+    unused = list(zip(dicts, originals, strict=True))
+    rebuilt: list[Any] = []
+    for item in fitted:
+        match = next((i for i, (d, _) in enumerate(unused) if d == item), None)
+        if match is not None:
+            rebuilt.append(unused.pop(match)[1])
+        else:
+            rebuilt.extend(lc.messages.convert_to_messages([item]))
+    return rebuilt
+
+
 class _Call:
     """One model call of the agent: the request, and the conversions both ways."""
 
@@ -194,14 +217,7 @@ class _Call:
 
     def build(self, messages: Sequence[Any], cap: int) -> Any:
         """The request for one call: the fitted messages, capped at ``cap``."""
-        unused = list(zip(self.dicts, self.originals, strict=True))
-        rebuilt: list[Any] = []
-        for item in messages:
-            match = next((i for i, (d, _) in enumerate(unused) if d == item), None)
-            if match is not None:
-                rebuilt.append(unused.pop(match)[1])
-            else:
-                rebuilt.extend(self.lc.messages.convert_to_messages([item]))
+        rebuilt = restore_messages(self.lc, self.dicts, self.originals, messages)
         system = None
         if rebuilt and isinstance(rebuilt[0], self.lc.messages.SystemMessage):
             system = rebuilt.pop(0)
