@@ -1,0 +1,317 @@
+"""Budgeted chat models for LangGraph nodes: ``budgeted(model)``.
+
+::
+
+    from apportion.integrations.langgraph import budgeted
+
+    llm = budgeted(ChatOpenAI(model="gpt-4o-mini"))      # a LangChain chat model
+    def reasoner(state):                                 # a node of a StateGraph
+        return {"messages": [llm.invoke(state["messages"])]}
+    with controller.request(ceiling=20_000):
+        graph.invoke({"messages": [...]})
+
+:func:`budgeted` wraps any LangChain chat model in a ``BaseChatModel`` whose every call
+(``invoke``, ``stream``, ``ainvoke``, ``astream``, and LangGraph's ``stream_mode="messages"``)
+goes through apportion's call engine (:mod:`apportion.integrations.engine`): the messages
+and the bound tools are counted, a grant is begun, the messages are fitted, the inner
+model is called with ``max_tokens`` at the grant, a cut answer of plain text is continued
+(an answer with tool calls never is) and the grant is settled with the usage the model
+reported. ``bind_tools`` and ``with_structured_output`` return budgeted runnables (the
+tools are formatted by the inner model and bound on the wrapper).
+
+The agent is ``budgeted(..., agent=...)``, else ``create_agent``'s name (``lc_agent_name``),
+else the LangGraph node calling the model (``langgraph_node``), else the current agent.
+The request is ``budgeted(..., req=...)``, else the current request, else the run config's
+``configurable["apportion_request"]``.
+
+A streamed call runs the engine in a helper thread (sync) or task (async) and yields the
+inner model's chunks as they come, follow-up calls included; a caller that stops reading
+early lets that call run to its end (it is still settled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+from apportion.ambient import carry, current_request, resolve_agent, resolve_request
+from apportion.errors import InvalidArgument, MissingExtra
+from apportion.integrations.chat import MAX_EXTENSIONS
+from apportion.integrations.engine import acall, call
+from apportion.integrations.langchain import (
+    _as_chat_response,
+    _model_name,
+    check_version,
+    import_langchain,
+    restore_messages,
+)
+
+SUPPORTED = ">=1.2,<1.3"
+"""The LangGraph versions this adapter supports."""
+
+_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_DONE = object()
+
+
+def _import() -> Any:
+    try:
+        chat_models = importlib.import_module("langchain_core.language_models.chat_models")
+        outputs = importlib.import_module("langchain_core.outputs")
+        importlib.import_module("langgraph")
+    except ImportError as error:
+        raise MissingExtra("langgraph", "langgraph") from error
+    check_version("langgraph", "langgraph", SUPPORTED, (1, 2), (1, 3))
+    lc = import_langchain()
+    lc.BaseChatModel = chat_models.BaseChatModel
+    lc.outputs = outputs
+    return lc
+
+
+def _metadata(lc: Any, run_manager: Any) -> dict[str, Any]:
+    metadata = dict(getattr(run_manager, "metadata", None) or {})
+    try:
+        config = lc.get_config()
+    except RuntimeError:  # not inside a runnable context
+        return metadata
+    return {
+        **(config.get("metadata") or {}),
+        **metadata,
+        "_configurable": config.get("configurable"),
+    }
+
+
+@functools.cache
+def _class() -> type:
+    lc = _import()
+
+    class BudgetedChatModel(lc.BaseChatModel):  # type: ignore[misc,name-defined]
+        """A chat model whose calls are budgeted (see :func:`budgeted`)."""
+
+        inner: Any
+        agent: str | None = None
+        req: Any = None
+        model_id: str | None = None
+        counter: Any = None
+        fit: str = "keep-recent"
+        max_extensions: int = MAX_EXTENSIONS
+
+        @property
+        def _llm_type(self) -> str:
+            return "apportion-budgeted"
+
+        def bind_tools(self, tools: Any, *, tool_choice: Any = None, **kwargs: Any) -> Any:
+            bound = self.inner.bind_tools(tools, tool_choice=tool_choice, **kwargs)
+            return self.bind(**bound.kwargs)
+
+        # ------------------------------------------------------------ the call
+
+        def _prepare(self, messages: Any, run_manager: Any, kwargs: dict[str, Any]) -> Any:
+            metadata = _metadata(lc, run_manager)
+            req = self.req
+            if req is None:
+                req = current_request(default=None)
+            if req is None:
+                configurable = metadata.get("_configurable") or {}
+                req = configurable.get("apportion_request")
+            req = resolve_request(req, outside="raise", what="a LangGraph model call")
+            named = metadata.get("lc_agent_name") or metadata.get("langgraph_node")
+            agent = resolve_agent(self.agent or named)
+            model = self.model_id or _model_name(self.inner)
+            if model is None:
+                raise InvalidArgument("model_id", None, "the model's name: pass model_id=...")
+            originals = list(messages)
+            dicts = list(lc.messages.convert_to_openai_messages(originals))
+            params = {k: v for k, v in kwargs.items() if k not in _CAPS}
+            engine: dict[str, Any] = {
+                "model": model,
+                "counter": self.counter,
+                "fit": self.fit,
+                "max_extensions": self.max_extensions,
+            }
+            if params.get("tools"):
+                engine["tools"] = list(params["tools"])
+            wanted = next((kwargs[k] for k in _CAPS if kwargs.get(k) is not None), None)
+            if wanted is None:
+                wanted = getattr(self.inner, "max_tokens", None)
+            if isinstance(wanted, int) and not isinstance(wanted, bool):
+                engine["max_tokens"] = wanted
+            if params.get("response_format") is not None:
+                engine["response_format"] = {"type": "json_schema"}
+            inner = self.inner
+            if hasattr(inner, "stream_usage") and inner.stream_usage is not True:
+                inner = inner.model_copy(update={"stream_usage": True})
+
+            def args(fitted: list[Any], sent: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+                cap = int(next(sent[k] for k in _CAPS if sent.get(k) is not None))
+                rebuilt = restore_messages(lc, dicts, originals, fitted)
+                return rebuilt, {**params, "max_tokens": cap}
+
+            return SimpleNamespace(
+                req=req, agent=agent, dicts=dicts, engine=engine, inner=inner, args=args
+            )
+
+        def _result(self, merged: Any, message: Any) -> Any:
+            report = merged.apportion
+            if report.calls > 1:
+                metadata = dict(getattr(message, "response_metadata", None) or {})
+                metadata["finish_reason"] = report.finish_reason
+                message = message.model_copy(
+                    update={
+                        "content": merged.choices[0].message.content,
+                        "response_metadata": metadata,
+                        "usage_metadata": {
+                            "input_tokens": report.input_tokens,
+                            "output_tokens": report.output_tokens,
+                            "total_tokens": report.input_tokens + report.output_tokens,
+                        },
+                    }
+                )
+            return lc.outputs.ChatResult(generations=[lc.outputs.ChatGeneration(message=message)])
+
+        def _generate(
+            self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+        ) -> Any:
+            p = self._prepare(messages, run_manager, kwargs)
+
+            def send(*, model: str, messages: list[Any], **sent: Any) -> Any:
+                fitted, params = p.args(messages, sent)
+                answer = p.inner.invoke(fitted, stop=stop, config={"callbacks": []}, **params)
+                return _as_chat_response(SimpleNamespace(result=[answer]))
+
+            merged = call(p.req, p.agent, p.dicts, send=send, **p.engine)
+            return self._result(merged, merged.lc_response.result[-1])
+
+        async def _agenerate(
+            self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+        ) -> Any:
+            p = self._prepare(messages, run_manager, kwargs)
+
+            async def send(*, model: str, messages: list[Any], **sent: Any) -> Any:
+                fitted, params = p.args(messages, sent)
+                answer = await p.inner.ainvoke(
+                    fitted, stop=stop, config={"callbacks": []}, **params
+                )
+                return _as_chat_response(SimpleNamespace(result=[answer]))
+
+            merged = await acall(p.req, p.agent, p.dicts, send=send, **p.engine)
+            return self._result(merged, merged.lc_response.result[-1])
+
+        def _stream(
+            self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+        ) -> Iterator[Any]:
+            p = self._prepare(messages, run_manager, kwargs)
+            chunks: queue.Queue[Any] = queue.Queue()
+
+            def send(*, model: str, messages: list[Any], **sent: Any) -> Any:
+                fitted, params = p.args(messages, sent)
+                whole = None
+                for chunk in p.inner.stream(fitted, stop=stop, config={"callbacks": []}, **params):
+                    chunks.put(chunk)
+                    whole = chunk if whole is None else whole + chunk
+                return _as_chat_response(SimpleNamespace(result=[whole]))
+
+            def work() -> None:
+                try:
+                    call(p.req, p.agent, p.dicts, send=send, **p.engine)
+                except BaseException as error:  # handed to the reading thread
+                    chunks.put(error)
+                else:
+                    chunks.put(_DONE)
+
+            thread = threading.Thread(target=carry(work), daemon=True)
+            thread.start()
+            while (item := chunks.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    thread.join()
+                    raise item
+                yield lc.outputs.ChatGenerationChunk(message=item)
+            thread.join()
+
+        async def _astream(
+            self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+        ) -> AsyncIterator[Any]:
+            p = self._prepare(messages, run_manager, kwargs)
+            chunks: asyncio.Queue[Any] = asyncio.Queue()
+
+            async def send(*, model: str, messages: list[Any], **sent: Any) -> Any:
+                fitted, params = p.args(messages, sent)
+                whole = None
+                async for chunk in p.inner.astream(
+                    fitted, stop=stop, config={"callbacks": []}, **params
+                ):
+                    await chunks.put(chunk)
+                    whole = chunk if whole is None else whole + chunk
+                return _as_chat_response(SimpleNamespace(result=[whole]))
+
+            async def work() -> None:
+                try:
+                    await acall(p.req, p.agent, p.dicts, send=send, **p.engine)
+                except BaseException as error:  # handed to the reader
+                    await chunks.put(error)
+                else:
+                    await chunks.put(_DONE)
+
+            task = asyncio.ensure_future(work())
+            while (item := await chunks.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    await task
+                    raise item
+                yield lc.outputs.ChatGenerationChunk(message=item)
+            await task
+
+    return BudgetedChatModel
+
+
+def budgeted(
+    model: Any,
+    *,
+    agent: str | None = None,
+    req: Any = None,
+    model_id: str | None = None,
+    counter: Any = None,
+    fit: str = "keep-recent",
+    max_extensions: int = MAX_EXTENSIONS,
+) -> Any:
+    """A budgeted ``BaseChatModel`` calling ``model``.
+
+    Args:
+        model: a LangChain chat model (``ChatOpenAI`` ...).
+        agent: the agent (default: ``lc_agent_name``, the LangGraph node, the current agent).
+        req: the request (default: the current one, else the run config's
+            ``configurable["apportion_request"]``).
+        model_id: the model's name for counting and pricing (default: ``model.model_name``).
+        counter: ``None`` (the model's tokenizer), ``"approximate"``, or a counter.
+        fit: how to fit messages over the context grant.
+        max_extensions: follow-up calls allowed for a cut answer.
+
+    Raises:
+        MissingExtra: LangGraph is not installed.
+        UnsupportedVersion: LangGraph is outside :data:`SUPPORTED`.
+        InvalidArgument: a bad argument.
+    """
+    cls = _class()
+    if not isinstance(model, cls.__bases__[0]):
+        raise InvalidArgument("model", model, "a LangChain chat model")
+    if agent is not None and (not isinstance(agent, str) or not agent):
+        raise InvalidArgument("agent", agent, "an agent's name")
+    if (
+        isinstance(max_extensions, bool)
+        or not isinstance(max_extensions, int)
+        or max_extensions < 0
+    ):
+        raise InvalidArgument("max_extensions", max_extensions, "an integer >= 0")
+    return cls(
+        inner=model,
+        agent=agent,
+        req=req,
+        model_id=model_id,
+        counter=counter,
+        fit=fit,
+        max_extensions=max_extensions,
+    )
