@@ -1,0 +1,221 @@
+"""LangGraph nodes calling ``budgeted(ChatOpenAI(...))``, against the local server.
+
+Real LangGraph (``StateGraph``) and ChatOpenAI over HTTP to the local OpenAI-protocol
+server: invoked, streamed (``stream_mode="messages"``), awaited and async-streamed, every
+call the server sees carries a cap, the server-billed total stays under the ceiling, an
+over-long history is fitted, a cut answer is extended, and the ledger settles what the
+server billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import require
+
+require("langgraph")
+require("langchain_openai")
+
+from integration_helpers import FixedPolicy, controller, words  # noqa: E402
+from langchain.agents import create_agent  # noqa: E402
+from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
+from langchain_openai import ChatOpenAI  # noqa: E402
+from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
+
+from apportion import InvalidArgument, NoOpenRequest  # noqa: E402
+from apportion.errors import UnsupportedVersion  # noqa: E402
+from apportion.integrations import CONTINUE_PROMPT  # noqa: E402
+from apportion.integrations import langgraph as adapter  # noqa: E402
+from apportion.integrations.langgraph import budgeted  # noqa: E402
+from apportion.testing.openai_server import Reply  # noqa: E402
+
+CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def chat_model(server: Any, **kwargs: Any) -> Any:
+    return ChatOpenAI(
+        model="gpt-4o-mini", base_url=server.url, api_key="test", max_retries=0, **kwargs
+    )
+
+
+def graph_of(llm: Any, *names: str) -> Any:
+    graph = StateGraph(MessagesState)
+    for name in names:
+        graph.add_node(name, lambda state: {"messages": [llm.invoke(state["messages"])]})
+    previous = START
+    for name in names:
+        graph.add_edge(previous, name)
+        previous = name
+    graph.add_edge(previous, END)
+    return graph.compile()
+
+
+def billed(server: Any) -> int:
+    return sum(p + c for p, c in server.billed)
+
+
+def settled(req: Any, name: str) -> int:
+    return int(req.summary().agents[name].consumed)
+
+
+def run(graph: Any, messages: list[Any], mode: str) -> str:
+    state = {"messages": messages}
+    if mode == "invoke":
+        return graph.invoke(state)["messages"][-1].content
+    if mode == "ainvoke":
+        return asyncio.run(graph.ainvoke(state))["messages"][-1].content
+    if mode == "stream":
+        return "".join(c.content for c, _ in graph.stream(state, stream_mode="messages"))
+
+    async def consume() -> str:
+        return "".join([c.content async for c, _ in graph.astream(state, stream_mode="messages")])
+
+    return asyncio.run(consume())
+
+
+@pytest.mark.parametrize("mode", ["invoke", "stream", "ainvoke", "astream"])
+def test_a_cut_answer_is_extended_capped_and_settled_as_billed(server, store, mode):
+    server.queue(words(30))
+    ctl = controller(store, FixedPolicy(output=8, extra=8))
+    graph = graph_of(budgeted(chat_model(server)), "reasoner")
+    with ctl.request(ceiling=2_000) as req:
+        assert run(graph, [HumanMessage("Count for me.")], mode) == words(30)
+        assert settled(req, "reasoner") == billed(server) <= 2_000
+    assert len(server.requests) == 4
+    assert all(r["max_completion_tokens"] == 8 for r in server.requests)
+    assert server.requests[1]["messages"][-1]["content"] == CONTINUE_PROMPT
+    if mode in ("stream", "astream"):
+        assert all(r["stream_options"] == {"include_usage": True} for r in server.requests)
+    record = next(iter(req.calls.values()))
+    assert record.agent == "reasoner" and record.extensions == 3
+
+
+def test_each_node_is_its_own_agent_and_the_ceiling_holds(server, store):
+    server.default = Reply(words(60))
+    ctl = controller(store, "elastic")
+    graph = graph_of(budgeted(chat_model(server)), "triage", "reasoner", "formatter")
+    with ctl.request(ceiling=1_200) as req:
+        graph.invoke({"messages": [HumanMessage(words(80))]})
+        total = sum(settled(req, n) for n in ("triage", "reasoner", "formatter"))
+        assert total == billed(server)
+    assert billed(server) <= 1_200
+    assert [r.agent for r in req.calls.values()][:3] == ["triage", "reasoner", "formatter"]
+    assert all(any(k in r for k in CAPS) for r in server.requests)
+
+
+def test_an_over_long_history_is_fitted(server, store):
+    history = [HumanMessage(words(40, f"m{i}_")) for i in range(40)]
+    ctl = controller(store, FixedPolicy(context=300, output=20))
+    with ctl.request(ceiling=5_000) as req:
+        graph_of(budgeted(chat_model(server)), "reasoner").invoke({"messages": history})
+        assert settled(req, "reasoner") == billed(server)
+    assert len(server.requests[0]["messages"]) < 40
+    assert server.billed[0][0] <= 300
+    assert server.requests[0]["messages"][-1]["content"] == history[-1].content
+
+
+def test_bind_tools_and_structured_output_stay_budgeted(server, store):
+    def lookup_invoice(invoice_id: str, customer_email: str, include_line_items: bool) -> str:
+        """Look up an invoice of a customer by its id, with its line items if asked."""
+        return "none"
+
+    class Label(BaseModel):
+        label: str
+
+    llm = budgeted(chat_model(server), agent="triage")
+    ctl = controller(store, FixedPolicy(output=20))
+    with ctl.request(ceiling=5_000) as req:
+        llm.invoke([HumanMessage("hi")])
+        llm.bind_tools([lookup_invoice]).invoke([HumanMessage("hi")])
+        llm.with_structured_output(Label, include_raw=True).invoke([HumanMessage("hi")])
+        assert settled(req, "triage") == billed(server)
+    plain, tools, structured = (r.input_asked for r in req.calls.values())
+    assert tools > plain + 20 and structured > plain
+    assert [r.get("max_completion_tokens") for r in server.requests] == [20, 20, 20]
+    assert "tools" in server.requests[1] and "tools" in server.requests[2]
+
+
+def test_under_create_agent_the_agent_is_its_name(server, store):
+    agent = create_agent(budgeted(chat_model(server)), tools=[], name="formatter")
+    ctl = controller(store, FixedPolicy(output=10))
+    with ctl.request(ceiling=2_000) as req:
+        agent.invoke({"messages": [HumanMessage("hi")]})
+    assert [r.agent for r in req.calls.values()] == ["formatter"]
+
+
+def test_the_request_may_come_from_the_run_config(server, store):
+    ctl = controller(store, FixedPolicy(output=10))
+    graph = graph_of(budgeted(chat_model(server)), "triage")
+    with pytest.raises(NoOpenRequest):
+        graph.invoke({"messages": [HumanMessage("hi")]})
+    assert server.requests == []
+    with ctl.request(ceiling=2_000) as req:
+        config = {"configurable": {"apportion_request": req}}
+        # a fresh context has no current request: the run config names it
+        contextvars.Context().run(graph.invoke, {"messages": [HumanMessage("hi")]}, config)
+        assert settled(req, "triage") == billed(server) > 0
+
+
+def test_bad_arguments_and_versions_are_refused(server, monkeypatch):
+    with pytest.raises(InvalidArgument):
+        budgeted("gpt-4o-mini")
+    with pytest.raises(InvalidArgument):
+        budgeted(chat_model(server), agent="")
+    adapter._class.cache_clear()
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.3.0")
+    try:
+        with pytest.raises(UnsupportedVersion, match=r">=1\.2,<1\.3"):
+            budgeted(chat_model(server))
+    finally:
+        monkeypatch.undo()
+        adapter._class.cache_clear()
+
+
+def test_a_cut_answer_with_tool_calls_is_not_continued(store):
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+
+    calls = [{"name": "lookup", "args": {"q": "x"}, "id": "call_1", "type": "tool_call"}]
+    cut = AIMessage(
+        content="partial", tool_calls=calls, response_metadata={"finish_reason": "length"}
+    )
+    llm = budgeted(
+        GenericFakeChatModel(messages=iter([cut])),
+        agent="triage",
+        model_id="gpt-4o-mini",
+        counter="approximate",
+    )
+    ctl = controller(store, FixedPolicy(output=8, extra=8))
+    with ctl.request(ceiling=2_000) as req:
+        answer = llm.invoke([HumanMessage("find x")])
+    assert answer.tool_calls[0]["name"] == "lookup"
+    record = next(iter(req.calls.values()))
+    assert record.extensions == 0 and record.truncated
+
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "frameworks" / "langgraph_pipeline.py"
+
+
+def test_the_example_pipeline_runs_on_the_local_server():
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    src = str(Path(__file__).resolve().parents[3] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLE)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "on the local server at http://127.0.0.1:" in out.stdout
+    reasoner = re.search(r"reasoner .* (\d+) extension\(s\), truncated=(\w+)", out.stdout)
+    assert reasoner is not None, out.stdout
+    assert int(reasoner.group(1)) >= 1 and reasoner.group(2) == "False"
+    assert out.stdout.rstrip().endswith("True")
