@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from apportion.ambient import resolve_agent, resolve_request
+from apportion.ambient import OUTSIDE, resolve_agent, resolve_request
 from apportion.errors import InvalidArgument, MissingExtra, UnsupportedVersion
 from apportion.integrations.chat import MAX_EXTENSIONS
 from apportion.integrations.engine import acall, call
@@ -278,12 +278,16 @@ def _middleware_class() -> type:
 
         def _prepare(self) -> tuple[Any, str]:
             s = self._settings
-            req = resolve_request(s["req"], outside="raise", what="a LangChain model call")
+            req = resolve_request(s["req"], outside=s["outside"], what="a LangChain model call")
+            if req is None:  # outside="pass" and no request: not budgeted
+                return None, ""
             agent = resolve_agent(_agent_name() or s["agent"])
             return req, agent
 
         def wrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
             req, agent = self._prepare()
+            if req is None:
+                return handler(request)
             one = _Call(lc, request, agent, self._settings["model"])
 
             def send(*, model: str, messages: list[Any], **kwargs: Any) -> Any:
@@ -296,6 +300,8 @@ def _middleware_class() -> type:
             self, request: Any, handler: Callable[[Any], Awaitable[Any]]
         ) -> Any:
             req, agent = self._prepare()
+            if req is None:
+                return await handler(request)
             one = _Call(lc, request, agent, self._settings["model"])
 
             async def send(*, model: str, messages: list[Any], **kwargs: Any) -> Any:
@@ -328,6 +334,7 @@ def BudgetMiddleware(
     counter: Any = None,
     fit: str = "keep-recent",
     max_extensions: int = MAX_EXTENSIONS,
+    outside: str = "raise",
 ) -> Any:
     """A LangChain ``AgentMiddleware`` budgeting every model call of a ``create_agent`` agent.
 
@@ -339,6 +346,8 @@ def BudgetMiddleware(
         counter: ``None`` (the model's tokenizer), ``"approximate"``, or a counter.
         fit: how to fit messages over the context grant.
         max_extensions: follow-up calls allowed for a cut answer.
+        outside: with no request: ``"raise"`` (``NoOpenRequest``) or ``"pass"`` (the call
+            is made unbudgeted, with an ``UnbudgetedCall`` warning).
 
     Raises:
         MissingExtra: LangChain is not installed.
@@ -355,6 +364,8 @@ def BudgetMiddleware(
         or max_extensions < 0
     ):
         raise InvalidArgument("max_extensions", max_extensions, "an integer >= 0")
+    if outside not in OUTSIDE:
+        raise InvalidArgument("outside", outside, "one of: " + ", ".join(OUTSIDE))
     if not _CLASS:
         _CLASS.append(_middleware_class())
     settings = {
@@ -364,5 +375,6 @@ def BudgetMiddleware(
         "counter": counter,
         "fit": fit,
         "max_extensions": max_extensions,
+        "outside": outside,
     }
     return _CLASS[0](settings)

@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
 
-from apportion.ambient import carry, current_request, resolve_agent, resolve_request
+from apportion.ambient import OUTSIDE, carry, current_request, resolve_agent, resolve_request
 from apportion.errors import InvalidArgument, MissingExtra
 from apportion.integrations.chat import MAX_EXTENSIONS
 from apportion.integrations.engine import acall, call
@@ -100,6 +100,7 @@ def _class() -> type:
         counter: Any = None
         fit: str = "keep-recent"
         max_extensions: int = MAX_EXTENSIONS
+        outside: str = "raise"
 
         @property
         def _llm_type(self) -> str:
@@ -119,7 +120,9 @@ def _class() -> type:
             if req is None:
                 configurable = metadata.get("_configurable") or {}
                 req = configurable.get("apportion_request")
-            req = resolve_request(req, outside="raise", what="a LangGraph model call")
+            req = resolve_request(req, outside=self.outside, what="a LangGraph model call")
+            if req is None:  # outside="pass" and no request: not budgeted
+                return None
             named = metadata.get("lc_agent_name") or metadata.get("langgraph_node")
             agent = resolve_agent(self.agent or named)
             model = self.model_id or _model_name(self.inner)
@@ -178,6 +181,11 @@ def _class() -> type:
             self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
         ) -> Any:
             p = self._prepare(messages, run_manager, kwargs)
+            if p is None:
+                answer = self.inner.invoke(messages, stop=stop, config={"callbacks": []}, **kwargs)
+                return lc.outputs.ChatResult(
+                    generations=[lc.outputs.ChatGeneration(message=answer)]
+                )
 
             def send(*, model: str, messages: list[Any], **sent: Any) -> Any:
                 fitted, params = p.args(messages, sent)
@@ -191,6 +199,13 @@ def _class() -> type:
             self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
         ) -> Any:
             p = self._prepare(messages, run_manager, kwargs)
+            if p is None:
+                answer = await self.inner.ainvoke(
+                    messages, stop=stop, config={"callbacks": []}, **kwargs
+                )
+                return lc.outputs.ChatResult(
+                    generations=[lc.outputs.ChatGeneration(message=answer)]
+                )
 
             async def send(*, model: str, messages: list[Any], **sent: Any) -> Any:
                 fitted, params = p.args(messages, sent)
@@ -206,6 +221,12 @@ def _class() -> type:
             self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
         ) -> Iterator[Any]:
             p = self._prepare(messages, run_manager, kwargs)
+            if p is None:
+                for chunk in self.inner.stream(
+                    messages, stop=stop, config={"callbacks": []}, **kwargs
+                ):
+                    yield lc.outputs.ChatGenerationChunk(message=chunk)
+                return
             chunks: queue.Queue[Any] = queue.Queue()
 
             def send(*, model: str, messages: list[Any], **sent: Any) -> Any:
@@ -237,6 +258,12 @@ def _class() -> type:
             self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
         ) -> AsyncIterator[Any]:
             p = self._prepare(messages, run_manager, kwargs)
+            if p is None:
+                async for chunk in self.inner.astream(
+                    messages, stop=stop, config={"callbacks": []}, **kwargs
+                ):
+                    yield lc.outputs.ChatGenerationChunk(message=chunk)
+                return
             chunks: asyncio.Queue[Any] = asyncio.Queue()
 
             async def send(*, model: str, messages: list[Any], **sent: Any) -> Any:
@@ -277,6 +304,7 @@ def budgeted(
     counter: Any = None,
     fit: str = "keep-recent",
     max_extensions: int = MAX_EXTENSIONS,
+    outside: str = "raise",
 ) -> Any:
     """A budgeted ``BaseChatModel`` calling ``model``.
 
@@ -289,6 +317,8 @@ def budgeted(
         counter: ``None`` (the model's tokenizer), ``"approximate"``, or a counter.
         fit: how to fit messages over the context grant.
         max_extensions: follow-up calls allowed for a cut answer.
+        outside: with no request: ``"raise"`` (``NoOpenRequest``) or ``"pass"`` (the call
+            is made unbudgeted, with an ``UnbudgetedCall`` warning).
 
     Raises:
         MissingExtra: LangGraph is not installed.
@@ -306,6 +336,8 @@ def budgeted(
         or max_extensions < 0
     ):
         raise InvalidArgument("max_extensions", max_extensions, "an integer >= 0")
+    if outside not in OUTSIDE:
+        raise InvalidArgument("outside", outside, "one of: " + ", ".join(OUTSIDE))
     return cls(
         inner=model,
         agent=agent,
@@ -314,4 +346,5 @@ def budgeted(
         counter=counter,
         fit=fit,
         max_extensions=max_extensions,
+        outside=outside,
     )

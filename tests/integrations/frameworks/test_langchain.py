@@ -32,7 +32,7 @@ from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
 from langchain_core.tools import tool  # noqa: E402
 from langchain_openai import ChatOpenAI  # noqa: E402
 
-from apportion import InvalidArgument, MissingExtra, NoOpenRequest  # noqa: E402
+from apportion import InvalidArgument, MissingExtra, NoOpenRequest, UnbudgetedCall  # noqa: E402
 from apportion.errors import UnsupportedVersion  # noqa: E402
 from apportion.integrations import CONTINUE_PROMPT  # noqa: E402
 from apportion.integrations import langchain as adapter  # noqa: E402
@@ -253,3 +253,29 @@ def test_the_example_pipeline_runs_on_the_local_server():
     assert reasoner is not None, out.stdout
     assert int(reasoner.group(1)) >= 1 and reasoner.group(2) == "False"
     assert "ceiling held: consumed" in out.stdout and out.stdout.rstrip().endswith("True")
+
+
+def test_outside_pass_makes_the_call_unbudgeted_with_a_warning(server):
+    with pytest.warns(UnbudgetedCall, match="not budgeted"):
+        agent(server, outside="pass").invoke({"messages": [HumanMessage("hi")]})
+    assert "max_completion_tokens" not in server.requests[0]
+    with pytest.raises(InvalidArgument):
+        BudgetMiddleware(outside="maybe")
+
+
+def test_an_async_request_budgets_the_async_path(server, store):
+    from integration_helpers import PIPELINE
+
+    from apportion import AsyncController
+
+    server.queue(words(20))
+    ctl = AsyncController(PIPELINE, policy=FixedPolicy(output=8, extra=8), store=store)
+
+    async def main() -> Any:
+        async with ctl.arequest(ceiling=2_000) as req:
+            out = await agent(server).ainvoke({"messages": [HumanMessage("hi")]})
+            return req, out["messages"][-1].content
+
+    req, text = asyncio.run(main())
+    assert text == words(20)
+    assert settled(req, "triage") == billed(server)

@@ -33,7 +33,7 @@ from langchain_openai import ChatOpenAI  # noqa: E402
 from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
-from apportion import InvalidArgument, NoOpenRequest  # noqa: E402
+from apportion import InvalidArgument, NoOpenRequest, UnbudgetedCall  # noqa: E402
 from apportion.errors import UnsupportedVersion  # noqa: E402
 from apportion.integrations import CONTINUE_PROMPT  # noqa: E402
 from apportion.integrations import langgraph as adapter  # noqa: E402
@@ -219,3 +219,13 @@ def test_the_example_pipeline_runs_on_the_local_server():
     assert reasoner is not None, out.stdout
     assert int(reasoner.group(1)) >= 1 and reasoner.group(2) == "False"
     assert out.stdout.rstrip().endswith("True")
+
+
+@pytest.mark.parametrize("mode", ["invoke", "stream"])
+def test_outside_pass_makes_the_call_unbudgeted_with_a_warning(server, mode):
+    graph = graph_of(budgeted(chat_model(server), outside="pass"), "triage")
+    with pytest.warns(UnbudgetedCall, match="not budgeted"):
+        assert run(graph, [HumanMessage("hi")], mode)
+    assert "max_completion_tokens" not in server.requests[0]
+    with pytest.raises(InvalidArgument):
+        budgeted(chat_model(server), outside="maybe")
