@@ -128,7 +128,9 @@ def _text(message: Any) -> str:
     if isinstance(content, str):
         return content
     text = getattr(message, "text", "")
-    return text() if callable(text) else str(text or "")
+    if isinstance(text, str):  # langchain-core 1.x: a property (a callable str)
+        return str(text)
+    return str(text() if callable(text) else text or "")
 
 
 def _as_chat_response(response: Any) -> Any:

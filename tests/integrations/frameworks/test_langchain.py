@@ -279,3 +279,16 @@ def test_an_async_request_budgets_the_async_path(server, store):
     req, text = asyncio.run(main())
     assert text == words(20)
     assert settled(req, "triage") == billed(server)
+
+
+def test_the_responses_api_is_capped_and_a_cut_answer_extended(server, store):
+    server.queue(words(20))
+    model = chat_model(server, use_responses_api=True)
+    graph = create_agent(model, tools=[], name="triage", middleware=[BudgetMiddleware()])
+    ctl = controller(store, FixedPolicy(output=8, extra=8))
+    with ctl.request(ceiling=2_000) as req:
+        message = graph.invoke({"messages": [HumanMessage("hi")]})["messages"][-1]
+        assert message.content == words(20)
+        assert settled(req, "triage") == billed(server) == message.usage_metadata["total_tokens"]
+    assert [r["max_output_tokens"] for r in server.requests] == [8, 8, 8]
+    assert all(p.endswith("/responses") for p in server.paths)
