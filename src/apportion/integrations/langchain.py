@@ -35,6 +35,7 @@ LangChain is imported on first use; a missing one raises
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import json
@@ -71,6 +72,7 @@ def check_version(
         raise UnsupportedVersion(package, version, supported)
 
 
+@functools.cache
 def import_langchain() -> Any:
     """Import the LangChain pieces the middleware needs, checking the version.
 

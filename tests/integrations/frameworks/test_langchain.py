@@ -218,13 +218,20 @@ def test_bad_arguments_are_refused():
         BudgetMiddleware(max_extensions=-1)
 
 
-def test_a_version_outside_the_range_is_refused(monkeypatch):
+@pytest.fixture
+def uncached():
+    adapter.import_langchain.cache_clear()
+    yield
+    adapter.import_langchain.cache_clear()
+
+
+def test_a_version_outside_the_range_is_refused(monkeypatch, uncached):
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.3.27")
     with pytest.raises(UnsupportedVersion, match=r">=1\.5,<2"):
         adapter.import_langchain()
 
 
-def test_a_missing_langchain_names_the_extra(monkeypatch):
+def test_a_missing_langchain_names_the_extra(monkeypatch, uncached):
     real = importlib.import_module
 
     def fake(name: str, *args: Any) -> Any:

@@ -173,13 +173,15 @@ def test_bad_arguments_and_versions_are_refused(server, monkeypatch):
     with pytest.raises(InvalidArgument):
         budgeted(chat_model(server), agent="")
     adapter._class.cache_clear()
+    adapter.import_langchain.cache_clear()
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.3.0")
     try:
-        with pytest.raises(UnsupportedVersion, match=r">=1\.2,<1\.3"):
+        with pytest.raises(UnsupportedVersion, match=r"langgraph 1\.3\.0 .*>=1\.2,<1\.3"):
             budgeted(chat_model(server))
     finally:
         monkeypatch.undo()
         adapter._class.cache_clear()
+        adapter.import_langchain.cache_clear()
 
 
 def test_a_cut_answer_with_tool_calls_is_not_continued(store):
