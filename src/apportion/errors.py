@@ -726,3 +726,29 @@ class UsageWarning(UserWarning):
         self.reported = reported
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
+
+
+class UnsupportedVersion(ApportionError, ImportError):
+    """An installed framework is outside the version range an adapter supports.
+
+    Attributes:
+        package: the distribution (``openai-agents`` ...).
+        version: the version installed.
+        supported: the supported range (``>=0.24,<0.25``).
+        extra: the extra that installs a supported version.
+    """
+
+    package: str
+    version: str
+    supported: str
+    extra: str
+
+    def __init__(self, package: str, version: str, supported: str, extra: str) -> None:
+        super().__init__(
+            f"{package} {version} is not supported: apportion needs {package}{supported} "
+            f'(pip install "apportion[{extra}]")',
+            package=package,
+            version=version,
+            supported=supported,
+            extra=extra,
+        )
