@@ -150,6 +150,9 @@ class BudgetedProvider:
         provider = self._agents.OpenAIProvider(openai_client=chat, use_responses=self.use_responses)
         return provider.get_model(model_name)
 
+    async def aclose(self) -> None:
+        """Nothing to close: the client is the caller's."""
+
 
 def _is_async_client(client: Any) -> bool:
     import openai

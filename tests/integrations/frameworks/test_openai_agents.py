@@ -9,13 +9,14 @@ import json
 from typing import Any
 
 import pytest
+
 from conftest import require
 
 agents = require("agents")
 
 from integration_helpers import FixedPolicy, async_openai_client, controller, words  # noqa: E402
 
-from apportion import NoOpenRequest, UnsupportedCall  # noqa: E402
+from apportion import NoOpenRequest, UnsupportedCall, current_agent  # noqa: E402
 from apportion.errors import UnsupportedVersion  # noqa: E402
 from apportion.integrations.openai_agents import check_version, run_config  # noqa: E402
 from apportion.testing.openai_server import _Handler  # noqa: E402
@@ -117,7 +118,8 @@ def test_a_cut_responses_answer_the_budget_cannot_extend_completes_the_run(serve
 
     async def main() -> str:
         with ctl.request(ceiling=3_000) as req:
-            result = await agents.Runner.run(three_agents()[1], "Go.", run_config=run_config(client))
+            cfg = run_config(client)
+            result = await agents.Runner.run(three_agents()[1], "Go.", run_config=cfg)
             assert consumed(req, "reasoner") == billed(server)
             return str(result.final_output)
 
@@ -167,7 +169,7 @@ def tool_calls(server: Any, script: list[tuple[str, str]]) -> None:
     class Handler(_Handler):
         owner = server
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             if not script:
                 super().do_POST()
                 return
@@ -218,8 +220,6 @@ def test_a_users_filter_runs_after_the_agent_is_named(server, store):
     seen: list[str] = []
 
     def mine(data: Any) -> Any:
-        from apportion import current_agent
-
         seen.append(str(current_agent()))
         return data.model_data
 
@@ -229,6 +229,7 @@ def test_a_users_filter_runs_after_the_agent_is_named(server, store):
     async def main() -> None:
         with ctl.request(ceiling=3_000):
             await agents.Runner.run(three_agents()[2], "Hi.", run_config=cfg)
+            assert current_agent() is None  # named inside the run only
 
     asyncio.run(main())
     assert seen == ["formatter"]
