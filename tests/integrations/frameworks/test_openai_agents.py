@@ -5,7 +5,6 @@ under the ceiling, and what the ledger settles equals what the server billed."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
@@ -15,11 +14,11 @@ from conftest import require
 agents = require("agents")
 
 from integration_helpers import FixedPolicy, async_openai_client, controller, words  # noqa: E402
+from tool_server import tool_calls  # noqa: E402
 
 from apportion import NoOpenRequest, UnsupportedCall, current_agent  # noqa: E402
 from apportion.errors import UnsupportedVersion  # noqa: E402
 from apportion.integrations.openai_agents import check_version, run_config  # noqa: E402
-from apportion.testing.openai_server import _Handler  # noqa: E402
 
 agents.set_tracing_disabled(True)
 CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -161,32 +160,6 @@ def test_a_streamed_responses_run_is_refused_and_nothing_is_sent(server, store):
 
     asyncio.run(main())
     assert server.requests == []
-
-
-def tool_calls(server: Any, script: list[tuple[str, str]]) -> None:
-    """Make ``server`` answer its next chat calls with these tool calls (name, arguments)."""
-
-    class Handler(_Handler):
-        owner = server
-
-        def do_POST(self) -> None:
-            if not script:
-                super().do_POST()
-                return
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            name, arguments = script.pop(0)
-            server.requests.append(body)
-            server.billed.append((10, 5))
-            call = {"id": f"call_{len(script)}", "type": "function"}
-            call["function"] = {"name": name, "arguments": arguments}
-            message = {"role": "assistant", "content": None, "tool_calls": [call]}
-            choice = {"index": 0, "finish_reason": "tool_calls", "message": message}
-            usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-            answer = {"id": "c", "object": "chat.completion", "created": 0, "model": MODEL}
-            self._json(200, {**answer, "choices": [choice], "usage": usage})
-
-    assert server._httpd is not None
-    server._httpd.RequestHandlerClass = Handler
 
 
 def test_handoffs_and_agents_as_tools_charge_each_agent(server, store):
