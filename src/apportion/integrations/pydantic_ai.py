@@ -32,6 +32,7 @@ streamed Responses call is not budgeted yet: it raises
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 from typing import Any
@@ -131,10 +132,35 @@ class _Ambient:
         if name in ("with_options", "copy"):
             copy = getattr(self._client_, name)
             return lambda *args, **kwargs: _Ambient(copy(*args, **kwargs), self._req)
-        if name in ("chat", "beta", "responses"):  # the budgeted resources
-            req = resolve_request(self._req, what=f"{name} (Pydantic AI)")
-            return getattr(budgeted(self._client_, req), name)
+        if name in ("chat", "beta", "responses"):  # the budgeted resources: looked up per call
+            return _Path(self, (name,))
         return getattr(budgeted(self._client_, self._req or _Unresolved), name)
+
+    def _budgeted(self, method: str) -> Any:
+        req = resolve_request(self._req, what=f"{method} (Pydantic AI)")
+        return budgeted(self._client_, req)
+
+
+class _Path:
+    """A resource or method of :class:`_Ambient`, found in the request current when called."""
+
+    def __init__(self, root: _Ambient, path: tuple[str, ...]) -> None:
+        self._root = root
+        self._path = path
+
+    def __repr__(self) -> str:
+        return f"<budgeted {'.'.join(self._path)} (current request)>"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_root", "_path"):
+            raise AttributeError(name)
+        return _Path(self._root, (*self._path, name))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        target = self._root._budgeted(".".join(self._path))
+        for name in self._path:
+            target = getattr(target, name)
+        return target(*args, **kwargs)
 
 
 class _UnresolvedRequest:
@@ -149,11 +175,12 @@ def _capability_base() -> Any:
     return importlib.import_module("pydantic_ai.capabilities").AbstractCapability
 
 
-def _make_budget() -> type:
+@functools.cache
+def _budget_class() -> type:
     base = _capability_base()
 
     class Budget(base):  # type: ignore[misc,valid-type]
-        """A capability naming the agent for the run (see :mod:`{module}`)."""
+        """A capability naming the agent for the run (see ``Budget``)."""
 
         def __init__(self, req: Any = None) -> None:
             self.req = req
@@ -170,10 +197,7 @@ def _make_budget() -> type:
     return Budget
 
 
-_BUDGET: type | None = None
-
-
-def Budget(req: Any = None) -> Any:  # noqa: N802  (reads as the capability's class)
+def Budget(req: Any = None) -> Any:
     """The capability naming the agent for each run: ``Agent(..., capabilities=[Budget()])``.
 
     Args:
@@ -183,7 +207,4 @@ def Budget(req: Any = None) -> Any:  # noqa: N802  (reads as the capability's cl
         MissingExtra: Pydantic AI is not installed.
         UnsupportedVersion: the installed version is outside :data:`SUPPORTED`.
     """
-    global _BUDGET
-    if _BUDGET is None:
-        _BUDGET = _make_budget()
-    return _BUDGET(req)
+    return _budget_class()(req)
