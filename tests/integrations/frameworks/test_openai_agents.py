@@ -5,6 +5,7 @@ under the ceiling, and what the ledger settles equals what the server billed."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ agents = require("agents")
 from integration_helpers import FixedPolicy, async_openai_client, controller, words  # noqa: E402
 from tool_server import tool_calls  # noqa: E402
 
-from apportion import NoOpenRequest, UnsupportedCall, current_agent  # noqa: E402
+from apportion import InvalidArgument, MissingExtra, NoOpenRequest, UnsupportedCall, current_agent  # noqa: E402
 from apportion.errors import UnsupportedVersion  # noqa: E402
 from apportion.integrations.openai_agents import check_version, run_config  # noqa: E402
 
@@ -221,3 +222,16 @@ def test_a_version_outside_the_range_is_refused_naming_it():
         with pytest.raises(UnsupportedVersion, match=r">=0\.24,<0\.25") as refused:
             check_version(version)
         assert refused.value.version == version
+
+
+def test_a_missing_sdk_names_the_extra(server, monkeypatch):
+    monkeypatch.setitem(sys.modules, "agents", None)
+    with pytest.raises(MissingExtra, match=r"apportion\[openai-agents\]"):
+        run_config(async_openai_client(server))
+
+
+def test_a_sync_client_is_refused(server):
+    from integration_helpers import openai_client
+
+    with pytest.raises(InvalidArgument, match="AsyncOpenAI"):
+        run_config(openai_client(server))

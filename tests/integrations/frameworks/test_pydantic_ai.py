@@ -5,6 +5,7 @@ server-billed total stays under the ceiling, and the ledger settles what the ser
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from pydantic_ai.messages import (  # noqa: E402
 )
 from tool_server import tool_calls  # noqa: E402
 
-from apportion import InvalidArgument, NoOpenRequest, UnsupportedCall, current_agent  # noqa: E402
+from apportion import InvalidArgument, MissingExtra, NoOpenRequest, UnsupportedCall, current_agent  # noqa: E402
 from apportion.errors import UnsupportedVersion  # noqa: E402
 from apportion.integrations.pydantic_ai import Budget, budgeted_model, check_version  # noqa: E402
 
@@ -226,3 +227,9 @@ def test_a_version_outside_the_range_is_refused_naming_it():
         with pytest.raises(UnsupportedVersion, match=r">=2\.68,<3") as refused:
             check_version(version)
         assert refused.value.version == version
+
+
+def test_a_missing_pydantic_ai_names_the_extra(server, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pydantic_ai.models.openai", None)
+    with pytest.raises(MissingExtra, match=r"apportion\[pydantic-ai\]"):
+        budgeted_model(MODEL, async_openai_client(server))
