@@ -235,3 +235,31 @@ def test_a_sync_client_is_refused(server):
 
     with pytest.raises(InvalidArgument, match="AsyncOpenAI"):
         run_config(openai_client(server))
+
+
+@pytest.mark.parametrize("use_responses", [True, False], ids=["responses", "chat"])
+def test_retry_settings_copy_the_client_and_it_stays_budgeted(server, store, use_responses):
+    import openai
+
+    copies: list[list[str]] = []
+
+    class Spy(openai.AsyncOpenAI):
+        def copy(self, **kwargs: Any) -> Any:
+            copies.append(sorted(kwargs))
+            return super().copy(**kwargs)
+
+        with_options = copy
+
+    ctl = controller(store, FixedPolicy(output=20))
+    client = Spy(base_url=server.url, api_key="test", max_retries=0)
+    retry = agents.ModelRetrySettings(max_retries=0)
+
+    async def main() -> None:
+        with ctl.request(ceiling=3_000) as req:
+            cfg = run_config(client, use_responses=use_responses)
+            await agents.Runner.run(three_agents(retry=retry)[0], "Hi.", run_config=cfg)
+            assert consumed(req, "triage") == billed(server) > 0
+
+    asyncio.run(main())
+    assert copies and all(kwargs == ["max_retries"] for kwargs in copies)
+    assert len(server.requests) == 1 and capped(server)
