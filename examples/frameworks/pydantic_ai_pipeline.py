@@ -27,7 +27,7 @@ from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, UserProm
 from support_ticket import MODEL, PIPELINE, TICKET, openai_client, report, thread
 
 from apportion import Controller
-from apportion.integrations.pydantic_ai import Budget, budgeted_model  # apportion
+from apportion.integrations.pydantic_ai import Apportion, budgeted_model  # apportion
 
 CEILING = 2_000
 
@@ -45,7 +45,7 @@ def history() -> list[Any]:
 
 async def run(client: AsyncOpenAI) -> int:
     model = budgeted_model(MODEL, client)  # apportion (was OpenAIChatModel(MODEL, ...))
-    budget = [Budget()]  # apportion
+    budget = [Apportion()]  # apportion
     triage = Agent(
         model, name="triage", instructions="Classify the ticket. JSON only.", capabilities=budget
     )

@@ -13,7 +13,7 @@ missing one raises :class:`~apportion.errors.MissingExtra` naming the extra to i
 * :mod:`apportion.integrations.openai_agents`: ``run_config(client)`` for the OpenAI
   Agents SDK's ``Runner`` (extra ``openai-agents``).
 * :mod:`apportion.integrations.pydantic_ai`: ``budgeted_model(name, client)`` and the
-  ``Budget()`` capability for Pydantic AI (extra ``pydantic-ai``).
+  ``Apportion()`` capability for Pydantic AI (extra ``pydantic-ai``).
 
 All share one implementation of the call semantics (count, begin, fit, cap, call, extend,
 finish), described in :mod:`apportion.integrations.chat`, over a wire protocol

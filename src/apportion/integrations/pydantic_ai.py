@@ -2,10 +2,10 @@
 
 ::
 
-    from apportion.integrations.pydantic_ai import Budget, budgeted_model
+    from apportion.integrations.pydantic_ai import Apportion, budgeted_model
 
     model = budgeted_model("gpt-4o-mini", AsyncOpenAI())       # an OpenAIChatModel
-    triage = Agent(model, name="triage", capabilities=[Budget()])
+    triage = Agent(model, name="triage", capabilities=[Apportion()])
     with controller.request(ceiling=20_000):
         result = await triage.run("...")
 
@@ -14,7 +14,7 @@
   call goes through :func:`apportion.integrations.openai.budgeted` in the request passed,
   or the current request at the time of the call (so the model can be built once, outside
   any request). :func:`budgeted_client` is that client, for a provider of your own.
-* :class:`Budget` is a capability (``Agent(..., capabilities=[Budget()])``) whose
+* :class:`Apportion` is a capability (``Agent(..., capabilities=[Apportion()])``) whose
   ``wrap_run`` makes the agent's ``name`` (``Agent(name=...)``, else the variable Pydantic
   AI infers it from) the current agent for the run: its model calls, and tools, are charged
   to it. An agent run inside another's tool names itself for its own run; the outer agent is
@@ -179,8 +179,8 @@ def _capability_base() -> Any:
 def _budget_class() -> type:
     base = _capability_base()
 
-    class Budget(base):  # type: ignore[misc,valid-type]
-        """A capability naming the agent for the run (see ``Budget``)."""
+    class Apportion(base):  # type: ignore[misc,valid-type]
+        """A capability naming the agent for the run (see ``Apportion``)."""
 
         def __init__(self, req: Any = None) -> None:
             self.req = req
@@ -194,11 +194,11 @@ def _budget_class() -> type:
             finally:
                 leave(tokens)
 
-    return Budget
+    return Apportion
 
 
-def Budget(req: Any = None) -> Any:
-    """The capability naming the agent for each run: ``Agent(..., capabilities=[Budget()])``.
+def Apportion(req: Any = None) -> Any:
+    """The capability naming the agent for each run: ``Agent(..., capabilities=[Apportion()])``.
 
     Args:
         req: the request to budget in; ``None``: the current request when a run starts.

@@ -1,4 +1,4 @@
-"""Pydantic AI, budgeted by ``budgeted_model(...)`` and the ``Budget()`` capability: its real
+"""Pydantic AI, budgeted by ``budgeted_model(...)`` and the ``Apportion()`` capability: its real
 agents and OpenAI models over HTTP to the local server. Every call carries a cap, the
 server-billed total stays under the ceiling, and the ledger settles what the server billed."""
 
@@ -26,7 +26,7 @@ from tool_server import tool_calls  # noqa: E402
 
 from apportion import InvalidArgument, MissingExtra, NoOpenRequest, UnsupportedCall, current_agent  # noqa: E402
 from apportion.errors import UnsupportedVersion  # noqa: E402
-from apportion.integrations.pydantic_ai import Budget, budgeted_model, check_version  # noqa: E402
+from apportion.integrations.pydantic_ai import Apportion, budgeted_model, check_version  # noqa: E402
 
 CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 MODEL = "gpt-4o-mini"
@@ -54,7 +54,7 @@ def three_agents(model: Any, **settings: Any) -> list[Any]:
             model,
             name=n,
             instructions=f"You are the {n}.",
-            capabilities=[Budget()],
+            capabilities=[Apportion()],
             model_settings=settings or None,
         )
         for n in ("triage", "reasoner", "formatter")
@@ -165,8 +165,8 @@ def test_an_agent_run_inside_a_tool_is_charged_to_itself(server, store):
     tool_calls(server, [("delegate", '{"text": "x y"}')])
     ctl = controller(store)
     model = budgeted_model(MODEL, async_openai_client(server))
-    formatter = Agent(model, name="formatter", capabilities=[Budget()])
-    reasoner = Agent(model, name="reasoner", capabilities=[Budget()])
+    formatter = Agent(model, name="formatter", capabilities=[Apportion()])
+    reasoner = Agent(model, name="reasoner", capabilities=[Apportion()])
     inside: list[str | None] = []
 
     @reasoner.tool_plain
