@@ -392,28 +392,6 @@ class MissingExtra(ApportionError, ImportError):
         )
 
 
-class UnsupportedVersion(ApportionError, ImportError):
-    """An installed framework's version is outside the range an adapter supports.
-
-    Attributes:
-        package: the distribution (``autogen-agentchat``).
-        version: the installed version.
-        supported: the supported range (``>=0.7.5,<0.8``).
-    """
-
-    package: str
-    version: str
-    supported: str
-
-    def __init__(self, package: str, version: str, supported: str) -> None:
-        super().__init__(
-            f"{package} {version} is not supported; apportion supports {package}{supported}",
-            package=package,
-            version=version,
-            supported=supported,
-        )
-
-
 class PolicyConfigError(ApportionError, ValueError):
     """A policy was configured wrongly (missing budgets, bad margin ...)."""
 
@@ -748,3 +726,31 @@ class UsageWarning(UserWarning):
         self.reported = reported
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
+
+
+class UnsupportedVersion(ApportionError, ImportError):
+    """An installed framework is outside the version range an adapter supports.
+
+    Attributes:
+        package: the distribution (``openai-agents`` ...).
+        version: the version installed.
+        supported: the supported range (``>=0.24,<0.25``).
+        extra: the extra that installs a supported version (``None``: not named).
+    """
+
+    package: str
+    version: str
+    supported: str
+    extra: str | None
+
+    def __init__(
+        self, package: str, version: str, supported: str, extra: str | None = None
+    ) -> None:
+        install = f' (pip install "apportion[{extra}]")' if extra else ""
+        super().__init__(
+            f"{package} {version} is not supported: apportion needs {package}{supported}" + install,
+            package=package,
+            version=version,
+            supported=supported,
+            extra=extra,
+        )

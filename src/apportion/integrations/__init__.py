@@ -10,6 +10,10 @@ missing one raises :class:`~apportion.errors.MissingExtra` naming the extra to i
 * :mod:`apportion.integrations.openai`: ``req.openai(client, agent=...)`` (or
   ``budgeted(client, req, agent)``), a drop-in ``openai.OpenAI`` / ``openai.AsyncOpenAI``
   whose chat completions and Responses calls are budgeted.
+* :mod:`apportion.integrations.openai_agents`: ``run_config(client)`` for the OpenAI
+  Agents SDK's ``Runner`` (extra ``openai-agents``).
+* :mod:`apportion.integrations.pydantic_ai`: ``budgeted_model(name, client)`` and the
+  ``Apportion()`` capability for Pydantic AI (extra ``pydantic-ai``).
 
 All share one implementation of the call semantics (count, begin, fit, cap, call, extend,
 finish), described in :mod:`apportion.integrations.chat`, over a wire protocol

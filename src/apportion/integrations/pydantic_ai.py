@@ -1,0 +1,210 @@
+"""Pydantic AI, budgeted: its OpenAI models over a budgeted client, the agent named by the run.
+
+::
+
+    from apportion.integrations.pydantic_ai import Apportion, budgeted_model
+
+    model = budgeted_model("gpt-4o-mini", AsyncOpenAI())       # an OpenAIChatModel
+    triage = Agent(model, name="triage", capabilities=[Apportion()])
+    with controller.request(ceiling=20_000):
+        result = await triage.run("...")
+
+* :func:`budgeted_model` is Pydantic AI's ``OpenAIChatModel`` (or, ``responses=True``,
+  ``OpenAIResponsesModel``) with ``OpenAIProvider(openai_client=<budgeted client>)``: every
+  call goes through :func:`apportion.integrations.openai.budgeted` in the request passed,
+  or the current request at the time of the call (so the model can be built once, outside
+  any request). :func:`budgeted_client` is that client, for a provider of your own.
+* :class:`Apportion` is a capability (``Agent(..., capabilities=[Apportion()])``) whose
+  ``wrap_run`` makes the agent's ``name`` (``Agent(name=...)``, else the variable Pydantic
+  AI infers it from) the current agent for the run: its model calls, and tools, are charged
+  to it. An agent run inside another's tool names itself for its own run; the outer agent is
+  current again after it.
+
+``ModelSettings(max_tokens=...)`` is the most output wanted; it goes out as
+``max_completion_tokens`` (chat) or ``max_output_tokens`` (Responses), capped at the grant.
+A cut answer is extended. ``ModelSettings(max_retries=...)`` makes Pydantic AI call
+``client.with_options(http_client=client._client, ...)``: the copy stays budgeted.
+
+**Streaming** (``agent.run_stream``) works with the chat model (usage is asked for). A
+streamed Responses call is not budgeted yet: it raises
+:class:`~apportion.errors.UnsupportedCall` and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+from typing import Any
+
+from apportion.ambient import enter, leave, resolve_request
+from apportion.errors import InvalidArgument, MissingExtra, UnsupportedVersion
+from apportion.integrations.openai import budgeted
+
+EXTRA = "pydantic-ai"
+SUPPORTED = ">=2.68,<3"
+_RANGE = ((2, 68), (3, 0))
+
+
+def import_pydantic_ai() -> Any:
+    """The ``pydantic_ai`` package, checked for a supported version.
+
+    Raises:
+        MissingExtra: Pydantic AI (with its OpenAI support) is not installed.
+        UnsupportedVersion: the installed version is outside :data:`SUPPORTED`.
+    """
+    try:
+        module = importlib.import_module("pydantic_ai")
+        importlib.import_module("pydantic_ai.models.openai")
+    except ImportError as error:
+        raise MissingExtra("pydantic-ai-slim[openai]", EXTRA) from error
+    check_version(importlib.metadata.version("pydantic-ai-slim"))
+    return module
+
+
+def check_version(version: str) -> None:
+    """Raise :class:`UnsupportedVersion` unless ``version`` is in :data:`SUPPORTED`."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        found = ()
+    low, high = _RANGE
+    if not found or not low <= found < high:
+        raise UnsupportedVersion("pydantic-ai-slim", version, SUPPORTED, EXTRA)
+
+
+def budgeted_client(client: Any, req: Any = None) -> Any:
+    """An ``AsyncOpenAI`` stand-in whose calls are budgeted in ``req`` or the current request.
+
+    Args:
+        client: the ``openai.AsyncOpenAI`` client.
+        req: the request to budget in; ``None``: the current request at each call.
+
+    Raises:
+        InvalidArgument: ``client`` is not an ``openai.AsyncOpenAI``.
+    """
+    import openai
+
+    if not isinstance(client, openai.AsyncOpenAI):
+        raise InvalidArgument("client", client, "an openai.AsyncOpenAI client")
+    return _Ambient(client, req)
+
+
+def budgeted_model(
+    model_name: str, client: Any, *, req: Any = None, responses: bool = False, **options: Any
+) -> Any:
+    """Pydantic AI's OpenAI model over :func:`budgeted_client` (see the module docstring).
+
+    Args:
+        model_name: the model (``"gpt-4o-mini"``).
+        client: the ``openai.AsyncOpenAI`` client.
+        req: the request to budget in; ``None``: the current request at each call.
+        responses: ``True`` for ``OpenAIResponsesModel`` (not streamed), else
+            ``OpenAIChatModel``.
+        **options: the model's other arguments (``settings``, ``profile`` ...).
+
+    Raises:
+        MissingExtra: Pydantic AI is not installed.
+        UnsupportedVersion: the installed version is outside :data:`SUPPORTED`.
+        InvalidArgument: ``client`` is not an ``openai.AsyncOpenAI``.
+    """
+    import_pydantic_ai()
+    models = importlib.import_module("pydantic_ai.models.openai")
+    providers = importlib.import_module("pydantic_ai.providers.openai")
+    provider = providers.OpenAIProvider(openai_client=budgeted_client(client, req))
+    kind = models.OpenAIResponsesModel if responses else models.OpenAIChatModel
+    return kind(model_name, provider=provider, **options)
+
+
+class _Ambient:
+    """A budgeted client over the request given, or the one current at each call."""
+
+    def __init__(self, client: Any, req: Any) -> None:
+        self._client_ = client
+        self._req = req
+
+    def __repr__(self) -> str:
+        return f"<budgeted (current request) {self._client_!r}>"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_client_", "_req"):
+            raise AttributeError(name)
+        if name in ("with_options", "copy"):
+            copy = getattr(self._client_, name)
+            return lambda *args, **kwargs: _Ambient(copy(*args, **kwargs), self._req)
+        if name in ("chat", "beta", "responses"):  # the budgeted resources: looked up per call
+            return _Path(self, (name,))
+        return getattr(budgeted(self._client_, self._req or _Unresolved), name)
+
+    def _budgeted(self, method: str) -> Any:
+        req = resolve_request(self._req, what=f"{method} (Pydantic AI)")
+        return budgeted(self._client_, req)
+
+
+class _Path:
+    """A resource or method of :class:`_Ambient`, found in the request current when called."""
+
+    def __init__(self, root: _Ambient, path: tuple[str, ...]) -> None:
+        self._root = root
+        self._path = path
+
+    def __repr__(self) -> str:
+        return f"<budgeted {'.'.join(self._path)} (current request)>"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_root", "_path"):
+            raise AttributeError(name)
+        return _Path(self._root, (*self._path, name))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        target = self._root._budgeted(".".join(self._path))
+        for name in self._path:
+            target = getattr(target, name)
+        return target(*args, **kwargs)
+
+
+class _UnresolvedRequest:
+    """Stands for a request not looked up yet: attributes that make no call need none."""
+
+
+_Unresolved = _UnresolvedRequest()
+
+
+def _capability_base() -> Any:
+    import_pydantic_ai()
+    return importlib.import_module("pydantic_ai.capabilities").AbstractCapability
+
+
+@functools.cache
+def _budget_class() -> type:
+    base = _capability_base()
+
+    class Apportion(base):  # type: ignore[misc,valid-type]
+        """A capability naming the agent for the run (see ``Apportion``)."""
+
+        def __init__(self, req: Any = None) -> None:
+            self.req = req
+
+        async def wrap_run(self, ctx: Any, *, handler: Any) -> Any:
+            name = getattr(getattr(ctx, "agent", None), "name", None)
+            req = resolve_request(self.req, what="a Pydantic AI run")
+            tokens = enter(req, name if isinstance(name, str) and name else None)
+            try:
+                return await handler()
+            finally:
+                leave(tokens)
+
+    return Apportion
+
+
+def Apportion(req: Any = None) -> Any:
+    """The capability naming the agent for each run: ``Agent(..., capabilities=[Apportion()])``.
+
+    Args:
+        req: the request to budget in; ``None``: the current request when a run starts.
+
+    Raises:
+        MissingExtra: Pydantic AI is not installed.
+        UnsupportedVersion: the installed version is outside :data:`SUPPORTED`.
+    """
+    return _budget_class()(req)
