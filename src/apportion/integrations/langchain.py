@@ -44,32 +44,15 @@ from types import SimpleNamespace
 from typing import Any
 
 from apportion.ambient import OUTSIDE, resolve_agent, resolve_request
-from apportion.errors import InvalidArgument, MissingExtra, UnsupportedVersion
+from apportion.errors import InvalidArgument, MissingExtra
 from apportion.integrations.chat import MAX_EXTENSIONS
 from apportion.integrations.engine import acall, call
+from apportion.integrations.versions import installed, within
 
 SUPPORTED = ">=1.5,<2"
 """The LangChain versions this adapter supports."""
 
 _CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-
-
-def check_version(
-    package: str, extra: str, supported: str, low: tuple[int, int], high: tuple[int, int]
-) -> None:
-    """Refuse an installed ``package`` outside ``low <= (major, minor) < high``.
-
-    Raises:
-        MissingExtra: the package is not installed.
-        UnsupportedVersion: its version is outside the range (``supported`` names it).
-    """
-    try:
-        version = importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError as error:
-        raise MissingExtra(package, extra) from error
-    parts = tuple(int(p) if p.isdigit() else 0 for p in version.split(".")[:2])
-    if not (low <= parts < high):
-        raise UnsupportedVersion(package, version, supported)
 
 
 @functools.cache
@@ -87,7 +70,7 @@ def import_langchain() -> Any:
         config = importlib.import_module("langgraph.config")
     except ImportError as error:
         raise MissingExtra("langchain", "langchain") from error
-    check_version("langchain", "langchain", SUPPORTED, (1, 5), (2, 0))
+    within("langchain", installed("langchain", "langchain"), SUPPORTED, "langchain")
     return SimpleNamespace(
         AgentMiddleware=middleware.AgentMiddleware,
         messages=messages,

@@ -47,10 +47,10 @@ from apportion.integrations.engine import acall, call
 from apportion.integrations.langchain import (
     _as_chat_response,
     _model_name,
-    check_version,
     import_langchain,
     restore_messages,
 )
+from apportion.integrations.versions import installed, within
 
 SUPPORTED = ">=1.2,<1.3"
 """The LangGraph versions this adapter supports."""
@@ -66,7 +66,7 @@ def _import() -> Any:
         importlib.import_module("langgraph")
     except ImportError as error:
         raise MissingExtra("langgraph", "langgraph") from error
-    check_version("langgraph", "langgraph", SUPPORTED, (1, 2), (1, 3))
+    within("langgraph", installed("langgraph", "langgraph"), SUPPORTED, "langgraph")
     lc = import_langchain()
     lc.BaseChatModel = chat_models.BaseChatModel
     lc.outputs = outputs

@@ -39,12 +39,12 @@ from collections.abc import Callable
 from typing import Any
 
 from apportion.ambient import _AGENT, resolve_request
-from apportion.errors import InvalidArgument, MissingExtra, UnsupportedVersion
+from apportion.errors import InvalidArgument, MissingExtra
 from apportion.integrations.openai import budgeted
+from apportion.integrations.versions import within
 
 EXTRA = "openai-agents"
 SUPPORTED = ">=0.24,<0.25"
-_RANGE = ((0, 24), (0, 25))
 
 
 def import_agents() -> Any:
@@ -63,14 +63,8 @@ def import_agents() -> Any:
 
 
 def check_version(version: str) -> None:
-    """Raise :class:`UnsupportedVersion` unless ``version`` is in :data:`SUPPORTED`."""
-    try:
-        found = tuple(int(part) for part in version.split(".")[:2])
-    except ValueError:
-        found = ()
-    low, high = _RANGE
-    if not found or not low <= found < high:
-        raise UnsupportedVersion("openai-agents", version, SUPPORTED, EXTRA)
+    """Raise ``UnsupportedVersion`` unless ``version`` is in :data:`SUPPORTED`."""
+    within("openai-agents", version, SUPPORTED, EXTRA)
 
 
 def run_config(

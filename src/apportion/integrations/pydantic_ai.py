@@ -38,12 +38,12 @@ import importlib.metadata
 from typing import Any
 
 from apportion.ambient import enter, leave, resolve_request
-from apportion.errors import InvalidArgument, MissingExtra, UnsupportedVersion
+from apportion.errors import InvalidArgument, MissingExtra
 from apportion.integrations.openai import budgeted
+from apportion.integrations.versions import within
 
 EXTRA = "pydantic-ai"
 SUPPORTED = ">=2.68,<3"
-_RANGE = ((2, 68), (3, 0))
 
 
 def import_pydantic_ai() -> Any:
@@ -63,14 +63,8 @@ def import_pydantic_ai() -> Any:
 
 
 def check_version(version: str) -> None:
-    """Raise :class:`UnsupportedVersion` unless ``version`` is in :data:`SUPPORTED`."""
-    try:
-        found = tuple(int(part) for part in version.split(".")[:2])
-    except ValueError:
-        found = ()
-    low, high = _RANGE
-    if not found or not low <= found < high:
-        raise UnsupportedVersion("pydantic-ai-slim", version, SUPPORTED, EXTRA)
+    """Raise ``UnsupportedVersion`` unless ``version`` is in :data:`SUPPORTED`."""
+    within("pydantic-ai-slim", version, SUPPORTED, EXTRA)
 
 
 def budgeted_client(client: Any, req: Any = None) -> Any:
