@@ -107,7 +107,7 @@ def to_wire(message: Any) -> dict[str, Any]:
             return {"role": "assistant", "content": None, "tool_calls": calls}
         return {"role": "assistant", "content": _text(content)}
     if kind == "FunctionExecutionResultMessage":
-        results = "\n".join(str(result.content) for result in content)
+        results = "\n".join(str(getattr(result, "content", result)) for result in content)
         return {"role": "tool", "content": results}
     return {"role": "user", "content": _text(content)}
 
@@ -126,7 +126,9 @@ class _Messages:
     def back(self, fitted: Sequence[Mapping[str, Any]]) -> list[Any]:
         """The fitted chat messages as AutoGen messages (originals where unchanged)."""
         models = _import("autogen_core.models")
-        by_id = {id(wire): original for wire, original in zip(self.wire, self.originals)}
+        by_id = {
+            id(wire): original for wire, original in zip(self.wire, self.originals, strict=True)
+        }
         out: list[Any] = []
         for message in fitted:
             original = by_id.get(id(message))
@@ -314,9 +316,9 @@ def _client_class() -> Any:
     global _CLASS
     if _CLASS is not None:
         return _CLASS
-    models = _import("autogen_core.models")
+    base: Any = _import("autogen_core.models").ChatCompletionClient
 
-    class BudgetedChatCompletionClient(models.ChatCompletionClient):  # type: ignore[misc]
+    class BudgetedChatCompletionClient(base):  # type: ignore[misc]
         """A ``ChatCompletionClient`` budgeted by apportion (see :func:`budgeted`)."""
 
         def __init__(self, inner: Any, **options: Any) -> None:
@@ -361,10 +363,10 @@ def _client_class() -> Any:
             self,
             messages: Sequence[Any],
             *,
-            tools: Sequence[Any] = [],  # noqa: B006  (the ABC's signature)
+            tools: Sequence[Any] = [],
             tool_choice: Any = "auto",
             json_output: Any = None,
-            extra_create_args: Mapping[str, Any] = {},  # noqa: B006
+            extra_create_args: Mapping[str, Any] = {},
             cancellation_token: Any = None,
         ) -> Any:
             req, agent, msgs, caps, rest = self._prepare(messages, extra_create_args)
@@ -416,14 +418,14 @@ def _client_class() -> Any:
                 **params,
             )
 
-        async def create_stream(  # type: ignore[override]
+        async def create_stream(
             self,
             messages: Sequence[Any],
             *,
-            tools: Sequence[Any] = [],  # noqa: B006
+            tools: Sequence[Any] = [],
             tool_choice: Any = "auto",
             json_output: Any = None,
-            extra_create_args: Mapping[str, Any] = {},  # noqa: B006
+            extra_create_args: Mapping[str, Any] = {},
             cancellation_token: Any = None,
         ) -> AsyncIterator[Any]:
             req, agent, msgs, caps, rest = self._prepare(messages, extra_create_args)
@@ -441,9 +443,7 @@ def _client_class() -> Any:
                 )
                 return _chunks(inner, last)
 
-            stream = await self._call(
-                req, agent, msgs, send, caps, json_output, tools, stream=True
-            )
+            stream = await self._call(req, agent, msgs, send, caps, json_output, tools, stream=True)
             text: list[str] = []
             async for chunk in stream:
                 for choice in chunk.choices:
@@ -476,10 +476,10 @@ def _client_class() -> Any:
         def total_usage(self) -> Any:
             return self.inner.total_usage()
 
-        def count_tokens(self, messages: Sequence[Any], *, tools: Sequence[Any] = []) -> int:  # noqa: B006
+        def count_tokens(self, messages: Sequence[Any], *, tools: Sequence[Any] = []) -> int:
             return int(self.inner.count_tokens(messages, tools=tools))
 
-        def remaining_tokens(self, messages: Sequence[Any], *, tools: Sequence[Any] = []) -> int:  # noqa: B006
+        def remaining_tokens(self, messages: Sequence[Any], *, tools: Sequence[Any] = []) -> int:
             return int(self.inner.remaining_tokens(messages, tools=tools))
 
         @property

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require
 from integration_helpers import FixedPolicy, controller, words
 
 from apportion.errors import InvalidArgument, NoOpenRequest
 from apportion.testing.openai_server import OpenAIServer, Reply
+from conftest import require
 
 require("autogen_agentchat")
 require("autogen_ext.models.openai")
