@@ -171,3 +171,14 @@ def test_example_runs_without_a_key():
         )
     assert done.returncode == 0, done.stderr
     assert "formatter" in done.stdout
+
+
+def test_a_version_outside_the_range_is_refused(server, monkeypatch):
+    import importlib.metadata
+
+    from apportion.errors import UnsupportedVersion
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.8.1")
+    with pytest.raises(UnsupportedVersion, match=r">=0\.7\.5,<0\.8") as caught:
+        budgeted(inner(server), agent="triage")
+    assert caught.value.version == "0.8.1"
