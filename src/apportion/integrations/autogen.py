@@ -24,20 +24,23 @@ the agent the runtime is handling a message for (``MessageHandlerContext.agent_i
 whose type is ``<name>_<team id>``); else the current agent (``with req.agent(name):``).
 The request: ``req=`` if given, else the current request.
 
-``count_tokens`` / ``remaining_tokens`` / ``actual_usage`` / ``total_usage`` /
-``model_info`` / ``capabilities`` / ``close`` are the inner client's.
+``remaining_tokens`` is the inner client's, but never more than the current request has
+free (so AutoGen's ``TokenLimitedChatCompletionContext`` trims to the budget too);
+``count_tokens`` / ``actual_usage`` / ``total_usage`` / ``model_info`` / ``capabilities``
+/ ``close`` are the inner client's.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from apportion.ambient import current_agent, resolve_request
+from apportion.ambient import current_agent, current_request, resolve_request
 from apportion.errors import InvalidArgument, MissingExtra, UnsupportedVersion
 from apportion.integrations.chat import MAX_EXTENSIONS
 from apportion.integrations.engine import acall
@@ -480,7 +483,15 @@ def _client_class() -> Any:
             return int(self.inner.count_tokens(messages, tools=tools))
 
         def remaining_tokens(self, messages: Sequence[Any], *, tools: Sequence[Any] = []) -> int:
-            return int(self.inner.remaining_tokens(messages, tools=tools))
+            """The inner client's, but never more than the current request has free."""
+            left = int(self.inner.remaining_tokens(messages, tools=tools))
+            req = self.req if self.req is not None else current_request(default=None)
+            summary = None if req is None else req.summary()
+            if summary is None or inspect.isawaitable(summary):  # an async store: unknown
+                if inspect.iscoroutine(summary):
+                    summary.close()
+                return left
+            return min(left, int(summary.free) - self.count_tokens(messages, tools=tools))
 
         @property
         def capabilities(self) -> Any:

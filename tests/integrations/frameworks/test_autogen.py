@@ -144,6 +144,9 @@ def test_direct_create_and_stream_report_usage(server, store):
     check(server, summary, 2_000, False)
     assert client.count_tokens(messages) > 0
     assert client.remaining_tokens(messages) > 0
+    with ctl.request(ceiling=300):
+        counted = client.count_tokens(messages)
+        assert client.remaining_tokens(messages) == 300 - counted  # the budget, not the window
     assert client.model_info["family"] == ModelFamily.GPT_4O
 
 
