@@ -185,3 +185,33 @@ def test_a_version_outside_the_range_is_refused(server, monkeypatch):
     with pytest.raises(UnsupportedVersion, match=r">=0\.7\.5,<0\.8") as caught:
         budgeted(inner(server), agent="triage")
     assert caught.value.version == "0.8.1"
+
+
+class NoUsageStream(OpenAIChatCompletionClient):  # type: ignore[misc]
+    """A client whose streams report ``RequestUsage(0, 0)``, as AutoGen's do by default."""
+
+    async def create_stream(self, *args: Any, **kwargs: Any) -> Any:
+        from autogen_core.models import CreateResult, RequestUsage
+
+        async for item in super().create_stream(*args, **kwargs):
+            if isinstance(item, CreateResult):
+                item = item.model_copy(update={"usage": RequestUsage(0, 0)})
+            yield item
+
+
+def test_a_stream_without_usage_is_settled_estimated(server, store):
+    plain = NoUsageStream(model=MODEL, base_url=server.url, api_key="test", max_retries=0)
+    client = budgeted(plain, agent="formatter")
+    server.queue(Reply(words(8)))
+    messages = [UserMessage(content="Count.", source="user")]
+
+    async def run() -> Any:
+        with controller(store).request(ceiling=2_000) as req:
+            items = [item async for item in client.create_stream(messages)]
+            return req, items
+
+    req, items = asyncio.run(run())
+    assert items[-1].content == words(8)
+    [record] = req.calls.values()
+    assert record.notes["usage_estimated"] is True
+    assert record.output_used >= 8  # counted here (tiktoken) as the pieces arrived, not 0
