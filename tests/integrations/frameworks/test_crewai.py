@@ -132,3 +132,35 @@ def test_example_runs_without_a_key():
     )
     assert done.returncode == 0, done.stderr
     assert "request: consumed" in done.stdout
+
+
+def test_structured_output_goes_through_the_budget(server, store):
+    from pydantic import BaseModel
+
+    class Label(BaseModel):
+        category: str
+
+    server.queue(Reply('{"category": "billing"}'))
+    llm = budgeted_llm(MODEL, base_url=server.url, api_key="test")
+    agent = Agent(
+        role="triage",
+        goal="classify",
+        backstory="You classify.",
+        llm=llm,
+        allow_delegation=False,
+        verbose=False,
+        max_iter=1,
+    )
+    task = Task(
+        description="Classify: billed twice.",
+        expected_output="a label",
+        agent=agent,
+        output_pydantic=Label,
+    )
+    with controller(store).request(ceiling=5_000) as req:
+        out = Crew(agents=[agent], tasks=[task], process=Process.sequential).kickoff()
+        summary = req.summary()
+    assert out.pydantic == Label(category="billing")
+    [sent] = server.requests
+    assert isinstance(sent["max_tokens"], int) and "response_format" in sent
+    assert summary.consumed == sum(map(sum, server.billed))
