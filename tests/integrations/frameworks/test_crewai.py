@@ -164,3 +164,28 @@ def test_structured_output_goes_through_the_budget(server, store):
     [sent] = server.requests
     assert isinstance(sent["max_tokens"], int) and "response_format" in sent
     assert summary.consumed == sum(map(sum, server.billed))
+
+
+def test_a_rate_limited_call_retried_by_crewai_settles_once(server, store, monkeypatch):
+    retry = pytest.importorskip("crewai.llms.retry")
+    monkeypatch.setattr(retry, "get_retry_delay_seconds", lambda *a, **k: 0.0)
+    server.fail_at(1, status=429)
+    llm = budgeted_llm(MODEL, base_url=server.url, api_key="test", max_retries=0)
+    agent = Agent(
+        role="triage",
+        goal="classify",
+        backstory="You classify.",
+        llm=llm,
+        allow_delegation=False,
+        verbose=False,
+        max_iter=1,
+    )
+    task = Task(description="Classify: billed twice.", expected_output="a label", agent=agent)
+    with controller(store).request(ceiling=5_000) as req:
+        Crew(agents=[agent], tasks=[task], process=Process.sequential).kickoff()
+        summary = req.summary()
+    assert len(server.requests) == 2  # the 429, then CrewAI's retry
+    assert len(server.billed) == 1
+    assert summary.consumed == sum(map(sum, server.billed)) and summary.reserved == 0
+    statuses = [record.status for record in req.calls.values()]
+    assert statuses == ["released", "completed"]  # the 429's grant released, the retry's settled
