@@ -215,3 +215,25 @@ def test_a_stream_without_usage_is_settled_estimated(server, store):
     [record] = req.calls.values()
     assert record.notes["usage_estimated"] is True
     assert record.output_used >= 8  # counted here (tiktoken) as the pieces arrived, not 0
+
+
+def test_an_agent_with_tools_is_budgeted_and_its_tools_sent(server, store):
+    def lookup(invoice: str) -> str:
+        """Look an invoice up."""
+        return invoice
+
+    agent = AssistantAgent(
+        "triage", model_client=budgeted(inner(server), agent="triage"), tools=[lookup]
+    )
+    server.queue(Reply("billing"))
+
+    async def run() -> Any:
+        with controller(store).request(ceiling=2_000) as req:
+            result = await agent.run(task="Classify: billed twice.")
+            return req.summary(), result.messages[-1].content
+
+    summary, answer = asyncio.run(run())
+    assert answer == "billing"
+    [sent] = server.requests
+    assert sent["tools"][0]["function"]["name"] == "lookup" and isinstance(sent["max_tokens"], int)
+    check(server, summary, 2_000, False)
