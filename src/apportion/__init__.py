@@ -42,6 +42,7 @@ from apportion.errors import (
     UnknownSink,
     UnknownStore,
     UnsupportedCall,
+    UnsupportedVersion,
     UsageWarning,
 )
 from apportion.ledger import Event, Grant, Ledger
@@ -135,6 +136,7 @@ __all__ = [
     "UnknownSink",
     "UnknownStore",
     "UnsupportedCall",
+    "UnsupportedVersion",
     "UsageWarning",
     "__version__",
     "carry",
