@@ -12,6 +12,8 @@ DESIGN = ROOT.parent / "shared" / "DESIGN.md"
 
 
 def python_blocks(text: str) -> list[str]:
+    """The ```` ```python ```` blocks, which run; a ```` ```py ```` block is a fragment (the lines
+    a user adds to their own framework code), shown highlighted but not run here."""
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
