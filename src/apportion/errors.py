@@ -392,28 +392,6 @@ class MissingExtra(ApportionError, ImportError):
         )
 
 
-class UnsupportedVersion(ApportionError, ImportError):
-    """An installed framework's version is outside the range an adapter supports.
-
-    Attributes:
-        package: the distribution (``autogen-agentchat``).
-        version: the installed version.
-        supported: the supported range (``>=0.7.5,<0.8``).
-    """
-
-    package: str
-    version: str
-    supported: str
-
-    def __init__(self, package: str, version: str, supported: str) -> None:
-        super().__init__(
-            f"{package} {version} is not supported; apportion supports {package}{supported}",
-            package=package,
-            version=version,
-            supported=supported,
-        )
-
-
 class PolicyConfigError(ApportionError, ValueError):
     """A policy was configured wrongly (missing budgets, bad margin ...)."""
 
