@@ -21,11 +21,12 @@ from apportion.errors import InvalidArgument, NoOpenRequest, UnknownAgent, Unsup
 from apportion.testing.openai_server import OpenAIServer, Reply
 from conftest import require
 
-for _name in ("CREWAI_DISABLE_TELEMETRY", "OTEL_SDK_DISABLED"):
-    os.environ.setdefault(_name, "true")
-os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
-
 require("crewai")
+
+# CrewAI's own telemetry stays off (no network); not OTEL_SDK_DISABLED, which would switch
+# off the OpenTelemetry SDK for every other test of the same run
+os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 
 from crewai import Agent, Crew, Process, Task  # noqa: E402
 
