@@ -7,7 +7,7 @@ renderer, so the tests read the same text positions the SVG on the page has.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from apportion.analysis.page import report_page
 from apportion.analysis.report import build_report
 from apportion.telemetry.records import CallUsage
 from apportion.telemetry.sql import Dataset
+from figure_helpers import box as _box
+from figure_helpers import capture_figures, texts
 
 
 def _renamed(mapping: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, list[CallUsage]]]:
@@ -45,42 +47,13 @@ def _renamed(mapping: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, list
 @pytest.fixture
 def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
     """Every figure the report's figure functions encode, in order."""
-    figures: list[Figure] = []
-    encode = report_figures.encode_figure
-
-    def capture(fig: Figure, fmt: Any) -> bytes:
-        figures.append(fig)
-        return encode(fig, fmt)
-
-    monkeypatch.setattr(report_figures, "encode_figure", capture)
-    return figures
-
-
-def _texts(fig: Figure) -> Iterator[Text]:
-    """The texts drawn on ``fig`` (tick labels outside the view are kept but not drawn)."""
-    fig.canvas.draw()  # lays out the figure: tick labels exist, positions are final
-    hidden: set[int] = set()
-    for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            low, high = sorted(axis.get_view_interval())
-            span = (high - low) * 1e-9
-            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
-                if not low - span <= tick.get_loc() <= high + span:
-                    hidden.update((id(tick.label1), id(tick.label2)))
-    for text in fig.findobj(Text):
-        assert isinstance(text, Text)
-        if text.get_visible() and text.get_text() and id(text) not in hidden:
-            yield text
+    return capture_figures(monkeypatch, report_figures)
 
 
 def _shown(text: Text) -> tuple[str, bool]:
     """What matplotlib draws for ``text``, and whether it reads it as mathtext."""
     shown, math = text._preprocess_math(text.get_text())
     return shown, bool(math)
-
-
-def _box(artist: Any, fig: Figure) -> Bbox:
-    return artist.get_window_extent(fig.canvas.get_renderer())  # type: ignore[no-any-return]
 
 
 DOLLARS = {"planner": "a$b$c", "critic": "$x", "writer": "a$$b"}
@@ -99,7 +72,7 @@ def test_agent_names_with_dollars_are_drawn_as_written(
     assert "<svg" in page
     assert len(drawn) == 4
     for fig in drawn:
-        shown = dict(_shown(t) for t in _texts(fig))
+        shown = dict(_shown(t) for t in texts(fig))
         for name in names.values():
             assert name in shown, (name, sorted(shown))
             assert shown[name] is False, f"{name!r} was read as mathtext"
@@ -155,7 +128,7 @@ def test_bar_figure_labels_sit_on_neither_the_threshold_line_nor_the_bars(
         for obstacle in obstacles:
             assert not _overlap(box, obstacle), f"{text!r} at {box} overlaps {obstacle}"
     # The threshold is still said in words on the figure.
-    assert any("budgeted" in t.get_text() for t in _texts(fig))
+    assert any("budgeted" in t.get_text() for t in texts(fig))
 
 
 LONG = {
@@ -170,7 +143,7 @@ def test_long_agent_names_keep_every_figure_text_inside_the_figure(drawn: list[F
     assert len(drawn) == 4
     for fig in drawn:
         width, height = fig.bbox.width, fig.bbox.height
-        for text in _texts(fig):
+        for text in texts(fig):
             box = _box(text, fig)
             assert box.x0 >= -0.5 and box.x1 <= width + 0.5, (text.get_text(), box, width)
             assert box.y0 >= -0.5 and box.y1 <= height + 0.5, (text.get_text(), box, height)
@@ -183,7 +156,7 @@ def test_no_figure_text_overlaps_another(drawn: list[Figure]) -> None:
     report, usage = _renamed(LONG)
     report_page(report, usage)
     for fig in drawn:
-        boxes = [(t.get_text(), _box(t, fig)) for t in _texts(fig)]
+        boxes = [(t.get_text(), _box(t, fig)) for t in texts(fig)]
         for i, (a, box_a) in enumerate(boxes):
             for b, box_b in boxes[i + 1 :]:
                 assert not _overlap(box_a, box_b), (a, b)

@@ -7,18 +7,17 @@ encoded PNG or SVG has.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
 from matplotlib.figure import Figure
-from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
 import apportion.sim.figures as sim_figures
 from apportion.sim.figures import bench_figure, cost_frontier_figure, frontier_figure
+from figure_helpers import box, capture_figures, texts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,36 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
     """Every figure :mod:`apportion.sim.figures` encodes, in order."""
-    figures: list[Figure] = []
-    encode = sim_figures.encode_figure
-
-    def capture(fig: Figure, fmt: Any) -> bytes:
-        figures.append(fig)
-        return encode(fig, fmt)
-
-    monkeypatch.setattr(sim_figures, "encode_figure", capture)
-    return figures
-
-
-def texts(fig: Figure) -> Iterator[Text]:
-    """The texts drawn on ``fig`` (tick labels outside the view are not drawn)."""
-    fig.canvas.draw()
-    hidden: set[int] = set()
-    for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            low, high = sorted(axis.get_view_interval())
-            span = (high - low) * 1e-9
-            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
-                if not low - span <= tick.get_loc() <= high + span:
-                    hidden.update((id(tick.label1), id(tick.label2)))
-    for text in fig.findobj(Text):
-        assert isinstance(text, Text)
-        if text.get_visible() and text.get_text() and id(text) not in hidden:
-            yield text
-
-
-def box(artist: Any, fig: Figure) -> Bbox:
-    return artist.get_window_extent(fig.canvas.get_renderer())  # type: ignore[no-any-return]
+    return capture_figures(monkeypatch, sim_figures)
 
 
 def overlap(a: Bbox, b: Bbox) -> bool:
