@@ -43,14 +43,13 @@ async def run(client: AsyncOpenAI) -> int:
     controller = Controller(PIPELINE, policy="elastic")
     with controller.request(CEILING) as req:  # apportion
         budget = run_config(client)  # apportion
-        streaming = run_config(client, use_responses=False)  # apportion: streamed runs
         kind = await Runner.run(triage, TICKET, run_config=budget)
         analysis = await Runner.run(
             reasoner,
             [*thread(), {"role": "user", "content": str(kind.final_output)}],
             run_config=budget,
         )
-        listed = Runner.run_streamed(formatter, str(analysis.final_output), run_config=streaming)
+        listed = Runner.run_streamed(formatter, str(analysis.final_output), run_config=budget)
         async for _ in listed.stream_events():
             pass
         print("\nanswer:\n" + str(listed.final_output) + "\n")

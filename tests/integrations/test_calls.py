@@ -14,7 +14,7 @@ from apportion.integrations.chat import (
     ChatCall,
     is_reasoning_model,
 )
-from apportion.integrations.streams import StreamTally
+from apportion.integrations.streams import ChatTally
 from apportion.tokens.counting import counter_for
 
 QUESTION = [{"role": "user", "content": "hi"}]
@@ -123,7 +123,7 @@ def test_bad_arguments_are_refused_before_anything_is_reserved():
 
 
 def test_stream_tally_counts_text_and_keeps_back_only_its_own_usage_chunk():
-    tally = StreamTally(counter_for("gpt-4o-mini"), hide_usage=True)
+    tally = ChatTally(counter_for("gpt-4o-mini"), hide_usage=True)
     text = NS(choices=[NS(index=0, delta=NS(content="hello world", role=None))], usage=None)
     final = NS(choices=[NS(index=0, delta=NS(content=None, role=None), finish_reason="stop")])
     usage = NS(choices=[], usage=NS(prompt_tokens=5, completion_tokens=2))
@@ -137,7 +137,7 @@ def test_stream_tally_counts_text_and_keeps_back_only_its_own_usage_chunk():
 
 
 def test_stream_tally_joins_a_continuation_into_one_stream():
-    tally = StreamTally(counter_for("gpt-4o-mini"))  # the caller asked for usage itself
+    tally = ChatTally(counter_for("gpt-4o-mini"))  # the caller asked for usage itself
 
     def chunk(id_: str, content: str | None, reason: str | None = None, role: str | None = None):
         delta = NS(content=content, role=role, tool_calls=None)
@@ -163,7 +163,7 @@ def test_stream_tally_joins_a_continuation_into_one_stream():
 
 
 def test_stream_tally_counts_a_reported_zero_beside_text():
-    tally = StreamTally(counter_for("gpt-4o-mini"))
+    tally = ChatTally(counter_for("gpt-4o-mini"))
     delta = NS(content="hello world", role=None)
     tally.add(NS(choices=[NS(index=0, delta=delta)], usage=NS(completion_tokens=0)))
     assert tally.settle(4) == (4, 2, True)

@@ -25,6 +25,7 @@ from apportion import AsyncController, InvalidArgument, UnsupportedCall
 from apportion.integrations import CONTINUE_PROMPT
 from apportion.integrations.openai import BudgetedOpenAI, BudgetedRawResponse
 from apportion.testing.openai_server import Reply
+from apportion.tokens import counter_for
 
 QUESTION = [{"role": "user", "content": "Count for me, please."}]
 MODEL = "gpt-4o-mini"
@@ -34,6 +35,11 @@ CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 def caps(server: Any) -> list[dict[str, int]]:
     """The cap parameters of every request the server saw."""
     return [{k: r[k] for k in CAPS if k in r} for r in server.requests]
+
+
+def count(text: str) -> int:
+    """``text``'s tokens by apportion's counter of :data:`MODEL` (what it counts a stream by)."""
+    return int(counter_for(MODEL).count_text(text))
 
 
 def billed(server: Any) -> int:
@@ -217,8 +223,6 @@ def test_methods_it_cannot_budget_are_refused_and_nothing_is_sent(server, store)
             with pytest.raises(UnsupportedCall) as caught:
                 make()
             assert caught.value.method == method, method
-        with pytest.raises(UnsupportedCall, match="responses stream"):
-            chat.responses.create(model=MODEL, input="hi", stream=True)
         assert server.requests == [] and req.summary().reserved == 0
         # what makes no model call is the client's own
         assert chat.models is client.models and chat.base_url == client.base_url
@@ -286,6 +290,117 @@ def test_a_cut_response_the_budget_cannot_extend_is_settled_truncated(server, st
         assert response.apportion.truncated and response.apportion.finish_reason == "length"
         assert req.summary().agents["reasoner"].truncated_calls == 1
         assert settled(req, "reasoner") == billed(server)
+
+
+# ------------------------------------------------------- streamed Responses answers
+
+
+def read_as_one(events: list[Any]) -> tuple[str, Any]:
+    """The streamed text and the terminal event, checking the events read as one answer."""
+    numbers = [e.sequence_number for e in events]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    kinds = [e.type for e in events]
+    assert kinds.count("response.created") == 1 and kinds.count("response.output_item.added") == 1
+    assert kinds[-1] in ("response.completed", "response.incomplete")
+    assert sum(k in ("response.completed", "response.incomplete") for k in kinds) == 1
+    assert len({e.item_id for e in events if hasattr(e, "item_id")}) == 1
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    done = [e for e in events if e.type == "response.output_text.done"]
+    assert [e.text for e in done] == [text]
+    return text, events[-1]
+
+
+def test_a_streamed_response_is_capped_extended_and_read_as_one_stream(server, store):
+    answer = words(50)
+    server.queue(Reply(answer))
+    ctl = controller(store, FixedPolicy(output=20, extra=20))
+    with ctl.request(ceiling=5_000) as req:
+        chat = req.openai(openai_client(server), agent="reasoner")
+        stream = chat.responses.create(
+            model=MODEL, instructions="You count.", input="Count to fifty.", stream=True
+        )
+        text, last = read_as_one(list(stream))
+        assert text == answer == last.response.output_text
+        assert last.type == "response.completed" and last.response.id == "resp_3"
+        assert caps(server) == [{"max_output_tokens": 20}] * 3
+        assert [r.get("previous_response_id") for r in server.requests] == [
+            None,
+            "resp_1",
+            "resp_2",
+        ]
+        assert "stream_options" not in server.requests[0]  # usage comes in the last event
+        report = stream.report
+        assert (report.calls, report.extensions, report.truncated) == (3, 2, False)
+        assert not report.usage_estimated
+        assert last.response.usage.output_tokens == 50 == report.output_tokens
+        assert last.response.usage.input_tokens == sum(p for p, _ in server.billed)
+        assert settled(req, "reasoner") == billed(server)
+
+
+def test_a_streamed_response_without_usage_is_counted_and_flagged(server, store):
+    server.queue(Reply(words(30), usage=False))
+    ctl = controller(store, FixedPolicy(output=20, extra=20))
+    with ctl.request(ceiling=5_000) as req:
+        chat = req.openai(openai_client(server), agent="reasoner")
+        stream = chat.responses.create(model=MODEL, input="Count.", stream=True)
+        text, _ = read_as_one(list(stream))
+        assert text == words(30)
+        assert stream.report.usage_estimated and stream.report.output_tokens > 0
+        assert settled(req, "reasoner") >= stream.report.output_tokens
+
+
+def test_a_streamed_response_the_budget_cannot_extend_ends_incomplete(server, store):
+    server.queue(Reply(words(30)))
+    ctl = controller(store, FixedPolicy(output=10))  # extends by nothing
+    with ctl.request(ceiling=5_000) as req:
+        chat = req.openai(openai_client(server), agent="reasoner")
+        stream = chat.responses.create(model=MODEL, input="Count.", stream=True)
+        text, last = read_as_one(list(stream))
+        assert text == words(10) and last.type == "response.incomplete"
+        assert stream.report.truncated and stream.report.finish_reason == "length"
+        assert settled(req, "reasoner") == billed(server)
+
+
+def test_a_streamed_response_failing_midway_settles_what_arrived(server, store):
+    server.queue(Reply(words(50), fail_after=5), Reply(words(50)))
+    server.fail_at(3)  # the second answer's continuation
+    ctl = controller(store, FixedPolicy(output=20, extra=20))
+    with ctl.request(ceiling=5_000) as req:
+        chat = req.openai(openai_client(server), agent="reasoner")
+        stream = chat.responses.create(model=MODEL, input="Count.", stream=True)
+        with pytest.raises(openai.APIError):
+            list(stream)
+        report = stream.report
+        assert report.truncated and report.usage_estimated  # no usage: counted here
+        assert report.output_tokens == stream.output_tokens == count(words(5))
+        stream = chat.responses.create(model=MODEL, input="Count.", stream=True)
+        with pytest.raises(openai.InternalServerError):
+            list(stream)
+        assert (stream.report.calls, stream.report.output_tokens) == (1, 20)
+        assert stream.report.truncated and req.summary().reserved == 0
+        first = report.input_tokens + report.output_tokens
+        assert settled(req, "reasoner") == first + billed(server) - sum(server.billed[0])
+
+
+def test_an_async_streamed_response_through_the_streaming_response_view(server, store):
+    server.queue(Reply(words(30)))
+    ctl = controller(store, FixedPolicy(output=20, extra=20))
+
+    async def main() -> tuple[str, Any, int]:
+        with ctl.request(ceiling=5_000) as req:
+            chat = req.openai(async_openai_client(server), agent="reasoner")
+            view = chat.responses.with_streaming_response.create(
+                model=MODEL, input="Count.", stream=True
+            )
+            async with view as raw:
+                stream = await raw.parse()
+                events = [event async for event in stream]
+            return *read_as_one(events), settled(req, "reasoner")
+
+    text, last, consumed = asyncio.run(main())
+    assert text == words(30) and last.response.output_text == words(30)
+    assert caps(server) == [{"max_output_tokens": 20}] * 2
+    assert consumed == billed(server)
 
 
 # ------------------------------------------------------------ provider errors mid-call

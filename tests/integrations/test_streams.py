@@ -326,9 +326,9 @@ def test_an_estimated_stream_is_flagged_in_the_sql_telemetry(server, tmp_path):
 def test_a_streamed_tool_call_cut_at_its_cap_is_not_continued():
     from types import SimpleNamespace as NS
 
-    from apportion.integrations.streams import StreamTally
+    from apportion.integrations.streams import ChatTally
 
-    tally = StreamTally(counter_for(MODEL))
+    tally = ChatTally(counter_for(MODEL))
     call = NS(function=NS(name="lookup", arguments='{"id": 4'))
     delta = NS(content=None, role=None, tool_calls=[call])
     tally.add(NS(choices=[NS(index=0, delta=delta, finish_reason="length")], usage=None))

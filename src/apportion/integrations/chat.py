@@ -73,9 +73,10 @@ Bad input and failures:
 
 Streaming (``stream=True``, :mod:`apportion.integrations.streams`): the grant is begun,
 the messages fitted and the call made before the stream is returned (so refusals and HTTP
-errors raise at the call site). Every call asks the provider for its usage
+errors raise at the call site). Every chat call asks the provider for its usage
 (``stream_options={"include_usage": True}`` is added when the caller did not ask for it,
-and the usage-only chunk is then kept from the caller). The returned stream yields the
+and the usage-only chunk is then kept from the caller); a streamed Responses answer
+carries its usage in its terminal event. The returned stream yields the
 client's chunks while counting their text (``output_tokens`` so far), and settles when it
 ends, with the provider's usage if it sent one, else the counted text (and the prompt as
 counted), marked ``usage_estimated`` (so is a completion reported as 0 beside streamed
@@ -87,7 +88,10 @@ first call's ``finish_reason`` is held back and dropped (passed without its reas
 also carries text), the continuation's opening role chunk is dropped, its chunks take the
 first call's ``id``, and only the last call's ``finish_reason`` reaches the caller, at the
 end. When the caller asked for usage itself, one usage chunk comes last, summing every
-call. ``stream.report`` then counts the calls and extensions as for a plain call; the
+call. A streamed Responses answer reads as one message the same way (its opening and
+``done`` events are merged, the terminal event comes last, with the whole text and the
+summed usage: see :class:`~apportion.integrations.streams.ResponsesTally`).
+``stream.report`` then counts the calls and extensions as for a plain call; the
 grant is finished once, with the usage of every call. ``max_extensions=0`` keeps a cut
 stream cut (``finish_reason == "length"``, settled as truncated).
 
@@ -105,7 +109,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from apportion.errors import ApportionError, BudgetExceeded, InvalidArgument, UnsupportedCall
+from apportion.errors import ApportionError, BudgetExceeded, InvalidArgument
 from apportion.integrations.protocols import (
     CHAT,
     CONTINUE_PROMPT,
@@ -280,10 +284,6 @@ class ChatCall:
         if type(n) is not int or not 1 <= n <= 128:
             raise InvalidArgument("n", n, "a number of choices from 1 to 128")
         self.stream = bool(params.get("stream"))
-        if self.stream and protocol is not CHAT:
-            raise UnsupportedCall(
-                f"{protocol.name} stream", "a streamed Responses call is not budgeted yet"
-            )
         self.n = n
         self.agent = agent
         self.model = model

@@ -17,7 +17,7 @@ from typing import Any
 
 from apportion.errors import ApportionError, InvalidArgument
 from apportion.integrations.chat import ChatCall, Op
-from apportion.integrations.streams import StreamTally, stream_steps
+from apportion.integrations.streams import stream_steps, tally_for
 from apportion.ledger import Grant
 
 
@@ -150,7 +150,7 @@ class BudgetedStream:
     def __init__(self, call: ChatCall, req: Any, send: Callable[..., Any]) -> None:
         _check_sync(req)
         call.routes = _routes(req, call)
-        self._tally = StreamTally(call.counter)
+        self._tally = tally_for(call)
         self._steps = stream_steps(call, self._tally)
         self._req = req
         self._send = send
@@ -210,7 +210,7 @@ class AsyncBudgetedStream:
 
     def __init__(self, call: ChatCall, req: Any, send: Callable[..., Awaitable[Any]]) -> None:
         call.routes = _routes(req, call)
-        self._tally = StreamTally(call.counter)
+        self._tally = tally_for(call)
         self._steps = stream_steps(call, self._tally)
         self._req = req
         self._send = send

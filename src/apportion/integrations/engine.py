@@ -26,7 +26,7 @@ framework wraps its own call in a function of those keywords.
 
 ``send`` returns the provider's response (an object with ``choices`` and ``usage`` for
 chat completions; with ``output``, ``status`` and ``usage`` for the Responses API), or a
-stream of chunks when ``stream=True`` is passed (chat completions), which comes back as a
+stream of chunks (or Responses events) when ``stream=True`` is passed, which comes back as a
 :class:`~apportion.integrations.drivers.BudgetedStream`.
 
 An error raised by ``send`` (the provider's HTTP error, a timeout, a cancellation) releases

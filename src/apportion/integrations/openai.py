@@ -17,7 +17,7 @@ The budgeted client is what a framework can hold in place of the SDK's client:
   when cut, settled. The caller's cap parameter (``max_tokens``, ``max_completion_tokens``,
   ``max_output_tokens``) is the most output wanted and is sent under its own name, capped
   at the grant. ``openai.omit`` / ``openai.NOT_GIVEN`` are treated as absent. Chat
-  completions may stream (``stream=True``: a
+  completions and Responses may stream (``stream=True``: a
   :class:`~apportion.integrations.drivers.BudgetedStream`). A structured answer (``parse``,
   ``response_format``, a JSON ``text.format``) is never continued; when ``parse`` cannot
   read an answer (``openai.LengthFinishReasonError`` for one cut at its cap), the grant is
@@ -38,8 +38,8 @@ The budgeted client is what a framework can hold in place of the SDK's client:
   :class:`~apportion.errors.UnsupportedCall` naming it, and nothing is sent:
   ``completions`` (legacy), ``images``, ``audio``, ``realtime``, ``batches``, ``evals``
   and every resource not known to be free of generation; ``chat.completions.stream`` and
-  ``beta.chat.completions.stream`` (use ``create(stream=True)``); ``responses.stream``,
-  ``responses.create(stream=True)``, ``responses.compact`` and ``responses.connect``; the
+  ``beta.chat.completions.stream`` and ``responses.stream`` (use
+  ``create(stream=True)``); ``responses.compact`` and ``responses.connect``; the
   low-level ``post`` and ``request``. Every other attribute is the client's own
   (``models``, ``embeddings``, ``files``, ``base_url``, ``_client`` ...).
 
@@ -87,7 +87,7 @@ _REFUSED: Mapping[Path, Mapping[str, str]] = {
     ("chat", "completions"): {"stream": _STREAM},
     ("beta", "chat", "completions"): {"stream": _STREAM},
     ("responses",): {
-        "stream": "a streamed Responses call is not budgeted yet",
+        "stream": _STREAM,
         "compact": "compaction generates tokens apportion does not cap",
         "connect": "a realtime connection is not budgeted",
     },

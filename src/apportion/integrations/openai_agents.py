@@ -25,10 +25,10 @@ grant. A cut answer is extended. The SDK refuses a Responses answer left
 (no budget left, ``max_extensions`` reached) the answer is handed to the SDK as completed
 (``response.apportion.truncated`` stays ``True``).
 
-**Streaming** (``Runner.run_streamed``) works with the Chat Completions model
-(``run_config(client, use_responses=False)``; usage is asked for with
-``stream_options``). A streamed Responses call is not budgeted yet: it raises
-:class:`~apportion.errors.UnsupportedCall` and nothing is sent.
+**Streaming** (``Runner.run_streamed``) works with both models: a cut streamed answer is
+extended and read as one stream (the Responses model's events as one message; the Chat
+Completions model asks for usage with ``stream_options``), and a streamed Responses answer
+the budget cannot extend ends on ``response.completed`` as above.
 """
 
 from __future__ import annotations
@@ -176,6 +176,30 @@ class _Completing:
 
 
 class _CompletingResponses:
+    """``responses`` of :class:`_Completing`: ``create`` (streamed or not), its streaming view."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_inner":
+            raise AttributeError(name)
+        value = getattr(self._inner, name)
+        if name == "with_streaming_response":
+            return _CompletingView(value)
+        if name != "create":
+            return value
+
+        async def create(**kwargs: Any) -> Any:
+            result = await value(**kwargs)
+            return _CompletingStream(result) if kwargs.get("stream") else _completed(result)
+
+        return create
+
+
+class _CompletingView:
+    """``responses.with_streaming_response`` (the SDK's streamed path), completing."""
+
     def __init__(self, inner: Any) -> None:
         self._inner = inner
 
@@ -185,11 +209,66 @@ class _CompletingResponses:
         value = getattr(self._inner, name)
         if name != "create":
             return value
+        return lambda **kwargs: _CompletingContext(value(**kwargs))
 
-        async def create(**kwargs: Any) -> Any:
-            return _completed(await value(**kwargs))
 
-        return create
+class _CompletingContext:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def __aenter__(self) -> _CompletingRaw:
+        return _CompletingRaw(await self._inner.__aenter__())
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._inner.__aexit__(*exc)
+
+
+class _CompletingRaw:
+    """The raw response of a streamed call: ``parse()`` gives the completing stream."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_inner":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    async def parse(self, **kwargs: Any) -> Any:
+        result = await self._inner.parse(**kwargs)
+        return _CompletingStream(result) if not kwargs else result
+
+
+class _CompletingStream:
+    """A budgeted Responses stream whose cut answer, not extended, reads as completed.
+
+    Its terminal ``response.incomplete`` (cut at the cap) becomes ``response.completed``;
+    everything else is the stream's own.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_inner":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def __aiter__(self) -> _CompletingStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        event = await self._inner.__anext__()
+        if getattr(event, "type", None) != "response.incomplete":
+            return event
+        response = _completed(event.response)
+        if response.status != "completed":
+            return event
+        from openai.types.responses import ResponseCompletedEvent
+
+        return ResponseCompletedEvent.model_construct(
+            type="response.completed", response=response, sequence_number=event.sequence_number
+        )
 
 
 def _completed(response: Any) -> Any:

@@ -25,9 +25,8 @@
 A cut answer is extended. ``ModelSettings(max_retries=...)`` makes Pydantic AI call
 ``client.with_options(http_client=client._client, ...)``: the copy stays budgeted.
 
-**Streaming** (``agent.run_stream``) works with the chat model (usage is asked for). A
-streamed Responses call is not budgeted yet: it raises
-:class:`~apportion.errors.UnsupportedCall` and nothing is sent.
+**Streaming** (``agent.run_stream``) works with both models (with the chat model, usage is
+asked for; a Responses stream carries it in its last event).
 """
 
 from __future__ import annotations
@@ -93,8 +92,7 @@ def budgeted_model(
         model_name: the model (``"gpt-4o-mini"``).
         client: the ``openai.AsyncOpenAI`` client.
         req: the request to budget in; ``None``: the current request at each call.
-        responses: ``True`` for ``OpenAIResponsesModel`` (not streamed), else
-            ``OpenAIChatModel``.
+        responses: ``True`` for ``OpenAIResponsesModel``, else ``OpenAIChatModel``.
         **options: the model's other arguments (``settings``, ``profile`` ...).
 
     Raises:

@@ -36,11 +36,16 @@ What it does, like a real provider:
   body; ``Reply(fail_after=N)`` streams N tokens then sends an error event;
   :meth:`OpenAIServer.fail_at` fails the N-th request whatever it is.
 
-**The Responses API** (``POST /v1/responses``, non-streamed): ``input`` (a text, or items:
+**The Responses API** (``POST /v1/responses``): ``input`` (a text, or items:
 messages, ``function_call`` / ``function_call_output``) and ``instructions`` (billed as a
 leading message) are the prompt; ``max_output_tokens`` cuts the reply, answered with
 ``status: "incomplete"`` and ``incomplete_details: {"reason": "max_output_tokens"}``;
-``usage`` has ``input_tokens`` / ``output_tokens``. Each response gets an id
+``usage`` has ``input_tokens`` / ``output_tokens``. Streamed (``stream: true``), the
+answer comes as the API's typed events (``response.created``, ``response.in_progress``, the
+message's ``output_item.added`` / ``content_part.added``, one ``response.output_text.delta``
+per token, the ``done`` events, then ``response.completed`` or ``response.incomplete``
+carrying the whole response and its usage); ``Reply(fail_after=N)`` sends an error after N
+tokens. Each response gets an id
 (``resp_1`` ...); a request with ``previous_response_id`` is billed that response's whole
 context (its prompt and its output) on top of its own input, and continues a cut reply
 when it names the cut response (a resend of the answer so far continues it too).
@@ -383,10 +388,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, payload)
 
     def _respond(self, body: Mapping[str, Any]) -> None:
-        """Answer ``POST /v1/responses`` (the Responses API, non-streamed)."""
-        if body.get("stream"):
-            self._error(400, "this server does not stream the Responses API", "invalid_request")
-            return
+        """Answer ``POST /v1/responses`` (the Responses API), streamed or not."""
         response_id, prompt = self.owner._context(body)
         reply, tokens, first = self.owner._next(body, "/responses")
         if reply.delay:
@@ -399,9 +401,9 @@ class _Handler(BaseHTTPRequestHandler):
         sent, finish = self.owner._cut(
             reply, tokens, cap if isinstance(cap, int) else None, response_id
         )
+        if first and sent:
+            sent = [sent[0].lstrip(), *sent[1:]]
         text = "".join(sent)
-        if first:
-            text = text.lstrip()
         self.owner._bill(prompt, len(sent))
         chat_usage = _usage(reply, prompt, len(sent))
         self.owner._remember(response_id, prompt + len(sent))
@@ -441,6 +443,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": chat_usage["total_tokens"],
             }
+        if body.get("stream"):
+            self._stream_events(_response_events(payload, sent, reply.fail_after))
+            return
         self._json(200, payload)
 
     # ------------------------------------------------------------------ writing
@@ -465,6 +470,9 @@ class _Handler(BaseHTTPRequestHandler):
         usage: Mapping[str, int] | None,
         fail_after: int | None,
     ) -> None:
+        self._stream_events(_events(model, tokens, finish, n, usage, fail_after))
+
+    def _stream_events(self, events: Iterator[str]) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -472,7 +480,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         try:
-            for event in _events(model, tokens, finish, n, usage, fail_after):
+            for event in events:
                 self.wfile.write(f"data: {event}\n\n".encode())
                 self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
@@ -507,6 +515,48 @@ def _events(
     if usage is not None:
         yield json.dumps({**base, "choices": [], "usage": usage})
     yield "[DONE]"
+
+
+def _response_events(
+    payload: Mapping[str, Any], tokens: list[str], fail_after: int | None
+) -> Iterator[str]:
+    """A streamed Responses answer: its events, ending with the response as a whole."""
+    numbers = iter(range(1 << 30))
+    message = payload["output"][0]
+    item = {"id": message["id"], "output_index": 0}
+    part = {**item, "content_index": 0}
+
+    def event(kind: str, **fields: Any) -> str:
+        return json.dumps({"type": kind, "sequence_number": next(numbers), **fields})
+
+    opening = {**payload, "status": "in_progress", "output": [], "incomplete_details": None}
+    opening.pop("usage", None)
+    yield event("response.created", response=opening)
+    yield event("response.in_progress", response=opening)
+    yield event(
+        "response.output_item.added",
+        output_index=0,
+        item={**message, "status": "in_progress", "content": []},
+    )
+    empty = {"type": "output_text", "text": "", "annotations": []}
+    yield event("response.content_part.added", item_id=message["id"], **part, part=empty)
+    for k, token in enumerate(tokens):
+        if fail_after is not None and k >= fail_after:
+            yield json.dumps(
+                {"error": {"message": "scripted stream error", "type": "server_error"}}
+            )
+            return
+        yield event(
+            "response.output_text.delta", item_id=message["id"], **part, delta=token, logprobs=[]
+        )
+    text = message["content"][0]["text"]
+    yield event("response.output_text.done", item_id=message["id"], **part, text=text, logprobs=[])
+    yield event(
+        "response.content_part.done", item_id=message["id"], **part, part=message["content"][0]
+    )
+    yield event("response.output_item.done", output_index=0, item=message)
+    status = payload["status"]
+    yield event(f"response.{status}", response=payload)
 
 
 def _usage(reply: Reply, prompt: int, completion: int) -> dict[str, int] | None:

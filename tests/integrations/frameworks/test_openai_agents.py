@@ -17,7 +17,7 @@ agents = require("agents")
 from integration_helpers import FixedPolicy, async_openai_client, controller, words  # noqa: E402
 from tool_server import tool_calls  # noqa: E402
 
-from apportion import InvalidArgument, MissingExtra, NoOpenRequest, UnsupportedCall, current_agent  # noqa: E402
+from apportion import InvalidArgument, MissingExtra, NoOpenRequest, current_agent  # noqa: E402
 from apportion.errors import UnsupportedVersion  # noqa: E402
 from apportion.integrations.openai_agents import check_version, run_config  # noqa: E402
 
@@ -127,40 +127,49 @@ def test_a_cut_responses_answer_the_budget_cannot_extend_completes_the_run(serve
     assert server.requests[0]["max_output_tokens"] == 10
 
 
-def test_streamed_runs_with_the_chat_model_are_capped_extended_and_settled(server, store):
+@pytest.mark.parametrize("use_responses", [True, False], ids=["responses", "chat"])
+def test_streamed_runs_are_capped_extended_and_settled(server, store, use_responses):
     server.default = type(server.default)(words(20, "s"))
     ctl = controller(store, FixedPolicy(context=300, output=12, extra=12))
     client = async_openai_client(server)
 
     async def main() -> list[str]:
         with ctl.request(ceiling=3_000) as req:
-            out = await pipeline(run_config(client, use_responses=False), streamed=True)
+            cfg = run_config(client, use_responses=use_responses)
+            out = await pipeline(cfg, streamed=True)
             assert billed(server) <= 3_000
             assert settled(req) == billed(server)
             return out
 
     assert asyncio.run(main()) == [words(20, "s")] * 3
-    assert capped(server)
-    assert all(r["stream_options"] == {"include_usage": True} for r in server.requests)
-    assert len(server.requests[2]["messages"]) < 40
+    assert capped(server) and len(server.requests) == 6  # each answer cut once, extended
+    if use_responses:
+        assert [r.get("previous_response_id") for r in server.requests[:2]] == [None, "resp_1"]
+        assert len(server.requests[2]["input"]) < 40
+    else:
+        assert all(r["stream_options"] == {"include_usage": True} for r in server.requests)
+        assert len(server.requests[2]["messages"]) < 40
 
 
-def test_a_streamed_responses_run_is_refused_and_nothing_is_sent(server, store):
-    ctl = controller(store)
+def test_a_streamed_responses_answer_the_budget_cannot_extend_completes_the_run(server, store):
+    server.queue(words(30, "c"))
+    ctl = controller(store, FixedPolicy(output=10))  # extends by nothing
     client = async_openai_client(server)
 
-    async def main() -> None:
+    async def main() -> tuple[str, list[str]]:
         with ctl.request(ceiling=3_000) as req:
             result = agents.Runner.run_streamed(
-                three_agents()[0], "Hi.", run_config=run_config(client)
+                three_agents()[1], "Go.", run_config=run_config(client)
             )
-            with pytest.raises(UnsupportedCall):
-                async for _ in result.stream_events():
-                    pass
-            assert settled(req) == 0
+            kinds = [
+                e.data.type async for e in result.stream_events() if e.type == "raw_response_event"
+            ]
+            assert consumed(req, "reasoner") == billed(server)
+            return str(result.final_output), kinds
 
-    asyncio.run(main())
-    assert server.requests == []
+    output, kinds = asyncio.run(main())
+    assert output == words(10, "c")  # no ModelBehaviorError: the cut answer
+    assert kinds[-1] == "response.completed" and "response.incomplete" not in kinds
 
 
 def test_handoffs_and_agents_as_tools_charge_each_agent(server, store):

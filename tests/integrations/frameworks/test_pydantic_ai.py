@@ -24,7 +24,7 @@ from pydantic_ai.messages import (  # noqa: E402
 )
 from tool_server import tool_calls  # noqa: E402
 
-from apportion import InvalidArgument, MissingExtra, NoOpenRequest, UnsupportedCall, current_agent  # noqa: E402
+from apportion import InvalidArgument, MissingExtra, NoOpenRequest, current_agent  # noqa: E402
 from apportion.errors import UnsupportedVersion  # noqa: E402
 from apportion.integrations.pydantic_ai import Apportion, budgeted_model, check_version  # noqa: E402
 
@@ -92,8 +92,8 @@ async def pipeline(model: Any, streamed: bool = False, **settings: Any) -> list[
 
 @pytest.mark.parametrize(
     ("responses", "streamed"),
-    [(False, False), (True, False), (False, True)],
-    ids=["chat", "responses", "chat-streamed"],
+    [(False, False), (True, False), (False, True), (True, True)],
+    ids=["chat", "responses", "chat-streamed", "responses-streamed"],
 )
 def test_a_three_agent_pipeline_is_capped_fitted_and_settled(server, store, responses, streamed):
     server.default = type(server.default)(words(12, "a"))
@@ -111,14 +111,14 @@ def test_a_three_agent_pipeline_is_capped_fitted_and_settled(server, store, resp
     assert len(server.requests) == 3 and capped(server)
     key = "input" if responses else "messages"
     assert len(server.requests[1][key]) < 40  # the 40-message history was fitted
-    if streamed:
+    if streamed and not responses:
         assert all(r["stream_options"] == {"include_usage": True} for r in server.requests)
 
 
 @pytest.mark.parametrize(
     ("responses", "streamed"),
-    [(False, False), (True, False), (False, True)],
-    ids=["chat", "responses", "chat-streamed"],
+    [(False, False), (True, False), (False, True), (True, True)],
+    ids=["chat", "responses", "chat-streamed", "responses-streamed"],
 )
 def test_a_cut_answer_is_extended(server, store, responses, streamed):
     text = words(30, "c")
@@ -184,20 +184,6 @@ def test_an_agent_run_inside_a_tool_is_charged_to_itself(server, store):
     asyncio.run(main())
     assert inside == ["reasoner"]
     assert len(server.requests) == 3 and capped(server)
-
-
-def test_a_streamed_responses_run_is_refused_and_nothing_is_sent(server, store):
-    ctl = controller(store)
-    model = budgeted_model(MODEL, async_openai_client(server), responses=True)
-
-    async def main() -> None:
-        with ctl.request(ceiling=3_000) as req:
-            with pytest.raises(UnsupportedCall):
-                await run(three_agents(model)[0], "Hi.", True)
-            assert settled(req) == 0
-
-    asyncio.run(main())
-    assert server.requests == []
 
 
 def test_an_agent_without_the_capability_is_refused_before_anything_is_sent(server, store):
