@@ -29,7 +29,8 @@ from apportion import (
     current_agent,
     current_request,
 )
-from apportion.ambient import resolve_agent, resolve_request
+from apportion.ambient import name_agent, resolve_agent, resolve_request
+from apportion.errors import InvalidArgument
 
 
 def controller(cls: type[Controller] = Controller) -> Controller:
@@ -233,3 +234,22 @@ def test_resolve_agent_for_adapters() -> None:
     with ctl.request(1000) as req, req.agent("triage"):
         assert resolve_agent() == "triage"
         assert resolve_agent("reasoner") == "reasoner"  # one passed explicitly wins
+
+
+def test_name_agent_holds_to_the_end_of_the_task_and_not_beyond() -> None:
+    async def turn(name: str) -> str | None:
+        name_agent(name)  # as a framework hook does before a model call
+        await asyncio.sleep(0)
+        return current_agent()
+
+    async def main() -> tuple[list[str | None], str | None]:
+        seen = await asyncio.gather(turn("triage"), turn("reasoner"))
+        return list(seen), current_agent()
+
+    assert asyncio.run(main()) == (["triage", "reasoner"], None)
+    token = name_agent("formatter")
+    assert current_agent() == "formatter"
+    token.var.reset(token)
+    assert current_agent() is None
+    with pytest.raises(InvalidArgument):
+        name_agent("")

@@ -45,6 +45,7 @@ __all__ = [
     "current_request",
     "enter",
     "leave",
+    "name_agent",
     "resolve_agent",
     "resolve_request",
 ]
@@ -92,6 +93,22 @@ def current_agent(default: str | None = None) -> str | None:
     """The agent named by the enclosing ``with req.agent(name):`` block, else ``default``."""
     agent = _AGENT.get()
     return default if agent is None else agent
+
+
+def name_agent(agent: str) -> contextvars.Token[str | None]:
+    """Make ``agent`` the current agent from here to the end of the current context.
+
+    For a framework hook that runs before each model call but cannot wrap it in a ``with
+    req.agent(name):`` block (the Agents SDK's ``call_model_input_filter``): the name holds
+    in this task (or thread) and the tasks it creates, until it is named again, the task
+    ends, or the returned token is given to ``contextvars.ContextVar.reset``.
+
+    Raises:
+        InvalidArgument: ``agent`` is not a non-empty text.
+    """
+    if not isinstance(agent, str) or not agent:
+        raise InvalidArgument("agent", agent, "an agent name")
+    return _AGENT.set(agent)
 
 
 def resolve_request(req: Any = None, *, outside: str = "raise", what: str = "this call") -> Any:

@@ -38,7 +38,7 @@ import importlib.metadata
 from collections.abc import Callable
 from typing import Any
 
-from apportion.ambient import _AGENT, resolve_request
+from apportion.ambient import name_agent, resolve_request
 from apportion.errors import InvalidArgument, MissingExtra
 from apportion.integrations.openai import budgeted
 from apportion.integrations.versions import within
@@ -107,13 +107,13 @@ def run_config(
 def _namer(then: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
     """A ``call_model_input_filter`` making the executing agent current, then ``then``."""
 
-    def name_agent(data: Any) -> Any:
+    def named(data: Any) -> Any:
         name = getattr(data.agent, "name", None)
         if isinstance(name, str) and name:
-            _AGENT.set(name)
+            name_agent(name)
         return data.model_data if then is None else then(data)
 
-    return name_agent
+    return named
 
 
 class BudgetedProvider:
