@@ -403,6 +403,47 @@ def test_an_async_streamed_response_through_the_streaming_response_view(server, 
     assert consumed == billed(server)
 
 
+# ------------------------------------------------------------------ tool calls
+
+CALL = ("lookup", '{"query": "one two three four five six seven eight nine ten"}')
+
+
+def tool_arguments(result: Any, protocol: str, streamed: bool) -> str:
+    """The arguments of the first tool call the caller got (joined, when streamed)."""
+    if protocol == "chat" and streamed:
+        return "".join(
+            c.choices[0].delta.tool_calls[0].function.arguments or ""
+            for c in result
+            if c.choices and c.choices[0].delta.tool_calls
+        )
+    if protocol == "chat":
+        return str(result.choices[0].message.tool_calls[0].function.arguments)
+    if streamed:
+        kind = "response.function_call_arguments.delta"
+        return "".join(e.delta for e in result if e.type == kind)
+    return str(result.output[0].arguments)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("protocol", ["chat", "responses"])
+def test_a_tool_call_cut_at_its_cap_is_never_continued(server, store, protocol, streamed):
+    server.queue(Reply(tool_calls=(CALL,)))
+    ctl = controller(store, FixedPolicy(output=6, extra=50))  # extending is possible
+    with ctl.request(ceiling=5_000) as req:
+        chat = req.openai(openai_client(server), agent="reasoner")
+        if protocol == "chat":
+            create, asked = chat.chat.completions.create, {"messages": QUESTION}
+        else:
+            create, asked = chat.responses.create, {"input": "Look it up."}
+        cut = create(model=MODEL, stream=streamed, **asked)
+        arguments = tool_arguments(list(cut) if streamed else cut, protocol, streamed)
+        report = cut.report if streamed else cut.apportion
+        assert arguments == CALL[1][: len(arguments)] and len(arguments) < len(CALL[1])
+        assert (report.calls, report.extensions, report.truncated) == (1, 0, True)
+        assert len(server.requests) == 1
+        assert settled(req, "reasoner") == billed(server)
+
+
 # ------------------------------------------------------------ provider errors mid-call
 
 

@@ -376,3 +376,21 @@ def test_glue_that_read_a_stream_without_usage_is_not_settled_as_zero(server, st
         record = req.calls[grant.grant_id]
         assert record.output_used == counter_for(MODEL).count_text(words(40)) > 0
         assert record.notes["usage_estimated"] is True
+
+
+def test_a_stream_dropped_unread_is_released_by_the_close_quietly(server, store, monkeypatch):
+    import gc
+    import sys
+
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    ctl = controller(store)
+    with ctl.request(ceiling=2_000) as req:
+        stream = req.openai(openai_client(server)).chat.completions.create(
+            agent="reasoner", model=MODEL, messages=QUESTION, stream=True
+        )
+        del stream
+        gc.collect()
+        assert req.summary().reserved > 0  # its grant is held until the close
+    assert unraisable == []  # no "generator ignored GeneratorExit"
+    assert req.summary().reserved == 0

@@ -17,7 +17,7 @@ from typing import Any
 
 from apportion.errors import ApportionError, InvalidArgument
 from apportion.integrations.chat import ChatCall, Op
-from apportion.integrations.streams import stream_steps, tally_for
+from apportion.integrations.streams import StreamClosed, stream_steps, tally_for
 from apportion.ledger import Grant
 
 
@@ -176,8 +176,9 @@ class BudgetedStream:
                     yield from self._tally.add(chunk)
             except BaseException as exc:  # an error, or the caller closed the stream early
                 _close(self._stream)
-                _drive(self._steps, self._req, self._send, exc)
-                raise  # pragma: no cover  (the steps re-raise ``exc``)
+                with suppress(StreamClosed):
+                    _drive(self._steps, self._req, self._send, _thrown(exc))
+                raise
             kind, self._stream = _drive(self._steps, self._req, self._send, None)
         yield from self._tally.drain()
 
@@ -247,8 +248,9 @@ class AsyncBudgetedStream:
                         yield passed
             except BaseException as exc:
                 await _aclose(self._stream)
-                await _adrive(self._steps, self._req, self._send, exc)
-                raise  # pragma: no cover  (the steps re-raise ``exc``)
+                with suppress(StreamClosed):
+                    await _adrive(self._steps, self._req, self._send, _thrown(exc))
+                raise
             kind, self._stream = await _adrive(self._steps, self._req, self._send, None)
         for ready in self._tally.drain():
             yield ready
@@ -277,6 +279,15 @@ class AsyncBudgetedStream:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _thrown(exc: BaseException) -> BaseException:
+    """What to throw into the steps for ``exc``: a reader's close is :class:`StreamClosed`.
+
+    (``GeneratorExit`` thrown into the steps would read as the steps themselves being
+    closed unread, which settles nothing.)
+    """
+    return StreamClosed() if isinstance(exc, GeneratorExit) else exc
 
 
 def _renewal_due(req: Any, grant: Grant | None) -> bool:

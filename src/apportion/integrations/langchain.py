@@ -122,13 +122,20 @@ def _as_chat_response(response: Any) -> Any:
     """A ``ModelResponse`` seen as a chat-completions response (what the engine reads)."""
     results = list(getattr(response, "result", None) or ())
     message = results[-1] if results else None
+    calls = [
+        *(getattr(message, "tool_calls", None) or ()),
+        *(getattr(message, "invalid_tool_calls", None) or ()),  # e.g. arguments cut at the cap
+    ]
     tool_calls = [
         SimpleNamespace(
             function=SimpleNamespace(
-                name=call.get("name", ""), arguments=json.dumps(call.get("args", {}))
+                name=call.get("name") or "",
+                arguments=args
+                if isinstance(args := call.get("args", {}), str)
+                else json.dumps(args),
             )
         )
-        for call in (getattr(message, "tool_calls", None) or ())
+        for call in calls
     ]
     usage_metadata = getattr(message, "usage_metadata", None)
     usage = None

@@ -391,6 +391,8 @@ def stream_steps(call: ChatCall, tally: StreamTally) -> Generator[Op, Any, CallR
     first_cap = grant.output_tokens
     try:
         yield Op("model", "stream", (), tally.ask_usage(call.call_params(messages, first_cap)))
+    except GeneratorExit:  # the stream was dropped unread: its grant lapses with its lease
+        raise  # or with the request's close (a stream closed by its reader is StreamClosed)
     except BaseException:
         if not tally.chunks:
             yield from call._release(grant)
@@ -413,6 +415,8 @@ def stream_steps(call: ChatCall, tally: StreamTally) -> Generator[Op, Any, CallR
         tally.next_call()
         try:
             yield Op("model", "stream", (), tally.ask_usage(call.call_params(follow, extra, base)))
+        except GeneratorExit:
+            raise
         except BaseException:
             if tally.chunks:
                 _account(report, tally, resent)
@@ -422,6 +426,10 @@ def stream_steps(call: ChatCall, tally: StreamTally) -> Generator[Op, Any, CallR
     yield from call._finish(grant, report.finish_reason == "length")
     tally.end(report)
     return report
+
+
+class StreamClosed(Exception):
+    """What the drivers throw into :func:`stream_steps` when the reader closes the stream."""
 
 
 def _extend(grant: Grant, cap: int, resent: int) -> Generator[Op, Any, Grant | None]:

@@ -32,6 +32,10 @@ What it does, like a real provider:
   and continuation work as above: a streamed answer is cut at ``max_tokens`` with
   ``finish_reason: "length"``, and a "continue" follow-up streams its rest. A client that
   hangs up mid-stream is let go quietly.
+* **Tool calls.** ``Reply(tool_calls=(("lookup", '{"q": "x"}'),))`` answers with tool
+  calls (streamed as the API streams them, one argument token per chunk); a cap cuts their
+  arguments (``finish_reason: "length"``), else the finish reason is ``"tool_calls"``.
+  Call ids are unique over the process.
 * **Errors.** ``Reply(status=500)`` (or 429, 400 ...) answers with an OpenAI-style error
   body; ``Reply(fail_after=N)`` streams N tokens then sends an error event;
   :meth:`OpenAIServer.fail_at` fails the N-th request whatever it is.
@@ -60,6 +64,7 @@ script runs out, the server answers with ``default`` (a :class:`Reply` or a text
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -115,6 +120,10 @@ class Reply:
         status: an HTTP error status (429, 500 ...) to answer with instead of the text.
         fail_after: when streaming, send this many tokens, then an error event.
         delay: seconds to wait before answering.
+        tool_calls: answer with these tool calls, ``(name, arguments)``, instead of the text:
+            the arguments are the answer's tokens (a cap cuts them, ``finish_reason:
+            "length"``; else ``"tool_calls"``); the Responses API answers with
+            ``function_call`` items.
     """
 
     text: str = "This is a reply from the local test server."
@@ -123,6 +132,7 @@ class Reply:
     status: int = 200
     fail_after: int | None = None
     delay: float = 0.0
+    tool_calls: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -249,6 +259,8 @@ class OpenAIServer:
             ):
                 return pending.reply, pending.rest, False
             reply = self._script.popleft() if self._script else self.default
+            if reply.tool_calls:
+                return reply, [t for _, a in reply.tool_calls for t in split_tokens(a)], True
             return reply, split_tokens(reply.text), True
 
     def _cut(
@@ -353,6 +365,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         cap = body.get("max_completion_tokens", body.get("max_tokens"))
         sent, finish = self.owner._cut(reply, tokens, cap if isinstance(cap, int) else None)
+        calls = _tool_pieces(reply, len(sent))
+        if calls and finish != "length":
+            finish = "tool_calls"
         n = body.get("n") or 1
         prompt = prompt_tokens(body.get("messages") or [])
         self.owner._bill(prompt, len(sent) * n)
@@ -360,17 +375,23 @@ class _Handler(BaseHTTPRequestHandler):
         model = str(body.get("model", "gpt-4o-mini"))
         if body.get("stream"):
             include = bool((body.get("stream_options") or {}).get("include_usage"))
-            if first and sent:
+            if first and sent and not calls:
                 sent = [sent[0].lstrip(), *sent[1:]]
-            self._stream(model, sent, finish, n, usage if include else None, reply.fail_after)
+            events = _events(model, sent, finish, n, usage if include else None, reply.fail_after)
+            self._stream_events(
+                _tool_events(model, calls, finish, usage if include else None) if calls else events
+            )
             return
         text = "".join(sent)
         if first:
             text = text.lstrip()
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message = {"role": "assistant", "content": None, "tool_calls": _chat_calls(calls)}
         choices = [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "finish_reason": finish,
                 "logprobs": None,
             }
@@ -401,7 +422,8 @@ class _Handler(BaseHTTPRequestHandler):
         sent, finish = self.owner._cut(
             reply, tokens, cap if isinstance(cap, int) else None, response_id
         )
-        if first and sent:
+        calls = _tool_pieces(reply, len(sent))
+        if first and sent and not calls:
             sent = [sent[0].lstrip(), *sent[1:]]
         text = "".join(sent)
         self.owner._bill(prompt, len(sent))
@@ -435,6 +457,12 @@ class _Handler(BaseHTTPRequestHandler):
                 }
             ],
         }
+        if calls:
+            status = "incomplete" if cut else "completed"
+            payload["output"] = [
+                {**call, "type": "function_call", "id": f"fc_{call['call_id']}", "status": status}
+                for call in _response_calls(calls)
+            ]
         if chat_usage is not None:
             payload["usage"] = {
                 "input_tokens": chat_usage["prompt_tokens"],
@@ -444,7 +472,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "total_tokens": chat_usage["total_tokens"],
             }
         if body.get("stream"):
-            self._stream_events(_response_events(payload, sent, reply.fail_after))
+            self._stream_events(_response_events(payload, sent, calls, reply.fail_after))
             return
         self._json(200, payload)
 
@@ -518,13 +546,13 @@ def _events(
 
 
 def _response_events(
-    payload: Mapping[str, Any], tokens: list[str], fail_after: int | None
+    payload: Mapping[str, Any],
+    tokens: list[str],
+    calls: list[tuple[int, str, str]],
+    fail_after: int | None,
 ) -> Iterator[str]:
     """A streamed Responses answer: its events, ending with the response as a whole."""
     numbers = iter(range(1 << 30))
-    message = payload["output"][0]
-    item = {"id": message["id"], "output_index": 0}
-    part = {**item, "content_index": 0}
 
     def event(kind: str, **fields: Any) -> str:
         return json.dumps({"type": kind, "sequence_number": next(numbers), **fields})
@@ -533,30 +561,118 @@ def _response_events(
     opening.pop("usage", None)
     yield event("response.created", response=opening)
     yield event("response.in_progress", response=opening)
+    if calls:
+        for index, item in enumerate(payload["output"]):
+            added = {**item, "arguments": "", "status": "in_progress"}
+            yield event("response.output_item.added", output_index=index, item=added)
+        for number, _, piece in calls:
+            index = number - calls[0][0]
+            item_id = payload["output"][index]["id"]
+            kind = "response.function_call_arguments.delta"
+            yield event(kind, item_id=item_id, output_index=index, delta=piece)
+        for index, item in enumerate(payload["output"]):
+            fields = {"item_id": item["id"], "output_index": index, "name": item["name"]}
+            yield event(
+                "response.function_call_arguments.done", **fields, arguments=item["arguments"]
+            )
+            yield event("response.output_item.done", output_index=index, item=item)
+        yield event(f"response.{payload['status']}", response=payload)
+        return
+    message = payload["output"][0]
+    part = {"item_id": message["id"], "output_index": 0, "content_index": 0}
     yield event(
         "response.output_item.added",
         output_index=0,
         item={**message, "status": "in_progress", "content": []},
     )
     empty = {"type": "output_text", "text": "", "annotations": []}
-    yield event("response.content_part.added", item_id=message["id"], **part, part=empty)
+    yield event("response.content_part.added", **part, part=empty)
     for k, token in enumerate(tokens):
         if fail_after is not None and k >= fail_after:
             yield json.dumps(
                 {"error": {"message": "scripted stream error", "type": "server_error"}}
             )
             return
-        yield event(
-            "response.output_text.delta", item_id=message["id"], **part, delta=token, logprobs=[]
-        )
+        yield event("response.output_text.delta", **part, delta=token, logprobs=[])
     text = message["content"][0]["text"]
-    yield event("response.output_text.done", item_id=message["id"], **part, text=text, logprobs=[])
-    yield event(
-        "response.content_part.done", item_id=message["id"], **part, part=message["content"][0]
-    )
+    yield event("response.output_text.done", **part, text=text, logprobs=[])
+    yield event("response.content_part.done", **part, part=message["content"][0])
     yield event("response.output_item.done", output_index=0, item=message)
-    status = payload["status"]
-    yield event(f"response.{status}", response=payload)
+    yield event(f"response.{payload['status']}", response=payload)
+
+
+def _tool_pieces(reply: Reply, sent: int) -> list[tuple[int, str, str]]:
+    """The first ``sent`` tokens of a tool-call reply: ``(call number, name, token)``.
+
+    Call numbers are unique over the server's life (frameworks refuse a reused call id).
+    """
+    if not reply.tool_calls:
+        return []
+    with _CALLS_LOCK:
+        first = next(_CALL_NUMBERS)
+        for _ in reply.tool_calls[1:]:
+            next(_CALL_NUMBERS)
+    pieces = [
+        (first + i, name, token)
+        for i, (name, arguments) in enumerate(reply.tool_calls)
+        for token in split_tokens(arguments)
+    ]
+    return pieces[:sent] if sent else [(first, reply.tool_calls[0][0], "")]
+
+
+_CALL_NUMBERS = itertools.count()
+_CALLS_LOCK = threading.Lock()
+
+
+def _joined(pieces: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+    """Each call's ``(index, name, arguments so far)``."""
+    calls: dict[int, tuple[str, str]] = {}
+    for i, name, token in pieces:
+        calls[i] = (name, calls.get(i, (name, ""))[1] + token)
+    return [(i, name, arguments) for i, (name, arguments) in sorted(calls.items())]
+
+
+def _chat_calls(pieces: list[tuple[int, str, str]]) -> list[dict[str, Any]]:
+    return [
+        {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": args}}
+        for i, name, args in _joined(pieces)
+    ]
+
+
+def _response_calls(pieces: list[tuple[int, str, str]]) -> list[dict[str, Any]]:
+    return [
+        {"call_id": f"call_{i}", "name": name, "arguments": args}
+        for i, name, args in _joined(pieces)
+    ]
+
+
+def _tool_events(
+    model: str,
+    pieces: list[tuple[int, str, str]],
+    finish: str,
+    usage: Mapping[str, int] | None,
+) -> Iterator[str]:
+    """A streamed chat answer of tool calls: the first chunk of a call names it."""
+    base = {"id": "chatcmpl-local", "object": "chat.completion.chunk", "created": 0, "model": model}
+
+    def chunk(delta: Mapping[str, Any], reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
+        return json.dumps({**base, "choices": [choice]})
+
+    yield chunk({"role": "assistant", "content": None})
+    named: set[int] = set()
+    first = pieces[0][0]
+    for i, name, token in pieces:
+        call: dict[str, Any] = {"index": i - first, "function": {"arguments": token}}
+        if i not in named:
+            named.add(i)
+            call = {**call, "id": f"call_{i}", "type": "function"}
+            call["function"] = {"name": name, "arguments": token}
+        yield chunk({"tool_calls": [call]})
+    yield chunk({}, finish)
+    if usage is not None:
+        yield json.dumps({**base, "choices": [], "usage": usage})
+    yield "[DONE]"
 
 
 def _usage(reply: Reply, prompt: int, completion: int) -> dict[str, int] | None:

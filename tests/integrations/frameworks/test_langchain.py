@@ -152,17 +152,19 @@ def test_tools_are_counted(server, store):
 
 
 class ToolFake(GenericFakeChatModel):
-    """A scripted chat model that takes tools (the local server cannot script tool calls)."""
+    """A scripted chat model that takes tools, for answers the local server does not send."""
 
     def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
         return self
 
 
-def test_an_answer_with_tool_calls_is_never_continued(store):
-    calls = [{"name": "lookup", "args": {"q": "x"}, "id": "call_1", "type": "tool_call"}]
-    cut = AIMessage(
-        content="partial", tool_calls=calls, response_metadata={"finish_reason": "length"}
-    )
+@pytest.mark.parametrize("valid", [True, False], ids=["tool_calls", "invalid_tool_calls"])
+def test_an_answer_with_tool_calls_is_never_continued(store, valid):
+    call = {"name": "lookup", "id": "call_1"}
+    calls = {"tool_calls": [{**call, "args": {"q": "x"}, "type": "tool_call"}]}
+    if not valid:  # arguments cut at the cap: LangChain cannot parse them
+        calls = {"invalid_tool_calls": [{**call, "args": '{"q": "x', "error": None}]}
+    cut = AIMessage(content="partial", response_metadata={"finish_reason": "length"}, **calls)
     model = ToolFake(messages=iter([cut, AIMessage("done")]))
 
     @tool
@@ -179,10 +181,50 @@ def test_an_answer_with_tool_calls_is_never_continued(store):
     ctl = controller(store, FixedPolicy(output=8, extra=8))
     with ctl.request(ceiling=2_000) as req:
         out = graph.invoke({"messages": [HumanMessage("find x")]})
-    assert out["messages"][-1].content == "done"
     records = list(req.calls.values())
-    assert len(records) == 2 and all(r.extensions == 0 for r in records)
-    assert records[0].truncated
+    assert all(r.extensions == 0 for r in records) and records[0].truncated
+    if valid:  # the tool ran, then the model answered
+        assert out["messages"][-1].content == "done" and len(records) == 2
+    else:  # nothing to run: the cut answer is the last, as it was
+        assert out["messages"][-1].content == "partial" and len(records) == 1
+
+
+def test_a_real_tool_call_cut_at_its_cap_is_never_continued(server, store):
+    arguments = '{"q": "one two three four five six seven eight nine ten"}'
+    server.queue(Reply(tool_calls=(("lookup", arguments),)))
+
+    @tool
+    def lookup(q: str) -> str:
+        """Look something up."""
+        return "found"
+
+    ctl = controller(store, FixedPolicy(output=6, extra=50))  # extending is possible
+    with ctl.request(ceiling=2_000) as req:
+        out = agent(server, name="triage", tools=[lookup]).invoke({"messages": [HumanMessage("x")]})
+        assert settled(req, "triage") == billed(server)
+    assert len(server.requests) == 1  # cut, and not continued
+    assert out["messages"][-1].invalid_tool_calls
+    (record,) = req.calls.values()
+    assert record.truncated and record.extensions == 0
+
+
+def test_a_real_tool_call_runs_the_tool_and_every_call_is_settled(server, store):
+    server.queue(Reply(tool_calls=(("lookup", '{"q": "x"}'),)), Reply("It was found."))
+    seen: list[str] = []
+
+    @tool
+    def lookup(q: str) -> str:
+        """Look something up."""
+        seen.append(q)
+        return "found"
+
+    ctl = controller(store, FixedPolicy(output=40))
+    with ctl.request(ceiling=2_000) as req:
+        out = agent(server, name="triage", tools=[lookup]).invoke({"messages": [HumanMessage("x")]})
+        assert settled(req, "triage") == billed(server)
+    assert seen == ["x"] and out["messages"][-1].content == "It was found."
+    assert server.requests[1]["messages"][-1]["role"] == "tool"
+    assert all(r["max_completion_tokens"] == 40 for r in server.requests)
 
 
 def test_the_agent_comes_from_the_middleware_or_the_current_agent(server, store):

@@ -22,11 +22,11 @@ from pydantic_ai.messages import (  # noqa: E402
     TextPart,
     UserPromptPart,
 )
-from tool_server import tool_calls  # noqa: E402
 
 from apportion import InvalidArgument, MissingExtra, NoOpenRequest, current_agent  # noqa: E402
 from apportion.errors import UnsupportedVersion  # noqa: E402
 from apportion.integrations.pydantic_ai import Apportion, budgeted_model, check_version  # noqa: E402
+from apportion.testing.openai_server import Reply  # noqa: E402
 
 CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 MODEL = "gpt-4o-mini"
@@ -162,7 +162,7 @@ def test_max_retries_copies_the_client_and_it_stays_budgeted(server, store):
 
 
 def test_an_agent_run_inside_a_tool_is_charged_to_itself(server, store):
-    tool_calls(server, [("delegate", '{"text": "x y"}')])
+    server.queue(Reply(tool_calls=(("delegate", '{"text": "x y"}'),)))
     ctl = controller(store)
     model = budgeted_model(MODEL, async_openai_client(server))
     formatter = Agent(model, name="formatter", capabilities=[Apportion()])
