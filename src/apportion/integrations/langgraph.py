@@ -25,8 +25,11 @@ The request is ``budgeted(..., req=...)``, else the current request, else the ru
 ``configurable["apportion_request"]``.
 
 A streamed call runs the engine in a helper thread (sync) or task (async) and yields the
-inner model's chunks as they come, follow-up calls included; a caller that stops reading
-early lets that call run to its end (it is still settled).
+inner model's chunks as they come, follow-up calls included. A caller that stops reading
+early stops the model call at its next chunk, and no follow-up is sent; the grant is settled
+with what arrived (counted, marked estimated: the provider's usage comes at the end). An
+async stream LangChain leaves unclosed is stopped when its event loop cancels the call's
+task, which settles what arrived before the cancellation goes on.
 """
 
 from __future__ import annotations
@@ -228,13 +231,22 @@ def _class() -> type:
                     yield lc.outputs.ChatGenerationChunk(message=chunk)
                 return
             chunks: queue.Queue[Any] = queue.Queue()
+            stopped = threading.Event()  # the reader stopped: stop the model call too
 
             def send(*, model: str, messages: list[Any], **sent: Any) -> Any:
+                if stopped.is_set():  # a continuation after the reader stopped: not sent
+                    raise _ReaderStopped
                 fitted, params = p.args(messages, sent)
                 whole = None
-                for chunk in p.inner.stream(fitted, stop=stop, config={"callbacks": []}, **params):
-                    chunks.put(chunk)
-                    whole = chunk if whole is None else whole + chunk
+                stream = p.inner.stream(fitted, stop=stop, config={"callbacks": []}, **params)
+                try:
+                    for chunk in stream:
+                        chunks.put(chunk)
+                        whole = chunk if whole is None else whole + chunk
+                        if stopped.is_set():
+                            break
+                finally:
+                    stream.close()
                 return _as_chat_response(SimpleNamespace(result=[whole]))
 
             def work() -> None:
@@ -247,12 +259,14 @@ def _class() -> type:
 
             thread = threading.Thread(target=carry(work), daemon=True)
             thread.start()
-            while (item := chunks.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    thread.join()
-                    raise item
-                yield lc.outputs.ChatGenerationChunk(message=item)
-            thread.join()
+            try:
+                while (item := chunks.get()) is not _DONE:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield lc.outputs.ChatGenerationChunk(message=item)
+            finally:  # done, failed, or the reader stopped early (settled with what arrived)
+                stopped.set()
+                thread.join()
 
         async def _astream(
             self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
@@ -265,15 +279,28 @@ def _class() -> type:
                     yield lc.outputs.ChatGenerationChunk(message=chunk)
                 return
             chunks: asyncio.Queue[Any] = asyncio.Queue()
+            stopped = asyncio.Event()
+            cancelled: list[BaseException] = []
 
             async def send(*, model: str, messages: list[Any], **sent: Any) -> Any:
+                if stopped.is_set():
+                    raise _ReaderStopped
                 fitted, params = p.args(messages, sent)
                 whole = None
-                async for chunk in p.inner.astream(
-                    fitted, stop=stop, config={"callbacks": []}, **params
-                ):
-                    await chunks.put(chunk)
-                    whole = chunk if whole is None else whole + chunk
+                stream = p.inner.astream(fitted, stop=stop, config={"callbacks": []}, **params)
+                try:
+                    try:
+                        async for chunk in stream:
+                            await chunks.put(chunk)
+                            whole = chunk if whole is None else whole + chunk
+                            if stopped.is_set():
+                                break
+                    finally:
+                        await stream.aclose()
+                except asyncio.CancelledError as cancel:  # after chunks came: settle them first
+                    if whole is None:
+                        raise
+                    cancelled.append(cancel)
                 return _as_chat_response(SimpleNamespace(result=[whole]))
 
             async def work() -> None:
@@ -283,16 +310,24 @@ def _class() -> type:
                     await chunks.put(error)
                 else:
                     await chunks.put(_DONE)
+                if cancelled:  # settled: now the cancellation goes on
+                    raise cancelled[0]
 
             task = asyncio.ensure_future(work())
-            while (item := await chunks.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    await task
-                    raise item
-                yield lc.outputs.ChatGenerationChunk(message=item)
-            await task
+            try:
+                while (item := await chunks.get()) is not _DONE:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield lc.outputs.ChatGenerationChunk(message=item)
+            finally:
+                stopped.set()
+                await task
 
     return BudgetedChatModel
+
+
+class _ReaderStopped(Exception):
+    """A continuation not sent: the reader of the stream stopped (the grant is settled)."""
 
 
 def budgeted(

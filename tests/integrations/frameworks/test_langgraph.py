@@ -101,6 +101,41 @@ def test_a_cut_answer_is_extended_capped_and_settled_as_billed(server, store, mo
     assert record.agent == "reasoner" and record.extensions == 3
 
 
+@pytest.mark.parametrize("mode", ["stream", "astream"])
+def test_a_reader_that_stops_early_stops_the_call_and_settles_what_arrived(server, store, mode):
+    server.queue(words(30))
+    ctl = controller(store, FixedPolicy(output=8, extra=8))  # cut at 8: would be continued
+    llm = budgeted(chat_model(server), agent="reasoner")
+
+    async def first_three() -> None:
+        stream = llm.astream("Count for me.")
+        async for i, _ in _enumerate(stream):
+            if i == 2:
+                break
+        await stream.aclose()
+
+    with ctl.request(ceiling=2_000) as req:
+        if mode == "stream":
+            for i, _ in enumerate(llm.stream("Count for me.")):
+                if i == 2:
+                    break
+        else:
+            asyncio.run(first_three())
+        summary = req.summary()
+        assert summary.reserved == 0 and settled(req, "reasoner") > 0
+    if mode == "stream":
+        assert len(server.requests) == 1  # no follow-up once the reader stopped
+    else:  # LangChain leaves the inner async stream to the loop's finalizer: stopped soon
+        assert len(server.requests) < 4  # after, not at once (4: the whole answer)
+
+
+async def _enumerate(stream: Any) -> Any:
+    i = 0
+    async for item in stream:
+        yield i, item
+        i += 1
+
+
 def test_each_node_is_its_own_agent_and_the_ceiling_holds(server, store):
     server.default = Reply(words(60))
     ctl = controller(store, "elastic")
