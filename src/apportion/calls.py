@@ -9,11 +9,14 @@ output was cut, how it ended, on which model and at what cost, and when.
 Statuses:
 
 * ``open``: the grant is not settled yet;
-* ``completed``: finished, its answer not cut;
-* ``cut``: finished with its answer cut at the cap (no extension was asked, or the caller
-  stopped asking);
+* ``completed``: finished, its answer not cut, no extension refused: a success;
+* ``cut``: finished with its answer cut at the cap (no extension was asked, the caller
+  stopped asking, or an extension was refused and nothing concluded the answer): never
+  a success, whatever came before;
 * ``wrapped_up``: the policy refused an extension (``extend`` returned ``None``) and the
-  call finished as it could;
+  call then finished with an answer not cut: the agent handed back a partial result it
+  concluded (the call engine spends the grant's wrap-up reserve on it, see
+  :attr:`~apportion.ledger.Grant.wrap_up_tokens`); not a success either;
 * ``late``: finished after its lease expired (the usage is recorded as over-use);
 * ``released``: released by the caller (the call failed before using tokens);
 * ``expired``: its lease ran out and it was never finished;
@@ -41,6 +44,9 @@ REFUSED: Final = "refused"
 STATUSES: Final = (OPEN, COMPLETED, CUT, WRAPPED_UP, LATE, RELEASED, EXPIRED, CLOSED, REFUSED)
 FINISHED: Final = frozenset({COMPLETED, CUT, WRAPPED_UP, LATE})
 """Statuses of a call that reported its usage."""
+OUTCOMES: Final = (COMPLETED, WRAPPED_UP, CUT, REFUSED)
+"""How a call's answer ended, as summaries and reports count them (only ``completed`` is a
+success)."""
 
 NOTES: Final = {
     "model": str,
@@ -78,6 +84,7 @@ class CallRecord:
         settled_at: clock time of the settlement, once settled.
         notes: what an integration noted (see :data:`NOTES`): ``finish_reason``,
             ``usage_estimated``, ``dropped_tokens``, ``model``, ``cost_usd``.
+        wrap_up_reserve: the grant's wrap-up reserve (``begin(..., wrap_up_tokens=N)``).
     """
 
     agent: str
@@ -100,6 +107,7 @@ class CallRecord:
     status: str = OPEN
     settled_at: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    wrap_up_reserve: int = 0
 
     @property
     def input_cut(self) -> bool:
@@ -155,10 +163,10 @@ class CallRecord:
         self.overuse = over if over > 0 else 0
         if late:
             self.status = LATE
-        elif self.wrap_up:
-            self.status = WRAPPED_UP
+        elif truncated:
+            self.status = CUT
         else:
-            self.status = CUT if truncated else COMPLETED
+            self.status = WRAPPED_UP if self.wrap_up else COMPLETED
         self.settled_at = at
 
     def settle(self, status: str, at: float) -> None:

@@ -223,6 +223,37 @@ class BudgetExceeded(ApportionError):
         )
 
 
+class WrapUpTooLarge(BudgetExceeded):
+    """A wrap-up reserve larger than the output of the grant that would hold it.
+
+    ``begin(..., wrap_up_tokens=N)`` keeps ``N`` of the grant's output tokens back for
+    handing back a partial result (see :class:`~apportion.ledger.Grant`); ``N`` above the
+    output granted (or above the most output the caller asked for) is refused and changes
+    nothing. A subclass of :class:`BudgetExceeded` (``requested`` is ``N``, ``available``
+    the output), so code that handles a refused grant handles this one too.
+
+    Attributes:
+        agent: the agent asking.
+        wrap_up_tokens: the reserve asked for.
+        output_tokens: the output tokens of the grant (or the caller's cap).
+    """
+
+    wrap_up_tokens: int
+    output_tokens: int
+
+    def __init__(self, agent: str, wrap_up_tokens: int, output_tokens: int) -> None:
+        ApportionError.__init__(
+            self,
+            f"agent {agent!r} asked to keep {wrap_up_tokens} tokens for wrapping up, more than "
+            f"the {output_tokens} output tokens of its grant",
+            agent=agent,
+            requested=wrap_up_tokens,
+            available=output_tokens,
+            wrap_up_tokens=wrap_up_tokens,
+            output_tokens=output_tokens,
+        )
+
+
 class CostExceeded(BudgetExceeded):
     """A grant (or extension) whose full-size cost could break the request's cost ceiling.
 
