@@ -12,7 +12,8 @@ from telemetry_helpers import PIPELINE, ListSink, ticking_clock
 from typer.testing import CliRunner
 
 from apportion import BudgetExceeded, Controller, Grant, Observation, Policy
-from apportion.analysis.report import REPORT_COLUMNS, build_report, report_rows
+from apportion.analysis.page import report_page
+from apportion.analysis.report import STATUS_COLUMNS, build_report, status_rows
 from apportion.cli import app
 from apportion.spec import Agent
 from apportion.telemetry import SCHEMA_VERSION, flush
@@ -125,10 +126,19 @@ def test_the_report_counts_calls_by_status(tmp_path: Path) -> None:
     }
     assert writer["success_rate"] == pytest.approx(2 / 7)  # unknown left out; refused in
     assert report["statuses"] == writer["statuses"]
-    row = dict(zip(REPORT_COLUMNS, report_rows(report)[0], strict=True))
-    assert row["done/wrapped/cut/refused"] == "2/1/1/2"
+    row = dict(zip(STATUS_COLUMNS, status_rows(report)[0], strict=True))
+    assert row == {
+        "agent": "writer",
+        "completed": "2",
+        "wrapped up": "1",
+        "cut": "1",
+        "refused": "2",
+        "other": "2",
+        "success": "29%",
+    }
+    assert "How calls ended" in report_page(report, {"writer": calls})
     out = tmp_path / "report.json"
     result = CliRunner().invoke(app, ["report", url, "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["agents"]["writer"]["statuses"]["wrapped_up"] == 1
-    assert "2/1/1/2" in result.output
+    assert "how calls ended" in result.output

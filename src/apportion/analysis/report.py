@@ -66,6 +66,7 @@ __all__ = [
     "PERCENTILES",
     "QUALITY_COLUMNS",
     "REPORT_COLUMNS",
+    "STATUS_COLUMNS",
     "Thresholds",
     "agent_calls",
     "build_report",
@@ -74,6 +75,7 @@ __all__ = [
     "recommend",
     "report_rows",
     "rollout_rows",
+    "status_rows",
     "statuses_of",
 ]
 
@@ -482,7 +484,6 @@ REPORT_COLUMNS: Final = (
     "over-use",
     "flag",
     "budget ctx/out",
-    "done/wrapped/cut/refused",
 )
 """The columns of the report's main table (terminal and HTML)."""
 
@@ -512,10 +513,6 @@ def report_rows(report: Mapping[str, Any]) -> list[list[str]]:
                 fmt_tokens(f["overuse"]) if f["overuse"] else "-",
                 flags(f),
                 f"{fmt_tokens(rec.get('context_tokens'))} / {fmt_tokens(rec.get('output_tokens'))}",
-                "/".join(
-                    str(f["statuses"].get(s, 0))
-                    for s in ("completed", "wrapped_up", "cut", "refused")
-                ),
             ]
         )
     return rows
@@ -548,15 +545,51 @@ def report_caption(report: Mapping[str, Any]) -> str:
         f"hits over {t['under_hit_rate']:.0%}. budget: P{t['percentile']:g} of tokens used "
         f"+{t['margin']:.0%} (at least the largest cut call +{t['margin']:.0%} when "
         "under-budgeted). over-use: tokens used beyond the grants (all of a call finished "
-        "after its lease expired). done/wrapped/cut/refused: answers whole, concluded "
-        "within a wrap-up reserve after a refused extension, cut at their cap, and begins "
-        "refused (only the first are successes)"
+        "after its lease expired)"
         + (
             f"; {report['overflow']:,} tokens were used beyond the requests' ceilings."
             if report.get("overflow")
             else "."
         )
     )
+
+
+STATUS_COLUMNS: Final = (
+    "agent",
+    "completed",
+    "wrapped up",
+    "cut",
+    "refused",
+    "other",
+    "success",
+)
+"""The columns of the how-calls-ended table (terminal and HTML)."""
+
+STATUS_CAPTION: Final = (
+    "How calls ended. completed: whole answers (the only successes); wrapped up: an "
+    "extension was refused and the agent concluded within its wrap-up reserve (a partial "
+    "result); cut: stopped at the cap; refused: begins refused, no grant made; other: late, "
+    "released, expired, closed or unknown. success: completed over the calls whose ending "
+    "is known."
+)
+
+
+def status_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    """One row per agent, in the order of :data:`STATUS_COLUMNS`."""
+    shown = ("completed", "wrapped_up", "cut", "refused")
+    rows = []
+    for agent, f in report["agents"].items():
+        counts = f["statuses"]
+        other = sum(n for s, n in counts.items() if s not in shown)
+        rows.append(
+            [
+                agent,
+                *(str(counts.get(s, 0)) for s in shown),
+                str(other),
+                fmt_share(f["success_rate"]),
+            ]
+        )
+    return rows
 
 
 QUALITY_CAPTION: Final = (

@@ -27,8 +27,9 @@ One call, step by step:
    afford it); when the grant is smaller, the biggest messages of that part are shortened
    inside (head and tail kept, a marker of the tokens cut). If even that cannot fit, the
    grant is released and ``InputTooLarge`` says how many tokens that part needs.
-4. **Cap** the output at the grant: ``max_tokens`` = ``grant.output_tokens`` (divided by
-   ``n`` when several choices are asked for). OpenAI reasoning models (``o1``, ``o3``,
+4. **Cap** the output at the grant: ``max_tokens`` = ``grant.working_tokens`` (the
+   output granted less its wrap-up reserve, ``wrap_up_tokens``; divided by ``n`` when
+   several choices are asked for). OpenAI reasoning models (``o1``, ``o3``,
    ``o4-mini``, ``gpt-5`` ..., any provider prefix) get ``max_completion_tokens`` instead,
    which caps reasoning and answer together. When Anthropic extended thinking is on
    (``thinking={"type": "enabled", "budget_tokens": B}``), ``max_tokens`` covers thinking
@@ -47,6 +48,13 @@ One call, step by step:
    (A follow-up ends with a user turn, so it works with every provider; it is not
    Anthropic's assistant prefill.) The caller's ``max_tokens`` thus caps each call, not the
    whole answer: pass ``max_extensions=0`` to stop at the first cap.
+   **Wrap up** when the policy refuses the extension (``extend`` returns ``None``) and the
+   grant carries a wrap-up reserve (``wrap_up_tokens=N`` per call, or the controller's):
+   instead of continuing, one follow-up asks the model to conclude
+   (:data:`WRAP_UP_PROMPT`, "at most N/2 tokens"), capped at ``N`` and fitted, prompt and
+   answer, in what the grant still holds (see :meth:`ChatCall.wrap_up_call`), so the
+   ceiling never moves. Its text is appended; the report's ``status`` is ``wrapped_up``
+   (``cut`` if even the conclusion was cut, or nothing could be sent).
 7. **Finish** the grant with the real usage summed over all the calls (every prompt sent
    and every completion written) and ``truncated`` = the last call stopped on ``length``.
    The returned response is the first call's response with the answer's text joined, the
@@ -54,6 +62,16 @@ One call, step by step:
    (see :func:`report_of`) is a :class:`CallReport` with the cost of the model called: the
    controller's catalog when the model is one of the user's own (a YAML catalog), else
    LiteLLM's model cost map, else the catalog (``None`` for a model nothing prices).
+
+**The budget shown to the model** (``show_budget=True`` per call, or the controller's):
+:data:`BUDGET_LINE` (what the grant lets the call read and write) is added as a system
+message after the leading system messages; it is counted at ``begin`` (at its widest) and
+fitted with the messages, so it never costs more than the grant. Through LiteLLM to an
+Anthropic model, the advisory ``output_config.task_budget`` is set from the grant too
+(:meth:`ChatCall.first_params`). Off (the default), nothing changes.
+
+Every report says how the call ended (``CallReport.status``): ``completed``,
+``wrapped_up``, ``cut``, ``refused`` (begin refused) or ``released``.
 
 Bad input and failures:
 
