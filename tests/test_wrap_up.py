@@ -60,39 +60,37 @@ def make(policy: Policy | None = None, **kwargs: Any) -> Controller:
     return Controller(PIPELINE, policy=policy or Fixed(), clock=lambda: 0.0, **kwargs)
 
 
-def test_the_reserve_rides_inside_the_grant() -> None:
+def test_the_reserve_rides_inside_the_grant_beside_the_policys_output() -> None:
     with make().request(ceiling=2_000) as req:
-        grant = req.begin("reasoner", 100, wrap_up_tokens=50)
+        grant = req.begin("reasoner", 100, 150, wrap_up_tokens=50)
         assert (grant.output_tokens, grant.wrap_up_tokens, grant.working_tokens) == (200, 50, 150)
-        assert req.summary().reserved == 300  # inside: nothing reserved beside the grant
+        assert req.summary().reserved == 300  # the grant holds it: nothing beside the grant
         assert req.calls[grant.grant_id].wrap_up_reserve == 50
         req.finish(grant, input_tokens=100, output_tokens=190)
         assert req.calls[grant.grant_id].status == "completed"
 
 
-def test_a_reserve_above_the_callers_cap_is_refused_with_fields_changing_nothing() -> None:
-    with make().request(ceiling=2_000) as req:
+def test_the_working_output_shrinks_to_make_room_for_the_reserve() -> None:
+    with make().request(ceiling=400) as req:  # 100 in + 200 out + 150 kept: 50 too many
+        grant = req.begin("reasoner", 100, wrap_up_tokens=150)
+        assert (grant.working_tokens, grant.wrap_up_tokens, grant.total) == (150, 150, 400)
+
+
+def test_a_reserve_the_agent_cannot_draw_is_refused_with_fields_changing_nothing() -> None:
+    with make().request(ceiling=300) as req:
         before = req.summary()
         with pytest.raises(WrapUpTooLarge) as info:
-            req.begin("reasoner", 100, 40, wrap_up_tokens=41)
+            req.begin("reasoner", 100, wrap_up_tokens=200)  # 200 left for output: none to work
         assert (info.value.agent, info.value.wrap_up_tokens, info.value.output_tokens) == (
             "reasoner",
-            41,
-            40,
+            200,
+            200,
         )
         assert isinstance(info.value, BudgetExceeded)
-        assert req.summary() == before and not req.calls and not req.refused
-
-
-def test_a_reserve_above_the_policys_grant_is_refused_and_counted_refused() -> None:
-    with make(Fixed(output=30)).request(ceiling=2_000) as req:
-        before = req.summary()
-        with pytest.raises(WrapUpTooLarge) as info:
-            req.begin("reasoner", 100, wrap_up_tokens=31)
-        assert (info.value.wrap_up_tokens, info.value.output_tokens) == (31, 30)
-        assert req.summary().reserved == before.reserved == 0
+        after = req.summary()
+        assert (after.reserved, after.consumed, after.free) == (0, 0, 300) and not req.calls
+        assert before.statuses == {} and after.statuses == {"refused": 1}
         assert [r.status for r in req.refused] == ["refused"]
-        assert req.summary().statuses == {"refused": 1}
 
 
 @pytest.mark.parametrize("bad", (-1, 2.5, "10", True))
@@ -109,7 +107,8 @@ def test_bad_reserves_are_refused(bad: Any) -> None:
 
 def test_the_controllers_reserve_is_the_default() -> None:
     with make(wrap_up_tokens=20).request(ceiling=2_000) as req:
-        assert req.begin("reasoner", 10).wrap_up_tokens == 20
+        grant = req.begin("reasoner", 10)
+        assert (grant.wrap_up_tokens, grant.working_tokens) == (20, 200)
         assert req.begin("reasoner", 10, wrap_up_tokens=0).wrap_up_tokens == 0
     with make(wrap_up_tokens=20).request(ceiling=2_000) as req:
         assert req.call_options() == {"show_budget": False}
@@ -144,11 +143,11 @@ def test_async_begin_takes_the_reserve() -> None:
         ctl = AsyncController(PIPELINE, policy=Fixed(), clock=lambda: 0.0)
         async with ctl.request(ceiling=2_000) as req:
             grant = await req.begin("reasoner", 10, wrap_up_tokens=60)
-            assert grant.working_tokens == 140
+            assert (grant.working_tokens, grant.output_tokens) == (200, 260)
             assert await req.extend(grant, 10) is None
-            await req.finish(grant, input_tokens=10, output_tokens=180)
+            await req.finish(grant, input_tokens=10, output_tokens=250)
             assert req.calls[grant.grant_id].status == "wrapped_up"
             with pytest.raises(WrapUpTooLarge):
-                await req.begin("reasoner", 10, 5, wrap_up_tokens=6)
+                await req.begin("reasoner", 10, wrap_up_tokens=2_000)
 
     asyncio.run(main())

@@ -13,10 +13,11 @@ Statuses:
 * ``cut``: finished with its answer cut at the cap (no extension was asked, the caller
   stopped asking, or an extension was refused and nothing concluded the answer): never
   a success, whatever came before;
-* ``wrapped_up``: the policy refused an extension (``extend`` returned ``None``) and the
-  call then finished with an answer not cut: the agent handed back a partial result it
-  concluded (the call engine spends the grant's wrap-up reserve on it, see
-  :attr:`~apportion.ledger.Grant.wrap_up_tokens`); not a success either;
+* ``wrapped_up``: the policy refused an extension (``extend`` returned ``None``), or an
+  integration noted ``wrapped_up`` (the call engine concluded a cut answer within the
+  grant's wrap-up reserve, see :attr:`~apportion.ledger.Grant.wrap_up_tokens`), and the
+  call then finished with an answer not cut: a partial result the agent concluded; not a
+  success either;
 * ``late``: finished after its lease expired (the usage is recorded as over-use);
 * ``released``: released by the caller (the call failed before using tokens);
 * ``expired``: its lease ran out and it was never finished;
@@ -54,6 +55,7 @@ NOTES: Final = {
     "usage_estimated": bool,
     "dropped_tokens": int,
     "finish_reason": str,
+    "wrapped_up": bool,
 }
 """What an integration may note on a call (``req.annotate``), and each note's type."""
 
@@ -166,7 +168,8 @@ class CallRecord:
         elif truncated:
             self.status = CUT
         else:
-            self.status = WRAPPED_UP if self.wrap_up else COMPLETED
+            wrapped = self.wrap_up or self.notes.get("wrapped_up") is True
+            self.status = WRAPPED_UP if wrapped else COMPLETED
         self.settled_at = at
 
     def settle(self, status: str, at: float) -> None:

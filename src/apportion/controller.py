@@ -283,8 +283,6 @@ class _Steps:
         if wrap_up is None:
             wrap_up = self.config.wrap_up_tokens
         wrap_up = check_tokens("wrap_up_tokens", wrap_up)
-        if output_tokens is not None and wrap_up > output_tokens:
-            raise WrapUpTooLarge(agent, wrap_up, output_tokens)
         try:
             steps = self._grant(spec, input_tokens, output_tokens, model, min_context, wrap_up)
             return (yield from steps)
@@ -308,7 +306,10 @@ class _Steps:
 
         A policy's context below ``min_context`` is raised to it when what the agent may
         draw (and the cost ceiling) covers it with the policy's output; else it stands.
-        A wrap-up reserve above the policy's output is refused (``WrapUpTooLarge``).
+        A wrap-up reserve is added to the policy's output (the grant's output holds both);
+        when the agent cannot draw both, the policy's output shrinks to make room, and
+        when that leaves less than the agent's least output the begin is refused
+        (``WrapUpTooLarge``).
         """
         obs, config = self.obs, self.config
         agent = spec.name
@@ -332,11 +333,17 @@ class _Steps:
                 priced = config.prices_for(agent, use, obs.ceiling_usd)
             elif self.ceiling_usd is not None:
                 priced = config.prices_for(agent, None, obs.ceiling_usd)
-            if ctx < min_context and _affords(obs, agent, min_context, out, priced):
+            if ctx < min_context and _affords(obs, agent, min_context, out + wrap_up, priced):
                 ctx = min_context
-            if wrap_up > out:
-                raise WrapUpTooLarge(agent, wrap_up, out)
-            reserve = {"wrap_up_tokens": wrap_up} if wrap_up else _NO_KWARGS
+            reserve = _NO_KWARGS
+            if wrap_up:
+                room = obs.state.available_for(agent) - ctx  # the store has the last word
+                if out + wrap_up > room:
+                    out = room - wrap_up
+                    if out < max(1, spec.min_output):
+                        raise WrapUpTooLarge(agent, wrap_up, max(0, room))
+                out += wrap_up
+                reserve = {"wrap_up_tokens": wrap_up}
             now = config.clock()
             try:
                 grant, obs.state = yield (
@@ -870,11 +877,13 @@ class Request(_RequestBase):
                 may draw (reservations of others kept, and the cost ceiling) covers it with
                 the policy's output; otherwise the policy's grant stands, and fitting
                 shortens the input into it. At most ``input_tokens``.
-            wrap_up_tokens: the wrap-up reserve: of the grant's ``output_tokens``, tokens
-                the working call leaves unspent (cap it at ``grant.working_tokens``), kept
-                for handing back a partial result once the grant is spent and ``extend``
-                refuses more (the call engine spends them on a "wrap up now" follow-up).
-                Default: the controller's ``wrap_up_tokens`` (0: none).
+            wrap_up_tokens: the wrap-up reserve, added to the output the policy grants
+                (``grant.output_tokens`` holds both; the working call is capped at
+                ``grant.working_tokens``, the policy's output): tokens kept for handing
+                back a partial result once the grant is spent and ``extend`` refuses more
+                (the call engine spends them on a "wrap up now" follow-up). When the agent
+                cannot draw both, the working output shrinks to make room. Default: the
+                controller's ``wrap_up_tokens`` (0: none).
 
         Returns:
             The grant: read at most ``context_tokens``, write at most ``output_tokens``
@@ -882,8 +891,8 @@ class Request(_RequestBase):
 
         Raises:
             UnknownAgent, InvalidTokenCount, RequestClosed: bad input; nothing changes.
-            WrapUpTooLarge: the reserve is above ``output_tokens`` or above the output the
-                policy grants; nothing changes.
+            WrapUpTooLarge: the agent cannot draw the reserve beside its least output;
+                nothing changes.
             BudgetExceeded: not enough is left for this agent to run.
         """
         return _run(
@@ -1006,8 +1015,9 @@ class Request(_RequestBase):
             send: makes one provider call, e.g. ``client.chat.completions.create``.
             model: the model to call.
             **params: apportion's ``protocol=`` (``"chat"``, ``"responses"``),
-                ``counter=``, ``fit=``, ``max_extensions=``, ``cost=``; the rest is passed
-                to ``send`` (``max_tokens`` ... are the most output wanted).
+                ``counter=``, ``fit=``, ``max_extensions=``, ``cost=``,
+                ``wrap_up_tokens=``, ``show_budget=``; the rest is passed to ``send``
+                (``max_tokens`` ... are the most output wanted).
 
         Returns:
             ``send``'s response with a ``CallReport`` as ``response.apportion`` (a

@@ -224,18 +224,19 @@ class BudgetExceeded(ApportionError):
 
 
 class WrapUpTooLarge(BudgetExceeded):
-    """A wrap-up reserve larger than the output of the grant that would hold it.
+    """A wrap-up reserve larger than the grant's output could hold.
 
     ``begin(..., wrap_up_tokens=N)`` keeps ``N`` of the grant's output tokens back for
-    handing back a partial result (see :class:`~apportion.ledger.Grant`); ``N`` above the
-    output granted (or above the most output the caller asked for) is refused and changes
-    nothing. A subclass of :class:`BudgetExceeded` (``requested`` is ``N``, ``available``
-    the output), so code that handles a refused grant handles this one too.
+    handing back a partial result (see :class:`~apportion.ledger.Grant`). A store refuses
+    ``N`` above the grant's ``output_tokens``; the controller refuses a begin when the
+    agent cannot draw ``N`` beside its least output. Either changes nothing. A subclass of
+    :class:`BudgetExceeded` (``requested`` is ``N``, ``available`` the output), so code that
+    handles a refused grant handles this one too.
 
     Attributes:
         agent: the agent asking.
         wrap_up_tokens: the reserve asked for.
-        output_tokens: the output tokens of the grant (or the caller's cap).
+        output_tokens: the output tokens the grant has (or could have).
     """
 
     wrap_up_tokens: int
@@ -245,7 +246,7 @@ class WrapUpTooLarge(BudgetExceeded):
         ApportionError.__init__(
             self,
             f"agent {agent!r} asked to keep {wrap_up_tokens} tokens for wrapping up, more than "
-            f"the {output_tokens} output tokens of its grant",
+            f"the {output_tokens} output tokens its grant can hold",
             agent=agent,
             requested=wrap_up_tokens,
             available=output_tokens,

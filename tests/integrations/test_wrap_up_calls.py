@@ -43,7 +43,7 @@ def create(req: Any, server: Any, **kwargs: Any) -> Any:
 
 def test_a_refused_extension_wraps_up_within_the_reserve(server, store):
     server.queue(Reply(words(70)))
-    ctl = make(store, output=460, wrap_up_tokens=400)  # the controller's reserve: every call
+    ctl = make(store, output=60, wrap_up_tokens=400)  # the controller's reserve: every call
     with ctl.request(ceiling=5_000) as req:
         response = create(req, server)
         report = response.apportion
@@ -64,7 +64,7 @@ def test_a_refused_extension_wraps_up_within_the_reserve(server, store):
 
 def test_a_tight_reserve_folds_the_answer_into_one_shortened_wrap_up_turn(server, store):
     server.queue(Reply(words(260)), Reply("In short: done."))
-    ctl = make(store, output=360)
+    ctl = make(store, output=200)
     with ctl.request(ceiling=5_000) as req:
         response = create(req, server, wrap_up_tokens=160)  # per call
         report = response.apportion
@@ -94,13 +94,13 @@ def test_a_reserve_too_small_for_any_prompt_ends_cut(server, store):
     server.queue(Reply(words(70)))
     with make(store, output=60).request(ceiling=5_000) as req:
         report = create(req, server, wrap_up_tokens=4).apportion
-        assert len(server.requests) == 1 and server.requests[0]["max_tokens"] == 56
+        assert len(server.requests) == 1 and server.requests[0]["max_tokens"] == 60
         assert report.status == "cut"
 
 
 def test_a_wrap_up_cut_at_its_cap_is_cut(server, store):
     server.queue(Reply(words(260)), Reply(words(500, "c")))
-    with make(store, output=360).request(ceiling=5_000) as req:
+    with make(store, output=200).request(ceiling=5_000) as req:
         report = create(req, server, wrap_up_tokens=160).apportion
         assert len(server.requests) == 2 and report.truncated
         assert report.status == "cut" == req.calls[report.grant.grant_id].status
@@ -108,7 +108,7 @@ def test_a_wrap_up_cut_at_its_cap_is_cut(server, store):
 
 def test_a_refused_begin_says_refused(server, store):
     with make(store, output=60).request(ceiling=5_000) as req:
-        chat = ChatCall("reasoner", MODEL, QUESTION, {"max_tokens": 10}, wrap_up_tokens=11)
+        chat = ChatCall("reasoner", MODEL, QUESTION, {}, wrap_up_tokens=5_000)
         with pytest.raises(Exception, match="wrapping up"):
             run(chat, req, lambda **kw: None)
         assert chat.report.status == "refused" and not server.requests
@@ -117,7 +117,7 @@ def test_a_refused_begin_says_refused(server, store):
 def test_async_and_litellm_wrap_up_too(server, store):
     server.queue(Reply(words(70)))
     ctl = AsyncController(
-        PIPELINE, policy=FixedPolicy(output=460, extra=0), store=store, wrap_up_tokens=400
+        PIPELINE, policy=FixedPolicy(output=60, extra=0), store=store, wrap_up_tokens=400
     )
 
     async def main() -> None:
@@ -149,7 +149,7 @@ def test_show_budget_puts_the_line_in_what_the_server_receives(server, store):
     with make(store, output=100, show_budget=True).request(ceiling=5_000) as req:
         report = create(req, server, wrap_up_tokens=30).apportion
         grant = report.grant
-        line = BUDGET_LINE.format(context=grant.context_tokens, output=70)
+        line = BUDGET_LINE.format(context=grant.context_tokens, output=100)
         sent = server.requests[0]["messages"]
         assert sent == [QUESTION[0], {"role": "system", "content": line}, QUESTION[1]]
         assert report.budget_line == line
@@ -221,3 +221,23 @@ def test_anthropic_task_budget_is_set_from_the_grant_through_litellm():
     with ctl.request(ceiling=5_000) as req:
         run(plain, req, send)
     assert "output_config" not in sent[1]  # not an Anthropic model: the line only
+
+
+def test_the_responses_api_wraps_up_by_resending(server, store):
+    server.queue(Reply(words(70)))
+    with make(store, output=60).request(ceiling=5_000) as req:
+        client = openai_client(server)
+        response = req.call(
+            "reasoner",
+            "Count for me, please.",
+            send=client.responses.create,
+            model=MODEL,
+            protocol="responses",
+            wrap_up_tokens=400,
+        )
+        report = response.apportion
+        first, wrap = server.requests
+        assert first["max_output_tokens"] == 60
+        assert "previous_response_id" not in wrap
+        assert wrap["input"][-1] == {"role": "user", "content": WRAP_UP_PROMPT.format(tokens=200)}
+        assert report.status == "wrapped_up" and response.output_text == words(70)

@@ -46,7 +46,7 @@ def four_endings(controller: Controller) -> None:
         req.finish(g, input_tokens=100, output_tokens=200, truncated=True)
         g = req.begin("reasoner", 100, wrap_up_tokens=80)
         assert req.extend(g, 100) is None
-        req.finish(g, input_tokens=250, output_tokens=190)  # the wrap-up concluded it
+        req.finish(g, input_tokens=150, output_tokens=230)  # the wrap-up concluded it
         with pytest.raises(BudgetExceeded):
             req.begin("reasoner", 9_000)
 

@@ -48,8 +48,10 @@ One call, step by step:
    (A follow-up ends with a user turn, so it works with every provider; it is not
    Anthropic's assistant prefill.) The caller's ``max_tokens`` thus caps each call, not the
    whole answer: pass ``max_extensions=0`` to stop at the first cap.
-   **Wrap up** when the policy refuses the extension (``extend`` returns ``None``) and the
-   grant carries a wrap-up reserve (``wrap_up_tokens=N`` per call, or the controller's):
+   **Wrap up** when the answer is still cut because the policy refused the extension
+   (``extend`` returns ``None``) or ``max_extensions`` follow-ups were made (not with
+   ``max_extensions=0``), and the grant carries a wrap-up reserve (``wrap_up_tokens=N``
+   per call, or the controller's):
    instead of continuing, one follow-up asks the model to conclude
    (:data:`WRAP_UP_PROMPT`, "at most N/2 tokens"), capped at ``N`` and fitted, prompt and
    answer, in what the grant still holds (see :meth:`ChatCall.wrap_up_call`), so the
@@ -502,6 +504,7 @@ class ChatCall:
             "dropped_tokens": report.dropped_tokens,
             "finish_reason": report.finish_reason,
             "cost_usd": report.cost_usd,
+            "wrapped_up": self.wrapped_up,
         }
         return Op("note", "annotate", (grant,), fields)
 
@@ -664,7 +667,7 @@ class ChatCall:
         text, reason = self._account(response, sent)
         pieces = [text]
         last = response
-        refused = False
+        refused = lapsed = False
         while (
             reason == LENGTH
             and report.extensions < self.max_extensions
@@ -677,6 +680,7 @@ class ChatCall:
             try:
                 bigger = yield Op("req", "extend", (grant, first_cap), {"context_tokens": resent})
             except ApportionError:  # refused (the grant lapsed ...): settle what was used
+                lapsed = True
                 break
             if bigger is None:
                 refused = True
@@ -691,8 +695,11 @@ class ChatCall:
                 raise
             text, reason = self._account(last, resent)
             pieces.append(text)
-        wrap = self.wrap_up_call(grant, messages, "".join(pieces)) if refused else None
-        if wrap is not None:  # refused: conclude within the reserve instead of continuing
+        wrap = None
+        used_up = report.extensions >= self.max_extensions > 0
+        if reason == LENGTH and not lapsed and (refused or used_up) and protocol.continuable(last):
+            wrap = self.wrap_up_call(grant, messages, "".join(pieces))
+        if wrap is not None:  # conclude within the reserve instead of ending cut
             params, resent = wrap
             try:
                 last = yield Op("model", "call", (), params)
