@@ -241,3 +241,18 @@ def test_the_responses_api_wraps_up_by_resending(server, store):
         assert "previous_response_id" not in wrap
         assert wrap["input"][-1] == {"role": "user", "content": WRAP_UP_PROMPT.format(tokens=200)}
         assert report.status == "wrapped_up" and response.output_text == words(70)
+
+
+def test_an_answer_still_cut_after_its_last_extension_wraps_up(server, store):
+    server.queue(Reply(words(50)), Reply(words(50)))
+    ctl = Controller(PIPELINE, policy=FixedPolicy(output=20, extra=20), store=store)
+    with ctl.request(ceiling=5_000) as req:
+        report = create(req, server, max_extensions=1, wrap_up_tokens=300).apportion
+        assert [r["max_tokens"] for r in server.requests[:2]] == [20, 20]
+        assert server.requests[2]["messages"][-1]["content"].startswith("Budget spent")
+        assert (report.extensions, report.status) == (1, "wrapped_up")
+        assert req.calls[report.grant.grant_id].status == "wrapped_up"
+        n = len(server.requests)
+        report = create(req, server, max_extensions=0, wrap_up_tokens=300).apportion
+        assert len(server.requests) == n + 1  # no follow-up at all: the caller said so
+        assert report.status == "cut"
