@@ -44,6 +44,7 @@ from apportion.errors import (
     UnsupportedCall,
     UnsupportedVersion,
     UsageWarning,
+    WrapUpTooLarge,
 )
 from apportion.ledger import Event, Grant, Ledger
 from apportion.policies import (
@@ -138,6 +139,7 @@ __all__ = [
     "UnsupportedCall",
     "UnsupportedVersion",
     "UsageWarning",
+    "WrapUpTooLarge",
     "__version__",
     "carry",
     "current_agent",

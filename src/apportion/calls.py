@@ -9,11 +9,15 @@ output was cut, how it ended, on which model and at what cost, and when.
 Statuses:
 
 * ``open``: the grant is not settled yet;
-* ``completed``: finished, its answer not cut;
-* ``cut``: finished with its answer cut at the cap (no extension was asked, or the caller
-  stopped asking);
-* ``wrapped_up``: the policy refused an extension (``extend`` returned ``None``) and the
-  call finished as it could;
+* ``completed``: finished, its answer not cut, no extension refused: a success;
+* ``cut``: finished with its answer cut at the cap (no extension was asked, the caller
+  stopped asking, or an extension was refused and nothing concluded the answer): never
+  a success, whatever came before;
+* ``wrapped_up``: the policy refused an extension (``extend`` returned ``None``), or an
+  integration noted ``wrapped_up`` (the call engine concluded a cut answer within the
+  grant's wrap-up reserve, see :attr:`~apportion.ledger.Grant.wrap_up_tokens`), and the
+  call then finished with an answer not cut: a partial result the agent concluded; not a
+  success either;
 * ``late``: finished after its lease expired (the usage is recorded as over-use);
 * ``released``: released by the caller (the call failed before using tokens);
 * ``expired``: its lease ran out and it was never finished;
@@ -41,6 +45,9 @@ REFUSED: Final = "refused"
 STATUSES: Final = (OPEN, COMPLETED, CUT, WRAPPED_UP, LATE, RELEASED, EXPIRED, CLOSED, REFUSED)
 FINISHED: Final = frozenset({COMPLETED, CUT, WRAPPED_UP, LATE})
 """Statuses of a call that reported its usage."""
+OUTCOMES: Final = (COMPLETED, WRAPPED_UP, CUT, REFUSED)
+"""How a call's answer ended, as summaries and reports count them (only ``completed`` is a
+success)."""
 
 NOTES: Final = {
     "model": str,
@@ -48,6 +55,7 @@ NOTES: Final = {
     "usage_estimated": bool,
     "dropped_tokens": int,
     "finish_reason": str,
+    "wrapped_up": bool,
 }
 """What an integration may note on a call (``req.annotate``), and each note's type."""
 
@@ -78,6 +86,7 @@ class CallRecord:
         settled_at: clock time of the settlement, once settled.
         notes: what an integration noted (see :data:`NOTES`): ``finish_reason``,
             ``usage_estimated``, ``dropped_tokens``, ``model``, ``cost_usd``.
+        wrap_up_reserve: the grant's wrap-up reserve (``begin(..., wrap_up_tokens=N)``).
     """
 
     agent: str
@@ -100,6 +109,7 @@ class CallRecord:
     status: str = OPEN
     settled_at: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    wrap_up_reserve: int = 0
 
     @property
     def input_cut(self) -> bool:
@@ -155,10 +165,11 @@ class CallRecord:
         self.overuse = over if over > 0 else 0
         if late:
             self.status = LATE
-        elif self.wrap_up:
-            self.status = WRAPPED_UP
+        elif truncated:
+            self.status = CUT
         else:
-            self.status = CUT if truncated else COMPLETED
+            wrapped = self.wrap_up or self.notes.get("wrapped_up") is True
+            self.status = WRAPPED_UP if wrapped else COMPLETED
         self.settled_at = at
 
     def settle(self, status: str, at: float) -> None:

@@ -33,6 +33,7 @@ from apportion.errors import (
     RequestClosed,
     UnknownModel,
     UsageWarning,
+    WrapUpTooLarge,
 )
 from apportion.ledger import (
     CLOSED,
@@ -77,12 +78,18 @@ class _Config:
         telemetry: Any = None,
         catalog: Any = None,
         reap_every: float = 30.0,
+        wrap_up_tokens: int = 0,
+        show_budget: bool = False,
     ) -> None:
         if not isinstance(pipeline, Pipeline):
             raise InvalidArgument("pipeline", pipeline, "an apportion.Pipeline")
         lease_seconds = check_seconds("lease_seconds", lease_seconds)
         request_ttl = check_seconds("request_ttl", request_ttl)
         reap_every = check_seconds("reap_every", reap_every)
+        self.wrap_up_tokens = check_tokens("wrap_up_tokens", wrap_up_tokens)
+        if not isinstance(show_budget, bool):
+            raise InvalidArgument("show_budget", show_budget, "True or False")
+        self.show_budget = show_budget
         self.pipeline = pipeline
         self.policy = resolve_policy(policy)
         self.policy.check_pipeline(pipeline)
@@ -259,6 +266,7 @@ class _Steps:
         output_tokens: int | None,
         model: str | None = None,
         min_context: int = 0,
+        wrap_up: int | None = None,
     ) -> Steps[Grant]:
         self._usable()
         spec = self.config.pipeline[agent]
@@ -272,8 +280,12 @@ class _Steps:
                 min_context,
                 f"more than the input in hand ({input_tokens} tokens)",
             )
+        if wrap_up is None:
+            wrap_up = self.config.wrap_up_tokens
+        wrap_up = check_tokens("wrap_up_tokens", wrap_up)
         try:
-            return (yield from self._grant(spec, input_tokens, output_tokens, model, min_context))
+            steps = self._grant(spec, input_tokens, output_tokens, model, min_context, wrap_up)
+            return (yield from steps)
         except (BudgetExceeded, CostExceeded):
             now = self.config.clock()
             self.obs.refused.append(
@@ -288,11 +300,16 @@ class _Steps:
         output_tokens: int | None,
         model: str | None,
         min_context: int = 0,
+        wrap_up: int = 0,
     ) -> Steps[Grant]:
         """Ask the policy, then the store, for a grant (looking again once after a race).
 
         A policy's context below ``min_context`` is raised to it when what the agent may
         draw (and the cost ceiling) covers it with the policy's output; else it stands.
+        A wrap-up reserve is added to the policy's output (the grant's output holds both);
+        when the agent cannot draw both, the policy's output shrinks to make room, and
+        when that leaves less than the agent's least output the begin is refused
+        (``WrapUpTooLarge``).
         """
         obs, config = self.obs, self.config
         agent = spec.name
@@ -316,14 +333,23 @@ class _Steps:
                 priced = config.prices_for(agent, use, obs.ceiling_usd)
             elif self.ceiling_usd is not None:
                 priced = config.prices_for(agent, None, obs.ceiling_usd)
-            if ctx < min_context and _affords(obs, agent, min_context, out, priced):
+            if ctx < min_context and _affords(obs, agent, min_context, out + wrap_up, priced):
                 ctx = min_context
+            reserve = _NO_KWARGS
+            if wrap_up:
+                room = obs.state.available_for(agent) - ctx  # the store has the last word
+                if out + wrap_up > room:
+                    out = room - wrap_up
+                    if out < max(1, spec.min_output):
+                        raise WrapUpTooLarge(agent, wrap_up, max(0, room))
+                out += wrap_up
+                reserve = {"wrap_up_tokens": wrap_up}
             now = config.clock()
             try:
                 grant, obs.state = yield (
                     "begin",
                     (obs.request_id, agent, ctx, out, now, config.lease_seconds),
-                    {**priced, "asked": input_tokens},
+                    {**priced, "asked": input_tokens, **reserve},
                 )
             except BudgetExceeded:
                 if attempt:
@@ -341,6 +367,7 @@ class _Steps:
                     model=priced.get("model", use),
                     prices=priced.get("prices"),
                     predicted_output=decision[3] if len(decision) > 3 else None,
+                    wrap_up_reserve=grant.wrap_up_tokens,
                 )
                 return grant  # type: ignore[no-any-return]
         raise AssertionError("unreachable")  # pragma: no cover
@@ -752,12 +779,21 @@ class _RequestBase:
         """
         self._steps.annotate(grant, fields)
 
+    def call_options(self) -> dict[str, Any]:
+        """The controller's settings the integrations read for each call.
+
+        ``show_budget``: add the budget line to the prompt (see :class:`Controller`).
+        """
+        return {"show_budget": self._steps.config.show_budget}
+
     def summary(self) -> Summary:
         """Allocated, reserved, consumed and free tokens, per agent and in total."""
         state = self._steps.obs.state
         if state is None:
             raise RuntimeError("the request was never opened")
-        return Summary.of(state, self._steps.config.pipeline.names)
+        obs = self._steps.obs
+        calls = [*obs.calls.values(), *obs.refused]
+        return Summary.of(state, self._steps.config.pipeline.names, calls)
 
     async def acompletion(self, agent: str, **kwargs: Any) -> Any:
         """A budgeted ``litellm.acompletion`` for ``agent`` (needs the ``litellm`` extra).
@@ -824,6 +860,7 @@ class Request(_RequestBase):
         *,
         model: str | None = None,
         min_context_tokens: int = 0,
+        wrap_up_tokens: int | None = None,
     ) -> Grant:
         """Reserve a grant for one model call of ``agent``.
 
@@ -840,17 +877,29 @@ class Request(_RequestBase):
                 may draw (reservations of others kept, and the cost ceiling) covers it with
                 the policy's output; otherwise the policy's grant stands, and fitting
                 shortens the input into it. At most ``input_tokens``.
+            wrap_up_tokens: the wrap-up reserve, added to the output the policy grants
+                (``grant.output_tokens`` holds both; the working call is capped at
+                ``grant.working_tokens``, the policy's output): tokens kept for handing
+                back a partial result once the grant is spent and ``extend`` refuses more
+                (the call engine spends them on a "wrap up now" follow-up). When the agent
+                cannot draw both, the working output shrinks to make room. Default: the
+                controller's ``wrap_up_tokens`` (0: none).
 
         Returns:
-            The grant: read at most ``context_tokens``, write at most ``output_tokens``.
+            The grant: read at most ``context_tokens``, write at most ``output_tokens``
+            (``working_tokens`` before wrapping up, when it carries a reserve).
 
         Raises:
             UnknownAgent, InvalidTokenCount, RequestClosed: bad input; nothing changes.
+            WrapUpTooLarge: the agent cannot draw the reserve beside its least output;
+                nothing changes.
             BudgetExceeded: not enough is left for this agent to run.
         """
         return _run(
             self._steps.config.store,
-            self._steps.begin(agent, input_tokens, output_tokens, model, min_context_tokens),
+            self._steps.begin(
+                agent, input_tokens, output_tokens, model, min_context_tokens, wrap_up_tokens
+            ),
         )
 
     def extend(self, grant: Grant, output_tokens: int, *, context_tokens: int = 0) -> Grant | None:
@@ -966,8 +1015,9 @@ class Request(_RequestBase):
             send: makes one provider call, e.g. ``client.chat.completions.create``.
             model: the model to call.
             **params: apportion's ``protocol=`` (``"chat"``, ``"responses"``),
-                ``counter=``, ``fit=``, ``max_extensions=``, ``cost=``; the rest is passed
-                to ``send`` (``max_tokens`` ... are the most output wanted).
+                ``counter=``, ``fit=``, ``max_extensions=``, ``cost=``,
+                ``wrap_up_tokens=``, ``show_budget=``; the rest is passed to ``send``
+                (``max_tokens`` ... are the most output wanted).
 
         Returns:
             ``send``'s response with a ``CallReport`` as ``response.apportion`` (a
@@ -1023,11 +1073,14 @@ class AsyncRequest(_RequestBase):
         *,
         model: str | None = None,
         min_context_tokens: int = 0,
+        wrap_up_tokens: int | None = None,
     ) -> Grant:
         """Async :meth:`Request.begin`."""
         return await _arun(
             self._steps.config.store,
-            self._steps.begin(agent, input_tokens, output_tokens, model, min_context_tokens),
+            self._steps.begin(
+                agent, input_tokens, output_tokens, model, min_context_tokens, wrap_up_tokens
+            ),
         )
 
     async def extend(
@@ -1105,9 +1158,15 @@ class Controller:
             grants whose lease ended and requests past their time to live are settled, their
             tokens (and pool draws) returned, and expired requests sent to telemetry,
             without anyone calling :meth:`reap`.
+        wrap_up_tokens: the wrap-up reserve every ``begin`` keeps unless it passes its
+            own (see :meth:`Request.begin`); 0: none.
+        show_budget: the integrations add a line to each call's prompt telling the agent
+            what its grant lets it read and write (and set the provider's own budget
+            field where it has one); see :mod:`apportion.integrations.budget_line`.
 
     Raises:
         UnknownPolicy, UnknownStore: the name or URL is not registered.
+        InvalidTokenCount, InvalidArgument: a bad ``wrap_up_tokens`` or ``show_budget``.
     """
 
     def __init__(
@@ -1122,6 +1181,8 @@ class Controller:
         telemetry: Any = None,
         catalog: Any = None,
         reap_every: float = 30.0,
+        wrap_up_tokens: int = 0,
+        show_budget: bool = False,
     ) -> None:
         self._config = _Config(
             pipeline,
@@ -1133,6 +1194,8 @@ class Controller:
             telemetry,
             catalog,
             reap_every,
+            wrap_up_tokens,
+            show_budget,
         )
 
     @property

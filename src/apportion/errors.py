@@ -223,6 +223,38 @@ class BudgetExceeded(ApportionError):
         )
 
 
+class WrapUpTooLarge(BudgetExceeded):
+    """A wrap-up reserve larger than the grant's output could hold.
+
+    ``begin(..., wrap_up_tokens=N)`` keeps ``N`` of the grant's output tokens back for
+    handing back a partial result (see :class:`~apportion.ledger.Grant`). A store refuses
+    ``N`` above the grant's ``output_tokens``; the controller refuses a begin when the
+    agent cannot draw ``N`` beside its least output. Either changes nothing. A subclass of
+    :class:`BudgetExceeded` (``requested`` is ``N``, ``available`` the output), so code that
+    handles a refused grant handles this one too.
+
+    Attributes:
+        agent: the agent asking.
+        wrap_up_tokens: the reserve asked for.
+        output_tokens: the output tokens the grant has (or could have).
+    """
+
+    wrap_up_tokens: int
+    output_tokens: int
+
+    def __init__(self, agent: str, wrap_up_tokens: int, output_tokens: int) -> None:
+        ApportionError.__init__(
+            self,
+            f"agent {agent!r} asked to keep {wrap_up_tokens} tokens for wrapping up, more than "
+            f"the {output_tokens} output tokens its grant can hold",
+            agent=agent,
+            requested=wrap_up_tokens,
+            available=output_tokens,
+            wrap_up_tokens=wrap_up_tokens,
+            output_tokens=output_tokens,
+        )
+
+
 class CostExceeded(BudgetExceeded):
     """A grant (or extension) whose full-size cost could break the request's cost ceiling.
 

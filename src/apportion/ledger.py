@@ -51,6 +51,7 @@ from apportion.errors import (
     InvalidTokenCount,
     RequestClosed,
     UnknownAgent,
+    WrapUpTooLarge,
 )
 from apportion.limits import MAX_TOKENS as MAX_TOKENS  # largest token count (re-exported)
 from apportion.limits import is_text
@@ -83,6 +84,12 @@ class Grant(NamedTuple):
         lease_expires_at: clock time after which an unsettled grant is reclaimed.
         model: the model the call runs on, when the policy chose one (``None``: the
             caller's own model).
+        wrap_up_tokens: the wrap-up reserve (``begin(..., wrap_up_tokens=N)``): tokens of
+            ``output_tokens`` the working call leaves unspent, so that once the grant is
+            spent and an extension is refused the agent can still hand back a partial
+            result (the call engine spends them on one "wrap up now" follow-up, its prompt
+            and its answer). The reserve is inside the grant, not beside it: the ledger
+            accounts the grant as before, and every extension keeps the reserve.
     """
 
     request_id: str
@@ -92,11 +99,17 @@ class Grant(NamedTuple):
     output_tokens: int
     lease_expires_at: float
     model: str | None = None
+    wrap_up_tokens: int = 0
 
     @property
     def total(self) -> int:
-        """Tokens reserved by the grant: context plus output."""
+        """Tokens reserved by the grant: context plus output (the wrap-up reserve included)."""
         return self.context_tokens + self.output_tokens
+
+    @property
+    def working_tokens(self) -> int:
+        """The output cap of the working call: ``output_tokens`` less the wrap-up reserve."""
+        return self.output_tokens - self.wrap_up_tokens
 
 
 class Event(NamedTuple):
@@ -169,6 +182,19 @@ def check_time(field: str, value: object, *, infinite: bool = False) -> float:
     if math.isnan(number) or number == -math.inf or (number == math.inf and not infinite):
         raise InvalidArgument(field, value, "a time is a finite number of seconds")
     return number
+
+
+def check_wrap_up(agent: str, wrap_up_tokens: object, output_tokens: int) -> int:
+    """Return ``wrap_up_tokens`` as a reserve that fits ``output_tokens``.
+
+    Raises:
+        InvalidTokenCount: not a token count.
+        WrapUpTooLarge: above ``output_tokens``.
+    """
+    reserve = check_tokens("wrap_up_tokens", wrap_up_tokens)
+    if reserve > output_tokens:
+        raise WrapUpTooLarge(agent, reserve, output_tokens)
+    return reserve
 
 
 def check_seconds(field: str, value: object, *, infinite: bool = True) -> float:
@@ -460,6 +486,7 @@ class Ledger:
         model: str | None = None,
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
+        wrap_up_tokens: int = 0,
     ) -> Grant:
         """Reserve a grant for one model call of ``agent``.
 
@@ -474,11 +501,14 @@ class Ledger:
             asked: the input tokens the agent has in hand (default ``context_tokens``); a
                 grant with less context cuts the call's input, counted in
                 ``input_cut_calls``.
+            wrap_up_tokens: of ``output_tokens``, the wrap-up reserve the grant carries
+                (:attr:`Grant.wrap_up_tokens`); at most ``output_tokens``.
 
         Raises:
             RequestClosed: the request is closed.
             UnknownAgent: ``agent`` is not in the pipeline.
             InvalidTokenCount: a count is not a non-negative integer.
+            WrapUpTooLarge: ``wrap_up_tokens`` is above ``output_tokens``.
             InvalidPrice: bad prices, or none while the request has a cost ceiling.
             BudgetExceeded: the grant is larger than ``available_for(agent)``.
             CostExceeded: the grant's full-size cost is above what the cost ceiling leaves.
@@ -490,6 +520,8 @@ class Ledger:
         now = check_time("now", now)
         lease_seconds = check_seconds("lease_seconds", lease_seconds)
         asked = context_tokens if asked is None else check_tokens("input_tokens", asked)
+        if type(wrap_up_tokens) is not int or wrap_up_tokens:
+            wrap_up_tokens = check_wrap_up(agent, wrap_up_tokens, output_tokens)
         prices = check_prices(prices)
         if model is not None and (not isinstance(model, str) or not model):
             raise InvalidPrice("model", model, "a model is a non-empty name")
@@ -521,6 +553,7 @@ class Ledger:
                 output_tokens,
                 now + lease_seconds,
                 model,
+                wrap_up_tokens,
             ),
         )
         if prices is not None:

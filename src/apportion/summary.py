@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from apportion.calls import (
+    CLOSED,
+    COMPLETED,
+    CUT,
+    EXPIRED,
+    LATE,
+    OPEN,
+    REFUSED,
+    RELEASED,
+    WRAPPED_UP,
+    CallRecord,
+)
 from apportion.ledger_view import LedgerView
+
+STATUS_ORDER = (COMPLETED, WRAPPED_UP, CUT, LATE, OPEN, RELEASED, EXPIRED, CLOSED, REFUSED)
+"""The order statuses are listed in (see :mod:`apportion.calls`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +43,8 @@ class AgentUsage:
         truncated_calls: calls whose answer was cut at the output cap.
         overuse: tokens its calls used beyond their grants (a late call: all its usage).
         cost_usd: USD its settled calls cost (0 when its grants carried no prices).
+        statuses: its calls counted by status (``completed``, ``wrapped_up``, ``cut``,
+            ``refused`` ...; see :mod:`apportion.calls`), the statuses it had only.
     """
 
     allocated: int
@@ -38,6 +56,7 @@ class AgentUsage:
     truncated_calls: int
     overuse: int
     cost_usd: float = 0.0
+    statuses: dict[str, int] = field(default_factory=dict)
 
     @property
     def remaining(self) -> int:
@@ -63,6 +82,9 @@ class Summary:
         agents: one :class:`AgentUsage` per agent, in execution order.
         cost_usd: USD the settled calls cost.
         ceiling_usd: the cost ceiling in USD, or ``None``.
+        statuses: the request's calls counted by status, refused begins included (only
+            ``completed`` is a success: ``wrapped_up`` handed back a partial result, ``cut``
+            an answer cut at its cap); the statuses it had only.
     """
 
     request_id: str
@@ -77,10 +99,16 @@ class Summary:
     agents: dict[str, AgentUsage]
     cost_usd: float = 0.0
     ceiling_usd: float | None = None
+    statuses: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, state: LedgerView, names: Iterable[str]) -> Summary:
-        """Summarise a ledger's state."""
+    def of(
+        cls, state: LedgerView, names: Iterable[str], calls: Iterable[CallRecord] = ()
+    ) -> Summary:
+        """Summarise a ledger's state, and the statuses of ``calls`` (the call records)."""
+        by_agent: dict[str, Counter[str]] = {}
+        for record in calls:
+            by_agent.setdefault(record.agent, Counter())[record.status] += 1
         agents = {
             name: AgentUsage(
                 state.allocation[name],
@@ -92,6 +120,7 @@ class Summary:
                 state.truncated_calls[name],
                 state.overuse_by[name],
                 state.cost_by[name] / 1e9,
+                _ordered(by_agent.get(name, Counter())),
             )
             for name in names
         }
@@ -108,6 +137,7 @@ class Summary:
             agents,
             state.cost_consumed / 1e9,
             None if state.cost_ceiling is None else state.cost_ceiling / 1e9,
+            _ordered(sum(by_agent.values(), Counter())),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +179,9 @@ class Summary:
             "an agent until it starts; open: held by open grants; input cut: calls granted "
             "less context than they had in hand; output cut: answers cut at the cap"
         )
+        if self.statuses:
+            counted = ", ".join(f"{status} {n}" for status, n in self.statuses.items())
+            lines.append(f"calls: {counted} (only completed answers are whole)")
         if self.overflow:
             lines.append(f"overflow {self.overflow}: used beyond the ceiling, not charged to it")
         if self.cost_usd or self.ceiling_usd is not None:
@@ -170,3 +203,9 @@ def _counts(u: AgentUsage) -> tuple[int, ...]:
         u.truncated_calls,
         u.overuse,
     )
+
+
+def _ordered(counts: Counter[str]) -> dict[str, int]:
+    """Counts by status, in :data:`STATUS_ORDER` (unknown statuses last), zeros left out."""
+    rank = {status: i for i, status in enumerate(STATUS_ORDER)}
+    return {s: counts[s] for s in sorted(counts, key=lambda s: rank.get(s, len(rank))) if counts[s]}

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from apportion import Agent, Controller, Pipeline, StaticPolicy
 from apportion.cli import app
+from apportion.telemetry import SCHEMA_VERSION
 from apportion.telemetry.sql import Database
 
 runner = CliRunner()
@@ -82,10 +83,10 @@ def test_report_of_a_newer_schema_is_refused_with_its_version(db_url: str) -> No
     from sqlalchemy import update
 
     with Database(db_url, create=True) as db, db.engine.begin() as conn:
-        conn.execute(update(db.tables.meta).values(value="3"))
+        conn.execute(update(db.tables.meta).values(value=str(SCHEMA_VERSION + 1)))
     result = runner.invoke(app, ["report", db_url])
     assert result.exit_code == 2
-    assert "schema version 3" in result.output
+    assert f"schema version {SCHEMA_VERSION + 1}" in result.output
 
 
 def test_report_bad_since(tmp_path: Path) -> None:

@@ -145,7 +145,7 @@ def test_a_refused_extension_ends_the_stream_on_length(server, store):
         assert len(server.requests) == 1
         report = stream.report
         assert (report.calls, report.extensions, report.truncated) == (1, 0, True)
-        assert req.calls[report.grant.grant_id].status == "wrapped_up"  # extension refused
+        assert req.calls[report.grant.grant_id].status == "cut"  # refused, nothing concluded it
 
 
 def test_max_extensions_zero_leaves_a_cut_stream_cut(server, store):

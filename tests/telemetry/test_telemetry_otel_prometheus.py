@@ -62,9 +62,10 @@ def test_spans_carry_the_genai_conventions_and_the_grant() -> None:
     assert reasoner.start_time < reasoner.end_time
     assert request.start_time <= reasoner.start_time and reasoner.end_time <= request.end_time
     t: Any = by_agent["triage"].attributes
-    assert t["apportion.truncated"] is True
+    assert t["apportion.truncated"] is True and t["apportion.call.status"] == "cut"
+    assert r["apportion.call.status"] == "completed"
     f: Any = by_agent["formatter"].attributes
-    assert f["apportion.grant.settled"] == "release"
+    assert f["apportion.grant.settled"] == "release" and f["apportion.call.status"] == "released"
     assert "gen_ai.usage.input_tokens" not in f
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from apportion.calls import STATUSES
 from apportion.errors import SchemaVersionError, SpecError
 from apportion.files import load_json, read_text
 from apportion.limits import MAX_INTEGER, MAX_TOKENS, excerpt
@@ -413,6 +414,12 @@ def _count(span: _Span, key: str, loc: _Locator) -> int | None:
     return number
 
 
+def _status(span: _Span) -> str | None:
+    """A call's ``apportion.call.status``, when it is one apportion writes (else ``None``)."""
+    status = _text(span, "apportion.call.status")
+    return status if status in STATUSES else None
+
+
 def _flag(span: _Span, key: str, loc: _Locator) -> bool | None:
     value = span.attributes.get(key)
     if value is None:
@@ -563,6 +570,7 @@ def _request(
                 finish_reason=str(reasons[0]) if isinstance(reasons, list) and reasons else None,
                 began_at=span.start,
                 at=span.end,
+                status=_status(span),
             )
         )
     calls.sort(key=lambda c: c.grant_id)

@@ -24,11 +24,14 @@ from apportion.analysis.report import (
     REPORT_COLUMNS,
     ROLLOUT_CAPTION,
     ROLLOUT_COLUMNS,
+    STATUS_CAPTION,
+    STATUS_COLUMNS,
     fmt_time,
     quality_rows,
     report_caption,
     report_rows,
     rollout_rows,
+    status_rows,
 )
 from apportion.sim.html import Section, figure, paragraph, render_html, table
 from apportion.telemetry.records import CallUsage
@@ -82,6 +85,17 @@ def report_page(
             ),
         )
     ]
+    sections.append(
+        Section(
+            "How calls ended",
+            table(
+                STATUS_COLUMNS,
+                status_rows(report),
+                caption=STATUS_CAPTION,
+                numeric=(1, 2, 3, 4, 5, 6),
+            ),
+        )
+    )
     scored = quality_rows(report)
     if scored:
         sections.append(

@@ -23,6 +23,14 @@ Definitions (per agent, over the calls in the period):
 - ``quality``: among requests with an outcome score (``req.score``), the mean outcome of
   those where a call of the agent hit its budget (``cut``) and of those where none did
   (``uncut``), each with a 95% t interval and its number of requests.
+- ``statuses``: the agent's calls counted by how they ended (:mod:`apportion.calls`):
+  ``completed``, ``wrapped_up`` (an extension was refused and the agent concluded within
+  its wrap-up reserve: a partial result), ``cut``, ``late``, ``released``, ``expired``,
+  ``closed``, ``refused`` (begins refused: no grant made; from the requests), and
+  ``unknown`` (ingested calls that say nothing, or neither truncated nor not);
+  ``success_rate``: ``completed`` over the calls whose ending is known (refused begins
+  included), so a truncated or wrapped-up answer is never counted as a success. The
+  document's ``statuses`` sums them over the agents.
 - ``recommended``: a static budget, :func:`recommend`: the percentile (P90 unless told)
   of the input needed (input used plus input cut away, when known) and of the output
   used, plus the margin (10%), rounded up. When the agent is under-budgeted, observed
@@ -58,6 +66,7 @@ __all__ = [
     "PERCENTILES",
     "QUALITY_COLUMNS",
     "REPORT_COLUMNS",
+    "STATUS_COLUMNS",
     "Thresholds",
     "agent_calls",
     "build_report",
@@ -66,6 +75,8 @@ __all__ = [
     "recommend",
     "report_rows",
     "rollout_rows",
+    "status_rows",
+    "statuses_of",
 ]
 
 PERCENTILES: Final = (50, 90, 99)
@@ -208,13 +219,59 @@ def _over_budgeted(
     return utilization < thresholds.over_utilization and not cut
 
 
+STATUS_ORDER: Final = (
+    "completed",
+    "wrapped_up",
+    "cut",
+    "late",
+    "released",
+    "expired",
+    "closed",
+    "refused",
+    "unknown",
+)
+"""The order a report lists call statuses in."""
+
+
+def _status(call: CallUsage) -> str:
+    """How a call ended: its status, else what its ``truncated`` flag tells."""
+    if call.status:
+        return call.status
+    if call.used_input is None or call.used_output is None:
+        return "released" if call.settled == "release" else "unknown"
+    if call.truncated is None:
+        return "unknown"
+    return "cut" if call.truncated else "completed"
+
+
+def statuses_of(calls: Sequence[CallUsage], refused: int = 0) -> dict[str, int]:
+    """Calls counted by status (see the module docstring), in :data:`STATUS_ORDER`."""
+    counts: dict[str, int] = {}
+    for call in calls:
+        status = _status(call)
+        counts[status] = counts.get(status, 0) + 1
+    if refused:
+        counts["refused"] = counts.get("refused", 0) + refused
+    rank = {s: i for i, s in enumerate(STATUS_ORDER)}
+    return {s: counts[s] for s in sorted(counts, key=lambda s: (rank.get(s, len(rank)), s))}
+
+
+def _success_rate(statuses: Mapping[str, int]) -> float | None:
+    known = sum(n for s, n in statuses.items() if s != "unknown")
+    return statuses.get("completed", 0) / known if known else None
+
+
 def _agent(
-    calls: Sequence[CallUsage], outcomes: Mapping[str, float], thresholds: Thresholds
+    calls: Sequence[CallUsage],
+    outcomes: Mapping[str, float],
+    thresholds: Thresholds,
+    refused: int = 0,
 ) -> dict[str, Any] | None:
     done = _finished(calls)
     released = len(calls) - len(done)
     if not done:
         return None
+    statuses = statuses_of(calls, refused)
     inputs = [int(c.used_input or 0) for c in done]
     outputs = [int(c.used_output or 0) for c in done]
     sized = [c for c in done if c.granted is not None]
@@ -271,6 +328,8 @@ def _agent(
         "recommended": recommended,
         "models": sorted({c.model for c in done if c.model}),
         "cost_usd": math.fsum(costs) if costs else None,
+        "statuses": statuses,
+        "success_rate": _success_rate(statuses),
     }
 
 
@@ -298,11 +357,19 @@ def build_report(
     outcomes = {
         rid: float(r.outcome) for rid, r in dataset.requests.items() if r.outcome is not None
     }
+    refused: dict[str, int] = {}
+    for request in dataset.requests.values():
+        for agent, count in request.refused.items():
+            refused[agent] = refused.get(agent, 0) + count
     agents: dict[str, Any] = {}
     for agent, calls in agent_calls(dataset.calls).items():
-        figures = _agent(calls, outcomes, thresholds)
+        figures = _agent(calls, outcomes, thresholds, refused.get(agent, 0))
         if figures is not None:
             agents[agent] = figures
+    totals: dict[str, int] = {}
+    for figures in agents.values():
+        for status, count in figures["statuses"].items():
+            totals[status] = totals.get(status, 0) + count
     message = None
     if dataset.empty:
         message = f"the database {dataset.url} holds no telemetry yet"
@@ -330,6 +397,8 @@ def build_report(
             "margin": thresholds.margin,
         },
         "ceiling_hit": "output truncated at its cap, or input cut to fit its context grant",
+        "statuses": {s: totals[s] for s in STATUS_ORDER if s in totals}
+        | {s: n for s, n in totals.items() if s not in STATUS_ORDER},
         "agents": agents,
         "rollouts": rollouts_of(dataset),
     }
@@ -483,6 +552,44 @@ def report_caption(report: Mapping[str, Any]) -> str:
             else "."
         )
     )
+
+
+STATUS_COLUMNS: Final = (
+    "agent",
+    "completed",
+    "wrapped up",
+    "cut",
+    "refused",
+    "other",
+    "success",
+)
+"""The columns of the how-calls-ended table (terminal and HTML)."""
+
+STATUS_CAPTION: Final = (
+    "How calls ended. completed: whole answers (the only successes); wrapped up: an "
+    "extension was refused and the agent concluded within its wrap-up reserve (a partial "
+    "result); cut: stopped at the cap; refused: begins refused, no grant made; other: late, "
+    "released, expired, closed or unknown. success: completed over the calls whose ending "
+    "is known."
+)
+
+
+def status_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    """One row per agent, in the order of :data:`STATUS_COLUMNS`."""
+    shown = ("completed", "wrapped_up", "cut", "refused")
+    rows = []
+    for agent, f in report["agents"].items():
+        counts = f["statuses"]
+        other = sum(n for s, n in counts.items() if s not in shown)
+        rows.append(
+            [
+                agent,
+                *(str(counts.get(s, 0)) for s in shown),
+                str(other),
+                fmt_share(f["success_rate"]),
+            ]
+        )
+    return rows
 
 
 QUALITY_CAPTION: Final = (

@@ -317,6 +317,21 @@ def report_table(report: Mapping[str, Any]) -> Table:
     return table
 
 
+def status_table(report: Mapping[str, Any]) -> Table:
+    """How calls ended (completed, wrapped up, cut, refused), per agent, for the terminal."""
+    from apportion.analysis.report import STATUS_CAPTION, STATUS_COLUMNS, status_rows
+
+    table = Table(title="how calls ended", caption=STATUS_CAPTION)
+    for column in STATUS_COLUMNS:
+        if column == "agent":
+            table.add_column(column, min_width=12, overflow="fold")
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
+    for row in status_rows(report):
+        table.add_row(*row, style="yellow" if row[3] != "0" else None)
+    return table
+
+
 def quality_table(report: Mapping[str, Any]) -> Table | None:
     """Truncation against quality, for the terminal; ``None`` without scored requests."""
     from apportion.analysis.report import QUALITY_CAPTION, QUALITY_COLUMNS, quality_rows

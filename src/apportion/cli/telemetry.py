@@ -15,7 +15,13 @@ from typing import Annotated, Any
 import typer
 
 from apportion.cli.console import console, fail, progress, stages, write_outputs
-from apportion.cli.tables import profile_table, quality_table, report_table, rollout_table
+from apportion.cli.tables import (
+    profile_table,
+    quality_table,
+    report_table,
+    rollout_table,
+    status_table,
+)
 from apportion.errors import ApportionError
 
 _DB_HELP = "Telemetry database: sqlite:///apportion.db, postgresql://user@host/db, or a .db file."
@@ -121,6 +127,7 @@ def report(
         console.print(f"nothing to report: {document['message']}", highlight=False)
     else:
         console.print(report_table(document))
+        console.print(status_table(document))
         scored = quality_table(document)
         if scored is not None:
             console.print(scored)

@@ -27,8 +27,9 @@ One call, step by step:
    afford it); when the grant is smaller, the biggest messages of that part are shortened
    inside (head and tail kept, a marker of the tokens cut). If even that cannot fit, the
    grant is released and ``InputTooLarge`` says how many tokens that part needs.
-4. **Cap** the output at the grant: ``max_tokens`` = ``grant.output_tokens`` (divided by
-   ``n`` when several choices are asked for). OpenAI reasoning models (``o1``, ``o3``,
+4. **Cap** the output at the grant: ``max_tokens`` = ``grant.working_tokens`` (the
+   output granted less its wrap-up reserve, ``wrap_up_tokens``; divided by ``n`` when
+   several choices are asked for). OpenAI reasoning models (``o1``, ``o3``,
    ``o4-mini``, ``gpt-5`` ..., any provider prefix) get ``max_completion_tokens`` instead,
    which caps reasoning and answer together. When Anthropic extended thinking is on
    (``thinking={"type": "enabled", "budget_tokens": B}``), ``max_tokens`` covers thinking
@@ -47,6 +48,15 @@ One call, step by step:
    (A follow-up ends with a user turn, so it works with every provider; it is not
    Anthropic's assistant prefill.) The caller's ``max_tokens`` thus caps each call, not the
    whole answer: pass ``max_extensions=0`` to stop at the first cap.
+   **Wrap up** when the answer is still cut because the policy refused the extension
+   (``extend`` returns ``None``) or ``max_extensions`` follow-ups were made (not with
+   ``max_extensions=0``), and the grant carries a wrap-up reserve (``wrap_up_tokens=N``
+   per call, or the controller's):
+   instead of continuing, one follow-up asks the model to conclude
+   (:data:`WRAP_UP_PROMPT`, "at most N/2 tokens"), capped at ``N`` and fitted, prompt and
+   answer, in what the grant still holds (see :meth:`ChatCall.wrap_up_call`), so the
+   ceiling never moves. Its text is appended; the report's ``status`` is ``wrapped_up``
+   (``cut`` if even the conclusion was cut, or nothing could be sent).
 7. **Finish** the grant with the real usage summed over all the calls (every prompt sent
    and every completion written) and ``truncated`` = the last call stopped on ``length``.
    The returned response is the first call's response with the answer's text joined, the
@@ -54,6 +64,16 @@ One call, step by step:
    (see :func:`report_of`) is a :class:`CallReport` with the cost of the model called: the
    controller's catalog when the model is one of the user's own (a YAML catalog), else
    LiteLLM's model cost map, else the catalog (``None`` for a model nothing prices).
+
+**The budget shown to the model** (``show_budget=True`` per call, or the controller's):
+:data:`BUDGET_LINE` (what the grant lets the call read and write) is added as a system
+message after the leading system messages; it is counted at ``begin`` (at its widest) and
+fitted with the messages, so it never costs more than the grant. Through LiteLLM to an
+Anthropic model, the advisory ``output_config.task_budget`` is set from the grant too
+(:meth:`ChatCall.first_params`). Off (the default), nothing changes.
+
+Every report says how the call ended (``CallReport.status``): ``completed``,
+``wrapped_up``, ``cut``, ``refused`` (begin refused) or ``released``.
 
 Bad input and failures:
 
@@ -109,7 +129,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from apportion.errors import ApportionError, BudgetExceeded, InvalidArgument
+from apportion.calls import COMPLETED, CUT, OPEN, REFUSED, RELEASED, WRAPPED_UP
+from apportion.errors import ApportionError, BudgetExceeded, InputTooLarge, InvalidArgument
 from apportion.integrations.protocols import (
     CHAT,
     CONTINUE_PROMPT,
@@ -122,9 +143,12 @@ from apportion.integrations.protocols import (
 from apportion.ledger import Grant, check_name, check_tokens
 
 __all__ = [
+    "BUDGET_LINE",
     "CONTINUE_PROMPT",
     "MAX_EXTENSIONS",
+    "TASK_BUDGET_BETA",
     "THINKING_MIN_BUDGET",
+    "WRAP_UP_PROMPT",
     "CallReport",
     "ChatCall",
     "Op",
@@ -139,6 +163,26 @@ _LITELLM_SOURCE = "LiteLLM"
 
 THINKING_MIN_BUDGET = 1024
 """Anthropic's smallest thinking budget; below it, thinking is left off."""
+
+WRAP_UP_PROMPT = (
+    "Budget spent: wrap up now. Conclude in at most {tokens} tokens, going on from where "
+    "you stopped."
+)
+"""The user turn that asks a cut answer to conclude, once an extension was refused."""
+
+WRAP_UP_HEADER = "Your answer so far (cut):"
+"""Opens the one user turn a wrap-up prompt is folded into when the whole does not fit."""
+
+BUDGET_LINE = (
+    "Token budget for this reply: you may read {context} tokens of context and write at "
+    "most {output} tokens; plan your answer to fit."
+)
+"""The line ``show_budget`` adds to the prompt (a system message after the system prompt)."""
+
+TASK_BUDGET_BETA = "task-budgets-2026-03-13"
+"""Anthropic's beta header value for ``output_config.task_budget``."""
+
+_PLACEHOLDER = 10**9 - 1  # the widest count a line may show: it is counted at begin
 
 Cost = Callable[[str, int, int], "float | None"]
 """Prices ``(model, prompt_tokens, completion_tokens)`` in USD, or ``None`` if unknown."""
@@ -188,6 +232,13 @@ class CallReport:
         thinking_budget: the Anthropic thinking budget sent on the first call (0: left
             off), or ``None`` when thinking was not asked for.
         settled: ``"finish"``, ``"release"``, or ``None`` while still open.
+        status: how the answer ended: ``completed`` (whole: the only success),
+            ``wrapped_up`` (an extension was refused and the call concluded it within
+            the grant's wrap-up reserve: a partial result), ``cut`` (it ended cut at its
+            cap), ``refused`` (``begin`` was refused: no call made), ``released`` (the
+            call failed before any answer), ``open`` until settled.
+        wrap_up_tokens: the grant's wrap-up reserve (:attr:`Grant.wrap_up_tokens`).
+        budget_line: the line ``show_budget`` added to the prompt, or ``None``.
     """
 
     agent: str
@@ -209,6 +260,9 @@ class CallReport:
     cost_usd: float | None = None
     thinking_budget: int | None = None
     settled: str | None = None
+    status: str = OPEN
+    wrap_up_tokens: int = 0
+    budget_line: str | None = None
 
 
 def report_of(response: Any) -> CallReport | None:
@@ -237,6 +291,9 @@ class ChatCall:
         cost: prices the usage (``None``: no cost).
         protocol: the wire protocol, a :class:`~apportion.integrations.protocols.Protocol`
             or its name: ``"chat"`` (chat completions, the default) or ``"responses"``.
+        wrap_up_tokens: the wrap-up reserve to begin with (``None``: the controller's).
+        show_budget: add :data:`BUDGET_LINE` to the prompt (``None``: the controller's
+            ``show_budget``).
 
     Raises:
         TypeError, ValueError: bad arguments; nothing is reserved.
@@ -255,6 +312,8 @@ class ChatCall:
         max_extensions: int = MAX_EXTENSIONS,
         cost: Cost | None = None,
         protocol: Protocol | str = CHAT,
+        wrap_up_tokens: int | None = None,
+        show_budget: bool | None = None,
     ) -> None:
         from apportion.tokens.counting import counter_for
         from apportion.tokens.fitting import STRATEGIES
@@ -270,6 +329,10 @@ class ChatCall:
             raise InvalidArgument("fit", fit, f"one of {', '.join(STRATEGIES)}")
         if type(max_extensions) is not int or not 0 <= max_extensions <= 1000:
             raise InvalidArgument("max_extensions", max_extensions, "an integer from 0 to 1000")
+        if wrap_up_tokens is not None:
+            wrap_up_tokens = check_tokens("wrap_up_tokens", wrap_up_tokens)
+        if show_budget is not None and not isinstance(show_budget, bool):
+            raise InvalidArgument("show_budget", show_budget, "True, False or None")
         params = _caps_out_of_extra_body(
             {k: v for k, v in dict(params).items() if not is_absent(v)}, protocol
         )
@@ -296,6 +359,10 @@ class ChatCall:
         self.strategy = fit
         self.max_extensions = 0 if protocol.structured(params) else max_extensions
         self.cost = cost
+        self.wrap_up_tokens = wrap_up_tokens
+        self.show_budget = show_budget
+        self.provider_budget = False  # set where the client passes a provider's budget field
+        self.wrapped_up = False
         self.report = CallReport(agent, model)
 
     def _reroute(self, model: str) -> None:
@@ -362,20 +429,37 @@ class ChatCall:
         from apportion.tokens.fitting import fit_messages, irreducible_tokens
 
         report = self.report
+        show = self.show_budget
+        if show is None:
+            try:
+                options = yield Op("req", "call_options", (), {})
+            except (AttributeError, TypeError):  # a request-like object without options
+                options = None
+            show = isinstance(options, Mapping) and options.get("show_budget") is True
         counted = self.counter.count_messages(self.messages, tools=self.tools)
         report.counted_input = counted
-        floor = min(counted, irreducible_tokens(self.messages, self.counter, tools=self.tools))
-        grant: Grant = yield Op(
-            "req",
-            "begin",
-            (self.agent, counted, self.cap),
-            {"model": self.requested, "min_context_tokens": floor},
-        )
+        messages = self.messages
+        if show:  # counted at its widest: the grant it shows is not known yet
+            messages = _with_line(self.messages, _PLACEHOLDER, _PLACEHOLDER)
+            counted = self.counter.count_messages(messages, tools=self.tools)
+        floor = min(counted, irreducible_tokens(messages, self.counter, tools=self.tools))
+        begin_kwargs: dict[str, Any] = {"model": self.requested, "min_context_tokens": floor}
+        if self.wrap_up_tokens is not None:
+            begin_kwargs["wrap_up_tokens"] = self.wrap_up_tokens
+        try:
+            grant: Grant = yield Op("req", "begin", (self.agent, counted, self.cap), begin_kwargs)
+        except BudgetExceeded:
+            report.status = REFUSED
+            raise
         report.grant = grant
+        report.wrap_up_tokens = grant.wrap_up_tokens
+        if show:
+            messages = _with_line(self.messages, grant.context_tokens, grant.working_tokens)
+            report.budget_line = _budget_line(grant.context_tokens, grant.working_tokens)
         if self.routes and grant.model and grant.model != self.model:
             self._reroute(grant.model)
         try:
-            if grant.output_tokens < self.n:
+            if grant.working_tokens < self.n:
                 raise BudgetExceeded(
                     self.agent,
                     counted + self.n,
@@ -383,7 +467,7 @@ class ChatCall:
                     reason="the grant leaves no output tokens",
                 )
             fit = fit_messages(
-                self.messages,
+                messages,
                 grant.context_tokens,
                 self.counter,
                 strategy=self.strategy,
@@ -414,6 +498,7 @@ class ChatCall:
             "dropped_tokens": report.dropped_tokens,
             "finish_reason": report.finish_reason,
             "cost_usd": report.cost_usd,
+            "wrapped_up": self.wrapped_up,
         }
         return Op("note", "annotate", (grant,), fields)
 
@@ -422,6 +507,7 @@ class ChatCall:
         with suppress(ApportionError):  # the caller's error matters more; the lease reclaims
             yield Op("req", "release", (grant,), {})
         self.report.settled = "release"
+        self.report.status = RELEASED
 
     def _finish(
         self, grant: Grant, truncated: bool, *, quiet: bool = False
@@ -429,6 +515,7 @@ class ChatCall:
         report = self.report
         report.grant = grant
         report.truncated = truncated
+        report.status = CUT if truncated else WRAPPED_UP if self.wrapped_up else COMPLETED
         report.overuse = max(0, report.input_tokens + report.output_tokens - grant.total)
         report.cost_usd = self._price(report.input_tokens, report.output_tokens)
         yield self._note(grant)
@@ -469,20 +556,112 @@ class ChatCall:
         report.finish_reason = reason
         return text, reason
 
+    def first_params(self, messages: list[Any], grant: Grant) -> dict[str, Any]:
+        """The first call's parameters, capped at ``grant.working_tokens``.
+
+        The wrap-up reserve is kept back. With ``show_budget``, where the client passes it
+        (LiteLLM) and the model is Anthropic's, the advisory ``output_config.task_budget``
+        is set (``total``: the grant; ``remaining``: what the call may write), with its
+        beta header.
+        """
+        params = self.call_params(messages, grant.working_tokens)
+        if self.report.budget_line is not None and self.provider_budget:
+            _task_budget(params, self.model, grant)
+        return params
+
+    def wrap_up_call(
+        self, grant: Grant, messages: list[Any], answer: str
+    ) -> tuple[dict[str, Any], int] | None:
+        """The "wrap up now" follow-up of a cut answer whose extension was refused.
+
+        It must fit, prompt and answer, in what the grant still holds (the wrap-up reserve
+        and any context the calls left unread): its answer is capped at the reserve, and
+        asked to be at most half of it (at least 1 token); its prompt is the first call's
+        messages, the answer so far, and :data:`WRAP_UP_PROMPT`. When that is too big, the
+        other turns are left out and the answer so far is folded into the wrap-up turn
+        (after the system messages), shortened inside to fit (head and tail kept). The
+        stream path calls this too.
+
+        Args:
+            grant: the grant as it stands (extensions included).
+            messages: the fitted messages of the first call.
+            answer: the answer so far.
+
+        Returns:
+            ``(parameters of the call, prompt tokens counted)``, or ``None`` when there is
+            no reserve, or not even a shortened prompt fits.
+        """
+        reserve = grant.wrap_up_tokens
+        report = self.report
+        room = grant.total - report.input_tokens - report.output_tokens
+        if reserve <= 0 or room < 2:
+            return None
+        asked = max(1, reserve // 2)
+        prompt = WRAP_UP_PROMPT.format(tokens=asked)
+        follow = [
+            *messages,
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": prompt},
+        ]
+        resent = self.counter.count_messages(follow, tools=self.tools)
+        if resent + asked > room:
+            folded = self._folded(messages, answer, prompt, room - asked)
+            if folded is None:
+                return None
+            follow, resent = folded
+        if resent >= room:
+            return None
+        cap = min(reserve, room - resent)
+        base = self.protocol.request(dict(self.params), follow, self.instructions)
+        base.pop("previous_response_id", None)  # the prompt is resent whole
+        return self.call_params(follow, cap, base), resent
+
+    def _folded(
+        self, messages: list[Any], answer: str, prompt: str, room: int
+    ) -> tuple[list[Any], int] | None:
+        """The system messages, then one user turn: the answer so far, then ``prompt``.
+
+        The answer is shortened inside to fit ``room`` (head and tail kept). Returns the
+        messages with their tokens, or ``None`` when they cannot fit.
+        """
+        from apportion.tokens.fitting import fit_messages
+
+        head = []
+        for message in messages:
+            if _role(message) not in ("system", "developer"):
+                break
+            head.append(message)
+
+        def turn(text: str) -> dict[str, Any]:
+            return {"role": "user", "content": f"{WRAP_UP_HEADER}\n\n{text}\n\n{prompt}"}
+
+        count = self.counter.count_messages
+        left = room - count([*head, turn("")], tools=self.tools) - 2  # 2: joins re-tokenized
+        if left < 1:
+            return None
+        alone = [{"role": "user", "content": answer}]
+        try:
+            fit = fit_messages(alone, left + count([{"role": "user", "content": ""}]), self.counter)
+        except InputTooLarge:
+            return None
+        folded = [*head, turn(str(fit.messages[-1]["content"]))]
+        return folded, count(folded, tools=self.tools)
+
     def steps(self) -> Generator[Op, Any, Any]:
         """The whole non-streaming call; returns the (merged) response."""
         report = self.report
         protocol = self.protocol
         grant, messages, sent = yield from self._open()
-        first_cap = grant.output_tokens
+        first_cap = grant.working_tokens
         try:
-            response = yield Op("model", "call", (), self.call_params(messages, first_cap))
+            response = yield Op("model", "call", (), self.first_params(messages, grant))
         except BaseException:
             yield from self._release(grant)
             raise
         text, reason = self._account(response, sent)
         pieces = [text]
         last = response
+        refused = lapsed = False
         while (
             reason == LENGTH
             and report.extensions < self.max_extensions
@@ -495,8 +674,10 @@ class ChatCall:
             try:
                 bigger = yield Op("req", "extend", (grant, first_cap), {"context_tokens": resent})
             except ApportionError:  # refused (the grant lapsed ...): settle what was used
-                bigger = None
+                lapsed = True
+                break
             if bigger is None:
+                refused = True
                 break
             extra = bigger.output_tokens - grant.output_tokens
             grant = bigger
@@ -508,11 +689,64 @@ class ChatCall:
                 raise
             text, reason = self._account(last, resent)
             pieces.append(text)
+        wrap = None
+        used_up = report.extensions >= self.max_extensions > 0
+        if reason == LENGTH and not lapsed and (refused or used_up) and protocol.continuable(last):
+            wrap = self.wrap_up_call(grant, messages, "".join(pieces))
+        if wrap is not None:  # conclude within the reserve instead of ending cut
+            params, resent = wrap
+            try:
+                last = yield Op("model", "call", (), params)
+            except BaseException:
+                yield from self._finish(grant, True, quiet=True)
+                raise
+            self.wrapped_up = True
+            text, reason = self._account(last, resent)
+            pieces.append(text)
         yield from self._finish(grant, reason == LENGTH)
         if report.calls > 1:
             response = protocol.merge(response, last, "".join(pieces), report)
         _attach(response, report)
         return response
+
+
+def _budget_line(context: int, output: int) -> str:
+    return BUDGET_LINE.format(context=context, output=output)
+
+
+def _with_line(messages: list[Any], context: int, output: int) -> list[Any]:
+    """``messages`` with the budget line as a system message after the leading system ones."""
+    at = 0
+    while at < len(messages) and _role(messages[at]) in ("system", "developer"):
+        at += 1
+    line = {"role": "system", "content": _budget_line(context, output)}
+    return [*messages[:at], line, *messages[at:]]
+
+
+def _role(message: Any) -> Any:
+    return message.get("role") if isinstance(message, Mapping) else getattr(message, "role", None)
+
+
+def _task_budget(params: dict[str, Any], model: str, grant: Grant) -> None:
+    """Set Anthropic's ``output_config.task_budget`` from the grant (Anthropic models only)."""
+    name = model.lower()
+    if not (name.startswith("anthropic/") or name.startswith("claude")):
+        return
+    config = params.get("output_config")
+    config = dict(config) if isinstance(config, Mapping) else {}
+    config["task_budget"] = {
+        "type": "tokens",
+        "total": grant.total,
+        "remaining": grant.working_tokens,
+    }
+    params["output_config"] = config
+    headers = params.get("extra_headers")
+    headers = dict(headers) if isinstance(headers, Mapping) else {}
+    betas = [b.strip() for b in str(headers.get("anthropic-beta", "")).split(",") if b.strip()]
+    if TASK_BUDGET_BETA not in betas:
+        betas.append(TASK_BUDGET_BETA)
+    headers["anthropic-beta"] = ",".join(betas)
+    params["extra_headers"] = headers
 
 
 def _int(value: Any) -> int | None:

@@ -56,12 +56,18 @@ def prepare(
     fit: str = "keep-recent",
     max_extensions: int = MAX_EXTENSIONS,
     cost: Cost | None = None,
+    wrap_up_tokens: int | None = None,
+    show_budget: bool | None = None,
     params: dict[str, Any],
 ) -> ChatCall:
-    """Check the arguments and build the :class:`ChatCall` (nothing is reserved yet)."""
+    """Check the arguments and build the :class:`ChatCall` (nothing is reserved yet).
+
+    A ``send`` of LiteLLM's (``litellm.completion`` ...) takes the providers' own budget
+    fields, which ``show_budget`` then sets (see :meth:`ChatCall.first_params`).
+    """
     if not callable(send):
         raise InvalidArgument("send", send, "a function that makes one provider call")
-    return ChatCall(
+    chat = ChatCall(
         agent,
         model,
         messages,
@@ -71,7 +77,12 @@ def prepare(
         max_extensions=max_extensions,
         cost=cost,
         protocol=protocol,
+        wrap_up_tokens=wrap_up_tokens,
+        show_budget=show_budget,
     )
+    module = getattr(send, "__module__", None)
+    chat.provider_budget = isinstance(module, str) and module.split(".")[0] == "litellm"
+    return chat
 
 
 def call(
@@ -86,6 +97,8 @@ def call(
     fit: str = "keep-recent",
     max_extensions: int = MAX_EXTENSIONS,
     cost: Cost | None = None,
+    wrap_up_tokens: int | None = None,
+    show_budget: bool | None = None,
     **params: Any,
 ) -> Any:
     """One budgeted model call of ``agent`` within the open request ``req``.
@@ -104,6 +117,11 @@ def call(
         max_extensions: follow-up calls allowed when the answer is cut at its cap.
         cost: prices ``(model, prompt, completion)`` tokens in USD (default: the
             controller's catalog only).
+        wrap_up_tokens: the grant's wrap-up reserve (``None``: the controller's): the
+            first call leaves it unspent, and when an extension is refused a "wrap up
+            now" follow-up concludes the answer within it (``report.status`` then says
+            ``wrapped_up``).
+        show_budget: add the budget line to the prompt (``None``: the controller's).
         **params: passed to ``send``; the protocol's cap parameters (``max_tokens``,
             ``max_completion_tokens``, ``max_output_tokens``) are the most output wanted,
             and are sent under the same name, capped at the grant.
@@ -129,6 +147,8 @@ def call(
         fit=fit,
         max_extensions=max_extensions,
         cost=cost,
+        wrap_up_tokens=wrap_up_tokens,
+        show_budget=show_budget,
         params=params,
     )
     if chat.stream:
@@ -148,6 +168,8 @@ async def acall(
     fit: str = "keep-recent",
     max_extensions: int = MAX_EXTENSIONS,
     cost: Cost | None = None,
+    wrap_up_tokens: int | None = None,
+    show_budget: bool | None = None,
     **params: Any,
 ) -> Any:
     """The async :func:`call`: ``send`` is awaited; ``req`` an ``AsyncRequest`` or a ``Request``.
@@ -165,6 +187,8 @@ async def acall(
         fit=fit,
         max_extensions=max_extensions,
         cost=cost,
+        wrap_up_tokens=wrap_up_tokens,
+        show_budget=show_budget,
         params=params,
     )
     if chat.stream:

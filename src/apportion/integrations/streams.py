@@ -383,14 +383,15 @@ def stream_steps(call: ChatCall, tally: StreamTally) -> Generator[Op, Any, CallR
     """The streaming call: each ``stream`` op returns when that call's stream has ended.
 
     A call cut at its cap (one plain-text choice) is continued as the non-streaming call
-    is (the same follow-up messages, the same extension), by a follow-up stream the caller
-    reads after the first; the grant is finished once, with the usage of every call.
+    is (the same follow-up messages, the same extension, the same wrap-up within the
+    reserve once extending is refused or used up), by follow-up streams the caller reads
+    after the first; the grant is finished once, with the usage of every call.
     """
     report = call.report
     grant, messages, sent = yield from call._open()
-    first_cap = grant.output_tokens
+    first_cap = grant.working_tokens
     try:
-        yield Op("model", "stream", (), tally.ask_usage(call.call_params(messages, first_cap)))
+        yield Op("model", "stream", (), tally.ask_usage(call.first_params(messages, grant)))
     except GeneratorExit:  # the stream was dropped unread: its grant lapses with its lease
         raise  # or with the request's close (a stream closed by its reader is StreamClosed)
     except BaseException:
@@ -401,44 +402,54 @@ def stream_steps(call: ChatCall, tally: StreamTally) -> Generator[Op, Any, CallR
         yield from call._finish(grant, True, quiet=True)
         raise
     _account(report, tally, sent)
+    refused = lapsed = False
     while tally.continuable(call.n) and report.extensions < call.max_extensions:
         base, follow = call.protocol.follow_up(
             call.params, messages, call.instructions, tally.text, tally.last
         )
         resent = call.counter.count_messages(follow, tools=call.tools)
-        bigger = yield from _extend(grant, first_cap, resent)
+        try:
+            bigger = yield Op("req", "extend", (grant, first_cap), {"context_tokens": resent})
+        except ApportionError:  # the grant lapsed ...: settle what was used
+            lapsed = True
+            break
         if bigger is None:
+            refused = True
             break
         extra = bigger.output_tokens - grant.output_tokens
         grant = report.grant = bigger  # renewed as the continuation streams
         report.extensions += 1
-        tally.next_call()
-        try:
-            yield Op("model", "stream", (), tally.ask_usage(call.call_params(follow, extra, base)))
-        except GeneratorExit:
-            raise
-        except BaseException:
-            if tally.chunks:
-                _account(report, tally, resent)
-            yield from call._finish(grant, True, quiet=True)
-            raise
-        _account(report, tally, resent)
-    yield from call._finish(grant, report.finish_reason == "length")
+        yield from _follow(call, tally, grant, call.call_params(follow, extra, base), resent)
+    used_up = report.extensions >= call.max_extensions > 0
+    if report.finish_reason == LENGTH and not lapsed and (refused or used_up):
+        wrap = call.wrap_up_call(grant, messages, tally.text) if tally.continuable(call.n) else None
+        if wrap is not None:  # conclude within the reserve instead of ending cut
+            yield from _follow(call, tally, grant, *wrap)
+            call.wrapped_up = True
+    yield from call._finish(grant, report.finish_reason == LENGTH)
     tally.end(report)
     return report
 
 
+def _follow(
+    call: ChatCall, tally: StreamTally, grant: Grant, params: dict[str, Any], resent: int
+) -> Generator[Op, Any, None]:
+    """Stream a follow-up call (a continuation or the wrap-up) on from the calls before."""
+    tally.next_call()
+    try:
+        yield Op("model", "stream", (), tally.ask_usage(params))
+    except GeneratorExit:
+        raise
+    except BaseException:
+        if tally.chunks:
+            _account(call.report, tally, resent)
+        yield from call._finish(grant, True, quiet=True)
+        raise
+    _account(call.report, tally, resent)
+
+
 class StreamClosed(Exception):
     """What the drivers throw into :func:`stream_steps` when the reader closes the stream."""
-
-
-def _extend(grant: Grant, cap: int, resent: int) -> Generator[Op, Any, Grant | None]:
-    """Ask for ``cap`` more output (and the follow-up's context); ``None``: wrap up."""
-    try:
-        bigger: Grant | None = yield Op("req", "extend", (grant, cap), {"context_tokens": resent})
-    except ApportionError:  # refused (the grant lapsed ...): settle what was used
-        bigger = None
-    return bigger
 
 
 def _account(report: CallReport, tally: StreamTally, prompt_counted: int) -> None:

@@ -43,6 +43,16 @@ Contract (every implementation must keep it):
   request never opened once its open deadline has passed (plus its clock skew bound), and
   then refuses that request's open with :class:`~apportion.errors.PoolDrawExpired`: the
   same tokens are never used twice. :mod:`apportion.testing.pool_conformance` checks it.
+* Wrap-up reserve: ``begin(..., wrap_up_tokens=N)`` returns a grant carrying
+  ``wrap_up_tokens == N``, and every grant ``extend`` returns from it carries it too. The
+  reserve is inside the grant's ``output_tokens`` (the working call is capped at
+  ``output_tokens - N``; the rest is kept for handing back a partial result), so nothing
+  in the accounting changes: a store need not keep ``N`` in its state (the state's view of
+  open grants may show 0), only hand it back on the grants it returns. ``N`` that is not a
+  token count raises :class:`~apportion.errors.InvalidTokenCount`; ``N`` above
+  ``output_tokens`` raises :class:`~apportion.errors.WrapUpTooLarge` (as a bad count,
+  checked before the request's state); either changes nothing. The keyword is passed only
+  when used (``N > 0``), so a store without it keeps working for calls without a reserve.
 * Cost: ``open(..., ceiling_usd=N)`` sets a cost ceiling in nano-USD and
   ``begin(..., model=M, prices=(IN, OUT))`` prices a grant (nano-USD per token); the store
   accounts and refuses exactly as :class:`~apportion.ledger.Ledger` does (see its module
@@ -121,11 +131,13 @@ class Store(abc.ABC):
         model: str | None = None,
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
+        wrap_up_tokens: int = 0,
     ) -> tuple[Grant, LedgerView]:
         """Reserve a grant (priced on ``model`` at ``prices``); return it and the state after.
 
         ``asked`` is the input the agent has in hand; a grant with less context is counted
         in the state's ``input_cut_calls`` (default: ``context_tokens``, no cut).
+        ``wrap_up_tokens`` is the grant's wrap-up reserve (see the module docstring).
         """
 
     @abc.abstractmethod
@@ -265,6 +277,7 @@ class Store(abc.ABC):
         model: str | None = None,
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
+        wrap_up_tokens: int = 0,
     ) -> tuple[Grant, LedgerView]:
         """Async :meth:`begin`."""
         return self.begin(
@@ -277,6 +290,7 @@ class Store(abc.ABC):
             model=model,
             prices=prices,
             asked=asked,
+            **({"wrap_up_tokens": wrap_up_tokens} if wrap_up_tokens != 0 else {}),
         )
 
     async def aextend(

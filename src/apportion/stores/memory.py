@@ -119,6 +119,7 @@ class MemoryStore(Store):
         model: str | None = None,
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
+        wrap_up_tokens: int = 0,
     ) -> tuple[Grant, Ledger]:
         """Reserve a grant; return it and the ledger."""
         with self._lock:
@@ -132,6 +133,7 @@ class MemoryStore(Store):
                 model=model,
                 prices=prices,
                 asked=asked,
+                wrap_up_tokens=wrap_up_tokens,
             )
             return grant, ledger
 

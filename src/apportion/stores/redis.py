@@ -157,6 +157,7 @@ from apportion.ledger import (
     check_status,
     check_time,
     check_tokens,
+    check_wrap_up,
 )
 from apportion.limits import excerpt, is_text
 from apportion.pools import (
@@ -338,7 +339,7 @@ def ledger_from_json(raw: bytes | str) -> Ledger:
         expires = float(lease)
         grants[grant_id] = _new(
             Grant,
-            (request_id, agents[index - 1], grant_id, context, output, expires, model or None),
+            (request_id, agents[index - 1], grant_id, context, output, expires, model or None, 0),
         )
         if pin >= 0:
             prices[grant_id] = (pin, pout)
@@ -941,6 +942,7 @@ class RedisStore(Store):
         model: str | None = None,
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
+        wrap_up_tokens: int = 0,
     ) -> _Steps[tuple[Grant, Ledger]]:
         pending: list[Exception] = []
         is_name = isinstance(agent, str) and is_text(agent)
@@ -949,6 +951,13 @@ class RedisStore(Store):
         now = _time(now, pending)
         lease_seconds = _checked(check_seconds, "lease_seconds", lease_seconds, pending, 1.0)
         held = "" if asked is None else _tokens("input_tokens", asked, pending)
+        reserve = 0  # inside the grant's output: the scripts account nothing for it
+        if not pending and (type(wrap_up_tokens) is not int or wrap_up_tokens):
+            try:
+                reserve = check_wrap_up(agent, wrap_up_tokens, output_tokens)
+            except ApportionError as exc:
+                if not pending:
+                    pending.append(exc)
         pin = pout = ""
         try:
             clean = check_prices(prices)
@@ -989,7 +998,9 @@ class RedisStore(Store):
                     agent, int(reply[1]) / NANO, int(reply[2]) / NANO, model=model or None
                 )
             raise _refusal(request_id, reply, pending, agent=agent)
-        grant = Grant(request_id, agent, int(reply[2]), int(ctx), int(out), lease, model or None)
+        grant = Grant(
+            request_id, agent, int(reply[2]), int(ctx), int(out), lease, model or None, reserve
+        )
         return grant, ledger_from_json(reply[1])
 
     def _extend_steps(
@@ -1017,7 +1028,10 @@ class RedisStore(Store):
         if reply[0] not in _OK:
             raise _refusal(request_id, reply, pending, grant=grant, reason="extension")
         state = ledger_from_json(reply[1])
-        return state.grants[int(grant_id)], state
+        grown = state.grants[int(grant_id)]
+        if isinstance(grant, Grant) and grant.wrap_up_tokens:  # not in the state: carried over
+            grown = grown._replace(wrap_up_tokens=grant.wrap_up_tokens)
+        return grown, state
 
     def _finish_steps(
         self,
@@ -1375,6 +1389,7 @@ class RedisStore(Store):
         model: str | None = None,
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
+        wrap_up_tokens: int = 0,
     ) -> tuple[Grant, Ledger]:
         """Reserve a grant; return it and the state after."""
         local = self._local_store(request_id)
@@ -1389,6 +1404,7 @@ class RedisStore(Store):
                 model=model,
                 prices=prices,
                 asked=asked,
+                wrap_up_tokens=wrap_up_tokens,
             )
         return self._run(
             self._begin_steps(
@@ -1401,6 +1417,7 @@ class RedisStore(Store):
                 model,
                 prices,
                 asked,
+                wrap_up_tokens,
             )
         )
 
@@ -1542,6 +1559,7 @@ class RedisStore(Store):
         model: str | None = None,
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
+        wrap_up_tokens: int = 0,
     ) -> tuple[Grant, Ledger]:
         """Async :meth:`begin`."""
         if self._local_store(request_id) is not None:
@@ -1555,6 +1573,7 @@ class RedisStore(Store):
                 model=model,
                 prices=prices,
                 asked=asked,
+                wrap_up_tokens=wrap_up_tokens,
             )
         return await self._arun(
             self._begin_steps(
@@ -1567,6 +1586,7 @@ class RedisStore(Store):
                 model,
                 prices,
                 asked,
+                wrap_up_tokens,
             )
         )
 

@@ -17,7 +17,8 @@ Attributes of a call span:
   ``apportion.grant.extensions``, ``apportion.grant.settled``, ``apportion.agent.priority``,
   ``apportion.truncated``, ``apportion.input_cut``, ``apportion.dropped_tokens``,
   ``apportion.overuse``, ``apportion.ceiling_hit``, ``apportion.cost_usd``,
-  ``apportion.usage_estimated``, ``apportion.schema_version``.
+  ``apportion.usage_estimated``, ``apportion.call.status`` (``completed``, ``wrapped_up``,
+  ``cut`` ...), ``apportion.schema_version``.
 
 Extensions, releases and expiries are span events (``apportion.extend`` ...). The request
 span carries ``apportion.request.{id,ceiling,consumed,overflow,status,outcome}`` and
@@ -173,6 +174,7 @@ def _call_attributes(record: RequestUsage, call: CallUsage) -> dict[str, Any]:
         "apportion.dropped_tokens": call.dropped_tokens,
         "apportion.cost_usd": call.cost_usd,
         "apportion.usage_estimated": call.estimated,
+        "apportion.call.status": call.status,
     }
     attributes.update({k: v for k, v in optional.items() if v is not None})
     return attributes

@@ -19,6 +19,12 @@ What a call record says:
 - ``settled``: ``finish``, ``release`` (released by the caller), ``expire`` (lease ran
   out) or ``close`` (still open when the request closed). A ``finish`` after the lease
   expired is late: all of its usage is ``overuse``.
+- ``status``: how the call ended (:mod:`apportion.calls`): ``completed``, ``wrapped_up``
+  (an extension was refused and the agent concluded within its wrap-up reserve), ``cut``,
+  ``late``, ``released``, ``expired`` or ``closed``; from the call record, else from the
+  events (which cannot tell ``wrapped_up``: such a call reads ``completed``); ``None``
+  for calls ingested from logs. Begins that were refused made no grant: the request
+  counts them per agent (:attr:`RequestUsage.refused`).
 
 The rest comes from the request's :class:`~apportion.calls.CallRecord` (``obs.calls``),
 when this process ran it: the model and cost of the call, and what its integration noted
@@ -33,18 +39,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from apportion.calls import CallRecord
+from apportion.calls import (
+    CLOSED,
+    COMPLETED,
+    CUT,
+    EXPIRED,
+    LATE,
+    OPEN,
+    RELEASED,
+    CallRecord,
+)
 from apportion.ledger import STATUSES, Event
 from apportion.policies.rollout import Rollout, RolloutEvent
 
 __all__ = ["SCHEMA_VERSION", "CallUsage", "RequestUsage", "RolloutRecord", "usage_from"]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """Version of the telemetry records and tables this apportion writes and reads.
 
 Version 2 added rollout decisions (:class:`RolloutRecord`, table
 ``apportion_rollout_events``); a version-1 database is read as it is (no rollouts) and
-upgraded in place by the first writer (the table is added)."""
+upgraded in place by the first writer (the table is added). Version 3 added each call's
+``status`` and each request's ``refused`` begins (a column each); an older database is
+read as it is (``None`` and none) and upgraded in place by the first writer."""
 
 SETTLEMENTS: Final = ("finish", "release", "expire", "close")
 """How a call can be settled."""
@@ -75,6 +92,7 @@ class CallUsage:
         finish_reason: the provider's finish reason, when known.
         began_at: clock time the grant began, when known.
         at: clock time it was settled, when known.
+        status: how the call ended (see the module docstring), or ``None``: unknown.
     """
 
     request_id: str
@@ -97,6 +115,7 @@ class CallUsage:
     finish_reason: str | None = None
     began_at: float | None = None
     at: float | None = None
+    status: str | None = None
 
     @property
     def ceiling_hit(self) -> bool:
@@ -139,6 +158,8 @@ class RequestUsage:
         schema_version: the version of the record's format.
         trace_context: the OpenTelemetry span context current when the request closed,
             if OpenTelemetry was in use (sinks parent their spans on it); not compared.
+        refused: begins refused (no grant made: not enough budget or cost left), per
+            agent; agents with none are left out.
     """
 
     request_id: str
@@ -156,6 +177,7 @@ class RequestUsage:
     source: str = "apportion"
     schema_version: int = SCHEMA_VERSION
     trace_context: Any = field(default=None, compare=False, repr=False)
+    refused: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +270,7 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
                 "extensions": 0,
                 "began_at": float(event.at),
                 "settled": "close",
+                "status": CLOSED,
                 **_input_cut(event.asked, event.context_tokens),
             }
         elif event.grant_id in calls:
@@ -257,6 +280,7 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
                 call["granted_output"] += event.output_tokens
                 call["extensions"] += 1
             elif kind == "finish":
+                ended = CUT if event.truncated else COMPLETED
                 call.update(
                     used_input=event.context_tokens,
                     used_output=event.output_tokens,
@@ -264,12 +288,15 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
                     overuse=event.overuse,
                     settled="finish",
                     at=float(event.at),
+                    status=LATE if event.note == "late" else ended,
                 )
             elif kind == "expire":
-                call.update(settled="expire", at=float(event.at))
+                call.update(settled="expire", at=float(event.at), status=EXPIRED)
             elif kind == "release":
                 how = "close" if event.note in STATUSES else "release"
-                call.update(settled=how, at=float(event.at))
+                call.update(
+                    settled=how, at=float(event.at), status=CLOSED if how == "close" else RELEASED
+                )
     kept: Mapping[int, CallRecord] = getattr(obs, "calls", None) or {}
     records = []
     for grant_id, call in calls.items():
@@ -286,6 +313,9 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
                 **call,
             )
         )
+    refused: dict[str, int] = {}
+    for record in getattr(obs, "refused", None) or ():
+        refused[str(record.agent)] = refused.get(str(record.agent), 0) + 1
     outcome = state.outcome
     return RequestUsage(
         request_id=str(obs.request_id),
@@ -301,6 +331,7 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
         calls=tuple(records),
         events=tuple(events),
         trace_context=trace_context,
+        refused=refused,
     )
 
 
@@ -314,6 +345,8 @@ def _input_cut(asked: int, granted: int) -> dict[str, Any]:
 def _from_record(record: CallRecord) -> dict[str, Any]:
     """What a call's record adds to its events: model, cost and its integration's notes."""
     out: dict[str, Any] = {}
+    if record.status != OPEN:
+        out["status"] = record.status
     notes = record.notes
     model = notes.get("model", record.model)
     if model:

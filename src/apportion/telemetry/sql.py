@@ -10,7 +10,10 @@ Tables (all prefixed ``apportion_`` so they can share a database):
 - ``apportion_calls``: one row per grant (request id, grant id, pipeline, agent, priority,
   granted context/output, used input/output, truncated, input cut, dropped tokens,
   over-use, extensions, how it was settled, model, cost, estimated, finish reason,
-  began/settled at).
+  began/settled at, and since version 3 its status: ``completed``, ``wrapped_up``, ``cut``
+  ...). Requests carry, since version 3, their refused begins per agent (JSON). A
+  version-2 database is read as it is (no status, no refusals) and the first writer adds
+  the columns (``ALTER TABLE ... ADD COLUMN``) and records version 3.
 - ``apportion_events``: the ledger's events, in order (``open``, ``begin``, ``extend``,
   ``finish``, ``release``, ``expire``, ``close``).
 - ``apportion_rollout_events`` (since schema version 2): the decisions of progressive
@@ -106,6 +109,7 @@ def _tables() -> _Tables:
         Column("features", Text, nullable=False),
         Column("opened_at", Float),
         Column("closed_at", Float),
+        Column("refused", Text),  # since version 3: JSON {agent: begins refused}
         Index("ix_apportion_requests_closed_at", "closed_at"),
     )
     calls = Table(
@@ -132,6 +136,7 @@ def _tables() -> _Tables:
         Column("finish_reason", String),
         Column("began_at", Float),
         Column("at", Float),
+        Column("status", String),  # since version 3
         Index("ix_apportion_calls_agent", "agent"),
         Index("ix_apportion_calls_at", "at"),
     )
@@ -301,6 +306,7 @@ class Database:
                 conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
                 version = SCHEMA_VERSION
             elif version < SCHEMA_VERSION:  # the tables it lacked were just added
+                _add_columns(conn, (self.tables.calls, self.tables.requests))
                 conn.execute(
                     meta.update()
                     .where(meta.c.key == "schema_version")
@@ -434,8 +440,13 @@ class Database:
         if self.version is None:
             return Dataset(self.shown, (), {}, empty=True)
         t = self.tables
-        calls_q = select(t.calls).order_by(t.calls.c.request_id, t.calls.c.grant_id)
-        requests_q = select(t.requests)
+        try:
+            with self.engine.connect() as conn:  # an older database lacks later columns
+                calls_cols, requests_cols = _present(conn, (t.calls, t.requests))
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from None
+        calls_q = select(*calls_cols).order_by(t.calls.c.request_id, t.calls.c.grant_id)
+        requests_q = select(*requests_cols)
         if since is not None:
             calls_q = calls_q.where(func.coalesce(t.calls.c.at, t.calls.c.began_at) >= since)
             requests_q = requests_q.where(
@@ -588,6 +599,7 @@ def _request_row(r: RequestUsage) -> dict[str, Any]:
             "features": features,
             "opened_at": _finite(r.opened_at),
             "closed_at": _finite(r.closed_at),
+            "refused": _json(dict(r.refused)) if r.refused else None,
         }
     )
 
@@ -620,6 +632,7 @@ def _call_row(r: RequestUsage, c: CallUsage) -> dict[str, Any]:
             "finish_reason": c.finish_reason,
             "began_at": _finite(c.began_at),
             "at": _finite(c.at),
+            "status": c.status,
         }
     )
 
@@ -685,6 +698,50 @@ def _call_from(row: Mapping[Any, Any]) -> CallUsage:
     return CallUsage(**fields)
 
 
+def _refused_from(raw: Any) -> dict[str, int]:
+    """A request's refused begins per agent, from its column (none when absent or bad)."""
+    try:
+        refused = json.loads(raw) if isinstance(raw, str) and raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(refused, dict):
+        return {}
+    return {
+        str(a): n for a, n in refused.items() if type(n) is int and n > 0 and isinstance(a, str)
+    }
+
+
+def _present(conn: Connection, tables: Sequence[Table]) -> list[list[Any]]:
+    """Each table's columns that its database holds (an older one lacks later columns)."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(conn)
+    out = []
+    for table in tables:
+        held = {c["name"] for c in inspector.get_columns(table.name)}
+        out.append([c for c in table.columns if c.name in held])
+    return out
+
+
+def _add_columns(conn: Connection, tables: Sequence[Table]) -> None:
+    """Add to an older database's tables the (nullable) columns later versions added."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(conn)
+    preparer = conn.dialect.identifier_preparer
+    for table in tables:
+        held = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in held:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(
+                    text(
+                        f"ALTER TABLE {preparer.quote(table.name)} "
+                        f"ADD COLUMN {preparer.quote(column.name)} {kind}"
+                    )
+                )
+
+
 def _request_from(row: Mapping[Any, Any]) -> RequestUsage:
     try:
         features = json.loads(row["features"] or "{}")
@@ -703,4 +760,5 @@ def _request_from(row: Mapping[Any, Any]) -> RequestUsage:
         closed_at=row["closed_at"],
         source=row["source"],
         schema_version=row["schema_version"],
+        refused=_refused_from(row.get("refused")),
     )

@@ -46,6 +46,7 @@ from apportion.errors import (
     RequestClosed,
     UnknownAgent,
     UnknownRequest,
+    WrapUpTooLarge,
 )
 from apportion.ledger import Grant
 from apportion.stores.base import Store
@@ -206,6 +207,40 @@ class StoreConformance:
         with pytest.raises(BudgetExceeded) as info:
             store.extend("r1", grown, 10_000, 0, 5.0, LEASE)
         assert info.value.requested == 10_000 and info.value.available == 730
+
+    def test_wrap_up_reserve_rides_with_the_grant(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, state = store.begin("r1", "lead", 100, 200, 0.0, LEASE, wrap_up_tokens=50)
+        assert (grant.output_tokens, grant.wrap_up_tokens, grant.working_tokens) == (200, 50, 150)
+        assert state.reserved == 300  # the reserve is inside the grant: nothing beside it
+        grown, state = store.extend("r1", grant, 40, 10, 1.0, LEASE)
+        assert (grown.output_tokens, grown.wrap_up_tokens, grown.working_tokens) == (240, 50, 190)
+        assert store.extend("r1", grown, 0, 0, 2.0, LEASE)[0].wrap_up_tokens == 50  # renewed
+        state = store.finish("r1", grown, 110, 240, 3.0, truncated=False)
+        assert (state.consumed, state.reserved, state.overuse_by["lead"]) == (350, 0, 0)
+        plain, _ = store.begin("r1", "helper", 10, 10, 3.0, LEASE)
+        assert plain.wrap_up_tokens == 0 and plain.working_tokens == 10
+        check_invariants(store, "r1")
+
+    @pytest.mark.parametrize("bad", (-1, 1.5, True, "3", None))
+    def test_wrap_up_reserve_larger_than_the_grant_is_refused(self, store: Store, bad: Any) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        before = snapshot(store, "r1")
+        with pytest.raises(WrapUpTooLarge) as info:
+            store.begin("r1", "lead", 100, 40, 0.0, LEASE, wrap_up_tokens=41)
+        assert (info.value.agent, info.value.wrap_up_tokens, info.value.output_tokens) == (
+            "lead",
+            41,
+            40,
+        )
+        assert snapshot(store, "r1") == before
+        with pytest.raises(InvalidTokenCount) as bad_info:
+            store.begin("r1", "lead", 100, 40, 0.0, LEASE, wrap_up_tokens=bad)
+        assert bad_info.value.field == "wrap_up_tokens"
+        assert snapshot(store, "r1") == before
+        store.close("r1", 1.0)
+        with pytest.raises(WrapUpTooLarge):  # bad input is refused before the request's state
+            store.begin("r1", "lead", 100, 40, 1.0, LEASE, wrap_up_tokens=41)
 
     def test_hard_cap_and_error_fields(self, store: Store) -> None:
         store.open("r1", RANKS, 1000, 0.0)
