@@ -36,6 +36,7 @@ from apportion.errors import (
     UsageWarning,
 )
 from apportion.ledger import (
+    CHILD_SEP,
     CLOSED,
     FAILED,
     MAX_COST,
@@ -63,9 +64,6 @@ T = TypeVar("T")
 Steps = Generator[StoreCall, Any, T]
 
 _NO_KWARGS: dict[str, Any] = {}
-
-CHILD_SEP = "::"
-"""Between a parent's id and its child's name in a child's request id (``root::a::b``)."""
 
 
 class _Config:

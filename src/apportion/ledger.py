@@ -64,6 +64,12 @@ from apportion.errors import (
 from apportion.limits import MAX_TOKENS as MAX_TOKENS  # largest token count (re-exported)
 from apportion.limits import is_text
 
+CHILD_SEP = "::"
+"""Between a parent's id and its child's name in a child request's id (``root::a::b``).
+
+A store may keep a tree together by the part of an id before the first ``::`` (its root's).
+"""
+
 NANO = 10**9
 """nano-USD per USD: the ledger accounts cost in integers of 1e-9 USD."""
 
