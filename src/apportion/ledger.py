@@ -842,10 +842,10 @@ class Ledger:
                 )
         if self.cost_ceiling is None:
             return [(t, None) for t in tokens]
-        left = self.cost_available() or 0
+        whole_cost = left = self.cost_available() or 0
         draws: list[tuple[int, int | None]] = []
-        for t in tokens:
-            cost = min(left, math.floor(left * (t / spare)))
+        for t in tokens:  # never past what is left, however the floats round
+            cost = min(left, math.floor(whole_cost * (t / spare)))
             left -= cost
             draws.append((t, cost))
         return draws

@@ -51,9 +51,10 @@ else
 end
 local costs = {}
 if st[c.cb] ~= '' then
-  local left = cost_left(c)
+  local whole_cost = cost_left(c)
+  local left = whole_cost
   for i = 1, m do
-    local x = math.floor(left * (tokens[i] / spare))
+    local x = math.floor(whole_cost * (tokens[i] / spare))
     if x > left then x = left end
     left = left - x
     costs[i] = x
