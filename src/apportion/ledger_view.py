@@ -70,6 +70,8 @@ class LedgerView(Protocol):
     def children(self) -> Mapping[str, tuple[int, int]]: ...  # noqa: D102
     @property
     def children_consumed(self) -> int: ...  # noqa: D102
+    @property
+    def children_cost_consumed(self) -> int: ...  # noqa: D102
 
     def cost_available(self) -> int | None:
         """nano-USD a new grant may still cost at full size (``None``: no cost ceiling)."""
