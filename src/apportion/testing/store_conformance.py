@@ -674,6 +674,24 @@ class StoreConformance:
             ),
         )
 
+    def test_random_trees(self) -> None:
+        """Request trees: open, child, fan-out, begin, finish, close and expiry, any order."""
+        factory = self.make_store
+
+        class Machine(_TreeMachine):
+            def make_store(self) -> Store:
+                return factory()
+
+        run_state_machine_as_test(
+            Machine,
+            settings=settings(
+                max_examples=100,
+                stateful_step_count=40,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
+
 
 class _LedgerMachine(RuleBasedStateMachine):
     """Random interleavings of every operation over a few requests, checked step by step."""
@@ -890,3 +908,236 @@ class _LedgerMachine(RuleBasedStateMachine):
             assert state.consumed + state.overflow == self.used[request_id]
             ours = {k[1] for k in self.open_grants if k[0] == request_id}
             assert set(state.grants) == ours
+
+
+PRIORITIES = {"critical": 2, "standard": 1, "peripheral": 0}
+TREE_DEPTH = 3
+TREE_LEASE = 1e9  # grants never lapse here: the tree machine is about draws and folding back
+
+
+class _TreeMachine(RuleBasedStateMachine):
+    """Random request trees over one store, checked after every step.
+
+    Roots open with reservations; children draw by ceiling, by share or in fan-outs of up to
+    four with mixed priorities; agents begin and finish in any node; any node closes
+    (closing its subtree) or expires (``reap``). After every step, every ledger of every
+    tree conserves its tokens (:func:`check_invariants`), every open child holds exactly
+    what its open parent recorded giving it, and every node's ``consumed + overflow`` is
+    what its own calls used plus what its closed children used (usage is never lost).
+    """
+
+    def make_store(self) -> Store:
+        raise NotImplementedError
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = self.make_store()
+        self.now = 0.0
+        self.counter = 0
+        self.parent: dict[str, str | None] = {}
+        self.depth: dict[str, int] = {}
+        self.expires: dict[str, float] = {}
+        self.used: dict[str, int] = {}  # tokens a node's own calls reported
+        self.rolled: dict[str, int] = {}  # tokens its closed children (and theirs) used
+        self.live: set[str] = set()  # open nodes, as the model has it
+        self.grants: dict[str, list[Grant]] = {}
+
+    def _refused(self, request_id: str, op: Any, error: type[ApportionError]) -> None:
+        before = snapshot(self.store, request_id)
+        with pytest.raises(error):
+            op()
+        assert snapshot(self.store, request_id) == before
+
+    def _add(self, request_id: str, parent: str | None, ttl: float) -> None:
+        self.parent[request_id] = parent
+        self.depth[request_id] = 0 if parent is None else self.depth[parent] + 1
+        self.expires[request_id] = self.now + ttl
+        self.used[request_id] = self.rolled[request_id] = 0
+        self.live.add(request_id)
+        self.grants[request_id] = []
+
+    def _closed(self, request_id: str) -> None:
+        """The model of a close: the subtree closes, deepest first, folding usage back."""
+        for kid in [k for k, p in self.parent.items() if p == request_id and k in self.live]:
+            self._closed(kid)
+        self.live.discard(request_id)
+        self.grants[request_id] = []
+        parent = self.parent[request_id]
+        if parent is not None and parent in self.live:
+            self.rolled[parent] += self.used[request_id] + self.rolled[request_id]
+
+    @rule(
+        ceiling=st.integers(1, 5000),
+        held=st.floats(0, 0.6),
+        ttl=st.sampled_from([40.0, 10_000.0]),
+    )
+    def open_root(self, ceiling: int, held: float, ttl: float) -> None:
+        self.counter += 1
+        request_id = f"t{self.counter}"
+        reserve = {"lead": int(ceiling * held / 2), "helper": int(ceiling * held / 2)}
+        self.store.open(request_id, RANKS, ceiling, self.now, reserve=reserve, ttl=ttl)
+        self._add(request_id, None, ttl)
+
+    @precondition(lambda self: bool(self.live))
+    @rule(
+        data=st.data(),
+        by_share=st.booleans(),
+        cap=st.one_of(st.none(), st.integers(1, 3000)),
+        share=st.floats(0.01, 1.0),
+        priorities=st.lists(st.sampled_from(sorted(PRIORITIES)), min_size=1, max_size=4),
+        ttl=st.sampled_from([40.0, 10_000.0]),
+        child_reserve=st.sampled_from([None, {"lead": 50}]),
+    )
+    def child(
+        self,
+        data: Any,
+        by_share: bool,
+        cap: int | None,
+        share: float,
+        priorities: list[str],
+        ttl: float,
+        child_reserve: dict[str, int] | None,
+    ) -> None:
+        parent = data.draw(st.sampled_from(sorted(self.live)))
+        ceiling = cap if cap is not None or by_share else 1 + int(share * 2000)
+        part = share if by_share else None
+        ids = [f"{parent}::k{self.counter + i}" for i in range(1, len(priorities) + 1)]
+        self.counter += len(ids)
+        state = self.store.get(parent)
+        ranks = [PRIORITIES[p] for p in priorities]
+        low = min(ranks)
+        held = sum(t for a, t in state.reserve.items() if RANKS[a] > low)
+        free = state.free  # (a memory store's state is live: read it now)
+        spare = max(0, free - held)
+        if part is None:
+            assert ceiling is not None
+            expected = [ceiling] * len(ids)
+            fits = ceiling * len(ids) <= spare
+        else:
+            total = math.floor(spare * part)
+            expected = [total * 2**r // sum(2**q for q in ranks) for r in ranks]
+            if ceiling is not None:
+                expected = [min(t, ceiling) for t in expected]
+            fits = min(expected) > 0
+
+        def op() -> Any:
+            return self.store.open_children(
+                parent,
+                ids,
+                RANKS,
+                self.now,
+                priorities=priorities,
+                ceiling=ceiling,
+                share=part,
+                reserve=child_reserve,
+                ttl=ttl,
+                max_depth=TREE_DEPTH,
+            )
+
+        if self.depth[parent] + 1 > TREE_DEPTH:
+            self._refused(parent, op, TreeTooDeep)
+            return
+        if not fits:
+            self._refused(parent, op, ChildBudgetExceeded)
+            return
+        kids = op()
+        assert [k.ceiling for k in kids] == expected
+        after = self.store.get(parent)
+        assert after.free == free - sum(expected)
+        for kid, request_id in zip(kids, ids, strict=True):
+            assert (kid.request_id, kid.parent_id, kid.depth) == (
+                request_id,
+                parent,
+                self.depth[parent] + 1,
+            )
+            assert after.children[request_id][0] == kid.ceiling
+            self._add(request_id, parent, ttl)
+
+    @precondition(lambda self: bool(self.live))
+    @rule(
+        data=st.data(),
+        agent=st.sampled_from(sorted(RANKS)),
+        ctx=st.integers(0, 1500),
+        out=st.integers(0, 1500),
+    )
+    def begin(self, data: Any, agent: str, ctx: int, out: int) -> None:
+        request_id = data.draw(st.sampled_from(sorted(self.live)))
+        available = self.store.get(request_id).available_for(agent)
+
+        def op() -> Any:
+            return self.store.begin(request_id, agent, ctx, out, self.now, TREE_LEASE)
+
+        if ctx + out > available:
+            self._refused(request_id, op, BudgetExceeded)
+            return
+        grant, _ = op()
+        self.grants[request_id].append(grant)
+
+    @precondition(lambda self: any(self.grants[r] for r in self.live))
+    @rule(data=st.data())
+    def finish(self, data: Any) -> None:
+        request_id = data.draw(st.sampled_from(sorted(r for r in self.live if self.grants[r])))
+        grant = self.grants[request_id].pop(
+            data.draw(st.integers(0, 99)) % len(self.grants[request_id])
+        )
+        limit = int(grant.total * 1.5) + 2
+        inp = data.draw(st.integers(0, limit))
+        out = data.draw(st.integers(0, limit))
+        self.store.finish(request_id, grant, inp, out, self.now)
+        self.used[request_id] += inp + out
+
+    @precondition(lambda self: bool(self.live))
+    @rule(data=st.data(), failed=st.booleans())
+    def close(self, data: Any, failed: bool) -> None:
+        request_id = data.draw(st.sampled_from(sorted(self.live)))
+        status = "failed" if failed else "closed"
+        state = self.store.close(request_id, self.now, status=status)
+        assert state.status == status and state.reserved == 0
+        self._closed(request_id)
+        self._refused(
+            request_id,
+            lambda: self.store.open_children(
+                request_id,
+                [f"{request_id}::late"],
+                RANKS,
+                self.now,
+                priorities=["critical"],
+                share=1.0,
+            ),
+            RequestClosed,
+        )
+
+    @rule(seconds=st.sampled_from([5.0, 20.0, 45.0]))
+    def advance_clock(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule()
+    def reap(self) -> None:
+        reaped = self.store.reap_expired(self.now)
+        due = [r for r in sorted(self.live, key=self.depth.get) if self.expires[r] <= self.now]
+        before = set(self.live)
+        for request_id in due:
+            if request_id in self.live:
+                self._closed(request_id)
+        assert set(reaped.expired) == before - self.live
+
+    @invariant()
+    def trees_hold(self) -> None:
+        for request_id in self.parent:
+            check_invariants(self.store, request_id)
+            state = self.store.get(request_id)
+            assert (state.status == "open") == (request_id in self.live)
+            if request_id not in self.live:
+                continue
+            assert state.consumed + state.overflow == (
+                self.used[request_id] + self.rolled[request_id]
+            )
+            assert set(state.grants) == {g.grant_id for g in self.grants[request_id]}
+            kids = {k for k, p in self.parent.items() if p == request_id and k in self.live}
+            assert set(state.children) == kids
+            parent = self.parent[request_id]
+            if parent is not None:  # no child holds more than its parent gave it
+                assert parent in self.live
+                given = self.store.get(parent).children[request_id][0]
+                assert given == state.ceiling
+                assert state.consumed + state.reserved <= given
