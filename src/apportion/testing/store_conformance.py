@@ -1114,7 +1114,9 @@ class _TreeMachine(RuleBasedStateMachine):
     @rule()
     def reap(self) -> None:
         reaped = self.store.reap_expired(self.now)
-        due = [r for r in sorted(self.live, key=self.depth.get) if self.expires[r] <= self.now]
+        due = [
+            r for r in sorted(self.live, key=self.depth.__getitem__) if self.expires[r] <= self.now
+        ]
         before = set(self.live)
         for request_id in due:
             if request_id in self.live:
