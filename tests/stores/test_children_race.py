@@ -23,7 +23,6 @@ import random
 import time
 from typing import Any
 
-import pytest
 from redis_server import RedisServer
 
 from apportion import Agent, AsyncController, ChildBudgetExceeded, Pipeline
