@@ -299,6 +299,10 @@ def test_child_names_stay_distinct():
         second = req.child("r", ceiling=10).open()
         assert first.request_id != second.request_id
         assert first.request_id == f"{req.request_id}::r"
+        tricky = req.child("r#2", ceiling=10).open()  # a name that looks like a suffix
+        third = req.child("r", ceiling=10).open()
+        ids = {first.request_id, second.request_id, tricky.request_id, third.request_id}
+        assert len(ids) == 4
 
 
 def test_a_child_overusing_is_charged_to_the_parent():

@@ -310,8 +310,10 @@ class _Steps:
         if tree.depth > self.config.max_depth:
             raise TreeTooDeep(self.obs.request_id, tree.depth, self.config.max_depth)
         child_id = base = f"{self.obs.request_id}{CHILD_SEP}{name}"
+        suffix = len(self.tree.ids)
         while child_id in self.tree.ids:
-            child_id = f"{base}#{len(self.tree.ids) + 1}"
+            suffix += 1
+            child_id = f"{base}#{suffix}"
         self.tree.ids.add(child_id)
         features = self.obs.features if features is None else features
         return _Steps(self.config, cap or 1, features, child_id, tree=tree)
