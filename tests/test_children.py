@@ -22,6 +22,7 @@ from apportion import (
     Policy,
     RequestClosed,
     TreeTooDeep,
+    UnknownRequest,
     current_request,
 )
 from apportion.policies.base import Observation, Plan
@@ -356,5 +357,39 @@ def test_async_children_and_fan_out():
             async with kids[0]:
                 pass
         assert all(k.closed for k in kids)
+
+    asyncio.run(main())
+
+
+def test_attach_to_a_request_opened_elsewhere_and_draw_children():
+    store = MemoryStore()
+    opener, worker = ctl(store=store), ctl(store=store)  # two processes, one store
+    with opener.request(5_000) as req:
+        parent = worker.attach(req.request_id)
+        assert (parent.request_id, parent.ceiling, parent.depth) == (req.request_id, 5_000, 0)
+        with parent.child("remote", share=0.5) as kid:
+            assert kid.parent_id == req.request_id and kid.ceiling == 2_500
+            use(kid, "researcher", 100, 100)
+        (one,) = parent.fan_out(1, share=0.1)
+        with one:  # open already: ``with`` only enters
+            assert current_request() is one
+        assert store.get(req.request_id).consumed == 200
+        assert one.closed
+        with pytest.raises(RequestClosed):
+            worker.attach(one.request_id)
+        deeper = worker.attach(req.child("deep", ceiling=10).open().request_id)
+        assert deeper.depth == 1
+    with pytest.raises(RequestClosed):
+        worker.attach(req.request_id)
+    with pytest.raises(UnknownRequest):
+        worker.attach("nobody")
+    with pytest.raises(InvalidArgument):
+        worker.attach(42)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with AsyncController(PIPELINE, policy=Fixed(), store=store).request(100) as areq:
+            handle = await AsyncController(PIPELINE, store=store).aattach(areq.request_id)
+            (kid,) = await handle.fan_out(["a"])
+            assert kid.ceiling == 100
 
     asyncio.run(main())

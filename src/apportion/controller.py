@@ -192,7 +192,17 @@ class _Config:
 class _Tree:
     """A request's place in its tree: its parent, how it draws from it, its children."""
 
-    __slots__ = ("ceiling", "children", "depth", "ids", "name", "parent", "priority", "share")
+    __slots__ = (
+        "attached",
+        "ceiling",
+        "children",
+        "depth",
+        "ids",
+        "name",
+        "parent",
+        "priority",
+        "share",
+    )
 
     def __init__(
         self,
@@ -210,6 +220,7 @@ class _Tree:
         self.depth: int = 0 if parent is None else parent.tree.depth + 1
         self.children: list[Any] = []  # the child requests (Request or AsyncRequest) made
         self.ids: set[str] = set()  # the ids given to children
+        self.attached = False  # opened already for ``with``: by a fan-out, or elsewhere
 
 
 class _Steps:
@@ -756,6 +767,27 @@ def _checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
     return now
 
 
+def _attached(config: _Config, request_id: object) -> _Steps:
+    """The steps of a handle on an open request of the store (see ``Controller.attach``)."""
+    request_id = check_name("request_id", request_id)
+    steps = _Steps(config, 1, None, request_id)
+    steps.tree.attached = True
+    return steps
+
+
+def _get_open(steps: _Steps) -> Steps[Any]:
+    """The state of an attached request, refused when closed."""
+    state = yield ("get", (steps.obs.request_id,), _NO_KWARGS)
+    if state.status != "open":
+        raise RequestClosed(steps.obs.request_id, state.status)
+    steps.obs.ceiling = state.ceiling
+    if state.cost_ceiling is not None:
+        steps.ceiling_usd = state.cost_ceiling
+        steps.obs.ceiling_usd = state.cost_ceiling / NANO
+    steps.tree.depth = state.depth
+    return state
+
+
 def _run(store: Store, steps: Steps[T]) -> T:
     """Carry out a request's store calls with blocking calls."""
     try:
@@ -980,7 +1012,7 @@ class Request(_RequestBase):
         return self
 
     def __enter__(self) -> Request:
-        if not (self._steps.opened and self._steps.tree.parent is not None):  # fan_out's
+        if not (self._steps.opened and self._steps.tree.attached):  # fan_out's, attach's
             self.open()
         self._ambient = ambient.enter(self)  # current inside the block (apportion.ambient)
         return self
@@ -1071,6 +1103,8 @@ class Request(_RequestBase):
         """
         steps = self._new_children(names_or_n, ceiling, share, priority, features)
         _run(self._steps.config.store, self._steps.draw_children(steps))
+        for k in steps:
+            k.tree.attached = True  # open already: ``with`` only enters
         kids = [Request(k) for k in steps]
         self._steps.tree.children.extend(kids)
         return kids
@@ -1257,7 +1291,7 @@ class AsyncRequest(_RequestBase):
         return self
 
     async def __aenter__(self) -> AsyncRequest:
-        if not (self._steps.opened and self._steps.tree.parent is not None):  # fan_out's
+        if not (self._steps.opened and self._steps.tree.attached):  # fan_out's, attach's
             await self.open()
         self._ambient = ambient.enter(self)  # current inside the block (apportion.ambient)
         return self
@@ -1301,6 +1335,8 @@ class AsyncRequest(_RequestBase):
         """Async :meth:`Request.fan_out`."""
         steps = self._new_children(names_or_n, ceiling, share, priority, features)
         await _arun(self._steps.config.store, self._steps.draw_children(steps))
+        for k in steps:
+            k.tree.attached = True  # open already: ``async with`` only enters
         kids = [AsyncRequest(k) for k in steps]
         self._steps.tree.children.extend(kids)
         return kids
@@ -1502,6 +1538,29 @@ class Controller:
         return AsyncRequest(
             _Steps(self._config, ceiling, features, request_id, pool, pool_priority, ceiling_usd)
         )
+
+    def attach(self, request_id: str) -> Request:
+        """A handle on a request already open in the store (opened by another process).
+
+        For a shared store (Redis): a worker process draws children from a parent another
+        process opened, ``ctl.attach(parent_id).child(...)`` or ``.fan_out(...)``, with the
+        same atomic draws as in the process that opened it. The handle can also ``begin``
+        and ``finish`` calls of the request; closing it (``close()``, or leaving a ``with``
+        block on it) closes the request for every process.
+
+        Raises:
+            UnknownRequest: the store holds no such request.
+            RequestClosed: it is closed.
+        """
+        steps = _attached(self._config, request_id)
+        steps.obs.state = _run(self._config.store, _get_open(steps))
+        return Request(steps)
+
+    async def aattach(self, request_id: str) -> AsyncRequest:
+        """The async :meth:`attach`: an :class:`AsyncRequest` handle."""
+        steps = _attached(self._config, request_id)
+        steps.obs.state = await _arun(self._config.store, _get_open(steps))
+        return AsyncRequest(steps)
 
     def reap(self) -> int:
         """Reclaim grants whose lease ended and close overdue requests, store-wide.
