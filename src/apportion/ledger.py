@@ -307,7 +307,10 @@ def check_share(value: object) -> float:
     """Return ``value`` as a child's share of what its parent can spare (``0 < share <= 1``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgument("share", value, "a share is a number in (0, 1]")
-    share = float(value)
+    try:
+        share = float(value)
+    except (OverflowError, ValueError, TypeError):
+        share = math.nan
     if not 0.0 < share <= 1.0:
         raise InvalidArgument("share", value, "a share is a number in (0, 1]")
     return share
