@@ -340,15 +340,15 @@ class _Steps:
         first = kids[0].tree
         ceiling, share = first.ceiling, first.share
         ranks = [PRIORITY_RANKS[k.tree.priority] for k in kids]
-        obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)
         expected = ceiling or 1
-        if share is not None:
+        if share is not None:  # what the first is expected to get, from the state now
+            obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)
             total = math.floor(obs.state.spare(min(ranks)) * share)
             expected = total * 2 ** ranks[0] // sum(2**r for r in ranks)
             expected = max(1, expected if ceiling is None else min(expected, ceiling))
         kids[0].obs.ceiling = expected
         plan = config.policy.plan(kids[0].obs)
-        states = yield (
+        obs.state, states = yield (
             "open_children",
             (obs.request_id, [k.obs.request_id for k in kids], config.ranks, config.clock()),
             {
@@ -368,7 +368,6 @@ class _Steps:
                 kid.ceiling_usd = state.cost_ceiling
                 kid.obs.ceiling_usd = state.cost_ceiling / NANO
                 kid.obs.catalog = config.catalog
-        obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)  # after the draws
 
     def _closed_tree(self) -> Steps[None]:
         """After this request closed: its open children closed with it (the store did)."""

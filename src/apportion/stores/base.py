@@ -51,8 +51,9 @@ Contract (every implementation must keep it):
 * Child budgets: ``open_children(parent_id, request_ids, ranks, now, priorities=...,
   ceiling=..., share=...)`` opens one child request per id (a ledger like ``open``'s, with
   ``parent_id``, ``depth`` and ``rank`` set) and draws their ceilings from the parent in
-  the same atomic step, as :meth:`~apportion.ledger.Ledger.split` decides: with
-  ``ceiling`` alone each child draws exactly that or all are refused
+  the same atomic step (returning the parent's state and the children's), as
+  :meth:`~apportion.ledger.Ledger.split` decides: with ``ceiling`` alone each child draws
+  exactly that or all are refused
   (:class:`~apportion.errors.ChildBudgetExceeded`, nothing changed); with ``share`` the
   children split that fraction of what the parent can spare their lowest priority,
   weighted by priority. No read-modify-write by the caller: the split, the draws and the
@@ -308,7 +309,7 @@ class Store(abc.ABC):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
-    ) -> Sequence[LedgerView]:
+    ) -> tuple[LedgerView, Sequence[LedgerView]]:
         """Open child requests of ``parent_id``, their ceilings drawn from it atomically.
 
         Args:
@@ -328,7 +329,8 @@ class Store(abc.ABC):
             max_depth: the deepest a child may be (a root request is at depth 0).
 
         Returns:
-            The children's states, in the order of ``request_ids``.
+            The parent's state after the draws, and the children's, in the order of
+            ``request_ids``.
         """
         raise NotImplementedError(f"{type(self).__name__} has no child budgets")
 
@@ -346,7 +348,7 @@ class Store(abc.ABC):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
-    ) -> Sequence[LedgerView]:
+    ) -> tuple[LedgerView, Sequence[LedgerView]]:
         """Async :meth:`open_children`."""
         return self.open_children(
             parent_id,

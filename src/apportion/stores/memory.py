@@ -236,7 +236,7 @@ class MemoryStore(Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
-    ) -> list[Ledger]:
+    ) -> tuple[Ledger, list[Ledger]]:
         """Open child requests of ``parent_id``, drawing their ceilings from it (one step)."""
         args = check_children(
             parent_id, request_ids, now, priorities, ceiling, share, ttl, max_depth
@@ -277,7 +277,7 @@ class MemoryStore(Store):
                 parent.draw(child.request_id, child.ceiling, child.cost_ceiling, now)
                 self._closed.pop(child.request_id, None)
                 self._open[child.request_id] = child
-            return children
+            return parent, children
 
     def _retire(self, ledger: Ledger, now: float) -> None:
         account = self._drawn.pop(ledger.request_id, None)

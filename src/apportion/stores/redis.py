@@ -968,7 +968,7 @@ class RedisStore(Store):
         reserve: Mapping[str, int] | None,
         ttl: float,
         max_depth: int,
-    ) -> _Steps[list[Ledger]]:
+    ) -> _Steps[tuple[Ledger, list[Ledger]]]:
         args = check_children(
             parent_id, request_ids, now, priorities, ceiling, share, ttl, max_depth
         )
@@ -1006,7 +1006,7 @@ class RedisStore(Store):
         )
         code = _str(reply[0])
         if code == "ok":
-            return [ledger_from_json(blob) for blob in reply[2:]]
+            return ledger_from_json(reply[1]), [ledger_from_json(blob) for blob in reply[2:]]
         if code == "child":
             ids = args.request_ids
             label = ids[0] if len(ids) == 1 else f"{ids[0]} (+{len(ids) - 1})"
@@ -1573,11 +1573,11 @@ class RedisStore(Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
-    ) -> list[Ledger]:
+    ) -> tuple[Ledger, list[Ledger]]:
         """Open child requests of ``parent_id``, drawing their ceilings from it (one script)."""
         local = self._local_store(parent_id) if isinstance(parent_id, str) else None
         if local is not None:
-            children = local.open_children(
+            parent, children = local.open_children(
                 parent_id,
                 request_ids,
                 ranks,
@@ -1591,7 +1591,7 @@ class RedisStore(Store):
                 max_depth=max_depth,
             )
             self._local_ids.update(child.request_id for child in children)
-            return children
+            return parent, children
         return self._run(
             self._children_steps(
                 parent_id,
@@ -1622,7 +1622,7 @@ class RedisStore(Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
-    ) -> list[Ledger]:
+    ) -> tuple[Ledger, list[Ledger]]:
         """Async :meth:`open_children`."""
         if isinstance(parent_id, str) and self._local_store(parent_id) is not None:
             return self.open_children(

@@ -445,7 +445,10 @@ class StoreConformance:
 
     def _kids(self, store: Store, parent: str, ids: list[str], now: float = 0.0, **kw: Any) -> Any:
         kw.setdefault("priorities", ["standard"] * len(ids))
-        return store.open_children(parent, ids, RANKS, now, **kw)
+        parent_state, kids = store.open_children(parent, ids, RANKS, now, **kw)
+        assert parent_state.request_id == parent
+        assert set(ids) <= set(parent_state.children)
+        return kids
 
     def test_child_draws_from_its_parent_and_folds_back_once(self, store: Store) -> None:
         store.open("r1", RANKS, 1000, 0.0)
@@ -646,7 +649,7 @@ class StoreConformance:
 
         async def scenario() -> None:
             await store.aopen("r1", RANKS, 1000, 0.0)
-            kids = await store.aopen_children(
+            _, kids = await store.aopen_children(
                 "r1", ["r1::a", "r1::b"], RANKS, 0.0, priorities=["standard"] * 2, share=1.0
             )
             assert [k.ceiling for k in kids] == [500, 500]
@@ -1040,9 +1043,8 @@ class _TreeMachine(RuleBasedStateMachine):
         if not fits:
             self._refused(parent, op, ChildBudgetExceeded)
             return
-        kids = op()
+        after, kids = op()
         assert [k.ceiling for k in kids] == expected
-        after = self.store.get(parent)
         assert after.free == free - sum(expected)
         for kid, request_id in zip(kids, ids, strict=True):
             assert (kid.request_id, kid.parent_id, kid.depth) == (
