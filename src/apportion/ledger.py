@@ -118,7 +118,11 @@ class Event(NamedTuple):
     """One entry of a ledger's append-only event list.
 
     Attributes:
-        kind: ``open``, ``begin``, ``extend``, ``finish``, ``release``, ``expire``, ``close``.
+        kind: ``open``, ``begin``, ``extend``, ``finish``, ``release``, ``expire``, ``close``;
+            in a parent, ``child`` (a child's draw: its id in ``note``, its tokens in
+            ``output_tokens``) and ``child_close`` (its fold-back: the tokens it used in
+            ``context_tokens``, its draw in ``output_tokens``, usage beyond it in
+            ``overuse``).
         at: clock time of the operation.
         agent: the agent concerned (``None`` for ``open`` and ``close``).
         grant_id: the grant concerned (0 when none).
