@@ -1431,7 +1431,7 @@ class Controller:
             tokens (and pool draws) returned, and expired requests sent to telemetry,
             without anyone calling :meth:`reap`.
         max_depth: the deepest a child request may be (:meth:`Request.child`; a root
-            request is at depth 0), at most 1000.
+            request is at depth 0), at most 256.
 
     Raises:
         UnknownPolicy, UnknownStore: the name or URL is not registered.

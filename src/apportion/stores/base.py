@@ -108,7 +108,7 @@ class Reaped:
         return Reaped(self.settled + other.settled, self.expired + other.expired)
 
 
-MAX_DEPTH_LIMIT = 1000
+MAX_DEPTH_LIMIT = 256
 """Deepest ``max_depth`` a store accepts for request trees."""
 
 
