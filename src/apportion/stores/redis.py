@@ -108,6 +108,16 @@ Redis Cluster. Every request script touches the keys of one slot and pool script
 of another, so the layout suits a cluster; but ``reap`` runs one script over every bucket's
 index (cross-slot: fine on a standalone server, one call per bucket would be needed on a
 cluster), and this class connects with a standalone client. Cluster is not supported yet.
+The scripts of a request tree (``children.lua``, and ``close`` / ``reap`` closing a tree
+and folding a child back into its parent) stay in the tree's one slot, but ``close`` and
+``reap`` reach the other requests of the tree by keys they build themselves (the parent's,
+the open children's): a cluster needs them declared, as ``children.lua`` already does.
+
+Child budgets. ``open_children`` is one script (``children.lua``): it splits what the
+parent can spare, records each draw in the parent's ledger and writes each child's ledger,
+in one step, so children racing from many processes never draw more than the parent can
+spare. A ledger document carries its tree section (parent, depth, priority rank, the
+closed children's usage, the open children's draws: see ``lua/common.lua``).
 """
 
 from __future__ import annotations
