@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import math
 import secrets
+import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
@@ -198,6 +199,7 @@ class _Tree:
         "children",
         "depth",
         "ids",
+        "lock",
         "name",
         "parent",
         "priority",
@@ -220,6 +222,7 @@ class _Tree:
         self.depth: int = 0 if parent is None else parent.tree.depth + 1
         self.children: list[Any] = []  # the child requests (Request or AsyncRequest) made
         self.ids: set[str] = set()  # the ids given to children
+        self.lock = threading.Lock()  # threads making children of one request at once
         self.attached = False  # opened already for ``with``: by a fan-out, or elsewhere
 
 
@@ -321,11 +324,12 @@ class _Steps:
         if tree.depth > self.config.max_depth:
             raise TreeTooDeep(self.obs.request_id, tree.depth, self.config.max_depth)
         child_id = base = f"{self.obs.request_id}{CHILD_SEP}{name}"
-        suffix = len(self.tree.ids)
-        while child_id in self.tree.ids:
-            suffix += 1
-            child_id = f"{base}#{suffix}"
-        self.tree.ids.add(child_id)
+        with self.tree.lock:
+            suffix = len(self.tree.ids)
+            while child_id in self.tree.ids:
+                suffix += 1
+                child_id = f"{base}#{suffix}"
+            self.tree.ids.add(child_id)
         features = self.obs.features if features is None else features
         return _Steps(self.config, cap or 1, features, child_id, tree=tree)
 
