@@ -393,3 +393,29 @@ def test_attach_to_a_request_opened_elsewhere_and_draw_children():
             assert kid.ceiling == 100
 
     asyncio.run(main())
+
+
+def test_the_pure_ledger_settles_a_child_exactly_once():
+    from apportion import Ledger
+
+    ranks = {"lead": 2, "worker": 1}
+    parent = Ledger("p", ranks, 1_000, 0.0, reserve={"lead": 300})
+    assert (parent.spare(2), parent.spare(1), parent.spare(0)) == (1_000, 700, 700)
+    draws = parent.split(["p::a", "p::b"], [2, 1], 0.0, share=1.0)
+    assert draws == [(466, None), (233, None)]  # 700 for the lower rank, split 4:2
+    kid = Ledger("p::a", ranks, 466, 0.0)
+    kid.adopt(parent, 2, None)
+    parent.draw("p::a", 466, None, 0.0)
+    grant = kid.begin("worker", 100, 100, 0.0, 60.0)
+    kid.finish(grant, 100, 20, 1.0)
+    kid.close(2.0)
+    parent.settle_child(kid, 2.0)
+    parent.settle_child(kid, 3.0)  # a second fold-back changes nothing
+    assert (parent.free, parent.reserved, parent.consumed) == (880, 0, 120)
+    assert [e.kind for e in parent.events] == ["open", "child", "child_close"]
+    with pytest.raises(ChildBudgetExceeded):
+        parent.split(["p::c"], [0], 4.0, ceiling=581)  # 880 free, 300 held from rank 0
+    deep = Ledger("p::d", ranks, 10, 0.0)
+    deep.adopt(parent, 1, None)
+    with pytest.raises(TreeTooDeep):
+        deep.split(["p::d::x"], [1], 4.0, ceiling=1, max_depth=1)
