@@ -249,6 +249,19 @@ STORE_OPS: dict[str, dict[str, Any]] = {
     "get_pool": {"name": "p", "now": 1.0},
     "get_state": {"key": "k"},
     "put_state": {"key": "k", "data": b"x", "expected_version": 0},
+    "open_children": {
+        "parent_id": "r",
+        "request_ids": ["r::k"],
+        "ranks": RANKS,
+        "now": 1.0,
+        "priorities": ["standard"],
+        "ceiling": 10,
+        "share": None,
+        "allocation": None,
+        "reserve": None,
+        "ttl": 100.0,
+        "max_depth": 16,
+    },
 }
 STORE_SLOTS = [(op, name) for op, args in STORE_OPS.items() for name in args]
 
@@ -371,6 +384,7 @@ CONTROLLER_NEW = {
     "telemetry": None,
     "catalog": None,
     "reap_every": 30.0,
+    "max_depth": 16,
 }
 
 
@@ -432,6 +446,20 @@ REQUEST_OPS: dict[str, dict[str, Any]] = {
     "score": {"value": 0.5},
     "close": {"status": "closed"},
     "renewal_due": {"grant": "G"},
+    "child": {
+        "name": "kid",
+        "ceiling": 100,
+        "share": None,
+        "priority": "standard",
+        "features": None,
+    },
+    "fan_out": {
+        "names_or_n": 2,
+        "share": 0.5,
+        "ceiling": None,
+        "priority": "standard",
+        "features": None,
+    },
 }
 REQUEST_SLOTS = [(op, name) for op, args in REQUEST_OPS.items() for name in args]
 
@@ -473,6 +501,12 @@ def test_async_request_operations(slot: tuple[str, str], value: Any) -> None:
             assert unchanged(before, store.get(rid), store.events(rid), seen, name)
 
     calls_cleanly(lambda: asyncio.run(run()))
+
+
+@given(value=BAD)
+def test_attaching_to_a_request(value: Any) -> None:
+    controller = Controller(PIPELINE, policy="uniform")
+    calls_cleanly(lambda: controller.attach(value))
 
 
 @given(every=BAD)

@@ -30,9 +30,8 @@ def run_with_top_level_await(source: str) -> dict[str, object]:
 def test_readme_quickstart_runs(capsys: pytest.CaptureFixture[str]) -> None:
     blocks = python_blocks((ROOT / "README.md").read_text())
     assert blocks, "the README has no python block"
-    for block in blocks:
-        namespace = run_with_top_level_await(block)
-    summary = namespace["req"].summary()  # type: ignore[attr-defined]
+    namespaces = [run_with_top_level_await(block) for block in blocks]
+    summary = namespaces[0]["req"].summary()  # type: ignore[attr-defined]  # the quickstart
     assert summary.agents["reasoner"].consumed >= 7_900 + 1_300
     assert summary.agents["reasoner"].truncated_calls == 0
     assert summary.consumed <= summary.ceiling

@@ -13,9 +13,10 @@ import contextlib
 import itertools
 import math
 import secrets
+import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
@@ -31,11 +32,13 @@ from apportion.errors import (
     InvalidPrice,
     InvalidTokenCount,
     RequestClosed,
+    TreeTooDeep,
     UnknownModel,
     UsageWarning,
     WrapUpTooLarge,
 )
 from apportion.ledger import (
+    CHILD_SEP,
     CLOSED,
     FAILED,
     MAX_COST,
@@ -45,16 +48,17 @@ from apportion.ledger import (
     check_name,
     check_outcome,
     check_seconds,
+    check_share,
     check_time,
     check_tokens,
 )
 from apportion.policies import Policy, resolve_policy
 from apportion.policies.base import Observation
-from apportion.pools import check_pool_name, check_priority
+from apportion.pools import PRIORITY_RANKS, check_pool_name, check_priority
 from apportion.reaper import Reaper
 from apportion.spec import Agent, Pipeline
 from apportion.stores import Store, open_store
-from apportion.stores.base import Reaped
+from apportion.stores.base import MAX_DEPTH_LIMIT, Reaped
 from apportion.summary import Summary
 
 StoreCall = tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -80,6 +84,7 @@ class _Config:
         reap_every: float = 30.0,
         wrap_up_tokens: int = 0,
         show_budget: bool = False,
+        max_depth: int = 16,
     ) -> None:
         if not isinstance(pipeline, Pipeline):
             raise InvalidArgument("pipeline", pipeline, "an apportion.Pipeline")
@@ -90,6 +95,9 @@ class _Config:
         if not isinstance(show_budget, bool):
             raise InvalidArgument("show_budget", show_budget, "True or False")
         self.show_budget = show_budget
+        if type(max_depth) is not int or not 1 <= max_depth <= MAX_DEPTH_LIMIT:
+            raise InvalidArgument("max_depth", max_depth, f"an integer in [1, {MAX_DEPTH_LIMIT}]")
+        self.max_depth = max_depth
         self.pipeline = pipeline
         self.policy = resolve_policy(policy)
         self.policy.check_pipeline(pipeline)
@@ -189,10 +197,46 @@ class _Config:
         return f"{self._prefix}-{next(self._counter)}"
 
 
+class _Tree:
+    """A request's place in its tree: its parent, how it draws from it, its children."""
+
+    __slots__ = (
+        "attached",
+        "ceiling",
+        "children",
+        "depth",
+        "ids",
+        "lock",
+        "name",
+        "parent",
+        "priority",
+        "share",
+    )
+
+    def __init__(
+        self,
+        parent: _Steps | None = None,
+        name: str = "",
+        ceiling: int | None = None,
+        share: float | None = None,
+        priority: str = "standard",
+    ) -> None:
+        self.parent = parent
+        self.name = name
+        self.ceiling = ceiling
+        self.share = share
+        self.priority = priority
+        self.depth: int = 0 if parent is None else parent.tree.depth + 1
+        self.children: list[Any] = []  # the child requests (Request or AsyncRequest) made
+        self.ids: set[str] = set()  # the ids given to children
+        self.lock = threading.Lock()  # threads making children of one request at once
+        self.attached = False  # opened already for ``with``: by a fan-out, or elsewhere
+
+
 class _Steps:
     """The logic of one request, written once; its shells carry out the store calls."""
 
-    __slots__ = ("ceiling_usd", "closed", "config", "obs", "outcome", "pool")
+    __slots__ = ("ceiling_usd", "closed", "config", "obs", "outcome", "pool", "tree")
 
     def __init__(
         self,
@@ -203,9 +247,11 @@ class _Steps:
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: float | None = None,
+        tree: _Tree | None = None,
     ) -> None:
         ceiling = check_ceiling(ceiling)
         clean = _check_features(features)
+        self.tree = _Tree() if tree is None else tree
         self.ceiling_usd: int | None = None
         if ceiling_usd is not None:
             self.ceiling_usd = _check_ceiling_usd(config, ceiling_usd)
@@ -246,6 +292,9 @@ class _Steps:
         if config.reap_due():
             with contextlib.suppress(ApportionError):  # the open itself will say what is wrong
                 yield from _reap(config)
+        if self.tree.parent is not None:
+            yield from self.tree.parent.draw_children([self])
+            return
         plan = config.policy.plan(obs)
         obs.state = yield (
             "open",
@@ -258,6 +307,93 @@ class _Steps:
                 **({"ceiling_usd": self.ceiling_usd} if self.ceiling_usd is not None else {}),
             },
         )
+
+    def new_child(
+        self,
+        name: object,
+        ceiling: object,
+        share: object,
+        priority: object,
+        features: Mapping[str, Any] | None,
+    ) -> _Steps:
+        """The steps of a new child request (not opened yet: its draw happens at open)."""
+        self._usable()
+        name = check_name("name", name)
+        if not name or CHILD_SEP in name:
+            raise InvalidArgument(
+                "name", name, f"a child's name is not empty, without {CHILD_SEP!r}"
+            )
+        cap = None if ceiling is None else check_ceiling(ceiling)
+        part = None if share is None else check_share(share)
+        if cap is None and part is None:
+            raise InvalidArgument("ceiling", None, "a child needs ceiling= or share=")
+        tree = _Tree(self, name, cap, part, check_priority(priority))
+        if tree.depth > self.config.max_depth:
+            raise TreeTooDeep(self.obs.request_id, tree.depth, self.config.max_depth)
+        child_id = base = f"{self.obs.request_id}{CHILD_SEP}{name}"
+        with self.tree.lock:
+            suffix = len(self.tree.ids)
+            while child_id in self.tree.ids:
+                suffix += 1
+                child_id = f"{base}#{suffix}"
+            self.tree.ids.add(child_id)
+        features = self.obs.features if features is None else features
+        return _Steps(self.config, cap or 1, features, child_id, tree=tree)
+
+    def draw_children(self, kids: list[_Steps]) -> Steps[None]:
+        """Open ``kids`` (children of this request) in one store step, drawing from it.
+
+        Their plan is the policy's for the ceiling the first is expected to draw (from this
+        request's state as just read); the store's atomic draw decides the real ceilings.
+        """
+        self._usable()
+        obs, config = self.obs, self.config
+        first = kids[0].tree
+        ceiling, share = first.ceiling, first.share
+        ranks = [PRIORITY_RANKS[k.tree.priority] for k in kids]
+        expected = ceiling or 1
+        if share is not None:  # what the first is expected to get, from the state now
+            obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)
+            total = math.floor(obs.state.spare(min(ranks)) * share)
+            expected = total * 2 ** ranks[0] // sum(2**r for r in ranks)
+            expected = max(1, expected if ceiling is None else min(expected, ceiling))
+        kids[0].obs.ceiling = expected
+        plan = config.policy.plan(kids[0].obs)
+        obs.state, states = yield (
+            "open_children",
+            (obs.request_id, [k.obs.request_id for k in kids], config.ranks, config.clock()),
+            {
+                "priorities": [k.tree.priority for k in kids],
+                "ceiling": ceiling,
+                "share": share,
+                "allocation": plan.allocation,
+                "reserve": plan.reserve,
+                "ttl": config.request_ttl,
+                "max_depth": config.max_depth,
+            },
+        )
+        for kid, state in zip(kids, states, strict=True):
+            kid.obs.state = state
+            kid.obs.ceiling = state.ceiling
+            if state.cost_ceiling is not None:
+                kid.ceiling_usd = state.cost_ceiling
+                kid.obs.ceiling_usd = state.cost_ceiling / NANO
+                kid.obs.catalog = config.catalog
+
+    def _closed_tree(self) -> Steps[None]:
+        """After this request closed: its open children closed with it (the store did)."""
+        for kid in self.tree.children:
+            steps = kid._steps
+            if steps.opened and not steps.closed:
+                steps.closed = True
+                with contextlib.suppress(ApportionError):
+                    steps.obs.state = yield ("get", (steps.obs.request_id,), _NO_KWARGS)
+                _settle_open_calls(steps.obs, self.config.clock())
+                yield from steps._closed_tree()
+        parent = self.tree.parent
+        if parent is not None and not parent.closed:
+            with contextlib.suppress(ApportionError):  # its usage rolled up there
+                parent.obs.state = yield ("get", (parent.obs.request_id,), _NO_KWARGS)
 
     def begin(
         self,
@@ -503,9 +639,11 @@ class _Steps:
             self.closed = True  # the store closed it already (``reap``: expired)
             obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)
             _settle_open_calls(obs, now)
+            yield from self._closed_tree()
             raise
         self.closed = True
         _settle_open_calls(obs, now)
+        yield from self._closed_tree()
         try:
             self.config.policy.learn(obs, self.outcome)
         except Exception as exc:  # learning must never break the request
@@ -659,6 +797,27 @@ def _checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
     return now
 
 
+def _attached(config: _Config, request_id: object) -> _Steps:
+    """The steps of a handle on an open request of the store (see ``Controller.attach``)."""
+    request_id = check_name("request_id", request_id)
+    steps = _Steps(config, 1, None, request_id)
+    steps.tree.attached = True
+    return steps
+
+
+def _get_open(steps: _Steps) -> Steps[Any]:
+    """The state of an attached request, refused when closed."""
+    state = yield ("get", (steps.obs.request_id,), _NO_KWARGS)
+    if state.status != "open":
+        raise RequestClosed(steps.obs.request_id, state.status)
+    steps.obs.ceiling = state.ceiling
+    if state.cost_ceiling is not None:
+        steps.ceiling_usd = state.cost_ceiling
+        steps.obs.ceiling_usd = state.cost_ceiling / NANO
+    steps.tree.depth = state.depth
+    return state
+
+
 def _run(store: Store, steps: Steps[T]) -> T:
     """Carry out a request's store calls with blocking calls."""
     try:
@@ -710,6 +869,62 @@ class _RequestBase:
     def closed(self) -> bool:
         """Whether the request has closed."""
         return self._steps.closed
+
+    @property
+    def parent_id(self) -> str | None:
+        """The id of the request this one is a child of (``None`` for a root request)."""
+        parent = self._steps.tree.parent
+        return None if parent is None else parent.obs.request_id
+
+    @property
+    def depth(self) -> int:
+        """How deep in its tree the request is: 0 for a root, 1 for its children ..."""
+        return self._steps.tree.depth
+
+    @property
+    def children(self) -> tuple[Any, ...]:
+        """The child requests opened from this one (:meth:`Request.child`, ``fan_out``)."""
+        return tuple(kid for kid in self._steps.tree.children if kid._steps.opened)
+
+    def _new_child(
+        self,
+        name: str,
+        ceiling: int | None,
+        share: float | None,
+        priority: str,
+        features: Mapping[str, Any] | None,
+    ) -> _Steps:
+        return self._steps.new_child(name, ceiling, share, priority, features)
+
+    def _new_children(
+        self,
+        names_or_n: int | Sequence[str],
+        ceiling: int | None,
+        share: float | None,
+        priority: str | Sequence[str],
+        features: Mapping[str, Any] | None,
+    ) -> list[_Steps]:
+        """The steps of a fan-out's children (checked, not opened)."""
+        if isinstance(names_or_n, int) and not isinstance(names_or_n, bool):
+            if not 1 <= names_or_n <= 10_000:
+                raise InvalidArgument("names_or_n", names_or_n, "between 1 and 10000 children")
+            names: list[str] = [str(i) for i in range(1, names_or_n + 1)]
+        elif isinstance(names_or_n, Sequence) and not isinstance(names_or_n, str) and names_or_n:
+            names = list(names_or_n)
+        else:
+            raise InvalidArgument("names_or_n", names_or_n, "a number of children or their names")
+        if isinstance(priority, str) or not isinstance(priority, Sequence):
+            priorities: list[Any] = [priority] * len(names)
+        elif len(priority) == len(names):
+            priorities = list(priority)
+        else:
+            raise InvalidArgument(
+                "priority", priority, f"one priority class per child ({len(names)})"
+            )
+        kids: list[_Steps] = []
+        for name, prio in zip(names, priorities, strict=True):
+            kids.append(self._new_child(name, ceiling, share, prio, features))
+        return kids
 
     @property
     def calls(self) -> Mapping[int, CallRecord]:
@@ -793,7 +1008,8 @@ class _RequestBase:
             raise RuntimeError("the request was never opened")
         obs = self._steps.obs
         calls = [*obs.calls.values(), *obs.refused]
-        return Summary.of(state, self._steps.config.pipeline.names, calls)
+        kids = tuple(kid.summary() for kid in self.children)
+        return Summary.of(state, self._steps.config.pipeline.names, calls, children=kids)
 
     async def acompletion(self, agent: str, **kwargs: Any) -> Any:
         """A budgeted ``litellm.acompletion`` for ``agent`` (needs the ``litellm`` extra).
@@ -835,7 +1051,8 @@ class Request(_RequestBase):
         return self
 
     def __enter__(self) -> Request:
-        self.open()
+        if not (self._steps.opened and self._steps.tree.attached):  # fan_out's, attach's
+            self.open()
         self._ambient = ambient.enter(self)  # current inside the block (apportion.ambient)
         return self
 
@@ -851,6 +1068,85 @@ class Request(_RequestBase):
                     self.close(FAILED if exc_type is not None else CLOSED)
         finally:
             self._leave()
+
+    def child(
+        self,
+        name: str,
+        *,
+        ceiling: int | None = None,
+        share: float | None = None,
+        priority: str = "standard",
+        features: Mapping[str, Any] | None = None,
+    ) -> Request:
+        """A child request: a sub-request whose ceiling is drawn from this one when it opens.
+
+        Use it exactly like a request (``with``, ``begin``, ``finish``, ``openai``, ``call``,
+        the ambient request inside its block), and make children of it in turn, up to the
+        controller's ``max_depth``. It opens (and draws) at ``with`` or ``open()``, in one
+        atomic store step: concurrent children never draw more than this request can
+        spare. Closing it returns what it did not use to this request at once (its usage
+        is consumed here); closing this request first closes its open children.
+
+        Args:
+            name: the child's name (its id is ``PARENT_ID::name``, made unique).
+            ceiling: tokens it draws; refused with
+                :class:`~apportion.errors.ChildBudgetExceeded` (nothing changes) when this
+                request cannot spare them. With ``share``, the most it may draw.
+            share: instead, draw this fraction (``0 < share <= 1``) of what this request can
+                spare right now: it gets what is available.
+            priority: what of this request's reservations it may draw on: ``critical`` all
+                of them, ``standard`` all but those held for critical agents,
+                ``peripheral`` none held for standard or critical agents (the rule of
+                shared pools). In a fan-out, also its weight (4, 2, 1).
+            features: the child's request features (default: this request's).
+
+        With a cost ceiling here, the child draws the same fraction of what it leaves as
+        of the spare tokens (its own cost ceiling).
+
+        Raises:
+            InvalidArgument: a bad name, share or priority, or neither ceiling nor share.
+            TreeTooDeep: the child would be deeper than ``max_depth``.
+            RequestClosed: this request is closed.
+        """
+        kid = Request(self._new_child(name, ceiling, share, priority, features))
+        self._steps.tree.children.append(kid)
+        return kid
+
+    def fan_out(
+        self,
+        names_or_n: int | Sequence[str],
+        *,
+        share: float = 1.0,
+        ceiling: int | None = None,
+        priority: str | Sequence[str] = "standard",
+        features: Mapping[str, Any] | None = None,
+    ) -> list[Request]:
+        """Open several children at once, splitting what this request can spare fairly.
+
+        One atomic store step: ``floor(S * share)`` tokens are split among the children by
+        priority weight (critical 4, standard 2, peripheral 1), where ``S`` is what this
+        request can spare the lowest priority among them, so the sum never exceeds it
+        under any interleaving; children opened later get what earlier ones returned.
+        The children come back open; use each in ``with`` (or close it) as usual.
+
+        Args:
+            names_or_n: the children's names, or how many (named ``1`` .. ``n``).
+            share: the fraction of what this request can spare that they split.
+            ceiling: the most each child may draw.
+            priority: one priority class for all, or one per child (see :meth:`child`).
+            features: the children's request features (default: this request's).
+
+        Raises:
+            ChildBudgetExceeded: a child would get nothing (nothing changes).
+            InvalidArgument, TreeTooDeep, RequestClosed: as for :meth:`child`.
+        """
+        steps = self._new_children(names_or_n, ceiling, share, priority, features)
+        _run(self._steps.config.store, self._steps.draw_children(steps))
+        for k in steps:
+            k.tree.attached = True  # open already: ``with`` only enters
+        kids = [Request(k) for k in steps]
+        self._steps.tree.children.extend(kids)
+        return kids
 
     def begin(
         self,
@@ -1048,7 +1344,8 @@ class AsyncRequest(_RequestBase):
         return self
 
     async def __aenter__(self) -> AsyncRequest:
-        await self.open()
+        if not (self._steps.opened and self._steps.tree.attached):  # fan_out's, attach's
+            await self.open()
         self._ambient = ambient.enter(self)  # current inside the block (apportion.ambient)
         return self
 
@@ -1064,6 +1361,38 @@ class AsyncRequest(_RequestBase):
                     await self.close(FAILED if exc_type is not None else CLOSED)
         finally:
             self._leave()
+
+    def child(
+        self,
+        name: str,
+        *,
+        ceiling: int | None = None,
+        share: float | None = None,
+        priority: str = "standard",
+        features: Mapping[str, Any] | None = None,
+    ) -> AsyncRequest:
+        """Async :meth:`Request.child` (not awaited: ``async with req.child(...)`` opens it)."""
+        kid = AsyncRequest(self._new_child(name, ceiling, share, priority, features))
+        self._steps.tree.children.append(kid)
+        return kid
+
+    async def fan_out(
+        self,
+        names_or_n: int | Sequence[str],
+        *,
+        share: float = 1.0,
+        ceiling: int | None = None,
+        priority: str | Sequence[str] = "standard",
+        features: Mapping[str, Any] | None = None,
+    ) -> list[AsyncRequest]:
+        """Async :meth:`Request.fan_out`."""
+        steps = self._new_children(names_or_n, ceiling, share, priority, features)
+        await _arun(self._steps.config.store, self._steps.draw_children(steps))
+        for k in steps:
+            k.tree.attached = True  # open already: ``async with`` only enters
+        kids = [AsyncRequest(k) for k in steps]
+        self._steps.tree.children.extend(kids)
+        return kids
 
     async def begin(
         self,
@@ -1163,6 +1492,8 @@ class Controller:
         show_budget: the integrations add a line to each call's prompt telling the agent
             what its grant lets it read and write (and set the provider's own budget
             field where it has one); see :mod:`apportion.integrations.budget_line`.
+        max_depth: the deepest a child request may be (:meth:`Request.child`; a root
+            request is at depth 0), at most 256.
 
     Raises:
         UnknownPolicy, UnknownStore: the name or URL is not registered.
@@ -1183,6 +1514,7 @@ class Controller:
         reap_every: float = 30.0,
         wrap_up_tokens: int = 0,
         show_budget: bool = False,
+        max_depth: int = 16,
     ) -> None:
         self._config = _Config(
             pipeline,
@@ -1196,6 +1528,7 @@ class Controller:
             reap_every,
             wrap_up_tokens,
             show_budget,
+            max_depth,
         )
 
     @property
@@ -1271,6 +1604,29 @@ class Controller:
         return AsyncRequest(
             _Steps(self._config, ceiling, features, request_id, pool, pool_priority, ceiling_usd)
         )
+
+    def attach(self, request_id: str) -> Request:
+        """A handle on a request already open in the store (opened by another process).
+
+        For a shared store (Redis): a worker process draws children from a parent another
+        process opened, ``ctl.attach(parent_id).child(...)`` or ``.fan_out(...)``, with the
+        same atomic draws as in the process that opened it. The handle can also ``begin``
+        and ``finish`` calls of the request; closing it (``close()``, or leaving a ``with``
+        block on it) closes the request for every process.
+
+        Raises:
+            UnknownRequest: the store holds no such request.
+            RequestClosed: it is closed.
+        """
+        steps = _attached(self._config, request_id)
+        steps.obs.state = _run(self._config.store, _get_open(steps))
+        return Request(steps)
+
+    async def aattach(self, request_id: str) -> AsyncRequest:
+        """The async :meth:`attach`: an :class:`AsyncRequest` handle."""
+        steps = _attached(self._config, request_id)
+        steps.obs.state = await _arun(self._config.store, _get_open(steps))
+        return AsyncRequest(steps)
 
     def reap(self) -> int:
         """Reclaim grants whose lease ended and close overdue requests, store-wide.

@@ -567,6 +567,61 @@ class PoolExhausted(BudgetExceeded):
         )
 
 
+class ChildBudgetExceeded(BudgetExceeded):
+    """A child request asked its parent for more than the parent can spare.
+
+    A subclass of :class:`BudgetExceeded`, so code that handles a refused grant handles
+    this one too. The parent is unchanged.
+
+    Attributes:
+        parent_id: the parent request.
+        child: the child's name (``agent`` holds it too).
+        requested: tokens the child (or the children, together) asked for.
+        available: tokens the parent could spare a child of that priority at that moment.
+    """
+
+    parent_id: str
+    child: str
+
+    def __init__(
+        self, parent_id: str, child: str, requested: int, available: int, *, reason: str = ""
+    ) -> None:
+        extra = f" ({reason})" if reason else ""
+        ApportionError.__init__(
+            self,
+            f"child {child!r} of request {parent_id!r} asked for {requested} tokens, "
+            f"{available} available{extra}",
+            agent=child,
+            requested=requested,
+            available=available,
+            parent_id=parent_id,
+            child=child,
+        )
+
+
+class TreeTooDeep(ApportionError, ValueError):
+    """A child would sit deeper in its request tree than the controller allows.
+
+    Attributes:
+        parent_id: the request the child was asked of.
+        depth: the depth the child would have (a root request is at depth 0).
+        max_depth: the deepest a child may be (``Controller(max_depth=...)``).
+    """
+
+    parent_id: str
+    depth: int
+    max_depth: int
+
+    def __init__(self, parent_id: str, depth: int, max_depth: int) -> None:
+        super().__init__(
+            f"a child of request {parent_id!r} would be at depth {depth}, "
+            f"deeper than the limit of {max_depth}",
+            parent_id=parent_id,
+            depth=depth,
+            max_depth=max_depth,
+        )
+
+
 class PoolDrawExpired(ApportionError):
     """A request's draw from its pool was given back before the request could open.
 

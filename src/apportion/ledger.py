@@ -19,6 +19,13 @@ Invariants kept after every operation (the store conformance suite checks them):
    so the next grant sees it, and any part the pool cannot cover is recorded as
    ``overflow`` instead of letting ``consumed`` pass the ceiling.
 
+7. Child budgets: a child request's ceiling is drawn from its parent's free tokens and
+   counted in the parent's ``reserved`` (``children`` holds the open draws) until the child
+   closes; its usage then moves to the parent's ``consumed`` (``children_consumed``) and
+   the rest returns to ``free``, exactly once. So ``reserved`` is the open grants plus the
+   open children, ``consumed`` the agents' usage plus the closed children's, and no child
+   ever holds more than its parent could spare (see :meth:`Ledger.split`).
+
 Cost. A grant may carry the model it runs on and that model's prices, as integers of
 nano-USD (1e-9 USD) per input and per output token (:func:`nano_prices` converts USD per
 million tokens, rounding up). The ledger then accounts cost in integer nano-USD:
@@ -36,11 +43,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from apportion.errors import (
     BudgetExceeded,
+    ChildBudgetExceeded,
     CostExceeded,
     ForeignGrant,
     GrantExpired,
@@ -50,11 +58,18 @@ from apportion.errors import (
     InvalidPrice,
     InvalidTokenCount,
     RequestClosed,
+    TreeTooDeep,
     UnknownAgent,
     WrapUpTooLarge,
 )
 from apportion.limits import MAX_TOKENS as MAX_TOKENS  # largest token count (re-exported)
 from apportion.limits import is_text
+
+CHILD_SEP = "::"
+"""Between a parent's id and its child's name in a child request's id (``root::a::b``).
+
+A store may keep a tree together by the part of an id before the first ``::`` (its root's).
+"""
 
 NANO = 10**9
 """nano-USD per USD: the ledger accounts cost in integers of 1e-9 USD."""
@@ -116,7 +131,11 @@ class Event(NamedTuple):
     """One entry of a ledger's append-only event list.
 
     Attributes:
-        kind: ``open``, ``begin``, ``extend``, ``finish``, ``release``, ``expire``, ``close``.
+        kind: ``open``, ``begin``, ``extend``, ``finish``, ``release``, ``expire``, ``close``;
+            in a parent, ``child`` (a child's draw: its id in ``note``, its tokens in
+            ``output_tokens``) and ``child_close`` (its fold-back: the tokens it used in
+            ``context_tokens``, its draw in ``output_tokens``, usage beyond it in
+            ``overuse``).
         at: clock time of the operation.
         agent: the agent concerned (``None`` for ``open`` and ``close``).
         grant_id: the grant concerned (0 when none).
@@ -314,6 +333,19 @@ def check_ceiling_usd(value: object) -> int | None:
     return int(value.__index__())
 
 
+def check_share(value: object) -> float:
+    """Return ``value`` as a child's share of what its parent can spare (``0 < share <= 1``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgument("share", value, "a share is a number in (0, 1]")
+    try:
+        share = float(value)
+    except (OverflowError, ValueError, TypeError):
+        share = math.nan
+    if not 0.0 < share <= 1.0:
+        raise InvalidArgument("share", value, "a share is a number in (0, 1]")
+    return share
+
+
 def check_ceiling(value: object) -> int:
     """Return ``value`` as a request ceiling (a positive token count)."""
     try:
@@ -351,12 +383,16 @@ class Ledger:
         "allocation",
         "calls",
         "ceiling",
+        "children",
+        "children_consumed",
+        "children_cost_consumed",
         "consumed",
         "consumed_by",
         "cost_by",
         "cost_ceiling",
         "cost_consumed",
         "cost_reserved",
+        "depth",
         "events",
         "expires_at",
         "free",
@@ -367,6 +403,8 @@ class Ledger:
         "outcome",
         "overflow",
         "overuse_by",
+        "parent_id",
+        "rank",
         "ranks",
         "request_id",
         "reserve",
@@ -428,6 +466,12 @@ class Ledger:
         self._next_lease = math.inf  # no open grant's lease ends before this
         self._settled: dict[int, tuple[str, str]] = {}
         self.next_grant_id = 1
+        self.parent_id: str | None = None  # set by adopt(): a child request's parent
+        self.depth = 0
+        self.rank = -1  # a child's priority rank (-1: a root request)
+        self.children: dict[str, tuple[int, int]] = {}  # open child -> (tokens, nano-USD)
+        self.children_consumed = 0
+        self.children_cost_consumed = 0
         self.events: list[Event] = [
             _new(Event, ("open", now, None, 0, ceiling, 0, False, 0, "", 0))
         ]
@@ -754,6 +798,8 @@ class Ledger:
         self.reap(now)
         for grant in list(self.grants.values()):
             self._release(grant, now, "close", status)
+        if self.children:
+            self._drop_children(now)
         self.status = status
         if outcome is not None:
             self.outcome = float(outcome)
@@ -769,6 +815,136 @@ class Ledger:
             self._release(grant, now, "expire", "lease expired")
         self._next_lease = min((g.lease_expires_at for g in self.grants.values()), default=math.inf)
         return len(expired)
+
+    # ------------------------------------------------------------ child budgets
+
+    def spare(self, rank: int) -> int:
+        """Tokens a child of priority rank ``rank`` could draw right now.
+
+        The free pool, less what it holds for unstarted agents of a strictly higher rank
+        (the rule of shared pools): a critical child (rank 2) may draw on every free
+        token, a standard child (1) not on what is held for critical agents, a peripheral
+        child (0) not on what is held for standard or critical agents.
+        """
+        if not self.reserve:
+            return self.free
+        ranks = self.ranks
+        held = sum(t for b, t in self.reserve.items() if ranks[b] > rank)
+        return max(0, self.free - held)
+
+    def split(
+        self,
+        names: Sequence[str],
+        ranks: Sequence[int],
+        now: float,
+        *,
+        ceiling: int | None = None,
+        share: float | None = None,
+        max_depth: int = 16,
+    ) -> list[tuple[int, int | None]]:
+        """What children opened together would draw, as ``(tokens, nano-USD)``; no change.
+
+        With ``ceiling`` alone, each child draws exactly ``ceiling`` tokens, or all are
+        refused. With ``share`` (``0 < share <= 1``), ``floor(S * share)`` tokens are split
+        among them by weight ``2 ** rank`` (critical 4, standard 2, peripheral 1), each
+        rounded down and capped at ``ceiling`` when given, where ``S`` is
+        :meth:`spare` for the lowest rank among them: so together they never draw more
+        than any of them could alone. With a cost ceiling, each child draws the same
+        fraction of what the cost ceiling leaves (:meth:`cost_available`) as of ``S``,
+        rounded down (``None`` without one).
+
+        Raises:
+            RequestClosed: the request is closed.
+            TreeTooDeep: a child would be deeper than ``max_depth``.
+            ChildBudgetExceeded: more than the parent can spare, or a child would get
+                nothing.
+        """
+        self._check_open(check_time("now", now))
+        if self.depth + 1 > max_depth:
+            raise TreeTooDeep(self.request_id, self.depth + 1, max_depth)
+        label = names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1})"
+        spare = self.spare(min(ranks))
+        if share is None:
+            assert ceiling is not None
+            tokens = [ceiling] * len(names)
+            if ceiling * len(names) > spare:
+                raise ChildBudgetExceeded(self.request_id, label, ceiling * len(names), spare)
+        else:
+            total = math.floor(spare * share)
+            weights = [2**r for r in ranks]
+            whole = sum(weights)
+            tokens = [total * w // whole for w in weights]
+            if ceiling is not None:
+                tokens = [min(t, ceiling) for t in tokens]
+            if min(tokens) == 0:
+                raise ChildBudgetExceeded(
+                    self.request_id, label, len(names), spare, reason="nothing left to spare"
+                )
+        if self.cost_ceiling is None:
+            return [(t, None) for t in tokens]
+        whole_cost = left = self.cost_available() or 0
+        draws: list[tuple[int, int | None]] = []
+        for t in tokens:  # never past what is left, however the floats round
+            cost = min(left, math.floor(whole_cost * (t / spare)))
+            left -= cost
+            draws.append((t, cost))
+        return draws
+
+    def adopt(self, parent: Ledger, rank: int, cost_ceiling: int | None) -> None:
+        """Make this new ledger a child of ``parent`` (the store calls it before :meth:`draw`)."""
+        self.parent_id = parent.request_id
+        self.depth = parent.depth + 1
+        self.rank = rank
+        self.cost_ceiling = cost_ceiling
+
+    def draw(self, child_id: str, tokens: int, cost: int | None, now: float) -> None:
+        """Record a child's draw (from :meth:`split`): held in ``reserved`` until it closes."""
+        self.free -= tokens
+        self.reserved += tokens
+        self.children[child_id] = (tokens, cost or 0)
+        self.cost_reserved += cost or 0
+        self.events.append(_new(Event, ("child", now, None, 0, 0, tokens, False, 0, child_id, 0)))
+
+    def settle_child(self, child: Ledger, now: float) -> None:
+        """Fold a closed child back: its usage is consumed here, the rest returns to ``free``.
+
+        Usage the child recorded beyond its ceiling (its ``overflow``) is charged here too,
+        like a grant's over-use: to the free pool, and beyond it as ``overflow``. A child
+        not (or no longer) drawn from here is ignored: a draw is settled exactly once.
+        """
+        draw = self.children.pop(child.request_id, None)
+        if draw is None:
+            return
+        tokens, cost = draw
+        used = child.consumed + child.overflow
+        self.reserved -= tokens
+        self.cost_reserved -= cost
+        self.cost_consumed += child.cost_consumed
+        self.children_cost_consumed += child.cost_consumed
+        room = self.free + tokens
+        charge = min(used, room)
+        self.overflow += used - charge
+        self.free = room - charge
+        self.consumed += charge
+        self.children_consumed += charge
+        overuse = used - tokens if used > tokens else 0
+        self.events.append(
+            _new(
+                Event,
+                ("child_close", now, None, 0, used, tokens, False, overuse, child.request_id, 0),
+            )
+        )
+
+    def _drop_children(self, now: float) -> None:
+        """At close: draws of children that never settled return whole (a lost child)."""
+        for child_id, (tokens, cost) in list(self.children.items()):
+            del self.children[child_id]
+            self.reserved -= tokens
+            self.free += tokens
+            self.cost_reserved -= cost
+            self.events.append(
+                _new(Event, ("child_close", now, None, 0, 0, tokens, False, 0, child_id, 0))
+            )
 
     # ---------------------------------------------------------------- internals
 
@@ -841,6 +1017,10 @@ class Ledger:
             "ceiling_usd": None if self.cost_ceiling is None else self.cost_ceiling / NANO,
             "cost_reserved_usd": self.cost_reserved / NANO,
             "cost_consumed_usd": self.cost_consumed / NANO,
+            "parent_id": self.parent_id,
+            "depth": self.depth,
+            "children": {c: tokens for c, (tokens, _) in self.children.items()},
+            "children_consumed": self.children_consumed,
             "agents": {
                 a: {
                     "allocated": self.allocation[a],

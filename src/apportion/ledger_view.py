@@ -62,6 +62,16 @@ class LedgerView(Protocol):
     def cost_consumed(self) -> int: ...  # noqa: D102
     @property
     def cost_by(self) -> Mapping[str, int]: ...  # noqa: D102
+    @property
+    def parent_id(self) -> str | None: ...  # noqa: D102
+    @property
+    def depth(self) -> int: ...  # noqa: D102
+    @property
+    def children(self) -> Mapping[str, tuple[int, int]]: ...  # noqa: D102
+    @property
+    def children_consumed(self) -> int: ...  # noqa: D102
+    @property
+    def children_cost_consumed(self) -> int: ...  # noqa: D102
 
     def cost_available(self) -> int | None:
         """nano-USD a new grant may still cost at full size (``None``: no cost ceiling)."""
@@ -69,6 +79,10 @@ class LedgerView(Protocol):
 
     def grant_cost(self, grant_id: int) -> int:
         """Full-size cost of an open grant in nano-USD."""
+        ...
+
+    def spare(self, rank: int) -> int:
+        """Tokens a child request of priority rank ``rank`` could draw right now."""
         ...
 
     def available_for(self, agent: str) -> int:

@@ -72,19 +72,29 @@ class Summary:
         request_id: the request.
         status: ``open``, ``closed``, ``failed`` or ``expired``.
         ceiling: the token ceiling.
-        reserved: tokens held by open grants (the sum of the agents' ``reserved``).
-        consumed: tokens charged to the ceiling (the sum of the agents' ``consumed``).
+        reserved: tokens held by open grants (the sum of the agents' ``reserved``) and
+            open children.
+        consumed: tokens charged to the ceiling (the sum of the agents' ``consumed``, and
+            of the closed children's usage).
         free: ``ceiling - reserved - consumed``; ``held`` of it is kept for agents not
             started.
         held: tokens of ``free`` reserved for agents not started (the sum of their ``held``).
         overflow: tokens providers reported beyond the ceiling (not charged to it).
         outcome: the outcome score, if one was given.
         agents: one :class:`AgentUsage` per agent, in execution order.
-        cost_usd: USD the settled calls cost.
+        cost_usd: USD the settled calls cost (closed children's included).
         ceiling_usd: the cost ceiling in USD, or ``None``.
         statuses: the request's calls counted by status, refused begins included (only
             ``completed`` is a success: ``wrapped_up`` handed back a partial result, ``cut``
             an answer cut at its cap); the statuses it had only.
+        parent_id: the request this one is a child of, or ``None``.
+        children_reserved: tokens drawn by its open children (part of ``reserved``).
+        children_consumed: tokens its closed children used (part of ``consumed``).
+        children: one summary per child request it opened, in order (each with its own).
+
+    A request with children rolls them up: ``reserved`` and ``consumed`` include their
+    draws and usage, so ``consumed + reserved + free == ceiling`` still holds, while the
+    agents' lines are this request's own calls.
     """
 
     request_id: str
@@ -100,12 +110,20 @@ class Summary:
     cost_usd: float = 0.0
     ceiling_usd: float | None = None
     statuses: dict[str, int] = field(default_factory=dict)
+    parent_id: str | None = None
+    children_reserved: int = 0
+    children_consumed: int = 0
+    children: tuple[Summary, ...] = ()
 
     @classmethod
     def of(
-        cls, state: LedgerView, names: Iterable[str], calls: Iterable[CallRecord] = ()
+        cls,
+        state: LedgerView,
+        names: Iterable[str],
+        calls: Iterable[CallRecord] = (),
+        children: tuple[Summary, ...] = (),
     ) -> Summary:
-        """Summarise a ledger's state, and the statuses of ``calls`` (the call records)."""
+        """Summarise a ledger's state, its ``calls`` (by status) and its children."""
         by_agent: dict[str, Counter[str]] = {}
         for record in calls:
             by_agent.setdefault(record.agent, Counter())[record.status] += 1
@@ -138,6 +156,10 @@ class Summary:
             state.cost_consumed / 1e9,
             None if state.cost_ceiling is None else state.cost_ceiling / 1e9,
             _ordered(sum(by_agent.values(), Counter())),
+            getattr(state, "parent_id", None),
+            sum(tokens for tokens, _ in getattr(state, "children", {}).values()),
+            getattr(state, "children_consumed", 0),
+            children,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,7 +210,35 @@ class Summary:
             per_agent = ", ".join(f"{n} {u.cost_usd:.6f}" for n, u in self.agents.items())
             cap = f" of {self.ceiling_usd:.6f}" if self.ceiling_usd is not None else ""
             lines.append(f"cost {self.cost_usd:.6f}{cap} USD: {per_agent}")
+        if self.children:
+            lines.append(
+                f"children: {len(self.children)}, consumed {self.children_consumed} "
+                f"(in consumed above), open {self.children_reserved} (in open above)"
+            )
+            lines.extend(_child_lines(self))
         return "\n".join(lines)
+
+    def tree(self) -> str:
+        """One line per request of the tree under this one, indented by depth."""
+        return "\n".join(_child_lines(self, with_self=True))
+
+
+def _child_lines(summary: Summary, indent: str = "  ", with_self: bool = False) -> list[str]:
+    """Lines of a request tree: each request's status, ceiling, usage and what is open."""
+    lines = []
+    if with_self:
+        lines.append(_tree_line(summary, ""))
+    for child in summary.children:
+        lines.append(_tree_line(child, indent))
+        lines += _child_lines(child, indent + "  ")
+    return lines
+
+
+def _tree_line(summary: Summary, indent: str) -> str:
+    return (
+        f"{indent}{summary.request_id} ({summary.status}): ceiling {summary.ceiling}, "
+        f"consumed {summary.consumed}, open {summary.reserved}, free {summary.free}"
+    )
 
 
 def _counts(u: AgentUsage) -> tuple[int, ...]:

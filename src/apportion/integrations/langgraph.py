@@ -25,11 +25,12 @@ The request is ``budgeted(..., req=...)``, else the current request, else the ru
 ``configurable["apportion_request"]``.
 
 A streamed call runs the engine in a helper thread (sync) or task (async) and yields the
-inner model's chunks as they come, follow-up calls included. A caller that stops reading
-early stops the model call at its next chunk, and no follow-up is sent; the grant is settled
-with what arrived (counted, marked estimated: the provider's usage comes at the end). An
-async stream LangChain leaves unclosed is stopped when its event loop cancels the call's
-task, which settles what arrived before the cancellation goes on.
+inner model's chunks as they come, follow-up calls included, at the reader's pace (the
+call runs at most one chunk ahead). A reader that stops early stops the model call at its
+next chunk, and no follow-up is sent; the grant is settled with what arrived (counted,
+marked estimated: the provider's usage comes at the end). An async stream LangChain leaves
+unclosed waits for its reader until its event loop cancels the call's task, which settles
+what arrived before the cancellation goes on.
 """
 
 from __future__ import annotations
@@ -231,6 +232,7 @@ def _class() -> type:
                     yield lc.outputs.ChatGenerationChunk(message=chunk)
                 return
             chunks: queue.Queue[Any] = queue.Queue()
+            credits = threading.Semaphore(1)  # the call runs at most one chunk ahead
             stopped = threading.Event()  # the reader stopped: stop the model call too
 
             def send(*, model: str, messages: list[Any], **sent: Any) -> Any:
@@ -241,6 +243,7 @@ def _class() -> type:
                 stream = p.inner.stream(fitted, stop=stop, config={"callbacks": []}, **params)
                 try:
                     for chunk in stream:
+                        credits.acquire()
                         chunks.put(chunk)
                         whole = chunk if whole is None else whole + chunk
                         if stopped.is_set():
@@ -263,9 +266,11 @@ def _class() -> type:
                 while (item := chunks.get()) is not _DONE:
                     if isinstance(item, BaseException):
                         raise item
+                    credits.release()
                     yield lc.outputs.ChatGenerationChunk(message=item)
             finally:  # done, failed, or the reader stopped early (settled with what arrived)
                 stopped.set()
+                credits.release()  # a call waiting to hand over a chunk sees the stop
                 thread.join()
 
         async def _astream(
@@ -279,6 +284,7 @@ def _class() -> type:
                     yield lc.outputs.ChatGenerationChunk(message=chunk)
                 return
             chunks: asyncio.Queue[Any] = asyncio.Queue()
+            credits = asyncio.Semaphore(1)
             stopped = asyncio.Event()
             cancelled: list[BaseException] = []
 
@@ -291,6 +297,7 @@ def _class() -> type:
                 try:
                     try:
                         async for chunk in stream:
+                            await credits.acquire()
                             await chunks.put(chunk)
                             whole = chunk if whole is None else whole + chunk
                             if stopped.is_set():
@@ -318,9 +325,11 @@ def _class() -> type:
                 while (item := await chunks.get()) is not _DONE:
                     if isinstance(item, BaseException):
                         raise item
+                    credits.release()
                     yield lc.outputs.ChatGenerationChunk(message=item)
             finally:
                 stopped.set()
+                credits.release()
                 await task
 
     return BudgetedChatModel

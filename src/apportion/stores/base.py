@@ -58,17 +58,44 @@ Contract (every implementation must keep it):
   accounts and refuses exactly as :class:`~apportion.ledger.Ledger` does (see its module
   docstring). The keywords are passed only when used, so a store without cost support
   keeps working for requests without it.
+* Child budgets: ``open_children(parent_id, request_ids, ranks, now, priorities=...,
+  ceiling=..., share=...)`` opens one child request per id (a ledger like ``open``'s, with
+  ``parent_id``, ``depth`` and ``rank`` set) and draws their ceilings from the parent in
+  the same atomic step (returning the parent's state and the children's), as
+  :meth:`~apportion.ledger.Ledger.split` decides: with ``ceiling`` alone each child draws
+  exactly that or all are refused
+  (:class:`~apportion.errors.ChildBudgetExceeded`, nothing changed); with ``share`` the
+  children split that fraction of what the parent can spare their lowest priority,
+  weighted by priority. No read-modify-write by the caller: the split, the draws and the
+  opens are one step, so concurrent callers never draw more than the parent can spare.
+  ``max_depth`` bounds the tree (:class:`~apportion.errors.TreeTooDeep`). The children
+  take the plan given (``allocation``, ``reserve``); a reserve larger than a child's drawn
+  ceiling is dropped for that child. Closing a child (``close``, or ``reap`` when it
+  expires) settles its draw into its parent exactly once: its usage (and overflow) is
+  consumed by the parent, the rest returns to the parent's free pool at once. Closing a
+  request first closes its open children, depth first, with the same status; a parent
+  whose child ledger is gone returns that child's draw whole at its own close. All
+  ledgers of one tree live together (the Redis store keeps them in one hash slot).
 """
 
 from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from apportion.ledger import Event, Grant
+from apportion.errors import InvalidArgument
+from apportion.ledger import (
+    Event,
+    Grant,
+    check_ceiling,
+    check_name,
+    check_seconds,
+    check_share,
+    check_time,
+)
 from apportion.ledger_view import LedgerView as LedgerView  # re-exported: its old home
 
 if TYPE_CHECKING:
@@ -89,6 +116,66 @@ class Reaped:
 
     def __add__(self, other: Reaped) -> Reaped:
         return Reaped(self.settled + other.settled, self.expired + other.expired)
+
+
+MAX_DEPTH_LIMIT = 256
+"""Deepest ``max_depth`` a store accepts for request trees."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildrenArgs:
+    """The checked arguments of :meth:`Store.open_children` (see :func:`check_children`)."""
+
+    parent_id: str
+    request_ids: tuple[str, ...]
+    ranks: tuple[int, ...]
+    now: float
+    ceiling: int | None
+    share: float | None
+    ttl: float
+    max_depth: int
+
+
+def check_children(
+    parent_id: object,
+    request_ids: object,
+    now: object,
+    priorities: object,
+    ceiling: object,
+    share: object,
+    ttl: object,
+    max_depth: object,
+) -> ChildrenArgs:
+    """Check the arguments of :meth:`Store.open_children`, in one order for every store.
+
+    Raises:
+        InvalidArgument: bad ids (none, repeated, not names), priorities, share, depth.
+        InvalidCeiling: a ceiling that is not a positive token count.
+    """
+    from apportion.pools import PRIORITY_RANKS, check_priority
+
+    parent = check_name("parent_id", parent_id)
+    if isinstance(request_ids, str) or not isinstance(request_ids, Sequence) or not request_ids:
+        raise InvalidArgument("request_ids", request_ids, "a non-empty list of request ids")
+    ids = tuple(check_name("request_ids", r) for r in request_ids)
+    if len(set(ids)) != len(ids) or parent in ids:
+        raise InvalidArgument("request_ids", list(ids), "the ids must differ, and from the parent")
+    if isinstance(priorities, str) or not isinstance(priorities, Sequence):
+        raise InvalidArgument("priorities", priorities, "one priority class per child")
+    if len(priorities) != len(ids):
+        raise InvalidArgument(
+            "priorities", priorities, f"one priority class per child ({len(ids)})"
+        )
+    ranks = tuple(PRIORITY_RANKS[check_priority(p)] for p in priorities)
+    when = check_time("now", now)
+    cap = None if ceiling is None else check_ceiling(ceiling)
+    part = None if share is None else check_share(share)
+    if cap is None and part is None:
+        raise InvalidArgument("ceiling", None, "a child needs a ceiling or a share")
+    seconds = check_seconds("ttl", ttl)
+    if type(max_depth) is not int or not 1 <= max_depth <= MAX_DEPTH_LIMIT:
+        raise InvalidArgument("max_depth", max_depth, f"an integer in [1, {MAX_DEPTH_LIMIT}]")
+    return ChildrenArgs(parent, ids, ranks, when, cap, part, seconds, max_depth)
 
 
 class Store(abc.ABC):
@@ -217,6 +304,77 @@ class Store(abc.ABC):
     def get_pool(self, name: str, now: float) -> PoolStatus:
         """A shared pool's status at ``now``; raises :class:`~apportion.pools.UnknownPool`."""
         raise NotImplementedError(f"{type(self).__name__} has no shared pools")
+
+    # Child budgets (optional: a store without them raises NotImplementedError).
+
+    def open_children(
+        self,
+        parent_id: str,
+        request_ids: Sequence[str],
+        ranks: Mapping[str, int],
+        now: float,
+        *,
+        priorities: Sequence[str],
+        ceiling: int | None = None,
+        share: float | None = None,
+        allocation: Mapping[str, int] | None = None,
+        reserve: Mapping[str, int] | None = None,
+        ttl: float = math.inf,
+        max_depth: int = 16,
+    ) -> tuple[LedgerView, Sequence[LedgerView]]:
+        """Open child requests of ``parent_id``, their ceilings drawn from it atomically.
+
+        Args:
+            parent_id: the open parent request.
+            request_ids: one new id per child.
+            ranks: the agents' priority ranks (as for ``open``).
+            now: clock time.
+            priorities: each child's priority class (``critical``, ``standard``,
+                ``peripheral``): what of the parent's reservations it may draw on.
+            ceiling: tokens each child draws (refused if the parent cannot spare them all);
+                with ``share``, the most each may draw.
+            share: the fraction of what the parent can spare that the children split.
+            allocation: the children's plan (advisory), as for ``open``.
+            reserve: the children's reservations, as for ``open`` (dropped for a child
+                whose ceiling they do not fit).
+            ttl: how long each child may stay open before ``reap`` closes it.
+            max_depth: the deepest a child may be (a root request is at depth 0).
+
+        Returns:
+            The parent's state after the draws, and the children's, in the order of
+            ``request_ids``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no child budgets")
+
+    async def aopen_children(
+        self,
+        parent_id: str,
+        request_ids: Sequence[str],
+        ranks: Mapping[str, int],
+        now: float,
+        *,
+        priorities: Sequence[str],
+        ceiling: int | None = None,
+        share: float | None = None,
+        allocation: Mapping[str, int] | None = None,
+        reserve: Mapping[str, int] | None = None,
+        ttl: float = math.inf,
+        max_depth: int = 16,
+    ) -> tuple[LedgerView, Sequence[LedgerView]]:
+        """Async :meth:`open_children`."""
+        return self.open_children(
+            parent_id,
+            request_ids,
+            ranks,
+            now,
+            priorities=priorities,
+            ceiling=ceiling,
+            share=share,
+            allocation=allocation,
+            reserve=reserve,
+            ttl=ttl,
+            max_depth=max_depth,
+        )
 
     # Async variants. A store whose operations never wait (memory) keeps these defaults;
     # a networked store overrides them with real async I/O over the same operations.

@@ -12,12 +12,24 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from apportion.errors import DuplicateRequest, InvalidArgument, UnknownPool, UnknownRequest
-from apportion.ledger import EXPIRED, Event, Grant, Ledger, check_name, check_seconds, check_time
+from apportion.ledger import (
+    EXPIRED,
+    MAX_TOKENS,
+    OPEN,
+    Event,
+    Grant,
+    Ledger,
+    check_name,
+    check_outcome,
+    check_seconds,
+    check_status,
+    check_time,
+)
 from apportion.pools import Pool, PoolAccount, PoolStatus, check_pool_name, check_priority
-from apportion.stores.base import Reaped, Store
+from apportion.stores.base import Reaped, Store, check_children
 
 
 def check_state_write(key: object, data: object, expected_version: object) -> str:
@@ -185,9 +197,89 @@ class MemoryStore(Store):
         """Close a request and keep it readable for a while."""
         with self._lock:
             ledger = self._ledger(request_id)
-            ledger.close(now, status=status, outcome=outcome)
-            self._retire(ledger, now)
+            if ledger.children and ledger.status == OPEN:  # check before closing children
+                status, outcome = check_status(status), check_outcome(outcome)
+                now = check_time("now", now)
+            self._close_tree(ledger, now, status, outcome)
             return ledger
+
+    def _close_tree(
+        self, ledger: Ledger, now: float, status: str, outcome: float | None = None
+    ) -> list[str]:
+        """Close ``ledger`` after its open children (depth first); settle it into its parent.
+
+        Returns the ids closed, children first.
+        """
+        closed: list[str] = []
+        for child_id in list(ledger.children):
+            child = self._open.get(child_id)
+            if child is not None and child.parent_id == ledger.request_id:
+                closed += self._close_tree(child, now, status)
+        ledger.close(now, status=status, outcome=outcome)
+        if ledger.parent_id is not None:
+            parent = self._open.get(ledger.parent_id)
+            if parent is not None:
+                parent.settle_child(ledger, now)
+        self._retire(ledger, now)
+        closed.append(ledger.request_id)
+        return closed
+
+    def open_children(
+        self,
+        parent_id: str,
+        request_ids: Sequence[str],
+        ranks: Mapping[str, int],
+        now: float,
+        *,
+        priorities: Sequence[str],
+        ceiling: int | None = None,
+        share: float | None = None,
+        allocation: Mapping[str, int] | None = None,
+        reserve: Mapping[str, int] | None = None,
+        ttl: float = math.inf,
+        max_depth: int = 16,
+    ) -> tuple[Ledger, list[Ledger]]:
+        """Open child requests of ``parent_id``, drawing their ceilings from it (one step)."""
+        args = check_children(
+            parent_id, request_ids, now, priorities, ceiling, share, ttl, max_depth
+        )
+        now = args.now
+        # the plan is checked once, before anything changes
+        Ledger(args.request_ids[0], ranks, MAX_TOKENS, now, allocation=allocation, reserve=reserve)
+        with self._lock:
+            parent = self._ledger(args.parent_id)
+            for request_id in args.request_ids:
+                if request_id in self._open:
+                    raise DuplicateRequest(request_id)
+            draws = parent.split(
+                args.request_ids,
+                args.ranks,
+                now,
+                ceiling=args.ceiling,
+                share=args.share,
+                max_depth=args.max_depth,
+            )
+            children = []
+            for request_id, rank, (tokens, cost) in zip(
+                args.request_ids, args.ranks, draws, strict=True
+            ):
+                fits = reserve if reserve and sum(reserve.values()) <= tokens else None
+                child = Ledger(
+                    request_id,
+                    ranks,
+                    tokens,
+                    now,
+                    allocation=allocation,
+                    reserve=fits,
+                    expires_at=now + args.ttl,
+                )
+                child.adopt(parent, rank, cost)
+                children.append(child)
+            for child in children:
+                parent.draw(child.request_id, child.ceiling, child.cost_ceiling, now)
+                self._closed.pop(child.request_id, None)
+                self._open[child.request_id] = child
+            return parent, children
 
     def _retire(self, ledger: Ledger, now: float) -> None:
         account = self._drawn.pop(ledger.request_id, None)
@@ -215,11 +307,11 @@ class MemoryStore(Store):
         now = check_time("now", now)
         with self._lock:
             for ledger in list(self._open.values()):
+                if ledger.status != OPEN:
+                    continue  # closed with its expired parent, in this pass
                 settled += ledger.reap(now)
                 if ledger.expires_at <= now:
-                    ledger.close(now, status=EXPIRED)
-                    self._retire(ledger, now)
-                    expired.append(ledger.request_id)
+                    expired += self._close_tree(ledger, now, EXPIRED)
         return Reaped(settled + len(expired), tuple(expired))
 
     def define_pool(self, pool: Pool) -> None:

@@ -9,7 +9,9 @@ Refusals come back as codes and are raised as the very errors, with the very fie
 nothing (except expiring ended leases, as the ledger does).
 
 Keys. A request's keys share one hash tag, its *bucket* ``{bN}`` (``N`` is a CRC-32 of the
-request id modulo ``buckets``), so that each request script touches one hash slot:
+request id modulo ``buckets``; for a child request, of its root's id, the part of its id
+before the first ``::``), so that each request script touches one hash slot, and the
+scripts of a request tree (opening children, closing a tree) the slot of its root:
 
 * ``PREFIX:{bN}:r:ID``: the ledger, one flat JSON array (layout in ``lua/common.lua``);
 * ``PREFIX:{bN}:e:ID``: the event list (each script appends to it in the same step);
@@ -106,6 +108,16 @@ Redis Cluster. Every request script touches the keys of one slot and pool script
 of another, so the layout suits a cluster; but ``reap`` runs one script over every bucket's
 index (cross-slot: fine on a standalone server, one call per bucket would be needed on a
 cluster), and this class connects with a standalone client. Cluster is not supported yet.
+The scripts of a request tree (``children.lua``, and ``close`` / ``reap`` closing a tree
+and folding a child back into its parent) stay in the tree's one slot, but ``close`` and
+``reap`` reach the other requests of the tree by keys they build themselves (the parent's,
+the open children's): a cluster needs them declared, as ``children.lua`` already does.
+
+Child budgets. ``open_children`` is one script (``children.lua``): it splits what the
+parent can spare, records each draw in the parent's ledger and writes each child's ledger,
+in one step, so children racing from many processes never draw more than the parent can
+spare. A ledger document carries its tree section (parent, depth, priority rank, the
+closed children's usage, the open children's draws: see ``lua/common.lua``).
 """
 
 from __future__ import annotations
@@ -127,6 +139,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from apportion.errors import (
     ApportionError,
     BudgetExceeded,
+    ChildBudgetExceeded,
     CostExceeded,
     DuplicateRequest,
     ForeignGrant,
@@ -139,11 +152,14 @@ from apportion.errors import (
     PoolExhausted,
     RequestClosed,
     StoreUnavailable,
+    TreeTooDeep,
     UnknownAgent,
     UnknownPool,
     UnknownRequest,
 )
 from apportion.ledger import (
+    CHILD_SEP,
+    MAX_TOKENS,
     NANO,
     OPEN,
     Event,
@@ -170,7 +186,7 @@ from apportion.pools import (
     pool_status,
 )
 from apportion.redaction import redact, scrub
-from apportion.stores.base import Reaped, Store
+from apportion.stores.base import Reaped, Store, check_children
 from apportion.stores.memory import MemoryStore, check_state_write
 
 if TYPE_CHECKING:
@@ -181,6 +197,7 @@ T = TypeVar("T")
 
 SCRIPTS = (
     "open",
+    "children",
     "begin",
     "extend",
     "finish",
@@ -201,7 +218,9 @@ return v + 1
 """
 """Compare-and-set of a policy's state (small enough to stay inline)."""
 
-_REQUEST_SCRIPTS = frozenset({"open", "begin", "extend", "finish", "release", "close", "reap"})
+_REQUEST_SCRIPTS = frozenset(
+    {"open", "children", "begin", "extend", "finish", "release", "close", "reap"}
+)
 _REAP_BATCH = 256
 _CENTURY = 100 * 365.25 * 86_400.0  # seconds: a TTL beyond this is kept forever
 _OK = (b"ok", "ok")
@@ -331,6 +350,15 @@ def ledger_from_json(raw: bytes | str) -> Ledger:
     b += 3
     ledger.cost_by = {a: int(t) for a, t in zip(agents, v[b : b + n], strict=False)}
     b += n
+    ledger.parent_id = v[b] or None
+    ledger.depth = v[b + 1]
+    ledger.rank = v[b + 2]
+    ledger.children_consumed = v[b + 3]
+    ledger.children_cost_consumed = int(v[b + 4])
+    k = v[b + 5]
+    b += 6
+    ledger.children = {v[i]: (v[i + 1], int(v[i + 2])) for i in range(b, b + 3 * k, 3)}
+    b += 3 * k
     grants: dict[int, Grant] = {}
     prices: dict[int, tuple[int, int]] = {}
     next_lease = math.inf
@@ -383,6 +411,12 @@ def _ledger_json(ledger: Ledger, pool: str, draw: str) -> str:
         "0",
         "0",
         *["0"] * n,
+        "",  # the tree section: a root request with no children yet
+        0,
+        -1,
+        0,
+        "0",
+        0,
     ]
     return json.dumps(head + blocks, separators=(",", ":"))
 
@@ -693,7 +727,8 @@ class RedisStore(Store):
         """
         if type(request_id) is not str or not is_text(request_id):
             raise UnknownRequest(request_id)
-        bucket = zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % self.buckets
+        root = request_id.split(CHILD_SEP, 1)[0]  # a tree's requests share its root's slot
+        bucket = zlib.crc32(root.encode("utf-8", "surrogatepass")) % self.buckets
         base = f"{self.prefix}:{{b{bucket}}}:"
         return f"{base}r:{request_id}", f"{base}e:{request_id}", f"{base}open"
 
@@ -930,6 +965,70 @@ class RedisStore(Store):
                 )
             raise _refusal(request_id, reply, [])
         return ledger_from_json(blob)
+
+    def _children_steps(
+        self,
+        parent_id: str,
+        request_ids: Sequence[str],
+        ranks: Mapping[str, int],
+        now: float,
+        priorities: Sequence[str],
+        ceiling: int | None,
+        share: float | None,
+        allocation: Mapping[str, int] | None,
+        reserve: Mapping[str, int] | None,
+        ttl: float,
+        max_depth: int,
+    ) -> _Steps[tuple[Ledger, list[Ledger]]]:
+        args = check_children(
+            parent_id, request_ids, now, priorities, ceiling, share, ttl, max_depth
+        )
+        now = args.now
+        template = Ledger(
+            args.request_ids[0],
+            ranks,
+            MAX_TOKENS,
+            now,
+            allocation=allocation,
+            reserve=reserve,
+            expires_at=now + args.ttl,
+        )
+        keys: list[str] = list(self._keys(args.parent_id))
+        each: list[str | int] = []
+        for request_id, rank in zip(args.request_ids, args.ranks, strict=True):
+            keys += self._keys(request_id)[:2]
+            each += [request_id, rank]
+        key_ttl = "0"
+        if math.isfinite(args.ttl) and not math.isinf(self.retention_seconds):
+            key_ttl = _ttl_ms(args.ttl + self.retention_seconds)
+        reply = yield _Eval(
+            "children",
+            tuple(keys),
+            (
+                _text(now),
+                args.max_depth,
+                "" if args.ceiling is None else args.ceiling,
+                "" if args.share is None else _text(args.share),
+                _ledger_json(template, "", ""),
+                key_ttl,
+                _score(template.expires_at),
+                *each,
+            ),
+        )
+        code = _str(reply[0])
+        if code == "ok":
+            return ledger_from_json(reply[1]), [ledger_from_json(blob) for blob in reply[2:]]
+        if code == "child":
+            ids = args.request_ids
+            label = ids[0] if len(ids) == 1 else f"{ids[0]} (+{len(ids) - 1})"
+            raise ChildBudgetExceeded(
+                args.parent_id, label, int(reply[1]), int(reply[2]), reason=_str(reply[3])
+            )
+        if code == "deep":
+            raise TreeTooDeep(args.parent_id, int(reply[1]), args.max_depth)
+        if code == "dup":
+            raise DuplicateRequest(_str(reply[1]))
+        raise _refusal(args.parent_id, reply, [])
 
     def _begin_steps(
         self,
@@ -1486,6 +1585,101 @@ class RedisStore(Store):
         if local is not None:
             return local.close(request_id, now, status=status, outcome=outcome)
         return self._run(self._close_steps(request_id, now, status, outcome))
+
+    def open_children(
+        self,
+        parent_id: str,
+        request_ids: Sequence[str],
+        ranks: Mapping[str, int],
+        now: float,
+        *,
+        priorities: Sequence[str],
+        ceiling: int | None = None,
+        share: float | None = None,
+        allocation: Mapping[str, int] | None = None,
+        reserve: Mapping[str, int] | None = None,
+        ttl: float = math.inf,
+        max_depth: int = 16,
+    ) -> tuple[Ledger, list[Ledger]]:
+        """Open child requests of ``parent_id``, drawing their ceilings from it (one script)."""
+        local = self._local_store(parent_id) if isinstance(parent_id, str) else None
+        if local is not None:
+            parent, children = local.open_children(
+                parent_id,
+                request_ids,
+                ranks,
+                now,
+                priorities=priorities,
+                ceiling=ceiling,
+                share=share,
+                allocation=allocation,
+                reserve=reserve,
+                ttl=ttl,
+                max_depth=max_depth,
+            )
+            self._local_ids.update(child.request_id for child in children)
+            return parent, children
+        return self._run(
+            self._children_steps(
+                parent_id,
+                request_ids,
+                ranks,
+                now,
+                priorities,
+                ceiling,
+                share,
+                allocation,
+                reserve,
+                ttl,
+                max_depth,
+            )
+        )
+
+    async def aopen_children(
+        self,
+        parent_id: str,
+        request_ids: Sequence[str],
+        ranks: Mapping[str, int],
+        now: float,
+        *,
+        priorities: Sequence[str],
+        ceiling: int | None = None,
+        share: float | None = None,
+        allocation: Mapping[str, int] | None = None,
+        reserve: Mapping[str, int] | None = None,
+        ttl: float = math.inf,
+        max_depth: int = 16,
+    ) -> tuple[Ledger, list[Ledger]]:
+        """Async :meth:`open_children`."""
+        if isinstance(parent_id, str) and self._local_store(parent_id) is not None:
+            return self.open_children(
+                parent_id,
+                request_ids,
+                ranks,
+                now,
+                priorities=priorities,
+                ceiling=ceiling,
+                share=share,
+                allocation=allocation,
+                reserve=reserve,
+                ttl=ttl,
+                max_depth=max_depth,
+            )
+        return await self._arun(
+            self._children_steps(
+                parent_id,
+                request_ids,
+                ranks,
+                now,
+                priorities,
+                ceiling,
+                share,
+                allocation,
+                reserve,
+                ttl,
+                max_depth,
+            )
+        )
 
     def get(self, request_id: str) -> Ledger:
         """The current state of a request (open, or closed within the retention)."""

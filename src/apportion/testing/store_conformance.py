@@ -9,7 +9,10 @@ Subclass :class:`StoreConformance` in a pytest module and implement ``make_store
 It checks the contract of :mod:`apportion.stores.base` and the ledger invariants, with
 unit tests and a Hypothesis state machine that drives random interleavings of open, begin,
 extend, finish, release, expiry and close (and refused operations) over several requests,
-checking every invariant after every step against an independent model of the accounting.
+checking every invariant after every step against an independent model of the accounting,
+and a second one over request trees (open, child, fan-out, begin, finish, close, expiry),
+checking after every step that every ledger of the tree conserves its tokens and that no
+child holds more than its parent gave it.
 Needs ``pytest`` and ``hypothesis`` (the ``dev`` extra).
 """
 
@@ -35,15 +38,18 @@ from hypothesis.stateful import (
 from apportion.errors import (
     ApportionError,
     BudgetExceeded,
+    ChildBudgetExceeded,
     CostExceeded,
     DuplicateRequest,
     ForeignGrant,
     GrantExpired,
     GrantSettled,
+    InvalidArgument,
     InvalidCeiling,
     InvalidPrice,
     InvalidTokenCount,
     RequestClosed,
+    TreeTooDeep,
     UnknownAgent,
     UnknownRequest,
     WrapUpTooLarge,
@@ -65,18 +71,25 @@ def snapshot(store: Store, request_id: str) -> tuple[dict[str, Any], int]:
 
 
 def check_invariants(store: Store, request_id: str) -> None:
-    """The ledger invariants that hold after every operation."""
+    """The ledger invariants that hold after every operation.
+
+    Open children's draws count in ``reserved`` (and their cost in ``cost_reserved``),
+    closed children's usage in ``consumed`` (``children_consumed``), beside the agents'.
+    """
     state = store.get(request_id)
+    drawn = sum(tokens for tokens, _ in state.children.values())
+    drawn_cost = sum(cost for _, cost in state.children.values())
     assert state.free + state.reserved + state.consumed == state.ceiling
     assert 0 <= state.consumed <= state.ceiling
     assert state.reserved >= 0 and state.free >= 0
-    assert state.reserved == sum(g.context_tokens + g.output_tokens for g in state.grants.values())
-    assert state.consumed == sum(state.consumed_by.values())
-    assert state.reserved == sum(state.reserved_by.values())
+    grants = sum(g.context_tokens + g.output_tokens for g in state.grants.values())
+    assert state.reserved == grants + drawn
+    assert state.consumed == sum(state.consumed_by.values()) + state.children_consumed
+    assert grants == sum(state.reserved_by.values())
     if state.status != "open":
-        assert state.reserved == 0 and not state.grants
-    assert state.cost_reserved == sum(state.grant_cost(g) for g in state.grants)
-    assert state.cost_consumed == sum(state.cost_by.values())
+        assert state.reserved == 0 and not state.grants and not state.children
+    assert state.cost_reserved == sum(state.grant_cost(g) for g in state.grants) + drawn_cost
+    assert state.cost_consumed == sum(state.cost_by.values()) + state.children_cost_consumed
 
 
 class StoreConformance:
@@ -463,6 +476,223 @@ class StoreConformance:
 
         asyncio.run(scenario())
 
+    # ---------------------------------------------------------- child budgets
+
+    def _kids(self, store: Store, parent: str, ids: list[str], now: float = 0.0, **kw: Any) -> Any:
+        kw.setdefault("priorities", ["standard"] * len(ids))
+        parent_state, kids = store.open_children(parent, ids, RANKS, now, **kw)
+        assert parent_state.request_id == parent
+        assert set(ids) <= set(parent_state.children)
+        return kids
+
+    def test_child_draws_from_its_parent_and_folds_back_once(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        (kid,) = self._kids(store, "r1", ["r1::a"], ceiling=400, ttl=100.0)
+        assert (kid.ceiling, kid.free, kid.parent_id, kid.depth) == (400, 400, "r1", 1)
+        assert kid.expires_at == 100.0
+        parent = store.get("r1")
+        assert (parent.free, parent.reserved, dict(parent.children)) == (
+            600,
+            400,
+            {"r1::a": (400, 0)},
+        )
+        check_invariants(store, "r1")
+        grant, _ = store.begin("r1::a", "helper", 100, 100, 0.0, LEASE)
+        store.finish("r1::a", grant, 100, 50, 1.0)
+        closed = store.close("r1::a", 2.0)
+        assert closed.status == "closed" and closed.consumed == 150
+        parent = store.get("r1")
+        assert (parent.free, parent.reserved, parent.consumed) == (850, 0, 150)
+        assert parent.children_consumed == 150 and not parent.children
+        check_invariants(store, "r1")
+        check_invariants(store, "r1::a")
+        kinds = [(e.kind, e.note) for e in store.events("r1")]
+        assert kinds == [("open", ""), ("child", "r1::a"), ("child_close", "r1::a")]
+        back = store.events("r1")[-1]
+        assert (back.context_tokens, back.output_tokens) == (150, 400)
+        with pytest.raises(RequestClosed):
+            store.close("r1::a", 3.0)
+        assert store.get("r1").free == 850  # folded back exactly once
+
+    def test_child_refused_changes_nothing(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        store.begin("r1", "lead", 300, 0, 0.0, LEASE)
+        before = snapshot(store, "r1")
+        with pytest.raises(ChildBudgetExceeded) as info:
+            self._kids(store, "r1", ["r1::a"], ceiling=701)
+        error = info.value
+        assert isinstance(error, BudgetExceeded)
+        assert (error.parent_id, error.child, error.requested, error.available) == (
+            "r1",
+            "r1::a",
+            701,
+            700,
+        )
+        with pytest.raises(ChildBudgetExceeded) as info:
+            self._kids(store, "r1", ["r1::a", "r1::b"], ceiling=351)
+        assert (info.value.requested, info.value.available) == (702, 700)
+        with pytest.raises(UnknownRequest):
+            store.get("r1::a")
+        with pytest.raises(UnknownRequest):
+            self._kids(store, "nope", ["nope::a"], ceiling=1)
+        self._kids(store, "r1", ["r1::a"], ceiling=1, max_depth=1)
+        with pytest.raises(TreeTooDeep) as deep:
+            self._kids(store, "r1::a", ["r1::a::b"], ceiling=1, max_depth=1)
+        assert (deep.value.depth, deep.value.max_depth) == (2, 1)
+        store.close("r1::a", 0.0)
+        before = snapshot(store, "r1")
+        bad: Any
+        for bad in (
+            {"ceiling": None},
+            {"share": 0.0},
+            {"share": 1.01},
+            {"share": True},
+            {"ceiling": 1, "priorities": ["urgent"]},
+            {"ceiling": 1, "priorities": []},
+            {"ceiling": 1, "max_depth": 0},
+            {"ceiling": 1, "ttl": -1.0},
+        ):
+            with pytest.raises(InvalidArgument):
+                self._kids(store, "r1", ["r1::b"], **bad)
+        with pytest.raises(InvalidCeiling):
+            self._kids(store, "r1", ["r1::b"], ceiling=0)
+        for ids in ([], ["r1::b", "r1::b"], ["r1"]):
+            with pytest.raises(InvalidArgument):
+                self._kids(store, "r1", ids, ceiling=1)
+        with pytest.raises(UnknownAgent):
+            self._kids(store, "r1", ["r1::b"], ceiling=1, allocation={"ghost": 1})
+        assert snapshot(store, "r1") == before
+        self._kids(store, "r1", ["r1::c"], ceiling=10)
+        with pytest.raises(DuplicateRequest):
+            self._kids(store, "r1", ["r1::c"], ceiling=10)
+
+    def test_share_and_fan_out_split_by_priority(self, store: Store) -> None:
+        store.open("r1", RANKS, 7000, 0.0, reserve={"lead": 1000, "helper": 500})
+        spare = {}
+        for rank, name in ((2, "critical"), (1, "standard"), (0, "peripheral")):
+            (kid,) = self._kids(store, "r1", [f"r1::{name}"], share=1.0, priorities=[name])
+            spare[rank] = kid.ceiling
+            store.close(kid.request_id, 0.0)
+        assert spare == {2: 7000, 1: 6000, 0: 5500}
+        kids = self._kids(
+            store,
+            "r1",
+            ["r1::a", "r1::b", "r1::c"],
+            share=0.5,
+            priorities=["critical", "standard", "peripheral"],
+        )
+        assert [k.ceiling for k in kids] == [1571, 785, 392]  # 2750 split 4:2:1, rounded down
+        assert store.get("r1").free == 7000 - 1571 - 785 - 392
+        capped = self._kids(store, "r1", ["r1::d", "r1::e"], share=1.0, ceiling=100)
+        assert [k.ceiling for k in capped] == [100, 100]
+        check_invariants(store, "r1")
+        with pytest.raises(ChildBudgetExceeded):
+            self._kids(store, "r1", [f"r1::x{i}" for i in range(5000)], share=1.0)
+        state = store.get("r1")
+        with pytest.raises(ChildBudgetExceeded):
+            self._kids(store, "r1", ["r1::f"], share=1 / (state.free + 1))
+        check_invariants(store, "r1")
+
+    def test_a_reserve_that_does_not_fit_a_child_is_dropped(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        small, big = self._kids(
+            store,
+            "r1",
+            ["r1::s", "r1::b"],
+            share=0.3,
+            reserve={"lead": 200},
+            priorities=["peripheral", "critical"],
+        )
+        assert (small.ceiling, big.ceiling) == (60, 240)
+        assert dict(small.reserve) == {} and dict(big.reserve) == {"lead": 200}
+
+    def test_closing_a_parent_closes_its_tree_depth_first(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        self._kids(store, "r1", ["r1::a"], ceiling=500)
+        self._kids(store, "r1::a", ["r1::a::b"], ceiling=200)
+        grant, _ = store.begin("r1::a::b", "lead", 50, 50, 0.0, LEASE)
+        used, _ = store.begin("r1::a", "lead", 10, 10, 0.0, LEASE)
+        store.finish("r1::a", used, 10, 10, 0.0)
+        store.finish("r1::a::b", grant, 30, 30, 0.0)
+        store.begin("r1::a::b", "lead", 5, 5, 0.0, LEASE)  # left open: released at close
+        final = store.close("r1", 1.0, status="failed")
+        assert final.status == "failed" and final.consumed == 80 and final.free == 920
+        for request_id in ("r1", "r1::a", "r1::a::b"):
+            assert store.get(request_id).status == "failed"
+            check_invariants(store, request_id)
+        assert store.get("r1::a").consumed == 80
+        notes = [e.note for e in store.events("r1::a") if e.kind == "child_close"]
+        assert notes == ["r1::a::b"]
+        with pytest.raises(RequestClosed):
+            store.begin("r1::a::b", "lead", 1, 1, 2.0, LEASE)
+        with pytest.raises(RequestClosed):
+            self._kids(store, "r1", ["r1::z"], ceiling=1)
+
+    def test_a_child_overusing_is_charged_to_its_parent(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        self._kids(store, "r1", ["r1::a"], ceiling=100)
+        grant, _ = store.begin("r1::a", "lead", 50, 50, 0.0, LEASE)
+        kid = store.finish("r1::a", grant, 100, 150, 0.0)
+        assert kid.consumed == 100 and kid.overflow == 150
+        store.begin("r1", "lead", 800, 0, 0.0, LEASE)
+        store.close("r1::a", 0.0)
+        parent = store.get("r1")  # 250 used: 100 drawn + 100 free, 50 beyond: overflow
+        assert (parent.consumed, parent.free, parent.overflow) == (200, 0, 50)
+        back = store.events("r1")[-1]
+        assert (back.kind, back.overuse, back.context_tokens) == ("child_close", 150, 250)
+        check_invariants(store, "r1")
+
+    def test_expired_children_are_reaped_and_return_their_draw(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0, ttl=1000.0)
+        self._kids(store, "r1", ["r1::a"], ceiling=300, ttl=50.0)
+        self._kids(store, "r1::a", ["r1::a::b"], ceiling=100, ttl=500.0)
+        grant, _ = store.begin("r1::a::b", "lead", 20, 20, 0.0, 10_000.0)
+        store.finish("r1::a::b", grant, 20, 20, 1.0)
+        reaped = store.reap_expired(50.0)
+        assert set(reaped.expired) == {"r1::a", "r1::a::b"}
+        assert store.get("r1::a::b").status == "expired"
+        parent = store.get("r1")
+        assert (parent.status, parent.free, parent.consumed) == ("open", 960, 40)
+        check_invariants(store, "r1")
+        self._kids(store, "r1", ["r1::c"], ceiling=100, ttl=10_000.0)
+        assert set(store.reap_expired(1000.0).expired) == {"r1::c", "r1"}
+        assert store.get("r1::c").status == "expired" and store.get("r1").status == "expired"
+        check_invariants(store, "r1")
+
+    def test_children_draw_cost_when_the_parent_has_a_cost_ceiling(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0, ceiling_usd=10_000)
+        grant, _ = store.begin("r1", "lead", 100, 0, 0.0, LEASE, prices=(20, 20))
+        a, b = self._kids(store, "r1", ["r1::a", "r1::b"], share=1.0)  # 900 spare, 8000 left
+        assert (a.ceiling, b.ceiling) == (450, 450)
+        assert (a.cost_ceiling, b.cost_ceiling) == (4000, 4000)
+        assert store.get("r1").cost_reserved == 2000 + 8000
+        spent, _ = store.begin("r1::a", "lead", 100, 50, 0.0, LEASE, prices=(20, 20))
+        store.finish("r1::a", spent, 10, 10, 0.0)
+        store.close("r1::a", 0.0)
+        parent = store.get("r1")
+        assert parent.cost_consumed == 400 and parent.children_cost_consumed == 400
+        assert parent.cost_reserved == 2000 + 4000
+        check_invariants(store, "r1")
+        (plain,) = self._kids(store, "r1", ["r1::p"], ceiling=10)
+        assert plain.cost_ceiling == 83  # 10/430 of the 3600 nano-USD left
+        store.release("r1", grant, 0.0)
+        store.close("r1", 1.0)
+        check_invariants(store, "r1")
+
+    def test_async_open_children(self, store: Store) -> None:
+        import asyncio
+
+        async def scenario() -> None:
+            await store.aopen("r1", RANKS, 1000, 0.0)
+            _, kids = await store.aopen_children(
+                "r1", ["r1::a", "r1::b"], RANKS, 0.0, priorities=["standard"] * 2, share=1.0
+            )
+            assert [k.ceiling for k in kids] == [500, 500]
+            await store.aclose("r1", 1.0)
+            assert (await store.aget("r1::b")).status == "closed"
+
+        asyncio.run(scenario())
+
     # ---------------------------------------------------------- state machine
 
     def test_random_interleavings(self) -> None:
@@ -476,6 +706,24 @@ class StoreConformance:
             Machine,
             settings=settings(
                 max_examples=200,
+                stateful_step_count=40,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
+
+    def test_random_trees(self) -> None:
+        """Request trees: open, child, fan-out, begin, finish, close and expiry, any order."""
+        factory = self.make_store
+
+        class Machine(_TreeMachine):
+            def make_store(self) -> Store:
+                return factory()
+
+        run_state_machine_as_test(
+            Machine,
+            settings=settings(
+                max_examples=100,
                 stateful_step_count=40,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -698,3 +946,237 @@ class _LedgerMachine(RuleBasedStateMachine):
             assert state.consumed + state.overflow == self.used[request_id]
             ours = {k[1] for k in self.open_grants if k[0] == request_id}
             assert set(state.grants) == ours
+
+
+PRIORITIES = {"critical": 2, "standard": 1, "peripheral": 0}
+TREE_DEPTH = 3
+TREE_LEASE = 1e9  # grants never lapse here: the tree machine is about draws and folding back
+
+
+class _TreeMachine(RuleBasedStateMachine):
+    """Random request trees over one store, checked after every step.
+
+    Roots open with reservations; children draw by ceiling, by share or in fan-outs of up to
+    four with mixed priorities; agents begin and finish in any node; any node closes
+    (closing its subtree) or expires (``reap``). After every step, every ledger of every
+    tree conserves its tokens (:func:`check_invariants`), every open child holds exactly
+    what its open parent recorded giving it, and every node's ``consumed + overflow`` is
+    what its own calls used plus what its closed children used (usage is never lost).
+    """
+
+    def make_store(self) -> Store:
+        raise NotImplementedError
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = self.make_store()
+        self.now = 0.0
+        self.counter = 0
+        self.parent: dict[str, str | None] = {}
+        self.depth: dict[str, int] = {}
+        self.expires: dict[str, float] = {}
+        self.used: dict[str, int] = {}  # tokens a node's own calls reported
+        self.rolled: dict[str, int] = {}  # tokens its closed children (and theirs) used
+        self.live: set[str] = set()  # open nodes, as the model has it
+        self.grants: dict[str, list[Grant]] = {}
+
+    def _refused(self, request_id: str, op: Any, error: type[ApportionError]) -> None:
+        before = snapshot(self.store, request_id)
+        with pytest.raises(error):
+            op()
+        assert snapshot(self.store, request_id) == before
+
+    def _add(self, request_id: str, parent: str | None, ttl: float) -> None:
+        self.parent[request_id] = parent
+        self.depth[request_id] = 0 if parent is None else self.depth[parent] + 1
+        self.expires[request_id] = self.now + ttl
+        self.used[request_id] = self.rolled[request_id] = 0
+        self.live.add(request_id)
+        self.grants[request_id] = []
+
+    def _closed(self, request_id: str) -> None:
+        """The model of a close: the subtree closes, deepest first, folding usage back."""
+        for kid in [k for k, p in self.parent.items() if p == request_id and k in self.live]:
+            self._closed(kid)
+        self.live.discard(request_id)
+        self.grants[request_id] = []
+        parent = self.parent[request_id]
+        if parent is not None and parent in self.live:
+            self.rolled[parent] += self.used[request_id] + self.rolled[request_id]
+
+    @rule(
+        ceiling=st.integers(1, 5000),
+        held=st.floats(0, 0.6),
+        ttl=st.sampled_from([40.0, 10_000.0]),
+    )
+    def open_root(self, ceiling: int, held: float, ttl: float) -> None:
+        self.counter += 1
+        request_id = f"t{self.counter}"
+        reserve = {"lead": int(ceiling * held / 2), "helper": int(ceiling * held / 2)}
+        self.store.open(request_id, RANKS, ceiling, self.now, reserve=reserve, ttl=ttl)
+        self._add(request_id, None, ttl)
+
+    @precondition(lambda self: bool(self.live))
+    @rule(
+        data=st.data(),
+        by_share=st.booleans(),
+        cap=st.one_of(st.none(), st.integers(1, 3000)),
+        share=st.floats(0.01, 1.0),
+        priorities=st.lists(st.sampled_from(sorted(PRIORITIES)), min_size=1, max_size=4),
+        ttl=st.sampled_from([40.0, 10_000.0]),
+        child_reserve=st.sampled_from([None, {"lead": 50}]),
+    )
+    def child(
+        self,
+        data: Any,
+        by_share: bool,
+        cap: int | None,
+        share: float,
+        priorities: list[str],
+        ttl: float,
+        child_reserve: dict[str, int] | None,
+    ) -> None:
+        parent = data.draw(st.sampled_from(sorted(self.live)))
+        ceiling = cap if cap is not None or by_share else 1 + int(share * 2000)
+        part = share if by_share else None
+        ids = [f"{parent}::k{self.counter + i}" for i in range(1, len(priorities) + 1)]
+        self.counter += len(ids)
+        state = self.store.get(parent)
+        ranks = [PRIORITIES[p] for p in priorities]
+        low = min(ranks)
+        held = sum(t for a, t in state.reserve.items() if RANKS[a] > low)
+        free = state.free  # (a memory store's state is live: read it now)
+        spare = max(0, free - held)
+        if part is None:
+            assert ceiling is not None
+            expected = [ceiling] * len(ids)
+            fits = ceiling * len(ids) <= spare
+        else:
+            total = math.floor(spare * part)
+            expected = [total * 2**r // sum(2**q for q in ranks) for r in ranks]
+            if ceiling is not None:
+                expected = [min(t, ceiling) for t in expected]
+            fits = min(expected) > 0
+
+        def op() -> Any:
+            return self.store.open_children(
+                parent,
+                ids,
+                RANKS,
+                self.now,
+                priorities=priorities,
+                ceiling=ceiling,
+                share=part,
+                reserve=child_reserve,
+                ttl=ttl,
+                max_depth=TREE_DEPTH,
+            )
+
+        if self.depth[parent] + 1 > TREE_DEPTH:
+            self._refused(parent, op, TreeTooDeep)
+            return
+        if not fits:
+            self._refused(parent, op, ChildBudgetExceeded)
+            return
+        after, kids = op()
+        assert [k.ceiling for k in kids] == expected
+        assert after.free == free - sum(expected)
+        for kid, request_id in zip(kids, ids, strict=True):
+            assert (kid.request_id, kid.parent_id, kid.depth) == (
+                request_id,
+                parent,
+                self.depth[parent] + 1,
+            )
+            assert after.children[request_id][0] == kid.ceiling
+            self._add(request_id, parent, ttl)
+
+    @precondition(lambda self: bool(self.live))
+    @rule(
+        data=st.data(),
+        agent=st.sampled_from(sorted(RANKS)),
+        ctx=st.integers(0, 1500),
+        out=st.integers(0, 1500),
+    )
+    def begin(self, data: Any, agent: str, ctx: int, out: int) -> None:
+        request_id = data.draw(st.sampled_from(sorted(self.live)))
+        available = self.store.get(request_id).available_for(agent)
+
+        def op() -> Any:
+            return self.store.begin(request_id, agent, ctx, out, self.now, TREE_LEASE)
+
+        if ctx + out > available:
+            self._refused(request_id, op, BudgetExceeded)
+            return
+        grant, _ = op()
+        self.grants[request_id].append(grant)
+
+    @precondition(lambda self: any(self.grants[r] for r in self.live))
+    @rule(data=st.data())
+    def finish(self, data: Any) -> None:
+        request_id = data.draw(st.sampled_from(sorted(r for r in self.live if self.grants[r])))
+        grant = self.grants[request_id].pop(
+            data.draw(st.integers(0, 99)) % len(self.grants[request_id])
+        )
+        limit = int(grant.total * 1.5) + 2
+        inp = data.draw(st.integers(0, limit))
+        out = data.draw(st.integers(0, limit))
+        self.store.finish(request_id, grant, inp, out, self.now)
+        self.used[request_id] += inp + out
+
+    @precondition(lambda self: bool(self.live))
+    @rule(data=st.data(), failed=st.booleans())
+    def close(self, data: Any, failed: bool) -> None:
+        request_id = data.draw(st.sampled_from(sorted(self.live)))
+        status = "failed" if failed else "closed"
+        state = self.store.close(request_id, self.now, status=status)
+        assert state.status == status and state.reserved == 0
+        self._closed(request_id)
+        self._refused(
+            request_id,
+            lambda: self.store.open_children(
+                request_id,
+                [f"{request_id}::late"],
+                RANKS,
+                self.now,
+                priorities=["critical"],
+                share=1.0,
+            ),
+            RequestClosed,
+        )
+
+    @rule(seconds=st.sampled_from([5.0, 20.0, 45.0]))
+    def advance_clock(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule()
+    def reap(self) -> None:
+        reaped = self.store.reap_expired(self.now)
+        due = [
+            r for r in sorted(self.live, key=self.depth.__getitem__) if self.expires[r] <= self.now
+        ]
+        before = set(self.live)
+        for request_id in due:
+            if request_id in self.live:
+                self._closed(request_id)
+        assert set(reaped.expired) == before - self.live
+
+    @invariant()
+    def trees_hold(self) -> None:
+        for request_id in self.parent:
+            check_invariants(self.store, request_id)
+            state = self.store.get(request_id)
+            assert (state.status == "open") == (request_id in self.live)
+            if request_id not in self.live:
+                continue
+            assert state.consumed + state.overflow == (
+                self.used[request_id] + self.rolled[request_id]
+            )
+            assert set(state.grants) == {g.grant_id for g in self.grants[request_id]}
+            kids = {k for k, p in self.parent.items() if p == request_id and k in self.live}
+            assert set(state.children) == kids
+            parent = self.parent[request_id]
+            if parent is not None:  # no child holds more than its parent gave it
+                assert parent in self.live
+                given = self.store.get(parent).children[request_id][0]
+                assert given == state.ceiling
+                assert state.consumed + state.reserved <= given

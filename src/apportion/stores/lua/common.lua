@@ -12,6 +12,9 @@
 --   input-cut calls;
 --   then the cost section (nano-USD, decimal text): cost ceiling ('' for none), cost
 --   reserved, cost consumed, then cost per agent (n values);
+--   then the tree section (at c.t): parent id ('' for a root request), depth, priority
+--   rank (-1 for a root), tokens the closed children consumed, their cost (text), k (open
+--   children), then k draws of three values: child id, tokens, nano-USD (text);
 --   then the open grants, eight values each, by grant id: id, agent (1..n), context,
 --   output, lease end (text), model ('' for none), input price, output price (nano-USD
 --   per token; -1 when the grant carries no prices).
@@ -59,9 +62,10 @@ local function load(key, ekey, ikey, now_s)
   if not raw then return nil end
   local st = cjson.decode(raw)
   local n = st[13]
+  local t = 17 + 11 * n
   local c = {
-    st = st, n = n, cb = 14 + 10 * n, g = 17 + 11 * n, ev = {}, gone = {}, dirty = false,
-    key = key, ekey = ekey, ikey = ikey, now_s = now_s, now = tonumber(now_s),
+    st = st, n = n, cb = 14 + 10 * n, t = t, g = t + 6 + 3 * st[t + 5], ev = {}, gone = {},
+    dirty = false, key = key, ekey = ekey, ikey = ikey, now_s = now_s, now = tonumber(now_s),
   }
   c.due = deadline(c)
   return c
@@ -244,20 +248,113 @@ local function refuse(c, reply)
   return reply
 end
 
--- Close the request: release its open grants (oldest first, in one pass), then record
--- the status.
+-- Position of the draw of child id in the tree section, or nil.
+local function child_at(c, id)
+  local st = c.st
+  for p = c.t + 6, c.g - 1, 3 do
+    if st[p] == id then return p end
+  end
+  return nil
+end
+
+-- Remove the draw at p (the grants after it move down).
+local function drop_child(c, p)
+  for _ = 1, 3 do table.remove(c.st, p) end
+  c.st[c.t + 5] = c.st[c.t + 5] - 1
+  c.g = c.g - 3
+end
+
+-- Close the request: release its open grants (oldest first, in one pass), return the draws
+-- of children never settled whole, then record the status.
 local function close(c, status)
   local st = c.st
   for p = c.g, #st, GS do unreserve(c, p, 'close', status) end
   truncate(st, c.g)
+  while st[c.t + 5] > 0 do
+    local p = c.t + 6
+    local tokens, cost = st[p + 1], tonumber(st[p + 2])
+    st[7] = st[7] - tokens
+    st[8] = st[8] + tokens
+    if cost > 0 then add_cost(st, c.cb + 1, -cost) end
+    event(c, 'child_close', false, 0, 0, tokens, false, 0, st[p])
+    drop_child(c, p)
+  end
   st[2] = status
   event(c, 'close', false, 0, 0, 0, false, 0, status)
   c.dirty = true
+end
+
+-- Fold the closed child kc back into its parent p (Ledger.settle_child): its usage and
+-- overflow are consumed by p, the rest of its draw returns to p's free pool.
+local function settle_into(p, kc)
+  local at_p = child_at(p, kc.st[1])
+  if not at_p then return end
+  local st = p.st
+  local tokens, cost = st[at_p + 1], tonumber(st[at_p + 2])
+  drop_child(p, at_p)
+  local used = kc.st[6] + tonumber(kc.st[9])
+  local spent = tonumber(kc.st[kc.cb + 2])
+  st[7] = st[7] - tokens
+  if cost > 0 then add_cost(st, p.cb + 1, -cost) end
+  if spent > 0 then
+    add_cost(st, p.cb + 2, spent)
+    st[p.t + 4] = int(tonumber(st[p.t + 4]) + spent)
+  end
+  local room = st[8] + tokens
+  local charge = used
+  if charge > room then charge = room end
+  if used > charge then st[9] = int(tonumber(st[9]) + used - charge) end
+  st[8] = room - charge
+  st[6] = st[6] + charge
+  st[p.t + 3] = st[p.t + 3] + charge
+  local overuse = 0
+  if used > tokens then overuse = used - tokens end
+  event(p, 'child_close', false, 0, used, tokens, false, overuse, kc.st[1])
+  p.dirty = true
+end
+
+-- The ledger and event keys of request id (of the same tree: the same hash tag as c).
+local function keys_of(c, id)
+  local base = string.sub(c.ikey, 1, -5)
+  return base .. 'r:' .. id, base .. 'e:' .. id
 end
 
 -- Closed requests stay readable for the retention period (milliseconds; 0: forever).
 local function retain(c, ms)
   for _, key in ipairs({c.key, c.ekey}) do
     if ms == '0' then redis.call('PERSIST', key) else redis.call('PEXPIRE', key, ms) end
+  end
+end
+
+-- Close c after its open children, depth first, each settled into its parent and saved
+-- (c itself is left for the caller to save). Appends the ids of the children it closed.
+local function close_tree(c, status, ms, closed)
+  local st = c.st
+  local ids = {}
+  for p = c.t + 6, c.g - 1, 3 do ids[#ids + 1] = st[p] end
+  for _, id in ipairs(ids) do
+    local key, ekey = keys_of(c, id)
+    local kc = load(key, ekey, c.ikey, c.now_s)
+    if kc and kc.st[2] == 'open' and kc.st[kc.t] == st[1] then
+      reap(kc)
+      close_tree(kc, status, ms, closed)
+      settle_into(c, kc)
+      save(kc)
+      retain(kc, ms)
+      closed[#closed + 1] = id
+    end
+  end
+  close(c, status)
+end
+
+-- Settle a closed child c into its parent, when the parent is open (it saves the parent).
+local function settle_parent(c)
+  local parent = c.st[c.t]
+  if parent == '' then return end
+  local key, ekey = keys_of(c, parent)
+  local p = load(key, ekey, c.ikey, c.now_s)
+  if p and p.st[2] == 'open' then
+    settle_into(p, c)
+    save(p)
   end
 end

@@ -4,7 +4,8 @@
 -- A request's own keys are built here from its index key: they share its hash tag.
 -- Returns: grants and requests settled; how many buckets had more due than the limit,
 -- and their positions in KEYS; how many requests it closed, and their ids; then the final
--- ledger of each pooled request it closed.
+-- ledger of each pooled request it closed. An expired request closes its open children
+-- first (they count as closed requests too).
 local settled, full, closed, owed = 0, {}, {}, {}
 local limit = tonumber(ARGV[3])
 for k, ikey in ipairs(KEYS) do
@@ -18,11 +19,13 @@ for k, ikey in ipairs(KEYS) do
     else
       settled = settled + reap(c)
       if tonumber(c.st[4]) <= c.now then
-        close(c, 'expired')
-        settled = settled + 1
+        local before = #closed
+        close_tree(c, 'expired', ARGV[2], closed) -- its open children first
+        settled = settled + 1 + #closed - before
         closed[#closed + 1] = rid
         local blob = save(c)
         retain(c, ARGV[2])
+        settle_parent(c) -- an expired child returns what it left to its open parent
         if c.st[11] ~= '' then owed[#owed + 1] = blob end
       else
         if c.dirty then save(c) end
