@@ -78,6 +78,8 @@ class CallRecord:
         settled_at: clock time of the settlement, once settled.
         notes: what an integration noted (see :data:`NOTES`): ``finish_reason``,
             ``usage_estimated``, ``dropped_tokens``, ``model``, ``cost_usd``.
+        kind: the agent kind that budgeted the call when ``agent`` is not listed in the
+            pipeline (the ledger counts the call on the kind's line), else ``None``.
     """
 
     agent: str
@@ -100,6 +102,12 @@ class CallRecord:
     status: str = OPEN
     settled_at: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    kind: str | None = None
+
+    @property
+    def budgeted_as(self) -> str:
+        """The pipeline line the call is budgeted on: its kind, else its agent."""
+        return self.kind or self.agent
 
     @property
     def input_cut(self) -> bool:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from apportion.ledger_view import LedgerView
@@ -63,6 +63,9 @@ class Summary:
         agents: one :class:`AgentUsage` per agent, in execution order.
         cost_usd: USD the settled calls cost.
         ceiling_usd: the cost ceiling in USD, or ``None``.
+        members: the agents that called under an agent kind (names not listed in the
+            pipeline), each with its kind, in the order they first called; their usage is
+            on their kind's line of ``agents``.
     """
 
     request_id: str
@@ -77,10 +80,13 @@ class Summary:
     agents: dict[str, AgentUsage]
     cost_usd: float = 0.0
     ceiling_usd: float | None = None
+    members: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, state: LedgerView, names: Iterable[str]) -> Summary:
-        """Summarise a ledger's state."""
+    def of(
+        cls, state: LedgerView, names: Iterable[str], members: Mapping[str, str] | None = None
+    ) -> Summary:
+        """Summarise a ledger's state (``members``: agent name to kind, see the attribute)."""
         agents = {
             name: AgentUsage(
                 state.allocation[name],
@@ -108,6 +114,7 @@ class Summary:
             agents,
             state.cost_consumed / 1e9,
             None if state.cost_ceiling is None else state.cost_ceiling / 1e9,
+            dict(members or {}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +156,11 @@ class Summary:
             "an agent until it starts; open: held by open grants; input cut: calls granted "
             "less context than they had in hand; output cut: answers cut at the cap"
         )
+        by_kind: dict[str, list[str]] = {}
+        for member, kind in self.members.items():
+            by_kind.setdefault(kind, []).append(member)
+        for kind, names in by_kind.items():
+            lines.append(f"kind {kind}: {', '.join(names)}")
         if self.overflow:
             lines.append(f"overflow {self.overflow}: used beyond the ceiling, not charged to it")
         if self.cost_usd or self.ceiling_usd is not None:

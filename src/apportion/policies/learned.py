@@ -424,7 +424,7 @@ class LearnedPolicy(PredictingPolicy):
         less and less for an agent the policy keeps cutting.
         """
         return [
-            (c.agent, max(c.input_used or 0, c.input_asked), c.output_used or 0, c.truncated)
+            (c.budgeted_as, max(c.input_used or 0, c.input_asked), c.output_used or 0, c.truncated)
             for c in obs.finished()
         ]
 
@@ -441,7 +441,7 @@ class LearnedPolicy(PredictingPolicy):
         out_cost: dict[str, float] = {}
         missing: dict[str, float] = {}  # what a cut answer is expected to lack
         for call in finished:
-            name, ctx, wrote = call.agent, call.context_granted, call.output_used or 0
+            name, ctx, wrote = call.budgeted_as, call.context_granted, call.output_used or 0
             agent = obs.pipeline[name]
             # the input lacked what the cut answers it reads lacked
             need = call.input_asked + sum(missing.get(u, 0.0) for u in agent.after)

@@ -15,6 +15,7 @@ Attributes of a call span:
 - the grant: ``apportion.request.id``, ``apportion.pipeline``, ``apportion.grant.id``,
   ``apportion.grant.context_tokens``, ``apportion.grant.output_tokens``,
   ``apportion.grant.extensions``, ``apportion.grant.settled``, ``apportion.agent.priority``,
+  ``apportion.agent.kind`` (the agent kind of a name not listed in the pipeline),
   ``apportion.truncated``, ``apportion.input_cut``, ``apportion.dropped_tokens``,
   ``apportion.overuse``, ``apportion.ceiling_hit``, ``apportion.cost_usd``,
   ``apportion.usage_estimated``, ``apportion.schema_version``.
@@ -168,6 +169,7 @@ def _call_attributes(record: RequestUsage, call: CallUsage) -> dict[str, Any]:
         "apportion.grant.context_tokens": call.granted_context,
         "apportion.grant.output_tokens": call.granted_output,
         "apportion.agent.priority": call.priority,
+        "apportion.agent.kind": call.kind,
         "apportion.truncated": call.truncated,
         "apportion.input_cut": call.input_cut,
         "apportion.dropped_tokens": call.dropped_tokens,
