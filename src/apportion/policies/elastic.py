@@ -20,6 +20,7 @@ from typing import ClassVar
 
 from apportion.ledger import MAX_TOKENS, Grant
 from apportion.policies.base import Observation, Plan
+from apportion.policies.occurrence import weighted
 from apportion.policies.predicting import PredictingPolicy, _fit
 from apportion.spec import Agent, Priority
 
@@ -33,17 +34,25 @@ class ElasticPolicy(PredictingPolicy):
     weights: ClassVar[dict[int, float]] = {2: 4.0, 1: 2.0, 0: 1.0}
 
     def plan(self, obs: Observation) -> Plan:
-        """Reserve the critical agents' predicted needs; allocate the rest by weight."""
+        """Reserve the critical agents' predicted needs; allocate the rest by weight.
+
+        An agent that may not run reserves its need times its chance of running, and is
+        allocated its need times the calls it is expected to make.
+        """
         needs = self.predicted_needs(obs)
+        counts = self.call_counts(obs.pipeline)
         critical = {
-            a.name: needs[a.name] for a in obs.pipeline.agents if a.priority is Priority.CRITICAL
+            a.name: weighted(needs[a.name], counts.chance(a.name))
+            for a in obs.pipeline.agents
+            if a.priority is Priority.CRITICAL
         }
         reserve = _fit(critical, int(obs.ceiling * _CRITICAL_RESERVE_SHARE))
-        weighted = {
-            a.name: round(needs[a.name] * self.weights[a.priority.rank])
+        expected = self.expected_needs(obs)
+        shares = {
+            a.name: round(expected.get(a.name, 0) * self.weights[a.priority.rank])
             for a in obs.pipeline.agents
         }
-        planned = _fit(weighted, obs.ceiling)
+        planned = _fit(shares, obs.ceiling)
         allocation = {a: max(reserve.get(a, 0), min(needs[a], planned[a])) for a in needs}
         return Plan(allocation=allocation, reserve=reserve)
 
@@ -64,9 +73,10 @@ class ElasticPolicy(PredictingPolicy):
         used = input_tokens + output_tokens
         plan = {grant.agent: min(MAX_TOKENS, state.consumed_by[grant.agent] + used)}
         pool = max(0, state.free + grant.context_tokens + grant.output_tokens - used)
-        needs = self.predicted_needs(obs)
-        weighted = {a.name: needs[a.name] * self.weights[a.priority.rank] for a in obs.unstarted()}
-        total = sum(weighted.values())
+        ahead = self.expected_needs(obs, besides=grant.agent)
+        ranks = {a.name: a.priority.rank for a in obs.pipeline.agents}
+        shares = {name: need * self.weights[ranks[name]] for name, need in ahead.items()}
+        total = sum(shares.values())
         if total > 0:
-            plan.update({name: int(pool * w / total) for name, w in weighted.items()})
+            plan.update({name: int(pool * w / total) for name, w in shares.items()})
         return plan

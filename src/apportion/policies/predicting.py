@@ -19,6 +19,15 @@ learned is saved with :meth:`PredictingPolicy.save` and read back with
 :meth:`PredictingPolicy.load`, and with ``store=`` it is shared through the store
 (compare-and-set every ``sync_every`` requests), so a restart or a second process does
 not start cold.
+
+Agents that may not run. What is held back for an agent still to come is its predicted
+need for one call times the calls it is still expected to make in this request
+(:meth:`PredictingPolicy.expected_calls`, learned from the requests seen:
+:mod:`apportion.policies.occurrence`): an agent that runs in a third of the requests is
+held back for a third of its need, a reviewer looping 33 times for the calls it has left,
+and an agent about to call leaves room for its own later calls. An agent kind's members
+all count on the kind's line. Before any history every agent counts as one call, and with
+a history of one call per agent per request the rules are exactly the single-call ones.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from apportion.limits import excerpt
 from apportion.policies import state as saved
 from apportion.policies.base import _OUTPUT_FIRST_SHARE, Observation, Plan, Policy, clip_output
 from apportion.policies.needs import NeedModel
+from apportion.policies.occurrence import CallCounts, counts_of, weighted
 from apportion.policies.sharing import SharedState, compare_and_set
 from apportion.spec import Agent, OutputKind, Pipeline
 
@@ -112,6 +122,7 @@ class PredictingPolicy(Policy):
         self._loaded_from: str | None = None
         self._state_lock = threading.RLock()
         self._unsynced = 0
+        self._counts: dict[tuple[str, tuple[str, ...]], CallCounts] = {}
 
     def needs(self, pipeline: Pipeline) -> NeedModel:
         """The need model learned for ``pipeline`` (created, restored or pulled on first use).
@@ -157,6 +168,84 @@ class PredictingPolicy(Policy):
         model = saved.parse_model(pipeline.name, entry, f"pipelines.{pipeline.name}", where)
         saved.check_agents(model, pipeline, where)
         return model
+
+    def call_counts(self, pipeline: Pipeline) -> CallCounts:
+        """How many calls each of ``pipeline``'s agents made per request, so far."""
+        with self._state_lock:
+            key = (pipeline.name, pipeline.names)
+            counts = self._counts.get(key)
+            if counts is None:
+                counts = self._counts[key] = CallCounts(pipeline.names)
+        return counts
+
+    def _calls_model(self, obs: Observation) -> CallCounts:
+        counts: CallCounts | None = obs.memo.get("counts")
+        if counts is None:
+            counts = obs.memo["counts"] = self.call_counts(obs.pipeline)
+        return counts
+
+    def expected_calls(
+        self, obs: Observation, agent: Agent, *, calling: bool = False, caller: str | None = None
+    ) -> float:
+        """Calls ``agent`` is still expected to make in this request (see the module docstring).
+
+        None once an agent that runs after it (``after``, directly or not) has begun: it
+        must have finished (for an agent seen to call once in every request, the
+        single-call rule stands: held back until it calls).
+
+        Args:
+            obs: the request.
+            agent: the agent (or kind).
+            calling: ``agent`` is about to begin a call not yet counted in the ledger:
+                count the calls after that one.
+            caller: an agent about to begin a call not yet counted in the ledger (taken
+                as begun).
+        """
+        state = obs.state  # None while the request is being planned: nothing called yet
+        counts = self._calls_model(obs)
+        if state is None:
+            done = 0
+        else:
+            calls = state.calls
+            done = calls[agent.name]
+            if not counts.once(agent.name):
+                for later in obs.pipeline.downstream(agent.name):
+                    if calls[later] or later == caller:
+                        return 0.0
+        if calling:
+            done += 1
+        return counts.remaining(agent.name, done, obs.memo.get("row"))
+
+    def expected_needs(
+        self, obs: Observation, *, besides: str | None = None, calling: str | None = None
+    ) -> dict[str, int]:
+        """Tokens each agent still to call is expected to use: need per call times calls.
+
+        Args:
+            obs: the request.
+            besides: an agent to leave out.
+            calling: an agent about to begin a call (its later calls count).
+
+        Returns:
+            Per agent still expected to call, its predicted need for the calls it has left.
+        """
+        needs = self.predicted_needs(obs)
+        ahead: dict[str, int] = {}
+        for b in obs.pipeline.agents:
+            if b.name == besides:
+                continue
+            times = self.expected_calls(obs, b, calling=b.name == calling, caller=calling)
+            if times > 0:
+                ahead[b.name] = weighted(needs[b.name], times)
+        return ahead
+
+    def _count_calls(self, obs: Observation) -> None:
+        """Fold the request's calls per agent into the call counts."""
+        refused = [c.budgeted_as for c in obs.refused]
+        row = obs.memo.get("row")
+        if row is None:
+            row = self._model(obs).row(obs.features)
+        self._calls_model(obs).observe(counts_of(obs.state.calls, refused), row)
 
     def _model(self, obs: Observation) -> NeedModel:
         model: NeedModel | None = obs.memo.get("model")
@@ -257,13 +346,17 @@ class PredictingPolicy(Policy):
         out = predicted * self.output_factor * self._model(obs).spread(agent)
         return max(out, float(agent.min_output))
 
-    def held_back(self, obs: Observation, agent: Agent) -> tuple[int, float]:
+    def held_back(
+        self, obs: Observation, agent: Agent, *, begun: bool = False
+    ) -> tuple[int, float]:
         """What ``agent`` leaves room for: ``(sum of needs, sum of needs times weights)``.
 
-        The agents held back for: those not yet started, without a reservation, and of a
-        priority rank at least :meth:`held_for` gives.
+        The agents held back for: those still expected to call (for the calls they are
+        expected to make), without a reservation, and of a priority rank at least
+        :meth:`held_for` gives; ``agent`` itself for its calls after this one (``begun``:
+        this call is already counted in the ledger, an extension).
         """
-        return self._held_back(obs, agent, self.held_for(agent), self.weights)
+        return self._held_back(obs, agent, self.held_for(agent), self.weights, begun=begun)
 
     def _held_back(
         self,
@@ -271,23 +364,33 @@ class PredictingPolicy(Policy):
         agent: Agent,
         floor: int | None,
         weights: Mapping[int, float] | Sequence[float],
+        *,
+        begun: bool = False,
     ) -> tuple[int, float]:
         """The loop of :meth:`held_back`, for a priority ``floor`` and rank ``weights``."""
         if floor is None:
             return 0, 0.0
         reserve = obs.state.reserve
-        calls = obs.state.calls
         needs = self.predicted_needs(obs)
         keep = 0
-        weighted = 0.0
+        total = 0.0
         for b in obs.pipeline.agents:
             name = b.name
             rank = b.priority.rank
-            if calls[name] or name == agent.name or name in reserve or rank < floor:
+            if name in reserve or rank < floor:
                 continue
-            keep += needs[name]
-            weighted += needs[name] * weights[rank]
-        return keep, weighted
+            times = self.expected_calls(
+                obs,
+                b,
+                calling=name == agent.name and not begun,
+                caller=None if begun else agent.name,
+            )
+            if times <= 0:
+                continue
+            need = weighted(needs[name], times)
+            keep += need
+            total += need * weights[rank]
+        return keep, total
 
     def held_for(self, agent: Agent) -> int | None:
         """The lowest priority rank ``agent`` leaves room for (``None``: nobody).
@@ -299,8 +402,10 @@ class PredictingPolicy(Policy):
     # --------------------------------------------------------------- the hooks
 
     def plan(self, obs: Observation) -> Plan:
-        """Allocate the predicted needs, scaled down in proportion when they exceed the ceiling."""
-        return Plan(allocation=_fit(self.predicted_needs(obs), obs.ceiling))
+        """Allocate the expected needs, scaled down in proportion when they exceed the ceiling."""
+        needs = self.predicted_needs(obs)
+        expected = self.expected_needs(obs)
+        return Plan(allocation=_fit({a: expected.get(a, 0) for a in needs}, obs.ceiling))
 
     def grant(
         self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
@@ -363,8 +468,7 @@ class PredictingPolicy(Policy):
         used = input_tokens + output_tokens
         plan = {grant.agent: min(MAX_TOKENS, state.consumed_by[grant.agent] + used)}
         pool = state.free + grant.context_tokens + grant.output_tokens - used
-        needs = self.predicted_needs(obs)
-        rest = {a.name: needs[a.name] for a in obs.unstarted()}
+        rest = self.expected_needs(obs, besides=grant.agent)
         if sum(rest.values()) > pool:
             plan.update(_fit(rest, max(pool, 0)))
         return plan
@@ -378,14 +482,15 @@ class PredictingPolicy(Policy):
             granted = obs.state.grants.get(grant.grant_id, grant).output_tokens
             output_tokens = min(output_tokens, agent.max_output - granted)
         spare = obs.state.available_for(agent.name) - context_tokens
-        spare -= self.held_back(obs, agent)[0]
+        spare -= self.held_back(obs, agent, begun=True)[0]
         return max(0, min(output_tokens, spare))
 
     def learn(self, obs: Observation, outcome: float | None) -> None:
-        """Fold the request's finished calls into the need model."""
+        """Fold the request's finished calls into the need model and the call counts."""
         usage = obs.usage()
         if usage:
             self._observe(obs, usage)
+        self._count_calls(obs)
 
     def _observe(self, obs: Observation, calls: Sequence[tuple[str, int, int, bool]]) -> None:
         """Buffer one request's calls in the need model; merge with the store when due."""
