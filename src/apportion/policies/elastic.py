@@ -2,15 +2,18 @@
 
 Rule: the request's ceiling is one pool. When the request opens, every ``critical`` agent
 gets a reservation of its predicted need (all critical reservations together at most 70% of
-the ceiling), which ``standard`` and ``peripheral`` agents cannot drain, so a critical
-agent keeps its headroom until it runs. When an agent calls, it draws what it is predicted
-to need (its counted input plus predicted output and margin) from the pool: critical agents
-draw first and may take all of it; a standard agent leaves room for the predicted needs of
-the standard agents still to run; a peripheral agent gets best effort, leaving room for
-every agent still to run, and when the pool is short each gets a share weighted by
-priority (critical 4, standard 2, peripheral 1). What a finished agent did not use returns
-to the pool at once and is re-planned for the agents still to run. Extensions are granted
-from the same pool, on the same priority terms.
+the ceiling; times its chance of running, for an agent that does not always run), which
+``standard`` and ``peripheral`` agents cannot drain, so a critical agent keeps its
+headroom until it runs. When an agent calls, it draws what it is predicted to need (its
+counted input plus predicted output and margin) from the pool: critical agents draw first
+and may take all of it but what their own later calls are expected to need; a standard
+agent leaves room for the predicted needs of the standard agents still to run; a
+peripheral agent gets best effort, leaving room for every agent still to run, and when
+the pool is short each gets a share weighted by priority (critical 4, standard 2,
+peripheral 1). An agent still to run is counted for the calls it is expected to make
+(:mod:`apportion.policies.predicting`, "Agents that may not run"). What a finished agent
+did not use returns to the pool at once and is re-planned for the agents still to run.
+Extensions are granted from the same pool, on the same priority terms.
 """
 
 from __future__ import annotations
@@ -59,6 +62,18 @@ class ElasticPolicy(PredictingPolicy):
     def held_for(self, agent: Agent) -> int | None:
         """Room for agents of the same or higher priority; a critical agent draws first."""
         return None if agent.priority is Priority.CRITICAL else agent.priority.rank
+
+    def held_back(
+        self, obs: Observation, agent: Agent, *, begun: bool = False
+    ) -> tuple[int, float]:
+        """As the base rule; a critical agent leaves room for its own later calls only."""
+        if agent.priority is not Priority.CRITICAL:
+            return super().held_back(obs, agent, begun=begun)
+        times = self.expected_calls(obs, agent, calling=not begun)
+        if times <= 0:
+            return 0, 0.0
+        need = weighted(self.predicted_needs(obs)[agent.name], times)
+        return need, need * self.weights[agent.priority.rank]
 
     def on_finish(
         self,

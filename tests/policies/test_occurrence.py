@@ -1,0 +1,106 @@
+"""Policies learn how often each agent runs and how many calls it makes per request."""
+
+from __future__ import annotations
+
+import pytest
+
+from apportion import Agent, AgentKind, Controller, Pipeline
+from apportion.policies.occurrence import FEATURES_AFTER, CallCounts
+
+
+def test_one_call_each_is_exactly_the_single_call_rule() -> None:
+    counts = CallCounts(["a", "b"])
+    assert counts.remaining("a", 0) == 1.0  # the prior: one call
+    assert counts.remaining("a", 1) == 0.0
+    for _ in range(50):
+        counts.observe({"a": 1, "b": 1}, (1.0, 3.0))
+    assert counts.remaining("a", 0, (1.0, 9.0)) == 1.0
+    assert counts.remaining("a", 1) == 0.0
+    assert counts.chance("b") == 1.0
+    assert counts.once("a")
+
+
+def test_probability_and_loops_are_learned() -> None:
+    counts = CallCounts(["maybe", "loop"])
+    for i in range(99):
+        counts.observe({"maybe": 1 if i % 3 == 0 else 0, "loop": 10})
+    assert counts.chance("maybe") == pytest.approx(34 / 100)
+    assert counts.remaining("maybe", 0) == pytest.approx(34 / 100)
+    assert not counts.once("maybe")
+    assert counts.remaining("loop", 0) == pytest.approx((990 + 1) / 100)
+    assert counts.remaining("loop", 3) == 7.0
+    assert counts.remaining("loop", 10) == 0.0
+    assert counts.remaining("loop", 12) == 0.0  # past anything seen
+
+
+def test_features_predict_a_count_once_they_can() -> None:
+    counts = CallCounts(["children"])
+    for i in range(4 * FEATURES_AFTER):
+        depth = 1 + i % 7
+        counts.observe({"children": depth}, (1.0, float(depth)))
+    few, many = (
+        counts.remaining("children", 0, (1.0, 1.0)),
+        counts.remaining("children", 0, (1.0, 7.0)),
+    )
+    assert few < 2.5 < 5.5 < many
+    assert counts.remaining("children", 0) == pytest.approx(
+        (sum(1 + i % 7 for i in range(4 * FEATURES_AFTER)) + 1) / (4 * FEATURES_AFTER + 1)
+    )
+
+
+def _first_grant(controller: Controller, agent: str, ceiling: int) -> int:
+    with controller.request(ceiling=ceiling) as req:
+        grant = req.begin(agent, input_tokens=6_000)
+        req.finish(grant, input_tokens=grant.context_tokens, output_tokens=100)
+    return grant.total
+
+
+def _serve(controller: Controller, plan: list[tuple[str, int]], ceiling: int) -> None:
+    with controller.request(ceiling=ceiling) as req:
+        for agent, tokens in plan:
+            grant = req.begin(agent, input_tokens=tokens)
+            req.finish(grant, input_tokens=grant.context_tokens, output_tokens=100)
+
+
+@pytest.mark.parametrize("policy", ["elastic", "estimate", "learned"])
+def test_no_hold_back_for_an_agent_that_never_runs(policy: str) -> None:
+    pipeline = Pipeline(
+        [Agent("first"), Agent("rare", after=["first"]), Agent("last", after=["rare"])]
+    )
+    controller = Controller(pipeline, policy=policy)
+    usual = [("first", 2_000), ("last", 2_000)]  # "rare" is listed, and never runs
+    for _ in range(3):
+        _serve(controller, [*usual[:1], ("rare", 2_000), *usual[1:]], 8_000)
+    before = _first_grant(controller, "first", 8_000)
+    for _ in range(60):
+        _serve(controller, usual, 8_000)
+    after = _first_grant(controller, "first", 8_000)
+    assert after >= before + 500
+
+
+@pytest.mark.parametrize("policy", ["elastic", "estimate", "learned"])
+def test_a_looping_agent_leaves_room_for_its_later_calls(policy: str) -> None:
+    pipeline = Pipeline([Agent("review", "critical"), Agent("report", after=["review"])])
+    controller = Controller(pipeline, policy=policy)
+    loop = [("review", 900)] * 10 + [("report", 900)]
+    for _ in range(40):
+        _serve(controller, loop, 20_000)
+    with controller.request(ceiling=20_000) as req:
+        grant = req.begin("review", input_tokens=15_000)
+        req.finish(grant, input_tokens=grant.context_tokens, output_tokens=100)
+    # nine more calls of about 1,000 tokens and the report are still to come
+    assert grant.total <= 20_000 - 8_000
+
+
+def test_a_kind_counts_its_members_on_one_line() -> None:
+    pipeline = Pipeline(
+        [Agent("lead"), Agent("merge", after=["helper"])],
+        kinds=[AgentKind("helper", "helper:*", after=["lead"])],
+    )
+    controller = Controller(pipeline, policy="estimate")
+    for i in range(30):
+        _serve(controller, [("lead", 500), (f"helper:{i}", 500), (f"helper:{i + 1}", 500)], 9_000)
+    policy = controller.policy
+    counts = policy.call_counts(pipeline)  # type: ignore[attr-defined]
+    assert counts.remaining("helper", 0) == pytest.approx((60 + 1) / 31)
+    assert counts.remaining("merge", 0) == pytest.approx(1 / 31)
