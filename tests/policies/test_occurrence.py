@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from apportion import Agent, AgentKind, Controller, Pipeline
+from apportion import Agent, AgentKind, Controller, EstimatePolicy, Pipeline, PolicyStateError
 from apportion.policies.occurrence import FEATURES_AFTER, CallCounts
 
 
@@ -104,3 +107,27 @@ def test_a_kind_counts_its_members_on_one_line() -> None:
     counts = policy.call_counts(pipeline)  # type: ignore[attr-defined]
     assert counts.remaining("helper", 0) == pytest.approx((60 + 1) / 31)
     assert counts.remaining("merge", 0) == pytest.approx(1 / 31)
+
+
+def test_what_was_learned_of_call_counts_is_saved_and_loaded(tmp_path: Path) -> None:
+    pipeline = Pipeline([Agent("first"), Agent("rare", after=["first"])], name="p")
+    policy = EstimatePolicy()
+    controller = Controller(pipeline, policy=policy)
+    for _ in range(20):
+        _serve(controller, [("first", 300)], 5_000)
+    path = tmp_path / "state.json"
+    policy.save(path)
+    again = EstimatePolicy.load(path)
+    counts = again.call_counts(pipeline)
+    assert counts.remaining("rare", 0) == pytest.approx(1 / 21)
+    assert counts.remaining("first", 0) == 1.0
+    again.save(tmp_path / "again.json")  # what was loaded and not used yet is kept
+    assert EstimatePolicy.load(tmp_path / "again.json").call_counts(pipeline).remaining(
+        "rare", 0
+    ) == pytest.approx(1 / 21)
+    document = json.loads(path.read_text())
+    document["calls"]["p"]["rare"] = {"x": 1}
+    path.write_text(json.dumps(document))
+    with pytest.raises(PolicyStateError) as caught:
+        EstimatePolicy.load(path)
+    assert "calls.p" in str(caught.value)

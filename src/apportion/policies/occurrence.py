@@ -65,6 +65,25 @@ class CallCounts:
         """Requests observed."""
         return self._requests
 
+    def document(self) -> dict[str, dict[str, int]]:
+        """The histograms, JSON-ready: per line, calls per request (as text) to requests."""
+        with self._lock:
+            return {
+                line: {str(n): c for n, c in sorted(h.items())}
+                for line, h in self._histograms.items()
+            }
+
+    def restore(self, document: Mapping[str, Mapping[str, int]]) -> None:
+        """Add saved histograms (:meth:`document`; checked by :func:`parse_document`)."""
+        with self._lock:
+            for line, histogram in document.items():
+                mine = self._histograms.get(line)
+                if mine is None:
+                    continue  # an agent this pipeline no longer has
+                for n, c in histogram.items():
+                    mine[int(n)] = mine.get(int(n), 0) + c
+            self._requests = max((sum(h.values()) for h in self._histograms.values()), default=0)
+
     def observe(self, counts: Mapping[str, int], row: Iterable[float] | None = None) -> None:
         """Record one request: calls per line (a line absent made none).
 
@@ -145,6 +164,25 @@ class CallCounts:
         return (1 - trust) * mean + trust * predicted
 
 
+def parse_document(entry: object) -> dict[str, dict[str, int]] | None:
+    """A saved :meth:`CallCounts.document`, checked; ``None`` when it is malformed."""
+    if not isinstance(entry, Mapping):
+        return None
+    parsed: dict[str, dict[str, int]] = {}
+    for line, histogram in entry.items():
+        if not isinstance(line, str) or not isinstance(histogram, Mapping):
+            return None
+        clean: dict[str, int] = {}
+        for n, c in histogram.items():
+            if not (isinstance(n, str) and n.isdigit() and int(n) <= _MAX_COUNT):
+                return None
+            if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+                return None
+            clean[n] = c
+        parsed[line] = clean
+    return parsed
+
+
 def _due(n: int) -> bool:
     """Refit at 32, 64, 128, ... requests, then every 1024."""
     return n == FEATURES_AFTER or (n & (n - 1) == 0) or n % 1024 == 0
@@ -163,4 +201,11 @@ def weighted(need: float, times: float) -> int:
     return int(need) if times == 1.0 and float(need).is_integer() else round(need * times)
 
 
-__all__ = ["FEATURES_AFTER", "PRIOR_REQUESTS", "CallCounts", "counts_of", "weighted"]
+__all__ = [
+    "FEATURES_AFTER",
+    "PRIOR_REQUESTS",
+    "CallCounts",
+    "counts_of",
+    "parse_document",
+    "weighted",
+]

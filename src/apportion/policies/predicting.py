@@ -45,7 +45,7 @@ from apportion.limits import excerpt
 from apportion.policies import state as saved
 from apportion.policies.base import _OUTPUT_FIRST_SHARE, Observation, Plan, Policy, clip_output
 from apportion.policies.needs import NeedModel
-from apportion.policies.occurrence import CallCounts, counts_of, weighted
+from apportion.policies.occurrence import CallCounts, counts_of, parse_document, weighted
 from apportion.policies.sharing import SharedState, compare_and_set
 from apportion.spec import Agent, OutputKind, Pipeline
 
@@ -123,6 +123,7 @@ class PredictingPolicy(Policy):
         self._state_lock = threading.RLock()
         self._unsynced = 0
         self._counts: dict[tuple[str, tuple[str, ...]], CallCounts] = {}
+        self._loaded_counts: dict[str, dict[str, dict[str, int]]] = {}
 
     def needs(self, pipeline: Pipeline) -> NeedModel:
         """The need model learned for ``pipeline`` (created, restored or pulled on first use).
@@ -176,6 +177,9 @@ class PredictingPolicy(Policy):
             counts = self._counts.get(key)
             if counts is None:
                 counts = self._counts[key] = CallCounts(pipeline.names)
+                loaded = self._loaded_counts.pop(pipeline.name, None)
+                if loaded is not None:
+                    counts.restore(loaded)
         return counts
 
     def _calls_model(self, obs: Observation) -> CallCounts:
@@ -566,8 +570,13 @@ class PredictingPolicy(Policy):
         with self._state_lock:
             models = {name: m for (name, _), m in self._by_name.items()}
             pending = dict(self._loaded)
+            calls = dict(self._loaded_counts)
+            calls.update({name: c.document() for (name, _), c in self._counts.items()})
         needs = {name: m.document() for name, m in {**pending, **models}.items()}
-        saved.write_file(path, saved.file_document(self.name, needs, **self._state_parts()))
+        parts = self._state_parts()
+        if calls:  # how often each agent ran: absent from files of older versions
+            parts["calls"] = calls
+        saved.write_file(path, saved.file_document(self.name, needs, **parts))
 
     @classmethod
     def load(cls: type[_P], path: str | Path, **options: Any) -> _P:
@@ -601,7 +610,22 @@ class PredictingPolicy(Policy):
     def _restore(self, document: Mapping[str, Any], where: str) -> None:
         models = saved.parse_needs(document.get("needs"), "needs", where)
         apply = self._restore_parts(document, where)
+        calls: dict[str, dict[str, dict[str, int]]] = {}
+        found = document.get("calls", {})
+        if not isinstance(found, Mapping):
+            raise PolicyStateError(
+                "calls: expected a mapping of pipeline name to counts", path=where
+            )
+        for name, entry in found.items():
+            parsed = parse_document(entry)
+            if parsed is None:
+                raise PolicyStateError(
+                    f"calls.{name}: expected calls per request and requests per agent", path=where
+                )
+            calls[str(name)] = parsed
         with self._state_lock:
+            self._loaded_counts = calls
+            self._counts.clear()
             self._loaded = models
             self._loaded_from = where
             self._by_name.clear()
