@@ -8,7 +8,8 @@ for a call, whom they hold back for, with which weights, and how they answer an 
 
 Warm start. Before any history, predictions come from a prior: the agent's ``estimator``
 or its declared ``typical_input`` / ``typical_output``, else a share of the request's
-ceiling per agent (:data:`PRIOR_INPUT_SHARE` for inputs, :data:`PRIOR_OUTPUT_SHARE` by
+ceiling per agent (per call the request is expected to make, once agents are seen to run
+less or more than once) (:data:`PRIOR_INPUT_SHARE` for inputs, :data:`PRIOR_OUTPUT_SHARE` by
 output kind, and :data:`PRIOR_CAP_SHARE` for what a first cap covers). The prior counts
 as a few observations and the history takes over as it accumulates
 (:mod:`apportion.policies.needs`). While an agent's own history is short, a call whose
@@ -288,13 +289,29 @@ class PredictingPolicy(Policy):
     output_factor: float = 1.2
     """What a call's output grant is, as a multiple of its predicted output (``1 + margin``)."""
 
-    @staticmethod
-    def prior_input(obs: Observation) -> float:
-        """An agent's input before any history, when it declares no ``typical_input``."""
-        return obs.ceiling / len(obs.pipeline) * PRIOR_INPUT_SHARE
+    def calls_per_request(self, obs: Observation) -> float:
+        """How many calls a request is expected to make in all (at least 1; memo).
 
-    @staticmethod
-    def prior_output(obs: Observation, agent: Agent, *, cap: bool = False) -> float:
+        The sum over the pipeline's agents of their expected calls: before any history,
+        and for a pipeline whose agents each call once, the number of agents.
+        """
+        found: float | None = obs.memo.get("calls_per_request")
+        if found is None:
+            counts = self._calls_model(obs)
+            total = sum(counts.remaining(a.name, 0) for a in obs.pipeline.agents)
+            found = obs.memo["calls_per_request"] = max(1.0, total)
+        return found
+
+    def prior_input(self, obs: Observation) -> float:
+        """An agent's input before any history, when it declares no ``typical_input``.
+
+        A share of the ceiling per call the request is expected to make
+        (:meth:`calls_per_request`: the number of agents, until some are seen to run less
+        or more than once).
+        """
+        return obs.ceiling / self.calls_per_request(obs) * PRIOR_INPUT_SHARE
+
+    def prior_output(self, obs: Observation, agent: Agent, *, cap: bool = False) -> float:
         """An agent's output before any history, when it declares no ``typical_output``.
 
         Args:
@@ -304,14 +321,14 @@ class PredictingPolicy(Policy):
                 than of what it is expected to write (:data:`PRIOR_OUTPUT_SHARE`).
         """
         share = PRIOR_CAP_SHARE if cap else PRIOR_OUTPUT_SHARE[agent.output_kind]
-        guess = obs.ceiling / len(obs.pipeline) * share
+        guess = obs.ceiling / self.calls_per_request(obs) * share
         return guess if agent.max_output is None else min(guess, agent.max_output)
 
     def _priors(self, obs: Observation) -> dict[str, tuple[float, float]]:
         """``(expected, cap)`` output priors per agent for this request (memo)."""
         priors: dict[str, tuple[float, float]] | None = obs.memo.get("priors")
         if priors is None:
-            share = obs.ceiling / len(obs.pipeline)
+            share = obs.ceiling / self.calls_per_request(obs)
             cap = share * PRIOR_CAP_SHARE
             priors = obs.memo["priors"] = {}
             for a in obs.pipeline.agents:
