@@ -722,6 +722,7 @@ class Pipeline:
         "_default",
         "_downstream",
         "_index",
+        "_kind_names",
         "_kinds",
         "_name",
         "_names",
@@ -734,6 +735,7 @@ class Pipeline:
     _by_name: dict[str, Agent]
     _downstream: dict[str, tuple[str, ...]]  # filled on demand by downstream()
     _kinds: tuple[AgentKind, ...]
+    _kind_names: frozenset[str]
     _default: AgentKind | None
 
     def __init__(
@@ -773,6 +775,7 @@ class Pipeline:
                     )
         order = _topological_order(given, positions)
         object.__setattr__(self, "_kinds", checked_kinds)
+        object.__setattr__(self, "_kind_names", frozenset(k.name for k in checked_kinds))
         object.__setattr__(self, "_default", next((k for k in checked_kinds if k.default), None))
         object.__setattr__(self, "_name", name)
         object.__setattr__(self, "_agents", tuple(given[i] for i in order))
@@ -803,6 +806,11 @@ class Pipeline:
     def kinds(self) -> tuple[AgentKind, ...]:
         """The agent kinds, as declared (their templates are among :attr:`agents`)."""
         return self._kinds
+
+    @property
+    def kind_names(self) -> frozenset[str]:
+        """The kinds' names (their templates' lines among :attr:`agents`)."""
+        return self._kind_names
 
     def kind_of(self, name: str) -> AgentKind | None:
         """The kind that budgets ``name``: ``None`` for a listed agent or a name no kind takes.
@@ -897,7 +905,7 @@ class Pipeline:
             name: _choice(Priority, value, f"priorities.{name}")
             for name, value in priorities.items()
         }
-        templates = {kind.name for kind in self._kinds}
+        templates = self._kind_names
         agents = [
             dataclasses.replace(agent, priority=new[agent.name]) if agent.name in new else agent
             for agent in self._agents
@@ -911,7 +919,7 @@ class Pipeline:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a YAML-ready mapping (see :meth:`Agent.to_dict`)."""
-        templates = {kind.name for kind in self._kinds}
+        templates = self._kind_names
         result: dict[str, Any] = {
             "name": self._name,
             "agents": [agent.to_dict() for agent in self._agents if agent.name not in templates],
@@ -1009,7 +1017,7 @@ class Pipeline:
 
     def _listed(self) -> tuple[Agent, ...]:
         """The listed agents (the kinds' templates left out), in execution order."""
-        templates = {kind.name for kind in self._kinds}
+        templates = self._kind_names
         return tuple(a for a in self._agents if a.name not in templates)
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -82,17 +82,36 @@ def test_no_hold_back_for_an_agent_that_never_runs(policy: str) -> None:
 
 
 @pytest.mark.parametrize("policy", ["elastic", "estimate", "learned"])
-def test_a_looping_agent_leaves_room_for_its_later_calls(policy: str) -> None:
+def test_a_kind_leaves_room_for_the_members_still_to_come(policy: str) -> None:
+    pipeline = Pipeline(
+        [Agent("lead", "critical"), Agent("report", after=["worker"])],
+        kinds=[AgentKind("worker", "worker:*", priority="critical", after=["lead"])],
+    )
+    controller = Controller(pipeline, policy=policy)
+    team = [("lead", 300), *[(f"worker:{i}", 900) for i in range(10)], ("report", 900)]
+    for _ in range(40):
+        _serve(controller, team, 20_000)
+    with controller.request(ceiling=20_000) as req:
+        grant = req.begin("lead", input_tokens=300)
+        req.finish(grant, input_tokens=300, output_tokens=100)
+        grant = req.begin("worker:0", input_tokens=15_000)
+        req.finish(grant, input_tokens=grant.context_tokens, output_tokens=100)
+    # nine more members of about 1,000 tokens and the report are still to come
+    assert grant.total <= 20_000 - 8_000
+
+
+@pytest.mark.parametrize("policy", ["elastic", "estimate"])
+def test_a_listed_agent_in_a_loop_is_not_squeezed_for_its_own_later_calls(policy: str) -> None:
+    """On real logs (ChatDev) holding back for a listed agent's later calls cost 0.27 of
+    quality: a listed agent is held back for once, until it starts."""
     pipeline = Pipeline([Agent("review", "critical"), Agent("report", after=["review"])])
     controller = Controller(pipeline, policy=policy)
-    loop = [("review", 900)] * 10 + [("report", 900)]
     for _ in range(40):
-        _serve(controller, loop, 20_000)
+        _serve(controller, [("review", 900)] * 10 + [("report", 900)], 20_000)
     with controller.request(ceiling=20_000) as req:
         grant = req.begin("review", input_tokens=15_000)
         req.finish(grant, input_tokens=grant.context_tokens, output_tokens=100)
-    # nine more calls of about 1,000 tokens and the report are still to come
-    assert grant.total <= 20_000 - 8_000
+    assert grant.context_tokens == 15_000  # the report's ~1,000 is all it leaves room for
 
 
 def test_a_kind_counts_its_members_on_one_line() -> None:

@@ -12,7 +12,8 @@ count on its kind's line), how many calls each past request made (0 when it did 
 its distribution, not only its mean. From it, :meth:`CallCounts.remaining` is the
 expected number of calls still to come from a line that has made ``done`` calls so far,
 ``E[n - done | n >= done]``, and :meth:`CallCounts.chance` the probability that a line
-runs at all. Counts may be drawn per request from the request's features (the number of
+runs at all. How the policies use them: :mod:`apportion.policies.predicting`, "Agents
+that may not run". Counts may be drawn per request from the request's features (the number of
 sub-questions sets the fan-out): then, once a line has enough requests, the expectation
 before its first call comes from a ridge regression of its count on the features, blended
 with the distribution as the need models blend a prior (see

@@ -24,11 +24,21 @@ not start cold.
 Agents that may not run. What is held back for an agent still to come is its predicted
 need for one call times the calls it is still expected to make in this request
 (:meth:`PredictingPolicy.expected_calls`, learned from the requests seen:
-:mod:`apportion.policies.occurrence`): an agent that runs in a third of the requests is
-held back for a third of its need, a reviewer looping 33 times for the calls it has left,
-and an agent about to call leaves room for its own later calls. An agent kind's members
-all count on the kind's line. Before any history every agent counts as one call, and with
-a history of one call per agent per request the rules are exactly the single-call ones.
+:mod:`apportion.policies.occurrence`). A listed agent is held back for once until it
+starts, times its chance to run (an agent that runs in a third of the requests, for a
+third of its need; one that never runs, for nothing). An agent kind's members all count
+on the kind's line, and a kind is held back for the calls its members are still expected
+to make, whether or not some have run (a fan-out of four children leaves room for the
+three after the first; a member about to call leaves room for the members after it). An
+agent none of whose later agents (``after``) may still run is done. Before any history
+every agent counts as one call, and with a history of one call per agent per request the
+rules are exactly the single-call ones.
+
+Why a listed agent that loops is not held back for its own later calls: on the ChatDev
+call log (real runs, each given 80% of the tokens it used) that cost ``elastic`` 0.27 and
+``estimate`` 0.25 of simulated quality, its critical coder's answers being cut at every
+call instead of at the last ones; for a kind (a team drawn per request, fan-out
+children) it gained 0.13 on the shipped team and fan-out workloads.
 """
 
 from __future__ import annotations
@@ -219,7 +229,11 @@ class PredictingPolicy(Policy):
                         return 0.0
         if calling:
             done += 1
-        return counts.remaining(agent.name, done, obs.memo.get("row"))
+        row = obs.memo.get("row")
+        if agent.name not in obs.pipeline.kind_names:
+            # A listed agent: held back for once until it starts, times its chance to run.
+            return 0.0 if done else min(1.0, counts.remaining(agent.name, 0, row))
+        return counts.remaining(agent.name, done, row)
 
     def expected_needs(
         self, obs: Observation, *, besides: str | None = None, calling: str | None = None
