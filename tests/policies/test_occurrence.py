@@ -150,3 +150,26 @@ def test_what_was_learned_of_call_counts_is_saved_and_loaded(tmp_path: Path) -> 
     with pytest.raises(PolicyStateError) as caught:
         EstimatePolicy.load(path)
     assert "calls.p" in str(caught.value)
+
+
+def test_call_counts_are_warmed_from_telemetry(tmp_path: Path) -> None:
+    """A team's calls recorded by telemetry (members' own names) count on their kind."""
+    from apportion.analysis.warm_start import warm_from_telemetry
+    from apportion.telemetry import flush
+
+    pipeline = Pipeline(
+        [Agent("lead"), Agent("rare", after=["lead"])],
+        name="team",
+        kinds=[AgentKind("expert", "expert:*", after=["lead"])],
+    )
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    controller = Controller(pipeline, policy="estimate", telemetry=url)
+    for i in range(12):
+        team = [("lead", 300), *[(f"expert:{i}:{k}", 300) for k in range(3)]]
+        _serve(controller, team, 9_000)
+    assert flush(30)
+    policy = EstimatePolicy()
+    assert warm_from_telemetry(policy, url, pipeline=pipeline)["calls"] == 48
+    counts = policy.call_counts(pipeline)
+    assert counts.remaining("expert", 0) == pytest.approx((36 + 1) / 13)
+    assert counts.remaining("rare", 0) == pytest.approx(1 / 13)
