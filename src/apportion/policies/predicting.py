@@ -38,7 +38,7 @@ Why a listed agent that loops is not held back for its own later calls: on the C
 call log (real runs, each given 80% of the tokens it used) that cost ``elastic`` 0.27 and
 ``estimate`` 0.25 of simulated quality, its critical coder's answers being cut at every
 call instead of at the last ones; for a kind (a team drawn per request, fan-out
-children) it gained 0.13 on the shipped team and fan-out workloads.
+children) it gained 0.08 to 0.12 on the shipped team and fan-out workloads.
 """
 
 from __future__ import annotations
