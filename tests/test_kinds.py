@@ -194,3 +194,17 @@ def test_kind_name_clashing_with_an_agent_is_refused() -> None:
     with pytest.raises(SpecError) as caught:
         Pipeline([Agent("a")], kinds=[AgentKind("k", "k:*", after=["nobody"])])
     assert caught.value.key == "kinds[0].after"
+
+
+def test_validate_shows_the_kinds(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from apportion.cli import app
+
+    path = tmp_path / "team.yaml"
+    _team().to_yaml(path)
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())  # the console wraps long lines
+    assert "expert (standard; kind: expert:*)" in shown
+    assert "helper (peripheral; kind: default)" in shown
