@@ -259,6 +259,8 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     for path in sorted((ROOT / "examples" / "workloads").glob("*.yaml")):
         workload = load_workload(path)
+        if workload.dynamic:  # trees and teams: docs/workload-trees.md, measured apart
+            continue
         entry: dict[str, Any] = {"ceiling": workload.ceiling, "policies": {}}
         for policy in policies:
             entry["policies"][policy] = measure(workload, policy, args.requests)

@@ -646,7 +646,7 @@ def test_yaml_top_level_not_a_mapping(tmp_path: Path) -> None:
             """,
             "agent",
             "agent:",
-            "unknown key 'agent'; allowed: agents, name",
+            "unknown key 'agent'; allowed: agents, kinds, name",
         ),
         ("name: p\n", None, "name: p", "missing required key 'agents'"),
         ("agents: a\n", "agents", "agents:", "must be a list of agents"),

@@ -22,6 +22,7 @@ from apportion.errors import (
     InvalidCeiling,
     InvalidPrice,
     InvalidTokenCount,
+    KindConflict,
     MissingExtra,
     NoOpenRequest,
     NoTokenizer,
@@ -66,7 +67,7 @@ from apportion.policies import (
 )
 from apportion.pools import Pool
 from apportion.reaper import Reaper
-from apportion.spec import Agent, LinearEstimator, OutputKind, Pipeline, Priority
+from apportion.spec import Agent, AgentKind, LinearEstimator, OutputKind, Pipeline, Priority
 from apportion.stores import MemoryStore, Store
 from apportion.summary import AgentUsage, Summary
 from apportion.version import __version__
@@ -74,6 +75,7 @@ from apportion.version import __version__
 __all__ = [
     "POLICIES",
     "Agent",
+    "AgentKind",
     "AgentUsage",
     "ApportionError",
     "AsyncController",
@@ -100,6 +102,7 @@ __all__ = [
     "InvalidPrice",
     "InvalidTokenCount",
     "IterativePolicy",
+    "KindConflict",
     "LearnedPolicy",
     "Ledger",
     "LinearEstimator",

@@ -87,6 +87,8 @@ class CallRecord:
         notes: what an integration noted (see :data:`NOTES`): ``finish_reason``,
             ``usage_estimated``, ``dropped_tokens``, ``model``, ``cost_usd``.
         wrap_up_reserve: the grant's wrap-up reserve (``begin(..., wrap_up_tokens=N)``).
+        kind: the agent kind that budgeted the call when ``agent`` is not listed in the
+            pipeline (the ledger counts the call on the kind's line), else ``None``.
     """
 
     agent: str
@@ -110,6 +112,12 @@ class CallRecord:
     settled_at: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     wrap_up_reserve: int = 0
+    kind: str | None = None
+
+    @property
+    def budgeted_as(self) -> str:
+        """The pipeline line the call is budgeted on: its kind, else its agent."""
+        return self.kind or self.agent
 
     @property
     def input_cut(self) -> bool:

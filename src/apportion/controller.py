@@ -281,9 +281,14 @@ class _Steps:
         if self.obs.state is None:
             raise RuntimeError("the request is not open: use it in a `with` block or call open()")
 
-    def _own(self, grant: Grant) -> None:
+    def _own(self, grant: Grant) -> Grant:
+        """``grant`` as the store knows it (a kind's member on its kind's line)."""
         if not isinstance(grant, Grant) or grant.request_id != self.obs.request_id:
             raise ForeignGrant(getattr(grant, "request_id", None), self.obs.request_id)
+        record = self.obs.calls.get(grant.grant_id)
+        if record is not None and record.kind is not None and grant.agent == record.agent:
+            return grant._replace(agent=record.kind)
+        return grant
 
     def open(self) -> Steps[None]:
         if self.obs.state is not None:
@@ -405,7 +410,7 @@ class _Steps:
         wrap_up: int | None = None,
     ) -> Steps[Grant]:
         self._usable()
-        spec = self.config.pipeline[agent]
+        spec = self.config.pipeline.resolve(agent)  # a listed agent, else its kind's template
         input_tokens = check_tokens("input_tokens", input_tokens)
         if output_tokens is not None:
             output_tokens = check_tokens("output_tokens", output_tokens)
@@ -420,14 +425,24 @@ class _Steps:
             wrap_up = self.config.wrap_up_tokens
         wrap_up = check_tokens("wrap_up_tokens", wrap_up)
         try:
-            steps = self._grant(spec, input_tokens, output_tokens, model, min_context, wrap_up)
-            return (yield from steps)
+            grant = yield from self._grant(
+                spec, input_tokens, output_tokens, model, min_context, wrap_up
+            )
         except (BudgetExceeded, CostExceeded):
             now = self.config.clock()
+            kind = None if agent == spec.name else spec.name
             self.obs.refused.append(
-                CallRecord(agent, 0, input_tokens, 0, 0, now, status=REFUSED, settled_at=now)
+                CallRecord(
+                    agent, 0, input_tokens, 0, 0, now, status=REFUSED, settled_at=now, kind=kind
+                )
             )
             raise
+        if agent == spec.name:
+            return grant
+        record = self.obs.calls.get(grant.grant_id)
+        if record is not None:
+            record.agent, record.kind = agent, spec.name
+        return grant._replace(agent=agent)  # the caller's name; the store knows its kind's
 
     def _grant(
         self,
@@ -510,7 +525,8 @@ class _Steps:
 
     def extend(self, grant: Grant, output_tokens: int, context_tokens: int) -> Steps[Grant | None]:
         self._usable()
-        self._own(grant)
+        stored = self._own(grant)
+        name, grant = grant.agent, stored
         output_tokens = check_tokens("output_tokens", output_tokens)
         context_tokens = check_tokens("context_tokens", context_tokens)
         obs, config = self.obs, self.config
@@ -536,12 +552,14 @@ class _Steps:
             record.extensions += 1
             record.extension_context += context_tokens
             record.output_cap = grown.output_tokens
-        return grown
+        return grown if grown.agent == name else grown._replace(agent=name)
 
     def renew(self, grant: Grant) -> Steps[Grant]:
         self._usable()
-        self._own(grant)
-        return (yield from self._grow(grant, 0, 0))
+        stored = self._own(grant)
+        name, grant = grant.agent, stored
+        grown = yield from self._grow(grant, 0, 0)
+        return grown if grown.agent == name else grown._replace(agent=name)
 
     def _grow(self, grant: Grant, output_tokens: int, context_tokens: int) -> Steps[Grant]:
         """Extend ``grant`` in the store (a renewal when both are 0), renewing its lease."""
@@ -574,7 +592,8 @@ class _Steps:
     ) -> Steps[UsageWarning | None]:
         """Settle ``grant``; returns the warning to give when the usage had to be guessed."""
         self._usable()
-        self._own(grant)
+        stored = self._own(grant)
+        name, grant = grant.agent, stored
         if input_tokens is not None:
             input_tokens = check_tokens("input_tokens", input_tokens)
         if output_tokens is not None:
@@ -606,9 +625,9 @@ class _Steps:
             return None
         said = "no usage" if output_tokens is None else f"{output_tokens} output tokens"
         return UsageWarning(
-            f"grant {grant.grant_id} of {grant.agent!r} was finished with {said}: settled "
+            f"grant {grant.grant_id} of {name!r} was finished with {said}: settled "
             f"{used_input} input and {used_output} output tokens, estimated",
-            agent=grant.agent,
+            agent=name,
             grant_id=grant.grant_id,
             reported=output_tokens,
             input_tokens=used_input,
@@ -617,7 +636,7 @@ class _Steps:
 
     def release(self, grant: Grant) -> Steps[None]:
         self._usable()
-        self._own(grant)
+        grant = self._own(grant)
         obs = self.obs
         now = self.config.clock()
         obs.state = yield ("release", (obs.request_id, grant, now), _NO_KWARGS)
@@ -958,10 +977,10 @@ class _RequestBase:
         (:func:`apportion.current_request`), in any thread: see :mod:`apportion.ambient`.
 
         Raises:
-            UnknownAgent: ``name`` is not an agent of the pipeline.
+            UnknownAgent: ``name`` is not an agent of the pipeline, nor of one of its kinds.
             RequestClosed: the request is closed.
         """
-        self._steps.config.pipeline[name]  # raises UnknownAgent
+        self._steps.config.pipeline.resolve(name)  # raises UnknownAgent
         if self._steps.closed:
             raise RequestClosed(self._steps.obs.request_id, self._steps.obs.state.status)
         return ambient.AgentScope(self, name)
@@ -1008,8 +1027,12 @@ class _RequestBase:
             raise RuntimeError("the request was never opened")
         obs = self._steps.obs
         calls = [*obs.calls.values(), *obs.refused]
+        members = {
+            c.agent: c.kind for c in sorted(calls, key=lambda c: c.began_at) if c.kind is not None
+        }
         kids = tuple(kid.summary() for kid in self.children)
-        return Summary.of(state, self._steps.config.pipeline.names, calls, children=kids)
+        names = self._steps.config.pipeline.names
+        return Summary.of(state, names, calls, children=kids, members=members)
 
     async def acompletion(self, agent: str, **kwargs: Any) -> Any:
         """A budgeted ``litellm.acompletion`` for ``agent`` (needs the ``litellm`` extra).

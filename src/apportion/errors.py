@@ -74,6 +74,41 @@ class SpecError(ApportionError, ValueError):
         super().__init__(message, file=file, line=line, key=key, problem=problem)
 
 
+class KindConflict(SpecError):
+    """Two agent kinds of a pipeline could both match one agent name.
+
+    Attributes:
+        kinds: the two kinds' names, in the order declared.
+        patterns: the two patterns that overlap (``*`` for a default kind).
+        example: a name both would match.
+    """
+
+    kinds: tuple[str, str]
+    patterns: tuple[str, str]
+    example: str
+
+    def __init__(
+        self,
+        kinds: tuple[str, str],
+        patterns: tuple[str, str],
+        example: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(
+            f"agent kinds {excerpt(kinds[0])} ({excerpt(patterns[0])}) and "
+            f"{excerpt(kinds[1])} ({excerpt(patterns[1])}) both match names such as "
+            f"{excerpt(example)}; a name may match one kind only",
+            file=file,
+            line=line,
+            key=key,
+        )
+        self.fields.update(kinds=kinds, patterns=patterns, example=example)
+        self.kinds, self.patterns, self.example = kinds, patterns, example
+
+
 class InvalidTokenCount(ApportionError, ValueError):
     """A token count is not a non-negative integer within range.
 

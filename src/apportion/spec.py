@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import heapq
 import math
 import operator
@@ -41,13 +42,14 @@ from typing import Any, NoReturn, TypeAlias
 
 import yaml
 
-from apportion.errors import SpecError, UnknownAgent
+from apportion.errors import KindConflict, SpecError, UnknownAgent
 from apportion.files import write_atomic
 from apportion.limits import excerpt, is_text, listing
 from apportion.yamlfile import YamlList, YamlMap, load_yaml
 
 __all__ = [
     "Agent",
+    "AgentKind",
     "Estimator",
     "LinearEstimator",
     "OutputKind",
@@ -397,10 +399,147 @@ class Agent:
         return result
 
 
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
+class AgentKind:
+    """Agents not named up front (sub-agents, per-run teams), budgeted as one kind.
+
+    A kind matches agent names at run time: ``match`` holds glob patterns (``*`` any run
+    of characters, ``?`` one character; ``expert:*``), and a ``default`` kind matches
+    every name that no listed agent and no pattern matches. A call of a matching name is
+    budgeted as the kind: its priority, output kind, output bounds, estimator and typical
+    sizes are the kind's, and the ledger counts it on the kind's line (its own name stays
+    on its call record). A listed agent's name is never matched by a kind.
+
+    Args:
+        name: the kind's name: its line in the ledger and summaries (unique among the
+            pipeline's agents and kinds).
+        match: a glob pattern or a list of them (empty only for a default kind).
+        default: match every name nothing else matches (at most one per pipeline).
+        **agent: the template's fields, as :class:`Agent` takes them (``priority``,
+            ``after``, ``output_kind``, ``model``, ``min_output``, ``max_output``,
+            ``estimator``, ``typical_input``, ``typical_output``).
+
+    Attributes:
+        name: the kind's name.
+        match: its patterns.
+        default: whether it is the default kind.
+        agent: the template: an :class:`Agent` called ``name`` with the kind's fields.
+
+    Raises:
+        SpecError: a field is invalid; ``key`` names it.
+    """
+
+    name: str
+    match: tuple[str, ...]
+    default: bool
+    agent: Agent
+
+    def __init__(
+        self,
+        name: str,
+        match: str | Sequence[str] = (),
+        *,
+        default: bool = False,
+        **agent: Any,
+    ) -> None:
+        template = Agent(name, **agent)
+        if not isinstance(default, bool):
+            raise SpecError(f"must be true or false, not {_describe(default)}", key="default")
+        patterns = (match,) if isinstance(match, str) else match
+        if isinstance(patterns, bytes) or not isinstance(patterns, Sequence):
+            raise SpecError(
+                f"must be a pattern or a list of them, not {_describe(match)}", key="match"
+            )
+        checked: dict[str, None] = {}
+        for pattern in patterns:
+            if not isinstance(pattern, str) or not pattern or not is_text(pattern):
+                raise SpecError(
+                    f"patterns must be non-empty strings, not {_describe(pattern)}", key="match"
+                )
+            if pattern in checked:
+                raise SpecError(f"pattern {excerpt(pattern)} is listed twice", key="match")
+            checked[pattern] = None
+        if not checked and not default:
+            raise SpecError(
+                "a kind needs a pattern to match (match: 'expert:*') or default: true",
+                key="match",
+            )
+        object.__setattr__(self, "name", template.name)
+        object.__setattr__(self, "match", tuple(checked))
+        object.__setattr__(self, "default", default)
+        object.__setattr__(self, "agent", template)
+
+    def matches(self, name: str) -> bool:
+        """Whether one of the kind's patterns matches ``name`` (a default kind aside)."""
+        return any(_glob_match(pattern, name) for pattern in self.match)
+
+    def __repr__(self) -> str:
+        fields = repr(self.agent)[len("Agent(") : -1]
+        head, _, rest = fields.partition(", ")
+        parts = [head, f"match={list(self.match)!r}"]
+        if self.default:
+            parts.append("default=True")
+        if rest:
+            parts.append(rest)
+        return f"AgentKind({', '.join(parts)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a YAML-ready mapping (the template's fields as :meth:`Agent.to_dict`)."""
+        result = self.agent.to_dict()
+        name = result.pop("name")
+        head: dict[str, Any] = {"name": name}
+        if self.match:
+            head["match"] = list(self.match)
+        if self.default:
+            head["default"] = True
+        return head | result
+
+
+def _glob_match(pattern: str, name: str) -> bool:
+    """Whether glob ``pattern`` (``*`` and ``?`` only; all else literal) matches ``name``."""
+    return _glob_regex(pattern).fullmatch(name) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    parts = [".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern]
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _glob_overlap(first: str, second: str) -> str | None:
+    """A name both glob patterns match, or ``None`` when none exists.
+
+    A search over pairs of positions in the two patterns (each ``*`` may match nothing or
+    eat one character the other pattern produces); linear in the product of their lengths.
+    """
+    seen: set[tuple[int, int]] = set()
+    stack: list[tuple[int, int, str]] = [(0, 0, "")]
+    while stack:
+        i, j, made = stack.pop()
+        if (i, j) in seen:
+            continue
+        seen.add((i, j))
+        a = first[i] if i < len(first) else None
+        b = second[j] if j < len(second) else None
+        if a is None and b is None:
+            return made
+        if a == "*":
+            stack.append((i + 1, j, made))
+            if b is not None and b != "*":
+                stack.append((i, j + 1, made + ("x" if b == "?" else b)))
+        if b == "*":
+            stack.append((i, j + 1, made))
+            if a is not None and a != "*":
+                stack.append((i + 1, j, made + ("x" if a == "?" else a)))
+        if a is not None and b is not None and "*" not in (a, b) and (a == b or "?" in (a, b)):
+            stack.append((i + 1, j + 1, made + (b if a == "?" else a).replace("?", "x")))
+    return None
+
+
 # ---------------------------------------------------------------------------------------
 # Locating errors in a document (a YamlMap from load_yaml, or plain dicts and lists).
 
-_PIPELINE_KEYS = frozenset({"name", "agents"})
+_PIPELINE_KEYS = frozenset({"name", "agents", "kinds"})
 _AGENT_KEYS = frozenset(
     {
         "name",
@@ -415,6 +554,7 @@ _AGENT_KEYS = frozenset(
         "typical_output",
     }
 )
+_KIND_KEYS = _AGENT_KEYS | {"match", "default"}
 _ESTIMATOR_KEYS = frozenset({"base", "per_feature", "per_input"})
 _KEY_TOKEN = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
 
@@ -472,12 +612,12 @@ def _line_of(node: object, relative_key: str | None, default: int | None) -> int
 def _relocate(error: SpecError, node: object, where: _Where) -> SpecError:
     """Re-raise ``error`` (keyed relative to ``node``) at its position in the document."""
     relative: str | None = error.key
-    return SpecError(
-        error.problem,
-        file=where.file,
-        line=_line_of(node, relative, where.line),
-        key=_join(where.key, relative),
-    )
+    file, line, key = where.file, _line_of(node, relative, where.line), _join(where.key, relative)
+    if isinstance(error, KindConflict):
+        return KindConflict(
+            error.kinds, error.patterns, error.example, file=file, line=line, key=key
+        )
+    return SpecError(error.problem, file=file, line=line, key=key)
 
 
 def _check_keys(
@@ -529,6 +669,23 @@ def _agent_from(node: object, where: _Where) -> Agent:
         raise _relocate(error, node, where) from error
 
 
+def _kind_from(node: object, where: _Where) -> AgentKind:
+    if isinstance(node, AgentKind):
+        return node
+    if not isinstance(node, Mapping):
+        where.fail(
+            f"a kind must be a mapping with 'name' and 'match' or 'default', not {_describe(node)}"
+        )
+    _check_keys(node, where, _KIND_KEYS, ("name",))
+    fields = dict(node)
+    if "estimator" in fields:
+        fields["estimator"] = _estimator_from(fields["estimator"], _child(node, where, "estimator"))
+    try:
+        return AgentKind(**fields)
+    except SpecError as error:
+        raise _relocate(error, node, where) from error
+
+
 # ---------------------------------------------------------------------------------------
 
 
@@ -539,17 +696,37 @@ class Pipeline:
     they are put in a stable topological order (each agent as early as its ``after``
     allows, ties broken by the order given).
 
+    Agent kinds (:class:`AgentKind`) budget agents that are not listed: each kind is one
+    more line of the pipeline (its template, an :class:`Agent` called by the kind's name,
+    is among :attr:`agents`), and :meth:`resolve` maps a name at run time to the listed
+    agent of that name, else to the kind whose pattern matches it, else to the default
+    kind. Without a kind that matches, a name that is not listed stays unknown.
+
     Args:
         agents: the agents, at least one, with unique names.
         name: the pipeline's name.
+        kinds: the agent kinds (default: none, so unlisted names are refused).
 
     Raises:
         SpecError: no agents, an item is not an :class:`Agent`, two agents share a name,
             ``after`` names an unknown agent, or ``after`` forms a cycle. ``key`` is like
-            ``agents[2].after`` (indices into ``agents`` as given).
+            ``agents[2].after`` (indices into ``agents`` as given; ``kinds[0].match`` for
+            kinds).
+        KindConflict: two kinds could match the same name (two overlapping patterns, or
+            two default kinds).
     """
 
-    __slots__ = ("_agents", "_by_name", "_downstream", "_index", "_name", "_names")
+    __slots__ = (
+        "_agents",
+        "_by_name",
+        "_default",
+        "_downstream",
+        "_index",
+        "_kind_names",
+        "_kinds",
+        "_name",
+        "_names",
+    )
 
     _name: str
     _agents: tuple[Agent, ...]
@@ -557,24 +734,35 @@ class Pipeline:
     _names: tuple[str, ...]
     _by_name: dict[str, Agent]
     _downstream: dict[str, tuple[str, ...]]  # filled on demand by downstream()
+    _kinds: tuple[AgentKind, ...]
+    _kind_names: frozenset[str]
+    _default: AgentKind | None
 
-    def __init__(self, agents: Iterable[Agent], name: str = "pipeline") -> None:
+    def __init__(
+        self, agents: Iterable[Agent], name: str = "pipeline", kinds: Iterable[AgentKind] = ()
+    ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise SpecError(f"must be a non-empty string, not {_describe(name)}", key="name")
         if isinstance(agents, str | bytes | Mapping | Agent) or not isinstance(agents, Iterable):
             raise SpecError(f"must be a list of agents, not {_describe(agents)}", key="agents")
-        given = tuple(agents)
-        if not given:
+        listed = tuple(agents)
+        if not listed:
             raise SpecError("a pipeline needs at least one agent", key="agents")
+        checked_kinds = _check_kinds(kinds)
+        given = listed + tuple(kind.agent for kind in checked_kinds)
+
+        def key_of(i: int) -> str:
+            return f"agents[{i}]" if i < len(listed) else f"kinds[{i - len(listed)}]"
+
         positions: dict[str, int] = {}
         for i, agent in enumerate(given):
             if not isinstance(agent, Agent):
-                raise SpecError(f"must be an Agent, not {_describe(agent)}", key=f"agents[{i}]")
+                raise SpecError(f"must be an Agent, not {_describe(agent)}", key=key_of(i))
             if agent.name in positions:
                 raise SpecError(
                     f"agent name {excerpt(agent.name)} is already used by "
-                    f"agents[{positions[agent.name]}]",
-                    key=f"agents[{i}].name",
+                    f"{key_of(positions[agent.name])}",
+                    key=f"{key_of(i)}.name",
                 )
             positions[agent.name] = i
         for i, agent in enumerate(given):
@@ -583,9 +771,12 @@ class Pipeline:
                     raise SpecError(
                         f"agent {excerpt(agent.name)} runs after {excerpt(upstream)}, which is "
                         f"not in the pipeline; known agents: {listing(positions)}",
-                        key=f"agents[{i}].after",
+                        key=f"{key_of(i)}.after",
                     )
         order = _topological_order(given, positions)
+        object.__setattr__(self, "_kinds", checked_kinds)
+        object.__setattr__(self, "_kind_names", frozenset(k.name for k in checked_kinds))
+        object.__setattr__(self, "_default", next((k for k in checked_kinds if k.default), None))
         object.__setattr__(self, "_name", name)
         object.__setattr__(self, "_agents", tuple(given[i] for i in order))
         object.__setattr__(self, "_index", {a.name: k for k, a in enumerate(self._agents)})
@@ -610,6 +801,42 @@ class Pipeline:
     def names(self) -> tuple[str, ...]:
         """The agents' names, in execution order."""
         return self._names
+
+    @property
+    def kinds(self) -> tuple[AgentKind, ...]:
+        """The agent kinds, as declared (their templates are among :attr:`agents`)."""
+        return self._kinds
+
+    @property
+    def kind_names(self) -> frozenset[str]:
+        """The kinds' names (their templates' lines among :attr:`agents`)."""
+        return self._kind_names
+
+    def kind_of(self, name: str) -> AgentKind | None:
+        """The kind that budgets ``name``: ``None`` for a listed agent or a name no kind takes.
+
+        A kind's own name is its template, listed: ``kind_of`` gives ``None`` for it.
+        """
+        if not isinstance(name, str) or name in self._by_name:
+            return None
+        for kind in self._kinds:
+            if kind.matches(name):
+                return kind
+        return self._default
+
+    def resolve(self, name: str) -> Agent:
+        """The agent that budgets ``name``: the listed agent, else the template of its kind.
+
+        Raises:
+            UnknownAgent: ``name`` is not listed and no kind matches it.
+        """
+        agent = self._by_name.get(name) if isinstance(name, str) else None
+        if agent is not None:
+            return agent
+        kind = self.kind_of(name)
+        if kind is None:
+            raise UnknownAgent(name, self._index)
+        return kind.agent
 
     def __getitem__(self, name: str) -> Agent:
         """Return the agent called ``name``.
@@ -678,15 +905,28 @@ class Pipeline:
             name: _choice(Priority, value, f"priorities.{name}")
             for name, value in priorities.items()
         }
+        templates = self._kind_names
         agents = [
             dataclasses.replace(agent, priority=new[agent.name]) if agent.name in new else agent
             for agent in self._agents
+            if agent.name not in templates
         ]
-        return Pipeline(agents, self._name)
+        kinds = [
+            _replace_kind(kind, new[kind.name]) if kind.name in new else kind
+            for kind in self._kinds
+        ]
+        return Pipeline(agents, self._name, kinds)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a YAML-ready mapping (see :meth:`Agent.to_dict`)."""
-        return {"name": self._name, "agents": [agent.to_dict() for agent in self._agents]}
+        templates = self._kind_names
+        result: dict[str, Any] = {
+            "name": self._name,
+            "agents": [agent.to_dict() for agent in self._agents if agent.name not in templates],
+        }
+        if self._kinds:
+            result["kinds"] = [kind.to_dict() for kind in self._kinds]
+        return result
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """Return the pipeline as YAML that :meth:`from_yaml` reads back.
@@ -732,8 +972,17 @@ class Pipeline:
         if isinstance(items, str | bytes) or not isinstance(items, Sequence):
             items_where.fail(f"must be a list of agents, not {_describe(items)}")
         agents = [_agent_from(item, _child(items, items_where, i)) for i, item in enumerate(items)]
+        kinds: list[AgentKind] = []
+        if "kinds" in data:
+            found = data["kinds"]
+            found_where = _child(data, root, "kinds")
+            if isinstance(found, str | bytes) or not isinstance(found, Sequence):
+                found_where.fail(f"must be a list of agent kinds, not {_describe(found)}")
+            kinds = [
+                _kind_from(item, _child(found, found_where, i)) for i, item in enumerate(found)
+            ]
         try:
-            return cls(agents, data.get("name", "pipeline"))
+            return cls(agents, data.get("name", "pipeline"), kinds)
         except SpecError as error:
             raise _relocate(error, data, root) from error
 
@@ -750,16 +999,61 @@ class Pipeline:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Pipeline):
             return NotImplemented
-        return self._name == other._name and self._agents == other._agents
+        return (self._name, self._agents, self._kinds) == (
+            other._name,
+            other._agents,
+            other._kinds,
+        )
 
     def __hash__(self) -> int:
-        return hash((self._name, self._agents))
+        return hash((self._name, self._agents, self._kinds))
 
     def __repr__(self) -> str:
-        return f"Pipeline({list(self._agents)!r}, name={self._name!r})"
+        if not self._kinds:
+            return f"Pipeline({list(self._agents)!r}, name={self._name!r})"
+        return (
+            f"Pipeline({list(self._listed())!r}, name={self._name!r}, kinds={list(self._kinds)!r})"
+        )
+
+    def _listed(self) -> tuple[Agent, ...]:
+        """The listed agents (the kinds' templates left out), in execution order."""
+        templates = self._kind_names
+        return tuple(a for a in self._agents if a.name not in templates)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Pipeline, (self._agents, self._name))
+        return (Pipeline, (self._listed(), self._name, self._kinds))
+
+
+def _check_kinds(kinds: Iterable[AgentKind]) -> tuple[AgentKind, ...]:
+    """``kinds`` as a tuple, checked: kinds only, at most one default, no overlap."""
+    if isinstance(kinds, str | bytes | Mapping | AgentKind) or not isinstance(kinds, Iterable):
+        raise SpecError(f"must be a list of agent kinds, not {_describe(kinds)}", key="kinds")
+    given = tuple(kinds)
+    for i, kind in enumerate(given):
+        if not isinstance(kind, AgentKind):
+            raise SpecError(f"must be an AgentKind, not {_describe(kind)}", key=f"kinds[{i}]")
+    for j, second in enumerate(given):
+        for first in given[:j]:
+            if first.default and second.default:
+                raise KindConflict(
+                    (first.name, second.name), ("*", "*"), "any-name", key=f"kinds[{j}].default"
+                )
+            for p in first.match:
+                for q in second.match:
+                    example = _glob_overlap(p, q)
+                    if example is not None:
+                        raise KindConflict(
+                            (first.name, second.name), (p, q), example, key=f"kinds[{j}].match"
+                        )
+    return given
+
+
+def _replace_kind(kind: AgentKind, priority: Priority) -> AgentKind:
+    """``kind`` with another priority."""
+    fields = {f.name: getattr(kind.agent, f.name) for f in dataclasses.fields(Agent)}
+    fields.pop("name")
+    fields["priority"] = priority
+    return AgentKind(kind.name, kind.match, default=kind.default, **fields)
 
 
 class _Dumper(yaml.SafeDumper):

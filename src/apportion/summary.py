@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -95,6 +95,9 @@ class Summary:
     A request with children rolls them up: ``reserved`` and ``consumed`` include their
     draws and usage, so ``consumed + reserved + free == ceiling`` still holds, while the
     agents' lines are this request's own calls.
+        members: the agents that called under an agent kind (names not listed in the
+            pipeline), each with its kind, in the order they first called; their usage is
+            on their kind's line of ``agents``.
     """
 
     request_id: str
@@ -114,6 +117,7 @@ class Summary:
     children_reserved: int = 0
     children_consumed: int = 0
     children: tuple[Summary, ...] = ()
+    members: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -122,11 +126,16 @@ class Summary:
         names: Iterable[str],
         calls: Iterable[CallRecord] = (),
         children: tuple[Summary, ...] = (),
+        members: Mapping[str, str] | None = None,
     ) -> Summary:
-        """Summarise a ledger's state, its ``calls`` (by status) and its children."""
+        """Summarise a ledger's state, its ``calls`` (by status), its children and members.
+
+        ``members``: agent name to kind (see the attribute); a member's calls count on its
+        kind's line.
+        """
         by_agent: dict[str, Counter[str]] = {}
         for record in calls:
-            by_agent.setdefault(record.agent, Counter())[record.status] += 1
+            by_agent.setdefault(record.budgeted_as, Counter())[record.status] += 1
         agents = {
             name: AgentUsage(
                 state.allocation[name],
@@ -160,6 +169,7 @@ class Summary:
             sum(tokens for tokens, _ in getattr(state, "children", {}).values()),
             getattr(state, "children_consumed", 0),
             children,
+            dict(members or {}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,6 +214,11 @@ class Summary:
         if self.statuses:
             counted = ", ".join(f"{status} {n}" for status, n in self.statuses.items())
             lines.append(f"calls: {counted} (only completed answers are whole)")
+        by_kind: dict[str, list[str]] = {}
+        for member, kind in self.members.items():
+            by_kind.setdefault(kind, []).append(member)
+        for kind, names in by_kind.items():
+            lines.append(f"kind {kind}: {', '.join(names)}")
         if self.overflow:
             lines.append(f"overflow {self.overflow}: used beyond the ceiling, not charged to it")
         if self.cost_usd or self.ceiling_usd is not None:

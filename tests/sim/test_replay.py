@@ -23,7 +23,7 @@ from apportion.sim.replay import (
     run_replay,
     select_runs,
 )
-from apportion.spec import Agent, Pipeline
+from apportion.spec import Agent, AgentKind, Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 CHATDEV_CALLS = REPO.parent / "shared" / "data" / "chatdev" / "calls.csv"
@@ -330,3 +330,72 @@ def test_json_write_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     write_atomic(target, json.dumps({"new": True}))
     assert json.loads(target.read_text(encoding="utf-8")) == {"new": True}
     assert os.stat(target).st_mode & 0o777 == mode  # not mkstemp's 0600
+
+
+# ------------------------------------------------------------------ agent kinds
+
+TEAM_LOG = HEADER + "".join(
+    f"r{r},{'train' if r < 6 else 'test'},{c},{agent},{200 + 10 * c},{60 + c},\n"
+    for r in range(8)
+    for c, agent in enumerate(
+        ["lead", f"expert:{r}", f"expert:{r + 1}", f"expert:{r}", "writer"], start=1
+    )
+)
+
+
+def _team(kinds: bool) -> Pipeline:
+    return Pipeline(
+        [Agent("lead", "critical"), Agent("writer", "critical", after=["lead"])],
+        name="team",
+        kinds=[AgentKind("expert", "expert:*", after=["lead"])] if kinds else (),
+    )
+
+
+def test_a_log_of_unlisted_agents_needs_kinds(tmp_path: Path) -> None:
+    calls = write(tmp_path, TEAM_LOG)
+    error = parse_error(calls, _team(kinds=False))
+    assert (error.line, error.key) == (3, "agent")
+    assert "expert:0" in str(error) and "declares no kinds" in str(error)
+    log = load_calls(calls, _team(kinds=True))
+    assert log.calls == 40
+
+
+def test_replay_budgets_unlisted_agents_by_their_kind(tmp_path: Path) -> None:
+    calls = write(tmp_path, TEAM_LOG)
+    pipeline = _team(kinds=True)
+    log = load_calls(calls, pipeline)
+    result = run_replay(
+        log, pipeline, policies=["static", "elastic", "estimate"], ceiling_ratio=1.0
+    )
+    assert result["runs"] == 2 and result["calls"] == 10
+    for figures in result["policies"].values():
+        assert figures["refused_rate"] == 0.0
+    controller = Controller(pipeline, policy="estimate", store="memory://")
+    outcome = replay_run(controller, log.runs[0], 10_000)
+    assert outcome.cut_calls == 0 and outcome.quality == 1.0
+    seen = {e.agent for e in controller.store.events(controller_request_id(controller))}
+    assert seen == {None, "lead", "expert", "writer"}  # the ledger counts members on the kind
+
+
+def controller_request_id(controller: Controller) -> str:
+    """The id of the only request a memory-store controller served."""
+    (request_id,) = controller.store._closed  # type: ignore[attr-defined]
+    return str(request_id)
+
+
+def test_cli_replays_a_team_log_with_kinds(tmp_path: Path) -> None:
+    calls = write(tmp_path, TEAM_LOG)
+    pipeline_file = tmp_path / "team.yaml"
+    _team(kinds=True).to_yaml(pipeline_file)
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "replay",
+            str(calls),
+            *("--pipeline", str(pipeline_file)),
+            *("--policy", "elastic", "--json", str(out)),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["calls"] == 10

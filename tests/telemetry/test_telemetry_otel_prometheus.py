@@ -125,3 +125,23 @@ def test_prometheus_serves_its_registry_when_given_a_port() -> None:
         assert 'apportion_grants_total{agent="reasoner",pipeline="support"} 1.0' in text
     finally:
         sink.close()
+
+
+def test_prometheus_counts_a_kinds_members_on_the_kind() -> None:
+    """Names drawn per run (a team) would make a series each: they count on their kind."""
+    from apportion import Agent, AgentKind, Controller, Pipeline
+
+    registry = CollectorRegistry()
+    pipeline = Pipeline([Agent("lead")], name="team", kinds=[AgentKind("expert", "expert:*")])
+    controller = Controller(pipeline, policy="elastic", telemetry=PrometheusSink(registry))
+    with controller.request(ceiling=5_000) as req:
+        for name in ("expert:ada", "expert:bob", "expert:cy"):
+            grant = req.begin(name, input_tokens=100)
+            req.finish(grant, input_tokens=100, output_tokens=10)
+    assert flush(10)
+    labels = {"pipeline": "team", "agent": "expert"}
+    assert registry.get_sample_value("apportion_grants_total", labels) == 3
+    assert (
+        registry.get_sample_value("apportion_grants_total", {**labels, "agent": "expert:ada"})
+        is None
+    )

@@ -26,6 +26,11 @@ def warm_from_telemetry(
 ) -> dict[str, int]:
     """Fold the finished calls of ``pipeline``'s recorded requests into ``policy``'s need model.
 
+    Each recorded request's calls per agent (begun, whatever their end) are also folded
+    into the policy's call counts (how often each agent runs, how many calls it makes:
+    :mod:`apportion.policies.occurrence`). A call of a name the pipeline does not list
+    counts on the kind that matches it.
+
     Args:
         policy: a predicting policy.
         source: a telemetry database URL (or a ``.db`` path), or a loaded
@@ -54,17 +59,23 @@ def warm_from_telemetry(
             source = db.load(pipeline=pipeline.name)
     names = {a.name for a in pipeline.agents}
     by_request: dict[str, list[tuple[str, int, int, bool]]] = {}
+    begun: dict[str, dict[str, int]] = {}
     for call in source.calls:
+        line = _line(pipeline, names, call.agent, call.kind)
+        if line is None:
+            continue
+        counts = begun.setdefault(call.request_id, {})
+        counts[line] = counts.get(line, 0) + 1
         if (
             call.settled == "finish"
-            and call.agent in names
             and call.used_input is not None
             and call.used_output is not None
         ):
             by_request.setdefault(call.request_id, []).append(
-                (call.agent, call.used_input, call.used_output, bool(call.truncated))
+                (line, call.used_input, call.used_output, bool(call.truncated))
             )
     model = policy.needs(pipeline)
+    occurrence = policy.call_counts(pipeline)
     calls = 0
     for request_id, settled in by_request.items():
         record = source.requests.get(request_id)
@@ -72,4 +83,17 @@ def warm_from_telemetry(
             continue
         model.observe(record.features, settled)
         calls += len(settled)
+    for request_id, record in source.requests.items():
+        if record.pipeline == pipeline.name:
+            occurrence.observe(begun.get(request_id, {}), model.row(record.features))
     return {"requests": 0, "calls": calls}
+
+
+def _line(pipeline: Pipeline, names: set[str], agent: str, kind: str | None) -> str | None:
+    """The pipeline line a recorded call counts on, or ``None`` (not this pipeline's)."""
+    if kind in names:
+        return kind
+    if agent in names:
+        return agent
+    found = pipeline.kind_of(agent)
+    return None if found is None else found.name

@@ -252,7 +252,11 @@ def validate(
         pipeline = Pipeline.from_yaml(path)
     except ApportionError as exc:
         raise fail(exc) from exc
-    order = " -> ".join(f"{a.name} ({a.priority})" for a in pipeline.agents)
+    kinds = {k.name: ", ".join(k.match) or "default" for k in pipeline.kinds}
+    order = " -> ".join(
+        f"{a.name} ({a.priority}" + (f"; kind: {kinds[a.name]})" if a.name in kinds else ")")
+        for a in pipeline.agents
+    )
     console.print(f"[green]ok[/]: {len(pipeline)} agents: {order}", highlight=False)
 
 

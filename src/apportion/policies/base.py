@@ -129,7 +129,8 @@ class Observation:
     def usage(self) -> list[tuple[str, int, int, bool]]:
         """``(agent, input_tokens, output_tokens, truncated)`` of each finished call."""
         return [
-            (c.agent, c.input_used or 0, c.output_used or 0, c.truncated) for c in self.finished()
+            (c.budgeted_as, c.input_used or 0, c.output_used or 0, c.truncated)
+            for c in self.finished()
         ]
 
     def unstarted(self, *, besides: str | None = None) -> list[Agent]:

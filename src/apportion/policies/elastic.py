@@ -2,15 +2,18 @@
 
 Rule: the request's ceiling is one pool. When the request opens, every ``critical`` agent
 gets a reservation of its predicted need (all critical reservations together at most 70% of
-the ceiling), which ``standard`` and ``peripheral`` agents cannot drain, so a critical
-agent keeps its headroom until it runs. When an agent calls, it draws what it is predicted
-to need (its counted input plus predicted output and margin) from the pool: critical agents
-draw first and may take all of it; a standard agent leaves room for the predicted needs of
-the standard agents still to run; a peripheral agent gets best effort, leaving room for
-every agent still to run, and when the pool is short each gets a share weighted by
-priority (critical 4, standard 2, peripheral 1). What a finished agent did not use returns
-to the pool at once and is re-planned for the agents still to run. Extensions are granted
-from the same pool, on the same priority terms.
+the ceiling; times its chance of running, for an agent that does not always run), which
+``standard`` and ``peripheral`` agents cannot drain, so a critical agent keeps its
+headroom until it runs. When an agent calls, it draws what it is predicted to need (its
+counted input plus predicted output and margin) from the pool: critical agents draw first
+and may take all of it but what their own later calls are expected to need; a standard
+agent leaves room for the predicted needs of the standard agents still to run; a
+peripheral agent gets best effort, leaving room for every agent still to run, and when
+the pool is short each gets a share weighted by priority (critical 4, standard 2,
+peripheral 1). An agent still to run is counted for the calls it is expected to make
+(:mod:`apportion.policies.predicting`, "Agents that may not run"). What a finished agent
+did not use returns to the pool at once and is re-planned for the agents still to run.
+Extensions are granted from the same pool, on the same priority terms.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import ClassVar
 
 from apportion.ledger import MAX_TOKENS, Grant
 from apportion.policies.base import Observation, Plan
+from apportion.policies.occurrence import weighted
 from apportion.policies.predicting import PredictingPolicy, _fit
 from apportion.spec import Agent, Priority
 
@@ -33,23 +37,43 @@ class ElasticPolicy(PredictingPolicy):
     weights: ClassVar[dict[int, float]] = {2: 4.0, 1: 2.0, 0: 1.0}
 
     def plan(self, obs: Observation) -> Plan:
-        """Reserve the critical agents' predicted needs; allocate the rest by weight."""
+        """Reserve the critical agents' predicted needs; allocate the rest by weight.
+
+        An agent that may not run reserves its need times its chance of running, and is
+        allocated its need times the calls it is expected to make.
+        """
         needs = self.predicted_needs(obs)
+        counts = self.call_counts(obs.pipeline)
         critical = {
-            a.name: needs[a.name] for a in obs.pipeline.agents if a.priority is Priority.CRITICAL
+            a.name: weighted(needs[a.name], counts.chance(a.name))
+            for a in obs.pipeline.agents
+            if a.priority is Priority.CRITICAL
         }
         reserve = _fit(critical, int(obs.ceiling * _CRITICAL_RESERVE_SHARE))
-        weighted = {
-            a.name: round(needs[a.name] * self.weights[a.priority.rank])
+        expected = self.expected_needs(obs)
+        shares = {
+            a.name: round(expected.get(a.name, 0) * self.weights[a.priority.rank])
             for a in obs.pipeline.agents
         }
-        planned = _fit(weighted, obs.ceiling)
+        planned = _fit(shares, obs.ceiling)
         allocation = {a: max(reserve.get(a, 0), min(needs[a], planned[a])) for a in needs}
         return Plan(allocation=allocation, reserve=reserve)
 
     def held_for(self, agent: Agent) -> int | None:
         """Room for agents of the same or higher priority; a critical agent draws first."""
         return None if agent.priority is Priority.CRITICAL else agent.priority.rank
+
+    def held_back(
+        self, obs: Observation, agent: Agent, *, begun: bool = False
+    ) -> tuple[int, float]:
+        """As the base rule; a critical agent leaves room for its own later calls only."""
+        if agent.priority is not Priority.CRITICAL:
+            return super().held_back(obs, agent, begun=begun)
+        times = self.expected_calls(obs, agent, calling=not begun)
+        if times <= 0:
+            return 0, 0.0
+        need = weighted(self.predicted_needs(obs)[agent.name], times)
+        return need, need * self.weights[agent.priority.rank]
 
     def on_finish(
         self,
@@ -64,9 +88,10 @@ class ElasticPolicy(PredictingPolicy):
         used = input_tokens + output_tokens
         plan = {grant.agent: min(MAX_TOKENS, state.consumed_by[grant.agent] + used)}
         pool = max(0, state.free + grant.context_tokens + grant.output_tokens - used)
-        needs = self.predicted_needs(obs)
-        weighted = {a.name: needs[a.name] * self.weights[a.priority.rank] for a in obs.unstarted()}
-        total = sum(weighted.values())
+        ahead = self.expected_needs(obs, besides=grant.agent)
+        ranks = {a.name: a.priority.rank for a in obs.pipeline.agents}
+        shares = {name: need * self.weights[ranks[name]] for name, need in ahead.items()}
+        total = sum(shares.values())
         if total > 0:
-            plan.update({name: int(pool * w / total) for name, w in weighted.items()})
+            plan.update({name: int(pool * w / total) for name, w in shares.items()})
         return plan

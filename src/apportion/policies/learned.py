@@ -282,16 +282,33 @@ class LearnedPolicy(PredictingPolicy):
             if agent.name in b.after and b.name != agent.name
         ]
 
-    def _curves_after(self, obs: Observation, agent: Agent) -> list[Curve]:
-        """Input and output curves of the agents still to run, ``agent`` excepted."""
+    def _curves_after(self, obs: Observation, agent: Agent, *, begun: bool = False) -> list[Curve]:
+        """Input and output curves of the calls still to come, ``agent``'s current one excepted.
+
+        An agent still expected to call ``k`` times (:meth:`expected_calls`: less than once
+        for an agent that may not run, more for one that loops; ``agent`` itself for its
+        calls after this one, ``begun`` when this one is already counted) is one pair of
+        curves over ``k`` times its predicted need.
+        """
         curves: list[Curve] = []
         model = self._model(obs)
         ahead = self._inputs_ahead(obs)
         weights = self.agent_weights(obs)
-        for b in obs.unstarted(besides=agent.name):
+        for b in obs.pipeline.agents:
+            times = self.expected_calls(
+                obs,
+                b,
+                calling=b.name == agent.name and not begun,
+                caller=None if begun else agent.name,
+            )
+            if times <= 0:
+                continue
             need_in = ahead[b.name]
+            predicted = self.predicted_output(obs, b, need_in)
+            if times != 1.0:
+                need_in, predicted = need_in * times, predicted * times
             curves.append(input_curve(need_in, weights[b.name][0], model.input_errors(b)))
-            curves.append(self._output_curve(obs, b, self.predicted_output(obs, b, need_in), None))
+            curves.append(self._output_curve(obs, b, predicted, None))
         return curves
 
     def _least_gain(self, obs: Observation) -> float:
@@ -355,8 +372,7 @@ class LearnedPolicy(PredictingPolicy):
         """
         if len(self._model(obs).errors(agent)) >= 8:
             return 0
-        needs = self.predicted_needs(obs)
-        keep = sum(needs[b.name] for b in obs.unstarted(besides=agent.name))
+        keep = sum(self.expected_needs(obs, calling=agent.name).values())
         least = self.least_output(obs, agent, predicted, max(out, round(predicted)))
         return max(0, min(input_tokens, pool - keep - max(least, agent.min_output)))
 
@@ -374,7 +390,7 @@ class LearnedPolicy(PredictingPolicy):
             return 0
         record = obs.calls.get(grant.grant_id)
         predicted = None if record is None else record.predicted_output
-        after = self._curves_after(obs, agent)
+        after = self._curves_after(obs, agent, begun=True)
         gain = self._least_gain(obs)
         _, stay = divide(after, pool, least_gain=gain)
         more = extension_curve(
@@ -397,6 +413,7 @@ class LearnedPolicy(PredictingPolicy):
         """Learn needs from the usage, and the agents' weights from the outcome (if valid)."""
         if obs.finished():
             self._observe(obs, self._usage(obs))
+        self._count_calls(obs)
         try:
             value = check_outcome(outcome)
         except ValueError:
@@ -424,7 +441,7 @@ class LearnedPolicy(PredictingPolicy):
         less and less for an agent the policy keeps cutting.
         """
         return [
-            (c.agent, max(c.input_used or 0, c.input_asked), c.output_used or 0, c.truncated)
+            (c.budgeted_as, max(c.input_used or 0, c.input_asked), c.output_used or 0, c.truncated)
             for c in obs.finished()
         ]
 
@@ -441,7 +458,7 @@ class LearnedPolicy(PredictingPolicy):
         out_cost: dict[str, float] = {}
         missing: dict[str, float] = {}  # what a cut answer is expected to lack
         for call in finished:
-            name, ctx, wrote = call.agent, call.context_granted, call.output_used or 0
+            name, ctx, wrote = call.budgeted_as, call.context_granted, call.output_used or 0
             agent = obs.pipeline[name]
             # the input lacked what the cut answers it reads lacked
             need = call.input_asked + sum(missing.get(u, 0.0) for u in agent.after)

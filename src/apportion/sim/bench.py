@@ -105,10 +105,14 @@ class PolicyFigures:
 def profiled_static(workload: Workload, seed: int, start: int) -> StaticPolicy:
     """Static budgets from P90 (+10%) of needs over requests ``start .. start+200``."""
     usage: dict[str, list[tuple[int, int]]] = {a.name: [] for a in workload.agents}
+    kinds = {a.name for a in workload.agents if a.is_kind}
     for r in range(start, start + PROFILE_REQUESTS):
         needs = draw_needs(workload, seed, r)
-        for index, agent in enumerate(workload.agents):
-            usage[agent.name].append((needs.need_in[index], needs.need_out[index]))
+        lines = workload.agent_names if needs.realized is None else needs.realized.lines
+        names = needs.names_of(workload)
+        for index, (line, name) in enumerate(zip(lines, names, strict=True)):
+            key = line if line in kinds else name  # per call of the pipeline's line
+            usage.setdefault(key, []).append((needs.need_in[index], needs.need_out[index]))
     return StaticPolicy.from_usage(usage, percentile=90.0, margin=0.1)
 
 

@@ -250,7 +250,7 @@ def run_learning_replay(
     qualities: dict[str, list[float]] = {}
     for name in ("learned", *rules):
         if name != "learned":
-            rule = _make_policy(name, train)
+            rule = _make_policy(name, train, pipeline)
             controllers[name] = Controller(pipeline, policy=rule, store="memory://")
             if _learns(rule):
                 for run in train:

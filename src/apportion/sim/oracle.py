@@ -57,6 +57,14 @@ Models
     an upper bound; when the plan it finds also fits the cost ceiling it is the exact
     optimum, otherwise the result says ``relaxed_cost``.
 
+Trees and dynamic teams (``docs/workload-trees.md``)
+    A request of such a workload is solved as the flat list of calls it realized
+    (:class:`~apportion.sim.needs.Realized`): the oracle knows which agents ran, how many
+    calls each made and every call's needs, and chooses every call's ``(ctx, cap)`` at
+    once. Knowing the request's shape in advance only enlarges what it can do over a
+    policy, which must hold back for agents that may never run, so it stays an upper
+    bound.
+
 Cost: ``O(n * (ceiling / step) ** 2)`` for ``n`` agents, vectorised with numpy.
 """
 
@@ -246,6 +254,11 @@ class Oracle:
             raise ValueError(
                 f"step must be between 1 and max(25, ceiling / 100) = "
                 f"{max(25, limit / 100):g}, got {grid}"
+            )
+        realized = needs.realized
+        if realized is not None and realized.workload is not self.workload:
+            return Oracle(realized.workload).solve(
+                needs, ceiling, step=step, ceiling_usd=ceiling_usd, honour_cost=honour_cost
             )
         usd = self.workload.ceiling_usd if ceiling_usd is None else ceiling_usd
         usd_limit = math.inf

@@ -6,8 +6,11 @@ A call log is a CSV file with one row per model call: ``run``, ``call``, ``agent
 optional. :func:`load_calls` reads and checks it; every mistake raises
 :class:`~apportion.errors.SpecError` naming the file, the line and the column (``key``):
 a missing column (line 1), an empty file or one without a single call, a value that is not
-a non-negative integer, an agent the pipeline does not have, a call number repeated in a
-run, a run whose rows disagree on their split.
+a non-negative integer, an agent the pipeline does not have (neither listed nor matched by
+one of its agent kinds), a call number repeated in a run, a run whose rows disagree on their
+split. An agent matched by a kind (``expert:ada`` by ``expert:*``) is played under its own
+name and budgeted as its kind, as the controller does in production; ``static`` profiles
+it on its kind's line.
 
 How a run is replayed (:func:`replay_run`), following the spirit of "One request, step by
 step" of the workload spec:
@@ -251,13 +254,8 @@ def _parse(reader: csv.DictReader[str], file: str, pipeline: Pipeline | None) ->
             row = {rename[k]: v for k, v in raw.items()}
             run = _text(row, "run", file, line)
             agent = _text(row, "agent", file, line)
-            if pipeline is not None and agent not in pipeline:
-                raise SpecError(
-                    f"unknown agent {excerpt(agent)}; the pipeline has: {listing(pipeline.names)}",
-                    file=file,
-                    line=line,
-                    key="agent",
-                )
+            if pipeline is not None and not _known(pipeline, agent):
+                raise _unknown(pipeline, agent, file, line)
             number = _count(row, "call", file, line)
             if (run, number) in seen:
                 raise SpecError(
@@ -304,6 +302,23 @@ def _parse(reader: csv.DictReader[str], file: str, pipeline: Pipeline | None) ->
         ),
         has_split=has_split,
         has_max_tokens=has_cap,
+    )
+
+
+def _known(pipeline: Pipeline, agent: str) -> bool:
+    """Whether the pipeline budgets ``agent``: listed, or matched by one of its kinds."""
+    return agent in pipeline or pipeline.kind_of(agent) is not None
+
+
+def _unknown(pipeline: Pipeline, agent: str, file: str | None, line: int | None) -> SpecError:
+    kinds = [f"{k.name} ({', '.join(k.match) or 'default'})" for k in pipeline.kinds]
+    extra = f"; its agent kinds: {listing(kinds)}" if kinds else " (and it declares no kinds)"
+    listed = [a.name for a in pipeline.agents if a.name not in {k.name for k in pipeline.kinds}]
+    return SpecError(
+        f"unknown agent {excerpt(agent)}; the pipeline has: {listing(listed)}{extra}",
+        file=file,
+        line=line,
+        key="agent",
     )
 
 
@@ -420,12 +435,12 @@ def replay_run(
     cut = critical = critical_cut = extensions = refused = granted = consumed = 0
     with controller.request(ceiling, {}) as req:
         for call in run.calls:
-            agent = pipeline[call.agent]
+            agent = pipeline.resolve(call.agent)  # the listed agent, else its kind's template
             need_in, need_out = call.prompt_tokens, call.completion_tokens
             is_critical = agent.priority is Priority.CRITICAL
             critical += is_critical
             played = play_call(
-                req, agent.name, need_in, need_out, resend=True, max_extensions=max_extensions
+                req, call.agent, need_in, need_out, resend=True, max_extensions=max_extensions
             )
             was_cut = played.refused or played.read < need_in or played.wrote < need_out
             refused += played.refused
@@ -557,13 +572,14 @@ def _learns_name(name: str) -> bool:
     return name != "static" and _learns(resolve_policy(name))
 
 
-def _make_policy(name: str, fit: Sequence[LoggedRun]) -> Policy:
+def _make_policy(name: str, fit: Sequence[LoggedRun], pipeline: Pipeline | None = None) -> Policy:
     if name != "static":
         return resolve_policy(name)
     usage: dict[str, list[tuple[int, int]]] = {}
     for run in fit:
         for call in run.calls:
-            usage.setdefault(call.agent, []).append((call.prompt_tokens, call.completion_tokens))
+            line = call.agent if pipeline is None else pipeline.resolve(call.agent).name
+            usage.setdefault(line, []).append((call.prompt_tokens, call.completion_tokens))
     if not usage:
         raise PolicyConfigError("the static policy is profiled on train runs, and there are none")
     return StaticPolicy.from_usage(usage, percentile=90.0, margin=0.1)
@@ -581,7 +597,7 @@ def log_figures(pipeline: Pipeline, runs: Sequence[LoggedRun]) -> dict[str, Any]
     capped = [c for r in runs for c in r.calls if c.max_tokens is not None]
     if not capped:
         return None
-    critical = [c for c in capped if pipeline[c.agent].priority is Priority.CRITICAL]
+    critical = [c for c in capped if pipeline.resolve(c.agent).priority is Priority.CRITICAL]
     complete = [r for r in runs if all(c.max_tokens is not None for c in r.calls)]
     unused = [
         sum(max(0, (c.max_tokens or 0) - c.completion_tokens) for c in r.calls) for r in complete
@@ -626,7 +642,8 @@ def check_replay(
     Raises:
         PolicyConfigError: both ceilings given, a ceiling that is not a positive integer,
             or a ratio that is not positive.
-        SpecError: an agent of the log is not in the pipeline (file, line, key).
+        SpecError: an agent of the log is not in the pipeline, nor matched by one of its
+            agent kinds (file, line, key).
     """
     if ceiling is not None and ceiling_ratio is not None:
         raise PolicyConfigError("give --ceiling or --ceiling-ratio, not both")
@@ -638,14 +655,8 @@ def check_replay(
             raise PolicyConfigError(f"the ceiling ratio must be positive, not {ceiling_ratio!r}")
     for run in log.runs:
         for call in run.calls:
-            if call.agent not in pipeline:
-                raise SpecError(
-                    f"unknown agent {excerpt(call.agent)}; the pipeline has: "
-                    f"{listing(pipeline.names)}",
-                    file=log.file,
-                    line=call.line,
-                    key="agent",
-                )
+            if not _known(pipeline, call.agent):
+                raise _unknown(pipeline, call.agent, log.file, call.line)
     return ceiling_ratio
 
 
@@ -662,7 +673,7 @@ def run_replay(
     """Replay a call log through each policy and report the figures of the module docstring.
 
     Args:
-        log: the call log (its agents must all be in ``pipeline``).
+        log: the call log (its agents must all be in ``pipeline`` or match its kinds).
         pipeline: the pipeline: agents, priorities, output kinds.
         policies: registered policy names (default: the rule-based ones).
         ceiling: fixed per-run ceiling; exclusive with ``ceiling_ratio``.
@@ -685,7 +696,7 @@ def run_replay(
     check_policy_names(names)  # before anything is played
     figures: dict[str, dict[str, Any]] = {}
     for name in names:
-        policy = _make_policy(name, fit)
+        policy = _make_policy(name, fit, pipeline)
         controller = Controller(pipeline, policy=policy, store="memory://")
         if _learns(policy):
             for run in fit:

@@ -17,6 +17,7 @@ the quality model, which stay in this module.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from apportion.catalog import Catalog, ModelInfo
 from apportion.controller import Controller, Request
@@ -25,7 +26,7 @@ from apportion.policies import Policy
 from apportion.sim.needs import RequestNeeds
 from apportion.sim.quality import agent_quality, request_quality
 from apportion.sim.workload import Workload
-from apportion.spec import Agent, Pipeline
+from apportion.spec import Agent, AgentKind, Pipeline
 
 MAX_EXTENSIONS = 4
 
@@ -60,20 +61,34 @@ class RequestOutcome:
 
 
 def pipeline_of(workload: Workload) -> Pipeline:
-    """The pipeline a policy sees for a workload: names, priorities, order, output kinds."""
-    return Pipeline(
-        [
-            Agent(
-                a.name,
-                priority=a.priority,
-                after=a.after,
-                output_kind=a.output_kind,
-                model=a.model,
-            )
-            for a in workload.agents
-        ],
-        name=workload.name,
-    )
+    """The pipeline a policy sees for a workload: names, priorities, order, output kinds.
+
+    An agent with ``fan_out`` or a ``pool`` (``docs/workload-trees.md``) is an agent kind
+    matching ``NAME:*``, unless its pool is ``listed``: then every name of the pool is an
+    agent (after the kind's upstream agents). Probabilities and call counts are not shown:
+    a policy learns them from history.
+    """
+    agents: list[Agent] = []
+    kinds: list[AgentKind] = []
+    expanded: dict[str, tuple[str, ...]] = {}
+    for a in workload.agents:
+        after = tuple(dict.fromkeys(n for u in a.after for n in expanded.get(u, (u,))))
+        fields: dict[str, Any] = {
+            "priority": a.priority,
+            "after": after,
+            "output_kind": a.output_kind,
+        }
+        if a.model is not None:
+            fields["model"] = a.model
+        if a.is_kind:
+            kinds.append(AgentKind(a.name, f"{a.name}:*", **fields))
+        elif a.pool is not None:
+            names = a.pool.names(a.name)
+            expanded[a.name] = names
+            agents.extend(Agent(name, **fields) for name in names)
+        else:
+            agents.append(Agent(a.name, **fields))
+    return Pipeline(agents, name=workload.name, kinds=kinds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +183,12 @@ def run_request(
     policy), else on ``model``, else on the agent's ``model``, else on the workload's first
     model; its quality is multiplied by that model's capability and its cost is priced
     on it. ``ceiling_usd`` (the workload's when ``None``) applies only then.
+
+    A request of a workload with trees or dynamic teams plays its realized calls
+    (:class:`~apportion.sim.needs.Realized`), each under its instance's name.
     """
+    names = needs.names_of(workload)
+    workload = needs.workload_of(workload)
     resend = workload.extension_overhead == "resend"
     models = {m.name: m for m in workload.models}
     usd = (ceiling_usd if ceiling_usd is not None else workload.ceiling_usd) if models else None
@@ -188,7 +208,7 @@ def run_request(
             default = (model or spec.model or workload.models[0].name) if models else None
             call = play_call(
                 req,
-                spec.name,
+                names[index],
                 max(avail, 0),
                 need_out,
                 resend=resend,

@@ -3,6 +3,10 @@
 A workload (``/work/shared/spec/workload.md``, "Format") names the features drawn per
 request, the agents run once per request in order (with their token needs and the hidden
 response model's parameters), and optionally the models a routing policy may choose from.
+The superset of ``docs/workload-trees.md`` adds agent trees and dynamic teams: an agent's
+``probability`` of running, its number of ``calls`` per request, ``fan_out`` (one
+instance per child, their number drawn per request) and a ``pool`` of names drawn per
+request. A file without those keys means exactly what the normative format says.
 
 :func:`load_workload` reads a YAML file; :meth:`Workload.from_dict` validates an
 already-parsed mapping. Both raise :class:`~apportion.errors.SpecError` naming the file,
@@ -28,11 +32,13 @@ __all__ = [
     "OUTPUT_KINDS",
     "PRIORITIES",
     "AgentSpec",
+    "CountSpec",
     "ExtensionOverhead",
     "FeatureSpec",
     "ModelSpec",
     "NeedSpec",
     "OutputKind",
+    "PoolSpec",
     "Priority",
     "Workload",
     "load_workload",
@@ -74,8 +80,14 @@ _AGENT_KEYS = frozenset(
         "input_sensitivity",
         "influence",
         "model",
+        "probability",
+        "calls",
+        "fan_out",
+        "pool",
     }
 )
+_COUNT_KEYS = frozenset({"median", "p90", "per_feature"})
+_POOL_KEYS = frozenset({"size", "draw", "listed"})
 _INPUT_KEYS = frozenset({"base", "per_feature", "upstream", "noise"})
 _OUTPUT_KEYS = frozenset({"base", "per_feature", "noise"})
 _MODEL_KEYS = frozenset(
@@ -129,6 +141,56 @@ class NeedSpec:
 
 
 @dataclass(frozen=True)
+class CountSpec:
+    """A count drawn per request (calls, children, team members): log-normal, rounded.
+
+    The count is ``max(least, round((median + sum(coef * feature)) * exp(sigma * z)))``
+    with ``sigma = ln(p90 / median) / 1.2816``, ``z`` a standard normal.
+
+    Attributes:
+        median: the median count when every ``per_feature`` term is 0 (> 0).
+        p90: its 90th percentile (>= median).
+        per_feature: added to the median per unit of each named feature.
+    """
+
+    median: float
+    p90: float
+    per_feature: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def sigma(self) -> float:
+        """Sigma of the underlying normal: ``ln(p90 / median) / 1.2816``."""
+        return math.log(self.p90 / self.median) / _Z90
+
+    def draw(self, features: Mapping[str, int], z: float, least: int = 1) -> int:
+        """The count for a request with these ``features`` and standard normal ``z``."""
+        centre = self.median + sum(c * features[name] for name, c in self.per_feature.items())
+        return max(least, round(centre * math.exp(self.sigma * z)))
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A pool of names an agent's instances are drawn from, per request.
+
+    Attributes:
+        size: how many names the pool has (``NAME:000`` ... with the agent's name).
+        draw: how many distinct names a request draws (at most ``size``).
+        listed: the pipeline a policy sees lists every name of the pool as an agent (the
+            way teams are declared without agent kinds); by default the pool is one agent
+            kind (``NAME:*``).
+    """
+
+    size: int
+    draw: CountSpec
+    listed: bool = False
+
+    def names(self, agent: str) -> tuple[str, ...]:
+        """Every name of the pool, in order."""
+        width = len(str(self.size - 1))
+        return tuple(f"{agent}:{i:0{width}d}" for i in range(self.size))
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model a routing policy may run an agent call on.
 
@@ -169,6 +231,11 @@ class AgentSpec:
         input_sensitivity: beta, the exponent of input coverage (hidden).
         influence: the agent's weight in the request quality (hidden).
         model: the model the user configured by default, or ``None``.
+        probability: the chance that each of its instances runs in a request (1: always).
+        calls: how many calls each instance that runs makes, or ``None`` for one.
+        fan_out: how many instances (children of the agents in ``after``) a request
+            starts, named ``NAME:1`` ..., or ``None``.
+        pool: the pool of names its instances are drawn from per request, or ``None``.
     """
 
     name: str
@@ -180,6 +247,25 @@ class AgentSpec:
     input_sensitivity: float = 1.0
     influence: float = 1.0
     model: str | None = None
+    probability: float = 1.0
+    calls: CountSpec | None = None
+    fan_out: CountSpec | None = None
+    pool: PoolSpec | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether it uses the tree keys (its runs vary by request beyond its needs)."""
+        return (
+            self.probability < 1.0
+            or self.calls is not None
+            or self.fan_out is not None
+            or self.pool is not None
+        )
+
+    @property
+    def is_kind(self) -> bool:
+        """Whether a policy sees it as an agent kind (its instances are not listed)."""
+        return self.fan_out is not None or (self.pool is not None and not self.pool.listed)
 
 
 @dataclass(frozen=True)
@@ -213,6 +299,11 @@ class Workload:
     def agent_names(self) -> tuple[str, ...]:
         """The agents' names, in run order."""
         return tuple(agent.name for agent in self.agents)
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether an agent uses the tree keys (``docs/workload-trees.md``)."""
+        return any(agent.dynamic for agent in self.agents)
 
     def agent_index(self, name: str) -> int:
         """Position of the agent called ``name``.
@@ -548,6 +639,24 @@ def _parse_agent(entry: YamlMap, feature_names: set[str], earlier: Mapping[str, 
     model: str | None = None
     if "model" in entry:
         model = _name(entry, "model")
+    probability = _number(entry, "probability", 1.0)
+    if probability > 1:
+        entry.fail("probability", f"a probability is at most 1, got {entry['probability']!r}")
+    calls = _parse_count(entry, "calls", feature_names)
+    fan_out = _parse_count(entry, "fan_out", feature_names)
+    pool = None
+    if "pool" in entry:
+        if fan_out is not None:
+            entry.fail("pool", "an agent has either 'fan_out' or 'pool', not both")
+        section = _map(entry, "pool")
+        section.check_keys(_POOL_KEYS, ("size", "draw"))
+        size = _integer(section, "size", 1)
+        draw = _parse_count(section, "draw", feature_names)
+        assert size is not None and draw is not None  # required keys
+        listed = section.get("listed", False)
+        if not isinstance(listed, bool):
+            section.fail("listed", f"must be true or false, got {_kind(listed)}")
+        pool = PoolSpec(size=size, draw=draw, listed=listed)
     return AgentSpec(
         name=name,
         priority=priority,
@@ -558,7 +667,40 @@ def _parse_agent(entry: YamlMap, feature_names: set[str], earlier: Mapping[str, 
         input_sensitivity=_number(entry, "input_sensitivity", 1.0),
         influence=_number(entry, "influence", 1.0),
         model=model,
+        probability=probability,
+        calls=calls,
+        fan_out=fan_out,
+        pool=pool,
     )
+
+
+def _parse_count(owner: YamlMap, key: str, feature_names: set[str]) -> CountSpec | None:
+    """``owner[key]``: a count as ``{median, p90[, per_feature]}`` or an integer; or ``None``."""
+    if key not in owner:
+        return None
+    value = owner[key]
+    if not isinstance(value, YamlMap):
+        fixed = _integer(owner, key, 1)
+        assert fixed is not None
+        return CountSpec(median=fixed, p90=fixed)
+    section = _map(owner, key)
+    section.check_keys(_COUNT_KEYS, ("median", "p90"))
+    median = _number(section, "median")
+    p90 = _number(section, "p90")
+    if median <= 0:
+        section.fail("median", f"must be positive, got {section['median']!r}")
+    if p90 < median:
+        section.fail(
+            "p90", f"must be at least the median ({section['median']!r}), got {section['p90']!r}"
+        )
+    coefficients = _map(section, "per_feature")
+    per_feature: dict[str, float] = {}
+    for feature, coef in coefficients.items():
+        if feature not in feature_names:
+            declared = listing(sorted(feature_names)) or "none"
+            coefficients.fail(feature, f"unknown feature {excerpt(feature)}; declared: {declared}")
+        per_feature[feature] = _check_number(coefficients, feature, coef)
+    return CountSpec(median=median, p90=p90, per_feature=MappingProxyType(per_feature))
 
 
 def _parse_need(section: YamlMap, feature_names: set[str], allowed: frozenset[str]) -> NeedSpec:

@@ -1,6 +1,7 @@
 """Telemetry as Prometheus metrics, per pipeline and agent.
 
-Metrics (``apportion_`` prefix; labels ``pipeline`` and ``agent`` unless said):
+Metrics (``apportion_`` prefix; labels ``pipeline`` and ``agent`` unless said; the calls of an
+agent kind's members count under the kind's name, so a team drawn per run adds no series):
 
 - ``apportion_grants_total`` (counter): grants begun;
 - ``apportion_granted_tokens_total{kind}`` (counter): tokens granted, extensions
@@ -156,7 +157,7 @@ class PrometheusSink(Sink):
             pipeline = record.pipeline
             m.requests.labels(pipeline, record.status).inc()
             for call in record.calls:
-                agent = call.agent
+                agent = call.kind or call.agent  # a kind's members on one series: bounded labels
                 m.grants.labels(pipeline, agent).inc()
                 if call.granted_context is not None:
                     m.granted.labels(pipeline, agent, "context").inc(call.granted_context)

@@ -93,6 +93,8 @@ class CallUsage:
         began_at: clock time the grant began, when known.
         at: clock time it was settled, when known.
         status: how the call ended (see the module docstring), or ``None``: unknown.
+        kind: the agent kind that budgeted the call when ``agent`` is not listed in the
+            pipeline, else ``None``.
     """
 
     request_id: str
@@ -116,6 +118,7 @@ class CallUsage:
     began_at: float | None = None
     at: float | None = None
     status: str | None = None
+    kind: str | None = None
 
     @property
     def ceiling_hit(self) -> bool:
@@ -304,12 +307,14 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
         record = kept.get(grant_id)
         if record is not None:
             call.update(_from_record(record))
+            if record.kind is not None:  # the ledger counts it on its kind's line
+                agent, call["kind"] = record.agent, record.kind
         records.append(
             CallUsage(
                 request_id=str(obs.request_id),
                 grant_id=int(grant_id),
                 agent=agent,
-                priority=priorities.get(agent),
+                priority=priorities.get(call.get("kind") or agent),
                 **call,
             )
         )

@@ -1,0 +1,212 @@
+"""How often each agent runs in a request, learned from the requests seen.
+
+A pipeline names its agents (and agent kinds) up front, but a request need not run them
+all: an optional agent runs in some requests only, a reviewer in a loop is called 33
+times, a kind's members (``expert:*``) come and go with the team of the day. A policy that
+holds back budget for every agent still to run, once each, starves the agents that do run
+for agents that never will, and gives a looping agent's first call what its later calls
+need.
+
+:class:`CallCounts` keeps, per pipeline line (an agent, or a kind: every member's calls
+count on its kind's line), how many calls each past request made (0 when it did not run):
+its distribution, not only its mean. From it, :meth:`CallCounts.remaining` is the
+expected number of calls still to come from a line that has made ``done`` calls so far,
+``E[n - done | n >= done]``, and :meth:`CallCounts.chance` the probability that a line
+runs at all. How the policies use them: :mod:`apportion.policies.predicting`, "Agents
+that may not run". Counts may be drawn per request from the request's features (the number of
+sub-questions sets the fan-out): then, once a line has enough requests, the expectation
+before its first call comes from a ridge regression of its count on the features, blended
+with the distribution as the need models blend a prior (see
+:mod:`apportion.policies.needs`).
+
+A prior, not a switch: before any history every line counts as one request with one
+call, so a new pipeline is budgeted exactly as if each agent ran once, and the history
+takes over as it comes. With a history of one call per request for every line (a plain
+pipeline), ``remaining`` is exactly 1 before a line's first call and 0 after it: the
+policies then do exactly what they did before this module existed.
+
+Thread-safe: one lock around every update and read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+PRIOR_REQUESTS = 1
+"""How many requests (of one call each) the prior counts for, per line."""
+FEATURES_AFTER = 32
+"""Requests of a line after which its count is also predicted from the request's features."""
+_RIDGE = 1e-3
+_ROWS_KEPT = 4096
+_MAX_COUNT = 100_000
+
+
+class CallCounts:
+    """Per pipeline line, the distribution of calls per request (see the module docstring).
+
+    Args:
+        lines: the pipeline's lines (agents and kinds), in execution order.
+    """
+
+    __slots__ = ("_fits", "_histograms", "_lock", "_requests", "_rows", "lines")
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self.lines = tuple(lines)
+        self._histograms: dict[str, dict[int, int]] = {line: {} for line in self.lines}
+        self._requests = 0
+        self._rows: list[tuple[tuple[float, ...], tuple[int, ...]]] = []
+        self._fits: dict[str, tuple[float, ...]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def requests(self) -> int:
+        """Requests observed."""
+        return self._requests
+
+    def document(self) -> dict[str, dict[str, int]]:
+        """The histograms, JSON-ready: per line, calls per request (as text) to requests."""
+        with self._lock:
+            return {
+                line: {str(n): c for n, c in sorted(h.items())}
+                for line, h in self._histograms.items()
+            }
+
+    def restore(self, document: Mapping[str, Mapping[str, int]]) -> None:
+        """Add saved histograms (:meth:`document`; checked by :func:`parse_document`)."""
+        with self._lock:
+            for line, histogram in document.items():
+                mine = self._histograms.get(line)
+                if mine is None:
+                    continue  # an agent this pipeline no longer has
+                for n, c in histogram.items():
+                    mine[int(n)] = mine.get(int(n), 0) + c
+            self._requests = max((sum(h.values()) for h in self._histograms.values()), default=0)
+
+    def observe(self, counts: Mapping[str, int], row: Iterable[float] | None = None) -> None:
+        """Record one request: calls per line (a line absent made none).
+
+        Args:
+            counts: calls per line in the request.
+            row: the request's features as the need model's regression row, if the
+                count should also be learned from features.
+        """
+        with self._lock:
+            self._requests += 1
+            for line in self.lines:
+                n = min(_MAX_COUNT, max(0, int(counts.get(line, 0))))
+                histogram = self._histograms[line]
+                histogram[n] = histogram.get(n, 0) + 1
+            if row is not None:
+                x = tuple(float(v) for v in row)
+                self._rows.append((x, tuple(int(counts.get(line, 0)) for line in self.lines)))
+                if len(self._rows) > _ROWS_KEPT:
+                    del self._rows[: len(self._rows) - _ROWS_KEPT]
+                if self._requests >= FEATURES_AFTER and _due(self._requests):
+                    self._refit()
+
+    def _refit(self) -> None:
+        """Fit each line's count on the features (under the lock)."""
+        width = len(self._rows[-1][0])
+        rows = [(x, n) for x, n in self._rows if len(x) == width]
+        x = np.asarray([r[0] for r in rows], dtype=float)
+        y = np.asarray([r[1] for r in rows], dtype=float)
+        gram = x.T @ x + _RIDGE * np.eye(width)
+        try:
+            solved = np.linalg.solve(gram, x.T @ y)
+        except np.linalg.LinAlgError:  # pragma: no cover (the ridge keeps it invertible)
+            return
+        self._fits = {line: tuple(solved[:, k].tolist()) for k, line in enumerate(self.lines)}
+
+    def once(self, line: str) -> bool:
+        """Whether ``line`` made exactly one call in every request seen (or none was seen)."""
+        with self._lock:
+            histogram = self._histograms.get(line, {})
+            return not histogram or set(histogram) == {1}
+
+    def chance(self, line: str) -> float:
+        """Probability that ``line`` makes at least one call in a request."""
+        with self._lock:
+            histogram = self._histograms.get(line, {})
+            total = PRIOR_REQUESTS + sum(histogram.values())
+            ran = PRIOR_REQUESTS + sum(c for n, c in histogram.items() if n >= 1)
+        return ran / total
+
+    def remaining(self, line: str, done: int, row: Iterable[float] | None = None) -> float:
+        """Expected calls still to come from ``line`` after ``done`` calls this request.
+
+        ``E[n - done | n >= done]`` over the history and the prior; 0 when no request
+        seen made more than ``done`` calls. With ``row`` (the request's features) and a
+        fit of the line's count on them, the expectation before the first call blends
+        in the fitted count.
+        """
+        with self._lock:
+            histogram = self._histograms.get(line, {})
+            weight = 0
+            total = 0
+            for n, c in histogram.items():
+                if n >= done:
+                    weight += c
+                    total += (n - done) * c
+            if done <= 1:  # the prior: one request of one call
+                weight += PRIOR_REQUESTS
+                total += (1 - done) * PRIOR_REQUESTS
+            varies = len(histogram) > 1  # a constant count needs no features
+            fit = self._fits.get(line) if done == 0 and row is not None and varies else None
+            seen = self._requests
+        mean = total / weight if weight else 0.0
+        values = tuple(row) if fit is not None and row is not None else ()
+        if fit is None or len(values) != len(fit):
+            return mean
+        predicted = max(0.0, float(sum(w * v for w, v in zip(fit, values, strict=True))))
+        trust = seen / (seen + FEATURES_AFTER)
+        return (1 - trust) * mean + trust * predicted
+
+
+def parse_document(entry: object) -> dict[str, dict[str, int]] | None:
+    """A saved :meth:`CallCounts.document`, checked; ``None`` when it is malformed."""
+    if not isinstance(entry, Mapping):
+        return None
+    parsed: dict[str, dict[str, int]] = {}
+    for line, histogram in entry.items():
+        if not isinstance(line, str) or not isinstance(histogram, Mapping):
+            return None
+        clean: dict[str, int] = {}
+        for n, c in histogram.items():
+            if not (isinstance(n, str) and n.isdigit() and int(n) <= _MAX_COUNT):
+                return None
+            if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+                return None
+            clean[n] = c
+        parsed[line] = clean
+    return parsed
+
+
+def _due(n: int) -> bool:
+    """Refit at 32, 64, 128, ... requests, then every 1024."""
+    return n == FEATURES_AFTER or (n & (n - 1) == 0) or n % 1024 == 0
+
+
+def counts_of(state_calls: Mapping[str, int], refused: Iterable[str]) -> dict[str, int]:
+    """Calls per line of a closed request: begun grants plus refused begins."""
+    counts = dict(state_calls)
+    for line in refused:
+        counts[line] = counts.get(line, 0) + 1
+    return counts
+
+
+def weighted(need: float, times: float) -> int:
+    """``need`` for ``times`` calls, rounded (exactly ``need`` for one call)."""
+    return int(need) if times == 1.0 and float(need).is_integer() else round(need * times)
+
+
+__all__ = [
+    "FEATURES_AFTER",
+    "PRIOR_REQUESTS",
+    "CallCounts",
+    "counts_of",
+    "parse_document",
+    "weighted",
+]

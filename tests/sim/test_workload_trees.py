@@ -1,0 +1,215 @@
+"""Workload trees and dynamic teams (docs/workload-trees.md): format, requests, oracle, bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apportion.errors import SpecError
+from apportion.policies.registry import bench_policies
+from apportion.sim.bench import make_policy, run_bench
+from apportion.sim.needs import draw_needs
+from apportion.sim.oracle import Oracle
+from apportion.sim.runner import controller_for, pipeline_of, run_request
+from apportion.sim.workload import Workload, load_workload
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "workloads"
+BEFORE = Path(__file__).parent / "data" / "bench_before_trees.json"
+
+
+def _workload(agents: list[dict[str, Any]], **top: Any) -> Workload:
+    return Workload.from_dict(
+        {
+            "name": "t",
+            "seed": 1,
+            "ceiling": 10_000,
+            "features": {"f": {"median": 10, "p90": 20}},
+            "agents": agents,
+            **top,
+        }
+    )
+
+
+def _agent(name: str, **more: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "priority": "standard",
+        "input": {"base": 100},
+        "output": {"base": 50},
+        **more,
+    }
+
+
+def test_shipped_workloads_keep_their_bench_figures() -> None:
+    """Files of the normative format mean what they meant: same bench figures as before."""
+    before = json.loads(BEFORE.read_text())
+    assert len(before) == 7
+    for name, expected in before.items():
+        workload = load_workload(EXAMPLES / name)
+        assert not workload.dynamic
+        policies = bench_policies(priced=bool(workload.models))
+        got = run_bench(workload, requests=30, policies=policies)
+        assert json.loads(json.dumps(got, sort_keys=True)) == expected, name
+
+
+def test_a_plain_workload_is_not_realized() -> None:
+    workload = load_workload(EXAMPLES / "support-triage.yaml")
+    needs = draw_needs(workload, 7, 3)
+    assert needs.realized is None
+    assert needs.workload_of(workload) is workload
+    assert needs.names_of(workload) == workload.agent_names
+
+
+def test_fixed_calls_fan_out_and_probability() -> None:
+    workload = _workload(
+        [
+            _agent("planner"),
+            _agent("child", after=["planner"], fan_out=3, output={"base": 40}),
+            _agent("never", probability=0.0),
+            _agent(
+                "merge",
+                after=["child"],
+                calls=2,
+                influence=0.5,
+                input={"base": 10, "upstream": True},
+            ),
+        ]
+    )
+    assert workload.dynamic
+    needs = draw_needs(workload, 1, 0)
+    assert needs.realized is not None
+    flat = needs.realized.workload
+    assert needs.realized.names == ("planner", "child:1", "child:2", "child:3", "merge", "merge")
+    assert [a.name for a in flat.agents] == [
+        "planner",
+        "child:1",
+        "child:2",
+        "child:3",
+        "merge#1",
+        "merge#2",
+    ]
+    assert needs.realized.lines == ("planner", "child", "child", "child", "merge", "merge")
+    assert [a.influence for a in flat.agents] == [1.0, 1 / 3, 1 / 3, 1 / 3, 0.25, 0.25]
+    assert flat.agents[4].after == ("child:1", "child:2", "child:3")
+    assert needs.need_out[1:4] == (40, 40, 40)
+    assert needs.need_in[4:] == (130, 130)  # its base plus what the three children wrote
+    assert draw_needs(workload, 1, 0) == needs  # common random numbers
+
+
+def test_pool_draws_distinct_names_and_probability_thins_them() -> None:
+    workload = _workload(
+        [
+            _agent(
+                "expert",
+                pool={"size": 150, "draw": {"median": 6, "p90": 12}},
+                probability=0.5,
+                calls={"median": 2, "p90": 5},
+            )
+        ]
+    )
+    names: set[str] = set()
+    ran: list[int] = []
+    for r in range(200):
+        realized = draw_needs(workload, 1, r).realized
+        assert realized is not None
+        distinct = list(dict.fromkeys(realized.names))
+        assert all(n.startswith("expert:") and len(n) == len("expert:000") for n in distinct)
+        names.update(distinct)
+        ran.append(len(distinct))
+    assert len(names) > 100  # drawn from the whole pool
+    assert 0 in ran  # sometimes nobody runs
+    assert 2 <= sum(ran) / len(ran) <= 4.5  # about half of ~6 drawn
+
+
+def test_an_empty_request_plays_and_scores_one() -> None:
+    workload = _workload([_agent("maybe", probability=0.0)])
+    needs = draw_needs(workload, 1, 0)
+    assert needs.need_in == ()
+    result = Oracle(workload).solve(needs)
+    assert result.quality == 1.0
+    controller = controller_for(workload, make_policy("elastic", workload, 1, 1))
+    assert run_request(controller, workload, needs, 10_000).quality == 1.0
+
+
+def test_pipeline_of_declares_a_kind_or_lists_the_pool() -> None:
+    team = load_workload(EXAMPLES / "expert-team.yaml")
+    pipeline = pipeline_of(team)
+    assert [k.name for k in pipeline.kinds] == ["expert"]
+    assert pipeline.resolve("expert:042").name == "expert"
+    assert pipeline["summarizer"].after == ("expert",)
+    listed = pipeline_of(load_workload(EXAMPLES / "expert-team-listed.yaml"))
+    assert not listed.kinds
+    assert len(listed) == 122
+    assert len(listed["summarizer"].after) == 120
+
+
+@pytest.mark.parametrize(
+    ("agent", "key", "fragment"),
+    [
+        (_agent("a", probability=1.5), "agents[0].probability", "at most 1"),
+        (_agent("a", calls={"median": 3, "p90": 2}), "agents[0].calls.p90", "at least"),
+        (_agent("a", calls=0), "agents[0].calls", "at least 1"),
+        (_agent("a", fan_out={"median": 2, "p90": 3, "per": 1}), "agents[0].fan_out.per", ""),
+        (
+            _agent("a", fan_out=2, pool={"size": 3, "draw": 1}),
+            "agents[0].pool",
+            "not both",
+        ),
+        (_agent("a", pool={"size": 3}), "agents[0].pool", "draw"),
+        (_agent("a", pool={"size": 3, "draw": 1, "listed": "no"}), "agents[0].pool.listed", ""),
+        (
+            _agent("a", calls={"median": 3, "p90": 4, "per_feature": {"g": 1}}),
+            "agents[0].calls.per_feature.g",
+            "unknown feature",
+        ),
+    ],
+)
+def test_bad_tree_keys_are_located(agent: dict[str, Any], key: str, fragment: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        _workload([agent])
+    assert caught.value.key == key
+    assert fragment in str(caught.value)
+
+
+def test_counts_follow_features() -> None:
+    workload = _workload(
+        [_agent("c", fan_out={"median": 1, "p90": 1, "per_feature": {"f": 0.5}})],
+        features={"f": {"median": 10, "p90": 40}},
+    )
+    for r in range(30):
+        needs = draw_needs(workload, 1, r)
+        assert needs.realized is not None
+        assert len(needs.realized.names) == max(1, round(1 + 0.5 * needs.features["f"]))
+
+
+@pytest.mark.parametrize("name", ["expert-team.yaml", "review-loop.yaml", "research-fanout.yaml"])
+def test_the_oracle_bounds_every_policy_on_trees(name: str) -> None:
+    workload = load_workload(EXAMPLES / name)
+    assert workload.dynamic
+    oracle = Oracle(workload)
+    ceiling = workload.ceiling
+    assert ceiling is not None
+    for policy in ("static", "elastic", "learned"):
+        controller = controller_for(workload, make_policy(policy, workload, 5, 30))
+        for r in range(30):
+            needs = draw_needs(workload, 5, r)
+            quality = run_request(controller, workload, needs, ceiling).quality
+            assert quality <= oracle.solve(needs, ceiling).upper_bound + 1e-9
+
+
+def test_dynamic_team_relation() -> None:
+    """On a team drawn per request from a pool of 120 names, each expert running with
+    probability 0.7, the policies that learn how often each agent runs beat fixed budgets."""
+    workload = load_workload(EXAMPLES / "expert-team.yaml")
+    result = run_bench(
+        workload, requests=150, policies=["static", "elastic", "estimate", "learned"]
+    )
+    figures = result["policies"]
+    static = figures["static"]["quality_mean"]
+    for name in ("elastic", "estimate", "learned"):
+        assert figures[name]["quality_mean"] >= static, name
+        assert figures[name]["quality_vs_oracle"] >= 0.7, name
