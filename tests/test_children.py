@@ -419,3 +419,12 @@ def test_the_pure_ledger_settles_a_child_exactly_once():
     deep.adopt(parent, 1, None)
     with pytest.raises(TreeTooDeep):
         deep.split(["p::d::x"], [1], 4.0, ceiling=1, max_depth=1)
+
+
+def test_a_child_knows_its_name_and_a_root_has_none() -> None:
+    ctl = Controller(Pipeline([Agent("a")]), policy="uniform")
+    with ctl.request(ceiling=1_000) as req:
+        kids = req.fan_out(["web", "papers"], share=0.5)
+        with req.child("writer", ceiling=100) as writer:
+            assert writer.name == "writer" and writer.child("x", ceiling=10).name == "x"
+        assert [k.name for k in kids] == ["web", "papers"] and req.name is None

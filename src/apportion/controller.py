@@ -896,6 +896,13 @@ class _RequestBase:
         return None if parent is None else parent.obs.request_id
 
     @property
+    def name(self) -> str | None:
+        """A child's name (``req.child(name)``, ``fan_out``), ``None`` for a root request."""
+        if self._steps.tree.parent is None:
+            return None
+        return self.request_id.rsplit(CHILD_SEP, 1)[-1]
+
+    @property
     def depth(self) -> int:
         """How deep in its tree the request is: 0 for a root, 1 for its children ..."""
         return self._steps.tree.depth

@@ -19,9 +19,10 @@ What it does, like a real provider:
 * **Caps.** ``max_tokens`` or ``max_completion_tokens`` cut the reply after that many
   tokens, with ``finish_reason: "length"`` (otherwise the reply's own, ``"stop"`` by
   default). With ``n`` choices each choice is one copy of the reply.
-* **Continuation.** When a reply was cut, its rest is served to the next request whose
+* **Continuation.** When a reply was cut, its rest is served to a later request whose
   second-to-last message is an assistant message ending with the part already delivered
-  (a "continue" follow-up); any other request drops the rest and takes the next reply.
+  (a "continue" follow-up); any other request takes the next reply. Several cut replies
+  wait at once (concurrent conversations), the newest 64.
 * **Usage.** ``usage`` is reported (``Reply.usage`` overrides it, ``Reply(usage=False)``
   leaves it out). When streaming, usage comes as a last chunk with no choices only if the
   request asked for it with ``stream_options: {"include_usage": true}``. What each answer
@@ -167,7 +168,7 @@ class OpenAIServer:
         self.billed: list[tuple[int, int]] = []  # (prompt, completion) of each answer sent
         self._contexts: dict[str, int] = {}  # response id -> tokens of its whole context
         self._script: deque[Reply] = deque(_reply(r) for r in replies)
-        self._pending: _Pending | None = None
+        self._pending: deque[_Pending] = deque(maxlen=64)  # cut replies, newest last
         self._failures: dict[int, int] = {}
         self._lock = threading.Lock()
         self._host = host
@@ -250,14 +251,13 @@ class OpenAIServer:
             status = self._failures.pop(len(self.requests), None)
             if status is not None:
                 return Reply(status=status), [], True
-            pending, self._pending = self._pending, None
             messages = body.get("messages") or _input_items(body)
-            chained = pending is not None and pending.response_id is not None
-            if pending is not None and (
-                _continues(messages, pending.delivered)
-                or (chained and body.get("previous_response_id") == pending.response_id)
-            ):
-                return pending.reply, pending.rest, False
+            previous = body.get("previous_response_id")
+            for pending in reversed(self._pending):  # the newest first
+                chained = pending.response_id is not None and previous == pending.response_id
+                if chained or _continues(messages, pending.delivered):
+                    self._pending.remove(pending)
+                    return pending.reply, pending.rest, False
             reply = self._script.popleft() if self._script else self.default
             if reply.tool_calls:
                 return reply, [t for _, a in reply.tool_calls for t in split_tokens(a)], True
@@ -271,7 +271,7 @@ class OpenAIServer:
             return tokens, reply.finish_reason
         sent, rest = tokens[:cap], tokens[cap:]
         with self._lock:
-            self._pending = _Pending(reply, "".join(sent).strip(), rest, response_id)
+            self._pending.append(_Pending(reply, "".join(sent).strip(), rest, response_id))
         return sent, "length"
 
     def _context(self, body: Mapping[str, Any]) -> tuple[str, int]:

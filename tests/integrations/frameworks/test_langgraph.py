@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import importlib.metadata
+import operator
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 
@@ -240,19 +241,33 @@ def test_a_cut_answer_with_tool_calls_is_not_continued(store):
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "frameworks" / "langgraph_pipeline.py"
 
 
-def test_the_example_pipeline_runs_on_the_local_server():
+def run_example(path: Path) -> subprocess.CompletedProcess[str]:
+    """Run an example with no key (so on the local server), ``src`` first on the path."""
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     src = str(Path(__file__).resolve().parents[3] / "src")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     out = subprocess.run(
-        [sys.executable, str(EXAMPLE)], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=120
     )
     assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_the_example_pipeline_runs_on_the_local_server():
+    out = run_example(EXAMPLE)
     assert "on the local server at http://127.0.0.1:" in out.stdout
     reasoner = re.search(r"reasoner .* (\d+) extension\(s\), truncated=(\w+)", out.stdout)
     assert reasoner is not None, out.stdout
     assert int(reasoner.group(1)) >= 1 and reasoner.group(2) == "False"
     assert out.stdout.rstrip().endswith("True")
+
+
+def test_the_research_fan_out_example_keeps_every_child_within_its_draw():
+    out = run_example(EXAMPLE.with_name("research_fanout.py"))
+    children = re.findall(r"::(\w+) \(closed\): ceiling (\d+), consumed (\d+)", out.stdout)
+    assert [name for name, _, _ in children] == ["onboarding", "pricing", "support", "competitors"]
+    assert all(0 < int(used) <= int(ceiling) for _, ceiling, used in children)
+    assert "ceilings held" in out.stdout
 
 
 @pytest.mark.parametrize("mode", ["invoke", "stream"])
@@ -263,3 +278,52 @@ def test_outside_pass_makes_the_call_unbudgeted_with_a_warning(server, mode):
     assert "max_completion_tokens" not in server.requests[0]
     with pytest.raises(InvalidArgument):
         budgeted(chat_model(server), outside="maybe")
+
+
+class Plan(TypedDict, total=False):
+    """A planner's state: topics, their child budgets, the branches' notes."""
+
+    topics: list[str]
+    budgets: list[Any]
+    notes: Annotated[list[str], operator.add]
+
+
+def test_send_branches_each_budgeted_as_a_child(server, store):
+    """A planner fans out with ``Send``; each branch runs in its own child budget."""
+    from langgraph.types import Send
+
+    from apportion import current_request
+
+    llm = budgeted(chat_model(server))
+    server.default = Reply(words(40, "r"))
+
+    def planner(state: Plan) -> dict[str, Any]:
+        kids = current_request().fan_out(state["topics"], share=0.8)
+        return {"budgets": kids}
+
+    def fan_out(state: Plan) -> list[Any]:
+        return [Send("reasoner", {"topic": k.name, "budget": k}) for k in state["budgets"]]
+
+    def research(branch: dict[str, Any]) -> dict[str, Any]:
+        with branch["budget"] as kid:  # current_request() is the child in this branch
+            assert current_request() is kid
+            return {"notes": [llm.invoke(f"Research {branch['topic']}.").text]}
+
+    graph = StateGraph(Plan)
+    graph.add_node("planner", planner)
+    graph.add_node("reasoner", research)
+    graph.add_edge(START, "planner")
+    graph.add_conditional_edges("planner", fan_out, ["reasoner"])
+    graph.add_edge("reasoner", END)
+    ctl = controller(store, FixedPolicy(output=12, extra=12))
+    with ctl.request(ceiling=2_000) as req:
+        out = graph.compile().invoke({"topics": ["web", "papers", "code", "news"]})
+        summary = req.summary()
+        assert len(out["notes"]) == 4 and all(n == words(40, "r") for n in out["notes"])
+        assert [c.ceiling for c in summary.children] == [400] * 4  # 0.8 of 2,000, split
+        assert summary.consumed == billed(server) <= 2_000
+        for child in summary.children:  # each branch within its own draw, charged there
+            assert 0 < child.consumed <= child.ceiling and child.status == "closed"
+            assert child.agents["reasoner"].calls == 1
+    assert len(server.requests) == 4 * 4  # each answer cut at 12 and extended three times
+    assert all(r["max_completion_tokens"] <= 12 for r in server.requests)

@@ -276,3 +276,44 @@ def test_retry_settings_copy_the_client_and_it_stays_budgeted(server, store, use
     asyncio.run(main())
     assert copies and all(kwargs == ["max_retries"] for kwargs in copies)
     assert len(server.requests) == 1 and capped(server)
+
+
+@pytest.mark.parametrize("use_responses", [True, False], ids=["responses", "chat"])
+def test_a_sub_agent_run_in_a_tool_is_budgeted_as_a_child(server, store, use_responses):
+    from apportion import current_request
+
+    server.queue(
+        Reply(tool_calls=(("research", '{"topic": "refunds"}'),)),  # the orchestrator
+        Reply(words(30, "s")),  # the sub-agent, in its child budget
+        Reply("Done."),  # the orchestrator again
+    )
+    client = async_openai_client(server)
+    cfg = run_config(client, use_responses=use_responses)
+    researcher = agents.Agent(name="reasoner", instructions="Research.", model=MODEL)
+
+    @agents.function_tool
+    async def research(topic: str) -> str:
+        """Research a topic with a sub-agent."""
+        with current_request().child("researcher", ceiling=600) as kid:
+            result = await agents.Runner.run(researcher, topic, run_config=cfg)
+            assert kid.summary().agents["reasoner"].consumed > 0
+            return str(result.final_output)
+
+    orchestrator = agents.Agent(
+        name="triage", instructions="Delegate.", model=MODEL, tools=[research]
+    )
+    ctl = controller(store, FixedPolicy(output=12, extra=12))
+
+    async def main() -> Any:
+        with ctl.request(ceiling=3_000) as req:
+            result = await agents.Runner.run(orchestrator, "Refunds?", run_config=cfg)
+            assert result.final_output == "Done."
+            return req.summary()
+
+    summary = asyncio.run(main())
+    (child,) = summary.children
+    assert child.ceiling == 600 and 0 < child.consumed <= 600
+    assert child.agents["reasoner"].calls == 1 and summary.agents["triage"].calls == 2
+    assert summary.consumed == billed(server) <= 3_000
+    sub_calls = server.requests[1:4]  # the sub-agent's answer: cut at 12, extended twice
+    assert all(r.get("max_output_tokens", r.get("max_tokens")) <= 12 for r in sub_calls)
