@@ -71,11 +71,15 @@ LOCAL_ANSWERS = [
 
 
 @contextlib.contextmanager
-def chat_models() -> Iterator[tuple[str, dict[str, Any]]]:
-    """Arguments of ``ChatOpenAI``: the real API, or the local server started here."""
+def chat_models(answers: list[str] = LOCAL_ANSWERS) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Arguments of ``ChatOpenAI``: the real API, or the local server started here.
+
+    Args:
+        answers: what the local server answers, in order.
+    """
     if os.environ.get("OPENAI_API_KEY") and "--local" not in sys.argv[1:]:
         yield "gpt-4o-mini (real calls)", {"model": "gpt-4o-mini"}
         return
-    with OpenAIServer([Reply(text) for text in LOCAL_ANSWERS]) as server:
+    with OpenAIServer([Reply(text) for text in answers]) as server:
         local = {"model": "gpt-4o-mini", "base_url": server.url, "api_key": "local"}
         yield f"gpt-4o-mini on the local server at {server.url}", local

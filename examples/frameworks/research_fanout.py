@@ -9,21 +9,18 @@ a critical agent, reads all four notes with what is left. ``req.summary().tree()
 the tree: each child's ceiling and use, rolled up into the request.
 
 Which model it runs against: ``gpt-4o-mini`` when ``OPENAI_API_KEY`` is set; otherwise
-(or with ``--local``) a local server speaking the OpenAI protocol, started here on a
-loopback port with scripted answers: nothing leaves the machine.
+(or with ``--local``) a local server speaking the OpenAI protocol, started on a loopback
+port with scripted answers (``billing_ticket.chat_models``): nothing leaves the machine.
 
 Run from the repository root:  python examples/frameworks/research_fanout.py [--local]
 """
 
 from __future__ import annotations
 
-import contextlib
 import operator
-import os
-import sys
-from collections.abc import Iterator
 from typing import Annotated, Any, TypedDict
 
+from billing_ticket import chat_models
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 from langgraph.graph import END, START, StateGraph
@@ -31,7 +28,6 @@ from langgraph.types import Send
 
 from apportion import Agent, Controller, Pipeline, current_request
 from apportion.integrations.langgraph import budgeted
-from apportion.testing.openai_server import OpenAIServer, Reply
 
 CEILING = 6_000
 QUESTION = "Why do customers churn in the first month of a subscription product?"
@@ -99,20 +95,9 @@ def build(llm: Any) -> Any:
     return graph.compile()
 
 
-@contextlib.contextmanager
-def chat_model() -> Iterator[tuple[str, dict[str, Any]]]:
-    """Arguments of ``ChatOpenAI``: the real API, or the local server started here."""
-    if os.environ.get("OPENAI_API_KEY") and "--local" not in sys.argv[1:]:
-        yield "gpt-4o-mini (real calls)", {"model": "gpt-4o-mini"}
-        return
-    with OpenAIServer([Reply(text) for text in LOCAL_ANSWERS]) as server:
-        local = {"model": "gpt-4o-mini", "base_url": server.url, "api_key": "local"}
-        yield f"gpt-4o-mini on the local server at {server.url}", local
-
-
 def main() -> int:
     controller = Controller(PIPELINE, policy="elastic")
-    with chat_model() as (where, model), controller.request(CEILING) as req:
+    with chat_models(LOCAL_ANSWERS) as (where, model), controller.request(CEILING) as req:
         print(f"model: {where}")
         out = build(budgeted(ChatOpenAI(max_retries=0, **model))).invoke({"question": QUESTION})
         print("\nreport:\n" + out["report"] + "\n")

@@ -154,12 +154,8 @@ def _is_async_client(client: Any) -> bool:
     return isinstance(client, openai.AsyncOpenAI)
 
 
-class _Completing:
-    """A budgeted client whose Responses answers, still cut after extending, read completed.
-
-    The SDK raises ``ModelBehaviorError`` on ``status="incomplete"``; the budget has
-    already settled the cut answer (``response.apportion.truncated``).
-    """
+class _Wrapper:
+    """An object standing for ``inner``: each attribute is ``inner``'s, or what ``_wrap`` gives."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -167,7 +163,21 @@ class _Completing:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "_inner":
             raise AttributeError(name)
-        value = getattr(self._inner, name)
+        return self._wrap(name, getattr(self._inner, name))
+
+    def _wrap(self, name: str, value: Any) -> Any:
+        """The attribute ``name`` of this object, given ``inner``'s ``value``."""
+        return value
+
+
+class _Completing(_Wrapper):
+    """A budgeted client whose Responses answers, still cut after extending, read completed.
+
+    The SDK raises ``ModelBehaviorError`` on ``status="incomplete"``; the budget has
+    already settled the cut answer (``response.apportion.truncated``).
+    """
+
+    def _wrap(self, name: str, value: Any) -> Any:
         if name == "responses":
             return _CompletingResponses(value)
         if name in ("with_options", "copy"):
@@ -175,16 +185,10 @@ class _Completing:
         return value
 
 
-class _CompletingResponses:
+class _CompletingResponses(_Wrapper):
     """``responses`` of :class:`_Completing`: ``create`` (streamed or not), its streaming view."""
 
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "_inner":
-            raise AttributeError(name)
-        value = getattr(self._inner, name)
+    def _wrap(self, name: str, value: Any) -> Any:
         if name == "with_streaming_response":
             return _CompletingView(value)
         if name != "create":
@@ -197,24 +201,17 @@ class _CompletingResponses:
         return create
 
 
-class _CompletingView:
+class _CompletingView(_Wrapper):
     """``responses.with_streaming_response`` (the SDK's streamed path), completing."""
 
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "_inner":
-            raise AttributeError(name)
-        value = getattr(self._inner, name)
+    def _wrap(self, name: str, value: Any) -> Any:
         if name != "create":
             return value
         return lambda **kwargs: _CompletingContext(value(**kwargs))
 
 
-class _CompletingContext:
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
+class _CompletingContext(_Wrapper):
+    """The streaming view's context: its raw response completes."""
 
     async def __aenter__(self) -> _CompletingRaw:
         return _CompletingRaw(await self._inner.__aenter__())
@@ -223,36 +220,20 @@ class _CompletingContext:
         return await self._inner.__aexit__(*exc)
 
 
-class _CompletingRaw:
+class _CompletingRaw(_Wrapper):
     """The raw response of a streamed call: ``parse()`` gives the completing stream."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "_inner":
-            raise AttributeError(name)
-        return getattr(self._inner, name)
 
     async def parse(self, **kwargs: Any) -> Any:
         result = await self._inner.parse(**kwargs)
         return _CompletingStream(result) if not kwargs else result
 
 
-class _CompletingStream:
+class _CompletingStream(_Wrapper):
     """A budgeted Responses stream whose cut answer, not extended, reads as completed.
 
     Its terminal ``response.incomplete`` (cut at the cap) becomes ``response.completed``;
     everything else is the stream's own.
     """
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "_inner":
-            raise AttributeError(name)
-        return getattr(self._inner, name)
 
     def __aiter__(self) -> _CompletingStream:
         return self
