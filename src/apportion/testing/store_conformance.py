@@ -792,20 +792,26 @@ class _LedgerMachine(RuleBasedStateMachine):
     )
     def begin(self, data: Any, agent: str, ctx: int, out: int) -> Any:
         request_id = data.draw(st.sampled_from(sorted(self.requests)))
+        wrap = data.draw(st.sampled_from([0, 0, out // 2, out, out + 1]), label="wrap_up")
         self._sync_expiry()
         state = self.store.get(request_id)
         available = state.available_for(agent)
         critical_held = sum(t for a, t in state.reserve.items() if RANKS[a] == 2 and a != agent)
+
+        def begin() -> tuple[Grant, Any]:
+            kwargs = {"wrap_up_tokens": wrap} if wrap else {}
+            return self.store.begin(request_id, agent, ctx, out, self.now, LEASE, **kwargs)
+
+        if wrap > out:  # a reserve larger than the grant's output
+            self._refused(request_id, begin, WrapUpTooLarge)
+            return multiple()
         if ctx + out > available:
-            self._refused(
-                request_id,
-                lambda: self.store.begin(request_id, agent, ctx, out, self.now, LEASE),
-                BudgetExceeded,
-            )
+            self._refused(request_id, begin, BudgetExceeded)
             return multiple()
         free_before = state.free
-        grant, state = self.store.begin(request_id, agent, ctx, out, self.now, LEASE)
+        grant, state = begin()
         assert (grant.context_tokens, grant.output_tokens) == (ctx, out)
+        assert grant.wrap_up_tokens == wrap  # inside the grant: the ledger counts it as before
         if RANKS[agent] < 2:  # invariant 5: a lower agent never eats a critical reservation
             # (over-use charged earlier may already have; then the grant takes nothing)
             assert state.free >= min(critical_held, free_before)
@@ -835,6 +841,7 @@ class _LedgerMachine(RuleBasedStateMachine):
             return
         grown, _ = self.store.extend(grant.request_id, grant, extra, ctx, self.now, LEASE)
         assert grown.output_tokens == self.open_grants[key].output_tokens + extra
+        assert grown.wrap_up_tokens == grant.wrap_up_tokens  # the reserve stays with the grant
         self.open_grants[key] = grown
 
     @rule(target=settled, grant=consumes(grants), data=st.data())
