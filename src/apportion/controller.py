@@ -395,6 +395,7 @@ class _Steps:
                     steps.obs.state = yield ("get", (steps.obs.request_id,), _NO_KWARGS)
                 _settle_open_calls(steps.obs, self.config.clock())
                 yield from steps._closed_tree()
+                yield from steps._record()
         parent = self.tree.parent
         if parent is not None and not parent.closed:
             with contextlib.suppress(ApportionError):  # its usage rolled up there
@@ -669,14 +670,22 @@ class _Steps:
             warnings.warn(
                 f"policy {self.config.policy.name!r} failed to learn: {exc!r}", stacklevel=4
             )
-        if self.config.sinks:
-            events = yield ("events", (obs.request_id,), _NO_KWARGS)
-            try:
-                from apportion.telemetry import emit
+        yield from self._record()
 
-                emit(self.config.sinks, obs, events)
-            except Exception as exc:  # telemetry must never break the request
-                warnings.warn(f"telemetry failed: {exc!r}", stacklevel=4)
+    def _record(self) -> Steps[None]:
+        """Send the closed request to telemetry (a child closed with its parent too)."""
+        if not self.config.sinks:
+            return
+        try:
+            events = yield ("events", (self.obs.request_id,), _NO_KWARGS)
+        except ApportionError:
+            return  # gone already (retention): nothing left to record
+        try:
+            from apportion.telemetry import emit
+
+            emit(self.config.sinks, self.obs, events)
+        except Exception as exc:  # telemetry must never break the request
+            warnings.warn(f"telemetry failed: {exc!r}", stacklevel=5)
 
     def annotate(self, grant: Grant, fields: Mapping[str, Any]) -> None:
         self._own(grant)

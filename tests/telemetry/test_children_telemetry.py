@@ -33,3 +33,52 @@ def test_a_tree_reaches_telemetry_as_records_linked_by_events() -> None:
     assert drawn == {rid: r.ceiling for rid, r in kids.items()}
     assert back == {rid: r.consumed for rid, r in kids.items()}
     assert root.consumed == sum(r.consumed for r in kids.values()) == 140 + 2 * 60
+
+
+def _tree_run(controller: Controller) -> str:
+    """A root with a researcher (which has a helper of its own) and two fanned-out kids."""
+    with controller.request(10_000) as req:
+        grant = req.begin("lead", 100, 50)
+        req.finish(grant, input_tokens=100, output_tokens=20)
+        with req.child("researcher", ceiling=2_000) as researcher:
+            grant = researcher.begin("worker", 100, 100)
+            researcher.finish(grant, input_tokens=100, output_tokens=40)
+            with researcher.child("helper", ceiling=500) as helper:
+                grant = helper.begin("worker", 50, 50)
+                helper.finish(grant, input_tokens=50, output_tokens=50, truncated=True)
+        for kid in req.fan_out(2, share=0.5):
+            with kid:
+                grant = kid.begin("worker", 50, 50)
+                kid.finish(grant, input_tokens=50, output_tokens=10)
+    return req.request_id
+
+
+def test_each_record_names_its_parent_root_and_depth() -> None:
+    sink = ListSink()
+    root = _tree_run(Controller(PIPELINE, policy="uniform", telemetry=sink))
+    assert flush(10)
+    places = {r.request_id: (r.parent_id, r.root_id, r.depth) for r in sink.records}
+    researcher = f"{root}::researcher"
+    assert places == {
+        root: (None, root, 0),
+        researcher: (root, root, 1),
+        f"{researcher}::helper": (researcher, root, 2),
+        f"{root}::1": (root, root, 1),
+        f"{root}::2": (root, root, 1),
+    }
+
+
+def test_a_child_still_open_when_its_parent_closes_is_recorded() -> None:
+    sink = ListSink()
+    controller = Controller(PIPELINE, policy="uniform", telemetry=sink)
+    with controller.request(10_000) as req:
+        kid = req.child("left", ceiling=1_000)
+        kid.open()
+        grant = kid.begin("worker", 100, 100)
+        kid.finish(grant, input_tokens=100, output_tokens=30)
+    assert flush(10)
+    records = {r.request_id: r for r in sink.records}
+    assert set(records) == {req.request_id, kid.request_id}
+    left = records[kid.request_id]
+    assert left.parent_id == req.request_id and left.consumed == 130
+    assert [c.used for c in left.calls] == [130]
