@@ -7,7 +7,9 @@ from __future__ import annotations
 from telemetry_helpers import ListSink
 
 from apportion import Agent, Controller, Pipeline
-from apportion.telemetry import flush
+from apportion.telemetry import SCHEMA_VERSION, flush
+from apportion.telemetry.records import CallUsage, RequestUsage
+from apportion.telemetry.sql import Database, open_database
 
 PIPELINE = Pipeline([Agent("lead", priority="critical"), Agent("worker")])
 
@@ -82,3 +84,52 @@ def test_a_child_still_open_when_its_parent_closes_is_recorded() -> None:
     left = records[kid.request_id]
     assert left.parent_id == req.request_id and left.consumed == 130
     assert [c.used for c in left.calls] == [130]
+
+
+def _indexes(db: Database) -> set[str]:
+    from sqlalchemy import inspect
+
+    with db.engine.connect() as conn:
+        return {i["name"] or "" for i in inspect(conn).get_indexes("apportion_requests")}
+
+
+def test_the_sql_sink_keeps_the_tree(db_url: str) -> None:
+    root = _tree_run(Controller(PIPELINE, policy="uniform", telemetry=db_url))
+    assert flush(30)
+    with open_database(db_url) as db:
+        data = db.load()
+        assert {"ix_apportion_requests_parent_id", "ix_apportion_requests_root_id"} <= (
+            _indexes(db)
+        )
+    places = {rid: (r.parent_id, r.root_id, r.depth) for rid, r in data.requests.items()}
+    assert places[f"{root}::researcher::helper"] == (f"{root}::researcher", root, 2)
+    assert places[root] == (None, root, 0)
+    assert len(places) == 5
+
+
+def test_a_version_2_database_gains_the_tree_columns_in_place(db_url: str) -> None:
+    from sqlalchemy import text, update
+
+    with Database(db_url, create=True) as db:
+        db.write([RequestUsage("r1", "p", 100, 10, calls=(CallUsage("r1", 1, "a"),))])
+        with db.engine.begin() as conn:
+            for index in ("parent_id", "root_id"):
+                conn.execute(text(f"DROP INDEX ix_apportion_requests_{index}"))
+            for column in ("parent_id", "root_id", "depth"):
+                conn.execute(text(f"ALTER TABLE apportion_requests DROP COLUMN {column}"))
+            meta = db.tables.meta
+            conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="2"))
+    with open_database(db_url) as db:  # a reader leaves it as it is: flat requests
+        assert db.version == 2
+        old = db.load().requests["r1"]
+    assert (old.parent_id, old.root_id, old.depth, old.tree_root) == (None, None, 0, "r1")
+    kid = RequestUsage("r1::a", "p", 50, 5, parent_id="r1", root_id="r1", depth=1)
+    with Database(db_url, create=True) as db:  # a writer adds the columns and indexes
+        assert db.version == SCHEMA_VERSION == 3
+        db.write([kid])
+        assert {"ix_apportion_requests_parent_id", "ix_apportion_requests_root_id"} <= (
+            _indexes(db)
+        )
+    with open_database(db_url) as db:
+        read = db.load().requests["r1::a"]
+    assert (read.parent_id, read.root_id, read.depth) == ("r1", "r1", 1)
