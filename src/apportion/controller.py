@@ -205,6 +205,7 @@ class _Tree:
         "ceiling",
         "children",
         "depth",
+        "handle",
         "ids",
         "lock",
         "name",
@@ -231,6 +232,7 @@ class _Tree:
         self.ids: set[str] = set()  # the ids given to children
         self.lock = threading.Lock()  # threads making children of one request at once
         self.attached = False  # opened already for ``with``: by a fan-out, or elsewhere
+        self.handle = False  # a handle on a request another process runs (``attach``)
 
 
 class _Steps:
@@ -683,7 +685,13 @@ class _Steps:
         try:
             from apportion.telemetry import emit
 
-            emit(self.config.sinks, self.obs, events)
+            parent = self.tree.parent  # its record follows from here, unless a handle's
+            emit(
+                self.config.sinks,
+                self.obs,
+                events,
+                parent_local=parent is not None and not parent.tree.handle,
+            )
         except Exception as exc:  # telemetry must never break the request
             warnings.warn(f"telemetry failed: {exc!r}", stacklevel=5)
 
@@ -829,7 +837,7 @@ def _attached(config: _Config, request_id: object) -> _Steps:
     """The steps of a handle on an open request of the store (see ``Controller.attach``)."""
     request_id = check_name("request_id", request_id)
     steps = _Steps(config, 1, None, request_id)
-    steps.tree.attached = True
+    steps.tree.attached = steps.tree.handle = True
     return steps
 
 

@@ -178,6 +178,9 @@ class RequestUsage:
         root_id: the root request of its tree (its own id for a root; ``None`` when not
             recorded: see :attr:`tree_root`).
         depth: how deep in its tree it is: 0 for a root, 1 for its children ...
+        parent_local: the parent's record will be sent from this process too (it was not
+            a handle on a request another process runs), so a sink may wait for it to
+            nest the child under it; not stored, not compared.
 
     A child is a record of its own: its ``consumed`` is its own calls' (and its children's)
     usage, which its parent's ``consumed`` also holds (a closed child's usage folds back
@@ -203,6 +206,7 @@ class RequestUsage:
     parent_id: str | None = None
     root_id: str | None = None
     depth: int = 0
+    parent_local: bool = field(default=False, compare=False, repr=False)
 
     @property
     def tree_root(self) -> str:
@@ -281,13 +285,16 @@ class RolloutRecord:
         )
 
 
-def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) -> RequestUsage:
+def usage_from(
+    obs: Any, events: Sequence[Event], *, trace_context: Any = None, parent_local: bool = False
+) -> RequestUsage:
     """The usage record of a closed request.
 
     Args:
         obs: the request's :class:`~apportion.policies.base.Observation` (final state).
         events: the ledger's events of the request.
         trace_context: an OpenTelemetry span context to attach, if any.
+        parent_local: see :attr:`RequestUsage.parent_local`.
 
     Returns:
         The record, with one :class:`CallUsage` per grant.
@@ -383,6 +390,7 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
         parent_id=None if parent_id is None else str(parent_id),
         root_id=root_of(str(obs.request_id), depth),
         depth=depth,
+        parent_local=parent_local and parent_id is not None,
     )
 
 
