@@ -14,6 +14,7 @@ from typing import Any
 
 from apportion.analysis.figures import (
     ceiling_hits_figure,
+    children_figure,
     quality_figure,
     tokens_figure,
     utilization_figure,
@@ -32,6 +33,14 @@ from apportion.analysis.report import (
     report_rows,
     rollout_rows,
     status_rows,
+)
+from apportion.analysis.trees import (
+    CHILD_CAPTION,
+    CHILD_COLUMNS,
+    TREE_CAPTION,
+    TREE_COLUMNS,
+    child_rows,
+    tree_rows,
 )
 from apportion.sim.html import Section, figure, paragraph, render_html, table
 from apportion.telemetry.records import CallUsage
@@ -104,6 +113,7 @@ def report_page(
                 table(QUALITY_COLUMNS, scored, caption=QUALITY_CAPTION, numeric=(1, 2, 3, 4)),
             )
         )
+    sections.extend(_tree_sections(report))
     agents = [a for a in report["agents"] if usage.get(a)]
     figures = [
         figure(
@@ -159,3 +169,37 @@ def report_page(
         notice=notice,
         footer=f"apportion report of {report['source']}{period}.",
     )
+
+
+def _tree_sections(report: Mapping[str, Any]) -> list[Section]:
+    """The request trees and the children by name, with their figure; none without trees."""
+    trees = report.get("trees") or {}
+    if not trees.get("trees"):
+        return []
+    listed = (
+        f"{trees['trees']:,} trees, {trees['requests']:,} requests"
+        + (f"; the {trees['shown']} largest listed" if trees["shown"] < trees["trees"] else "")
+        + ". "
+    )
+    numeric = tuple(range(1, len(TREE_COLUMNS)))
+    out = [
+        Section(
+            "Request trees",
+            table(TREE_COLUMNS, tree_rows(report), caption=listed + TREE_CAPTION, numeric=numeric),
+        )
+    ]
+    body = table(
+        CHILD_COLUMNS,
+        child_rows(report),
+        caption=CHILD_CAPTION,
+        numeric=tuple(range(1, len(CHILD_COLUMNS))),
+    )
+    drawn = children_figure(report)
+    if drawn is not None:
+        body += figure(
+            drawn,
+            alt="Stacked bars: how the calls of each kind of child request ended",
+            caption="Children by name: how their calls ended, and how many ran out.",
+        )
+    out.append(Section("Children by name", body))
+    return out

@@ -398,3 +398,45 @@ def profile_table(
         sizes = (b["context_tokens"], b["output_tokens"])
         table.add_row(agent, *map(str, counts), *(f"{n:,}" for n in sizes), note)
     return table
+
+
+TERMINAL_TREES = 10
+"""Request trees the terminal lists (the JSON and HTML list more)."""
+
+
+def tree_tables(report: Mapping[str, Any]) -> list[Table]:
+    """The request trees (the largest few) and the children by name; none without trees."""
+    from apportion.analysis.trees import (
+        CHILD_CAPTION,
+        CHILD_COLUMNS,
+        TREE_CAPTION,
+        TREE_COLUMNS,
+        child_rows,
+        tree_rows,
+    )
+
+    trees = report.get("trees") or {}
+    if not trees.get("trees"):
+        return []
+    rows = tree_rows(report)[:TERMINAL_TREES]
+    more = trees["trees"] - len(rows)
+    title = f"request trees: {trees['trees']:,} ({trees['requests']:,} requests)"
+    if more > 0:
+        title += f", the {len(rows)} largest"
+    out = Table(title=title, caption=TREE_CAPTION)
+    for column in TREE_COLUMNS:
+        if column == "root":
+            out.add_column(column, min_width=12, overflow="fold")
+        else:
+            out.add_column(column, justify="right")
+    for row in rows:
+        out.add_row(*(escape(cell) for cell in row), style="yellow" if row[-1][0] != "0" else None)
+    kids = Table(title="children by name", caption=CHILD_CAPTION)
+    for column in CHILD_COLUMNS:
+        if column == "child name":
+            kids.add_column(column, min_width=12, overflow="fold")
+        else:
+            kids.add_column(column, justify="right")
+    for row in child_rows(report):
+        kids.add_row(*(escape(cell) for cell in row), style="yellow" if row[-2][0] != "0" else None)
+    return [out, kids]
