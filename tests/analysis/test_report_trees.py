@@ -169,8 +169,13 @@ def test_the_page_shows_the_trees(team_db: tuple[str, str]) -> None:
     assert root in page and "researcher" in page
 
 
-# Appended to a copy of the page: the section titles and each figure's laid-out size.
+# Appended to a copy of the page: the section titles, each figure's laid-out size, each
+# table's width against the box it may scroll in.
 TREE_PROBE = """<script>
+document.body.setAttribute("data-tables", Array.from(
+  document.querySelectorAll("div.scroll"),
+  (el) => el.scrollWidth + "/" + el.clientWidth
+).join(" "));
 document.body.setAttribute("data-sections", Array.from(
   document.querySelectorAll("h2"), (el) => el.textContent.trim()
 ).join("|"));
@@ -200,7 +205,12 @@ def test_the_tree_sections_render_in_chromium(team_db: tuple[str, str], tmp_path
     sections = re.search(r'data-sections="([^"]*)"', dom)
     assert sections is not None
     titles = sections.group(1).split("|")
-    assert titles.index("Request trees") < titles.index("Children by name")
+    assert titles.index("Children by name") < titles.index("Request trees")
+    tables = re.search(r'data-tables="([^"]*)"', dom)
+    assert tables is not None
+    for box in tables.group(1).split():  # every table fits its box: nothing scrolls away
+        scrolled, shown = map(int, box.split("/"))
+        assert scrolled <= shown, tables.group(1)
     figures = re.search(r'data-figures="([^"]*)"', dom)
     assert figures is not None
     sizes = dict(entry.rsplit("=", 1) for entry in figures.group(1).split("|"))

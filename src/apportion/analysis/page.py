@@ -40,6 +40,7 @@ from apportion.analysis.trees import (
     TREE_CAPTION,
     TREE_COLUMNS,
     child_rows,
+    shown_columns,
     tree_rows,
 )
 from apportion.sim.html import Section, figure, paragraph, render_html, table
@@ -181,19 +182,8 @@ def _tree_sections(report: Mapping[str, Any]) -> list[Section]:
         + (f"; the {trees['shown']} largest listed" if trees["shown"] < trees["trees"] else "")
         + ". "
     )
-    numeric = tuple(range(1, len(TREE_COLUMNS)))
-    out = [
-        Section(
-            "Request trees",
-            table(TREE_COLUMNS, tree_rows(report), caption=listed + TREE_CAPTION, numeric=numeric),
-        )
-    ]
-    body = table(
-        CHILD_COLUMNS,
-        child_rows(report),
-        caption=CHILD_CAPTION,
-        numeric=tuple(range(1, len(CHILD_COLUMNS))),
-    )
+    columns, rows = shown_columns(CHILD_COLUMNS, child_rows(report))
+    body = table(columns, rows, caption=CHILD_CAPTION, numeric=range(1, len(columns)))
     drawn = children_figure(report)
     if drawn is not None:
         body += figure(
@@ -201,5 +191,11 @@ def _tree_sections(report: Mapping[str, Any]) -> list[Section]:
             alt="Stacked bars: how the calls of each kind of child request ended",
             caption="Children by name: how their calls ended, and how many ran out.",
         )
-    out.append(Section("Children by name", body))
-    return out
+    columns, rows = shown_columns(TREE_COLUMNS, tree_rows(report))
+    return [
+        Section("Children by name", body),
+        Section(
+            "Request trees",
+            table(columns, rows, caption=listed + TREE_CAPTION, numeric=range(1, len(columns))),
+        ),
+    ]

@@ -48,6 +48,7 @@ __all__ = [
     "TREE_COLUMNS",
     "build_trees",
     "child_rows",
+    "shown_columns",
     "tree_rows",
 ]
 
@@ -245,22 +246,20 @@ TREE_COLUMNS: Final = (
     "requests",
     "depth",
     "own tokens",
-    "tokens (rolled up)",
+    "rolled-up tokens",
     "calls",
     "cost USD",
-    "completed",
-    "wrapped up",
-    "cut",
-    "refused",
-    "children ran out",
+    "done/wrapped/cut/refused",
+    "ran out",
 )
 """The columns of the request-trees table (terminal and HTML)."""
 
 TREE_CAPTION: Final = (
     "Each request tree (a request and the children it opened with req.child or fan_out, "
     "at any depth), the largest first. own: the root's own calls; rolled up: the root's "
-    "and every descendant's calls (tokens used, finished calls, cost, how they ended). "
-    "children ran out: children with a call cut or wrapped up, or a begin refused."
+    "and every descendant's calls (tokens used, finished calls, cost, how they ended: "
+    "completed, wrapped up, cut, refused begins). ran out: its children with a call cut or "
+    "wrapped up, or a begin refused, of its children."
 )
 
 CHILD_COLUMNS: Final = (
@@ -270,9 +269,7 @@ CHILD_COLUMNS: Final = (
     "tokens",
     "per child P50/P90/max",
     "cost USD",
-    "wrapped up",
-    "cut",
-    "refused",
+    "done/wrapped/cut/refused",
     "ran out",
     "success",
 )
@@ -280,9 +277,10 @@ CHILD_COLUMNS: Final = (
 
 CHILD_CAPTION: Final = (
     "Child requests grouped by the name they were given (any depth; fan_out's numbered "
-    "children by number). ran out: children with a call cut (stopped at the cap) or "
-    "wrapped up (a partial answer), or a begin refused; success: completed calls over "
-    "the calls whose ending is known, refused begins included."
+    "children by number). done/wrapped/cut/refused: their calls completed, wrapped up (a "
+    "partial answer), cut at the cap, and their refused begins. ran out: children with a "
+    "call cut or wrapped up, or a begin refused; success: completed calls over the calls "
+    "whose ending is known, refused begins included."
 )
 
 
@@ -296,6 +294,19 @@ def _usd(value: float | None) -> str:
 
 def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
+
+
+def shown_columns(
+    columns: Sequence[str], rows: Sequence[Sequence[str]]
+) -> tuple[list[str], list[list[str]]]:
+    """``columns`` and ``rows`` without the cost column when no cost is known."""
+    keep = [i for i, c in enumerate(columns) if c != "cost USD" or any(r[i] != "-" for r in rows)]
+    return [columns[i] for i in keep], [[row[i] for i in keep] for row in rows]
+
+
+def _endings(counts: Mapping[str, int]) -> str:
+    """Completed, wrapped up, cut and refused, as ``a/b/c/d``."""
+    return "/".join(str(counts.get(s, 0)) for s in ("completed", "wrapped_up", "cut", "refused"))
 
 
 def tree_rows(report: Mapping[str, Any]) -> list[list[str]]:
@@ -313,7 +324,7 @@ def tree_rows(report: Mapping[str, Any]) -> list[list[str]]:
                 _tokens(rolled["tokens"]),
                 str(rolled["calls"]),
                 _usd(rolled["cost_usd"]),
-                *(str(counts.get(s, 0)) for s in ("completed", "wrapped_up", "cut", "refused")),
+                _endings(counts),
                 f"{tree['ran_out']} of {tree['requests'] - 1}",
             ]
         )
@@ -334,7 +345,7 @@ def child_rows(report: Mapping[str, Any]) -> list[list[str]]:
                 _tokens(f["tokens"]),
                 " / ".join(_tokens(spread[k]) for k in ("p50", "p90", "max")),
                 _usd(f["cost_usd"]),
-                *(str(counts.get(s, 0)) for s in ("wrapped_up", "cut", "refused")),
+                _endings(counts),
                 f"{f['ran_out']} ({_share(f['ran_out_rate'])})",
                 _share(f["success_rate"]),
             ]

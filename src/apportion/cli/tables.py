@@ -423,20 +423,30 @@ def tree_tables(report: Mapping[str, Any]) -> list[Table]:
     title = f"request trees: {trees['trees']:,} ({trees['requests']:,} requests)"
     if more > 0:
         title += f", the {len(rows)} largest"
-    out = Table(title=title, caption=TREE_CAPTION)
-    for column in TREE_COLUMNS:
-        if column == "root":
-            out.add_column(column, min_width=12, overflow="fold")
-        else:
-            out.add_column(column, justify="right")
-    for row in rows:
-        out.add_row(*(escape(cell) for cell in row), style="yellow" if row[-1][0] != "0" else None)
-    kids = Table(title="children by name", caption=CHILD_CAPTION)
-    for column in CHILD_COLUMNS:
-        if column == "child name":
-            kids.add_column(column, min_width=12, overflow="fold")
-        else:
-            kids.add_column(column, justify="right")
-    for row in child_rows(report):
-        kids.add_row(*(escape(cell) for cell in row), style="yellow" if row[-2][0] != "0" else None)
+    out = _tree_table(title, TREE_CAPTION, TREE_COLUMNS, rows, flag=-1)
+    kids = _tree_table(
+        "children by name", CHILD_CAPTION, CHILD_COLUMNS, child_rows(report), flag=-2
+    )
     return [out, kids]
+
+
+def _tree_table(
+    title: str, caption: str, columns: tuple[str, ...], rows: list[list[str]], flag: int
+) -> Table:
+    """A table of trees or children, the cost column left out when no cost is known.
+
+    Rows whose ``flag`` column counts children that ran out are yellow.
+    """
+    from apportion.analysis.trees import shown_columns
+
+    shown, kept = shown_columns(columns, rows)
+    table = Table(title=title, caption=caption)
+    for i, column in enumerate(shown):
+        if i == 0:
+            table.add_column(column, min_width=12, overflow="fold")
+        else:
+            table.add_column(column, justify="right")
+    for row in kept:
+        style = "yellow" if not row[flag].startswith("0") else None
+        table.add_row(*(escape(cell) for cell in row), style=style)
+    return table
