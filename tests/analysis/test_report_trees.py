@@ -218,3 +218,42 @@ def test_the_tree_sections_render_in_chromium(team_db: tuple[str, str], tmp_path
     width, height = map(int, children.split("x"))
     assert width > 300 and height > 150
     assert root in dom and "1 of 3 ran out" in dom
+
+
+def _kid(rid: str, parent: str, root: str | None, depth: int, used: int) -> RequestUsage:
+    call = CallUsage(rid, 1, "a", used_input=used, used_output=0, truncated=False)
+    return RequestUsage(
+        rid, "p", 100, used, parent_id=parent, root_id=root, depth=depth, calls=(call,)
+    )
+
+
+def test_parent_links_that_loop_do_not_hang_the_report(tmp_path: Path) -> None:
+    """Ingested or hand-made records may name themselves or each other as parents."""
+    url = f"sqlite:///{tmp_path / 'loops.db'}"
+    records = [
+        _kid("self", "self", None, 0, 1),  # its own parent, no root recorded
+        _kid("a", "b", "r", 1, 10),  # a and b each other's parents, under root r
+        _kid("b", "a", "r", 1, 20),
+        RequestUsage("r", "p", 100, 0),
+    ]
+    with Database(url, create=True) as db:
+        db.write(records)
+        report = build_report(db.load())
+    trees = {t["root"]: t for t in report["trees"]["roots"]}
+    assert trees["self"]["rolled_up"]["tokens"] == 1 and trees["self"]["requests"] == 1
+    assert trees["r"]["rolled_up"]["tokens"] == 30  # each request counted once
+    assert trees["r"]["requests"] == 3
+
+
+def test_a_deep_chain_rolls_up_each_subtree(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'chain.db'}"
+    ids = ["r"] + ["r" + "::c" * d for d in range(1, 300)]
+    records = [RequestUsage("r", "p", 10_000, 0, root_id="r")]
+    records += [_kid(ids[d], ids[d - 1], "r", d, 1) for d in range(1, 300)]
+    with Database(url, create=True) as db:
+        db.write(records)
+        report = build_report(db.load())
+    (tree,) = report["trees"]["roots"]
+    assert tree["depth"] == 299 and tree["rolled_up"]["tokens"] == 299
+    subtree = [k["subtree_tokens"] for k in tree["children"]]
+    assert subtree == list(range(299, 0, -1))

@@ -62,7 +62,17 @@ RAN_OUT: Final = frozenset({"cut", "wrapped_up", "refused"})
 class _Node:
     """One request of a tree and what its own calls add up to."""
 
-    __slots__ = ("calls", "children", "cost", "costed", "record", "request_id", "statuses")
+    __slots__ = (
+        "calls",
+        "children",
+        "cost",
+        "costed",
+        "finished",
+        "record",
+        "request_id",
+        "statuses",
+        "tokens",
+    )
 
     def __init__(self, request_id: str, record: RequestUsage | None) -> None:
         self.request_id = request_id
@@ -72,14 +82,18 @@ class _Node:
         self.cost = 0.0
         self.costed = False
         self.statuses: dict[str, int] = {}
+        self.tokens = 0  # used by its finished calls
+        self.finished = 0  # its calls that finished with usage
 
-    @property
-    def tokens(self) -> int:
-        return sum(c.used or 0 for c in self.calls if _finished(c))
-
-    @property
-    def finished(self) -> int:
-        return sum(1 for c in self.calls if _finished(c))
+    def settle(self) -> None:
+        """Add up its calls (once they are all in)."""
+        done = [c for c in self.calls if _finished(c)]
+        self.tokens = sum(c.used or 0 for c in done)
+        self.finished = len(done)
+        costs = [c.cost_usd for c in done if c.cost_usd is not None]
+        self.cost, self.costed = math.fsum(costs), bool(costs)
+        refused = sum(self.record.refused.values()) if self.record is not None else 0
+        self.statuses = statuses_of(self.calls, refused)
 
     @property
     def ran_out(self) -> bool:
@@ -120,26 +134,25 @@ def build_trees(dataset: Dataset, *, shown: int = TREES_SHOWN) -> dict[str, Any]
         if node is not None:
             node.calls.append(call)
     for node in nodes.values():
-        refused = sum(node.record.refused.values()) if node.record is not None else 0
-        node.statuses = statuses_of(node.calls, refused)
-        costs = [c.cost_usd for c in node.calls if _finished(c) and c.cost_usd is not None]
-        node.cost, node.costed = math.fsum(costs), bool(costs)
+        node.settle()
+    groups: dict[str, list[_Node]] = {}  # root id: the other requests of its tree
     for rid, node in nodes.items():
         kept = node.record
-        if kept is not None and kept.parent_id is not None:
-            parent = nodes.get(kept.parent_id)
-            if parent is None:  # its parent is not in the period: hang it on the root
-                parent = nodes[members[rid]]
+        if kept is None or kept.parent_id is None or rid == members[rid]:
+            continue  # a root
+        groups.setdefault(members[rid], []).append(node)
+        parent = nodes.get(kept.parent_id)
+        if parent is not None and parent is not node:
             parent.children.append(node)
     top = set(members.values())
-    roots = [nodes[rid] for rid in sorted(top)]
     listed = []
-    for root in roots:
-        below = list(_descend(root))
-        listed.append((sum(n.tokens for n in below) + root.tokens, root, below))
+    for rid in sorted(top):
+        root = nodes[rid]
+        below = _walk(root, groups.get(rid, []))
+        listed.append((root.tokens + sum(n.tokens for n, _ in below), root, below))
     listed.sort(key=lambda entry: (-entry[0], entry[1].request_id))
     return {
-        "trees": len(roots),
+        "trees": len(listed),
         "requests": len(nodes),
         "shown": min(shown, len(listed)),
         "roots": [_tree(root, below) for _, root, below in listed[:shown]],
@@ -147,11 +160,43 @@ def build_trees(dataset: Dataset, *, shown: int = TREES_SHOWN) -> dict[str, Any]
     }
 
 
-def _descend(node: _Node) -> Iterable[_Node]:
-    """The requests under ``node``, in tree order (each before its children)."""
-    for child in sorted(node.children, key=lambda n: n.request_id):
-        yield child
-        yield from _descend(child)
+def _walk(root: _Node, group: Sequence[_Node]) -> list[tuple[_Node, int]]:
+    """The other requests of ``root``'s tree in tree order, each once, with subtree tokens.
+
+    A request's subtree tokens are its own and its descendants'. A request whose parent is
+    not in the period, or whose parent links never reach the root (links that loop, in
+    hand-made or ingested records), hangs on the root.
+    """
+    seen = {root.request_id}
+    order: list[_Node] = []
+    via: list[int] = []  # the position in ``order`` of the node each was reached from
+    for start in [root, *sorted(group, key=lambda n: n.request_id)]:
+        if start is not root:
+            if start.request_id in seen:
+                continue
+            seen.add(start.request_id)
+            order.append(start)
+            via.append(-1)
+        here = len(order) - 1 if start is not root else -1
+        stack = [(kid, here) for kid in sorted(start.children, key=_key, reverse=True)]
+        while stack:
+            node, came_from = stack.pop()
+            if node.request_id in seen:
+                continue
+            seen.add(node.request_id)
+            order.append(node)
+            via.append(came_from)
+            at = len(order) - 1
+            stack.extend((kid, at) for kid in sorted(node.children, key=_key, reverse=True))
+    subtree = [n.tokens for n in order]
+    for at in range(len(order) - 1, -1, -1):  # children come after their parent
+        if via[at] >= 0:
+            subtree[via[at]] += subtree[at]
+    return list(zip(order, subtree, strict=True))
+
+
+def _key(node: _Node) -> str:
+    return node.request_id
 
 
 def _figures(nodes: Sequence[_Node]) -> dict[str, Any]:
@@ -167,8 +212,9 @@ def _figures(nodes: Sequence[_Node]) -> dict[str, Any]:
     }
 
 
-def _tree(root: _Node, below: Sequence[_Node]) -> dict[str, Any]:
+def _tree(root: _Node, walked: Sequence[tuple[_Node, int]]) -> dict[str, Any]:
     record = root.record
+    below = [n for n, _ in walked]
     return {
         "root": root.request_id,
         "pipeline": None if record is None else record.pipeline,
@@ -180,7 +226,7 @@ def _tree(root: _Node, below: Sequence[_Node]) -> dict[str, Any]:
         "own": _figures([root]),
         "rolled_up": _figures([root, *below]),
         "ran_out": sum(1 for n in below if n.ran_out),
-        "children": [_child(n) for n in below],
+        "children": [_child(n, tokens) for n, tokens in walked],
     }
 
 
@@ -189,7 +235,7 @@ def _depth(node: _Node) -> int:
     return 0 if record is None else record.depth
 
 
-def _child(node: _Node) -> dict[str, Any]:
+def _child(node: _Node, subtree: int) -> dict[str, Any]:
     record = node.record
     return {
         "request_id": node.request_id,
@@ -199,7 +245,7 @@ def _child(node: _Node) -> dict[str, Any]:
         "status": None if record is None else record.status,
         "ceiling": None if record is None else record.ceiling,
         "tokens": node.tokens,
-        "subtree_tokens": node.tokens + sum(n.tokens for n in _descend(node)),
+        "subtree_tokens": subtree,
         "calls": node.finished,
         "cost_usd": node.cost if node.costed else None,
         "statuses": node.statuses,
