@@ -7,12 +7,12 @@ A call's status is the one it was recorded with; a call ingested without one rea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from apportion.telemetry.records import CallUsage
 
-__all__ = ["STATUS_ORDER", "statuses_of"]
+__all__ = ["STATUS_ORDER", "ordered", "status_of", "statuses_of"]
 
 
 STATUS_ORDER: Final = (
@@ -29,7 +29,7 @@ STATUS_ORDER: Final = (
 """The order a report lists call statuses in."""
 
 
-def _status(call: CallUsage) -> str:
+def status_of(call: CallUsage) -> str:
     """How a call ended: its status, else what its ``truncated`` flag tells."""
     if call.status:
         return call.status
@@ -44,9 +44,16 @@ def statuses_of(calls: Sequence[CallUsage], refused: int = 0) -> dict[str, int]:
     """Calls counted by status (see the module docstring), in :data:`STATUS_ORDER`."""
     counts: dict[str, int] = {}
     for call in calls:
-        status = _status(call)
+        status = status_of(call)
         counts[status] = counts.get(status, 0) + 1
     if refused:
         counts["refused"] = counts.get("refused", 0) + refused
-    rank = {s: i for i, s in enumerate(STATUS_ORDER)}
-    return {s: counts[s] for s in sorted(counts, key=lambda s: (rank.get(s, len(rank)), s))}
+    return ordered(counts)
+
+
+_RANK: Final = {s: i for i, s in enumerate(STATUS_ORDER)}
+
+
+def ordered(counts: Mapping[str, int]) -> dict[str, int]:
+    """Counts by status in :data:`STATUS_ORDER` (others after, by name)."""
+    return {s: counts[s] for s in sorted(counts, key=lambda s: (_RANK.get(s, len(_RANK)), s))}

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from apportion.analysis.stats import percentile
-from apportion.analysis.statuses import statuses_of
+from apportion.analysis.statuses import ordered, status_of
 from apportion.telemetry.records import CallUsage, RequestUsage, child_name, root_of
 from apportion.telemetry.sql import Dataset
 
@@ -63,7 +63,6 @@ class _Node:
     """One request of a tree and what its own calls add up to."""
 
     __slots__ = (
-        "calls",
         "children",
         "cost",
         "costed",
@@ -77,31 +76,29 @@ class _Node:
     def __init__(self, request_id: str, record: RequestUsage | None) -> None:
         self.request_id = request_id
         self.record = record
-        self.calls: list[CallUsage] = []
         self.children: list[_Node] = []
-        self.cost = 0.0
-        self.costed = False
-        self.statuses: dict[str, int] = {}
+        self.cost = 0.0  # USD of its finished calls whose cost is known
+        self.costed = False  # some of its finished calls have a cost
         self.tokens = 0  # used by its finished calls
         self.finished = 0  # its calls that finished with usage
+        refused = sum(record.refused.values()) if record is not None else 0
+        self.statuses: dict[str, int] = {"refused": refused} if refused else {}
 
-    def settle(self) -> None:
-        """Add up its calls (once they are all in)."""
-        done = [c for c in self.calls if _finished(c)]
-        self.tokens = sum(c.used or 0 for c in done)
-        self.finished = len(done)
-        costs = [c.cost_usd for c in done if c.cost_usd is not None]
-        self.cost, self.costed = math.fsum(costs), bool(costs)
-        refused = sum(self.record.refused.values()) if self.record is not None else 0
-        self.statuses = statuses_of(self.calls, refused)
+    def add(self, call: CallUsage) -> None:
+        """Count one of its calls."""
+        status = status_of(call)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        used_input, used_output = call.used_input, call.used_output
+        if call.settled == "finish" and used_input is not None and used_output is not None:
+            self.tokens += used_input + used_output
+            self.finished += 1
+            if call.cost_usd is not None:
+                self.cost += call.cost_usd
+                self.costed = True
 
     @property
     def ran_out(self) -> bool:
         return any(self.statuses.get(s) for s in RAN_OUT)
-
-
-def _finished(call: CallUsage) -> bool:
-    return call.settled == "finish" and call.used is not None
 
 
 def _root(record: RequestUsage) -> str:
@@ -132,9 +129,7 @@ def build_trees(dataset: Dataset, *, shown: int = TREES_SHOWN) -> dict[str, Any]
     for call in dataset.calls:
         node = nodes.get(call.request_id)
         if node is not None:
-            node.calls.append(call)
-    for node in nodes.values():
-        node.settle()
+            node.add(call)
     groups: dict[str, list[_Node]] = {}  # root id: the other requests of its tree
     for rid, node in nodes.items():
         kept = node.record
@@ -202,13 +197,15 @@ def _key(node: _Node) -> str:
 def _figures(nodes: Sequence[_Node]) -> dict[str, Any]:
     """Tokens, calls, cost and statuses summed over ``nodes``."""
     costed = [n.cost for n in nodes if n.costed]
-    refused = sum(n.statuses.get("refused", 0) for n in nodes)
-    calls = [c for n in nodes for c in n.calls]
+    statuses: dict[str, int] = {}
+    for node in nodes:
+        for status, count in node.statuses.items():
+            statuses[status] = statuses.get(status, 0) + count
     return {
         "tokens": sum(n.tokens for n in nodes),
         "calls": sum(n.finished for n in nodes),
         "cost_usd": math.fsum(costed) if costed else None,
-        "statuses": statuses_of(calls, refused),
+        "statuses": ordered(statuses),
     }
 
 
@@ -248,7 +245,7 @@ def _child(node: _Node, subtree: int) -> dict[str, Any]:
         "subtree_tokens": subtree,
         "calls": node.finished,
         "cost_usd": node.cost if node.costed else None,
-        "statuses": node.statuses,
+        "statuses": ordered(node.statuses),
         "ran_out": node.ran_out,
     }
 
