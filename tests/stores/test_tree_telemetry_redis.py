@@ -14,7 +14,7 @@ from apportion.stores.redis import RedisStore
 from apportion.telemetry import flush
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "telemetry"))
-from telemetry_helpers import ListSink  # noqa: E402
+from telemetry_helpers import ListSink
 
 PIPELINE = Pipeline([Agent("lead", priority="critical"), Agent("worker")], name="tree")
 
