@@ -10,18 +10,23 @@ batches. Then the report runs over the file exactly as ``apportion report DB --j
 --html ...`` runs it: the command itself is invoked (through Typer's test runner, in this
 process), and the JSON it writes is checked to count every event.
 
+With ``--tree`` each request is a tree: its first call is the root's own, and each later
+call is made by a child request of its own (``r0000001::retriever`` ...), so the report
+also rolls up trees and groups children by name (five times as many requests).
+
 Prints one JSON line: ``events``, ``seconds`` (the report command, end to end: reading the
 database, the report, its tables, the JSON and the HTML page), and ``write_seconds``
 (generating and writing the events, not part of ``seconds``), ``requests``, ``db_mb``,
 ``max_rss_mb`` (the process's peak memory), ``load_average`` (the machine's, over the last
 minute, at the end: other work slows the run), ``python`` and ``machine``.
 
-    python benchmarks/report.py [--events N] [--seed N] [--db PATH] [--no-html]
+    python benchmarks/report.py [--events N] [--seed N] [--db PATH] [--no-html] [--tree]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -52,8 +57,11 @@ BATCH = 5_000
 """Requests per write (one transaction each)."""
 
 
-def requests(events: int, seed: int) -> Iterator[RequestUsage]:
-    """Requests of the five-agent pipeline, ``events`` calls in all (the last may be short)."""
+def requests(events: int, seed: int, tree: bool = False) -> Iterator[RequestUsage]:
+    """Requests of the five-agent pipeline, ``events`` calls in all (the last may be short).
+
+    With ``tree``, every call after a request's first is made by a child request.
+    """
     rng = random.Random(seed)
     count = -(-events // len(AGENTS))
     for number in range(count):
@@ -83,6 +91,21 @@ def requests(events: int, seed: int) -> Iterator[RequestUsage]:
                     at=began + 0.5,
                 )
             )
+        own = calls[:1] if tree else calls
+        for call in calls[len(own) :]:  # a child per later call
+            kid = f"{rid}::{call.agent}"
+            yield RequestUsage(
+                request_id=kid,
+                pipeline="support",
+                ceiling=4_000,
+                consumed=call.used or 0,
+                opened_at=call.began_at,
+                closed_at=call.at,
+                calls=(dataclasses.replace(call, request_id=kid),),
+                parent_id=rid,
+                root_id=rid,
+                depth=1,
+            )
         yield RequestUsage(
             request_id=rid,
             pipeline="support",
@@ -91,16 +114,17 @@ def requests(events: int, seed: int) -> Iterator[RequestUsage]:
             outcome=round(rng.random(), 3) if number % 2 == 0 else None,
             opened_at=opened,
             closed_at=opened + len(calls) + 1,
-            calls=tuple(calls),
+            calls=tuple(own),
+            root_id=rid if tree else None,
         )
 
 
-def write(url: str, events: int, seed: int) -> int:
+def write(url: str, events: int, seed: int, tree: bool = False) -> int:
     """Write the events through the SQL sink's insert path; the number of requests."""
     written = 0
     batch: list[RequestUsage] = []
     with Database(url, create=True) as db:
-        for record in requests(events, seed):
+        for record in requests(events, seed, tree):
             batch.append(record)
             if len(batch) == BATCH:
                 written += db.write(batch)
@@ -131,6 +155,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--db", type=Path, help="SQLite file to create (default: temporary)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML page")
+    parser.add_argument("--tree", action="store_true", help="make each request a tree")
     args = parser.parse_args()
     if args.events < 1:
         parser.error("--events must be at least 1")
@@ -141,7 +166,7 @@ def main() -> None:
             parser.error(f"{path} exists: give a new file")
         url = f"sqlite:///{path}"
         start = time.perf_counter()
-        count = write(url, args.events, args.seed)
+        count = write(url, args.events, args.seed, args.tree)
         write_seconds = time.perf_counter() - start
         start = time.perf_counter()
         document = report(url, out, html=not args.no_html)
@@ -157,6 +182,8 @@ def main() -> None:
             "requests": count,
             "write_seconds": round(write_seconds, 3),
             "html": not args.no_html,
+            "tree": args.tree,
+            "trees": document["trees"]["trees"],  # type: ignore[index]
             "db_mb": round(os.path.getsize(path) / 1e6, 1),
             "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "load_average": round(os.getloadavg()[0], 2),

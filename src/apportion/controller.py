@@ -205,6 +205,7 @@ class _Tree:
         "ceiling",
         "children",
         "depth",
+        "handle",
         "ids",
         "lock",
         "name",
@@ -231,6 +232,7 @@ class _Tree:
         self.ids: set[str] = set()  # the ids given to children
         self.lock = threading.Lock()  # threads making children of one request at once
         self.attached = False  # opened already for ``with``: by a fan-out, or elsewhere
+        self.handle = False  # a handle on a request another process runs (``attach``)
 
 
 class _Steps:
@@ -395,6 +397,7 @@ class _Steps:
                     steps.obs.state = yield ("get", (steps.obs.request_id,), _NO_KWARGS)
                 _settle_open_calls(steps.obs, self.config.clock())
                 yield from steps._closed_tree()
+                yield from steps._record()
         parent = self.tree.parent
         if parent is not None and not parent.closed:
             with contextlib.suppress(ApportionError):  # its usage rolled up there
@@ -669,14 +672,28 @@ class _Steps:
             warnings.warn(
                 f"policy {self.config.policy.name!r} failed to learn: {exc!r}", stacklevel=4
             )
-        if self.config.sinks:
-            events = yield ("events", (obs.request_id,), _NO_KWARGS)
-            try:
-                from apportion.telemetry import emit
+        yield from self._record()
 
-                emit(self.config.sinks, obs, events)
-            except Exception as exc:  # telemetry must never break the request
-                warnings.warn(f"telemetry failed: {exc!r}", stacklevel=4)
+    def _record(self) -> Steps[None]:
+        """Send the closed request to telemetry (a child closed with its parent too)."""
+        if not self.config.sinks:
+            return
+        try:
+            events = yield ("events", (self.obs.request_id,), _NO_KWARGS)
+        except ApportionError:
+            return  # gone already (retention): nothing left to record
+        try:
+            from apportion.telemetry import emit
+
+            parent = self.tree.parent  # its record follows from here, unless a handle's
+            emit(
+                self.config.sinks,
+                self.obs,
+                events,
+                parent_local=parent is not None and not parent.tree.handle,
+            )
+        except Exception as exc:  # telemetry must never break the request
+            warnings.warn(f"telemetry failed: {exc!r}", stacklevel=5)
 
     def annotate(self, grant: Grant, fields: Mapping[str, Any]) -> None:
         self._own(grant)
@@ -820,7 +837,7 @@ def _attached(config: _Config, request_id: object) -> _Steps:
     """The steps of a handle on an open request of the store (see ``Controller.attach``)."""
     request_id = check_name("request_id", request_id)
     steps = _Steps(config, 1, None, request_id)
-    steps.tree.attached = True
+    steps.tree.attached = steps.tree.handle = True
     return steps
 
 

@@ -202,6 +202,69 @@ def test_otlp_json_lines(tmp_path: Path) -> None:
     assert len(found.records) == 2 and found.calls == 3
 
 
+def _otlp(exporter: Any) -> list[dict[str, Any]]:
+    """The finished spans of an in-memory exporter, as OTLP JSON spans."""
+    return [
+        {
+            "traceId": f"{s.context.trace_id:032x}",
+            "spanId": f"{s.context.span_id:016x}",
+            "parentSpanId": f"{s.parent.span_id:016x}" if s.parent else "",
+            "name": s.name,
+            "startTimeUnixNano": str(s.start_time),
+            "endTimeUnixNano": str(s.end_time),
+            "attributes": [_attr(k, v) for k, v in (s.attributes or {}).items()],
+        }
+        for s in exporter.get_finished_spans()
+    ]
+
+
+def test_a_request_tree_round_trips_through_otlp(tmp_path: Path) -> None:
+    """Child requests' spans, exported and ingested, keep their parent, root and depth."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from apportion import Agent, Controller, Pipeline
+    from apportion.telemetry import flush
+    from apportion.telemetry.otel import OTelSink
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    db = f"sqlite:///{tmp_path / 'direct.db'}"
+    pipeline = Pipeline([Agent("lead"), Agent("worker")], name="tree")
+    controller = Controller(pipeline, policy="uniform", telemetry=[OTelSink(provider), db])
+    with controller.request(ceiling=8_000) as req:
+        g = req.begin("lead", input_tokens=100, output_tokens=50)
+        req.finish(g, input_tokens=100, output_tokens=30)
+        for kid in req.fan_out(["web", "papers"], share=0.5):
+            with kid:
+                g = kid.begin("worker", input_tokens=200, output_tokens=100)
+                kid.finish(g, input_tokens=200, output_tokens=60)
+                with kid.child("check", ceiling=300) as check:
+                    g = check.begin("worker", input_tokens=50, output_tokens=50)
+                    check.finish(g, input_tokens=50, output_tokens=50, truncated=True)
+    with controller.request(ceiling=1_000) as orchestrator:  # no calls of its own
+        for kid in orchestrator.fan_out(2, share=1.0):
+            with kid:
+                g = kid.begin("worker", input_tokens=20, output_tokens=20)
+                kid.finish(g, input_tokens=20, output_tokens=20)
+    assert flush(10)
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(_export(_otlp(exporter))))
+    ingested = f"sqlite:///{tmp_path / 'ingested.db'}"
+    assert _ingest(ingested, path).exit_code == 0
+    with open_database(db) as one, open_database(ingested) as two:
+        direct, replayed = one.load(), two.load()
+    assert len(direct.requests) == 8
+    assert replayed.calls == direct.calls
+    assert {r: (q.parent_id, q.root_id, q.depth) for r, q in replayed.requests.items()} == {
+        r: (q.parent_id, q.root_id, q.depth) for r, q in direct.requests.items()
+    }
+    assert replayed.requests[f"{req.request_id}::web::check"].depth == 2
+
+
 def test_apportion_spans_round_trip(tmp_path: Path) -> None:
     """Spans from the OTel sink, exported as OTLP JSON, ingest to the SQL sink's rows."""
     pytest.importorskip("opentelemetry.sdk")
@@ -228,20 +291,8 @@ def test_apportion_spans_round_trip(tmp_path: Path) -> None:
             req.finish(g, input_tokens=300, output_tokens=110)
             req.score(score)
     assert flush(10)
-    spans = [
-        {
-            "traceId": f"{s.context.trace_id:032x}",
-            "spanId": f"{s.context.span_id:016x}",
-            "parentSpanId": f"{s.parent.span_id:016x}" if s.parent else "",
-            "name": s.name,
-            "startTimeUnixNano": str(s.start_time),
-            "endTimeUnixNano": str(s.end_time),
-            "attributes": [_attr(k, v) for k, v in (s.attributes or {}).items()],
-        }
-        for s in exporter.get_finished_spans()
-    ]
     path = tmp_path / "export.json"
-    path.write_text(json.dumps(_export(spans, service="ignored")))
+    path.write_text(json.dumps(_export(_otlp(exporter), service="ignored")))
     ingested = f"sqlite:///{tmp_path / 'ingested.db'}"
     assert _ingest(ingested, path).exit_code == 0
     with open_database(db) as one, open_database(ingested) as two:

@@ -39,3 +39,26 @@ def test_the_report_benchmark_prints_one_json_line(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("select count(*) from apportion_calls").fetchone() == (2003,)
         assert conn.execute("select count(*) from apportion_requests").fetchone() == (401,)
+
+
+def test_the_report_benchmark_makes_trees(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    db = tmp_path / "bench.db"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--events", "2003", "--db", str(db), "--tree", "--no-html"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (line["events"], line["requests"], line["trees"]) == (2003, 2003, 401)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute(
+            "select count(*) from apportion_requests where parent_id is not null"
+        ).fetchone() == (1602,)

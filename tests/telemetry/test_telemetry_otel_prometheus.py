@@ -145,3 +145,62 @@ def test_prometheus_counts_a_kinds_members_on_the_kind() -> None:
         registry.get_sample_value("apportion_grants_total", {**labels, "agent": "expert:ada"})
         is None
     )
+
+
+def test_child_request_spans_nest_under_their_parents_span() -> None:
+    from apportion import Agent, Controller, Pipeline
+
+    provider, exporter = _provider()
+    pipeline = Pipeline([Agent("lead"), Agent("worker")], name="tree")
+    controller = Controller(pipeline, policy="uniform", telemetry=OTelSink(provider))
+    with controller.request(10_000) as req:
+        with req.child("researcher", ceiling=2_000) as researcher:
+            g = researcher.begin("worker", 100, 100)
+            researcher.finish(g, input_tokens=100, output_tokens=40)
+            with researcher.child("helper", ceiling=500) as helper:
+                g = helper.begin("worker", 50, 50)
+                helper.finish(g, input_tokens=50, output_tokens=50)
+        g = req.begin("lead", 100, 50)
+        req.finish(g, input_tokens=100, output_tokens=20)
+    assert flush(10)
+    spans = exporter.get_finished_spans()
+    requests = {
+        s.attributes["apportion.request.id"]: s  # type: ignore[index]
+        for s in spans
+        if s.name.startswith("apportion.request")
+    }
+    root, kid = req.request_id, f"{req.request_id}::researcher"
+    grandkid = f"{kid}::helper"
+    assert set(requests) == {root, kid, grandkid}
+    assert requests[root].parent is None
+    for child, parent in ((kid, root), (grandkid, kid)):
+        span: Any = requests[child]
+        assert span.parent is not None
+        assert span.parent.span_id == requests[parent].context.span_id
+        assert span.context.trace_id == requests[root].context.trace_id
+        assert span.attributes["apportion.request.parent_id"] == parent
+        assert span.attributes["apportion.request.root_id"] == root
+    assert requests[grandkid].attributes["apportion.request.depth"] == 2  # type: ignore[index]
+    helper_call = next(
+        s
+        for s in spans
+        if s.name == "chat" and s.parent.span_id == requests[grandkid].context.span_id  # type: ignore[union-attr]
+    )
+    assert helper_call.attributes["gen_ai.usage.output_tokens"] == 50  # type: ignore[index]
+
+
+def test_a_child_waits_for_its_parent_only_when_the_parent_is_local() -> None:
+    from apportion.telemetry.records import RequestUsage
+
+    provider, exporter = _provider()
+    sink = OTelSink(provider)
+    local = RequestUsage("p::a", "t", 10, 1, parent_id="p", root_id="p", depth=1, parent_local=True)
+    remote = RequestUsage("q::b", "t", 10, 1, parent_id="q", root_id="q", depth=1)
+    sink.write([local, remote])
+    written = [s.attributes["apportion.request.id"] for s in exporter.get_finished_spans()]  # type: ignore[index]
+    assert written == ["q::b"]  # the remote parent's record never comes here
+    sink.close()  # the parent never came: written unnested, still naming it
+    (late,) = [
+        s for s in exporter.get_finished_spans() if s.attributes["apportion.request.id"] == "p::a"
+    ]  # type: ignore[index]
+    assert late.parent is None and late.attributes["apportion.request.parent_id"] == "p"  # type: ignore[index]

@@ -7,7 +7,10 @@
   marked (in both, each bar's value stands in a column right of the plot and the
   threshold is named under the axis, so no label sits on a bar or on the line);
 - :func:`quality_figure`: mean outcome with and without cuts per agent, with 95%
-  intervals (``None`` when no request has an outcome score).
+  intervals (``None`` when no request has an outcome score);
+- :func:`children_figure`: per child name, how its children's calls ended (shares of
+  completed, wrapped up, cut, refused and other), how many children ran out in a column
+  right of the plot (``None`` without child requests).
 
 They draw with the style of :mod:`apportion.sim.figures` (matplotlib's object API on the
 Agg canvas, imported only when drawing; reproducible SVG). Agent names are drawn as
@@ -23,7 +26,13 @@ from typing import Any, Final
 from apportion.sim.figures import FigureFormat, encode_figure, footnote, name_label, new_figure
 from apportion.telemetry.records import CallUsage
 
-__all__ = ["ceiling_hits_figure", "quality_figure", "tokens_figure", "utilization_figure"]
+__all__ = [
+    "ceiling_hits_figure",
+    "children_figure",
+    "quality_figure",
+    "tokens_figure",
+    "utilization_figure",
+]
 
 _OK: Final = "#4c78a8"
 _FLAGGED: Final = "#e45756"
@@ -219,4 +228,66 @@ def quality_figure(report: Mapping[str, Any], fmt: FigureFormat = "svg") -> byte
     # Right of the plot: never over a point or an interval.
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     footnote(fig, "Requests with an outcome score only; no interval below two requests.")
+    return encode_figure(fig, fmt)
+
+
+_ENDINGS: Final = (
+    ("completed", "completed", "#4c78a8"),
+    ("wrapped_up", "wrapped up", "#f58518"),
+    ("cut", "cut", "#e45756"),
+    ("refused", "refused", "#b279a2"),
+    ("other", "other", "#bbbbbb"),
+)
+
+
+def children_figure(report: Mapping[str, Any], fmt: FigureFormat = "svg") -> bytes | None:
+    """How the calls of each kind of child ended (stacked shares), children that ran out.
+
+    Returns:
+        The figure, or ``None`` when the report has no child requests.
+    """
+    by_name = (report.get("trees") or {}).get("children") or {}
+    if not by_name:
+        return None
+    names = list(by_name)[::-1]
+    fig = new_figure()
+    fig.set_size_inches(8.0, _height(len(names)) + 0.6)
+    ax = fig.add_subplot()
+    rows = range(len(names))
+    left = [0.0] * len(names)
+    for key, label, colour in _ENDINGS:
+        shares = []
+        for name in names:
+            counts = by_name[name]["statuses"]
+            total = sum(counts.values())
+            named = {k for k, _, _ in _ENDINGS if k != "other"}
+            n = (
+                sum(v for s, v in counts.items() if s not in named)
+                if key == "other"
+                else counts.get(key, 0)
+            )
+            shares.append(n / total if total else 0.0)
+        ax.barh(rows, shares, left=left, color=colour, height=0.6, label=label)
+        left = [a + b for a, b in zip(left, shares, strict=True)]
+    ax.set_yticks(rows, [name_label(n) for n in names])
+    for row, name in zip(rows, names, strict=True):
+        f = by_name[name]
+        ax.annotate(
+            f"{f['ran_out']} of {f['children']} ran out",
+            xy=(1.0, row),
+            xycoords=("axes fraction", "data"),
+            xytext=(6, 0),
+            textcoords="offset points",
+            ha="left",
+            va="center",
+            fontsize="small",
+            annotation_clip=False,
+        )
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.xaxis.set_major_formatter(_percent())
+    ax.set_xlabel("share of the calls (and refused begins) of the children of that name")
+    fig.suptitle("How each kind of child request ended (measured)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=5, fontsize="small")
     return encode_figure(fig, fmt)

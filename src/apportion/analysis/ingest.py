@@ -23,7 +23,9 @@ is ``apportion.grant.context_tokens``/``output_tokens`` when apportion wrote the
 else the prompt plus ``gen_ai.request.max_tokens`` when that is known; the call is
 truncated when ``apportion.truncated`` says so, or when a finish reason is ``length`` (or
 ``max_tokens``). Spans written by a newer apportion (``apportion.schema_version``) are
-refused.
+refused. A request span of a request tree (``apportion.request.parent_id``, ``root_id``,
+``depth``) keeps its place in the tree, and is kept even without calls of its own (an
+orchestrator that only fanned out).
 
 Every mistake raises :class:`~apportion.errors.SpecError` naming the file, the line and
 the field (CSV column, or the span attribute's path) before anything is written.
@@ -498,7 +500,9 @@ def read_otlp(
         entry["calls"].append((span, agent))
     records = []
     for request_id, entry in requests.items():
-        if not entry["calls"]:
+        head = entry["span"]
+        in_tree = head is not None and _text(head, "apportion.request.root_id") is not None
+        if not entry["calls"] and not in_tree:  # a tree keeps its callless requests
             continue
         records.append(_request(request_id, entry, loc, pipeline, file))
     return records, skipped
@@ -575,12 +579,12 @@ def _request(
         )
     calls.sort(key=lambda c: c.grant_id)
     head: _Span | None = entry["span"]
-    first: _Span = ordered[0][0]
+    first: _Span | None = ordered[0][0] if ordered else head
     name = (
         pipeline
         or (_text(head, "apportion.pipeline") if head is not None else None)
-        or _text(first, "apportion.pipeline")
-        or first.service
+        or (_text(first, "apportion.pipeline") if first is not None else None)
+        or (first.service if first is not None else None)
         or "otlp"
     )
     starts = [c.began_at for c in calls if c.began_at is not None]
@@ -589,7 +593,12 @@ def _request(
     ceiling = outcome = None
     status = "closed"
     opened, closed = min(starts, default=None), max(ends, default=None)
+    parent_id = root_id = None
+    depth = 0
     if head is not None:
+        parent_id = _text(head, "apportion.request.parent_id")
+        root_id = _text(head, "apportion.request.root_id")
+        depth = _count(head, "apportion.request.depth", loc) or 0
         ceiling = _count(head, "apportion.request.ceiling", loc)
         outcome = _number(head, "apportion.request.outcome", loc)
         consumed = _count(head, "apportion.request.consumed", loc) or consumed
@@ -608,4 +617,7 @@ def _request(
         closed_at=closed,
         calls=tuple(calls),
         source=f"otlp:{Path(file).name}",
+        parent_id=parent_id,
+        root_id=root_id,
+        depth=depth,
     )

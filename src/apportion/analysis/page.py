@@ -14,6 +14,7 @@ from typing import Any
 
 from apportion.analysis.figures import (
     ceiling_hits_figure,
+    children_figure,
     quality_figure,
     tokens_figure,
     utilization_figure,
@@ -32,6 +33,15 @@ from apportion.analysis.report import (
     report_rows,
     rollout_rows,
     status_rows,
+)
+from apportion.analysis.trees import (
+    CHILD_CAPTION,
+    CHILD_COLUMNS,
+    TREE_CAPTION,
+    TREE_COLUMNS,
+    child_rows,
+    shown_columns,
+    tree_rows,
 )
 from apportion.sim.html import Section, figure, paragraph, render_html, table
 from apportion.telemetry.records import CallUsage
@@ -104,6 +114,7 @@ def report_page(
                 table(QUALITY_COLUMNS, scored, caption=QUALITY_CAPTION, numeric=(1, 2, 3, 4)),
             )
         )
+    sections.extend(_tree_sections(report))
     agents = [a for a in report["agents"] if usage.get(a)]
     figures = [
         figure(
@@ -159,3 +170,32 @@ def report_page(
         notice=notice,
         footer=f"apportion report of {report['source']}{period}.",
     )
+
+
+def _tree_sections(report: Mapping[str, Any]) -> list[Section]:
+    """The request trees and the children by name, with their figure; none without trees."""
+    trees = report.get("trees") or {}
+    if not trees.get("trees"):
+        return []
+    listed = (
+        f"{trees['trees']:,} trees, {trees['requests']:,} requests"
+        + (f"; the {trees['shown']} largest listed" if trees["shown"] < trees["trees"] else "")
+        + ". "
+    )
+    columns, rows = shown_columns(CHILD_COLUMNS, child_rows(report))
+    body = table(columns, rows, caption=CHILD_CAPTION, numeric=range(1, len(columns)))
+    drawn = children_figure(report)
+    if drawn is not None:
+        body += figure(
+            drawn,
+            alt="Stacked bars: how the calls of each kind of child request ended",
+            caption="Children by name: how their calls ended, and how many ran out.",
+        )
+    columns, rows = shown_columns(TREE_COLUMNS, tree_rows(report))
+    return [
+        Section("Children by name", body),
+        Section(
+            "Request trees",
+            table(columns, rows, caption=listed + TREE_CAPTION, numeric=range(1, len(columns))),
+        ),
+    ]

@@ -37,6 +37,11 @@ Definitions (per agent, over the calls in the period):
   usage understates the need of the cut calls, so the budget is also at least the
   largest usage observed on a cut call, plus the margin (``censored: true``).
 
+Request trees (``trees``): each tree of child requests (``req.child``, ``fan_out``) with
+the root's usage rolled up over its descendants, and the children grouped by name (how
+much each kind of sub-agent used, how often it ran out); see
+:mod:`apportion.analysis.trees`.
+
 Rollouts (``rollouts``): the decisions of progressive rollouts
 (:class:`~apportion.policies.rollout.Rollout`) recorded in the period, per rollout: its
 candidate and baseline, its last decision's kind and share, and every decision (kind,
@@ -59,6 +64,8 @@ from datetime import datetime
 from typing import Any, Final
 
 from apportion.analysis.stats import mean_ci, percentile
+from apportion.analysis.statuses import STATUS_ORDER, statuses_of
+from apportion.analysis.trees import build_trees
 from apportion.telemetry.records import CallUsage
 from apportion.telemetry.sql import Dataset
 
@@ -219,43 +226,6 @@ def _over_budgeted(
     return utilization < thresholds.over_utilization and not cut
 
 
-STATUS_ORDER: Final = (
-    "completed",
-    "wrapped_up",
-    "cut",
-    "late",
-    "released",
-    "expired",
-    "closed",
-    "refused",
-    "unknown",
-)
-"""The order a report lists call statuses in."""
-
-
-def _status(call: CallUsage) -> str:
-    """How a call ended: its status, else what its ``truncated`` flag tells."""
-    if call.status:
-        return call.status
-    if call.used_input is None or call.used_output is None:
-        return "released" if call.settled == "release" else "unknown"
-    if call.truncated is None:
-        return "unknown"
-    return "cut" if call.truncated else "completed"
-
-
-def statuses_of(calls: Sequence[CallUsage], refused: int = 0) -> dict[str, int]:
-    """Calls counted by status (see the module docstring), in :data:`STATUS_ORDER`."""
-    counts: dict[str, int] = {}
-    for call in calls:
-        status = _status(call)
-        counts[status] = counts.get(status, 0) + 1
-    if refused:
-        counts["refused"] = counts.get("refused", 0) + refused
-    rank = {s: i for i, s in enumerate(STATUS_ORDER)}
-    return {s: counts[s] for s in sorted(counts, key=lambda s: (rank.get(s, len(rank)), s))}
-
-
 def _success_rate(statuses: Mapping[str, int]) -> float | None:
     known = sum(n for s, n in statuses.items() if s != "unknown")
     return statuses.get("completed", 0) / known if known else None
@@ -350,8 +320,9 @@ def build_report(
 
     Returns:
         ``{"source", "since", "pipeline", "requests", "calls", "empty", "message",
-        "thresholds", "agents": {NAME: {...}}}``; ``empty`` (with ``agents`` empty and a
-        ``message`` saying why) when there is nothing to report.
+        "thresholds", "agents": {NAME: {...}}, "rollouts": [...], "trees": {...}}``;
+        ``empty`` (with ``agents`` empty and a ``message`` saying why) when there is
+        nothing to report.
     """
     thresholds = thresholds or Thresholds()
     outcomes = {
@@ -401,6 +372,7 @@ def build_report(
         | {s: n for s, n in totals.items() if s not in STATUS_ORDER},
         "agents": agents,
         "rollouts": rollouts_of(dataset),
+        "trees": build_trees(dataset),
     }
 
 

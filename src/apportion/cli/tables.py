@@ -398,3 +398,55 @@ def profile_table(
         sizes = (b["context_tokens"], b["output_tokens"])
         table.add_row(agent, *map(str, counts), *(f"{n:,}" for n in sizes), note)
     return table
+
+
+TERMINAL_TREES = 10
+"""Request trees the terminal lists (the JSON and HTML list more)."""
+
+
+def tree_tables(report: Mapping[str, Any]) -> list[Table]:
+    """The request trees (the largest few) and the children by name; none without trees."""
+    from apportion.analysis.trees import (
+        CHILD_CAPTION,
+        CHILD_COLUMNS,
+        TREE_CAPTION,
+        TREE_COLUMNS,
+        child_rows,
+        tree_rows,
+    )
+
+    trees = report.get("trees") or {}
+    if not trees.get("trees"):
+        return []
+    rows = tree_rows(report)[:TERMINAL_TREES]
+    more = trees["trees"] - len(rows)
+    title = f"request trees: {trees['trees']:,} ({trees['requests']:,} requests)"
+    if more > 0:
+        title += f", the {len(rows)} largest"
+    out = _tree_table(title, TREE_CAPTION, TREE_COLUMNS, rows, flag=-1)
+    kids = _tree_table(
+        "children by name", CHILD_CAPTION, CHILD_COLUMNS, child_rows(report), flag=-2
+    )
+    return [out, kids]
+
+
+def _tree_table(
+    title: str, caption: str, columns: tuple[str, ...], rows: list[list[str]], flag: int
+) -> Table:
+    """A table of trees or children, the cost column left out when no cost is known.
+
+    Rows whose ``flag`` column counts children that ran out are yellow.
+    """
+    from apportion.analysis.trees import shown_columns
+
+    shown, kept = shown_columns(columns, rows)
+    table = Table(title=title, caption=caption)
+    for i, column in enumerate(shown):
+        if i == 0:
+            table.add_column(column, min_width=12, overflow="fold")
+        else:
+            table.add_column(column, justify="right")
+    for row in kept:
+        style = "yellow" if not row[flag].startswith("0") else None
+        table.add_row(*(escape(cell) for cell in row), style=style)
+    return table

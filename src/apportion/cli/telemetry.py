@@ -21,6 +21,7 @@ from apportion.cli.tables import (
     report_table,
     rollout_table,
     status_table,
+    tree_tables,
 )
 from apportion.errors import ApportionError
 
@@ -131,6 +132,8 @@ def report(
         scored = quality_table(document)
         if scored is not None:
             console.print(scored)
+        for table in tree_tables(document):
+            console.print(table)
     rollouts = rollout_table(document)
     if rollouts is not None:
         console.print(rollouts)

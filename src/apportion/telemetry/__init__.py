@@ -213,18 +213,22 @@ def open_sinks(telemetry: Any) -> list[Any]:
     return [open_sink(telemetry)]
 
 
-def emit(sinks: Sequence[Any], obs: Any, events: Sequence[Any]) -> None:
+def emit(
+    sinks: Sequence[Any], obs: Any, events: Sequence[Any], *, parent_local: bool = False
+) -> None:
     """Queue a closed request's usage for every sink; never raises, never waits on a sink.
 
     Args:
         sinks: what :func:`open_sinks` returned (sink objects are accepted too).
         obs: the request's :class:`~apportion.policies.base.Observation`, final state.
         events: the ledger's events of the request.
+        parent_local: the request is a child whose parent's record will be sent from
+            this process too (see :attr:`RequestUsage.parent_local`).
     """
     if not sinks:
         return
     try:
-        record = usage_from(obs, events, trace_context=_trace_context())
+        record = usage_from(obs, events, trace_context=_trace_context(), parent_local=parent_local)
     except Exception as exc:
         warnings.warn(
             f"telemetry: request {getattr(obs, 'request_id', '?')!r} not recorded: {exc!r}",

@@ -22,15 +22,30 @@ Attributes of a call span:
   ``cut`` ...), ``apportion.schema_version``.
 
 Extensions, releases and expiries are span events (``apportion.extend`` ...). The request
-span carries ``apportion.request.{id,ceiling,consumed,overflow,status,outcome}`` and
-``apportion.pipeline``. ``apportion ingest`` reads such spans back (OTLP JSON), as well as
-spans of other GenAI instrumentations.
+span carries ``apportion.request.{id,ceiling,consumed,overflow,status,outcome}``,
+``apportion.pipeline`` and, in a request tree, ``apportion.request.{parent_id,root_id,
+depth}``.
+
+A child request's span (``req.child``, ``fan_out``) is nested under its parent's request
+span, in the parent's trace. A child closes before its parent, so the sink keeps a child's
+record until its parent's arrives (when the parent runs in this process:
+:attr:`~apportion.telemetry.records.RequestUsage.parent_local`), then writes the parent's
+span and its children's under it. A child of a request another process runs
+(``controller.attach(...).child``) is written at once, under its parent's span only when
+this sink wrote that span already (it remembers the latest :data:`REMEMBERED`). At most
+:data:`MAX_WAITING` children wait: beyond that, and when the sink closes, the children
+that waited longest are written unnested (parented on the span current when they closed),
+their ``apportion.request.parent_id`` still naming the parent.
+
+``apportion ingest`` reads such spans back (OTLP JSON), trees included, as well as spans of
+other GenAI instrumentations.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from apportion.errors import MissingExtra
 from apportion.ledger import Event
@@ -38,9 +53,15 @@ from apportion.telemetry.base import Sink
 from apportion.telemetry.records import CallUsage, RequestUsage
 from apportion.version import __version__
 
-__all__ = ["OTelSink"]
+__all__ = ["MAX_WAITING", "REMEMBERED", "OTelSink"]
 
 _NS = 1_000_000_000
+
+MAX_WAITING: Final = 1_000
+"""Child records a sink keeps at most while their parents' records have not arrived."""
+
+REMEMBERED: Final = 10_000
+"""Request spans a sink remembers, to nest children that arrive after their parent."""
 
 
 def _require_otel() -> None:
@@ -67,6 +88,9 @@ class OTelSink(Sink):
         _require_otel()
         self.tracer_provider = tracer_provider
         self._tracer: Any = None
+        self._spans: OrderedDict[str, Any] = OrderedDict()  # request id: its span context
+        self._waiting: OrderedDict[str, list[RequestUsage]] = OrderedDict()  # by parent id
+        self._held = 0
 
     def _get_tracer(self) -> Any:
         if self._tracer is None:
@@ -78,21 +102,62 @@ class OTelSink(Sink):
         return self._tracer
 
     def write(self, batch: Sequence[RequestUsage]) -> None:
-        """Turn each record into a request span and one child span per grant."""
+        """Turn each record into a request span and one child span per grant.
+
+        A child whose parent's record is still to come waits for it (module docstring).
+        """
         tracer = self._get_tracer()
         for record in batch:
-            self._request(tracer, record)
+            parent = self._spans.get(record.parent_id) if record.parent_id else None
+            if record.parent_id and parent is None and record.parent_local:
+                self._waiting.setdefault(record.parent_id, []).append(record)
+                self._held += 1
+                while self._held > MAX_WAITING:
+                    self._release_oldest(tracer)
+                continue
+            self._tree(tracer, record, parent)
 
     def close(self) -> None:
-        """Nothing to release: the tracer provider belongs to the application."""
+        """Write the children still waiting for their parents, unnested.
 
-    def _request(self, tracer: Any, record: RequestUsage) -> None:
+        The tracer provider belongs to the application: it is left open.
+        """
+        if self._waiting:
+            tracer = self._get_tracer()
+            while self._waiting:
+                self._release_oldest(tracer)
+
+    def _release_oldest(self, tracer: Any) -> None:
+        """Write the children that have waited longest for one parent, unnested."""
+        _, kids = self._waiting.popitem(last=False)
+        self._held -= len(kids)
+        for kid in kids:
+            self._tree(tracer, kid, None)
+
+    def _tree(self, tracer: Any, record: RequestUsage, parent: Any) -> None:
+        """Write a request's spans, then those of its children that waited for it."""
+        context = self._request(tracer, record, parent)
+        self._spans[record.request_id] = context
+        self._spans.move_to_end(record.request_id)
+        while len(self._spans) > REMEMBERED:
+            self._spans.popitem(last=False)
+        kids = self._waiting.pop(record.request_id, [])
+        self._held -= len(kids)
+        for kid in kids:
+            self._tree(tracer, kid, context)
+
+    def _request(self, tracer: Any, record: RequestUsage, parent_span: Any = None) -> Any:
+        """Write one request's span and its calls' spans; its span context.
+
+        ``parent_span``: the span context of its parent request's span, if written.
+        """
         from opentelemetry import trace
         from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 
         parent = None
-        if record.trace_context is not None:
-            parent = trace.set_span_in_context(NonRecordingSpan(record.trace_context))
+        above = parent_span if parent_span is not None else record.trace_context
+        if above is not None:
+            parent = trace.set_span_in_context(NonRecordingSpan(above))
         times = [t for c in record.calls for t in (c.began_at, c.at) if t is not None]
         start = record.opened_at if record.opened_at is not None else min(times, default=None)
         end = record.closed_at if record.closed_at is not None else max(times, default=start)
@@ -108,6 +173,11 @@ class OTelSink(Sink):
             attributes["apportion.request.ceiling"] = record.ceiling
         if record.outcome is not None:
             attributes["apportion.request.outcome"] = record.outcome
+        if record.parent_id is not None:
+            attributes["apportion.request.parent_id"] = record.parent_id
+        if record.root_id is not None:
+            attributes["apportion.request.root_id"] = record.root_id
+            attributes["apportion.request.depth"] = record.depth
         span = tracer.start_span(
             f"apportion.request {record.pipeline}",
             context=parent,
@@ -142,6 +212,7 @@ class OTelSink(Sink):
                 )
             child.end(end_time=_ns(call.at if call.at is not None else end))
         span.end(end_time=_ns(end))
+        return span.get_span_context()
 
 
 def _ns(seconds: float | None) -> int | None:

@@ -17,6 +17,11 @@ agent kind's members count under the kind's name, so a team drawn per run adds n
 - ``apportion_overuse_tokens_total`` (counter): tokens used beyond the grant;
 - ``apportion_requests_total{pipeline,status}`` (counter): closed requests by status.
 
+A child request (``req.child``, ``fan_out``) counts as a request of its own, and its calls
+under their agents, once: its usage folded back into its parent is not counted again (the
+counters add up calls, not requests' ``consumed``). Trees, having unbounded names, get no
+label: the SQL sink and the report show them.
+
 The metrics live in a registry (the default one unless told): expose them with
 ``prometheus_client``'s own means (``start_http_server``, the WSGI/ASGI apps), or give the
 sink a port (``prometheus://0.0.0.0:9464``): it then serves them itself, from the first

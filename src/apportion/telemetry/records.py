@@ -49,10 +49,18 @@ from apportion.calls import (
     RELEASED,
     CallRecord,
 )
-from apportion.ledger import STATUSES, Event
+from apportion.ledger import CHILD_SEP, STATUSES, Event
 from apportion.policies.rollout import Rollout, RolloutEvent
 
-__all__ = ["SCHEMA_VERSION", "CallUsage", "RequestUsage", "RolloutRecord", "usage_from"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "CallUsage",
+    "RequestUsage",
+    "RolloutRecord",
+    "child_name",
+    "root_of",
+    "usage_from",
+]
 
 SCHEMA_VERSION: Final = 3
 """Version of the telemetry records and tables this apportion writes and reads.
@@ -61,7 +69,9 @@ Version 2 added rollout decisions (:class:`RolloutRecord`, table
 ``apportion_rollout_events``); a version-1 database is read as it is (no rollouts) and
 upgraded in place by the first writer (the table is added). Version 3 added each call's
 ``status`` and each request's ``refused`` begins (a column each); an older database is
-read as it is (``None`` and none) and upgraded in place by the first writer."""
+read as it is (``None`` and none) and upgraded in place by the first writer. Version 3
+also added each request's place in its request tree (``parent_id``, ``root_id``,
+``depth``; see :class:`RequestUsage`); an older database reads as flat requests."""
 
 SETTLEMENTS: Final = ("finish", "release", "expire", "close")
 """How a call can be settled."""
@@ -163,6 +173,18 @@ class RequestUsage:
             if OpenTelemetry was in use (sinks parent their spans on it); not compared.
         refused: begins refused (no grant made: not enough budget or cost left), per
             agent; agents with none are left out.
+        parent_id: the request this one is a child of (``req.child``, ``fan_out``), or
+            ``None`` for a root request (or one recorded without its tree).
+        root_id: the root request of its tree (its own id for a root; ``None`` when not
+            recorded: see :attr:`tree_root`).
+        depth: how deep in its tree it is: 0 for a root, 1 for its children ...
+        parent_local: the parent's record will be sent from this process too (it was not
+            a handle on a request another process runs), so a sink may wait for it to
+            nest the child under it; not stored, not compared.
+
+    A child is a record of its own: its ``consumed`` is its own calls' (and its children's)
+    usage, which its parent's ``consumed`` also holds (a closed child's usage folds back
+    into its parent's). Its calls are its own: a tree's calls are those of its records.
     """
 
     request_id: str
@@ -181,6 +203,29 @@ class RequestUsage:
     schema_version: int = SCHEMA_VERSION
     trace_context: Any = field(default=None, compare=False, repr=False)
     refused: Mapping[str, int] = field(default_factory=dict)
+    parent_id: str | None = None
+    root_id: str | None = None
+    depth: int = 0
+    parent_local: bool = field(default=False, compare=False, repr=False)
+
+    @property
+    def tree_root(self) -> str:
+        """The id of its tree's root: ``root_id``, else its own id (a flat request)."""
+        return self.root_id or self.request_id
+
+
+def root_of(request_id: str, depth: int) -> str:
+    """The root id of a request ``depth`` levels down a tree (ids ``PARENT::name``)."""
+    if depth <= 0:
+        return request_id
+    return request_id.rsplit(CHILD_SEP, depth)[0]
+
+
+def child_name(request_id: str) -> str:
+    """A child request's name: the last part of its id, without a ``#n`` suffix."""
+    name = request_id.rsplit(CHILD_SEP, 1)[-1]
+    base, hash_, suffix = name.rpartition("#")
+    return base if hash_ and base and suffix.isdigit() else name
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,13 +285,16 @@ class RolloutRecord:
         )
 
 
-def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) -> RequestUsage:
+def usage_from(
+    obs: Any, events: Sequence[Event], *, trace_context: Any = None, parent_local: bool = False
+) -> RequestUsage:
     """The usage record of a closed request.
 
     Args:
         obs: the request's :class:`~apportion.policies.base.Observation` (final state).
         events: the ledger's events of the request.
         trace_context: an OpenTelemetry span context to attach, if any.
+        parent_local: see :attr:`RequestUsage.parent_local`.
 
     Returns:
         The record, with one :class:`CallUsage` per grant.
@@ -322,6 +370,8 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
     for record in getattr(obs, "refused", None) or ():
         refused[str(record.agent)] = refused.get(str(record.agent), 0) + 1
     outcome = state.outcome
+    depth = int(getattr(state, "depth", 0) or 0)
+    parent_id = getattr(state, "parent_id", None)
     return RequestUsage(
         request_id=str(obs.request_id),
         pipeline=str(pipeline.name),
@@ -337,6 +387,10 @@ def usage_from(obs: Any, events: Sequence[Event], *, trace_context: Any = None) 
         events=tuple(events),
         trace_context=trace_context,
         refused=refused,
+        parent_id=None if parent_id is None else str(parent_id),
+        root_id=root_of(str(obs.request_id), depth),
+        depth=depth,
+        parent_local=parent_local and parent_id is not None,
     )
 
 

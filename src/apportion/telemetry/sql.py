@@ -11,9 +11,11 @@ Tables (all prefixed ``apportion_`` so they can share a database):
   granted context/output, used input/output, truncated, input cut, dropped tokens,
   over-use, extensions, how it was settled, model, cost, estimated, finish reason,
   began/settled at, and since version 3 its status: ``completed``, ``wrapped_up``, ``cut``
-  ...). Requests carry, since version 3, their refused begins per agent (JSON). A
-  version-2 database is read as it is (no status, no refusals) and the first writer adds
-  the columns (``ALTER TABLE ... ADD COLUMN``) and records version 3.
+  ...). Requests carry, since version 3, their refused begins per agent (JSON) and
+  their place in a request tree: ``parent_id``, ``root_id`` (both indexed) and ``depth``.
+  A version-2 database is read as it is (no status, no refusals, flat requests) and the
+  first writer adds the columns (``ALTER TABLE ... ADD COLUMN``) and their indexes and
+  records version 3.
 - ``apportion_events``: the ledger's events, in order (``open``, ``begin``, ``extend``,
   ``finish``, ``release``, ``expire``, ``close``).
 - ``apportion_rollout_events`` (since schema version 2): the decisions of progressive
@@ -110,7 +112,12 @@ def _tables() -> _Tables:
         Column("opened_at", Float),
         Column("closed_at", Float),
         Column("refused", Text),  # since version 3: JSON {agent: begins refused}
+        Column("parent_id", String),  # since version 3: the request tree
+        Column("root_id", String),
+        Column("depth", Integer),
         Index("ix_apportion_requests_closed_at", "closed_at"),
+        Index("ix_apportion_requests_parent_id", "parent_id"),
+        Index("ix_apportion_requests_root_id", "root_id"),
     )
     calls = Table(
         "apportion_calls",
@@ -307,6 +314,7 @@ class Database:
                 version = SCHEMA_VERSION
             elif version < SCHEMA_VERSION:  # the tables it lacked were just added
                 _add_columns(conn, (self.tables.calls, self.tables.requests))
+                _add_indexes(conn, (self.tables.calls, self.tables.requests))
                 conn.execute(
                     meta.update()
                     .where(meta.c.key == "schema_version")
@@ -600,6 +608,9 @@ def _request_row(r: RequestUsage) -> dict[str, Any]:
             "opened_at": _finite(r.opened_at),
             "closed_at": _finite(r.closed_at),
             "refused": _json(dict(r.refused)) if r.refused else None,
+            "parent_id": r.parent_id,
+            "root_id": r.root_id,
+            "depth": r.depth,
         }
     )
 
@@ -742,6 +753,18 @@ def _add_columns(conn: Connection, tables: Sequence[Table]) -> None:
                 )
 
 
+def _add_indexes(conn: Connection, tables: Sequence[Table]) -> None:
+    """Add to an older database's tables the indexes later versions added."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(conn)
+    for table in tables:
+        held = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in held:
+                index.create(conn)
+
+
 def _request_from(row: Mapping[Any, Any]) -> RequestUsage:
     try:
         features = json.loads(row["features"] or "{}")
@@ -761,4 +784,7 @@ def _request_from(row: Mapping[Any, Any]) -> RequestUsage:
         source=row["source"],
         schema_version=row["schema_version"],
         refused=_refused_from(row.get("refused")),
+        parent_id=row.get("parent_id"),
+        root_id=row.get("root_id"),
+        depth=row.get("depth") or 0,
     )
