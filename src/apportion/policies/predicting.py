@@ -343,6 +343,7 @@ class PredictingPolicy(Policy):
             prior_in = self.prior_input(obs)
             priors = self._priors(obs)
             needs = {}
+            outputs: dict[str, int] = {}
             for agent in obs.pipeline.agents:
                 inp = model.input(agent, row, self.team_prior(obs, agent, 0, prior_in)) or 0.0
                 prior_out = priors[agent.name][0]
@@ -353,8 +354,16 @@ class PredictingPolicy(Policy):
                 # later agent's need would starve the earlier ones for insurance
                 out = max(out, agent.min_output) * min(1.0, self.output_factor)
                 needs[agent.name] = round(inp + max(out, agent.min_output))
+                outputs[agent.name] = round(max(out, agent.min_output))
             obs.memo["needs"] = needs
+            obs.memo["outputs"] = outputs
         return needs
+
+    def predicted_outputs(self, obs: Observation) -> dict[str, int]:
+        """The output part of :meth:`predicted_needs`, per agent."""
+        self.predicted_needs(obs)
+        outputs: dict[str, int] = obs.memo["outputs"]
+        return outputs
 
     output_factor: float = 1.2
     """What a call's output grant is, as a multiple of its predicted output (``1 + margin``)."""
