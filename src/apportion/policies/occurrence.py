@@ -128,6 +128,12 @@ class CallCounts:
             histogram = self._histograms.get(line, {})
             return not histogram or set(histogram) == {1}
 
+    def at_most_once(self, line: str) -> bool:
+        """Whether requests were seen and ``line`` made at most one call in each."""
+        with self._lock:
+            histogram = self._histograms.get(line, {})
+            return bool(histogram) and max(histogram) <= 1
+
     def chance(self, line: str) -> float:
         """Probability that ``line`` makes at least one call in a request."""
         with self._lock:

@@ -539,11 +539,9 @@ class PredictingPolicy(Policy):
         budget = self.budget(obs, agent, want)
         most = max(want_out, agent.min_output)
         if budget >= want and output_tokens is None and self._knows_the_rest(obs):
-            # a cap costs only what the answer writes: let it reach into the room the
-            # agents still to come are not expected to need, once their needs are known;
-            # for an answer other agents read, a share of it (each token it writes more
-            # is one more for each reader to read)
-            spare = (self.spare_room(obs, agent) - input_tokens) // (1 + self.readers(obs, agent))
+            # a cap costs only what the answer writes: the last call's may reach all
+            # that is left, once the needs of the others are known
+            spare = self.spare_room(obs, agent) - input_tokens
             if spare > most:
                 most = spare
                 budget = input_tokens + spare
@@ -574,13 +572,15 @@ class PredictingPolicy(Policy):
         return known
 
     def spare_room(self, obs: Observation, agent: Agent) -> int:
-        """What ``agent`` may draw beyond what every agent still to come is expected to need.
+        """What ``agent``'s cap may reach: all that is left if it is the last call, else 0.
 
-        Their needs count with the margin: a cap that reaches this far must not cut the
-        answers after it.
+        The last: no agent is expected to call after it. Only the last: what an earlier
+        cap takes beyond its need is lost to the agents after it as soon as the answer
+        runs long, and a longer answer makes its readers' inputs longer too.
         """
-        keep = self._held_back(obs, agent, 0, self.weights)[0]
-        return obs.state.available_for(agent.name) - round(keep * max(1.0, self.output_factor))
+        if self._held_back(obs, agent, 0, self.weights)[0]:
+            return 0
+        return obs.state.available_for(agent.name)
 
     def budget(self, obs: Observation, agent: Agent, want: int) -> int:
         """What the agent gets for a call wanting ``want`` tokens.
