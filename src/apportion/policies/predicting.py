@@ -34,6 +34,17 @@ agent none of whose later agents (``after``) may still run is done. Before any h
 every agent counts as one call, and with a history of one call per agent per request the
 rules are exactly the single-call ones.
 
+Teams. At least eight listed agents that the pipeline declares alike (a pool listed name
+by name: :func:`~apportion.policies.occurrence.teams`) are budgeted as a kind: a member
+yet to call is held back for its share of the team's calls still to come (the team's
+calls per request, learned as a kind's), and its need's prior is the mean of what the
+team's calls used (:meth:`PredictingPolicy.team_prior`).
+
+Caps. When a call is squeezed, an answer that later agents read keeps its margin before
+its input (what it lacks, their inputs lack); and the last call of a request (no agent
+expected after it) gets a cap that reaches all that is left, once every agent's output
+errors are known and without a cost ceiling (a cap costs only what the answer writes).
+
 Why a listed agent that loops is not held back for its own later calls: on the ChatDev
 call log (real runs, each given 80% of the tokens it used) that cost ``elastic`` 0.27 and
 ``estimate`` 0.25 of simulated quality, its critical coder's answers being cut at every
