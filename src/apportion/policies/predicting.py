@@ -42,7 +42,7 @@ team's calls used (:meth:`PredictingPolicy.team_prior`).
 
 Caps. When a call is squeezed, an answer that later agents read keeps its margin before
 its input (what it lacks, their inputs lack); and the last call of a request (no agent
-expected after it) gets a cap that reaches all that is left, once every agent's output
+expected after it) gets a cap that reaches what is left, up to twice its own, once every agent's output
 errors are known and without a cost ceiling (a cap costs only what the answer writes).
 
 Why a listed agent that loops is not held back for its own later calls: on the ChatDev
@@ -92,6 +92,8 @@ input is cut (:meth:`PredictingPolicy.least_output`)."""
 TEAM_PRIOR_AFTER = 8
 """Calls of a team after which they are its members' prior (:meth:`PredictingPolicy.team_prior`)."""
 _TEAM_CAP = 1.5
+_WIDE_CAP = 2
+"""The last call's cap may reach what is left, up to this many times its own cap."""
 _CUT_GUESS = 1.5  # a cut answer needed more than it wrote: as the need model counts it
 _ROOM_ENOUGH = 0.5
 """Up to this part of what it wants, a squeezed agent may eat into the others' needs."""
@@ -550,9 +552,9 @@ class PredictingPolicy(Policy):
         budget = self.budget(obs, agent, want)
         most = max(want_out, agent.min_output)
         if budget >= want and output_tokens is None and self._knows_the_rest(obs):
-            # a cap costs only what the answer writes: the last call's may reach all
-            # that is left, once the needs of the others are known
-            spare = self.spare_room(obs, agent) - input_tokens
+            # a cap costs only what the answer writes: the last call's may reach what
+            # is left (up to twice its own), once the needs of the others are known
+            spare = min(self.spare_room(obs, agent) - input_tokens, _WIDE_CAP * most)
             if spare > most:
                 most = spare
                 budget = input_tokens + spare
