@@ -42,8 +42,9 @@ team's calls used (:meth:`PredictingPolicy.team_prior`).
 
 Caps. When a call is squeezed, an answer that later agents read keeps its margin before
 its input (what it lacks, their inputs lack); and the last call of a request (no agent
-expected after it) gets a cap that reaches what is left, up to twice its own, once every agent's output
-errors are known and without a cost ceiling (a cap costs only what the answer writes).
+expected after it) gets a cap that reaches what is left, up to twice its own, once every
+agent's output errors are known and without a cost ceiling (a cap costs only what the
+answer writes).
 
 Why a listed agent that loops is not held back for its own later calls: on the ChatDev
 call log (real runs, each given 80% of the tokens it used) that cost ``elastic`` 0.27 and
