@@ -18,7 +18,7 @@ from apportion import (
     PolicyStateError,
 )
 from apportion.policies import resolve_policy
-from apportion.policies.occurrence import FEATURES_AFTER, CallCounts
+from apportion.policies.occurrence import ALIKE_AT_LEAST, FEATURES_AFTER, CallCounts, teams
 
 
 def _policy(name: str) -> Policy:
@@ -189,3 +189,49 @@ def test_call_counts_are_warmed_from_telemetry(tmp_path: Path) -> None:
     counts = policy.call_counts(pipeline)
     assert counts.remaining("expert", 0) == pytest.approx((36 + 1) / 13)
     assert counts.remaining("rare", 0) == pytest.approx(1 / 13)
+
+
+def _team_pipeline(members: int) -> Pipeline:
+    return Pipeline(
+        [
+            Agent("lead", "critical"),
+            *[Agent(f"worker:{i:02d}", after=["lead"]) for i in range(members)],
+            Agent("report", after=[f"worker:{i:02d}" for i in range(members)]),
+        ]
+    )
+
+
+def test_alike_listed_agents_are_one_team() -> None:
+    """A pool listed name by name (same fields, same readers) is a team; a few alike agents
+    (four searchers) are not, nor are agents that differ in a field a policy sees."""
+    found = teams(_team_pipeline(20))
+    assert set(found) == {f"worker:{i:02d}" for i in range(20)}
+    assert len(set(found.values())) == 1
+    assert teams(_team_pipeline(ALIKE_AT_LEAST - 1)) == {}
+    mixed = Pipeline(
+        [
+            Agent("lead", "peripheral"),
+            *[Agent(f"w{i}", "critical" if i % 2 else "standard") for i in range(20)],
+        ]
+    )
+    assert all(len(team) == 10 for team in teams(mixed).values())
+
+
+@pytest.mark.parametrize("policy", ["elastic", "estimate", "learned"])
+def test_a_listed_team_is_held_back_for_by_the_calls_it_has_left(policy: str) -> None:
+    """Ten of twenty alike listed workers run per request: once nine have run, the tenth
+    is the team's last, and is not squeezed for the ten that did not run (before, each was
+    held back for at its own chance, one half)."""
+    pipeline = _team_pipeline(20)
+    controller = Controller(pipeline, policy=_policy(policy))
+    for r in range(60):
+        drawn = [f"worker:{(r + 2 * i) % 20:02d}" for i in range(10)]
+        _serve(controller, [("lead", 300), *[(w, 900) for w in drawn], ("report", 900)], 20_000)
+    with controller.request(ceiling=20_000) as req:
+        for agent in ["lead", *[f"worker:{i:02d}" for i in range(9)]]:
+            grant = req.begin(agent, input_tokens=900)
+            req.finish(grant, input_tokens=grant.context_tokens, output_tokens=100)
+        grant = req.begin("worker:09", input_tokens=15_000)
+        req.finish(grant, input_tokens=grant.context_tokens, output_tokens=100)
+    # about 10,000 left: the report's ~1,000 is what the last worker leaves room for
+    assert grant.context_tokens >= 7_500

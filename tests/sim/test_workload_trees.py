@@ -45,7 +45,16 @@ def _agent(name: str, **more: Any) -> dict[str, Any]:
 
 
 def test_shipped_workloads_keep_their_bench_figures() -> None:
-    """Files of the normative format mean what they meant: same bench figures as before."""
+    """Files of the normative format mean what they meant: same bench figures as before.
+
+    The figures were last updated for a change of the policies, not of the format (issue
+    17, "close the gap to the oracle": the last call's cap reaches what is left, an answer
+    other agents read keeps its margin, elastic's critical agents leave room for later
+    single-call answers). On these 30 requests it raised 15 figures of elastic, estimate
+    and iterative (up to +0.07) and lowered two: fanout-research elastic 0.8772 -> 0.8761
+    and mispriority estimate 0.7560 -> 0.7463; over 200 requests those are 0.9114 ->
+    0.9102 and 0.6632 -> 0.7131. Oracle, static and uniform figures are unchanged.
+    """
     before = json.loads(BEFORE.read_text())
     assert len(before) == 7
     for name, expected in before.items():
@@ -201,15 +210,35 @@ def test_the_oracle_bounds_every_policy_on_trees(name: str) -> None:
             assert quality <= oracle.solve(needs, ceiling).upper_bound + 1e-9
 
 
+# Shares of the oracle reached on the first 150 requests (docs/workload-trees.md), less a
+# margin of about 0.03: expert-team 0.78 / 0.74 / 0.82; listed, each above static.
+_TEAM_SHARES = {"elastic": 0.75, "estimate": 0.71, "learned": 0.78}
+
+
 def test_dynamic_team_relation() -> None:
     """On a team drawn per request from a pool of 120 names, each expert running with
-    probability 0.7, the policies that learn how often each agent runs beat fixed budgets."""
+    probability 0.7, the policies that learn how often each agent runs beat fixed budgets
+    and reach most of the oracle."""
     workload = load_workload(EXAMPLES / "expert-team.yaml")
     result = run_bench(
         workload, requests=150, policies=["static", "elastic", "estimate", "learned"]
     )
     figures = result["policies"]
     static = figures["static"]["quality_mean"]
+    for name, share in _TEAM_SHARES.items():
+        assert figures[name]["quality_mean"] >= static + 0.08, name
+        assert figures[name]["quality_vs_oracle"] >= share, name
+
+
+def test_listed_team_relation() -> None:
+    """The same team with its 120 experts listed as agents: the experts are one team of
+    alike agents (their calls, needs and weights learned together), so no policy falls
+    below fixed budgets (before: learned 0.46 of the oracle, static 0.63)."""
+    workload = load_workload(EXAMPLES / "expert-team-listed.yaml")
+    result = run_bench(
+        workload, requests=150, policies=["static", "elastic", "estimate", "learned"]
+    )
+    figures = result["policies"]
+    static = figures["static"]["quality_mean"]
     for name in ("elastic", "estimate", "learned"):
-        assert figures[name]["quality_mean"] >= static, name
-        assert figures[name]["quality_vs_oracle"] >= 0.7, name
+        assert figures[name]["quality_mean"] >= static + 0.02, name

@@ -66,14 +66,33 @@ class ElasticPolicy(PredictingPolicy):
     def held_back(
         self, obs: Observation, agent: Agent, *, begun: bool = False
     ) -> tuple[int, float]:
-        """As the base rule; a critical agent leaves room for its own later calls only."""
+        """As the base rule; a critical agent leaves room for its own later calls only.
+
+        A critical agent that calls at most once per request also leaves room for the
+        answers (not the inputs) of the agents still to come that call at most once: an
+        input can be read in part, a cut record or conclusion is worth little. Not where
+        agents loop (their answers are spread over many calls): on the ChatDev log (roles
+        that each speak many times) that cost 0.15 of quality.
+        """
         if agent.priority is not Priority.CRITICAL:
             return super().held_back(obs, agent, begun=begun)
         times = self.expected_calls(obs, agent, calling=not begun)
-        if times <= 0:
-            return 0, 0.0
-        need = weighted(self.predicted_needs(obs)[agent.name], times)
-        return need, need * self.weights[agent.priority.rank]
+        need = 0 if times <= 0 else weighted(self.predicted_needs(obs)[agent.name], times)
+        keep, total = need, need * self.weights[agent.priority.rank]
+        outputs = self.predicted_outputs(obs)
+        reserve = obs.state.reserve
+        counts = self.call_counts(obs.pipeline)
+        if not counts.at_most_once(agent.name):
+            return keep, total
+        for b in obs.pipeline.agents:
+            if b.name == agent.name or b.name in reserve or not counts.at_most_once(b.name):
+                continue
+            later = self.expected_calls(obs, b, caller=None if begun else agent.name)
+            if later > 0:
+                out = weighted(outputs[b.name], later)
+                keep += out
+                total += out * self.weights[b.priority.rank]
+        return keep, total
 
     def on_finish(
         self,

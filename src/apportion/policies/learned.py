@@ -233,6 +233,13 @@ class LearnedPolicy(PredictingPolicy):
             drawn = obs.memo["weights"] = {
                 a: (float(i), float(o)) for a, i, o in zip(model.agents, w_in, w_out, strict=True)
             }
+            for team in set(self.teams(obs).values()):
+                # alike agents, each seen in few requests: one weight, the team's mean
+                shared = (
+                    sum(drawn[a][0] for a in team) / len(team),
+                    sum(drawn[a][1] for a in team) / len(team),
+                )
+                drawn.update(dict.fromkeys(team, shared))
         return drawn
 
     # ------------------------------------------------------------ the curves
@@ -264,7 +271,8 @@ class LearnedPolicy(PredictingPolicy):
             row = obs.memo.get("row") or model.row(obs.features)
             prior = self.prior_input(obs)
             ahead = obs.memo["inputs"] = {
-                b.name: model.input(b, row, prior) or 0.0 for b in obs.pipeline.agents
+                b.name: model.input(b, row, self.team_prior(obs, b, 0, prior)) or 0.0
+                for b in obs.pipeline.agents
             }
         return ahead
 
@@ -294,6 +302,8 @@ class LearnedPolicy(PredictingPolicy):
         model = self._model(obs)
         ahead = self._inputs_ahead(obs)
         weights = self.agent_weights(obs)
+        alike = self.teams(obs)
+        pooled: dict[tuple[str, ...], tuple[Agent, float, float]] = {}
         for b in obs.pipeline.agents:
             times = self.expected_calls(
                 obs,
@@ -307,6 +317,14 @@ class LearnedPolicy(PredictingPolicy):
             predicted = self.predicted_output(obs, b, need_in)
             if times != 1.0:
                 need_in, predicted = need_in * times, predicted * times
+            team = alike.get(b.name)
+            if team is not None:  # the team's calls still to come are one line, as a kind's
+                _, team_in, team_out = pooled.get(team, (b, 0.0, 0.0))
+                pooled[team] = (b, team_in + need_in, team_out + predicted)
+                continue
+            curves.append(input_curve(need_in, weights[b.name][0], model.input_errors(b)))
+            curves.append(self._output_curve(obs, b, predicted, None))
+        for b, need_in, predicted in pooled.values():
             curves.append(input_curve(need_in, weights[b.name][0], model.input_errors(b)))
             curves.append(self._output_curve(obs, b, predicted, None))
         return curves

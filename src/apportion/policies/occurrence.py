@@ -35,6 +35,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from apportion.spec import Pipeline
+
 PRIOR_REQUESTS = 1
 """How many requests (of one call each) the prior counts for, per line."""
 FEATURES_AFTER = 32
@@ -126,6 +128,12 @@ class CallCounts:
             histogram = self._histograms.get(line, {})
             return not histogram or set(histogram) == {1}
 
+    def at_most_once(self, line: str) -> bool:
+        """Whether requests were seen and ``line`` made at most one call in each."""
+        with self._lock:
+            histogram = self._histograms.get(line, {})
+            return bool(histogram) and max(histogram) <= 1
+
     def chance(self, line: str) -> float:
         """Probability that ``line`` makes at least one call in a request."""
         with self._lock:
@@ -163,6 +171,49 @@ class CallCounts:
         predicted = max(0.0, float(sum(w * v for w, v in zip(fit, values, strict=True))))
         trust = seen / (seen + FEATURES_AFTER)
         return (1 - trust) * mean + trust * predicted
+
+
+ALIKE_AT_LEAST = 8
+"""Listed agents alike in every declared respect are one team when at least this many."""
+
+
+def teams(pipeline: Pipeline) -> dict[str, tuple[str, ...]]:
+    """Listed agents that a pipeline declares alike, per agent: its team (itself included).
+
+    A pool of names listed one by one (``expert:000`` ... ``expert:119``, the way a team
+    was declared before agent kinds) is a kind in all but name: each member runs in a few
+    requests, too few to learn it alone. Agents are alike when every field a policy
+    sees is the same (priority, ``after``, output kind, model, output bounds, estimator,
+    typical sizes) and the same agents read them; at least :data:`ALIKE_AT_LEAST` of
+    them (a handful of alike agents, four searchers, keep their own lines). Agents in
+    no team are absent.
+    """
+    readers: dict[str, list[str]] = {a.name: [] for a in pipeline.agents}
+    for b in pipeline.agents:
+        for u in b.after:
+            if u in readers:
+                readers[u].append(b.name)
+    groups: dict[tuple[object, ...], list[str]] = {}
+    for a in pipeline.agents:
+        key = (
+            a.priority,
+            a.after,
+            a.output_kind,
+            a.model,
+            a.min_output,
+            a.max_output,
+            id(a.estimator) if a.estimator is not None else None,
+            a.typical_input,
+            a.typical_output,
+            tuple(readers[a.name]),
+        )
+        groups.setdefault(key, []).append(a.name)
+    found: dict[str, tuple[str, ...]] = {}
+    for names in groups.values():
+        if len(names) >= ALIKE_AT_LEAST:
+            team = tuple(names)
+            found.update(dict.fromkeys(team, team))
+    return found
 
 
 def parse_document(entry: object) -> dict[str, dict[str, int]] | None:
@@ -203,10 +254,12 @@ def weighted(need: float, times: float) -> int:
 
 
 __all__ = [
+    "ALIKE_AT_LEAST",
     "FEATURES_AFTER",
     "PRIOR_REQUESTS",
     "CallCounts",
     "counts_of",
     "parse_document",
+    "teams",
     "weighted",
 ]

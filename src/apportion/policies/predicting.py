@@ -34,6 +34,18 @@ agent none of whose later agents (``after``) may still run is done. Before any h
 every agent counts as one call, and with a history of one call per agent per request the
 rules are exactly the single-call ones.
 
+Teams. At least eight listed agents that the pipeline declares alike (a pool listed name
+by name: :func:`~apportion.policies.occurrence.teams`) are budgeted as a kind: a member
+yet to call is held back for its share of the team's calls still to come (the team's
+calls per request, learned as a kind's), and its need's prior is the mean of what the
+team's calls used (:meth:`PredictingPolicy.team_prior`).
+
+Caps. When a call is squeezed, an answer that later agents read keeps its margin before
+its input (what it lacks, their inputs lack); and the last call of a request (no agent
+expected after it) gets a cap that reaches what is left, up to twice its own, once every
+agent's output errors are known and without a cost ceiling (a cap costs only what the
+answer writes).
+
 Why a listed agent that loops is not held back for its own later calls: on the ChatDev
 call log (real runs, each given 80% of the tokens it used) that cost ``elastic`` 0.27 and
 ``estimate`` 0.25 of simulated quality, its critical coder's answers being cut at every
@@ -56,7 +68,7 @@ from apportion.limits import excerpt
 from apportion.policies import state as saved
 from apportion.policies.base import _OUTPUT_FIRST_SHARE, Observation, Plan, Policy, clip_output
 from apportion.policies.needs import NeedModel
-from apportion.policies.occurrence import CallCounts, counts_of, parse_document, weighted
+from apportion.policies.occurrence import CallCounts, counts_of, parse_document, teams, weighted
 from apportion.policies.sharing import SharedState, compare_and_set
 from apportion.spec import Agent, OutputKind, Pipeline
 
@@ -78,6 +90,12 @@ is dropped once the spread of the agent's errors is known (eight uncut calls).""
 MARGIN_TRUST = 8.0
 """An agent seen ``n`` times keeps ``n / (n + MARGIN_TRUST)`` of its output margin before its
 input is cut (:meth:`PredictingPolicy.least_output`)."""
+TEAM_PRIOR_AFTER = 8
+"""Calls of a team after which they are its members' prior (:meth:`PredictingPolicy.team_prior`)."""
+_TEAM_CAP = 1.5
+_WIDE_CAP = 2
+"""The last call's cap may reach what is left, up to this many times its own cap."""
+_CUT_GUESS = 1.5  # a cut answer needed more than it wrote: as the need model counts it
 _ROOM_ENOUGH = 0.5
 """Up to this part of what it wants, a squeezed agent may eat into the others' needs."""
 
@@ -135,6 +153,9 @@ class PredictingPolicy(Policy):
         self._unsynced = 0
         self._counts: dict[tuple[str, tuple[str, ...]], CallCounts] = {}
         self._loaded_counts: dict[str, dict[str, dict[str, int]]] = {}
+        self._teams_of: dict[int, tuple[Pipeline, dict[str, tuple[str, ...]]]] = {}
+        self._teams_counted: dict[tuple[str, tuple[str, ...]], CallCounts] = {}
+        self._team_usage: dict[tuple[str, str], tuple[int, float, float]] = {}
 
     def needs(self, pipeline: Pipeline) -> NeedModel:
         """The need model learned for ``pipeline`` (created, restored or pulled on first use).
@@ -231,9 +252,53 @@ class PredictingPolicy(Policy):
             done += 1
         row = obs.memo.get("row")
         if agent.name not in obs.pipeline.kind_names:
+            if done:
+                return 0.0
+            team = self.teams(obs).get(agent.name)
+            if team is not None and state is not None:
+                return self._team_share(obs, team, caller, row)
             # A listed agent: held back for once until it starts, times its chance to run.
-            return 0.0 if done else min(1.0, counts.remaining(agent.name, 0, row))
+            return min(1.0, counts.remaining(agent.name, 0, row))
         return counts.remaining(agent.name, done, row)
+
+    def _team_share(
+        self,
+        obs: Observation,
+        team: tuple[str, ...],
+        caller: str | None,
+        row: tuple[float, ...] | None,
+    ) -> float:
+        """A team member that has not called yet: its share of the team's calls to come.
+
+        The team's calls still expected (its calls per request learned as a kind's,
+        ``E[n - done | n >= done]``), shared equally among the members yet to call.
+        """
+        calls = obs.state.calls
+        done = sum(calls[m] for m in team) + (caller in team)
+        waiting = sum(1 for m in team if not calls[m] and m != caller)
+        left = self._team_counts(obs).remaining(team[0], done, row)
+        return left / max(1, waiting)
+
+    def teams(self, obs: Observation) -> dict[str, tuple[str, ...]]:
+        """The pipeline's teams of alike listed agents (memo per pipeline).
+
+        See :func:`apportion.policies.occurrence.teams`.
+        """
+        found = self._teams_of.get(id(obs.pipeline))
+        if found is None or found[0] is not obs.pipeline:
+            with self._state_lock:
+                found = self._teams_of[id(obs.pipeline)] = (obs.pipeline, teams(obs.pipeline))
+        return found[1]
+
+    def _team_counts(self, obs: Observation) -> CallCounts:
+        """Calls per request of each team (on its first member's name), so far."""
+        key = (obs.pipeline.name, obs.pipeline.names)
+        counts = self._teams_counted.get(key)
+        if counts is None:
+            with self._state_lock:
+                leads = sorted({team[0] for team in self.teams(obs).values()})
+                counts = self._teams_counted.setdefault(key, CallCounts(leads))
+        return counts
 
     def expected_needs(
         self, obs: Observation, *, besides: str | None = None, calling: str | None = None
@@ -264,7 +329,12 @@ class PredictingPolicy(Policy):
         row = obs.memo.get("row")
         if row is None:
             row = self._model(obs).row(obs.features)
-        self._calls_model(obs).observe(counts_of(obs.state.calls, refused), row)
+        counted = counts_of(obs.state.calls, refused)
+        self._calls_model(obs).observe(counted, row)
+        alike = set(self.teams(obs).values())
+        if alike:
+            by_team = {team[0]: sum(counted.get(m, 0) for m in team) for team in alike}
+            self._team_counts(obs).observe(by_team, row)
 
     def _model(self, obs: Observation) -> NeedModel:
         model: NeedModel | None = obs.memo.get("model")
@@ -287,8 +357,9 @@ class PredictingPolicy(Policy):
             prior_in = self.prior_input(obs)
             priors = self._priors(obs)
             needs = {}
+            outputs: dict[str, int] = {}
             for agent in obs.pipeline.agents:
-                inp = model.input(agent, row, prior_in) or 0.0
+                inp = model.input(agent, row, self.team_prior(obs, agent, 0, prior_in)) or 0.0
                 prior_out = priors[agent.name][0]
                 out = model.output(agent, features, row, inp, prior_out)
                 if out is None:
@@ -297,8 +368,16 @@ class PredictingPolicy(Policy):
                 # later agent's need would starve the earlier ones for insurance
                 out = max(out, agent.min_output) * min(1.0, self.output_factor)
                 needs[agent.name] = round(inp + max(out, agent.min_output))
+                outputs[agent.name] = round(max(out, agent.min_output))
             obs.memo["needs"] = needs
+            obs.memo["outputs"] = outputs
         return needs
+
+    def predicted_outputs(self, obs: Observation) -> dict[str, int]:
+        """The output part of :meth:`predicted_needs`, per agent."""
+        self.predicted_needs(obs)
+        outputs: dict[str, int] = obs.memo["outputs"]
+        return outputs
 
     output_factor: float = 1.2
     """What a call's output grant is, as a multiple of its predicted output (``1 + margin``)."""
@@ -347,8 +426,9 @@ class PredictingPolicy(Policy):
             priors = obs.memo["priors"] = {}
             for a in obs.pipeline.agents:
                 most = math.inf if a.max_output is None else a.max_output
-                expected = share * PRIOR_OUTPUT_SHARE[a.output_kind]
-                priors[a.name] = (min(expected, most), min(cap, most))
+                expected = self.team_prior(obs, a, 1, share * PRIOR_OUTPUT_SHARE[a.output_kind])
+                wide = self.team_prior(obs, a, 2, cap)
+                priors[a.name] = (min(expected, most), min(wide, most))
         return priors
 
     def predicted_output(
@@ -375,6 +455,22 @@ class PredictingPolicy(Policy):
         seen = self._model(obs).seen(agent)
         trust = seen / (seen + MARGIN_TRUST)
         return round(predicted + trust * max(0.0, want - predicted))
+
+    def readers(self, obs: Observation, agent: Agent) -> int:
+        """How many agents read ``agent``'s output (name it in their ``after``; memo)."""
+        found: dict[str, int] | None = obs.memo.get("readers")
+        if found is None:
+            found = {a.name: 0 for a in obs.pipeline.agents}
+            for b in obs.pipeline.agents:
+                for u in b.after:
+                    if u in found:
+                        found[u] += 1
+            obs.memo["readers"] = found
+        return found.get(agent.name, 0)
+
+    def feeds(self, obs: Observation, agent: Agent) -> bool:
+        """Whether a later agent reads ``agent``'s output (names it in ``after``)."""
+        return self.readers(obs, agent) > 0
 
     def call_output(self, obs: Observation, agent: Agent, predicted: float) -> float:
         """Output tokens to grant one call predicted to write ``predicted`` tokens."""
@@ -456,9 +552,16 @@ class PredictingPolicy(Policy):
         want = input_tokens + want_out
         budget = self.budget(obs, agent, want)
         most = max(want_out, agent.min_output)
+        if budget >= want and output_tokens is None and self._knows_the_rest(obs):
+            # a cap costs only what the answer writes: the last call's may reach what
+            # is left (up to twice its own), once the needs of the others are known
+            spare = min(self.spare_room(obs, agent) - input_tokens, _WIDE_CAP * most)
+            if spare > most:
+                most = spare
+                budget = input_tokens + spare
         if agent.max_output is not None:
             most = min(most, agent.max_output)
-        if agent.output_kind is OutputKind.PROSE:
+        if agent.output_kind is OutputKind.PROSE and not self.feeds(obs, agent):
             least = round(predicted)
         else:
             least = self.least_output(obs, agent, predicted, most)
@@ -466,6 +569,32 @@ class PredictingPolicy(Policy):
             budget, input_tokens, most, min(max(least, agent.min_output), most), agent
         )
         return ctx, clip_output(out, output_tokens)
+
+    def _knows_the_rest(self, obs: Observation) -> bool:
+        """Whether a cap may reach past the call's need (see :meth:`grant`; memo).
+
+        Not under a cost ceiling (the controller judges a grant at its full size), and not
+        before every agent's output errors are known: the needs held back are guesses.
+        """
+        known: bool | None = obs.memo.get("knows_the_rest")
+        if known is None:
+            model = self._model(obs)
+            known = obs.ceiling_usd is None and all(
+                model.knows_errors(a) for a in obs.pipeline.agents
+            )
+            obs.memo["knows_the_rest"] = known
+        return known
+
+    def spare_room(self, obs: Observation, agent: Agent) -> int:
+        """What ``agent``'s cap may reach: all that is left if it is the last call, else 0.
+
+        The last: no agent is expected to call after it. Only the last: what an earlier
+        cap takes beyond its need is lost to the agents after it as soon as the answer
+        runs long, and a longer answer makes its readers' inputs longer too.
+        """
+        if self._held_back(obs, agent, 0, self.weights)[0]:
+            return 0
+        return obs.state.available_for(agent.name)
 
     def budget(self, obs: Observation, agent: Agent, want: int) -> int:
         """What the agent gets for a call wanting ``want`` tokens.
@@ -527,8 +656,37 @@ class PredictingPolicy(Policy):
             self._observe(obs, usage)
         self._count_calls(obs)
 
+    def team_prior(self, obs: Observation, agent: Agent, part: int, otherwise: float) -> float:
+        """A team member's prior: the mean of what its team's calls used.
+
+        ``part`` 0: input, 1: output, 2: what a cap must cover (1.5 times the output);
+        once the team made :data:`TEAM_PRIOR_AFTER` calls, else ``otherwise``. A member
+        of a team (:meth:`teams`) runs in few requests, so its own history stays short;
+        its team's is as long as a kind's.
+        """
+        team = self.teams(obs).get(agent.name)
+        if team is None:
+            return otherwise
+        with self._state_lock:
+            n, inputs, outputs = self._team_usage.get((obs.pipeline.name, team[0]), (0, 0.0, 0.0))
+        if n < TEAM_PRIOR_AFTER:
+            return otherwise
+        if part == 0:
+            return inputs / n
+        return outputs / n * (_TEAM_CAP if part == 2 else 1.0)
+
     def _observe(self, obs: Observation, calls: Sequence[tuple[str, int, int, bool]]) -> None:
         """Buffer one request's calls in the need model; merge with the store when due."""
+        alike = self.teams(obs)
+        if alike:
+            with self._state_lock:
+                for name, inp, out, cut in calls:
+                    team = alike.get(name)
+                    if team is not None:
+                        key = (obs.pipeline.name, team[0])
+                        n, inputs, outputs = self._team_usage.get(key, (0, 0.0, 0.0))
+                        wrote = out * (_CUT_GUESS if cut else 1.0)
+                        self._team_usage[key] = (n + 1, inputs + inp, outputs + wrote)
         self._model(obs).observe(obs.features, calls)
         if self.store is None:
             return
