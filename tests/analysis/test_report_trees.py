@@ -13,33 +13,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from apportion import Agent, BudgetExceeded, Controller, Grant, Observation, Pipeline, Policy
+from apportion import Agent, BudgetExceeded, Controller, Pipeline
 from apportion.analysis.page import report_page
 from apportion.analysis.report import agent_calls, build_report
 from apportion.cli import app
 from apportion.telemetry import flush
 from apportion.telemetry.records import CallUsage, RequestUsage
 from apportion.telemetry.sql import Database, open_database
+from policy_helpers import NoMore
 
 PIPELINE = Pipeline(
     [Agent("lead", priority="critical"), Agent("researcher"), Agent("checker")], name="team"
 )
-
-
-class NoMore(Policy):
-    """Grants what is asked (200 output by default); never extends."""
-
-    name = "no-more"
-
-    def grant(
-        self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
-    ) -> tuple[int, int]:
-        return input_tokens, 200 if output_tokens is None else output_tokens
-
-    def extend(
-        self, obs: Observation, grant: Grant, output_tokens: int, context_tokens: int
-    ) -> int:
-        return 0
 
 
 def run_team(controller: Controller) -> str:

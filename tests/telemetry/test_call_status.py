@@ -11,30 +11,14 @@ import pytest
 from telemetry_helpers import PIPELINE, ListSink, ticking_clock
 from typer.testing import CliRunner
 
-from apportion import BudgetExceeded, Controller, Grant, Observation, Policy
+from apportion import BudgetExceeded, Controller
 from apportion.analysis.page import report_page
 from apportion.analysis.report import STATUS_COLUMNS, build_report, status_rows
 from apportion.cli import app
-from apportion.spec import Agent
 from apportion.telemetry import SCHEMA_VERSION, flush
 from apportion.telemetry.records import CallUsage, RequestUsage
 from apportion.telemetry.sql import Database, open_database
-
-
-class NoMore(Policy):
-    """Grants what is asked (200 output by default); never extends."""
-
-    name = "no-more"
-
-    def grant(
-        self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
-    ) -> tuple[int, int]:
-        return input_tokens, 200 if output_tokens is None else output_tokens
-
-    def extend(
-        self, obs: Observation, grant: Grant, output_tokens: int, context_tokens: int
-    ) -> int:
-        return 0
+from policy_helpers import NoMore
 
 
 def four_endings(controller: Controller) -> None:

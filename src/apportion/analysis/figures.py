@@ -133,18 +133,7 @@ def _bars(
     ax.barh(rows, shown, color=colours, height=0.6)
     ax.set_yticks(rows, [name_label(a) for a in agents])
     # The values, in a column right of the plot: never over a bar or the threshold line.
-    for row, value in zip(rows, values, strict=True):
-        ax.annotate(
-            "unknown" if value is None else f"{value:.0%}",
-            xy=(1.0, row),
-            xycoords=("axes fraction", "data"),
-            xytext=(6, 0),
-            textcoords="offset points",
-            ha="left",
-            va="center",
-            fontsize="small",
-            annotation_clip=False,
-        )
+    _right_column(ax, rows, ["unknown" if v is None else f"{v:.0%}" for v in values])
     ax.axvline(threshold, linestyle="--", color="#222222", linewidth=1.4)
     ax.set_xlim(0.0, max(1.05, max(shown, default=0.0) * 1.05))
     ax.set_ylim(-0.6, len(agents) - 0.4)
@@ -270,10 +259,24 @@ def children_figure(report: Mapping[str, Any], fmt: FigureFormat = "svg") -> byt
         ax.barh(rows, shares, left=left, color=colour, height=0.6, label=label)
         left = [a + b for a, b in zip(left, shares, strict=True)]
     ax.set_yticks(rows, [name_label(n) for n in names])
-    for row, name in zip(rows, names, strict=True):
-        f = by_name[name]
+    _right_column(
+        ax, rows, [f"{by_name[n]['ran_out']} of {by_name[n]['children']} ran out" for n in names]
+    )
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.xaxis.set_major_formatter(_percent())
+    ax.set_xlabel("share of the calls (and refused begins) of the children of that name")
+    fig.suptitle("How each kind of child request ended (measured)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=5, fontsize="small")
+    return encode_figure(fig, fmt)
+
+
+def _right_column(ax: Any, rows: Any, labels: list[str]) -> None:
+    """One label per row, in a column right of the plot (never over a bar)."""
+    for row, label in zip(rows, labels, strict=True):
         ax.annotate(
-            f"{f['ran_out']} of {f['children']} ran out",
+            label,
             xy=(1.0, row),
             xycoords=("axes fraction", "data"),
             xytext=(6, 0),
@@ -283,11 +286,3 @@ def children_figure(report: Mapping[str, Any], fmt: FigureFormat = "svg") -> byt
             fontsize="small",
             annotation_clip=False,
         )
-    ax.set_xlim(0.0, 1.0)
-    ax.set_ylim(-0.6, len(names) - 0.4)
-    ax.xaxis.set_major_formatter(_percent())
-    ax.set_xlabel("share of the calls (and refused begins) of the children of that name")
-    fig.suptitle("How each kind of child request ended (measured)")
-    ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=5, fontsize="small")
-    return encode_figure(fig, fmt)
