@@ -320,6 +320,21 @@ def _middleware_class() -> type:
 _CLASS: list[type] = []
 
 
+def check_options(agent: str | None, max_extensions: int, outside: str) -> None:
+    """Check the options the LangChain and LangGraph adapters share.
+
+    Raises:
+        InvalidArgument: ``agent`` is not a name, ``max_extensions`` not an integer >= 0,
+            or ``outside`` not one of :data:`~apportion.ambient.OUTSIDE`.
+    """
+    if agent is not None and (not isinstance(agent, str) or not agent):
+        raise InvalidArgument("agent", agent, "an agent's name")
+    if type(max_extensions) is not int or max_extensions < 0:
+        raise InvalidArgument("max_extensions", max_extensions, "an integer >= 0")
+    if outside not in OUTSIDE:
+        raise InvalidArgument("outside", outside, "one of: " + ", ".join(OUTSIDE))
+
+
 def BudgetMiddleware(
     *,
     agent: str | None = None,
@@ -348,18 +363,9 @@ def BudgetMiddleware(
         UnsupportedVersion: LangChain is outside :data:`SUPPORTED`.
         InvalidArgument: a bad argument.
     """
-    if agent is not None and (not isinstance(agent, str) or not agent):
-        raise InvalidArgument("agent", agent, "an agent's name")
+    check_options(agent, max_extensions, outside)
     if model is not None and (not isinstance(model, str) or not model):
         raise InvalidArgument("model", model, "a model's name")
-    if (
-        isinstance(max_extensions, bool)
-        or not isinstance(max_extensions, int)
-        or max_extensions < 0
-    ):
-        raise InvalidArgument("max_extensions", max_extensions, "an integer >= 0")
-    if outside not in OUTSIDE:
-        raise InvalidArgument("outside", outside, "one of: " + ", ".join(OUTSIDE))
     if not _CLASS:
         _CLASS.append(_middleware_class())
     settings = {

@@ -44,13 +44,14 @@ from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
 
-from apportion.ambient import OUTSIDE, carry, current_request, resolve_agent, resolve_request
+from apportion.ambient import carry, current_request, resolve_agent, resolve_request
 from apportion.errors import InvalidArgument, MissingExtra
 from apportion.integrations.chat import MAX_EXTENSIONS
 from apportion.integrations.engine import acall, call
 from apportion.integrations.langchain import (
     _as_chat_response,
     _model_name,
+    check_options,
     import_langchain,
     restore_messages,
 )
@@ -372,16 +373,7 @@ def budgeted(
     cls = _class()
     if not isinstance(model, cls.__bases__[0]):
         raise InvalidArgument("model", model, "a LangChain chat model")
-    if agent is not None and (not isinstance(agent, str) or not agent):
-        raise InvalidArgument("agent", agent, "an agent's name")
-    if (
-        isinstance(max_extensions, bool)
-        or not isinstance(max_extensions, int)
-        or max_extensions < 0
-    ):
-        raise InvalidArgument("max_extensions", max_extensions, "an integer >= 0")
-    if outside not in OUTSIDE:
-        raise InvalidArgument("outside", outside, "one of: " + ", ".join(OUTSIDE))
+    check_options(agent, max_extensions, outside)
     return cls(
         inner=model,
         agent=agent,
