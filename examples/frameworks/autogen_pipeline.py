@@ -21,30 +21,11 @@ from typing import Any
 from autogen_agentchat.agents import AssistantAgent
 from autogen_core.models import ModelFamily
 from autogen_ext.models.openai import OpenAIChatCompletionClient
+from invoice_ticket import CEILING, HISTORY, LOCAL_ANSWERS, PIPELINE
 
-from apportion import Agent, Controller, Pipeline
+from apportion import Controller
 from apportion.integrations.autogen import budgeted
 from apportion.testing.openai_server import OpenAIServer, Reply
-
-CEILING = 3_000
-HISTORY = "\n".join(
-    f"{'customer' if i % 2 == 0 else 'support'}: message {i} about the duplicate charge "
-    f"on invoice 4471, card ending 0042, and what was said about the refund so far"
-    for i in range(40)
-)
-PIPELINE = Pipeline(
-    [
-        Agent("triage", priority="peripheral", output_kind="structured"),
-        Agent("reasoner", priority="critical", after=["triage"], output_kind="reasoning"),
-        Agent("formatter", priority="peripheral", after=["reasoner"], output_kind="prose"),
-    ]
-)
-LOCAL_ANSWERS = [
-    '{"category": "billing", "urgency": "high"}',
-    "The customer was charged twice for invoice 4471; the second charge is a retry "
-    "that should have been voided. Refund it and confirm by email within two days.",
-    "Refund the duplicate charge on invoice 4471 and email the customer a confirmation.",
-]
 
 
 def client(url: str | None) -> Any:

@@ -83,3 +83,20 @@ def chat_models(answers: list[str] = LOCAL_ANSWERS) -> Iterator[tuple[str, dict[
     with OpenAIServer([Reply(text) for text in answers]) as server:
         local = {"model": "gpt-4o-mini", "base_url": server.url, "api_key": "local"}
         yield f"gpt-4o-mini on the local server at {server.url}", local
+
+
+def print_calls_and_check(req: Any, answer: str) -> int:
+    """Print each call's grant and use, the answer and the summary; 0 if the ceiling held."""
+    for record in req.calls.values():
+        print(
+            f"  {record.agent:<9} asked {record.input_asked} in; granted "
+            f"{record.context_granted} in / {record.output_cap} out; used "
+            f"{record.input_used} in / {record.output_used} out; "
+            f"{record.extensions} extension(s), truncated={record.truncated}"
+        )
+    print("\nanswer:\n" + answer + "\n")
+    summary = req.summary()
+    print(summary)
+    held = summary.consumed <= CEILING
+    print(f"ceiling held: consumed {summary.consumed} <= {CEILING}: {held}")
+    return 0 if held else 1

@@ -23,31 +23,11 @@ for _name in ("CREWAI_DISABLE_TELEMETRY", "OTEL_SDK_DISABLED"):
 os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 
 from crewai import Agent, Crew, Process, Task  # noqa: E402
+from invoice_ticket import CEILING, HISTORY, LOCAL_ANSWERS, PIPELINE  # noqa: E402
 
-from apportion import Agent as BudgetAgent  # noqa: E402
-from apportion import Controller, Pipeline  # noqa: E402
+from apportion import Controller  # noqa: E402
 from apportion.integrations.crewai import budgeted_llm  # noqa: E402
 from apportion.testing.openai_server import OpenAIServer, Reply  # noqa: E402
-
-CEILING = 3_000
-HISTORY = "\n".join(
-    f"{'customer' if i % 2 == 0 else 'support'}: message {i} about the duplicate charge "
-    f"on invoice 4471, card ending 0042, and what was said about the refund so far"
-    for i in range(40)
-)
-PIPELINE = Pipeline(
-    [
-        BudgetAgent("triage", priority="peripheral", output_kind="structured"),
-        BudgetAgent("reasoner", priority="critical", after=["triage"], output_kind="reasoning"),
-        BudgetAgent("formatter", priority="peripheral", after=["reasoner"], output_kind="prose"),
-    ]
-)
-LOCAL_ANSWERS = [
-    '{"category": "billing", "urgency": "high"}',
-    "The customer was charged twice for invoice 4471; the second charge is a retry "
-    "that should have been voided. Refund it and confirm by email within two days.",
-    "Refund the duplicate charge on invoice 4471 and email the customer a confirmation.",
-]
 
 
 def run(url: str | None) -> None:

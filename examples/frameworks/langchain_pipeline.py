@@ -19,7 +19,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing_ticket import CEILING, HISTORY, PIPELINE, REASONER_CAP, TICKET, chat_models
+from billing_ticket import (
+    CEILING,
+    HISTORY,
+    PIPELINE,
+    REASONER_CAP,
+    TICKET,
+    chat_models,
+    print_calls_and_check,
+)
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_openai import ChatOpenAI
@@ -69,19 +77,7 @@ def main() -> int:
             if isinstance(chunk, AIMessage):
                 answer += chunk.text
 
-        for record in req.calls.values():
-            print(
-                f"  {record.agent:<9} asked {record.input_asked} in; granted "
-                f"{record.context_granted} in / {record.output_cap} out; used "
-                f"{record.input_used} in / {record.output_used} out; "
-                f"{record.extensions} extension(s), truncated={record.truncated}"
-            )
-        print("\nanswer:\n" + answer + "\n")
-    summary = req.summary()
-    print(summary)
-    held = summary.consumed <= CEILING
-    print(f"ceiling held: consumed {summary.consumed} <= {CEILING}: {held}")
-    return 0 if held else 1
+    return print_calls_and_check(req, answer)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing_ticket import CEILING, HISTORY, PIPELINE, REASONER_CAP, TICKET, chat_models
+from billing_ticket import (
+    CEILING,
+    HISTORY,
+    PIPELINE,
+    REASONER_CAP,
+    TICKET,
+    chat_models,
+    print_calls_and_check,
+)
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 from langgraph.graph import END, START, MessagesState, StateGraph
@@ -74,19 +82,7 @@ def main() -> int:
             if meta.get("langgraph_node") == "formatter" and isinstance(chunk, AIMessage):
                 answer += chunk.text
 
-        for record in req.calls.values():
-            print(
-                f"  {record.agent:<9} asked {record.input_asked} in; granted "
-                f"{record.context_granted} in / {record.output_cap} out; used "
-                f"{record.input_used} in / {record.output_used} out; "
-                f"{record.extensions} extension(s), truncated={record.truncated}"
-            )
-        print("\nanswer:\n" + answer + "\n")
-    summary = req.summary()
-    print(summary)
-    held = summary.consumed <= CEILING
-    print(f"ceiling held: consumed {summary.consumed} <= {CEILING}: {held}")
-    return 0 if held else 1
+    return print_calls_and_check(req, answer)
 
 
 if __name__ == "__main__":
