@@ -30,7 +30,8 @@ from __future__ import annotations
 import contextvars
 import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
@@ -40,8 +41,10 @@ __all__ = [
     "OUTSIDE",
     "AgentScope",
     "UnbudgetedCall",
+    "call_options_scope",
     "carry",
     "current_agent",
+    "current_call_options",
     "current_request",
     "enter",
     "leave",
@@ -60,6 +63,9 @@ unbudgeted with an :class:`UnbudgetedCall` warning (only when the user chose it)
 
 _REQUEST: contextvars.ContextVar[Any] = contextvars.ContextVar("apportion_request", default=None)
 _AGENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("apportion_agent", default=None)
+_CALL_OPTIONS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "apportion_call_options", default=None
+)
 _MISSING: Any = object()
 
 
@@ -233,3 +239,29 @@ class AgentScope:
         if self._tokens is not None:
             leave(self._tokens)
             self._tokens = None
+
+
+def current_call_options() -> Mapping[str, Any]:
+    """The call options (``wrap_up_tokens``, ``show_budget``) an adapter set for this code.
+
+    An adapter that budgets a whole run rather than its calls (Pydantic AI's
+    ``Apportion`` capability) sets them with :func:`call_options_scope`; the call engine
+    uses them for a call that sets none of its own (before the controller's).
+    """
+    return _CALL_OPTIONS.get() or {}
+
+
+@contextmanager
+def call_options_scope(options: Mapping[str, Any]) -> Iterator[None]:
+    """Make ``options`` (checked ``wrap_up_tokens`` / ``show_budget``) current inside the block.
+
+    Options given are laid over those already current; an empty mapping changes nothing.
+    """
+    if not options:
+        yield
+        return
+    token = _CALL_OPTIONS.set({**current_call_options(), **options})
+    try:
+        yield
+    finally:
+        _reset(_CALL_OPTIONS, token)

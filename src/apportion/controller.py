@@ -1068,7 +1068,14 @@ class _RequestBase:
 
         return await acompletion(self, agent, **kwargs)
 
-    def openai(self, client: Any, agent: str | None = None) -> Any:
+    def openai(
+        self,
+        client: Any,
+        agent: str | None = None,
+        *,
+        wrap_up_tokens: int | None = None,
+        show_budget: bool | None = None,
+    ) -> Any:
         """A drop-in OpenAI client whose model calls are budgeted in this request.
 
         ``client`` is an ``openai.OpenAI`` or ``AsyncOpenAI``; the budgeted client's
@@ -1076,11 +1083,13 @@ class _RequestBase:
         ``responses.create`` / ``parse`` are budgeted for ``agent`` (or the ``agent=``
         given per call); ``with_options``, ``copy``, ``with_raw_response`` and
         ``with_streaming_response`` stay budgeted; a model call it cannot budget raises
-        ``UnsupportedCall``. See :mod:`apportion.integrations.openai`.
+        ``UnsupportedCall``. ``wrap_up_tokens`` and ``show_budget`` apply to every call
+        (``None``: the controller's; a call's own keyword wins). See
+        :mod:`apportion.integrations.openai`.
         """
         from apportion.integrations.openai import budgeted
 
-        return budgeted(client, self, agent)
+        return budgeted(client, self, agent, wrap_up_tokens=wrap_up_tokens, show_budget=show_budget)
 
 
 class Request(_RequestBase):

@@ -106,3 +106,21 @@ def async_openai_client(server: OpenAIServer) -> Any:
     import openai
 
     return openai.AsyncOpenAI(base_url=server.url, api_key="test", max_retries=0)
+
+
+def assert_shown_and_wrapped_up(server: OpenAIServer, req: Any) -> None:
+    """The server saw the budget line in the first call and a wrap-up follow-up last.
+
+    For an adapter given ``wrap_up_tokens=`` and ``show_budget=True`` whose one call was
+    cut with its extension refused (``FixedPolicy(output=..., extra=0)``).
+    """
+    import json
+
+    from apportion.integrations.chat import BUDGET_LINE, WRAP_UP_PROMPT
+
+    first, *rest = server.requests
+    assert BUDGET_LINE.split("{")[0] in json.dumps(first)
+    assert rest, "no wrap-up follow-up was sent"
+    assert WRAP_UP_PROMPT.split("{")[0] in json.dumps(rest[-1])
+    assert WRAP_UP_PROMPT.split("{")[0] not in json.dumps(first)
+    assert [record.status for record in req.calls.values()] == ["wrapped_up"]

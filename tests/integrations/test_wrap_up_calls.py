@@ -11,9 +11,18 @@ import asyncio
 from typing import Any
 
 import pytest
-from integration_helpers import PIPELINE, FixedPolicy, litellm_args, openai_client, words
+from integration_helpers import (
+    PIPELINE,
+    FixedPolicy,
+    assert_shown_and_wrapped_up,
+    async_openai_client,
+    litellm_args,
+    openai_client,
+    words,
+)
 
 from apportion import AsyncController, Controller
+from apportion.errors import InvalidArgument, InvalidTokenCount
 from apportion.integrations.chat import (
     BUDGET_LINE,
     TASK_BUDGET_BETA,
@@ -287,3 +296,59 @@ def test_a_stream_wraps_up_within_the_reserve_in_the_same_stream(server, store, 
         assert (report.calls, report.status, report.truncated) == (2, "wrapped_up", False)
         assert report.input_tokens + report.output_tokens <= report.grant.total
         assert req.calls[report.grant.grant_id].status == "wrapped_up"
+
+
+# ------------------------------------------------------------------ per adapter
+
+
+def test_the_drop_in_client_takes_both_keywords_for_every_call(server, store):
+    server.queue(Reply(words(70)), Reply("fine"))
+    with make(store, output=60).request(ceiling=5_000) as req:
+        chat = req.openai(openai_client(server), "reasoner", wrap_up_tokens=400, show_budget=True)
+        chat.chat.completions.create(model=MODEL, messages=QUESTION)
+        assert_shown_and_wrapped_up(server, req)
+        view = chat.with_options(timeout=30)  # a view keeps them; a call's own wins
+        report = view.chat.completions.create(model=MODEL, messages=QUESTION, show_budget=False)
+        assert server.requests[-1]["messages"] == QUESTION
+        assert report.apportion.wrap_up_tokens == 400
+
+
+def test_the_async_drop_in_client_takes_both_keywords(server, store):
+    server.queue(Reply(words(70)))
+    ctl = AsyncController(PIPELINE, policy=FixedPolicy(output=60, extra=0), store=store)
+
+    async def main() -> None:
+        async with ctl.request(ceiling=5_000) as req:
+            chat = req.openai(
+                async_openai_client(server), "reasoner", wrap_up_tokens=400, show_budget=True
+            )
+            await chat.chat.completions.create(model=MODEL, messages=QUESTION)
+            assert_shown_and_wrapped_up(server, req)
+
+    asyncio.run(main())
+
+
+def test_litellm_completion_takes_both_keywords(server, store):
+    server.queue(Reply(words(70)), Reply(words(70)))
+    with make(store, output=60).request(ceiling=5_000) as req:
+        args = litellm_args(server)
+        req.completion("reasoner", messages=QUESTION, wrap_up_tokens=400, show_budget=True, **args)
+        assert_shown_and_wrapped_up(server, req)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "error"),
+    [
+        ({"wrap_up_tokens": -1}, InvalidTokenCount),
+        ({"wrap_up_tokens": 1.5}, InvalidTokenCount),
+        ({"show_budget": "yes"}, InvalidArgument),
+    ],
+)
+def test_bad_keywords_are_refused_when_the_client_is_made(server, store, keywords, error):
+    with make(store, output=60).request(ceiling=5_000) as req:
+        with pytest.raises(error) as caught:
+            req.openai(openai_client(server), "reasoner", **keywords)
+        error = caught.value
+        name = error.argument if isinstance(error, InvalidArgument) else error.field
+        assert name == next(iter(keywords))
+        assert req.summary().reserved == 0 and not server.requests

@@ -42,7 +42,7 @@ from typing import Any
 
 from apportion.ambient import current_agent, current_request, resolve_request
 from apportion.errors import InvalidArgument, MissingExtra, UnsupportedVersion
-from apportion.integrations.chat import MAX_EXTENSIONS
+from apportion.integrations.chat import MAX_EXTENSIONS, call_options
 from apportion.integrations.engine import acall
 
 SUPPORTED = ">=0.7.5,<0.8"
@@ -274,6 +274,8 @@ def budgeted(
     counter: Any = None,
     fit: str = "keep-recent",
     max_extensions: int = MAX_EXTENSIONS,
+    wrap_up_tokens: int | None = None,
+    show_budget: bool | None = None,
 ) -> Any:
     """A ``ChatCompletionClient`` whose calls are budgeted for ``agent``.
 
@@ -287,11 +289,18 @@ def budgeted(
         counter: ``None`` (the model's tokenizer), ``"approximate"``, or a counter.
         fit: how to fit messages over the context grant.
         max_extensions: follow-up calls allowed for a cut answer.
+        wrap_up_tokens: the wrap-up reserve of every call's grant (``None``: the
+            controller's): a plain-text answer cut with its extension refused is concluded
+            by a "wrap up now" call within it.
+        show_budget: add the budget line to every call's prompt (``None``: the
+            controller's).
 
     Raises:
         MissingExtra: AutoGen is not installed.
         UnsupportedVersion: autogen-core is outside :data:`SUPPORTED`.
-        InvalidArgument: ``client`` is not a ``ChatCompletionClient``.
+        InvalidArgument: ``client`` is not a ``ChatCompletionClient``, or ``show_budget``
+            is not a bool.
+        InvalidTokenCount: ``wrap_up_tokens`` is not a token count.
     """
     check_version()
     models = _import("autogen_core.models")
@@ -299,6 +308,7 @@ def budgeted(
         raise InvalidArgument("client", client, "an AutoGen ChatCompletionClient")
     if agent is not None and (not isinstance(agent, str) or not agent):
         raise InvalidArgument("agent", agent, "an agent's name")
+    options = call_options(wrap_up_tokens, show_budget)
     cls = _client_class()
     return cls(
         client,
@@ -308,6 +318,7 @@ def budgeted(
         counter=counter,
         fit=fit,
         max_extensions=max_extensions,
+        **options,
     )
 
 

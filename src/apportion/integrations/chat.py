@@ -179,6 +179,35 @@ BUDGET_LINE = (
 )
 """The line ``show_budget`` adds to the prompt (a system message after the system prompt)."""
 
+
+def call_options(wrap_up_tokens: object = None, show_budget: object = None) -> dict[str, Any]:
+    """The wrap-up reserve and the budget line an adapter gives its calls, checked.
+
+    Every integration and framework adapter takes ``wrap_up_tokens=`` and ``show_budget=``
+    and passes what this returns to the call engine with each call (a call's own keyword,
+    where the adapter takes one per call, wins).
+
+    Args:
+        wrap_up_tokens: the wrap-up reserve of each grant, or ``None`` (the controller's).
+        show_budget: add :data:`BUDGET_LINE` to each prompt, or ``None`` (the controller's).
+
+    Returns:
+        The keywords set (not ``None``): ``{"wrap_up_tokens": N, "show_budget": True}``.
+
+    Raises:
+        InvalidTokenCount: ``wrap_up_tokens`` is not a token count (an integer >= 0).
+        InvalidArgument: ``show_budget`` is not ``True``, ``False`` or ``None``.
+    """
+    options: dict[str, Any] = {}
+    if wrap_up_tokens is not None:
+        options["wrap_up_tokens"] = check_tokens("wrap_up_tokens", wrap_up_tokens)
+    if show_budget is not None:
+        if not isinstance(show_budget, bool):
+            raise InvalidArgument("show_budget", show_budget, "True, False or None")
+        options["show_budget"] = show_budget
+    return options
+
+
 TASK_BUDGET_BETA = "task-budgets-2026-03-13"
 """Anthropic's beta header value for ``output_config.task_budget``."""
 
@@ -329,10 +358,8 @@ class ChatCall:
             raise InvalidArgument("fit", fit, f"one of {', '.join(STRATEGIES)}")
         if type(max_extensions) is not int or not 0 <= max_extensions <= 1000:
             raise InvalidArgument("max_extensions", max_extensions, "an integer from 0 to 1000")
-        if wrap_up_tokens is not None:
-            wrap_up_tokens = check_tokens("wrap_up_tokens", wrap_up_tokens)
-        if show_budget is not None and not isinstance(show_budget, bool):
-            raise InvalidArgument("show_budget", show_budget, "True, False or None")
+        checked = call_options(wrap_up_tokens, show_budget)
+        wrap_up_tokens = checked.get("wrap_up_tokens")
         params = _caps_out_of_extra_body(
             {k: v for k, v in dict(params).items() if not is_absent(v)}, protocol
         )

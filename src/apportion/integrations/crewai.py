@@ -42,6 +42,7 @@ from typing import Any
 
 from apportion.ambient import current_agent, resolve_request
 from apportion.errors import InvalidArgument, MissingExtra, UnsupportedVersion
+from apportion.integrations.chat import call_options
 
 SUPPORTED = ">=1.15,<2"
 """The ``crewai`` versions this adapter supports."""
@@ -65,25 +66,40 @@ def check_version() -> None:
         raise UnsupportedVersion("crewai", version, SUPPORTED)
 
 
-def budgeted_llm(model: str = "gpt-4o-mini", *, req: Any = None, **kwargs: Any) -> Any:
+def budgeted_llm(
+    model: str = "gpt-4o-mini",
+    *,
+    req: Any = None,
+    wrap_up_tokens: int | None = None,
+    show_budget: bool | None = None,
+    **kwargs: Any,
+) -> Any:
     """CrewAI's native OpenAI LLM for ``model``, every call budgeted.
 
     Args:
         model: the OpenAI model (as for ``crewai.LLM``).
         req: the request to draw on (default: the current request at each call).
+        wrap_up_tokens: the wrap-up reserve of every call's grant (``None``: the
+            controller's): an answer cut with its extension refused is concluded by a
+            "wrap up now" call within it.
+        show_budget: add the budget line to every call's prompt (``None``: the
+            controller's).
         **kwargs: what ``crewai.LLM`` takes for an OpenAI model (``base_url``,
             ``api_key``, ``max_tokens``, ``temperature``, ``stream`` ...).
 
     Raises:
         MissingExtra: CrewAI is not installed.
         UnsupportedVersion: crewai is outside :data:`SUPPORTED`.
-        InvalidArgument: ``model`` is not a model name.
+        InvalidArgument: ``model`` is not a model name, or ``show_budget`` is not a bool.
+        InvalidTokenCount: ``wrap_up_tokens`` is not a token count.
     """
     check_version()
     if not isinstance(model, str) or not model:
         raise InvalidArgument("model", model, "a model name")
+    options = call_options(wrap_up_tokens, show_budget)
     llm = _llm_class()(model=model, **kwargs)
     llm._apportion_req = req
+    llm._apportion_options = options
     return llm
 
 
@@ -102,6 +118,7 @@ def _llm_class() -> Any:
         """CrewAI's ``OpenAICompletion`` with apportion's budgeted client."""
 
         _apportion_req: Any = private(default=None)
+        _apportion_options: Any = private(default_factory=dict)
 
         @contextmanager
         def _scope(self, from_agent: Any) -> Iterator[None]:
@@ -161,11 +178,11 @@ def _llm_class() -> Any:
 
         def _get_sync_client(self) -> Any:
             req = resolve_request(self._apportion_req, what="CrewAI LLM.call")
-            return req.openai(super()._get_sync_client())
+            return req.openai(super()._get_sync_client(), **self._apportion_options)
 
         def _get_async_client(self) -> Any:
             req = resolve_request(self._apportion_req, what="CrewAI LLM.acall")
-            return req.openai(super()._get_async_client())
+            return req.openai(super()._get_async_client(), **self._apportion_options)
 
     _CLASS = BudgetedLLM
     return _CLASS

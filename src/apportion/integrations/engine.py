@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from apportion.ambient import current_call_options
 from apportion.errors import InvalidArgument
 from apportion.integrations.chat import MAX_EXTENSIONS, ChatCall, Cost
 from apportion.integrations.drivers import AsyncBudgetedStream, BudgetedStream, arun, run
@@ -62,11 +63,19 @@ def prepare(
 ) -> ChatCall:
     """Check the arguments and build the :class:`ChatCall` (nothing is reserved yet).
 
+    ``wrap_up_tokens`` and ``show_budget`` left ``None`` are those an adapter made current
+    for the run (:func:`~apportion.ambient.current_call_options`), else the controller's.
+
     A ``send`` of LiteLLM's (``litellm.completion`` ...) takes the providers' own budget
     fields, which ``show_budget`` then sets (see :meth:`ChatCall.first_params`).
     """
     if not callable(send):
         raise InvalidArgument("send", send, "a function that makes one provider call")
+    ambient = current_call_options()  # an adapter's run-wide options (Pydantic AI's Apportion)
+    if wrap_up_tokens is None:
+        wrap_up_tokens = ambient.get("wrap_up_tokens")
+    if show_budget is None:
+        show_budget = ambient.get("show_budget")
     chat = ChatCall(
         agent,
         model,

@@ -45,7 +45,7 @@ from typing import Any
 
 from apportion.ambient import OUTSIDE, resolve_agent, resolve_request
 from apportion.errors import InvalidArgument, MissingExtra
-from apportion.integrations.chat import MAX_EXTENSIONS
+from apportion.integrations.chat import MAX_EXTENSIONS, call_options
 from apportion.integrations.engine import acall, call
 from apportion.integrations.versions import installed, within
 
@@ -311,6 +311,7 @@ def _middleware_class() -> type:
                 "counter": s["counter"],
                 "fit": s["fit"],
                 "max_extensions": s["max_extensions"],
+                **s["options"],
                 **one.params(),
             }
 
@@ -320,12 +321,25 @@ def _middleware_class() -> type:
 _CLASS: list[type] = []
 
 
-def check_options(agent: str | None, max_extensions: int, outside: str) -> None:
+def check_options(
+    agent: str | None,
+    max_extensions: int,
+    outside: str,
+    *,
+    wrap_up_tokens: int | None = None,
+    show_budget: bool | None = None,
+) -> dict[str, Any]:
     """Check the options the LangChain and LangGraph adapters share.
+
+    Returns:
+        The call engine's ``wrap_up_tokens`` / ``show_budget`` keywords that are set
+        (:func:`~apportion.integrations.chat.call_options`).
 
     Raises:
         InvalidArgument: ``agent`` is not a name, ``max_extensions`` not an integer >= 0,
-            or ``outside`` not one of :data:`~apportion.ambient.OUTSIDE`.
+            ``outside`` not one of :data:`~apportion.ambient.OUTSIDE`, or ``show_budget``
+            not a bool.
+        InvalidTokenCount: ``wrap_up_tokens`` is not a token count.
     """
     if agent is not None and (not isinstance(agent, str) or not agent):
         raise InvalidArgument("agent", agent, "an agent's name")
@@ -333,6 +347,7 @@ def check_options(agent: str | None, max_extensions: int, outside: str) -> None:
         raise InvalidArgument("max_extensions", max_extensions, "an integer >= 0")
     if outside not in OUTSIDE:
         raise InvalidArgument("outside", outside, "one of: " + ", ".join(OUTSIDE))
+    return call_options(wrap_up_tokens, show_budget)
 
 
 def BudgetMiddleware(
@@ -344,6 +359,8 @@ def BudgetMiddleware(
     fit: str = "keep-recent",
     max_extensions: int = MAX_EXTENSIONS,
     outside: str = "raise",
+    wrap_up_tokens: int | None = None,
+    show_budget: bool | None = None,
 ) -> Any:
     """A LangChain ``AgentMiddleware`` budgeting every model call of a ``create_agent`` agent.
 
@@ -357,13 +374,21 @@ def BudgetMiddleware(
         max_extensions: follow-up calls allowed for a cut answer.
         outside: with no request: ``"raise"`` (``NoOpenRequest``) or ``"pass"`` (the call
             is made unbudgeted, with an ``UnbudgetedCall`` warning).
+        wrap_up_tokens: the wrap-up reserve of every call's grant (``None``: the
+            controller's): a plain-text answer cut with its extension refused is concluded
+            by a "wrap up now" call within it.
+        show_budget: add the budget line to every call's prompt (``None``: the
+            controller's).
 
     Raises:
         MissingExtra: LangChain is not installed.
         UnsupportedVersion: LangChain is outside :data:`SUPPORTED`.
         InvalidArgument: a bad argument.
+        InvalidTokenCount: ``wrap_up_tokens`` is not a token count.
     """
-    check_options(agent, max_extensions, outside)
+    options = check_options(
+        agent, max_extensions, outside, wrap_up_tokens=wrap_up_tokens, show_budget=show_budget
+    )
     if model is not None and (not isinstance(model, str) or not model):
         raise InvalidArgument("model", model, "a model's name")
     if not _CLASS:
@@ -376,5 +401,6 @@ def BudgetMiddleware(
         "fit": fit,
         "max_extensions": max_extensions,
         "outside": outside,
+        "options": options,
     }
     return _CLASS[0](settings)

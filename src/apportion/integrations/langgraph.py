@@ -106,6 +106,7 @@ def _class() -> type:
         fit: str = "keep-recent"
         max_extensions: int = MAX_EXTENSIONS
         outside: str = "raise"
+        options: Any = None  # the engine's wrap_up_tokens / show_budget (check_options)
 
         @property
         def _llm_type(self) -> str:
@@ -141,6 +142,7 @@ def _class() -> type:
                 "counter": self.counter,
                 "fit": self.fit,
                 "max_extensions": self.max_extensions,
+                **(self.options or {}),
             }
             if params.get("tools"):
                 engine["tools"] = list(params["tools"])
@@ -350,6 +352,8 @@ def budgeted(
     fit: str = "keep-recent",
     max_extensions: int = MAX_EXTENSIONS,
     outside: str = "raise",
+    wrap_up_tokens: int | None = None,
+    show_budget: bool | None = None,
 ) -> Any:
     """A budgeted ``BaseChatModel`` calling ``model``.
 
@@ -364,16 +368,24 @@ def budgeted(
         max_extensions: follow-up calls allowed for a cut answer.
         outside: with no request: ``"raise"`` (``NoOpenRequest``) or ``"pass"`` (the call
             is made unbudgeted, with an ``UnbudgetedCall`` warning).
+        wrap_up_tokens: the wrap-up reserve of every call's grant (``None``: the
+            controller's): a plain-text answer cut with its extension refused is concluded
+            by a "wrap up now" call within it.
+        show_budget: add the budget line to every call's prompt (``None``: the
+            controller's).
 
     Raises:
         MissingExtra: LangGraph is not installed.
         UnsupportedVersion: LangGraph is outside :data:`SUPPORTED`.
         InvalidArgument: a bad argument.
+        InvalidTokenCount: ``wrap_up_tokens`` is not a token count.
     """
     cls = _class()
     if not isinstance(model, cls.__bases__[0]):
         raise InvalidArgument("model", model, "a LangChain chat model")
-    check_options(agent, max_extensions, outside)
+    options = check_options(
+        agent, max_extensions, outside, wrap_up_tokens=wrap_up_tokens, show_budget=show_budget
+    )
     return cls(
         inner=model,
         agent=agent,
@@ -383,4 +395,5 @@ def budgeted(
         fit=fit,
         max_extensions=max_extensions,
         outside=outside,
+        options=options,
     )

@@ -70,6 +70,8 @@ def completion(
     counter: Any = None,
     fit: str = "keep-recent",
     max_extensions: int = MAX_EXTENSIONS,
+    wrap_up_tokens: int | None = None,
+    show_budget: bool | None = None,
     **kwargs: Any,
 ) -> Any:
     """A budgeted ``litellm.completion`` for ``agent`` within request ``req``.
@@ -82,6 +84,10 @@ def completion(
         counter: the token counter: ``None`` (by model), ``"approximate"``, or a counter.
         fit: how to fit messages that exceed the context grant (``keep-recent`` ...).
         max_extensions: follow-up calls allowed when the answer is cut at its cap.
+        wrap_up_tokens: the grant's wrap-up reserve (``None``: the controller's): when an
+            extension is refused, a "wrap up now" follow-up concludes within it.
+        show_budget: add the budget line to the prompt, and set the provider's own budget
+            field where it takes one (``None``: the controller's).
         **kwargs: passed to ``litellm.completion``.
 
     Returns:
@@ -106,6 +112,8 @@ def completion(
         fit=fit,
         max_extensions=max_extensions,
         cost=cost,
+        wrap_up_tokens=wrap_up_tokens,
+        show_budget=show_budget,
         **kwargs,
     )
 
@@ -119,6 +127,8 @@ async def acompletion(
     counter: Any = None,
     fit: str = "keep-recent",
     max_extensions: int = MAX_EXTENSIONS,
+    wrap_up_tokens: int | None = None,
+    show_budget: bool | None = None,
     **kwargs: Any,
 ) -> Any:
     """The async :func:`completion`, with ``litellm.acompletion``.
@@ -137,5 +147,7 @@ async def acompletion(
         fit=fit,
         max_extensions=max_extensions,
         cost=cost,
+        wrap_up_tokens=wrap_up_tokens,
+        show_budget=show_budget,
         **kwargs,
     )

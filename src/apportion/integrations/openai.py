@@ -27,6 +27,11 @@ The budgeted client is what a framework can hold in place of the SDK's client:
   else the current agent (``with req.agent(name):``, :func:`apportion.current_agent`).
   A call with none of them raises :class:`~apportion.errors.InvalidArgument` naming the method,
   before anything is reserved or sent.
+* **Wrapping up and the budget line**: ``req.openai(client, wrap_up_tokens=N,
+  show_budget=True)`` gives every call of the client a wrap-up reserve of ``N`` and the
+  budget line (see :mod:`apportion.integrations.chat`); a call's own ``wrap_up_tokens=`` /
+  ``show_budget=`` wins, and ``None`` (the default) leaves the controller's. Views
+  (``with_options``, ``copy``) keep them.
 * **Views stay budgeted**: ``with_options(...)`` and ``copy(...)`` return a budgeted
   client (same request, same agent) over the SDK's copy; ``with_raw_response`` (on the
   client or on a resource, e.g. ``chat.completions.with_raw_response.create``) returns the
@@ -64,7 +69,7 @@ from typing import Any
 
 from apportion.ambient import current_agent
 from apportion.errors import InvalidArgument, UnsupportedCall
-from apportion.integrations.chat import MAX_EXTENSIONS, report_of
+from apportion.integrations.chat import MAX_EXTENSIONS, call_options, report_of
 from apportion.integrations.drivers import is_async_request
 from apportion.integrations.engine import acall, call
 from apportion.integrations.protocols import CHAT, RESPONSES, Protocol
@@ -125,7 +130,12 @@ _MODES = ("plain", "raw", "streaming")
 
 
 def budgeted(
-    client: Any, req: Any, agent: str | None = None
+    client: Any,
+    req: Any,
+    agent: str | None = None,
+    *,
+    wrap_up_tokens: int | None = None,
+    show_budget: bool | None = None,
 ) -> BudgetedOpenAI | AsyncBudgetedOpenAI:
     """A budgeted drop-in for an OpenAI client, within the request ``req``.
 
@@ -134,25 +144,32 @@ def budgeted(
         req: the open request: a ``Request`` for a sync client; an ``AsyncRequest`` (or a
             ``Request``) for an async one.
         agent: the agent the calls are budgeted for (a call's own ``agent=`` wins).
+        wrap_up_tokens: the wrap-up reserve of every call's grant (``None``: the
+            controller's); a call's own ``wrap_up_tokens=`` wins.
+        show_budget: add the budget line to every call's prompt (``None``: the
+            controller's); a call's own ``show_budget=`` wins.
 
     Raises:
         InvalidArgument: ``client`` has no ``chat.completions.create``, a sync client was
-            given an ``AsyncRequest``, or ``agent`` is not a name.
+            given an ``AsyncRequest``, ``agent`` is not a name, or ``show_budget`` is not
+            a bool.
+        InvalidTokenCount: ``wrap_up_tokens`` is not a token count.
     """
     create = getattr(getattr(getattr(client, "chat", None), "completions", None), "create", None)
     if not callable(create):
         raise InvalidArgument("client", client, "not an OpenAI client (no chat.completions.create)")
     if agent is not None and not isinstance(agent, str):
         raise InvalidArgument("agent", agent, "an agent name (or None: named per call)")
+    options = call_options(wrap_up_tokens, show_budget)
     if _is_async(client, create):
-        return AsyncBudgetedOpenAI(client, req, agent)
+        return AsyncBudgetedOpenAI(client, req, agent, options)
     if is_async_request(req):
         raise InvalidArgument(
             "client",
             client,
             "a sync OpenAI client cannot be budgeted by an AsyncRequest: use AsyncOpenAI",
         )
-    return BudgetedOpenAI(client, req, agent)
+    return BudgetedOpenAI(client, req, agent, options)
 
 
 def _is_async(client: Any, create: Any) -> bool:
@@ -233,14 +250,21 @@ class _Refused:
 class _Root(_Resource):
     """What the sync and async budgeted clients share."""
 
-    def __init__(self, client: Any, req: Any, agent: str | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        req: Any,
+        agent: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(self, (), client, client)
         self.client = client
         self.req = req
         self.agent = agent
+        self.options = dict(options or {})
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("client", "req", "agent"):  # not set yet (copying, unpickling)
+        if name in ("client", "req", "agent", "options"):  # not set yet (copying, unpickling)
             raise AttributeError(name)
         return super().__getattr__(name)
 
@@ -260,11 +284,12 @@ class _Root(_Resource):
 
     def copy(self, *args: Any, **kwargs: Any) -> Any:
         """The SDK's ``copy`` (``with_options``), budgeted like this client."""
-        return type(self)(self.client.copy(*args, **kwargs), self.req, self.agent)
+        return type(self)(self.client.copy(*args, **kwargs), self.req, self.agent, self.options)
 
     def with_options(self, *args: Any, **kwargs: Any) -> Any:
         """The SDK's ``with_options`` (``copy``), budgeted like this client."""
-        return type(self)(self.client.with_options(*args, **kwargs), self.req, self.agent)
+        client = self.client.with_options(*args, **kwargs)
+        return type(self)(client, self.req, self.agent, self.options)
 
     def _agent(self, method: str, given: Any) -> str:
         agent = given if given is not None else self.agent
@@ -287,7 +312,14 @@ class _Root(_Resource):
         if "model" not in kwargs:
             raise InvalidArgument("model", None, f"{method} needs model=")
         agent = self._agent(method, kwargs.pop("agent", None))
-        return {"agent": agent, "messages": kwargs.pop(key), "protocol": protocol, **kwargs}
+        messages = kwargs.pop(key)
+        return {
+            "agent": agent,
+            "messages": messages,
+            "protocol": protocol,
+            **self.options,
+            **kwargs,
+        }
 
     def _method(
         self, label: str, protocol: Protocol, target: Any, name: str, mode: str

@@ -25,6 +25,10 @@ grant. A cut answer is extended. The SDK refuses a Responses answer left
 (no budget left, ``max_extensions`` reached) the answer is handed to the SDK as completed
 (``response.apportion.truncated`` stays ``True``).
 
+``run_config(client, wrap_up_tokens=N, show_budget=True)`` gives every model call a
+wrap-up reserve of ``N`` (a cut answer whose extension is refused is concluded within it)
+and the budget line in its prompt; ``None`` (the default) leaves the controller's.
+
 **Streaming** (``Runner.run_streamed``) works with both models: a cut streamed answer is
 extended and read as one stream (the Responses model's events as one message; the Chat
 Completions model asks for usage with ``stream_options``), and a streamed Responses answer
@@ -40,6 +44,7 @@ from typing import Any
 
 from apportion.ambient import name_agent, resolve_request
 from apportion.errors import InvalidArgument, MissingExtra
+from apportion.integrations.chat import call_options
 from apportion.integrations.openai import budgeted
 from apportion.integrations.versions import within
 
@@ -73,6 +78,8 @@ def run_config(
     req: Any = None,
     use_responses: bool | None = None,
     call_model_input_filter: Callable[[Any], Any] | None = None,
+    wrap_up_tokens: int | None = None,
+    show_budget: bool | None = None,
     **options: Any,
 ) -> Any:
     """A ``RunConfig`` whose model calls are budgeted (see the module docstring).
@@ -83,20 +90,32 @@ def run_config(
         use_responses: ``False`` for the Chat Completions model (needed to stream), ``True``
             or ``None`` (the SDK's default) for the Responses model.
         call_model_input_filter: your own filter, run after the agent is named.
+        wrap_up_tokens: the wrap-up reserve of every model call's grant (``None``: the
+            controller's): an answer cut with its extension refused is concluded by a
+            "wrap up now" call within it.
+        show_budget: add the budget line to every model call's prompt (``None``: the
+            controller's).
         **options: any other ``RunConfig`` field (``model``, ``model_settings`` ...).
 
     Raises:
         MissingExtra: the SDK is not installed.
         UnsupportedVersion: the installed SDK is outside :data:`SUPPORTED`.
-        InvalidArgument: ``client`` is not an async OpenAI client, or ``options`` sets
-            ``model_provider``.
+        InvalidArgument: ``client`` is not an async OpenAI client, ``options`` sets
+            ``model_provider``, or ``show_budget`` is not a bool.
+        InvalidTokenCount: ``wrap_up_tokens`` is not a token count.
     """
     agents = import_agents()
     if "model_provider" in options:
         raise InvalidArgument(
             "model_provider", options["model_provider"], "run_config() makes the provider"
         )
-    provider = BudgetedProvider(client, req=req, use_responses=use_responses)
+    provider = BudgetedProvider(
+        client,
+        req=req,
+        use_responses=use_responses,
+        wrap_up_tokens=wrap_up_tokens,
+        show_budget=show_budget,
+    )
     return agents.RunConfig(
         model_provider=provider,
         call_model_input_filter=_namer(call_model_input_filter),
@@ -123,15 +142,28 @@ class BudgetedProvider:
         client: the ``openai.AsyncOpenAI`` client.
         req: the request to budget in; ``None``: the current request when a model is made.
         use_responses: as ``OpenAIProvider``'s (``False``: Chat Completions).
+        wrap_up_tokens: the wrap-up reserve of every model call (``None``: the controller's).
+        show_budget: add the budget line to every model call (``None``: the controller's).
 
     Raises:
-        InvalidArgument: ``client`` is not an async OpenAI client.
+        InvalidArgument: ``client`` is not an async OpenAI client, or ``show_budget`` is
+            not a bool.
+        InvalidTokenCount: ``wrap_up_tokens`` is not a token count.
     """
 
-    def __init__(self, client: Any, *, req: Any = None, use_responses: bool | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        req: Any = None,
+        use_responses: bool | None = None,
+        wrap_up_tokens: int | None = None,
+        show_budget: bool | None = None,
+    ) -> None:
         agents = import_agents()
         if not _is_async_client(client):
             raise InvalidArgument("client", client, "an openai.AsyncOpenAI client")
+        self.options = call_options(wrap_up_tokens, show_budget)
         self.client = client
         self.req = req
         self.use_responses = use_responses
@@ -140,7 +172,7 @@ class BudgetedProvider:
     def get_model(self, model_name: str | None) -> Any:
         """The SDK's model for ``model_name``, over a budgeted client in the request."""
         req = resolve_request(self.req, what="an Agents SDK model call")
-        chat = _Completing(budgeted(self.client, req))
+        chat = _Completing(budgeted(self.client, req, **self.options))
         provider = self._agents.OpenAIProvider(openai_client=chat, use_responses=self.use_responses)
         return provider.get_model(model_name)
 

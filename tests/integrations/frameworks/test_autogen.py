@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from integration_helpers import FixedPolicy, controller, words
+from integration_helpers import FixedPolicy, assert_shown_and_wrapped_up, controller, words
 
-from apportion.errors import InvalidArgument, NoOpenRequest
+from apportion.errors import ApportionError, InvalidArgument, NoOpenRequest
 from apportion.testing.openai_server import OpenAIServer, Reply
 from conftest import require
 
@@ -237,3 +237,32 @@ def test_an_agent_with_tools_is_budgeted_and_its_tools_sent(server, store):
     [sent] = server.requests
     assert sent["tools"][0]["function"]["name"] == "lookup" and isinstance(sent["max_tokens"], int)
     check(server, summary, 2_000, False)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_budgeted_client_wraps_up_and_shows_the_budget(server, store, stream):
+    server.queue(Reply(words(70)))
+    ctl = controller(store, FixedPolicy(output=60, extra=0))
+    client = budgeted(inner(server), agent="reasoner", wrap_up_tokens=400, show_budget=True)
+    reasoner = AssistantAgent(
+        "reasoner", model_client=client, system_message="You count.", model_client_stream=stream
+    )
+
+    async def run() -> Any:
+        with ctl.request(ceiling=5_000) as req:
+            result = await reasoner.run(task="Count for me.")
+            assert_shown_and_wrapped_up(server, req)
+            return result.messages[-1].content
+
+    assert asyncio.run(run()) == words(70)
+    assert server.requests[0]["max_tokens"] == 60
+
+
+@pytest.mark.parametrize(
+    ("keywords", "argument"),
+    [({"wrap_up_tokens": -1}, "wrap_up_tokens"), ({"show_budget": "yes"}, "show_budget")],
+)
+def test_bad_wrap_up_and_show_budget_are_refused(server, keywords, argument):
+    with pytest.raises(ApportionError) as caught:
+        budgeted(inner(server), agent="reasoner", **keywords)
+    assert getattr(caught.value, "argument", getattr(caught.value, "field", None)) == argument

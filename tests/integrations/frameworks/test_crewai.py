@@ -15,9 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from integration_helpers import FixedPolicy, controller, words
+from integration_helpers import FixedPolicy, assert_shown_and_wrapped_up, controller, words
 
-from apportion.errors import InvalidArgument, NoOpenRequest, UnknownAgent, UnsupportedVersion
+from apportion.errors import (
+    ApportionError,
+    InvalidArgument,
+    NoOpenRequest,
+    UnknownAgent,
+    UnsupportedVersion,
+)
 from apportion.testing.openai_server import OpenAIServer, Reply
 from conftest import require
 
@@ -190,3 +196,31 @@ def test_a_rate_limited_call_retried_by_crewai_settles_once(server, store, monke
     assert summary.consumed == sum(map(sum, server.billed)) and summary.reserved == 0
     statuses = [record.status for record in req.calls.values()]
     assert statuses == ["released", "completed"]  # the 429's grant released, the retry's settled
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_budgeted_llm_wraps_up_and_shows_the_budget(server, store, stream):
+    server.queue(Reply(words(70)))
+    ctl = controller(store, FixedPolicy(output=60, extra=0))
+    llm = budgeted_llm(
+        MODEL,
+        base_url=server.url,
+        api_key="test",
+        stream=stream,
+        wrap_up_tokens=400,
+        show_budget=True,
+    )
+    with ctl.request(ceiling=5_000) as req, req.agent("reasoner"):
+        text = llm.call([{"role": "user", "content": "Count for me."}])
+        assert_shown_and_wrapped_up(server, req)
+    assert text == words(70)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "argument"),
+    [({"wrap_up_tokens": -1}, "wrap_up_tokens"), ({"show_budget": "yes"}, "show_budget")],
+)
+def test_bad_wrap_up_and_show_budget_are_refused(server, keywords, argument):
+    with pytest.raises(ApportionError) as caught:
+        budgeted_llm(MODEL, base_url=server.url, api_key="test", **keywords)
+    assert getattr(caught.value, "argument", getattr(caught.value, "field", None)) == argument

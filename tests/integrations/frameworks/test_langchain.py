@@ -25,7 +25,12 @@ from conftest import require
 require("langchain")
 require("langchain_openai")
 
-from integration_helpers import FixedPolicy, controller, words  # noqa: E402
+from integration_helpers import (  # noqa: E402
+    FixedPolicy,
+    assert_shown_and_wrapped_up,
+    controller,
+    words,
+)
 from langchain.agents import create_agent  # noqa: E402
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: E402
 from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
@@ -33,7 +38,7 @@ from langchain_core.tools import tool  # noqa: E402
 from langchain_openai import ChatOpenAI  # noqa: E402
 
 from apportion import InvalidArgument, MissingExtra, NoOpenRequest, UnbudgetedCall  # noqa: E402
-from apportion.errors import UnsupportedVersion  # noqa: E402
+from apportion.errors import ApportionError, UnsupportedVersion  # noqa: E402
 from apportion.integrations import CONTINUE_PROMPT  # noqa: E402
 from apportion.integrations import langchain as adapter  # noqa: E402
 from apportion.integrations.langchain import BudgetMiddleware  # noqa: E402
@@ -341,3 +346,29 @@ def test_the_responses_api_is_capped_and_a_cut_answer_extended(server, store):
         assert settled(req, "triage") == billed(server) == message.usage_metadata["total_tokens"]
     assert [r["max_output_tokens"] for r in server.requests] == [8, 8, 8]
     assert all(p.endswith("/responses") for p in server.paths)
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_the_middleware_wraps_up_and_shows_the_budget(server, store, mode):
+    server.queue(Reply(words(70)))
+    ctl = controller(store, FixedPolicy(output=60, extra=0))
+    graph = agent(server, name="reasoner", wrap_up_tokens=400, show_budget=True)
+    question = {"messages": [HumanMessage("Count for me.")]}
+    with ctl.request(ceiling=5_000) as req:
+        if mode == "invoke":
+            text = graph.invoke(question)["messages"][-1].content
+        else:
+            text = asyncio.run(graph.ainvoke(question))["messages"][-1].content
+        assert_shown_and_wrapped_up(server, req)
+    assert text == words(70)  # the wrap-up's conclusion joined to the cut answer
+    assert server.requests[0]["max_completion_tokens"] == 60  # the reserve left unspent
+
+
+@pytest.mark.parametrize(
+    ("keywords", "argument"),
+    [({"wrap_up_tokens": -1}, "wrap_up_tokens"), ({"show_budget": 1}, "show_budget")],
+)
+def test_bad_wrap_up_and_show_budget_are_refused(keywords, argument):
+    with pytest.raises(ApportionError) as caught:
+        BudgetMiddleware(**keywords)
+    assert getattr(caught.value, "argument", getattr(caught.value, "field", None)) == argument

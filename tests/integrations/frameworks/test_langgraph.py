@@ -27,7 +27,12 @@ from conftest import require
 require("langgraph")
 require("langchain_openai")
 
-from integration_helpers import FixedPolicy, controller, words  # noqa: E402
+from integration_helpers import (  # noqa: E402
+    FixedPolicy,
+    assert_shown_and_wrapped_up,
+    controller,
+    words,
+)
 from langchain.agents import create_agent  # noqa: E402
 from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
 from langchain_openai import ChatOpenAI  # noqa: E402
@@ -35,7 +40,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 from apportion import InvalidArgument, NoOpenRequest, UnbudgetedCall  # noqa: E402
-from apportion.errors import UnsupportedVersion  # noqa: E402
+from apportion.errors import ApportionError, UnsupportedVersion  # noqa: E402
 from apportion.integrations import CONTINUE_PROMPT  # noqa: E402
 from apportion.integrations import langgraph as adapter  # noqa: E402
 from apportion.integrations.langgraph import budgeted  # noqa: E402
@@ -327,3 +332,25 @@ def test_send_branches_each_budgeted_as_a_child(server, store):
             assert child.agents["reasoner"].calls == 1
     assert len(server.requests) == 4 * 4  # each answer cut at 12 and extended three times
     assert all(r["max_completion_tokens"] <= 12 for r in server.requests)
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke", "stream"])
+def test_a_budgeted_node_wraps_up_and_shows_the_budget(server, store, mode):
+    server.queue(Reply(words(70)))
+    ctl = controller(store, FixedPolicy(output=60, extra=0))
+    llm = budgeted(chat_model(server), wrap_up_tokens=400, show_budget=True)
+    with ctl.request(ceiling=5_000) as req:
+        text = run(graph_of(llm, "reasoner"), [HumanMessage("Count for me.")], mode)
+        assert_shown_and_wrapped_up(server, req)
+    assert text == words(70)
+    assert server.requests[0]["max_completion_tokens"] == 60
+
+
+@pytest.mark.parametrize(
+    ("keywords", "argument"),
+    [({"wrap_up_tokens": 2.0}, "wrap_up_tokens"), ({"show_budget": "on"}, "show_budget")],
+)
+def test_bad_wrap_up_and_show_budget_are_refused(server, keywords, argument):
+    with pytest.raises(ApportionError) as caught:
+        budgeted(chat_model(server), **keywords)
+    assert getattr(caught.value, "argument", getattr(caught.value, "field", None)) == argument

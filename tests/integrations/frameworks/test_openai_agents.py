@@ -14,10 +14,16 @@ from conftest import require
 
 agents = require("agents")
 
-from integration_helpers import FixedPolicy, async_openai_client, controller, words  # noqa: E402
+from integration_helpers import (  # noqa: E402
+    FixedPolicy,
+    assert_shown_and_wrapped_up,
+    async_openai_client,
+    controller,
+    words,
+)
 
 from apportion import InvalidArgument, MissingExtra, NoOpenRequest, current_agent  # noqa: E402
-from apportion.errors import UnsupportedVersion  # noqa: E402
+from apportion.errors import ApportionError, UnsupportedVersion  # noqa: E402
 from apportion.integrations.openai_agents import check_version, run_config  # noqa: E402
 from apportion.testing.openai_server import Reply  # noqa: E402
 
@@ -317,3 +323,31 @@ def test_a_sub_agent_run_in_a_tool_is_budgeted_as_a_child(server, store, use_res
     assert summary.consumed == billed(server) <= 3_000
     sub_calls = server.requests[1:4]  # the sub-agent's answer: cut at 12, extended twice
     assert all(r.get("max_output_tokens", r.get("max_tokens")) <= 12 for r in sub_calls)
+
+
+@pytest.mark.parametrize("use_responses", [True, False], ids=["responses", "chat"])
+def test_run_config_wraps_up_and_shows_the_budget(server, store, use_responses):
+    server.queue(Reply(words(70)))
+    ctl = controller(store, FixedPolicy(output=60, extra=0))
+    client = async_openai_client(server)
+
+    async def main() -> str:
+        with ctl.request(ceiling=5_000) as req:
+            cfg = run_config(
+                client, use_responses=use_responses, wrap_up_tokens=400, show_budget=True
+            )
+            result = await agents.Runner.run(three_agents()[1], "Count.", run_config=cfg)
+            assert_shown_and_wrapped_up(server, req)
+            return str(result.final_output)
+
+    assert asyncio.run(main()) == words(70)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "argument"),
+    [({"wrap_up_tokens": -5}, "wrap_up_tokens"), ({"show_budget": "yes"}, "show_budget")],
+)
+def test_bad_wrap_up_and_show_budget_are_refused(server, keywords, argument):
+    with pytest.raises(ApportionError) as caught:
+        run_config(async_openai_client(server), **keywords)
+    assert getattr(caught.value, "argument", getattr(caught.value, "field", None)) == argument

@@ -14,7 +14,13 @@ from conftest import require
 
 pydantic_ai = require("pydantic_ai")
 
-from integration_helpers import FixedPolicy, async_openai_client, controller, words  # noqa: E402
+from integration_helpers import (  # noqa: E402
+    FixedPolicy,
+    assert_shown_and_wrapped_up,
+    async_openai_client,
+    controller,
+    words,
+)
 from pydantic_ai import Agent  # noqa: E402
 from pydantic_ai.messages import (  # noqa: E402
     ModelRequest,
@@ -24,7 +30,7 @@ from pydantic_ai.messages import (  # noqa: E402
 )
 
 from apportion import InvalidArgument, MissingExtra, NoOpenRequest, current_agent  # noqa: E402
-from apportion.errors import UnsupportedVersion  # noqa: E402
+from apportion.errors import ApportionError, UnsupportedVersion  # noqa: E402
 from apportion.integrations.pydantic_ai import Apportion, budgeted_model, check_version  # noqa: E402
 from apportion.testing.openai_server import Reply  # noqa: E402
 
@@ -219,3 +225,39 @@ def test_a_missing_pydantic_ai_names_the_extra(server, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydantic_ai.models.openai", None)
     with pytest.raises(MissingExtra, match=r"apportion\[pydantic-ai\]"):
         budgeted_model(MODEL, async_openai_client(server))
+
+
+@pytest.mark.parametrize("where", ["model", "capability"])
+@pytest.mark.parametrize("responses", [False, True], ids=["chat", "responses"])
+def test_wraps_up_and_shows_the_budget_set_on_the_model_or_the_capability(
+    server, store, where, responses
+):
+    server.queue(Reply(words(70)))
+    ctl = controller(store, FixedPolicy(output=60, extra=0))
+    keywords: dict[str, Any] = {"wrap_up_tokens": 400, "show_budget": True}
+    on_model = keywords if where == "model" else {}
+    on_run = keywords if where == "capability" else {}
+    model = budgeted_model(MODEL, async_openai_client(server), responses=responses, **on_model)
+    reasoner = Agent(model, name="reasoner", capabilities=[Apportion(**on_run)])
+
+    async def main() -> str:
+        with ctl.request(ceiling=5_000) as req:
+            result = await reasoner.run("Count.")
+            assert_shown_and_wrapped_up(server, req)
+            return str(result.output)
+
+    assert asyncio.run(main()) == words(70)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "argument"),
+    [({"wrap_up_tokens": True}, "wrap_up_tokens"), ({"show_budget": 0}, "show_budget")],
+)
+def test_bad_wrap_up_and_show_budget_are_refused(server, keywords, argument):
+    for make in (
+        lambda: budgeted_model(MODEL, async_openai_client(server), **keywords),
+        lambda: Apportion(**keywords),
+    ):
+        with pytest.raises(ApportionError) as caught:
+            make()
+        assert getattr(caught.value, "argument", getattr(caught.value, "field", None)) == argument
