@@ -126,3 +126,34 @@ def test_the_report_counts_calls_by_status(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["agents"]["writer"]["statuses"]["wrapped_up"] == 1
     assert "how calls ended" in result.output
+
+
+def test_prometheus_counts_calls_by_status_refused_begins_included() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from apportion import Agent, AgentKind, Pipeline
+    from apportion.telemetry.prometheus import PrometheusSink
+
+    registry = CollectorRegistry()
+    sink = PrometheusSink(registry)
+    four_endings(Controller(PIPELINE, NoMore(), telemetry=sink, clock=ticking_clock()))
+    team = Pipeline([Agent("lead")], name="team", kinds=[AgentKind("expert", "expert:*")])
+    with Controller(team, NoMore(), telemetry=sink).request(ceiling=1_000) as req:
+        for name in ("expert:ada", "expert:bob"):  # refused on their kind: bounded labels
+            with pytest.raises(BudgetExceeded):
+                req.begin(name, 5_000)
+    assert flush(30)
+
+    def calls(pipeline: str, agent: str, status: str) -> float | None:
+        labels = {"pipeline": pipeline, "agent": agent, "status": status}
+        return registry.get_sample_value("apportion_calls_total", labels)
+
+    assert calls("support", "triage", "completed") == 1
+    assert calls("support", "reasoner", "cut") == 1
+    assert calls("support", "reasoner", "wrapped_up") == 1
+    assert calls("support", "reasoner", "refused") == 1
+    assert calls("support", "reasoner", "completed") is None
+    assert calls("team", "expert", "refused") == 2
+    assert calls("team", "expert:ada", "refused") is None
+    grants = {"pipeline": "support", "agent": "reasoner"}
+    assert registry.get_sample_value("apportion_grants_total", grants) == 2  # no refused

@@ -4,6 +4,11 @@ Metrics (``apportion_`` prefix; labels ``pipeline`` and ``agent`` unless said; t
 agent kind's members count under the kind's name, so a team drawn per run adds no series):
 
 - ``apportion_grants_total`` (counter): grants begun;
+- ``apportion_calls_total{status}`` (counter): calls by how they ended (the
+  :mod:`apportion.calls` statuses: ``completed``, ``wrapped_up``, ``cut``, and ``late``,
+  ``released``, ``expired``, ``closed`` for grants settled otherwise; ``unknown`` when a
+  record carries none), and begins refused (no grant made) as ``refused``: only
+  ``completed`` is a success;
 - ``apportion_granted_tokens_total{kind}`` (counter): tokens granted, extensions
   included; ``kind`` is ``context`` or ``output``;
 - ``apportion_consumed_tokens_total{kind}`` (counter): tokens used; ``kind`` is
@@ -35,6 +40,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
+from apportion.calls import REFUSED
 from apportion.errors import InvalidArgument, MissingExtra
 from apportion.telemetry.base import Sink
 from apportion.telemetry.records import RequestUsage
@@ -51,6 +57,7 @@ _LABELS = ("pipeline", "agent")
 
 class _Metrics(NamedTuple):
     grants: Any
+    calls: Any
     granted: Any
     consumed: Any
     utilization: Any
@@ -84,6 +91,12 @@ def _metrics(registry: Any, namespace: str) -> _Metrics:
         kw: dict[str, Any] = {"namespace": namespace, "registry": registry}
         metrics = _Metrics(
             grants=Counter("grants", "Grants begun.", _LABELS, **kw),
+            calls=Counter(
+                "calls",
+                "Calls by how they ended (refused: a begin refused, no grant made).",
+                (*_LABELS, "status"),
+                **kw,
+            ),
             granted=Counter(
                 "granted_tokens", "Tokens granted (extensions included).", (*_LABELS, "kind"), **kw
             ),
@@ -161,9 +174,13 @@ class PrometheusSink(Sink):
         for record in batch:
             pipeline = record.pipeline
             m.requests.labels(pipeline, record.status).inc()
+            for name, begins in record.refused.items():
+                agent = record.refused_kinds.get(name, name)
+                m.calls.labels(pipeline, agent, REFUSED).inc(begins)
             for call in record.calls:
                 agent = call.kind or call.agent  # a kind's members on one series: bounded labels
                 m.grants.labels(pipeline, agent).inc()
+                m.calls.labels(pipeline, agent, call.status or "unknown").inc()
                 if call.granted_context is not None:
                     m.granted.labels(pipeline, agent, "context").inc(call.granted_context)
                 if call.granted_output is not None:

@@ -173,6 +173,8 @@ class RequestUsage:
             if OpenTelemetry was in use (sinks parent their spans on it); not compared.
         refused: begins refused (no grant made: not enough budget or cost left), per
             agent; agents with none are left out.
+        refused_kinds: the agent kind that budgeted each agent of ``refused`` not listed
+            in the pipeline (as :attr:`CallUsage.kind`); listed agents are left out.
         parent_id: the request this one is a child of (``req.child``, ``fan_out``), or
             ``None`` for a root request (or one recorded without its tree).
         root_id: the root request of its tree (its own id for a root; ``None`` when not
@@ -203,6 +205,7 @@ class RequestUsage:
     schema_version: int = SCHEMA_VERSION
     trace_context: Any = field(default=None, compare=False, repr=False)
     refused: Mapping[str, int] = field(default_factory=dict)
+    refused_kinds: Mapping[str, str] = field(default_factory=dict)
     parent_id: str | None = None
     root_id: str | None = None
     depth: int = 0
@@ -367,8 +370,11 @@ def usage_from(
             )
         )
     refused: dict[str, int] = {}
+    refused_kinds: dict[str, str] = {}
     for record in getattr(obs, "refused", None) or ():
         refused[str(record.agent)] = refused.get(str(record.agent), 0) + 1
+        if record.kind is not None:
+            refused_kinds[str(record.agent)] = str(record.kind)
     outcome = state.outcome
     depth = int(getattr(state, "depth", 0) or 0)
     parent_id = getattr(state, "parent_id", None)
@@ -387,6 +393,7 @@ def usage_from(
         events=tuple(events),
         trace_context=trace_context,
         refused=refused,
+        refused_kinds=refused_kinds,
         parent_id=None if parent_id is None else str(parent_id),
         root_id=root_of(str(obs.request_id), depth),
         depth=depth,
