@@ -395,3 +395,36 @@ def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
     path.write_text(CSV)
     result = _ingest(f"sqlite:///{tmp_path / 't.db'}", path, fmt="parquet")
     assert result.exit_code == 2 and "format" in result.output
+
+
+def test_the_kind_of_each_call_round_trips_through_otlp(tmp_path: Path) -> None:
+    """A name budgeted by its agent kind keeps its kind once exported and ingested."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from apportion import Agent, AgentKind, Controller, Pipeline
+    from apportion.telemetry import flush
+    from apportion.telemetry.otel import OTelSink
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    db = f"sqlite:///{tmp_path / 'direct.db'}"
+    pipeline = Pipeline([Agent("lead")], name="team", kinds=[AgentKind("expert", "expert:*")])
+    controller = Controller(pipeline, telemetry=[OTelSink(provider), db])
+    with controller.request(ceiling=5_000) as req:
+        for name in ("lead", "expert:ada"):
+            g = req.begin(name, input_tokens=100, output_tokens=50)
+            req.finish(g, input_tokens=100, output_tokens=40)
+    assert flush(10)
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(_export(_otlp(exporter))))
+    ingested = f"sqlite:///{tmp_path / 'ingested.db'}"
+    assert _ingest(ingested, path).exit_code == 0
+    with open_database(db) as one, open_database(ingested) as two:
+        direct, replayed = one.load(), two.load()
+    assert [(c.agent, c.kind) for c in replayed.calls] == [("lead", None), ("expert:ada", "expert")]
+    assert replayed.calls == direct.calls
+    assert build_report(replayed)["kinds"] == build_report(direct)["kinds"]

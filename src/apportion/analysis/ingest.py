@@ -22,7 +22,9 @@ counted. A request is the ``apportion.request.id`` of the spans, or their trace.
 is ``apportion.grant.context_tokens``/``output_tokens`` when apportion wrote the spans,
 else the prompt plus ``gen_ai.request.max_tokens`` when that is known; the call is
 truncated when ``apportion.truncated`` says so, or when a finish reason is ``length`` (or
-``max_tokens``). Spans written by a newer apportion (``apportion.schema_version``) are
+``max_tokens``). The agent kind that budgeted a name not listed in the pipeline is
+``apportion.agent.kind`` (the OTel sink writes it; ``None`` when absent). Spans written
+by a newer apportion (``apportion.schema_version``) are
 refused. A request span of a request tree (``apportion.request.parent_id``, ``root_id``,
 ``depth``) keeps its place in the tree, and is kept even without calls of its own (an
 orchestrator that only fanned out).
@@ -558,6 +560,7 @@ def _request(
                 grant_id=grant_id,
                 agent=agent,
                 priority=_text(span, "apportion.agent.priority"),
+                kind=_text(span, "apportion.agent.kind"),
                 granted_context=granted_context,
                 granted_output=granted_output,
                 used_input=used_input,

@@ -20,6 +20,8 @@ from apportion.analysis.figures import (
     utilization_figure,
 )
 from apportion.analysis.report import (
+    KIND_CAPTION,
+    KIND_COLUMNS,
     QUALITY_CAPTION,
     QUALITY_COLUMNS,
     REPORT_COLUMNS,
@@ -28,6 +30,7 @@ from apportion.analysis.report import (
     STATUS_CAPTION,
     STATUS_COLUMNS,
     fmt_time,
+    kind_rows,
     quality_rows,
     report_caption,
     report_rows,
@@ -106,6 +109,19 @@ def report_page(
             ),
         )
     )
+    kinds = kind_rows(report)
+    if kinds:
+        sections.append(
+            Section(
+                "Per agent kind",
+                table(
+                    KIND_COLUMNS,
+                    kinds,
+                    caption=KIND_CAPTION,
+                    numeric=tuple(range(1, len(KIND_COLUMNS) - 1)),
+                ),
+            )
+        )
     scored = quality_rows(report)
     if scored:
         sections.append(

@@ -37,6 +37,11 @@ Definitions (per agent, over the calls in the period):
   usage understates the need of the cut calls, so the budget is also at least the
   largest usage observed on a cut call, plus the margin (``censored: true``).
 
+Agent kinds (``kinds``): the calls of names not listed in the pipeline, budgeted by an
+agent kind (``expert:*``: a team drawn per run), rolled up per kind with the same figures
+as an agent (its refused begins included), and ``members``: how many names of the kind
+made calls. Empty when no call was budgeted by a kind (older telemetry records none).
+
 Request trees (``trees``): each tree of child requests (``req.child``, ``fan_out``) with
 the root's usage rolled up over its descendants, and the children grouped by name (how
 much each kind of sub-agent used, how often it ran out); see
@@ -70,6 +75,8 @@ from apportion.telemetry.records import CallUsage
 from apportion.telemetry.sql import Dataset
 
 __all__ = [
+    "KIND_CAPTION",
+    "KIND_COLUMNS",
     "PERCENTILES",
     "QUALITY_COLUMNS",
     "REPORT_COLUMNS",
@@ -77,6 +84,7 @@ __all__ = [
     "Thresholds",
     "agent_calls",
     "build_report",
+    "kind_rows",
     "parse_since",
     "quality_rows",
     "recommend",
@@ -320,7 +328,8 @@ def build_report(
 
     Returns:
         ``{"source", "since", "pipeline", "requests", "calls", "empty", "message",
-        "thresholds", "agents": {NAME: {...}}, "rollouts": [...], "trees": {...}}``;
+        "thresholds", "agents": {NAME: {...}}, "kinds": {KIND: {...}}, "rollouts": [...],
+        "trees": {...}}``;
         ``empty`` (with ``agents`` empty and a ``message`` saying why) when there is
         nothing to report.
     """
@@ -337,6 +346,7 @@ def build_report(
         figures = _agent(calls, outcomes, thresholds, refused.get(agent, 0))
         if figures is not None:
             agents[agent] = figures
+    kinds = _kinds(dataset, outcomes, thresholds)
     totals: dict[str, int] = {}
     for figures in agents.values():
         for status, count in figures["statuses"].items():
@@ -371,9 +381,33 @@ def build_report(
         "statuses": {s: totals[s] for s in STATUS_ORDER if s in totals}
         | {s: n for s, n in totals.items() if s not in STATUS_ORDER},
         "agents": agents,
+        "kinds": kinds,
         "rollouts": rollouts_of(dataset),
         "trees": build_trees(dataset),
     }
+
+
+def _kinds(
+    dataset: Dataset, outcomes: Mapping[str, float], thresholds: Thresholds
+) -> dict[str, Any]:
+    """The figures of each agent kind over its members' calls (see the module docstring)."""
+    groups: dict[str, list[CallUsage]] = {}
+    for call in dataset.calls:
+        if call.kind is not None:
+            groups.setdefault(call.kind, []).append(call)
+    refused: dict[str, int] = {}
+    for request in dataset.requests.values():
+        for agent, count in request.refused.items():
+            kind = request.refused_kinds.get(agent)
+            if kind is not None:
+                refused[kind] = refused.get(kind, 0) + count
+    kinds: dict[str, Any] = {}
+    for kind in sorted(groups):
+        calls = groups[kind]
+        figures = _agent(calls, outcomes, thresholds, refused.get(kind, 0))
+        if figures is not None:
+            kinds[kind] = {"members": len({c.agent for c in calls}), **figures}
+    return kinds
 
 
 def rollouts_of(dataset: Dataset) -> list[dict[str, Any]]:
@@ -544,6 +578,54 @@ STATUS_CAPTION: Final = (
     "released, expired, closed or unknown. success: completed over the calls whose ending "
     "is known."
 )
+
+
+KIND_COLUMNS: Final = (
+    "kind",
+    "members",
+    "calls",
+    "input P50/P90/P99",
+    "output P50/P90/P99",
+    "util.",
+    "hits",
+    "completed",
+    "wrapped up",
+    "cut",
+    "refused",
+    "success",
+    "budget ctx/out",
+)
+"""The columns of the per-kind table (terminal and HTML)."""
+
+KIND_CAPTION: Final = (
+    "Names not listed in the pipeline, budgeted by the agent kind they matched, rolled up "
+    "per kind. members: names of the kind that made calls. The figures are those of the "
+    "per-agent tables, over all the members' calls; budget: what a static budget for the "
+    "kind would be."
+)
+
+
+def kind_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    """One row per agent kind, in the order of :data:`KIND_COLUMNS` (none without kinds)."""
+    rows = []
+    for kind, f in (report.get("kinds") or {}).items():
+        rec = f["recommended"] or {}
+        counts = f["statuses"]
+        rows.append(
+            [
+                kind,
+                str(f["members"]),
+                str(f["calls"]),
+                " / ".join(fmt_tokens(f["input"][f"p{q}"]) for q in PERCENTILES),
+                " / ".join(fmt_tokens(f["output"][f"p{q}"]) for q in PERCENTILES),
+                fmt_share(f["utilization"]),
+                fmt_share(f["ceiling_hit_rate"]),
+                *(str(counts.get(s, 0)) for s in ("completed", "wrapped_up", "cut", "refused")),
+                fmt_share(f["success_rate"]),
+                f"{fmt_tokens(rec.get('context_tokens'))} / {fmt_tokens(rec.get('output_tokens'))}",
+            ]
+        )
+    return rows
 
 
 def status_rows(report: Mapping[str, Any]) -> list[list[str]]:

@@ -332,6 +332,24 @@ def status_table(report: Mapping[str, Any]) -> Table:
     return table
 
 
+def kind_table(report: Mapping[str, Any]) -> Table | None:
+    """The calls rolled up per agent kind, for the terminal; ``None`` without kinds."""
+    from apportion.analysis.report import KIND_CAPTION, KIND_COLUMNS, kind_rows
+
+    rows = kind_rows(report)
+    if not rows:
+        return None
+    table = Table(title="per agent kind", caption=KIND_CAPTION)
+    for column in KIND_COLUMNS:
+        if column == "kind":
+            table.add_column(column, min_width=10, overflow="fold")
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def quality_table(report: Mapping[str, Any]) -> Table | None:
     """Truncation against quality, for the terminal; ``None`` without scored requests."""
     from apportion.analysis.report import QUALITY_CAPTION, QUALITY_COLUMNS, quality_rows

@@ -16,6 +16,7 @@ import typer
 
 from apportion.cli.console import console, fail, progress, stages, write_outputs
 from apportion.cli.tables import (
+    kind_table,
     profile_table,
     quality_table,
     report_table,
@@ -129,6 +130,9 @@ def report(
     else:
         console.print(report_table(document))
         console.print(status_table(document))
+        kinds = kind_table(document)
+        if kinds is not None:
+            console.print(kinds)
         scored = quality_table(document)
         if scored is not None:
             console.print(scored)

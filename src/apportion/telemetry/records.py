@@ -62,7 +62,7 @@ __all__ = [
     "usage_from",
 ]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """Version of the telemetry records and tables this apportion writes and reads.
 
 Version 2 added rollout decisions (:class:`RolloutRecord`, table
@@ -71,7 +71,10 @@ upgraded in place by the first writer (the table is added). Version 3 added each
 ``status`` and each request's ``refused`` begins (a column each); an older database is
 read as it is (``None`` and none) and upgraded in place by the first writer. Version 3
 also added each request's place in its request tree (``parent_id``, ``root_id``,
-``depth``; see :class:`RequestUsage`); an older database reads as flat requests."""
+``depth``; see :class:`RequestUsage`); an older database reads as flat requests.
+Version 4 added each call's agent ``kind`` (:attr:`CallUsage.kind`: the kind that budgeted
+a name not listed in the pipeline) and each request's ``refused_kinds``; an older database
+reads with no kinds and is upgraded in place by the first writer (a column each)."""
 
 SETTLEMENTS: Final = ("finish", "release", "expire", "close")
 """How a call can be settled."""

@@ -15,7 +15,11 @@ Tables (all prefixed ``apportion_`` so they can share a database):
   their place in a request tree: ``parent_id``, ``root_id`` (both indexed) and ``depth``.
   A version-2 database is read as it is (no status, no refusals, flat requests) and the
   first writer adds the columns (``ALTER TABLE ... ADD COLUMN``) and their indexes and
-  records version 3.
+  records the current version. Since version 4 a call carries its agent ``kind`` (the
+  kind that budgeted a name not listed in the pipeline; ``NULL`` for a listed agent), and
+  a request the kinds of its refused agents (``refused_kinds``, JSON ``{agent: kind}``);
+  a version-3 (or older) database reads with no kinds, and its first writer adds the two
+  columns in place the same way.
 - ``apportion_events``: the ledger's events, in order (``open``, ``begin``, ``extend``,
   ``finish``, ``release``, ``expire``, ``close``).
 - ``apportion_rollout_events`` (since schema version 2): the decisions of progressive
@@ -115,6 +119,7 @@ def _tables() -> _Tables:
         Column("parent_id", String),  # since version 3: the request tree
         Column("root_id", String),
         Column("depth", Integer),
+        Column("refused_kinds", Text),  # since version 4: JSON {agent: its kind}
         Index("ix_apportion_requests_closed_at", "closed_at"),
         Index("ix_apportion_requests_parent_id", "parent_id"),
         Index("ix_apportion_requests_root_id", "root_id"),
@@ -144,6 +149,7 @@ def _tables() -> _Tables:
         Column("began_at", Float),
         Column("at", Float),
         Column("status", String),  # since version 3
+        Column("kind", String),  # since version 4: the agent kind, NULL for a listed agent
         Index("ix_apportion_calls_agent", "agent"),
         Index("ix_apportion_calls_at", "at"),
     )
@@ -611,6 +617,7 @@ def _request_row(r: RequestUsage) -> dict[str, Any]:
             "parent_id": r.parent_id,
             "root_id": r.root_id,
             "depth": r.depth,
+            "refused_kinds": _json(dict(r.refused_kinds)) if r.refused_kinds else None,
         }
     )
 
@@ -644,6 +651,7 @@ def _call_row(r: RequestUsage, c: CallUsage) -> dict[str, Any]:
             "began_at": _finite(c.began_at),
             "at": _finite(c.at),
             "status": c.status,
+            "kind": c.kind,
         }
     )
 
@@ -709,17 +717,25 @@ def _call_from(row: Mapping[Any, Any]) -> CallUsage:
     return CallUsage(**fields)
 
 
-def _refused_from(raw: Any) -> dict[str, int]:
-    """A request's refused begins per agent, from its column (none when absent or bad)."""
+def _json_map(raw: Any) -> dict[Any, Any]:
+    """A JSON object from a column (empty when absent or bad)."""
     try:
-        refused = json.loads(raw) if isinstance(raw, str) and raw else {}
+        value = json.loads(raw) if isinstance(raw, str) and raw else {}
     except ValueError:
         return {}
-    if not isinstance(refused, dict):
-        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _refused_from(raw: Any) -> dict[str, int]:
+    """A request's refused begins per agent, from its column (none when absent or bad)."""
     return {
-        str(a): n for a, n in refused.items() if type(n) is int and n > 0 and isinstance(a, str)
+        a: n for a, n in _json_map(raw).items() if type(n) is int and n > 0 and isinstance(a, str)
     }
+
+
+def _refused_kinds_from(raw: Any) -> dict[str, str]:
+    """The kinds of a request's refused agents, from its column (none when absent or bad)."""
+    return {a: k for a, k in _json_map(raw).items() if isinstance(k, str) and k}
 
 
 def _present(conn: Connection, tables: Sequence[Table]) -> list[list[Any]]:
@@ -784,6 +800,7 @@ def _request_from(row: Mapping[Any, Any]) -> RequestUsage:
         source=row["source"],
         schema_version=row["schema_version"],
         refused=_refused_from(row.get("refused")),
+        refused_kinds=_refused_kinds_from(row.get("refused_kinds")),
         parent_id=row.get("parent_id"),
         root_id=row.get("root_id"),
         depth=row.get("depth") or 0,
