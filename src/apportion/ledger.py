@@ -936,14 +936,22 @@ class Ledger:
         )
 
     def _drop_children(self, now: float) -> None:
-        """At close: draws of children that never settled return whole (a lost child)."""
+        """At close: draws of children that never settled are charged whole (a lost child).
+
+        A child whose ledger is gone (a store lost it) used an unknown part of its draw:
+        the whole draw (tokens and cost) counts as used by this request, so its usage is
+        never dropped and its tokens are never handed out again (DESIGN invariant 9).
+        """
         for child_id, (tokens, cost) in list(self.children.items()):
             del self.children[child_id]
             self.reserved -= tokens
-            self.free += tokens
+            self.consumed += tokens
+            self.children_consumed += tokens
             self.cost_reserved -= cost
+            self.cost_consumed += cost
+            self.children_cost_consumed += cost
             self.events.append(
-                _new(Event, ("child_close", now, None, 0, 0, tokens, False, 0, child_id, 0))
+                _new(Event, ("child_close", now, None, 0, tokens, tokens, False, 0, child_id, 0))
             )
 
     # ---------------------------------------------------------------- internals

@@ -31,7 +31,12 @@ Redis's clock, so leases, expiry and windows follow the same clock as in the mem
 Keys also carry Redis TTLs in real seconds: an open request's keys live ``ttl + retention``
 (no TTL when ``ttl`` is infinite, nor for a request that drew from a pool: its draw is
 settled from its ledger, so that ledger is never lost while open), a closed request's
-``retention_seconds``; after that it is gone and ``get`` raises ``UnknownRequest``. The
+``retention_seconds``; after that it is gone and ``get`` raises ``UnknownRequest``. A child
+request's keys live at least as long as its parent's (none while the parent's have none),
+so a child left unreaped is still there when its parent closes and folds it back; should a
+child's ledger be gone all the same (evicted, deleted), its parent charges the child's whole
+draw as used when it closes (what the child used is not known: usage is never dropped, and
+the draw is never handed out again). The
 callers' clocks may disagree: pool windows never go back (:mod:`apportion.pools`), so no
 skew lets a window grant more than its capacity.
 

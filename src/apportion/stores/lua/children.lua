@@ -2,8 +2,8 @@
 -- KEYS: the parent's ledger, events, index; then each child's ledger and events (all of
 -- one tree share the root's hash tag).
 -- ARGV: now, max depth, ceiling ('' for none), share ('' for none), the children's ledger
--- document (ceiling 0: set here), key ttl (ms, 0: none), expiry score, then each child's
--- id and priority rank.
+-- document (ceiling 0: set here), key ttl (ms, 0: none; raised to the parent's keys' own,
+-- none when they have none), expiry score, then each child's id and priority rank.
 local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 if not c then return {'unknown'} end
 local st = c.st
@@ -60,6 +60,15 @@ if st[c.cb] ~= '' then
     costs[i] = x
   end
 end
+-- a child's keys live at least as long as its parent's (none while the parent has none),
+-- so they are never gone while the parent still holds the child's draw
+local key_ttl = ARGV[6]
+local parent_ttl = redis.call('PTTL', KEYS[1])
+if parent_ttl == -1 then
+  key_ttl = '0'
+elseif key_ttl ~= '0' and parent_ttl > tonumber(key_ttl) then
+  key_ttl = int(parent_ttl)
+end
 local blobs = {}
 for i = 1, m do
   local k = cjson.decode(ARGV[5])
@@ -78,9 +87,9 @@ for i = 1, m do
   redis.call('DEL', ekey)
   redis.call('SET', key, blob)
   redis.call('RPUSH', ekey, cjson.encode({'open', ARGV[1], false, 0, tokens[i], 0, false, 0, ''}))
-  if ARGV[6] ~= '0' then
-    redis.call('PEXPIRE', key, ARGV[6])
-    redis.call('PEXPIRE', ekey, ARGV[6])
+  if key_ttl ~= '0' then
+    redis.call('PEXPIRE', key, key_ttl)
+    redis.call('PEXPIRE', ekey, key_ttl)
   end
   redis.call('ZADD', KEYS[3], ARGV[7], ids[i])
   table.insert(st, c.g, ids[i])

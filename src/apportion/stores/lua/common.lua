@@ -264,8 +264,9 @@ local function drop_child(c, p)
   c.g = c.g - 3
 end
 
--- Close the request: release its open grants (oldest first, in one pass), return the draws
--- of children never settled whole, then record the status.
+-- Close the request: release its open grants (oldest first, in one pass), charge the draws
+-- of children never settled (their ledgers are gone: what they used is not known, so the
+-- whole draw counts as used, never handed out again), then record the status.
 local function close(c, status)
   local st = c.st
   for p = c.g, #st, GS do unreserve(c, p, 'close', status) end
@@ -274,9 +275,14 @@ local function close(c, status)
     local p = c.t + 6
     local tokens, cost = st[p + 1], tonumber(st[p + 2])
     st[7] = st[7] - tokens
-    st[8] = st[8] + tokens
-    if cost > 0 then add_cost(st, c.cb + 1, -cost) end
-    event(c, 'child_close', false, 0, 0, tokens, false, 0, st[p])
+    st[6] = st[6] + tokens
+    st[c.t + 3] = st[c.t + 3] + tokens
+    if cost > 0 then
+      add_cost(st, c.cb + 1, -cost)
+      add_cost(st, c.cb + 2, cost)
+      st[c.t + 4] = int(tonumber(st[c.t + 4]) + cost)
+    end
+    event(c, 'child_close', false, 0, tokens, tokens, false, 0, st[p])
     drop_child(c, p)
   end
   st[2] = status
