@@ -114,9 +114,16 @@ of another, so the layout suits a cluster; but ``reap`` runs one script over eve
 index (cross-slot: fine on a standalone server, one call per bucket would be needed on a
 cluster), and this class connects with a standalone client. Cluster is not supported yet.
 The scripts of a request tree (``children.lua``, and ``close`` / ``reap`` closing a tree
-and folding a child back into its parent) stay in the tree's one slot, but ``close`` and
-``reap`` reach the other requests of the tree by keys they build themselves (the parent's,
-the open children's): a cluster needs them declared, as ``children.lua`` already does.
+and folding a child back into its parent) stay in the tree's one slot and touch only keys
+declared in ``KEYS``, as a cluster requires: ``close`` first declares the request's own
+keys and its likely parent's (its id less the last ``::`` part: no read); when the script
+finds the tree holds requests not declared (open children, or a tree that changed since it
+was read), it writes nothing and names them, and the store reads the tree from them (its
+ledgers, a level per round trip) and calls again. ``reap`` reads each bucket's due
+requests and their trees first, then runs the script on those keys; a request due since,
+or whose tree changed, is left for the next round. After ``_TREE_ATTEMPTS`` (16) attempts
+in a row that met a changed tree, ``StoreUnavailable`` says so (nothing was changed by
+them). A flat request's ``close`` stays one round trip.
 
 Child budgets. ``open_children`` is one script (``children.lua``): it splits what the
 parent can spare, records each draw in the parent's ledger and writes each child's ledger,
@@ -229,6 +236,9 @@ _REQUEST_SCRIPTS = frozenset(
 _REAP_BATCH = 256
 _CENTURY = 100 * 365.25 * 86_400.0  # seconds: a TTL beyond this is kept forever
 _OK = (b"ok", "ok")
+_TREE_ATTEMPTS = 16
+"""Attempts of a ``close`` (rounds of a ``reap``) whose request tree changed since it was
+read (children opened meanwhile) before giving up: each attempt reads the tree again."""
 _EMERGENCY_POOL = "emergency"
 
 
@@ -1205,11 +1215,20 @@ class RedisStore(Store):
         outcome = _checked(lambda _, value: check_outcome(value), "outcome", outcome, pending, None)
         now = _time(now, pending)
         score = "" if outcome is None or pending else _text(outcome)
-        reply = yield _Eval(
-            "close",
-            self._keys(request_id),
-            (_text(now), str(status), score, "1" if pending else "0", self._retention_ms),
-        )
+        args = (_text(now), str(status), score, "1" if pending else "0", self._retention_ms)
+        own = self._keys(request_id)
+        parent = request_id.rpartition(CHILD_SEP)[0]
+        declared = self._declared([parent] if parent else [])  # its likely parent: no read
+        for _ in range(_TREE_ATTEMPTS):
+            ids = list(declared)
+            keys = [*own, *(k for i in ids for k in declared[i])]
+            reply = yield _Eval("close", tuple(keys), (*args, *ids))
+            if _str(reply[0]) != "tree":
+                break
+            # the tree holds requests not declared (opened since, or deeper): read them
+            yield from self._read_tree([_str(i) for i in reply[1:]], declared)
+        else:
+            raise self._tree_changing(request_id, "close")
         if reply[0] not in _OK:
             raise _refusal(request_id, reply, pending)
         state = ledger_from_json(reply[1])
@@ -1240,23 +1259,78 @@ class RedisStore(Store):
         expired: list[str] = []
         owed: list[_Eval | _Cmd] = []
         todo = [f"{self.prefix}:{{b{b}}}:open" for b in range(self.buckets)]
+        wanting = 0  # rounds in a row that met requests not declared
         while todo:
+            # The due requests of each bucket and their trees, read first: the script gets
+            # every key it may touch declared (what Redis Cluster requires).
+            dues = yield [_Cmd(("ZRANGEBYSCORE", ikey, "-inf", now_s, "LIMIT", 0, _REAP_BATCH))
+                          for ikey in todo]  # fmt: skip
+            todo = [ikey for ikey, due in zip(todo, dues, strict=True) if due]
+            if not todo:
+                break
+            declared: dict[str, tuple[str, str]] = {}
+            yield from self._read_tree([_str(rid) for due in dues for rid in due], declared)
             # One script over every bucket (a standalone server allows it); a cluster client
             # would send one call per bucket instead (the script loops over its KEYS).
-            reply = yield _Eval("reap", tuple(todo), (now_s, self._retention_ms, _REAP_BATCH))
+            ids = list(declared)
+            keys = [*todo, *(k for i in ids for k in declared[i])]
+            args: tuple[str | int, ...] = (now_s, self._retention_ms, _REAP_BATCH, len(todo))
+            reply = yield _Eval("reap", tuple(keys), (*args, *ids))
             settled += int(reply[0])
             full = int(reply[1])
-            again = [todo[int(k) - 1] for k in reply[2 : 2 + full]]
+            again = {int(k) - 1 for k in reply[2 : 2 + full]}
             at = 2 + full
             closed = int(reply[at])
             expired += (_str(rid) for rid in reply[at + 1 : at + 1 + closed])
-            for blob in reply[at + 1 + closed :]:
+            at += 1 + closed
+            wanted = [_str(rid) for rid in reply[at + 1 : at + 1 + int(reply[at])]]
+            for blob in reply[at + 1 + len(wanted) :]:
                 owed.append(self._give_back(*_pool_debt(blob), now))
-            todo = again
+            if wanted:  # due since the read, or their trees changed: read them again
+                wanting += 1
+                if wanting >= _TREE_ATTEMPTS:
+                    raise self._tree_changing(wanted[0], "reap")
+                buckets = {self._keys(rid)[2] for rid in wanted}
+                again |= {i for i, ikey in enumerate(todo) if ikey in buckets}
+            else:
+                wanting = 0
+            todo = [todo[i] for i in sorted(again)]
         if owed:
             yield owed
         yield from self._reconcile_steps(now)
         return Reaped(settled, tuple(expired))
+
+    def _declared(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """The ledger and event keys of requests ``ids``, by id (what a script declares)."""
+        return {rid: self._keys(rid)[:2] for rid in ids}
+
+    def _read_tree(self, ids: Sequence[str], declared: dict[str, tuple[str, str]]) -> _Steps[None]:
+        """Declare ``ids`` and the rest of their trees (parents, open children, theirs ...).
+
+        Reads the ledgers a level at a time (one round trip each), adding to ``declared``
+        every request a close or a reap of ``ids`` may reach.
+        """
+        level = [rid for rid in dict.fromkeys(ids) if rid not in declared]
+        seen: set[str] = set()
+        while level:
+            declared.update(self._declared(level))
+            raws = yield [_Cmd(("GET", declared[rid][0])) for rid in level]
+            seen.update(level)
+            found: list[str] = []
+            for raw in raws:
+                if raw is None:
+                    continue
+                ledger = ledger_from_json(raw)
+                found += [r for r in (ledger.parent_id, *ledger.children) if r]
+            level = [rid for rid in dict.fromkeys(found) if rid not in seen]
+
+    def _tree_changing(self, request_id: str, what: str) -> StoreUnavailable:
+        """The error of a tree that changed under every attempt of ``what`` (none applied)."""
+        return StoreUnavailable(
+            self.url,
+            f"the request tree of {request_id!r} kept changing during {_TREE_ATTEMPTS} "
+            f"attempts to {what} it (children opening all the while); nothing was changed",
+        )
 
     def _reconcile_steps(self, now: float) -> _Steps[None]:
         """Settle the pool draws that their requests cannot settle themselves.

@@ -2,7 +2,8 @@
 --
 -- KEYS[1] holds one request's ledger, KEYS[2] its event list, KEYS[3] the index of open
 -- requests of its bucket, scored at or before the request's next deadline (its earliest
--- lease end or its expiry). All three share one hash tag.
+-- lease end or its expiry). All three share one hash tag. A script reaching other requests
+-- of the tree (close, reap) gets their keys declared in KEYS too (see DECLARED).
 --
 -- The ledger is one flat JSON array (decoding makes one Lua table, not twenty):
 --   1 id, 2 status, 3 outcome ('' or text), 4 expires (text), 5 ceiling, 6 consumed,
@@ -319,10 +320,49 @@ local function settle_into(p, kc)
   p.dirty = true
 end
 
--- The ledger and event keys of request id (of the same tree: the same hash tag as c).
-local function keys_of(c, id)
-  local base = string.sub(c.ikey, 1, -5)
-  return base .. 'r:' .. id, base .. 'e:' .. id
+-- The ledger and event keys of the other requests of a tree a script may touch, by id,
+-- as the caller declared them in KEYS (Redis Cluster requires every key a script touches
+-- there): a script never builds a key name itself.
+local DECLARED = {}
+
+-- Declare the requests named from ARGV[first_arg] on, their ledger and event keys taken
+-- in pairs from KEYS[first_key] on.
+local function declare(first_key, first_arg)
+  local i = 0
+  while ARGV[first_arg + i] do
+    DECLARED[ARGV[first_arg + i]] = {KEYS[first_key + 2 * i], KEYS[first_key + 2 * i + 1]}
+    i = i + 1
+  end
+end
+
+-- The ledger and event keys of request id, or nil when the caller did not declare them.
+local function keys_of(id)
+  local k = DECLARED[id]
+  if k then return k[1], k[2] end
+  return nil, nil
+end
+
+-- Append to missing the requests closing c would touch that are not declared: its parent
+-- (with_parent: when it is folded back into it), its open children and theirs, depth
+-- first. Reads declared keys only; writes nothing.
+local function undeclared(c, missing, with_parent)
+  local st = c.st
+  local parent = st[c.t]
+  if with_parent and parent ~= '' and not DECLARED[parent] then
+    missing[#missing + 1] = parent
+  end
+  for p = c.t + 6, c.g - 1, 3 do
+    local key, ekey = keys_of(st[p])
+    if not key then
+      missing[#missing + 1] = st[p]
+    else
+      local kc = load(key, ekey, c.ikey, c.now_s)
+      if kc and kc.st[2] == 'open' and kc.st[kc.t] == st[1] then
+        undeclared(kc, missing, false)
+      end
+    end
+  end
+  return missing
 end
 
 -- Closed requests stay readable for the retention period (milliseconds; 0: forever).
@@ -339,8 +379,8 @@ local function close_tree(c, status, ms, closed)
   local ids = {}
   for p = c.t + 6, c.g - 1, 3 do ids[#ids + 1] = st[p] end
   for _, id in ipairs(ids) do
-    local key, ekey = keys_of(c, id)
-    local kc = load(key, ekey, c.ikey, c.now_s)
+    local key, ekey = keys_of(id)
+    local kc = key and load(key, ekey, c.ikey, c.now_s)
     if kc and kc.st[2] == 'open' and kc.st[kc.t] == st[1] then
       reap(kc)
       close_tree(kc, status, ms, closed)
@@ -357,8 +397,8 @@ end
 local function settle_parent(c)
   local parent = c.st[c.t]
   if parent == '' then return end
-  local key, ekey = keys_of(c, parent)
-  local p = load(key, ekey, c.ikey, c.now_s)
+  local key, ekey = keys_of(parent)
+  local p = key and load(key, ekey, c.ikey, c.now_s)
   if p and p.st[2] == 'open' then
     settle_into(p, c)
     save(p)
