@@ -302,7 +302,7 @@ def test_a_stream_wraps_up_within_the_reserve_in_the_same_stream(server, store, 
 
 
 def test_the_drop_in_client_takes_both_keywords_for_every_call(server, store):
-    server.queue(Reply(words(70)), Reply("fine"))
+    server.queue(Reply(words(70)), Reply("fine"), Reply("fine"))
     with make(store, output=60).request(ceiling=5_000) as req:
         chat = req.openai(openai_client(server), "reasoner", wrap_up_tokens=400, show_budget=True)
         chat.chat.completions.create(model=MODEL, messages=QUESTION)
@@ -311,6 +311,8 @@ def test_the_drop_in_client_takes_both_keywords_for_every_call(server, store):
         report = view.chat.completions.create(model=MODEL, messages=QUESTION, show_budget=False)
         assert server.requests[-1]["messages"] == QUESTION
         assert report.apportion.wrap_up_tokens == 400
+        view.chat.completions.create(model=MODEL, messages=QUESTION, show_budget=None)
+        assert server.requests[-1]["messages"] != QUESTION  # None: the client's, not off
 
 
 def test_the_async_drop_in_client_takes_both_keywords(server, store):

@@ -50,8 +50,11 @@ class Audit:
         pubsub = client.pubsub()
         pubsub.psubscribe("__keyspace@0__:*")
         pubsub.subscribe(DONE)
-        while pubsub.get_message(timeout=1.0) is not None:  # the subscription replies
-            pass
+        confirmed = 0
+        for message in pubsub.listen():  # the two subscriptions' confirmations
+            confirmed += message["type"] in ("psubscribe", "subscribe")
+            if confirmed == 2:
+                break
         keys: set[str] = set()
         self.calls.clear()
         try:

@@ -313,6 +313,9 @@ class _Root(_Resource):
             raise InvalidArgument("model", None, f"{method} needs model=")
         agent = self._agent(method, kwargs.pop("agent", None))
         messages = kwargs.pop(key)
+        for name in self.options:  # a call's own None leaves the client's
+            if kwargs.get(name, self) is None:
+                del kwargs[name]
         return {
             "agent": agent,
             "messages": messages,
