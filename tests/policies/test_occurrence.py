@@ -235,3 +235,49 @@ def test_a_listed_team_is_held_back_for_by_the_calls_it_has_left(policy: str) ->
         req.finish(grant, input_tokens=grant.context_tokens, output_tokens=100)
     # about 10,000 left: the report's ~1,000 is what the last worker leaves room for
     assert grant.context_tokens >= 7_500
+
+
+@pytest.mark.parametrize("policy", ["elastic", "estimate", "learned"])
+def test_a_listed_teams_counts_are_saved_and_loaded(policy: str, tmp_path: Path) -> None:
+    """A listed team's calls per request (and its members' prior) survive save and load:
+    after loading, the second worker still leaves room for the eight after it (before,
+    the team's counts were kept in memory only and a loaded policy held back for none)."""
+    pipeline = _team_pipeline(20)
+    trained = _policy(policy)
+    controller = Controller(pipeline, policy=trained)
+    for r in range(60):
+        drawn = [f"worker:{(r + 2 * i) % 20:02d}" for i in range(10)]
+        _serve(controller, [("lead", 300), *[(w, 900) for w in drawn], ("report", 900)], 20_000)
+    path = tmp_path / "state.json"
+    trained.save(path)  # type: ignore[attr-defined]
+    assert "teams" in json.loads(path.read_text())
+    loaded = type(trained).load(path)  # type: ignore[attr-defined]
+    loaded.save(tmp_path / "again.json")  # loaded, not used yet: kept
+    again = Controller(pipeline, policy=type(trained).load(tmp_path / "again.json"))  # type: ignore[attr-defined]
+    with again.request(ceiling=20_000) as req:
+        for agent in ["lead", "worker:00"]:
+            grant = req.begin(agent, input_tokens=900)
+            req.finish(grant, input_tokens=grant.context_tokens, output_tokens=100)
+        grant = req.begin("worker:01", input_tokens=15_000)
+        req.finish(grant, input_tokens=grant.context_tokens, output_tokens=100)
+    # eight more workers of about 1,000 tokens and the report are still to come
+    assert grant.total <= 20_000 - 7_000
+
+
+def test_a_malformed_team_entry_is_refused(tmp_path: Path) -> None:
+    pipeline = _team_pipeline(20)
+    policy = EstimatePolicy()
+    controller = Controller(pipeline, policy=policy)
+    for r in range(3):
+        drawn = [f"worker:{(r + 2 * i) % 20:02d}" for i in range(10)]
+        _serve(controller, [("lead", 300), *[(w, 900) for w in drawn], ("report", 900)], 20_000)
+    path = tmp_path / "state.json"
+    policy.save(path)
+    good = json.loads(path.read_text())
+    for bad in ({"calls": {"worker:00": {"x": 1}}, "usage": {}}, {"usage": {"worker:00": [1]}}, 3):
+        document = json.loads(json.dumps(good))
+        document["teams"][pipeline.name] = bad
+        path.write_text(json.dumps(document))
+        with pytest.raises(PolicyStateError) as caught:
+            EstimatePolicy.load(path)
+        assert f"teams.{pipeline.name}" in str(caught.value)

@@ -96,6 +96,8 @@ _TEAM_CAP = 1.5
 _WIDE_CAP = 2
 """The last call's cap may reach what is left, up to this many times its own cap."""
 _CUT_GUESS = 1.5  # a cut answer needed more than it wrote: as the need model counts it
+_FEEDER_SHARE = 0.75
+"""A squeezed answer that other agents read keeps up to this part of its call's budget."""
 _ROOM_ENOUGH = 0.5
 """Up to this part of what it wants, a squeezed agent may eat into the others' needs."""
 
@@ -156,6 +158,7 @@ class PredictingPolicy(Policy):
         self._teams_of: dict[int, tuple[Pipeline, dict[str, tuple[str, ...]]]] = {}
         self._teams_counted: dict[tuple[str, tuple[str, ...]], CallCounts] = {}
         self._team_usage: dict[tuple[str, str], tuple[int, float, float]] = {}
+        self._loaded_teams: dict[str, dict[str, dict[str, int]]] = {}
 
     def needs(self, pipeline: Pipeline) -> NeedModel:
         """The need model learned for ``pipeline`` (created, restored or pulled on first use).
@@ -296,8 +299,13 @@ class PredictingPolicy(Policy):
         counts = self._teams_counted.get(key)
         if counts is None:
             with self._state_lock:
-                leads = sorted({team[0] for team in self.teams(obs).values()})
-                counts = self._teams_counted.setdefault(key, CallCounts(leads))
+                counts = self._teams_counted.get(key)
+                if counts is None:
+                    leads = sorted({team[0] for team in self.teams(obs).values()})
+                    counts = self._teams_counted[key] = CallCounts(leads)
+                    loaded = self._loaded_teams.pop(obs.pipeline.name, None)
+                    if loaded is not None:
+                        counts.restore(loaded)
         return counts
 
     def expected_needs(
@@ -313,7 +321,7 @@ class PredictingPolicy(Policy):
         Returns:
             Per agent still expected to call, its predicted need for the calls it has left.
         """
-        needs = self.predicted_needs(obs)
+        needs = self.needs_now(obs)
         ahead: dict[str, int] = {}
         for b in obs.pipeline.agents:
             if b.name == besides:
@@ -372,6 +380,50 @@ class PredictingPolicy(Policy):
             obs.memo["needs"] = needs
             obs.memo["outputs"] = outputs
         return needs
+
+    def needs_now(self, obs: Observation) -> dict[str, int]:
+        """:meth:`predicted_needs`, with the inputs of readers of varying lines brought up to date.
+
+        An agent that reads the answers of a line whose calls vary from request to request
+        (a team, a fan-out, a loop: its ``after`` names it) reads what they write: its
+        predicted input moves by how far the answers written so far and the answers still
+        expected (:meth:`expected_calls`) are from what a request's answers are expected
+        to add up to. A summarizer after a team of eight is held back for eight answers,
+        not the mean team's. Memo per number of calls begun and finished.
+        """
+        needs = self.predicted_needs(obs)
+        state = obs.state
+        if state is None:
+            return needs
+        key = ("needs_now", len(obs.calls), sum(1 for c in obs.calls.values() if c.finished))
+        found: dict[str, int] | None = obs.memo.get("needs_now")
+        if found is not None and obs.memo.get("needs_now_key") == key:
+            return found
+        counts = self._calls_model(obs)
+        outputs = self.predicted_outputs(obs)
+        row = obs.memo.get("row")
+        written: dict[str, float] = {}
+        for call in obs.calls.values():
+            line = call.budgeted_as
+            wrote = call.output_used if call.finished else None
+            written[line] = written.get(line, 0.0) + (
+                outputs.get(line, 0) if wrote is None else wrote
+            )
+        found = dict(needs)
+        for b in obs.pipeline.agents:
+            varying = [u for u in b.after if u in outputs and not counts.once(u)]
+            if not varying or state.calls[b.name]:
+                continue
+            shift = 0.0
+            for u in varying:
+                agent_u = obs.pipeline[u]
+                total = counts.remaining(u, 0, row)
+                rest = self.expected_calls(obs, agent_u)
+                shift += written.get(u, 0.0) + (rest - total) * outputs[u]
+            found[b.name] = max(outputs[b.name], round(needs[b.name] + shift))
+        obs.memo["needs_now"] = found
+        obs.memo["needs_now_key"] = key
+        return found
 
     def predicted_outputs(self, obs: Observation) -> dict[str, int]:
         """The output part of :meth:`predicted_needs`, per agent."""
@@ -502,13 +554,14 @@ class PredictingPolicy(Policy):
         if floor is None:
             return 0, 0.0
         reserve = obs.state.reserve
-        needs = self.predicted_needs(obs)
+        needs = self.needs_now(obs)
+        planned = self.predicted_needs(obs)
         keep = 0
         total = 0.0
         for b in obs.pipeline.agents:
             name = b.name
             rank = b.priority.rank
-            if name in reserve or rank < floor:
+            if rank < floor:
                 continue
             times = self.expected_calls(
                 obs,
@@ -518,7 +571,10 @@ class PredictingPolicy(Policy):
             )
             if times <= 0:
                 continue
-            need = weighted(needs[name], times)
+            if name in reserve:  # held by its reservation, but for what its readers grew by
+                need = weighted(max(0, needs[name] - planned[name]), times)
+            else:
+                need = weighted(needs[name], times)
             keep += need
             total += need * weights[rank]
         return keep, total
@@ -566,7 +622,12 @@ class PredictingPolicy(Policy):
         else:
             least = self.least_output(obs, agent, predicted, most)
         ctx, out = divide(
-            budget, input_tokens, most, min(max(least, agent.min_output), most), agent
+            budget,
+            input_tokens,
+            most,
+            min(max(least, agent.min_output), most),
+            agent,
+            feeds=self.feeds(obs, agent),
         )
         return ctx, clip_output(out, output_tokens)
 
@@ -761,11 +822,33 @@ class PredictingPolicy(Policy):
             pending = dict(self._loaded)
             calls = dict(self._loaded_counts)
             calls.update({name: c.document() for (name, _), c in self._counts.items()})
+            teams = self._teams_document()
         needs = {name: m.document() for name, m in {**pending, **models}.items()}
         parts = self._state_parts()
         if calls:  # how often each agent ran: absent from files of older versions
             parts["calls"] = calls
+        if teams:  # the listed teams' calls and usage: absent from older files
+            parts["teams"] = teams
         saved.write_file(path, saved.file_document(self.name, needs, **parts))
+
+    def _teams_document(self) -> dict[str, dict[str, Any]]:
+        """Per pipeline, its listed teams' calls per request and usage (under the lock).
+
+        ``{"calls": CallCounts.document(), "usage": {lead: [calls, input, output]}}``, a
+        team named by its first member.
+        """
+        found: dict[str, dict[str, Any]] = {
+            name: {"calls": dict(calls), "usage": {}} for name, calls in self._loaded_teams.items()
+        }
+        for (name, _), counts in self._teams_counted.items():
+            found.setdefault(name, {"calls": {}, "usage": {}})["calls"] = counts.document()
+        for (name, lead), (n, inputs, outputs) in self._team_usage.items():
+            found.setdefault(name, {"calls": {}, "usage": {}})["usage"][lead] = [
+                n,
+                inputs,
+                outputs,
+            ]
+        return found
 
     @classmethod
     def load(cls: type[_P], path: str | Path, **options: Any) -> _P:
@@ -812,14 +895,61 @@ class PredictingPolicy(Policy):
                     f"calls.{name}: expected calls per request and requests per agent", path=where
                 )
             calls[str(name)] = parsed
+        team_calls, team_usage = _parse_teams(document.get("teams", {}), where)
         with self._state_lock:
             self._loaded_counts = calls
             self._counts.clear()
+            self._loaded_teams = team_calls
+            self._teams_counted.clear()
+            self._team_usage = team_usage
             self._loaded = models
             self._loaded_from = where
             self._by_name.clear()
             self._needs.clear()
             apply()
+
+
+def _parse_teams(
+    found: object, where: str
+) -> tuple[dict[str, dict[str, dict[str, int]]], dict[tuple[str, str], tuple[int, float, float]]]:
+    """The ``teams`` part of a saved file, checked: calls per pipeline, usage per team.
+
+    Raises:
+        PolicyStateError: a field is malformed (naming it).
+    """
+    if not isinstance(found, Mapping):
+        raise PolicyStateError("teams: expected a mapping of pipeline name to teams", path=where)
+    calls: dict[str, dict[str, dict[str, int]]] = {}
+    usage: dict[tuple[str, str], tuple[int, float, float]] = {}
+    for name, entry in found.items():
+        problem = f"teams.{name}: expected calls per request and usage per team"
+        if not isinstance(entry, Mapping) or set(entry) - {"calls", "usage"}:
+            raise PolicyStateError(problem, path=where)
+        parsed = parse_document(entry.get("calls", {}))
+        used = entry.get("usage", {})
+        if parsed is None or not isinstance(used, Mapping):
+            raise PolicyStateError(problem, path=where)
+        calls[str(name)] = parsed
+        for lead, figures in used.items():
+            if (
+                not isinstance(figures, list)
+                or len(figures) != 3
+                or type(figures[0]) is not int
+                or figures[0] < 0
+                or not all(
+                    isinstance(v, int | float)
+                    and not isinstance(v, bool)
+                    and math.isfinite(v)
+                    and v >= 0
+                    for v in figures[1:]
+                )
+            ):
+                raise PolicyStateError(
+                    f"teams.{name}.usage.{lead}: expected [calls, input tokens, output tokens]",
+                    path=where,
+                )
+            usage[(str(name), str(lead))] = (figures[0], float(figures[1]), float(figures[2]))
+    return calls, usage
 
 
 def _named(name: str) -> type[PredictingPolicy] | None:
@@ -838,7 +968,9 @@ def _named(name: str) -> type[PredictingPolicy] | None:
     return None
 
 
-def divide(budget: int, input_tokens: int, most: int, least: int, agent: Agent) -> tuple[int, int]:
+def divide(
+    budget: int, input_tokens: int, most: int, least: int, agent: Agent, *, feeds: bool = False
+) -> tuple[int, int]:
     """Divide one call's budget: the output's ``least``, then the input, then up to ``most``.
 
     As :func:`~apportion.policies.base.split` (which keeps the whole margin of a structured
@@ -854,7 +986,10 @@ def divide(budget: int, input_tokens: int, most: int, least: int, agent: Agent) 
     budget = max(budget, 0)
     if input_tokens + least <= budget:
         return input_tokens, min(most, budget - input_tokens)
-    out = min(least, int(budget * _OUTPUT_FIRST_SHARE[agent.output_kind]))
+    share = _OUTPUT_FIRST_SHARE[agent.output_kind]
+    if feeds:
+        share = max(share, _FEEDER_SHARE)
+    out = min(least, int(budget * share))
     ctx = min(input_tokens, budget - out)
     return ctx, min(most, budget - ctx)
 
