@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -281,3 +282,52 @@ def test_a_malformed_team_entry_is_refused(tmp_path: Path) -> None:
         with pytest.raises(PolicyStateError) as caught:
             EstimatePolicy.load(path)
         assert f"teams.{pipeline.name}" in str(caught.value)
+
+
+def _team_day(controller: Controller, size: int, ceiling: int, last: int = 900) -> Any:
+    """A lead, ``size`` workers writing 1,000 tokens each, and a report reading them all.
+
+    Returns the last worker's grant (its input in hand: ``last``).
+    """
+    with controller.request(ceiling=ceiling) as req:
+        grant = req.begin("lead", input_tokens=300)
+        req.finish(grant, input_tokens=300, output_tokens=100)
+        for i in range(size):
+            grant = req.begin(f"worker:{i}", input_tokens=last if i == size - 1 else 900)
+            req.finish(grant, input_tokens=grant.context_tokens, output_tokens=1_000)
+        worker = grant
+        grant = req.begin("report", input_tokens=300 + 1_000 * size)
+        req.finish(grant, input_tokens=grant.context_tokens, output_tokens=200)
+    return worker
+
+
+@pytest.mark.parametrize("policy", ["elastic", "estimate"])
+def test_a_reader_is_held_back_for_the_answers_its_team_wrote(policy: str) -> None:
+    """Teams of 2 or 10 workers, each writing 1,000 tokens a report reads (6,300 on
+    average, 10,300 after ten): the tenth worker leaves room for the report of ten
+    answers, not of the mean team's (before, it left about 6,500 and took the rest)."""
+    pipeline = Pipeline(
+        [Agent("lead", "critical"), Agent("report", "critical", after=["worker"])],
+        kinds=[AgentKind("worker", "worker:*", after=["lead"])],
+    )
+    controller = Controller(pipeline, policy=_policy(policy))
+    for r in range(60):
+        _team_day(controller, 2 if r % 2 else 10, 40_000)
+    grant = _team_day(controller, 10, 40_000, last=15_000)
+    left = 40_000 - 400 - 9 * 1_900
+    assert grant.total <= left - 9_500
+
+
+def test_features_predict_the_calls_left_after_the_first() -> None:
+    """A fan-out of ``depth`` children: after two, a request of depth 7 has about five
+    left and one of depth 3 about one (before, the features counted only before the first
+    call, and both were told the mean of every request with at least two)."""
+    counts = CallCounts(["children"])
+    for i in range(8 * FEATURES_AFTER):
+        depth = 1 + i % 7
+        counts.observe({"children": depth}, (1.0, float(depth)))
+    deep = counts.remaining("children", 2, (1.0, 7.0))
+    shallow = counts.remaining("children", 2, (1.0, 3.0))
+    assert deep > 4.0
+    assert shallow < 1.6
+    assert counts.remaining("children", 7, (1.0, 3.0)) >= 0.0

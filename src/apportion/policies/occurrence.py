@@ -44,6 +44,7 @@ FEATURES_AFTER = 32
 _RIDGE = 1e-3
 _ROWS_KEPT = 4096
 _MAX_COUNT = 100_000
+_LEAST_FIT = 0.5
 
 
 class CallCounts:
@@ -53,7 +54,7 @@ class CallCounts:
         lines: the pipeline's lines (agents and kinds), in execution order.
     """
 
-    __slots__ = ("_fits", "_histograms", "_lock", "_requests", "_rows", "lines")
+    __slots__ = ("_fits", "_histograms", "_lock", "_ratios", "_requests", "_rows", "lines")
 
     def __init__(self, lines: Iterable[str]) -> None:
         self.lines = tuple(lines)
@@ -61,6 +62,7 @@ class CallCounts:
         self._requests = 0
         self._rows: list[tuple[tuple[float, ...], tuple[int, ...]]] = []
         self._fits: dict[str, tuple[float, ...]] = {}
+        self._ratios: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
     @property
@@ -121,6 +123,8 @@ class CallCounts:
         except np.linalg.LinAlgError:  # pragma: no cover (the ridge keeps it invertible)
             return
         self._fits = {line: tuple(solved[:, k].tolist()) for k, line in enumerate(self.lines)}
+        fitted = np.maximum(x @ solved, _LEAST_FIT)
+        self._ratios = {line: y[:, k] / fitted[:, k] for k, line in enumerate(self.lines)}
 
     def once(self, line: str) -> bool:
         """Whether ``line`` made exactly one call in every request seen (or none was seen)."""
@@ -162,13 +166,22 @@ class CallCounts:
                 weight += PRIOR_REQUESTS
                 total += (1 - done) * PRIOR_REQUESTS
             varies = len(histogram) > 1  # a constant count needs no features
-            fit = self._fits.get(line) if done == 0 and row is not None and varies else None
+            fit = self._fits.get(line) if row is not None and varies else None
+            ratios = self._ratios.get(line)
             seen = self._requests
         mean = total / weight if weight else 0.0
         values = tuple(row) if fit is not None and row is not None else ()
         if fit is None or len(values) != len(fit):
             return mean
-        predicted = max(0.0, float(sum(w * v for w, v in zip(fit, values, strict=True))))
+        fitted = max(_LEAST_FIT, float(sum(w * v for w, v in zip(fit, values, strict=True))))
+        if done == 0 or ratios is None:
+            predicted = fitted
+        else:  # E[n - done | n >= done], n the fitted count times a past request's error
+            counts = fitted * ratios
+            counts = counts[counts >= done]
+            if not len(counts):
+                return mean
+            predicted = float(counts.mean()) - done
         trust = seen / (seen + FEATURES_AFTER)
         return (1 - trust) * mean + trust * predicted
 
