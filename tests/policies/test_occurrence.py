@@ -331,3 +331,43 @@ def test_features_predict_the_calls_left_after_the_first() -> None:
     assert deep > 4.0
     assert shallow < 1.6
     assert counts.remaining("children", 7, (1.0, 3.0)) >= 0.0
+
+
+def test_an_agent_seen_only_before_the_running_one_is_no_longer_expected() -> None:
+    """A translator that runs in a fifth of the requests, always before the answer:
+    once the answer has begun without it, it is not expected any more."""
+    counts = CallCounts(["triage", "translator", "answer"])
+    for i in range(50):
+        ran = i % 5 == 0
+        order = ["triage", "translator", "answer"] if ran else ["triage", "answer"]
+        counts.observe({"triage": 1, "translator": int(ran), "answer": 1}, None, order)
+    assert counts.remaining("translator", 0) == pytest.approx(11 / 51)
+    assert counts.remaining_after("translator", "triage") == pytest.approx((10 + 11 / 51) / 51)
+    assert counts.remaining_after("translator", "answer") < 0.01
+    assert counts.remaining_after("answer", "triage") == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("policy", ["elastic", "estimate", "learned"])
+def test_no_hold_back_for_an_optional_agent_that_did_not_run_before(
+    policy: str, tmp_path: Path
+) -> None:
+    """Optional "extra" (half the requests) runs only before "answer": once "answer" has
+    begun without it, "answer" reads its whole input (before, it left room for half of
+    the extra's need to the end); what ran after what is saved and loaded."""
+    pipeline = Pipeline(
+        [Agent("first"), Agent("extra", after=["first"]), Agent("answer", after=["first"])]
+    )
+    trained = _policy(policy)
+    controller = Controller(pipeline, policy=trained)
+    for r in range(60):
+        extra = [("extra", 3_000)] if r % 2 else []
+        _serve(controller, [("first", 500), *extra, ("answer", 2_000)], 12_000)
+    path = tmp_path / "state.json"
+    trained.save(path)  # type: ignore[attr-defined]
+    assert "calls_after" in json.loads(path.read_text())
+    again = Controller(pipeline, policy=type(trained).load(path))  # type: ignore[attr-defined]
+    with again.request(ceiling=5_000) as req:
+        grant = req.begin("first", input_tokens=500)
+        req.finish(grant, input_tokens=500, output_tokens=100)
+        grant = req.begin("answer", input_tokens=4_200)
+    assert grant.context_tokens >= 3_900  # before: under 3,000

@@ -68,7 +68,14 @@ from apportion.limits import excerpt
 from apportion.policies import state as saved
 from apportion.policies.base import _OUTPUT_FIRST_SHARE, Observation, Plan, Policy, clip_output
 from apportion.policies.needs import NeedModel
-from apportion.policies.occurrence import CallCounts, counts_of, parse_document, teams, weighted
+from apportion.policies.occurrence import (
+    CallCounts,
+    counts_of,
+    parse_after,
+    parse_document,
+    teams,
+    weighted,
+)
 from apportion.policies.sharing import SharedState, compare_and_set
 from apportion.spec import Agent, OutputKind, Pipeline
 
@@ -155,6 +162,7 @@ class PredictingPolicy(Policy):
         self._unsynced = 0
         self._counts: dict[tuple[str, tuple[str, ...]], CallCounts] = {}
         self._loaded_counts: dict[str, dict[str, dict[str, int]]] = {}
+        self._loaded_after: dict[str, dict[str, dict[str, list[int]]]] = {}
         self._teams_of: dict[int, tuple[Pipeline, dict[str, tuple[str, ...]]]] = {}
         self._teams_counted: dict[tuple[str, tuple[str, ...]], CallCounts] = {}
         self._team_usage: dict[tuple[str, str], tuple[int, float, float]] = {}
@@ -215,6 +223,9 @@ class PredictingPolicy(Policy):
                 loaded = self._loaded_counts.pop(pipeline.name, None)
                 if loaded is not None:
                     counts.restore(loaded)
+                after = self._loaded_after.pop(pipeline.name, None)
+                if after is not None:
+                    counts.restore_after(after)
         return counts
 
     def _calls_model(self, obs: Observation) -> CallCounts:
@@ -254,14 +265,24 @@ class PredictingPolicy(Policy):
         if calling:
             done += 1
         row = obs.memo.get("row")
+        last = None
+        if state is not None and not done:
+            last = caller if caller is not None and caller != agent.name else None
+            if last is None and obs.calls:
+                last = next(reversed(obs.calls.values())).budgeted_as
         if agent.name not in obs.pipeline.kind_names:
             if done:
                 return 0.0
             team = self.teams(obs).get(agent.name)
             if team is not None and state is not None:
                 return self._team_share(obs, team, caller, row)
-            # A listed agent: held back for once until it starts, times its chance to run.
+            # A listed agent: held back for once until it starts, times its chance to run
+            # (given the agents that began before it, when it has been seen after them).
+            if last is not None:
+                return min(1.0, counts.remaining_after(agent.name, last, row))
             return min(1.0, counts.remaining(agent.name, 0, row))
+        if last is not None:
+            return counts.remaining_after(agent.name, last, row)
         return counts.remaining(agent.name, done, row)
 
     def _team_share(
@@ -338,7 +359,8 @@ class PredictingPolicy(Policy):
         if row is None:
             row = self._model(obs).row(obs.features)
         counted = counts_of(obs.state.calls, refused)
-        self._calls_model(obs).observe(counted, row)
+        order = [c.budgeted_as for c in obs.calls.values()] + refused
+        self._calls_model(obs).observe(counted, row, order)
         alike = set(self.teams(obs).values())
         if alike:
             by_team = {team[0]: sum(counted.get(m, 0) for m in team) for team in alike}
@@ -822,11 +844,15 @@ class PredictingPolicy(Policy):
             pending = dict(self._loaded)
             calls = dict(self._loaded_counts)
             calls.update({name: c.document() for (name, _), c in self._counts.items()})
+            after = dict(self._loaded_after)
+            after.update({name: c.document_after() for (name, _), c in self._counts.items()})
             teams = self._teams_document()
         needs = {name: m.document() for name, m in {**pending, **models}.items()}
         parts = self._state_parts()
         if calls:  # how often each agent ran: absent from files of older versions
             parts["calls"] = calls
+        if any(after.values()):  # what ran after what: absent from older files
+            parts["calls_after"] = after
         if teams:  # the listed teams' calls and usage: absent from older files
             parts["teams"] = teams
         saved.write_file(path, saved.file_document(self.name, needs, **parts))
@@ -896,8 +922,23 @@ class PredictingPolicy(Policy):
                 )
             calls[str(name)] = parsed
         team_calls, team_usage = _parse_teams(document.get("teams", {}), where)
+        found_after = document.get("calls_after", {})
+        if not isinstance(found_after, Mapping):
+            raise PolicyStateError(
+                "calls_after: expected a mapping of pipeline name to counts", path=where
+            )
+        after: dict[str, dict[str, dict[str, list[int]]]] = {}
+        for name, entry in found_after.items():
+            parsed_after = parse_after(entry)
+            if parsed_after is None:
+                raise PolicyStateError(
+                    f"calls_after.{name}: expected [requests, calls] per agent per agent",
+                    path=where,
+                )
+            after[str(name)] = parsed_after
         with self._state_lock:
             self._loaded_counts = calls
+            self._loaded_after = after
             self._counts.clear()
             self._loaded_teams = team_calls
             self._teams_counted.clear()
