@@ -245,11 +245,11 @@ class CallCounts:
         values = tuple(row) if fit is not None and row is not None else ()
         if fit is None or len(values) != len(fit):
             return mean
-        fitted = max(_LEAST_FIT, float(sum(w * v for w, v in zip(fit, values, strict=True))))
+        fitted = max(0.0, float(sum(w * v for w, v in zip(fit, values, strict=True))))
         if done == 0 or ratios is None:
             predicted = fitted
         else:  # E[n - done | n >= done], n the fitted count times a past request's error
-            counts = fitted * ratios
+            counts = max(fitted, _LEAST_FIT) * ratios
             counts = counts[counts >= done]
             if not len(counts):
                 return mean

@@ -266,10 +266,11 @@ class PredictingPolicy(Policy):
             done += 1
         row = obs.memo.get("row")
         last = None
-        if state is not None and not done:
-            last = caller if caller is not None and caller != agent.name else None
-            if last is None and obs.calls:
-                last = next(reversed(obs.calls.values())).budgeted_as
+        if state is not None and not done and not self._listed_loop(obs):
+            if caller is not None and caller != agent.name and not state.calls[caller]:
+                last = caller
+            else:
+                last = self._latest_begun(obs)
         if agent.name not in obs.pipeline.kind_names:
             if done:
                 return 0.0
@@ -284,6 +285,33 @@ class PredictingPolicy(Policy):
         if last is not None:
             return counts.remaining_after(agent.name, last, row)
         return counts.remaining(agent.name, done, row)
+
+    def _listed_loop(self, obs: Observation) -> bool:
+        """Whether a listed agent was seen to call more than once in a request (memo)."""
+        loops: bool | None = obs.memo.get("listed_loop")
+        if loops is None:
+            counts = self._calls_model(obs)
+            kinds = obs.pipeline.kind_names
+            loops = obs.memo["listed_loop"] = any(
+                not counts.once(a.name) and not counts.at_most_once(a.name)
+                for a in obs.pipeline.agents
+                if a.name not in kinds
+            )
+        return loops
+
+    def _latest_begun(self, obs: Observation) -> str | None:
+        """The line whose first call is the latest of the request's so far (memo)."""
+        memo: tuple[int, str | None] | None = obs.memo.get("latest_begun")
+        if memo is not None and memo[0] == len(obs.calls):
+            return memo[1]
+        seen: set[str] = set()
+        latest = None
+        for call in obs.calls.values():
+            if call.budgeted_as not in seen:
+                seen.add(call.budgeted_as)
+                latest = call.budgeted_as
+        obs.memo["latest_begun"] = (len(obs.calls), latest)
+        return latest
 
     def _team_share(
         self,
