@@ -339,11 +339,16 @@ class PredictingPolicy(Policy):
         The team's calls still expected (its calls per request learned as a kind's,
         ``E[n - done | n >= done]``), shared equally among the members yet to call.
         """
-        calls = obs.state.calls
-        done = sum(calls[m] for m in team) + (caller in team)
-        waiting = sum(1 for m in team if not calls[m] and m != caller)
-        left = self._team_counts(obs).remaining(team[0], done, row)
-        return left / max(1, waiting)
+        key = (team[0], caller, len(obs.calls))  # a member's begin grows the ledger's calls
+        memo: dict[tuple[str, str | None, int], float] = obs.memo.setdefault("team_share", {})
+        share = memo.get(key)
+        if share is None:
+            calls = obs.state.calls
+            done = sum(calls[m] for m in team) + (caller in team)
+            waiting = sum(1 for m in team if not calls[m] and m != caller)
+            left = self._team_counts(obs).remaining(team[0], done, row)
+            share = memo[key] = left / max(1, waiting)
+        return share
 
     def teams(self, obs: Observation) -> dict[str, tuple[str, ...]]:
         """The pipeline's teams of alike listed agents (memo per pipeline).
