@@ -15,9 +15,13 @@ expected number of calls still to come from a line that has made ``done`` calls 
 runs at all. How the policies use them: :mod:`apportion.policies.predicting`, "Agents
 that may not run". Counts may be drawn per request from the request's features (the number of
 sub-questions sets the fan-out): then, once a line has enough requests, the expectation
-before its first call comes from a ridge regression of its count on the features, blended
+comes from a ridge regression of its count on the features (after the first call, the
+fitted count times the errors of past requests, given the calls made so far), blended
 with the distribution as the need models blend a prior (see
-:mod:`apportion.policies.needs`).
+:mod:`apportion.policies.needs`). What ran after what is learned too: per line, the calls
+every other line made in the requests where it had not begun before that line's first
+call (:meth:`CallCounts.remaining_after`), so that an agent seen only before the one now
+running is no longer expected.
 
 A prior, not a switch: before any history every line counts as one request with one
 call, so a new pipeline is budgeted exactly as if each agent ran once, and the history
