@@ -320,7 +320,7 @@ class PredictingPolicy(Policy):
             return memo[1]
         seen: set[str] = set()
         latest = None
-        for call in obs.calls.values():
+        for call in list(obs.calls.values()):  # a snapshot, as in needs_now
             if call.budgeted_as not in seen:
                 seen.add(call.budgeted_as)
                 latest = call.budgeted_as
@@ -406,7 +406,7 @@ class PredictingPolicy(Policy):
         if row is None:
             row = self._model(obs).row(obs.features)
         counted = counts_of(obs.state.calls, refused)
-        order = [c.budgeted_as for c in obs.calls.values()] + refused
+        order = [c.budgeted_as for c in list(obs.calls.values())] + refused
         self._calls_model(obs).observe(counted, row, order)
         alike = set(self.teams(obs).values())
         if alike:
@@ -464,7 +464,8 @@ class PredictingPolicy(Policy):
         state = obs.state
         if state is None:
             return needs
-        key = ("needs_now", len(obs.calls), sum(1 for c in obs.calls.values() if c.finished))
+        made = list(obs.calls.values())  # a snapshot: other threads may begin calls meanwhile
+        key = ("needs_now", len(made), sum(1 for c in made if c.finished))
         found: dict[str, int] | None = obs.memo.get("needs_now")
         if found is not None and obs.memo.get("needs_now_key") == key:
             return found
@@ -472,7 +473,7 @@ class PredictingPolicy(Policy):
         outputs = self.predicted_outputs(obs)
         row = obs.memo.get("row")
         written: dict[str, float] = {}
-        for call in obs.calls.values():
+        for call in made:
             line = call.budgeted_as
             wrote = call.output_used if call.finished else None
             written[line] = written.get(line, 0.0) + (
