@@ -19,6 +19,7 @@ from apportion.sim.workload import Workload, load_workload
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "workloads"
 BEFORE = Path(__file__).parent / "data" / "bench_before_trees.json"
+POLICY_FIGURES = Path(__file__).parent / "data" / "bench_policy_figures.json"
 
 
 def _workload(agents: list[dict[str, Any]], **top: Any) -> Workload:
@@ -44,25 +45,66 @@ def _agent(name: str, **more: Any) -> dict[str, Any]:
     }
 
 
-def test_shipped_workloads_keep_their_bench_figures() -> None:
-    """Files of the normative format mean what they meant: same bench figures as before.
+def _predicts(name: str) -> bool:
+    """Whether the bench's policy ``name`` predicts needs (its figures follow its rules).
 
-    The figures were last updated for a change of the policies, not of the format (issue
-    17, "close the gap to the oracle": the last call's cap reaches what is left, an answer
-    other agents read keeps its margin, elastic's critical agents leave room for later
-    single-call answers). On these 30 requests it raised 15 figures of elastic, estimate
-    and iterative (up to +0.07) and lowered two: fanout-research elastic 0.8772 -> 0.8761
-    and mispriority estimate 0.7560 -> 0.7463; over 200 requests those are 0.9114 ->
-    0.9102 and 0.6632 -> 0.7131. Oracle, static and uniform figures are unchanged.
+    All but ``static`` (fixed budgets profiled on requests after the measured ones) and
+    ``uniform`` (an even split): their figures depend on the requests drawn alone.
+    """
+    return name not in {"static", "uniform"}
+
+
+def _shipped_bench(name: str) -> dict[str, Any]:
+    workload = load_workload(EXAMPLES / name)
+    assert not workload.dynamic
+    policies = bench_policies(priced=bool(workload.models))
+    got = run_bench(workload, requests=30, policies=policies)
+    return dict(json.loads(json.dumps(got, sort_keys=True)))
+
+
+def test_shipped_workloads_keep_their_bench_figures() -> None:
+    """Files of the normative format mean what they meant: the same requests are drawn.
+
+    The oracle's figures (which see every request's needs) and those of the policies
+    that do not predict needs (static, profiled on the same draws, and uniform) are those
+    of before the tree extension, to the last digit. The predicting policies' figures
+    follow their rules, which change: they are held in a separate record
+    (:data:`POLICY_FIGURES`, :func:`test_shipped_workloads_policy_figures`).
     """
     before = json.loads(BEFORE.read_text())
     assert len(before) == 7
     for name, expected in before.items():
-        workload = load_workload(EXAMPLES / name)
-        assert not workload.dynamic
-        policies = bench_policies(priced=bool(workload.models))
-        got = run_bench(workload, requests=30, policies=policies)
-        assert json.loads(json.dumps(got, sort_keys=True)) == expected, name
+        got = _shipped_bench(name)
+        for document in (got, expected):
+            document["policies"] = {
+                p: figures for p, figures in document["policies"].items() if not _predicts(p)
+            }
+        assert set(got["policies"]) >= {"static", "uniform"}
+        assert got == expected, name
+
+
+def test_shipped_workloads_policy_figures() -> None:
+    """The predicting policies' figures on the shipped workloads (30 requests each).
+
+    Updated with each change of their rules; the note says what moved. Last: issue 17,
+    "at least static and 0.9 of the oracle on dynamic teams" (an agent not begun is held
+    back for what it did after the agent now running, a reader for the answers its team
+    wrote; a squeezed feeder keeps 3/4 of its budget for its answer; elastic's critical
+    agents leave a structured answer its margin; the calls left follow the features after
+    the first). On these 30 requests, 10 of the 23 cells changed; their quality moved by
+    at most 0.004 down (fanout-research estimate 0.8762 -> 0.8724, document-review
+    estimate 0.8968 -> 0.8939, mispriority elastic 0.7419 -> 0.7402) and 0.010 up
+    (fanout-research elastic 0.8761 -> 0.8865). At 300 requests every policy of the
+    shipped workloads stays within 0.003 of before or gains (docs/workload-trees.md,
+    "Figures"). The figures before this change are those of
+    ``bench_before_trees.json``.
+    """
+    record = json.loads(POLICY_FIGURES.read_text())
+    assert set(record) == set(json.loads(BEFORE.read_text()))
+    for name, expected in record.items():
+        got = _shipped_bench(name)
+        figures = {p: f for p, f in got["policies"].items() if _predicts(p)}
+        assert figures == expected, name
 
 
 def test_a_plain_workload_is_not_realized() -> None:
@@ -242,3 +284,20 @@ def test_listed_team_relation() -> None:
     static = figures["static"]["quality_mean"]
     for name in ("elastic", "estimate", "learned"):
         assert figures[name]["quality_mean"] >= static + 0.02, name
+
+
+def test_optional_agents_relation() -> None:
+    """A pipeline whose agents run in some requests only (a translator in 20%, an
+    escalation in a third, a lookup in 60%), each listed once: once an agent began
+    without them, they are no longer held back for, so every predicting policy beats
+    fixed budgets (before: estimate 0.431 against static's 0.473, learned 0.81 of the
+    oracle)."""
+    workload = load_workload(EXAMPLES / "optional-agents.yaml")
+    result = run_bench(
+        workload, requests=300, policies=["static", "elastic", "estimate", "learned"]
+    )
+    figures = result["policies"]
+    static = figures["static"]["quality_mean"]
+    for name in ("elastic", "estimate", "learned"):
+        assert figures[name]["quality_mean"] >= static + 0.02, name
+    assert figures["learned"]["quality_vs_oracle"] >= 0.85

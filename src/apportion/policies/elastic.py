@@ -25,7 +25,7 @@ from apportion.ledger import MAX_TOKENS, Grant
 from apportion.policies.base import Observation, Plan
 from apportion.policies.occurrence import weighted
 from apportion.policies.predicting import PredictingPolicy, _fit
-from apportion.spec import Agent, Priority
+from apportion.spec import Agent, OutputKind, Priority
 
 _CRITICAL_RESERVE_SHARE = 0.7
 
@@ -89,7 +89,10 @@ class ElasticPolicy(PredictingPolicy):
                 continue
             later = self.expected_calls(obs, b, caller=None if begun else agent.name)
             if later > 0:
-                out = weighted(outputs[b.name], later)
+                answer = float(outputs[b.name])
+                if b.output_kind is not OutputKind.PROSE:  # worth nothing cut: its margin too
+                    answer = self.call_output(obs, b, answer)
+                out = weighted(answer, later)
                 keep += out
                 total += out * self.weights[b.priority.rank]
         return keep, total

@@ -276,13 +276,26 @@ class LearnedPolicy(PredictingPolicy):
             }
         return ahead
 
+    def _inputs_now(self, obs: Observation) -> dict[str, float]:
+        """:meth:`_inputs_ahead`, readers of varying lines brought up to date.
+
+        As :meth:`~apportion.policies.predicting.PredictingPolicy.needs_now`: a reader's
+        input moves with the answers its upstream lines wrote and are still expected to.
+        """
+        ahead = self._inputs_ahead(obs)
+        now = self.needs_now(obs)
+        planned = self.predicted_needs(obs)
+        if now is planned:
+            return ahead
+        return {name: max(0.0, need + now[name] - planned[name]) for name, need in ahead.items()}
+
     def _readers(self, obs: Observation, agent: Agent) -> list[tuple[float, float]]:
         """``(input need, input weight)`` of the agents still to run that read ``agent``.
 
         An agent listed in another's ``after`` is taken to feed it: what its answer lacks,
         their input lacks.
         """
-        ahead = self._inputs_ahead(obs)
+        ahead = self._inputs_now(obs)
         weights = self.agent_weights(obs)
         return [
             (ahead[b.name], weights[b.name][0])
@@ -300,7 +313,7 @@ class LearnedPolicy(PredictingPolicy):
         """
         curves: list[Curve] = []
         model = self._model(obs)
-        ahead = self._inputs_ahead(obs)
+        ahead = self._inputs_now(obs)
         weights = self.agent_weights(obs)
         alike = self.teams(obs)
         pooled: dict[tuple[str, ...], tuple[Agent, float, float]] = {}

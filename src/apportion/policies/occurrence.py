@@ -15,9 +15,13 @@ expected number of calls still to come from a line that has made ``done`` calls 
 runs at all. How the policies use them: :mod:`apportion.policies.predicting`, "Agents
 that may not run". Counts may be drawn per request from the request's features (the number of
 sub-questions sets the fan-out): then, once a line has enough requests, the expectation
-before its first call comes from a ridge regression of its count on the features, blended
+comes from a ridge regression of its count on the features (after the first call, the
+fitted count times the errors of past requests, given the calls made so far), blended
 with the distribution as the need models blend a prior (see
-:mod:`apportion.policies.needs`).
+:mod:`apportion.policies.needs`). What ran after what is learned too: per line, the calls
+every other line made in the requests where it had not begun before that line's first
+call (:meth:`CallCounts.remaining_after`), so that an agent seen only before the one now
+running is no longer expected.
 
 A prior, not a switch: before any history every line counts as one request with one
 call, so a new pipeline is budgeted exactly as if each agent ran once, and the history
@@ -31,7 +35,7 @@ Thread-safe: one lock around every update and read.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -44,6 +48,7 @@ FEATURES_AFTER = 32
 _RIDGE = 1e-3
 _ROWS_KEPT = 4096
 _MAX_COUNT = 100_000
+_LEAST_FIT = 0.5
 
 
 class CallCounts:
@@ -53,7 +58,16 @@ class CallCounts:
         lines: the pipeline's lines (agents and kinds), in execution order.
     """
 
-    __slots__ = ("_fits", "_histograms", "_lock", "_requests", "_rows", "lines")
+    __slots__ = (
+        "_after",
+        "_fits",
+        "_histograms",
+        "_lock",
+        "_ratios",
+        "_requests",
+        "_rows",
+        "lines",
+    )
 
     def __init__(self, lines: Iterable[str]) -> None:
         self.lines = tuple(lines)
@@ -61,6 +75,8 @@ class CallCounts:
         self._requests = 0
         self._rows: list[tuple[tuple[float, ...], tuple[int, ...]]] = []
         self._fits: dict[str, tuple[float, ...]] = {}
+        self._ratios: dict[str, np.ndarray] = {}
+        self._after: dict[str, dict[str, list[int]]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -76,6 +92,27 @@ class CallCounts:
                 for line, h in self._histograms.items()
             }
 
+    def document_after(self) -> dict[str, dict[str, list[int]]]:
+        """What ran after what, JSON-ready: ``{first: {line: [requests, calls]}}``.
+
+        See :meth:`remaining_after`.
+        """
+        with self._lock:
+            return {y: {x: list(v) for x, v in row.items()} for y, row in self._after.items()}
+
+    def restore_after(self, document: Mapping[str, Mapping[str, Sequence[int]]]) -> None:
+        """Add saved :meth:`document_after` counts (checked by :func:`parse_after`)."""
+        with self._lock:
+            for y, row in document.items():
+                if y not in self._histograms:
+                    continue
+                mine = self._after.setdefault(y, {})
+                for x, (requests, calls) in row.items():
+                    if x in self._histograms:
+                        have = mine.setdefault(x, [0, 0])
+                        have[0] += int(requests)
+                        have[1] += int(calls)
+
     def restore(self, document: Mapping[str, Mapping[str, int]]) -> None:
         """Add saved histograms (:meth:`document`; checked by :func:`parse_document`)."""
         with self._lock:
@@ -87,13 +124,20 @@ class CallCounts:
                     mine[int(n)] = mine.get(int(n), 0) + c
             self._requests = max((sum(h.values()) for h in self._histograms.values()), default=0)
 
-    def observe(self, counts: Mapping[str, int], row: Iterable[float] | None = None) -> None:
+    def observe(
+        self,
+        counts: Mapping[str, int],
+        row: Iterable[float] | None = None,
+        order: Sequence[str] | None = None,
+    ) -> None:
         """Record one request: calls per line (a line absent made none).
 
         Args:
             counts: calls per line in the request.
             row: the request's features as the need model's regression row, if the
                 count should also be learned from features.
+            order: the lines that called, in the order of their first calls, if known
+                (for :meth:`remaining_after`).
         """
         with self._lock:
             self._requests += 1
@@ -101,6 +145,8 @@ class CallCounts:
                 n = min(_MAX_COUNT, max(0, int(counts.get(line, 0))))
                 histogram = self._histograms[line]
                 histogram[n] = histogram.get(n, 0) + 1
+            if order is not None:
+                self._observe_order(counts, order)
             if row is not None:
                 x = tuple(float(v) for v in row)
                 self._rows.append((x, tuple(int(counts.get(line, 0)) for line in self.lines)))
@@ -108,6 +154,38 @@ class CallCounts:
                     del self._rows[: len(self._rows) - _ROWS_KEPT]
                 if self._requests >= FEATURES_AFTER and _due(self._requests):
                     self._refit()
+
+    def _observe_order(self, counts: Mapping[str, int], order: Sequence[str]) -> None:
+        """Per line that called, the calls of every line not begun before it (under the lock)."""
+        begun: set[str] = set()
+        for y in order:
+            if y not in self._histograms or y in begun:
+                continue
+            begun.add(y)
+            row = self._after.setdefault(y, {})
+            for x in self.lines:
+                if x not in begun:
+                    have = row.setdefault(x, [0, 0])
+                    have[0] += 1
+                    have[1] += min(_MAX_COUNT, max(0, int(counts.get(x, 0))))
+
+    def remaining_after(self, line: str, last: str, row: Iterable[float] | None = None) -> float:
+        """Expected calls of ``line``, not begun yet, now that ``last`` has begun.
+
+        Learned from the requests in which ``last`` began before ``line`` did (or
+        ``line`` never ran): the calls ``line`` made in them, with :meth:`remaining`
+        (before any call) as a prior counting for :data:`PRIOR_REQUESTS` request. An
+        optional agent listed before the agents now running, and seen to run only before
+        them, is no longer expected: a translator that did not run before the answer is
+        written will not run after it.
+        """
+        prior = self.remaining(line, 0, row)
+        with self._lock:
+            stats = self._after.get(last, {}).get(line)
+            if stats is None:
+                return prior
+            requests, calls = stats
+        return (calls + PRIOR_REQUESTS * prior) / (requests + PRIOR_REQUESTS)
 
     def _refit(self) -> None:
         """Fit each line's count on the features (under the lock)."""
@@ -121,6 +199,8 @@ class CallCounts:
         except np.linalg.LinAlgError:  # pragma: no cover (the ridge keeps it invertible)
             return
         self._fits = {line: tuple(solved[:, k].tolist()) for k, line in enumerate(self.lines)}
+        fitted = np.maximum(x @ solved, _LEAST_FIT)
+        self._ratios = {line: y[:, k] / fitted[:, k] for k, line in enumerate(self.lines)}
 
     def once(self, line: str) -> bool:
         """Whether ``line`` made exactly one call in every request seen (or none was seen)."""
@@ -162,13 +242,22 @@ class CallCounts:
                 weight += PRIOR_REQUESTS
                 total += (1 - done) * PRIOR_REQUESTS
             varies = len(histogram) > 1  # a constant count needs no features
-            fit = self._fits.get(line) if done == 0 and row is not None and varies else None
+            fit = self._fits.get(line) if row is not None and varies else None
+            ratios = self._ratios.get(line)
             seen = self._requests
         mean = total / weight if weight else 0.0
         values = tuple(row) if fit is not None and row is not None else ()
         if fit is None or len(values) != len(fit):
             return mean
-        predicted = max(0.0, float(sum(w * v for w, v in zip(fit, values, strict=True))))
+        fitted = max(0.0, float(sum(w * v for w, v in zip(fit, values, strict=True))))
+        if done == 0 or ratios is None:
+            predicted = fitted
+        else:  # E[n - done | n >= done], n the fitted count times a past request's error
+            counts = max(fitted, _LEAST_FIT) * ratios
+            counts = counts[counts >= done]
+            if not len(counts):
+                return mean
+            predicted = float(counts.mean()) - done
         trust = seen / (seen + FEATURES_AFTER)
         return (1 - trust) * mean + trust * predicted
 
@@ -235,6 +324,28 @@ def parse_document(entry: object) -> dict[str, dict[str, int]] | None:
     return parsed
 
 
+def parse_after(entry: object) -> dict[str, dict[str, list[int]]] | None:
+    """A saved :meth:`CallCounts.document_after`, checked; ``None`` when it is malformed."""
+    if not isinstance(entry, Mapping):
+        return None
+    parsed: dict[str, dict[str, list[int]]] = {}
+    for y, row in entry.items():
+        if not isinstance(y, str) or not isinstance(row, Mapping):
+            return None
+        clean: dict[str, list[int]] = {}
+        for x, pair in row.items():
+            if (
+                not isinstance(x, str)
+                or not isinstance(pair, list)
+                or len(pair) != 2
+                or any(type(v) is not int or v < 0 for v in pair)
+            ):
+                return None
+            clean[x] = [pair[0], pair[1]]
+        parsed[y] = clean
+    return parsed
+
+
 def _due(n: int) -> bool:
     """Refit at 32, 64, 128, ... requests, then every 1024."""
     return n == FEATURES_AFTER or (n & (n - 1) == 0) or n % 1024 == 0
@@ -259,6 +370,7 @@ __all__ = [
     "PRIOR_REQUESTS",
     "CallCounts",
     "counts_of",
+    "parse_after",
     "parse_document",
     "teams",
     "weighted",

@@ -30,9 +30,16 @@ third of its need; one that never runs, for nothing). An agent kind's members al
 on the kind's line, and a kind is held back for the calls its members are still expected
 to make, whether or not some have run (a fan-out of four children leaves room for the
 three after the first; a member about to call leaves room for the members after it). An
-agent none of whose later agents (``after``) may still run is done. Before any history
-every agent counts as one call, and with a history of one call per agent per request the
-rules are exactly the single-call ones.
+agent none of whose later agents (``after``) may still run is done. Given what has run so
+far in the request: an agent (or kind) that has not begun is held back for the calls it
+made in past requests in which the agent that began last had begun before it
+(:meth:`~apportion.policies.occurrence.CallCounts.remaining_after`: a translator seen
+only before the answer is no longer expected once the answer has begun), except in a
+pipeline whose listed agents loop (see below); and an agent that reads a line whose calls
+vary (a summarizer after a team) is held back for the answers that line wrote and is
+still expected to write, not for the mean team's (:meth:`PredictingPolicy.needs_now`).
+Before any history every agent counts as one call, and with a history of one call per
+agent per request the rules are exactly the single-call ones.
 
 Teams. At least eight listed agents that the pipeline declares alike (a pool listed name
 by name: :func:`~apportion.policies.occurrence.teams`) are budgeted as a kind: a member
@@ -41,7 +48,8 @@ calls per request, learned as a kind's), and its need's prior is the mean of wha
 team's calls used (:meth:`PredictingPolicy.team_prior`).
 
 Caps. When a call is squeezed, an answer that later agents read keeps its margin before
-its input (what it lacks, their inputs lack); and the last call of a request (no agent
+its input (what it lacks, their inputs lack), up to three quarters of the call's budget
+(:data:`_FEEDER_SHARE`, half for other prose); and the last call of a request (no agent
 expected after it) gets a cap that reaches what is left, up to twice its own, once every
 agent's output errors are known and without a cost ceiling (a cap costs only what the
 answer writes).
@@ -50,7 +58,13 @@ Why a listed agent that loops is not held back for its own later calls: on the C
 call log (real runs, each given 80% of the tokens it used) that cost ``elastic`` 0.27 and
 ``estimate`` 0.25 of simulated quality, its critical coder's answers being cut at every
 call instead of at the last ones; for a kind (a team drawn per request, fan-out
-children) it gained 0.08 to 0.12 on the shipped team and fan-out workloads.
+children) it gained 0.08 to 0.12 on the shipped team and fan-out workloads. For the same
+reason, where a listed agent loops, optional agents keep their plain chance to run: on
+the ChatDev log, what the optional roles no longer held back went to the looping
+programmer's early calls (``elastic`` 0.721 to 0.705, ``estimate`` 0.703 to 0.681).
+
+State: the need models, the call counts (``calls``), what ran after what
+(``calls_after``) and the teams' calls and usage (``teams``) are saved and loaded.
 """
 
 from __future__ import annotations
@@ -68,7 +82,14 @@ from apportion.limits import excerpt
 from apportion.policies import state as saved
 from apportion.policies.base import _OUTPUT_FIRST_SHARE, Observation, Plan, Policy, clip_output
 from apportion.policies.needs import NeedModel
-from apportion.policies.occurrence import CallCounts, counts_of, parse_document, teams, weighted
+from apportion.policies.occurrence import (
+    CallCounts,
+    counts_of,
+    parse_after,
+    parse_document,
+    teams,
+    weighted,
+)
 from apportion.policies.sharing import SharedState, compare_and_set
 from apportion.spec import Agent, OutputKind, Pipeline
 
@@ -96,6 +117,8 @@ _TEAM_CAP = 1.5
 _WIDE_CAP = 2
 """The last call's cap may reach what is left, up to this many times its own cap."""
 _CUT_GUESS = 1.5  # a cut answer needed more than it wrote: as the need model counts it
+_FEEDER_SHARE = 0.75
+"""A squeezed answer that other agents read keeps up to this part of its call's budget."""
 _ROOM_ENOUGH = 0.5
 """Up to this part of what it wants, a squeezed agent may eat into the others' needs."""
 
@@ -153,9 +176,11 @@ class PredictingPolicy(Policy):
         self._unsynced = 0
         self._counts: dict[tuple[str, tuple[str, ...]], CallCounts] = {}
         self._loaded_counts: dict[str, dict[str, dict[str, int]]] = {}
+        self._loaded_after: dict[str, dict[str, dict[str, list[int]]]] = {}
         self._teams_of: dict[int, tuple[Pipeline, dict[str, tuple[str, ...]]]] = {}
         self._teams_counted: dict[tuple[str, tuple[str, ...]], CallCounts] = {}
         self._team_usage: dict[tuple[str, str], tuple[int, float, float]] = {}
+        self._loaded_teams: dict[str, dict[str, dict[str, int]]] = {}
 
     def needs(self, pipeline: Pipeline) -> NeedModel:
         """The need model learned for ``pipeline`` (created, restored or pulled on first use).
@@ -212,6 +237,9 @@ class PredictingPolicy(Policy):
                 loaded = self._loaded_counts.pop(pipeline.name, None)
                 if loaded is not None:
                     counts.restore(loaded)
+                after = self._loaded_after.pop(pipeline.name, None)
+                if after is not None:
+                    counts.restore_after(after)
         return counts
 
     def _calls_model(self, obs: Observation) -> CallCounts:
@@ -251,15 +279,53 @@ class PredictingPolicy(Policy):
         if calling:
             done += 1
         row = obs.memo.get("row")
+        last = None
+        if state is not None and not done and not self._listed_loop(obs):
+            if caller is not None and caller != agent.name and not state.calls[caller]:
+                last = caller
+            else:
+                last = self._latest_begun(obs)
         if agent.name not in obs.pipeline.kind_names:
             if done:
                 return 0.0
             team = self.teams(obs).get(agent.name)
             if team is not None and state is not None:
                 return self._team_share(obs, team, caller, row)
-            # A listed agent: held back for once until it starts, times its chance to run.
+            # A listed agent: held back for once until it starts, times its chance to run
+            # (given the agents that began before it, when it has been seen after them).
+            if last is not None:
+                return min(1.0, counts.remaining_after(agent.name, last, row))
             return min(1.0, counts.remaining(agent.name, 0, row))
+        if last is not None:
+            return counts.remaining_after(agent.name, last, row)
         return counts.remaining(agent.name, done, row)
+
+    def _listed_loop(self, obs: Observation) -> bool:
+        """Whether a listed agent was seen to call more than once in a request (memo)."""
+        loops: bool | None = obs.memo.get("listed_loop")
+        if loops is None:
+            counts = self._calls_model(obs)
+            kinds = obs.pipeline.kind_names
+            loops = obs.memo["listed_loop"] = any(
+                not counts.once(a.name) and not counts.at_most_once(a.name)
+                for a in obs.pipeline.agents
+                if a.name not in kinds
+            )
+        return loops
+
+    def _latest_begun(self, obs: Observation) -> str | None:
+        """The line whose first call is the latest of the request's so far (memo)."""
+        memo: tuple[int, str | None] | None = obs.memo.get("latest_begun")
+        if memo is not None and memo[0] == len(obs.calls):
+            return memo[1]
+        seen: set[str] = set()
+        latest = None
+        for call in list(obs.calls.values()):  # a snapshot, as in needs_now
+            if call.budgeted_as not in seen:
+                seen.add(call.budgeted_as)
+                latest = call.budgeted_as
+        obs.memo["latest_begun"] = (len(obs.calls), latest)
+        return latest
 
     def _team_share(
         self,
@@ -273,11 +339,16 @@ class PredictingPolicy(Policy):
         The team's calls still expected (its calls per request learned as a kind's,
         ``E[n - done | n >= done]``), shared equally among the members yet to call.
         """
-        calls = obs.state.calls
-        done = sum(calls[m] for m in team) + (caller in team)
-        waiting = sum(1 for m in team if not calls[m] and m != caller)
-        left = self._team_counts(obs).remaining(team[0], done, row)
-        return left / max(1, waiting)
+        key = (team[0], caller, len(obs.calls))  # a member's begin grows the ledger's calls
+        memo: dict[tuple[str, str | None, int], float] = obs.memo.setdefault("team_share", {})
+        share = memo.get(key)
+        if share is None:
+            calls = obs.state.calls
+            done = sum(calls[m] for m in team) + (caller in team)
+            waiting = sum(1 for m in team if not calls[m] and m != caller)
+            left = self._team_counts(obs).remaining(team[0], done, row)
+            share = memo[key] = left / max(1, waiting)
+        return share
 
     def teams(self, obs: Observation) -> dict[str, tuple[str, ...]]:
         """The pipeline's teams of alike listed agents (memo per pipeline).
@@ -296,8 +367,13 @@ class PredictingPolicy(Policy):
         counts = self._teams_counted.get(key)
         if counts is None:
             with self._state_lock:
-                leads = sorted({team[0] for team in self.teams(obs).values()})
-                counts = self._teams_counted.setdefault(key, CallCounts(leads))
+                counts = self._teams_counted.get(key)
+                if counts is None:
+                    leads = sorted({team[0] for team in self.teams(obs).values()})
+                    counts = self._teams_counted[key] = CallCounts(leads)
+                    loaded = self._loaded_teams.pop(obs.pipeline.name, None)
+                    if loaded is not None:
+                        counts.restore(loaded)
         return counts
 
     def expected_needs(
@@ -313,7 +389,7 @@ class PredictingPolicy(Policy):
         Returns:
             Per agent still expected to call, its predicted need for the calls it has left.
         """
-        needs = self.predicted_needs(obs)
+        needs = self.needs_now(obs)
         ahead: dict[str, int] = {}
         for b in obs.pipeline.agents:
             if b.name == besides:
@@ -330,7 +406,8 @@ class PredictingPolicy(Policy):
         if row is None:
             row = self._model(obs).row(obs.features)
         counted = counts_of(obs.state.calls, refused)
-        self._calls_model(obs).observe(counted, row)
+        order = [c.budgeted_as for c in list(obs.calls.values())] + refused
+        self._calls_model(obs).observe(counted, row, order)
         alike = set(self.teams(obs).values())
         if alike:
             by_team = {team[0]: sum(counted.get(m, 0) for m in team) for team in alike}
@@ -372,6 +449,76 @@ class PredictingPolicy(Policy):
             obs.memo["needs"] = needs
             obs.memo["outputs"] = outputs
         return needs
+
+    def needs_now(self, obs: Observation) -> dict[str, int]:
+        """:meth:`predicted_needs`, with the inputs of readers of varying lines brought up to date.
+
+        An agent that reads the answers of a line whose calls vary from request to request
+        (a team, a fan-out, a loop: its ``after`` names it) reads what they write: its
+        predicted input moves by how far the answers written so far and the answers still
+        expected (:meth:`expected_calls`) are from what a request's answers are expected
+        to add up to. A summarizer after a team of eight is held back for eight answers,
+        not the mean team's. Memo per number of calls begun and finished.
+        """
+        needs = self.predicted_needs(obs)
+        state = obs.state
+        if state is None:
+            return needs
+        made = list(obs.calls.values())  # a snapshot: other threads may begin calls meanwhile
+        key = ("needs_now", len(made), sum(1 for c in made if c.finished))
+        found: dict[str, int] | None = obs.memo.get("needs_now")
+        if found is not None and obs.memo.get("needs_now_key") == key:
+            return found
+        counts = self._calls_model(obs)
+        outputs = self.predicted_outputs(obs)
+        row = obs.memo.get("row")
+        written: dict[str, float] = {}
+        for call in made:
+            line = call.budgeted_as
+            wrote = call.output_used if call.finished else None
+            written[line] = written.get(line, 0.0) + (
+                outputs.get(line, 0) if wrote is None else wrote
+            )
+        found = dict(needs)
+        alike = self.teams(obs)
+        for b in obs.pipeline.agents:
+            if state.calls[b.name]:
+                continue
+            shift = 0.0
+            counted: set[str] = set()
+            for u in b.after:
+                team = alike.get(u)
+                if team is not None:  # a team's calls count as one line's, as a kind's
+                    if team[0] not in counted:
+                        counted.add(team[0])
+                        shift += self._team_shift(obs, team, written, row)
+                    continue
+                if u not in outputs or counts.once(u):
+                    continue
+                total = counts.remaining(u, 0, row)
+                rest = self.expected_calls(obs, obs.pipeline[u])
+                shift += written.get(u, 0.0) + (rest - total) * outputs[u]
+            if shift:
+                found[b.name] = max(outputs[b.name], round(needs[b.name] + shift))
+        obs.memo["needs_now"] = found
+        obs.memo["needs_now_key"] = key
+        return found
+
+    def _team_shift(
+        self,
+        obs: Observation,
+        team: tuple[str, ...],
+        written: Mapping[str, float],
+        row: tuple[float, ...] | None,
+    ) -> float:
+        """How far a team's answers, written and still expected, are from its mean's."""
+        outputs = self.predicted_outputs(obs)
+        calls = obs.state.calls
+        each = sum(outputs[m] for m in team) / len(team)
+        counts = self._team_counts(obs)
+        total = counts.remaining(team[0], 0, row)
+        rest = counts.remaining(team[0], sum(calls[m] for m in team), row)
+        return sum(written.get(m, 0.0) for m in team) + (rest - total) * each
 
     def predicted_outputs(self, obs: Observation) -> dict[str, int]:
         """The output part of :meth:`predicted_needs`, per agent."""
@@ -502,13 +649,14 @@ class PredictingPolicy(Policy):
         if floor is None:
             return 0, 0.0
         reserve = obs.state.reserve
-        needs = self.predicted_needs(obs)
+        needs = self.needs_now(obs)
+        planned = self.predicted_needs(obs)
         keep = 0
         total = 0.0
         for b in obs.pipeline.agents:
             name = b.name
             rank = b.priority.rank
-            if name in reserve or rank < floor:
+            if rank < floor:
                 continue
             times = self.expected_calls(
                 obs,
@@ -518,7 +666,10 @@ class PredictingPolicy(Policy):
             )
             if times <= 0:
                 continue
-            need = weighted(needs[name], times)
+            if name in reserve:  # held by its reservation, but for what its readers grew by
+                need = weighted(max(0, needs[name] - planned[name]), times)
+            else:
+                need = weighted(needs[name], times)
             keep += need
             total += need * weights[rank]
         return keep, total
@@ -566,7 +717,12 @@ class PredictingPolicy(Policy):
         else:
             least = self.least_output(obs, agent, predicted, most)
         ctx, out = divide(
-            budget, input_tokens, most, min(max(least, agent.min_output), most), agent
+            budget,
+            input_tokens,
+            most,
+            min(max(least, agent.min_output), most),
+            agent,
+            feeds=self.feeds(obs, agent),
         )
         return ctx, clip_output(out, output_tokens)
 
@@ -761,11 +917,37 @@ class PredictingPolicy(Policy):
             pending = dict(self._loaded)
             calls = dict(self._loaded_counts)
             calls.update({name: c.document() for (name, _), c in self._counts.items()})
+            after = dict(self._loaded_after)
+            after.update({name: c.document_after() for (name, _), c in self._counts.items()})
+            teams = self._teams_document()
         needs = {name: m.document() for name, m in {**pending, **models}.items()}
         parts = self._state_parts()
         if calls:  # how often each agent ran: absent from files of older versions
             parts["calls"] = calls
+        if any(after.values()):  # what ran after what: absent from older files
+            parts["calls_after"] = after
+        if teams:  # the listed teams' calls and usage: absent from older files
+            parts["teams"] = teams
         saved.write_file(path, saved.file_document(self.name, needs, **parts))
+
+    def _teams_document(self) -> dict[str, dict[str, Any]]:
+        """Per pipeline, its listed teams' calls per request and usage (under the lock).
+
+        ``{"calls": CallCounts.document(), "usage": {lead: [calls, input, output]}}``, a
+        team named by its first member.
+        """
+        found: dict[str, dict[str, Any]] = {
+            name: {"calls": dict(calls), "usage": {}} for name, calls in self._loaded_teams.items()
+        }
+        for (name, _), counts in self._teams_counted.items():
+            found.setdefault(name, {"calls": {}, "usage": {}})["calls"] = counts.document()
+        for (name, lead), (n, inputs, outputs) in self._team_usage.items():
+            found.setdefault(name, {"calls": {}, "usage": {}})["usage"][lead] = [
+                n,
+                inputs,
+                outputs,
+            ]
+        return found
 
     @classmethod
     def load(cls: type[_P], path: str | Path, **options: Any) -> _P:
@@ -812,14 +994,76 @@ class PredictingPolicy(Policy):
                     f"calls.{name}: expected calls per request and requests per agent", path=where
                 )
             calls[str(name)] = parsed
+        team_calls, team_usage = _parse_teams(document.get("teams", {}), where)
+        found_after = document.get("calls_after", {})
+        if not isinstance(found_after, Mapping):
+            raise PolicyStateError(
+                "calls_after: expected a mapping of pipeline name to counts", path=where
+            )
+        after: dict[str, dict[str, dict[str, list[int]]]] = {}
+        for name, entry in found_after.items():
+            parsed_after = parse_after(entry)
+            if parsed_after is None:
+                raise PolicyStateError(
+                    f"calls_after.{name}: expected [requests, calls] per agent per agent",
+                    path=where,
+                )
+            after[str(name)] = parsed_after
         with self._state_lock:
             self._loaded_counts = calls
+            self._loaded_after = after
             self._counts.clear()
+            self._loaded_teams = team_calls
+            self._teams_counted.clear()
+            self._team_usage = team_usage
             self._loaded = models
             self._loaded_from = where
             self._by_name.clear()
             self._needs.clear()
             apply()
+
+
+def _parse_teams(
+    found: object, where: str
+) -> tuple[dict[str, dict[str, dict[str, int]]], dict[tuple[str, str], tuple[int, float, float]]]:
+    """The ``teams`` part of a saved file, checked: calls per pipeline, usage per team.
+
+    Raises:
+        PolicyStateError: a field is malformed (naming it).
+    """
+    if not isinstance(found, Mapping):
+        raise PolicyStateError("teams: expected a mapping of pipeline name to teams", path=where)
+    calls: dict[str, dict[str, dict[str, int]]] = {}
+    usage: dict[tuple[str, str], tuple[int, float, float]] = {}
+    for name, entry in found.items():
+        problem = f"teams.{name}: expected calls per request and usage per team"
+        if not isinstance(entry, Mapping) or set(entry) - {"calls", "usage"}:
+            raise PolicyStateError(problem, path=where)
+        parsed = parse_document(entry.get("calls", {}))
+        used = entry.get("usage", {})
+        if parsed is None or not isinstance(used, Mapping):
+            raise PolicyStateError(problem, path=where)
+        calls[str(name)] = parsed
+        for lead, figures in used.items():
+            if (
+                not isinstance(figures, list)
+                or len(figures) != 3
+                or type(figures[0]) is not int
+                or figures[0] < 0
+                or not all(
+                    isinstance(v, int | float)
+                    and not isinstance(v, bool)
+                    and math.isfinite(v)
+                    and v >= 0
+                    for v in figures[1:]
+                )
+            ):
+                raise PolicyStateError(
+                    f"teams.{name}.usage.{lead}: expected [calls, input tokens, output tokens]",
+                    path=where,
+                )
+            usage[(str(name), str(lead))] = (figures[0], float(figures[1]), float(figures[2]))
+    return calls, usage
 
 
 def _named(name: str) -> type[PredictingPolicy] | None:
@@ -838,7 +1082,9 @@ def _named(name: str) -> type[PredictingPolicy] | None:
     return None
 
 
-def divide(budget: int, input_tokens: int, most: int, least: int, agent: Agent) -> tuple[int, int]:
+def divide(
+    budget: int, input_tokens: int, most: int, least: int, agent: Agent, *, feeds: bool = False
+) -> tuple[int, int]:
     """Divide one call's budget: the output's ``least``, then the input, then up to ``most``.
 
     As :func:`~apportion.policies.base.split` (which keeps the whole margin of a structured
@@ -854,7 +1100,10 @@ def divide(budget: int, input_tokens: int, most: int, least: int, agent: Agent) 
     budget = max(budget, 0)
     if input_tokens + least <= budget:
         return input_tokens, min(most, budget - input_tokens)
-    out = min(least, int(budget * _OUTPUT_FIRST_SHARE[agent.output_kind]))
+    share = _OUTPUT_FIRST_SHARE[agent.output_kind]
+    if feeds:
+        share = max(share, _FEEDER_SHARE)
+    out = min(least, int(budget * share))
     ctx = min(input_tokens, budget - out)
     return ctx, min(most, budget - ctx)
 
