@@ -1,0 +1,1 @@
+"""The gateway: ``apportion serve``, its budget API and the OpenAI-compatible proxy."""

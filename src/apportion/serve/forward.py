@@ -1,0 +1,296 @@
+"""One proxied model call: the client's JSON body, budgeted by the call engine, sent by LiteLLM.
+
+The proxy (:mod:`apportion.serve.proxy`) reads the HTTP request; this module does the call:
+
+* :func:`read_body` checks the body of ``POST /v1/chat/completions`` or ``POST
+  /v1/responses`` (a JSON object with a ``model``, and ``messages`` or ``input``) and
+  splits it into the model, the messages and the other parameters;
+* :func:`sender` is the engine's ``send``: one LiteLLM call (``litellm.acompletion`` or
+  ``litellm.aresponses``) to the upstream the gateway's config names for the model
+  (``api_base``, ``api_key``), with no retries of LiteLLM's own (the client retries);
+* :func:`budgeted` runs the call engine (``await areq.call(...)``,
+  :mod:`apportion.integrations.engine`): count, fit into the grant, cap, call, extend a cut
+  answer, settle with the provider's usage and cost; no second loop here;
+* :func:`wire` and :func:`sse` turn the provider's answer back into the OpenAI wire format
+  (a JSON body; server-sent events for a stream), and :func:`report_headers` gives the
+  ``Apportion-*`` headers of the settled call;
+* :func:`upstream_error` reads an upstream failure (HTTP status and message) so the client
+  gets the provider's status and message, with any key scrubbed from the message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from apportion.errors import ApportionError, InvalidArgument, NoTokenizer, UnknownModel
+from apportion.integrations.chat import CallReport, report_of
+from apportion.integrations.litellm import cost, import_litellm
+from apportion.tokens import counter_for
+
+CHAT = "chat"
+RESPONSES = "responses"
+
+MESSAGES = {CHAT: "messages", RESPONSES: "input"}
+
+GRANTED = "Apportion-Granted"
+USED = "Apportion-Used"
+REMAINING = "Apportion-Remaining"
+STATUS = "Apportion-Status"
+REQUEST = "Apportion-Request"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where the gateway sends a model's calls (one entry of the config's providers).
+
+    Attributes:
+        model: the model names it serves, a shell pattern (``gpt-*``; ``*``: any).
+        provider: LiteLLM's provider name (``openai``, ``anthropic``, ``azure`` ...).
+        api_base: the provider's base URL (``None``: LiteLLM's default for the provider).
+        api_key: the provider key the gateway holds (never shown: not in ``repr``).
+        pass_key: send the caller's own provider key instead (see
+            :func:`apportion.serve.proxy.caller_key`).
+    """
+
+    model: str = "*"
+    provider: str = "openai"
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    pass_key: bool = False
+
+
+def upstream_for(upstreams: Iterable[Upstream], model: str) -> Upstream:
+    """The first upstream whose pattern matches ``model``.
+
+    Raises:
+        InvalidArgument: none serves it (names the ``model`` field).
+    """
+    from fnmatch import fnmatchcase
+
+    for upstream in upstreams:
+        if fnmatchcase(model, upstream.model):
+            return upstream
+    raise InvalidArgument("model", model, "no upstream provider of the gateway serves this model")
+
+
+@dataclass
+class Body:
+    """A checked proxy request body.
+
+    Attributes:
+        protocol: ``chat`` or ``responses``.
+        model: the model asked for.
+        messages: ``messages`` (chat) or ``input`` (responses).
+        params: every other field, passed on (``stream``, ``max_tokens``, ``tools`` ...).
+    """
+
+    protocol: str
+    model: str
+    messages: Any
+    params: dict[str, Any]
+
+    @property
+    def stream(self) -> bool:
+        """Whether the client asked for a stream."""
+        return self.params.get("stream") is True
+
+
+def read_body(protocol: str, raw: bytes) -> Body:
+    """Check a proxy request's JSON body (nothing is reserved yet).
+
+    Raises:
+        InvalidArgument: not a JSON object, or a missing or bad ``model``, ``messages`` /
+            ``input`` or ``stream`` (the error names the field).
+    """
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("body", "<not JSON>", "the body is a JSON object") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("body", type(data).__name__, "the body is a JSON object")
+    key = MESSAGES[protocol]
+    model = data.pop("model", None)
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidArgument("model", model, "the model to call, a name")
+    if key not in data:
+        raise InvalidArgument(key, None, f"{key} is required")
+    messages = data.pop(key)
+    if protocol == CHAT and not (isinstance(messages, list) and messages):
+        raise InvalidArgument(key, messages, "a list of chat messages")
+    if protocol == RESPONSES and not (isinstance(messages, str | list) and messages):
+        raise InvalidArgument(key, messages, "a text or a list of input items")
+    if isinstance(messages, list) and not all(isinstance(m, dict) for m in messages):
+        raise InvalidArgument(key, messages, "each message (item) is a JSON object")
+    if "stream" in data and not isinstance(data["stream"], bool):
+        raise InvalidArgument("stream", data["stream"], "true or false")
+    return Body(protocol, model, messages, data)
+
+
+def sender(protocol: str, upstream: Upstream, key: str | None) -> Callable[..., Awaitable[Any]]:
+    """The engine's ``send``: one LiteLLM call to ``upstream`` with ``key``.
+
+    LiteLLM is told the provider (``custom_llm_provider``), so the model name stays the
+    client's; its own retries are off (``max_retries=0``): the client decides.
+    """
+    litellm = import_litellm()
+    call = litellm.acompletion if protocol == CHAT else litellm.aresponses
+    extra: dict[str, Any] = {"custom_llm_provider": upstream.provider, "max_retries": 0}
+    if upstream.api_base is not None:
+        extra["api_base"] = upstream.api_base
+    if key is not None:
+        extra["api_key"] = key
+
+    async def send(**params: Any) -> Any:
+        return await call(**params, **extra)
+
+    return send
+
+
+def counter(model: str) -> Any:
+    """The model's tokenizer, or the approximate counter for a model none is known for.
+
+    The gateway serves any model its upstreams do; the provider's usage settles the call.
+    """
+    try:
+        return counter_for(model)
+    except (NoTokenizer, UnknownModel):
+        return counter_for(model, "approximate")
+
+
+async def budgeted(areq: Any, agent: str, body: Body, send: Callable[..., Awaitable[Any]]) -> Any:
+    """The call through the engine: the response (``.apportion`` its report), or a stream.
+
+    Raises:
+        ApportionError: refused (``BudgetExceeded`` ...) or bad input; nothing reserved.
+        Exception: the upstream's error, once the grant is released (or settled).
+    """
+    return await areq.call(
+        agent,
+        body.messages,
+        send=send,
+        model=body.model,
+        protocol=body.protocol,
+        counter=counter(body.model),
+        cost=cost,
+        **body.params,
+    )
+
+
+def dump(obj: Any) -> Any:
+    """A provider object (LiteLLM's pydantic models) as JSON-ready data."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    model_dump = getattr(obj, "model_dump", None)
+    if callable(model_dump):
+        return model_dump(mode="json", exclude_none=True, warnings=False)
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    return json.loads(json.dumps(obj, default=str))
+
+
+def wire(response: Any) -> bytes:
+    """The provider's answer as the OpenAI wire format's JSON body."""
+    return json.dumps(dump(response), separators=(",", ":")).encode("utf-8")
+
+
+def sse(protocol: str, chunk: Any) -> bytes:
+    """One server-sent event of a stream: ``data: {chunk}`` (Responses: with its ``event``)."""
+    body = dump(chunk)
+    data = json.dumps(body, separators=(",", ":"))
+    kind = body.get("type") if isinstance(body, dict) else None
+    if protocol == RESPONSES and isinstance(kind, str):
+        return f"event: {kind}\ndata: {data}\n\n".encode()
+    return f"data: {data}\n\n".encode()
+
+
+DONE = b"data: [DONE]\n\n"
+"""The end of a chat completions stream."""
+
+
+def figures(report: CallReport | None, remaining: int | None) -> dict[str, Any]:
+    """The call's figures: granted, used, remaining, status (for headers and the stream's end)."""
+    granted = used = 0
+    status = "refused"
+    if report is not None:
+        granted = report.grant.total if report.grant is not None else 0
+        used = report.input_tokens + report.output_tokens
+        status = report.status
+    out: dict[str, Any] = {"granted": granted, "used": used, "status": status}
+    if remaining is not None:
+        out["remaining"] = remaining
+    return out
+
+
+def report_headers(
+    request_id: str, report: CallReport | None, remaining: int | None
+) -> dict[str, str]:
+    """The ``Apportion-*`` response headers of a call."""
+    got = figures(report, remaining)
+    headers = {
+        REQUEST: request_id,
+        GRANTED: str(got["granted"]),
+        USED: str(got["used"]),
+        STATUS: str(got["status"]),
+    }
+    if remaining is not None:
+        headers[REMAINING] = str(remaining)
+    return headers
+
+
+def report(response: Any) -> CallReport | None:
+    """The engine's report of a response or stream."""
+    return report_of(response)
+
+
+async def events(
+    protocol: str, stream: Any, end: Callable[[], Awaitable[bytes]]
+) -> AsyncIterator[bytes]:
+    """The stream's chunks as server-sent events, then ``end()``'s bytes (and ``[DONE]``).
+
+    The stream settles its grant when it ends; a client that hangs up closes it, which
+    settles the grant with what arrived. An upstream error mid-stream is sent as an
+    ``error`` event (the status line is long gone).
+    """
+    try:
+        try:
+            async for chunk in stream:
+                yield sse(protocol, chunk)
+        except ApportionError:
+            raise
+        except Exception as error:  # the provider failed mid-stream: tell the client
+            status, message = upstream_error(error, ())
+            payload = {"error": {"message": message, "type": "upstream_error", "code": status}}
+            if protocol == RESPONSES:
+                yield f"event: error\ndata: {json.dumps(payload)}\n\n".encode()
+            else:
+                yield f"data: {json.dumps(payload)}\n\n".encode()
+            return
+        yield await end()
+        if protocol == CHAT:
+            yield DONE
+    finally:
+        with suppress(Exception):
+            await stream.aclose()
+
+
+def upstream_error(error: BaseException, secrets: Iterable[str | None]) -> tuple[int, str]:
+    """The upstream's HTTP status and message of ``error`` (502 when it had none).
+
+    Any of ``secrets`` (the keys used) appearing in the message is replaced by ``***``.
+    """
+    status = getattr(error, "status_code", None)
+    if not isinstance(status, int) or not 400 <= status <= 599:
+        response = getattr(error, "response", None)
+        status = getattr(response, "status_code", None)
+    if not isinstance(status, int) or not 400 <= status <= 599:
+        status = 504 if "timeout" in type(error).__name__.lower() else 502
+    message = str(getattr(error, "message", None) or error) or type(error).__name__
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return status, message
