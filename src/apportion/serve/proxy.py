@@ -70,7 +70,7 @@ from apportion.errors import (
     StoreUnavailable,
     UnknownRequest,
 )
-from apportion.ledger import check_ceiling
+from apportion.ledger import CHILD_SEP, check_ceiling
 from apportion.serve import forward
 from apportion.serve.forward import CHAT, RESPONSES, Body, Upstream
 from apportion.serve.passes import (
@@ -112,6 +112,24 @@ _STATUS: tuple[tuple[type[ApportionError], int], ...] = (
     (StoreUnavailable, 503),
     (InputTooLarge, 400),
 )
+
+
+class MissingBudgetHeaders(InvalidArgument):
+    """A proxy call without ``Apportion-*`` headers, on a gateway that budgets every call.
+
+    Attributes:
+        code: ``budget_headers_missing``.
+    """
+
+    code = "budget_headers_missing"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Apportion-Request",
+            None,
+            "this gateway budgets every call: send Apportion-Request and Apportion-Agent "
+            "(and Apportion-Ceiling on the call that opens the request)",
+        )
 
 
 @dataclass
@@ -339,12 +357,7 @@ class Proxy:
 
     async def _unbudgeted(self, body: Body, send: Callable[..., Awaitable[Any]]) -> Answer:
         if self.unbudgeted != PASS:
-            raise InvalidArgument(
-                forward.REQUEST,
-                None,
-                "this gateway budgets every call: send Apportion-Request and Apportion-Agent "
-                "(and Apportion-Ceiling on the first call)",
-            )
+            raise MissingBudgetHeaders()
         params = {
             **body.params,
             "model": body.model,
@@ -376,8 +389,12 @@ class Proxy:
         if request_id is None:
             raise InvalidArgument(forward.REQUEST, None, "the request id is required")
         host = self.host
+        parent = _header(headers, PARENT)
+        known = request_id
+        if parent is not None and not request_id.startswith(parent + CHILD_SEP):
+            known = f"{parent}{CHILD_SEP}{request_id}"  # a child's id: PARENT::name
         try:
-            request = await host.request(tenant, request_id)
+            request = await host.request(tenant, known)
         except UnknownRequest:
             if ceiling is None:
                 raise
@@ -386,13 +403,13 @@ class Proxy:
                     tenant,
                     _header(headers, PIPELINE),
                     ceiling,
-                    request_id=request_id,
+                    request_id=request_id if parent is None else known.rsplit(CHILD_SEP, 1)[1],
                     ceiling_usd=_ceiling_usd(headers),
-                    parent=_header(headers, PARENT),
+                    parent=parent,
                 )
             except DuplicateRequest:  # another call opened it first
-                request = await host.request(tenant, request_id)
-        return Budget(request, request_id, tenant)
+                request = await host.request(tenant, known)
+        return Budget(request, host.visible_id(tenant, request), tenant)
 
     async def _redeem(self, tenant: Any, token: str, ceiling: int | None) -> Budget:
         """Open the child budget a token carries (once per token)."""
