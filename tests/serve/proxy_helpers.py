@@ -1,10 +1,8 @@
-"""Helpers of the proxy tests: a one-tenant host over a controller, an ASGI client, scripts.
+"""Helpers of the proxy tests: a gateway of two tenants over the local upstream, clients.
 
-:class:`OneTenant` is the smallest real host of :class:`apportion.serve.proxy.Proxy`: one
-tenant, every caller admitted, requests opened and attached through an
-:class:`~apportion.AsyncController` on a real store, so the proxy's own logic is tested
-fast over ``httpx.ASGITransport``; the gateway's tests drive the same proxy with tenants
-and keys over a real server.
+The gateway's app (``create_app``) with the proxy's routes is driven in process through
+``httpx.ASGITransport`` (fast), or served by uvicorn on a loopback port for the OpenAI
+client; the upstream is :class:`~apportion.testing.openai_server.OpenAIServer`.
 """
 
 from __future__ import annotations
@@ -13,19 +11,27 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
-from apportion import Agent, AsyncController, MemoryStore, Pipeline, Policy
-from apportion.serve.forward import Upstream
-from apportion.serve.proxy import Proxy, proxy_routes
+from apportion import Agent, MemoryStore, Pipeline, Policy
+from apportion.serve import Gateway, Tenant, create_app
+from apportion.serve.config import (
+    PipelineConfig,
+    ServeConfig,
+    TenantConfig,
+    UpstreamConfig,
+    hash_key,
+)
+from apportion.serve.proxy import proxy_routes
 from apportion.testing.openai_server import OpenAIServer
 
 MODEL = "gpt-4o-mini"
 KEY = "sk-upstream-secret-0123456789"
 SIGNING_KEY = "signing-key-for-tests-0123456789"
+TENANT_KEYS = {"acme": "key-acme-0123456789", "globex": "key-globex-0123456789"}
+ACME = Tenant("acme")
 PIPELINE = Pipeline(
     [
         Agent("planner", priority="critical"),
@@ -40,65 +46,53 @@ def words(count: int, prefix: str = "w") -> str:
     return " ".join(f"{prefix}{i}" for i in range(count))
 
 
-class OneTenant:
-    """A proxy host of one tenant (``acme``) over ``controller``."""
-
-    def __init__(self, controller: AsyncController) -> None:
-        self.controller = controller
-
-    async def authenticate(self, headers: Mapping[str, str]) -> str:
-        return "acme"
-
-    async def open(
-        self,
-        tenant: Any,
-        pipeline: str | None,
-        ceiling: int,
-        *,
-        request_id: str | None,
-        ceiling_usd: float | None,
-        parent: str | None,
-    ) -> Any:
-        if parent is not None:
-            kid = (await self.controller.aattach(parent)).child(str(request_id), ceiling=ceiling)
-            return await kid.open()
-        req = self.controller.arequest(ceiling, request_id=request_id, ceiling_usd=ceiling_usd)
-        return await req.open()
-
-    async def request(self, tenant: Any, request_id: str) -> Any:
-        return await self.controller.aattach(request_id)
-
-    def visible_id(self, tenant: Any, request: Any) -> str:
-        return str(request.request_id)
-
-    def tenant_name(self, tenant: Any) -> str:
-        return str(tenant)
-
-
-def proxy_app(
+def gateway_for(
     server: OpenAIServer,
     policy: str | Policy = "elastic",
     *,
     store: MemoryStore | None = None,
     clock: Any = None,
-    **options: Any,
-) -> tuple[Any, Proxy]:
-    """A Starlette app of the proxy over ``server`` (one tenant), and the proxy."""
-    from starlette.applications import Starlette
+    unbudgeted: str = "reject",
+    max_body_bytes: int = 10 * 1024 * 1024,
+) -> Gateway:
+    """A gateway of tenants ``acme`` and ``globex`` over ``server`` (one pipeline)."""
+    entry = PipelineConfig("team", PIPELINE, "<tests>", policy=policy)  # type: ignore[arg-type]
+    config = ServeConfig(
+        {"team": entry},
+        tenants={
+            name: TenantConfig(name, frozenset({hash_key(key)}))
+            for name, key in TENANT_KEYS.items()
+        },
+        upstreams=(UpstreamConfig("local", prefix="gpt-", api_base=server.url, api_key=KEY),),
+        unbudgeted=unbudgeted,  # type: ignore[arg-type]
+        max_body_bytes=max_body_bytes,
+        signing_key=SIGNING_KEY.encode(),
+        signing_key_random=False,
+    )
+    options: dict[str, Any] = {} if clock is None else {"clock": clock}
+    return Gateway(config, store=store if store is not None else MemoryStore(), **options)
 
-    store = MemoryStore() if store is None else store
-    controller = AsyncController(PIPELINE, policy, store)
-    upstream = Upstream(api_base=server.url, api_key=KEY)
-    options.setdefault("signing_key", SIGNING_KEY)
-    if clock is not None:
-        options["clock"] = clock
-    proxy = Proxy(OneTenant(controller), [upstream], store=store, **options)
-    return Starlette(routes=proxy_routes(proxy)), proxy
+
+def proxy_app(
+    server: OpenAIServer, policy: str | Policy = "elastic", **options: Any
+) -> tuple[Any, Gateway]:
+    """The gateway's app with the proxy's routes over ``server``, and the gateway."""
+    mine = {k: options.pop(k) for k in ("pass_ttl",) if k in options}
+    if options.get("clock") is not None:
+        mine["clock"] = options["clock"]
+    gateway = gateway_for(server, policy, **options)
+    app = create_app(gateway)
+    app.router.routes.extend(proxy_routes(gateway, **mine))
+    return app, gateway
 
 
-def asgi_client(app: Any) -> httpx.AsyncClient:
-    """An httpx client calling ``app`` in process (no socket)."""
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
+def asgi_client(app: Any, tenant: str = "acme") -> httpx.AsyncClient:
+    """An httpx client of ``tenant`` calling ``app`` in process (no socket)."""
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://gateway",
+        headers={"Authorization": f"Bearer {TENANT_KEYS[tenant]}"},
+    )
 
 
 def budget_headers(

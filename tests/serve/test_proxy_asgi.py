@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from proxy_helpers import (
+    ACME,
     KEY,
     MODEL,
     asgi_client,
@@ -49,8 +50,8 @@ def chat(messages: Any = QUESTION, **params: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": messages, **params}
 
 
-async def summary(proxy: Any, request_id: str) -> Any:
-    return (await proxy.host.controller.aattach(request_id)).summary()
+async def summary(gateway: Any, request_id: str) -> Any:
+    return await gateway.summary(ACME, request_id)
 
 
 def sse_events(text: str) -> list[tuple[str | None, str]]:
@@ -224,7 +225,7 @@ def test_a_child_budget_by_parent_header(server):
     first, again, child, root = run(go())
     assert first.status_code == again.status_code == 200, first.text
     assert first.headers["Apportion-Request"] == again.headers["Apportion-Request"] == "root::sub"
-    assert child.ceiling == 300 and child.parent_id == "root"
+    assert child.ceiling == 300 and child.parent_id == "acme/root"  # the store's id
     assert child.agents["writer"].calls == 2
     assert root.reserved == 300  # the open child's draw
 
@@ -312,7 +313,7 @@ def test_bad_input_is_a_4xx_naming_the_field_and_changes_nothing(
 
 
 def test_malformed_json_and_a_body_over_the_limit(server):
-    app, _ = proxy_app(server, max_body=1_000)
+    app, _ = proxy_app(server, max_body_bytes=1_000)
 
     async def go() -> list[Any]:
         async with asgi_client(app) as client:
@@ -326,7 +327,11 @@ def test_malformed_json_and_a_body_over_the_limit(server):
     bad, array, big = run(go())
     assert (bad.status_code, bad.json()["error"]["param"]) == (400, "body")
     assert (array.status_code, array.json()["error"]["param"]) == (400, "body")
-    assert (big.status_code, big.json()["error"]["param"]) == (413, "body")
+    assert big.status_code == 413
+    assert (big.json()["error"]["code"], big.json()["error"]["argument"]) == (
+        "body_too_large",
+        "body",
+    )
     assert server.requests == []
 
 
@@ -392,14 +397,13 @@ def test_a_budget_token_opens_a_child_that_rolls_up_into_the_parent(server):
             opened = await client.post(path, json=chat(), headers=down)
             child_id = opened.headers["Apportion-Request"]
             more = await client.post(path, json=chat(), headers=budget_headers(child_id, "checker"))
-            child = await proxy.host.controller.aattach(child_id)
-            during = (child.summary(), await summary(proxy, "up"))
-            await child.close()
+            during = (await summary(proxy, child_id), await summary(proxy, "up"))
+            await proxy.close(ACME, child_id)
             return opened, more, during, await summary(proxy, "up")
 
     opened, more, (child, parent_during), parent = run(go())
     assert opened.status_code == more.status_code == 200, opened.text
-    assert child.parent_id == "up" and child.ceiling == remaining
+    assert child.parent_id == "acme/up" and child.ceiling == remaining
     assert child.consumed == int(opened.headers["Apportion-Used"]) + int(
         more.headers["Apportion-Used"]
     )

@@ -7,7 +7,8 @@ The proxy (:mod:`apportion.serve.proxy`) reads the HTTP request; this module doe
   splits it into the model, the messages and the other parameters;
 * :func:`sender` is the engine's ``send``: one LiteLLM call (``litellm.acompletion`` or
   ``litellm.aresponses``) to the upstream the gateway's config names for the model
-  (``api_base``, ``api_key``), with no retries of LiteLLM's own (the client retries);
+  (:class:`~apportion.serve.config.UpstreamConfig`: ``api_base``, ``api_key``, the
+  LiteLLM ``model``), with no retries of LiteLLM's own (the client retries);
 * :func:`budgeted` runs the call engine (``await areq.call(...)``,
   :mod:`apportion.integrations.engine`): count, fit into the grant, cap, call, extend a cut
   answer, settle with the provider's usage and cost; no second loop here;
@@ -21,14 +22,15 @@ The proxy (:mod:`apportion.serve.proxy`) reads the HTTP request; this module doe
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from apportion.errors import ApportionError, InvalidArgument, NoTokenizer, UnknownModel
 from apportion.integrations.chat import CallReport, report_of
 from apportion.integrations.litellm import cost, import_litellm
+from apportion.serve.config import UpstreamConfig
 from apportion.tokens import counter_for
 
 CHAT = "chat"
@@ -43,36 +45,21 @@ STATUS = "Apportion-Status"
 REQUEST = "Apportion-Request"
 
 
-@dataclass(frozen=True)
-class Upstream:
-    """Where the gateway sends a model's calls (one entry of the config's providers).
-
-    Attributes:
-        model: the model names it serves, a shell pattern (``gpt-*``; ``*``: any).
-        provider: LiteLLM's provider name (``openai``, ``anthropic``, ``azure`` ...).
-        api_base: the provider's base URL (``None``: LiteLLM's default for the provider).
-        api_key: the provider key the gateway holds (never shown: not in ``repr``).
-        pass_key: send the caller's own provider key instead (see
-            :func:`apportion.serve.proxy.caller_key`).
-    """
-
-    model: str = "*"
-    provider: str = "openai"
-    api_base: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    pass_key: bool = False
+DEFAULT_UPSTREAM = UpstreamConfig("default")
+"""Where calls go when the config names no upstream: LiteLLM's own route for the model."""
 
 
-def upstream_for(upstreams: Iterable[Upstream], model: str) -> Upstream:
-    """The first upstream whose pattern matches ``model``.
+def upstream_for(upstreams: Sequence[UpstreamConfig], model: str) -> UpstreamConfig:
+    """The first upstream whose ``prefix`` the model starts with (none configured: LiteLLM's).
 
     Raises:
-        InvalidArgument: none serves it (names the ``model`` field).
+        InvalidArgument: upstreams are configured and none serves the model (names the
+            ``model`` field).
     """
-    from fnmatch import fnmatchcase
-
+    if not upstreams:
+        return DEFAULT_UPSTREAM
     for upstream in upstreams:
-        if fnmatchcase(model, upstream.model):
+        if model.startswith(upstream.prefix):
             return upstream
     raise InvalidArgument("model", model, "no upstream provider of the gateway serves this model")
 
@@ -130,21 +117,27 @@ def read_body(protocol: str, raw: bytes) -> Body:
     return Body(protocol, model, messages, data)
 
 
-def sender(protocol: str, upstream: Upstream, key: str | None) -> Callable[..., Awaitable[Any]]:
+def sender(
+    protocol: str, upstream: UpstreamConfig, key: str | None
+) -> Callable[..., Awaitable[Any]]:
     """The engine's ``send``: one LiteLLM call to ``upstream`` with ``key``.
 
-    LiteLLM is told the provider (``custom_llm_provider``), so the model name stays the
-    client's; its own retries are off (``max_retries=0``): the client decides.
+    The model sent is the upstream's ``model`` when it names one (a LiteLLM model such as
+    ``openai/gpt-4o-mini``), else the client's; LiteLLM's own retries are off
+    (``max_retries=0``): the client decides.
     """
     litellm = import_litellm()
     call = litellm.acompletion if protocol == CHAT else litellm.aresponses
-    extra: dict[str, Any] = {"custom_llm_provider": upstream.provider, "max_retries": 0}
+    extra: dict[str, Any] = {"max_retries": 0}
     if upstream.api_base is not None:
         extra["api_base"] = upstream.api_base
     if key is not None:
         extra["api_key"] = key
+    model = upstream.model
 
     async def send(**params: Any) -> Any:
+        if model is not None:
+            params["model"] = model
         return await call(**params, **extra)
 
     return send

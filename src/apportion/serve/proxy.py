@@ -53,26 +53,27 @@ the gateway passes them through unbudgeted (``unbudgeted: pass``).
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from apportion.errors import (
     ApportionError,
     BudgetExceeded,
     DuplicateRequest,
-    InputTooLarge,
     InvalidArgument,
-    RequestClosed,
-    StoreUnavailable,
+    PoolExhausted,
     UnknownRequest,
 )
 from apportion.ledger import CHILD_SEP, check_ceiling
 from apportion.serve import forward
-from apportion.serve.forward import CHAT, RESPONSES, Body, Upstream
+from apportion.serve.errors_json import error_response
+from apportion.serve.forward import CHAT, RESPONSES, Body
+from apportion.serve.gateway import Gateway, Tenant
+from apportion.serve.idempotency import Outcome
 from apportion.serve.passes import (
     DEFAULT_TTL,
     BudgetTokenInvalid,
@@ -97,21 +98,7 @@ UPSTREAM_KEY = "Apportion-Upstream-Key"
 BUDGET_HEADERS = (forward.REQUEST, AGENT, CEILING, CEILING_USD, PIPELINE, PARENT, TOKEN_HEADER)
 """The request headers that make a call budgeted."""
 
-MAX_BODY = 10 * 1024 * 1024
-"""The largest request body taken, by default (10 MiB)."""
-
-REJECT = "reject"
 PASS = "pass"
-
-_STATUS: tuple[tuple[type[ApportionError], int], ...] = (
-    (BudgetTokenInvalid, 403),
-    (BudgetExceeded, 402),
-    (UnknownRequest, 404),
-    (RequestClosed, 409),
-    (DuplicateRequest, 409),
-    (StoreUnavailable, 503),
-    (InputTooLarge, 400),
-)
 
 
 class MissingBudgetHeaders(InvalidArgument):
@@ -132,6 +119,14 @@ class MissingBudgetHeaders(InvalidArgument):
         )
 
 
+class UpstreamFailed(Exception):
+    """The upstream answered an error (carried as the proxy's answer; not recorded)."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+
+
 @dataclass
 class Answer:
     """What the proxy answers: a status, headers, and a JSON body or a stream of events.
@@ -139,62 +134,61 @@ class Answer:
     Attributes:
         status: the HTTP status.
         headers: the response headers.
-        body: the JSON body (bytes), or ``None`` for a stream.
+        body: the body (bytes), or ``None`` for a stream.
         stream: the server-sent events, for a stream.
+        media_type: the body's type.
     """
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
     stream: Any = None
+    media_type: str = "application/json"
 
 
-def code_of(error: ApportionError) -> str:
-    """The stable error code of ``error``: its ``code``, else its class name in snake case."""
-    code = getattr(type(error), "code", None)
-    if isinstance(code, str):
-        return code
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
+def status_of(error: ApportionError, status: int) -> int:
+    """The proxy's HTTP status for ``error`` (the gateway's, made OpenAI-like).
+
+    A budget refusal is 402 (OpenAI clients do not retry it; a pool's window, 429, they
+    retry later), a budget token's refusal 403, a bad request 400 (not 422).
+    """
+    if isinstance(error, BudgetTokenInvalid):
+        return 403
+    if isinstance(error, BudgetExceeded) and not isinstance(error, PoolExhausted):
+        return 402
+    return 400 if status == 422 else status
 
 
-def status_of(error: ApportionError) -> int:
-    """The HTTP status of a refused call (see the module docstring)."""
-    for kind, status in _STATUS:
-        if isinstance(error, kind):
-            return status
-    return 400
+def error_answer(
+    error: ApportionError, tenant: Tenant | None, headers: Mapping[str, str] | None = None
+) -> Answer:
+    """The OpenAI-style error answer of a refused call, with the error's fields.
 
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    return str(value)
-
-
-def error_answer(error: ApportionError, headers: Mapping[str, str] | None = None) -> Answer:
-    """The OpenAI-style error answer of a refused call, with the error's fields."""
-    fields = {k: _jsonable(v) for k, v in error.fields.items()}
-    param = fields.get("argument") or fields.get("field") or fields.get("header")
-    body = {
-        "error": {
-            **fields,
-            "message": error.message,
-            "type": "budget_error" if isinstance(error, BudgetExceeded) else "apportion_error",
-            "code": code_of(error),
-            "param": param if isinstance(param, str) else None,
-        }
-    }
-    return Answer(status_of(error), dict(headers or {}), _json(body))
+    ``{"error": {"message", "type", "code", "param", <fields>}}``: the gateway's stable
+    code and fields (ids as the tenant knows them), plus OpenAI's ``type`` and ``param``.
+    """
+    status, body = error_response(error, tenant.prefix if tenant is not None else "")
+    inner = body["error"]
+    own = getattr(type(error), "code", None)
+    if isinstance(own, str):
+        inner["code"] = own
+    param = inner.get("argument") or inner.get("field") or inner.get("header")
+    inner["type"] = "budget_error" if isinstance(error, BudgetExceeded) else "apportion_error"
+    inner["param"] = param if isinstance(param, str) else None
+    return Answer(status_of(error, status), dict(headers or {}), _json(body))
 
 
 def upstream_answer(error: BaseException, secrets: Iterable[str | None]) -> Answer:
     """The upstream's failure, as its status and message (keys scrubbed)."""
     status, message = forward.upstream_error(error, secrets)
-    body = {"error": {"message": message, "type": "upstream_error", "code": "upstream_error"}}
+    body = {
+        "error": {
+            "message": message,
+            "type": "upstream_error",
+            "code": "upstream_error",
+            "param": None,
+        }
+    }
     return Answer(status, {}, _json(body))
 
 
@@ -237,12 +231,18 @@ def _ceiling_usd(headers: Mapping[str, str]) -> float | None:
     return value
 
 
-def caller_key(headers: Mapping[str, str]) -> str | None:
-    """The caller's own provider key, for an upstream configured ``pass_key``.
+def caller_key(headers: Mapping[str, str], open_mode: bool) -> str | None:
+    """The caller's own provider key, for an upstream configured ``pass_through_key``.
 
-    It travels in ``Apportion-Upstream-Key`` (``Authorization`` carries the gateway key).
+    ``Apportion-Upstream-Key``; in open mode (no tenants, so ``Authorization`` carries no
+    gateway key) the ``Authorization: Bearer`` key when that header is absent.
     """
-    return _header(headers, UPSTREAM_KEY)
+    key = _header(headers, UPSTREAM_KEY)
+    if key is None and open_mode:
+        scheme, _, value = (headers.get("authorization") or "").strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            key = value.strip()
+    return key
 
 
 @dataclass
@@ -257,107 +257,133 @@ class Budget:
 
     request: Any
     request_id: str
-    tenant: Any
-
-
-class Host(Protocol):
-    """What the proxy needs of the gateway (:class:`~apportion.serve.gateway.Gateway`).
-
-    The gateway owns tenants, their namespaces and the store; the proxy calls only these.
-    """
-
-    async def authenticate(self, headers: Mapping[str, str]) -> Any:
-        """The caller's tenant (raises an ``ApportionError`` when not authenticated)."""
-
-    async def open(
-        self,
-        tenant: Any,
-        pipeline: str | None,
-        ceiling: int,
-        *,
-        request_id: str | None,
-        ceiling_usd: float | None,
-        parent: str | None,
-    ) -> Any:
-        """Open a request (a child of ``parent`` when given); the open AsyncRequest."""
-
-    async def request(self, tenant: Any, request_id: str) -> Any:
-        """The tenant's open request ``request_id`` (raises ``UnknownRequest``)."""
-
-    def visible_id(self, tenant: Any, request: Any) -> str:
-        """A request's id as its tenant names it."""
-
-    def tenant_name(self, tenant: Any) -> str:
-        """The tenant's name (signed into budget tokens)."""
+    tenant: Tenant
 
 
 class Proxy:
-    """The proxy's logic over a gateway (HTTP-free: :func:`proxy_routes` wraps it).
+    """The proxy's logic over a :class:`~apportion.serve.gateway.Gateway` (no HTTP here).
+
+    Its config gives the upstreams, ``unbudgeted`` (``reject`` or ``pass``), the signing
+    key of budget tokens and the body limit; the gateway's store records redeemed token
+    nonces (shared by the replicas).
 
     Args:
-        host: the gateway (see :class:`Host`).
-        upstreams: where each model's calls go (first match wins).
-        unbudgeted: ``"reject"`` (default) or ``"pass"`` for calls without ``Apportion-*``
-            headers.
-        signing_key: the key that signs budget tokens; ``None``: no tokens issued or taken.
-        store: the store that records redeemed token nonces (shared by the replicas).
-        pass_ttl: seconds a budget token stays redeemable.
-        clock: the time (Unix seconds), injected for tests.
-        max_body: the largest body taken, in bytes.
+        gateway: the gateway.
+        clock: the time (Unix seconds) budget tokens are issued and checked at (default:
+            ``gateway.clock`` if it has one, else ``time.time``).
+        pass_ttl: seconds a budget token stays redeemable (default: the config's
+            ``budget_token_ttl`` if it has one, else :data:`~apportion.serve.passes.DEFAULT_TTL`).
     """
 
     def __init__(
         self,
-        host: Any,
-        upstreams: Sequence[Upstream],
+        gateway: Gateway,
         *,
-        unbudgeted: str = REJECT,
-        signing_key: str | bytes | None = None,
-        store: Any = None,
-        pass_ttl: float = DEFAULT_TTL,
-        clock: Callable[[], float] = time.time,
-        max_body: int = MAX_BODY,
+        clock: Callable[[], float] | None = None,
+        pass_ttl: float | None = None,
     ) -> None:
-        if unbudgeted not in (REJECT, PASS):
-            raise InvalidArgument("unbudgeted", unbudgeted, f"{REJECT} or {PASS}")
-        if signing_key is not None and store is None:
-            raise InvalidArgument("store", None, "budget tokens need the store (nonces)")
-        self.host = host
-        self.upstreams = tuple(upstreams)
-        self.unbudgeted = unbudgeted
-        self.signing_key = signing_key
-        self.store = store
-        self.pass_ttl = pass_ttl
-        self.clock = clock
-        self.max_body = max_body
+        self.gateway = gateway
+        config = gateway.config
+        self.upstreams = tuple(config.upstreams)
+        self.unbudgeted = config.unbudgeted
+        self.signing_key = config.signing_key
+        self.max_body = config.max_body_bytes
+        self.clock: Callable[[], float] = clock or getattr(gateway, "clock", None) or time.time
+        ttl = pass_ttl if pass_ttl is not None else getattr(config, "budget_token_ttl", None)
+        self.pass_ttl = float(ttl) if ttl is not None else DEFAULT_TTL
 
-    def _secrets(self) -> list[str | None]:
-        return [u.api_key for u in self.upstreams]
+    def _secrets(self, key: str | None = None) -> list[str | None]:
+        return [*(u.api_key for u in self.upstreams), key]
 
     async def answer(self, protocol: str, headers: Mapping[str, str], raw: bytes) -> Answer:
         """Answer one proxy call (``protocol``: ``chat`` or ``responses``)."""
-        if len(raw) > self.max_body:
-            error = InvalidArgument("body", f"{len(raw)} bytes", f"at most {self.max_body} bytes")
-            return Answer(413, {}, error_answer(error).body)
+        tenant: Tenant | None = None
         try:
-            tenant = await self.host.authenticate(headers)
+            tenant = self.gateway.authenticate(headers)
+            if len(raw) > self.max_body:
+                error = InvalidArgument("body", f"{len(raw)} bytes", f"at most {self.max_body}")
+                _, data = error_response(error)
+                data["error"]["code"] = "body_too_large"  # as the gateway's body limit says
+                return Answer(413, {}, _json(data))
             body = forward.read_body(protocol, raw)
             upstream = forward.upstream_for(self.upstreams, body.model)
-            key = caller_key(headers) if upstream.pass_key else upstream.api_key
+            key = (
+                caller_key(headers, self.gateway.config.open_mode)
+                if upstream.pass_through_key
+                else upstream.api_key
+            )
             send = forward.sender(protocol, upstream, key)
             if not any(name in headers for name in BUDGET_HEADERS):
-                return await self._unbudgeted(body, send)
+                if self.unbudgeted != PASS:
+                    raise MissingBudgetHeaders()
+                return await self._unbudgeted(body, send, key)
             agent = _header(headers, AGENT)
             if agent is None:
                 raise InvalidArgument(AGENT, None, "the agent making the call is required")
-            budget = await self._budget(tenant, headers)
+            idempotency = headers.get(IDEMPOTENCY)
+            if idempotency is None:
+                budget = await self._budget(tenant, headers)
+                return await self._call(budget, agent, body, send, key)
+            return await self._once(tenant, headers, raw, protocol, agent, body, send, key)
         except ApportionError as error:
-            return error_answer(error)
-        return await self._call(budget, agent, body, send, key)
+            return error_answer(error, tenant)
 
-    async def _unbudgeted(self, body: Body, send: Callable[..., Awaitable[Any]]) -> Answer:
-        if self.unbudgeted != PASS:
-            raise MissingBudgetHeaders()
+    async def _once(
+        self,
+        tenant: Tenant,
+        headers: Mapping[str, str],
+        raw: bytes,
+        protocol: str,
+        agent: str,
+        body: Body,
+        send: Callable[..., Awaitable[Any]],
+        key: str | None,
+    ) -> Answer:
+        """The call run once per ``Idempotency-Key``: a retry gets the first answer.
+
+        The record keeps the answer's status, ``Apportion-*`` headers and body; a stream is
+        run to its end first and kept (and answered) whole. An upstream failure is not
+        kept: the retry runs again (its grant was released).
+        """
+        shown = {k: headers[k] for k in sorted(BUDGET_HEADERS) if k in headers}
+        text = json.dumps([protocol, shown, raw.decode("utf-8", "replace")], sort_keys=True)
+        fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+        async def run() -> Outcome:
+            budget = await self._budget(tenant, headers)
+            answer = await self._call(budget, agent, body, send, key)
+            if answer.status >= 500 or answer.status == 429:
+                raise UpstreamFailed(answer)
+            if answer.stream is not None:
+                answer.body = b"".join([chunk async for chunk in answer.stream])
+            kept = {
+                "status": answer.status,
+                "headers": answer.headers,
+                "body": (answer.body or b"").decode("utf-8"),
+                "media_type": "text/event-stream" if answer.stream is not None else JSON,
+            }
+            return Outcome(answer.status, _json({PROXY_RECORD: kept}))
+
+        try:
+            outcome = await self.gateway.idempotent(
+                tenant, headers[IDEMPOTENCY], f"proxy:{protocol}", fingerprint, run
+            )
+        except UpstreamFailed as failed:
+            return failed.answer
+        data = json.loads(outcome.body)
+        kept = data.get(PROXY_RECORD) if isinstance(data, dict) else None
+        if not isinstance(kept, dict):  # a refusal the gateway recorded as its JSON error
+            return _refusal(outcome, tenant)
+        return Answer(
+            int(kept["status"]),
+            dict(kept["headers"]),
+            str(kept["body"]).encode("utf-8"),
+            media_type=str(kept["media_type"]),
+        )
+
+    async def _unbudgeted(
+        self, body: Body, send: Callable[..., Awaitable[Any]], key: str | None
+    ) -> Answer:
         params = {
             **body.params,
             "model": body.model,
@@ -366,7 +392,7 @@ class Proxy:
         try:
             response = await send(**params)
         except Exception as error:
-            return upstream_answer(error, self._secrets())
+            return upstream_answer(error, self._secrets(key))
         if body.stream:
 
             async def end() -> bytes:
@@ -375,7 +401,7 @@ class Proxy:
             return Answer(200, {}, None, forward.events(body.protocol, response, end))
         return Answer(200, {}, forward.wire(response))
 
-    async def _budget(self, tenant: Any, headers: Mapping[str, str]) -> Budget:
+    async def _budget(self, tenant: Tenant, headers: Mapping[str, str]) -> Budget:
         """The request the call draws on: opened, attached, or carved from a token."""
         token = headers.get(TOKEN_HEADER)
         request_id = _header(headers, forward.REQUEST)
@@ -388,48 +414,54 @@ class Proxy:
             return await self._redeem(tenant, token, ceiling)
         if request_id is None:
             raise InvalidArgument(forward.REQUEST, None, "the request id is required")
-        host = self.host
+        gateway = self.gateway
         parent = _header(headers, PARENT)
         known = request_id
         if parent is not None and not request_id.startswith(parent + CHILD_SEP):
             known = f"{parent}{CHILD_SEP}{request_id}"  # a child's id: PARENT::name
         try:
-            request = await host.request(tenant, known)
+            request = await gateway.request(tenant, known)
         except UnknownRequest:
             if ceiling is None:
                 raise
             try:
-                request = await host.open(
-                    tenant,
-                    _header(headers, PIPELINE),
-                    ceiling,
-                    request_id=request_id if parent is None else known.rsplit(CHILD_SEP, 1)[1],
-                    ceiling_usd=_ceiling_usd(headers),
-                    parent=parent,
-                )
+                if parent is None:
+                    request = await gateway.open(
+                        tenant,
+                        _header(headers, PIPELINE),
+                        ceiling,
+                        _ceiling_usd(headers),
+                        request_id=request_id,
+                    )
+                else:
+                    request = await gateway.open(
+                        tenant,
+                        _header(headers, PIPELINE),
+                        ceiling,
+                        parent=parent,
+                        name=known.rsplit(CHILD_SEP, 1)[1],
+                    )
             except DuplicateRequest:  # another call opened it first
-                request = await host.request(tenant, known)
-        return Budget(request, host.visible_id(tenant, request), tenant)
+                request = await gateway.request(tenant, known)
+        return Budget(request, gateway.public_id(tenant, request.request_id), tenant)
 
-    async def _redeem(self, tenant: Any, token: str, ceiling: int | None) -> Budget:
+    async def _redeem(self, tenant: Tenant, token: str, ceiling: int | None) -> Budget:
         """Open the child budget a token carries (once per token)."""
-        if self.signing_key is None:
-            raise BudgetTokenInvalid("this gateway takes no budget tokens (no signing key)")
-        host = self.host
-        budget = verify(self.signing_key, token, now=self.clock(), tenant=host.tenant_name(tenant))
+        gateway = self.gateway
+        budget = verify(self.signing_key, token, now=self.clock(), tenant=tenant.name)
         wanted = narrowed(budget, ceiling)
-        parent = await host.request(tenant, budget.request_id)
+        parent = await gateway.request(tenant, budget.request_id)
         child = parent.child(budget.child_name, ceiling=wanted, share=1.0)
         try:
             await child.open()
         except DuplicateRequest:
             raise BudgetTokenReplayed(budget.request_id) from None
         try:
-            claim_nonce(self.store, budget, child.request_id)
+            claim_nonce(gateway.store, budget, child.request_id)
         except BudgetTokenReplayed:
             await child.close()
             raise
-        return Budget(child, host.visible_id(tenant, child), tenant)
+        return Budget(child, gateway.public_id(tenant, child.request_id), tenant)
 
     async def _call(
         self,
@@ -439,13 +471,12 @@ class Proxy:
         send: Callable[..., Awaitable[Any]],
         key: str | None,
     ) -> Answer:
-        secrets = [*self._secrets(), key]
         try:
             result = await forward.budgeted(budget.request, agent, body, send)
         except ApportionError as error:
-            return error_answer(error, {forward.REQUEST: budget.request_id})
+            return error_answer(error, budget.tenant, {forward.REQUEST: budget.request_id})
         except Exception as error:
-            answer = upstream_answer(error, secrets)
+            answer = upstream_answer(error, self._secrets(key))
             answer.headers[forward.REQUEST] = budget.request_id
             return answer
         report = forward.report(result)
@@ -459,7 +490,8 @@ class Proxy:
                 figures = forward.figures(report, self._remaining(budget))
                 return f": apportion {json.dumps(figures)}\n\n".encode()
 
-            return Answer(200, headers, None, forward.events(body.protocol, result, end))
+            stream = forward.events(body.protocol, result, end)
+            return Answer(200, headers, None, stream, media_type="text/event-stream")
         remaining = self._remaining(budget)
         headers = forward.report_headers(budget.request_id, report, remaining)
         headers.update(self._pass(budget))
@@ -473,8 +505,6 @@ class Proxy:
 
     def _pass(self, budget: Budget) -> dict[str, str]:
         """The ``Apportion-Budget-Token`` header: the request's remaining budget, signed."""
-        if self.signing_key is None:
-            return {}
         try:
             summary = budget.request.summary()
         except Exception:
@@ -485,7 +515,7 @@ class Proxy:
         token = issue(
             self.signing_key,
             request_id=budget.request_id,
-            tenant=self.host.tenant_name(budget.tenant),
+            tenant=budget.tenant.name,
             tokens=max(0, int(summary.free)),
             usd=usd,
             now=self.clock(),
@@ -494,14 +524,35 @@ class Proxy:
         return {TOKEN_HEADER: token}
 
 
-def proxy_routes(proxy: Proxy) -> list[Any]:
+JSON = "application/json"
+PROXY_RECORD = "apportion_proxy_answer"
+"""The key an idempotency record of a proxy answer is kept under (status, headers, body)."""
+
+
+def _refusal(outcome: Outcome, tenant: Tenant) -> Answer:
+    """A refusal the gateway's idempotency layer answered (its JSON error), made OpenAI-like."""
+    try:
+        body = json.loads(outcome.body)
+        inner = body["error"]
+        inner.setdefault("type", "apportion_error")
+        inner.setdefault("param", inner.get("argument") or inner.get("field"))
+    except (ValueError, KeyError, TypeError):
+        return Answer(outcome.status, {}, outcome.body)
+    status = 400 if outcome.status == 422 else outcome.status
+    return Answer(status, {}, _json(body))
+
+
+def proxy_routes(gateway: Gateway, **options: Any) -> list[Any]:
     """Starlette routes of the proxy: ``POST /v1/chat/completions`` and ``/v1/responses``.
 
-    Mount them in the gateway's app (``app.router.routes.extend(proxy_routes(proxy))``).
+    Mount them in the gateway's app (``app.router.routes.extend(proxy_routes(gateway))``);
+    ``options`` go to :class:`Proxy`.
     """
     from starlette.requests import Request
     from starlette.responses import Response, StreamingResponse
     from starlette.routing import Route
+
+    proxy = Proxy(gateway, **options)
 
     def endpoint(protocol: str) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
@@ -512,11 +563,9 @@ def proxy_routes(proxy: Proxy) -> list[Any]:
                     answer.stream,
                     status_code=answer.status,
                     headers=answer.headers,
-                    media_type="text/event-stream",
+                    media_type=answer.media_type,
                 )
-            return Response(
-                answer.body, answer.status, answer.headers, media_type="application/json"
-            )
+            return Response(answer.body, answer.status, answer.headers, answer.media_type)
 
         return handle
 
