@@ -466,3 +466,90 @@ def test_a_replay_from_another_replica_sharing_the_store_is_refused(server):
     headers = {"Apportion-Budget-Token": token, "Apportion-Agent": "writer"}
     assert run(post(one, "/v1/chat/completions", chat(), headers)).status_code == 200
     _refusal(run(post(two, "/v1/chat/completions", chat(), headers)), "budget_token_replayed")
+
+
+# ---------------------------------------------------------------- tenants, idempotency
+
+
+def test_another_tenant_neither_sees_the_request_nor_redeems_its_token(server):
+    app, _gateway = proxy_app(server, FixedPolicy(output=20))
+    token, _ = _token(app)
+
+    async def go() -> list[Any]:
+        async with asgi_client(app, "globex") as client:
+            path = "/v1/chat/completions"
+            return [
+                await client.post(path, json=chat(), headers=budget_headers("up", "writer")),
+                await client.post(
+                    path,
+                    json=chat(),
+                    headers={"Apportion-Budget-Token": token, "Apportion-Agent": "writer"},
+                ),
+            ]
+
+    seen = len(server.requests)
+    lookup, redeem = run(go())
+    assert lookup.status_code == 404 and lookup.json()["error"]["code"] == "unknown_request"
+    assert "acme" not in lookup.text
+    _refusal(redeem, "budget_token_invalid")
+    assert len(server.requests) == seen
+
+
+def test_a_call_without_a_key_is_refused_before_anything(server):
+    app, _gateway = proxy_app(server)
+
+    async def go() -> Any:
+        async with asgi_client(app) as client:
+            client.headers.pop("Authorization")
+            return await client.post(
+                "/v1/chat/completions", json=chat(), headers=budget_headers("x", "writer", 100)
+            )
+
+    response = run(go())
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthenticated"
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_idempotent_retry_gets_the_first_answer_and_settles_once(server, stream):
+    app, gateway = proxy_app(server, FixedPolicy(output=20))
+
+    async def go() -> list[Any]:
+        async with asgi_client(app) as client:
+            headers = {**budget_headers("idem", "writer", 500), "Idempotency-Key": "call-1"}
+            body = chat(stream=stream)
+            first = await client.post("/v1/chat/completions", json=body, headers=headers)
+            again = await client.post("/v1/chat/completions", json=body, headers=headers)
+            other = await client.post(
+                "/v1/chat/completions", json=chat(max_tokens=3), headers=headers
+            )
+            return [first, again, other]
+
+    first, again, other = run(go())
+    assert first.status_code == again.status_code == 200, first.text
+    assert again.content == first.content
+    for name in ("Apportion-Used", "Apportion-Remaining", "Apportion-Request"):
+        assert again.headers.get(name) == first.headers.get(name)
+    assert len(server.requests) == 1
+    after = run(summary(gateway, "idem"))
+    assert after.consumed == billed(server) and after.agents["writer"].calls == 1
+    assert other.status_code == 400  # the key reused for another call
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_an_idempotent_call_the_upstream_failed_runs_again(server):
+    app, gateway = proxy_app(server, FixedPolicy(output=20))
+    server.queue(Reply(status=503))
+
+    async def go() -> list[Any]:
+        async with asgi_client(app) as client:
+            headers = {**budget_headers("flaky", "writer", 500), "Idempotency-Key": "k-2"}
+            first = await client.post("/v1/chat/completions", json=chat(), headers=headers)
+            again = await client.post("/v1/chat/completions", json=chat(), headers=headers)
+            return [first, again]
+
+    first, again = run(go())
+    assert (first.status_code, again.status_code) == (503, 200)
+    after = run(summary(gateway, "flaky"))
+    assert after.consumed == billed(server) and after.reserved == 0
