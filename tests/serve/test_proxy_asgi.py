@@ -367,8 +367,12 @@ def test_the_total_billed_never_exceeds_the_ceiling_across_agents(server):
             return list(await asyncio.gather(*calls))
 
     responses = run(go())
-    statuses = {r.status_code for r in responses}
-    assert statuses <= {200, 402} and 402 in statuses
+    statuses = {
+        (r.status_code, r.json()["error"]["code"] if r.status_code != 200 else "")
+        for r in responses
+    }
+    assert statuses <= {(200, ""), (402, "budget_exceeded"), (400, "input_too_large")}
+    assert (402, "budget_exceeded") in statuses
     after = run(summary(proxy, "many"))
     assert billed(server) <= ceiling
     assert after.consumed == billed(server) and after.reserved == 0

@@ -1,0 +1,164 @@
+"""The official OpenAI client pointed at the gateway (uvicorn on a loopback port).
+
+The gateway forwards through LiteLLM to the local OpenAI-protocol server: the client only
+changes its ``base_url`` and adds the ``Apportion-*`` headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import openai
+import pytest
+from proxy_helpers import (
+    ACME,
+    MODEL,
+    TENANT_KEYS,
+    Served,
+    billed,
+    budget_headers,
+    proxy_app,
+    words,
+)
+
+from apportion.testing.openai_server import OpenAIServer, Reply
+from policy_helpers import FixedPolicy, NoMore
+
+EIGHT = "one two three four five six seven eight"
+QUESTION = [{"role": "user", "content": "Count for me, please."}]
+
+
+@pytest.fixture
+def server():
+    with OpenAIServer(default=EIGHT) as running:
+        yield running
+
+
+def client(url: str, headers: dict[str, str], tenant: str = "acme") -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=url, api_key=TENANT_KEYS[tenant], default_headers=headers, max_retries=0
+    )
+
+
+def summary(gateway: Any, request_id: str) -> Any:
+    return asyncio.run(gateway.summary(ACME, request_id))
+
+
+def test_chat_through_the_gateway_is_capped_extended_and_reported(server):
+    app, gateway = proxy_app(server, FixedPolicy(output=5, extra=5))
+    with Served(app) as served:
+        chat = client(served.url, budget_headers("oa-1", "writer", 1_000))
+        raw = chat.chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION)
+        response = raw.parse()
+    assert response.choices[0].message.content == EIGHT
+    assert [r["max_tokens"] for r in server.requests] == [5, 5]
+    after = summary(gateway, "oa-1")
+    assert raw.headers["Apportion-Status"] == "completed"
+    assert int(raw.headers["Apportion-Used"]) == billed(server) == after.consumed
+    assert int(raw.headers["Apportion-Remaining"]) == after.free
+    assert response.usage is not None and response.usage.total_tokens == billed(server)
+
+
+def test_streams_of_chat_and_responses_settle(server):
+    app, gateway = proxy_app(server, FixedPolicy(output=30))
+    with Served(app) as served:
+        oa = client(served.url, budget_headers("oa-2", "planner", 2_000))
+        pieces = [
+            chunk.choices[0].delta.content or ""
+            for chunk in oa.chat.completions.create(model=MODEL, messages=QUESTION, stream=True)
+            if chunk.choices
+        ]
+        events = list(oa.responses.create(model=MODEL, input="Count, please.", stream=True))
+        plain = oa.responses.create(model=MODEL, input="Count, please.")
+    assert "".join(pieces) == EIGHT
+    assert events[-1].type == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == EIGHT
+    assert plain.output_text == EIGHT
+    assert server.requests[1]["max_output_tokens"] == 30
+    after = summary(gateway, "oa-2")
+    assert after.consumed == billed(server) and after.reserved == 0
+    assert after.agents["planner"].calls == 3
+
+
+def test_a_refused_budget_raises_the_clients_status_error(server):
+    app, _gateway = proxy_app(server, NoMore())
+    with Served(app) as served:
+        oa = client(served.url, budget_headers("oa-3", "writer", 100))
+        with pytest.raises(openai.APIStatusError) as caught:
+            oa.chat.completions.create(model=MODEL, messages=QUESTION)
+    assert caught.value.status_code == 402
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == "budget_exceeded" and body["agent"] == "writer"
+    assert body["available"] == 100
+    assert server.requests == []
+
+
+def test_missing_headers_are_refused(server):
+    app, _gateway = proxy_app(server)
+    with Served(app) as served:
+        oa = client(served.url, {})
+        with pytest.raises(openai.BadRequestError) as caught:
+            oa.chat.completions.create(model=MODEL, messages=QUESTION)
+    assert caught.value.code == "budget_headers_missing"
+    assert server.requests == []
+
+
+def test_a_downstream_service_draws_a_child_budget_from_a_token(server):
+    app, gateway = proxy_app(server, FixedPolicy(output=20))
+    with Served(app) as served:
+        upstream_service = client(served.url, budget_headers("oa-4", "planner", 1_000))
+        raw = upstream_service.chat.completions.with_raw_response.create(
+            model=MODEL, messages=QUESTION
+        )
+        token = raw.headers["Apportion-Budget-Token"]
+        downstream = client(
+            served.url, {"Apportion-Budget-Token": token, "Apportion-Agent": "writer"}
+        )
+        opened = downstream.chat.completions.with_raw_response.create(
+            model=MODEL, messages=QUESTION
+        )
+        with pytest.raises(openai.PermissionDeniedError) as replay:
+            downstream.chat.completions.create(model=MODEL, messages=QUESTION)
+    child_id = opened.headers["Apportion-Request"]
+    assert child_id.startswith("oa-4::pass-")
+    assert replay.value.code == "budget_token_replayed"
+    asyncio.run(gateway.close(ACME, child_id))
+    parent = summary(gateway, "oa-4")
+    assert parent.consumed == billed(server) and parent.reserved == 0
+
+
+def test_the_ceiling_holds_across_agents_calling_at_once(server):
+    server.default = Reply(words(80))
+    app, gateway = proxy_app(server, "elastic")
+    ceiling = 900
+    with Served(app) as served:
+        opener = client(served.url, budget_headers("oa-5", "planner", ceiling))
+        opener.chat.completions.create(model=MODEL, messages=QUESTION)
+
+        def call(i: int) -> tuple[int, str]:
+            agent = ("planner", "writer", "checker")[i % 3]
+            oa = client(served.url, budget_headers("oa-5", agent))
+            messages = [{"role": "user", "content": words(40, f"q{i}")}]
+            try:
+                if i % 2:
+                    for _ in oa.chat.completions.create(
+                        model=MODEL, messages=messages, stream=True
+                    ):
+                        pass
+                else:
+                    oa.chat.completions.create(model=MODEL, messages=messages)
+            except openai.APIStatusError as error:
+                return error.status_code, str(getattr(error, "code", ""))
+            return 200, ""
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(call, range(24)))
+    # refused once the budget runs out: no grant left (402), or too little to fit the input
+    assert set(statuses) <= {(200, ""), (402, "budget_exceeded"), (400, "input_too_large")}
+    assert (402, "budget_exceeded") in statuses and (200, "") in statuses
+    after = summary(gateway, "oa-5")
+    assert billed(server) <= ceiling
+    assert after.consumed == billed(server) and after.reserved == 0
