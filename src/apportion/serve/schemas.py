@@ -32,7 +32,7 @@ __all__ = [
 
 Tokens = Annotated[int, Field(strict=True, description="a token count")]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
-Feature = Annotated[float, Field(allow_inf_nan=False)] | Annotated[int, Field(strict=True)]
+Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class _Body(BaseModel):
