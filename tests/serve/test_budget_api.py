@@ -237,11 +237,12 @@ def test_an_idempotency_key_with_another_body_is_refused(gateway: Gateway) -> No
             "idempotency_key_reused",
         )
         assert error["key"] == "open-1" and error["operation"] == "open"
-        check_error(
+        bad = check_error(
             await client.post(BASE, json={}, headers={**auth("acme"), "Idempotency-Key": "a b"}),
             422,
-            "invalid_argument",
+            "invalid_body",
         )
+        assert bad["argument"] == "header.Idempotency-Key"
 
     run(gateway, body)
 
@@ -322,10 +323,10 @@ BAD_CALLS: list[tuple[str, str, Any, int, str, str | None]] = [
     ("POST", BASE, {"features": {"m": "x"}}, 422, "invalid_body", "features.m"),
     ("POST", BASE, {"cost_ceiling": -1}, 422, "invalid_price", "ceiling_usd"),
     ("POST", BASE, {"pool": "nowhere"}, 404, "unknown_pool", None),
-    ("POST", BASE, {"request_id": "has/slash"}, 422, "invalid_argument", "request_id"),
+    ("POST", BASE, {"request_id": "has/slash"}, 422, "invalid_body", "request_id"),
     ("POST", BASE, {"parent": "REQ", "share": 7.0}, 422, "invalid_argument", "share"),
     ("POST", f"{BASE}/REQ/begin", {}, 422, "invalid_body", "agent"),
-    ("POST", f"{BASE}/REQ/begin", {"agent": "ghost", "input_tokens": 1}, 422, "unknown_agent",
+    ("POST", f"{BASE}/REQ/begin", {"agent": "ghost", "input_tokens": 1}, 404, "unknown_agent",
      None),
     ("POST", f"{BASE}/REQ/begin", {"agent": "reasoner", "input_tokens": -1}, 422,
      "invalid_token_count", "input_tokens"),
