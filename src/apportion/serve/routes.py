@@ -37,8 +37,8 @@ JSON = "application/json"
 # ---------------------------------------------------------------------- errors
 
 
-def _error(status: int, body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body), status_code=status, media_type=JSON)
+def _error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status_code=status, media_type=JSON, headers=headers)
 
 
 def install_errors(app: FastAPI) -> None:
@@ -85,7 +85,7 @@ def install_errors(app: FastAPI) -> None:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail), "path": request.url.path}}
-        return _error(exc.status_code, body)
+        return _error(exc.status_code, body, dict(exc.headers or {}))
 
     async def internal_error(request: Request, exc: Exception) -> Any:
         body = {
@@ -254,7 +254,9 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
     idem = Header(
         default=None,
         alias="Idempotency-Key",
-        description="A retry with the same key returns the first outcome.",
+        pattern=r"^[\x21-\x7e]{1,255}$",
+        description="A retry with the same key (1 to 255 printable ASCII characters) "
+        "returns the first outcome.",
     )
 
     @app.get("/healthz", tags=["operations"], response_model=s.Health)

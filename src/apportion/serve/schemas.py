@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from apportion.ledger import MAX_TOKENS
+
 __all__ = [
     "BeginBody",
     "CloseBody",
@@ -30,9 +32,33 @@ __all__ = [
     "error_responses",
 ]
 
-Tokens = Annotated[int, Field(strict=True, description="a token count")]
+# The bounds below are the library's (it checks them and answers with its own codes:
+# ``invalid_ceiling``, ``invalid_token_count``); the schema states them for clients.
+Tokens = Annotated[
+    int,
+    Field(
+        strict=True,
+        description="a token count",
+        json_schema_extra={"minimum": 0, "maximum": MAX_TOKENS},
+    ),
+]
+Ceiling = Annotated[
+    int,
+    Field(
+        strict=True,
+        description="a token ceiling",
+        json_schema_extra={"minimum": 1, "maximum": MAX_TOKENS},
+    ),
+]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
-Feature = Annotated[float, Field(allow_inf_nan=False)] | Annotated[int, Field(strict=True)]
+Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+ChildName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+PoolName = Annotated[str, Field(pattern=r"^[^{}]{1,256}$")]
+Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Usd = Annotated[
+    float,
+    Field(strict=False, allow_inf_nan=False, json_schema_extra={"exclusiveMinimum": 0}),
+]
 
 
 class _Body(BaseModel):
@@ -43,26 +69,32 @@ class OpenBody(_Body):
     """Open a request, or a child budget of one (``parent``)."""
 
     pipeline: Name | None = Field(None, description="a configured pipeline (default: the first)")
-    ceiling: Tokens | None = Field(
+    ceiling: Ceiling | None = Field(
         None, description="tokens the request may consume (default: the pipeline's)"
     )
-    cost_ceiling: Annotated[float, Field(strict=False, allow_inf_nan=False)] | None = Field(
-        None, description="USD the request may cost"
-    )
+    cost_ceiling: Usd | None = Field(None, description="USD the request may cost")
     features: dict[Annotated[str, Field(max_length=256)], Feature] | None = Field(
         None, description="what is known up front (messages, doc_tokens ...)"
     )
-    pool: Name | None = Field(None, description="a shared pool to draw the ceiling from")
+    pool: PoolName | None = Field(None, description="a shared pool to draw the ceiling from")
     pool_priority: Literal["critical", "standard", "peripheral"] = "standard"
     parent: Name | None = Field(None, description="an open request to carve a child from")
-    name: Name | None = Field(None, description="the child's name (default: child)")
-    share: Annotated[float, Field(strict=False, allow_inf_nan=False)] | None = Field(
-        None, description="a child's share of what its parent can spare, in (0, 1]"
-    )
+    name: ChildName | None = Field(None, description="the child's name (default: child)")
+    share: (
+        Annotated[
+            float,
+            Field(
+                strict=False,
+                allow_inf_nan=False,
+                json_schema_extra={"exclusiveMinimum": 0, "maximum": 1},
+            ),
+        ]
+        | None
+    ) = Field(None, description="a child's share of what its parent can spare, in (0, 1]")
     priority: Literal["critical", "standard", "peripheral"] = Field(
         "standard", description="a child's priority class"
     )
-    request_id: Name | None = Field(None, description="an id of your own (default: random)")
+    request_id: Id | None = Field(None, description="an id of your own (default: random)")
 
 
 class BeginBody(_Body):
@@ -79,7 +111,7 @@ class BeginBody(_Body):
 class GrantRef(_Body):
     """A grant of the request, by its id and agent."""
 
-    grant_id: Annotated[int, Field(strict=True)]
+    grant_id: Annotated[int, Field(strict=True, json_schema_extra={"minimum": 1, "maximum": 2**53})]
     agent: Name
 
 
