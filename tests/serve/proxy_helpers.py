@@ -8,7 +8,6 @@ client; the upstream is :class:`~apportion.testing.openai_server.OpenAIServer`.
 from __future__ import annotations
 
 import os
-import threading
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -110,33 +109,3 @@ def budget_headers(
 def billed(server: OpenAIServer) -> int:
     """Tokens the local server billed over all its answers."""
     return sum(p + c for p, c in server.billed)
-
-
-class Served:
-    """``app`` served by uvicorn on a free loopback port, in a thread (``with Served(app)``)."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
-
-    @property
-    def url(self) -> str:
-        """The gateway's base URL for OpenAI clients (``http://127.0.0.1:PORT/v1``)."""
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1"
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        ready = threading.Event()
-        while not self.server.started and self.thread.is_alive():
-            ready.wait(0.01)
-        if not self.server.started:
-            raise RuntimeError("the gateway did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)

@@ -296,7 +296,7 @@ def test_a_refused_budget_is_an_openai_style_402_with_the_fields(server):
         (budget_headers("x", "writer", 100), {"messages": QUESTION}, 400, "model"),
         (budget_headers("x", "writer", 100), {"model": MODEL}, 400, "messages"),
         (budget_headers("x", "writer", 100), chat(stream="yes"), 400, "stream"),
-        (budget_headers("x", "nobody", 100), chat(), 400, None),
+        (budget_headers("x", "nobody", 100), chat(), 404, None),
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_field_and_changes_nothing(

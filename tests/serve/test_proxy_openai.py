@@ -16,7 +16,6 @@ from proxy_helpers import (
     ACME,
     MODEL,
     TENANT_KEYS,
-    Served,
     billed,
     budget_headers,
     proxy_app,
@@ -24,6 +23,7 @@ from proxy_helpers import (
 )
 
 from apportion.testing.openai_server import OpenAIServer, Reply
+from conftest import LiveServer
 from policy_helpers import FixedPolicy, NoMore
 
 EIGHT = "one two three four five six seven eight"
@@ -48,8 +48,8 @@ def summary(gateway: Any, request_id: str) -> Any:
 
 def test_chat_through_the_gateway_is_capped_extended_and_reported(server):
     app, gateway = proxy_app(server, FixedPolicy(output=5, extra=5))
-    with Served(app) as served:
-        chat = client(served.url, budget_headers("oa-1", "writer", 1_000))
+    with LiveServer(app) as served:
+        chat = client(f"{served.url}/v1", budget_headers("oa-1", "writer", 1_000))
         raw = chat.chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION)
         response = raw.parse()
     assert response.choices[0].message.content == EIGHT
@@ -63,8 +63,8 @@ def test_chat_through_the_gateway_is_capped_extended_and_reported(server):
 
 def test_streams_of_chat_and_responses_settle(server):
     app, gateway = proxy_app(server, FixedPolicy(output=30))
-    with Served(app) as served:
-        oa = client(served.url, budget_headers("oa-2", "planner", 2_000))
+    with LiveServer(app) as served:
+        oa = client(f"{served.url}/v1", budget_headers("oa-2", "planner", 2_000))
         pieces = [
             chunk.choices[0].delta.content or ""
             for chunk in oa.chat.completions.create(model=MODEL, messages=QUESTION, stream=True)
@@ -84,8 +84,8 @@ def test_streams_of_chat_and_responses_settle(server):
 
 def test_a_refused_budget_raises_the_clients_status_error(server):
     app, _gateway = proxy_app(server, NoMore())
-    with Served(app) as served:
-        oa = client(served.url, budget_headers("oa-3", "writer", 100))
+    with LiveServer(app) as served:
+        oa = client(f"{served.url}/v1", budget_headers("oa-3", "writer", 100))
         with pytest.raises(openai.APIStatusError) as caught:
             oa.chat.completions.create(model=MODEL, messages=QUESTION)
     assert caught.value.status_code == 402
@@ -98,8 +98,8 @@ def test_a_refused_budget_raises_the_clients_status_error(server):
 
 def test_missing_headers_are_refused(server):
     app, _gateway = proxy_app(server)
-    with Served(app) as served:
-        oa = client(served.url, {})
+    with LiveServer(app) as served:
+        oa = client(f"{served.url}/v1", {})
         with pytest.raises(openai.BadRequestError) as caught:
             oa.chat.completions.create(model=MODEL, messages=QUESTION)
     assert caught.value.code == "budget_headers_missing"
@@ -108,14 +108,14 @@ def test_missing_headers_are_refused(server):
 
 def test_a_downstream_service_draws_a_child_budget_from_a_token(server):
     app, gateway = proxy_app(server, FixedPolicy(output=20))
-    with Served(app) as served:
-        upstream_service = client(served.url, budget_headers("oa-4", "planner", 1_000))
+    with LiveServer(app) as served:
+        upstream_service = client(f"{served.url}/v1", budget_headers("oa-4", "planner", 1_000))
         raw = upstream_service.chat.completions.with_raw_response.create(
             model=MODEL, messages=QUESTION
         )
         token = raw.headers["Apportion-Budget-Token"]
         downstream = client(
-            served.url, {"Apportion-Budget-Token": token, "Apportion-Agent": "writer"}
+            f"{served.url}/v1", {"Apportion-Budget-Token": token, "Apportion-Agent": "writer"}
         )
         opened = downstream.chat.completions.with_raw_response.create(
             model=MODEL, messages=QUESTION
@@ -134,13 +134,13 @@ def test_the_ceiling_holds_across_agents_calling_at_once(server):
     server.default = Reply(words(80))
     app, gateway = proxy_app(server, "elastic")
     ceiling = 900
-    with Served(app) as served:
-        opener = client(served.url, budget_headers("oa-5", "planner", ceiling))
+    with LiveServer(app) as served:
+        opener = client(f"{served.url}/v1", budget_headers("oa-5", "planner", ceiling))
         opener.chat.completions.create(model=MODEL, messages=QUESTION)
 
         def call(i: int) -> tuple[int, str]:
             agent = ("planner", "writer", "checker")[i % 3]
-            oa = client(served.url, budget_headers("oa-5", agent))
+            oa = client(f"{served.url}/v1", budget_headers("oa-5", agent))
             messages = [{"role": "user", "content": words(40, f"q{i}")}]
             try:
                 if i % 2:
