@@ -22,7 +22,7 @@ from proxy_helpers import (
     words,
 )
 
-from apportion import MemoryStore
+from apportion import MemoryStore, UnknownRequest
 from apportion.testing.openai_server import OpenAIServer, Reply
 from apportion.tokens import counter_for
 from policy_helpers import FixedPolicy, NoMore
@@ -557,3 +557,32 @@ def test_an_idempotent_call_the_upstream_failed_runs_again(server):
     assert (first.status_code, again.status_code) == (503, 200)
     after = run(summary(gateway, "flaky"))
     assert after.consumed == billed(server) and after.reserved == 0
+
+
+def test_an_unknown_agent_opens_nothing_and_spends_no_token(server):
+    app, gateway = proxy_app(server, FixedPolicy(output=20))
+    token, _ = _token(app)
+
+    async def go() -> list[Any]:
+        async with asgi_client(app) as client:
+            path = "/v1/chat/completions"
+            down = {"Apportion-Budget-Token": token}
+            return [
+                await client.post(path, json=chat(), headers=budget_headers("new", "nobody", 100)),
+                await client.post(
+                    path,
+                    json=chat(),
+                    headers=budget_headers("k", "nobody", 50, Apportion_Parent="up"),
+                ),
+                await client.post(path, json=chat(), headers={**down, "Apportion-Agent": "nobody"}),
+                await client.post(path, json=chat(), headers={**down, "Apportion-Agent": "writer"}),
+            ]
+
+    root, child, redeem, redeemed = run(go())
+    for refused in (root, child, redeem):
+        assert refused.status_code == 404 and refused.json()["error"]["code"] == "unknown_agent"
+    assert redeemed.status_code == 200  # the token was not spent by the refused call
+    with pytest.raises(UnknownRequest):
+        run(summary(gateway, "new"))
+    with pytest.raises(UnknownRequest):
+        run(summary(gateway, "up::k"))

@@ -322,7 +322,7 @@ class Proxy:
                 raise InvalidArgument(AGENT, None, "the agent making the call is required")
             idempotency = headers.get(IDEMPOTENCY)
             if idempotency is None:
-                budget = await self._budget(tenant, headers)
+                budget = await self._budget(tenant, headers, agent)
                 return await self._call(budget, agent, body, send, key)
             return await self._once(tenant, headers, raw, protocol, agent, body, send, key)
         except ApportionError as error:
@@ -350,7 +350,7 @@ class Proxy:
         fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
 
         async def run() -> Outcome:
-            budget = await self._budget(tenant, headers)
+            budget = await self._budget(tenant, headers, agent)
             answer = await self._call(budget, agent, body, send, key)
             if answer.status >= 500 or answer.status == 429:
                 raise UpstreamFailed(answer)
@@ -401,8 +401,11 @@ class Proxy:
             return Answer(200, {}, None, forward.events(body.protocol, response, end))
         return Answer(200, {}, forward.wire(response))
 
-    async def _budget(self, tenant: Tenant, headers: Mapping[str, str]) -> Budget:
-        """The request the call draws on: opened, attached, or carved from a token."""
+    async def _budget(self, tenant: Tenant, headers: Mapping[str, str], agent: str) -> Budget:
+        """The request the call draws on: opened, attached, or carved from a token.
+
+        ``agent`` is checked against the pipeline before anything is opened or redeemed.
+        """
         token = headers.get(TOKEN_HEADER)
         request_id = _header(headers, forward.REQUEST)
         ceiling = _ceiling(headers)
@@ -411,7 +414,7 @@ class Proxy:
                 raise InvalidArgument(
                     forward.REQUEST, request_id, f"send either {TOKEN_HEADER} or a request id"
                 )
-            return await self._redeem(tenant, token, ceiling)
+            return await self._redeem(tenant, token, ceiling, agent)
         if request_id is None:
             raise InvalidArgument(forward.REQUEST, None, "the request id is required")
         gateway = self.gateway
@@ -424,11 +427,16 @@ class Proxy:
         except UnknownRequest:
             if ceiling is None:
                 raise
+            pipeline = _header(headers, PIPELINE)
+            if parent is None:
+                gateway.controller(pipeline)[1].pipeline.resolve(agent)
+            else:
+                (await gateway.request(tenant, parent)).pipeline.resolve(agent)
             try:
                 if parent is None:
                     request = await gateway.open(
                         tenant,
-                        _header(headers, PIPELINE),
+                        pipeline,
                         ceiling,
                         _ceiling_usd(headers),
                         request_id=request_id,
@@ -436,7 +444,7 @@ class Proxy:
                 else:
                     request = await gateway.open(
                         tenant,
-                        _header(headers, PIPELINE),
+                        pipeline,
                         ceiling,
                         parent=parent,
                         name=known.rsplit(CHILD_SEP, 1)[1],
@@ -445,12 +453,13 @@ class Proxy:
                 request = await gateway.request(tenant, known)
         return Budget(request, gateway.public_id(tenant, request.request_id), tenant)
 
-    async def _redeem(self, tenant: Tenant, token: str, ceiling: int | None) -> Budget:
+    async def _redeem(self, tenant: Tenant, token: str, ceiling: int | None, agent: str) -> Budget:
         """Open the child budget a token carries (once per token)."""
         gateway = self.gateway
         budget = verify(self.signing_key, token, now=self.clock(), tenant=tenant.name)
         wanted = narrowed(budget, ceiling)
         parent = await gateway.request(tenant, budget.request_id)
+        parent.pipeline.resolve(agent)  # an unknown agent leaves the token unspent
         child = parent.child(budget.child_name, ceiling=wanted, share=1.0)
         try:
             await child.open()
@@ -499,8 +508,8 @@ class Proxy:
 
     def _remaining(self, budget: Budget) -> int | None:
         try:
-            return int(budget.request.summary().free)
-        except Exception:  # a summary is informative: never break an answered call
+            return int(budget.request.state.free)
+        except Exception:  # informative: never break an answered call
             return None
 
     def _pass(self, budget: Budget) -> dict[str, str]:
