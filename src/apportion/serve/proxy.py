@@ -15,6 +15,8 @@ A client changes only its ``base_url`` (to the gateway's ``/v1``) and adds heade
   which later calls send.
 * ``Idempotency-Key`` (optional): a retry with the same key gets the first answer, and
   the call is made and settled once.
+* ``Apportion-Upstream-Key`` (optional): the caller's own provider key, sent on for an
+  upstream configured ``pass_through_key`` (in open mode, ``Authorization`` serves too).
 
 The call goes through the call engine (:func:`apportion.serve.forward.budgeted`): counted,
 fitted into the grant, capped at it, sent through LiteLLM to the upstream the gateway's
@@ -23,32 +25,24 @@ cost. The response is the provider's answer in the OpenAI wire format with the h
 ``Apportion-Request``, ``Apportion-Granted`` (tokens the call's grant held, extensions
 included), ``Apportion-Used`` (tokens the provider billed), ``Apportion-Remaining`` (the
 request's free tokens after the call), ``Apportion-Status`` (``completed``,
-``wrapped_up``, ``cut``) and ``Apportion-Budget-Token`` (when the gateway has a signing
-key). A stream's headers leave before its end: they carry ``Apportion-Granted`` (the first
+``wrapped_up``, ``cut``) and ``Apportion-Budget-Token`` (the request's remaining budget,
+signed with the gateway's key). A stream's headers leave before its end: they carry ``Apportion-Granted`` (the first
 grant) and ``Apportion-Status: open``; the figures of the settled call come as the
 stream's last event, an SSE comment (ignored by SSE clients)::
 
     : apportion {"granted": 120, "used": 95, "status": "completed", "remaining": 1905}
 
-Errors are OpenAI-style JSON (``{"error": {"message", "type", "code", "param", ...}}``)
-with the :class:`~apportion.errors.ApportionError` fields beside them:
-
-======  ===========================================================================
-status  when
-======  ===========================================================================
-400     bad JSON or field, missing ``Apportion-*`` header (``budget_headers_missing``),
-        unknown agent, input that cannot fit its grant (``input_too_large``)
-402     the budget refused the call (``budget_exceeded``, ``cost_exceeded``,
-        ``child_budget_exceeded``, ``pool_exhausted``): not retried by OpenAI clients
-403     a budget token tampered with, expired, replayed or widened
-        (``budget_token_invalid`` / ``_expired`` / ``_replayed`` / ``_widened``)
-404     unknown request (``unknown_request``); 409 closed request (``request_closed``)
-413     body over the limit; 503 store unreachable (``store_unavailable``)
-4xx/5xx the upstream's own status and message (``upstream_error``), the grant released
-======  ===========================================================================
-
-Calls without any ``Apportion-*`` header are refused (``budget_headers_missing``) unless
-the gateway passes them through unbudgeted (``unbudgeted: pass``).
+Errors are OpenAI-style JSON, ``{"error": {"message", "type", "code", "param", ...}}``,
+with the gateway's stable ``code`` (:mod:`apportion.serve.errors_json`) and the
+:class:`~apportion.errors.ApportionError` fields beside them. The status is the gateway's,
+made OpenAI-like (:func:`status_of`): a bad request is 400 (not 422); a budget refusal
+(``budget_exceeded``, ``cost_exceeded``, ``child_budget_exceeded``) is 402, which OpenAI
+clients do not retry (a shared pool's window, ``pool_exhausted``, stays 429: retry later);
+a budget token's refusal is 403 (``budget_token_invalid`` / ``_expired`` / ``_replayed`` /
+``_widened``); a call without ``Apportion-*`` headers is 400 ``budget_headers_missing``
+unless the config says ``unbudgeted: pass`` (then it is forwarded as it is). An upstream
+failure answers the provider's status and message (``upstream_error``, keys scrubbed), once
+the grant is released. Nothing changes in any ledger on a refusal. See ``docs/proxy.md``.
 """
 
 from __future__ import annotations
