@@ -26,9 +26,9 @@ cost. The response is the provider's answer in the OpenAI wire format with the h
 included), ``Apportion-Used`` (tokens the provider billed), ``Apportion-Remaining`` (the
 request's free tokens after the call), ``Apportion-Status`` (``completed``,
 ``wrapped_up``, ``cut``) and ``Apportion-Budget-Token`` (the request's remaining budget,
-signed with the gateway's key). A stream's headers leave before its end: they carry ``Apportion-Granted`` (the first
-grant) and ``Apportion-Status: open``; the figures of the settled call come as the
-stream's last event, an SSE comment (ignored by SSE clients)::
+signed with the gateway's key). A stream's headers leave before its end: they carry
+``Apportion-Granted`` (the first grant) and ``Apportion-Status: open``; the figures of the
+settled call come as the stream's last event, an SSE comment (ignored by SSE clients)::
 
     : apportion {"granted": 120, "used": 95, "status": "completed", "remaining": 1905}
 
