@@ -586,3 +586,21 @@ def test_an_unknown_agent_opens_nothing_and_spends_no_token(server):
         run(summary(gateway, "new"))
     with pytest.raises(UnknownRequest):
         run(summary(gateway, "up::k"))
+
+
+def test_two_replicas_on_one_redis_server_agree_a_token_was_redeemed(server, redis_server):
+    import uuid
+
+    from apportion.stores import open_store
+
+    url = f"{redis_server.url}?prefix=proxy-{uuid.uuid4().hex[:8]}"
+    one, gateway = proxy_app(server, FixedPolicy(output=20), store=open_store(url))
+    two, _ = proxy_app(server, FixedPolicy(output=20), store=open_store(url))
+    token, _ = _token(one)
+    headers = {"Apportion-Budget-Token": token, "Apportion-Agent": "writer"}
+    opened = run(post(two, "/v1/chat/completions", chat(), headers))
+    assert opened.status_code == 200, opened.text
+    _refusal(run(post(one, "/v1/chat/completions", chat(), headers)), "budget_token_replayed")
+    _refusal(run(post(two, "/v1/chat/completions", chat(), headers)), "budget_token_replayed")
+    child = run(summary(gateway, opened.headers["Apportion-Request"]))
+    assert child.consumed == int(opened.headers["Apportion-Used"])
