@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -214,3 +217,31 @@ def test_import_apportion_pulls_no_web_framework_and_a_missing_one_names_the_ext
     )
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().split() == ["serve", "fastapi"]
+
+
+def test_the_readme_curl_example_runs_as_written() -> None:
+    if shutil.which("curl") is None or shutil.which("jq") is None:
+        pytest.skip("curl and jq are needed to run the README's example")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Gateway", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    start, example = blocks[0], blocks[1]
+    assert "apportion serve --port 8080" in start and "curl" in example
+    port = free_port()
+    process = start_cli(port=port)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process)
+        script = "set -e\n" + example.replace("8080", str(port))
+        done = subprocess.run(["bash", "-c", script], capture_output=True, timeout=120)
+    finally:
+        stop(process)
+    assert done.returncode == 0, done.stderr.decode()
+    text, answers, decoder = done.stdout.decode().strip(), [], json.JSONDecoder()
+    while text:  # curl prints each answer as is, one after the other
+        answer, end = decoder.raw_decode(text)
+        answers.append(answer)
+        text = text[end:].strip()
+    grant, settled, closed = answers
+    assert grant["agent"] == "reasoner" and grant["context_tokens"] == 7900
+    assert settled["summary"]["consumed"] == 7900 + 1312
+    assert closed["status"] == "closed" and closed["consumed"] == 7900 + 1312
