@@ -42,7 +42,7 @@ a budget token's refusal is 403 (``budget_token_invalid`` / ``_expired`` / ``_re
 ``_widened``); a call without ``Apportion-*`` headers is 400 ``budget_headers_missing``
 unless the config says ``unbudgeted: pass`` (then it is forwarded as it is). An upstream
 failure answers the provider's status and message (``upstream_error``, keys scrubbed), once
-the grant is released. Nothing changes in any ledger on a refusal. See ``docs/proxy.md``.
+the grant is released. Nothing changes in any ledger on a refusal. See ``docs/serve.md``.
 """
 
 from __future__ import annotations
