@@ -82,7 +82,10 @@ def proxy_app(
         mine["clock"] = options["clock"]
     gateway = gateway_for(server, policy, **options)
     app = create_app(gateway)
-    app.router.routes.extend(proxy_routes(gateway, **mine))
+    routes = proxy_routes(gateway, **mine)  # these, with the test's clock, replace any mounted
+    paths = {route.path for route in routes}
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in paths]
+    app.router.routes.extend(routes)
     return app, gateway
 
 
