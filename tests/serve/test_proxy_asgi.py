@@ -604,3 +604,38 @@ def test_two_replicas_on_one_redis_server_agree_a_token_was_redeemed(server, red
     _refusal(run(post(two, "/v1/chat/completions", chat(), headers)), "budget_token_replayed")
     child = run(summary(gateway, opened.headers["Apportion-Request"]))
     assert child.consumed == int(opened.headers["Apportion-Used"])
+
+
+def test_a_cost_ceiling_opens_with_the_request_and_its_token_carries_the_usd_left(server):
+    from proxy_helpers import SIGNING_KEY
+
+    from apportion.serve.passes import verify
+
+    app, gateway = proxy_app(server, FixedPolicy(output=20))
+    headers = budget_headers("usd", "planner", 5_000, Apportion_Ceiling_USD="0.5")
+    response = run(post(app, "/v1/chat/completions", chat(), headers))
+    assert response.status_code == 200, response.text
+    after = run(summary(gateway, "usd"))
+    assert after.ceiling_usd == 0.5 and after.cost_usd > 0
+    carried = verify(SIGNING_KEY, response.headers["Apportion-Budget-Token"], now=0)
+    assert carried.usd == pytest.approx(0.5 - after.cost_usd)
+    assert carried.tokens == after.free == int(response.headers["Apportion-Remaining"])
+    assert (carried.request_id, carried.tenant) == ("usd", "acme")
+
+
+@pytest.mark.parametrize(
+    ("more", "status", "code"),
+    [
+        ({"Apportion-Ceiling-USD": "lots"}, 400, "invalid_argument"),
+        ({"Apportion-Ceiling-USD": "-1"}, 400, "invalid_argument"),
+        ({"Apportion-Pipeline": "nope"}, 404, "unknown_pipeline"),
+        ({"Apportion-Request": "bad id!"}, 400, "invalid_argument"),
+    ],
+)
+def test_bad_opening_headers_are_refused(server, more, status, code):
+    app, _gateway = proxy_app(server)
+    headers = {**budget_headers("fresh", "writer", 500), **more}
+    response = run(post(app, "/v1/chat/completions", chat(), headers))
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert server.requests == []
