@@ -162,3 +162,33 @@ def test_the_ceiling_holds_across_agents_calling_at_once(server):
     after = summary(gateway, "oa-5")
     assert billed(server) <= ceiling
     assert after.consumed == billed(server) and after.reserved == 0
+
+
+def test_a_client_hanging_up_mid_stream_settles_the_grant(server):
+    import threading
+
+    import httpx
+
+    server.default = Reply(" ".join(["word"] * 3_000))  # one token each, both counts
+    app, gateway = proxy_app(server, FixedPolicy(output=3_000))
+    with LiveServer(app) as served:
+        headers = {
+            **budget_headers("oa-6", "writer", 20_000),
+            "Authorization": f"Bearer {TENANT_KEYS['acme']}",
+        }
+        body = {"model": MODEL, "messages": QUESTION, "stream": True}
+        with httpx.stream(
+            "POST", f"{served.url}/v1/chat/completions", json=body, headers=headers, timeout=60
+        ) as response:
+            assert response.status_code == 200
+            next(response.iter_lines())  # one event, then hang up
+        after = summary(gateway, "oa-6")
+        wait = threading.Event()
+        for _ in range(300):  # the gateway notices the hang-up shortly: poll, bounded
+            if after.reserved == 0:
+                break
+            wait.wait(0.05)
+            after = summary(gateway, "oa-6")
+    assert after.reserved == 0
+    assert 0 < after.consumed <= billed(server)
+    assert after.agents["writer"].truncated_calls == 1  # settled as cut: it did not end

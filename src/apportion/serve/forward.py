@@ -143,6 +143,17 @@ def sender(
     return send
 
 
+def warm(models: Iterable[str] = ("gpt-4o-mini",)) -> None:
+    """Import LiteLLM and load the models' tokenizers now, not on the first call.
+
+    Importing LiteLLM takes seconds; a gateway pays it at start, so its first proxied call
+    is as fast as the others.
+    """
+    import_litellm()
+    for model in models:
+        counter(model)
+
+
 def counter(model: str) -> Any:
     """The model's tokenizer, or the approximate counter for a model none is known for.
 

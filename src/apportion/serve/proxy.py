@@ -545,17 +545,21 @@ def _refusal(outcome: Outcome, tenant: Tenant) -> Answer:
     return Answer(status, {}, _json(body))
 
 
-def proxy_routes(gateway: Gateway, **options: Any) -> list[Any]:
+def proxy_routes(gateway: Gateway, *, warm: bool = True, **options: Any) -> list[Any]:
     """Starlette routes of the proxy: ``POST /v1/chat/completions`` and ``/v1/responses``.
 
     Mount them in the gateway's app (``app.router.routes.extend(proxy_routes(gateway))``);
-    ``options`` go to :class:`Proxy`.
+    ``options`` go to :class:`Proxy`. With ``warm`` (the default), LiteLLM is imported and
+    the default model's tokenizer loaded now (seconds, once per process), not on the
+    first proxied call.
     """
     from starlette.requests import Request
     from starlette.responses import Response, StreamingResponse
     from starlette.routing import Route
 
     proxy = Proxy(gateway, **options)
+    if warm:
+        forward.warm()
 
     def endpoint(protocol: str) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
