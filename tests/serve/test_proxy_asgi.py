@@ -271,6 +271,11 @@ def test_a_refused_budget_is_an_openai_style_402_with_the_fields(server):
     assert error["agent"] == "writer" and error["available"] == 100
     assert error["requested"] > 100 and error["message"]
     assert response.headers["Apportion-Request"] == "tight"
+    assert response.headers["Apportion-Status"] == "refused"
+    assert (response.headers["Apportion-Used"], response.headers["Apportion-Remaining"]) == (
+        "0",
+        "100",
+    )
     assert server.requests == []
     after = run(summary(proxy, "tight"))
     assert (after.consumed, after.reserved) == (0, 0)

@@ -477,7 +477,12 @@ class Proxy:
         try:
             result = await forward.budgeted(budget.request, agent, body, send)
         except ApportionError as error:
-            return error_answer(error, budget.tenant, {forward.REQUEST: budget.request_id})
+            headers = {forward.REQUEST: budget.request_id}
+            if isinstance(error, BudgetExceeded):  # the call was refused: say so, and what is left
+                headers.update(
+                    forward.report_headers(budget.request_id, None, self._remaining(budget))
+                )
+            return error_answer(error, budget.tenant, headers)
         except Exception as error:
             answer = upstream_answer(error, self._secrets(key))
             answer.headers[forward.REQUEST] = budget.request_id
