@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -325,6 +326,10 @@ BAD_CALLS: list[tuple[str, str, Any, int, str, str | None]] = [
     ("POST", BASE, {"pool": "nowhere"}, 404, "unknown_pool", None),
     ("POST", BASE, {"request_id": "has/slash"}, 422, "invalid_body", "request_id"),
     ("POST", BASE, {"parent": "REQ", "share": 7.0}, 422, "invalid_argument", "share"),
+    ("POST", BASE, {"parent": "REQ", "ceiling": 9, "pool": "p"}, 422, "invalid_argument", "pool"),
+    ("POST", BASE, {"parent": "REQ", "ceiling": 9, "request_id": "x"}, 422, "invalid_argument",
+     "request_id"),
+    ("POST", BASE, {"ceiling": 9, "name": "sub"}, 422, "invalid_argument", "name"),
     ("POST", f"{BASE}/REQ/begin", {}, 422, "invalid_body", "agent"),
     ("POST", f"{BASE}/REQ/begin", {"agent": "ghost", "input_tokens": 1}, 404, "unknown_agent",
      None),
@@ -434,3 +439,22 @@ def test_open_mode_needs_no_key() -> None:
         assert (await client.get(f"{BASE}/{rid}")).json()["ceiling"] == 500
 
     run(Gateway(), body)
+
+
+def test_a_pooled_request_and_a_cost_ceiling(gateway: Gateway) -> None:
+    from apportion.pools import Pool
+
+    gateway.store.define_pool(Pool("team", 5000, math.inf))
+
+    async def body(client: httpx.AsyncClient) -> None:
+        h = auth("acme")
+        first = await client.post(BASE, json={"ceiling": 4000, "pool": "team"}, headers=h)
+        assert first.status_code == 201, first.text
+        over = await client.post(BASE, json={"ceiling": 4000, "pool": "team"}, headers=h)
+        error = check_error(over, 429, "pool_exhausted")
+        assert error["pool"] == "team" and error["available"] == 1000
+        priced = await client.post(BASE, json={"ceiling": 4000, "cost_ceiling": 2.5}, headers=h)
+        assert priced.status_code == 201, priced.text
+        assert priced.json()["cost_ceiling"] == 2.5
+
+    run(gateway, body)

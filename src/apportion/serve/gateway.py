@@ -219,6 +219,15 @@ class Gateway:
             DuplicateRequest, BudgetExceeded (and subclasses), StoreUnavailable.
         """
         if parent is not None:
+            for field, value in (
+                ("pool", pool),
+                ("request_id", request_id),
+                ("cost_ceiling", cost_ceiling),
+            ):
+                if value is not None:
+                    raise InvalidArgument(field, value, "a child draws from its parent: omit it")
+            if pool_priority != "standard":
+                raise InvalidArgument("pool_priority", pool_priority, "a child has no pool")
             if pipeline is not None:
                 self.controller(pipeline)  # an unknown name is refused all the same
             mother = await self.request(tenant, parent)
@@ -231,6 +240,11 @@ class Gateway:
             )
             await kid.open()
             return kid
+        for field, value in (("name", name), ("share", share)):
+            if value is not None:
+                raise InvalidArgument(field, value, "only a child has it: give parent too")
+        if priority != "standard":
+            raise InvalidArgument("priority", priority, "a child's class: give parent too")
         pipeline_name, controller = self.controller(pipeline)
         entry = self.config.pipelines[pipeline_name]
         if request_id is None:

@@ -225,13 +225,20 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
     """Add ``/healthz``, ``/readyz`` and the budget API to ``app``."""
     bearer = HTTPBearer(auto_error=False, description="A tenant's API key")
 
-    async def tenant_of(
+    async def keyed_tenant(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> Tenant:
         tenant = gateway.authenticate(request.headers)
         request.state.tenant = tenant
         return tenant
+
+    async def open_tenant(request: Request) -> Tenant:  # no tenants: no key, none in the schema
+        tenant = gateway.authenticate(request.headers)
+        request.state.tenant = tenant
+        return tenant
+
+    tenant_of = open_tenant if gateway.config.open_mode else keyed_tenant
 
     async def run(
         request: Request,
@@ -503,7 +510,7 @@ def _request_json(req: AsyncRequest, tenant: Tenant) -> dict[str, Any]:
         "request_id": req.request_id.removeprefix(tenant.prefix),
         "parent_id": None if req.parent_id is None else req.parent_id.removeprefix(tenant.prefix),
         "ceiling": req.ceiling,
-        "cost_ceiling": summary.get("cost_ceiling"),
+        "cost_ceiling": summary.get("ceiling_usd"),
         "summary": _public(summary, tenant.prefix),
     }
 
