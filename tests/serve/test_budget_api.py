@@ -6,18 +6,20 @@ import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from apportion.errors import ApportionError
+from apportion.errors import ApportionError, SpecError
 from apportion.serve import Gateway, ServeConfig, create_app
 from apportion.serve.errors_json import CODES, error_response
 from apportion.serve.idempotency import Outcome
 from conftest import KEYS, auth
 
 BASE = "/v1/budget/requests"
+SEED = Path(__file__).resolve().parents[2] / "src/apportion/sim/workloads/seed-scenario.yaml"
 
 
 def run(gateway: Gateway, body: Callable[[httpx.AsyncClient], Awaitable[Any]]) -> Any:
@@ -291,16 +293,16 @@ def test_a_concurrent_duplicate_gets_in_progress(gateway: Gateway) -> None:
             await release.wait()
             return Outcome(200, b'{"done": true}')
 
-        first = asyncio.create_task(gateway.idempotent(tenant, "k", "finish", "fp", slow))
+        first = asyncio.create_task(gateway.idempotent(tenant, "k", "finish", slow))
         await started.wait()
         refused: ApportionError | None = None
         try:
-            await gateway.idempotent(tenant, "k", "finish", "fp", slow)
+            await gateway.idempotent(tenant, "k", "finish", slow)
         except ApportionError as exc:
             refused = exc
         release.set()
         done = await first
-        replay = await gateway.idempotent(tenant, "k", "finish", "fp", slow)
+        replay = await gateway.idempotent(tenant, "k", "finish", slow)
         assert calls == 1
         return done, refused, replay
 
@@ -458,3 +460,71 @@ def test_a_pooled_request_and_a_cost_ceiling(gateway: Gateway) -> None:
         assert priced.json()["cost_ceiling"] == 2.5
 
     run(gateway, body)
+
+
+def test_two_pipelines_each_request_on_its_own(tmp_path: Any) -> None:
+    from conftest import write_config
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "pipeline.yaml"
+    (tmp_path / "pipeline.yaml").write_text(example.read_text())
+    extra = (
+        "pipelines:\n"
+        "  support: {path: pipeline.yaml, policy: uniform, ceiling: 3000}\n"
+        "  seed: {workload: " + str(SEED) + "}\n"
+    )
+    gateway = Gateway(ServeConfig.from_yaml(write_config(tmp_path, extra=extra)))
+
+    async def body(client: httpx.AsyncClient) -> None:
+        h = auth("acme")
+        small = (await client.post(BASE, json={"pipeline": "support"}, headers=h)).json()
+        assert small["ceiling"] == 3000 and set(small["summary"]["agents"]) == {
+            "triage",
+            "reasoner",
+            "formatter",
+        }
+        seed = (await client.post(BASE, json={"pipeline": "seed"}, headers=h)).json()
+        assert "intake" in seed["summary"]["agents"]
+        for rid, agent, other in (
+            (small["request_id"], "triage", "intake"),
+            (seed["request_id"], "intake", "triage"),
+        ):
+            grant = await client.post(
+                f"{BASE}/{rid}/begin", json={"agent": agent, "input_tokens": 50}, headers=h
+            )
+            assert grant.status_code == 200, grant.text
+            check_error(
+                await client.post(
+                    f"{BASE}/{rid}/begin", json={"agent": other, "input_tokens": 50}, headers=h
+                ),
+                404,
+                "unknown_agent",
+            )
+
+    run(gateway, body)
+
+
+def test_two_pipelines_with_the_same_agents_are_refused(tmp_path: Any) -> None:
+    from conftest import write_config
+
+    extra = f"pipelines:\n  a: {{workload: {SEED}}}\n  b: {{workload: {SEED}}}\n"
+    with pytest.raises(SpecError) as caught:
+        ServeConfig.from_yaml(write_config(tmp_path, extra=extra))
+    assert caught.value.key == "pipelines.b" and caught.value.line is not None
+
+
+def test_a_streamed_body_over_the_limit_is_refused_with_413(tmp_path: Any) -> None:
+    from conftest import write_config
+
+    config = ServeConfig.from_yaml(write_config(tmp_path, extra="max_body_bytes: 2048\n"))
+
+    async def chunks() -> Any:
+        yield b'{"ceiling": 100, "features": {'
+        for i in range(300):
+            yield f'"f{i}": {i}, '.encode()
+        yield b'"end": 0}}'
+
+    async def body(client: httpx.AsyncClient) -> None:
+        answer = await client.post(BASE, content=chunks(), headers=auth("acme"))
+        check_error(answer, 413, "body_too_large")
+
+    run(Gateway(config), body)

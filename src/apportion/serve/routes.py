@@ -83,7 +83,8 @@ def install_errors(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> Any:
         assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        code = codes.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail), "path": request.url.path}}
         return _error(exc.status_code, body, dict(exc.headers or {}))
 
@@ -143,7 +144,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    raise _TooLarge(self.limit)
             return message
 
         async def watched(message: Any) -> None:
@@ -178,8 +179,11 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": data})
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """A body that grew past the limit as it streamed (FastAPI passes HTTP errors on)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the body is larger than {limit} bytes")
 
 
 # ---------------------------------------------------------------------- the budget API
@@ -253,7 +257,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         )
         fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
         key = request.headers.get("idempotency-key")
-        outcome = await gateway.idempotent(tenant, key, op_name, fingerprint, fn)
+        outcome = await gateway.idempotent(tenant, key, op_name, fn, fingerprint=fingerprint)
         return Response(outcome.body, status_code=outcome.status, media_type=JSON)
 
     errors = s.error_responses
