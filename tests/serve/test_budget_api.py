@@ -16,7 +16,7 @@ from apportion.errors import ApportionError, SpecError
 from apportion.serve import Gateway, ServeConfig, create_app
 from apportion.serve.errors_json import CODES, error_response
 from apportion.serve.idempotency import Outcome
-from conftest import KEYS, auth
+from conftest import KEYS, auth, write_config
 
 BASE = "/v1/budget/requests"
 SEED = Path(__file__).resolve().parents[2] / "src/apportion/sim/workloads/seed-scenario.yaml"
@@ -386,8 +386,6 @@ def test_every_error_is_json_with_a_code_and_fields(
 
 
 def test_a_body_over_the_limit_is_refused_with_413(tmp_path: Any) -> None:
-    from conftest import write_config
-
     config = ServeConfig.from_yaml(write_config(tmp_path, extra="max_body_bytes: 2048\n"))
 
     async def body(client: httpx.AsyncClient) -> None:
@@ -463,8 +461,6 @@ def test_a_pooled_request_and_a_cost_ceiling(gateway: Gateway) -> None:
 
 
 def test_two_pipelines_each_request_on_its_own(tmp_path: Any) -> None:
-    from conftest import write_config
-
     example = Path(__file__).resolve().parents[2] / "examples" / "pipeline.yaml"
     (tmp_path / "pipeline.yaml").write_text(example.read_text())
     extra = (
@@ -504,8 +500,6 @@ def test_two_pipelines_each_request_on_its_own(tmp_path: Any) -> None:
 
 
 def test_two_pipelines_with_the_same_agents_are_refused(tmp_path: Any) -> None:
-    from conftest import write_config
-
     extra = f"pipelines:\n  a: {{workload: {SEED}}}\n  b: {{workload: {SEED}}}\n"
     with pytest.raises(SpecError) as caught:
         ServeConfig.from_yaml(write_config(tmp_path, extra=extra))
@@ -513,8 +507,6 @@ def test_two_pipelines_with_the_same_agents_are_refused(tmp_path: Any) -> None:
 
 
 def test_a_streamed_body_over_the_limit_is_refused_with_413(tmp_path: Any) -> None:
-    from conftest import write_config
-
     config = ServeConfig.from_yaml(write_config(tmp_path, extra="max_body_bytes: 2048\n"))
 
     async def chunks() -> Any:
@@ -528,3 +520,38 @@ def test_a_streamed_body_over_the_limit_is_refused_with_413(tmp_path: Any) -> No
         check_error(answer, 413, "body_too_large")
 
     run(Gateway(config), body)
+
+
+def test_closed_requests_reach_the_configured_telemetry(tmp_path: Any) -> None:
+    from apportion.telemetry import flush
+    from apportion.telemetry.sql import open_database
+
+    url = f"sqlite:///{tmp_path / 'telemetry.db'}"
+    config = ServeConfig.from_yaml(write_config(tmp_path, extra=f"telemetry: {url}\n"))
+
+    async def body(client: httpx.AsyncClient) -> str:
+        h = auth("acme")
+        rid = await open_request(client, "acme")
+        grant = (
+            await client.post(
+                f"{BASE}/{rid}/begin", json={"agent": "intake", "input_tokens": 300}, headers=h
+            )
+        ).json()
+        await client.post(
+            f"{BASE}/{rid}/finish",
+            json={
+                "grant_id": grant["grant_id"],
+                "agent": "intake",
+                "input_tokens": 300,
+                "output_tokens": 40,
+            },
+            headers=h,
+        )
+        await client.post(f"{BASE}/{rid}/close", headers=h)
+        return rid
+
+    rid = run(Gateway(config), body)
+    assert flush(60)
+    stored = open_database(url).load().requests
+    assert list(stored) == [f"acme/{rid}"]  # the operator's telemetry names the tenant
+    assert stored[f"acme/{rid}"].consumed == 340 and stored[f"acme/{rid}"].status == "closed"
