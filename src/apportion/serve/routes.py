@@ -520,9 +520,26 @@ def _request_json(req: AsyncRequest, tenant: Tenant) -> dict[str, Any]:
 
 
 def _settled_json(req: AsyncRequest, grant: Grant, tenant: Tenant) -> dict[str, Any]:
+    """The settled grant and the request's totals after (read from its state: no summary)."""
+    state = req.state
+    stored = req.pipeline.resolve(grant.agent).name
     return {
         "request_id": req.request_id.removeprefix(tenant.prefix),
         "grant_id": grant.grant_id,
         "agent": grant.agent,
-        "summary": _public(req.summary().to_dict(), tenant.prefix),
+        "summary": {
+            "request_id": req.request_id.removeprefix(tenant.prefix),
+            "status": state.status,
+            "ceiling": state.ceiling,
+            "consumed": state.consumed,
+            "reserved": state.reserved,
+            "free": state.free,
+            "overflow": state.overflow,
+            "agent": {
+                "consumed": state.consumed_by[stored],
+                "reserved": state.reserved_by[stored],
+                "overuse": state.overuse_by[stored],
+                "available": state.available_for(stored),
+            },
+        },
     }
