@@ -210,6 +210,13 @@ class ServeConfig:
         """Whether the store is shared between processes (every scheme but ``memory``)."""
         return not self.store.startswith("memory:")
 
+    def upstream_for(self, model: str) -> UpstreamConfig | None:
+        """The first upstream whose ``prefix`` starts ``model`` (``None``: none does)."""
+        for upstream in self.upstreams:
+            if model.startswith(upstream.prefix):
+                return upstream
+        return None
+
     @property
     def open_mode(self) -> bool:
         """Whether no tenants are configured: every call is tenant ``default``, keyless."""
