@@ -555,3 +555,22 @@ def test_closed_requests_reach_the_configured_telemetry(tmp_path: Any) -> None:
     stored = open_database(url).load().requests
     assert list(stored) == [f"acme/{rid}"]  # the operator's telemetry names the tenant
     assert stored[f"acme/{rid}"].consumed == 340 and stored[f"acme/{rid}"].status == "closed"
+
+
+def test_the_app_mounts_in_another_asgi_app() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    outer = Starlette(routes=[Mount("/budgets", app=create_app())])
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=outer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
+            opened = await client.post("/budgets/v1/budget/requests", content=b'{"ceiling": 700}')
+            assert opened.status_code == 201, opened.text
+            rid = opened.json()["request_id"]
+            shown = await client.get(f"/budgets/v1/budget/requests/{rid}")
+            assert shown.json()["ceiling"] == 700
+            assert (await client.get("/budgets/docs")).status_code == 200
+
+    asyncio.run(main())

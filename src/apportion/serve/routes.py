@@ -119,7 +119,8 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers = list(scope.get("headers", ()))
-        if scope.get("path", "").startswith("/v1/budget"):
+        path = scope.get("path", "").removeprefix(scope.get("root_path", ""))  # when mounted
+        if path.startswith("/v1/budget"):
             kinds = [v for n, v in headers if n == b"content-type"]
             if not kinds or kinds[0].startswith(b"application/x-www-form-urlencoded"):
                 # the budget API speaks JSON only: `curl -d '{...}'` means JSON too
