@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +42,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, polls: 
     event = threading.Event()
     for _ in range(polls):
         if process is not None and process.poll() is not None:
-            out = process.stdout.read().decode() if process.stdout else ""
+            out = output(process)
             raise AssertionError(f"the gateway exited with {process.returncode}:\n{out}")
         try:
             if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
@@ -78,17 +79,35 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *sys.path])}
 
 
+_LOGS: dict[int, Any] = {}
+
+
 def start_cli(*args: str, port: int) -> subprocess.Popen[bytes]:
-    """``apportion serve --port PORT ARGS`` in a subprocess (stdout and stderr piped)."""
-    return subprocess.Popen(
+    """``apportion serve --port PORT ARGS`` in a subprocess, its output to a temporary file.
+
+    A file, not a pipe: nobody reads a pipe while the server runs, and a server whose
+    access log fills the pipe's buffer stops answering.
+    """
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for output()
+    process = subprocess.Popen(
         [sys.executable, "-m", "apportion.cli", "serve", "--port", str(port), *args],
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         env=cli_env(),
     )
+    _LOGS[process.pid] = log
+    return process
+
+
+def output(process: subprocess.Popen[bytes]) -> str:
+    """What ``process`` (started by :func:`start_cli`) printed so far."""
+    log = _LOGS[process.pid]
+    log.seek(0)
+    return bytes(log.read()).decode(errors="replace")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server :func:`start_cli` started (its log stays readable by :func:`output`)."""
     if process.poll() is None:
         process.terminate()
         try:

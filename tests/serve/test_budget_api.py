@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from apportion.errors import ApportionError
+from apportion.errors import ApportionError, SpecError
 from apportion.serve import Gateway, ServeConfig, create_app
 from apportion.serve.errors_json import CODES, error_response
 from apportion.serve.idempotency import Outcome
-from conftest import KEYS, auth
+from conftest import KEYS, auth, write_config
 
 BASE = "/v1/budget/requests"
+SEED = Path(__file__).resolve().parents[2] / "src/apportion/sim/workloads/seed-scenario.yaml"
 
 
 def run(gateway: Gateway, body: Callable[[httpx.AsyncClient], Awaitable[Any]]) -> Any:
@@ -290,16 +293,16 @@ def test_a_concurrent_duplicate_gets_in_progress(gateway: Gateway) -> None:
             await release.wait()
             return Outcome(200, b'{"done": true}')
 
-        first = asyncio.create_task(gateway.idempotent(tenant, "k", "finish", "fp", slow))
+        first = asyncio.create_task(gateway.idempotent(tenant, "k", "finish", slow))
         await started.wait()
         refused: ApportionError | None = None
         try:
-            await gateway.idempotent(tenant, "k", "finish", "fp", slow)
+            await gateway.idempotent(tenant, "k", "finish", slow)
         except ApportionError as exc:
             refused = exc
         release.set()
         done = await first
-        replay = await gateway.idempotent(tenant, "k", "finish", "fp", slow)
+        replay = await gateway.idempotent(tenant, "k", "finish", slow)
         assert calls == 1
         return done, refused, replay
 
@@ -325,6 +328,10 @@ BAD_CALLS: list[tuple[str, str, Any, int, str, str | None]] = [
     ("POST", BASE, {"pool": "nowhere"}, 404, "unknown_pool", None),
     ("POST", BASE, {"request_id": "has/slash"}, 422, "invalid_body", "request_id"),
     ("POST", BASE, {"parent": "REQ", "share": 7.0}, 422, "invalid_argument", "share"),
+    ("POST", BASE, {"parent": "REQ", "ceiling": 9, "pool": "p"}, 422, "invalid_argument", "pool"),
+    ("POST", BASE, {"parent": "REQ", "ceiling": 9, "request_id": "x"}, 422, "invalid_argument",
+     "request_id"),
+    ("POST", BASE, {"ceiling": 9, "name": "sub"}, 422, "invalid_argument", "name"),
     ("POST", f"{BASE}/REQ/begin", {}, 422, "invalid_body", "agent"),
     ("POST", f"{BASE}/REQ/begin", {"agent": "ghost", "input_tokens": 1}, 404, "unknown_agent",
      None),
@@ -379,8 +386,6 @@ def test_every_error_is_json_with_a_code_and_fields(
 
 
 def test_a_body_over_the_limit_is_refused_with_413(tmp_path: Any) -> None:
-    from conftest import write_config
-
     config = ServeConfig.from_yaml(write_config(tmp_path, extra="max_body_bytes: 2048\n"))
 
     async def body(client: httpx.AsyncClient) -> None:
@@ -434,3 +439,138 @@ def test_open_mode_needs_no_key() -> None:
         assert (await client.get(f"{BASE}/{rid}")).json()["ceiling"] == 500
 
     run(Gateway(), body)
+
+
+def test_a_pooled_request_and_a_cost_ceiling(gateway: Gateway) -> None:
+    from apportion.pools import Pool
+
+    gateway.store.define_pool(Pool("team", 5000, math.inf))
+
+    async def body(client: httpx.AsyncClient) -> None:
+        h = auth("acme")
+        first = await client.post(BASE, json={"ceiling": 4000, "pool": "team"}, headers=h)
+        assert first.status_code == 201, first.text
+        over = await client.post(BASE, json={"ceiling": 4000, "pool": "team"}, headers=h)
+        error = check_error(over, 429, "pool_exhausted")
+        assert error["pool"] == "team" and error["available"] == 1000
+        priced = await client.post(BASE, json={"ceiling": 4000, "cost_ceiling": 2.5}, headers=h)
+        assert priced.status_code == 201, priced.text
+        assert priced.json()["cost_ceiling"] == 2.5
+
+    run(gateway, body)
+
+
+def test_two_pipelines_each_request_on_its_own(tmp_path: Any) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "pipeline.yaml"
+    (tmp_path / "pipeline.yaml").write_text(example.read_text())
+    extra = (
+        "pipelines:\n"
+        "  support: {path: pipeline.yaml, policy: uniform, ceiling: 3000}\n"
+        "  seed: {workload: " + str(SEED) + "}\n"
+    )
+    gateway = Gateway(ServeConfig.from_yaml(write_config(tmp_path, extra=extra)))
+
+    async def body(client: httpx.AsyncClient) -> None:
+        h = auth("acme")
+        small = (await client.post(BASE, json={"pipeline": "support"}, headers=h)).json()
+        assert small["ceiling"] == 3000 and set(small["summary"]["agents"]) == {
+            "triage",
+            "reasoner",
+            "formatter",
+        }
+        seed = (await client.post(BASE, json={"pipeline": "seed"}, headers=h)).json()
+        assert "intake" in seed["summary"]["agents"]
+        for rid, agent, other in (
+            (small["request_id"], "triage", "intake"),
+            (seed["request_id"], "intake", "triage"),
+        ):
+            grant = await client.post(
+                f"{BASE}/{rid}/begin", json={"agent": agent, "input_tokens": 50}, headers=h
+            )
+            assert grant.status_code == 200, grant.text
+            check_error(
+                await client.post(
+                    f"{BASE}/{rid}/begin", json={"agent": other, "input_tokens": 50}, headers=h
+                ),
+                404,
+                "unknown_agent",
+            )
+
+    run(gateway, body)
+
+
+def test_two_pipelines_with_the_same_agents_are_refused(tmp_path: Any) -> None:
+    extra = f"pipelines:\n  a: {{workload: {SEED}}}\n  b: {{workload: {SEED}}}\n"
+    with pytest.raises(SpecError) as caught:
+        ServeConfig.from_yaml(write_config(tmp_path, extra=extra))
+    assert caught.value.key == "pipelines.b" and caught.value.line is not None
+
+
+def test_a_streamed_body_over_the_limit_is_refused_with_413(tmp_path: Any) -> None:
+    config = ServeConfig.from_yaml(write_config(tmp_path, extra="max_body_bytes: 2048\n"))
+
+    async def chunks() -> Any:
+        yield b'{"ceiling": 100, "features": {'
+        for i in range(300):
+            yield f'"f{i}": {i}, '.encode()
+        yield b'"end": 0}}'
+
+    async def body(client: httpx.AsyncClient) -> None:
+        answer = await client.post(BASE, content=chunks(), headers=auth("acme"))
+        check_error(answer, 413, "body_too_large")
+
+    run(Gateway(config), body)
+
+
+def test_closed_requests_reach_the_configured_telemetry(tmp_path: Any) -> None:
+    from apportion.telemetry import flush
+    from apportion.telemetry.sql import open_database
+
+    url = f"sqlite:///{tmp_path / 'telemetry.db'}"
+    config = ServeConfig.from_yaml(write_config(tmp_path, extra=f"telemetry: {url}\n"))
+
+    async def body(client: httpx.AsyncClient) -> str:
+        h = auth("acme")
+        rid = await open_request(client, "acme")
+        grant = (
+            await client.post(
+                f"{BASE}/{rid}/begin", json={"agent": "intake", "input_tokens": 300}, headers=h
+            )
+        ).json()
+        await client.post(
+            f"{BASE}/{rid}/finish",
+            json={
+                "grant_id": grant["grant_id"],
+                "agent": "intake",
+                "input_tokens": 300,
+                "output_tokens": 40,
+            },
+            headers=h,
+        )
+        await client.post(f"{BASE}/{rid}/close", headers=h)
+        return rid
+
+    rid = run(Gateway(config), body)
+    assert flush(60)
+    stored = open_database(url).load().requests
+    assert list(stored) == [f"acme/{rid}"]  # the operator's telemetry names the tenant
+    assert stored[f"acme/{rid}"].consumed == 340 and stored[f"acme/{rid}"].status == "closed"
+
+
+def test_the_app_mounts_in_another_asgi_app() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    outer = Starlette(routes=[Mount("/budgets", app=create_app())])
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=outer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
+            opened = await client.post("/budgets/v1/budget/requests", content=b'{"ceiling": 700}')
+            assert opened.status_code == 201, opened.text
+            rid = opened.json()["request_id"]
+            shown = await client.get(f"/budgets/v1/budget/requests/{rid}")
+            assert shown.json()["ceiling"] == 700
+            assert (await client.get("/budgets/docs")).status_code == 200
+
+    asyncio.run(main())

@@ -52,6 +52,9 @@ def test_a_full_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert config.tenants["globex"].key_hashes == {hash_key("k-one-1234"), hash_key("k-two-5678")}
     assert config.upstreams[0].api_key == "sk-provider-secret"
     assert config.upstreams[1].pass_through_key
+    assert config.upstream_for("gpt-4o") is config.upstreams[0]
+    assert config.upstream_for("claude-3") is config.upstreams[1]
+    assert ServeConfig.default().upstream_for("gpt-4o") is None
     shown = repr(config)
     for secret in ("sk-provider-secret", "hunter2", "sk-acme-1234567", "k-one-1234"):
         assert secret not in shown

@@ -17,10 +17,12 @@ from redis_server import RedisServer
 
 from apportion.serve import Gateway, ServeConfig, create_app
 from conftest import (
+    KEYS,
     LiveServer,
     auth,
     cli_env,
     free_port,
+    output,
     start_cli,
     stop,
     wait_ready,
@@ -169,8 +171,7 @@ def test_apportion_serve_with_no_config_starts_and_answers() -> None:
         assert docs.status_code == 200 and "/v1/budget/requests" in docs.text
     finally:
         stop(process)
-    out = process.stdout.read().decode() if process.stdout else ""
-    assert "apportion gateway on" in out
+    assert "apportion gateway on" in output(process)
 
 
 def test_several_workers_on_the_memory_store_are_refused() -> None:
@@ -245,3 +246,124 @@ def test_the_readme_curl_example_runs_as_written() -> None:
     assert grant["agent"] == "reasoner" and grant["context_tokens"] == 7900
     assert settled["summary"]["consumed"] == 7900 + 1312
     assert closed["status"] == "closed" and closed["consumed"] == 7900 + 1312
+
+
+def test_schemathesis_fuzzes_the_running_gateway(tmp_path: Path) -> None:
+    """The ``st`` command against a live server: every phase, no 5xx, no answer off schema."""
+    st = Path(sys.executable).with_name("st")
+    if not st.exists():
+        pytest.skip("schemathesis's st command is not installed beside this Python")
+    port = free_port()
+    process = start_cli("--config", str(write_config(tmp_path)), port=port)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process)
+        done = subprocess.run(
+            [
+                str(st),
+                "run",
+                f"http://127.0.0.1:{port}/openapi.json",
+                "--max-examples",
+                "10",
+                "--seed",
+                "1",
+                "--header",
+                f"Authorization: Bearer {KEYS['acme']}",
+                "--exclude-checks",
+                "positive_data_acceptance",
+            ],
+            capture_output=True,
+            timeout=600,
+        )
+    finally:
+        stop(process)
+    out = done.stdout.decode()
+    assert done.returncode == 0, out[-3000:]
+    assert "Stateful" in out and " passed" in out
+
+
+def test_an_unreachable_store_is_a_503_and_nothing_is_lost(tmp_path: Path) -> None:
+    server = RedisServer(fsync="always")
+    server.start()
+    try:
+        config = ServeConfig.from_yaml(write_config(tmp_path, store=server.url))
+        with (
+            LiveServer(create_app(Gateway(config))) as live,
+            httpx.Client(base_url=live.url) as client,
+        ):
+            h = auth("acme")
+            rid = client.post(BASE, json={"ceiling": 5000}, headers=h).json()["request_id"]
+            g = client.post(
+                f"{BASE}/{rid}/begin", json={"agent": "intake", "input_tokens": 100}, headers=h
+            ).json()
+            server.stop()
+            finish = {
+                "grant_id": g["grant_id"],
+                "agent": "intake",
+                "input_tokens": 100,
+                "output_tokens": 10,
+            }
+            keyed = {**h, "Idempotency-Key": "while-down"}
+            down = client.post(f"{BASE}/{rid}/finish", json=finish, headers=keyed)
+            assert down.status_code == 503, down.text
+            error = down.json()["error"]
+            assert error["code"] == "store_unavailable" and "url" in error
+            assert client.get("/readyz").status_code == 503
+            server.start()
+            again = client.post(f"{BASE}/{rid}/finish", json=finish, headers=keyed)
+            assert again.status_code == 200, again.text  # the 503 was not kept: it ran
+            assert again.json()["summary"]["consumed"] == 110
+            assert client.get("/readyz").status_code == 200
+    finally:
+        server.cleanup()
+
+
+def test_ceilings_hold_across_two_replicas_under_concurrent_calls(redis_config: Path) -> None:
+    ports = [free_port(), free_port()]
+    processes = [start_cli("--config", str(redis_config), port=p) for p in ports]
+    try:
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        for url, process in zip(urls, processes, strict=True):
+            wait_ready(url, process)
+        h = auth("acme")
+        rid = httpx.post(f"{urls[0]}{BASE}", json={"ceiling": 6000}, headers=h).json()["request_id"]
+
+        def agent(index: int) -> tuple[int, int]:
+            granted = refused = 0
+            with httpx.Client(base_url=urls[index % 2], timeout=60) as client:
+                for _ in range(12):
+                    answer = client.post(
+                        f"{BASE}/{rid}/begin",
+                        json={"agent": "retriever", "input_tokens": 150, "output_tokens": 150},
+                        headers=h,
+                    )
+                    if answer.status_code != 200:
+                        assert answer.json()["error"]["code"] == "budget_exceeded", answer.text
+                        refused += 1
+                        continue
+                    g = answer.json()
+                    done = client.post(
+                        f"{BASE}/{rid}/finish",
+                        json={
+                            "grant_id": g["grant_id"],
+                            "agent": "retriever",
+                            "input_tokens": g["context_tokens"],
+                            "output_tokens": g["output_tokens"] + 5,
+                        },  # a little over-use
+                        headers=h,
+                    )
+                    assert done.status_code == 200, done.text
+                    granted += 1
+            return granted, refused
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(agent, range(8)))
+        summary = httpx.get(f"{urls[1]}{BASE}/{rid}", headers=h).json()
+        assert sum(g for g, _ in results) > 0 and sum(r for _, r in results) > 0
+        assert summary["consumed"] <= summary["ceiling"] == 6000
+        assert summary["consumed"] + summary["reserved"] + summary["free"] == 6000
+        assert summary["reserved"] == 0
+    finally:
+        for process in processes:
+            stop(process)

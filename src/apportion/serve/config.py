@@ -95,6 +95,11 @@ _UPSTREAM_KEYS: Final = frozenset(
 )
 
 
+def ranked(pipeline: Pipeline) -> frozenset[str]:
+    """The agent names a request of ``pipeline`` has in its ledger (its ``ranks``)."""
+    return frozenset(agent.name for agent in pipeline.agents)
+
+
 def hash_key(key: str) -> str:
     """The SHA-256 hex digest a tenant's API key is kept as."""
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
@@ -204,6 +209,13 @@ class ServeConfig:
     def shared_store(self) -> bool:
         """Whether the store is shared between processes (every scheme but ``memory``)."""
         return not self.store.startswith("memory:")
+
+    def upstream_for(self, model: str) -> UpstreamConfig | None:
+        """The first upstream whose ``prefix`` starts ``model`` (``None``: none does)."""
+        for upstream in self.upstreams:
+            if model.startswith(upstream.prefix):
+                return upstream
+        return None
 
     @property
     def open_mode(self) -> bool:
@@ -378,6 +390,7 @@ def _pipelines(data: YamlMap, node: object, base: Path) -> dict[str, PipelineCon
     if not isinstance(node, YamlMap) or not node:
         data.fail("pipelines", "a mapping of pipeline names to {path: FILE, ...}")
     result: dict[str, PipelineConfig] = {}
+    by_agents: dict[frozenset[str], str] = {}
     for name, entry in node.items():
         _check_name(node, name, "pipeline")
         if not isinstance(entry, YamlMap):
@@ -396,6 +409,13 @@ def _pipelines(data: YamlMap, node: object, base: Path) -> dict[str, PipelineCon
             from apportion.sim.workload import load_workload
 
             pipeline = pipeline_of(load_workload(source))
+        same = by_agents.setdefault(ranked(pipeline), name)
+        if same != name:
+            node.fail(
+                name,
+                f"its agents are those of pipeline {same!r}: the gateway tells a request's "
+                "pipeline by its agents, so two pipelines need different agent names",
+            )
         options: dict[str, Any] = {}
         if "policy" in entry:
             from apportion.policies import resolve_policy

@@ -32,7 +32,7 @@ from apportion.errors import (
 )
 from apportion.ledger import Grant, check_outcome
 from apportion.reaper import Reaper
-from apportion.serve.config import OPEN_TENANT, ServeConfig, hash_key
+from apportion.serve.config import OPEN_TENANT, ServeConfig, hash_key, ranked
 from apportion.serve.errors import (
     AuthenticationFailed,
     IdempotencyInProgress,
@@ -107,7 +107,7 @@ class Gateway:
         }
         self._by_agents: dict[frozenset[str], str] = {}
         for name, entry in self.config.pipelines.items():
-            self._by_agents.setdefault(frozenset(entry.pipeline.names), name)
+            self._by_agents.setdefault(ranked(entry.pipeline), name)
         self._keys: dict[str, Tenant] = {
             digest: Tenant(t.name, t.admin)
             for t in self.config.tenants.values()
@@ -219,6 +219,15 @@ class Gateway:
             DuplicateRequest, BudgetExceeded (and subclasses), StoreUnavailable.
         """
         if parent is not None:
+            for field, value in (
+                ("pool", pool),
+                ("request_id", request_id),
+                ("cost_ceiling", cost_ceiling),
+            ):
+                if value is not None:
+                    raise InvalidArgument(field, value, "a child draws from its parent: omit it")
+            if pool_priority != "standard":
+                raise InvalidArgument("pool_priority", pool_priority, "a child has no pool")
             if pipeline is not None:
                 self.controller(pipeline)  # an unknown name is refused all the same
             mother = await self.request(tenant, parent)
@@ -231,6 +240,11 @@ class Gateway:
             )
             await kid.open()
             return kid
+        for field, value in (("name", name), ("share", share)):
+            if value is not None:
+                raise InvalidArgument(field, value, "only a child has it: give parent too")
+        if priority != "standard":
+            raise InvalidArgument("priority", priority, "a child's class: give parent too")
         pipeline_name, controller = self.controller(pipeline)
         entry = self.config.pipelines[pipeline_name]
         if request_id is None:
@@ -342,8 +356,9 @@ class Gateway:
         tenant: Tenant,
         key: str | None,
         op_name: str,
-        fingerprint: str,
         fn: Callable[[], Awaitable[Outcome]],
+        *,
+        fingerprint: str | None = None,
     ) -> Outcome:
         """Run ``fn`` once per ``(tenant, key)``; a retry gets the first outcome.
 
@@ -356,9 +371,10 @@ class Gateway:
             tenant: the caller (keys are per tenant).
             key: the ``Idempotency-Key`` header, or ``None``.
             op_name: the operation (``begin``, ``finish`` ...), recorded with the key.
-            fingerprint: what identifies the call (method, path and body): the same key
-                with another fingerprint is refused.
             fn: the operation.
+            fingerprint: what identifies the call (the HTTP routes pass a digest of method,
+                path and body): the same key with another fingerprint is refused. Default:
+                ``op_name`` alone.
 
         Raises:
             InvalidArgument: a malformed key (1 to 255 printable ASCII characters).
@@ -371,6 +387,8 @@ class Gateway:
             raise InvalidArgument(
                 "Idempotency-Key", key, "1 to 255 printable ASCII characters, no spaces"
             )
+        if fingerprint is None:
+            fingerprint = op_name
         record = f"{tenant.name}:{hashlib.sha256(key.encode()).hexdigest()}"
         ttl = self.config.request_ttl
         claim = await self.records.claim(record, fingerprint, op_name, ttl)

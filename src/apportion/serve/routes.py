@@ -83,7 +83,8 @@ def install_errors(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> Any:
         assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        code = codes.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail), "path": request.url.path}}
         return _error(exc.status_code, body, dict(exc.headers or {}))
 
@@ -118,7 +119,8 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers = list(scope.get("headers", ()))
-        if scope.get("path", "").startswith("/v1/budget"):
+        path = scope.get("path", "").removeprefix(scope.get("root_path", ""))  # when mounted
+        if path.startswith("/v1/budget"):
             kinds = [v for n, v in headers if n == b"content-type"]
             if not kinds or kinds[0].startswith(b"application/x-www-form-urlencoded"):
                 # the budget API speaks JSON only: `curl -d '{...}'` means JSON too
@@ -143,7 +145,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    raise _TooLarge(self.limit)
             return message
 
         async def watched(message: Any) -> None:
@@ -178,8 +180,11 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": data})
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """A body that grew past the limit as it streamed (FastAPI passes HTTP errors on)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the body is larger than {limit} bytes")
 
 
 # ---------------------------------------------------------------------- the budget API
@@ -225,13 +230,20 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
     """Add ``/healthz``, ``/readyz`` and the budget API to ``app``."""
     bearer = HTTPBearer(auto_error=False, description="A tenant's API key")
 
-    async def tenant_of(
+    async def keyed_tenant(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> Tenant:
         tenant = gateway.authenticate(request.headers)
         request.state.tenant = tenant
         return tenant
+
+    async def open_tenant(request: Request) -> Tenant:  # no tenants: no key, none in the schema
+        tenant = gateway.authenticate(request.headers)
+        request.state.tenant = tenant
+        return tenant
+
+    tenant_of = open_tenant if gateway.config.open_mode else keyed_tenant
 
     async def run(
         request: Request,
@@ -246,7 +258,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         )
         fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
         key = request.headers.get("idempotency-key")
-        outcome = await gateway.idempotent(tenant, key, op_name, fingerprint, fn)
+        outcome = await gateway.idempotent(tenant, key, op_name, fn, fingerprint=fingerprint)
         return Response(outcome.body, status_code=outcome.status, media_type=JSON)
 
     errors = s.error_responses
@@ -503,15 +515,32 @@ def _request_json(req: AsyncRequest, tenant: Tenant) -> dict[str, Any]:
         "request_id": req.request_id.removeprefix(tenant.prefix),
         "parent_id": None if req.parent_id is None else req.parent_id.removeprefix(tenant.prefix),
         "ceiling": req.ceiling,
-        "cost_ceiling": summary.get("cost_ceiling"),
+        "cost_ceiling": summary.get("ceiling_usd"),
         "summary": _public(summary, tenant.prefix),
     }
 
 
 def _settled_json(req: AsyncRequest, grant: Grant, tenant: Tenant) -> dict[str, Any]:
+    """The settled grant and the request's totals after (read from its state: no summary)."""
+    state = req.state
+    stored = req.pipeline.resolve(grant.agent).name
     return {
         "request_id": req.request_id.removeprefix(tenant.prefix),
         "grant_id": grant.grant_id,
         "agent": grant.agent,
-        "summary": _public(req.summary().to_dict(), tenant.prefix),
+        "summary": {
+            "request_id": req.request_id.removeprefix(tenant.prefix),
+            "status": state.status,
+            "ceiling": state.ceiling,
+            "consumed": state.consumed,
+            "reserved": state.reserved,
+            "free": state.free,
+            "overflow": state.overflow,
+            "agent": {
+                "consumed": state.consumed_by[stored],
+                "reserved": state.reserved_by[stored],
+                "overuse": state.overuse_by[stored],
+                "available": state.available_for(stored),
+            },
+        },
     }

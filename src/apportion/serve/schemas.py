@@ -188,13 +188,35 @@ class RequestOut(BaseModel):
     summary: SummaryOut
 
 
+class AgentTotals(BaseModel):
+    """The settled grant's agent after it: tokens consumed, held, over-used, available."""
+
+    consumed: int
+    reserved: int
+    overuse: int
+    available: int
+
+
+class Totals(BaseModel):
+    """A request's totals (the full summary: ``GET /v1/budget/requests/{id}``)."""
+
+    request_id: str
+    status: str
+    ceiling: int
+    consumed: int
+    reserved: int
+    free: int
+    overflow: int
+    agent: AgentTotals
+
+
 class SettledOut(BaseModel):
-    """A settled grant and the request's summary after."""
+    """A settled grant and the request's totals after."""
 
     request_id: str
     grant_id: int
     agent: str
-    summary: SummaryOut
+    summary: Totals
 
 
 class ScoreOut(BaseModel):
