@@ -6,7 +6,7 @@ import pytest
 
 from apportion import InvalidArgument
 from apportion.errors import BudgetExceeded, ChildBudgetExceeded, PoolExhausted
-from apportion.serve.config import UpstreamConfig
+from apportion.serve.config import ServeConfig, UpstreamConfig
 from apportion.serve.forward import (
     DEFAULT_UPSTREAM,
     read_body,
@@ -23,13 +23,17 @@ UPSTREAMS = (
 )
 
 
+def config(*upstreams: UpstreamConfig) -> ServeConfig:
+    return ServeConfig(ServeConfig.default().pipelines, upstreams=upstreams)
+
+
 def test_the_first_upstream_whose_prefix_matches_serves_the_model():
-    assert upstream_for(UPSTREAMS, "gpt-4o-mini").name == "openai"
-    assert upstream_for(UPSTREAMS, "claude-3").name == "claude"
-    assert upstream_for(UPSTREAMS, "llama").name == "rest"
-    assert upstream_for((), "anything") is DEFAULT_UPSTREAM
+    assert upstream_for(config(*UPSTREAMS), "gpt-4o-mini").name == "openai"
+    assert upstream_for(config(*UPSTREAMS), "claude-3").name == "claude"
+    assert upstream_for(config(*UPSTREAMS), "llama").name == "rest"
+    assert upstream_for(config(), "anything") is DEFAULT_UPSTREAM
     with pytest.raises(InvalidArgument) as caught:
-        upstream_for(UPSTREAMS[:2], "llama")
+        upstream_for(config(*UPSTREAMS[:2]), "llama")
     assert caught.value.argument == "model"
 
 

@@ -22,7 +22,7 @@ The proxy (:mod:`apportion.serve.proxy`) reads the HTTP request; this module doe
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 from apportion.errors import ApportionError, InvalidArgument, NoTokenizer, UnknownModel
 from apportion.integrations.chat import CallReport, report_of
 from apportion.integrations.litellm import cost, import_litellm
-from apportion.serve.config import UpstreamConfig
+from apportion.serve.config import ServeConfig, UpstreamConfig
 from apportion.tokens import counter_for
 
 CHAT = "chat"
@@ -49,19 +49,23 @@ DEFAULT_UPSTREAM = UpstreamConfig("default")
 """Where calls go when the config names no upstream: LiteLLM's own route for the model."""
 
 
-def upstream_for(upstreams: Sequence[UpstreamConfig], model: str) -> UpstreamConfig:
-    """The first upstream whose ``prefix`` the model starts with (none configured: LiteLLM's).
+def upstream_for(config: ServeConfig, model: str) -> UpstreamConfig:
+    """The upstream that serves ``model``; LiteLLM's own route when the config names none.
+
+    The first whose ``prefix`` starts the model (:meth:`ServeConfig.upstream_for`).
 
     Raises:
         InvalidArgument: upstreams are configured and none serves the model (names the
             ``model`` field).
     """
-    if not upstreams:
+    if not config.upstreams:
         return DEFAULT_UPSTREAM
-    for upstream in upstreams:
-        if model.startswith(upstream.prefix):
-            return upstream
-    raise InvalidArgument("model", model, "no upstream provider of the gateway serves this model")
+    found = config.upstream_for(model)
+    if found is None:
+        raise InvalidArgument(
+            "model", model, "no upstream provider of the gateway serves this model"
+        )
+    return found
 
 
 @dataclass

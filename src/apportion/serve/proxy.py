@@ -300,7 +300,7 @@ class Proxy:
                 data["error"]["code"] = "body_too_large"  # as the gateway's body limit says
                 return Answer(413, {}, _json(data))
             body = forward.read_body(protocol, raw)
-            upstream = forward.upstream_for(self.upstreams, body.model)
+            upstream = forward.upstream_for(self.gateway.config, body.model)
             key = (
                 caller_key(headers, self.gateway.config.open_mode)
                 if upstream.pass_through_key
@@ -360,7 +360,7 @@ class Proxy:
 
         try:
             outcome = await self.gateway.idempotent(
-                tenant, headers[IDEMPOTENCY], f"proxy:{protocol}", fingerprint, run
+                tenant, headers[IDEMPOTENCY], f"proxy:{protocol}", run, fingerprint=fingerprint
             )
         except UpstreamFailed as failed:
             return failed.answer
