@@ -30,6 +30,8 @@ from apportion.testing.openai_server import OpenAIServer
 MODEL = "gpt-4o-mini"
 KEY = "sk-upstream-secret-0123456789"
 SIGNING_KEY = "signing-key-for-tests-0123456789"
+SENDER = {"direct": False}
+"""Whether the proxy apps made here send through the OpenAI SDK (else LiteLLM)."""
 TENANT_KEYS = {"acme": "key-acme-0123456789", "globex": "key-globex-0123456789"}
 ACME = Tenant("acme")
 PIPELINE = Pipeline(
@@ -77,7 +79,8 @@ def proxy_app(
     server: OpenAIServer, policy: str | Policy = "elastic", **options: Any
 ) -> tuple[Any, Gateway]:
     """The gateway's app with the proxy's routes over ``server``, and the gateway."""
-    mine = {k: options.pop(k) for k in ("pass_ttl",) if k in options}
+    mine = {k: options.pop(k) for k in ("pass_ttl", "direct") if k in options}
+    mine.setdefault("direct", SENDER["direct"])
     if options.get("clock") is not None:
         mine["clock"] = options["clock"]
     gateway = gateway_for(server, policy, **options)

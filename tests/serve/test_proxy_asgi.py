@@ -10,6 +10,7 @@ import asyncio
 import json
 from typing import Any
 
+import proxy_helpers
 import pytest
 from proxy_helpers import (
     ACME,
@@ -29,6 +30,13 @@ from policy_helpers import FixedPolicy, NoMore
 
 QUESTION = [{"role": "user", "content": "Count for me, please."}]
 EIGHT = "one two three four five six seven eight"
+
+
+@pytest.fixture(autouse=True, params=["litellm", "direct"])
+def sender(request, monkeypatch):
+    """Every test runs with both senders: LiteLLM (the default) and the OpenAI SDK."""
+    monkeypatch.setitem(proxy_helpers.SENDER, "direct", request.param == "direct")
+    return request.param
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openai
+import proxy_helpers
 import pytest
 from proxy_helpers import (
     ACME,
@@ -28,6 +29,13 @@ from policy_helpers import FixedPolicy, NoMore
 
 EIGHT = "one two three four five six seven eight"
 QUESTION = [{"role": "user", "content": "Count for me, please."}]
+
+
+@pytest.fixture(autouse=True, params=["litellm", "direct"])
+def sender(request, monkeypatch):
+    """Every test runs with both senders: LiteLLM (the default) and the OpenAI SDK."""
+    monkeypatch.setitem(proxy_helpers.SENDER, "direct", request.param == "direct")
+    return request.param
 
 
 @pytest.fixture

@@ -21,13 +21,22 @@ The proxy (:mod:`apportion.serve.proxy`) reads the HTTP request; this module doe
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from apportion.errors import ApportionError, InvalidArgument, NoTokenizer, UnknownModel
+from apportion.errors import (
+    ApportionError,
+    InvalidArgument,
+    MissingExtra,
+    NoTokenizer,
+    UnknownModel,
+)
 from apportion.integrations.chat import CallReport, report_of
 from apportion.integrations.litellm import cost, import_litellm
 from apportion.serve.config import ServeConfig, UpstreamConfig
@@ -147,6 +156,67 @@ def sender(
     return send
 
 
+_SDK_CLIENTS: weakref.WeakKeyDictionary[Any, dict[tuple[str | None, str | None], Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def direct_sender(
+    protocol: str, upstream: UpstreamConfig, key: str | None
+) -> Callable[..., Awaitable[Any]]:
+    """The engine's ``send`` through the OpenAI SDK, for an upstream speaking OpenAI's protocol.
+
+    The same call as :func:`sender` without LiteLLM's translation layer (about half the
+    CPU per call): for OpenAI itself, or a server of the same protocol at ``api_base``
+    (vLLM, a local model server, a fake upstream). The model sent is the upstream's
+    ``model`` (its ``openai/`` prefix taken off) or the client's; a parameter the SDK does
+    not name goes in ``extra_body``, as the client sent it. One client per event loop.
+
+    Raises:
+        MissingExtra: the ``openai`` package is not installed.
+    """
+    try:
+        import openai
+    except ImportError as error:
+        raise MissingExtra("openai", "openai") from error
+    model = upstream.model.removeprefix("openai/") if upstream.model else None
+    place = (upstream.api_base, key)
+
+    def client() -> Any:
+        loop = asyncio.get_running_loop()
+        clients = _SDK_CLIENTS.setdefault(loop, {})
+        made = clients.get(place)
+        if made is None:
+            made = clients[place] = openai.AsyncOpenAI(
+                base_url=upstream.api_base, api_key=key or "unset", max_retries=0
+            )
+        return made
+
+    async def send(**params: Any) -> Any:
+        sdk = client()
+        create = sdk.chat.completions.create if protocol == CHAT else sdk.responses.create
+        if model is not None:
+            params["model"] = model
+        named = _named(protocol, create)
+        extra = {k: params.pop(k) for k in list(params) if k not in named}
+        if extra:
+            params["extra_body"] = {**dict(params.get("extra_body") or {}), **extra}
+        return await create(**params)
+
+    return send
+
+
+_NAMED: dict[str, frozenset[str]] = {}
+
+
+def _named(protocol: str, create: Any) -> frozenset[str]:
+    """The parameters the SDK's ``create`` names (read once per protocol)."""
+    named = _NAMED.get(protocol)
+    if named is None:
+        named = _NAMED[protocol] = frozenset(inspect.signature(create).parameters)
+    return named
+
+
 def warm(models: Iterable[str] = ("gpt-4o-mini",)) -> None:
     """Import LiteLLM and load the models' tokenizers now, not on the first call.
 
@@ -194,6 +264,8 @@ def dump(obj: Any) -> Any:
         return dict(obj)
     model_dump = getattr(obj, "model_dump", None)
     if callable(model_dump):
+        if type(obj).__module__.startswith("openai."):  # the SDK's: the fields it was sent
+            return model_dump(mode="json", exclude_unset=True, warnings=False)
         return model_dump(mode="json", exclude_none=True, warnings=False)
     to_dict = getattr(obj, "to_dict", None)
     if callable(to_dict):

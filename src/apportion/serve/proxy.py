@@ -267,6 +267,9 @@ class Proxy:
             ``gateway.clock`` if it has one, else ``time.time``).
         pass_ttl: seconds a budget token stays redeemable (default: the config's
             ``budget_token_ttl`` if it has one, else :data:`~apportion.serve.passes.DEFAULT_TTL`).
+        direct: send through the OpenAI SDK instead of LiteLLM
+            (:func:`~apportion.serve.forward.direct_sender`): for upstreams that speak
+            OpenAI's protocol, at about half the CPU per call.
     """
 
     def __init__(
@@ -275,6 +278,7 @@ class Proxy:
         *,
         clock: Callable[[], float] | None = None,
         pass_ttl: float | None = None,
+        direct: bool = False,
     ) -> None:
         self.gateway = gateway
         config = gateway.config
@@ -285,6 +289,7 @@ class Proxy:
         self.clock: Callable[[], float] = clock or getattr(gateway, "clock", None) or time.time
         ttl = pass_ttl if pass_ttl is not None else getattr(config, "budget_token_ttl", None)
         self.pass_ttl = float(ttl) if ttl is not None else DEFAULT_TTL
+        self.sender = forward.direct_sender if direct else forward.sender
 
     def _secrets(self, key: str | None = None) -> list[str | None]:
         return [*(u.api_key for u in self.upstreams), key]
@@ -306,7 +311,7 @@ class Proxy:
                 if upstream.pass_through_key
                 else upstream.api_key
             )
-            send = forward.sender(protocol, upstream, key)
+            send = self.sender(protocol, upstream, key)
             if not any(name in headers for name in BUDGET_HEADERS):
                 if self.unbudgeted != PASS:
                     raise MissingBudgetHeaders()
