@@ -268,8 +268,9 @@ class Proxy:
         pass_ttl: seconds a budget token stays redeemable (default: the config's
             ``budget_token_ttl`` if it has one, else :data:`~apportion.serve.passes.DEFAULT_TTL`).
         direct: send through the OpenAI SDK instead of LiteLLM
-            (:func:`~apportion.serve.forward.direct_sender`): for upstreams that speak
-            OpenAI's protocol, at about half the CPU per call.
+            (:func:`~apportion.serve.forward.direct_sender`), for every upstream (an
+            upstream whose config says ``direct: true`` is sent so anyway): for upstreams
+            that speak OpenAI's protocol, at about half the CPU per call.
     """
 
     def __init__(
@@ -289,7 +290,7 @@ class Proxy:
         self.clock: Callable[[], float] = clock or getattr(gateway, "clock", None) or time.time
         ttl = pass_ttl if pass_ttl is not None else getattr(config, "budget_token_ttl", None)
         self.pass_ttl = float(ttl) if ttl is not None else DEFAULT_TTL
-        self.sender = forward.direct_sender if direct else forward.sender
+        self.direct = direct
 
     def _secrets(self, key: str | None = None) -> list[str | None]:
         return [*(u.api_key for u in self.upstreams), key]
@@ -311,7 +312,8 @@ class Proxy:
                 if upstream.pass_through_key
                 else upstream.api_key
             )
-            send = self.sender(protocol, upstream, key)
+            direct = self.direct or getattr(upstream, "direct", False) is True
+            send = (forward.direct_sender if direct else forward.sender)(protocol, upstream, key)
             if not any(name in headers for name in BUDGET_HEADERS):
                 if self.unbudgeted != PASS:
                     raise MissingBudgetHeaders()
