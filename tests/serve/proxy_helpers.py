@@ -56,6 +56,7 @@ def gateway_for(
     clock: Any = None,
     unbudgeted: str = "reject",
     max_body_bytes: int = 10 * 1024 * 1024,
+    upstream_model: str | None = None,
 ) -> Gateway:
     """A gateway of tenants ``acme`` and ``globex`` over ``server`` (one pipeline)."""
     entry = PipelineConfig("team", PIPELINE, "<tests>", policy=policy)  # type: ignore[arg-type]
@@ -65,7 +66,11 @@ def gateway_for(
             name: TenantConfig(name, frozenset({hash_key(key)}))
             for name, key in TENANT_KEYS.items()
         },
-        upstreams=(UpstreamConfig("local", prefix="gpt-", api_base=server.url, api_key=KEY),),
+        upstreams=(
+            UpstreamConfig(
+                "local", prefix="gpt-", model=upstream_model, api_base=server.url, api_key=KEY
+            ),
+        ),
         unbudgeted=unbudgeted,  # type: ignore[arg-type]
         max_body_bytes=max_body_bytes,
         signing_key=SIGNING_KEY.encode(),

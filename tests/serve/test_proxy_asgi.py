@@ -652,3 +652,13 @@ def test_bad_opening_headers_are_refused(server, more, status, code):
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
     assert server.requests == []
+
+
+def test_an_upstream_model_of_the_config_is_sent_counted_and_priced(server):
+    app, gateway = proxy_app(server, FixedPolicy(output=20), upstream_model="openai/gpt-4o-mini")
+    headers = budget_headers("aliased", "writer", 2_000)
+    response = run(post(app, "/v1/chat/completions", chat(model="gpt-house"), headers))
+    assert response.status_code == 200, response.text
+    assert server.requests[-1]["model"] == "gpt-4o-mini"
+    after = run(summary(gateway, "aliased"))
+    assert after.consumed == billed(server) and after.cost_usd > 0  # priced as the real model

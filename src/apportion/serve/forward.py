@@ -86,12 +86,15 @@ class Body:
         model: the model asked for.
         messages: ``messages`` (chat) or ``input`` (responses).
         params: every other field, passed on (``stream``, ``max_tokens``, ``tools`` ...).
+        upstream_model: the model the upstream is sent instead (its config's ``model``),
+            which the call is then counted and priced as.
     """
 
     protocol: str
     model: str
     messages: Any
     params: dict[str, Any]
+    upstream_model: str | None = None
 
     @property
     def stream(self) -> bool:
@@ -246,13 +249,14 @@ async def budgeted(areq: Any, agent: str, body: Body, send: Callable[..., Awaita
         ApportionError: refused (``BudgetExceeded`` ...) or bad input; nothing reserved.
         Exception: the upstream's error, once the grant is released (or settled).
     """
+    model = body.upstream_model or body.model
     return await areq.call(
         agent,
         body.messages,
         send=send,
-        model=body.model,
+        model=model,
         protocol=body.protocol,
-        counter=counter(body.model),
+        counter=counter(model),
         cost=cost,
         **body.params,
     )

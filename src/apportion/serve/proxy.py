@@ -307,6 +307,7 @@ class Proxy:
                 return Answer(413, {}, _json(data))
             body = forward.read_body(protocol, raw)
             upstream = forward.upstream_for(self.gateway.config, body.model)
+            body.upstream_model = upstream.model
             key = (
                 caller_key(headers, self.gateway.config.open_mode)
                 if upstream.pass_through_key
