@@ -522,17 +522,17 @@ class Proxy:
     def _pass(self, budget: Budget) -> dict[str, str]:
         """The ``Apportion-Budget-Token`` header: the request's remaining budget, signed."""
         try:
-            summary = budget.request.summary()
+            state = budget.request.state
         except Exception:
             return {}
         usd = None
-        if summary.ceiling_usd is not None:
-            usd = max(0.0, summary.ceiling_usd - summary.cost_usd)
+        if state.cost_ceiling is not None:  # nano-USD in the ledger
+            usd = max(0.0, (state.cost_ceiling - state.cost_consumed) / 1e9)
         token = issue(
             self.signing_key,
             request_id=budget.request_id,
             tenant=budget.tenant.name,
-            tokens=max(0, int(summary.free)),
+            tokens=max(0, int(state.free)),
             usd=usd,
             now=self.clock(),
             ttl=self.pass_ttl,
