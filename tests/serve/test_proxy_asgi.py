@@ -662,3 +662,23 @@ def test_an_upstream_model_of_the_config_is_sent_counted_and_priced(server):
     assert server.requests[-1]["model"] == "gpt-4o-mini"
     after = run(summary(gateway, "aliased"))
     assert after.consumed == billed(server) and after.cost_usd > 0  # priced as the real model
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_cut_responses_answer_is_extended(server, stream):
+    server.default = Reply(words(30))
+    app, gateway = proxy_app(server, FixedPolicy(output=16, extra=16))
+    body = {"model": MODEL, "input": "Count, please.", "stream": stream}
+    response = run(post(app, "/v1/responses", body, budget_headers("cut-r", "writer", 2_000)))
+    assert response.status_code == 200, response.text
+    assert [r["max_output_tokens"] for r in server.requests] == [16, 16]
+    assert server.requests[1].get("previous_response_id")  # chained to the cut answer
+    if stream:
+        events = sse_events(response.text)
+        final = json.loads(next(d for e, d in events if e == "response.completed"))["response"]
+    else:
+        final = response.json()
+    assert final["output"][0]["content"][0]["text"] == words(30)
+    assert final["status"] == "completed"
+    after = run(summary(gateway, "cut-r"))
+    assert after.consumed == billed(server) and after.reserved == 0
