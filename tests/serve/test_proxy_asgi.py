@@ -682,3 +682,27 @@ def test_a_cut_responses_answer_is_extended(server, stream):
     assert final["status"] == "completed"
     after = run(summary(gateway, "cut-r"))
     assert after.consumed == billed(server) and after.reserved == 0
+
+
+def test_tool_calls_pass_through(server):
+    server.queue(Reply(tool_calls=(("lookup", '{"q": "x"}'),)))
+    app, gateway = proxy_app(server, FixedPolicy(output=40))
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
+    response = run(
+        post(app, "/v1/chat/completions", chat(tools=tools), budget_headers("t", "writer", 900))
+    )
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    call = choice["message"]["tool_calls"][0]
+    assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == (
+        "lookup",
+        {"q": "x"},
+    )
+    assert server.requests[0]["tools"] == tools
+    assert run(summary(gateway, "t")).consumed == billed(server)
