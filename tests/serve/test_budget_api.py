@@ -444,7 +444,7 @@ def test_open_mode_needs_no_key() -> None:
 def test_a_pooled_request_and_a_cost_ceiling(gateway: Gateway) -> None:
     from apportion.pools import Pool
 
-    gateway.store.define_pool(Pool("team", 5000, math.inf))
+    gateway.store.define_pool(Pool("acme/team", 5000, math.inf))  # pools are per tenant
 
     async def body(client: httpx.AsyncClient) -> None:
         h = auth("acme")
@@ -453,6 +453,11 @@ def test_a_pooled_request_and_a_cost_ceiling(gateway: Gateway) -> None:
         over = await client.post(BASE, json={"ceiling": 4000, "pool": "team"}, headers=h)
         error = check_error(over, 429, "pool_exhausted")
         assert error["pool"] == "team" and error["available"] == 1000
+        assert "acme" not in over.text
+        other = await client.post(
+            BASE, json={"ceiling": 10, "pool": "team"}, headers=auth("globex")
+        )
+        assert check_error(other, 404, "unknown_pool")["pool"] == "team"  # not globex's pool
         priced = await client.post(BASE, json={"ceiling": 4000, "cost_ceiling": 2.5}, headers=h)
         assert priced.status_code == 201, priced.text
         assert priced.json()["cost_ceiling"] == 2.5

@@ -12,7 +12,7 @@ extra, ``pip install "apportion[serve]"``). The pieces:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from apportion.serve.config import ServeConfig
 from apportion.serve.gateway import Gateway, Tenant
@@ -28,7 +28,3 @@ def create_app(config_or_gateway: ServeConfig | Gateway | None = None) -> FastAP
     from apportion.serve.app import create_app as make
 
     return make(config_or_gateway)
-
-
-def __getattr__(name: str) -> Any:
-    raise AttributeError(f"module 'apportion.serve' has no attribute {name!r}")

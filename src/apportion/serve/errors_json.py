@@ -66,7 +66,7 @@ CODES: Final[dict[type[e.ApportionError], tuple[str, int]]] = {
 }
 """Error class -> (stable code, HTTP status)."""
 
-_IDS: Final = ("request_id", "parent_id", "grant_request_id")
+_IDS: Final = ("request_id", "parent_id", "grant_request_id", "pool")
 
 
 def code_of(error: e.ApportionError) -> tuple[str, int]:
@@ -105,5 +105,9 @@ def error_response(error: e.ApportionError, tenant_prefix: str = "") -> tuple[in
             value = value.removeprefix(tenant_prefix)
         fields[name] = json_ready(value)
     if tenant_prefix:
-        message = message.replace(f"'{tenant_prefix}", "'")
+        message = message.replace(f"'{tenant_prefix}", "'").replace(
+            f"pool {tenant_prefix}", "pool "
+        )
+        if isinstance(fields.get("agent"), str):  # a pool's refusal names it as its agent
+            fields["agent"] = fields["agent"].replace(f"(pool {tenant_prefix}", "(pool ")
     return status, {"error": {"code": code, "message": message, **fields}}

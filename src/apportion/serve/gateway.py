@@ -203,7 +203,8 @@ class Gateway:
                 ``ceiling`` or ``share``).
             cost_ceiling: USD (default: the pipeline's configured one, if any).
             features: what is known of the request up front.
-            pool: a shared pool to draw the ceiling from (root requests).
+            pool: a shared pool of the tenant to draw the ceiling from (root requests);
+                the store's pool is ``TENANT/POOL`` (see :meth:`pool_name`).
             parent: the id of an open request of the tenant to carve a child from.
             request_id: an id of the caller's own (default: a random one).
             pool_priority: the request's class in the pool.
@@ -257,7 +258,7 @@ class Gateway:
             entry.ceiling if ceiling is None else ceiling,
             features,
             request_id=tenant.prefix + request_id,
-            pool=pool,
+            pool=None if pool is None else self.pool_name(tenant, pool),
             pool_priority=pool_priority,
             ceiling_usd=entry.ceiling_usd if cost_ceiling is None else cost_ceiling,
         )
@@ -286,6 +287,17 @@ class Gateway:
         state = await self.store.aget(internal)
         name = self._pipeline_of(state.ranks)
         return Summary.of(state, self.config.pipelines[name].pipeline.names)
+
+    @staticmethod
+    def pool_name(tenant: Tenant, pool: object) -> str:
+        """The store's name of ``tenant``'s pool ``pool`` (``TENANT/POOL``: pools are per tenant).
+
+        Raises:
+            InvalidArgument: not a pool name (a non-empty string without braces).
+        """
+        if not isinstance(pool, str) or not pool or "{" in pool or "}" in pool:
+            raise InvalidArgument("pool", pool, "a pool name is a non-empty string without braces")
+        return tenant.prefix + pool
 
     def public_id(self, tenant: Tenant, request_id: str) -> str:
         """The id ``tenant`` knows a request by (the store's, without the tenant's prefix)."""
