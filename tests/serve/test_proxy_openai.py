@@ -200,3 +200,22 @@ def test_a_client_hanging_up_mid_stream_settles_the_grant(server):
     assert after.reserved == 0
     assert 0 < after.consumed <= billed(server)
     assert after.agents["writer"].truncated_calls == 1  # settled as cut: it did not end
+
+
+def test_a_stream_asking_for_usage_gets_one_usage_chunk_for_the_whole_answer(server):
+    app, gateway = proxy_app(server, FixedPolicy(output=5, extra=5))
+    with LiveServer(app) as served:
+        oa = client(f"{served.url}/v1", budget_headers("oa-7", "writer", 1_000))
+        chunks = list(
+            oa.chat.completions.create(
+                model=MODEL,
+                messages=QUESTION,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert len(usage) == 1 and chunks[-1].usage is usage[0]  # last, once, for both calls
+    assert usage[0].total_tokens == billed(server) == summary(gateway, "oa-7").consumed
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == EIGHT
+    assert len(server.requests) == 2
