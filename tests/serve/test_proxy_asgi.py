@@ -706,3 +706,26 @@ def test_tool_calls_pass_through(server):
     )
     assert server.requests[0]["tools"] == tools
     assert run(summary(gateway, "t")).consumed == billed(server)
+
+
+def test_an_idempotent_refusal_answers_as_the_proxy_does_and_again_the_same(server):
+    app, _gateway = proxy_app(server, FixedPolicy(output=20))
+    token, _ = _token(app)
+    version, payload, signature = token.split(".")
+    tampered = f"{version}.{payload}x.{signature}"
+
+    async def go() -> list[Any]:
+        async with asgi_client(app) as client:
+            headers = {
+                "Apportion-Budget-Token": tampered,
+                "Apportion-Agent": "writer",
+                "Idempotency-Key": "k-3",
+            }
+            return [
+                await client.post("/v1/chat/completions", json=chat(), headers=headers)
+                for _ in range(2)
+            ]
+
+    first, again = run(go())
+    _refusal(first, "budget_token_invalid")
+    assert again.status_code == 403 and again.content == first.content

@@ -352,8 +352,12 @@ class Proxy:
         fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
 
         async def run() -> Outcome:
-            budget = await self._budget(tenant, headers, agent)
-            answer = await self._call(budget, agent, body, send, key)
+            try:
+                budget = await self._budget(tenant, headers, agent)
+            except ApportionError as error:  # kept as the proxy answers it (a retry: the same)
+                answer = error_answer(error, tenant)
+            else:
+                answer = await self._call(budget, agent, body, send, key)
             if answer.status >= 500 or answer.status == 429:
                 raise UpstreamFailed(answer)
             if answer.stream is not None:
@@ -374,8 +378,8 @@ class Proxy:
             return failed.answer
         data = json.loads(outcome.body)
         kept = data.get(PROXY_RECORD) if isinstance(data, dict) else None
-        if not isinstance(kept, dict):  # a refusal the gateway recorded as its JSON error
-            return _refusal(outcome, tenant)
+        if not isinstance(kept, dict):  # not the proxy's record: answered as it was kept
+            return Answer(outcome.status, {}, outcome.body)
         return Answer(
             int(kept["status"]),
             dict(kept["headers"]),
@@ -543,19 +547,6 @@ class Proxy:
 JSON = "application/json"
 PROXY_RECORD = "apportion_proxy_answer"
 """The key an idempotency record of a proxy answer is kept under (status, headers, body)."""
-
-
-def _refusal(outcome: Outcome, tenant: Tenant) -> Answer:
-    """A refusal the gateway's idempotency layer answered (its JSON error), made OpenAI-like."""
-    try:
-        body = json.loads(outcome.body)
-        inner = body["error"]
-        inner.setdefault("type", "apportion_error")
-        inner.setdefault("param", inner.get("argument") or inner.get("field"))
-    except (ValueError, KeyError, TypeError):
-        return Answer(outcome.status, {}, outcome.body)
-    status = 400 if outcome.status == 422 else outcome.status
-    return Answer(status, {}, _json(body))
 
 
 def proxy_routes(gateway: Gateway, *, warm: bool = True, **options: Any) -> list[Any]:
