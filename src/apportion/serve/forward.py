@@ -9,6 +9,9 @@ The proxy (:mod:`apportion.serve.proxy`) reads the HTTP request; this module doe
   ``litellm.aresponses``) to the upstream the gateway's config names for the model
   (:class:`~apportion.serve.config.UpstreamConfig`: ``api_base``, ``api_key``, the
   LiteLLM ``model``), with no retries of LiteLLM's own (the client retries);
+  :func:`direct_sender` is the same call through the OpenAI SDK, for upstreams that speak
+  OpenAI's protocol (opt-in: about half the CPU per call); :func:`warm` imports LiteLLM and
+  a tokenizer ahead of the first call;
 * :func:`budgeted` runs the call engine (``await areq.call(...)``,
   :mod:`apportion.integrations.engine`): count, fit into the grant, cap, call, extend a cut
   answer, settle with the provider's usage and cost; no second loop here;
