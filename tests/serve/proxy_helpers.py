@@ -57,11 +57,17 @@ def gateway_for(
     unbudgeted: str = "reject",
     max_body_bytes: int = 10 * 1024 * 1024,
     upstream_model: str | None = None,
+    store_url: str = "memory://",
 ) -> Gateway:
-    """A gateway of tenants ``acme`` and ``globex`` over ``server`` (one pipeline)."""
+    """A gateway of tenants ``acme`` and ``globex`` over ``server`` (one pipeline).
+
+    With ``store_url`` (Redis) the gateway opens the store and its idempotency records
+    there, as replicas do.
+    """
     entry = PipelineConfig("team", PIPELINE, "<tests>", policy=policy)  # type: ignore[arg-type]
     config = ServeConfig(
         {"team": entry},
+        store=store_url,
         tenants={
             name: TenantConfig(name, frozenset({hash_key(key)}))
             for name, key in TENANT_KEYS.items()
@@ -77,7 +83,9 @@ def gateway_for(
         signing_key_random=False,
     )
     options: dict[str, Any] = {} if clock is None else {"clock": clock}
-    return Gateway(config, store=store if store is not None else MemoryStore(), **options)
+    if store_url == "memory://":
+        options["store"] = store if store is not None else MemoryStore()
+    return Gateway(config, **options)
 
 
 def proxy_app(

@@ -23,7 +23,7 @@ from proxy_helpers import (
     words,
 )
 
-from apportion import MemoryStore, UnknownRequest
+from apportion import UnknownRequest
 from apportion.testing.openai_server import OpenAIServer, Reply
 from apportion.tokens import counter_for
 from policy_helpers import FixedPolicy, NoMore
@@ -475,14 +475,17 @@ def test_tampered_expired_replayed_and_widened_tokens_are_refused(server):
     assert len(server.requests) == seen + 1
 
 
-def test_a_replay_from_another_replica_sharing_the_store_is_refused(server):
-    store = MemoryStore()
-    one, _ = proxy_app(server, FixedPolicy(output=20), store=store)
-    two, _ = proxy_app(server, FixedPolicy(output=20), store=store)
-    token, _ = _token(one)
+def test_a_token_stays_spent_after_its_child_closed(server):
+    app, gateway = proxy_app(server, FixedPolicy(output=20))
+    token, _ = _token(app)
     headers = {"Apportion-Budget-Token": token, "Apportion-Agent": "writer"}
-    assert run(post(one, "/v1/chat/completions", chat(), headers)).status_code == 200
-    _refusal(run(post(two, "/v1/chat/completions", chat(), headers)), "budget_token_replayed")
+    opened = run(post(app, "/v1/chat/completions", chat(), headers))
+    assert opened.status_code == 200
+    run(gateway.close(ACME, opened.headers["Apportion-Request"]))
+    seen = len(server.requests)
+    _refusal(run(post(app, "/v1/chat/completions", chat(), headers)), "budget_token_replayed")
+    assert len(server.requests) == seen
+    assert run(summary(gateway, "up")).reserved == 0  # no second child left open
 
 
 # ---------------------------------------------------------------- tenants, idempotency
@@ -604,11 +607,9 @@ def test_an_unknown_agent_opens_nothing_and_spends_no_token(server):
 def test_two_replicas_on_one_redis_server_agree_a_token_was_redeemed(server, redis_server):
     import uuid
 
-    from apportion.stores import open_store
-
     url = f"{redis_server.url}?prefix=proxy-{uuid.uuid4().hex[:8]}"
-    one, gateway = proxy_app(server, FixedPolicy(output=20), store=open_store(url))
-    two, _ = proxy_app(server, FixedPolicy(output=20), store=open_store(url))
+    one, gateway = proxy_app(server, FixedPolicy(output=20), store_url=url)
+    two, _ = proxy_app(server, FixedPolicy(output=20), store_url=url)
     token, _ = _token(one)
     headers = {"Apportion-Budget-Token": token, "Apportion-Agent": "writer"}
     opened = run(post(two, "/v1/chat/completions", chat(), headers))

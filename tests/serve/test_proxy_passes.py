@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -9,8 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apportion import InvalidArgument, MemoryStore
+from apportion import InvalidArgument
+from apportion.serve.idempotency import MemoryRecords
 from apportion.serve.passes import (
+    CLAIM_SKEW,
     BudgetTokenExpired,
     BudgetTokenInvalid,
     BudgetTokenReplayed,
@@ -116,14 +119,18 @@ def test_a_token_narrows_never_widens():
         narrowed(verify(KEY, token(tokens=0), now=NOW), None)
 
 
-def test_a_nonce_is_claimed_once_in_the_store():
-    store = MemoryStore()
-    budget = verify(KEY, token(), now=NOW)
-    claim_nonce(store, budget, "run-1::pass-x")
-    with pytest.raises(BudgetTokenReplayed) as caught:
-        claim_nonce(store, budget, "run-1::pass-x")
-    assert caught.value.code == "budget_token_replayed"
-    assert store.get_state(budget.nonce_key) == (1, b"run-1::pass-x")
+def test_a_nonce_is_claimed_once_and_remembered_past_the_tokens_expiry():
+    clock = [0.0]
+    records = MemoryRecords(clock=lambda: clock[0])
+    budget = verify(KEY, token(ttl=60.0), now=NOW)
+    asyncio.run(claim_nonce(records, budget, "run-1::pass-x", NOW))
+    for _ in range(2):
+        with pytest.raises(BudgetTokenReplayed) as caught:
+            asyncio.run(claim_nonce(records, budget, "run-1::pass-y", NOW + 1))
+        assert caught.value.code == "budget_token_replayed"
+        clock[0] += 60 + CLAIM_SKEW - 1  # still remembered until expiry and the skew
+    other = verify(KEY, token(), now=NOW)
+    asyncio.run(claim_nonce(records, other, "run-1::pass-z", NOW))  # another nonce: fine
 
 
 @pytest.mark.parametrize("key", ["short", b"", None, 42])

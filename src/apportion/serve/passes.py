@@ -17,9 +17,10 @@ A pass is **narrow-only**:
   another tenant, or malformed is refused (:class:`BudgetTokenInvalid`); one past its
   expiry too (:class:`BudgetTokenExpired`);
 * its nonce opens one child only: a second redemption, by any replica sharing the store,
-  is refused (:class:`BudgetTokenReplayed`). The nonce is claimed in the store with a
-  compare-and-set (``put_state`` with version 0: "write if absent"), so replicas agree.
-  The child's id is made from the nonce too, so two redemptions racing cannot both open it.
+  is refused (:class:`BudgetTokenReplayed`). The nonce is claimed in the gateway's
+  idempotency records, beside the store ("set if absent": ``SET NX`` on Redis), so
+  replicas agree, and remembered until the token has expired. The child's id is made from
+  the nonce too, so two redemptions racing cannot both open it.
 
 The token is ``v1.<payload>.<signature>``, both parts base64url without padding; the
 payload is compact JSON: ``req`` (the request id as the tenant sees it), ``ten`` (the
@@ -37,7 +38,6 @@ import hmac
 import json
 import math
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +59,7 @@ MAX_TOKEN_CHARS = 4096
 """A longer header is refused before anything is decoded."""
 
 NONCE_KEY = "apportion-pass:"
-"""Prefix of the store key that records a redeemed nonce (``put_state``)."""
+"""Prefix of the record that a nonce was redeemed (in the gateway's idempotency records)."""
 
 CHILD_PREFIX = "pass-"
 """Prefix of a redeemed pass's child name (then the nonce)."""
@@ -170,7 +170,7 @@ class BudgetPass:
 
     @property
     def nonce_key(self) -> str:
-        """The store key recording that the nonce was redeemed."""
+        """The record that the nonce was redeemed (per tenant)."""
         return f"{NONCE_KEY}{self.tenant}:{self.nonce}"
 
 
@@ -331,15 +331,22 @@ def narrowed(budget: BudgetPass, ceiling: int | None) -> int:
     return ceiling
 
 
-def claim_nonce(store: Any, budget: BudgetPass, child_id: str) -> None:
-    """Record in ``store`` that ``budget``'s nonce opened ``child_id``; refuse a second time.
+CLAIM_SKEW = 60.0
+"""Seconds a redeemed nonce is remembered past its token's expiry (clock skew between hosts)."""
 
-    A compare-and-set on the store's shared state (write if absent), so every replica
-    sharing the store agrees.
+
+async def claim_nonce(records: Any, budget: BudgetPass, child_id: str, now: float) -> None:
+    """Record that ``budget``'s nonce opened ``child_id``; refuse it a second time.
+
+    ``records`` are the gateway's idempotency records (:mod:`apportion.serve.idempotency`),
+    which live beside the store (Redis for several replicas: ``SET NX``), so every replica
+    agrees. The claim is kept until the token has expired (and :data:`CLAIM_SKEW` more):
+    after that the token is refused as expired anyway.
 
     Raises:
         BudgetTokenReplayed: the nonce was redeemed before.
     """
-    put: Callable[[str, bytes, int], int | None] = store.put_state
-    if put(budget.nonce_key, child_id.encode("utf-8"), 0) is None:
+    ttl = max(1.0, budget.expires_at - now) + CLAIM_SKEW
+    claim = await records.claim(budget.nonce_key, child_id, "budget-token", ttl)
+    if claim.state != "new":
         raise BudgetTokenReplayed(budget.request_id)

@@ -51,6 +51,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,8 +259,8 @@ class Proxy:
     """The proxy's logic over a :class:`~apportion.serve.gateway.Gateway` (no HTTP here).
 
     Its config gives the upstreams, ``unbudgeted`` (``reject`` or ``pass``), the signing
-    key of budget tokens and the body limit; the gateway's store records redeemed token
-    nonces (shared by the replicas).
+    key of budget tokens and the body limit; the gateway's idempotency records keep the
+    redeemed tokens' nonces (shared by the replicas).
 
     Args:
         gateway: the gateway.
@@ -472,9 +473,10 @@ class Proxy:
         except DuplicateRequest:
             raise BudgetTokenReplayed(budget.request_id) from None
         try:
-            claim_nonce(gateway.store, budget, child.request_id)
-        except BudgetTokenReplayed:
-            await child.close()
+            await claim_nonce(gateway.records, budget, child.request_id, self.clock())
+        except BaseException:  # replayed (or the records unreachable): no child stays open
+            with suppress(ApportionError):
+                await child.close()
             raise
         return Budget(child, gateway.public_id(tenant, child.request_id), tenant)
 
