@@ -54,7 +54,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"sim", "testing"}),
     frozenset({"analysis", "demo"}),
     frozenset({""}),  # the package itself: apportion/__init__.py, the curated public API
-    frozenset({"cli", "serve"}),  # shells over the public API
+    frozenset({"serve"}),  # the gateway: a shell over the public API
+    frozenset({"cli"}),  # the command line (``apportion serve`` runs the gateway)
 )
 """The units of the package, lowest first (DESIGN.md, "Layout").
 
@@ -64,8 +65,9 @@ of its own layer: policies, stores and the summary know nothing of each other; t
 records what policies saw (:class:`~apportion.policies.base.Observation`) and decided; the
 integrations' call engine drives any request-like object and sits below the controller,
 whose ``req.completion(...)`` and ``req.openai(...)`` hand a request to it. The curated
-public API (``apportion/__init__.py``) sits above everything it re-exports, and the
-command line and the gateway above it, as any other user of that API.
+public API (``apportion/__init__.py``) sits above everything it re-exports, the gateway
+above it as any other user of that API, and the command line on top (``apportion serve``
+starts the gateway).
 """
 
 

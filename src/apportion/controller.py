@@ -57,7 +57,7 @@ from apportion.policies.base import Observation
 from apportion.pools import PRIORITY_RANKS, check_pool_name, check_priority
 from apportion.reaper import Reaper
 from apportion.spec import Agent, Pipeline
-from apportion.stores import Store, open_store
+from apportion.stores import LedgerView, Store, open_store
 from apportion.stores.base import MAX_DEPTH_LIMIT, Reaped
 from apportion.summary import Summary
 
@@ -900,6 +900,25 @@ class _RequestBase:
     def ceiling(self) -> int:
         """The request's token ceiling."""
         return self._steps.obs.ceiling
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline of the request's controller."""
+        return self._steps.config.pipeline
+
+    @property
+    def state(self) -> LedgerView:
+        """The request's ledger as last read from the store (after its latest operation).
+
+        A handle from :meth:`Controller.attach` holds the state read when it attached.
+
+        Raises:
+            RuntimeError: the request was never opened.
+        """
+        state = self._steps.obs.state
+        if state is None:
+            raise RuntimeError("the request was never opened")
+        return state
 
     @property
     def closed(self) -> bool:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from apportion import Agent, Controller, MemoryStore, Pipeline, Policy
-from apportion.ledger import Grant
-from apportion.policies.base import Observation
 from apportion.testing.openai_server import OpenAIServer
+from policy_helpers import FixedPolicy  # noqa: F401  (the integration tests import it from here)
 
 MODEL = "openai/gpt-4o-mini"
 """LiteLLM's OpenAI-compatible route: with ``api_base`` it calls the local server."""
@@ -51,31 +50,6 @@ class CheckedStore(MemoryStore):
         result = super().release(request_id, *args, **kwargs)
         self._check(request_id)
         return result
-
-
-class FixedPolicy(Policy):
-    """Grants at most ``context`` input and ``output`` output tokens; extends by ``extra``."""
-
-    name = "fixed"
-
-    def __init__(self, context: int = 10_000, output: int = 1_000, extra: int = 0) -> None:
-        self.context = context
-        self.output = output
-        self.extra = extra
-
-    def grant(
-        self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
-    ) -> tuple[int, int]:
-        out = self.output if output_tokens is None else min(self.output, output_tokens)
-        available = obs.state.available_for(agent.name)
-        ctx = min(input_tokens, self.context, max(available - out, 0))
-        return ctx, min(out, available - ctx)
-
-    def extend(
-        self, obs: Observation, grant: Grant, output_tokens: int, context_tokens: int
-    ) -> int:
-        spare = obs.state.available_for(grant.agent) - context_tokens
-        return max(0, min(self.extra, output_tokens, spare))
 
 
 PIPELINE = Pipeline(

@@ -3,7 +3,8 @@
 :func:`build_app` makes the Typer application and registers each command module on it
 explicitly: :mod:`~apportion.cli.simulate` (demo, bench, replay, policies, validate),
 :mod:`~apportion.cli.learn` (learn), :mod:`~apportion.cli.sweep` (sweep, optimize) and
-:mod:`~apportion.cli.telemetry` (report, profile, ingest).
+:mod:`~apportion.cli.telemetry` (report, profile, ingest) and :mod:`~apportion.cli.serve`
+(serve).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from apportion.cli import learn, simulate, sweep, telemetry
+from apportion.cli import learn, serve, simulate, sweep, telemetry
 from apportion.cli.console import console as stdout  # (apportion.cli.console: the module)
 
 
@@ -55,7 +56,7 @@ def build_app() -> typer.Typer:
         add_completion=False,
     )
     application.callback()(_root)
-    for module in (simulate, learn, sweep, telemetry):
+    for module in (simulate, learn, sweep, telemetry, serve):
         module.register(application)
     return application
 

@@ -1,0 +1,121 @@
+"""The gateway's ASGI application: :func:`create_app` (FastAPI; mountable in any ASGI app).
+
+Routes (see ``docs/serve.md``): ``/healthz``, ``/readyz``, the budget API under
+``/v1/budget/requests``, ``/openapi.json`` and a self-contained ``/docs`` page. Other
+modules add their routes to the app :func:`create_app` returns (the proxy's
+``/v1/chat/completions``); the :class:`~apportion.serve.gateway.Gateway` is at
+``app.state.gateway``.
+
+Every answer that is not a success is ``{"error": {"code", "message", fields...}}``
+(:mod:`apportion.serve.errors_json`): bad JSON, a missing field or a wrong type is a 4xx
+naming the field, never a traceback or a 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from apportion.serve.deps import require_serve
+from apportion.serve.docs_page import docs_html
+from apportion.serve.gateway import Gateway
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from apportion.serve.config import ServeConfig
+
+__all__ = ["create_app"]
+
+
+def create_app(config_or_gateway: ServeConfig | Gateway | None = None) -> FastAPI:
+    """The gateway's ASGI app for a config (or a gateway already built).
+
+    The app's lifespan starts the TTL reaper and, at shutdown, stops it and closes the
+    gateway's connections; mounted in another app (whose lifespan does not run a
+    sub-app's), call ``app.state.gateway.start()`` yourself to reap on a timer (requests
+    are reaped lazily as new ones open all the same).
+
+    Raises:
+        MissingExtra: FastAPI is not installed (``pip install "apportion[serve]"``).
+    """
+    require_serve()
+    from fastapi import FastAPI
+
+    gateway = (
+        config_or_gateway if isinstance(config_or_gateway, Gateway) else Gateway(config_or_gateway)
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.aclose()
+            close = getattr(gateway.store, "close_connections", None)
+            if close is not None:
+                close()
+
+    app = FastAPI(
+        title="apportion gateway",
+        version=_version(),
+        description=(
+            "Token budgets per agent for multi-agent LLM pipelines, over HTTP. Every "
+            "mutating call takes an optional `Idempotency-Key` header: a retry with the "
+            "same key gets the first outcome. Errors are "
+            '`{"error": {"code": ..., "message": ..., fields...}}`.'
+        ),
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    from apportion.serve.routes import BodyLimit, budget_routes, install_errors
+
+    install_errors(app)
+    app.add_middleware(BodyLimit, limit=gateway.config.max_body_bytes)
+    budget_routes(app, gateway)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Any:
+        from fastapi.responses import HTMLResponse
+
+        return HTMLResponse(docs_html(app.openapi()))
+
+    return app
+
+
+def _version() -> str:
+    from apportion import __version__
+
+    return __version__
+
+
+CONFIG_ENV = "APPORTION_SERVE_CONFIG"
+"""The variable ``apportion serve`` passes the config file's path in to each worker."""
+
+SIGNING_ENV = "APPORTION_SERVE_SIGNING_KEY"
+"""The variable that carries one signing key to every worker when the config sets none."""
+
+
+def app_from_env() -> FastAPI:
+    """The app for the config named by ``APPORTION_SERVE_CONFIG`` (uvicorn's factory).
+
+    ``apportion serve --workers N`` starts each worker with this; an empty or unset
+    variable means :meth:`ServeConfig.default`.
+    """
+    import dataclasses
+    import os
+
+    from apportion.serve.config import ServeConfig
+
+    path = os.environ.get(CONFIG_ENV, "")
+    config = ServeConfig.from_yaml(path) if path else ServeConfig.default()
+    key = os.environ.get(SIGNING_ENV, "")
+    if config.signing_key_random and key:
+        config = dataclasses.replace(
+            config, signing_key=key.encode("utf-8"), signing_key_random=False
+        )
+    return create_app(config)

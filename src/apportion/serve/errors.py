@@ -1,0 +1,145 @@
+"""The errors only the gateway raises (every one an :class:`~apportion.errors.ApportionError`).
+
+Each carries its facts as fields, like every apportion error; none ever holds a key, a
+provider secret or a password (a key is named by its tenant, never quoted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from apportion.errors import ApportionError, InvalidArgument
+from apportion.limits import excerpt, listing
+
+
+class AuthenticationFailed(ApportionError, PermissionError):
+    """A call carried no API key, or one no tenant holds.
+
+    Attributes:
+        reason: what was wrong (``missing``, ``malformed`` or ``unknown key``); the key
+            itself is never quoted.
+    """
+
+    reason: str
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"authentication failed: {reason}", reason=reason)
+
+
+class Forbidden(ApportionError, PermissionError):
+    """The tenant's key may not do this (an admin operation with a tenant's key).
+
+    Attributes:
+        tenant: the caller's tenant.
+        operation: what was asked.
+    """
+
+    tenant: str
+    operation: str
+
+    def __init__(self, tenant: str, operation: str) -> None:
+        super().__init__(
+            f"tenant {tenant!r} may not {operation}: it needs an admin key",
+            tenant=tenant,
+            operation=operation,
+        )
+
+
+class UnknownPipeline(ApportionError, LookupError):
+    """A pipeline name the gateway's configuration does not list.
+
+    Attributes:
+        pipeline: the name given.
+        known: the configured pipelines.
+    """
+
+    pipeline: object
+    known: list[str]
+
+    def __init__(self, pipeline: object, known: Iterable[str]) -> None:
+        known_list = sorted(known)
+        super().__init__(
+            f"unknown pipeline {excerpt(pipeline)}; the gateway serves: {listing(known_list)}",
+            pipeline=pipeline,
+            known=known_list,
+        )
+
+
+class InvalidBody(InvalidArgument):
+    """A request body that is not JSON, not an object, too large, or with a bad field.
+
+    Attributes:
+        argument: the field (dotted: ``features.messages``), or ``body``.
+        value: the value given (an excerpt).
+        reason: what is wrong with it.
+    """
+
+
+class IdempotencyKeyReused(ApportionError, ValueError):
+    """An ``Idempotency-Key`` sent again with another operation or another body.
+
+    Attributes:
+        key: the idempotency key.
+        operation: the operation it was first used for.
+    """
+
+    key: str
+    operation: str
+
+    def __init__(self, key: str, operation: str) -> None:
+        super().__init__(
+            f"idempotency key {excerpt(key)} was first used for {operation} with another "
+            "body; a retry must repeat the first call exactly (use a new key for a new call)",
+            key=key,
+            operation=operation,
+        )
+
+
+class IdempotencyInProgress(ApportionError, RuntimeError):
+    """The first call with this ``Idempotency-Key`` is still running: retry shortly.
+
+    Attributes:
+        key: the idempotency key.
+        operation: the operation running.
+    """
+
+    key: str
+    operation: str
+
+    def __init__(self, key: str, operation: str) -> None:
+        super().__init__(
+            f"the first call with idempotency key {excerpt(key)} ({operation}) is still "
+            "running; retry it shortly to get its outcome",
+            key=key,
+            operation=operation,
+        )
+
+
+class UnknownGrant(ApportionError, LookupError):
+    """No grant with this id was ever made in the request.
+
+    Attributes:
+        request_id: the request.
+        grant_id: the grant id given.
+    """
+
+    request_id: str
+    grant_id: int
+
+    def __init__(self, request_id: str, grant_id: int) -> None:
+        super().__init__(
+            f"request {request_id!r} has no grant {grant_id}",
+            request_id=request_id,
+            grant_id=grant_id,
+        )
+
+
+__all__ = [
+    "AuthenticationFailed",
+    "Forbidden",
+    "IdempotencyInProgress",
+    "IdempotencyKeyReused",
+    "InvalidBody",
+    "UnknownGrant",
+    "UnknownPipeline",
+]

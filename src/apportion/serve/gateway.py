@@ -1,0 +1,462 @@
+"""The gateway's core, free of HTTP: :class:`Gateway` (tenants, requests, idempotency).
+
+A :class:`Gateway` is built from a :class:`~apportion.serve.config.ServeConfig`. It opens
+the store once and runs one :class:`~apportion.controller.AsyncController` per pipeline
+over it. It keeps no request in memory: every call attaches to the request by id
+(:meth:`Gateway.request`, ``Controller.aattach``), so any replica on the same store (Redis)
+serves any call of any request, and a replica that dies loses nothing but its in-flight
+calls (their grants' leases expire).
+
+Request ids live in the tenant's namespace: the store holds ``TENANT/ID``, the API shows
+``ID``. Another tenant's id is simply not there (``UnknownRequest``, 404), and every error
+shown to a tenant names its own ids only (see :mod:`apportion.serve.errors_json`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from apportion.controller import AsyncController, AsyncRequest
+from apportion.errors import (
+    ApportionError,
+    InvalidArgument,
+    RequestClosed,
+    UnknownRequest,
+)
+from apportion.ledger import Grant, check_outcome
+from apportion.reaper import Reaper
+from apportion.serve.config import OPEN_TENANT, ServeConfig, hash_key, ranked
+from apportion.serve.errors import (
+    AuthenticationFailed,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    UnknownGrant,
+    UnknownPipeline,
+)
+from apportion.serve.errors_json import error_response
+from apportion.serve.idempotency import IdempotencyRecords, Outcome, open_records
+from apportion.stores import Store, open_store
+from apportion.summary import Summary
+
+__all__ = ["ID_PATTERN", "Gateway", "Tenant"]
+
+ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+"""A request id a client may choose (``::`` is kept for children's ids)."""
+
+_LOOKUP_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(::[A-Za-z0-9_.#-]{1,64})*$")
+_KEY_PATTERN: Final = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """Who is calling: a tenant's name, and whether its key is an admin key."""
+
+    name: str
+    admin: bool = False
+
+    @property
+    def prefix(self) -> str:
+        """What the store's ids of this tenant start with (``NAME/``)."""
+        return f"{self.name}/"
+
+
+class Gateway:
+    """Budgets over the store for every tenant: open, attach by id, run calls once.
+
+    Args:
+        config: what to serve (default :meth:`ServeConfig.default`).
+        store: a store object to use instead of opening ``config.store`` (tests).
+        clock: seconds as a float, for every controller (default ``time.time``).
+
+    Raises:
+        UnknownStore, InvalidArgument: the store URL cannot be opened.
+        MissingExtra: the store's (or a telemetry sink's) library is not installed.
+    """
+
+    def __init__(
+        self,
+        config: ServeConfig | None = None,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config if config is not None else ServeConfig.default()
+        self.store: Store = store if store is not None else open_store(self.config.store)
+        self.records: IdempotencyRecords = open_records(
+            self.config.store, getattr(self.store, "prefix", None)
+        )
+        telemetry = list(self.config.telemetry) or None
+        self.controllers: dict[str, AsyncController] = {
+            name: AsyncController(
+                entry.pipeline,
+                entry.policy,
+                self.store,
+                clock=clock,
+                lease_seconds=self.config.lease_seconds,
+                request_ttl=self.config.request_ttl,
+                telemetry=telemetry,
+            )
+            for name, entry in self.config.pipelines.items()
+        }
+        self._by_agents: dict[frozenset[str], str] = {}
+        for name, entry in self.config.pipelines.items():
+            self._by_agents.setdefault(ranked(entry.pipeline), name)
+        self._keys: dict[str, Tenant] = {
+            digest: Tenant(t.name, t.admin)
+            for t in self.config.tenants.values()
+            for digest in t.key_hashes
+        }
+        self._reaper: Reaper | None = None
+
+    # ------------------------------------------------------------------ lifetime
+
+    def start(self, reap_every: float | None = None) -> None:
+        """Start the TTL reaper (idle requests past their TTL close, leases expire)."""
+        if self._reaper is None:
+            every = reap_every
+            if every is None:
+                every = max(1.0, min(30.0, self.config.lease_seconds / 4))
+            self._reaper = Reaper(self.reap, every).start()
+
+    async def aclose(self) -> None:
+        """Stop the reaper and close the records' connections."""
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.stop()
+        await self.records.aclose()
+
+    def reap(self) -> int:
+        """Expire ended leases and overdue requests store-wide (each pipeline's telemetry)."""
+        return sum(controller.reap() for controller in self.controllers.values())
+
+    # ------------------------------------------------------------------ tenants
+
+    def authenticate(self, headers: Mapping[str, str]) -> Tenant:
+        """The tenant whose key the ``Authorization: Bearer KEY`` header carries.
+
+        With no tenants configured (open mode) every call is tenant ``default``.
+
+        Raises:
+            AuthenticationFailed: no key, a malformed header, or a key no tenant holds
+                (the key is never quoted).
+        """
+        if self.config.open_mode:
+            return Tenant(OPEN_TENANT, admin=True)
+        value = _header(headers, "authorization")
+        if value is None:
+            raise AuthenticationFailed("missing Authorization: Bearer <key> header")
+        scheme, _, key = value.strip().partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise AuthenticationFailed("malformed Authorization header: Bearer <key> expected")
+        tenant = self._keys.get(hash_key(key))
+        if tenant is None:
+            raise AuthenticationFailed("unknown key")
+        return tenant
+
+    # ------------------------------------------------------------------ requests
+
+    def controller(self, pipeline: str | None) -> tuple[str, AsyncController]:
+        """The pipeline's name and controller (``None``: the first configured).
+
+        Raises:
+            UnknownPipeline: the gateway does not serve it.
+        """
+        if pipeline is None:
+            name = next(iter(self.controllers))
+            return name, self.controllers[name]
+        found = self.controllers.get(pipeline) if isinstance(pipeline, str) else None
+        if found is None:
+            raise UnknownPipeline(pipeline, self.controllers)
+        return pipeline, found
+
+    async def open(
+        self,
+        tenant: Tenant,
+        pipeline: str | None = None,
+        ceiling: int | None = None,
+        cost_ceiling: float | None = None,
+        features: Mapping[str, Any] | None = None,
+        pool: str | None = None,
+        parent: str | None = None,
+        *,
+        request_id: str | None = None,
+        pool_priority: str = "standard",
+        name: str | None = None,
+        share: float | None = None,
+        priority: str = "standard",
+    ) -> AsyncRequest:
+        """Open a request in ``tenant``'s namespace (or a child of its request ``parent``).
+
+        Args:
+            tenant: the caller.
+            pipeline: the pipeline's name (default: the first configured); a child's is
+                its parent's.
+            ceiling: tokens (default: the pipeline's configured ceiling; a child needs
+                ``ceiling`` or ``share``).
+            cost_ceiling: USD (default: the pipeline's configured one, if any).
+            features: what is known of the request up front.
+            pool: a shared pool of the tenant to draw the ceiling from (root requests);
+                the store's pool is ``TENANT/POOL`` (see :meth:`pool_name`).
+            parent: the id of an open request of the tenant to carve a child from.
+            request_id: an id of the caller's own (default: a random one).
+            pool_priority: the request's class in the pool.
+            name: a child's name (default: ``child``).
+            share: a child's share of what its parent can spare (instead of ``ceiling``).
+            priority: a child's priority class.
+
+        Returns:
+            The open request (its ``request_id`` is the store's; see :meth:`public_id`).
+
+        Raises:
+            UnknownPipeline, UnknownRequest, InvalidCeiling, InvalidArgument,
+            DuplicateRequest, BudgetExceeded (and subclasses), StoreUnavailable.
+        """
+        if parent is not None:
+            for field, value in (
+                ("pool", pool),
+                ("request_id", request_id),
+                ("cost_ceiling", cost_ceiling),
+            ):
+                if value is not None:
+                    raise InvalidArgument(field, value, "a child draws from its parent: omit it")
+            if pool_priority != "standard":
+                raise InvalidArgument("pool_priority", pool_priority, "a child has no pool")
+            if pipeline is not None:
+                self.controller(pipeline)  # an unknown name is refused all the same
+            mother = await self.request(tenant, parent)
+            kid = mother.child(
+                name if name is not None else "child",
+                ceiling=ceiling,
+                share=share,
+                priority=priority,
+                features=features,
+            )
+            await kid.open()
+            return kid
+        for field, value in (("name", name), ("share", share)):
+            if value is not None:
+                raise InvalidArgument(field, value, "only a child has it: give parent too")
+        if priority != "standard":
+            raise InvalidArgument("priority", priority, "a child's class: give parent too")
+        pipeline_name, controller = self.controller(pipeline)
+        entry = self.config.pipelines[pipeline_name]
+        if request_id is None:
+            request_id = secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
+        elif not isinstance(request_id, str) or not ID_PATTERN.match(request_id):
+            raise InvalidArgument(
+                "request_id", request_id, "1 to 128 letters, digits, '_', '.' or '-' (not first)"
+            )
+        req = controller.arequest(
+            entry.ceiling if ceiling is None else ceiling,
+            features,
+            request_id=tenant.prefix + request_id,
+            pool=None if pool is None else self.pool_name(tenant, pool),
+            pool_priority=pool_priority,
+            ceiling_usd=entry.ceiling_usd if cost_ceiling is None else cost_ceiling,
+        )
+        await req.open()
+        return req
+
+    async def request(self, tenant: Tenant, request_id: str) -> AsyncRequest:
+        """A handle on ``tenant``'s open request ``request_id``, from any replica.
+
+        Raises:
+            UnknownRequest: no such request in the tenant's namespace (another tenant's
+                id is not found either).
+            RequestClosed: it is closed.
+        """
+        internal = self._internal(tenant, request_id)
+        controller = await self._controller_of(internal)
+        return await controller.aattach(internal)
+
+    async def summary(self, tenant: Tenant, request_id: str) -> Summary:
+        """The summary of ``tenant``'s request, open or closed (as long as the store keeps it).
+
+        Raises:
+            UnknownRequest: no such request in the tenant's namespace.
+        """
+        internal = self._internal(tenant, request_id)
+        state = await self.store.aget(internal)
+        name = self._pipeline_of(state.ranks)
+        return Summary.of(state, self.config.pipelines[name].pipeline.names)
+
+    @staticmethod
+    def pool_name(tenant: Tenant, pool: object) -> str:
+        """The store's name of ``tenant``'s pool ``pool`` (``TENANT/POOL``: pools are per tenant).
+
+        Raises:
+            InvalidArgument: not a pool name (a non-empty string without braces).
+        """
+        if not isinstance(pool, str) or not pool or "{" in pool or "}" in pool:
+            raise InvalidArgument("pool", pool, "a pool name is a non-empty string without braces")
+        return tenant.prefix + pool
+
+    def public_id(self, tenant: Tenant, request_id: str) -> str:
+        """The id ``tenant`` knows a request by (the store's, without the tenant's prefix)."""
+        return request_id.removeprefix(tenant.prefix)
+
+    @staticmethod
+    def public_id_of(request_id: str) -> str:
+        """A store id without its tenant's prefix (``TENANT/ID`` -> ``ID``)."""
+        return request_id.split("/", 1)[-1]
+
+    def grant(self, req: AsyncRequest, grant_id: object, agent: object) -> Grant:
+        """The grant ``grant_id`` of ``agent`` in ``req``, as the store knows it.
+
+        An open grant comes from the request's state; a settled one is named by its id and
+        agent, so the store answers ``GrantSettled`` (or settles an expired one late).
+
+        Raises:
+            InvalidArgument: a bad grant id.
+            UnknownAgent: ``agent`` is not of the pipeline.
+        """
+        if type(grant_id) is not int or not 1 <= grant_id <= 2**53:
+            raise InvalidArgument("grant_id", grant_id, "a grant id is a positive integer")
+        if not isinstance(agent, str):
+            raise InvalidArgument("agent", agent, "an agent's name")
+        stored_agent = req.pipeline.resolve(agent).name
+        state = req.state
+        if grant_id >= getattr(state, "next_grant_id", 2**53 + 1):
+            raise UnknownGrant(self.public_id_of(req.request_id), grant_id)
+        current = state.grants.get(grant_id)
+        if current is not None and current.agent == stored_agent:
+            return current if agent == stored_agent else current._replace(agent=agent)
+        return Grant(req.request_id, agent, grant_id, 0, 0, 0.0)
+
+    async def score(self, tenant: Tenant, request_id: str, value: float) -> None:
+        """Keep ``value`` as the request's outcome score, told to the policy at close.
+
+        Kept beside the store (any replica may close the request).
+
+        Raises:
+            InvalidArgument: not a finite number.
+            UnknownRequest, RequestClosed: no such open request.
+        """
+        outcome = check_outcome(value)
+        if outcome is None:
+            raise InvalidArgument("outcome", value, "an outcome score is a finite number")
+        req = await self.request(tenant, request_id)
+        await self.records.put_value(
+            f"score:{req.request_id}", repr(outcome), self.config.request_ttl
+        )
+
+    async def close(self, tenant: Tenant, request_id: str, status: str = "closed") -> Summary:
+        """Close ``tenant``'s request (its score, if one was given, goes to the policy).
+
+        Returns:
+            Its final summary.
+        """
+        req = await self.request(tenant, request_id)
+        kept = await self.records.get_value(f"score:{req.request_id}")
+        if kept is not None:
+            req.score(float(kept))
+        await req.close(status)
+        return req.summary()
+
+    # ------------------------------------------------------------------ idempotency
+
+    async def idempotent(
+        self,
+        tenant: Tenant,
+        key: str | None,
+        op_name: str,
+        fn: Callable[[], Awaitable[Outcome]],
+        *,
+        fingerprint: str | None = None,
+    ) -> Outcome:
+        """Run ``fn`` once per ``(tenant, key)``; a retry gets the first outcome.
+
+        ``fn`` returns the call's outcome (status and JSON body); an
+        :class:`~apportion.errors.ApportionError` it raises becomes its error outcome
+        (recorded too: a refused call stays refused). With ``key`` ``None`` ``fn`` just
+        runs.
+
+        Args:
+            tenant: the caller (keys are per tenant).
+            key: the ``Idempotency-Key`` header, or ``None``.
+            op_name: the operation (``begin``, ``finish`` ...), recorded with the key.
+            fn: the operation.
+            fingerprint: what identifies the call (the HTTP routes pass a digest of method,
+                path and body): the same key with another fingerprint is refused. Default:
+                ``op_name`` alone.
+
+        Raises:
+            InvalidArgument: a malformed key (1 to 255 printable ASCII characters).
+            IdempotencyKeyReused: the key was used for another call.
+            IdempotencyInProgress: the first call with the key is still running.
+        """
+        if key is None:
+            return await self._outcome(tenant, fn)
+        if not isinstance(key, str) or not _KEY_PATTERN.match(key):
+            raise InvalidArgument(
+                "Idempotency-Key", key, "1 to 255 printable ASCII characters, no spaces"
+            )
+        if fingerprint is None:
+            fingerprint = op_name
+        record = f"{tenant.name}:{hashlib.sha256(key.encode()).hexdigest()}"
+        ttl = self.config.request_ttl
+        claim = await self.records.claim(record, fingerprint, op_name, ttl)
+        if claim.state == "done":
+            assert claim.outcome is not None
+            return claim.outcome
+        if claim.state == "mismatch":
+            raise IdempotencyKeyReused(key, claim.operation)
+        if claim.state == "running":
+            raise IdempotencyInProgress(key, claim.operation)
+        try:
+            outcome = await self._outcome(tenant, fn)
+        except BaseException:
+            await self.records.forget(record)
+            raise
+        if outcome.status == 503:  # the store was unreachable: let the retry run again
+            await self.records.forget(record)
+        else:
+            await self.records.complete(record, fingerprint, op_name, outcome, ttl)
+        return outcome
+
+    async def _outcome(self, tenant: Tenant, fn: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        try:
+            return await fn()
+        except ApportionError as exc:
+            status, body = error_response(exc, tenant.prefix)
+            return Outcome(status, json.dumps(body).encode("utf-8"))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _internal(self, tenant: Tenant, request_id: object) -> str:
+        if not isinstance(request_id, str) or not _LOOKUP_PATTERN.match(request_id):
+            raise UnknownRequest(request_id if isinstance(request_id, str) else repr(request_id))
+        return tenant.prefix + request_id
+
+    def _pipeline_of(self, ranks: Mapping[str, int]) -> str:
+        if len(self.controllers) == 1:
+            return next(iter(self.controllers))
+        name = self._by_agents.get(frozenset(ranks))
+        if name is None:  # a request of a pipeline no longer configured
+            raise UnknownPipeline(None, self.controllers)
+        return name
+
+    async def _controller_of(self, internal: str) -> AsyncController:
+        if len(self.controllers) == 1:
+            return next(iter(self.controllers.values()))
+        state = await self.store.aget(internal)
+        if state.status != "open":
+            raise RequestClosed(internal, state.status)
+        return self.controllers[self._pipeline_of(state.ranks)]
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        for key, found in headers.items():
+            if key.lower() == name:
+                return found
+    return value
