@@ -33,6 +33,7 @@ def test_a_full_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     path.write_text(
         "store: redis://:hunter2@127.0.0.1:6399/0\n"
         "request_ttl: 120\n"
+        "budget_token_ttl: 30\n"
         "unbudgeted: pass\n"
         "telemetry: sqlite:///x.db\n"
         "pipelines:\n"
@@ -42,7 +43,7 @@ def test_a_full_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "  globex: {keys_env: GLOBEX_KEYS, admin: true}\n"
         "upstreams:\n"
         "  openai: {prefix: gpt-, api_base: 'http://127.0.0.1:9/v1', api_key_env: UPSTREAM_KEY}\n"
-        "  mine: {prefix: '', pass_through_key: true}\n"
+        "  mine: {prefix: '', pass_through_key: true, direct: true}\n"
     )
     config = ServeConfig.from_yaml(path)
     assert config.pipelines["support"].ceiling == 9000
@@ -51,7 +52,8 @@ def test_a_full_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert config.tenants["globex"].admin and not config.tenants["acme"].admin
     assert config.tenants["globex"].key_hashes == {hash_key("k-one-1234"), hash_key("k-two-5678")}
     assert config.upstreams[0].api_key == "sk-provider-secret"
-    assert config.upstreams[1].pass_through_key
+    assert config.upstreams[1].pass_through_key and config.upstreams[1].direct
+    assert not config.upstreams[0].direct and config.budget_token_ttl == 30
     assert config.upstream_for("gpt-4o") is config.upstreams[0]
     assert config.upstream_for("claude-3") is config.upstreams[1]
     assert ServeConfig.default().upstream_for("gpt-4o") is None
@@ -77,6 +79,8 @@ def test_a_full_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         ("upstreams:\n  u: {api_base: 'ftp://x'}\n", 2, "upstreams.u.api_base"),
         ("upstreams:\n  u: {api_key: k, pass_through_key: true}\n", 2, "upstreams.u"),
         ("signing_key: short\n", 1, "signing_key"),
+        ("budget_token_ttl: 0\n", 1, "budget_token_ttl"),
+        ("upstreams:\n  u: {api_key: k, direct: yes-please}\n", 2, "upstreams.u.direct"),
     ],
 )
 def test_bad_files_name_the_line_and_key(

@@ -169,6 +169,12 @@ def test_apportion_serve_with_no_config_starts_and_answers() -> None:
         assert "reasoner" in summary["agents"] and summary["ceiling"] == 20_000
         docs = httpx.get(f"{url}/docs")
         assert docs.status_code == 200 and "/v1/budget/requests" in docs.text
+        proxied = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert proxied.status_code == 400, proxied.text  # the proxy is mounted: no budget headers
+        assert proxied.json()["error"]["code"] == "budget_headers_missing"
     finally:
         stop(process)
     assert "apportion gateway on" in output(process)

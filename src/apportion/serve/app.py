@@ -1,9 +1,9 @@
 """The gateway's ASGI application: :func:`create_app` (FastAPI; mountable in any ASGI app).
 
 Routes (see ``docs/serve.md``): ``/healthz``, ``/readyz``, the budget API under
-``/v1/budget/requests``, ``/openapi.json`` and a self-contained ``/docs`` page. Other
-modules add their routes to the app :func:`create_app` returns (the proxy's
-``/v1/chat/completions``); the :class:`~apportion.serve.gateway.Gateway` is at
+``/v1/budget/requests``, ``/openapi.json``, a self-contained ``/docs`` page, and the
+OpenAI-compatible proxy's ``/v1/chat/completions`` and ``/v1/responses``
+(:mod:`apportion.serve.proxy`). The :class:`~apportion.serve.gateway.Gateway` is at
 ``app.state.gateway``.
 
 Every answer that is not a success is ``{"error": {"code", "message", fields...}}``
@@ -77,6 +77,9 @@ def create_app(config_or_gateway: ServeConfig | Gateway | None = None) -> FastAP
     install_errors(app)
     app.add_middleware(BodyLimit, limit=gateway.config.max_body_bytes)
     budget_routes(app, gateway)
+    from apportion.serve.proxy import proxy_routes
+
+    app.router.routes.extend(proxy_routes(gateway))
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> Any:

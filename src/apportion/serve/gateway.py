@@ -88,6 +88,7 @@ class Gateway:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config if config is not None else ServeConfig.default()
+        self.clock = clock
         self.store: Store = store if store is not None else open_store(self.config.store)
         self.records: IdempotencyRecords = open_records(
             self.config.store, getattr(self.store, "prefix", None)

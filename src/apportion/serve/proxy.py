@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -70,16 +69,15 @@ from apportion.serve.forward import CHAT, RESPONSES, Body
 from apportion.serve.gateway import Gateway, Tenant
 from apportion.serve.idempotency import Outcome
 from apportion.serve.passes import (
-    DEFAULT_TTL,
+    HEADER as TOKEN_HEADER,
+)
+from apportion.serve.passes import (
     BudgetTokenInvalid,
     BudgetTokenReplayed,
     claim_nonce,
     issue,
     narrowed,
     verify,
-)
-from apportion.serve.passes import (
-    HEADER as TOKEN_HEADER,
 )
 
 AGENT = "Apportion-Agent"
@@ -265,9 +263,9 @@ class Proxy:
     Args:
         gateway: the gateway.
         clock: the time (Unix seconds) budget tokens are issued and checked at (default:
-            ``gateway.clock`` if it has one, else ``time.time``).
+            the gateway's clock).
         pass_ttl: seconds a budget token stays redeemable (default: the config's
-            ``budget_token_ttl`` if it has one, else :data:`~apportion.serve.passes.DEFAULT_TTL`).
+            ``budget_token_ttl``).
         direct: send through the OpenAI SDK instead of LiteLLM
             (:func:`~apportion.serve.forward.direct_sender`), for every upstream (an
             upstream whose config says ``direct: true`` is sent so anyway): for upstreams
@@ -288,9 +286,8 @@ class Proxy:
         self.unbudgeted = config.unbudgeted
         self.signing_key = config.signing_key
         self.max_body = config.max_body_bytes
-        self.clock: Callable[[], float] = clock or getattr(gateway, "clock", None) or time.time
-        ttl = pass_ttl if pass_ttl is not None else getattr(config, "budget_token_ttl", None)
-        self.pass_ttl = float(ttl) if ttl is not None else DEFAULT_TTL
+        self.clock: Callable[[], float] = clock or gateway.clock
+        self.pass_ttl = pass_ttl if pass_ttl is not None else config.budget_token_ttl
         self.direct = direct
 
     def _secrets(self, key: str | None = None) -> list[str | None]:
@@ -314,7 +311,7 @@ class Proxy:
                 if upstream.pass_through_key
                 else upstream.api_key
             )
-            direct = self.direct or getattr(upstream, "direct", False) is True
+            direct = self.direct or upstream.direct
             send = (forward.direct_sender if direct else forward.sender)(protocol, upstream, key)
             if not any(name in headers for name in BUDGET_HEADERS):
                 if self.unbudgeted != PASS:
