@@ -159,7 +159,10 @@ def _worker(url: str, parents: list[str], barrier: Any, results: Any, seed: int)
     The parent was opened by another process: the worker attaches to it and draws children
     through its own controller (single children and fan-outs of four, mixed priorities).
     """
-    ctl = AsyncController(PIPELINE, policy="uniform", store=RedisStore(url))
+    # generous timeouts: 16 processes connect at once on a loaded 2-core machine (the race,
+    # not the connection, is under test)
+    store = RedisStore(url, connect_timeout=30.0, socket_timeout=60.0)
+    ctl = AsyncController(PIPELINE, policy="uniform", store=store)
     rng = random.Random(seed)
 
     async def child(parent: Any, k: int, fan: bool) -> int:
