@@ -139,14 +139,16 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
 
 
 async def one_client(
-    port: int, calls: list[bytes], deadline: float, out: dict[str, Any]
+    port: int, calls: list[tuple[str | None, bytes]], deadline: float, out: dict[str, Any]
 ) -> None:
     """Make ``calls`` one after the other on a keep-alive connection (until ``deadline``)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        for call in calls:
+        for rid, call in calls:
             if time.monotonic() > deadline:
                 break
+            if rid is not None:
+                out["requests"].add(rid)
             began = time.perf_counter()
             writer.write(call)
             status, headers, _ = await read_response(reader)
@@ -166,8 +168,13 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
     """A client process: ``spec["clients"]`` clients at once; its calls' figures."""
     port, budgeted = spec["port"], spec["budgeted"]
     per_request, ceiling = spec["per_request"], spec["ceiling"]
-    out: dict[str, Any] = {"latencies": [], "statuses": {}, "budgeted": 0, "used": 0}
-    requests: set[str] = set()
+    out: dict[str, Any] = {
+        "latencies": [],
+        "statuses": {},
+        "budgeted": 0,
+        "used": 0,
+        "requests": set(),
+    }
     plans = []
     for client in range(spec["clients"]):
         calls = []
@@ -175,8 +182,7 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
             rid = None
             if budgeted:
                 rid = f"{spec['tag']}-p{spec['process']}-c{client}-r{n // per_request}"
-                requests.add(rid)
-            calls.append(request_bytes(port, rid, AGENTS[n % len(AGENTS)], ceiling))
+            calls.append((rid, request_bytes(port, rid, AGENTS[n % len(AGENTS)], ceiling)))
         plans.append(calls)
 
     async def main() -> tuple[float, float]:
@@ -186,7 +192,7 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
         return began, time.monotonic()
 
     out["began"], out["ended"] = asyncio.run(main())
-    out["requests"] = sorted(requests)
+    out["requests"] = sorted(out["requests"])
     return out
 
 
