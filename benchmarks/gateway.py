@@ -493,7 +493,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         redis_url = None
         if any(name.startswith("redis") for name in args.configs):
             redis_url = st.enter_context(redis_server(folder))
-        ports = {name: st.enter_context(gateway(folder, name, redis_url, up)) for name in args.configs}
+        ports = {
+            name: st.enter_context(gateway(folder, name, redis_url, up)) for name in args.configs
+        }
         litellm_port = None
         if not args.no_litellm:
             binary = shutil.which(args.litellm_bin) or args.litellm_bin
@@ -522,7 +524,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 per_config[name].append(figures(measured, direct))
                 checks[name].append(budget_check(port, up, measured["throughput"]))
             if litellm_port is not None:
-                litellm_runs.append(figures(measure(driver, litellm_port, f"{tag}-ll", False), direct))
+                litellm_runs.append(
+                    figures(measure(driver, litellm_port, f"{tag}-ll", False), direct)
+                )
     configs = {
         name: {**medians(runs), "runs": runs, "budget_checks": checks[name]}
         for name, runs in per_config.items()
@@ -551,7 +555,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "per_request": args.per_request,
         "max_seconds": args.max_seconds,
     }
-    result["load_average"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
+    result["load_average"] = {
+        "before": load_before,
+        "after": [round(x, 2) for x in os.getloadavg()],
+    }
     result["cpus"] = os.cpu_count()
     result["python"] = platform.python_version()
     return result

@@ -33,7 +33,7 @@ def make_calls(spec: dict[str, Any], barrier: Any, results: Any) -> None:
     for n in range(spec["calls"]):
         rid = requests[(index + n) % len(requests)]
         agent = AGENTS[(index + n) % len(AGENTS)]
-        client = clients[(index + n) % len(clients)]
+        client = clients[(index + n // len(requests)) % len(clients)]  # every request: each URL
         headers = {
             "Apportion-Request": rid,
             "Apportion-Ceiling": str(spec["ceiling"]),

@@ -65,7 +65,12 @@ def test_ceilings_hold_across_replicas_under_16_client_processes(
         gateways = [
             start_cli("--config", str(configs[0]), "--log-level", "warning", port=ports[0]),
             start_cli(
-                "--config", str(configs[1]), "--workers", "2", "--log-level", "warning",
+                "--config",
+                str(configs[1]),
+                "--workers",
+                "2",
+                "--log-level",
+                "warning",
                 port=ports[1],
             ),
         ]
