@@ -41,6 +41,8 @@ from apportion.serve.errors import (
     UnknownPipeline,
 )
 from apportion.serve.errors_json import error_response
+from apportion.serve.guard import FailureWindow
+from apportion.serve.handles import issue_handle, read_handle
 from apportion.serve.idempotency import IdempotencyRecords, Outcome, open_records
 from apportion.stores import Store, open_store
 from apportion.summary import Summary
@@ -114,6 +116,9 @@ class Gateway:
             for t in self.config.tenants.values()
             for digest in t.key_hashes
         }
+        self.failures = FailureWindow(
+            self.config.auth_failure_limit, self.config.auth_failure_window, clock=clock
+        )
         self._reaper: Reaper | None = None
 
     # ------------------------------------------------------------------ lifetime
@@ -139,17 +144,28 @@ class Gateway:
 
     # ------------------------------------------------------------------ tenants
 
-    def authenticate(self, headers: Mapping[str, str]) -> Tenant:
+    def authenticate(self, headers: Mapping[str, str], client: str | None = None) -> Tenant:
         """The tenant whose key the ``Authorization: Bearer KEY`` header carries.
 
-        With no tenants configured (open mode) every call is tenant ``default``.
+        With no tenants configured (open mode) every call is tenant ``default``. Failures
+        are counted per ``client`` address (:class:`~apportion.serve.guard.FailureWindow`):
+        past the configured limit, every call from it is refused for a while.
 
         Raises:
             AuthenticationFailed: no key, a malformed header, or a key no tenant holds
                 (the key is never quoted).
+            AuthenticationThrottled: too many failures from ``client`` lately (429).
         """
         if self.config.open_mode:
             return Tenant(OPEN_TENANT, admin=True)
+        self.failures.check(client)
+        try:
+            return self._tenant_of(headers)
+        except AuthenticationFailed:
+            self.failures.failed(client)
+            raise
+
+    def _tenant_of(self, headers: Mapping[str, str]) -> Tenant:
         value = _header(headers, "authorization")
         if value is None:
             raise AuthenticationFailed("missing Authorization: Bearer <key> header")
@@ -309,28 +325,39 @@ class Gateway:
         """A store id without its tenant's prefix (``TENANT/ID`` -> ``ID``)."""
         return request_id.split("/", 1)[-1]
 
-    def grant(self, req: AsyncRequest, grant_id: object, agent: object) -> Grant:
-        """The grant ``grant_id`` of ``agent`` in ``req``, as the store knows it.
+    def grant(self, tenant: Tenant, req: AsyncRequest, handle: object) -> Grant:
+        """The grant a handle names in ``req``, as the store knows it.
 
-        An open grant comes from the request's state; a settled one is named by its id and
-        agent, so the store answers ``GrantSettled`` (or settles an expired one late).
+        The handle (see :mod:`apportion.serve.handles`) is checked first: its signature,
+        its tenant and its request. An open grant comes from the request's state; a settled
+        one is named by its id and agent, so the store answers ``GrantSettled`` (or settles
+        an expired one late).
 
         Raises:
-            InvalidArgument: a bad grant id.
-            UnknownAgent: ``agent`` is not of the pipeline.
+            GrantInvalid: the handle is malformed, changed, or of another tenant or request.
+            UnknownGrant: no such grant was made (a handle of a request since replaced).
         """
-        if type(grant_id) is not int or not 1 <= grant_id <= 2**53:
-            raise InvalidArgument("grant_id", grant_id, "a grant id is a positive integer")
-        if not isinstance(agent, str):
-            raise InvalidArgument("agent", agent, "an agent's name")
+        grant_id, agent = read_handle(
+            self.config.signing_key, handle, tenant=tenant.name, request_id=req.request_id
+        )
         stored_agent = req.pipeline.resolve(agent).name
         state = req.state
-        if grant_id >= getattr(state, "next_grant_id", 2**53 + 1):
+        if not 1 <= grant_id < getattr(state, "next_grant_id", 2**53 + 1):
             raise UnknownGrant(self.public_id_of(req.request_id), grant_id)
         current = state.grants.get(grant_id)
         if current is not None and current.agent == stored_agent:
             return current if agent == stored_agent else current._replace(agent=agent)
         return Grant(req.request_id, agent, grant_id, 0, 0, 0.0)
+
+    def grant_handle(self, tenant: Tenant, grant: Grant) -> str:
+        """The signed handle of ``grant`` (of ``tenant``'s request) that clients send back."""
+        return issue_handle(
+            self.config.signing_key,
+            tenant=tenant.name,
+            request_id=grant.request_id,
+            grant_id=grant.grant_id,
+            agent=grant.agent,
+        )
 
     async def score(self, tenant: Tenant, request_id: str, value: float) -> None:
         """Keep ``value`` as the request's outcome score, told to the policy at close.

@@ -25,7 +25,7 @@ from apportion.errors import ApportionError, StoreUnavailable, UnknownRequest
 from apportion.ledger import Grant
 from apportion.serve import schemas as s
 from apportion.serve.errors import InvalidBody
-from apportion.serve.errors_json import error_response, json_ready
+from apportion.serve.errors_json import error_headers, error_response, json_ready
 from apportion.serve.gateway import Gateway, Tenant
 from apportion.serve.idempotency import Outcome
 
@@ -47,7 +47,8 @@ def install_errors(app: FastAPI) -> None:
     async def apportion_error(request: Request, exc: Exception) -> Any:
         assert isinstance(exc, ApportionError)
         tenant = getattr(request.state, "tenant", None)
-        return _error(*error_response(exc, tenant.prefix if tenant is not None else ""))
+        status, body = error_response(exc, tenant.prefix if tenant is not None else "")
+        return _error(status, body, error_headers(exc))
 
     async def validation_error(request: Request, exc: Exception) -> Any:
         assert isinstance(exc, RequestValidationError)
@@ -190,6 +191,11 @@ class _TooLarge(HTTPException):
 # ---------------------------------------------------------------------- the budget API
 
 
+def _client(request: Request) -> str | None:
+    """The caller's address (uvicorn's ``--proxy-headers`` make it the client's behind a proxy)."""
+    return request.client.host if request.client is not None else None
+
+
 def _public(value: Any, prefix: str) -> Any:
     """A summary (or any JSON) with the tenant's prefix taken off its request ids."""
     if isinstance(value, dict):
@@ -208,8 +214,10 @@ def _public(value: Any, prefix: str) -> Any:
     return value
 
 
-def _grant_json(grant: Grant, prefix: str) -> dict[str, Any]:
+def _grant_json(gateway: Gateway, grant: Grant, tenant: Tenant) -> dict[str, Any]:
+    prefix = tenant.prefix
     return {
+        "grant": gateway.grant_handle(tenant, grant),
         "request_id": grant.request_id.removeprefix(prefix),
         "grant_id": grant.grant_id,
         "agent": grant.agent,
@@ -234,12 +242,12 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> Tenant:
-        tenant = gateway.authenticate(request.headers)
+        tenant = gateway.authenticate(request.headers, _client(request))
         request.state.tenant = tenant
         return tenant
 
     async def open_tenant(request: Request) -> Tenant:  # no tenants: no key, none in the schema
-        tenant = gateway.authenticate(request.headers)
+        tenant = gateway.authenticate(request.headers, _client(request))
         request.state.tenant = tenant
         return tenant
 
@@ -362,7 +370,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
                 min_context_tokens=body.min_context_tokens,
                 wrap_up_tokens=body.wrap_up_tokens,
             )
-            return _ok(200, _grant_json(grant, tenant.prefix))
+            return _ok(200, _grant_json(gateway, grant, tenant))
 
         return await run(request, tenant, "begin", body, op)
 
@@ -383,9 +391,9 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
 
         async def op() -> Outcome:
             req = await gateway.request(tenant, request_id)
-            grant = gateway.grant(req, body.grant_id, body.agent)
+            grant = gateway.grant(tenant, req, body.grant)
             grown = await req.extend(grant, body.output_tokens, context_tokens=body.context_tokens)
-            out = None if grown is None else _grant_json(grown, tenant.prefix)
+            out = None if grown is None else _grant_json(gateway, grown, tenant)
             return _ok(200, {"grant": out})
 
         return await run(request, tenant, "extend", body, op)
@@ -407,8 +415,8 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
 
         async def op() -> Outcome:
             req = await gateway.request(tenant, request_id)
-            grant = await req.renew(gateway.grant(req, body.grant_id, body.agent))
-            return _ok(200, _grant_json(grant, tenant.prefix))
+            grant = await req.renew(gateway.grant(tenant, req, body.grant))
+            return _ok(200, _grant_json(gateway, grant, tenant))
 
         return await run(request, tenant, "renew", body, op)
 
@@ -429,7 +437,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
 
         async def op() -> Outcome:
             req = await gateway.request(tenant, request_id)
-            grant = gateway.grant(req, body.grant_id, body.agent)
+            grant = gateway.grant(tenant, req, body.grant)
             await req.finish(
                 grant,
                 input_tokens=body.input_tokens,
@@ -459,7 +467,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
 
         async def op() -> Outcome:
             req = await gateway.request(tenant, request_id)
-            grant = gateway.grant(req, body.grant_id, body.agent)
+            grant = gateway.grant(tenant, req, body.grant)
             await req.release(grant)
             return _ok(200, _settled_json(req, grant, tenant))
 

@@ -109,10 +109,11 @@ class BeginBody(_Body):
 
 
 class GrantRef(_Body):
-    """A grant of the request, by its id and agent."""
+    """A grant of the request, by the handle ``begin`` answered (``grant``)."""
 
-    grant_id: Annotated[int, Field(strict=True, json_schema_extra={"minimum": 1, "maximum": 2**53})]
-    agent: Name
+    grant: Annotated[str, Field(min_length=1, max_length=4096)] = Field(
+        description="the grant's handle, as begin answered it (opaque, signed)"
+    )
 
 
 class ExtendBody(GrantRef):
@@ -147,6 +148,7 @@ class CloseBody(_Body):
 class GrantOut(BaseModel):
     """A grant: what one model call may read and write."""
 
+    grant: str = Field(description="the grant's handle: send it to extend, renew, finish, release")
     request_id: str
     grant_id: int
     agent: str
@@ -255,12 +257,13 @@ _WHY = {
     409: "Refused: over budget, closed, settled, or an idempotent call still running",
     413: "Body too large",
     422: "A field is missing or wrong",
-    429: "A shared pool's window is spent",
+    429: "A shared pool's window is spent, or too many failed authentications (Retry-After)",
     503: "The store cannot be reached",
 }
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI ``responses`` of these error statuses (plus 400 and 413, always)."""
-    every = sorted({400, 413, *statuses})
+    """The OpenAPI ``responses`` of these error statuses (and 400, 413; 429 beside 401)."""
+    keyed = {429} if 401 in statuses else set()  # failed authentication is rate-limited
+    every = sorted({400, 413, *statuses, *keyed})
     return {s: {"model": ErrorOut, "description": _WHY.get(s, "Error")} for s in every}
