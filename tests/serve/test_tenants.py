@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,165 @@ def test_successful_calls_never_count_and_memory_stays_bounded(tmp_path: Path) -
         gateway.authenticate(auth("acme"), client="10.9.9.9")
     assert gateway.authenticate(auth("acme"), client="10.0.0.1").name == "acme"
 
+
+ADMIN = "/v1/admin"
+
+
+def test_an_admin_key_creates_resizes_lists_and_drains_a_tenants_pools(gateway: Gateway) -> None:
+    async def body(client: httpx.AsyncClient) -> None:
+        ops = auth("ops")
+        made = await client.post(
+            f"{ADMIN}/pools/acme",
+            json={"name": "team", "capacity": 30_000, "window_seconds": 60},
+            headers=ops,
+        )
+        assert made.status_code == 201, made.text
+        assert made.json()["name"] == "team" and made.json()["capacity"] == 30_000
+        check_error(
+            await client.post(
+                f"{ADMIN}/pools/acme",
+                json={"name": "team", "capacity": 5},
+                headers=ops,
+            ),
+            409,
+            "duplicate_pool",
+        )
+        # the tenant draws from it
+        await open_request(client, "acme", pool="team", ceiling=20_000)
+        check_error(
+            await client.post(BASE, json={"ceiling": 20_000, "pool": "team"}, headers=auth("acme")),
+            429,
+            "pool_exhausted",
+        )
+        grown = await client.patch(
+            f"{ADMIN}/pools/acme/team", json={"capacity": 50_000}, headers=ops
+        )
+        assert grown.status_code == 200, grown.text
+        assert grown.json()["capacity"] == 50_000 and grown.json()["drawn"] == 20_000
+        await open_request(client, "acme", pool="team", ceiling=20_000)
+        listed = await client.get(f"{ADMIN}/pools", params={"tenant": "acme"}, headers=ops)
+        assert [p["name"] for p in listed.json()["pools"]] == ["team"]
+        assert (
+            await client.get(f"{ADMIN}/pools", params={"tenant": "globex"}, headers=ops)
+        ).json()["pools"] == []
+        drained = await client.post(f"{ADMIN}/pools/acme/team/drain", headers=ops)
+        assert drained.status_code == 200 and drained.json()["draining"] is True
+        check_error(
+            await client.post(BASE, json={"ceiling": 10, "pool": "team"}, headers=auth("acme")),
+            409,
+            "pool_draining",
+        )
+        check_error(
+            await client.patch(f"{ADMIN}/pools/acme/none", json={"capacity": 9}, headers=ops),
+            404,
+            "unknown_pool",
+        )
+        # a tenant's key is no admin key, and another tenant's pool is another pool
+        for call in (
+            client.get(f"{ADMIN}/pools", params={"tenant": "acme"}, headers=auth("acme")),
+            client.post(
+                f"{ADMIN}/pools/globex",
+                json={"name": "x", "capacity": 5},
+                headers=auth("acme"),
+            ),
+            client.post(f"{ADMIN}/pools/acme/team/drain", headers=auth("globex")),
+            client.post(f"{ADMIN}/reload", headers=auth("acme")),
+        ):
+            check_error(await call, 403, "forbidden")
+        check_error(
+            await client.post(BASE, json={"ceiling": 10, "pool": "team"}, headers=auth("globex")),
+            404,
+            "unknown_pool",
+        )
+
+    run(gateway, body)
+
+
+def test_an_admin_reads_any_tenants_summary_a_tenant_only_its_own(gateway: Gateway) -> None:
+    async def body(client: httpx.AsyncClient) -> None:
+        rid = await open_request(client, "acme", request_id="t-1")
+        seen = await client.get(f"{BASE}/{rid}", params={"tenant": "acme"}, headers=auth("ops"))
+        assert seen.status_code == 200 and seen.json()["request_id"] == "t-1"
+        check_error(
+            await client.get(f"{BASE}/{rid}", params={"tenant": "acme"}, headers=auth("globex")),
+            403,
+            "forbidden",
+        )
+        check_error(
+            await client.get(f"{BASE}/{rid}", headers=auth("globex")), 404, "unknown_request"
+        )
+
+    run(gateway, body)
+
+
+def test_reload_rereads_the_config_and_a_bad_file_keeps_the_old(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    gateway = Gateway(ServeConfig.from_yaml(path))
+
+    async def body(client: httpx.AsyncClient) -> None:
+        rid = await open_request(client, "acme")
+        handle = (await _begin(client, "acme", rid, "reasoner"))["grant"]
+        text = path.read_text()
+        path.write_text(
+            text.replace("sk-globex-9876543210", "sk-globex-rotated-1")
+            + "  initech: {keys: [sk-initech-123456]}\n"
+        )
+        done = await client.post(f"{ADMIN}/reload", headers=auth("ops"))
+        assert done.status_code == 200, done.text
+        assert done.json()["tenants"] == ["acme", "globex", "initech", "ops"]
+        new = {"Authorization": "Bearer sk-initech-123456"}
+        assert (await client.post(BASE, json={"ceiling": 100}, headers=new)).status_code == 201
+        rotated = {"Authorization": "Bearer sk-globex-rotated-1"}
+        assert (await client.post(BASE, json={"ceiling": 100}, headers=rotated)).status_code == 201
+        check_error(await client.get(f"{BASE}/x", headers=auth("globex")), 401, "unauthenticated")
+        # the grant made before the reload is still good (the signing key is kept)
+        gone = await client.post(
+            f"{BASE}/{rid}/release", json={"grant": handle}, headers=auth("acme")
+        )
+        assert gone.status_code == 200, gone.text
+        path.write_text(text + "  broken: {admin: maybe}\n")
+        error = check_error(
+            await client.post(f"{ADMIN}/reload", headers=auth("ops")), 422, "invalid_spec"
+        )
+        assert error["file"] == str(path) and error["line"] is not None
+        assert (await client.post(BASE, json={"ceiling": 100}, headers=new)).status_code == 201
+
+    run(gateway, body)
+
+
+def test_pools_and_drains_live_in_redis_for_every_replica(
+    tmp_path: Path, redis_server: Any
+) -> None:
+    store = f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:8]}"
+    config = ServeConfig.from_yaml(write_config(tmp_path, store=store))
+    first, second = Gateway(config), Gateway(config)
+
+    async def define(client: httpx.AsyncClient) -> None:
+        ops = auth("ops")
+        for name in ("b-team", "a-team"):
+            made = await client.post(
+                f"{ADMIN}/pools/acme",
+                json={"name": name, "capacity": 1000},
+                headers=ops,
+            )
+            assert made.status_code == 201, made.text
+        await client.post(f"{ADMIN}/pools/globex", json={"name": "x", "capacity": 9}, headers=ops)
+        assert (
+            await client.post(f"{ADMIN}/pools/acme/a-team/drain", headers=ops)
+        ).status_code == 200
+
+    async def read(client: httpx.AsyncClient) -> None:
+        listed = await client.get(f"{ADMIN}/pools", params={"tenant": "acme"}, headers=auth("ops"))
+        assert [(p["name"], p["draining"]) for p in listed.json()["pools"]] == [
+            ("a-team", True),
+            ("b-team", False),
+        ]
+        check_error(
+            await client.post(BASE, json={"ceiling": 10, "pool": "a-team"}, headers=auth("acme")),
+            409,
+            "pool_draining",
+        )
+        await open_request(client, "acme", pool="b-team", ceiling=10)
+
+    run(first, define)
+    run(second, read)

@@ -176,14 +176,45 @@ class GrantInvalid(ApportionError, PermissionError):
         )
 
 
+class DuplicatePool(ApportionError, ValueError):
+    """A pool of this name is defined already (resize it instead).
+
+    Attributes:
+        pool: the pool's name.
+    """
+
+    pool: str
+
+    def __init__(self, pool: str) -> None:
+        super().__init__(f"pool {pool!r} exists already: PATCH it to resize it", pool=pool)
+
+
+class PoolDraining(ApportionError, RuntimeError):
+    """The pool is being drained: no new request may draw from it.
+
+    Attributes:
+        pool: the pool's name.
+    """
+
+    pool: str
+
+    def __init__(self, pool: str) -> None:
+        super().__init__(
+            f"pool {pool!r} is draining: it takes no new requests (an admin lifts it)",
+            pool=pool,
+        )
+
+
 __all__ = [
     "AuthenticationFailed",
     "AuthenticationThrottled",
+    "DuplicatePool",
     "Forbidden",
     "GrantInvalid",
     "IdempotencyInProgress",
     "IdempotencyKeyReused",
     "InvalidBody",
+    "PoolDraining",
     "UnknownGrant",
     "UnknownPipeline",
 ]

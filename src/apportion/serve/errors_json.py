@@ -32,6 +32,8 @@ CODES: Final[dict[type[e.ApportionError], tuple[str, int]]] = {
     se.UnknownGrant: ("unknown_grant", 404),
     se.UnknownPipeline: ("unknown_pipeline", 404),
     e.UnknownPool: ("unknown_pool", 404),
+    se.DuplicatePool: ("duplicate_pool", 409),
+    se.PoolDraining: ("pool_draining", 409),
     e.UnknownAgent: ("unknown_agent", 404),
     e.UnknownPolicy: ("unknown_policy", 422),
     e.UnknownModel: ("unknown_model", 422),

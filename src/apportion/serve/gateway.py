@@ -14,6 +14,7 @@ shown to a tenant names its own ids only (see :mod:`apportion.serve.errors_json`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -28,6 +29,7 @@ from apportion.errors import (
     ApportionError,
     InvalidArgument,
     RequestClosed,
+    SpecError,
     UnknownRequest,
 )
 from apportion.ledger import Grant, check_outcome
@@ -37,6 +39,7 @@ from apportion.serve.errors import (
     AuthenticationFailed,
     IdempotencyInProgress,
     IdempotencyKeyReused,
+    PoolDraining,
     UnknownGrant,
     UnknownPipeline,
 )
@@ -54,6 +57,12 @@ ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 _LOOKUP_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(::[A-Za-z0-9_.#-]{1,64})*$")
 _KEY_PATTERN: Final = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+DRAIN_KEY: Final = "pool-drain:"
+"""Prefix of the record that a pool is draining (in the idempotency records)."""
+
+DRAIN_SECONDS: Final = 10 * 365 * 86400.0
+"""How long a drain is kept (until lifted, in practice)."""
 
 
 @dataclass(frozen=True)
@@ -95,31 +104,72 @@ class Gateway:
         self.records: IdempotencyRecords = open_records(
             self.config.store, getattr(self.store, "prefix", None)
         )
-        telemetry = list(self.config.telemetry) or None
-        self.controllers: dict[str, AsyncController] = {
+        self._configure(self.config)
+        self._reaper: Reaper | None = None
+
+    def _configure(self, config: ServeConfig) -> None:
+        """Build what a config decides: the controllers, the keys, the failure window."""
+        telemetry = list(config.telemetry) or None
+        controllers = {
             name: AsyncController(
                 entry.pipeline,
                 entry.policy,
                 self.store,
-                clock=clock,
-                lease_seconds=self.config.lease_seconds,
-                request_ttl=self.config.request_ttl,
+                clock=self.clock,
+                lease_seconds=config.lease_seconds,
+                request_ttl=config.request_ttl,
                 telemetry=telemetry,
             )
-            for name, entry in self.config.pipelines.items()
+            for name, entry in config.pipelines.items()
         }
-        self._by_agents: dict[frozenset[str], str] = {}
-        for name, entry in self.config.pipelines.items():
-            self._by_agents.setdefault(ranked(entry.pipeline), name)
-        self._keys: dict[str, Tenant] = {
+        by_agents: dict[frozenset[str], str] = {}
+        for name, entry in config.pipelines.items():
+            by_agents.setdefault(ranked(entry.pipeline), name)
+        keys = {
             digest: Tenant(t.name, t.admin)
-            for t in self.config.tenants.values()
+            for t in config.tenants.values()
             for digest in t.key_hashes
         }
-        self.failures = FailureWindow(
-            self.config.auth_failure_limit, self.config.auth_failure_window, clock=clock
+        failures = FailureWindow(
+            config.auth_failure_limit, config.auth_failure_window, clock=self.clock
         )
-        self._reaper: Reaper | None = None
+        self.config, self.controllers, self._by_agents, self._keys = (
+            config,
+            controllers,
+            by_agents,
+            keys,
+        )
+        self.failures = failures
+
+    def reload(self, config: ServeConfig | None = None) -> ServeConfig:
+        """Take a new config (default: re-read the config file); a bad one changes nothing.
+
+        Tenants, keys, pipelines, upstreams and limits change at once.
+
+        The store stays (a new store URL needs a restart); without a ``signing_key`` in the
+        new config, the running key is kept, so grant handles and budget tokens already
+        given out stay good. Requests of a pipeline no longer configured cannot be reached.
+
+        Raises:
+            SpecError: the file is unreadable or invalid, or it changes the store (with the
+                file, line and key); the gateway was started without a file.
+        """
+        if config is None:
+            if self.config.file is None:
+                raise SpecError("the gateway was started without a config file: nothing to reload")
+            config = ServeConfig.from_yaml(self.config.file)
+        if config.store != self.config.store:
+            raise SpecError(
+                "the store cannot change while the gateway runs: restart it",
+                file=config.file,
+                key="store",
+            )
+        if config.signing_key_random:
+            config = dataclasses.replace(
+                config, signing_key=self.config.signing_key, signing_key_random=False
+            )
+        self._configure(config)
+        return config
 
     # ------------------------------------------------------------------ lifetime
 
@@ -265,6 +315,8 @@ class Gateway:
             raise InvalidArgument("priority", priority, "a child's class: give parent too")
         pipeline_name, controller = self.controller(pipeline)
         entry = self.config.pipelines[pipeline_name]
+        if pool is not None and await self.draining(self.pool_name(tenant, pool)):
+            raise PoolDraining(str(pool))
         if request_id is None:
             request_id = secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
         elif not isinstance(request_id, str) or not ID_PATTERN.match(request_id):
@@ -315,6 +367,17 @@ class Gateway:
         if not isinstance(pool, str) or not pool or "{" in pool or "}" in pool:
             raise InvalidArgument("pool", pool, "a pool name is a non-empty string without braces")
         return tenant.prefix + pool
+
+    async def draining(self, pool: str) -> bool:
+        """Whether the store's pool ``pool`` is being drained (kept beside the store)."""
+        return await self.records.get_value(DRAIN_KEY + pool) is not None
+
+    async def drain(self, pool: str, draining: bool = True) -> None:
+        """Drain the store's pool ``pool`` (no new request draws from it), or lift that."""
+        if draining:
+            await self.records.put_value(DRAIN_KEY + pool, "1", DRAIN_SECONDS)
+        else:
+            await self.records.forget(DRAIN_KEY + pool)
 
     def public_id(self, tenant: Tenant, request_id: str) -> str:
         """The id ``tenant`` knows a request by (the store's, without the tenant's prefix)."""

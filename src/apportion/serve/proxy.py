@@ -64,6 +64,7 @@ from apportion.errors import (
 )
 from apportion.ledger import CHILD_SEP, check_ceiling
 from apportion.serve import forward
+from apportion.serve.config import UpstreamConfig
 from apportion.serve.errors_json import error_headers, error_response
 from apportion.serve.forward import CHAT, RESPONSES, Body
 from apportion.serve.gateway import Gateway, Tenant
@@ -283,14 +284,36 @@ class Proxy:
         direct: bool = False,
     ) -> None:
         self.gateway = gateway
-        config = gateway.config
-        self.upstreams = tuple(config.upstreams)
-        self.unbudgeted = config.unbudgeted
-        self.signing_key = config.signing_key
-        self.max_body = config.max_body_bytes
         self.clock: Callable[[], float] = clock or gateway.clock
-        self.pass_ttl = pass_ttl if pass_ttl is not None else config.budget_token_ttl
+        self._pass_ttl = pass_ttl
         self.direct = direct
+
+    # the gateway's config is read per call: an admin's reload takes effect at once
+    @property
+    def upstreams(self) -> tuple[UpstreamConfig, ...]:
+        """The configured upstreams (their keys are scrubbed from upstream errors)."""
+        return tuple(self.gateway.config.upstreams)
+
+    @property
+    def unbudgeted(self) -> str:
+        """What a call without budget headers gets: ``reject`` or ``pass``."""
+        return self.gateway.config.unbudgeted
+
+    @property
+    def signing_key(self) -> bytes:
+        """The key budget tokens are signed with."""
+        return self.gateway.config.signing_key
+
+    @property
+    def max_body(self) -> int:
+        """The largest body taken."""
+        return self.gateway.config.max_body_bytes
+
+    @property
+    def pass_ttl(self) -> float:
+        """Seconds a budget token this proxy issues stays redeemable."""
+        ttl = self._pass_ttl
+        return ttl if ttl is not None else self.gateway.config.budget_token_ttl
 
     def _secrets(self, key: str | None = None) -> list[str | None]:
         return [*(u.api_key for u in self.upstreams), key]

@@ -14,17 +14,17 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from apportion.controller import AsyncRequest
-from apportion.errors import ApportionError, StoreUnavailable, UnknownRequest
+from apportion.errors import ApportionError, InvalidArgument, StoreUnavailable, UnknownRequest
 from apportion.ledger import Grant
 from apportion.serve import schemas as s
-from apportion.serve.errors import InvalidBody
+from apportion.serve.errors import Forbidden, InvalidBody
 from apportion.serve.errors_json import error_headers, error_response, json_ready
 from apportion.serve.gateway import Gateway, Tenant
 from apportion.serve.idempotency import Outcome
@@ -234,8 +234,8 @@ def _ok(status: int, body: Any) -> Outcome:
     return Outcome(status, json.dumps(body).encode("utf-8"))
 
 
-def budget_routes(app: FastAPI, gateway: Gateway) -> None:
-    """Add ``/healthz``, ``/readyz`` and the budget API to ``app``."""
+def tenant_dependency(gateway: Gateway) -> Callable[..., Awaitable[Tenant]]:
+    """The FastAPI dependency that authenticates a call (the key in the schema, if any)."""
     bearer = HTTPBearer(auto_error=False, description="A tenant's API key")
 
     async def keyed_tenant(
@@ -251,7 +251,28 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         request.state.tenant = tenant
         return tenant
 
-    tenant_of = open_tenant if gateway.config.open_mode else keyed_tenant
+    return open_tenant if gateway.config.open_mode else keyed_tenant
+
+
+def acting_as(gateway: Gateway, caller: Tenant, tenant: str | None, operation: str) -> Tenant:
+    """The tenant a call acts for: the caller's own, or (an admin's key only) ``tenant``.
+
+    Raises:
+        Forbidden: a tenant's key names another tenant.
+        InvalidArgument: no such tenant.
+    """
+    if tenant is None or tenant == caller.name:
+        return caller
+    if not caller.admin:
+        raise Forbidden(caller.name, operation)
+    if tenant not in gateway.config.tenants:
+        raise InvalidArgument("tenant", tenant, "a configured tenant")
+    return Tenant(tenant, gateway.config.tenants[tenant].admin)
+
+
+def budget_routes(app: FastAPI, gateway: Gateway) -> None:
+    """Add ``/healthz``, ``/readyz`` and the budget API to ``app``."""
+    tenant_of = tenant_dependency(gateway)
 
     async def run(
         request: Request,
@@ -338,12 +359,19 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         "/v1/budget/requests/{request_id}",
         tags=["budget"],
         response_model=s.SummaryOut,
-        responses=errors(401, 404, 503),
+        responses=errors(401, 403, 404, 503),
     )
-    async def summary(request_id: str, tenant: Tenant = TenantDep) -> Any:
+    async def summary(
+        request_id: str,
+        tenant: Tenant = TenantDep,
+        of: str | None = Query(
+            None, alias="tenant", description="an admin key: the tenant whose request it is"
+        ),
+    ) -> Any:
         """The request's summary: allocated, reserved, consumed and free, per agent."""
-        result = await gateway.summary(tenant, request_id)
-        return _public(result.to_dict(), tenant.prefix)
+        owner = acting_as(gateway, tenant, of, "read another tenant's requests")
+        result = await gateway.summary(owner, request_id)
+        return _public(result.to_dict(), owner.prefix)
 
     @app.post(
         "/v1/budget/requests/{request_id}/begin",
@@ -378,7 +406,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         "/v1/budget/requests/{request_id}/extend",
         tags=["budget"],
         response_model=s.ExtendOut,
-        responses=errors(401, 404, 409, 422, 503),
+        responses=errors(401, 403, 404, 409, 422, 503),
     )
     async def extend(
         request: Request,
@@ -402,7 +430,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         "/v1/budget/requests/{request_id}/renew",
         tags=["budget"],
         response_model=s.GrantOut,
-        responses=errors(401, 404, 409, 422, 503),
+        responses=errors(401, 403, 404, 409, 422, 503),
     )
     async def renew(
         request: Request,
@@ -424,7 +452,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         "/v1/budget/requests/{request_id}/finish",
         tags=["budget"],
         response_model=s.SettledOut,
-        responses=errors(401, 404, 409, 422, 503),
+        responses=errors(401, 403, 404, 409, 422, 503),
     )
     async def finish(
         request: Request,
@@ -454,7 +482,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         "/v1/budget/requests/{request_id}/release",
         tags=["budget"],
         response_model=s.SettledOut,
-        responses=errors(401, 404, 409, 422, 503),
+        responses=errors(401, 403, 404, 409, 422, 503),
     )
     async def release(
         request: Request,

@@ -24,6 +24,11 @@ __all__ = [
     "GrantRef",
     "Health",
     "OpenBody",
+    "PoolBody",
+    "PoolOut",
+    "PoolPatch",
+    "PoolsOut",
+    "ReloadOut",
     "RequestOut",
     "ScoreBody",
     "ScoreOut",
@@ -267,3 +272,58 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     keyed = {429} if 401 in statuses else set()  # failed authentication is rate-limited
     every = sorted({400, 413, *statuses, *keyed})
     return {s: {"model": ErrorOut, "description": _WHY.get(s, "Error")} for s in every}
+
+
+# ---------------------------------------------------------------------- the admin API
+
+Reserve = dict[Literal["critical", "standard", "peripheral"], Tokens]
+
+
+class PoolBody(_Body):
+    """Define a tenant's shared pool."""
+
+    name: PoolName = Field(description="the pool's name, as the tenant's requests name it")
+    capacity: Ceiling = Field(description="tokens each window holds")
+    window_seconds: Annotated[
+        float, Field(strict=False, allow_inf_nan=False, json_schema_extra={"exclusiveMinimum": 0})
+    ] = Field(60.0, description="the window's length (60: tokens per minute)")
+    reserve: Reserve | None = Field(None, description="tokens held back per priority class")
+
+
+class PoolPatch(_Body):
+    """Resize a pool, change its reserves, or drain it (or lift a drain)."""
+
+    capacity: Ceiling | None = None
+    reserve: Reserve | None = None
+    draining: bool | None = Field(None, description="true: no new request draws from it")
+
+
+class PoolOut(BaseModel):
+    """A pool's configuration and its current window."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tenant: str
+    name: str
+    capacity: int
+    window_seconds: float
+    drawn: int
+    remaining: int
+    open_draws: int
+    draining: bool
+
+
+class PoolsOut(BaseModel):
+    """A tenant's pools."""
+
+    tenant: str
+    pools: list[PoolOut]
+
+
+class ReloadOut(BaseModel):
+    """What the reloaded config serves."""
+
+    file: str | None
+    tenants: list[str]
+    pipelines: list[str]
+    upstreams: list[str]
