@@ -8,7 +8,7 @@ config file's folder)::
     lease_seconds: 600                  # seconds a grant may stay unsettled
     unbudgeted: reject                  # proxy calls without Apportion-* headers: reject|pass
     max_body_bytes: 10485760            # largest request body (10 MiB)
-    signing_key_env: APPORTION_SIGNING_KEY   # or signing_key: "..." (budget tokens' HMAC)
+    signing_key_env: APPORTION_SIGNING_KEY   # or signing_key: "..." (tokens', handles' HMAC)
     budget_token_ttl: 600               # seconds a signed budget token stays redeemable
     auth_failure_limit: 10              # failed authentications per client address ...
     auth_failure_window: 60             # ... within this many seconds, then 429
