@@ -64,7 +64,7 @@ def test_a_request_runs_begin_extend_finish_close(gateway: Gateway) -> None:
         assert grant["request_id"] == rid and grant["context_tokens"] == 7900
         grown = await client.post(
             f"{BASE}/{rid}/extend",
-            json={"grant_id": grant["grant_id"], "agent": "reasoner", "output_tokens": 100},
+            json={"grant": grant["grant"], "output_tokens": 100},
             headers=h,
         )
         assert grown.status_code == 200, grown.text
@@ -72,8 +72,7 @@ def test_a_request_runs_begin_extend_finish_close(gateway: Gateway) -> None:
         done = await client.post(
             f"{BASE}/{rid}/finish",
             json={
-                "grant_id": grant["grant_id"],
-                "agent": "reasoner",
+                "grant": grant["grant"],
                 "input_tokens": 7900,
                 "output_tokens": 1312,
             },
@@ -88,7 +87,7 @@ def test_a_request_runs_begin_extend_finish_close(gateway: Gateway) -> None:
         ).json()
         released = await client.post(
             f"{BASE}/{rid}/release",
-            json={"grant_id": other["grant_id"], "agent": "formatter"},
+            json={"grant": other["grant"]},
             headers=h,
         )
         assert released.json()["summary"]["reserved"] == 0
@@ -199,8 +198,7 @@ def test_an_idempotent_retry_of_finish_settles_once(gateway: Gateway) -> None:
             )
         ).json()
         finish = {
-            "grant_id": grant["grant_id"],
-            "agent": "reasoner",
+            "grant": grant["grant"],
             "input_tokens": 500,
             "output_tokens": 40,
         }
@@ -268,7 +266,7 @@ def test_a_refusal_is_the_first_outcome_too(gateway: Gateway) -> None:
         error = check_error(first, 409, "budget_exceeded")
         assert error["agent"] == "reasoner" and error["requested"] > error["available"]
         for grant in taken:
-            ref = {"grant_id": grant["grant_id"], "agent": "reasoner"}
+            ref = {"grant": grant["grant"]}
             freed = await client.post(f"{BASE}/{rid}/release", json=ref, headers=h)
         assert freed.json()["summary"]["free"] == 1000
         again = await client.post(f"{BASE}/{rid}/begin", json=ask, headers=keyed)
@@ -337,12 +335,11 @@ BAD_CALLS: list[tuple[str, str, Any, int, str, str | None]] = [
      None),
     ("POST", f"{BASE}/REQ/begin", {"agent": "reasoner", "input_tokens": -1}, 422,
      "invalid_token_count", "input_tokens"),
-    ("POST", f"{BASE}/REQ/finish", {"grant_id": 7, "agent": "reasoner", "input_tokens": 1,
-     "output_tokens": 1}, 404, "unknown_grant", None),
-    ("POST", f"{BASE}/REQ/finish", {"grant_id": "1", "agent": "reasoner"}, 422, "invalid_body",
-     "grant_id"),
-    ("POST", f"{BASE}/REQ/extend", {"grant_id": 0, "agent": "reasoner", "output_tokens": 1}, 422,
-     "invalid_argument", "grant_id"),
+    ("POST", f"{BASE}/REQ/finish", {"grant": "g1.e30.AAAA", "input_tokens": 1,
+     "output_tokens": 1}, 403, "grant_invalid", "grant"),
+    ("POST", f"{BASE}/REQ/finish", {"grant": 1}, 422, "invalid_body", "grant"),
+    ("POST", f"{BASE}/REQ/extend", {"grant": "", "output_tokens": 1}, 422,
+     "invalid_body", "grant"),
     ("POST", f"{BASE}/REQ/score", {"outcome": "good"}, 422, "invalid_body", "outcome"),
     ("POST", f"{BASE}/REQ/close", {"status": "expired"}, 422, "invalid_body", "status"),
     ("GET", f"{BASE}/no-such-request", None, 404, "unknown_request", None),
@@ -545,8 +542,7 @@ def test_closed_requests_reach_the_configured_telemetry(tmp_path: Any) -> None:
         await client.post(
             f"{BASE}/{rid}/finish",
             json={
-                "grant_id": grant["grant_id"],
-                "agent": "intake",
+                "grant": grant["grant"],
                 "input_tokens": 300,
                 "output_tokens": 40,
             },

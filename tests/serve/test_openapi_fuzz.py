@@ -18,7 +18,12 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from apportion.serve import ServeConfig, create_app
 from conftest import KEYS, LiveServer, write_config
 
-_CONFIG = ServeConfig.from_yaml(write_config(Path(tempfile.mkdtemp(prefix="apportion-fuzz-"))))
+# the fuzzer's invalid-authentication checks would soon meet the failure limit (429)
+_CONFIG = ServeConfig.from_yaml(
+    write_config(
+        Path(tempfile.mkdtemp(prefix="apportion-fuzz-")), extra="auth_failure_limit: 1000000\n"
+    )
+)
 APP = create_app(_CONFIG)
 SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", APP)
 HEADERS = {"Authorization": f"Bearer {KEYS['acme']}"}

@@ -77,6 +77,9 @@ def create_app(config_or_gateway: ServeConfig | Gateway | None = None) -> FastAP
     install_errors(app)
     app.add_middleware(BodyLimit, limit=gateway.config.max_body_bytes)
     budget_routes(app, gateway)
+    from apportion.serve.admin import admin_routes
+
+    admin_routes(app, gateway)
     from apportion.serve.proxy import proxy_routes
 
     app.router.routes.extend(proxy_routes(gateway))

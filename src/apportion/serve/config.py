@@ -8,8 +8,10 @@ config file's folder)::
     lease_seconds: 600                  # seconds a grant may stay unsettled
     unbudgeted: reject                  # proxy calls without Apportion-* headers: reject|pass
     max_body_bytes: 10485760            # largest request body (10 MiB)
-    signing_key_env: APPORTION_SIGNING_KEY   # or signing_key: "..." (budget tokens' HMAC)
+    signing_key_env: APPORTION_SIGNING_KEY   # or signing_key: "..." (tokens', handles' HMAC)
     budget_token_ttl: 600               # seconds a signed budget token stays redeemable
+    auth_failure_limit: 10              # failed authentications per client address ...
+    auth_failure_window: 60             # ... within this many seconds, then 429
     telemetry: [sqlite:///apportion.db] # sinks, as for `apportion` (a URL or a list)
     pipelines:
       support:
@@ -85,6 +87,8 @@ _TOP_KEYS: Final = frozenset(
         "signing_key",
         "signing_key_env",
         "budget_token_ttl",
+        "auth_failure_limit",
+        "auth_failure_window",
         "telemetry",
         "pipelines",
         "tenants",
@@ -179,6 +183,9 @@ class ServeConfig:
         signing_key: the HMAC key of signed budget tokens (never shown).
         signing_key_random: the key was made up at start (set one for several replicas).
         budget_token_ttl: seconds a signed budget token stays redeemable.
+        auth_failure_limit: failed authentications per client address within
+            ``auth_failure_window`` seconds before its calls are refused (429).
+        auth_failure_window: seconds.
         file: the config file, or ``None``.
     """
 
@@ -194,6 +201,8 @@ class ServeConfig:
     signing_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     signing_key_random: bool = True
     budget_token_ttl: float = 600.0
+    auth_failure_limit: int = 10
+    auth_failure_window: float = 60.0
     file: str | None = None
 
     def __post_init__(self) -> None:
@@ -272,7 +281,7 @@ class ServeConfig:
             if not isinstance(store, str) or "://" not in store:
                 data.fail("store", "a store URL such as memory:// or redis://host:6379/0")
             options["store"] = store
-        for key in ("request_ttl", "lease_seconds", "budget_token_ttl"):
+        for key in ("request_ttl", "lease_seconds", "budget_token_ttl", "auth_failure_window"):
             if key in data:
                 options[key] = _positive(data, key)
         if "max_body_bytes" in data:
@@ -280,6 +289,11 @@ class ServeConfig:
             if type(size) is not int or not 1024 <= size <= 2**31:
                 data.fail("max_body_bytes", "a whole number of bytes, 1024 to 2147483648")
             options["max_body_bytes"] = size
+        if "auth_failure_limit" in data:
+            limit = data["auth_failure_limit"]
+            if type(limit) is not int or not 1 <= limit <= 1_000_000:
+                data.fail("auth_failure_limit", "a whole number of failures, 1 or more")
+            options["auth_failure_limit"] = limit
         if "unbudgeted" in data:
             if data["unbudgeted"] not in ("reject", "pass"):
                 data.fail("unbudgeted", "reject or pass")

@@ -26,6 +26,29 @@ class AuthenticationFailed(ApportionError, PermissionError):
         super().__init__(f"authentication failed: {reason}", reason=reason)
 
 
+class AuthenticationThrottled(ApportionError, PermissionError):
+    """Too many failed authentications from this client address: wait, then retry.
+
+    Attributes:
+        retry_after: whole seconds until a call is taken again (the ``Retry-After``).
+        limit: failures allowed per window.
+        window: the window, in seconds.
+    """
+
+    retry_after: int
+    limit: int
+    window: float
+
+    def __init__(self, retry_after: int, limit: int, window: float) -> None:
+        super().__init__(
+            f"too many failed authentications from this address ({limit} within "
+            f"{window:g} s); retry after {retry_after} s",
+            retry_after=retry_after,
+            limit=limit,
+            window=window,
+        )
+
+
 class Forbidden(ApportionError, PermissionError):
     """The tenant's key may not do this (an admin operation with a tenant's key).
 
@@ -134,12 +157,64 @@ class UnknownGrant(ApportionError, LookupError):
         )
 
 
+class GrantInvalid(ApportionError, PermissionError):
+    """A grant handle that is malformed, changed, or of another tenant or request.
+
+    Attributes:
+        argument: the field that held it (``grant``).
+        reason: what is wrong (never the handle itself).
+    """
+
+    argument: str
+    reason: str
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"grant: {reason}; use the grant handle begin answered for this request",
+            argument="grant",
+            reason=reason,
+        )
+
+
+class DuplicatePool(ApportionError, ValueError):
+    """A pool of this name is defined already (resize it instead).
+
+    Attributes:
+        pool: the pool's name.
+    """
+
+    pool: str
+
+    def __init__(self, pool: str) -> None:
+        super().__init__(f"pool {pool!r} exists already: PATCH it to resize it", pool=pool)
+
+
+class PoolDraining(ApportionError, RuntimeError):
+    """The pool is being drained: no new request may draw from it.
+
+    Attributes:
+        pool: the pool's name.
+    """
+
+    pool: str
+
+    def __init__(self, pool: str) -> None:
+        super().__init__(
+            f"pool {pool!r} is draining: it takes no new requests (an admin lifts it)",
+            pool=pool,
+        )
+
+
 __all__ = [
     "AuthenticationFailed",
+    "AuthenticationThrottled",
+    "DuplicatePool",
     "Forbidden",
+    "GrantInvalid",
     "IdempotencyInProgress",
     "IdempotencyKeyReused",
     "InvalidBody",
+    "PoolDraining",
     "UnknownGrant",
     "UnknownPipeline",
 ]

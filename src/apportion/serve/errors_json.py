@@ -21,15 +21,19 @@ from apportion import errors as e
 from apportion.limits import excerpt
 from apportion.serve import errors as se
 
-__all__ = ["CODES", "error_response", "json_ready"]
+__all__ = ["CODES", "error_headers", "error_response", "json_ready"]
 
 CODES: Final[dict[type[e.ApportionError], tuple[str, int]]] = {
     se.AuthenticationFailed: ("unauthenticated", 401),
+    se.AuthenticationThrottled: ("too_many_auth_failures", 429),
     se.Forbidden: ("forbidden", 403),
+    se.GrantInvalid: ("grant_invalid", 403),
     e.UnknownRequest: ("unknown_request", 404),
     se.UnknownGrant: ("unknown_grant", 404),
     se.UnknownPipeline: ("unknown_pipeline", 404),
     e.UnknownPool: ("unknown_pool", 404),
+    se.DuplicatePool: ("duplicate_pool", 409),
+    se.PoolDraining: ("pool_draining", 409),
     e.UnknownAgent: ("unknown_agent", 404),
     e.UnknownPolicy: ("unknown_policy", 422),
     e.UnknownModel: ("unknown_model", 422),
@@ -91,6 +95,14 @@ def json_ready(value: Any, depth: int = 0) -> Any:
     if depth < 3 and isinstance(value, dict):
         return {str(k): json_ready(v, depth + 1) for k, v in list(value.items())[:50]}
     return excerpt(value, 200)
+
+
+def error_headers(error: e.ApportionError) -> dict[str, str]:
+    """The HTTP headers an error answer carries (``Retry-After`` when it says when)."""
+    retry = error.fields.get("retry_after")
+    if type(retry) is int and retry > 0:
+        return {"Retry-After": str(retry)}
+    return {}
 
 
 def error_response(error: e.ApportionError, tenant_prefix: str = "") -> tuple[int, dict[str, Any]]:

@@ -14,6 +14,7 @@ shown to a tenant names its own ids only (see :mod:`apportion.serve.errors_json`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -28,6 +29,7 @@ from apportion.errors import (
     ApportionError,
     InvalidArgument,
     RequestClosed,
+    SpecError,
     UnknownRequest,
 )
 from apportion.ledger import Grant, check_outcome
@@ -37,10 +39,13 @@ from apportion.serve.errors import (
     AuthenticationFailed,
     IdempotencyInProgress,
     IdempotencyKeyReused,
+    PoolDraining,
     UnknownGrant,
     UnknownPipeline,
 )
 from apportion.serve.errors_json import error_response
+from apportion.serve.guard import FailureWindow
+from apportion.serve.handles import issue_handle, read_handle
 from apportion.serve.idempotency import IdempotencyRecords, Outcome, open_records
 from apportion.stores import Store, open_store
 from apportion.summary import Summary
@@ -52,6 +57,12 @@ ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 _LOOKUP_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(::[A-Za-z0-9_.#-]{1,64})*$")
 _KEY_PATTERN: Final = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+DRAIN_KEY: Final = "pool-drain:"
+"""Prefix of the record that a pool is draining (in the idempotency records)."""
+
+DRAIN_SECONDS: Final = 10 * 365 * 86400.0
+"""How long a drain is kept (until lifted, in practice)."""
 
 
 @dataclass(frozen=True)
@@ -93,28 +104,72 @@ class Gateway:
         self.records: IdempotencyRecords = open_records(
             self.config.store, getattr(self.store, "prefix", None)
         )
-        telemetry = list(self.config.telemetry) or None
-        self.controllers: dict[str, AsyncController] = {
+        self._configure(self.config)
+        self._reaper: Reaper | None = None
+
+    def _configure(self, config: ServeConfig) -> None:
+        """Build what a config decides: the controllers, the keys, the failure window."""
+        telemetry = list(config.telemetry) or None
+        controllers = {
             name: AsyncController(
                 entry.pipeline,
                 entry.policy,
                 self.store,
-                clock=clock,
-                lease_seconds=self.config.lease_seconds,
-                request_ttl=self.config.request_ttl,
+                clock=self.clock,
+                lease_seconds=config.lease_seconds,
+                request_ttl=config.request_ttl,
                 telemetry=telemetry,
             )
-            for name, entry in self.config.pipelines.items()
+            for name, entry in config.pipelines.items()
         }
-        self._by_agents: dict[frozenset[str], str] = {}
-        for name, entry in self.config.pipelines.items():
-            self._by_agents.setdefault(ranked(entry.pipeline), name)
-        self._keys: dict[str, Tenant] = {
+        by_agents: dict[frozenset[str], str] = {}
+        for name, entry in config.pipelines.items():
+            by_agents.setdefault(ranked(entry.pipeline), name)
+        keys = {
             digest: Tenant(t.name, t.admin)
-            for t in self.config.tenants.values()
+            for t in config.tenants.values()
             for digest in t.key_hashes
         }
-        self._reaper: Reaper | None = None
+        failures = FailureWindow(
+            config.auth_failure_limit, config.auth_failure_window, clock=self.clock
+        )
+        self.config, self.controllers, self._by_agents, self._keys = (
+            config,
+            controllers,
+            by_agents,
+            keys,
+        )
+        self.failures = failures
+
+    def reload(self, config: ServeConfig | None = None) -> ServeConfig:
+        """Take a new config (default: re-read the config file); a bad one changes nothing.
+
+        Tenants, keys, pipelines, upstreams and limits change at once.
+
+        The store stays (a new store URL needs a restart); without a ``signing_key`` in the
+        new config, the running key is kept, so grant handles and budget tokens already
+        given out stay good. Requests of a pipeline no longer configured cannot be reached.
+
+        Raises:
+            SpecError: the file is unreadable or invalid, or it changes the store (with the
+                file, line and key); the gateway was started without a file.
+        """
+        if config is None:
+            if self.config.file is None:
+                raise SpecError("the gateway was started without a config file: nothing to reload")
+            config = ServeConfig.from_yaml(self.config.file)
+        if config.store != self.config.store:
+            raise SpecError(
+                "the store cannot change while the gateway runs: restart it",
+                file=config.file,
+                key="store",
+            )
+        if config.signing_key_random:
+            config = dataclasses.replace(
+                config, signing_key=self.config.signing_key, signing_key_random=False
+            )
+        self._configure(config)
+        return config
 
     # ------------------------------------------------------------------ lifetime
 
@@ -139,17 +194,28 @@ class Gateway:
 
     # ------------------------------------------------------------------ tenants
 
-    def authenticate(self, headers: Mapping[str, str]) -> Tenant:
+    def authenticate(self, headers: Mapping[str, str], client: str | None = None) -> Tenant:
         """The tenant whose key the ``Authorization: Bearer KEY`` header carries.
 
-        With no tenants configured (open mode) every call is tenant ``default``.
+        With no tenants configured (open mode) every call is tenant ``default``. Failures
+        are counted per ``client`` address (:class:`~apportion.serve.guard.FailureWindow`):
+        past the configured limit, every call from it is refused for a while.
 
         Raises:
             AuthenticationFailed: no key, a malformed header, or a key no tenant holds
                 (the key is never quoted).
+            AuthenticationThrottled: too many failures from ``client`` lately (429).
         """
         if self.config.open_mode:
             return Tenant(OPEN_TENANT, admin=True)
+        self.failures.check(client)
+        try:
+            return self._tenant_of(headers)
+        except AuthenticationFailed:
+            self.failures.failed(client)
+            raise
+
+    def _tenant_of(self, headers: Mapping[str, str]) -> Tenant:
         value = _header(headers, "authorization")
         if value is None:
             raise AuthenticationFailed("missing Authorization: Bearer <key> header")
@@ -249,6 +315,8 @@ class Gateway:
             raise InvalidArgument("priority", priority, "a child's class: give parent too")
         pipeline_name, controller = self.controller(pipeline)
         entry = self.config.pipelines[pipeline_name]
+        if pool is not None and await self.draining(self.pool_name(tenant, pool)):
+            raise PoolDraining(str(pool))
         if request_id is None:
             request_id = secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
         elif not isinstance(request_id, str) or not ID_PATTERN.match(request_id):
@@ -300,6 +368,17 @@ class Gateway:
             raise InvalidArgument("pool", pool, "a pool name is a non-empty string without braces")
         return tenant.prefix + pool
 
+    async def draining(self, pool: str) -> bool:
+        """Whether the store's pool ``pool`` is being drained (kept beside the store)."""
+        return await self.records.get_value(DRAIN_KEY + pool) is not None
+
+    async def drain(self, pool: str, draining: bool = True) -> None:
+        """Drain the store's pool ``pool`` (no new request draws from it), or lift that."""
+        if draining:
+            await self.records.put_value(DRAIN_KEY + pool, "1", DRAIN_SECONDS)
+        else:
+            await self.records.forget(DRAIN_KEY + pool)
+
     def public_id(self, tenant: Tenant, request_id: str) -> str:
         """The id ``tenant`` knows a request by (the store's, without the tenant's prefix)."""
         return request_id.removeprefix(tenant.prefix)
@@ -309,28 +388,39 @@ class Gateway:
         """A store id without its tenant's prefix (``TENANT/ID`` -> ``ID``)."""
         return request_id.split("/", 1)[-1]
 
-    def grant(self, req: AsyncRequest, grant_id: object, agent: object) -> Grant:
-        """The grant ``grant_id`` of ``agent`` in ``req``, as the store knows it.
+    def grant(self, tenant: Tenant, req: AsyncRequest, handle: object) -> Grant:
+        """The grant a handle names in ``req``, as the store knows it.
 
-        An open grant comes from the request's state; a settled one is named by its id and
-        agent, so the store answers ``GrantSettled`` (or settles an expired one late).
+        The handle (see :mod:`apportion.serve.handles`) is checked first: its signature,
+        its tenant and its request. An open grant comes from the request's state; a settled
+        one is named by its id and agent, so the store answers ``GrantSettled`` (or settles
+        an expired one late).
 
         Raises:
-            InvalidArgument: a bad grant id.
-            UnknownAgent: ``agent`` is not of the pipeline.
+            GrantInvalid: the handle is malformed, changed, or of another tenant or request.
+            UnknownGrant: no such grant was made (a handle of a request since replaced).
         """
-        if type(grant_id) is not int or not 1 <= grant_id <= 2**53:
-            raise InvalidArgument("grant_id", grant_id, "a grant id is a positive integer")
-        if not isinstance(agent, str):
-            raise InvalidArgument("agent", agent, "an agent's name")
+        grant_id, agent = read_handle(
+            self.config.signing_key, handle, tenant=tenant.name, request_id=req.request_id
+        )
         stored_agent = req.pipeline.resolve(agent).name
         state = req.state
-        if grant_id >= getattr(state, "next_grant_id", 2**53 + 1):
+        if not 1 <= grant_id < getattr(state, "next_grant_id", 2**53 + 1):
             raise UnknownGrant(self.public_id_of(req.request_id), grant_id)
         current = state.grants.get(grant_id)
         if current is not None and current.agent == stored_agent:
             return current if agent == stored_agent else current._replace(agent=agent)
         return Grant(req.request_id, agent, grant_id, 0, 0, 0.0)
+
+    def grant_handle(self, tenant: Tenant, grant: Grant) -> str:
+        """The signed handle of ``grant`` (of ``tenant``'s request) that clients send back."""
+        return issue_handle(
+            self.config.signing_key,
+            tenant=tenant.name,
+            request_id=grant.request_id,
+            grant_id=grant.grant_id,
+            agent=grant.agent,
+        )
 
     async def score(self, tenant: Tenant, request_id: str, value: float) -> None:
         """Keep ``value`` as the request's outcome score, told to the policy at close.

@@ -38,6 +38,7 @@ import hmac
 import json
 import math
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,8 +204,56 @@ def _unb64(text: str) -> bytes:
         raise BudgetTokenInvalid("not a budget token (bad encoding)") from error
 
 
-def _signature(key: bytes, payload: str) -> bytes:
-    return hmac.new(key, _DOMAIN + payload.encode("ascii"), hashlib.sha256).digest()
+def _signature(key: bytes, payload: str, domain: bytes = _DOMAIN) -> bytes:
+    return hmac.new(key, domain + payload.encode("ascii"), hashlib.sha256).digest()
+
+
+def seal(key: str | bytes, body: Mapping[str, Any], *, domain: bytes, version: str) -> str:
+    """``body`` as a signed token: ``VERSION.<payload>.<signature>`` (base64url, no padding).
+
+    The one HMAC codec of the gateway: budget tokens (:func:`issue`) and grant handles
+    (:mod:`apportion.serve.handles`) are both made by it, each with its own ``domain`` (a
+    token of one kind never verifies as the other).
+
+    Raises:
+        InvalidArgument: a bad signing key.
+    """
+    secret = signing_key(key)
+    payload = _b64(json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii"))
+    return f"{version}.{payload}.{_b64(_signature(secret, payload, domain))}"
+
+
+def unseal(
+    key: str | bytes,
+    token: object,
+    *,
+    domain: bytes,
+    version: str,
+    invalid: Callable[[str], ApportionError] = BudgetTokenInvalid,
+) -> Any:
+    """The JSON body of a token :func:`seal` made, once its signature is checked.
+
+    Raises:
+        ApportionError: ``invalid(reason)`` (default :class:`BudgetTokenInvalid`): not such
+            a token, or its payload or signature was changed (never quoting the token).
+    """
+    secret = signing_key(key)
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+        raise invalid("malformed")
+    parts = token.strip().split(".")
+    if len(parts) != 3 or parts[0] != version:
+        raise invalid(f"malformed (expected {version}.<payload>.<signature>)")
+    _, payload, signature = parts
+    try:
+        given, data = _unb64(signature), _unb64(payload)
+    except BudgetTokenInvalid as error:
+        raise invalid("malformed (bad encoding)") from error
+    if not hmac.compare_digest(given, _signature(secret, payload, domain)):
+        raise invalid("the signature does not match: it was changed or is not ours")
+    try:
+        return json.loads(data)
+    except ValueError as error:
+        raise invalid("malformed (bad payload)") from error
 
 
 def issue(
@@ -252,8 +301,7 @@ def issue(
         "exp": round(float(now) + float(ttl), 3),
         "non": nonce if nonce is not None else secrets.token_hex(16),
     }
-    payload = _b64(json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii"))
-    return f"{VERSION}.{payload}.{_b64(_signature(secret, payload))}"
+    return seal(secret, body, domain=_DOMAIN, version=VERSION)
 
 
 def verify(key: str | bytes, token: object, *, now: float, tenant: str | None = None) -> BudgetPass:
@@ -270,26 +318,17 @@ def verify(key: str | bytes, token: object, *, now: float, tenant: str | None = 
             tenant.
         BudgetTokenExpired: past its expiry.
     """
-    secret = signing_key(key)
-    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
-        raise BudgetTokenInvalid("not a budget token")
-    parts = token.strip().split(".")
-    if len(parts) != 3 or parts[0] != VERSION:
-        raise BudgetTokenInvalid(f"not a budget token (expected {VERSION}.<payload>.<signature>)")
-    _, payload, signature = parts
-    given = _unb64(signature)
-    if not hmac.compare_digest(given, _signature(secret, payload)):
-        raise BudgetTokenInvalid("the signature does not match: the token was changed")
-    try:
-        body = json.loads(_unb64(payload))
-    except ValueError as error:
-        raise BudgetTokenInvalid("not a budget token (bad payload)") from error
+    body = unseal(key, token, domain=_DOMAIN, version=VERSION, invalid=_invalid_token)
     budget = _read(body)
     if tenant is not None and budget.tenant != tenant:
         raise BudgetTokenInvalid("the token belongs to another tenant")
     if not now < budget.expires_at:
         raise BudgetTokenExpired(budget.expires_at, now)
     return budget
+
+
+def _invalid_token(reason: str) -> BudgetTokenInvalid:
+    return BudgetTokenInvalid(f"not a budget token: {reason}")
 
 
 def _read(body: object) -> BudgetPass:

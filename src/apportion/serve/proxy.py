@@ -64,7 +64,8 @@ from apportion.errors import (
 )
 from apportion.ledger import CHILD_SEP, check_ceiling
 from apportion.serve import forward
-from apportion.serve.errors_json import error_response
+from apportion.serve.config import UpstreamConfig
+from apportion.serve.errors_json import error_headers, error_response
 from apportion.serve.forward import CHAT, RESPONSES, Body
 from apportion.serve.gateway import Gateway, Tenant
 from apportion.serve.idempotency import Outcome
@@ -168,7 +169,9 @@ def error_answer(
     param = inner.get("argument") or inner.get("field") or inner.get("header")
     inner["type"] = "budget_error" if isinstance(error, BudgetExceeded) else "apportion_error"
     inner["param"] = param if isinstance(param, str) else None
-    return Answer(status_of(error, status), dict(headers or {}), _json(body))
+    return Answer(
+        status_of(error, status), {**error_headers(error), **(headers or {})}, _json(body)
+    )
 
 
 def upstream_answer(error: BaseException, secrets: Iterable[str | None]) -> Answer:
@@ -281,23 +284,47 @@ class Proxy:
         direct: bool = False,
     ) -> None:
         self.gateway = gateway
-        config = gateway.config
-        self.upstreams = tuple(config.upstreams)
-        self.unbudgeted = config.unbudgeted
-        self.signing_key = config.signing_key
-        self.max_body = config.max_body_bytes
         self.clock: Callable[[], float] = clock or gateway.clock
-        self.pass_ttl = pass_ttl if pass_ttl is not None else config.budget_token_ttl
+        self._pass_ttl = pass_ttl
         self.direct = direct
+
+    # the gateway's config is read per call: an admin's reload takes effect at once
+    @property
+    def upstreams(self) -> tuple[UpstreamConfig, ...]:
+        """The configured upstreams (their keys are scrubbed from upstream errors)."""
+        return tuple(self.gateway.config.upstreams)
+
+    @property
+    def unbudgeted(self) -> str:
+        """What a call without budget headers gets: ``reject`` or ``pass``."""
+        return self.gateway.config.unbudgeted
+
+    @property
+    def signing_key(self) -> bytes:
+        """The key budget tokens are signed with."""
+        return self.gateway.config.signing_key
+
+    @property
+    def max_body(self) -> int:
+        """The largest body taken."""
+        return self.gateway.config.max_body_bytes
+
+    @property
+    def pass_ttl(self) -> float:
+        """Seconds a budget token this proxy issues stays redeemable."""
+        ttl = self._pass_ttl
+        return ttl if ttl is not None else self.gateway.config.budget_token_ttl
 
     def _secrets(self, key: str | None = None) -> list[str | None]:
         return [*(u.api_key for u in self.upstreams), key]
 
-    async def answer(self, protocol: str, headers: Mapping[str, str], raw: bytes) -> Answer:
-        """Answer one proxy call (``protocol``: ``chat`` or ``responses``)."""
+    async def answer(
+        self, protocol: str, headers: Mapping[str, str], raw: bytes, client: str | None = None
+    ) -> Answer:
+        """Answer one proxy call (``protocol``: ``chat`` or ``responses``; ``client``: address)."""
         tenant: Tenant | None = None
         try:
-            tenant = self.gateway.authenticate(headers)
+            tenant = self.gateway.authenticate(headers, client)
             if len(raw) > self.max_body:
                 error = InvalidArgument("body", f"{len(raw)} bytes", f"at most {self.max_body}")
                 _, data = error_response(error)
@@ -567,7 +594,8 @@ def proxy_routes(gateway: Gateway, *, warm: bool = True, **options: Any) -> list
     def endpoint(protocol: str) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
             raw = await request.body()
-            answer = await proxy.answer(protocol, request.headers, raw)
+            client = request.client.host if request.client is not None else None
+            answer = await proxy.answer(protocol, request.headers, raw, client)
             if answer.stream is not None:
                 return StreamingResponse(
                     answer.stream,

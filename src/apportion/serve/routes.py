@@ -14,18 +14,18 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from apportion.controller import AsyncRequest
-from apportion.errors import ApportionError, StoreUnavailable, UnknownRequest
+from apportion.errors import ApportionError, InvalidArgument, StoreUnavailable, UnknownRequest
 from apportion.ledger import Grant
 from apportion.serve import schemas as s
-from apportion.serve.errors import InvalidBody
-from apportion.serve.errors_json import error_response, json_ready
+from apportion.serve.errors import Forbidden, InvalidBody
+from apportion.serve.errors_json import error_headers, error_response, json_ready
 from apportion.serve.gateway import Gateway, Tenant
 from apportion.serve.idempotency import Outcome
 
@@ -47,7 +47,8 @@ def install_errors(app: FastAPI) -> None:
     async def apportion_error(request: Request, exc: Exception) -> Any:
         assert isinstance(exc, ApportionError)
         tenant = getattr(request.state, "tenant", None)
-        return _error(*error_response(exc, tenant.prefix if tenant is not None else ""))
+        status, body = error_response(exc, tenant.prefix if tenant is not None else "")
+        return _error(status, body, error_headers(exc))
 
     async def validation_error(request: Request, exc: Exception) -> Any:
         assert isinstance(exc, RequestValidationError)
@@ -190,6 +191,11 @@ class _TooLarge(HTTPException):
 # ---------------------------------------------------------------------- the budget API
 
 
+def _client(request: Request) -> str | None:
+    """The caller's address (uvicorn's ``--proxy-headers`` make it the client's behind a proxy)."""
+    return request.client.host if request.client is not None else None
+
+
 def _public(value: Any, prefix: str) -> Any:
     """A summary (or any JSON) with the tenant's prefix taken off its request ids."""
     if isinstance(value, dict):
@@ -208,8 +214,10 @@ def _public(value: Any, prefix: str) -> Any:
     return value
 
 
-def _grant_json(grant: Grant, prefix: str) -> dict[str, Any]:
+def _grant_json(gateway: Gateway, grant: Grant, tenant: Tenant) -> dict[str, Any]:
+    prefix = tenant.prefix
     return {
+        "grant": gateway.grant_handle(tenant, grant),
         "request_id": grant.request_id.removeprefix(prefix),
         "grant_id": grant.grant_id,
         "agent": grant.agent,
@@ -226,24 +234,45 @@ def _ok(status: int, body: Any) -> Outcome:
     return Outcome(status, json.dumps(body).encode("utf-8"))
 
 
-def budget_routes(app: FastAPI, gateway: Gateway) -> None:
-    """Add ``/healthz``, ``/readyz`` and the budget API to ``app``."""
+def tenant_dependency(gateway: Gateway) -> Callable[..., Awaitable[Tenant]]:
+    """The FastAPI dependency that authenticates a call (the key in the schema, if any)."""
     bearer = HTTPBearer(auto_error=False, description="A tenant's API key")
 
     async def keyed_tenant(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> Tenant:
-        tenant = gateway.authenticate(request.headers)
+        tenant = gateway.authenticate(request.headers, _client(request))
         request.state.tenant = tenant
         return tenant
 
     async def open_tenant(request: Request) -> Tenant:  # no tenants: no key, none in the schema
-        tenant = gateway.authenticate(request.headers)
+        tenant = gateway.authenticate(request.headers, _client(request))
         request.state.tenant = tenant
         return tenant
 
-    tenant_of = open_tenant if gateway.config.open_mode else keyed_tenant
+    return open_tenant if gateway.config.open_mode else keyed_tenant
+
+
+def acting_as(gateway: Gateway, caller: Tenant, tenant: str | None, operation: str) -> Tenant:
+    """The tenant a call acts for: the caller's own, or (an admin's key only) ``tenant``.
+
+    Raises:
+        Forbidden: a tenant's key names another tenant.
+        InvalidArgument: no such tenant.
+    """
+    if tenant is None or tenant == caller.name:
+        return caller
+    if not caller.admin:
+        raise Forbidden(caller.name, operation)
+    if tenant not in gateway.config.tenants:
+        raise InvalidArgument("tenant", tenant, "a configured tenant")
+    return Tenant(tenant, gateway.config.tenants[tenant].admin)
+
+
+def budget_routes(app: FastAPI, gateway: Gateway) -> None:
+    """Add ``/healthz``, ``/readyz`` and the budget API to ``app``."""
+    tenant_of = tenant_dependency(gateway)
 
     async def run(
         request: Request,
@@ -330,12 +359,19 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         "/v1/budget/requests/{request_id}",
         tags=["budget"],
         response_model=s.SummaryOut,
-        responses=errors(401, 404, 503),
+        responses=errors(401, 403, 404, 503),
     )
-    async def summary(request_id: str, tenant: Tenant = TenantDep) -> Any:
+    async def summary(
+        request_id: str,
+        tenant: Tenant = TenantDep,
+        of: str | None = Query(
+            None, alias="tenant", description="an admin key: the tenant whose request it is"
+        ),
+    ) -> Any:
         """The request's summary: allocated, reserved, consumed and free, per agent."""
-        result = await gateway.summary(tenant, request_id)
-        return _public(result.to_dict(), tenant.prefix)
+        owner = acting_as(gateway, tenant, of, "read another tenant's requests")
+        result = await gateway.summary(owner, request_id)
+        return _public(result.to_dict(), owner.prefix)
 
     @app.post(
         "/v1/budget/requests/{request_id}/begin",
@@ -362,7 +398,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
                 min_context_tokens=body.min_context_tokens,
                 wrap_up_tokens=body.wrap_up_tokens,
             )
-            return _ok(200, _grant_json(grant, tenant.prefix))
+            return _ok(200, _grant_json(gateway, grant, tenant))
 
         return await run(request, tenant, "begin", body, op)
 
@@ -370,7 +406,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         "/v1/budget/requests/{request_id}/extend",
         tags=["budget"],
         response_model=s.ExtendOut,
-        responses=errors(401, 404, 409, 422, 503),
+        responses=errors(401, 403, 404, 409, 422, 503),
     )
     async def extend(
         request: Request,
@@ -383,9 +419,9 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
 
         async def op() -> Outcome:
             req = await gateway.request(tenant, request_id)
-            grant = gateway.grant(req, body.grant_id, body.agent)
+            grant = gateway.grant(tenant, req, body.grant)
             grown = await req.extend(grant, body.output_tokens, context_tokens=body.context_tokens)
-            out = None if grown is None else _grant_json(grown, tenant.prefix)
+            out = None if grown is None else _grant_json(gateway, grown, tenant)
             return _ok(200, {"grant": out})
 
         return await run(request, tenant, "extend", body, op)
@@ -394,7 +430,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         "/v1/budget/requests/{request_id}/renew",
         tags=["budget"],
         response_model=s.GrantOut,
-        responses=errors(401, 404, 409, 422, 503),
+        responses=errors(401, 403, 404, 409, 422, 503),
     )
     async def renew(
         request: Request,
@@ -407,8 +443,8 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
 
         async def op() -> Outcome:
             req = await gateway.request(tenant, request_id)
-            grant = await req.renew(gateway.grant(req, body.grant_id, body.agent))
-            return _ok(200, _grant_json(grant, tenant.prefix))
+            grant = await req.renew(gateway.grant(tenant, req, body.grant))
+            return _ok(200, _grant_json(gateway, grant, tenant))
 
         return await run(request, tenant, "renew", body, op)
 
@@ -416,7 +452,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         "/v1/budget/requests/{request_id}/finish",
         tags=["budget"],
         response_model=s.SettledOut,
-        responses=errors(401, 404, 409, 422, 503),
+        responses=errors(401, 403, 404, 409, 422, 503),
     )
     async def finish(
         request: Request,
@@ -429,7 +465,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
 
         async def op() -> Outcome:
             req = await gateway.request(tenant, request_id)
-            grant = gateway.grant(req, body.grant_id, body.agent)
+            grant = gateway.grant(tenant, req, body.grant)
             await req.finish(
                 grant,
                 input_tokens=body.input_tokens,
@@ -446,7 +482,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         "/v1/budget/requests/{request_id}/release",
         tags=["budget"],
         response_model=s.SettledOut,
-        responses=errors(401, 404, 409, 422, 503),
+        responses=errors(401, 403, 404, 409, 422, 503),
     )
     async def release(
         request: Request,
@@ -459,7 +495,7 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
 
         async def op() -> Outcome:
             req = await gateway.request(tenant, request_id)
-            grant = gateway.grant(req, body.grant_id, body.agent)
+            grant = gateway.grant(tenant, req, body.grant)
             await req.release(grant)
             return _ok(200, _settled_json(req, grant, tenant))
 

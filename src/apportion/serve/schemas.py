@@ -24,6 +24,11 @@ __all__ = [
     "GrantRef",
     "Health",
     "OpenBody",
+    "PoolBody",
+    "PoolOut",
+    "PoolPatch",
+    "PoolsOut",
+    "ReloadOut",
     "RequestOut",
     "ScoreBody",
     "ScoreOut",
@@ -109,10 +114,11 @@ class BeginBody(_Body):
 
 
 class GrantRef(_Body):
-    """A grant of the request, by its id and agent."""
+    """A grant of the request, by the handle ``begin`` answered (``grant``)."""
 
-    grant_id: Annotated[int, Field(strict=True, json_schema_extra={"minimum": 1, "maximum": 2**53})]
-    agent: Name
+    grant: Annotated[str, Field(min_length=1, max_length=4096)] = Field(
+        description="the grant's handle, as begin answered it (opaque, signed)"
+    )
 
 
 class ExtendBody(GrantRef):
@@ -147,6 +153,7 @@ class CloseBody(_Body):
 class GrantOut(BaseModel):
     """A grant: what one model call may read and write."""
 
+    grant: str = Field(description="the grant's handle: send it to extend, renew, finish, release")
     request_id: str
     grant_id: int
     agent: str
@@ -255,12 +262,68 @@ _WHY = {
     409: "Refused: over budget, closed, settled, or an idempotent call still running",
     413: "Body too large",
     422: "A field is missing or wrong",
-    429: "A shared pool's window is spent",
+    429: "A shared pool's window is spent, or too many failed authentications (Retry-After)",
     503: "The store cannot be reached",
 }
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI ``responses`` of these error statuses (plus 400 and 413, always)."""
-    every = sorted({400, 413, *statuses})
+    """The OpenAPI ``responses`` of these error statuses (and 400, 413; 429 beside 401)."""
+    keyed = {429} if 401 in statuses else set()  # failed authentication is rate-limited
+    every = sorted({400, 413, *statuses, *keyed})
     return {s: {"model": ErrorOut, "description": _WHY.get(s, "Error")} for s in every}
+
+
+# ---------------------------------------------------------------------- the admin API
+
+Reserve = dict[Literal["critical", "standard", "peripheral"], Tokens]
+
+
+class PoolBody(_Body):
+    """Define a tenant's shared pool."""
+
+    name: PoolName = Field(description="the pool's name, as the tenant's requests name it")
+    capacity: Ceiling = Field(description="tokens each window holds")
+    window_seconds: Annotated[
+        float, Field(strict=False, allow_inf_nan=False, json_schema_extra={"exclusiveMinimum": 0})
+    ] = Field(60.0, description="the window's length (60: tokens per minute)")
+    reserve: Reserve | None = Field(None, description="tokens held back per priority class")
+
+
+class PoolPatch(_Body):
+    """Resize a pool, change its reserves, or drain it (or lift a drain)."""
+
+    capacity: Ceiling | None = None
+    reserve: Reserve | None = None
+    draining: bool | None = Field(None, description="true: no new request draws from it")
+
+
+class PoolOut(BaseModel):
+    """A pool's configuration and its current window."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tenant: str
+    name: str
+    capacity: int
+    window_seconds: float
+    drawn: int
+    remaining: int
+    open_draws: int
+    draining: bool
+
+
+class PoolsOut(BaseModel):
+    """A tenant's pools."""
+
+    tenant: str
+    pools: list[PoolOut]
+
+
+class ReloadOut(BaseModel):
+    """What the reloaded config serves."""
+
+    file: str | None
+    tenants: list[str]
+    pipelines: list[str]
+    upstreams: list[str]

@@ -305,6 +305,10 @@ class Store(abc.ABC):
         """A shared pool's status at ``now``; raises :class:`~apportion.pools.UnknownPool`."""
         raise NotImplementedError(f"{type(self).__name__} has no shared pools")
 
+    def pool_names(self, prefix: str = "") -> list[str]:
+        """The names of the defined pools that start with ``prefix``, sorted."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared pools")
+
     # Child budgets (optional: a store without them raises NotImplementedError).
 
     def open_children(
@@ -520,3 +524,7 @@ class Store(abc.ABC):
     async def aget_pool(self, name: str, now: float) -> PoolStatus:
         """Async :meth:`get_pool`."""
         return self.get_pool(name, now)
+
+    async def apool_names(self, prefix: str = "") -> list[str]:
+        """Async :meth:`pool_names`."""
+        return self.pool_names(prefix)

@@ -334,6 +334,11 @@ class MemoryStore(Store):
                 raise UnknownPool(name)
             return account.status(now)
 
+    def pool_names(self, prefix: str = "") -> list[str]:
+        """The names of the defined pools that start with ``prefix``, sorted."""
+        with self._lock:
+            return sorted(name for name in self._pools if name.startswith(prefix))
+
     def get_state(self, key: str) -> tuple[int, bytes] | None:
         """A policy's shared state: ``(version, data)``, or ``None`` when never written."""
         key = check_name("key", key)

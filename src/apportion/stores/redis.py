@@ -1435,6 +1435,18 @@ class RedisStore(Store):
         """Async :meth:`define_pool`."""
         await self._arun(self._define_steps(pool))
 
+    def _names_steps(self, prefix: str) -> _Steps[list[str]]:
+        names = yield _Cmd(("SMEMBERS", self._registry))
+        return sorted(n for n in (_str(m) for m in names) if n.startswith(prefix))
+
+    def pool_names(self, prefix: str = "") -> list[str]:
+        """The names of the defined pools that start with ``prefix``, sorted."""
+        return self._run(self._names_steps(prefix))
+
+    async def apool_names(self, prefix: str = "") -> list[str]:
+        """Async :meth:`pool_names`."""
+        return await self._arun(self._names_steps(prefix))
+
     async def aget_pool(self, name: str, now: float) -> PoolStatus:
         """Async :meth:`get_pool`."""
         return await self._arun(self._pool_steps(name, now))

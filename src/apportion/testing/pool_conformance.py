@@ -62,6 +62,15 @@ class PoolConformance:
             store.get_pool("nope", 0.0)
         assert info.value.pool == "nope"
 
+    def test_pool_names_lists_the_defined_pools_by_prefix(self, store: Store) -> None:
+        store.define_pool(Pool("acme/b", 10))
+        store.define_pool(Pool("acme/a", 10))
+        store.define_pool(Pool("acme/a", 20))  # a resize names it once
+        store.define_pool(Pool("globex/a", 10))
+        assert store.pool_names("acme/") == ["acme/a", "acme/b"]
+        assert store.pool_names() == ["acme/a", "acme/b", "globex/a", "t"]
+        assert store.pool_names("nobody/") == []
+
     def test_open_draws_the_ceiling_and_close_returns_the_rest(self, store: Store) -> None:
         store.open("r1", RANKS, 300, 0.0, pool="t")
         assert store.get_pool("t", 1.0).remaining == 700
