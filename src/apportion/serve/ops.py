@@ -17,7 +17,8 @@
   ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``) and the budget's
   (``apportion.request.id``, ``apportion.tenant``, ``apportion.call.status``,
   ``apportion.grant.tokens``, ``apportion.used_tokens``), parented on the caller's W3C
-  ``traceparent`` when it sends one;
+  ``traceparent`` when it sends one (on the global tracer provider, once the application
+  has set one: no span is begun before, which costs nothing);
 * counts the calls in flight, so that a shutdown waits for them (:meth:`Ops.drain`).
 
 :class:`JsonFormatter` writes every log record as one JSON object per line (``time``,
@@ -278,6 +279,7 @@ class Ops:
 
             self.metrics = _http(REGISTRY)
         self.tracer: Any = None
+        self._global: Callable[[], bool] | None = None
         if tracing:
             try:
                 from opentelemetry import trace
@@ -289,6 +291,17 @@ class Ops:
                 self.tracer = trace.get_tracer(
                     "apportion.serve", __version__, tracer_provider=tracer_provider
                 )
+                if tracer_provider is None:  # the global one: none until the app sets one
+                    from opentelemetry.trace import ProxyTracerProvider
+
+                    def global_set() -> bool:
+                        return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+
+                    self._global = global_set
+
+    def tracing(self) -> bool:
+        """Whether to make spans now (the global provider: once the application set one)."""
+        return self.tracer is not None and (self._global is None or self._global())
 
     async def drain(self, bound: float = DRAIN_SECONDS) -> int:
         """Wait until no call is in flight, for at most ``bound`` seconds; those left."""
@@ -350,7 +363,7 @@ class Observed:
                 message = {**message, "headers": [*message.get("headers", ()), id_header]}
             await send(message)
 
-        span = self._span(headers) if ops.tracer is not None and path in PROXY_PATHS else None
+        span = self._span(headers) if path in PROXY_PATHS and ops.tracing() else None
         current = Note()
         token = _NOTE.set(current)
         ops.in_flight += 1
