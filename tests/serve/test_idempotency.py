@@ -76,3 +76,22 @@ def test_an_unreachable_redis_is_store_unavailable_without_its_password() -> Non
     with pytest.raises(StoreUnavailable) as caught:
         asyncio.run(main())
     assert "s3cret-pw" not in str(caught.value) and "s3cret-pw" not in repr(caught.value.fields)
+
+
+def test_a_lost_claim_is_dropped_only_while_it_is_still_running(
+    records: IdempotencyRecords,
+) -> None:
+    async def main() -> None:
+        assert (await records.claim("k", "fp", "begin", 60)).state == "new"
+        await records.forget_claim("k", "fp", "begin")  # still running: dropped
+        assert (await records.claim("k", "fp", "begin", 60)).state == "new"
+        await records.complete("k", "fp", "begin", Outcome(200, b"{}"), 60)
+        await records.forget_claim("k", "fp", "begin")  # completed meanwhile: kept
+        done = await records.claim("k", "fp", "begin", 60)
+        assert done.state == "done" and done.outcome == Outcome(200, b"{}")
+        assert (await records.claim("j", "other", "finish", 60)).state == "new"
+        await records.forget_claim("j", "fp", "begin")  # another call's claim: kept
+        assert (await records.claim("j", "other", "finish", 60)).state == "running"
+        await records.aclose()
+
+    asyncio.run(main())

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -290,7 +291,9 @@ def test_an_unreachable_store_is_a_503_and_nothing_is_lost(tmp_path: Path) -> No
     server = RedisServer(fsync="always")
     server.start()
     try:
-        config = ServeConfig.from_yaml(write_config(tmp_path, store=server.url))
+        config = ServeConfig.from_yaml(
+            write_config(tmp_path, store=server.url, extra="lease_seconds: 8\n")
+        )
         with (
             LiveServer(create_app(Gateway(config))) as live,
             httpx.Client(base_url=live.url) as client,
@@ -317,8 +320,102 @@ def test_an_unreachable_store_is_a_503_and_nothing_is_lost(tmp_path: Path) -> No
             assert again.status_code == 200, again.text  # the 503 was not kept: it ran
             assert again.json()["summary"]["consumed"] == 110
             assert client.get("/readyz").status_code == 200
+            _restart_under_load(live.url, server)
     finally:
         server.cleanup()
+
+
+def _restart_under_load(url: str, server: RedisServer, clients: int = 4) -> None:
+    """Clients run begin/finish cycles while Redis stops and starts again.
+
+    While it is down they see 503 ``store_unavailable`` (never a 500); a client retries a
+    503 with the same idempotency key until it runs. After, every ledger adds up (free +
+    reserved + consumed == ceiling) and holds exactly what its client finished.
+    """
+    import threading
+
+    h = auth("acme")
+    done = threading.Event()
+    seen: list[list[int]] = [[] for _ in range(clients)]
+    finished = [0] * clients
+    ids: list[str] = []
+    for _ in range(clients):
+        opened = httpx.post(f"{url}{BASE}", json={"ceiling": 1_000_000}, headers=h)
+        assert opened.status_code == 201, opened.text
+        ids.append(opened.json()["request_id"])
+
+    def post(client: httpx.Client, index: int, path: str, body: Any, key: str) -> Any:
+        retried = False
+        while True:  # a client's retry after a 503: the same key, until it runs
+            answer = client.post(path, json=body, headers={**h, "Idempotency-Key": key})
+            seen[index].append(answer.status_code)
+            if answer.status_code == 409 and retried and path.endswith("/finish"):
+                # the store applied the finish, then went down before its answer was
+                # made: the retry runs and meets the settled grant (settled once)
+                assert answer.json()["error"]["code"] == "grant_settled", answer.text
+                seen[index][-1] = 200
+                return answer.json()
+            if answer.status_code != 503:
+                assert answer.status_code == 200, answer.text
+                return answer.json()
+            assert answer.json()["error"]["code"] == "store_unavailable", answer.text
+            if done.is_set():
+                return None
+            retried = True
+
+    def load(index: int) -> None:
+        rid = ids[index]
+        with httpx.Client(base_url=url, timeout=30) as client:
+            step = 0
+            while not done.is_set():
+                step += 1
+                begin = {"agent": "intake", "input_tokens": 50, "output_tokens": 20}
+                grant = post(client, index, f"{BASE}/{rid}/begin", begin, f"b-{rid}-{step}")
+                if grant is None:
+                    return
+                finish = {
+                    "grant_id": grant["grant_id"],
+                    "agent": "intake",
+                    "input_tokens": 50,
+                    "output_tokens": 7,
+                }
+                if post(client, index, f"{BASE}/{rid}/finish", finish, f"f-{rid}-{step}") is None:
+                    return
+                finished[index] += 57
+
+    threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    waits = threading.Event()
+
+    def until(check: Any) -> None:
+        for _ in range(600):
+            if check():
+                return
+            waits.wait(0.05)
+        raise AssertionError(f"never: {seen}")
+
+    until(lambda: all(len(s) >= 4 for s in seen))  # under load
+    server.stop()
+    until(lambda: all(503 in s for s in seen))  # every client met the outage
+    server.start()
+    marks = [len(s) for s in seen]
+    until(lambda: all(200 in s[m:] for s, m in zip(seen, marks, strict=True)))  # and recovered
+    done.set()
+    for thread in threads:
+        thread.join(60)
+    assert {code for s in seen for code in s} <= {200, 503}
+    for rid, spent in zip(ids, finished, strict=True):
+        for _ in range(300):
+            summary = httpx.get(f"{url}{BASE}/{rid}", headers=h).json()
+            assert summary["free"] + summary["reserved"] + summary["consumed"] == 1_000_000
+            assert summary["consumed"] == spent, summary  # every finish counted once
+            if summary["reserved"] == 0:
+                break
+            # a begin the store applied just before it went down, answered 503: its
+            # retry made a second grant; the first one's lease returns its tokens
+            waits.wait(0.1)
+        assert summary["reserved"] == 0, summary
 
 
 def test_ceilings_hold_across_two_replicas_under_concurrent_calls(redis_config: Path) -> None:

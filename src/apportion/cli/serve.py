@@ -8,8 +8,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -40,7 +42,20 @@ def serve(
     workers: Annotated[
         int, typer.Option(help="Worker processes (more than 1 needs a shared store: Redis).")
     ] = 1,
-    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+    log_level: Annotated[
+        str, typer.Option(help="Log level: debug, info, warning, error, critical.")
+    ] = "info",
+    log_format: Annotated[
+        str,
+        typer.Option(help="json: one JSON object per line (the default); text: uvicorn's own."),
+    ] = "json",
+    shutdown_timeout: Annotated[
+        int,
+        typer.Option(
+            help="Seconds a stop (SIGTERM) waits for calls in flight; those still running "
+            "then are cancelled, which releases their grants."
+        ),
+    ] = 30,
 ) -> None:
     """Run the budget gateway: the budget API (and /docs) over HTTP for any language.
 
@@ -58,6 +73,12 @@ def serve(
             raise InvalidArgument("--port", port, "a port number, 0 to 65535")
         if not 1 <= workers <= 256:
             raise InvalidArgument("--workers", workers, "1 to 256 worker processes")
+        if log_level.lower() not in _LEVELS:
+            raise InvalidArgument("--log-level", log_level, "one of " + ", ".join(_LEVELS))
+        if log_format not in ("json", "text"):
+            raise InvalidArgument("--log-format", log_format, "json or text")
+        if not 0 <= shutdown_timeout <= 3600:
+            raise InvalidArgument("--shutdown-timeout", shutdown_timeout, "0 to 3600 seconds")
         loaded = ServeConfig.from_yaml(config) if config is not None else ServeConfig.default()
         if workers > 1 and not loaded.shared_store:
             raise InvalidArgument(
@@ -73,29 +94,70 @@ def serve(
     os.environ[CONFIG_ENV] = str(config.resolve()) if config is not None else ""
     if workers > 1 and loaded.signing_key_random:
         os.environ.setdefault(SIGNING_ENV, secrets.token_urlsafe(32))  # one key for all
+    level = log_level.lower()
+    logging_options: dict[str, Any] = {}
+    if log_format == "json":
+        from apportion.serve.ops import log_config
+
+        logging_options = {"log_config": log_config(level), "access_log": False}
+    multiproc = _metrics_dir(workers)
     where = "config " + str(config) if config is not None else "no config: memory store"
     pipelines = ", ".join(loaded.pipelines)
-    console.print(
+    said = (
         f"apportion gateway on http://{host}:{port} ({where}; store {loaded.store_shown}; "
-        f"pipelines: {pipelines}; {workers} worker(s)); API docs at /docs",
-        highlight=False,
-        soft_wrap=True,
+        f"pipelines: {pipelines}; {workers} worker(s)); API docs at /docs"
     )
+    warning = None
     if loaded.open_mode and not _loopback(host):
-        console.print(
-            f"warning: no tenants are configured, so anyone who can reach {host} may use "
-            "the gateway without a key; list tenants and their keys in the config",
-            highlight=False,
-            soft_wrap=True,
+        warning = (
+            f"no tenants are configured, so anyone who can reach {host} may use "
+            "the gateway without a key; list tenants and their keys in the config"
         )
-    uvicorn.run(
-        "apportion.serve.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-    )
+    if log_format == "json":
+        import logging
+        import logging.config
+
+        logging.config.dictConfig(logging_options["log_config"])
+        log = logging.getLogger("apportion.serve")
+        log.info(said, extra={"fields": {"host": host, "port": port, "workers": workers}})
+        if warning is not None:
+            log.warning(warning)
+    else:
+        console.print(said, highlight=False, soft_wrap=True)
+        if warning is not None:
+            console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    try:
+        uvicorn.run(
+            "apportion.serve.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=level,
+            timeout_graceful_shutdown=shutdown_timeout,
+            **logging_options,
+        )
+    finally:
+        if multiproc is not None:
+            shutil.rmtree(multiproc, ignore_errors=True)
+
+
+_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _metrics_dir(workers: int) -> str | None:
+    """With several workers, a fresh ``PROMETHEUS_MULTIPROC_DIR`` so /metrics sums them.
+
+    Returns the folder made (removed when the server stops), or ``None`` (one worker,
+    prometheus_client missing, or the variable already set by the operator).
+    """
+    from apportion.serve.ops import MULTIPROC_ENV, prometheus_available
+
+    if workers < 2 or os.environ.get(MULTIPROC_ENV) or not prometheus_available():
+        return None
+    folder = tempfile.mkdtemp(prefix="apportion-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    return folder
 
 
 def register(app: typer.Typer) -> None:

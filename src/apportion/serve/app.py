@@ -29,13 +29,27 @@ if TYPE_CHECKING:
 __all__ = ["create_app"]
 
 
-def create_app(config_or_gateway: ServeConfig | Gateway | None = None) -> FastAPI:
+def create_app(
+    config_or_gateway: ServeConfig | Gateway | None = None,
+    *,
+    tracer_provider: Any = None,
+    tracing: bool = True,
+) -> FastAPI:
     """The gateway's ASGI app for a config (or a gateway already built).
 
-    The app's lifespan starts the TTL reaper and, at shutdown, stops it and closes the
-    gateway's connections; mounted in another app (whose lifespan does not run a
-    sub-app's), call ``app.state.gateway.start()`` yourself to reap on a timer (requests
-    are reaped lazily as new ones open all the same).
+    The app's lifespan starts the TTL reaper and, at shutdown, waits (a bounded time) for
+    the calls still in flight to end, then stops the reaper and closes the gateway's
+    connections; mounted in another app (whose lifespan does not run a sub-app's), call
+    ``app.state.gateway.start()`` yourself to reap on a timer (requests are reaped lazily
+    as new ones open all the same).
+
+    Operations (:mod:`apportion.serve.ops`): every call is logged as a JSON-ready
+    ``http_request`` record and answered with ``X-Request-Id``; ``/metrics`` serves the
+    Prometheus registry when ``prometheus_client`` is installed (a config without a
+    ``prometheus://`` telemetry sink gets one, so the controller's metrics are there; a
+    gateway passed in is used as it is); each proxied call is an OpenTelemetry span
+    (``tracer_provider``, default the global one) when OpenTelemetry is installed and
+    ``tracing`` is on.
 
     Raises:
         MissingExtra: FastAPI is not installed (``pip install "apportion[serve]"``).
@@ -43,9 +57,14 @@ def create_app(config_or_gateway: ServeConfig | Gateway | None = None) -> FastAP
     require_serve()
     from fastapi import FastAPI
 
-    gateway = (
-        config_or_gateway if isinstance(config_or_gateway, Gateway) else Gateway(config_or_gateway)
-    )
+    from apportion.serve.ops import Observed, Ops, hide_config, prometheus_available
+
+    if isinstance(config_or_gateway, Gateway):
+        gateway = config_or_gateway
+    else:
+        gateway = Gateway(_with_metrics(config_or_gateway, prometheus_available()))
+    hide_config(gateway.config)
+    ops = Ops(tracer_provider=tracer_provider, tracing=tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,10 +72,14 @@ def create_app(config_or_gateway: ServeConfig | Gateway | None = None) -> FastAP
         try:
             yield
         finally:
-            await gateway.aclose()
-            close = getattr(gateway.store, "close_connections", None)
-            if close is not None:
-                close()
+            try:
+                await ops.drain()  # in-flight calls end (or, cancelled, release their grants)
+                await gateway.aclose()
+                close = getattr(gateway.store, "close_connections", None)
+                if close is not None:
+                    close()
+            finally:
+                ops.mark_dead()
 
     app = FastAPI(
         title="apportion gateway",
@@ -72,6 +95,7 @@ def create_app(config_or_gateway: ServeConfig | Gateway | None = None) -> FastAP
         lifespan=lifespan,
     )
     app.state.gateway = gateway
+    app.state.ops = ops
     from apportion.serve.routes import BodyLimit, budget_routes, install_errors
 
     install_errors(app)
@@ -90,7 +114,35 @@ def create_app(config_or_gateway: ServeConfig | Gateway | None = None) -> FastAP
 
         return HTMLResponse(docs_html(app.openapi()))
 
+    if ops.metrics is not None:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Any:
+            """Prometheus metrics (text exposition format)."""
+            from fastapi.responses import Response
+
+            from apportion.serve.ops import metrics_body
+
+            body, media_type = metrics_body()
+            return Response(body, media_type=media_type)
+
+    app.add_middleware(Observed, ops=ops)  # outermost: sees every answer, errors included
     return app
+
+
+def _with_metrics(config: ServeConfig | None, prometheus: bool) -> ServeConfig | None:
+    """``config`` with a ``prometheus://`` telemetry sink added when it has none."""
+    if not prometheus:
+        return config
+    import dataclasses
+
+    from apportion.serve.config import ServeConfig
+    from apportion.telemetry.urls import scheme_of
+
+    config = config if config is not None else ServeConfig.default()
+    if any(scheme_of(url) == "prometheus" for url in config.telemetry):
+        return config
+    return dataclasses.replace(config, telemetry=(*config.telemetry, "prometheus://"))
 
 
 def _version() -> str:

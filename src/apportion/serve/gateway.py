@@ -30,6 +30,7 @@ from apportion.errors import (
     InvalidArgument,
     RequestClosed,
     SpecError,
+    StoreUnavailable,
     UnknownRequest,
 )
 from apportion.ledger import Grant, check_outcome
@@ -106,6 +107,9 @@ class Gateway:
         )
         self._configure(self.config)
         self._reaper: Reaper | None = None
+        self._unwritten: dict[str, tuple[str, str, Outcome | None, float]] = {}
+        """Idempotency records the store was down to write: (fingerprint, operation,
+        outcome or ``None`` to drop the claim, ttl)."""
 
     def _configure(self, config: ServeConfig) -> None:
         """Build what a config decides: the controllers, the keys, the failure window."""
@@ -494,7 +498,13 @@ class Gateway:
             fingerprint = op_name
         record = f"{tenant.name}:{hashlib.sha256(key.encode()).hexdigest()}"
         ttl = self.config.request_ttl
-        claim = await self.records.claim(record, fingerprint, op_name, ttl)
+        if self._unwritten:
+            await self._write_records()
+        try:
+            claim = await self.records.claim(record, fingerprint, op_name, ttl)
+        except StoreUnavailable:  # the claim may have been written: drop it once back
+            self._unwritten[record] = (fingerprint, op_name, None, ttl)
+            raise
         if claim.state == "done":
             assert claim.outcome is not None
             return claim.outcome
@@ -505,13 +515,42 @@ class Gateway:
         try:
             outcome = await self._outcome(tenant, fn)
         except BaseException:
-            await self.records.forget(record)
+            await self._write_record(record, (fingerprint, op_name, None, ttl))
             raise
         if outcome.status == 503:  # the store was unreachable: let the retry run again
-            await self.records.forget(record)
+            await self._write_record(record, (fingerprint, op_name, None, ttl))
         else:
-            await self.records.complete(record, fingerprint, op_name, outcome, ttl)
+            await self._write_record(record, (fingerprint, op_name, outcome, ttl))
         return outcome
+
+    async def _write_record(
+        self, record: str, done: tuple[str, str, Outcome | None, float]
+    ) -> None:
+        """Complete a claimed record with its outcome, or (``None``) drop the claim.
+
+        When the store cannot be reached (Redis stopped mid-call), the write waits in
+        ``_unwritten`` and is made before this gateway's next keyed call, so the claim
+        does not stay ``running`` for its whole TTL: a retry gets the outcome (or runs
+        again).
+        """
+        fingerprint, op_name, outcome, ttl = done
+        try:
+            if outcome is None:
+                await self.records.forget_claim(record, fingerprint, op_name)
+            else:
+                await self.records.complete(record, fingerprint, op_name, outcome, ttl)
+        except StoreUnavailable:
+            self._unwritten[record] = done
+
+    async def _write_records(self) -> None:
+        """Write the records the store was down for (raises while it still is)."""
+        for record in list(self._unwritten):
+            done = self._unwritten.pop(record, None)
+            if done is None:  # another call wrote it meanwhile
+                continue
+            await self._write_record(record, done)
+            if record in self._unwritten:
+                raise StoreUnavailable(self.config.store_shown, "still unreachable")
 
     async def _outcome(self, tenant: Tenant, fn: Callable[[], Awaitable[Outcome]]) -> Outcome:
         try:

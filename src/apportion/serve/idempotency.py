@@ -12,7 +12,12 @@ of the call: method, path and body), runs, then *completes* the record with its 
 Records live where the ledgers do, so replicas share them: a dict for ``memory://`` (one
 process), and for ``redis://`` one key per record, claimed with ``SET NX`` and kept for the
 request TTL (``PX``). An outcome that is the store being unreachable (503) is not
-recorded: the claim is dropped, so the retry runs the operation again.
+recorded: the claim is dropped, so the retry runs the operation again. When the store
+went down while a claim, an outcome or a drop was being written (Redis stopped mid-call),
+the gateway writes it once the store answers again, before its next keyed call (a
+claim whose answer was lost is dropped only while it is still that call's ``running``
+claim: :meth:`IdempotencyRecords.forget_claim`), so a retry does not meet ``in_progress``
+for the whole TTL.
 
 What this does not give, and store-level exactly-once would (issue 20: an operation id
 passed into each Redis script, recorded in the same atomic step as the ledger change): the
@@ -77,6 +82,16 @@ class Claim:
     outcome: Outcome | None = None
 
 
+def _running(fingerprint: str, operation: str) -> dict[str, Any]:
+    """The record of a claimed key whose call is running."""
+    return {"state": "running", "fp": fingerprint, "op": operation}
+
+
+_FORGET_CLAIM: Final = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+
+
 def _judge(record: dict[str, Any], fingerprint: str) -> Claim:
     operation = str(record.get("op", ""))
     if record.get("fp") != fingerprint:
@@ -104,6 +119,14 @@ class IdempotencyRecords(abc.ABC):
     @abc.abstractmethod
     async def forget(self, key: str) -> None:
         """Drop a claim (its call failed in a way a retry should run again)."""
+
+    @abc.abstractmethod
+    async def forget_claim(self, key: str, fingerprint: str, operation: str) -> None:
+        """Drop ``key`` only while it is still the ``running`` claim of this call.
+
+        For a claim whose answer was lost (the store went down as it was written): a
+        record completed meanwhile stays.
+        """
 
     @abc.abstractmethod
     async def put_value(self, key: str, value: str, ttl: float) -> None:
@@ -167,6 +190,13 @@ class MemoryRecords(IdempotencyRecords):
         """See :meth:`IdempotencyRecords.forget`."""
         with self._lock:
             self._records.pop(key, None)
+
+    async def forget_claim(self, key: str, fingerprint: str, operation: str) -> None:
+        """See :meth:`IdempotencyRecords.forget_claim`."""
+        with self._lock:
+            found = self._records.get(key)
+            if found is not None and found[1] == _running(fingerprint, operation):
+                del self._records[key]
 
     async def put_value(self, key: str, value: str, ttl: float) -> None:
         """See :meth:`IdempotencyRecords.put_value`."""
@@ -246,7 +276,7 @@ class RedisRecords(IdempotencyRecords):
     async def claim(self, key: str, fingerprint: str, operation: str, ttl: float) -> Claim:
         """See :meth:`IdempotencyRecords.claim` (``SET NX PX``, then ``GET`` if taken)."""
         name = self._key("idem", key)
-        record = json.dumps({"state": "running", "fp": fingerprint, "op": operation})
+        record = json.dumps(_running(fingerprint, operation))
         for _ in range(3):  # the record may expire between SET NX and GET: claim again
             if await self._call("SET", name, record, "NX", "PX", _ms(ttl)):
                 return Claim("new", operation)
@@ -271,6 +301,11 @@ class RedisRecords(IdempotencyRecords):
     async def forget(self, key: str) -> None:
         """See :meth:`IdempotencyRecords.forget`."""
         await self._call("DEL", self._key("idem", key))
+
+    async def forget_claim(self, key: str, fingerprint: str, operation: str) -> None:
+        """See :meth:`IdempotencyRecords.forget_claim` (one script: compare, delete)."""
+        record = json.dumps(_running(fingerprint, operation))
+        await self._call("EVAL", _FORGET_CLAIM, 1, self._key("idem", key), record)
 
     async def put_value(self, key: str, value: str, ttl: float) -> None:
         """See :meth:`IdempotencyRecords.put_value`."""

@@ -65,10 +65,11 @@ from apportion.errors import (
 from apportion.ledger import CHILD_SEP, check_ceiling
 from apportion.serve import forward
 from apportion.serve.config import UpstreamConfig
-from apportion.serve.errors_json import error_headers, error_response
+from apportion.serve.errors_json import code_of, error_headers, error_response
 from apportion.serve.forward import CHAT, RESPONSES, Body
 from apportion.serve.gateway import Gateway, Tenant
 from apportion.serve.idempotency import Outcome
+from apportion.serve.ops import note
 from apportion.serve.passes import (
     HEADER as TOKEN_HEADER,
 )
@@ -325,12 +326,14 @@ class Proxy:
         tenant: Tenant | None = None
         try:
             tenant = self.gateway.authenticate(headers, client)
+            note(tenant=tenant.name)
             if len(raw) > self.max_body:
                 error = InvalidArgument("body", f"{len(raw)} bytes", f"at most {self.max_body}")
                 _, data = error_response(error)
                 data["error"]["code"] = "body_too_large"  # as the gateway's body limit says
                 return Answer(413, {}, _json(data))
             body = forward.read_body(protocol, raw)
+            note(model=body.model)
             upstream = forward.upstream_for(self.gateway.config, body.model)
             body.upstream_model = upstream.model
             key = (
@@ -353,6 +356,7 @@ class Proxy:
                 return await self._call(budget, agent, body, send, key)
             return await self._once(tenant, headers, raw, protocol, agent, body, send, key)
         except ApportionError as error:
+            note(error_code=code_of(error)[0])
             return error_answer(error, tenant)
 
     async def _once(
@@ -515,6 +519,7 @@ class Proxy:
         try:
             result = await forward.budgeted(budget.request, agent, body, send)
         except ApportionError as error:
+            note(error_code=code_of(error)[0])
             headers = {forward.REQUEST: budget.request_id}
             if isinstance(error, BudgetExceeded):  # the call was refused: say so, and what is left
                 headers.update(
@@ -526,6 +531,8 @@ class Proxy:
             answer.headers[forward.REQUEST] = budget.request_id
             return answer
         report = forward.report(result)
+        if report is not None and not body.stream:
+            note(input_tokens=report.input_tokens, output_tokens=report.output_tokens)
         if body.stream:
             headers = forward.report_headers(budget.request_id, report, None)
             headers[forward.STATUS] = "open"
