@@ -374,8 +374,7 @@ def _restart_under_load(url: str, server: RedisServer, clients: int = 4) -> None
                 if grant is None:
                     return
                 finish = {
-                    "grant_id": grant["grant_id"],
-                    "agent": "intake",
+                    "grant": grant["grant"],
                     "input_tokens": 50,
                     "output_tokens": 7,
                 }
