@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,16 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stores"))
 from redis_server import RedisServer
 
 from apportion.serve import Gateway, ServeConfig
+from apportion.testing.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"acme": "sk-acme-0123456789", "globex": "sk-globex-9876543210", "ops": "sk-ops-admin-42"}
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, polls: int = 300) -> None:

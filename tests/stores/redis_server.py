@@ -16,12 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from apportion.testing.ports import free_port
 
 
 def _ping(port: int) -> bool:

@@ -8,7 +8,6 @@ names, ``repr``, and the warnings of a failing sink.
 
 from __future__ import annotations
 
-import socket
 import warnings
 
 import pytest
@@ -25,15 +24,10 @@ from apportion.redaction import redact, scrub
 from apportion.stores import open_store
 from apportion.telemetry import TelemetryWarning, flush, open_sinks
 from apportion.telemetry.sql import open_database
+from apportion.testing.ports import free_port
 
 # Two halves each: a leak of either half is a leak.
 PASSWORDS = ["Lk1/Lk2", "Lk1#Lk2", "Lk1?Lk2", "Lk1@Lk2", "Lk1:Lk2", "Lk1%2FLk2"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _forms(scheme: str, port: int) -> list[str]:
@@ -81,7 +75,7 @@ def test_sql_sink_names(url: str) -> None:
 
 @pytest.mark.parametrize("url", _forms("postgresql", 0)[:4] + _forms("postgresql", 0)[-2:])
 def test_an_unreachable_database_error(url: str) -> None:
-    url = url.replace(":0/", f":{_free_port()}/")
+    url = url.replace(":0/", f":{free_port()}/")
     with pytest.raises(DatabaseUnavailable) as caught:
         open_database(url)
     assert _clean(caught.value, caught.value.fields, caught.value.reason), str(caught.value)
@@ -89,7 +83,7 @@ def test_an_unreachable_database_error(url: str) -> None:
 
 @pytest.mark.parametrize("url", _forms("postgresql", 0)[:3] + _forms("postgresql", 0)[-1:])
 def test_a_failing_sink_warns_without_the_password(url: str) -> None:
-    controller = make_controller(url.replace(":0/", f":{_free_port()}/"))
+    controller = make_controller(url.replace(":0/", f":{free_port()}/"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_request(controller)
@@ -118,7 +112,7 @@ def test_redis_store_urls(url: str) -> None:
     pytest.importorskip("redis")
     from apportion.stores.redis import RedisStore
 
-    url = url.replace(":0/", f":{_free_port()}/")
+    url = url.replace(":0/", f":{free_port()}/")
     try:
         store = open_store(url)
     except Exception as exc:  # a URL redis-py cannot read: a clear error, still no password

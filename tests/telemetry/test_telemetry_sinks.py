@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -28,12 +27,7 @@ from apportion.telemetry import (
 from apportion.telemetry import channel as channel_module
 from apportion.telemetry.channel import Channel
 from apportion.telemetry.records import RolloutRecord
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from apportion.testing.ports import free_port
 
 
 def test_urls_choose_sinks(tmp_path: Path) -> None:
@@ -163,7 +157,7 @@ def test_a_failing_sink_is_reported_and_skipped() -> None:
 
 
 def test_an_unreachable_database_is_reported_without_its_password() -> None:
-    url = f"postgresql://apportion:hunter2@127.0.0.1:{_free_port()}/telemetry"
+    url = f"postgresql://apportion:hunter2@127.0.0.1:{free_port()}/telemetry"
     controller = make_controller(url)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

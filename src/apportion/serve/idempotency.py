@@ -176,13 +176,7 @@ class MemoryRecords(IdempotencyRecords):
         self, key: str, fingerprint: str, operation: str, outcome: Outcome, ttl: float
     ) -> None:
         """See :meth:`IdempotencyRecords.complete`."""
-        record = {
-            "state": "done",
-            "fp": fingerprint,
-            "op": operation,
-            "status": outcome.status,
-            "body": outcome.body.decode("utf-8"),
-        }
+        record = _done(fingerprint, operation, outcome)
         with self._lock:
             self._records[key] = (self._clock() + ttl, record)
 
@@ -289,13 +283,7 @@ class RedisRecords(IdempotencyRecords):
         self, key: str, fingerprint: str, operation: str, outcome: Outcome, ttl: float
     ) -> None:
         """See :meth:`IdempotencyRecords.complete`."""
-        record = {
-            "state": "done",
-            "fp": fingerprint,
-            "op": operation,
-            "status": outcome.status,
-            "body": outcome.body.decode("utf-8"),
-        }
+        record = _done(fingerprint, operation, outcome)
         await self._call("SET", self._key("idem", key), json.dumps(record), "PX", _ms(ttl))
 
     async def forget(self, key: str) -> None:
@@ -329,3 +317,14 @@ def open_records(store_url: str, prefix: str | None = None) -> IdempotencyRecord
     if store_url.startswith("memory:"):
         return MemoryRecords()
     return RedisRecords(store_url, prefix)
+
+
+def _done(fingerprint: str, operation: str, outcome: Outcome) -> dict[str, Any]:
+    """The record of a finished call: what a retry with the same key is answered."""
+    return {
+        "state": "done",
+        "fp": fingerprint,
+        "op": operation,
+        "status": outcome.status,
+        "body": outcome.body.decode("utf-8"),
+    }

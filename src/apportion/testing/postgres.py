@@ -22,13 +22,14 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
+
+from apportion.testing.ports import free_port
 
 __all__ = ["PostgresServer", "find_postgres"]
 
@@ -47,12 +48,6 @@ def find_postgres() -> Path | None:
     if initdb and shutil.which("pg_ctl"):
         return Path(initdb).parent
     return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PostgresServer:
@@ -122,7 +117,7 @@ class PostgresServer:
             self.stop()
             raise RuntimeError(f"initdb failed: {done.stderr.strip()[-2000:]}")
         for _attempt in range(3):
-            self.port = _free_port()
+            self.port = free_port()
             options = (
                 f"-p {self.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off"
