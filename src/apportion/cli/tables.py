@@ -7,7 +7,7 @@ command line draws them, so only this module imports ``rich.table``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.markup import escape
@@ -336,18 +336,7 @@ def kind_table(report: Mapping[str, Any]) -> Table | None:
     """The calls rolled up per agent kind, for the terminal; ``None`` without kinds."""
     from apportion.analysis.report import KIND_CAPTION, KIND_COLUMNS, kind_rows
 
-    rows = kind_rows(report)
-    if not rows:
-        return None
-    table = Table(title="per agent kind", caption=KIND_CAPTION)
-    for column in KIND_COLUMNS:
-        if column == "kind":
-            table.add_column(column, min_width=10, overflow="fold")
-        else:
-            table.add_column(column, justify="right", no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
-    return table
+    return _named_rows("per agent kind", KIND_CAPTION, KIND_COLUMNS, kind_rows(report), 10)
 
 
 def quality_table(report: Mapping[str, Any]) -> Table | None:
@@ -355,14 +344,19 @@ def quality_table(report: Mapping[str, Any]) -> Table | None:
     from apportion.analysis.report import QUALITY_CAPTION, QUALITY_COLUMNS, quality_rows
 
     rows = quality_rows(report)
+    return _named_rows("truncation against quality", QUALITY_CAPTION, QUALITY_COLUMNS, rows, 12)
+
+
+def _named_rows(
+    title: str, caption: str, columns: Sequence[str], rows: Sequence[Sequence[str]], width: int
+) -> Table | None:
+    """A table whose first column names the row (folded) and whose others are figures."""
     if not rows:
         return None
-    table = Table(title="truncation against quality", caption=QUALITY_CAPTION)
-    for column in QUALITY_COLUMNS:
-        if column == "agent":
-            table.add_column(column, min_width=12, overflow="fold")
-        else:
-            table.add_column(column, justify="right", no_wrap=True)
+    table = Table(title=title, caption=caption)
+    table.add_column(columns[0], min_width=width, overflow="fold")
+    for column in columns[1:]:
+        table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
         table.add_row(*row)
     return table
