@@ -192,6 +192,31 @@ def test_call_counts_are_warmed_from_telemetry(tmp_path: Path) -> None:
     assert counts.remaining("rare", 0) == pytest.approx(1 / 13)
 
 
+def test_what_ran_after_what_is_warmed_from_telemetry(tmp_path: Path) -> None:
+    """Warming from telemetry learns what ran after what (``calls_after``) as serving live
+    did: a translator that ran only before the answer is no longer expected once the
+    answer has begun (before, warming left it at its prior, one half)."""
+    from apportion.analysis.warm_start import warm_from_telemetry
+    from apportion.telemetry import flush
+
+    pipeline = Pipeline(
+        [Agent("lead"), Agent("translator", after=["lead"]), Agent("answer", after=["lead"])],
+        name="optional",
+    )
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    controller = Controller(pipeline, policy="estimate", telemetry=url)
+    for i in range(12):
+        translated = [("translator", 300)] if i % 2 else []
+        _serve(controller, [("lead", 300), *translated, ("answer", 300)], 9_000)
+    assert flush(30)
+    live = controller.policy.call_counts(pipeline)  # type: ignore[attr-defined]
+    policy = EstimatePolicy()
+    warm_from_telemetry(policy, url, pipeline=pipeline)
+    warmed = policy.call_counts(pipeline)
+    assert warmed.document_after() == live.document_after()
+    assert warmed.remaining_after("translator", "answer") < 0.1
+
+
 def _team_pipeline(members: int) -> Pipeline:
     return Pipeline(
         [

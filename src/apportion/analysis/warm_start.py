@@ -27,7 +27,8 @@ def warm_from_telemetry(
     """Fold the finished calls of ``pipeline``'s recorded requests into ``policy``'s need model.
 
     Each recorded request's calls per agent (begun, whatever their end) are also folded
-    into the policy's call counts (how often each agent runs, how many calls it makes:
+    into the policy's call counts (how often each agent runs, how many calls it makes, and
+    what ran after what, in the order the calls were granted:
     :mod:`apportion.policies.occurrence`). A call of a name the pipeline does not list
     counts on the kind that matches it.
 
@@ -64,7 +65,7 @@ def warm_from_telemetry(
         line = _line(pipeline, names, call.agent, call.kind)
         if line is None:
             continue
-        counts = begun.setdefault(call.request_id, {})
+        counts = begun.setdefault(call.request_id, {})  # dicts keep first-call order
         counts[line] = counts.get(line, 0) + 1
         if (
             call.settled == "finish"
@@ -85,7 +86,8 @@ def warm_from_telemetry(
         calls += len(settled)
     for request_id, record in source.requests.items():
         if record.pipeline == pipeline.name:
-            occurrence.observe(begun.get(request_id, {}), model.row(record.features))
+            counts = begun.get(request_id, {})
+            occurrence.observe(counts, model.row(record.features), list(counts))
     return {"requests": 0, "calls": calls}
 
 
