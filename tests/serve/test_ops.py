@@ -239,6 +239,53 @@ def test_each_proxied_call_is_a_span_with_the_genai_conventions() -> None:
     assert not second.status.is_ok
 
 
+def test_a_streamed_call_s_span_has_its_usage_and_status() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    seen: dict[str, Any] = {}
+
+    async def calls() -> None:
+        with OpenAIServer(default="one two three four") as upstream:
+            app = create_app(gateway_for(upstream), tracer_provider=provider)
+            async with asgi_client(app) as client:
+                body = {
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "plan it"}],
+                    "stream": True,
+                }
+                answer = await client.post(
+                    CHAT, json=body, headers=budget_headers("streamed", "planner", 5000)
+                )
+                assert answer.status_code == 200, answer.text
+                seen["text"] = answer.text
+            seen["sent"] = upstream.requests
+            seen["billed"] = upstream.billed
+
+    asyncio.run(calls())
+    # the gateway asked the upstream for the usage; the client, which did not, sees none
+    assert seen["sent"][0]["stream_options"] == {"include_usage": True}
+    events = [
+        json.loads(line.removeprefix("data: "))
+        for line in seen["text"].splitlines()
+        if line.startswith("data: {")
+    ]
+    assert events and not any(event.get("usage") for event in events)
+    (span,) = exporter.get_finished_spans()
+    a = dict(span.attributes or {})
+    (prompt, completion), *_ = seen["billed"]
+    assert a["gen_ai.usage.input_tokens"] == prompt
+    assert a["gen_ai.usage.output_tokens"] == completion == 4
+    assert a["apportion.call.status"] == "completed"  # the settled call's, not "open"
+    assert a["apportion.used_tokens"] == prompt + completion
+    assert a["apportion.grant.tokens"] > 0
+    assert span.status.is_ok
+
+
 # ---------------------------------------------------------------------- logs
 
 
