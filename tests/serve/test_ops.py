@@ -124,7 +124,7 @@ def test_metrics_are_scraped_after_proxied_calls(tmp_path: Path) -> None:
             assert closed.status_code == 200, closed.text
 
             def scraped() -> Any:
-                answer = httpx.get(f"{url}/metrics")
+                answer = httpx.get(f"{url}/metrics", headers=auth("ops"))
                 assert answer.status_code == 200, answer.text
                 assert answer.headers["content-type"].startswith("text/plain")
                 found = samples(answer.text)
@@ -167,7 +167,7 @@ def test_metrics_of_two_workers_are_summed(tmp_path: Path, redis_server: RedisSe
                 assert opened.status_code == 201, opened.text
         for _ in range(6):  # whichever worker answers the scrape, it counts both workers'
             with httpx.Client() as client:
-                found = samples(client.get(f"{url}/metrics").text)
+                found = samples(client.get(f"{url}/metrics", headers=auth("ops")).text)
             opened_count = sample(
                 found,
                 "apportion_http_requests_total",

@@ -115,16 +115,19 @@ def create_app(
         return HTMLResponse(docs_html(app.openapi()))
 
     if ops.metrics is not None:
+        from starlette.requests import Request
+        from starlette.responses import Response
 
-        @app.get("/metrics", include_in_schema=False)
-        async def metrics() -> Any:
-            """Prometheus metrics (text exposition format)."""
-            from fastapi.responses import Response
+        from apportion.serve.ops import metrics_body
 
-            from apportion.serve.ops import metrics_body
-
+        async def metrics(request: Request) -> Response:
+            """Prometheus metrics (text format), to whom the config's ``metrics`` allows."""
+            client = request.client.host if request.client is not None else None
+            gateway.authorize_metrics(request.headers, client)
             body, media_type = metrics_body()
             return Response(body, media_type=media_type)
+
+        app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
 
     app.add_middleware(Observed, ops=ops)  # outermost: sees every answer, errors included
     return app

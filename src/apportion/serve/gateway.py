@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -38,6 +39,7 @@ from apportion.reaper import Reaper
 from apportion.serve.config import OPEN_TENANT, ServeConfig, hash_key, ranked
 from apportion.serve.errors import (
     AuthenticationFailed,
+    Forbidden,
     IdempotencyInProgress,
     IdempotencyKeyReused,
     PoolDraining,
@@ -218,6 +220,37 @@ class Gateway:
         except AuthenticationFailed:
             self.failures.failed(client)
             raise
+
+    def authorize_metrics(self, headers: Mapping[str, str], client: str | None = None) -> None:
+        """Let the call read ``/metrics``, or refuse it (``config.metrics_access``).
+
+        ``public``: anyone. ``admin``: an admin key, or the config's ``metrics_key`` (a
+        scraper's key, good for nothing else). Failures count as failed authentications.
+
+        Raises:
+            AuthenticationFailed: no key, or a key that is neither (401).
+            Forbidden: a tenant's key that is not an admin key (403).
+            AuthenticationThrottled: too many failures from ``client`` lately (429).
+        """
+        config = self.config
+        if config.metrics_access == "public":
+            return
+        self.failures.check(client)
+        wanted = config.metrics_key_hash
+        if wanted is not None:
+            scheme, _, key = (_header(headers, "authorization") or "").strip().partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(hash_key(key.strip()), wanted):
+                return
+        if config.open_mode:  # no tenant keys: the metrics key is the only way in
+            self.failures.failed(client)
+            raise AuthenticationFailed("/metrics needs the metrics key: Authorization: Bearer")
+        try:
+            tenant = self._tenant_of(headers)
+        except AuthenticationFailed:
+            self.failures.failed(client)
+            raise
+        if not tenant.admin:
+            raise Forbidden(tenant.name, "read the metrics")
 
     def _tenant_of(self, headers: Mapping[str, str]) -> Tenant:
         value = _header(headers, "authorization")
