@@ -113,6 +113,9 @@ def create_app(
     from apportion.serve.proxy import proxy_routes
 
     app.router.routes.extend(proxy_routes(gateway))
+    from apportion.serve.proxy_schema import document_proxy
+
+    document_proxy(app)  # the proxy's operations in /openapi.json
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> Any:

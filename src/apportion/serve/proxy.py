@@ -207,7 +207,7 @@ def _ceiling(headers: Mapping[str, str]) -> int | None:
     raw = _header(headers, CEILING)
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):  # "²" is a digit to isdigit, not to int
         raise InvalidArgument(CEILING, raw, "a positive number of tokens")
     try:
         return check_ceiling(int(raw))
