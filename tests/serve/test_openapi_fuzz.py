@@ -51,7 +51,7 @@ def test_no_operation_answers_5xx_or_off_schema(case: schemathesis.Case) -> None
 
 
 @SCHEMA.include(path_regex=r"^/v1/(chat/completions|responses)$").parametrize()
-@settings(suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, suppress_health_check=list(HealthCheck))
 def test_proxied_calls_with_good_budget_headers_answer_no_5xx(case: schemathesis.Case) -> None:
     """Fuzzed bodies through a budget (a new request each), on to the fake upstream."""
     budget = {
