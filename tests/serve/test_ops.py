@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from proxy_helpers import MODEL, asgi_client, budget_headers, gateway_for
 from redis_server import RedisServer
@@ -239,7 +240,8 @@ def test_each_proxied_call_is_a_span_with_the_genai_conventions() -> None:
     assert not second.status.is_ok
 
 
-def test_a_streamed_call_s_span_has_its_usage_and_status() -> None:
+@pytest.mark.parametrize("path", [CHAT, "/v1/responses"])
+def test_a_streamed_call_s_span_has_its_usage_and_status(path: str) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -253,13 +255,11 @@ def test_a_streamed_call_s_span_has_its_usage_and_status() -> None:
         with OpenAIServer(default="one two three four") as upstream:
             app = create_app(gateway_for(upstream), tracer_provider=provider)
             async with asgi_client(app) as client:
-                body = {
-                    "model": MODEL,
-                    "messages": [{"role": "user", "content": "plan it"}],
-                    "stream": True,
-                }
+                question = [{"role": "user", "content": "plan it"}]
+                key = "messages" if path == CHAT else "input"
+                body = {"model": MODEL, key: question, "stream": True}
                 answer = await client.post(
-                    CHAT, json=body, headers=budget_headers("streamed", "planner", 5000)
+                    path, json=body, headers=budget_headers("streamed", "planner", 5000)
                 )
                 assert answer.status_code == 200, answer.text
                 seen["text"] = answer.text
@@ -267,14 +267,14 @@ def test_a_streamed_call_s_span_has_its_usage_and_status() -> None:
             seen["billed"] = upstream.billed
 
     asyncio.run(calls())
-    # the gateway asked the upstream for the usage; the client, which did not, sees none
-    assert seen["sent"][0]["stream_options"] == {"include_usage": True}
-    events = [
-        json.loads(line.removeprefix("data: "))
-        for line in seen["text"].splitlines()
-        if line.startswith("data: {")
-    ]
-    assert events and not any(event.get("usage") for event in events)
+    if path == CHAT:  # the gateway asked for the usage; the client, which did not, sees none
+        assert seen["sent"][0]["stream_options"] == {"include_usage": True}
+        events = [
+            json.loads(line.removeprefix("data: "))
+            for line in seen["text"].splitlines()
+            if line.startswith("data: {")
+        ]
+        assert events and not any(event.get("usage") for event in events)
     (span,) = exporter.get_finished_spans()
     a = dict(span.attributes or {})
     (prompt, completion), *_ = seen["billed"]

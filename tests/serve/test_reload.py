@@ -92,6 +92,12 @@ def test_a_reload_keeps_the_failed_authentications(tmp_path: Path) -> None:
     with pytest.raises(AuthenticationThrottled):
         gateway.authenticate(auth("acme"), "10.0.0.9")
     assert gateway.authenticate(auth("acme"), "10.0.0.1").name == "acme"  # others: not
+    path.write_text(path.read_text().replace("auth_failure_limit: 4", "auth_failure_limit: 1"))
+    with pytest.raises(Exception, match="unknown key"):
+        gateway.authenticate(bad, "10.0.0.2")
+    gateway.reload()  # a lower limit: a client already past it is refused at once
+    with pytest.raises(AuthenticationThrottled):
+        gateway.authenticate(auth("acme"), "10.0.0.2")
 
 
 @pytest.mark.parametrize(
