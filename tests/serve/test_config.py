@@ -81,6 +81,9 @@ def test_a_full_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         ("signing_key: short\n", 1, "signing_key"),
         ("budget_token_ttl: 0\n", 1, "budget_token_ttl"),
         ("upstreams:\n  u: {api_key: k, direct: yes-please}\n", 2, "upstreams.u.direct"),
+        ("metrics: sometimes\n", 1, "metrics"),
+        ("metrics_key: same-key\n", 1, "metrics_key"),
+        ("config_poll_seconds: -1\n", 1, "config_poll_seconds"),
     ],
 )
 def test_bad_files_name_the_line_and_key(

@@ -17,6 +17,7 @@ import pytest
 from redis_server import RedisServer
 
 from apportion.serve import Gateway, ServeConfig, create_app
+from apportion.testing.fast_upstream import FastUpstream
 from conftest import (
     KEYS,
     LiveServer,
@@ -258,8 +259,10 @@ def test_schemathesis_fuzzes_the_running_gateway(tmp_path: Path) -> None:
     if not st.exists():
         pytest.skip("schemathesis's st command is not installed beside this Python")
     port = free_port()
+    upstream = FastUpstream().start()  # the proxy's operations are fuzzed too
     # the fuzzer's invalid-authentication checks would soon meet the failure limit (429)
-    config = write_config(tmp_path, extra="auth_failure_limit: 1000000\n")
+    fake = f"  fake: {{prefix: '', api_base: '{upstream.url}', api_key: sk-x-01, direct: true}}\n"
+    config = write_config(tmp_path, extra="auth_failure_limit: 1000000\nupstreams:\n" + fake)
     process = start_cli("--config", str(config), port=port)
     try:
         wait_ready(f"http://127.0.0.1:{port}", process)
@@ -282,8 +285,9 @@ def test_schemathesis_fuzzes_the_running_gateway(tmp_path: Path) -> None:
         )
     finally:
         stop(process)
+        upstream.stop()
     out = done.stdout.decode()
-    assert done.returncode == 0, out[-3000:]
+    assert done.returncode == 0, out[-6000:]
     assert "Stateful" in out and " passed" in out
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from proxy_helpers import MODEL, asgi_client, budget_headers, gateway_for
 from redis_server import RedisServer
@@ -124,7 +125,7 @@ def test_metrics_are_scraped_after_proxied_calls(tmp_path: Path) -> None:
             assert closed.status_code == 200, closed.text
 
             def scraped() -> Any:
-                answer = httpx.get(f"{url}/metrics")
+                answer = httpx.get(f"{url}/metrics", headers=auth("ops"))
                 assert answer.status_code == 200, answer.text
                 assert answer.headers["content-type"].startswith("text/plain")
                 found = samples(answer.text)
@@ -167,7 +168,7 @@ def test_metrics_of_two_workers_are_summed(tmp_path: Path, redis_server: RedisSe
                 assert opened.status_code == 201, opened.text
         for _ in range(6):  # whichever worker answers the scrape, it counts both workers'
             with httpx.Client() as client:
-                found = samples(client.get(f"{url}/metrics").text)
+                found = samples(client.get(f"{url}/metrics", headers=auth("ops")).text)
             opened_count = sample(
                 found,
                 "apportion_http_requests_total",
@@ -237,6 +238,52 @@ def test_each_proxied_call_is_a_span_with_the_genai_conventions() -> None:
     b = dict(second.attributes or {})
     assert b["error.type"] == "unknown_agent" and b["http.response.status_code"] == 404
     assert not second.status.is_ok
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/responses"])
+def test_a_streamed_call_s_span_has_its_usage_and_status(path: str) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    seen: dict[str, Any] = {}
+
+    async def calls() -> None:
+        with OpenAIServer(default="one two three four") as upstream:
+            app = create_app(gateway_for(upstream), tracer_provider=provider)
+            async with asgi_client(app) as client:
+                question = [{"role": "user", "content": "plan it"}]
+                key = "messages" if path == CHAT else "input"
+                body = {"model": MODEL, key: question, "stream": True}
+                answer = await client.post(
+                    path, json=body, headers=budget_headers("streamed", "planner", 5000)
+                )
+                assert answer.status_code == 200, answer.text
+                seen["text"] = answer.text
+            seen["sent"] = upstream.requests
+            seen["billed"] = upstream.billed
+
+    asyncio.run(calls())
+    if path == CHAT:  # the gateway asked for the usage; the client, which did not, sees none
+        assert seen["sent"][0]["stream_options"] == {"include_usage": True}
+        events = [
+            json.loads(line.removeprefix("data: "))
+            for line in seen["text"].splitlines()
+            if line.startswith("data: {")
+        ]
+        assert events and not any(event.get("usage") for event in events)
+    (span,) = exporter.get_finished_spans()
+    a = dict(span.attributes or {})
+    (prompt, completion), *_ = seen["billed"]
+    assert a["gen_ai.usage.input_tokens"] == prompt
+    assert a["gen_ai.usage.output_tokens"] == completion == 4
+    assert a["apportion.call.status"] == "completed"  # the settled call's, not "open"
+    assert a["apportion.used_tokens"] == prompt + completion
+    assert a["apportion.grant.tokens"] > 0
+    assert span.status.is_ok
 
 
 # ---------------------------------------------------------------------- logs

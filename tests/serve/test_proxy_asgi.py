@@ -304,6 +304,12 @@ def test_a_refused_budget_is_an_openai_style_402_with_the_fields(server):
             400,
             "Apportion-Ceiling",
         ),
+        (  # a digit, to str.isdigit, but not to int(): found by the OpenAPI fuzz
+            {"Apportion-Request": "x", "Apportion-Agent": "writer", "Apportion-Ceiling": b"\xb2"},
+            chat(),
+            400,
+            "Apportion-Ceiling",
+        ),
         ({"Apportion-Request": "x", "Apportion-Ceiling": "100"}, chat(), 400, "Apportion-Agent"),
         ({"Apportion-Agent": "writer"}, chat(), 400, "Apportion-Request"),
         (budget_headers("x", "writer", 100), {"messages": QUESTION}, 400, "model"),

@@ -13,6 +13,7 @@ naming the field, never a traceback or a 500.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -37,11 +38,12 @@ def create_app(
 ) -> FastAPI:
     """The gateway's ASGI app for a config (or a gateway already built).
 
-    The app's lifespan starts the TTL reaper and, at shutdown, waits (a bounded time) for
-    the calls still in flight to end, then stops the reaper and closes the gateway's
-    connections; mounted in another app (whose lifespan does not run a sub-app's), call
-    ``app.state.gateway.start()`` yourself to reap on a timer (requests are reaped lazily
-    as new ones open all the same).
+    The app's lifespan starts the TTL reaper and the config file's watcher (a changed file
+    is reloaded: :meth:`~apportion.serve.gateway.Gateway.watch_config`) and, at shutdown,
+    waits (a bounded time) for the calls still in flight to end, then stops the reaper
+    and closes the gateway's connections; mounted in another app (whose lifespan does not
+    run a sub-app's), call ``app.state.gateway.start()`` yourself to reap on a timer
+    (requests are reaped lazily as new ones open all the same).
 
     Operations (:mod:`apportion.serve.ops`): every call is logged as a JSON-ready
     ``http_request`` record and answered with ``X-Request-Id``; ``/metrics`` serves the
@@ -63,15 +65,19 @@ def create_app(
         gateway = config_or_gateway
     else:
         gateway = Gateway(_with_metrics(config_or_gateway, prometheus_available()))
+        if prometheus_available():  # a reloaded config keeps the controller's metrics
+            gateway.added_telemetry = ("prometheus://",)
     hide_config(gateway.config)
     ops = Ops(tracer_provider=tracer_provider, tracing=tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway.start()
+        watcher = asyncio.create_task(gateway.watch_config())  # each worker: a changed file
         try:
             yield
         finally:
+            watcher.cancel()
             try:
                 await ops.drain()  # in-flight calls end (or, cancelled, release their grants)
                 await gateway.aclose()
@@ -107,6 +113,9 @@ def create_app(
     from apportion.serve.proxy import proxy_routes
 
     app.router.routes.extend(proxy_routes(gateway))
+    from apportion.serve.proxy_schema import document_proxy
+
+    document_proxy(app)  # the proxy's operations in /openapi.json
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> Any:
@@ -115,16 +124,19 @@ def create_app(
         return HTMLResponse(docs_html(app.openapi()))
 
     if ops.metrics is not None:
+        from starlette.requests import Request
+        from starlette.responses import Response
 
-        @app.get("/metrics", include_in_schema=False)
-        async def metrics() -> Any:
-            """Prometheus metrics (text exposition format)."""
-            from fastapi.responses import Response
+        from apportion.serve.ops import metrics_body
 
-            from apportion.serve.ops import metrics_body
-
+        async def metrics(request: Request) -> Response:
+            """Prometheus metrics (text format), to whom the config's ``metrics`` allows."""
+            client = request.client.host if request.client is not None else None
+            gateway.authorize_metrics(request.headers, client)
             body, media_type = metrics_body()
             return Response(body, media_type=media_type)
+
+        app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
 
     app.add_middleware(Observed, ops=ops)  # outermost: sees every answer, errors included
     return app

@@ -13,6 +13,10 @@ config file's folder)::
     auth_failure_limit: 10              # failed authentications per client address ...
     auth_failure_window: 60             # ... within this many seconds, then 429
     telemetry: [sqlite:///apportion.db] # sinks, as for `apportion` (a URL or a list)
+    metrics: admin                      # /metrics: admin (an admin key, or metrics_key) or
+                                        # public (no key); default admin with tenants
+    metrics_key_env: METRICS_KEY        # or metrics_key: "..." (a scraper's own key)
+    config_poll_seconds: 2              # each worker re-reads a changed config file so often
     pipelines:
       support:
         path: pipeline.yaml             # a pipeline file (or workload: a workload file)
@@ -90,6 +94,10 @@ _TOP_KEYS: Final = frozenset(
         "auth_failure_limit",
         "auth_failure_window",
         "telemetry",
+        "metrics",
+        "metrics_key",
+        "metrics_key_env",
+        "config_poll_seconds",
         "pipelines",
         "tenants",
         "upstreams",
@@ -186,6 +194,13 @@ class ServeConfig:
         auth_failure_limit: failed authentications per client address within
             ``auth_failure_window`` seconds before its calls are refused (429).
         auth_failure_window: seconds.
+        metrics: who may read ``/metrics``: ``"public"`` (anyone), ``"admin"`` (an admin
+            key, or the ``metrics_key``), or ``None``: ``admin`` when tenants are
+            configured, ``public`` in open mode (see :attr:`metrics_access`).
+        metrics_key_hash: the SHA-256 digest of a key that may read ``/metrics`` only (a
+            Prometheus scraper's), or ``None``.
+        config_poll_seconds: how often each worker checks whether the config file changed
+            (then it reloads it); ``0``: never (an admin's reload only).
         file: the config file, or ``None``.
     """
 
@@ -203,6 +218,9 @@ class ServeConfig:
     budget_token_ttl: float = 600.0
     auth_failure_limit: int = 10
     auth_failure_window: float = 60.0
+    metrics: Literal["public", "admin"] | None = None
+    metrics_key_hash: str | None = field(default=None, repr=False)
+    config_poll_seconds: float = 2.0
     file: str | None = None
 
     def __post_init__(self) -> None:
@@ -213,6 +231,17 @@ class ServeConfig:
                 f"unbudgeted={excerpt(self.unbudgeted)}: reject or pass",
                 file=self.file,
                 key="unbudgeted",
+            )
+        if self.metrics not in (None, "public", "admin"):
+            raise SpecError(
+                f"metrics={excerpt(self.metrics)}: public or admin", file=self.file, key="metrics"
+            )
+        if self.metrics == "admin" and self.open_mode and self.metrics_key_hash is None:
+            raise SpecError(
+                "metrics: admin needs a key to read them, and without tenants there is no "
+                "admin key: give metrics_key (or metrics_key_env), or tenants",
+                file=self.file,
+                key="metrics",
             )
         object.__setattr__(self, "pipelines", MappingProxyType(dict(self.pipelines)))
         object.__setattr__(self, "tenants", MappingProxyType(dict(self.tenants)))
@@ -233,6 +262,16 @@ class ServeConfig:
             if model.startswith(upstream.prefix):
                 return upstream
         return None
+
+    @property
+    def metrics_access(self) -> Literal["public", "admin"]:
+        """Who may read ``/metrics``: ``public`` (no key) or ``admin`` (an admin or metrics key).
+
+        By default ``admin`` with tenants, ``public`` in open mode.
+        """
+        if self.metrics is not None:
+            return self.metrics
+        return "public" if self.open_mode else "admin"
 
     @property
     def open_mode(self) -> bool:
@@ -306,6 +345,20 @@ class ServeConfig:
             options["signing_key_random"] = False
         if "telemetry" in data:
             options["telemetry"] = _telemetry(data)
+        if "metrics" in data:
+            if data["metrics"] not in ("public", "admin"):
+                data.fail("metrics", "public (anyone may read /metrics) or admin")
+            options["metrics"] = data["metrics"]
+        metrics_key = _secret(data, "metrics_key")
+        if metrics_key is not None:
+            if len(metrics_key) < 16:
+                data.fail("metrics_key", "a metrics key has at least 16 characters")
+            options["metrics_key_hash"] = hash_key(metrics_key)
+        if "config_poll_seconds" in data:
+            poll = data["config_poll_seconds"]
+            if isinstance(poll, bool) or not isinstance(poll, int | float) or not 0 <= poll < 1e6:
+                data.fail("config_poll_seconds", "seconds between checks (0: never)")
+            options["config_poll_seconds"] = float(poll)
         pipelines = data.get("pipelines")
         if pipelines is None:
             options["pipelines"] = ServeConfig.default().pipelines

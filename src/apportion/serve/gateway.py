@@ -14,12 +14,18 @@ shown to a tenant names its own ids only (see :mod:`apportion.serve.errors_json`
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
+import hmac
 import json
+import logging
+import os
 import re
 import secrets
+import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -38,6 +44,7 @@ from apportion.reaper import Reaper
 from apportion.serve.config import OPEN_TENANT, ServeConfig, hash_key, ranked
 from apportion.serve.errors import (
     AuthenticationFailed,
+    Forbidden,
     IdempotencyInProgress,
     IdempotencyKeyReused,
     PoolDraining,
@@ -105,27 +112,43 @@ class Gateway:
         self.records: IdempotencyRecords = open_records(
             self.config.store, getattr(self.store, "prefix", None)
         )
+        self.added_telemetry: tuple[str, ...] = ()
+        """Sinks every config this gateway takes gets (``create_app`` adds Prometheus's)."""
+        self.failures = FailureWindow(
+            self.config.auth_failure_limit, self.config.auth_failure_window, clock=clock
+        )
         self._configure(self.config)
+        self._seen = file_signature(self.config.file)
+        """The config file's ``stat`` when last read (:meth:`check_config`)."""
+        self._retiring: list[threading.Thread] = []
         self._reaper: Reaper | None = None
         self._unwritten: dict[str, tuple[str, str, Outcome | None, float]] = {}
         """Idempotency records the store was down to write: (fingerprint, operation,
         outcome or ``None`` to drop the claim, ttl)."""
 
     def _configure(self, config: ServeConfig) -> None:
-        """Build what a config decides: the controllers, the keys, the failure window."""
+        """Build what a config decides: the controllers, the keys, the failure window.
+
+        All or nothing: a controller that cannot be built leaves the running ones (the
+        sinks of those built meanwhile are closed). The failure window is kept (its
+        counts too), with the new limit and window.
+        """
         telemetry = list(config.telemetry) or None
-        controllers = {
-            name: AsyncController(
-                entry.pipeline,
-                entry.policy,
-                self.store,
-                clock=self.clock,
-                lease_seconds=config.lease_seconds,
-                request_ttl=config.request_ttl,
-                telemetry=telemetry,
-            )
-            for name, entry in config.pipelines.items()
-        }
+        controllers: dict[str, AsyncController] = {}
+        try:
+            for name, entry in config.pipelines.items():
+                controllers[name] = AsyncController(
+                    entry.pipeline,
+                    entry.policy,
+                    self.store,
+                    clock=self.clock,
+                    lease_seconds=config.lease_seconds,
+                    request_ttl=config.request_ttl,
+                    telemetry=telemetry,
+                )
+        except BaseException:
+            _close_sinks([c for made in controllers.values() for c in made.sinks])
+            raise
         by_agents: dict[frozenset[str], str] = {}
         for name, entry in config.pipelines.items():
             by_agents.setdefault(ranked(entry.pipeline), name)
@@ -134,46 +157,120 @@ class Gateway:
             for t in config.tenants.values()
             for digest in t.key_hashes
         }
-        failures = FailureWindow(
-            config.auth_failure_limit, config.auth_failure_window, clock=self.clock
-        )
+        self.failures.configure(config.auth_failure_limit, config.auth_failure_window)
         self.config, self.controllers, self._by_agents, self._keys = (
             config,
             controllers,
             by_agents,
             keys,
         )
-        self.failures = failures
 
     def reload(self, config: ServeConfig | None = None) -> ServeConfig:
         """Take a new config (default: re-read the config file); a bad one changes nothing.
 
-        Tenants, keys, pipelines, upstreams and limits change at once.
+        Tenants, keys, pipelines, upstreams and limits change at once; the failed
+        authentications counted so far are kept. The old controllers' telemetry sinks are
+        flushed and closed (in a thread: :meth:`wait_retired`).
 
         The store stays (a new store URL needs a restart); without a ``signing_key`` in the
         new config, the running key is kept, so grant handles and budget tokens already
         given out stay good. Requests of a pipeline no longer configured cannot be reached.
 
+        A reload is this process's: with several workers, each reloads itself when it sees
+        the file changed (:meth:`watch_config`).
+
         Raises:
             SpecError: the file is unreadable or invalid, or it changes the store (with the
                 file, line and key); the gateway was started without a file.
         """
-        if config is None:
-            if self.config.file is None:
-                raise SpecError("the gateway was started without a config file: nothing to reload")
-            config = ServeConfig.from_yaml(self.config.file)
-        if config.store != self.config.store:
-            raise SpecError(
-                "the store cannot change while the gateway runs: restart it",
-                file=config.file,
-                key="store",
+        try:
+            if config is None:
+                file = self.config.file
+                if file is None:
+                    raise SpecError(
+                        "the gateway was started without a config file: nothing to reload"
+                    )
+                self._seen = file_signature(file)  # before reading: a later change is seen
+                config = ServeConfig.from_yaml(file)
+            if config.store != self.config.store:
+                raise SpecError(
+                    "the store cannot change while the gateway runs: restart it",
+                    file=config.file,
+                    key="store",
+                )
+            if config.signing_key_random:
+                config = dataclasses.replace(
+                    config, signing_key=self.config.signing_key, signing_key_random=False
+                )
+            missing = tuple(url for url in self.added_telemetry if url not in config.telemetry)
+            if missing:
+                config = dataclasses.replace(config, telemetry=(*config.telemetry, *missing))
+            old = list(self.controllers.values())
+            self._configure(config)
+        except ApportionError as exc:
+            _log.warning(
+                "config_reload_failed",
+                extra={"fields": {"worker": os.getpid(), **error_response(exc)[1]["error"]}},
             )
-        if config.signing_key_random:
-            config = dataclasses.replace(
-                config, signing_key=self.config.signing_key, signing_key_random=False
-            )
-        self._configure(config)
+            raise
+        from apportion.serve.ops import hide_config
+
+        hide_config(config)  # its secrets never reach a log line either
+        self._retire(old)
+        _log.info(
+            "config_reloaded",
+            extra={"fields": {"worker": os.getpid(), "file": config.file}},
+        )
         return config
+
+    def check_config(self) -> bool:
+        """Reload the config file if it changed since it was last read; whether it did.
+
+        A bad file is logged (``config_reload_failed``) and left until it changes again;
+        the running config stays.
+        """
+        file = self.config.file
+        if file is None or file_signature(file) == self._seen:
+            return False
+        try:
+            self.reload()
+        except ApportionError:
+            return False
+        return True
+
+    async def watch_config(self) -> None:
+        """Reload the config file when it changes, checked every ``config_poll_seconds``.
+
+        Each worker of ``apportion serve --workers N`` runs this (the app's lifespan), so
+        all of them take a changed file within that time; ends at once without a file or
+        with ``config_poll_seconds: 0``. Runs until cancelled.
+        """
+        while True:
+            every = self.config.config_poll_seconds
+            if self.config.file is None or every <= 0:
+                return
+            await asyncio.sleep(every)
+            try:
+                self.check_config()
+            except Exception:  # never let the watcher die
+                _log.exception("config_watch_failed")
+
+    def _retire(self, controllers: list[AsyncController]) -> None:
+        """Flush and close the telemetry sinks of controllers no longer used (a thread)."""
+        channels = [channel for controller in controllers for channel in controller.sinks]
+        if not channels:
+            return
+        thread = threading.Thread(
+            target=_close_sinks, args=(channels,), name="apportion-retire-sinks", daemon=True
+        )
+        self._retiring = [t for t in self._retiring if t.is_alive()]
+        self._retiring.append(thread)
+        thread.start()
+
+    def wait_retired(self, timeout: float | None = None) -> None:
+        """Wait until the sinks of replaced configs are flushed and closed."""
+        for thread in list(self._retiring):
+            thread.join(timeout)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -218,6 +315,37 @@ class Gateway:
         except AuthenticationFailed:
             self.failures.failed(client)
             raise
+
+    def authorize_metrics(self, headers: Mapping[str, str], client: str | None = None) -> None:
+        """Let the call read ``/metrics``, or refuse it (``config.metrics_access``).
+
+        ``public``: anyone. ``admin``: an admin key, or the config's ``metrics_key`` (a
+        scraper's key, good for nothing else). Failures count as failed authentications.
+
+        Raises:
+            AuthenticationFailed: no key, or a key that is neither (401).
+            Forbidden: a tenant's key that is not an admin key (403).
+            AuthenticationThrottled: too many failures from ``client`` lately (429).
+        """
+        config = self.config
+        if config.metrics_access == "public":
+            return
+        self.failures.check(client)
+        wanted = config.metrics_key_hash
+        if wanted is not None:
+            scheme, _, key = (_header(headers, "authorization") or "").strip().partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(hash_key(key.strip()), wanted):
+                return
+        if config.open_mode:  # no tenant keys: the metrics key is the only way in
+            self.failures.failed(client)
+            raise AuthenticationFailed("/metrics needs the metrics key: Authorization: Bearer")
+        try:
+            tenant = self._tenant_of(headers)
+        except AuthenticationFailed:
+            self.failures.failed(client)
+            raise
+        if not tenant.admin:
+            raise Forbidden(tenant.name, "read the metrics")
 
     def _tenant_of(self, headers: Mapping[str, str]) -> Tenant:
         value = _header(headers, "authorization")
@@ -581,6 +709,35 @@ class Gateway:
         if state.status != "open":
             raise RequestClosed(internal, state.status)
         return self.controllers[self._pipeline_of(state.ranks)]
+
+
+RETIRE_FLUSH_SECONDS: Final = 30.0
+"""How long a replaced sink's records may take to be written before it is closed."""
+
+_log = logging.getLogger("apportion.serve")
+
+
+def file_signature(file: str | None) -> tuple[int, int, int] | None:
+    """What tells that a file changed: its ``stat`` (mtime, size, inode); ``None``: none."""
+    if file is None:
+        return None
+    try:
+        found = os.stat(file)
+    except OSError:
+        return None
+    return (found.st_mtime_ns, found.st_size, found.st_ino)
+
+
+def _close_sinks(channels: list[Any]) -> None:
+    """Flush each telemetry channel (bounded), then close its sink (errors: a warning)."""
+    for channel in channels:
+        try:
+            channel.flush(RETIRE_FLUSH_SECONDS)
+            close = getattr(channel.sink, "close", None)
+            if close is not None:
+                close()
+        except Exception as exc:  # telemetry never breaks the gateway
+            warnings.warn(f"closing telemetry sink {channel.name}: {exc!r}", stacklevel=1)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

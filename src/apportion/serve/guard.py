@@ -36,6 +36,14 @@ UNKNOWN_CLIENT: Final = "?"
 """The address of a call whose client is not known (counted together)."""
 
 
+def _check(limit: int, window: float, capacity: int) -> None:
+    for name, value in (("limit", limit), ("capacity", capacity)):
+        if type(value) is not int or value < 1:
+            raise InvalidArgument(name, value, "a positive whole number")
+    if isinstance(window, bool) or not isinstance(window, int | float) or not window > 0:
+        raise InvalidArgument("window", window, "a positive number of seconds")
+
+
 class FailureWindow:
     """Failed authentications per client address within a sliding window.
 
@@ -57,13 +65,23 @@ class FailureWindow:
         capacity: int = DEFAULT_CAPACITY,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        for name, value in (("limit", limit), ("capacity", capacity)):
-            if type(value) is not int or value < 1:
-                raise InvalidArgument(name, value, "a positive whole number")
-        if isinstance(window, bool) or not isinstance(window, int | float) or not window > 0:
-            raise InvalidArgument("window", window, "a positive number of seconds")
+        _check(limit, window, capacity)
         self.limit, self.window, self.capacity, self.clock = limit, float(window), capacity, clock
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def configure(self, limit: int, window: float) -> None:
+        """Take a new limit and window (a config reload), keeping the failures counted.
+
+        Each client keeps its latest ``limit`` failures; the window applies from now on.
+
+        Raises:
+            InvalidArgument: a bad limit or window (nothing changed).
+        """
+        _check(limit, window, self.capacity)
+        if limit != self.limit:
+            for address, times in self._failures.items():
+                self._failures[address] = deque(times, maxlen=limit)
+        self.limit, self.window = limit, float(window)
 
     def __len__(self) -> int:
         """Client addresses tracked now."""

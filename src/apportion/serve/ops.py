@@ -125,6 +125,10 @@ class Note:
     input_tokens: int | None = None
     output_tokens: int | None = None
     error_code: str | None = None
+    call_status: str | None = None
+    """A stream's settled status (its headers, sent first, said ``open``)."""
+    granted: int | None = None
+    used: int | None = None
 
 
 _NOTE: ContextVar[Note | None] = ContextVar("apportion_serve_note", default=None)
@@ -328,6 +332,10 @@ def _shown(value: str | None) -> str | None:
     return None if value is None else value[:_SHOWN]
 
 
+def _first(*values: int | None) -> int | None:
+    return next((v for v in values if v is not None), None)
+
+
 def _int(value: str | None) -> int | None:
     try:
         return int(value) if value is not None else None
@@ -438,9 +446,9 @@ class Observed:
             "tenant": tenant,
             "agent": _shown(headers.get("apportion-agent")),
             "apportion_request": _shown(budget),
-            "apportion_status": out.get("apportion-status"),
-            "granted": _int(out.get("apportion-granted")),
-            "used": _int(out.get("apportion-used")),
+            "apportion_status": current.call_status or out.get("apportion-status"),
+            "granted": _first(current.granted, _int(out.get("apportion-granted"))),
+            "used": _first(current.used, _int(out.get("apportion-used"))),
             "model": _shown(current.model),
             "error_code": current.error_code,
         }

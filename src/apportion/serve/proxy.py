@@ -207,7 +207,7 @@ def _ceiling(headers: Mapping[str, str]) -> int | None:
     raw = _header(headers, CEILING)
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):  # "²" is a digit to isdigit, not to int
         raise InvalidArgument(CEILING, raw, "a positive number of tokens")
     try:
         return check_ceiling(int(raw))
@@ -541,6 +541,14 @@ class Proxy:
 
             async def end() -> bytes:
                 figures = forward.figures(report, self._remaining(budget))
+                if report is not None:  # the settled stream's figures, for the span and log
+                    note(
+                        input_tokens=report.input_tokens,
+                        output_tokens=report.output_tokens,
+                        call_status=figures["status"],
+                        granted=figures["granted"],
+                        used=figures["used"],
+                    )
                 return f": apportion {json.dumps(figures)}\n\n".encode()
 
             stream = forward.events(body.protocol, result, end)

@@ -39,7 +39,10 @@ What it does, like a real provider:
   Call ids are unique over the process.
 * **Errors.** ``Reply(status=500)`` (or 429, 400 ...) answers with an OpenAI-style error
   body; ``Reply(fail_after=N)`` streams N tokens then sends an error event;
-  :meth:`OpenAIServer.fail_at` fails the N-th request whatever it is.
+  :meth:`OpenAIServer.fail_at` fails the N-th request whatever it is. A 401's message
+  quotes the key it was sent, as OpenAI's does (to test that a gateway scrubs it).
+* **Keys.** The ``Authorization`` header of every ``POST`` is kept, in order, in
+  :attr:`OpenAIServer.authorizations`.
 
 **The Responses API** (``POST /v1/responses``): ``input`` (a text, or items:
 messages, ``function_call`` / ``function_call_output``) and ``instructions`` (billed as a
@@ -165,6 +168,7 @@ class OpenAIServer:
         self.default = _reply(default)
         self.requests: list[dict[str, Any]] = []
         self.paths: list[str] = []
+        self.authorizations: list[str | None] = []  # the Authorization header of each POST
         self.billed: list[tuple[int, int]] = []  # (prompt, completion) of each answer sent
         self._contexts: dict[str, int] = {}  # response id -> tokens of its whole context
         self._script: deque[Reply] = deque(_reply(r) for r in replies)
@@ -347,6 +351,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not route.endswith("/chat/completions") and not responses:
             self._error(404, f"no route {self.path}", "not_found")
             return
+        with self.owner._lock:
+            self.owner.authorizations.append(self.headers.get("Authorization"))
         length = int(self.headers.get("Content-Length") or 0)
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
@@ -360,8 +366,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.delay:
             time.sleep(reply.delay)
         if reply.status != 200:
-            kind = "rate_limit_error" if reply.status == 429 else "server_error"
-            self._error(reply.status, f"scripted error {reply.status}", kind)
+            self._scripted(reply.status)
             return
         cap = body.get("max_completion_tokens", body.get("max_tokens"))
         sent, finish = self.owner._cut(reply, tokens, cap if isinstance(cap, int) else None)
@@ -415,8 +420,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.delay:
             time.sleep(reply.delay)
         if reply.status != 200:
-            kind = "rate_limit_error" if reply.status == 429 else "server_error"
-            self._error(reply.status, f"scripted error {reply.status}", kind)
+            self._scripted(reply.status)
             return
         cap = body.get("max_output_tokens")
         sent, finish = self.owner._cut(
@@ -485,6 +489,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _scripted(self, status: int) -> None:
+        """A scripted HTTP error; a 401 quotes the key it was sent, as OpenAI's does."""
+        if status == 401:
+            key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            message = f"Incorrect API key provided: {key}. You can find your API key at ..."
+            self._error(401, message, "invalid_request_error")
+            return
+        kind = "rate_limit_error" if status == 429 else "server_error"
+        self._error(status, f"scripted error {status}", kind)
 
     def _error(self, status: int, message: str, kind: str) -> None:
         self._json(status, {"error": {"message": message, "type": kind, "code": str(status)}})
