@@ -101,6 +101,9 @@ def create_app(
     install_errors(app)
     app.add_middleware(BodyLimit, limit=gateway.config.max_body_bytes)
     budget_routes(app, gateway)
+    from apportion.serve.listing import listing_routes
+
+    listing_routes(app, gateway)
     from apportion.serve.admin import admin_routes
 
     admin_routes(app, gateway)
