@@ -110,6 +110,9 @@ def create_app(
     from apportion.serve.proxy import proxy_routes
 
     app.router.routes.extend(proxy_routes(gateway))
+    from apportion.serve.dashboard.routes import dashboard_routes
+
+    app.router.routes.extend(dashboard_routes(gateway))  # "/" and "/dashboard/..."
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> Any:

@@ -1,0 +1,226 @@
+// apportion dashboard: live updates over Server-Sent Events. Plain JavaScript, no build.
+// Every name is written with textContent (never parsed as HTML); fragments come from the
+// same server, already escaped.
+(function () {
+  "use strict";
+  var body = document.body;
+  var stream = body.getAttribute("data-stream");
+  if (!stream) { return; }
+  var fragment = body.getAttribute("data-fragment");
+  var pageRequest = body.getAttribute("data-request");
+  var requests = new Map();
+  var pending = new Set();
+  var live = document.getElementById("live");
+  var announcer = document.getElementById("announcer");
+  var heard = [];
+  var received = 0;
+
+  function index() {
+    document.querySelectorAll("tbody.request").forEach(function (tb) {
+      requests.set(tb.getAttribute("data-request"), tb);
+    });
+  }
+
+  function fmt(n) { return Number(n).toLocaleString("en-US"); }
+
+  function clock(t) {
+    var d = new Date(t * 1000);
+    return isNaN(d.getTime()) ? String(t) : d.toISOString().slice(11, 23);
+  }
+
+  function setBar(svg, parts, ceiling) {
+    if (!svg || !(ceiling > 0)) { return; }
+    var x = 0;
+    ["used", "held", "plan"].forEach(function (name) {
+      var rect = svg.querySelector("rect." + name);
+      if (!rect) { return; }
+      var w = Math.max(0, Math.min(1000 - x, 1000 * (parts[name] || 0) / ceiling));
+      rect.setAttribute("x", x.toFixed(2));
+      rect.setAttribute("width", w.toFixed(2));
+      x += w;
+    });
+  }
+
+  function cell(row, name) { return row.querySelector("[data-cell='" + name + "']"); }
+
+  function setText(row, name, value) {
+    var c = cell(row, name);
+    if (c) { c.textContent = value; }
+  }
+
+  function agentRow(tb, agent) {
+    var rows = tb.querySelectorAll("tr.agent");
+    for (var i = 0; i < rows.length; i++) {
+      if (rows[i].getAttribute("data-agent") === agent) { return rows[i]; }
+    }
+    return null;
+  }
+
+  function callStatus(ev) {
+    if (ev.k === "begin" || ev.k === "extend") { return "running"; }
+    if (ev.k === "finish") { return ev.note === "late" ? "late" : (ev.tr ? "cut" : "completed"); }
+    if (ev.k === "release") { return "released"; }
+    if (ev.k === "expire") { return "expired"; }
+    return null;
+  }
+
+  function tally(row, status) {
+    if (status !== "completed" && status !== "cut" && status !== "late") { return; }
+    var key = "data-" + status;
+    var n = Number(row.getAttribute(key) || "0") + 1;
+    row.setAttribute(key, String(n));
+    var parts = [];
+    ["completed", "cut", "late"].forEach(function (s) {
+      var k = Number(row.getAttribute("data-" + s) || "0");
+      if (k) { parts.push(s + " " + k); }
+    });
+    setText(row, "outcomes", parts.join(" \u00b7 "));
+    if (status === "cut") { row.classList.add("is-cut"); }
+  }
+
+  function updateRequest(tb, ev) {
+    var ceiling = Number(tb.getAttribute("data-ceiling"));
+    var req = tb.querySelector("tr.req");
+    var held = Math.max(0, ceiling - ev.f - ev.n);
+    tb.setAttribute("data-free", String(ev.f));
+    tb.setAttribute("data-consumed", String(ev.n));
+    tb.setAttribute("data-status", ev.s);
+    if (req) {
+      setText(req, "used", fmt(ev.n));
+      setText(req, "held", fmt(held));
+      setText(req, "free", fmt(ev.f));
+      setText(req, "status", ev.s);
+      setBar(req.querySelector("svg.bar"), { used: ev.n, held: held, plan: 0 }, ceiling);
+    }
+    if (ev.s !== "open") { tb.classList.add("closed"); }
+    if (!ev.a) { return; }
+    var row = agentRow(tb, ev.a);
+    if (!row) { return; }
+    var alloc = Number(row.getAttribute("data-allocation") || "0");
+    var plan = Math.max(0, alloc - ev.u - ev.g);
+    row.setAttribute("data-used", String(ev.u));
+    row.setAttribute("data-held", String(ev.g));
+    setText(row, "used", fmt(ev.u));
+    setText(row, "held", fmt(ev.g));
+    setText(row, "plan", fmt(plan));
+    setBar(row.querySelector("svg.bar"), { used: ev.u, held: ev.g, plan: plan }, ceiling);
+    if (ev.k === "begin") {
+      var calls = Number(row.getAttribute("data-calls") || "0") + 1;
+      row.setAttribute("data-calls", String(calls));
+      setText(row, "calls", fmt(calls));
+    }
+    var status = callStatus(ev);
+    if (status) {
+      row.setAttribute("data-status", status);
+      setText(row, "status", status);
+      tally(row, status);
+    }
+  }
+
+  function insert(tb) {
+    var table = document.getElementById("requests");
+    if (!table) { return; }
+    var parentId = tb.getAttribute("data-parent");
+    var parent = parentId ? requests.get(parentId) : null;
+    if (parent) {
+      var depth = Number(parent.getAttribute("data-depth"));
+      var after = parent;
+      while (after.nextElementSibling &&
+             Number(after.nextElementSibling.getAttribute("data-depth")) > depth) {
+        after = after.nextElementSibling;
+      }
+      after.after(tb);
+    } else {
+      table.appendChild(tb);
+    }
+    var empty = document.getElementById("empty");
+    if (empty) { empty.hidden = true; }
+    table.hidden = false;
+  }
+
+  function fetchRequest(id) {
+    if (!fragment || pending.has(id)) { return; }
+    pending.add(id);
+    fetch(fragment + "/" + encodeURIComponent(id), { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : ""; })
+      .then(function (html) {
+        if (!html || requests.has(id)) { return; }
+        var t = document.createElement("template");
+        t.innerHTML = html.trim();
+        var tb = t.content.firstElementChild;
+        if (!tb) { return; }
+        insert(tb);
+        requests.set(id, tb);
+      })
+      .finally(function () { pending.delete(id); });
+  }
+
+  function timeline(ev) {
+    var tbody = document.getElementById("timeline-rows");
+    if (!tbody || ev.r !== pageRequest) { return; }
+    var tr = document.createElement("tr");
+    [clock(ev.t), ev.k, ev.a || "", ev.gid ? String(ev.gid) : "", fmt(ev.x), fmt(ev.o),
+     ev.note || ""].forEach(function (v, i) {
+      var td = document.createElement("td");
+      td.textContent = v;
+      if (i >= 3 && i <= 5) { td.className = "num"; }
+      tr.appendChild(td);
+    });
+    tbody.appendChild(tr);
+    var facts = { "free": fmt(ev.f), "consumed": fmt(ev.n), "status": ev.s };
+    Object.keys(facts).forEach(function (k) {
+      var dd = document.querySelector("[data-fact='" + k + "']");
+      if (dd) { dd.textContent = facts[k]; }
+    });
+  }
+
+  function announce(ev) {
+    var what = null;
+    var name = ev.pub || ev.r;
+    if (ev.k === "finish" && ev.tr) { what = name + ": " + ev.a + " was cut"; }
+    else if (ev.k === "close") { what = name + " closed (" + ev.s + ")"; }
+    else if (ev.k === "open") { what = name + " opened"; }
+    if (what) { heard.push(what); }
+  }
+
+  setInterval(function () {
+    if (!announcer || !heard.length) { return; }
+    var last = heard.slice(-3);
+    var more = heard.length - last.length;
+    announcer.textContent = last.join(". ") + (more > 0 ? ". And " + more + " more." : ".");
+    heard = [];
+  }, 2000);
+
+  function handle(ev) {
+    received += 1;
+    body.setAttribute("data-cursor", ev.c);
+    body.setAttribute("data-received", String(received));
+    timeline(ev);
+    var tb = requests.get(ev.r);
+    if (tb) {
+      updateRequest(tb, ev);
+    } else if (ev.s === "open" && document.getElementById("requests")) {
+      fetchRequest(ev.r);
+    }
+    announce(ev);
+  }
+
+  function connect() {
+    var url = stream;
+    var cursor = body.getAttribute("data-cursor");
+    if (cursor) { url += (url.indexOf("?") < 0 ? "?" : "&") + "after=" + encodeURIComponent(cursor); }
+    var source = new EventSource(url, { withCredentials: true });
+    source.addEventListener("open", function () {
+      if (live) { live.setAttribute("data-state", "open"); live.textContent = "Live: connected"; }
+    });
+    source.addEventListener("change", function (e) {
+      try { handle(JSON.parse(e.data)); } catch (err) { /* a malformed event: skip it */ }
+    });
+    source.addEventListener("error", function () {
+      if (live) { live.setAttribute("data-state", "closed"); live.textContent = "Live: reconnecting"; }
+    });
+  }
+
+  index();
+  connect();
+})();
