@@ -22,8 +22,13 @@ agents:
 """
 
 
-def dashboard_config(tmp_path: Path, store: str = "memory://") -> ServeConfig:
-    """Three tenants (ops is admin) on ``store``, serving the pipeline above."""
+def dashboard_config_file(tmp_path: Path, store: str = "memory://") -> Path:
+    """A serve.yaml: three tenants (ops is admin) on ``store``, serving the pipeline above."""
     (tmp_path / "dash.yaml").write_text(PIPELINE, encoding="utf-8")
     extra = "pipelines:\n  dash:\n    path: dash.yaml\n    policy: elastic\n    ceiling: 20000\n"
-    return ServeConfig.from_yaml(write_config(tmp_path, store=store, extra=extra))
+    return write_config(tmp_path, store=store, extra=extra)
+
+
+def dashboard_config(tmp_path: Path, store: str = "memory://") -> ServeConfig:
+    """The config of :func:`dashboard_config_file`."""
+    return ServeConfig.from_yaml(dashboard_config_file(tmp_path, store))

@@ -9,7 +9,7 @@
   var fragment = body.getAttribute("data-fragment");
   var pageRequest = body.getAttribute("data-request");
   var requests = new Map();
-  var pending = new Set();
+  var pending = new Map();
   var live = document.getElementById("live");
   var announcer = document.getElementById("announcer");
   var heard = [];
@@ -138,21 +138,28 @@
     table.hidden = false;
   }
 
+  // A request not on the page yet: fetch its rows. Changes that arrive meanwhile may be
+  // newer than the rows fetched, so the rows are fetched again until none did.
   function fetchRequest(id) {
-    if (!fragment || pending.has(id)) { return; }
-    pending.add(id);
+    if (!fragment) { return; }
+    if (pending.has(id)) { pending.set(id, pending.get(id) + 1); return; }
+    pending.set(id, 0);
     fetch(fragment + "/" + encodeURIComponent(id), { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.text() : ""; })
       .then(function (html) {
-        if (!html || requests.has(id)) { return; }
         var t = document.createElement("template");
         t.innerHTML = html.trim();
         var tb = t.content.firstElementChild;
         if (!tb) { return; }
-        insert(tb);
+        var old = requests.get(id);
+        if (old) { old.replaceWith(tb); } else { insert(tb); }
         requests.set(id, tb);
       })
-      .finally(function () { pending.delete(id); });
+      .finally(function () {
+        var missed = pending.get(id);
+        pending.delete(id);
+        if (missed > 0) { fetchRequest(id); }
+      });
   }
 
   function timeline(ev) {
@@ -197,7 +204,9 @@
     body.setAttribute("data-received", String(received));
     timeline(ev);
     var tb = requests.get(ev.r);
-    if (tb) {
+    if (pending.has(ev.r)) {
+      fetchRequest(ev.r);
+    } else if (tb) {
       updateRequest(tb, ev);
     } else if (ev.s === "open" && document.getElementById("requests")) {
       fetchRequest(ev.r);
