@@ -166,6 +166,30 @@ def test_the_live_page_matches_the_ledger_and_follows_it(tmp_path: Path) -> None
         announced = browser.wait_for("document.getElementById('announcer').textContent")
         assert "opened" in announced or "closed" in announced
 
+        # the pools page: each pool's window as the store counts it, refreshed live
+        defined = http.post(
+            "/v1/admin/pools/acme",
+            json={"name": "team", "capacity": 60_000, "reserve": {"critical": 15_000}},
+            headers=auth("ops"),
+        )
+        assert defined.status_code in (200, 201), defined.text
+        open_request(http, "acme", pool="team", ceiling=12_000)
+        browser.go(f"{server.url}/dashboard/pools")
+        browser.wait_for("document.getElementById('live')?.dataset.state === 'open'")
+        drawn = "document.querySelector('tbody[data-pool=\"acme/team\"]').dataset.drawn"
+        assert browser.evaluate(drawn) == str(store.get_pool("acme/team", gateway.clock()).drawn)
+        may = browser.evaluate(
+            "[...document.querySelectorAll('tr[data-priority]')].map(tr => "
+            "tr.querySelector('[data-cell=available]').textContent)"
+        )
+        status = store.get_pool("acme/team", gateway.clock())
+        assert may == [
+            f"{status.available_to(p):,}" for p in ("critical", "standard", "peripheral")
+        ]
+        open_request(http, "acme", pool="team", ceiling=8_000)
+        browser.wait_for(f"{drawn} === '20000'")
+        shot(browser, tmp_path, "pools")
+
         # a request's page: the timeline holds every event of its ledger
         browser.go(f"{server.url}/dashboard/requests/{quote('acme/' + rid, safe='')}")
         browser.wait_for("document.getElementById('live')?.dataset.state === 'open'")

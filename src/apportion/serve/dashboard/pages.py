@@ -19,6 +19,7 @@ from string import Template
 from urllib.parse import quote
 
 from apportion.ledger import Event
+from apportion.pools import PoolStatus
 from apportion.serve.gateway import Tenant
 from apportion.stores import LedgerView
 
@@ -30,6 +31,8 @@ __all__ = [
     "live_page",
     "login_page",
     "message_page",
+    "pools_page",
+    "pools_table",
     "request_page",
     "request_tbody",
     "request_views",
@@ -471,3 +474,85 @@ def message_page(
     """A page saying one thing (not found, store unavailable ...)."""
     main = f'<h1>{_e(title)}</h1><p>{_e(message)}</p><p><a href="{_e(base)}/">Live requests</a></p>'
     return render(title, main, base, nav(base, "", tenant, open_mode))
+
+
+PRIORITY_CLASSES = ("critical", "standard", "peripheral")
+
+
+def pools_table(statuses: Sequence[tuple[PoolStatus, bool]], show_tenant: bool) -> str:
+    """The pools' table: per pool its window and figures, then a row per priority class."""
+    if not statuses:
+        return '<p id="pools" class="empty">No shared pools are defined.</p>'
+    bodies = []
+    for status, draining in statuses:
+        pool = status.pool
+        tenant, _, name = pool.name.partition("/")
+        owner = f'<span class="tenant">({_e(tenant)})</span>' if show_tenant else ""
+        window = (
+            "one window"
+            if not math.isfinite(pool.window_seconds)
+            else f"{pool.window_seconds:g} s from {clock(status.window_start)}"
+        )
+        state = "draining" if draining else "open"
+        rows = [
+            f'<tbody class="pool" data-pool="{_e(pool.name)}" data-drawn="{status.drawn}" '
+            f'data-capacity="{pool.capacity}">'
+            f'<tr class="req"><th scope="rowgroup">{_e(name)}{owner}</th>'
+            f'<td class="barcell">{_bar(status.drawn, 0, 0, pool.capacity)}</td>'
+            f'<td class="num" data-cell="capacity">{_n(pool.capacity)}</td>'
+            f'<td class="num" data-cell="drawn">{_n(status.drawn)}</td>'
+            f'<td class="num" data-cell="remaining">{_n(status.remaining)}</td>'
+            f'<td class="num">{_n(status.open_draws)}</td>'
+            f'<td class="num">{_n(status.overflow)}</td>'
+            f"<td>{_e(window)}</td>"
+            f'<td class="status">{state}</td></tr>'
+        ]
+        for priority in PRIORITY_CLASSES:
+            held = pool.reserve.get(priority, 0)
+            free = status.available_to(priority)
+            rows.append(
+                f'<tr class="agent" data-priority="{priority}"><th scope="row">{priority}</th>'
+                f'<td class="barcell">{_bar(status.drawn, 0, free, pool.capacity)}</td>'
+                f'<td class="num">{_n(held)}</td><td></td>'
+                f'<td class="num" data-cell="available">{_n(free)}</td>'
+                "<td></td><td></td><td>reserve held for it; what it may draw now</td><td></td>"
+                "</tr>"
+            )
+        rows.append("</tbody>")
+        bodies.append("".join(rows))
+    return (
+        '<table id="pools"><caption>Per pool: tokens drawn in the current window (ceilings of '
+        "its open requests and what closed ones used), then per priority class the reserve "
+        "held for it and what a request of that class may draw now</caption>"
+        '<thead><tr><th scope="col">Pool / class</th><th scope="col">Window use</th>'
+        '<th scope="col" class="num">Capacity / reserve</th>'
+        '<th scope="col" class="num">Drawn</th>'
+        '<th scope="col" class="num">Remaining / may draw</th>'
+        '<th scope="col" class="num">Open draws</th><th scope="col" class="num">Overflow</th>'
+        '<th scope="col">Window</th><th scope="col">State</th></tr></thead>'
+        f"{''.join(bodies)}</table>"
+    )
+
+
+def pools_page(
+    statuses: Sequence[tuple[PoolStatus, bool]],
+    *,
+    base: str,
+    tenant: Tenant,
+    open_mode: bool,
+    cursor: str,
+) -> str:
+    """The pools page: each shared pool's current window, per priority class."""
+    main = (
+        "<h1>Pools</h1>"
+        '<p class="live" id="live" data-state="connecting">Live: connecting</p>'
+        "<p>Shared pools: what the current window has handed out to requests, and what "
+        "each priority class may still draw. The figures refresh as requests open and "
+        "close.</p>"
+        f'<div id="pools-panel">{pools_table(statuses, tenant.admin)}</div>'
+    )
+    body = (
+        f'data-stream="{_e(base)}/dashboard/events" data-cursor="{_e(cursor)}" '
+        f'data-pools="{_e(base)}/dashboard/fragments/pools"'
+    )
+    return render("Pools", main, base, nav(base, "pools", tenant, open_mode), body)

@@ -18,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from apportion.errors import ApportionError, StoreUnavailable, UnknownRequest
+from apportion.errors import ApportionError, StoreUnavailable, UnknownPool, UnknownRequest
+from apportion.pools import PoolStatus
 from apportion.serve.dashboard import pages
 from apportion.serve.dashboard.session import (
     COOKIE,
@@ -234,6 +235,45 @@ def dashboard_routes(
         headers = {**HEADERS, "X-Accel-Buffering": "no"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
+    async def read_pools(tenant: Tenant) -> list[tuple[PoolStatus, bool]]:
+        try:
+            names = await gateway.store.apool_names(gateway.visible_prefix(tenant))
+        except NotImplementedError:
+            return []
+        now = gateway.clock()
+        found = []
+        for name in names:
+            try:
+                status = await gateway.store.aget_pool(name, now)
+            except UnknownPool:
+                continue
+            found.append((status, await gateway.draining(name)))
+        return found
+
+    async def pools_page(request: Request) -> Response:
+        tenant = tenant_of(request)
+        if tenant is None:
+            return to_login(request)
+        try:
+            cursor = await gateway.store.afeed_cursor()
+            statuses = await read_pools(tenant)
+        except StoreUnavailable as exc:
+            return unavailable(request, tenant, exc)
+        text = pages.pools_page(
+            statuses, base=_base(request), tenant=tenant, open_mode=open_mode(), cursor=cursor
+        )
+        return _html(text)
+
+    async def pools_fragment(request: Request) -> Response:
+        tenant = tenant_of(request)
+        if tenant is None:
+            return Response("sign in first", status_code=401, headers=HEADERS)
+        try:
+            statuses = await read_pools(tenant)
+        except StoreUnavailable:
+            return Response("store unavailable", status_code=503, headers=HEADERS)
+        return _html(pages.pools_table(statuses, tenant.admin))
+
     async def login_form(request: Request) -> Response:
         if open_mode():
             return RedirectResponse(f"{_base(request)}/", status_code=303, headers=HEADERS)
@@ -289,6 +329,8 @@ def dashboard_routes(
         Route("/dashboard/requests/{request_id:path}", request_page, methods=["GET"]),
         Route("/dashboard/fragments/requests/{request_id:path}", fragment, methods=["GET"]),
         Route("/dashboard/events", stream, methods=["GET"]),
+        Route("/dashboard/pools", pools_page, methods=["GET"]),
+        Route("/dashboard/fragments/pools", pools_fragment, methods=["GET"]),
         Route("/dashboard/static/{name}", static, methods=["GET"]),
     ]
 

@@ -198,11 +198,36 @@
     heard = [];
   }, 2000);
 
+  // The pools page: its table is fetched again (at most once a second) as requests open
+  // and close, since that is when pools are drawn from and given back to.
+  var poolsUrl = body.getAttribute("data-pools");
+  var poolsDue = false;
+  var poolsBusy = false;
+  function refreshPools() {
+    if (!poolsUrl || poolsBusy || !poolsDue) { return; }
+    poolsDue = false;
+    poolsBusy = true;
+    fetch(poolsUrl, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : ""; })
+      .then(function (html) {
+        var panel = document.getElementById("pools-panel");
+        if (html && panel) {
+          var t = document.createElement("template");
+          t.innerHTML = html.trim();
+          panel.replaceChildren(t.content);
+          body.setAttribute("data-pools-refreshed", String(Date.now()));
+        }
+      })
+      .finally(function () { poolsBusy = false; });
+  }
+  if (poolsUrl) { setInterval(refreshPools, 1000); }
+
   function handle(ev) {
     received += 1;
     body.setAttribute("data-cursor", ev.c);
     body.setAttribute("data-received", String(received));
     timeline(ev);
+    if (poolsUrl && (ev.k === "open" || ev.k === "close")) { poolsDue = true; }
     var tb = requests.get(ev.r);
     if (pending.has(ev.r)) {
       fetchRequest(ev.r);
