@@ -515,7 +515,7 @@ def pools_table(statuses: Sequence[tuple[PoolStatus, bool]], show_tenant: bool) 
                 f'<td class="barcell">{_bar(status.drawn, 0, free, pool.capacity)}</td>'
                 f'<td class="num">{_n(held)}</td><td></td>'
                 f'<td class="num" data-cell="available">{_n(free)}</td>'
-                "<td></td><td></td><td>reserve held for it; what it may draw now</td><td></td>"
+                "<td></td><td></td><td></td><td></td>"
                 "</tr>"
             )
         rows.append("</tbody>")
