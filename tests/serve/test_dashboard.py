@@ -214,3 +214,63 @@ def test_the_stream_carries_a_tenants_changes_only(gateway: Gateway) -> None:
             (event,) = _events(lines, 1)
         assert event["r"] == f"acme/{mine.json()['request_id']}"
         assert (event["k"], event["f"], event["s"]) == ("open", 200, "open")
+
+
+def _telemetry_gateway(tmp_path: Path) -> tuple[Gateway, Path]:
+    import dataclasses
+
+    db = tmp_path / "telemetry.db"
+    config = dashboard_config(tmp_path)
+    return Gateway(dataclasses.replace(config, telemetry=(f"sqlite:///{db}",))), db
+
+
+def test_the_report_panel_reads_the_telemetry_of_the_tenant(tmp_path: Path) -> None:
+    from apportion.telemetry import flush
+
+    gateway, _ = _telemetry_gateway(tmp_path)
+
+    async def body(client: httpx.AsyncClient) -> None:
+        for tenant in ("acme", "acme", "globex"):
+            rid = await open_and_run(client, tenant)
+            closed = await client.post(f"{BASE}/{rid}/close", headers=auth(tenant))
+            assert closed.status_code == 200
+        assert flush(30)
+        await sign_in(client, "acme")
+        page = await client.get("/dashboard/report", params={"window": "hour"})
+        assert page.status_code == 200, page.text
+        assert 'role="alert"' not in page.text
+        assert "2 requests" in page.text  # acme's two, not globex's
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and EVIL not in page.text
+        assert "How calls ended" in page.text
+        budgets = await client.get("/dashboard/report/budgets.yaml", params={"window": "week"})
+        assert budgets.status_code == 200
+        assert budgets.headers["content-disposition"] == 'attachment; filename="budgets.yaml"'
+        assert "budgets:" in budgets.text and "context_tokens" in budgets.text
+
+    run(gateway, body)
+
+
+def test_a_database_that_cannot_be_read_leaves_the_live_pages_working(tmp_path: Path) -> None:
+    gateway, db = _telemetry_gateway(tmp_path)
+    db.write_bytes(b"this is not a database, it is junk " * 100)
+
+    async def body(client: httpx.AsyncClient) -> None:
+        await open_and_run(client, "acme")
+        await sign_in(client, "acme")
+        page = await client.get("/dashboard/report")
+        assert page.status_code == 200
+        assert 'role="alert"' in page.text and "cannot be read" in page.text
+        assert (await client.get("/")).status_code == 200
+        assert (await client.get("/dashboard/report/budgets.yaml")).status_code == 404
+
+    run(gateway, body)
+
+
+def test_without_a_telemetry_database_the_panel_says_how_to_add_one(gateway: Gateway) -> None:
+    async def body(client: httpx.AsyncClient) -> None:
+        await sign_in(client, "acme")
+        page = await client.get("/dashboard/report", params={"window": "nonsense"})
+        assert "no telemetry database is configured" in page.text
+        assert '<option value="day" selected>' in page.text
+
+    run(gateway, body)

@@ -12,6 +12,7 @@ the store's event feed. A screenshot of each view is written (paths printed); wi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import uuid
@@ -27,6 +28,7 @@ from test_budget_api import BASE
 from apportion.serve import Gateway
 from apportion.serve.app import create_app
 from apportion.stores import Store, open_store
+from apportion.telemetry import flush
 from apportion.testing.cdp import Browser
 from apportion.testing.chromium import chromium_or_skip
 from conftest import KEYS, LiveServer, auth, free_port, start_cli, stop, wait_ready
@@ -115,7 +117,9 @@ def sign_in(browser: Browser, url: str, tenant: str) -> None:
 
 def test_the_live_page_matches_the_ledger_and_follows_it(tmp_path: Path) -> None:
     chromium = chromium_or_skip()
-    gateway = Gateway(dashboard_config(tmp_path))
+    config = dashboard_config(tmp_path)
+    telemetry = (f"sqlite:///{tmp_path / 'telemetry.db'}",)
+    gateway = Gateway(dataclasses.replace(config, telemetry=telemetry))
     store = gateway.store
     with (
         LiveServer(create_app(gateway)) as server,
@@ -208,6 +212,17 @@ def test_the_live_page_matches_the_ledger_and_follows_it(tmp_path: Path) -> None
             browser.go(f"{server.url}/dashboard/requests/{quote(missing, safe='')}")
             assert browser.evaluate("document.querySelector('h1').textContent") == "Not found"
         shot(browser, tmp_path, "not-found")
+
+        # the report panel over the telemetry of the closed requests
+        assert http.post(f"{BASE}/{rid}/close", headers=auth("acme")).status_code == 200
+        assert flush(30)
+        browser.go(f"{server.url}/dashboard/report?window=hour")
+        browser.wait_for("document.getElementById('report-panel') !== null")
+        assert "cannot be read" not in browser.evaluate("document.body.textContent")
+        assert browser.evaluate(
+            "document.querySelector('a[download]').getAttribute('href')"
+        ).endswith("budgets.yaml?window=hour")
+        shot(browser, tmp_path, "report")
         assert browser.dialogs() == []  # no script ran from a name
 
 

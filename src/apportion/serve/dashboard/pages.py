@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from apportion.ledger import Event
 from apportion.pools import PoolStatus
+from apportion.serve.dashboard.report import ReportPanel
 from apportion.serve.gateway import Tenant
 from apportion.stores import LedgerView
 
@@ -33,6 +34,8 @@ __all__ = [
     "message_page",
     "pools_page",
     "pools_table",
+    "report_page",
+    "report_panel",
     "request_page",
     "request_tbody",
     "request_views",
@@ -259,7 +262,11 @@ _LEGEND = (
 
 def nav(base: str, current: str, tenant: Tenant | None, open_mode: bool) -> str:
     """The header's navigation and who is signed in."""
-    links = [("live", "Live requests", "/"), ("pools", "Pools", "/dashboard/pools")]
+    links = [
+        ("live", "Live requests", "/"),
+        ("pools", "Pools", "/dashboard/pools"),
+        ("report", "Report", "/dashboard/report"),
+    ]
     items = "".join(
         f'<li><a href="{_e(base + path)}"'
         + (' aria-current="page"' if key == current else "")
@@ -556,3 +563,90 @@ def pools_page(
         f'data-pools="{_e(base)}/dashboard/fragments/pools"'
     )
     return render("Pools", main, base, nav(base, "pools", tenant, open_mode), body)
+
+
+_NUM = ' class="num"'
+
+
+def _table(caption: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(
+        f'<th scope="col"{_NUM if i else ""}>{_e(c)}</th>' for i, c in enumerate(columns)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<th scope="row">{_e(v)}</th>' if i == 0 else f'<td class="num">{_e(v)}</td>'
+            for i, v in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return (
+        f"<table><caption>{_e(caption)}</caption><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table>"
+    )
+
+
+def report_panel(panel: ReportPanel, base: str, show_source: bool = False) -> str:
+    """The report panel: the figures of ``apportion report``, or what went wrong.
+
+    The database's address is shown to an admin only (it is the operator's).
+    """
+    where = f" ({_e(panel.database)})" if panel.database and show_source else ""
+    if panel.problem is not None:
+        return (
+            '<div class="panel error" id="report-panel" role="alert">'
+            f"<p><strong>No report{where}:</strong> {_e(panel.problem)}</p>"
+            "<p>The live pages do not depend on it and keep working.</p></div>"
+        )
+    from apportion.analysis.report import (
+        REPORT_COLUMNS,
+        STATUS_COLUMNS,
+        report_caption,
+        report_rows,
+        status_rows,
+    )
+
+    document = panel.document or {}
+    if document.get("empty") or not document.get("agents"):
+        message = document.get("message") or "no calls in this window"
+        return (
+            f'<div class="panel" id="report-panel"><p>Nothing to report{where}: '
+            f"{_e(message)}.</p></div>"
+        )
+    summary = (
+        f"<p>{_n(int(document.get('requests') or 0))} requests, "
+        f"{_n(int(document.get('calls') or 0))} calls in the last {_e(panel.window)}{where}.</p>"
+    )
+    download = ""
+    if panel.budgets is not None:
+        download = (
+            f'<p><a href="{_e(base)}/dashboard/report/budgets.yaml?window={_e(panel.window)}" '
+            'download="budgets.yaml">Download the recommended budgets file</a> '
+            '(load it with <code>policy="static:budgets.yaml"</code>).</p>'
+        )
+    return (
+        f'<div id="report-panel">{summary}'
+        + _table(report_caption(document), REPORT_COLUMNS, report_rows(document))
+        + _table("How calls ended, per agent", STATUS_COLUMNS, status_rows(document))
+        + f"{download}</div>"
+    )
+
+
+def report_page(panel: ReportPanel, *, base: str, tenant: Tenant, open_mode: bool) -> str:
+    """The report page: a window to choose, then the panel."""
+    options = "".join(
+        f'<option value="{w}"{" selected" if w == panel.window else ""}>last {w}</option>'
+        for w in ("hour", "day", "week")
+    )
+    main = (
+        "<h1>Budget-fit report</h1>"
+        "<p>How well the budgets fit, per agent, from the gateway's telemetry (the figures "
+        "of <code>apportion report</code>).</p>"
+        f'<form method="get" action="{_e(base)}/dashboard/report" class="window">'
+        '<label for="window">Window</label> '
+        f'<select id="window" name="window">{options}</select> '
+        '<button type="submit">Show</button></form>'
+        f"{report_panel(panel, base, tenant.admin)}"
+    )
+    return render("Report", main, base, nav(base, "report", tenant, open_mode))

@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 from apportion.errors import ApportionError, StoreUnavailable, UnknownPool, UnknownRequest
 from apportion.pools import PoolStatus
 from apportion.serve.dashboard import pages
+from apportion.serve.dashboard.report import WINDOWS, build_panel
 from apportion.serve.dashboard.session import (
     COOKIE,
     issue_session,
@@ -274,6 +275,31 @@ def dashboard_routes(
             return Response("store unavailable", status_code=503, headers=HEADERS)
         return _html(pages.pools_table(statuses, tenant.admin))
 
+    def window_of(request: Request) -> str:
+        window = request.query_params.get("window", "day")
+        return window if window in WINDOWS else "day"
+
+    async def report(request: Request) -> Response:
+        tenant = tenant_of(request)
+        if tenant is None:
+            return to_login(request)
+        window = window_of(request)
+        panel = await asyncio.to_thread(build_panel, gateway.config, tenant, window, clock())
+        text = pages.report_page(panel, base=_base(request), tenant=tenant, open_mode=open_mode())
+        return _html(text)
+
+    async def budgets(request: Request) -> Response:
+        tenant = tenant_of(request)
+        if tenant is None:
+            return Response("sign in first", status_code=401, headers=HEADERS)
+        window = window_of(request)
+        panel = await asyncio.to_thread(build_panel, gateway.config, tenant, window, clock())
+        if panel.budgets is None:
+            reason = panel.problem or "no calls in this window: nothing to recommend"
+            return Response(reason, status_code=404, headers=HEADERS, media_type="text/plain")
+        headers = {**HEADERS, "Content-Disposition": 'attachment; filename="budgets.yaml"'}
+        return Response(panel.budgets, media_type="application/yaml", headers=headers)
+
     async def login_form(request: Request) -> Response:
         if open_mode():
             return RedirectResponse(f"{_base(request)}/", status_code=303, headers=HEADERS)
@@ -330,6 +356,8 @@ def dashboard_routes(
         Route("/dashboard/fragments/requests/{request_id:path}", fragment, methods=["GET"]),
         Route("/dashboard/events", stream, methods=["GET"]),
         Route("/dashboard/pools", pools_page, methods=["GET"]),
+        Route("/dashboard/report", report, methods=["GET"]),
+        Route("/dashboard/report/budgets.yaml", budgets, methods=["GET"]),
         Route("/dashboard/fragments/pools", pools_fragment, methods=["GET"]),
         Route("/dashboard/static/{name}", static, methods=["GET"]),
     ]
