@@ -7,7 +7,8 @@ page to follow without a reload. One test runs on the memory store in-process; o
 real ``redis-server`` with two replicas (``apportion serve --workers 2`` for the browser,
 a second ``apportion serve`` for the API calls), so the update crosses processes through
 the store's event feed. A screenshot of each view is written (paths printed); with
-``APPORTION_DASHBOARD_SCREENSHOTS=DIR`` they are copied there too (``docs/images``).
+``APPORTION_DASHBOARD_SCREENSHOTS=DIR`` those of the views are copied there too
+(``docs/images``, for the README).
 """
 
 from __future__ import annotations
@@ -51,12 +52,16 @@ ROWS = """
 """
 
 
+VIEWS = frozenset({"live", "live-dark", "pools", "request", "report"})
+"""The views whose screenshots the README shows."""
+
+
 def shot(browser: Browser, tmp_path: Path, name: str) -> Path:
     """A screenshot of the page as ``dashboard-NAME.png`` (printed; copied when asked)."""
     path = browser.screenshot(tmp_path / f"dashboard-{name}.png")
     print(f"screenshot: {path}")
     target = os.environ.get("APPORTION_DASHBOARD_SCREENSHOTS")
-    if target:
+    if target and name in VIEWS:
         Path(target).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(target) / path.name)
     return path
