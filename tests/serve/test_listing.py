@@ -1,4 +1,4 @@
-"""``GET /v1/budget/requests``: each key lists the open requests it may see."""
+"""``GET /v1/requests``: each key lists the open requests it may see."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from apportion.serve import Gateway
 from apportion.serve.app import create_app
 from apportion.serve.gateway import Tenant
 from conftest import auth
+
+LIST = "/v1/requests"
 
 
 def test_a_tenant_lists_its_own_open_requests_and_an_admin_every_one(gateway: Gateway) -> None:
@@ -26,7 +28,7 @@ def test_a_tenant_lists_its_own_open_requests_and_an_admin_every_one(gateway: Ga
             headers=auth("acme"),
         )
         assert grant.status_code == 200, grant.text
-        listed = await client.get(BASE, headers=auth("acme"))
+        listed = await client.get(LIST, headers=auth("acme"))
         assert listed.status_code == 200, listed.text
         rows = listed.json()["requests"]
         assert [r["request_id"] for r in rows] == mine
@@ -37,9 +39,9 @@ def test_a_tenant_lists_its_own_open_requests_and_an_admin_every_one(gateway: Ga
         assert first["free"] + first["reserved"] + first["consumed"] == first["ceiling"]
         assert [
             r["request_id"]
-            for r in (await client.get(BASE, headers=auth("globex"))).json()["requests"]
+            for r in (await client.get(LIST, headers=auth("globex"))).json()["requests"]
         ] == [theirs]
-        every = (await client.get(BASE, headers=auth("ops"))).json()["requests"]
+        every = (await client.get(LIST, headers=auth("ops"))).json()["requests"]
         assert {(r["tenant"], r["request_id"]) for r in every} == {
             ("acme", mine[0]),
             ("acme", mine[1]),
@@ -47,22 +49,24 @@ def test_a_tenant_lists_its_own_open_requests_and_an_admin_every_one(gateway: Ga
         }
         assert (
             len(
-                (await client.get(BASE, params={"limit": 1}, headers=auth("ops"))).json()[
+                (await client.get(LIST, params={"limit": 1}, headers=auth("ops"))).json()[
                     "requests"
                 ]
             )
             == 1
         )
-        check_error(await client.get(BASE), 401, "unauthenticated")
-        bad = await client.get(BASE, params={"limit": 0}, headers=auth("acme"))
+        check_error(await client.get(LIST), 401, "unauthenticated")
+        bad = await client.get(LIST, params={"limit": 0}, headers=auth("acme"))
         assert bad.status_code == 422
+        odd = await client.get(LIST, params={"tenant": "globex"}, headers=auth("acme"))
+        assert odd.status_code == 422 and "globex" not in str(odd.json()["error"].get("reason"))
 
     run(gateway, body)
 
 
 def test_the_listing_is_in_the_openapi_schema(gateway: Gateway) -> None:
     schema = create_app(gateway).openapi()
-    operation = schema["paths"]["/v1/budget/requests"]["get"]
+    operation = schema["paths"]["/v1/requests"]["get"]
     assert "RequestsOut" in str(operation["responses"]["200"])
 
 

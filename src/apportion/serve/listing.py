@@ -1,4 +1,4 @@
-"""``GET /v1/budget/requests``: the open requests a key may see, for dashboards and scripts.
+"""``GET /v1/requests``: the open requests a key may see, for dashboards and scripts.
 
 A tenant's key lists its own open requests; an admin key lists every tenant's. The list
 comes from the store's index of open requests (:meth:`Store.open_requests
@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query
+from fastapi import Depends, FastAPI, Query, Request
 from pydantic import BaseModel
 
+from apportion.errors import InvalidArgument
 from apportion.serve import schemas as s
 from apportion.serve.gateway import Gateway, Tenant
 from apportion.serve.routes import tenant_dependency
@@ -86,19 +87,23 @@ def request_row(state: LedgerView) -> dict[str, Any]:
 
 
 def listing_routes(app: FastAPI, gateway: Gateway) -> None:
-    """Add ``GET /v1/budget/requests`` to ``app``."""
+    """Add ``GET /v1/requests`` to ``app``."""
     tenant_of = tenant_dependency(gateway)
 
     @app.get(
-        "/v1/budget/requests",
+        "/v1/requests",
         tags=["budget"],
         response_model=RequestsOut,
-        responses=s.error_responses(401, 503),
+        responses=s.error_responses(401, 422, 503),
     )
     async def list_requests(
+        request: Request,
         tenant: Tenant = Depends(tenant_of),  # noqa: B008
         limit: int = Query(1000, ge=1, le=10_000, description="the most requests listed"),
     ) -> Any:
         """The open requests this key may see (an admin key: every tenant's)."""
+        for name in request.query_params:
+            if name != "limit":
+                raise InvalidArgument(name, request.query_params[name], "no such parameter")
         states = await gateway.open_requests(tenant, limit)
         return {"requests": [request_row(state) for state in states]}

@@ -87,7 +87,10 @@ Contract (every implementation must keep it):
   Cursors increase with every event; a reader passing back each page's cursor sees every
   later event once, in order, per request in the order of the request's own ``events``
   (unless the feed, bounded, dropped them first). ``feed_cursor()`` is the newest cursor
-  (read from it to see only what comes next). The feed is shared by every process on the
+  (read from it to see only what comes next). ``note(request_id, event)`` appends a
+  feed-only event (kind ``refused``: a begin or an extension the controller refused, its
+  note saying which) with the request's state as it is, and changes no ledger; an unknown
+  request or agent raises as ``begin`` would. The feed is shared by every process on the
   store (on Redis, a stream), so a reader sees the changes made by every replica.
 * Open requests (optional): ``open_requests(prefix)`` lists the ids of the open requests
   whose id starts with ``prefix``, sorted, from an index the store keeps (no scan of every
@@ -570,6 +573,22 @@ class Store(abc.ABC):
     ) -> FeedPage:
         """Async :meth:`feed` (waits without blocking the event loop)."""
         raise NotImplementedError(f"{type(self).__name__} has no event feed")
+
+    def note(self, request_id: str, event: Event) -> None:
+        """Append a feed-only event (kind ``refused``) of a request; no ledger changes.
+
+        A store without a feed ignores notes (this default).
+
+        Raises:
+            InvalidArgument: an event that is no note (see
+                :func:`~apportion.stores.feed.check_note`).
+            UnknownRequest, UnknownAgent: as for ``begin``.
+        """
+        del request_id, event  # nowhere to tell
+
+    async def anote(self, request_id: str, event: Event) -> None:
+        """Async :meth:`note`."""
+        self.note(request_id, event)
 
     def feed_cursor(self) -> str:
         """The newest event's cursor: reading from it returns only later events."""

@@ -24,12 +24,36 @@ from typing import Final
 from apportion.errors import InvalidArgument
 from apportion.ledger import Event, check_time
 
-__all__ = ["FEED_KINDS", "FeedEvent", "FeedPage", "FeedRing", "check_feed_args"]
+__all__ = [
+    "FEED_KINDS",
+    "NOTE_KINDS",
+    "FeedEvent",
+    "FeedPage",
+    "FeedRing",
+    "check_feed_args",
+    "check_note",
+]
 
 FEED_KINDS: Final = frozenset(
-    {"open", "begin", "extend", "finish", "release", "expire", "close", "child", "child_close"}
+    {
+        "open",
+        "begin",
+        "extend",
+        "finish",
+        "release",
+        "expire",
+        "close",
+        "child",
+        "child_close",
+        "refused",
+    }
 )
-"""The kinds of change a feed carries (those of :class:`~apportion.ledger.Event`)."""
+"""The kinds of event a feed carries: those of :class:`~apportion.ledger.Event`, and
+``refused``, a note (:meth:`Store.note <apportion.stores.base.Store.note>`): a begin or an
+extension the controller refused (the ledger records nothing; the note says which)."""
+
+NOTE_KINDS: Final = frozenset({"refused"})
+"""The kinds of feed-only event :meth:`Store.note` appends."""
 
 MAX_FEED_LIMIT: Final = 10_000
 """The most events one read may ask for."""
@@ -117,6 +141,27 @@ def check_feed_args(
     if not math.isfinite(seconds) or seconds < 0:
         raise InvalidArgument("timeout", timeout, "a finite number of seconds")
     return after, prefix, limit, seconds
+
+
+def check_note(event: object) -> Event:
+    """Check an event for :meth:`Store.note`; return it.
+
+    Raises:
+        InvalidArgument: not an :class:`~apportion.ledger.Event` of a note kind, of an
+            agent, at a finite time, with token counts.
+    """
+    if not isinstance(event, Event) or event.kind not in NOTE_KINDS:
+        raise InvalidArgument("event", event, f"an Event of kind {', '.join(NOTE_KINDS)}")
+    if not isinstance(event.agent, str) or not event.agent:
+        raise InvalidArgument("event.agent", event.agent, "the agent the note is about")
+    check_time("event.at", event.at)
+    for name in ("grant_id", "context_tokens", "output_tokens"):
+        value = getattr(event, name)
+        if type(value) is not int or not 0 <= value < 2**53:
+            raise InvalidArgument(f"event.{name}", value, "a count, at least 0")
+    if not isinstance(event.note, str) or len(event.note) > 200:
+        raise InvalidArgument("event.note", event.note, "a short text")
+    return event
 
 
 class FeedRing:

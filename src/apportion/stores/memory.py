@@ -16,7 +16,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 
-from apportion.errors import DuplicateRequest, InvalidArgument, UnknownPool, UnknownRequest
+from apportion.errors import (
+    DuplicateRequest,
+    InvalidArgument,
+    UnknownAgent,
+    UnknownPool,
+    UnknownRequest,
+)
 from apportion.ledger import (
     EXPIRED,
     MAX_TOKENS,
@@ -32,7 +38,7 @@ from apportion.ledger import (
 )
 from apportion.pools import Pool, PoolAccount, PoolStatus, check_pool_name, check_priority
 from apportion.stores.base import Reaped, Store, check_children
-from apportion.stores.feed import FeedPage, FeedRing, check_feed_args
+from apportion.stores.feed import FeedPage, FeedRing, check_feed_args, check_note
 
 
 def check_state_write(key: object, data: object, expected_version: object) -> str:
@@ -406,6 +412,25 @@ class MemoryStore(Store):
     ) -> FeedPage:
         """Async :meth:`feed`: waits without blocking the event loop."""
         return await self._feed.aread(*check_feed_args(after, prefix, limit, timeout))
+
+    def note(self, request_id: str, event: Event) -> None:
+        """Append a feed-only event of a request (see :class:`~apportion.stores.base.Store`)."""
+        event = check_note(event)
+        with self._lock:
+            ledger = self._ledger(request_id)
+            agent = event.agent
+            assert agent is not None  # checked
+            if agent not in ledger.ranks:
+                raise UnknownAgent(agent, list(ledger.ranks))
+            self._feed.append(
+                ledger.request_id,
+                event,
+                ledger.status,
+                ledger.reserved_by.get(agent, 0),
+                ledger.consumed_by.get(agent, 0),
+                ledger.free,
+                ledger.consumed,
+            )
 
     def feed_cursor(self) -> str:
         """The newest event's cursor."""

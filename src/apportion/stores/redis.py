@@ -200,7 +200,7 @@ from apportion.pools import (
 )
 from apportion.redaction import redact, scrub
 from apportion.stores.base import Reaped, Store, check_children
-from apportion.stores.feed import FeedEvent, FeedPage, check_feed_args
+from apportion.stores.feed import FeedEvent, FeedPage, check_feed_args, check_note
 from apportion.stores.memory import MemoryStore, check_state_write
 
 if TYPE_CHECKING:
@@ -218,6 +218,7 @@ SCRIPTS = (
     "release",
     "close",
     "reap",
+    "note",
     "pool_draw",
     "pool_return",
     "pool_void",
@@ -233,7 +234,7 @@ return v + 1
 """Compare-and-set of a policy's state (small enough to stay inline)."""
 
 _REQUEST_SCRIPTS = frozenset(
-    {"open", "children", "begin", "extend", "finish", "release", "close", "reap"}
+    {"open", "children", "begin", "extend", "finish", "release", "close", "reap", "note"}
 )
 _REAP_BATCH = 256
 _CENTURY = 100 * 365.25 * 86_400.0  # seconds: a TTL beyond this is kept forever
@@ -1295,6 +1296,37 @@ class RedisStore(Store):
                     )
                 )
         return FeedPage(tuple(events), cursor)
+
+    def _note_steps(self, request_id: str, event: object) -> _Steps[None]:
+        note = check_note(event)
+        agent = note.agent or ""
+        args = (
+            _text(note.at),
+            agent,
+            note.grant_id,
+            note.context_tokens,
+            note.output_tokens,
+            note.kind,
+            note.note,
+        )
+        reply = yield _Eval("note", self._request_keys(request_id), args)
+        if reply[0] not in _OK:
+            raise _refusal(request_id, reply, [], agent=agent)
+
+    def note(self, request_id: str, event: Event) -> None:
+        """Append a feed-only event of a request (one script: the request's state with it)."""
+        if self._local_store(request_id) is not None:
+            assert self._local is not None
+            self._local.note(request_id, event)
+            return
+        self._run(self._note_steps(request_id, event))
+
+    async def anote(self, request_id: str, event: Event) -> None:
+        """Async :meth:`note`."""
+        if self._local_store(request_id) is not None:
+            self.note(request_id, event)
+            return
+        await self._arun(self._note_steps(request_id, event))
 
     def _cursor_steps(self) -> _Steps[str]:
         reply = yield _Cmd(("XREVRANGE", self._feed_key, "+", "-", "COUNT", 1))

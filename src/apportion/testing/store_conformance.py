@@ -54,7 +54,7 @@ from apportion.errors import (
     UnknownRequest,
     WrapUpTooLarge,
 )
-from apportion.ledger import Grant
+from apportion.ledger import Event, Grant
 from apportion.stores.base import Store
 from apportion.stores.feed import FeedEvent
 
@@ -92,7 +92,8 @@ class FeedReader:
     def check(self, request_id: str) -> None:
         """The feed carried the request's events, in order, and its last state is current."""
         items = self.by_request.get(request_id, [])
-        assert [item.event for item in items] == self.store.events(request_id)
+        changes = [item.event for item in items if item.kind != "refused"]
+        assert changes == self.store.events(request_id)
         state = self.store.get(request_id)
         last = items[-1]
         assert (last.status, last.free, last.consumed) == (state.status, state.free, state.consumed)
@@ -776,6 +777,36 @@ class StoreConformance:
         reader.catch_up()
         for request_id in ("t/r1", "u/r2", "t/r1::k"):
             reader.check(request_id)
+
+    def test_notes_reach_the_feed_and_change_no_ledger(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, _ = store.begin("r1", "helper", 300, 100, 1.0, LEASE)
+        start = store.feed_cursor()
+        store.note("r1", Event("refused", 2.0, "notes", 0, 700, 0, note="begin"))
+        store.note("r1", Event("refused", 3.0, "helper", grant.grant_id, 0, 900, note="extend"))
+        events = store.feed(start).events
+        told = [(e.kind, e.agent, e.event.note, e.event.output_tokens, e.granted) for e in events]
+        assert told == [
+            ("refused", "notes", "begin", 0, 0),
+            ("refused", "helper", "extend", 900, 400),
+        ]
+        assert (events[0].event.context_tokens, events[0].free, events[0].at) == (700, 600, 2.0)
+        assert events[1].event.grant_id == grant.grant_id
+        assert [e.kind for e in store.events("r1")] == ["open", "begin"]
+        with pytest.raises(UnknownRequest):
+            store.note("nope", Event("refused", 2.0, "notes", 0, 1, 0, note="begin"))
+        with pytest.raises(UnknownAgent):
+            store.note("r1", Event("refused", 2.0, "nobody", 0, 1, 0, note="begin"))
+        for bad in (
+            Event("begin", 2.0, "notes", 0, 1, 0),
+            Event("refused", 2.0, None, 0, 1, 0),
+            Event("refused", float("nan"), "notes", 0, 1, 0),
+            Event("refused", 2.0, "notes", 0, -1, 0),
+            "refused",
+        ):
+            with pytest.raises(InvalidArgument):
+                store.note("r1", bad)  # type: ignore[arg-type]
+        assert store.feed(start).cursor == events[-1].cursor  # nothing more was appended
 
     def test_feed_pages_follow_on(self, store: Store) -> None:
         start = store.feed_cursor()

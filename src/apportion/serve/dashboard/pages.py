@@ -41,8 +41,8 @@ __all__ = [
     "request_views",
 ]
 
-CALL_STATUSES = ("completed", "cut", "late", "released", "expired")
-"""What a settled call's status can be, as read from the ledger's events."""
+ENDINGS = ("completed", "wrapped_up", "cut", "late", "refused")
+"""How calls ended, as the pages count them (``refused``: begins the store refused)."""
 
 
 @cache
@@ -108,25 +108,43 @@ class RequestView:
 
 
 def call_outcomes(events: Iterable[Event]) -> dict[str, tuple[dict[str, int], str]]:
-    """Per agent: how many calls ended each way, and how its latest call stands."""
+    """Per agent: how many calls ended each way, and how its latest call stands.
+
+    Reads a ledger's events, and the feed's ``refused`` events when given: a begin refused
+    counts as ``refused``; after an extension refused, an answer not cut is ``wrapped_up``.
+    """
     counts: dict[str, dict[str, int]] = {}
     last: dict[str, str] = {}
+    wrapping: set[str] = set()
     for event in events:
         agent = event.agent
         if agent is None:
             continue
         status = None
-        if event.kind in ("begin", "extend"):
+        if event.kind == "refused" and event.note == "extend":
+            wrapping.add(agent)
+            last[agent] = "wrapping up"
+        elif event.kind == "refused":
+            status = "refused"
+        elif event.kind in ("begin", "extend"):
+            if event.kind == "begin":
+                wrapping.discard(agent)
             last[agent] = "running"
         elif event.kind == "finish":
-            status = "late" if event.note == "late" else ("cut" if event.truncated else "completed")
+            if event.note == "late":
+                status = "late"
+            elif event.truncated:
+                status = "cut"
+            else:
+                status = "wrapped_up" if agent in wrapping else "completed"
+            wrapping.discard(agent)
         elif event.kind == "release":
             status = "released"
         elif event.kind == "expire":
             status = "expired"
         if status is not None:
             last[agent] = status
-            if status in ("completed", "cut", "late"):
+            if status in ENDINGS:
                 tally = counts.setdefault(agent, {})
                 tally[status] = tally.get(status, 0) + 1
     return {a: (counts.get(a, {}), last.get(a, "waiting")) for a in set(counts) | set(last)}
@@ -197,7 +215,7 @@ def _bar(used: int, held: int, plan: int, ceiling: int) -> str:
 
 
 def _outcomes_text(outcomes: Mapping[str, int]) -> str:
-    return " · ".join(f"{s} {outcomes[s]}" for s in ("completed", "cut", "late") if outcomes.get(s))
+    return " · ".join(f"{s} {outcomes[s]}" for s in ENDINGS if outcomes.get(s))
 
 
 def request_tbody(view: RequestView, base: str, show_tenant: bool) -> str:

@@ -56,21 +56,36 @@
     return null;
   }
 
-  function callStatus(ev) {
-    if (ev.k === "begin" || ev.k === "extend") { return "running"; }
-    if (ev.k === "finish") { return ev.note === "late" ? "late" : (ev.tr ? "cut" : "completed"); }
+  // How the agent's latest call stands after ev. A refused extension means the agent must
+  // wrap up: its next answer not cut is "wrapped_up" (a partial result), not "completed".
+  function callStatus(row, ev) {
+    var wrapping = row.getAttribute("data-wrap") === "1";
+    if (ev.k === "refused") {
+      if (ev.note === "extend") { row.setAttribute("data-wrap", "1"); return "wrapping up"; }
+      return "refused";
+    }
+    if (ev.k === "begin") { row.removeAttribute("data-wrap"); return "running"; }
+    if (ev.k === "extend") { return "running"; }
+    row.removeAttribute("data-wrap");
+    if (ev.k === "finish") {
+      if (ev.note === "late") { return "late"; }
+      if (ev.tr) { return "cut"; }
+      return wrapping ? "wrapped_up" : "completed";
+    }
     if (ev.k === "release") { return "released"; }
     if (ev.k === "expire") { return "expired"; }
     return null;
   }
 
+  var ENDINGS = ["completed", "wrapped_up", "cut", "late", "refused"];
+
   function tally(row, status) {
-    if (status !== "completed" && status !== "cut" && status !== "late") { return; }
+    if (ENDINGS.indexOf(status) < 0) { return; }
     var key = "data-" + status;
     var n = Number(row.getAttribute(key) || "0") + 1;
     row.setAttribute(key, String(n));
     var parts = [];
-    ["completed", "cut", "late"].forEach(function (s) {
+    ENDINGS.forEach(function (s) {
       var k = Number(row.getAttribute("data-" + s) || "0");
       if (k) { parts.push(s + " " + k); }
     });
@@ -109,7 +124,7 @@
       row.setAttribute("data-calls", String(calls));
       setText(row, "calls", fmt(calls));
     }
-    var status = callStatus(ev);
+    var status = callStatus(row, ev);
     if (status) {
       row.setAttribute("data-status", status);
       setText(row, "status", status);
@@ -185,6 +200,7 @@
     var what = null;
     var name = ev.pub || ev.r;
     if (ev.k === "finish" && ev.tr) { what = name + ": " + ev.a + " was cut"; }
+    else if (ev.k === "refused") { what = name + ": " + ev.a + " was refused (" + ev.note + ")"; }
     else if (ev.k === "close") { what = name + " closed (" + ev.s + ")"; }
     else if (ev.k === "open") { what = name + " opened"; }
     if (what) { heard.push(what); }
