@@ -164,6 +164,25 @@ def test_the_live_page_matches_the_ledger_and_follows_it(tmp_path: Path) -> None
             f"document.querySelector('tbody[data-request=\"acme/{late}\"] tr[data-agent=writer]')"
             "?.dataset.held > 0"
         )
+        # a begin refused and an extension refused (the agent wraps up): live statuses
+        tight = open_request(http, "acme", request_id="support-3", ceiling=1000)
+        wrapping = begin(http, "acme", tight, "planner", 900)
+        refused = http.post(
+            f"{BASE}/{tight}/begin",
+            json={"agent": "writer", "input_tokens": 900, "min_context_tokens": 900},
+            headers=auth("acme"),
+        )
+        assert refused.status_code >= 400, refused.text
+        grown = http.post(
+            f"{BASE}/{tight}/extend",
+            json={"grant": wrapping, "output_tokens": 5000},
+            headers=auth("acme"),
+        )
+        assert grown.json()["grant"] is None
+        finish(http, "acme", tight, wrapping, 900)
+        row = f"document.querySelector('tbody[data-request=\"acme/{tight}\"] tr[data-agent=%s]')"
+        browser.wait_for(f"{row % 'writer'}?.dataset.status === 'refused'")
+        browser.wait_for(f"{row % 'planner'}?.dataset.status === 'wrapped_up'")
         closed = http.post(f"{BASE}/{child}/close", headers=auth("acme"))
         assert closed.status_code == 200
         browser.wait_for(

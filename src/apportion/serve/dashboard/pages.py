@@ -218,8 +218,12 @@ def _outcomes_text(outcomes: Mapping[str, int]) -> str:
     return " · ".join(f"{s} {outcomes[s]}" for s in ENDINGS if outcomes.get(s))
 
 
-def request_tbody(view: RequestView, base: str, show_tenant: bool) -> str:
-    """One request's rows: its totals, then a bar per agent (a ``<tbody>``)."""
+def request_tbody(view: RequestView, base: str, show_tenant: bool, cursor: str = "") -> str:
+    """One request's rows: its totals, then a bar per agent (a ``<tbody>``).
+
+    ``cursor``: the feed's cursor read before the request (a fragment fetched live says
+    which changes it already shows).
+    """
     name = _e(view.public_id)
     tenant = f'<span class="tenant">({_e(view.tenant)})</span>' if show_tenant else ""
     tree = '<span class="tree" aria-hidden="true">↳ </span>' if view.depth else ""
@@ -234,7 +238,8 @@ def request_tbody(view: RequestView, base: str, show_tenant: bool) -> str:
         f'<tbody class="request{closed}" data-request="{_e(view.store_id)}" '
         f'data-parent="{_e(view.parent_id or "")}" data-depth="{view.depth}" '
         f'data-ceiling="{view.ceiling}" data-free="{view.free}" '
-        f'data-consumed="{view.consumed}" data-status="{_e(view.status)}">',
+        f'data-consumed="{view.consumed}" data-status="{_e(view.status)}" '
+        f'data-cursor="{_e(cursor)}">',
         '<tr class="req">'
         f'<th scope="rowgroup">{tree}{child}<a href="{_e(request_url(base, view.store_id))}">'
         f"{name}</a>{tenant}</th>"

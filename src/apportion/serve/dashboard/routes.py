@@ -192,6 +192,7 @@ def dashboard_routes(
             return Response("sign in first", status_code=401, headers=HEADERS)
         store_id = str(request.path_params["request_id"])
         try:
+            cursor = await gateway.store.afeed_cursor()  # before reading: changes since are newer
             found = await read_request(tenant, store_id)
         except StoreUnavailable:
             return Response("store unavailable", status_code=503, headers=HEADERS)
@@ -199,7 +200,7 @@ def dashboard_routes(
             return Response("not found", status_code=404, headers=HEADERS)
         state, history = found
         (view,) = pages.request_views([state], {store_id: history})
-        return _html(pages.request_tbody(view, _base(request), tenant.admin))
+        return _html(pages.request_tbody(view, _base(request), tenant.admin, cursor))
 
     async def stream(request: Request) -> Response:
         tenant = tenant_of(request)

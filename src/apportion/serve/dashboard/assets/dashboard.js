@@ -94,6 +94,7 @@
   }
 
   function updateRequest(tb, ev) {
+    if (ev.k === "refused") { noteRefused(tb, ev); return; }
     var ceiling = Number(tb.getAttribute("data-ceiling"));
     var req = tb.querySelector("tr.req");
     var held = Math.max(0, ceiling - ev.f - ev.n);
@@ -132,6 +133,16 @@
     }
   }
 
+  // A note (a begin or an extension refused) changes no figure: only the agent's status.
+  function noteRefused(tb, ev) {
+    var row = agentRow(tb, ev.a);
+    if (!row) { return; }
+    var status = callStatus(row, ev);
+    row.setAttribute("data-status", status);
+    setText(row, "status", status);
+    tally(row, status);
+  }
+
   function insert(tb) {
     var table = document.getElementById("requests");
     if (!table) { return; }
@@ -153,28 +164,58 @@
     table.hidden = false;
   }
 
-  // A request not on the page yet: fetch its rows. Changes that arrive meanwhile may be
-  // newer than the rows fetched, so the rows are fetched again until none did.
+  // Feed cursors: "17" (memory store) or "1700000000000-3" (Redis): compared as numbers.
+  function later(a, b) {
+    var x = String(a).split("-"), y = String(b).split("-");
+    for (var i = 0; i < Math.max(x.length, y.length); i++) {
+      var p = Number(x[i] || 0), q = Number(y[i] || 0);
+      if (p !== q) { return p > q; }
+    }
+    return false;
+  }
+
+  function untally(row, status) {
+    var n = Number(row.getAttribute("data-" + status) || "0");
+    if (n > 0) { row.setAttribute("data-" + status, String(n - 1)); }
+  }
+
+  // Events that came while a request's rows were being fetched. The rows carry the feed
+  // cursor they were drawn at: later events apply in full; earlier ones are already in the
+  // figures, but notes (refusals) are not in the ledger, so the statuses are replayed.
+  function replay(tb, held) {
+    var at = tb.getAttribute("data-cursor") || "0";
+    held.forEach(function (ev) {
+      if (later(ev.c, at)) { updateRequest(tb, ev); return; }
+      var row = ev.a ? agentRow(tb, ev.a) : null;
+      if (!row) { return; }
+      var status = callStatus(row, ev);
+      if (!status) { return; }
+      row.setAttribute("data-status", status);
+      setText(row, "status", status);
+      if (status === "refused") { tally(row, status); }
+      if (ev.k === "finish" && status === "wrapped_up") {
+        untally(row, "completed");
+        tally(row, status);
+      }
+    });
+  }
+
+  // A request not on the page yet: fetch its rows, keeping what arrives meanwhile.
   function fetchRequest(id) {
-    if (!fragment) { return; }
-    if (pending.has(id)) { pending.set(id, pending.get(id) + 1); return; }
-    pending.set(id, 0);
+    if (!fragment || pending.has(id)) { return; }
+    pending.set(id, []);
     fetch(fragment + "/" + encodeURIComponent(id), { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.text() : ""; })
       .then(function (html) {
         var t = document.createElement("template");
         t.innerHTML = html.trim();
         var tb = t.content.firstElementChild;
-        if (!tb) { return; }
-        var old = requests.get(id);
-        if (old) { old.replaceWith(tb); } else { insert(tb); }
+        if (!tb || requests.has(id)) { return; }
+        insert(tb);
         requests.set(id, tb);
+        replay(tb, pending.get(id) || []);
       })
-      .finally(function () {
-        var missed = pending.get(id);
-        pending.delete(id);
-        if (missed > 0) { fetchRequest(id); }
-      });
+      .finally(function () { pending.delete(id); });
   }
 
   function timeline(ev) {
@@ -246,11 +287,12 @@
     if (poolsUrl && (ev.k === "open" || ev.k === "close")) { poolsDue = true; }
     var tb = requests.get(ev.r);
     if (pending.has(ev.r)) {
-      fetchRequest(ev.r);
+      pending.get(ev.r).push(ev);
     } else if (tb) {
       updateRequest(tb, ev);
-    } else if (ev.s === "open" && document.getElementById("requests")) {
+    } else if (fragment && ev.s === "open" && document.getElementById("requests")) {
       fetchRequest(ev.r);
+      pending.get(ev.r).push(ev);
     }
     announce(ev);
   }
