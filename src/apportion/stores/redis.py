@@ -21,6 +21,12 @@ scripts of a request tree (opening children, closing a tree) the slot of its roo
   (``void``: given back, never to be opened), or when a new open of the same id replaces a
   closed ledger that had drawn (that ledger, set aside for its draw's settlement).
 
+The event feed is one stream per prefix, ``PREFIX:feed``: every request script declares it
+last in ``KEYS`` and adds each event it records to it (``XADD ... MAXLEN ~ 100000``) in
+the same step as the change, with the request's state after it; ``feed`` reads it with
+``XREAD`` (``BLOCK`` while waiting), ``note`` adds a feed-only event (``note.lua``).
+``open_requests`` reads the buckets' ``open`` indexes (one pipeline), never the keys.
+
 A pool's keys share the tag ``{p:NAME}``: ``PREFIX:{p:NAME}:pool`` (its configuration, the
 newest window drawn from and its count) and ``PREFIX:{p:NAME}:draws`` (one entry per draw
 not settled yet: the window it was charged to, its tokens and its open deadline);
@@ -113,6 +119,10 @@ Redis Cluster. Every request script touches the keys of one slot and pool script
 of another, so the layout suits a cluster; but ``reap`` runs one script over every bucket's
 index (cross-slot: fine on a standalone server, one call per bucket would be needed on a
 cluster), and this class connects with a standalone client. Cluster is not supported yet.
+The event feed is one stream outside every bucket's slot, so on a cluster each request
+script would be cross-slot: a cluster needs one stream per bucket (``PREFIX:{bN}:feed``,
+in the request's slot), a cursor per bucket, and readers that ``XREAD`` each node's
+streams.
 The scripts of a request tree (``children.lua``, and ``close`` / ``reap`` closing a tree
 and folding a child back into its parent) stay in the tree's one slot and touch only keys
 declared in ``KEYS``, as a cluster requires: ``close`` first declares the request's own
