@@ -14,6 +14,7 @@
   var announcer = document.getElementById("announcer");
   var heard = [];
   var received = 0;
+  var KEEP_CLOSED_MS = 60000;
 
   function index() {
     document.querySelectorAll("tbody.request").forEach(function (tb) {
@@ -39,6 +40,14 @@
       rect.setAttribute("width", w.toFixed(2));
       x += w;
     });
+  }
+
+  // A closed request stays in view a minute, then leaves the page (and its memory).
+  function retire(tb, id) {
+    setTimeout(function () {
+      tb.remove();
+      if (requests.get(id) === tb) { requests.delete(id); }
+    }, KEEP_CLOSED_MS);
   }
 
   function cell(row, name) { return row.querySelector("[data-cell='" + name + "']"); }
@@ -108,7 +117,10 @@
       setText(req, "status", ev.s);
       setBar(req.querySelector("svg.bar"), { used: ev.n, held: held, plan: 0 }, ceiling);
     }
-    if (ev.s !== "open") { tb.classList.add("closed"); }
+    if (ev.s !== "open" && !tb.classList.contains("closed")) {
+      tb.classList.add("closed");
+      retire(tb, ev.r);
+    }
     if (!ev.a) { return; }
     var row = agentRow(tb, ev.a);
     if (!row) { return; }
@@ -213,7 +225,9 @@
         if (!tb || requests.has(id)) { return; }
         insert(tb);
         requests.set(id, tb);
+        var closed = tb.classList.contains("closed");
         replay(tb, pending.get(id) || []);
+        if (closed) { retire(tb, id); }
       })
       .finally(function () { pending.delete(id); });
   }
@@ -244,7 +258,7 @@
     else if (ev.k === "refused") { what = name + ": " + ev.a + " was refused (" + ev.note + ")"; }
     else if (ev.k === "close") { what = name + " closed (" + ev.s + ")"; }
     else if (ev.k === "open") { what = name + " opened"; }
-    if (what) { heard.push(what); }
+    if (what && announcer) { heard.push(what); }
   }
 
   setInterval(function () {
