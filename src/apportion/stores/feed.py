@@ -19,7 +19,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from apportion.errors import InvalidArgument
 from apportion.ledger import Event, check_time
@@ -55,12 +55,13 @@ extension the controller refused (the ledger records nothing; the note says whic
 NOTE_KINDS: Final = frozenset({"refused"})
 """The kinds of feed-only event :meth:`Store.note` appends."""
 
+_new = tuple.__new__  # builds a NamedTuple from a full tuple, skipping its slow __new__
+
 MAX_FEED_LIMIT: Final = 10_000
 """The most events one read may ask for."""
 
 
-@dataclass(frozen=True, slots=True)
-class FeedEvent:
+class FeedEvent(NamedTuple):
     """One ledger change, as the feed carries it.
 
     Attributes:
@@ -179,7 +180,9 @@ class FeedRing:
             raise InvalidArgument("feed_size", size, "a number of events, at least 1")
         self._events: deque[FeedEvent] = deque(maxlen=size)
         self._last = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._sleeping = 0  # threads waiting on the condition
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
     @property
@@ -197,13 +200,13 @@ class FeedRing:
         free: int,
         consumed: int,
     ) -> None:
-        """Append one change and wake the readers."""
-        with self._cond:
+        """Append one change and wake the readers (cheap when nobody waits)."""
+        with self._lock:
             self._last += 1
-            self._events.append(
-                FeedEvent(str(self._last), request_id, event, status, granted, used, free, consumed)
-            )
-            self._cond.notify_all()
+            item = (str(self._last), request_id, event, status, granted, used, free, consumed)
+            self._events.append(_new(FeedEvent, item))
+            if self._sleeping:
+                self._cond.notify_all()
             for loop, woken in self._waiters:
                 with contextlib.suppress(RuntimeError):  # a loop closed: nobody to wake
                     loop.call_soon_threadsafe(woken.set)
@@ -239,7 +242,11 @@ class FeedRing:
         with self._cond:
             page = self._page(seq, prefix, limit)
             if page is None and timeout > 0:
-                self._cond.wait_for(lambda: self._last > seq, timeout)
+                self._sleeping += 1
+                try:
+                    self._cond.wait_for(lambda: self._last > seq, timeout)
+                finally:
+                    self._sleeping -= 1
                 page = self._page(seq, prefix, limit)
         return page if page is not None else FeedPage((), str(seq))
 
