@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from apportion.errors import ApportionError, StoreUnavailable, UnknownPool, UnknownRequest
 from apportion.pools import PoolStatus
-from apportion.serve.dashboard import pages
+from apportion.serve.dashboard import pages, panels
 from apportion.serve.dashboard.report import WINDOWS, build_panel
 from apportion.serve.dashboard.session import (
     COOKIE,
@@ -261,7 +261,7 @@ def dashboard_routes(
             statuses = await read_pools(tenant)
         except StoreUnavailable as exc:
             return unavailable(request, tenant, exc)
-        text = pages.pools_page(
+        text = panels.pools_page(
             statuses, base=_base(request), tenant=tenant, open_mode=open_mode(), cursor=cursor
         )
         return _html(text)
@@ -274,7 +274,7 @@ def dashboard_routes(
             statuses = await read_pools(tenant)
         except StoreUnavailable:
             return Response("store unavailable", status_code=503, headers=HEADERS)
-        return _html(pages.pools_table(statuses, tenant.admin))
+        return _html(panels.pools_table(statuses, tenant.admin))
 
     def window_of(request: Request) -> str:
         window = request.query_params.get("window", "day")
@@ -286,7 +286,7 @@ def dashboard_routes(
             return to_login(request)
         window = window_of(request)
         panel = await asyncio.to_thread(build_panel, gateway.config, tenant, window, clock())
-        text = pages.report_page(panel, base=_base(request), tenant=tenant, open_mode=open_mode())
+        text = panels.report_page(panel, base=_base(request), tenant=tenant, open_mode=open_mode())
         return _html(text)
 
     async def budgets(request: Request) -> Response:
