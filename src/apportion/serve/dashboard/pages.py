@@ -504,7 +504,6 @@ def message_page(
     title: str, message: str, *, base: str, tenant: Tenant | None, open_mode: bool
 ) -> str:
     """A page saying one thing (not found, store unavailable ...)."""
-    main = (
-        f'<h1>{esc(title)}</h1><p>{esc(message)}</p><p><a href="{esc(base)}/">Live requests</a></p>'
-    )
+    home = f'<p><a href="{esc(base)}/">Live requests</a></p>'
+    main = f"<h1>{esc(title)}</h1><p>{esc(message)}</p>{home}"
     return render(title, main, base, nav(base, "", tenant, open_mode))
