@@ -43,6 +43,7 @@ from apportion.ledger import (
     FAILED,
     MAX_COST,
     NANO,
+    Event,
     Grant,
     check_ceiling,
     check_name,
@@ -439,6 +440,8 @@ class _Steps:
                     agent, 0, input_tokens, 0, 0, now, status=REFUSED, settled_at=now, kind=kind
                 )
             )
+            asked = (input_tokens, output_tokens or 0)
+            yield from self._note(Event("refused", now, spec.name, 0, *asked, note="begin"))
             raise
         if agent == spec.name:
             return grant
@@ -544,18 +547,42 @@ class _Steps:
             if extra <= 0:
                 if record is not None:
                     record.wrap_up = True
+                yield from self._note_wrap_up(grant, output_tokens, context_tokens)
                 return None
         try:
             grown = yield from self._grow(grant, extra, context_tokens)
         except BudgetExceeded:
             if record is not None:
                 record.wrap_up = True
+            yield from self._note_wrap_up(grant, output_tokens, context_tokens)
             return None  # raced: nothing left to spare
         if record is not None:
             record.extensions += 1
             record.extension_context += context_tokens
             record.output_cap = grown.output_tokens
         return grown if grown.agent == name else grown._replace(agent=name)
+
+    def _note(self, event: Event) -> Steps[None]:
+        """Tell the store's event feed (live dashboards) what the ledger does not record.
+
+        A note never breaks the request: a store that cannot take it is left alone.
+        """
+        with contextlib.suppress(ApportionError):
+            yield ("note", (self.obs.request_id, event), _NO_KWARGS)
+
+    def _note_wrap_up(self, grant: Grant, output_tokens: int, context_tokens: int) -> Steps[None]:
+        """Note an extension refused: the agent must wrap up."""
+        now = self.config.clock()
+        event = Event(
+            "refused",
+            now,
+            grant.agent,
+            grant.grant_id,
+            context_tokens,
+            output_tokens,
+            note="extend",
+        )
+        yield from self._note(event)
 
     def renew(self, grant: Grant) -> Steps[Grant]:
         self._usable()

@@ -57,7 +57,7 @@ def serve(
         ),
     ] = 30,
 ) -> None:
-    """Run the budget gateway: the budget API (and /docs) over HTTP for any language.
+    """Run the budget gateway: the budget API (and /docs) and the live dashboard (/) over HTTP.
 
     With no --config: the memory store and the seed scenario's pipeline (the one
     `apportion demo` plays), no keys (tenant `default`): try
@@ -105,7 +105,7 @@ def serve(
     pipelines = ", ".join(loaded.pipelines)
     said = (
         f"apportion gateway on http://{host}:{port} ({where}; store {loaded.store_shown}; "
-        f"pipelines: {pipelines}; {workers} worker(s)); API docs at /docs"
+        f"pipelines: {pipelines}; {workers} worker(s)); dashboard at /, API docs at /docs"
     )
     warning = None
     if loaded.open_mode and not _loopback(host):

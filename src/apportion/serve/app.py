@@ -107,15 +107,20 @@ def create_app(
     install_errors(app)
     app.add_middleware(BodyLimit, limit=gateway.config.max_body_bytes)
     budget_routes(app, gateway)
+    from apportion.serve.listing import listing_routes
+
+    listing_routes(app, gateway)
     from apportion.serve.admin import admin_routes
 
     admin_routes(app, gateway)
     from apportion.serve.proxy import proxy_routes
 
     app.router.routes.extend(proxy_routes(gateway))
+    from apportion.serve.dashboard.routes import dashboard_routes
     from apportion.serve.proxy_schema import document_proxy
 
     document_proxy(app)  # the proxy's operations in /openapi.json
+    app.router.routes.extend(dashboard_routes(gateway))  # "/" and "/dashboard/..."
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> Any:

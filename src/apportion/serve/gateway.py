@@ -55,7 +55,7 @@ from apportion.serve.errors_json import error_response
 from apportion.serve.guard import FailureWindow
 from apportion.serve.handles import issue_handle, read_handle
 from apportion.serve.idempotency import IdempotencyRecords, Outcome, open_records
-from apportion.stores import Store, open_store
+from apportion.stores import LedgerView, Store, open_store
 from apportion.summary import Summary
 
 __all__ = ["ID_PATTERN", "Gateway", "Tenant"]
@@ -686,6 +686,38 @@ class Gateway:
         except ApportionError as exc:
             status, body = error_response(exc, tenant.prefix)
             return Outcome(status, json.dumps(body).encode("utf-8"))
+
+    # ------------------------------------------------------------------ watching
+
+    def visible_prefix(self, tenant: Tenant) -> str:
+        """What the store's ids ``tenant`` may see start with (an admin: every tenant's)."""
+        return "" if tenant.admin else tenant.prefix
+
+    async def open_requests(self, tenant: Tenant, limit: int = 1000) -> list[LedgerView]:
+        """The open requests ``tenant`` may see, by store id (an admin sees every tenant's).
+
+        Listed from the store's index of open requests (no scan of every key), then read
+        (at most ``limit``, the first by id); a request that closed or vanished between
+        the two is left out.
+
+        Raises:
+            InvalidArgument: ``limit`` is not an integer in ``[1, 10000]``.
+            StoreUnavailable: the store cannot be reached.
+        """
+        import asyncio
+
+        if type(limit) is not int or not 1 <= limit <= 10_000:
+            raise InvalidArgument("limit", limit, "an integer in [1, 10000]")
+        ids = await self.store.aopen_requests(self.visible_prefix(tenant))
+
+        async def state(request_id: str) -> LedgerView | None:
+            try:
+                return await self.store.aget(request_id)
+            except UnknownRequest:
+                return None
+
+        states = await asyncio.gather(*(state(i) for i in ids[:limit]))
+        return [s for s in states if s is not None and s.status == "open"]
 
     # ------------------------------------------------------------------ helpers
 

@@ -76,6 +76,25 @@ Contract (every implementation must keep it):
   request first closes its open children, depth first, with the same status; a parent
   whose child ledger is gone returns that child's draw whole at its own close. All
   ledgers of one tree live together (the Redis store keeps them in one hash slot).
+* Event feed (optional): every event a ledger records (``open``, ``begin``, ``extend``,
+  ``finish``, ``release``, ``expire``, ``close``, ``child``, ``child_close``), in every
+  request, whether by an operation, a refused operation's lease expiry, a tree's close or
+  ``reap``, is appended to the store's feed in the same atomic step as the change, as a
+  :class:`~apportion.stores.feed.FeedEvent` carrying the state after it. ``feed(after,
+  prefix=..., limit=..., timeout=...)`` returns the events after cursor ``after`` (``None``:
+  from the oldest kept) whose request id starts with ``prefix``, oldest first, and the
+  cursor to read from next; with none yet it waits up to ``timeout`` seconds for one.
+  Cursors increase with every event; a reader passing back each page's cursor sees every
+  later event once, in order, per request in the order of the request's own ``events``
+  (unless the feed, bounded, dropped them first). ``feed_cursor()`` is the newest cursor
+  (read from it to see only what comes next). ``note(request_id, event)`` appends a
+  feed-only event (kind ``refused``: a begin or an extension the controller refused, its
+  note saying which) with the request's state as it is, and changes no ledger; an unknown
+  request or agent raises as ``begin`` would. The feed is shared by every process on the
+  store (on Redis, a stream), so a reader sees the changes made by every replica.
+* Open requests (optional): ``open_requests(prefix)`` lists the ids of the open requests
+  whose id starts with ``prefix``, sorted, from an index the store keeps (no scan of every
+  key).
 """
 
 from __future__ import annotations
@@ -100,6 +119,7 @@ from apportion.ledger_view import LedgerView as LedgerView  # re-exported: its o
 
 if TYPE_CHECKING:
     from apportion.pools import Pool, PoolStatus
+    from apportion.stores.feed import FeedPage
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +536,75 @@ class Store(abc.ABC):
     async def areap(self, now: float) -> int:
         """Async :meth:`reap`."""
         return (await self.areap_expired(now)).settled
+
+    # Event feed and open requests (optional: a store without them raises
+    # NotImplementedError).
+
+    def feed(
+        self,
+        after: str | None = None,
+        *,
+        prefix: str = "",
+        limit: int = 1000,
+        timeout: float = 0.0,
+    ) -> FeedPage:
+        """The feed's events after cursor ``after`` (see the module docstring).
+
+        Args:
+            after: a cursor a page returned (or :meth:`feed_cursor`); ``None``: from the
+                oldest event kept.
+            prefix: only events of requests whose id starts with it (a gateway's
+                ``TENANT/``).
+            limit: the most events returned.
+            timeout: seconds to wait when there is nothing new (0: answer at once).
+
+        Raises:
+            InvalidArgument: a bad cursor, prefix, limit or timeout.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no event feed")
+
+    async def afeed(
+        self,
+        after: str | None = None,
+        *,
+        prefix: str = "",
+        limit: int = 1000,
+        timeout: float = 0.0,
+    ) -> FeedPage:
+        """Async :meth:`feed` (waits without blocking the event loop)."""
+        raise NotImplementedError(f"{type(self).__name__} has no event feed")
+
+    def note(self, request_id: str, event: Event) -> None:
+        """Append a feed-only event (kind ``refused``) of a request; no ledger changes.
+
+        A store without a feed ignores notes (this default).
+
+        Raises:
+            InvalidArgument: an event that is no note (see
+                :func:`~apportion.stores.feed.check_note`).
+            UnknownRequest, UnknownAgent: as for ``begin``.
+        """
+        del request_id, event  # nowhere to tell
+
+    async def anote(self, request_id: str, event: Event) -> None:
+        """Async :meth:`note`."""
+        self.note(request_id, event)
+
+    def feed_cursor(self) -> str:
+        """The newest event's cursor: reading from it returns only later events."""
+        raise NotImplementedError(f"{type(self).__name__} has no event feed")
+
+    async def afeed_cursor(self) -> str:
+        """Async :meth:`feed_cursor`."""
+        return self.feed_cursor()
+
+    def open_requests(self, prefix: str = "") -> list[str]:
+        """The ids of the open requests that start with ``prefix``, sorted."""
+        raise NotImplementedError(f"{type(self).__name__} lists no open requests")
+
+    async def aopen_requests(self, prefix: str = "") -> list[str]:
+        """Async :meth:`open_requests`."""
+        return self.open_requests(prefix)
 
     async def adefine_pool(self, pool: Pool) -> None:
         """Async :meth:`define_pool`."""

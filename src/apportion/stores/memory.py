@@ -5,6 +5,8 @@ ledgers it returns are live objects: read them, never change them. Closed reques
 readable until ``keep_closed`` newer ones have closed. Shared pools live in the same
 process (:class:`~apportion.pools.PoolAccount`, under the same lock): a draw and its open
 are one step, and an open request is kept until it closes, so no draw is ever orphaned.
+The event feed is a ring buffer of the newest ``feed_size`` events (:class:`FeedRing`),
+appended under the same lock as the change.
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from apportion.errors import DuplicateRequest, InvalidArgument, UnknownPool, UnknownRequest
+from apportion.errors import (
+    DuplicateRequest,
+    InvalidArgument,
+    UnknownAgent,
+    UnknownPool,
+    UnknownRequest,
+)
 from apportion.ledger import (
     EXPIRED,
     MAX_TOKENS,
@@ -30,6 +38,7 @@ from apportion.ledger import (
 )
 from apportion.pools import Pool, PoolAccount, PoolStatus, check_pool_name, check_priority
 from apportion.stores.base import Reaped, Store, check_children
+from apportion.stores.feed import FeedPage, FeedRing, check_feed_args, check_note
 
 
 def check_state_write(key: object, data: object, expected_version: object) -> str:
@@ -52,11 +61,12 @@ class MemoryStore(Store):
 
     Args:
         keep_closed: how many closed requests stay readable with :meth:`get`.
+        feed_size: how many events the event feed keeps (the oldest are dropped first).
     """
 
     url = "memory://"
 
-    def __init__(self, keep_closed: int = 1024) -> None:
+    def __init__(self, keep_closed: int = 1024, feed_size: int = 10_000) -> None:
         if type(keep_closed) is not int or not 0 <= keep_closed <= 2**40:
             raise InvalidArgument("keep_closed", keep_closed, "a number of requests, at least 0")
         self._lock = threading.Lock()
@@ -66,6 +76,40 @@ class MemoryStore(Store):
         self._pools: dict[str, PoolAccount] = {}
         self._drawn: dict[str, PoolAccount] = {}  # open pooled request -> its pool
         self._states: dict[str, tuple[int, bytes]] = {}
+        self._feed = FeedRing(feed_size)
+
+    def _publish(self, marks: Iterable[tuple[Ledger, int]]) -> None:
+        """Append to the feed the events each ledger recorded since its mark (hold the lock)."""
+        feed = self._feed
+        for ledger, start in marks:
+            for event in ledger.events[start:]:
+                agent = event.agent
+                if agent is None:
+                    granted, used = ledger.reserved, ledger.consumed
+                else:
+                    granted = ledger.reserved_by.get(agent, 0)
+                    used = ledger.consumed_by.get(agent, 0)
+                feed.append(
+                    ledger.request_id,
+                    event,
+                    ledger.status,
+                    granted,
+                    used,
+                    ledger.free,
+                    ledger.consumed,
+                )
+
+    def _tree_marks(self, ledger: Ledger, top: bool = True) -> list[tuple[Ledger, int]]:
+        """Marks of ``ledger``, its open descendants and its open parent (what a close touches)."""
+        marks = [(ledger, len(ledger.events))]
+        for child_id in ledger.children:
+            child = self._open.get(child_id)
+            if child is not None:
+                marks += self._tree_marks(child, top=False)
+        parent = self._open.get(ledger.parent_id) if top and ledger.parent_id else None
+        if parent is not None:
+            marks.insert(0, (parent, len(parent.events)))
+        return marks
 
     def _ledger(self, request_id: str) -> Ledger:
         if type(request_id) is not str:
@@ -117,6 +161,7 @@ class MemoryStore(Store):
                 self._drawn[request_id] = account
             self._closed.pop(request_id, None)
             self._open[request_id] = ledger
+            self._publish([(ledger, 0)])
         return ledger
 
     def begin(
@@ -136,17 +181,21 @@ class MemoryStore(Store):
         """Reserve a grant; return it and the ledger."""
         with self._lock:
             ledger = self._ledger(request_id)
-            grant = ledger.begin(
-                agent,
-                context_tokens,
-                output_tokens,
-                now,
-                lease_seconds,
-                model=model,
-                prices=prices,
-                asked=asked,
-                wrap_up_tokens=wrap_up_tokens,
-            )
+            mark = len(ledger.events)
+            try:
+                grant = ledger.begin(
+                    agent,
+                    context_tokens,
+                    output_tokens,
+                    now,
+                    lease_seconds,
+                    model=model,
+                    prices=prices,
+                    asked=asked,
+                    wrap_up_tokens=wrap_up_tokens,
+                )
+            finally:  # a refused operation still expired the ended leases
+                self._publish([(ledger, mark)])
             return grant, ledger
 
     def extend(
@@ -161,7 +210,12 @@ class MemoryStore(Store):
         """Grow an open grant; return it and the ledger."""
         with self._lock:
             ledger = self._ledger(request_id)
-            return ledger.extend(grant, output_tokens, now, lease_seconds, context_tokens), ledger
+            mark = len(ledger.events)
+            try:
+                grown = ledger.extend(grant, output_tokens, now, lease_seconds, context_tokens)
+            finally:
+                self._publish([(ledger, mark)])
+            return grown, ledger
 
     def finish(
         self,
@@ -177,9 +231,18 @@ class MemoryStore(Store):
         """Settle a grant with its real usage."""
         with self._lock:
             ledger = self._ledger(request_id)
-            ledger.finish(
-                grant, input_tokens, output_tokens, now, truncated=truncated, allocation=allocation
-            )
+            mark = len(ledger.events)
+            try:
+                ledger.finish(
+                    grant,
+                    input_tokens,
+                    output_tokens,
+                    now,
+                    truncated=truncated,
+                    allocation=allocation,
+                )
+            finally:
+                self._publish([(ledger, mark)])
             return ledger
 
     def release(
@@ -188,7 +251,11 @@ class MemoryStore(Store):
         """Settle a grant as unused."""
         with self._lock:
             ledger = self._ledger(request_id)
-            ledger.release(grant, now, reason=reason)
+            mark = len(ledger.events)
+            try:
+                ledger.release(grant, now, reason=reason)
+            finally:
+                self._publish([(ledger, mark)])
             return ledger
 
     def close(
@@ -200,7 +267,11 @@ class MemoryStore(Store):
             if ledger.children and ledger.status == OPEN:  # check before closing children
                 status, outcome = check_status(status), check_outcome(outcome)
                 now = check_time("now", now)
-            self._close_tree(ledger, now, status, outcome)
+            marks = self._tree_marks(ledger)
+            try:
+                self._close_tree(ledger, now, status, outcome)
+            finally:
+                self._publish(marks)
             return ledger
 
     def _close_tree(
@@ -248,6 +319,7 @@ class MemoryStore(Store):
         Ledger(args.request_ids[0], ranks, MAX_TOKENS, now, allocation=allocation, reserve=reserve)
         with self._lock:
             parent = self._ledger(args.parent_id)
+            mark = len(parent.events)
             for request_id in args.request_ids:
                 if request_id in self._open:
                     raise DuplicateRequest(request_id)
@@ -279,6 +351,7 @@ class MemoryStore(Store):
                 parent.draw(child.request_id, child.ceiling, child.cost_ceiling, now)
                 self._closed.pop(child.request_id, None)
                 self._open[child.request_id] = child
+            self._publish([(parent, mark), *((child, 0) for child in children)])
             return parent, children
 
     def _retire(self, ledger: Ledger, now: float) -> None:
@@ -306,13 +379,69 @@ class MemoryStore(Store):
         expired: list[str] = []
         now = check_time("now", now)
         with self._lock:
-            for ledger in list(self._open.values()):
-                if ledger.status != OPEN:
-                    continue  # closed with its expired parent, in this pass
-                settled += ledger.reap(now)
-                if ledger.expires_at <= now:
-                    expired += self._close_tree(ledger, now, EXPIRED)
+            marks = [(ledger, len(ledger.events)) for ledger in self._open.values()]
+            try:
+                for ledger, _ in marks:
+                    if ledger.status != OPEN:
+                        continue  # closed with its expired parent, in this pass
+                    settled += ledger.reap(now)
+                    if ledger.expires_at <= now:
+                        expired += self._close_tree(ledger, now, EXPIRED)
+            finally:
+                self._publish(marks)
         return Reaped(settled + len(expired), tuple(expired))
+
+    def feed(
+        self,
+        after: str | None = None,
+        *,
+        prefix: str = "",
+        limit: int = 1000,
+        timeout: float = 0.0,
+    ) -> FeedPage:
+        """The feed's events after ``after`` (see :class:`~apportion.stores.base.Store`)."""
+        return self._feed.read(*check_feed_args(after, prefix, limit, timeout))
+
+    async def afeed(
+        self,
+        after: str | None = None,
+        *,
+        prefix: str = "",
+        limit: int = 1000,
+        timeout: float = 0.0,
+    ) -> FeedPage:
+        """Async :meth:`feed`: waits without blocking the event loop."""
+        return await self._feed.aread(*check_feed_args(after, prefix, limit, timeout))
+
+    def note(self, request_id: str, event: Event) -> None:
+        """Append a feed-only event of a request (see :class:`~apportion.stores.base.Store`)."""
+        event = check_note(event)
+        with self._lock:
+            ledger = self._ledger(request_id)
+            agent = event.agent
+            assert agent is not None  # checked
+            if agent not in ledger.ranks:
+                raise UnknownAgent(agent, list(ledger.ranks))
+            self._feed.append(
+                ledger.request_id,
+                event,
+                ledger.status,
+                ledger.reserved_by.get(agent, 0),
+                ledger.consumed_by.get(agent, 0),
+                ledger.free,
+                ledger.consumed,
+            )
+
+    def feed_cursor(self) -> str:
+        """The newest event's cursor."""
+        return str(self._feed.last)
+
+    def open_requests(self, prefix: str = "") -> list[str]:
+        """The ids of the open requests that start with ``prefix``, sorted."""
+        if not isinstance(prefix, str):
+            raise InvalidArgument("prefix", prefix, "the start of the request ids to list")
+        with self._lock:
+            return sorted(rid for rid in self._open if rid.startswith(prefix))
 
     def define_pool(self, pool: Pool) -> None:
         """Create a shared pool, or change its configuration (keeping what is drawn)."""

@@ -21,6 +21,12 @@ scripts of a request tree (opening children, closing a tree) the slot of its roo
   (``void``: given back, never to be opened), or when a new open of the same id replaces a
   closed ledger that had drawn (that ledger, set aside for its draw's settlement).
 
+The event feed is one stream per prefix, ``PREFIX:feed``: every request script declares it
+last in ``KEYS`` and adds each event it records to it (``XADD ... MAXLEN ~ 100000``) in
+the same step as the change, with the request's state after it; ``feed`` reads it with
+``XREAD`` (``BLOCK`` while waiting), ``note`` adds a feed-only event (``note.lua``).
+``open_requests`` reads the buckets' ``open`` indexes (one pipeline), never the keys.
+
 A pool's keys share the tag ``{p:NAME}``: ``PREFIX:{p:NAME}:pool`` (its configuration, the
 newest window drawn from and its count) and ``PREFIX:{p:NAME}:draws`` (one entry per draw
 not settled yet: the window it was charged to, its tokens and its open deadline);
@@ -113,6 +119,10 @@ Redis Cluster. Every request script touches the keys of one slot and pool script
 of another, so the layout suits a cluster; but ``reap`` runs one script over every bucket's
 index (cross-slot: fine on a standalone server, one call per bucket would be needed on a
 cluster), and this class connects with a standalone client. Cluster is not supported yet.
+The event feed is one stream outside every bucket's slot, so on a cluster each request
+script would be cross-slot: a cluster needs one stream per bucket (``PREFIX:{bN}:feed``,
+in the request's slot), a cursor per bucket, and readers that ``XREAD`` each node's
+streams.
 The scripts of a request tree (``children.lua``, and ``close`` / ``reap`` closing a tree
 and folding a child back into its parent) stay in the tree's one slot and touch only keys
 declared in ``KEYS``, as a cluster requires: ``close`` first declares the request's own
@@ -139,6 +149,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import threading
 import warnings
@@ -199,6 +210,7 @@ from apportion.pools import (
 )
 from apportion.redaction import redact, scrub
 from apportion.stores.base import Reaped, Store, check_children
+from apportion.stores.feed import FeedEvent, FeedPage, check_feed_args, check_note
 from apportion.stores.memory import MemoryStore, check_state_write
 
 if TYPE_CHECKING:
@@ -216,6 +228,7 @@ SCRIPTS = (
     "release",
     "close",
     "reap",
+    "note",
     "pool_draw",
     "pool_return",
     "pool_void",
@@ -231,7 +244,7 @@ return v + 1
 """Compare-and-set of a policy's state (small enough to stay inline)."""
 
 _REQUEST_SCRIPTS = frozenset(
-    {"open", "children", "begin", "extend", "finish", "release", "close", "reap"}
+    {"open", "children", "begin", "extend", "finish", "release", "close", "reap", "note"}
 )
 _REAP_BATCH = 256
 _CENTURY = 100 * 365.25 * 86_400.0  # seconds: a TTL beyond this is kept forever
@@ -240,6 +253,7 @@ _TREE_ATTEMPTS = 16
 """Attempts of a ``close`` (rounds of a ``reap``) whose request tree changed since it was
 read (children opened meanwhile) before giving up: each attempt reads the tree again."""
 _EMERGENCY_POOL = "emergency"
+_STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 
 
 def _script_source(name: str) -> str:
@@ -747,6 +761,15 @@ class RedisStore(Store):
         base = f"{self.prefix}:{{b{bucket}}}:"
         return f"{base}r:{request_id}", f"{base}e:{request_id}", f"{base}open"
 
+    def _request_keys(self, request_id: str) -> tuple[str, str, str, str]:
+        """The keys of a script on one request: its ledger, events, index, and the feed."""
+        return (*self._keys(request_id), self._feed_key)
+
+    @property
+    def _feed_key(self) -> str:
+        """The event feed's stream (one per prefix)."""
+        return f"{self.prefix}:feed"
+
     def _marker_key(self, draw: str) -> str:
         """The key marking a pool draw void (in the bucket of the draw's request)."""
         return self._keys(draw.rsplit("#", 1)[0])[2][:-4] + "d:" + draw
@@ -968,7 +991,7 @@ class RedisStore(Store):
             keys = (*keys, self._marker_key(draw))
         reply = yield _Eval(
             "open",
-            keys,
+            (*keys, self._feed_key),
             (blob, request_id, opened, _score(ledger.expires_at), key_ttl, self._retention_ms),
         )
         if _str(reply[0]) != "ok":
@@ -1018,7 +1041,7 @@ class RedisStore(Store):
             key_ttl = _ttl_ms(args.ttl + self.retention_seconds)
         reply = yield _Eval(
             "children",
-            tuple(keys),
+            (*keys, self._feed_key),
             (
                 _text(now),
                 args.max_depth,
@@ -1092,7 +1115,7 @@ class RedisStore(Store):
         lease = now + lease_seconds
         reply = yield _Eval(
             "begin",
-            self._keys(request_id),
+            self._request_keys(request_id),
             (
                 agent if is_name else "",
                 "1" if is_name else "0",
@@ -1136,7 +1159,7 @@ class RedisStore(Store):
         ok, grant_id, agent = _grant_args(request_id, grant)
         reply = yield _Eval(
             "extend",
-            self._keys(request_id),
+            self._request_keys(request_id),
             (out, ctx, _text(now), _text(now + lease_seconds), ok, grant_id, agent),
         )
         if reply[0] not in _OK:
@@ -1186,7 +1209,7 @@ class RedisStore(Store):
                 args[-1] = _tokens(f"allocation[{name}]", tokens, pending)
                 if pending:
                     break
-        reply = yield _Eval("finish", self._keys(request_id), tuple(args))
+        reply = yield _Eval("finish", self._request_keys(request_id), tuple(args))
         if reply[0] not in _OK:
             raise _refusal(request_id, reply, pending, grant=grant, plan=plan)
         return ledger_from_json(reply[1])
@@ -1200,7 +1223,7 @@ class RedisStore(Store):
         ok, grant_id, agent = _grant_args(request_id, grant)
         reply = yield _Eval(
             "release",
-            self._keys(request_id),
+            self._request_keys(request_id),
             (_text(now), reason, ok, grant_id, agent, "1" if pending else "0"),
         )
         if reply[0] not in _OK:
@@ -1222,7 +1245,7 @@ class RedisStore(Store):
         for _ in range(_TREE_ATTEMPTS):
             ids = list(declared)
             keys = [*own, *(k for i in ids for k in declared[i])]
-            reply = yield _Eval("close", tuple(keys), (*args, *ids))
+            reply = yield _Eval("close", (*keys, self._feed_key), (*args, *ids))
             if _str(reply[0]) != "tree":
                 break
             # the tree holds requests not declared (opened since, or deeper): read them
@@ -1252,6 +1275,126 @@ class RedisStore(Store):
             raise UnknownRequest(request_id)
         return [_event(raw) for raw in raws]
 
+    def _feed_steps(
+        self, after: object, prefix: object, limit: object, timeout: object
+    ) -> _Steps[FeedPage]:
+        start, prefix, limit, seconds = check_feed_args(after, prefix, limit, timeout)
+        start = "0-0" if start is None else start
+        if not _STREAM_ID.match(start):
+            raise InvalidArgument("after", start, "a cursor this feed returned")
+        args: tuple[str | int, ...] = ("XREAD", "COUNT", limit)
+        if seconds > 0:  # a blocked read must end before the socket's timeout
+            wait = min(seconds, self._options["socket_timeout"] * 0.8)
+            args += ("BLOCK", max(1, int(wait * 1000)))
+        reply = yield _Cmd((*args, "STREAMS", self._feed_key, start))
+        events: list[FeedEvent] = []
+        cursor = start
+        for entry_id, fields in _stream_entries(reply):
+            cursor = entry_id
+            rid = _str(fields[b"r"])
+            if rid.startswith(prefix):
+                events.append(
+                    FeedEvent(
+                        entry_id,
+                        rid,
+                        _event(fields[b"e"]),
+                        _str(fields[b"s"]),
+                        int(fields[b"g"]),
+                        int(fields[b"u"]),
+                        int(fields[b"f"]),
+                        int(fields[b"c"]),
+                    )
+                )
+        return FeedPage(tuple(events), cursor)
+
+    def _note_steps(self, request_id: str, event: object) -> _Steps[None]:
+        note = check_note(event)
+        agent = note.agent or ""
+        args = (
+            _text(note.at),
+            agent,
+            note.grant_id,
+            note.context_tokens,
+            note.output_tokens,
+            note.kind,
+            note.note,
+        )
+        reply = yield _Eval("note", self._request_keys(request_id), args)
+        if reply[0] not in _OK:
+            raise _refusal(request_id, reply, [], agent=agent)
+
+    def note(self, request_id: str, event: Event) -> None:
+        """Append a feed-only event of a request (one script: the request's state with it)."""
+        if self._local_store(request_id) is not None:
+            assert self._local is not None
+            self._local.note(request_id, event)
+            return
+        self._run(self._note_steps(request_id, event))
+
+    async def anote(self, request_id: str, event: Event) -> None:
+        """Async :meth:`note`."""
+        if self._local_store(request_id) is not None:
+            self.note(request_id, event)
+            return
+        await self._arun(self._note_steps(request_id, event))
+
+    def _cursor_steps(self) -> _Steps[str]:
+        reply = yield _Cmd(("XREVRANGE", self._feed_key, "+", "-", "COUNT", 1))
+        return _str(reply[0][0]) if reply else "0-0"
+
+    def _open_requests_steps(self, prefix: object) -> _Steps[list[str]]:
+        if not isinstance(prefix, str):
+            raise InvalidArgument("prefix", prefix, "the start of the request ids to list")
+        # the reap index of every bucket, in one round trip (no scan of the keys)
+        replies = yield [
+            _Cmd(("ZRANGE", f"{self.prefix}:{{b{b}}}:open", 0, -1)) for b in range(self.buckets)
+        ]
+        ids = {_str(rid) for reply in replies for rid in reply}
+        if self._local is not None:
+            ids.update(self._local.open_requests(prefix))
+        return sorted(rid for rid in ids if rid.startswith(prefix))
+
+    def feed(
+        self,
+        after: str | None = None,
+        *,
+        prefix: str = "",
+        limit: int = 1000,
+        timeout: float = 0.0,
+    ) -> FeedPage:
+        """The feed's events after ``after`` (``XREAD``, blocking up to ``timeout``).
+
+        A blocked read ends before the socket timeout (an empty page: read again).
+        """
+        return self._run(self._feed_steps(after, prefix, limit, timeout))
+
+    async def afeed(
+        self,
+        after: str | None = None,
+        *,
+        prefix: str = "",
+        limit: int = 1000,
+        timeout: float = 0.0,
+    ) -> FeedPage:
+        """Async :meth:`feed`."""
+        return await self._arun(self._feed_steps(after, prefix, limit, timeout))
+
+    def feed_cursor(self) -> str:
+        """The newest event's cursor (its stream entry id; ``0-0`` for an empty feed)."""
+        return self._run(self._cursor_steps())
+
+    async def afeed_cursor(self) -> str:
+        """Async :meth:`feed_cursor`."""
+        return await self._arun(self._cursor_steps())
+
+    def open_requests(self, prefix: str = "") -> list[str]:
+        """The ids of the open requests that start with ``prefix``, sorted (from the indexes)."""
+        return self._run(self._open_requests_steps(prefix))
+
+    async def aopen_requests(self, prefix: str = "") -> list[str]:
+        """Async :meth:`open_requests`."""
+        return await self._arun(self._open_requests_steps(prefix))
+
     def _reap_steps(self, now: float) -> _Steps[Reaped]:
         now = check_time("now", now)
         now_s = _text(now)
@@ -1275,7 +1418,7 @@ class RedisStore(Store):
             ids = list(declared)
             keys = [*todo, *(k for i in ids for k in declared[i])]
             args: tuple[str | int, ...] = (now_s, self._retention_ms, _REAP_BATCH, len(todo))
-            reply = yield _Eval("reap", tuple(keys), (*args, *ids))
+            reply = yield _Eval("reap", (*keys, self._feed_key), (*args, *ids))
             settled += int(reply[0])
             full = int(reply[1])
             again = {int(k) - 1 for k in reply[2 : 2 + full]}
@@ -1970,6 +2113,27 @@ def _queue(pipe: Any, call: _Eval | _Cmd) -> None:
         pipe.execute_command(*call.args)
     else:
         pipe.execute_command("EVALSHA", _SHAS[call.script], len(call.keys), *call.keys, *call.args)
+
+
+def _stream_entries(reply: Any) -> list[tuple[str, dict[bytes, bytes]]]:
+    """The entries of an ``XREAD`` reply of one stream: ``(id, fields)`` (any reply shape)."""
+    if not reply:
+        return []
+    streams = list(reply.values()) if isinstance(reply, dict) else [s[1] for s in reply]
+    entries: list[tuple[str, dict[bytes, bytes]]] = []
+    for stream in streams:
+        for entry in stream:
+            entry_id, raw = entry[0], entry[1]
+            if isinstance(raw, dict):
+                fields = {_bytes(k): _bytes(v) for k, v in raw.items()}
+            else:
+                fields = {_bytes(k): _bytes(v) for k, v in zip(raw[::2], raw[1::2], strict=True)}
+            entries.append((_str(entry_id), fields))
+    return entries
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def _score(value: float) -> str:

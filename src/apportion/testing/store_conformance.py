@@ -54,8 +54,9 @@ from apportion.errors import (
     UnknownRequest,
     WrapUpTooLarge,
 )
-from apportion.ledger import Grant
+from apportion.ledger import Event, Grant
 from apportion.stores.base import Store
+from apportion.stores.feed import FeedEvent
 
 RANKS = {"lead": 2, "helper": 1, "notes": 0, "format": 0}
 """A four-agent pipeline: one critical, one standard, two peripheral."""
@@ -68,6 +69,39 @@ BAD_COUNTS = (-1, float("nan"), 1.5, 10.0, True, 10**13, "12", None)
 def snapshot(store: Store, request_id: str) -> tuple[dict[str, Any], int]:
     """State and event count of a request, to check that a refused operation changed nothing."""
     return store.get(request_id).to_dict(), len(store.events(request_id))
+
+
+class FeedReader:
+    """Reads a store's event feed page by page, keeping every request's events in order."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cursor: str | None = None
+        self.by_request: dict[str, list[FeedEvent]] = {}
+
+    def catch_up(self) -> None:
+        """Read every event appended since the last read."""
+        while True:
+            page = self.store.feed(self.cursor, limit=500)
+            for item in page.events:
+                self.by_request.setdefault(item.request_id, []).append(item)
+            if not page.events and page.cursor == self.cursor:
+                return
+            self.cursor = page.cursor
+
+    def check(self, request_id: str) -> None:
+        """The feed carried the request's events, in order, and its last state is current."""
+        items = self.by_request.get(request_id, [])
+        changes = [item.event for item in items if item.kind != "refused"]
+        assert changes == self.store.events(request_id)
+        state = self.store.get(request_id)
+        last = items[-1]
+        assert (last.status, last.free, last.consumed) == (state.status, state.free, state.consumed)
+        if last.agent is None:
+            assert (last.granted, last.used) == (state.reserved, state.consumed)
+        else:
+            assert last.granted == state.reserved_by[last.agent]
+            assert last.used == state.consumed_by[last.agent]
 
 
 def check_invariants(store: Store, request_id: str) -> None:
@@ -693,6 +727,161 @@ class StoreConformance:
 
         asyncio.run(scenario())
 
+    # ---------------------------------------------------------- event feed
+
+    def test_feed_carries_every_change_in_order(self, store: Store) -> None:
+        start = store.feed_cursor()
+        assert store.feed(start).events == ()
+        store.open("t/r1", RANKS, 1000, 0.0)
+        store.open("u/r2", RANKS, 500, 0.0)
+        grant, _ = store.begin("t/r1", "lead", 100, 50, 1.0, LEASE)
+        grant, _ = store.extend("t/r1", grant, 20, 0, 2.0, LEASE)
+        store.finish("t/r1", grant, 90, 60, 3.0)
+        store.begin("t/r1", "helper", 10, 10, 4.0, 1.0)  # its lease lapses
+        with pytest.raises(BudgetExceeded):  # refused, yet it expires the lapsed lease first
+            store.begin("t/r1", "helper", 5000, 0, 10.0, LEASE)
+        released, _ = store.begin("t/r1", "notes", 10, 10, 11.0, LEASE)
+        store.release("t/r1", released, 12.0)
+        store.open_children("t/r1", ["t/r1::k"], RANKS, 13.0, priorities=["standard"], ceiling=100)
+        store.close("t/r1", 14.0, status="failed")
+        page = store.feed(start, prefix="t/")
+        kinds = [(e.kind, e.agent) for e in page.events if e.request_id == "t/r1"]
+        assert kinds == [
+            ("open", None),
+            ("begin", "lead"),
+            ("extend", "lead"),
+            ("finish", "lead"),
+            ("begin", "helper"),
+            ("expire", "helper"),
+            ("begin", "notes"),
+            ("release", "notes"),
+            ("child", None),
+            ("child_close", None),
+            ("close", None),
+        ]
+        child = [e.kind for e in page.events if e.request_id == "t/r1::k"]
+        assert child == ["open", "close"]
+        assert len(page.events) == len(kinds) + len(child)
+        cursors = [e.cursor for e in page.events]
+        assert len(set(cursors)) == len(cursors)
+        assert page.cursor == store.feed_cursor()
+        begun, extended, finished = page.events[1:4]
+        assert (begun.granted, begun.used, begun.free, begun.status) == (150, 0, 850, "open")
+        assert (extended.granted, extended.free) == (170, 830)
+        assert (finished.granted, finished.used, finished.free) == (0, 150, 850)
+        assert finished.consumed == 150 and begun.consumed == 0
+        assert finished.event.context_tokens == 90 and finished.at == 3.0
+        assert page.events[-1].status == "failed" and page.events[-1].tenant == "t"
+        assert [e.request_id for e in store.feed(start, prefix="u/").events] == ["u/r2"]
+        reader = FeedReader(store)
+        reader.catch_up()
+        for request_id in ("t/r1", "u/r2", "t/r1::k"):
+            reader.check(request_id)
+
+    def test_notes_reach_the_feed_and_change_no_ledger(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, _ = store.begin("r1", "helper", 300, 100, 1.0, LEASE)
+        start = store.feed_cursor()
+        store.note("r1", Event("refused", 2.0, "notes", 0, 700, 0, note="begin"))
+        store.note("r1", Event("refused", 3.0, "helper", grant.grant_id, 0, 900, note="extend"))
+        events = store.feed(start).events
+        told = [(e.kind, e.agent, e.event.note, e.event.output_tokens, e.granted) for e in events]
+        assert told == [
+            ("refused", "notes", "begin", 0, 0),
+            ("refused", "helper", "extend", 900, 400),
+        ]
+        assert (events[0].event.context_tokens, events[0].free, events[0].at) == (700, 600, 2.0)
+        assert events[1].event.grant_id == grant.grant_id
+        assert [e.kind for e in store.events("r1")] == ["open", "begin"]
+        with pytest.raises(UnknownRequest):
+            store.note("nope", Event("refused", 2.0, "notes", 0, 1, 0, note="begin"))
+        with pytest.raises(UnknownAgent):
+            store.note("r1", Event("refused", 2.0, "nobody", 0, 1, 0, note="begin"))
+        for bad in (
+            Event("begin", 2.0, "notes", 0, 1, 0),
+            Event("refused", 2.0, None, 0, 1, 0),
+            Event("refused", float("nan"), "notes", 0, 1, 0),
+            Event("refused", 2.0, "notes", 0, -1, 0),
+            "refused",
+        ):
+            with pytest.raises(InvalidArgument):
+                store.note("r1", bad)  # type: ignore[arg-type]
+        assert store.feed(start).cursor == events[-1].cursor  # nothing more was appended
+
+    def test_feed_pages_follow_on(self, store: Store) -> None:
+        start = store.feed_cursor()
+        for i in range(7):
+            store.open(f"r{i}", RANKS, 100, 0.0)
+        seen: list[str] = []
+        cursor = start
+        while True:
+            page = store.feed(cursor, limit=3)
+            assert len(page.events) <= 3
+            if not page.events:
+                break
+            seen += [e.request_id for e in page.events]
+            cursor = page.cursor
+        assert seen == [f"r{i}" for i in range(7)]
+        assert store.feed(None).events[-1].request_id == "r6"  # None: from the oldest kept
+
+    def test_feed_reader_waits_for_the_next_event(self, store: Store) -> None:
+        import threading
+
+        start = store.feed_cursor()
+        got: list[Any] = []
+        reader = threading.Thread(target=lambda: got.append(store.feed(start, timeout=30.0)))
+        reader.start()
+        store.open("r1", RANKS, 100, 0.0)
+        reader.join(60)
+        assert [e.kind for e in got[0].events] == ["open"]
+        assert store.feed(got[0].cursor, timeout=0.0).events == ()
+
+    def test_async_feed_waits_without_blocking_the_loop(self, store: Store) -> None:
+        import asyncio
+
+        async def scenario() -> None:
+            start = await store.afeed_cursor()
+            reading = asyncio.ensure_future(store.afeed(start, timeout=30.0))
+            for _ in range(3):
+                await asyncio.sleep(0)  # the reader is waiting now
+            await store.aopen("r1", RANKS, 100, 0.0)
+            page = await asyncio.wait_for(reading, 60)
+            assert [(e.request_id, e.kind) for e in page.events] == [("r1", "open")]
+
+        asyncio.run(scenario())
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("limit", 0),
+            ("limit", 10**6),
+            ("limit", True),
+            ("prefix", 3),
+            ("timeout", -1.0),
+            ("timeout", float("nan")),
+            ("timeout", float("inf")),
+            ("after", "not a cursor"),
+            ("after", 5),
+        ],
+    )
+    def test_bad_feed_arguments(self, store: Store, field: str, value: Any) -> None:
+        kwargs: dict[str, Any] = {"after": store.feed_cursor(), field: value}
+        with pytest.raises(InvalidArgument):
+            store.feed(**kwargs)
+
+    def test_open_requests_are_listed_by_prefix(self, store: Store) -> None:
+        assert store.open_requests() == []
+        for request_id in ("t/b", "t/a", "u/c", "t/d"):
+            store.open(request_id, RANKS, 100, 0.0)
+        store.open_children("t/a", ["t/a::k"], RANKS, 0.0, priorities=["standard"], ceiling=10)
+        store.close("t/d", 1.0)
+        assert store.open_requests("t/") == ["t/a", "t/a::k", "t/b"]
+        assert store.open_requests() == ["t/a", "t/a::k", "t/b", "u/c"]
+        store.close("t/a", 2.0)
+        assert store.open_requests("t/") == ["t/b"]
+        with pytest.raises(InvalidArgument):
+            store.open_requests(3)  # type: ignore[arg-type]
+
     # ---------------------------------------------------------- state machine
 
     def test_random_interleavings(self) -> None:
@@ -743,6 +932,7 @@ class _LedgerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.store = self.make_store()
+        self.feed = FeedReader(self.store)
         self.now = 0.0
         self.requests: dict[str, int] = {}  # open request -> ceiling
         self.closed: set[str] = set()
@@ -947,6 +1137,9 @@ class _LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def ledgers_hold(self) -> None:
+        self.feed.catch_up()
+        for request_id in [*self.requests, *self.closed]:
+            self.feed.check(request_id)
         for request_id in self.requests:
             check_invariants(self.store, request_id)
             state = self.store.get(request_id)
@@ -977,6 +1170,7 @@ class _TreeMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.store = self.make_store()
+        self.feed = FeedReader(self.store)
         self.now = 0.0
         self.counter = 0
         self.parent: dict[str, str | None] = {}
@@ -1169,6 +1363,9 @@ class _TreeMachine(RuleBasedStateMachine):
 
     @invariant()
     def trees_hold(self) -> None:
+        self.feed.catch_up()
+        for request_id in self.parent:
+            self.feed.check(request_id)
         for request_id in self.parent:
             check_invariants(self.store, request_id)
             state = self.store.get(request_id)

@@ -1,4 +1,4 @@
--- Ledger.begin. KEYS: ledger, events, index.
+-- Ledger.begin. KEYS: ledger, events, index, feed.
 -- ARGV: agent, agent is a string (1/0), context tokens, output tokens, now, lease end,
 -- model ('' for none), input price, output price (nano-USD per token; '' for none),
 -- input tokens in hand ('' for the context granted: no input cut).

@@ -1,6 +1,6 @@
 -- Store.open_children (Ledger.split, Ledger.draw, then one open per child), one step.
 -- KEYS: the parent's ledger, events, index; then each child's ledger and events (all of
--- one tree share the root's hash tag).
+-- one tree share the root's hash tag); the feed last.
 -- ARGV: now, max depth, ceiling ('' for none), share ('' for none), the children's ledger
 -- document (ceiling 0: set here), key ttl (ms, 0: none; raised to the parent's keys' own,
 -- none when they have none), expiry score, then each child's id and priority rank.
@@ -86,7 +86,9 @@ for i = 1, m do
   local key, ekey = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   redis.call('DEL', ekey)
   redis.call('SET', key, blob)
-  redis.call('RPUSH', ekey, cjson.encode({'open', ARGV[1], false, 0, tokens[i], 0, false, 0, ''}))
+  local opened = cjson.encode({'open', ARGV[1], false, 0, tokens[i], 0, false, 0, ''})
+  redis.call('RPUSH', ekey, opened)
+  publish(ids[i], 'open', opened, '0', '0', int(tokens[i]), '0')
   if key_ttl ~= '0' then
     redis.call('PEXPIRE', key, key_ttl)
     redis.call('PEXPIRE', ekey, key_ttl)

@@ -1,5 +1,6 @@
 -- Ledger.close. KEYS: ledger, events, index; then the ledger and events of each other
--- request of the tree the caller declares (its parent, its open children and theirs).
+-- request of the tree the caller declares (its parent, its open children and theirs); the
+-- feed last.
 -- ARGV: now, status, outcome ('' for none), refused by the caller (1/0), retention (ms),
 -- then the declared requests' ids (in the order of their keys).
 -- Open children close first, depth first, each folded back into its parent; a child

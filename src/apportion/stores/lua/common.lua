@@ -19,6 +19,11 @@
 --   then the open grants, eight values each, by grant id: id, agent (1..n), context,
 --   output, lease end (text), model ('' for none), input price, output price (nano-USD
 --   per token; -1 when the grant carries no prices).
+-- The store's event feed is a stream, declared as the last key by every request script
+-- (KEYS[#KEYS]): each event a script records is added to it (XADD, trimmed to about
+-- FEED_MAXLEN entries) in the same step, with the request's id and status, the agent's
+-- tokens held and consumed after the change (the request's, for an event of no agent)
+-- and the request's free pool and consumed tokens.
 -- Token counts stay below 2^53, so Lua's doubles hold them exactly; the counters that can
 -- grow without bound (overflow, over-use) are decimal text. Clock times travel as the
 -- caller's exact decimal text and are only compared, never printed.
@@ -26,6 +31,14 @@
 local NAME, RANK, ALLOC, RSV, CBY, RBY, OBY, CALLS, TRUNC, INCUT = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 local GS = 8 -- values per open grant
 local EV_SLICE = 1000 -- events appended per RPUSH
+local FEED = KEYS[#KEYS]
+local FEED_MAXLEN = '100000'
+
+-- Add one event (its JSON text) of request rid to the feed.
+local function publish(rid, status, ev, granted, used, free, consumed)
+  redis.call('XADD', FEED, 'MAXLEN', '~', FEED_MAXLEN, '*',
+    'r', rid, 's', status, 'e', ev, 'g', granted, 'u', used, 'f', free, 'c', consumed)
+end
 
 local function int(n)
   return string.format('%.0f', n)
@@ -65,7 +78,8 @@ local function load(key, ekey, ikey, now_s)
   local n = st[13]
   local t = 17 + 11 * n
   local c = {
-    st = st, n = n, cb = 14 + 10 * n, t = t, g = t + 6 + 3 * st[t + 5], ev = {}, gone = {},
+    st = st, n = n, cb = 14 + 10 * n, t = t, g = t + 6 + 3 * st[t + 5], ev = {}, eva = {},
+    gone = {},
     dirty = false, key = key, ekey = ekey, ikey = ikey, now_s = now_s, now = tonumber(now_s),
   }
   c.due = deadline(c)
@@ -90,6 +104,7 @@ end
 local function event(c, kind, agent, gid, ctx, out, truncated, overuse, note, asked)
   c.ev[#c.ev + 1] = cjson.encode(
     {kind, c.now_s, agent, gid, ctx, out, truncated, overuse, note, asked or 0})
+  c.eva[#c.ev] = agent
 end
 
 -- Position of open grant gid, or nil.
@@ -232,6 +247,13 @@ local function save(c)
   local ev = c.ev
   for i = 1, #ev, EV_SLICE do
     redis.call('RPUSH', c.ekey, unpack(ev, i, math.min(i + EV_SLICE - 1, #ev)))
+  end
+  local free, consumed = int(st[8]), int(st[6])
+  for i = 1, #ev do
+    local granted, used = st[7], st[6]
+    local ai = c.eva[i] and agent_index(c, c.eva[i])
+    if ai then granted, used = st[at(c, RBY, ai)], st[at(c, CBY, ai)] end
+    publish(st[1], st[2], ev[i], int(granted), int(used), free, consumed)
   end
   if st[2] == 'open' then
     -- the index may score a request early (reap corrects it), never late

@@ -1,4 +1,4 @@
--- Ledger.extend. KEYS: ledger, events, index.
+-- Ledger.extend. KEYS: ledger, events, index, feed.
 -- ARGV: output tokens, context tokens, now, lease end, grant ok (1/0), grant id, agent.
 local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[3])
 if not c then return {'unknown'} end

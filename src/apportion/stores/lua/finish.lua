@@ -1,4 +1,4 @@
--- Ledger.finish. KEYS: ledger, events, index.
+-- Ledger.finish. KEYS: ledger, events, index, feed.
 -- ARGV: input tokens, output tokens, now, truncated (1/0), grant ok (1/0), grant id,
 -- agent, then the new plan as triples: agent is a string (1/0), agent, tokens.
 local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[3])

@@ -1,10 +1,11 @@
--- Open a request. KEYS: ledger, events, index; with a pool draw, the draw's marker too.
+-- Open a request. KEYS: ledger, events, index; with a pool draw, the draw's marker too;
+-- the feed last.
 -- ARGV: ledger JSON, request id, open event, index score, key ttl (ms, 0: none),
 -- marker ttl (ms, 0: none).
 -- A draw marked void (given back by reconcile after its open deadline) is never opened.
 -- Replacing a closed request that drew from a pool sets its ledger aside under its own
 -- draw's marker (its draw may not be settled yet: pool_void.lua reads it there).
-if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then return {'void'} end
+if #KEYS == 5 and redis.call('EXISTS', KEYS[4]) == 1 then return {'void'} end
 local raw = redis.call('GET', KEYS[1])
 if raw then
   local old = cjson.decode(raw)
@@ -26,4 +27,6 @@ if ARGV[5] ~= '0' then
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+local ceiling = cjson.decode(ARGV[3])[5]
+publish(ARGV[2], 'open', ARGV[3], '0', '0', int(ceiling), '0')
 return {'ok'}

@@ -1,7 +1,8 @@
 -- Store.reap over buckets. KEYS: the buckets' indexes (PREFIX:{bN}:open), one or many:
 -- many on a standalone server (one round trip), one per call on a cluster; then the ledger
 -- and events of each request the caller declares (the due requests it read from the
--- indexes, and the other requests of their trees: parents, open children and theirs).
+-- indexes, and the other requests of their trees: parents, open children and theirs);
+-- the feed last.
 -- ARGV: now, retention (ms), most requests to look at per bucket, number of buckets, then
 -- the declared requests' ids (in the order of their keys).
 -- A due request the caller did not declare, or whose tree holds one it did not (the tree

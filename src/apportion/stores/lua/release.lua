@@ -1,4 +1,4 @@
--- Ledger.release. KEYS: ledger, events, index.
+-- Ledger.release. KEYS: ledger, events, index, feed.
 -- ARGV: now, reason, grant ok (1/0), grant id, agent, refused by the caller (1/0).
 local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 if not c then return {'unknown'} end
