@@ -346,28 +346,65 @@ def build_report(
         figures = _agent(calls, outcomes, thresholds, refused.get(agent, 0))
         if figures is not None:
             agents[agent] = figures
-    kinds = _kinds(dataset, outcomes, thresholds)
+    return assemble(
+        source=dataset.url,
+        empty_database=dataset.empty,
+        since=since,
+        pipeline=pipeline,
+        requests=len(dataset.requests),
+        requests_scored=len(outcomes),
+        overflow=sum(r.overflow for r in dataset.requests.values()),
+        thresholds=thresholds,
+        agents=agents,
+        kinds=_kinds(dataset, outcomes, thresholds),
+        rollouts=rollouts_of(dataset),
+        trees=build_trees(dataset),
+    )
+
+
+def assemble(
+    *,
+    source: str,
+    empty_database: bool,
+    since: float | None,
+    pipeline: str | None,
+    requests: int,
+    requests_scored: int,
+    overflow: int,
+    thresholds: Thresholds,
+    agents: dict[str, Any],
+    kinds: dict[str, Any],
+    rollouts: list[dict[str, Any]],
+    trees: dict[str, Any],
+    until: float | None = None,
+) -> dict[str, Any]:
+    """The report document from its parts (the ``build_report`` fields, in their order).
+
+    ``until`` (the window's end) is recorded only when given.
+    """
     totals: dict[str, int] = {}
     for figures in agents.values():
         for status, count in figures["statuses"].items():
             totals[status] = totals.get(status, 0) + count
     message = None
-    if dataset.empty:
-        message = f"the database {dataset.url} holds no telemetry yet"
+    if empty_database:
+        message = f"the database {source} holds no telemetry yet"
     elif not agents:
         where = [f"since {fmt_time(since)}"] if since is not None else []
+        if until is not None:
+            where.append(f"until {fmt_time(until)}")
         if pipeline is not None:
             where.append(f"for pipeline {pipeline!r}")
-        message = (
-            "no finished calls" + (" " + " ".join(where) if where else "") + (f" in {dataset.url}")
-        )
+        message = "no finished calls" + (" " + " ".join(where) if where else "") + f" in {source}"
+    window = {"until": until} if until is not None else {}
     return {
-        "source": dataset.url,
+        "source": source,
         "since": since,
+        **window,
         "pipeline": pipeline,
-        "requests": len(dataset.requests),
-        "requests_scored": len(outcomes),
-        "overflow": sum(r.overflow for r in dataset.requests.values()),
+        "requests": requests,
+        "requests_scored": requests_scored,
+        "overflow": overflow,
         "calls": sum(a["calls"] for a in agents.values()),
         "empty": not agents,
         "message": message,
@@ -382,8 +419,8 @@ def build_report(
         | {s: n for s, n in totals.items() if s not in STATUS_ORDER},
         "agents": agents,
         "kinds": kinds,
-        "rollouts": rollouts_of(dataset),
-        "trees": build_trees(dataset),
+        "rollouts": rollouts,
+        "trees": trees,
     }
 
 

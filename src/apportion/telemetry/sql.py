@@ -42,6 +42,7 @@ ingesting); :func:`open_database` opens a database for reading, and
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -56,13 +57,23 @@ from apportion.ledger import Event
 from apportion.limits import excerpt
 from apportion.redaction import redact, scrub
 from apportion.telemetry.base import Sink
-from apportion.telemetry.records import SCHEMA_VERSION, CallUsage, RequestUsage, RolloutRecord
+from apportion.telemetry.records import (
+    SCHEMA_VERSION,
+    CallUsage,
+    RequestUsage,
+    RolloutRecord,
+    root_of,
+)
+from apportion.telemetry.rollups import Rollup, upsert
 from apportion.telemetry.urls import database_url
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine, Table
 
 __all__ = ["Database", "Dataset", "SQLSink", "open_database"]
+
+PRUNED_KEY: Final = "pruned_before"
+"""The ``apportion_meta`` key of the clock time raw rows were pruned before."""
 
 CONNECT_TIMEOUT: Final = 5
 """Seconds to wait for a database server to answer before giving up."""
@@ -76,6 +87,7 @@ class _Tables(NamedTuple):
     calls: Table
     events: Table
     rollouts: Table
+    daily: Table
 
 
 @functools.cache
@@ -187,7 +199,21 @@ def _tables() -> _Tables:
         Column("schema_version", Integer, nullable=False),
         Index("ix_apportion_rollout_events_at", "at"),
     )
-    return _Tables(meta, requests, calls, events, rollouts)
+    daily = Table(
+        "apportion_daily",
+        md,
+        Column("day", Integer, primary_key=True),
+        Column("pipeline", String, primary_key=True),
+        Column("agent", String, primary_key=True),
+        Column("kind", String, primary_key=True),
+        Column("measure", String, primary_key=True),
+        Column("key", String, primary_key=True),
+        Column("count", BigInteger, nullable=False, default=0),
+        Column("total", Float, nullable=False, default=0.0),
+        Column("total2", Float, nullable=False, default=0.0),
+        Column("top", BigInteger),
+    )
+    return _Tables(meta, requests, calls, events, rollouts, daily)
 
 
 def _require_sqlalchemy() -> None:
@@ -321,6 +347,8 @@ class Database:
             elif version < SCHEMA_VERSION:  # the tables it lacked were just added
                 _add_columns(conn, (self.tables.calls, self.tables.requests))
                 _add_indexes(conn, (self.tables.calls, self.tables.requests))
+                if version < 5:  # no rollups yet: build them from the raw rows
+                    self._rebuild_rollups(conn)
                 conn.execute(
                     meta.update()
                     .where(meta.c.key == "schema_version")
@@ -392,6 +420,11 @@ class Database:
         t = self.tables
         ids = list(latest)
         with self.engine.begin() as conn:
+            rollup = Rollup(storable)
+            for old in self._stored(conn, ids):  # written before: take back its rollups
+                rollup.add(old, -1)
+            for record in latest.values():
+                rollup.add(record)
             for table in (t.events, t.calls, t.requests):
                 for start in range(0, len(ids), _CHUNK):
                     chunk = ids[start : start + _CHUNK]
@@ -404,6 +437,62 @@ class Database:
             events = [_event_row(r, i, e) for r in records for i, e in enumerate(r.events)]
             if events:
                 conn.execute(t.events.insert(), events)
+            upsert(conn, t.daily, rollup.rows())
+
+    def _stored(self, conn: Connection, ids: Sequence[str]) -> list[RequestUsage]:
+        """The stored records (without events) of those of ``ids`` already written."""
+        from sqlalchemy import select
+
+        t = self.tables
+        found: list[str] = []
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            query = select(t.requests.c.request_id).where(t.requests.c.request_id.in_(chunk))
+            found.extend(conn.execute(query).scalars())
+        if not found:
+            return []
+        records = []
+        for start in range(0, len(found), _CHUNK):
+            chunk = found[start : start + _CHUNK]
+            requests = conn.execute(
+                select(t.requests).where(t.requests.c.request_id.in_(chunk))
+            ).mappings()
+            calls: dict[str, list[CallUsage]] = {}
+            for row in conn.execute(
+                select(t.calls)
+                .where(t.calls.c.request_id.in_(chunk))
+                .order_by(t.calls.c.grant_id)
+            ).mappings():
+                calls.setdefault(row["request_id"], []).append(_call_from(row))
+            records.extend(
+                dataclasses.replace(
+                    _request_from(row), calls=tuple(calls.get(row["request_id"], ()))
+                )
+                for row in requests
+            )
+        return records
+
+    def _rebuild_rollups(self, conn: Connection) -> None:
+        """Build the daily rollups anew from every raw row (the upgrade to version 5)."""
+        from sqlalchemy import select
+
+        t = self.tables
+        conn.execute(t.daily.delete())
+        rollup = Rollup(storable)
+        streamed = conn.execution_options(yield_per=20_000)
+        # Both in code point order (as Python compares), whatever the database's collation.
+        binary = "C" if conn.dialect.name == "postgresql" else "BINARY"
+        requests = streamed.execute(
+            select(t.requests).order_by(t.requests.c.request_id.collate(binary))
+        ).mappings()
+        calls = streamed.execute(
+            select(*_present(conn, (t.calls,))[0]).order_by(
+                t.calls.c.request_id.collate(binary), t.calls.c.grant_id
+            )
+        ).mappings()
+        for record in _records(requests, calls):
+            rollup.add(record)
+        upsert(conn, t.daily, rollup.rows())
 
     def write_rollouts(self, records: Iterable[RolloutRecord]) -> int:
         """Append rollout decisions.
@@ -488,6 +577,81 @@ class Database:
             empty=not total and not rollout_rows,
             rollouts=tuple(_rollout_from(row) for row in rollout_rows),
         )
+
+    def rollout_records(self, conn: Connection, since: float | None) -> tuple[RolloutRecord, ...]:
+        """The rollout decisions since ``since``, in the order written."""
+        return tuple(_rollout_from(row) for row in self._rollout_rows(conn, since))
+
+    def has_rollups(self) -> bool:
+        """Whether the database has the daily rollups (schema version 5 or later)."""
+        from sqlalchemy import inspect
+
+        with self.engine.connect() as conn:
+            return bool(inspect(conn).has_table(self.tables.daily.name))
+
+    def pruned_before(self) -> float | None:
+        """The clock time raw rows were pruned before (``None``: never pruned)."""
+        from sqlalchemy import select
+
+        meta = self.tables.meta
+        with self.engine.connect() as conn:
+            value = conn.execute(select(meta.c.value).where(meta.c.key == PRUNED_KEY)).scalar()
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+    def load_trees(
+        self,
+        conn: Connection,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        pipeline: str | None = None,
+    ) -> Dataset:
+        """The requests of the period's request trees and their calls (as :meth:`load`).
+
+        The child requests of the period, their roots (when in the period) and the calls
+        of all of them in the period: what :func:`~apportion.analysis.trees.build_trees`
+        reads, without the flat requests.
+        """
+        from sqlalchemy import func, select
+
+        t = self.tables
+        calls_cols, requests_cols = _present(conn, (t.calls, t.requests))
+        r, c = t.requests.c, t.calls.c
+        rwhere, cwhere = [], []
+        for column, where in (
+            (func.coalesce(r.closed_at, r.opened_at), rwhere),
+            (func.coalesce(c.at, c.began_at), cwhere),
+        ):
+            if since is not None:
+                where.append(column >= since)
+            if until is not None:
+                where.append(column < until)
+        if pipeline is not None:
+            rwhere.append(r.pipeline == pipeline)
+            cwhere.append(c.pipeline == pipeline)
+        requests = {
+            row["request_id"]: _request_from(row)
+            for row in conn.execute(
+                select(*requests_cols).where(*rwhere, r.parent_id.is_not(None))
+            ).mappings()
+        }
+        roots = sorted({root_of_record(rec) for rec in requests.values()} - set(requests))
+        for start in range(0, len(roots), _CHUNK):
+            chunk = roots[start : start + _CHUNK]
+            query = select(*requests_cols).where(*rwhere, r.request_id.in_(chunk))
+            for row in conn.execute(query).mappings():
+                requests[row["request_id"]] = _request_from(row)
+        members = sorted(set(requests) | set(roots))
+        calls: list[CallUsage] = []
+        for start in range(0, len(members), _CHUNK):
+            chunk = members[start : start + _CHUNK]
+            query = select(*calls_cols).where(*cwhere, c.request_id.in_(chunk))
+            calls.extend(_call_from(row) for row in conn.execute(query).mappings())
+        calls.sort(key=lambda call: (call.request_id, call.grant_id))
+        return Dataset(self.shown, tuple(calls), requests)
 
     def _rollout_rows(self, conn: Connection, since: float | None) -> Sequence[Any]:
         """The rollout decisions since ``since``, in the order written (none before v2)."""
@@ -779,6 +943,29 @@ def _add_indexes(conn: Connection, tables: Sequence[Table]) -> None:
         for index in table.indexes:
             if index.name not in held:
                 index.create(conn)
+
+
+def root_of_record(record: RequestUsage) -> str:
+    """A request's tree root (from its id and depth when not recorded)."""
+    return record.root_id or root_of(record.request_id, record.depth)
+
+
+def _records(
+    requests: Iterable[Mapping[Any, Any]], calls: Iterable[Mapping[Any, Any]]
+) -> Iterable[RequestUsage]:
+    """Records from request rows and call rows, both in request id order (a merge)."""
+    pending = iter(calls)
+    call = next(pending, None)
+    for row in requests:
+        record = _request_from(row)
+        rid = row["request_id"]
+        own = []
+        while call is not None and call["request_id"] < rid:
+            call = next(pending, None)  # a call without its request: not rolled up
+        while call is not None and call["request_id"] == rid:
+            own.append(_call_from(call))
+            call = next(pending, None)
+        yield dataclasses.replace(record, calls=tuple(own)) if own else record
 
 
 def _request_from(row: Mapping[Any, Any]) -> RequestUsage:
