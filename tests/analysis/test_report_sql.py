@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from report_data import START, generated
 from typer.testing import CliRunner
 
+from apportion.analysis.figures import SPREAD_PERCENTILES
 from apportion.analysis.page import report_page
 from apportion.analysis.report import Thresholds, agent_calls, build_report
-from apportion.analysis.figures import SPREAD_PERCENTILES
 from apportion.analysis.window_report import report_database
 from apportion.cli import app
 from apportion.errors import InvalidArgument
 from apportion.telemetry.sql import Database, open_database
-from report_data import START, generated
 
 TOLERANCE = 1e-9
 
@@ -40,7 +40,11 @@ def same(old: Any, new: Any, path: str = "") -> list[str]:
     if isinstance(old, list) and isinstance(new, list):
         if len(old) != len(new):
             return [f"{path}: {len(old)} items != {len(new)}"]
-        return [d for i, (a, b) in enumerate(zip(old, new, strict=True)) for d in same(a, b, f"{path}[{i}]")]
+        return [
+            d
+            for i, (a, b) in enumerate(zip(old, new, strict=True))
+            for d in same(a, b, f"{path}[{i}]")
+        ]
     if isinstance(old, float) and isinstance(new, float):
         if math.isclose(old, new, rel_tol=TOLERANCE, abs_tol=1e-12):
             return []
@@ -130,7 +134,9 @@ def test_the_command_writes_the_same_json_as_before(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 't.db'}"
     write(url, seed=11)
     out = tmp_path / "r.json"
-    result = CliRunner().invoke(app, ["report", url, "--json", str(out), "--html", str(tmp_path / "r.html")])
+    result = CliRunner().invoke(
+        app, ["report", url, "--json", str(out), "--html", str(tmp_path / "r.html")]
+    )
     assert result.exit_code == 0, result.output
     with open_database(url) as db:
         old = build_report(db.load())

@@ -63,7 +63,9 @@ class Window:
     @property
     def rolled(self) -> bool:
         """Whether some days are read from the rollups."""
-        return self.end_day is not None and (self.first_day is None or self.first_day < self.end_day)
+        return self.end_day is not None and (
+            self.first_day is None or self.first_day < self.end_day
+        )
 
 
 @dataclass
@@ -152,12 +154,19 @@ class Aggregates:
     rolled: bool = False
 
     def _groups(self, agent: str, kind: str) -> list[Group]:
-        groups = [self.agents.setdefault(agent, Group())]
+        groups = [_group(self.agents, agent)]
         if kind:
-            group = self.kinds.setdefault(kind, Group())
+            group = _group(self.kinds, kind)
             group.members.add(agent)
             groups.append(group)
         return groups
+
+
+def _group(groups: dict[str, Group], name: str) -> Group:
+    group = groups.get(name)
+    if group is None:
+        group = groups[name] = Group()
+    return group
 
 
 # ---------------------------------------------------------------------------- SQL
@@ -198,13 +207,36 @@ def aggregate(db: Database, window: Window) -> Aggregates:
     """
     out = Aggregates(rolled=window.rolled)
     with db.engine.connect() as conn:
-        _raw(conn, db, window, out)
+        statements = _raw(conn, db, window)
         if window.rolled:
-            _rollups(conn, db.tables.daily, window, out)
+            statements["rollups"] = _rollups_query(db.tables.daily, window)
+    results = _run(db, statements)
+    _apply_raw(results, out)
+    if window.rolled:
+        _apply_rollups(results["rollups"], out)
     return out
 
 
-def _raw(conn: Connection, db: Database, window: Window, out: Aggregates) -> None:
+PARALLEL: Final = 3
+"""Statements run at once, each on a connection of its own (the database does the work)."""
+
+
+def _run(db: Database, statements: dict[str, Any]) -> dict[str, list[Any]]:
+    """Every statement's rows, several statements at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def rows(statement: Any) -> list[Any]:
+        with db.engine.connect() as conn:
+            return list(conn.execute(statement).all())
+
+    # the slowest first, so the last ones to start are the short ones
+    with ThreadPoolExecutor(PARALLEL, thread_name_prefix="apportion-report") as pool:
+        futures = {name: pool.submit(rows, statement) for name, statement in statements.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _raw(conn: Connection, db: Database, window: Window) -> dict[str, Any]:
+    """The statements over the raw rows of the window, by name."""
     from sqlalchemy import and_, case, func, literal, or_, select
 
     c = _columns(conn, db.tables.calls)
@@ -274,7 +306,84 @@ def _raw(conn: Connection, db: Database, window: Window, out: Aggregates) -> Non
         .where(*where)
         .group_by(c["agent"], kind, status)
     )
-    for row in conn.execute(main):
+    statements: dict[str, Any] = {}
+    done = [*where, finished]
+    # the histograms of input needed: the input's, but for the calls with input cut away
+    cut_away = and_(*done, c["dropped_tokens"] > 0)
+    statements["quality:agent"] = None  # placeholders keep the slowest first
+    statements["main"] = main
+    statements["input"] = (
+        select(c["agent"], kind, c["used_input"], func.count())
+        .where(*done)
+        .group_by(c["agent"], kind, c["used_input"])
+    )
+    statements["output"] = (
+        select(c["agent"], kind, c["used_output"], func.count())
+        .where(*done)
+        .group_by(c["agent"], kind, c["used_output"])
+    )
+    statements["need"] = (
+        select(c["agent"], kind, c["used_input"], need, func.count())
+        .where(cut_away)
+        .group_by(c["agent"], kind, c["used_input"], need)
+    )
+    statements["models"] = (
+        select(c["agent"], kind, c["model"], func.count())
+        .where(*done, c["model"].is_not(None), c["model"] != "")
+        .group_by(c["agent"], kind, c["model"])
+    )
+    r = _columns(conn, db.tables.requests)
+    opened = func.coalesce(r["closed_at"], r["opened_at"])
+    rwhere = _time_filter(opened, window, exclude_rolled=True)
+    if window.pipeline is not None:
+        rwhere.append(r["pipeline"] == window.pipeline)
+    # quality joins the requests of the whole window (the calls of rolled-up days are out)
+    scored = _time_filter(opened, window, exclude_rolled=False)
+    for name, level in (("quality:agent", c["agent"]), ("quality:kind", c["kind"])):
+        per_request = (
+            select(
+                level.label("level"),
+                c["request_id"].label("request_id"),
+                func.max(case((hit, 1), else_=0)).label("cut"),
+            )
+            .where(*done, level.is_not(None))
+            .group_by(level, c["request_id"])
+            .subquery()
+        )
+        requests = db.tables.requests
+        joined = per_request.outerjoin(
+            requests,
+            and_(
+                requests.c.request_id == per_request.c.request_id,
+                *scored,
+                *([requests.c.pipeline == window.pipeline] if window.pipeline is not None else []),
+            ),
+        )
+        outcome = requests.c.outcome
+        statements[name] = (
+            select(
+                per_request.c.level,
+                per_request.c.cut,
+                func.count(),
+                func.count(outcome),
+                func.sum(outcome),
+                func.sum(outcome * outcome),
+            )
+            .select_from(joined)
+            .group_by(per_request.c.level, per_request.c.cut)
+        )
+    statements["totals"] = select(
+        func.count(), func.count(r["outcome"]), func.sum(r["overflow"])
+    ).where(*rwhere)
+    statements["refusals"] = select(r["refused"], r["refused_kinds"]).where(
+        *rwhere, r["refused"].is_not(None), r["refused"] != literal("")
+    )
+    return statements
+
+
+def _apply_raw(results: dict[str, list[Any]], out: Aggregates) -> None:
+    """Add the rows of the raw statements to ``out``."""
+    for row in results["main"]:
         agent, k, name, n_all, n = row[0], row[1], row[2], row[3], row[4]
         for g in out._groups(agent, k):
             g.statuses[name] += int(n_all)
@@ -303,88 +412,41 @@ def _raw(conn: Connection, db: Database, window: Window, out: Aggregates) -> Non
             g.cost += float(row[23] or 0.0)
             g.cut_top_output = _top(g.cut_top_output, _opt(row[24]))
             g.cut_top_input = _top(g.cut_top_input, _opt(row[25]))
-    done = [*where, finished]
-    for name, value in (("input", c["used_input"]), ("need", need), ("output", c["used_output"])):
-        query = (
-            select(c["agent"], kind, value, func.count())
-            .where(*done)
-            .group_by(c["agent"], kind, value)
-        )
-        for agent, k, v, n in conn.execute(query):
+    for name in ("input", "output"):
+        for agent, k, v, n in results[name]:
             for g in out._groups(agent, k):
                 g.values[name][int(v)] += int(n)
-    models = (
-        select(c["agent"], kind, c["model"], func.count())
-        .where(*done, c["model"].is_not(None), c["model"] != "")
-        .group_by(c["agent"], kind, c["model"])
-    )
-    for agent, k, model, n in conn.execute(models):
+                if name == "input":
+                    g.values["need"][int(v)] += int(n)
+    for agent, k, used, v, n in results["need"]:
+        for g in out._groups(agent, k):
+            g.values["need"][int(used)] -= int(n)
+            g.values["need"][int(v)] += int(n)
+    for agent, k, model, n in results["models"]:
         for g in out._groups(agent, k):
             g.models[model] += int(n)
-    r = _columns(conn, db.tables.requests)
-    opened = func.coalesce(r["closed_at"], r["opened_at"])
-    rwhere = _time_filter(opened, window, exclude_rolled=True)
-    if window.pipeline is not None:
-        rwhere.append(r["pipeline"] == window.pipeline)
-    # quality joins the requests of the whole window (the calls of rolled-up days are out)
-    scored = _time_filter(opened, window, exclude_rolled=False)
-    for level, groups in ((c["agent"], out.agents), (c["kind"], out.kinds)):
-        per_request = (
-            select(
-                level.label("level"),
-                c["request_id"].label("request_id"),
-                func.max(case((hit, 1), else_=0)).label("cut"),
-            )
-            .where(*done, level.is_not(None))
-            .group_by(level, c["request_id"])
-            .subquery()
-        )
-        requests = db.tables.requests
-        joined = per_request.outerjoin(
-            requests,
-            and_(
-                requests.c.request_id == per_request.c.request_id,
-                *[clause for clause in scored],
-                *([requests.c.pipeline == window.pipeline] if window.pipeline is not None else []),
-            ),
-        )
-        outcome = requests.c.outcome
-        query = select(
-            per_request.c.level,
-            per_request.c.cut,
-            func.count(),
-            func.count(outcome),
-            func.sum(outcome),
-            func.sum(outcome * outcome),
-        ).select_from(joined)
-        query = query.group_by(per_request.c.level, per_request.c.cut)
-        for name, cut, n, n_scored, s, s2 in conn.execute(query):
-            g = groups.setdefault(name, Group())
+    for level, groups in (("agent", out.agents), ("kind", out.kinds)):
+        for name, cut, n, n_scored, total, squares in results[f"quality:{level}"]:
+            g = _group(groups, name)
             g.requests += int(n)
             if n_scored:
                 cell = g.quality["cut" if cut else "uncut"]
                 cell[0] += n_scored
-                cell[1] += float(s or 0.0)
-                cell[2] += float(s2 or 0.0)
-    totals = select(func.count(), func.count(r["outcome"]), func.sum(r["overflow"])).where(
-        *rwhere
-    )
-    n, n_scored, overflow = conn.execute(totals).one()
+                cell[1] += float(total or 0.0)
+                cell[2] += float(squares or 0.0)
+    n, n_scored, overflow = results["totals"][0]
     out.requests += int(n or 0)
     out.scored += int(n_scored or 0)
     out.overflow += int(overflow or 0)
-    refusals = select(r["refused"], r["refused_kinds"]).where(
-        *rwhere, r["refused"].is_not(None), r["refused"] != literal("")
-    )
-    for raw, raw_kinds in conn.execute(refusals):
+    for raw, raw_kinds in results["refusals"]:
         kinds = _json_map(raw_kinds)
         for agent, count_ in _json_map(raw).items():
             if type(count_) is not int or count_ <= 0 or not isinstance(agent, str):
                 continue
-            out.agents.setdefault(agent, Group()).refused += count_
+            _group(out.agents, agent).refused += count_
             kind_name = kinds.get(agent)
             if isinstance(kind_name, str) and kind_name:
-                out.kinds.setdefault(kind_name, Group()).refused += count_
+                _group(out.kinds, kind_name).refused += count_
 
 
 def _json_map(raw: Any) -> dict[Any, Any]:
@@ -395,8 +457,8 @@ def _json_map(raw: Any) -> dict[Any, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _rollups(conn: Connection, daily: Table, window: Window, out: Aggregates) -> None:
-    """Add the rollups of the window's whole days."""
+def _rollups_query(daily: Table, window: Window) -> Any:
+    """The statement summing the rollups of the window's whole days."""
     from sqlalchemy import func, select
 
     d = daily.c
@@ -419,7 +481,12 @@ def _rollups(conn: Connection, daily: Table, window: Window, out: Aggregates) ->
         .where(*where)
         .group_by(d.agent, d.kind, d.measure, d.key)
     )
-    for agent, kind, measure, key, n, s, s2, top in conn.execute(query):
+    return query
+
+
+def _apply_rollups(rows: list[Any], out: Aggregates) -> None:
+    """Add the summed rollups to ``out``."""
+    for agent, kind, measure, key, n, s, s2, top in rows:
         n, s, s2, top = int(n or 0), float(s or 0.0), float(s2 or 0.0), _opt(top)
         if not agent:
             if not kind:
@@ -430,13 +497,13 @@ def _rollups(conn: Connection, daily: Table, window: Window, out: Aggregates) ->
                 elif measure == "overflow":
                     out.overflow += n
                 continue
-            groups = [out.kinds.setdefault(kind, Group())]
+            groups = [_group(out.kinds, kind)]
         elif measure in ("requests", "quality"):
-            groups = [out.agents.setdefault(agent, Group())]
+            groups = [_group(out.agents, agent)]
         elif measure == "refused":
-            groups = [out.agents.setdefault(agent, Group())]
+            groups = [_group(out.agents, agent)]
             if kind:
-                groups.append(out.kinds.setdefault(kind, Group()))
+                groups.append(_group(out.kinds, kind))
         else:
             groups = out._groups(agent, kind)
         for g in groups:

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from apportion.analysis.figures import (
-    ceiling_hits_figure,
     TokenSpreads,
+    ceiling_hits_figure,
     children_figure,
     quality_figure,
     token_spreads,

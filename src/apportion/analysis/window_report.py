@@ -59,7 +59,8 @@ class DatabaseReport:
     Attributes:
         document: the JSON document (:func:`~apportion.analysis.report.build_report`'s).
         spreads: per agent, ``{"input": [...], "output": [...]}``: the
-            :data:`~apportion.analysis.figures.SPREAD_PERCENTILES` of its tokens per finished call (at least 1).
+            :data:`~apportion.analysis.figures.SPREAD_PERCENTILES` of its tokens per
+            finished call (at least 1).
         budgets: per agent, the recommended static budget with its number of calls
             (as :func:`~apportion.analysis.profile.profile_budgets` gives it).
     """
@@ -261,7 +262,12 @@ def _tree_dataset(
             where.append(when < until)
         if pipeline is not None:
             where.append(r.pipeline == pipeline)
-        if conn.execute(select(r.request_id).where(*where, r.parent_id.is_not(None)).limit(1)).first() is None:
+        if (
+            conn.execute(
+                select(r.request_id).where(*where, r.parent_id.is_not(None)).limit(1)
+            ).first()
+            is None
+        ):
             return Dataset(db.shown, (), {})
         return db.load_trees(conn, since=since, until=until, pipeline=pipeline)
 
@@ -350,4 +356,3 @@ def _recommend(g: Group, thresholds: Thresholds) -> dict[str, Any]:
         if g.cut_top_input is not None:
             ctx = max(ctx, _up(g.cut_top_input * grow))
     return {"context_tokens": int(ctx), "output_tokens": max(1, int(out)), "censored": censored}
-

@@ -209,7 +209,11 @@ class Rollup:
             add((*at, "sized", "granted_context"), sign, float(sign * call.granted_context))
             add((*at, "sized", "granted_output"), sign, float(sign * call.granted_output))
         hit = _hit(call)
-        for name, flag in (("hit", hit), ("truncated", call.truncated), ("input_cut", call.input_cut)):
+        for name, flag in (
+            ("hit", hit),
+            ("truncated", call.truncated),
+            ("input_cut", call.input_cut),
+        ):
             if flag is not None:
                 add((*at, name, "known"), sign)
                 if flag:
