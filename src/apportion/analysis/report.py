@@ -71,6 +71,7 @@ from typing import Any, Final
 from apportion.analysis.stats import mean_ci, percentile
 from apportion.analysis.statuses import STATUS_ORDER, statuses_of
 from apportion.analysis.trees import build_trees
+from apportion.errors import InvalidDuration
 from apportion.telemetry.records import CallUsage
 from apportion.telemetry.sql import Dataset
 
@@ -85,6 +86,7 @@ __all__ = [
     "agent_calls",
     "build_report",
     "kind_rows",
+    "parse_duration",
     "parse_since",
     "quality_rows",
     "recommend",
@@ -115,6 +117,26 @@ class Thresholds:
     margin: float = 0.1
 
 
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+
+
+def parse_duration(text: object, option: str = "--older-than") -> float:
+    """A duration (``45s``, ``30m``, ``12h``, ``30d``, ``2w``) in seconds, above zero.
+
+    Raises:
+        InvalidDuration: anything else (the option and the value are its fields).
+    """
+    reason = "give a number and a unit: 45s, 30m, 12h, 30d or 2w (more than zero)"
+    match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidDuration(option, text, reason)
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not 0 < seconds < 1e11:
+        raise InvalidDuration(option, text, reason)
+    return seconds
+
+
 def parse_since(text: str, now: float | None = None) -> float:
     """A ``--since`` value as a clock time (seconds since the epoch).
 
@@ -127,10 +149,9 @@ def parse_since(text: str, now: float | None = None) -> float:
     """
     text = text.strip()
     now = time.time() if now is None else now
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text)
+    match = _DURATION.fullmatch(text)
     if match:
-        return now - float(match.group(1)) * units[match.group(2)]
+        return now - float(match.group(1)) * _UNITS[match.group(2)]
     try:
         return float(text)
     except ValueError:

@@ -1,4 +1,4 @@
-"""``apportion report``, ``apportion profile`` and ``apportion ingest``: usage telemetry.
+"""``apportion report``, ``profile``, ``ingest`` and ``prune``: usage telemetry.
 
 Registered on the ``apportion`` command by :func:`register` (see :mod:`apportion.cli`).
 A database is named by URL (``sqlite:///apportion.db``, ``postgresql://user@host/db``) or
@@ -277,11 +277,50 @@ def ingest(
         console.print(f"skipped {count:,} span(s): {reason}", highlight=False)
 
 
+def prune(
+    db_url: Annotated[str, typer.Argument(metavar="DB_URL", help=_DB_HELP)],
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            help="Delete raw calls and requests older than this (30d, 12h, 2w), by whole UTC days.",
+        ),
+    ],
+) -> None:
+    """Delete old raw telemetry; its figures stay in the daily rollups.
+
+    Calls and requests older than the UTC midnight before now minus DURATION are deleted
+    with their events; the daily rollups per agent are kept (built first if the database
+    predates them), so apportion report over those days still gives their figures (from
+    the rollups: percentiles within 1%). Rows without a time are kept.
+    """
+    import time
+
+    from apportion.analysis.report import fmt_time, parse_duration
+    from apportion.telemetry.sql import Database
+
+    try:
+        seconds = parse_duration(older_than)
+        with Database(db_url, create=True) as db:
+            done = db.prune(time.time() - seconds)
+            where = db.shown
+    except (ApportionError, ValueError) as exc:
+        raise fail(exc) from exc
+    console.print(
+        f"pruned {done.calls:,} calls, {done.requests:,} requests and {done.events:,} events "
+        f"from before {fmt_time(done.before)} in {where}; their figures stay in the daily "
+        "rollups",
+        highlight=False,
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``report``, ``profile``, ``ingest`` to ``app``."""
+    """Add ``report``, ``profile``, ``ingest``, ``prune`` to ``app``."""
     for command in (
         report,
         profile,
         ingest,
+        prune,
     ):
         app.command()(command)

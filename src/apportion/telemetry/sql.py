@@ -52,7 +52,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from apportion.errors import DatabaseUnavailable, MissingExtra, RecordsRejected, SchemaVersionError
+from apportion.errors import (
+    DatabaseUnavailable,
+    InvalidArgument,
+    MissingExtra,
+    RecordsRejected,
+    SchemaVersionError,
+)
 from apportion.ledger import Event
 from apportion.limits import excerpt
 from apportion.redaction import redact, scrub
@@ -64,13 +70,13 @@ from apportion.telemetry.records import (
     RolloutRecord,
     root_of,
 )
-from apportion.telemetry.rollups import Rollup, upsert
+from apportion.telemetry.rollups import DAY, Rollup, upsert
 from apportion.telemetry.urls import database_url
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine, Table
 
-__all__ = ["Database", "Dataset", "SQLSink", "open_database"]
+__all__ = ["Database", "Dataset", "Pruned", "SQLSink", "open_database"]
 
 PRUNED_KEY: Final = "pruned_before"
 """The ``apportion_meta`` key of the clock time raw rows were pruned before."""
@@ -279,6 +285,22 @@ class Dataset:
     rollouts: tuple[RolloutRecord, ...] = ()
 
 
+class Pruned(NamedTuple):
+    """What :meth:`Database.prune` deleted.
+
+    Attributes:
+        before: the rows older than this clock time (a UTC midnight) were deleted.
+        calls: calls deleted.
+        requests: requests deleted.
+        events: ledger events deleted (those of the requests deleted).
+    """
+
+    before: float
+    calls: int
+    requests: int
+    events: int
+
+
 class Database:
     """An open telemetry database.
 
@@ -438,6 +460,59 @@ class Database:
             raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
         return len(batch)
 
+    def prune(self, before: float) -> Pruned:
+        """Delete the raw rows older than the UTC day of ``before``; keep the rollups.
+
+        Calls settled (else begun) and requests closed (else opened) before the midnight
+        (UTC) that starts the day of ``before`` are deleted with their events, in one
+        transaction; rows without a time are kept. Their figures stay in the daily
+        rollups, which every writer keeps (a database from before the rollups gets them
+        built when opened for writing, before anything can be deleted), and
+        :data:`PRUNED_KEY` records the time, so a report reads those days from them.
+
+        Raises:
+            InvalidArgument: ``before`` is not a finite clock time.
+            DatabaseUnavailable: the database failed (nothing was deleted).
+        """
+        from sqlalchemy import func, select
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(before, bool) or not isinstance(before, int | float):
+            raise InvalidArgument("before", before, "must be a clock time (seconds)")
+        if not math.isfinite(before):
+            raise InvalidArgument("before", before, "must be a finite clock time")
+        if self.version is None or self.version < SCHEMA_VERSION:
+            raise DatabaseUnavailable(self.shown, "open it for writing to prune it")
+        cutoff = float(math.floor(before / DAY) * DAY)
+        t = self.tables
+        old_requests = select(t.requests.c.request_id).where(
+            func.coalesce(t.requests.c.closed_at, t.requests.c.opened_at) < cutoff
+        )
+        meta = t.meta
+        try:
+            with self.engine.begin() as conn:
+                events = conn.execute(
+                    t.events.delete().where(t.events.c.request_id.in_(old_requests))
+                ).rowcount
+                calls = conn.execute(
+                    t.calls.delete().where(func.coalesce(t.calls.c.at, t.calls.c.began_at) < cutoff)
+                ).rowcount
+                requests = conn.execute(
+                    t.requests.delete().where(
+                        func.coalesce(t.requests.c.closed_at, t.requests.c.opened_at) < cutoff
+                    )
+                ).rowcount
+                held = conn.execute(select(meta.c.value).where(meta.c.key == PRUNED_KEY)).scalar()
+                if held is None:
+                    conn.execute(meta.insert().values(key=PRUNED_KEY, value=repr(cutoff)))
+                elif float(held) < cutoff:
+                    conn.execute(
+                        meta.update().where(meta.c.key == PRUNED_KEY).values(value=repr(cutoff))
+                    )
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from None
+        return Pruned(before=cutoff, calls=calls, requests=requests, events=events)
+
     def _replace_each(self, latest: Mapping[str, RequestUsage]) -> int:
         """Write each record in a transaction of its own; report the ones refused.
 
@@ -520,16 +595,17 @@ class Database:
         t = self.tables
         conn.execute(t.daily.delete())
         rollup = Rollup(storable)
-        streamed = conn.execution_options(yield_per=20_000)
         # Both in code point order (as Python compares), whatever the database's collation.
         binary = "C" if conn.dialect.name == "postgresql" else "BINARY"
-        requests = streamed.execute(
-            select(t.requests).order_by(t.requests.c.request_id.collate(binary))
+        requests = conn.execute(
+            select(t.requests)
+            .order_by(t.requests.c.request_id.collate(binary))
+            .execution_options(yield_per=20_000)
         ).mappings()
-        calls = streamed.execute(
-            select(*_present(conn, (t.calls,))[0]).order_by(
-                t.calls.c.request_id.collate(binary), t.calls.c.grant_id
-            )
+        calls = conn.execute(
+            select(*_present(conn, (t.calls,))[0])
+            .order_by(t.calls.c.request_id.collate(binary), t.calls.c.grant_id)
+            .execution_options(yield_per=20_000)
         ).mappings()
         for record in _records(requests, calls):
             rollup.add(record)
