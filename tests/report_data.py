@@ -9,9 +9,15 @@ time, and times spread over ``DAYS`` days from ``START`` (UTC midnight).
 
 from __future__ import annotations
 
+import math
 import random
+from typing import Any
+
+from sqlalchemy import text, update
 
 from apportion.telemetry.records import CallUsage, RequestUsage
+from apportion.telemetry.rollups import RELATIVE_ERROR
+from apportion.telemetry.sql import Database
 
 START = 1_750_032_000.0  # a UTC midnight
 DAYS = 6
@@ -108,3 +114,54 @@ def generated(seed: int, requests: int = 300) -> list[RequestUsage]:
                     )
                 )
     return out
+
+
+def make_version_4(url: str) -> None:
+    """Turn a database back into what version 4 wrote: no rollups table."""
+    with Database(url) as db, db.engine.begin() as conn:
+        conn.execute(text("DROP TABLE apportion_daily"))
+        conn.execute(
+            update(db.tables.meta).where(db.tables.meta.c.key == "schema_version").values(value="4")
+        )
+
+
+def close(a: float | None, b: float | None, rel: float) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
+
+
+def agree_within_the_bound(raw: dict[str, Any], rolled: dict[str, Any]) -> None:
+    """Counts, sums, maxima and rates equal; percentiles within the bound."""
+    assert raw["calls"] == rolled["calls"]
+    assert raw["statuses"] == rolled["statuses"]
+    assert list(raw["agents"]) == list(rolled["agents"])
+    assert list(raw["kinds"]) == list(rolled["kinds"])
+    for group in ("agents", "kinds"):
+        for name, a in raw[group].items():
+            b = rolled[group][name]
+            for key in (
+                "calls",
+                "released",
+                "granted_calls",
+                "ceiling_hits",
+                "ceiling_known_calls",
+                "overuse",
+                "statuses",
+                "models",
+                "over_budgeted",
+                "under_budgeted",
+            ):
+                assert a[key] == b[key], (group, name, key)
+            for key in ("utilization", "ceiling_hit_rate", "truncation_rate", "cost_usd"):
+                assert close(a[key], b[key], 1e-9), (group, name, key)
+            for side in ("input", "output"):
+                assert a[side]["max"] == b[side]["max"]
+                assert close(a[side]["mean"], b[side]["mean"], 1e-12)
+                for q in ("p50", "p90", "p99"):
+                    assert close(a[side][q], b[side][q], RELATIVE_ERROR * (1 + 1e-9)), (
+                        group,
+                        name,
+                        side,
+                        q,
+                    )

@@ -5,18 +5,17 @@ stated error bound (:data:`~apportion.telemetry.rollups.RELATIVE_ERROR`)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import select, text, update
+from sqlalchemy import select
 
 from apportion.analysis.window_report import report_database
 from apportion.telemetry.records import SCHEMA_VERSION
 from apportion.telemetry.rollups import RELATIVE_ERROR, bucket_of, bucket_value
 from apportion.telemetry.sql import Database, open_database
-from report_data import generated
+from report_data import agree_within_the_bound, generated, make_version_4
 
 
 def daily_rows(url: str) -> list[tuple[Any, ...]]:
@@ -33,15 +32,6 @@ def daily_rows(url: str) -> list[tuple[Any, ...]]:
         for row in rows
         if row[6] or abs(row[7]) > 1e-9 or abs(row[8]) > 1e-9
     )
-
-
-def make_version_4(url: str) -> None:
-    """Turn a database back into what version 4 wrote: no rollups table."""
-    with Database(url) as db, db.engine.begin() as conn:
-        conn.execute(text("DROP TABLE apportion_daily"))
-        conn.execute(
-            update(db.tables.meta).where(db.tables.meta.c.key == "schema_version").values(value="4")
-        )
 
 
 @given(st.integers(min_value=0, max_value=10**12))
@@ -87,48 +77,6 @@ def test_writing_a_request_again_takes_back_its_rollups(db_url: str, tmp_path: A
         replaced = {r.request_id for r in again}
         db.write([r for r in first if r.request_id not in replaced] + again)
     assert daily_rows(db_url) == daily_rows(fresh)
-
-
-def close(a: float | None, b: float | None, rel: float) -> bool:
-    if a is None or b is None:
-        return a is b
-    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
-
-
-def agree_within_the_bound(raw: dict[str, Any], rolled: dict[str, Any]) -> None:
-    """Counts, sums, maxima and rates equal; percentiles within the bound."""
-    assert raw["calls"] == rolled["calls"]
-    assert raw["statuses"] == rolled["statuses"]
-    assert list(raw["agents"]) == list(rolled["agents"])
-    assert list(raw["kinds"]) == list(rolled["kinds"])
-    for group in ("agents", "kinds"):
-        for name, a in raw[group].items():
-            b = rolled[group][name]
-            for key in (
-                "calls",
-                "released",
-                "granted_calls",
-                "ceiling_hits",
-                "ceiling_known_calls",
-                "overuse",
-                "statuses",
-                "models",
-                "over_budgeted",
-                "under_budgeted",
-            ):
-                assert a[key] == b[key], (group, name, key)
-            for key in ("utilization", "ceiling_hit_rate", "truncation_rate", "cost_usd"):
-                assert close(a[key], b[key], 1e-9), (group, name, key)
-            for side in ("input", "output"):
-                assert a[side]["max"] == b[side]["max"]
-                assert close(a[side]["mean"], b[side]["mean"], 1e-12)
-                for q in ("p50", "p90", "p99"):
-                    assert close(a[side][q], b[side][q], RELATIVE_ERROR * (1 + 1e-9)), (
-                        group,
-                        name,
-                        side,
-                        q,
-                    )
 
 
 def test_the_report_from_rollups_is_within_the_bound(db_url: str) -> None:
