@@ -20,6 +20,12 @@ Tables (all prefixed ``apportion_`` so they can share a database):
   a request the kinds of its refused agents (``refused_kinds``, JSON ``{agent: kind}``);
   a version-3 (or older) database reads with no kinds, and its first writer adds the two
   columns in place the same way.
+- ``apportion_daily`` (since schema version 5): the daily rollups per agent
+  (:mod:`apportion.telemetry.rollups`), kept by every write in the transaction that
+  writes the records; the first writer of an older database adds the table and builds
+  them from its raw rows (in the same transaction as the upgrade).
+  :meth:`Database.prune` deletes raw rows older than a day and keeps the rollups
+  (``apportion_meta`` key ``pruned_before`` records up to when).
 - ``apportion_events``: the ledger's events, in order (``open``, ``begin``, ``extend``,
   ``finish``, ``release``, ``expire``, ``close``).
 - ``apportion_rollout_events`` (since schema version 2): the decisions of progressive
@@ -36,8 +42,9 @@ surrogate (no UTF-8 database can hold one) as ``\ufffd`` (:func:`storable`); fea
 stored as JSON, keep them exactly.
 
 :class:`SQLSink` writes records (from the telemetry worker thread, or directly when
-ingesting); :func:`open_database` opens a database for reading, and
-:meth:`Database.load` reads the calls and requests of a period back.
+ingesting; :meth:`Database.append` in bulk); :func:`open_database` opens a database for
+reading, and :meth:`Database.load` reads the calls and requests of a period back (the
+report aggregates in the database instead: :mod:`apportion.analysis.window_report`).
 """
 
 from __future__ import annotations
