@@ -27,14 +27,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from apportion.telemetry.rollups import DAY, bucket_of, bucket_value
+from apportion.telemetry.sql import root_of_record
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from sqlalchemy import Connection, Table
     from sqlalchemy.sql.elements import ColumnElement
 
+    from apportion.analysis.trees import CallCounts
+    from apportion.telemetry.records import RequestUsage
     from apportion.telemetry.sql import Database
 
-__all__ = ["Aggregates", "Group", "Window", "aggregate"]
+__all__ = ["Aggregates", "Group", "Window", "aggregate", "tree_counts"]
 
 HISTOGRAMS: Final = ("input", "need", "output")
 """The token counts a report takes percentiles of: input used, input needed, output."""
@@ -235,20 +240,20 @@ def _run(db: Database, statements: dict[str, Any]) -> dict[str, list[Any]]:
         return {name: future.result() for name, future in futures.items()}
 
 
-def _raw(conn: Connection, db: Database, window: Window) -> dict[str, Any]:
-    """The statements over the raw rows of the window, by name."""
-    from sqlalchemy import and_, case, func, literal, or_, select
+def _finished(c: dict[str, Any]) -> Any:
+    """Whether a call finished with usage (SQL)."""
+    from sqlalchemy import and_
 
-    c = _columns(conn, db.tables.calls)
-    at = func.coalesce(c["at"], c["began_at"])
-    where = _time_filter(at, window, exclude_rolled=True)
-    if window.pipeline is not None:
-        where.append(c["pipeline"] == window.pipeline)
-    finished = and_(
+    return and_(
         c["settled"] == "finish", c["used_input"].is_not(None), c["used_output"].is_not(None)
     )
-    kind = func.coalesce(c["kind"], "")
-    status = case(
+
+
+def _status(c: dict[str, Any]) -> Any:
+    """How a call ended (SQL): :attr:`~apportion.telemetry.records.CallUsage.ending`."""
+    from sqlalchemy import and_, case, or_
+
+    return case(
         (and_(c["status"].is_not(None), c["status"] != ""), c["status"]),
         (
             or_(c["used_input"].is_(None), c["used_output"].is_(None)),
@@ -258,6 +263,89 @@ def _raw(conn: Connection, db: Database, window: Window) -> dict[str, Any]:
         (c["truncated"] == True, "cut"),  # noqa: E712 - SQL, not Python
         else_="completed",
     )
+
+
+def tree_counts(
+    db: Database, window: Window, requests: Mapping[str, RequestUsage]
+) -> list[CallCounts]:
+    """The calls of the trees' requests summed up per request and status (in the database).
+
+    Args:
+        db: the database.
+        window: the window (trees are read from raw rows only: no day is left out).
+        requests: the trees' requests (:meth:`~apportion.telemetry.sql.Database.
+            load_tree_requests`): the calls of the children in it and of their roots count.
+    """
+    from sqlalchemy import and_, case, func, or_, select
+
+    out: list[CallCounts] = []
+    with db.engine.connect() as conn:
+        c = _columns(conn, db.tables.calls)
+        r = db.tables.requests.c
+        at = func.coalesce(c["at"], c["began_at"])
+        where = _time_filter(at, window, exclude_rolled=False)
+        rwhere = _time_filter(func.coalesce(r.closed_at, r.opened_at), window, exclude_rolled=False)
+        if window.pipeline is not None:
+            where.append(c["pipeline"] == window.pipeline)
+            rwhere.append(r.pipeline == window.pipeline)
+        children = select(r.request_id).where(*rwhere, r.parent_id.is_not(None))
+        roots = select(r.root_id).where(*rwhere, r.parent_id.is_not(None), r.root_id.is_not(None))
+        finished = _finished(c)
+        costed = and_(finished, c["cost_usd"].is_not(None))
+
+        def query(members: Any) -> Any:
+            status = _status(c)  # one expression: PostgreSQL matches GROUP BY by its text
+            return (
+                select(
+                    c["request_id"],
+                    status,
+                    func.count(),
+                    func.sum(case((finished, 1), else_=0)),
+                    func.sum(case((finished, c["used_input"] + c["used_output"]), else_=0)),
+                    func.sum(case((costed, c["cost_usd"]), else_=None)),
+                    func.sum(case((costed, 1), else_=0)),
+                )
+                .where(*where, members)
+                .group_by(c["request_id"], status)
+            )
+
+        batches = [query(or_(c["request_id"].in_(children), c["request_id"].in_(roots)))]
+        known = {rec.root_id for rec in requests.values() if rec.parent_id is not None}
+        derived = sorted(
+            {root_of_record(rec) for rec in requests.values() if rec.parent_id is not None}
+            - known
+            - {rid for rid, rec in requests.items() if rec.parent_id is not None}
+        )
+        for start in range(0, len(derived), 500):
+            batches.append(query(c["request_id"].in_(derived[start : start + 500])))
+        for statement in batches:
+            for rid, name, n, done, tokens, cost, n_costed in conn.execute(statement):
+                out.append(
+                    (
+                        rid,
+                        name,
+                        int(n),
+                        int(done or 0),
+                        int(tokens or 0),
+                        float(cost or 0.0),
+                        int(n_costed or 0),
+                    )
+                )
+    return out
+
+
+def _raw(conn: Connection, db: Database, window: Window) -> dict[str, Any]:
+    """The statements over the raw rows of the window, by name."""
+    from sqlalchemy import and_, case, func, literal, or_, select
+
+    c = _columns(conn, db.tables.calls)
+    at = func.coalesce(c["at"], c["began_at"])
+    where = _time_filter(at, window, exclude_rolled=True)
+    if window.pipeline is not None:
+        where.append(c["pipeline"] == window.pipeline)
+    finished = _finished(c)
+    kind = func.coalesce(c["kind"], "")
+    status = _status(c)
     truncated = c["truncated"] == True  # noqa: E712
     input_cut = c["input_cut"] == True  # noqa: E712
     hit = or_(truncated, input_cut)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from apportion.analysis.aggregate import Aggregates, Group, Window, aggregate
+from apportion.analysis.aggregate import Aggregates, Group, Window, aggregate, tree_counts
 from apportion.analysis.figures import SPREAD_PERCENTILES
 from apportion.analysis.report import (
     PERCENTILES,
@@ -173,7 +173,7 @@ def _report(
         agents=agents,
         kinds=kinds,
         rollouts=rollouts_of(rollout_set),
-        trees=build_trees(_tree_dataset(db, since, until, stored)),
+        trees=_trees(db, window),
     )
     spreads = {
         name: {side: _spread(g, side) for side in ("input", "output")}
@@ -242,34 +242,32 @@ def _rollouts(db: Database, since: float | None, until: float | None) -> Dataset
     return Dataset(db.shown, (), {}, rollouts=records)
 
 
-def _tree_dataset(
-    db: Database, since: float | None, until: float | None, pipeline: str | None
-) -> Dataset:
-    """The requests of the window's trees and their calls (nothing when it has none)."""
+def _trees(db: Database, window: Window) -> dict[str, Any]:
+    """The ``trees`` part of the report: the window's trees, from its raw rows."""
     from sqlalchemy import func, select
 
-    t = db.tables
-    r = t.requests.c
+    r = db.tables.requests.c
+    plain = Window(window.since, window.until, window.pipeline)
     with db.engine.connect() as conn:
-        held = {c["name"] for c in _inspect_columns(conn, t.requests.name)}
+        held = {c["name"] for c in _inspect_columns(conn, db.tables.requests.name)}
         if "parent_id" not in held:
-            return Dataset(db.shown, (), {})
+            return build_trees(Dataset(db.shown, (), {}))
         when = func.coalesce(r.closed_at, r.opened_at)
         where = []
-        if since is not None:
-            where.append(when >= since)
-        if until is not None:
-            where.append(when < until)
-        if pipeline is not None:
-            where.append(r.pipeline == pipeline)
-        if (
-            conn.execute(
-                select(r.request_id).where(*where, r.parent_id.is_not(None)).limit(1)
-            ).first()
-            is None
-        ):
-            return Dataset(db.shown, (), {})
-        return db.load_trees(conn, since=since, until=until, pipeline=pipeline)
+        if window.since is not None:
+            where.append(when >= window.since)
+        if window.until is not None:
+            where.append(when < window.until)
+        if window.pipeline is not None:
+            where.append(r.pipeline == window.pipeline)
+        child = select(r.request_id).where(*where, r.parent_id.is_not(None)).limit(1)
+        if conn.execute(child).first() is None:
+            return build_trees(Dataset(db.shown, (), {}))
+        requests = db.load_tree_requests(
+            conn, since=window.since, until=window.until, pipeline=window.pipeline
+        )
+    counts = tree_counts(db, plain, requests)
+    return build_trees(Dataset(db.shown, (), requests), counts=counts)
 
 
 def _inspect_columns(conn: Any, name: str) -> list[Any]:

@@ -725,58 +725,67 @@ class Database:
         except ValueError:
             return None
 
-    def load_trees(
+    def load_tree_requests(
         self,
         conn: Connection,
         *,
         since: float | None = None,
         until: float | None = None,
         pipeline: str | None = None,
-    ) -> Dataset:
-        """The requests of the period's request trees and their calls (as :meth:`load`).
+    ) -> dict[str, RequestUsage]:
+        """The requests of the period's request trees: its child requests and their roots.
 
-        The child requests of the period, their roots (when in the period) and the calls
-        of all of them in the period: what :func:`~apportion.analysis.trees.build_trees`
-        reads, without the flat requests.
+        Roots outside the period are left out. Each record holds what a tree needs (ids,
+        pipeline, status, ceiling, consumed, refused begins, place in the tree); no
+        features, no calls.
         """
         from sqlalchemy import func, select
 
-        t = self.tables
-        calls_cols, requests_cols = _present(conn, (t.calls, t.requests))
-        r, c = t.requests.c, t.calls.c
-        rwhere: list[Any] = []
-        cwhere: list[Any] = []
-        for column, where in (
-            (func.coalesce(r.closed_at, r.opened_at), rwhere),
-            (func.coalesce(c.at, c.began_at), cwhere),
-        ):
-            if since is not None:
-                where.append(column >= since)
-            if until is not None:
-                where.append(column < until)
+        r = self.tables.requests.c
+        where = []
+        when = func.coalesce(r.closed_at, r.opened_at)
+        if since is not None:
+            where.append(when >= since)
+        if until is not None:
+            where.append(when < until)
         if pipeline is not None:
-            rwhere.append(r.pipeline == pipeline)
-            cwhere.append(c.pipeline == pipeline)
-        requests = {
-            row["request_id"]: _request_from(row)
-            for row in conn.execute(
-                select(*requests_cols).where(*rwhere, r.parent_id.is_not(None))
-            ).mappings()
+            where.append(r.pipeline == pipeline)
+        columns = (
+            r.request_id,
+            r.pipeline,
+            r.ceiling,
+            r.consumed,
+            r.status,
+            r.refused,
+            r.parent_id,
+            r.root_id,
+            r.depth,
+        )
+
+        def record(row: Sequence[Any]) -> RequestUsage:
+            rid, name, ceiling, consumed, status, refused, parent, root, depth = row
+            return RequestUsage(
+                request_id=rid,
+                pipeline=name,
+                ceiling=ceiling,
+                consumed=consumed or 0,
+                status=status,
+                refused=_refused_from(refused),
+                parent_id=parent,
+                root_id=root,
+                depth=depth or 0,
+            )
+
+        found = {
+            row[0]: record(row)
+            for row in conn.execute(select(*columns).where(*where, r.parent_id.is_not(None)))
         }
-        roots = sorted({root_of_record(rec) for rec in requests.values()} - set(requests))
+        roots = sorted({root_of_record(rec) for rec in found.values()} - set(found))
         for start in range(0, len(roots), _CHUNK):
             chunk = roots[start : start + _CHUNK]
-            query = select(*requests_cols).where(*rwhere, r.request_id.in_(chunk))
-            for row in conn.execute(query).mappings():
-                requests[row["request_id"]] = _request_from(row)
-        members = sorted(set(requests) | set(roots))
-        calls: list[CallUsage] = []
-        for start in range(0, len(members), _CHUNK):
-            chunk = members[start : start + _CHUNK]
-            query = select(*calls_cols).where(*cwhere, c.request_id.in_(chunk))
-            calls.extend(_call_from(row) for row in conn.execute(query).mappings())
-        calls.sort(key=lambda call: (call.request_id, call.grant_id))
-        return Dataset(self.shown, tuple(calls), requests)
+            for row in conn.execute(select(*columns).where(*where, r.request_id.in_(chunk))):
+                found[row[0]] = record(row)
+        return found
 
     def _rollout_rows(self, conn: Connection, since: float | None) -> Sequence[Any]:
         """The rollout decisions since ``since``, in the order written (none before v2)."""
