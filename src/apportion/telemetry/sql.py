@@ -770,7 +770,7 @@ class Database:
                 ceiling=ceiling,
                 consumed=consumed or 0,
                 status=status,
-                refused=_refused_from(refused),
+                refused=_refused_from(refused) if refused else {},
                 parent_id=parent,
                 root_id=root,
                 depth=depth or 0,
