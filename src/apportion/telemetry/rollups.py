@@ -76,9 +76,6 @@ RELATIVE_ERROR: Final = (GAMMA - 1) / (GAMMA + 1)
 _LOG_GAMMA: Final = math.log(GAMMA)
 _FIRST: Final = math.floor(math.log(EXACT_BELOW) / _LOG_GAMMA)
 
-Key = tuple[int, str, str, str, str, str]
-"""day, pipeline, agent, kind, measure, key."""
-
 
 def bucket_of(value: int) -> int:
     """The histogram bucket of a token count (the value itself below :data:`EXACT_BELOW`)."""
@@ -113,6 +110,47 @@ def _hit(call: CallUsage) -> bool | None:
     return call.ceiling_hit
 
 
+class _Group:
+    """What one ``(day, pipeline, agent, kind)`` adds up to, before it becomes rows."""
+
+    __slots__ = (
+        "calls",
+        "counts",
+        "cut_input",
+        "cut_output",
+        "histograms",
+        "models",
+        "quality",
+        "statuses",
+        "sums",
+        "top_input",
+        "top_output",
+    )
+
+    def __init__(self) -> None:
+        self.calls = 0
+        # (measure, key): count, for the measures that only count
+        self.counts: dict[tuple[str, str], int] = {}
+        # (measure, key): total, for the sums (the count is ``calls`` or ``counts``)
+        self.sums: dict[tuple[str, str], float] = {}
+        self.histograms: dict[str, dict[int, int]] = {"input": {}, "need": {}, "output": {}}
+        self.models: dict[str, int] = {}
+        self.statuses: dict[str, int] = {}
+        self.quality: dict[str, list[float]] = {}
+        self.top_input: int | None = None
+        self.top_output: int | None = None
+        self.cut_input: int | None = None
+        self.cut_output: int | None = None
+
+
+def _count(counts: dict[Any, Any], key: Any, n: float) -> None:
+    counts[key] = counts.get(key, 0) + n
+
+
+def _larger(a: int | None, b: int) -> int:
+    return b if a is None or b > a else a
+
+
 class Rollup:
     """The rollup rows a batch of records adds (or, with ``sign=-1``, takes back).
 
@@ -122,25 +160,14 @@ class Rollup:
 
     def __init__(self, clean: Callable[[str], str] = str) -> None:
         self.clean = clean
-        self.cells: dict[Key, list[Any]] = {}  # count, total, total2, top
+        self.groups: dict[tuple[int, str, str, str], _Group] = {}
 
-    def _add(
-        self,
-        key: Key,
-        count: int = 0,
-        total: float = 0.0,
-        total2: float = 0.0,
-        top: int | None = None,
-    ) -> None:
-        cell = self.cells.get(key)
-        if cell is None:
-            self.cells[key] = [count, total, total2, top]
-            return
-        cell[0] += count
-        cell[1] += total
-        cell[2] += total2
-        if top is not None and (cell[3] is None or top > cell[3]):
-            cell[3] = top
+    def _group(self, day: int, pipeline: str, agent: str, kind: str) -> _Group:
+        key = (day, pipeline, agent, kind)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = _Group()
+        return group
 
     def add(self, record: RequestUsage, sign: int = 1) -> None:
         """Roll up one record (``sign=-1``: take back what it added)."""
@@ -150,27 +177,32 @@ class Rollup:
         scored = outcome is not None and math.isfinite(outcome)
         rday = day_of(record.closed_at, record.opened_at)
         if rday is not None:
-            self._add((rday, pipeline, "", "", "requests", ""), sign)
+            counts = self._group(rday, pipeline, "", "").counts
+            _count(counts, ("requests", ""), sign)
             if scored:
-                self._add((rday, pipeline, "", "", "scored", ""), sign)
+                _count(counts, ("scored", ""), sign)
             if record.overflow:
-                self._add((rday, pipeline, "", "", "overflow", ""), sign * int(record.overflow))
-            for agent, count in record.refused.items():
+                _count(counts, ("overflow", ""), sign * int(record.overflow))
+            for agent, n in record.refused.items():
                 kind = clean(record.refused_kinds.get(agent) or "")
-                self._add((rday, pipeline, clean(agent), kind, "refused", ""), sign * count)
-        # (level agent, level kind): (first day, cut) over the finished calls of each
+                _count(
+                    self._group(rday, pipeline, clean(agent), kind).counts,
+                    ("refused", ""),
+                    sign * n,
+                )
+        # (level agent, level kind): [first day, cut] over the finished calls of each
         firsts: dict[tuple[str, str], list[Any]] = {}
         for call in record.calls:
             day = day_of(call.at, call.began_at)
             if day is None:
                 continue
-            agent, kind = clean(call.agent), clean(call.kind or "")
-            self._add((day, pipeline, agent, kind, "status", clean(call.ending)), sign)
+            agent, kind = clean(call.agent), clean(call.kind) if call.kind else ""
+            group = self._group(day, pipeline, agent, kind)
+            _count(group.statuses, clean(call.ending), sign)
             if not _finished(call):
-                self._add((day, pipeline, agent, kind, "released", ""), sign)
+                _count(group.counts, ("released", ""), sign)
                 continue
-            self._call(day, pipeline, agent, kind, call, sign)
-            hit = bool(_hit(call))
+            hit = self._call(group, call, sign)
             for level in ((agent, ""), ("", kind)) if kind else ((agent, ""),):
                 seen = firsts.get(level)
                 if seen is None:
@@ -179,79 +211,108 @@ class Rollup:
                     seen[0] = min(seen[0], day)
                     seen[1] = seen[1] or hit
         for (agent, kind), (day, cut) in firsts.items():
-            self._add((day, pipeline, agent, kind, "requests", ""), sign)
+            group = self._group(day, pipeline, agent, kind)
+            _count(group.counts, ("requests", ""), sign)
             if scored:
                 assert outcome is not None
-                name = "cut" if cut else "uncut"
-                self._add(
-                    (day, pipeline, agent, kind, "quality", name),
-                    sign,
-                    sign * outcome,
-                    sign * outcome * outcome,
-                )
+                cell = group.quality.setdefault("cut" if cut else "uncut", [0, 0.0, 0.0])
+                cell[0] += sign
+                cell[1] += sign * outcome
+                cell[2] += sign * outcome * outcome
 
-    def _call(
-        self, day: int, pipeline: str, agent: str, kind: str, call: CallUsage, sign: int
-    ) -> None:
+    def _call(self, g: _Group, call: CallUsage, sign: int) -> bool:
+        """Count one finished call; whether it hit its budget."""
         used_in, used_out = int(call.used_input or 0), int(call.used_output or 0)
         need = used_in + int(call.dropped_tokens or 0)
-        at = (day, pipeline, agent, kind)
-        add = self._add
-        add((*at, "calls", ""), sign)
-        add((*at, "input", str(bucket_of(used_in))), sign)
-        add((*at, "need", str(bucket_of(need))), sign)
-        add((*at, "output", str(bucket_of(used_out))), sign)
-        add((*at, "used_input", ""), sign, float(sign * used_in), 0.0, used_in)
-        add((*at, "used_output", ""), sign, float(sign * used_out), 0.0, used_out)
+        g.calls += sign
+        hist = g.histograms
+        _count(hist["input"], bucket_of(used_in), sign)
+        _count(hist["need"], bucket_of(need), sign)
+        _count(hist["output"], bucket_of(used_out), sign)
+        sums, counts = g.sums, g.counts
+        _count(sums, ("used_input", ""), sign * used_in)
+        _count(sums, ("used_output", ""), sign * used_out)
+        g.top_input = _larger(g.top_input, used_in)
+        g.top_output = _larger(g.top_output, used_out)
         if call.granted_context is not None and call.granted_output is not None:
-            add((*at, "sized", "used_input"), sign, float(sign * used_in))
-            add((*at, "sized", "used_output"), sign, float(sign * used_out))
-            add((*at, "sized", "granted_context"), sign, float(sign * call.granted_context))
-            add((*at, "sized", "granted_output"), sign, float(sign * call.granted_output))
-        hit = _hit(call)
-        for name, flag in (
-            ("hit", hit),
-            ("truncated", call.truncated),
-            ("input_cut", call.input_cut),
-        ):
-            if flag is not None:
-                add((*at, name, "known"), sign)
-                if flag:
-                    add((*at, name, "yes"), sign)
+            _count(counts, ("sized", ""), sign)
+            _count(sums, ("sized", "used_input"), sign * used_in)
+            _count(sums, ("sized", "used_output"), sign * used_out)
+            _count(sums, ("sized", "granted_context"), sign * call.granted_context)
+            _count(sums, ("sized", "granted_output"), sign * call.granted_output)
+        truncated, input_cut = call.truncated, call.input_cut
+        hit = bool(truncated) or bool(input_cut)
+        if truncated is not None or input_cut is not None:
+            _count(counts, ("hit", "known"), sign)
+            if hit:
+                _count(counts, ("hit", "yes"), sign)
+        if truncated is not None:
+            _count(counts, ("truncated", "known"), sign)
+            if truncated:
+                _count(counts, ("truncated", "yes"), sign)
+                g.cut_output = _larger(g.cut_output, used_out)
+        if input_cut is not None:
+            _count(counts, ("input_cut", "known"), sign)
+            if input_cut:
+                _count(counts, ("input_cut", "yes"), sign)
+                g.cut_input = _larger(g.cut_input, need)
         if call.extensions:
-            add((*at, "extended", ""), sign)
+            _count(counts, ("extended", ""), sign)
         if call.overuse:
-            add((*at, "overuse", ""), sign * int(call.overuse))
+            _count(counts, ("overuse", ""), sign * int(call.overuse))
         if call.cost_usd is not None and math.isfinite(call.cost_usd):
-            add((*at, "cost", ""), sign, sign * call.cost_usd)
+            _count(counts, ("cost", ""), sign)
+            _count(sums, ("cost", ""), sign * call.cost_usd)
         if call.model:
-            add((*at, "model", self.clean(call.model)), sign)
-        if call.truncated:
-            add((*at, "cut_top", "output"), 0, top=used_out)
-        if call.input_cut:
-            add((*at, "cut_top", "input"), 0, top=need)
+            _count(g.models, self.clean(call.model), sign)
+        return hit
 
     def rows(self) -> list[dict[str, Any]]:
-        """The rows to upsert (those that change nothing left out)."""
-        out = []
-        for (day, pipeline, agent, kind, measure, key), cell in self.cells.items():
-            count, total, total2, top = cell
-            if not count and not total and not total2 and top is None:
-                continue
-            out.append(
-                {
-                    "day": day,
-                    "pipeline": pipeline,
-                    "agent": agent,
-                    "kind": kind,
-                    "measure": measure,
-                    "key": key,
-                    "count": count,
-                    "total": total,
-                    "total2": total2,
-                    "top": top,
-                }
-            )
+        """The rows to upsert, one per key (those that change nothing left out)."""
+        out: list[dict[str, Any]] = []
+        for (day, pipeline, agent, kind), g in self.groups.items():
+            head = {"day": day, "pipeline": pipeline, "agent": agent, "kind": kind}
+            cells: list[tuple[str, str, int, float, float, int | None]] = [
+                ("calls", "", g.calls, 0.0, 0.0, None)
+            ]
+            sized = g.counts.get(("sized", ""), 0)
+            for (measure, key), n in g.counts.items():
+                if measure not in ("sized", "cost"):  # those with their sums below
+                    cells.append((measure, key, n, 0.0, 0.0, None))
+            for (measure, key), total in g.sums.items():
+                if measure == "cost":
+                    n = g.counts.get(("cost", ""), 0)
+                elif measure == "sized":
+                    n = sized
+                else:
+                    n = g.calls
+                top = {"used_input": g.top_input, "used_output": g.top_output}.get(measure)
+                cells.append((measure, key, n, float(total), 0.0, top))
+            for name, histogram in g.histograms.items():
+                cells.extend(
+                    (name, str(bucket), n, 0.0, 0.0, None) for bucket, n in histogram.items()
+                )
+            cells.extend(("model", model, n, 0.0, 0.0, None) for model, n in g.models.items())
+            cells.extend(("status", name, n, 0.0, 0.0, None) for name, n in g.statuses.items())
+            for name, (scored, total, squares) in g.quality.items():
+                cells.append(("quality", name, int(scored), total, squares, None))
+            if g.cut_output is not None:
+                cells.append(("cut_top", "output", 0, 0.0, 0.0, g.cut_output))
+            if g.cut_input is not None:
+                cells.append(("cut_top", "input", 0, 0.0, 0.0, g.cut_input))
+            for measure, key, count, total, total2, top in cells:
+                if count or total or total2 or top is not None:
+                    out.append(
+                        head
+                        | {
+                            "measure": measure,
+                            "key": key,
+                            "count": count,
+                            "total": total,
+                            "total2": total2,
+                            "top": top,
+                        }
+                    )
         return out
 
 
