@@ -159,8 +159,16 @@ class Rollup:
     """
 
     def __init__(self, clean: Callable[[str], str] = str) -> None:
-        self.clean = clean
+        self._clean = clean
+        self._texts: dict[str, str] = {}  # names recur: each cleaned once
         self.groups: dict[tuple[int, str, str, str], _Group] = {}
+
+    def clean(self, text: str) -> str:
+        """``text`` as it is stored."""
+        stored = self._texts.get(text)
+        if stored is None:
+            stored = self._texts[text] = self._clean(text)
+        return stored
 
     def _group(self, day: int, pipeline: str, agent: str, kind: str) -> _Group:
         key = (day, pipeline, agent, kind)
