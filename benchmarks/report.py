@@ -25,7 +25,9 @@ and the report reads every whole day from the rollups (``--rollups always``).
 Prints one JSON line: ``events``, ``seconds`` (the report command, end to end in its
 process: reading the database, the report, its tables, the JSON and the HTML page),
 ``peak_rss_mb`` (the report process's peak memory; ``max_rss_mb`` the same, its older
-name), ``write_seconds`` (generating and writing the events, not part of ``seconds``),
+name), ``cpu_seconds`` (the report process's CPU time, user and system: SQLite works in
+that process, PostgreSQL in its server; less sensitive than ``seconds`` to a loaded
+machine), ``write_seconds`` (generating and writing the events, not part of ``seconds``),
 ``write_path``, ``database`` (``sqlite`` or ``postgresql``), ``requests``, ``db_mb``,
 ``load_average`` (the machine's, over the last minute, at the end: other work slows the
 run), ``python`` and ``machine``.
@@ -50,6 +52,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from apportion.telemetry.records import CallUsage, RequestUsage
 from apportion.telemetry.rollups import DAY, Rollup, upsert
@@ -167,7 +170,7 @@ def write_rollups(url: str, events: int, seed: int) -> tuple[int, int]:
         rollup = Rollup(storable)
         for record in requests(per_day, seed + number):
             rollup.add(record)
-        merged: dict[tuple[object, ...], dict[str, object]] = {}  # one day: the week's days
+        merged: dict[tuple[object, ...], dict[str, Any]] = {}  # one day: the week's days
         for row in rollup.rows():
             key = (row["pipeline"], row["agent"], row["kind"], row["measure"], row["key"])
             seen = merged.get(key)
@@ -175,8 +178,8 @@ def write_rollups(url: str, events: int, seed: int) -> tuple[int, int]:
                 merged[key] = row
                 continue
             for name in ("count", "total", "total2"):
-                seen[name] += row[name]  # type: ignore[operator]
-            if row["top"] is not None and (seen["top"] is None or row["top"] > seen["top"]):  # type: ignore[operator]
+                seen[name] += row[name]
+            if row["top"] is not None and (seen["top"] is None or row["top"] > seen["top"]):
                 seen["top"] = row["top"]
         samples.append(list(merged.values()))
     first_day = math.floor(START / DAY)
@@ -202,12 +205,12 @@ def write_rollups(url: str, events: int, seed: int) -> tuple[int, int]:
 
 def run_report(
     url: str, out: Path, html: bool, rollups: str
-) -> tuple[dict[str, object], float, int]:
+) -> tuple[dict[str, object], dict[str, float]]:
     """Run ``apportion report`` on ``url`` in a child process.
 
     Returns:
-        The JSON document it wrote, its seconds (measured in the child, around the
-        command) and its peak memory in MB.
+        The JSON document it wrote, and what the child measured: ``seconds`` (around
+        the command), ``peak_rss_mb`` and ``cpu`` (its CPU seconds).
     """
     args = ["report", url, "--json", str(out / "report.json"), "--rollups", rollups]
     if html:
@@ -220,9 +223,9 @@ def run_report(
     )
     if child.returncode != 0:
         raise SystemExit(f"apportion report failed: {(child.stdout + child.stderr)[-2000:]}")
-    measured = json.loads(child.stdout.strip().splitlines()[-1])
+    measured: dict[str, float] = json.loads(child.stdout.strip().splitlines()[-1])
     document: dict[str, object] = json.loads((out / "report.json").read_text())
-    return document, measured["seconds"], measured["peak_rss_mb"]
+    return document, measured
 
 
 def _child(args: list[str]) -> None:
@@ -237,8 +240,11 @@ def _child(args: list[str]) -> None:
     if result.exit_code != 0:
         print(result.output[-2000:], file=sys.stderr)
         raise SystemExit(result.exit_code)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": round(peak)}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
+    print(
+        json.dumps({"seconds": seconds, "peak_rss_mb": round(usage.ru_maxrss / 1024), "cpu": cpu})
+    )
 
 
 def _fresh_postgres(url: str) -> None:
@@ -305,7 +311,8 @@ def main() -> None:
             events = args.events
             count = write(url, events, args.seed, args.tree, args.sink_writes)
         write_seconds = time.perf_counter() - start
-        document, seconds, peak = run_report(url, out, not args.no_html, rollups)
+        document, measured = run_report(url, out, not args.no_html, rollups)
+        seconds, peak = measured["seconds"], measured["peak_rss_mb"]
         if document["calls"] != events or (count and document["requests"] != count):
             raise SystemExit(
                 f"the report counted {document['calls']} calls and {document['requests']} "
@@ -315,6 +322,7 @@ def main() -> None:
             "events": events,
             "seconds": round(seconds, 3),
             "peak_rss_mb": peak,
+            "cpu_seconds": round(measured["cpu"], 3),
             "requests": document["requests"],
             "write_seconds": round(write_seconds, 3),
             "write_path": "sink" if args.sink_writes else "bulk",
