@@ -116,6 +116,7 @@ def _tables() -> _Tables:
         String,
         Table,
         Text,
+        func,
     )
 
     md = MetaData()
@@ -211,6 +212,12 @@ def _tables() -> _Tables:
         Column("at", Float),
         Column("schema_version", Integer, nullable=False),
         Index("ix_apportion_rollout_events_at", "at"),
+    )
+    # since version 5: a report's window (the time of a call or request, as it is read)
+    Index("ix_apportion_calls_time", func.coalesce(calls.c.at, calls.c.began_at))
+    Index(
+        "ix_apportion_requests_time",
+        func.coalesce(requests.c.closed_at, requests.c.opened_at),
     )
     daily = Table(
         "apportion_daily",
@@ -1068,15 +1075,16 @@ def _add_columns(conn: Connection, tables: Sequence[Table]) -> None:
 
 
 def _add_indexes(conn: Connection, tables: Sequence[Table]) -> None:
-    """Add to an older database's tables the indexes later versions added."""
-    from sqlalchemy import inspect
+    """Add to an older database's tables the indexes later versions added.
 
-    inspector = inspect(conn)
+    ``CREATE INDEX IF NOT EXISTS`` (SQLite and PostgreSQL): an index on an expression is
+    not reflected, so it cannot be looked for first.
+    """
+    from sqlalchemy.schema import CreateIndex
+
     for table in tables:
-        held = {i["name"] for i in inspector.get_indexes(table.name)}
         for index in table.indexes:
-            if index.name not in held:
-                index.create(conn)
+            conn.execute(CreateIndex(index, if_not_exists=True))
 
 
 def _copy(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
