@@ -41,7 +41,7 @@ every percentile interpolated between two of them, is within 1% of the exact one
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from apportion.telemetry.records import CallUsage, RequestUsage
@@ -102,12 +102,6 @@ def day_of(*times: float | None) -> int | None:
 
 def _finished(call: CallUsage) -> bool:
     return call.settled == "finish" and call.used_input is not None and call.used_output is not None
-
-
-def _hit(call: CallUsage) -> bool | None:
-    if call.truncated is None and call.input_cut is None:
-        return None
-    return call.ceiling_hit
 
 
 class _Group:
@@ -355,11 +349,3 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> No
         },
     )
     conn.execute(stmt, list(rows))
-
-
-def roll_up(records: Iterable[RequestUsage], clean: Callable[[str], str], sign: int = 1) -> Rollup:
-    """A :class:`Rollup` of ``records``."""
-    rollup = Rollup(clean)
-    for record in records:
-        rollup.add(record, sign)
-    return rollup
