@@ -137,7 +137,7 @@ def parse_duration(text: object, option: str = "--older-than") -> float:
     return seconds
 
 
-def parse_since(text: str, now: float | None = None) -> float:
+def parse_since(text: str, now: float | None = None, option: str = "--since") -> float:
     """A ``--since`` value as a clock time (seconds since the epoch).
 
     Accepted: a duration back from now (``30m``, ``12h``, ``7d``, ``2w``, ``45s``), an ISO
@@ -160,7 +160,7 @@ def parse_since(text: str, now: float | None = None) -> float:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         raise ValueError(
-            f"--since {text!r}: give a duration (30m, 12h, 7d, 2w), an ISO date or date-time "
+            f"{option} {text!r}: give a duration (30m, 12h, 7d, 2w), an ISO date or date-time "
             "(2025-01-31, 2025-01-31T12:00), or seconds since the epoch"
         ) from None
 

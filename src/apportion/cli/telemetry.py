@@ -111,7 +111,7 @@ def report(
     try:
         _check_outputs(html, json_path)
         start = parse_since(since) if since is not None else None
-        end = parse_since(until) if until is not None else None
+        end = parse_since(until, option="--until") if until is not None else None
         with stages(*steps) as done:
             found = report_database(
                 db_url,
