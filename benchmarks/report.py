@@ -4,23 +4,36 @@ A usage event is one settled call (a row of ``apportion_calls``, what the report
 The events are generated for a five-agent pipeline (five calls per request, so 200,000
 requests by default) with usage drawn per agent from a seeded generator, some calls
 truncated or with their input cut, half the requests scored, spread over a week. They are
-written into a fresh SQLite file through the SQL sink's own insert path
-(:meth:`apportion.telemetry.sql.Database.write`, the tables of the sink's schema), in
-batches. Then the report runs over the file exactly as ``apportion report DB --json ...
---html ...`` runs it: the command itself is invoked (through Typer's test runner, in this
-process), and the JSON it writes is checked to count every event.
+written into a fresh database (a temporary SQLite file, ``--db PATH``, or ``--url``: a
+``postgresql://`` database, emptied first) through the SQL sink's own schema and row
+builders, in batches of 5,000 requests, each in one transaction with its daily rollups:
+by :meth:`~apportion.telemetry.sql.Database.append` (bulk: ``executemany`` on SQLite,
+``COPY`` on PostgreSQL), or with ``--sink-writes`` by the sink's own
+:meth:`~apportion.telemetry.sql.Database.write` (which looks for earlier rows of each id).
+Then ``apportion report DB --json ... [--html ...]`` runs in a child process (so its peak
+memory is its own), and the JSON it writes is checked to count every event.
 
 With ``--tree`` each request is a tree: its first call is the root's own, and each later
 call is made by a child request of its own (``r0000001::retriever`` ...), so the report
 also rolls up trees and groups children by name (five times as many requests).
 
-Prints one JSON line: ``events``, ``seconds`` (the report command, end to end: reading the
-database, the report, its tables, the JSON and the HTML page), and ``write_seconds``
-(generating and writing the events, not part of ``seconds``), ``requests``, ``db_mb``,
-``max_rss_mb`` (the process's peak memory), ``load_average`` (the machine's, over the last
-minute, at the end: other work slows the run), ``python`` and ``machine``.
+With ``--from-rollups`` no raw row is written: a year of daily rollup rows is, each day
+the rollups of one of seven generated days (1,000 requests each) with every count
+multiplied so the year holds about ``--events`` calls (``events`` is the exact number),
+and the report reads every whole day from the rollups (``--rollups always``).
 
-    python benchmarks/report.py [--events N] [--seed N] [--db PATH] [--no-html] [--tree]
+Prints one JSON line: ``events``, ``seconds`` (the report command, end to end in its
+process: reading the database, the report, its tables, the JSON and the HTML page),
+``peak_rss_mb`` (the report process's peak memory; ``max_rss_mb`` the same, its older
+name), ``cpu_seconds`` (the report process's CPU time, user and system: SQLite works in
+that process, PostgreSQL in its server; less sensitive than ``seconds`` to a loaded
+machine), ``write_seconds`` (generating and writing the events, not part of ``seconds``),
+``write_path``, ``database`` (``sqlite`` or ``postgresql``), ``requests``, ``db_mb``,
+``load_average`` (the machine's, over the last minute, at the end: other work slows the
+run), ``python`` and ``machine``.
+
+    python benchmarks/report.py [--events N] [--url URL | --db PATH] [--seed N] [--no-html]
+        [--tree] [--sink-writes] [--from-rollups] [--rollups auto|always|never]
 """
 
 from __future__ import annotations
@@ -28,17 +41,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import random
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from apportion.telemetry.records import CallUsage, RequestUsage
-from apportion.telemetry.sql import Database
+from apportion.telemetry.rollups import DAY, Rollup, upsert
+from apportion.telemetry.sql import Database, storable
 
 # (agent, priority, median input, median output, output grant): usage is drawn around
 # the medians; the output grant is what the budget allowed (a draw above it is truncated).
@@ -119,73 +137,203 @@ def requests(events: int, seed: int, tree: bool = False) -> Iterator[RequestUsag
         )
 
 
-def write(url: str, events: int, seed: int, tree: bool = False) -> int:
-    """Write the events through the SQL sink's insert path; the number of requests."""
+def write(url: str, events: int, seed: int, tree: bool = False, sink: bool = False) -> int:
+    """Write the events in batches (bulk, or through the sink's write); the requests written."""
     written = 0
     batch: list[RequestUsage] = []
     with Database(url, create=True) as db:
+        put = db.write if sink else db.append
         for record in requests(events, seed, tree):
             batch.append(record)
             if len(batch) == BATCH:
-                written += db.write(batch)
+                written += put(batch)
                 batch = []
-        written += db.write(batch)
+        written += put(batch)
     return written
 
 
-def report(url: str, out: Path, html: bool) -> dict[str, object]:
-    """Run ``apportion report`` on ``url``; the JSON document it wrote."""
+SAMPLE_DAYS = 7
+SAMPLE_REQUESTS = 1_000
+YEAR = 365
+
+
+def write_rollups(url: str, events: int, seed: int) -> tuple[int, int]:
+    """A year of daily rollups of about ``events`` calls; the calls and the rows written.
+
+    Each day is one of ``SAMPLE_DAYS`` generated days of ``SAMPLE_REQUESTS`` requests,
+    rolled up as the sink rolls up, every count (and sum) multiplied by one factor.
+    """
+    per_day = SAMPLE_REQUESTS * len(AGENTS)
+    factor = max(1, round(events / (YEAR * per_day)))
+    samples = []
+    for number in range(SAMPLE_DAYS):
+        rollup = Rollup(storable)
+        for record in requests(per_day, seed + number):
+            rollup.add(record)
+        merged: dict[tuple[object, ...], dict[str, Any]] = {}  # one day: the week's days
+        for row in rollup.rows():
+            key = (row["pipeline"], row["agent"], row["kind"], row["measure"], row["key"])
+            seen = merged.get(key)
+            if seen is None:
+                merged[key] = row
+                continue
+            for name in ("count", "total", "total2"):
+                seen[name] += row[name]
+            if row["top"] is not None and (seen["top"] is None or row["top"] > seen["top"]):
+                seen["top"] = row["top"]
+        samples.append(list(merged.values()))
+    first_day = math.floor(START / DAY)
+    rows_written = 0
+    with Database(url, create=True) as db:
+        for day in range(YEAR):
+            rows = []
+            for row in samples[day % SAMPLE_DAYS]:
+                rows.append(
+                    row
+                    | {
+                        "day": first_day + day,
+                        "count": row["count"] * factor,
+                        "total": row["total"] * factor,
+                        "total2": row["total2"] * factor,
+                    }
+                )
+            with db.engine.begin() as conn:
+                upsert(conn, db.tables.daily, rows)
+            rows_written += len(rows)
+    return YEAR * per_day * factor, rows_written
+
+
+def run_report(
+    url: str, out: Path, html: bool, rollups: str
+) -> tuple[dict[str, object], dict[str, float]]:
+    """Run ``apportion report`` on ``url`` in a child process.
+
+    Returns:
+        The JSON document it wrote, and what the child measured: ``seconds`` (around
+        the command), ``peak_rss_mb`` and ``cpu`` (its CPU seconds).
+    """
+    args = ["report", url, "--json", str(out / "report.json"), "--rollups", rollups]
+    if html:
+        args += ["--html", str(out / "report.html")]
+    child = subprocess.run(
+        [sys.executable, __file__, "--run-report", json.dumps(args)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if child.returncode != 0:
+        raise SystemExit(f"apportion report failed: {(child.stdout + child.stderr)[-2000:]}")
+    measured: dict[str, float] = json.loads(child.stdout.strip().splitlines()[-1])
+    document: dict[str, object] = json.loads((out / "report.json").read_text())
+    return document, measured
+
+
+def _child(args: list[str]) -> None:
+    """The child: run the command, print its seconds and peak memory."""
     from typer.testing import CliRunner
 
     from apportion.cli import app
 
-    args = ["report", url, "--json", str(out / "report.json")]
-    if html:
-        args += ["--html", str(out / "report.html")]
+    start = time.perf_counter()
     result = CliRunner().invoke(app, args)
+    seconds = time.perf_counter() - start
     if result.exit_code != 0:
-        raise SystemExit(f"apportion report failed ({result.exit_code}): {result.output[-2000:]}")
-    document: dict[str, object] = json.loads((out / "report.json").read_text())
-    return document
+        print(result.output[-2000:], file=sys.stderr)
+        raise SystemExit(result.exit_code)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
+    print(
+        json.dumps({"seconds": seconds, "peak_rss_mb": round(usage.ru_maxrss / 1024), "cpu": cpu})
+    )
+
+
+def _fresh_postgres(url: str) -> None:
+    """Drop the telemetry tables of a PostgreSQL database (the benchmark starts empty)."""
+    from sqlalchemy import text
+
+    with Database(url, create=True) as db, db.engine.begin() as conn:
+        for table in reversed(db.tables):
+            conn.execute(text(f'DROP TABLE IF EXISTS "{table.name}"'))
+
+
+def _db_mb(url: str, path: Path | None) -> float:
+    if path is not None:
+        return round(os.path.getsize(path) / 1e6, 1)
+    from sqlalchemy import text
+
+    with Database(url) as db, db.engine.connect() as conn:
+        size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar()
+    return round(int(size or 0) / 1e6, 1)
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--run-report":
+        _child(json.loads(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="calls to generate")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--db", type=Path, help="SQLite file to create (default: temporary)")
+    parser.add_argument("--url", help="a postgresql:// database to use instead (emptied first)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML page")
     parser.add_argument("--tree", action="store_true", help="make each request a tree")
+    parser.add_argument("--sink-writes", action="store_true", help="write with Database.write")
+    parser.add_argument(
+        "--from-rollups", action="store_true", help="write a year of daily rollups only"
+    )
+    parser.add_argument("--rollups", choices=("auto", "always", "never"), default=None)
     args = parser.parse_args()
     if args.events < 1:
         parser.error("--events must be at least 1")
+    if args.url and args.db:
+        parser.error("give --url or --db, not both")
+    if args.url and not args.url.startswith("postgresql"):
+        parser.error("--url must be a postgresql:// URL (use --db for a SQLite file)")
+    rollups = args.rollups or ("always" if args.from_rollups else "auto")
     with tempfile.TemporaryDirectory(prefix="apportion-report-bench-") as tmp:
         out = Path(tmp)
-        path = args.db or out / "telemetry.db"
-        if path.exists():
-            parser.error(f"{path} exists: give a new file")
-        url = f"sqlite:///{path}"
+        path: Path | None = None
+        if args.url:
+            url = args.url
+            _fresh_postgres(url)
+        else:
+            path = args.db or out / "telemetry.db"
+            if path.exists():
+                parser.error(f"{path} exists: give a new file")
+            url = f"sqlite:///{path}"
         start = time.perf_counter()
-        count = write(url, args.events, args.seed, args.tree)
+        extra: dict[str, object] = {}
+        if args.from_rollups:
+            events, rows = write_rollups(url, args.events, args.seed)
+            count = 0
+            extra = {"from_rollups": True, "rollup_days": YEAR, "rollup_rows": rows}
+        else:
+            events = args.events
+            count = write(url, events, args.seed, args.tree, args.sink_writes)
         write_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        document = report(url, out, html=not args.no_html)
-        seconds = time.perf_counter() - start
-        if document["calls"] != args.events or document["requests"] != count:
+        document, measured = run_report(url, out, not args.no_html, rollups)
+        seconds, peak = measured["seconds"], measured["peak_rss_mb"]
+        if document["calls"] != events or (count and document["requests"] != count):
             raise SystemExit(
                 f"the report counted {document['calls']} calls and {document['requests']} "
-                f"requests, not {args.events} and {count}"
+                f"requests, not {events} and {count}"
             )
         line = {
-            "events": args.events,
+            "events": events,
             "seconds": round(seconds, 3),
-            "requests": count,
+            "peak_rss_mb": peak,
+            "cpu_seconds": round(measured["cpu"], 3),
+            "requests": document["requests"],
             "write_seconds": round(write_seconds, 3),
+            "write_path": "sink" if args.sink_writes else "bulk",
+            "database": "postgresql" if args.url else "sqlite",
+            "rollups": rollups,
+            **extra,
             "html": not args.no_html,
             "tree": args.tree,
             "trees": document["trees"]["trees"],  # type: ignore[index]
-            "db_mb": round(os.path.getsize(path) / 1e6, 1),
-            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "db_mb": _db_mb(url, path),
+            "max_rss_mb": peak,
             "load_average": round(os.getloadavg()[0], 2),
             "python": platform.python_version(),
             "machine": platform.machine(),

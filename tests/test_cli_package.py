@@ -15,7 +15,7 @@ from apportion.cli import build_app
 SRC = Path(__file__).resolve().parents[1] / "src" / "apportion"
 COMMANDS = {
     "demo", "bench", "replay", "policies", "validate", "learn", "sweep", "optimize",
-    "report", "profile", "ingest", "serve",
+    "report", "profile", "ingest", "prune", "serve",
 }  # fmt: skip
 
 

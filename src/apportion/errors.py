@@ -787,6 +787,26 @@ class SchemaVersionError(ApportionError, RuntimeError):
         )
 
 
+class InvalidDuration(ApportionError, ValueError):
+    """A duration (``--older-than 30d``) that is not one.
+
+    Attributes:
+        option: the option or argument it was given for.
+        value: what was given.
+        reason: what a duration must be.
+    """
+
+    option: str
+    value: str
+    reason: str
+
+    def __init__(self, option: str, value: object, reason: str) -> None:
+        shown = excerpt(value)
+        super().__init__(
+            f"{option} {shown}: {reason}", option=option, value=str(value)[:200], reason=reason
+        )
+
+
 class UnsupportedCall(ApportionError, NotImplementedError):
     """A client method that would make a model call apportion cannot budget.
 

@@ -43,7 +43,7 @@ def team_run(telemetry: object) -> None:
 def test_the_sql_sink_keeps_each_calls_kind(db_url: str) -> None:
     team_run(db_url)
     with open_database(db_url) as db:
-        assert db.version == SCHEMA_VERSION == 4
+        assert db.version == SCHEMA_VERSION == 5
         data = db.load()
     assert [(c.agent, c.kind) for c in data.calls] == [
         ("lead", None),

@@ -4,7 +4,12 @@ Reports and profiles from usage telemetry (import the module you need; nothing o
 is imported here):
 
 - :mod:`apportion.analysis.report`: per-agent percentiles, utilization, ceiling hits,
-  flags, truncation against quality and recommended budgets (``apportion report``);
+  flags, truncation against quality and recommended budgets (``apportion report``), from
+  a dataset in memory;
+- :mod:`apportion.analysis.window_report`: the same report of a database over a window,
+  aggregated in the database (:mod:`apportion.analysis.aggregate`) and its daily rollups
+  (what ``apportion report`` runs; a dashboard calls
+  :func:`~apportion.analysis.window_report.report_database`);
 - :mod:`apportion.analysis.page` and :mod:`apportion.analysis.figures`: its HTML page;
 - :mod:`apportion.analysis.profile`: budgets files for the ``static`` policy
   (``apportion profile``);

@@ -27,9 +27,12 @@ from apportion.sim.figures import FigureFormat, encode_figure, footnote, name_la
 from apportion.telemetry.records import CallUsage
 
 __all__ = [
+    "SPREAD_PERCENTILES",
+    "TokenSpreads",
     "ceiling_hits_figure",
     "children_figure",
     "quality_figure",
+    "token_spreads",
     "tokens_figure",
     "utilization_figure",
 ]
@@ -45,38 +48,63 @@ def _height(agents: int) -> float:
     return max(3.0, 1.2 + 0.45 * agents)
 
 
-def tokens_figure(usage: Mapping[str, Sequence[CallUsage]], fmt: FigureFormat = "svg") -> bytes:
+SPREAD_PERCENTILES: Final = (1, 25, 50, 75, 90, 99)
+"""The percentiles of tokens per call a box plot draws (whiskers, box, median, dot)."""
+
+TokenSpreads = Mapping[str, Mapping[str, Sequence[float]]]
+"""Per agent, ``{"input": [...], "output": [...]}``: the :data:`SPREAD_PERCENTILES` of
+its tokens per finished call, each call counted as at least 1 token (a log scale)."""
+
+
+def token_spreads(usage: Mapping[str, Sequence[CallUsage]]) -> dict[str, dict[str, list[float]]]:
+    """The :data:`TokenSpreads` of finished calls per agent (agents with none left out)."""
+    import numpy as np
+
+    out: dict[str, dict[str, list[float]]] = {}
+    for agent, calls in usage.items():
+        if not calls:
+            continue
+        out[agent] = {}
+        for side in ("input", "output"):
+            values = np.maximum(
+                np.asarray([getattr(c, f"used_{side}") or 0 for c in calls], dtype=float), 1.0
+            )
+            out[agent][side] = [float(np.percentile(values, q)) for q in SPREAD_PERCENTILES]
+    return out
+
+
+def tokens_figure(spreads: TokenSpreads, fmt: FigureFormat = "svg") -> bytes:
     """Input and output tokens per call of each agent (two panels, log scale).
 
     Args:
-        usage: finished calls per agent (agents in display order, top to bottom).
+        spreads: per agent (in display order, top to bottom), the percentiles of its
+            tokens per call (:func:`token_spreads`, or aggregated in the database).
         fmt: ``"png"`` or ``"svg"``.
     """
-    import numpy as np
-
-    agents = list(usage)[::-1]
+    agents = list(spreads)[::-1]
     fig = new_figure()
     fig.set_size_inches(9.0, _height(len(agents)) + 0.8)
     panels = fig.subplots(1, 2, sharey=True)
     for ax, side, title in (
-        (panels[0], "used_input", "input tokens per call"),
-        (panels[1], "used_output", "output tokens per call"),
+        (panels[0], "input", "input tokens per call"),
+        (panels[1], "output", "output tokens per call"),
     ):
-        data = [
-            np.maximum(np.asarray([getattr(c, side) or 0 for c in usage[a]], dtype=float), 1.0)
-            for a in agents
-        ]
-        ax.boxplot(
-            data,
+        stats = []
+        for a in agents:
+            p1, p25, p50, p75, _, p99 = spreads[a][side]
+            stats.append(
+                {"whislo": p1, "q1": p25, "med": p50, "q3": p75, "whishi": p99, "fliers": []}
+            )
+        ax.bxp(
+            stats,
             **_horizontal(),
-            whis=(1, 99),
             showfliers=False,
             widths=0.6,
             patch_artist=True,
             boxprops={"facecolor": "#dbe5f1", "edgecolor": _OK},
             medianprops={"color": _OK, "linewidth": 1.8},
         )
-        p90 = [float(np.percentile(d, 90)) for d in data]
+        p90 = [spreads[a][side][4] for a in agents]
         ax.scatter(p90, range(1, len(agents) + 1), marker="o", s=18, color=_FLAGGED, zorder=3)
         ax.set_xscale("log")
         _token_ticks(ax)

@@ -13,9 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from apportion.analysis.figures import (
+    TokenSpreads,
     ceiling_hits_figure,
     children_figure,
     quality_figure,
+    token_spreads,
     tokens_figure,
     utilization_figure,
 )
@@ -54,16 +56,20 @@ __all__ = ["report_page"]
 
 def report_page(
     report: Mapping[str, Any],
-    usage: Mapping[str, Sequence[CallUsage]],
+    usage: Mapping[str, Sequence[CallUsage]] | None = None,
     *,
     budgets_yaml: str | None = None,
+    spreads: TokenSpreads | None = None,
 ) -> str:
     """The HTML page of a report.
 
     Args:
         report: a :func:`~apportion.analysis.report.build_report` document.
-        usage: the finished calls per agent, for the token distributions.
+        usage: the finished calls per agent, for the token distributions (or give
+            ``spreads``).
         budgets_yaml: the recommended budgets as a ``static`` budgets file, shown as is.
+        spreads: the token distributions already summed up
+            (:func:`~apportion.analysis.figures.token_spreads`, or from the database).
 
     Returns:
         The HTML document, as text.
@@ -131,10 +137,12 @@ def report_page(
             )
         )
     sections.extend(_tree_sections(report))
-    agents = [a for a in report["agents"] if usage.get(a)]
+    if spreads is None:
+        spreads = token_spreads(usage or {})
+    agents = [a for a in report["agents"] if a in spreads]
     figures = [
         figure(
-            tokens_figure({a: usage[a] for a in agents}),
+            tokens_figure({a: spreads[a] for a in agents}),
             alt="Box plots of input and output tokens per call for each agent",
             caption="Tokens used per call: where budgets should sit.",
         ),

@@ -71,6 +71,7 @@ from typing import Any, Final
 from apportion.analysis.stats import mean_ci, percentile
 from apportion.analysis.statuses import STATUS_ORDER, statuses_of
 from apportion.analysis.trees import build_trees
+from apportion.errors import InvalidDuration
 from apportion.telemetry.records import CallUsage
 from apportion.telemetry.sql import Dataset
 
@@ -85,6 +86,7 @@ __all__ = [
     "agent_calls",
     "build_report",
     "kind_rows",
+    "parse_duration",
     "parse_since",
     "quality_rows",
     "recommend",
@@ -115,7 +117,27 @@ class Thresholds:
     margin: float = 0.1
 
 
-def parse_since(text: str, now: float | None = None) -> float:
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+
+
+def parse_duration(text: object, option: str = "--older-than") -> float:
+    """A duration (``45s``, ``30m``, ``12h``, ``30d``, ``2w``) in seconds, above zero.
+
+    Raises:
+        InvalidDuration: anything else (the option and the value are its fields).
+    """
+    reason = "give a number and a unit: 45s, 30m, 12h, 30d or 2w (more than zero)"
+    match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidDuration(option, text, reason)
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not 0 < seconds < 1e11:
+        raise InvalidDuration(option, text, reason)
+    return seconds
+
+
+def parse_since(text: str, now: float | None = None, option: str = "--since") -> float:
     """A ``--since`` value as a clock time (seconds since the epoch).
 
     Accepted: a duration back from now (``30m``, ``12h``, ``7d``, ``2w``, ``45s``), an ISO
@@ -127,10 +149,9 @@ def parse_since(text: str, now: float | None = None) -> float:
     """
     text = text.strip()
     now = time.time() if now is None else now
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text)
+    match = _DURATION.fullmatch(text)
     if match:
-        return now - float(match.group(1)) * units[match.group(2)]
+        return now - float(match.group(1)) * _UNITS[match.group(2)]
     try:
         return float(text)
     except ValueError:
@@ -139,7 +160,7 @@ def parse_since(text: str, now: float | None = None) -> float:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         raise ValueError(
-            f"--since {text!r}: give a duration (30m, 12h, 7d, 2w), an ISO date or date-time "
+            f"{option} {text!r}: give a duration (30m, 12h, 7d, 2w), an ISO date or date-time "
             "(2025-01-31, 2025-01-31T12:00), or seconds since the epoch"
         ) from None
 
@@ -346,28 +367,65 @@ def build_report(
         figures = _agent(calls, outcomes, thresholds, refused.get(agent, 0))
         if figures is not None:
             agents[agent] = figures
-    kinds = _kinds(dataset, outcomes, thresholds)
+    return assemble(
+        source=dataset.url,
+        empty_database=dataset.empty,
+        since=since,
+        pipeline=pipeline,
+        requests=len(dataset.requests),
+        requests_scored=len(outcomes),
+        overflow=sum(r.overflow for r in dataset.requests.values()),
+        thresholds=thresholds,
+        agents=agents,
+        kinds=_kinds(dataset, outcomes, thresholds),
+        rollouts=rollouts_of(dataset),
+        trees=build_trees(dataset),
+    )
+
+
+def assemble(
+    *,
+    source: str,
+    empty_database: bool,
+    since: float | None,
+    pipeline: str | None,
+    requests: int,
+    requests_scored: int,
+    overflow: int,
+    thresholds: Thresholds,
+    agents: dict[str, Any],
+    kinds: dict[str, Any],
+    rollouts: list[dict[str, Any]],
+    trees: dict[str, Any],
+    until: float | None = None,
+) -> dict[str, Any]:
+    """The report document from its parts (the ``build_report`` fields, in their order).
+
+    ``until`` (the window's end) is recorded only when given.
+    """
     totals: dict[str, int] = {}
     for figures in agents.values():
         for status, count in figures["statuses"].items():
             totals[status] = totals.get(status, 0) + count
     message = None
-    if dataset.empty:
-        message = f"the database {dataset.url} holds no telemetry yet"
+    if empty_database:
+        message = f"the database {source} holds no telemetry yet"
     elif not agents:
         where = [f"since {fmt_time(since)}"] if since is not None else []
+        if until is not None:
+            where.append(f"until {fmt_time(until)}")
         if pipeline is not None:
             where.append(f"for pipeline {pipeline!r}")
-        message = (
-            "no finished calls" + (" " + " ".join(where) if where else "") + (f" in {dataset.url}")
-        )
+        message = "no finished calls" + (" " + " ".join(where) if where else "") + f" in {source}"
+    window = {"until": until} if until is not None else {}
     return {
-        "source": dataset.url,
+        "source": source,
         "since": since,
+        **window,
         "pipeline": pipeline,
-        "requests": len(dataset.requests),
-        "requests_scored": len(outcomes),
-        "overflow": sum(r.overflow for r in dataset.requests.values()),
+        "requests": requests,
+        "requests_scored": requests_scored,
+        "overflow": overflow,
         "calls": sum(a["calls"] for a in agents.values()),
         "empty": not agents,
         "message": message,
@@ -382,8 +440,8 @@ def build_report(
         | {s: n for s, n in totals.items() if s not in STATUS_ORDER},
         "agents": agents,
         "kinds": kinds,
-        "rollouts": rollouts_of(dataset),
-        "trees": build_trees(dataset),
+        "rollouts": rollouts,
+        "trees": trees,
     }
 
 

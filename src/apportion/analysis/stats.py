@@ -15,7 +15,14 @@ import math
 from collections.abc import Sequence
 from typing import Final, NamedTuple
 
-__all__ = ["MeanCI", "mean_ci", "percentile", "t_quantile_975"]
+__all__ = [
+    "MeanCI",
+    "mean_ci",
+    "mean_ci_of_sums",
+    "percentile",
+    "percentile_of_counts",
+    "t_quantile_975",
+]
 
 # t(0.975, df) for df = 1..30; above that the Cornish-Fisher expansion is accurate to 1e-4.
 _T975: Final = (
@@ -41,6 +48,36 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = math.floor(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (rank - low) * (ordered[high] - ordered[low])
+
+
+def percentile_of_counts(counts: Sequence[tuple[float, int]], q: float) -> float:
+    """:func:`percentile` of values given as ``(value, how many)`` pairs in value order.
+
+    The same interpolation, without spelling out every value: with all counts 1 it is
+    :func:`percentile` of the values.
+
+    Raises:
+        ValueError: no values, or ``q`` outside 0..100.
+    """
+    n = sum(count for _, count in counts)
+    if n <= 0:
+        raise ValueError("the percentile of no values is undefined")
+    if not 0 <= q <= 100:
+        raise ValueError(f"a percentile is between 0 and 100, not {q}")
+    rank = (n - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, n - 1)
+    at_low = at_high = None
+    seen = 0
+    for value, count in counts:
+        seen += count
+        if at_low is None and low < seen:
+            at_low = value
+        if high < seen:
+            at_high = value
+            break
+    assert at_low is not None and at_high is not None
+    return at_low + (rank - low) * (at_high - at_low)
 
 
 def t_quantile_975(df: int) -> float:
@@ -83,5 +120,22 @@ def mean_ci(values: Sequence[float]) -> MeanCI:
     if n == 1:
         return MeanCI(mean, None, None, 1)
     variance = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    half = t_quantile_975(n - 1) * math.sqrt(variance / n)
+    return MeanCI(mean, mean - half, mean + half, n)
+
+
+def mean_ci_of_sums(n: int, total: float, squares: float) -> MeanCI:
+    """:func:`mean_ci` from the number of values, their sum and their sum of squares.
+
+    What a database can add up (and rollups can merge); the variance is ``(squares -
+    total**2 / n) / (n - 1)``, so it may differ from :func:`mean_ci`'s in the last
+    digits (by rounding, about ``1e-12`` relative for scores between 0 and 1).
+    """
+    if n <= 0:
+        return MeanCI(None, None, None, 0)
+    mean = total / n
+    if n == 1:
+        return MeanCI(mean, None, None, 1)
+    variance = max(0.0, (squares - total * total / n) / (n - 1))
     half = t_quantile_975(n - 1) * math.sqrt(variance / n)
     return MeanCI(mean, mean - half, mean + half, n)

@@ -31,13 +31,7 @@ STATUS_ORDER: Final = (
 
 def status_of(call: CallUsage) -> str:
     """How a call ended: its status, else what its ``truncated`` flag tells."""
-    if call.status:
-        return call.status
-    if call.used_input is None or call.used_output is None:
-        return "released" if call.settled == "release" else "unknown"
-    if call.truncated is None:
-        return "unknown"
-    return "cut" if call.truncated else "completed"
+    return call.ending
 
 
 def statuses_of(calls: Sequence[CallUsage], refused: int = 0) -> dict[str, int]:

@@ -46,6 +46,7 @@ __all__ = [
     "TREES_SHOWN",
     "TREE_CAPTION",
     "TREE_COLUMNS",
+    "CallCounts",
     "build_trees",
     "child_rows",
     "shown_columns",
@@ -96,6 +97,16 @@ class _Node:
                 self.cost += call.cost_usd
                 self.costed = True
 
+    def add_counts(self, counts: CallCounts) -> None:
+        """Count its calls of one status, summed up (in the database)."""
+        _, status, calls, finished, tokens, cost, costed = counts
+        self.statuses[status] = self.statuses.get(status, 0) + calls
+        self.tokens += tokens
+        self.finished += finished
+        if costed:
+            self.cost += cost
+            self.costed = True
+
     @property
     def ran_out(self) -> bool:
         return any(self.statuses.get(s) for s in RAN_OUT)
@@ -106,12 +117,22 @@ def _root(record: RequestUsage) -> str:
     return record.root_id or root_of(record.request_id, record.depth)
 
 
-def build_trees(dataset: Dataset, *, shown: int = TREES_SHOWN) -> dict[str, Any]:
+CallCounts = tuple[str, str, int, int, int, float, int]
+"""A request's calls of one status, summed up: request id, status, calls, finished calls,
+their tokens, their cost (over the finished calls whose cost is known) and how many
+those are."""
+
+
+def build_trees(
+    dataset: Dataset, *, shown: int = TREES_SHOWN, counts: Iterable[CallCounts] | None = None
+) -> dict[str, Any]:
     """The ``trees`` part of a report (see the module docstring).
 
     Args:
         dataset: what :meth:`~apportion.telemetry.sql.Database.load` read.
         shown: how many trees to list one by one.
+        counts: the calls summed up per request and status (by the database), read
+            instead of ``dataset.calls``.
 
     Returns:
         ``{"trees", "requests", "shown", "roots": [...], "children": {NAME: {...}}}``.
@@ -126,10 +147,16 @@ def build_trees(dataset: Dataset, *, shown: int = TREES_SHOWN) -> dict[str, Any]
     if not members:
         return {"trees": 0, "requests": 0, "shown": 0, "roots": [], "children": {}}
     nodes = {rid: _Node(rid, requests.get(rid)) for rid in members}
-    for call in dataset.calls:
-        node = nodes.get(call.request_id)
-        if node is not None:
-            node.add(call)
+    if counts is not None:
+        for row in counts:
+            node = nodes.get(row[0])
+            if node is not None:
+                node.add_counts(row)
+    else:
+        for call in dataset.calls:
+            node = nodes.get(call.request_id)
+            if node is not None:
+                node.add(call)
     groups: dict[str, list[_Node]] = {}  # root id: the other requests of its tree
     for rid, node in nodes.items():
         kept = node.record

@@ -1,4 +1,4 @@
-"""``apportion report``, ``apportion profile`` and ``apportion ingest``: usage telemetry.
+"""``apportion report``, ``profile``, ``ingest`` and ``prune``: usage telemetry.
 
 Registered on the ``apportion`` command by :func:`register` (see :mod:`apportion.cli`).
 A database is named by URL (``sqlite:///apportion.db``, ``postgresql://user@host/db``) or
@@ -8,7 +8,6 @@ by the path of a SQLite file; every message shows it without its password.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,13 +49,6 @@ def _load(db_url: str, since: str | None, pipeline: str | None) -> tuple[Any, fl
         return db.load(since=start, pipeline=pipeline), start
 
 
-def _finished_by_agent(calls: Sequence[Any]) -> dict[str, list[Any]]:
-    from apportion.analysis.report import agent_calls
-
-    groups = agent_calls(c for c in calls if c.settled == "finish" and c.used is not None)
-    return {agent: list(group) for agent, group in groups.items()}
-
-
 def _source(db: str, start: float | None, pipeline: str | None, **extra: Any) -> dict[str, Any]:
     from apportion.analysis.report import fmt_time
 
@@ -86,41 +78,59 @@ def report(
     margin: Annotated[
         float, typer.Option(min=0, help="Margin on top of the recommended budgets (0.1 = 10%).")
     ] = 0.1,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Only calls before: a duration back from now, an ISO date or time."),
+    ] = None,
+    rollups: Annotated[
+        str,
+        typer.Option(
+            help="Days read from the daily rollups: auto (pruned days), always (every whole "
+            "past day: fast, percentiles within 1%), never."
+        ),
+    ] = "auto",
 ) -> None:
     """How well budgets fit, per agent: percentiles, utilization, ceiling hits, flags.
 
     Over-budgeted: utilization (tokens used / granted) under 50%. Under-budgeted: more
     than 10% of calls hit their budget (output truncated or input cut). Also the mean
-    outcome (req.score) with and without cuts, and a recommended static budget.
+    outcome (req.score) with and without cuts, and a recommended static budget. The
+    figures are aggregated in the database; days pruned with apportion prune come from
+    its daily rollups.
     """
     from apportion.analysis.page import report_page
-    from apportion.analysis.profile import budgets_yaml, profile_budgets
-    from apportion.analysis.report import Thresholds, build_report
+    from apportion.analysis.profile import budgets_yaml
+    from apportion.analysis.report import Thresholds, parse_since
+    from apportion.analysis.window_report import report_database
 
     thresholds = Thresholds(percentile=percentile, margin=margin)
-    steps = ["reading the telemetry", "building the report"]
+    steps = ["reading the telemetry"]
     if html is not None:
         steps.append("drawing the page")
     page = None
     try:
         _check_outputs(html, json_path)
+        start = parse_since(since) if since is not None else None
+        end = parse_since(until, option="--until") if until is not None else None
         with stages(*steps) as done:
-            dataset, start = _load(db_url, since, pipeline)
-            done()
-            document = build_report(dataset, thresholds=thresholds, since=start, pipeline=pipeline)
+            found = report_database(
+                db_url,
+                since=start,
+                until=end,
+                pipeline=pipeline,
+                thresholds=thresholds,
+                rollups=rollups,
+            )
+            document = found.document
             done()
             if html is not None:
-                budgets = profile_budgets(
-                    dataset,
-                    input_percentile=percentile,
-                    output_percentile=percentile,
-                    margin=margin,
+                source = _source(
+                    document["source"], start, pipeline, percentile=percentile, margin=margin
                 )
-                source = _source(dataset.url, start, pipeline, percentile=percentile, margin=margin)
                 page = report_page(
                     document,
-                    _finished_by_agent(dataset.calls),
-                    budgets_yaml=budgets_yaml(budgets, source) if budgets else None,
+                    spreads=found.spreads,
+                    budgets_yaml=budgets_yaml(found.budgets, source) if found.budgets else None,
                 )
                 done()
     except (ApportionError, ValueError, OSError) as exc:
@@ -267,11 +277,50 @@ def ingest(
         console.print(f"skipped {count:,} span(s): {reason}", highlight=False)
 
 
+def prune(
+    db_url: Annotated[str, typer.Argument(metavar="DB_URL", help=_DB_HELP)],
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            help="Delete raw calls and requests older than this (30d, 12h, 2w), by whole UTC days.",
+        ),
+    ],
+) -> None:
+    """Delete old raw telemetry; its figures stay in the daily rollups.
+
+    Calls and requests older than the UTC midnight before now minus DURATION are deleted
+    with their events; the daily rollups per agent are kept (built first if the database
+    predates them), so apportion report over those days still gives their figures (from
+    the rollups: percentiles within 1%). Rows without a time are kept.
+    """
+    import time
+
+    from apportion.analysis.report import fmt_time, parse_duration
+    from apportion.telemetry.sql import Database
+
+    try:
+        seconds = parse_duration(older_than)
+        with Database(db_url, create=True) as db:
+            done = db.prune(time.time() - seconds)
+            where = db.shown
+    except (ApportionError, ValueError) as exc:
+        raise fail(exc) from exc
+    console.print(
+        f"pruned {done.calls:,} calls, {done.requests:,} requests and {done.events:,} events "
+        f"from before {fmt_time(done.before)} in {where}; their figures stay in the daily "
+        "rollups",
+        highlight=False,
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``report``, ``profile``, ``ingest`` to ``app``."""
+    """Add ``report``, ``profile``, ``ingest``, ``prune`` to ``app``."""
     for command in (
         report,
         profile,
         ingest,
+        prune,
     ):
         app.command()(command)

@@ -62,7 +62,7 @@ __all__ = [
     "usage_from",
 ]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 """Version of the telemetry records and tables this apportion writes and reads.
 
 Version 2 added rollout decisions (:class:`RolloutRecord`, table
@@ -74,7 +74,11 @@ also added each request's place in its request tree (``parent_id``, ``root_id``,
 ``depth``; see :class:`RequestUsage`); an older database reads as flat requests.
 Version 4 added each call's agent ``kind`` (:attr:`CallUsage.kind`: the kind that budgeted
 a name not listed in the pipeline) and each request's ``refused_kinds``; an older database
-reads with no kinds and is upgraded in place by the first writer (a column each)."""
+reads with no kinds and is upgraded in place by the first writer (a column each).
+Version 5 added the daily rollups per agent (table ``apportion_daily``, see
+:mod:`apportion.telemetry.rollups`), kept by every writer; the first writer of an older
+database adds the table and builds the rollups from its raw rows, in the same
+transaction."""
 
 SETTLEMENTS: Final = ("finish", "release", "expire", "close")
 """How a call can be settled."""
@@ -144,6 +148,21 @@ class CallUsage:
         if self.granted_context is None or self.granted_output is None:
             return None
         return self.granted_context + self.granted_output
+
+    @property
+    def ending(self) -> str:
+        """How the call ended: its ``status``, else what its ``truncated`` flag tells.
+
+        ``cut`` or ``completed`` for a call that finished with usage and says whether it
+        was truncated, ``released`` for one released unused, else ``unknown``.
+        """
+        if self.status:
+            return self.status
+        if self.used_input is None or self.used_output is None:
+            return "released" if self.settled == "release" else "unknown"
+        if self.truncated is None:
+            return "unknown"
+        return "cut" if self.truncated else "completed"
 
     @property
     def used(self) -> int | None:

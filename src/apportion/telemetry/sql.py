@@ -20,6 +20,12 @@ Tables (all prefixed ``apportion_`` so they can share a database):
   a request the kinds of its refused agents (``refused_kinds``, JSON ``{agent: kind}``);
   a version-3 (or older) database reads with no kinds, and its first writer adds the two
   columns in place the same way.
+- ``apportion_daily`` (since schema version 5): the daily rollups per agent
+  (:mod:`apportion.telemetry.rollups`), kept by every write in the transaction that
+  writes the records; the first writer of an older database adds the table and builds
+  them from its raw rows (in the same transaction as the upgrade).
+  :meth:`Database.prune` deletes raw rows older than a day and keeps the rollups
+  (``apportion_meta`` key ``pruned_before`` records up to when).
 - ``apportion_events``: the ledger's events, in order (``open``, ``begin``, ``extend``,
   ``finish``, ``release``, ``expire``, ``close``).
 - ``apportion_rollout_events`` (since schema version 2): the decisions of progressive
@@ -36,12 +42,14 @@ surrogate (no UTF-8 database can hold one) as ``\ufffd`` (:func:`storable`); fea
 stored as JSON, keep them exactly.
 
 :class:`SQLSink` writes records (from the telemetry worker thread, or directly when
-ingesting); :func:`open_database` opens a database for reading, and
-:meth:`Database.load` reads the calls and requests of a period back.
+ingesting; :meth:`Database.append` in bulk); :func:`open_database` opens a database for
+reading, and :meth:`Database.load` reads the calls and requests of a period back (the
+report aggregates in the database instead: :mod:`apportion.analysis.window_report`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -51,18 +59,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from apportion.errors import DatabaseUnavailable, MissingExtra, RecordsRejected, SchemaVersionError
+from apportion.errors import (
+    DatabaseUnavailable,
+    InvalidArgument,
+    MissingExtra,
+    RecordsRejected,
+    SchemaVersionError,
+)
 from apportion.ledger import Event
 from apportion.limits import excerpt
 from apportion.redaction import redact, scrub
 from apportion.telemetry.base import Sink
-from apportion.telemetry.records import SCHEMA_VERSION, CallUsage, RequestUsage, RolloutRecord
+from apportion.telemetry.records import (
+    SCHEMA_VERSION,
+    CallUsage,
+    RequestUsage,
+    RolloutRecord,
+    root_of,
+)
+from apportion.telemetry.rollups import DAY, Rollup, upsert
 from apportion.telemetry.urls import database_url
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine, Table
 
-__all__ = ["Database", "Dataset", "SQLSink", "open_database"]
+__all__ = ["Database", "Dataset", "Pruned", "SQLSink", "open_database"]
+
+PRUNED_KEY: Final = "pruned_before"
+"""The ``apportion_meta`` key of the clock time raw rows were pruned before."""
 
 CONNECT_TIMEOUT: Final = 5
 """Seconds to wait for a database server to answer before giving up."""
@@ -76,6 +100,7 @@ class _Tables(NamedTuple):
     calls: Table
     events: Table
     rollouts: Table
+    daily: Table
 
 
 @functools.cache
@@ -91,6 +116,7 @@ def _tables() -> _Tables:
         String,
         Table,
         Text,
+        func,
     )
 
     md = MetaData()
@@ -187,7 +213,27 @@ def _tables() -> _Tables:
         Column("schema_version", Integer, nullable=False),
         Index("ix_apportion_rollout_events_at", "at"),
     )
-    return _Tables(meta, requests, calls, events, rollouts)
+    # since version 5: a report's window (the time of a call or request, as it is read)
+    Index("ix_apportion_calls_time", func.coalesce(calls.c.at, calls.c.began_at))
+    Index(
+        "ix_apportion_requests_time",
+        func.coalesce(requests.c.closed_at, requests.c.opened_at),
+    )
+    daily = Table(
+        "apportion_daily",
+        md,
+        Column("day", Integer, primary_key=True),
+        Column("pipeline", String, primary_key=True),
+        Column("agent", String, primary_key=True),
+        Column("kind", String, primary_key=True),
+        Column("measure", String, primary_key=True),
+        Column("key", String, primary_key=True),
+        Column("count", BigInteger, nullable=False, default=0),
+        Column("total", Float, nullable=False, default=0.0),
+        Column("total2", Float, nullable=False, default=0.0),
+        Column("top", BigInteger),
+    )
+    return _Tables(meta, requests, calls, events, rollouts, daily)
 
 
 def _require_sqlalchemy() -> None:
@@ -251,6 +297,22 @@ class Dataset:
     requests: Mapping[str, RequestUsage]
     empty: bool = False
     rollouts: tuple[RolloutRecord, ...] = ()
+
+
+class Pruned(NamedTuple):
+    """What :meth:`Database.prune` deleted.
+
+    Attributes:
+        before: the rows older than this clock time (a UTC midnight) were deleted.
+        calls: calls deleted.
+        requests: requests deleted.
+        events: ledger events deleted (those of the requests deleted).
+    """
+
+    before: float
+    calls: int
+    requests: int
+    events: int
 
 
 class Database:
@@ -321,6 +383,8 @@ class Database:
             elif version < SCHEMA_VERSION:  # the tables it lacked were just added
                 _add_columns(conn, (self.tables.calls, self.tables.requests))
                 _add_indexes(conn, (self.tables.calls, self.tables.requests))
+                if version < 5:  # no rollups yet: build them from the raw rows
+                    self._rebuild_rollups(conn)
                 conn.execute(
                     meta.update()
                     .where(meta.c.key == "schema_version")
@@ -367,6 +431,102 @@ class Database:
             raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
         return len(latest)
 
+    def append(self, batch: Sequence[RequestUsage]) -> int:
+        """Write requests known to be new, in bulk (``COPY`` on PostgreSQL), in one transaction.
+
+        For loading many records at once (a benchmark, an import): unlike :meth:`write`,
+        rows of the same ids are not looked for (a request already stored is refused by
+        its key, and the whole batch with it); events are not written. The daily rollups
+        are kept as :meth:`write` keeps them.
+
+        Returns:
+            The number of requests written.
+
+        Raises:
+            SchemaVersionError: a record is of a newer schema version.
+            DatabaseUnavailable: the database refused the batch.
+        """
+        for record in batch:
+            if record.schema_version > SCHEMA_VERSION:
+                raise SchemaVersionError(record.schema_version, SCHEMA_VERSION, record.source)
+        if not batch:
+            return 0
+        from sqlalchemy.exc import SQLAlchemyError
+
+        t = self.tables
+        requests = [_request_row(r) for r in batch]
+        calls = [_call_row(r, c) for r in batch for c in r.calls]
+        rollup = Rollup(storable)
+        for record in batch:
+            rollup.add(record)
+        refused: tuple[type[BaseException], ...] = (SQLAlchemyError, *_data_errors())
+        try:
+            with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    _copy(conn, t.requests, requests)
+                    _copy(conn, t.calls, calls)
+                else:
+                    conn.execute(t.requests.insert(), requests)
+                    if calls:
+                        conn.execute(t.calls.insert(), calls)
+                upsert(conn, t.daily, rollup.rows())
+        except refused as exc:
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+        return len(batch)
+
+    def prune(self, before: float) -> Pruned:
+        """Delete the raw rows older than the UTC day of ``before``; keep the rollups.
+
+        Calls settled (else begun) and requests closed (else opened) before the midnight
+        (UTC) that starts the day of ``before`` are deleted with their events, in one
+        transaction; rows without a time are kept. Their figures stay in the daily
+        rollups, which every writer keeps (a database from before the rollups gets them
+        built when opened for writing, before anything can be deleted), and
+        :data:`PRUNED_KEY` records the time, so a report reads those days from them.
+
+        Raises:
+            InvalidArgument: ``before`` is not a finite clock time.
+            DatabaseUnavailable: the database failed (nothing was deleted).
+        """
+        from sqlalchemy import func, select
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(before, bool) or not isinstance(before, int | float):
+            raise InvalidArgument("before", before, "must be a clock time (seconds)")
+        if not math.isfinite(before):
+            raise InvalidArgument("before", before, "must be a finite clock time")
+        if self.version is None or self.version < SCHEMA_VERSION:
+            raise DatabaseUnavailable(self.shown, "open it for writing to prune it")
+        cutoff = float(math.floor(before / DAY) * DAY)
+        t = self.tables
+        old_requests = select(t.requests.c.request_id).where(
+            func.coalesce(t.requests.c.closed_at, t.requests.c.opened_at) < cutoff
+        )
+        meta = t.meta
+        try:
+            with self.engine.begin() as conn:
+                events = conn.execute(
+                    t.events.delete().where(t.events.c.request_id.in_(old_requests))
+                ).rowcount
+                calls = conn.execute(
+                    t.calls.delete().where(func.coalesce(t.calls.c.at, t.calls.c.began_at) < cutoff)
+                ).rowcount
+                requests = conn.execute(
+                    t.requests.delete().where(
+                        func.coalesce(t.requests.c.closed_at, t.requests.c.opened_at) < cutoff
+                    )
+                ).rowcount
+                held = conn.execute(select(meta.c.value).where(meta.c.key == PRUNED_KEY)).scalar()
+                if held is None:
+                    conn.execute(meta.insert().values(key=PRUNED_KEY, value=repr(cutoff)))
+                elif float(held) < cutoff:
+                    conn.execute(
+                        meta.update().where(meta.c.key == PRUNED_KEY).values(value=repr(cutoff))
+                    )
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from None
+        return Pruned(before=cutoff, calls=calls, requests=requests, events=events)
+
     def _replace_each(self, latest: Mapping[str, RequestUsage]) -> int:
         """Write each record in a transaction of its own; report the ones refused.
 
@@ -392,6 +552,11 @@ class Database:
         t = self.tables
         ids = list(latest)
         with self.engine.begin() as conn:
+            rollup = Rollup(storable)
+            for old in self._stored(conn, ids):  # written before: take back its rollups
+                rollup.add(old, -1)
+            for record in latest.values():
+                rollup.add(record)
             for table in (t.events, t.calls, t.requests):
                 for start in range(0, len(ids), _CHUNK):
                     chunk = ids[start : start + _CHUNK]
@@ -404,6 +569,61 @@ class Database:
             events = [_event_row(r, i, e) for r in records for i, e in enumerate(r.events)]
             if events:
                 conn.execute(t.events.insert(), events)
+            upsert(conn, t.daily, rollup.rows())
+
+    def _stored(self, conn: Connection, ids: Sequence[str]) -> list[RequestUsage]:
+        """The stored records (without events) of those of ``ids`` already written."""
+        from sqlalchemy import select
+
+        t = self.tables
+        found: list[str] = []
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            query = select(t.requests.c.request_id).where(t.requests.c.request_id.in_(chunk))
+            found.extend(conn.execute(query).scalars())
+        if not found:
+            return []
+        records: list[RequestUsage] = []
+        for start in range(0, len(found), _CHUNK):
+            chunk = found[start : start + _CHUNK]
+            requests = conn.execute(
+                select(t.requests).where(t.requests.c.request_id.in_(chunk))
+            ).mappings()
+            calls: dict[str, list[CallUsage]] = {}
+            for row in conn.execute(
+                select(t.calls).where(t.calls.c.request_id.in_(chunk)).order_by(t.calls.c.grant_id)
+            ).mappings():
+                calls.setdefault(row["request_id"], []).append(_call_from(row))
+            records.extend(
+                dataclasses.replace(
+                    _request_from(row), calls=tuple(calls.get(row["request_id"], ()))
+                )
+                for row in requests
+            )
+        return records
+
+    def _rebuild_rollups(self, conn: Connection) -> None:
+        """Build the daily rollups anew from every raw row (the upgrade to version 5)."""
+        from sqlalchemy import select
+
+        t = self.tables
+        conn.execute(t.daily.delete())
+        rollup = Rollup(storable)
+        # Both in code point order (as Python compares), whatever the database's collation.
+        binary = "C" if conn.dialect.name == "postgresql" else "BINARY"
+        requests = conn.execute(
+            select(t.requests)
+            .order_by(t.requests.c.request_id.collate(binary))
+            .execution_options(yield_per=20_000)
+        ).mappings()
+        calls = conn.execute(
+            select(*_present(conn, (t.calls,))[0])
+            .order_by(t.calls.c.request_id.collate(binary), t.calls.c.grant_id)
+            .execution_options(yield_per=20_000)
+        ).mappings()
+        for record in _records(requests, calls):
+            rollup.add(record)
+        upsert(conn, t.daily, rollup.rows())
 
     def write_rollouts(self, records: Iterable[RolloutRecord]) -> int:
         """Append rollout decisions.
@@ -488,6 +708,91 @@ class Database:
             empty=not total and not rollout_rows,
             rollouts=tuple(_rollout_from(row) for row in rollout_rows),
         )
+
+    def rollout_records(self, conn: Connection, since: float | None) -> tuple[RolloutRecord, ...]:
+        """The rollout decisions since ``since``, in the order written."""
+        return tuple(_rollout_from(row) for row in self._rollout_rows(conn, since))
+
+    def has_rollups(self) -> bool:
+        """Whether the database has the daily rollups (schema version 5 or later)."""
+        from sqlalchemy import inspect
+
+        with self.engine.connect() as conn:
+            return bool(inspect(conn).has_table(self.tables.daily.name))
+
+    def pruned_before(self) -> float | None:
+        """The clock time raw rows were pruned before (``None``: never pruned)."""
+        from sqlalchemy import select
+
+        meta = self.tables.meta
+        with self.engine.connect() as conn:
+            value = conn.execute(select(meta.c.value).where(meta.c.key == PRUNED_KEY)).scalar()
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+    def load_tree_requests(
+        self,
+        conn: Connection,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        pipeline: str | None = None,
+    ) -> dict[str, RequestUsage]:
+        """The requests of the period's request trees: its child requests and their roots.
+
+        Roots outside the period are left out. Each record holds what a tree needs (ids,
+        pipeline, status, ceiling, consumed, refused begins, place in the tree); no
+        features, no calls.
+        """
+        from sqlalchemy import func, select
+
+        r = self.tables.requests.c
+        where = []
+        when = func.coalesce(r.closed_at, r.opened_at)
+        if since is not None:
+            where.append(when >= since)
+        if until is not None:
+            where.append(when < until)
+        if pipeline is not None:
+            where.append(r.pipeline == pipeline)
+        columns = (
+            r.request_id,
+            r.pipeline,
+            r.ceiling,
+            r.consumed,
+            r.status,
+            r.refused,
+            r.parent_id,
+            r.root_id,
+            r.depth,
+        )
+
+        def record(row: Sequence[Any]) -> RequestUsage:
+            rid, name, ceiling, consumed, status, refused, parent, root, depth = row
+            return RequestUsage(
+                request_id=rid,
+                pipeline=name,
+                ceiling=ceiling,
+                consumed=consumed or 0,
+                status=status,
+                refused=_refused_from(refused) if refused else {},
+                parent_id=parent,
+                root_id=root,
+                depth=depth or 0,
+            )
+
+        found = {
+            row[0]: record(row)
+            for row in conn.execute(select(*columns).where(*where, r.parent_id.is_not(None)))
+        }
+        roots = sorted({root_of_record(rec) for rec in found.values()} - set(found))
+        for start in range(0, len(roots), _CHUNK):
+            chunk = roots[start : start + _CHUNK]
+            for row in conn.execute(select(*columns).where(*where, r.request_id.in_(chunk))):
+                found[row[0]] = record(row)
+        return found
 
     def _rollout_rows(self, conn: Connection, since: float | None) -> Sequence[Any]:
         """The rollout decisions since ``since``, in the order written (none before v2)."""
@@ -770,15 +1075,51 @@ def _add_columns(conn: Connection, tables: Sequence[Table]) -> None:
 
 
 def _add_indexes(conn: Connection, tables: Sequence[Table]) -> None:
-    """Add to an older database's tables the indexes later versions added."""
-    from sqlalchemy import inspect
+    """Add to an older database's tables the indexes later versions added.
 
-    inspector = inspect(conn)
+    ``CREATE INDEX IF NOT EXISTS`` (SQLite and PostgreSQL): an index on an expression is
+    not reflected, so it cannot be looked for first.
+    """
+    from sqlalchemy.schema import CreateIndex
+
     for table in tables:
-        held = {i["name"] for i in inspector.get_indexes(table.name)}
         for index in table.indexes:
-            if index.name not in held:
-                index.create(conn)
+            conn.execute(CreateIndex(index, if_not_exists=True))
+
+
+def _copy(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rows into a PostgreSQL table with ``COPY`` (psycopg), in the open transaction."""
+    if not rows:
+        return
+    names = [c.name for c in table.columns]
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    quoted = ", ".join(f'"{name}"' for name in names)
+    with cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row([row.get(name) for name in names])
+
+
+def root_of_record(record: RequestUsage) -> str:
+    """A request's tree root (from its id and depth when not recorded)."""
+    return record.root_id or root_of(record.request_id, record.depth)
+
+
+def _records(
+    requests: Iterable[Mapping[Any, Any]], calls: Iterable[Mapping[Any, Any]]
+) -> Iterable[RequestUsage]:
+    """Records from request rows and call rows, both in request id order (a merge)."""
+    pending = iter(calls)
+    call = next(pending, None)
+    for row in requests:
+        record = _request_from(row)
+        rid = row["request_id"]
+        own = []
+        while call is not None and call["request_id"] < rid:
+            call = next(pending, None)  # a call without its request: not rolled up
+        while call is not None and call["request_id"] == rid:
+            own.append(_call_from(call))
+            call = next(pending, None)
+        yield dataclasses.replace(record, calls=tuple(own)) if own else record
 
 
 def _request_from(row: Mapping[Any, Any]) -> RequestUsage:
