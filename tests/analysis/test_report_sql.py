@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from report_data import START, generated
 from typer.testing import CliRunner
 
 from apportion.analysis.figures import SPREAD_PERCENTILES
@@ -27,6 +26,7 @@ from apportion.analysis.window_report import report_database
 from apportion.cli import app
 from apportion.errors import InvalidArgument
 from apportion.telemetry.sql import Database, open_database
+from report_data import START, generated
 
 TOLERANCE = 1e-9
 
