@@ -37,7 +37,8 @@ from apportion.errors import (
     UnknownModel,
 )
 from apportion.integrations.chat import CallReport, report_of
-from apportion.integrations.litellm import cost, import_litellm
+from apportion.integrations.litellm import cost as litellm_cost
+from apportion.integrations.litellm import import_litellm
 from apportion.serve.config import ServeConfig, UpstreamConfig
 from apportion.tokens import counter_for
 
@@ -210,6 +211,52 @@ def counter(model: str) -> Any:
         return counter_for(model)
     except (NoTokenizer, UnknownModel):
         return counter_for(model, "approximate")
+
+
+_LINEAR_CHECKS = (1_000, 300_000, 2_000_000)
+"""Token counts at which a model's cached per-token prices are checked against LiteLLM's
+(a model priced by tiers, dearer above some count, is priced by LiteLLM every call)."""
+
+_UNPRICED = (0.0, 0.0, False)
+_PRICES: dict[str, tuple[float, float, bool] | None] = {}
+"""Per model: ``(USD per input token, per output token, priced)``, or ``None`` when its
+prices are not linear in the tokens (LiteLLM is asked every call)."""
+
+
+def cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """USD cost of the tokens by LiteLLM's model cost map, its prices read once per model.
+
+    The same figure as :func:`apportion.integrations.litellm.cost` (tokens times
+    LiteLLM's per-token prices), without LiteLLM's lookup on every call: the per-token
+    prices are read on a model's first call and kept, once they are seen to be linear
+    in the tokens (a model priced by tiers is priced by LiteLLM every call). ``None``
+    for a model LiteLLM does not price.
+    """
+    if model not in _PRICES:
+        _PRICES[model] = _prices(model)
+    prices = _PRICES[model]
+    if prices is None:
+        return litellm_cost(model, prompt_tokens, completion_tokens)
+    per_input, per_output, priced = prices
+    if not priced:
+        return None
+    return float(prompt_tokens * per_input) + float(completion_tokens * per_output)
+
+
+def _prices(model: str) -> tuple[float, float, bool] | None:
+    """``(per input token, per output token, priced)``; ``None``: not linear (tiers)."""
+    per_input = litellm_cost(model, 1, 0)
+    per_output = litellm_cost(model, 0, 1)
+    if per_input is None or per_output is None:
+        return _UNPRICED if per_input is None and per_output is None else None
+    for tokens in _LINEAR_CHECKS:
+        for got, want in (
+            (litellm_cost(model, tokens, 0), tokens * per_input),
+            (litellm_cost(model, 0, tokens), tokens * per_output),
+        ):
+            if got is None or abs(got - want) > 1e-9 * max(abs(want), 1e-12):
+                return None
+    return per_input, per_output, True
 
 
 async def budgeted(areq: Any, agent: str, body: Body, send: Callable[..., Awaitable[Any]]) -> Any:
