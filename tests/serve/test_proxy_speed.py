@@ -57,7 +57,10 @@ def test_a_linear_models_prices_are_read_once(monkeypatch):
 
 
 def test_a_view_reads_and_writes_the_json_and_keeps_the_upstreams_bytes():
-    raw = b'{"id":"c1","choices":[{"message":{"content":"hi"},"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}'
+    raw = (
+        b'{"id":"c1","choices":[{"message":{"content":"hi"},"finish_reason":"length"}],'
+        b'"usage":{"prompt_tokens":3,"completion_tokens":1}}'
+    )
     view = view_of(raw)
     assert view.choices[0].message.content == "hi" and view.usage.prompt_tokens == 3
     assert view.missing is None and getattr(view, "apportion", None) is None

@@ -26,7 +26,7 @@ import asyncio
 import json
 import os
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -130,7 +130,7 @@ class JSONView:
     keeps the bytes the upstream sent, passed on as they are until something is set.
     """
 
-    __slots__ = ("_data", "_root", "apportion", "raw", "changed")
+    __slots__ = ("_data", "_root", "apportion", "changed", "raw")
 
     def __init__(self, data: dict[str, Any], root: JSONView | None = None) -> None:
         object.__setattr__(self, "_data", data)
@@ -158,7 +158,8 @@ class JSONView:
     @property
     def data(self) -> dict[str, Any]:
         """The JSON object (changes included)."""
-        return self._data
+        data: dict[str, Any] = self._data
+        return data
 
 
 def _view(value: Any, root: JSONView) -> Any:
@@ -231,7 +232,7 @@ class EventStream:
     async def __anext__(self) -> JSONView:
         return await self._chunks.__anext__()
 
-    async def _read(self) -> AsyncIterator[JSONView]:
+    async def _read(self) -> AsyncGenerator[JSONView, None]:
         event: str | None = None
         data: list[str] = []
         try:
