@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
+import httpx
 import pytest
+from proxy_helpers import MODEL, asgi_client, budget_headers, proxy_app
 
 from apportion.integrations.litellm import cost as litellm_cost
 from apportion.serve import forward, upstream_http
 from apportion.serve.config import UpstreamConfig
 from apportion.serve.forward import CHAT, direct_sender
+from apportion.serve.ops import LOGGER
+from apportion.serve.proxy import Proxy
 from apportion.serve.upstream_http import JSONView, UpstreamStatusError, raw_bytes, view_of
 from apportion.testing.fast_upstream import FastUpstream
 from apportion.testing.openai_server import OpenAIServer, Reply
@@ -118,3 +123,106 @@ def test_json_falls_back_to_the_standard_library(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "orjson", None)
     assert upstream_http.loads(upstream_http.dumps({"a": "é"})) == {"a": "é"}
     monkeypatch.setattr(upstream_http, "_json", None)
+
+
+# ---------------------------------------------------------------- the fast path
+
+
+class _Counting:
+    """A middleware counting the calls that pass through the app's stack."""
+
+    def __init__(self, app: Any, seen: list[str]) -> None:
+        self.app = app
+        self.seen = seen
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.seen.append(scope["path"])
+        await self.app(scope, receive, send)
+
+
+def _fast_app(**options: Any) -> tuple[Any, Any, list[str], OpenAIServer]:
+    server = OpenAIServer(default="one two three").start()
+    app, gateway = proxy_app(server, **options)
+    seen: list[str] = []
+    app.add_middleware(_Counting, seen=seen)
+    return app, gateway, seen, server
+
+
+async def _calls(app: Any, *calls: tuple[str, str, Any, dict[str, str]]) -> list[Any]:
+    async with asgi_client(app) as client:
+        return [
+            await client.request(method, path, json=body, headers=headers)
+            for method, path, body, headers in calls
+        ]
+
+
+def test_a_proxied_call_skips_the_middleware_stack_and_keeps_ids_logs_and_metrics(caplog):
+    app, _gateway, seen, server = _fast_app()
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Count."}]}
+    headers = {**budget_headers("fast-1", "writer", 500), "X-Request-Id": "call-fast-1"}
+    try:
+        with caplog.at_level(logging.INFO, logger=LOGGER):
+            proxied, health, wrong_method = asyncio.run(
+                _calls(
+                    app,
+                    ("POST", "/v1/chat/completions", chat, headers),
+                    ("GET", "/healthz", None, {}),
+                    ("GET", "/v1/chat/completions", None, {}),
+                )
+            )
+    finally:
+        server.stop()
+    assert seen == ["/healthz", "/v1/chat/completions"]  # the POST went round the stack
+    assert proxied.status_code == 200 and proxied.headers["X-Request-Id"] == "call-fast-1"
+    assert proxied.headers["Apportion-Request"] == "fast-1"
+    assert proxied.json()["choices"][0]["message"]["content"] == "one two three"
+    assert health.status_code == 200 and wrong_method.status_code == 405
+    lines = [r.fields for r in caplog.records if r.getMessage() == "http_request"]  # type: ignore[attr-defined]
+    first = lines[0]
+    assert first["request_id"] == "call-fast-1" and first["route"] == "/v1/chat/completions"
+    assert first["status"] == 200 and first["agent"] == "writer" and first["tenant"] == "acme"
+    assert first["apportion_request"] == "fast-1" and first["granted"] > 0
+
+
+def test_the_fast_path_keeps_the_body_limit_auth_and_json_errors():
+    app, _gateway, seen, server = _fast_app(max_body_bytes=2_000)
+    big = {"model": MODEL, "messages": [{"role": "user", "content": "x " * 2_000}]}
+    small = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        too_big, no_key = asyncio.run(
+            _calls(
+                app,
+                ("POST", "/v1/chat/completions", big, budget_headers("b", "writer", 500)),
+                ("POST", "/v1/responses", small, {"Authorization": "Bearer nope"}),
+            )
+        )
+    finally:
+        server.stop()
+    assert seen == []
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "body_too_large"
+    assert no_key.status_code == 401 and no_key.json()["error"]["code"]
+    assert "X-Request-Id" in no_key.headers
+
+
+def test_an_unexpected_error_on_the_fast_path_is_a_json_500(monkeypatch):
+    app, _gateway, seen, server = _fast_app()
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Proxy, "answer", broken)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+    async def go() -> Any:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            return await client.post("/v1/chat/completions", json=chat)
+
+    try:
+        answered = asyncio.run(go())
+    finally:
+        server.stop()
+    assert answered.status_code == 500 and seen == []
+    assert answered.json()["error"]["code"] == "internal_error"
+    assert "RuntimeError" in answered.json()["error"]["message"]
