@@ -43,7 +43,10 @@ def main() -> None:
     from apportion.serve import ServeConfig, create_app
 
     options = argparse.Namespace(per_request=20, ceiling=1_000_000, max_seconds=120.0)
-    with tempfile.TemporaryDirectory(prefix="apportion-profile-") as tmp, upstream(Path(tmp)) as up:
+    with (
+        tempfile.TemporaryDirectory(prefix="apportion-profile-") as tmp,
+        upstream(Path(tmp)) as (up, _),
+    ):
         name = f"memory-1w-{args.sender}"
         app = create_app(ServeConfig.from_yaml(gateway_config(Path(tmp), name, "memory://", up)))
         port = free_port()
