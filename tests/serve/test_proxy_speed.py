@@ -226,3 +226,21 @@ def test_an_unexpected_error_on_the_fast_path_is_a_json_500(monkeypatch):
     assert answered.status_code == 500 and seen == []
     assert answered.json()["error"]["code"] == "internal_error"
     assert "RuntimeError" in answered.json()["error"]["message"]
+
+
+def test_a_catalog_reads_a_litellm_entry_once_per_model(monkeypatch):
+    from apportion import catalog as catalog_module
+
+    made: list[str] = []
+    real = catalog_module._litellm_model
+
+    def counted(name: str, entry: Any) -> Any:
+        made.append(name)
+        return real(name, entry)
+
+    monkeypatch.setattr(catalog_module, "_litellm_model", counted)
+    found = catalog_module.Catalog()
+    first = found.find("gpt-4o-mini")
+    assert first is not None and found.find("gpt-4o-mini") == first
+    assert found.find("no-such-model-anywhere") is None is found.find("no-such-model-anywhere")
+    assert made == ["gpt-4o-mini"]
