@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -244,3 +246,76 @@ def test_a_catalog_reads_a_litellm_entry_once_per_model(monkeypatch):
     assert first is not None and found.find("gpt-4o-mini") == first
     assert found.find("no-such-model-anywhere") is None is found.find("no-such-model-anywhere")
     assert made == ["gpt-4o-mini"]
+
+
+_BLOCKER = """
+import sys
+
+for name in ("uvloop", "httptools", "orjson"):  # as if not installed
+    sys.modules[name] = None
+"""
+
+
+def test_apportion_serve_runs_without_uvloop_httptools_and_orjson(tmp_path):
+    """The speed-ups are optional: asyncio's loop, h11 and json serve instead."""
+    import subprocess
+    import sys
+
+    from apportion.testing.ports import free_port
+    from conftest import ROOT, wait_ready
+
+    (tmp_path / "sitecustomize.py").write_text(_BLOCKER, encoding="utf-8")
+    with FastUpstream(reply_tokens=4) as upstream:
+        config = tmp_path / "serve.yaml"
+        config.write_text(
+            "upstreams:\n"
+            f"  fake: {{prefix: '', api_base: '{upstream.url}', api_key: sk-x, direct: true}}\n",
+            encoding="utf-8",
+        )
+        port = free_port()
+        paths = [str(tmp_path), str(ROOT / "src"), *sys.path]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        log = tmp_path / "serve.log"
+        with log.open("wb") as sink:
+            argv = [sys.executable, "-m", "apportion.cli", "serve", "--config", str(config)]
+            process = subprocess.Popen(
+                [*argv, "--port", str(port), "--log-level", "warning"],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url, process)
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "slow hello"}]}
+            headers = budget_headers("plain", "intake", 1_000)
+            answered = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+            loaded = Path(f"/proc/{process.pid}/maps").read_text()
+        finally:
+            process.terminate()
+            process.wait(30)
+        assert answered.status_code == 200, log.read_text()
+        assert int(answered.headers["Apportion-Used"]) == upstream.billed["slow"]
+    assert "uvloop" not in loaded and "httptools" not in loaded and "orjson" not in loaded
+
+
+def test_the_direct_sender_falls_back_to_httpx_without_aiohttp(monkeypatch):
+    monkeypatch.setattr(upstream_http, "_aiohttp", lambda: None)
+
+    async def go(url: str) -> Any:
+        send = direct_sender(CHAT, UpstreamConfig("u", api_base=url), None)
+        try:
+            plain = await send(model="m", messages=[{"role": "user", "content": "tag hi"}])
+            stream = await send(model="m", messages=[{"role": "user", "content": "x"}], stream=True)
+            chunks = [chunk async for chunk in stream]
+            kind = type(upstream_http._CLIENTS[asyncio.get_running_loop()][0]).__name__
+            return plain, chunks, kind
+        finally:
+            await upstream_http.aclose_clients()
+
+    with OpenAIServer(default="one two three") as server:
+        plain, chunks, kind = asyncio.run(go(server.url))
+    assert kind == "_HttpxClient"
+    assert plain.choices[0].message.content == "one two three"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "one two three"
