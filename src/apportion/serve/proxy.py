@@ -95,6 +95,9 @@ BUDGET_HEADERS = (forward.REQUEST, AGENT, CEILING, CEILING_USD, PIPELINE, PARENT
 
 PASS = "pass"
 
+SENDERS_KEPT = 256
+"""How many senders (protocol, upstream, key) a proxy keeps made."""
+
 
 class MissingBudgetHeaders(InvalidArgument):
     """A proxy call without ``Apportion-*`` headers, on a gateway that budgets every call.
@@ -288,6 +291,7 @@ class Proxy:
         self.clock: Callable[[], float] = clock or gateway.clock
         self._pass_ttl = pass_ttl
         self.direct = direct
+        self._senders: dict[tuple[str, UpstreamConfig, str | None, bool], Any] = {}
 
     # the gateway's config is read per call: an admin's reload takes effect at once
     @property
@@ -316,6 +320,20 @@ class Proxy:
         ttl = self._pass_ttl
         return ttl if ttl is not None else self.gateway.config.budget_token_ttl
 
+    def _sender(
+        self, protocol: str, upstream: UpstreamConfig, key: str | None
+    ) -> Callable[..., Awaitable[Any]]:
+        """The engine's ``send`` to ``upstream`` with ``key`` (made once, then reused)."""
+        direct = self.direct or upstream.direct
+        place = (protocol, upstream, key, direct)
+        send = self._senders.get(place)
+        if send is None:
+            if len(self._senders) >= SENDERS_KEPT:  # callers' own keys: keep a bounded few
+                self._senders.clear()
+            make = forward.direct_sender if direct else forward.sender
+            send = self._senders[place] = make(protocol, upstream, key)
+        return send
+
     def _secrets(self, key: str | None = None) -> list[str | None]:
         return [*(u.api_key for u in self.upstreams), key]
 
@@ -341,8 +359,7 @@ class Proxy:
                 if upstream.pass_through_key
                 else upstream.api_key
             )
-            direct = self.direct or upstream.direct
-            send = (forward.direct_sender if direct else forward.sender)(protocol, upstream, key)
+            send = self._sender(protocol, upstream, key)
             if not any(name in headers for name in BUDGET_HEADERS):
                 if self.unbudgeted != PASS:
                     raise MissingBudgetHeaders()
