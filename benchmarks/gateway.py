@@ -25,13 +25,22 @@ answer was a 200 with ``Apportion-Granted``, and the requests' ledgers (``GET
 /v1/budget/requests/{id}``: ``consumed``), the ``Apportion-Used`` headers and the tokens
 the upstream billed for those requests all agree (``budget_check``).
 
+The CPU time each server used during its throughput phase (its processes and workers,
+read from ``/proc``) is reported per call (``cpu_ms_per_call``): unlike calls per second,
+it hardly moves when other work shares the machine. The fake upstream's own figure (under
+``direct``) shows it is not the bottleneck (a few hundredths of a millisecond a call, and
+thousands of calls per second called directly).
+
 Prints one JSON line: ``calls_per_s``, ``added_p50_ms``, ``added_p99_ms`` of the gateway's
-best configuration (the most calls per second; medians over ``--runs``), ``best``, the same
-three keys under ``litellm`` (or ``{"error": ...}`` when its proxy cannot be started),
-``configs`` (each configuration's medians and every run's figures), ``direct`` (the
-upstream called directly), ``every_call_budgeted``, ``load_average`` (before and after),
-``cpus``. ``--save PATH`` also writes it (indented) to a file, such as
-``benchmarks/results/gateway-<commit>.json``.
+best configuration (the most calls per second; medians over ``--runs``), ``best``,
+``uvloop_httptools`` (the event loop and HTTP parser its workers ran: uvicorn picks uvloop
+and httptools when installed), the same three keys under ``litellm`` (or ``{"error":
+...}`` when its proxy cannot be started) with its ``cpu_ms_per_call`` and ``runtime``,
+``ratio_to_litellm`` (the best configuration's calls per second and added p50 over
+LiteLLM's, measured in the same runs), ``configs`` (each configuration's medians, CPU per
+call, runtime and every run's figures), ``direct`` (the upstream called directly),
+``every_call_budgeted``, ``load_average`` (before and after), ``cpus``. ``--save PATH``
+also writes it (indented) to a file, such as ``benchmarks/results/gateway-<commit>.json``.
 
     python benchmarks/gateway.py [--runs 3] [--clients 32] [--calls 100] [--latency-calls 300]
         [--client-processes 2] [--configs memory-1w-direct ...] [--litellm-bin litellm]
