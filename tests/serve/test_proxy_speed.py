@@ -319,3 +319,13 @@ def test_the_direct_sender_falls_back_to_httpx_without_aiohttp(monkeypatch):
     assert plain.choices[0].message.content == "one two three"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "one two three"
+
+
+def test_call_headers_are_read_whatever_the_case_and_the_first_of_repeats_counts():
+    from apportion.serve.proxy import CallHeaders
+
+    raw = [(b"apportion-agent", b"writer"), (b"x-twice", b"first"), (b"x-twice", b"second")]
+    headers = CallHeaders.of(raw)
+    assert headers.get("Apportion-Agent") == headers["APPORTION-AGENT"] == "writer"
+    assert "Apportion-Agent" in headers and "Apportion-Request" not in headers
+    assert headers.get("Apportion-Request") is None and headers["X-Twice"] == "first"

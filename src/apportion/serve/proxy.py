@@ -599,6 +599,30 @@ PROXY_RECORD = "apportion_proxy_answer"
 """The key an idempotency record of a proxy answer is kept under (status, headers, body)."""
 
 
+class CallHeaders(dict[str, str]):
+    """A call's request headers: names lower-case, looked up whatever their case.
+
+    The first of repeated headers counts (as Starlette's ``Headers`` reads them).
+    """
+
+    @classmethod
+    def of(cls, raw: Iterable[tuple[bytes, bytes]]) -> CallHeaders:
+        """The headers of an ASGI scope (``[(name, value), ...]``, names lower-case)."""
+        return cls(
+            (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in reversed(list(raw))
+        )
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The header's value, or ``default``."""
+        return super().get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+
 class ProxyEndpoint:
     """The bare ASGI app of one proxy route (``chat`` or ``responses``).
 
@@ -613,8 +637,6 @@ class ProxyEndpoint:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Answer one proxied call."""
-        from starlette.datastructures import Headers
-
         chunks: list[bytes] = []
         while True:
             message = await receive()
@@ -628,7 +650,8 @@ class ProxyEndpoint:
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         peer = scope.get("client")
         client = peer[0] if peer else None
-        answer = await self.proxy.answer(self.protocol, Headers(scope=scope), raw, client)
+        headers = CallHeaders.of(scope.get("headers", ()))
+        answer = await self.proxy.answer(self.protocol, headers, raw, client)
         if answer.stream is not None:
             from starlette.responses import StreamingResponse
 
@@ -641,12 +664,12 @@ class ProxyEndpoint:
             await response(scope, receive, send)
             return
         body = answer.body or b""
-        headers = [
+        out = [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()
         ]
-        headers.append((b"content-length", b"%d" % len(body)))
-        headers.append((b"content-type", answer.media_type.encode("latin-1")))
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        out.append((b"content-length", b"%d" % len(body)))
+        out.append((b"content-type", answer.media_type.encode("latin-1")))
+        await send({"type": "http.response.start", "status": answer.status, "headers": out})
         await send({"type": "http.response.body", "body": body})
 
 
