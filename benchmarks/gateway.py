@@ -25,13 +25,22 @@ answer was a 200 with ``Apportion-Granted``, and the requests' ledgers (``GET
 /v1/budget/requests/{id}``: ``consumed``), the ``Apportion-Used`` headers and the tokens
 the upstream billed for those requests all agree (``budget_check``).
 
+The CPU time each server used during its throughput phase (its processes and workers,
+read from ``/proc``) is reported per call (``cpu_ms_per_call``): unlike calls per second,
+it hardly moves when other work shares the machine. The fake upstream's own figure (under
+``direct``) shows it is not the bottleneck (a few hundredths of a millisecond a call, and
+thousands of calls per second called directly).
+
 Prints one JSON line: ``calls_per_s``, ``added_p50_ms``, ``added_p99_ms`` of the gateway's
-best configuration (the most calls per second; medians over ``--runs``), ``best``, the same
-three keys under ``litellm`` (or ``{"error": ...}`` when its proxy cannot be started),
-``configs`` (each configuration's medians and every run's figures), ``direct`` (the
-upstream called directly), ``every_call_budgeted``, ``load_average`` (before and after),
-``cpus``. ``--save PATH`` also writes it (indented) to a file, such as
-``benchmarks/results/gateway-<commit>.json``.
+best configuration (the most calls per second; medians over ``--runs``), ``best``,
+``uvloop_httptools`` (the event loop and HTTP parser its workers ran: uvicorn picks uvloop
+and httptools when installed), the same three keys under ``litellm`` (or ``{"error":
+...}`` when its proxy cannot be started) with its ``cpu_ms_per_call`` and ``runtime``,
+``ratio_to_litellm`` (the best configuration's calls per second and added p50 over
+LiteLLM's, measured in the same runs), ``configs`` (each configuration's medians, CPU per
+call, runtime and every run's figures), ``direct`` (the upstream called directly),
+``every_call_budgeted``, ``load_average`` (before and after), ``cpus``. ``--save PATH``
+also writes it (indented) to a file, such as ``benchmarks/results/gateway-<commit>.json``.
 
     python benchmarks/gateway.py [--runs 3] [--clients 32] [--calls 100] [--latency-calls 300]
         [--client-processes 2] [--configs memory-1w-direct ...] [--litellm-bin litellm]
@@ -313,12 +322,12 @@ def process(argv: list[str], url: str, folder: Path, name: str) -> Iterator[int]
 
 
 @contextmanager
-def upstream(folder: Path) -> Iterator[int]:
-    """The fake upstream in its own process; its port."""
+def upstream(folder: Path) -> Iterator[tuple[int, int]]:
+    """The fake upstream in its own process; its port and process id."""
     port = free_port()
     argv = [sys.executable, "-m", "apportion.testing.fast_upstream", "--port", str(port)]
-    with process(argv, f"http://127.0.0.1:{port}/healthz", folder, "upstream"):
-        yield port
+    with process(argv, f"http://127.0.0.1:{port}/healthz", folder, "upstream") as pid:
+        yield port, pid
 
 
 def gateway_config(folder: Path, name: str, store: str, upstream_port: int) -> Path:
@@ -342,8 +351,10 @@ def gateway_config(folder: Path, name: str, store: str, upstream_port: int) -> P
 
 
 @contextmanager
-def gateway(folder: Path, name: str, redis_url: str | None, upstream_port: int) -> Iterator[int]:
-    """``apportion serve`` for configuration ``name`` (``memory-1w-direct`` ...); its port."""
+def gateway(
+    folder: Path, name: str, redis_url: str | None, upstream_port: int
+) -> Iterator[tuple[int, int]]:
+    """``apportion serve`` for configuration ``name`` (``memory-1w-direct`` ...); port, pid."""
     store_kind, workers, _ = name.split("-")
     if store_kind == "redis":
         if redis_url is None:
@@ -356,12 +367,12 @@ def gateway(folder: Path, name: str, redis_url: str | None, upstream_port: int) 
     argv = [sys.executable, "-m", "apportion.cli", "serve", "--config", str(config)]
     argv += ["--port", str(port), "--workers", workers.removesuffix("w")]
     argv += ["--log-level", "warning"]
-    with process(argv, f"http://127.0.0.1:{port}/healthz", folder, name):
-        yield port
+    with process(argv, f"http://127.0.0.1:{port}/healthz", folder, name) as pid:
+        yield port, pid
 
 
 @contextmanager
-def litellm_proxy(folder: Path, binary: str, upstream_port: int) -> Iterator[int]:
+def litellm_proxy(folder: Path, binary: str, upstream_port: int) -> Iterator[tuple[int, int]]:
     """LiteLLM's proxy over the same upstream (no budget, no database, no access log)."""
     config = folder / "litellm.yaml"
     config.write_text(
@@ -392,8 +403,8 @@ def litellm_proxy(folder: Path, binary: str, upstream_port: int) -> Iterator[int
     port = free_port()
     argv = [binary, "--config", str(config), "--port", str(port), "--host", "127.0.0.1"]
     argv += ["--log_config", str(logging)]
-    with process(argv, f"http://127.0.0.1:{port}/health/liveliness", folder, "litellm"):
-        yield port
+    with process(argv, f"http://127.0.0.1:{port}/health/liveliness", folder, "litellm") as pid:
+        yield port, pid
 
 
 @contextmanager
@@ -445,6 +456,58 @@ def budget_check(port: int, upstream_port: int, phase: dict[str, Any]) -> dict[s
     }
 
 
+# --------------------------------------------------------------------------- processes
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn's workers), from ``/proc``."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) used so far by ``pid`` and its descendants."""
+    total = 0
+    for one in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def server_runtime(pid: int) -> dict[str, Any]:
+    """The event loop and HTTP parser a server's processes run (their loaded libraries).
+
+    uvicorn picks uvloop and httptools when they are installed (``loop``/``http``
+    ``auto``): a worker that mapped ``uvloop``'s and ``httptools``' extension modules runs
+    them, else asyncio's loop and h11.
+    """
+    loops, parsers = set(), set()
+    for one in process_tree(pid):
+        if process_tree(one) != [one]:  # a supervisor: its workers serve
+            continue
+        try:
+            maps = Path(f"/proc/{one}/maps").read_text()
+            command = Path(f"/proc/{one}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"resource_tracker" in command:  # multiprocessing's helper, not a server
+            continue
+        loops.add("uvloop" if "/uvloop/loop" in maps else "asyncio")
+        parsers.add("httptools" if "/httptools/parser/" in maps else "h11")
+    return {"loop": "/".join(sorted(loops)), "http": "/".join(sorted(parsers))}
+
+
 # --------------------------------------------------------------------------- the runs
 
 
@@ -462,6 +525,7 @@ def figures(target: dict[str, Any], direct: dict[str, Any]) -> dict[str, Any]:
         "statuses": load["statuses"],
         "latency_calls": lat["calls"],
         "throughput_calls": load["calls"],
+        "cpu_ms_per_call": round(target["cpu_ms_per_call"], 3),
     }
 
 
@@ -472,10 +536,16 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: round(statistics.median(r[k] for r in runs), 3) for k in KEYS}
 
 
-def measure(driver: Driver, port: int, tag: str, budgeted: bool) -> dict[str, Any]:
+def measure(driver: Driver, port: int, pid: int, tag: str, budgeted: bool) -> dict[str, Any]:
+    """The latency and throughput phases against ``port``; the server's CPU per call."""
+    latency = driver.latency(port, tag + "-lat", budgeted)
+    began = cpu_seconds(pid)
+    throughput = driver.throughput(port, tag + "-load", budgeted)
+    used = cpu_seconds(pid) - began
     return {
-        "latency": driver.latency(port, tag + "-lat", budgeted),
-        "throughput": driver.throughput(port, tag + "-load", budgeted),
+        "latency": latency,
+        "throughput": throughput,
+        "cpu_ms_per_call": 1000.0 * used / max(1, throughput["calls"]),
     }
 
 
@@ -489,53 +559,77 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     litellm_error: str | None = None
     with tempfile.TemporaryDirectory(prefix="apportion-gateway-bench-") as tmp, ExitStack() as st:
         folder = Path(tmp)
-        up = st.enter_context(upstream(folder))
+        up, up_pid = st.enter_context(upstream(folder))
         redis_url = None
         if any(name.startswith("redis") for name in args.configs):
             redis_url = st.enter_context(redis_server(folder))
         ports = {
             name: st.enter_context(gateway(folder, name, redis_url, up)) for name in args.configs
         }
-        litellm_port = None
+        litellm_port = litellm_pid = None
         if not args.no_litellm:
             binary = shutil.which(args.litellm_bin) or args.litellm_bin
             if not Path(binary).is_file():
                 litellm_error = f"no LiteLLM proxy at {args.litellm_bin!r}"
             else:
                 try:
-                    litellm_port = st.enter_context(litellm_proxy(folder, binary, up))
+                    litellm_port, litellm_pid = st.enter_context(litellm_proxy(folder, binary, up))
                 except RuntimeError as error:
                     litellm_error = f"LiteLLM's proxy did not start: {str(error)[:500]}"
         driver = Driver(args.client_processes, args)
         st.callback(driver.close)
         for index in range(args.runs):
             tag = f"r{index}"
-            direct = measure(driver, up, f"{tag}-direct", False)
+            direct = measure(driver, up, up_pid, f"{tag}-direct", False)
             direct_runs.append(
                 {
                     "p50_ms": round(direct["latency"]["p50_ms"], 3),
                     "p99_ms": round(direct["latency"]["p99_ms"], 3),
                     "calls_per_s": round(direct["throughput"]["calls_per_s"], 1),
                     "loaded_p50_ms": round(direct["throughput"]["p50_ms"], 3),
+                    "cpu_ms_per_call": round(direct["cpu_ms_per_call"], 3),
                 }
             )
-            for name, port in ports.items():
-                measured = measure(driver, port, f"{tag}-{name}", True)
+            for name, (port, pid) in ports.items():
+                measured = measure(driver, port, pid, f"{tag}-{name}", True)
                 per_config[name].append(figures(measured, direct))
                 checks[name].append(budget_check(port, up, measured["throughput"]))
-            if litellm_port is not None:
+            if litellm_port is not None and litellm_pid is not None:
                 litellm_runs.append(
-                    figures(measure(driver, litellm_port, f"{tag}-ll", False), direct)
+                    figures(measure(driver, litellm_port, litellm_pid, f"{tag}-ll", False), direct)
                 )
+        runtimes = {name: server_runtime(pid) for name, (_, pid) in ports.items()}
+        if litellm_pid is not None:
+            runtimes["litellm"] = server_runtime(litellm_pid)
     configs = {
-        name: {**medians(runs), "runs": runs, "budget_checks": checks[name]}
+        name: {
+            **medians(runs),
+            "cpu_ms_per_call": statistics.median(r["cpu_ms_per_call"] for r in runs),
+            "runtime": runtimes.get(name),
+            "runs": runs,
+            "budget_checks": checks[name],
+        }
         for name, runs in per_config.items()
     }
     best = max(configs, key=lambda name: configs[name]["calls_per_s"])
     result.update(medians(per_config[best]))
     result["best"] = best
+    result["uvloop_httptools"] = runtimes.get(best)
     if litellm_runs:
-        result["litellm"] = {**medians(litellm_runs), "runs": litellm_runs}
+        result["litellm"] = {
+            **medians(litellm_runs),
+            "cpu_ms_per_call": statistics.median(r["cpu_ms_per_call"] for r in litellm_runs),
+            "runtime": runtimes.get("litellm"),
+            "runs": litellm_runs,
+        }
+        result["ratio_to_litellm"] = {
+            "calls_per_s": round(
+                result["calls_per_s"] / max(result["litellm"]["calls_per_s"], 1e-9), 2
+            ),
+            "added_p50_ms": round(
+                result["added_p50_ms"] / max(result["litellm"]["added_p50_ms"], 1e-9), 3
+            ),
+        }
     else:
         result["litellm"] = {"error": litellm_error or "not measured (--no-litellm)"}
     result["every_call_budgeted"] = all(c["ok"] for cs in checks.values() for c in cs)
@@ -544,6 +638,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "p50_ms": statistics.median(r["p50_ms"] for r in direct_runs),
         "p99_ms": statistics.median(r["p99_ms"] for r in direct_runs),
         "calls_per_s": statistics.median(r["calls_per_s"] for r in direct_runs),
+        "cpu_ms_per_call": statistics.median(r["cpu_ms_per_call"] for r in direct_runs),
         "runs": direct_runs,
     }
     result["settings"] = {

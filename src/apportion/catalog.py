@@ -168,9 +168,12 @@ class Catalog:
     litellm: bool = True
     name: str = "user catalog"
     _own: dict[str, ModelInfo] = field(init=False, repr=False)
+    _bundled: dict[str, ModelInfo | None] = field(init=False, repr=False, compare=False)
+    """LiteLLM's entries read so far, by name (the bundled map does not change)."""
 
     def __post_init__(self) -> None:
         self._own = {}
+        self._bundled = {}
         for model in self.models:
             if not isinstance(model, ModelInfo):
                 raise TypeError(f"a catalog holds ModelInfo objects, not {model!r}")
@@ -209,6 +212,12 @@ class Catalog:
     def _litellm(self, name: str) -> ModelInfo | None:
         if not self.litellm:
             return None
+        if name in self._bundled:
+            return self._bundled[name]
+        found = self._bundled[name] = self._read_litellm(name)
+        return found
+
+    def _read_litellm(self, name: str) -> ModelInfo | None:
         table = bundled_cost_map()
         for key in (name, name.split("/", 1)[-1]):
             entry = table.get(key)

@@ -113,7 +113,7 @@ def create_app(
     from apportion.serve.admin import admin_routes
 
     admin_routes(app, gateway)
-    from apportion.serve.proxy import proxy_routes
+    from apportion.serve.proxy import install_fast_path, proxy_routes
 
     app.router.routes.extend(proxy_routes(gateway))
     from apportion.serve.dashboard.routes import dashboard_routes
@@ -144,6 +144,7 @@ def create_app(
         app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
 
     app.add_middleware(Observed, ops=ops)  # outermost: sees every answer, errors included
+    install_fast_path(app, ops, gateway.config.max_body_bytes)  # proxy calls skip the stack
     return app
 
 

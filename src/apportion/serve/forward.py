@@ -24,10 +24,7 @@ The proxy (:mod:`apportion.serve.proxy`) reads the HTTP request; this module doe
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -36,12 +33,12 @@ from typing import Any
 from apportion.errors import (
     ApportionError,
     InvalidArgument,
-    MissingExtra,
     NoTokenizer,
     UnknownModel,
 )
 from apportion.integrations.chat import CallReport, report_of
-from apportion.integrations.litellm import cost, import_litellm
+from apportion.integrations.litellm import cost as litellm_cost
+from apportion.integrations.litellm import import_litellm
 from apportion.serve.config import ServeConfig, UpstreamConfig
 from apportion.tokens import counter_for
 
@@ -162,65 +159,36 @@ def sender(
     return send
 
 
-_SDK_CLIENTS: weakref.WeakKeyDictionary[Any, dict[tuple[str | None, str | None], Any]] = (
-    weakref.WeakKeyDictionary()
-)
+PATHS = {CHAT: "/chat/completions", RESPONSES: "/responses"}
+"""The upstream's path of each protocol, under its base URL."""
 
 
 def direct_sender(
     protocol: str, upstream: UpstreamConfig, key: str | None
 ) -> Callable[..., Awaitable[Any]]:
-    """The engine's ``send`` through the OpenAI SDK, for an upstream speaking OpenAI's protocol.
+    """The engine's ``send`` straight to an upstream speaking OpenAI's protocol.
 
-    The same call as :func:`sender` without LiteLLM's translation layer (about half the
-    CPU per call): for OpenAI itself, or a server of the same protocol at ``api_base``
-    (vLLM, a local model server, a fake upstream). The model sent is the upstream's
-    ``model`` (its ``openai/`` prefix taken off) or the client's; a parameter the SDK does
-    not name goes in ``extra_body``, as the client sent it. One client per event loop.
-
-    Raises:
-        MissingExtra: the ``openai`` package is not installed.
+    The same call as :func:`sender` without LiteLLM's translation layer or the OpenAI
+    SDK's models: the parameters go as JSON bytes through one pooled HTTP client of the
+    process, and the answer is read once (:mod:`apportion.serve.upstream_http`): for
+    OpenAI itself, or a server of the same protocol at ``api_base`` (vLLM, a local model
+    server, a fake upstream). The model sent is the upstream's ``model`` (its ``openai/``
+    prefix taken off) or the client's; every other parameter goes as the client sent it.
     """
-    try:
-        import openai
-    except ImportError as error:
-        raise MissingExtra("openai", "openai") from error
-    model = upstream.model.removeprefix("openai/") if upstream.model else None
-    place = (upstream.api_base, key)
+    from apportion.serve import upstream_http
 
-    def client() -> Any:
-        loop = asyncio.get_running_loop()
-        clients = _SDK_CLIENTS.setdefault(loop, {})
-        made = clients.get(place)
-        if made is None:
-            made = clients[place] = openai.AsyncOpenAI(
-                base_url=upstream.api_base, api_key=key or "unset", max_retries=0
-            )
-        return made
+    model = upstream.model.removeprefix("openai/") if upstream.model else None
+    url = upstream_http.base_url(upstream.api_base) + PATHS[protocol]
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
 
     async def send(**params: Any) -> Any:
-        sdk = client()
-        create = sdk.chat.completions.create if protocol == CHAT else sdk.responses.create
         if model is not None:
             params["model"] = model
-        named = _named(protocol, create)
-        extra = {k: params.pop(k) for k in list(params) if k not in named}
-        if extra:
-            params["extra_body"] = {**dict(params.get("extra_body") or {}), **extra}
-        return await create(**params)
+        return await upstream_http.post(url, headers, params, stream=params.get("stream") is True)
 
     return send
-
-
-_NAMED: dict[str, frozenset[str]] = {}
-
-
-def _named(protocol: str, create: Any) -> frozenset[str]:
-    """The parameters the SDK's ``create`` names (read once per protocol)."""
-    named = _NAMED.get(protocol)
-    if named is None:
-        named = _NAMED[protocol] = frozenset(inspect.signature(create).parameters)
-    return named
 
 
 def warm(models: Iterable[str] = ("gpt-4o-mini",)) -> None:
@@ -245,6 +213,52 @@ def counter(model: str) -> Any:
         return counter_for(model, "approximate")
 
 
+_LINEAR_CHECKS = (1_000, 300_000, 2_000_000)
+"""Token counts at which a model's cached per-token prices are checked against LiteLLM's
+(a model priced by tiers, dearer above some count, is priced by LiteLLM every call)."""
+
+_UNPRICED = (0.0, 0.0, False)
+_PRICES: dict[str, tuple[float, float, bool] | None] = {}
+"""Per model: ``(USD per input token, per output token, priced)``, or ``None`` when its
+prices are not linear in the tokens (LiteLLM is asked every call)."""
+
+
+def cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """USD cost of the tokens by LiteLLM's model cost map, its prices read once per model.
+
+    The same figure as :func:`apportion.integrations.litellm.cost` (tokens times
+    LiteLLM's per-token prices), without LiteLLM's lookup on every call: the per-token
+    prices are read on a model's first call and kept, once they are seen to be linear
+    in the tokens (a model priced by tiers is priced by LiteLLM every call). ``None``
+    for a model LiteLLM does not price.
+    """
+    if model not in _PRICES:
+        _PRICES[model] = _prices(model)
+    prices = _PRICES[model]
+    if prices is None:
+        return litellm_cost(model, prompt_tokens, completion_tokens)
+    per_input, per_output, priced = prices
+    if not priced:
+        return None
+    return float(prompt_tokens * per_input) + float(completion_tokens * per_output)
+
+
+def _prices(model: str) -> tuple[float, float, bool] | None:
+    """``(per input token, per output token, priced)``; ``None``: not linear (tiers)."""
+    per_input = litellm_cost(model, 1, 0)
+    per_output = litellm_cost(model, 0, 1)
+    if per_input is None or per_output is None:
+        return _UNPRICED if per_input is None and per_output is None else None
+    for tokens in _LINEAR_CHECKS:
+        for got, want in (
+            (litellm_cost(model, tokens, 0), tokens * per_input),
+            (litellm_cost(model, 0, tokens), tokens * per_output),
+        ):
+            if got is None or abs(got - want) > 1e-9 * max(abs(want), 1e-12):
+                return None
+    return per_input, per_output, True
+
+
 async def budgeted(areq: Any, agent: str, body: Body, send: Callable[..., Awaitable[Any]]) -> Any:
     """The call through the engine: the response (``.apportion`` its report), or a stream.
 
@@ -266,7 +280,11 @@ async def budgeted(areq: Any, agent: str, body: Body, send: Callable[..., Awaita
 
 
 def dump(obj: Any) -> Any:
-    """A provider object (LiteLLM's pydantic models) as JSON-ready data."""
+    """A provider object (LiteLLM's pydantic models, the direct sender's views) as JSON data."""
+    from apportion.serve.upstream_http import JSONView
+
+    if isinstance(obj, JSONView):
+        return obj.data
     if isinstance(obj, Mapping):
         return dict(obj)
     model_dump = getattr(obj, "model_dump", None)
@@ -281,8 +299,16 @@ def dump(obj: Any) -> Any:
 
 
 def wire(response: Any) -> bytes:
-    """The provider's answer as the OpenAI wire format's JSON body."""
-    return json.dumps(dump(response), separators=(",", ":")).encode("utf-8")
+    """The provider's answer as the OpenAI wire format's JSON body.
+
+    The direct sender's answer is passed as the upstream's bytes when the engine left it
+    as it came.
+    """
+    from apportion.serve.upstream_http import JSONView, dumps, raw_bytes
+
+    if isinstance(response, JSONView):
+        return raw_bytes(response)
+    return dumps(dump(response))
 
 
 def sse(protocol: str, chunk: Any) -> bytes:

@@ -95,6 +95,9 @@ BUDGET_HEADERS = (forward.REQUEST, AGENT, CEILING, CEILING_USD, PIPELINE, PARENT
 
 PASS = "pass"
 
+SENDERS_KEPT = 256
+"""How many senders (protocol, upstream, key) a proxy keeps made."""
+
 
 class MissingBudgetHeaders(InvalidArgument):
     """A proxy call without ``Apportion-*`` headers, on a gateway that budgets every call.
@@ -288,6 +291,7 @@ class Proxy:
         self.clock: Callable[[], float] = clock or gateway.clock
         self._pass_ttl = pass_ttl
         self.direct = direct
+        self._senders: dict[tuple[str, UpstreamConfig, str | None, bool], Any] = {}
 
     # the gateway's config is read per call: an admin's reload takes effect at once
     @property
@@ -316,6 +320,20 @@ class Proxy:
         ttl = self._pass_ttl
         return ttl if ttl is not None else self.gateway.config.budget_token_ttl
 
+    def _sender(
+        self, protocol: str, upstream: UpstreamConfig, key: str | None
+    ) -> Callable[..., Awaitable[Any]]:
+        """The engine's ``send`` to ``upstream`` with ``key`` (made once, then reused)."""
+        direct = self.direct or upstream.direct
+        place = (protocol, upstream, key, direct)
+        send = self._senders.get(place)
+        if send is None:
+            if len(self._senders) >= SENDERS_KEPT:  # callers' own keys: keep a bounded few
+                self._senders.clear()
+            make = forward.direct_sender if direct else forward.sender
+            send = self._senders[place] = make(protocol, upstream, key)
+        return send
+
     def _secrets(self, key: str | None = None) -> list[str | None]:
         return [*(u.api_key for u in self.upstreams), key]
 
@@ -341,8 +359,7 @@ class Proxy:
                 if upstream.pass_through_key
                 else upstream.api_key
             )
-            direct = self.direct or upstream.direct
-            send = (forward.direct_sender if direct else forward.sender)(protocol, upstream, key)
+            send = self._sender(protocol, upstream, key)
             if not any(name in headers for name in BUDGET_HEADERS):
                 if self.unbudgeted != PASS:
                     raise MissingBudgetHeaders()
@@ -590,39 +607,196 @@ PROXY_RECORD = "apportion_proxy_answer"
 """The key an idempotency record of a proxy answer is kept under (status, headers, body)."""
 
 
+class CallHeaders(dict[str, str]):
+    """A call's request headers: names lower-case, looked up whatever their case.
+
+    The first of repeated headers counts (as Starlette's ``Headers`` reads them).
+    """
+
+    @classmethod
+    def of(cls, raw: Iterable[tuple[bytes, bytes]]) -> CallHeaders:
+        """The headers of an ASGI scope (``[(name, value), ...]``, names lower-case)."""
+        return cls(
+            (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in reversed(list(raw))
+        )
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The header's value, or ``default``."""
+        return super().get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+
+class ProxyEndpoint:
+    """The bare ASGI app of one proxy route (``chat`` or ``responses``).
+
+    Reads the body, answers through :meth:`Proxy.answer`, sends the answer (a stream as
+    Starlette's ``StreamingResponse``, which stops it when the client hangs up). The
+    app's router holds it as the route's app, and :class:`FastPath` calls it directly.
+    """
+
+    def __init__(self, proxy: Proxy, protocol: str) -> None:
+        self.proxy = proxy
+        self.protocol = protocol
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Answer one proxied call."""
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "http.disconnect":
+                return  # the client is gone before its body arrived: nothing to answer
+            if kind == "http.request":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        peer = scope.get("client")
+        client = peer[0] if peer else None
+        headers = CallHeaders.of(scope.get("headers", ()))
+        answer = await self.proxy.answer(self.protocol, headers, raw, client)
+        if answer.stream is not None:
+            from starlette.responses import StreamingResponse
+
+            response = StreamingResponse(
+                answer.stream,
+                status_code=answer.status,
+                headers=answer.headers,
+                media_type=answer.media_type,
+            )
+            await response(scope, receive, send)
+            return
+        body = answer.body or b""
+        out = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()
+        ]
+        out.append((b"content-length", b"%d" % len(body)))
+        out.append((b"content-type", answer.media_type.encode("latin-1")))
+        await send({"type": "http.response.start", "status": answer.status, "headers": out})
+        await send({"type": "http.response.body", "body": body})
+
+
+INTERNAL_ERROR = (
+    b'{"error": {"code": "internal_error", "message": "internal error (%s); please report it"}}'
+)
+"""The answer to a proxied call that failed unexpectedly (as the app's other routes say it)."""
+
+
+class FastPath:
+    """The proxy's routes ahead of the app's middleware stack (an ASGI app around it).
+
+    ``POST`` to a proxy path goes to its :class:`ProxyEndpoint` through only what a proxied
+    call needs: the operations middleware (:class:`~apportion.serve.ops.Observed`: call
+    id, log line, metrics, span, calls in flight) and the body limit
+    (:class:`~apportion.serve.routes.BodyLimit`); an unexpected error is answered 500 as
+    the app does, then raised (the server logs it). Everything else (the lifespan, every
+    other route and method) goes to the app's whole stack.
+
+    Args:
+        app: the app's middleware stack.
+        endpoints: path -> the proxy route's ASGI app.
+        ops: the app's operations state.
+        limit: the largest body taken (bytes).
+    """
+
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        endpoints: Mapping[str, Callable[..., Awaitable[None]]],
+        ops: Any,
+        limit: int,
+    ) -> None:
+        from apportion.serve.ops import Observed
+        from apportion.serve.routes import BodyLimit
+
+        self.app = app
+        self.routes = {
+            path: Observed(BodyLimit(endpoint, limit), ops) for path, endpoint in endpoints.items()
+        }
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve one ASGI call."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            route = self.routes.get(path)
+            if route is not None:
+                await self._guarded(route, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _guarded(route: Any, scope: Any, receive: Any, send: Any) -> None:
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await route(scope, receive, sending)
+        except Exception as error:
+            if not started:
+                body = INTERNAL_ERROR % type(error).__name__.encode("ascii", "replace")
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-length", b"%d" % len(body)),
+                            (b"content-type", JSON.encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+            raise
+
+
+def install_fast_path(app: Any, ops: Any, limit: int) -> None:
+    """Put the app's proxy routes ahead of its middleware stack (:class:`FastPath`).
+
+    The proxy routes in ``app.router`` when the app starts serving (their
+    :class:`ProxyEndpoint`) are called directly for ``POST``; the app's stack serves the
+    rest.
+    """
+    build = app.build_middleware_stack
+
+    def built() -> Any:  # on the app's first call: the routes as they are then
+        endpoints = {
+            route.path: route.app
+            for route in app.router.routes
+            if isinstance(getattr(route, "app", None), ProxyEndpoint)
+        }
+        return FastPath(build(), endpoints, ops, limit)
+
+    app.build_middleware_stack = built
+    app.middleware_stack = None
+
+
 def proxy_routes(gateway: Gateway, *, warm: bool = True, **options: Any) -> list[Any]:
     """Starlette routes of the proxy: ``POST /v1/chat/completions`` and ``/v1/responses``.
 
     Mount them in the gateway's app (``app.router.routes.extend(proxy_routes(gateway))``);
     ``options`` go to :class:`Proxy`. With ``warm`` (the default), LiteLLM is imported and
     the default model's tokenizer loaded now (seconds, once per process), not on the
-    first proxied call.
+    first proxied call. Each route's app is a :class:`ProxyEndpoint`
+    (:func:`install_fast_path` calls them ahead of the app's middleware).
     """
-    from starlette.requests import Request
-    from starlette.responses import Response, StreamingResponse
     from starlette.routing import Route
 
     proxy = Proxy(gateway, **options)
     if warm:
         forward.warm()
-
-    def endpoint(protocol: str) -> Callable[[Request], Awaitable[Response]]:
-        async def handle(request: Request) -> Response:
-            raw = await request.body()
-            client = request.client.host if request.client is not None else None
-            answer = await proxy.answer(protocol, request.headers, raw, client)
-            if answer.stream is not None:
-                return StreamingResponse(
-                    answer.stream,
-                    status_code=answer.status,
-                    headers=answer.headers,
-                    media_type=answer.media_type,
-                )
-            return Response(answer.body, answer.status, answer.headers, answer.media_type)
-
-        return handle
-
     return [
-        Route("/v1/chat/completions", endpoint(CHAT), methods=["POST"]),
-        Route("/v1/responses", endpoint(RESPONSES), methods=["POST"]),
+        Route("/v1/chat/completions", ProxyEndpoint(proxy, CHAT), methods=["POST"]),
+        Route("/v1/responses", ProxyEndpoint(proxy, RESPONSES), methods=["POST"]),
     ]
