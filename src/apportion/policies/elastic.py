@@ -35,6 +35,7 @@ class ElasticPolicy(PredictingPolicy):
 
     name = "elastic"
     weights: ClassVar[dict[int, float]] = {2: 4.0, 1: 2.0, 0: 1.0}
+    spreads_shortfall: ClassVar[bool] = True
 
     def plan(self, obs: Observation) -> Plan:
         """Reserve the critical agents' predicted needs; allocate the rest by weight.
@@ -96,6 +97,23 @@ class ElasticPolicy(PredictingPolicy):
                 keep += out
                 total += out * self.weights[b.priority.rank]
         return keep, total
+
+    def held_inputs(
+        self, obs: Observation, agent: Agent
+    ) -> tuple[int, int, list[tuple[float, float, float]]]:
+        """As the base rule; for a critical agent, of what :meth:`held_back` keeps.
+
+        The inputs of its own later calls, and every answer it leaves room for (all of
+        them are treated as answers a squeezed critical call does not eat into).
+        """
+        if agent.priority is not Priority.CRITICAL:
+            return super().held_inputs(obs, agent)
+        keep = self.held_back(obs, agent)[0]
+        times = self.expected_calls(obs, agent, calling=True)
+        own = self.predicted_needs(obs)[agent.name] - self.predicted_outputs(obs)[agent.name]
+        inputs = 0 if times <= 0 else weighted(max(0, own), times)
+        sizes = [(max(0.0, own), times, self.weights[agent.priority.rank])] if times > 0 else []
+        return inputs, max(0, keep - inputs), sizes
 
     def on_finish(
         self,

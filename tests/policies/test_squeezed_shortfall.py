@@ -1,0 +1,55 @@
+"""A squeezed call: what it may take from the agents after it, and how it shares a shortfall."""
+
+from __future__ import annotations
+
+from apportion import Agent, Controller, Pipeline
+from apportion.spec import OutputKind
+
+
+def _trained(pipeline: Pipeline, policy: str, calls: list[tuple[str, int, int]]) -> Controller:
+    """A controller whose policy saw 40 requests making ``calls`` (agent, input, output)."""
+    controller = Controller(pipeline, policy=policy)
+    for r in range(40):
+        with controller.request(ceiling=50_000) as req:
+            for name, inp, out in calls:
+                grant = req.begin(name, input_tokens=inp)
+                req.finish(grant, input_tokens=inp, output_tokens=out + 10 * (r % 5) - 20)
+    return controller
+
+
+def test_a_squeezed_call_leaves_a_later_record_its_size() -> None:
+    """A writer with four times more input than the request holds, then a formatter whose
+    record (80 to 120 tokens) is worth nothing cut: the writer, squeezed, takes its share
+    of the pool but never what the record is expected to need, so the formatter can still
+    write its expected 100 tokens (before: the writer's share ate into it, leaving 35)."""
+    pipeline = Pipeline(
+        [
+            Agent("writer", "standard"),
+            Agent("formatter", "standard", after=["writer"], output_kind=OutputKind.STRUCTURED),
+        ]
+    )
+    for policy in ("estimate", "elastic"):
+        controller = _trained(pipeline, policy, [("writer", 1_000, 500), ("formatter", 20, 100)])
+        with controller.request(ceiling=1_800) as req:
+            grant = req.begin("writer", input_tokens=4_000)
+            req.finish(grant, input_tokens=grant.context_tokens, output_tokens=grant.output_tokens)
+            left = req.begin("formatter", input_tokens=20)
+        assert left.output_tokens >= 95, policy
+
+
+def test_estimate_shares_a_shortfall_among_the_inputs_to_come() -> None:
+    """Three alike researchers (1,000 tokens of input, answers of 200) in a request of
+    2,400 tokens, 1,200 short of their 3,600: each reads about 600 of its 1,000 (the answers
+    first, the inputs cut alike), instead of the first ones bearing the shortfall (before:
+    378 read by the first, 934 by the last)."""
+    pipeline = Pipeline([Agent("r1"), Agent("r2", after=["r1"]), Agent("r3", after=["r2"])])
+    controller = _trained(pipeline, "estimate", [(r, 1_000, 200) for r in ("r1", "r2", "r3")])
+    read = []
+    with controller.request(ceiling=2_400) as req:
+        for name in ("r1", "r2", "r3"):
+            grant = req.begin(name, input_tokens=1_000)
+            read.append(grant.context_tokens)
+            assert grant.output_tokens >= 200
+            req.finish(grant, input_tokens=grant.context_tokens, output_tokens=200)
+    assert max(read) - min(read) <= 100, read
+    assert min(read) >= 500, read
