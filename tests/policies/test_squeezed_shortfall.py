@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apportion import Agent, Controller, Pipeline
+from apportion import Agent, AgentKind, Controller, Pipeline
 from apportion.spec import OutputKind
 
 
@@ -53,3 +53,36 @@ def test_estimate_shares_a_shortfall_among_the_inputs_to_come() -> None:
             req.finish(grant, input_tokens=grant.context_tokens, output_tokens=200)
     assert max(read) - min(read) <= 100, read
     assert min(read) >= 500, read
+
+
+def _fan_day(controller: Controller, ceiling: int) -> tuple[list[int], int]:
+    """A lead, four workers (1,000 tokens of input, answers of 200), a report reading
+    1,000 tokens: what each worker read, and what the report read."""
+    read = []
+    with controller.request(ceiling=ceiling) as req:
+        grant = req.begin("lead", input_tokens=300)
+        req.finish(grant, input_tokens=300, output_tokens=100)
+        for i in range(4):
+            grant = req.begin(f"worker:{i}", input_tokens=1_000)
+            read.append(grant.context_tokens)
+            req.finish(grant, input_tokens=grant.context_tokens, output_tokens=200)
+        grant = req.begin("report", input_tokens=1_000)
+        req.finish(grant, input_tokens=grant.context_tokens, output_tokens=200)
+    return read, grant.context_tokens
+
+
+def test_a_line_of_many_calls_gives_way_before_a_single_reader() -> None:
+    """Four workers (a kind) then a report, 6,400 tokens of need in a request of 4,000: a
+    worker's call is a quarter of its line, the report's the whole of its own, so the
+    workers' inputs give way first and the report reads most of its 1,000 (read alike,
+    every input would get about 520)."""
+    pipeline = Pipeline(
+        [Agent("lead"), Agent("report", after=["worker"])],
+        kinds=[AgentKind("worker", "worker:*", after=["lead"])],
+    )
+    controller = Controller(pipeline, policy="estimate")
+    for _ in range(40):
+        _fan_day(controller, 50_000)
+    workers, report = _fan_day(controller, 4_000)
+    assert report >= 800, (workers, report)
+    assert max(workers) < report

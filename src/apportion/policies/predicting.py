@@ -59,10 +59,12 @@ others never eats into the structured or reasoning answers held back for (a cut 
 is worth nothing, a cut conclusion half). With :attr:`PredictingPolicy.spreads_shortfall`
 (``estimate``, ``elastic``) it does not bear the shortfall alone either: the answers come
 first (its own included), then its input and every input held back for are read up to
-one level (:func:`water_level`; times the priority weight for ``elastic``): what a read
-part of an input is worth grows as its log, so a token is worth as much to any input
-under the level, and the large inputs give way first. Not before any request was seen,
-nor where a listed agent loops (its later calls are not held back for).
+one level (:func:`water_level`; times the priority weight for ``elastic``, divided by the
+calls the line makes per request), never past its share of the pool: what a read part of
+an input is worth grows as its log, so a token is worth as much to any input under the
+level, and the large inputs, and those of lines that call many times, give way first.
+Not before any request was seen, nor where a listed agent loops (its later calls are not
+held back for).
 
 Why a listed agent that loops is not held back for its own later calls: on the ChatDev
 call log (real runs, each given 80% of the tokens it used) that cost ``elastic`` 0.27 and
@@ -701,11 +703,23 @@ class PredictingPolicy(Policy):
             if name in reserve:  # held by its reservation, but for what its readers grew by
                 need = weighted(max(0, needs[name] - planned[name]), times)
                 inputs += need
-                sizes.append((max(0, needs[name] - planned[name]), times, weights[rank]))
+                sizes.append(
+                    (
+                        max(0, needs[name] - planned[name]),
+                        times,
+                        weights[rank] / self._per_request(obs, b),
+                    )
+                )
             else:
                 need = weighted(needs[name], times)
                 inputs += weighted(max(0, needs[name] - outputs[name]), times)
-                sizes.append((max(0, needs[name] - outputs[name]), times, weights[rank]))
+                sizes.append(
+                    (
+                        max(0, needs[name] - outputs[name]),
+                        times,
+                        weights[rank] / self._per_request(obs, b),
+                    )
+                )
                 if b.output_kind is not OutputKind.PROSE:
                     fragile += weighted(min(outputs[name], needs[name]), times)
             keep += need
@@ -802,6 +816,14 @@ class PredictingPolicy(Policy):
             return 0
         return obs.state.available_for(agent.name)
 
+    def _per_request(self, obs: Observation, agent: Agent) -> float:
+        """Calls ``agent`` makes per request, as seen (at least 1; memo per request)."""
+        found: dict[str, float] = obs.memo.setdefault("per_request", {})
+        calls = found.get(agent.name)
+        if calls is None:
+            calls = found[agent.name] = max(1.0, self._calls_model(obs).remaining(agent.name, 0))
+        return calls
+
     def _spreads(self, obs: Observation) -> bool:
         """Whether a squeezed call shares the shortfall here (see :meth:`budget`).
 
@@ -827,9 +849,12 @@ class PredictingPolicy(Policy):
         never eats into the answers of structured or reasoning agents held back for (a cut
         record is worth nothing, a cut conclusion half: one cut formatter zeroes its
         request), and, for a policy that :attr:`spreads_shortfall`, its floor is its answer
-        plus its input cut in the same proportion as every input held back for once all
-        the answers (its own first) are paid: the shortfall is shared by every input
-        expected, not borne by the call in hand alone.
+        plus its input read up to the level every input held back for is read to once all
+        the answers (its own first) are paid (:func:`water_level`; each input's level
+        times its priority weight, divided by the calls its line makes per request: a
+        call of a team of eight is an eighth of its line), and never past its share of the
+        pool by needs and weights: the shortfall is shared by every input expected, not
+        borne by the call in hand alone.
         """
         available = obs.state.available_for(agent.name)
         keep, others = self.held_back(obs, agent)
@@ -846,13 +871,15 @@ class PredictingPolicy(Policy):
         if self.spreads_shortfall and self._spreads(obs):
             # squeezed: the answers first (this one's included), then every input held back
             # for and this call's filled to one level (a read part of an input is worth by
-            # its log: each token is worth as much to any input below the level)
+            # its log: each token is worth as much to any input below the level), a line's
+            # level shared among the calls it makes per request
             mine_in = max(0, want - answer)
-            mine = self.weights[agent.priority.rank]
+            mine = self.weights[agent.priority.rank] / self._per_request(obs, agent)
             level = water_level(
                 [*sizes, (mine_in, 1.0, mine)], available - (keep - inputs) - answer
             )
             floor = answer + int(min(mine_in, mine * level))
+            floor = min(floor, share)  # never past its share of the pool by needs
         # a squeezed call never eats into the answers held back for that are worth nothing
         # (structured) or half (reasoning) when cut
         if not self._listed_loop(obs):
