@@ -86,3 +86,35 @@ def test_a_line_of_many_calls_gives_way_before_a_single_reader() -> None:
     workers, report = _fan_day(controller, 4_000)
     assert report >= 800, (workers, report)
     assert max(workers) < report
+
+
+def test_elastic_reserves_only_for_critical_agents_seen_in_every_request() -> None:
+    """An escalation (critical) that runs in a third of the requests: no reservation, so
+    in a request it skips, the formatter after the reasoner may draw every token left
+    (before: its reservation, a third of its need, stayed unspent to the close and the
+    formatter's record was cut)."""
+    pipeline = Pipeline(
+        [
+            Agent("escalation", "critical"),
+            Agent("reasoner", "critical"),
+            Agent("formatter", "peripheral", after=["reasoner"], output_kind=OutputKind.STRUCTURED),
+        ]
+    )
+    controller = Controller(pipeline, policy="elastic")
+    for r in range(30):
+        with controller.request(ceiling=20_000) as req:
+            for name, inp, out in (("escalation", 800, 600), ("reasoner", 1_000, 700)):
+                if name == "escalation" and r % 3:
+                    continue
+                grant = req.begin(name, input_tokens=inp)
+                req.finish(grant, input_tokens=inp, output_tokens=out)
+            grant = req.begin("formatter", input_tokens=300)
+            req.finish(grant, input_tokens=300, output_tokens=150)
+    with controller.request(ceiling=3_000) as req:
+        reserve = dict(controller.store.get(req.request_id).reserve)  # type: ignore[attr-defined]
+        grant = req.begin("reasoner", input_tokens=1_000)
+        req.finish(grant, input_tokens=1_000, output_tokens=1_500)
+        left = controller.store.get(req.request_id).available_for("formatter")  # type: ignore[attr-defined]
+        consumed = controller.store.get(req.request_id).consumed  # type: ignore[attr-defined]
+    assert "escalation" not in reserve and "reasoner" in reserve
+    assert left == 3_000 - consumed
