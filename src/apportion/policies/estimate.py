@@ -18,6 +18,8 @@ not predicted to need.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from apportion.policies.predicting import PredictingPolicy
 
 
@@ -25,3 +27,4 @@ class EstimatePolicy(PredictingPolicy):
     """Predicted needs plus a margin; see the module docstring."""
 
     name = "estimate"
+    spreads_shortfall: ClassVar[bool] = True

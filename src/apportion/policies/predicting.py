@@ -54,6 +54,18 @@ expected after it) gets a cap that reaches what is left, up to twice its own, on
 agent's output errors are known and without a cost ceiling (a cap costs only what the
 answer writes).
 
+Squeezed calls. A call that cannot have what it wants beside what is held back for the
+others never eats into the structured or reasoning answers held back for (a cut record
+is worth nothing, a cut conclusion half). With :attr:`PredictingPolicy.spreads_shortfall`
+(``estimate``, ``elastic``) it does not bear the shortfall alone either: the answers come
+first (its own included), then its input and every input held back for are read up to
+one level (:func:`water_level`; times the priority weight for ``elastic``, divided by the
+calls the line makes per request), never past its share of the pool: what a read part of
+an input is worth grows as its log, so a token is worth as much to any input under the
+level, and the large inputs, and those of lines that call many times, give way first.
+Not before any request was seen, nor where a listed agent loops (its later calls are not
+held back for).
+
 Why a listed agent that loops is not held back for its own later calls: on the ChatDev
 call log (real runs, each given 80% of the tokens it used) that cost ``elastic`` 0.27 and
 ``estimate`` 0.25 of simulated quality, its critical coder's answers being cut at every
@@ -139,6 +151,8 @@ class PredictingPolicy(Policy):
 
     weights: ClassVar[Mapping[int, float]] = {2: 1.0, 1: 1.0, 0: 1.0}
     """Weight of each priority rank when the pool is split in proportion."""
+    spreads_shortfall: ClassVar[bool] = False
+    """A squeezed call shares the shortfall with the inputs held back for (see :meth:`budget`)."""
 
     def __init__(
         self,
@@ -646,12 +660,32 @@ class PredictingPolicy(Policy):
         begun: bool = False,
     ) -> tuple[int, float]:
         """The loop of :meth:`held_back`, for a priority ``floor`` and rank ``weights``."""
+        keep, total, *_ = self._held_parts(obs, agent, floor, weights, begun=begun)
+        return keep, total
+
+    def _held_parts(
+        self,
+        obs: Observation,
+        agent: Agent,
+        floor: int | None,
+        weights: Mapping[int, float] | Sequence[float],
+        *,
+        begun: bool = False,
+    ) -> tuple[int, float, int, int, list[tuple[float, float, float]]]:
+        """:meth:`_held_back`, with the inputs' part, the fragile answers, each input.
+
+        Each input: ``(tokens per call, calls, weight)``. Fragile answers: those of structured or
+        reasoning agents (worth nothing, or half,
+        when cut).
+        """
+        sizes: list[tuple[float, float, float]] = []
         if floor is None:
-            return 0, 0.0
+            return 0, 0.0, 0, 0, sizes
         reserve = obs.state.reserve
         needs = self.needs_now(obs)
         planned = self.predicted_needs(obs)
-        keep = 0
+        outputs = self.predicted_outputs(obs)
+        keep = inputs = fragile = 0
         total = 0.0
         for b in obs.pipeline.agents:
             name = b.name
@@ -668,11 +702,38 @@ class PredictingPolicy(Policy):
                 continue
             if name in reserve:  # held by its reservation, but for what its readers grew by
                 need = weighted(max(0, needs[name] - planned[name]), times)
+                inputs += need
+                sizes.append(
+                    (
+                        max(0, needs[name] - planned[name]),
+                        times,
+                        weights[rank] / self._per_request(obs, b),
+                    )
+                )
             else:
                 need = weighted(needs[name], times)
+                inputs += weighted(max(0, needs[name] - outputs[name]), times)
+                sizes.append(
+                    (
+                        max(0, needs[name] - outputs[name]),
+                        times,
+                        weights[rank] / self._per_request(obs, b),
+                    )
+                )
+                if b.output_kind is not OutputKind.PROSE:
+                    fragile += weighted(min(outputs[name], needs[name]), times)
             keep += need
             total += need * weights[rank]
-        return keep, total
+        return keep, total, min(inputs, keep), fragile, sizes
+
+    def held_inputs(
+        self, obs: Observation, agent: Agent
+    ) -> tuple[int, int, list[tuple[float, float, float]]]:
+        """Of what :meth:`held_back` keeps: the inputs, the fragile answers, each input.
+
+        Each input as ``(tokens per call, calls, weight)``.
+        """
+        return self._held_parts(obs, agent, self.held_for(agent), self.weights)[2:]
 
     def held_for(self, agent: Agent) -> int | None:
         """The lowest priority rank ``agent`` leaves room for (``None``: nobody).
@@ -701,8 +762,15 @@ class PredictingPolicy(Policy):
         if output_tokens is not None:
             want_out = min(want_out, max(output_tokens, agent.min_output))
         want = input_tokens + want_out
-        budget = self.budget(obs, agent, want)
         most = max(want_out, agent.min_output)
+        if agent.max_output is not None:
+            most = min(most, agent.max_output)
+        if agent.output_kind is OutputKind.PROSE and not self.feeds(obs, agent):
+            least = round(predicted)
+        else:
+            least = self.least_output(obs, agent, predicted, most)
+        least = min(max(least, agent.min_output), most)
+        budget = self.budget(obs, agent, want, answer=least)
         if budget >= want and output_tokens is None and self._knows_the_rest(obs):
             # a cap costs only what the answer writes: the last call's may reach what
             # is left (up to twice its own), once the needs of the others are known
@@ -712,15 +780,11 @@ class PredictingPolicy(Policy):
                 budget = input_tokens + spare
         if agent.max_output is not None:
             most = min(most, agent.max_output)
-        if agent.output_kind is OutputKind.PROSE and not self.feeds(obs, agent):
-            least = round(predicted)
-        else:
-            least = self.least_output(obs, agent, predicted, most)
         ctx, out = divide(
             budget,
             input_tokens,
             most,
-            min(max(least, agent.min_output), most),
+            least,
             agent,
             feeds=self.feeds(obs, agent),
         )
@@ -752,7 +816,27 @@ class PredictingPolicy(Policy):
             return 0
         return obs.state.available_for(agent.name)
 
-    def budget(self, obs: Observation, agent: Agent, want: int) -> int:
+    def _per_request(self, obs: Observation, agent: Agent) -> float:
+        """Calls ``agent`` makes per request, as seen (at least 1; memo per request)."""
+        found: dict[str, float] = obs.memo.setdefault("per_request", {})
+        calls = found.get(agent.name)
+        if calls is None:
+            calls = found[agent.name] = max(1.0, self._calls_model(obs).remaining(agent.name, 0))
+        return calls
+
+    def _spreads(self, obs: Observation) -> bool:
+        """Whether a squeezed call shares the shortfall here (see :meth:`budget`).
+
+        Not before any request was seen (what is held back is a prior, a share of the
+        ceiling per agent), and not where a listed agent loops (its own later calls are not
+        held back for, so they would not share). On the ChatDev log, spreading in the
+        first request alone cost ``elastic`` 0.10 of quality (0.721 to 0.616).
+        """
+        return self._calls_model(obs).requests > 0 and not self._listed_loop(obs)
+
+    def budget(
+        self, obs: Observation, agent: Agent, want: int, *, answer: int | None = None
+    ) -> int:
         """What the agent gets for a call wanting ``want`` tokens.
 
         It gets what it wants when that leaves the agents it holds back for their predicted
@@ -760,6 +844,17 @@ class PredictingPolicy(Policy):
         it wants, it may take more, up to half of what it wants, as its share of the pool in
         proportion to needs times priority weights (eating into theirs). The budget never
         grows when the others need more.
+
+        With ``answer`` (the output the call keeps before its input is cut): a squeezed call
+        never eats into the answers of structured or reasoning agents held back for (a cut
+        record is worth nothing, a cut conclusion half: one cut formatter zeroes its
+        request), and, for a policy that :attr:`spreads_shortfall`, its floor is its answer
+        plus its input read up to the level every input held back for is read to once all
+        the answers (its own first) are paid (:func:`water_level`; each input's level
+        times its priority weight, divided by the calls its line makes per request: a
+        call of a team of eight is an eighth of its line), and never past its share of the
+        pool by needs and weights: the shortfall is shared by every input expected, not
+        borne by the call in hand alone.
         """
         available = obs.state.available_for(agent.name)
         keep, others = self.held_back(obs, agent)
@@ -769,7 +864,27 @@ class PredictingPolicy(Policy):
         mine = want * self.weights[agent.priority.rank]
         weighted = mine + others
         share = int(available * mine / weighted) if weighted else available
-        return min(want, available, max(room, min(share, int(want * _ROOM_ENOUGH))))
+        floor = min(share, int(want * _ROOM_ENOUGH))
+        if answer is None:
+            return min(want, available, max(room, floor))
+        inputs, fragile, sizes = self.held_inputs(obs, agent)
+        if self.spreads_shortfall and self._spreads(obs):
+            # squeezed: the answers first (this one's included), then every input held back
+            # for and this call's filled to one level (a read part of an input is worth by
+            # its log: each token is worth as much to any input below the level), a line's
+            # level shared among the calls it makes per request
+            mine_in = max(0, want - answer)
+            mine = self.weights[agent.priority.rank] / self._per_request(obs, agent)
+            level = water_level(
+                [*sizes, (mine_in, 1.0, mine)], available - (keep - inputs) - answer
+            )
+            floor = answer + int(min(mine_in, mine * level))
+            floor = min(floor, share)  # never past its share of the pool by needs
+        # a squeezed call never eats into the answers held back for that are worth nothing
+        # (structured) or half (reasoning) when cut
+        if not self._listed_loop(obs):
+            floor = min(floor, available - fragile)
+        return max(0, min(want, available, max(room, floor)))
 
     def on_finish(
         self,
@@ -1106,6 +1221,27 @@ def divide(
     out = min(least, int(budget * share))
     ctx = min(input_tokens, budget - out)
     return ctx, min(most, budget - ctx)
+
+
+def water_level(sizes: Sequence[tuple[float, float, float]], pool: float) -> float:
+    """The level ``L`` at which ``sum(calls * min(tokens, weight * L))`` fills ``pool``.
+
+    ``sizes`` holds ``(tokens per call, calls, weight)``: each input is read up to its
+    weight times the level. ``math.inf`` when every input fits, 0 when the pool is empty.
+    """
+    if pool <= 0:
+        return 0.0
+    items = [(t / w, t, c, w) for t, c, w in sizes if c > 0 and w > 0]
+    if sum(t * c for _, t, c, _ in items) <= pool:
+        return math.inf
+    below = 0.0  # tokens of the inputs read whole (under their level)
+    slope = sum(c * w for _, _, c, w in items)  # tokens per unit of level, of the others
+    for top, tokens, calls, weight in sorted(items):
+        if below + top * slope >= pool:
+            break
+        below += tokens * calls
+        slope -= calls * weight
+    return (pool - below) / slope if slope > 0 else math.inf
 
 
 def _fit(needs: dict[str, int], total: int) -> dict[str, int]:
