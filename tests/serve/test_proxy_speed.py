@@ -25,6 +25,7 @@ from apportion.serve.proxy import Proxy
 from apportion.serve.upstream_http import JSONView, UpstreamStatusError, raw_bytes, view_of
 from apportion.testing.fast_upstream import FastUpstream
 from apportion.testing.openai_server import OpenAIServer, Reply
+from conftest import ROOT, wait_ready
 
 USAGES = [(0, 0), (1, 0), (0, 1), (10, 5), (123_456, 789), (300_000, 20_000), (7, 2_000_000)]
 MODELS = [
@@ -262,7 +263,6 @@ def test_apportion_serve_runs_without_uvloop_httptools_and_orjson(tmp_path):
     import sys
 
     from apportion.testing.ports import free_port
-    from conftest import ROOT, wait_ready
 
     (tmp_path / "sitecustomize.py").write_text(_BLOCKER, encoding="utf-8")
     with FastUpstream(reply_tokens=4) as upstream:
