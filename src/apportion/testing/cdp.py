@@ -24,19 +24,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Final
 
+from apportion.testing.chromium import HEADLESS_FLAGS
+
 __all__ = ["Browser", "BrowserError"]
 
 _FLAGS: Final = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
+    *HEADLESS_FLAGS,
     "--no-default-browser-check",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
     "--disable-extensions",
     "--hide-scrollbars",
     "--remote-debugging-address=127.0.0.1",

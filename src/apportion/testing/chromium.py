@@ -16,10 +16,10 @@ import subprocess
 from pathlib import Path
 from typing import Final
 
-__all__ = ["chromium_or_skip", "find_chromium", "laid_out"]
+__all__ = ["HEADLESS_FLAGS", "chromium_or_skip", "find_chromium", "laid_out"]
 
 _NAMES: Final = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-_FLAGS: Final = (
+HEADLESS_FLAGS: Final = (
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -84,7 +84,7 @@ def laid_out(
     probed.write_text(page.read_text(encoding="utf-8").replace("</body>", script + "</body>"))
     command = [
         browser,
-        *_FLAGS,
+        *HEADLESS_FLAGS,
         f"--user-data-dir={workdir / 'chromium-profile'}",
         f"--window-size={window[0]},{window[1]}",
         "--dump-dom",
