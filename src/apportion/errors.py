@@ -518,9 +518,9 @@ class StoreUnavailable(ApportionError, ConnectionError):
 
 
 class StoreOutcomeUnknown(StoreUnavailable):
-    """The store may or may not have carried the operation out (the connection dropped, or
-    no reply came in time, after the operation was sent).
+    """The store may or may not have carried the operation out.
 
+    The connection dropped, or no reply came in time, after the operation was sent.
     Retrying it with the same operation id is safe: the store answers a repeated id with
     the first outcome and changes nothing. The controller does so a bounded number of times
     before it gives up with this error.

@@ -258,8 +258,10 @@ def digest_operation(digest: str) -> str:
 
 
 def _op(op_id: str | None, wrap_up_tokens: int = 0) -> dict[str, Any]:
-    """The ``op_id`` (and ``wrap_up_tokens``) keywords, passed on only when given, so a
-    store without them keeps working for calls without them."""
+    """The ``op_id`` and ``wrap_up_tokens`` keywords, passed on only when given.
+
+    A store without them keeps working for calls without them.
+    """
     given: dict[str, Any] = {} if op_id is None else {"op_id": op_id}
     if wrap_up_tokens != 0:
         given["wrap_up_tokens"] = wrap_up_tokens
@@ -449,6 +451,7 @@ class Store(abc.ABC):
                 whose ceiling they do not fit).
             ttl: how long each child may stay open before ``reap`` closes it.
             max_depth: the deepest a child may be (a root request is at depth 0).
+            op_id: the operation's id (see the module docstring), recorded in the parent.
 
         Returns:
             The parent's state after the draws, and the children's, in the order of

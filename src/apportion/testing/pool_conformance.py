@@ -197,9 +197,7 @@ class PoolConformance:
         store.define_pool(Pool("t", 2000, MINUTE))
         assert store.get_pool("t", 0.0).remaining == 1600
 
-    def test_a_repeated_pooled_open_and_close_draw_and_give_back_once(
-        self, store: Store
-    ) -> None:
+    def test_a_repeated_pooled_open_and_close_draw_and_give_back_once(self, store: Store) -> None:
         store.open("r1", RANKS, 300, 0.0, pool="t", op_id="open-1")
         store.open("r1", RANKS, 300, 0.5, pool="t", op_id="open-1")
         status = store.get_pool("t", 1.0)

@@ -991,14 +991,14 @@ class StoreConformance:
         state = store.open("r1", RANKS, 500, 2.0, op_id="second-open")  # replaces it
         assert (state.status, state.ceiling) == ("open", 500)
         # the ids of the request replaced are forgotten with it
-        grant, _ = store.begin("r1", "lead", 10, 10, 2.0, LEASE, op_id="first-close")
+        store.begin("r1", "lead", 10, 10, 2.0, LEASE, op_id="first-close")
         assert store.get("r1").reserved == 20
         state = store.close("r1", 3.0, op_id="first-open")
         assert state.status == "closed"
 
     def test_repeated_op_id_of_children(self, store: Store) -> None:
         store.open("r1", RANKS, 1000, 0.0)
-        parent, kids = store.open_children(
+        store.open_children(
             "r1", ["r1::a", "r1::b"], RANKS, 0.0, priorities=["standard"] * 2, ceiling=200,
             op_id="kids",
         )  # fmt: skip
