@@ -248,8 +248,17 @@ def op_digest(operation: str, *parts: object) -> str:
     ``parts`` are the arguments a retry must repeat (see the module docstring); the
     operation's name stays readable, so a conflict can say what the id was first used for.
     """
-    text = repr(parts).encode("utf-8", "surrogatepass")
+    text = repr(_plain(parts)).encode("utf-8", "surrogatepass")
     return f"{operation}:{hashlib.blake2b(text, digest_size=10).hexdigest()}"
+
+
+def _plain(value: object) -> object:
+    """``value`` with its integers in hex (``repr`` refuses integers past 4,300 digits)."""
+    if type(value) is int:
+        return hex(value)
+    if isinstance(value, tuple | list):
+        return tuple(_plain(item) for item in value)
+    return value
 
 
 def digest_operation(digest: str) -> str:
