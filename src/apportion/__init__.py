@@ -70,6 +70,7 @@ from apportion.policies import (
 )
 from apportion.pools import Pool
 from apportion.reaper import Reaper
+from apportion.retry import StoreRetry
 from apportion.spec import Agent, AgentKind, LinearEstimator, OutputKind, Pipeline, Priority
 from apportion.stores import MemoryStore, Store
 from apportion.summary import AgentUsage, Summary
@@ -137,6 +138,7 @@ __all__ = [
     "StaticPolicy",
     "Store",
     "StoreOutcomeUnknown",
+    "StoreRetry",
     "StoreUnavailable",
     "Summary",
     "TreeTooDeep",
