@@ -10,11 +10,20 @@ calls (their grants' leases expire).
 Request ids live in the tenant's namespace: the store holds ``TENANT/ID``, the API shows
 ``ID``. Another tenant's id is simply not there (``UnknownRequest``, 404), and every error
 shown to a tenant names its own ids only (see :mod:`apportion.serve.errors_json`).
+
+A call with an ``Idempotency-Key`` runs its operations under operation ids derived from
+the tenant and the key (:func:`~apportion.controller.operation_ids`), and a keyed ``open``
+without a request id of the caller's gets one derived from them too. So when a call's
+store operation was carried out but its outcome was lost (the store unreachable after
+the controller's own retries: 503, and the idempotency record dropped), the client's retry
+with the same key repeats the same operation ids on the same request, and the store
+answers them with their first outcomes instead of granting, drawing or settling twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import hashlib
 import hmac
@@ -30,7 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from apportion.controller import AsyncController, AsyncRequest
+from apportion.controller import AsyncController, AsyncRequest, operation_ids
 from apportion.errors import (
     ApportionError,
     InvalidArgument,
@@ -65,6 +74,11 @@ ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 _LOOKUP_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(::[A-Za-z0-9_.#-]{1,64})*$")
 _KEY_PATTERN: Final = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+_CALL_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "apportion_serve_call_key", default=None
+)
+"""The operation key of the keyed call running (a digest of its tenant and key)."""
 
 DRAIN_KEY: Final = "pool-drain:"
 """Prefix of the record that a pool is draining (in the idempotency records)."""
@@ -449,7 +463,10 @@ class Gateway:
         entry = self.config.pipelines[pipeline_name]
         if pool is not None and await self.draining(self.pool_name(tenant, pool)):
             raise PoolDraining(str(pool))
-        if request_id is None:
+        keyed = _CALL_KEY.get()
+        if request_id is None and keyed is not None:  # a retry of the call opens the same
+            request_id = f"k{keyed[:31]}"
+        elif request_id is None:
             request_id = secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
         elif not isinstance(request_id, str) or not ID_PATTERN.match(request_id):
             raise InvalidArgument(
@@ -640,11 +657,16 @@ class Gateway:
             raise IdempotencyKeyReused(key, claim.operation)
         if claim.state == "running":
             raise IdempotencyInProgress(key, claim.operation)
+        key_digest = hashlib.sha256(record.encode("utf-8")).hexdigest()[:40]
+        token = _CALL_KEY.set(key_digest)
         try:
-            outcome = await self._outcome(tenant, fn)
+            with operation_ids(key_digest):  # a retry repeats the store's operation ids
+                outcome = await self._outcome(tenant, fn)
         except BaseException:
             await self._write_record(record, (fingerprint, op_name, None, ttl))
             raise
+        finally:
+            _CALL_KEY.reset(token)
         if outcome.status == 503:  # the store was unreachable: let the retry run again
             await self._write_record(record, (fingerprint, op_name, None, ttl))
         else:
