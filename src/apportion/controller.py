@@ -24,10 +24,10 @@ import contextvars
 import inspect
 import itertools
 import math
+import os
 import secrets
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from types import MappingProxyType, TracebackType
@@ -114,11 +114,27 @@ def operation_ids(key: str) -> Iterator[None]:
         _OP_KEY.reset(token)
 
 
+_op_prefix = secrets.token_hex(8)  # this process's: ids stay unique across processes
+_op_counter = itertools.count(1)
+
+
+def _fresh_op_prefix() -> None:
+    """A forked child draws a prefix of its own (its parent's counter goes on in both)."""
+    global _op_prefix
+    _op_prefix = secrets.token_hex(8)
+
+
+os.register_at_fork(after_in_child=_fresh_op_prefix)
+
+
 def _new_op_id() -> str:
-    """The next operation id: from the :func:`operation_ids` key in force, else random."""
+    """The next operation id: derived from the :func:`operation_ids` key in force.
+
+    Without one, unique: the process's random prefix and a counter.
+    """
     keyed = _OP_KEY.get()
     if keyed is None:
-        return uuid.uuid4().hex
+        return f"{_op_prefix}-{next(_op_counter)}"
     keyed[1] += 1
     return f"{keyed[0]}.{keyed[1]}"
 

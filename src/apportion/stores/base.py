@@ -248,8 +248,12 @@ def op_digest(operation: str, *parts: object) -> str:
     ``parts`` are the arguments a retry must repeat (see the module docstring); the
     operation's name stays readable, so a conflict can say what the id was first used for.
     """
-    text = repr(_plain(parts)).encode("utf-8", "surrogatepass")
-    return f"{operation}:{hashlib.blake2b(text, digest_size=10).hexdigest()}"
+    try:
+        text = repr(parts)
+    except ValueError:  # an integer past 4,300 digits
+        text = repr(_plain(parts))
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=10)
+    return f"{operation}:{digest.hexdigest()}"
 
 
 def _plain(value: object) -> object:

@@ -196,8 +196,17 @@ class MemoryStore(Store):
         if pool is not None:
             check_pool_name(pool)
             pool_priority = check_priority(pool_priority)
-        digest = op_digest(
-            "open", sorted(ledger.ranks.items()), ledger.ceiling, pool, pool_priority, ceiling_usd
+        digest = (
+            ""
+            if op_id is None
+            else op_digest(
+                "open",
+                sorted(ledger.ranks.items()),
+                ledger.ceiling,
+                pool,
+                pool_priority,
+                ceiling_usd,
+            )
         )
         with self._lock:
             first = self._first(request_id, op_id, digest)
@@ -236,7 +245,7 @@ class MemoryStore(Store):
         """Reserve a grant; return it and the ledger."""
         op_id = check_op_id(op_id)
         held = context_tokens if asked is None else asked
-        digest = op_digest("begin", agent, held, wrap_up_tokens)
+        digest = "" if op_id is None else op_digest("begin", agent, held, wrap_up_tokens)
         with self._lock:
             ledger = self._ledger(request_id)
             first = self._first(request_id, op_id, digest)
@@ -273,7 +282,7 @@ class MemoryStore(Store):
     ) -> tuple[Grant, Ledger]:
         """Grow an open grant; return it and the ledger."""
         op_id = check_op_id(op_id)
-        digest = op_digest("extend", *_grant_key(grant))
+        digest = "" if op_id is None else op_digest("extend", *_grant_key(grant))
         with self._lock:
             ledger = self._ledger(request_id)
             first = self._first(request_id, op_id, digest)
@@ -301,8 +310,12 @@ class MemoryStore(Store):
     ) -> Ledger:
         """Settle a grant with its real usage."""
         op_id = check_op_id(op_id)
-        digest = op_digest(
-            "finish", *_grant_key(grant), input_tokens, output_tokens, bool(truncated)
+        digest = (
+            ""
+            if op_id is None
+            else op_digest(
+                "finish", *_grant_key(grant), input_tokens, output_tokens, bool(truncated)
+            )
         )
         with self._lock:
             ledger = self._ledger(request_id)
@@ -335,7 +348,7 @@ class MemoryStore(Store):
     ) -> Ledger:
         """Settle a grant as unused."""
         op_id = check_op_id(op_id)
-        digest = op_digest("release", *_grant_key(grant), reason)
+        digest = "" if op_id is None else op_digest("release", *_grant_key(grant), reason)
         with self._lock:
             ledger = self._ledger(request_id)
             first = self._first(request_id, op_id, digest)
@@ -360,7 +373,7 @@ class MemoryStore(Store):
     ) -> Ledger:
         """Close a request and keep it readable for a while."""
         op_id = check_op_id(op_id)
-        digest = op_digest("close", status, outcome)
+        digest = "" if op_id is None else op_digest("close", status, outcome)
         with self._lock:
             ledger = self._ledger(request_id)
             first = self._first(request_id, op_id, digest)
@@ -419,8 +432,12 @@ class MemoryStore(Store):
         args = check_children(
             parent_id, request_ids, now, priorities, ceiling, share, ttl, max_depth
         )
-        digest = op_digest(
-            "open_children", args.request_ids, args.ranks, args.ceiling, args.share, max_depth
+        digest = (
+            ""
+            if op_id is None
+            else op_digest(
+                "open_children", args.request_ids, args.ranks, args.ceiling, args.share, max_depth
+            )
         )
         now = args.now
         # the plan is checked once, before anything changes

@@ -1020,8 +1020,17 @@ class RedisStore(Store):
             expires_at=now + ttl,
             ceiling_usd=ceiling_usd,
         )
-        digest = op_digest(
-            "open", sorted(ledger.ranks.items()), ledger.ceiling, pool, pool_priority, ceiling_usd
+        digest = (
+            ""
+            if op_id is None
+            else op_digest(
+                "open",
+                sorted(ledger.ranks.items()),
+                ledger.ceiling,
+                pool,
+                pool_priority,
+                ceiling_usd,
+            )
         )
         draw = ""
         fresh = False  # drawn by this call (not found drawn by the first call of its op id)
@@ -1098,8 +1107,12 @@ class RedisStore(Store):
         args = check_children(
             parent_id, request_ids, now, priorities, ceiling, share, ttl, max_depth
         )
-        digest = op_digest(
-            "open_children", args.request_ids, args.ranks, args.ceiling, args.share, max_depth
+        digest = (
+            ""
+            if op_id is None
+            else op_digest(
+                "open_children", args.request_ids, args.ranks, args.ceiling, args.share, max_depth
+            )
         )
         now = args.now
         template = Ledger(
@@ -1165,8 +1178,12 @@ class RedisStore(Store):
         op_id: str | None = None,
     ) -> _Steps[tuple[Grant, Ledger]]:
         op_id = check_op_id(op_id)
-        digest = op_digest(
-            "begin", agent, context_tokens if asked is None else asked, wrap_up_tokens
+        digest = (
+            ""
+            if op_id is None
+            else op_digest(
+                "begin", agent, context_tokens if asked is None else asked, wrap_up_tokens
+            )
         )
         pending: list[Exception] = []
         is_name = isinstance(agent, str) and is_text(agent)
@@ -1242,7 +1259,7 @@ class RedisStore(Store):
         op_id: str | None = None,
     ) -> _Steps[tuple[Grant, Ledger]]:
         op_id = check_op_id(op_id)
-        digest = op_digest("extend", *_grant_key(grant))
+        digest = "" if op_id is None else op_digest("extend", *_grant_key(grant))
         pending: list[Exception] = []
         out = _tokens("output_tokens", output_tokens, pending)
         ctx = _tokens("context_tokens", context_tokens, pending)
@@ -1299,8 +1316,12 @@ class RedisStore(Store):
         op_id: str | None = None,
     ) -> _Steps[Ledger]:
         op_id = check_op_id(op_id)
-        digest = op_digest(
-            "finish", *_grant_key(grant), input_tokens, output_tokens, bool(truncated)
+        digest = (
+            ""
+            if op_id is None
+            else op_digest(
+                "finish", *_grant_key(grant), input_tokens, output_tokens, bool(truncated)
+            )
         )
         pending: list[Exception] = []
         inp = _tokens("input_tokens", input_tokens, pending)
@@ -1342,7 +1363,7 @@ class RedisStore(Store):
         self, request_id: str, grant: Grant, now: float, reason: str, op_id: str | None = None
     ) -> _Steps[Ledger]:
         op_id = check_op_id(op_id)
-        digest = op_digest("release", *_grant_key(grant), reason)
+        digest = "" if op_id is None else op_digest("release", *_grant_key(grant), reason)
         pending: list[Exception] = []
         now = _time(now, pending)
         reason = _checked(check_name, "reason", reason, pending, "")
@@ -1365,7 +1386,7 @@ class RedisStore(Store):
         op_id: str | None = None,
     ) -> _Steps[Ledger]:
         op_id = check_op_id(op_id)
-        digest = op_digest("close", status, outcome)
+        digest = "" if op_id is None else op_digest("close", status, outcome)
         pending: list[Exception] = []
         status = _checked(lambda _, value: check_status(value), "status", status, pending, "")
         outcome = _checked(lambda _, value: check_outcome(value), "outcome", outcome, pending, None)
