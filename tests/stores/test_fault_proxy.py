@@ -107,6 +107,8 @@ def test_lost_replies_settle_everything_exactly_once(
     assert not failures, failures
     assert len(expected) == THREADS * PER_THREAD
     assert proxy.dropped_after >= 50, proxy.dropped_after  # the faults did happen
+    calls = ctl.store.round_trips  # type: ignore[attr-defined]
+    assert calls >= 2_500  # thousands of operations
     check_ledgers(RedisStore(redis_server.url), expected)  # read past the proxy
 
 
