@@ -1103,6 +1103,17 @@ class _LedgerMachine(RuleBasedStateMachine):
         self.open_grants: dict[tuple[str, int], Grant] = {}
         self.lapsed: set[tuple[str, int]] = set()  # leases ended, never settled by the caller
         self.counter = 0
+        self.ops = 0
+        self.last: tuple[str, Any, Grant | None] | None = None  # the last op with its id
+
+    def _op(self) -> str:
+        """A new operation id (every successful change of the machine carries one)."""
+        self.ops += 1
+        return f"op-{self.ops}"
+
+    def _done(self, request_id: str, again: Any, first: Grant | None = None) -> None:
+        """Keep the call just made (with its id) for :meth:`repeat_last`."""
+        self.last = (request_id, again, first)
 
     def _lapse(self) -> None:
         ended = [k for k, g in self.open_grants.items() if g.lease_expires_at <= self.now]
@@ -1131,7 +1142,14 @@ class _LedgerMachine(RuleBasedStateMachine):
         self.counter += 1
         request_id = f"r{self.counter}"
         reserve = {"lead": int(ceiling * share)}
-        self.store.open(request_id, RANKS, ceiling, self.now, reserve=reserve, ttl=10_000.0)
+        op_id, now = self._op(), self.now
+
+        def again() -> Any:
+            kw: Any = {"reserve": reserve, "ttl": 10_000.0, "op_id": op_id}
+            return self.store.open(request_id, RANKS, ceiling, now, **kw)
+
+        again()
+        self._done(request_id, again)
         self.requests[request_id] = ceiling
         self.used[request_id] = 0
 
@@ -1151,9 +1169,11 @@ class _LedgerMachine(RuleBasedStateMachine):
         available = state.available_for(agent)
         critical_held = sum(t for a, t in state.reserve.items() if RANKS[a] == 2 and a != agent)
 
+        op_id, now = self._op(), self.now
+
         def begin() -> tuple[Grant, Any]:
-            kwargs = {"wrap_up_tokens": wrap} if wrap else {}
-            return self.store.begin(request_id, agent, ctx, out, self.now, LEASE, **kwargs)
+            kwargs: Any = {"wrap_up_tokens": wrap} if wrap else {}
+            return self.store.begin(request_id, agent, ctx, out, now, LEASE, op_id=op_id, **kwargs)
 
         if wrap > out:  # a reserve larger than the grant's output
             self._refused(request_id, begin, WrapUpTooLarge)
@@ -1163,6 +1183,7 @@ class _LedgerMachine(RuleBasedStateMachine):
             return multiple()
         free_before = state.free
         grant, state = begin()
+        self._done(request_id, begin, grant)
         assert (grant.context_tokens, grant.output_tokens) == (ctx, out)
         assert grant.wrap_up_tokens == wrap  # inside the grant: the ledger counts it as before
         if RANKS[agent] < 2:  # invariant 5: a lower agent never eats a critical reservation
@@ -1192,7 +1213,13 @@ class _LedgerMachine(RuleBasedStateMachine):
                 BudgetExceeded,
             )
             return
-        grown, _ = self.store.extend(grant.request_id, grant, extra, ctx, self.now, LEASE)
+        op_id, now = self._op(), self.now
+
+        def grow() -> tuple[Grant, Any]:
+            return self.store.extend(grant.request_id, grant, extra, ctx, now, LEASE, op_id=op_id)
+
+        grown, _ = grow()
+        self._done(grant.request_id, grow, grown)
         assert grown.output_tokens == self.open_grants[key].output_tokens + extra
         assert grown.wrap_up_tokens == grant.wrap_up_tokens  # the reserve stays with the grant
         self.open_grants[key] = grown
@@ -1219,9 +1246,13 @@ class _LedgerMachine(RuleBasedStateMachine):
         before = self.store.get(request_id)
         room = before.free + current.total
         overflow_before = before.overflow
-        state = self.store.finish(
-            request_id, grant, inp, out, self.now, truncated=out >= current.output_tokens
-        )
+        op_id, now, cut = self._op(), self.now, out >= current.output_tokens
+
+        def settle() -> Any:
+            return self.store.finish(request_id, grant, inp, out, now, truncated=cut, op_id=op_id)
+
+        state = settle()
+        self._done(request_id, settle)
         del self.open_grants[key]
         self.used[request_id] += inp + out
         assert state.overflow - overflow_before == max(0, inp + out - room)
@@ -1243,7 +1274,13 @@ class _LedgerMachine(RuleBasedStateMachine):
             return multiple()  # still open to a late finish
         if key not in self.open_grants:
             return grant
-        self.store.release(grant.request_id, grant, self.now)
+        op_id, now = self._op(), self.now
+
+        def free() -> Any:
+            return self.store.release(grant.request_id, grant, now, op_id=op_id)
+
+        free()
+        self._done(grant.request_id, free)
         del self.open_grants[key]
         return grant
 
@@ -1285,7 +1322,13 @@ class _LedgerMachine(RuleBasedStateMachine):
     def close(self, data: Any, failed: bool) -> None:
         request_id = data.draw(st.sampled_from(sorted(self.requests)))
         self._sync_expiry()
-        state = self.store.close(request_id, self.now, status="failed" if failed else "closed")
+        op_id, now, status = self._op(), self.now, "failed" if failed else "closed"
+
+        def shut() -> Any:
+            return self.store.close(request_id, now, status=status, op_id=op_id)
+
+        state = shut()
+        self._done(request_id, shut)
         assert state.reserved == 0
         for key in [k for k in self.open_grants if k[0] == request_id]:
             del self.open_grants[key]
@@ -1297,6 +1340,22 @@ class _LedgerMachine(RuleBasedStateMachine):
             lambda: self.store.begin(request_id, "lead", 0, 1, self.now, LEASE),
             RequestClosed,
         )
+
+    @precondition(lambda self: self.last is not None)
+    @rule()
+    def repeat_last(self) -> None:
+        """The last change made again with its operation id, maybe later.
+
+        As a retry after a lost reply: the first outcome, nothing changed (no lease
+        expires, no event).
+        """
+        assert self.last is not None
+        request_id, again, first = self.last
+        before = snapshot(self.store, request_id)
+        result = again()
+        assert snapshot(self.store, request_id) == before
+        if first is not None:
+            assert result[0] == first
 
     @invariant()
     def ledgers_hold(self) -> None:
