@@ -11,18 +11,21 @@ Request ids live in the tenant's namespace: the store holds ``TENANT/ID``, the A
 ``ID``. Another tenant's id is simply not there (``UnknownRequest``, 404), and every error
 shown to a tenant names its own ids only (see :mod:`apportion.serve.errors_json`).
 
-A call with an ``Idempotency-Key`` runs its operations under operation ids derived from
-the tenant and the key (:func:`~apportion.controller.operation_ids`), and a keyed ``open``
-without a request id of the caller's gets one derived from them too. So when a call's
-store operation was carried out but its outcome was lost (the store unreachable after
-the controller's own retries: 503, and the idempotency record dropped), the client's retry
-with the same key repeats the same operation ids on the same request, and the store
-answers them with their first outcomes instead of granting, drawing or settling twice.
+A budget API call with an ``Idempotency-Key`` runs its operations under operation ids
+derived from the tenant and the key (:func:`~apportion.controller.operation_ids`), and a
+keyed ``open`` without a request id of the caller's gets one derived from them too. So
+when a call's store operation was carried out but its outcome was lost (the store
+unreachable after the controller's own retries: 503, and the idempotency record dropped),
+the client's retry with the same key repeats the same operation ids on the same request,
+and the store answers them with their first outcomes instead of granting, drawing or
+settling twice. A proxied call does not (its 503 may be the upstream's, after the store
+settled its grant: its retry must begin afresh).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import hashlib
@@ -611,6 +614,7 @@ class Gateway:
         fn: Callable[[], Awaitable[Outcome]],
         *,
         fingerprint: str | None = None,
+        store_ids: bool = False,
     ) -> Outcome:
         """Run ``fn`` once per ``(tenant, key)``; a retry gets the first outcome.
 
@@ -627,6 +631,12 @@ class Gateway:
             fingerprint: what identifies the call (the HTTP routes pass a digest of method,
                 path and body): the same key with another fingerprint is refused. Default:
                 ``op_name`` alone.
+            store_ids: run ``fn``'s store operations under operation ids derived from the
+                tenant and key (and a keyed open without an id under an id derived from
+                them), so that a run again after a 503 repeats them and the store answers
+                with their first outcomes. Only for calls whose one 503 is the store
+                unreachable (the budget API): a proxied call's 503 may be the upstream's,
+                after the store settled everything, and its retry must run afresh.
 
         Raises:
             InvalidArgument: a malformed key (1 to 255 printable ASCII characters).
@@ -658,9 +668,9 @@ class Gateway:
         if claim.state == "running":
             raise IdempotencyInProgress(key, claim.operation)
         key_digest = hashlib.sha256(record.encode("utf-8")).hexdigest()[:40]
-        token = _CALL_KEY.set(key_digest)
+        token = _CALL_KEY.set(key_digest if store_ids else None)
         try:
-            with operation_ids(key_digest):  # a retry repeats the store's operation ids
+            with operation_ids(key_digest) if store_ids else contextlib.nullcontext():
                 outcome = await self._outcome(tenant, fn)
         except BaseException:
             await self._write_record(record, (fingerprint, op_name, None, ttl))
