@@ -925,7 +925,11 @@ class RedisStore(Store):
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aloop is not loop:
             redis = _import_redis()
-            client = redis.asyncio.Redis.from_url(self._raw_url, **self._options)
+            options = {
+                **self._options,
+                "retry": redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
+            }
+            client = redis.asyncio.Redis.from_url(self._raw_url, **options)
             # closed when the loop shuts its async generators down (asyncio.run does)
             self._acloser = _close_at_shutdown(client)
             await self._acloser.__anext__()
