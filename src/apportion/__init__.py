@@ -27,6 +27,7 @@ from apportion.errors import (
     MissingExtra,
     NoOpenRequest,
     NoTokenizer,
+    OperationConflict,
     PolicyConfigError,
     PolicyStateError,
     PoolDrawExpired,
@@ -36,6 +37,7 @@ from apportion.errors import (
     SchemaVersionError,
     SpecError,
     StateVersionError,
+    StoreOutcomeUnknown,
     StoreUnavailable,
     TreeTooDeep,
     UnknownAgent,
@@ -68,6 +70,7 @@ from apportion.policies import (
 )
 from apportion.pools import Pool
 from apportion.reaper import Reaper
+from apportion.retry import StoreRetry
 from apportion.spec import Agent, AgentKind, LinearEstimator, OutputKind, Pipeline, Priority
 from apportion.stores import MemoryStore, Store
 from apportion.summary import AgentUsage, Summary
@@ -113,6 +116,7 @@ __all__ = [
     "NoOpenRequest",
     "NoTokenizer",
     "Observation",
+    "OperationConflict",
     "OutputKind",
     "Pipeline",
     "Plan",
@@ -133,6 +137,8 @@ __all__ = [
     "StateVersionError",
     "StaticPolicy",
     "Store",
+    "StoreOutcomeUnknown",
+    "StoreRetry",
     "StoreUnavailable",
     "Summary",
     "TreeTooDeep",

@@ -15,6 +15,10 @@ scripts of a request tree (opening children, closing a tree) the slot of its roo
 
 * ``PREFIX:{bN}:r:ID``: the ledger, one flat JSON array (layout in ``lua/common.lua``);
 * ``PREFIX:{bN}:e:ID``: the event list (each script appends to it in the same step);
+* ``PREFIX:{bN}:o:ID``: the request's operation ids, a hash (id -> digest of the
+  arguments and what the reply adds to the state), written by the script of each operation
+  that carried an id, in the same step, with the TTL of the ledger's key (see "Operation
+  ids" in ``lua/common.lua``);
 * ``PREFIX:{bN}:open``: the bucket's open requests, scored at or before their next
   deadline (the earliest lease end, or the request's expiry): what ``reap`` scans;
 * ``PREFIX:{bN}:d:DRAW``: set only when a pool draw of the request is settled without it
@@ -105,8 +109,12 @@ after a restart is consistent: every ledger's invariants hold; only recent opera
 be missing. :meth:`RedisStore.durability` reads which setting the server runs with.
 
 Failures. A connection failure raises :class:`~apportion.errors.StoreUnavailable` (with the
-URL, never its password, and the reason). The operation's outcome is then unknown (it may
-have been applied): nothing is retried behind the caller's back. That is fail-closed, the
+URL, never its password, and the reason): when it came after the operation was sent (the
+connection dropped, or no reply in time), :class:`~apportion.errors.StoreOutcomeUnknown`,
+since the operation may have been applied. Nothing is retried here; the caller retries
+with the same operation id (the controller does), which the scripts answer with the first
+outcome. A pooled ``open`` with an operation id draws under a key made from it, so its
+retry finds the draw made (``pool_draw.lua``) instead of drawing again. That is fail-closed, the
 default. With ``fail_open=True``, a request that cannot be opened in Redis is opened in a
 local :class:`~apportion.stores.memory.MemoryStore` instead, with a ``RuntimeWarning``,
 drawing its ceiling from a per-process emergency budget of ``emergency_cap`` tokens (what it
@@ -171,9 +179,11 @@ from apportion.errors import (
     InvalidArgument,
     InvalidPrice,
     MissingExtra,
+    OperationConflict,
     PoolDrawExpired,
     PoolExhausted,
     RequestClosed,
+    StoreOutcomeUnknown,
     StoreUnavailable,
     TreeTooDeep,
     UnknownAgent,
@@ -209,7 +219,14 @@ from apportion.pools import (
     pool_status,
 )
 from apportion.redaction import redact, scrub
-from apportion.stores.base import Reaped, Store, check_children
+from apportion.stores.base import (
+    Reaped,
+    Store,
+    check_children,
+    check_op_id,
+    digest_operation,
+    op_digest,
+)
 from apportion.stores.feed import FeedEvent, FeedPage, check_feed_args, check_note
 from apportion.stores.memory import MemoryStore, check_state_write
 
@@ -485,9 +502,19 @@ def _refusal(
     grant: object = None,
     plan: Sequence[object] = (),
     reason: str = "",
+    op: tuple[str | None, str] = (None, ""),
 ) -> Exception:
-    """The error a script's refusal stands for, with the ledger's fields."""
+    """The error a script's refusal stands for, with the ledger's fields.
+
+    ``op`` is the operation's id and digest (a ``conflict`` reply names the first digest).
+    """
     code = _str(reply[0])
+    if code == "conflict":
+        op_id, digest = op
+        first = _str(reply[1]) if len(reply) > 1 else digest
+        return OperationConflict(
+            op_id or "", digest_operation(digest), digest_operation(first), request_id
+        )
     if code == "unknown":
         return UnknownRequest(request_id)
     if code == "bad":
@@ -523,6 +550,16 @@ def _refusal(
     return RuntimeError(f"unexpected reply from the Redis store: {reply!r}")
 
 
+def _grant_key(grant: object) -> tuple[object, object]:
+    """What identifies a grant in an operation's digest: its id and agent."""
+    return getattr(grant, "grant_id", None), getattr(grant, "agent", None)
+
+
+def _draw_tag(op_id: str) -> str:
+    """The tag of a pool draw made by an open of operation id ``op_id`` (a retry's too)."""
+    return hashlib.blake2b(op_id.encode("ascii"), digest_size=6).hexdigest()
+
+
 def _checked(
     check: Callable[[str, Any], T], field: str, value: Any, pending: list[Exception], fallback: T
 ) -> T:
@@ -556,7 +593,6 @@ def _import_redis() -> Any:
     try:
         import redis
         import redis.asyncio
-        import redis.asyncio.retry
     except ImportError as exc:  # pragma: no cover - the extra is installed in tests
         raise MissingExtra("redis", "redis") from exc
     return redis
@@ -762,9 +798,17 @@ class RedisStore(Store):
         base = f"{self.prefix}:{{b{bucket}}}:"
         return f"{base}r:{request_id}", f"{base}e:{request_id}", f"{base}open"
 
-    def _request_keys(self, request_id: str) -> tuple[str, str, str, str]:
-        """The keys of a script on one request: its ledger, events, index, and the feed."""
-        return (*self._keys(request_id), self._feed_key)
+    def _ops_key(self, request_id: str) -> str:
+        """The request's operation record (in its bucket: the same hash slot)."""
+        return self._keys(request_id)[2][:-4] + "o:" + request_id
+
+    def _own_keys(self, request_id: str) -> tuple[str, str, str, str]:
+        """The request's ledger, events, index and operation record (a script's KEYS[1..4])."""
+        return (*self._keys(request_id), self._ops_key(request_id))
+
+    def _request_keys(self, request_id: str) -> tuple[str, str, str, str, str]:
+        """The keys of a script on one request: its own four (:meth:`_own_keys`), the feed."""
+        return (*self._own_keys(request_id), self._feed_key)
 
     @property
     def _feed_key(self) -> str:
@@ -829,7 +873,14 @@ class RedisStore(Store):
                 self._command("SCRIPT", "LOAD", _SOURCES[call.script])
                 return self._command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
         except self._errors as exc:
-            raise StoreUnavailable(self.url, scrub(_reason(exc), self._raw_url)) from None
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        """The error of a failed call: its outcome is unknown unless it failed to connect."""
+        reason = scrub(_reason(exc), self._raw_url)
+        if "connecting to" in str(exc):  # nothing was sent
+            return StoreUnavailable(self.url, reason)
+        return StoreOutcomeUnknown(self.url, reason)
 
     def _pipeline(self, calls: list[_Eval | _Cmd]) -> list[Any]:
         results: list[Any] = [None] * len(calls)
@@ -874,8 +925,10 @@ class RedisStore(Store):
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aloop is not loop:
             redis = _import_redis()
-            retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
-            options = {**self._options, "retry": retry}
+            options = {
+                **self._options,
+                "retry": redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
+            }
             client = redis.asyncio.Redis.from_url(self._raw_url, **options)
             # closed when the loop shuts its async generators down (asyncio.run does)
             self._acloser = _close_at_shutdown(client)
@@ -904,7 +957,7 @@ class RedisStore(Store):
                     "EVALSHA", sha, len(call.keys), *call.keys, *call.args
                 )
         except self._errors as exc:
-            raise StoreUnavailable(self.url, scrub(_reason(exc), self._raw_url)) from None
+            raise self._unavailable(exc) from None
 
     async def _apipeline(self, client: redis_async.Redis, calls: list[_Eval | _Cmd]) -> list[Any]:
         results: list[Any] = [None] * len(calls)
@@ -956,7 +1009,9 @@ class RedisStore(Store):
         pool: str | None,
         pool_priority: str,
         ceiling_usd: int | None = None,
+        op_id: str | None = None,
     ) -> _Steps[Ledger]:
+        op_id = check_op_id(op_id)
         now = check_time("now", now)
         ttl = check_seconds("ttl", ttl)
         ledger = Ledger(
@@ -969,12 +1024,26 @@ class RedisStore(Store):
             expires_at=now + ttl,
             ceiling_usd=ceiling_usd,
         )
+        digest = (
+            ""
+            if op_id is None
+            else op_digest(
+                "open",
+                sorted(ledger.ranks.items()),
+                ledger.ceiling,
+                pool,
+                pool_priority,
+                ceiling_usd,
+            )
+        )
         draw = ""
-        keys: tuple[str, ...] = self._keys(request_id)
+        fresh = False  # drawn by this call (not found drawn by the first call of its op id)
+        keys: tuple[str, ...] = self._own_keys(request_id)
         if pool is not None:
             check_pool_name(pool)
             rank = PRIORITY_RANKS[check_priority(pool_priority)]
-            draw = f"{request_id}#{secrets.token_hex(6)}"
+            tag = secrets.token_hex(6) if op_id is None else _draw_tag(op_id)
+            draw = f"{request_id}#{tag}"
             pool_keys = self._pool_keys(pool)
             deadline = _text(now + self.open_grace_seconds)
             reply = yield _Eval(
@@ -985,6 +1054,10 @@ class RedisStore(Store):
                 raise UnknownPool(pool)
             if code == "exhausted":
                 raise PoolExhausted(pool, ledger.ceiling, int(reply[1]), pool_priority)
+            if code == "conflict":
+                assert op_id is not None
+                raise OperationConflict(op_id, "open", "open", request_id)
+            fresh = code == "ok"
         blob = _ledger_json(ledger, pool or "", draw)
         opened = json.dumps(["open", _text(now), False, 0, ledger.ceiling, 0, False, 0, ""])
         key_ttl = "0"  # a pooled request keeps its keys while open: its draw is settled from them
@@ -995,16 +1068,28 @@ class RedisStore(Store):
         reply = yield _Eval(
             "open",
             (*keys, self._feed_key),
-            (blob, request_id, opened, _score(ledger.expires_at), key_ttl, self._retention_ms),
+            (
+                op_id or "",
+                digest,
+                blob,
+                request_id,
+                opened,
+                _score(ledger.expires_at),
+                key_ttl,
+                self._retention_ms,
+            ),
         )
-        if _str(reply[0]) != "ok":
+        again = _str(reply[0]) == "ok" and len(reply) > 1  # a repeated operation id
+        if _str(reply[0]) != "ok" or again:
             if _str(reply[0]) == "void" and pool is not None:  # given back already
                 raise PoolDrawExpired(request_id, pool)
-            if pool is not None:  # give the draw back: this open never happened
+            if pool is not None and fresh:  # give the draw back: this open never happened
                 yield _Eval(
                     "pool_return", self._pool_keys(pool), (draw, ledger.ceiling, 0, _text(now))
                 )
-            raise _refusal(request_id, reply, [])
+            if again:
+                return ledger_from_json(reply[1])
+            raise _refusal(request_id, reply, [], op=(op_id, digest))
         return ledger_from_json(blob)
 
     def _children_steps(
@@ -1020,9 +1105,18 @@ class RedisStore(Store):
         reserve: Mapping[str, int] | None,
         ttl: float,
         max_depth: int,
+        op_id: str | None = None,
     ) -> _Steps[tuple[Ledger, list[Ledger]]]:
+        op_id = check_op_id(op_id)
         args = check_children(
             parent_id, request_ids, now, priorities, ceiling, share, ttl, max_depth
+        )
+        digest = (
+            ""
+            if op_id is None
+            else op_digest(
+                "open_children", args.request_ids, args.ranks, args.ceiling, args.share, max_depth
+            )
         )
         now = args.now
         template = Ledger(
@@ -1034,10 +1128,10 @@ class RedisStore(Store):
             reserve=reserve,
             expires_at=now + args.ttl,
         )
-        keys: list[str] = list(self._keys(args.parent_id))
+        keys: list[str] = list(self._own_keys(args.parent_id))
         each: list[str | int] = []
         for request_id, rank in zip(args.request_ids, args.ranks, strict=True):
-            keys += self._keys(request_id)[:2]
+            keys += self._declared([request_id])[request_id]
             each += [request_id, rank]
         key_ttl = "0"
         if math.isfinite(args.ttl) and not math.isinf(self.retention_seconds):
@@ -1046,6 +1140,8 @@ class RedisStore(Store):
             "children",
             (*keys, self._feed_key),
             (
+                op_id or "",
+                digest,
                 _text(now),
                 args.max_depth,
                 "" if args.ceiling is None else args.ceiling,
@@ -1069,7 +1165,7 @@ class RedisStore(Store):
             raise TreeTooDeep(args.parent_id, int(reply[1]), args.max_depth)
         if code == "dup":
             raise DuplicateRequest(_str(reply[1]))
-        raise _refusal(args.parent_id, reply, [])
+        raise _refusal(args.parent_id, reply, [], op=(op_id, digest))
 
     def _begin_steps(
         self,
@@ -1083,7 +1179,16 @@ class RedisStore(Store):
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
         wrap_up_tokens: int = 0,
+        op_id: str | None = None,
     ) -> _Steps[tuple[Grant, Ledger]]:
+        op_id = check_op_id(op_id)
+        digest = (
+            ""
+            if op_id is None
+            else op_digest(
+                "begin", agent, context_tokens if asked is None else asked, wrap_up_tokens
+            )
+        )
         pending: list[Exception] = []
         is_name = isinstance(agent, str) and is_text(agent)
         ctx = _tokens("context_tokens", context_tokens, pending)
@@ -1120,6 +1225,8 @@ class RedisStore(Store):
             "begin",
             self._request_keys(request_id),
             (
+                op_id or "",
+                digest,
                 agent if is_name else "",
                 "1" if is_name else "0",
                 ctx,
@@ -1137,7 +1244,9 @@ class RedisStore(Store):
                 raise CostExceeded(
                     agent, int(reply[1]) / NANO, int(reply[2]) / NANO, model=model or None
                 )
-            raise _refusal(request_id, reply, pending, agent=agent)
+            raise _refusal(request_id, reply, pending, agent=agent, op=(op_id, digest))
+        if len(reply) > 3:  # a repeated operation id: the first call's grant
+            ctx, out, lease, model = reply[3], reply[4], float(_str(reply[5])), _str(reply[6])
         grant = Grant(
             request_id, agent, int(reply[2]), int(ctx), int(out), lease, model or None, reserve
         )
@@ -1151,7 +1260,10 @@ class RedisStore(Store):
         context_tokens: int,
         now: float,
         lease_seconds: float,
+        op_id: str | None = None,
     ) -> _Steps[tuple[Grant, Ledger]]:
+        op_id = check_op_id(op_id)
+        digest = "" if op_id is None else op_digest("extend", *_grant_key(grant))
         pending: list[Exception] = []
         out = _tokens("output_tokens", output_tokens, pending)
         ctx = _tokens("context_tokens", context_tokens, pending)
@@ -1163,12 +1275,35 @@ class RedisStore(Store):
         reply = yield _Eval(
             "extend",
             self._request_keys(request_id),
-            (out, ctx, _text(now), _text(now + lease_seconds), ok, grant_id, agent),
+            (
+                op_id or "",
+                digest,
+                out,
+                ctx,
+                _text(now),
+                _text(now + lease_seconds),
+                ok,
+                grant_id,
+                agent,
+            ),
         )
         if reply[0] not in _OK:
-            raise _refusal(request_id, reply, pending, grant=grant, reason="extension")
+            raise _refusal(
+                request_id, reply, pending, grant=grant, reason="extension", op=(op_id, digest)
+            )
         state = ledger_from_json(reply[1])
-        grown = state.grants[int(grant_id)]
+        if len(reply) > 2:  # a repeated operation id: the grant as the first call grew it
+            grown = Grant(
+                request_id,
+                grant.agent,
+                int(grant_id),
+                int(reply[2]),
+                int(reply[3]),
+                float(_str(reply[4])),
+                grant.model,
+            )
+        else:
+            grown = state.grants[int(grant_id)]
         if isinstance(grant, Grant) and grant.wrap_up_tokens:  # not in the state: carried over
             grown = grown._replace(wrap_up_tokens=grant.wrap_up_tokens)
         return grown, state
@@ -1182,7 +1317,16 @@ class RedisStore(Store):
         now: float,
         truncated: bool,
         allocation: Mapping[str, int] | None,
+        op_id: str | None = None,
     ) -> _Steps[Ledger]:
+        op_id = check_op_id(op_id)
+        digest = (
+            ""
+            if op_id is None
+            else op_digest(
+                "finish", *_grant_key(grant), input_tokens, output_tokens, bool(truncated)
+            )
+        )
         pending: list[Exception] = []
         inp = _tokens("input_tokens", input_tokens, pending)
         out = _tokens("output_tokens", output_tokens, pending)
@@ -1195,6 +1339,8 @@ class RedisStore(Store):
             inp = "!"
         ok, grant_id, agent = _grant_args(request_id, grant)
         args: list[str | int] = [
+            op_id or "",
+            digest,
             inp,
             out,
             _text(now),
@@ -1214,12 +1360,14 @@ class RedisStore(Store):
                     break
         reply = yield _Eval("finish", self._request_keys(request_id), tuple(args))
         if reply[0] not in _OK:
-            raise _refusal(request_id, reply, pending, grant=grant, plan=plan)
+            raise _refusal(request_id, reply, pending, grant=grant, plan=plan, op=(op_id, digest))
         return ledger_from_json(reply[1])
 
     def _release_steps(
-        self, request_id: str, grant: Grant, now: float, reason: str
+        self, request_id: str, grant: Grant, now: float, reason: str, op_id: str | None = None
     ) -> _Steps[Ledger]:
+        op_id = check_op_id(op_id)
+        digest = "" if op_id is None else op_digest("release", *_grant_key(grant), reason)
         pending: list[Exception] = []
         now = _time(now, pending)
         reason = _checked(check_name, "reason", reason, pending, "")
@@ -1227,22 +1375,37 @@ class RedisStore(Store):
         reply = yield _Eval(
             "release",
             self._request_keys(request_id),
-            (_text(now), reason, ok, grant_id, agent, "1" if pending else "0"),
+            (op_id or "", digest, _text(now), reason, ok, grant_id, agent, "1" if pending else "0"),
         )
         if reply[0] not in _OK:
-            raise _refusal(request_id, reply, pending, grant=grant)
+            raise _refusal(request_id, reply, pending, grant=grant, op=(op_id, digest))
         return ledger_from_json(reply[1])
 
     def _close_steps(
-        self, request_id: str, now: float, status: str, outcome: float | None
+        self,
+        request_id: str,
+        now: float,
+        status: str,
+        outcome: float | None,
+        op_id: str | None = None,
     ) -> _Steps[Ledger]:
+        op_id = check_op_id(op_id)
+        digest = "" if op_id is None else op_digest("close", status, outcome)
         pending: list[Exception] = []
         status = _checked(lambda _, value: check_status(value), "status", status, pending, "")
         outcome = _checked(lambda _, value: check_outcome(value), "outcome", outcome, pending, None)
         now = _time(now, pending)
         score = "" if outcome is None or pending else _text(outcome)
-        args = (_text(now), str(status), score, "1" if pending else "0", self._retention_ms)
-        own = self._keys(request_id)
+        args = (
+            op_id or "",
+            digest,
+            _text(now),
+            str(status),
+            score,
+            "1" if pending else "0",
+            self._retention_ms,
+        )
+        own = self._own_keys(request_id)
         parent = request_id.rpartition(CHILD_SEP)[0]
         declared = self._declared([parent] if parent else [])  # its likely parent: no read
         for _ in range(_TREE_ATTEMPTS):
@@ -1256,7 +1419,7 @@ class RedisStore(Store):
         else:
             raise self._tree_changing(request_id, "close")
         if reply[0] not in _OK:
-            raise _refusal(request_id, reply, pending)
+            raise _refusal(request_id, reply, pending, op=(op_id, digest))
         state = ledger_from_json(reply[1])
         pool, draw, free, overflow = _pool_debt(reply[1])
         if pool:
@@ -1314,6 +1477,8 @@ class RedisStore(Store):
         note = check_note(event)
         agent = note.agent or ""
         args = (
+            "",
+            "",
             _text(note.at),
             agent,
             note.grant_id,
@@ -1414,13 +1579,20 @@ class RedisStore(Store):
             todo = [ikey for ikey, due in zip(todo, dues, strict=True) if due]
             if not todo:
                 break
-            declared: dict[str, tuple[str, str]] = {}
+            declared: dict[str, tuple[str, str, str]] = {}
             yield from self._read_tree([_str(rid) for due in dues for rid in due], declared)
             # One script over every bucket (a standalone server allows it); a cluster client
             # would send one call per bucket instead (the script loops over its KEYS).
             ids = list(declared)
             keys = [*todo, *(k for i in ids for k in declared[i])]
-            args: tuple[str | int, ...] = (now_s, self._retention_ms, _REAP_BATCH, len(todo))
+            args: tuple[str | int, ...] = (
+                "",
+                "",
+                now_s,
+                self._retention_ms,
+                _REAP_BATCH,
+                len(todo),
+            )
             reply = yield _Eval("reap", (*keys, self._feed_key), (*args, *ids))
             settled += int(reply[0])
             full = int(reply[1])
@@ -1446,11 +1618,13 @@ class RedisStore(Store):
         yield from self._reconcile_steps(now)
         return Reaped(settled, tuple(expired))
 
-    def _declared(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """The ledger and event keys of requests ``ids``, by id (what a script declares)."""
-        return {rid: self._keys(rid)[:2] for rid in ids}
+    def _declared(self, ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        """The ledger, event and operation keys of requests ``ids``, by id (declared)."""
+        return {rid: (*self._keys(rid)[:2], self._ops_key(rid)) for rid in ids}
 
-    def _read_tree(self, ids: Sequence[str], declared: dict[str, tuple[str, str]]) -> _Steps[None]:
+    def _read_tree(
+        self, ids: Sequence[str], declared: dict[str, tuple[str, str, str]]
+    ) -> _Steps[None]:
         """Declare ``ids`` and the rest of their trees (parents, open children, theirs ...).
 
         Reads the ledgers a level at a time (one round trip each), adding to ``declared``
@@ -1692,6 +1866,7 @@ class RedisStore(Store):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Open the ledger of a new request (drawing its ceiling from ``pool``)."""
         steps = self._open_steps(
@@ -1705,6 +1880,7 @@ class RedisStore(Store):
             pool,
             pool_priority,
             check_ceiling_usd(ceiling_usd),
+            op_id,
         )
         try:
             return self._run(steps)
@@ -1726,6 +1902,7 @@ class RedisStore(Store):
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
         wrap_up_tokens: int = 0,
+        op_id: str | None = None,
     ) -> tuple[Grant, Ledger]:
         """Reserve a grant; return it and the state after."""
         local = self._local_store(request_id)
@@ -1741,6 +1918,7 @@ class RedisStore(Store):
                 prices=prices,
                 asked=asked,
                 wrap_up_tokens=wrap_up_tokens,
+                op_id=op_id,
             )
         return self._run(
             self._begin_steps(
@@ -1754,6 +1932,7 @@ class RedisStore(Store):
                 prices,
                 asked,
                 wrap_up_tokens,
+                op_id,
             )
         )
 
@@ -1765,15 +1944,19 @@ class RedisStore(Store):
         context_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        op_id: str | None = None,
     ) -> tuple[Grant, Ledger]:
         """Grow an open grant; return it and the state after."""
         local = self._local_store(request_id)
         if local is not None:
             return local.extend(
-                request_id, grant, output_tokens, context_tokens, now, lease_seconds
+                request_id, grant, output_tokens, context_tokens, now, lease_seconds, op_id=op_id
             )
         return self._run(
-            self._extend_steps(request_id, grant, output_tokens, context_tokens, now, lease_seconds)
+            self._extend_steps(
+                request_id, grant, output_tokens, context_tokens, now, lease_seconds, op_id
+            )
         )
 
     def finish(
@@ -1786,6 +1969,7 @@ class RedisStore(Store):
         *,
         truncated: bool = False,
         allocation: Mapping[str, int] | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Settle a grant with its real usage; return the state after."""
         local = self._local_store(request_id)
@@ -1798,30 +1982,43 @@ class RedisStore(Store):
                 now,
                 truncated=truncated,
                 allocation=allocation,
+                op_id=op_id,
             )
         return self._run(
             self._finish_steps(
-                request_id, grant, input_tokens, output_tokens, now, truncated, allocation
+                request_id, grant, input_tokens, output_tokens, now, truncated, allocation, op_id
             )
         )
 
     def release(
-        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+        self,
+        request_id: str,
+        grant: Grant,
+        now: float,
+        *,
+        reason: str = "release",
+        op_id: str | None = None,
     ) -> Ledger:
         """Settle a grant as unused; return the state after."""
         local = self._local_store(request_id)
         if local is not None:
-            return local.release(request_id, grant, now, reason=reason)
-        return self._run(self._release_steps(request_id, grant, now, reason))
+            return local.release(request_id, grant, now, reason=reason, op_id=op_id)
+        return self._run(self._release_steps(request_id, grant, now, reason, op_id))
 
     def close(
-        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+        self,
+        request_id: str,
+        now: float,
+        *,
+        status: str = "closed",
+        outcome: float | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Close a request (its unused tokens return to its pool); return its final state."""
         local = self._local_store(request_id)
         if local is not None:
-            return local.close(request_id, now, status=status, outcome=outcome)
-        return self._run(self._close_steps(request_id, now, status, outcome))
+            return local.close(request_id, now, status=status, outcome=outcome, op_id=op_id)
+        return self._run(self._close_steps(request_id, now, status, outcome, op_id))
 
     def open_children(
         self,
@@ -1837,6 +2034,7 @@ class RedisStore(Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        op_id: str | None = None,
     ) -> tuple[Ledger, list[Ledger]]:
         """Open child requests of ``parent_id``, drawing their ceilings from it (one script)."""
         local = self._local_store(parent_id) if isinstance(parent_id, str) else None
@@ -1853,6 +2051,7 @@ class RedisStore(Store):
                 reserve=reserve,
                 ttl=ttl,
                 max_depth=max_depth,
+                op_id=op_id,
             )
             self._local_ids.update(child.request_id for child in children)
             return parent, children
@@ -1869,6 +2068,7 @@ class RedisStore(Store):
                 reserve,
                 ttl,
                 max_depth,
+                op_id,
             )
         )
 
@@ -1886,6 +2086,7 @@ class RedisStore(Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        op_id: str | None = None,
     ) -> tuple[Ledger, list[Ledger]]:
         """Async :meth:`open_children`."""
         if isinstance(parent_id, str) and self._local_store(parent_id) is not None:
@@ -1901,6 +2102,7 @@ class RedisStore(Store):
                 reserve=reserve,
                 ttl=ttl,
                 max_depth=max_depth,
+                op_id=op_id,
             )
         return await self._arun(
             self._children_steps(
@@ -1915,6 +2117,7 @@ class RedisStore(Store):
                 reserve,
                 ttl,
                 max_depth,
+                op_id,
             )
         )
 
@@ -1957,6 +2160,7 @@ class RedisStore(Store):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Async :meth:`open`."""
         steps = self._open_steps(
@@ -1970,6 +2174,7 @@ class RedisStore(Store):
             pool,
             pool_priority,
             check_ceiling_usd(ceiling_usd),
+            op_id,
         )
         try:
             return await self._arun(steps)
@@ -1991,6 +2196,7 @@ class RedisStore(Store):
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
         wrap_up_tokens: int = 0,
+        op_id: str | None = None,
     ) -> tuple[Grant, Ledger]:
         """Async :meth:`begin`."""
         if self._local_store(request_id) is not None:
@@ -2005,6 +2211,7 @@ class RedisStore(Store):
                 prices=prices,
                 asked=asked,
                 wrap_up_tokens=wrap_up_tokens,
+                op_id=op_id,
             )
         return await self._arun(
             self._begin_steps(
@@ -2018,6 +2225,7 @@ class RedisStore(Store):
                 prices,
                 asked,
                 wrap_up_tokens,
+                op_id,
             )
         )
 
@@ -2029,12 +2237,18 @@ class RedisStore(Store):
         context_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        op_id: str | None = None,
     ) -> tuple[Grant, Ledger]:
         """Async :meth:`extend`."""
         if self._local_store(request_id) is not None:
-            return self.extend(request_id, grant, output_tokens, context_tokens, now, lease_seconds)
+            return self.extend(
+                request_id, grant, output_tokens, context_tokens, now, lease_seconds, op_id=op_id
+            )
         return await self._arun(
-            self._extend_steps(request_id, grant, output_tokens, context_tokens, now, lease_seconds)
+            self._extend_steps(
+                request_id, grant, output_tokens, context_tokens, now, lease_seconds, op_id
+            )
         )
 
     async def afinish(
@@ -2047,6 +2261,7 @@ class RedisStore(Store):
         *,
         truncated: bool = False,
         allocation: Mapping[str, int] | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Async :meth:`finish`."""
         if self._local_store(request_id) is not None:
@@ -2058,28 +2273,41 @@ class RedisStore(Store):
                 now,
                 truncated=truncated,
                 allocation=allocation,
+                op_id=op_id,
             )
         return await self._arun(
             self._finish_steps(
-                request_id, grant, input_tokens, output_tokens, now, truncated, allocation
+                request_id, grant, input_tokens, output_tokens, now, truncated, allocation, op_id
             )
         )
 
     async def arelease(
-        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+        self,
+        request_id: str,
+        grant: Grant,
+        now: float,
+        *,
+        reason: str = "release",
+        op_id: str | None = None,
     ) -> Ledger:
         """Async :meth:`release`."""
         if self._local_store(request_id) is not None:
-            return self.release(request_id, grant, now, reason=reason)
-        return await self._arun(self._release_steps(request_id, grant, now, reason))
+            return self.release(request_id, grant, now, reason=reason, op_id=op_id)
+        return await self._arun(self._release_steps(request_id, grant, now, reason, op_id))
 
     async def aclose(
-        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+        self,
+        request_id: str,
+        now: float,
+        *,
+        status: str = "closed",
+        outcome: float | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Async :meth:`close`."""
         if self._local_store(request_id) is not None:
-            return self.close(request_id, now, status=status, outcome=outcome)
-        return await self._arun(self._close_steps(request_id, now, status, outcome))
+            return self.close(request_id, now, status=status, outcome=outcome, op_id=op_id)
+        return await self._arun(self._close_steps(request_id, now, status, outcome, op_id))
 
     async def aget(self, request_id: str) -> Ledger:
         """Async :meth:`get`."""
