@@ -704,7 +704,7 @@ class Gateway:
             InvalidArgument: ``limit`` is not an integer in ``[1, 10000]``.
             StoreUnavailable: the store cannot be reached.
         """
-        import asyncio
+        from apportion.serve.gather import gather_bounded
 
         if type(limit) is not int or not 1 <= limit <= 10_000:
             raise InvalidArgument("limit", limit, "an integer in [1, 10000]")
@@ -716,7 +716,7 @@ class Gateway:
             except UnknownRequest:
                 return None
 
-        states = await asyncio.gather(*(state(i) for i in ids[:limit]))
+        states = await gather_bounded(state(i) for i in ids[:limit])
         return [s for s in states if s is not None and s.status == "open"]
 
     # ------------------------------------------------------------------ helpers

@@ -320,6 +320,15 @@ def render(title: str, main: str, base: str, navigation: str, body: str = "") ->
     )
 
 
+_LIVE_COLUMNS = (
+    '<colgroup><col class="c-name"><col class="c-bar"><col class="c-num"><col class="c-num">'
+    '<col class="c-num"><col class="c-plan"><col class="c-calls"><col class="c-status">'
+    '<col class="c-ended"></colgroup>'
+)
+"""The live table's columns: fixed widths, so a figure that changes never lays out the
+whole table again (with 1,000 requests, an auto-width table took a third of a second)."""
+
+
 def live_page(
     views: Sequence[RequestView],
     *,
@@ -343,9 +352,10 @@ def live_page(
         '<div id="announcer" class="visually-hidden" aria-live="polite" aria-atomic="true">'
         "</div>"
         f'<p id="empty" class="empty"{" hidden" if views else ""}>No open requests.</p>'
-        f'<table id="requests"{"" if views else " hidden"}>'
+        f'<table id="requests" class="live"{"" if views else " hidden"}>'
         "<caption>Per request, then per agent: tokens used, held by open grants, and left "
         "(of the agent's plan; of the request's ceiling)</caption>"
+        f"{_LIVE_COLUMNS}"
         '<thead><tr><th scope="col">Request / agent</th><th scope="col">Budget</th>'
         '<th scope="col" class="num">Used</th><th scope="col" class="num">Held</th>'
         '<th scope="col" class="num">Left</th><th scope="col" class="num">Plan / ceiling</th>'

@@ -30,6 +30,7 @@ from apportion.serve.dashboard.session import (
 )
 from apportion.serve.errors import AuthenticationThrottled
 from apportion.serve.gateway import Gateway, Tenant
+from apportion.serve.gather import gather_bounded
 from apportion.stores.feed import FeedEvent
 
 __all__ = ["dashboard_routes"]
@@ -134,8 +135,8 @@ def dashboard_routes(
         try:
             cursor = await gateway.store.afeed_cursor()  # before reading: no change missed
             states = await gateway.open_requests(tenant, LIVE_LIMIT)
-            histories = await asyncio.gather(
-                *(gateway.store.aevents(s.request_id) for s in states), return_exceptions=True
+            histories = await gather_bounded(
+                (gateway.store.aevents(s.request_id) for s in states), return_exceptions=True
             )
         except StoreUnavailable as exc:
             return unavailable(request, tenant, exc)

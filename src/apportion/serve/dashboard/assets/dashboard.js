@@ -13,7 +13,7 @@
   var live = document.getElementById("live");
   var announcer = document.getElementById("announcer");
   var heard = [];
-  var received = 0;
+  var cursor = body.getAttribute("data-cursor");  // the last event's (kept off the DOM)
   var KEEP_CLOSED_MS = 60000;
 
   function index() {
@@ -52,9 +52,16 @@
 
   function cell(row, name) { return row.querySelector("[data-cell='" + name + "']"); }
 
+  // Changes a cell's text in place (its text node kept: no new node per event).
   function setText(row, name, value) {
     var c = cell(row, name);
-    if (c) { c.textContent = value; }
+    if (!c) { return; }
+    var t = c.firstChild;
+    if (t && t.nodeType === 3 && t === c.lastChild) {
+      if (t.data !== value) { t.data = value; }
+    } else {
+      c.textContent = value;
+    }
   }
 
   function agentRow(tb, agent) {
@@ -294,9 +301,7 @@
   if (poolsUrl) { setInterval(refreshPools, 1000); }
 
   function handle(ev) {
-    received += 1;
-    body.setAttribute("data-cursor", ev.c);
-    body.setAttribute("data-received", String(received));
+    cursor = ev.c;
     timeline(ev);
     if (poolsUrl && (ev.k === "open" || ev.k === "close")) { poolsDue = true; }
     var tb = requests.get(ev.r);
@@ -313,7 +318,6 @@
 
   function connect() {
     var url = stream;
-    var cursor = body.getAttribute("data-cursor");
     if (cursor) { url += (url.indexOf("?") < 0 ? "?" : "&") + "after=" + encodeURIComponent(cursor); }
     var source = new EventSource(url, { withCredentials: true });
     source.addEventListener("open", function () {
