@@ -52,6 +52,7 @@ from apportion.serve.errors import (
     UnknownPipeline,
 )
 from apportion.serve.errors_json import error_response
+from apportion.serve.feed_hub import FeedHub
 from apportion.serve.guard import FailureWindow
 from apportion.serve.handles import issue_handle, read_handle
 from apportion.serve.idempotency import IdempotencyRecords, Outcome, open_records
@@ -122,6 +123,9 @@ class Gateway:
         """The config file's ``stat`` when last read (:meth:`check_config`)."""
         self._retiring: list[threading.Thread] = []
         self._reaper: Reaper | None = None
+        self.feed_hub = FeedHub(self.store)
+        """The one reader of the store's feed the dashboard's streams share (started by
+        the first stream, not here)."""
         self._unwritten: dict[str, tuple[str, str, Outcome | None, float]] = {}
         """Idempotency records the store was down to write: (fingerprint, operation,
         outcome or ``None`` to drop the claim, ttl)."""
@@ -283,10 +287,11 @@ class Gateway:
             self._reaper = Reaper(self.reap, every).start()
 
     async def aclose(self) -> None:
-        """Stop the reaper and close the records' connections."""
+        """Stop the reaper and the feed's reader, close the records' connections."""
         reaper, self._reaper = self._reaper, None
         if reaper is not None:
             reaper.stop()
+        await self.feed_hub.aclose()
         await self.records.aclose()
 
     def reap(self) -> int:
