@@ -6,9 +6,10 @@ in the database's own SQL, as ``apportion report`` does
 (:func:`apportion.analysis.window_report.report_database`: aggregates, not rows, are
 read), over the calls of the tenant's requests only (their ids start with ``TENANT/``; an
 admin: every tenant's, with the daily rollups where days were pruned), and offers the
-recommended budgets file (:func:`apportion.analysis.profile.budgets_yaml`) for download. Reading runs in a worker
-thread, so a slow database never stalls the live pages; a database that cannot be read is
-reported on the panel (its password never shown) and the rest of the dashboard goes on.
+recommended budgets file (:func:`apportion.analysis.profile.budgets_yaml`) for download.
+Reading runs in a worker thread, so a slow database never stalls the live pages; a
+database that cannot be read is reported on the panel (its password never shown) and the
+rest of the dashboard goes on.
 """
 
 from __future__ import annotations
