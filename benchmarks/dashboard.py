@@ -22,16 +22,19 @@ store and the agent's consumed tokens after it; the page's note of that value gi
 * ``dom_p95_ms``: the same to the DOM change itself;
 * ``missed``: settlements the page never showed (counted after a short drain at the end).
 
-Every ``--sample-every`` seconds (after a forced garbage collection) the page's memory is
-read: ``renderer_rss_mb`` (the resident memory of Chromium's renderer processes, read from
-``/proc``), ``js_heap_mb`` (V8's used heap, ``Runtime.getHeapUsage``), ``dom_nodes``
-(``Memory.getDOMCounters``). ``page_memory_mb`` is the renderer's resident memory at the
-end; ``memory_growth_mb`` its growth from the first sample after the warm-up (a fifth of
-the run, at least 10 s) to the end, and ``memory_bound_mb`` the bound the run is checked
-against (``--memory-bound``, default 64 MB, about a third of the page's size with 1,000
-requests): a page that kept every event, or every closed request's rows, would grow past
-it in a ten-minute run. ``long_tasks`` counts the page's tasks over 50 ms
-(``PerformanceObserver``), a measure of whether it stays responsive.
+Every ``--sample-every`` seconds the page's memory is read: ``renderer_rss_mb`` (the
+resident memory of Chromium's page renderer processes, read from ``/proc``),
+``js_heap_mb`` (V8's used heap, ``Runtime.getHeapUsage``), ``dom_nodes``
+(``Memory.getDOMCounters``: garbage nodes count until collected). Three samples follow a
+forced full garbage collection (``collected``): at page load, at the end of the warm-up
+(a fifth of the run, at least 10 s; one pause of the page) and at the end.
+``page_memory_mb`` is the renderer's resident memory at the end; ``memory_growth_mb`` its
+growth from the warm-up's collected sample to the end's, and ``memory_bound_mb`` the
+bound the run is checked against (``--memory-bound``, default 64 MB, about a tenth of the
+page's resident memory with 1,000 requests): a page that kept every event, or every
+closed request's rows, would pass it in a ten-minute run. ``long_tasks`` counts the
+page's tasks over 50 ms (``PerformanceObserver``), a measure of whether it stays
+responsive.
 
 Prints one JSON line (``--save PATH`` also writes it, indented, e.g. to
 ``benchmarks/results/dashboard-<commit>.json``), with ``load_average`` before and after
@@ -386,11 +389,16 @@ def run(args: argparse.Namespace, chromium: str, folder: Path) -> dict[str, Any]
             driver.start()
             start = time.time()
             next_sample = start + args.sample_every
+            warm = max(10.0, args.duration / 5)
+            baseline: dict[str, Any] | None = None
             while time.time() - start < args.duration and not driver.errors:
                 time.sleep(1.0)
                 for rid, agent, used, dom, shown in browser.evaluate(DRAIN) or []:
                     seen.setdefault((rid, agent, int(used)), (dom, shown))
-                if time.time() >= next_sample:
+                if baseline is None and time.time() - start >= warm:
+                    baseline = memory_sample(browser, browser_pid, warm, collect=True)
+                    samples.append(baseline)
+                elif time.time() >= next_sample:
                     samples.append(memory_sample(browser, browser_pid, time.time() - start))
                     next_sample += args.sample_every
             driver.stop.set()
@@ -412,8 +420,8 @@ def run(args: argparse.Namespace, chromium: str, folder: Path) -> dict[str, Any]
         if found is not None:
             dom_ms.append(found[0] - sent * 1000)
             shown_ms.append(found[1] - sent * 1000)
-    warm = max(10.0, args.duration / 5)
-    baseline = next((s for s in samples if s["t_s"] >= warm), samples[0])
+    if baseline is None:  # a run shorter than its warm-up
+        baseline = samples[0]
     growth = round(samples[-1]["renderer_rss_mb"] - baseline["renderer_rss_mb"], 1)
     return {
         "update_p95_ms": pct(shown_ms, 0.95),
