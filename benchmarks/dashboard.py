@@ -374,8 +374,6 @@ def run(args: argparse.Namespace, chromium: str, folder: Path) -> dict[str, Any]
             load_ms = round((time.perf_counter() - loading) * 1000)
             rows = browser.evaluate("document.querySelectorAll('tbody.request').length")
             browser.evaluate(OBSERVER)
-            if os.environ.get("DASH_EXPERIMENT"):
-                browser.evaluate(os.environ["DASH_EXPERIMENT"])
             browser.send("Performance.enable")
             before = timings(browser)
             driver = Driver(store, list(ids), args.rate, args.churn)
