@@ -42,10 +42,13 @@
     });
   }
 
+  // A request's block (a table of its own), or the row group itself outside the live list.
+  function blockOf(tb) { return tb.closest(".req-block") || tb; }
+
   // A closed request stays in view a minute, then leaves the page (and its memory).
   function retire(tb, id) {
     setTimeout(function () {
-      tb.remove();
+      blockOf(tb).remove();
       if (requests.get(id) === tb) { requests.delete(id); }
     }, KEEP_CLOSED_MS);
   }
@@ -163,24 +166,29 @@
   }
 
   function insert(tb) {
-    var table = document.getElementById("requests");
-    if (!table) { return; }
+    var list = document.getElementById("requests");
+    var skeleton = document.getElementById("request-block");
+    if (!list || !skeleton) { return; }
+    var block = skeleton.content.firstElementChild.cloneNode(true);
+    var depth = Number(tb.getAttribute("data-depth"));
+    block.setAttribute("data-depth", String(depth));
+    block.querySelector("table").appendChild(tb);
     var parentId = tb.getAttribute("data-parent");
     var parent = parentId ? requests.get(parentId) : null;
     if (parent) {
-      var depth = Number(parent.getAttribute("data-depth"));
-      var after = parent;
+      var top = Number(parent.getAttribute("data-depth"));
+      var after = blockOf(parent);
       while (after.nextElementSibling &&
-             Number(after.nextElementSibling.getAttribute("data-depth")) > depth) {
+             Number(after.nextElementSibling.getAttribute("data-depth")) > top) {
         after = after.nextElementSibling;
       }
-      after.after(tb);
+      after.after(block);
     } else {
-      table.appendChild(tb);
+      list.appendChild(block);
     }
     var empty = document.getElementById("empty");
     if (empty) { empty.hidden = true; }
-    table.hidden = false;
+    list.hidden = false;
   }
 
   // Feed cursors: "17" (memory store) or "1700000000000-3" (Redis): compared as numbers.
