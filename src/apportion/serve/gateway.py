@@ -64,6 +64,7 @@ from apportion.serve.errors import (
     UnknownPipeline,
 )
 from apportion.serve.errors_json import error_response
+from apportion.serve.feed_hub import FeedHub
 from apportion.serve.guard import FailureWindow
 from apportion.serve.handles import issue_handle, read_handle
 from apportion.serve.idempotency import IdempotencyRecords, Outcome, open_records
@@ -139,6 +140,9 @@ class Gateway:
         """The config file's ``stat`` when last read (:meth:`check_config`)."""
         self._retiring: list[threading.Thread] = []
         self._reaper: Reaper | None = None
+        self.feed_hub = FeedHub(self.store)
+        """The one reader of the store's feed the dashboard's streams share (started by
+        the first stream, not here)."""
         self._unwritten: dict[str, tuple[str, str, Outcome | None, float]] = {}
         """Idempotency records the store was down to write: (fingerprint, operation,
         outcome or ``None`` to drop the claim, ttl)."""
@@ -300,10 +304,11 @@ class Gateway:
             self._reaper = Reaper(self.reap, every).start()
 
     async def aclose(self) -> None:
-        """Stop the reaper and close the records' connections."""
+        """Stop the reaper and the feed's reader, close the records' connections."""
         reaper, self._reaper = self._reaper, None
         if reaper is not None:
             reaper.stop()
+        await self.feed_hub.aclose()
         await self.records.aclose()
 
     def reap(self) -> int:
@@ -736,7 +741,7 @@ class Gateway:
             InvalidArgument: ``limit`` is not an integer in ``[1, 10000]``.
             StoreUnavailable: the store cannot be reached.
         """
-        import asyncio
+        from apportion.serve.gather import gather_bounded
 
         if type(limit) is not int or not 1 <= limit <= 10_000:
             raise InvalidArgument("limit", limit, "an integer in [1, 10000]")
@@ -748,7 +753,7 @@ class Gateway:
             except UnknownRequest:
                 return None
 
-        states = await asyncio.gather(*(state(i) for i in ids[:limit]))
+        states = await gather_bounded(state(i) for i in ids[:limit])
         return [s for s in states if s is not None and s.status == "open"]
 
     # ------------------------------------------------------------------ helpers

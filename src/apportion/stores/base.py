@@ -84,7 +84,8 @@ Contract (every implementation must keep it):
   prefix=..., limit=..., timeout=...)`` returns the events after cursor ``after`` (``None``:
   from the oldest kept) whose request id starts with ``prefix``, oldest first, and the
   cursor to read from next; with none yet it waits up to ``timeout`` seconds for one.
-  Cursors increase with every event; a reader passing back each page's cursor sees every
+  Cursors increase with every event (whole numbers joined by ``-``, ordered by
+  :func:`~apportion.stores.feed.cursor_key`); a reader passing back each page's cursor sees every
   later event once, in order, per request in the order of the request's own ``events``
   (unless the feed, bounded, dropped them first). ``feed_cursor()`` is the newest cursor
   (read from it to see only what comes next). ``note(request_id, event)`` appends a

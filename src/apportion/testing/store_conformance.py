@@ -824,6 +824,10 @@ class StoreConformance:
             cursor = page.cursor
         assert seen == [f"r{i}" for i in range(7)]
         assert store.feed(None).events[-1].request_id == "r6"  # None: from the oldest kept
+        from apportion.stores.feed import cursor_key
+
+        keys = [cursor_key(start), *(cursor_key(e.cursor) for e in store.feed(start).events)]
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)  # cursors order events
 
     def test_feed_reader_waits_for_the_next_event(self, store: Store) -> None:
         import threading
