@@ -243,6 +243,31 @@ def _require_sqlalchemy() -> None:
         raise MissingExtra("sqlalchemy", "sql") from None
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Whether a SQLAlchemy error says the database cannot be reached (not a record's data).
+
+    A lost or refused connection, a timeout, a locked SQLite file: the batch is kept and
+    written again. Any other error (a constraint, a value the column cannot hold) is the
+    data's: the batch is written record by record and only the refused ones are lost.
+    """
+    from sqlalchemy.exc import (
+        DBAPIError,
+        DisconnectionError,
+        InterfaceError,
+        OperationalError,
+    )
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout)
+
+
+def _record_errors() -> tuple[type[BaseException], ...]:
+    """Errors a record's data causes while its rows are built or written (not SQLAlchemy's)."""
+    return (*_data_errors(), ValueError, TypeError)
+
+
 def _data_errors() -> tuple[type[BaseException], ...]:
     """Errors that a record's data causes (not the database): SQLAlchemy's and the driver's."""
     try:
@@ -425,10 +450,12 @@ class Database:
 
         try:
             self._replace(latest)
-        except _data_errors():  # some record's data: store the others, one by one
-            return self._replace_each(latest)
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+            if _unreachable(exc):
+                raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+            return self._replace_each(latest)  # some record's data: store the others
+        except _record_errors():
+            return self._replace_each(latest)
         return len(latest)
 
     def append(self, batch: Sequence[RequestUsage]) -> int:
@@ -532,7 +559,8 @@ class Database:
 
         Raises:
             RecordsRejected: some records were refused for their data (the rest written).
-            DatabaseUnavailable: the database failed otherwise.
+            DatabaseUnavailable: the database could not be reached (writing the batch
+                again is safe: rows of the same ids are replaced).
         """
         from sqlalchemy.exc import SQLAlchemyError
 
@@ -540,10 +568,12 @@ class Database:
         for request_id, record in latest.items():
             try:
                 self._replace({request_id: record})
-            except _data_errors() as exc:
-                reasons.append(f"{excerpt(request_id)}: {_reason(exc, self.url)}")
             except SQLAlchemyError as exc:
-                raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+                if _unreachable(exc):  # the records written so far are written again
+                    raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+                reasons.append(f"{excerpt(request_id)}: {_reason(exc, self.url)}")
+            except _record_errors() as exc:
+                reasons.append(f"{excerpt(request_id)}: {_reason(exc, self.url)}")
         if reasons:
             raise RecordsRejected(self.shown, len(reasons), len(latest) - len(reasons), reasons)
         return len(latest)
@@ -562,13 +592,15 @@ class Database:
                     chunk = ids[start : start + _CHUNK]
                     conn.execute(table.delete().where(table.c.request_id.in_(chunk)))
             records = list(latest.values())
-            conn.execute(t.requests.insert(), [_request_row(r) for r in records])
-            calls = [_call_row(r, c) for r in records for c in r.calls]
-            if calls:
-                conn.execute(t.calls.insert(), calls)
-            events = [_event_row(r, i, e) for r in records for i, e in enumerate(r.events)]
-            if events:
-                conn.execute(t.events.insert(), events)
+            _insert_many(conn, t.requests, [_request_row(r, clean=False) for r in records])
+            _insert_many(
+                conn, t.calls, [_call_row(r, c, clean=False) for r in records for c in r.calls]
+            )
+            _insert_many(
+                conn,
+                t.events,
+                [_event_row(r, i, e, clean=False) for r in records for i, e in enumerate(r.events)],
+            )
             upsert(conn, t.daily, rollup.rows())
 
     def _stored(self, conn: Connection, ids: Sequence[str]) -> list[RequestUsage]:
@@ -899,84 +931,81 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-def _request_row(r: RequestUsage) -> dict[str, Any]:
+def _request_row(r: RequestUsage, *, clean: bool = True) -> dict[str, Any]:
     try:
         features = _json(dict(r.features))
     except ValueError:  # NaN or infinity in a feature: keep what JSON can hold
         features = _json({k: v for k, v in r.features.items() if _finite_or_other(v)})
-    return _storable_row(
-        {
-            "request_id": r.request_id,
-            "pipeline": r.pipeline,
-            "source": r.source,
-            "schema_version": r.schema_version,
-            "ceiling": r.ceiling,
-            "consumed": r.consumed,
-            "overflow": r.overflow,
-            "status": r.status,
-            "outcome": _finite(r.outcome),
-            "features": features,
-            "opened_at": _finite(r.opened_at),
-            "closed_at": _finite(r.closed_at),
-            "refused": _json(dict(r.refused)) if r.refused else None,
-            "parent_id": r.parent_id,
-            "root_id": r.root_id,
-            "depth": r.depth,
-            "refused_kinds": _json(dict(r.refused_kinds)) if r.refused_kinds else None,
-        }
-    )
+    row = {
+        "request_id": r.request_id,
+        "pipeline": r.pipeline,
+        "source": r.source,
+        "schema_version": r.schema_version,
+        "ceiling": r.ceiling,
+        "consumed": r.consumed,
+        "overflow": r.overflow,
+        "status": r.status,
+        "outcome": _finite(r.outcome),
+        "features": features,
+        "opened_at": _finite(r.opened_at),
+        "closed_at": _finite(r.closed_at),
+        "refused": _json(dict(r.refused)) if r.refused else None,
+        "parent_id": r.parent_id,
+        "root_id": r.root_id,
+        "depth": r.depth,
+        "refused_kinds": _json(dict(r.refused_kinds)) if r.refused_kinds else None,
+    }
+    return _storable_row(row) if clean else row
 
 
 def _finite_or_other(value: Any) -> bool:
     return not (isinstance(value, float) and not math.isfinite(value))
 
 
-def _call_row(r: RequestUsage, c: CallUsage) -> dict[str, Any]:
-    return _storable_row(
-        {
-            "request_id": r.request_id,
-            "grant_id": c.grant_id,
-            "pipeline": r.pipeline,
-            "agent": c.agent,
-            "priority": c.priority,
-            "granted_context": c.granted_context,
-            "granted_output": c.granted_output,
-            "used_input": c.used_input,
-            "used_output": c.used_output,
-            "truncated": c.truncated,
-            "input_cut": c.input_cut,
-            "dropped_tokens": c.dropped_tokens,
-            "overuse": c.overuse,
-            "extensions": c.extensions,
-            "settled": c.settled,
-            "model": c.model,
-            "cost_usd": _finite(c.cost_usd),
-            "estimated": c.estimated,
-            "finish_reason": c.finish_reason,
-            "began_at": _finite(c.began_at),
-            "at": _finite(c.at),
-            "status": c.status,
-            "kind": c.kind,
-        }
-    )
+def _call_row(r: RequestUsage, c: CallUsage, *, clean: bool = True) -> dict[str, Any]:
+    row = {
+        "request_id": r.request_id,
+        "grant_id": c.grant_id,
+        "pipeline": r.pipeline,
+        "agent": c.agent,
+        "priority": c.priority,
+        "granted_context": c.granted_context,
+        "granted_output": c.granted_output,
+        "used_input": c.used_input,
+        "used_output": c.used_output,
+        "truncated": c.truncated,
+        "input_cut": c.input_cut,
+        "dropped_tokens": c.dropped_tokens,
+        "overuse": c.overuse,
+        "extensions": c.extensions,
+        "settled": c.settled,
+        "model": c.model,
+        "cost_usd": _finite(c.cost_usd),
+        "estimated": c.estimated,
+        "finish_reason": c.finish_reason,
+        "began_at": _finite(c.began_at),
+        "at": _finite(c.at),
+        "status": c.status,
+        "kind": c.kind,
+    }
+    return _storable_row(row) if clean else row
 
 
-def _event_row(r: RequestUsage, seq: int, e: Event) -> dict[str, Any]:
-    return _storable_row(
-        {
-            "request_id": r.request_id,
-            "seq": seq,
-            "kind": e.kind,
-            "at": float(e.at),
-            "agent": e.agent,
-            "grant_id": e.grant_id,
-            "context_tokens": e.context_tokens,
-            "output_tokens": e.output_tokens,
-            "truncated": bool(e.truncated),
-            "overuse": e.overuse,
-            "note": e.note,
-        }
-    )
+def _event_row(r: RequestUsage, seq: int, e: Event, *, clean: bool = True) -> dict[str, Any]:
+    row = {
+        "request_id": r.request_id,
+        "seq": seq,
+        "kind": e.kind,
+        "at": float(e.at),
+        "agent": e.agent,
+        "grant_id": e.grant_id,
+        "context_tokens": e.context_tokens,
+        "output_tokens": e.output_tokens,
+        "truncated": bool(e.truncated),
+        "overuse": e.overuse,
+        "note": e.note,
+    }
+    return _storable_row(row) if clean else row
 
 
 def _rollout_row(r: RolloutRecord) -> dict[str, Any]:
@@ -1085,6 +1114,49 @@ def _add_indexes(conn: Connection, tables: Sequence[Table]) -> None:
     for table in tables:
         for index in table.indexes:
             conn.execute(CreateIndex(index, if_not_exists=True))
+
+
+_INSERTS: dict[tuple[str, str, tuple[str, ...]], tuple[str, Any, str, Any]] = {}
+
+
+def _insert_many(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert rows (all with the same keys) with one driver ``executemany``.
+
+    SQLAlchemy's own ``executemany`` processes every parameter of every row in Python;
+    for the plain values these tables hold the driver takes them as they are, several
+    times faster. Text the database cannot hold (NUL, a lone surrogate) is replaced as
+    :func:`storable` does, after one check per row.
+    """
+    if not rows:
+        return
+    from operator import itemgetter
+
+    names = tuple(rows[0])
+    key = (conn.dialect.name, table.name, names)
+    found = _INSERTS.get(key)
+    if found is None:
+        from sqlalchemy import String
+
+        quote = conn.dialect.identifier_preparer.quote
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        sql = (
+            f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) "
+            f"VALUES ({', '.join(mark for _ in names)})"
+        )
+        texts = [n for n in names if isinstance(table.c[n].type, String)]
+        found = (sql, itemgetter(*names), "%s\x01" * len(texts), itemgetter(*texts))
+        _INSERTS[key] = found
+    sql, values, shape, text_of = found
+    params = []
+    for row in rows:
+        if _UNSTORABLE.search(shape % _tuple(text_of(row))) is not None:
+            row = _storable_row(dict(row))
+        params.append(values(row))
+    conn.exec_driver_sql(sql, params)
+
+
+def _tuple(value: Any) -> tuple[Any, ...]:
+    return value if type(value) is tuple else (value,)
 
 
 def _copy(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
