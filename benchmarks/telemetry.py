@@ -4,7 +4,8 @@ One process runs request lifecycles (open, five begin/finish pairs, close: the p
 ``benchmarks/overhead.py``) through a controller whose telemetry is a SQLite file, paced
 at ``--rate`` requests per second for ``--seconds``. It then waits for the sink to write
 everything and counts the requests stored. In the same run, lifecycles of a controller
-without telemetry give the baseline, in blocks taking turns with the paced ones.
+without telemetry give the baseline: a short block (a fifth of ``--block``) after each
+paced block, its time left out of the pace and of the throughput.
 
 Prints one JSON object:
 
@@ -16,6 +17,9 @@ Prints one JSON object:
   ``emit_us_median``: the median time spent in ``apportion.telemetry.emit`` alone;
 - ``throughput_rps``: requests per second reached (``rate_rps`` was asked);
   ``drain_seconds``: how long the sink took, after the last request, to write the rest;
+- ``cpu_us_per_request``: the process's CPU time (all threads: the caller's and the
+  writer's) per lifecycle run, the baseline ones included, until the sink had written
+  everything;
 - ``load_average``: the 1-minute load average when the run ended.
 
     python benchmarks/telemetry.py [--rate 2000] [--seconds 5] [--block 50]
@@ -24,7 +28,6 @@ Prints one JSON object:
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
@@ -99,7 +102,7 @@ def main() -> None:
         interval = 1.0 / args.rate
         with_telemetry: list[float] = []
         without: list[float] = []
-        gc.disable()
+        cpu_start = time.process_time()
         start = time.perf_counter()
         done = 0
         while done < total:
@@ -110,14 +113,13 @@ def main() -> None:
                     time.sleep(ahead)
                 with_telemetry.append(timed(lifecycle, recorded))
                 done += 1
-            if time.perf_counter() < start + done * interval:  # time to spare: a baseline block
-                without.extend(timed(lifecycle, plain) for _ in range(args.block // 5 or 1))
-            gc.collect()
-        elapsed = time.perf_counter() - start
-        gc.enable()
+            without.extend(timed(lifecycle, plain) for _ in range(args.block // 5 or 1))
+            start += sum(without[-(args.block // 5 or 1) :]) / 1e6  # not in the pace
+        elapsed = time.perf_counter() - start  # the baseline blocks' time left out
         drain_start = time.perf_counter()
         flushed = telemetry.flush(120)
         drain = time.perf_counter() - drain_start
+        cpu = time.process_time() - cpu_start
         with open_database(url) as db:
             stored = len(db.load().requests) - 200
         result = {
@@ -140,6 +142,7 @@ def main() -> None:
             ),
             "emit_us_median": round(statistics.median(emit_us), 2),
             "baseline_samples": len(without),
+            "cpu_us_per_request": round(cpu / (total + len(without)) * 1e6, 1),
             "load_average": round(os.getloadavg()[0], 2),
         }
     telemetry.emit = real_emit
