@@ -188,3 +188,79 @@ def test_a_database_that_comes_back_gets_every_record(tmp_path: Path) -> None:
     assert len(_messages(caught)) == 1
     with open_database(url) as db:
         assert len(db.load().requests) == 5
+
+
+def test_drops_are_counted_in_prometheus() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from apportion.telemetry.prometheus import PrometheusSink
+
+    registry = CollectorRegistry()
+    PrometheusSink(registry)  # its metrics count the drops of every channel of the process
+    sink = Picky({3})
+    sink.name = "picky-prometheus"
+    channel = Channel(sink, capacity=1_000)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        for i in range(10):
+            channel.submit(i)
+        assert channel.flush(10)
+        channel.discard()
+
+    def sample(reason: str) -> float | None:
+        labels = {"sink": "picky-prometheus", "reason": reason}
+        return registry.get_sample_value("apportion_telemetry_dropped_total", labels)
+
+    assert sample("failed") == 1.0
+
+
+def test_the_report_says_what_the_writers_lost(db_url: str) -> None:
+    from apportion.analysis.window_report import report_database
+
+    channel = Channel(SQLSink(db_url))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        for i in range(10):
+            channel.submit(_request(f"ok-{i}"))
+        channel.submit(_request("twice", grants=(1, 1)))
+        assert channel.flush(60)
+    document = report_database(db_url).document
+    assert document["telemetry_lost"] == {
+        "dropped_full": 0,
+        "dropped_failed": 1,
+        "discarded": 0,
+        "total": 1,
+    }
+    assert document["requests"] == 10
+    # a second writer's losses add up; its later totals replace its earlier ones
+    with Database(db_url) as db:
+        db.record_losses("other", {"dropped_full": 5})
+        db.record_losses("other", {"dropped_full": 7})
+        assert db.losses() == {"dropped_full": 7, "dropped_failed": 1, "discarded": 0}
+
+
+def test_a_report_without_losses_says_nothing_of_them(tmp_path: Path) -> None:
+    from apportion.analysis.window_report import report_database
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    channel = Channel(SQLSink(url))
+    channel.submit(_request("ok"))
+    assert channel.flush(60)
+    assert "telemetry_lost" not in report_database(url).document
+
+
+def test_apportion_report_warns_of_the_lost_records(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from apportion.cli import app
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    channel = Channel(SQLSink(url))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        channel.submit(_request("ok"))
+        channel.submit(_request("twice", grants=(1, 1)))
+        assert channel.flush(60)
+    result = CliRunner().invoke(app, ["report", url])
+    assert result.exit_code == 0, result.output
+    assert "1 telemetry record(s) never reached this database" in result.output

@@ -30,6 +30,7 @@ workload, the oracle.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -118,6 +119,7 @@ def optimize(
         )
     except ValueError as exc:  # a study of that name that minimises, or several objectives
         raise StudyUnavailable(redact(storage), f"study {name!r}: {exc}") from None
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     agents = target.agents
     basis = study.user_attrs.get("apportion")
     if basis is None:
@@ -150,6 +152,8 @@ def optimize(
             low, high = max(0.05, base_context[a] - 0.25), min(0.95, base_context[a] + 0.25)
             params[f"c:{a}"] = trial.suggest_float(f"c:{a}", low, high)
         quality = target.measure(StaticPolicy(budgets_of(params))).quality
+        if shared is not None:
+            trial.set_user_attr("worker", worker)  # which worker ran it, in a shared study
         if progress:
             progress(1)
         return quality

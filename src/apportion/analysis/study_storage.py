@@ -16,6 +16,7 @@ or a storage that cannot be reached, raises
 
 from __future__ import annotations
 
+import time
 from typing import Any, Final
 
 from apportion.errors import MissingExtra, StudyUnavailable
@@ -53,12 +54,26 @@ def open_study_storage(url: str) -> Any:
         url = "postgresql" + url[len("postgres") :]
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-    except ModuleNotFoundError as exc:
-        raise MissingExtra(exc.name or "the database driver", "postgres") from None
-    except Exception as exc:  # SQLAlchemy's errors: unreachable, refused, malformed
-        raise StudyUnavailable(shown, _reason(exc, url)) from None
+    for attempt in range(_CREATE_TRIES):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        except ModuleNotFoundError as exc:
+            raise MissingExtra(exc.name or "the database driver", "postgres") from None
+        except Exception as exc:  # SQLAlchemy's errors: unreachable, refused, malformed
+            if attempt + 1 < _CREATE_TRIES and _creation_race(exc):
+                time.sleep(0.1 * (attempt + 1))  # another worker is creating the tables
+                continue
+            raise StudyUnavailable(shown, _reason(exc, url)) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_CREATE_TRIES: Final = 5
+
+
+def _creation_race(exc: BaseException) -> bool:
+    """Whether ``exc`` is two workers creating the storage's tables at once."""
+    text = str(exc).lower()
+    return type(exc).__name__ == "IntegrityError" or "already exists" in text or "locked" in text
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:

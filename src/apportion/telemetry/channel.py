@@ -54,6 +54,7 @@ __all__ = [
     "TelemetryWarning",
     "channels",
     "flush_all",
+    "observe_drops",
 ]
 
 BUFFER_SIZE: Final = 10_000
@@ -85,6 +86,28 @@ class TelemetryWarning(RuntimeWarning):
 _channels: weakref.WeakSet[Channel] = weakref.WeakSet()
 _registry_lock = threading.Lock()
 _atexit_registered = False
+
+
+_drop_observers: list[Callable[[str, str, int], None]] = []
+
+
+def observe_drops(observer: Callable[[str, str, int], None]) -> None:
+    """Call ``observer(sink name, reason, records)`` whenever a channel drops records.
+
+    ``reason`` is ``full`` (the oldest, past the buffer's bound), ``failed`` (refused by
+    the sink, or not buildable) or ``discarded``. The observer runs on the thread that
+    dropped them and must be quick (a Prometheus counter's ``inc``); its errors are
+    ignored. Adding the same observer again does nothing.
+    """
+    with _registry_lock:
+        if observer not in _drop_observers:
+            _drop_observers.append(observer)
+
+
+def _observe(name: str, reason: str, count: int) -> None:
+    for observer in list(_drop_observers):
+        with contextlib.suppress(Exception):
+            observer(name, reason, count)
 
 
 def channels() -> list[Channel]:
@@ -146,6 +169,7 @@ class Channel:
         self._warned_full = False
         self._down = False  # the sink could not be reached at the last try
         self._pause = 0.0
+        self._loss_reported = 0
         with _registry_lock:
             _channels.add(self)
 
@@ -216,6 +240,8 @@ class Channel:
                 self._start()
             elif self._waiting and (len(buffer) >= BATCH_SIZE or len(buffer) == 1):
                 self._cond.notify()
+        if full:
+            _observe(self.name, "full", 1)
         if warn:
             self._warn_full(3)
         return not full
@@ -266,6 +292,8 @@ class Channel:
             self.discarded += count
             self._pending -= count
             self._cond.notify_all()
+        if count:
+            _observe(self.name, "discarded", count)
         return count
 
     def _start(self) -> None:
@@ -323,9 +351,13 @@ class Channel:
                     if not self._buffer:
                         self._warned_full = False  # the next overflow is said again
                 self._cond.notify_all()
-            if kept and excess > 0 and not self._warned_full:
-                self._warned_full = True
-                self._warn_full(1)
+            if excess > 0:
+                _observe(self.name, "full", excess)
+                if not self._warned_full:
+                    self._warned_full = True
+                    self._warn_full(1)
+            elif not kept:
+                self._report_loss()
 
     def _deliver(self, batch: Sequence[Any]) -> list[Any]:
         """Write ``batch``; the records to try again later (the sink was unreachable)."""
@@ -340,6 +372,7 @@ class Channel:
                 except Exception as exc:  # a record that cannot be built loses only itself
                     with self._cond:
                         self.dropped_failed += 1
+                    _observe(self.name, "failed", 1)
                     warnings.warn(
                         f"telemetry: request {item.request_id!r} not recorded: {exc!r}",
                         TelemetryWarning,
@@ -397,6 +430,8 @@ class Channel:
             total = self.dropped
             if not kept:
                 self._down = False
+        if lost or rejected:
+            _observe(self.name, "failed", lost + rejected)
         if first is None or not (lost or rejected):
             return kept
         if lost:
@@ -411,6 +446,25 @@ class Channel:
             )
         warnings.warn(message + _describe(first), TelemetryWarning, stacklevel=3)
         return kept
+
+    def _report_loss(self) -> None:
+        """Tell a sink that keeps them (``record_losses``) what this channel lost so far.
+
+        After a write that went through, and only when the counts changed: the SQL sink
+        keeps them in its database, where ``apportion report`` reads them.
+        """
+        record = getattr(self.sink, "record_losses", None)
+        if record is None:
+            return
+        counts = self.counts()
+        lost = counts["dropped_full"] + counts["dropped_failed"] + counts["discarded"]
+        if lost == self._loss_reported:
+            return
+        try:
+            record(counts)
+        except Exception:  # said again after the next write that goes through
+            return
+        self._loss_reported = lost
 
     def _unreachable_now(self, exc: BaseException, kept: int) -> None:
         with self._cond:

@@ -88,6 +88,13 @@ __all__ = ["Database", "Dataset", "Pruned", "SQLSink", "open_database"]
 PRUNED_KEY: Final = "pruned_before"
 """The ``apportion_meta`` key of the clock time raw rows were pruned before."""
 
+LOSS_PREFIX: Final = "lost:"
+"""The ``apportion_meta`` keys of what each writer lost (:meth:`Database.record_losses`)."""
+
+LOSS_COUNTS: Final = ("dropped_full", "dropped_failed", "discarded")
+"""What a writer's loss is made of: the oldest dropped past its buffer's bound, refused
+records, records given up on."""
+
 CONNECT_TIMEOUT: Final = 5
 """Seconds to wait for a database server to answer before giving up."""
 
@@ -682,6 +689,50 @@ class Database:
             raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
         return len(rows)
 
+    def record_losses(self, source: str, counts: Mapping[str, int]) -> None:
+        """Keep what one writer's channel lost so far (its totals: replaces the last).
+
+        Stored in ``apportion_meta`` under ``lost:SOURCE`` (:data:`LOSS_PREFIX`), read
+        back summed over every writer by :meth:`losses`.
+
+        Raises:
+            DatabaseUnavailable: the database failed.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        key = (LOSS_PREFIX + source)[:64]
+        value = _json({k: int(counts.get(k, 0)) for k in LOSS_COUNTS})
+        meta = self.tables.meta
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(meta.delete().where(meta.c.key == key))
+                conn.execute(meta.insert().values(key=key, value=value))
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+
+    def losses(self) -> dict[str, int]:
+        """What the writers of this database lost before it, summed (see :data:`LOSS_COUNTS`).
+
+        ``{}`` when none said it lost anything.
+        """
+        from sqlalchemy import select
+
+        if self.version is None:
+            return {}
+        meta = self.tables.meta
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(meta.c.value).where(meta.c.key.startswith(LOSS_PREFIX))
+            ).scalars()
+            total = dict.fromkeys(LOSS_COUNTS, 0)
+            for raw in rows:
+                found = _json_map(raw)
+                for name in LOSS_COUNTS:
+                    value = found.get(name)
+                    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                        total[name] += value
+        return total if any(total.values()) else {}
+
     # ----------------------------------------------------------------- reading
 
     def load(self, *, since: float | None = None, pipeline: str | None = None) -> Dataset:
@@ -872,6 +923,12 @@ class SQLSink(Sink):
             except ImportError:
                 raise MissingExtra("psycopg", "postgres") from None
         self._db: Database | None = None
+        import os
+        import socket
+        import uuid
+
+        # this writer, among all that write there: host, process, and this sink
+        self._source = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
     def write(self, batch: Sequence[RequestUsage]) -> None:
         """Write a batch of records in one transaction."""
@@ -894,6 +951,12 @@ class SQLSink(Sink):
             self._db.close()
             self._db = None
             raise
+
+    def record_losses(self, counts: Mapping[str, int]) -> None:
+        """Keep in the database what this sink's channel lost so far (the report says it)."""
+        if self._db is None:
+            self._db = Database(self.url, create=True)
+        self._db.record_losses(self._source, counts)
 
     def close(self) -> None:
         """Release the database's connections."""
