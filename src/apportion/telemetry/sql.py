@@ -900,8 +900,13 @@ class SQLSink(Sink):
 
     Nothing is connected when the sink is made: the first write (in the telemetry worker
     thread) opens the database and creates its tables. A batch is written in one
-    transaction, all or nothing; a batch that fails is not written again (its records are
-    counted as dropped by the channel), and the next batch starts from a new connection.
+    transaction. A database that cannot be reached raises
+    :class:`~apportion.errors.DatabaseUnavailable` (the channel keeps the batch and writes
+    it again: rows of the same ids are replaced, so nothing is counted twice); a batch with
+    records the database refuses is written record by record, and only those are lost
+    (:class:`~apportion.errors.RecordsRejected`). After a failure the next write starts
+    from a new connection. What the channel lost is kept in the database
+    (:meth:`record_losses`), for the report.
 
     Args:
         url: the database (default ``sqlite:///apportion.db``); PostgreSQL by
