@@ -264,3 +264,55 @@ def test_apportion_report_warns_of_the_lost_records(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", url])
     assert result.exit_code == 0, result.output
     assert "1 telemetry record(s) never reached this database" in result.output
+
+
+def test_records_are_built_in_the_worker_not_the_callers_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from telemetry_helpers import ListSink
+
+    from apportion.telemetry import records
+
+    built_in: list[str] = []
+    real = records.usage_from
+
+    def spy(*args: Any, **kwargs: Any) -> RequestUsage:
+        built_in.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(records, "usage_from", spy)
+    sink = ListSink()
+    controller = make_controller([sink, ListSink()])
+    for _ in range(3):
+        run_request(controller)
+        assert built_in == [] or all(n.startswith("apportion-telemetry-") for n in built_in)
+    assert flush(10)
+    assert len(built_in) == 3  # once per request, for both sinks
+    assert all(name.startswith("apportion-telemetry-") for name in built_in)
+    assert all(isinstance(r, RequestUsage) for r in sink.records) and len(sink.records) == 3
+
+
+def test_a_backlog_is_written_in_batches_of_a_thousand() -> None:
+    from telemetry_helpers import ListSink
+
+    from apportion.telemetry.channel import BATCH_SIZE
+
+    writing, release = threading.Event(), threading.Event()
+
+    class Held(ListSink):
+        def write(self, batch: Sequence[Any]) -> None:
+            writing.set()
+            release.wait(10)
+            super().write(batch)
+
+    sink = Held()
+    channel = Channel(sink)
+    channel.submit(-1)
+    assert writing.wait(10)
+    for i in range(2_500):  # a backlog piles up behind the held write
+        channel.submit(i)
+    release.set()
+    assert channel.flush(10)
+    sizes = [len(batch) for batch in sink.batches]
+    assert sizes == [1, BATCH_SIZE, BATCH_SIZE, 500]
+    assert sink.records == [-1, *range(2_500)]
