@@ -1787,8 +1787,8 @@ class Controller:
         """The telemetry channels, one per sink (:class:`~apportion.telemetry.channel.Channel`).
 
         Each counts, in records, what its sink was given: ``delivered``, and ``dropped``
-        (never reached the sink: ``dropped_full`` by a full buffer, ``dropped_failed`` in
-        failed writes).
+        (never reached the sink: ``dropped_full``, the oldest, dropped past the buffer's
+        bound while the sink was down or slow; ``dropped_failed``, refused by the sink).
         """
         return list(self._config.sinks)
 

@@ -809,6 +809,21 @@ class DatabaseUnavailable(ApportionError, ConnectionError):
         super().__init__(f"cannot open database {url}: {reason}", url=url, reason=reason)
 
 
+class StudyUnavailable(ApportionError, ConnectionError):
+    """The storage of an allocation search (an Optuna study) cannot be used.
+
+    Attributes:
+        url: the storage URL, its password hidden.
+        reason: why (not a storage URL, unreachable, a driver missing ...).
+    """
+
+    url: str
+    reason: str
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot use study storage {url}: {reason}", url=url, reason=reason)
+
+
 class SchemaVersionError(ApportionError, RuntimeError):
     """Telemetry written by a newer apportion: this one refuses to read or add to it.
 

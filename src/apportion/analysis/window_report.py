@@ -16,6 +16,13 @@ Which days come from the rollups (``rollups``):
 
 Request trees are built from the raw rows of the window (rollups keep no trees), only
 when some request in it is a child.
+
+When writers lost telemetry records before they reached the database (a full buffer, a
+database down for longer than the buffer holds, a record refused), they say so in it
+(:meth:`~apportion.telemetry.sql.Database.record_losses`): the document then has
+``telemetry_lost`` (``dropped_full``, ``dropped_failed``, ``discarded``, ``total``, over
+all time, not only the window), and ``apportion report`` warns that its figures
+undercount.
 """
 
 from __future__ import annotations
@@ -189,6 +196,9 @@ def _report(
         rollouts=rollouts_of(rollout_set),
         trees=_trees(db, window),
     )
+    lost = db.losses()
+    if lost:  # what the writers never got into the database: every figure undercounts
+        document["telemetry_lost"] = {**lost, "total": sum(lost.values())}
     spreads = {
         name: {side: _spread(g, side) for side in ("input", "output")}
         for name, g in _listed(found.agents)
