@@ -43,6 +43,7 @@ from apportion.sim.workload import Workload
 
 __all__ = [
     "DEFAULT_RATIO",
+    "SHIFT_TOTAL",
     "PROBE_REQUESTS",
     "PROBE_START",
     "TIGHT_RATIOS",
@@ -65,6 +66,9 @@ DEFAULT_RATIO: Final = (1.0, 1.3)
 
 TIGHT_RATIOS: Final = (0.7, 0.9, 1.1)
 """The tight ceilings measured beside the default one, as shares of the median need."""
+
+SHIFT_TOTAL: Final = (0.9, 1.2)
+"""After a shift, the median total need is this share of the one before (drawn)."""
 
 _FEATURES: Final[dict[str, tuple[tuple[int, int], tuple[float, float]]]] = {
     # name: (median range, p90 / median range)
@@ -351,7 +355,9 @@ def generate_shift(seed: int, requests: int, *, agents: int | None = None) -> Sh
 
     Every agent's input and output sizes (``base`` and ``per_feature``) are scaled by
     factors drawn log-uniformly in [0.4, 2.5], and at least one agent's output by 2 or
-    more, so the split that was right before the shift is wrong after it. Names,
+    more, then all by one common factor so that the median total need after the shift is
+    :data:`SHIFT_TOTAL` times the one before (the ceiling stays the one of a plausible
+    workload): the split that was right before the shift is wrong after it. Names,
     priorities, ``after``, output kinds, sensitivities, influences, features, noise and the
     ceiling stay the same.
 
@@ -362,22 +368,41 @@ def generate_shift(seed: int, requests: int, *, agents: int | None = None) -> Sh
         raise ValueError(f"a shift needs at least 2 requests, got {requests}")
     before = generate_workload(seed, agents=agents)
     rng = random.Random(f"apportion-shift-{seed}")
-    spec = yaml.safe_load(before.to_yaml())
-    factors: dict[str, tuple[float, float]] = {}
-    bumped = rng.randrange(len(spec["agents"]))
-    for index, agent in enumerate(spec["agents"]):
-        scale_in = round(math.exp(rng.uniform(math.log(0.4), math.log(2.5))), 3)
-        scale_out = round(math.exp(rng.uniform(math.log(0.4), math.log(2.5))), 3)
+    bumped = rng.randrange(len(before.workload.agents))
+    drawn: dict[str, tuple[float, float]] = {}
+    for index, agent in enumerate(before.workload.agents):
+        scale_in = math.exp(rng.uniform(math.log(0.4), math.log(2.5)))
+        scale_out = math.exp(rng.uniform(math.log(0.4), math.log(2.5)))
         if index == bumped:
-            scale_out = max(scale_out, round(rng.uniform(2.0, 3.0), 3))
-        for section, scale in (("input", scale_in), ("output", scale_out)):
-            need = agent[section]
-            need["base"] = max(1, round(need["base"] * scale))
-            if "per_feature" in need:
-                need["per_feature"] = {k: round(v * scale, 4) for k, v in need["per_feature"].items()}
-        factors[agent["name"]] = (scale_in, scale_out)
-    spec["name"] = f"{spec['name']}-shifted"
+            scale_out = max(scale_out, rng.uniform(2.0, 3.0))
+        drawn[agent.name] = (scale_in, scale_out)
+    target = before.median_need * rng.uniform(*SHIFT_TOTAL)
+    # needs are linear in base and per_feature: one pass to measure, one to rescale
+    probe = _scaled(before.spec, drawn, 1.0)
+    total = median_need(Workload.from_dict(probe), seed)
+    spec = _scaled(before.spec, drawn, target / total)
+    factors = {
+        name: (round(a * target / total, 3), round(b * target / total, 3))
+        for name, (a, b) in drawn.items()
+    }
     return Shift(before, Workload.from_dict(spec), requests // 2, factors)
+
+
+def _scaled(
+    spec: dict[str, Any], factors: dict[str, tuple[float, float]], overall: float
+) -> dict[str, Any]:
+    """A copy of ``spec`` whose agents' sizes are scaled by ``factors`` times ``overall``."""
+    copy: dict[str, Any] = yaml.safe_load(yaml.safe_dump(spec))
+    for agent in copy["agents"]:
+        for section, scale in zip(("input", "output"), factors[agent["name"]], strict=True):
+            need = agent[section]
+            need["base"] = max(1, round(need["base"] * scale * overall))
+            if "per_feature" in need:
+                need["per_feature"] = {
+                    k: round(v * scale * overall, 4) for k, v in need["per_feature"].items()
+                }
+    copy["name"] = f"{spec['name']}-shifted"
+    return copy
 
 
 def shifted_needs(shift: Shift, seed: int, requests: int) -> list[RequestNeeds]:
