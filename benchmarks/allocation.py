@@ -61,6 +61,8 @@ CALLS = ROOT.parent / "shared" / "data" / "chatdev" / "calls.csv"
 UNSEEN_SEEDS = tuple(range(9001, 9011))
 """Seeds of the unseen workloads: never used to tune anything (policies, defaults, generator)."""
 
+UNSEEN_NOTE = "9001-9010 and 9101-9103: never used to tune a policy, a default or the generator"
+
 SHIFT_SEEDS = (9101, 9102, 9103)
 """Seeds of the shifted workloads: never used to tune anything either."""
 
@@ -96,9 +98,7 @@ def measure(
     windows = None
     for name in policies or policies_for(workload):
         played = play(workload, name, needs, ceiling, seed=seed, progress=step)
-        figures[name] = PolicyFigures([p.outcome for p in played]).summary(
-            ceiling, oracle_quality
-        )
+        figures[name] = PolicyFigures([p.outcome for p in played]).summary(ceiling, oracle_quality)
         if name == "learned":
             windows = learning_windows(
                 [p.outcome.quality for p in played], [b.quality for b in best]
@@ -138,7 +138,10 @@ def learned_curve(workload: Workload, requests: int, step: Step) -> dict[str, An
     seed = workload.seed or 0
     needs = [draw_needs(workload, seed, r) for r in range(requests)]
     best = [b.quality for b in solve(workload, needs, ceiling, progress=step)]
-    got = [p.outcome.quality for p in play(workload, "learned", needs, ceiling, seed=seed, progress=step)]
+    got = [
+        p.outcome.quality
+        for p in play(workload, "learned", needs, ceiling, seed=seed, progress=step)
+    ]
     return {"ceiling": ceiling, **learning_windows(got, best)}
 
 
@@ -189,9 +192,7 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 def unseen_summary(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Best rule and learned quality over the oracle across the unseen workloads of one ceiling."""
-    best_rule = [
-        r["policies"][r["best_rule_policy"]]["quality_vs_oracle"] for r in runs.values()
-    ]
+    best_rule = [r["policies"][r["best_rule_policy"]]["quality_vs_oracle"] for r in runs.values()]
     learned = [r["policies"]["learned"]["quality_vs_oracle"] for r in runs.values()]
     return {
         "best_rule_quality_vs_oracle": spread(best_rule),
@@ -330,7 +331,7 @@ def main() -> None:
         "options": {
             "requests": args.requests,
             "unseen_seeds": list(UNSEEN_SEEDS[: args.seeds]),
-            "unseen_seeds_note": "9001-9010: never used to tune a policy, a default or the generator",
+            "unseen_seeds_note": UNSEEN_NOTE,
             "tight_ratios": args.tight,
             "learn_requests": args.learn_requests,
             "shift_requests": args.shift_requests,

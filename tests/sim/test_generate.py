@@ -89,9 +89,16 @@ def test_a_shift_changes_needs_not_the_pipeline() -> None:
     before, after = shift.before.workload, shift.after
     assert shift.at == 50 and after.ceiling == before.ceiling
     for a, b in zip(before.agents, after.agents, strict=True):
-        assert (a.name, a.priority, a.after, a.output_kind) == (b.name, b.priority, b.after, b.output_kind)
+        assert (a.name, a.priority, a.after, a.output_kind) == (
+            b.name,
+            b.priority,
+            b.after,
+            b.output_kind,
+        )
         assert (a.input_sensitivity, a.influence) == (b.input_sensitivity, b.influence)
-    assert any(a.output.base != b.output.base for a, b in zip(before.agents, after.agents, strict=True))
+    assert any(
+        a.output.base != b.output.base for a, b in zip(before.agents, after.agents, strict=True)
+    )
     share = median_need(after, 9101) / shift.before.median_need
     assert SHIFT_TOTAL[0] - 0.05 <= share <= SHIFT_TOTAL[1] + 0.05
     needs = shifted_needs(shift, 9101, 100)

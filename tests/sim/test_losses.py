@@ -57,7 +57,9 @@ def quality(w: Workload, got: list[tuple[int, int]]) -> float:
 
 def played(w: Workload, got: list[tuple[int, int]]) -> Played:
     traces = [
-        AgentTrace(a.name, a.priority, NEEDS.need_in[i], NEEDS.need_out[i], ctx, out, ctx, out, ctx, True)
+        AgentTrace(
+            a.name, a.priority, NEEDS.need_in[i], NEEDS.need_out[i], ctx, out, ctx, out, ctx, True
+        )
         for i, (a, (ctx, out)) in enumerate(zip(w.agents, got, strict=True))
     ]
     outcome = RequestOutcome(quality(w, got), sum(c + o for c, o in got), 3, 0, 1, 0, 0, 0)
@@ -123,17 +125,23 @@ def test_losses_add_up_to_the_bench_gap(policy: str) -> None:
     w = load_workload(EXAMPLES / "seed-scenario.yaml")
     ceiling, count = 12_000, 12
     needs = [draw_needs(w, 7, r) for r in range(count)]
-    block = diagnose(w, play(w, policy, needs, ceiling, seed=7), solve(w, needs, ceiling), needs, ceiling)
+    block = diagnose(
+        w, play(w, policy, needs, ceiling, seed=7), solve(w, needs, ceiling), needs, ceiling
+    )
     bench = run_bench(w, policies=[policy], ceiling=ceiling, requests=count, seed=7)
     gap = bench["oracle"]["quality_mean"] - bench["policies"][policy]["quality_mean"]
     assert block["gap"] == pytest.approx(gap, abs=2e-4)
     agents = sum(row["loss"] for row in block["agents"].values())
     assert agents + block["unattributed"] == pytest.approx(block["gap"], abs=1e-4)
-    assert sum(block["by_cut"].values()) + block["unattributed"] == pytest.approx(block["gap"], abs=1e-4)
+    assert sum(block["by_cut"].values()) + block["unattributed"] == pytest.approx(
+        block["gap"], abs=1e-4
+    )
     assert set(block["by_cut"]) == set(COMPONENTS)
     for row in block["agents"].values():
         assert sum(row["by_cut"].values()) == pytest.approx(row["loss"], abs=1e-4)
-    assert block["unspent"]["unspent_mean"] == pytest.approx(bench["policies"][policy]["unspent_mean"], abs=0.1)
+    assert block["unspent"]["unspent_mean"] == pytest.approx(
+        bench["policies"][policy]["unspent_mean"], abs=0.1
+    )
 
 
 def test_diagnose_refuses_mismatched_lengths() -> None:

@@ -102,9 +102,7 @@ def recovery(
     if len(best) != count:
         raise ValueError(f"{count} qualities but {len(best)} oracle qualities")
     if width < 1 or at < width or count - at < width:
-        raise ValueError(
-            f"a shift at {at} of {count} requests needs {width} requests on each side"
-        )
+        raise ValueError(f"a shift at {at} of {count} requests needs {width} requests on each side")
     pre = ratio(values[at - width : at], best[at - width : at])
     windows = [
         (end - at, ratio(values[end - width : end], best[end - width : end]))

@@ -43,9 +43,9 @@ from apportion.sim.workload import Workload
 
 __all__ = [
     "DEFAULT_RATIO",
-    "SHIFT_TOTAL",
     "PROBE_REQUESTS",
     "PROBE_START",
+    "SHIFT_TOTAL",
     "TIGHT_RATIOS",
     "Generated",
     "Shift",
@@ -284,7 +284,10 @@ def generate_workload(seed: int, *, agents: int | None = None, models: bool = Fa
     for name in chosen:
         (low, high), (spread_low, spread_high) = _FEATURES[name]
         median = rng.randint(low, high)
-        features[name] = {"median": median, "p90": round(median * rng.uniform(spread_low, spread_high), 1)}
+        features[name] = {
+            "median": median,
+            "p90": round(median * rng.uniform(spread_low, spread_high), 1),
+        }
     roles = _roles(rng, count)
     docs: list[dict[str, Any]] = []
     for index, role_name in enumerate(roles):

@@ -196,7 +196,9 @@ def _terms(
         total_in = _ln(_in_cover(trace.context, need_in, sens))
         got_out = _ln(output_quality(agent.output_kind, trace.wrote, need_out))
         kind = f"output_{agent.output_kind}"
-        terms[(agent.name, "input_upstream")] = weight * (oracle_in - upstream) if avail < need_in else 0.0
+        terms[(agent.name, "input_upstream")] = (
+            weight * (oracle_in - upstream) if avail < need_in else 0.0
+        )
         if avail >= need_in:
             terms[(agent.name, "input_grant")] = weight * (oracle_in - total_in)
         else:
@@ -324,7 +326,9 @@ def diagnose(
             "unspent_mean": round(statistics.fmean(unspent), 1),
             "oracle_unspent_mean": round(ceiling - oracle_tokens, 1),
             "cut_requests_rate": round(len(unspent_cut) / count, 4),
-            "unspent_when_cut_mean": round(statistics.fmean(unspent_cut), 1) if unspent_cut else 0.0,
+            "unspent_when_cut_mean": round(statistics.fmean(unspent_cut), 1)
+            if unspent_cut
+            else 0.0,
             "cut_with_unspent_rate": round(cut_with_unspent / count, 4),
         },
     }
