@@ -262,7 +262,10 @@ def main() -> None:
             examples.append(workload)
     unseen: list[Generated] = [generate_workload(seed) for seed in UNSEEN_SEEDS[: args.seeds]]
     shift_seeds = SHIFT_SEEDS[: args.shift_seeds] if args.shift_requests else ()
-    per_bench = lambda w: args.requests * (len(policies_for(w)) + 1)  # noqa: E731
+
+    def per_bench(workload: Workload) -> int:
+        return int(args.requests) * (len(policies_for(workload)) + 1)
+
     total = sum(per_bench(w) for w in examples)
     total += sum(per_bench(g.workload) * (1 + len(args.tight)) for g in unseen)
     total += args.learn_requests * 2 * len(unseen) * (1 + len(args.tight))
