@@ -251,6 +251,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
+    revision = commit()  # at the start: the code that runs, whatever is committed meanwhile
     examples: list[Workload] = []
     if not args.no_examples:
         for path in sorted((ROOT / "examples" / "workloads").glob("*.yaml")):
@@ -330,7 +331,7 @@ def main() -> None:
         )
     document = {
         "simulated_quality": True,
-        "commit": commit(),
+        "commit": revision,
         "options": {
             "requests": args.requests,
             "unseen_seeds": list(UNSEEN_SEEDS[: args.seeds]),
