@@ -27,6 +27,7 @@ import platform
 import statistics
 import threading
 import time
+from collections.abc import Callable
 
 from apportion import Agent, Budget, Controller, Pipeline, StaticPolicy
 
@@ -134,7 +135,7 @@ class FloorLedger:
             self.closed = True
 
 
-def make_floor(agents: list[Agent], usage: list[tuple[int, int]], ceiling: int):  # noqa: ANN201
+def make_floor(agents: list[Agent], usage: list[tuple[int, int]], ceiling: int) -> Callable[[], None]:
     """A lifecycle on :class:`FloorLedger` with ``uniform``'s equal split."""
     names = frozenset(a.name for a in agents)
     order = [a.name for a in agents]
@@ -153,7 +154,7 @@ def make_floor(agents: list[Agent], usage: list[tuple[int, int]], ceiling: int):
     return floor
 
 
-def make_baseline(agents: list[Agent], usage: list[tuple[int, int]], ceiling: int):  # noqa: ANN201
+def make_baseline(agents: list[Agent], usage: list[tuple[int, int]], ceiling: int) -> Callable[[], None]:
     """The same bookkeeping on a plain dict: no validation, no lock, no policy."""
     pairs = list(zip(agents, usage, strict=True))
 
@@ -175,7 +176,7 @@ def make_baseline(agents: list[Agent], usage: list[tuple[int, int]], ceiling: in
 
 def make_lifecycle(
     controller: Controller, usage: list[tuple[int, int]], ceiling: int
-):  # noqa: ANN201
+) -> Callable[[], None]:
     """One request through ``controller``: a begin/finish per agent, a score, close."""
     pairs = list(zip(controller.pipeline.names, usage, strict=True))
 
@@ -196,7 +197,7 @@ def make_lifecycle(
     return lifecycle
 
 
-def timed(fn) -> float:  # noqa: ANN001
+def timed(fn: Callable[[], None]) -> float:
     start = time.perf_counter_ns()
     fn()
     return (time.perf_counter_ns() - start) / 1000
