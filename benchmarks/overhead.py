@@ -135,7 +135,9 @@ class FloorLedger:
             self.closed = True
 
 
-def make_floor(agents: list[Agent], usage: list[tuple[int, int]], ceiling: int) -> Callable[[], None]:
+def make_floor(
+    agents: list[Agent], usage: list[tuple[int, int]], ceiling: int
+) -> Callable[[], None]:
     """A lifecycle on :class:`FloorLedger` with ``uniform``'s equal split."""
     names = frozenset(a.name for a in agents)
     order = [a.name for a in agents]
@@ -154,7 +156,9 @@ def make_floor(agents: list[Agent], usage: list[tuple[int, int]], ceiling: int) 
     return floor
 
 
-def make_baseline(agents: list[Agent], usage: list[tuple[int, int]], ceiling: int) -> Callable[[], None]:
+def make_baseline(
+    agents: list[Agent], usage: list[tuple[int, int]], ceiling: int
+) -> Callable[[], None]:
     """The same bookkeeping on a plain dict: no validation, no lock, no policy."""
     pairs = list(zip(agents, usage, strict=True))
 
