@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -50,6 +50,30 @@ class Curve:
 
     levels: np.ndarray
     values: np.ndarray
+    _hull_parts: tuple[float, float, np.ndarray, np.ndarray] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def hull_parts(self) -> tuple[float, float, np.ndarray, np.ndarray]:
+        """The first level and value, and the hull's segments (computed once per curve).
+
+        Returns:
+            ``(first level, first value, segments, tight)``: ``segments`` has one row per
+            segment of the upper concave hull, ``(slope, width, gain)``; ``tight`` says
+            whether it joins neighbouring points (see :func:`_segments`).
+        """
+        parts = self._hull_parts
+        if parts is None:
+            points = _hull(self.levels, self.values)
+            rows = [
+                ((y1 - y0) / (x1 - x0), x1 - x0, y1 - y0, i1 - i0 == 1)
+                for (x0, y0, i0), (x1, y1, i1) in itertools.pairwise(points)
+            ]
+            table = np.array([r[:3] for r in rows], dtype=float).reshape(-1, 3)
+            tight = np.array([r[3] for r in rows], dtype=bool)
+            parts = (points[0][0], points[0][1], table, tight)
+            object.__setattr__(self, "_hull_parts", parts)
+        return parts
 
 
 def _hull(levels: np.ndarray, values: np.ndarray) -> list[tuple[float, float, int]]:
@@ -143,9 +167,67 @@ def divide(
 def pool_values(
     curves: Sequence[Curve], pools: np.ndarray, *, least_gain: float = 0.0
 ) -> np.ndarray:
-    """The total expected log-quality :func:`divide` reaches with each of ``pools``."""
-    first, value, segments = _segments(curves, least_gain)
-    return np.array([_fill(first, value, segments, float(p))[1] for p in pools])
+    """The total expected log-quality :func:`divide` reaches with each of ``pools``.
+
+    All pools at once: the greedy order of the segments does not depend on the pool, so
+    each pool takes a prefix of them (summed with ``cumsum``) up to the first that does
+    not fit; a pool stopped by a jump (a segment between points that are not neighbours)
+    goes on with the segments after it, that curve left out, grouped with the pools
+    stopped at the same segment. The same sums as :func:`_fill`'s, added in another
+    order (equal to rounding).
+    """
+    parts = [c.hull_parts() for c in curves]
+    pools = np.asarray(pools, dtype=float)
+    values = np.full(len(pools), sum(p[1] for p in parts))
+    left = pools - sum(p[0] for p in parts)
+    fits = np.flatnonzero(left >= 0)
+    if not len(fits) or not parts:
+        return values
+    rows = np.concatenate([p[2] for p in parts])
+    keep = rows[:, 0] > least_gain
+    if not keep.any():
+        return values
+    which = np.repeat(np.arange(len(parts)), [len(p[2]) for p in parts])[keep]
+    tight = np.concatenate([p[3] for p in parts])[keep]
+    rows = rows[keep]
+    best = np.argsort(-rows[:, 0], kind="stable")  # as _segments sorts them
+    table = np.stack([rows[best, 0], which[best], rows[best, 1], rows[best, 2]])
+    _fill_many(table, tight[best], np.arange(len(best)), left[fits], fits, values)
+    return values
+
+
+def _fill_many(
+    table: np.ndarray,
+    tight: np.ndarray,
+    order: np.ndarray,
+    left: np.ndarray,
+    where: np.ndarray,
+    values: np.ndarray,
+) -> None:
+    """Add to ``values[where]`` what :func:`_fill` takes of the segments ``order`` with ``left``."""
+    slope, curve, width, gain = table[:, order]
+    taken = np.cumsum(width)
+    got = np.cumsum(gain)
+    stop = np.searchsorted(taken, left, side="right")  # segments taken whole
+    whole = np.where(stop > 0, got[stop - 1], 0.0)
+    rest = left - np.where(stop > 0, taken[stop - 1], 0.0)
+    values[where] += whole
+    inside = stop < len(order)
+    if not inside.any():
+        return
+    at = stop[inside]
+    part = tight[order[at]]
+    values[where[inside][part]] += slope[at[part]] * rest[inside][part]
+    jumps = ~part
+    if not jumps.any():
+        return
+    at, rest, pos = at[jumps], rest[inside][jumps], where[inside][jumps]
+    for j in np.unique(at).tolist():  # the pools stopped at segment j: curve j left out
+        more = order[j + 1 :]
+        more = more[table[1, more] != curve[j]]
+        if len(more):
+            group = at == j
+            _fill_many(table, tight, more, rest[group], pos[group], values)
 
 
 def input_curve(need: float, weight: float, ratios: np.ndarray | None = None) -> Curve:
@@ -289,6 +371,25 @@ _TAIL = np.array([1.3, 1.8])
 _TAIL_CHANCE = np.array([0.5, 0.5])
 
 
+_SPOTS = (np.arange(_SAMPLES) + 0.5) / _SAMPLES
+_QUANTILES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _quantiles(ratios: np.ndarray) -> np.ndarray:
+    """``_SAMPLES`` quantiles of ``ratios``, kept per array.
+
+    An error model's samples are replaced, never changed in place, when it learns.
+    """
+    found = _QUANTILES.get(id(ratios))
+    if found is not None and found[0] is ratios:
+        return found[1]
+    quantiles: np.ndarray = np.quantile(ratios, _SPOTS)
+    if len(_QUANTILES) >= 1024:
+        _QUANTILES.clear()
+    _QUANTILES[id(ratios)] = (ratios, quantiles)
+    return quantiles
+
+
 def choose_call(
     call: Call, pool: float, after: Sequence[Curve], *, least_gain: float = 0.0
 ) -> tuple[int, int] | None:
@@ -310,8 +411,7 @@ def choose_call(
     if most < call.least or pool < 1:
         return None
     predicted = max(call.predicted, 1.0)
-    spots = (np.arange(_SAMPLES) + 0.5) / _SAMPLES
-    needs = np.maximum(np.quantile(call.ratios, spots) * predicted, 1.0)
+    needs = np.maximum(_quantiles(call.ratios) * predicted, 1.0)
     needs = np.concatenate([needs, _TAIL * float(needs.max())])
     chance = np.concatenate([np.ones(_SAMPLES), _TAIL_CHANCE])
     chance /= chance.sum()
@@ -321,18 +421,19 @@ def choose_call(
     need_in = max(call.input_need, 1.0)
     ctxs = np.unique(np.clip(np.round(np.append(_CONTEXT_FRACTIONS * need_in, 1)), 1, need_in))
     own_in = call.input_weight * np.log(ctxs / need_in)
-    with np.errstate(divide="ignore"):
-        own_out = np.log(_factors(call.kind, caps, needs, call.output_weight, call.readers))
-    used = np.minimum(needs[None, :], caps[:, None])
+    factors = _factors(call.kind, caps, needs, call.output_weight, call.readers)
+    fits = needs[None, :] <= caps[:, None]
     grid = np.linspace(0.0, pool, _POOL_POINTS)
-    later = np.interp(
-        pool - ctxs[:, None, None] - used[None],
-        grid,
-        pool_values(after, grid, least_gain=least_gain),
-    )
-    total = own_in[:, None, None] + own_out[None] + later
-    total -= least_gain * (ctxs[:, None, None] + used[None])
-    score = np.exp(total) @ chance
+    values = pool_values(after, grid, least_gain=least_gain)
+    room = pool - ctxs
+    # what a call uses is its need when the cap covers it, else its cap: the agents after
+    # it are valued once per (ctx, need) and per (ctx, cap), not per (ctx, cap, need)
+    by_need = np.interp(room[:, None] - needs[None, :], grid, values)
+    by_cap = np.interp(room[:, None] - caps[None, :], grid, values)
+    covered = (np.exp(by_need - least_gain * needs[None, :]) * chance) @ (fits * factors).T
+    short = np.where(fits, 0.0, factors) @ chance  # each cap's answers cut at it
+    score = covered + np.exp(by_cap - least_gain * caps[None, :]) * short[None, :]
+    score *= np.exp(own_in - least_gain * ctxs)[:, None]
     score[ctxs[:, None] + caps[None, :] > pool] = -1.0
     if float(score.max()) < 0:
         return None
