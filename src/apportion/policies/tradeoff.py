@@ -50,28 +50,26 @@ class Curve:
 
     levels: np.ndarray
     values: np.ndarray
-    _hull_parts: tuple[float, float, np.ndarray, np.ndarray] | None = field(
+    _hull_parts: tuple[float, float, np.ndarray] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
-    def hull_parts(self) -> tuple[float, float, np.ndarray, np.ndarray]:
+    def hull_parts(self) -> tuple[float, float, np.ndarray]:
         """The first level and value, and the hull's segments (computed once per curve).
 
         Returns:
-            ``(first level, first value, segments, tight)``: ``segments`` has one row per
-            segment of the upper concave hull, ``(slope, width, gain)``; ``tight`` says
-            whether it joins neighbouring points (see :func:`_segments`).
+            ``(first level, first value, segments)``: ``segments`` has one row per
+            segment of the upper concave hull, ``(slope, width, gain, tight)``, ``tight``
+            1.0 where it joins neighbouring points (see :func:`_segments`).
         """
         parts = self._hull_parts
         if parts is None:
             points = _hull(self.levels, self.values)
             rows = [
-                ((y1 - y0) / (x1 - x0), x1 - x0, y1 - y0, i1 - i0 == 1)
+                ((y1 - y0) / (x1 - x0), x1 - x0, y1 - y0, float(i1 - i0 == 1))
                 for (x0, y0, i0), (x1, y1, i1) in itertools.pairwise(points)
             ]
-            table = np.array([r[:3] for r in rows], dtype=float).reshape(-1, 3)
-            tight = np.array([r[3] for r in rows], dtype=bool)
-            parts = (points[0][0], points[0][1], table, tight)
+            parts = (points[0][0], points[0][1], np.array(rows, dtype=float).reshape(-1, 4))
             object.__setattr__(self, "_hull_parts", parts)
         return parts
 
@@ -183,51 +181,51 @@ def pool_values(
     fits = np.flatnonzero(left >= 0)
     if not len(fits) or not parts:
         return values
-    rows = np.concatenate([p[2] for p in parts])
+    rows = np.concatenate([p[2] for p in parts])  # slope, width, gain, tight
+    curve = np.repeat(np.arange(len(parts)), [len(p[2]) for p in parts])
     keep = rows[:, 0] > least_gain
-    if not keep.any():
+    if not keep.all():
+        rows, curve = rows[keep], curve[keep]
+    if not len(rows):
         return values
-    which = np.repeat(np.arange(len(parts)), [len(p[2]) for p in parts])[keep]
-    tight = np.concatenate([p[3] for p in parts])[keep]
-    rows = rows[keep]
     best = np.argsort(-rows[:, 0], kind="stable")  # as _segments sorts them
-    table = np.stack([rows[best, 0], which[best], rows[best, 1], rows[best, 2]])
-    _fill_many(table, tight[best], np.arange(len(best)), left[fits], fits, values)
+    table = np.vstack([rows[best].T, curve[best]])  # slope, width, gain, tight, curve
+    _fill_many(table, np.arange(len(best)), left[fits], fits, values)
     return values
 
 
 def _fill_many(
     table: np.ndarray,
-    tight: np.ndarray,
     order: np.ndarray,
     left: np.ndarray,
     where: np.ndarray,
     values: np.ndarray,
 ) -> None:
     """Add to ``values[where]`` what :func:`_fill` takes of the segments ``order`` with ``left``."""
-    slope, curve, width, gain = table[:, order]
-    taken = np.cumsum(width)
-    got = np.cumsum(gain)
-    stop = np.searchsorted(taken, left, side="right")  # segments taken whole
-    whole = np.where(stop > 0, got[stop - 1], 0.0)
-    rest = left - np.where(stop > 0, taken[stop - 1], 0.0)
-    values[where] += whole
+    slope, width, gain, tight, curve = table[:, order] if len(order) < table.shape[1] else table
+    taken = np.zeros(len(order) + 1)
+    got = np.zeros(len(order) + 1)
+    np.cumsum(width, out=taken[1:])
+    np.cumsum(gain, out=got[1:])
+    stop = np.searchsorted(taken[1:], left, side="right")  # segments taken whole
+    values[where] += got[stop]
+    rest = left - taken[stop]
     inside = stop < len(order)
     if not inside.any():
         return
-    at = stop[inside]
-    part = tight[order[at]]
-    values[where[inside][part]] += slope[at[part]] * rest[inside][part]
-    jumps = ~part
-    if not jumps.any():
+    at, rest, pos = stop[inside], rest[inside], where[inside]
+    part = tight[at] > 0
+    values[pos[part]] += slope[at[part]] * rest[part]
+    if part.all():
         return
-    at, rest, pos = at[jumps], rest[inside][jumps], where[inside][jumps]
+    jumps = ~part
+    at, rest, pos = at[jumps], rest[jumps], pos[jumps]
     for j in np.unique(at).tolist():  # the pools stopped at segment j: curve j left out
         more = order[j + 1 :]
-        more = more[table[1, more] != curve[j]]
+        more = more[table[4, more] != curve[j]]
         if len(more):
             group = at == j
-            _fill_many(table, tight, more, rest[group], pos[group], values)
+            _fill_many(table, more, rest[group], pos[group], values)
 
 
 def input_curve(need: float, weight: float, ratios: np.ndarray | None = None) -> Curve:
