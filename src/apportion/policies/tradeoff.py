@@ -169,9 +169,9 @@ def pool_values(
 
     All pools at once: the greedy order of the segments does not depend on the pool, so
     each pool takes a prefix of them (summed with ``cumsum``) up to the first that does
-    not fit; a pool stopped by a jump (a segment between points that are not neighbours)
-    goes on with the segments after it, that curve left out, grouped with the pools
-    stopped at the same segment. The same sums as :func:`_fill`'s, added in another
+    not fit; only a pool stopped by a jump (a segment between points that are not
+    neighbours) goes on alone with the segments after it, that curve left out, as
+    :func:`_fill` does. The same sums as :func:`_fill`'s, the prefix added in another
     order (equal to rounding).
     """
     parts = [c.hull_parts() for c in curves]
@@ -190,27 +190,25 @@ def pool_values(
         return values
     best = np.argsort(-rows[:, 0], kind="stable")  # as _segments sorts them
     table = np.vstack([rows[best].T, curve[best]])  # slope, width, gain, tight, curve
-    _fill_many(table, np.arange(len(best)), left[fits], fits, values)
+    _fill_many(table, left[fits], fits, values)
     return values
 
 
-def _fill_many(
-    table: np.ndarray,
-    order: np.ndarray,
-    left: np.ndarray,
-    where: np.ndarray,
-    values: np.ndarray,
-) -> None:
-    """Add to ``values[where]`` what :func:`_fill` takes of the segments ``order`` with ``left``."""
-    slope, width, gain, tight, curve = table[:, order] if len(order) < table.shape[1] else table
-    taken = np.zeros(len(order) + 1)
-    got = np.zeros(len(order) + 1)
+def _fill_many(table: np.ndarray, left: np.ndarray, where: np.ndarray, values: np.ndarray) -> None:
+    """Add to ``values[where]`` what :func:`_fill` takes of the segments with ``left``.
+
+    ``table``'s columns are the segments, best first; its rows slope, width, gain, tight
+    and curve.
+    """
+    slope, width, gain, tight, _ = table
+    taken = np.zeros(len(width) + 1)
+    got = np.zeros(len(width) + 1)
     np.cumsum(width, out=taken[1:])
     np.cumsum(gain, out=got[1:])
     stop = np.searchsorted(taken[1:], left, side="right")  # segments taken whole
     values[where] += got[stop]
     rest = left - taken[stop]
-    inside = stop < len(order)
+    inside = stop < len(width)
     if not inside.any():
         return
     at, rest, pos = stop[inside], rest[inside], where[inside]
@@ -218,14 +216,25 @@ def _fill_many(
     values[pos[part]] += slope[at[part]] * rest[part]
     if part.all():
         return
-    jumps = ~part
-    at, rest, pos = at[jumps], rest[jumps], pos[jumps]
-    for j in np.unique(at).tolist():  # the pools stopped at segment j: curve j left out
-        more = order[j + 1 :]
-        more = more[table[4, more] != curve[j]]
-        if len(more):
-            group = at == j
-            _fill_many(table, more, rest[group], pos[group], values)
+    # a pool stopped by a jump goes on alone, as _fill does, that curve left out
+    segments = table.T.tolist()
+    for j, room, k in zip(
+        at[~part].tolist(), rest[~part].tolist(), pos[~part].tolist(), strict=True
+    ):
+        done = {segments[j][4]}
+        value = 0.0
+        for step, size, rise, whole, c in segments[j + 1 :]:
+            if c in done:
+                continue
+            if size <= room:
+                room -= size
+                value += rise
+                continue
+            done.add(c)
+            if whole:
+                value += step * room
+                break
+        values[k] += value
 
 
 def input_curve(need: float, weight: float, ratios: np.ndarray | None = None) -> Curve:
@@ -321,10 +330,12 @@ def _factors(
         if kind == "reasoning":
             share = np.where(fits, 1.0, share / 2)
         factor = share**weight
-    if readers:
-        missing = np.maximum(needs[None, :] - caps[:, None], 0.0)
-        for need_in, reader_weight in readers:
-            factor = factor * np.maximum(1 - missing / max(need_in, 1.0), 1e-6) ** reader_weight
+    if readers and kind != "structured":  # a cut record is worth 0 to its readers too
+        cut = ~fits
+        if cut.any():  # where nothing is missing, the readers' factors are 1
+            missing = (needs[None, :] - caps[:, None])[cut]
+            for need_in, reader_weight in readers:
+                factor[cut] *= np.maximum(1 - missing / max(need_in, 1.0), 1e-6) ** reader_weight
     return factor
 
 
