@@ -10,7 +10,9 @@ Each is timed lifecycle by lifecycle, in blocks of ``--block`` consecutive lifec
 a process serving one pipeline runs them), the blocks of the floors and of every policy
 taking turns so that machine noise hits all of them alike. Prints JSON: medians in
 microseconds per lifecycle and per call (``per_call_us_median``: a lifecycle's median over
-its agents), their ratios to the baseline and to the floor, per policy, and headline
+its agents), their ratios to the baseline and to the floor, per policy, the same in
+process CPU time (``per_call_cpu_us_median``, ``cpu_ratio_to_floor``: on a loaded machine
+a long lifecycle's wall clock counts the time other processes held the core), headline
 figures for the first policy named (``uniform`` by default: the controller's own
 overhead, with the simplest policy).
 
@@ -201,10 +203,18 @@ def make_lifecycle(
     return lifecycle
 
 
+CPU: dict[Callable[[], None], list[float]] = {}
+"""Per lifecycle function, the process CPU time of each timed run (µs)."""
+
+
 def timed(fn: Callable[[], None]) -> float:
+    """Wall-clock µs of one run of ``fn`` (its CPU µs go to :data:`CPU`)."""
+    cpu = time.process_time_ns()
     start = time.perf_counter_ns()
     fn()
-    return (time.perf_counter_ns() - start) / 1000
+    end = time.perf_counter_ns()
+    CPU.setdefault(fn, []).append((time.process_time_ns() - cpu) / 1000)
+    return (end - start) / 1000
 
 
 def main() -> None:
@@ -249,11 +259,15 @@ def main() -> None:
     floor_median = statistics.median(floor)
     n = len(agents)
     per_policy = {}
+    floor_cpu = statistics.median(CPU[floor_run])
     for p, s in samples.items():
         median = statistics.median(s)
+        cpu = statistics.median(CPU[runs[p]])
         per_policy[p] = {
             "lifecycle_us_median": round(median, 2),
             "per_call_us_median": round(median / n, 2),
+            "per_call_cpu_us_median": round(cpu / n, 2),
+            "cpu_ratio_to_floor": round(cpu / floor_cpu, 2),
             "ratio_to_baseline": round(median / base_median, 1),
             "ratio_to_floor": round(median / floor_median, 2),
         }
@@ -272,6 +286,7 @@ def main() -> None:
                 "ratio": per_policy[head]["ratio_to_baseline"],
                 "floor_us_median": round(floor_median, 2),
                 "floor_per_call_us_median": round(floor_median / n, 2),
+                "floor_cpu_us_median": round(floor_cpu, 2),
                 "ratio_to_floor": per_policy[head]["ratio_to_floor"],
                 "policies": per_policy,
                 "load_average": [round(x, 2) for x in os.getloadavg()],
