@@ -50,8 +50,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -66,10 +64,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from load import own_server  # noqa: E402
+
 from apportion.stores import open_store  # noqa: E402
 from apportion.stores.base import Store  # noqa: E402
 from apportion.testing.cdp import Browser  # noqa: E402
 from apportion.testing.chromium import find_chromium  # noqa: E402
+from apportion.testing.ports import free_port  # noqa: E402
 
 AGENTS = ("intake", "retriever", "reasoner", "critic", "formatter")
 RANKS = {name: i for i, name in enumerate(AGENTS)}
@@ -113,37 +114,6 @@ OBSERVER = """
 """
 DRAIN = "(() => { const a = window.__lat; window.__lat = []; return a; })()"
 DRAIN_LONG = "(() => { const a = window.__long; window.__long = []; return a; })()"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A throw-away ``redis-server`` (no persistence) on a free port; its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    folder = tempfile.mkdtemp(prefix="apportion-dash-")
-    port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", ""]
-    argv += ["--appendonly", "no", "--logfile", os.path.join(folder, "log")]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
-        for _ in range(500):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            time.sleep(0.01)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -357,7 +327,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def run(args: argparse.Namespace, chromium: str, folder: Path) -> dict[str, Any]:
-    with redis_server() as redis_url:
+    with own_server(None) as redis_url:
         store_url = f"{redis_url}?prefix=dashbench"
         store = open_store(store_url)
         ids = [f"{TENANT}bench-{i:05d}" for i in range(args.requests)]

@@ -36,19 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import apportion.telemetry as telemetry
-from apportion import Agent, Controller, Pipeline
-from apportion.telemetry.sql import open_database
+from overhead import AGENTS, CEILING, USAGE
 
-AGENTS = [
-    Agent("intake", priority="peripheral", output_kind="structured"),
-    Agent("retriever", priority="standard", after=["intake"]),
-    Agent("reasoner", priority="critical", after=["retriever"], output_kind="reasoning"),
-    Agent("critic", priority="standard", after=["reasoner"]),
-    Agent("formatter", priority="peripheral", after=["critic"], output_kind="structured"),
-]
-USAGE = [(300, 40), (1200, 300), (2500, 900), (1500, 200), (900, 150)]
-CEILING = 20_000
+import apportion.telemetry as telemetry
+from apportion import Controller, Pipeline
+from apportion.telemetry.sql import open_database
 
 
 def lifecycle(controller: Controller) -> None:

@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "allocation.py"
+from script_run import run_script
 
 
 def test_the_allocation_benchmark_prints_every_section() -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-    }
     args = [
         "--requests", "6", "--seeds", "1", "--tight", "0.7", "--learn-requests", "8",
         "--shift-requests", "20", "--shift-seeds", "1", "--shift-width", "5",
         "--only", "support-triage", "--no-replay", "--no-progress",
     ]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    document = json.loads(done.stdout)
+    document = json.loads(run_script("allocation.py", *args))
     triage = document["workloads"]["support-triage"]
     assert {"uniform", "estimate", "elastic", "learned"} <= set(triage["policies"])
     assert set(triage["losses"]) == set(triage["policies"])

@@ -257,6 +257,74 @@ def op_digest(operation: str, *parts: object) -> str:
     return f"{operation}:{digest.hexdigest()}"
 
 
+def _grant_key(grant: object) -> tuple[object, object]:
+    """What identifies a grant in an operation's digest: its id and agent."""
+    return getattr(grant, "grant_id", None), getattr(grant, "agent", None)
+
+
+class Digests:
+    """Each operation's :func:`op_digest`, one definition for every store.
+
+    Each returns ``""`` when ``op_id`` is ``None`` (nothing is hashed then).
+    """
+
+    @staticmethod
+    def open(
+        op_id: str | None,
+        ranks: Mapping[str, int],
+        ceiling: int,
+        pool: str | None,
+        pool_priority: str,
+        ceiling_usd: float | None,
+    ) -> str:
+        """Of ``open``: the agents, the ceilings and the pool."""
+        if op_id is None:
+            return ""
+        return op_digest("open", sorted(ranks.items()), ceiling, pool, pool_priority, ceiling_usd)
+
+    @staticmethod
+    def children(op_id: str | None, args: ChildrenArgs, max_depth: int) -> str:
+        """Of ``open_children``: the children and their shares."""
+        if op_id is None:
+            return ""
+        return op_digest(
+            "open_children", args.request_ids, args.ranks, args.ceiling, args.share, max_depth
+        )
+
+    @staticmethod
+    def begin(op_id: str | None, agent: object, held: object, wrap_up_tokens: object) -> str:
+        """Of ``begin``: the agent, the input it holds, the wrap-up reserve."""
+        return "" if op_id is None else op_digest("begin", agent, held, wrap_up_tokens)
+
+    @staticmethod
+    def extend(op_id: str | None, grant: object) -> str:
+        """Of ``extend``: the grant."""
+        return "" if op_id is None else op_digest("extend", *_grant_key(grant))
+
+    @staticmethod
+    def finish(
+        op_id: str | None,
+        grant: object,
+        input_tokens: object,
+        output_tokens: object,
+        truncated: bool,
+    ) -> str:
+        """Of ``finish``: the grant and its usage."""
+        if op_id is None:
+            return ""
+        return op_digest("finish", *_grant_key(grant), input_tokens, output_tokens, bool(truncated))
+
+    @staticmethod
+    def release(op_id: str | None, grant: object, reason: str) -> str:
+        """Of ``release``: the grant and the reason."""
+        return "" if op_id is None else op_digest("release", *_grant_key(grant), reason)
+
+    @staticmethod
+    def close(op_id: str | None, status: object, outcome: object) -> str:
+        """Of ``close``: the status and the outcome."""
+        return "" if op_id is None else op_digest("close", status, outcome)
+
+
 def _plain(value: object) -> object:
     """``value`` with its integers in hex (``repr`` refuses integers past 4,300 digits)."""
     if type(value) is int:

@@ -43,12 +43,12 @@ from apportion.ledger import (
 )
 from apportion.pools import Pool, PoolAccount, PoolStatus, check_pool_name, check_priority
 from apportion.stores.base import (
+    Digests,
     Reaped,
     Store,
     check_children,
     check_op_id,
     digest_operation,
-    op_digest,
 )
 from apportion.stores.feed import FeedPage, FeedRing, check_feed_args, check_note
 
@@ -70,11 +70,6 @@ def check_state_write(key: object, data: object, expected_version: object) -> st
 
 _NEW: Any = object()
 """What :meth:`MemoryStore._first` returns for an operation id not seen yet."""
-
-
-def _grant_key(grant: object) -> tuple[object, object]:
-    """What identifies a grant in an operation's digest: its id and agent."""
-    return getattr(grant, "grant_id", None), getattr(grant, "agent", None)
 
 
 class MemoryStore(Store):
@@ -196,18 +191,7 @@ class MemoryStore(Store):
         if pool is not None:
             check_pool_name(pool)
             pool_priority = check_priority(pool_priority)
-        digest = (
-            ""
-            if op_id is None
-            else op_digest(
-                "open",
-                sorted(ledger.ranks.items()),
-                ledger.ceiling,
-                pool,
-                pool_priority,
-                ceiling_usd,
-            )
-        )
+        digest = Digests.open(op_id, ledger.ranks, ledger.ceiling, pool, pool_priority, ceiling_usd)
         with self._lock:
             first = self._first(request_id, op_id, digest)
             if first is not _NEW:
@@ -245,7 +229,7 @@ class MemoryStore(Store):
         """Reserve a grant; return it and the ledger."""
         op_id = check_op_id(op_id)
         held = context_tokens if asked is None else asked
-        digest = "" if op_id is None else op_digest("begin", agent, held, wrap_up_tokens)
+        digest = Digests.begin(op_id, agent, held, wrap_up_tokens)
         with self._lock:
             ledger = self._ledger(request_id)
             first = self._first(request_id, op_id, digest)
@@ -282,7 +266,7 @@ class MemoryStore(Store):
     ) -> tuple[Grant, Ledger]:
         """Grow an open grant; return it and the ledger."""
         op_id = check_op_id(op_id)
-        digest = "" if op_id is None else op_digest("extend", *_grant_key(grant))
+        digest = Digests.extend(op_id, grant)
         with self._lock:
             ledger = self._ledger(request_id)
             first = self._first(request_id, op_id, digest)
@@ -310,13 +294,7 @@ class MemoryStore(Store):
     ) -> Ledger:
         """Settle a grant with its real usage."""
         op_id = check_op_id(op_id)
-        digest = (
-            ""
-            if op_id is None
-            else op_digest(
-                "finish", *_grant_key(grant), input_tokens, output_tokens, bool(truncated)
-            )
-        )
+        digest = Digests.finish(op_id, grant, input_tokens, output_tokens, truncated)
         with self._lock:
             ledger = self._ledger(request_id)
             first = self._first(request_id, op_id, digest)
@@ -348,7 +326,7 @@ class MemoryStore(Store):
     ) -> Ledger:
         """Settle a grant as unused."""
         op_id = check_op_id(op_id)
-        digest = "" if op_id is None else op_digest("release", *_grant_key(grant), reason)
+        digest = Digests.release(op_id, grant, reason)
         with self._lock:
             ledger = self._ledger(request_id)
             first = self._first(request_id, op_id, digest)
@@ -373,7 +351,7 @@ class MemoryStore(Store):
     ) -> Ledger:
         """Close a request and keep it readable for a while."""
         op_id = check_op_id(op_id)
-        digest = "" if op_id is None else op_digest("close", status, outcome)
+        digest = Digests.close(op_id, status, outcome)
         with self._lock:
             ledger = self._ledger(request_id)
             first = self._first(request_id, op_id, digest)
@@ -432,13 +410,7 @@ class MemoryStore(Store):
         args = check_children(
             parent_id, request_ids, now, priorities, ceiling, share, ttl, max_depth
         )
-        digest = (
-            ""
-            if op_id is None
-            else op_digest(
-                "open_children", args.request_ids, args.ranks, args.ceiling, args.share, max_depth
-            )
-        )
+        digest = Digests.children(op_id, args, max_depth)
         now = args.now
         # the plan is checked once, before anything changes
         Ledger(args.request_ids[0], ranks, MAX_TOKENS, now, allocation=allocation, reserve=reserve)

@@ -220,12 +220,12 @@ from apportion.pools import (
 )
 from apportion.redaction import redact, scrub
 from apportion.stores.base import (
+    Digests,
     Reaped,
     Store,
     check_children,
     check_op_id,
     digest_operation,
-    op_digest,
 )
 from apportion.stores.feed import FeedEvent, FeedPage, check_feed_args, check_note
 from apportion.stores.memory import MemoryStore, check_state_write
@@ -548,11 +548,6 @@ def _refusal(
     if code == "dup":
         return DuplicateRequest(request_id)
     return RuntimeError(f"unexpected reply from the Redis store: {reply!r}")
-
-
-def _grant_key(grant: object) -> tuple[object, object]:
-    """What identifies a grant in an operation's digest: its id and agent."""
-    return getattr(grant, "grant_id", None), getattr(grant, "agent", None)
 
 
 def _draw_tag(op_id: str) -> str:
@@ -1024,18 +1019,7 @@ class RedisStore(Store):
             expires_at=now + ttl,
             ceiling_usd=ceiling_usd,
         )
-        digest = (
-            ""
-            if op_id is None
-            else op_digest(
-                "open",
-                sorted(ledger.ranks.items()),
-                ledger.ceiling,
-                pool,
-                pool_priority,
-                ceiling_usd,
-            )
-        )
+        digest = Digests.open(op_id, ledger.ranks, ledger.ceiling, pool, pool_priority, ceiling_usd)
         draw = ""
         fresh = False  # drawn by this call (not found drawn by the first call of its op id)
         keys: tuple[str, ...] = self._own_keys(request_id)
@@ -1111,13 +1095,7 @@ class RedisStore(Store):
         args = check_children(
             parent_id, request_ids, now, priorities, ceiling, share, ttl, max_depth
         )
-        digest = (
-            ""
-            if op_id is None
-            else op_digest(
-                "open_children", args.request_ids, args.ranks, args.ceiling, args.share, max_depth
-            )
-        )
+        digest = Digests.children(op_id, args, max_depth)
         now = args.now
         template = Ledger(
             args.request_ids[0],
@@ -1182,12 +1160,8 @@ class RedisStore(Store):
         op_id: str | None = None,
     ) -> _Steps[tuple[Grant, Ledger]]:
         op_id = check_op_id(op_id)
-        digest = (
-            ""
-            if op_id is None
-            else op_digest(
-                "begin", agent, context_tokens if asked is None else asked, wrap_up_tokens
-            )
+        digest = Digests.begin(
+            op_id, agent, context_tokens if asked is None else asked, wrap_up_tokens
         )
         pending: list[Exception] = []
         is_name = isinstance(agent, str) and is_text(agent)
@@ -1263,7 +1237,7 @@ class RedisStore(Store):
         op_id: str | None = None,
     ) -> _Steps[tuple[Grant, Ledger]]:
         op_id = check_op_id(op_id)
-        digest = "" if op_id is None else op_digest("extend", *_grant_key(grant))
+        digest = Digests.extend(op_id, grant)
         pending: list[Exception] = []
         out = _tokens("output_tokens", output_tokens, pending)
         ctx = _tokens("context_tokens", context_tokens, pending)
@@ -1320,13 +1294,7 @@ class RedisStore(Store):
         op_id: str | None = None,
     ) -> _Steps[Ledger]:
         op_id = check_op_id(op_id)
-        digest = (
-            ""
-            if op_id is None
-            else op_digest(
-                "finish", *_grant_key(grant), input_tokens, output_tokens, bool(truncated)
-            )
-        )
+        digest = Digests.finish(op_id, grant, input_tokens, output_tokens, truncated)
         pending: list[Exception] = []
         inp = _tokens("input_tokens", input_tokens, pending)
         out = _tokens("output_tokens", output_tokens, pending)
@@ -1367,7 +1335,7 @@ class RedisStore(Store):
         self, request_id: str, grant: Grant, now: float, reason: str, op_id: str | None = None
     ) -> _Steps[Ledger]:
         op_id = check_op_id(op_id)
-        digest = "" if op_id is None else op_digest("release", *_grant_key(grant), reason)
+        digest = Digests.release(op_id, grant, reason)
         pending: list[Exception] = []
         now = _time(now, pending)
         reason = _checked(check_name, "reason", reason, pending, "")
@@ -1390,7 +1358,7 @@ class RedisStore(Store):
         op_id: str | None = None,
     ) -> _Steps[Ledger]:
         op_id = check_op_id(op_id)
-        digest = "" if op_id is None else op_digest("close", status, outcome)
+        digest = Digests.close(op_id, status, outcome)
         pending: list[Exception] = []
         status = _checked(lambda _, value: check_status(value), "status", status, pending, "")
         outcome = _checked(lambda _, value: check_outcome(value), "outcome", outcome, pending, None)
