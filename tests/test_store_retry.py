@@ -26,6 +26,8 @@ class LossyStore(MemoryStore):
     carried out, then raise ``StoreOutcomeUnknown`` (as a connection dropped after the
     server ran the command). Records every call's operation id."""
 
+    replies_may_be_lost = True
+
     def __init__(self, lose: int, before: bool = False) -> None:
         super().__init__()
         self.lose = lose

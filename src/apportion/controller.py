@@ -187,6 +187,7 @@ class _Config:
             raise InvalidArgument("store_retry", store_retry, "an apportion.StoreRetry")
         self.retry = StoreRetry() if store_retry is None else store_retry
         self.op_ids = _takes_op_ids(self.store)
+        self.fresh_op_ids = self.op_ids and self.store.replies_may_be_lost
         self.clock = _checked_clock(clock)
         self.lease_seconds = lease_seconds
         self.request_ttl = request_ttl
@@ -283,7 +284,9 @@ class _Config:
 
     def op(self) -> dict[str, Any]:
         """The ``op_id`` keyword of one operation's store calls (none for an older store)."""
-        return {"op_id": _new_op_id()} if self.op_ids else _NO_KWARGS
+        if self.fresh_op_ids or (self.op_ids and _OP_KEY.get() is not None):
+            return {"op_id": _new_op_id()}
+        return _NO_KWARGS
 
 
 class _Tree:

@@ -354,6 +354,11 @@ class Store(abc.ABC):
     """Base class of every store; see the module docstring for the contract."""
 
     url: str = ""
+    replies_may_be_lost: bool = False
+    """Whether a call can end with its outcome unknown (a connection lost after the store
+    ran it: :class:`~apportion.errors.StoreOutcomeUnknown`). The controller gives such a
+    store an operation id on every call, so it can retry; an in-process store gets ids only
+    from an :func:`~apportion.controller.operation_ids` key."""
 
     @abc.abstractmethod
     def open(

@@ -623,6 +623,8 @@ class RedisStore(Store):
         InvalidArgument: a bad option, or a URL redis-py cannot read.
     """
 
+    replies_may_be_lost = True
+
     def __init__(
         self,
         url: str = "redis://localhost:6379/0",
