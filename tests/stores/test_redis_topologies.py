@@ -1,0 +1,112 @@
+"""The Redis Cluster and Sentinel fixtures themselves, driven with redis-py directly.
+
+Cluster: keys in many slots written and read back through ``redis.cluster.RedisCluster``,
+then a primary killed: its replica takes over and every acknowledged, replicated key is still
+there. Sentinel: a write through ``redis.sentinel.Sentinel``, the primary killed, the
+sentinels promote the replica, and the same client writes again.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from redis.cluster import ClusterNode
+from redis.cluster import RedisCluster as ClusterClient
+from redis.sentinel import Sentinel
+from redis_cluster_server import RedisCluster, healed_redis_cluster, key_slot, redis_cluster
+from redis_sentinel_server import RedisSentinel, redis_sentinel
+
+__all__ = ["healed_redis_cluster", "redis_cluster", "redis_sentinel"]  # the fixtures used here
+
+
+def _client(cluster: RedisCluster) -> ClusterClient:
+    nodes = [ClusterNode(host, port) for host, port in cluster.addresses if port]
+    return ClusterClient(startup_nodes=nodes, decode_responses=True, socket_timeout=1.0)
+
+
+def test_key_slot_matches_the_cluster(redis_cluster: RedisCluster) -> None:
+    node = redis_cluster.live_nodes()[0]
+    for key in ["a", "foo", "{user1}.x", "{}b", "{{x}}", "request:{42}:grant:7", "é"]:
+        assert key_slot(key) == node.command("CLUSTER", "KEYSLOT", key)
+
+
+def test_cluster_is_three_primaries_with_a_replica_each(redis_cluster: RedisCluster) -> None:
+    primaries = redis_cluster.primaries()
+    assert len(primaries) == 3
+    assert len(redis_cluster.replicas()) == 3
+    for primary in primaries:
+        assert len(redis_cluster.replicas_of(primary)) == 1
+    assert redis_cluster.url.startswith("redis+cluster://127.0.0.1:")
+    owners = {redis_cluster.owner(slot).port for slot in (0, 8000, 16383)}
+    assert owners == {p.port for p in primaries}
+
+
+def test_cluster_keys_survive_a_killed_primary(healed_redis_cluster: RedisCluster) -> None:
+    cluster = healed_redis_cluster
+    cluster.flushall()
+    client = _client(cluster)
+    try:
+        keys = {f"key:{index}": str(index) for index in range(300)}
+        for key, value in keys.items():
+            client.set(key, value)
+        slots = {key_slot(key) for key in keys}
+        assert len({cluster.owner(slot).port for slot in slots}) == 3  # every primary holds some
+        assert {key: client.get(key) for key in keys} == keys
+        cluster.wait_replicated()
+
+        victim_key = "key:0"
+        replica = cluster.replicas_of(cluster.owner(victim_key))[0]
+        killed = cluster.kill_primary(victim_key)
+        cluster.wait_failover(killed)
+        assert cluster.owner(victim_key).port == replica.port  # the replica was promoted
+
+        deadline = time.monotonic() + 10.0
+        while True:  # the client learns the new topology after a refused or failed call
+            try:
+                found = {key: client.get(key) for key in keys}
+                break
+            except (redis.exceptions.ConnectionError, redis.exceptions.ClusterError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert found == keys
+        client.set(victim_key, "after")
+        assert client.get(victim_key) == "after"
+    finally:
+        client.close()
+    cluster.heal()
+    assert len(cluster.primaries()) == 3 and len(cluster.replicas()) == 3
+
+
+def test_sentinel_fails_over_and_the_client_writes_again(redis_sentinel: RedisSentinel) -> None:
+    setup = redis_sentinel
+    sentinel = Sentinel(setup.sentinel_addresses, socket_timeout=1.0)
+    assert sentinel.discover_master(setup.service) == ("127.0.0.1", setup.primary().port)
+    client = sentinel.master_for(setup.service, socket_timeout=1.0, decode_responses=True)
+    try:
+        client.set("before", "1")
+        assert client.wait(1, 2000) == 1  # replicated before the crash
+
+        old = setup.primary()
+        replica = setup.replicas()[0]
+        killed = setup.kill_primary()
+        assert killed is old
+        setup.wait_failover(killed)
+        assert setup.primary() is replica
+        assert sentinel.discover_master(setup.service) == ("127.0.0.1", replica.port)
+
+        deadline = time.monotonic() + 10.0
+        while True:  # the first call may meet the dead connection, then the pool re-resolves
+            try:
+                client.set("after", "2")
+                break
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert client.get("before") == "1"
+        assert client.get("after") == "2"
+        assert client.connection_pool.get_master_address() == ("127.0.0.1", replica.port)
+    finally:
+        client.close()
