@@ -220,6 +220,13 @@ class RedisCluster:
                 return self.node_at(view.port)
         raise LookupError(f"no live primary serves slot {slot}")
 
+    def slots_of(self, node: RedisProcess) -> tuple[tuple[int, int], ...]:
+        """The slot ranges a node serves now, as the live nodes see it."""
+        for view in self.view():
+            if view.port == node.port:
+                return view.slots
+        raise KeyError(node.port)
+
     def replicas_of(self, primary: RedisProcess) -> list[RedisProcess]:
         """The live replicas of a primary."""
         views = self.view()

@@ -8,9 +8,11 @@ sentinels promote the replica, and the same client writes again.
 
 from __future__ import annotations
 
+import json
 import time
 
 import redis
+from failover_load import load_during_failover
 from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as ClusterClient
 from redis.sentinel import Sentinel
@@ -18,6 +20,14 @@ from redis_cluster_server import RedisCluster, healed_redis_cluster, key_slot, r
 from redis_sentinel_server import RedisSentinel, redis_sentinel
 
 __all__ = ["healed_redis_cluster", "redis_cluster", "redis_sentinel"]  # the fixtures used here
+
+
+RETRY_ON = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterError,  # the cluster still electing (CLUSTERDOWN, TRYAGAIN)
+    redis.exceptions.ReadOnlyError,
+)
 
 
 def _client(cluster: RedisCluster) -> ClusterClient:
@@ -79,7 +89,47 @@ def test_cluster_keys_survive_a_killed_primary(healed_redis_cluster: RedisCluste
     assert len(cluster.primaries()) == 3 and len(cluster.replicas()) == 3
 
 
-def test_sentinel_fails_over_and_the_client_writes_again(redis_sentinel: RedisSentinel) -> None:
+def test_cluster_serves_writes_through_a_failover_under_load(
+    healed_redis_cluster: RedisCluster,
+) -> None:
+    cluster = healed_redis_cluster
+    cluster.flushall()
+    client = _client(cluster)
+    try:
+
+        def write(thread: int, number: int) -> str:
+            key = f"load:{thread}:{number}"
+            client.set(key, number)
+            return key
+
+        victim = cluster.owner("load:0:0")
+        victim_slots = cluster.slots_of(victim)
+
+        def on_victim(key: str) -> bool:
+            return any(low <= key_slot(key) <= high for low, high in victim_slots)
+
+        def failover() -> float:
+            return cluster.wait_failover(cluster.kill_primary("load:0:0"))
+
+        report = load_during_failover(write, failover, retry_on=RETRY_ON)
+        print(json.dumps({"cluster_failover_under_load": report.summary()}))
+        assert report.gave_up == 0
+        assert len(report.before()) >= 4 * 20 and len(report.after()) >= 4 * 20
+        # The kill met the load: the victim's slots took writes before it and after.
+        assert any(on_victim(ack.result) for ack in report.before())
+        assert any(on_victim(ack.result) for ack in report.after())
+        assert cluster.owner("load:0:0") is not victim
+        # Every write acknowledged after the kill went to a live primary: none may be lost.
+        since_kill = [ack for ack in report.acknowledged if ack.returned_at > report.killed_at]
+        values = {ack.result: str(ack.number) for ack in since_kill}
+        assert {key: client.get(key) for key in values} == values
+    finally:
+        client.close()
+
+
+def test_sentinel_fails_over_under_load_and_the_client_writes_again(
+    redis_sentinel: RedisSentinel,
+) -> None:
     setup = redis_sentinel
     sentinel = Sentinel(setup.sentinel_addresses, socket_timeout=1.0)
     assert sentinel.discover_master(setup.service) == ("127.0.0.1", setup.primary().port)
@@ -87,26 +137,31 @@ def test_sentinel_fails_over_and_the_client_writes_again(redis_sentinel: RedisSe
     try:
         client.set("before", "1")
         assert client.wait(1, 2000) == 1  # replicated before the crash
-
         old = setup.primary()
         replica = setup.replicas()[0]
-        killed = setup.kill_primary()
-        assert killed is old
-        setup.wait_failover(killed)
+
+        def write(thread: int, number: int) -> str:
+            key = f"load:{thread}:{number}"
+            client.set(key, number)
+            return key
+
+        def failover() -> float:
+            killed = setup.kill_primary()
+            assert killed is old
+            return setup.wait_failover(killed)
+
+        report = load_during_failover(write, failover, retry_on=RETRY_ON)
+        lost = [ack.result for ack in report.before() if client.get(ack.result) is None]
+        print(json.dumps({"sentinel_failover_under_load": report.summary(), "lost": len(lost)}))
         assert setup.primary() is replica
         assert sentinel.discover_master(setup.service) == ("127.0.0.1", replica.port)
-
-        deadline = time.monotonic() + 10.0
-        while True:  # the first call may meet the dead connection, then the pool re-resolves
-            try:
-                client.set("after", "2")
-                break
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        assert client.get("before") == "1"
-        assert client.get("after") == "2"
         assert client.connection_pool.get_master_address() == ("127.0.0.1", replica.port)
+        assert report.gave_up == 0
+        assert sum(report.errors.values()) > 0  # the kill met the load
+        assert len(report.after()) >= 4 * 20  # the same client writes to the new primary
+        since_kill = [ack for ack in report.acknowledged if ack.returned_at > report.killed_at]
+        values = {ack.result: str(ack.number) for ack in since_kill}
+        assert {key: client.get(key) for key in values} == values
+        assert client.get("before") == "1"
     finally:
         client.close()
