@@ -150,11 +150,16 @@ class RedisProcess:
         """The server's log file."""
         return self.dir / "redis.log"
 
-    def spawn(self) -> None:
-        """Start the process without waiting (new free ports unless it ran before)."""
+    def reserve_ports(self) -> int:
+        """Choose its free ports now (if not chosen yet), before it starts; return the port."""
         if not self.port:
             self.ports = [free_port() for _ in range(1 + self.extra_ports)]
             self.port = self.ports[0]
+        return self.port
+
+    def spawn(self) -> None:
+        """Start the process without waiting (new free ports unless it ran before)."""
+        self.reserve_ports()
         base = [
             ("port", str(self.port)),
             ("bind", "127.0.0.1"),

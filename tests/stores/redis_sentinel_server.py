@@ -12,6 +12,7 @@ returns once every sentinel knows the replica and the two other sentinels.
 from __future__ import annotations
 
 import atexit
+import secrets
 import shutil
 import tempfile
 import time
@@ -126,8 +127,26 @@ class RedisSentinel:
             ("sentinel failover-timeout", f"{self.service} {self.failover_timeout_ms}"),
             ("sentinel parallel-syncs", f"{self.service} 1"),
         ]
+        # Each sentinel is told up front its id, the replicas and the other sentinels (the
+        # lines a sentinel writes itself when it rewrites its config), so none waits for the
+        # primary's INFO or for the others' hello messages (every 2 s) to learn them.
+        ids = {node.reserve_ports(): secrets.token_hex(20) for node in self.sentinel_nodes}
+        replicas = [
+            ("sentinel known-replica", f"{self.service} 127.0.0.1 {node.port}")
+            for node in self.data_nodes[1:]
+        ]
         for sentinel in self.sentinel_nodes:
-            sentinel.options = monitor
+            others = [
+                ("sentinel known-sentinel", f"{self.service} 127.0.0.1 {port} {run_id}")
+                for port, run_id in ids.items()
+                if port != sentinel.port
+            ]
+            sentinel.options = [
+                ("sentinel myid", ids[sentinel.port]),
+                *monitor,
+                *replicas,
+                *others,
+            ]
         start_all(self.sentinel_nodes)
         wait_until(self._sentinels_agree, timeout, "sentinels know the replicas and each other")
         self.startup_seconds = time.monotonic() - begun
@@ -157,11 +176,21 @@ class RedisSentinel:
             fields = dict(zip(reply[::2], reply[1::2], strict=False))
             if (
                 fields.get("port") != str(primary)
-                or fields.get("num-slaves") != str(len(self.data_nodes) - 1)
-                or fields.get("num-other-sentinels") != str(len(self.sentinel_nodes) - 1)
+                or int(fields.get("num-slaves", "0")) < len(self.data_nodes) - 1
+                or int(fields.get("num-other-sentinels", "0")) < len(self.sentinel_nodes) - 1
                 or "s_down" in str(fields.get("flags", ""))
             ):
                 return False
+            # Each has read the replica's own INFO (a replica it has not cannot be promoted).
+            replicas = try_command(sentinel.port, "SENTINEL", "REPLICAS", self.service)
+            if not isinstance(replicas, list) or len(replicas) < len(self.data_nodes) - 1:
+                return False
+            for replica in replicas:
+                if not isinstance(replica, list):
+                    return False
+                fields = dict(zip(replica[::2], replica[1::2], strict=False))
+                if fields.get("master-link-status") != "ok" or fields.get("flags") != "slave":
+                    return False
         return True
 
     # -- failures ----------------------------------------------------------------------------
