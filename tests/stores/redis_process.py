@@ -7,11 +7,13 @@ redis-py's version parses them into. Nothing here skips: a missing binary raises
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +118,20 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, poll: float
         time.sleep(poll)
 
 
+_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None  # loaded before fork
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child, before exec
+    """Ask Linux to SIGKILL the child when the thread that started it ends.
+
+    ``atexit`` does not run when the test process is itself killed (a CI timeout's SIGTERM
+    or SIGKILL): without this, its Redis servers would outlive it. Start servers from the
+    main thread (or one that outlives them).
+    """
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class RedisProcess:
     """One ``redis-server`` (or sentinel) process on a loopback port, in its own directory.
 
@@ -180,7 +196,12 @@ class RedisProcess:
             argv = [binary()]
             for name, value in options:
                 argv += [f"--{name}", *value.split(" ")]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
 
     def alive(self) -> bool:
         """Whether the process runs."""
