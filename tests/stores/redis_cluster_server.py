@@ -348,24 +348,37 @@ class RedisCluster:
                 raise TimeoutError(f"port {node.port}: {acked} of {expected} replicas acked")
 
 
-def cluster_fixture() -> Iterator[RedisCluster]:
-    """The body of a fixture: a started cluster, cleaned up after."""
-    cluster = RedisCluster()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.cleanup()
+_SHARED = pytest.StashKey[RedisCluster]()
+
+
+def shared_cluster(config: pytest.Config) -> RedisCluster:
+    """The session's one cluster: started on first use, cleaned up when pytest ends.
+
+    Kept in the pytest config rather than in a fixture's cache, so test modules that each
+    import the ``redis_cluster`` fixture (each import registers a fixture of its own) still
+    share one cluster instead of starting one per module.
+    """
+    cluster = config.stash.get(_SHARED, None)
+    if cluster is None:
+        cluster = RedisCluster()
+        try:
+            cluster.start()
+        except BaseException:
+            cluster.cleanup()
+            raise
+        config.stash[_SHARED] = cluster
+        config.add_cleanup(cluster.cleanup)
+    return cluster
 
 
 @pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisCluster]:
+def redis_cluster(request: pytest.FixtureRequest) -> RedisCluster:
     """One 3-primary, 3-replica Redis Cluster for the session.
 
     A test that kills a node calls ``redis_cluster.heal()`` after (or uses
     ``healed_redis_cluster``); a test that needs empty nodes calls ``flushall()``.
     """
-    yield from cluster_fixture()
+    return shared_cluster(request.config)
 
 
 @pytest.fixture
