@@ -11,6 +11,9 @@ is up. Everything is killed and deleted at :meth:`RedisCluster.cleanup` (and at 
 within a few seconds: :meth:`RedisCluster.kill_primary` and :meth:`RedisCluster.wait_failover`
 are what a failover test needs, and :meth:`RedisCluster.heal` brings the killed nodes back
 (as replicas) so the next test sees three primaries with one replica each again.
+
+Measured here (2 cores, load average 11): start about 2.2 s (1 s of it is ``redis-cli``
+waiting for the nodes to join), a failover about 2.4 s, a heal about 0.15 s.
 """
 
 from __future__ import annotations

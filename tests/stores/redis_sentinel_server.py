@@ -4,9 +4,13 @@ The primary and the replica write an AOF with the ``appendfsync`` asked for (``e
 ``always``); the sentinels (``redis-server sentinel.conf --sentinel``) watch the service
 ``apportion`` with quorum 2, ``down-after-milliseconds`` 500 and a short failover timeout, so
 :meth:`RedisSentinel.kill_primary` followed by :meth:`RedisSentinel.wait_failover` sees the
-replica promoted within a few seconds. The sentinels start only once the replica's link is
-up, so their first ``INFO`` of the primary already lists it, and :meth:`RedisSentinel.start`
-returns once every sentinel knows the replica and the two other sentinels.
+replica promoted within about two seconds. The sentinels start once the replica's link is
+up, each told its id, the replica and the other sentinels in its config, and
+:meth:`RedisSentinel.start` returns once every sentinel has read the primary's and the
+replica's ``INFO`` and reaches the two others (about 0.2 s in all).
+
+Measured here (2 cores, load average 11): start about 0.3 s, a failover about 1.8 s, or
+about 2.7 s when the primary is killed within a second of the start.
 """
 
 from __future__ import annotations

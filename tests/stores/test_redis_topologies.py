@@ -2,8 +2,10 @@
 
 Cluster: keys in many slots written and read back through ``redis.cluster.RedisCluster``,
 then a primary killed: its replica takes over and every acknowledged, replicated key is still
-there. Sentinel: a write through ``redis.sentinel.Sentinel``, the primary killed, the
-sentinels promote the replica, and the same client writes again.
+there; then writes from four threads while a primary is killed, none lost once acknowledged
+after the kill. Sentinel: a replicated write through ``redis.sentinel.Sentinel``, the primary
+killed under the same load, the sentinels promote the replica, and the same client writes
+again. Each load test prints its :class:`failover_load.LoadReport` summary as JSON (``-s``).
 """
 
 from __future__ import annotations
