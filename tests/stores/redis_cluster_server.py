@@ -246,11 +246,31 @@ class RedisCluster:
         return info_fields(node.command("INFO", "replication")).get("role", "")
 
     def healthy(self) -> bool:
-        """Whether every live node says ``cluster_state:ok`` and sees the same live primaries,
-        each live replica's link is up, and every primary has its replicas (when enough
-        nodes live)."""
+        """Whether the live nodes agree on a whole cluster.
+
+        Every live node says ``cluster_state:ok`` with every slot served, knows every node,
+        marks no live node failed, and sees each live node in the role that node reports
+        itself (``INFO replication``): the primaries with slots, each replica following the
+        primary it replicates, whose link is up. When every node lives, every primary has
+        its ``replicas`` replicas.
+        """
         live = self.live_nodes()
-        primaries: set[int] | None = None
+        roles: dict[int, int | None] = {}  # port -> its primary's port (None: a primary)
+        for node in live:
+            replication = info_fields(try_command(node.port, "INFO", "replication"))
+            if replication.get("role") == "master":
+                roles[node.port] = None
+            elif replication.get("master_link_status") == "up":
+                roles[node.port] = int(replication["master_port"])
+            else:
+                return False
+        primaries = [port for port, primary in roles.items() if primary is None]
+        if len(primaries) != self.primaries_count:
+            return False
+        if len(live) == len(self.nodes):
+            followers = list(roles.values())
+            if any(followers.count(port) != self.replicas_count for port in primaries):
+                return False
         for node in live:
             info = info_fields(try_command(node.port, "CLUSTER", "INFO"))
             if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != str(SLOTS):
@@ -258,30 +278,19 @@ class RedisCluster:
             reply = try_command(node.port, "CLUSTER", "NODES")
             if not isinstance(reply, str):
                 return False
-            views = _parse_nodes(reply)
+            views = {view.port: view for view in _parse_nodes(reply)}
             if len(views) != len(self.nodes):
                 return False  # it does not know every node yet
-            live_ports = {n.port for n in live}
-            seen = {v.port for v in views if v.is_primary and v.slots and v.port in live_ports}
-            if any(v.port in live_ports and v.failed for v in views):
-                return False  # a restarted node not yet cleared
-            if primaries is None:
-                primaries = seen
-            elif seen != primaries:
-                return False
-            replication = info_fields(try_command(node.port, "INFO", "replication"))
-            role = replication.get("role")
-            if role == "slave" and replication.get("master_link_status") != "up":
-                return False
-            if role == "master" and node.port not in seen:
-                return False  # a primary without slots: not yet turned into a replica
-        if primaries is None or len(primaries) != self.primaries_count:
-            return False
-        if len(live) == len(self.nodes):
-            for node in live:
-                replication = info_fields(try_command(node.port, "INFO", "replication"))
-                attached = int(replication.get("connected_slaves", "0"))
-                if replication.get("role") == "master" and attached < self.replicas_count:
+            ports = {view.node_id: port for port, view in views.items()}
+            for port, primary in roles.items():
+                view = views.get(port)
+                if view is None or view.failed:
+                    return False  # a restarted node not yet cleared
+                if primary is None and not (view.is_primary and view.slots):
+                    return False
+                if primary is not None and (
+                    view.is_primary or ports.get(view.primary_id or "") != primary
+                ):
                     return False
         return True
 
