@@ -395,7 +395,8 @@ def redis_cluster(request: pytest.FixtureRequest) -> RedisCluster:
 
 @pytest.fixture
 def healed_redis_cluster(redis_cluster: RedisCluster) -> Iterator[RedisCluster]:
-    """The session's cluster, whole again (every killed node back) after the test."""
+    """The session's cluster, whole before the test and again (killed nodes back) after."""
+    redis_cluster.wait_healthy()
     try:
         yield redis_cluster
     finally:
