@@ -171,8 +171,8 @@ class RedisSentinel:
             if node is not self.primary_node
         )
 
-    def _sentinels_agree(self) -> bool:
-        primary = self.primary_node.port
+    def _sentinels_agree(self, primary: int | None = None) -> bool:
+        primary = primary or self.primary_node.port
         for sentinel in self.sentinel_nodes:
             reply = try_command(sentinel.port, "SENTINEL", "MASTER", self.service)
             if not isinstance(reply, list):
@@ -230,21 +230,31 @@ class RedisSentinel:
             promoted, timeout, f"failover from the primary on port {killed.port}", 0.02
         )
 
-    def restart_as_replica(self, killed: RedisProcess, timeout: float = 30.0) -> float:
-        """Start a killed data node again as a replica of the current primary; wait for its link."""
+    def heal(self, timeout: float = 30.0) -> float:
+        """Start every killed data node again as a replica of the current primary.
+
+        Returns once each one's link is up and every sentinel sees it as a healthy replica
+        (so another failover can promote it); the seconds it took.
+        """
         begun = time.monotonic()
         primary = self.primary()
-        killed.options = [*self.data_options.items(), ("replicaof", f"127.0.0.1 {primary.port}")]
-        start_all([killed])
-        wait_until(
-            lambda: (
-                info_fields(try_command(killed.port, "INFO", "replication")).get(
-                    "master_link_status"
-                )
+        dead = [node for node in self.data_nodes if not node.alive()]
+        for node in dead:
+            node.options = [*self.data_options.items(), ("replicaof", f"127.0.0.1 {primary.port}")]
+        start_all(dead)
+
+        def linked() -> bool:
+            return all(
+                info_fields(try_command(node.port, "INFO", "replication")).get("master_link_status")
                 == "up"
-            ),
+                for node in dead
+            )
+
+        wait_until(linked, timeout, f"restarted nodes linked to the primary on {primary.port}")
+        wait_until(
+            lambda: self._sentinels_agree(primary.port),
             timeout,
-            f"port {killed.port} linked to the primary on port {primary.port}",
+            "sentinels see the restarted nodes as replicas",
         )
         return time.monotonic() - begun
 
@@ -265,6 +275,6 @@ def redis_sentinel(request: pytest.FixtureRequest) -> Iterator[RedisSentinel]:
 
     ``appendfsync`` is ``everysec`` unless the module parametrizes the fixture indirectly
     with another (``always``). A test may kill the primary: the module's later tests see the
-    promoted replica as primary (and no replica, unless it calls ``restart_as_replica``).
+    promoted replica as primary (and no replica, unless it calls ``heal()``).
     """
     yield from sentinel_fixture(getattr(request, "param", "everysec"))

@@ -165,5 +165,12 @@ def test_sentinel_fails_over_under_load_and_the_client_writes_again(
         values = {ack.result: str(ack.number) for ack in since_kill}
         assert {key: client.get(key) for key in values} == values
         assert client.get("before") == "1"
+
+        setup.heal()  # the killed primary comes back as the new primary's replica
+        assert setup.replicas() == [old]
+        assert old.command("GET", "after:heal") is None
+        client.set("after:heal", "3")
+        assert client.wait(1, 2000) == 1
+        assert old.command("GET", "after:heal") == "3"
     finally:
         client.close()
