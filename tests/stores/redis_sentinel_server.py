@@ -180,8 +180,8 @@ class RedisSentinel:
             fields = dict(zip(reply[::2], reply[1::2], strict=False))
             if (
                 fields.get("port") != str(primary)
-                or int(fields.get("num-slaves", "0")) < len(self.data_nodes) - 1
-                or int(fields.get("num-other-sentinels", "0")) < len(self.sentinel_nodes) - 1
+                or int(str(fields.get("num-slaves", "0"))) < len(self.data_nodes) - 1
+                or int(str(fields.get("num-other-sentinels", "0"))) < len(self.sentinel_nodes) - 1
                 or "s_down" in str(fields.get("flags", ""))
             ):
                 return False
