@@ -160,6 +160,7 @@ class RedisProcess:
         self.port = 0
         self.ports: list[int] = []
         self.process: subprocess.Popen[bytes] | None = None
+        self._config_port = 0  # the port the sentinel config file was written for
 
     @property
     def log(self) -> Path:
@@ -189,8 +190,9 @@ class RedisProcess:
         ]
         if self.sentinel:
             config = self.dir / "sentinel.conf"
-            if not config.exists():  # after a restart, keep what the sentinel rewrote
+            if self._config_port != self.port:  # a restart keeps what the sentinel rewrote
                 config.write_text("".join(f"{name} {value}\n" for name, value in options))
+                self._config_port = self.port
             argv = [binary(), str(config), "--sentinel"]
         else:
             argv = [binary()]
