@@ -160,7 +160,7 @@ def load_during_failover(
                 if number == warmup:
                     warmed.wait(timeout)
                 previous = time.monotonic()  # not counting the wait for the others
-                if failed_over.is_set():
+                if failed_over.is_set() and returned > report.failed_over_at:
                     settled += 1
                     if settled >= settle:
                         return
