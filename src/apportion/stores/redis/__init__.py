@@ -111,6 +111,10 @@ default. With ``fail_open=True``, a request that cannot be opened in Redis is op
 local :class:`~apportion.stores.memory.MemoryStore` instead, with a ``RuntimeWarning``,
 drawing its ceiling from a per-process emergency budget of ``emergency_cap`` tokens (what it
 leaves unused returns to that budget at close); requests already in Redis still raise.
+That is :class:`~apportion.stores.fail_open.FailOpenStore`, which works around any store:
+``RedisStore(url, fail_open=True)`` builds a
+:class:`~apportion.stores.redis.store.FailOpenRedisStore`, both that wrapper and a
+``RedisStore``.
 
 Speed. Each thread keeps one connection of its own (no pool checkout per call); with
 ``hiredis`` (in the extra) replies parse in C. ``round_trips`` counts the round trips made.

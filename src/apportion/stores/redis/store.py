@@ -1,18 +1,19 @@
-"""The Redis store class: options, the public API, and fail-open.
+"""The Redis store class: its options and its public API, sync and async.
 
 :class:`RedisStore` puts together what the modules of :mod:`apportion.stores.redis` hold
 (keys, transport, request operations, reap, pools, feed) and carries each operation out
-with the sync or the async shell; see the package docstring for the design.
+with the sync or the async shell; see the package docstring for the design. With
+``fail_open=True`` it is a :class:`~apportion.stores.fail_open.FailOpenStore` around
+itself (:class:`FailOpenRedisStore`).
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
-from apportion.errors import InvalidArgument, PoolExhausted, StoreUnavailable
+from apportion.errors import InvalidArgument
 from apportion.ledger import (
     Event,
     Grant,
@@ -23,10 +24,10 @@ from apportion.ledger import (
     check_tokens,
 )
 from apportion.limits import is_text
-from apportion.pools import Pool
 from apportion.redaction import redact, scrub
 from apportion.stores.base import Reaped, Store
-from apportion.stores.memory import MemoryStore, check_state_write
+from apportion.stores.fail_open import FailOpenStore
+from apportion.stores.memory import check_state_write
 from apportion.stores.redis.calls import _Cmd
 from apportion.stores.redis.codec import _ttl_ms
 from apportion.stores.redis.feed import RedisFeed
@@ -34,8 +35,6 @@ from apportion.stores.redis.reap import RedisReaper
 from apportion.stores.redis.scripts import _PUT_STATE, _load_sources
 from apportion.stores.redis.transport import _import_redis
 from apportion.stores.redis.url import split_url
-
-_EMERGENCY_POOL = "emergency"
 
 
 class RedisStore(RedisReaper, RedisFeed, Store):
@@ -51,7 +50,8 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         socket_timeout: seconds to wait for a reply before ``StoreUnavailable``.
         connect_timeout: seconds to wait for a connection before ``StoreUnavailable``.
         fail_open: when Redis cannot be reached, open new requests in a local memory store
-            (with a warning) instead of raising ``StoreUnavailable``.
+            (with a warning) instead of raising ``StoreUnavailable``: the store is then a
+            :class:`FailOpenRedisStore` (see :mod:`apportion.stores.fail_open`).
         emergency_cap: tokens the local fallback may hand out in this process at once
             (ceilings of open fallback requests plus what closed ones consumed).
         open_grace_seconds: how long after its draw a pooled request may still open (the
@@ -64,6 +64,12 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         MissingExtra: redis-py is not installed (``pip install "apportion[redis]"``).
         InvalidArgument: a bad option, or a URL redis-py cannot read.
     """
+
+    def __new__(cls, *args: Any, fail_open: bool = False, **options: Any) -> RedisStore:
+        """A :class:`FailOpenRedisStore` when ``fail_open`` is set, else a plain store."""
+        if fail_open and cls is RedisStore:
+            cls = FailOpenRedisStore
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -110,9 +116,6 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         self._connect(url, seconds["socket_timeout"], seconds["connect_timeout"])
         self.fail_open = bool(fail_open)
         self.emergency_cap = check_tokens("emergency_cap", emergency_cap)
-        self._local: MemoryStore | None = None
-        self._local_ids: set[str] = set()
-        self._local_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -152,65 +155,6 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         )
         return None if int(reply) < 0 else int(reply)
 
-    # ------------------------------------------------------------------ fail-open
-
-    def _fallback(
-        self,
-        error: StoreUnavailable,
-        request_id: str,
-        ranks: Mapping[str, int],
-        ceiling: int,
-        now: float,
-        allocation: Mapping[str, int] | None,
-        reserve: Mapping[str, int] | None,
-        ttl: float,
-        ceiling_usd: int | None = None,
-    ) -> Ledger:
-        """Open the request locally on the emergency budget, or re-raise ``error``."""
-        if not self.fail_open:
-            raise error
-        if self.emergency_cap == 0:
-            raise StoreUnavailable(
-                self.url, f"{error.reason}; no local emergency budget (emergency_cap=0)"
-            ) from error
-        with self._local_lock:
-            if self._local is None:
-                local = MemoryStore()
-                local.define_pool(Pool(_EMERGENCY_POOL, self.emergency_cap, math.inf))
-                self._local = local
-        try:
-            ledger = self._local.open(
-                request_id,
-                ranks,
-                ceiling,
-                now,
-                allocation=allocation,
-                reserve=reserve,
-                ttl=ttl,
-                pool=_EMERGENCY_POOL,
-                pool_priority="critical",
-                ceiling_usd=ceiling_usd,
-            )
-        except PoolExhausted as exc:
-            raise StoreUnavailable(
-                self.url,
-                f"{error.reason}; the local emergency budget has {exc.available} tokens left, "
-                f"{exc.requested} asked",
-            ) from error
-        self._local_ids.add(request_id)
-        warnings.warn(
-            f"store {self.url} unavailable ({error.reason}): request {request_id!r} runs on "
-            f"the local emergency budget of {self.emergency_cap} tokens",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return ledger
-
-    def _local_store(self, request_id: str) -> MemoryStore | None:
-        if self._local is not None and request_id in self._local_ids:
-            return self._local
-        return None
-
     # ------------------------------------------------------------------ Store API (sync)
 
     def open(
@@ -228,24 +172,20 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         ceiling_usd: int | None = None,
     ) -> Ledger:
         """Open the ledger of a new request (drawing its ceiling from ``pool``)."""
-        steps = self._open_steps(
-            request_id,
-            ranks,
-            ceiling,
-            now,
-            allocation,
-            reserve,
-            ttl,
-            pool,
-            pool_priority,
-            check_ceiling_usd(ceiling_usd),
-        )
-        try:
-            return self._run(steps)
-        except StoreUnavailable as error:
-            return self._fallback(
-                error, request_id, ranks, ceiling, now, allocation, reserve, ttl, ceiling_usd
+        return self._run(
+            self._open_steps(
+                request_id,
+                ranks,
+                ceiling,
+                now,
+                allocation,
+                reserve,
+                ttl,
+                pool,
+                pool_priority,
+                check_ceiling_usd(ceiling_usd),
             )
+        )
 
     def begin(
         self,
@@ -262,20 +202,6 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         wrap_up_tokens: int = 0,
     ) -> tuple[Grant, Ledger]:
         """Reserve a grant; return it and the state after."""
-        local = self._local_store(request_id)
-        if local is not None:
-            return local.begin(
-                request_id,
-                agent,
-                context_tokens,
-                output_tokens,
-                now,
-                lease_seconds,
-                model=model,
-                prices=prices,
-                asked=asked,
-                wrap_up_tokens=wrap_up_tokens,
-            )
         return self._run(
             self._begin_steps(
                 request_id,
@@ -301,11 +227,6 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         lease_seconds: float,
     ) -> tuple[Grant, Ledger]:
         """Grow an open grant; return it and the state after."""
-        local = self._local_store(request_id)
-        if local is not None:
-            return local.extend(
-                request_id, grant, output_tokens, context_tokens, now, lease_seconds
-            )
         return self._run(
             self._extend_steps(request_id, grant, output_tokens, context_tokens, now, lease_seconds)
         )
@@ -322,17 +243,6 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         allocation: Mapping[str, int] | None = None,
     ) -> Ledger:
         """Settle a grant with its real usage; return the state after."""
-        local = self._local_store(request_id)
-        if local is not None:
-            return local.finish(
-                request_id,
-                grant,
-                input_tokens,
-                output_tokens,
-                now,
-                truncated=truncated,
-                allocation=allocation,
-            )
         return self._run(
             self._finish_steps(
                 request_id, grant, input_tokens, output_tokens, now, truncated, allocation
@@ -343,18 +253,12 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
     ) -> Ledger:
         """Settle a grant as unused; return the state after."""
-        local = self._local_store(request_id)
-        if local is not None:
-            return local.release(request_id, grant, now, reason=reason)
         return self._run(self._release_steps(request_id, grant, now, reason))
 
     def close(
         self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
     ) -> Ledger:
         """Close a request (its unused tokens return to its pool); return its final state."""
-        local = self._local_store(request_id)
-        if local is not None:
-            return local.close(request_id, now, status=status, outcome=outcome)
         return self._run(self._close_steps(request_id, now, status, outcome))
 
     def open_children(
@@ -373,70 +277,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         max_depth: int = 16,
     ) -> tuple[Ledger, list[Ledger]]:
         """Open child requests of ``parent_id``, drawing their ceilings from it (one script)."""
-        local = self._local_store(parent_id) if isinstance(parent_id, str) else None
-        if local is not None:
-            parent, children = local.open_children(
-                parent_id,
-                request_ids,
-                ranks,
-                now,
-                priorities=priorities,
-                ceiling=ceiling,
-                share=share,
-                allocation=allocation,
-                reserve=reserve,
-                ttl=ttl,
-                max_depth=max_depth,
-            )
-            self._local_ids.update(child.request_id for child in children)
-            return parent, children
         return self._run(
-            self._children_steps(
-                parent_id,
-                request_ids,
-                ranks,
-                now,
-                priorities,
-                ceiling,
-                share,
-                allocation,
-                reserve,
-                ttl,
-                max_depth,
-            )
-        )
-
-    async def aopen_children(
-        self,
-        parent_id: str,
-        request_ids: Sequence[str],
-        ranks: Mapping[str, int],
-        now: float,
-        *,
-        priorities: Sequence[str],
-        ceiling: int | None = None,
-        share: float | None = None,
-        allocation: Mapping[str, int] | None = None,
-        reserve: Mapping[str, int] | None = None,
-        ttl: float = math.inf,
-        max_depth: int = 16,
-    ) -> tuple[Ledger, list[Ledger]]:
-        """Async :meth:`open_children`."""
-        if isinstance(parent_id, str) and self._local_store(parent_id) is not None:
-            return self.open_children(
-                parent_id,
-                request_ids,
-                ranks,
-                now,
-                priorities=priorities,
-                ceiling=ceiling,
-                share=share,
-                allocation=allocation,
-                reserve=reserve,
-                ttl=ttl,
-                max_depth=max_depth,
-            )
-        return await self._arun(
             self._children_steps(
                 parent_id,
                 request_ids,
@@ -454,56 +295,15 @@ class RedisStore(RedisReaper, RedisFeed, Store):
 
     def get(self, request_id: str) -> Ledger:
         """The current state of a request (open, or closed within the retention)."""
-        local = self._local_store(request_id)
-        if local is not None:
-            return local.get(request_id)
         return self._run(self._get_steps(request_id))
 
     def events(self, request_id: str) -> list[Event]:
         """The request's events, oldest first."""
-        local = self._local_store(request_id)
-        if local is not None:
-            return local.events(request_id)
         return self._run(self._events_steps(request_id))
 
     def reap_expired(self, now: float) -> Reaped:
         """Expire ended leases and overdue requests in every bucket (see :class:`Store`)."""
-        local = self._local.reap_expired(now) if self._local is not None else Reaped(0)
-        try:
-            return local + self._run(self._reap_steps(now))
-        except StoreUnavailable:
-            if self._local is None:
-                raise
-            return local
-
-    def note(self, request_id: str, event: Event) -> None:
-        """Append a feed-only event of a request (one script: the request's state with it)."""
-        if self._local_store(request_id) is not None:
-            assert self._local is not None
-            self._local.note(request_id, event)
-            return
-        super().note(request_id, event)
-
-    async def anote(self, request_id: str, event: Event) -> None:
-        """Async :meth:`note`."""
-        if self._local_store(request_id) is not None:
-            self.note(request_id, event)
-            return
-        await super().anote(request_id, event)
-
-    def open_requests(self, prefix: str = "") -> list[str]:
-        """The ids of the open requests that start with ``prefix``, sorted (from the indexes)."""
-        ids = super().open_requests(prefix)
-        if self._local is not None:
-            ids = sorted({*ids, *self._local.open_requests(prefix)})
-        return ids
-
-    async def aopen_requests(self, prefix: str = "") -> list[str]:
-        """Async :meth:`open_requests`."""
-        ids = await super().aopen_requests(prefix)
-        if self._local is not None:
-            ids = sorted({*ids, *self._local.open_requests(prefix)})
-        return ids
+        return self._run(self._reap_steps(now))
 
     # ------------------------------------------------------------------ Store API (async)
 
@@ -522,24 +322,20 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         ceiling_usd: int | None = None,
     ) -> Ledger:
         """Async :meth:`open`."""
-        steps = self._open_steps(
-            request_id,
-            ranks,
-            ceiling,
-            now,
-            allocation,
-            reserve,
-            ttl,
-            pool,
-            pool_priority,
-            check_ceiling_usd(ceiling_usd),
-        )
-        try:
-            return await self._arun(steps)
-        except StoreUnavailable as error:
-            return self._fallback(
-                error, request_id, ranks, ceiling, now, allocation, reserve, ttl, ceiling_usd
+        return await self._arun(
+            self._open_steps(
+                request_id,
+                ranks,
+                ceiling,
+                now,
+                allocation,
+                reserve,
+                ttl,
+                pool,
+                pool_priority,
+                check_ceiling_usd(ceiling_usd),
             )
+        )
 
     async def abegin(
         self,
@@ -556,19 +352,6 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         wrap_up_tokens: int = 0,
     ) -> tuple[Grant, Ledger]:
         """Async :meth:`begin`."""
-        if self._local_store(request_id) is not None:
-            return self.begin(
-                request_id,
-                agent,
-                context_tokens,
-                output_tokens,
-                now,
-                lease_seconds,
-                model=model,
-                prices=prices,
-                asked=asked,
-                wrap_up_tokens=wrap_up_tokens,
-            )
         return await self._arun(
             self._begin_steps(
                 request_id,
@@ -594,8 +377,6 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         lease_seconds: float,
     ) -> tuple[Grant, Ledger]:
         """Async :meth:`extend`."""
-        if self._local_store(request_id) is not None:
-            return self.extend(request_id, grant, output_tokens, context_tokens, now, lease_seconds)
         return await self._arun(
             self._extend_steps(request_id, grant, output_tokens, context_tokens, now, lease_seconds)
         )
@@ -612,16 +393,6 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         allocation: Mapping[str, int] | None = None,
     ) -> Ledger:
         """Async :meth:`finish`."""
-        if self._local_store(request_id) is not None:
-            return self.finish(
-                request_id,
-                grant,
-                input_tokens,
-                output_tokens,
-                now,
-                truncated=truncated,
-                allocation=allocation,
-            )
         return await self._arun(
             self._finish_steps(
                 request_id, grant, input_tokens, output_tokens, now, truncated, allocation
@@ -632,36 +403,83 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
     ) -> Ledger:
         """Async :meth:`release`."""
-        if self._local_store(request_id) is not None:
-            return self.release(request_id, grant, now, reason=reason)
         return await self._arun(self._release_steps(request_id, grant, now, reason))
 
     async def aclose(
         self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
     ) -> Ledger:
         """Async :meth:`close`."""
-        if self._local_store(request_id) is not None:
-            return self.close(request_id, now, status=status, outcome=outcome)
         return await self._arun(self._close_steps(request_id, now, status, outcome))
+
+    async def aopen_children(
+        self,
+        parent_id: str,
+        request_ids: Sequence[str],
+        ranks: Mapping[str, int],
+        now: float,
+        *,
+        priorities: Sequence[str],
+        ceiling: int | None = None,
+        share: float | None = None,
+        allocation: Mapping[str, int] | None = None,
+        reserve: Mapping[str, int] | None = None,
+        ttl: float = math.inf,
+        max_depth: int = 16,
+    ) -> tuple[Ledger, list[Ledger]]:
+        """Async :meth:`open_children`."""
+        return await self._arun(
+            self._children_steps(
+                parent_id,
+                request_ids,
+                ranks,
+                now,
+                priorities,
+                ceiling,
+                share,
+                allocation,
+                reserve,
+                ttl,
+                max_depth,
+            )
+        )
 
     async def aget(self, request_id: str) -> Ledger:
         """Async :meth:`get`."""
-        if self._local_store(request_id) is not None:
-            return self.get(request_id)
         return await self._arun(self._get_steps(request_id))
 
     async def aevents(self, request_id: str) -> list[Event]:
         """Async :meth:`events`."""
-        if self._local_store(request_id) is not None:
-            return self.events(request_id)
         return await self._arun(self._events_steps(request_id))
 
     async def areap_expired(self, now: float) -> Reaped:
         """Async :meth:`reap_expired`."""
-        local = self._local.reap_expired(now) if self._local is not None else Reaped(0)
-        try:
-            return local + await self._arun(self._reap_steps(now))
-        except StoreUnavailable:
-            if self._local is None:
-                raise
-            return local
+        return await self._arun(self._reap_steps(now))
+
+
+# Its operations return LedgerView (as FailOpenStore's, for any store) where RedisStore's
+# say Ledger: both of its stores (Redis, and memory for the fallback) return Ledger objects.
+class FailOpenRedisStore(FailOpenStore, RedisStore):  # type: ignore[misc]
+    """A Redis store that opens new requests locally while Redis is unreachable.
+
+    What ``RedisStore(url, fail_open=True)`` (or ``?fail_open=true``) builds: the
+    store-agnostic :class:`~apportion.stores.fail_open.FailOpenStore` around the Redis
+    store, as one object. Its primary is the object itself seen as a plain
+    :class:`RedisStore` (``super(FailOpenStore, self)``: the Redis operations, one class
+    further along the method resolution order), so it keeps every attribute of the store
+    it wraps (``url``, ``prefix``, ``round_trips`` ...) and is an instance of both.
+
+    Args:
+        *args: as for :class:`RedisStore`.
+        **options: as for :class:`RedisStore` (``emergency_cap`` among them).
+    """
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        RedisStore.__init__(self, *args, **options)
+        self._start_fail_open(None, self.emergency_cap)
+
+    @property
+    def primary(self) -> Store:
+        """This store's plain Redis operations (fail-closed)."""
+        return cast(Store, super(FailOpenStore, self))
+
+    __repr__ = RedisStore.__repr__
