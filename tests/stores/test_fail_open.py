@@ -168,3 +168,13 @@ def test_redis_fail_open_is_the_wrapper(redis_server: RedisServer) -> None:
     store._client.flushdb()
     store.open("r", RANKS, 10, 0.0)
     assert store.round_trips >= 1 and store.get("r").ceiling == 10
+
+
+def test_a_subclass_of_the_redis_store_fails_open_wrapped(redis_server: RedisServer) -> None:
+    class Mine(RedisStore):
+        pass
+
+    with pytest.raises(InvalidArgument, match="FailOpenStore"):
+        Mine(redis_server.url, fail_open=True)
+    store = FailOpenStore(Mine(redis_server.url), emergency_cap=5)
+    assert store.url == redis_server.url and isinstance(store.primary, Mine)

@@ -56,10 +56,18 @@ def _used(**keywords: Any) -> dict[str, Any]:
     return {key: value for key, value in keywords.items() if value is not None}
 
 
+_NO_KEYWORDS: dict[str, Any] = {}
+
+
 def _wrap_up(wrap_up_tokens: object) -> dict[str, Any]:
-    """``wrap_up_tokens`` as a keyword, left out when it is the default (no reserve)."""
+    """``wrap_up_tokens`` as a keyword, left out when it is the default (no reserve).
+
+    The store contract passes it only when used, as :meth:`Store.abegin
+    <apportion.stores.base.Store.abegin>` does (with ``model``, ``prices`` and ``asked``
+    always).
+    """
     if type(wrap_up_tokens) is int and wrap_up_tokens == 0:
-        return {}
+        return _NO_KEYWORDS
     return {"wrap_up_tokens": wrap_up_tokens}
 
 
@@ -231,7 +239,9 @@ class FailOpenStore(Store):
             output_tokens,
             now,
             lease_seconds,
-            **_used(model=model, prices=prices, asked=asked),
+            model=model,
+            prices=prices,
+            asked=asked,
             **_wrap_up(wrap_up_tokens),
         )
 
@@ -404,7 +414,9 @@ class FailOpenStore(Store):
             output_tokens,
             now,
             lease_seconds,
-            **_used(model=model, prices=prices, asked=asked),
+            model=model,
+            prices=prices,
+            asked=asked,
             **_wrap_up(wrap_up_tokens),
         )
 

@@ -116,6 +116,12 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         self._connect(url, seconds["socket_timeout"], seconds["connect_timeout"])
         self.fail_open = bool(fail_open)
         self.emergency_cap = check_tokens("emergency_cap", emergency_cap)
+        if self.fail_open and not isinstance(self, FailOpenStore):  # a subclass's own store
+            raise InvalidArgument(
+                "fail_open",
+                fail_open,
+                f"wrap it instead: FailOpenStore({type(self).__name__}(...), emergency_cap=N)",
+            )
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
