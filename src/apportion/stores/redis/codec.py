@@ -12,7 +12,6 @@ from typing import Any
 
 from apportion.ledger import OPEN, Event, Grant, Ledger
 
-_new_ledger = object.__new__
 _decode = json.JSONDecoder().decode
 _new = tuple.__new__  # builds a NamedTuple from a full tuple, skipping its slow __new__
 _CENTURY = 100 * 365.25 * 86_400.0  # seconds: a TTL beyond this is kept forever
@@ -26,80 +25,71 @@ def _text(value: float) -> str:
 def ledger_from_json(raw: bytes | str) -> Ledger:
     """Build a :class:`~apportion.ledger.Ledger` snapshot from a script's ledger document.
 
-    The snapshot is a plain ledger object with the stored state (no validation: the store
-    validated every change); it carries no events (read them with ``events``) and changing
-    it changes nothing in the store. The document is the flat JSON array described in
-    ``lua/common.lua``.
+    The snapshot is a ledger restored from the stored fields (:meth:`Ledger.restore
+    <apportion.ledger.Ledger.restore>`, no validation: the store validated every change);
+    it carries no events (read them with ``events``) and changing it changes nothing in the
+    store. The document is the flat JSON array described in ``lua/common.lua``.
     """
     v = _decode(raw.decode() if isinstance(raw, bytes) else raw)
     n = v[12]
     agents = v[13 : 13 + n]
     request_id = v[0]
-    ledger: Ledger = _new_ledger(Ledger)
-    ledger.request_id = request_id
-    ledger.status = v[1]
-    ledger.outcome = float(v[2]) if v[2] else None
-    ledger.expires_at = float(v[3])
-    ledger.ceiling = v[4]
-    ledger.consumed = v[5]
-    ledger.reserved = v[6]
-    ledger.free = v[7]
-    ledger.overflow = int(v[8])
-    ledger.next_grant_id = v[9]
-    b = 13 + n
-    ledger.ranks = dict(zip(agents, v[b : b + n], strict=False))
-    b += n
-    ledger.allocation = dict(zip(agents, v[b : b + n], strict=False))
-    b += n
-    ledger.reserve = {a: t for a, t in zip(agents, v[b : b + n], strict=False) if t}
-    b += n
-    ledger.consumed_by = dict(zip(agents, v[b : b + n], strict=False))
-    b += n
-    ledger.reserved_by = dict(zip(agents, v[b : b + n], strict=False))
-    b += n
-    ledger.overuse_by = {a: int(t) for a, t in zip(agents, v[b : b + n], strict=False)}
-    b += n
-    ledger.calls = dict(zip(agents, v[b : b + n], strict=False))
-    b += n
-    ledger.truncated_calls = dict(zip(agents, v[b : b + n], strict=False))
-    b += n
-    ledger.input_cut_calls = dict(zip(agents, v[b : b + n], strict=False))
-    b += n
-    ledger.cost_ceiling = int(v[b]) if v[b] != "" else None
-    ledger.cost_reserved = int(v[b + 1])
-    ledger.cost_consumed = int(v[b + 2])
-    b += 3
-    ledger.cost_by = {a: int(t) for a, t in zip(agents, v[b : b + n], strict=False)}
-    b += n
-    ledger.parent_id = v[b] or None
-    ledger.depth = v[b + 1]
-    ledger.rank = v[b + 2]
-    ledger.children_consumed = v[b + 3]
-    ledger.children_cost_consumed = int(v[b + 4])
-    k = v[b + 5]
-    b += 6
-    ledger.children = {v[i]: (v[i + 1], int(v[i + 2])) for i in range(b, b + 3 * k, 3)}
-    b += 3 * k
+    b = 13 + n  # nine blocks by agent: ranks, allocation, reserve, ... input_cut_calls
+    cost = b + 9 * n + 3  # cost_by, after the cost ceiling, reserved and consumed
+    tree = cost + n  # parent, depth, rank, children's usage, the open children (3 each)
+    first_grant = tree + 6 + 3 * v[tree + 5]  # then the open grants, 8 fields each
     grants: dict[int, Grant] = {}
     prices: dict[int, tuple[int, int]] = {}
-    next_lease = math.inf
-    for i in range(b, len(v), 8):
+    for i in range(first_grant, len(v), 8):
         grant_id, index, context, output, lease, model, pin, pout = v[i : i + 8]
-        expires = float(lease)
         grants[grant_id] = _new(
             Grant,
-            (request_id, agents[index - 1], grant_id, context, output, expires, model or None, 0),
+            (
+                request_id,
+                agents[index - 1],
+                grant_id,
+                context,
+                output,
+                float(lease),
+                model or None,
+                0,
+            ),
         )
         if pin >= 0:
             prices[grant_id] = (pin, pout)
-        if expires < next_lease:
-            next_lease = expires
-    ledger.grants = grants
-    ledger.grant_prices = prices
-    ledger._next_lease = next_lease
-    ledger._settled = {}
-    ledger.events = []
-    return ledger
+    return Ledger.restore(
+        request_id=request_id,
+        ranks=dict(zip(agents, v[b : b + n], strict=False)),
+        ceiling=v[4],
+        status=v[1],
+        outcome=float(v[2]) if v[2] else None,
+        expires_at=float(v[3]),
+        consumed=v[5],
+        reserved=v[6],
+        free=v[7],
+        overflow=int(v[8]),
+        next_grant_id=v[9],
+        allocation=dict(zip(agents, v[b + n : b + 2 * n], strict=False)),
+        reserve={a: t for a, t in zip(agents, v[b + 2 * n : b + 3 * n], strict=False) if t},
+        consumed_by=dict(zip(agents, v[b + 3 * n : b + 4 * n], strict=False)),
+        reserved_by=dict(zip(agents, v[b + 4 * n : b + 5 * n], strict=False)),
+        overuse_by={a: int(t) for a, t in zip(agents, v[b + 5 * n : b + 6 * n], strict=False)},
+        calls=dict(zip(agents, v[b + 6 * n : b + 7 * n], strict=False)),
+        truncated_calls=dict(zip(agents, v[b + 7 * n : b + 8 * n], strict=False)),
+        input_cut_calls=dict(zip(agents, v[b + 8 * n : b + 9 * n], strict=False)),
+        grants=grants,
+        cost_ceiling=int(v[cost - 3]) if v[cost - 3] != "" else None,
+        cost_reserved=int(v[cost - 2]),
+        cost_consumed=int(v[cost - 1]),
+        cost_by={a: int(t) for a, t in zip(agents, v[cost : cost + n], strict=False)},
+        grant_prices=prices,
+        parent_id=v[tree] or None,
+        depth=v[tree + 1],
+        rank=v[tree + 2],
+        children={v[i]: (v[i + 1], int(v[i + 2])) for i in range(tree + 6, first_grant, 3)},
+        children_consumed=v[tree + 3],
+        children_cost_consumed=int(v[tree + 4]),
+    )
 
 
 def _ledger_json(ledger: Ledger, pool: str, draw: str) -> str:
