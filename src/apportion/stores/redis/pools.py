@@ -2,7 +2,8 @@
 
 A pool's keys share the tag ``{p:NAME}``; drawing (at open) and giving back (at close) are
 scripts of their own (``pool_draw.lua``, ``pool_return.lua``), and ``reap`` reconciles the
-draws a failure left unsettled (see "Pools" in :mod:`apportion.stores.redis`).
+draws a failure left unsettled (see "Pools cost one more round trip" in
+:mod:`apportion.stores.redis`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class RedisPools(RedisKeys, RedisTransport):
     _retention_ms: str
 
     def _give_back(self, pool: str, draw: str, free: int, overflow: str, now: float) -> _Eval:
+        """The call that settles a draw: ``free`` tokens back to ``pool`` (exactly once)."""
         return _Eval("pool_return", self._pool_keys(pool), (draw, free, overflow, _text(now)))
 
     def _reconcile_steps(self, now: float) -> _Steps[None]:
