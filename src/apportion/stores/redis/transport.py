@@ -39,6 +39,7 @@ def _import_redis() -> Any:
     try:
         import redis
         import redis.asyncio
+        import redis.asyncio.retry
     except ImportError as exc:  # pragma: no cover - the extra is installed in tests
         raise MissingExtra("redis", "redis") from exc
     return redis
@@ -213,7 +214,9 @@ class RedisTransport:
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aloop is not loop:
             redis = _import_redis()
-            client = redis.asyncio.Redis.from_url(self._raw_url, **self._options)
+            retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
+            options = {**self._options, "retry": retry}
+            client = redis.asyncio.Redis.from_url(self._raw_url, **options)
             # closed when the loop shuts its async generators down (asyncio.run does)
             self._acloser = _close_at_shutdown(client)
             await self._acloser.__anext__()
