@@ -46,7 +46,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"files"}),
     frozenset({"yamlfile"}),
     frozenset({"ledger", "spec", "tokens", "ambient"}),
-    frozenset({"ledger_view", "calls", "catalog", "pools", "reaper"}),
+    frozenset({"ledger_view", "calls", "catalog", "pools", "reaper", "retry"}),
     frozenset({"summary", "policies", "stores"}),
     frozenset({"telemetry"}),
     frozenset({"integrations"}),

@@ -27,6 +27,7 @@ from apportion.errors import (
     MissingExtra,
     NoOpenRequest,
     NoTokenizer,
+    OperationConflict,
     PolicyConfigError,
     PolicyStateError,
     PoolDrawExpired,
@@ -36,7 +37,9 @@ from apportion.errors import (
     SchemaVersionError,
     SpecError,
     StateVersionError,
+    StoreOutcomeUnknown,
     StoreUnavailable,
+    StudyUnavailable,
     TreeTooDeep,
     UnknownAgent,
     UnknownModel,
@@ -68,6 +71,7 @@ from apportion.policies import (
 )
 from apportion.pools import Pool
 from apportion.reaper import Reaper
+from apportion.retry import StoreRetry
 from apportion.spec import Agent, AgentKind, LinearEstimator, OutputKind, Pipeline, Priority
 from apportion.stores import MemoryStore, Store
 from apportion.summary import AgentUsage, Summary
@@ -113,6 +117,7 @@ __all__ = [
     "NoOpenRequest",
     "NoTokenizer",
     "Observation",
+    "OperationConflict",
     "OutputKind",
     "Pipeline",
     "Plan",
@@ -133,7 +138,10 @@ __all__ = [
     "StateVersionError",
     "StaticPolicy",
     "Store",
+    "StoreOutcomeUnknown",
+    "StoreRetry",
     "StoreUnavailable",
+    "StudyUnavailable",
     "Summary",
     "TreeTooDeep",
     "UnbudgetedCall",

@@ -5,18 +5,31 @@ that asks the policy, then yields the store operation to carry out and receives 
 result (or its error). The sync :class:`Request` and the async :class:`AsyncRequest` are
 thin shells that only carry those store operations out, with blocking or awaited calls,
 so there is no second copy of the logic.
+
+Exactly once. Every mutating store call (open, begin, extend, finish, release, close, a
+child's draw) carries an operation id the controller makes for the operation (a random
+one, or one derived from an :func:`operation_ids` key), the same for every store call of
+one operation (a ``begin`` looked again after a race reuses it: the refused call recorded
+nothing). A call whose outcome is unknown (:class:`~apportion.errors.StoreOutcomeUnknown`:
+the connection dropped after sending) is made again with the same id, up to
+``store_retry.attempts`` calls with backoff (:class:`~apportion.retry.StoreRetry`); the
+store answers a repeated id with the first outcome, so a retry never grants or settles
+twice. After the last attempt the error is raised (a ``StoreUnavailable``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import inspect
 import itertools
 import math
+import os
 import secrets
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
@@ -32,6 +45,7 @@ from apportion.errors import (
     InvalidPrice,
     InvalidTokenCount,
     RequestClosed,
+    StoreOutcomeUnknown,
     TreeTooDeep,
     UnknownModel,
     UsageWarning,
@@ -57,9 +71,10 @@ from apportion.policies import Policy, resolve_policy
 from apportion.policies.base import Observation
 from apportion.pools import PRIORITY_RANKS, check_pool_name, check_priority
 from apportion.reaper import Reaper
+from apportion.retry import StoreRetry
 from apportion.spec import Agent, Pipeline
 from apportion.stores import LedgerView, Store, open_store
-from apportion.stores.base import MAX_DEPTH_LIMIT, Reaped
+from apportion.stores.base import MAX_DEPTH_LIMIT, Reaped, check_op_id
 from apportion.summary import Summary
 
 StoreCall = tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -67,6 +82,70 @@ T = TypeVar("T")
 Steps = Generator[StoreCall, Any, T]
 
 _NO_KWARGS: dict[str, Any] = {}
+_READS = frozenset({"get", "events"})
+"""Store calls retried like the calls with an operation id (reading twice changes nothing)."""
+_OP_KEY: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "apportion_op_key", default=None
+)
+
+
+@contextlib.contextmanager
+def operation_ids(key: str) -> Iterator[None]:
+    """Derive the operation ids of the controller's operations in this block from ``key``.
+
+    The n-th operation started in the block (in this thread or task) gets the id
+    ``KEY.n``, so a caller that runs the same operations again with the same key (a retried
+    HTTP call with its ``Idempotency-Key``: the gateway does this) repeats their ids, and
+    the store answers them with their first outcomes instead of carrying them out twice.
+
+    Args:
+        key: 1 to 240 printable ASCII characters without spaces (a digest of the caller's
+            key, say).
+
+    Raises:
+        InvalidArgument: a bad key.
+    """
+    if check_op_id(key) is None or len(key) > 240:
+        raise InvalidArgument("key", key, "1 to 240 printable ASCII characters, no spaces")
+    token = _OP_KEY.set([key, 0])
+    try:
+        yield
+    finally:
+        _OP_KEY.reset(token)
+
+
+_op_prefix = secrets.token_hex(8)  # this process's: ids stay unique across processes
+_op_counter = itertools.count(1)
+
+
+def _fresh_op_prefix() -> None:
+    """A forked child draws a prefix of its own (its parent's counter goes on in both)."""
+    global _op_prefix
+    _op_prefix = secrets.token_hex(8)
+
+
+os.register_at_fork(after_in_child=_fresh_op_prefix)
+
+
+def _new_op_id() -> str:
+    """The next operation id: derived from the :func:`operation_ids` key in force.
+
+    Without one, unique: the process's random prefix and a counter.
+    """
+    keyed = _OP_KEY.get()
+    if keyed is None:
+        return f"{_op_prefix}-{next(_op_counter)}"
+    keyed[1] += 1
+    return f"{keyed[0]}.{keyed[1]}"
+
+
+def _takes_op_ids(store: Store) -> bool:
+    """Whether the store's operations take ``op_id`` (a store of the older contract not)."""
+    try:
+        parameters = inspect.signature(store.begin).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - a builtin or odd callable
+        return False
+    return any(p.name == "op_id" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 class _Config:
@@ -86,6 +165,7 @@ class _Config:
         wrap_up_tokens: int = 0,
         show_budget: bool = False,
         max_depth: int = 16,
+        store_retry: StoreRetry | None = None,
     ) -> None:
         if not isinstance(pipeline, Pipeline):
             raise InvalidArgument("pipeline", pipeline, "an apportion.Pipeline")
@@ -103,6 +183,11 @@ class _Config:
         self.policy = resolve_policy(policy)
         self.policy.check_pipeline(pipeline)
         self.store = open_store(store)
+        if store_retry is not None and not isinstance(store_retry, StoreRetry):
+            raise InvalidArgument("store_retry", store_retry, "an apportion.StoreRetry")
+        self.retry = StoreRetry() if store_retry is None else store_retry
+        self.op_ids = _takes_op_ids(self.store)
+        self.fresh_op_ids = self.op_ids and self.store.replies_may_be_lost
         self.clock = _checked_clock(clock)
         self.lease_seconds = lease_seconds
         self.request_ttl = request_ttl
@@ -196,6 +281,12 @@ class _Config:
 
     def new_id(self) -> str:
         return f"{self._prefix}-{next(self._counter)}"
+
+    def op(self) -> dict[str, Any]:
+        """The ``op_id`` keyword of one operation's store calls (none for an older store)."""
+        if self.fresh_op_ids or (self.op_ids and _OP_KEY.get() is not None):
+            return {"op_id": _new_op_id()}
+        return _NO_KWARGS
 
 
 class _Tree:
@@ -313,6 +404,7 @@ class _Steps:
                 "ttl": config.request_ttl,
                 **self.pool,
                 **({"ceiling_usd": self.ceiling_usd} if self.ceiling_usd is not None else {}),
+                **config.op(),
             },
         )
 
@@ -378,6 +470,7 @@ class _Steps:
                 "reserve": plan.reserve,
                 "ttl": config.request_ttl,
                 "max_depth": config.max_depth,
+                **config.op(),
             },
         )
         for kid, state in zip(kids, states, strict=True):
@@ -470,6 +563,7 @@ class _Steps:
         """
         obs, config = self.obs, self.config
         agent = spec.name
+        op = config.op()  # one id for both attempts: a refused call records none
         for attempt in range(2):
             decision = config.policy.route(obs, spec, input_tokens, output_tokens)
             ctx, out, chosen = decision[0], decision[1], decision[2]
@@ -506,7 +600,7 @@ class _Steps:
                 grant, obs.state = yield (
                     "begin",
                     (obs.request_id, agent, ctx, out, now, config.lease_seconds),
-                    {**priced, "asked": input_tokens, **reserve},
+                    {**priced, "asked": input_tokens, **reserve, **op},
                 )
             except BudgetExceeded:
                 if attempt:
@@ -604,7 +698,7 @@ class _Steps:
                 config.clock(),
                 config.lease_seconds,
             ),
-            _NO_KWARGS,
+            config.op(),
         )
         record = obs.calls.get(grant.grant_id)
         if record is not None:
@@ -645,7 +739,7 @@ class _Steps:
         obs.state = yield (
             "finish",
             (obs.request_id, grant, used_input, used_output, now),
-            {"truncated": bool(truncated), "allocation": allocation},
+            {"truncated": bool(truncated), "allocation": allocation, **config.op()},
         )
         if record is not None:
             record.finish(used_input, used_output, bool(truncated), now)
@@ -669,7 +763,7 @@ class _Steps:
         grant = self._own(grant)
         obs = self.obs
         now = self.config.clock()
-        obs.state = yield ("release", (obs.request_id, grant, now), _NO_KWARGS)
+        obs.state = yield ("release", (obs.request_id, grant, now), self.config.op())
         record = obs.calls.get(grant.grant_id)
         if record is not None:
             record.settle(RELEASED, now)
@@ -682,7 +776,7 @@ class _Steps:
             obs.state = yield (
                 "close",
                 (obs.request_id, now),
-                {"status": status, "outcome": self.outcome},
+                {"status": status, "outcome": self.outcome, **self.config.op()},
             )
         except RequestClosed:
             self.closed = True  # the store closed it already (``reap``: expired)
@@ -881,13 +975,52 @@ def _get_open(steps: _Steps) -> Steps[Any]:
     return state
 
 
-def _run(store: Store, steps: Steps[T]) -> T:
+def _retried(name: str, kwargs: Mapping[str, Any], attempt: int, retry: StoreRetry) -> bool:
+    """Whether a call whose outcome is unknown is made again (an id, or a read; calls left)."""
+    return attempt < retry.attempts and ("op_id" in kwargs or name in _READS)
+
+
+def _gave_up(error: StoreOutcomeUnknown, attempts: int) -> StoreOutcomeUnknown:
+    if attempts == 1:
+        return error
+    return StoreOutcomeUnknown(error.url, f"{error.reason} (after {attempts} attempts)")
+
+
+def _call(config: _Config, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """One store call, made again with the same arguments while its outcome is unknown."""
+    method, retry = getattr(config.store, name), config.retry
+    attempt = 1
+    while True:
+        try:
+            return method(*args, **kwargs)
+        except StoreOutcomeUnknown as exc:
+            if not _retried(name, kwargs, attempt, retry):
+                raise _gave_up(exc, attempt) from None
+        retry.sleep(retry.delay(attempt))
+        attempt += 1
+
+
+async def _acall(config: _Config, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Async :func:`_call`."""
+    method, retry = getattr(config.store, "a" + name), config.retry
+    attempt = 1
+    while True:
+        try:
+            return await method(*args, **kwargs)
+        except StoreOutcomeUnknown as exc:
+            if not _retried(name, kwargs, attempt, retry):
+                raise _gave_up(exc, attempt) from None
+        await retry.asleep(retry.delay(attempt))
+        attempt += 1
+
+
+def _run(config: _Config, steps: Steps[T]) -> T:
     """Carry out a request's store calls with blocking calls."""
     try:
         name, args, kwargs = next(steps)
         while True:
             try:
-                result = getattr(store, name)(*args, **kwargs)
+                result = _call(config, name, args, kwargs)
             except ApportionError as exc:
                 name, args, kwargs = steps.throw(exc)
             else:
@@ -896,13 +1029,13 @@ def _run(store: Store, steps: Steps[T]) -> T:
         return stop.value  # type: ignore[no-any-return]
 
 
-async def _arun(store: Store, steps: Steps[T]) -> T:
+async def _arun(config: _Config, steps: Steps[T]) -> T:
     """Carry out a request's store calls with awaited calls."""
     try:
         name, args, kwargs = next(steps)
         while True:
             try:
-                result = await getattr(store, "a" + name)(*args, **kwargs)
+                result = await _acall(config, name, args, kwargs)
             except ApportionError as exc:
                 name, args, kwargs = steps.throw(exc)
             else:
@@ -1149,7 +1282,7 @@ class Request(_RequestBase):
 
     def open(self) -> Request:
         """Open the request in the store (``with`` does this for you)."""
-        _run(self._steps.config.store, self._steps.open())
+        _run(self._steps.config, self._steps.open())
         return self
 
     def __enter__(self) -> Request:
@@ -1243,7 +1376,7 @@ class Request(_RequestBase):
             InvalidArgument, TreeTooDeep, RequestClosed: as for :meth:`child`.
         """
         steps = self._new_children(names_or_n, ceiling, share, priority, features)
-        _run(self._steps.config.store, self._steps.draw_children(steps))
+        _run(self._steps.config, self._steps.draw_children(steps))
         for k in steps:
             k.tree.attached = True  # open already: ``with`` only enters
         kids = [Request(k) for k in steps]
@@ -1294,7 +1427,7 @@ class Request(_RequestBase):
             BudgetExceeded: not enough is left for this agent to run.
         """
         return _run(
-            self._steps.config.store,
+            self._steps.config,
             self._steps.begin(
                 agent, input_tokens, output_tokens, model, min_context_tokens, wrap_up_tokens
             ),
@@ -1311,9 +1444,7 @@ class Request(_RequestBase):
         Returns:
             The enlarged grant, or ``None``: nothing can be spared, wrap up now.
         """
-        return _run(
-            self._steps.config.store, self._steps.extend(grant, output_tokens, context_tokens)
-        )
+        return _run(self._steps.config, self._steps.extend(grant, output_tokens, context_tokens))
 
     def finish(
         self,
@@ -1354,7 +1485,7 @@ class Request(_RequestBase):
                 nothing changes.
         """
         warning = _run(
-            self._steps.config.store,
+            self._steps.config,
             self._steps.finish(
                 grant, input_tokens, output_tokens, truncated, text, usage_estimated
             ),
@@ -1364,7 +1495,7 @@ class Request(_RequestBase):
 
     def release(self, grant: Grant) -> None:
         """Settle a grant as unused (the call failed before using tokens)."""
-        _run(self._steps.config.store, self._steps.release(grant))
+        _run(self._steps.config, self._steps.release(grant))
 
     def renew(self, grant: Grant) -> Grant:
         """Renew the lease of a call still running (a long stream), from now.
@@ -1376,7 +1507,7 @@ class Request(_RequestBase):
             GrantExpired: the lease already ran out (``finish`` still records the usage).
             GrantSettled, ForeignGrant, RequestClosed: nothing changes.
         """
-        return _run(self._steps.config.store, self._steps.renew(grant))
+        return _run(self._steps.config, self._steps.renew(grant))
 
     def completion(self, agent: str, **kwargs: Any) -> Any:
         """A budgeted ``litellm.completion`` for ``agent`` (needs the ``litellm`` extra).
@@ -1428,7 +1559,7 @@ class Request(_RequestBase):
 
     def close(self, status: str = CLOSED) -> None:
         """Close the request (``with`` does this for you); open grants are released."""
-        _run(self._steps.config.store, self._steps.close(status))
+        _run(self._steps.config, self._steps.close(status))
 
 
 class AsyncRequest(_RequestBase):
@@ -1442,7 +1573,7 @@ class AsyncRequest(_RequestBase):
 
     async def open(self) -> AsyncRequest:
         """Open the request in the store (``async with`` does this for you)."""
-        await _arun(self._steps.config.store, self._steps.open())
+        await _arun(self._steps.config, self._steps.open())
         return self
 
     async def __aenter__(self) -> AsyncRequest:
@@ -1489,7 +1620,7 @@ class AsyncRequest(_RequestBase):
     ) -> list[AsyncRequest]:
         """Async :meth:`Request.fan_out`."""
         steps = self._new_children(names_or_n, ceiling, share, priority, features)
-        await _arun(self._steps.config.store, self._steps.draw_children(steps))
+        await _arun(self._steps.config, self._steps.draw_children(steps))
         for k in steps:
             k.tree.attached = True  # open already: ``async with`` only enters
         kids = [AsyncRequest(k) for k in steps]
@@ -1508,7 +1639,7 @@ class AsyncRequest(_RequestBase):
     ) -> Grant:
         """Async :meth:`Request.begin`."""
         return await _arun(
-            self._steps.config.store,
+            self._steps.config,
             self._steps.begin(
                 agent, input_tokens, output_tokens, model, min_context_tokens, wrap_up_tokens
             ),
@@ -1519,7 +1650,7 @@ class AsyncRequest(_RequestBase):
     ) -> Grant | None:
         """Async :meth:`Request.extend`."""
         return await _arun(
-            self._steps.config.store, self._steps.extend(grant, output_tokens, context_tokens)
+            self._steps.config, self._steps.extend(grant, output_tokens, context_tokens)
         )
 
     async def finish(
@@ -1534,7 +1665,7 @@ class AsyncRequest(_RequestBase):
     ) -> None:
         """Async :meth:`Request.finish`."""
         warning = await _arun(
-            self._steps.config.store,
+            self._steps.config,
             self._steps.finish(
                 grant, input_tokens, output_tokens, truncated, text, usage_estimated
             ),
@@ -1544,11 +1675,11 @@ class AsyncRequest(_RequestBase):
 
     async def release(self, grant: Grant) -> None:
         """Async :meth:`Request.release`."""
-        await _arun(self._steps.config.store, self._steps.release(grant))
+        await _arun(self._steps.config, self._steps.release(grant))
 
     async def renew(self, grant: Grant) -> Grant:
         """Async :meth:`Request.renew`."""
-        return await _arun(self._steps.config.store, self._steps.renew(grant))
+        return await _arun(self._steps.config, self._steps.renew(grant))
 
     async def call(
         self,
@@ -1566,7 +1697,7 @@ class AsyncRequest(_RequestBase):
 
     async def close(self, status: str = CLOSED) -> None:
         """Async :meth:`Request.close`."""
-        await _arun(self._steps.config.store, self._steps.close(status))
+        await _arun(self._steps.config, self._steps.close(status))
 
 
 class Controller:
@@ -1596,6 +1727,10 @@ class Controller:
             field where it has one); see :mod:`apportion.integrations.budget_line`.
         max_depth: the deepest a child request may be (:meth:`Request.child`; a root
             request is at depth 0), at most 256.
+        store_retry: how a store call whose outcome is unknown (the connection dropped
+            after it was sent) is made again with the same operation id
+            (:class:`~apportion.retry.StoreRetry`; default 3 attempts, backoff from 20 ms);
+            after the last, :class:`~apportion.errors.StoreUnavailable` is raised.
 
     Raises:
         UnknownPolicy, UnknownStore: the name or URL is not registered.
@@ -1617,6 +1752,7 @@ class Controller:
         wrap_up_tokens: int = 0,
         show_budget: bool = False,
         max_depth: int = 16,
+        store_retry: StoreRetry | None = None,
     ) -> None:
         self._config = _Config(
             pipeline,
@@ -1631,6 +1767,7 @@ class Controller:
             wrap_up_tokens,
             show_budget,
             max_depth,
+            store_retry,
         )
 
     @property
@@ -1653,8 +1790,8 @@ class Controller:
         """The telemetry channels, one per sink (:class:`~apportion.telemetry.channel.Channel`).
 
         Each counts, in records, what its sink was given: ``delivered``, and ``dropped``
-        (never reached the sink: ``dropped_full`` by a full buffer, ``dropped_failed`` in
-        failed writes).
+        (never reached the sink: ``dropped_full``, the oldest, dropped past the buffer's
+        bound while the sink was down or slow; ``dropped_failed``, refused by the sink).
         """
         return list(self._config.sinks)
 
@@ -1721,13 +1858,13 @@ class Controller:
             RequestClosed: it is closed.
         """
         steps = _attached(self._config, request_id)
-        steps.obs.state = _run(self._config.store, _get_open(steps))
+        steps.obs.state = _run(self._config, _get_open(steps))
         return Request(steps)
 
     async def aattach(self, request_id: str) -> AsyncRequest:
         """The async :meth:`attach`: an :class:`AsyncRequest` handle."""
         steps = _attached(self._config, request_id)
-        steps.obs.state = await _arun(self._config.store, _get_open(steps))
+        steps.obs.state = await _arun(self._config, _get_open(steps))
         return AsyncRequest(steps)
 
     def reap(self) -> int:
@@ -1740,11 +1877,11 @@ class Controller:
         Returns:
             How many grants and requests were settled.
         """
-        return _run(self._config.store, _reap(self._config))
+        return _run(self._config, _reap(self._config))
 
     async def areap(self) -> int:
         """Async :meth:`reap`."""
-        return await _arun(self._config.store, _reap(self._config))
+        return await _arun(self._config, _reap(self._config))
 
     def start_reaper(self, every: float | None = None) -> Reaper:
         """Reap on a timer in a daemon thread, until the returned reaper is stopped.

@@ -517,6 +517,51 @@ class StoreUnavailable(ApportionError, ConnectionError):
         super().__init__(f"store {url} unavailable: {reason}", url=url, reason=reason)
 
 
+class StoreOutcomeUnknown(StoreUnavailable):
+    """The store may or may not have carried the operation out.
+
+    The connection dropped, or no reply came in time, after the operation was sent.
+    Retrying it with the same operation id is safe: the store answers a repeated id with
+    the first outcome and changes nothing. The controller does so a bounded number of times
+    before it gives up with this error.
+
+    Attributes:
+        url: the store's URL.
+        reason: what went wrong.
+    """
+
+
+class OperationConflict(ApportionError, ValueError):
+    """An operation id came back with other arguments (or for another operation).
+
+    A store answers a repeated operation id with the first outcome; the same id with
+    arguments that differ is a mistake of the caller (an id used twice), refused with this
+    error and nothing changed.
+
+    Attributes:
+        op_id: the operation id.
+        operation: the operation attempted with it (``begin``, ``finish`` ...).
+        first: the operation it was first used for.
+        request_id: the request (or pool draw) the id belongs to.
+    """
+
+    op_id: str
+    operation: str
+    first: str
+    request_id: str
+
+    def __init__(self, op_id: str, operation: str, first: str, request_id: str) -> None:
+        what = "other arguments" if first == operation else f"a {first}"
+        super().__init__(
+            f"operation id {excerpt(op_id)} of request {excerpt(request_id)} was first used "
+            f"for {what}: this {operation} conflicts with it, nothing was changed",
+            op_id=op_id,
+            operation=operation,
+            first=first,
+            request_id=request_id,
+        )
+
+
 class NoTokenizer(ApportionError, LookupError):
     """No tokenizer can be had for a model (ask for an approximate counter by name to go on).
 
@@ -762,6 +807,21 @@ class DatabaseUnavailable(ApportionError, ConnectionError):
 
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"cannot open database {url}: {reason}", url=url, reason=reason)
+
+
+class StudyUnavailable(ApportionError, ConnectionError):
+    """The storage of an allocation search (an Optuna study) cannot be used.
+
+    Attributes:
+        url: the storage URL, its password hidden.
+        reason: why (not a storage URL, unreachable, a driver missing ...).
+    """
+
+    url: str
+    reason: str
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot use study storage {url}: {reason}", url=url, reason=reason)
 
 
 class SchemaVersionError(ApportionError, RuntimeError):

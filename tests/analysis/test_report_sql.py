@@ -142,3 +142,26 @@ def test_the_command_writes_the_same_json_as_before(tmp_path: Path) -> None:
         old = build_report(db.load())
     assert same(old, json.loads(out.read_text())) == []
     assert (tmp_path / "r.html").read_text().count("<svg") >= 3
+
+
+def test_a_request_prefix_keeps_one_tenants_calls_only(db_url: str) -> None:
+    import dataclasses
+
+    write(db_url, seed=3)
+    write(db_url, seed=4)  # another tenant's requests, ids q4-...
+    with open_database(db_url) as db:
+        data = db.load()
+    mine = dataclasses.replace(
+        data,
+        calls=tuple(c for c in data.calls if c.request_id.startswith("q3-")),
+        requests={k: v for k, v in data.requests.items() if k.startswith("q3-")},
+    )
+    old = build_report(mine)
+    new = report_database(db_url, request_prefix="q3-").document
+    everyone = report_database(db_url).document
+    assert 0 < old["requests"] < everyone["requests"]
+    assert same(old, new) == []
+    # the prefix is text, not a LIKE pattern: "_" matches only itself
+    assert report_database(db_url, request_prefix="q3_").document["requests"] == 0
+    with pytest.raises(InvalidArgument):
+        report_database(db_url, request_prefix="")

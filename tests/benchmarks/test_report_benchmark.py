@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
+
+from script_run import run_script
 
 from apportion.testing.postgres import PostgresServer
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "report.py"
-
 
 def test_the_report_benchmark_prints_one_json_line(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-    }
     db = tmp_path / "bench.db"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--events", "2003", "--db", str(db)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.strip().splitlines()
-    assert len(lines) == 1, done.stdout
+    out = run_script("report.py", "--events", "2003", "--db", str(db))
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out
     line = json.loads(lines[0])
     assert line["events"] == 2003
     assert line["requests"] == 401  # five calls a request, the last one short
@@ -45,21 +29,9 @@ def test_the_report_benchmark_prints_one_json_line(tmp_path: Path) -> None:
 
 
 def test_the_report_benchmark_makes_trees(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-    }
     db = tmp_path / "bench.db"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--events", "2003", "--db", str(db), "--tree", "--no-html"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    line = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_script("report.py", "--events", "2003", "--db", str(db), "--tree", "--no-html")
+    line = json.loads(out.strip().splitlines()[-1])
     assert (line["events"], line["requests"], line["trees"]) == (2003, 2003, 401)
     with sqlite3.connect(db) as conn:
         assert conn.execute(
@@ -68,20 +40,8 @@ def test_the_report_benchmark_makes_trees(tmp_path: Path) -> None:
 
 
 def _run(*args: str) -> dict[str, object]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    line: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_script("report.py", *args)
+    line: dict[str, object] = json.loads(out.strip().splitlines()[-1])
     return line
 
 

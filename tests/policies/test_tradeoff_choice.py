@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import tradeoff_reference as reference
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ from apportion.policies.tradeoff import (
     divide,
     input_curve,
     output_curve,
+    pool_values,
 )
 
 RATIOS = np.exp(np.random.default_rng(5).normal(0.0, 0.4, 200))
@@ -124,3 +126,72 @@ def test_the_need_model_learns_the_input_in_hand_not_what_was_read() -> None:
     call.finish(300, 90, False, 1.0)
     obs.calls[1] = call
     assert LearnedPolicy._usage(obs) == [("a", 1200, 90, False)]
+
+
+def _random_case(rng: np.random.Generator) -> tuple[Call, float, list, float]:
+    kinds = ["structured", "prose", "reasoning"]
+    after = []
+    for _ in range(int(rng.integers(0, 10))):
+        if rng.random() < 0.5:
+            ratios = rng.lognormal(0, 0.4, int(rng.integers(0, 20))) if rng.random() < 0.5 else None
+            after.append(
+                input_curve(float(rng.uniform(1, 5000)), float(rng.uniform(0.05, 2)), ratios)
+            )
+        else:
+            readers = [(float(rng.uniform(100, 3000)), float(rng.uniform(0.1, 1)))]
+            after.append(
+                output_curve(
+                    kinds[int(rng.integers(3))],
+                    float(rng.uniform(1, 3000)),
+                    rng.lognormal(0, 0.4, 32),
+                    float(rng.uniform(0.05, 2)),
+                    least=int(rng.integers(1, 50)),
+                    readers=readers if rng.random() < 0.3 else (),
+                )
+            )
+    c = call(
+        input_need=float(rng.integers(0, 8000)),
+        input_weight=float(rng.uniform(0.05, 2)),
+        kind=kinds[int(rng.integers(3))],
+        predicted=float(rng.uniform(1, 4000)),
+        ratios=rng.lognormal(0, 0.4, int(rng.integers(8, 64))),
+        output_weight=float(rng.uniform(0.05, 2)),
+        least=int(rng.integers(1, 100)),
+        most=None if rng.random() < 0.6 else int(rng.integers(1, 6000)),
+        readers=[(float(rng.uniform(100, 3000)), float(rng.uniform(0.1, 1)))]
+        if rng.random() < 0.3
+        else (),
+    )
+    pool = float(rng.integers(0, 30_000))
+    return c, pool, after, float(rng.choice([0.0, 1e-6, 1e-4]))
+
+
+def test_pool_values_are_the_greedy_fill_of_each_pool() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        _, pool, after, gain = _random_case(rng)
+        grid = np.linspace(0.0, pool, 49)
+        fast = pool_values(after, grid, least_gain=gain)
+        slow = reference.pool_values(after, grid, least_gain=gain)
+        assert np.allclose(fast, slow, rtol=1e-12, atol=1e-9)
+
+
+def test_choose_call_chooses_what_the_direct_form_chooses() -> None:
+    # the same choice, or one the direct form scores equal to rounding (a tie it broke
+    # by the order of its sums)
+    rng = np.random.default_rng(12)
+    ties = 0
+    for _ in range(400):
+        c, pool, after, gain = _random_case(rng)
+        fast = choose_call(c, pool, after, least_gain=gain)
+        slow = reference.choose_call(c, pool, after, least_gain=gain)
+        if fast == slow:
+            continue
+        assert fast is not None and slow is not None
+        found = reference.scores(c, pool, after, least_gain=gain)
+        assert found is not None
+        ctxs, caps, score = found
+        got = score[list(ctxs).index(fast[0]), list(caps).index(fast[1])]
+        assert got >= score.max() * (1 - 1e-12)
+        ties += 1
+    assert ties < 40

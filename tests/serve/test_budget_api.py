@@ -12,10 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from apportion.errors import ApportionError, SpecError
+from apportion.errors import ApportionError, SpecError, StoreOutcomeUnknown
+from apportion.retry import StoreRetry
 from apportion.serve import Gateway, ServeConfig, create_app
 from apportion.serve.errors_json import CODES, error_response
 from apportion.serve.idempotency import Outcome
+from apportion.stores.memory import MemoryStore
 from conftest import KEYS, auth, write_config
 
 BASE = "/v1/budget/requests"
@@ -575,3 +577,62 @@ def test_the_app_mounts_in_another_asgi_app() -> None:
             assert (await client.get("/budgets/docs")).status_code == 200
 
     asyncio.run(main())
+
+
+class _LosingStore(MemoryStore):
+    """Carries each ``open`` and ``begin`` out, then loses its reply, ``lose`` times."""
+
+    def __init__(self, lose: int) -> None:
+        super().__init__()
+        self.left = {"open": lose, "begin": lose}
+        self.ops: list[str | None] = []
+
+    def _lost(self, name: str, result: Any, op_id: str | None) -> Any:
+        self.ops.append(op_id)
+        if self.left[name] > 0:
+            self.left[name] -= 1
+            raise StoreOutcomeUnknown(self.url, "connection closed by server")
+        return result
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        return self._lost("open", super().open(*args, **kwargs), kwargs.get("op_id"))
+
+    def begin(self, *args: Any, **kwargs: Any) -> Any:
+        return self._lost("begin", super().begin(*args, **kwargs), kwargs.get("op_id"))
+
+
+def test_a_keyed_retry_after_a_lost_reply_gets_the_first_outcome(
+    tenants_config: ServeConfig,
+) -> None:
+    """The store ran the call but its reply was lost (503): the retry with the key opens
+    the same request and gets the same grant, applied once (operation ids from the key)."""
+    store = _LosingStore(lose=3)  # every attempt of the controller's first try
+    gateway = Gateway(tenants_config, store=store)
+    for controller in gateway.controllers.values():
+        controller._config.retry = StoreRetry.immediate(3)
+
+    async def body(client: httpx.AsyncClient) -> tuple[list[httpx.Response], str]:
+        opened = [
+            await client.post(
+                BASE, json={"ceiling": 5_000}, headers={**auth("acme"), "Idempotency-Key": "o-1"}
+            )
+            for _ in range(2)
+        ]
+        rid = opened[1].json()["request_id"]
+        keyed = {**auth("acme"), "Idempotency-Key": "b-1"}
+        ask = {"agent": "reasoner", "input_tokens": 500}
+        begun = [await client.post(f"{BASE}/{rid}/begin", json=ask, headers=keyed) for _ in "ab"]
+        return opened + begun, rid
+
+    (open_lost, opened, begin_lost, begun), rid = run(gateway, body)
+    check_error(open_lost, 503, "store_unavailable")
+    check_error(begin_lost, 503, "store_unavailable")
+    assert opened.status_code == 201 and begun.status_code == 200, begun.text
+    kinds = [e.kind for e in store.events(f"acme/{rid}")]
+    assert kinds == ["open", "begin"]  # each carried out once
+    assert (
+        store.get(f"acme/{rid}").reserved
+        == begun.json()["context_tokens"] + begun.json()["output_tokens"]
+    )
+    opens, begins = store.ops[:4], store.ops[4:]
+    assert len(set(opens)) == 1 and len(set(begins)) == 1 and opens[0] != begins[0]

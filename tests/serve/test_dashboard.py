@@ -242,6 +242,11 @@ def test_the_report_panel_reads_the_telemetry_of_the_tenant(tmp_path: Path) -> N
         assert "2 requests" in page.text  # acme's two, not globex's
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and EVIL not in page.text
         assert "How calls ended" in page.text
+        for tenant, count in (("globex", "1 request"), ("ops", "3 requests")):  # ops: admin
+            await sign_in(client, tenant)
+            other = await client.get("/dashboard/report", params={"window": "hour"})
+            assert count in other.text and 'role="alert"' not in other.text
+        await sign_in(client, "acme")
         budgets = await client.get("/dashboard/report/budgets.yaml", params={"window": "week"})
         assert budgets.status_code == 200
         assert budgets.headers["content-disposition"] == 'attachment; filename="budgets.yaml"'

@@ -4,6 +4,7 @@ Redis Cluster requires): checked against the keys the real server reports writte
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -79,16 +80,17 @@ class Audit:
 
 
 def tree(store: RedisStore, root: str, ttl: float = 100.0, child_ttl: float = 100.0) -> None:
-    """``root`` with two children, one of them with a child; each spent a little."""
-    store.open(root, RANKS, 10_000, 0.0, ttl=ttl)
-    kw: dict[str, Any] = {"ttl": child_ttl}
+    """``root`` with two children, one of them with a child; each spent a little (every
+    operation with an operation id, so that every request has its operation record)."""
+    store.open(root, RANKS, 10_000, 0.0, ttl=ttl, op_id=f"open-{root}")
+    kw: dict[str, Any] = {"ttl": child_ttl, "op_id": f"kids-{root}"}
     two = [f"{root}::a", f"{root}::b"]
     store.open_children(root, two, RANKS, 0.0, priorities=PRIORITIES * 2, ceiling=2_000, **kw)
     one = [f"{root}::a::x"]
     store.open_children(f"{root}::a", one, RANKS, 0.0, priorities=PRIORITIES, ceiling=500, **kw)
     for rid in (root, f"{root}::a", f"{root}::b", f"{root}::a::x"):
-        grant, _ = store.begin(rid, "lead", 50, 50, 0.0, 30.0)
-        store.finish(rid, grant, 40, 40, 1.0)
+        grant, _ = store.begin(rid, "lead", 50, 50, 0.0, 30.0, op_id=f"begin-{rid}")
+        store.finish(rid, grant, 40, 40, 1.0, op_id=f"finish-{rid}")
 
 
 @pytest.fixture
@@ -154,3 +156,19 @@ def test_a_tree_that_keeps_changing_is_given_up_on_unchanged(
     store.close("r", 3.0)  # once it holds still, it closes
     assert store.get("r::a::x::n0").status == "closed"
     check_invariants(store, "r")
+
+
+def test_operation_records_live_as_long_as_their_requests(own_redis_server: RedisServer) -> None:
+    store = RedisStore(own_redis_server.url, retention_seconds=50.0)
+    store._client.flushdb()
+    client = store._client
+    tree(store, "u", ttl=math.inf, child_ttl=math.inf)  # no TTL while open
+    ids = ("u", "u::a", "u::b", "u::a::x")
+    for rid in ids:
+        assert client.exists(store._ops_key(rid)) == 1
+        assert client.pttl(store._ops_key(rid)) == client.pttl(store._keys(rid)[0]) == -1
+    store.close("u", 2.0, op_id="close-u")  # the tree closes: kept for the retention
+    for rid in ids:
+        ledger_ms, ops_ms = client.pttl(store._keys(rid)[0]), client.pttl(store._ops_key(rid))
+        assert 40_000 < ledger_ms <= 50_000 and abs(ops_ms - ledger_ms) < 1_000, rid
+    assert client.hexists(store._ops_key("u"), "close-u")

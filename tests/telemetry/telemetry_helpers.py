@@ -68,3 +68,22 @@ def run_request(controller: Controller, *, score: float | None = 0.75) -> str:
         if score is not None:
             req.score(score)
     return req.request_id
+
+
+def give_up_when_unreachable(controller: Controller, timeout: float = 30.0) -> None:
+    """Wait until each sink found its database unreachable, then drop what it kept.
+
+    A sink that cannot be reached keeps its records and tries again (see
+    :mod:`apportion.telemetry.channel`): a test of an unreachable database waits for the
+    first failed try (and its warning), then gives the records up so no worker is left
+    retrying.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    for channel in controller.sinks:
+        while channel.retries == 0 and channel.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert channel.retries or not channel.pending, "the sink was never tried"
+        channel.discard()
+        assert channel.flush(timeout)

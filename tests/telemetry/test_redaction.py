@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from telemetry_helpers import make_controller, run_request
+from telemetry_helpers import give_up_when_unreachable, make_controller, run_request
 
 from apportion.errors import (
     DatabaseUnavailable,
@@ -22,7 +22,7 @@ from apportion.errors import (
 )
 from apportion.redaction import redact, scrub
 from apportion.stores import open_store
-from apportion.telemetry import TelemetryWarning, flush, open_sinks
+from apportion.telemetry import TelemetryWarning, open_sinks
 from apportion.telemetry.sql import open_database
 from apportion.testing.ports import free_port
 
@@ -87,7 +87,7 @@ def test_a_failing_sink_warns_without_the_password(url: str) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_request(controller)
-        assert flush(30)
+        give_up_when_unreachable(controller)
     messages = [str(w.message) for w in caught if issubclass(w.category, TelemetryWarning)]
     assert messages, "the failure was not reported"
     assert _clean(*messages), messages

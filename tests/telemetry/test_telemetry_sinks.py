@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from telemetry_helpers import ListSink, make_controller, run_request
+from telemetry_helpers import ListSink, give_up_when_unreachable, make_controller, run_request
 
 from apportion.errors import MissingExtra
 from apportion.telemetry import (
@@ -162,7 +162,7 @@ def test_an_unreachable_database_is_reported_without_its_password() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_request(controller)  # the request itself is not affected
-        assert flush(30)
+        give_up_when_unreachable(controller)
     messages = [str(w.message) for w in caught if issubclass(w.category, TelemetryWarning)]
     assert messages, "the failure was not reported"
     assert all("hunter2" not in m for m in messages)
@@ -175,7 +175,8 @@ def test_emit_never_raises() -> None:
     emit([], object(), [])  # no sinks: nothing to do, nothing said
 
 
-def test_a_full_buffer_drops_new_records_and_says_so_once() -> None:
+def test_a_full_buffer_drops_the_oldest_records_and_says_so_once() -> None:
+    writing = threading.Event()
     release = threading.Event()
 
     class Blocked:
@@ -185,18 +186,23 @@ def test_a_full_buffer_drops_new_records_and_says_so_once() -> None:
             self.records: list[Any] = []
 
         def write(self, batch: Sequence[Any]) -> None:
+            writing.set()
             release.wait(10)
             self.records.extend(batch)
 
     sink = Blocked()
     channel = Channel(sink, capacity=2)
-    with pytest.warns(TelemetryWarning, match="falling behind"):
-        results = [channel.submit(i) for i in range(5)]
-    assert results[:2] == [True, True] and results[2:] == [False, False, False]
-    assert channel.dropped == 3
+    channel.submit(0)
+    assert writing.wait(10)  # 0 is being written: the buffer is empty
+    with pytest.warns(TelemetryWarning, match="falling behind") as caught:
+        results = [channel.submit(i) for i in range(1, 6)]
+    assert len(caught) == 1
+    assert results == [True, True, False, False, False]
+    assert (channel.dropped, channel.dropped_full) == (3, 3)
     release.set()
     assert channel.flush(10)
-    assert sink.records == [0, 1]
+    assert sink.records == [0, 4, 5]  # 1, 2 and 3 were the oldest waiting
+    assert channel.delivered == 3
 
 
 def test_an_idle_worker_ends_and_the_next_record_starts_another(
@@ -283,34 +289,38 @@ def test_records_lost_to_failed_writes_are_counted_in_records() -> None:
 def test_records_dropped_by_a_full_buffer_and_by_failed_writes_add_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    writing = threading.Event()
     release = threading.Event()
 
     class BlockedThenBroken:
         name = "blocked"
 
         def write(self, batch: Sequence[Any]) -> None:
+            writing.set()
             release.wait(10)
             raise OSError("disk full")
 
     channel = Channel(BlockedThenBroken(), capacity=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for i in range(5):
+        channel.submit(0)
+        assert writing.wait(10)
+        for i in range(1, 6):
             channel.submit(i)
         release.set()
         assert channel.flush(10)
-    assert (channel.dropped, channel.dropped_full, channel.dropped_failed) == (5, 3, 2)
+    assert (channel.dropped, channel.dropped_full, channel.dropped_failed) == (6, 3, 3)
     assert channel.delivered == 0
-    assert sum(_failed_counts(_telemetry_messages(caught))) == 2
+    assert sum(_failed_counts(_telemetry_messages(caught))) == 3
     # at exit, what each sink lost is said once more, in records
     monkeypatch.setattr(channel_module, "_channels", weakref.WeakSet([channel]))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         channel_module._flush_at_exit()
     (summary,) = _telemetry_messages(caught)
-    assert "blocked lost 5 record(s)" in summary
-    assert "3 dropped because its buffer was full" in summary
-    assert "2 in writes that failed" in summary
+    assert "blocked lost 6 record(s)" in summary
+    assert "3 dropped (the oldest) because its buffer was full" in summary
+    assert "3 in writes that failed" in summary
 
 
 def test_a_failed_rollout_write_loses_only_the_rollouts() -> None:

@@ -54,6 +54,9 @@ class Window:
             opened) at or after it (``None``: from the first).
         until: and before this time (``None``: to the last).
         pipeline: only this pipeline's (as stored).
+        request_prefix: only the calls and requests whose request id starts with it (a
+            gateway tenant's ``TENANT/``); the rollups keep no request ids, so a window
+            with a prefix reads raw rows only.
         first_day: the first day read from the rollups (``None``: from the first).
         end_day: the day after the last read from the rollups (no rollups when
             ``first_day`` is not below it).
@@ -62,6 +65,7 @@ class Window:
     since: float | None = None
     until: float | None = None
     pipeline: str | None = None
+    request_prefix: str | None = None
     first_day: int | None = None
     end_day: int | None = None
 
@@ -196,6 +200,13 @@ def _time_filter(
     return where
 
 
+def _prefix_filter(column: Any, window: Window) -> list[ColumnElement[Any]]:
+    """``column`` (a request id) starts with the window's request prefix, if it has one."""
+    if window.request_prefix is None:
+        return []
+    return [column.startswith(window.request_prefix, autoescape=True)]
+
+
 def _columns(conn: Connection, table: Table) -> dict[str, Any]:
     """The table's columns by name; a column an older database lacks reads as NULL."""
     from sqlalchemy import inspect, null
@@ -288,6 +299,8 @@ def tree_counts(
         if window.pipeline is not None:
             where.append(c["pipeline"] == window.pipeline)
             rwhere.append(r.pipeline == window.pipeline)
+        where += _prefix_filter(c["request_id"], window)
+        rwhere += _prefix_filter(r.request_id, window)
         children = select(r.request_id).where(*rwhere, r.parent_id.is_not(None))
         roots = select(r.root_id).where(*rwhere, r.parent_id.is_not(None), r.root_id.is_not(None))
         finished = _finished(c)
@@ -343,6 +356,7 @@ def _raw(conn: Connection, db: Database, window: Window) -> dict[str, Any]:
     where = _time_filter(at, window, exclude_rolled=True)
     if window.pipeline is not None:
         where.append(c["pipeline"] == window.pipeline)
+    where += _prefix_filter(c["request_id"], window)
     finished = _finished(c)
     kind = func.coalesce(c["kind"], "")
     status = _status(c)
@@ -425,6 +439,7 @@ def _raw(conn: Connection, db: Database, window: Window) -> dict[str, Any]:
     rwhere = _time_filter(opened, window, exclude_rolled=True)
     if window.pipeline is not None:
         rwhere.append(r["pipeline"] == window.pipeline)
+    rwhere += _prefix_filter(r["request_id"], window)
     # quality joins the requests of the whole window (the calls of rolled-up days are out)
     scored = _time_filter(opened, window, exclude_rolled=False)
     for name, level in (("quality:agent", c["agent"]), ("quality:kind", c["kind"])):

@@ -16,6 +16,13 @@ Which days come from the rollups (``rollups``):
 
 Request trees are built from the raw rows of the window (rollups keep no trees), only
 when some request in it is a child.
+
+When writers lost telemetry records before they reached the database (a full buffer, a
+database down for longer than the buffer holds, a record refused), they say so in it
+(:meth:`~apportion.telemetry.sql.Database.record_losses`): the document then has
+``telemetry_lost`` (``dropped_full``, ``dropped_failed``, ``discarded``, ``total``, over
+all time, not only the window), and ``apportion report`` warns that its figures
+undercount.
 """
 
 from __future__ import annotations
@@ -87,6 +94,7 @@ def report_database(
     thresholds: Thresholds | None = None,
     rollups: str = "auto",
     now: float | None = None,
+    request_prefix: str | None = None,
 ) -> DatabaseReport:
     """The report of a telemetry database over a window (see the module docstring).
 
@@ -98,6 +106,10 @@ def report_database(
         thresholds: the flags' thresholds and the recommendation's settings.
         rollups: ``auto``, ``always`` or ``never`` (which days come from the rollups).
         now: the clock time taken as now (for ``always``: today is read raw).
+        request_prefix: only the calls and requests whose id starts with it (a gateway
+            tenant's ``TENANT/``: its own); read from raw rows only (the rollups keep no
+            request ids, so days pruned to rollups are missing), without the policy's
+            rollouts (they are not any one tenant's).
 
     Raises:
         InvalidArgument: a bad time, ``until`` not after ``since``, an unknown
@@ -113,12 +125,14 @@ def report_database(
         raise InvalidArgument("rollups", rollups, f"must be one of {', '.join(ROLLUP_MODES)}")
     if pipeline is not None and not isinstance(pipeline, str):
         raise InvalidArgument("pipeline", pipeline, "must be a pipeline name (text)")
+    if request_prefix is not None and (not isinstance(request_prefix, str) or not request_prefix):
+        raise InvalidArgument("request_prefix", request_prefix, "the start of request ids")
     thresholds = thresholds or Thresholds()
     from sqlalchemy.exc import SQLAlchemyError
 
     with open_database(url) as db:
         try:
-            return _report(db, since, until, pipeline, thresholds, rollups, now)
+            return _report(db, since, until, pipeline, thresholds, rollups, now, request_prefix)
         except SQLAlchemyError as exc:
             from apportion.telemetry.sql import _reason
 
@@ -133,6 +147,7 @@ def _report(
     thresholds: Thresholds,
     rollups: str,
     now: float | None,
+    request_prefix: str | None = None,
 ) -> DatabaseReport:
     if db.version is None:
         document = assemble(
@@ -152,14 +167,20 @@ def _report(
         )
         return DatabaseReport(document, {}, {})
     stored = storable(pipeline) if pipeline is not None else None
-    window = _window(db, since, until, stored, rollups, time.time() if now is None else now)
+    if request_prefix is not None:  # the rollups keep no request ids: raw rows only
+        window = Window(since, until, stored, request_prefix)
+    else:
+        window = _window(db, since, until, stored, rollups, time.time() if now is None else now)
     found = aggregate(db, window)
     agents = {name: _figures(g, thresholds) for name, g in _listed(found.agents)}
     kinds = {
         name: {"members": len(g.members), **_figures(g, thresholds)}
         for name, g in _listed(found.kinds)
     }
-    rollout_set = _rollouts(db, since, until)
+    if request_prefix is None:
+        rollout_set = _rollouts(db, since, until)
+    else:
+        rollout_set = Dataset(db.shown, (), {})
     document = assemble(
         source=db.shown,
         empty_database=_empty(db, found, rollout_set),
@@ -175,6 +196,9 @@ def _report(
         rollouts=rollouts_of(rollout_set),
         trees=_trees(db, window),
     )
+    lost = db.losses()
+    if lost:  # what the writers never got into the database: every figure undercounts
+        document["telemetry_lost"] = {**lost, "total": sum(lost.values())}
     spreads = {
         name: {side: _spread(g, side) for side in ("input", "output")}
         for name, g in _listed(found.agents)
@@ -215,7 +239,7 @@ def _window(
     first = None if since is None else math.ceil(since / DAY)
     if first is not None and first >= end:
         return plain
-    return Window(since, until, pipeline, first, end)
+    return Window(since, until, pipeline, first_day=first, end_day=end)
 
 
 def _empty(db: Database, found: Aggregates, rollouts: Dataset) -> bool:
@@ -247,7 +271,7 @@ def _trees(db: Database, window: Window) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     r = db.tables.requests.c
-    plain = Window(window.since, window.until, window.pipeline)
+    plain = Window(window.since, window.until, window.pipeline, window.request_prefix)
     with db.engine.connect() as conn:
         held = {c["name"] for c in _inspect_columns(conn, db.tables.requests.name)}
         if "parent_id" not in held:
@@ -260,12 +284,17 @@ def _trees(db: Database, window: Window) -> dict[str, Any]:
             where.append(when < window.until)
         if window.pipeline is not None:
             where.append(r.pipeline == window.pipeline)
+        if window.request_prefix is not None:
+            where.append(r.request_id.startswith(window.request_prefix, autoescape=True))
         child = select(r.request_id).where(*where, r.parent_id.is_not(None)).limit(1)
         if conn.execute(child).first() is None:
             return build_trees(Dataset(db.shown, (), {}))
         requests = db.load_tree_requests(
             conn, since=window.since, until=window.until, pipeline=window.pipeline
         )
+    if window.request_prefix is not None:
+        prefix = window.request_prefix
+        requests = {k: v for k, v in requests.items() if k.startswith(prefix)}
     counts = tree_counts(db, plain, requests)
     return build_trees(Dataset(db.shown, (), requests), counts=counts)
 

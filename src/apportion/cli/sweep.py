@@ -147,8 +147,24 @@ def optimize(
         Path | None, typer.Option("-o", "--output", help="Write the budgets file here.")
     ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the JSON here.")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="Share one study with other workers: sqlite:///FILE, postgresql://..., "
+            "journal:///FILE (--trials is then the study's total).",
+        ),
+    ] = None,
+    study_name: Annotated[str | None, typer.Option(help="The study's name in --storage.")] = None,
+    compare: Annotated[
+        bool, typer.Option(help="Measure uniform, the built-in policies and the oracle too.")
+    ] = True,
 ) -> None:
-    """Search the best per-agent split of a fixed total; write a budgets file for static."""
+    """Search the best per-agent split of a fixed total; write a budgets file for static.
+
+    With --storage, run the same command from as many workers (processes, machines) as
+    you like: they share one Optuna study and stop when it holds --trials trials.
+    """
     from apportion.analysis.optimize import optimize as run_optimize
     from apportion.files import write_atomic
 
@@ -162,9 +178,11 @@ def optimize(
                 trials=trials,
                 seed=seed or 0,
                 progress=lambda n: bar.advance(task, n),
+                storage=storage,
+                study_name=study_name,
             )
             best_policy = result.pop("policy")
-            comparison = _compare(goal, target, ceiling, requests, seed, bar)
+            comparison = _compare(goal, target, ceiling, requests, seed, bar) if compare else {}
         result["compare"] = comparison
         if output is not None:
             write_atomic(output, best_policy.to_yaml())
@@ -175,6 +193,12 @@ def optimize(
     table, budgets = optimize_tables(result, ceiling)
     console.print(table)
     console.print(budgets)
+    if storage is not None:
+        console.print(
+            f"study {result['study']!r} in {result['storage']}: {result['trials']} trials "
+            "finished over all its workers; the best of them is above",
+            highlight=False,
+        )
     if output is not None:
         console.print(f"budgets written to {output} (load with policy='static:{output}')")
 

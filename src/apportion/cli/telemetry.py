@@ -135,6 +135,15 @@ def report(
                 done()
     except (ApportionError, ValueError, OSError) as exc:
         raise fail(exc) from exc
+    lost = document.get("telemetry_lost")
+    if lost:
+        console.print(
+            f"[yellow]warning:[/] {lost['total']:,} telemetry record(s) never reached this "
+            f"database ({lost['dropped_full']:,} dropped, the oldest, by writers that fell "
+            f"behind or could not reach it; {lost['dropped_failed']:,} refused; "
+            f"{lost['discarded']:,} given up on): the figures below undercount",
+            highlight=False,
+        )
     if document["empty"]:
         console.print(f"nothing to report: {document['message']}", highlight=False)
     else:

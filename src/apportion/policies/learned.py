@@ -76,7 +76,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -135,6 +135,36 @@ def check_outcome(outcome: float | None) -> float | None:
     if not (0.0 <= value <= 1.0):  # NaN fails too
         raise ValueError(f"an outcome score is a number in [0, 1], not {outcome!r}")
     return value
+
+
+def _kept(
+    obs: Observation, key: tuple[Any, ...], ratios: np.ndarray, make: Callable[[], Curve]
+) -> Curve:
+    """The curve ``make`` gives, kept for the request (its hull with it).
+
+    Kept while ``key`` and the error samples ``ratios`` (replaced, not changed, when the
+    model learns) stay.
+    """
+    kept: dict[tuple[Any, ...], tuple[np.ndarray, Curve]] = obs.memo.setdefault("curves", {})
+    found = kept.get(key)
+    if found is not None and found[0] is ratios:
+        return found[1]
+    curve = make()
+    kept[key] = (ratios, curve)
+    return curve
+
+
+def _readers_of(obs: Observation) -> dict[str, list[Agent]]:
+    """The agents that name each agent in their ``after``, in execution order (memo)."""
+    found: dict[str, list[Agent]] | None = obs.memo.get("readers_of")
+    if found is None:
+        found = obs.memo["readers_of"] = {}
+        for b in obs.pipeline.agents:
+            for name in b.after:
+                readers = found.setdefault(name, [])
+                if not readers or readers[-1] is not b:
+                    readers.append(b)
+    return found
 
 
 class LearnedPolicy(PredictingPolicy):
@@ -253,15 +283,29 @@ class LearnedPolicy(PredictingPolicy):
         self, obs: Observation, agent: Agent, predicted: float, most: int | None
     ) -> Curve:
         limit = agent.max_output if most is None else most
-        return output_curve(
-            agent.output_kind.value,
-            predicted,
-            self._errors(obs, agent),
-            self.agent_weights(obs)[agent.name][1],
-            least=agent.min_output,
-            most=limit,
-            readers=self._readers(obs, agent),
+        ratios = self._errors(obs, agent)
+        weight = self.agent_weights(obs)[agent.name][1]
+        readers = tuple(self._readers(obs, agent))
+        key = ("out", agent.name, predicted, weight, limit, readers)
+        return _kept(
+            obs,
+            key,
+            ratios,
+            lambda: output_curve(
+                agent.output_kind.value,
+                predicted,
+                ratios,
+                weight,
+                least=agent.min_output,
+                most=limit,
+                readers=readers,
+            ),
         )
+
+    def _input_curve(self, obs: Observation, agent: Agent, need: float, weight: float) -> Curve:
+        ratios = self._model(obs).input_errors(agent)
+        key = ("in", agent.name, need, weight)
+        return _kept(obs, key, ratios, lambda: input_curve(need, weight, ratios))
 
     def _inputs_ahead(self, obs: Observation) -> dict[str, float]:
         """Predicted input of every agent not yet started, for this request (memo)."""
@@ -297,10 +341,11 @@ class LearnedPolicy(PredictingPolicy):
         """
         ahead = self._inputs_now(obs)
         weights = self.agent_weights(obs)
+        calls = obs.state.calls
         return [
             (ahead[b.name], weights[b.name][0])
-            for b in obs.unstarted()
-            if agent.name in b.after and b.name != agent.name
+            for b in _readers_of(obs).get(agent.name, ())
+            if not calls[b.name] and b.name != agent.name
         ]
 
     def _curves_after(self, obs: Observation, agent: Agent, *, begun: bool = False) -> list[Curve]:
@@ -312,7 +357,6 @@ class LearnedPolicy(PredictingPolicy):
         curves over ``k`` times its predicted need.
         """
         curves: list[Curve] = []
-        model = self._model(obs)
         ahead = self._inputs_now(obs)
         weights = self.agent_weights(obs)
         alike = self.teams(obs)
@@ -335,10 +379,10 @@ class LearnedPolicy(PredictingPolicy):
                 _, team_in, team_out = pooled.get(team, (b, 0.0, 0.0))
                 pooled[team] = (b, team_in + need_in, team_out + predicted)
                 continue
-            curves.append(input_curve(need_in, weights[b.name][0], model.input_errors(b)))
+            curves.append(self._input_curve(obs, b, need_in, weights[b.name][0]))
             curves.append(self._output_curve(obs, b, predicted, None))
         for b, need_in, predicted in pooled.values():
-            curves.append(input_curve(need_in, weights[b.name][0], model.input_errors(b)))
+            curves.append(self._input_curve(obs, b, need_in, weights[b.name][0]))
             curves.append(self._output_curve(obs, b, predicted, None))
         return curves
 

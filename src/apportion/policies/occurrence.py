@@ -63,9 +63,11 @@ class CallCounts:
         "_fits",
         "_histograms",
         "_lock",
+        "_memo",
         "_ratios",
         "_requests",
         "_rows",
+        "_version",
         "lines",
     )
 
@@ -78,11 +80,18 @@ class CallCounts:
         self._ratios: dict[str, np.ndarray] = {}
         self._after: dict[str, dict[str, list[int]]] = {}
         self._lock = threading.Lock()
+        self._memo: dict[tuple[object, ...], object] = {}  # answers since the last update
+        self._version = 0  # updates so far
 
     @property
     def requests(self) -> int:
         """Requests observed."""
         return self._requests
+
+    @property
+    def version(self) -> int:
+        """How many times the counts changed (a memo of what they give is good until then)."""
+        return self._version
 
     def document(self) -> dict[str, dict[str, int]]:
         """The histograms, JSON-ready: per line, calls per request (as text) to requests."""
@@ -103,6 +112,7 @@ class CallCounts:
     def restore_after(self, document: Mapping[str, Mapping[str, Sequence[int]]]) -> None:
         """Add saved :meth:`document_after` counts (checked by :func:`parse_after`)."""
         with self._lock:
+            self._forget()
             for y, row in document.items():
                 if y not in self._histograms:
                     continue
@@ -116,6 +126,7 @@ class CallCounts:
     def restore(self, document: Mapping[str, Mapping[str, int]]) -> None:
         """Add saved histograms (:meth:`document`; checked by :func:`parse_document`)."""
         with self._lock:
+            self._forget()
             for line, histogram in document.items():
                 mine = self._histograms.get(line)
                 if mine is None:
@@ -140,6 +151,7 @@ class CallCounts:
                 (for :meth:`remaining_after`).
         """
         with self._lock:
+            self._forget()
             self._requests += 1
             for line in self.lines:
                 n = min(_MAX_COUNT, max(0, int(counts.get(line, 0))))
@@ -179,13 +191,34 @@ class CallCounts:
         them, is no longer expected: a translator that did not run before the answer is
         written will not run after it.
         """
+        if row is not None and type(row) is not tuple:
+            row = tuple(row)
+        key = ("after", line, last, row)
+        found = self._memo.get(key)
+        if found is not None:
+            return found  # type: ignore[return-value]
+        version = self._version
         prior = self.remaining(line, 0, row)
         with self._lock:
             stats = self._after.get(last, {}).get(line)
             if stats is None:
-                return prior
-            requests, calls = stats
-        return (calls + PRIOR_REQUESTS * prior) / (requests + PRIOR_REQUESTS)
+                value = prior
+            else:
+                requests, calls = stats
+                value = (calls + PRIOR_REQUESTS * prior) / (requests + PRIOR_REQUESTS)
+        return self._keep(key, value, version)
+
+    def _keep(self, key: tuple[object, ...], value: float, version: int) -> float:
+        """Keep an answer until the next update (not one computed across an update)."""
+        with self._lock:
+            if self._version == version and len(self._memo) < 65_536:
+                self._memo[key] = value
+        return value
+
+    def _forget(self) -> None:
+        """Drop the answers kept: the counts change (under the lock)."""
+        self._version += 1
+        self._memo.clear()
 
     def _refit(self) -> None:
         """Fit each line's count on the features (under the lock)."""
@@ -204,9 +237,14 @@ class CallCounts:
 
     def once(self, line: str) -> bool:
         """Whether ``line`` made exactly one call in every request seen (or none was seen)."""
+        found = self._memo.get(("once", line))
+        if found is not None:
+            return found  # type: ignore[return-value]
         with self._lock:
             histogram = self._histograms.get(line, {})
-            return not histogram or set(histogram) == {1}
+            once = not histogram or set(histogram) == {1}
+            self._memo["once", line] = once
+            return once
 
     def at_most_once(self, line: str) -> bool:
         """Whether requests were seen and ``line`` made at most one call in each."""
@@ -228,8 +266,19 @@ class CallCounts:
         ``E[n - done | n >= done]`` over the history and the prior; 0 when no request
         seen made more than ``done`` calls. With ``row`` (the request's features) and a
         fit of the line's count on them, the expectation before the first call blends
-        in the fitted count.
+        in the fitted count. Kept until the counts change.
         """
+        if row is not None and type(row) is not tuple:
+            row = tuple(row)
+        key = ("remaining", line, done, row)
+        found = self._memo.get(key)
+        if found is not None:
+            return found  # type: ignore[return-value]
+        version = self._version
+        return self._keep(key, self._remaining(line, done, row), version)
+
+    def _remaining(self, line: str, done: int, row: tuple[float, ...] | None) -> float:
+        """:meth:`remaining`, computed."""
         with self._lock:
             histogram = self._histograms.get(line, {})
             weight = 0

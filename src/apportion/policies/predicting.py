@@ -314,6 +314,28 @@ class PredictingPolicy(Policy):
             return counts.remaining_after(agent.name, last, row)
         return counts.remaining(agent.name, done, row)
 
+    def _epoch(self, obs: Observation) -> tuple[object, ...] | None:
+        """What :meth:`expected_calls` reads that can change within a request, or ``None``.
+
+        The key of :meth:`_held_parts`'s memo (with the needs' own): the calls begun (the
+        ledger's next grant id counts every begin, this process's or another's, and the
+        records this process holds), the call counts' versions and the request's
+        regression row. ``None`` when the state gives no grant id (a store's view
+        without it): nothing is kept then.
+        """
+        state = obs.state
+        begun = getattr(state, "next_grant_id", None)
+        if begun is None:
+            return None
+        teams = self._teams_counted.get((obs.pipeline.name, obs.pipeline.names))
+        return (
+            begun,
+            len(obs.calls),
+            self._calls_model(obs).version,
+            -1 if teams is None else teams.version,
+            obs.memo.get("row"),
+        )
+
     def _listed_loop(self, obs: Observation) -> bool:
         """Whether a listed agent was seen to call more than once in a request (memo)."""
         loops: bool | None = obs.memo.get("listed_loop")
@@ -681,6 +703,32 @@ class PredictingPolicy(Policy):
         sizes: list[tuple[float, float, float]] = []
         if floor is None:
             return 0, 0.0, 0, 0, sizes
+        self.needs_now(obs)
+        epoch = self._epoch(obs)
+        if epoch is None:
+            return self._count_held(obs, agent, floor, weights, begun)
+        # the same within an epoch and for the same needs (needs_now's own key)
+        key = (epoch, obs.memo.get("needs_now_key"), agent.name, floor, id(weights), begun)
+        memo = obs.memo.get("held_parts")
+        if memo is None or memo[0] != key:
+            memo = obs.memo["held_parts"] = (
+                key,
+                self._count_held(obs, agent, floor, weights, begun),
+                weights,  # alive while its id is in the key
+            )
+        keep, total, inputs, fragile, sizes = memo[1]
+        return keep, total, inputs, fragile, list(sizes)
+
+    def _count_held(
+        self,
+        obs: Observation,
+        agent: Agent,
+        floor: int,
+        weights: Mapping[int, float] | Sequence[float],
+        begun: bool,
+    ) -> tuple[int, float, int, int, list[tuple[float, float, float]]]:
+        """:meth:`_held_parts`, computed."""
+        sizes: list[tuple[float, float, float]] = []
         reserve = obs.state.reserve
         needs = self.needs_now(obs)
         planned = self.predicted_needs(obs)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -50,6 +50,28 @@ class Curve:
 
     levels: np.ndarray
     values: np.ndarray
+    _hull_parts: tuple[float, float, np.ndarray] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def hull_parts(self) -> tuple[float, float, np.ndarray]:
+        """The first level and value, and the hull's segments (computed once per curve).
+
+        Returns:
+            ``(first level, first value, segments)``: ``segments`` has one row per
+            segment of the upper concave hull, ``(slope, width, gain, tight)``, ``tight``
+            1.0 where it joins neighbouring points (see :func:`_segments`).
+        """
+        parts = self._hull_parts
+        if parts is None:
+            points = _hull(self.levels, self.values)
+            rows = [
+                ((y1 - y0) / (x1 - x0), x1 - x0, y1 - y0, float(i1 - i0 == 1))
+                for (x0, y0, i0), (x1, y1, i1) in itertools.pairwise(points)
+            ]
+            parts = (points[0][0], points[0][1], np.array(rows, dtype=float).reshape(-1, 4))
+            object.__setattr__(self, "_hull_parts", parts)
+        return parts
 
 
 def _hull(levels: np.ndarray, values: np.ndarray) -> list[tuple[float, float, int]]:
@@ -143,9 +165,76 @@ def divide(
 def pool_values(
     curves: Sequence[Curve], pools: np.ndarray, *, least_gain: float = 0.0
 ) -> np.ndarray:
-    """The total expected log-quality :func:`divide` reaches with each of ``pools``."""
-    first, value, segments = _segments(curves, least_gain)
-    return np.array([_fill(first, value, segments, float(p))[1] for p in pools])
+    """The total expected log-quality :func:`divide` reaches with each of ``pools``.
+
+    All pools at once: the greedy order of the segments does not depend on the pool, so
+    each pool takes a prefix of them (summed with ``cumsum``) up to the first that does
+    not fit; only a pool stopped by a jump (a segment between points that are not
+    neighbours) goes on alone with the segments after it, that curve left out, as
+    :func:`_fill` does. The same sums as :func:`_fill`'s, the prefix added in another
+    order (equal to rounding).
+    """
+    parts = [c.hull_parts() for c in curves]
+    pools = np.asarray(pools, dtype=float)
+    values = np.full(len(pools), sum(p[1] for p in parts))
+    left = pools - sum(p[0] for p in parts)
+    fits = np.flatnonzero(left >= 0)
+    if not len(fits) or not parts:
+        return values
+    rows = np.concatenate([p[2] for p in parts])  # slope, width, gain, tight
+    curve = np.repeat(np.arange(len(parts)), [len(p[2]) for p in parts])
+    keep = rows[:, 0] > least_gain
+    if not keep.all():
+        rows, curve = rows[keep], curve[keep]
+    if not len(rows):
+        return values
+    best = np.argsort(-rows[:, 0], kind="stable")  # as _segments sorts them
+    table = np.vstack([rows[best].T, curve[best]])  # slope, width, gain, tight, curve
+    _fill_many(table, left[fits], fits, values)
+    return values
+
+
+def _fill_many(table: np.ndarray, left: np.ndarray, where: np.ndarray, values: np.ndarray) -> None:
+    """Add to ``values[where]`` what :func:`_fill` takes of the segments with ``left``.
+
+    ``table``'s columns are the segments, best first; its rows slope, width, gain, tight
+    and curve.
+    """
+    slope, width, gain, tight, _ = table
+    taken = np.zeros(len(width) + 1)
+    got = np.zeros(len(width) + 1)
+    np.cumsum(width, out=taken[1:])
+    np.cumsum(gain, out=got[1:])
+    stop = np.searchsorted(taken[1:], left, side="right")  # segments taken whole
+    values[where] += got[stop]
+    rest = left - taken[stop]
+    inside = stop < len(width)
+    if not inside.any():
+        return
+    at, rest, pos = stop[inside], rest[inside], where[inside]
+    part = tight[at] > 0
+    values[pos[part]] += slope[at[part]] * rest[part]
+    if part.all():
+        return
+    # a pool stopped by a jump goes on alone, as _fill does, that curve left out
+    segments = table.T.tolist()
+    for j, room, k in zip(
+        at[~part].tolist(), rest[~part].tolist(), pos[~part].tolist(), strict=True
+    ):
+        done = {segments[j][4]}
+        value = 0.0
+        for step, size, rise, whole, c in segments[j + 1 :]:
+            if c in done:
+                continue
+            if size <= room:
+                room -= size
+                value += rise
+                continue
+            done.add(c)
+            if whole:
+                value += step * room
+                break
+        values[k] += value
 
 
 def input_curve(need: float, weight: float, ratios: np.ndarray | None = None) -> Curve:
@@ -241,10 +330,12 @@ def _factors(
         if kind == "reasoning":
             share = np.where(fits, 1.0, share / 2)
         factor = share**weight
-    if readers:
-        missing = np.maximum(needs[None, :] - caps[:, None], 0.0)
-        for need_in, reader_weight in readers:
-            factor = factor * np.maximum(1 - missing / max(need_in, 1.0), 1e-6) ** reader_weight
+    if readers and kind != "structured":  # a cut record is worth 0 to its readers too
+        cut = ~fits
+        if cut.any():  # where nothing is missing, the readers' factors are 1
+            missing = (needs[None, :] - caps[:, None])[cut]
+            for need_in, reader_weight in readers:
+                factor[cut] *= np.maximum(1 - missing / max(need_in, 1.0), 1e-6) ** reader_weight
     return factor
 
 
@@ -289,6 +380,25 @@ _TAIL = np.array([1.3, 1.8])
 _TAIL_CHANCE = np.array([0.5, 0.5])
 
 
+_SPOTS = (np.arange(_SAMPLES) + 0.5) / _SAMPLES
+_QUANTILES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _quantiles(ratios: np.ndarray) -> np.ndarray:
+    """``_SAMPLES`` quantiles of ``ratios``, kept per array.
+
+    An error model's samples are replaced, never changed in place, when it learns.
+    """
+    found = _QUANTILES.get(id(ratios))
+    if found is not None and found[0] is ratios:
+        return found[1]
+    quantiles: np.ndarray = np.quantile(ratios, _SPOTS)
+    if len(_QUANTILES) >= 1024:
+        _QUANTILES.clear()
+    _QUANTILES[id(ratios)] = (ratios, quantiles)
+    return quantiles
+
+
 def choose_call(
     call: Call, pool: float, after: Sequence[Curve], *, least_gain: float = 0.0
 ) -> tuple[int, int] | None:
@@ -310,8 +420,7 @@ def choose_call(
     if most < call.least or pool < 1:
         return None
     predicted = max(call.predicted, 1.0)
-    spots = (np.arange(_SAMPLES) + 0.5) / _SAMPLES
-    needs = np.maximum(np.quantile(call.ratios, spots) * predicted, 1.0)
+    needs = np.maximum(_quantiles(call.ratios) * predicted, 1.0)
     needs = np.concatenate([needs, _TAIL * float(needs.max())])
     chance = np.concatenate([np.ones(_SAMPLES), _TAIL_CHANCE])
     chance /= chance.sum()
@@ -321,18 +430,19 @@ def choose_call(
     need_in = max(call.input_need, 1.0)
     ctxs = np.unique(np.clip(np.round(np.append(_CONTEXT_FRACTIONS * need_in, 1)), 1, need_in))
     own_in = call.input_weight * np.log(ctxs / need_in)
-    with np.errstate(divide="ignore"):
-        own_out = np.log(_factors(call.kind, caps, needs, call.output_weight, call.readers))
-    used = np.minimum(needs[None, :], caps[:, None])
+    factors = _factors(call.kind, caps, needs, call.output_weight, call.readers)
+    fits = needs[None, :] <= caps[:, None]
     grid = np.linspace(0.0, pool, _POOL_POINTS)
-    later = np.interp(
-        pool - ctxs[:, None, None] - used[None],
-        grid,
-        pool_values(after, grid, least_gain=least_gain),
-    )
-    total = own_in[:, None, None] + own_out[None] + later
-    total -= least_gain * (ctxs[:, None, None] + used[None])
-    score = np.exp(total) @ chance
+    values = pool_values(after, grid, least_gain=least_gain)
+    room = pool - ctxs
+    # what a call uses is its need when the cap covers it, else its cap: the agents after
+    # it are valued once per (ctx, need) and per (ctx, cap), not per (ctx, cap, need)
+    by_need = np.interp(room[:, None] - needs[None, :], grid, values)
+    by_cap = np.interp(room[:, None] - caps[None, :], grid, values)
+    covered = (np.exp(by_need - least_gain * needs[None, :]) * chance) @ (fits * factors).T
+    short = np.where(fits, 0.0, factors) @ chance  # each cap's answers cut at it
+    score = covered + np.exp(by_cap - least_gain * caps[None, :]) * short[None, :]
+    score *= np.exp(own_in - least_gain * ctxs)[:, None]
     score[ctxs[:, None] + caps[None, :] > pool] = -1.0
     if float(score.max()) < 0:
         return None

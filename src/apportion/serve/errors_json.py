@@ -48,6 +48,7 @@ CODES: Final[dict[type[e.ApportionError], tuple[str, int]]] = {
     e.InvalidPrice: ("invalid_price", 422),
     e.SpecError: ("invalid_spec", 422),
     e.ForeignGrant: ("foreign_grant", 422),
+    e.OperationConflict: ("operation_conflict", 422),
     e.TreeTooDeep: ("tree_too_deep", 422),
     e.InputTooLarge: ("input_too_large", 422),
     e.WrapUpTooLarge: ("wrap_up_too_large", 409),

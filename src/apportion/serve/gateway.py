@@ -10,11 +10,23 @@ calls (their grants' leases expire).
 Request ids live in the tenant's namespace: the store holds ``TENANT/ID``, the API shows
 ``ID``. Another tenant's id is simply not there (``UnknownRequest``, 404), and every error
 shown to a tenant names its own ids only (see :mod:`apportion.serve.errors_json`).
+
+A budget API call with an ``Idempotency-Key`` runs its operations under operation ids
+derived from the tenant and the key (:func:`~apportion.controller.operation_ids`), and a
+keyed ``open`` without a request id of the caller's gets one derived from them too. So
+when a call's store operation was carried out but its outcome was lost (the store
+unreachable after the controller's own retries: 503, and the idempotency record dropped),
+the client's retry with the same key repeats the same operation ids on the same request,
+and the store answers them with their first outcomes instead of granting, drawing or
+settling twice. A proxied call does not (its 503 may be the upstream's, after the store
+settled its grant: its retry must begin afresh).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import hmac
@@ -30,7 +42,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from apportion.controller import AsyncController, AsyncRequest
+from apportion.controller import AsyncController, AsyncRequest, operation_ids
 from apportion.errors import (
     ApportionError,
     InvalidArgument,
@@ -52,6 +64,7 @@ from apportion.serve.errors import (
     UnknownPipeline,
 )
 from apportion.serve.errors_json import error_response
+from apportion.serve.feed_hub import FeedHub
 from apportion.serve.guard import FailureWindow
 from apportion.serve.handles import issue_handle, read_handle
 from apportion.serve.idempotency import IdempotencyRecords, Outcome, open_records
@@ -65,6 +78,11 @@ ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 _LOOKUP_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(::[A-Za-z0-9_.#-]{1,64})*$")
 _KEY_PATTERN: Final = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+_CALL_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "apportion_serve_call_key", default=None
+)
+"""The operation key of the keyed call running (a digest of its tenant and key)."""
 
 DRAIN_KEY: Final = "pool-drain:"
 """Prefix of the record that a pool is draining (in the idempotency records)."""
@@ -122,6 +140,9 @@ class Gateway:
         """The config file's ``stat`` when last read (:meth:`check_config`)."""
         self._retiring: list[threading.Thread] = []
         self._reaper: Reaper | None = None
+        self.feed_hub = FeedHub(self.store)
+        """The one reader of the store's feed the dashboard's streams share (started by
+        the first stream, not here)."""
         self._unwritten: dict[str, tuple[str, str, Outcome | None, float]] = {}
         """Idempotency records the store was down to write: (fingerprint, operation,
         outcome or ``None`` to drop the claim, ttl)."""
@@ -283,10 +304,11 @@ class Gateway:
             self._reaper = Reaper(self.reap, every).start()
 
     async def aclose(self) -> None:
-        """Stop the reaper and close the records' connections."""
+        """Stop the reaper and the feed's reader, close the records' connections."""
         reaper, self._reaper = self._reaper, None
         if reaper is not None:
             reaper.stop()
+        await self.feed_hub.aclose()
         await self.records.aclose()
 
     def reap(self) -> int:
@@ -449,7 +471,10 @@ class Gateway:
         entry = self.config.pipelines[pipeline_name]
         if pool is not None and await self.draining(self.pool_name(tenant, pool)):
             raise PoolDraining(str(pool))
-        if request_id is None:
+        keyed = _CALL_KEY.get()
+        if request_id is None and keyed is not None:  # a retry of the call opens the same
+            request_id = f"k{keyed[:31]}"
+        elif request_id is None:
             request_id = secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
         elif not isinstance(request_id, str) or not ID_PATTERN.match(request_id):
             raise InvalidArgument(
@@ -594,6 +619,7 @@ class Gateway:
         fn: Callable[[], Awaitable[Outcome]],
         *,
         fingerprint: str | None = None,
+        store_ids: bool = False,
     ) -> Outcome:
         """Run ``fn`` once per ``(tenant, key)``; a retry gets the first outcome.
 
@@ -610,6 +636,12 @@ class Gateway:
             fingerprint: what identifies the call (the HTTP routes pass a digest of method,
                 path and body): the same key with another fingerprint is refused. Default:
                 ``op_name`` alone.
+            store_ids: run ``fn``'s store operations under operation ids derived from the
+                tenant and key (and a keyed open without an id under an id derived from
+                them), so that a run again after a 503 repeats them and the store answers
+                with their first outcomes. Only for calls whose one 503 is the store
+                unreachable (the budget API): a proxied call's 503 may be the upstream's,
+                after the store settled everything, and its retry must run afresh.
 
         Raises:
             InvalidArgument: a malformed key (1 to 255 printable ASCII characters).
@@ -640,11 +672,16 @@ class Gateway:
             raise IdempotencyKeyReused(key, claim.operation)
         if claim.state == "running":
             raise IdempotencyInProgress(key, claim.operation)
+        key_digest = hashlib.sha256(record.encode("utf-8")).hexdigest()[:40]
+        token = _CALL_KEY.set(key_digest if store_ids else None)
         try:
-            outcome = await self._outcome(tenant, fn)
+            with operation_ids(key_digest) if store_ids else contextlib.nullcontext():
+                outcome = await self._outcome(tenant, fn)
         except BaseException:
             await self._write_record(record, (fingerprint, op_name, None, ttl))
             raise
+        finally:
+            _CALL_KEY.reset(token)
         if outcome.status == 503:  # the store was unreachable: let the retry run again
             await self._write_record(record, (fingerprint, op_name, None, ttl))
         else:
@@ -704,7 +741,7 @@ class Gateway:
             InvalidArgument: ``limit`` is not an integer in ``[1, 10000]``.
             StoreUnavailable: the store cannot be reached.
         """
-        import asyncio
+        from apportion.serve.gather import gather_bounded
 
         if type(limit) is not int or not 1 <= limit <= 10_000:
             raise InvalidArgument("limit", limit, "an integer in [1, 10000]")
@@ -716,7 +753,7 @@ class Gateway:
             except UnknownRequest:
                 return None
 
-        states = await asyncio.gather(*(state(i) for i in ids[:limit]))
+        states = await gather_bounded(state(i) for i in ids[:limit])
         return [s for s in states if s is not None and s.status == "open"]
 
     # ------------------------------------------------------------------ helpers

@@ -19,15 +19,17 @@ claim whose answer was lost is dropped only while it is still that call's ``runn
 claim: :meth:`IdempotencyRecords.forget_claim`), so a retry does not meet ``in_progress``
 for the whole TTL.
 
-What this does not give, and store-level exactly-once would (issue 20: an operation id
-passed into each Redis script, recorded in the same atomic step as the ledger change): the
-record and the ledger change are two writes. If the gateway dies (SIGKILL, host loss)
-after the store applied an operation and before the outcome was written, the record stays
-``running`` until its TTL ends: a retry meanwhile gets 409 ``in_progress`` (never a second
-settlement, since a ``finish`` retried after the TTL meets ``GrantSettled``; a retried
-``begin`` after the TTL would make a second grant, which its lease then reclaims). With op
-ids inside the scripts, the store itself would answer the retry with the first outcome, and
-the window would close.
+Store-level operation ids close most of the gap between the record and the ledger change
+(two writes): a keyed call runs its store operations under ids derived from the tenant and
+the key (:mod:`apportion.serve.gateway`), each recorded by the store in the same atomic
+step as its change. When a reply is lost (503 after the controller's own retries), the
+claim is dropped and the client's retry repeats the same ids: the store answers them with
+the first outcomes, so nothing is granted or settled twice. What is left: if the gateway
+dies (SIGKILL, host loss) after the store applied an operation and before the outcome was
+written, the record stays ``running`` until its TTL ends and a retry meanwhile gets 409
+``in_progress``. After that TTL a retry runs again, with the same ids, and the store
+still answers them with the first outcomes as long as it keeps the request (on Redis its
+keys live the request's TTL plus the store's retention).
 """
 
 from __future__ import annotations

@@ -287,7 +287,9 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         )
         fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
         key = request.headers.get("idempotency-key")
-        outcome = await gateway.idempotent(tenant, key, op_name, fn, fingerprint=fingerprint)
+        outcome = await gateway.idempotent(
+            tenant, key, op_name, fn, fingerprint=fingerprint, store_ids=True
+        )
         return Response(outcome.body, status_code=outcome.status, media_type=JSON)
 
     errors = s.error_responses

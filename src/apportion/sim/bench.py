@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from apportion.controller import Controller
 from apportion.errors import PolicyConfigError
 from apportion.policies import Policy, StaticPolicy, bench_policies, resolve_policy
 from apportion.sim.needs import RequestNeeds, draw_needs
@@ -58,6 +59,7 @@ __all__ = [
     "run_cost_frontier",
     "run_frontier",
     "trace_request",
+    "traces_of",
 ]
 
 DEFAULT_REQUESTS = 1000
@@ -583,7 +585,13 @@ def _with_progress(
 
 @dataclass(frozen=True, slots=True)
 class AgentTrace:
-    """What one agent needed and got in a traced request (tokens)."""
+    """What one agent needed and got in a traced request (tokens).
+
+    ``granted_in`` and ``granted_out`` add up the first grant and every extension;
+    ``read`` and ``wrote`` are what the agent's finish reported (``read`` counts resent
+    context too). ``context`` is the context of the first grant: what the agent read of
+    its input (0 when it never ran, then ``ran`` is false).
+    """
 
     agent: str
     priority: str
@@ -593,6 +601,8 @@ class AgentTrace:
     granted_out: int
     read: int
     wrote: int
+    context: int = 0
+    ran: bool = False
 
 
 def trace_request(
@@ -609,8 +619,27 @@ def trace_request(
     for earlier in warmup:
         run_request(controller, workload, earlier, ceiling)
     outcome = run_request(controller, workload, needs, ceiling)
+    return outcome, traces_of(controller, workload, needs, outcome)
+
+
+def traces_of(
+    controller: Controller, workload: Workload, needs: RequestNeeds, outcome: RequestOutcome
+) -> list[AgentTrace]:
+    """Trace each agent of a request already played through ``controller``, from its events.
+
+    Args:
+        controller: the controller the request was played through (its store keeps the
+            request's events).
+        workload: the workload (not realized: one trace per agent of ``workload``).
+        needs: the request's needs.
+        outcome: what :func:`~apportion.sim.runner.run_request` returned for it.
+
+    Returns:
+        One :class:`AgentTrace` per agent, in agent order.
+    """
     granted: dict[str, list[int]] = {}
     used: dict[str, list[int]] = {}
+    first: dict[str, int] = {}
     for event in controller.store.events(outcome.request_id):
         if event.agent is None:
             continue
@@ -618,6 +647,8 @@ def trace_request(
             row = granted.setdefault(event.agent, [0, 0])
             row[0] += event.context_tokens
             row[1] += event.output_tokens
+            if event.kind == "begin":
+                first.setdefault(event.agent, event.context_tokens)
         elif event.kind == "finish":
             used[event.agent] = [event.context_tokens, event.output_tokens]
     traces = []
@@ -634,9 +665,11 @@ def trace_request(
                 g[1],
                 u[0],
                 u[1],
+                first.get(agent.name, 0),
+                agent.name in first,
             )
         )
-    return outcome, traces
+    return traces
 
 
 def policy_cells(figures: Mapping[str, Any]) -> list[str]:

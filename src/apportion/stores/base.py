@@ -84,7 +84,8 @@ Contract (every implementation must keep it):
   prefix=..., limit=..., timeout=...)`` returns the events after cursor ``after`` (``None``:
   from the oldest kept) whose request id starts with ``prefix``, oldest first, and the
   cursor to read from next; with none yet it waits up to ``timeout`` seconds for one.
-  Cursors increase with every event; a reader passing back each page's cursor sees every
+  Cursors increase with every event (whole numbers joined by ``-``, ordered by
+  :func:`~apportion.stores.feed.cursor_key`); a reader passing back each page's cursor sees every
   later event once, in order, per request in the order of the request's own ``events``
   (unless the feed, bounded, dropped them first). ``feed_cursor()`` is the newest cursor
   (read from it to see only what comes next). ``note(request_id, event)`` appends a
@@ -92,6 +93,30 @@ Contract (every implementation must keep it):
   note saying which) with the request's state as it is, and changes no ledger; an unknown
   request or agent raises as ``begin`` would. The feed is shared by every process on the
   store (on Redis, a stream), so a reader sees the changes made by every replica.
+* Exactly-once operations: ``open``, ``begin``, ``extend``, ``finish``, ``release``,
+  ``close`` and ``open_children`` (and their async twins) take an optional keyword
+  ``op_id``, an operation id (1 to 255 printable ASCII characters, no spaces; see
+  :func:`check_op_id`). The store records the outcome of an operation that carried one in
+  the same atomic step as its change, under the request it applies to (for
+  ``open_children``, the parent). A later call with the same id on the same request
+  changes nothing (no lease expiry, no event) and returns the first outcome: the same
+  grant (id, tokens, lease end) for ``begin``, the grown grant for ``extend``, and the
+  request's state as it is now (for ``open_children``, the parent's and the children's).
+  The same id with other arguments, or for another operation, raises
+  :class:`~apportion.errors.OperationConflict` and changes nothing. The arguments compared
+  (:func:`op_digest`) are what the caller asks for, not what a policy decided for it nor
+  clock times, so a retry whose policy decides again still matches: ``open``: the agents,
+  ceiling, pool, pool class and cost ceiling; ``begin``: the agent, the input in hand and
+  the wrap-up reserve; ``extend``: the grant; ``finish``: the grant and its usage and
+  truncation; ``release``: the grant and reason; ``close``: status and outcome;
+  ``open_children``: the children's ids and classes, ceiling, share and depth bound. A
+  refused operation changes nothing and records nothing: its id may be used again (a
+  retry runs it anew). Ids expire with their request: they are kept as long as the
+  request's state (its retention after close: ``keep_closed`` on memory, the keys' TTL on
+  Redis) and forgotten when it is, or when a new request of the same id replaces a closed
+  one. A pool draw made by a pooled ``open`` is recorded under the draw (its key derives
+  from the open's id) and its give-back at ``close`` settles it once, so a repeated open or
+  close neither draws nor gives back twice.
 * Open requests (optional): ``open_requests(prefix)`` lists the ids of the open requests
   whose id starts with ``prefix``, sorted, from an index the store keeps (no scan of every
   key).
@@ -100,10 +125,12 @@ Contract (every implementation must keep it):
 from __future__ import annotations
 
 import abc
+import hashlib
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apportion.errors import InvalidArgument
 from apportion.ledger import (
@@ -198,10 +225,140 @@ def check_children(
     return ChildrenArgs(parent, ids, ranks, when, cap, part, seconds, max_depth)
 
 
+_OP_ID = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def check_op_id(op_id: object) -> str | None:
+    """An operation id as given (``None``: none), checked.
+
+    Raises:
+        InvalidArgument: not 1 to 255 printable ASCII characters without spaces.
+    """
+    if op_id is None:
+        return None
+    if not isinstance(op_id, str) or not _OP_ID.match(op_id):
+        raise InvalidArgument(
+            "op_id", op_id, "an operation id is 1 to 255 printable ASCII characters, no spaces"
+        )
+    return op_id
+
+
+def op_digest(operation: str, *parts: object) -> str:
+    """What a repeated operation id is compared on: ``OPERATION:HASH`` of ``parts``.
+
+    ``parts`` are the arguments a retry must repeat (see the module docstring); the
+    operation's name stays readable, so a conflict can say what the id was first used for.
+    """
+    try:
+        text = repr(parts)
+    except ValueError:  # an integer past 4,300 digits
+        text = repr(_plain(parts))
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=10)
+    return f"{operation}:{digest.hexdigest()}"
+
+
+def _grant_key(grant: object) -> tuple[object, object]:
+    """What identifies a grant in an operation's digest: its id and agent."""
+    return getattr(grant, "grant_id", None), getattr(grant, "agent", None)
+
+
+class Digests:
+    """Each operation's :func:`op_digest`, one definition for every store.
+
+    Each returns ``""`` when ``op_id`` is ``None`` (nothing is hashed then).
+    """
+
+    @staticmethod
+    def open(
+        op_id: str | None,
+        ranks: Mapping[str, int],
+        ceiling: int,
+        pool: str | None,
+        pool_priority: str,
+        ceiling_usd: float | None,
+    ) -> str:
+        """Of ``open``: the agents, the ceilings and the pool."""
+        if op_id is None:
+            return ""
+        return op_digest("open", sorted(ranks.items()), ceiling, pool, pool_priority, ceiling_usd)
+
+    @staticmethod
+    def children(op_id: str | None, args: ChildrenArgs, max_depth: int) -> str:
+        """Of ``open_children``: the children and their shares."""
+        if op_id is None:
+            return ""
+        return op_digest(
+            "open_children", args.request_ids, args.ranks, args.ceiling, args.share, max_depth
+        )
+
+    @staticmethod
+    def begin(op_id: str | None, agent: object, held: object, wrap_up_tokens: object) -> str:
+        """Of ``begin``: the agent, the input it holds, the wrap-up reserve."""
+        return "" if op_id is None else op_digest("begin", agent, held, wrap_up_tokens)
+
+    @staticmethod
+    def extend(op_id: str | None, grant: object) -> str:
+        """Of ``extend``: the grant."""
+        return "" if op_id is None else op_digest("extend", *_grant_key(grant))
+
+    @staticmethod
+    def finish(
+        op_id: str | None,
+        grant: object,
+        input_tokens: object,
+        output_tokens: object,
+        truncated: bool,
+    ) -> str:
+        """Of ``finish``: the grant and its usage."""
+        if op_id is None:
+            return ""
+        return op_digest("finish", *_grant_key(grant), input_tokens, output_tokens, bool(truncated))
+
+    @staticmethod
+    def release(op_id: str | None, grant: object, reason: str) -> str:
+        """Of ``release``: the grant and the reason."""
+        return "" if op_id is None else op_digest("release", *_grant_key(grant), reason)
+
+    @staticmethod
+    def close(op_id: str | None, status: object, outcome: object) -> str:
+        """Of ``close``: the status and the outcome."""
+        return "" if op_id is None else op_digest("close", status, outcome)
+
+
+def _plain(value: object) -> object:
+    """``value`` with its integers in hex (``repr`` refuses integers past 4,300 digits)."""
+    if type(value) is int:
+        return hex(value)
+    if isinstance(value, tuple | list):
+        return tuple(_plain(item) for item in value)
+    return value
+
+
+def digest_operation(digest: str) -> str:
+    """The operation named by a digest of :func:`op_digest`."""
+    return digest.partition(":")[0]
+
+
+def _op(op_id: str | None, wrap_up_tokens: int = 0) -> dict[str, Any]:
+    """The ``op_id`` and ``wrap_up_tokens`` keywords, passed on only when given.
+
+    A store without them keeps working for calls without them.
+    """
+    given: dict[str, Any] = {} if op_id is None else {"op_id": op_id}
+    if wrap_up_tokens != 0:
+        given["wrap_up_tokens"] = wrap_up_tokens
+    return given
+
+
 class Store(abc.ABC):
     """Base class of every store; see the module docstring for the contract."""
 
     url: str = ""
+    replies_may_be_lost: bool = False
+    """Whether a call can end with its outcome unknown (a connection lost after the store
+    ran it: :class:`~apportion.errors.StoreOutcomeUnknown`). The controller gives such a
+    store an operation id on every call, so it can retry; an in-process store gets ids only
+    from an :func:`~apportion.controller.operation_ids` key."""
 
     @abc.abstractmethod
     def open(
@@ -217,6 +374,7 @@ class Store(abc.ABC):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        op_id: str | None = None,
     ) -> LedgerView:
         """Open the ledger of a new request and return its state.
 
@@ -239,6 +397,7 @@ class Store(abc.ABC):
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
         wrap_up_tokens: int = 0,
+        op_id: str | None = None,
     ) -> tuple[Grant, LedgerView]:
         """Reserve a grant (priced on ``model`` at ``prices``); return it and the state after.
 
@@ -256,6 +415,8 @@ class Store(abc.ABC):
         context_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        op_id: str | None = None,
     ) -> tuple[Grant, LedgerView]:
         """Grow an open grant; return the grown grant and the state after."""
 
@@ -270,18 +431,31 @@ class Store(abc.ABC):
         *,
         truncated: bool = False,
         allocation: Mapping[str, int] | None = None,
+        op_id: str | None = None,
     ) -> LedgerView:
         """Settle a grant with its real usage; return the state after."""
 
     @abc.abstractmethod
     def release(
-        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+        self,
+        request_id: str,
+        grant: Grant,
+        now: float,
+        *,
+        reason: str = "release",
+        op_id: str | None = None,
     ) -> LedgerView:
         """Settle a grant as unused; return the state after."""
 
     @abc.abstractmethod
     def close(
-        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+        self,
+        request_id: str,
+        now: float,
+        *,
+        status: str = "closed",
+        outcome: float | None = None,
+        op_id: str | None = None,
     ) -> LedgerView:
         """Close a request (releasing its open grants); return its final state."""
 
@@ -345,6 +519,7 @@ class Store(abc.ABC):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        op_id: str | None = None,
     ) -> tuple[LedgerView, Sequence[LedgerView]]:
         """Open child requests of ``parent_id``, their ceilings drawn from it atomically.
 
@@ -363,6 +538,7 @@ class Store(abc.ABC):
                 whose ceiling they do not fit).
             ttl: how long each child may stay open before ``reap`` closes it.
             max_depth: the deepest a child may be (a root request is at depth 0).
+            op_id: the operation's id (see the module docstring), recorded in the parent.
 
         Returns:
             The parent's state after the draws, and the children's, in the order of
@@ -384,6 +560,7 @@ class Store(abc.ABC):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        op_id: str | None = None,
     ) -> tuple[LedgerView, Sequence[LedgerView]]:
         """Async :meth:`open_children`."""
         return self.open_children(
@@ -398,6 +575,7 @@ class Store(abc.ABC):
             reserve=reserve,
             ttl=ttl,
             max_depth=max_depth,
+            **_op(op_id),
         )
 
     # Async variants. A store whose operations never wait (memory) keeps these defaults;
@@ -416,6 +594,7 @@ class Store(abc.ABC):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        op_id: str | None = None,
     ) -> LedgerView:
         """Async :meth:`open`."""
         if ceiling_usd is not None:
@@ -430,10 +609,18 @@ class Store(abc.ABC):
                 pool=pool,
                 pool_priority=pool_priority,
                 ceiling_usd=ceiling_usd,
+                **_op(op_id),
             )
         if pool is None:
             return self.open(
-                request_id, ranks, ceiling, now, allocation=allocation, reserve=reserve, ttl=ttl
+                request_id,
+                ranks,
+                ceiling,
+                now,
+                allocation=allocation,
+                reserve=reserve,
+                ttl=ttl,
+                **_op(op_id),
             )
         return self.open(
             request_id,
@@ -445,6 +632,7 @@ class Store(abc.ABC):
             ttl=ttl,
             pool=pool,
             pool_priority=pool_priority,
+            **_op(op_id),
         )
 
     async def abegin(
@@ -460,6 +648,7 @@ class Store(abc.ABC):
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
         wrap_up_tokens: int = 0,
+        op_id: str | None = None,
     ) -> tuple[Grant, LedgerView]:
         """Async :meth:`begin`."""
         return self.begin(
@@ -472,7 +661,7 @@ class Store(abc.ABC):
             model=model,
             prices=prices,
             asked=asked,
-            **({"wrap_up_tokens": wrap_up_tokens} if wrap_up_tokens != 0 else {}),
+            **_op(op_id, wrap_up_tokens=wrap_up_tokens),
         )
 
     async def aextend(
@@ -483,9 +672,13 @@ class Store(abc.ABC):
         context_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        op_id: str | None = None,
     ) -> tuple[Grant, LedgerView]:
         """Async :meth:`extend`."""
-        return self.extend(request_id, grant, output_tokens, context_tokens, now, lease_seconds)
+        return self.extend(
+            request_id, grant, output_tokens, context_tokens, now, lease_seconds, **_op(op_id)
+        )
 
     async def afinish(
         self,
@@ -497,6 +690,7 @@ class Store(abc.ABC):
         *,
         truncated: bool = False,
         allocation: Mapping[str, int] | None = None,
+        op_id: str | None = None,
     ) -> LedgerView:
         """Async :meth:`finish`."""
         return self.finish(
@@ -507,19 +701,32 @@ class Store(abc.ABC):
             now,
             truncated=truncated,
             allocation=allocation,
+            **_op(op_id),
         )
 
     async def arelease(
-        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+        self,
+        request_id: str,
+        grant: Grant,
+        now: float,
+        *,
+        reason: str = "release",
+        op_id: str | None = None,
     ) -> LedgerView:
         """Async :meth:`release`."""
-        return self.release(request_id, grant, now, reason=reason)
+        return self.release(request_id, grant, now, reason=reason, **_op(op_id))
 
     async def aclose(
-        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+        self,
+        request_id: str,
+        now: float,
+        *,
+        status: str = "closed",
+        outcome: float | None = None,
+        op_id: str | None = None,
     ) -> LedgerView:
         """Async :meth:`close`."""
-        return self.close(request_id, now, status=status, outcome=outcome)
+        return self.close(request_id, now, status=status, outcome=outcome, **_op(op_id))
 
     async def aget(self, request_id: str) -> LedgerView:
         """Async :meth:`get`."""

@@ -96,6 +96,9 @@ class FailOpenStore(Store):
             raise InvalidArgument("primary", primary, "a store to wrap")
         self._primary = primary
         self.url = primary.url
+        # the controller gives every call an operation id when the primary may lose replies
+        # (read from its class: an unreachable store may refuse even its attributes)
+        self.replies_may_be_lost = type(primary).replies_may_be_lost
         self._start_fail_open(fallback, emergency_cap)
 
     def _start_fail_open(self, fallback: Store | None, emergency_cap: int) -> None:
@@ -195,6 +198,7 @@ class FailOpenStore(Store):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        op_id: str | None = None,
     ) -> LedgerView:
         """Open in the primary; in the fallback when the primary is unreachable."""
         pooled: dict[str, Any] = {}
@@ -210,7 +214,7 @@ class FailOpenStore(Store):
                 reserve=reserve,
                 ttl=ttl,
                 **pooled,
-                **_used(ceiling_usd=ceiling_usd),
+                **_used(ceiling_usd=ceiling_usd, op_id=op_id),
             )
         except StoreUnavailable as error:
             return self._open_locally(
@@ -230,6 +234,7 @@ class FailOpenStore(Store):
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
         wrap_up_tokens: int = 0,
+        op_id: str | None = None,
     ) -> tuple[Grant, LedgerView]:
         """Reserve a grant where the request lives."""
         return self._route(request_id).begin(
@@ -243,6 +248,7 @@ class FailOpenStore(Store):
             prices=prices,
             asked=asked,
             **_wrap_up(wrap_up_tokens),
+            **_used(op_id=op_id),
         )
 
     def extend(
@@ -253,10 +259,18 @@ class FailOpenStore(Store):
         context_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        op_id: str | None = None,
     ) -> tuple[Grant, LedgerView]:
         """Grow a grant where the request lives."""
         return self._route(request_id).extend(
-            request_id, grant, output_tokens, context_tokens, now, lease_seconds
+            request_id,
+            grant,
+            output_tokens,
+            context_tokens,
+            now,
+            lease_seconds,
+            **_used(op_id=op_id),
         )
 
     def finish(
@@ -269,6 +283,7 @@ class FailOpenStore(Store):
         *,
         truncated: bool = False,
         allocation: Mapping[str, int] | None = None,
+        op_id: str | None = None,
     ) -> LedgerView:
         """Settle a grant where the request lives."""
         return self._route(request_id).finish(
@@ -279,19 +294,36 @@ class FailOpenStore(Store):
             now,
             truncated=truncated,
             allocation=allocation,
+            **_used(op_id=op_id),
         )
 
     def release(
-        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+        self,
+        request_id: str,
+        grant: Grant,
+        now: float,
+        *,
+        reason: str = "release",
+        op_id: str | None = None,
     ) -> LedgerView:
         """Release a grant where the request lives."""
-        return self._route(request_id).release(request_id, grant, now, reason=reason)
+        return self._route(request_id).release(
+            request_id, grant, now, reason=reason, **_used(op_id=op_id)
+        )
 
     def close(
-        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+        self,
+        request_id: str,
+        now: float,
+        *,
+        status: str = "closed",
+        outcome: float | None = None,
+        op_id: str | None = None,
     ) -> LedgerView:
         """Close the request where it lives."""
-        return self._route(request_id).close(request_id, now, status=status, outcome=outcome)
+        return self._route(request_id).close(
+            request_id, now, status=status, outcome=outcome, **_used(op_id=op_id)
+        )
 
     def open_children(
         self,
@@ -307,6 +339,7 @@ class FailOpenStore(Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        op_id: str | None = None,
     ) -> tuple[LedgerView, Sequence[LedgerView]]:
         """Open children where their parent lives (they stay there)."""
         store = self._route(parent_id)
@@ -322,6 +355,7 @@ class FailOpenStore(Store):
             reserve=reserve,
             ttl=ttl,
             max_depth=max_depth,
+            **_used(op_id=op_id),
         )
         self._adopt(store, children)
         return parent, children
@@ -370,6 +404,7 @@ class FailOpenStore(Store):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        op_id: str | None = None,
     ) -> LedgerView:
         """Async :meth:`open`."""
         pooled: dict[str, Any] = {}
@@ -385,7 +420,7 @@ class FailOpenStore(Store):
                 reserve=reserve,
                 ttl=ttl,
                 **pooled,
-                **_used(ceiling_usd=ceiling_usd),
+                **_used(ceiling_usd=ceiling_usd, op_id=op_id),
             )
         except StoreUnavailable as error:
             return self._open_locally(
@@ -405,6 +440,7 @@ class FailOpenStore(Store):
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
         wrap_up_tokens: int = 0,
+        op_id: str | None = None,
     ) -> tuple[Grant, LedgerView]:
         """Async :meth:`begin`."""
         return await self._route(request_id).abegin(
@@ -418,6 +454,7 @@ class FailOpenStore(Store):
             prices=prices,
             asked=asked,
             **_wrap_up(wrap_up_tokens),
+            **_used(op_id=op_id),
         )
 
     async def aextend(
@@ -428,10 +465,18 @@ class FailOpenStore(Store):
         context_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        op_id: str | None = None,
     ) -> tuple[Grant, LedgerView]:
         """Async :meth:`extend`."""
         return await self._route(request_id).aextend(
-            request_id, grant, output_tokens, context_tokens, now, lease_seconds
+            request_id,
+            grant,
+            output_tokens,
+            context_tokens,
+            now,
+            lease_seconds,
+            **_used(op_id=op_id),
         )
 
     async def afinish(
@@ -444,6 +489,7 @@ class FailOpenStore(Store):
         *,
         truncated: bool = False,
         allocation: Mapping[str, int] | None = None,
+        op_id: str | None = None,
     ) -> LedgerView:
         """Async :meth:`finish`."""
         return await self._route(request_id).afinish(
@@ -454,19 +500,36 @@ class FailOpenStore(Store):
             now,
             truncated=truncated,
             allocation=allocation,
+            **_used(op_id=op_id),
         )
 
     async def arelease(
-        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+        self,
+        request_id: str,
+        grant: Grant,
+        now: float,
+        *,
+        reason: str = "release",
+        op_id: str | None = None,
     ) -> LedgerView:
         """Async :meth:`release`."""
-        return await self._route(request_id).arelease(request_id, grant, now, reason=reason)
+        return await self._route(request_id).arelease(
+            request_id, grant, now, reason=reason, **_used(op_id=op_id)
+        )
 
     async def aclose(
-        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+        self,
+        request_id: str,
+        now: float,
+        *,
+        status: str = "closed",
+        outcome: float | None = None,
+        op_id: str | None = None,
     ) -> LedgerView:
         """Async :meth:`close`."""
-        return await self._route(request_id).aclose(request_id, now, status=status, outcome=outcome)
+        return await self._route(request_id).aclose(
+            request_id, now, status=status, outcome=outcome, **_used(op_id=op_id)
+        )
 
     async def aopen_children(
         self,
@@ -482,6 +545,7 @@ class FailOpenStore(Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        op_id: str | None = None,
     ) -> tuple[LedgerView, Sequence[LedgerView]]:
         """Async :meth:`open_children`."""
         store = self._route(parent_id)
@@ -497,6 +561,7 @@ class FailOpenStore(Store):
             reserve=reserve,
             ttl=ttl,
             max_depth=max_depth,
+            **_used(op_id=op_id),
         )
         self._adopt(store, children)
         return parent, children

@@ -32,6 +32,7 @@ __all__ = [
     "FeedRing",
     "check_feed_args",
     "check_note",
+    "cursor_key",
 ]
 
 FEED_KINDS: Final = frozenset(
@@ -121,6 +122,21 @@ class FeedPage:
 
     events: tuple[FeedEvent, ...]
     cursor: str
+
+
+def cursor_key(cursor: str) -> tuple[int, ...]:
+    """What orders two cursors of one feed: later events have greater keys.
+
+    Every store's cursors are whole numbers joined by ``-`` (the memory store's ``17``,
+    a Redis stream's ``1700000000000-3``); a part that is not a number counts as 0.
+    """
+    key: list[int] = []
+    for part in cursor.split("-"):
+        try:
+            key.append(int(part))
+        except ValueError:
+            key.append(0)
+    return tuple(key)
 
 
 def check_feed_args(

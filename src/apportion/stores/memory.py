@@ -6,7 +6,10 @@ readable until ``keep_closed`` newer ones have closed. Shared pools live in the 
 process (:class:`~apportion.pools.PoolAccount`, under the same lock): a draw and its open
 are one step, and an open request is kept until it closes, so no draw is ever orphaned.
 The event feed is a ring buffer of the newest ``feed_size`` events (:class:`FeedRing`),
-appended under the same lock as the change.
+appended under the same lock as the change. Operation ids (see
+:class:`~apportion.stores.base.Store`) are kept per request, with the outcome they gave,
+for as long as the request is: until ``keep_closed`` newer requests have closed after it,
+or a new open of its id replaces it.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from apportion.errors import (
     DuplicateRequest,
     InvalidArgument,
+    OperationConflict,
     UnknownAgent,
     UnknownPool,
     UnknownRequest,
@@ -37,7 +42,14 @@ from apportion.ledger import (
     check_time,
 )
 from apportion.pools import Pool, PoolAccount, PoolStatus, check_pool_name, check_priority
-from apportion.stores.base import Reaped, Store, check_children
+from apportion.stores.base import (
+    Digests,
+    Reaped,
+    Store,
+    check_children,
+    check_op_id,
+    digest_operation,
+)
 from apportion.stores.feed import FeedPage, FeedRing, check_feed_args, check_note
 
 
@@ -54,6 +66,10 @@ def check_state_write(key: object, data: object, expected_version: object) -> st
     if type(expected_version) is not int or not 0 <= expected_version < 2**53:
         raise InvalidArgument("expected_version", expected_version, "a version, at least 0")
     return key
+
+
+_NEW: Any = object()
+"""What :meth:`MemoryStore._first` returns for an operation id not seen yet."""
 
 
 class MemoryStore(Store):
@@ -77,6 +93,29 @@ class MemoryStore(Store):
         self._drawn: dict[str, PoolAccount] = {}  # open pooled request -> its pool
         self._states: dict[str, tuple[int, bytes]] = {}
         self._feed = FeedRing(feed_size)
+        self._ops: dict[str, dict[str, tuple[str, Any]]] = {}  # request -> op id -> outcome
+
+    def _first(self, request_id: str, op_id: str | None, digest: str) -> Any:
+        """The first outcome of operation ``op_id`` on the request, or ``_NEW`` (hold the lock).
+
+        Raises:
+            OperationConflict: the id was first used with other arguments.
+        """
+        if op_id is None:
+            return _NEW
+        done = self._ops.get(request_id, {}).get(op_id)
+        if done is None:
+            return _NEW
+        if done[0] != digest:
+            raise OperationConflict(
+                op_id, digest_operation(digest), digest_operation(done[0]), request_id
+            )
+        return done[1]
+
+    def _remember(self, request_id: str, op_id: str | None, digest: str, outcome: Any) -> None:
+        """Record the outcome of operation ``op_id`` on the request (hold the lock)."""
+        if op_id is not None:
+            self._ops.setdefault(request_id, {})[op_id] = (digest, outcome)
 
     def _publish(self, marks: Iterable[tuple[Ledger, int]]) -> None:
         """Append to the feed the events each ledger recorded since its mark (hold the lock)."""
@@ -134,8 +173,10 @@ class MemoryStore(Store):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Open the ledger of a new request (drawing its ceiling from ``pool``) and return it."""
+        op_id = check_op_id(op_id)
         now = check_time("now", now)
         ledger = Ledger(
             request_id,
@@ -150,7 +191,11 @@ class MemoryStore(Store):
         if pool is not None:
             check_pool_name(pool)
             pool_priority = check_priority(pool_priority)
+        digest = Digests.open(op_id, ledger.ranks, ledger.ceiling, pool, pool_priority, ceiling_usd)
         with self._lock:
+            first = self._first(request_id, op_id, digest)
+            if first is not _NEW:
+                return first  # type: ignore[no-any-return]
             if request_id in self._open:
                 raise DuplicateRequest(request_id)
             if pool is not None:
@@ -159,8 +204,10 @@ class MemoryStore(Store):
                     raise UnknownPool(pool)
                 account.draw(request_id, ledger.ceiling, pool_priority, now)
                 self._drawn[request_id] = account
-            self._closed.pop(request_id, None)
+            if self._closed.pop(request_id, None) is not None:
+                self._ops.pop(request_id, None)  # the ids of the request it replaces
             self._open[request_id] = ledger
+            self._remember(request_id, op_id, digest, ledger)
             self._publish([(ledger, 0)])
         return ledger
 
@@ -177,10 +224,17 @@ class MemoryStore(Store):
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
         wrap_up_tokens: int = 0,
+        op_id: str | None = None,
     ) -> tuple[Grant, Ledger]:
         """Reserve a grant; return it and the ledger."""
+        op_id = check_op_id(op_id)
+        held = context_tokens if asked is None else asked
+        digest = Digests.begin(op_id, agent, held, wrap_up_tokens)
         with self._lock:
             ledger = self._ledger(request_id)
+            first = self._first(request_id, op_id, digest)
+            if first is not _NEW:
+                return first  # type: ignore[no-any-return]
             mark = len(ledger.events)
             try:
                 grant = ledger.begin(
@@ -196,6 +250,7 @@ class MemoryStore(Store):
                 )
             finally:  # a refused operation still expired the ended leases
                 self._publish([(ledger, mark)])
+            self._remember(request_id, op_id, digest, (grant, ledger))
             return grant, ledger
 
     def extend(
@@ -206,15 +261,23 @@ class MemoryStore(Store):
         context_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        op_id: str | None = None,
     ) -> tuple[Grant, Ledger]:
         """Grow an open grant; return it and the ledger."""
+        op_id = check_op_id(op_id)
+        digest = Digests.extend(op_id, grant)
         with self._lock:
             ledger = self._ledger(request_id)
+            first = self._first(request_id, op_id, digest)
+            if first is not _NEW:
+                return first  # type: ignore[no-any-return]
             mark = len(ledger.events)
             try:
                 grown = ledger.extend(grant, output_tokens, now, lease_seconds, context_tokens)
             finally:
                 self._publish([(ledger, mark)])
+            self._remember(request_id, op_id, digest, (grown, ledger))
             return grown, ledger
 
     def finish(
@@ -227,10 +290,16 @@ class MemoryStore(Store):
         *,
         truncated: bool = False,
         allocation: Mapping[str, int] | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Settle a grant with its real usage."""
+        op_id = check_op_id(op_id)
+        digest = Digests.finish(op_id, grant, input_tokens, output_tokens, truncated)
         with self._lock:
             ledger = self._ledger(request_id)
+            first = self._first(request_id, op_id, digest)
+            if first is not _NEW:
+                return first  # type: ignore[no-any-return]
             mark = len(ledger.events)
             try:
                 ledger.finish(
@@ -243,27 +312,51 @@ class MemoryStore(Store):
                 )
             finally:
                 self._publish([(ledger, mark)])
+            self._remember(request_id, op_id, digest, ledger)
             return ledger
 
     def release(
-        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+        self,
+        request_id: str,
+        grant: Grant,
+        now: float,
+        *,
+        reason: str = "release",
+        op_id: str | None = None,
     ) -> Ledger:
         """Settle a grant as unused."""
+        op_id = check_op_id(op_id)
+        digest = Digests.release(op_id, grant, reason)
         with self._lock:
             ledger = self._ledger(request_id)
+            first = self._first(request_id, op_id, digest)
+            if first is not _NEW:
+                return first  # type: ignore[no-any-return]
             mark = len(ledger.events)
             try:
                 ledger.release(grant, now, reason=reason)
             finally:
                 self._publish([(ledger, mark)])
+            self._remember(request_id, op_id, digest, ledger)
             return ledger
 
     def close(
-        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+        self,
+        request_id: str,
+        now: float,
+        *,
+        status: str = "closed",
+        outcome: float | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Close a request and keep it readable for a while."""
+        op_id = check_op_id(op_id)
+        digest = Digests.close(op_id, status, outcome)
         with self._lock:
             ledger = self._ledger(request_id)
+            first = self._first(request_id, op_id, digest)
+            if first is not _NEW:
+                return first  # type: ignore[no-any-return]
             if ledger.children and ledger.status == OPEN:  # check before closing children
                 status, outcome = check_status(status), check_outcome(outcome)
                 now = check_time("now", now)
@@ -272,6 +365,7 @@ class MemoryStore(Store):
                 self._close_tree(ledger, now, status, outcome)
             finally:
                 self._publish(marks)
+            self._remember(request_id, op_id, digest, ledger)
             return ledger
 
     def _close_tree(
@@ -309,16 +403,22 @@ class MemoryStore(Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        op_id: str | None = None,
     ) -> tuple[Ledger, list[Ledger]]:
         """Open child requests of ``parent_id``, drawing their ceilings from it (one step)."""
+        op_id = check_op_id(op_id)
         args = check_children(
             parent_id, request_ids, now, priorities, ceiling, share, ttl, max_depth
         )
+        digest = Digests.children(op_id, args, max_depth)
         now = args.now
         # the plan is checked once, before anything changes
         Ledger(args.request_ids[0], ranks, MAX_TOKENS, now, allocation=allocation, reserve=reserve)
         with self._lock:
             parent = self._ledger(args.parent_id)
+            first = self._first(args.parent_id, op_id, digest)
+            if first is not _NEW:
+                return first  # type: ignore[no-any-return]
             mark = len(parent.events)
             for request_id in args.request_ids:
                 if request_id in self._open:
@@ -349,9 +449,11 @@ class MemoryStore(Store):
                 children.append(child)
             for child in children:
                 parent.draw(child.request_id, child.ceiling, child.cost_ceiling, now)
-                self._closed.pop(child.request_id, None)
+                if self._closed.pop(child.request_id, None) is not None:
+                    self._ops.pop(child.request_id, None)
                 self._open[child.request_id] = child
             self._publish([(parent, mark), *((child, 0) for child in children)])
+            self._remember(args.parent_id, op_id, digest, (parent, children))
             return parent, children
 
     def _retire(self, ledger: Ledger, now: float) -> None:
@@ -361,7 +463,8 @@ class MemoryStore(Store):
         del self._open[ledger.request_id]
         self._closed[ledger.request_id] = ledger
         while len(self._closed) > self._keep_closed:
-            self._closed.popitem(last=False)
+            gone, _ = self._closed.popitem(last=False)
+            self._ops.pop(gone, None)  # its operation ids expire with it
 
     def get(self, request_id: str) -> Ledger:
         """The live ledger of a request (open or recently closed)."""

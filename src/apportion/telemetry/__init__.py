@@ -19,15 +19,20 @@ them. A policy gets them through the decision log of the policy contract
 policy a :class:`DecisionRecorder` over its sinks, and :func:`decision_log` makes one from
 a URL for a rollout of its own (``Rollout(..., telemetry=decision_log(URL))``).
 
-When a request closes, the controller calls :func:`emit`, which turns the request into a
-:class:`RequestUsage` (one :class:`CallUsage` per grant, plus the ledger's events) and
-queues it for every sink. Writing happens in a worker thread per sink, started on first
-use: ``emit`` never blocks on a sink and never raises; a sink that fails is reported with
-a :class:`TelemetryWarning` and skipped. A record that never reaches its sink (its write
-failed, or the sink fell so far behind that its buffer was full) is counted, in records,
-by the sink's channel (``controller.sinks``: ``dropped``, split into ``dropped_failed``
-and ``dropped_full``), named in the warning, and said again at exit. :func:`flush` waits
-until everything queued is written (or given up on); it also runs at interpreter exit.
+When a request closes, the controller calls :func:`emit`, which queues the closed request
+for every sink; the sink's worker thread (one per sink, started on first use) turns it
+into a :class:`RequestUsage` (one :class:`CallUsage` per grant, plus the ledger's events)
+and writes it with others in batches, so the caller's thread does no more than queue it.
+``emit`` never blocks on a sink and never raises. A sink that cannot be reached keeps its
+records and is tried again; one that refuses records loses only those (see
+:mod:`apportion.telemetry.channel`). A record that never reaches its sink (refused, or the
+oldest dropped when the sink fell behind by more than its buffer holds) is counted, in
+records, by the sink's channel (``controller.sinks``: ``dropped``, split into
+``dropped_failed`` and ``dropped_full``), named in a :class:`TelemetryWarning`, said
+again at exit, served by the gateway's ``/metrics``
+(``apportion_telemetry_dropped_total``) and written to the SQL database, whose report
+says it. :func:`flush` waits until everything queued is written (or given up on); it also
+runs at interpreter exit.
 
 Nothing here imports SQLAlchemy, OpenTelemetry or prometheus-client until a sink that
 needs it is made; a missing one raises :class:`~apportion.errors.MissingExtra` naming the
@@ -57,6 +62,7 @@ from apportion.telemetry.channel import Channel, TelemetryWarning, flush_all
 from apportion.telemetry.records import (
     SCHEMA_VERSION,
     CallUsage,
+    PendingUsage,
     RequestUsage,
     RolloutRecord,
     usage_from,
@@ -227,18 +233,17 @@ def emit(
     """
     if not sinks:
         return
-    try:
-        record = usage_from(obs, events, trace_context=_trace_context(), parent_local=parent_local)
-    except Exception as exc:
+    if not hasattr(obs, "request_id"):
         warnings.warn(
-            f"telemetry: request {getattr(obs, 'request_id', '?')!r} not recorded: {exc!r}",
+            f"telemetry: {type(obs).__name__} is not a request's observation: not recorded",
             TelemetryWarning,
             stacklevel=2,
         )
         return
+    record = PendingUsage(obs, events, _trace_context(), parent_local)  # built by the worker
     for sink in sinks:
         try:
-            _channel(sink).submit(record)
+            (sink if type(sink) is Channel else _channel(sink)).submit(record)
         except Exception as exc:
             warnings.warn(
                 f"telemetry sink {sink!r} skipped: {exc!r}", TelemetryWarning, stacklevel=2

@@ -20,7 +20,11 @@ agent kind's members count under the kind's name, so a team drawn per run adds n
 - ``apportion_released_total{how}`` (counter): grants settled without usage; ``how`` is
   ``release``, ``expire`` or ``close``;
 - ``apportion_overuse_tokens_total`` (counter): tokens used beyond the grant;
-- ``apportion_requests_total{pipeline,status}`` (counter): closed requests by status.
+- ``apportion_requests_total{pipeline,status}`` (counter): closed requests by status;
+- ``apportion_telemetry_dropped_total{sink,reason}`` (counter): records that never
+  reached a telemetry sink of this process (any sink, not only this one): ``full`` (the
+  oldest, dropped past its buffer's bound while the sink was down or slow), ``failed``
+  (refused by the sink), ``discarded``.
 
 A child request (``req.child``, ``fan_out``) counts as a request of its own, and its calls
 under their agents, once: its usage folded back into its parent is not counted again (the
@@ -66,6 +70,7 @@ class _Metrics(NamedTuple):
     released: Any
     overuse: Any
     requests: Any
+    dropped: Any
 
 
 _families: dict[tuple[int, str], _Metrics] = {}
@@ -115,7 +120,17 @@ def _metrics(registry: Any, namespace: str) -> _Metrics:
             released=Counter("released", "Grants settled without usage.", (*_LABELS, "how"), **kw),
             overuse=Counter("overuse_tokens", "Tokens used beyond the grant.", _LABELS, **kw),
             requests=Counter("requests", "Closed requests.", ("pipeline", "status"), **kw),
+            dropped=Counter(
+                "telemetry_dropped",
+                "Telemetry records that never reached a sink, by sink and reason.",
+                ("sink", "reason"),
+                **kw,
+            ),
         )
+        from apportion.telemetry.channel import observe_drops
+
+        dropped = metrics.dropped
+        observe_drops(lambda sink, reason, n: dropped.labels(sink, reason).inc(n))
         _families[key] = metrics
         return metrics
 

@@ -2,8 +2,10 @@
 
 :func:`usage_from` turns a closed request's :class:`~apportion.policies.base.Observation`
 and its ledger's event list into one :class:`RequestUsage` holding a :class:`CallUsage`
-per grant. It is pure (no I/O, no clock) and runs in the caller's thread, so the worker
-threads that write the records never touch the request's live objects.
+per grant. It is pure (no I/O, no clock). It runs in the telemetry worker threads, not the
+caller's: a closed request is queued as a :class:`PendingUsage` (its observation and
+events, which no longer change once it is closed), and the first worker that needs the
+record builds it, once for all the sinks.
 
 What a call record says:
 
@@ -55,6 +57,7 @@ from apportion.policies.rollout import Rollout, RolloutEvent
 __all__ = [
     "SCHEMA_VERSION",
     "CallUsage",
+    "PendingUsage",
     "RequestUsage",
     "RolloutRecord",
     "child_name",
@@ -308,6 +311,53 @@ class RolloutRecord:
             upper=finite(event.upper),
             at=finite(event.at),
         )
+
+
+class PendingUsage:
+    """A closed request whose :class:`RequestUsage` is not built yet (see :func:`usage_from`).
+
+    The caller's thread makes one and queues it for every sink; a telemetry worker calls
+    :meth:`record`, which builds the record once and keeps it for the other sinks.
+
+    Args:
+        obs: the closed request's observation.
+        events: its ledger's events.
+        trace_context: an OpenTelemetry span context to attach, if any.
+        parent_local: see :attr:`RequestUsage.parent_local`.
+    """
+
+    __slots__ = ("_record", "events", "obs", "parent_local", "trace_context")
+
+    def __init__(
+        self, obs: Any, events: Sequence[Event], trace_context: Any, parent_local: bool
+    ) -> None:
+        self.obs = obs
+        self.events = events
+        self.trace_context = trace_context
+        self.parent_local = parent_local
+        self._record: RequestUsage | None = None
+
+    @property
+    def request_id(self) -> str:
+        """The request's id."""
+        return str(getattr(self.obs, "request_id", "?"))
+
+    def record(self) -> RequestUsage:
+        """The usage record, built on the first call (from any thread), then kept.
+
+        Raises:
+            Exception: whatever :func:`usage_from` raises for a malformed observation.
+        """
+        built = self._record
+        if built is None:
+            built = usage_from(
+                self.obs,
+                self.events,
+                trace_context=self.trace_context,
+                parent_local=self.parent_local,
+            )
+            self._record = built  # two workers may both build it: the same record
+        return built
 
 
 def usage_from(

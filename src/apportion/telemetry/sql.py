@@ -88,6 +88,13 @@ __all__ = ["Database", "Dataset", "Pruned", "SQLSink", "open_database"]
 PRUNED_KEY: Final = "pruned_before"
 """The ``apportion_meta`` key of the clock time raw rows were pruned before."""
 
+LOSS_PREFIX: Final = "lost:"
+"""The ``apportion_meta`` keys of what each writer lost (:meth:`Database.record_losses`)."""
+
+LOSS_COUNTS: Final = ("dropped_full", "dropped_failed", "discarded")
+"""What a writer's loss is made of: the oldest dropped past its buffer's bound, refused
+records, records given up on."""
+
 CONNECT_TIMEOUT: Final = 5
 """Seconds to wait for a database server to answer before giving up."""
 
@@ -241,6 +248,31 @@ def _require_sqlalchemy() -> None:
         import sqlalchemy  # noqa: F401
     except ImportError:
         raise MissingExtra("sqlalchemy", "sql") from None
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether a SQLAlchemy error says the database cannot be reached (not a record's data).
+
+    A lost or refused connection, a timeout, a locked SQLite file: the batch is kept and
+    written again. Any other error (a constraint, a value the column cannot hold) is the
+    data's: the batch is written record by record and only the refused ones are lost.
+    """
+    from sqlalchemy.exc import (
+        DBAPIError,
+        DisconnectionError,
+        InterfaceError,
+        OperationalError,
+    )
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout)
+
+
+def _record_errors() -> tuple[type[BaseException], ...]:
+    """Errors a record's data causes while its rows are built or written (not SQLAlchemy's)."""
+    return (*_data_errors(), ValueError, TypeError)
 
 
 def _data_errors() -> tuple[type[BaseException], ...]:
@@ -425,10 +457,12 @@ class Database:
 
         try:
             self._replace(latest)
-        except _data_errors():  # some record's data: store the others, one by one
-            return self._replace_each(latest)
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+            if _unreachable(exc):
+                raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+            return self._replace_each(latest)  # some record's data: store the others
+        except _record_errors():
+            return self._replace_each(latest)
         return len(latest)
 
     def append(self, batch: Sequence[RequestUsage]) -> int:
@@ -532,7 +566,8 @@ class Database:
 
         Raises:
             RecordsRejected: some records were refused for their data (the rest written).
-            DatabaseUnavailable: the database failed otherwise.
+            DatabaseUnavailable: the database could not be reached (writing the batch
+                again is safe: rows of the same ids are replaced).
         """
         from sqlalchemy.exc import SQLAlchemyError
 
@@ -540,10 +575,12 @@ class Database:
         for request_id, record in latest.items():
             try:
                 self._replace({request_id: record})
-            except _data_errors() as exc:
-                reasons.append(f"{excerpt(request_id)}: {_reason(exc, self.url)}")
             except SQLAlchemyError as exc:
-                raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+                if _unreachable(exc):  # the records written so far are written again
+                    raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+                reasons.append(f"{excerpt(request_id)}: {_reason(exc, self.url)}")
+            except _record_errors() as exc:
+                reasons.append(f"{excerpt(request_id)}: {_reason(exc, self.url)}")
         if reasons:
             raise RecordsRejected(self.shown, len(reasons), len(latest) - len(reasons), reasons)
         return len(latest)
@@ -562,13 +599,15 @@ class Database:
                     chunk = ids[start : start + _CHUNK]
                     conn.execute(table.delete().where(table.c.request_id.in_(chunk)))
             records = list(latest.values())
-            conn.execute(t.requests.insert(), [_request_row(r) for r in records])
-            calls = [_call_row(r, c) for r in records for c in r.calls]
-            if calls:
-                conn.execute(t.calls.insert(), calls)
-            events = [_event_row(r, i, e) for r in records for i, e in enumerate(r.events)]
-            if events:
-                conn.execute(t.events.insert(), events)
+            _insert_many(conn, t.requests, [_request_row(r, clean=False) for r in records])
+            _insert_many(
+                conn, t.calls, [_call_row(r, c, clean=False) for r in records for c in r.calls]
+            )
+            _insert_many(
+                conn,
+                t.events,
+                [_event_row(r, i, e, clean=False) for r in records for i, e in enumerate(r.events)],
+            )
             upsert(conn, t.daily, rollup.rows())
 
     def _stored(self, conn: Connection, ids: Sequence[str]) -> list[RequestUsage]:
@@ -649,6 +688,50 @@ class Database:
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
         return len(rows)
+
+    def record_losses(self, source: str, counts: Mapping[str, int]) -> None:
+        """Keep what one writer's channel lost so far (its totals: replaces the last).
+
+        Stored in ``apportion_meta`` under ``lost:SOURCE`` (:data:`LOSS_PREFIX`), read
+        back summed over every writer by :meth:`losses`.
+
+        Raises:
+            DatabaseUnavailable: the database failed.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        key = (LOSS_PREFIX + source)[:64]
+        value = _json({k: int(counts.get(k, 0)) for k in LOSS_COUNTS})
+        meta = self.tables.meta
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(meta.delete().where(meta.c.key == key))
+                conn.execute(meta.insert().values(key=key, value=value))
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(self.shown, _reason(exc, self.url)) from exc
+
+    def losses(self) -> dict[str, int]:
+        """What the writers of this database lost before it, summed (see :data:`LOSS_COUNTS`).
+
+        ``{}`` when none said it lost anything.
+        """
+        from sqlalchemy import select
+
+        if self.version is None:
+            return {}
+        meta = self.tables.meta
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(meta.c.value).where(meta.c.key.startswith(LOSS_PREFIX))
+            ).scalars()
+            total = dict.fromkeys(LOSS_COUNTS, 0)
+            for raw in rows:
+                found = _json_map(raw)
+                for name in LOSS_COUNTS:
+                    value = found.get(name)
+                    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                        total[name] += value
+        return total if any(total.values()) else {}
 
     # ----------------------------------------------------------------- reading
 
@@ -817,8 +900,13 @@ class SQLSink(Sink):
 
     Nothing is connected when the sink is made: the first write (in the telemetry worker
     thread) opens the database and creates its tables. A batch is written in one
-    transaction, all or nothing; a batch that fails is not written again (its records are
-    counted as dropped by the channel), and the next batch starts from a new connection.
+    transaction. A database that cannot be reached raises
+    :class:`~apportion.errors.DatabaseUnavailable` (the channel keeps the batch and writes
+    it again: rows of the same ids are replaced, so nothing is counted twice); a batch with
+    records the database refuses is written record by record, and only those are lost
+    (:class:`~apportion.errors.RecordsRejected`). After a failure the next write starts
+    from a new connection. What the channel lost is kept in the database
+    (:meth:`record_losses`), for the report.
 
     Args:
         url: the database (default ``sqlite:///apportion.db``); PostgreSQL by
@@ -840,6 +928,12 @@ class SQLSink(Sink):
             except ImportError:
                 raise MissingExtra("psycopg", "postgres") from None
         self._db: Database | None = None
+        import os
+        import socket
+        import uuid
+
+        # this writer, among all that write there: host, process, and this sink
+        self._source = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
     def write(self, batch: Sequence[RequestUsage]) -> None:
         """Write a batch of records in one transaction."""
@@ -862,6 +956,12 @@ class SQLSink(Sink):
             self._db.close()
             self._db = None
             raise
+
+    def record_losses(self, counts: Mapping[str, int]) -> None:
+        """Keep in the database what this sink's channel lost so far (the report says it)."""
+        if self._db is None:
+            self._db = Database(self.url, create=True)
+        self._db.record_losses(self._source, counts)
 
     def close(self) -> None:
         """Release the database's connections."""
@@ -899,84 +999,81 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-def _request_row(r: RequestUsage) -> dict[str, Any]:
+def _request_row(r: RequestUsage, *, clean: bool = True) -> dict[str, Any]:
     try:
         features = _json(dict(r.features))
     except ValueError:  # NaN or infinity in a feature: keep what JSON can hold
         features = _json({k: v for k, v in r.features.items() if _finite_or_other(v)})
-    return _storable_row(
-        {
-            "request_id": r.request_id,
-            "pipeline": r.pipeline,
-            "source": r.source,
-            "schema_version": r.schema_version,
-            "ceiling": r.ceiling,
-            "consumed": r.consumed,
-            "overflow": r.overflow,
-            "status": r.status,
-            "outcome": _finite(r.outcome),
-            "features": features,
-            "opened_at": _finite(r.opened_at),
-            "closed_at": _finite(r.closed_at),
-            "refused": _json(dict(r.refused)) if r.refused else None,
-            "parent_id": r.parent_id,
-            "root_id": r.root_id,
-            "depth": r.depth,
-            "refused_kinds": _json(dict(r.refused_kinds)) if r.refused_kinds else None,
-        }
-    )
+    row = {
+        "request_id": r.request_id,
+        "pipeline": r.pipeline,
+        "source": r.source,
+        "schema_version": r.schema_version,
+        "ceiling": r.ceiling,
+        "consumed": r.consumed,
+        "overflow": r.overflow,
+        "status": r.status,
+        "outcome": _finite(r.outcome),
+        "features": features,
+        "opened_at": _finite(r.opened_at),
+        "closed_at": _finite(r.closed_at),
+        "refused": _json(dict(r.refused)) if r.refused else None,
+        "parent_id": r.parent_id,
+        "root_id": r.root_id,
+        "depth": r.depth,
+        "refused_kinds": _json(dict(r.refused_kinds)) if r.refused_kinds else None,
+    }
+    return _storable_row(row) if clean else row
 
 
 def _finite_or_other(value: Any) -> bool:
     return not (isinstance(value, float) and not math.isfinite(value))
 
 
-def _call_row(r: RequestUsage, c: CallUsage) -> dict[str, Any]:
-    return _storable_row(
-        {
-            "request_id": r.request_id,
-            "grant_id": c.grant_id,
-            "pipeline": r.pipeline,
-            "agent": c.agent,
-            "priority": c.priority,
-            "granted_context": c.granted_context,
-            "granted_output": c.granted_output,
-            "used_input": c.used_input,
-            "used_output": c.used_output,
-            "truncated": c.truncated,
-            "input_cut": c.input_cut,
-            "dropped_tokens": c.dropped_tokens,
-            "overuse": c.overuse,
-            "extensions": c.extensions,
-            "settled": c.settled,
-            "model": c.model,
-            "cost_usd": _finite(c.cost_usd),
-            "estimated": c.estimated,
-            "finish_reason": c.finish_reason,
-            "began_at": _finite(c.began_at),
-            "at": _finite(c.at),
-            "status": c.status,
-            "kind": c.kind,
-        }
-    )
+def _call_row(r: RequestUsage, c: CallUsage, *, clean: bool = True) -> dict[str, Any]:
+    row = {
+        "request_id": r.request_id,
+        "grant_id": c.grant_id,
+        "pipeline": r.pipeline,
+        "agent": c.agent,
+        "priority": c.priority,
+        "granted_context": c.granted_context,
+        "granted_output": c.granted_output,
+        "used_input": c.used_input,
+        "used_output": c.used_output,
+        "truncated": c.truncated,
+        "input_cut": c.input_cut,
+        "dropped_tokens": c.dropped_tokens,
+        "overuse": c.overuse,
+        "extensions": c.extensions,
+        "settled": c.settled,
+        "model": c.model,
+        "cost_usd": _finite(c.cost_usd),
+        "estimated": c.estimated,
+        "finish_reason": c.finish_reason,
+        "began_at": _finite(c.began_at),
+        "at": _finite(c.at),
+        "status": c.status,
+        "kind": c.kind,
+    }
+    return _storable_row(row) if clean else row
 
 
-def _event_row(r: RequestUsage, seq: int, e: Event) -> dict[str, Any]:
-    return _storable_row(
-        {
-            "request_id": r.request_id,
-            "seq": seq,
-            "kind": e.kind,
-            "at": float(e.at),
-            "agent": e.agent,
-            "grant_id": e.grant_id,
-            "context_tokens": e.context_tokens,
-            "output_tokens": e.output_tokens,
-            "truncated": bool(e.truncated),
-            "overuse": e.overuse,
-            "note": e.note,
-        }
-    )
+def _event_row(r: RequestUsage, seq: int, e: Event, *, clean: bool = True) -> dict[str, Any]:
+    row = {
+        "request_id": r.request_id,
+        "seq": seq,
+        "kind": e.kind,
+        "at": float(e.at),
+        "agent": e.agent,
+        "grant_id": e.grant_id,
+        "context_tokens": e.context_tokens,
+        "output_tokens": e.output_tokens,
+        "truncated": bool(e.truncated),
+        "overuse": e.overuse,
+        "note": e.note,
+    }
+    return _storable_row(row) if clean else row
 
 
 def _rollout_row(r: RolloutRecord) -> dict[str, Any]:
@@ -1085,6 +1182,49 @@ def _add_indexes(conn: Connection, tables: Sequence[Table]) -> None:
     for table in tables:
         for index in table.indexes:
             conn.execute(CreateIndex(index, if_not_exists=True))
+
+
+_INSERTS: dict[tuple[str, str, tuple[str, ...]], tuple[str, Any, str, Any]] = {}
+
+
+def _insert_many(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert rows (all with the same keys) with one driver ``executemany``.
+
+    SQLAlchemy's own ``executemany`` processes every parameter of every row in Python;
+    for the plain values these tables hold the driver takes them as they are, several
+    times faster. Text the database cannot hold (NUL, a lone surrogate) is replaced as
+    :func:`storable` does, after one check per row.
+    """
+    if not rows:
+        return
+    from operator import itemgetter
+
+    names = tuple(rows[0])
+    key = (conn.dialect.name, table.name, names)
+    found = _INSERTS.get(key)
+    if found is None:
+        from sqlalchemy import String
+
+        quote = conn.dialect.identifier_preparer.quote
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        sql = (
+            f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) "
+            f"VALUES ({', '.join(mark for _ in names)})"
+        )
+        texts = [n for n in names if isinstance(table.c[n].type, String)]
+        found = (sql, itemgetter(*names), "%s\x01" * len(texts), itemgetter(*texts))
+        _INSERTS[key] = found
+    sql, values, shape, text_of = found
+    params = []
+    for row in rows:
+        if _UNSTORABLE.search(shape % _tuple(text_of(row))) is not None:
+            row = _storable_row(dict(row))
+        params.append(values(row))
+    conn.exec_driver_sql(sql, params)
+
+
+def _tuple(value: Any) -> tuple[Any, ...]:
+    return value if type(value) is tuple else (value,)
 
 
 def _copy(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -79,6 +79,17 @@ class Browser:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def pid(self) -> int:
+        """The browser's process id (its renderers run below it).
+
+        Raises:
+            BrowserError: the browser is not started.
+        """
+        if self._process is None:
+            raise BrowserError("the browser is not started")
+        return self._process.pid
+
     def start(self) -> None:
         """Start the browser and attach to its page."""
         from websockets.sync.client import connect

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from apportion.errors import (
     DuplicateRequest,
+    OperationConflict,
     PoolExhausted,
     RequestClosed,
     UnknownPool,
@@ -195,6 +196,21 @@ class PoolConformance:
         store.open("r1", RANKS, 400, 0.0, pool="t")
         store.define_pool(Pool("t", 2000, MINUTE))
         assert store.get_pool("t", 0.0).remaining == 1600
+
+    def test_a_repeated_pooled_open_and_close_draw_and_give_back_once(self, store: Store) -> None:
+        store.open("r1", RANKS, 300, 0.0, pool="t", op_id="open-1")
+        store.open("r1", RANKS, 300, 0.5, pool="t", op_id="open-1")
+        status = store.get_pool("t", 1.0)
+        assert (status.remaining, status.open_draws) == (700, 1)
+        self._spend(store, "r1", 100, 1.0)
+        store.close("r1", 2.0, op_id="close-1")
+        store.close("r1", 2.5, op_id="close-1")
+        assert store.get_pool("t", 3.0).remaining == 900
+        store.open("r1", RANKS, 300, 3.0, pool="t", op_id="open-1")  # closed: no new draw
+        assert store.get_pool("t", 3.0).remaining == 900
+        with pytest.raises(OperationConflict):
+            store.open("r1", RANKS, 400, 3.0, pool="t", op_id="close-1")
+        assert store.get_pool("t", 3.0).remaining == 900
 
     def test_async_variants(self, store: Store) -> None:
         async def scenario() -> None:

@@ -48,6 +48,7 @@ from apportion.errors import (
     InvalidCeiling,
     InvalidPrice,
     InvalidTokenCount,
+    OperationConflict,
     RequestClosed,
     TreeTooDeep,
     UnknownAgent,
@@ -823,6 +824,10 @@ class StoreConformance:
             cursor = page.cursor
         assert seen == [f"r{i}" for i in range(7)]
         assert store.feed(None).events[-1].request_id == "r6"  # None: from the oldest kept
+        from apportion.stores.feed import cursor_key
+
+        keys = [cursor_key(start), *(cursor_key(e.cursor) for e in store.feed(start).events)]
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)  # cursors order events
 
     def test_feed_reader_waits_for_the_next_event(self, store: Store) -> None:
         import threading
@@ -882,6 +887,168 @@ class StoreConformance:
         with pytest.raises(InvalidArgument):
             store.open_requests(3)  # type: ignore[arg-type]
 
+    # ---------------------------------------------------------- operation ids
+
+    def test_a_repeated_op_id_returns_the_first_outcome_and_changes_nothing(
+        self, store: Store
+    ) -> None:
+        store.open("r1", RANKS, 1000, 0.0, op_id="o-open")
+        again = store.open("r1", RANKS, 1000, 0.5, op_id="o-open")  # no DuplicateRequest
+        assert (again.request_id, again.status, again.ceiling) == ("r1", "open", 1000)
+        grant, _ = store.begin("r1", "lead", 300, 200, 0.0, LEASE, op_id="o-begin")
+        before = snapshot(store, "r1")
+        same, state = store.begin("r1", "lead", 300, 200, 0.5, LEASE, op_id="o-begin")
+        assert same == grant and state.reserved == 500
+        # what a policy decides may differ on a retry: still the first grant
+        same, _ = store.begin("r1", "lead", 250, 100, 1.0, LEASE, asked=300, op_id="o-begin")
+        assert same == grant
+        assert snapshot(store, "r1") == before
+        grown, _ = store.extend("r1", grant, 50, 10, 1.0, LEASE, op_id="o-extend")
+        before = snapshot(store, "r1")
+        again_grown, state = store.extend("r1", grant, 50, 10, 2.0, LEASE, op_id="o-extend")
+        assert again_grown == grown and (grown.context_tokens, grown.output_tokens) == (310, 250)
+        assert grown.lease_expires_at == 1.0 + LEASE and state.reserved == 560
+        assert snapshot(store, "r1") == before
+        state = store.finish("r1", grown, 300, 100, 2.0, op_id="o-finish")
+        before = snapshot(store, "r1")
+        state = store.finish("r1", grown, 300, 100, 3.0, op_id="o-finish")  # no GrantSettled
+        assert (state.consumed, state.reserved) == (400, 0)
+        assert snapshot(store, "r1") == before
+        other, _ = store.begin("r1", "notes", 10, 10, 3.0, LEASE, op_id="o-begin-2")
+        store.release("r1", other, 3.0, op_id="o-release")
+        before = snapshot(store, "r1")
+        state = store.release("r1", other, 4.0, op_id="o-release")
+        assert state.free == 600 and snapshot(store, "r1") == before
+        store.close("r1", 5.0, outcome=0.5, op_id="o-close")
+        before = snapshot(store, "r1")
+        state = store.close("r1", 6.0, outcome=0.5, op_id="o-close")  # no RequestClosed
+        assert (state.status, state.outcome) == ("closed", 0.5)
+        state = store.open("r1", RANKS, 1000, 7.0, op_id="o-open")  # not opened again
+        assert state.status == "closed"
+        assert snapshot(store, "r1") == before
+        assert [e.kind for e in store.events("r1")].count("begin") == 2
+        check_invariants(store, "r1")
+
+    def test_a_conflicting_op_id_is_refused_and_changes_nothing(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0, op_id="o1")
+        grant, _ = store.begin("r1", "lead", 100, 100, 0.0, LEASE, op_id="o2")
+        before = snapshot(store, "r1")
+        with pytest.raises(OperationConflict) as info:
+            store.begin("r1", "helper", 100, 100, 0.0, LEASE, op_id="o2")
+        error = info.value
+        assert (error.op_id, error.operation, error.first, error.request_id) == (
+            "o2",
+            "begin",
+            "begin",
+            "r1",
+        )
+        with pytest.raises(OperationConflict) as info:
+            store.finish("r1", grant, 10, 10, 1.0, op_id="o2")
+        assert (info.value.operation, info.value.first) == ("finish", "begin")
+        with pytest.raises(OperationConflict):
+            store.open("r1", RANKS, 2000, 0.0, op_id="o1")
+        assert snapshot(store, "r1") == before
+        store.finish("r1", grant, 10, 10, 1.0, op_id="o3")
+        before = snapshot(store, "r1")
+        with pytest.raises(OperationConflict):
+            store.finish("r1", grant, 10, 11, 1.0, op_id="o3")
+        with pytest.raises(OperationConflict):
+            store.close("r1", 2.0, op_id="o3")
+        assert snapshot(store, "r1") == before
+
+    def test_a_refused_operation_records_no_op_id(self, store: Store) -> None:
+        store.open("r1", RANKS, 100, 0.0)
+        before = snapshot(store, "r1")
+        with pytest.raises(BudgetExceeded):
+            store.begin("r1", "lead", 100, 100, 0.0, LEASE, op_id="o1")
+        assert snapshot(store, "r1") == before
+        grant, state = store.begin("r1", "lead", 50, 50, 0.0, LEASE, asked=100, op_id="o1")
+        assert state.reserved == 100  # the retry ran anew
+        again, _ = store.begin("r1", "lead", 100, 100, 0.0, LEASE, op_id="o1")
+        assert again == grant
+
+    @pytest.mark.parametrize("bad", ["", "has space", "x" * 256, 5, b"bytes", "caf\u00e9"])
+    def test_bad_op_id_changes_nothing(self, store: Store, bad: Any) -> None:
+        with pytest.raises(InvalidArgument) as info:
+            store.open("r1", RANKS, 1000, 0.0, op_id=bad)
+        assert info.value.argument == "op_id"
+        with pytest.raises(UnknownRequest):
+            store.get("r1")
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, _ = store.begin("r1", "lead", 10, 10, 0.0, LEASE)
+        before = snapshot(store, "r1")
+        with pytest.raises(InvalidArgument):
+            store.begin("r1", "lead", 10, 10, 0.0, LEASE, op_id=bad)
+        with pytest.raises(InvalidArgument):
+            store.extend("r1", grant, 10, 0, 0.0, LEASE, op_id=bad)
+        with pytest.raises(InvalidArgument):
+            store.finish("r1", grant, 10, 10, 0.0, op_id=bad)
+        with pytest.raises(InvalidArgument):
+            store.release("r1", grant, 0.0, op_id=bad)
+        with pytest.raises(InvalidArgument):
+            store.close("r1", 0.0, op_id=bad)
+        assert snapshot(store, "r1") == before
+
+    def test_op_ids_expire_with_their_request(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0, op_id="first-open")
+        store.close("r1", 1.0, op_id="first-close")
+        state = store.open("r1", RANKS, 500, 2.0, op_id="second-open")  # replaces it
+        assert (state.status, state.ceiling) == ("open", 500)
+        # the ids of the request replaced are forgotten with it
+        store.begin("r1", "lead", 10, 10, 2.0, LEASE, op_id="first-close")
+        assert store.get("r1").reserved == 20
+        state = store.close("r1", 3.0, op_id="first-open")
+        assert state.status == "closed"
+
+    def test_repeated_op_id_of_children(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0)
+        store.open_children(
+            "r1", ["r1::a", "r1::b"], RANKS, 0.0, priorities=["standard"] * 2, ceiling=200,
+            op_id="kids",
+        )  # fmt: skip
+        before = snapshot(store, "r1")
+        again, again_kids = store.open_children(
+            "r1", ["r1::a", "r1::b"], RANKS, 1.0, priorities=["standard"] * 2, ceiling=200,
+            op_id="kids",
+        )  # fmt: skip
+        assert [k.request_id for k in again_kids] == ["r1::a", "r1::b"]
+        assert [k.ceiling for k in again_kids] == [200, 200]
+        assert (again.free, again.reserved) == (600, 400)
+        assert snapshot(store, "r1") == before
+        with pytest.raises(OperationConflict):
+            store.open_children(
+                "r1", ["r1::a", "r1::b"], RANKS, 1.0, priorities=["standard"] * 2, ceiling=300,
+                op_id="kids",
+            )  # fmt: skip
+        assert snapshot(store, "r1") == before
+        store.close("r1", 2.0, op_id="close-tree")
+        assert store.close("r1", 3.0, op_id="close-tree").status == "closed"
+        check_invariants(store, "r1")
+
+    def test_async_op_ids(self, store: Store) -> None:
+        import asyncio
+
+        async def scenario() -> None:
+            await store.aopen("r1", RANKS, 1000, 0.0, op_id="a1")
+            await store.aopen("r1", RANKS, 1000, 0.0, op_id="a1")
+            grant, _ = await store.abegin("r1", "lead", 100, 100, 0.0, LEASE, op_id="a2")
+            same, _ = await store.abegin("r1", "lead", 100, 100, 0.0, LEASE, op_id="a2")
+            assert same == grant
+            grown, _ = await store.aextend("r1", grant, 10, 0, 0.0, LEASE, op_id="a3")
+            assert (await store.aextend("r1", grant, 10, 0, 0.0, LEASE, op_id="a3"))[0] == grown
+            await store.afinish("r1", grown, 100, 110, 0.0, op_id="a4")
+            await store.afinish("r1", grown, 100, 110, 0.0, op_id="a4")
+            other, _ = await store.abegin("r1", "notes", 1, 1, 0.0, LEASE, op_id="a5")
+            await store.arelease("r1", other, 0.0, op_id="a6")
+            await store.arelease("r1", other, 0.0, op_id="a6")
+            await store.aclose("r1", 1.0, op_id="a7")
+            state = await store.aclose("r1", 1.0, op_id="a7")
+            assert (state.consumed, state.free) == (210, 790)
+            with pytest.raises(OperationConflict):
+                await store.afinish("r1", grown, 100, 110, 0.0, op_id="a7")
+
+        asyncio.run(scenario())
+
     # ---------------------------------------------------------- state machine
 
     def test_random_interleavings(self) -> None:
@@ -940,6 +1107,17 @@ class _LedgerMachine(RuleBasedStateMachine):
         self.open_grants: dict[tuple[str, int], Grant] = {}
         self.lapsed: set[tuple[str, int]] = set()  # leases ended, never settled by the caller
         self.counter = 0
+        self.ops = 0
+        self.last: tuple[str, Any, Grant | None] | None = None  # the last op with its id
+
+    def _op(self) -> str:
+        """A new operation id (every successful change of the machine carries one)."""
+        self.ops += 1
+        return f"op-{self.ops}"
+
+    def _done(self, request_id: str, again: Any, first: Grant | None = None) -> None:
+        """Keep the call just made (with its id) for :meth:`repeat_last`."""
+        self.last = (request_id, again, first)
 
     def _lapse(self) -> None:
         ended = [k for k, g in self.open_grants.items() if g.lease_expires_at <= self.now]
@@ -968,7 +1146,14 @@ class _LedgerMachine(RuleBasedStateMachine):
         self.counter += 1
         request_id = f"r{self.counter}"
         reserve = {"lead": int(ceiling * share)}
-        self.store.open(request_id, RANKS, ceiling, self.now, reserve=reserve, ttl=10_000.0)
+        op_id, now = self._op(), self.now
+
+        def again() -> Any:
+            kw: Any = {"reserve": reserve, "ttl": 10_000.0, "op_id": op_id}
+            return self.store.open(request_id, RANKS, ceiling, now, **kw)
+
+        again()
+        self._done(request_id, again)
         self.requests[request_id] = ceiling
         self.used[request_id] = 0
 
@@ -988,9 +1173,11 @@ class _LedgerMachine(RuleBasedStateMachine):
         available = state.available_for(agent)
         critical_held = sum(t for a, t in state.reserve.items() if RANKS[a] == 2 and a != agent)
 
+        op_id, now = self._op(), self.now
+
         def begin() -> tuple[Grant, Any]:
-            kwargs = {"wrap_up_tokens": wrap} if wrap else {}
-            return self.store.begin(request_id, agent, ctx, out, self.now, LEASE, **kwargs)
+            kwargs: Any = {"wrap_up_tokens": wrap} if wrap else {}
+            return self.store.begin(request_id, agent, ctx, out, now, LEASE, op_id=op_id, **kwargs)
 
         if wrap > out:  # a reserve larger than the grant's output
             self._refused(request_id, begin, WrapUpTooLarge)
@@ -1000,6 +1187,7 @@ class _LedgerMachine(RuleBasedStateMachine):
             return multiple()
         free_before = state.free
         grant, state = begin()
+        self._done(request_id, begin, grant)
         assert (grant.context_tokens, grant.output_tokens) == (ctx, out)
         assert grant.wrap_up_tokens == wrap  # inside the grant: the ledger counts it as before
         if RANKS[agent] < 2:  # invariant 5: a lower agent never eats a critical reservation
@@ -1029,7 +1217,13 @@ class _LedgerMachine(RuleBasedStateMachine):
                 BudgetExceeded,
             )
             return
-        grown, _ = self.store.extend(grant.request_id, grant, extra, ctx, self.now, LEASE)
+        op_id, now = self._op(), self.now
+
+        def grow() -> tuple[Grant, Any]:
+            return self.store.extend(grant.request_id, grant, extra, ctx, now, LEASE, op_id=op_id)
+
+        grown, _ = grow()
+        self._done(grant.request_id, grow, grown)
         assert grown.output_tokens == self.open_grants[key].output_tokens + extra
         assert grown.wrap_up_tokens == grant.wrap_up_tokens  # the reserve stays with the grant
         self.open_grants[key] = grown
@@ -1056,9 +1250,13 @@ class _LedgerMachine(RuleBasedStateMachine):
         before = self.store.get(request_id)
         room = before.free + current.total
         overflow_before = before.overflow
-        state = self.store.finish(
-            request_id, grant, inp, out, self.now, truncated=out >= current.output_tokens
-        )
+        op_id, now, cut = self._op(), self.now, out >= current.output_tokens
+
+        def settle() -> Any:
+            return self.store.finish(request_id, grant, inp, out, now, truncated=cut, op_id=op_id)
+
+        state = settle()
+        self._done(request_id, settle)
         del self.open_grants[key]
         self.used[request_id] += inp + out
         assert state.overflow - overflow_before == max(0, inp + out - room)
@@ -1080,7 +1278,13 @@ class _LedgerMachine(RuleBasedStateMachine):
             return multiple()  # still open to a late finish
         if key not in self.open_grants:
             return grant
-        self.store.release(grant.request_id, grant, self.now)
+        op_id, now = self._op(), self.now
+
+        def free() -> Any:
+            return self.store.release(grant.request_id, grant, now, op_id=op_id)
+
+        free()
+        self._done(grant.request_id, free)
         del self.open_grants[key]
         return grant
 
@@ -1122,7 +1326,13 @@ class _LedgerMachine(RuleBasedStateMachine):
     def close(self, data: Any, failed: bool) -> None:
         request_id = data.draw(st.sampled_from(sorted(self.requests)))
         self._sync_expiry()
-        state = self.store.close(request_id, self.now, status="failed" if failed else "closed")
+        op_id, now, status = self._op(), self.now, "failed" if failed else "closed"
+
+        def shut() -> Any:
+            return self.store.close(request_id, now, status=status, op_id=op_id)
+
+        state = shut()
+        self._done(request_id, shut)
         assert state.reserved == 0
         for key in [k for k in self.open_grants if k[0] == request_id]:
             del self.open_grants[key]
@@ -1134,6 +1344,22 @@ class _LedgerMachine(RuleBasedStateMachine):
             lambda: self.store.begin(request_id, "lead", 0, 1, self.now, LEASE),
             RequestClosed,
         )
+
+    @precondition(lambda self: self.last is not None)
+    @rule()
+    def repeat_last(self) -> None:
+        """The last change made again with its operation id, maybe later.
+
+        As a retry after a lost reply: the first outcome, nothing changed (no lease
+        expires, no event).
+        """
+        assert self.last is not None
+        request_id, again, first = self.last
+        before = snapshot(self.store, request_id)
+        result = again()
+        assert snapshot(self.store, request_id) == before
+        if first is not None:
+            assert result[0] == first
 
     @invariant()
     def ledgers_hold(self) -> None:

@@ -1,17 +1,19 @@
 """The dashboard's report panel: ``apportion report`` over the gateway's telemetry database.
 
 The panel reads the first SQL sink of the gateway's ``telemetry`` (SQLite or PostgreSQL)
-for a window back from now (the last hour, day or week), builds the budget-fit report
-(:func:`apportion.analysis.report.build_report`) over the calls of the tenant's requests
-(an admin: every tenant's) and offers the recommended budgets file
-(:func:`apportion.analysis.profile.budgets_yaml`) for download. Reading runs in a worker
-thread, so a slow database never stalls the live pages; a database that cannot be read is
-reported on the panel (its password never shown) and the rest of the dashboard goes on.
+for a window back from now (the last hour, day or week) and builds the budget-fit report
+in the database's own SQL, as ``apportion report`` does
+(:func:`apportion.analysis.window_report.report_database`: aggregates, not rows, are
+read), over the calls of the tenant's requests only (their ids start with ``TENANT/``; an
+admin: every tenant's, with the daily rollups where days were pruned), and offers the
+recommended budgets file (:func:`apportion.analysis.profile.budgets_yaml`) for download.
+Reading runs in a worker thread, so a slow database never stalls the live pages; a
+database that cannot be read is reported on the panel (its password never shown) and the
+rest of the dashboard goes on.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -73,26 +75,21 @@ def build_panel(config: ServeConfig, tenant: Tenant, window: str, now: float) ->
     shown = redact(url)
     start = now - WINDOWS[window]
     try:
-        from apportion.analysis.profile import budgets_yaml, profile_budgets
-        from apportion.analysis.report import build_report, fmt_time
-        from apportion.telemetry.sql import open_database
+        from apportion.analysis.profile import budgets_yaml
+        from apportion.analysis.report import fmt_time
+        from apportion.analysis.window_report import report_database
 
-        with open_database(url) as db:
-            dataset = db.load(since=start)
-        if not tenant.admin:
-            prefix = tenant.prefix
-            dataset = dataclasses.replace(
-                dataset,
-                calls=tuple(c for c in dataset.calls if c.request_id.startswith(prefix)),
-                requests={k: v for k, v in dataset.requests.items() if k.startswith(prefix)},
-            )
-        document = build_report(dataset, since=start)
-        budgets = profile_budgets(dataset)
+        found = report_database(
+            url,
+            since=start,
+            now=now,
+            request_prefix=None if tenant.admin else tenant.prefix,
+        )
         source = {"database": shown, "since": fmt_time(start), "window": window}
-        text = budgets_yaml(budgets, source) if budgets else None
+        text = budgets_yaml(found.budgets, source) if found.budgets else None
     except Exception as exc:  # any failure of the database is the panel's to say
         reason = scrub(f"{type(exc).__name__}: {exc}", url)
         return ReportPanel(
             window, shown, problem=f"the telemetry database cannot be read: {reason}"
         )
-    return ReportPanel(window, shown, document, text)
+    return ReportPanel(window, shown, found.document, text)

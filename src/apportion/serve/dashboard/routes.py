@@ -30,6 +30,7 @@ from apportion.serve.dashboard.session import (
 )
 from apportion.serve.errors import AuthenticationThrottled
 from apportion.serve.gateway import Gateway, Tenant
+from apportion.serve.gather import gather_bounded
 from apportion.stores.feed import FeedEvent
 
 __all__ = ["dashboard_routes"]
@@ -134,8 +135,8 @@ def dashboard_routes(
         try:
             cursor = await gateway.store.afeed_cursor()  # before reading: no change missed
             states = await gateway.open_requests(tenant, LIVE_LIMIT)
-            histories = await asyncio.gather(
-                *(gateway.store.aevents(s.request_id) for s in states), return_exceptions=True
+            histories = await gather_bounded(
+                (gateway.store.aevents(s.request_id) for s in states), return_exceptions=True
             )
         except StoreUnavailable as exc:
             return unavailable(request, tenant, exc)
@@ -215,24 +216,33 @@ def dashboard_routes(
         prefix = gateway.visible_prefix(tenant)
 
         async def events() -> AsyncIterator[str]:
-            nonlocal cursor
             yield "retry: 2000\n\n"
-            while not await request.is_disconnected():
-                if tenant_of(request) is None:  # the session ended, or its tenant was removed
-                    return
-                try:
-                    page = await gateway.store.afeed(
-                        cursor, prefix=prefix, limit=500, timeout=KEEPALIVE_SECONDS
-                    )
-                except StoreUnavailable:
-                    yield ": store unavailable\n\n"
-                    await asyncio.sleep(1.0)
-                    continue
-                for item in page.events:
-                    yield f"id: {item.cursor}\nevent: change\ndata: {_event_json(item)}\n\n"
-                if not page.events:
-                    yield ": keepalive\n\n"
-                cursor = page.cursor
+            # One reader per worker (the gateway's feed hub) for every stream: this one
+            # registers, reads what it missed since its cursor from the store, then takes
+            # the hub's events. Fallen too far behind, it ends: the browser reconnects.
+            async with gateway.feed_hub.subscription(cursor, prefix) as sub:
+                caught_up = False
+                while not await request.is_disconnected():
+                    if tenant_of(request) is None:  # the session ended, or its tenant went
+                        return
+                    if caught_up:
+                        page = await sub.next(KEEPALIVE_SECONDS)
+                        if sub.dropped:
+                            return
+                    else:
+                        try:
+                            page = await sub.catch_up()
+                        except StoreUnavailable:
+                            yield ": store unavailable\n\n"
+                            await asyncio.sleep(1.0)
+                            continue
+                        if not page:
+                            caught_up = True
+                            continue
+                    for item in page:
+                        yield f"id: {item.cursor}\nevent: change\ndata: {_event_json(item)}\n\n"
+                    if not page:
+                        yield ": store unavailable\n\n" if sub.problem else ": keepalive\n\n"
 
         headers = {**HEADERS, "X-Accel-Buffering": "no"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

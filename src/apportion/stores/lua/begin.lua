@@ -1,7 +1,10 @@
--- Ledger.begin. KEYS: ledger, events, index, feed.
--- ARGV: agent, agent is a string (1/0), context tokens, output tokens, now, lease end,
+-- Ledger.begin. KEYS: ledger, events, index, operation record, feed.
+-- ARGV (after the operation id and digest): agent, agent is a string (1/0), context tokens, output tokens, now, lease end,
 -- model ('' for none), input price, output price (nano-USD per token; '' for none),
 -- input tokens in hand ('' for the context granted: no input cut).
+-- Records the grant (id, context, output, lease end, model) under the operation id.
+local again = replay(KEYS[4], KEYS[1])
+if again then return again end
 local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[5])
 if not c then return {'unknown'} end
 local st = c.st
@@ -45,4 +48,6 @@ st[at(c, RBY, ai)] = st[at(c, RBY, ai)] + total
 st[at(c, CALLS, ai)] = st[at(c, CALLS, ai)] + 1
 if ctx < asked then st[at(c, INCUT, ai)] = st[at(c, INCUT, ai)] + 1 end
 event(c, 'begin', ARGV[1], gid, ctx, out, false, 0, '', asked)
-return {'ok', save(c), gid}
+local blob = save(c)
+remember(KEYS[4], KEYS[1], cjson.encode({gid, ctx, out, ARGV[6], ARGV[7]}))
+return {'ok', blob, gid}

@@ -1,13 +1,25 @@
 -- Store.open_children (Ledger.split, Ledger.draw, then one open per child), one step.
--- KEYS: the parent's ledger, events, index; then each child's ledger and events (all of
--- one tree share the root's hash tag); the feed last.
--- ARGV: now, max depth, ceiling ('' for none), share ('' for none), the children's ledger
+-- KEYS: the parent's ledger, events, index, operation record; then each child's ledger,
+-- events and operation record (all of one tree share the root's hash tag); the feed last.
+-- The operation id is recorded in the parent's record; a repeated one is answered with
+-- the parent's and the children's ledgers as they are now.
+-- ARGV (after the operation id and digest): now, max depth, ceiling ('' for none), share ('' for none), the children's ledger
 -- document (ceiling 0: set here), key ttl (ms, 0: none; raised to the parent's keys' own,
 -- none when they have none), expiry score, then each child's id and priority rank.
+local m = (#ARGV - 7) / 2
+local done, first = recorded(KEYS[4])
+if done == false then return {'conflict', first} end
+if done ~= nil then
+  local reply = {'ok', redis.call('GET', KEYS[1])}
+  for i = 1, m do reply[#reply + 1] = redis.call('GET', KEYS[2 + 3 * i]) end
+  for i = 2, m + 2 do
+    if not reply[i] then return {'unknown'} end
+  end
+  return reply
+end
 local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 if not c then return {'unknown'} end
 local st = c.st
-local m = (#ARGV - 7) / 2
 local ids, ranks, low = {}, {}, math.huge
 for i = 1, m do
   ids[i] = ARGV[6 + 2 * i]
@@ -15,7 +27,7 @@ for i = 1, m do
   if ranks[i] < low then low = ranks[i] end
 end
 for i = 1, m do
-  local raw = redis.call('GET', KEYS[2 + 2 * i])
+  local raw = redis.call('GET', KEYS[2 + 3 * i])
   if raw and cjson.decode(raw)[2] == 'open' then return {'dup', ids[i]} end
 end
 if st[2] ~= 'open' then return {'closed', st[2]} end
@@ -83,8 +95,8 @@ for i = 1, m do
   local t = 17 + 11 * n
   k[t], k[t + 1], k[t + 2] = st[1], depth, ranks[i]
   local blob = cjson.encode(k)
-  local key, ekey = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
-  redis.call('DEL', ekey)
+  local key, ekey = KEYS[2 + 3 * i], KEYS[3 + 3 * i]
+  redis.call('DEL', ekey, KEYS[4 + 3 * i]) -- a closed request of the id: its events and ids
   redis.call('SET', key, blob)
   local opened = cjson.encode({'open', ARGV[1], false, 0, tokens[i], 0, false, 0, ''})
   redis.call('RPUSH', ekey, opened)
@@ -107,5 +119,6 @@ for i = 1, m do
 end
 c.dirty = true
 local reply = {'ok', save(c)}
+remember(KEYS[4], KEYS[1], '')
 for i = 1, m do reply[#reply + 1] = blobs[i] end
 return reply

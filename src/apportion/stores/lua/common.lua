@@ -2,8 +2,21 @@
 --
 -- KEYS[1] holds one request's ledger, KEYS[2] its event list, KEYS[3] the index of open
 -- requests of its bucket, scored at or before the request's next deadline (its earliest
--- lease end or its expiry). All three share one hash tag. A script reaching other requests
--- of the tree (close, reap) gets their keys declared in KEYS too (see DECLARED).
+-- lease end or its expiry), KEYS[4] its operation record (see below). All four share one
+-- hash tag. A script reaching other requests of the tree (close, reap) gets their keys
+-- declared in KEYS too (see DECLARED).
+--
+-- Operation ids. Every request script takes two values first in ARGV, taken off here (the
+-- script reads its own arguments from ARGV[1] on): the operation id ('' for none) and the
+-- digest of the arguments a retry must repeat ('OPERATION:HASH', made by the caller). An
+-- operation that carried an id and was carried out records it in the request's operation
+-- record, a hash (id -> 'digest|payload', the payload a JSON array of what the reply adds
+-- to the state, or ''), in the same step as the change; the record lives as long as the
+-- request's ledger key (the same TTL, set again on each write and by retain at close), and
+-- a new open of the id, replacing a closed request, deletes it. A repeated id changes
+-- nothing and is answered with the first outcome (the state as it is now, and the
+-- payload); the same id with another digest is answered {'conflict', first digest}. A
+-- refused operation records nothing.
 --
 -- The ledger is one flat JSON array (decoding makes one Lua table, not twenty):
 --   1 id, 2 status, 3 outcome ('' or text), 4 expires (text), 5 ceiling, 6 consumed,
@@ -28,6 +41,10 @@
 -- grow without bound (overflow, over-use) are decimal text. Clock times travel as the
 -- caller's exact decimal text and are only compared, never printed.
 
+local OP, DIGEST = ARGV[1], ARGV[2]
+table.remove(ARGV, 1)
+table.remove(ARGV, 1)
+
 local NAME, RANK, ALLOC, RSV, CBY, RBY, OBY, CALLS, TRUNC, INCUT = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 local GS = 8 -- values per open grant
 local EV_SLICE = 1000 -- events appended per RPUSH
@@ -42,6 +59,42 @@ end
 
 local function int(n)
   return string.format('%.0f', n)
+end
+
+-- The payload recorded for OP in the operation record okey: nil when OP is new (or none);
+-- false and the first digest when the id was first used with other arguments.
+local function recorded(okey)
+  if OP == '' then return nil end
+  local rec = redis.call('HGET', okey, OP)
+  if not rec then return nil end
+  local bar = string.find(rec, '|', 1, true)
+  local first = string.sub(rec, 1, bar - 1)
+  if first ~= DIGEST then return false, first end
+  return string.sub(rec, bar + 1)
+end
+
+-- The reply to a repeated OP (nil when it is new): {'ok', the ledger as it is now, the
+-- payload's values...}, or the conflict.
+local function replay(okey, key)
+  local done, first = recorded(okey)
+  if done == nil then return nil end
+  if done == false then return {'conflict', first} end
+  local raw = redis.call('GET', key)
+  if not raw then return {'unknown'} end
+  local reply = {'ok', raw}
+  if done ~= '' then
+    for _, v in ipairs(cjson.decode(done)) do reply[#reply + 1] = v end
+  end
+  return reply
+end
+
+-- Record OP (when given) with its payload in the operation record okey, which lives as
+-- long as the ledger key.
+local function remember(okey, key, payload)
+  if OP == '' then return end
+  redis.call('HSET', okey, OP, DIGEST .. '|' .. payload)
+  local ttl = redis.call('PTTL', key)
+  if ttl > 0 then redis.call('PEXPIRE', okey, ttl) else redis.call('PERSIST', okey) end
 end
 
 local function score(x)
@@ -71,7 +124,7 @@ local function deadline(c)
 end
 
 -- Load the ledger of one request into a context, or nil when the store does not hold it.
-local function load(key, ekey, ikey, now_s)
+local function load(key, ekey, ikey, now_s, okey)
   local raw = redis.call('GET', key)
   if not raw then return nil end
   local st = cjson.decode(raw)
@@ -81,6 +134,7 @@ local function load(key, ekey, ikey, now_s)
     st = st, n = n, cb = 14 + 10 * n, t = t, g = t + 6 + 3 * st[t + 5], ev = {}, eva = {},
     gone = {},
     dirty = false, key = key, ekey = ekey, ikey = ikey, now_s = now_s, now = tonumber(now_s),
+    okey = okey,
   }
   c.due = deadline(c)
   return c
@@ -342,26 +396,28 @@ local function settle_into(p, kc)
   p.dirty = true
 end
 
--- The ledger and event keys of the other requests of a tree a script may touch, by id,
--- as the caller declared them in KEYS (Redis Cluster requires every key a script touches
--- there): a script never builds a key name itself.
+-- The ledger, event and operation record keys of the other requests of a tree a script
+-- may touch, by id, as the caller declared them in KEYS (Redis Cluster requires every key
+-- a script touches there): a script never builds a key name itself.
 local DECLARED = {}
 
--- Declare the requests named from ARGV[first_arg] on, their ledger and event keys taken
--- in pairs from KEYS[first_key] on.
+-- Declare the requests named from ARGV[first_arg] on, their ledger, event and operation
+-- record keys taken in threes from KEYS[first_key] on.
 local function declare(first_key, first_arg)
   local i = 0
   while ARGV[first_arg + i] do
-    DECLARED[ARGV[first_arg + i]] = {KEYS[first_key + 2 * i], KEYS[first_key + 2 * i + 1]}
+    local k = first_key + 3 * i
+    DECLARED[ARGV[first_arg + i]] = {KEYS[k], KEYS[k + 1], KEYS[k + 2]}
     i = i + 1
   end
 end
 
--- The ledger and event keys of request id, or nil when the caller did not declare them.
+-- The ledger, event and operation record keys of request id, or nil when the caller did
+-- not declare them.
 local function keys_of(id)
   local k = DECLARED[id]
-  if k then return k[1], k[2] end
-  return nil, nil
+  if k then return k[1], k[2], k[3] end
+  return nil, nil, nil
 end
 
 -- Append to missing the requests closing c would touch that are not declared: its parent
@@ -389,7 +445,7 @@ end
 
 -- Closed requests stay readable for the retention period (milliseconds; 0: forever).
 local function retain(c, ms)
-  for _, key in ipairs({c.key, c.ekey}) do
+  for _, key in ipairs({c.key, c.ekey, c.okey}) do
     if ms == '0' then redis.call('PERSIST', key) else redis.call('PEXPIRE', key, ms) end
   end
 end
@@ -401,8 +457,8 @@ local function close_tree(c, status, ms, closed)
   local ids = {}
   for p = c.t + 6, c.g - 1, 3 do ids[#ids + 1] = st[p] end
   for _, id in ipairs(ids) do
-    local key, ekey = keys_of(id)
-    local kc = key and load(key, ekey, c.ikey, c.now_s)
+    local key, ekey, okey = keys_of(id)
+    local kc = key and load(key, ekey, c.ikey, c.now_s, okey)
     if kc and kc.st[2] == 'open' and kc.st[kc.t] == st[1] then
       reap(kc)
       close_tree(kc, status, ms, closed)

@@ -1,5 +1,8 @@
--- Ledger.extend. KEYS: ledger, events, index, feed.
--- ARGV: output tokens, context tokens, now, lease end, grant ok (1/0), grant id, agent.
+-- Ledger.extend. KEYS: ledger, events, index, operation record, feed.
+-- Records the grown grant (context, output, lease end) under the operation id.
+-- ARGV (after the operation id and digest): output tokens, context tokens, now, lease end, grant ok (1/0), grant id, agent.
+local again = replay(KEYS[4], KEYS[1])
+if again then return again end
 local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[3])
 if not c then return {'unknown'} end
 local st = c.st
@@ -26,4 +29,6 @@ st[8] = st[8] - extra
 st[7] = st[7] + extra
 st[at(c, RBY, ai)] = st[at(c, RBY, ai)] + extra
 event(c, 'extend', ARGV[7], st[p], ctx, out, false, 0, '')
-return {'ok', save(c)}
+local blob = save(c)
+remember(KEYS[4], KEYS[1], cjson.encode({st[p + 2], st[p + 3], ARGV[4]}))
+return {'ok', blob}

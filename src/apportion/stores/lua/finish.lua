@@ -1,6 +1,8 @@
--- Ledger.finish. KEYS: ledger, events, index, feed.
--- ARGV: input tokens, output tokens, now, truncated (1/0), grant ok (1/0), grant id,
+-- Ledger.finish. KEYS: ledger, events, index, operation record, feed.
+-- ARGV (after the operation id and digest): input tokens, output tokens, now, truncated (1/0), grant ok (1/0), grant id,
 -- agent, then the new plan as triples: agent is a string (1/0), agent, tokens.
+local again = replay(KEYS[4], KEYS[1])
+if again then return again end
 local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[3])
 if not c then return {'unknown'} end
 local st = c.st
@@ -57,4 +59,6 @@ for _, q in ipairs(plan) do st[at(c, ALLOC, q[1])] = q[2] end
 local note = ''
 if late then note = 'late' end
 event(c, 'finish', ARGV[7], gid, inp, out, truncated, overuse, note)
-return {'ok', save(c)}
+local blob = save(c)
+remember(KEYS[4], KEYS[1], '')
+return {'ok', blob}

@@ -1,5 +1,6 @@
 -- Store.note: a feed-only event of one request (no ledger change). KEYS: ledger, events,
--- index, feed. ARGV: now, agent, grant id, context tokens, output tokens, kind, note.
+-- index, operation record (unused), feed. ARGV (after the operation id and digest, unused):
+-- now, agent, grant id, context tokens, output tokens, kind, note.
 -- Published with the request's state as it is (the agent's tokens held and consumed).
 local c = load(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 if not c then return {'unknown'} end

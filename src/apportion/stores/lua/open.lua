@@ -1,11 +1,15 @@
--- Open a request. KEYS: ledger, events, index; with a pool draw, the draw's marker too;
--- the feed last.
--- ARGV: ledger JSON, request id, open event, index score, key ttl (ms, 0: none),
+-- Open a request. KEYS: ledger, events, index, operation record; with a pool draw, the
+-- draw's marker too; the feed last.
+-- ARGV (after the operation id and digest): ledger JSON, request id, open event, index
+-- score, key ttl (ms, 0: none),
 -- marker ttl (ms, 0: none).
 -- A draw marked void (given back by reconcile after its open deadline) is never opened.
 -- Replacing a closed request that drew from a pool sets its ledger aside under its own
 -- draw's marker (its draw may not be settled yet: pool_void.lua reads it there).
-if #KEYS == 5 and redis.call('EXISTS', KEYS[4]) == 1 then return {'void'} end
+-- A repeated operation id is answered with the ledger as it is now (maybe closed since).
+local again = replay(KEYS[4], KEYS[1])
+if again then return again end
+if #KEYS == 6 and redis.call('EXISTS', KEYS[5]) == 1 then return {'void'} end
 local raw = redis.call('GET', KEYS[1])
 if raw then
   local old = cjson.decode(raw)
@@ -20,6 +24,7 @@ if raw then
   end
   redis.call('DEL', KEYS[2])
 end
+redis.call('DEL', KEYS[4]) -- the operation ids of a request of this id before
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('RPUSH', KEYS[2], ARGV[3])
 if ARGV[5] ~= '0' then
@@ -29,4 +34,5 @@ end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
 local ceiling = cjson.decode(ARGV[3])[5]
 publish(ARGV[2], 'open', ARGV[3], '0', '0', int(ceiling), '0')
+remember(KEYS[4], KEYS[1], '')
 return {'ok'}

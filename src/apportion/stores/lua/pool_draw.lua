@@ -4,6 +4,14 @@
 -- newest one drawn from is charged to that newest window (see apportion.pools).
 -- The draw is recorded as 'window charged|tokens|open deadline': once the deadline (plus
 -- the clock skew bound) has passed, reconcile gives back a draw whose request never opened.
+-- A draw key met again (it comes from the open's operation id: a retried open) is drawn
+-- once: {'again', window}, or {'conflict'} for another number of tokens.
+local entry = redis.call('HGET', KEYS[2], ARGV[1])
+if entry then
+  local window, tokens = string.match(entry, '^([^|]*)|([^|]*)')
+  if tokens ~= ARGV[2] then return {'conflict'} end
+  return {'again', window}
+end
 local ranks = {critical = 2, standard = 1, peripheral = 0}
 local cfg = redis.call('HMGET', KEYS[1], 'capacity', 'window_seconds', 'reserve', 'window', 'drawn')
 if not cfg[1] then return {'unknown'} end

@@ -1,9 +1,9 @@
 -- Store.reap over buckets. KEYS: the buckets' indexes (PREFIX:{bN}:open), one or many:
--- many on a standalone server (one round trip), one per call on a cluster; then the ledger
--- and events of each request the caller declares (the due requests it read from the
+-- many on a standalone server (one round trip), one per call on a cluster; then the ledger,
+-- events and operation record of each request the caller declares (the due requests it read from the
 -- indexes, and the other requests of their trees: parents, open children and theirs);
 -- the feed last.
--- ARGV: now, retention (ms), most requests to look at per bucket, number of buckets, then
+-- ARGV (after an operation id and digest, unused): now, retention (ms), most requests to look at per bucket, number of buckets, then
 -- the declared requests' ids (in the order of their keys).
 -- A due request the caller did not declare, or whose tree holds one it did not (the tree
 -- changed since it was read), is left as it is and its id returned as wanted.
@@ -21,8 +21,8 @@ for k = 1, buckets do
   local due = redis.call('ZRANGEBYSCORE', ikey, '-inf', ARGV[1], 'LIMIT', 0, limit)
   if #due >= limit then full[#full + 1] = k end
   for _, rid in ipairs(due) do
-    local key, ekey = keys_of(rid)
-    local c = key and load(key, ekey, ikey, ARGV[1])
+    local key, ekey, okey = keys_of(rid)
+    local c = key and load(key, ekey, ikey, ARGV[1], okey)
     if not key then
       wanted[#wanted + 1] = rid
     elseif not c or c.st[2] ~= 'open' then

@@ -15,6 +15,10 @@ scripts of a request tree (opening children, closing a tree) the slot of its roo
 
 * ``PREFIX:{bN}:r:ID``: the ledger, one flat JSON array (layout in ``lua/common.lua``);
 * ``PREFIX:{bN}:e:ID``: the event list (each script appends to it in the same step);
+* ``PREFIX:{bN}:o:ID``: the request's operation ids, a hash (id -> digest of the
+  arguments and what the reply adds to the state), written by the script of each operation
+  that carried an id, in the same step, with the TTL of the ledger's key (see "Operation
+  ids" in ``lua/common.lua``);
 * ``PREFIX:{bN}:open``: the bucket's open requests, scored at or before their next
   deadline (the earliest lease end, or the request's expiry): what ``reap`` scans;
 * ``PREFIX:{bN}:d:DRAW``: set only when a pool draw of the request is settled without it
@@ -105,8 +109,12 @@ after a restart is consistent: every ledger's invariants hold; only recent opera
 be missing. :meth:`RedisStore.durability` reads which setting the server runs with.
 
 Failures. A connection failure raises :class:`~apportion.errors.StoreUnavailable` (with the
-URL, never its password, and the reason). The operation's outcome is then unknown (it may
-have been applied): nothing is retried behind the caller's back. That is fail-closed, the
+URL, never its password, and the reason): when it came after the operation was sent (the
+connection dropped, or no reply in time), :class:`~apportion.errors.StoreOutcomeUnknown`,
+since the operation may have been applied. Nothing is retried here; the caller retries
+with the same operation id (the controller does), which the scripts answer with the first
+outcome. A pooled ``open`` with an operation id draws under a key made from it, so its
+retry finds the draw made (``pool_draw.lua``) instead of drawing again. That is fail-closed, the
 default. With ``fail_open=True``, a request that cannot be opened in Redis is opened in a
 local :class:`~apportion.stores.memory.MemoryStore` instead, with a ``RuntimeWarning``,
 drawing its ceiling from a per-process emergency budget of ``emergency_cap`` tokens (what it

@@ -63,6 +63,8 @@ class RedisFeed(RedisKeys, RedisTransport):
         note = check_note(event)
         agent = note.agent or ""
         args = (
+            "",
+            "",
             _text(note.at),
             agent,
             note.grant_id,

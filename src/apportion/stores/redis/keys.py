@@ -35,9 +35,17 @@ class RedisKeys:
         base = f"{self.prefix}:{{b{bucket}}}:"
         return f"{base}r:{request_id}", f"{base}e:{request_id}", f"{base}open"
 
-    def _request_keys(self, request_id: str) -> tuple[str, str, str, str]:
-        """The keys of a script on one request: its ledger, events, index, and the feed."""
-        return (*self._keys(request_id), self._feed_key)
+    def _ops_key(self, request_id: str) -> str:
+        """The request's operation record (in its bucket: the same hash slot)."""
+        return self._keys(request_id)[2][:-4] + "o:" + request_id
+
+    def _own_keys(self, request_id: str) -> tuple[str, str, str, str]:
+        """The request's ledger, events, index and operation record (a script's KEYS[1..4])."""
+        return (*self._keys(request_id), self._ops_key(request_id))
+
+    def _request_keys(self, request_id: str) -> tuple[str, str, str, str, str]:
+        """The keys of a script on one request: its own four (:meth:`_own_keys`), the feed."""
+        return (*self._own_keys(request_id), self._feed_key)
 
     @property
     def _feed_key(self) -> str:
@@ -62,6 +70,6 @@ class RedisKeys:
         """The hash of a policy's shared state (its version and data)."""
         return f"{self.prefix}:state:{key}"
 
-    def _declared(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """The ledger and event keys of requests ``ids``, by id (what a script declares)."""
-        return {rid: self._keys(rid)[:2] for rid in ids}
+    def _declared(self, ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        """The ledger, event and operation keys of requests ``ids``, by id (declared)."""
+        return {rid: (*self._keys(rid)[:2], self._ops_key(rid)) for rid in ids}

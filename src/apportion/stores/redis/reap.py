@@ -37,13 +37,20 @@ class RedisReaper(RedisRequests):
             todo = [ikey for ikey, due in zip(todo, dues, strict=True) if due]
             if not todo:
                 break
-            declared: dict[str, tuple[str, str]] = {}
+            declared: dict[str, tuple[str, str, str]] = {}
             yield from self._read_tree([_str(rid) for due in dues for rid in due], declared)
             # One script over every bucket (a standalone server allows it); a cluster client
             # would send one call per bucket instead (the script loops over its KEYS).
             ids = list(declared)
             keys = [*todo, *(k for i in ids for k in declared[i])]
-            args: tuple[str | int, ...] = (now_s, self._retention_ms, _REAP_BATCH, len(todo))
+            args: tuple[str | int, ...] = (
+                "",
+                "",
+                now_s,
+                self._retention_ms,
+                _REAP_BATCH,
+                len(todo),
+            )
             reply = yield _Eval("reap", (*keys, self._feed_key), (*args, *ids))
             settled += int(reply[0])
             full = int(reply[1])

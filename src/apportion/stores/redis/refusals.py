@@ -17,11 +17,13 @@ from apportion.errors import (
     GrantExpired,
     GrantSettled,
     InvalidPrice,
+    OperationConflict,
     RequestClosed,
     UnknownAgent,
     UnknownRequest,
 )
 from apportion.ledger import NANO, Grant
+from apportion.stores.base import digest_operation
 from apportion.stores.redis.codec import _str
 
 
@@ -34,9 +36,19 @@ def _refusal(
     grant: object = None,
     plan: Sequence[object] = (),
     reason: str = "",
+    op: tuple[str | None, str] = (None, ""),
 ) -> Exception:
-    """The error a script's refusal stands for, with the ledger's fields."""
+    """The error a script's refusal stands for, with the ledger's fields.
+
+    ``op`` is the operation's id and digest (a ``conflict`` reply names the first digest).
+    """
     code = _str(reply[0])
+    if code == "conflict":
+        op_id, digest = op
+        first = _str(reply[1]) if len(reply) > 1 else digest
+        return OperationConflict(
+            op_id or "", digest_operation(digest), digest_operation(first), request_id
+        )
     if code == "unknown":
         return UnknownRequest(request_id)
     if code == "bad":

@@ -11,6 +11,7 @@ requests it has not declared, reads the tree and calls again (see "Redis Cluster
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import secrets
@@ -23,6 +24,7 @@ from apportion.errors import (
     DuplicateRequest,
     InvalidArgument,
     InvalidPrice,
+    OperationConflict,
     PoolDrawExpired,
     PoolExhausted,
     StoreUnavailable,
@@ -47,7 +49,7 @@ from apportion.ledger import (
 )
 from apportion.limits import is_text
 from apportion.pools import PRIORITY_RANKS, check_pool_name, check_priority
-from apportion.stores.base import check_children
+from apportion.stores.base import Digests, check_children, check_op_id
 from apportion.stores.redis.arguments import _checked, _grant_args, _time, _tokens
 from apportion.stores.redis.calls import _OK, _Cmd, _Eval, _Steps
 from apportion.stores.redis.codec import (
@@ -68,6 +70,11 @@ _TREE_ATTEMPTS = 16
 read (children opened meanwhile) before giving up: each attempt reads the tree again."""
 
 
+def _draw_tag(op_id: str) -> str:
+    """The tag of a pool draw made by an open of operation id ``op_id`` (a retry's too)."""
+    return hashlib.blake2b(op_id.encode("ascii"), digest_size=6).hexdigest()
+
+
 class RedisRequests(RedisPools):
     """Request operations in Redis (a part of :class:`~apportion.stores.redis.RedisStore`)."""
 
@@ -86,7 +93,9 @@ class RedisRequests(RedisPools):
         pool: str | None,
         pool_priority: str,
         ceiling_usd: int | None = None,
+        op_id: str | None = None,
     ) -> _Steps[Ledger]:
+        op_id = check_op_id(op_id)
         now = check_time("now", now)
         ttl = check_seconds("ttl", ttl)
         ledger = Ledger(
@@ -99,12 +108,15 @@ class RedisRequests(RedisPools):
             expires_at=now + ttl,
             ceiling_usd=ceiling_usd,
         )
+        digest = Digests.open(op_id, ledger.ranks, ledger.ceiling, pool, pool_priority, ceiling_usd)
         draw = ""
-        keys: tuple[str, ...] = self._keys(request_id)
+        fresh = False  # drawn by this call (not found drawn by the first call of its op id)
+        keys: tuple[str, ...] = self._own_keys(request_id)
         if pool is not None:
             check_pool_name(pool)
             rank = PRIORITY_RANKS[check_priority(pool_priority)]
-            draw = f"{request_id}#{secrets.token_hex(6)}"
+            tag = secrets.token_hex(6) if op_id is None else _draw_tag(op_id)
+            draw = f"{request_id}#{tag}"
             pool_keys = self._pool_keys(pool)
             deadline = _text(now + self.open_grace_seconds)
             reply = yield _Eval(
@@ -115,6 +127,10 @@ class RedisRequests(RedisPools):
                 raise UnknownPool(pool)
             if code == "exhausted":
                 raise PoolExhausted(pool, ledger.ceiling, int(reply[1]), pool_priority)
+            if code == "conflict":
+                assert op_id is not None
+                raise OperationConflict(op_id, "open", "open", request_id)
+            fresh = code == "ok"
         blob = _ledger_json(ledger, pool or "", draw)
         opened = json.dumps(["open", _text(now), False, 0, ledger.ceiling, 0, False, 0, ""])
         key_ttl = "0"  # a pooled request keeps its keys while open: its draw is settled from them
@@ -125,16 +141,28 @@ class RedisRequests(RedisPools):
         reply = yield _Eval(
             "open",
             (*keys, self._feed_key),
-            (blob, request_id, opened, _score(ledger.expires_at), key_ttl, self._retention_ms),
+            (
+                op_id or "",
+                digest,
+                blob,
+                request_id,
+                opened,
+                _score(ledger.expires_at),
+                key_ttl,
+                self._retention_ms,
+            ),
         )
-        if _str(reply[0]) != "ok":
+        again = _str(reply[0]) == "ok" and len(reply) > 1  # a repeated operation id
+        if _str(reply[0]) != "ok" or again:
             if _str(reply[0]) == "void" and pool is not None:  # given back already
                 raise PoolDrawExpired(request_id, pool)
-            if pool is not None:  # give the draw back: this open never happened
+            if pool is not None and fresh:  # give the draw back: this open never happened
                 yield _Eval(
                     "pool_return", self._pool_keys(pool), (draw, ledger.ceiling, 0, _text(now))
                 )
-            raise _refusal(request_id, reply, [])
+            if again:
+                return ledger_from_json(reply[1])
+            raise _refusal(request_id, reply, [], op=(op_id, digest))
         return ledger_from_json(blob)
 
     def _children_steps(
@@ -150,10 +178,13 @@ class RedisRequests(RedisPools):
         reserve: Mapping[str, int] | None,
         ttl: float,
         max_depth: int,
+        op_id: str | None = None,
     ) -> _Steps[tuple[Ledger, list[Ledger]]]:
+        op_id = check_op_id(op_id)
         args = check_children(
             parent_id, request_ids, now, priorities, ceiling, share, ttl, max_depth
         )
+        digest = Digests.children(op_id, args, max_depth)
         now = args.now
         template = Ledger(
             args.request_ids[0],
@@ -164,10 +195,10 @@ class RedisRequests(RedisPools):
             reserve=reserve,
             expires_at=now + args.ttl,
         )
-        keys: list[str] = list(self._keys(args.parent_id))
+        keys: list[str] = list(self._own_keys(args.parent_id))
         each: list[str | int] = []
         for request_id, rank in zip(args.request_ids, args.ranks, strict=True):
-            keys += self._keys(request_id)[:2]
+            keys += self._declared([request_id])[request_id]
             each += [request_id, rank]
         key_ttl = "0"
         if math.isfinite(args.ttl) and not math.isinf(self.retention_seconds):
@@ -176,6 +207,8 @@ class RedisRequests(RedisPools):
             "children",
             (*keys, self._feed_key),
             (
+                op_id or "",
+                digest,
                 _text(now),
                 args.max_depth,
                 "" if args.ceiling is None else args.ceiling,
@@ -199,7 +232,7 @@ class RedisRequests(RedisPools):
             raise TreeTooDeep(args.parent_id, int(reply[1]), args.max_depth)
         if code == "dup":
             raise DuplicateRequest(_str(reply[1]))
-        raise _refusal(args.parent_id, reply, [])
+        raise _refusal(args.parent_id, reply, [], op=(op_id, digest))
 
     def _begin_steps(
         self,
@@ -213,7 +246,12 @@ class RedisRequests(RedisPools):
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
         wrap_up_tokens: int = 0,
+        op_id: str | None = None,
     ) -> _Steps[tuple[Grant, Ledger]]:
+        op_id = check_op_id(op_id)
+        digest = Digests.begin(
+            op_id, agent, context_tokens if asked is None else asked, wrap_up_tokens
+        )
         pending: list[Exception] = []
         is_name = isinstance(agent, str) and is_text(agent)
         ctx = _tokens("context_tokens", context_tokens, pending)
@@ -250,6 +288,8 @@ class RedisRequests(RedisPools):
             "begin",
             self._request_keys(request_id),
             (
+                op_id or "",
+                digest,
                 agent if is_name else "",
                 "1" if is_name else "0",
                 ctx,
@@ -267,7 +307,9 @@ class RedisRequests(RedisPools):
                 raise CostExceeded(
                     agent, int(reply[1]) / NANO, int(reply[2]) / NANO, model=model or None
                 )
-            raise _refusal(request_id, reply, pending, agent=agent)
+            raise _refusal(request_id, reply, pending, agent=agent, op=(op_id, digest))
+        if len(reply) > 3:  # a repeated operation id: the first call's grant
+            ctx, out, lease, model = reply[3], reply[4], float(_str(reply[5])), _str(reply[6])
         grant = Grant(
             request_id, agent, int(reply[2]), int(ctx), int(out), lease, model or None, reserve
         )
@@ -281,7 +323,10 @@ class RedisRequests(RedisPools):
         context_tokens: int,
         now: float,
         lease_seconds: float,
+        op_id: str | None = None,
     ) -> _Steps[tuple[Grant, Ledger]]:
+        op_id = check_op_id(op_id)
+        digest = Digests.extend(op_id, grant)
         pending: list[Exception] = []
         out = _tokens("output_tokens", output_tokens, pending)
         ctx = _tokens("context_tokens", context_tokens, pending)
@@ -293,12 +338,35 @@ class RedisRequests(RedisPools):
         reply = yield _Eval(
             "extend",
             self._request_keys(request_id),
-            (out, ctx, _text(now), _text(now + lease_seconds), ok, grant_id, agent),
+            (
+                op_id or "",
+                digest,
+                out,
+                ctx,
+                _text(now),
+                _text(now + lease_seconds),
+                ok,
+                grant_id,
+                agent,
+            ),
         )
         if reply[0] not in _OK:
-            raise _refusal(request_id, reply, pending, grant=grant, reason="extension")
+            raise _refusal(
+                request_id, reply, pending, grant=grant, reason="extension", op=(op_id, digest)
+            )
         state = ledger_from_json(reply[1])
-        grown = state.grants[int(grant_id)]
+        if len(reply) > 2:  # a repeated operation id: the grant as the first call grew it
+            grown = Grant(
+                request_id,
+                grant.agent,
+                int(grant_id),
+                int(reply[2]),
+                int(reply[3]),
+                float(_str(reply[4])),
+                grant.model,
+            )
+        else:
+            grown = state.grants[int(grant_id)]
         if isinstance(grant, Grant) and grant.wrap_up_tokens:  # not in the state: carried over
             grown = grown._replace(wrap_up_tokens=grant.wrap_up_tokens)
         return grown, state
@@ -312,7 +380,10 @@ class RedisRequests(RedisPools):
         now: float,
         truncated: bool,
         allocation: Mapping[str, int] | None,
+        op_id: str | None = None,
     ) -> _Steps[Ledger]:
+        op_id = check_op_id(op_id)
+        digest = Digests.finish(op_id, grant, input_tokens, output_tokens, truncated)
         pending: list[Exception] = []
         inp = _tokens("input_tokens", input_tokens, pending)
         out = _tokens("output_tokens", output_tokens, pending)
@@ -325,6 +396,8 @@ class RedisRequests(RedisPools):
             inp = "!"
         ok, grant_id, agent = _grant_args(request_id, grant)
         args: list[str | int] = [
+            op_id or "",
+            digest,
             inp,
             out,
             _text(now),
@@ -344,12 +417,14 @@ class RedisRequests(RedisPools):
                     break
         reply = yield _Eval("finish", self._request_keys(request_id), tuple(args))
         if reply[0] not in _OK:
-            raise _refusal(request_id, reply, pending, grant=grant, plan=plan)
+            raise _refusal(request_id, reply, pending, grant=grant, plan=plan, op=(op_id, digest))
         return ledger_from_json(reply[1])
 
     def _release_steps(
-        self, request_id: str, grant: Grant, now: float, reason: str
+        self, request_id: str, grant: Grant, now: float, reason: str, op_id: str | None = None
     ) -> _Steps[Ledger]:
+        op_id = check_op_id(op_id)
+        digest = Digests.release(op_id, grant, reason)
         pending: list[Exception] = []
         now = _time(now, pending)
         reason = _checked(check_name, "reason", reason, pending, "")
@@ -357,22 +432,37 @@ class RedisRequests(RedisPools):
         reply = yield _Eval(
             "release",
             self._request_keys(request_id),
-            (_text(now), reason, ok, grant_id, agent, "1" if pending else "0"),
+            (op_id or "", digest, _text(now), reason, ok, grant_id, agent, "1" if pending else "0"),
         )
         if reply[0] not in _OK:
-            raise _refusal(request_id, reply, pending, grant=grant)
+            raise _refusal(request_id, reply, pending, grant=grant, op=(op_id, digest))
         return ledger_from_json(reply[1])
 
     def _close_steps(
-        self, request_id: str, now: float, status: str, outcome: float | None
+        self,
+        request_id: str,
+        now: float,
+        status: str,
+        outcome: float | None,
+        op_id: str | None = None,
     ) -> _Steps[Ledger]:
+        op_id = check_op_id(op_id)
+        digest = Digests.close(op_id, status, outcome)
         pending: list[Exception] = []
         status = _checked(lambda _, value: check_status(value), "status", status, pending, "")
         outcome = _checked(lambda _, value: check_outcome(value), "outcome", outcome, pending, None)
         now = _time(now, pending)
         score = "" if outcome is None or pending else _text(outcome)
-        args = (_text(now), str(status), score, "1" if pending else "0", self._retention_ms)
-        own = self._keys(request_id)
+        args = (
+            op_id or "",
+            digest,
+            _text(now),
+            str(status),
+            score,
+            "1" if pending else "0",
+            self._retention_ms,
+        )
+        own = self._own_keys(request_id)
         parent = request_id.rpartition(CHILD_SEP)[0]
         declared = self._declared([parent] if parent else [])  # its likely parent: no read
         for _ in range(_TREE_ATTEMPTS):
@@ -386,7 +476,7 @@ class RedisRequests(RedisPools):
         else:
             raise self._tree_changing(request_id, "close")
         if reply[0] not in _OK:
-            raise _refusal(request_id, reply, pending)
+            raise _refusal(request_id, reply, pending, op=(op_id, digest))
         state = ledger_from_json(reply[1])
         pool, draw, free, overflow = _pool_debt(reply[1])
         if pool:
@@ -405,7 +495,9 @@ class RedisRequests(RedisPools):
             raise UnknownRequest(request_id)
         return [_event(raw) for raw in raws]
 
-    def _read_tree(self, ids: Sequence[str], declared: dict[str, tuple[str, str]]) -> _Steps[None]:
+    def _read_tree(
+        self, ids: Sequence[str], declared: dict[str, tuple[str, str, str]]
+    ) -> _Steps[None]:
         """Declare ``ids`` and the rest of their trees (parents, open children, theirs ...).
 
         Reads the ledgers a level at a time (one round trip each), adding to ``declared``

@@ -65,6 +65,8 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         InvalidArgument: a bad option, or a URL redis-py cannot read.
     """
 
+    replies_may_be_lost = True
+
     def __new__(cls, *args: Any, fail_open: bool = False, **options: Any) -> RedisStore:
         """A :class:`FailOpenRedisStore` when ``fail_open`` is set, else a plain store."""
         if fail_open and cls is RedisStore:
@@ -176,6 +178,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Open the ledger of a new request (drawing its ceiling from ``pool``)."""
         return self._run(
@@ -190,6 +193,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
                 pool,
                 pool_priority,
                 check_ceiling_usd(ceiling_usd),
+                op_id,
             )
         )
 
@@ -206,6 +210,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
         wrap_up_tokens: int = 0,
+        op_id: str | None = None,
     ) -> tuple[Grant, Ledger]:
         """Reserve a grant; return it and the state after."""
         return self._run(
@@ -220,6 +225,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
                 prices,
                 asked,
                 wrap_up_tokens,
+                op_id,
             )
         )
 
@@ -231,10 +237,14 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         context_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        op_id: str | None = None,
     ) -> tuple[Grant, Ledger]:
         """Grow an open grant; return it and the state after."""
         return self._run(
-            self._extend_steps(request_id, grant, output_tokens, context_tokens, now, lease_seconds)
+            self._extend_steps(
+                request_id, grant, output_tokens, context_tokens, now, lease_seconds, op_id
+            )
         )
 
     def finish(
@@ -247,25 +257,38 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         *,
         truncated: bool = False,
         allocation: Mapping[str, int] | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Settle a grant with its real usage; return the state after."""
         return self._run(
             self._finish_steps(
-                request_id, grant, input_tokens, output_tokens, now, truncated, allocation
+                request_id, grant, input_tokens, output_tokens, now, truncated, allocation, op_id
             )
         )
 
     def release(
-        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+        self,
+        request_id: str,
+        grant: Grant,
+        now: float,
+        *,
+        reason: str = "release",
+        op_id: str | None = None,
     ) -> Ledger:
         """Settle a grant as unused; return the state after."""
-        return self._run(self._release_steps(request_id, grant, now, reason))
+        return self._run(self._release_steps(request_id, grant, now, reason, op_id))
 
     def close(
-        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+        self,
+        request_id: str,
+        now: float,
+        *,
+        status: str = "closed",
+        outcome: float | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Close a request (its unused tokens return to its pool); return its final state."""
-        return self._run(self._close_steps(request_id, now, status, outcome))
+        return self._run(self._close_steps(request_id, now, status, outcome, op_id))
 
     def open_children(
         self,
@@ -281,6 +304,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        op_id: str | None = None,
     ) -> tuple[Ledger, list[Ledger]]:
         """Open child requests of ``parent_id``, drawing their ceilings from it (one script)."""
         return self._run(
@@ -296,6 +320,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
                 reserve,
                 ttl,
                 max_depth,
+                op_id,
             )
         )
 
@@ -326,6 +351,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Async :meth:`open`."""
         return await self._arun(
@@ -340,6 +366,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
                 pool,
                 pool_priority,
                 check_ceiling_usd(ceiling_usd),
+                op_id,
             )
         )
 
@@ -356,6 +383,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         prices: tuple[int, int] | None = None,
         asked: int | None = None,
         wrap_up_tokens: int = 0,
+        op_id: str | None = None,
     ) -> tuple[Grant, Ledger]:
         """Async :meth:`begin`."""
         return await self._arun(
@@ -370,6 +398,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
                 prices,
                 asked,
                 wrap_up_tokens,
+                op_id,
             )
         )
 
@@ -381,10 +410,14 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         context_tokens: int,
         now: float,
         lease_seconds: float,
+        *,
+        op_id: str | None = None,
     ) -> tuple[Grant, Ledger]:
         """Async :meth:`extend`."""
         return await self._arun(
-            self._extend_steps(request_id, grant, output_tokens, context_tokens, now, lease_seconds)
+            self._extend_steps(
+                request_id, grant, output_tokens, context_tokens, now, lease_seconds, op_id
+            )
         )
 
     async def afinish(
@@ -397,25 +430,38 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         *,
         truncated: bool = False,
         allocation: Mapping[str, int] | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Async :meth:`finish`."""
         return await self._arun(
             self._finish_steps(
-                request_id, grant, input_tokens, output_tokens, now, truncated, allocation
+                request_id, grant, input_tokens, output_tokens, now, truncated, allocation, op_id
             )
         )
 
     async def arelease(
-        self, request_id: str, grant: Grant, now: float, *, reason: str = "release"
+        self,
+        request_id: str,
+        grant: Grant,
+        now: float,
+        *,
+        reason: str = "release",
+        op_id: str | None = None,
     ) -> Ledger:
         """Async :meth:`release`."""
-        return await self._arun(self._release_steps(request_id, grant, now, reason))
+        return await self._arun(self._release_steps(request_id, grant, now, reason, op_id))
 
     async def aclose(
-        self, request_id: str, now: float, *, status: str = "closed", outcome: float | None = None
+        self,
+        request_id: str,
+        now: float,
+        *,
+        status: str = "closed",
+        outcome: float | None = None,
+        op_id: str | None = None,
     ) -> Ledger:
         """Async :meth:`close`."""
-        return await self._arun(self._close_steps(request_id, now, status, outcome))
+        return await self._arun(self._close_steps(request_id, now, status, outcome, op_id))
 
     async def aopen_children(
         self,
@@ -431,6 +477,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        op_id: str | None = None,
     ) -> tuple[Ledger, list[Ledger]]:
         """Async :meth:`open_children`."""
         return await self._arun(
@@ -446,6 +493,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
                 reserve,
                 ttl,
                 max_depth,
+                op_id,
             )
         )
 

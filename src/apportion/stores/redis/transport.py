@@ -6,7 +6,8 @@ connection each thread keeps of its own (no pool checkout per call; ``hiredis``,
 extra, parses replies in C), or with awaited I/O on an async client per event loop. A
 script the server lost is loaded again and run once more; a connection failure raises
 :class:`~apportion.errors.StoreUnavailable` with the URL (never its password) and the
-reason, and nothing is retried behind the caller's back.
+reason (:class:`~apportion.errors.StoreOutcomeUnknown` when the call was sent: it may have
+been applied), and nothing is retried behind the caller's back.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
-from apportion.errors import InvalidArgument, MissingExtra, StoreUnavailable
+from apportion.errors import InvalidArgument, MissingExtra, StoreOutcomeUnknown, StoreUnavailable
 from apportion.redaction import scrub
 from apportion.stores.redis.calls import T, _Call, _Cmd, _Eval, _Steps
 from apportion.stores.redis.codec import _str
@@ -39,7 +40,6 @@ def _import_redis() -> Any:
     try:
         import redis
         import redis.asyncio
-        import redis.asyncio.retry
     except ImportError as exc:  # pragma: no cover - the extra is installed in tests
         raise MissingExtra("redis", "redis") from exc
     return redis
@@ -169,7 +169,14 @@ class RedisTransport:
                 self._command("SCRIPT", "LOAD", _SOURCES[call.script])
                 return self._command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
         except self._errors as exc:
-            raise StoreUnavailable(self.url, scrub(_reason(exc), self._raw_url)) from None
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        """The error of a failed call: its outcome is unknown unless it failed to connect."""
+        reason = scrub(_reason(exc), self._raw_url)
+        if "connecting to" in str(exc):  # nothing was sent
+            return StoreUnavailable(self.url, reason)
+        return StoreOutcomeUnknown(self.url, reason)
 
     def _pipeline(self, calls: list[_Eval | _Cmd]) -> list[Any]:
         results: list[Any] = [None] * len(calls)
@@ -214,8 +221,10 @@ class RedisTransport:
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aloop is not loop:
             redis = _import_redis()
-            retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
-            options = {**self._options, "retry": retry}
+            options = {
+                **self._options,
+                "retry": redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
+            }
             client = redis.asyncio.Redis.from_url(self._raw_url, **options)
             # closed when the loop shuts its async generators down (asyncio.run does)
             self._acloser = _close_at_shutdown(client)
@@ -244,7 +253,7 @@ class RedisTransport:
                     "EVALSHA", sha, len(call.keys), *call.keys, *call.args
                 )
         except self._errors as exc:
-            raise StoreUnavailable(self.url, scrub(_reason(exc), self._raw_url)) from None
+            raise self._unavailable(exc) from None
 
     async def _apipeline(self, client: redis_async.Redis, calls: list[_Eval | _Cmd]) -> list[Any]:
         results: list[Any] = [None] * len(calls)

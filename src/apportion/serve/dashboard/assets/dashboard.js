@@ -13,7 +13,7 @@
   var live = document.getElementById("live");
   var announcer = document.getElementById("announcer");
   var heard = [];
-  var received = 0;
+  var cursor = body.getAttribute("data-cursor");  // the last event's (kept off the DOM)
   var KEEP_CLOSED_MS = 60000;
 
   function index() {
@@ -42,19 +42,29 @@
     });
   }
 
+  // A request's block (a table of its own), or the row group itself outside the live list.
+  function blockOf(tb) { return tb.closest(".req-block") || tb; }
+
   // A closed request stays in view a minute, then leaves the page (and its memory).
   function retire(tb, id) {
     setTimeout(function () {
-      tb.remove();
+      blockOf(tb).remove();
       if (requests.get(id) === tb) { requests.delete(id); }
     }, KEEP_CLOSED_MS);
   }
 
   function cell(row, name) { return row.querySelector("[data-cell='" + name + "']"); }
 
+  // Changes a cell's text in place (its text node kept: no new node per event).
   function setText(row, name, value) {
     var c = cell(row, name);
-    if (c) { c.textContent = value; }
+    if (!c) { return; }
+    var t = c.firstChild;
+    if (t && t.nodeType === 3 && t === c.lastChild) {
+      if (t.data !== value) { t.data = value; }
+    } else {
+      c.textContent = value;
+    }
   }
 
   function agentRow(tb, agent) {
@@ -156,24 +166,29 @@
   }
 
   function insert(tb) {
-    var table = document.getElementById("requests");
-    if (!table) { return; }
+    var list = document.getElementById("requests");
+    var skeleton = document.getElementById("request-block");
+    if (!list || !skeleton) { return; }
+    var block = skeleton.content.firstElementChild.cloneNode(true);
+    var depth = Number(tb.getAttribute("data-depth"));
+    block.setAttribute("data-depth", String(depth));
+    block.querySelector("table").appendChild(tb);
     var parentId = tb.getAttribute("data-parent");
     var parent = parentId ? requests.get(parentId) : null;
     if (parent) {
-      var depth = Number(parent.getAttribute("data-depth"));
-      var after = parent;
+      var top = Number(parent.getAttribute("data-depth"));
+      var after = blockOf(parent);
       while (after.nextElementSibling &&
-             Number(after.nextElementSibling.getAttribute("data-depth")) > depth) {
+             Number(after.nextElementSibling.getAttribute("data-depth")) > top) {
         after = after.nextElementSibling;
       }
-      after.after(tb);
+      after.after(block);
     } else {
-      table.appendChild(tb);
+      list.appendChild(block);
     }
     var empty = document.getElementById("empty");
     if (empty) { empty.hidden = true; }
-    table.hidden = false;
+    list.hidden = false;
   }
 
   // Feed cursors: "17" (memory store) or "1700000000000-3" (Redis): compared as numbers.
@@ -294,9 +309,7 @@
   if (poolsUrl) { setInterval(refreshPools, 1000); }
 
   function handle(ev) {
-    received += 1;
-    body.setAttribute("data-cursor", ev.c);
-    body.setAttribute("data-received", String(received));
+    cursor = ev.c;
     timeline(ev);
     if (poolsUrl && (ev.k === "open" || ev.k === "close")) { poolsDue = true; }
     var tb = requests.get(ev.r);
@@ -313,7 +326,6 @@
 
   function connect() {
     var url = stream;
-    var cursor = body.getAttribute("data-cursor");
     if (cursor) { url += (url.indexOf("?") < 0 ? "?" : "&") + "after=" + encodeURIComponent(cursor); }
     var source = new EventSource(url, { withCredentials: true });
     source.addEventListener("open", function () {
