@@ -88,3 +88,24 @@ def test_close_rejects_bad_status_and_outcome() -> None:
 def test_available_for_unknown_agent() -> None:
     with pytest.raises(UnknownAgent):
         Ledger("r", RANKS, 100, 0.0).available_for("zz")
+
+
+def _fields(ledger: Ledger) -> dict[str, object]:
+    """What a store keeps of a ledger: every public attribute but its events."""
+    skip = {"events", "_next_lease", "_settled"}
+    return {name: getattr(ledger, name) for name in Ledger.__slots__ if name not in skip}
+
+
+def test_restore_gives_the_same_ledger_from_its_fields() -> None:
+    live = Ledger("r", RANKS, 1_000, 0.0, allocation={"a": 600}, reserve={"a": 100})
+    early = live.begin("a", 100, 50, 0.0, 5.0, model="m", prices=(2, 3))
+    live.begin("b", 10, 10, 1.0, 50.0)
+    restored = Ledger.restore(**_fields(live))  # type: ignore[arg-type]
+    assert restored.to_dict() == live.to_dict() and restored.events == []
+    assert restored.grants == live.grants and restored.grant_cost(early.grant_id) == 350
+    assert restored.available_for("b") == live.available_for("b")
+    # the next lease end is derived from the grants: a later operation expires the early one
+    restored.begin("b", 1, 1, 6.0, 5.0)
+    assert restored.settled_by(early.grant_id) == "expire" and restored.reserved == 22
+    events = [Event("open", 0.0, None, 0, 1_000, 0, False, 0, "", 0)]
+    assert Ledger.restore(**_fields(live), events=events).events == events  # type: ignore[arg-type]

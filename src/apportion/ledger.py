@@ -476,6 +476,130 @@ class Ledger:
             _new(Event, ("open", now, None, 0, ceiling, 0, False, 0, "", 0))
         ]
 
+    @classmethod
+    def restore(
+        cls,
+        *,
+        request_id: str,
+        ranks: Mapping[str, int],
+        ceiling: int,
+        status: str,
+        outcome: float | None,
+        expires_at: float,
+        consumed: int,
+        reserved: int,
+        free: int,
+        overflow: int,
+        next_grant_id: int,
+        allocation: dict[str, int],
+        reserve: dict[str, int],
+        consumed_by: dict[str, int],
+        reserved_by: dict[str, int],
+        overuse_by: dict[str, int],
+        calls: dict[str, int],
+        truncated_calls: dict[str, int],
+        input_cut_calls: dict[str, int],
+        grants: dict[int, Grant],
+        cost_ceiling: int | None,
+        cost_reserved: int,
+        cost_consumed: int,
+        cost_by: dict[str, int],
+        grant_prices: dict[int, tuple[int, int]],
+        parent_id: str | None,
+        depth: int,
+        rank: int,
+        children: dict[str, tuple[int, int]],
+        children_consumed: int,
+        children_cost_consumed: int,
+        events: Sequence[Event] = (),
+    ) -> Ledger:
+        """A ledger in the state a store kept of it (each argument sets the attribute so named).
+
+        For stores that keep a ledger's fields rather than the object (the Redis store reads
+        them from its scripts' replies). The fields are taken as they are, without the checks
+        of :class:`Ledger` (the store validated every operation that led to them; on the
+        hot path of every operation, checking them again would cost more than the read) and
+        without copying the mappings. Which grants were settled, and how, is not among them:
+        the restored ledger is a snapshot to read, and an operation on it refuses a settled
+        grant as foreign rather than as settled.
+
+        Args:
+            request_id: the request's id.
+            ranks: each agent's priority rank, in execution order (every mapping by agent
+                below holds every agent of ``ranks``, except ``reserve``).
+            ceiling: the request's token ceiling.
+            status: ``open``, ``closed``, ``failed`` or ``expired``.
+            outcome: the outcome score given at close, if any.
+            expires_at: clock time after which the open request may be reaped.
+            consumed: tokens used (the agents' and the closed children's).
+            reserved: tokens held by open grants and open children.
+            free: tokens neither consumed nor reserved.
+            overflow: usage recorded beyond the ceiling.
+            next_grant_id: the id the next grant gets.
+            allocation: the planned tokens by agent.
+            reserve: the reservations of the agents that have not started (only those).
+            consumed_by: tokens used by agent.
+            reserved_by: tokens held by agent in open grants.
+            overuse_by: usage above its grants by agent.
+            calls: grants by agent.
+            truncated_calls: calls reported cut at their cap, by agent.
+            input_cut_calls: grants with less context than asked, by agent.
+            grants: the open grants by id.
+            cost_ceiling: the cost ceiling in nano-USD, or ``None``.
+            cost_reserved: nano-USD held by open grants and children at full size.
+            cost_consumed: nano-USD used.
+            cost_by: nano-USD used by agent.
+            grant_prices: the ``(input, output)`` prices of the open grants that carry them.
+            parent_id: a child request's parent, or ``None`` for a root.
+            depth: the depth in its tree (0 for a root).
+            rank: a child's priority rank (-1 for a root).
+            children: the open children's draws: ``(tokens, nano-USD)`` by child id.
+            children_consumed: tokens the closed children used.
+            children_cost_consumed: nano-USD the closed children used.
+            events: the request's events so far (default: none, as a snapshot needs).
+
+        Returns:
+            The ledger, its next lease end derived from ``grants``.
+        """
+        ledger = object.__new__(cls)
+        ledger.request_id = request_id
+        ledger.ranks = ranks
+        ledger.ceiling = ceiling
+        ledger.status = status
+        ledger.outcome = outcome
+        ledger.expires_at = expires_at
+        ledger.consumed = consumed
+        ledger.reserved = reserved
+        ledger.free = free
+        ledger.overflow = overflow
+        ledger.next_grant_id = next_grant_id
+        ledger.allocation = allocation
+        ledger.reserve = reserve
+        ledger.consumed_by = consumed_by
+        ledger.reserved_by = reserved_by
+        ledger.overuse_by = overuse_by
+        ledger.calls = calls
+        ledger.truncated_calls = truncated_calls
+        ledger.input_cut_calls = input_cut_calls
+        ledger.grants = grants
+        ledger.cost_ceiling = cost_ceiling
+        ledger.cost_reserved = cost_reserved
+        ledger.cost_consumed = cost_consumed
+        ledger.cost_by = cost_by
+        ledger.grant_prices = grant_prices
+        ledger.parent_id = parent_id
+        ledger.depth = depth
+        ledger.rank = rank
+        ledger.children = children
+        ledger.children_consumed = children_consumed
+        ledger.children_cost_consumed = children_cost_consumed
+        ledger.events = list(events)
+        ledger._next_lease = min(
+            [grant.lease_expires_at for grant in grants.values()], default=math.inf
+        )
+        ledger._settled = {}
+        return ledger
+
     # ------------------------------------------------------------------ reading
 
     @property

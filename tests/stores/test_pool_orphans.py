@@ -23,7 +23,8 @@ from redis_server import RedisServer
 from apportion.errors import PoolDrawExpired, StoreUnavailable, UnknownRequest
 from apportion.ledger import Ledger
 from apportion.pools import Pool
-from apportion.stores.redis import RedisStore, _Call, _Eval, _Steps
+from apportion.stores.redis import RedisStore
+from apportion.stores.redis.calls import _Call, _Eval, _Steps
 from apportion.testing.store_conformance import RANKS
 
 FORK = multiprocessing.get_context("fork")

@@ -13,7 +13,8 @@ import pytest
 from redis_server import RedisServer
 
 from apportion.errors import StoreUnavailable
-from apportion.stores.redis import _SHAS, RedisStore
+from apportion.stores.redis import RedisStore
+from apportion.stores.redis.scripts import _SHAS
 from apportion.testing.store_conformance import RANKS, check_invariants
 
 PRIORITIES = ["standard"]

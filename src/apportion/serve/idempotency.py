@@ -235,7 +235,7 @@ class RedisRecords(IdempotencyRecords):
     """
 
     def __init__(self, url: str, prefix: str | None = None) -> None:
-        from apportion.stores.redis import _import_redis
+        from apportion.stores.redis.transport import _import_redis
 
         self._redis = _import_redis()
         parts = urlsplit(url)

@@ -13,6 +13,7 @@ from apportion.errors import UnknownStore
 from apportion.ledger_view import LedgerView
 from apportion.redaction import redact
 from apportion.stores.base import Store
+from apportion.stores.fail_open import FailOpenStore
 from apportion.stores.memory import MemoryStore
 
 STORES: dict[str, str] = {
@@ -48,4 +49,4 @@ def open_store(store: str | Store) -> Store:
     return cls.from_url(store)  # type: ignore[no-any-return]
 
 
-__all__ = ["STORES", "LedgerView", "MemoryStore", "Store", "open_store"]
+__all__ = ["STORES", "FailOpenStore", "LedgerView", "MemoryStore", "Store", "open_store"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 
-from apportion.stores.redis import RedisStore, _text
+from apportion.stores.redis import RedisStore
+from apportion.stores.redis.codec import _text
 
 
 def seed_open_grants(

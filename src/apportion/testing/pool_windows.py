@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from apportion.errors import PoolExhausted
-from apportion.stores.redis import RedisStore, _Call, _Eval
+from apportion.stores.redis import RedisStore
+from apportion.stores.redis.calls import _Call, _Eval
 
 
 class ChargedStore(RedisStore):

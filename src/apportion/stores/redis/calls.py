@@ -1,0 +1,35 @@
+"""The calls an operation of the Redis store makes, as values (no I/O here).
+
+Every operation is written once, as a generator of steps (:data:`_Steps`): it yields each
+call it needs (a script, a command, or a list of them sent as one pipeline) and is sent
+the reply. The sync and the async shells (:mod:`apportion.stores.redis.transport`) carry
+the same steps out with blocking or awaited I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, NamedTuple, TypeVar
+
+T = TypeVar("T")
+
+
+class _Eval(NamedTuple):
+    """Run one script: ``EVALSHA`` (loading it first if the server lost it)."""
+
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[str | int, ...]
+
+
+class _Cmd(NamedTuple):
+    """Run one plain command."""
+
+    args: tuple[str | int, ...]
+
+
+_Call = _Eval | _Cmd | list[_Eval | _Cmd]  # a list is one pipeline: one round trip
+_Steps = Generator[_Call, Any, T]
+
+_OK = (b"ok", "ok")
+"""A script's reply code for an operation applied (as bytes or text)."""

@@ -1,0 +1,307 @@
+"""The Redis store's transport: connections, and the calls of an operation carried out.
+
+:class:`RedisTransport` holds the connections to one Redis server and carries out the
+steps of an operation (:mod:`apportion.stores.redis.calls`): with blocking I/O on a
+connection each thread keeps of its own (no pool checkout per call; ``hiredis``, in the
+extra, parses replies in C), or with awaited I/O on an async client per event loop. A
+script the server lost is loaded again and run once more; a connection failure raises
+:class:`~apportion.errors.StoreUnavailable` with the URL (never its password) and the
+reason (:class:`~apportion.errors.StoreOutcomeUnknown` when the call was sent: it may have
+been applied), and nothing is retried behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
+
+from apportion.errors import InvalidArgument, MissingExtra, StoreOutcomeUnknown, StoreUnavailable
+from apportion.redaction import scrub
+from apportion.stores.redis.calls import T, _Call, _Cmd, _Eval, _Steps
+from apportion.stores.redis.codec import _str
+from apportion.stores.redis.scripts import _SHAS, _SOURCES, SCRIPTS
+
+if TYPE_CHECKING:
+    import redis as redis_sync
+    import redis.asyncio as redis_async
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error's message (or its type's name)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _import_redis() -> Any:
+    """The ``redis`` module (redis-py), or :class:`~apportion.errors.MissingExtra`."""
+    try:
+        import redis
+        import redis.asyncio
+    except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+        raise MissingExtra("redis", "redis") from exc
+    return redis
+
+
+class RedisTransport:
+    """Connections to one Redis server, and the shells that carry out an operation's calls.
+
+    The store calls :meth:`_connect` once, from its constructor.
+    """
+
+    url: str
+    """The server's URL, its password redacted."""
+    round_trips: int
+    """Round trips to Redis so far (one per script call or pipeline)."""
+
+    def _connect(self, url: str, socket_timeout: float, connect_timeout: float) -> None:
+        """Set up the clients of ``url`` (no I/O: connections open on first use).
+
+        Raises:
+            InvalidArgument: redis-py cannot read ``url``.
+        """
+        redis = _import_redis()
+        self._raw_url = url
+        self._options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+        }
+        try:
+            self._client: redis_sync.Redis = redis.Redis.from_url(url, **self._options)
+            pool: Any = self._client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)  # reads its options; no I/O
+        except (ValueError, TypeError) as exc:
+            reason = f"redis-py cannot read it: {scrub(_reason(exc), url)}"
+            raise InvalidArgument("url", self.url, reason) from None
+        self._aclient: redis_async.Redis | None = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._acloser: AsyncGenerator[None, None] | None = None
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+        )
+        self._noscript: type[BaseException] = redis.exceptions.NoScriptError
+        self._response_error: type[BaseException] = redis.exceptions.ResponseError
+        self._held = threading.local()  # each thread's own connection: (pid, connection)
+        self.round_trips = 0
+
+    def close_connections(self) -> None:
+        """Close this thread's and the pool's connections (the store reconnects on use)."""
+        held = getattr(self._held, "connection", None)
+        if held is not None:
+            held[1].disconnect()
+            self._held.connection = None
+        self._client.close()
+
+    def durability(self) -> str:
+        """What a crash of the Redis server can take back of what it acknowledged.
+
+        Reads the server's ``appendonly`` and ``appendfsync`` (``CONFIG GET append*``, one
+        round trip); see "Durability" in :mod:`apportion.stores.redis` for what each loses.
+
+        Returns:
+            ``"always"``, ``"everysec"`` or ``"no"``: the AOF is on with that
+            ``appendfsync``; ``"off"``: no AOF (a restart keeps at most the last RDB
+            snapshot); ``"unknown"``: the server refused ``CONFIG``, as managed services
+            often do (ask its operator).
+
+        Raises:
+            StoreUnavailable: the server cannot be reached.
+        """
+        try:
+            reply = self._call(_Cmd(("CONFIG", "GET", "append*")))
+        except self._response_error:
+            return "unknown"
+        if isinstance(reply, dict):  # RESP3
+            pairs = list(reply.items())
+        else:
+            pairs = list(zip(reply[::2], reply[1::2], strict=True))
+        config = {_str(key): _str(value).lower() for key, value in pairs}
+        if config.get("appendonly") == "no":
+            return "off"
+        fsync = config.get("appendfsync")
+        return fsync if config.get("appendonly") == "yes" and fsync else "unknown"
+
+    def _connection(self) -> Any:
+        """This thread's own connection (no pool checkout per call: the hot path)."""
+        held = getattr(self._held, "connection", None)
+        if held is not None and held[0] == os.getpid():
+            return held[1]
+        pool: Any = self._client.connection_pool
+        connection = pool.connection_class(**{**pool.connection_kwargs, "decode_responses": False})
+        self._held.connection = (os.getpid(), connection)
+        return connection
+
+    def _command(self, *args: Any) -> Any:
+        """Send one command on this thread's connection and read its reply."""
+        connection = self._connection()
+        if connection._sock is not None:
+            try:
+                stale = connection.can_read()  # data before we asked: closed or out of step
+            except Exception:  # a broken socket: start afresh
+                stale = True
+            if stale:
+                connection.disconnect()
+        try:
+            connection.send_command(*args)
+            return connection.read_response()
+        except self._response_error:
+            raise  # a reply: the connection is in step
+        except BaseException:
+            connection.disconnect()
+            raise
+
+    def _call(self, call: _Call) -> Any:
+        self.round_trips += 1
+        try:
+            if isinstance(call, list):
+                return self._pipeline(call)
+            if isinstance(call, _Cmd):
+                return self._command(*call.args)
+            sha = _SHAS[call.script]
+            try:
+                return self._command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
+            except self._noscript:
+                self.round_trips += 2
+                self._command("SCRIPT", "LOAD", _SOURCES[call.script])
+                return self._command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
+        except self._errors as exc:
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        """The error of a failed call: its outcome is unknown unless it failed to connect."""
+        reason = scrub(_reason(exc), self._raw_url)
+        if "connecting to" in str(exc):  # nothing was sent
+            return StoreUnavailable(self.url, reason)
+        return StoreOutcomeUnknown(self.url, reason)
+
+    def _pipeline(self, calls: list[_Eval | _Cmd]) -> list[Any]:
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self._client.pipeline(transaction=False)
+            for i in todo:
+                _queue(pipe, calls[i])
+            replies = pipe.execute(raise_on_error=False)
+            retry = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, self._noscript) and attempt == 0:
+                    retry.append(i)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    results[i] = reply
+            if not retry:
+                break
+            self.round_trips += 2
+            self._load_all()
+            todo = retry
+        return results
+
+    def _load_all(self) -> None:
+        pipe: Any = self._client.pipeline(transaction=False)
+        for name in SCRIPTS:
+            pipe.execute_command("SCRIPT", "LOAD", _SOURCES[name])
+        pipe.execute()
+
+    def _run(self, steps: _Steps[T]) -> T:
+        """Carry out an operation's calls with blocking I/O."""
+        try:
+            call = next(steps)
+            while True:
+                call = steps.send(self._call(call))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    async def _async_client(self) -> redis_async.Redis:
+        """The async client of the running event loop (a client is bound to its loop)."""
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aloop is not loop:
+            redis = _import_redis()
+            options = {
+                **self._options,
+                "retry": redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
+            }
+            client = redis.asyncio.Redis.from_url(self._raw_url, **options)
+            # closed when the loop shuts its async generators down (asyncio.run does)
+            self._acloser = _close_at_shutdown(client)
+            await self._acloser.__anext__()
+            self._aclient, self._aloop = client, loop
+        assert self._aclient is not None
+        return self._aclient
+
+    async def _acall(self, call: _Call) -> Any:
+        client: Any = await self._async_client()
+        self.round_trips += 1
+        try:
+            if isinstance(call, list):
+                return await self._apipeline(client, call)
+            if isinstance(call, _Cmd):
+                return await client.execute_command(*call.args)
+            sha = _SHAS[call.script]
+            try:
+                return await client.execute_command(
+                    "EVALSHA", sha, len(call.keys), *call.keys, *call.args
+                )
+            except self._noscript:
+                self.round_trips += 2
+                await client.execute_command("SCRIPT", "LOAD", _SOURCES[call.script])
+                return await client.execute_command(
+                    "EVALSHA", sha, len(call.keys), *call.keys, *call.args
+                )
+        except self._errors as exc:
+            raise self._unavailable(exc) from None
+
+    async def _apipeline(self, client: redis_async.Redis, calls: list[_Eval | _Cmd]) -> list[Any]:
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            for i in todo:
+                _queue(pipe, calls[i])
+            replies = await pipe.execute(raise_on_error=False)
+            retry = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, self._noscript) and attempt == 0:
+                    retry.append(i)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    results[i] = reply
+            if not retry:
+                break
+            self.round_trips += 2
+            loader = client.pipeline(transaction=False)
+            for name in SCRIPTS:
+                loader.execute_command("SCRIPT", "LOAD", _SOURCES[name])
+            await loader.execute()
+            todo = retry
+        return results
+
+    async def _arun(self, steps: _Steps[T]) -> T:
+        """Carry out an operation's calls with awaited I/O."""
+        try:
+            call = next(steps)
+            while True:
+                call = steps.send(await self._acall(call))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+
+async def _close_at_shutdown(client: Any) -> AsyncGenerator[None, None]:
+    """Close ``client`` when its event loop shuts its async generators down."""
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+def _queue(pipe: Any, call: _Eval | _Cmd) -> None:
+    """Add one call to a pipeline."""
+    if isinstance(call, _Cmd):
+        pipe.execute_command(*call.args)
+    else:
+        pipe.execute_command("EVALSHA", _SHAS[call.script], len(call.keys), *call.keys, *call.args)

@@ -1,0 +1,60 @@
+"""The Redis store's URL: its own options read from the query, the rest left to redis-py."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from apportion.errors import InvalidArgument
+from apportion.limits import excerpt
+from apportion.redaction import redact, scrub
+
+STORE_OPTIONS = (
+    "prefix",
+    "buckets",
+    "retention_seconds",
+    "fail_open",
+    "emergency_cap",
+    "open_grace_seconds",
+    "clock_skew_seconds",
+)
+"""The query parameters the store reads itself (every other one goes to redis-py)."""
+
+
+def split_url(url: object) -> tuple[str, dict[str, Any]]:
+    """Split a store URL into the URL for redis-py and the store's options from its query.
+
+    For example ``redis://cache:6379/0?fail_open=true&emergency_cap=20000`` gives
+    ``("redis://cache:6379/0", {"fail_open": True, "emergency_cap": 20000})``.
+
+    Raises:
+        InvalidArgument: ``url`` is no string, has a port that is not a number, or an
+            option that should be a number is not.
+    """
+    if not isinstance(url, str):
+        raise InvalidArgument("url", url, "a Redis URL is a string")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise InvalidArgument("url", redact(url), scrub(str(exc), url)) from None
+    ours: dict[str, Any] = {}
+    rest = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        try:
+            if key in ("prefix",):
+                ours[key] = value
+            elif key in ("buckets", "emergency_cap"):
+                ours[key] = int(value)
+            elif key in ("retention_seconds", "open_grace_seconds", "clock_skew_seconds"):
+                ours[key] = float(value)
+            elif key == "fail_open":
+                ours[key] = value.lower() in ("1", "true", "yes", "on")
+            else:
+                rest.append((key, value))
+        except ValueError:
+            raise InvalidArgument(
+                key, value, f"not a number (in {excerpt(redact(url), 200)})"
+            ) from None
+    plain = urlunsplit(parts._replace(query=urlencode(rest))) if ours else url
+    return plain, ours
