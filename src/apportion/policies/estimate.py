@@ -28,3 +28,4 @@ class EstimatePolicy(PredictingPolicy):
 
     name = "estimate"
     spreads_shortfall: ClassVar[bool] = True
+    trades_cap: ClassVar[bool] = True
