@@ -69,3 +69,24 @@ def test_elastic_reserves_a_critical_answer_with_its_margin() -> None:
         grant = req.begin("reasoner", input_tokens=2_000)
     assert grant.context_tokens == 2_000
     assert grant.output_tokens >= 1_100
+
+
+def test_a_standard_agent_leaves_room_for_a_peripheral_record() -> None:
+    """A standard writer, then a peripheral formatter whose record (100 to 140 tokens) is
+    worth nothing cut. The writer's input nearly fills the ceiling: it used to leave room
+    for standard and critical agents only, and the record got what was left (a cap of
+    104). It now leaves room for the record with its margin (not for the formatter's
+    input)."""
+    pipeline = Pipeline(
+        [
+            Agent("writer", "standard", output_kind=OutputKind.PROSE),
+            Agent("formatter", "peripheral", after=["writer"], output_kind=OutputKind.STRUCTURED),
+        ]
+    )
+    rounds = [[("writer", 2_000, 500), ("formatter", 300, 100 + 10 * (r % 5))] for r in range(40)]
+    controller = _trained("elastic", pipeline, rounds)
+    with controller.request(ceiling=3_000) as req:
+        grant = req.begin("writer", input_tokens=2_600)
+        req.finish(grant, input_tokens=grant.context_tokens, output_tokens=500)
+        grant = req.begin("formatter", input_tokens=300)
+    assert grant.output_tokens >= 140
