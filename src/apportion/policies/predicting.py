@@ -52,7 +52,11 @@ its input (what it lacks, their inputs lack), up to three quarters of the call's
 (:data:`_FEEDER_SHARE`, half for other prose); and the last call of a request (no agent
 expected after it) gets a cap that reaches what is left, up to twice its own, once every
 agent's output errors are known and without a cost ceiling (a cap costs only what the
-answer writes).
+answer writes). A call's predicted output given the input in hand stays within
+:data:`OUTPUT_BY_INPUT` of the request's prediction from its features (a regression on
+the input taken far outside the inputs seen once capped a record at 2 tokens). A squeezed
+last call trades its margin against its input (:meth:`PredictingPolicy.squeezed_cap`) in
+the policies that :attr:`~PredictingPolicy.trades_cap`.
 
 Squeezed calls. A call that cannot have what it wants beside what is held back for the
 others never eats into the structured or reasoning answers held back for (a cut record
