@@ -178,6 +178,34 @@ def test_a_grant_that_could_break_the_cost_ceiling_is_refused():
     assert "cost" in str(summary)
 
 
+def test_a_cap_too_dear_for_the_cost_left_is_lowered_not_refused():
+    # uniform gives each agent a third of 30,000 tokens: its answer may fill what its
+    # input leaves of the share. On "large" a full share of output costs 0.15 USD at full
+    # size; the request may spend 0.05 in all. The routing workload's formatter was
+    # refused in every request this way, with a third of the cost ceiling left.
+    ctl = _priced("uniform")
+    with ctl.request(ceiling=30_000, ceiling_usd=0.05) as req:
+        for agent, inp, wrote in (("triage", 500, 100), ("reasoner", 2_000, 900)):
+            grant = req.begin(agent, inp, model="large")
+            assert grant.context_tokens == inp  # the input is read whole
+            left = 0.05 - req.summary().cost_usd
+            full = (grant.context_tokens * 3.0 + grant.output_tokens * 15.0) / 1e6
+            assert full <= left + 1e-9
+            assert grant.output_tokens > wrote
+            req.finish(grant, input_tokens=inp, output_tokens=wrote)
+        state = ctl.store.get(req.request_id)
+        spent = state.cost_consumed
+        grant = req.begin("formatter", 800, model="large")
+        # the cap is what the cost left pays for beside the input, to the token
+        left = 50_000_000 - spent
+        assert grant.output_tokens == (left - 800 * 3_000) // 15_000
+        req.finish(grant, input_tokens=800, output_tokens=400)
+        assert req.summary().cost_usd <= 0.05
+    # the input alone is dearer than the cost left: refused, naming the grant's full cost
+    with ctl.request(ceiling=30_000, ceiling_usd=0.01) as req, pytest.raises(CostExceeded):
+        req.begin("triage", 4_000, model="large")
+
+
 # ------------------------------------------------------------------------ routed
 
 

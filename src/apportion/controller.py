@@ -586,6 +586,7 @@ class _Steps:
                 priced = config.prices_for(agent, None, obs.ceiling_usd)
             if ctx < min_context and _affords(obs, agent, min_context, out + wrap_up, priced):
                 ctx = min_context
+            out = _cost_fitted(obs, ctx, out, wrap_up, priced, max(1, spec.min_output))
             reserve = _NO_KWARGS
             if wrap_up:
                 room = obs.state.available_for(agent) - ctx  # the store has the last word
@@ -894,6 +895,33 @@ def _affords(obs: Observation, agent: str, ctx: int, out: int, priced: Mapping[s
     prices = priced.get("prices")
     left = state.cost_available()
     return prices is None or left is None or ctx * prices[0] + out * prices[1] <= left
+
+
+def _cost_fitted(
+    obs: Observation, ctx: int, out: int, wrap_up: int, priced: Mapping[str, Any], least: int
+) -> int:
+    """The output cap ``out``, lowered so that the grant's full-size cost fits the cost left.
+
+    A policy grants tokens without the call's prices (a non-routing one does not know the
+    model), and the ledger charges an open grant at its full size: a generous cap on a
+    dear model would have the call refused although its answer costs a fraction of it (on
+    the ``routing`` workload, ``uniform``'s formatter was refused in every request with
+    a third of the cost ceiling left). A cap costs only what the answer writes, so it is
+    the cap that gives way, never below ``least``: when even that does not fit (the input
+    alone costs too much), ``out`` is returned as is and the store refuses the grant,
+    naming its full cost.
+    """
+    prices = priced.get("prices")
+    if prices is None:
+        return out
+    left = obs.state.cost_available()
+    if left is None:
+        return out
+    over = ctx * prices[0] + (out + wrap_up) * prices[1] - left
+    if over <= 0 or prices[1] <= 0:
+        return out
+    fitted = out - -(-over // prices[1])  # the fewest output tokens whose cost covers ``over``
+    return fitted if fitted >= least else out
 
 
 def _settle_open_calls(obs: Observation, now: float) -> None:
@@ -1816,8 +1844,9 @@ class Controller:
             pool_priority: the request's class in the pool: ``critical``, ``standard`` or
                 ``peripheral``.
             ceiling_usd: a cost ceiling in USD as well (grants are priced from the catalog
-                on the model of the call, and refused with ``CostExceeded`` when their full
-                size could break it).
+                on the model of the call; a grant's output cap is lowered to what the cost left
+                pays for at full size, and the grant is refused with ``CostExceeded`` when
+                even its least output does not fit beside its input).
 
         Raises:
             InvalidCeiling: the ceiling is not a positive integer.

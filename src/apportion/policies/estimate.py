@@ -12,6 +12,9 @@ estimator or typical sizes, else shares of the ceiling by kind (see
 :mod:`apportion.policies.predicting`, "Warm start"). While an agent has been seen only a
 few times, its input in hand comes before its output margin: it is read in full whenever
 that and its expected output fit beside what the others are predicted to need.
+The last call of a request, when squeezed, trades its output margin against its input by
+the expected quality of the call over the agent's past output errors
+(:meth:`~apportion.policies.predicting.PredictingPolicy.squeezed_cap`).
 Priorities are not used. An extension is granted from what the agents still to run are
 not predicted to need.
 """
@@ -28,3 +31,4 @@ class EstimatePolicy(PredictingPolicy):
 
     name = "estimate"
     spreads_shortfall: ClassVar[bool] = True
+    trades_cap: ClassVar[bool] = True

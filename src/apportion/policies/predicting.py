@@ -52,7 +52,11 @@ its input (what it lacks, their inputs lack), up to three quarters of the call's
 (:data:`_FEEDER_SHARE`, half for other prose); and the last call of a request (no agent
 expected after it) gets a cap that reaches what is left, up to twice its own, once every
 agent's output errors are known and without a cost ceiling (a cap costs only what the
-answer writes).
+answer writes). A call's predicted output given the input in hand stays within
+:data:`OUTPUT_BY_INPUT` of the request's prediction from its features (a regression on
+the input taken far outside the inputs seen once capped a record at 2 tokens). A squeezed
+last call trades its margin against its input (:meth:`PredictingPolicy.squeezed_cap`) in
+the policies that :attr:`~PredictingPolicy.trades_cap`.
 
 Squeezed calls. A call that cannot have what it wants beside what is held back for the
 others never eats into the structured or reasoning answers held back for (a cut record
@@ -87,6 +91,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+
+import numpy as np
 
 from apportion.errors import PolicyConfigError, PolicyStateError
 from apportion.ledger import MAX_TOKENS, Grant
@@ -131,8 +137,19 @@ _WIDE_CAP = 2
 _CUT_GUESS = 1.5  # a cut answer needed more than it wrote: as the need model counts it
 _FEEDER_SHARE = 0.75
 """A squeezed answer that other agents read keeps up to this part of its call's budget."""
+INPUT_WEIGHT = 0.7
+"""What a squeezed call assumes its input is worth: reading a share ``x`` of it keeps ``x ** 0.7``
+of the call's quality (the real sensitivity is hidden; :meth:`PredictingPolicy.squeezed_cap`)."""
+_CAP_RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.45, 1.6, 1.8, 2.0, 2.4, 3.0, 4.0)
+"""Caps a squeezed call weighs, as multiples of its predicted output (with the quantiles
+:data:`_CAP_QUANTILES` of the agent's errors, where a cap starts to cover one more answer)."""
+_CAP_QUANTILES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
 _ROOM_ENOUGH = 0.5
 """Up to this part of what it wants, a squeezed agent may eat into the others' needs."""
+OUTPUT_BY_INPUT = (0.75, 2.0)
+"""A call's predicted output given its input in hand stays within these multiples of the
+output predicted for the request from its features alone
+(:meth:`PredictingPolicy.predicted_output`)."""
 
 _P = TypeVar("_P", bound="PredictingPolicy")
 
@@ -153,6 +170,8 @@ class PredictingPolicy(Policy):
     """Weight of each priority rank when the pool is split in proportion."""
     spreads_shortfall: ClassVar[bool] = False
     """A squeezed call shares the shortfall with the inputs held back for (see :meth:`budget`)."""
+    trades_cap: ClassVar[bool] = False
+    """A squeezed call trades its output margin against its input (:meth:`squeezed_cap`)."""
 
     def __init__(
         self,
@@ -195,6 +214,9 @@ class PredictingPolicy(Policy):
         self._teams_counted: dict[tuple[str, tuple[str, ...]], CallCounts] = {}
         self._team_usage: dict[tuple[str, str], tuple[int, float, float]] = {}
         self._loaded_teams: dict[str, dict[str, dict[str, int]]] = {}
+        self._cap_tables: dict[
+            tuple[str, str], tuple[Any, tuple[tuple[float, float], ...] | None]
+        ] = {}
 
     def needs(self, pipeline: Pipeline) -> NeedModel:
         """The need model learned for ``pipeline`` (created, restored or pulled on first use).
@@ -626,6 +648,19 @@ class PredictingPolicy(Policy):
         row = obs.memo.get("row") or model.row(obs.features)
         prior = self._priors(obs)[agent.name][cap]
         guess = model.output(agent, obs.features, row, input_tokens, prior)
+        if (
+            guess is not None
+            and input_tokens is not None
+            and not cap
+            and agent.estimator is None  # a declared estimator's own answer stands
+            and model.knows_errors(agent)
+        ):
+            # the output's regression on the input holds where inputs were seen: an input
+            # far outside them (a document ten times the usual) must not drive it to
+            # nothing (a record capped at 2 tokens) or to a cap that eats the input
+            planned = self.predicted_outputs(obs)[agent.name]
+            low, high = OUTPUT_BY_INPUT
+            guess = min(max(guess, low * planned), high * planned)
         return max(prior if guess is None else guess, float(agent.min_output))
 
     def least_output(self, obs: Observation, agent: Agent, predicted: float, want: int) -> int:
@@ -828,6 +863,8 @@ class PredictingPolicy(Policy):
                 budget = input_tokens + spare
         if agent.max_output is not None:
             most = min(most, agent.max_output)
+        if budget < input_tokens + least and self.trades_cap:
+            least = self.squeezed_cap(obs, agent, predicted, budget, input_tokens, least)
         ctx, out = divide(
             budget,
             input_tokens,
@@ -837,6 +874,65 @@ class PredictingPolicy(Policy):
             feeds=self.feeds(obs, agent),
         )
         return ctx, clip_output(out, output_tokens)
+
+    def squeezed_cap(
+        self,
+        obs: Observation,
+        agent: Agent,
+        predicted: float,
+        budget: int,
+        input_tokens: int,
+        least: int,
+    ) -> int:
+        """The output a squeezed last call keeps before its input: the best trade, up to ``least``.
+
+        The last call of a request (no agent expected after it) whose budget cannot pay for
+        its input in hand and ``least`` (its answer with the whole margin) loses either way:
+        each output token kept is an input token not read, and the margin it does not write
+        goes to nobody. (On an earlier call it goes to the agents after it, so ``least``
+        stands there.) Once the agent's output errors are known, the cap is chosen among multiples
+        of ``predicted`` (:data:`_CAP_RATIOS`, up to ``least``) by the expected log-quality
+        of the call: ``INPUT_WEIGHT * ln(share of the input read)`` plus the log of the
+        expected quality of an answer capped there, over the agent's error samples (a cut
+        record is worth 0, a cut conclusion half its share, cut prose its share:
+        :func:`_cap_values`). Before that, ``least`` stands.
+        """
+        model = self._model(obs)
+        if input_tokens <= 0 or not model.knows_errors(agent):
+            return least
+        if self._held_back(obs, agent, 0, self.weights)[0]:
+            return least  # not the last call: the margin it does not write goes to the others
+        values = self._cap_values(obs, agent, model.errors(agent))
+        if values is None:
+            return least
+        floor = max(1, agent.min_output)
+        best, best_score = least, -math.inf
+        log = math.log
+        for ratio, value in values:
+            cap = max(floor, round(predicted * ratio))
+            if cap > least:
+                break
+            read = budget - cap
+            if read <= 0:
+                continue
+            score = value + (
+                INPUT_WEIGHT * log(read / input_tokens) if read < input_tokens else 0.0
+            )
+            if score > best_score:
+                best, best_score = cap, score
+        return best
+
+    def _cap_values(
+        self, obs: Observation, agent: Agent, errors: Any
+    ) -> tuple[tuple[float, float], ...] | None:
+        """:func:`_cap_values` of ``agent``'s error samples, kept until they change."""
+        key = (obs.pipeline.name, agent.name)
+        found = self._cap_tables.get(key)
+        if found is not None and found[0] is errors:
+            return found[1]
+        table = _cap_values(agent.output_kind, errors)
+        self._cap_tables[key] = (errors, table)
+        return table
 
     def _knows_the_rest(self, obs: Observation) -> bool:
         """Whether a cap may reach past the call's need (see :meth:`grant`; memo).
@@ -1269,6 +1365,34 @@ def divide(
     out = min(least, int(budget * share))
     ctx = min(input_tokens, budget - out)
     return ctx, min(most, budget - ctx)
+
+
+def _cap_values(kind: OutputKind, errors: Any) -> tuple[tuple[float, float], ...] | None:
+    """``(ratio, ln E[q_out])`` per ratio of :data:`_CAP_RATIOS` and quantile of the samples.
+
+    ``errors`` are samples of need over predicted output; a cap of ``ratio`` times the
+    prediction keeps an answer whole where ``ratio >= sample``; cut, a structured answer is
+    worth 0, a reasoning one half its share written, prose its share. ``None`` without
+    samples.
+    """
+    ratios = np.asarray(errors, dtype=float)
+    if not len(ratios):
+        return None
+    ratios = np.maximum(ratios, 1e-9)
+    levels = np.unique(np.concatenate([_CAP_RATIOS, np.quantile(ratios, _CAP_QUANTILES)]))
+    caps = levels[:, None]
+    fits = ratios[None, :] <= caps
+    if kind is OutputKind.STRUCTURED:
+        factor = fits.astype(float)
+    else:
+        share = np.minimum(caps / ratios[None, :], 1.0)
+        factor = np.where(fits, 1.0, share / 2) if kind is OutputKind.REASONING else share
+    with np.errstate(divide="ignore"):
+        values = np.maximum(np.log(factor.mean(axis=1)), _LOG_FLOOR)
+    return tuple(zip(levels.tolist(), values.tolist(), strict=True))
+
+
+_LOG_FLOOR = -12.0
 
 
 def water_level(sizes: Sequence[tuple[float, float, float]], pool: float) -> float:
