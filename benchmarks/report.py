@@ -282,6 +282,11 @@ def main() -> None:
         "--from-rollups", action="store_true", help="write a year of daily rollups only"
     )
     parser.add_argument("--rollups", choices=("auto", "always", "never"), default=None)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="report on the --db file an earlier run wrote (same --events), without writing",
+    )
     args = parser.parse_args()
     if args.events < 1:
         parser.error("--events must be at least 1")
@@ -289,6 +294,8 @@ def main() -> None:
         parser.error("give --url or --db, not both")
     if args.url and not args.url.startswith("postgresql"):
         parser.error("--url must be a postgresql:// URL (use --db for a SQLite file)")
+    if args.reuse and (args.db is None or not args.db.exists() or args.from_rollups):
+        parser.error("--reuse needs the --db file of an earlier run (not --from-rollups)")
     rollups = args.rollups or ("always" if args.from_rollups else "auto")
     with tempfile.TemporaryDirectory(prefix="apportion-report-bench-") as tmp:
         out = Path(tmp)
@@ -298,12 +305,14 @@ def main() -> None:
             _fresh_postgres(url)
         else:
             path = args.db or out / "telemetry.db"
-            if path.exists():
-                parser.error(f"{path} exists: give a new file")
+            if path.exists() and not args.reuse:
+                parser.error(f"{path} exists: give a new file (or --reuse it)")
             url = f"sqlite:///{path}"
         start = time.perf_counter()
         extra: dict[str, object] = {}
-        if args.from_rollups:
+        if args.reuse:
+            events, count = args.events, 0  # the report's count of calls is checked below
+        elif args.from_rollups:
             events, rows = write_rollups(url, args.events, args.seed)
             count = 0
             extra = {"from_rollups": True, "rollup_days": YEAR, "rollup_rows": rows}
@@ -324,7 +333,7 @@ def main() -> None:
             "peak_rss_mb": peak,
             "cpu_seconds": round(measured["cpu"], 3),
             "requests": document["requests"],
-            "write_seconds": round(write_seconds, 3),
+            "write_seconds": None if args.reuse else round(write_seconds, 3),
             "write_path": "sink" if args.sink_writes else "bulk",
             "database": "postgresql" if args.url else "sqlite",
             "rollups": rollups,

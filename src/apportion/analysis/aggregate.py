@@ -12,11 +12,15 @@ interpolation as :func:`~apportion.analysis.stats.percentile`). The same queries
 SQLite and PostgreSQL (SQLAlchemy Core).
 
 Whole days can come from the daily rollups (:mod:`apportion.telemetry.rollups`) instead
-of raw rows: then the raw rows of those days are left out of the queries, and every
-histogram (raw ones bucketed the same way) is merged, so percentiles are within
-:data:`~apportion.telemetry.rollups.RELATIVE_ERROR` (1%) of the exact ones; counts, sums
-and maxima stay exact, except ``requests`` per agent, summed over days (a request whose
-calls of one agent span midnight counts on each day).
+of raw rows: then the raw rows of those days are left out of the queries. Counts, sums
+and maxima read from the rollups are exact (a maximum is the only figure a request
+written again cannot take back). The histograms can come from the rollups for fewer days
+(:attr:`Window.histogram_end_day`: the days whose raw rows were pruned) and raw, exact,
+for the rest; when any come from the rollups, every histogram (raw ones bucketed the same
+way) is merged, so percentiles are within
+:data:`~apportion.telemetry.rollups.RELATIVE_ERROR` (1%) of the exact ones. An agent's
+request belongs to the day of its first finished call in it, in the rollups and in the
+raw rows alike, so a request whose calls span midnight counts once.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ class Window:
         first_day: the first day read from the rollups (``None``: from the first).
         end_day: the day after the last read from the rollups (no rollups when
             ``first_day`` is not below it).
+        histogram_end_day: the day after the last whose histograms come from the
+            rollups too (``None``: none do; at most ``end_day``); the histograms of the
+            other days are read raw, exact.
     """
 
     since: float | None = None
@@ -68,13 +75,33 @@ class Window:
     request_prefix: str | None = None
     first_day: int | None = None
     end_day: int | None = None
+    histogram_end_day: int | None = None
 
     @property
     def rolled(self) -> bool:
         """Whether some days are read from the rollups."""
-        return self.end_day is not None and (
-            self.first_day is None or self.first_day < self.end_day
-        )
+        return self.rolled_days(self.end_day) is not None
+
+    @property
+    def histograms_rolled(self) -> bool:
+        """Whether some days' histograms are read from the rollups (percentiles within 1%)."""
+        return self.rolled_days(self._histogram_end) is not None
+
+    @property
+    def _histogram_end(self) -> int | None:
+        if self.histogram_end_day is None or self.end_day is None:
+            return None
+        return min(self.histogram_end_day, self.end_day)
+
+    def rolled_days(self, end: int | None) -> tuple[int | None, int] | None:
+        """``(first_day, end)`` when that range of days is not empty, else ``None``."""
+        if end is None or (self.first_day is not None and self.first_day >= end):
+            return None
+        return self.first_day, end
+
+    def histogram_days(self) -> tuple[int | None, int] | None:
+        """The days whose histograms come from the rollups (``None``: none)."""
+        return self.rolled_days(self._histogram_end)
 
 
 @dataclass
@@ -152,7 +179,8 @@ class Aggregates:
         requests: requests in the window.
         scored: of them, those with an outcome score.
         overflow: tokens used beyond the requests' ceilings.
-        rolled: whether some days were read from the rollups.
+        rolled: whether some days' histograms were read from the rollups (percentiles
+            within 1%).
     """
 
     agents: dict[str, Group] = field(default_factory=dict)
@@ -182,22 +210,28 @@ def _group(groups: dict[str, Group], name: str) -> Group:
 
 
 def _time_filter(
-    column: ColumnElement[Any], window: Window, *, exclude_rolled: bool
+    column: ColumnElement[Any], window: Window, *, exclude: tuple[int | None, int] | None = None
 ) -> list[ColumnElement[Any]]:
-    from sqlalchemy import or_
-
+    """The window's time bounds on ``column``, leaving out the days ``exclude`` when given."""
     where: list[ColumnElement[Any]] = []
     if window.since is not None:
         where.append(column >= window.since)
     if window.until is not None:
         where.append(column < window.until)
-    if exclude_rolled and window.rolled:
-        assert window.end_day is not None
-        outside = [column.is_(None), column >= window.end_day * DAY]
-        if window.first_day is not None:
-            outside.append(column < window.first_day * DAY)
-        where.append(or_(*outside))
+    if exclude is not None:
+        where.append(_outside(column, exclude))
     return where
+
+
+def _outside(column: ColumnElement[Any], days: tuple[int | None, int]) -> ColumnElement[Any]:
+    """``column`` (a time) is not in the days ``[first, end)``, or has no time."""
+    from sqlalchemy import or_
+
+    first, end = days
+    outside = [column.is_(None), column >= end * DAY]
+    if first is not None:
+        outside.append(column < first * DAY)
+    return or_(*outside)
 
 
 def _prefix_filter(column: Any, window: Window) -> list[ColumnElement[Any]]:
@@ -221,7 +255,7 @@ def aggregate(db: Database, window: Window) -> Aggregates:
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database failed (the caller names it).
     """
-    out = Aggregates(rolled=window.rolled)
+    out = Aggregates(rolled=window.histograms_rolled)
     with db.engine.connect() as conn:
         statements = _raw(conn, db, window)
         if window.rolled:
@@ -294,8 +328,8 @@ def tree_counts(
         c = _columns(conn, db.tables.calls)
         r = db.tables.requests.c
         at = func.coalesce(c["at"], c["began_at"])
-        where = _time_filter(at, window, exclude_rolled=False)
-        rwhere = _time_filter(func.coalesce(r.closed_at, r.opened_at), window, exclude_rolled=False)
+        where = _time_filter(at, window)
+        rwhere = _time_filter(func.coalesce(r.closed_at, r.opened_at), window)
         if window.pipeline is not None:
             where.append(c["pipeline"] == window.pipeline)
             rwhere.append(r.pipeline == window.pipeline)
@@ -353,10 +387,13 @@ def _raw(conn: Connection, db: Database, window: Window) -> dict[str, Any]:
 
     c = _columns(conn, db.tables.calls)
     at = func.coalesce(c["at"], c["began_at"])
-    where = _time_filter(at, window, exclude_rolled=True)
-    if window.pipeline is not None:
-        where.append(c["pipeline"] == window.pipeline)
-    where += _prefix_filter(c["request_id"], window)
+    rolled = window.rolled_days(window.end_day)
+    chosen = [] if window.pipeline is None else [c["pipeline"] == window.pipeline]
+    chosen += _prefix_filter(c["request_id"], window)
+    where = [*_time_filter(at, window, exclude=rolled), *chosen]
+    # the histograms: raw (exact) on the days whose rows are kept, even where the other
+    # figures come from the rollups
+    histogram_where = [*_time_filter(at, window, exclude=window.histogram_days()), *chosen]
     finished = _finished(c)
     kind = func.coalesce(c["kind"], "")
     status = _status(c)
@@ -410,18 +447,19 @@ def _raw(conn: Connection, db: Database, window: Window) -> dict[str, Any]:
     )
     statements: dict[str, Any] = {}
     done = [*where, finished]
+    histogram_done = [*histogram_where, finished]
     # the histograms of input needed: the input's, but for the calls with input cut away
-    cut_away = and_(*done, c["dropped_tokens"] > 0)
+    cut_away = and_(*histogram_done, c["dropped_tokens"] > 0)
     statements["quality:agent"] = None  # placeholders keep the slowest first
     statements["main"] = main
     statements["input"] = (
         select(c["agent"], kind, c["used_input"], func.count())
-        .where(*done)
+        .where(*histogram_done)
         .group_by(c["agent"], kind, c["used_input"])
     )
     statements["output"] = (
         select(c["agent"], kind, c["used_output"], func.count())
-        .where(*done)
+        .where(*histogram_done)
         .group_by(c["agent"], kind, c["used_output"])
     )
     statements["need"] = (
@@ -436,21 +474,21 @@ def _raw(conn: Connection, db: Database, window: Window) -> dict[str, Any]:
     )
     r = _columns(conn, db.tables.requests)
     opened = func.coalesce(r["closed_at"], r["opened_at"])
-    rwhere = _time_filter(opened, window, exclude_rolled=True)
+    rwhere = _time_filter(opened, window, exclude=rolled)
     if window.pipeline is not None:
         rwhere.append(r["pipeline"] == window.pipeline)
     rwhere += _prefix_filter(r["request_id"], window)
     # quality joins the requests of the whole window (the calls of rolled-up days are out)
-    scored = _time_filter(opened, window, exclude_rolled=False)
-    for name, level in (("quality:agent", c["agent"]), ("quality:kind", c["kind"])):
+    scored = _time_filter(opened, window)
+    for name, level in (("quality:agent", "agent"), ("quality:kind", "kind")):
         per_request = (
             select(
-                level.label("level"),
+                c[level].label("level"),
                 c["request_id"].label("request_id"),
                 func.max(case((hit, 1), else_=0)).label("cut"),
             )
-            .where(*done, level.is_not(None))
-            .group_by(level, c["request_id"])
+            .where(*done, c[level].is_not(None), *_first_in_raw(db, c, level, rolled))
+            .group_by(c[level], c["request_id"])
             .subquery()
         )
         requests = db.tables.requests
@@ -482,6 +520,31 @@ def _raw(conn: Connection, db: Database, window: Window) -> dict[str, Any]:
         *rwhere, r["refused"].is_not(None), r["refused"] != literal("")
     )
     return statements
+
+
+def _first_in_raw(
+    db: Database, c: dict[str, Any], level: str, rolled: tuple[int | None, int] | None
+) -> list[ColumnElement[Any]]:
+    """The agent (or kind) of a raw call finished no call of its request on a rolled day.
+
+    The rollups count an agent's request on the day of its first finished call in it: the
+    raw rows count it only when that call is not on a rolled-up day (else it would count
+    twice when its calls span midnight).
+    """
+    from sqlalchemy import exists, func, not_, select
+    from sqlalchemy.sql.elements import ColumnClause
+
+    if rolled is None or not isinstance(c[level], ColumnClause):
+        return []
+    other = db.tables.calls.alias("rolled_call")
+    o = {name: other.c[name] if isinstance(col, ColumnClause) else col for name, col in c.items()}
+    earlier = select(o["request_id"]).where(
+        o["request_id"] == c["request_id"],
+        o[level] == c[level],
+        _finished(o),
+        not_(_outside(func.coalesce(o["at"], o["began_at"]), rolled)),
+    )
+    return [~exists(earlier)]
 
 
 def _apply_raw(results: dict[str, list[Any]], out: Aggregates) -> None:
@@ -561,13 +624,21 @@ def _json_map(raw: Any) -> dict[Any, Any]:
 
 
 def _rollups_query(daily: Table, window: Window) -> Any:
-    """The statement summing the rollups of the window's whole days."""
-    from sqlalchemy import func, select
+    """The statement summing the rollups of the window's whole days.
+
+    The histograms' rows only for the days whose histograms come from the rollups.
+    """
+    from sqlalchemy import func, or_, select
 
     d = daily.c
     where = [d.day < window.end_day]
     if window.first_day is not None:
         where.append(d.day >= window.first_day)
+    histogram_days = window.histogram_days()
+    if histogram_days is None:
+        where.append(d.measure.not_in(HISTOGRAMS))
+    elif histogram_days[1] != window.end_day:
+        where.append(or_(d.measure.not_in(HISTOGRAMS), d.day < histogram_days[1]))
     if window.pipeline is not None:
         where.append(d.pipeline == window.pipeline)
     query = (

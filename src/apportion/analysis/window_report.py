@@ -8,10 +8,15 @@ come from the daily rollups).
 
 Which days come from the rollups (``rollups``):
 
-- ``auto`` (default): the whole days whose raw rows were pruned (``apportion prune``);
-  the rest raw. Nothing pruned: every figure exact, as ``build_report`` gives it.
-- ``always``: every whole UTC day of the window before today (fast over long windows;
-  percentiles within 1%); the window's partial days, today and rows without a time raw.
+- ``auto`` (default): every whole UTC day of the window before today, but the token
+  histograms (the percentiles) only for the days whose raw rows were pruned
+  (``apportion prune``): the rest of them raw. Nothing pruned: every figure exact, as
+  ``build_report`` gives it, while counts, sums and outcomes of past days are read from a
+  few rows per agent and day.
+- ``always``: every whole UTC day of the window before today, histograms too (fastest
+  over long windows; percentiles within 1%).
+
+In both, the window's partial days, today and rows without a time are read raw.
 - ``never``: raw rows only (pruned days are missing).
 
 Request trees are built from the raw rows of the window (rollups keep no trees), only
@@ -223,23 +228,24 @@ def _window(
     rollups: str,
     now: float,
 ) -> Window:
-    """Which whole days of the window come from the rollups."""
+    """Which whole days of the window come from the rollups, and for which the histograms."""
     plain = Window(since, until, pipeline)
     if rollups == "never" or not db.has_rollups():
         return plain
-    if rollups == "auto":
-        pruned = db.pruned_before()
-        if pruned is None:
-            return plain
-        end = math.floor(pruned / DAY)
-    else:
-        end = math.floor(now / DAY)
+    end = math.floor(now / DAY)
     if until is not None:
         end = min(end, math.floor(until / DAY))
     first = None if since is None else math.ceil(since / DAY)
     if first is not None and first >= end:
         return plain
-    return Window(since, until, pipeline, first_day=first, end_day=end)
+    if rollups == "always":
+        histogram_end: int | None = end
+    else:  # auto: exact histograms wherever the raw rows are kept
+        pruned = db.pruned_before()
+        histogram_end = None if pruned is None else math.floor(pruned / DAY)
+    return Window(
+        since, until, pipeline, first_day=first, end_day=end, histogram_end_day=histogram_end
+    )
 
 
 def _empty(db: Database, found: Aggregates, rollouts: Dataset) -> bool:

@@ -85,8 +85,9 @@ def report(
     rollups: Annotated[
         str,
         typer.Option(
-            help="Days read from the daily rollups: auto (pruned days), always (every whole "
-            "past day: fast, percentiles within 1%), never."
+            help="Days read from the daily rollups: auto (every whole past day, exact; "
+            "percentiles from them only for pruned days), always (percentiles too: fastest, "
+            "within 1%), never."
         ),
     ] = "auto",
 ) -> None:
