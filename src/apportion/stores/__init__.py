@@ -20,6 +20,8 @@ STORES: dict[str, str] = {
     "memory": "apportion.stores.memory:MemoryStore",
     "redis": "apportion.stores.redis:RedisStore",
     "rediss": "apportion.stores.redis:RedisStore",
+    "redis+cluster": "apportion.stores.redis:RedisStore",
+    "rediss+cluster": "apportion.stores.redis:RedisStore",
 }
 """URL scheme -> ``module:Class`` of the store that serves it."""
 

@@ -58,3 +58,28 @@ def split_url(url: object) -> tuple[str, dict[str, Any]]:
             ) from None
     plain = urlunsplit(parts._replace(query=urlencode(rest))) if ours else url
     return plain, ours
+
+
+TOPOLOGIES = {
+    "redis": "standalone",
+    "rediss": "standalone",
+    "unix": "standalone",
+    "redis+cluster": "cluster",
+    "rediss+cluster": "cluster",
+}
+"""URL scheme -> the kind of deployment it names (``+cluster``: a Redis Cluster)."""
+
+
+def topology_of(url: str) -> tuple[str, str]:
+    """The deployment a store URL names, and the URL redis-py reads (its scheme plain).
+
+    ``redis+cluster://host:port`` (``rediss+cluster://`` for TLS) names a Redis Cluster,
+    reached from that seed node; ``redis://``, ``rediss://`` and ``unix://`` one server.
+
+    Any other scheme is left to redis-py (which refuses it).
+    """
+    scheme, sep, rest = url.partition("://")
+    topology = TOPOLOGIES.get(scheme.lower()) if sep else None
+    if topology != "cluster":
+        return "standalone", url
+    return topology, f"{scheme.lower().removesuffix('+cluster')}://{rest}"
