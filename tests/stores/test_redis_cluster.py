@@ -141,3 +141,18 @@ def test_a_plain_url_against_a_cluster_node(redis_cluster: RedisCluster) -> None
 def test_a_cluster_has_database_0_only(redis_cluster: RedisCluster) -> None:
     with pytest.raises(InvalidArgument, match="database 0"):
         RedisStore(redis_cluster.url + "/3")
+
+
+def test_gateway_idempotency_records_on_a_cluster(redis_cluster: RedisCluster) -> None:
+    from apportion.serve.idempotency import open_records
+
+    records = open_records(redis_cluster.url + "?prefix=gwtest")
+
+    async def scenario() -> None:
+        for i in range(6):  # keys in several slots
+            await records.put_value(f"k{i}", f"v{i}", 30.0)
+        assert [await records.get_value(f"k{i}") for i in range(6)] == [f"v{i}" for i in range(6)]
+        assert await records.get_value("missing") is None
+        await records.aclose()
+
+    asyncio.run(scenario())
