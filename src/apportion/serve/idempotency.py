@@ -246,7 +246,7 @@ class RedisRecords(IdempotencyRecords):
 
         topology, plain = topology_of(urlunsplit(parts._replace(query=urlencode(rest))))
         self._url = plain
-        self._cluster = topology == "cluster"  # one key per command: any node serves it
+        self._topology = topology  # a cluster: one key per command, any node serves it
         self._raw = url
         self.url = redact(url)
         self.prefix = f"{prefix or ours.get('prefix') or 'apportion'}:gw"
@@ -264,10 +264,18 @@ class RedisRecords(IdempotencyRecords):
     async def _call(self, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            kind = self._redis.asyncio.cluster.RedisCluster if self._cluster else None
-            self._client = (kind or self._redis.asyncio.Redis).from_url(
-                self._url, socket_timeout=5.0, socket_connect_timeout=1.0
-            )
+            timeouts = {"socket_timeout": 5.0, "socket_connect_timeout": 1.0}
+            if self._topology == "sentinel":
+                from apportion.stores.redis.url import sentinel_parts
+
+                sentinels, service, primary = sentinel_parts(self._raw)
+                sentinel = self._redis.asyncio.sentinel.Sentinel(sentinels, **timeouts)
+                self._client = sentinel.master_for(service, **timeouts, **primary)
+            elif self._topology == "cluster":
+                cluster = self._redis.asyncio.cluster.RedisCluster
+                self._client = cluster.from_url(self._url, **timeouts)
+            else:
+                self._client = self._redis.asyncio.Redis.from_url(self._url, **timeouts)
             self._loop = loop
         try:
             return await self._client.execute_command(*args)

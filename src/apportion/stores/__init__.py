@@ -22,6 +22,8 @@ STORES: dict[str, str] = {
     "rediss": "apportion.stores.redis:RedisStore",
     "redis+cluster": "apportion.stores.redis:RedisStore",
     "rediss+cluster": "apportion.stores.redis:RedisStore",
+    "redis+sentinel": "apportion.stores.redis:RedisStore",
+    "rediss+sentinel": "apportion.stores.redis:RedisStore",
 }
 """URL scheme -> ``module:Class`` of the store that serves it."""
 

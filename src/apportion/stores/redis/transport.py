@@ -30,7 +30,7 @@ from apportion.redaction import scrub
 from apportion.stores.redis.calls import T, _Call, _Cmd, _Eval, _Pause, _Steps
 from apportion.stores.redis.codec import _str
 from apportion.stores.redis.scripts import _SHAS, _SOURCES, SCRIPTS
-from apportion.stores.redis.url import topology_of
+from apportion.stores.redis.url import sentinel_parts, topology_of
 
 if TYPE_CHECKING:
     import redis as redis_sync
@@ -49,7 +49,9 @@ def _import_redis() -> Any:
         import redis
         import redis.asyncio
         import redis.asyncio.cluster
+        import redis.asyncio.sentinel
         import redis.cluster
+        import redis.sentinel
     except ImportError as exc:  # pragma: no cover - the extra is installed in tests
         raise MissingExtra("redis", "redis") from exc
     return redis
@@ -83,9 +85,17 @@ class RedisTransport:
         self._cluster: Any = None  # the cluster client, made on first use (it connects)
         self._cluster_lock = threading.Lock()
         self._mode_checked = False  # whether the server's kind was checked against the URL
+        self._client: redis_sync.Redis
         try:
-            # a standalone client reads the URL (no I/O): for a cluster, only to check it
-            self._client: redis_sync.Redis = redis.Redis.from_url(plain, **self._options)
+            if self.topology == "sentinel":  # the primary the sentinels name (no I/O yet)
+                sentinels, service, primary = sentinel_parts(url)
+                self._sentinel = (sentinels, service, primary)
+                self._client = redis.sentinel.Sentinel(
+                    sentinels, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout
+                ).master_for(service, **self._options, **primary)
+            else:
+                # a standalone client reads the URL (no I/O): for a cluster, only to check it
+                self._client = redis.Redis.from_url(plain, **self._options)
             pool: Any = self._client.connection_pool
             pool.connection_class(**pool.connection_kwargs)  # reads its options; no I/O
         except (ValueError, TypeError) as exc:
@@ -221,6 +231,8 @@ class RedisTransport:
                 stale = True
             if stale:
                 connection.disconnect()
+        if connection._sock is None and self.topology == "sentinel":
+            connection.connect()  # asks the sentinels for the primary (sending would not)
         try:
             connection.send_command(*args)
             return connection.read_response()
@@ -317,7 +329,14 @@ class RedisTransport:
                 "retry": redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
             }
             client: Any
-            if self.topology == "cluster":
+            if self.topology == "sentinel":
+                sentinels, service, primary = self._sentinel
+                client = redis.asyncio.sentinel.Sentinel(
+                    sentinels,
+                    socket_timeout=self._options["socket_timeout"],
+                    socket_connect_timeout=self._options["socket_connect_timeout"],
+                ).master_for(service, **options, **primary)
+            elif self.topology == "cluster":
                 client = redis.asyncio.cluster.RedisCluster.from_url(self._raw_url, **options)
                 try:
                     await client.initialize()  # reads the slots (refused by a standalone)
