@@ -34,13 +34,26 @@ def fresh(cluster: RedisCluster, **options: Any) -> RedisStore:
     return RedisStore(cluster.url, **{"buckets": 16, **options})
 
 
+_SHARED: dict[str, RedisStore] = {}
+
+
+def reused(cluster: RedisCluster) -> RedisStore:
+    """One store for the conformance tests, on the emptied cluster (a new cluster client
+    reads the slots and connects to every primary: 40 ms, for each Hypothesis example)."""
+    cluster.flushall()
+    store = _SHARED.get(cluster.url)
+    if store is None:
+        store = _SHARED[cluster.url] = RedisStore(cluster.url, buckets=16)
+    return store
+
+
 class TestRedisClusterStore(StoreConformance):
     @pytest.fixture(autouse=True)
     def _cluster(self, redis_cluster: RedisCluster) -> None:
         self.cluster = redis_cluster
 
     def make_store(self) -> Store:
-        return fresh(self.cluster)
+        return reused(self.cluster)
 
 
 class TestRedisClusterPools(PoolConformance):
