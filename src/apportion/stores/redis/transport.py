@@ -217,12 +217,7 @@ class RedisTransport:
         if self.topology == "cluster":
             return self._cluster_client().execute_command(*args)
         if not self._mode_checked:
-            self._mode_checked = True  # the check's own command passes
-            try:
-                self._check_standalone(self._command("INFO", "cluster"))
-            except BaseException:
-                self._mode_checked = False
-                raise
+            self._ensure_standalone()
         connection = self._connection()
         if connection._sock is not None:
             try:
@@ -297,8 +292,17 @@ class RedisTransport:
         if self.topology == "cluster":
             return self._cluster_client().pipeline()
         if not self._mode_checked:
-            self._command("INFO", "cluster")  # checks the server's kind (once)
+            self._ensure_standalone()
         return self._client.pipeline(transaction=False)
+
+    def _ensure_standalone(self) -> None:
+        """Read ``INFO cluster`` once: a plain URL on a cluster node is refused."""
+        self._mode_checked = True  # the check's own command passes
+        try:
+            self._check_standalone(self._command("INFO", "cluster"))
+        except BaseException:
+            self._mode_checked = False
+            raise
 
     def _load_all(self) -> None:
         if self.topology == "cluster":  # SCRIPT LOAD goes to every primary
