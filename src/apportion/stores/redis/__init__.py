@@ -25,7 +25,8 @@ scripts of a request tree (opening children, closing a tree) the slot of its roo
   (``void``: given back, never to be opened), or when a new open of the same id replaces a
   closed ledger that had drawn (that ledger, set aside for its draw's settlement).
 
-The event feed is one stream per prefix, ``PREFIX:feed``: every request script declares it
+The event feed is one stream per prefix, ``PREFIX:feed`` (on a Redis Cluster one per
+bucket: see "Redis Cluster" below): every request script declares it
 last in ``KEYS`` and adds each event it records to it (``XADD ... MAXLEN ~ 100000``) in
 the same step as the change, with the request's state after it; ``feed`` reads it with
 ``XREAD`` (``BLOCK`` while waiting), ``note`` adds a feed-only event (``note.lua``).

@@ -3,8 +3,12 @@
 The feed is one stream per prefix, ``PREFIX:feed``: every request script adds each event
 it records to it (``XADD ... MAXLEN ~ 100000``) in the same step as the change, with the
 request's state after it; :meth:`RedisFeed.feed` reads it with ``XREAD`` (``BLOCK`` while
-waiting) and ``note`` adds a feed-only event (``note.lua``). ``open_requests`` reads the
-buckets' ``open`` indexes (one pipeline), never the keys.
+waiting) and ``note`` adds a feed-only event (``note.lua``). On a Redis Cluster the feed is
+one stream per bucket (``PREFIX:{bN}:feed``, in the slot of the requests it carries), its
+entries stamped with the server's clock in microseconds: a read takes every bucket's
+stream (one pipeline) and merges them by entry id, then bucket (cursor ``U-S-B``), and a
+waiting read polls. ``open_requests`` reads the buckets' ``open`` indexes (one pipeline),
+never the keys.
 """
 
 from __future__ import annotations
