@@ -869,7 +869,15 @@ def test_unknown_store(url: str) -> None:
     with pytest.raises(UnknownStore) as info:
         Controller(support(), store=url)
     assert info.value.url == url
-    assert info.value.known == ["memory", "redis", "rediss"]
+    assert info.value.known == [
+        "memory",
+        "redis",
+        "redis+cluster",
+        "redis+sentinel",
+        "rediss",
+        "rediss+cluster",
+        "rediss+sentinel",
+    ]
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -math.inf, True, "0.5", None])

@@ -204,24 +204,28 @@ def _worker(url: str, parents: list[str], barrier: Any, results: Any, seed: int)
 def test_16_processes_fan_out_from_one_parent_on_redis(redis_server: RedisServer) -> None:
     store = RedisStore(redis_server.url)
     store._client.flushdb()
+    sixteen_process_race(redis_server.url, PROCESS_ROUNDS)
+
+
+def sixteen_process_race(url: str, rounds: int) -> None:
+    """16 processes race children from one parent per round, for ``rounds`` rounds."""
+    store = RedisStore(url)
     ctl = AsyncController(PIPELINE, policy="uniform", store=store)
     parents = []
-    for _ in range(PROCESS_ROUNDS):
+    for _ in range(rounds):
         parent = ctl.arequest(CEILING)
         asyncio.run(parent.open())
         parents.append(parent.request_id)
     barrier = FORK.Barrier(PROCESSES)
     results = FORK.Queue()
     workers = [
-        FORK.Process(
-            target=_worker, args=(redis_server.url, parents, barrier, results, seed), daemon=True
-        )
+        FORK.Process(target=_worker, args=(url, parents, barrier, results, seed), daemon=True)
         for seed in range(PROCESSES)
     ]
     for worker in workers:
         worker.start()
-    spent = [0] * PROCESS_ROUNDS
-    for _ in range(PROCESS_ROUNDS * PROCESSES):
+    spent = [0] * rounds
+    for _ in range(rounds * PROCESSES):
         while True:
             try:
                 r, tokens = results.get(timeout=1)
@@ -243,4 +247,4 @@ def test_16_processes_fan_out_from_one_parent_on_redis(redis_server: RedisServer
         check_invariants(store, parent)
         drawn += sum(1 for e in store.events(parent) if e.kind == "child")
         store.close(parent, time.time())
-    assert drawn > PROCESS_ROUNDS * PROCESSES  # the children did race for the parents
+    assert drawn > rounds * PROCESSES  # the children did race for the parents

@@ -242,7 +242,11 @@ class RedisRecords(IdempotencyRecords):
         query = parse_qsl(parts.query, keep_blank_values=True)
         ours = {k: v for k, v in query if k in _STORE_OPTIONS}
         rest = [(k, v) for k, v in query if k not in _STORE_OPTIONS]
-        self._url = urlunsplit(parts._replace(query=urlencode(rest)))
+        from apportion.stores.redis.url import topology_of
+
+        topology, plain = topology_of(urlunsplit(parts._replace(query=urlencode(rest))))
+        self._url = plain
+        self._topology = topology  # a cluster: one key per command, any node serves it
         self._raw = url
         self.url = redact(url)
         self.prefix = f"{prefix or ours.get('prefix') or 'apportion'}:gw"
@@ -251,6 +255,7 @@ class RedisRecords(IdempotencyRecords):
         self._errors = (
             self._redis.exceptions.ConnectionError,
             self._redis.exceptions.TimeoutError,
+            self._redis.exceptions.ClusterError,
         )
 
     def _key(self, kind: str, key: str) -> str:
@@ -259,9 +264,18 @@ class RedisRecords(IdempotencyRecords):
     async def _call(self, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = self._redis.asyncio.Redis.from_url(
-                self._url, socket_timeout=5.0, socket_connect_timeout=1.0
-            )
+            timeouts = {"socket_timeout": 5.0, "socket_connect_timeout": 1.0}
+            if self._topology == "sentinel":
+                from apportion.stores.redis.url import sentinel_parts
+
+                sentinels, service, primary = sentinel_parts(self._raw)
+                sentinel = self._redis.asyncio.sentinel.Sentinel(sentinels, **timeouts)
+                self._client = sentinel.master_for(service, **timeouts, **primary)
+            elif self._topology == "cluster":
+                cluster = self._redis.asyncio.cluster.RedisCluster
+                self._client = cluster.from_url(self._url, **timeouts)
+            else:
+                self._client = self._redis.asyncio.Redis.from_url(self._url, **timeouts)
             self._loop = loop
         try:
             return await self._client.execute_command(*args)

@@ -20,6 +20,10 @@ STORES: dict[str, str] = {
     "memory": "apportion.stores.memory:MemoryStore",
     "redis": "apportion.stores.redis:RedisStore",
     "rediss": "apportion.stores.redis:RedisStore",
+    "redis+cluster": "apportion.stores.redis:RedisStore",
+    "rediss+cluster": "apportion.stores.redis:RedisStore",
+    "redis+sentinel": "apportion.stores.redis:RedisStore",
+    "rediss+sentinel": "apportion.stores.redis:RedisStore",
 }
 """URL scheme -> ``module:Class`` of the store that serves it."""
 

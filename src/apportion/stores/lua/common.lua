@@ -50,11 +50,23 @@ local GS = 8 -- values per open grant
 local EV_SLICE = 1000 -- events appended per RPUSH
 local FEED = KEYS[#KEYS]
 local FEED_MAXLEN = '100000'
+-- On a cluster the feed is one stream per bucket (PREFIX:{bN}:feed, in the request's slot)
+-- and an entry's id is the server's clock in microseconds (then a sequence): readers merge
+-- the buckets' streams in that order. A standalone server's one stream takes Redis's ids.
+local FEED_ID = '*'
+if string.sub(FEED, -6) == '}:feed' then
+  local t = redis.call('TIME')
+  FEED_ID = t[1] .. string.format('%06d', tonumber(t[2])) .. '-*'
+end
 
 -- Add one event (its JSON text) of request rid to the feed.
 local function publish(rid, status, ev, granted, used, free, consumed)
-  redis.call('XADD', FEED, 'MAXLEN', '~', FEED_MAXLEN, '*',
+  local added = redis.pcall('XADD', FEED, 'MAXLEN', '~', FEED_MAXLEN, FEED_ID,
     'r', rid, 's', status, 'e', ev, 'g', granted, 'u', used, 'f', free, 'c', consumed)
+  if type(added) == 'table' and added.err then -- the stream's top id is ahead of the clock
+    redis.call('XADD', FEED, 'MAXLEN', '~', FEED_MAXLEN, '*',
+      'r', rid, 's', status, 'e', ev, 'g', granted, 'u', used, 'f', free, 'c', consumed)
+  end
 end
 
 local function int(n)

@@ -25,7 +25,8 @@ scripts of a request tree (opening children, closing a tree) the slot of its roo
   (``void``: given back, never to be opened), or when a new open of the same id replaces a
   closed ledger that had drawn (that ledger, set aside for its draw's settlement).
 
-The event feed is one stream per prefix, ``PREFIX:feed``: every request script declares it
+The event feed is one stream per prefix, ``PREFIX:feed`` (on a Redis Cluster one per
+bucket: see "Redis Cluster" below): every request script declares it
 last in ``KEYS`` and adds each event it records to it (``XADD ... MAXLEN ~ 100000``) in
 the same step as the change, with the request's state after it; ``feed`` reads it with
 ``XREAD`` (``BLOCK`` while waiting), ``note`` adds a feed-only event (``note.lua``).
@@ -127,14 +128,17 @@ That is :class:`~apportion.stores.fail_open.FailOpenStore`, which works around a
 Speed. Each thread keeps one connection of its own (no pool checkout per call); with
 ``hiredis`` (in the extra) replies parse in C. ``round_trips`` counts the round trips made.
 
-Redis Cluster. Every request script touches the keys of one slot and pool scripts the keys
-of another, so the layout suits a cluster; but ``reap`` runs one script over every bucket's
-index (cross-slot: fine on a standalone server, one call per bucket would be needed on a
-cluster), and this class connects with a standalone client. Cluster is not supported yet.
-The event feed is one stream outside every bucket's slot, so on a cluster each request
-script would be cross-slot: a cluster needs one stream per bucket (``PREFIX:{bN}:feed``,
-in the request's slot), a cursor per bucket, and readers that ``XREAD`` each node's
-streams.
+Redis Cluster. ``redis+cluster://host:port`` (``rediss+cluster://``: TLS) connects with
+redis-py's ``RedisCluster`` (sync and async), made on first use. Every request script
+touches the keys of one slot (its root's bucket: ledgers, events, operation records, the
+void markers, and on a cluster the bucket's own feed stream ``PREFIX:{bN}:feed``) and pool
+scripts the keys of another (``{p:NAME}``); ``reap`` runs one script per bucket (one
+pipeline). On a cluster the feed's entries carry the server's clock in microseconds
+(``common.lua``) and readers merge the buckets' streams in that order, then by bucket
+(cursor ``U-S-B``), polling while they wait. A child's id shares its root's bucket (the
+part before the first ``::``), or ``open_children`` raises ``InvalidArgument``. A cluster
+URL against a standalone server, and a plain URL against a cluster node (``INFO cluster``
+is read once), raise ``InvalidArgument`` naming which it found.
 The scripts of a request tree (``children.lua``, and ``close`` / ``reap`` closing a tree
 and folding a child back into its parent) stay in the tree's one slot and touch only keys
 declared in ``KEYS``, as a cluster requires: ``close`` first declares the request's own

@@ -28,7 +28,13 @@ class _Cmd(NamedTuple):
     args: tuple[str | int, ...]
 
 
-_Call = _Eval | _Cmd | list[_Eval | _Cmd]  # a list is one pipeline: one round trip
+class _Pause(NamedTuple):
+    """Wait this many seconds (no I/O): a cluster's feed reader polls its streams."""
+
+    seconds: float
+
+
+_Call = _Eval | _Cmd | _Pause | list[_Eval | _Cmd]  # a list is one pipeline: one round trip
 _Steps = Generator[_Call, Any, T]
 
 _OK = (b"ok", "ok")

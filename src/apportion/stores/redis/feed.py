@@ -3,8 +3,12 @@
 The feed is one stream per prefix, ``PREFIX:feed``: every request script adds each event
 it records to it (``XADD ... MAXLEN ~ 100000``) in the same step as the change, with the
 request's state after it; :meth:`RedisFeed.feed` reads it with ``XREAD`` (``BLOCK`` while
-waiting) and ``note`` adds a feed-only event (``note.lua``). ``open_requests`` reads the
-buckets' ``open`` indexes (one pipeline), never the keys.
+waiting) and ``note`` adds a feed-only event (``note.lua``). On a Redis Cluster the feed is
+one stream per bucket (``PREFIX:{bN}:feed``, in the slot of the requests it carries), its
+entries stamped with the server's clock in microseconds: a read takes every bucket's
+stream (one pipeline) and merges them by entry id, then bucket (cursor ``U-S-B``), and a
+waiting read polls. ``open_requests`` reads the buckets' ``open`` indexes (one pipeline),
+never the keys.
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ from typing import Any
 from apportion.errors import InvalidArgument
 from apportion.ledger import Event
 from apportion.stores.feed import FeedEvent, FeedPage, check_feed_args, check_note
-from apportion.stores.redis.calls import _OK, _Cmd, _Eval, _Steps
+from apportion.stores.redis.calls import _OK, _Cmd, _Eval, _Pause, _Steps
 from apportion.stores.redis.codec import _bytes, _event, _str, _text
 from apportion.stores.redis.keys import RedisKeys
 from apportion.stores.redis.refusals import _refusal
 from apportion.stores.redis.transport import RedisTransport
 
 _STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+_CLUSTER_CURSOR = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}(-[0-9]{1,7})?$")
+"""A cluster feed's cursor: an entry id and its bucket (``U-S-B``), or ``U-S`` (every bucket)."""
+_POLL_SECONDS = 0.05
+"""How often a waiting read of a cluster's feed reads its streams again."""
 
 
 class RedisFeed(RedisKeys, RedisTransport):
@@ -32,6 +40,8 @@ class RedisFeed(RedisKeys, RedisTransport):
     ) -> _Steps[FeedPage]:
         start, prefix, limit, seconds = check_feed_args(after, prefix, limit, timeout)
         start = "0-0" if start is None else start
+        if self.topology == "cluster":
+            return (yield from self._cluster_feed_steps(start, prefix, limit, seconds))
         if not _STREAM_ID.match(start):
             raise InvalidArgument("after", start, "a cursor this feed returned")
         args: tuple[str | int, ...] = ("XREAD", "COUNT", limit)
@@ -43,20 +53,51 @@ class RedisFeed(RedisKeys, RedisTransport):
         cursor = start
         for entry_id, fields in _stream_entries(reply):
             cursor = entry_id
-            rid = _str(fields[b"r"])
-            if rid.startswith(prefix):
-                events.append(
-                    FeedEvent(
-                        entry_id,
-                        rid,
-                        _event(fields[b"e"]),
-                        _str(fields[b"s"]),
-                        int(fields[b"g"]),
-                        int(fields[b"u"]),
-                        int(fields[b"f"]),
-                        int(fields[b"c"]),
-                    )
-                )
+            if _str(fields[b"r"]).startswith(prefix):
+                events.append(_feed_event(entry_id, fields))
+        return FeedPage(tuple(events), cursor)
+
+    def _cluster_feed_steps(
+        self, start: str, prefix: str, limit: int, seconds: float
+    ) -> _Steps[FeedPage]:
+        """The feed of a cluster: every bucket's stream read (one pipeline), merged.
+
+        Entries are ordered by their id (the server's clock in microseconds, then a
+        sequence) and then by bucket; a cursor ``U-S-B`` is the last one read. A read
+        that waits polls the streams every ``_POLL_SECONDS`` (a blocking ``XREAD`` cannot
+        span slots).
+        """
+        if not _CLUSTER_CURSOR.match(start):
+            raise InvalidArgument("after", start, "a cursor this feed returned")
+        parts = [int(part) for part in start.split("-")]
+        micros, seq, last = parts[0], parts[1], parts[2] if len(parts) > 2 else self.buckets
+        reads: list[_Eval | _Cmd] = [
+            _Cmd(("XRANGE", stream, f"({micros}-{seq}" if b <= last else f"{micros}-{seq}",
+                  "+", "COUNT", limit))
+            for b, stream in enumerate(self._feeds)
+        ]  # fmt: skip
+        polls = 0
+        if seconds > 0:  # a waiting read ends before the socket's timeout, as XREAD's
+            wait = min(seconds, self._options["socket_timeout"] * 0.8)
+            polls = max(1, int(wait / _POLL_SECONDS))
+        while True:
+            replies = yield reads
+            merged = [
+                (_entry_key(entry_id, b), fields)
+                for b, reply in enumerate(replies)
+                for entry_id, fields in _range_entries(reply)
+            ]
+            if merged or polls <= 0:
+                break
+            polls -= 1
+            yield _Pause(_POLL_SECONDS)
+        merged.sort(key=lambda item: item[0])
+        events: list[FeedEvent] = []
+        cursor = start
+        for key, fields in merged[:limit]:
+            cursor = "-".join(map(str, key))
+            if _str(fields[b"r"]).startswith(prefix):
+                events.append(_feed_event(cursor, fields))
         return FeedPage(tuple(events), cursor)
 
     def _note_steps(self, request_id: str, event: object) -> _Steps[None]:
@@ -86,6 +127,12 @@ class RedisFeed(RedisKeys, RedisTransport):
         await self._arun(self._note_steps(request_id, event))
 
     def _cursor_steps(self) -> _Steps[str]:
+        if self.topology == "cluster":  # the newest entry of every bucket's stream
+            replies = yield [
+                _Cmd(("XREVRANGE", feed, "+", "-", "COUNT", 1)) for feed in self._feeds
+            ]
+            keys = [_entry_key(_str(r[0][0]), b) for b, r in enumerate(replies) if r]
+            return "-".join(map(str, max(keys))) if keys else "0-0"
         reply = yield _Cmd(("XREVRANGE", self._feed_key, "+", "-", "COUNT", 1))
         return _str(reply[0][0]) if reply else "0-0"
 
@@ -155,4 +202,37 @@ def _stream_entries(reply: Any) -> list[tuple[str, dict[bytes, bytes]]]:
             else:
                 fields = {_bytes(k): _bytes(v) for k, v in zip(raw[::2], raw[1::2], strict=True)}
             entries.append((_str(entry_id), fields))
+    return entries
+
+
+def _feed_event(cursor: str, fields: dict[bytes, bytes]) -> FeedEvent:
+    """The event of one stream entry, at ``cursor``."""
+    return FeedEvent(
+        cursor,
+        _str(fields[b"r"]),
+        _event(fields[b"e"]),
+        _str(fields[b"s"]),
+        int(fields[b"g"]),
+        int(fields[b"u"]),
+        int(fields[b"f"]),
+        int(fields[b"c"]),
+    )
+
+
+def _entry_key(entry_id: str, bucket: int) -> tuple[int, int, int]:
+    """Where a cluster's stream entry falls in the merged feed: its id, then its bucket."""
+    micros, _, seq = entry_id.partition("-")
+    return int(micros), int(seq), bucket
+
+
+def _range_entries(reply: Any) -> list[tuple[str, dict[bytes, bytes]]]:
+    """The entries of an ``XRANGE`` reply: ``(id, fields)`` (any reply shape)."""
+    entries: list[tuple[str, dict[bytes, bytes]]] = []
+    for entry in reply or ():
+        entry_id, raw = entry[0], entry[1]
+        if isinstance(raw, dict):
+            fields = {_bytes(k): _bytes(v) for k, v in raw.items()}
+        else:
+            fields = {_bytes(k): _bytes(v) for k, v in zip(raw[::2], raw[1::2], strict=True)}
+        entries.append((_str(entry_id), fields))
     return entries

@@ -21,6 +21,8 @@ class RedisKeys:
     """The first part of every key."""
     buckets: int
     """How many hash-tag buckets requests are spread over."""
+    topology: str
+    """``standalone`` (one server) or ``cluster`` (Redis Cluster: a feed per bucket)."""
 
     def _keys(self, request_id: str) -> tuple[str, str, str]:
         """The request's ledger, events and bucket index keys.
@@ -45,12 +47,31 @@ class RedisKeys:
 
     def _request_keys(self, request_id: str) -> tuple[str, str, str, str, str]:
         """The keys of a script on one request: its own four (:meth:`_own_keys`), the feed."""
-        return (*self._own_keys(request_id), self._feed_key)
+        return (*self._own_keys(request_id), self._feed_of(request_id))
 
     @property
     def _feed_key(self) -> str:
-        """The event feed's stream (one per prefix)."""
+        """The event feed's stream on a standalone server (one per prefix)."""
         return f"{self.prefix}:feed"
+
+    def _feed_of(self, request_id: str) -> str:
+        """The stream a request's events go to: its bucket's on a cluster (its slot)."""
+        if self.topology == "cluster":
+            return self._keys(request_id)[2][:-4] + "feed"
+        return self._feed_key
+
+    def _bucket_feed(self, index_key: str) -> str:
+        """The stream of the bucket whose ``open`` index is ``index_key``."""
+        if self.topology == "cluster":
+            return index_key[:-4] + "feed"
+        return self._feed_key
+
+    @property
+    def _feeds(self) -> list[str]:
+        """Every stream of the feed: one, or one per bucket on a cluster."""
+        if self.topology == "cluster":
+            return [f"{self.prefix}:{{b{b}}}:feed" for b in range(self.buckets)]
+        return [self._feed_key]
 
     def _marker_key(self, draw: str) -> str:
         """The key marking a pool draw void (in the bucket of the draw's request)."""

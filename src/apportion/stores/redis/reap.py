@@ -39,29 +39,42 @@ class RedisReaper(RedisRequests):
                 break
             declared: dict[str, tuple[str, str, str]] = {}
             yield from self._read_tree([_str(rid) for due in dues for rid in due], declared)
-            # One script over every bucket (a standalone server allows it); a cluster client
-            # would send one call per bucket instead (the script loops over its KEYS).
-            ids = list(declared)
-            keys = [*todo, *(k for i in ids for k in declared[i])]
-            args: tuple[str | int, ...] = (
-                "",
-                "",
-                now_s,
-                self._retention_ms,
-                _REAP_BATCH,
-                len(todo),
-            )
-            reply = yield _Eval("reap", (*keys, self._feed_key), (*args, *ids))
-            settled += int(reply[0])
-            full = int(reply[1])
-            again = {int(k) - 1 for k in reply[2 : 2 + full]}
-            at = 2 + full
-            closed = int(reply[at])
-            expired += (_str(rid) for rid in reply[at + 1 : at + 1 + closed])
-            at += 1 + closed
-            wanted = [_str(rid) for rid in reply[at + 1 : at + 1 + int(reply[at])]]
-            for blob in reply[at + 1 + len(wanted) :]:
-                owed.append(self._give_back(*_pool_debt(blob), now))
+            # One script over every bucket on a standalone server (one round trip); on a
+            # cluster one per bucket (its slot), sent as one pipeline.
+            if self.topology == "cluster":
+                groups = [[i] for i in range(len(todo))]
+            else:
+                groups = [list(range(len(todo)))]
+            calls: list[_Eval | _Cmd] = []
+            for group in groups:
+                mine = {todo[i] for i in group}
+                ids = [rid for rid in declared if self._keys(rid)[2] in mine]
+                keys = [*(todo[i] for i in group), *(k for i in ids for k in declared[i])]
+                args: tuple[str | int, ...] = (
+                    "",
+                    "",
+                    now_s,
+                    self._retention_ms,
+                    _REAP_BATCH,
+                    len(group),
+                )
+                feed = self._bucket_feed(todo[group[0]])
+                calls.append(_Eval("reap", (*keys, feed), (*args, *ids)))
+            replies = (yield calls) if len(calls) > 1 else [(yield calls[0])]
+            again: set[int] = set()
+            wanted: list[str] = []
+            for group, reply in zip(groups, replies, strict=True):
+                settled += int(reply[0])
+                full = int(reply[1])
+                again |= {group[int(k) - 1] for k in reply[2 : 2 + full]}
+                at = 2 + full
+                closed = int(reply[at])
+                expired += (_str(rid) for rid in reply[at + 1 : at + 1 + closed])
+                at += 1 + closed
+                late = [_str(rid) for rid in reply[at + 1 : at + 1 + int(reply[at])]]
+                wanted += late
+                for blob in reply[at + 1 + len(late) :]:
+                    owed.append(self._give_back(*_pool_debt(blob), now))
             if wanted:  # due since the read, or their trees changed: read them again
                 wanting += 1
                 if wanting >= _TREE_ATTEMPTS:

@@ -140,7 +140,7 @@ class RedisRequests(RedisPools):
             keys = (*keys, self._marker_key(draw))
         reply = yield _Eval(
             "open",
-            (*keys, self._feed_key),
+            (*keys, self._feed_of(request_id)),
             (
                 op_id or "",
                 digest,
@@ -185,6 +185,16 @@ class RedisRequests(RedisPools):
             parent_id, request_ids, now, priorities, ceiling, share, ttl, max_depth
         )
         digest = Digests.children(op_id, args, max_depth)
+        if self.topology == "cluster":  # one script: every key in the parent's slot
+            index = self._keys(args.parent_id)[2]
+            apart = [rid for rid in args.request_ids if self._keys(rid)[2] != index]
+            if apart:
+                raise InvalidArgument(
+                    "request_ids",
+                    apart,
+                    "on a Redis Cluster a child's id starts with its parent's root's id "
+                    f"and {CHILD_SEP!r} (its keys share the root's hash slot)",
+                )
         now = args.now
         template = Ledger(
             args.request_ids[0],
@@ -205,7 +215,7 @@ class RedisRequests(RedisPools):
             key_ttl = _ttl_ms(args.ttl + self.retention_seconds)
         reply = yield _Eval(
             "children",
-            (*keys, self._feed_key),
+            (*keys, self._feed_of(args.parent_id)),
             (
                 op_id or "",
                 digest,
@@ -468,7 +478,7 @@ class RedisRequests(RedisPools):
         for _ in range(_TREE_ATTEMPTS):
             ids = list(declared)
             keys = [*own, *(k for i in ids for k in declared[i])]
-            reply = yield _Eval("close", (*keys, self._feed_key), (*args, *ids))
+            reply = yield _Eval("close", (*keys, self._feed_of(request_id)), (*args, *ids))
             if _str(reply[0]) != "tree":
                 break
             # the tree holds requests not declared (opened since, or deeper): read them

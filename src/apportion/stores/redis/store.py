@@ -41,7 +41,11 @@ class RedisStore(RedisReaper, RedisFeed, Store):
     """Ledgers and shared pools in Redis; see :mod:`apportion.stores.redis`.
 
     Args:
-        url: ``redis://[[user]:password@]host:port/db`` (``rediss://`` for TLS).
+        url: ``redis://[[user]:password@]host:port/db`` (``rediss://`` for TLS), or
+            ``redis+cluster://host:port`` (``rediss+cluster://``) for a Redis Cluster
+            reached from that seed node, or
+            ``redis+sentinel://host:port[,host:port...]/service[/db]`` for the primary
+            that Redis Sentinel names.
         prefix: the first part of every key (no braces).
         buckets: how many hash-tag buckets requests are spread over (fixed for a deployment:
             changing it hides the requests already stored).

@@ -15,14 +15,22 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
-from apportion.errors import InvalidArgument, MissingExtra, StoreOutcomeUnknown, StoreUnavailable
+from apportion.errors import (
+    ApportionError,
+    InvalidArgument,
+    MissingExtra,
+    StoreOutcomeUnknown,
+    StoreUnavailable,
+)
 from apportion.redaction import scrub
-from apportion.stores.redis.calls import T, _Call, _Cmd, _Eval, _Steps
+from apportion.stores.redis.calls import T, _Call, _Cmd, _Eval, _Pause, _Steps
 from apportion.stores.redis.codec import _str
 from apportion.stores.redis.scripts import _SHAS, _SOURCES, SCRIPTS
+from apportion.stores.redis.url import sentinel_parts, topology_of
 
 if TYPE_CHECKING:
     import redis as redis_sync
@@ -40,6 +48,10 @@ def _import_redis() -> Any:
     try:
         import redis
         import redis.asyncio
+        import redis.asyncio.cluster
+        import redis.asyncio.sentinel
+        import redis.cluster
+        import redis.sentinel
     except ImportError as exc:  # pragma: no cover - the extra is installed in tests
         raise MissingExtra("redis", "redis") from exc
     return redis
@@ -63,25 +75,41 @@ class RedisTransport:
             InvalidArgument: redis-py cannot read ``url``.
         """
         redis = _import_redis()
-        self._raw_url = url
+        self.topology, plain = topology_of(url)
+        self._raw_url = plain
         self._options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
             "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
         }
+        self._cluster: Any = None  # the cluster client, made on first use (it connects)
+        self._cluster_lock = threading.Lock()
+        self._mode_checked = False  # whether the server's kind was checked against the URL
+        self._client: redis_sync.Redis
         try:
-            self._client: redis_sync.Redis = redis.Redis.from_url(url, **self._options)
+            if self.topology == "sentinel":  # the primary the sentinels name (no I/O yet)
+                sentinels, service, primary = sentinel_parts(url)
+                self._sentinel = (sentinels, service, primary)
+                self._client = redis.sentinel.Sentinel(
+                    sentinels, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout
+                ).master_for(service, **self._options, **primary)
+            else:
+                # a standalone client reads the URL (no I/O): for a cluster, only to check it
+                self._client = redis.Redis.from_url(plain, **self._options)
             pool: Any = self._client.connection_pool
             pool.connection_class(**pool.connection_kwargs)  # reads its options; no I/O
         except (ValueError, TypeError) as exc:
             reason = f"redis-py cannot read it: {scrub(_reason(exc), url)}"
             raise InvalidArgument("url", self.url, reason) from None
+        if self.topology == "cluster" and int(pool.connection_kwargs.get("db") or 0) != 0:
+            raise InvalidArgument("url", self.url, "a Redis Cluster has database 0 only")
         self._aclient: redis_async.Redis | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._acloser: AsyncGenerator[None, None] | None = None
         self._errors: tuple[type[BaseException], ...] = (
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
+            redis.exceptions.ClusterError,  # a cluster electing, or its slots moving
         )
         self._noscript: type[BaseException] = redis.exceptions.NoScriptError
         self._response_error: type[BaseException] = redis.exceptions.ResponseError
@@ -95,6 +123,55 @@ class RedisTransport:
             held[1].disconnect()
             self._held.connection = None
         self._client.close()
+        cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            cluster.close()
+
+    def _cluster_client(self) -> Any:
+        """The Redis Cluster client (made on first use: it reads the cluster's slots).
+
+        Raises:
+            InvalidArgument: the URL names a cluster and the server is a standalone one.
+            StoreUnavailable: no node of the URL can be reached.
+        """
+        if self._cluster is not None:
+            return self._cluster
+        with self._cluster_lock:
+            if self._cluster is None:
+                redis = _import_redis()
+                try:
+                    self._cluster = redis.cluster.RedisCluster.from_url(
+                        self._raw_url, **self._options
+                    )
+                except redis.exceptions.RedisClusterException as exc:
+                    raise self._cluster_refused(exc) from None
+                except self._errors as exc:
+                    raise StoreUnavailable(self.url, scrub(_reason(exc), self._raw_url)) from None
+        return self._cluster
+
+    def _cluster_refused(self, exc: BaseException) -> ApportionError:
+        """The error of a cluster client that could not start (a standalone server?)."""
+        reason = scrub(_reason(exc), self._raw_url)
+        if "not enabled" in reason:
+            return InvalidArgument(
+                "url",
+                self.url,
+                "the URL names a Redis Cluster (redis+cluster://) but the server is a "
+                "standalone Redis (cluster support disabled): use redis://",
+            )
+        return StoreUnavailable(self.url, reason)
+
+    def _check_standalone(self, info: Any) -> None:
+        """Refuse a plain URL whose server is a cluster node (``INFO cluster`` says)."""
+        text = _str(info) if isinstance(info, (bytes, str)) else str(info)
+        if "cluster_enabled:1" in text or "'cluster_enabled': 1" in text:
+            raise InvalidArgument(
+                "url",
+                self.url,
+                "the server is a Redis Cluster node (cluster_enabled:1) but the URL names a "
+                "standalone server: use redis+cluster://",
+            )
+        self._mode_checked = True
 
     def durability(self) -> str:
         """What a crash of the Redis server can take back of what it acknowledged.
@@ -137,6 +214,10 @@ class RedisTransport:
 
     def _command(self, *args: Any) -> Any:
         """Send one command on this thread's connection and read its reply."""
+        if self.topology == "cluster":
+            return self._cluster_client().execute_command(*args)
+        if not self._mode_checked:
+            self._ensure_standalone()
         connection = self._connection()
         if connection._sock is not None:
             try:
@@ -145,6 +226,8 @@ class RedisTransport:
                 stale = True
             if stale:
                 connection.disconnect()
+        if connection._sock is None and self.topology == "sentinel":
+            connection.connect()  # asks the sentinels for the primary (sending would not)
         try:
             connection.send_command(*args)
             return connection.read_response()
@@ -155,6 +238,9 @@ class RedisTransport:
             raise
 
     def _call(self, call: _Call) -> Any:
+        if isinstance(call, _Pause):
+            time.sleep(call.seconds)
+            return None
         self.round_trips += 1
         try:
             if isinstance(call, list):
@@ -182,7 +268,7 @@ class RedisTransport:
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._sync_pipeline()
             for i in todo:
                 _queue(pipe, calls[i])
             replies = pipe.execute(raise_on_error=False)
@@ -201,7 +287,28 @@ class RedisTransport:
             todo = retry
         return results
 
+    def _sync_pipeline(self) -> Any:
+        """A pipeline (no transaction): a cluster's sends each node its commands."""
+        if self.topology == "cluster":
+            return self._cluster_client().pipeline()
+        if not self._mode_checked:
+            self._ensure_standalone()
+        return self._client.pipeline(transaction=False)
+
+    def _ensure_standalone(self) -> None:
+        """Read ``INFO cluster`` once: a plain URL on a cluster node is refused."""
+        self._mode_checked = True  # the check's own command passes
+        try:
+            self._check_standalone(self._command("INFO", "cluster"))
+        except BaseException:
+            self._mode_checked = False
+            raise
+
     def _load_all(self) -> None:
+        if self.topology == "cluster":  # SCRIPT LOAD goes to every primary
+            for name in SCRIPTS:
+                self._command("SCRIPT", "LOAD", _SOURCES[name])
+            return
         pipe: Any = self._client.pipeline(transaction=False)
         for name in SCRIPTS:
             pipe.execute_command("SCRIPT", "LOAD", _SOURCES[name])
@@ -225,7 +332,35 @@ class RedisTransport:
                 **self._options,
                 "retry": redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
             }
-            client = redis.asyncio.Redis.from_url(self._raw_url, **options)
+            client: Any
+            if self.topology == "sentinel":
+                sentinels, service, primary = self._sentinel
+                client = redis.asyncio.sentinel.Sentinel(
+                    sentinels,
+                    socket_timeout=self._options["socket_timeout"],
+                    socket_connect_timeout=self._options["socket_connect_timeout"],
+                ).master_for(service, **options, **primary)
+            elif self.topology == "cluster":
+                client = redis.asyncio.cluster.RedisCluster.from_url(self._raw_url, **options)
+                try:
+                    await client.initialize()  # reads the slots (refused by a standalone)
+                except redis.exceptions.RedisClusterException as exc:
+                    await client.aclose()
+                    raise self._cluster_refused(exc) from None
+                except self._errors as exc:
+                    await client.aclose()
+                    raise StoreUnavailable(self.url, scrub(_reason(exc), self._raw_url)) from None
+            else:
+                client = redis.asyncio.Redis.from_url(self._raw_url, **options)
+                if not self._mode_checked:
+                    try:
+                        self._check_standalone(await client.execute_command("INFO", "cluster"))
+                    except self._errors as exc:
+                        await client.aclose()
+                        raise self._unavailable(exc) from None
+                    except BaseException:
+                        await client.aclose()
+                        raise
             # closed when the loop shuts its async generators down (asyncio.run does)
             self._acloser = _close_at_shutdown(client)
             await self._acloser.__anext__()
@@ -234,6 +369,9 @@ class RedisTransport:
         return self._aclient
 
     async def _acall(self, call: _Call) -> Any:
+        if isinstance(call, _Pause):
+            await asyncio.sleep(call.seconds)
+            return None
         client: Any = await self._async_client()
         self.round_trips += 1
         try:
@@ -255,11 +393,11 @@ class RedisTransport:
         except self._errors as exc:
             raise self._unavailable(exc) from None
 
-    async def _apipeline(self, client: redis_async.Redis, calls: list[_Eval | _Cmd]) -> list[Any]:
+    async def _apipeline(self, client: Any, calls: list[_Eval | _Cmd]) -> list[Any]:
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):
-            pipe = client.pipeline(transaction=False)
+            pipe = client.pipeline() if self.topology == "cluster" else client.pipeline(False)
             for i in todo:
                 _queue(pipe, calls[i])
             replies = await pipe.execute(raise_on_error=False)
@@ -274,10 +412,14 @@ class RedisTransport:
             if not retry:
                 break
             self.round_trips += 2
-            loader = client.pipeline(transaction=False)
-            for name in SCRIPTS:
-                loader.execute_command("SCRIPT", "LOAD", _SOURCES[name])
-            await loader.execute()
+            if self.topology == "cluster":  # SCRIPT LOAD goes to every primary
+                for name in SCRIPTS:
+                    await client.execute_command("SCRIPT", "LOAD", _SOURCES[name])
+            else:
+                loader = client.pipeline(transaction=False)
+                for name in SCRIPTS:
+                    loader.execute_command("SCRIPT", "LOAD", _SOURCES[name])
+                await loader.execute()
             todo = retry
         return results
 
