@@ -26,6 +26,7 @@ The proxy (:mod:`apportion.serve.proxy`) reads the HTTP request; this module doe
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import threading
@@ -163,7 +164,7 @@ def sender(
 
     async def send(**params: Any) -> Any:
         if not calls:
-            litellm = import_litellm()
+            litellm = await loaded_litellm()
             calls.append(litellm.acompletion if protocol == CHAT else litellm.aresponses)
         if model is not None:
             params["model"] = model
@@ -204,9 +205,34 @@ def direct_sender(
     return send
 
 
+_LITELLM: list[Any] = []
+"""LiteLLM once this module has imported it (an import under way is not in it)."""
+
+
+def _litellm() -> Any:
+    if not _LITELLM:
+        _LITELLM.append(import_litellm())
+    return _LITELLM[0]
+
+
+async def loaded_litellm() -> Any:
+    """LiteLLM, imported in a worker thread if it is not yet.
+
+    The event loop serves other calls meanwhile: a call that comes while the warming
+    thread (:func:`warm_in_background`) imports LiteLLM waits for it without stalling
+    the gateway's other calls.
+
+    Raises:
+        MissingExtra: LiteLLM is not installed.
+    """
+    if _LITELLM:
+        return _LITELLM[0]
+    return await asyncio.to_thread(_litellm)
+
+
 def warm(models: Iterable[str] = ("gpt-4o-mini",)) -> None:
     """Import LiteLLM and load the models' tokenizers now, not on the first call."""
-    import_litellm()
+    _litellm()
     for model in models:
         counter(model)
 
@@ -301,10 +327,12 @@ async def budgeted(areq: Any, agent: str, body: Body, send: Callable[..., Awaita
     """The call through the engine: the response (``.apportion`` its report), or a stream.
 
     Raises:
-        ApportionError: refused (``BudgetExceeded`` ...) or bad input; nothing reserved.
+        ApportionError: refused (``BudgetExceeded`` ...) or bad input, or LiteLLM (which
+            prices the call) is not installed (``MissingExtra``); nothing reserved.
         Exception: the upstream's error, once the grant is released (or settled).
     """
     model = body.upstream_model or body.model
+    await loaded_litellm()  # for the cost: imported off the event loop, before reserving
     return await areq.call(
         agent,
         body.messages,
