@@ -364,3 +364,49 @@ def test_litellm_is_imported_in_the_background_and_a_refused_call_does_not_wait(
     assert real() is thread and thread.name == "apportion-warm" and thread.daemon
     thread.join(60)
     assert warmed == [("gpt-4o-mini",)] and not thread.is_alive()
+
+
+def test_a_call_waiting_for_litellm_s_import_does_not_stall_the_others(monkeypatch):
+    """While LiteLLM is being imported (held here until a budget call has been answered),
+    a proxied call waits for it in a worker thread; the event loop answers the others."""
+    import threading
+
+    real = forward.import_litellm
+    entered, release = threading.Event(), threading.Event()
+
+    def held() -> Any:
+        entered.set()
+        assert release.wait(60), "the import was never released"
+        return real()
+
+    monkeypatch.setattr(forward, "_LITELLM", [])
+    monkeypatch.setattr(forward, "import_litellm", held)
+    monkeypatch.setattr(forward, "warm_in_background", lambda *a, **k: None)  # the call imports
+    app, _gateway, _seen, server = _fast_app()
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Count."}]}
+
+    async def go() -> tuple[Any, Any, bool]:
+        async with asgi_client(app) as client:
+            proxied = asyncio.create_task(
+                client.post(
+                    "/v1/chat/completions", json=chat, headers=budget_headers("w", "writer", 500)
+                )
+            )
+            for _ in range(600):  # until the proxied call is in the import
+                if entered.is_set():
+                    break
+                await asyncio.sleep(0.05)
+            opened = await client.post("/v1/budget/requests", json={"ceiling": 900})
+            waiting = not proxied.done()
+            release.set()
+            return await proxied, opened, waiting
+
+    try:
+        proxied, opened, waiting = asyncio.run(go())
+    finally:
+        release.set()
+        server.stop()
+    assert entered.is_set() and waiting  # the budget call was answered while it waited
+    assert opened.status_code == 201, opened.text
+    assert proxied.status_code == 200, proxied.text
+    assert int(proxied.headers["Apportion-Used"]) > 0 and forward._LITELLM
