@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,99 +84,112 @@ def test_requests_past_their_ttl_are_reaped(tmp_path: Path) -> None:
     assert (status, reserved, free) == ("expired", 0, 5000)
 
 
-@pytest.fixture
-def redis_config(tmp_path: Path, redis_server: RedisServer) -> Path:
+@pytest.fixture(scope="module")
+def replicas(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
+) -> Iterator[list[str]]:
+    """Two gateways on one redis-server, for the module: ``apportion serve`` and
+    ``apportion serve --workers 2``; their URLs. Each test opens its own requests."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    return write_config(tmp_path, store=f"{redis_server.url}?prefix={prefix}")
-
-
-def test_two_gateways_on_one_redis_share_a_request(redis_config: Path) -> None:
+    path = write_config(
+        tmp_path_factory.mktemp("replicas"), store=f"{redis_server.url}?prefix={prefix}"
+    )
     ports = [free_port(), free_port()]
-    processes = [start_cli("--config", str(redis_config), port=p) for p in ports]
+    processes = [
+        start_cli("--config", str(path), port=ports[0]),
+        start_cli("--config", str(path), "--workers", "2", port=ports[1]),
+    ]
     try:
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         for url, process in zip(urls, processes, strict=True):
             wait_ready(url, process)
-        one, two = (httpx.Client(base_url=u) for u in urls)
-        h = auth("acme")
-        rid = one.post(BASE, json={"ceiling": 8000}, headers=h).json()["request_id"]
-        grant = two.post(
-            f"{BASE}/{rid}/begin", json={"agent": "reasoner", "input_tokens": 3000}, headers=h
-        )
-        assert grant.status_code == 200, grant.text
-        g = grant.json()
-        finish = {
-            "grant": g["grant"],
-            "input_tokens": 3000,
-            "output_tokens": 200,
-        }
-        keyed = {**h, "Idempotency-Key": "cross-replica"}
-        first = two.post(f"{BASE}/{rid}/finish", json=finish, headers=keyed)
-        retry = one.post(f"{BASE}/{rid}/finish", json=finish, headers=keyed)  # the other replica
-        assert first.status_code == retry.status_code == 200, retry.text
-        assert first.content == retry.content
-        seen = one.get(f"{BASE}/{rid}", headers=h).json()
-        assert seen["consumed"] == 3200 and seen["reserved"] == 0
-        assert two.get(f"{BASE}/{rid}", headers=auth("globex")).status_code == 404
-        kid = two.post(BASE, json={"parent": rid, "name": "sub", "ceiling": 1000}, headers=h)
-        assert kid.status_code == 201, kid.text
-        assert one.post(f"{BASE}/{rid}/score", json={"outcome": 0.5}, headers=h).status_code == 200
-        closed = two.post(f"{BASE}/{rid}/close", headers=h).json()
-        assert closed["status"] == "closed" and closed["outcome"] == 0.5
-        assert one.get(f"{BASE}/{rid}::sub", headers=h).json()["status"] == "closed"
+        yield urls
     finally:
         for process in processes:
             stop(process)
 
 
-def test_two_workers_on_redis_serve_one_ledger(redis_config: Path) -> None:
-    port = free_port()
-    process = start_cli("--config", str(redis_config), "--workers", "2", port=port)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, process)
-        h = auth("acme")
-        with httpx.Client(base_url=url) as client:
-            rid = client.post(BASE, json={"ceiling": 20_000}, headers=h).json()["request_id"]
-            for _ in range(8):  # each call may land on either worker
-                g = client.post(
-                    f"{BASE}/{rid}/begin", json={"agent": "intake", "input_tokens": 10}, headers=h
-                ).json()
-                done = client.post(
-                    f"{BASE}/{rid}/finish",
-                    json={
-                        "grant": g["grant"],
-                        "input_tokens": 10,
-                        "output_tokens": 5,
-                    },
-                    headers=h,
-                )
-                assert done.status_code == 200, done.text
-            assert client.get(f"{BASE}/{rid}", headers=h).json()["consumed"] == 8 * 15
-    finally:
-        stop(process)
-
-
-def test_apportion_serve_with_no_config_starts_and_answers() -> None:
+@pytest.fixture(scope="module")
+def no_config() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``apportion serve`` with no config (memory store, open mode), for the module."""
     port = free_port()
     process = start_cli(port=port)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, process)
-        opened = httpx.post(f"{url}{BASE}", content=b'{"ceiling": 20000}')  # curl -d style
-        assert opened.status_code == 201, opened.text
-        summary = opened.json()["summary"]
-        assert "reasoner" in summary["agents"] and summary["ceiling"] == 20_000
-        docs = httpx.get(f"{url}/docs")
-        assert docs.status_code == 200 and "/v1/budget/requests" in docs.text
-        proxied = httpx.post(
-            f"{url}/v1/chat/completions",
-            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-        )
-        assert proxied.status_code == 400, proxied.text  # the proxy is mounted: no budget headers
-        assert proxied.json()["error"]["code"] == "budget_headers_missing"
+        yield url, process
     finally:
         stop(process)
+
+
+def test_two_gateways_on_one_redis_share_a_request(replicas: list[str]) -> None:
+    one, two = (httpx.Client(base_url=u) for u in replicas)
+    h = auth("acme")
+    rid = one.post(BASE, json={"ceiling": 8000}, headers=h).json()["request_id"]
+    grant = two.post(
+        f"{BASE}/{rid}/begin", json={"agent": "reasoner", "input_tokens": 3000}, headers=h
+    )
+    assert grant.status_code == 200, grant.text
+    g = grant.json()
+    finish = {
+        "grant": g["grant"],
+        "input_tokens": 3000,
+        "output_tokens": 200,
+    }
+    keyed = {**h, "Idempotency-Key": "cross-replica"}
+    first = two.post(f"{BASE}/{rid}/finish", json=finish, headers=keyed)
+    retry = one.post(f"{BASE}/{rid}/finish", json=finish, headers=keyed)  # the other replica
+    assert first.status_code == retry.status_code == 200, retry.text
+    assert first.content == retry.content
+    seen = one.get(f"{BASE}/{rid}", headers=h).json()
+    assert seen["consumed"] == 3200 and seen["reserved"] == 0
+    assert two.get(f"{BASE}/{rid}", headers=auth("globex")).status_code == 404
+    kid = two.post(BASE, json={"parent": rid, "name": "sub", "ceiling": 1000}, headers=h)
+    assert kid.status_code == 201, kid.text
+    assert one.post(f"{BASE}/{rid}/score", json={"outcome": 0.5}, headers=h).status_code == 200
+    closed = two.post(f"{BASE}/{rid}/close", headers=h).json()
+    assert closed["status"] == "closed" and closed["outcome"] == 0.5
+    assert one.get(f"{BASE}/{rid}::sub", headers=h).json()["status"] == "closed"
+
+
+def test_two_workers_on_redis_serve_one_ledger(replicas: list[str]) -> None:
+    url = replicas[1]  # apportion serve --workers 2
+    h = auth("acme")
+    with httpx.Client(base_url=url) as client:
+        rid = client.post(BASE, json={"ceiling": 20_000}, headers=h).json()["request_id"]
+        for _ in range(8):  # each call may land on either worker
+            g = client.post(
+                f"{BASE}/{rid}/begin", json={"agent": "intake", "input_tokens": 10}, headers=h
+            ).json()
+            done = client.post(
+                f"{BASE}/{rid}/finish",
+                json={
+                    "grant": g["grant"],
+                    "input_tokens": 10,
+                    "output_tokens": 5,
+                },
+                headers=h,
+            )
+            assert done.status_code == 200, done.text
+        assert client.get(f"{BASE}/{rid}", headers=h).json()["consumed"] == 8 * 15
+
+
+def test_apportion_serve_with_no_config_starts_and_answers(
+    no_config: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    url, process = no_config
+    opened = httpx.post(f"{url}{BASE}", content=b'{"ceiling": 20000}')  # curl -d style
+    assert opened.status_code == 201, opened.text
+    summary = opened.json()["summary"]
+    assert "reasoner" in summary["agents"] and summary["ceiling"] == 20_000
+    docs = httpx.get(f"{url}/docs")
+    assert docs.status_code == 200 and "/v1/budget/requests" in docs.text
+    proxied = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert proxied.status_code == 400, proxied.text  # the proxy is mounted: no budget headers
+    assert proxied.json()["error"]["code"] == "budget_headers_missing"
     assert "apportion gateway on" in output(process)
 
 
@@ -225,7 +239,9 @@ def test_import_apportion_pulls_no_web_framework_and_a_missing_one_names_the_ext
     assert done.stdout.decode().split() == ["serve", "fastapi"]
 
 
-def test_the_readme_curl_example_runs_as_written() -> None:
+def test_the_readme_curl_example_runs_as_written(
+    no_config: tuple[str, subprocess.Popen[bytes]],
+) -> None:
     if shutil.which("curl") is None or shutil.which("jq") is None:
         pytest.skip("curl and jq are needed to run the README's example")
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -233,14 +249,9 @@ def test_the_readme_curl_example_runs_as_written() -> None:
     blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     start, example = blocks[0], blocks[1]
     assert "apportion serve --port 8080" in start and "curl" in example
-    port = free_port()
-    process = start_cli(port=port)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", process)
-        script = "set -e\n" + example.replace("8080", str(port))
-        done = subprocess.run(["bash", "-c", script], capture_output=True, timeout=120)
-    finally:
-        stop(process)
+    port = no_config[0].rsplit(":", 1)[1]
+    script = "set -e\n" + example.replace("8080", port)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()
     text, answers, decoder = done.stdout.decode().strip(), [], json.JSONDecoder()
     while text:  # curl prints each answer as is, one after the other
@@ -279,6 +290,8 @@ def test_schemathesis_fuzzes_the_running_gateway(tmp_path: Path) -> None:
                 f"Authorization: Bearer {KEYS['acme']}",
                 "--exclude-checks",
                 "positive_data_acceptance",
+                "--request-timeout",  # the first proxied call may wait for LiteLLM's import
+                "120",
             ],
             capture_output=True,
             timeout=600,
@@ -421,52 +434,44 @@ def _restart_under_load(url: str, server: RedisServer, clients: int = 4) -> None
         assert summary["reserved"] == 0, summary
 
 
-def test_ceilings_hold_across_two_replicas_under_concurrent_calls(redis_config: Path) -> None:
-    ports = [free_port(), free_port()]
-    processes = [start_cli("--config", str(redis_config), port=p) for p in ports]
-    try:
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
-        for url, process in zip(urls, processes, strict=True):
-            wait_ready(url, process)
-        h = auth("acme")
-        rid = httpx.post(f"{urls[0]}{BASE}", json={"ceiling": 6000}, headers=h).json()["request_id"]
+def test_ceilings_hold_across_two_replicas_under_concurrent_calls(replicas: list[str]) -> None:
+    urls = replicas
+    h = auth("acme")
+    rid = httpx.post(f"{urls[0]}{BASE}", json={"ceiling": 6000}, headers=h).json()["request_id"]
 
-        def agent(index: int) -> tuple[int, int]:
-            granted = refused = 0
-            with httpx.Client(base_url=urls[index % 2], timeout=60) as client:
-                for _ in range(12):
-                    answer = client.post(
-                        f"{BASE}/{rid}/begin",
-                        json={"agent": "retriever", "input_tokens": 150, "output_tokens": 150},
-                        headers=h,
-                    )
-                    if answer.status_code != 200:
-                        assert answer.json()["error"]["code"] == "budget_exceeded", answer.text
-                        refused += 1
-                        continue
-                    g = answer.json()
-                    done = client.post(
-                        f"{BASE}/{rid}/finish",
-                        json={
-                            "grant": g["grant"],
-                            "input_tokens": g["context_tokens"],
-                            "output_tokens": g["output_tokens"] + 5,
-                        },  # a little over-use
-                        headers=h,
-                    )
-                    assert done.status_code == 200, done.text
-                    granted += 1
-            return granted, refused
+    def agent(index: int) -> tuple[int, int]:
+        granted = refused = 0
+        with httpx.Client(base_url=urls[index % 2], timeout=60) as client:
+            for _ in range(12):
+                answer = client.post(
+                    f"{BASE}/{rid}/begin",
+                    json={"agent": "retriever", "input_tokens": 150, "output_tokens": 150},
+                    headers=h,
+                )
+                if answer.status_code != 200:
+                    assert answer.json()["error"]["code"] == "budget_exceeded", answer.text
+                    refused += 1
+                    continue
+                g = answer.json()
+                done = client.post(
+                    f"{BASE}/{rid}/finish",
+                    json={
+                        "grant": g["grant"],
+                        "input_tokens": g["context_tokens"],
+                        "output_tokens": g["output_tokens"] + 5,
+                    },  # a little over-use
+                    headers=h,
+                )
+                assert done.status_code == 200, done.text
+                granted += 1
+        return granted, refused
 
-        from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(agent, range(8)))
-        summary = httpx.get(f"{urls[1]}{BASE}/{rid}", headers=h).json()
-        assert sum(g for g, _ in results) > 0 and sum(r for _, r in results) > 0
-        assert summary["consumed"] <= summary["ceiling"] == 6000
-        assert summary["consumed"] + summary["reserved"] + summary["free"] == 6000
-        assert summary["reserved"] == 0
-    finally:
-        for process in processes:
-            stop(process)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(agent, range(8)))
+    summary = httpx.get(f"{urls[1]}{BASE}/{rid}", headers=h).json()
+    assert sum(g for g, _ in results) > 0 and sum(r for _, r in results) > 0
+    assert summary["consumed"] <= summary["ceiling"] == 6000
+    assert summary["consumed"] + summary["reserved"] + summary["free"] == 6000
+    assert summary["reserved"] == 0

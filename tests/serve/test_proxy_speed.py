@@ -289,7 +289,10 @@ def test_apportion_serve_runs_without_uvloop_httptools_and_orjson(tmp_path):
             wait_ready(url, process)
             body = {"model": MODEL, "messages": [{"role": "user", "content": "slow hello"}]}
             headers = budget_headers("plain", "intake", 1_000)
-            answered = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+            # the first call may wait for LiteLLM's import (the gateway warms it after start)
+            answered = httpx.post(
+                f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60
+            )
             loaded = Path(f"/proc/{process.pid}/maps").read_text()
         finally:
             process.terminate()
@@ -329,3 +332,81 @@ def test_call_headers_are_read_whatever_the_case_and_the_first_of_repeats_counts
     assert headers.get("Apportion-Agent") == headers["APPORTION-AGENT"] == "writer"
     assert "Apportion-Agent" in headers and "Apportion-Request" not in headers
     assert headers.get("Apportion-Request") is None and headers["X-Twice"] == "first"
+
+
+def test_litellm_is_imported_in_the_background_and_a_refused_call_does_not_wait(monkeypatch):
+    """The app is built without importing LiteLLM and starts the warming thread (one per
+    process) instead; a call refused before it is sent (no budget headers) never needs it."""
+    from apportion.serve.app import create_app
+
+    imported: list[str] = []
+    monkeypatch.setattr(forward, "import_litellm", lambda: imported.append("litellm"))
+    started: list[int] = []
+    real = forward.warm_in_background
+    monkeypatch.setattr(forward, "warm_in_background", lambda *a, **k: started.append(1))
+    app = create_app()
+    assert started == [1] and imported == []
+
+    async def refused() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            return await client.post("/v1/chat/completions", json=chat)
+
+    answered = asyncio.run(refused())
+    assert answered.status_code == 400 and imported == []
+    assert answered.json()["error"]["code"] == "budget_headers_missing"
+
+    warmed: list[tuple[str, ...]] = []
+    monkeypatch.setattr(forward, "warm", lambda models: warmed.append(tuple(models)))
+    monkeypatch.setattr(forward, "_WARMING", [])
+    thread = real()
+    assert real() is thread and thread.name == "apportion-warm" and thread.daemon
+    thread.join(60)
+    assert warmed == [("gpt-4o-mini",)] and not thread.is_alive()
+
+
+def test_a_call_waiting_for_litellm_s_import_does_not_stall_the_others(monkeypatch):
+    """While LiteLLM is being imported (held here until a budget call has been answered),
+    a proxied call waits for it in a worker thread; the event loop answers the others."""
+    import threading
+
+    real = forward.import_litellm
+    entered, release = threading.Event(), threading.Event()
+
+    def held() -> Any:
+        entered.set()
+        assert release.wait(60), "the import was never released"
+        return real()
+
+    monkeypatch.setattr(forward, "_LITELLM", [])
+    monkeypatch.setattr(forward, "import_litellm", held)
+    monkeypatch.setattr(forward, "warm_in_background", lambda *a, **k: None)  # the call imports
+    app, _gateway, _seen, server = _fast_app()
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Count."}]}
+
+    async def go() -> tuple[Any, Any, bool]:
+        async with asgi_client(app) as client:
+            proxied = asyncio.create_task(
+                client.post(
+                    "/v1/chat/completions", json=chat, headers=budget_headers("w", "writer", 500)
+                )
+            )
+            for _ in range(600):  # until the proxied call is in the import
+                if entered.is_set():
+                    break
+                await asyncio.sleep(0.05)
+            opened = await client.post("/v1/budget/requests", json={"ceiling": 900})
+            waiting = not proxied.done()
+            release.set()
+            return await proxied, opened, waiting
+
+    try:
+        proxied, opened, waiting = asyncio.run(go())
+    finally:
+        release.set()
+        server.stop()
+    assert entered.is_set() and waiting  # the budget call was answered while it waited
+    assert opened.status_code == 201, opened.text
+    assert proxied.status_code == 200, proxied.text
+    assert int(proxied.headers["Apportion-Used"]) > 0 and forward._LITELLM

@@ -10,8 +10,10 @@ The proxy (:mod:`apportion.serve.proxy`) reads the HTTP request; this module doe
   (:class:`~apportion.serve.config.UpstreamConfig`: ``api_base``, ``api_key``, the
   LiteLLM ``model``), with no retries of LiteLLM's own (the client retries);
   :func:`direct_sender` is the same call through the OpenAI SDK, for upstreams that speak
-  OpenAI's protocol (opt-in: about half the CPU per call); :func:`warm` imports LiteLLM and
-  a tokenizer ahead of the first call;
+  OpenAI's protocol (opt-in: about half the CPU per call); LiteLLM is imported on the
+  first call or price lookup that needs it, and :func:`warm_in_background` imports it
+  (and a tokenizer) in a thread once the gateway serves, so start-up does not wait for
+  it and the first call seldom does;
 * :func:`budgeted` runs the call engine (``await areq.call(...)``,
   :mod:`apportion.integrations.engine`): count, fit into the grant, cap, call, extend a cut
   answer, settle with the provider's usage and cost; no second loop here;
@@ -24,7 +26,10 @@ The proxy (:mod:`apportion.serve.proxy`) reads the HTTP request; this module doe
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -33,6 +38,7 @@ from typing import Any
 from apportion.errors import (
     ApportionError,
     InvalidArgument,
+    MissingExtra,
     NoTokenizer,
     UnknownModel,
 )
@@ -140,21 +146,29 @@ def sender(
 
     The model sent is the upstream's ``model`` when it names one (a LiteLLM model such as
     ``openai/gpt-4o-mini``), else the client's; LiteLLM's own retries are off
-    (``max_retries=0``): the client decides.
+    (``max_retries=0``): the client decides. LiteLLM is imported on the first send, not
+    here: a call refused before it is sent (no budget headers ...) does not wait for it.
+
+    Raises:
+        MissingExtra: LiteLLM is not installed.
     """
-    litellm = import_litellm()
-    call = litellm.acompletion if protocol == CHAT else litellm.aresponses
+    if importlib.util.find_spec("litellm") is None:
+        raise MissingExtra("litellm", "litellm")
     extra: dict[str, Any] = {"max_retries": 0}
     if upstream.api_base is not None:
         extra["api_base"] = upstream.api_base
     if key is not None:
         extra["api_key"] = key
     model = upstream.model
+    calls: list[Callable[..., Awaitable[Any]]] = []
 
     async def send(**params: Any) -> Any:
+        if not calls:
+            litellm = await loaded_litellm()
+            calls.append(litellm.acompletion if protocol == CHAT else litellm.aresponses)
         if model is not None:
             params["model"] = model
-        return await call(**params, **extra)
+        return await calls[0](**params, **extra)
 
     return send
 
@@ -191,15 +205,65 @@ def direct_sender(
     return send
 
 
-def warm(models: Iterable[str] = ("gpt-4o-mini",)) -> None:
-    """Import LiteLLM and load the models' tokenizers now, not on the first call.
+_LITELLM: list[Any] = []
+"""LiteLLM once this module has imported it (an import under way is not in it)."""
 
-    Importing LiteLLM takes seconds; a gateway pays it at start, so its first proxied call
-    is as fast as the others.
+
+def _litellm() -> Any:
+    if not _LITELLM:
+        _LITELLM.append(import_litellm())
+    return _LITELLM[0]
+
+
+async def loaded_litellm() -> Any:
+    """LiteLLM, imported in a worker thread if it is not yet.
+
+    The event loop serves other calls meanwhile: a call that comes while the warming
+    thread (:func:`warm_in_background`) imports LiteLLM waits for it without stalling
+    the gateway's other calls.
+
+    Raises:
+        MissingExtra: LiteLLM is not installed.
     """
-    import_litellm()
+    if _LITELLM:
+        return _LITELLM[0]
+    return await asyncio.to_thread(_litellm)
+
+
+def warm(models: Iterable[str] = ("gpt-4o-mini",)) -> None:
+    """Import LiteLLM and load the models' tokenizers now, not on the first call."""
+    _litellm()
     for model in models:
         counter(model)
+
+
+_WARMING: list[threading.Thread] = []
+"""The process's warming thread, once started (one per process)."""
+
+_WARMING_LOCK = threading.Lock()
+
+
+def warm_in_background(models: Iterable[str] = ("gpt-4o-mini",)) -> threading.Thread:
+    """:func:`warm` in a daemon thread, started once per process; the thread.
+
+    Importing LiteLLM takes seconds of CPU: a gateway that did it before serving would
+    answer ``/healthz`` seconds later. Started as it begins to serve, the import runs
+    while the gateway answers; a proxied call that comes before it is done waits for it
+    (Python's import lock), the others do not. A failure (LiteLLM not installed) is left
+    to the first call that needs LiteLLM, which raises it.
+    """
+    names = tuple(models)
+
+    def run() -> None:
+        with suppress(Exception):
+            warm(names)
+
+    with _WARMING_LOCK:
+        if not _WARMING:
+            thread = threading.Thread(target=run, name="apportion-warm", daemon=True)
+            thread.start()
+            _WARMING.append(thread)
+        return _WARMING[0]
 
 
 def counter(model: str) -> Any:
@@ -263,10 +327,12 @@ async def budgeted(areq: Any, agent: str, body: Body, send: Callable[..., Awaita
     """The call through the engine: the response (``.apportion`` its report), or a stream.
 
     Raises:
-        ApportionError: refused (``BudgetExceeded`` ...) or bad input; nothing reserved.
+        ApportionError: refused (``BudgetExceeded`` ...) or bad input, or LiteLLM (which
+            prices the call) is not installed (``MissingExtra``); nothing reserved.
         Exception: the upstream's error, once the grant is released (or settled).
     """
     model = body.upstream_model or body.model
+    await loaded_litellm()  # for the cost: imported off the event loop, before reserving
     return await areq.call(
         agent,
         body.messages,

@@ -787,15 +787,17 @@ def proxy_routes(gateway: Gateway, *, warm: bool = True, **options: Any) -> list
 
     Mount them in the gateway's app (``app.router.routes.extend(proxy_routes(gateway))``);
     ``options`` go to :class:`Proxy`. With ``warm`` (the default), LiteLLM is imported and
-    the default model's tokenizer loaded now (seconds, once per process), not on the
-    first proxied call. Each route's app is a :class:`ProxyEndpoint`
+    the default model's tokenizer loaded in a background thread, started now (seconds of
+    CPU, once per process: :func:`~apportion.serve.forward.warm_in_background`), so the
+    app serves at once and its first proxied call seldom waits; without, LiteLLM is
+    imported by the first call that needs it. Each route's app is a :class:`ProxyEndpoint`
     (:func:`install_fast_path` calls them ahead of the app's middleware).
     """
     from starlette.routing import Route
 
     proxy = Proxy(gateway, **options)
     if warm:
-        forward.warm()
+        forward.warm_in_background()
     return [
         Route("/v1/chat/completions", ProxyEndpoint(proxy, CHAT), methods=["POST"]),
         Route("/v1/responses", ProxyEndpoint(proxy, RESPONSES), methods=["POST"]),
