@@ -32,10 +32,10 @@ from redis_process import (
     RedisCommandError,
     RedisProcess,
     binary,
-    command,
     info_fields,
     start_all,
     try_command,
+    wait_replicated,
     wait_until,
 )
 
@@ -351,13 +351,10 @@ class RedisCluster:
             except RedisCommandError as error:  # pragma: no cover - a replica mid-promotion
                 raise RuntimeError(f"FLUSHALL on port {node.port}: {error}") from error
 
-    def wait_replicated(self, timeout_ms: int = 2000) -> None:
-        """``WAIT`` on every primary until its replicas have every write it acknowledged."""
+    def wait_replicated(self, timeout: float = 10.0) -> None:
+        """Wait until every primary's replicas have applied every write it holds."""
         for node in self.primaries():
-            expected = len(self.replicas_of(node))
-            acked = command(node.port, "WAIT", expected, timeout_ms, timeout=timeout_ms / 1000 + 1)
-            if not isinstance(acked, int) or acked < expected:
-                raise TimeoutError(f"port {node.port}: {acked} of {expected} replicas acked")
+            wait_replicated(node.port, [r.port for r in self.replicas_of(node)], timeout)
 
 
 _SHARED = pytest.StashKey[RedisCluster]()

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
@@ -116,6 +116,29 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, poll: float
         if time.monotonic() - start > timeout:
             raise TimeoutError(f"{what}: not after {timeout:.1f} s")
         time.sleep(poll)
+
+
+def wait_replicated(primary: int, replicas: Sequence[int], timeout: float = 10.0) -> float:
+    """Wait until every replica has applied every write the primary on port ``primary`` holds.
+
+    By replication offsets: the replicas' ``slave_repl_offset`` reach the primary's
+    ``master_repl_offset`` read now. (``WAIT`` cannot tell this: it waits for the writes of
+    its own connection only, and a new connection has made none.)
+
+    Returns:
+        The seconds it took.
+    """
+    fields = info_fields(command(primary, "INFO", "replication"))
+    offset = int(fields["master_repl_offset"])
+
+    def caught_up() -> bool:
+        for port in replicas:
+            got = info_fields(try_command(port, "INFO", "replication")).get("slave_repl_offset")
+            if got is None or int(got) < offset:
+                return False
+        return True
+
+    return wait_until(caught_up, timeout, f"replicas of port {primary} at offset {offset}")
 
 
 _LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None  # loaded before fork

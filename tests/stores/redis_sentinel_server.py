@@ -24,7 +24,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis_process import RedisProcess, binary, info_fields, start_all, try_command, wait_until
+from redis_process import (
+    RedisProcess,
+    binary,
+    info_fields,
+    start_all,
+    try_command,
+    wait_replicated,
+    wait_until,
+)
 
 SERVICE = "apportion"
 
@@ -108,6 +116,13 @@ class RedisSentinel:
             if node.alive()
             and info_fields(try_command(node.port, "INFO", "replication")).get("role") == "slave"
         ]
+
+    def wait_replicated(self, timeout: float = 10.0) -> float:
+        """Wait until a live replica has applied every write the primary holds; the seconds."""
+        replicas = self.replicas()
+        if not replicas:
+            raise LookupError("no live replica")
+        return wait_replicated(self.primary().port, [r.port for r in replicas], timeout)
 
     # -- start and stop ----------------------------------------------------------------------
 

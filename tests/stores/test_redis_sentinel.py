@@ -14,7 +14,6 @@ import time
 
 import pytest
 from failover_load import load_during_failover
-from redis_process import command
 from redis_sentinel_server import RedisSentinel, redis_sentinel
 
 from apportion.errors import BudgetExceeded, InvalidArgument, StoreUnavailable, UnknownRequest
@@ -37,8 +36,7 @@ def test_the_store_follows_the_sentinels_through_a_failover(redis_sentinel: Redi
         return state.consumed
 
     assert asyncio.run(on_the_loop()) == 120
-    primary = redis_sentinel.primary()
-    assert command(primary.port, "WAIT", 1, 2000) == 1  # the replica has every write
+    redis_sentinel.wait_replicated()  # the replica has every write
 
     killed = redis_sentinel.kill_primary()
     redis_sentinel.wait_failover(killed)
@@ -85,7 +83,7 @@ def test_a_failover_under_load_overspends_only_what_it_lost(redis_sentinel: Redi
     invariants hold. The worst overspend is printed (``-s``) and quoted in the README."""
     redis_sentinel.heal()
     # a replica that never synced would lose everything: the loss measured is the lag's
-    assert command(redis_sentinel.primary().port, "WAIT", 1, 10_000) == 1
+    redis_sentinel.wait_replicated()
     store = open_store(redis_sentinel.url + "?prefix=load")
     current: dict[int, int] = {}  # thread -> its request number (the next one once full)
     held: dict[str, int] = {}  # request -> tokens the clients were granted
