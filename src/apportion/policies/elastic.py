@@ -99,7 +99,8 @@ class ElasticPolicy(PredictingPolicy):
             keep, total = super().held_back(obs, agent, begun=begun)
             records = self.lower_records(obs, agent, begun=begun)
             return keep + records, total + records * self.weights[0]
-        times = self.expected_calls(obs, agent, calling=not begun)
+        ahead = self.calls_ahead(obs, None if begun else agent.name)
+        times = ahead[obs.pipeline.index(agent.name)]
         need = 0 if times <= 0 else weighted(self.predicted_needs(obs)[agent.name], times)
         keep, total = need, need * self.weights[agent.priority.rank]
         outputs = self.predicted_outputs(obs)
@@ -107,10 +108,9 @@ class ElasticPolicy(PredictingPolicy):
         counts = self.call_counts(obs.pipeline)
         if not counts.at_most_once(agent.name):
             return keep, total
-        for b in obs.pipeline.agents:
+        for b, later in zip(obs.pipeline.agents, ahead, strict=True):
             if b.name == agent.name or b.name in reserve or not counts.at_most_once(b.name):
                 continue
-            later = self.expected_calls(obs, b, caller=None if begun else agent.name)
             if later > 0:
                 answer = float(outputs[b.name])
                 if b.output_kind is not OutputKind.PROSE:  # worth nothing cut: its margin too
@@ -142,16 +142,16 @@ class ElasticPolicy(PredictingPolicy):
         outputs = self.predicted_outputs(obs)
         rank = agent.priority.rank
         found = 0
-        for b in obs.pipeline.agents:
+        ahead = self.calls_ahead(obs, None if begun else agent.name)
+        for b, later in zip(obs.pipeline.agents, ahead, strict=True):
             if (
-                b.priority.rank >= rank
+                later <= 0
+                or b.priority.rank >= rank
                 or b.output_kind is not OutputKind.STRUCTURED
                 or not counts.at_most_once(b.name)
             ):
                 continue
-            later = self.expected_calls(obs, b, caller=None if begun else agent.name)
-            if later > 0:
-                found += weighted(self.call_output(obs, b, float(outputs[b.name])), later)
+            found += weighted(self.call_output(obs, b, float(outputs[b.name])), later)
         obs.memo["lower_records"] = (key, found)
         return found
 
@@ -167,7 +167,7 @@ class ElasticPolicy(PredictingPolicy):
             inputs, fragile, sizes = super().held_inputs(obs, agent)
             return inputs, fragile + self.lower_records(obs, agent), sizes
         keep = self.held_back(obs, agent)[0]
-        times = self.expected_calls(obs, agent, calling=True)
+        times = self.calls_ahead(obs, agent.name)[obs.pipeline.index(agent.name)]
         own = self.predicted_needs(obs)[agent.name] - self.predicted_outputs(obs)[agent.name]
         inputs = 0 if times <= 0 else weighted(max(0, own), times)
         sizes = [(max(0.0, own), times, self.weights[agent.priority.rank])] if times > 0 else []

@@ -18,6 +18,8 @@ bought (0.570 fell to 0.515 of simulated quality).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from apportion.errors import PolicyConfigError
 from apportion.limits import excerpt
 from apportion.policies.base import Observation
@@ -70,6 +72,14 @@ class IterativePolicy(PredictingPolicy):
         state = obs.state
         done = 0 if state is None else state.calls[agent.name]
         return 0.0 if done or calling else 1.0
+
+    def _count_ahead(self, obs: Observation, caller: str | None) -> Sequence[float]:
+        """The single-call rule for every agent."""
+        state = obs.state
+        return [
+            0.0 if b.name == caller or (state is not None and state.calls[b.name]) else 1.0
+            for b in obs.pipeline.agents
+        ]
 
     def calls_per_request(self, obs: Observation) -> float:
         """One call per agent, for the cold-start prior (module docstring)."""

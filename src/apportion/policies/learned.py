@@ -361,13 +361,8 @@ class LearnedPolicy(PredictingPolicy):
         weights = self.agent_weights(obs)
         alike = self.teams(obs)
         pooled: dict[tuple[str, ...], tuple[Agent, float, float]] = {}
-        for b in obs.pipeline.agents:
-            times = self.expected_calls(
-                obs,
-                b,
-                calling=b.name == agent.name and not begun,
-                caller=None if begun else agent.name,
-            )
+        calls = self.calls_ahead(obs, None if begun else agent.name)
+        for b, times in zip(obs.pipeline.agents, calls, strict=True):
             if times <= 0:
                 continue
             need_in = ahead[b.name]

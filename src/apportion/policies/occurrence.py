@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -49,6 +50,7 @@ _RIDGE = 1e-3
 _ROWS_KEPT = 4096
 _MAX_COUNT = 100_000
 _LEAST_FIT = 0.5
+_T = TypeVar("_T")
 
 
 class CallCounts:
@@ -59,9 +61,11 @@ class CallCounts:
     """
 
     __slots__ = (
-        "_after",
+        "_after_calls",
+        "_after_requests",
         "_fits",
         "_histograms",
+        "_index",
         "_lock",
         "_memo",
         "_ratios",
@@ -78,7 +82,10 @@ class CallCounts:
         self._rows: list[tuple[tuple[float, ...], tuple[int, ...]]] = []
         self._fits: dict[str, tuple[float, ...]] = {}
         self._ratios: dict[str, np.ndarray] = {}
-        self._after: dict[str, dict[str, list[int]]] = {}
+        self._index = {line: k for k, line in enumerate(self.lines)}
+        # what ran after what (remaining_after): [first line, line] -> requests, calls
+        self._after_requests = np.zeros((len(self.lines),) * 2, dtype=np.int64)
+        self._after_calls = np.zeros((len(self.lines),) * 2, dtype=np.int64)
         self._lock = threading.Lock()
         self._memo: dict[tuple[object, ...], object] = {}  # answers since the last update
         self._version = 0  # updates so far
@@ -107,21 +114,28 @@ class CallCounts:
         See :meth:`remaining_after`.
         """
         with self._lock:
-            return {y: {x: list(v) for x, v in row.items()} for y, row in self._after.items()}
+            found: dict[str, dict[str, list[int]]] = {}
+            for i, j in zip(*np.nonzero(self._after_requests | self._after_calls), strict=True):
+                found.setdefault(self.lines[i], {})[self.lines[j]] = [
+                    int(self._after_requests[i, j]),
+                    int(self._after_calls[i, j]),
+                ]
+            return found
 
     def restore_after(self, document: Mapping[str, Mapping[str, Sequence[int]]]) -> None:
         """Add saved :meth:`document_after` counts (checked by :func:`parse_after`)."""
         with self._lock:
             self._forget()
+            index = self._index
             for y, row in document.items():
-                if y not in self._histograms:
+                i = index.get(y)
+                if i is None:
                     continue
-                mine = self._after.setdefault(y, {})
                 for x, (requests, calls) in row.items():
-                    if x in self._histograms:
-                        have = mine.setdefault(x, [0, 0])
-                        have[0] += int(requests)
-                        have[1] += int(calls)
+                    j = index.get(x)
+                    if j is not None:
+                        self._after_requests[i, j] += int(requests)
+                        self._after_calls[i, j] += int(calls)
 
     def restore(self, document: Mapping[str, Mapping[str, int]]) -> None:
         """Add saved histograms (:meth:`document`; checked by :func:`parse_document`)."""
@@ -169,17 +183,17 @@ class CallCounts:
 
     def _observe_order(self, counts: Mapping[str, int], order: Sequence[str]) -> None:
         """Per line that called, the calls of every line not begun before it (under the lock)."""
-        begun: set[str] = set()
+        made = np.array(
+            [min(_MAX_COUNT, max(0, int(counts.get(x, 0)))) for x in self.lines], dtype=np.int64
+        )
+        later = np.ones(len(self.lines), dtype=bool)  # not begun yet
         for y in order:
-            if y not in self._histograms or y in begun:
+            i = self._index.get(y)
+            if i is None or not later[i]:
                 continue
-            begun.add(y)
-            row = self._after.setdefault(y, {})
-            for x in self.lines:
-                if x not in begun:
-                    have = row.setdefault(x, [0, 0])
-                    have[0] += 1
-                    have[1] += min(_MAX_COUNT, max(0, int(counts.get(x, 0))))
+            later[i] = False
+            self._after_requests[i, later] += 1
+            self._after_calls[i, later] += made[later]
 
     def remaining_after(self, line: str, last: str, row: Iterable[float] | None = None) -> float:
         """Expected calls of ``line``, not begun yet, now that ``last`` has begun.
@@ -199,16 +213,57 @@ class CallCounts:
             return found  # type: ignore[return-value]
         version = self._version
         prior = self.remaining(line, 0, row)
+        i, j = self._index.get(last), self._index.get(line)
+        if i is None or j is None:
+            return self._keep(key, prior, version)
         with self._lock:
-            stats = self._after.get(last, {}).get(line)
-            if stats is None:
-                value = prior
-            else:
-                requests, calls = stats
-                value = (calls + PRIOR_REQUESTS * prior) / (requests + PRIOR_REQUESTS)
+            requests = int(self._after_requests[i, j])
+            calls = int(self._after_calls[i, j])
+        if requests or calls:
+            prior = (calls + PRIOR_REQUESTS * prior) / (requests + PRIOR_REQUESTS)
+        return self._keep(key, prior, version)
+
+    def remaining_after_all(
+        self, last: str | None, row: tuple[float, ...] | None = None
+    ) -> np.ndarray:
+        """:meth:`remaining_after` of every line (in :attr:`lines` order), at once.
+
+        With ``last`` ``None`` (or not a line), :meth:`remaining` before any call. Kept
+        until the counts change.
+        """
+        key = ("after_all", last, row)
+        found = self._memo.get(key)
+        if isinstance(found, np.ndarray):
+            return found
+        version = self._version
+        prior_key = ("prior_all", row)
+        prior = self._memo.get(prior_key)
+        if not isinstance(prior, np.ndarray):
+            prior = np.array([self.remaining(x, 0, row) for x in self.lines], dtype=float)
+            self._keep(prior_key, prior, version)
+        i = None if last is None else self._index.get(last)
+        if i is None:
+            return prior
+        with self._lock:
+            requests = self._after_requests[i].copy()
+            calls = self._after_calls[i].copy()
+        value = np.where(
+            (requests > 0) | (calls > 0),
+            (calls + PRIOR_REQUESTS * prior) / (requests + PRIOR_REQUESTS),
+            prior,
+        )
         return self._keep(key, value, version)
 
-    def _keep(self, key: tuple[object, ...], value: float, version: int) -> float:
+    def moving(self) -> np.ndarray:
+        """Per line (in :attr:`lines` order), whether it is not :meth:`once` (memo)."""
+        found = self._memo.get(("moving",))
+        if not isinstance(found, np.ndarray):
+            version = self._version
+            found = np.array([not self.once(x) for x in self.lines], dtype=bool)
+            self._keep(("moving",), found, version)
+        return found
+
+    def _keep(self, key: tuple[object, ...], value: _T, version: int) -> _T:
         """Keep an answer until the next update (not one computed across an update)."""
         with self._lock:
             if self._version == version and len(self._memo) < 65_536:

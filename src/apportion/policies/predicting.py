@@ -151,6 +151,10 @@ OUTPUT_BY_INPUT = (0.75, 2.0)
 output predicted for the request from its features alone
 (:meth:`PredictingPolicy.predicted_output`)."""
 
+_ARRAYS_FROM = 32
+"""Agents from which :meth:`PredictingPolicy.calls_ahead` is worked out in arrays (fewer are
+faster one by one)."""
+
 _P = TypeVar("_P", bound="PredictingPolicy")
 
 
@@ -214,6 +218,7 @@ class PredictingPolicy(Policy):
         self._teams_counted: dict[tuple[str, tuple[str, ...]], CallCounts] = {}
         self._team_usage: dict[tuple[str, str], tuple[int, float, float]] = {}
         self._loaded_teams: dict[str, dict[str, dict[str, int]]] = {}
+        self._downstream_of: dict[int, tuple[Pipeline, np.ndarray]] = {}
         self._cap_tables: dict[
             tuple[str, str], tuple[Any, tuple[tuple[float, float], ...] | None]
         ] = {}
@@ -301,40 +306,118 @@ class PredictingPolicy(Policy):
             caller: an agent about to begin a call not yet counted in the ledger (taken
                 as begun).
         """
-        state = obs.state  # None while the request is being planned: nothing called yet
-        counts = self._calls_model(obs)
+        return self._calls_left(_Ahead(self, obs, caller), agent, calling)
+
+    def calls_ahead(self, obs: Observation, caller: str | None = None) -> Sequence[float]:
+        """:meth:`expected_calls` of every agent, in pipeline order, as ``caller`` begins a call.
+
+        ``caller`` (``None``: nobody) is counted as calling for itself and as begun for the
+        others, as the held-back rules ask. Memo per epoch (:meth:`_epoch`): the views of
+        one epoch (the call about to begin, and nobody) are computed once however many
+        rules read them.
+        """
+        epoch = self._epoch(obs)
+        memo: tuple[object, dict[str | None, Sequence[float]]] | None = obs.memo.get("calls_ahead")
+        if epoch is None:
+            return self._count_ahead(obs, caller)
+        if memo is None or memo[0] != epoch:
+            memo = obs.memo["calls_ahead"] = (epoch, {})
+        found = memo[1].get(caller)
+        if found is None:
+            found = memo[1][caller] = self._count_ahead(obs, caller)
+        return found
+
+    def _count_ahead(self, obs: Observation, caller: str | None) -> Sequence[float]:
+        """:meth:`calls_ahead`, computed: for a pipeline of listed agents, as arrays."""
+        ahead = _Ahead(self, obs, caller)
+        listed = ahead.state is not None and not ahead.kinds and not ahead.teams
+        if listed and len(ahead.pipeline) >= _ARRAYS_FROM:
+            return self._listed_ahead(ahead)
+        return self._each_ahead(ahead)
+
+    def _each_ahead(self, ahead: _Ahead) -> list[float]:
+        """:meth:`calls_ahead`, agent by agent (:meth:`_calls_left`)."""
+        calls_left = self._calls_left
+        caller = ahead.caller
+        return [calls_left(ahead, b, b.name == caller) for b in ahead.pipeline.agents]
+
+    def _listed_ahead(self, ahead: _Ahead) -> list[float]:
+        """:meth:`_each_ahead` for listed agents in a request under way, in a few array steps.
+
+        The same rule (:meth:`_calls_left`) without a kind or a team: an agent that has
+        begun, or is about to, has no calls left; one seen to call other than once in
+        every request has none left once an agent after it began (or is about to); any
+        other is expected for its chance to run given the line begun last
+        (:meth:`~apportion.policies.occurrence.CallCounts.remaining_after_all`).
+        """
+        pipeline = ahead.pipeline
+        calls = ahead.state.calls
+        begun = np.fromiter((calls[n] > 0 for n in pipeline.names), bool, len(pipeline))
+        caller = ahead.caller
+        done = begun.copy()
+        if caller is not None:
+            done[pipeline.index(caller)] = True
+        counts = ahead.counts
+        moving = counts.moving()
+        if moving.any():  # after an agent that runs after it began: none left
+            done |= moving & (self._downstream(pipeline) @ done)
+        last = None
+        if not ahead.loops:
+            last = caller if caller is not None and not calls[caller] else ahead.latest()
+        left = np.minimum(counts.remaining_after_all(last, ahead.row), 1.0)
+        left[done] = 0.0
+        found: list[float] = left.tolist()
+        return found
+
+    def _downstream(self, pipeline: Pipeline) -> np.ndarray:
+        """``[i, j]``: agent ``j`` runs after agent ``i`` (directly or not); memo per pipeline."""
+        found = self._downstream_of.get(id(pipeline))
+        if found is None or found[0] is not pipeline:
+            matrix = np.zeros((len(pipeline),) * 2, dtype=bool)
+            for i, agent in enumerate(pipeline.agents):
+                for later in pipeline.downstream(agent.name):
+                    matrix[i, pipeline.index(later)] = True
+            found = self._downstream_of[id(pipeline)] = (pipeline, matrix)
+        return found[1]
+
+    def _calls_left(self, ahead: _Ahead, agent: Agent, calling: bool) -> float:
+        """The rule of :meth:`expected_calls` for one agent, in the view ``ahead``."""
+        state = ahead.state
+        counts = ahead.counts
+        name = agent.name
+        caller = ahead.caller
         if state is None:
             done = 0
         else:
             calls = state.calls
-            done = calls[agent.name]
-            if not counts.once(agent.name):
-                for later in obs.pipeline.downstream(agent.name):
+            done = calls[name]
+            if not counts.once(name):
+                for later in ahead.pipeline.downstream(name):
                     if calls[later] or later == caller:
                         return 0.0
         if calling:
             done += 1
-        row = obs.memo.get("row")
+        row = ahead.row
         last = None
-        if state is not None and not done and not self._listed_loop(obs):
-            if caller is not None and caller != agent.name and not state.calls[caller]:
+        if state is not None and not done and not ahead.loops:
+            if caller is not None and caller != name and not state.calls[caller]:
                 last = caller
             else:
-                last = self._latest_begun(obs)
-        if agent.name not in obs.pipeline.kind_names:
+                last = ahead.latest()
+        if name not in ahead.kinds:
             if done:
                 return 0.0
-            team = self.teams(obs).get(agent.name)
+            team = ahead.teams.get(name)
             if team is not None and state is not None:
-                return self._team_share(obs, team, caller, row)
+                return self._team_share(ahead.obs, team, caller, row)
             # A listed agent: held back for once until it starts, times its chance to run
             # (given the agents that began before it, when it has been seen after them).
             if last is not None:
-                return min(1.0, counts.remaining_after(agent.name, last, row))
-            return min(1.0, counts.remaining(agent.name, 0, row))
+                return min(1.0, counts.remaining_after(name, last, row))
+            return min(1.0, counts.remaining(name, 0, row))
         if last is not None:
-            return counts.remaining_after(agent.name, last, row)
-        return counts.remaining(agent.name, done, row)
+            return counts.remaining_after(name, last, row)
+        return counts.remaining(name, done, row)
 
     def _epoch(self, obs: Observation) -> tuple[object, ...] | None:
         """What :meth:`expected_calls` reads that can change within a request, or ``None``.
@@ -449,11 +532,8 @@ class PredictingPolicy(Policy):
         """
         needs = self.needs_now(obs)
         ahead: dict[str, int] = {}
-        for b in obs.pipeline.agents:
-            if b.name == besides:
-                continue
-            times = self.expected_calls(obs, b, calling=b.name == calling, caller=calling)
-            if times > 0:
+        for b, times in zip(obs.pipeline.agents, self.calls_ahead(obs, calling), strict=True):
+            if times > 0 and b.name != besides:
                 ahead[b.name] = weighted(needs[b.name], times)
         return ahead
 
@@ -520,7 +600,8 @@ class PredictingPolicy(Policy):
         """
         needs = self.predicted_needs(obs)
         state = obs.state
-        if state is None:
+        readers = self._varying_readers(obs)
+        if state is None or not readers:
             return needs
         made = list(obs.calls.values())  # a snapshot: other threads may begin calls meanwhile
         key = ("needs_now", len(made), sum(1 for c in made if c.finished))
@@ -539,7 +620,7 @@ class PredictingPolicy(Policy):
             )
         found = dict(needs)
         alike = self.teams(obs)
-        for b in obs.pipeline.agents:
+        for b in readers:
             if state.calls[b.name]:
                 continue
             shift = 0.0
@@ -554,13 +635,33 @@ class PredictingPolicy(Policy):
                 if u not in outputs or counts.once(u):
                     continue
                 total = counts.remaining(u, 0, row)
-                rest = self.expected_calls(obs, obs.pipeline[u])
+                rest = self.calls_ahead(obs)[obs.pipeline.index(u)]
                 shift += written.get(u, 0.0) + (rest - total) * outputs[u]
             if shift:
                 found[b.name] = max(outputs[b.name], round(needs[b.name] + shift))
         obs.memo["needs_now"] = found
         obs.memo["needs_now_key"] = key
         return found
+
+    def _varying_readers(self, obs: Observation) -> list[Agent]:
+        """The agents that read a team or a line whose calls vary (memo per call counts).
+
+        Those whose needs :meth:`needs_now` brings up to date: the others' stay as
+        predicted.
+        """
+        counts = self._calls_model(obs)
+        memo: tuple[int, list[Agent]] | None = obs.memo.get("varying_readers")
+        if memo is not None and memo[0] == counts.version:
+            return memo[1]
+        alike = self.teams(obs)
+        outputs = self.predicted_outputs(obs)
+        readers = [
+            b
+            for b in obs.pipeline.agents
+            if any(u in alike or (u in outputs and not counts.once(u)) for u in b.after)
+        ]
+        obs.memo["varying_readers"] = (counts.version, readers)
+        return readers
 
     def _team_shift(
         self,
@@ -770,19 +871,14 @@ class PredictingPolicy(Policy):
         outputs = self.predicted_outputs(obs)
         keep = inputs = fragile = 0
         total = 0.0
-        for b in obs.pipeline.agents:
-            name = b.name
+        ahead = self.calls_ahead(obs, None if begun else agent.name)
+        for b, times in zip(obs.pipeline.agents, ahead, strict=True):
+            if times <= 0:
+                continue
             rank = b.priority.rank
             if rank < floor:
                 continue
-            times = self.expected_calls(
-                obs,
-                b,
-                calling=name == agent.name and not begun,
-                caller=None if begun else agent.name,
-            )
-            if times <= 0:
-                continue
+            name = b.name
             if name in reserve:  # held by its reservation, but for what its readers grew by
                 need = weighted(max(0, needs[name] - planned[name]), times)
                 inputs += need
@@ -808,6 +904,27 @@ class PredictingPolicy(Policy):
             keep += need
             total += need * weights[rank]
         return keep, total, min(inputs, keep), fragile, sizes
+
+    def _expects_after(self, obs: Observation, agent: Agent) -> bool:
+        """Whether ``agent``'s call about to begin leaves room for anyone (itself included).
+
+        That is, whether :meth:`_held_back` of every rank keeps anything, found without
+        adding it all up: the latest agents first, as they are the likeliest still to come.
+        """
+        reserve = obs.state.reserve
+        needs = self.needs_now(obs)
+        planned = self.predicted_needs(obs)
+        ahead = self.calls_ahead(obs, agent.name)
+        agents = obs.pipeline.agents
+        for k in range(len(agents) - 1, -1, -1):
+            times = ahead[k]
+            if times <= 0:
+                continue
+            name = agents[k].name
+            need = needs[name] - planned[name] if name in reserve else needs[name]
+            if weighted(max(0, need), times) > 0:
+                return True
+        return False
 
     def held_inputs(
         self, obs: Observation, agent: Agent
@@ -900,7 +1017,7 @@ class PredictingPolicy(Policy):
         model = self._model(obs)
         if input_tokens <= 0 or not model.knows_errors(agent):
             return least
-        if self._held_back(obs, agent, 0, self.weights)[0]:
+        if self._expects_after(obs, agent):
             return least  # not the last call: the margin it does not write goes to the others
         values = self._cap_values(obs, agent, model.errors(agent))
         if values is None:
@@ -956,7 +1073,7 @@ class PredictingPolicy(Policy):
         cap takes beyond its need is lost to the agents after it as soon as the answer
         runs long, and a longer answer makes its readers' inputs longer too.
         """
-        if self._held_back(obs, agent, 0, self.weights)[0]:
+        if self._expects_after(obs, agent):
             return 0
         return obs.state.available_for(agent.name)
 
@@ -1422,3 +1539,44 @@ def _fit(needs: dict[str, int], total: int) -> dict[str, int]:
     if asked <= total or asked == 0:
         return dict(needs)
     return {a: need * total // asked for a, need in needs.items()}
+
+
+class _Ahead:
+    """What :meth:`PredictingPolicy.expected_calls` reads of a request, looked up once.
+
+    The view as ``caller`` (``None``: nobody) is about to begin a call; the line begun last
+    is found on first use.
+    """
+
+    __slots__ = (
+        "_latest",
+        "caller",
+        "counts",
+        "kinds",
+        "loops",
+        "obs",
+        "pipeline",
+        "policy",
+        "row",
+        "state",
+        "teams",
+    )
+
+    def __init__(self, policy: PredictingPolicy, obs: Observation, caller: str | None) -> None:
+        self.policy = policy
+        self.obs = obs
+        self.caller = caller
+        self.state = obs.state  # None while the request is being planned: nothing called yet
+        self.pipeline = obs.pipeline
+        self.counts = policy._calls_model(obs)
+        self.row: tuple[float, ...] | None = obs.memo.get("row")
+        self.kinds = obs.pipeline.kind_names
+        self.teams = policy.teams(obs)
+        self.loops = self.state is not None and policy._listed_loop(obs)
+        self._latest: tuple[str | None] | None = None
+
+    def latest(self) -> str | None:
+        """The line whose first call is the latest of the request's so far."""
+        if self._latest is None:
+            self._latest = (self.policy._latest_begun(self.obs),)
+        return self._latest[0]
