@@ -465,7 +465,12 @@ def counts_of(state_calls: Mapping[str, int], refused: Iterable[str]) -> dict[st
 
 def weighted(need: float, times: float) -> int:
     """``need`` for ``times`` calls, rounded (exactly ``need`` for one call)."""
-    return int(need) if times == 1.0 and float(need).is_integer() else round(need * times)
+    if times == 1.0:
+        if type(need) is int:
+            return need
+        if float(need).is_integer():
+            return int(need)
+    return round(need * times)
 
 
 __all__ = [

@@ -352,7 +352,7 @@ class PredictingPolicy(Policy):
         """
         pipeline = ahead.pipeline
         calls = ahead.state.calls
-        begun = np.fromiter((calls[n] > 0 for n in pipeline.names), bool, len(pipeline))
+        begun = np.fromiter(map(calls.__getitem__, pipeline.names), np.int64, len(pipeline)) > 0
         caller = ahead.caller
         done = begun.copy()
         if caller is not None:
@@ -455,17 +455,21 @@ class PredictingPolicy(Policy):
         return loops
 
     def _latest_begun(self, obs: Observation) -> str | None:
-        """The line whose first call is the latest of the request's so far (memo)."""
-        memo: tuple[int, str | None] | None = obs.memo.get("latest_begun")
-        if memo is not None and memo[0] == len(obs.calls):
-            return memo[1]
-        seen: set[str] = set()
-        latest = None
-        for call in list(obs.calls.values()):  # a snapshot, as in needs_now
+        """The line whose first call is the latest of the request's so far.
+
+        Kept per request and brought up to date with the calls begun since (the records
+        are only ever added, in grant order).
+        """
+        memo: tuple[int, set[str], str | None] | None = obs.memo.get("latest_begun")
+        seen, latest, known = (set(), None, 0) if memo is None else (memo[1], memo[2], memo[0])
+        made = list(obs.calls.values())  # a snapshot, as in needs_now
+        if known == len(made):
+            return latest
+        for call in made[known:]:
             if call.budgeted_as not in seen:
                 seen.add(call.budgeted_as)
                 latest = call.budgeted_as
-        obs.memo["latest_begun"] = (len(obs.calls), latest)
+        obs.memo["latest_begun"] = (len(made), seen, latest)
         return latest
 
     def _team_share(
@@ -872,6 +876,7 @@ class PredictingPolicy(Policy):
         keep = inputs = fragile = 0
         total = 0.0
         ahead = self.calls_ahead(obs, None if begun else agent.name)
+        per_request = self._per_request
         for b, times in zip(obs.pipeline.agents, ahead, strict=True):
             if times <= 0:
                 continue
@@ -879,28 +884,18 @@ class PredictingPolicy(Policy):
             if rank < floor:
                 continue
             name = b.name
+            need_now = needs[name]
             if name in reserve:  # held by its reservation, but for what its readers grew by
-                need = weighted(max(0, needs[name] - planned[name]), times)
+                part = max(0, need_now - planned[name])
+                need = weighted(part, times)
                 inputs += need
-                sizes.append(
-                    (
-                        max(0, needs[name] - planned[name]),
-                        times,
-                        weights[rank] / self._per_request(obs, b),
-                    )
-                )
             else:
-                need = weighted(needs[name], times)
-                inputs += weighted(max(0, needs[name] - outputs[name]), times)
-                sizes.append(
-                    (
-                        max(0, needs[name] - outputs[name]),
-                        times,
-                        weights[rank] / self._per_request(obs, b),
-                    )
-                )
+                part = max(0, need_now - outputs[name])
+                need = weighted(need_now, times)
+                inputs += weighted(part, times)
                 if b.output_kind is not OutputKind.PROSE:
-                    fragile += weighted(min(outputs[name], needs[name]), times)
+                    fragile += weighted(min(outputs[name], need_now), times)
+            sizes.append((part, times, weights[rank] / per_request(obs, b)))
             keep += need
             total += need * weights[rank]
         return keep, total, min(inputs, keep), fragile, sizes
