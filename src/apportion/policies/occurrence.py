@@ -183,17 +183,22 @@ class CallCounts:
 
     def _observe_order(self, counts: Mapping[str, int], order: Sequence[str]) -> None:
         """Per line that called, the calls of every line not begun before it (under the lock)."""
+        first: dict[int, None] = {}  # the lines in the order of their first calls
+        for y in order:
+            i = self._index.get(y)
+            if i is not None:
+                first.setdefault(i)
+        if not first:
+            return
+        rows = list(first)
         made = np.array(
             [min(_MAX_COUNT, max(0, int(counts.get(x, 0)))) for x in self.lines], dtype=np.int64
         )
-        later = np.ones(len(self.lines), dtype=bool)  # not begun yet
-        for y in order:
-            i = self._index.get(y)
-            if i is None or not later[i]:
-                continue
-            later[i] = False
-            self._after_requests[i, later] += 1
-            self._after_calls[i, later] += made[later]
+        begun_at = np.full(len(self.lines), len(rows))
+        begun_at[rows] = np.arange(len(rows))
+        later = begun_at[None, :] > np.arange(len(rows))[:, None]  # [row, line] not begun yet
+        self._after_requests[rows] += later
+        self._after_calls[rows] += later * made
 
     def remaining_after(self, line: str, last: str, row: Iterable[float] | None = None) -> float:
         """Expected calls of ``line``, not begun yet, now that ``last`` has begun.
