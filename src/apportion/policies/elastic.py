@@ -187,8 +187,10 @@ class ElasticPolicy(PredictingPolicy):
         plan = {grant.agent: min(MAX_TOKENS, state.consumed_by[grant.agent] + used)}
         pool = max(0, state.free + grant.context_tokens + grant.output_tokens - used)
         ahead = self.expected_needs(obs, besides=grant.agent)
-        ranks = {a.name: a.priority.rank for a in obs.pipeline.agents}
-        shares = {name: need * self.weights[ranks[name]] for name, need in ahead.items()}
+        pipeline, weights = obs.pipeline, self.weights
+        shares = {
+            name: need * weights[pipeline[name].priority.rank] for name, need in ahead.items()
+        }
         total = sum(shares.values())
         if total > 0:
             plan.update({name: int(pool * w / total) for name, w in shares.items()})

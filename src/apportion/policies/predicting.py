@@ -465,6 +465,7 @@ class PredictingPolicy(Policy):
         made = list(obs.calls.values())  # a snapshot, as in needs_now
         if known == len(made):
             return latest
+        seen = set(seen)  # a copy: another thread may be bringing the same memo up to date
         for call in made[known:]:
             if call.budgeted_as not in seen:
                 seen.add(call.budgeted_as)
