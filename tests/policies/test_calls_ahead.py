@@ -56,7 +56,7 @@ def test_arrays_give_what_the_rule_gives_agent_by_agent(
     policy = _checked(base)()
     controller = Controller(pipeline, policy=policy)
     names = pipeline.names
-    for _ in range(40):
+    for _ in range(20):
         with controller.request(ceiling=400_000, features={"messages": rng.randint(1, 30)}) as req:
             late = rng.random() < 0.5  # a09 runs in its place or at the end
             for name in [n for n in names if n != "a09" or not late] + ["a09"] * late:
@@ -65,7 +65,7 @@ def test_arrays_give_what_the_rule_gives_agent_by_agent(
                 for _ in range(rng.randint(1, 3) if loops and name in ("a07", "a16") else 1):
                     grant = req.begin(name, input_tokens=rng.randint(50, 900))
                     req.finish(grant, input_tokens=grant.context_tokens, output_tokens=40)
-    assert type(policy).arrays > 1_000  # the array path ran, and was compared every time
+    assert type(policy).arrays > 500  # the array path ran, and was compared every time
 
 
 def test_the_counts_after_each_line_round_trip_through_a_document() -> None:
