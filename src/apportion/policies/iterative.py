@@ -19,6 +19,7 @@ bought (0.570 fell to 0.515 of simulated quality).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from apportion.errors import PolicyConfigError
 from apportion.limits import excerpt
@@ -26,6 +27,10 @@ from apportion.policies.base import Observation
 from apportion.policies.predicting import PredictingPolicy
 from apportion.policies.sharing import SharedState
 from apportion.spec import Agent
+
+if TYPE_CHECKING:
+    from apportion.ledger_view import LedgerView
+    from apportion.policies.predicting import _Ahead
 
 
 class IterativePolicy(PredictingPolicy):
@@ -65,22 +70,20 @@ class IterativePolicy(PredictingPolicy):
         self.first_share = first_share
         self.output_factor = first_share * (1 + margin)
 
-    def expected_calls(
-        self, obs: Observation, agent: Agent, *, calling: bool = False, caller: str | None = None
-    ) -> float:
+    def _calls_left(self, ahead: _Ahead, agent: Agent, calling: bool) -> float:
         """The single-call rule: one call until the agent starts (module docstring)."""
-        state = obs.state
-        done = 0 if state is None else state.calls[agent.name]
-        return 0.0 if done or calling else 1.0
+        return _single_call(ahead.state, agent.name, calling)
 
     def _count_ahead(self, obs: Observation, caller: str | None) -> Sequence[float]:
         """The single-call rule for every agent."""
         state = obs.state
-        return [
-            0.0 if b.name == caller or (state is not None and state.calls[b.name]) else 1.0
-            for b in obs.pipeline.agents
-        ]
+        return [_single_call(state, b.name, b.name == caller) for b in obs.pipeline.agents]
 
     def calls_per_request(self, obs: Observation) -> float:
         """One call per agent, for the cold-start prior (module docstring)."""
         return float(len(obs.pipeline))
+
+
+def _single_call(state: LedgerView | None, name: str, calling: bool) -> float:
+    """One call until agent ``name`` starts (or is about to), then none."""
+    return 0.0 if calling or (state is not None and state.calls[name]) else 1.0

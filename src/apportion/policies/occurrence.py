@@ -51,6 +51,7 @@ _ROWS_KEPT = 4096
 _MAX_COUNT = 100_000
 _LEAST_FIT = 0.5
 _T = TypeVar("_T")
+_N = TypeVar("_N", float, np.ndarray)
 
 
 class CallCounts:
@@ -224,9 +225,8 @@ class CallCounts:
         with self._lock:
             requests = int(self._after_requests[i, j])
             calls = int(self._after_calls[i, j])
-        if requests or calls:
-            prior = (calls + PRIOR_REQUESTS * prior) / (requests + PRIOR_REQUESTS)
-        return self._keep(key, prior, version)
+        value = _after(requests, calls, prior) if requests or calls else prior
+        return self._keep(key, value, version)
 
     def remaining_after_all(
         self, last: str | None, row: tuple[float, ...] | None = None
@@ -252,11 +252,7 @@ class CallCounts:
         with self._lock:
             requests = self._after_requests[i].copy()
             calls = self._after_calls[i].copy()
-        value = np.where(
-            (requests > 0) | (calls > 0),
-            (calls + PRIOR_REQUESTS * prior) / (requests + PRIOR_REQUESTS),
-            prior,
-        )
+        value = np.where((requests > 0) | (calls > 0), _after(requests, calls, prior), prior)
         return self._keep(key, value, version)
 
     def moving(self) -> np.ndarray:
@@ -466,6 +462,15 @@ def counts_of(state_calls: Mapping[str, int], refused: Iterable[str]) -> dict[st
     for line in refused:
         counts[line] = counts.get(line, 0) + 1
     return counts
+
+
+def _after(requests: _N, calls: _N, prior: _N) -> _N:
+    """Calls expected of a line once another began, ``prior`` counting for requests.
+
+    ``calls`` over ``requests`` seen, with ``prior`` as :data:`PRIOR_REQUESTS` more
+    (numbers, or arrays of them).
+    """
+    return (calls + PRIOR_REQUESTS * prior) / (requests + PRIOR_REQUESTS)  # type: ignore[no-any-return]
 
 
 def weighted(need: float, times: float) -> int:

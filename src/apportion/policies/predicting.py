@@ -361,9 +361,7 @@ class PredictingPolicy(Policy):
         moving = counts.moving()
         if moving.any():  # after an agent that runs after it began: none left
             done |= moving & (self._downstream(pipeline) @ done)
-        last = None
-        if not ahead.loops:
-            last = caller if caller is not None and not calls[caller] else ahead.latest()
+        last = None if ahead.loops else ahead.last(None)  # the caller's own entry is 0
         left = np.minimum(counts.remaining_after_all(last, ahead.row), 1.0)
         left[done] = 0.0
         found: list[float] = left.tolist()
@@ -400,10 +398,7 @@ class PredictingPolicy(Policy):
         row = ahead.row
         last = None
         if state is not None and not done and not ahead.loops:
-            if caller is not None and caller != name and not state.calls[caller]:
-                last = caller
-            else:
-                last = ahead.latest()
+            last = ahead.last(name)
         if name not in ahead.kinds:
             if done:
                 return 0.0
@@ -1571,8 +1566,16 @@ class _Ahead:
         self.loops = self.state is not None and policy._listed_loop(obs)
         self._latest: tuple[str | None] | None = None
 
-    def latest(self) -> str | None:
-        """The line whose first call is the latest of the request's so far."""
+    def last(self, name: str | None) -> str | None:
+        """The line taken as begun last, seen from agent ``name``.
+
+        The caller, about to begin its first call (unless it is ``name``), else the line
+        whose first call is the latest of the request's so far (found on first use).
+        """
+        caller, state = self.caller, self.state
+        fresh = caller is not None and state is not None and not state.calls[caller]
+        if fresh and caller != name:
+            return caller
         if self._latest is None:
             self._latest = (self.policy._latest_begun(self.obs),)
         return self._latest[0]
