@@ -151,6 +151,8 @@ class PoolStatus:
         open_draws: requests of this window that have not given their unused tokens back.
         overflow: tokens providers reported beyond the ceilings of this pool's requests
             (all windows).
+        returned: tokens given back in this window: the unspent part of each draw charged
+            to it, settled when its request closed (already taken off ``drawn``).
     """
 
     pool: Pool
@@ -160,6 +162,7 @@ class PoolStatus:
     remaining: int
     open_draws: int
     overflow: int
+    returned: int = 0
 
     def available_to(self, priority: str = "standard") -> int:
         """What a request of class ``priority`` could draw now."""
@@ -178,6 +181,7 @@ class PoolStatus:
             "remaining": self.remaining,
             "open_draws": self.open_draws,
             "overflow": self.overflow,
+            "returned": self.returned,
         }
 
 
@@ -194,17 +198,26 @@ def current_window(pool: Pool, window: int | None, now: float) -> int:
 
 
 def pool_status(
-    pool: Pool, window: int | None, drawn: int, open_draws: int, overflow: int, now: float
+    pool: Pool,
+    window: int | None,
+    drawn: int,
+    open_draws: int,
+    overflow: int,
+    now: float,
+    returned: int = 0,
 ) -> PoolStatus:
     """The status of ``pool`` at ``now``, from its stored window, draws and overflow.
 
-    ``open_draws`` counts the draws charged to the current window.
+    ``open_draws`` counts the draws charged to the current window; ``drawn`` and
+    ``returned`` are those of the stored window (none when ``now`` is past it).
     """
     current = current_window(pool, window, now)
     if window != current:
-        drawn, open_draws = 0, 0
+        drawn, open_draws, returned = 0, 0, 0
     start = 0.0 if math.isinf(pool.window_seconds) else current * pool.window_seconds
-    return PoolStatus(pool, current, start, drawn, pool.capacity - drawn, open_draws, overflow)
+    return PoolStatus(
+        pool, current, start, drawn, pool.capacity - drawn, open_draws, overflow, returned
+    )
 
 
 class PoolAccount:
@@ -217,12 +230,13 @@ class PoolAccount:
         pool: the pool's configuration.
     """
 
-    __slots__ = ("drawn", "draws", "overflow", "pool", "window")
+    __slots__ = ("drawn", "draws", "overflow", "pool", "returned", "window")
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.window: int | None = None
         self.drawn = 0
+        self.returned = 0  # given back in the window
         self.overflow = 0
         self.draws: dict[str, tuple[int, int]] = {}  # draw key -> (window charged, tokens)
 
@@ -240,6 +254,8 @@ class PoolAccount:
         available = self.pool.available_to(priority, drawn)
         if tokens > available:
             raise PoolExhausted(self.pool.name, tokens, available, priority)
+        if window != self.window:
+            self.returned = 0
         self.window, self.drawn = window, drawn + tokens
         self.draws[key] = (window, tokens)
         return window
@@ -260,10 +276,13 @@ class PoolAccount:
             return 0
         back = min(unspent, entry[1])
         self.drawn -= back
+        self.returned += back
         return back
 
     def status(self, now: float) -> PoolStatus:
         """The pool's status at ``now``."""
         window = current_window(self.pool, self.window, now)
         open_draws = sum(1 for w, _ in self.draws.values() if w == window)
-        return pool_status(self.pool, self.window, self.drawn, open_draws, self.overflow, now)
+        return pool_status(
+            self.pool, self.window, self.drawn, open_draws, self.overflow, now, self.returned
+        )

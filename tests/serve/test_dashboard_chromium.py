@@ -194,6 +194,16 @@ def test_the_live_page_matches_the_ledger_and_follows_it(tmp_path: Path) -> None
         announced = browser.wait_for("document.getElementById('announcer').textContent")
         assert "opened" in announced or "closed" in announced
 
+        # a page drawn later counts the refusals made before it (the store keeps its notes)
+        ended = (
+            f"[{row % 'writer'}.dataset.refused, {row % 'planner'}.dataset.wrapped_up, "
+            f"{row % 'writer'}.dataset.status, {row % 'planner'}.dataset.status]"
+        )
+        assert browser.evaluate(ended) == ["1", "1", "refused", "wrapped_up"]
+        browser.go(f"{server.url}/")
+        browser.wait_for("document.getElementById('live')?.dataset.state === 'open'")
+        assert browser.evaluate(ended) == ["1", "1", "refused", "wrapped_up"]
+
         # the pools page: each pool's window as the store counts it, refreshed live
         defined = http.post(
             "/v1/admin/pools/acme",
@@ -201,7 +211,7 @@ def test_the_live_page_matches_the_ledger_and_follows_it(tmp_path: Path) -> None
             headers=auth("ops"),
         )
         assert defined.status_code in (200, 201), defined.text
-        open_request(http, "acme", pool="team", ceiling=12_000)
+        pooled = open_request(http, "acme", pool="team", ceiling=12_000)
         browser.go(f"{server.url}/dashboard/pools")
         browser.wait_for("document.getElementById('live')?.dataset.state === 'open'")
         drawn = "document.querySelector('tbody[data-pool=\"acme/team\"]').dataset.drawn"
@@ -216,13 +226,19 @@ def test_the_live_page_matches_the_ledger_and_follows_it(tmp_path: Path) -> None
         ]
         open_request(http, "acme", pool="team", ceiling=8_000)
         browser.wait_for(f"{drawn} === '20000'")
+        finish(http, "acme", pooled, begin(http, "acme", pooled, "writer", 1000), 1000)
+        assert http.post(f"{BASE}/{pooled}/close", headers=auth("acme")).status_code == 200
+        browser.wait_for(f"{drawn} === '9040'")  # 12,000 drawn, 1,040 used: 10,960 back
+        returned = "document.querySelector('tbody[data-pool=\"acme/team\"] [data-cell=returned]')"
+        assert browser.evaluate(f"{returned}.textContent") == "10,960"
+        assert store.get_pool("acme/team", gateway.clock()).returned == 10_960
         shot(browser, tmp_path, "pools")
 
-        # a request's page: the timeline holds every event of its ledger
+        # a request's page: the timeline holds every event of its ledger, and its notes
         browser.go(f"{server.url}/dashboard/requests/{quote('acme/' + rid, safe='')}")
         browser.wait_for("document.getElementById('live')?.dataset.state === 'open'")
         shown = browser.evaluate("document.querySelectorAll('#timeline-rows tr').length")
-        assert shown == len(store.events(f"acme/{rid}"))
+        assert shown == len(store.history(f"acme/{rid}"))
         assert browser.evaluate("document.querySelector('[data-fact=consumed]').textContent") == (
             f"{store.get(f'acme/{rid}').consumed:,}"
         )

@@ -310,6 +310,7 @@ class PoolOut(BaseModel):
     drawn: int
     remaining: int
     open_draws: int
+    returned: int
     draining: bool
 
 

@@ -91,7 +91,10 @@ Contract (every implementation must keep it):
   (read from it to see only what comes next). ``note(request_id, event)`` appends a
   feed-only event (kind ``refused``: a begin or an extension the controller refused, its
   note saying which) with the request's state as it is, and changes no ledger; an unknown
-  request or agent raises as ``begin`` would. The feed is shared by every process on the
+  request or agent raises as ``begin`` would; the store keeps the note with the request
+  (as long as its events) in the same step, and ``history(request_id)`` returns the
+  request's events with its notes in their places (a page drawn later counts the refusals
+  made before it). The feed is shared by every process on the
   store (on Redis, a stream), so a reader sees the changes made by every replica.
 * Exactly-once operations: ``open``, ``begin``, ``extend``, ``finish``, ``release``,
   ``close`` and ``open_children`` (and their async twins) take an optional keyword
@@ -800,6 +803,20 @@ class Store(abc.ABC):
     def feed_cursor(self) -> str:
         """The newest event's cursor: reading from it returns only later events."""
         raise NotImplementedError(f"{type(self).__name__} has no event feed")
+
+    def history(self, request_id: str) -> list[Event]:
+        """The request's events with its notes (kind ``refused``) where they came, oldest first.
+
+        A store without a feed keeps no notes: its :meth:`events` (this default).
+
+        Raises:
+            UnknownRequest: the store does not hold the request.
+        """
+        return self.events(request_id)
+
+    async def ahistory(self, request_id: str) -> list[Event]:
+        """Async :meth:`history`."""
+        return self.history(request_id)
 
     async def afeed_cursor(self) -> str:
         """Async :meth:`feed_cursor`."""

@@ -368,6 +368,10 @@ class FailOpenStore(Store):
         """The request's events, from where it lives."""
         return self._route(request_id).events(request_id)
 
+    def history(self, request_id: str) -> list[Event]:
+        """The request's events and notes, from where it lives."""
+        return self._route(request_id).history(request_id)
+
     def note(self, request_id: str, event: Event) -> None:
         """Append a feed-only event where the request lives."""
         self._route(request_id).note(request_id, event)
@@ -573,6 +577,10 @@ class FailOpenStore(Store):
     async def aevents(self, request_id: str) -> list[Event]:
         """Async :meth:`events`."""
         return await self._route(request_id).aevents(request_id)
+
+    async def ahistory(self, request_id: str) -> list[Event]:
+        """Async :meth:`history`."""
+        return await self._route(request_id).ahistory(request_id)
 
     async def anote(self, request_id: str, event: Event) -> None:
         """Async :meth:`note`."""

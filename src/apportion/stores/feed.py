@@ -18,6 +18,7 @@ import contextlib
 import math
 import threading
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
@@ -33,6 +34,7 @@ __all__ = [
     "check_feed_args",
     "check_note",
     "cursor_key",
+    "with_notes",
 ]
 
 FEED_KINDS: Final = frozenset(
@@ -55,6 +57,24 @@ extension the controller refused (the ledger records nothing; the note says whic
 
 NOTE_KINDS: Final = frozenset({"refused"})
 """The kinds of feed-only event :meth:`Store.note` appends."""
+
+
+def with_notes(events: Sequence[Event], notes: Iterable[tuple[int, Event]]) -> list[Event]:
+    """A request's events with its notes in their places.
+
+    Args:
+        events: the request's ledger events, oldest first.
+        notes: ``(ledger events before it, note)`` per note, oldest first.
+    """
+    merged: list[Event] = []
+    done = 0
+    for before, note in notes:
+        merged += events[done:before]
+        done = max(done, before)
+        merged.append(note)
+    merged += events[done:]
+    return merged
+
 
 _new = tuple.__new__  # builds a NamedTuple from a full tuple, skipping its slow __new__
 

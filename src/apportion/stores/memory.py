@@ -50,7 +50,7 @@ from apportion.stores.base import (
     check_op_id,
     digest_operation,
 )
-from apportion.stores.feed import FeedPage, FeedRing, check_feed_args, check_note
+from apportion.stores.feed import FeedPage, FeedRing, check_feed_args, check_note, with_notes
 
 
 def check_state_write(key: object, data: object, expected_version: object) -> str:
@@ -94,6 +94,7 @@ class MemoryStore(Store):
         self._states: dict[str, tuple[int, bytes]] = {}
         self._feed = FeedRing(feed_size)
         self._ops: dict[str, dict[str, tuple[str, Any]]] = {}  # request -> op id -> outcome
+        self._notes: dict[str, list[tuple[int, Event]]] = {}  # request -> (events before, note)
 
     def _first(self, request_id: str, op_id: str | None, digest: str) -> Any:
         """The first outcome of operation ``op_id`` on the request, or ``_NEW`` (hold the lock).
@@ -205,7 +206,7 @@ class MemoryStore(Store):
                 account.draw(request_id, ledger.ceiling, pool_priority, now)
                 self._drawn[request_id] = account
             if self._closed.pop(request_id, None) is not None:
-                self._ops.pop(request_id, None)  # the ids of the request it replaces
+                self._forget(request_id)  # the request it replaces
             self._open[request_id] = ledger
             self._remember(request_id, op_id, digest, ledger)
             self._publish([(ledger, 0)])
@@ -450,7 +451,7 @@ class MemoryStore(Store):
             for child in children:
                 parent.draw(child.request_id, child.ceiling, child.cost_ceiling, now)
                 if self._closed.pop(child.request_id, None) is not None:
-                    self._ops.pop(child.request_id, None)
+                    self._forget(child.request_id)
                 self._open[child.request_id] = child
             self._publish([(parent, mark), *((child, 0) for child in children)])
             self._remember(args.parent_id, op_id, digest, (parent, children))
@@ -464,7 +465,12 @@ class MemoryStore(Store):
         self._closed[ledger.request_id] = ledger
         while len(self._closed) > self._keep_closed:
             gone, _ = self._closed.popitem(last=False)
-            self._ops.pop(gone, None)  # its operation ids expire with it
+            self._forget(gone)
+
+    def _forget(self, request_id: str) -> None:
+        """Drop a closed request's operation ids and notes, gone with it (hold the lock)."""
+        self._ops.pop(request_id, None)
+        self._notes.pop(request_id, None)
 
     def get(self, request_id: str) -> Ledger:
         """The live ledger of a request (open or recently closed)."""
@@ -475,6 +481,12 @@ class MemoryStore(Store):
         """A copy of the request's events."""
         with self._lock:
             return list(self._ledger(request_id).events)
+
+    def history(self, request_id: str) -> list[Event]:
+        """The request's events with its notes in their places (see :class:`Store`)."""
+        with self._lock:
+            events = self._ledger(request_id).events
+            return with_notes(events, self._notes.get(request_id, ()))
 
     def reap_expired(self, now: float) -> Reaped:
         """Expire ended leases and close overdue requests (see :class:`Store`)."""
@@ -525,6 +537,7 @@ class MemoryStore(Store):
             assert agent is not None  # checked
             if agent not in ledger.ranks:
                 raise UnknownAgent(agent, list(ledger.ranks))
+            self._notes.setdefault(ledger.request_id, []).append((len(ledger.events), event))
             self._feed.append(
                 ledger.request_id,
                 event,

@@ -58,6 +58,7 @@ class PoolConformance:
         status = store.get_pool("t", 0.0)
         assert (status.pool.capacity, status.pool.window_seconds) == (1000, MINUTE)
         assert (status.drawn, status.remaining, status.open_draws) == (0, 1000, 0)
+        assert status.returned == 0
         assert status.available_to("peripheral") == 1000
         with pytest.raises(UnknownPool) as info:
             store.get_pool("nope", 0.0)
@@ -81,6 +82,7 @@ class PoolConformance:
         assert (state.consumed, state.free) == (120, 180)
         status = store.get_pool("t", 2.0)
         assert (status.drawn, status.remaining, status.open_draws) == (120, 880, 0)
+        assert (status.returned, status.to_dict()["returned"]) == (180, 180)
 
     def test_refused_open_changes_nothing(self, store: Store) -> None:
         store.open("r1", RANKS, 800, 0.0, pool="t")
@@ -119,6 +121,7 @@ class PoolConformance:
             store.close("r1", 1.0)
         store.reap(2.0)
         assert store.get_pool("t", 2.0).remaining == 900
+        assert store.get_pool("t", 2.0).returned == 200
 
     def test_priority_classes_hold_their_reserves(self) -> None:
         store = self.make_store()
@@ -142,12 +145,17 @@ class PoolConformance:
     def test_windows_start_full(self, store: Store) -> None:
         store.open("r1", RANKS, 600, 0.0, pool="t")
         self._spend(store, "r1", 100)
+        store.open("r0", RANKS, 100, 0.0, pool="t")
+        store.close("r0", 1.0)
         assert store.get_pool("t", 59.0).remaining == 400
+        assert store.get_pool("t", 59.0).returned == 100
         status = store.get_pool("t", 60.0)  # the next minute
         assert (status.window, status.window_start, status.remaining) == (1, 60.0, 1000)
+        assert status.returned == 0
         store.open("r2", RANKS, 1000, 61.0, pool="t")
         store.close("r1", 62.0)  # drew from the last window: nothing comes back now
         assert store.get_pool("t", 62.0).remaining == 0
+        assert store.get_pool("t", 62.0).returned == 0
 
     def test_a_late_draw_is_charged_to_the_newest_window(self, store: Store) -> None:
         store.open("ahead", RANKS, 700, 60.5, pool="t")  # window 1 has begun
@@ -171,6 +179,7 @@ class PoolConformance:
         self._spend(store, "late", 50, 59.8)
         store.close("late", 59.9)  # window 1 is still current: 150 back
         assert store.get_pool("t", 60.0).remaining == 650
+        assert store.get_pool("t", 60.0).returned == 150
         store.close("new", 120.0)  # window 1 has ended by this clock: nothing back
         store.open("next", RANKS, 10, 119.0, pool="t")  # still window 1
         assert store.get_pool("t", 119.0).remaining == 640

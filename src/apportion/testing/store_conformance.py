@@ -817,6 +817,34 @@ class StoreConformance:
                 store.note("r1", bad)  # type: ignore[arg-type]
         assert store.feed(start).cursor == events[-1].cursor  # nothing more was appended
 
+    def test_notes_are_kept_with_the_request_in_their_places(self, store: Store) -> None:
+        import asyncio
+
+        store.open("r1", RANKS, 1000, 0.0)
+        grant, _ = store.begin("r1", "helper", 300, 100, 1.0, LEASE)
+        store.note("r1", Event("refused", 2.0, "notes", 0, 700, 0, note="begin"))
+        store.note("r1", Event("refused", 3.0, "helper", grant.grant_id, 0, 900, note="extend"))
+        with pytest.raises(InvalidArgument):
+            store.note("r1", Event("begin", 3.5, "notes", 0, 1, 0))  # refused: nothing kept
+        store.finish("r1", grant, 300, 100, 4.0)
+        store.note("r1", Event("refused", 5.0, "notes", 0, 800, 0, note="begin"))
+        kinds = ["open", "begin", "refused", "refused", "finish", "refused"]
+        history = store.history("r1")
+        assert [(e.kind, e.agent, e.note) for e in history if e.kind == "refused"] == [
+            ("refused", "notes", "begin"),
+            ("refused", "helper", "extend"),
+            ("refused", "notes", "begin"),
+        ]
+        assert [e.kind for e in history] == kinds
+        assert [e for e in history if e.kind != "refused"] == store.events("r1")
+        assert asyncio.run(store.ahistory("r1")) == history
+        store.close("r1", 6.0)
+        assert [e.kind for e in store.history("r1")] == [*kinds, "close"]  # kept after close
+        store.open("r1", RANKS, 500, 7.0)  # replaces the closed request: its notes go with it
+        assert [e.kind for e in store.history("r1")] == ["open"]
+        with pytest.raises(UnknownRequest):
+            store.history("nope")
+
     def test_feed_pages_follow_on(self, store: Store) -> None:
         start = store.feed_cursor()
         for i in range(7):

@@ -41,6 +41,7 @@ def pools_table(statuses: Sequence[tuple[PoolStatus, bool]], show_tenant: bool) 
             f'<td class="barcell">{bar_svg(status.drawn, 0, 0, pool.capacity)}</td>'
             f'<td class="num" data-cell="capacity">{num(pool.capacity)}</td>'
             f'<td class="num" data-cell="drawn">{num(status.drawn)}</td>'
+            f'<td class="num" data-cell="returned">{num(status.returned)}</td>'
             f'<td class="num" data-cell="remaining">{num(status.remaining)}</td>'
             f'<td class="num">{num(status.open_draws)}</td>'
             f'<td class="num">{num(status.overflow)}</td>'
@@ -53,7 +54,7 @@ def pools_table(statuses: Sequence[tuple[PoolStatus, bool]], show_tenant: bool) 
             rows.append(
                 f'<tr class="agent" data-priority="{priority}"><th scope="row">{priority}</th>'
                 f'<td class="barcell">{bar_svg(status.drawn, 0, free, pool.capacity)}</td>'
-                f'<td class="num">{num(held)}</td><td></td>'
+                f'<td class="num">{num(held)}</td><td></td><td></td>'
                 f'<td class="num" data-cell="available">{num(free)}</td>'
                 "<td></td><td></td><td></td><td></td>"
                 "</tr>"
@@ -62,11 +63,13 @@ def pools_table(statuses: Sequence[tuple[PoolStatus, bool]], show_tenant: bool) 
         bodies.append("".join(rows))
     return (
         '<table id="pools"><caption>Per pool: tokens drawn in the current window (ceilings of '
-        "its open requests and what closed ones used), then per priority class the reserve "
-        "held for it and what a request of that class may draw now</caption>"
+        "its open requests and what closed ones used), tokens closed requests returned to it "
+        "unspent, then per priority class the reserve held for it and what a request of that "
+        "class may draw now</caption>"
         '<thead><tr><th scope="col">Pool / class</th><th scope="col">Window use</th>'
         '<th scope="col" class="num">Capacity / reserve</th>'
         '<th scope="col" class="num">Drawn</th>'
+        '<th scope="col" class="num">Returned</th>'
         '<th scope="col" class="num">Remaining / may draw</th>'
         '<th scope="col" class="num">Open draws</th><th scope="col" class="num">Overflow</th>'
         '<th scope="col">Window</th><th scope="col">State</th></tr></thead>'

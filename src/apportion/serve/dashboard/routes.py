@@ -136,7 +136,7 @@ def dashboard_routes(
             cursor = await gateway.store.afeed_cursor()  # before reading: no change missed
             states = await gateway.open_requests(tenant, LIVE_LIMIT)
             histories = await gather_bounded(
-                (gateway.store.aevents(s.request_id) for s in states), return_exceptions=True
+                (gateway.store.ahistory(s.request_id) for s in states), return_exceptions=True
             )
         except StoreUnavailable as exc:
             return unavailable(request, tenant, exc)
@@ -159,7 +159,7 @@ def dashboard_routes(
             return None
         try:
             state = await gateway.store.aget(store_id)
-            history = await gateway.store.aevents(store_id)
+            history = await gateway.store.ahistory(store_id)
         except UnknownRequest:
             return None
         return state, history

@@ -18,9 +18,9 @@ if not cfg[1] then return {'unknown'} end
 local ws, now = tonumber(cfg[2]), tonumber(ARGV[4])
 local w = 0
 if ws ~= math.huge then w = math.floor(now / ws) end
-local drawn = 0
+local drawn, returned = 0, '0' -- a new window: nothing drawn nor given back yet
 local newest = tonumber(cfg[4])
-if newest and newest >= w then w, drawn = newest, tonumber(cfg[5]) end
+if newest and newest >= w then w, drawn, returned = newest, tonumber(cfg[5]), false end
 local rank, held = tonumber(ARGV[3]), 0
 for class, t in pairs(cjson.decode(cfg[3])) do
   if ranks[class] > rank then held = held + t end
@@ -31,5 +31,6 @@ local tokens = tonumber(ARGV[2])
 if tokens > avail then return {'exhausted', avail} end
 local wk = string.format('%.0f', w)
 redis.call('HSET', KEYS[1], 'window', wk, 'drawn', string.format('%.0f', drawn + tokens))
+if returned then redis.call('HSET', KEYS[1], 'returned', returned) end
 redis.call('HSET', KEYS[2], ARGV[1], wk .. '|' .. ARGV[2] .. '|' .. ARGV[5])
 return {'ok', wk}

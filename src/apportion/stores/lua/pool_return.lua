@@ -1,5 +1,6 @@
 -- Settle a pool draw once: unspent tokens return to the window the draw was charged to,
--- if that is still the pool's current window (the newest drawn from, and not behind now).
+-- if that is still the pool's current window (the newest drawn from, and not behind now),
+-- and are counted as the window's 'returned'.
 -- KEYS: pool, draws. ARGV: draw key, unspent tokens, overflow tokens, now.
 -- Returns the tokens returned (0 when the draw was settled already or its window ended).
 local entry = redis.call('HGET', KEYS[2], ARGV[1])
@@ -18,4 +19,5 @@ local bar2 = string.find(rest, '|', 1, true)
 if bar2 then rest = string.sub(rest, 1, bar2 - 1) end
 local back = math.min(tonumber(ARGV[2]), tonumber(rest))
 redis.call('HSET', KEYS[1], 'drawn', string.format('%.0f', tonumber(cfg[3]) - back))
+redis.call('HINCRBY', KEYS[1], 'returned', string.format('%.0f', back))
 return back

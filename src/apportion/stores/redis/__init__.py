@@ -14,7 +14,8 @@ before the first ``::``), so that each request script touches one hash slot, and
 scripts of a request tree (opening children, closing a tree) the slot of its root:
 
 * ``PREFIX:{bN}:r:ID``: the ledger, one flat JSON array (layout in ``lua/common.lua``);
-* ``PREFIX:{bN}:e:ID``: the event list (each script appends to it in the same step);
+* ``PREFIX:{bN}:e:ID``: the event list (each script appends to it in the same step), and
+  the request's notes in their places (``events`` leaves them out, ``history`` keeps them);
 * ``PREFIX:{bN}:o:ID``: the request's operation ids, a hash (id -> digest of the
   arguments and what the reply adds to the state), written by the script of each operation
   that carried an id, in the same step, with the TTL of the ledger's key (see "Operation

@@ -118,7 +118,13 @@ class RedisPools(RedisKeys, RedisTransport):
         current = current_window(pool, window, now)
         open_draws = sum(1 for d in draws if int(_str(d).split("|", 1)[0]) == current)
         return pool_status(
-            pool, window, int(f.get("drawn", 0)), open_draws, int(f.get("overflow", 0)), now
+            pool,
+            window,
+            int(f.get("drawn", 0)),
+            open_draws,
+            int(f.get("overflow", 0)),
+            now,
+            int(f.get("returned", 0)),
         )
 
     def define_pool(self, pool: Pool) -> None:

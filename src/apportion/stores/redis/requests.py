@@ -50,6 +50,7 @@ from apportion.ledger import (
 from apportion.limits import is_text
 from apportion.pools import PRIORITY_RANKS, check_pool_name, check_priority
 from apportion.stores.base import Digests, check_children, check_op_id
+from apportion.stores.feed import NOTE_KINDS
 from apportion.stores.redis.arguments import _checked, _grant_args, _time, _tokens
 from apportion.stores.redis.calls import _OK, _Cmd, _Eval, _Steps
 from apportion.stores.redis.codec import (
@@ -499,11 +500,13 @@ class RedisRequests(RedisPools):
             raise UnknownRequest(request_id)
         return ledger_from_json(raw)
 
-    def _events_steps(self, request_id: str) -> _Steps[list[Event]]:
+    def _events_steps(self, request_id: str, notes: bool = False) -> _Steps[list[Event]]:
+        """The request's events list: its ledger events, and its notes when ``notes``."""
         raws = yield _Cmd(("LRANGE", self._keys(request_id)[1], 0, -1))
         if not raws:
             raise UnknownRequest(request_id)
-        return [_event(raw) for raw in raws]
+        events = [_event(raw) for raw in raws]
+        return events if notes else [e for e in events if e.kind not in NOTE_KINDS]
 
     def _read_tree(
         self, ids: Sequence[str], declared: dict[str, tuple[str, str, str]]
