@@ -794,6 +794,7 @@ def test_grant_from_another_request_is_foreign() -> None:
             lambda: mine.finish(theirs, input_tokens=1, output_tokens=1),
             lambda: mine.extend(theirs, 10),
             lambda: mine.release(theirs),
+            lambda: mine.note_fitted(theirs, 1, 10),
         ):
             with pytest.raises(ForeignGrant) as info:
                 call()
@@ -803,6 +804,25 @@ def test_grant_from_another_request_is_foreign() -> None:
             mine.finish(tuple(g), input_tokens=1, output_tokens=1)  # type: ignore[arg-type]
         assert snapshot(controller, mine.request_id) == before_mine
         assert snapshot(controller, other.request_id) == before_other
+
+
+def test_fitted_messages_are_noted_with_the_request_and_bad_counts_refused() -> None:
+    controller = Controller(support(), policy="elastic")
+    with controller.request(30_000) as req:
+        grant = req.begin("reasoner", 1_000, 500)
+        before = snapshot(controller, req.request_id)
+        for messages, tokens in ((-1, 10), (2, 1.5), (True, 3)):
+            with pytest.raises(InvalidTokenCount):
+                req.note_fitted(grant, messages, tokens)  # type: ignore[arg-type]
+        req.note_fitted(grant, 3, 420)
+        assert snapshot(controller, req.request_id) == before  # no ledger change
+        (note,) = [e for e in controller.store.history(req.request_id) if e.kind == "fitted"]
+        assert (note.agent, note.grant_id, note.context_tokens, note.note) == (
+            "reasoner",
+            grant.grant_id,
+            420,
+            "3",
+        )
 
 
 @pytest.mark.parametrize("ceiling", [0, -1, 10.0, float("nan"), True, None, "100", 10**13])

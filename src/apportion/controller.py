@@ -679,6 +679,15 @@ class _Steps:
         )
         yield from self._note(event)
 
+    def note_fitted(self, grant: Grant, messages: int, tokens: int) -> Steps[None]:
+        """Note that fitting dropped or shortened messages of ``grant``'s call."""
+        stored = self._own(grant)
+        messages = check_tokens("messages", messages)
+        tokens = check_tokens("tokens", tokens)
+        now = self.config.clock()
+        event = Event("fitted", now, stored.agent, stored.grant_id, tokens, 0, note=str(messages))
+        yield from self._note(event)
+
     def renew(self, grant: Grant) -> Steps[Grant]:
         self._usable()
         stored = self._own(grant)
@@ -1537,6 +1546,20 @@ class Request(_RequestBase):
         """
         return _run(self._steps.config, self._steps.renew(grant))
 
+    def note_fitted(self, grant: Grant, messages: int, tokens: int) -> None:
+        """Tell the store that fitting dropped or shortened messages of ``grant``'s call.
+
+        A note (kind ``fitted``: the tokens removed in ``context_tokens``, the messages in
+        ``note``) in the store's feed and the request's history (:meth:`Store.history
+        <apportion.stores.base.Store.history>`), for the dashboard; no ledger changes, and a
+        store that cannot take it is left alone. The integrations call this.
+
+        Raises:
+            ForeignGrant: ``grant`` is not this request's.
+            InvalidTokenCount: ``messages`` or ``tokens`` is no count.
+        """
+        _run(self._steps.config, self._steps.note_fitted(grant, messages, tokens))
+
     def completion(self, agent: str, **kwargs: Any) -> Any:
         """A budgeted ``litellm.completion`` for ``agent`` (needs the ``litellm`` extra).
 
@@ -1708,6 +1731,10 @@ class AsyncRequest(_RequestBase):
     async def renew(self, grant: Grant) -> Grant:
         """Async :meth:`Request.renew`."""
         return await _arun(self._steps.config, self._steps.renew(grant))
+
+    async def note_fitted(self, grant: Grant, messages: int, tokens: int) -> None:
+        """Async :meth:`Request.note_fitted`."""
+        await _arun(self._steps.config, self._steps.note_fitted(grant, messages, tokens))
 
     async def call(
         self,

@@ -71,6 +71,12 @@ def test_one_big_prompt_the_request_cannot_afford_is_shortened_inside(server, st
         assert report.sent_input <= 600 and report.input_cut
         assert report.dropped_messages == 1 and report.dropped_tokens == int(found[1])
         assert req.summary().consumed <= 2_400
+        # the store keeps a note of it with the request (the dashboard's request page)
+        notes = [e for e in store.history(req.request_id) if e.kind == "fitted"]
+        assert [(e.agent, e.grant_id, e.context_tokens, e.note) for e in notes] == [
+            ("reasoner", report.grant.grant_id, report.dropped_tokens, "1")
+        ]
+        assert "fitted" not in [e.kind for e in store.events(req.request_id)]
 
 
 def test_async_and_streamed_calls_ask_for_it_too(server, store):
@@ -82,7 +88,16 @@ def test_async_and_streamed_calls_ask_for_it_too(server, store):
             response = await req.acompletion("reasoner", messages=messages, **litellm_args(server))
             return response.apportion.grant.context_tokens, len(server.requests)
 
+    async def short() -> list[tuple[str, int]]:
+        async with ctl.request(ceiling=2_400) as req:
+            response = await req.acompletion("reasoner", messages=messages, **litellm_args(server))
+            assert response.apportion.dropped_messages == 1
+            return [(e.kind, e.context_tokens) for e in store.history(req.request_id)]
+
     assert asyncio.run(main()) == (NEEDS, 1)
+    kinds = asyncio.run(short())
+    assert [k for k, _ in kinds] == ["open", "begin", "fitted", "finish"]
+    server.requests.pop()
     assert server.requests[0]["messages"] == messages
     with controller(store, "uniform").request(ceiling=5_856) as req:
         stream = req.completion("reasoner", messages=messages, stream=True, **litellm_args(server))

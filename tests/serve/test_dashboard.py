@@ -14,6 +14,7 @@ import pytest
 from dashboard_helpers import EVIL, dashboard_config
 from test_budget_api import BASE
 
+from apportion.ledger import Event
 from apportion.serve import Gateway
 from apportion.serve.app import create_app
 from apportion.serve.dashboard import create_dashboard
@@ -144,6 +145,12 @@ def test_each_tenant_sees_its_own_requests_and_names_render_as_text(gateway: Gat
         assert request.status_code == 200
         assert EVIL not in request.text and "answer cut at the cap" in request.text
         assert request.text.count("<tr><td>") == 4  # open, begin, finish, begin
+        # messages fitted away: a note the store keeps with the request, on its timeline
+        gateway.store.note(f"acme/{mine}", Event("fitted", 9.0, "planner", 2, 640, 0, note="2"))
+        request = await client.get(f"/dashboard/requests/{quote('acme/' + mine, safe='')}")
+        assert request.text.count("<tr><td>") == 5
+        assert '<dd data-fact="fitted-messages">2</dd>' in request.text
+        assert "2 message(s) dropped or shortened to fit the grant" in request.text
         for missing in (f"globex/{theirs}", "acme/nope", theirs):
             gone = await client.get(f"/dashboard/requests/{quote(missing, safe='')}")
             assert gone.status_code == 404 and "Not found" in gone.text

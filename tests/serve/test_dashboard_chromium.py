@@ -207,7 +207,13 @@ def test_the_live_page_matches_the_ledger_and_follows_it(tmp_path: Path) -> None
         # the pools page: each pool's window as the store counts it, refreshed live
         defined = http.post(
             "/v1/admin/pools/acme",
-            json={"name": "team", "capacity": 60_000, "reserve": {"critical": 15_000}},
+            # a day's window: a minute's could end between two steps (then nothing is back)
+            json={
+                "name": "team",
+                "capacity": 60_000,
+                "window_seconds": 86_400,
+                "reserve": {"critical": 15_000},
+            },
             headers=auth("ops"),
         )
         assert defined.status_code in (200, 201), defined.text

@@ -510,6 +510,10 @@ class ChatCall:
         report.dropped_tokens = int(fit.dropped_tokens)
         report.input_cut = bool(fit.cut) or report.dropped_messages > 0
         report.sent_input = int(fit.input_tokens)
+        if report.dropped_messages:
+            with suppress(AttributeError, TypeError, ApportionError):  # a request-like object
+                fitted = (grant, report.dropped_messages, report.dropped_tokens)
+                yield Op("req", "note_fitted", fitted, {})
         return grant, list(fit.messages), report.sent_input
 
     def _note(self, grant: Grant) -> Op:

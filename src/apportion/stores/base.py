@@ -89,13 +89,14 @@ Contract (every implementation must keep it):
   later event once, in order, per request in the order of the request's own ``events``
   (unless the feed, bounded, dropped them first). ``feed_cursor()`` is the newest cursor
   (read from it to see only what comes next). ``note(request_id, event)`` appends a
-  feed-only event (kind ``refused``: a begin or an extension the controller refused, its
-  note saying which) with the request's state as it is, and changes no ledger; an unknown
-  request or agent raises as ``begin`` would; the store keeps the note with the request
-  (as long as its events) in the same step, and ``history(request_id)`` returns the
-  request's events with its notes in their places (a page drawn later counts the refusals
-  made before it). The feed is shared by every process on the
-  store (on Redis, a stream), so a reader sees the changes made by every replica.
+  feed-only event, a note (kind ``refused``: a begin or an extension the controller
+  refused, its note saying which; kind ``fitted``: messages of a call fitted away), with
+  the request's state as it is, and changes no ledger; an unknown request or agent raises
+  as ``begin`` would. The store keeps the note with the request (as long as its events)
+  in the same step, and ``history(request_id)`` returns the request's events with its
+  notes in their places (a page drawn later counts the refusals made before it). The feed
+  is shared by every process on the store (on Redis, a stream), so a reader sees the
+  changes made by every replica.
 * Exactly-once operations: ``open``, ``begin``, ``extend``, ``finish``, ``release``,
   ``close`` and ``open_children`` (and their async twins) take an optional keyword
   ``op_id``, an operation id (1 to 255 printable ASCII characters, no spaces; see
@@ -785,7 +786,7 @@ class Store(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no event feed")
 
     def note(self, request_id: str, event: Event) -> None:
-        """Append a feed-only event (kind ``refused``) of a request; no ledger changes.
+        """Append a note (``refused``, ``fitted``) of a request to the feed; no ledger changes.
 
         A store without a feed ignores notes (this default).
 
@@ -805,7 +806,7 @@ class Store(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no event feed")
 
     def history(self, request_id: str) -> list[Event]:
-        """The request's events with its notes (kind ``refused``) where they came, oldest first.
+        """The request's events and its notes (``refused``, ``fitted``) in order, oldest first.
 
         A store without a feed keeps no notes: its :meth:`events` (this default).
 

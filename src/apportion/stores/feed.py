@@ -49,13 +49,16 @@ FEED_KINDS: Final = frozenset(
         "child",
         "child_close",
         "refused",
+        "fitted",
     }
 )
-"""The kinds of event a feed carries: those of :class:`~apportion.ledger.Event`, and
-``refused``, a note (:meth:`Store.note <apportion.stores.base.Store.note>`): a begin or an
-extension the controller refused (the ledger records nothing; the note says which)."""
+"""The kinds of event a feed carries: those of :class:`~apportion.ledger.Event`, and the
+notes (:meth:`Store.note <apportion.stores.base.Store.note>`), which change no ledger:
+``refused``, a begin or an extension the controller refused (the note says which), and
+``fitted``, messages of a call dropped or shortened to fit its grant (the tokens removed in
+``context_tokens``, the messages in ``note``)."""
 
-NOTE_KINDS: Final = frozenset({"refused"})
+NOTE_KINDS: Final = frozenset({"refused", "fitted"})
 """The kinds of feed-only event :meth:`Store.note` appends."""
 
 
@@ -188,7 +191,7 @@ def check_note(event: object) -> Event:
             agent, at a finite time, with token counts.
     """
     if not isinstance(event, Event) or event.kind not in NOTE_KINDS:
-        raise InvalidArgument("event", event, f"an Event of kind {', '.join(NOTE_KINDS)}")
+        raise InvalidArgument("event", event, f"an Event of kind {', '.join(sorted(NOTE_KINDS))}")
     if not isinstance(event.agent, str) or not event.agent:
         raise InvalidArgument("event.agent", event.agent, "the agent the note is about")
     check_time("event.at", event.at)

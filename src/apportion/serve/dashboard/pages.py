@@ -419,7 +419,9 @@ def _note(event: Event) -> str:
         parts.append("answer cut at the cap")
     if event.overuse:
         parts.append(f"over-use {num(event.overuse)}")
-    if event.note:
+    if event.kind == "fitted":
+        parts.append(f"{event.note} message(s) dropped or shortened to fit the grant")
+    elif event.note:
         parts.append(
             event.note.rpartition("/")[2] if event.kind.startswith("child") else event.note
         )
@@ -443,6 +445,7 @@ def request_page(
         for e in events
         if e.kind == "begin" and e.asked > e.context_tokens
     )
+    fitted_messages = sum(int(e.note) for e in events if e.kind == "fitted" and e.note.isdecimal())
     parent = ""
     if state.parent_id:
         parent = (
@@ -459,6 +462,7 @@ def request_page(
             ("Overflow", "overflow", num(state.overflow)),
             ("Calls with input cut", "cut-inputs", num(sum(state.input_cut_calls.values()))),
             ("Input tokens fitted away", "fitted", num(fitted)),
+            ("Messages fitted away", "fitted-messages", num(fitted_messages)),
             ("Outcome score", "outcome", outcome),
         ]
     )
@@ -502,9 +506,10 @@ def request_page(
         for e in events
     )
     timeline = (
-        "<h2>Timeline</h2><table><caption>Every grant, extension, settlement and release "
+        "<h2>Timeline</h2><table><caption>Every grant, extension, settlement and release, "
+        "and the calls refused and messages fitted away "
         "(times in UTC; tokens: granted at begin and extend, used at finish, returned at "
-        "release and expiry)</caption><thead><tr>"
+        "release and expiry, removed by fitting)</caption><thead><tr>"
         '<th scope="col">Time</th><th scope="col">Change</th><th scope="col">Agent</th>'
         '<th scope="col" class="num">Grant</th><th scope="col" class="num">Context</th>'
         '<th scope="col" class="num">Output</th><th scope="col">Note</th></tr></thead>'

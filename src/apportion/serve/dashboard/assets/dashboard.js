@@ -79,6 +79,7 @@
   // wrap up: its next answer not cut is "wrapped_up" (a partial result), not "completed".
   function callStatus(row, ev) {
     var wrapping = row.getAttribute("data-wrap") === "1";
+    if (ev.k === "fitted") { return null; }  // messages fitted away: the call runs on
     if (ev.k === "refused") {
       if (ev.note === "extend") { row.setAttribute("data-wrap", "1"); return "wrapping up"; }
       return "refused";
