@@ -34,9 +34,19 @@ script's reply) and the tokens its request used. Printed per run: the windows se
 the most tokens used in one window, and ``overspend_by_window`` (tokens used beyond the
 capacity, per window; all must be 0) with its sum ``overspend``.
 
+With ``--cluster`` it compares topologies instead: the same load from 8 and from 16
+processes (``--cluster-processes``) on a standalone server and on a Redis Cluster of three
+primaries (no replicas), both started here (the cluster by the test suite's starter,
+``tests/stores/redis_cluster_server.py``), one after the other in the same run. Printed
+per topology and process count: ``pairs_per_s``, ``ops_per_s``, the median and p99 of a
+``begin``, the checks (``overspend``, ``tokens_lost``, ``accounting_errors``, all 0) and
+``durability``; and ``cluster_vs_standalone``, the cluster's pairs per second over the
+standalone server's, per process count.
+
     python benchmarks/load.py [--store redis://host:port/db] [--processes 8] [--requests N]
         [--aof [always|everysec|no]]
         [--window-seconds 0.25] [--window-capacity 30000] [--window-run 3] [--skew 0.05]
+    python benchmarks/load.py --cluster [--cluster-processes 8,16] [--requests N]
 """
 
 from __future__ import annotations
@@ -50,10 +60,12 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from apportion.pools import Pool, PoolExhausted
@@ -209,10 +221,19 @@ def percentile(values: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] / 1000.0
 
 
+def flush(store: RedisStore) -> None:
+    """Empty the store's server (every primary of a cluster), so each run starts clean."""
+    if store.topology == "cluster":
+        client = store._cluster_client()
+        client.execute_command("FLUSHDB", target_nodes=client.PRIMARIES)
+    else:
+        store._client.flushdb()
+
+
 def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     store = open_store(url)
     assert isinstance(store, RedisStore)
-    store._client.flushdb()
+    flush(store)
     pooled_requests = (args.requests + args.pooled - 1) // args.pooled if args.pooled else 0
     capacity = max(1, pooled_requests * args.processes * CEILING * 3 // 10)
     store.define_pool(Pool(POOL, capacity, 86_400.0))
@@ -278,6 +299,61 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compare_topologies(args: argparse.Namespace) -> dict[str, Any]:
+    """The same load on a standalone server and on a three-primary cluster, side by side."""
+    sys.path.insert(0, str(ROOT / "tests" / "stores"))
+    from redis_cluster_server import RedisCluster
+
+    counts = [int(n) for n in args.cluster_processes.split(",")]
+    runs: list[dict[str, Any]] = []
+    cluster = RedisCluster(primaries=3, replicas=0)
+    with own_server(args.aof) as standalone:
+        try:
+            cluster.start()
+            for processes in counts:
+                for topology, url in (("standalone", standalone), ("cluster", cluster.url)):
+                    args.processes = processes
+                    result = run(url, args)
+                    runs.append(
+                        {
+                            "topology": topology,
+                            "processes": processes,
+                            **{
+                                key: result[key]
+                                for key in (
+                                    "pairs_per_s",
+                                    "ops_per_s",
+                                    "seconds",
+                                    "round_trips_per_op",
+                                    "overspend",
+                                    "tokens_lost",
+                                    "accounting_errors",
+                                    "durability",
+                                )
+                            },
+                            "begin_p50_us": result["p50_us"]["begin"],
+                            "begin_p99_us": result["p99_us"]["begin"],
+                        }
+                    )
+        finally:
+            cluster.cleanup()
+    pace = {(r["topology"], r["processes"]): r["pairs_per_s"] for r in runs}
+    return {
+        "benchmark": "load-topologies",
+        "requests_per_process": args.requests,
+        "pairs_per_request": args.calls,
+        "cluster": "3 primaries, no replicas, on this machine's loopback",
+        "runs": runs,
+        "cluster_vs_standalone": {
+            str(n): round(pace["cluster", n] / pace["standalone", n], 2) for n in counts
+        },
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", help="redis://host:port/db (default: start a server)")
@@ -298,7 +374,20 @@ def main() -> None:
     parser.add_argument("--window-capacity", type=int, default=30_000)
     parser.add_argument("--window-run", type=float, default=3.0, help="seconds per run")
     parser.add_argument("--skew", type=float, default=0.05, help="clock offsets up to +-skew")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="compare a standalone server with a three-primary cluster (both started here)",
+    )
+    parser.add_argument(
+        "--cluster-processes", default="8,16", help="process counts compared (comma-separated)"
+    )
     args = parser.parse_args()
+    if args.cluster:
+        if args.store:
+            parser.error("--cluster starts its own servers: leave --store out")
+        print(json.dumps(compare_topologies(args), indent=2))
+        return
 
     def both(url: str) -> dict[str, Any]:
         result = run(url, args)

@@ -173,3 +173,20 @@ def test_gateway_idempotency_records_on_a_cluster(redis_cluster: RedisCluster) -
         await records.aclose()
 
     asyncio.run(scenario())
+
+
+def test_durability_is_the_weakest_primary_s(redis_cluster: RedisCluster) -> None:
+    store = RedisStore(redis_cluster.url)
+    primaries = redis_cluster.primaries()
+    assert store.durability() == "off"  # the test cluster writes no AOF
+    try:
+        for node in primaries:
+            node.command("CONFIG", "SET", "appendonly", "yes", "appendfsync", "always")
+        assert store.durability() == "always"
+        primaries[1].command("CONFIG", "SET", "appendfsync", "everysec")
+        assert store.durability() == "everysec"  # one primary may lose its last second
+        primaries[2].command("CONFIG", "SET", "appendonly", "no")
+        assert store.durability() == "off"  # one primary without an AOF
+    finally:
+        for node in primaries:
+            node.command("CONFIG", "SET", "appendonly", "no", "appendfsync", "everysec")

@@ -179,6 +179,9 @@ class RedisTransport:
         Reads the server's ``appendonly`` and ``appendfsync`` (``CONFIG GET append*``, one
         round trip); see "Durability" in :mod:`apportion.stores.redis` for what each loses.
 
+        On a Redis Cluster every primary is asked, and the weakest answer is the cluster's
+        (one primary without an AOF makes it ``"off"``).
+
         Returns:
             ``"always"``, ``"everysec"`` or ``"no"``: the AOF is on with that
             ``appendfsync``; ``"off"``: no AOF (a restart keeps at most the last RDB
@@ -188,19 +191,19 @@ class RedisTransport:
         Raises:
             StoreUnavailable: the server cannot be reached.
         """
+        args = ("CONFIG", "GET", "append*")
         try:
-            reply = self._call(_Cmd(("CONFIG", "GET", "append*")))
+            if self.topology != "cluster":
+                replies = [self._call(_Cmd(args))]
+            else:
+                client = self._cluster_client()
+                on = client.execute_command(*args, target_nodes=client.PRIMARIES)
+                replies = list(on.values())
         except self._response_error:
             return "unknown"
-        if isinstance(reply, dict):  # RESP3
-            pairs = list(reply.items())
-        else:
-            pairs = list(zip(reply[::2], reply[1::2], strict=True))
-        config = {_str(key): _str(value).lower() for key, value in pairs}
-        if config.get("appendonly") == "no":
-            return "off"
-        fsync = config.get("appendfsync")
-        return fsync if config.get("appendonly") == "yes" and fsync else "unknown"
+        except self._errors as exc:  # the cluster's (``_call`` raises StoreUnavailable)
+            raise self._unavailable(exc) from None
+        return min((_durability_of(r) for r in replies), key=_WEAKEST_FIRST.index)
 
     def _connection(self) -> Any:
         """This thread's own connection (no pool checkout per call: the hot path)."""
@@ -447,3 +450,20 @@ def _queue(pipe: Any, call: _Eval | _Cmd) -> None:
         pipe.execute_command(*call.args)
     else:
         pipe.execute_command("EVALSHA", _SHAS[call.script], len(call.keys), *call.keys, *call.args)
+
+
+_WEAKEST_FIRST = ("unknown", "off", "no", "everysec", "always")
+"""The answers of :meth:`RedisTransport.durability`, what a crash may take back the most first."""
+
+
+def _durability_of(reply: Any) -> str:
+    """One server's ``CONFIG GET append*`` reply as a :meth:`durability` answer."""
+    if isinstance(reply, dict):  # RESP3, or a cluster node's
+        pairs = list(reply.items())
+    else:
+        pairs = list(zip(reply[::2], reply[1::2], strict=True))
+    config = {_str(key): _str(value).lower() for key, value in pairs}
+    if config.get("appendonly") == "no":
+        return "off"
+    fsync = config.get("appendfsync")
+    return fsync if config.get("appendonly") == "yes" and fsync in _WEAKEST_FIRST else "unknown"

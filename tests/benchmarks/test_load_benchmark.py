@@ -1,0 +1,45 @@
+"""``benchmarks/load.py``: many processes on one store, and a standalone server beside a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from script_run import run_script
+
+
+def _require_redis() -> None:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the load benchmark needs redis-server and redis-cli")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+
+
+def test_the_load_benchmark_compares_a_standalone_server_with_a_cluster() -> None:
+    _require_redis()
+    out = run_script(
+        "load.py", "--cluster", "--cluster-processes", "2,3", "--requests", "6", "--calls", "2"
+    )
+    result = json.loads(out)
+    runs = result["runs"]
+    assert [(r["topology"], r["processes"]) for r in runs] == [
+        ("standalone", 2),
+        ("cluster", 2),
+        ("standalone", 3),
+        ("cluster", 3),
+    ]
+    for r in runs:
+        assert r["overspend"] == r["tokens_lost"] == r["accounting_errors"] == 0
+        assert r["pairs_per_s"] > 0 and r["begin_p50_us"] <= r["begin_p99_us"]
+        assert r["durability"] == "off"  # the servers it starts write no AOF
+    pace = {(r["topology"], r["processes"]): r["pairs_per_s"] for r in runs}
+    assert result["cluster_vs_standalone"] == {
+        str(n): round(pace["cluster", n] / pace["standalone", n], 2) for n in (2, 3)
+    }
+
+
+def test_the_load_benchmark_refuses_a_store_with_cluster() -> None:
+    with pytest.raises(AssertionError, match="leave --store out"):
+        run_script("load.py", "--cluster", "--store", "redis://127.0.0.1:1/0")
