@@ -26,6 +26,7 @@ from dashboard_helpers import EVIL, dashboard_config, dashboard_config_file
 from redis_server import RedisServer
 from test_budget_api import BASE
 
+from apportion.ledger import Event
 from apportion.serve import Gateway
 from apportion.serve.app import create_app
 from apportion.stores import Store, open_store
@@ -252,6 +253,13 @@ def test_the_live_page_matches_the_ledger_and_follows_it(tmp_path: Path) -> None
         renewed = begin(http, "acme", rid, "writer", 100)  # the timeline grows live
         browser.wait_for(f"document.querySelectorAll('#timeline-rows tr').length === {shown + 1}")
         assert renewed
+        # messages fitted away (a note the integrations send): counted live, on the timeline
+        store.note(f"acme/{rid}", Event("fitted", gateway.clock(), "writer", 0, 300, 0, note="4"))
+        browser.wait_for(
+            "document.querySelector('[data-fact=\"fitted-messages\"]').textContent === '4'"
+        )
+        last = "document.querySelector('#timeline-rows tr:last-child').textContent"
+        assert "4 message(s) dropped or shortened" in browser.evaluate(last)
 
         # another tenant's request, and one that never was: 404 pages
         for missing in (f"globex/{other}", "acme/never-was"):

@@ -236,8 +236,10 @@
     var tbody = document.getElementById("timeline-rows");
     if (!tbody || ev.r !== pageRequest) { return; }
     var tr = document.createElement("tr");
+    var note = ev.k === "fitted"
+      ? ev.note + " message(s) dropped or shortened to fit the grant" : ev.note || "";
     [clock(ev.t), ev.k, ev.a || "", ev.gid ? String(ev.gid) : "", fmt(ev.x), fmt(ev.o),
-     ev.note || ""].forEach(function (v, i) {
+     note].forEach(function (v, i) {
       var td = document.createElement("td");
       td.textContent = v;
       if (i >= 3 && i <= 5) { td.className = "num"; }
@@ -245,6 +247,11 @@
     });
     tbody.appendChild(tr);
     var facts = { "free": fmt(ev.f), "consumed": fmt(ev.n), "status": ev.s };
+    if (ev.k === "fitted") {  // its note holds the messages dropped or shortened
+      var shown = document.querySelector("[data-fact='fitted-messages']");
+      var before = shown ? Number(shown.textContent.replace(/,/g, "")) || 0 : 0;
+      facts["fitted-messages"] = fmt(before + (Number(ev.note) || 0));
+    }
     Object.keys(facts).forEach(function (k) {
       var dd = document.querySelector("[data-fact='" + k + "']");
       if (dd) { dd.textContent = facts[k]; }
