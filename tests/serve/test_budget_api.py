@@ -82,6 +82,23 @@ def test_a_request_runs_begin_extend_finish_close(gateway: Gateway) -> None:
         )
         assert done.status_code == 200, done.text
         assert done.json()["summary"]["consumed"] == 7900 + 1312
+        # the client fitted its messages itself: a note kept with the request, no ledger change
+        noted = await client.post(
+            f"{BASE}/{rid}/fitted",
+            json={"grant": grant["grant"], "messages": 3, "tokens": 410},
+            headers=h,
+        )
+        assert noted.json() == {"request_id": rid, "messages": 3, "tokens": 410}
+        (note,) = [e for e in gateway.store.history(f"acme/{rid}") if e.kind == "fitted"]
+        assert (note.agent, note.context_tokens, note.note) == ("reasoner", 410, "3")
+        check_error(
+            await client.post(
+                f"{BASE}/{rid}/fitted", json={"grant": grant["grant"], "messages": -1}, headers=h
+            ),
+            422,
+            "invalid_token_count",
+        )
+        assert (await client.get(f"{BASE}/{rid}", headers=h)).json()["consumed"] == 7900 + 1312
         other = (
             await client.post(
                 f"{BASE}/{rid}/begin", json={"agent": "formatter", "input_tokens": 100}, headers=h

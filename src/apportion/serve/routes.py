@@ -504,6 +504,35 @@ def budget_routes(app: FastAPI, gateway: Gateway) -> None:
         return await run(request, tenant, "release", body, op)
 
     @app.post(
+        "/v1/budget/requests/{request_id}/fitted",
+        tags=["budget"],
+        response_model=s.FittedOut,
+        responses=errors(401, 403, 404, 409, 422, 503),
+    )
+    async def fitted(
+        request: Request,
+        request_id: str,
+        body: s.FittedBody,
+        tenant: Tenant = TenantDep,
+        idempotency_key: str | None = idem,
+    ) -> Response:
+        """Say that fitting dropped or shortened messages of a grant's call (counts only).
+
+        A note the store keeps with the request, for the dashboard (the request page's
+        "Messages fitted away" and its timeline); the ledger does not change. The proxy
+        notes its own calls; a client that fits its messages itself says so here.
+        """
+
+        async def op() -> Outcome:
+            req = await gateway.request(tenant, request_id)
+            grant = gateway.grant(tenant, req, body.grant)
+            await req.note_fitted(grant, body.messages, body.tokens)
+            kept = {"request_id": request_id, "messages": body.messages, "tokens": body.tokens}
+            return _ok(200, kept)
+
+        return await run(request, tenant, "fitted", body, op)
+
+    @app.post(
         "/v1/budget/requests/{request_id}/score",
         tags=["budget"],
         response_model=s.ScoreOut,

@@ -20,6 +20,8 @@ __all__ = [
     "ExtendBody",
     "ExtendOut",
     "FinishBody",
+    "FittedBody",
+    "FittedOut",
     "GrantOut",
     "GrantRef",
     "Health",
@@ -138,6 +140,13 @@ class FinishBody(GrantRef):
     usage_estimated: bool = False
 
 
+class FittedBody(GrantRef):
+    """Messages of the grant's call that fitting dropped or shortened (counts, no content)."""
+
+    messages: Tokens = Field(description="messages dropped or shortened")
+    tokens: Tokens = Field(0, description="tokens they removed")
+
+
 class ScoreBody(_Body):
     """The request's outcome score (0..1 by convention)."""
 
@@ -224,6 +233,14 @@ class SettledOut(BaseModel):
     grant_id: int
     agent: str
     summary: Totals
+
+
+class FittedOut(BaseModel):
+    """The note kept."""
+
+    request_id: str
+    messages: int
+    tokens: int
 
 
 class ScoreOut(BaseModel):
