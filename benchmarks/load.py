@@ -19,7 +19,13 @@ At the end it checks what must hold:
 
 Prints JSON: ``pairs_per_s`` (begin+finish pairs per second, wall clock, open and close
 included), ``p50_us`` and ``p99_us`` per operation, ``round_trips_per_op`` (all operations)
-and per operation, ``overspend``, ``tokens_lost``. Without ``--store`` it starts its own
+and per operation, ``overspend``, ``tokens_lost``. On a standalone server also
+``server_us_per_script``, the server's own time per script call (``INFO commandstats``
+after a ``CONFIG RESETSTAT``), and, unless ``--no-ceiling``, the ceiling: the same
+number of processes sending as many trivial ``EVALSHA`` calls (``return 1``) through the
+store's client, ``trivial_ops_per_s``, and ``ratio_to_trivial``, the operations per second
+of the real run over it (issue 20, item 8 aims at 0.7 from 8 processes and at most 8 µs
+of server time per script). Without ``--store`` it starts its own
 ``redis-server`` (from PATH) on a free loopback port and stops it at the end; ``--aof``
 turns its append-only file on (``--aof always``: fsync every write). ``durability`` is the
 server's (:meth:`~apportion.stores.redis.RedisStore.durability`).
@@ -52,6 +58,7 @@ standalone server's, per process count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -135,6 +142,54 @@ def worker(
         if pool is not None:
             totals["pool_consumed"] += state.consumed
     out.put({"times": times, "trips": trips, "totals": totals})
+
+
+TRIVIAL = "return 1"
+"""The script of the ceiling: what one EVALSHA per operation costs with no work in it."""
+
+
+def trivial_worker(url: str, ops: int, start: Any, out: Any) -> None:
+    """One process of the ceiling: ``ops`` trivial EVALSHA calls through the store's client."""
+    store = open_store(url)
+    assert isinstance(store, RedisStore)
+    sha = store._command("SCRIPT", "LOAD", TRIVIAL)
+    start.wait()
+    for _ in range(ops):
+        store._command("EVALSHA", sha, 0)
+    out.put(ops)
+
+
+def trivial_ceiling(url: str, processes: int, ops: int) -> float:
+    """Operations per second the same number of processes reach with a trivial script."""
+    context = multiprocessing.get_context("fork")
+    start, out = context.Event(), context.Queue()
+    workers = [
+        context.Process(target=trivial_worker, args=(url, ops, start, out))
+        for _ in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)
+    began = time.perf_counter()
+    start.set()
+    done = sum(out.get(timeout=3600) for _ in workers)
+    wall = time.perf_counter() - began
+    for w in workers:
+        w.join(60)
+    return done / wall
+
+
+def script_stats(store: RedisStore) -> tuple[int, float] | None:
+    """``(EVALSHA calls, microseconds of server time)`` since the last reset (standalone)."""
+    try:
+        text = store._command("INFO", "commandstats")
+    except Exception:  # a server that refuses INFO (a managed service): not measured
+        return None
+    for line in (text if isinstance(text, str) else text.decode()).splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            fields = dict(part.split("=") for part in line.split(":", 1)[1].split(","))
+            return int(fields["calls"]), float(fields["usec"])
+    return None
 
 
 def run_windows(url: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -249,12 +304,17 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     for w in workers:
         w.start()
     time.sleep(0.5)  # let every worker warm up and wait
+    standalone = store.topology != "cluster"
+    if standalone:
+        with contextlib.suppress(Exception):  # refused by a managed service: not measured
+            store._command("CONFIG", "RESETSTAT")
     began = time.perf_counter()
     start.set()
     results = [out.get(timeout=3600) for _ in workers]
     wall = time.perf_counter() - began
     for w in workers:
         w.join(60)
+    stats = script_stats(store) if standalone else None
     times: dict[str, list[int]] = {}
     trips: dict[str, int] = {}
     totals: dict[str, int] = {}
@@ -270,6 +330,7 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     pool_overspend = max(0, totals["pool_consumed"] - capacity)
     pairs = args.processes * args.requests * args.calls
     ops = sum(len(v) for v in times.values())
+    ceiling = trivial_ceiling(url, args.processes, ops // args.processes) if args.ceiling else 0.0
     return {
         "benchmark": "load",
         "store": store.url,
@@ -284,6 +345,11 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "p50_us": {op: round(percentile(v, 0.50), 1) for op, v in times.items()},
         "p99_us": {op: round(percentile(v, 0.99), 1) for op, v in times.items()},
         "round_trips_per_op": round(sum(trips.values()) / ops, 3),
+        "server_us_per_script": (
+            round(stats[1] / stats[0], 1) if stats is not None and stats[0] else None
+        ),
+        "trivial_ops_per_s": round(ceiling) if ceiling else None,
+        "ratio_to_trivial": round(ops / wall / ceiling, 3) if ceiling else None,
         "round_trips_by_op": {op: round(trips[op] / len(times[op]), 3) for op in times},
         "overspend": totals["overspend"] + pool_overspend,
         "tokens_lost": totals["lost"] + pool_lost,
@@ -374,6 +440,12 @@ def main() -> None:
     parser.add_argument("--window-capacity", type=int, default=30_000)
     parser.add_argument("--window-run", type=float, default=3.0, help="seconds per run")
     parser.add_argument("--skew", type=float, default=0.05, help="clock offsets up to +-skew")
+    parser.add_argument(
+        "--no-ceiling",
+        dest="ceiling",
+        action="store_false",
+        help="skip the ceiling run (the same processes, one trivial EVALSHA per operation)",
+    )
     parser.add_argument(
         "--cluster",
         action="store_true",

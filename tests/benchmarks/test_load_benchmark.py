@@ -40,6 +40,18 @@ def test_the_load_benchmark_compares_a_standalone_server_with_a_cluster() -> Non
     }
 
 
+def test_the_load_benchmark_measures_server_time_and_its_ceiling() -> None:
+    _require_redis()
+    out = run_script(
+        "load.py", "--processes", "2", "--requests", "5", "--calls", "2", "--window-seconds", "0"
+    )
+    result = json.loads(out)
+    assert result["overspend"] == result["tokens_lost"] == result["accounting_errors"] == 0
+    assert result["server_us_per_script"] > 0 and result["trivial_ops_per_s"] > 0
+    ratio = result["ops_per_s"] / result["trivial_ops_per_s"]  # both rounded to whole ops
+    assert result["ratio_to_trivial"] > 0 and abs(result["ratio_to_trivial"] - ratio) < 0.01
+
+
 def test_the_load_benchmark_refuses_a_store_with_cluster() -> None:
     with pytest.raises(AssertionError, match="leave --store out"):
         run_script("load.py", "--cluster", "--store", "redis://127.0.0.1:1/0")
