@@ -154,12 +154,17 @@ def dashboard_routes(
         )
         return _html(text)
 
-    async def read_request(tenant: Tenant, store_id: str) -> tuple[Any, list[Any]] | None:
+    async def read_request(
+        tenant: Tenant, store_id: str, *, notes: bool
+    ) -> tuple[Any, list[Any]] | None:
         if not visible(tenant, store_id):
             return None
         try:
             state = await gateway.store.aget(store_id)
-            history = await gateway.store.ahistory(store_id)
+            if notes:
+                history = await gateway.store.ahistory(store_id)
+            else:
+                history = await gateway.store.aevents(store_id)
         except UnknownRequest:
             return None
         return state, history
@@ -171,7 +176,7 @@ def dashboard_routes(
         store_id = str(request.path_params["request_id"])
         try:
             cursor = await gateway.store.afeed_cursor()
-            found = await read_request(tenant, store_id)
+            found = await read_request(tenant, store_id, notes=True)
         except StoreUnavailable as exc:
             return unavailable(request, tenant, exc)
         if found is None:
@@ -194,7 +199,10 @@ def dashboard_routes(
         store_id = str(request.path_params["request_id"])
         try:
             cursor = await gateway.store.afeed_cursor()  # before reading: changes since are newer
-            found = await read_request(tenant, store_id)
+            # The ledger's events only: a live page fetches these rows when the request's
+            # open reaches it, so every note of the request reaches it too, held meanwhile
+            # and replayed onto the rows (notes read here as well would count twice).
+            found = await read_request(tenant, store_id, notes=False)
         except StoreUnavailable:
             return Response("store unavailable", status_code=503, headers=HEADERS)
         if found is None:

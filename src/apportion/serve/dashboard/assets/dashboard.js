@@ -202,13 +202,30 @@
     return false;
   }
 
+  function untally(row, status) {
+    var n = Number(row.getAttribute("data-" + status) || "0");
+    if (n > 0) { row.setAttribute("data-" + status, String(n - 1)); }
+  }
+
   // Events that came while a request's rows were being fetched. The rows carry the feed
-  // cursor they were drawn at: later events apply; earlier ones, ledger changes and notes
-  // (refusals) alike, are in the rows already (the store keeps notes with the request).
+  // cursor they were drawn at: later events apply in full; earlier ones are already in the
+  // figures, but the rows are drawn from the ledger's events alone (the request's open
+  // brought every one of its notes here), so the statuses and notes are replayed.
   function replay(tb, held) {
     var at = tb.getAttribute("data-cursor") || "0";
     held.forEach(function (ev) {
-      if (later(ev.c, at)) { updateRequest(tb, ev); }
+      if (later(ev.c, at)) { updateRequest(tb, ev); return; }
+      var row = ev.a ? agentRow(tb, ev.a) : null;
+      if (!row) { return; }
+      var status = callStatus(row, ev);
+      if (!status) { return; }
+      row.setAttribute("data-status", status);
+      setText(row, "status", status);
+      if (status === "refused") { tally(row, status); }
+      if (ev.k === "finish" && status === "wrapped_up") {
+        untally(row, "completed");
+        tally(row, status);
+      }
     });
   }
 
