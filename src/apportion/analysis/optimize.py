@@ -172,11 +172,23 @@ def optimize(
         skip_if_exists=True,
     )
     finished = (optuna.trial.TrialState.COMPLETE,)
-    study.optimize(
-        objective,
-        n_trials=trials,
-        callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
-    )
+    for _ in range(trials + 1):
+        try:
+            study.optimize(
+                objective,
+                n_trials=trials,
+                callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
+            )
+            break
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+            # On a storage without row locks (SQLite) two workers can pop the same enqueued
+            # trial (optuna#4621); the second to finish it cannot tell it. The first one's
+            # result stands: go on with the study.
+            told_twice = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or str(
+                exc
+            ).startswith("Cannot tell a")
+            if shared is None or not told_twice:
+                raise
     done = len(study.get_trials(deepcopy=False, states=finished))
     best = study.best_trial
     budgets = budgets_of(dict(best.params))
