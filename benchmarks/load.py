@@ -159,24 +159,40 @@ def trivial_worker(url: str, ops: int, start: Any, out: Any) -> None:
     out.put(ops)
 
 
-def trivial_ceiling(url: str, processes: int, ops: int) -> float:
-    """Operations per second the same number of processes reach with a trivial script."""
+def race(
+    target: Any,
+    argses: list[tuple[Any, ...]],
+    *,
+    warm_up: float = 0.5,
+    ready: Any = None,
+) -> tuple[list[Any], float]:
+    """A forked process per ``argses`` entry, released together; their results, wall time.
+
+    Each process runs ``target(*args, start, out)``: it waits for ``start``, then puts its
+    result on ``out``. After ``warm_up`` seconds (they warm up and wait) ``ready()`` runs,
+    if given, then all start at once; the wall time runs from then to the last result.
+    """
     context = multiprocessing.get_context("fork")
     start, out = context.Event(), context.Queue()
-    workers = [
-        context.Process(target=trivial_worker, args=(url, ops, start, out))
-        for _ in range(processes)
-    ]
+    workers = [context.Process(target=target, args=(*args, start, out)) for args in argses]
     for w in workers:
         w.start()
-    time.sleep(0.5)
+    time.sleep(warm_up)
+    if ready is not None:
+        ready()
     began = time.perf_counter()
     start.set()
-    done = sum(out.get(timeout=3600) for _ in workers)
+    results = [out.get(timeout=3600) for _ in workers]
     wall = time.perf_counter() - began
     for w in workers:
         w.join(60)
-    return done / wall
+    return results, wall
+
+
+def trivial_ceiling(url: str, processes: int, ops: int) -> float:
+    """Operations per second the same number of processes reach with a trivial script."""
+    done, wall = race(trivial_worker, [(url, ops)] * processes)
+    return sum(done) / wall
 
 
 def script_stats(store: RedisStore) -> tuple[int, float] | None:
@@ -195,26 +211,14 @@ def script_stats(store: RedisStore) -> tuple[int, float] | None:
 def run_windows(url: str, args: argparse.Namespace) -> dict[str, Any]:
     """The pool-window case: tokens used per window charged, without and with skew."""
     store = open_store(url)
-    context = multiprocessing.get_context("fork")
     runs = []
     for run_index, skew in enumerate(sorted({0.0, args.skew})):
         pool = f"{POOL}-window-{run_index}"
         store.define_pool(Pool(pool, args.window_capacity, args.window_seconds))
-        n = args.processes
-        start, out = context.Event(), context.Queue()
-        workers = [
-            context.Process(
-                target=draw_until,
-                args=(url, pool, RANKS, i, offset, args.window_run, start, out),
-            )
-            for i, offset in enumerate(clock_offsets(skew, n))
-        ]
-        for w in workers:
-            w.start()
-        start.set()
-        records = [r for _ in workers for r in out.get(timeout=3600)]
-        for w in workers:
-            w.join(60)
+        offsets = enumerate(clock_offsets(skew, args.processes))
+        argses = [(url, pool, RANKS, i, offset, args.window_run) for i, offset in offsets]
+        drawn, _ = race(draw_until, argses, warm_up=0.0)
+        records = [r for result in drawn for r in result]
         over = list(overspend(records, args.window_capacity).values())
         used: dict[int, int] = {}
         for window, tokens in records:
@@ -292,28 +296,15 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     pooled_requests = (args.requests + args.pooled - 1) // args.pooled if args.pooled else 0
     capacity = max(1, pooled_requests * args.processes * CEILING * 3 // 10)
     store.define_pool(Pool(POOL, capacity, 86_400.0))
-    context = multiprocessing.get_context("fork")
-    start, out = context.Event(), context.Queue()
-    workers = [
-        context.Process(
-            target=worker,
-            args=(url, i, args.requests, args.calls, args.pooled, start, out),
-        )
-        for i in range(args.processes)
-    ]
-    for w in workers:
-        w.start()
-    time.sleep(0.5)  # let every worker warm up and wait
     standalone = store.topology != "cluster"
-    if standalone:
-        with contextlib.suppress(Exception):  # refused by a managed service: not measured
-            store._command("CONFIG", "RESETSTAT")
-    began = time.perf_counter()
-    start.set()
-    results = [out.get(timeout=3600) for _ in workers]
-    wall = time.perf_counter() - began
-    for w in workers:
-        w.join(60)
+
+    def reset_stats() -> None:  # after the warm-up: the server's time of the run alone
+        if standalone:
+            with contextlib.suppress(Exception):  # refused by a managed service: not measured
+                store._command("CONFIG", "RESETSTAT")
+
+    argses = [(url, i, args.requests, args.calls, args.pooled) for i in range(args.processes)]
+    results, wall = race(worker, argses, ready=reset_stats)
     stats = script_stats(store) if standalone else None
     times: dict[str, list[int]] = {}
     trips: dict[str, int] = {}

@@ -505,8 +505,9 @@ class RedisRequests(RedisPools):
         raws = yield _Cmd(("LRANGE", self._keys(request_id)[1], 0, -1))
         if not raws:
             raise UnknownRequest(request_id)
-        events = [_event(raw) for raw in raws]
-        return events if notes else [e for e in events if e.kind not in NOTE_KINDS]
+        if notes:
+            return [_event(raw) for raw in raws]
+        return [e for raw in raws if (e := _event(raw)).kind not in NOTE_KINDS]
 
     def _read_tree(
         self, ids: Sequence[str], declared: dict[str, tuple[str, str, str]]
