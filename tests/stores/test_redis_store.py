@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import multiprocessing
 import os
@@ -23,7 +24,8 @@ from apportion.errors import PoolExhausted, StoreUnavailable, UnknownRequest
 from apportion.ledger import Grant
 from apportion.pools import Pool
 from apportion.stores import MemoryStore, Store, open_store
-from apportion.stores.redis import RedisStore
+from apportion.stores.redis import RedisStore, ledger_from_stored
+from apportion.stores.redis.codec import _values
 from apportion.testing.pool_conformance import PoolConformance
 from apportion.testing.store_conformance import RANKS, StoreConformance, check_invariants
 
@@ -151,6 +153,25 @@ def test_keys_carry_ttls(redis_server: RedisServer) -> None:
     time.sleep(0.1)
     with pytest.raises(UnknownRequest):
         short.get("s")
+
+
+def test_a_ledger_stored_as_json_by_an_earlier_version_still_reads(
+    redis_server: RedisServer,
+) -> None:
+    """Ledgers were JSON arrays before they were MessagePack: an open one goes on working."""
+    store = fresh(redis_server)
+    store.open("r", RANKS, 1_000, 0.0, ttl=50.0)
+    grant, _ = store.begin("r", "lead", 100, 50, 0.0, 10.0)
+    key = store._keys("r")[0]
+    packed = store._client.get(key)
+    assert isinstance(packed, bytes) and packed[:1] != b"["  # stored as MessagePack
+    values = _values(packed)
+    store._client.set(key, json.dumps(values, separators=(",", ":")), keepttl=True)
+    assert store.get("r").to_dict() == ledger_from_stored(packed).to_dict()
+    state = store.finish("r", grant, 80, 40, 1.0)
+    assert (state.consumed, state.reserved, state.free) == (120, 0, 880)
+    assert store._client.get(key)[:1] != b"["  # written back as MessagePack
+    assert store.close("r", 2.0).consumed == 120
 
 
 def test_async_controller_with_a_pool(redis_server: RedisServer) -> None:

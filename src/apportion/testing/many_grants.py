@@ -1,9 +1,9 @@
 """A Redis-stored request holding thousands of open grants, for tests and benchmarks.
 
-Beginning grants one by one costs each ``begin`` a pass over the request's ledger document,
+Beginning grants one by one costs each ``begin`` a pass over the request's stored ledger,
 so reaching 10,000 open grants that way takes minutes. :func:`seed_open_grants` writes the
 state that many ``begin`` calls would leave (the grants, the reservations, the counters,
-one ``begin`` event each) straight into the ledger document in one step, so a test or a
+one ``begin`` event each) straight into the stored ledger in one step, so a test or a
 benchmark can then time or check what the store does with them (``close``, ``reap``).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from apportion.stores.redis import RedisStore
-from apportion.stores.redis.codec import _text
+from apportion.stores.redis.codec import _text, _values, import_msgpack
 
 
 def seed_open_grants(
@@ -40,7 +40,7 @@ def seed_open_grants(
     raw = client.get(key)
     if raw is None:
         raise ValueError(f"request {request_id!r} is not in the store")
-    st = json.loads(raw)
+    st = _values(raw if isinstance(raw, bytes) else raw.encode())
     n: int = st[12]
     names = st[13 : 13 + n]
     ai: int = names.index(agent) + 1
@@ -65,7 +65,7 @@ def seed_open_grants(
     st[at(5)] += total * count  # reserved by the agent
     st[at(7)] += count  # calls
     with client.pipeline(transaction=True) as pipe:
-        pipe.set(key, json.dumps(st, separators=(",", ":")), keepttl=True)
+        pipe.set(key, import_msgpack().packb(st), keepttl=True)
         for i in range(0, len(events), 1000):
             pipe.rpush(events_key, *events[i : i + 1000])
         pipe.zadd(index_key, {request_id: min(lease_ends, float(st[3]))})

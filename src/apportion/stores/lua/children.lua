@@ -4,7 +4,7 @@
 -- The operation id is recorded in the parent's record; a repeated one is answered with
 -- the parent's and the children's ledgers as they are now.
 -- ARGV (after the operation id and digest): now, max depth, ceiling ('' for none), share ('' for none), the children's ledger
--- document (ceiling 0: set here), key ttl (ms, 0: none; raised to the parent's keys' own,
+-- (MessagePack; ceiling 0: set here), key ttl (ms, 0: none; raised to the parent's keys' own,
 -- none when they have none), expiry score, then each child's id and priority rank.
 local m = (#ARGV - 7) / 2
 local done, first = recorded(KEYS[4])
@@ -28,7 +28,7 @@ for i = 1, m do
 end
 for i = 1, m do
   local raw = redis.call('GET', KEYS[2 + 3 * i])
-  if raw and cjson.decode(raw)[2] == 'open' then return {'dup', ids[i]} end
+  if raw and unpacked(raw)[2] == 'open' then return {'dup', ids[i]} end
 end
 if st[2] ~= 'open' then return {'closed', st[2]} end
 reap(c)
@@ -83,7 +83,7 @@ elseif key_ttl ~= '0' and parent_ttl > tonumber(key_ttl) then
 end
 local blobs = {}
 for i = 1, m do
-  local k = cjson.decode(ARGV[5])
+  local k = cmsgpack.unpack(ARGV[5])
   local n = k[13]
   k[1], k[5], k[8] = ids[i], tokens[i], tokens[i]
   local held_k = 0
@@ -94,7 +94,7 @@ for i = 1, m do
   if costs[i] then k[14 + 10 * n] = int(costs[i]) end
   local t = 17 + 11 * n
   k[t], k[t + 1], k[t + 2] = st[1], depth, ranks[i]
-  local blob = cjson.encode(k)
+  local blob = cmsgpack.pack(k)
   local key, ekey = KEYS[2 + 3 * i], KEYS[3 + 3 * i]
   redis.call('DEL', ekey, KEYS[4 + 3 * i]) -- a closed request of the id: its events and ids
   redis.call('SET', key, blob)

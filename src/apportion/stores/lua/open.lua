@@ -1,6 +1,6 @@
 -- Open a request. KEYS: ledger, events, index, operation record; with a pool draw, the
 -- draw's marker too; the feed last.
--- ARGV (after the operation id and digest): ledger JSON, request id, open event, index
+-- ARGV (after the operation id and digest): ledger (MessagePack), request id, open event, index
 -- score, key ttl (ms, 0: none),
 -- marker ttl (ms, 0: none).
 -- A draw marked void (given back by reconcile after its open deadline) is never opened.
@@ -12,7 +12,7 @@ if again then return again end
 if #KEYS == 6 and redis.call('EXISTS', KEYS[5]) == 1 then return {'void'} end
 local raw = redis.call('GET', KEYS[1])
 if raw then
-  local old = cjson.decode(raw)
+  local old = unpacked(raw)
   if old[2] == 'open' then return {'dup'} end
   if old[12] ~= '' then
     local mark = string.sub(KEYS[3], 1, -5) .. 'd:' .. old[12]

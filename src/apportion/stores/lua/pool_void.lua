@@ -6,7 +6,8 @@
 -- draw void, so that its open is refused from now on (open.lua), and returns {'void'}:
 -- the draw may then be given back in full, its tokens never used.
 local raw = redis.call('GET', KEYS[1])
-if raw and cjson.decode(raw)[12] == ARGV[1] then return {'opened', raw} end
+local st = raw and (string.byte(raw, 1) == 91 and cjson.decode(raw) or cmsgpack.unpack(raw))
+if st and st[12] == ARGV[1] then return {'opened', raw} end
 local mark = redis.call('GET', KEYS[2])
 if mark and mark ~= 'void' then return {'opened', mark} end
 if not mark then

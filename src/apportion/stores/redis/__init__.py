@@ -13,7 +13,7 @@ request id modulo ``buckets``; for a child request, of its root's id, the part o
 before the first ``::``), so that each request script touches one hash slot, and the
 scripts of a request tree (opening children, closing a tree) the slot of its root:
 
-* ``PREFIX:{bN}:r:ID``: the ledger, one flat JSON array (layout in ``lua/common.lua``);
+* ``PREFIX:{bN}:r:ID``: the ledger, one flat MessagePack array (layout in ``lua/common.lua``);
 * ``PREFIX:{bN}:e:ID``: the event list (each script appends to it in the same step), and
   the request's notes in their places (``events`` leaves them out, ``history`` keeps them);
 * ``PREFIX:{bN}:o:ID``: the request's operation ids, a hash (id -> digest of the
@@ -173,8 +173,8 @@ closed children's usage, the open children's draws: see ``lua/common.lua``).
 
 from __future__ import annotations
 
-from apportion.stores.redis.codec import ledger_from_json
+from apportion.stores.redis.codec import ledger_from_stored
 from apportion.stores.redis.scripts import SCRIPTS
 from apportion.stores.redis.store import RedisStore
 
-__all__ = ["SCRIPTS", "RedisStore", "ledger_from_json"]
+__all__ = ["SCRIPTS", "RedisStore", "ledger_from_stored"]

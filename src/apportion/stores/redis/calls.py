@@ -19,13 +19,13 @@ class _Eval(NamedTuple):
 
     script: str
     keys: tuple[str, ...]
-    args: tuple[str | int, ...]
+    args: tuple[str | int | bytes, ...]
 
 
 class _Cmd(NamedTuple):
     """Run one plain command."""
 
-    args: tuple[str | int, ...]
+    args: tuple[str | int | bytes, ...]
 
 
 class _Pause(NamedTuple):

@@ -1,7 +1,8 @@
-"""The Redis store's stored documents: ledgers and events as JSON, and the text of values.
+"""The Redis store's stored documents: ledgers, events, and the text of values.
 
-A ledger is one flat JSON array (its layout is described in ``lua/common.lua``), an event
-one JSON array; floats travel as the exact decimal text that reads back as the same float.
+A ledger is one flat array stored as MessagePack (its layout is described in
+``lua/common.lua``; the JSON array earlier versions stored still reads), an event one JSON
+array; floats travel as the exact decimal text that reads back as the same float.
 """
 
 from __future__ import annotations
@@ -10,11 +11,32 @@ import json
 import math
 from typing import Any
 
+from apportion.errors import MissingExtra
 from apportion.ledger import OPEN, Event, Grant, Ledger
 
 _decode = json.JSONDecoder().decode
+_msgpack: Any = None
 _new = tuple.__new__  # builds a NamedTuple from a full tuple, skipping its slow __new__
 _CENTURY = 100 * 365.25 * 86_400.0  # seconds: a TTL beyond this is kept forever
+
+
+def import_msgpack() -> Any:
+    """The ``msgpack`` module (imported once), or :class:`~apportion.errors.MissingExtra`."""
+    global _msgpack
+    if _msgpack is None:
+        try:
+            import msgpack
+        except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+            raise MissingExtra("msgpack", "redis") from exc
+        _msgpack = msgpack
+    return _msgpack
+
+
+def _values(raw: bytes) -> list[Any]:
+    """The values of a stored ledger: MessagePack, or the JSON array earlier versions stored."""
+    if raw[:1] == b"[":
+        return _decode(raw.decode())  # type: ignore[no-any-return]
+    return (_msgpack or import_msgpack()).unpackb(raw)  # type: ignore[no-any-return]
 
 
 def _text(value: float) -> str:
@@ -22,15 +44,15 @@ def _text(value: float) -> str:
     return repr(float(value))
 
 
-def ledger_from_json(raw: bytes | str) -> Ledger:
-    """Build a :class:`~apportion.ledger.Ledger` snapshot from a script's ledger document.
+def ledger_from_stored(raw: bytes) -> Ledger:
+    """Build a :class:`~apportion.ledger.Ledger` snapshot from a stored ledger (a reply's).
 
     The snapshot is a ledger restored from the stored fields (:meth:`Ledger.restore
     <apportion.ledger.Ledger.restore>`, no validation: the store validated every change);
     it carries no events (read them with ``events``) and changing it changes nothing in the
-    store. The document is the flat JSON array described in ``lua/common.lua``.
+    store. The ledger is the flat array described in ``lua/common.lua``.
     """
-    v = _decode(raw.decode() if isinstance(raw, bytes) else raw)
+    v = _values(raw)
     n = v[12]
     agents = v[13 : 13 + n]
     request_id = v[0]
@@ -92,7 +114,8 @@ def ledger_from_json(raw: bytes | str) -> Ledger:
     )
 
 
-def _ledger_json(ledger: Ledger, pool: str, draw: str) -> str:
+def _ledger_blob(ledger: Ledger, pool: str, draw: str) -> bytes:
+    """A new ledger as the store keeps it (see ``lua/common.lua``), drawn from ``pool``."""
     agents = list(ledger.ranks)
     n = len(agents)
     head: list[Any] = [
@@ -129,12 +152,12 @@ def _ledger_json(ledger: Ledger, pool: str, draw: str) -> str:
         "0",
         0,
     ]
-    return json.dumps(head + blocks, separators=(",", ":"))
+    return (_msgpack or import_msgpack()).packb(head + blocks)  # type: ignore[no-any-return]
 
 
-def _pool_debt(raw: bytes | str) -> tuple[str, str, int, str]:
-    """``(pool, draw, free, overflow)`` of a closed ledger document."""
-    v = json.loads(raw)
+def _pool_debt(raw: bytes) -> tuple[str, str, int, str]:
+    """``(pool, draw, free, overflow)`` of a closed stored ledger."""
+    v = _values(raw)
     return v[10], v[11], v[7], v[8]
 
 

@@ -15,7 +15,7 @@ from apportion.errors import UnknownPool
 from apportion.ledger import OPEN, check_time
 from apportion.pools import Pool, PoolStatus, check_pool_name, current_window, pool_status
 from apportion.stores.redis.calls import _Cmd, _Eval, _Steps
-from apportion.stores.redis.codec import _pool_debt, _str, _text, ledger_from_json
+from apportion.stores.redis.codec import _pool_debt, _str, _text, ledger_from_stored
 from apportion.stores.redis.keys import RedisKeys
 from apportion.stores.redis.transport import RedisTransport
 
@@ -61,7 +61,7 @@ class RedisPools(RedisKeys, RedisTransport):
         lapsed: list[tuple[str, str, int]] = []
         for (name, draw, tokens, deadline), raw in zip(entries, states, strict=True):
             if raw is not None and _pool_debt(raw)[1] == draw:
-                if ledger_from_json(raw).status != OPEN:
+                if ledger_from_stored(raw).status != OPEN:
                     calls.append(self._give_back(*_pool_debt(raw), now))
             elif now >= deadline + self.clock_skew_seconds:
                 lapsed.append((name, draw, tokens))
@@ -77,7 +77,7 @@ class RedisPools(RedisKeys, RedisTransport):
             for (name, draw, tokens), reply in zip(lapsed, replies, strict=True):
                 if _str(reply[0]) == "void":
                     calls.append(self._give_back(name, draw, tokens, "0", now))
-                elif ledger_from_json(reply[1]).status != OPEN:
+                elif ledger_from_stored(reply[1]).status != OPEN:
                     calls.append(self._give_back(*_pool_debt(reply[1]), now))
         if calls:
             yield calls

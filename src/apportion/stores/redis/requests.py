@@ -55,13 +55,13 @@ from apportion.stores.redis.arguments import _checked, _grant_args, _time, _toke
 from apportion.stores.redis.calls import _OK, _Cmd, _Eval, _Steps
 from apportion.stores.redis.codec import (
     _event,
-    _ledger_json,
+    _ledger_blob,
     _pool_debt,
     _score,
     _str,
     _text,
     _ttl_ms,
-    ledger_from_json,
+    ledger_from_stored,
 )
 from apportion.stores.redis.pools import RedisPools
 from apportion.stores.redis.refusals import _refusal
@@ -132,7 +132,7 @@ class RedisRequests(RedisPools):
                 assert op_id is not None
                 raise OperationConflict(op_id, "open", "open", request_id)
             fresh = code == "ok"
-        blob = _ledger_json(ledger, pool or "", draw)
+        blob = _ledger_blob(ledger, pool or "", draw)
         opened = json.dumps(["open", _text(now), False, 0, ledger.ceiling, 0, False, 0, ""])
         key_ttl = "0"  # a pooled request keeps its keys while open: its draw is settled from them
         if pool is None and math.isfinite(ttl) and not math.isinf(self.retention_seconds):
@@ -162,9 +162,9 @@ class RedisRequests(RedisPools):
                     "pool_return", self._pool_keys(pool), (draw, ledger.ceiling, 0, _text(now))
                 )
             if again:
-                return ledger_from_json(reply[1])
+                return ledger_from_stored(reply[1])
             raise _refusal(request_id, reply, [], op=(op_id, digest))
-        return ledger_from_json(blob)
+        return ledger_from_stored(blob)
 
     def _children_steps(
         self,
@@ -224,7 +224,7 @@ class RedisRequests(RedisPools):
                 args.max_depth,
                 "" if args.ceiling is None else args.ceiling,
                 "" if args.share is None else _text(args.share),
-                _ledger_json(template, "", ""),
+                _ledger_blob(template, "", ""),
                 key_ttl,
                 _score(template.expires_at),
                 *each,
@@ -232,7 +232,7 @@ class RedisRequests(RedisPools):
         )
         code = _str(reply[0])
         if code == "ok":
-            return ledger_from_json(reply[1]), [ledger_from_json(blob) for blob in reply[2:]]
+            return ledger_from_stored(reply[1]), [ledger_from_stored(blob) for blob in reply[2:]]
         if code == "child":
             ids = args.request_ids
             label = ids[0] if len(ids) == 1 else f"{ids[0]} (+{len(ids) - 1})"
@@ -324,7 +324,7 @@ class RedisRequests(RedisPools):
         grant = Grant(
             request_id, agent, int(reply[2]), int(ctx), int(out), lease, model or None, reserve
         )
-        return grant, ledger_from_json(reply[1])
+        return grant, ledger_from_stored(reply[1])
 
     def _extend_steps(
         self,
@@ -365,7 +365,7 @@ class RedisRequests(RedisPools):
             raise _refusal(
                 request_id, reply, pending, grant=grant, reason="extension", op=(op_id, digest)
             )
-        state = ledger_from_json(reply[1])
+        state = ledger_from_stored(reply[1])
         if len(reply) > 2:  # a repeated operation id: the grant as the first call grew it
             grown = Grant(
                 request_id,
@@ -429,7 +429,7 @@ class RedisRequests(RedisPools):
         reply = yield _Eval("finish", self._request_keys(request_id), tuple(args))
         if reply[0] not in _OK:
             raise _refusal(request_id, reply, pending, grant=grant, plan=plan, op=(op_id, digest))
-        return ledger_from_json(reply[1])
+        return ledger_from_stored(reply[1])
 
     def _release_steps(
         self, request_id: str, grant: Grant, now: float, reason: str, op_id: str | None = None
@@ -447,7 +447,7 @@ class RedisRequests(RedisPools):
         )
         if reply[0] not in _OK:
             raise _refusal(request_id, reply, pending, grant=grant, op=(op_id, digest))
-        return ledger_from_json(reply[1])
+        return ledger_from_stored(reply[1])
 
     def _close_steps(
         self,
@@ -488,7 +488,7 @@ class RedisRequests(RedisPools):
             raise self._tree_changing(request_id, "close")
         if reply[0] not in _OK:
             raise _refusal(request_id, reply, pending, op=(op_id, digest))
-        state = ledger_from_json(reply[1])
+        state = ledger_from_stored(reply[1])
         pool, draw, free, overflow = _pool_debt(reply[1])
         if pool:
             yield self._give_back(pool, draw, free, overflow, now)
@@ -498,7 +498,7 @@ class RedisRequests(RedisPools):
         raw = yield _Cmd(("GET", self._keys(request_id)[0]))
         if raw is None:
             raise UnknownRequest(request_id)
-        return ledger_from_json(raw)
+        return ledger_from_stored(raw)
 
     def _events_steps(self, request_id: str, notes: bool = False) -> _Steps[list[Event]]:
         """The request's events list: its ledger events, and its notes when ``notes``."""
@@ -527,7 +527,7 @@ class RedisRequests(RedisPools):
             for raw in raws:
                 if raw is None:
                     continue
-                ledger = ledger_from_json(raw)
+                ledger = ledger_from_stored(raw)
                 found += [r for r in (ledger.parent_id, *ledger.children) if r]
             level = [rid for rid in dict.fromkeys(found) if rid not in seen]
 

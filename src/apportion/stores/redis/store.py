@@ -163,7 +163,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         """Write ``data`` if the version is still ``expected_version``; the new version or None."""
         key = check_state_write(key, data, expected_version)
         reply = self._call(
-            _Cmd(("EVAL", _PUT_STATE, 1, self._state_key(key), int(expected_version), data))  # type: ignore[arg-type]
+            _Cmd(("EVAL", _PUT_STATE, 1, self._state_key(key), int(expected_version), data))
         )
         return None if int(reply) < 0 else int(reply)
 

@@ -16,7 +16,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any
 
 from apportion.errors import (
@@ -28,7 +28,7 @@ from apportion.errors import (
 )
 from apportion.redaction import scrub
 from apportion.stores.redis.calls import T, _Call, _Cmd, _Eval, _Pause, _Steps
-from apportion.stores.redis.codec import _str
+from apportion.stores.redis.codec import _str, import_msgpack
 from apportion.stores.redis.scripts import _SHAS, _SOURCES, SCRIPTS
 from apportion.stores.redis.url import sentinel_parts, topology_of
 
@@ -54,7 +54,17 @@ def _import_redis() -> Any:
         import redis.sentinel
     except ImportError as exc:  # pragma: no cover - the extra is installed in tests
         raise MissingExtra("redis", "redis") from exc
+    import_msgpack()  # the stored ledgers' format
     return redis
+
+
+def _packer() -> Callable[[tuple[Any, ...]], bytes] | None:
+    """The command packer of hiredis (in C; redis-py encodes each argument in Python), or None."""
+    try:
+        import hiredis
+    except ImportError:  # pragma: no cover - the extra installs it
+        return None
+    return hiredis.pack_command
 
 
 class RedisTransport:
@@ -75,6 +85,7 @@ class RedisTransport:
             InvalidArgument: redis-py cannot read ``url``.
         """
         redis = _import_redis()
+        self._pack = _packer()
         self.topology, plain = topology_of(url)
         self._raw_url = plain
         self._options: dict[str, Any] = {
@@ -232,7 +243,14 @@ class RedisTransport:
         if connection._sock is None and self.topology == "sentinel":
             connection.connect()  # asks the sentinels for the primary (sending would not)
         try:
-            connection.send_command(*args)
+            packed = self._pack(args) if self._pack is not None else None
+        except TypeError:  # a value hiredis does not take: redis-py encodes it (or refuses)
+            packed = None
+        try:
+            if packed is None:
+                connection.send_command(*args)
+            else:
+                connection.send_packed_command([packed])
             return connection.read_response()
         except self._response_error:
             raise  # a reply: the connection is in step
