@@ -512,6 +512,7 @@ class Ledger:
         children_consumed: int,
         children_cost_consumed: int,
         events: Sequence[Event] = (),
+        into: Ledger | None = None,
     ) -> Ledger:
         """A ledger in the state a store kept of it (each argument sets the attribute so named).
 
@@ -557,11 +558,14 @@ class Ledger:
             children_consumed: tokens the closed children used.
             children_cost_consumed: nano-USD the closed children used.
             events: the request's events so far (default: none, as a snapshot needs).
+            into: an instance of this class whose fields are not set yet, to restore in
+                place (a snapshot that decodes its stored form on first read); default: a
+                new one.
 
         Returns:
             The ledger, its next lease end derived from ``grants``.
         """
-        ledger = object.__new__(cls)
+        ledger = object.__new__(cls) if into is None else into
         ledger.request_id = request_id
         ledger.ranks = ranks
         ledger.ceiling = ceiling

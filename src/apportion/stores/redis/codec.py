@@ -45,13 +45,44 @@ def _text(value: float) -> str:
 
 
 def ledger_from_stored(raw: bytes) -> Ledger:
-    """Build a :class:`~apportion.ledger.Ledger` snapshot from a stored ledger (a reply's).
+    """A :class:`~apportion.ledger.Ledger` snapshot of a stored ledger (a reply's).
 
     The snapshot is a ledger restored from the stored fields (:meth:`Ledger.restore
     <apportion.ledger.Ledger.restore>`, no validation: the store validated every change);
     it carries no events (read them with ``events``) and changing it changes nothing in the
-    store. The ledger is the flat array described in ``lua/common.lua``.
+    store. The ledger is the flat array described in ``lua/common.lua``. It is decoded when
+    first read (:class:`_StoredLedger`): the state an operation returns and nobody reads
+    costs nothing.
     """
+    ledger = object.__new__(_StoredLedger)
+    ledger._stored = raw
+    return ledger
+
+
+_FIELDS = frozenset(Ledger.__slots__)
+
+
+class _StoredLedger(Ledger):
+    """A ledger snapshot that decodes its stored bytes on first read of any field."""
+
+    __slots__ = ("_stored",)
+
+    _stored: bytes | None
+
+    def __getattr__(self, name: str) -> Any:
+        """A field not read yet: decode them all (called only for an attribute not set)."""
+        if name not in _FIELDS:
+            raise AttributeError(name)
+        stored = self._stored
+        if stored is None:
+            raise AttributeError(name)
+        _restored(stored, self)
+        self._stored = None
+        return getattr(self, name)
+
+
+def _restored(raw: bytes, into: Ledger | None = None) -> Ledger:
+    """The :class:`~apportion.ledger.Ledger` of a stored ledger, decoded now (``into``)."""
     v = _values(raw)
     n = v[12]
     agents = v[13 : 13 + n]
@@ -111,6 +142,7 @@ def ledger_from_stored(raw: bytes) -> Ledger:
         children={v[i]: (v[i + 1], int(v[i + 2])) for i in range(tree + 6, first_grant, 3)},
         children_consumed=v[tree + 3],
         children_cost_consumed=int(v[tree + 4]),
+        into=into,
     )
 
 

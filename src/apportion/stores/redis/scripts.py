@@ -1,7 +1,8 @@
 """The Lua scripts of the Redis store: their names, sources and SHA-1 digests.
 
 The scripts are package data (``apportion/stores/lua/*.lua``), one per operation; a request
-script is ``common.lua`` followed by its own body. They are read once, on first use, and
+script is ``common.lua`` followed by its own body (``tree.lua`` between them for the scripts
+that close request trees). They are read once, on first use, and
 run with ``EVALSHA`` (loaded with ``SCRIPT LOAD`` when the server lacks them).
 """
 
@@ -39,11 +40,17 @@ _REQUEST_SCRIPTS = frozenset(
 )
 
 
+_TREE_SCRIPTS = frozenset({"close", "reap"})
+"""The request scripts that close request trees (``tree.lua`` holds their helpers)."""
+
+
 def _script_source(name: str) -> str:
     folder = resources.files("apportion.stores") / "lua"
     body = (folder / f"{name}.lua").read_text(encoding="utf-8")
     if name in _REQUEST_SCRIPTS:
-        return (folder / "common.lua").read_text(encoding="utf-8") + "\n" + body
+        parts = ["common", "tree"] if name in _TREE_SCRIPTS else ["common"]
+        head = [(folder / f"{part}.lua").read_text(encoding="utf-8") for part in parts]
+        return "\n".join([*head, body])
     return body
 
 
