@@ -8,6 +8,7 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import random
 import signal
 import threading
@@ -172,6 +173,24 @@ def test_a_ledger_stored_as_json_by_an_earlier_version_still_reads(
     assert (state.consumed, state.reserved, state.free) == (120, 0, 880)
     assert store._client.get(key)[:1] != b"["  # written back as MessagePack
     assert store.close("r", 2.0).consumed == 120
+
+
+def test_a_state_decoded_on_first_read_is_the_state_after_its_own_operation(
+    redis_server: RedisServer,
+) -> None:
+    """A reply's state is kept as the bytes of that reply: later operations do not show."""
+    store = fresh(redis_server)
+    store.open("r", RANKS, 1_000, 0.0, ttl=50.0)
+    grant, after_begin = store.begin("r", "lead", 100, 50, 0.0, 10.0)
+    after_finish = store.finish("r", grant, 80, 40, 1.0)
+    assert (after_begin.reserved, after_begin.consumed, list(after_begin.grants)) == (150, 0, [1])
+    assert (after_finish.reserved, after_finish.consumed, after_finish.grants) == (0, 120, {})
+    again = pickle.loads(
+        pickle.dumps(store.finish("r", store.begin("r", "lead", 1, 1, 2.0, 9.0)[0], 1, 1, 2.0))
+    )
+    assert again.to_dict() == store.get("r").to_dict()
+    with pytest.raises(AttributeError):
+        after_begin.not_a_field  # noqa: B018
 
 
 def test_async_controller_with_a_pool(redis_server: RedisServer) -> None:
