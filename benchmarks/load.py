@@ -196,16 +196,21 @@ def trivial_ceiling(url: str, processes: int, ops: int) -> float:
 
 
 def script_stats(store: RedisStore) -> tuple[int, float] | None:
-    """``(EVALSHA calls, microseconds of server time)`` since the last reset (standalone)."""
+    """``(FCALL and EVALSHA calls, their microseconds of server time)`` since the last reset.
+
+    Standalone only. The store's operations are ``FCALL`` (``EVALSHA`` on a server without
+    Redis Functions); the ceiling's trivial calls are ``EVALSHA``.
+    """
     try:
         text = store._command("INFO", "commandstats")
     except Exception:  # a server that refuses INFO (a managed service): not measured
         return None
+    calls, usec, seen = 0, 0.0, False
     for line in (text if isinstance(text, str) else text.decode()).splitlines():
-        if line.startswith("cmdstat_evalsha:"):
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_fcall:")):
             fields = dict(part.split("=") for part in line.split(":", 1)[1].split(","))
-            return int(fields["calls"]), float(fields["usec"])
-    return None
+            calls, usec, seen = calls + int(fields["calls"]), usec + float(fields["usec"]), True
+    return (calls, usec) if seen else None
 
 
 def run_windows(url: str, args: argparse.Namespace) -> dict[str, Any]:

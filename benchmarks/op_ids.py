@@ -75,11 +75,16 @@ def _measure(make: Callable[[], Store], pairs: int, rounds: int) -> dict[str, An
     }
 
 
-def _server_us(url: str) -> dict[str, float]:
-    """Microseconds of server time per EVALSHA so far (``INFO commandstats``)."""
+def _server_us(url: str) -> dict[str, float | None]:
+    """Microseconds of server time per operation so far (``INFO commandstats``).
+
+    The store's operations are ``FCALL`` (``EVALSHA`` on a server without Redis Functions).
+    """
     stats = RedisStore(url)._client.info("commandstats")
-    evalsha = stats.get("cmdstat_evalsha", {})
-    return {"evalsha_calls": evalsha.get("calls", 0), "us_per_call": evalsha.get("usec_per_call")}
+    runs = [stats.get(name, {}) for name in ("cmdstat_fcall", "cmdstat_evalsha")]
+    calls = sum(run.get("calls", 0) for run in runs)
+    usec = sum(run.get("usec", 0) for run in runs)
+    return {"calls": calls, "us_per_call": usec / calls if calls else None}
 
 
 def main() -> None:

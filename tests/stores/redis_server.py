@@ -34,14 +34,17 @@ class RedisServer:
     Args:
         fsync: the AOF's ``appendfsync`` (``always`` survives a SIGKILL without losing
             an acknowledged write).
+        options: more configuration by name (a value of several words, such as
+            ``rename-command``'s, is split at spaces).
     """
 
-    def __init__(self, fsync: str = "always") -> None:
+    def __init__(self, fsync: str = "always", options: dict[str, str] | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
         self.binary = binary
         self.fsync = fsync
+        self.options = dict(options or {})  # more configuration, e.g. rename-command
         self.dir = Path(tempfile.mkdtemp(prefix="apportion-redis-"))
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,10 +69,11 @@ class RedisServer:
                 "appendfsync": self.fsync,
                 "daemonize": "no",
                 "logfile": str(self.dir / "redis.log"),
+                **self.options,
             }
             argv = [self.binary]
             for name, value in options.items():
-                argv += [f"--{name}", value]
+                argv += [f"--{name}", *value.split(" ")]
             self.process = subprocess.Popen(
                 argv,
                 stdout=subprocess.DEVNULL,

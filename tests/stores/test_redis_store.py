@@ -26,6 +26,7 @@ from apportion.ledger import Grant
 from apportion.pools import Pool
 from apportion.stores import MemoryStore, Store, open_store
 from apportion.stores.redis import RedisStore, ledger_from_stored
+from apportion.stores.redis.calls import _Eval
 from apportion.stores.redis.codec import _values
 from apportion.testing.pool_conformance import PoolConformance
 from apportion.testing.store_conformance import RANKS, StoreConformance, check_invariants
@@ -191,6 +192,60 @@ def test_a_state_decoded_on_first_read_is_the_state_after_its_own_operation(
     assert again.to_dict() == store.get("r").to_dict()
     with pytest.raises(AttributeError):
         after_begin.not_a_field  # noqa: B018
+
+
+def _lifecycle(store: RedisStore, request_id: str) -> int:
+    """Open, begin, finish, close (sync then async): the tokens the request consumed."""
+    store.open(request_id, RANKS, 1_000, 0.0, ttl=50.0)
+    grant, _ = store.begin(request_id, "lead", 100, 50, 0.0, 10.0)
+    store.finish(request_id, grant, 80, 40, 1.0)
+
+    async def rest() -> int:
+        grant, _ = await store.abegin(request_id, "helper", 10, 10, 1.0, 10.0)
+        await store.afinish(request_id, grant, 5, 5, 1.0)
+        return (await store.aclose(request_id, 2.0)).consumed
+
+    return asyncio.run(rest())
+
+
+def _void_draw(store: RedisStore) -> _Eval:
+    """A call that marks a pool draw no request opened with void (its reply: ``void``)."""
+    draw = f"nobody#{random.randrange(10**9)}"
+    return _Eval("pool_void", (store._keys("nobody")[0], store._marker_key(draw)), (draw, "0"))
+
+
+def test_operations_are_redis_functions_loaded_again_when_flushed(
+    redis_server: RedisServer,
+) -> None:
+    store = fresh(redis_server)
+    assert _lifecycle(store, "a") == 130
+    assert store._functions is True
+    store._client.function_flush()  # a restarted or newly promoted server lacks them
+    trips = store.round_trips
+    assert _lifecycle(store, "b") == 130  # loaded again once, on the first call
+    assert store.round_trips == trips + 6 + 2
+    for run in (store._call, lambda calls: asyncio.run(store._acall(calls))):
+        store._client.function_flush()
+        assert run([_void_draw(store)]) == [[b"void"]]  # a pipeline loads them too
+    calls = store._client.info("commandstats")
+    assert calls["cmdstat_fcall"]["calls"] >= 12 and "cmdstat_evalsha" not in calls
+
+
+def test_a_server_without_functions_runs_scripts() -> None:
+    """Before Redis 7 there is no FCALL (here: renamed away): the store runs scripts."""
+    server = RedisServer(fsync="no", options={"rename-command": "FCALL fcall_renamed_away"})
+    server.start()
+    try:
+        store = fresh(server)
+        assert _lifecycle(store, "a") == 130
+        assert store._functions is False
+        store._client.script_flush()
+        assert _lifecycle(store, "b") == 130
+        store._client.script_flush()
+        assert store._call([_void_draw(store)]) == [[b"void"]]
+        assert store._client.info("commandstats")["cmdstat_evalsha"]["calls"] >= 12
+    finally:
+        server.cleanup()
 
 
 def test_async_controller_with_a_pool(redis_server: RedisServer) -> None:

@@ -14,7 +14,7 @@ from redis_server import RedisServer
 
 from apportion.errors import StoreUnavailable
 from apportion.stores.redis import RedisStore
-from apportion.stores.redis.scripts import _SHAS
+from apportion.stores.redis.scripts import _FUNCTIONS, _SHAS
 from apportion.testing.store_conformance import RANKS, check_invariants
 
 PRIORITIES = ["standard"]
@@ -33,11 +33,11 @@ class Audit:
     def __init__(self, store: RedisStore) -> None:
         self.store = store
         self.calls: list[tuple[str, set[str]]] = []
-        names = {sha: name for name, sha in _SHAS.items()}
+        names = {code: name for codes in (_SHAS, _FUNCTIONS) for name, code in codes.items()}
         plain = store._command
 
         def command(*args: Any) -> Any:
-            if args[0] == "EVALSHA":
+            if args[0] in ("FCALL", "EVALSHA"):
                 count = int(args[2])
                 self.calls.append((names[args[1]], {str(k) for k in args[3 : 3 + count]}))
             return plain(*args)
@@ -140,7 +140,7 @@ def test_a_tree_that_keeps_changing_is_given_up_on_unchanged(
     spawned = iter(range(1_000))
 
     def racing(*args: Any) -> Any:
-        if args[0] == "EVALSHA" and args[1] == _SHAS["close"]:
+        if args[0] in ("FCALL", "EVALSHA") and args[1] in (_FUNCTIONS["close"], _SHAS["close"]):
             other.open_children(
                 "r::a::x", [f"r::a::x::n{next(spawned)}"], RANKS, 0.0, priorities=PRIORITIES,
                 ceiling=1,

@@ -43,22 +43,32 @@
 -- grow without bound (overflow, over-use) are decimal text. Clock times travel as the
 -- caller's exact decimal text and are only compared, never printed.
 
-local OP, DIGEST = ARGV[1], ARGV[2]
-table.remove(ARGV, 1)
-table.remove(ARGV, 1)
-
 local NAME, RANK, ALLOC, RSV, CBY, RBY, OBY, CALLS, TRUNC, INCUT = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 local GS = 8 -- values per open grant
 local EV_SLICE = 1000 -- events appended per RPUSH
-local FEED = KEYS[#KEYS]
 local FEED_MAXLEN = '100000'
--- On a cluster the feed is one stream per bucket (PREFIX:{bN}:feed, in the request's slot)
--- and an entry's id is the server's clock in microseconds (then a sequence): readers merge
--- the buckets' streams in that order. A standalone server's one stream takes Redis's ids.
-local FEED_ID = '*'
-if string.sub(FEED, -6) == '}:feed' then
-  local t = redis.call('TIME')
-  FEED_ID = t[1] .. string.format('%06d', tonumber(t[2])) .. '-*'
+
+-- The call's own values, set by start(): its operation id and digest, its feed and the
+-- id its feed entries take, and the other requests of a tree it declared (tree.lua).
+local OP, DIGEST, FEED, FEED_ID, DECLARED
+
+-- Begin a call (every request script does, first): take the operation id and digest off
+-- ARGV and name the feed. On a cluster the feed is one stream per bucket (PREFIX:{bN}:feed,
+-- in the request's slot) and an entry's id is the server's clock in microseconds (then a
+-- sequence): readers merge the buckets' streams in that order. A standalone server's one
+-- stream takes Redis's ids. (Run as a Redis Function, the library is loaded once and each
+-- call starts here; as a script, the whole source runs on every call.)
+local function start()
+  OP, DIGEST = ARGV[1], ARGV[2]
+  table.remove(ARGV, 1)
+  table.remove(ARGV, 1)
+  FEED = KEYS[#KEYS]
+  FEED_ID = '*'
+  if string.sub(FEED, -6) == '}:feed' then
+    local t = redis.call('TIME')
+    FEED_ID = t[1] .. string.format('%06d', tonumber(t[2])) .. '-*'
+  end
+  DECLARED = {}
 end
 
 -- Add one event (its JSON text) of request rid to the feed.

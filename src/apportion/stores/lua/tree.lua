@@ -73,10 +73,10 @@ local function settle_into(p, kc)
   p.dirty = true
 end
 
--- The ledger, event and operation record keys of the other requests of a tree a script
--- may touch, by id, as the caller declared them in KEYS (Redis Cluster requires every key
--- a script touches there): a script never builds a key name itself.
-local DECLARED = {}
+-- DECLARED (common.lua) holds the ledger, event and operation record keys of the other
+-- requests of a tree a script may touch, by id, as the caller declared them in KEYS (Redis
+-- Cluster requires every key a script touches there): a script never builds a key name
+-- itself.
 
 -- Declare the requests named from ARGV[first_arg] on, their ledger, event and operation
 -- record keys taken in threes from KEYS[first_key] on.

@@ -29,7 +29,7 @@ from apportion.errors import (
 from apportion.redaction import scrub
 from apportion.stores.redis.calls import T, _Call, _Cmd, _Eval, _Pause, _Steps
 from apportion.stores.redis.codec import _str, import_msgpack
-from apportion.stores.redis.scripts import _SHAS, _SOURCES, SCRIPTS
+from apportion.stores.redis.scripts import _FUNCTIONS, _LIBRARY, _SHAS, _SOURCES, SCRIPTS
 from apportion.stores.redis.url import sentinel_parts, topology_of
 
 if TYPE_CHECKING:
@@ -124,6 +124,7 @@ class RedisTransport:
         )
         self._noscript: type[BaseException] = redis.exceptions.NoScriptError
         self._response_error: type[BaseException] = redis.exceptions.ResponseError
+        self._functions = True  # the library and FCALL; False: scripts (no Redis Functions)
         self._held = threading.local()  # each thread's own connection: (pid, connection)
         self.round_trips = 0
 
@@ -268,13 +269,14 @@ class RedisTransport:
                 return self._pipeline(call)
             if isinstance(call, _Cmd):
                 return self._command(*call.args)
-            sha = _SHAS[call.script]
             try:
-                return self._command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
-            except self._noscript:
+                return self._command(*self._invocation(call))
+            except self._response_error as exc:
+                if not self._lacks(exc):
+                    raise
                 self.round_trips += 2
-                self._command("SCRIPT", "LOAD", _SOURCES[call.script])
-                return self._command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
+                self._command(*self._loader(call.script))
+                return self._command(*self._invocation(call))
         except self._errors as exc:
             raise self._unavailable(exc) from None
 
@@ -291,11 +293,11 @@ class RedisTransport:
         for attempt in range(2):
             pipe = self._sync_pipeline()
             for i in todo:
-                _queue(pipe, calls[i])
+                pipe.execute_command(*self._queued(calls[i]))
             replies = pipe.execute(raise_on_error=False)
             retry = []
             for i, reply in zip(todo, replies, strict=True):
-                if isinstance(reply, self._noscript) and attempt == 0:
+                if isinstance(reply, self._response_error) and attempt == 0 and self._lacks(reply):
                     retry.append(i)
                 elif isinstance(reply, Exception):
                     raise reply
@@ -325,14 +327,57 @@ class RedisTransport:
             self._mode_checked = False
             raise
 
+    def _invocation(self, call: _Eval) -> tuple[Any, ...]:
+        """The command that runs ``call``: ``FCALL`` of its function, or ``EVALSHA``."""
+        code = _FUNCTIONS[call.script] if self._functions else _SHAS[call.script]
+        return (
+            "FCALL" if self._functions else "EVALSHA",
+            code,
+            len(call.keys),
+            *call.keys,
+            *call.args,
+        )
+
+    def _queued(self, call: _Eval | _Cmd) -> tuple[Any, ...]:
+        """The command of one call of a pipeline."""
+        return call.args if isinstance(call, _Cmd) else self._invocation(call)
+
+    def _lacks(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the server lacks the code: load it and call again.
+
+        A server never given it, flushed, or a replica just promoted lacks it. A server
+        without Redis Functions (before Redis 7) refuses ``FCALL`` as an unknown command:
+        from then on the store runs scripts (loaded the same way).
+        """
+        text = str(exc)
+        if self._functions and "unknown command" in text.lower() and "fcall" in text.lower():
+            self._functions = False
+            return True
+        return isinstance(exc, self._noscript) or text.startswith("Function not found")
+
+    def _loader(self, script: str) -> tuple[Any, ...]:
+        """The command that loads ``script``: the whole library, or the one script.
+
+        ``FUNCTION LOAD`` and ``SCRIPT LOAD`` go to every primary of a cluster.
+        """
+        if self._functions:
+            return ("FUNCTION", "LOAD", "REPLACE", _LIBRARY[0])
+        return ("SCRIPT", "LOAD", _SOURCES[script])
+
+    def _loaders(self) -> list[tuple[Any, ...]]:
+        """The commands that load every operation."""
+        if self._functions:
+            return [self._loader(SCRIPTS[0])]
+        return [self._loader(name) for name in SCRIPTS]
+
     def _load_all(self) -> None:
-        if self.topology == "cluster":  # SCRIPT LOAD goes to every primary
-            for name in SCRIPTS:
-                self._command("SCRIPT", "LOAD", _SOURCES[name])
+        if self.topology == "cluster":  # one by one: each goes to every primary
+            for loader in self._loaders():
+                self._command(*loader)
             return
         pipe: Any = self._client.pipeline(transaction=False)
-        for name in SCRIPTS:
-            pipe.execute_command("SCRIPT", "LOAD", _SOURCES[name])
+        for loader in self._loaders():
+            pipe.execute_command(*loader)
         pipe.execute()
 
     def _run(self, steps: _Steps[T]) -> T:
@@ -400,17 +445,14 @@ class RedisTransport:
                 return await self._apipeline(client, call)
             if isinstance(call, _Cmd):
                 return await client.execute_command(*call.args)
-            sha = _SHAS[call.script]
             try:
-                return await client.execute_command(
-                    "EVALSHA", sha, len(call.keys), *call.keys, *call.args
-                )
-            except self._noscript:
+                return await client.execute_command(*self._invocation(call))
+            except self._response_error as exc:
+                if not self._lacks(exc):
+                    raise
                 self.round_trips += 2
-                await client.execute_command("SCRIPT", "LOAD", _SOURCES[call.script])
-                return await client.execute_command(
-                    "EVALSHA", sha, len(call.keys), *call.keys, *call.args
-                )
+                await client.execute_command(*self._loader(call.script))
+                return await client.execute_command(*self._invocation(call))
         except self._errors as exc:
             raise self._unavailable(exc) from None
 
@@ -420,11 +462,11 @@ class RedisTransport:
         for attempt in range(2):
             pipe = client.pipeline() if self.topology == "cluster" else client.pipeline(False)
             for i in todo:
-                _queue(pipe, calls[i])
+                pipe.execute_command(*self._queued(calls[i]))
             replies = await pipe.execute(raise_on_error=False)
             retry = []
             for i, reply in zip(todo, replies, strict=True):
-                if isinstance(reply, self._noscript) and attempt == 0:
+                if isinstance(reply, self._response_error) and attempt == 0 and self._lacks(reply):
                     retry.append(i)
                 elif isinstance(reply, Exception):
                     raise reply
@@ -433,13 +475,13 @@ class RedisTransport:
             if not retry:
                 break
             self.round_trips += 2
-            if self.topology == "cluster":  # SCRIPT LOAD goes to every primary
-                for name in SCRIPTS:
-                    await client.execute_command("SCRIPT", "LOAD", _SOURCES[name])
+            if self.topology == "cluster":  # one by one: each goes to every primary
+                for command in self._loaders():
+                    await client.execute_command(*command)
             else:
                 loader = client.pipeline(transaction=False)
-                for name in SCRIPTS:
-                    loader.execute_command("SCRIPT", "LOAD", _SOURCES[name])
+                for command in self._loaders():
+                    loader.execute_command(*command)
                 await loader.execute()
             todo = retry
         return results
@@ -460,14 +502,6 @@ async def _close_at_shutdown(client: Any) -> AsyncGenerator[None, None]:
         yield
     finally:
         await client.aclose()
-
-
-def _queue(pipe: Any, call: _Eval | _Cmd) -> None:
-    """Add one call to a pipeline."""
-    if isinstance(call, _Cmd):
-        pipe.execute_command(*call.args)
-    else:
-        pipe.execute_command("EVALSHA", _SHAS[call.script], len(call.keys), *call.keys, *call.args)
 
 
 _WEAKEST_FIRST = ("unknown", "off", "no", "everysec", "always")
