@@ -248,6 +248,26 @@ def test_a_server_without_functions_runs_scripts() -> None:
         server.cleanup()
 
 
+def test_the_operation_record_takes_the_ledgers_ttl_when_it_is_made(
+    redis_server: RedisServer,
+) -> None:
+    """Copied once (the record's marker field says it is done), and again for a record
+    an earlier version made without the marker."""
+    store = fresh(redis_server, retention_seconds=100.0)
+    client = store._client
+    store.open("r", RANKS, 1_000, 0.0, ttl=50.0, op_id="o-open")
+    ledger, ops = store._keys("r")[0], store._ops_key("r")
+    assert 149_000 < client.pttl(ops) <= client.pttl(ledger) + 50
+    grant, _ = store.begin("r", "lead", 10, 10, 0.0, 10.0, op_id="o-begin")
+    assert sorted(client.hkeys(ops)) == [b"", b"o-begin", b"o-open"]
+    client.hdel(ops, "")  # as an earlier version left it: no marker, and no TTL
+    client.persist(ops)
+    store.finish("r", grant, 5, 5, 1.0, op_id="o-finish")
+    assert 149_000 < client.pttl(ops) <= client.pttl(ledger) + 50
+    store.close("r", 2.0, op_id="o-close")
+    assert 99_000 < client.pttl(ops) <= client.pttl(ledger) + 50
+
+
 def test_async_controller_with_a_pool(redis_server: RedisServer) -> None:
     store = fresh(redis_server)
     store.define_pool(Pool("tenant", 10_000, 3600.0))

@@ -12,10 +12,10 @@
 -- operation that carried an id and was carried out records it in the request's operation
 -- record, a hash (id -> 'digest|payload', the payload a JSON array of what the reply adds
 -- to the state, or ''), in the same step as the change; the record lives as long as the
--- request's ledger key (the same TTL, set again on each write and by retain at close), and
--- a new open of the id, replacing a closed request, deletes it. A repeated id changes
--- nothing and is answered with the first outcome (the state as it is now, and the
--- payload); the same id with another digest is answered {'conflict', first digest}. A
+-- request's ledger key (the same TTL: copied when the record is made, set by retain at
+-- close), and a new open of the id, replacing a closed request, deletes it. A repeated
+-- id changes nothing and is answered with the first outcome (the state as it is now, and
+-- the payload); the same id with another digest is answered {'conflict', first digest}. A
 -- refused operation records nothing.
 --
 -- The ledger is one flat array (decoding makes one Lua table, not twenty), stored as
@@ -113,12 +113,15 @@ local function replay(okey, key)
 end
 
 -- Record OP (when given) with its payload in the operation record okey, which lives as
--- long as the ledger key.
+-- long as the ledger key: the record's first id also adds its marker field '' (never an
+-- id), and only then is the ledger key's TTL read and copied (no write changes that TTL
+-- until close, whose retain sets both).
 local function remember(okey, key, payload)
   if OP == '' then return end
-  redis.call('HSET', okey, OP, DIGEST .. '|' .. payload)
-  local ttl = redis.call('PTTL', key)
-  if ttl > 0 then redis.call('PEXPIRE', okey, ttl) else redis.call('PERSIST', okey) end
+  if redis.call('HSET', okey, OP, DIGEST .. '|' .. payload, '', '') == 2 then
+    local ttl = redis.call('PTTL', key)
+    if ttl > 0 then redis.call('PEXPIRE', okey, ttl) else redis.call('PERSIST', okey) end
+  end
 end
 
 local function score(x)

@@ -1,9 +1,11 @@
 """The Redis store: ledgers and shared pools in Redis, for many processes and many hosts.
 
 Selected by URL, ``store="redis://[:password@]host:port/db"`` (needs the ``redis`` extra).
-Every ledger operation is one Lua script (``stores/lua/*.lua``, package data) run with
-``EVALSHA``: atomic, one round trip, and the script returns the full state after the
-operation, so the controller and its policy read the new state without a second call.
+Every ledger operation is one Lua function (``stores/lua/*.lua``, package data) of one
+Redis Functions library, called with ``FCALL`` (on a server without functions, before Redis
+7, the same code runs as scripts with ``EVALSHA``; see :mod:`apportion.stores.redis.scripts`):
+atomic, one round trip, and the function returns the full state after the operation, so
+the controller and its policy read the new state without a second call.
 Refusals come back as codes and are raised as the very errors, with the very fields, of
 :class:`~apportion.ledger.Ledger`, in its order of validation; a refused operation changes
 nothing (except expiring ended leases, as the ledger does).
