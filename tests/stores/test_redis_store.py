@@ -268,6 +268,26 @@ def test_the_operation_record_takes_the_ledgers_ttl_when_it_is_made(
     assert 99_000 < client.pttl(ops) <= client.pttl(ledger) + 50
 
 
+@pytest.mark.parametrize(
+    "refused",
+    ["-fcall -fcall_ro", "-function"],  # no FCALL at all; FCALL but no FUNCTION LOAD
+)
+def test_a_user_refused_functions_runs_scripts(redis_server: RedisServer, refused: str) -> None:
+    admin = fresh(redis_server)._client
+    admin.function_flush()
+    user = f"scripts-only-{random.randrange(10**9)}"
+    admin.execute_command(
+        "ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", *refused.split()
+    )
+    try:
+        url = redis_server.url.replace("redis://", f"redis://{user}:pw@")
+        store = RedisStore(url)
+        assert _lifecycle(store, "a") == 130
+        assert store._functions is False
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+
+
 def test_async_controller_with_a_pool(redis_server: RedisServer) -> None:
     store = fresh(redis_server)
     store.define_pool(Pool("tenant", 10_000, 3600.0))

@@ -161,7 +161,8 @@ carry out the calls of :mod:`~apportion.stores.redis.calls`),
 :mod:`~apportion.stores.redis.requests` (the request operations),
 :mod:`~apportion.stores.redis.reap`, :mod:`~apportion.stores.redis.pools` and
 :mod:`~apportion.stores.redis.feed`; :mod:`~apportion.stores.redis.codec` reads and writes
-the stored documents, :mod:`~apportion.stores.redis.scripts` loads the Lua scripts,
+the stored documents, :mod:`~apportion.stores.redis.scripts` reads the Lua code (as a
+functions library and as scripts),
 :mod:`~apportion.stores.redis.arguments` and :mod:`~apportion.stores.redis.refusals` turn
 input into script arguments and refusals into errors, :mod:`~apportion.stores.redis.url`
 reads the URL's options.

@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 
 class _Eval(NamedTuple):
-    """Run one script: ``EVALSHA`` (loading it first if the server lost it)."""
+    """Run one operation's Lua code: ``FCALL`` (or ``EVALSHA``), loaded if the server lacks it."""
 
     script: str
     keys: tuple[str, ...]

@@ -74,11 +74,10 @@ class _StoredLedger(Ledger):
         if name not in _FIELDS:
             raise AttributeError(name)
         stored = self._stored
-        if stored is None:
-            raise AttributeError(name)
-        _restored(stored, self)
-        self._stored = None
-        return getattr(self, name)
+        if stored is not None:  # None: another thread decoded it meanwhile
+            _restored(stored, self)
+            self._stored = None
+        return object.__getattribute__(self, name)
 
 
 def _restored(raw: bytes, into: Ledger | None = None) -> Ledger:

@@ -275,7 +275,7 @@ class RedisTransport:
                 if not self._lacks(exc):
                     raise
                 self.round_trips += 2
-                self._command(*self._loader(call.script))
+                self._load_all()
                 return self._command(*self._invocation(call))
         except self._errors as exc:
             raise self._unavailable(exc) from None
@@ -350,27 +350,36 @@ class RedisTransport:
         from then on the store runs scripts (loaded the same way).
         """
         text = str(exc)
-        if self._functions and "unknown command" in text.lower() and "fcall" in text.lower():
-            self._functions = False
+        said = text.lower()
+        if self._functions and "fcall" in said and ("unknown command" in said or "no perm" in said):
+            self._functions = False  # FCALL unknown (before Redis 7) or refused (an ACL)
             return True
         return isinstance(exc, self._noscript) or text.startswith("Function not found")
 
-    def _loader(self, script: str) -> tuple[Any, ...]:
-        """The command that loads ``script``: the whole library, or the one script.
+    def _loaders(self) -> list[tuple[Any, ...]]:
+        """The commands that load every operation: the library, or each script.
 
         ``FUNCTION LOAD`` and ``SCRIPT LOAD`` go to every primary of a cluster.
         """
         if self._functions:
-            return ("FUNCTION", "LOAD", "REPLACE", _LIBRARY[0])
-        return ("SCRIPT", "LOAD", _SOURCES[script])
-
-    def _loaders(self) -> list[tuple[Any, ...]]:
-        """The commands that load every operation."""
-        if self._functions:
-            return [self._loader(SCRIPTS[0])]
-        return [self._loader(name) for name in SCRIPTS]
+            return [("FUNCTION", "LOAD", "REPLACE", _LIBRARY[0])]
+        return [("SCRIPT", "LOAD", _SOURCES[name]) for name in SCRIPTS]
 
     def _load_all(self) -> None:
+        """Load every operation's code; scripts from now on when the library is refused.
+
+        ``FUNCTION LOAD`` refused (an ACL without it, a proxy that passes scripts only):
+        the store runs scripts.
+        """
+        try:
+            self._send_loaders()
+        except self._response_error:
+            if not self._functions:
+                raise
+            self._functions = False
+            self._send_loaders()
+
+    def _send_loaders(self) -> None:
         if self.topology == "cluster":  # one by one: each goes to every primary
             for loader in self._loaders():
                 self._command(*loader)
@@ -451,7 +460,7 @@ class RedisTransport:
                 if not self._lacks(exc):
                     raise
                 self.round_trips += 2
-                await client.execute_command(*self._loader(call.script))
+                await self._aload_all(client)
                 return await client.execute_command(*self._invocation(call))
         except self._errors as exc:
             raise self._unavailable(exc) from None
@@ -475,16 +484,29 @@ class RedisTransport:
             if not retry:
                 break
             self.round_trips += 2
-            if self.topology == "cluster":  # one by one: each goes to every primary
-                for command in self._loaders():
-                    await client.execute_command(*command)
-            else:
-                loader = client.pipeline(transaction=False)
-                for command in self._loaders():
-                    loader.execute_command(*command)
-                await loader.execute()
+            await self._aload_all(client)
             todo = retry
         return results
+
+    async def _aload_all(self, client: Any) -> None:
+        """:meth:`_load_all` with awaited I/O."""
+        try:
+            await self._asend_loaders(client)
+        except self._response_error:
+            if not self._functions:
+                raise
+            self._functions = False
+            await self._asend_loaders(client)
+
+    async def _asend_loaders(self, client: Any) -> None:
+        if self.topology == "cluster":  # one by one: each goes to every primary
+            for command in self._loaders():
+                await client.execute_command(*command)
+            return
+        loader = client.pipeline(transaction=False)
+        for command in self._loaders():
+            loader.execute_command(*command)
+        await loader.execute()
 
     async def _arun(self, steps: _Steps[T]) -> T:
         """Carry out an operation's calls with awaited I/O."""
