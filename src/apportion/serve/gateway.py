@@ -146,6 +146,8 @@ class Gateway:
         self._unwritten: dict[str, tuple[str, str, Outcome | None, float]] = {}
         """Idempotency records the store was down to write: (fingerprint, operation,
         outcome or ``None`` to drop the claim, ttl)."""
+        self._writing = asyncio.Lock()
+        """Held while a call writes the records of ``_unwritten`` (one at a time)."""
 
     def _configure(self, config: ServeConfig) -> None:
         """Build what a config decides: the controllers, the keys, the failure window.
@@ -658,7 +660,7 @@ class Gateway:
             fingerprint = op_name
         record = f"{tenant.name}:{hashlib.sha256(key.encode()).hexdigest()}"
         ttl = self.config.request_ttl
-        if self._unwritten:
+        if self._unwritten or self._writing.locked():
             await self._write_records()
         try:
             claim = await self.records.claim(record, fingerprint, op_name, ttl)
@@ -708,14 +710,20 @@ class Gateway:
             self._unwritten[record] = done
 
     async def _write_records(self) -> None:
-        """Write the records the store was down for (raises while it still is)."""
-        for record in list(self._unwritten):
-            done = self._unwritten.pop(record, None)
-            if done is None:  # another call wrote it meanwhile
-                continue
-            await self._write_record(record, done)
-            if record in self._unwritten:
-                raise StoreUnavailable(self.config.store_shown, "still unreachable")
+        """Write the records the store was down for (raises while it still is).
+
+        One call writes them at a time; the others wait until it is done: a retry that
+        came meanwhile would otherwise claim its key before the drop of its first claim
+        was written, and meet it ``in_progress``.
+        """
+        async with self._writing:
+            for record in list(self._unwritten):
+                done = self._unwritten.pop(record, None)
+                if done is None:  # another call wrote it meanwhile
+                    continue
+                await self._write_record(record, done)
+                if record in self._unwritten:
+                    raise StoreUnavailable(self.config.store_shown, "still unreachable")
 
     async def _outcome(self, tenant: Tenant, fn: Callable[[], Awaitable[Outcome]]) -> Outcome:
         try:

@@ -455,15 +455,42 @@ class RedisTransport:
             if isinstance(call, _Cmd):
                 return await client.execute_command(*call.args)
             try:
-                return await client.execute_command(*self._invocation(call))
+                return await self._aevaluate(client, call)
             except self._response_error as exc:
                 if not self._lacks(exc):
                     raise
                 self.round_trips += 2
                 await self._aload_all(client)
-                return await client.execute_command(*self._invocation(call))
+                return await self._aevaluate(client, call)
         except self._errors as exc:
             raise self._unavailable(exc) from None
+
+    async def _aevaluate(self, client: Any, call: _Eval) -> Any:
+        """Run one operation's code on a pooled connection, its command packed by hiredis.
+
+        The hot path of the async shell: redis-py's ``execute_command`` would encode every
+        argument in Python and wrap the call in its retry and timing layers (the store
+        retries by itself, with operation ids). A cluster's client routes by itself.
+        """
+        command = self._invocation(call)
+        try:
+            packed = self._pack(command) if self.topology != "cluster" and self._pack else None
+        except TypeError:  # a value hiredis does not take: redis-py encodes it (or refuses)
+            packed = None
+        if packed is None:
+            return await client.execute_command(*command)
+        pool = client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command([packed])
+            return await connection.read_response()
+        except self._response_error:
+            raise  # a reply: the connection is in step
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
 
     async def _apipeline(self, client: Any, calls: list[_Eval | _Cmd]) -> list[Any]:
         results: list[Any] = [None] * len(calls)
