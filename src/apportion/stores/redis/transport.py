@@ -243,10 +243,7 @@ class RedisTransport:
                 connection.disconnect()
         if connection._sock is None and self.topology == "sentinel":
             connection.connect()  # asks the sentinels for the primary (sending would not)
-        try:
-            packed = self._pack(args) if self._pack is not None else None
-        except TypeError:  # a value hiredis does not take: redis-py encodes it (or refuses)
-            packed = None
+        packed = self._packed(args)
         try:
             if packed is None:
                 connection.send_command(*args)
@@ -327,6 +324,19 @@ class RedisTransport:
             self._mode_checked = False
             raise
 
+    def _packed(self, command: tuple[Any, ...]) -> bytes | None:
+        """``command`` in Redis's protocol, packed by hiredis; None: let redis-py pack it.
+
+        None without hiredis, or for a value hiredis does not take (redis-py then encodes
+        it, or refuses it with its own error).
+        """
+        if self._pack is None:
+            return None
+        try:
+            return self._pack(command)
+        except TypeError:
+            return None
+
     def _invocation(self, call: _Eval) -> tuple[Any, ...]:
         """The command that runs ``call``: ``FCALL`` of its function, or ``EVALSHA``."""
         code = _FUNCTIONS[call.script] if self._functions else _SHAS[call.script]
@@ -346,13 +356,14 @@ class RedisTransport:
         """Whether ``exc`` says the server lacks the code: load it and call again.
 
         A server never given it, flushed, or a replica just promoted lacks it. A server
-        without Redis Functions (before Redis 7) refuses ``FCALL`` as an unknown command:
-        from then on the store runs scripts (loaded the same way).
+        without Redis Functions (before Redis 7) refuses ``FCALL`` as an unknown command,
+        and an ACL may refuse it: from then on the store runs scripts (loaded the same
+        way).
         """
         text = str(exc)
         said = text.lower()
         if self._functions and "fcall" in said and ("unknown command" in said or "no perm" in said):
-            self._functions = False  # FCALL unknown (before Redis 7) or refused (an ACL)
+            self._functions = False
             return True
         return isinstance(exc, self._noscript) or text.startswith("Function not found")
 
@@ -473,10 +484,7 @@ class RedisTransport:
         retries by itself, with operation ids). A cluster's client routes by itself.
         """
         command = self._invocation(call)
-        try:
-            packed = self._pack(command) if self.topology != "cluster" and self._pack else None
-        except TypeError:  # a value hiredis does not take: redis-py encodes it (or refuses)
-            packed = None
+        packed = None if self.topology == "cluster" else self._packed(command)
         if packed is None:
             return await client.execute_command(*command)
         pool = client.connection_pool
