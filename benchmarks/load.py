@@ -5,7 +5,8 @@ other: open, ``--calls`` begin/finish pairs (one per agent of a four-agent pipel
 usage drawn at random inside the grant, now and then above it), close. Every
 ``--pooled``-th request draws its ceiling from one shared pool, sized so that it runs out
 before the end (those opens are refused and the request runs without the pool). The store
-is driven directly (no policy), every operation timed on its own.
+is driven directly (no policy), every operation timed on its own; with ``--op-ids`` every
+call carries an operation id, as the controller's calls do (the store records each one).
 
 At the end it checks what must hold:
 
@@ -50,7 +51,7 @@ per topology and process count: ``pairs_per_s``, ``ops_per_s``, the median and p
 standalone server's, per process count.
 
     python benchmarks/load.py [--store redis://host:port/db] [--processes 8] [--requests N]
-        [--aof [always|everysec|no]]
+        [--op-ids] [--aof [always|everysec|no]]
         [--window-seconds 0.25] [--window-capacity 30000] [--window-run 3] [--skew 0.05]
     python benchmarks/load.py --cluster [--cluster-processes 8,16] [--requests N]
 """
@@ -87,7 +88,14 @@ LEASE = 60.0
 
 
 def worker(
-    url: str, index: int, requests: int, calls: int, pooled: int, start: Any, out: Any
+    url: str,
+    index: int,
+    requests: int,
+    calls: int,
+    pooled: int,
+    op_ids: bool,
+    start: Any,
+    out: Any,
 ) -> None:
     store = open_store(url)
     assert isinstance(store, RedisStore)
@@ -108,32 +116,41 @@ def worker(
     start.wait()
     for r in range(requests):
         request_id = f"p{index}-{r}"
+
+        def op(name: str, request_id: str = request_id) -> dict[str, str]:
+            """An operation id per call, as the controller makes them (``--op-ids``)."""
+            return {"op_id": f"{request_id}:{name}"} if op_ids else {}
+
         pool = POOL if pooled and r % pooled == 0 else None
         t0, n0 = tick(), store.round_trips
         try:
-            store.open(request_id, RANKS, CEILING, clock(), ttl=600.0, pool=pool)
+            store.open(request_id, RANKS, CEILING, clock(), ttl=600.0, pool=pool, **op("open"))
         except PoolExhausted:
             totals["refused"] += 1
             pool = None
-            store.open(request_id, RANKS, CEILING, clock(), ttl=600.0)
+            store.open(request_id, RANKS, CEILING, clock(), ttl=600.0, **op("open-unpooled"))
         times["open"].append(tick() - t0)
         trips["open"] += store.round_trips - n0
         used = 0
         for c in range(calls):
             agent = agents[c % len(agents)]
             t0, n0 = tick(), store.round_trips
-            grant, state = store.begin(request_id, agent, 2_000, 1_500, clock(), LEASE)
+            grant, state = store.begin(
+                request_id, agent, 2_000, 1_500, clock(), LEASE, **op(f"b{c}")
+            )
             times["begin"].append(tick() - t0)
             trips["begin"] += store.round_trips - n0
             inp = rng.randint(500, 2_000)
             outp = rng.randint(0, 1_500) if rng.random() > 0.02 else 2_500  # some over-use
             used += inp + outp
             t0, n0 = tick(), store.round_trips
-            state = store.finish(request_id, grant, inp, outp, clock(), truncated=outp >= 1_500)
+            state = store.finish(
+                request_id, grant, inp, outp, clock(), truncated=outp >= 1_500, **op(f"f{c}")
+            )
             times["finish"].append(tick() - t0)
             trips["finish"] += store.round_trips - n0
         t0, n0 = tick(), store.round_trips
-        state = store.close(request_id, clock())
+        state = store.close(request_id, clock(), **op("close"))
         times["close"].append(tick() - t0)
         trips["close"] += store.round_trips - n0
         totals["overspend"] += max(0, state.consumed - state.ceiling)
@@ -308,7 +325,9 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(Exception):  # refused by a managed service: not measured
                 store._command("CONFIG", "RESETSTAT")
 
-    argses = [(url, i, args.requests, args.calls, args.pooled) for i in range(args.processes)]
+    argses = [
+        (url, i, args.requests, args.calls, args.pooled, args.op_ids) for i in range(args.processes)
+    ]
     results, wall = race(worker, argses, ready=reset_stats)
     stats = script_stats(store) if standalone else None
     times: dict[str, list[int]] = {}
@@ -334,6 +353,7 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "processes": args.processes,
         "requests_per_process": args.requests,
         "pairs_per_request": args.calls,
+        "op_ids": args.op_ids,
         "pairs": pairs,
         "seconds": round(wall, 3),
         "pairs_per_s": round(pairs / wall),
@@ -423,6 +443,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500, help="requests per process")
     parser.add_argument("--calls", type=int, default=4, help="begin/finish pairs per request")
     parser.add_argument("--pooled", type=int, default=4, help="every Nth request uses the pool")
+    parser.add_argument(
+        "--op-ids",
+        action="store_true",
+        help="give every call an operation id, as the controller does (recorded by the store)",
+    )
     parser.add_argument(
         "--aof",
         nargs="?",

@@ -5,9 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 from script_run import run_script
+
+from apportion.stores.redis import RedisStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stores"))
+from redis_server import RedisServer
 
 
 def _require_redis() -> None:
@@ -50,6 +57,27 @@ def test_the_load_benchmark_measures_server_time_and_its_ceiling() -> None:
     assert result["server_us_per_script"] > 0 and result["trivial_ops_per_s"] > 0
     ratio = result["ops_per_s"] / result["trivial_ops_per_s"]  # both rounded to whole ops
     assert result["ratio_to_trivial"] > 0 and abs(result["ratio_to_trivial"] - ratio) < 0.01
+
+
+def test_the_load_benchmark_gives_every_call_an_operation_id_when_asked() -> None:
+    _require_redis()
+    server = RedisServer(fsync="no")
+    server.start()
+    try:
+        out = run_script(
+            "load.py", "--store", server.url, "--processes", "2", "--requests", "3",
+            "--calls", "2", "--window-seconds", "0", "--no-ceiling", "--op-ids",
+        )  # fmt: skip
+        result = json.loads(out)
+        assert result["op_ids"] is True
+        assert result["overspend"] == result["tokens_lost"] == result["accounting_errors"] == 0
+        client = RedisStore(server.url)._client
+        records = sorted(k.decode() for k in client.scan_iter("*:o:p*"))
+        assert len(records) == 2 * 3  # one operation record per request of the run
+        fields = {f.decode() for f in client.hkeys(records[0])}
+        assert {"", "b0", "f0", "b1", "f1", "close"} <= {f.split(":")[-1] for f in fields}
+    finally:
+        server.cleanup()
 
 
 def test_the_load_benchmark_refuses_a_store_with_cluster() -> None:
