@@ -157,13 +157,19 @@ def test_keys_carry_ttls(redis_server: RedisServer) -> None:
         short.get("s")
 
 
+def _begun(server: RedisServer) -> tuple[RedisStore, Grant, Any]:
+    """A fresh store holding request ``r`` (1,000 tokens) with one grant of 150 to ``lead``."""
+    store = fresh(server)
+    store.open("r", RANKS, 1_000, 0.0, ttl=50.0)
+    grant, state = store.begin("r", "lead", 100, 50, 0.0, 10.0)
+    return store, grant, state
+
+
 def test_a_ledger_stored_as_json_by_an_earlier_version_still_reads(
     redis_server: RedisServer,
 ) -> None:
     """Ledgers were JSON arrays before they were MessagePack: an open one goes on working."""
-    store = fresh(redis_server)
-    store.open("r", RANKS, 1_000, 0.0, ttl=50.0)
-    grant, _ = store.begin("r", "lead", 100, 50, 0.0, 10.0)
+    store, grant, _ = _begun(redis_server)
     key = store._keys("r")[0]
     packed = store._client.get(key)
     assert isinstance(packed, bytes) and packed[:1] != b"["  # stored as MessagePack
@@ -180,9 +186,7 @@ def test_a_state_decoded_on_first_read_is_the_state_after_its_own_operation(
     redis_server: RedisServer,
 ) -> None:
     """A reply's state is kept as the bytes of that reply: later operations do not show."""
-    store = fresh(redis_server)
-    store.open("r", RANKS, 1_000, 0.0, ttl=50.0)
-    grant, after_begin = store.begin("r", "lead", 100, 50, 0.0, 10.0)
+    store, grant, after_begin = _begun(redis_server)
     after_finish = store.finish("r", grant, 80, 40, 1.0)
     assert (after_begin.reserved, after_begin.consumed, list(after_begin.grants)) == (150, 0, [1])
     assert (after_finish.reserved, after_finish.consumed, after_finish.grants) == (0, 120, {})

@@ -186,10 +186,23 @@ def _ledger_blob(ledger: Ledger, pool: str, draw: str) -> bytes:
     return (_msgpack or import_msgpack()).packb(head + blocks)  # type: ignore[no-any-return]
 
 
+def _debt(v: list[Any]) -> tuple[str, str, int, str]:
+    """``(pool, draw, free, overflow)`` of a ledger's values."""
+    return v[10], v[11], v[7], v[8]
+
+
 def _pool_debt(raw: bytes) -> tuple[str, str, int, str]:
     """``(pool, draw, free, overflow)`` of a closed stored ledger."""
+    return _debt(_values(raw))
+
+
+def _closed_debt(raw: bytes) -> tuple[str, tuple[str, str, int, str] | None]:
+    """The draw a stored ledger opened with, and its :func:`_pool_debt` (None while open).
+
+    One decode of the values it needs: reconciling pools reads many ledgers for these.
+    """
     v = _values(raw)
-    return v[10], v[11], v[7], v[8]
+    return v[11], (None if v[1] == OPEN else _debt(v))
 
 
 def _event(raw: bytes | str) -> Event:

@@ -12,10 +12,10 @@ import json
 import math
 
 from apportion.errors import UnknownPool
-from apportion.ledger import OPEN, check_time
+from apportion.ledger import check_time
 from apportion.pools import Pool, PoolStatus, check_pool_name, current_window, pool_status
 from apportion.stores.redis.calls import _Cmd, _Eval, _Steps
-from apportion.stores.redis.codec import _pool_debt, _str, _text, ledger_from_stored
+from apportion.stores.redis.codec import _closed_debt, _str, _text
 from apportion.stores.redis.keys import RedisKeys
 from apportion.stores.redis.transport import RedisTransport
 
@@ -60,9 +60,10 @@ class RedisPools(RedisKeys, RedisTransport):
         calls: list[_Eval | _Cmd] = []
         lapsed: list[tuple[str, str, int]] = []
         for (name, draw, tokens, deadline), raw in zip(entries, states, strict=True):
-            if raw is not None and _pool_debt(raw)[1] == draw:
-                if ledger_from_stored(raw).status != OPEN:
-                    calls.append(self._give_back(*_pool_debt(raw), now))
+            opened_with, debt = ("", None) if raw is None else _closed_debt(raw)
+            if opened_with == draw:
+                if debt is not None:
+                    calls.append(self._give_back(*debt, now))
             elif now >= deadline + self.clock_skew_seconds:
                 lapsed.append((name, draw, tokens))
         if lapsed:
@@ -77,8 +78,8 @@ class RedisPools(RedisKeys, RedisTransport):
             for (name, draw, tokens), reply in zip(lapsed, replies, strict=True):
                 if _str(reply[0]) == "void":
                     calls.append(self._give_back(name, draw, tokens, "0", now))
-                elif ledger_from_stored(reply[1]).status != OPEN:
-                    calls.append(self._give_back(*_pool_debt(reply[1]), now))
+                elif (debt := _closed_debt(reply[1])[1]) is not None:
+                    calls.append(self._give_back(*debt, now))
         if calls:
             yield calls
 
