@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Acknowledged(Generic[T]):
 
     thread: int
     number: int
+    sent_at: float  # when the attempt that succeeded started
     returned_at: float
     failures: int
     result: T
@@ -43,8 +45,9 @@ class LoadReport(Generic[T]):
     acknowledged: list[Acknowledged[T]] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)  # exception class name -> count
     gave_up: int = 0  # calls still failing after give_up_after seconds
-    killed_at: float = 0.0  # when failover() was called (time.monotonic())
-    failed_over_at: float = 0.0  # when it returned
+    killed_at: float = 0.0  # when kill() was called (time.monotonic())
+    dead_at: float = 0.0  # when kill() returned: the primary can acknowledge nothing more
+    failed_over_at: float = 0.0  # when wait() returned
     longest_outage: float = 0.0  # longest time any thread went from a failure to a success
     longest_stall: float = 0.0  # longest time between two acknowledgments of one thread
 
@@ -55,12 +58,21 @@ class LoadReport(Generic[T]):
 
     @property
     def failover_seconds(self) -> float:
-        """How long ``failover()`` took."""
+        """How long ``kill()`` and ``wait()`` took."""
         return self.failed_over_at - self.killed_at
 
     def before(self) -> list[Acknowledged[T]]:
         """Calls acknowledged before the kill (at risk: replication is asynchronous)."""
         return [ack for ack in self.acknowledged if ack.returned_at < self.killed_at]
+
+    def sent_after_kill(self) -> list[Acknowledged[T]]:
+        """Calls sent once the old primary was dead: a live node acknowledged them.
+
+        A call that returned after the kill but was sent before it may have been
+        acknowledged by the old primary (its reply still in the socket) and be lost
+        with it, so these are the calls that must all be kept.
+        """
+        return [ack for ack in self.acknowledged if ack.sent_at > self.dead_at]
 
     def after(self) -> list[Acknowledged[T]]:
         """Calls acknowledged after the failover ended (on the new primary)."""
@@ -83,7 +95,8 @@ class LoadReport(Generic[T]):
 
 def load_during_failover(
     operation: Callable[[int, int], T],
-    failover: Callable[[], object],
+    kill: Callable[[], K],
+    wait: Callable[[K], object],
     *,
     threads: int = 4,
     warmup: int = 20,
@@ -93,12 +106,14 @@ def load_during_failover(
     give_up_after: float = 15.0,
     timeout: float = 60.0,
 ) -> LoadReport[T]:
-    """Run ``operation`` from ``threads`` threads while ``failover()`` runs on this one.
+    """Run ``operation`` from ``threads`` threads while ``wait(kill())`` runs on this one.
 
     Args:
         operation: ``operation(thread, n)``; it should be idempotent for a given
             ``(thread, n)`` (or record that it may have run twice), as a retried call repeats.
-        failover: kills the primary and returns once the replacement serves.
+        kill: kills the primary and returns once it is dead (what it returns goes to
+            ``wait``).
+        wait: returns once the replacement serves.
         threads: how many threads call ``operation``.
         warmup: calls each thread completes before the kill.
         settle: calls each thread completes after the failover returned.
@@ -129,6 +144,7 @@ def load_during_failover(
                 first = time.monotonic()
                 failures = 0
                 while True:
+                    sent = time.monotonic()
                     try:
                         result = operation(thread, number)
                         break
@@ -148,7 +164,7 @@ def load_during_failover(
                 returned = time.monotonic()
                 with lock:
                     report.acknowledged.append(
-                        Acknowledged(thread, number, returned, failures, result)
+                        Acknowledged(thread, number, sent, returned, failures, result)
                     )
                     report.longest_stall = max(report.longest_stall, returned - previous)
                     if outage_started is not None:
@@ -183,7 +199,9 @@ def load_during_failover(
     if not crashes and not stop.is_set():
         report.killed_at = time.monotonic()
         try:
-            failover()
+            killed = kill()
+            report.dead_at = time.monotonic()
+            wait(killed)
         except BaseException:
             stop.set()
             raise

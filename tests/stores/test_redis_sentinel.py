@@ -107,11 +107,14 @@ def test_a_failover_under_load_overspends_only_what_it_lost(redis_sentinel: Redi
         held[rid] = held.get(rid, 0) + 100
         return "granted"
 
-    def failover() -> None:
-        redis_sentinel.wait_failover(redis_sentinel.kill_primary())
-
     report = load_during_failover(
-        operation, failover, threads=4, warmup=30, settle=60, retry_on=(StoreUnavailable,)
+        operation,
+        redis_sentinel.kill_primary,
+        redis_sentinel.wait_failover,
+        threads=4,
+        warmup=30,
+        settle=60,
+        retry_on=(StoreUnavailable,),
     )
     overspend = lost = 0
     worst = 0
