@@ -17,9 +17,10 @@ The YAML file has the shape of the ``models`` section of a workload file::
         max_output: 4096
         capability: {structured: 0.95, prose: 0.8, reasoning: 0.5}
 
-Capability (quality factor per output kind, in [0, 1]) is declared by the user; a model
-without a declared table is not offered to a routing policy. Learning capability from
-outcomes is not implemented.
+Capability (quality factor per output kind, in [0, 1]) is declared by the user. ``routed``
+takes the table as a prior and corrects it from outcome scores
+(:mod:`apportion.policies.capability`); it offers a priced model without a table too, from
+a neutral prior. A policy that does not learn it offers only models with a table.
 """
 
 from __future__ import annotations
@@ -258,10 +259,17 @@ class Catalog:
             )
         return model
 
-    def routable(self) -> list[ModelInfo]:
-        """The user's models with prices and a declared capability table (routing offers)."""
+    def routable(self, *, undeclared: bool = False) -> list[ModelInfo]:
+        """The user's priced models with a declared capability table (routing offers).
+
+        Args:
+            undeclared: offer priced models without a table too (a policy that learns
+                capability from outcome scores gives them a prior of its own).
+        """
         return [
-            m for m in (self.get(n) for n in self._own) if m.priced and m.capability is not None
+            m
+            for m in (self.get(n) for n in self._own)
+            if m.priced and (undeclared or m.capability is not None)
         ]
 
 

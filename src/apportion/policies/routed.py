@@ -2,32 +2,41 @@
 
 Rule: at each call, the agent about to run and every agent still to run get one option
 each, ``(model, output cap)``, chosen together as a multiple-choice knapsack: the value of
-an option is the log of its expected quality (the model's declared capability for the
-agent's output kind, times the expected coverage of the input it can read, times the
-chance that the output cap covers the predicted output, from the need model's spread),
-weighted by priority (critical 3, standard 2, peripheral 1); its weight is its tokens
-(input plus output at full size) and its cost in USD at full size. A dynamic programme
-over the tokens the agent may draw solves the token ceiling; the cost ceiling is a
-Lagrange multiplier on cost, raised geometrically until the whole plan fits in what the
-cost ceiling leaves (when no plan fits, the agent about to run gets the best option that
-fits alone, its output cap shrunk to what the tokens and the cost left allow). Only the
-agent about to run is granted its option; the others are
-re-planned at their own call, with the pool and the budget their predecessors left
-(reclaim comes for free). Cost always has a least price, ``cost_weight`` (default
-:data:`COST_WEIGHT`) units of value for the whole cost ceiling, so a plan does not buy the
-capable model where the cheap one is almost as good merely because the ceiling allows it;
-0 maximises quality under the ceilings alone. So a critical agent buys the capable model
-when its quality matters more than its cost, and peripheral agents take the cheap model
-with room to finish.
+an option is the log of its expected quality (the model's capability for the agent's
+output kind, times the expected coverage of the input it can read, times the chance that
+the output cap covers the predicted output, from the need model's spread), weighted by
+priority (critical 3, standard 2, peripheral 1); its weight is its tokens (input plus
+output at full size) and its cost in USD at full size. A dynamic programme over the tokens
+the agent may draw solves the token ceiling; the cost ceiling is a Lagrange multiplier on
+cost, raised geometrically until the whole plan fits in what the cost ceiling leaves
+(when no plan fits, the agent about to run gets the best option that fits alone, its
+output cap shrunk to what the tokens and the cost left allow). Only the agent about to
+run is granted its option's model, with the tokens ``elastic`` would grant it there (cut
+to the model's limits; the option's own tokens when those cost more than is left); the
+others are re-planned at their own call, with the pool and the budget their predecessors
+left (reclaim comes for free).
 
-The models offered are the catalog's routable ones (prices and a declared capability
-table: :meth:`~apportion.catalog.Catalog.routable`). Without any, it behaves as
-``elastic``. Extensions, redistribution and learning are those of ``elastic``.
+Cost always has a least price, so a plan does not buy the capable model where the cheap
+one is almost as good merely because it may: ``cost_weight`` (default
+:data:`COST_WEIGHT`) units of value for the whole cost ceiling, or without a cost
+ceiling, ``uncapped_cost_weight`` (default :data:`UNCAPPED_COST_WEIGHT`) for what the
+request's predicted needs would cost on the dearest model; 0 maximises quality under the
+ceilings alone. So a critical agent buys the capable model when its quality matters more
+than its cost, and peripheral agents take the cheap model with room to finish.
+
+The models offered are the catalog's routable ones (:meth:`~apportion.catalog.Catalog.routable`:
+priced, with a declared capability table, or without one when capability is learned).
+Capability is learned from outcome scores by default (``learn_capability``;
+:mod:`apportion.policies.capability`): the declared table is the prior, a model without
+one starts from a neutral prior, and what was learned is saved with the policy
+(``policy.save(path)``, ``RoutedPolicy.load(path)``). Without any model, it behaves as
+``elastic``. Extensions, redistribution and need learning are those of ``elastic``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,8 +44,16 @@ import numpy as np
 from apportion.errors import PolicyConfigError
 from apportion.limits import excerpt
 from apportion.policies.base import Decision, Observation, clip_output
+from apportion.policies.capability import (
+    PRIOR_SD,
+    UNDECLARED_PRIOR,
+    UNDECLARED_SD,
+    CapabilityModel,
+    Key,
+    clean_calls,
+)
 from apportion.policies.elastic import ElasticPolicy
-from apportion.spec import Agent
+from apportion.spec import Agent, OutputKind
 
 _LEVELS = (0.6, 0.85, 1.0, 1.25, 1.6, 2.0, 2.6, 3.4)
 """Output caps offered, as multiples of the predicted output."""
@@ -48,6 +65,11 @@ COST_WEIGHT = 2.0
 """Spending the request's whole cost ceiling is worth this much priority-weighted log
 quality: the least price put on cost, so a plan does not buy a capable model where a cheap
 one is almost as good just because the ceiling allows it."""
+UNCAPPED_COST_WEIGHT = 0.25
+"""Without a cost ceiling, spending what the request's predicted needs would cost on the
+dearest model is worth this much (on generated tuning workloads, seeds 1 to 6: 0.91 to
+0.99 of ``elastic``'s quality at 0.55 to 0.85 of its cost; 0.5 gave 0.90 to 0.97 at 0.40
+to 0.75)."""
 
 
 def _coverage(kind: str, cap: float, mu: float, sigma: float) -> float:
@@ -70,25 +92,83 @@ class RoutedPolicy(ElasticPolicy):
     name = "routed"
     routes: ClassVar[bool] = True
 
-    def __init__(self, margin: float = 0.2, cost_weight: float = COST_WEIGHT) -> None:
+    def __init__(
+        self,
+        margin: float = 0.2,
+        cost_weight: float = COST_WEIGHT,
+        learn_capability: bool = True,
+        uncapped_cost_weight: float = UNCAPPED_COST_WEIGHT,
+    ) -> None:
         super().__init__(margin)
-        if (
-            isinstance(cost_weight, bool)
-            or not isinstance(cost_weight, int | float)
-            or not 0.0 <= cost_weight <= 1e6
-        ):
+        if not isinstance(learn_capability, bool):
             raise PolicyConfigError(
-                f"cost_weight must be a number between 0 and 1e6, not {excerpt(cost_weight)}",
-                cost_weight=cost_weight,
+                f"learn_capability must be true or false, not {excerpt(learn_capability)}",
+                learn_capability=learn_capability,
             )
+        self.learn_capability = learn_capability
+        """Correct the catalog's capability tables from outcome scores (and offer models
+        without a table, from a neutral prior): :mod:`apportion.policies.capability`."""
+        self.capability = CapabilityModel()
+        """What the outcome scores taught about each model's capability."""
+        for name, weight in (
+            ("cost_weight", cost_weight),
+            ("uncapped_cost_weight", uncapped_cost_weight),
+        ):
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, int | float)
+                or not 0.0 <= weight <= 1e6
+            ):
+                raise PolicyConfigError(
+                    f"{name} must be a number between 0 and 1e6, not {excerpt(weight)}",
+                    **{name: weight},
+                )
         self.cost_weight = float(cost_weight)
         """Value (priority-weighted log quality) of spending the whole cost ceiling."""
+        self.uncapped_cost_weight = float(uncapped_cost_weight)
+        """Without a cost ceiling: value of spending what the request's predicted needs
+        would cost on the dearest model offered."""
 
     def _models(self, obs: Observation) -> list[Any]:
         models: list[Any] | None = obs.memo.get("routable")
         if models is None:
-            models = obs.memo["routable"] = list(obs.catalog.routable()) if obs.catalog else []
+            found = obs.catalog.routable(undeclared=self.learn_capability) if obs.catalog else []
+            models = obs.memo["routable"] = list(found)
         return models
+
+    def capable(self, obs: Observation, model: Any, kind: str) -> float:
+        """``model``'s capability for ``kind``: declared, or learned from outcome scores."""
+        if not self.learn_capability:
+            return float(model.capable(kind))
+        table: dict[Key, float] | None = obs.memo.get("capable")
+        if table is None:
+            priors = {}
+            for m in self._models(obs):
+                for k in (kind.value for kind in OutputKind):
+                    priors[m.name, k] = (
+                        (UNDECLARED_PRIOR, UNDECLARED_SD)
+                        if m.capability is None
+                        else (m.capable(k), PRIOR_SD)
+                    )
+            table = obs.memo["capable"] = self.capability.capabilities(priors)
+        return table.get((model.name, kind), float(model.capable(kind)))
+
+    def learn(self, obs: Observation, outcome: float | None) -> None:
+        """As ``elastic``; and a scored request that ran in full teaches capability."""
+        super().learn(obs, outcome)
+        if self.learn_capability and outcome is not None and not obs.refused:
+            self.capability.observe(clean_calls(obs.pipeline, obs.calls.values()), outcome)
+
+    def _state_parts(self) -> dict[str, Any]:
+        """A saved policy file holds the capability statistics too, under ``capability``."""
+        return {"capability": self.capability.document()} if self.capability.observed else {}
+
+    def _restore_parts(self, document: Mapping[str, Any], where: str) -> Any:
+        part = document.get("capability")
+        if part is None:
+            return lambda: None
+        parts = CapabilityModel.parse(part, where)
+        return lambda: self.capability.merge(parts)
 
     def _options(
         self, obs: Observation, agent: Agent, inp: float, models: list[Any]
@@ -112,17 +192,59 @@ class RoutedPolicy(ElasticPolicy):
                 if model.context_window is not None:
                     ctx = max(0, min(ctx, model.context_window - out))
                 q_in = ctx / inp if inp > 0 else 1.0
-                quality = model.capable(kind) * q_in * _coverage(kind, out, mu, sigma)
+                quality = self.capable(obs, model, kind) * q_in * _coverage(kind, out, mu, sigma)
                 value = weight * math.log(max(quality, _FLOOR))
                 options.append((ctx, out, ctx * pin + out * pout, value, model.name))
         return options
 
-    def _least_multiplier(self, obs: Observation) -> float:
-        """The least price of a nano-USD: :attr:`cost_weight` over the cost ceiling."""
+    def _least_multiplier(self, obs: Observation, models: list[Any]) -> float:
+        """The least price of a nano-USD.
+
+        :attr:`cost_weight` over the cost ceiling; without one, :attr:`uncapped_cost_weight`
+        over what the request's predicted needs would cost on the dearest model offered.
+        """
         ceiling = obs.state.cost_ceiling if obs.state is not None else None
-        if not ceiling or self.cost_weight <= 0:
+        if ceiling:
+            return self.cost_weight / float(ceiling) if self.cost_weight > 0 else 0.0
+        if self.uncapped_cost_weight <= 0:
             return 0.0
-        return self.cost_weight / float(ceiling)
+        scale = obs.memo.get("cost_scale")
+        if scale is None:
+            needs = self.predicted_needs(obs)
+            outputs = self.predicted_outputs(obs)
+            scale = obs.memo["cost_scale"] = max(
+                sum((needs[a] - outputs[a]) * pin + outputs[a] * pout for a in needs)
+                for pin, pout in (m.nano_prices() for m in models)
+            )
+        return self.uncapped_cost_weight / scale if scale > 0 else 0.0
+
+    def _elastic_budget(
+        self,
+        obs: Observation,
+        agent: Agent,
+        input_tokens: int,
+        output_tokens: int | None,
+        model: Any,
+        planned: tuple[int, int],
+    ) -> tuple[int, int]:
+        """``elastic``'s grant on the chosen model when it fits, else the plan's option.
+
+        The knapsack chooses the models; the tokens of the call are those ``elastic``
+        would grant (its rules for the pool are better than the knapsack's coverage
+        model: on generated tuning workloads without a cost ceiling, budgets from the
+        knapsack reached 0.74 to 0.95 of ``elastic``'s quality on the same models), cut
+        to the model's limits, unless they cost more than is left.
+        """
+        ctx, out = self.grant(obs, agent, input_tokens, output_tokens)
+        if model.max_output is not None:
+            out = min(out, model.max_output)
+        if model.context_window is not None:
+            ctx = max(0, min(ctx, model.context_window - out))
+        left = obs.state.cost_available()
+        pin, pout = model.nano_prices()
+        if left is not None and ctx * pin + out * pout > left:
+            return planned
+        return ctx, out
 
     def _shrunk(
         self,
@@ -163,7 +285,7 @@ class RoutedPolicy(ElasticPolicy):
                 if ctx < 0 or (ctx == 0 and whole > 0):
                     continue
                 q_in = ctx / inp if inp > 0 else 1.0
-                quality = model.capable(kind) * q_in * _coverage(kind, out, mu, sigma)
+                quality = self.capable(obs, model, kind) * q_in * _coverage(kind, out, mu, sigma)
                 value = math.log(max(quality, _FLOOR))
                 options.append((ctx, out, ctx * pin + out * pout, value, model.name))
         return options
@@ -188,7 +310,7 @@ class RoutedPolicy(ElasticPolicy):
         step = max(1, available // _STEPS)
         size = available // step
         best = None
-        floor = self._least_multiplier(obs)
+        floor = self._least_multiplier(obs, models)
         for lam in _multipliers(mine, others, size, step, usd, floor):
             pick = _solve(mine, others, size, step, usd, lam)
             if pick is not None:
@@ -201,6 +323,8 @@ class RoutedPolicy(ElasticPolicy):
                 return Decision(0, 0)
             best = max(fitting, key=lambda o: (o[3] - floor * o[2], -o[2]))
         ctx, out, _, _, name = best
+        chosen = next(m for m in models if m.name == name)
+        ctx, out = self._elastic_budget(obs, agent, input_tokens, output_tokens, chosen, (ctx, out))
         return Decision(ctx, clip_output(out, output_tokens), name)
 
 

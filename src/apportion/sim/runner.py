@@ -16,6 +16,7 @@ the quality model, which stay in this module.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,8 +255,18 @@ def run_request(
     )
 
 
-def catalog_of(workload: Workload) -> Catalog:
-    """The workload's models as a catalog (no LiteLLM: the workload is the whole world)."""
+def catalog_of(
+    workload: Workload, declared: Mapping[str, Mapping[str, float] | None] | None = None
+) -> Catalog:
+    """The workload's models as a catalog (no LiteLLM: the workload is the whole world).
+
+    Args:
+        workload: the workload.
+        declared: capability tables to declare instead of the workload's, by model name
+            (``None``: declare no table); a policy is then told a table the simulated
+            world does not follow (the world's stays the workload's).
+    """
+    tables: Mapping[str, Mapping[str, float] | None] = declared or {}
     return Catalog(
         [
             ModelInfo(
@@ -264,7 +275,7 @@ def catalog_of(workload: Workload) -> Catalog:
                 output_price=m.output_price,
                 context_window=m.context_window,
                 max_output=m.max_output,
-                capability=dict(m.capability),
+                capability=(dict(m.capability) if m.name not in tables else _table(tables[m.name])),
                 source=f"workload {workload.name}",
             )
             for m in workload.models
@@ -274,8 +285,20 @@ def catalog_of(workload: Workload) -> Catalog:
     )
 
 
-def controller_for(workload: Workload, policy: str | Policy) -> Controller:
-    """A controller over the workload's pipeline with the memory store, as production uses."""
+def _table(table: Mapping[str, float] | None) -> dict[str, float] | None:
+    return None if table is None else dict(table)
+
+
+def controller_for(
+    workload: Workload, policy: str | Policy, catalog: Catalog | None = None
+) -> Controller:
+    """A controller over the workload's pipeline with the memory store, as production uses.
+
+    ``catalog`` (default: :func:`catalog_of` the workload) is what the policy is told.
+    """
     return Controller(
-        pipeline_of(workload), policy=policy, store="memory://", catalog=catalog_of(workload)
+        pipeline_of(workload),
+        policy=policy,
+        store="memory://",
+        catalog=catalog if catalog is not None else catalog_of(workload),
     )
