@@ -26,6 +26,19 @@ response model; progress on standard error). Sections:
     consecutive windows of ``--shift-width`` requests and the recovery (requests after
     the shift until the rolling mean is back within ``--shift-tolerance`` of its
     pre-shift level; ``apportion.sim.curves.recovery``).
+``routing``
+    ``unseen``: the unseen workloads of ``--seeds`` drawn with models (``large``,
+    ``medium``, ``small``; no cost ceiling), ``--routing-requests`` each: every rule
+    policy and ``learned`` (each call on ``large``) and every routing policy, their
+    quality and cost, each routing policy's over the best non-routing one's
+    (``vs_best_non_routing``), and ``cheapest_at_0.97``: the least
+    cost, as a share of running every agent on ``large``, of any fixed choice of model
+    per agent whose capabilities keep 0.97 of the quality (from the hidden world: each
+    agent's capability to the power of its influence, full needs; a bound on what routing
+    can save at that quality, not a policy). ``capability``: ``routing`` with a declared
+    capability table that is wrong (:data:`WRONG_TABLE`), per window of 50 requests:
+    ``routed`` told the wrong table without learning (``told``), learning from the scores
+    (``learning``), and told the world's table (``truth``).
 ``chatdev_replay``
     The real ChatDev call log on its test split at 80% of each run's real tokens.
 
@@ -35,7 +48,9 @@ response model; progress on standard error). Sections:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import platform
 import statistics
@@ -46,13 +61,18 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from apportion.policies import bench_policies, rule_policies
-from apportion.sim.bench import PolicyFigures
+import numpy as np
+
+from apportion.catalog import Catalog
+from apportion.policies import Policy, bench_policies, policies_of, rule_policies
+from apportion.policies.routed import RoutedPolicy
+from apportion.sim.bench import PolicyFigures, make_policy
 from apportion.sim.curves import learning_windows, recovery, rolling
 from apportion.sim.generate import Generated, generate_shift, generate_workload
 from apportion.sim.losses import WorkloadAt, diagnose, play, solve
 from apportion.sim.needs import draw_needs
 from apportion.sim.oracle import DISCRETISATION_NOTE, RELAXATION_NOTE, default_step
+from apportion.sim.runner import catalog_of, controller_for, run_request
 from apportion.sim.workload import Workload, load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,6 +200,125 @@ def shift_test(
 
 SHIFT_POLICIES = ("learned", "estimate", "elastic", "static")
 
+WRONG_TABLE = {"small": {"structured": 0.97, "prose": 1.0, "reasoning": 0.95}}
+"""The capability table declared for ``routing``'s small model in the ``capability`` test
+(the world's: structured 0.97, prose 0.88, reasoning 0.55)."""
+
+ROUTING_SHARE = 0.97
+"""The quality share of ``cheapest_at_0.97``."""
+
+
+def _qualities(
+    workload: Workload, policy: Policy, requests: int, step: Step, catalog: Catalog | None = None
+) -> tuple[list[float], list[float]]:
+    """Quality and cost of ``requests`` requests played online through one policy."""
+    controller = controller_for(workload, policy, catalog)
+    seed, ceiling = workload.seed or 0, workload.ceiling
+    assert ceiling is not None
+    quality, cost = [], []
+    for r in range(requests):
+        outcome = run_request(controller, workload, draw_needs(workload, seed, r), ceiling)
+        quality.append(outcome.quality)
+        cost.append(outcome.cost)
+        step(1)
+    return quality, cost
+
+
+def cheapest_share(workload: Workload, requests: int, share: float = ROUTING_SHARE) -> float:
+    """The least cost share of a fixed model per agent keeping ``share`` of the quality.
+
+    From the hidden world: the capability factor of a choice is the product of each
+    agent's capability to the power of its influence (1 with every agent on the most
+    capable model), its cost that of every agent's full needs; over ``requests`` drawn
+    requests, relative to the dearest choice.
+    """
+    seed = workload.seed or 0
+    drawn = [draw_needs(workload, seed, r) for r in range(requests)]
+    models = list(workload.models)
+    logs = np.array(
+        [
+            [a.influence * math.log(max(m.capability[a.output_kind], 1e-9)) for m in models]
+            for a in workload.agents
+        ]
+    )
+    costs = np.array(
+        [
+            [statistics.fmean(m.cost(n.need_in[i], n.need_out[i]) for n in drawn) for m in models]
+            for i in range(len(workload.agents))
+        ]
+    )
+    choices = np.array(list(itertools.product(range(len(models)), repeat=len(workload.agents))))
+    rows = np.arange(len(workload.agents))
+    quality = logs[rows, choices].sum(axis=1)
+    cost = costs[rows, choices].sum(axis=1)
+    best = quality.max()
+    keep = quality >= best + math.log(share)
+    return round(float(cost[keep].min() / cost.max()), 4)
+
+
+NON_ROUTING = ("learned",)
+"""Beside the rule policies, what the routing section compares the routing policies with."""
+
+
+def routing_unseen(generated: Generated, requests: int, step: Step) -> dict[str, Any]:
+    """Every policy on one unseen workload with models (``large`` unless it routes)."""
+    workload = generated.workload
+    seed = workload.seed or 0
+    plain = [*rule_policies(), *NON_ROUTING]
+    figures = {}
+    for name in [*plain, *policies_of("routing")]:
+        policy = make_policy(name, workload, seed, requests)
+        quality, cost = _qualities(workload, policy, requests, step)
+        figures[name] = {
+            "quality_mean": round(statistics.fmean(quality), 4),
+            "cost_mean": round(statistics.fmean(cost), 6),
+        }
+    best = max(plain, key=lambda n: figures[n]["quality_mean"])
+    rule = figures[best]
+    return {
+        "workload": workload.name,
+        "requests": requests,
+        "simulated": True,
+        "policies": figures,
+        "best_non_routing": best,
+        "vs_best_non_routing": {
+            name: {
+                "quality": round(figures[name]["quality_mean"] / rule["quality_mean"], 4),
+                "cost": round(figures[name]["cost_mean"] / rule["cost_mean"], 4),
+            }
+            for name in policies_of("routing")
+        },
+        "cheapest_at_0.97": cheapest_share(workload, requests),
+    }
+
+
+def capability_test(requests: int, width: int, step: Step) -> dict[str, Any]:
+    """``routing`` told a wrong capability table: not learning, learning, told the truth."""
+    workload = load_workload(ROOT / "examples" / "workloads" / "routing.yaml")
+    wrong = catalog_of(workload, declared=WRONG_TABLE)
+    runs = {
+        "told": _qualities(workload, RoutedPolicy(learn_capability=False), requests, step, wrong),
+        "learning": _qualities(workload, RoutedPolicy(), requests, step, wrong),
+        "truth": _qualities(workload, RoutedPolicy(learn_capability=False), requests, step),
+    }
+
+    def windows(values: list[float]) -> list[float]:
+        return [
+            round(statistics.fmean(values[i : i + width]), 4)
+            for i in range(0, len(values) - width + 1, width)
+        ]
+
+    return {
+        "workload": workload.name,
+        "requests": requests,
+        "width": width,
+        "simulated": True,
+        "declared": WRONG_TABLE,
+        "world": {m.name: dict(m.capability) for m in workload.models},
+        "quality_windows": {name: windows(q) for name, (q, _) in runs.items()},
+        "cost_windows": {name: windows(c) for name, (_, c) in runs.items()},
+    }
+
 
 def spread(values: Sequence[float]) -> dict[str, float]:
     """``{"min", "mean", "max"}`` of ``values`` (rounded)."""
@@ -229,17 +368,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", action="append", default=None, help="example workload name")
     parser.add_argument("--no-examples", action="store_true")
     parser.add_argument("--no-replay", action="store_true")
+    parser.add_argument(
+        "--routing-only", action="store_true", help="only the routing section (and its seeds)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--quick",
         action="store_true",
         help="200 requests, 3 unseen seeds, tight 0.7 only, 600 learning, 1 shift of 600",
     )
+    parser.add_argument("--routing-requests", type=int, default=300, help="0: no routing")
     parser.add_argument("--calls", type=Path, default=CALLS, help="ChatDev calls.csv")
     args = parser.parse_args()
+    if args.routing_only:
+        args.no_examples = args.no_replay = True
+        args.learn_requests = args.shift_requests = 0
     if args.quick:
         args.requests, args.seeds, args.tight = 200, min(args.seeds, 3), "0.7"
         args.learn_requests, args.shift_requests, args.shift_seeds = 600, 600, 1
+        args.routing_requests = 150
     args.tight = [float(part) for part in args.tight.split(",") if part.strip()]
     if args.requests < 1 or not 0 <= args.seeds <= len(UNSEEN_SEEDS):
         parser.error(f"--requests must be >= 1 and --seeds in 0..{len(UNSEEN_SEEDS)}")
@@ -268,9 +415,12 @@ def main() -> None:
         return int(args.requests) * (len(policies_for(workload)) + 1)
 
     total = sum(per_bench(w) for w in examples)
-    total += sum(per_bench(g.workload) * (1 + len(args.tight)) for g in unseen)
+    if not args.routing_only:
+        total += sum(per_bench(g.workload) * (1 + len(args.tight)) for g in unseen)
     total += args.learn_requests * 2 * len(unseen) * (1 + len(args.tight))
     total += args.shift_requests * (len(SHIFT_POLICIES) + 1) * len(shift_seeds)
+    per_routing = len(rule_policies()) + len(NON_ROUTING) + len(policies_of("routing"))
+    total += args.routing_requests * (per_routing * len(unseen) + 3)
     context: Any = nullcontext(None)
     if not args.no_progress:
         from apportion.cli.console import progress
@@ -294,7 +444,7 @@ def main() -> None:
         default: dict[str, Any] = {}
         tight: dict[str, dict[str, Any]] = {str(r): {} for r in args.tight}
         curves: dict[str, Any] = {}
-        for generated in unseen:
+        for generated in [] if args.routing_only else unseen:
             name = generated.workload.name
             label(name)
             default[name] = measure(generated.workload, args.requests, step)
@@ -320,6 +470,16 @@ def main() -> None:
             shifts[str(seed)] = shift_test(
                 seed, args.shift_requests, args.shift_width, args.shift_tolerance, step
             )
+        routing: dict[str, Any] = {}
+        if args.routing_requests:
+            label("routing")
+            routing["unseen"] = {
+                f"unseen-{g.seed}": routing_unseen(
+                    generate_workload(g.seed, models=True), args.routing_requests, step
+                )
+                for g in unseen
+            }
+            routing["capability"] = capability_test(args.routing_requests, 50, step)
     replay = None
     if not args.no_replay and args.calls.exists():
         from apportion.sim.replay import load_calls, run_replay
@@ -340,6 +500,7 @@ def main() -> None:
             "learn_requests": args.learn_requests,
             "shift_requests": args.shift_requests,
             "shift_seeds": list(shift_seeds),
+            "routing_requests": args.routing_requests,
         },
         "workloads": workloads,
         "unseen": {
@@ -352,6 +513,7 @@ def main() -> None:
         },
         "learned_curves": curves,
         "shift": shifts,
+        "routing": routing,
         "chatdev_replay": replay,
         "seconds": round(time.perf_counter() - started, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],

@@ -20,7 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ROOT / "examples" / "workloads"
 SUPPORT = WORKLOADS / "support-triage.yaml"
 ROUTING = WORKLOADS / "routing.yaml"
-EVERY = ("uniform", "static", "estimate", "elastic", "iterative", "learned", "routed")
+EVERY = (
+    "uniform",
+    "static",
+    "estimate",
+    "elastic",
+    "iterative",
+    "learned",
+    "routed",
+    "learned-routed",
+)
 
 
 def small_pipeline() -> Pipeline:

@@ -39,7 +39,14 @@ from apportion import (
     UnknownPolicy,
 )
 from apportion.ledger import Ledger
-from apportion.policies import LearnedPolicy, Observation, Plan, resolve_policy
+from apportion.policies import (
+    LearnedPolicy,
+    LearnedRoutedPolicy,
+    Observation,
+    Plan,
+    RoutedPolicy,
+    resolve_policy,
+)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -705,11 +712,13 @@ def test_policies_resolve_by_name_and_objects_are_kept() -> None:
         "elastic": ElasticPolicy,
         "iterative": IterativePolicy,
         "learned": LearnedPolicy,
+        "routed": RoutedPolicy,
+        "learned-routed": LearnedRoutedPolicy,
     }
     for name, cls in classes.items():
         policy = resolve_policy(name)
         assert type(policy) is cls and policy.name == name
-    assert set(POLICIES) == {*classes, "static", "routed"}
+    assert set(POLICIES) == {*classes, "static"}
     for policy in (ElasticPolicy(margin=0.5), StaticPolicy(BUDGETS), UniformPolicy()):
         assert resolve_policy(policy) is policy
         assert Controller(support(), policy=policy).policy is policy
@@ -790,6 +799,8 @@ AGENTS = st.builds(
 def build_policy(name: str, pipeline: Pipeline, draw: Any) -> Policy:
     if name == "learned":  # seeded: Hypothesis replays each example exactly
         return LearnedPolicy(seed=0)
+    if name == "learned-routed":
+        return LearnedRoutedPolicy(seed=0)
     if name != "static":
         return resolve_policy(name)
     listed = draw(st.lists(st.sampled_from(pipeline.names), min_size=1, unique=True))

@@ -21,7 +21,9 @@ from apportion.policies.capability import (
     CapabilityModel,
     clean_calls,
 )
-from apportion.policies.routed import RoutedPolicy
+from apportion.policies.routed import LearnedRoutedPolicy, RoutedPolicy
+from apportion.sim.bench import make_policy
+from apportion.sim.generate import generate_workload
 from apportion.sim.needs import draw_needs
 from apportion.sim.runner import catalog_of, controller_for, run_request
 from apportion.sim.workload import Workload, load_workload
@@ -201,3 +203,34 @@ def test_routable_catalog_models_are_unchanged_by_default() -> None:
     catalog = Catalog([ModelInfo("m", input_price=1.0, output_price=2.0)], litellm=False)
     assert catalog.routable() == []
     assert [m.name for m in catalog.routable(undeclared=True)] == ["m"]
+
+
+def test_learned_routed_learns_budgets_and_models_together(tmp_path: Path) -> None:
+    # a generated tuning workload (seed 3: not one of the unseen seeds of the benchmark)
+    workload = generate_workload(3, models=True).workload
+    plain = make_policy("learned", workload, 3, 200)
+    routing = make_policy("learned-routed", workload, 3, 200)
+    assert isinstance(routing, LearnedRoutedPolicy) and routing.routes and not plain.routes
+    got = {}
+    for name, policy in (("learned", plain), ("learned-routed", routing)):
+        controller = controller_for(workload, policy)
+        outcomes = [
+            run_request(controller, workload, draw_needs(workload, 3, r), workload.ceiling or 1)
+            for r in range(200)
+        ]
+        got[name] = (
+            statistics.fmean(o.quality for o in outcomes),
+            statistics.fmean(o.cost for o in outcomes),
+        )
+    (quality, cost), (routed_quality, routed_cost) = got["learned"], got["learned-routed"]
+    assert routed_quality >= 0.95 * quality and routed_cost <= 0.9 * cost, got
+    assert routing.scored == 200 and routing.capability.observed > 0
+    path = tmp_path / "learned-routed.json"
+    routing.save(path)
+    document = json.loads(path.read_text())
+    assert document["policy"] == "learned-routed"
+    assert {"learned", "capability"} <= set(document)
+    restored = LearnedRoutedPolicy.load(path)
+    assert restored.capability.observed == routing.capability.observed
+    stats = [json.loads(p.state())["pipelines"]["unseen-3"]["stats"] for p in (restored, routing)]
+    assert stats[0] == stats[1]  # what learned learned, beside the capabilities

@@ -95,7 +95,9 @@ def test_shipped_workloads_policy_figures() -> None:
     capability from the scores (routing: routed 0.9171 -> 0.9261 at 0.0355 USD instead
     of 0.0376; formatter-models, no cost ceiling: routed 1.0 -> 0.97 at 0.0017 USD
     instead of 0.0401, the small model writing the record almost as well at 4% of the
-    price). Before that: issue 21, "rule policies worth their name": the cost-ceiling
+    price); ``learned-routed`` (``learned``'s budgets on the models the knapsack
+    chose) joins them: routing 0.9106 at 0.0368 USD, formatter-models as ``routed``.
+    Before that: issue 21, "rule policies worth their name": the cost-ceiling
     fix of the controller (routing:
     estimate and elastic 0.8667 -> 0.9333, iterative 0.8152 -> 0.9307), a squeezed last
     call trading its margin for input, a predicted output kept within 0.75-2x of the

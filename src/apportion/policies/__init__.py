@@ -1,6 +1,7 @@
 """Allocation policies, and the explicit registry that names them.
 
-``uniform``, ``static``, ``estimate``, ``elastic``, ``iterative``, ``learned`` and ``routed``;
+``uniform``, ``static``, ``estimate``, ``elastic``, ``iterative``, ``learned``, ``routed``
+and ``learned-routed``;
 each module's docstring states its rule in plain words. The registry
 (:mod:`apportion.policies.registry`, :data:`POLICIES`) names them all, and
 :func:`resolve_policy` turns a name (or ``static:budgets.yaml``) into a policy object.
@@ -23,7 +24,7 @@ from apportion.policies.registry import (
     resolve_policy,
     rule_policies,
 )
-from apportion.policies.routed import RoutedPolicy
+from apportion.policies.routed import LearnedRoutedPolicy, RoutedPolicy
 from apportion.policies.static import Budget, StaticPolicy
 from apportion.policies.uniform import UniformPolicy
 
@@ -36,6 +37,7 @@ __all__ = [
     "EstimatePolicy",
     "IterativePolicy",
     "LearnedPolicy",
+    "LearnedRoutedPolicy",
     "Observation",
     "Plan",
     "Policy",

@@ -4,7 +4,8 @@ Every name in :data:`POLICIES` is accepted by ``Controller(policy=NAME)``, liste
 ``apportion policies`` and by :class:`~apportion.errors.UnknownPolicy`, and accepted by
 ``apportion bench``, ``replay`` and ``learn``. Each name has a kind: ``rule`` (a fixed
 allocation rule, fitted at most on usage), ``learning`` (learns what budgets are worth
-from outcomes: ``learned``) or ``routing`` (chooses each call's model too: ``routed``).
+from outcomes: ``learned``) or ``routing`` (chooses each call's model too: ``routed``, and
+``learned-routed``, which learns budgets from outcomes as ``learned`` does).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from apportion.policies.elastic import ElasticPolicy
 from apportion.policies.estimate import EstimatePolicy
 from apportion.policies.iterative import IterativePolicy
 from apportion.policies.learned import LearnedPolicy
-from apportion.policies.routed import RoutedPolicy
+from apportion.policies.routed import LearnedRoutedPolicy, RoutedPolicy
 from apportion.policies.static import StaticPolicy
 from apportion.policies.uniform import UniformPolicy
 
@@ -46,6 +47,7 @@ REGISTRY: Mapping[str, Registered] = MappingProxyType(
         "estimate": Registered(EstimatePolicy, "rule"),
         "iterative": Registered(IterativePolicy, "rule"),
         "learned": Registered(LearnedPolicy, "learning"),
+        "learned-routed": Registered(LearnedRoutedPolicy, "routing"),
         "routed": Registered(RoutedPolicy, "routing"),
         "static": Registered(StaticPolicy, "rule"),
         "uniform": Registered(UniformPolicy, "rule"),

@@ -53,6 +53,8 @@ from apportion.policies.capability import (
     clean_calls,
 )
 from apportion.policies.elastic import ElasticPolicy
+from apportion.policies.learned import LearnedPolicy
+from apportion.policies.predicting import PredictingPolicy
 from apportion.spec import Agent, OutputKind
 
 _LEVELS = (0.6, 0.85, 1.0, 1.25, 1.6, 2.0, 2.6, 3.4)
@@ -86,20 +88,19 @@ def _coverage(kind: str, cap: float, mu: float, sigma: float) -> float:
     return p + (1.0 - p) * partial
 
 
-class RoutedPolicy(ElasticPolicy):
-    """Model and budget chosen together per call; see the module docstring."""
+class Routing(PredictingPolicy):
+    """Model choice by the knapsack, over a predicting policy's budgets (module docstring).
 
-    name = "routed"
+    Mixed in before the policy whose budgets it keeps: :class:`RoutedPolicy` over
+    ``elastic``, :class:`LearnedRoutedPolicy` over ``learned``.
+    """
+
     routes: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        margin: float = 0.2,
-        cost_weight: float = COST_WEIGHT,
-        learn_capability: bool = True,
-        uncapped_cost_weight: float = UNCAPPED_COST_WEIGHT,
+    def _routing_options(
+        self, cost_weight: float, learn_capability: bool, uncapped_cost_weight: float
     ) -> None:
-        super().__init__(margin)
+        """Check and keep the routing options (every routing policy's ``__init__`` calls it)."""
         if not isinstance(learn_capability, bool):
             raise PolicyConfigError(
                 f"learn_capability must be true or false, not {excerpt(learn_capability)}",
@@ -129,7 +130,7 @@ class RoutedPolicy(ElasticPolicy):
         """Without a cost ceiling: value of spending what the request's predicted needs
         would cost on the dearest model offered."""
 
-    def _models(self, obs: Observation) -> list[Any]:
+    def _routable(self, obs: Observation) -> list[Any]:
         models: list[Any] | None = obs.memo.get("routable")
         if models is None:
             found = obs.catalog.routable(undeclared=self.learn_capability) if obs.catalog else []
@@ -143,7 +144,7 @@ class RoutedPolicy(ElasticPolicy):
         table: dict[Key, float] | None = obs.memo.get("capable")
         if table is None:
             priors = {}
-            for m in self._models(obs):
+            for m in self._routable(obs):
                 for k in (kind.value for kind in OutputKind):
                     priors[m.name, k] = (
                         (UNDECLARED_PRIOR, UNDECLARED_SD)
@@ -154,21 +155,30 @@ class RoutedPolicy(ElasticPolicy):
         return table.get((model.name, kind), float(model.capable(kind)))
 
     def learn(self, obs: Observation, outcome: float | None) -> None:
-        """As ``elastic``; and a scored request that ran in full teaches capability."""
+        """As the base policy; and a scored request that ran in full teaches capability."""
         super().learn(obs, outcome)
         if self.learn_capability and outcome is not None and not obs.refused:
             self.capability.observe(clean_calls(obs.pipeline, obs.calls.values()), outcome)
 
     def _state_parts(self) -> dict[str, Any]:
         """A saved policy file holds the capability statistics too, under ``capability``."""
-        return {"capability": self.capability.document()} if self.capability.observed else {}
+        parts = super()._state_parts()
+        if self.capability.observed:
+            parts["capability"] = self.capability.document()
+        return parts
 
     def _restore_parts(self, document: Mapping[str, Any], where: str) -> Any:
+        base = super()._restore_parts(document, where)
         part = document.get("capability")
         if part is None:
-            return lambda: None
+            return base
         parts = CapabilityModel.parse(part, where)
-        return lambda: self.capability.merge(parts)
+
+        def apply() -> None:
+            base()
+            self.capability.merge(parts)
+
+        return apply
 
     def _options(
         self, obs: Observation, agent: Agent, inp: float, models: list[Any]
@@ -218,7 +228,7 @@ class RoutedPolicy(ElasticPolicy):
             )
         return self.uncapped_cost_weight / scale if scale > 0 else 0.0
 
-    def _elastic_budget(
+    def _budget(
         self,
         obs: Observation,
         agent: Agent,
@@ -226,16 +236,17 @@ class RoutedPolicy(ElasticPolicy):
         output_tokens: int | None,
         model: Any,
         planned: tuple[int, int],
-    ) -> tuple[int, int]:
-        """``elastic``'s grant on the chosen model when it fits, else the plan's option.
+    ) -> Decision:
+        """The base policy's grant on the chosen model when it fits, else the plan's option.
 
-        The knapsack chooses the models; the tokens of the call are those ``elastic``
-        would grant (its rules for the pool are better than the knapsack's coverage
-        model: on generated tuning workloads without a cost ceiling, budgets from the
-        knapsack reached 0.74 to 0.95 of ``elastic``'s quality on the same models), cut
-        to the model's limits, unless they cost more than is left.
+        The knapsack chooses the models; the tokens of the call are those the policy it
+        is mixed into would grant (``elastic``'s rules for the pool beat the knapsack's
+        coverage model: on generated tuning workloads without a cost ceiling, budgets from
+        the knapsack reached 0.74 to 0.95 of ``elastic``'s quality on the same models),
+        cut to the model's limits, unless they cost more than is left.
         """
-        ctx, out = self.grant(obs, agent, input_tokens, output_tokens)
+        base = super().route(obs, agent, input_tokens, output_tokens)
+        ctx, out = base.context, base.output
         if model.max_output is not None:
             out = min(out, model.max_output)
         if model.context_window is not None:
@@ -243,8 +254,8 @@ class RoutedPolicy(ElasticPolicy):
         left = obs.state.cost_available()
         pin, pout = model.nano_prices()
         if left is not None and ctx * pin + out * pout > left:
-            return planned
-        return ctx, out
+            ctx, out = planned
+        return Decision(ctx, clip_output(out, output_tokens), model.name, base.predicted_output)
 
     def _shrunk(
         self,
@@ -294,9 +305,9 @@ class RoutedPolicy(ElasticPolicy):
         self, obs: Observation, agent: Agent, input_tokens: int, output_tokens: int | None
     ) -> Decision:
         """Choose the context, the output and the model of this call (see the module)."""
-        models = self._models(obs)
+        models = self._routable(obs)
         if not models:
-            return Decision(*self.grant(obs, agent, input_tokens, output_tokens))
+            return super().route(obs, agent, input_tokens, output_tokens)
         state = obs.state
         available = state.available_for(agent.name)
         left = state.cost_available()
@@ -324,8 +335,47 @@ class RoutedPolicy(ElasticPolicy):
             best = max(fitting, key=lambda o: (o[3] - floor * o[2], -o[2]))
         ctx, out, _, _, name = best
         chosen = next(m for m in models if m.name == name)
-        ctx, out = self._elastic_budget(obs, agent, input_tokens, output_tokens, chosen, (ctx, out))
-        return Decision(ctx, clip_output(out, output_tokens), name)
+        return self._budget(obs, agent, input_tokens, output_tokens, chosen, (ctx, out))
+
+
+class RoutedPolicy(Routing, ElasticPolicy):
+    """``routed``: models chosen by the knapsack, budgets by ``elastic``'s rules."""
+
+    name = "routed"
+
+    def __init__(
+        self,
+        margin: float = 0.2,
+        cost_weight: float = COST_WEIGHT,
+        learn_capability: bool = True,
+        uncapped_cost_weight: float = UNCAPPED_COST_WEIGHT,
+    ) -> None:
+        super().__init__(margin)
+        self._routing_options(cost_weight, learn_capability, uncapped_cost_weight)
+
+
+class LearnedRoutedPolicy(Routing, LearnedPolicy):
+    """``learned-routed``: models chosen by the knapsack, budgets learned from outcomes.
+
+    ``learned`` and ``routed`` in one policy: the knapsack of :class:`Routing` chooses
+    each call's model, ``learned`` its tokens on that model, and both learn from the
+    same scores (``learned`` the agents' weights, :class:`Routing` the capabilities).
+    Options: those of :class:`~apportion.policies.learned.LearnedPolicy` and the
+    routing ones.
+    """
+
+    name = "learned-routed"
+
+    def __init__(
+        self,
+        *,
+        cost_weight: float = COST_WEIGHT,
+        learn_capability: bool = True,
+        uncapped_cost_weight: float = UNCAPPED_COST_WEIGHT,
+        **learned: Any,
+    ) -> None:
+        super().__init__(**learned)
+        self._routing_options(cost_weight, learn_capability, uncapped_cost_weight)
 
 
 def _multipliers(

@@ -34,7 +34,14 @@ from typing import Any
 
 from apportion.controller import Controller
 from apportion.errors import PolicyConfigError
-from apportion.policies import Policy, StaticPolicy, bench_policies, resolve_policy
+from apportion.policies import (
+    REGISTRY,
+    LearnedPolicy,
+    Policy,
+    StaticPolicy,
+    bench_policies,
+    resolve_policy,
+)
 from apportion.sim.needs import RequestNeeds, draw_needs
 from apportion.sim.oracle import DISCRETISATION_NOTE, RELAXATION_NOTE, Oracle, default_step
 from apportion.sim.runner import RequestOutcome, controller_for, run_request
@@ -121,11 +128,16 @@ def profiled_static(workload: Workload, seed: int, start: int) -> StaticPolicy:
 def make_policy(name: str, workload: Workload, seed: int, requests: int) -> Policy:
     """A fresh policy by name; ``static`` is profiled on requests after the measured ones.
 
-    ``NAME@MODEL`` is policy ``NAME`` with every call on workload model ``MODEL``.
+    ``NAME@MODEL`` is policy ``NAME`` with every call on workload model ``MODEL``. A
+    policy that draws at random (``learned``'s exploration) draws from ``seed``, so a
+    bench replays exactly.
     """
     name = name.split("@", 1)[0]
     if name == "static":
         return profiled_static(workload, seed, requests)
+    factory = REGISTRY[name].factory if name in REGISTRY else None
+    if isinstance(factory, type) and issubclass(factory, LearnedPolicy):
+        return factory(seed=seed)
     return resolve_policy(name)
 
 
