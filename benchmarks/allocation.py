@@ -36,7 +36,8 @@ response model; progress on standard error). Sections:
     per agent whose capabilities keep 0.97 of the quality (from the hidden world: each
     agent's capability to the power of its influence, full needs; a bound on what routing
     can save at that quality, not a policy). ``capability``: ``routing`` with a declared
-    capability table that is wrong (:data:`WRONG_TABLE`), per window of 50 requests:
+    capability table that is wrong (:data:`WRONG_TABLE`), per window of 50 requests (or
+    of them all, when fewer):
     ``routed`` told the wrong table without learning (``told``), learning from the scores
     (``learning``), and told the world's table (``truth``).
 ``chatdev_replay``
@@ -479,7 +480,8 @@ def main() -> None:
                 )
                 for g in unseen
             }
-            routing["capability"] = capability_test(args.routing_requests, 50, step)
+            width = min(50, args.routing_requests)
+            routing["capability"] = capability_test(args.routing_requests, width, step)
     replay = None
     if not args.no_replay and args.calls.exists():
         from apportion.sim.replay import load_calls, run_replay

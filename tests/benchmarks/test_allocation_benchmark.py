@@ -11,7 +11,7 @@ def test_the_allocation_benchmark_prints_every_section() -> None:
     args = [
         "--requests", "6", "--seeds", "1", "--tight", "0.7", "--learn-requests", "8",
         "--shift-requests", "20", "--shift-seeds", "1", "--shift-width", "5",
-        "--only", "support-triage", "--no-replay", "--no-progress",
+        "--only", "support-triage", "--no-replay", "--no-progress", "--routing-requests", "10",
     ]  # fmt: skip
     document = json.loads(run_script("allocation.py", *args))
     triage = document["workloads"]["support-triage"]
@@ -27,3 +27,14 @@ def test_the_allocation_benchmark_prints_every_section() -> None:
     shift = document["shift"]["9101"]
     assert shift["shift_at"] == 10
     assert len(shift["policies"]["learned"]["curve"]) == 4
+    routing = document["routing"]["unseen"]["unseen-9001"]
+    assert routing["simulated"] and routing["best_non_routing"] in routing["policies"]
+    assert set(routing["vs_best_non_routing"]) == {"routed", "learned-routed"}
+    assert 0 < routing["cheapest_at_0.97"] <= 1
+    capability = document["routing"]["capability"]
+    assert capability["width"] == 10
+    assert {name: len(q) for name, q in capability["quality_windows"].items()} == {
+        "told": 1,
+        "learning": 1,
+        "truth": 1,
+    }
