@@ -17,7 +17,6 @@ from apportion.catalog import Catalog, ModelInfo
 from apportion.errors import PolicyConfigError, PolicyStateError
 from apportion.policies.capability import (
     PRIOR_SD,
-    UNDECLARED_PRIOR,
     CapabilityModel,
     clean_calls,
 )
@@ -47,15 +46,6 @@ def _play(
     ]
 
 
-def _learned(policy: RoutedPolicy, catalog: Catalog) -> dict[tuple[str, str], float]:
-    priors = {
-        (m.name, k): (m.capable(k), PRIOR_SD)
-        for m in catalog.routable()
-        for k in ("structured", "prose", "reasoning")
-    }
-    return policy.capability.capabilities(priors)
-
-
 def test_routed_corrects_a_wrong_capability_table_from_the_scores() -> None:
     workload = load_workload(ROUTING)
     wrong = catalog_of(workload, declared=WRONG)
@@ -69,7 +59,7 @@ def test_routed_corrects_a_wrong_capability_table_from_the_scores() -> None:
     assert truth_q - told_q > 0.2
     # learning wins back at least 80% of it over the last 100 requests
     assert learned_q >= told_q + 0.8 * (truth_q - told_q), (told_q, truth_q, learned_q)
-    capability = _learned(learner, wrong)
+    capability = learner.capabilities(wrong.routable())
     assert capability["small", "reasoning"] < 0.75  # told 0.95, the world's 0.55
     assert capability["large", "reasoning"] > 0.95  # told and true 1.0
     assert learner.capability.observed > 100
@@ -84,7 +74,7 @@ def test_what_routed_learned_survives_a_restart(tmp_path: Path) -> None:
     learner.save(path)
     restored = RoutedPolicy.load(path)
     assert restored.capability.observed == learner.capability.observed > 0
-    assert _learned(restored, wrong) == _learned(learner, wrong)
+    assert restored.capabilities(wrong.routable()) == learner.capabilities(wrong.routable())
     document = json.loads(path.read_text())
     assert document["capability"]["requests"] == learner.capability.observed
     # a restarted policy goes on from there: it does not send the reasoner back to small
@@ -128,8 +118,8 @@ def test_a_model_without_a_table_is_routed_from_a_neutral_prior_and_learned() ->
     assert [m.name for m in undeclared.routable(undeclared=True)] == ["large", "small"]
     learner = RoutedPolicy()
     quality = _play(workload, learner, 200, undeclared)
-    capability = learner.capability.capabilities({("small", "reasoning"): (UNDECLARED_PRIOR, 0.5)})
-    assert capability["small", "reasoning"] < 0.75  # the world's 0.55
+    capability = learner.capabilities(undeclared.routable(undeclared=True))
+    assert capability["small", "reasoning"] < 0.75  # the world's 0.55 (prior: 0.85)
     truth = _play(workload, RoutedPolicy(learn_capability=False), 200)
     assert statistics.fmean(quality[100:]) >= 0.95 * statistics.fmean(truth[100:])
 

@@ -36,7 +36,7 @@ one starts from a neutral prior, and what was learned is saved with the policy
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -137,22 +137,33 @@ class Routing(PredictingPolicy):
             models = obs.memo["routable"] = list(found)
         return models
 
-    def capable(self, obs: Observation, model: Any, kind: str) -> float:
-        """``model``'s capability for ``kind``: declared, or learned from outcome scores."""
+    def capabilities(self, models: Iterable[Any]) -> dict[Key, float]:
+        """What the policy holds of each model's capability, per ``(model, output kind)``.
+
+        ``models`` are catalog models (:class:`~apportion.catalog.ModelInfo`). Learning,
+        the declared tables corrected by the scores (a model without a table from
+        :data:`~apportion.policies.capability.UNDECLARED_PRIOR`); else the tables alone.
+        """
+        kinds = [kind.value for kind in OutputKind]
         if not self.learn_capability:
-            return float(model.capable(kind))
+            return {(m.name, k): float(m.capable(k)) for m in models for k in kinds}
+        priors = {
+            (m.name, k): (
+                (UNDECLARED_PRIOR, UNDECLARED_SD)
+                if m.capability is None
+                else (float(m.capable(k)), PRIOR_SD)
+            )
+            for m in models
+            for k in kinds
+        }
+        return self.capability.capabilities(priors)
+
+    def capable(self, obs: Observation, model: Any, kind: str) -> float:
+        """``model``'s capability for ``kind`` in this request (:meth:`capabilities`)."""
         table: dict[Key, float] | None = obs.memo.get("capable")
         if table is None:
-            priors = {}
-            for m in self._routable(obs):
-                for k in (kind.value for kind in OutputKind):
-                    priors[m.name, k] = (
-                        (UNDECLARED_PRIOR, UNDECLARED_SD)
-                        if m.capability is None
-                        else (m.capable(k), PRIOR_SD)
-                    )
-            table = obs.memo["capable"] = self.capability.capabilities(priors)
-        return table.get((model.name, kind), float(model.capable(kind)))
+            table = obs.memo["capable"] = self.capabilities(self._routable(obs))
+        return table[model.name, kind]
 
     def learn(self, obs: Observation, outcome: float | None) -> None:
         """As the base policy; and a scored request that ran in full teaches capability."""
