@@ -26,6 +26,7 @@ from apportion.sim.generate import generate_workload
 from apportion.sim.needs import draw_needs
 from apportion.sim.runner import catalog_of, controller_for, run_request
 from apportion.sim.workload import Workload, load_workload
+from apportion.stores.memory import MemoryStore
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUTING = ROOT / "examples" / "workloads" / "routing.yaml"
@@ -224,3 +225,38 @@ def test_learned_routed_learns_budgets_and_models_together(tmp_path: Path) -> No
     assert restored.capability.observed == routing.capability.observed
     stats = [json.loads(p.state())["pipelines"]["unseen-3"]["stats"] for p in (restored, routing)]
     assert stats[0] == stats[1]  # what learned learned, beside the capabilities
+
+
+def test_workers_share_what_they_learned_of_capability_through_a_store() -> None:
+    workload = load_workload(ROUTING)
+    wrong = catalog_of(workload, declared=WRONG)
+    store = MemoryStore()
+    first = RoutedPolicy(store=store, sync_every=10)
+    _play(workload, first, 40, wrong)
+    assert first.capability.observed >= 30 and first.capability.unshared < 10
+    shared = json.loads(store.get_state("routed.capability")[1])  # type: ignore[index]
+    assert shared["format"] == "apportion.capability"
+    assert shared["requests"] == first.capability.observed - first.capability.unshared
+    # a new worker starts from what the first learned: it routes the reasoner to large at once
+    second = RoutedPolicy(store=store, sync_every=10)
+    assert second.capabilities(wrong.routable())["small", "reasoning"] < 0.8
+    assert second.capability.observed == shared["requests"]
+    assert statistics.fmean(_play(workload, second, 10, wrong)) > 0.8
+    # both go on learning; after both merge, each holds the sum of what both observed
+    _play(workload, first, 25, wrong)
+    first.share_capability()
+    second.share_capability()
+    first.share_capability()
+    assert first.capability.observed == second.capability.observed
+    total = json.loads(store.get_state("routed.capability")[1])["requests"]  # type: ignore[index]
+    assert total == first.capability.observed > shared["requests"]
+
+
+def test_a_store_holding_another_format_is_refused_by_name() -> None:
+    store = MemoryStore()
+    store.put_state("routed.capability", b'{"format": "other"}', 0)
+    policy = RoutedPolicy(store=store)
+    with pytest.raises(PolicyStateError, match=r"apportion\.capability") as caught:
+        policy.share_capability()
+    assert caught.value.path == "store:routed.capability"
+    assert LearnedRoutedPolicy(store=store).capability_key == "learned-routed.capability"

@@ -25,20 +25,23 @@ standard deviation was tried on ``routing`` with a wrong table and lost: a mean
 quality of 0.87 and 0.82 over 300 requests instead of 0.89, the optimism on a model's
 reasoning outlasting the evidence against it). The sufficient statistics (``X'X``,
 ``X'y``, the count) add across workers and files; :meth:`CapabilityModel.document` and
-:meth:`CapabilityModel.merge` save and restore them.
+:meth:`CapabilityModel.merge` save and restore them, :meth:`CapabilityModel.share` merges
+them with a store's copy (:data:`SHARED_FORMAT`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from apportion.calls import CallRecord
 from apportion.errors import PolicyStateError, UnknownAgent
+from apportion.limits import excerpt
 from apportion.spec import Pipeline
 
 PRIOR_SD = 0.15
@@ -53,6 +56,12 @@ _FLOOR = 1e-3
 
 Key = tuple[str, str]
 """``(model, output kind)``."""
+Parts = tuple[list[Key], np.ndarray, np.ndarray, int]
+"""Sufficient statistics: the keys, ``X'X``, ``X'y`` and the count of requests."""
+
+SHARED_FORMAT = "apportion.capability"
+SHARED_VERSION = 1
+"""Version of the statistics shared in a store; another version is refused."""
 
 
 def clean_calls(pipeline: Pipeline, calls: Iterable[CallRecord]) -> list[tuple[Key, float]]:
@@ -103,6 +112,9 @@ class CapabilityModel:
         self._xty = np.zeros(0)
         self._n = 0
         self._cache: dict[tuple[Key, ...], tuple[int, dict[Key, float]]] = {}
+        self._base: Parts | None = None  # what the store held at the last merge
+        self.unshared = 0
+        """Requests observed since the last merge with a store."""
 
     @property
     def observed(self) -> int:
@@ -140,6 +152,7 @@ class CapabilityModel:
             self._xtx += np.outer(x, x)
             self._xty += x * y
             self._n += 1
+            self.unshared += 1
             self._cache.clear()
         return True
 
@@ -180,15 +193,13 @@ class CapabilityModel:
     def document(self) -> dict[str, Any]:
         """The sufficient statistics, JSON-able (``keys``, ``xtx``, ``xty``, ``requests``)."""
         with self._lock:
-            return {
-                "keys": [list(k) for k in self._keys],
-                "xtx": self._xtx.tolist(),
-                "xty": self._xty.tolist(),
-                "requests": self._n,
-            }
+            return document_of(self._parts())
+
+    def _parts(self) -> Parts:
+        return list(self._keys), self._xtx.copy(), self._xty.copy(), self._n
 
     @staticmethod
-    def parse(document: Any, where: str) -> tuple[list[Key], np.ndarray, np.ndarray, int]:
+    def parse(document: Any, where: str) -> Parts:
         """Check a :meth:`document`; return its parts.
 
         Raises:
@@ -220,13 +231,79 @@ class CapabilityModel:
             raise fail("xtx and xty: expected finite numbers")
         return pairs, xtx, xty, requests
 
-    def merge(self, parts: tuple[list[Key], np.ndarray, np.ndarray, int]) -> None:
+    def merge(self, parts: Parts) -> None:
         """Add parsed statistics (:meth:`parse`) to what is known."""
-        keys, xtx, xty, requests = parts
         with self._lock:
-            self._grow(keys)
-            at = [self._index[k] for k in keys]
-            self._xtx[np.ix_(at, at)] += xtx
-            self._xty[at] += xty
-            self._n += requests
-            self._cache.clear()
+            self._adopt(added(self._parts(), parts))
+
+    def _adopt(self, parts: Parts) -> None:
+        """Take ``parts`` as the whole statistics (under the lock)."""
+        self._keys, self._index = list(parts[0]), {k: i for i, k in enumerate(parts[0])}
+        self._xtx, self._xty, self._n = parts[1].copy(), parts[2].copy(), parts[3]
+        self._cache.clear()
+
+    def share(self, exchange: Callable[[Parts], Parts]) -> None:
+        """Merge with a store: ``exchange(delta)`` returns the merged statistics, adopted.
+
+        Under this model's lock, so nothing observed meanwhile is lost: what was observed
+        since the last merge (all of it, the first time) is handed to ``exchange``, which
+        adds it to the store's copy; the sum becomes this model's statistics. If
+        ``exchange`` raises, nothing changes.
+        """
+        with self._lock:
+            mine = self._parts()
+            delta = mine if self._base is None else added(mine, self._base, -1.0)
+            merged = exchange(delta)
+            self._adopt(merged)
+            self._base = merged
+            self.unshared = 0
+
+
+def added(a: Parts, b: Parts, sign: float = 1.0) -> Parts:
+    """``a + sign * b``, over the union of their keys (``a``'s first, in order)."""
+    keys = list(a[0]) + [k for k in b[0] if k not in set(a[0])]
+    index = {k: i for i, k in enumerate(keys)}
+    xtx = np.zeros((len(keys), len(keys)))
+    xty = np.zeros(len(keys))
+    for (found, matrix, vector, _), weight in ((a, 1.0), (b, sign)):
+        at = [index[k] for k in found]
+        xtx[np.ix_(at, at)] += weight * matrix
+        xty[at] += weight * vector
+    return keys, xtx, xty, a[3] + round(sign * b[3])
+
+
+def document_of(parts: Parts) -> dict[str, Any]:
+    """Statistics as a JSON-able document (what :meth:`CapabilityModel.parse` reads)."""
+    keys, xtx, xty, requests = parts
+    return {
+        "keys": [list(k) for k in keys],
+        "xtx": xtx.tolist(),
+        "xty": xty.tolist(),
+        "requests": requests,
+    }
+
+
+def encode_shared(parts: Parts) -> bytes:
+    """Statistics as the store's document (:data:`SHARED_FORMAT`, :data:`SHARED_VERSION`)."""
+    document = {"format": SHARED_FORMAT, "version": SHARED_VERSION, **document_of(parts)}
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def decode_shared(data: bytes, where: str) -> Parts:
+    """The statistics a store holds, checked.
+
+    Raises:
+        PolicyStateError: not JSON, another format or version, or a malformed field.
+    """
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        raise PolicyStateError("capability: not JSON", path=where) from None
+    if not isinstance(document, Mapping) or document.get("format") != SHARED_FORMAT:
+        raise PolicyStateError(f"capability: not a {SHARED_FORMAT} document", path=where)
+    if document.get("version") != SHARED_VERSION:
+        raise PolicyStateError(
+            f"capability: version {excerpt(document.get('version'))}, not {SHARED_VERSION}",
+            path=where,
+        )
+    return CapabilityModel.parse(document, where)

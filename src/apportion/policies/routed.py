@@ -29,7 +29,8 @@ priced, with a declared capability table, or without one when capability is lear
 Capability is learned from outcome scores by default (``learn_capability``;
 :mod:`apportion.policies.capability`): the declared table is the prior, a model without
 one starts from a neutral prior, and what was learned is saved with the policy
-(``policy.save(path)``, ``RoutedPolicy.load(path)``). Without any model, it behaves as
+(``policy.save(path)``, ``RoutedPolicy.load(path)``) and, given ``store=``, shared with
+the other workers (:meth:`Routing.share_capability`). Without any model, it behaves as
 ``elastic``. Extensions, redistribution and need learning are those of ``elastic``.
 """
 
@@ -50,11 +51,16 @@ from apportion.policies.capability import (
     UNDECLARED_SD,
     CapabilityModel,
     Key,
+    Parts,
+    added,
     clean_calls,
+    decode_shared,
+    encode_shared,
 )
 from apportion.policies.elastic import ElasticPolicy
 from apportion.policies.learned import LearnedPolicy
 from apportion.policies.predicting import PredictingPolicy
+from apportion.policies.sharing import SharedState, compare_and_set
 from apportion.spec import Agent, OutputKind
 
 _LEVELS = (0.6, 0.85, 1.0, 1.25, 1.6, 2.0, 2.6, 3.4)
@@ -111,6 +117,9 @@ class Routing(PredictingPolicy):
         without a table, from a neutral prior): :mod:`apportion.policies.capability`."""
         self.capability = CapabilityModel()
         """What the outcome scores taught about each model's capability."""
+        self.capability_key = self.needs_key.removesuffix(".needs") + ".capability"
+        """Where a policy given ``store=`` shares :attr:`capability` with other workers."""
+        self._capability_shared = False
         for name, weight in (
             ("cost_weight", cost_weight),
             ("uncapped_cost_weight", uncapped_cost_weight),
@@ -147,6 +156,8 @@ class Routing(PredictingPolicy):
         kinds = [kind.value for kind in OutputKind]
         if not self.learn_capability:
             return {(m.name, k): float(m.capable(k)) for m in models for k in kinds}
+        if not self._capability_shared:  # a new worker starts from what the others learned
+            self.share_capability()
         priors = {
             (m.name, k): (
                 (UNDECLARED_PRIOR, UNDECLARED_SD)
@@ -169,7 +180,37 @@ class Routing(PredictingPolicy):
         """As the base policy; and a scored request that ran in full teaches capability."""
         super().learn(obs, outcome)
         if self.learn_capability and outcome is not None and not obs.refused:
-            self.capability.observe(clean_calls(obs.pipeline, obs.calls.values()), outcome)
+            rows = clean_calls(obs.pipeline, obs.calls.values())
+            if self.capability.observe(rows, outcome) and (
+                self.capability.unshared >= self.sync_every
+            ):
+                self.share_capability()
+
+    def share_capability(self) -> None:
+        """Merge :attr:`capability` with the store's copy (given ``store=``), and adopt it.
+
+        Compare-and-set under :attr:`capability_key`, as the need models are shared: every
+        ``sync_every`` observed requests, and once when a worker first routes.
+
+        Raises:
+            PolicyStateError: the store holds shared state of another format or version.
+            ApportionError: too much contention.
+        """
+        store = self.store
+        self._capability_shared = True
+        if store is None:
+            return
+        key = self.capability_key
+        where = f"store:{key}"
+
+        def exchange(delta: Parts) -> Parts:
+            def update(data: bytes | None) -> tuple[bytes, Parts]:
+                merged = delta if data is None else added(decode_shared(data, where), delta)
+                return encode_shared(merged), merged
+
+            return compare_and_set(store, key, update)
+
+        self.capability.share(exchange)
 
     def _state_parts(self) -> dict[str, Any]:
         """A saved policy file holds the capability statistics too, under ``capability``."""
@@ -360,8 +401,12 @@ class RoutedPolicy(Routing, ElasticPolicy):
         cost_weight: float = COST_WEIGHT,
         learn_capability: bool = True,
         uncapped_cost_weight: float = UNCAPPED_COST_WEIGHT,
+        *,
+        store: SharedState | None = None,
+        key: str | None = None,
+        sync_every: int = 32,
     ) -> None:
-        super().__init__(margin)
+        super().__init__(margin, store=store, key=key, sync_every=sync_every)
         self._routing_options(cost_weight, learn_capability, uncapped_cost_weight)
 
 
@@ -371,8 +416,8 @@ class LearnedRoutedPolicy(Routing, LearnedPolicy):
     ``learned`` and ``routed`` in one policy: the knapsack of :class:`Routing` chooses
     each call's model, ``learned`` its tokens on that model, and both learn from the
     same scores (``learned`` the agents' weights, :class:`Routing` the capabilities).
-    Options: those of :class:`~apportion.policies.learned.LearnedPolicy` and the
-    routing ones.
+    Options: those of :class:`~apportion.policies.learned.LearnedPolicy` (its shared
+    state under ``learned-routed`` by default) and the routing ones.
     """
 
     name = "learned-routed"
@@ -385,7 +430,7 @@ class LearnedRoutedPolicy(Routing, LearnedPolicy):
         uncapped_cost_weight: float = UNCAPPED_COST_WEIGHT,
         **learned: Any,
     ) -> None:
-        super().__init__(**learned)
+        super().__init__(**{"key": "learned-routed", **learned})
         self._routing_options(cost_weight, learn_capability, uncapped_cost_weight)
 
 
