@@ -122,19 +122,9 @@ class CapabilityModel:
         return self._n
 
     def _grow(self, keys: Iterable[Key]) -> None:
-        new = [k for k in dict.fromkeys(keys) if k not in self._index]
-        if not new:
-            return
-        for key in new:
-            self._index[key] = len(self._keys)
-            self._keys.append(key)
-        size = len(self._keys)
-        xtx = np.zeros((size, size))
-        old = self._xtx.shape[0]
-        xtx[:old, :old] = self._xtx
-        xty = np.zeros(size)
-        xty[:old] = self._xty
-        self._xtx, self._xty = xtx, xty
+        """Give the keys not known yet rows of zeros (under the lock)."""
+        if any(k not in self._index for k in keys):
+            self._adopt(padded(self._parts(), keys))
 
     def observe(self, rows: Sequence[tuple[Key, float]], outcome: float) -> bool:
         """Fold one request (its :func:`clean_calls`) scored ``outcome`` in; ``False`` if not.
@@ -145,7 +135,7 @@ class CapabilityModel:
             return False
         y = math.log(min(1.0, outcome))
         with self._lock:
-            self._grow(key for key, _ in rows)
+            self._grow([key for key, _ in rows])
             x = np.zeros(len(self._keys))
             for key, weight in rows:
                 x[self._index[key]] += weight
@@ -167,14 +157,8 @@ class CapabilityModel:
             cached = self._cache.get(order)
             if cached is not None and cached[0] == self._n:
                 return cached[1]
-            keys = list(self._keys) + [k for k in order if k not in self._index]
-            size = len(keys)
-            xtx = np.zeros((size, size))
-            xty = np.zeros(size)
-            known = len(self._keys)
-            xtx[:known, :known] = self._xtx
-            xty[:known] = self._xty
-            n = self._n
+            keys, xtx, xty, n = padded(self._parts(), order)
+        size = len(keys)
         mu = np.empty(size)
         precision = np.empty(size)
         for i, key in enumerate(keys):
@@ -261,7 +245,8 @@ class CapabilityModel:
 
 def added(a: Parts, b: Parts, sign: float = 1.0) -> Parts:
     """``a + sign * b``, over the union of their keys (``a``'s first, in order)."""
-    keys = list(a[0]) + [k for k in b[0] if k not in set(a[0])]
+    known = set(a[0])
+    keys = list(a[0]) + [k for k in b[0] if k not in known]
     index = {k: i for i, k in enumerate(keys)}
     xtx = np.zeros((len(keys), len(keys)))
     xty = np.zeros(len(keys))
@@ -270,6 +255,14 @@ def added(a: Parts, b: Parts, sign: float = 1.0) -> Parts:
         xtx[np.ix_(at, at)] += weight * matrix
         xty[at] += weight * vector
     return keys, xtx, xty, a[3] + round(sign * b[3])
+
+
+def padded(parts: Parts, keys: Iterable[Key]) -> Parts:
+    """``parts`` with rows of zeros for the ``keys`` it lacks (appended in order)."""
+    known = set(parts[0])
+    missing = [k for k in dict.fromkeys(keys) if k not in known]
+    size = len(missing)
+    return added(parts, (missing, np.zeros((size, size)), np.zeros(size), 0))
 
 
 def document_of(parts: Parts) -> dict[str, Any]:
