@@ -188,6 +188,9 @@ def test_learn_capability_must_be_a_flag() -> None:
     assert caught.value.fields["learn_capability"] == "yes"
     with pytest.raises(PolicyConfigError):
         RoutedPolicy(uncapped_cost_weight=-1)
+    with pytest.raises(PolicyConfigError, match="catalog models") as caught:
+        RoutedPolicy().capabilities(["large"])
+    assert caught.value.fields["model"] == "'large'"
 
 
 def test_routable_catalog_models_are_unchanged_by_default() -> None:

@@ -1,4 +1,4 @@
-"""``routed``: choose a model and a budget for each agent at once, under both ceilings.
+"""``routed`` and ``learned-routed``: a model and a budget for each call, under both ceilings.
 
 Rule: at each call, the agent about to run and every agent still to run get one option
 each, ``(model, output cap)``, chosen together as a multiple-choice knapsack: the value of
@@ -11,10 +11,11 @@ the agent may draw solves the token ceiling; the cost ceiling is a Lagrange mult
 cost, raised geometrically until the whole plan fits in what the cost ceiling leaves
 (when no plan fits, the agent about to run gets the best option that fits alone, its
 output cap shrunk to what the tokens and the cost left allow). Only the agent about to
-run is granted its option's model, with the tokens ``elastic`` would grant it there (cut
-to the model's limits; the option's own tokens when those cost more than is left); the
-others are re-planned at their own call, with the pool and the budget their predecessors
-left (reclaim comes for free).
+run is granted its option's model, with the tokens its budget policy would grant it there
+(``elastic``'s for ``routed``, ``learned``'s for ``learned-routed``; cut to the model's
+limits; the option's own tokens when those cost more than is left); the others are
+re-planned at their own call, with the pool and the budget their predecessors left
+(reclaim comes for free).
 
 Cost always has a least price, so a plan does not buy the capable model where the cheap
 one is almost as good merely because it may: ``cost_weight`` (default
@@ -30,8 +31,8 @@ Capability is learned from outcome scores by default (``learn_capability``;
 :mod:`apportion.policies.capability`): the declared table is the prior, a model without
 one starts from a neutral prior, and what was learned is saved with the policy
 (``policy.save(path)``, ``RoutedPolicy.load(path)``) and, given ``store=``, shared with
-the other workers (:meth:`Routing.share_capability`). Without any model, it behaves as
-``elastic``. Extensions, redistribution and need learning are those of ``elastic``.
+the other workers (:meth:`Routing.share_capability`). Without any model, each behaves
+as its budget policy, whose extensions, redistribution and learning it keeps.
 """
 
 from __future__ import annotations
@@ -152,7 +153,19 @@ class Routing(PredictingPolicy):
         ``models`` are catalog models (:class:`~apportion.catalog.ModelInfo`). Learning,
         the declared tables corrected by the scores (a model without a table from
         :data:`~apportion.policies.capability.UNDECLARED_PRIOR`); else the tables alone.
+
+        Raises:
+            PolicyConfigError: an item of ``models`` is not a catalog model.
         """
+        models = list(models)
+        for model in models:
+            if not isinstance(getattr(model, "name", None), str) or not callable(
+                getattr(model, "capable", None)
+            ):
+                raise PolicyConfigError(
+                    f"capabilities takes catalog models (ModelInfo), not {excerpt(model)}",
+                    model=excerpt(model),
+                )
         kinds = [kind.value for kind in OutputKind]
         if not self.learn_capability:
             return {(m.name, k): float(m.capable(k)) for m in models for k in kinds}
