@@ -17,6 +17,8 @@ config file's folder)::
                                         # public (no key); default admin with tenants
     metrics_key_env: METRICS_KEY        # or metrics_key: "..." (a scraper's own key)
     config_poll_seconds: 2              # each worker re-reads a changed config file so often
+    models: models.yaml                 # a model catalog (prices, limits, capability): a
+                                        # routing policy routes the proxy's calls over it
     pipelines:
       support:
         path: pipeline.yaml             # a pipeline file (or workload: a workload file)
@@ -55,6 +57,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+from apportion.catalog import Catalog
 from apportion.errors import ApportionError, SpecError
 from apportion.ledger import MAX_TOKENS
 from apportion.limits import excerpt
@@ -101,6 +104,7 @@ _TOP_KEYS: Final = frozenset(
         "pipelines",
         "tenants",
         "upstreams",
+        "models",
     }
 )
 _PIPELINE_KEYS: Final = frozenset({"path", "workload", "policy", "ceiling", "ceiling_usd"})
@@ -201,6 +205,8 @@ class ServeConfig:
             Prometheus scraper's), or ``None``.
         config_poll_seconds: how often each worker checks whether the config file changed
             (then it reloads it); ``0``: never (an admin's reload only).
+        models: the model catalog the controllers price and route on (``models:``, a
+            catalog YAML file), or ``None`` (LiteLLM's bundled prices; nothing to route).
         file: the config file, or ``None``.
     """
 
@@ -221,6 +227,7 @@ class ServeConfig:
     metrics: Literal["public", "admin"] | None = None
     metrics_key_hash: str | None = field(default=None, repr=False)
     config_poll_seconds: float = 2.0
+    models: Catalog | None = field(default=None, repr=False)
     file: str | None = None
 
     def __post_init__(self) -> None:
@@ -368,6 +375,8 @@ class ServeConfig:
             options["tenants"] = _tenants(data, data["tenants"])
         if "upstreams" in data:
             options["upstreams"] = _upstreams(data, data["upstreams"])
+        if "models" in data:
+            options["models"] = _models(data, base, options.get("upstreams", ()))
         return cls(**options)
 
 
@@ -451,6 +460,27 @@ def _telemetry(data: YamlMap) -> tuple[str, ...]:
     except ApportionError as exc:
         data.fail("telemetry", exc.message)
     return tuple(urls)
+
+
+def _models(data: YamlMap, base: Path, upstreams: tuple[UpstreamConfig, ...]) -> Catalog:
+    """The catalog ``models:`` names; each model a policy may route to has an upstream."""
+    name = data["models"]
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
+        data.fail("models", "the path of a model catalog file (a 'models:' list)")
+    path = base / name
+    try:
+        catalog = Catalog.from_yaml(path)
+    except ApportionError as exc:
+        data.fail("models", f"{path}: {exc.message}")
+    if upstreams:
+        for model in catalog.routable(undeclared=True):
+            if not any(model.name.startswith(u.prefix) for u in upstreams):
+                data.fail(
+                    "models",
+                    f"no upstream serves model {model.name!r} (a routing policy may send "
+                    "calls to it): give an upstream whose prefix starts its name",
+                )
+    return catalog
 
 
 def _check_name(where: YamlMap, name: object, what: str) -> str:

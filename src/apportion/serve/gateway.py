@@ -168,6 +168,7 @@ class Gateway:
                     lease_seconds=config.lease_seconds,
                     request_ttl=config.request_ttl,
                     telemetry=telemetry,
+                    catalog=config.models,
                 )
         except BaseException:
             _close_sinks([c for made in controllers.values() for c in made.sinks])

@@ -334,6 +334,40 @@ class Proxy:
             send = self._senders[place] = make(protocol, upstream, key)
         return send
 
+    def _routing(
+        self,
+        protocol: str,
+        headers: Mapping[str, str],
+        body: Body,
+        send: Callable[..., Awaitable[Any]],
+    ) -> Callable[..., Awaitable[Any]]:
+        """``send``; with a model catalog, a send that follows a routing policy's choice.
+
+        A routing policy may name another catalog model for the call (``grant.model``):
+        that call goes to the upstream serving it, with that upstream's key (or the
+        caller's, when it passes keys through) and its configured model.
+        """
+        config = self.gateway.config
+        if config.models is None:
+            return send
+        asked = body.upstream_model or body.model
+
+        async def routed(**params: Any) -> Any:
+            model = params.get("model")
+            if model in (asked, body.model) or not isinstance(model, str):
+                return await send(**params)
+            upstream = forward.upstream_for(config, model)
+            key = (
+                caller_key(headers, config.open_mode)
+                if upstream.pass_through_key
+                else upstream.api_key
+            )
+            if upstream.model:
+                params["model"] = upstream.model
+            return await self._sender(protocol, upstream, key)(**params)
+
+        return routed
+
     def _secrets(self, key: str | None = None) -> list[str | None]:
         return [*(u.api_key for u in self.upstreams), key]
 
@@ -359,7 +393,7 @@ class Proxy:
                 if upstream.pass_through_key
                 else upstream.api_key
             )
-            send = self._sender(protocol, upstream, key)
+            send = self._routing(protocol, headers, body, self._sender(protocol, upstream, key))
             if not any(name in headers for name in BUDGET_HEADERS):
                 if self.unbudgeted != PASS:
                     raise MissingBudgetHeaders()
