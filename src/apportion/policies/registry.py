@@ -21,7 +21,9 @@ from apportion.policies.elastic import ElasticPolicy
 from apportion.policies.estimate import EstimatePolicy
 from apportion.policies.iterative import IterativePolicy
 from apportion.policies.learned import LearnedPolicy
+from apportion.policies.predicting import PredictingPolicy
 from apportion.policies.routed import LearnedRoutedPolicy, RoutedPolicy
+from apportion.policies.sharing import SharedState
 from apportion.policies.static import StaticPolicy
 from apportion.policies.uniform import UniformPolicy
 
@@ -80,10 +82,12 @@ def bench_policies(*, priced: bool) -> list[str]:
     return [*rule_policies(), *(policies_of("routing") if priced else ())]
 
 
-def resolve_policy(policy: str | Policy) -> Policy:
+def resolve_policy(policy: str | Policy, *, store: SharedState | None = None) -> Policy:
     """Return ``policy`` itself, or a new policy for a registered name.
 
-    ``static:PATH`` loads the static policy's budgets from the YAML file at ``PATH``.
+    ``static:PATH`` loads the static policy's budgets from the YAML file at ``PATH``. With
+    ``store``, a predicting policy made by name shares what it learns through it
+    (``ElasticPolicy(store=store)``: the workers of one store learn together).
 
     Raises:
         UnknownPolicy: the name is not registered (the error lists those that are).
@@ -96,7 +100,14 @@ def resolve_policy(policy: str | Policy) -> Policy:
             return StaticPolicy.from_yaml(argument)
         entry = REGISTRY.get(name) if not argument else None
         if entry is not None:
-            return entry.factory()
+            factory = entry.factory
+            if (
+                store is not None
+                and isinstance(factory, type)
+                and issubclass(factory, PredictingPolicy)
+            ):
+                return factory(store=store)
+            return factory()
     raise UnknownPolicy(policy, POLICIES)
 
 

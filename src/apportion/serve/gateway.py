@@ -52,6 +52,7 @@ from apportion.errors import (
     UnknownRequest,
 )
 from apportion.ledger import Grant, check_outcome
+from apportion.policies import resolve_policy
 from apportion.reaper import Reaper
 from apportion.serve.config import OPEN_TENANT, ServeConfig, hash_key, ranked
 from apportion.serve.errors import (
@@ -162,7 +163,7 @@ class Gateway:
             for name, entry in config.pipelines.items():
                 controllers[name] = AsyncController(
                     entry.pipeline,
-                    entry.policy,
+                    resolve_policy(entry.policy, store=self.store),
                     self.store,
                     clock=self.clock,
                     lease_seconds=config.lease_seconds,
