@@ -1,16 +1,23 @@
-"""The gateway's predicting policies learn through its store: replicas and reloads share it."""
+"""The gateway's policies: named with options, learning through its store (replicas, reloads)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+from pathlib import Path
 
+import pytest
 from proxy_helpers import PIPELINE
 from proxy_helpers import gateway_for as _gateway_for
 
 from apportion import MemoryStore
-from apportion.policies import ElasticPolicy
+from apportion.errors import SpecError
+from apportion.policies import ElasticPolicy, RoutedPolicy
+from apportion.serve import Gateway
+from apportion.serve.config import ServeConfig
 from apportion.testing.openai_server import OpenAIServer
+from conftest import write_config
 
 
 def gateway_for(store: MemoryStore, policy: str = "elastic"):  # type: ignore[no-untyped-def]
@@ -48,3 +55,27 @@ def test_a_policy_that_learns_nothing_is_given_no_store() -> None:
     gateway = gateway_for(MemoryStore(), "uniform")
     assert gateway.controllers["team"].policy.name == "uniform"
     assert not hasattr(gateway.controllers["team"].policy, "store")
+
+
+ROUTING = Path(__file__).resolve().parents[2] / "examples" / "workloads" / "routing.yaml"
+
+
+def test_a_pipeline_names_its_policy_with_options(tmp_path: Path) -> None:
+    extra = f"pipelines:\n  support:\n    workload: {ROUTING}\n"
+    path = write_config(tmp_path, extra=extra + "    policy: {name: routed, cost_weight: 1.0}\n")
+    store = MemoryStore()
+    gateway = Gateway(ServeConfig.from_yaml(path), store=store)
+    policy = gateway.controllers["support"].policy
+    assert isinstance(policy, RoutedPolicy)
+    assert policy.cost_weight == 1.0 and policy.store is store
+    for bad, said in (
+        ("{name: routed, cost_weigth: 1.0}", "routed takes no option 'cost_weigth'"),
+        ("{name: routed, cost_weight: -1}", "cost_weight must be a number"),
+        ("{name: routed, store: x}", "store is not an option here"),
+        ("{cost_weight: 1}", "a policy's name"),
+        ("{name: nothing}", "nothing"),
+    ):
+        write_config(tmp_path, extra=extra + f"    policy: {bad}\n")
+        with pytest.raises(SpecError, match=re.escape(said)) as caught:
+            ServeConfig.from_yaml(path)
+        assert caught.value.fields["key"] == "pipelines.support.policy"

@@ -10,12 +10,13 @@ from outcomes: ``learned``) or ``routing`` (chooses each call's model too: ``rou
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
-from apportion.errors import UnknownPolicy
+from apportion.errors import PolicyConfigError, UnknownPolicy
 from apportion.policies.base import Policy
 from apportion.policies.elastic import ElasticPolicy
 from apportion.policies.estimate import EstimatePolicy
@@ -82,33 +83,81 @@ def bench_policies(*, priced: bool) -> list[str]:
     return [*rule_policies(), *(policies_of("routing") if priced else ())]
 
 
-def resolve_policy(policy: str | Policy, *, store: SharedState | None = None) -> Policy:
+def resolve_policy(
+    policy: str | Policy,
+    *,
+    store: SharedState | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Policy:
     """Return ``policy`` itself, or a new policy for a registered name.
 
     ``static:PATH`` loads the static policy's budgets from the YAML file at ``PATH``. With
     ``store``, a predicting policy made by name shares what it learns through it
-    (``ElasticPolicy(store=store)``: the workers of one store learn together).
+    (``ElasticPolicy(store=store)``: the workers of one store learn together). ``options``
+    are the keyword arguments a policy made by name is built with (``{"margin": 0.3}``).
 
     Raises:
         UnknownPolicy: the name is not registered (the error lists those that are).
+        PolicyConfigError: an option the policy does not take, or a bad value for one.
     """
     if isinstance(policy, Policy):
         return policy
     if isinstance(policy, str):
         name, _, argument = policy.partition(":")
         if name == "static" and argument:
+            if options:
+                raise PolicyConfigError(
+                    f"static:PATH takes no options, not {', '.join(sorted(options))}",
+                    options=sorted(options),
+                )
             return StaticPolicy.from_yaml(argument)
         entry = REGISTRY.get(name) if not argument else None
         if entry is not None:
-            factory = entry.factory
-            if (
-                store is not None
-                and isinstance(factory, type)
-                and issubclass(factory, PredictingPolicy)
-            ):
-                return factory(store=store)
-            return factory()
+            return _made(name, entry.factory, store, dict(options or {}))
     raise UnknownPolicy(policy, POLICIES)
+
+
+def _made(
+    name: str, factory: Callable[..., Policy], store: SharedState | None, options: dict[str, Any]
+) -> Policy:
+    """``factory(**options)``, given ``store`` when it makes a predicting policy."""
+    if "store" in options:
+        raise PolicyConfigError(
+            f"{name}: store is not an option here (the policy learns through the store "
+            "it is given)",
+            options=sorted(options),
+        )
+    unknown = sorted(set(options) - _option_names(factory))
+    if unknown:
+        known = ", ".join(sorted(_option_names(factory) - {"store"})) or "none"
+        raise PolicyConfigError(
+            f"{name} takes no option {', '.join(map(repr, unknown))} (its options: {known})",
+            options=unknown,
+        )
+    if store is not None and isinstance(factory, type) and issubclass(factory, PredictingPolicy):
+        options["store"] = store
+    return factory(**options)
+
+
+def _option_names(factory: Callable[..., Policy]) -> set[str]:
+    """The keyword arguments ``factory`` takes (through ``**kwargs`` passed to a base class)."""
+    names: set[str] = set()
+    chain = factory.__mro__ if isinstance(factory, type) else (factory,)
+    for cls in chain:
+        init = vars(cls).get("__init__") if isinstance(cls, type) else cls
+        if init is None:  # inherited: the next class that defines one says
+            continue
+        if init is object.__init__:
+            break
+        parameters = inspect.signature(init).parameters.values()
+        names |= {
+            p.name
+            for p in parameters
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+        }
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break  # what it passes on to its base is its own business
+    return names
 
 
 def check_policy_names(names: Iterable[str]) -> None:

@@ -22,7 +22,7 @@ config file's folder)::
     pipelines:
       support:
         path: pipeline.yaml             # a pipeline file (or workload: a workload file)
-        policy: elastic
+        policy: elastic                 # or {name: routed, cost_weight: 1.0}: with options
         ceiling: 20000                  # a request's ceiling when the call names none
     tenants:
       acme:
@@ -135,6 +135,7 @@ class PipelineConfig:
         policy: the policy's registered name (``elastic`` ...).
         ceiling: a request's token ceiling when the call names none.
         ceiling_usd: a request's cost ceiling when the call names none (``None``: none).
+        policy_options: the policy's options (``policy: {name: routed, cost_weight: 1}``).
     """
 
     name: str
@@ -143,6 +144,7 @@ class PipelineConfig:
     policy: str = "elastic"
     ceiling: int = 20_000
     ceiling_usd: float | None = None
+    policy_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -523,13 +525,7 @@ def _pipelines(data: YamlMap, node: object, base: Path) -> dict[str, PipelineCon
             )
         options: dict[str, Any] = {}
         if "policy" in entry:
-            from apportion.policies import resolve_policy
-
-            try:
-                resolve_policy(entry["policy"])
-            except ApportionError as exc:
-                entry.fail("policy", exc.message)
-            options["policy"] = entry["policy"]
+            options["policy"], options["policy_options"] = _policy(entry)
         if "ceiling" in entry:
             ceiling = entry["ceiling"]
             if type(ceiling) is not int or not 1 <= ceiling <= MAX_TOKENS:
@@ -542,6 +538,33 @@ def _pipelines(data: YamlMap, node: object, base: Path) -> dict[str, PipelineCon
             options["ceiling_usd"] = float(usd)
         result[name] = PipelineConfig(name, pipeline, str(source), **options)
     return result
+
+
+def _policy(entry: YamlMap) -> tuple[str, dict[str, Any]]:
+    """A pipeline's ``policy``: a name, or ``{name: NAME, OPTION: VALUE, ...}``, checked."""
+    from apportion.policies import resolve_policy
+
+    value = entry["policy"]
+    options: dict[str, Any] = {}
+    if isinstance(value, YamlMap):
+        options = {key: _plain(item) for key, item in value.items() if key != "name"}
+        value = value.get("name")
+    if not isinstance(value, str) or not value:
+        entry.fail("policy", "a policy's name, or {name: NAME, and its options}")
+    try:
+        resolve_policy(value, options=options)
+    except ApportionError as exc:
+        entry.fail("policy", exc.message)
+    return value, options
+
+
+def _plain(value: Any) -> Any:
+    """A YAML value as plain dicts and lists (what a policy's options are given as)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _tenants(data: YamlMap, node: object) -> dict[str, TenantConfig]:

@@ -163,7 +163,7 @@ class Gateway:
             for name, entry in config.pipelines.items():
                 controllers[name] = AsyncController(
                     entry.pipeline,
-                    resolve_policy(entry.policy, store=self.store),
+                    resolve_policy(entry.policy, store=self.store, options=entry.policy_options),
                     self.store,
                     clock=self.clock,
                     lease_seconds=config.lease_seconds,
