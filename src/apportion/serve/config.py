@@ -61,6 +61,7 @@ from apportion.catalog import Catalog
 from apportion.errors import ApportionError, SpecError
 from apportion.ledger import MAX_TOKENS
 from apportion.limits import excerpt
+from apportion.policies.base import Policy
 from apportion.redaction import redact
 from apportion.spec import Pipeline
 from apportion.yamlfile import YamlList, YamlMap, load_yaml
@@ -132,7 +133,8 @@ class PipelineConfig:
         name: its name in the API (``"pipeline": NAME``).
         pipeline: the loaded pipeline.
         source: the file it was read from (a pipeline or a workload file).
-        policy: the policy's registered name (``elastic`` ...).
+        policy: the policy's registered name (``elastic`` ...), or a policy object (a
+            config built in code).
         ceiling: a request's token ceiling when the call names none.
         ceiling_usd: a request's cost ceiling when the call names none (``None``: none).
         policy_options: the policy's options (``policy: {name: routed, cost_weight: 1}``).
@@ -141,7 +143,7 @@ class PipelineConfig:
     name: str
     pipeline: Pipeline
     source: str
-    policy: str = "elastic"
+    policy: str | Policy = "elastic"
     ceiling: int = 20_000
     ceiling_usd: float | None = None
     policy_options: Mapping[str, Any] = field(default_factory=dict)
