@@ -71,6 +71,32 @@ def test_elastic_reserves_a_critical_answer_with_its_margin() -> None:
     assert grant.output_tokens >= 1_100
 
 
+def test_elastic_reserves_the_margin_only_when_the_pipeline_is_fixed() -> None:
+    """The same reasoner after a triage that runs in half the requests: its reservation
+    holds its expected answer only (the margin held until it begins would be taken from
+    the agents that run; on the shipped trees and teams that cost 0.002 to 0.024)."""
+    pipeline = Pipeline(
+        [
+            Agent("triage", "peripheral", output_kind=OutputKind.STRUCTURED),
+            Agent("reasoner", "critical", after=["triage"], output_kind=OutputKind.REASONING),
+        ]
+    )
+    answers = [900 + 20 * (r % 11) for r in range(60)]
+    fixed = [[("triage", 500, 50), ("reasoner", 2_000, a)] for a in answers]
+    varying = [
+        [("triage", 500, 50)] * (r % 2) + [("reasoner", 2_000, a)] for r, a in enumerate(answers)
+    ]
+
+    def reserved(rounds) -> int:
+        controller = _trained("elastic", pipeline, rounds)
+        with controller.request(ceiling=20_000) as req:
+            return int(controller.store.get(req.request_id).reserve["reasoner"])  # type: ignore[attr-defined]
+
+    with_margin, without = reserved(fixed), reserved(varying)
+    assert with_margin - without > 200  # the margin, 272 tokens here
+    assert with_margin >= 2_000 + max(answers)  # every answer seen fits the reservation
+
+
 def test_a_standard_agent_leaves_room_for_a_peripheral_record() -> None:
     """A standard writer, then a peripheral formatter whose record (100 to 140 tokens) is
     worth nothing cut. The writer's input nearly fills the ceiling: it used to leave room
