@@ -21,6 +21,7 @@ from apportion.policies.registry import (
     bench_policies,
     check_policy_names,
     policies_of,
+    policy_options,
     resolve_policy,
     rule_policies,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "bench_policies",
     "check_policy_names",
     "policies_of",
+    "policy_options",
     "resolve_policy",
     "rule_policies",
 ]

@@ -127,9 +127,10 @@ def _made(
             "it is given)",
             options=sorted(options),
         )
-    unknown = sorted(set(options) - _option_names(factory))
+    takes = _option_names(factory)
+    unknown = sorted(set(options) - takes)
     if unknown:
-        known = ", ".join(sorted(_option_names(factory) - {"store"})) or "none"
+        known = ", ".join(sorted(takes - {"store"})) or "none"
         raise PolicyConfigError(
             f"{name} takes no option {', '.join(map(repr, unknown))} (its options: {known})",
             options=unknown,
@@ -158,6 +159,18 @@ def _option_names(factory: Callable[..., Policy]) -> set[str]:
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
             break  # what it passes on to its base is its own business
     return names
+
+
+def policy_options(name: str) -> set[str]:
+    """The options (keyword arguments) the policy registered as ``name`` takes.
+
+    Raises:
+        UnknownPolicy: the name is not registered.
+    """
+    entry = REGISTRY.get(name)
+    if entry is None:
+        raise UnknownPolicy(name, POLICIES)
+    return _option_names(entry.factory) - {"store"}
 
 
 def check_policy_names(names: Iterable[str]) -> None:

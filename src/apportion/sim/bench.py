@@ -36,10 +36,10 @@ from apportion.controller import Controller
 from apportion.errors import PolicyConfigError
 from apportion.policies import (
     REGISTRY,
-    LearnedPolicy,
     Policy,
     StaticPolicy,
     bench_policies,
+    policy_options,
     resolve_policy,
 )
 from apportion.sim.needs import RequestNeeds, draw_needs
@@ -135,10 +135,8 @@ def make_policy(name: str, workload: Workload, seed: int, requests: int) -> Poli
     name = name.split("@", 1)[0]
     if name == "static":
         return profiled_static(workload, seed, requests)
-    factory = REGISTRY[name].factory if name in REGISTRY else None
-    if isinstance(factory, type) and issubclass(factory, LearnedPolicy):
-        return factory(seed=seed)
-    return resolve_policy(name)
+    seeded = name in REGISTRY and "seed" in policy_options(name)
+    return resolve_policy(name, options={"seed": seed} if seeded else None)
 
 
 def pinned_model(name: str, workload: Workload) -> str | None:
