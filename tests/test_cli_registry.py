@@ -158,3 +158,22 @@ def test_learn_compares_with_any_registered_policy(
     assert bad.exit_code == 2
     for name in EVERY:
         assert name in bad.output
+
+
+def test_a_policy_made_by_name_takes_its_options_and_refuses_others() -> None:
+    from apportion.errors import PolicyConfigError
+    from apportion.policies import RoutedPolicy, policy_options, resolve_policy
+
+    routed = resolve_policy("routed", options={"cost_weight": 1.0})
+    assert isinstance(routed, RoutedPolicy) and routed.cost_weight == 1.0
+    # learned-routed passes what it does not take itself on to learned
+    assert {"price", "seed", "cost_weight"} <= policy_options("learned-routed")
+    assert policy_options("uniform") == set()
+    for options, said in (
+        ({"cost_weigth": 1.0}, "routed takes no option 'cost_weigth'"),
+        ({"store": None}, "store is not an option here"),
+        ([1, 2], "map option names to values"),
+        ({1: 2}, "map option names to values"),
+    ):
+        with pytest.raises(PolicyConfigError, match=said):
+            resolve_policy("routed", options=options)  # type: ignore[arg-type]

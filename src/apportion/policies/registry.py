@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from apportion.errors import PolicyConfigError, UnknownPolicy
+from apportion.limits import excerpt
 from apportion.policies.base import Policy
 from apportion.policies.elastic import ElasticPolicy
 from apportion.policies.estimate import EstimatePolicy
@@ -100,6 +101,13 @@ def resolve_policy(
         UnknownPolicy: the name is not registered (the error lists those that are).
         PolicyConfigError: an option the policy does not take, or a bad value for one.
     """
+    if options is not None and (
+        not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options)
+    ):
+        raise PolicyConfigError(
+            f"a policy's options map option names to values, not {excerpt(options)}",
+            options=excerpt(options),
+        )
     if isinstance(policy, Policy):
         return policy
     if isinstance(policy, str):
