@@ -69,7 +69,7 @@ def sender(request: Any, monkeypatch: Any) -> str:
     return str(request.param)
 
 
-def _app(main: OpenAIServer, cheap: OpenAIServer) -> Any:
+def _app(main: OpenAIServer, cheap: OpenAIServer, tracer_provider: Any = None) -> Any:
     config = ServeConfig(
         {"team": PipelineConfig("team", PIPELINE, "<tests>", policy=CheckerOnSmall())},  # type: ignore[arg-type]
         tenants={
@@ -85,7 +85,7 @@ def _app(main: OpenAIServer, cheap: OpenAIServer) -> Any:
         models=CATALOG,
     )
     gateway = Gateway(config, store=MemoryStore())
-    app = create_app(gateway)
+    app = create_app(gateway, tracer_provider=tracer_provider)
     routes = proxy_routes(gateway, direct=proxy_helpers.SENDER["direct"])
     paths = {route.path for route in routes}
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in paths]
@@ -94,8 +94,15 @@ def _app(main: OpenAIServer, cheap: OpenAIServer) -> Any:
 
 
 def test_a_routed_call_goes_to_the_upstream_of_the_model_the_grant_names() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     with OpenAIServer(default="a short answer") as main, OpenAIServer(default="ok") as cheap:
-        app = _app(main, cheap)
+        app = _app(main, cheap, provider)
         body = {
             "model": "openai/gpt-large",
             "messages": [{"role": "user", "content": "Check this."}],
@@ -122,6 +129,10 @@ def test_a_routed_call_goes_to_the_upstream_of_the_model_the_grant_names() -> No
         assert cheap.authorizations == [f"Bearer {CHEAP_KEY}"]
         assert all(a == f"Bearer {KEY}" for a in main.authorizations)
         assert answers[2].json()["choices"][0]["message"]["content"] == "ok"
+    # the span says which model answered when routing chose another one
+    spans = [dict(span.attributes or {}) for span in exporter.get_finished_spans()]
+    assert [a["gen_ai.request.model"] for a in spans] == ["openai/gpt-large"] * 3
+    assert [a.get("gen_ai.response.model") for a in spans] == [None, None, "openai/mini-small"]
 
 
 def _config(tmp_path: Path, catalog: str, upstreams: str) -> Path:

@@ -14,7 +14,9 @@
 * makes an OpenTelemetry span per proxied call (when OpenTelemetry is installed:
   extra ``otel``), ``chat {model}``, with the GenAI semantic conventions
   (``gen_ai.operation.name``, ``gen_ai.request.model``, ``gen_ai.agent.name``,
-  ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``) and the budget's
+  ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``, and
+  ``gen_ai.response.model`` when a routing policy sent the call to another model; the
+  log line's ``routed_model``) and the budget's
   (``apportion.request.id``, ``apportion.tenant``, ``apportion.call.status``,
   ``apportion.grant.tokens``, ``apportion.used_tokens``), parented on the caller's W3C
   ``traceparent`` when it sends one (on the global tracer provider, once the application
@@ -129,6 +131,8 @@ class Note:
     """A stream's settled status (its headers, sent first, said ``open``)."""
     granted: int | None = None
     used: int | None = None
+    routed_model: str | None = None
+    """The model a routing policy sent the call to instead of ``model``."""
 
 
 _NOTE: ContextVar[Note | None] = ContextVar("apportion_serve_note", default=None)
@@ -450,6 +454,7 @@ class Observed:
             "granted": _first(current.granted, _int(out.get("apportion-granted"))),
             "used": _first(current.used, _int(out.get("apportion-used"))),
             "model": _shown(current.model),
+            "routed_model": _shown(current.routed_model),
             "error_code": current.error_code,
         }
         fields.update({k: v for k, v in extra.items() if v is not None})
@@ -473,6 +478,8 @@ class Observed:
         if current.model is not None:
             span.update_name(f"chat {current.model}")
             span.set_attribute("gen_ai.request.model", current.model)
+        if current.routed_model is not None:  # the model that answered, chosen by routing
+            span.set_attribute("gen_ai.response.model", current.routed_model)
         shown = {
             "gen_ai.usage.input_tokens": current.input_tokens,
             "gen_ai.usage.output_tokens": current.output_tokens,

@@ -357,6 +357,7 @@ class Proxy:
             if model in (asked, body.model) or not isinstance(model, str):
                 return await send(**params)
             upstream = forward.upstream_for(config, model)
+            note(routed_model=model)
             key = (
                 caller_key(headers, config.open_mode)
                 if upstream.pass_through_key
