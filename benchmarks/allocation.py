@@ -73,7 +73,7 @@ from apportion.sim.generate import Generated, generate_shift, generate_workload
 from apportion.sim.losses import WorkloadAt, diagnose, play, solve
 from apportion.sim.needs import draw_needs
 from apportion.sim.oracle import DISCRETISATION_NOTE, RELAXATION_NOTE, default_step
-from apportion.sim.runner import catalog_of, controller_for, run_request
+from apportion.sim.runner import catalog_of, run_requests
 from apportion.sim.workload import Workload, load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,16 +213,8 @@ def _qualities(
     workload: Workload, policy: Policy, requests: int, step: Step, catalog: Catalog | None = None
 ) -> tuple[list[float], list[float]]:
     """Quality and cost of ``requests`` requests played online through one policy."""
-    controller = controller_for(workload, policy, catalog)
-    seed, ceiling = workload.seed or 0, workload.ceiling
-    assert ceiling is not None
-    quality, cost = [], []
-    for r in range(requests):
-        outcome = run_request(controller, workload, draw_needs(workload, seed, r), ceiling)
-        quality.append(outcome.quality)
-        cost.append(outcome.cost)
-        step(1)
-    return quality, cost
+    played = run_requests(workload, policy, requests, catalog=catalog, progress=step)
+    return [o.quality for o in played], [o.cost for o in played]
 
 
 def cheapest_share(workload: Workload, requests: int, share: float = ROUTING_SHARE) -> float:

@@ -23,8 +23,7 @@ from apportion.policies.capability import (
 from apportion.policies.routed import LearnedRoutedPolicy, RoutedPolicy
 from apportion.sim.bench import make_policy
 from apportion.sim.generate import generate_workload
-from apportion.sim.needs import draw_needs
-from apportion.sim.runner import catalog_of, controller_for, run_request
+from apportion.sim.runner import catalog_of, controller_for, run_requests
 from apportion.sim.workload import Workload, load_workload
 from apportion.stores.memory import MemoryStore
 
@@ -38,13 +37,7 @@ WRONG = {  # the truth: small writes reasoning at 0.55 and prose at 0.88
 def _play(
     workload: Workload, policy: RoutedPolicy, requests: int, catalog: Catalog | None = None
 ) -> list[float]:
-    controller = controller_for(workload, policy, catalog)
-    seed = workload.seed or 0
-    assert workload.ceiling is not None
-    return [
-        run_request(controller, workload, draw_needs(workload, seed, r), workload.ceiling).quality
-        for r in range(requests)
-    ]
+    return [o.quality for o in run_requests(workload, policy, requests, catalog=catalog)]
 
 
 def test_routed_corrects_a_wrong_capability_table_from_the_scores() -> None:
@@ -207,11 +200,7 @@ def test_learned_routed_learns_budgets_and_models_together(tmp_path: Path) -> No
     assert isinstance(routing, LearnedRoutedPolicy) and routing.routes and not plain.routes
     got = {}
     for name, policy in (("learned", plain), ("learned-routed", routing)):
-        controller = controller_for(workload, policy)
-        outcomes = [
-            run_request(controller, workload, draw_needs(workload, 3, r), workload.ceiling or 1)
-            for r in range(200)
-        ]
+        outcomes = run_requests(workload, policy, 200)  # the workload's seed: 3
         got[name] = (
             statistics.fmean(o.quality for o in outcomes),
             statistics.fmean(o.cost for o in outcomes),

@@ -13,8 +13,7 @@ import statistics
 from pathlib import Path
 
 from apportion.sim.bench import make_policy
-from apportion.sim.needs import draw_needs
-from apportion.sim.runner import controller_for, run_request
+from apportion.sim.runner import run_requests
 from apportion.sim.workload import Workload, load_workload
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "workloads"
@@ -22,13 +21,8 @@ FIRST = 20
 
 
 def _first(workload: Workload, policy: str) -> list[float]:
-    seed = workload.seed or 0
-    assert workload.ceiling is not None
-    controller = controller_for(workload, make_policy(policy, workload, seed, FIRST))
-    return [
-        run_request(controller, workload, draw_needs(workload, seed, r), workload.ceiling).quality
-        for r in range(FIRST)
-    ]
+    made = make_policy(policy, workload, workload.seed or 0, FIRST)
+    return [o.quality for o in run_requests(workload, made, FIRST)]
 
 
 def test_a_fresh_learned_policy_is_as_good_as_estimate_over_its_first_requests() -> None:

@@ -69,9 +69,9 @@ class ElasticPolicy(PredictingPolicy):
             for a in obs.pipeline.agents
             if a.priority is Priority.CRITICAL and counts.chance(a.name) >= 1.0
         }
-        if not obs.pipeline.kind_names and all(
-            counts.once(a.name) and counts.chance(a.name) >= 1.0 for a in obs.pipeline.agents
-        ):  # a fixed pipeline: the answer with the margin its grant will have
+        if not obs.pipeline.kind_names and not counts.moving().any():
+            # a fixed pipeline (each line one call in every request, so it always ran):
+            # the answer with the margin its grant will have
             outputs = self.predicted_outputs(obs)
             for name in critical:
                 out = outputs[name]

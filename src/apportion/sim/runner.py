@@ -16,7 +16,7 @@ the quality model, which stay in this module.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from apportion.catalog import Catalog, ModelInfo
 from apportion.controller import Controller, Request
 from apportion.errors import BudgetExceeded
 from apportion.policies import Policy
-from apportion.sim.needs import RequestNeeds
+from apportion.sim.needs import RequestNeeds, draw_needs
 from apportion.sim.quality import agent_quality, request_quality
 from apportion.sim.workload import Workload
 from apportion.spec import Agent, AgentKind, Pipeline
@@ -275,7 +275,7 @@ def catalog_of(
                 output_price=m.output_price,
                 context_window=m.context_window,
                 max_output=m.max_output,
-                capability=(dict(m.capability) if m.name not in tables else _table(tables[m.name])),
+                capability=tables.get(m.name, m.capability),  # checked into a dict
                 source=f"workload {workload.name}",
             )
             for m in workload.models
@@ -283,10 +283,6 @@ def catalog_of(
         litellm=False,
         name=f"workload {workload.name}",
     )
-
-
-def _table(table: Mapping[str, float] | None) -> dict[str, float] | None:
-    return None if table is None else dict(table)
 
 
 def controller_for(
@@ -302,3 +298,29 @@ def controller_for(
         store="memory://",
         catalog=catalog if catalog is not None else catalog_of(workload),
     )
+
+
+def run_requests(
+    workload: Workload,
+    policy: str | Policy,
+    requests: int,
+    *,
+    catalog: Catalog | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[RequestOutcome]:
+    """Requests ``0 .. requests - 1`` of ``workload`` played online through one controller.
+
+    Each drawn from the workload's seed and played at its ceiling (:func:`run_request`),
+    the policy learning as it goes; ``catalog`` as for :func:`controller_for`;
+    ``progress`` called with 1 after each request.
+    """
+    controller = controller_for(workload, policy, catalog)
+    seed, ceiling = workload.seed or 0, workload.ceiling
+    if ceiling is None:
+        raise ValueError(f"workload {workload.name!r} has no default ceiling")
+    outcomes = []
+    for r in range(requests):
+        outcomes.append(run_request(controller, workload, draw_needs(workload, seed, r), ceiling))
+        if progress is not None:
+            progress(1)
+    return outcomes

@@ -54,8 +54,13 @@ def ledger_from_stored(raw: bytes) -> Ledger:
     first read (:class:`_StoredLedger`): the state an operation returns and nobody reads
     costs nothing.
     """
+    return _lazy(raw)
+
+
+def _lazy(stored: bytes | list[Any]) -> Ledger:
+    """A snapshot decoded on first read, of a stored ledger or of its values already read."""
     ledger = object.__new__(_StoredLedger)
-    ledger._stored = raw
+    ledger._stored = stored
     return ledger
 
 
@@ -63,26 +68,28 @@ _FIELDS = frozenset(Ledger.__slots__)
 
 
 class _StoredLedger(Ledger):
-    """A ledger snapshot that decodes its stored bytes on first read of any field."""
+    """A ledger snapshot that restores its fields on first read of any.
+
+    From its stored bytes, or their values when the store already read them.
+    """
 
     __slots__ = ("_stored",)
 
-    _stored: bytes | None
+    _stored: bytes | list[Any] | None
 
     def __getattr__(self, name: str) -> Any:
-        """A field not read yet: decode them all (called only for an attribute not set)."""
+        """A field not read yet: restore them all (called only for an attribute not set)."""
         if name not in _FIELDS:
             raise AttributeError(name)
         stored = self._stored
-        if stored is not None:  # None: another thread decoded it meanwhile
-            _restored(stored, self)
+        if stored is not None:  # None: another thread restored it meanwhile
+            _ledger_of(stored if isinstance(stored, list) else _values(stored), self)
             self._stored = None
         return object.__getattribute__(self, name)
 
 
-def _restored(raw: bytes, into: Ledger | None = None) -> Ledger:
-    """The :class:`~apportion.ledger.Ledger` of a stored ledger, decoded now (``into``)."""
-    v = _values(raw)
+def _ledger_of(v: list[Any], into: Ledger | None = None) -> Ledger:
+    """The :class:`~apportion.ledger.Ledger` of a stored ledger's values (in ``into``)."""
     n = v[12]
     agents = v[13 : 13 + n]
     request_id = v[0]
@@ -194,6 +201,12 @@ def _debt(v: list[Any]) -> tuple[str, str, int, str]:
 def _pool_debt(raw: bytes) -> tuple[str, str, int, str]:
     """``(pool, draw, free, overflow)`` of a closed stored ledger."""
     return _debt(_values(raw))
+
+
+def _closed(raw: bytes) -> tuple[Ledger, tuple[str, str, int, str]]:
+    """A closed stored ledger's snapshot and its :func:`_pool_debt`, decoded once."""
+    v = _values(raw)
+    return _lazy(v), _debt(v)
 
 
 def _closed_debt(raw: bytes) -> tuple[str, tuple[str, str, int, str] | None]:

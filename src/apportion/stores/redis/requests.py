@@ -54,9 +54,9 @@ from apportion.stores.feed import NOTE_KINDS
 from apportion.stores.redis.arguments import _checked, _grant_args, _time, _tokens
 from apportion.stores.redis.calls import _OK, _Cmd, _Eval, _Steps
 from apportion.stores.redis.codec import (
+    _closed,
     _event,
     _ledger_blob,
-    _pool_debt,
     _score,
     _str,
     _text,
@@ -488,8 +488,7 @@ class RedisRequests(RedisPools):
             raise self._tree_changing(request_id, "close")
         if reply[0] not in _OK:
             raise _refusal(request_id, reply, pending, op=(op_id, digest))
-        state = ledger_from_stored(reply[1])
-        pool, draw, free, overflow = _pool_debt(reply[1])
+        state, (pool, draw, free, overflow) = _closed(reply[1])
         if pool:
             yield self._give_back(pool, draw, free, overflow, now)
         return state
