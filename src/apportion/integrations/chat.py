@@ -574,13 +574,14 @@ class ChatCall:
         text = protocol.text(response)
         reason = protocol.finish_reason(response)
         prompt, completion = protocol.usage(response)
-        written = protocol.written(self.counter, response)
         if not prompt and prompt_counted:  # none reported (or LiteLLM's zero placeholder)
             prompt = prompt_counted
             report.usage_estimated = True
-        if completion is None or (completion == 0 and written):
-            completion = written
-            report.usage_estimated = True
+        if not completion:  # none reported, or a zero placeholder: counted here (if any)
+            written = protocol.written(self.counter, response)
+            if completion is None or written:
+                completion = written
+                report.usage_estimated = True
         report.input_tokens += prompt or 0
         report.output_tokens += completion
         report.calls += 1

@@ -57,9 +57,9 @@ def create_app(
         MissingExtra: FastAPI is not installed (``pip install "apportion[serve]"``).
     """
     require_serve()
-    from fastapi import FastAPI
 
     from apportion.serve.ops import Observed, Ops, hide_config, prometheus_available
+    from apportion.serve.proxy import fast_app
 
     if isinstance(config_or_gateway, Gateway):
         gateway = config_or_gateway
@@ -87,7 +87,9 @@ def create_app(
             finally:
                 ops.mark_dead()
 
-    app = FastAPI(
+    app = fast_app(
+        ops,
+        gateway.config.max_body_bytes,
         title="apportion gateway",
         version=_version(),
         description=(
@@ -113,7 +115,7 @@ def create_app(
     from apportion.serve.admin import admin_routes
 
     admin_routes(app, gateway)
-    from apportion.serve.proxy import install_fast_path, proxy_routes
+    from apportion.serve.proxy import proxy_routes
 
     app.router.routes.extend(proxy_routes(gateway))
     from apportion.serve.dashboard.routes import dashboard_routes
@@ -144,7 +146,6 @@ def create_app(
         app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
 
     app.add_middleware(Observed, ops=ops)  # outermost: sees every answer, errors included
-    install_fast_path(app, ops, gateway.config.max_body_bytes)  # proxy calls skip the stack
     return app
 
 

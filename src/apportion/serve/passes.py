@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import math
@@ -205,7 +204,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _signature(key: bytes, payload: str, domain: bytes = _DOMAIN) -> bytes:
-    return hmac.new(key, domain + payload.encode("ascii"), hashlib.sha256).digest()
+    return hmac.digest(key, domain + payload.encode("ascii"), "sha256")
 
 
 def seal(key: str | bytes, body: Mapping[str, Any], *, domain: bytes, version: str) -> str:

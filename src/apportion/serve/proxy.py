@@ -52,7 +52,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apportion.errors import (
     ApportionError,
@@ -97,6 +97,9 @@ PASS = "pass"
 
 SENDERS_KEPT = 256
 """How many senders (protocol, upstream, key) a proxy keeps made."""
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 class MissingBudgetHeaders(InvalidArgument):
@@ -723,7 +726,7 @@ INTERNAL_ERROR = (
 
 
 class FastPath:
-    """The proxy's routes ahead of the app's middleware stack (an ASGI app around it).
+    """The proxy's routes ahead of the app (an ASGI app around it: :func:`fast_app`).
 
     ``POST`` to a proxy path goes to its :class:`ProxyEndpoint` through only what a proxied
     call needs: the operations middleware (:class:`~apportion.serve.ops.Observed`: call
@@ -733,7 +736,7 @@ class FastPath:
     other route and method) goes to the app's whole stack.
 
     Args:
-        app: the app's middleware stack.
+        app: the app.
         endpoints: path -> the proxy route's ASGI app.
         ops: the app's operations state.
         limit: the largest body taken (bytes).
@@ -796,25 +799,33 @@ class FastPath:
             raise
 
 
-def install_fast_path(app: Any, ops: Any, limit: int) -> None:
-    """Put the app's proxy routes ahead of its middleware stack (:class:`FastPath`).
+def fast_app(ops: Any, limit: int, **options: Any) -> FastAPI:
+    """A FastAPI app whose proxy routes are called ahead of FastAPI itself (:class:`FastPath`).
 
-    The proxy routes in ``app.router`` when the app starts serving (their
-    :class:`ProxyEndpoint`) are called directly for ``POST``; the app's stack serves the
-    rest.
+    The proxy routes in ``app.router`` when the app first serves (their
+    :class:`ProxyEndpoint`) are called directly for ``POST``, without FastAPI's and
+    Starlette's own steps (the proxy's span, log line and metrics are
+    :class:`~apportion.serve.ops.Observed`'s); FastAPI serves the rest. ``options`` go to
+    ``FastAPI``.
     """
-    build = app.build_middleware_stack
+    from fastapi import FastAPI
 
-    def built() -> Any:  # on the app's first call: the routes as they are then
-        endpoints = {
-            route.path: route.app
-            for route in app.router.routes
-            if isinstance(getattr(route, "app", None), ProxyEndpoint)
-        }
-        return FastPath(build(), endpoints, ops, limit)
+    class GatewayApp(FastAPI):
+        fast_path: FastPath | None = None
 
-    app.build_middleware_stack = built
-    app.middleware_stack = None
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            fast = self.fast_path
+            if fast is None:  # on the first call: the routes as they are then
+                routes: list[Any] = self.router.routes
+                endpoints = {
+                    route.path: route.app
+                    for route in routes
+                    if isinstance(getattr(route, "app", None), ProxyEndpoint)
+                }
+                fast = self.fast_path = FastPath(super().__call__, endpoints, ops, limit)
+            await fast(scope, receive, send)
+
+    return GatewayApp(**options)
 
 
 def proxy_routes(gateway: Gateway, *, warm: bool = True, **options: Any) -> list[Any]:
@@ -826,7 +837,7 @@ def proxy_routes(gateway: Gateway, *, warm: bool = True, **options: Any) -> list
     CPU, once per process: :func:`~apportion.serve.forward.warm_in_background`), so the
     app serves at once and its first proxied call seldom waits; without, LiteLLM is
     imported by the first call that needs it. Each route's app is a :class:`ProxyEndpoint`
-    (:func:`install_fast_path` calls them ahead of the app's middleware).
+    (:func:`fast_app` calls them ahead of the app).
     """
     from starlette.routing import Route
 

@@ -60,6 +60,8 @@ __all__ = [
     "COUNTER_NAMES",
     "IMAGE_TOKENS_HIGH",
     "IMAGE_TOKENS_LOW",
+    "RECENT_TEXTS",
+    "RECENT_TEXT_CHARS",
     "REPLY_PRIMING_TOKENS",
     "TOKENS_PER_MESSAGE",
     "TOKENS_PER_NAME",
@@ -96,6 +98,13 @@ APPROXIMATE_CHARS_PER_TOKEN = 4
 
 COUNTER_NAMES: tuple[str, ...] = ("approximate", "litellm", "tiktoken", "tiktoken:<encoding>")
 """The counter names :func:`counter_for` takes (besides ``None``, which chooses by model)."""
+
+
+RECENT_TEXTS = 4096
+"""How many recent texts' counts a tiktoken counter keeps (see :data:`RECENT_TEXT_CHARS`)."""
+
+RECENT_TEXT_CHARS = 4096
+"""The longest text whose count is kept (so the kept texts hold at most 16 Mi characters)."""
 
 
 class TokenCounter(abc.ABC):
@@ -244,10 +253,21 @@ class TiktokenCounter(TokenCounter):
         self.model = model
         self.encoding_name = encoding_name
         self._encoding = _load_encoding(model, encoding_name)
+        self._recent = functools.lru_cache(maxsize=RECENT_TEXTS)(self._encoded_length)
 
     def count_text(self, text: str) -> int:
-        """Return the number of tokens ``text`` encodes to (special tokens as plain text)."""
-        return len(self._encoding.encode(text, disallowed_special=()))
+        """Return the number of tokens ``text`` encodes to (special tokens as plain text).
+
+        The counts of the last :data:`RECENT_TEXTS` texts of at most
+        :data:`RECENT_TEXT_CHARS` characters are kept: a pipeline sends its system prompts
+        and its thread so far again with every call.
+        """
+        if len(text) <= RECENT_TEXT_CHARS:
+            return self._recent(text)
+        return self._encoded_length(text)
+
+    def _encoded_length(self, text: str) -> int:
+        return len(self._encoding.encode_ordinary(text))  # special tokens as plain text
 
     def __repr__(self) -> str:
         return f"TiktokenCounter(model={self.model!r}, encoding_name={self.encoding_name!r})"
