@@ -1,9 +1,11 @@
 """The direct sender's HTTP: raw JSON to an OpenAI-protocol upstream, one pooled client.
 
 The proxy's direct sender (:func:`apportion.serve.forward.direct_sender`) sends the
-call's parameters as JSON bytes through one shared :class:`httpx.AsyncClient` per event
-loop and upstream address (its connections kept open for the process's life, closed by
-:func:`aclose_clients` at the app's shutdown), and reads the answer's JSON once. No SDK
+call's parameters as JSON bytes and reads the answer's JSON once: a call that is not a
+stream through :mod:`apportion.serve.http1` (pooled keep-alive connections per event loop
+and upstream), a stream through one shared ``aiohttp`` session (``httpx`` without
+aiohttp) per event loop; both are closed by :func:`aclose_clients` at the app's
+shutdown. No SDK
 model object is built: the engine reads the answer through :class:`JSONView`, an
 attribute view over the parsed JSON (``response.choices[0].message.content``,
 ``response.usage.prompt_tokens``), whose writes (an extended answer's joined text and
@@ -353,7 +355,10 @@ class _HttpxClient:
 
 
 async def aclose_clients() -> None:
-    """Close this event loop's shared client (at the app's shutdown)."""
+    """Close this event loop's shared client and pooled connections (at the app's shutdown)."""
+    from apportion.serve import http1
+
+    await http1.aclose_pool()
     with suppress(RuntimeError):
         found = _CLIENTS.pop(asyncio.get_running_loop(), None)
         if found is not None:
@@ -369,7 +374,7 @@ def base_url(api_base: str | None) -> str:
 async def post(
     url: str, headers: Mapping[str, str], params: Mapping[str, Any], *, stream: bool
 ) -> JSONView | EventStream:
-    """POST ``params`` as JSON to ``url``: the answer's view, or its event stream.
+    """POST ``params`` as JSON to ``url``: the answer's view, or its event stream (``stream``).
 
     ``extra_body`` (a mapping) is merged into the JSON, as the OpenAI SDK does.
 
@@ -383,19 +388,24 @@ async def post(
     if isinstance(extra, Mapping):
         body.update(extra)
     content = dumps(body)
+    if not stream:
+        from apportion.serve import http1
+
+        answer = await http1.post(url, headers, content, TIMEOUT_SECONDS)
+        if answer.status >= 400:
+            raise _error_of(answer.status, answer.body)
+        return view_of(answer.body)
     client = await _client()
     if isinstance(client, _HttpxClient):
-        return await _post_httpx(client.client, url, headers, content, stream)
+        return await _post_httpx(client.client, url, headers, content)
     response = await client.post(url, data=content, headers=headers)
     status = int(response.status)
-    if not stream or status >= 400:
+    if status >= 400:
         try:
             raw = await response.read()
         finally:
             response.release()
-        if status >= 400:
-            raise _error_of(status, raw)
-        return view_of(raw)
+        raise _error_of(status, raw)
 
     async def close() -> None:
         response.release()
@@ -404,17 +414,15 @@ async def post(
 
 
 async def _post_httpx(
-    client: Any, url: str, headers: Mapping[str, str], content: bytes, stream: bool
-) -> JSONView | EventStream:
+    client: Any, url: str, headers: Mapping[str, str], content: bytes
+) -> EventStream:
     request = client.build_request("POST", url, content=content, headers=headers)
-    response = await client.send(request, stream=stream)
+    response = await client.send(request, stream=True)
     status = int(response.status_code)
-    if not stream or status >= 400:
+    if status >= 400:
         try:
             raw = await response.aread()
         finally:
             await response.aclose()
-        if status >= 400:
-            raise _error_of(status, raw)
-        return view_of(raw)
+        raise _error_of(status, raw)
     return EventStream(response.aiter_lines(), status, response.aclose)
