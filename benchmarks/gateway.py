@@ -568,7 +568,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         litellm_port = litellm_pid = None
         if not args.no_litellm:
-            binary = shutil.which(args.litellm_bin) or args.litellm_bin
+            named = args.litellm_bin
+            beside = Path(named) if "/" in named else Path(sys.executable).with_name(named)
+            binary = str(beside) if beside.is_file() else shutil.which(named) or ""
             if not Path(binary).is_file():
                 litellm_error = f"no LiteLLM proxy at {args.litellm_bin!r}"
             else:
@@ -670,7 +672,11 @@ def main() -> None:
     parser.add_argument("--ceiling", type=int, default=1_000_000, help="each request's ceiling")
     parser.add_argument("--max-seconds", type=float, default=30.0, help="bound of a phase")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
-    parser.add_argument("--litellm-bin", default="litellm", help="LiteLLM's proxy command")
+    parser.add_argument(
+        "--litellm-bin",
+        default="litellm",
+        help="LiteLLM's proxy command (first looked for beside this Python, then on PATH)",
+    )
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM's proxy")
     parser.add_argument("--save", type=Path, help="also write the JSON (indented) here")
     args = parser.parse_args()

@@ -36,7 +36,7 @@ config file's folder)::
         model: openai/gpt-4o-mini       # the LiteLLM model (default: the one asked for)
         api_base: https://api.openai.com/v1
         api_key_env: OPENAI_API_KEY     # or api_key: ..., or pass_through_key: true
-        direct: false                   # true: send through the OpenAI SDK, not LiteLLM
+        direct: false                   # true: raw JSON to an OpenAI-protocol server, no LiteLLM
 
 Keys are kept only as SHA-256 digests; no key, provider secret or signing key appears in a
 ``repr``, a message or a log line. Without ``tenants`` the gateway is open: every call is
@@ -169,8 +169,8 @@ class UpstreamConfig:
         api_base: the provider's base URL (``None``: LiteLLM's default for the model).
         api_key: the provider key held by the gateway (never shown), or ``None``.
         pass_through_key: forward the caller's own provider key instead.
-        direct: send through the OpenAI SDK instead of LiteLLM (an upstream speaking
-            OpenAI's protocol; about half the CPU per call).
+        direct: send the call's JSON straight to the upstream instead of through LiteLLM
+            (an upstream speaking OpenAI's protocol; a fraction of the CPU per call).
     """
 
     name: str

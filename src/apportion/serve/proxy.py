@@ -276,10 +276,10 @@ class Proxy:
             the gateway's clock).
         pass_ttl: seconds a budget token stays redeemable (default: the config's
             ``budget_token_ttl``).
-        direct: send through the OpenAI SDK instead of LiteLLM
+        direct: send the call's JSON straight to the upstream instead of through LiteLLM
             (:func:`~apportion.serve.forward.direct_sender`), for every upstream (an
             upstream whose config says ``direct: true`` is sent so anyway): for upstreams
-            that speak OpenAI's protocol, at about half the CPU per call.
+            that speak OpenAI's protocol, at a fraction of the CPU per call.
     """
 
     def __init__(
