@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import shutil
 import ssl
 import subprocess
@@ -18,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apportion.serve import http1
 from apportion.serve.http1 import UpstreamConnectionError, UpstreamTimeout
@@ -344,3 +347,61 @@ def test_https_checks_the_certificate_and_the_host(tmp_path: Path, monkeypatch):
 def test_not_an_http_url():
     with pytest.raises(UpstreamConnectionError, match="not an http"):
         run(http1.post("ftp://example.com/x", HEADERS, b"{}", 1.0))
+
+
+class _Transport:
+    """Enough of a transport for a connection fed by hand."""
+
+    def __init__(self) -> None:
+        self.sent = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _framed(body: bytes, framing: str, sizes: list[int]) -> bytes:
+    if framing == "length":
+        return answer(body)
+    if framing == "close":
+        return b"HTTP/1.1 200 OK\r\n\r\n" + body
+    chunks, at = [], 0
+    for size in [*sizes, len(body)]:
+        piece = body[at : at + max(1, size)]
+        at += len(piece)
+        if piece:
+            chunks.append(b"%x\r\n%s\r\n" % (len(piece), piece))
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head + b"".join(chunks) + b"0\r\n\r\n"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    body=st.binary(max_size=300),
+    framing=st.sampled_from(["length", "chunked", "close"]),
+    sizes=st.lists(st.integers(1, 40), max_size=8),
+    cuts=st.lists(st.integers(0, 400), max_size=12),
+)
+def test_any_split_of_an_answer_reads_the_same_body(body, framing, sizes, cuts):
+    """However the bytes arrive, the body is the one sent, and nothing is left over."""
+    sent = _framed(body, framing, sizes)
+    points = sorted({0, len(sent), *(c for c in cuts if c < len(sent))})
+
+    async def main() -> http1.Answer:
+        connection = http1._Connection()
+        connection.connection_made(_Transport())  # type: ignore[arg-type]
+        exchange = asyncio.ensure_future(connection.exchange(b"POST / HTTP/1.1\r\n\r\n", 5.0))
+        await asyncio.sleep(0)
+        for start, end in itertools.pairwise(points):
+            connection.data_received(sent[start:end])
+        if framing == "close":
+            connection.eof_received()
+        got = await exchange
+        assert connection.closed == (framing == "close")
+        return got
+
+    got = asyncio.run(main())
+    assert (got.status, got.body) == (200, body)
