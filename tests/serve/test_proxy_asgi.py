@@ -34,7 +34,7 @@ EIGHT = "one two three four five six seven eight"
 
 @pytest.fixture(autouse=True, params=["litellm", "direct"])
 def sender(request, monkeypatch):
-    """Every test runs with both senders: LiteLLM (the default) and the OpenAI SDK."""
+    """Every test runs with both senders: LiteLLM (the default) and the direct one."""
     monkeypatch.setitem(proxy_helpers.SENDER, "direct", request.param == "direct")
     return request.param
 
@@ -239,6 +239,42 @@ def test_a_child_budget_by_parent_header(server):
 
 
 # ---------------------------------------------------------------- refusals
+
+
+def test_the_proxy_behind_a_root_path_is_served_by_its_fast_path(server, monkeypatch):
+    """Behind ``--root-path /gw`` the proxy's path arrives as ``/gw/v1/...``: still its route."""
+    import httpx
+
+    from apportion.serve.proxy import FastPath
+
+    guarded = FastPath._guarded
+    fast: list[str] = []
+
+    async def counted(route: Any, scope: Any, receive: Any, send: Any) -> None:
+        fast.append(scope["path"])
+        await guarded(route, scope, receive, send)
+
+    monkeypatch.setattr(FastPath, "_guarded", staticmethod(counted))
+    app, proxy = proxy_app(server)
+
+    async def go() -> Any:
+        transport = httpx.ASGITransport(app=app, root_path="/gw")
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://gateway",
+            headers={"Authorization": f"Bearer {proxy_helpers.TENANT_KEYS['acme']}"},
+        ) as client:
+            answered = await client.post(
+                "/gw/v1/chat/completions", json=chat(), headers=budget_headers("r", "planner", 900)
+            )
+            health = await client.get("/gw/healthz")
+        return answered, health, await summary(proxy, "r")
+
+    answered, health, after = run(go())
+    assert answered.status_code == 200, answered.text
+    assert int(answered.headers["Apportion-Used"]) == after.consumed == billed(server)
+    assert health.status_code == 200  # the rest: FastAPI's routes, as before
+    assert fast == ["/gw/v1/chat/completions"]  # the proxied call, ahead of FastAPI
 
 
 def test_calls_without_budget_headers_are_refused_by_default(server):
