@@ -100,6 +100,25 @@ def test_tiktoken_counts_match_tiktoken(model: str, encoding: str) -> None:
         assert counter.count_text(text) == len(direct.encode(text, disallowed_special=()))
 
 
+def test_kept_counts_are_each_encodings_own_and_long_texts_are_counted_whole() -> None:
+    """A count kept for a text is for its encoding; a text past the kept length is counted."""
+    import tiktoken
+
+    from apportion.tokens import counting
+
+    texts = ["ünïcödé 😀 " * 40, "<|endoftext|> special as text", "x" * 3]
+    longer = "word " * (counting.RECENT_TEXT_CHARS // 5 + 10)
+    for _ in range(2):  # the second pass reads the kept counts
+        for model in ("gpt-4o", "gpt-3.5-turbo"):
+            direct = tiktoken.encoding_for_model(model)
+            counter = counter_for(model)
+            for text in [*texts, longer]:
+                assert counter.count_text(text) == len(direct.encode(text, disallowed_special=()))
+    o200k, cl100k = counter_for("gpt-4o"), counter_for("gpt-3.5-turbo")
+    assert o200k.count_text(texts[0]) != cl100k.count_text(texts[0])
+    assert len(longer) > counting.RECENT_TEXT_CHARS
+
+
 @pytest.mark.parametrize(
     ("model", "encoding"),
     [

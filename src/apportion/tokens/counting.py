@@ -104,7 +104,7 @@ RECENT_TEXTS = 4096
 """How many recent texts' counts a tiktoken counter keeps (see :data:`RECENT_TEXT_CHARS`)."""
 
 RECENT_TEXT_CHARS = 4096
-"""The longest text whose count is kept (so the kept texts hold at most 16 Mi characters)."""
+"""The longest text whose count is kept (the kept texts hold at most 16 Mi characters)."""
 
 
 class TokenCounter(abc.ABC):
@@ -253,24 +253,28 @@ class TiktokenCounter(TokenCounter):
         self.model = model
         self.encoding_name = encoding_name
         self._encoding = _load_encoding(model, encoding_name)
-        self._recent = functools.lru_cache(maxsize=RECENT_TEXTS)(self._encoded_length)
 
     def count_text(self, text: str) -> int:
         """Return the number of tokens ``text`` encodes to (special tokens as plain text).
 
         The counts of the last :data:`RECENT_TEXTS` texts of at most
-        :data:`RECENT_TEXT_CHARS` characters are kept: a pipeline sends its system prompts
-        and its thread so far again with every call.
+        :data:`RECENT_TEXT_CHARS` characters are kept, for every counter of the process
+        together: a pipeline sends its system prompts and its thread so far again with
+        every call.
         """
         if len(text) <= RECENT_TEXT_CHARS:
-            return self._recent(text)
-        return self._encoded_length(text)
-
-    def _encoded_length(self, text: str) -> int:
-        return len(self._encoding.encode_ordinary(text))  # special tokens as plain text
+            return _recent_length(self._encoding, text)
+        return _encoded_length(self._encoding, text)
 
     def __repr__(self) -> str:
         return f"TiktokenCounter(model={self.model!r}, encoding_name={self.encoding_name!r})"
+
+
+def _encoded_length(encoding: tiktoken.Encoding, text: str) -> int:
+    return len(encoding.encode_ordinary(text))  # special tokens as plain text
+
+
+_recent_length = functools.lru_cache(maxsize=RECENT_TEXTS)(_encoded_length)
 
 
 class ApproximateCounter(TokenCounter):
