@@ -31,7 +31,7 @@ MODEL = "gpt-4o-mini"
 KEY = "sk-upstream-secret-0123456789"
 SIGNING_KEY = "signing-key-for-tests-0123456789"
 SENDER = {"direct": False}
-"""Whether the proxy apps made here send through the OpenAI SDK (else LiteLLM)."""
+"""Whether the proxy apps made here send with the direct sender (else through LiteLLM)."""
 TENANT_KEYS = {"acme": "key-acme-0123456789", "globex": "key-globex-0123456789"}
 ACME = Tenant("acme")
 PIPELINE = Pipeline(

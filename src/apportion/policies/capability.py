@@ -41,7 +41,7 @@ import numpy as np
 
 from apportion.calls import CallRecord
 from apportion.errors import PolicyStateError, UnknownAgent
-from apportion.limits import excerpt
+from apportion.policies.state import checked_document
 from apportion.spec import Pipeline
 
 PRIOR_SD = 0.15
@@ -288,15 +288,7 @@ def decode_shared(data: bytes, where: str) -> Parts:
     Raises:
         PolicyStateError: not JSON, another format or version, or a malformed field.
     """
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
-        raise PolicyStateError("capability: not JSON", path=where) from None
-    if not isinstance(document, Mapping) or document.get("format") != SHARED_FORMAT:
-        raise PolicyStateError(f"capability: not a {SHARED_FORMAT} document", path=where)
-    if document.get("version") != SHARED_VERSION:
-        raise PolicyStateError(
-            f"capability: version {excerpt(document.get('version'))}, not {SHARED_VERSION}",
-            path=where,
-        )
+    document = checked_document(
+        data, SHARED_FORMAT, SHARED_VERSION, "shared capability statistics", where
+    )
     return CapabilityModel.parse(document, where)

@@ -249,28 +249,41 @@ class Routing(PredictingPolicy):
         self, obs: Observation, agent: Agent, inp: float, models: list[Any]
     ) -> list[tuple[int, int, int, float, str]]:
         """``(ctx, out, cost in nano-USD, value, model)`` per option of ``agent``."""
-        mu = max(1.0, self.predicted_output(obs, agent, inp))
-        spread = max(1.05, self._model(obs).spread(agent))
-        sigma = math.log(spread) / 1.2816
+        mu, sigma = self._output_spread(obs, agent, inp)
         weight = _PRIORITY_WEIGHT[agent.priority.rank]
-        kind = str(agent.output_kind)
         options = []
         for model in models:
-            pin, pout = model.nano_prices()
             for level in _LEVELS:
                 out = max(agent.min_output, round(mu * level))
                 if agent.max_output is not None:
                     out = min(out, agent.max_output)
-                if model.max_output is not None:
-                    out = min(out, model.max_output)
-                ctx = round(inp)
-                if model.context_window is not None:
-                    ctx = max(0, min(ctx, model.context_window - out))
-                q_in = ctx / inp if inp > 0 else 1.0
-                quality = self.capable(obs, model, kind) * q_in * _coverage(kind, out, mu, sigma)
-                value = weight * math.log(max(quality, _FLOOR))
-                options.append((ctx, out, ctx * pin + out * pout, value, model.name))
+                ctx, out = _within(model, round(inp), out)
+                options.append(self._option(obs, agent, model, ctx, out, inp, mu, sigma, weight))
         return options
+
+    def _output_spread(self, obs: Observation, agent: Agent, inp: float) -> tuple[float, float]:
+        """``(mu, sigma)``: the predicted output, and the log-normal spread of the need."""
+        mu = max(1.0, self.predicted_output(obs, agent, inp))
+        return mu, math.log(max(1.05, self._model(obs).spread(agent))) / 1.2816
+
+    def _option(
+        self,
+        obs: Observation,
+        agent: Agent,
+        model: Any,
+        ctx: int,
+        out: int,
+        inp: float,
+        mu: float,
+        sigma: float,
+        weight: float,
+    ) -> tuple[int, int, int, float, str]:
+        """The option ``(ctx, out, cost in nano-USD, value, model)`` of ``agent`` on ``model``."""
+        kind = str(agent.output_kind)
+        q_in = ctx / inp if inp > 0 else 1.0
+        quality = self.capable(obs, model, kind) * q_in * _coverage(kind, out, mu, sigma)
+        pin, pout = model.nano_prices()
+        return ctx, out, ctx * pin + out * pout, weight * math.log(max(quality, _FLOOR)), model.name
 
     def _least_multiplier(self, obs: Observation, models: list[Any]) -> float:
         """The least price of a nano-USD.
@@ -311,11 +324,7 @@ class Routing(PredictingPolicy):
         cut to the model's limits, unless they cost more than is left.
         """
         base = super().route(obs, agent, input_tokens, output_tokens)
-        ctx, out = base.context, base.output
-        if model.max_output is not None:
-            out = min(out, model.max_output)
-        if model.context_window is not None:
-            ctx = max(0, min(ctx, model.context_window - out))
+        ctx, out = _within(model, base.context, base.output)
         left = obs.state.cost_available()
         pin, pout = model.nano_prices()
         if left is not None and ctx * pin + out * pout > left:
@@ -336,9 +345,7 @@ class Routing(PredictingPolicy):
         Per model: the largest output cap left on the whole input, and each output level
         with the input cut to fit.
         """
-        mu = max(1.0, self.predicted_output(obs, agent, inp))
-        sigma = math.log(max(1.05, self._model(obs).spread(agent))) / 1.2816
-        kind = str(agent.output_kind)
+        mu, sigma = self._output_spread(obs, agent, inp)
         least = max(1, agent.min_output)
         whole = round(inp)
         options = []
@@ -360,10 +367,7 @@ class Routing(PredictingPolicy):
                     ctx = min(ctx, int((usd - out * pout) // max(1, pin)))
                 if ctx < 0 or (ctx == 0 and whole > 0):
                     continue
-                q_in = ctx / inp if inp > 0 else 1.0
-                quality = self.capable(obs, model, kind) * q_in * _coverage(kind, out, mu, sigma)
-                value = math.log(max(quality, _FLOOR))
-                options.append((ctx, out, ctx * pin + out * pout, value, model.name))
+                options.append(self._option(obs, agent, model, ctx, out, inp, mu, sigma, 1.0))
         return options
 
     def route(
@@ -445,6 +449,15 @@ class LearnedRoutedPolicy(Routing, LearnedPolicy):
     ) -> None:
         super().__init__(**{"key": "learned-routed", **learned})
         self._routing_options(cost_weight, learn_capability, uncapped_cost_weight)
+
+
+def _within(model: Any, ctx: int, out: int) -> tuple[int, int]:
+    """``(ctx, out)`` cut to ``model``'s limits: its longest answer, then its context window."""
+    if model.max_output is not None:
+        out = min(out, model.max_output)
+    if model.context_window is not None:
+        ctx = max(0, min(ctx, model.context_window - out))
+    return ctx, out
 
 
 def _multipliers(

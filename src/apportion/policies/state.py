@@ -51,7 +51,7 @@ def read_file(path: str | Path) -> dict[str, Any]:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise PolicyStateError(f"cannot read: {exc.strerror or exc}", path=where) from None
-    return _checked(data, FILE_FORMAT, FILE_VERSION, "a policy state file", where)
+    return checked_document(data, FILE_FORMAT, FILE_VERSION, "a policy state file", where)
 
 
 def write_file(path: str | Path, document: Mapping[str, Any]) -> None:
@@ -130,7 +130,7 @@ def decode_shared(data: bytes, where: str) -> dict[str, Any]:
     Raises:
         PolicyStateError: the document is not shared need models of :data:`SHARED_VERSION`.
     """
-    document = _checked(data, SHARED_FORMAT, SHARED_VERSION, "shared need models", where)
+    document = checked_document(data, SHARED_FORMAT, SHARED_VERSION, "shared need models", where)
     pipelines = document.get("pipelines")
     if not isinstance(pipelines, Mapping):
         raise PolicyStateError("pipelines: expected a mapping", path=where)
@@ -147,7 +147,13 @@ def encode_shared(pipelines: Mapping[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True).encode("utf-8")
 
 
-def _checked(data: bytes, form: str, version: int, what: str, where: str) -> dict[str, Any]:
+def checked_document(data: bytes, form: str, version: int, what: str, where: str) -> dict[str, Any]:
+    """A JSON document of ``form`` at ``version`` (a saved or shared policy state).
+
+    Raises:
+        PolicyStateError: not JSON, another format or another version (``what`` says what
+            was expected, ``where`` names the file or ``store:KEY``).
+    """
     try:
         document = load_json(data)
     except SpecError as exc:
