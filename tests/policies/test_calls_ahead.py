@@ -85,3 +85,39 @@ def test_the_counts_after_each_line_round_trip_through_a_document() -> None:
         assert [again.remaining_after(x, last) for x in "abc"] == list(
             again.remaining_after_all(last)
         )
+
+
+@pytest.mark.parametrize("base", [ElasticPolicy, EstimatePolicy])
+def test_the_single_call_rule_is_the_rule_where_every_agent_calls_once(
+    base: type[PredictingPolicy],
+) -> None:
+    """Every agent once per request, in changing orders: the shortcut's views are the rule's;
+    once a request skips an agent, the shortcut is off (and the rule still agrees)."""
+    rng = random.Random(11)
+    pipeline = _pipeline(6)
+    taken = {True: 0, False: 0}
+
+    class Checked(base):  # type: ignore[valid-type,misc]
+        def calls_ahead(self, obs: Observation, caller: str | None = None) -> Sequence[float]:
+            found = super().calls_ahead(obs, caller)
+            assert list(found) == list(self._each_ahead(_Ahead(self, obs, caller))), caller
+            taken[self._calls_model(obs).fixed()] += 1
+            return found
+
+    controller = Controller(pipeline, policy=Checked())
+    for k in range(30):
+        order = list(pipeline.names)
+        rng.shuffle(order)
+        if k == 20:
+            order.remove("a03")  # from here on, a03 may not run
+        with controller.request(ceiling=20_000) as req:
+            for name in order:
+                grant = req.begin(name, input_tokens=rng.randint(50, 900))
+                req.finish(grant, input_tokens=grant.context_tokens, output_tokens=40)
+    assert taken[True] > 100 and taken[False] > 20
+    counts = CallCounts(["a", "b"])
+    assert counts.fixed()  # the prior: one call each
+    counts.observe({"a": 1, "b": 1}, order=["b", "a"])
+    assert counts.fixed()
+    counts.observe({"a": 1, "b": 2}, order=["a", "b"])
+    assert not counts.fixed()

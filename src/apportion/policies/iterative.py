@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from apportion.errors import PolicyConfigError
 from apportion.limits import excerpt
 from apportion.policies.base import Observation
-from apportion.policies.predicting import PredictingPolicy
+from apportion.policies.predicting import PredictingPolicy, single_calls
 from apportion.policies.sharing import SharedState
 from apportion.spec import Agent
 
@@ -76,8 +76,7 @@ class IterativePolicy(PredictingPolicy):
 
     def _count_ahead(self, obs: Observation, caller: str | None) -> Sequence[float]:
         """The single-call rule for every agent."""
-        state = obs.state
-        return [_single_call(state, b.name, b.name == caller) for b in obs.pipeline.agents]
+        return single_calls(obs, caller)
 
     def calls_per_request(self, obs: Observation) -> float:
         """One call per agent, for the cold-start prior (module docstring)."""

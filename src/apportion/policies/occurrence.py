@@ -264,6 +264,21 @@ class CallCounts:
             self._keep(("moving",), found, version)
         return found
 
+    def fixed(self) -> bool:
+        """Whether every line is :meth:`once` and was seen once after every other (memo).
+
+        Then :meth:`remaining` and :meth:`remaining_after` are exactly 1 for a line that
+        has not called yet, whatever ran before it: the single-call rule.
+        """
+        found = self._memo.get(("fixed",))
+        if found is None:
+            version = self._version
+            with self._lock:
+                consistent = bool((self._after_calls == self._after_requests).all())
+            found = consistent and not self.moving().any()
+            self._keep(("fixed",), found, version)
+        return bool(found)
+
     def _keep(self, key: tuple[object, ...], value: _T, version: int) -> _T:
         """Keep an answer until the next update (not one computed across an update)."""
         with self._lock:

@@ -315,7 +315,13 @@ class PredictingPolicy(Policy):
         others, as the held-back rules ask. Memo per epoch (:meth:`_epoch`): the views of
         one epoch (the call about to begin, and nobody) are computed once however many
         rules read them.
+
+        Where every agent is listed and was seen making one call in every request (and
+        none is in a team), the rule gives exactly the single-call rule
+        (:meth:`CallCounts.fixed`), which needs no look at the counts and no memo.
         """
+        if not obs.pipeline.kind_names and self._calls_model(obs).fixed() and not self.teams(obs):
+            return single_calls(obs, caller)
         epoch = self._epoch(obs)
         memo: tuple[object, dict[str | None, Sequence[float]]] | None = obs.memo.get("calls_ahead")
         if epoch is None:
@@ -1530,6 +1536,15 @@ def _fit(needs: dict[str, int], total: int) -> dict[str, int]:
     if asked <= total or asked == 0:
         return dict(needs)
     return {a: need * total // asked for a, need in needs.items()}
+
+
+def single_calls(obs: Observation, caller: str | None) -> list[float]:
+    """One call per agent until it begins (or is ``caller``, about to), then none."""
+    state = obs.state
+    if state is None:
+        return [0.0 if b == caller else 1.0 for b in obs.pipeline.names]
+    calls = state.calls
+    return [0.0 if b == caller or calls[b] else 1.0 for b in obs.pipeline.names]
 
 
 class _Ahead:
