@@ -167,6 +167,21 @@ def _readers_of(obs: Observation) -> dict[str, list[Agent]]:
     return found
 
 
+def _unstarted_readers(
+    obs: Observation,
+    name: str,
+    inputs: Mapping[str, float],
+    weights: Mapping[str, tuple[float, float]],
+) -> tuple[tuple[float, float], ...]:
+    """``(input need, input weight)`` of the agents not started yet that read agent ``name``."""
+    calls = obs.state.calls
+    return tuple(
+        (inputs[b.name], weights[b.name][0])
+        for b in _readers_of(obs).get(name, ())
+        if not calls[b.name] and b.name != name
+    )
+
+
 class LearnedPolicy(PredictingPolicy):
     """Allocation by expected quality per token, with agent weights learned from outcomes.
 
@@ -280,12 +295,18 @@ class LearnedPolicy(PredictingPolicy):
         return ratios if len(ratios) >= 8 else _PRIOR_RATIOS
 
     def _output_curve(
-        self, obs: Observation, agent: Agent, predicted: float, most: int | None
+        self,
+        obs: Observation,
+        agent: Agent,
+        predicted: float,
+        most: int | None,
+        readers: tuple[tuple[float, float], ...] | None = None,
     ) -> Curve:
         limit = agent.max_output if most is None else most
         ratios = self._errors(obs, agent)
         weight = self.agent_weights(obs)[agent.name][1]
-        readers = tuple(self._readers(obs, agent))
+        if readers is None:
+            readers = self._readers(obs, agent)
         key = ("out", agent.name, predicted, weight, limit, readers)
         return _kept(
             obs,
@@ -333,20 +354,13 @@ class LearnedPolicy(PredictingPolicy):
             return ahead
         return {name: max(0.0, need + now[name] - planned[name]) for name, need in ahead.items()}
 
-    def _readers(self, obs: Observation, agent: Agent) -> list[tuple[float, float]]:
+    def _readers(self, obs: Observation, agent: Agent) -> tuple[tuple[float, float], ...]:
         """``(input need, input weight)`` of the agents still to run that read ``agent``.
 
         An agent listed in another's ``after`` is taken to feed it: what its answer lacks,
         their input lacks.
         """
-        ahead = self._inputs_now(obs)
-        weights = self.agent_weights(obs)
-        calls = obs.state.calls
-        return [
-            (ahead[b.name], weights[b.name][0])
-            for b in _readers_of(obs).get(agent.name, ())
-            if not calls[b.name] and b.name != agent.name
-        ]
+        return _unstarted_readers(obs, agent.name, self._inputs_now(obs), self.agent_weights(obs))
 
     def _curves_after(self, obs: Observation, agent: Agent, *, begun: bool = False) -> list[Curve]:
         """Input and output curves of the calls still to come, ``agent``'s current one excepted.
@@ -362,20 +376,36 @@ class LearnedPolicy(PredictingPolicy):
         alike = self.teams(obs)
         pooled: dict[tuple[str, ...], tuple[Agent, float, float]] = {}
         calls = self.calls_ahead(obs, None if begun else agent.name)
+        # each agent's pair, kept for the request while what it is made of stays
+        version = self._model(obs).version
+        memo: tuple[int, dict[tuple[Any, ...], tuple[Curve, Curve]]] | None = obs.memo.get(
+            "curves_after"
+        )
+        if memo is None or memo[0] != version:
+            memo = obs.memo["curves_after"] = (version, {})
         for b, times in zip(obs.pipeline.agents, calls, strict=True):
             if times <= 0:
                 continue
             need_in = ahead[b.name]
+            team = alike.get(b.name)
+            readers = () if team is not None else _unstarted_readers(obs, b.name, ahead, weights)
+            key = (b.name, need_in, times, readers)
+            pair = None if team is not None else memo[1].get(key)
+            if pair is not None:
+                curves.extend(pair)
+                continue
             predicted = self.predicted_output(obs, b, need_in)
             if times != 1.0:
                 need_in, predicted = need_in * times, predicted * times
-            team = alike.get(b.name)
             if team is not None:  # the team's calls still to come are one line, as a kind's
                 _, team_in, team_out = pooled.get(team, (b, 0.0, 0.0))
                 pooled[team] = (b, team_in + need_in, team_out + predicted)
                 continue
-            curves.append(self._input_curve(obs, b, need_in, weights[b.name][0]))
-            curves.append(self._output_curve(obs, b, predicted, None))
+            pair = memo[1][key] = (
+                self._input_curve(obs, b, need_in, weights[b.name][0]),
+                self._output_curve(obs, b, predicted, None, readers),
+            )
+            curves.extend(pair)
         for b, need_in, predicted in pooled.values():
             curves.append(self._input_curve(obs, b, need_in, weights[b.name][0]))
             curves.append(self._output_curve(obs, b, predicted, None))

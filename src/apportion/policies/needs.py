@@ -291,6 +291,16 @@ class NeedModel:
         self._features: tuple[str, ...] | None = None
         self._out: dict[str, _Regression] = {a.name: _Regression() for a in pipeline.agents}
         self._in: dict[str, _Regression] = {a.name: _Regression() for a in pipeline.agents}
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        """How many times the predictions may have changed (calls buffered, folded, merged).
+
+        What the model predicts is the same while this stays: a memo of its answers is
+        good until it moves.
+        """
+        return self._version
 
     def row(self, features: Mapping[str, float]) -> tuple[float, ...]:
         """The regression row of a request's features (compute once per request)."""
@@ -302,6 +312,7 @@ class NeedModel:
             with self._lock:
                 if model.pending and model.due():
                     model.fold()
+                    self._version += 1
         return model
 
     def seen(self, agent: Agent) -> int:
@@ -406,6 +417,7 @@ class NeedModel:
                     ((*row, float(input_tokens)), float(output_tokens), truncated)
                 )
                 self._in[agent].pending.append((row, float(input_tokens), False))
+            self._version += 1
 
     # ------------------------------------------------------------ state
 
@@ -484,6 +496,7 @@ class NeedModel:
                 mine = self._out if part == "output" else self._in
                 model.forget_delta()
                 mine[name] = model
+            self._version += 1
 
     def count_all_as_delta(self) -> None:
         """Nothing of this model is in a store yet: all of it is to be merged."""

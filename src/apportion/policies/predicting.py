@@ -749,9 +749,32 @@ class PredictingPolicy(Policy):
         """Expected output of one call: the history blended with the prior.
 
         With ``cap``, blended with the prior of what a cap must cover instead (see
-        :meth:`prior_output`, :data:`PRIOR_CAP_SHARE`).
+        :meth:`prior_output`, :data:`PRIOR_CAP_SHARE`). Memo per request, until the need
+        model changes (:attr:`NeedModel.version`): a policy weighing every agent still to
+        come asks for the same ones at each call.
         """
         model = self._model(obs)
+        version = model.version  # read before predicting: a change after it drops the memo
+        memo: tuple[int, dict[tuple[str, float | None, bool], float]] | None = obs.memo.get(
+            "predicted_output"
+        )
+        if memo is None or memo[0] != version:
+            memo = obs.memo["predicted_output"] = (version, {})
+        key = (agent.name, input_tokens, cap)
+        found = memo[1].get(key)
+        if found is None:
+            found = memo[1][key] = self._predict_output(obs, model, agent, input_tokens, cap)
+        return found
+
+    def _predict_output(
+        self,
+        obs: Observation,
+        model: NeedModel,
+        agent: Agent,
+        input_tokens: float | None,
+        cap: bool,
+    ) -> float:
+        """:meth:`predicted_output`, computed."""
         row = obs.memo.get("row") or model.row(obs.features)
         prior = self._priors(obs)[agent.name][cap]
         guess = model.output(agent, obs.features, row, input_tokens, prior)

@@ -216,10 +216,13 @@ def _fill_many(table: np.ndarray, left: np.ndarray, where: np.ndarray, values: n
     values[pos[part]] += slope[at[part]] * rest[part]
     if part.all():
         return
-    # a pool stopped by a jump goes on alone, as _fill does, that curve left out
-    segments = table.T.tolist()
+    # a pool stopped by a jump goes on alone, as _fill does, that curve left out (only the
+    # segments from the first such stop on are read)
+    jumps = at[~part]
+    first = int(jumps.min())
+    segments = table[:, first:].T.tolist()
     for j, room, k in zip(
-        at[~part].tolist(), rest[~part].tolist(), pos[~part].tolist(), strict=True
+        (jumps - first).tolist(), rest[~part].tolist(), pos[~part].tolist(), strict=True
     ):
         done = {segments[j][4]}
         value = 0.0
