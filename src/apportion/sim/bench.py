@@ -629,57 +629,41 @@ def trace_request(
     for earlier in warmup:
         run_request(controller, workload, earlier, ceiling)
     outcome = run_request(controller, workload, needs, ceiling)
-    return outcome, traces_of(controller, workload, needs, outcome)
+    return outcome, traces_of(workload, needs, outcome)
 
 
-def traces_of(
-    controller: Controller, workload: Workload, needs: RequestNeeds, outcome: RequestOutcome
-) -> list[AgentTrace]:
-    """Trace each agent of a request already played through ``controller``, from its events.
+def traces_of(workload: Workload, needs: RequestNeeds, outcome: RequestOutcome) -> list[AgentTrace]:
+    """Trace each call of a request played by :func:`~apportion.sim.runner.run_request`.
 
     Args:
-        controller: the controller the request was played through (its store keeps the
-            request's events).
-        workload: the workload (not realized: one trace per agent of ``workload``).
+        workload: the workload (not realized).
         needs: the request's needs.
         outcome: what :func:`~apportion.sim.runner.run_request` returned for it.
 
     Returns:
-        One :class:`AgentTrace` per agent, in agent order.
+        One :class:`AgentTrace` per agent, in agent order; for a workload with trees or
+        dynamic teams, one per realized call, named by the workload agent (the line) it is
+        an instance of.
     """
-    granted: dict[str, list[int]] = {}
-    used: dict[str, list[int]] = {}
-    first: dict[str, int] = {}
-    for event in controller.store.events(outcome.request_id):
-        if event.agent is None:
-            continue
-        if event.kind in ("begin", "extend"):
-            row = granted.setdefault(event.agent, [0, 0])
-            row[0] += event.context_tokens
-            row[1] += event.output_tokens
-            if event.kind == "begin":
-                first.setdefault(event.agent, event.context_tokens)
-        elif event.kind == "finish":
-            used[event.agent] = [event.context_tokens, event.output_tokens]
-    traces = []
-    for index, agent in enumerate(workload.agents):
-        g = granted.get(agent.name, [0, 0])
-        u = used.get(agent.name, [0, 0])
-        traces.append(
-            AgentTrace(
-                agent.name,
-                agent.priority,
-                needs.need_in[index],
-                needs.need_out[index],
-                g[0],
-                g[1],
-                u[0],
-                u[1],
-                first.get(agent.name, 0),
-                agent.name in first,
-            )
+    current = needs.workload_of(workload)
+    lines = current.agent_names if needs.realized is None else needs.realized.lines
+    return [
+        AgentTrace(
+            line,
+            agent.priority,
+            needs.need_in[index],
+            needs.need_out[index],
+            call.granted - call.granted_out,
+            call.granted_out,
+            call.consumed_in,
+            call.wrote,
+            call.read,
+            not call.refused,
         )
-    return traces
+        for index, (agent, line, call) in enumerate(
+            zip(current.agents, lines, outcome.played, strict=True)
+        )
+    ]
 
 
 def policy_cells(figures: Mapping[str, Any]) -> list[str]:

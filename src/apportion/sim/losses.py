@@ -124,7 +124,7 @@ def play(
     for r, item in enumerate(needs):
         current = at(r)
         outcome = run_request(controller, current, item, ceiling, model=model)
-        played.append(Played(outcome, traces_of(controller, current, item, outcome)))
+        played.append(Played(outcome, traces_of(current, item, outcome)))
         if progress:
             progress(1)
     return played
@@ -167,11 +167,17 @@ def _terms(
     played: Played,
     best: OracleResult,
 ) -> dict[tuple[str, str], float]:
-    """``{(agent, component): log-quality term}`` of one request (module docstring)."""
+    """``{(agent, component): log-quality term}`` of one request (module docstring).
+
+    For a workload with trees or dynamic teams, the terms of the request's realized calls,
+    each charged to the workload agent (the line) it is a call of.
+    """
     terms: dict[tuple[str, str], float] = {}
+    workload = needs.workload_of(workload)
     wrote = [t.wrote for t in played.traces]
     capability = 0.0
     for index, (agent, trace) in enumerate(zip(workload.agents, played.traces, strict=True)):
+        line = trace.agent
         weight = agent.influence
         if weight == 0:
             continue
@@ -186,7 +192,7 @@ def _terms(
             )
         if not trace.ran:
             nothing = _ln(_in_cover(0, need_in, sens)) + _ln(0.0)
-            terms[(agent.name, "refused")] = weight * (oracle_in + oracle_out - nothing)
+            _add(terms, line, "refused", weight * (oracle_in + oracle_out - nothing))
             continue
         avail = need_in
         if agent.input.upstream:
@@ -195,15 +201,15 @@ def _terms(
         upstream = _ln(_in_cover(avail, need_in, sens))
         total_in = _ln(_in_cover(trace.context, need_in, sens))
         got_out = _ln(output_quality(agent.output_kind, trace.wrote, need_out))
-        kind = f"output_{agent.output_kind}"
-        terms[(agent.name, "input_upstream")] = (
-            weight * (oracle_in - upstream) if avail < need_in else 0.0
+        _add(
+            terms,
+            line,
+            "input_upstream",
+            weight * (oracle_in - upstream) if avail < need_in else 0.0,
         )
-        if avail >= need_in:
-            terms[(agent.name, "input_grant")] = weight * (oracle_in - total_in)
-        else:
-            terms[(agent.name, "input_grant")] = weight * (upstream - total_in)
-        terms[(agent.name, kind)] = weight * (oracle_out - got_out)
+        granted_from = oracle_in if avail >= need_in else upstream
+        _add(terms, line, "input_grant", weight * (granted_from - total_in))
+        _add(terms, line, f"output_{agent.output_kind}", weight * (oracle_out - got_out))
     if workload.models:
         # the policy's capabilities: what its quality holds beyond the token terms
         tokens = 0.0
@@ -219,6 +225,11 @@ def _terms(
         )
         terms[("", "model")] = capability - policy_capability
     return terms
+
+
+def _add(terms: dict[tuple[str, str], float], line: str, component: str, term: float) -> None:
+    """Add one call's ``term`` to its line's ``component``."""
+    terms[(line, component)] = terms.get((line, component), 0.0) + term
 
 
 def diagnose(
@@ -335,9 +346,15 @@ def diagnose(
 
 
 class _AgentStats:
-    """Per-agent sums: coverage, cut rates and tokens against the oracle's."""
+    """Per-agent sums: coverage, cut rates and tokens against the oracle's.
+
+    Summed per call (an agent of a fixed pipeline makes one per request; a line of a tree
+    or a team, as many as the request made of it): the summary's rates and means are per
+    call, and ``calls_per_request`` says how many there were.
+    """
 
     def __init__(self) -> None:
+        self.calls = 0
         self.in_cut = self.out_cut = self.refused = 0
         self.in_cover = self.out_cover = 0.0
         self.tokens = self.oracle_tokens = self.cap = self.oracle_cap = 0
@@ -345,6 +362,7 @@ class _AgentStats:
 
     def add(self, trace: AgentTrace, allocation: tuple[int, int]) -> None:
         ctx_o, cap_o = allocation
+        self.calls += 1
         self.refused += not trace.ran
         self.in_cut += trace.context < trace.need_in
         self.out_cut += trace.wrote < trace.need_out
@@ -357,8 +375,10 @@ class _AgentStats:
         self.oracle_cap += cap_o
         self.oracle_tokens += ctx_o + cap_o
 
-    def summary(self, count: int) -> dict[str, float]:
+    def summary(self, requests: int) -> dict[str, float]:
+        count = max(self.calls, 1)
         return {
+            "calls_per_request": round(self.calls / requests, 4),
             "input_cut_rate": round(self.in_cut / count, 4),
             "output_cut_rate": round(self.out_cut / count, 4),
             "refused_rate": round(self.refused / count, 4),

@@ -47,6 +47,8 @@ class RequestOutcome:
         refused: agents that could not run at all (nothing left for them).
         request_id: the request's id in the controller's store.
         cost: USD the request's calls cost (0 without a ``models`` section).
+        played: each call as played, in the order of the request's agents (of its
+            realized calls, for a workload with trees or dynamic teams).
     """
 
     quality: float
@@ -59,6 +61,7 @@ class RequestOutcome:
     refused: int
     request_id: str = ""
     cost: float = 0.0
+    played: tuple[CallResult, ...] = ()
 
 
 def pipeline_of(workload: Workload) -> Pipeline:
@@ -103,6 +106,8 @@ class CallResult:
         granted: tokens granted, extensions included.
         extensions: extensions granted.
         refused: the call could not run at all (nothing left for the agent).
+        model: the model the call ran on (``None``: none named).
+        granted_out: output tokens granted, extensions included (part of ``granted``).
     """
 
     read: int
@@ -112,6 +117,7 @@ class CallResult:
     extensions: int
     refused: bool
     model: str | None = None
+    granted_out: int = 0
 
 
 REFUSED = CallResult(0, 0, 0, 0, 0, True)
@@ -160,7 +166,14 @@ def play_call(
         grant = grown
     req.finish(grant, input_tokens=consumed_in, output_tokens=wrote, truncated=wrote < need_out)
     return CallResult(
-        read, wrote, consumed_in, grant.total, extensions, False, grant.model or model
+        read,
+        wrote,
+        consumed_in,
+        grant.total,
+        extensions,
+        False,
+        grant.model or model,
+        grant.output_tokens,
     )
 
 
@@ -195,6 +208,7 @@ def run_request(
     usd = (ceiling_usd if ceiling_usd is not None else workload.ceiling_usd) if models else None
     cost = 0.0
     outs: list[int] = []
+    played: list[CallResult] = []
     qualities: list[float] = []
     cut = critical = critical_cut = extensions = refused = 0
     with controller.request(
@@ -228,6 +242,7 @@ def run_request(
             refused += call.refused
             extensions += call.extensions
             outs.append(call.wrote)
+            played.append(call)
             qualities.append(
                 agent_quality(
                     spec.output_kind,
@@ -252,6 +267,7 @@ def run_request(
         refused=refused,
         request_id=req.request_id,
         cost=cost,
+        played=tuple(played),
     )
 
 
