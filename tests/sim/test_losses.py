@@ -120,10 +120,18 @@ def test_an_agent_served_better_than_by_the_oracle_is_a_negative_loss() -> None:
     assert block["agents"]["b"]["loss"] == pytest.approx(0.5, abs=1e-5)
 
 
-@pytest.mark.parametrize("policy", ["uniform", "elastic"])
-def test_losses_add_up_to_the_bench_gap(policy: str) -> None:
-    w = load_workload(EXAMPLES / "seed-scenario.yaml")
-    ceiling, count = 12_000, 12
+@pytest.mark.parametrize(
+    ("name", "policy", "ceiling"),
+    [
+        ("seed-scenario", "uniform", 12_000),
+        ("seed-scenario", "elastic", 12_000),
+        ("optional-agents", "elastic", 4_500),  # agents that run in some requests only
+        ("expert-team", "estimate", 11_000),  # a team drawn per request, each member often
+    ],
+)
+def test_losses_add_up_to_the_bench_gap(name: str, policy: str, ceiling: int) -> None:
+    w = load_workload(EXAMPLES / f"{name}.yaml")
+    count = 12
     needs = [draw_needs(w, 7, r) for r in range(count)]
     block = diagnose(
         w, play(w, policy, needs, ceiling, seed=7), solve(w, needs, ceiling), needs, ceiling
@@ -142,6 +150,12 @@ def test_losses_add_up_to_the_bench_gap(policy: str) -> None:
     assert block["unspent"]["unspent_mean"] == pytest.approx(
         bench["policies"][policy]["unspent_mean"], abs=0.1
     )
+    calls = {agent: row["calls_per_request"] for agent, row in block["agents"].items()}
+    assert set(calls) == set(w.agent_names)  # a tree's calls are charged to their lines
+    if name == "seed-scenario":
+        assert set(calls.values()) == {1.0}
+    else:
+        assert min(calls.values()) < 1.0 or max(calls.values()) > 1.0
 
 
 def test_diagnose_refuses_mismatched_lengths() -> None:
