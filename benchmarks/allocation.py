@@ -4,12 +4,16 @@ Prints one JSON document on standard output (simulated quality: the workload spe
 response model; progress on standard error). Sections:
 
 ``workloads``
-    Every workload of ``examples/workloads/`` in the base format (trees and teams are
-    measured apart, ``docs/workload-trees.md``) at its default ceiling: per policy (every
-    rule policy, ``learned`` from a fresh start, ``routed`` when the workload has models)
-    the bench figures of the workload spec, the best policy and the best rule policy, the
-    learned policy's windows, and ``losses`` (per policy: where the gap to the oracle
-    comes from, per agent and per kind of cut; ``apportion.sim.losses``).
+    Every workload of ``examples/workloads/`` in the base format at its default ceiling:
+    per policy (every rule policy, ``learned`` from a fresh start, ``routed`` when the
+    workload has models) the bench figures of the workload spec, the best policy and the
+    best rule policy, the learned policy's windows, and ``losses`` (per policy: where the
+    gap to the oracle comes from, per agent and per kind of cut; ``apportion.sim.losses``).
+``trees``
+    The same for the workloads with trees and teams (``docs/workload-trees.md``: agents
+    that may not run, fan-out, teams drawn per request, loops); their losses are per
+    line (a realized call is charged to the agent or kind it is a call of), per call, with
+    ``calls_per_request`` beside them.
 ``unseen``
     Workloads drawn by ``apportion.sim.generate`` from the seeds of :data:`UNSEEN_SEEDS`
     (9001-9010), which were never used to tune a policy, a default or the generator: at
@@ -393,21 +397,20 @@ def main() -> None:
     started = time.perf_counter()
     revision = commit()  # at the start: the code that runs, whatever is committed meanwhile
     examples: list[Workload] = []
+    trees: list[Workload] = []  # trees and teams: docs/workload-trees.md
     if not args.no_examples:
         for path in sorted((ROOT / "examples" / "workloads").glob("*.yaml")):
             workload = load_workload(path)
-            if workload.dynamic:  # trees and teams: docs/workload-trees.md, measured apart
-                continue
             if args.only and workload.name not in args.only:
                 continue
-            examples.append(workload)
+            (trees if workload.dynamic else examples).append(workload)
     unseen: list[Generated] = [generate_workload(seed) for seed in UNSEEN_SEEDS[: args.seeds]]
     shift_seeds = SHIFT_SEEDS[: args.shift_seeds] if args.shift_requests else ()
 
     def per_bench(workload: Workload) -> int:
         return int(args.requests) * (len(policies_for(workload)) + 1)
 
-    total = sum(per_bench(w) for w in examples)
+    total = sum(per_bench(w) for w in [*examples, *trees])
     if not args.routing_only:
         total += sum(per_bench(g.workload) * (1 + len(args.tight)) for g in unseen)
     total += args.learn_requests * 2 * len(unseen) * (1 + len(args.tight))
@@ -430,10 +433,11 @@ def main() -> None:
             if bar is not None and task is not None:
                 bar.update(task, description=text)
 
-        workloads = {}
-        for workload in examples:
+        workloads, tree_workloads = {}, {}
+        for workload in [*examples, *trees]:
             label(workload.name)
-            workloads[workload.name] = measure(workload, args.requests, step)
+            found = tree_workloads if workload.dynamic else workloads
+            found[workload.name] = measure(workload, args.requests, step)
         default: dict[str, Any] = {}
         tight: dict[str, dict[str, Any]] = {str(r): {} for r in args.tight}
         curves: dict[str, Any] = {}
@@ -497,6 +501,7 @@ def main() -> None:
             "routing_requests": args.routing_requests,
         },
         "workloads": workloads,
+        "trees": tree_workloads,
         "unseen": {
             "default": default,
             "tight": tight,

@@ -11,9 +11,15 @@ def test_the_allocation_benchmark_prints_every_section() -> None:
     args = [
         "--requests", "6", "--seeds", "1", "--tight", "0.7", "--learn-requests", "8",
         "--shift-requests", "20", "--shift-seeds", "1", "--shift-width", "5",
-        "--only", "support-triage", "--no-replay", "--no-progress", "--routing-requests", "10",
+        "--only", "support-triage", "--only", "optional-agents", "--no-replay", "--no-progress",
+        "--routing-requests", "10",
     ]  # fmt: skip
     document = json.loads(run_script("allocation.py", *args))
+    assert set(document["workloads"]) == {"support-triage"}
+    optional = document["trees"]["optional-agents"]  # a tree's losses, per line
+    assert set(optional["losses"]) == set(optional["policies"])
+    rows = optional["losses"]["elastic"]["agents"]
+    assert 0 < rows["escalation"]["calls_per_request"] < rows["reasoner"]["calls_per_request"]
     triage = document["workloads"]["support-triage"]
     assert {"uniform", "estimate", "elastic", "learned"} <= set(triage["policies"])
     assert set(triage["losses"]) == set(triage["policies"])
