@@ -383,6 +383,9 @@ _TAIL = np.array([1.3, 1.8])
 _TAIL_CHANCE = np.array([0.5, 0.5])
 
 
+_CHANCE = np.concatenate([np.ones(_SAMPLES), _TAIL_CHANCE])
+_CHANCE /= _CHANCE.sum()
+_GRID_STEPS = np.arange(_POOL_POINTS, dtype=float)
 _SPOTS = (np.arange(_SAMPLES) + 0.5) / _SAMPLES
 _QUANTILES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -400,6 +403,15 @@ def _quantiles(ratios: np.ndarray) -> np.ndarray:
         _QUANTILES.clear()
     _QUANTILES[id(ratios)] = (ratios, quantiles)
     return quantiles
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted (``np.unique`` of a 1-d array without NaN, for less)."""
+    ordered = np.sort(values)
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
 
 
 def choose_call(
@@ -425,17 +437,17 @@ def choose_call(
     predicted = max(call.predicted, 1.0)
     needs = np.maximum(_quantiles(call.ratios) * predicted, 1.0)
     needs = np.concatenate([needs, _TAIL * float(needs.max())])
-    chance = np.concatenate([np.ones(_SAMPLES), _TAIL_CHANCE])
-    chance /= chance.sum()
-    caps = np.unique(
+    chance = _CHANCE
+    caps = _distinct(
         np.round(np.clip(np.concatenate([needs, OUTPUT_RATIOS * predicted]), call.least, most))
     )
     need_in = max(call.input_need, 1.0)
-    ctxs = np.unique(np.clip(np.round(np.append(_CONTEXT_FRACTIONS * need_in, 1)), 1, need_in))
+    ctxs = _distinct(np.clip(np.round(np.append(_CONTEXT_FRACTIONS * need_in, 1)), 1, need_in))
     own_in = call.input_weight * np.log(ctxs / need_in)
     factors = _factors(call.kind, caps, needs, call.output_weight, call.readers)
     fits = needs[None, :] <= caps[:, None]
-    grid = np.linspace(0.0, pool, _POOL_POINTS)
+    grid = _GRID_STEPS * (pool / (_POOL_POINTS - 1))  # np.linspace(0, pool, _POOL_POINTS)
+    grid[-1] = pool
     values = pool_values(after, grid, least_gain=least_gain)
     room = pool - ctxs
     # what a call uses is its need when the cap covers it, else its cap: the agents after

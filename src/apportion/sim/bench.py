@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from apportion.controller import Controller
 from apportion.errors import PolicyConfigError
 from apportion.policies import (
     REGISTRY,
