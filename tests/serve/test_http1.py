@@ -102,6 +102,16 @@ def fixed(*pieces: bytes) -> Script:
     return script
 
 
+def delayed(seconds: float, *pieces: bytes) -> Script:
+    """:func:`fixed`, sent after ``seconds``."""
+
+    async def script(head: bytes, body: bytes) -> list[bytes]:
+        await asyncio.sleep(seconds)
+        return list(pieces)
+
+    return script
+
+
 def run(coroutine: Awaitable[object]) -> object:
     return asyncio.run(coroutine)  # type: ignore[arg-type]
 
@@ -243,12 +253,8 @@ def test_a_server_that_closes_without_answering_or_midway():
 
 
 def test_timeouts_and_unreachable_upstreams():
-    async def slow(head: bytes, body: bytes) -> list[bytes]:
-        await asyncio.sleep(5)
-        return [answer(b"{}")]
-
     async def main() -> None:
-        async with Scripted(slow) as s:
+        async with Scripted(delayed(5, answer(b"{}"))) as s:
             with pytest.raises(UpstreamTimeout):
                 await http1.post(s.url(), HEADERS, b"{}", 0.2)
             port = s.port
@@ -285,12 +291,8 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused():
 
 
 def test_a_cancelled_call_closes_its_connection():
-    async def slow(head: bytes, body: bytes) -> list[bytes]:
-        await asyncio.sleep(0.3)
-        return [answer(b'{"late":1}')]
-
     async def main() -> None:
-        async with Scripted(slow) as s:
+        async with Scripted(delayed(0.3, answer(b'{"late":1}'))) as s:
             call = asyncio.ensure_future(http1.post(s.url(), HEADERS, b"{}", 5.0))
             await asyncio.sleep(0.05)
             call.cancel()
@@ -331,11 +333,11 @@ def test_https_checks_the_certificate_and_the_host(tmp_path: Path, monkeypatch):
 
     async def main() -> None:
         async with Scripted(fixed(answer(b'{"tls":1}')), tls=server_tls) as s:
-            monkeypatch.setattr(http1, "_TLS", [])  # the system's store: not trusted
+            # the system's store: not trusted
             with pytest.raises(UpstreamConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
                 await http1.post(s.url("https", "localhost"), HEADERS, b"{}", 5.0)
             trusting = ssl.create_default_context(cafile=str(cert))
-            monkeypatch.setattr(http1, "_TLS", [trusting])
+            monkeypatch.setattr(http1, "_tls", lambda: trusting)
             got = await http1.post(s.url("https", "localhost"), HEADERS, b"{}", 5.0)
             assert got.body == b'{"tls":1}'
             with pytest.raises(UpstreamConnectionError, match=r"match"):

@@ -24,6 +24,7 @@ and a task per request). Streams go through ``aiohttp`` (or ``httpx``):
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import weakref
 import zlib
@@ -97,25 +98,14 @@ def _target(url: str) -> _Target:
     return _Target((scheme, host, port), path, shown if port == default else f"{shown}:{port}")
 
 
-_TARGETS: dict[str, _Target] = {}
+_target_of = functools.lru_cache(maxsize=1024)(_target)
+""":func:`_target`, kept per URL."""
 
 
-def _target_of(url: str) -> _Target:
-    found = _TARGETS.get(url)
-    if found is None:
-        if len(_TARGETS) >= 1024:
-            _TARGETS.clear()
-        found = _TARGETS[url] = _target(url)
-    return found
-
-
-_TLS: list[ssl.SSLContext] = []
-
-
+@functools.cache
 def _tls() -> ssl.SSLContext:
-    if not _TLS:
-        _TLS.append(ssl.create_default_context())
-    return _TLS[0]
+    """The TLS context of every ``https`` connection (the system's certificates), made once."""
+    return ssl.create_default_context()
 
 
 # --------------------------------------------------------------------------- one connection
