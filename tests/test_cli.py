@@ -23,7 +23,7 @@ def test_demo_runs_offline_and_says_simulated(tmp_path: Path) -> None:
     assert "uniform (equal split)" in result.output and "(best policy)" in result.output
     # it opens with the README's one-request table (tests/sim/test_demo_page.py checks cells)
     opening = result.output.split("uniform (equal split)")[0]
-    for cell in ("equal split (4,000 each)", "3,200 never used", "12,334 / 2,236: reads it all"):
+    for cell in ("equal split (4,000 each)", "3,200 never used", "12,334 / 2,440: reads it all"):
         assert cell in opening
     text = page.read_text()
     assert text.startswith("<!DOCTYPE html>") and "<svg" in text

@@ -637,7 +637,7 @@ def test_extend_returns_none_when_nothing_can_be_spared() -> None:
 
     controller = Controller(solo(), policy="estimate")
     with controller.request(1_100) as req:
-        g = req.begin("solo", 600)
+        g = req.begin("solo", 600, 200)
         left = 1_100 - g.total
         assert left > 0
         grown = req.extend(g, 10_000)

@@ -70,6 +70,12 @@ class IterativePolicy(PredictingPolicy):
         self.first_share = first_share
         self.output_factor = first_share * (1 + margin)
 
+    def spare_room(self, obs: Observation, agent: Agent) -> int:
+        """Only the last call's cap reaches what is left: the first grants stay minimal."""
+        if self._expects_after(obs, agent):
+            return 0
+        return obs.state.available_for(agent.name)
+
     def _calls_left(self, ahead: _Ahead, agent: Agent, calling: bool) -> float:
         """The single-call rule: one call until the agent starts (module docstring)."""
         return _single_call(ahead.state, agent.name, calling)

@@ -49,12 +49,13 @@ team's calls used (:meth:`PredictingPolicy.team_prior`).
 
 Caps. When a call is squeezed, an answer that later agents read keeps its margin before
 its input (what it lacks, their inputs lack), up to three quarters of the call's budget
-(:data:`_FEEDER_SHARE`, half for other prose); and the last call of a request (no agent
-expected after it) gets a cap that reaches what is left, up to twice its own, once every
-agent's output errors are known and without a cost ceiling (a cap costs only what the
-answer writes). A call's predicted output given the input in hand stays within
-:data:`OUTPUT_BY_INPUT` of the request's prediction from its features (a regression on
-the input taken far outside the inputs seen once capped a record at 2 tokens). A squeezed
+(:data:`_FEEDER_SHARE`, half for other prose); and a call that gets what it wants gets a
+cap that reaches the room left once the agents after it are held back for, up to twice
+its own, without a cost ceiling (a cap costs only what the answer writes:
+:meth:`PredictingPolicy.spare_room`). A call's predicted output given the input in hand
+stays within :data:`OUTPUT_BY_INPUT` of the request's prediction from its features (a
+regression on the input taken far outside the inputs seen once capped a record at 2
+tokens). A squeezed
 last call trades its margin against its input (:meth:`PredictingPolicy.squeezed_cap`) in
 the policies that :attr:`~PredictingPolicy.trades_cap`.
 
@@ -133,7 +134,7 @@ TEAM_PRIOR_AFTER = 8
 """Calls of a team after which they are its members' prior (:meth:`PredictingPolicy.team_prior`)."""
 _TEAM_CAP = 1.5
 _WIDE_CAP = 2
-"""The last call's cap may reach what is left, up to this many times its own cap."""
+"""A cap may reach the room the others leave, up to this many times its own cap."""
 _CUT_GUESS = 1.5  # a cut answer needed more than it wrote: as the need model counts it
 _FEEDER_SHARE = 0.75
 """A squeezed answer that other agents read keeps up to this part of its call's budget."""
@@ -991,9 +992,9 @@ class PredictingPolicy(Policy):
             least = self.least_output(obs, agent, predicted, most)
         least = min(max(least, agent.min_output), most)
         budget = self.budget(obs, agent, want, answer=least)
-        if budget >= want and output_tokens is None and self._knows_the_rest(obs):
-            # a cap costs only what the answer writes: the last call's may reach what
-            # is left (up to twice its own), once the needs of the others are known
+        if budget >= want and output_tokens is None and obs.ceiling_usd is None:
+            # a cap costs only what the answer writes: it may reach the room the agents
+            # held back for leave (up to twice its own)
             spare = min(self.spare_room(obs, agent) - input_tokens, _WIDE_CAP * most)
             if spare > most:
                 most = spare
@@ -1071,31 +1072,22 @@ class PredictingPolicy(Policy):
         self._cap_tables[key] = (errors, table)
         return table
 
-    def _knows_the_rest(self, obs: Observation) -> bool:
-        """Whether a cap may reach past the call's need (see :meth:`grant`; memo).
-
-        Not under a cost ceiling (the controller judges a grant at its full size), and not
-        before every agent's output errors are known: the needs held back are guesses.
-        """
-        known: bool | None = obs.memo.get("knows_the_rest")
-        if known is None:
-            model = self._model(obs)
-            known = obs.ceiling_usd is None and all(
-                model.knows_errors(a) for a in obs.pipeline.agents
-            )
-            obs.memo["knows_the_rest"] = known
-        return known
-
     def spare_room(self, obs: Observation, agent: Agent) -> int:
-        """What ``agent``'s cap may reach: all that is left if it is the last call, else 0.
+        """What ``agent``'s cap may reach: the pool less what it holds back for the others.
 
-        The last: no agent is expected to call after it. Only the last: what an earlier
-        cap takes beyond its need is lost to the agents after it as soon as the answer
-        runs long, and a longer answer makes its readers' inputs longer too.
+        A cap costs only what the answer writes, and what it leaves returns to the pool at
+        finish: a wide cap takes from the agents after it only what their predicted needs
+        (with margins) leave over. Before this rule only the last call's cap was widened
+        (up to twice its own, once every agent's errors were known), on the grounds that an
+        earlier wide cap took from the agents after it when an answer ran long; with the
+        room measured after what is held back for them, it does not. Over the generated
+        tuning workloads (seeds 1 to 60, 150 requests each) ``elastic`` went from 0.900 to
+        0.917 of the oracle and ``estimate`` from 0.905 to 0.924, the cuts of answers
+        falling for every kind; on the ChatDev log (``apportion replay``, test split, 80%)
+        ``elastic`` from 0.740 to 0.797 and ``estimate`` from 0.716 to 0.786. Not under a
+        cost ceiling: the controller judges a grant's cost at its full size.
         """
-        if self._expects_after(obs, agent):
-            return 0
-        return obs.state.available_for(agent.name)
+        return obs.state.available_for(agent.name) - self.held_back(obs, agent)[0]
 
     def _per_request(self, obs: Observation, agent: Agent) -> float:
         """Calls ``agent`` makes per request, as seen (at least 1; memo per request)."""
