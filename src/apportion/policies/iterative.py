@@ -71,8 +71,15 @@ class IterativePolicy(PredictingPolicy):
         self.output_factor = first_share * (1 + margin)
 
     def spare_room(self, obs: Observation, agent: Agent) -> int:
-        """Only the last call's cap reaches what is left: the first grants stay minimal."""
+        """Only the last call's cap reaches what is left: the first grants stay minimal.
+
+        And only once every agent's output errors are known (before, what is held back
+        for the others is a guess).
+        """
         if self._expects_after(obs, agent):
+            return 0
+        model = self._model(obs)
+        if not all(model.knows_errors(a) for a in obs.pipeline.agents):
             return 0
         return obs.state.available_for(agent.name)
 
