@@ -12,7 +12,9 @@ and may take all of it but what their own later calls are expected to need; a st
 agent leaves room for the predicted needs of the standard agents still to run; a
 peripheral agent gets best effort, leaving room for every agent still to run, and when
 the pool is short each gets a share weighted by priority (critical 4, standard 2,
-peripheral 1). An agent still to run is counted for the calls it is expected to make
+peripheral 1). Where the pool has room beyond what an agent leaves for the others, its
+cap reaches into it, up to twice its own (a cap costs only what the answer writes). An
+agent still to run is counted for the calls it is expected to make
 (:mod:`apportion.policies.predicting`, "Agents that may not run"). What a finished agent
 did not use returns to the pool at once and is re-planned for the agents still to run.
 Extensions are granted from the same pool, on the same priority terms.

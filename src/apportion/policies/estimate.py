@@ -4,8 +4,11 @@ Rule: when the request opens, predict every agent's need from the request's feat
 (message count, document length, ...): its input, and its output given that input. When an
 agent calls, its input is counted exactly, so grant that input plus the predicted output
 with a safety margin (20% by default, widened by how far past predictions fell short),
-while holding back the predicted needs of the agents still to run. When the predictions
-add up to more than is left, each gets a share in proportion to its prediction.
+while holding back the predicted needs of the agents still to run. Where the pool has room
+beyond those, the cap reaches into it, up to twice its own: a cap costs only what the
+answer writes (:meth:`~apportion.policies.predicting.PredictingPolicy.spare_room`). When
+the predictions add up to more than is left, each gets a share in proportion to its
+prediction.
 Predictions come from a per-agent linear model fitted online to past requests of the same
 controller, blended with a prior that the history takes over from: the agent's declared
 estimator or typical sizes, else shares of the ceiling by kind (see
