@@ -405,6 +405,21 @@ def test_estimate_leaves_room_for_agents_still_to_run() -> None:
     assert totals[100] > totals[7_200] > totals[7_600] > totals[20_000] > 0
 
 
+@pytest.mark.parametrize("policy", ["estimate", "elastic"])
+def test_a_cap_reaches_only_the_room_the_agents_after_it_leave(policy: str) -> None:
+    b = Agent("b", after=["a"], estimator=est(2_000), typical_input=10_000)
+    pipeline = Pipeline([Agent("a", estimator=est(1_000)), b])
+    kept = 10_000 + 2_000  # b's typical input and its predicted output
+    for spare, cap in ((0, 1_200), (500, 1_700), (5_000, 2_400)):  # 1_000 * 1.2, widened
+        controller = make(pipeline, policy)
+        with controller.request(ceiling=1_000 + 1_200 + spare + kept) as req:
+            assert needs_of(controller, req)["b"] == kept
+            grant = req.begin("a", input_tokens=1_000)
+            assert (grant.context_tokens, grant.output_tokens) == (1_000, cap)
+            req.finish(grant, input_tokens=1_000, output_tokens=cap)  # it writes it all
+            assert req.begin("b", input_tokens=10_000).total >= kept  # b's room is whole
+
+
 def test_estimate_ignores_priorities() -> None:
     totals = []
     for priority in ("critical", "standard", "peripheral"):
