@@ -94,9 +94,7 @@ class ElasticPolicy(PredictingPolicy):
         """Room for agents of the same or higher priority; a critical agent draws first."""
         return None if agent.priority is Priority.CRITICAL else agent.priority.rank
 
-    def held_back(
-        self, obs: Observation, agent: Agent, *, begun: bool = False
-    ) -> tuple[int, float]:
+    def holds(self, obs: Observation, agent: Agent, *, begun: bool = False) -> tuple[int, float]:
         """As the base rule; a critical agent leaves room for its own later calls only.
 
         A critical agent that calls at most once per request also leaves room for the
@@ -106,7 +104,7 @@ class ElasticPolicy(PredictingPolicy):
         that each speak many times) that cost 0.15 of quality.
         """
         if agent.priority is not Priority.CRITICAL:
-            keep, total = super().held_back(obs, agent, begun=begun)
+            keep, total = super().holds(obs, agent, begun=begun)
             records = self.lower_records(obs, agent, begun=begun)
             return keep + records, total + records * self.weights[0]
         ahead = self.calls_ahead(obs, None if begun else agent.name)

@@ -834,8 +834,22 @@ class PredictingPolicy(Policy):
         The agents held back for: those still expected to call (for the calls they are
         expected to make), without a reservation, and of a priority rank at least
         :meth:`held_for` gives; ``agent`` itself for its calls after this one (``begun``:
-        this call is already counted in the ledger, an extension).
+        this call is already counted in the ledger, an extension). Kept for the request
+        while what it reads stays (the key of :meth:`_held_parts`'s memo): a grant asks
+        twice, for its budget and for the room its cap may reach.
         """
+        self.needs_now(obs)
+        epoch = self._epoch(obs)
+        if epoch is None:
+            return self.holds(obs, agent, begun=begun)
+        key = (epoch, obs.memo.get("needs_now_key"), agent.name, begun)
+        memo = obs.memo.get("held_back")
+        if memo is None or memo[0] != key:
+            memo = obs.memo["held_back"] = (key, self.holds(obs, agent, begun=begun))
+        return memo[1]
+
+    def holds(self, obs: Observation, agent: Agent, *, begun: bool = False) -> tuple[int, float]:
+        """:meth:`held_back`, computed: the rule a policy states (override this)."""
         return self._held_back(obs, agent, self.held_for(agent), self.weights, begun=begun)
 
     def _held_back(
