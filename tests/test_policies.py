@@ -420,6 +420,18 @@ def test_a_cap_reaches_only_the_room_the_agents_after_it_leave(policy: str) -> N
             assert req.begin("b", input_tokens=10_000).total >= kept  # b's room is whole
 
 
+def test_cap_reach_bounds_how_far_a_cap_reaches() -> None:
+    pipeline = Pipeline([Agent("a", estimator=est(1_000))])
+    for reach, cap in ((1, 1_200), (1.5, 1_800), (2, 2_400), (3, 3_600)):
+        controller = make(pipeline, EstimatePolicy(cap_reach=reach))
+        with controller.request(ceiling=100_000) as req:
+            assert req.begin("a", input_tokens=1_000).output_tokens == cap
+    for bad in (0.5, 0, 11, float("nan"), True, "2", None):
+        with pytest.raises(PolicyConfigError) as info:
+            ElasticPolicy(cap_reach=bad)  # type: ignore[arg-type]
+        assert "cap_reach" in info.value.fields and "cap_reach" in str(info.value)
+
+
 def test_estimate_ignores_priorities() -> None:
     totals = []
     for priority in ("critical", "standard", "peripheral"):

@@ -133,8 +133,8 @@ input is cut (:meth:`PredictingPolicy.least_output`)."""
 TEAM_PRIOR_AFTER = 8
 """Calls of a team after which they are its members' prior (:meth:`PredictingPolicy.team_prior`)."""
 _TEAM_CAP = 1.5
-_WIDE_CAP = 2
-"""A cap may reach the room the others leave, up to this many times its own cap."""
+_WIDE_CAP = 2.0
+"""A cap may reach the room the others leave, up to this many times its own cap (default)."""
 _CUT_GUESS = 1.5  # a cut answer needed more than it wrote: as the need model counts it
 _FEEDER_SHARE = 0.75
 """A squeezed answer that other agents read keeps up to this part of its call's budget."""
@@ -169,6 +169,10 @@ class PredictingPolicy(Policy):
         key: the shared state's key in the store is ``KEY.needs`` (default: the policy's
             name).
         sync_every: learned requests between two merges with the store.
+        cap_reach: how far a cap may reach into the room the others leave, as a multiple
+            of the predicted answer with its margin (:meth:`spare_room`; 1: not at all).
+            A cap costs only what the answer writes, but some providers count
+            ``max_tokens`` against a tokens-per-minute rate limit: lower it there.
     """
 
     weights: ClassVar[Mapping[int, float]] = {2: 1.0, 1: 1.0, 0: 1.0}
@@ -185,7 +189,17 @@ class PredictingPolicy(Policy):
         store: SharedState | None = None,
         key: str | None = None,
         sync_every: int = 32,
+        cap_reach: float = _WIDE_CAP,
     ) -> None:
+        if (
+            isinstance(cap_reach, bool)
+            or not isinstance(cap_reach, int | float)
+            or not 1.0 <= cap_reach <= 10.0
+        ):
+            raise PolicyConfigError(
+                f"cap_reach must be a number between 1 and 10, not {excerpt(cap_reach)}",
+                cap_reach=cap_reach,
+            )
         if (
             isinstance(margin, bool)
             or not isinstance(margin, int | float)
@@ -203,6 +217,7 @@ class PredictingPolicy(Policy):
             raise PolicyConfigError(f"key must be a non-empty string, not {excerpt(key)}", key=key)
         self.margin = margin
         self.output_factor = 1 + margin
+        self.cap_reach = float(cap_reach)
         self.store = store
         self.sync_every = sync_every
         self.needs_key = f"{key or self.name}.needs"
@@ -1008,8 +1023,8 @@ class PredictingPolicy(Policy):
         budget = self.budget(obs, agent, want, answer=least)
         if budget >= want and output_tokens is None and obs.ceiling_usd is None:
             # a cap costs only what the answer writes: it may reach the room the agents
-            # held back for leave (up to twice its own)
-            spare = min(self.spare_room(obs, agent) - input_tokens, _WIDE_CAP * most)
+            # held back for leave (up to cap_reach times its own)
+            spare = min(self.spare_room(obs, agent) - input_tokens, int(self.cap_reach * most))
             if spare > most:
                 most = spare
                 budget = input_tokens + spare
