@@ -50,14 +50,14 @@ team's calls used (:meth:`PredictingPolicy.team_prior`).
 Caps. When a call is squeezed, an answer that later agents read keeps its margin before
 its input (what it lacks, their inputs lack), up to three quarters of the call's budget
 (:data:`_FEEDER_SHARE`, half for other prose); and a call that gets what it wants gets a
-cap that reaches the room left once the agents after it are held back for, up to twice
-its own, without a cost ceiling (a cap costs only what the answer writes:
-:meth:`PredictingPolicy.spare_room`). A call's predicted output given the input in hand
-stays within :data:`OUTPUT_BY_INPUT` of the request's prediction from its features (a
-regression on the input taken far outside the inputs seen once capped a record at 2
-tokens). A squeezed
-last call trades its margin against its input (:meth:`PredictingPolicy.squeezed_cap`) in
-the policies that :attr:`~PredictingPolicy.trades_cap`.
+cap that reaches the room left once the agents after it are held back for, up to
+``cap_reach`` times its own (twice by default), without a cost ceiling (a cap costs only
+what the answer writes: :meth:`PredictingPolicy.spare_room`). A call's predicted output
+given the input in hand stays within :data:`OUTPUT_BY_INPUT` of the request's prediction
+from its features (a regression on the input taken far outside the inputs seen once
+capped a record at 2 tokens). A squeezed last call trades its margin against its input
+(:meth:`PredictingPolicy.squeezed_cap`) in the policies that
+:attr:`~PredictingPolicy.trades_cap`.
 
 Squeezed calls. A call that cannot have what it wants beside what is held back for the
 others never eats into the structured or reasoning answers held back for (a cut record
