@@ -109,6 +109,7 @@ from apportion.policies.occurrence import (
     teams,
     weighted,
 )
+from apportion.policies.options import number_option
 from apportion.policies.sharing import SharedState, compare_and_set
 from apportion.spec import Agent, OutputKind, Pipeline
 
@@ -191,23 +192,8 @@ class PredictingPolicy(Policy):
         sync_every: int = 32,
         cap_reach: float = _WIDE_CAP,
     ) -> None:
-        if (
-            isinstance(cap_reach, bool)
-            or not isinstance(cap_reach, int | float)
-            or not 1.0 <= cap_reach <= 10.0
-        ):
-            raise PolicyConfigError(
-                f"cap_reach must be a number between 1 and 10, not {excerpt(cap_reach)}",
-                cap_reach=cap_reach,
-            )
-        if (
-            isinstance(margin, bool)
-            or not isinstance(margin, int | float)
-            or not 0.0 <= margin <= 10.0
-        ):
-            raise PolicyConfigError(
-                f"margin must be a number between 0 and 10, not {excerpt(margin)}", margin=margin
-            )
+        reach = number_option("cap_reach", cap_reach, 1.0, 10.0)
+        number_option("margin", margin, 0.0, 10.0)
         if type(sync_every) is not int or not 1 <= sync_every <= 2**31:
             raise PolicyConfigError(
                 f"sync_every must be an integer of at least 1, not {excerpt(sync_every)}",
@@ -217,7 +203,7 @@ class PredictingPolicy(Policy):
             raise PolicyConfigError(f"key must be a non-empty string, not {excerpt(key)}", key=key)
         self.margin = margin
         self.output_factor = 1 + margin
-        self.cap_reach = float(cap_reach)
+        self.cap_reach = reach
         self.store = store
         self.sync_every = sync_every
         self.needs_key = f"{key or self.name}.needs"

@@ -60,6 +60,7 @@ from apportion.policies.capability import (
 )
 from apportion.policies.elastic import ElasticPolicy
 from apportion.policies.learned import LearnedPolicy
+from apportion.policies.options import number_option
 from apportion.policies.predicting import PredictingPolicy
 from apportion.policies.sharing import SharedState, compare_and_set
 from apportion.spec import Agent, OutputKind
@@ -121,19 +122,8 @@ class Routing(PredictingPolicy):
         self.capability_key = self.needs_key.removesuffix(".needs") + ".capability"
         """Where a policy given ``store=`` shares :attr:`capability` with other workers."""
         self._capability_shared = False
-        for name, weight in (
-            ("cost_weight", cost_weight),
-            ("uncapped_cost_weight", uncapped_cost_weight),
-        ):
-            if (
-                isinstance(weight, bool)
-                or not isinstance(weight, int | float)
-                or not 0.0 <= weight <= 1e6
-            ):
-                raise PolicyConfigError(
-                    f"{name} must be a number between 0 and 1e6, not {excerpt(weight)}",
-                    **{name: weight},
-                )
+        number_option("cost_weight", cost_weight, 0.0, 1e6)
+        number_option("uncapped_cost_weight", uncapped_cost_weight, 0.0, 1e6)
         self.cost_weight = float(cost_weight)
         """Value (priority-weighted log quality) of spending the whole cost ceiling."""
         self.uncapped_cost_weight = float(uncapped_cost_weight)
