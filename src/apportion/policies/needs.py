@@ -166,10 +166,9 @@ class _Regression:
             self.least = 1.0
             return
         width = len(self.xty)
-        mean = self._mean()
-        self.least = max(1.0, LEAST_SHARE * mean)
+        self.least = self._least()
         if self.count < _POINTS_PER_WEIGHT * width:  # too few points: the mean
-            self.weights = (mean, *([0.0] * (width - 1)))
+            self.weights = (self._mean(), *([0.0] * (width - 1)))
         else:
             scale = np.maximum(np.sqrt(np.diag(self.xtx)), 1e-9)
             normed = self.xtx / np.outer(scale, scale) + _RIDGE * np.eye(width)
@@ -181,6 +180,10 @@ class _Regression:
         if self.xtx is None or self.xty is None or not self.xtx[0, 0]:
             return 0.0
         return float(self.xty[0] / self.xtx[0, 0])
+
+    def _least(self) -> float:
+        """The least a prediction may be: :data:`LEAST_SHARE` of the mean, at least 1."""
+        return max(1.0, LEAST_SHARE * self._mean())
 
     def document(self) -> dict[str, Any]:
         """Everything this regression knows, JSON-ready (see :meth:`from_document`)."""
@@ -211,7 +214,7 @@ class _Regression:
             model.xty = _array(fields.get("xty"), (width,), f"{where}.xty")
             weights = _array(fields.get("weights"), (width,), f"{where}.weights")
             model.weights = tuple(float(w) for w in weights)
-            model.least = max(1.0, LEAST_SHARE * model._mean())
+            model.least = model._least()
         elif any(fields.get(k) is not None for k in ("xtx", "xty", "weights")):
             raise StateProblem(f"{where}: statistics without observations (count is 0)")
         model.ratios = _array(fields.get("ratios"), None, f"{where}.ratios")
