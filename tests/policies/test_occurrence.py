@@ -39,6 +39,38 @@ def test_one_call_each_is_exactly_the_single_call_rule() -> None:
     assert counts.once("a")
 
 
+def test_a_plain_request_keeps_what_was_worked_out_and_any_other_does_not() -> None:
+    counts = CallCounts(["a", "b"])
+    for _ in range(3):
+        counts.observe({"a": 1, "b": 1}, None, ["a", "b"])
+    assert counts.fixed()
+    version = counts.version
+    counts.observe({"a": 1, "b": 1}, None, ["b", "a"])  # every line once again
+    assert counts.version == version  # nothing to work out again
+    assert counts.fixed() and counts.remaining("b", 0) == 1.0
+    assert counts.remaining_after("a", "b") == 1.0
+    counts.observe({"a": 1, "b": 2}, None, ["a", "b"])  # b twice: the answers move
+    assert counts.version > version
+    assert not counts.fixed() and counts.remaining("b", 0) == pytest.approx(7 / 6)
+    counts.observe({"a": 1}, None, ["a"])  # b not at all
+    assert counts.chance("b") == pytest.approx(6 / 7)  # the prior counts as one request
+
+
+def test_what_ran_after_what_adds_up_for_any_order() -> None:
+    counts = CallCounts(["a", "b", "c"])
+    orders = [["a", "b", "c"], ["b", "a", "c"], ["a", "b", "c"], ["c"], ["a", "b", "c"]]
+    made = [{"a": 1, "b": 2, "c": 1}, {"a": 1, "b": 1, "c": 3}, {"a": 1, "b": 2, "c": 1}]
+    made += [{"c": 2}, {"a": 1, "b": 2, "c": 1}]
+    for order, calls in zip(orders, made, strict=True):
+        counts.observe(calls, None, order)
+    after = counts.document_after()
+    # a began before b in 4 requests (b made 2 + 2 + 2; 1 in the one where b began first)
+    assert after["a"]["b"] == [3, 6]
+    assert after["b"]["a"] == [1, 1]
+    assert after["c"] == {"a": [1, 0], "b": [1, 0]}  # c alone, a and b not at all
+    assert after["a"]["c"] == [4, 6]
+
+
 def test_probability_and_loops_are_learned() -> None:
     counts = CallCounts(["maybe", "loop"])
     for i in range(99):

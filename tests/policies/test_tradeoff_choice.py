@@ -195,3 +195,23 @@ def test_choose_call_chooses_what_the_direct_form_chooses() -> None:
         assert got >= score.max() * (1 - 1e-12)
         ties += 1
     assert ties < 40
+
+
+def test_an_input_curve_follows_the_samples_it_is_given() -> None:
+    """What is kept of a samples array is never served for another (a model's new samples)."""
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        ratios = rng.lognormal(0, 0.5, int(rng.integers(1, 64)))
+        need, weight = float(rng.uniform(1, 5000)), float(rng.uniform(0.05, 2))
+        top = max(float(ratios.max()), 1.0)
+        beyond = np.array([1.1, 1.2, 1.35, 1.5, 1.75, 2.0, 2.5])
+        listed = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+        fractions = np.unique([*listed, *beyond[top > beyond], top])
+        share = np.minimum(fractions[:, None] / ratios[None, :], 1.0) ** weight
+        with np.errstate(divide="ignore"):
+            expected = np.maximum(np.log(share.mean(axis=1)), -12.0)
+        expected[0] = -12.0
+        for _ in range(2):  # made, then kept
+            curve = input_curve(need, weight, ratios)
+            np.testing.assert_allclose(curve.levels, fractions * need)
+            np.testing.assert_allclose(curve.values, expected)

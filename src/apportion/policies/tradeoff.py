@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
+
+_T = TypeVar("_T")
 
 FLOOR = -12.0
 """The log-quality of an agent that reads or writes nothing at all (a quality of ~6e-6)."""
@@ -35,6 +38,8 @@ INPUT_FRACTIONS = np.array([0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0
 OUTPUT_RATIOS = np.array(
     [0.0, 0.25, 0.5, 0.7, 0.85, 1.0, 1.1, 1.2, 1.3, 1.45, 1.6, 1.8, 2.0, 2.4, 3.0, 4.0]
 )
+with np.errstate(divide="ignore"):
+    _LOG_INPUT_FRACTIONS = np.log(INPUT_FRACTIONS)
 _INPUT_BEYOND = np.array([1.1, 1.2, 1.35, 1.5, 1.75, 2.0, 2.5])
 _EXTENSION_STEPS = np.array([0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0])
 
@@ -240,6 +245,26 @@ def _fill_many(table: np.ndarray, left: np.ndarray, where: np.ndarray, values: n
         values[k] += value
 
 
+_PER_SAMPLES: dict[tuple[int, str], tuple[np.ndarray, Any]] = {}
+
+
+def _per_samples(ratios: np.ndarray, what: str, make: Callable[[np.ndarray], _T]) -> _T:
+    """``make(ratios)``, kept per samples array and ``what`` it is.
+
+    An error model's samples are replaced, never changed in place, when it learns; what
+    is made of them is kept until then (a thousand arrays at most).
+    """
+    key = (id(ratios), what)
+    found = _PER_SAMPLES.get(key)
+    if found is not None and found[0] is ratios:
+        return found[1]  # type: ignore[no-any-return]
+    made = make(ratios)
+    if len(_PER_SAMPLES) >= 1024:
+        _PER_SAMPLES.clear()
+    _PER_SAMPLES[key] = (ratios, made)
+    return made
+
+
 def input_curve(need: float, weight: float, ratios: np.ndarray | None = None) -> Curve:
     """Reading ``ctx`` of ``need`` input tokens: ``weight * ln(ctx / need)``.
 
@@ -249,19 +274,27 @@ def input_curve(need: float, weight: float, ratios: np.ndarray | None = None) ->
     need = max(need, 1.0)
     if ratios is None or len(ratios) == 0:
         levels = INPUT_FRACTIONS * need
-        with np.errstate(divide="ignore"):
-            values = np.maximum(weight * np.log(INPUT_FRACTIONS), FLOOR)
+        values = np.maximum(weight * _LOG_INPUT_FRACTIONS, FLOOR)
     else:
-        top = max(float(np.max(ratios)), 1.0)
-        fractions = np.unique(
-            np.concatenate([INPUT_FRACTIONS, _INPUT_BEYOND[top > _INPUT_BEYOND], [top]])
-        )
+        fractions, share = _per_samples(ratios, "input", _input_shares)
         levels = fractions * need
-        share = np.minimum(fractions[:, None] / np.maximum(ratios[None, :], 1e-9), 1.0)
         with np.errstate(divide="ignore"):
             values = np.maximum(np.log((share**weight).mean(axis=1)), FLOOR)
     values[0] = FLOOR
     return Curve(levels, values)
+
+
+def _input_shares(ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An input curve's fractions of the need, and the share each reads of each sample.
+
+    They depend on the samples alone (:func:`input_curve` raises them to a weight).
+    """
+    top = max(float(np.max(ratios)), 1.0)
+    fractions = np.unique(
+        np.concatenate([INPUT_FRACTIONS, _INPUT_BEYOND[top > _INPUT_BEYOND], [top]])
+    )
+    share = np.minimum(fractions[:, None] / np.maximum(ratios[None, :], 1e-9), 1.0)
+    return fractions, share
 
 
 def output_curve(
@@ -387,22 +420,12 @@ _CHANCE = np.concatenate([np.ones(_SAMPLES), _TAIL_CHANCE])
 _CHANCE /= _CHANCE.sum()
 _GRID_STEPS = np.arange(_POOL_POINTS, dtype=float)
 _SPOTS = (np.arange(_SAMPLES) + 0.5) / _SAMPLES
-_QUANTILES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _quantiles(ratios: np.ndarray) -> np.ndarray:
-    """``_SAMPLES`` quantiles of ``ratios``, kept per array.
-
-    An error model's samples are replaced, never changed in place, when it learns.
-    """
-    found = _QUANTILES.get(id(ratios))
-    if found is not None and found[0] is ratios:
-        return found[1]
-    quantiles: np.ndarray = np.quantile(ratios, _SPOTS)
-    if len(_QUANTILES) >= 1024:
-        _QUANTILES.clear()
-    _QUANTILES[id(ratios)] = (ratios, quantiles)
-    return quantiles
+    """``_SAMPLES`` quantiles of ``ratios``, kept per array (:func:`_per_samples`)."""
+    found: np.ndarray = _per_samples(ratios, "quantiles", lambda r: np.quantile(r, _SPOTS))
+    return found
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
