@@ -73,3 +73,21 @@ def test_what_cannot_be_told_is_refused() -> None:
     for knows in KNOWS:
         with pytest.raises(ValueError, match="dynamic teams"):
             informed("learned", knows, trees)
+
+
+def test_the_needs_told_before_noise_are_expected_needs() -> None:
+    """Told the median, a rule would hold back too little: the noise's mean is above 1."""
+    workload = generate_workload(7).workload
+    told = ToldNeeds(workload, exact=False)
+    drawn_out: list[list[int]] = [[] for _ in workload.agents]
+    told_out: list[list[float]] = [[] for _ in workload.agents]
+    for r in range(3000):
+        needs = draw_needs(workload, 7, r)
+        told.tell(needs)
+        for i, agent in enumerate(workload.agents):
+            drawn_out[i].append(needs.need_out[i])
+            told_out[i].append(told.told(agent.name)[1])
+    for i, agent in enumerate(workload.agents):
+        ratio = statistics.fmean(drawn_out[i]) / statistics.fmean(told_out[i])
+        assert ratio == pytest.approx(1.0, abs=0.03), agent.name
+        assert float(told.errors(agent).mean()) == pytest.approx(1.0, abs=0.02)

@@ -50,6 +50,7 @@ _RIDGE = 1e-3
 _ROWS_KEPT = 4096
 _MAX_COUNT = 100_000
 _LEAST_FIT = 0.5
+_STEPS_KEPT = 1 << 18  # numbers in the kept steps of what ran after what (2 MB per array)
 _T = TypeVar("_T")
 _N = TypeVar("_N", float, np.ndarray)
 
@@ -212,7 +213,7 @@ class CallCounts:
             later = np.zeros_like(self._after_requests)
             later[rows] = begun_at[None, :] > np.arange(len(rows))[:, None]  # not begun yet
             steps = (later, later * np.array(key[1], dtype=np.int64))
-            if len(self._order_steps) >= 32:
+            if (len(self._order_steps) + 1) * len(self.lines) ** 2 > _STEPS_KEPT:
                 self._order_steps.clear()
             self._order_steps[key] = steps
         self._after_requests += steps[0]

@@ -10,10 +10,11 @@ hand it, in turn, more of what the oracle knows:
 - ``hidden-weights`` (``learned`` only; the rules weigh agents by priority): the response
   model's weights, ``influence * input_sensitivity`` on an agent's input and ``influence``
   on its output, instead of weights drawn from what it learned;
-- ``needs-before-noise``: a need model told each request's needs before noise (``base +
-  coef * features``, plus the upstream answers' for an agent that reads them) and the
-  noise's true spread (quantiles of ``exp(noise * z)``): the best a need model could know
-  (``learned`` keeps the hidden weights);
+- ``needs-before-noise``: a need model told each request's expected needs (``base + coef
+  * features``, plus the upstream answers' for an agent that reads them, times the
+  noise's mean ``exp(noise ** 2 / 2)``) and the noise's true spread (quantiles of
+  ``exp(noise * z)`` over that mean): the best a need model could know (``learned`` keeps
+  the hidden weights);
 - ``clairvoyant``: a need model told each request's exact needs, noise drawn.
 
 What separates ``needs-before-noise`` from ``clairvoyant`` is the noise: the part of each
@@ -70,9 +71,15 @@ class ToldNeeds(NeedModel):
         self.exact = exact
         self._told: dict[str, tuple[float, float]] = {}
         self._samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._mean: dict[str, tuple[float, float]] = {}  # E[exp(noise * z)]
         for a in workload.agents:
             noise = (0.0, 0.0) if exact else (a.input.noise, a.output.noise)
-            self._samples[a.name] = (np.exp(noise[0] * _Z), np.exp(noise[1] * _Z))
+            mean = (np.exp(noise[0] ** 2 / 2), np.exp(noise[1] ** 2 / 2))
+            self._mean[a.name] = (float(mean[0]), float(mean[1]))
+            self._samples[a.name] = (
+                np.exp(noise[0] * _Z) / mean[0],
+                np.exp(noise[1] * _Z) / mean[1],
+            )
 
     def tell(self, needs: RequestNeeds) -> None:
         """The request about to run."""
@@ -81,10 +88,15 @@ class ToldNeeds(NeedModel):
             if self.exact:
                 told[agent.name] = (float(needs.need_in[i]), float(needs.need_out[i]))
                 continue
+            # expected needs (a log-normal noise's mean is exp(noise ** 2 / 2) times its median)
+            grown_in, grown_out = self._mean[agent.name]
             need_in = agent.input.mean_free(needs.features)
             if agent.input.upstream:
                 need_in += sum(told[name][1] for name in agent.after)
-            told[agent.name] = (need_in, agent.output.mean_free(needs.features))
+            told[agent.name] = (
+                need_in * grown_in,
+                agent.output.mean_free(needs.features) * grown_out,
+            )
         self._told = told
 
     def told(self, agent: str) -> tuple[float, float]:
@@ -111,7 +123,7 @@ class ToldNeeds(NeedModel):
         return self._told[agent.name][1]
 
     def errors(self, agent: Agent) -> np.ndarray:
-        """The output's noise, as need over the need told (1 when exact)."""
+        """The output's noise, as need over the need told (quantiles; 1 when exact)."""
         return self._samples[agent.name][1]
 
     def input_errors(self, agent: Agent) -> np.ndarray:
