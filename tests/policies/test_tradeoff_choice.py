@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tradeoff_reference as reference
 from hypothesis import given
 from hypothesis import strategies as st
 
 from apportion import Agent, Pipeline
 from apportion.calls import CallRecord
+from apportion.policies import tradeoff
 from apportion.policies.base import Observation
 from apportion.policies.learned import LearnedPolicy
 from apportion.policies.needs import _with_censored
 from apportion.policies.tradeoff import (
     Call,
     _factors,
+    _saturation,
     choose_call,
     divide,
     input_curve,
@@ -215,3 +218,30 @@ def test_an_input_curve_follows_the_samples_it_is_given() -> None:
             curve = input_curve(need, weight, ratios)
             np.testing.assert_allclose(curve.levels, fractions * need)
             np.testing.assert_allclose(curve.values, expected)
+
+
+def test_with_room_for_everyone_after_the_call_decides_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pool that leaves the agents after it all they take: only the call's own outcome."""
+
+    def not_needed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the agents after the call were valued")
+
+    monkeypatch.setattr(tradeoff, "pool_values", not_needed)
+    rng = np.random.default_rng(13)
+    checked = 0
+    for _ in range(200):
+        c, _, after, gain = _random_case(rng)
+        pool = 4 * (c.input_need + 4 * c.predicted) + _saturation(after, gain) + 10_000
+        fast = choose_call(c, pool, after, least_gain=gain)
+        found = reference.scores(c, pool, after, least_gain=gain)
+        if fast is None:  # no cap of at least the least fits (its most is below it)
+            assert reference.choose_call(c, pool, after, least_gain=gain) is None
+            continue
+        assert found is not None
+        ctxs, caps, score = found
+        got = score[list(ctxs).index(fast[0]), list(caps).index(fast[1])]
+        assert got >= score.max() * (1 - 1e-12)
+        checked += 1
+    assert checked > 150
