@@ -94,12 +94,14 @@ from apportion.policies.predicting import PredictingPolicy
 from apportion.policies.sharing import SharedState
 from apportion.policies.tradeoff import (
     FLOOR,
+    OUTPUT_RATIOS,
     Call,
     Curve,
     choose_call,
     divide,
     extension_curve,
     input_curve,
+    leaves_enough,
     output_curve,
 )
 from apportion.spec import Agent, OutputKind, Pipeline
@@ -411,6 +413,31 @@ class LearnedPolicy(PredictingPolicy):
             curves.append(self._output_curve(obs, b, predicted, None))
         return curves
 
+    def _takes_after(self, obs: Observation, agent: Agent) -> float:
+        """At least what the calls of :meth:`_curves_after` would take, without their curves.
+
+        Each curve's top: an input's need times the largest of its samples (at least 1),
+        an answer's largest cap (:data:`OUTPUT_RATIOS` of its prediction, or its least).
+        Infinite where a team's calls are one curve (its members' samples are not each
+        its own).
+        """
+        if self.teams(obs):
+            return math.inf
+        ahead = self._inputs_now(obs)
+        model = self._model(obs)
+        most = float(OUTPUT_RATIOS[-1])
+        total = 0.0
+        for b, times in zip(obs.pipeline.agents, self.calls_ahead(obs, agent.name), strict=True):
+            if times <= 0:
+                continue
+            need_in = ahead[b.name]
+            predicted = self.predicted_output(obs, b, need_in)
+            ratios = model.input_errors(b)
+            top = max(float(ratios.max()), 1.0) if len(ratios) else 1.0
+            total += max(need_in * times, 1.0) * top
+            total += max(most * max(predicted * times, 1.0), float(b.min_output))
+        return total
+
     def _least_gain(self, obs: Observation) -> float:
         return self.price / max(obs.ceiling, 1)
 
@@ -443,9 +470,11 @@ class LearnedPolicy(PredictingPolicy):
             most=agent.max_output if most is None else most,
             readers=self._readers(obs, agent),
         )
-        chosen = choose_call(
-            call, pool, self._curves_after(obs, agent), least_gain=self._least_gain(obs)
-        )
+        # where every choice leaves the agents after it all they would take, they are valued
+        # the same whatever it takes: their curves are not made
+        ample = leaves_enough(call, pool, self._takes_after(obs, agent))
+        after = [] if ample else self._curves_after(obs, agent)
+        chosen = choose_call(call, pool, after, least_gain=self._least_gain(obs))
         ctx, out = chosen if chosen is not None else (min(input_tokens, pool), 0)
         ctx = min(ctx, input_tokens)
         if ctx < input_tokens:

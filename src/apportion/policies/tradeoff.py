@@ -446,14 +446,23 @@ def _saturation(curves: Sequence[Curve], least_gain: float) -> float:
     return sum(p[0] for p in parts) + float(rows[rows[:, 0] > least_gain, 1].sum())
 
 
-def _first_at(grid: np.ndarray, pool: float) -> float:
-    """The first point of ``grid`` at or above ``pool`` (with room for rounding; inf: none).
+def leaves_enough(call: Call, pool: float, takes: float) -> bool:
+    """Whether every choice :func:`choose_call` weighs leaves at least ``takes`` of ``pool``.
 
-    From there on, what :func:`pool_values` gives and what is interpolated between its
-    points is the same: every curve has all it would take.
+    ``takes``: what the agents after the call would take at most (:func:`_saturation` of
+    their curves, or more). Then they are valued the same whatever the call takes, on
+    :func:`choose_call`'s grid of pools too (from its first point at or above ``takes``,
+    with room for rounding), and only the call's own outcome decides. The call takes at
+    most its whole input and its longest sampled need or its largest cap.
     """
-    at = int(np.searchsorted(grid, pool * (1 + 1e-9) + 1.0))
-    return float(grid[at]) if at < len(grid) else math.inf
+    predicted = max(call.predicted, 1.0)
+    longest = float(_TAIL[-1]) * max(float(_quantiles(call.ratios)[-1]) * predicted, 1.0)
+    most = pool if call.most is None else min(call.most, pool)
+    cap = min(max(longest, float(OUTPUT_RATIOS[-1]) * predicted, call.least), most)
+    left = pool - max(call.input_need, 1.0) - max(longest, cap) - 1.0  # 1: rounding
+    step = pool / (_POOL_POINTS - 1)
+    first = math.ceil((takes * (1 + 1e-9) + 1.0) / step) * step if step > 0 else math.inf
+    return left >= first
 
 
 def choose_call(
@@ -469,11 +478,10 @@ def choose_call(
     makes of a pool over ``after``. Two needs longer than any seen (1.3 and 1.8 times
     the longest sample, half a sample's chance each) stand for the tail the samples
     miss: without them every cap past the longest sample would tie. When every choice
-    leaves the agents after it all they would take (:func:`_saturation`), ``V`` is the
-    same for each and is not worked out: the call's own outcome decides, as it would (a
-    tie may fall the other way: on 21 workloads and ceilings, 300 requests each,
-    ``learned``'s quality was the same to four places, and its time per call went from
-    about 580 to 470 µs at five agents).
+    leaves the agents after it all they would take (:func:`leaves_enough`), ``V`` is the
+    same for each and is not worked out: the call's own outcome decides, as it would (an
+    exact tie may fall the other way: on 21 workloads and ceilings, 300 requests each,
+    ``learned``'s quality was the same to four places).
 
     Returns:
         ``(ctx, cap)``, or ``None`` when no cap of at least ``call.least`` fits the pool.
@@ -495,8 +503,7 @@ def choose_call(
     fits = needs[None, :] <= caps[:, None]
     grid = _GRID_STEPS * (pool / (_POOL_POINTS - 1))  # np.linspace(0, pool, _POOL_POINTS)
     grid[-1] = pool
-    least_left = pool - float(ctxs[-1]) - max(float(needs[-1]), float(caps[-1]))
-    if least_left >= _first_at(grid, _saturation(after, least_gain)):
+    if leaves_enough(call, pool, _saturation(after, least_gain)):
         # every (ctx, cap) leaves the agents after it all they would take: they add the
         # same to each, so the call's own outcome decides (the rest is not worked out)
         by_need, by_cap = np.zeros((1, len(needs))), np.zeros((1, len(caps)))
