@@ -416,27 +416,43 @@ class LearnedPolicy(PredictingPolicy):
     def _takes_after(self, obs: Observation, agent: Agent) -> float:
         """At least what the calls of :meth:`_curves_after` would take, without their curves.
 
-        Each curve's top: an input's need times the largest of its samples (at least 1),
-        an answer's largest cap (:data:`OUTPUT_RATIOS` of its prediction, or its least).
-        Infinite where a team's calls are one curve (its members' samples are not each
-        its own).
+        Per call still expected, its curves' tops (:meth:`_tops`) times the calls (and a
+        token more each for rounding). Infinite where a team's calls are one curve (its
+        members' samples are not each its own).
         """
         if self.teams(obs):
             return math.inf
-        ahead = self._inputs_now(obs)
-        model = self._model(obs)
-        most = float(OUTPUT_RATIOS[-1])
+        tops = self._tops(obs)
         total = 0.0
         for b, times in zip(obs.pipeline.agents, self.calls_ahead(obs, agent.name), strict=True):
-            if times <= 0:
-                continue
-            need_in = ahead[b.name]
-            predicted = self.predicted_output(obs, b, need_in)
+            if times > 0:
+                per_call, fixed = tops[b.name]
+                total += times * per_call + fixed
+        return total
+
+    def _tops(self, obs: Observation) -> dict[str, tuple[float, float]]:
+        """Per agent, what its curves take at most: ``(per call, besides)`` (memo).
+
+        An input's top is its need times the largest of its samples (at least 1), an
+        answer's its largest cap: :data:`OUTPUT_RATIOS` of its prediction, or its least
+        output. Kept for the request while the need model and the inputs stay.
+        """
+        now = self._inputs_now(obs)
+        model = self._model(obs)
+        key = (model.version, obs.memo.get("needs_now_key"))
+        memo: tuple[object, dict[str, tuple[float, float]]] | None = obs.memo.get("tops")
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        most = float(OUTPUT_RATIOS[-1])
+        tops = {}
+        for b in obs.pipeline.agents:
+            need_in = now[b.name]
             ratios = model.input_errors(b)
             top = max(float(ratios.max()), 1.0) if len(ratios) else 1.0
-            total += max(need_in * times, 1.0) * top
-            total += max(most * max(predicted * times, 1.0), float(b.min_output))
-        return total
+            predicted = self.predicted_output(obs, b, need_in)
+            tops[b.name] = (need_in * top + most * predicted, top + most + b.min_output)
+        obs.memo["tops"] = (key, tops)
+        return tops
 
     def _least_gain(self, obs: Observation) -> float:
         return self.price / max(obs.ceiling, 1)

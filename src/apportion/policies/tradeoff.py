@@ -501,24 +501,26 @@ def choose_call(
     own_in = call.input_weight * np.log(ctxs / need_in)
     factors = _factors(call.kind, caps, needs, call.output_weight, call.readers)
     fits = needs[None, :] <= caps[:, None]
+    short = np.where(fits, 0.0, factors) @ chance  # each cap's answers cut at it
+    own_ctx = own_in - least_gain * ctxs
+    if leaves_enough(call, pool, _saturation(after, least_gain)):
+        # every (ctx, cap) leaves the agents after it all they would take, and none
+        # reaches past the pool: they add the same to each, so the call's own outcome
+        # decides, its context's part and its cap's apart (the rest is not worked out)
+        own_cap = (np.exp(-least_gain * needs) * chance) @ (fits * factors).T
+        own_cap += np.exp(-least_gain * caps) * short
+        return int(ctxs[int(np.argmax(own_ctx))]), int(caps[int(np.argmax(own_cap))])
     grid = _GRID_STEPS * (pool / (_POOL_POINTS - 1))  # np.linspace(0, pool, _POOL_POINTS)
     grid[-1] = pool
-    if leaves_enough(call, pool, _saturation(after, least_gain)):
-        # every (ctx, cap) leaves the agents after it all they would take: they add the
-        # same to each, so the call's own outcome decides (the rest is not worked out)
-        by_need, by_cap = np.zeros((1, len(needs))), np.zeros((1, len(caps)))
-    else:
-        values = pool_values(after, grid, least_gain=least_gain)
-        room = pool - ctxs
-        # what a call uses is its need when the cap covers it, else its cap: the agents
-        # after it are valued once per (ctx, need) and per (ctx, cap), not per (ctx, cap,
-        # need)
-        by_need = np.interp(room[:, None] - needs[None, :], grid, values)
-        by_cap = np.interp(room[:, None] - caps[None, :], grid, values)
+    values = pool_values(after, grid, least_gain=least_gain)
+    room = pool - ctxs
+    # what a call uses is its need when the cap covers it, else its cap: the agents after
+    # it are valued once per (ctx, need) and per (ctx, cap), not per (ctx, cap, need)
+    by_need = np.interp(room[:, None] - needs[None, :], grid, values)
+    by_cap = np.interp(room[:, None] - caps[None, :], grid, values)
     covered = (np.exp(by_need - least_gain * needs[None, :]) * chance) @ (fits * factors).T
-    short = np.where(fits, 0.0, factors) @ chance  # each cap's answers cut at it
     score = covered + np.exp(by_cap - least_gain * caps[None, :]) * short[None, :]
-    score = score * np.exp(own_in - least_gain * ctxs)[:, None]
+    score *= np.exp(own_ctx)[:, None]
     score[ctxs[:, None] + caps[None, :] > pool] = -1.0
     if float(score.max()) < 0:
         return None
