@@ -41,7 +41,10 @@ def test_one_call_each_is_exactly_the_single_call_rule() -> None:
 
 def test_a_plain_request_keeps_what_was_worked_out_and_any_other_does_not() -> None:
     counts = CallCounts(["a", "b"])
-    for _ in range(3):
+    assert counts.fixed() and counts.at_most_once_all() == (False, False)  # nothing seen
+    counts.observe({"a": 1, "b": 1}, None, ["a", "b"])
+    assert counts.at_most_once_all() == (True, True)  # the first request is news
+    for _ in range(2):
         counts.observe({"a": 1, "b": 1}, None, ["a", "b"])
     assert counts.fixed()
     version = counts.version

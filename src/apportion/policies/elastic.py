@@ -116,16 +116,16 @@ class ElasticPolicy(PredictingPolicy):
         counts = self.call_counts(obs.pipeline)
         if not counts.at_most_once(agent.name):
             return keep, total
-        for b, later in zip(obs.pipeline.agents, ahead, strict=True):
-            if b.name == agent.name or b.name in reserve or not counts.at_most_once(b.name):
+        once = counts.at_most_once_all()
+        for k, (b, later) in enumerate(zip(obs.pipeline.agents, ahead, strict=True)):
+            if later <= 0 or not once[k] or b.name == agent.name or b.name in reserve:
                 continue
-            if later > 0:
-                answer = float(outputs[b.name])
-                if b.output_kind is not OutputKind.PROSE:  # worth nothing cut: its margin too
-                    answer = self.call_output(obs, b, answer)
-                out = weighted(answer, later)
-                keep += out
-                total += out * self.weights[b.priority.rank]
+            answer = float(outputs[b.name])
+            if b.output_kind is not OutputKind.PROSE:  # worth nothing cut: its margin too
+                answer = self.call_output(obs, b, answer)
+            out = weighted(answer, later)
+            keep += out
+            total += out * self.weights[b.priority.rank]
         return keep, total
 
     def lower_records(self, obs: Observation, agent: Agent, *, begun: bool = False) -> int:
@@ -146,17 +146,17 @@ class ElasticPolicy(PredictingPolicy):
         memo = obs.memo.get("lower_records")
         if epoch is not None and memo is not None and memo[0] == key:
             return int(memo[1])
-        counts = self.call_counts(obs.pipeline)
+        once = self.call_counts(obs.pipeline).at_most_once_all()
         outputs = self.predicted_outputs(obs)
         rank = agent.priority.rank
         found = 0
         ahead = self.calls_ahead(obs, None if begun else agent.name)
-        for b, later in zip(obs.pipeline.agents, ahead, strict=True):
+        for k, (b, later) in enumerate(zip(obs.pipeline.agents, ahead, strict=True)):
             if (
                 later <= 0
                 or b.priority.rank >= rank
                 or b.output_kind is not OutputKind.STRUCTURED
-                or not counts.at_most_once(b.name)
+                or not once[k]
             ):
                 continue
             found += weighted(self.call_output(obs, b, float(outputs[b.name])), later)

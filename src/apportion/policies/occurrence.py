@@ -171,11 +171,11 @@ class CallCounts:
                 (for :meth:`remaining_after`).
         """
         with self._lock:
-            # every line once, as in every request before (fixed): no answer changes, and
-            # the answers kept stay (a plain pipeline's policies need not work them out again)
-            if self._memo.get(("fixed",)) is not True or any(
-                counts.get(line, 0) != 1 for line in self.lines
-            ):
+            # every line once, as in every request seen before (fixed): no answer changes,
+            # and the answers kept stay (a plain pipeline's policies need not work them out
+            # again). Not the first request: the prior answers some questions otherwise.
+            plain = self._requests > 0 and self._memo.get(("fixed",)) is True
+            if not plain or any(counts.get(line, 0) != 1 for line in self.lines):
                 self._forget()
             self._requests += 1
             for line in self.lines:
@@ -340,6 +340,15 @@ class CallCounts:
         with self._lock:
             histogram = self._histograms.get(line, {})
             return bool(histogram) and max(histogram) <= 1
+
+    def at_most_once_all(self) -> tuple[bool, ...]:
+        """:meth:`at_most_once` of every line, in :attr:`lines` order (memo)."""
+        found = self._memo.get(("at_most_once",))
+        if not isinstance(found, tuple):
+            version = self._version
+            found = tuple(self.at_most_once(x) for x in self.lines)
+            self._keep(("at_most_once",), found, version)
+        return found
 
     def chance(self, line: str) -> float:
         """Probability that ``line`` makes at least one call in a request."""

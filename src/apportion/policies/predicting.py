@@ -221,6 +221,7 @@ class PredictingPolicy(Policy):
         self._team_usage: dict[tuple[str, str], tuple[int, float, float]] = {}
         self._loaded_teams: dict[str, dict[str, dict[str, int]]] = {}
         self._downstream_of: dict[int, tuple[Pipeline, np.ndarray]] = {}
+        self._ranks_of: dict[int, tuple[Pipeline, tuple[tuple[int, bool], ...]]] = {}
         self._cap_tables: dict[
             tuple[str, str], tuple[Any, tuple[tuple[float, float], ...] | None]
         ] = {}
@@ -918,28 +919,40 @@ class PredictingPolicy(Policy):
         total = 0.0
         ahead = self.calls_ahead(obs, None if begun else agent.name)
         per_request = self._per_request
-        for b, times in zip(obs.pipeline.agents, ahead, strict=True):
-            if times <= 0:
+        agents = obs.pipeline.agents
+        for k, (rank, prose) in enumerate(self._ranks(obs.pipeline)):
+            times = ahead[k]
+            if times <= 0 or rank < floor:
                 continue
-            rank = b.priority.rank
-            if rank < floor:
-                continue
+            b = agents[k]
             name = b.name
             need_now = needs[name]
+            once = times == 1.0  # weighted(n, 1.0) is n for a whole n
             if name in reserve:  # held by its reservation, but for what its readers grew by
                 part = max(0, need_now - planned[name])
-                need = weighted(part, times)
+                need = part if once else weighted(part, times)
                 inputs += need
             else:
                 part = max(0, need_now - outputs[name])
-                need = weighted(need_now, times)
-                inputs += weighted(part, times)
-                if b.output_kind is not OutputKind.PROSE:
-                    fragile += weighted(min(outputs[name], need_now), times)
+                need = need_now if once else weighted(need_now, times)
+                inputs += part if once else weighted(part, times)
+                if not prose:
+                    answer = min(outputs[name], need_now)
+                    fragile += answer if once else weighted(answer, times)
             sizes.append((part, times, weights[rank] / per_request(obs, b)))
             keep += need
             total += need * weights[rank]
         return keep, total, min(inputs, keep), fragile, sizes
+
+    def _ranks(self, pipeline: Pipeline) -> tuple[tuple[int, bool], ...]:
+        """Per agent, its priority's rank and whether its answer is prose (memo per pipeline)."""
+        found = self._ranks_of.get(id(pipeline))
+        if found is None or found[0] is not pipeline:
+            ranks = tuple(
+                (a.priority.rank, a.output_kind is OutputKind.PROSE) for a in pipeline.agents
+            )
+            found = self._ranks_of[id(pipeline)] = (pipeline, ranks)
+        return found[1]
 
     def _expects_after(self, obs: Observation, agent: Agent) -> bool:
         """Whether ``agent``'s call about to begin leaves room for anyone (itself included).

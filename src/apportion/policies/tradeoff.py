@@ -455,14 +455,15 @@ def leaves_enough(call: Call, pool: float, takes: float) -> bool:
     with room for rounding), and only the call's own outcome decides. The call takes at
     most its whole input and its longest sampled need or its largest cap.
     """
+    step = pool / (_POOL_POINTS - 1)
+    if not math.isfinite(takes) or step <= 0:
+        return False
     predicted = max(call.predicted, 1.0)
     longest = float(_TAIL[-1]) * max(float(_quantiles(call.ratios)[-1]) * predicted, 1.0)
     most = pool if call.most is None else min(call.most, pool)
     cap = min(max(longest, float(OUTPUT_RATIOS[-1]) * predicted, call.least), most)
     left = pool - max(call.input_need, 1.0) - max(longest, cap) - 1.0  # 1: rounding
-    step = pool / (_POOL_POINTS - 1)
-    first = math.ceil((takes * (1 + 1e-9) + 1.0) / step) * step if step > 0 else math.inf
-    return left >= first
+    return left >= math.ceil((takes * (1 + 1e-9) + 1.0) / step) * step
 
 
 def choose_call(
