@@ -10,13 +10,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_script(name: str, *args: str, timeout: float = 300) -> str:
-    """``python benchmarks/NAME ARGS``; its standard output (it must exit 0)."""
+def run(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/NAME ARGS``, however it ends (its output captured as text)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
     }
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / name), *args],
         capture_output=True,
         text=True,
@@ -24,5 +24,10 @@ def run_script(name: str, *args: str, timeout: float = 300) -> str:
         timeout=timeout,
         check=False,
     )
+
+
+def run_script(name: str, *args: str, timeout: float = 300) -> str:
+    """``python benchmarks/NAME ARGS``; its standard output (it must exit 0)."""
+    done = run(name, *args, timeout=timeout)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from script_run import ROOT, run_script
+from script_run import run, run_script
 
 
 def test_it_prints_each_runs_share_per_workload_ceiling_and_policy() -> None:
@@ -32,17 +29,10 @@ def test_it_prints_each_runs_share_per_workload_ceiling_and_policy() -> None:
         assert list(row["estimate"]) == ["shipped", "needs-before-noise", "clairvoyant"]
         for policy, runs in row.items():
             assert all(0 < share <= 1.5 for share in runs.values())
-            for run, share in runs.items():
-                assert found["summary"][ratio][policy][run] == {"mean": share, "min": share}
+            for name, share in runs.items():
+                assert found["summary"][ratio][policy][name] == {"mean": share, "min": share}
 
 
 def test_bad_ratios_are_refused() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "information_bound.py"), "--ratios", "0,x"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        timeout=120,
-        check=False,
-    )
+    done = run("information_bound.py", "--ratios", "0,x")
     assert done.returncode == 2 and "ratios are" in done.stderr and not done.stdout

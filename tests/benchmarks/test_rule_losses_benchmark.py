@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from script_run import ROOT, run_script
+from script_run import run, run_script
 
 
 def test_it_prints_each_policys_share_and_losses_on_the_tuning_seeds() -> None:
@@ -23,12 +20,5 @@ def test_it_prints_each_policys_share_and_losses_on_the_tuning_seeds() -> None:
 
 
 def test_held_out_seeds_are_refused() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "rule_losses.py"), "--seeds", "9000-9001"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        timeout=120,
-        check=False,
-    )
+    done = run("rule_losses.py", "--seeds", "9000-9001")
     assert done.returncode == 2 and "held out" in done.stderr and not done.stdout
