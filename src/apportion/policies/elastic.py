@@ -128,6 +128,10 @@ class ElasticPolicy(PredictingPolicy):
             total += out * self.weights[b.priority.rank]
         return keep, total
 
+    def holds_at_most(self, obs: Observation, agent: Agent) -> float:
+        """As the base rule's bound: it covers these rules too (the needs and the answers)."""
+        return super().holds_at_most(obs, agent)
+
     def lower_records(self, obs: Observation, agent: Agent, *, begun: bool = False) -> int:
         """Room a standard agent leaves for the records of lower-priority agents to come.
 

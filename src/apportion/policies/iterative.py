@@ -70,7 +70,7 @@ class IterativePolicy(PredictingPolicy):
         self.first_share = first_share
         self.output_factor = first_share * (1 + margin)
 
-    def spare_room(self, obs: Observation, agent: Agent) -> int:
+    def spare_room(self, obs: Observation, agent: Agent, *, enough: int | None = None) -> int:
         """Only the last call's cap reaches what is left: the first grants stay minimal.
 
         And only once every agent's output errors are known (before, what is held back

@@ -984,6 +984,11 @@ class PredictingPolicy(Policy):
         """
         return self._held_parts(obs, agent, self.held_for(agent), self.weights)[2:]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "holds" in cls.__dict__ and "holds_at_most" not in cls.__dict__:
+            cls.holds_at_most = _unbounded  # type: ignore[method-assign,assignment]
+
     def held_for(self, agent: Agent) -> int | None:
         """The lowest priority rank ``agent`` leaves room for (``None``: nobody).
 
@@ -1023,7 +1028,11 @@ class PredictingPolicy(Policy):
         if budget >= want and output_tokens is None and obs.ceiling_usd is None:
             # a cap costs only what the answer writes: it may reach the room the agents
             # held back for leave (up to cap_reach times its own)
-            spare = min(self.spare_room(obs, agent) - input_tokens, int(self.cap_reach * most))
+            reach = int(self.cap_reach * most)
+            spare = (
+                min(self.spare_room(obs, agent, enough=input_tokens + reach), reach + input_tokens)
+                - input_tokens
+            )
             if spare > most:
                 most = spare
                 budget = input_tokens + spare
@@ -1100,8 +1109,11 @@ class PredictingPolicy(Policy):
         self._cap_tables[key] = (errors, table)
         return table
 
-    def spare_room(self, obs: Observation, agent: Agent) -> int:
+    def spare_room(self, obs: Observation, agent: Agent, *, enough: int | None = None) -> int:
         """What ``agent``'s cap may reach: the pool less what it holds back for the others.
+
+        ``enough``: when the room is known to be at least that (:meth:`holds_at_most`),
+        that is returned, the rest not worked out.
 
         A cap costs only what the answer writes, and what it leaves returns to the pool at
         finish: a wide cap takes from the agents after it only what their predicted needs
@@ -1115,7 +1127,39 @@ class PredictingPolicy(Policy):
         ``elastic`` from 0.740 to 0.797 and ``estimate`` from 0.716 to 0.786. Not under a
         cost ceiling: the controller judges a grant's cost at its full size.
         """
-        return obs.state.available_for(agent.name) - self.held_back(obs, agent)[0]
+        available = obs.state.available_for(agent.name)
+        if enough is not None and available - self.holds_at_most(obs, agent) >= enough:
+            return enough  # at least that: what it holds back for is not worked out
+        return available - self.held_back(obs, agent)[0]
+
+    def holds_at_most(self, obs: Observation, agent: Agent) -> float:
+        """At least what :meth:`holds` keeps, found without working it out (``inf``: unknown).
+
+        Where every agent makes one call in every request (a fixed pipeline, listed, no
+        teams), no rule of this module or of ``elastic`` holds back for more than the
+        agents yet to begin need, each with its answer again with its margin (kept per
+        request). A call that is covered with that much held back gets what it wants
+        without the rest being worked out, a cap reaches as far as it may: the same
+        grants. A subclass with rules of its own for :meth:`holds` gets ``inf`` unless it
+        says otherwise.
+        """
+        state = obs.state
+        if (
+            state is None
+            or obs.pipeline.kind_names
+            or not self._calls_model(obs).fixed()
+            or self.teams(obs)
+        ):
+            return math.inf
+        most: dict[str, int] | None = obs.memo.get("holds_at_most")
+        if most is None:
+            needs, outputs = self.predicted_needs(obs), self.predicted_outputs(obs)
+            most = obs.memo["holds_at_most"] = {
+                a.name: needs[a.name] + math.ceil(self.call_output(obs, a, float(outputs[a.name])))
+                for a in obs.pipeline.agents
+            }
+        calls = state.calls
+        return sum(need for name, need in most.items() if not calls[name])
 
     def _per_request(self, obs: Observation, agent: Agent) -> float:
         """Calls ``agent`` makes per request, as seen (at least 1; memo per request)."""
@@ -1158,6 +1202,8 @@ class PredictingPolicy(Policy):
         borne by the call in hand alone.
         """
         available = obs.state.available_for(agent.name)
+        if available - self.holds_at_most(obs, agent) >= want:
+            return want  # whatever it holds back for, the room covers it (not worked out)
         keep, others = self.held_back(obs, agent)
         room = available - keep
         if room >= want:
@@ -1571,6 +1617,11 @@ def water_level(sizes: Sequence[tuple[float, float, float]], pool: float) -> flo
         below += tokens * calls
         slope -= calls * weight
     return (pool - below) / slope if slope > 0 else math.inf
+
+
+def _unbounded(policy: PredictingPolicy, obs: Observation, agent: Agent) -> float:
+    """:meth:`PredictingPolicy.holds_at_most` of rules it does not know: unknown."""
+    return math.inf
 
 
 def _fit(needs: dict[str, int], total: int) -> dict[str, int]:
