@@ -1029,10 +1029,8 @@ class PredictingPolicy(Policy):
             # a cap costs only what the answer writes: it may reach the room the agents
             # held back for leave (up to cap_reach times its own)
             reach = int(self.cap_reach * most)
-            spare = (
-                min(self.spare_room(obs, agent, enough=input_tokens + reach), reach + input_tokens)
-                - input_tokens
-            )
+            room = self.spare_room(obs, agent, enough=input_tokens + reach)
+            spare = min(room - input_tokens, reach)
             if spare > most:
                 most = spare
                 budget = input_tokens + spare
