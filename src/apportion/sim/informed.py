@@ -44,7 +44,7 @@ __all__ = ["KNOWS", "ToldNeeds", "informed"]
 
 KNOWS: dict[str, str] = {
     "hidden-weights": "the response model's weights (learned only)",
-    "needs-before-noise": "each request's needs before noise, and the noise's spread",
+    "needs-before-noise": "each request's expected needs from its features, and the noise's spread",
     "clairvoyant": "each request's exact needs",
 }
 """The diagnostics, from the least told to the most, and what each is told."""
