@@ -42,27 +42,27 @@ def test_no_call_holds_back_for_more_than_the_bound(name: str, seed: int, ratio:
     assert checked["finite"] > 40  # a fixed pipeline: the bound is known after the first
 
 
-def test_rules_of_its_own_have_no_bound() -> None:
-    class Mine(ElasticPolicy):
-        def holds(
-            self, obs: Observation, agent: Agent, *, begun: bool = False
-        ) -> tuple[int, float]:
-            return 10**9, 0.0
-
+@pytest.mark.parametrize("method", ["holds", "held_back", "calls_ahead", "needs_now"])
+def test_rules_of_its_own_have_no_bound(method: str) -> None:
+    base = getattr(ElasticPolicy, method)
+    mine = type("Mine", (ElasticPolicy,), {method: lambda self, *a, **k: base(self, *a, **k)})
     workload = generate_workload(1).workload
-    policy = Mine()
+    policy = mine()
     bounds: list[float] = []
+    elastics: list[float] = []  # what elastic's own rules would be bounded by
     grant = policy.grant
 
     def recording(obs: Observation, agent: Agent, *args: Any) -> tuple[int, int]:
         bounds.append(policy.holds_at_most(obs, agent))
+        elastics.append(ElasticPolicy.holds_at_most(policy, obs, agent))
         return grant(obs, agent, *args)
 
-    policy.grant = recording  # type: ignore[method-assign]
+    policy.grant = recording
     controller = controller_for(workload, policy)
     for r in range(5):
         run_request(controller, workload, draw_needs(workload, 1, r), workload.ceiling or 0)
     assert bounds and all(b == math.inf for b in bounds)
+    assert any(math.isfinite(b) for b in elastics)
 
 
 def test_the_bound_counts_the_answers_with_their_margins() -> None:

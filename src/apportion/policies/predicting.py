@@ -985,8 +985,9 @@ class PredictingPolicy(Policy):
         return self._held_parts(obs, agent, self.held_for(agent), self.weights)[2:]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass with its own rule for what is held back has no bound it did not give."""
         super().__init_subclass__(**kwargs)
-        if "holds" in cls.__dict__ and "holds_at_most" not in cls.__dict__:
+        if "holds_at_most" not in cls.__dict__ and any(m in cls.__dict__ for m in _BOUND_READS):
             cls.holds_at_most = _unbounded  # type: ignore[method-assign,assignment]
 
     def held_for(self, agent: Agent) -> int | None:
@@ -1138,8 +1139,8 @@ class PredictingPolicy(Policy):
         agents yet to begin need, each with its answer again with its margin (kept per
         request). A call that is covered with that much held back gets what it wants
         without the rest being worked out, a cap reaches as far as it may: the same
-        grants. A subclass with rules of its own for :meth:`holds` gets ``inf`` unless it
-        says otherwise.
+        grants. A subclass with rules of its own for :meth:`holds` (or :meth:`held_back`,
+        :meth:`calls_ahead`, :meth:`needs_now`) gets ``inf`` unless it gives its own.
         """
         state = obs.state
         if (
@@ -1615,6 +1616,11 @@ def water_level(sizes: Sequence[tuple[float, float, float]], pool: float) -> flo
         below += tokens * calls
         slope -= calls * weight
     return (pool - below) / slope if slope > 0 else math.inf
+
+
+_BOUND_READS = ("holds", "held_back", "calls_ahead", "needs_now")
+"""What :meth:`PredictingPolicy.holds_at_most` bounds: a subclass that overrides one of
+them gets no bound unless it gives its own."""
 
 
 def _unbounded(policy: PredictingPolicy, obs: Observation, agent: Agent) -> float:
