@@ -466,6 +466,12 @@ def leaves_enough(call: Call, pool: float, takes: float) -> bool:
     return left >= math.ceil((takes * (1 + 1e-9) + 1.0) / step) * step
 
 
+def _contexts(call: Call, need_in: float, least_gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """The contexts :func:`choose_call` weighs, and each one's own term in its outcome."""
+    ctxs = _distinct(np.clip(np.round(np.append(_CONTEXT_FRACTIONS * need_in, 1)), 1, need_in))
+    return ctxs, call.input_weight * np.log(ctxs / need_in) - least_gain * ctxs
+
+
 def choose_call(
     call: Call, pool: float, after: Sequence[Curve], *, least_gain: float = 0.0
 ) -> tuple[int, int] | None:
@@ -498,19 +504,23 @@ def choose_call(
         np.round(np.clip(np.concatenate([needs, OUTPUT_RATIOS * predicted]), call.least, most))
     )
     need_in = max(call.input_need, 1.0)
-    ctxs = _distinct(np.clip(np.round(np.append(_CONTEXT_FRACTIONS * need_in, 1)), 1, need_in))
-    own_in = call.input_weight * np.log(ctxs / need_in)
     factors = _factors(call.kind, caps, needs, call.output_weight, call.readers)
     fits = needs[None, :] <= caps[:, None]
     short = np.where(fits, 0.0, factors) @ chance  # each cap's answers cut at it
-    own_ctx = own_in - least_gain * ctxs
     if leaves_enough(call, pool, _saturation(after, least_gain)):
         # every (ctx, cap) leaves the agents after it all they would take, and none
         # reaches past the pool: they add the same to each, so the call's own outcome
         # decides, its context's part and its cap's apart (the rest is not worked out)
         own_cap = (np.exp(-least_gain * needs) * chance) @ (fits * factors).T
         own_cap += np.exp(-least_gain * caps) * short
-        return int(ctxs[int(np.argmax(own_ctx))]), int(caps[int(np.argmax(own_cap))])
+        cap = int(caps[int(np.argmax(own_cap))])
+        if call.input_weight > 0 and least_gain * need_in <= call.input_weight:
+            # w * ln(ctx / need) - least_gain * ctx grows up to the whole input: the
+            # largest context weighed
+            return int(min(float(round(need_in)), need_in)), cap
+        ctxs, own_ctx = _contexts(call, need_in, least_gain)
+        return int(ctxs[int(np.argmax(own_ctx))]), cap
+    ctxs, own_ctx = _contexts(call, need_in, least_gain)
     grid = _GRID_STEPS * (pool / (_POOL_POINTS - 1))  # np.linspace(0, pool, _POOL_POINTS)
     grid[-1] = pool
     values = pool_values(after, grid, least_gain=least_gain)
