@@ -28,8 +28,8 @@ from allocation import TIGHT, UNSEEN_SEEDS
 from rule_losses import seeds_of
 
 from apportion.cli.console import progress
-from apportion.policies import resolve_policy
 from apportion.policies.base import Policy
+from apportion.sim.bench import make_policy
 from apportion.sim.generate import generate_workload
 from apportion.sim.informed import KNOWS, informed
 from apportion.sim.losses import solve
@@ -74,11 +74,11 @@ def runs_of(policy: str) -> list[str]:
     return ["shipped", *(k for k in KNOWS if policy == "learned" or k != "hidden-weights")]
 
 
-def made(policy: str, run: str, workload: Workload, seed: int) -> Policy:
-    """``policy`` as shipped (``learned`` seeded), or told what ``run`` says."""
+def made(policy: str, run: str, workload: Workload, seed: int, requests: int) -> Policy:
+    """``policy`` as shipped (as a bench makes it: seeded), or told what ``run`` says."""
     if run != "shipped":
         return informed(policy, run, workload, seed=seed)
-    return resolve_policy(policy, options={"seed": seed} if policy == "learned" else None)
+    return make_policy(policy, workload, seed, requests)
 
 
 def main() -> None:
@@ -114,7 +114,10 @@ def main() -> None:
                     policy: {
                         run: round(
                             share_after_warmup(
-                                workload, made(policy, run, workload, seed), needs, best
+                                workload,
+                                made(policy, run, workload, seed, args.requests),
+                                needs,
+                                best,
                             ),
                             4,
                         )

@@ -927,18 +927,16 @@ class PredictingPolicy(Policy):
             b = agents[k]
             name = b.name
             need_now = needs[name]
-            once = times == 1.0  # weighted(n, 1.0) is n for a whole n
             if name in reserve:  # held by its reservation, but for what its readers grew by
                 part = max(0, need_now - planned[name])
-                need = part if once else weighted(part, times)
+                need = weighted(part, times)
                 inputs += need
             else:
                 part = max(0, need_now - outputs[name])
-                need = need_now if once else weighted(need_now, times)
-                inputs += part if once else weighted(part, times)
+                need = weighted(need_now, times)
+                inputs += weighted(part, times)
                 if not prose:
-                    answer = min(outputs[name], need_now)
-                    fragile += answer if once else weighted(answer, times)
+                    fragile += weighted(min(outputs[name], need_now), times)
             sizes.append((part, times, weights[rank] / per_request(obs, b)))
             keep += need
             total += need * weights[rank]
