@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from apportion.sim.generate import generate_workload
-from apportion.sim.informed import KNOWS, ToldNeeds, informed
+from apportion.sim.informed import ToldNeeds, informed
 from apportion.sim.losses import solve
 from apportion.sim.needs import draw_needs
 from apportion.sim.runner import controller_for, run_request
@@ -69,10 +71,8 @@ def test_what_cannot_be_told_is_refused() -> None:
         informed("elastic", "hidden-weights", workload)  # the rules weigh by priority
     with pytest.raises(ValueError, match="cannot be told"):
         informed("uniform", "clairvoyant", workload)
-    trees = load_workload(EXAMPLES / "expert-team.yaml")
-    for knows in KNOWS:
-        with pytest.raises(ValueError, match="dynamic teams"):
-            informed("learned", knows, trees)
+    with pytest.raises(ValueError, match="no trees or dynamic teams"):
+        informed("learned", "calls", workload)  # every agent calls once: nothing to tell
 
 
 def test_the_needs_told_before_noise_are_expected_needs() -> None:
@@ -91,3 +91,82 @@ def test_the_needs_told_before_noise_are_expected_needs() -> None:
         ratio = statistics.fmean(drawn_out[i]) / statistics.fmean(told_out[i])
         assert ratio == pytest.approx(1.0, abs=0.03), agent.name
         assert float(told.errors(agent).mean()) == pytest.approx(1.0, abs=0.02)
+
+
+def test_told_calls_answer_the_request_s_calls_and_still_learn() -> None:
+    workload = load_workload(EXAMPLES / "research-fanout.yaml")
+    policy: Any = informed("elastic", "calls", workload)
+    controller = controller_for(workload, policy)
+    pipeline = controller.pipeline
+    seen = set()
+    for r in range(12):
+        needs = draw_needs(workload, 0, r)
+        assert needs.realized is not None
+        policy.tell(needs)
+        counts = policy.call_counts(pipeline)
+        told = Counter(pipeline.resolve(name).name for name in needs.realized.names)
+        seen.add((told["researcher"], told["fact-checker"]))
+        for line in counts.lines:
+            assert counts.remaining(line, 0) == told[line]
+            assert counts.remaining(line, 1) == max(0, told[line] - 1)
+            assert counts.remaining_after(line, "planner") == told[line]
+            assert counts.chance(line) == (1.0 if told[line] else 0.0)
+        assert counts.remaining_after_all(None).tolist() == [told[x] for x in counts.lines]
+        run_request(controller, workload, needs, workload.ceiling or 0)
+    assert len(seen) > 2  # the requests differ: what is told follows them
+    assert counts.requests == 12  # and the counts learn from every request served
+    assert counts.once("planner") and not counts.once("researcher")
+
+
+def test_a_listed_team_is_told_its_calls_in_all() -> None:
+    workload = load_workload(EXAMPLES / "expert-team-listed.yaml")
+    policy: Any = informed("learned", "calls", workload)
+    needs = draw_needs(workload, 0, 1)
+    assert needs.realized is not None
+    policy.tell(needs)
+    experts = [n for n in needs.realized.names if n.startswith("expert:")]
+    assert len(experts) > 1
+    assert policy.told_teams == {"expert:000": len(experts)}
+    assert sum(policy.told_calls.values()) == len(needs.realized.names)
+
+
+def test_on_trees_the_needs_before_noise_follow_the_calls_told() -> None:
+    """Without noise, a line called once is told its need; a reader, its upstream calls'."""
+    trees = load_workload(EXAMPLES / "research-fanout.yaml")
+    quiet = [
+        dataclasses.replace(
+            a,
+            input=dataclasses.replace(a.input, noise=0.0),
+            output=dataclasses.replace(a.output, noise=0.0),
+        )
+        for a in trees.agents
+    ]
+    workload = dataclasses.replace(trees, agents=tuple(quiet))
+    told = ToldNeeds(workload, exact=False)
+    exact = ToldNeeds(workload, exact=True)
+    for r in range(6):
+        needs = draw_needs(workload, 2, r)
+        assert needs.realized is not None
+        told.tell(needs)
+        exact.tell(needs)
+        for k, line in enumerate(needs.realized.lines):
+            need = (needs.need_in[k], needs.need_out[k])
+            assert told.told(line) == pytest.approx(need, abs=0.5 * (1 + len(needs.realized.names)))
+            assert exact.told(line) == pytest.approx(need)  # no noise: every call alike
+
+
+def test_told_where_agents_run_learned_comes_near_the_oracle() -> None:
+    workload = load_workload(EXAMPLES / "optional-agents.yaml")
+    needs = [draw_needs(workload, 0, r) for r in range(45)]
+    best = statistics.fmean(b.quality for b in solve(workload, needs, workload.ceiling or 0))
+    shares = {}
+    for knows in ("calls", "clairvoyant"):
+        policy: Any = informed("learned", knows, workload)
+        controller = controller_for(workload, policy)
+        got = []
+        for item in needs:
+            policy.tell(item)
+            got.append(run_request(controller, workload, item, workload.ceiling or 0).quality)
+        shares[knows] = statistics.fmean(got) / best
+    assert shares["clairvoyant"] >= 0.97
+    assert shares["clairvoyant"] > shares["calls"] + 0.03

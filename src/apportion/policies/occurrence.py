@@ -366,6 +366,20 @@ class CallCounts:
         fit of the line's count on them, the expectation before the first call blends
         in the fitted count. Kept until the counts change.
         """
+        return self._kept(line, done, row)
+
+    def per_request(self, line: str, row: Iterable[float] | None = None) -> float:
+        """Calls ``line`` makes in a request like this one, as expected before it begins.
+
+        What a request's calls of the line are taken to be where it is a yardstick rather
+        than what is still to come: the calls a reader's predicted input already counts
+        the answers of, and how many calls share the line's weight. The same figure as
+        :meth:`remaining` before any call (a subclass may tell the calls to come apart).
+        """
+        return self._kept(line, 0, row)
+
+    def _kept(self, line: str, done: int, row: Iterable[float] | None) -> float:
+        """:meth:`remaining`, kept until the counts change."""
         if row is not None and type(row) is not tuple:
             row = tuple(row)
         key = ("remaining", line, done, row)

@@ -182,6 +182,8 @@ class PredictingPolicy(Policy):
     """A squeezed call shares the shortfall with the inputs held back for (see :meth:`budget`)."""
     trades_cap: ClassVar[bool] = False
     """A squeezed call trades its output margin against its input (:meth:`squeezed_cap`)."""
+    counts_type: ClassVar[type[CallCounts]] = CallCounts
+    """What counts the calls per request of a pipeline's lines and of its teams."""
 
     def __init__(
         self,
@@ -277,7 +279,7 @@ class PredictingPolicy(Policy):
             key = (pipeline.name, pipeline.names)
             counts = self._counts.get(key)
             if counts is None:
-                counts = self._counts[key] = CallCounts(pipeline.names)
+                counts = self._counts[key] = self.counts_type(pipeline.names)
                 loaded = self._loaded_counts.pop(pipeline.name, None)
                 if loaded is not None:
                     counts.restore(loaded)
@@ -520,7 +522,7 @@ class PredictingPolicy(Policy):
                 counts = self._teams_counted.get(key)
                 if counts is None:
                     leads = sorted({team[0] for team in self.teams(obs).values()})
-                    counts = self._teams_counted[key] = CallCounts(leads)
+                    counts = self._teams_counted[key] = self.counts_type(leads)
                     loaded = self._loaded_teams.pop(obs.pipeline.name, None)
                     if loaded is not None:
                         counts.restore(loaded)
@@ -643,7 +645,7 @@ class PredictingPolicy(Policy):
                     continue
                 if u not in outputs or counts.once(u):
                     continue
-                total = counts.remaining(u, 0, row)
+                total = counts.per_request(u, row)
                 rest = self.calls_ahead(obs)[obs.pipeline.index(u)]
                 shift += written.get(u, 0.0) + (rest - total) * outputs[u]
             if shift:
@@ -684,7 +686,7 @@ class PredictingPolicy(Policy):
         calls = obs.state.calls
         each = sum(outputs[m] for m in team) / len(team)
         counts = self._team_counts(obs)
-        total = counts.remaining(team[0], 0, row)
+        total = counts.per_request(team[0], row)
         rest = counts.remaining(team[0], sum(calls[m] for m in team), row)
         return sum(written.get(m, 0.0) for m in team) + (rest - total) * each
 
@@ -706,7 +708,7 @@ class PredictingPolicy(Policy):
         found: float | None = obs.memo.get("calls_per_request")
         if found is None:
             counts = self._calls_model(obs)
-            total = sum(counts.remaining(a.name, 0) for a in obs.pipeline.agents)
+            total = sum(counts.per_request(a.name) for a in obs.pipeline.agents)
             found = obs.memo["calls_per_request"] = max(1.0, total)
         return found
 
@@ -1163,7 +1165,7 @@ class PredictingPolicy(Policy):
         found: dict[str, float] = obs.memo.setdefault("per_request", {})
         calls = found.get(agent.name)
         if calls is None:
-            calls = found[agent.name] = max(1.0, self._calls_model(obs).remaining(agent.name, 0))
+            calls = found[agent.name] = max(1.0, self._calls_model(obs).per_request(agent.name))
         return calls
 
     def _spreads(self, obs: Observation) -> bool:
