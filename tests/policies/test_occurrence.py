@@ -154,16 +154,57 @@ def test_a_kind_leaves_room_for_the_members_still_to_come(policy: str) -> None:
 
 @pytest.mark.parametrize("policy", ["elastic", "estimate"])
 def test_a_listed_agent_in_a_loop_is_not_squeezed_for_its_own_later_calls(policy: str) -> None:
-    """On real logs (ChatDev) holding back for a listed agent's later calls cost 0.27 of
-    quality: a listed agent is held back for once, until it starts."""
+    """On real logs (ChatDev: a programmer and a reviewer taking turns) holding back for a
+    listed agent's later calls cost 0.27 of quality: a listed agent whose calls are
+    apart is held back for once, until it starts."""
+    pipeline = Pipeline(
+        [Agent("review", "critical"), Agent("fix", after=["review"]), Agent("report")]
+    )
+    controller = Controller(pipeline, policy=policy)
+    for _ in range(40):
+        _serve(controller, [("review", 900), ("fix", 900)] * 5 + [("report", 900)], 20_000)
+    with controller.request(ceiling=20_000) as req:
+        grant = req.begin("review", input_tokens=15_000)
+        req.finish(grant, input_tokens=grant.context_tokens, output_tokens=100)
+    assert grant.context_tokens == 15_000  # fix's and report's ~1,000 each is all it leaves
+    counts = controller.policy.call_counts(pipeline)  # type: ignore[attr-defined]
+    assert not counts.in_a_row("review")
+
+
+@pytest.mark.parametrize("policy", ["elastic", "estimate", "learned"])
+def test_an_agent_whose_calls_come_in_a_row_leaves_room_for_its_later_ones(policy: str) -> None:
+    """A loop's turns in a row (a tool loop, a coder's rewrites before the review): its
+    first call leaves room for the calls it is still expected to make."""
     pipeline = Pipeline([Agent("review", "critical"), Agent("report", after=["review"])])
     controller = Controller(pipeline, policy=policy)
     for _ in range(40):
         _serve(controller, [("review", 900)] * 10 + [("report", 900)], 20_000)
+    counts = controller.policy.call_counts(pipeline)  # type: ignore[attr-defined]
+    assert counts.in_a_row("review") and not counts.in_a_row("report")
     with controller.request(ceiling=20_000) as req:
         grant = req.begin("review", input_tokens=15_000)
         req.finish(grant, input_tokens=grant.context_tokens, output_tokens=100)
-    assert grant.context_tokens == 15_000  # the report's ~1,000 is all it leaves room for
+    # nine more calls of about 1,000 each: held back for, not read by the first
+    assert grant.context_tokens + grant.output_tokens <= 20_000 - 9 * 900
+
+
+def test_whether_a_line_s_calls_came_in_a_row_is_learned_and_kept() -> None:
+    counts = CallCounts(["a", "b"])
+    assert not counts.in_a_row("a")  # never seen calling more than once
+    counts.observe({"a": 3, "b": 1}, order=["a", "a", "a", "b"])
+    assert counts.in_a_row("a") and not counts.in_a_row("b")
+    for _ in range(9):
+        counts.observe({"a": 2, "b": 1}, order=["a", "a", "b"])
+    counts.observe({"a": 2, "b": 1}, order=["a", "b", "a"])  # apart once in eleven
+    assert counts.in_a_row("a")
+    counts.observe({"a": 2, "b": 1}, order=["a", "b", "a"])  # twice in twelve: not any more
+    assert not counts.in_a_row("a")
+    document = counts.document_after()
+    assert document["a"]["a"] == [12, 2]  # requests with several calls, of them apart
+    again = CallCounts(["a", "b"])
+    again.restore_after(document)
+    assert again.document_after() == document and not again.in_a_row("a")
+    assert again.in_a_row_all().tolist() == [False, False]
 
 
 def test_a_kind_counts_its_members_on_one_line() -> None:

@@ -86,7 +86,9 @@ class CallCounts:
         self._fits: dict[str, tuple[float, ...]] = {}
         self._ratios: dict[str, np.ndarray] = {}
         self._index = {line: k for k, line in enumerate(self.lines)}
-        # what ran after what (remaining_after): [first line, line] -> requests, calls
+        # what ran after what (remaining_after): [first line, line] -> requests, calls; on
+        # the diagonal (a line is never counted after itself), whether its calls came in a
+        # row (in_a_row): [line, line] -> requests with several calls, of them apart
         self._after_requests = np.zeros((len(self.lines),) * 2, dtype=np.int64)
         self._after_calls = np.zeros((len(self.lines),) * 2, dtype=np.int64)
         self._lock = threading.Lock()
@@ -117,7 +119,8 @@ class CallCounts:
     def document_after(self) -> dict[str, dict[str, list[int]]]:
         """What ran after what, JSON-ready: ``{first: {line: [requests, calls]}}``.
 
-        See :meth:`remaining_after`.
+        See :meth:`remaining_after`. A line after itself is whether its calls came in a
+        row (:meth:`in_a_row`): ``[requests with more than one call, of them apart]``.
         """
         with self._lock:
             found: dict[str, dict[str, list[int]]] = {}
@@ -167,8 +170,9 @@ class CallCounts:
             counts: calls per line in the request.
             row: the request's features as the need model's regression row, if the
                 count should also be learned from features.
-            order: the lines that called, in the order of their first calls, if known
-                (for :meth:`remaining_after`).
+            order: the lines of the request's calls, in the order they began, if known
+                (for :meth:`remaining_after`, and :meth:`in_a_row`; a line named at its
+                first call only counts for the former).
         """
         with self._lock:
             # every line once, as in every request seen before (fixed): no answer changes,
@@ -184,6 +188,7 @@ class CallCounts:
                 histogram[n] = histogram.get(n, 0) + 1
             if order is not None:
                 self._observe_order(counts, order)
+                self._observe_apart(order)
             if row is not None:
                 x = tuple(float(v) for v in row)
                 self._rows.append((x, tuple(int(counts.get(line, 0)) for line in self.lines)))
@@ -218,6 +223,44 @@ class CallCounts:
             self._order_steps[key] = steps
         self._after_requests += steps[0]
         self._after_calls += steps[1]
+
+    def _observe_apart(self, order: Sequence[str]) -> None:
+        """Per line that called more than once, whether its calls were apart (under the lock)."""
+        first: dict[int, int] = {}
+        last: dict[int, int] = {}
+        calls: dict[int, int] = {}
+        for k, y in enumerate(order):
+            i = self._index.get(y)
+            if i is not None:
+                first.setdefault(i, k)
+                last[i] = k
+                calls[i] = calls.get(i, 0) + 1
+        for i, n in calls.items():
+            if n > 1:
+                self._after_requests[i, i] += 1
+                self._after_calls[i, i] += last[i] - first[i] + 1 > n
+
+    def in_a_row(self, line: str) -> bool:
+        """Whether ``line`` was seen calling more than once, and its calls came in a row.
+
+        As an agent's turns of a tool loop do, or the retries of one answer: in at most a
+        tenth of the requests in which it called more than once did another line call
+        between its first call and its last.
+        """
+        i = self._index.get(line)
+        return i is not None and bool(self.in_a_row_all()[i])
+
+    def in_a_row_all(self) -> np.ndarray:
+        """:meth:`in_a_row` of every line, in :attr:`lines` order (memo)."""
+        found = self._memo.get(("in_a_row",))
+        if not isinstance(found, np.ndarray):
+            version = self._version
+            with self._lock:
+                several = np.diagonal(self._after_requests).copy()
+                apart = np.diagonal(self._after_calls).copy()
+            found = (several > 0) & (apart * 10 <= several)
+            self._keep(("in_a_row",), found, version)
+        return found
 
     def remaining_after(self, line: str, last: str, row: Iterable[float] | None = None) -> float:
         """Expected calls of ``line``, not begun yet, now that ``last`` has begun.

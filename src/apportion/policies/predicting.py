@@ -356,25 +356,29 @@ class PredictingPolicy(Policy):
         """:meth:`_each_ahead` for listed agents in a request under way, in a few array steps.
 
         The same rule (:meth:`_calls_left`) without a kind or a team: an agent that has
-        begun, or is about to, has no calls left; one seen to call other than once in
-        every request has none left once an agent after it began (or is about to); any
-        other is expected for its chance to run given the line begun last
+        begun, or is about to, has no calls left, unless its calls come in a row
+        (:meth:`~apportion.policies.occurrence.CallCounts.in_a_row`: its own later calls);
+        one seen to call other than once in every request has none left once an agent
+        after it began (or is about to); any other is expected for its chance to run given
+        the line begun last
         (:meth:`~apportion.policies.occurrence.CallCounts.remaining_after_all`).
         """
         pipeline = ahead.pipeline
         calls = ahead.state.calls
-        begun = np.fromiter(map(calls.__getitem__, pipeline.names), np.int64, len(pipeline)) > 0
+        made = np.fromiter(map(calls.__getitem__, pipeline.names), np.int64, len(pipeline))
         caller = ahead.caller
-        done = begun.copy()
         if caller is not None:
-            done[pipeline.index(caller)] = True
+            made[pipeline.index(caller)] += 1
+        own = made > 0
         counts = ahead.counts
         moving = counts.moving()
-        if moving.any():  # after an agent that runs after it began: none left
-            done |= moving & (self._downstream(pipeline) @ done)
+        # after an agent that runs after it began: none left
+        stopped = moving & (self._downstream(pipeline) @ own) if moving.any() else moving
         last = None if ahead.loops else ahead.last(None)  # the caller's own entry is 0
         left = np.minimum(counts.remaining_after_all(last, ahead.row), 1.0)
-        left[done] = 0.0
+        left[own | stopped] = 0.0
+        for i in np.flatnonzero(counts.in_a_row_all() & own & ~stopped):  # a loop's turns
+            left[i] = counts.remaining(pipeline.names[i], int(made[i]), ahead.row)
         found: list[float] = left.tolist()
         return found
 
@@ -412,6 +416,8 @@ class PredictingPolicy(Policy):
             last = ahead.last(name)
         if name not in ahead.kinds:
             if done:
+                if name not in ahead.teams and counts.in_a_row(name):
+                    return counts.remaining(name, done, row)  # a loop's turns in a row
                 return 0.0
             team = ahead.teams.get(name)
             if team is not None and state is not None:
