@@ -181,11 +181,13 @@ def test_an_agent_whose_calls_come_in_a_row_leaves_room_for_its_later_ones(polic
         _serve(controller, [("review", 900)] * 10 + [("report", 900)], 20_000)
     counts = controller.policy.call_counts(pipeline)  # type: ignore[attr-defined]
     assert counts.in_a_row("review") and not counts.in_a_row("report")
+    # nine more calls of about 1,000 each, each worth a tenth of the line as the first is
+    # (the prior's one request of one call still weighs as much as ten of them)
+    assert counts.own_remaining("review", 1) == pytest.approx(40 * 9 / 10 / (40 / 10 + 1))
     with controller.request(ceiling=20_000) as req:
         grant = req.begin("review", input_tokens=15_000)
         req.finish(grant, input_tokens=grant.context_tokens, output_tokens=100)
-    # nine more calls of about 1,000 each: held back for, not read by the first
-    assert grant.context_tokens + grant.output_tokens <= 20_000 - 9 * 900
+    assert grant.context_tokens + grant.output_tokens <= 20_000 - 6 * 900  # held back for
 
 
 def test_whether_a_line_s_calls_came_in_a_row_is_learned_and_kept() -> None:
@@ -495,3 +497,19 @@ def test_where_a_listed_agent_loops_optional_agents_keep_their_chance() -> None:
         req.finish(grant, input_tokens=500, output_tokens=100)
         grant = req.begin("answer", input_tokens=4_200)
     assert grant.context_tokens < 3_500
+
+
+def test_a_line_s_own_later_calls_count_as_much_as_they_weigh() -> None:
+    """Long loops rare but long: after the first call, the mean loop has 3.5 calls to go,
+    but in a request of n calls each weighs 1/n, and the short loops weigh most."""
+    counts = CallCounts(["a"])
+    for n, requests in ((1, 30), (3, 40), (10, 30)):
+        for _ in range(requests):
+            counts.observe({"a": n})
+    # with the prior's one request of one call
+    assert counts.remaining("a", 1) == pytest.approx((40 * 2 + 30 * 9) / 101)
+    weighed = (40 * 2 / 3 + 30 * 9 / 10) / (30 + 40 / 3 + 30 / 10 + 1)
+    assert counts.own_remaining("a", 1) == pytest.approx(weighed)
+    assert counts.own_remaining("a", 0) == counts.remaining("a", 0)  # before any call
+    # ten calls made: only the loops of ten were that long, and they are over
+    assert counts.own_remaining("a", 10) == counts.remaining("a", 10) == 0

@@ -421,27 +421,43 @@ class CallCounts:
         """
         return self._kept(line, 0, row)
 
-    def _kept(self, line: str, done: int, row: Iterable[float] | None) -> float:
-        """:meth:`remaining`, kept until the counts change."""
+    def own_remaining(self, line: str, done: int, row: Iterable[float] | None = None) -> float:
+        """:meth:`remaining` as ``line``'s call in hand weighs its own later calls.
+
+        A line's calls share its weight (its quality is the mean of its calls'), so in a
+        request of ``n`` calls each weighs ``1 / n``: after ``done`` calls, those still to
+        come count ``E[(n - done) / n] / E[1 / n]`` over the requests with ``n >= done``,
+        as many as they are worth beside the call in hand. Fewer than ``E[n - done]``
+        where long loops are rare but long: holding back for the mean loop leaves the
+        short ones (most of them) their budget unspent. Before any call, as
+        :meth:`remaining`.
+        """
+        return self._kept(line, done, row, True)
+
+    def _kept(self, line: str, done: int, row: Iterable[float] | None, own: bool = False) -> float:
+        """:meth:`remaining` (``own``: :meth:`own_remaining`), kept until the counts change."""
         if row is not None and type(row) is not tuple:
             row = tuple(row)
-        key = ("remaining", line, done, row)
+        key = ("remaining", line, done, row, own)
         found = self._memo.get(key)
         if found is not None:
             return found  # type: ignore[return-value]
         version = self._version
-        return self._keep(key, self._remaining(line, done, row), version)
+        return self._keep(key, self._remaining(line, done, row, own), version)
 
-    def _remaining(self, line: str, done: int, row: tuple[float, ...] | None) -> float:
-        """:meth:`remaining`, computed."""
+    def _remaining(
+        self, line: str, done: int, row: tuple[float, ...] | None, own: bool = False
+    ) -> float:
+        """:meth:`remaining` (``own``: :meth:`own_remaining`), computed."""
         with self._lock:
             histogram = self._histograms.get(line, {})
-            weight = 0
-            total = 0
+            weight = 0.0
+            total = 0.0
             for n, c in histogram.items():
                 if n >= done:
-                    weight += c
-                    total += (n - done) * c
+                    share = 1.0 / max(n, 1) if own and done >= 1 else 1.0
+                    weight += c * share
+                    total += (n - done) * c * share
             if done <= 1:  # the prior: one request of one call
                 weight += PRIOR_REQUESTS
                 total += (1 - done) * PRIOR_REQUESTS
@@ -461,7 +477,10 @@ class CallCounts:
             counts = counts[counts >= done]
             if not len(counts):
                 return mean
-            predicted = float(counts.mean()) - done
+            if own and done >= 1:
+                predicted = float(((counts - done) / counts).mean() / (1 / counts).mean())
+            else:
+                predicted = float(counts.mean()) - done
         trust = seen / (seen + FEATURES_AFTER)
         return (1 - trust) * mean + trust * predicted
 

@@ -378,7 +378,7 @@ class PredictingPolicy(Policy):
         left = np.minimum(counts.remaining_after_all(last, ahead.row), 1.0)
         left[own | stopped] = 0.0
         for i in np.flatnonzero(counts.in_a_row_all() & own & ~stopped):  # a loop's turns
-            left[i] = counts.remaining(pipeline.names[i], int(made[i]), ahead.row)
+            left[i] = counts.own_remaining(pipeline.names[i], int(made[i]), ahead.row)
         found: list[float] = left.tolist()
         return found
 
@@ -417,7 +417,7 @@ class PredictingPolicy(Policy):
         if name not in ahead.kinds:
             if done:
                 if name not in ahead.teams and counts.in_a_row(name):
-                    return counts.remaining(name, done, row)  # a loop's turns in a row
+                    return counts.own_remaining(name, done, row)  # a loop's turns in a row
                 return 0.0
             team = ahead.teams.get(name)
             if team is not None and state is not None:
