@@ -109,6 +109,7 @@ def test_told_calls_answer_the_request_s_calls_and_still_learn() -> None:
         for line in counts.lines:
             assert counts.remaining(line, 0) == told[line]
             assert counts.remaining(line, 1) == max(0, told[line] - 1)
+            assert counts.own_remaining(line, 1) == max(0, told[line] - 1)
             assert counts.remaining_after(line, "planner") == told[line]
             assert counts.chance(line) == (1.0 if told[line] else 0.0)
         assert counts.remaining_after_all(None).tolist() == [told[x] for x in counts.lines]

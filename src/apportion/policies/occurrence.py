@@ -21,7 +21,10 @@ with the distribution as the need models blend a prior (see
 :mod:`apportion.policies.needs`). What ran after what is learned too: per line, the calls
 every other line made in the requests where it had not begun before that line's first
 call (:meth:`CallCounts.remaining_after`), so that an agent seen only before the one now
-running is no longer expected.
+running is no longer expected. And whether a line's calls came in a row
+(:meth:`CallCounts.in_a_row`, as a tool loop's turns do): its own later calls are then
+held back for, as many as they weigh beside the call in hand
+(:meth:`CallCounts.own_remaining`).
 
 A prior, not a switch: before any history every line counts as one request with one
 call, so a new pipeline is budgeted exactly as if each agent ran once, and the history

@@ -211,6 +211,10 @@ class ToldCalls(CallCounts):
         """The calls told, less ``done``."""
         return float(max(0, self._told.get(line, 0) - done))
 
+    def own_remaining(self, line: str, done: int, row: Iterable[float] | None = None) -> float:
+        """The calls told, less ``done`` (the count known, each weighs the same)."""
+        return self.remaining(line, done, row)
+
     def remaining_after(self, line: str, last: str, row: Iterable[float] | None = None) -> float:
         """Every call told (``line`` has not begun)."""
         return float(self._told.get(line, 0))
