@@ -191,7 +191,8 @@ class CallCounts:
                 histogram[n] = histogram.get(n, 0) + 1
             if order is not None:
                 self._observe_order(counts, order)
-                self._observe_apart(order)
+                if any(n > 1 for n in counts.values()):  # only a line calling again can
+                    self._observe_apart(order)
             if row is not None:
                 x = tuple(float(v) for v in row)
                 self._rows.append((x, tuple(int(counts.get(line, 0)) for line in self.lines)))
