@@ -513,3 +513,15 @@ def test_a_line_s_own_later_calls_count_as_much_as_they_weigh() -> None:
     assert counts.own_remaining("a", 0) == counts.remaining("a", 0)  # before any call
     # ten calls made: only the loops of ten were that long, and they are over
     assert counts.own_remaining("a", 10) == counts.remaining("a", 10) == 0
+
+
+def test_calls_in_a_row_are_saved_and_loaded_with_the_policy(tmp_path: Path) -> None:
+    pipeline = Pipeline([Agent("tool"), Agent("answer", after=["tool"])], name="p")
+    policy = EstimatePolicy()
+    controller = Controller(pipeline, policy=policy)
+    for _ in range(5):
+        _serve(controller, [("tool", 300)] * 4 + [("answer", 300)], 9_000)
+    assert policy.call_counts(pipeline).in_a_row("tool")
+    policy.save(tmp_path / "state.json")
+    again = EstimatePolicy.load(tmp_path / "state.json").call_counts(pipeline)
+    assert again.in_a_row("tool") and not again.in_a_row("answer")
