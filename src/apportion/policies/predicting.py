@@ -68,8 +68,8 @@ one level (:func:`water_level`; times the priority weight for ``elastic``, divid
 calls the line makes per request), never past its share of the pool: what a read part of
 an input is worth grows as its log, so a token is worth as much to any input under the
 level, and the large inputs, and those of lines that call many times, give way first.
-Not before any request was seen, nor where a listed agent loops (its later calls are not
-held back for).
+Not before any request was seen, nor where a listed agent loops, its calls apart (its
+later calls are not held back for).
 
 Why a listed agent that loops, its calls apart, is not held back for its own later
 calls: on the ChatDev call log (real runs, each given 80% of the tokens it used; a
@@ -81,7 +81,8 @@ tool loop's turns; :meth:`~apportion.policies.occurrence.CallCounts.in_a_row`) i
 back for them, as many as they weigh
 (:meth:`~apportion.policies.occurrence.CallCounts.own_remaining`): on ``review-loop``,
 ``elastic`` 0.709 to 0.794 of the oracle, ``learned`` 0.758 to 0.853. For the same
-reason, where a listed agent loops, optional agents keep their plain chance to run: on
+reason, where a listed agent loops, its calls apart, optional agents keep their plain
+chance to run (and a squeezed call shares no shortfall, see above): on
 the ChatDev log, what the optional roles no longer held back went to the looping
 programmer's early calls (``elastic`` 0.721 to 0.705, ``estimate`` 0.703 to 0.681).
 
@@ -459,13 +460,18 @@ class PredictingPolicy(Policy):
         )
 
     def _listed_loop(self, obs: Observation) -> bool:
-        """Whether a listed agent was seen to call more than once in a request (memo)."""
+        """Whether a listed agent was seen to call more than once, its calls apart (memo).
+
+        One whose calls come in a row is held back for them, as a kind is.
+        """
         loops: bool | None = obs.memo.get("listed_loop")
         if loops is None:
             counts = self._calls_model(obs)
             kinds = obs.pipeline.kind_names
             loops = obs.memo["listed_loop"] = any(
-                not counts.once(a.name) and not counts.at_most_once(a.name)
+                not counts.once(a.name)
+                and not counts.at_most_once(a.name)
+                and not counts.in_a_row(a.name)
                 for a in obs.pipeline.agents
                 if a.name not in kinds
             )
@@ -1183,9 +1189,10 @@ class PredictingPolicy(Policy):
         """Whether a squeezed call shares the shortfall here (see :meth:`budget`).
 
         Not before any request was seen (what is held back is a prior, a share of the
-        ceiling per agent), and not where a listed agent loops (its own later calls are not
-        held back for, so they would not share). On the ChatDev log, spreading in the
-        first request alone cost ``elastic`` 0.10 of quality (0.721 to 0.616).
+        ceiling per agent), and not where a listed agent loops, its calls apart (its own
+        later calls are not held back for, so they would not share). On the ChatDev log,
+        spreading in the first request alone cost ``elastic`` 0.10 of quality (0.721 to
+        0.616).
         """
         return self._calls_model(obs).requests > 0 and not self._listed_loop(obs)
 
