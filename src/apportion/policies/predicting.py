@@ -80,7 +80,7 @@ to 0.12 on the shipped team and fan-out workloads. One whose calls come in a row
 tool loop's turns; :meth:`~apportion.policies.occurrence.CallCounts.in_a_row`) is held
 back for them, as many as they weigh
 (:meth:`~apportion.policies.occurrence.CallCounts.own_remaining`): on ``review-loop``,
-``elastic`` 0.709 to 0.794 of the oracle, ``learned`` 0.758 to 0.853. For the same
+``elastic`` 0.709 to 0.803 of the oracle, ``learned`` 0.758 to 0.852. For the same
 reason, where a listed agent loops, its calls apart, optional agents keep their plain
 chance to run (and a squeezed call shares no shortfall, see above): on
 the ChatDev log, what the optional roles no longer held back went to the looping
