@@ -86,21 +86,18 @@ def runs_of(policy: str, workload: Workload) -> list[str]:
     ]
 
 
-def cases(args: argparse.Namespace) -> list[tuple[int, Workload]]:
-    """``(seed, workload)`` at each ratio: the files named, else the generated seeds."""
-    found = []
+def cases(args: argparse.Namespace) -> list[tuple[int, str, Workload]]:
+    """``(seed, ratio, workload)``: each file named (else each generated seed) at each ratio."""
     if args.workload:
         bases = [(args.seed, load_workload(path)) for path in args.workload]
     else:
         bases = [(seed, generate_workload(seed).workload) for seed in args.seeds]
+    found = []
     for seed, base in bases:
-        median = None
+        median = median_need(base, seed) if set(args.ratios) - {"default"} else 0
         for ratio in args.ratios:
-            if ratio == "default":
-                found.append((seed, base))
-                continue
-            median = median or median_need(base, seed)
-            found.append((seed, replace(base, ceiling=max(1, round(median * float(ratio))))))
+            ceiling = max(1, round(median * float(ratio))) if ratio != "default" else None
+            found.append((seed, ratio, base if ceiling is None else replace(base, ceiling=ceiling)))
     return found
 
 
@@ -138,10 +135,9 @@ def main() -> None:
     policies = args.policy or ["learned", "elastic", "estimate"]
     started = time.monotonic()
     rows: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
-    ratios = args.ratios * (len(runs) // len(args.ratios))
     with progress() as bar:
         task = bar.add_task("workloads x ceilings", total=len(runs))
-        for (seed, workload), ratio in zip(runs, ratios, strict=True):
+        for seed, ratio, workload in runs:
             needs = [draw_needs(workload, seed, r) for r in range(args.requests)]
             best = [b.quality for b in solve(workload, needs, workload.ceiling or 0)]
             rows.setdefault(workload.name, {})[ratio] = {
