@@ -95,7 +95,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -164,6 +164,7 @@ _ARRAYS_FROM = 32
 faster one by one)."""
 
 _P = TypeVar("_P", bound="PredictingPolicy")
+_T = TypeVar("_T")
 
 
 class PredictingPolicy(Policy):
@@ -224,12 +225,10 @@ class PredictingPolicy(Policy):
         self._counts: dict[tuple[str, tuple[str, ...]], CallCounts] = {}
         self._loaded_counts: dict[str, dict[str, dict[str, int]]] = {}
         self._loaded_after: dict[str, dict[str, dict[str, list[int]]]] = {}
-        self._teams_of: dict[int, tuple[Pipeline, dict[str, tuple[str, ...]]]] = {}
+        self._of_pipelines: dict[tuple[str, int], tuple[Pipeline, Any]] = {}
         self._teams_counted: dict[tuple[str, tuple[str, ...]], CallCounts] = {}
         self._team_usage: dict[tuple[str, str], tuple[int, float, float]] = {}
         self._loaded_teams: dict[str, dict[str, dict[str, int]]] = {}
-        self._downstream_of: dict[int, tuple[Pipeline, np.ndarray]] = {}
-        self._ranks_of: dict[int, tuple[Pipeline, tuple[tuple[int, bool], ...]]] = {}
         self._cap_tables: dict[
             tuple[str, str], tuple[Any, tuple[tuple[float, float], ...] | None]
         ] = {}
@@ -388,16 +387,18 @@ class PredictingPolicy(Policy):
         found: list[float] = left.tolist()
         return found
 
+    def _of_pipeline(self, what: str, pipeline: Pipeline, make: Callable[[Pipeline], _T]) -> _T:
+        """``make(pipeline)``, kept per pipeline object and ``what`` it is."""
+        key = (what, id(pipeline))
+        found = self._of_pipelines.get(key)
+        if found is None or found[0] is not pipeline:
+            found = self._of_pipelines[key] = (pipeline, make(pipeline))
+        made: _T = found[1]
+        return made
+
     def _downstream(self, pipeline: Pipeline) -> np.ndarray:
         """``[i, j]``: agent ``j`` runs after agent ``i`` (directly or not); memo per pipeline."""
-        found = self._downstream_of.get(id(pipeline))
-        if found is None or found[0] is not pipeline:
-            matrix = np.zeros((len(pipeline),) * 2, dtype=bool)
-            for i, agent in enumerate(pipeline.agents):
-                for later in pipeline.downstream(agent.name):
-                    matrix[i, pipeline.index(later)] = True
-            found = self._downstream_of[id(pipeline)] = (pipeline, matrix)
-        return found[1]
+        return self._of_pipeline("downstream", pipeline, _downstream_matrix)
 
     def _calls_left(self, ahead: _Ahead, agent: Agent, calling: bool) -> float:
         """The rule of :meth:`expected_calls` for one agent, in the view ``ahead``."""
@@ -524,11 +525,7 @@ class PredictingPolicy(Policy):
 
         See :func:`apportion.policies.occurrence.teams`.
         """
-        found = self._teams_of.get(id(obs.pipeline))
-        if found is None or found[0] is not obs.pipeline:
-            with self._state_lock:
-                found = self._teams_of[id(obs.pipeline)] = (obs.pipeline, teams(obs.pipeline))
-        return found[1]
+        return self._of_pipeline("teams", obs.pipeline, teams)
 
     def _team_counts(self, obs: Observation) -> CallCounts:
         """Calls per request of each team (on its first member's name), so far."""
@@ -963,13 +960,11 @@ class PredictingPolicy(Policy):
 
     def _ranks(self, pipeline: Pipeline) -> tuple[tuple[int, bool], ...]:
         """Per agent, its priority's rank and whether its answer is prose (memo per pipeline)."""
-        found = self._ranks_of.get(id(pipeline))
-        if found is None or found[0] is not pipeline:
-            ranks = tuple(
-                (a.priority.rank, a.output_kind is OutputKind.PROSE) for a in pipeline.agents
-            )
-            found = self._ranks_of[id(pipeline)] = (pipeline, ranks)
-        return found[1]
+        return self._of_pipeline(
+            "ranks",
+            pipeline,
+            lambda p: tuple((a.priority.rank, a.output_kind is OutputKind.PROSE) for a in p),
+        )
 
     def _expects_after(self, obs: Observation, agent: Agent) -> bool:
         """Whether ``agent``'s call about to begin leaves room for anyone (itself included).
@@ -1644,6 +1639,15 @@ them gets no bound unless it gives its own."""
 def _unbounded(policy: PredictingPolicy, obs: Observation, agent: Agent) -> float:
     """:meth:`PredictingPolicy.holds_at_most` of rules it does not know: unknown."""
     return math.inf
+
+
+def _downstream_matrix(pipeline: Pipeline) -> np.ndarray:
+    """``[i, j]``: agent ``j`` runs after agent ``i`` (directly or not)."""
+    matrix = np.zeros((len(pipeline),) * 2, dtype=bool)
+    for i, agent in enumerate(pipeline.agents):
+        for later in pipeline.downstream(agent.name):
+            matrix[i, pipeline.index(later)] = True
+    return matrix
 
 
 def _fit(needs: dict[str, int], total: int) -> dict[str, int]:

@@ -242,6 +242,7 @@ class _ToldCalls:
 
     counts_type = ToldCalls
     lines_seen: Pipeline
+    alike: set[tuple[str, ...]]
     told_calls: dict[str, int]
     told_teams: dict[str, int]
 
@@ -262,8 +263,7 @@ class _ToldCalls:
         assert needs.realized is not None
         calls = Counter(self.lines_seen.resolve(name).name for name in needs.realized.names)
         self.told_calls = dict(calls)
-        alike = set(teams(self.lines_seen).values())
-        self.told_teams = {team[0]: sum(calls[m] for m in team) for team in alike}
+        self.told_teams = {team[0]: sum(calls[m] for m in team) for team in self.alike}
         _then(_ToldCalls, self, needs)
 
 
@@ -289,7 +289,7 @@ class _HiddenWeights:
     """
 
     hidden: dict[str, tuple[float, float]]
-    workload: Workload
+    spec_of: dict[str, AgentSpec]
 
     def agent_weights(self, obs: Observation) -> dict[str, tuple[float, float]]:
         return self.hidden
@@ -302,7 +302,7 @@ class _HiddenWeights:
                 a.influence * a.input_sensitivity / max(1, calls[a.name]),
                 a.influence / max(1, calls[a.name]),
             )
-            for line, a in lines_of(self.workload).items()
+            for line, a in self.spec_of.items()
         }
         _then(_HiddenWeights, self, needs)
 
@@ -342,8 +342,9 @@ def informed(policy: str, knows: str, workload: Workload, *, seed: int = 0) -> P
     if weights:
         options["explore"] = 0.0
     found = made(**options)
-    found.workload = workload
+    found.spec_of = lines_of(workload)
     found.lines_seen = pipeline_of(workload)
+    found.alike = set(teams(found.lines_seen).values())
     found.told_calls = found.told_teams = {}
     if needs:
         found.told = ToldNeeds(workload, exact=knows == "clairvoyant")
