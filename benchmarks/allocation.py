@@ -81,7 +81,7 @@ from apportion.sim.runner import catalog_of, run_requests
 from apportion.sim.workload import Workload, load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
-CALLS = ROOT.parent / "shared" / "data" / "chatdev" / "calls.csv"
+CALLS = ROOT / "examples" / "chatdev" / "calls.csv"
 
 UNSEEN_SEEDS = tuple(range(9001, 9011))
 """Seeds of the unseen workloads: never used to tune anything (policies, defaults, generator)."""
@@ -389,6 +389,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--requests must be >= 1 and --seeds in 0..{len(UNSEEN_SEEDS)}")
     if args.shift_requests and args.shift_requests < 2 * args.shift_width:
         parser.error("--shift-requests must be at least twice --shift-width")
+    if not args.no_replay and not args.calls.is_file():
+        parser.error(f"--calls {args.calls}: no such file (or --no-replay)")
     return args
 
 
@@ -479,7 +481,7 @@ def main() -> None:
             width = min(50, args.routing_requests)
             routing["capability"] = capability_test(args.routing_requests, width, step)
     replay = None
-    if not args.no_replay and args.calls.exists():
+    if not args.no_replay:
         from apportion.sim.replay import load_calls, run_replay
         from apportion.spec import Pipeline
 

@@ -32,11 +32,8 @@ from apportion.sim.replay import (
 from apportion.spec import Agent, Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-CHATDEV_CALLS = REPO.parent / "shared" / "data" / "chatdev" / "calls.csv"
+CHATDEV_CALLS = REPO / "examples" / "chatdev" / "calls.csv"
 CHATDEV_PIPELINE = REPO / "examples" / "chatdev" / "pipeline.yaml"
-needs_chatdev = pytest.mark.skipif(
-    not CHATDEV_CALLS.exists(), reason="ChatDev call log not beside the checkout"
-)
 
 PINNED_KEYS = {
     "final_quality_vs_oracle",
@@ -115,9 +112,8 @@ def test_upper_bound_is_one_when_the_ceiling_covers_every_token() -> None:
     run = make_run([("writer", 20, 10), ("helper", 5, 5)])
     assert replay_upper_bound(run, run.tokens) == 1.0
     assert replay_upper_bound(run, run.tokens - 1) < 1.0
-    if CHATDEV_CALLS.exists():
-        log = load_calls(CHATDEV_CALLS)
-        assert all(replay_upper_bound(r, run_ceiling(r, ratio=1.0)) == 1.0 for r in log.runs)
+    log = load_calls(CHATDEV_CALLS)
+    assert all(replay_upper_bound(r, run_ceiling(r, ratio=1.0)) == 1.0 for r in log.runs)
 
 
 def bound_holds(pipeline: Pipeline, runs: list[LoggedRun], ratio: float) -> None:
@@ -131,7 +127,6 @@ def bound_holds(pipeline: Pipeline, runs: list[LoggedRun], ratio: float) -> None
             assert quality <= replay_upper_bound(run, ceiling) + 1e-9, (name, run.name)
 
 
-@needs_chatdev
 @pytest.mark.parametrize("ratio", [0.3, 0.8])
 def test_upper_bound_dominates_every_policy_on_chatdev(ratio: float) -> None:
     pipeline = Pipeline.from_yaml(CHATDEV_PIPELINE)
@@ -268,7 +263,6 @@ def test_cli_names_the_best_rule_of_the_test_runs(tmp_path: Path) -> None:
     assert document["test"]["best_rule_quality_vs_oracle"] == test["uniform"]
 
 
-@needs_chatdev
 def test_cli_learns_on_the_chatdev_log(tmp_path: Path) -> None:
     out = tmp_path / "learn.json"
     result = CliRunner().invoke(

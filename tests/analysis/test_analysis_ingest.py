@@ -17,7 +17,7 @@ from apportion.telemetry import SCHEMA_VERSION
 from apportion.telemetry.sql import open_database
 
 runner = CliRunner()
-CHATDEV = Path(__file__).resolve().parents[3] / "shared" / "data" / "chatdev" / "calls.csv"
+CHATDEV = Path(__file__).resolve().parents[2] / "examples" / "chatdev" / "calls.csv"
 
 CSV = """run,split,call,phase,agent,prompt_tokens,completion_tokens,max_tokens
 r1,train,1,Coding,Programmer,900,1000,1000
@@ -61,7 +61,6 @@ def test_chatdev_csv_becomes_requests_and_calls(db_url: str, tmp_path: Path) -> 
         assert len(db.load().calls) == 4
 
 
-@pytest.mark.skipif(not CHATDEV.exists(), reason="shared/data is not beside the checkout")
 def test_the_real_chatdev_log(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'chatdev.db'}"
     result = _ingest(url, CHATDEV)

@@ -26,7 +26,7 @@ from apportion.sim.replay import (
 from apportion.spec import Agent, AgentKind, Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
-CHATDEV_CALLS = REPO.parent / "shared" / "data" / "chatdev" / "calls.csv"
+CHATDEV_CALLS = REPO / "examples" / "chatdev" / "calls.csv"
 CHATDEV_PIPELINE = REPO / "examples" / "chatdev" / "pipeline.yaml"
 JSON_KEYS = {"quality_mean", "cut_rate", "critical_cut_rate", "unused_mean", "extensions_mean"}
 
@@ -228,7 +228,6 @@ def test_bad_options(tmp_path: Path, pipeline: Pipeline) -> None:
         run_replay(log, pipeline, policies=["static"])  # nothing to profile it on
 
 
-@pytest.mark.skipif(not CHATDEV_CALLS.exists(), reason="ChatDev call log not beside the checkout")
 def test_chatdev_best_policy_cuts_fewer_critical_calls_than_uniform() -> None:
     pipeline = Pipeline.from_yaml(CHATDEV_PIPELINE)
     log = load_calls(CHATDEV_CALLS, pipeline)
@@ -239,6 +238,21 @@ def test_chatdev_best_policy_cuts_fewer_critical_calls_than_uniform() -> None:
     assert policies[best]["quality_mean"] > 0.7  # 0.749 (static) as measured on this log
     assert policies[best]["critical_cut_rate"] < policies["uniform"]["critical_cut_rate"]
     assert result["runs"] == 13 and result["fit"]["runs"] == 43
+
+
+def test_chatdev_log_is_what_its_data_page_says() -> None:
+    """examples/chatdev/DATA.md's counts, read from the shipped log."""
+    log = load_calls(CHATDEV_CALLS, Pipeline.from_yaml(CHATDEV_PIPELINE))
+    calls = [call for run in log.runs for call in run.calls]
+    totals = sorted(run.tokens for run in log.runs)
+    assert (len(log.runs), len(calls)) == (56, 1_370)
+    assert sum(run.split == "test" for run in log.runs) == 13
+    assert (totals[0], totals[-1]) == (11_356, 161_341)
+    assert sum(call.max_tokens is None for call in calls) == 389
+    at_cap = [c for c in calls if c.max_tokens is not None and c.completion_tokens >= c.max_tokens]
+    assert len(at_cap) == 57
+    page = (CHATDEV_CALLS.parent / "DATA.md").read_text(encoding="utf-8")
+    assert all(f in page for f in ("1,370 calls", "11,356", "161,341", "(389 rows)", "57 answers"))
 
 
 # ------------------------------------------------------------------ CLI and files
