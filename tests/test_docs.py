@@ -1,4 +1,5 @@
-"""The README's quickstart and the DESIGN.md API example run as written."""
+"""The README's quickstart and the DESIGN.md API example run as written; the scripts, options
+and files the documents name exist."""
 
 import ast
 import asyncio
@@ -55,3 +56,40 @@ def test_design_example_runs() -> None:
     summary = namespace["req"].summary()  # type: ignore[attr-defined]
     assert summary.agents["reasoner"].consumed == 7_900 + 1_312
     assert namespace["areq"].summary().agents["formatter"].consumed == 110  # type: ignore[attr-defined]
+
+
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def documented(pattern: str) -> list[tuple[str, str]]:
+    """``(document, match)`` of ``pattern`` in every document.
+
+    A command continued with a backslash, or a code span wrapped over two lines, is one line.
+    """
+    found = []
+    for path in DOCUMENTS:
+        text = path.read_text(encoding="utf-8").replace("\\\n", " ")
+        text = re.sub(r"`[^`\n]+\n[^`\n]+`", lambda m: m[0].replace("\n", " "), text)
+        found += [(path.name, m) for m in re.findall(pattern, text, flags=re.M)]
+    return found
+
+
+def test_documented_scripts_exist_with_the_options_shown() -> None:
+    """``python benchmarks/X.py --opt`` and ``python examples/X.py --opt``, as written."""
+    commands = documented(r"python ((?:benchmarks|examples)/[\w/]+\.py)([^`\n|;]*)")
+    assert len(commands) > 20
+    for document, (script, rest) in commands:
+        path = ROOT / script
+        assert path.is_file(), f"{document}: {script} does not exist"
+        source = path.read_text(encoding="utf-8")
+        for option in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest):
+            assert f'"{option}"' in source, f"{document}: {script} takes no {option}"
+
+
+def test_documented_paths_exist() -> None:
+    """Every file or folder of the project that a document names in backticks."""
+    named = documented(r"`((?:examples|docs|benchmarks|tests|src)/[\w./*-]+)`")
+    assert len(named) > 30
+    for document, name in named:
+        name = name.rstrip(".")
+        assert list(ROOT.glob(name)), f"{document}: {name} does not exist"
