@@ -19,7 +19,8 @@ also rolls up trees and groups children by name (five times as many requests).
 
 With ``--from-rollups`` no raw row is written: a year of daily rollup rows is, each day
 the rollups of one of seven generated days (1,000 requests each) with every count
-multiplied so the year holds about ``--events`` calls (``events`` is the exact number),
+multiplied so the year holds about ``--events`` calls, and at least the 1,825,000 of
+one multiple (``events`` is the exact number),
 and the report reads every whole day from the rollups (``--rollups always``).
 
 Prints one JSON line: ``events``, ``seconds`` (the report command, end to end in its

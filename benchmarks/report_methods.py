@@ -19,9 +19,9 @@ Prints one JSON line.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 import time
 
 from sqlalchemy import create_engine, text
@@ -68,7 +68,9 @@ def _duckdb(path: str) -> dict[str, object]:
 
 
 def main() -> None:
-    url = sys.argv[1]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url", help="the database benchmarks/report.py wrote (a SQLAlchemy URL)")
+    url = parser.parse_args().url
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     queries = dict(QUERIES)

@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DESIGN = ROOT.parent / "shared" / "DESIGN.md"
+SPEC = ROOT.parent / "shared" / "spec" / "workload.md"
 
 
 def python_blocks(text: str) -> list[str]:
@@ -93,3 +94,10 @@ def test_documented_paths_exist() -> None:
     for document, name in named:
         name = name.rstrip(".")
         assert list(ROOT.glob(name)), f"{document}: {name} does not exist"
+
+
+@pytest.mark.skipif(not SPEC.exists(), reason="shared/spec is not beside the checkout")
+def test_the_shipped_workload_spec_is_the_projects() -> None:
+    """docs/workload-spec.md is a copy of the normative spec, word for word."""
+    shipped = (ROOT / "docs" / "workload-spec.md").read_text(encoding="utf-8")
+    assert shipped == SPEC.read_text(encoding="utf-8")

@@ -48,6 +48,7 @@ from apportion.errors import (
     StoreOutcomeUnknown,
     TreeTooDeep,
     UnknownModel,
+    UnknownRequest,
     UsageWarning,
     WrapUpTooLarge,
 )
@@ -82,7 +83,7 @@ T = TypeVar("T")
 Steps = Generator[StoreCall, Any, T]
 
 _NO_KWARGS: dict[str, Any] = {}
-_READS = frozenset({"get", "events"})
+_READS = frozenset({"get", "events", "history"})
 """Store calls retried like the calls with an operation id (reading twice changes nothing)."""
 _OP_KEY: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
     "apportion_op_key", default=None
@@ -780,6 +781,8 @@ class _Steps:
 
     def close(self, status: str) -> Steps[None]:
         self._usable()
+        if self.config.sinks:
+            yield from self._close_others_children(status)
         obs = self.obs
         now = self.config.clock()
         try:
@@ -805,12 +808,38 @@ class _Steps:
             )
         yield from self._record()
 
+    def _close_others_children(self, status: str) -> Steps[None]:
+        """Before this request closes: close its open children opened elsewhere, each first.
+
+        The store would close them with this request, but a child reaches telemetry from
+        the process that holds its steps: one opened through another handle (a gateway
+        call, another worker's ``attach``) and left open would reach no sink. Each is
+        closed here through a handle of its own (with ``status``), after its own children
+        opened elsewhere; one closed meanwhile was recorded by whoever closed it. Children
+        this process opened are closed with this request, as always (:meth:`_closed_tree`).
+        """
+        obs = self.obs
+        with contextlib.suppress(ApportionError):
+            obs.state = yield ("get", (obs.request_id,), _NO_KWARGS)
+        mine = {k._steps.obs.request_id: k._steps for k in self.tree.children}
+        for child_id in list(obs.state.children):
+            steps = mine.get(child_id)
+            if steps is None:
+                steps = _attached(self.config, child_id)
+                try:
+                    steps.obs.state = yield from _get_open(steps)
+                    yield from steps.close(status)
+                except (RequestClosed, UnknownRequest):
+                    continue  # closed meanwhile
+            elif steps.opened and not steps.closed:
+                yield from steps._close_others_children(status)
+
     def _record(self) -> Steps[None]:
         """Send the closed request to telemetry (a child closed with its parent too)."""
         if not self.config.sinks:
             return
-        try:
-            events = yield ("events", (self.obs.request_id,), _NO_KWARGS)
+        try:  # the ledger's events and the notes (refused begins, from any process)
+            events = yield ("history", (self.obs.request_id,), _NO_KWARGS)
         except ApportionError:
             return  # gone already (retention): nothing left to record
         try:
@@ -884,7 +913,7 @@ def _reap(config: _Config) -> Steps[int]:
         for request_id in reaped.expired:
             try:
                 state = yield ("get", (request_id,), _NO_KWARGS)
-                events = yield ("events", (request_id,), _NO_KWARGS)
+                events = yield ("history", (request_id,), _NO_KWARGS)
             except ApportionError:
                 continue  # gone already (retention): nothing left to record
             if set(state.ranks) != names:

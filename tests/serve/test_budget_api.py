@@ -577,6 +577,39 @@ def test_closed_requests_reach_the_configured_telemetry(tmp_path: Any) -> None:
     assert stored[f"acme/{rid}"].consumed == 340 and stored[f"acme/{rid}"].status == "closed"
 
 
+def test_a_child_left_open_and_a_refused_begin_reach_telemetry(tmp_path: Any) -> None:
+    """Every call takes a handle of its own: the close still records the whole tree."""
+    from apportion.telemetry import flush
+    from apportion.telemetry.sql import open_database
+
+    url = f"sqlite:///{tmp_path / 'telemetry.db'}"
+    config = ServeConfig.from_yaml(write_config(tmp_path, extra=f"telemetry: {url}\n"))
+
+    async def body(client: httpx.AsyncClient) -> tuple[str, str]:
+        h = auth("acme")
+        rid = await open_request(client, "acme", ceiling=1_000)
+        kid = await client.post(
+            BASE, json={"parent": rid, "name": "research", "share": 1.0}, headers=h
+        )
+        assert kid.status_code == 201, kid.text
+        kid_id = kid.json()["request_id"]
+        begin = {"agent": "intake", "input_tokens": 300}
+        grant = (await client.post(f"{BASE}/{kid_id}/begin", json=begin, headers=h)).json()
+        done = {"grant": grant["grant"], "input_tokens": 300, "output_tokens": 40}
+        await client.post(f"{BASE}/{kid_id}/finish", json=done, headers=h)
+        refused = await client.post(f"{BASE}/{rid}/begin", json=begin, headers=h)
+        check_error(refused, 409, "budget_exceeded")  # the child drew it all
+        await client.post(f"{BASE}/{rid}/close", headers=h)  # the child left open
+        return rid, kid_id
+
+    rid, kid_id = run(Gateway(config), body)
+    assert flush(60)
+    stored = open_database(url).load()
+    assert sorted(stored.requests) == sorted([f"acme/{rid}", f"acme/{kid_id}"])
+    assert stored.requests[f"acme/{rid}"].refused == {"intake": 1}
+    assert [c.used for c in stored.calls if c.request_id == f"acme/{kid_id}"] == [340]
+
+
 def test_the_app_mounts_in_another_asgi_app() -> None:
     from starlette.applications import Starlette
     from starlette.routing import Mount

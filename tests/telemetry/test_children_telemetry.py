@@ -4,9 +4,10 @@ can roll the tree up from the records alone."""
 
 from __future__ import annotations
 
+import pytest
 from telemetry_helpers import ListSink
 
-from apportion import Agent, Controller, Pipeline
+from apportion import Agent, BudgetExceeded, Controller, Pipeline
 from apportion.telemetry import SCHEMA_VERSION, flush
 from apportion.telemetry.records import CallUsage, RequestUsage
 from apportion.telemetry.sql import Database, open_database
@@ -84,6 +85,58 @@ def test_a_child_still_open_when_its_parent_closes_is_recorded() -> None:
     left = records[kid.request_id]
     assert left.parent_id == req.request_id and left.consumed == 130
     assert [c.used for c in left.calls] == [130]
+
+
+def test_children_opened_through_other_handles_and_left_open_are_recorded() -> None:
+    """As in a gateway, where every call takes a handle of its own (``attach``)."""
+    sink = ListSink()
+    controller = Controller(PIPELINE, policy="uniform", telemetry=sink)
+    with controller.request(10_000) as req:
+        kid = controller.attach(req.request_id).child("elsewhere", ceiling=1_000)
+        kid.open()
+        grant = kid.begin("worker", 100, 100)
+        kid.finish(grant, input_tokens=100, output_tokens=30)
+        mine = req.child("mine", ceiling=1_000)
+        mine.open()  # opened here, with a child of its own opened through a handle
+        grandchild = controller.attach(mine.request_id).child("deep", ceiling=200)
+        grandchild.open()
+        grant = grandchild.begin("worker", 50, 50)
+        grandchild.finish(grant, input_tokens=50, output_tokens=5)
+        done = controller.attach(req.request_id).child("closed", ceiling=100)
+        done.open()
+        done.close()  # recorded by its own handle, once
+    assert flush(10)
+    ids = sorted(r.request_id for r in sink.records)
+    assert ids == sorted(
+        [
+            req.request_id,
+            kid.request_id,
+            mine.request_id,
+            grandchild.request_id,
+            done.request_id,
+        ]
+    )
+    records = {r.request_id: r for r in sink.records}
+    assert [c.used for c in records[kid.request_id].calls] == [130]
+    assert records[grandchild.request_id].parent_id == mine.request_id
+    assert records[grandchild.request_id].consumed == 55
+    assert records[req.request_id].consumed == 130 + 55
+    assert req.summary().status == records[kid.request_id].status == "closed"
+
+
+def test_begins_refused_through_other_handles_are_counted() -> None:
+    pipeline = Pipeline([Agent("lead", min_output=2_000), Agent("worker", min_output=2_000)])
+    sink = ListSink()
+    controller = Controller(pipeline, policy="uniform", telemetry=sink)
+    with controller.request(1_000) as req:
+        with pytest.raises(BudgetExceeded):
+            controller.attach(req.request_id).begin("lead", 100)
+        with pytest.raises(BudgetExceeded):
+            req.begin("worker", 100)
+    assert flush(10)
+    (record,) = sink.records
+    assert record.refused == {"lead": 1, "worker": 1}
+    assert all(e.kind != "refused" for e in record.events)  # the ledger's events alone
 
 
 def _indexes(db: Database) -> set[str]:

@@ -1,6 +1,6 @@
 """The simulated world: workloads, per-request needs, the hidden response model, the oracle.
 
-Everything here is pure and policy-independent (``/work/shared/spec/workload.md``):
+Everything here is pure and policy-independent (``docs/workload-spec.md``):
 
 - :mod:`~apportion.sim.workload` reads and validates workload files;
 - :mod:`~apportion.sim.needs` draws each request's features and token needs with common

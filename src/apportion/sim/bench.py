@@ -2,7 +2,7 @@
 
 :func:`run_bench` plays the same requests (common random numbers) through every policy and
 through the oracle, and aggregates the figures named in the workload spec's bench output
-(``/work/shared/spec/workload.md``, "apportion bench output"): ``quality_mean``,
+(``docs/workload-spec.md``, "apportion bench output"): ``quality_mean``,
 ``quality_vs_oracle``, ``tokens_mean``, ``truncation_rate``,
 ``critical_truncation_rate``, ``unspent_mean``, ``extensions_mean``.
 

@@ -1,6 +1,6 @@
 """Unseen workloads: a random but plausible workload file drawn from a seed.
 
-:func:`generate_workload` draws a pipeline that follows ``/work/shared/spec/workload.md``
+:func:`generate_workload` draws a pipeline that follows ``docs/workload-spec.md``
 exactly (no superset key): 3 to 8 agents in a DAG (each later agent reads one or two
 earlier ones through ``after``, most with ``upstream: true``), at least one ``critical``
 agent, output kinds, features (two to four of ``messages``, ``doc_tokens``,

@@ -1,6 +1,6 @@
 """Token needs drawn per request, with common random numbers.
 
-Implements "Needs" of ``/work/shared/spec/workload.md``. The generator of request ``r`` is
+Implements "Needs" of ``docs/workload-spec.md``. The generator of request ``r`` is
 ``numpy.random.default_rng([seed, r])``: it depends on ``(seed, r)`` alone, so every policy
 and the oracle face exactly the same requests.
 

@@ -1,6 +1,6 @@
 """The hindsight oracle: the best allocation of a request, knowing every need.
 
-Implements "Oracle" of ``/work/shared/spec/workload.md``. The oracle knows ``need_in``,
+Implements "Oracle" of ``docs/workload-spec.md``. The oracle knows ``need_in``,
 ``need_out`` and the response model, makes no extensions, and chooses ``(ctx, cap)`` for
 every agent at once to maximise ``Q = prod(q_i ** influence_i)`` under the token ceiling
 (``sum(ctx_i + min(cap_i, need_out_i)) <= ceiling``). It grants ``cap_i = out_i``, so an

@@ -1,7 +1,7 @@
 """The hidden response model: how much quality a request gets from what it was granted.
 
 Implements "Quality" and step 1 of "One request, step by step" in
-``/work/shared/spec/workload.md``. Policies never see these functions' inputs
+``docs/workload-spec.md``. Policies never see these functions' inputs
 (``need_in``, ``need_out``, ``input_sensitivity``, ``influence``); they are told only the
 request quality ``Q`` when the request closes.
 

@@ -1,6 +1,6 @@
 """Workload files: the pipeline and traffic a simulated bench serves.
 
-A workload (``/work/shared/spec/workload.md``, "Format") names the features drawn per
+A workload (``docs/workload-spec.md``, "Format") names the features drawn per
 request, the agents run once per request in order (with their token needs and the hidden
 response model's parameters), and optionally the models a routing policy may choose from.
 The superset of ``docs/workload-trees.md`` adds agent trees and dynamic teams: an agent's

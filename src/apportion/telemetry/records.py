@@ -53,6 +53,7 @@ from apportion.calls import (
 )
 from apportion.ledger import CHILD_SEP, STATUSES, Event
 from apportion.policies.rollout import Rollout, RolloutEvent
+from apportion.stores.feed import NOTE_KINDS
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -377,6 +378,9 @@ def usage_from(
     state = obs.state
     pipeline = obs.pipeline
     priorities = {a.name: str(a.priority) for a in pipeline.agents}
+    notes = [e for e in events if e.kind in NOTE_KINDS]
+    if notes:
+        events = [e for e in events if e.kind not in NOTE_KINDS]
     calls: dict[int, dict[str, Any]] = {}
     opened_at: float | None = None
     closed_at: float | None = None
@@ -441,12 +445,7 @@ def usage_from(
                 **call,
             )
         )
-    refused: dict[str, int] = {}
-    refused_kinds: dict[str, str] = {}
-    for record in getattr(obs, "refused", None) or ():
-        refused[str(record.agent)] = refused.get(str(record.agent), 0) + 1
-        if record.kind is not None:
-            refused_kinds[str(record.agent)] = str(record.kind)
+    refused, refused_kinds = _refusals(getattr(obs, "refused", None) or (), notes)
     outcome = state.outcome
     depth = int(getattr(state, "depth", 0) or 0)
     parent_id = getattr(state, "parent_id", None)
@@ -471,6 +470,36 @@ def usage_from(
         depth=depth,
         parent_local=parent_local and parent_id is not None,
     )
+
+
+def _refusals(
+    kept: Sequence[CallRecord], notes: Sequence[Event]
+) -> tuple[dict[str, int], dict[str, str]]:
+    """Begins refused per agent, and the kind of each agent not listed (``refused_kinds``).
+
+    ``kept``: the refusals this process saw (by the caller's name, with its kind). ``notes``:
+    the store's ``refused`` notes, by the name each was budgeted as, from every process (a
+    gateway's calls each take a handle of their own). Those this process did not see are
+    counted on the name they were budgeted as.
+    """
+    refused: dict[str, int] = {}
+    refused_kinds: dict[str, str] = {}
+    seen: dict[str, int] = {}  # by the name budgeted as
+    for record in kept:
+        agent = str(record.agent)
+        refused[agent] = refused.get(agent, 0) + 1
+        if record.kind is not None:
+            refused_kinds[agent] = str(record.kind)
+        seen[record.budgeted_as] = seen.get(record.budgeted_as, 0) + 1
+    for note in notes:
+        budgeted = str(note.agent)
+        if note.kind != "refused" or note.note != "begin":
+            continue
+        if seen.get(budgeted, 0) > 0:
+            seen[budgeted] -= 1  # this process's own
+        else:
+            refused[budgeted] = refused.get(budgeted, 0) + 1
+    return refused, refused_kinds
 
 
 def _input_cut(asked: int, granted: int) -> dict[str, Any]:
