@@ -7,9 +7,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 from redis_server import RedisServer
 
-from apportion import Agent, Controller, Pipeline
+from apportion import Agent, BudgetExceeded, Controller, Pipeline
 from apportion.stores.redis import RedisStore
 from apportion.telemetry import flush
 
@@ -48,3 +49,28 @@ def test_tree_records_on_redis(redis_server: RedisServer) -> None:
         1,
     )
     assert far.parent_local is False  # its parent's record is another process's to send
+
+
+def test_what_another_process_left_is_recorded_at_close_on_redis(
+    redis_server: RedisServer,
+) -> None:
+    """A child another process opened and left open, and a begin it had refused."""
+    store = RedisStore(redis_server.url)
+    store._client.flushdb()
+    pipeline = Pipeline([Agent("lead", priority="critical", min_output=3_000), Agent("worker")])
+    sink = ListSink()
+    controller = Controller(pipeline, policy="uniform", store=store, telemetry=sink)
+    worker = Controller(pipeline, policy="uniform", store=store)
+    with controller.request(2_000) as req:
+        remote = worker.attach(req.request_id).child("remote", ceiling=1_000)
+        remote.open()
+        g = remote.begin("worker", 100, 50)
+        remote.finish(g, input_tokens=100, output_tokens=30)
+        with pytest.raises(BudgetExceeded):
+            worker.attach(req.request_id).begin("lead", 100)
+    assert flush(30)
+    records = {r.request_id: r for r in sink.records}
+    assert set(records) == {req.request_id, remote.request_id}
+    assert [c.used for c in records[remote.request_id].calls] == [130]
+    assert records[req.request_id].refused == {"lead": 1}
+    assert records[req.request_id].consumed == 130
