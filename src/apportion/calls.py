@@ -29,9 +29,12 @@ Statuses:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+from apportion.ledger import STATUSES as LEDGER_STATUSES
+from apportion.ledger import Event
 
 OPEN: Final = "open"
 COMPLETED: Final = "completed"
@@ -180,7 +183,65 @@ class CallRecord:
             self.status = WRAPPED_UP if wrapped else COMPLETED
         self.settled_at = at
 
+    def catch_up(self, told: CallRecord) -> None:
+        """Take what the ledger tells of this call that this record missed.
+
+        ``told`` (from :func:`records_of`) has the extensions granted and the settlement
+        made through other handles.
+        """
+        if told.extensions > self.extensions:
+            self.extensions, self.output_cap = told.extensions, told.output_cap
+            self.extension_context = told.extension_context
+        if self.status != OPEN or told.status == OPEN or told.settled_at is None:
+            return
+        if told.finished:
+            used_in, used_out = told.input_used or 0, told.output_used or 0
+            self.finish(used_in, used_out, told.truncated, told.settled_at)
+        else:
+            self.settle(told.status, told.settled_at)
+
     def settle(self, status: str, at: float) -> None:
         """Mark an open call settled without usage (``released``, ``expired``, ``closed``)."""
         if self.status == OPEN:
             self.status, self.settled_at = status, at
+
+
+def records_of(events: Iterable[Event]) -> dict[int, CallRecord]:
+    """The call records a request's ledger events tell, by grant id (in grant order).
+
+    What a handle on a request that other processes ran learns of their calls when it
+    closes the request: each grant's line (a kind's agent is named by its kind), the input
+    it had in hand, its grant with extensions, and how it was settled. What the calling
+    process alone knew (an integration's notes, prices, the policy's prediction, a refused
+    extension) is not in the ledger.
+    """
+    records: dict[int, CallRecord] = {}
+    for event in events:
+        kind = event.kind
+        if kind == "begin":
+            records[event.grant_id] = CallRecord(
+                str(event.agent),
+                event.grant_id,
+                event.asked or event.context_tokens,
+                event.context_tokens,
+                event.output_tokens,
+                event.at,
+            )
+            continue
+        record = records.get(event.grant_id)
+        if record is None or record.status not in (OPEN, EXPIRED):  # a late finish follows
+            continue
+        if kind == "extend" and (event.context_tokens or event.output_tokens):
+            record.extensions += 1
+            record.extension_context += event.context_tokens
+            record.output_cap += event.output_tokens
+        elif kind == "finish":
+            record.input_used, record.output_used = event.context_tokens, event.output_tokens
+            record.truncated, record.overuse = bool(event.truncated), event.overuse
+            ended = CUT if event.truncated else COMPLETED
+            record.status, record.settled_at = LATE if event.note == "late" else ended, event.at
+        elif kind == "expire":
+            record.settle(EXPIRED, event.at)
+        elif kind == "release":
+            record.settle(CLOSED if event.note in LEDGER_STATUSES else RELEASED, event.at)
+    return records

@@ -29,13 +29,14 @@ import secrets
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
 from apportion import ambient
 from apportion.calls import CLOSED as CLOSED_CALL
-from apportion.calls import EXPIRED, OPEN, REFUSED, RELEASED, CallRecord
+from apportion.calls import EXPIRED, OPEN, REFUSED, RELEASED, CallRecord, records_of
 from apportion.errors import (
     ApportionError,
     BudgetExceeded,
@@ -76,6 +77,7 @@ from apportion.retry import StoreRetry
 from apportion.spec import Agent, Pipeline
 from apportion.stores import LedgerView, Store, open_store
 from apportion.stores.base import MAX_DEPTH_LIMIT, Reaped, check_op_id
+from apportion.stores.feed import NOTE_KINDS
 from apportion.summary import Summary
 
 StoreCall = tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -798,6 +800,7 @@ class _Steps:
             yield from self._closed_tree()
             raise
         self.closed = True
+        history = (yield from self._adopt_history()) if self.tree.handle else None
         _settle_open_calls(obs, now)
         yield from self._closed_tree()
         try:
@@ -806,7 +809,42 @@ class _Steps:
             warnings.warn(
                 f"policy {self.config.policy.name!r} failed to learn: {exc!r}", stacklevel=4
             )
-        yield from self._record()
+        yield from self._record(history)
+
+    def _adopt_history(self) -> Steps[list[Event] | None]:
+        """A handle closing its request: what was done through other handles, from the store.
+
+        The calls made through other handles (in the gateway, each call takes one) and the
+        begins they had refused, as the ledger's events and the store's notes tell them,
+        join this handle's records, so that the policy learns from every call of the
+        request and telemetry records them all. Returns the history read (``None`` when the
+        store could not give it).
+        """
+        obs = self.obs
+        try:
+            history: list[Event] = yield ("history", (obs.request_id,), _NO_KWARGS)
+        except ApportionError:
+            return None
+        calls = records_of(e for e in history if e.kind not in NOTE_KINDS)
+        for grant_id, record in obs.calls.items():  # this handle's own know more
+            told = calls.get(grant_id)
+            if told is not None:
+                record.catch_up(told)
+            calls[grant_id] = record
+        obs.calls.clear()
+        obs.calls.update(sorted(calls.items()))
+        own = Counter(r.budgeted_as for r in obs.refused)
+        for note in history:
+            if note.kind != "refused" or note.note != "begin":
+                continue
+            agent, at = str(note.agent), note.at
+            if own[agent] > 0:
+                own[agent] -= 1  # refused through this handle: recorded already
+                continue
+            asked = note.context_tokens
+            refused = CallRecord(agent, 0, asked, 0, 0, at, status=REFUSED, settled_at=at)
+            obs.refused.append(refused)
+        return history
 
     def _close_others_children(self, status: str) -> Steps[None]:
         """Before this request closes: close its open children opened elsewhere, each first.
@@ -834,14 +872,19 @@ class _Steps:
             elif steps.opened and not steps.closed:
                 yield from steps._close_others_children(status)
 
-    def _record(self) -> Steps[None]:
-        """Send the closed request to telemetry (a child closed with its parent too)."""
+    def _record(self, history: list[Event] | None = None) -> Steps[None]:
+        """Send the closed request to telemetry (a child closed with its parent too).
+
+        ``history``: the request's events and notes, when read already.
+        """
         if not self.config.sinks:
             return
-        try:  # the ledger's events and the notes (refused begins, from any process)
-            events = yield ("history", (self.obs.request_id,), _NO_KWARGS)
-        except ApportionError:
-            return  # gone already (retention): nothing left to record
+        events = history
+        if events is None:
+            try:  # the ledger's events and the notes (refused begins, from any process)
+                events = yield ("history", (self.obs.request_id,), _NO_KWARGS)
+            except ApportionError:
+                return  # gone already (retention): nothing left to record
         try:
             from apportion.telemetry import emit
 

@@ -686,3 +686,28 @@ def test_a_keyed_retry_after_a_lost_reply_gets_the_first_outcome(
     )
     opens, begins = store.ops[:4], store.ops[4:]
     assert len(set(opens)) == 1 and len(set(begins)) == 1 and opens[0] != begins[0]
+
+
+def test_the_policy_learns_from_calls_made_over_http(gateway: Gateway) -> None:
+    """Each call takes a handle of its own; the close reads them all from the store."""
+    agents = ("intake", "retriever", "reasoner", "critic", "formatter")
+
+    async def body(client: httpx.AsyncClient) -> None:
+        h = auth("acme")
+        for _ in range(3):
+            rid = await open_request(client, "acme")
+            for agent in agents:
+                begin = {"agent": agent, "input_tokens": 700}
+                grant = (await client.post(f"{BASE}/{rid}/begin", json=begin, headers=h)).json()
+                done = {"grant": grant["grant"], "input_tokens": 700, "output_tokens": 333}
+                await client.post(f"{BASE}/{rid}/finish", json=done, headers=h)
+            await client.post(f"{BASE}/{rid}/close", headers=h)
+
+    run(gateway, body)
+    (controller,) = gateway.controllers.values()
+    policy: Any = controller.policy
+    assert policy.name == "elastic"
+    outputs = policy.needs(controller.pipeline).document()["output"]
+    for agent in agents:  # each saw three answers of 333 tokens
+        seen = outputs[agent]["count"] + len(outputs[agent]["pending"])
+        assert seen == 3 and outputs[agent]["pending"][-1][1] == 333.0

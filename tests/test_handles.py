@@ -1,0 +1,123 @@
+"""A handle closing a request learns what was done through other handles.
+
+In the gateway every call takes a handle of its own (``Controller.attach``): the begin, the
+finish and the close of one request come through different handles, often different
+processes. The handle that closes the request reads the calls and the refused begins from
+the store (:func:`apportion.calls.records_of` over the ledger's events, and the store's
+notes), so the policy learns from every call and telemetry records them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from apportion import Agent, BudgetExceeded, Controller, Pipeline, Request
+from apportion.calls import records_of
+
+PIPELINE = Pipeline(
+    [
+        Agent("triage", priority="peripheral", output_kind="structured"),
+        Agent("reasoner", priority="critical", after=["triage"], output_kind="reasoning"),
+        Agent("formatter", priority="peripheral", after=["reasoner"], output_kind="structured"),
+    ],
+    name="support",
+)
+LEDGER_FIELDS = (
+    "agent",
+    "grant_id",
+    "input_asked",
+    "context_granted",
+    "output_cap",
+    "began_at",
+    "extensions",
+    "extension_context",
+    "input_used",
+    "output_used",
+    "truncated",
+    "overuse",
+    "settled_at",
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        self.now += 0.5
+        return self.now
+
+
+def test_the_ledger_events_tell_the_calls_as_the_process_that_made_them_kept_them() -> None:
+    clock = Clock()
+    controller = Controller(PIPELINE, policy="elastic", clock=clock, lease_seconds=10)
+    with controller.request(30_000) as req:
+        g = req.begin("triage", 300, 64)
+        req.finish(g, input_tokens=300, output_tokens=64, truncated=True)  # cut
+        g = req.begin("reasoner", 4_000, 1_000)
+        g = req.extend(g, 200, context_tokens=50) or g
+        req.finish(g, input_tokens=4_050, output_tokens=1_100)  # extended
+        g = req.begin("formatter", 500, 100)
+        req.release(g)  # released
+        late = req.begin("reasoner", 900, 100)
+        clock.now += 20
+        controller.reap()  # expired ...
+        req.finish(late, input_tokens=900, output_tokens=80)  # ... then finished late
+        req.begin("formatter", 200, 50)  # still open at close: closed
+    told = records_of(controller.store.events(req.request_id))
+    kept = list(req.calls.values())
+    assert list(told) == [c.grant_id for c in kept]
+    assert [c.status for c in kept] == ["cut", "completed", "released", "late", "closed"]
+    for record in kept:
+        mine = dataclasses.asdict(record)
+        theirs = dataclasses.asdict(told[record.grant_id])
+        assert {f: theirs[f] for f in LEDGER_FIELDS} == {f: mine[f] for f in LEDGER_FIELDS}
+        assert theirs["status"] == record.status
+
+
+def _calls(controller: Controller, req: Request, *, handles: bool) -> None:
+    """Each agent's call of one request, through a handle of its own or the request."""
+    usage = {"triage": (300, 40), "reasoner": (3_000, 900), "formatter": (1_200, 150)}
+    for agent, (inp, out) in usage.items():
+        grant = (controller.attach(req.request_id) if handles else req).begin(agent, inp)
+        (controller.attach(req.request_id) if handles else req).finish(
+            grant, input_tokens=grant.context_tokens, output_tokens=min(out, grant.output_tokens)
+        )
+
+
+def test_a_request_run_through_handles_teaches_the_policy_what_one_request_does() -> None:
+    learned = []
+    for handles in (False, True):
+        controller = Controller(PIPELINE, policy="elastic", clock=Clock())
+        for _ in range(6):
+            req = controller.request(8_000).open()
+            _calls(controller, req, handles=handles)
+            (controller.attach(req.request_id) if handles else req).close()
+        policy: Any = controller.policy
+        needs = policy.needs(PIPELINE).document()
+        counts = policy.call_counts(PIPELINE).document()
+        learned.append(json.dumps([needs, counts], sort_keys=True))
+    fresh: Any = Controller(PIPELINE, policy="elastic").policy
+    nothing = [fresh.needs(PIPELINE).document(), fresh.call_counts(PIPELINE).document()]
+    assert learned[0] != json.dumps(nothing, sort_keys=True)  # it learned
+    assert learned[1] == learned[0]  # the same, through handles
+
+
+def test_the_closing_handle_holds_what_other_handles_did() -> None:
+    pipeline = Pipeline([Agent("reasoner"), Agent("auditor", min_output=50_000)])
+    controller = Controller(pipeline, policy="uniform")
+    req = controller.attach(controller.request(20_000).open().request_id)
+    grant = req.begin("reasoner", 1_000, 500)  # begun here ...
+    controller.attach(req.request_id).finish(grant, input_tokens=1_000, output_tokens=300)
+    with pytest.raises(BudgetExceeded):  # refused elsewhere
+        controller.attach(req.request_id).begin("auditor", 100)
+    req.close()  # ... finished elsewhere
+    (record,) = req.calls.values()
+    assert (record.status, record.output_used) == ("completed", 300)
+    assert [(r.agent, r.input_asked, r.status) for r in req.refused] == [
+        ("auditor", 100, "refused")
+    ]
