@@ -67,11 +67,16 @@ def test_the_ledger_events_tell_the_calls_as_the_process_that_made_them_kept_the
         clock.now += 20
         controller.reap()  # expired ...
         req.finish(late, input_tokens=900, output_tokens=80)  # ... then finished late
+        g = req.begin("triage", 200, 50)
+        g = req.extend(g, 10**6) or g  # all there is ...
+        assert req.extend(g, 10**6) is None  # ... and then nothing: it wraps up
+        req.finish(g, input_tokens=200, output_tokens=50)
         req.begin("formatter", 200, 50)  # still open at close: closed
-    told = records_of(controller.store.events(req.request_id))
+    told = records_of(controller.store.history(req.request_id))
     kept = list(req.calls.values())
     assert list(told) == [c.grant_id for c in kept]
-    assert [c.status for c in kept] == ["cut", "completed", "released", "late", "closed"]
+    statuses = ["cut", "completed", "released", "late", "wrapped_up", "closed"]
+    assert [c.status for c in kept] == statuses
     for record in kept:
         mine = dataclasses.asdict(record)
         theirs = dataclasses.asdict(told[record.grant_id])

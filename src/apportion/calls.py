@@ -186,9 +186,10 @@ class CallRecord:
     def catch_up(self, told: CallRecord) -> None:
         """Take what the ledger tells of this call that this record missed.
 
-        ``told`` (from :func:`records_of`) has the extensions granted and the settlement
-        made through other handles.
+        ``told`` (from :func:`records_of`) has the extensions granted, the extension
+        refused and the settlement made through other handles.
         """
+        self.wrap_up = self.wrap_up or told.wrap_up
         if told.extensions > self.extensions:
             self.extensions, self.output_cap = told.extensions, told.output_cap
             self.extension_context = told.extension_context
@@ -207,13 +208,14 @@ class CallRecord:
 
 
 def records_of(events: Iterable[Event]) -> dict[int, CallRecord]:
-    """The call records a request's ledger events tell, by grant id (in grant order).
+    """The call records a request's history tells, by grant id (in grant order).
 
     What a handle on a request that other processes ran learns of their calls when it
-    closes the request: each grant's line (a kind's agent is named by its kind), the input
-    it had in hand, its grant with extensions, and how it was settled. What the calling
-    process alone knew (an integration's notes, prices, the policy's prediction, a refused
-    extension) is not in the ledger.
+    closes the request: from the ledger's events, each grant's line (a kind's agent is
+    named by its kind), the input it had in hand, its grant with extensions, and how it was
+    settled; from the store's notes among them (``Store.history``), the extensions refused
+    (the agent wrapped up). What the calling process alone knew (an integration's notes,
+    prices, the policy's prediction) is in neither.
     """
     records: dict[int, CallRecord] = {}
     for event in events:
@@ -231,14 +233,16 @@ def records_of(events: Iterable[Event]) -> dict[int, CallRecord]:
         record = records.get(event.grant_id)
         if record is None or record.status not in (OPEN, EXPIRED):  # a late finish follows
             continue
-        if kind == "extend" and (event.context_tokens or event.output_tokens):
+        if kind == "refused" and event.note == "extend":
+            record.wrap_up = True
+        elif kind == "extend" and (event.context_tokens or event.output_tokens):
             record.extensions += 1
             record.extension_context += event.context_tokens
             record.output_cap += event.output_tokens
         elif kind == "finish":
             record.input_used, record.output_used = event.context_tokens, event.output_tokens
             record.truncated, record.overuse = bool(event.truncated), event.overuse
-            ended = CUT if event.truncated else COMPLETED
+            ended = CUT if event.truncated else WRAPPED_UP if record.wrap_up else COMPLETED
             record.status, record.settled_at = LATE if event.note == "late" else ended, event.at
         elif kind == "expire":
             record.settle(EXPIRED, event.at)

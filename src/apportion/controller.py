@@ -77,7 +77,6 @@ from apportion.retry import StoreRetry
 from apportion.spec import Agent, Pipeline
 from apportion.stores import LedgerView, Store, open_store
 from apportion.stores.base import MAX_DEPTH_LIMIT, Reaped, check_op_id
-from apportion.stores.feed import NOTE_KINDS
 from apportion.summary import Summary
 
 StoreCall = tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -825,7 +824,7 @@ class _Steps:
             history: list[Event] = yield ("history", (obs.request_id,), _NO_KWARGS)
         except ApportionError:
             return None
-        calls = records_of(e for e in history if e.kind not in NOTE_KINDS)
+        calls = records_of(history)
         for grant_id, record in obs.calls.items():  # this handle's own know more
             told = calls.get(grant_id)
             if told is not None:
