@@ -249,3 +249,27 @@ def records_of(events: Iterable[Event]) -> dict[int, CallRecord]:
         elif kind == "release":
             record.settle(CLOSED if event.note in LEDGER_STATUSES else RELEASED, event.at)
     return records
+
+
+def refusals_of(history: Iterable[Event], kept: Iterable[CallRecord]) -> list[CallRecord]:
+    """The begins refused that a request's history tells and ``kept`` does not hold.
+
+    ``history``: the request's events with the store's notes (``Store.history``): a
+    ``refused`` note of a begin names the line it was budgeted on, whichever process made
+    it. ``kept``: the refusals a process recorded itself (by the caller's name, with its
+    kind). Each of the others is a record of status ``refused`` on its line.
+    """
+    own: dict[str, int] = {}
+    for record in kept:
+        own[record.budgeted_as] = own.get(record.budgeted_as, 0) + 1
+    told = []
+    for note in history:
+        if note.kind != "refused" or note.note != "begin":
+            continue
+        agent, at = str(note.agent), note.at
+        if own.get(agent, 0) > 0:
+            own[agent] -= 1  # one this process recorded
+            continue
+        asked = note.context_tokens
+        told.append(CallRecord(agent, 0, asked, 0, 0, at, status=REFUSED, settled_at=at))
+    return told

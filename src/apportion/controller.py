@@ -29,14 +29,21 @@ import secrets
 import threading
 import time
 import warnings
-from collections import Counter
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
 from apportion import ambient
 from apportion.calls import CLOSED as CLOSED_CALL
-from apportion.calls import EXPIRED, OPEN, REFUSED, RELEASED, CallRecord, records_of
+from apportion.calls import (
+    EXPIRED,
+    OPEN,
+    REFUSED,
+    RELEASED,
+    CallRecord,
+    records_of,
+    refusals_of,
+)
 from apportion.errors import (
     ApportionError,
     BudgetExceeded,
@@ -832,17 +839,7 @@ class _Steps:
             calls[grant_id] = record
         obs.calls.clear()
         obs.calls.update(sorted(calls.items()))
-        own = Counter(r.budgeted_as for r in obs.refused)
-        for note in history:
-            if note.kind != "refused" or note.note != "begin":
-                continue
-            agent, at = str(note.agent), note.at
-            if own[agent] > 0:
-                own[agent] -= 1  # refused through this handle: recorded already
-                continue
-            asked = note.context_tokens
-            refused = CallRecord(agent, 0, asked, 0, 0, at, status=REFUSED, settled_at=at)
-            obs.refused.append(refused)
+        obs.refused.extend(refusals_of(history, obs.refused))
         return history
 
     def _close_others_children(self, status: str) -> Steps[None]:

@@ -50,6 +50,7 @@ from apportion.calls import (
     OPEN,
     RELEASED,
     CallRecord,
+    refusals_of,
 )
 from apportion.ledger import CHILD_SEP, STATUSES, Event
 from apportion.policies.rollout import Rollout, RolloutEvent
@@ -368,7 +369,9 @@ def usage_from(
 
     Args:
         obs: the request's :class:`~apportion.policies.base.Observation` (final state).
-        events: the ledger's events of the request.
+        events: the ledger's events of the request, with the store's notes among them
+            (``Store.history``: its refused begins are counted; the record keeps the
+            ledger's events alone).
         trace_context: an OpenTelemetry span context to attach, if any.
         parent_local: see :attr:`RequestUsage.parent_local`.
 
@@ -473,32 +476,22 @@ def usage_from(
 
 
 def _refusals(
-    kept: Sequence[CallRecord], notes: Sequence[Event]
+    kept: Sequence[CallRecord], history: Sequence[Event]
 ) -> tuple[dict[str, int], dict[str, str]]:
     """Begins refused per agent, and the kind of each agent not listed (``refused_kinds``).
 
-    ``kept``: the refusals this process saw (by the caller's name, with its kind). ``notes``:
-    the store's ``refused`` notes, by the name each was budgeted as, from every process (a
-    gateway's calls each take a handle of their own). Those this process did not see are
-    counted on the name they were budgeted as.
+    ``kept``: the refusals this process recorded (by the caller's name, with its kind);
+    those of other processes (a gateway's calls each take a handle of their own) come from
+    the store's notes in ``history``, on the line each was budgeted on
+    (:func:`~apportion.calls.refusals_of`).
     """
     refused: dict[str, int] = {}
     refused_kinds: dict[str, str] = {}
-    seen: dict[str, int] = {}  # by the name budgeted as
-    for record in kept:
+    for record in [*kept, *refusals_of(history, kept)]:
         agent = str(record.agent)
         refused[agent] = refused.get(agent, 0) + 1
         if record.kind is not None:
             refused_kinds[agent] = str(record.kind)
-        seen[record.budgeted_as] = seen.get(record.budgeted_as, 0) + 1
-    for note in notes:
-        budgeted = str(note.agent)
-        if note.kind != "refused" or note.note != "begin":
-            continue
-        if seen.get(budgeted, 0) > 0:
-            seen[budgeted] -= 1  # this process's own
-        else:
-            refused[budgeted] = refused.get(budgeted, 0) + 1
     return refused, refused_kinds
 
 
