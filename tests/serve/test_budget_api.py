@@ -701,7 +701,8 @@ def test_the_policy_learns_from_calls_made_over_http(gateway: Gateway) -> None:
                 grant = (await client.post(f"{BASE}/{rid}/begin", json=begin, headers=h)).json()
                 done = {"grant": grant["grant"], "input_tokens": 700, "output_tokens": 333}
                 await client.post(f"{BASE}/{rid}/finish", json=done, headers=h)
-            await client.post(f"{BASE}/{rid}/close", headers=h)
+            closed = (await client.post(f"{BASE}/{rid}/close", headers=h)).json()
+            assert closed["statuses"] == {"completed": 5}  # every call, not the close's own
 
     run(gateway, body)
     (controller,) = gateway.controllers.values()
