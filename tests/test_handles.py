@@ -28,6 +28,7 @@ PIPELINE = Pipeline(
 )
 LEDGER_FIELDS = (
     "agent",
+    "model",
     "grant_id",
     "input_asked",
     "context_granted",
@@ -58,7 +59,7 @@ def test_the_ledger_events_tell_the_calls_as_the_process_that_made_them_kept_the
     with controller.request(30_000) as req:
         g = req.begin("triage", 300, 64)
         req.finish(g, input_tokens=300, output_tokens=64, truncated=True)  # cut
-        g = req.begin("reasoner", 4_000, 1_000)
+        g = req.begin("reasoner", 4_000, 1_000, model="house-model")  # not in the catalog
         g = req.extend(g, 200, context_tokens=50) or g
         req.finish(g, input_tokens=4_050, output_tokens=1_100)  # extended
         g = req.begin("formatter", 500, 100)

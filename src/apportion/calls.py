@@ -212,10 +212,10 @@ def records_of(events: Iterable[Event]) -> dict[int, CallRecord]:
 
     What a handle on a request that other processes ran learns of their calls when it
     closes the request: from the ledger's events, each grant's line (a kind's agent is
-    named by its kind), the input it had in hand, its grant with extensions, and how it was
-    settled; from the store's notes among them (``Store.history``), the extensions refused
-    (the agent wrapped up). What the calling process alone knew (an integration's notes,
-    prices, the policy's prediction) is in neither.
+    named by its kind), its model, the input it had in hand, its grant with extensions, and
+    how it was settled; from the store's notes among them (``Store.history``), the
+    extensions refused (the agent wrapped up). What the calling process alone knew (an
+    integration's notes, the grant's prices, the policy's prediction) is in neither.
     """
     records: dict[int, CallRecord] = {}
     for event in events:
@@ -228,6 +228,7 @@ def records_of(events: Iterable[Event]) -> dict[int, CallRecord]:
                 event.context_tokens,
                 event.output_tokens,
                 event.at,
+                model=event.note or None,
             )
             continue
         record = records.get(event.grant_id)

@@ -823,8 +823,8 @@ class _Steps:
         The calls made through other handles (in the gateway, each call takes one) and the
         begins they had refused, as the ledger's events and the store's notes tell them,
         join this handle's records, so that the policy learns from every call of the
-        request and telemetry records them all. Returns the history read (``None`` when the
-        store could not give it).
+        request and telemetry records them all (a call's cost at its model's prices in the
+        catalog). Returns the history read (``None`` when the store could not give it).
         """
         obs = self.obs
         try:
@@ -832,6 +832,11 @@ class _Steps:
         except ApportionError:
             return None
         calls = records_of(history)
+        for record in calls.values():  # priced from the catalog, as the call was
+            if record.model is not None:
+                with contextlib.suppress(ApportionError):
+                    priced = self.config.prices_for(record.agent, record.model, None)
+                    record.prices = priced.get("prices")
         for grant_id, record in obs.calls.items():  # this handle's own know more
             told = calls.get(grant_id)
             if told is not None:

@@ -145,7 +145,8 @@ class Event(NamedTuple):
         truncated: for ``finish``, whether the caller reported the output cut.
         overuse: for ``finish``, tokens used beyond the grant.
         note: free text: the release reason, the close status; ``late`` for a ``finish``
-            that came after the grant's lease expired.
+            that came after the grant's lease expired; the model of a ``begin`` that named
+            one.
         asked: for ``begin``, the input tokens the agent had in hand (when the grant's
             context is smaller, the call's input was cut).
     """
@@ -750,7 +751,18 @@ class Ledger:
         self.events.append(
             _new(
                 Event,
-                ("begin", now, agent, grant_id, context_tokens, output_tokens, False, 0, "", asked),
+                (
+                    "begin",
+                    now,
+                    agent,
+                    grant_id,
+                    context_tokens,
+                    output_tokens,
+                    False,
+                    0,
+                    model or "",  # the call's model, when it names one
+                    asked,
+                ),
             )
         )
         return grant

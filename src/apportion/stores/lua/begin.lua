@@ -47,7 +47,7 @@ st[7] = st[7] + total
 st[at(c, RBY, ai)] = st[at(c, RBY, ai)] + total
 st[at(c, CALLS, ai)] = st[at(c, CALLS, ai)] + 1
 if ctx < asked then st[at(c, INCUT, ai)] = st[at(c, INCUT, ai)] + 1 end
-event(c, 'begin', ARGV[1], gid, ctx, out, false, 0, '', asked)
+event(c, 'begin', ARGV[1], gid, ctx, out, false, 0, ARGV[7], asked) -- note: the model
 local blob = save(c)
 remember(KEYS[4], KEYS[1], cjson.encode({gid, ctx, out, ARGV[6], ARGV[7]}))
 return {'ok', blob, gid}
