@@ -58,6 +58,7 @@ def gateway_for(
     max_body_bytes: int = 10 * 1024 * 1024,
     upstream_model: str | None = None,
     store_url: str = "memory://",
+    telemetry: tuple[str, ...] = (),
 ) -> Gateway:
     """A gateway of tenants ``acme`` and ``globex`` over ``server`` (one pipeline).
 
@@ -81,6 +82,7 @@ def gateway_for(
         max_body_bytes=max_body_bytes,
         signing_key=SIGNING_KEY.encode(),
         signing_key_random=False,
+        telemetry=telemetry,
     )
     options: dict[str, Any] = {} if clock is None else {"clock": clock}
     if store_url == "memory://":

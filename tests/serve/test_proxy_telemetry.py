@@ -8,30 +8,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 from proxy_helpers import MODEL, asgi_client, budget_headers, proxy_app, words
 
 from apportion.catalog import Catalog
-from apportion.serve import config as serve_config
 from apportion.telemetry import flush
 from apportion.telemetry.sql import open_database
 from apportion.testing.openai_server import OpenAIServer
 
 
-def test_a_proxied_call_reaches_telemetry_with_its_model_and_cost(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_proxied_call_reaches_telemetry_with_its_model_and_cost(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'telemetry.db'}"
-    made = serve_config.ServeConfig
-
-    def with_telemetry(*args: Any, **kwargs: Any) -> Any:
-        return made(*args, **{**kwargs, "telemetry": (url,)})
-
-    monkeypatch.setattr("proxy_helpers.ServeConfig", with_telemetry)
     with OpenAIServer() as server:
-        app, _ = proxy_app(server, "elastic", direct=True)
+        app, _ = proxy_app(server, "elastic", direct=True, telemetry=(url,))
 
         async def body() -> None:
             async with asgi_client(app) as client:
