@@ -89,10 +89,9 @@ def check_rows(browser: Browser, store: Store) -> list[dict[str, Any]]:
     return rows
 
 
-def begin(http: httpx.Client, tenant: str, rid: str, agent: str, tokens: int) -> str:
-    answer = http.post(
-        f"{BASE}/{rid}/begin", json={"agent": agent, "input_tokens": tokens}, headers=auth(tenant)
-    )
+def begin(http: httpx.Client, tenant: str, rid: str, agent: str, tokens: int, **more: str) -> str:
+    call = {"agent": agent, "input_tokens": tokens, **more}
+    answer = http.post(f"{BASE}/{rid}/begin", json=call, headers=auth(tenant))
     assert answer.status_code == 200, answer.text
     return str(answer.json()["grant"])
 
@@ -134,7 +133,7 @@ def test_the_live_page_matches_the_ledger_and_follows_it(tmp_path: Path) -> None
     ):
         rid = open_request(http, "acme", request_id="support-1")
         finish(http, "acme", rid, begin(http, "acme", rid, EVIL, 2000), 2000, truncated=True)
-        held = begin(http, "acme", rid, "planner", 3000)
+        held = begin(http, "acme", rid, "planner", 3000, model="gpt-4o-mini")
         child = open_request(http, "acme", parent=rid, name="research", share=0.3)
         finish(http, "acme", child, begin(http, "acme", child, "writer", 800), 700)
         other = open_request(http, "globex", request_id="not-yours")
@@ -249,16 +248,22 @@ def test_the_live_page_matches_the_ledger_and_follows_it(tmp_path: Path) -> None
         assert browser.evaluate("document.querySelector('[data-fact=consumed]').textContent") == (
             f"{store.get(f'acme/{rid}').consumed:,}"
         )
+        planner_began = (
+            "[...document.querySelectorAll('#timeline-rows tr')].map(tr => tr.textContent)"
+            ".filter(text => text.includes('begin') && text.includes('planner'))"
+        )
+        assert "model gpt-4o-mini" in browser.evaluate(planner_began)[0]  # the call's model
         shot(browser, tmp_path, "request")
-        renewed = begin(http, "acme", rid, "writer", 100)  # the timeline grows live
+        renewed = begin(http, "acme", rid, "writer", 100, model="gpt-4o")  # grows live
         browser.wait_for(f"document.querySelectorAll('#timeline-rows tr').length === {shown + 1}")
         assert renewed
+        last = "document.querySelector('#timeline-rows tr:last-child').textContent"
+        assert "model gpt-4o" in browser.evaluate(last)
         # messages fitted away (a note the integrations send): counted live, on the timeline
         store.note(f"acme/{rid}", Event("fitted", gateway.clock(), "writer", 0, 300, 0, note="4"))
         browser.wait_for(
             "document.querySelector('[data-fact=\"fitted-messages\"]').textContent === '4'"
         )
-        last = "document.querySelector('#timeline-rows tr:last-child').textContent"
         assert "4 message(s) dropped or shortened" in browser.evaluate(last)
 
         # another tenant's request, and one that never was: 404 pages

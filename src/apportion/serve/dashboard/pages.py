@@ -421,6 +421,8 @@ def _note(event: Event) -> str:
         parts.append(f"over-use {num(event.overuse)}")
     if event.kind == "fitted":
         parts.append(f"{event.note} message(s) dropped or shortened to fit the grant")
+    elif event.kind == "begin" and event.note:
+        parts.append(f"model {event.note}")
     elif event.note:
         parts.append(
             event.note.rpartition("/")[2] if event.kind.startswith("child") else event.note

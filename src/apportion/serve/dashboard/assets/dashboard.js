@@ -254,7 +254,8 @@
     if (!tbody || ev.r !== pageRequest) { return; }
     var tr = document.createElement("tr");
     var note = ev.k === "fitted"
-      ? ev.note + " message(s) dropped or shortened to fit the grant" : ev.note || "";
+      ? ev.note + " message(s) dropped or shortened to fit the grant"
+      : ev.k === "begin" && ev.note ? "model " + ev.note : ev.note || "";
     [clock(ev.t), ev.k, ev.a || "", ev.gid ? String(ev.gid) : "", fmt(ev.x), fmt(ev.o),
      note].forEach(function (v, i) {
       var td = document.createElement("td");
