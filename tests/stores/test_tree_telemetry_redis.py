@@ -15,7 +15,7 @@ from apportion.stores.redis import RedisStore
 from apportion.telemetry import flush
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "telemetry"))
-from telemetry_helpers import ListSink
+from telemetry_helpers import ListSink, child_left_open
 
 PIPELINE = Pipeline([Agent("lead", priority="critical"), Agent("worker")], name="tree")
 
@@ -62,10 +62,7 @@ def test_what_another_process_left_is_recorded_at_close_on_redis(
     controller = Controller(pipeline, policy="uniform", store=store, telemetry=sink)
     worker = Controller(pipeline, policy="uniform", store=store)
     with controller.request(2_000) as req:
-        remote = worker.attach(req.request_id).child("remote", ceiling=1_000)
-        remote.open()
-        g = remote.begin("worker", 100, 50)
-        remote.finish(g, input_tokens=100, output_tokens=30)
+        remote = child_left_open(worker, req.request_id, "remote", 1_000, (100, 30))
         with pytest.raises(BudgetExceeded):
             worker.attach(req.request_id).begin("lead", 100)
     assert flush(30)

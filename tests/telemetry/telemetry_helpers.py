@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from apportion import Agent, Controller, Pipeline
+from apportion import Agent, Controller, Pipeline, Request
 
 
 class ListSink:
@@ -87,3 +87,15 @@ def give_up_when_unreachable(controller: Controller, timeout: float = 30.0) -> N
         assert channel.retries or not channel.pending, "the sink was never tried"
         channel.discard()
         assert channel.flush(timeout)
+
+
+def child_left_open(
+    controller: Controller, parent_id: str, name: str, ceiling: int, used: tuple[int, int]
+) -> Request:
+    """A child of ``parent_id`` opened through a handle (as another process would), whose
+    ``worker`` made one call that used ``used`` (input, output), left open."""
+    kid = controller.attach(parent_id).child(name, ceiling=ceiling)
+    kid.open()
+    grant = kid.begin("worker", used[0], used[0])
+    kid.finish(grant, input_tokens=used[0], output_tokens=used[1])
+    return kid

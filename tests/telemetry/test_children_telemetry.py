@@ -5,7 +5,7 @@ can roll the tree up from the records alone."""
 from __future__ import annotations
 
 import pytest
-from telemetry_helpers import ListSink
+from telemetry_helpers import ListSink, child_left_open
 
 from apportion import Agent, BudgetExceeded, Controller, Pipeline
 from apportion.telemetry import SCHEMA_VERSION, flush
@@ -92,16 +92,10 @@ def test_children_opened_through_other_handles_and_left_open_are_recorded() -> N
     sink = ListSink()
     controller = Controller(PIPELINE, policy="uniform", telemetry=sink)
     with controller.request(10_000) as req:
-        kid = controller.attach(req.request_id).child("elsewhere", ceiling=1_000)
-        kid.open()
-        grant = kid.begin("worker", 100, 100)
-        kid.finish(grant, input_tokens=100, output_tokens=30)
+        kid = child_left_open(controller, req.request_id, "elsewhere", 1_000, (100, 30))
         mine = req.child("mine", ceiling=1_000)
         mine.open()  # opened here, with a child of its own opened through a handle
-        grandchild = controller.attach(mine.request_id).child("deep", ceiling=200)
-        grandchild.open()
-        grant = grandchild.begin("worker", 50, 50)
-        grandchild.finish(grant, input_tokens=50, output_tokens=5)
+        grandchild = child_left_open(controller, mine.request_id, "deep", 200, (50, 5))
         done = controller.attach(req.request_id).child("closed", ceiling=100)
         done.open()
         done.close()  # recorded by its own handle, once

@@ -43,16 +43,14 @@ from typing import Any, Final
 
 from apportion.calls import (
     CLOSED,
-    COMPLETED,
-    CUT,
     EXPIRED,
-    LATE,
     OPEN,
     RELEASED,
     CallRecord,
+    records_of,
     refusals_of,
 )
-from apportion.ledger import CHILD_SEP, STATUSES, Event
+from apportion.ledger import CHILD_SEP, Event
 from apportion.policies.rollout import Rollout, RolloutEvent
 from apportion.stores.feed import NOTE_KINDS
 
@@ -384,10 +382,10 @@ def usage_from(
     notes = [e for e in events if e.kind in NOTE_KINDS]
     if notes:
         events = [e for e in events if e.kind not in NOTE_KINDS]
-    calls: dict[int, dict[str, Any]] = {}
     opened_at: float | None = None
     closed_at: float | None = None
     status = str(state.status)
+    asked: dict[int, int] = {}  # per grant, the input in hand its begin recorded (0: unknown)
     for event in events:
         kind = event.kind
         if kind == "open":
@@ -396,40 +394,11 @@ def usage_from(
             closed_at = float(event.at)
             status = event.note or status
         elif kind == "begin":
-            calls[event.grant_id] = {
-                "agent": event.agent,
-                "granted_context": event.context_tokens,
-                "granted_output": event.output_tokens,
-                "extensions": 0,
-                "began_at": float(event.at),
-                "settled": "close",
-                "status": CLOSED,
-                **_input_cut(event.asked, event.context_tokens),
-            }
-        elif event.grant_id in calls:
-            call = calls[event.grant_id]
-            if kind == "extend" and (event.context_tokens or event.output_tokens):
-                call["granted_context"] += event.context_tokens
-                call["granted_output"] += event.output_tokens
-                call["extensions"] += 1
-            elif kind == "finish":
-                ended = CUT if event.truncated else COMPLETED
-                call.update(
-                    used_input=event.context_tokens,
-                    used_output=event.output_tokens,
-                    truncated=bool(event.truncated),
-                    overuse=event.overuse,
-                    settled="finish",
-                    at=float(event.at),
-                    status=LATE if event.note == "late" else ended,
-                )
-            elif kind == "expire":
-                call.update(settled="expire", at=float(event.at), status=EXPIRED)
-            elif kind == "release":
-                how = "close" if event.note in STATUSES else "release"
-                call.update(
-                    settled=how, at=float(event.at), status=CLOSED if how == "close" else RELEASED
-                )
+            asked[event.grant_id] = event.asked
+    calls = {
+        grant_id: _from_ledger(told, asked[grant_id])
+        for grant_id, told in records_of(events).items()
+    }
     kept: Mapping[int, CallRecord] = getattr(obs, "calls", None) or {}
     records = []
     for grant_id, call in calls.items():
@@ -493,6 +462,36 @@ def _refusals(
         if record.kind is not None:
             refused_kinds[agent] = str(record.kind)
     return refused, refused_kinds
+
+
+def _from_ledger(record: CallRecord, asked: int) -> dict[str, Any]:
+    """A call's fields as the ledger's events tell them (:func:`~apportion.calls.records_of`).
+
+    ``asked``: the input in hand its begin recorded (0: not known). A call still open at
+    the end was settled by the close.
+    """
+    call: dict[str, Any] = {
+        "agent": record.agent,
+        "granted_context": record.context_granted + record.extension_context,
+        "granted_output": record.output_cap,
+        "extensions": record.extensions,
+        "began_at": float(record.began_at),
+        "status": CLOSED if record.status == OPEN else record.status,
+        **_input_cut(asked, record.context_granted),
+    }
+    if record.finished:
+        call["settled"] = "finish"
+        call.update(
+            used_input=record.input_used,
+            used_output=record.output_used,
+            truncated=record.truncated,
+            overuse=record.overuse,
+        )
+    else:
+        call["settled"] = {EXPIRED: "expire", RELEASED: "release"}.get(record.status, "close")
+    if record.settled_at is not None:
+        call["at"] = float(record.settled_at)
+    return call
 
 
 def _input_cut(asked: int, granted: int) -> dict[str, Any]:
