@@ -1105,7 +1105,7 @@ def test_a_dead_workers_tokens_come_back_without_anyone_reaping() -> None:
     store = MemoryStore()
     store.define_pool(Pool("tenant", 10_000, math.inf))
     worker = Controller(support(), store=store, clock=clock, request_ttl=60, lease_seconds=30)
-    dead = worker.request(8_000, pool="tenant")
+    dead = worker.request(8_000, {"messages": 14, "thread": [1, 2]}, pool="tenant")
     dead.open()
     dead.begin("triage", 1_000, 500)  # ... and the worker is killed here
     assert store.get_pool("tenant", clock.now).remaining == 2_000
@@ -1121,6 +1121,7 @@ def test_a_dead_workers_tokens_come_back_without_anyone_reaping() -> None:
     expired = [r for r in records if r.request_id == dead.request_id]
     assert [r.status for r in expired] == ["expired"]
     assert [c.settled for c in expired[0].calls] == ["expire"]
+    assert expired[0].features == {"messages": 14}  # as it opened (a list stays with it)
 
 
 def test_start_reaper_reaps_on_a_timer() -> None:

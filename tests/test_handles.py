@@ -10,13 +10,15 @@ notes), so the policy learns from every call and telemetry records them all.
 from __future__ import annotations
 
 import dataclasses
-import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from apportion import Agent, BudgetExceeded, Controller, Pipeline, Request
 from apportion.calls import records_of
+from apportion.policies import Policy, resolve_policy
+from apportion.policies.learned import LearnedPolicy
 
 PIPELINE = Pipeline(
     [
@@ -85,32 +87,51 @@ def test_the_ledger_events_tell_the_calls_as_the_process_that_made_them_kept_the
         assert theirs["status"] == record.status
 
 
-def _calls(controller: Controller, req: Request, *, handles: bool) -> None:
-    """Each agent's call of one request, through a handle of its own or the request."""
+def _calls(controller: Controller, req: Request, scale: int, *, handles: bool) -> list[Any]:
+    """Each agent's call of one request, through a handle of its own or the request.
+
+    Returns the grants made.
+    """
     usage = {"triage": (300, 40), "reasoner": (3_000, 900), "formatter": (1_200, 150)}
+    grants = []
     for agent, (inp, out) in usage.items():
-        grant = (controller.attach(req.request_id) if handles else req).begin(agent, inp)
+        grant = (controller.attach(req.request_id) if handles else req).begin(agent, inp * scale)
         (controller.attach(req.request_id) if handles else req).finish(
-            grant, input_tokens=grant.context_tokens, output_tokens=min(out, grant.output_tokens)
+            grant,
+            input_tokens=grant.context_tokens,
+            output_tokens=min(out * scale, grant.output_tokens),
         )
+        grants.append((grant.context_tokens, grant.output_tokens))
+    return grants
 
 
-def test_a_request_run_through_handles_teaches_the_policy_what_one_request_does() -> None:
-    learned = []
+def _policy(name: str) -> Policy:
+    return LearnedPolicy(seed=7) if name == "learned" else resolve_policy(name)
+
+
+@pytest.mark.parametrize("name", ["elastic", "estimate", "learned"])
+def test_a_request_run_through_handles_is_budgeted_and_teaches_as_one_request(
+    name: str, tmp_path: Path
+) -> None:
+    """The features given at open reach every handle's plan and the learning at close."""
+    learned, granted = [], []
     for handles in (False, True):
-        controller = Controller(PIPELINE, policy="elastic", clock=Clock())
-        for _ in range(6):
-            req = controller.request(8_000).open()
-            _calls(controller, req, handles=handles)
+        controller = Controller(PIPELINE, policy=_policy(name), clock=Clock())
+        grants = []
+        for i in range(12):
+            scale = 1 + i % 3  # the calls grow with the request's messages
+            req = controller.request(20_000, {"messages": 10 * scale}).open()
+            grants.append(_calls(controller, req, scale, handles=handles))
             (controller.attach(req.request_id) if handles else req).close()
+        granted.append(grants)
         policy: Any = controller.policy
-        needs = policy.needs(PIPELINE).document()
-        counts = policy.call_counts(PIPELINE).document()
-        learned.append(json.dumps([needs, counts], sort_keys=True))
-    fresh: Any = Controller(PIPELINE, policy="elastic").policy
-    nothing = [fresh.needs(PIPELINE).document(), fresh.call_counts(PIPELINE).document()]
-    assert learned[0] != json.dumps(nothing, sort_keys=True)  # it learned
+        policy.save(tmp_path / f"{handles}.json")
+        learned.append((tmp_path / f"{handles}.json").read_text())
+    fresh: Any = _policy(name)
+    fresh.save(tmp_path / "fresh.json")
+    assert learned[0] != (tmp_path / "fresh.json").read_text()  # it learned
     assert learned[1] == learned[0]  # the same, through handles
+    assert granted[1] == granted[0]  # and every call budgeted the same
 
 
 def test_the_closing_handle_holds_what_other_handles_did() -> None:

@@ -60,6 +60,7 @@ from apportion.errors import (
     UsageWarning,
     WrapUpTooLarge,
 )
+from apportion.features import check_request_features, features_from, storable
 from apportion.ledger import (
     CHILD_SEP,
     CLOSED,
@@ -91,7 +92,7 @@ T = TypeVar("T")
 Steps = Generator[StoreCall, Any, T]
 
 _NO_KWARGS: dict[str, Any] = {}
-_READS = frozenset({"get", "events", "history"})
+_READS = frozenset({"get", "events", "history", "features"})
 """Store calls retried like the calls with an operation id (reading twice changes nothing)."""
 _OP_KEY: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
     "apportion_op_key", default=None
@@ -353,7 +354,7 @@ class _Steps:
         tree: _Tree | None = None,
     ) -> None:
         ceiling = check_ceiling(ceiling)
-        clean = _check_features(features)
+        clean = check_request_features(features)
         self.tree = _Tree() if tree is None else tree
         self.ceiling_usd: int | None = None
         if ceiling_usd is not None:
@@ -413,6 +414,7 @@ class _Steps:
                 "ttl": config.request_ttl,
                 **self.pool,
                 **({"ceiling_usd": self.ceiling_usd} if self.ceiling_usd is not None else {}),
+                **_stored(obs.features),
                 **config.op(),
             },
         )
@@ -479,6 +481,7 @@ class _Steps:
                 "reserve": plan.reserve,
                 "ttl": config.request_ttl,
                 "max_depth": config.max_depth,
+                **_stored(kids[0].obs.features),  # a fan-out's children share theirs
                 **config.op(),
             },
         )
@@ -947,8 +950,9 @@ def _count_text(record: CallRecord | None, grant: Grant, text: str) -> int:
 def _reap(config: _Config) -> Steps[int]:
     """Expire ended leases and overdue requests store-wide; send the expired to telemetry.
 
-    An expired request's record is built from its stored state and events (its features
-    and integration notes stayed with the process that ran it, which may be gone). Requests
+    An expired request's record is built from its stored state and events, its features
+    those it opened with (integration notes stayed with the process that ran it, which may
+    be gone). Requests
     of another pipeline sharing the store are left to their own controllers' telemetry.
     """
     reaped: Reaped = yield ("reap_expired", (config.clock(),), _NO_KWARGS)
@@ -962,7 +966,8 @@ def _reap(config: _Config) -> Steps[int]:
                 continue  # gone already (retention): nothing left to record
             if set(state.ranks) != names:
                 continue
-            obs = Observation(request_id, config.pipeline, state.ceiling, {}, state)
+            features = features_from(events)
+            obs = Observation(request_id, config.pipeline, state.ceiling, features, state)
             from apportion.telemetry import emit
 
             emit(config.sinks, obs, events)
@@ -1038,17 +1043,10 @@ def _check_ceiling_usd(config: _Config, value: object) -> int:
     return nano
 
 
-def _check_features(features: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    if features is None:
-        return {}
-    if not isinstance(features, Mapping):
-        raise InvalidArgument("features", features, "a mapping of feature names to values")
-    for key, value in features.items():
-        if type(key) is not str:
-            raise InvalidArgument("features", key, "feature names are strings")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidArgument(f"features[{key!r}]", value, "features must be finite")
-    return dict(features)
+def _stored(features: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``features`` keyword of a store's open: what it keeps of them, passed when any."""
+    kept = storable(features)
+    return {"features": kept} if kept else _NO_KWARGS
 
 
 def _checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
@@ -1073,7 +1071,7 @@ def _attached(config: _Config, request_id: object) -> _Steps:
 
 
 def _get_open(steps: _Steps) -> Steps[Any]:
-    """The state of an attached request, refused when closed."""
+    """The state of an attached request, refused when closed; its features as it opened."""
     state = yield ("get", (steps.obs.request_id,), _NO_KWARGS)
     if state.status != "open":
         raise RequestClosed(steps.obs.request_id, state.status)
@@ -1082,6 +1080,7 @@ def _get_open(steps: _Steps) -> Steps[Any]:
         steps.ceiling_usd = state.cost_ceiling
         steps.obs.ceiling_usd = state.cost_ceiling / NANO
     steps.tree.depth = state.depth
+    steps.obs.features = yield ("features", (steps.obs.request_id,), _NO_KWARGS)
     return state
 
 

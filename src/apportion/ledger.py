@@ -62,6 +62,7 @@ from apportion.errors import (
     UnknownAgent,
     WrapUpTooLarge,
 )
+from apportion.features import features_note
 from apportion.limits import MAX_TOKENS as MAX_TOKENS  # largest token count (re-exported)
 from apportion.limits import is_text
 
@@ -146,7 +147,7 @@ class Event(NamedTuple):
         overuse: for ``finish``, tokens used beyond the grant.
         note: free text: the release reason, the close status; ``late`` for a ``finish``
             that came after the grant's lease expired; the model of a ``begin`` that named
-            one.
+            one; the request's features for ``open`` (a JSON object, or empty).
         asked: for ``begin``, the input tokens the agent had in hand (when the grant's
             context is smaller, the call's input was cut).
     """
@@ -370,12 +371,15 @@ class Ledger:
         reserve: tokens held for agents that have not started (see invariant 5).
         expires_at: clock time after which an unclosed request may be reaped.
         ceiling_usd: the request's cost ceiling in nano-USD, or ``None`` for none.
+        features: what is known of the request up front, kept as the note of its ``open``
+            event (:func:`~apportion.features.features_note`).
 
     Raises:
         InvalidCeiling: ``ceiling`` is not a positive token count.
         InvalidTokenCount: an allocation or reservation is not a token count.
         UnknownAgent: an allocation or reservation names an agent not in ``ranks``.
         BudgetExceeded: the reservations add up to more than the ceiling.
+        InvalidArgument: features a store cannot keep.
     """
 
     __slots__ = (
@@ -426,6 +430,7 @@ class Ledger:
         reserve: Mapping[str, int] | None = None,
         expires_at: float = math.inf,
         ceiling_usd: int | None = None,
+        features: Mapping[str, Any] | None = None,
     ) -> None:
         request_id = check_name("request_id", request_id)
         ranks = check_ranks(ranks)
@@ -435,6 +440,7 @@ class Ledger:
         cost_ceiling = check_ceiling_usd(ceiling_usd)
         clean_alloc = _check_plan("allocation", allocation, ranks)
         clean_reserve = {a: t for a, t in _check_plan("reserve", reserve, ranks).items() if t}
+        note = features_note(features)
         total_reserve = sum(clean_reserve.values())
         if total_reserve > ceiling:
             raise BudgetExceeded(
@@ -474,7 +480,7 @@ class Ledger:
         self.children_consumed = 0
         self.children_cost_consumed = 0
         self.events: list[Event] = [
-            _new(Event, ("open", now, None, 0, ceiling, 0, False, 0, "", 0))
+            _new(Event, ("open", now, None, 0, ceiling, 0, False, 0, note, 0))
         ]
 
     @classmethod

@@ -552,7 +552,7 @@ def test_closed_requests_reach_the_configured_telemetry(tmp_path: Any) -> None:
 
     async def body(client: httpx.AsyncClient) -> str:
         h = auth("acme")
-        rid = await open_request(client, "acme")
+        rid = await open_request(client, "acme", features={"messages": 12.0})
         grant = (
             await client.post(
                 f"{BASE}/{rid}/begin", json={"agent": "intake", "input_tokens": 300}, headers=h
@@ -575,6 +575,7 @@ def test_closed_requests_reach_the_configured_telemetry(tmp_path: Any) -> None:
     stored = open_database(url).load().requests
     assert list(stored) == [f"acme/{rid}"]  # the operator's telemetry names the tenant
     assert stored[f"acme/{rid}"].consumed == 340 and stored[f"acme/{rid}"].status == "closed"
+    assert stored[f"acme/{rid}"].features == {"messages": 12.0}  # as it opened
 
 
 def test_a_child_left_open_and_a_refused_begin_reach_telemetry(tmp_path: Any) -> None:
@@ -694,8 +695,8 @@ def test_the_policy_learns_from_calls_made_over_http(gateway: Gateway) -> None:
 
     async def body(client: httpx.AsyncClient) -> None:
         h = auth("acme")
-        for _ in range(3):
-            rid = await open_request(client, "acme")
+        for i in range(3):
+            rid = await open_request(client, "acme", features={"messages": 10.0 * (i + 1)})
             for agent in agents:
                 begin = {"agent": agent, "input_tokens": 700}
                 grant = (await client.post(f"{BASE}/{rid}/begin", json=begin, headers=h)).json()
@@ -709,6 +710,7 @@ def test_the_policy_learns_from_calls_made_over_http(gateway: Gateway) -> None:
     policy: Any = controller.policy
     assert policy.name == "elastic"
     outputs = policy.needs(controller.pipeline).document()["output"]
-    for agent in agents:  # each saw three answers of 333 tokens
+    for agent in agents:  # each saw three answers of 333 tokens ...
         seen = outputs[agent]["count"] + len(outputs[agent]["pending"])
         assert seen == 3 and outputs[agent]["pending"][-1][1] == 333.0
+        assert outputs[agent]["pending"][-1][0][:2] == [1.0, 30.0]  # ... with their features

@@ -131,7 +131,7 @@ def test_the_live_page_matches_the_ledger_and_follows_it(tmp_path: Path) -> None
         httpx.Client(base_url=server.url, timeout=30) as http,
         Browser(chromium, tmp_path) as browser,
     ):
-        rid = open_request(http, "acme", request_id="support-1")
+        rid = open_request(http, "acme", request_id="support-1", features={"messages": 40})
         finish(http, "acme", rid, begin(http, "acme", rid, EVIL, 2000), 2000, truncated=True)
         held = begin(http, "acme", rid, "planner", 3000, model="gpt-4o-mini")
         child = open_request(http, "acme", parent=rid, name="research", share=0.3)
@@ -253,6 +253,8 @@ def test_the_live_page_matches_the_ledger_and_follows_it(tmp_path: Path) -> None
             ".filter(text => text.includes('begin') && text.includes('planner'))"
         )
         assert "model gpt-4o-mini" in browser.evaluate(planner_began)[0]  # the call's model
+        first = "document.querySelector('#timeline-rows tr').textContent"
+        assert "features messages=40" in browser.evaluate(first)  # what it opened with
         shot(browser, tmp_path, "request")
         renewed = begin(http, "acme", rid, "writer", 100, model="gpt-4o")  # grows live
         browser.wait_for(f"document.querySelectorAll('#timeline-rows tr').length === {shown + 1}")

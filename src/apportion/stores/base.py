@@ -58,6 +58,14 @@ Contract (every implementation must keep it):
   accounts and refuses exactly as :class:`~apportion.ledger.Ledger` does (see its module
   docstring). The keywords are passed only when used, so a store without cost support
   keeps working for requests without it.
+* Features: ``open(..., features=F)`` keeps what is known of the request up front
+  (names to numbers, strings, booleans or null; see :mod:`apportion.features`) with it,
+  as the note of its ``open`` event, a JSON object (``Ledger(..., features=F)``), and
+  ``features(request_id)`` returns them (``{}`` for none), also for a closed request
+  still held, so every handle on the request plans with them. Features a store cannot
+  keep raise :class:`~apportion.errors.InvalidArgument` and change nothing; they are not
+  part of an operation's digest. The keyword is passed only when used, so a store
+  without it keeps working for requests without features.
 * Child budgets: ``open_children(parent_id, request_ids, ranks, now, priorities=...,
   ceiling=..., share=...)`` opens one child request per id (a ledger like ``open``'s, with
   ``parent_id``, ``depth`` and ``rank`` set) and draws their ceilings from the parent in
@@ -137,6 +145,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from apportion.errors import InvalidArgument
+from apportion.features import features_from
 from apportion.ledger import (
     Event,
     Grant,
@@ -378,13 +387,15 @@ class Store(abc.ABC):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> LedgerView:
         """Open the ledger of a new request and return its state.
 
         With ``pool``, the request's ceiling is first drawn from that shared pool's current
         window by a request of class ``pool_priority`` (see :mod:`apportion.pools`); at
-        close, what the request left unused returns to the pool.
+        close, what the request left unused returns to the pool. ``features`` are kept with
+        the request (see the module docstring).
         """
 
     @abc.abstractmethod
@@ -523,6 +534,7 @@ class Store(abc.ABC):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> tuple[LedgerView, Sequence[LedgerView]]:
         """Open child requests of ``parent_id``, their ceilings drawn from it atomically.
@@ -542,6 +554,7 @@ class Store(abc.ABC):
                 whose ceiling they do not fit).
             ttl: how long each child may stay open before ``reap`` closes it.
             max_depth: the deepest a child may be (a root request is at depth 0).
+            features: the children's features, as for ``open``.
             op_id: the operation's id (see the module docstring), recorded in the parent.
 
         Returns:
@@ -564,9 +577,13 @@ class Store(abc.ABC):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> tuple[LedgerView, Sequence[LedgerView]]:
         """Async :meth:`open_children`."""
+        given = _op(op_id)
+        if features:
+            given["features"] = features
         return self.open_children(
             parent_id,
             request_ids,
@@ -579,7 +596,7 @@ class Store(abc.ABC):
             reserve=reserve,
             ttl=ttl,
             max_depth=max_depth,
-            **_op(op_id),
+            **given,
         )
 
     # Async variants. A store whose operations never wait (memory) keeps these defaults;
@@ -598,34 +615,17 @@ class Store(abc.ABC):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> LedgerView:
         """Async :meth:`open`."""
+        given = _op(op_id)
+        if pool is not None:
+            given |= {"pool": pool, "pool_priority": pool_priority}
         if ceiling_usd is not None:
-            return self.open(
-                request_id,
-                ranks,
-                ceiling,
-                now,
-                allocation=allocation,
-                reserve=reserve,
-                ttl=ttl,
-                pool=pool,
-                pool_priority=pool_priority,
-                ceiling_usd=ceiling_usd,
-                **_op(op_id),
-            )
-        if pool is None:
-            return self.open(
-                request_id,
-                ranks,
-                ceiling,
-                now,
-                allocation=allocation,
-                reserve=reserve,
-                ttl=ttl,
-                **_op(op_id),
-            )
+            given["ceiling_usd"] = ceiling_usd
+        if features:
+            given["features"] = features
         return self.open(
             request_id,
             ranks,
@@ -634,9 +634,7 @@ class Store(abc.ABC):
             allocation=allocation,
             reserve=reserve,
             ttl=ttl,
-            pool=pool,
-            pool_priority=pool_priority,
-            **_op(op_id),
+            **given,
         )
 
     async def abegin(
@@ -818,6 +816,21 @@ class Store(abc.ABC):
     async def ahistory(self, request_id: str) -> list[Event]:
         """Async :meth:`history`."""
         return self.history(request_id)
+
+    def features(self, request_id: str) -> dict[str, Any]:
+        """The features the request opened with (``{}`` for none; see the module docstring).
+
+        This default reads the request's events; a store overrides it with a read of its
+        ``open`` event alone.
+
+        Raises:
+            UnknownRequest: the store does not hold the request.
+        """
+        return features_from(self.events(request_id))
+
+    async def afeatures(self, request_id: str) -> dict[str, Any]:
+        """Async :meth:`features`."""
+        return self.features(request_id)
 
     async def afeed_cursor(self) -> str:
         """Async :meth:`feed_cursor`."""

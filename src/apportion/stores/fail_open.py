@@ -139,6 +139,7 @@ class FailOpenStore(Store):
         reserve: Mapping[str, int] | None,
         ttl: float,
         ceiling_usd: int | None,
+        features: Mapping[str, Any] | None,
     ) -> LedgerView:
         """Open the request in the fallback on the emergency budget, or raise ``error``."""
         if self.emergency_cap == 0:
@@ -161,7 +162,7 @@ class FailOpenStore(Store):
                 ttl=ttl,
                 pool=EMERGENCY_POOL,
                 pool_priority="critical",
-                **_used(ceiling_usd=ceiling_usd),
+                **_used(ceiling_usd=ceiling_usd, features=features or None),
             )
         except PoolExhausted as exc:
             raise StoreUnavailable(
@@ -198,6 +199,7 @@ class FailOpenStore(Store):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> LedgerView:
         """Open in the primary; in the fallback when the primary is unreachable."""
@@ -214,11 +216,20 @@ class FailOpenStore(Store):
                 reserve=reserve,
                 ttl=ttl,
                 **pooled,
-                **_used(ceiling_usd=ceiling_usd, op_id=op_id),
+                **_used(ceiling_usd=ceiling_usd, features=features or None, op_id=op_id),
             )
         except StoreUnavailable as error:
             return self._open_locally(
-                error, request_id, ranks, ceiling, now, allocation, reserve, ttl, ceiling_usd
+                error,
+                request_id,
+                ranks,
+                ceiling,
+                now,
+                allocation,
+                reserve,
+                ttl,
+                ceiling_usd,
+                features,
             )
 
     def begin(
@@ -339,6 +350,7 @@ class FailOpenStore(Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> tuple[LedgerView, Sequence[LedgerView]]:
         """Open children where their parent lives (they stay there)."""
@@ -355,7 +367,7 @@ class FailOpenStore(Store):
             reserve=reserve,
             ttl=ttl,
             max_depth=max_depth,
-            **_used(op_id=op_id),
+            **_used(features=features or None, op_id=op_id),
         )
         self._adopt(store, children)
         return parent, children
@@ -371,6 +383,10 @@ class FailOpenStore(Store):
     def history(self, request_id: str) -> list[Event]:
         """The request's events and notes, from where it lives."""
         return self._route(request_id).history(request_id)
+
+    def features(self, request_id: str) -> dict[str, Any]:
+        """The request's features, from where it lives."""
+        return self._route(request_id).features(request_id)
 
     def note(self, request_id: str, event: Event) -> None:
         """Append a feed-only event where the request lives."""
@@ -408,6 +424,7 @@ class FailOpenStore(Store):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> LedgerView:
         """Async :meth:`open`."""
@@ -424,11 +441,20 @@ class FailOpenStore(Store):
                 reserve=reserve,
                 ttl=ttl,
                 **pooled,
-                **_used(ceiling_usd=ceiling_usd, op_id=op_id),
+                **_used(ceiling_usd=ceiling_usd, features=features or None, op_id=op_id),
             )
         except StoreUnavailable as error:
             return self._open_locally(
-                error, request_id, ranks, ceiling, now, allocation, reserve, ttl, ceiling_usd
+                error,
+                request_id,
+                ranks,
+                ceiling,
+                now,
+                allocation,
+                reserve,
+                ttl,
+                ceiling_usd,
+                features,
             )
 
     async def abegin(
@@ -549,6 +575,7 @@ class FailOpenStore(Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> tuple[LedgerView, Sequence[LedgerView]]:
         """Async :meth:`open_children`."""
@@ -565,7 +592,7 @@ class FailOpenStore(Store):
             reserve=reserve,
             ttl=ttl,
             max_depth=max_depth,
-            **_used(op_id=op_id),
+            **_used(features=features or None, op_id=op_id),
         )
         self._adopt(store, children)
         return parent, children
@@ -581,6 +608,10 @@ class FailOpenStore(Store):
     async def ahistory(self, request_id: str) -> list[Event]:
         """Async :meth:`history`."""
         return await self._route(request_id).ahistory(request_id)
+
+    async def afeatures(self, request_id: str) -> dict[str, Any]:
+        """Async :meth:`features`."""
+        return await self._route(request_id).afeatures(request_id)
 
     async def anote(self, request_id: str, event: Event) -> None:
         """Async :meth:`note`."""

@@ -28,6 +28,7 @@ from apportion.errors import (
     UnknownPool,
     UnknownRequest,
 )
+from apportion.features import features_from
 from apportion.ledger import (
     EXPIRED,
     MAX_TOKENS,
@@ -174,6 +175,7 @@ class MemoryStore(Store):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> Ledger:
         """Open the ledger of a new request (drawing its ceiling from ``pool``) and return it."""
@@ -188,6 +190,7 @@ class MemoryStore(Store):
             reserve=reserve,
             expires_at=now + check_seconds("ttl", ttl),
             ceiling_usd=ceiling_usd,
+            features=features,
         )
         if pool is not None:
             check_pool_name(pool)
@@ -404,6 +407,7 @@ class MemoryStore(Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> tuple[Ledger, list[Ledger]]:
         """Open child requests of ``parent_id``, drawing their ceilings from it (one step)."""
@@ -414,7 +418,15 @@ class MemoryStore(Store):
         digest = Digests.children(op_id, args, max_depth)
         now = args.now
         # the plan is checked once, before anything changes
-        Ledger(args.request_ids[0], ranks, MAX_TOKENS, now, allocation=allocation, reserve=reserve)
+        Ledger(
+            args.request_ids[0],
+            ranks,
+            MAX_TOKENS,
+            now,
+            allocation=allocation,
+            reserve=reserve,
+            features=features,
+        )
         with self._lock:
             parent = self._ledger(args.parent_id)
             first = self._first(args.parent_id, op_id, digest)
@@ -445,6 +457,7 @@ class MemoryStore(Store):
                     allocation=allocation,
                     reserve=fits,
                     expires_at=now + args.ttl,
+                    features=features,
                 )
                 child.adopt(parent, rank, cost)
                 children.append(child)
@@ -481,6 +494,11 @@ class MemoryStore(Store):
         """A copy of the request's events."""
         with self._lock:
             return list(self._ledger(request_id).events)
+
+    def features(self, request_id: str) -> dict[str, Any]:
+        """The features the request opened with (see :class:`Store`)."""
+        with self._lock:
+            return features_from(self._ledger(request_id).events[:1])
 
     def history(self, request_id: str) -> list[Event]:
         """The request's events with its notes in their places (see :class:`Store`)."""

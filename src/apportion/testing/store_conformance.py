@@ -18,6 +18,7 @@ Needs ``pytest`` and ``hypothesis`` (the ``dev`` extra).
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -516,6 +517,87 @@ class StoreConformance:
             await store.arelease("r1", other, 0.0)
             state = await store.aclose("r1", 1.0)
             assert state.consumed == 210 and (await store.aget("r1")).status == "closed"
+
+        asyncio.run(scenario())
+
+    # ------------------------------------------------------------ features
+
+    FEATURES: dict[str, Any] = {  # noqa: RUF012 - read only
+        "messages": 12,
+        "doc_tokens": 3400.5,
+        "tier": "gold/eu",
+        "urgent": True,
+        "note": None,
+        "naïve \u2603": -(2**63 - 1),
+    }
+
+    def test_features_are_kept_with_the_request(self, store: Store) -> None:
+        state = store.open("r1", RANKS, 1000, 0.0, features=self.FEATURES)
+        assert state.ceiling == 1000
+        assert store.features("r1") == self.FEATURES
+        opened = store.events("r1")[0]
+        assert opened.kind == "open" and json.loads(opened.note) == self.FEATURES
+        store.open("r2", RANKS, 1000, 0.0)
+        assert store.features("r2") == {}
+        assert store.events("r2")[0].note == ""
+        store.close("r1", 1.0)
+        assert store.features("r1") == self.FEATURES  # a closed request still held
+        with pytest.raises(UnknownRequest):
+            store.features("nope")
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            [("messages", 1)],
+            {1: 2},
+            {"x": float("inf")},
+            {"x": float("nan")},
+            {"x": [1, 2]},
+            {"x": {"y": 1}},
+            {"x": 2**64},
+            {"x": "\ud800"},
+            {"x": "y" * 70_000},
+        ],
+    )
+    def test_features_a_store_cannot_keep_are_refused(self, store: Store, bad: Any) -> None:
+        with pytest.raises(InvalidArgument):
+            store.open("r1", RANKS, 1000, 0.0, features=bad)
+        with pytest.raises(UnknownRequest):
+            store.get("r1")
+        store.open("r1", RANKS, 1000, 0.0)
+        before = snapshot(store, "r1")
+        with pytest.raises(InvalidArgument):
+            store.open_children(
+                "r1", ["r1::a"], RANKS, 0.0, priorities=["standard"], ceiling=10, features=bad
+            )
+        assert snapshot(store, "r1") == before
+        with pytest.raises(UnknownRequest):
+            store.get("r1::a")
+
+    def test_children_keep_their_features(self, store: Store) -> None:
+        store.open("r1", RANKS, 1000, 0.0, features={"messages": 3})
+        self._kids(store, "r1", ["r1::a", "r1::b"], share=0.5, features={"topic": "law"})
+        (plain,) = self._kids(store, "r1", ["r1::c"], ceiling=10)
+        assert store.features("r1::a") == store.features("r1::b") == {"topic": "law"}
+        assert store.features(plain.request_id) == {}
+        assert store.features("r1") == {"messages": 3}
+
+    def test_async_features(self, store: Store) -> None:
+        import asyncio
+
+        async def scenario() -> None:
+            await store.aopen("r1", RANKS, 1000, 0.0, features={"messages": 4})
+            assert await store.afeatures("r1") == {"messages": 4}
+            await store.aopen_children(
+                "r1",
+                ["r1::a"],
+                RANKS,
+                0.0,
+                priorities=["standard"],
+                ceiling=5,
+                features={"messages": 5},
+            )
+            assert await store.afeatures("r1::a") == {"messages": 5}
 
         asyncio.run(scenario())
 

@@ -19,6 +19,7 @@ from importlib import resources
 from string import Template
 from urllib.parse import quote
 
+from apportion.features import features_from
 from apportion.ledger import Event
 from apportion.serve.gateway import Tenant
 from apportion.stores import LedgerView
@@ -411,7 +412,22 @@ def _facts(pairs: Sequence[tuple[str, str, str]]) -> str:
     )
 
 
+def _plain(value: object) -> object:
+    """A feature as shown: a whole float without its ``.0`` (JSON numbers may carry one)."""
+    if type(value) is float and value.is_integer() and abs(value) < 1e15:
+        return int(value)
+    return value
+
+
+def opened_with(event: Event) -> str:
+    """What an ``open`` event's note shows: the request's features (``""`` for none)."""
+    shown = ", ".join(f"{name}={_plain(value)}" for name, value in features_from([event]).items())
+    return f"features {shown}" if shown else ""
+
+
 def _note(event: Event) -> str:
+    if event.kind == "open":
+        return opened_with(event)
     parts = []
     if event.kind == "begin" and event.asked > event.context_tokens:
         parts.append(f"input cut: {num(event.asked - event.context_tokens)} tokens fitted away")

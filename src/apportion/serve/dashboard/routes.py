@@ -70,6 +70,8 @@ def _event_json(item: FeedEvent) -> str:
     note = event.note
     if event.kind in ("child", "child_close"):
         note = note.partition("/")[2]  # a child's id, without its tenant
+    elif event.kind == "open":
+        note = pages.opened_with(event)
     return json.dumps(
         {
             "c": item.cursor,

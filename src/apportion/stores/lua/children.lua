@@ -5,8 +5,9 @@
 -- the parent's and the children's ledgers as they are now.
 -- ARGV (after the operation id and digest): now, max depth, ceiling ('' for none), share ('' for none), the children's ledger
 -- (MessagePack; ceiling 0: set here), key ttl (ms, 0: none; raised to the parent's keys' own,
--- none when they have none), expiry score, then each child's id and priority rank.
-local m = (#ARGV - 7) / 2
+-- none when they have none), expiry score, the note of each child's open event (its
+-- features), then each child's id and priority rank.
+local m = (#ARGV - 8) / 2
 local done, first = recorded(KEYS[4])
 if done == false then return {'conflict', first} end
 if done ~= nil then
@@ -22,8 +23,8 @@ if not c then return {'unknown'} end
 local st = c.st
 local ids, ranks, low = {}, {}, math.huge
 for i = 1, m do
-  ids[i] = ARGV[6 + 2 * i]
-  ranks[i] = tonumber(ARGV[7 + 2 * i])
+  ids[i] = ARGV[7 + 2 * i]
+  ranks[i] = tonumber(ARGV[8 + 2 * i])
   if ranks[i] < low then low = ranks[i] end
 end
 for i = 1, m do
@@ -98,7 +99,7 @@ for i = 1, m do
   local key, ekey = KEYS[2 + 3 * i], KEYS[3 + 3 * i]
   redis.call('DEL', ekey, KEYS[4 + 3 * i]) -- a closed request of the id: its events and ids
   redis.call('SET', key, blob)
-  local opened = cjson.encode({'open', ARGV[1], false, 0, tokens[i], 0, false, 0, ''})
+  local opened = cjson.encode({'open', ARGV[1], false, 0, tokens[i], 0, false, 0, ARGV[8]})
   redis.call('RPUSH', ekey, opened)
   publish(ids[i], 'open', opened, '0', '0', int(tokens[i]), '0')
   if key_ttl ~= '0' then

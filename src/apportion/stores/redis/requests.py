@@ -16,6 +16,7 @@ import json
 import math
 import secrets
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from apportion.errors import (
     ApportionError,
@@ -32,6 +33,7 @@ from apportion.errors import (
     UnknownPool,
     UnknownRequest,
 )
+from apportion.features import features_from
 from apportion.ledger import (
     CHILD_SEP,
     MAX_TOKENS,
@@ -94,6 +96,7 @@ class RedisRequests(RedisPools):
         pool: str | None,
         pool_priority: str,
         ceiling_usd: int | None = None,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> _Steps[Ledger]:
         op_id = check_op_id(op_id)
@@ -108,6 +111,7 @@ class RedisRequests(RedisPools):
             reserve=reserve,
             expires_at=now + ttl,
             ceiling_usd=ceiling_usd,
+            features=features,
         )
         digest = Digests.open(op_id, ledger.ranks, ledger.ceiling, pool, pool_priority, ceiling_usd)
         draw = ""
@@ -133,7 +137,8 @@ class RedisRequests(RedisPools):
                 raise OperationConflict(op_id, "open", "open", request_id)
             fresh = code == "ok"
         blob = _ledger_blob(ledger, pool or "", draw)
-        opened = json.dumps(["open", _text(now), False, 0, ledger.ceiling, 0, False, 0, ""])
+        note = ledger.events[0].note  # the features
+        opened = json.dumps(["open", _text(now), False, 0, ledger.ceiling, 0, False, 0, note])
         key_ttl = "0"  # a pooled request keeps its keys while open: its draw is settled from them
         if pool is None and math.isfinite(ttl) and not math.isinf(self.retention_seconds):
             key_ttl = _ttl_ms(ttl + self.retention_seconds)
@@ -179,6 +184,7 @@ class RedisRequests(RedisPools):
         reserve: Mapping[str, int] | None,
         ttl: float,
         max_depth: int,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> _Steps[tuple[Ledger, list[Ledger]]]:
         op_id = check_op_id(op_id)
@@ -205,6 +211,7 @@ class RedisRequests(RedisPools):
             allocation=allocation,
             reserve=reserve,
             expires_at=now + args.ttl,
+            features=features,
         )
         keys: list[str] = list(self._own_keys(args.parent_id))
         each: list[str | int] = []
@@ -227,6 +234,7 @@ class RedisRequests(RedisPools):
                 _ledger_blob(template, "", ""),
                 key_ttl,
                 _score(template.expires_at),
+                template.events[0].note,  # the features
                 *each,
             ),
         )
@@ -498,6 +506,13 @@ class RedisRequests(RedisPools):
         if raw is None:
             raise UnknownRequest(request_id)
         return ledger_from_stored(raw)
+
+    def _features_steps(self, request_id: str) -> _Steps[dict[str, Any]]:
+        """The features the request opened with: the note of its first event, ``open``."""
+        raw = yield _Cmd(("LINDEX", self._keys(request_id)[1], 0))
+        if raw is None:
+            raise UnknownRequest(request_id)
+        return features_from([_event(raw)])
 
     def _events_steps(self, request_id: str, notes: bool = False) -> _Steps[list[Event]]:
         """The request's events list: its ledger events, and its notes when ``notes``."""

@@ -182,6 +182,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> Ledger:
         """Open the ledger of a new request (drawing its ceiling from ``pool``)."""
@@ -197,6 +198,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
                 pool,
                 pool_priority,
                 check_ceiling_usd(ceiling_usd),
+                features,
                 op_id,
             )
         )
@@ -308,6 +310,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> tuple[Ledger, list[Ledger]]:
         """Open child requests of ``parent_id``, drawing their ceilings from it (one script)."""
@@ -324,6 +327,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
                 reserve,
                 ttl,
                 max_depth,
+                features,
                 op_id,
             )
         )
@@ -335,6 +339,10 @@ class RedisStore(RedisReaper, RedisFeed, Store):
     def events(self, request_id: str) -> list[Event]:
         """The request's events, oldest first."""
         return self._run(self._events_steps(request_id))
+
+    def features(self, request_id: str) -> dict[str, Any]:
+        """The features the request opened with (one read: its ``open`` event)."""
+        return self._run(self._features_steps(request_id))
 
     def history(self, request_id: str) -> list[Event]:
         """The request's events with its notes in their places (one read: they share a list)."""
@@ -359,6 +367,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         pool: str | None = None,
         pool_priority: str = "standard",
         ceiling_usd: int | None = None,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> Ledger:
         """Async :meth:`open`."""
@@ -374,6 +383,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
                 pool,
                 pool_priority,
                 check_ceiling_usd(ceiling_usd),
+                features,
                 op_id,
             )
         )
@@ -485,6 +495,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         reserve: Mapping[str, int] | None = None,
         ttl: float = math.inf,
         max_depth: int = 16,
+        features: Mapping[str, Any] | None = None,
         op_id: str | None = None,
     ) -> tuple[Ledger, list[Ledger]]:
         """Async :meth:`open_children`."""
@@ -501,6 +512,7 @@ class RedisStore(RedisReaper, RedisFeed, Store):
                 reserve,
                 ttl,
                 max_depth,
+                features,
                 op_id,
             )
         )
@@ -512,6 +524,10 @@ class RedisStore(RedisReaper, RedisFeed, Store):
     async def aevents(self, request_id: str) -> list[Event]:
         """Async :meth:`events`."""
         return await self._arun(self._events_steps(request_id))
+
+    async def afeatures(self, request_id: str) -> dict[str, Any]:
+        """Async :meth:`features`."""
+        return await self._arun(self._features_steps(request_id))
 
     async def ahistory(self, request_id: str) -> list[Event]:
         """Async :meth:`history`."""
