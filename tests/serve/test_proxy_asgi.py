@@ -24,6 +24,7 @@ from proxy_helpers import (
 )
 
 from apportion import UnknownRequest
+from apportion.serve.proxy import FEATURES
 from apportion.testing.openai_server import OpenAIServer, Reply
 from apportion.tokens import counter_for
 from policy_helpers import FixedPolicy, NoMore
@@ -347,6 +348,18 @@ def test_a_refused_budget_is_an_openai_style_402_with_the_fields(server):
             "Apportion-Ceiling",
         ),
         ({"Apportion-Request": "x", "Apportion-Ceiling": "100"}, chat(), 400, "Apportion-Agent"),
+        *(
+            (budget_headers("x", "writer", 100, Apportion_Features=bad), chat(), 400, FEATURES)
+            for bad in (
+                "messages",
+                "messages=forty",
+                "messages=inf",
+                "messages=1, messages=2",
+                "=3",
+                "a=1,,b=2",
+                ",".join(f"f{i}=1" for i in range(65)),
+            )
+        ),
         ({"Apportion-Agent": "writer"}, chat(), 400, "Apportion-Request"),
         (budget_headers("x", "writer", 100), {"messages": QUESTION}, 400, "model"),
         (budget_headers("x", "writer", 100), {"model": MODEL}, 400, "messages"),
@@ -365,6 +378,18 @@ def test_bad_input_is_a_4xx_naming_the_field_and_changes_nothing(
     if param is None:
         assert error["code"] == "unknown_agent" and error["agent"] == "nobody"
     assert server.requests == []
+
+
+def test_features_in_a_header_open_the_request_with_them(server):
+    """Every later call of the request is budgeted from them: they are kept in the store."""
+    app, gateway = proxy_app(server)
+    headers = budget_headers("f", "writer", 5_000, Apportion_Features="messages=40, doc=1.5e3")
+    response = run(post(app, "/v1/chat/completions", chat(), headers))
+    assert response.status_code == 200, response.text
+    assert gateway.store.features("acme/f") == {"messages": 40.0, "doc": 1500.0}
+    later = run(post(app, "/v1/chat/completions", chat(), budget_headers("f", "writer")))
+    assert later.status_code == 200, later.text
+    assert gateway.store.features("acme/f") == {"messages": 40.0, "doc": 1500.0}
 
 
 def test_malformed_json_and_a_body_over_the_limit(server):

@@ -9,6 +9,10 @@ A client changes only its ``base_url`` (to the gateway's ``/v1``) and adds heade
 * ``Apportion-Agent``: the agent making the call (a pipeline agent, or one of its kinds).
 * ``Apportion-Parent`` (optional): with ``Apportion-Ceiling``, the request is opened as a
   child budget of that request, drawn from it.
+* ``Apportion-Features`` (optional): with ``Apportion-Ceiling``, what is known of the
+  request up front, as ``name=number`` pairs separated by commas (``messages=40,
+  doc_tokens=1200``): its policy predicts every call's budget from them (they are kept
+  with the request: ``Store.features``).
 * ``Apportion-Budget-Token`` (instead of ``Apportion-Request``): a token another service's
   response carried; it opens a child budget of that service's request
   (:mod:`apportion.serve.passes`); the response names the child in ``Apportion-Request``,
@@ -49,6 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -89,8 +94,20 @@ PIPELINE = "Apportion-Pipeline"
 PARENT = "Apportion-Parent"
 IDEMPOTENCY = "Idempotency-Key"
 UPSTREAM_KEY = "Apportion-Upstream-Key"
+FEATURES = "Apportion-Features"
+MAX_HEADER_FEATURES = 64
+"""Most features ``Apportion-Features`` may name."""
 
-BUDGET_HEADERS = (forward.REQUEST, AGENT, CEILING, CEILING_USD, PIPELINE, PARENT, TOKEN_HEADER)
+BUDGET_HEADERS = (
+    forward.REQUEST,
+    AGENT,
+    CEILING,
+    CEILING_USD,
+    FEATURES,
+    PIPELINE,
+    PARENT,
+    TOKEN_HEADER,
+)
 """The request headers that make a call budgeted."""
 
 PASS = "pass"
@@ -232,6 +249,29 @@ def _ceiling_usd(headers: Mapping[str, str]) -> float | None:
     if not 0 < value < float("inf"):
         raise InvalidArgument(CEILING_USD, raw, "a positive number of USD")
     return value
+
+
+def _features(headers: Mapping[str, str]) -> dict[str, float] | None:
+    """The ``Apportion-Features`` header's features: ``name=number`` pairs, comma-separated."""
+    raw = _header(headers, FEATURES)
+    if raw is None:
+        return None
+    features: dict[str, float] = {}
+    for part in raw.split(","):
+        name, equals, value = (text.strip() for text in part.partition("="))
+        try:
+            number = float(value) if equals and name and len(name) <= 256 else math.nan
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or name in features:
+            reason = "name=number pairs separated by commas, each name once, finite numbers"
+            raise InvalidArgument(FEATURES, part.strip(), reason)
+        features[name] = number
+    if len(features) > MAX_HEADER_FEATURES:
+        raise InvalidArgument(
+            FEATURES, f"{len(features)} features", f"at most {MAX_HEADER_FEATURES}"
+        )
+    return features
 
 
 def caller_key(headers: Mapping[str, str], open_mode: bool) -> str | None:
@@ -499,12 +539,13 @@ class Proxy:
         token = headers.get(TOKEN_HEADER)
         request_id = _header(headers, forward.REQUEST)
         ceiling = _ceiling(headers)
+        features = _features(headers)
         if token is not None:
             if request_id is not None:
                 raise InvalidArgument(
                     forward.REQUEST, request_id, f"send either {TOKEN_HEADER} or a request id"
                 )
-            return await self._redeem(tenant, token, ceiling, agent)
+            return await self._redeem(tenant, token, ceiling, agent, features)
         if request_id is None:
             raise InvalidArgument(forward.REQUEST, None, "the request id is required")
         gateway = self.gateway
@@ -529,6 +570,7 @@ class Proxy:
                         pipeline,
                         ceiling,
                         _ceiling_usd(headers),
+                        features,
                         request_id=request_id,
                     )
                 else:
@@ -536,6 +578,7 @@ class Proxy:
                         tenant,
                         pipeline,
                         ceiling,
+                        features=features,
                         parent=parent,
                         name=known.rsplit(CHILD_SEP, 1)[1],
                     )
@@ -543,14 +586,21 @@ class Proxy:
                 request = await gateway.request(tenant, known)
         return Budget(request, gateway.public_id(tenant, request.request_id), tenant)
 
-    async def _redeem(self, tenant: Tenant, token: str, ceiling: int | None, agent: str) -> Budget:
+    async def _redeem(
+        self,
+        tenant: Tenant,
+        token: str,
+        ceiling: int | None,
+        agent: str,
+        features: Mapping[str, float] | None,
+    ) -> Budget:
         """Open the child budget a token carries (once per token)."""
         gateway = self.gateway
         budget = verify(self.signing_key, token, now=self.clock(), tenant=tenant.name)
         wanted = narrowed(budget, ceiling)
         parent = await gateway.request(tenant, budget.request_id)
         parent.pipeline.resolve(agent)  # an unknown agent leaves the token unspent
-        child = parent.child(budget.child_name, ceiling=wanted, share=1.0)
+        child = parent.child(budget.child_name, ceiling=wanted, share=1.0, features=features)
         try:
             await child.open()
         except DuplicateRequest:

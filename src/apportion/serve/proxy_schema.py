@@ -43,6 +43,12 @@ _REQUEST_HEADERS: Final = (
         "A cost ceiling in USD for the request it opens.",
     ),
     (
+        "Apportion-Features",
+        {"type": "string", "example": "messages=40, doc_tokens=1200"},
+        "What is known of the request it opens, as name=number pairs separated by commas: "
+        "its policy predicts every call's budget from them.",
+    ),
+    (
         "Apportion-Pipeline",
         {"type": "string"},
         "The pipeline of the request it opens (default: the first configured).",
