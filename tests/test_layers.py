@@ -45,6 +45,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors"}),
     frozenset({"files"}),
     frozenset({"yamlfile"}),
+    frozenset({"features"}),  # a request's features, as a store keeps them
     frozenset({"ledger", "spec", "tokens", "ambient"}),
     frozenset({"ledger_view", "calls", "catalog", "pools", "reaper", "retry"}),
     frozenset({"summary", "policies", "stores"}),
