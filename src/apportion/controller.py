@@ -92,7 +92,7 @@ T = TypeVar("T")
 Steps = Generator[StoreCall, Any, T]
 
 _NO_KWARGS: dict[str, Any] = {}
-_READS = frozenset({"get", "events", "history", "features"})
+_READS = frozenset({"get", "events", "history", "get_with_features"})
 """Store calls retried like the calls with an operation id (reading twice changes nothing)."""
 _OP_KEY: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
     "apportion_op_key", default=None
@@ -1072,7 +1072,7 @@ def _attached(config: _Config, request_id: object) -> _Steps:
 
 def _get_open(steps: _Steps) -> Steps[Any]:
     """The state of an attached request, refused when closed; its features as it opened."""
-    state = yield ("get", (steps.obs.request_id,), _NO_KWARGS)
+    state, features = yield ("get_with_features", (steps.obs.request_id,), _NO_KWARGS)
     if state.status != "open":
         raise RequestClosed(steps.obs.request_id, state.status)
     steps.obs.ceiling = state.ceiling
@@ -1080,7 +1080,7 @@ def _get_open(steps: _Steps) -> Steps[Any]:
         steps.ceiling_usd = state.cost_ceiling
         steps.obs.ceiling_usd = state.cost_ceiling / NANO
     steps.tree.depth = state.depth
-    steps.obs.features = yield ("features", (steps.obs.request_id,), _NO_KWARGS)
+    steps.obs.features = features
     return state
 
 

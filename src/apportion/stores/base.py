@@ -62,7 +62,8 @@ Contract (every implementation must keep it):
   (names to numbers, strings, booleans or null; see :mod:`apportion.features`) with it,
   as the note of its ``open`` event, a JSON object (``Ledger(..., features=F)``), and
   ``features(request_id)`` returns them (``{}`` for none), also for a closed request
-  still held, so every handle on the request plans with them. Features a store cannot
+  still held, so every handle on the request plans with them (``get_with_features``
+  reads the state and the features together). Features a store cannot
   keep raise :class:`~apportion.errors.InvalidArgument` and change nothing; they are not
   part of an operation's digest. The keyword is passed only when used, so a store
   without it keeps working for requests without features.
@@ -831,6 +832,21 @@ class Store(abc.ABC):
     async def afeatures(self, request_id: str) -> dict[str, Any]:
         """Async :meth:`features`."""
         return self.features(request_id)
+
+    def get_with_features(self, request_id: str) -> tuple[LedgerView, dict[str, Any]]:
+        """The request's state and its features (what a handle on it reads first).
+
+        This default reads them one after the other; a networked store reads both in one
+        round trip.
+
+        Raises:
+            UnknownRequest: the store does not hold the request.
+        """
+        return self.get(request_id), self.features(request_id)
+
+    async def aget_with_features(self, request_id: str) -> tuple[LedgerView, dict[str, Any]]:
+        """Async :meth:`get_with_features`."""
+        return await self.aget(request_id), await self.afeatures(request_id)
 
     async def afeed_cursor(self) -> str:
         """Async :meth:`feed_cursor`."""

@@ -388,6 +388,10 @@ class FailOpenStore(Store):
         """The request's features, from where it lives."""
         return self._route(request_id).features(request_id)
 
+    def get_with_features(self, request_id: str) -> tuple[LedgerView, dict[str, Any]]:
+        """The request's state and features, from where it lives."""
+        return self._route(request_id).get_with_features(request_id)
+
     def note(self, request_id: str, event: Event) -> None:
         """Append a feed-only event where the request lives."""
         self._route(request_id).note(request_id, event)
@@ -612,6 +616,10 @@ class FailOpenStore(Store):
     async def afeatures(self, request_id: str) -> dict[str, Any]:
         """Async :meth:`features`."""
         return await self._route(request_id).afeatures(request_id)
+
+    async def aget_with_features(self, request_id: str) -> tuple[LedgerView, dict[str, Any]]:
+        """Async :meth:`get_with_features`."""
+        return await self._route(request_id).aget_with_features(request_id)
 
     async def anote(self, request_id: str, event: Event) -> None:
         """Async :meth:`note`."""

@@ -540,10 +540,14 @@ class StoreConformance:
         store.open("r2", RANKS, 1000, 0.0)
         assert store.features("r2") == {}
         assert store.events("r2")[0].note == ""
+        state, features = store.get_with_features("r1")
+        assert (state.to_dict(), features) == (store.get("r1").to_dict(), self.FEATURES)
         store.close("r1", 1.0)
         assert store.features("r1") == self.FEATURES  # a closed request still held
-        with pytest.raises(UnknownRequest):
-            store.features("nope")
+        assert store.get_with_features("r1")[1] == self.FEATURES
+        for read in (store.features, store.get_with_features):
+            with pytest.raises(UnknownRequest):
+                read("nope")
 
     @pytest.mark.parametrize(
         "bad",
@@ -598,6 +602,8 @@ class StoreConformance:
                 features={"messages": 5},
             )
             assert await store.afeatures("r1::a") == {"messages": 5}
+            state, features = await store.aget_with_features("r1::a")
+            assert (state.request_id, features) == ("r1::a", {"messages": 5})
 
         asyncio.run(scenario())
 

@@ -514,6 +514,13 @@ class RedisRequests(RedisPools):
             raise UnknownRequest(request_id)
         return features_from([_event(raw)])
 
+    def _get_with_features_steps(self, request_id: str) -> _Steps[tuple[Ledger, dict[str, Any]]]:
+        """The state and the features of a request, read in one call (``lua/read.lua``)."""
+        raw, first = yield _Eval("read", self._keys(request_id)[:2], ())
+        if raw is None or first is None:
+            raise UnknownRequest(request_id)
+        return ledger_from_stored(raw), features_from([_event(first)])
+
     def _events_steps(self, request_id: str, notes: bool = False) -> _Steps[list[Event]]:
         """The request's events list: its ledger events, and its notes when ``notes``."""
         raws = yield _Cmd(("LRANGE", self._keys(request_id)[1], 0, -1))

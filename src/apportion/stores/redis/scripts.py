@@ -36,6 +36,7 @@ SCRIPTS = (
     "pool_draw",
     "pool_return",
     "pool_void",
+    "read",
 )
 """The Lua scripts, one per operation (request scripts start with ``common.lua``)."""
 

@@ -340,6 +340,10 @@ class RedisStore(RedisReaper, RedisFeed, Store):
         """The request's events, oldest first."""
         return self._run(self._events_steps(request_id))
 
+    def get_with_features(self, request_id: str) -> tuple[Ledger, dict[str, Any]]:
+        """The state and the features of a request (one round trip)."""
+        return self._run(self._get_with_features_steps(request_id))
+
     def features(self, request_id: str) -> dict[str, Any]:
         """The features the request opened with (one read: its ``open`` event)."""
         return self._run(self._features_steps(request_id))
@@ -524,6 +528,10 @@ class RedisStore(RedisReaper, RedisFeed, Store):
     async def aevents(self, request_id: str) -> list[Event]:
         """Async :meth:`events`."""
         return await self._arun(self._events_steps(request_id))
+
+    async def aget_with_features(self, request_id: str) -> tuple[Ledger, dict[str, Any]]:
+        """Async :meth:`get_with_features`."""
+        return await self._arun(self._get_with_features_steps(request_id))
 
     async def afeatures(self, request_id: str) -> dict[str, Any]:
         """Async :meth:`features`."""
