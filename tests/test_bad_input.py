@@ -30,6 +30,7 @@ from apportion import (
     Budget,
     Controller,
     ElasticPolicy,
+    InvalidArgument,
     EstimatePolicy,
     IterativePolicy,
     Ledger,
@@ -212,6 +213,7 @@ STORE_OPS: dict[str, dict[str, Any]] = {
         "pool": None,
         "pool_priority": "standard",
         "ceiling_usd": None,
+        "features": None,
     },
     "begin": {
         "request_id": "r",
@@ -245,6 +247,8 @@ STORE_OPS: dict[str, dict[str, Any]] = {
     "close": {"request_id": "r", "now": 1.0, "status": "closed", "outcome": None},
     "get": {"request_id": "r"},
     "events": {"request_id": "r"},
+    "features": {"request_id": "r"},
+    "get_with_features": {"request_id": "r"},
     "reap": {"now": 1.0},
     "get_pool": {"name": "p", "now": 1.0},
     "get_state": {"key": "k"},
@@ -261,6 +265,7 @@ STORE_OPS: dict[str, dict[str, Any]] = {
         "reserve": None,
         "ttl": 100.0,
         "max_depth": 16,
+        "features": None,
     },
 }
 STORE_SLOTS = [(op, name) for op, args in STORE_OPS.items() for name in args]
@@ -281,6 +286,14 @@ def check_store_operation(store: Any, slot: tuple[str, str], value: Any) -> None
 @given(slot=st.sampled_from(STORE_SLOTS), value=BAD)
 def test_memory_store_operations(slot: tuple[str, str], value: Any) -> None:
     check_store_operation(MemoryStore(), slot, value)
+
+
+@given(features=st.dictionaries(BAD.filter(lambda v: isinstance(v, str)), BAD, max_size=2))
+def test_memory_store_features(features: Any) -> None:
+    """Features a store cannot keep are refused, and nothing is opened."""
+    store = MemoryStore()
+    if not calls_cleanly(lambda: store.open("r", RANKS, 1_000, 0.0, features=features)):
+        assert store.open_requests() == []
 
 
 @given(value=BAD)
@@ -681,3 +694,16 @@ def test_counting_and_fitting(name: str, value: Any, where: str) -> None:
     calls_cleanly(lambda: count_messages("gpt-4o", value, counter="approximate"))
     calls_cleanly(lambda: counter_for(value, "approximate"))
     calls_cleanly(lambda: counter_for("gpt-4o", value))
+
+
+def test_a_long_name_beside_a_bad_value_is_quoted_short() -> None:
+    """The argument's name quotes an excerpt of a long key (found by the features test)."""
+    long = "x" * 100_000
+    with pytest.raises(InvalidArgument) as ranks:
+        MemoryStore().open("r", {long: 5_000}, 100, 0.0)
+    with pytest.raises(InvalidArgument) as features:
+        MemoryStore().open("r", RANKS, 100, 0.0, features={long: [1]})
+    with pytest.raises(InvalidArgument) as requested:
+        Controller(PIPELINE, policy="uniform").request(100, {long: float("inf")})
+    for error in (ranks, features, requested):
+        assert len(str(error.value)) < 200 and "100,000 characters" in error.value.argument

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from apportion.errors import InvalidArgument
-from apportion.limits import MAX_INTEGER, is_text
+from apportion.limits import MAX_INTEGER, excerpt, is_text
 
 MAX_FEATURES_TEXT = 65_536
 """Most characters of a request's features as a store keeps them (JSON text)."""
@@ -46,7 +46,7 @@ def check_request_features(features: object) -> dict[str, Any]:
         if type(key) is not str:
             raise InvalidArgument("features", key, "feature names are strings")
         if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidArgument(f"features[{key!r}]", value, "features must be finite")
+            raise InvalidArgument(f"features[{excerpt(key)}]", value, "features must be finite")
     return dict(features)
 
 
@@ -103,7 +103,7 @@ def features_note(features: object) -> str:
         ok, plain = _scalar(value)
         if not ok or plain is not value or (type(value) is str and not is_text(value)):
             reason = "a stored feature is a finite number, a string, a boolean or null"
-            raise InvalidArgument(f"features[{key!r}]", value, reason)
+            raise InvalidArgument(f"features[{excerpt(key)}]", value, reason)
     text = _encode(dict(features))
     if len(text) > MAX_FEATURES_TEXT:
         reason = f"longer than {MAX_FEATURES_TEXT:,} characters as JSON ({len(text):,})"

@@ -64,7 +64,7 @@ from apportion.errors import (
 )
 from apportion.features import features_note
 from apportion.limits import MAX_TOKENS as MAX_TOKENS  # largest token count (re-exported)
-from apportion.limits import is_text
+from apportion.limits import excerpt, is_text
 
 CHILD_SEP = "::"
 """Between a parent's id and its child's name in a child request's id (``root::a::b``).
@@ -255,7 +255,7 @@ def check_ranks(ranks: object) -> Mapping[str, int]:
         check_name("ranks", agent)
         if type(rank) is not int or not -1000 <= rank <= 1000:
             reason = "a rank is an integer in [-1000, 1000]"
-            raise InvalidArgument(f"ranks[{agent!r}]", rank, reason)
+            raise InvalidArgument(f"ranks[{excerpt(agent)}]", rank, reason)
     return ranks
 
 
