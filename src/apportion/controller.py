@@ -952,8 +952,8 @@ def _reap(config: _Config) -> Steps[int]:
 
     An expired request's record is built from its stored state and events, its features
     those it opened with (integration notes stayed with the process that ran it, which may
-    be gone). Requests
-    of another pipeline sharing the store are left to their own controllers' telemetry.
+    be gone). Requests of another pipeline sharing the store are left to their own
+    controllers' telemetry.
     """
     reaped: Reaped = yield ("reap_expired", (config.clock(),), _NO_KWARGS)
     if config.sinks:

@@ -60,26 +60,31 @@ def _scalar(value: object) -> tuple[bool, Scalar]:
         return math.isfinite(value), value
     if isinstance(value, str):
         return True, str(value)
-    if isinstance(value, bool):
-        return True, bool(value)
-    if isinstance(value, numbers.Integral):
-        return _scalar(int(value))
-    if isinstance(value, numbers.Real):
-        number = float(value)
-        return math.isfinite(number), number
+    try:
+        if isinstance(value, numbers.Integral):
+            return _scalar(int(value))
+        if isinstance(value, numbers.Real):
+            return _scalar(float(value))
+    except (ArithmeticError, TypeError, ValueError):  # a number no float holds
+        pass
     return False, None
 
 
 def storable(features: Mapping[str, Any]) -> dict[str, Scalar]:
     """The features of a request a store keeps (checked ones: :func:`check_request_features`).
 
-    Numbers of other types (``numpy.int64``, ``Decimal``) become ``int`` or ``float``; a
-    value that is no scalar, or a string or name that is not valid text, is left out.
+    Numbers of other types (``numpy.int64``, ``fractions.Fraction``) become ``int`` or
+    ``float``. Left out: a value that is no scalar, a name or string that is not valid
+    text, and the features past :data:`MAX_FEATURES_TEXT` as JSON, in their order.
     """
     kept: dict[str, Scalar] = {}
+    room = MAX_FEATURES_TEXT - 2  # the braces
     for key, value in features.items():
         ok, plain = _scalar(value)
         if ok and is_text(key) and (type(plain) is not str or is_text(plain)):
+            room -= len(_encode({key: plain})) - 1  # its pair and a comma
+            if room < -1:  # the last pair takes no comma
+                break
             kept[key] = plain
     return kept
 
