@@ -58,15 +58,15 @@ Contract (every implementation must keep it):
   accounts and refuses exactly as :class:`~apportion.ledger.Ledger` does (see its module
   docstring). The keywords are passed only when used, so a store without cost support
   keeps working for requests without it.
-* Features: ``open(..., features=F)`` keeps what is known of the request up front
-  (names to numbers, strings, booleans or null; see :mod:`apportion.features`) with it,
-  as the note of its ``open`` event, a JSON object (``Ledger(..., features=F)``), and
-  ``features(request_id)`` returns them (``{}`` for none), also for a closed request
-  still held, so every handle on the request plans with them (``get_with_features``
-  reads the state and the features together). Features a store cannot
-  keep raise :class:`~apportion.errors.InvalidArgument` and change nothing; they are not
-  part of an operation's digest. The keyword is passed only when used, so a store
-  without it keeps working for requests without features.
+* Features: ``open(..., features=F)`` and ``open_children(..., features=F)`` keep what
+  is known of a request up front (names to numbers, strings, booleans or null; see
+  :mod:`apportion.features`) with it, as the note of its ``open`` event, a JSON object
+  (``Ledger(..., features=F)``). ``features(request_id)`` returns them (``{}`` for none),
+  also for a closed request still held, and ``get_with_features(request_id)`` the state
+  and the features together (what a handle on the request reads first: it plans with
+  them). Features a store cannot keep raise :class:`~apportion.errors.InvalidArgument`
+  and change nothing; they are not part of an operation's digest. The keyword is passed
+  only when used, so a store without it keeps working for requests without features.
 * Child budgets: ``open_children(parent_id, request_ids, ranks, now, priorities=...,
   ceiling=..., share=...)`` opens one child request per id (a ledger like ``open``'s, with
   ``parent_id``, ``depth`` and ``rank`` set) and draws their ceilings from the parent in
