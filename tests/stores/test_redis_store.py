@@ -248,6 +248,12 @@ def test_a_server_without_functions_runs_scripts() -> None:
         store._client.script_flush()
         assert store._call([_void_draw(store)]) == [[b"void"]]
         assert store._client.info("commandstats")["cmdstat_evalsha"]["calls"] >= 12
+        store.open("f", RANKS, 100, 0.0, features={"messages": 3})
+        store.open_children(
+            "f", ["f::k"], RANKS, 0.0, priorities=["standard"], ceiling=9, features={"messages": 4}
+        )
+        assert store.get_with_features("f")[1] == {"messages": 3}
+        assert store.get_with_features("f::k")[1] == {"messages": 4}
     finally:
         server.cleanup()
 
