@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from apportion import Agent, BudgetExceeded, Controller, Pipeline, Request
+from apportion import Agent, BudgetExceeded, Controller, MemoryStore, Pipeline, Request
 from apportion.calls import records_of
 from apportion.policies import Policy, resolve_policy
 from apportion.policies.learned import LearnedPolicy
@@ -148,3 +148,27 @@ def test_the_closing_handle_holds_what_other_handles_did() -> None:
     assert [(r.agent, r.input_asked, r.status) for r in req.refused] == [
         ("auditor", 100, "refused")
     ]
+
+
+@pytest.mark.parametrize("name", ["elastic", "learned"])
+def test_an_expired_request_teaches_its_calls_and_not_how_often_agents_run(name: str) -> None:
+    """A request nobody closed (a proxy client that never does, a worker that died):
+    whoever reaps it learns its finished calls' needs, not its call counts."""
+    clock = Clock()
+    store = MemoryStore()
+    worker = Controller(PIPELINE, policy="uniform", store=store, clock=clock, request_ttl=60)
+    dead = worker.request(20_000, {"messages": 30}).open()
+    for agent, used in (("triage", 200), ("reasoner", 900)):
+        grant = dead.begin(agent, 1_000)
+        dead.finish(grant, input_tokens=1_000, output_tokens=used)
+    dead.begin("formatter", 500)  # ... and the worker is gone
+    reaper = Controller(PIPELINE, policy=_policy(name), store=store, clock=clock, reap_every=1)
+    policy: Any = reaper.policy
+    counts_before = policy.call_counts(PIPELINE).document()
+    clock.now += 61
+    assert reaper.reap() >= 1 and store.get(dead.request_id).status == "expired"
+    outputs = policy.needs(PIPELINE).document()["output"]
+    seen = {a: outputs[a]["count"] + len(outputs[a]["pending"]) for a in outputs}
+    assert seen == {"triage": 1, "reasoner": 1, "formatter": 0}  # the finished calls
+    assert outputs["reasoner"]["pending"][-1][0][:2] == [1.0, 30.0]  # with its features
+    assert policy.call_counts(PIPELINE).document() == counts_before  # not the counts

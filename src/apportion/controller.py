@@ -29,7 +29,7 @@ import secrets
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
@@ -204,6 +204,7 @@ class _Config:
         self.reap_every = reap_every
         self.next_reap = -math.inf
         self.ranks = {a.name: a.priority.rank for a in pipeline.agents}
+        self.peers: tuple[_Config, ...] = ()  # see Controller.reaps_for
         self.sinks: list[Any] = []
         if telemetry is not None:
             from apportion.telemetry import DecisionRecorder, open_sinks
@@ -812,12 +813,7 @@ class _Steps:
         history = (yield from self._adopt_history()) if self.tree.handle else None
         _settle_open_calls(obs, now)
         yield from self._closed_tree()
-        try:
-            self.config.policy.learn(obs, self.outcome)
-        except Exception as exc:  # learning must never break the request
-            warnings.warn(
-                f"policy {self.config.policy.name!r} failed to learn: {exc!r}", stacklevel=4
-            )
+        _learn(self.config, obs, self.outcome)
         yield from self._record(history)
 
     def _adopt_history(self) -> Steps[list[Event] | None]:
@@ -829,25 +825,11 @@ class _Steps:
         request and telemetry records them all (a call's cost at its model's prices in the
         catalog). Returns the history read (``None`` when the store could not give it).
         """
-        obs = self.obs
         try:
-            history: list[Event] = yield ("history", (obs.request_id,), _NO_KWARGS)
+            history: list[Event] = yield ("history", (self.obs.request_id,), _NO_KWARGS)
         except ApportionError:
             return None
-        calls = records_of(history)
-        for record in calls.values():  # priced from the catalog, as the call was
-            if record.model is not None:
-                with contextlib.suppress(ApportionError):
-                    priced = self.config.prices_for(record.agent, record.model, None)
-                    record.prices = priced.get("prices")
-        for grant_id, record in obs.calls.items():  # this handle's own know more
-            told = calls.get(grant_id)
-            if told is not None:
-                record.catch_up(told)
-            calls[grant_id] = record
-        obs.calls.clear()
-        obs.calls.update(sorted(calls.items()))
-        obs.refused.extend(refusals_of(history, obs.refused))
+        _adopt(self.config, self.obs, history)
         return history
 
     def _close_others_children(self, status: str) -> Steps[None]:
@@ -947,30 +929,63 @@ def _count_text(record: CallRecord | None, grant: Grant, text: str) -> int:
     return counter_for(model or "unknown", "approximate").count_text(text)
 
 
-def _reap(config: _Config) -> Steps[int]:
-    """Expire ended leases and overdue requests store-wide; send the expired to telemetry.
+def _adopt(config: _Config, obs: Observation, history: list[Event]) -> None:
+    """The calls and refused begins of ``history`` (a request's, from the store) join ``obs``.
 
-    An expired request's record is built from its stored state and events, its features
-    those it opened with (integration notes stayed with the process that ran it, which may
-    be gone). Requests of another pipeline sharing the store are left to their own
-    controllers' telemetry.
+    Each call is priced from the catalog, as it was; the records ``obs`` holds already
+    (made by this process) are kept, caught up with what the store tells of them.
+    """
+    calls = records_of(history)
+    for record in calls.values():
+        if record.model is not None:
+            with contextlib.suppress(ApportionError):
+                record.prices = config.prices_for(record.agent, record.model, None).get("prices")
+    for grant_id, record in obs.calls.items():  # this process's own know more
+        told = calls.get(grant_id)
+        if told is not None:
+            record.catch_up(told)
+        calls[grant_id] = record
+    obs.calls.clear()
+    obs.calls.update(sorted(calls.items()))
+    obs.refused.extend(refusals_of(history, obs.refused))
+
+
+def _learn(config: _Config, obs: Observation, outcome: float | None) -> None:
+    """The policy learns from a request that ended; a failure is a warning, never an error."""
+    try:
+        config.policy.learn(obs, outcome)
+    except Exception as exc:  # learning must never break the request
+        warnings.warn(f"policy {config.policy.name!r} failed to learn: {exc!r}", stacklevel=5)
+
+
+def _reap(config: _Config) -> Steps[int]:
+    """Expire ended leases and overdue requests store-wide; learn from and record the expired.
+
+    An expired request is rebuilt from its stored state, events and notes, with the
+    features it opened with (integration notes stayed with the process that ran it, which
+    may be gone); its policy learns from its calls (``Policy.learn`` with no outcome) and
+    its record goes to telemetry. Requests of another pipeline sharing the store are left
+    to their own controllers, unless one is a peer (``Controller.reaps_for``).
     """
     reaped: Reaped = yield ("reap_expired", (config.clock(),), _NO_KWARGS)
-    if config.sinks:
-        names = set(config.pipeline.names)
-        for request_id in reaped.expired:
-            try:
-                state = yield ("get", (request_id,), _NO_KWARGS)
-                events = yield ("history", (request_id,), _NO_KWARGS)
-            except ApportionError:
-                continue  # gone already (retention): nothing left to record
-            if set(state.ranks) != names:
-                continue
-            features = features_from(events)
-            obs = Observation(request_id, config.pipeline, state.ceiling, features, state)
+    owners = {frozenset(c.ranks): c for c in (*config.peers, config)}
+    for request_id in reaped.expired:
+        try:
+            state = yield ("get", (request_id,), _NO_KWARGS)
+            history = yield ("history", (request_id,), _NO_KWARGS)
+        except ApportionError:
+            continue  # gone already (retention): nothing left to learn or record
+        owner = owners.get(frozenset(state.ranks))
+        if owner is None:
+            continue
+        features = features_from(history)
+        obs = Observation(request_id, owner.pipeline, state.ceiling, features, state)
+        _adopt(owner, obs, history)
+        _learn(owner, obs, None)
+        if owner.sinks:
             from apportion.telemetry import emit
 
-            emit(config.sinks, obs, events)
+            emit(owner.sinks, obs, history)
     return reaped.settled
 
 
@@ -1995,10 +2010,21 @@ class Controller:
         steps.obs.state = await _arun(self._config, _get_open(steps))
         return AsyncRequest(steps)
 
+    def reaps_for(self, controllers: Iterable[Controller]) -> None:
+        """Have the requests of ``controllers``' pipelines this controller reaps go to them.
+
+        A reap is store-wide: an expired request of another pipeline on the same store is
+        learned from and recorded by the controller of its pipeline among ``controllers``
+        (the gateway's controllers, one per pipeline, are each other's), not passed over.
+        The pipelines are told apart by their agents.
+        """
+        self._config.peers = tuple(c._config for c in controllers if c is not self)
+
     def reap(self) -> int:
         """Reclaim grants whose lease ended and close overdue requests, store-wide.
 
-        Requests closed as expired reach the telemetry sinks. The controller also does this
+        Requests closed as expired teach the policy their calls and reach the telemetry
+        sinks. The controller also does this
         by itself when a request opens, at most every ``reap_every`` seconds, and
         :meth:`start_reaper` does it on a timer while no request opens.
 

@@ -520,6 +520,50 @@ def test_two_pipelines_each_request_on_its_own(tmp_path: Any) -> None:
     run(gateway, body)
 
 
+def test_an_expired_request_teaches_and_reaches_its_own_pipeline(tmp_path: Any) -> None:
+    """A request no client closed: the gateway's reap hands it to its pipeline's policy
+    and telemetry, whichever pipeline's controller reaped it."""
+    from apportion.telemetry import flush
+    from apportion.telemetry.sql import open_database
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "pipeline.yaml"
+    (tmp_path / "pipeline.yaml").write_text(example.read_text())
+    url = f"sqlite:///{tmp_path / 'telemetry.db'}"
+    extra = (
+        f"telemetry: {url}\n"
+        "pipelines:\n"
+        "  seed: {workload: " + str(SEED) + "}\n"
+        "  support: {path: pipeline.yaml, policy: elastic, ceiling: 30000}\n"
+    )
+    now = [1_000.0]
+    gateway = Gateway(
+        ServeConfig.from_yaml(write_config(tmp_path, extra=extra)), clock=lambda: now[0]
+    )
+
+    async def body(client: httpx.AsyncClient) -> str:
+        h = auth("acme")
+        opened = {"pipeline": "support", "features": {"messages": 12.0}}
+        rid = (await client.post(BASE, json=opened, headers=h)).json()["request_id"]
+        begin = {"agent": "triage", "input_tokens": 300}
+        grant = (await client.post(f"{BASE}/{rid}/begin", json=begin, headers=h)).json()
+        done = {"grant": grant["grant"], "input_tokens": 300, "output_tokens": 44}
+        assert (await client.post(f"{BASE}/{rid}/finish", json=done, headers=h)).is_success
+        return rid  # never closed
+
+    rid = run(gateway, body)
+    now[0] += 601  # past the request's TTL
+    assert gateway.reap() >= 1
+    assert gateway.store.get(f"acme/{rid}").status == "expired"
+    policy: Any = gateway.controllers["support"].policy
+    triage = policy.needs(gateway.controllers["support"].pipeline).document()["output"]["triage"]
+    assert triage["count"] + len(triage["pending"]) == 1
+    assert triage["pending"][-1][0][:2] == [1.0, 12.0]  # with the features it opened with
+    assert flush(60)
+    stored = open_database(url).load().requests[f"acme/{rid}"]
+    assert (stored.pipeline, stored.status, stored.consumed) == ("support", "expired", 344)
+    assert stored.features == {"messages": 12.0}
+
+
 def test_two_pipelines_with_the_same_agents_are_refused(tmp_path: Any) -> None:
     extra = f"pipelines:\n  a: {{workload: {SEED}}}\n  b: {{workload: {SEED}}}\n"
     with pytest.raises(SpecError) as caught:

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 from apportion.calls import CallRecord
-from apportion.ledger import Grant
+from apportion.ledger import EXPIRED, Grant
 from apportion.ledger_view import LedgerView
 from apportion.spec import Agent, OutputKind, Pipeline
 
@@ -223,7 +223,13 @@ class Policy(abc.ABC):
         return 0
 
     def learn(self, obs: Observation, outcome: float | None) -> None:  # noqa: B027
-        """Learn from a closed request (its final state and outcome score); default: nothing."""
+        """Learn from a closed request (its final state and outcome score); default: nothing.
+
+        Also called, with ``outcome`` ``None``, for a request that expired
+        (``obs.state.status == "expired"``: closed by ``reap``, from the calls the store
+        recorded). It may have been abandoned halfway: learn from its finished calls, not
+        from which agents ran or how often (:func:`ended_in_full`).
+        """
 
     def attach_telemetry(self, log: DecisionLog) -> None:  # noqa: B027
         """Take the telemetry of a controller made with this policy; default: nothing.
@@ -235,6 +241,12 @@ class Policy(abc.ABC):
 
 
 # ------------------------------------------------------------------- helpers
+
+
+def ended_in_full(obs: Observation) -> bool:
+    """Whether the request ran to its end: closed, not expired (see :meth:`Policy.learn`)."""
+    return obs.state is None or obs.state.status != EXPIRED
+
 
 _OUTPUT_FIRST_SHARE = {
     OutputKind.STRUCTURED: 0.75,

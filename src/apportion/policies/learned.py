@@ -87,7 +87,7 @@ from apportion.errors import PolicyConfigError, PolicyStateError, StateVersionEr
 from apportion.ledger import Grant
 from apportion.limits import excerpt
 from apportion.policies import learned_state
-from apportion.policies.base import Decision, Observation, clip_output
+from apportion.policies.base import Decision, Observation, clip_output, ended_in_full
 from apportion.policies.learned_state import STATE_FORMAT, STATE_VERSION
 from apportion.policies.outcome_model import OutcomeModel, output_cost
 from apportion.policies.predicting import PredictingPolicy
@@ -555,9 +555,14 @@ class LearnedPolicy(PredictingPolicy):
     # ------------------------------------------------------------ learning
 
     def learn(self, obs: Observation, outcome: float | None) -> None:
-        """Learn needs from the usage, and the agents' weights from the outcome (if valid)."""
+        """Learn needs from the usage, and the agents' weights from the outcome (if valid).
+
+        An expired request teaches its calls' needs alone (see :meth:`Policy.learn`).
+        """
         if obs.finished():
             self._observe(obs, self._usage(obs))
+        if not ended_in_full(obs):
+            return
         self._count_calls(obs)
         try:
             value = check_outcome(outcome)

@@ -105,7 +105,14 @@ from apportion.errors import PolicyConfigError, PolicyStateError
 from apportion.ledger import MAX_TOKENS, Grant
 from apportion.limits import excerpt
 from apportion.policies import state as saved
-from apportion.policies.base import _OUTPUT_FIRST_SHARE, Observation, Plan, Policy, clip_output
+from apportion.policies.base import (
+    _OUTPUT_FIRST_SHARE,
+    Observation,
+    Plan,
+    Policy,
+    clip_output,
+    ended_in_full,
+)
 from apportion.policies.needs import NeedModel
 from apportion.policies.occurrence import (
     CallCounts,
@@ -1280,11 +1287,16 @@ class PredictingPolicy(Policy):
         return max(0, min(output_tokens, spare))
 
     def learn(self, obs: Observation, outcome: float | None) -> None:
-        """Fold the request's finished calls into the need model and the call counts."""
+        """Fold the request's finished calls into the need model and the call counts.
+
+        An expired request's calls are learned; its call counts are not (it may have
+        been abandoned halfway).
+        """
         usage = obs.usage()
         if usage:
             self._observe(obs, usage)
-        self._count_calls(obs)
+        if ended_in_full(obs):
+            self._count_calls(obs)
 
     def team_prior(self, obs: Observation, agent: Agent, part: int, otherwise: float) -> float:
         """A team member's prior: the mean of what its team's calls used.

@@ -174,6 +174,8 @@ class Gateway:
         except BaseException:
             _close_sinks([c for made in controllers.values() for c in made.sinks])
             raise
+        for controller in controllers.values():  # a reap is store-wide: each to its own
+            controller.reaps_for(controllers.values())
         by_agents: dict[frozenset[str], str] = {}
         for name, entry in config.pipelines.items():
             by_agents.setdefault(ranked(entry.pipeline), name)
@@ -316,8 +318,12 @@ class Gateway:
         await self.records.aclose()
 
     def reap(self) -> int:
-        """Expire ended leases and overdue requests store-wide (each pipeline's telemetry)."""
-        return sum(controller.reap() for controller in self.controllers.values())
+        """Expire ended leases and overdue requests store-wide (each learned, recorded).
+
+        One controller's reap is store-wide; its peers (:meth:`Controller.reaps_for`) learn
+        from and record the expired requests of their pipelines.
+        """
+        return next(iter(self.controllers.values())).reap()
 
     # ------------------------------------------------------------------ tenants
 
