@@ -56,6 +56,22 @@ def _used(**keywords: Any) -> dict[str, Any]:
     return {key: value for key, value in keywords.items() if value is not None}
 
 
+def _open_options(
+    allocation: Mapping[str, int] | None,
+    reserve: Mapping[str, int] | None,
+    ttl: float,
+    ceiling_usd: int | None,
+    features: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The keywords of an open, but for the pool and the operation id (those used)."""
+    return {
+        "allocation": allocation,
+        "reserve": reserve,
+        "ttl": ttl,
+        **_used(ceiling_usd=ceiling_usd, features=features or None),
+    }
+
+
 _NO_KEYWORDS: dict[str, Any] = {}
 
 
@@ -135,13 +151,12 @@ class FailOpenStore(Store):
         ranks: Mapping[str, int],
         ceiling: int,
         now: float,
-        allocation: Mapping[str, int] | None,
-        reserve: Mapping[str, int] | None,
-        ttl: float,
-        ceiling_usd: int | None,
-        features: Mapping[str, Any] | None,
+        options: Mapping[str, Any],
     ) -> LedgerView:
-        """Open the request in the fallback on the emergency budget, or raise ``error``."""
+        """Open the request in the fallback on the emergency budget, or raise ``error``.
+
+        ``options``: the open's keywords, but for the pool and the operation id.
+        """
         if self.emergency_cap == 0:
             raise StoreUnavailable(
                 self.url, f"{error.reason}; no local emergency budget (emergency_cap=0)"
@@ -157,12 +172,9 @@ class FailOpenStore(Store):
                 ranks,
                 ceiling,
                 now,
-                allocation=allocation,
-                reserve=reserve,
-                ttl=ttl,
                 pool=EMERGENCY_POOL,
                 pool_priority="critical",
-                **_used(ceiling_usd=ceiling_usd, features=features or None),
+                **options,
             )
         except PoolExhausted as exc:
             raise StoreUnavailable(
@@ -203,34 +215,16 @@ class FailOpenStore(Store):
         op_id: str | None = None,
     ) -> LedgerView:
         """Open in the primary; in the fallback when the primary is unreachable."""
+        options = _open_options(allocation, reserve, ttl, ceiling_usd, features)
         pooled: dict[str, Any] = {}
         if pool is not None:
             pooled = {"pool": pool, "pool_priority": pool_priority}
         try:
             return self.primary.open(
-                request_id,
-                ranks,
-                ceiling,
-                now,
-                allocation=allocation,
-                reserve=reserve,
-                ttl=ttl,
-                **pooled,
-                **_used(ceiling_usd=ceiling_usd, features=features or None, op_id=op_id),
+                request_id, ranks, ceiling, now, **options, **pooled, **_used(op_id=op_id)
             )
         except StoreUnavailable as error:
-            return self._open_locally(
-                error,
-                request_id,
-                ranks,
-                ceiling,
-                now,
-                allocation,
-                reserve,
-                ttl,
-                ceiling_usd,
-                features,
-            )
+            return self._open_locally(error, request_id, ranks, ceiling, now, options)
 
     def begin(
         self,
@@ -432,34 +426,16 @@ class FailOpenStore(Store):
         op_id: str | None = None,
     ) -> LedgerView:
         """Async :meth:`open`."""
+        options = _open_options(allocation, reserve, ttl, ceiling_usd, features)
         pooled: dict[str, Any] = {}
         if pool is not None:
             pooled = {"pool": pool, "pool_priority": pool_priority}
         try:
             return await self.primary.aopen(
-                request_id,
-                ranks,
-                ceiling,
-                now,
-                allocation=allocation,
-                reserve=reserve,
-                ttl=ttl,
-                **pooled,
-                **_used(ceiling_usd=ceiling_usd, features=features or None, op_id=op_id),
+                request_id, ranks, ceiling, now, **options, **pooled, **_used(op_id=op_id)
             )
         except StoreUnavailable as error:
-            return self._open_locally(
-                error,
-                request_id,
-                ranks,
-                ceiling,
-                now,
-                allocation,
-                reserve,
-                ttl,
-                ceiling_usd,
-                features,
-            )
+            return self._open_locally(error, request_id, ranks, ceiling, now, options)
 
     async def abegin(
         self,
