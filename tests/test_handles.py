@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 
-from apportion import Agent, BudgetExceeded, Controller, MemoryStore, Pipeline, Request
+from apportion import (
+    Agent,
+    BudgetExceeded,
+    Controller,
+    InvalidArgument,
+    MemoryStore,
+    Pipeline,
+    Request,
+)
 from apportion.calls import records_of
 from apportion.policies import Policy, resolve_policy
 from apportion.policies.learned import LearnedPolicy
@@ -172,3 +180,11 @@ def test_an_expired_request_teaches_its_calls_and_not_how_often_agents_run(name:
     assert seen == {"triage": 1, "reasoner": 1, "formatter": 0}  # the finished calls
     assert outputs["reasoner"]["pending"][-1][0][:2] == [1.0, 30.0]  # with its features
     assert policy.call_counts(PIPELINE).document() == counts_before  # not the counts
+
+
+def test_reaps_for_takes_controllers_only() -> None:
+    controller = Controller(PIPELINE, policy="uniform")
+    for bad in (None, "abc", [controller, 3]):
+        with pytest.raises(InvalidArgument):
+            controller.reaps_for(bad)  # type: ignore[arg-type]
+    controller.reaps_for([controller])  # itself: nothing to hand over

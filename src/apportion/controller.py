@@ -2017,8 +2017,17 @@ class Controller:
         learned from and recorded by the controller of its pipeline among ``controllers``
         (the gateway's controllers, one per pipeline, are each other's), not passed over.
         The pipelines are told apart by their agents.
+
+        Raises:
+            InvalidArgument: not an iterable of controllers.
         """
-        self._config.peers = tuple(c._config for c in controllers if c is not self)
+        if isinstance(controllers, str | bytes) or not isinstance(controllers, Iterable):
+            raise InvalidArgument("controllers", controllers, "an iterable of controllers")
+        given = list(controllers)
+        for controller in given:
+            if not isinstance(controller, Controller):
+                raise InvalidArgument("controllers", controller, "an apportion.Controller")
+        self._config.peers = tuple(c._config for c in given if c is not self)
 
     def reap(self) -> int:
         """Reclaim grants whose lease ended and close overdue requests, store-wide.
