@@ -497,6 +497,21 @@ def test_a_budget_token_opens_a_child_that_rolls_up_into_the_parent(server):
     assert "Apportion-Budget-Token" in opened.headers  # passes go on down the tree
 
 
+def test_a_token_child_takes_the_features_sent_with_it_or_its_parents(server):
+    app, gateway = proxy_app(server, FixedPolicy(output=20))
+    opened = budget_headers("up", "planner", 5_000, Apportion_Features="messages=8")
+    with_features = run(post(app, "/v1/chat/completions", chat(), opened))
+    cases = (
+        (with_features.headers["Apportion-Budget-Token"], {}, {"messages": 8.0}),
+        (_token(app, "bare", 5_000)[0], {"Apportion-Features": "depth=2"}, {"depth": 2.0}),
+    )
+    for token, sent, kept in cases:
+        down = {"Apportion-Budget-Token": token, "Apportion-Agent": "writer", **sent}
+        answer = run(post(app, "/v1/chat/completions", chat(), down))
+        assert answer.status_code == 200, answer.text
+        assert gateway.store.features("acme/" + answer.headers["Apportion-Request"]) == kept
+
+
 def test_a_token_asking_less_gets_less(server):
     app, proxy = proxy_app(server, FixedPolicy(output=20))
     token, _ = _token(app)
