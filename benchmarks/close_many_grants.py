@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any
 
-from load import own_server
+from load import redis_url
 
 from apportion.stores.redis import RedisStore
 from apportion.testing.many_grants import seed_open_grants
@@ -104,11 +104,8 @@ def main() -> None:
     parser.add_argument("--grants", type=int, nargs="+", default=[1000, 2000, 4000, 8000, 10000])
     parser.add_argument("--store", help="redis://host:port/db (default: start a server)")
     args = parser.parse_args()
-    if args.store:
-        results = run(args.store, args.grants)
-    else:
-        with own_server(None) as url:
-            results = run(url, args.grants)
+    with redis_url(args.store) as url:
+        results = run(url, args.grants)
     print(json.dumps({"python": platform.python_version(), "grants": results}))
 
 

@@ -297,6 +297,16 @@ def own_server(aof: str | None) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextmanager
+def redis_url(given: str | None, aof: str | None = None) -> Iterator[str]:
+    """``given`` (``--store``), or the URL of a server of this run's own, stopped after."""
+    if given:
+        yield given
+        return
+    with own_server(aof) as url:
+        yield url
+
+
 def percentile(values: list[int], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] / 1000.0
@@ -488,11 +498,8 @@ def main() -> None:
             result["pool_windows"] = run_windows(url, args)
         return result
 
-    if args.store:
-        result = both(args.store)
-    else:
-        with own_server(args.aof) as url:
-            result = both(url)
+    with redis_url(args.store, args.aof) as url:
+        result = both(url)
     print(json.dumps(result, indent=2))
 
 

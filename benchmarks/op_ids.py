@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from load import own_server
+from load import redis_url
 
 from apportion.stores.base import Store
 from apportion.stores.memory import MemoryStore
@@ -100,11 +100,9 @@ def main() -> None:
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "memory": _measure(MemoryStore, args.pairs, args.rounds),
     }
-    if args.store:
-        out["redis"] = _measure(lambda: RedisStore(args.store), args.pairs, args.rounds)
-    else:
-        with own_server(None) as url:
-            out["redis"] = _measure(lambda: RedisStore(url), args.pairs, args.rounds)
+    with redis_url(args.store) as url:
+        out["redis"] = _measure(lambda: RedisStore(url), args.pairs, args.rounds)
+        if not args.store:  # a server of its own: its counts are this run's alone
             out["redis_server"] = _server_us(url)
     print(json.dumps(out))
 

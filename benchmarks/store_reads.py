@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from load import own_server
+from load import redis_url
 
 from apportion.stores.base import Store
 from apportion.stores.memory import MemoryStore
@@ -94,11 +94,8 @@ def main() -> None:
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "memory": _measure(MemoryStore, args.reads, args.rounds),
     }
-    if args.store:
-        out["redis"] = _measure(lambda: RedisStore(args.store), args.reads, args.rounds)
-    else:
-        with own_server(None) as url:
-            out["redis"] = _measure(lambda: RedisStore(url), args.reads, args.rounds)
+    with redis_url(args.store) as url:
+        out["redis"] = _measure(lambda: RedisStore(url), args.reads, args.rounds)
     print(json.dumps(out))
 
 

@@ -174,14 +174,8 @@ class CallRecord:
             over -= self.context_granted + self.extension_context + self.output_cap
         self.input_used, self.output_used, self.truncated = input_used, output_used, truncated
         self.overuse = over if over > 0 else 0
-        if late:
-            self.status = LATE
-        elif truncated:
-            self.status = CUT
-        else:
-            wrapped = self.wrap_up or self.notes.get("wrapped_up") is True
-            self.status = WRAPPED_UP if wrapped else COMPLETED
-        self.settled_at = at
+        wrapped = self.wrap_up or self.notes.get("wrapped_up") is True
+        self.status, self.settled_at = _ended(late, truncated, wrapped), at
 
     def catch_up(self, told: CallRecord) -> None:
         """Take what the ledger tells of this call that this record missed.
@@ -205,6 +199,11 @@ class CallRecord:
         """Mark an open call settled without usage (``released``, ``expired``, ``closed``)."""
         if self.status == OPEN:
             self.status, self.settled_at = status, at
+
+
+def _ended(late: bool, truncated: bool, wrapped: bool) -> str:
+    """How a call that reported its usage ended (see the statuses above)."""
+    return LATE if late else CUT if truncated else WRAPPED_UP if wrapped else COMPLETED
 
 
 def records_of(events: Iterable[Event]) -> dict[int, CallRecord]:
@@ -243,8 +242,9 @@ def records_of(events: Iterable[Event]) -> dict[int, CallRecord]:
         elif kind == "finish":
             record.input_used, record.output_used = event.context_tokens, event.output_tokens
             record.truncated, record.overuse = bool(event.truncated), event.overuse
-            ended = CUT if event.truncated else WRAPPED_UP if record.wrap_up else COMPLETED
-            record.status, record.settled_at = LATE if event.note == "late" else ended, event.at
+            late = event.note == "late"
+            record.status = _ended(late, record.truncated, record.wrap_up)
+            record.settled_at = event.at
         elif kind == "expire":
             record.settle(EXPIRED, event.at)
         elif kind == "release":

@@ -2033,9 +2033,9 @@ class Controller:
         """Reclaim grants whose lease ended and close overdue requests, store-wide.
 
         Requests closed as expired teach the policy their calls and reach the telemetry
-        sinks. The controller also does this
-        by itself when a request opens, at most every ``reap_every`` seconds, and
-        :meth:`start_reaper` does it on a timer while no request opens.
+        sinks. The controller also does this by itself when a request opens, at most every
+        ``reap_every`` seconds, and :meth:`start_reaper` does it on a timer while no
+        request opens.
 
         Returns:
             How many grants and requests were settled.

@@ -353,6 +353,15 @@ def digest_operation(digest: str) -> str:
     return digest.partition(":")[0]
 
 
+def used_keywords(**keywords: Any) -> dict[str, Any]:
+    """The optional keywords a caller set (``None``: not used, so not passed on).
+
+    A store without the feature a keyword belongs to (cost, pools, features, operation
+    ids) keeps working for the calls that do not use it, as the contract asks.
+    """
+    return {key: value for key, value in keywords.items() if value is not None}
+
+
 def _op(op_id: str | None, wrap_up_tokens: int = 0) -> dict[str, Any]:
     """The ``op_id`` and ``wrap_up_tokens`` keywords, passed on only when given.
 
@@ -582,9 +591,6 @@ class Store(abc.ABC):
         op_id: str | None = None,
     ) -> tuple[LedgerView, Sequence[LedgerView]]:
         """Async :meth:`open_children`."""
-        given = _op(op_id)
-        if features:
-            given["features"] = features
         return self.open_children(
             parent_id,
             request_ids,
@@ -597,7 +603,7 @@ class Store(abc.ABC):
             reserve=reserve,
             ttl=ttl,
             max_depth=max_depth,
-            **given,
+            **used_keywords(features=features or None, op_id=op_id),
         )
 
     # Async variants. A store whose operations never wait (memory) keeps these defaults;
@@ -620,13 +626,9 @@ class Store(abc.ABC):
         op_id: str | None = None,
     ) -> LedgerView:
         """Async :meth:`open`."""
-        given = _op(op_id)
+        given = used_keywords(ceiling_usd=ceiling_usd, features=features or None, op_id=op_id)
         if pool is not None:
             given |= {"pool": pool, "pool_priority": pool_priority}
-        if ceiling_usd is not None:
-            given["ceiling_usd"] = ceiling_usd
-        if features:
-            given["features"] = features
         return self.open(
             request_id,
             ranks,

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from apportion.errors import InvalidArgument, PoolExhausted, StoreUnavailable
 from apportion.ledger import Event, Grant, check_tokens
 from apportion.pools import Pool
-from apportion.stores.base import LedgerView, Reaped, Store
+from apportion.stores.base import LedgerView, Reaped, Store, used_keywords
 from apportion.stores.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -45,15 +45,6 @@ if TYPE_CHECKING:
 
 EMERGENCY_POOL = "emergency"
 """The fallback's pool that holds the emergency budget."""
-
-
-def _used(**keywords: Any) -> dict[str, Any]:
-    """The optional keywords a caller set (``None``: not used, so not passed on).
-
-    A store without the feature a keyword belongs to (cost, pools) keeps working for the
-    calls that do not use it, as the store contract asks.
-    """
-    return {key: value for key, value in keywords.items() if value is not None}
 
 
 def _open_options(
@@ -68,7 +59,7 @@ def _open_options(
         "allocation": allocation,
         "reserve": reserve,
         "ttl": ttl,
-        **_used(ceiling_usd=ceiling_usd, features=features or None),
+        **used_keywords(ceiling_usd=ceiling_usd, features=features or None),
     }
 
 
@@ -221,7 +212,7 @@ class FailOpenStore(Store):
             pooled = {"pool": pool, "pool_priority": pool_priority}
         try:
             return self.primary.open(
-                request_id, ranks, ceiling, now, **options, **pooled, **_used(op_id=op_id)
+                request_id, ranks, ceiling, now, **options, **pooled, **used_keywords(op_id=op_id)
             )
         except StoreUnavailable as error:
             return self._open_locally(error, request_id, ranks, ceiling, now, options)
@@ -253,7 +244,7 @@ class FailOpenStore(Store):
             prices=prices,
             asked=asked,
             **_wrap_up(wrap_up_tokens),
-            **_used(op_id=op_id),
+            **used_keywords(op_id=op_id),
         )
 
     def extend(
@@ -275,7 +266,7 @@ class FailOpenStore(Store):
             context_tokens,
             now,
             lease_seconds,
-            **_used(op_id=op_id),
+            **used_keywords(op_id=op_id),
         )
 
     def finish(
@@ -299,7 +290,7 @@ class FailOpenStore(Store):
             now,
             truncated=truncated,
             allocation=allocation,
-            **_used(op_id=op_id),
+            **used_keywords(op_id=op_id),
         )
 
     def release(
@@ -313,7 +304,7 @@ class FailOpenStore(Store):
     ) -> LedgerView:
         """Release a grant where the request lives."""
         return self._route(request_id).release(
-            request_id, grant, now, reason=reason, **_used(op_id=op_id)
+            request_id, grant, now, reason=reason, **used_keywords(op_id=op_id)
         )
 
     def close(
@@ -327,7 +318,7 @@ class FailOpenStore(Store):
     ) -> LedgerView:
         """Close the request where it lives."""
         return self._route(request_id).close(
-            request_id, now, status=status, outcome=outcome, **_used(op_id=op_id)
+            request_id, now, status=status, outcome=outcome, **used_keywords(op_id=op_id)
         )
 
     def open_children(
@@ -361,7 +352,7 @@ class FailOpenStore(Store):
             reserve=reserve,
             ttl=ttl,
             max_depth=max_depth,
-            **_used(features=features or None, op_id=op_id),
+            **used_keywords(features=features or None, op_id=op_id),
         )
         self._adopt(store, children)
         return parent, children
@@ -432,7 +423,7 @@ class FailOpenStore(Store):
             pooled = {"pool": pool, "pool_priority": pool_priority}
         try:
             return await self.primary.aopen(
-                request_id, ranks, ceiling, now, **options, **pooled, **_used(op_id=op_id)
+                request_id, ranks, ceiling, now, **options, **pooled, **used_keywords(op_id=op_id)
             )
         except StoreUnavailable as error:
             return self._open_locally(error, request_id, ranks, ceiling, now, options)
@@ -464,7 +455,7 @@ class FailOpenStore(Store):
             prices=prices,
             asked=asked,
             **_wrap_up(wrap_up_tokens),
-            **_used(op_id=op_id),
+            **used_keywords(op_id=op_id),
         )
 
     async def aextend(
@@ -486,7 +477,7 @@ class FailOpenStore(Store):
             context_tokens,
             now,
             lease_seconds,
-            **_used(op_id=op_id),
+            **used_keywords(op_id=op_id),
         )
 
     async def afinish(
@@ -510,7 +501,7 @@ class FailOpenStore(Store):
             now,
             truncated=truncated,
             allocation=allocation,
-            **_used(op_id=op_id),
+            **used_keywords(op_id=op_id),
         )
 
     async def arelease(
@@ -524,7 +515,7 @@ class FailOpenStore(Store):
     ) -> LedgerView:
         """Async :meth:`release`."""
         return await self._route(request_id).arelease(
-            request_id, grant, now, reason=reason, **_used(op_id=op_id)
+            request_id, grant, now, reason=reason, **used_keywords(op_id=op_id)
         )
 
     async def aclose(
@@ -538,7 +529,7 @@ class FailOpenStore(Store):
     ) -> LedgerView:
         """Async :meth:`close`."""
         return await self._route(request_id).aclose(
-            request_id, now, status=status, outcome=outcome, **_used(op_id=op_id)
+            request_id, now, status=status, outcome=outcome, **used_keywords(op_id=op_id)
         )
 
     async def aopen_children(
@@ -572,7 +563,7 @@ class FailOpenStore(Store):
             reserve=reserve,
             ttl=ttl,
             max_depth=max_depth,
-            **_used(features=features or None, op_id=op_id),
+            **used_keywords(features=features or None, op_id=op_id),
         )
         self._adopt(store, children)
         return parent, children
